@@ -1,0 +1,402 @@
+// The shard map and proxy settings: YAML -> plain immutable structs, validated with file:line.
+#include "config/config.hpp"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <charconv>
+#include <fstream>
+#include <initializer_list>
+#include <set>
+#include <sstream>
+
+namespace pgshard::config {
+
+namespace {
+
+// Collects every problem with its position so a user fixes the file in one pass.
+class Checker {
+ public:
+  explicit Checker(std::string file) : file_(std::move(file)) {}
+
+  void fail(const YAML::Node& at, const std::string& message) {
+    int line = at.Mark().line >= 0 ? at.Mark().line + 1 : 0;
+    errors_.push_back(file_ + ":" + std::to_string(line) + ": " + message);
+  }
+
+  // Rejects keys outside `allowed`; returns false if `node` is not a mapping.
+  bool mapping(const YAML::Node& node, const std::string& what,
+               std::initializer_list<std::string_view> allowed) {
+    if (!node.IsMap()) {
+      fail(node, what + " must be a mapping");
+      return false;
+    }
+    for (const auto& kv : node) {
+      auto key = kv.first.as<std::string>();
+      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
+        fail(kv.first, "unknown key '" + key + "' in " + what);
+    }
+    return true;
+  }
+
+  std::optional<std::string> string(const YAML::Node& n, const std::string& what) {
+    if (!n.IsScalar()) {
+      fail(n, what + " must be a string");
+      return std::nullopt;
+    }
+    return n.Scalar();
+  }
+
+  template <typename T>
+  std::optional<T> integer(const YAML::Node& n, const std::string& what, T lo, T hi) {
+    if (!n.IsScalar()) {
+      fail(n, what + " must be a number");
+      return std::nullopt;
+    }
+    const auto& s = n.Scalar();
+    long long v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc() || p != s.data() + s.size() || v < static_cast<long long>(lo) ||
+        v > static_cast<long long>(hi)) {
+      fail(n, what + " must be an integer between " + std::to_string(lo) + " and " +
+                  std::to_string(hi) + ", got '" + s + "'");
+      return std::nullopt;
+    }
+    return static_cast<T>(v);
+  }
+
+  template <typename E>
+  std::optional<E> choice(const YAML::Node& n, const std::string& what,
+                          std::initializer_list<std::pair<std::string_view, E>> options) {
+    auto s = string(n, what);
+    if (!s) return std::nullopt;
+    std::string names;
+    for (const auto& [name, value] : options) {
+      if (*s == name) return value;
+      names += (names.empty() ? "" : ", ") + std::string(name);
+    }
+    fail(n, what + " must be one of " + names + ", got '" + *s + "'");
+    return std::nullopt;
+  }
+
+  void throw_if_failed() const {
+    if (errors_.empty()) return;
+    std::string all;
+    for (const auto& e : errors_) all += (all.empty() ? "" : "\n") + e;
+    throw ConfigError(all);
+  }
+
+ private:
+  std::string file_;
+  std::vector<std::string> errors_;
+};
+
+void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
+  if (!c.mapping(n, "listen", {"host", "port", "workers", "max_client_conn", "max_message_size"}))
+    return;
+  if (n["host"]) out.host = c.string(n["host"], "listen.host").value_or(out.host);
+  if (n["port"]) out.port = c.integer<uint16_t>(n["port"], "listen.port", 1, 65535).value_or(0);
+  if (n["workers"]) out.workers = c.integer<int>(n["workers"], "listen.workers", 0, 256).value_or(0);
+  if (n["max_client_conn"])
+    out.max_client_conn =
+        c.integer<int>(n["max_client_conn"], "listen.max_client_conn", 1, 1000000).value_or(1);
+  if (n["max_message_size"])
+    out.max_message_size = c.integer<std::size_t>(n["max_message_size"], "listen.max_message_size",
+                                                  1024, 0x3fffffff)
+                               .value_or(out.max_message_size);
+}
+
+void load_tls(Checker& c, const YAML::Node& n, Tls& out) {
+  if (!c.mapping(n, "tls", {"mode", "cert", "key"})) return;
+  if (n["mode"])
+    out.mode = c.choice<TlsMode>(n["mode"], "tls.mode",
+                                 {{"disable", TlsMode::kDisable},
+                                  {"allow", TlsMode::kAllow},
+                                  {"prefer", TlsMode::kPrefer},
+                                  {"require", TlsMode::kRequire}})
+                   .value_or(out.mode);
+  if (n["cert"]) out.cert = c.string(n["cert"], "tls.cert").value_or("");
+  if (n["key"]) out.key = c.string(n["key"], "tls.key").value_or("");
+  if (out.mode != TlsMode::kDisable && (out.cert.empty() || out.key.empty()))
+    c.fail(n, "tls.cert and tls.key are required unless tls.mode is disable");
+}
+
+void load_user(Checker& c, const YAML::Node& n, User& u) {
+  if (!c.mapping(n, "user", {"name", "password", "auth", "pool_mode"})) return;
+  if (!n["name"]) c.fail(n, "user needs a name");
+  else u.name = c.string(n["name"], "user name").value_or("");
+  if (n["auth"])
+    u.auth = c.choice<AuthMethod>(n["auth"], "user auth",
+                                  {{"scram-sha-256", AuthMethod::kScram},
+                                   {"md5", AuthMethod::kMd5},
+                                   {"trust", AuthMethod::kTrust}})
+                 .value_or(u.auth);
+  if (n["pool_mode"])
+    u.pool_mode = c.choice<PoolMode>(n["pool_mode"], "user pool_mode",
+                                     {{"session", PoolMode::kSession},
+                                      {"transaction", PoolMode::kTransaction}})
+                      .value_or(u.pool_mode);
+  std::string password;
+  if (n["password"]) password = c.string(n["password"], "user password").value_or("");
+  if (password.starts_with("SCRAM-SHA-256$")) {
+    u.scram = protocol::ScramSecret::parse(password);
+    if (!u.scram) c.fail(n["password"], "malformed SCRAM-SHA-256 verifier for user " + u.name);
+    if (u.auth == AuthMethod::kMd5)
+      c.fail(n["password"], "user " + u.name + ": md5 auth needs a plaintext or md5 password");
+  } else if (password.size() == 35 && password.starts_with("md5")) {
+    u.md5 = password;
+    if (u.auth == AuthMethod::kScram)
+      c.fail(n["password"], "user " + u.name + ": scram-sha-256 auth needs a plaintext or SCRAM password");
+  } else if (!password.empty()) {
+    u.plaintext = password;
+    u.md5 = protocol::md5_stored(u.name, password);
+    u.scram = protocol::ScramSecret::from_password(password, protocol::random_bytes(16), 4096);
+  } else if (u.auth != AuthMethod::kTrust) {
+    c.fail(n, "user " + u.name + " needs a password (or auth: trust)");
+  }
+}
+
+void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
+  if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size"})) return;
+  if (!n["name"]) c.fail(n, "shard needs a name");
+  else s.name = c.string(n["name"], "shard name").value_or("");
+  auto url = [&](const YAML::Node& u, const std::string& what) -> std::optional<PgUrl> {
+    auto text = c.string(u, what);
+    if (!text) return std::nullopt;
+    std::string err;
+    auto parsed = parse_pg_url(*text, &err);
+    if (!parsed) c.fail(u, what + ": " + err);
+    return parsed;
+  };
+  if (!n["primary"]) c.fail(n, "shard " + s.name + " needs a primary URL");
+  else if (auto u = url(n["primary"], "shard " + s.name + " primary")) s.primary = *u;
+  if (auto r = n["replicas"]) {
+    if (!r.IsSequence()) c.fail(r, "replicas must be a list of URLs");
+    else
+      for (const auto& item : r)
+        if (auto u = url(item, "shard " + s.name + " replica")) s.replicas.push_back(*u);
+  }
+  if (n["pool_size"])
+    s.pool_size = c.integer<int>(n["pool_size"], "shard pool_size", 1, 10000).value_or(1);
+}
+
+void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
+  if (!c.mapping(n, "sharded table", {"table", "column", "type", "function"})) return;
+  if (!n["table"] || !n["column"]) {
+    c.fail(n, "sharded table needs table and column");
+    return;
+  }
+  auto name = c.string(n["table"], "table").value_or("");
+  if (auto dot = name.find('.'); dot != std::string::npos) {
+    t.schema = name.substr(0, dot);
+    t.table = name.substr(dot + 1);
+  } else {
+    t.table = name;
+  }
+  t.column = c.string(n["column"], "column").value_or("");
+  if (n["type"])
+    t.type = c.choice<KeyType>(n["type"], "type",
+                               {{"bigint", KeyType::kInt8},
+                                {"int8", KeyType::kInt8},
+                                {"integer", KeyType::kInt4},
+                                {"int", KeyType::kInt4},
+                                {"int4", KeyType::kInt4},
+                                {"smallint", KeyType::kInt2},
+                                {"int2", KeyType::kInt2},
+                                {"text", KeyType::kText},
+                                {"varchar", KeyType::kVarchar},
+                                {"uuid", KeyType::kUuid}})
+                 .value_or(t.type);
+  if (n["function"])
+    t.function = c.choice<ShardFunction>(n["function"], "function", {{"hash", ShardFunction::kHash}})
+                     .value_or(t.function);
+}
+
+void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
+  if (!c.mapping(n, "timeouts",
+                 {"client_startup", "client_idle", "connect", "pool_wait", "shutdown", "server_idle"}))
+    return;
+  auto set = [&](const char* key, Millis& field) {
+    if (!n[key]) return;
+    auto s = c.string(n[key], std::string("timeouts.") + key);
+    if (!s) return;
+    auto d = parse_duration(*s);
+    if (!d) c.fail(n[key], std::string("timeouts.") + key + ": bad duration '" + *s + "' (use 5s, 200ms, 2min)");
+    else field = *d;
+  };
+  set("client_startup", t.client_startup);
+  set("client_idle", t.client_idle);
+  set("connect", t.connect);
+  set("pool_wait", t.pool_wait);
+  set("shutdown", t.shutdown);
+  set("server_idle", t.server_idle);
+}
+
+std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& file) {
+  Checker c(file);
+  auto cfg = std::make_shared<Config>();
+  cfg->path = file;
+  if (!c.mapping(root, "the top level",
+                 {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
+                  "unsharded", "timeouts", "log_level"})) {
+    c.throw_if_failed();
+  }
+  if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
+  if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
+  if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);
+  if (root["log_level"])
+    cfg->log_level = c.choice<std::string>(root["log_level"], "log_level",
+                                           {{"trace", "trace"}, {"debug", "debug"},
+                                            {"info", "info"}, {"warn", "warn"},
+                                            {"error", "error"}})
+                         .value_or("info");
+
+  std::set<std::string> names;
+  if (auto users = root["users"]; !users || !users.IsSequence() || users.size() == 0) {
+    c.fail(users ? users : root, "users must be a non-empty list");
+  } else {
+    for (const auto& n : users) {
+      User u;
+      load_user(c, n, u);
+      if (!u.name.empty() && !names.insert(u.name).second) c.fail(n, "duplicate user " + u.name);
+      cfg->users.push_back(std::move(u));
+    }
+  }
+
+  names.clear();
+  if (auto shards = root["shards"]; !shards || !shards.IsSequence() || shards.size() == 0) {
+    c.fail(shards ? shards : root, "shards must be a non-empty list");
+  } else {
+    for (const auto& n : shards) {
+      Shard s;
+      load_shard(c, n, s);
+      if (!s.name.empty() && !names.insert(s.name).second) c.fail(n, "duplicate shard " + s.name);
+      cfg->shards.push_back(std::move(s));
+    }
+  }
+
+  if (auto tables = root["sharded_tables"]) {
+    if (!tables.IsSequence()) c.fail(tables, "sharded_tables must be a list");
+    else
+      for (const auto& n : tables) {
+        ShardedTable t;
+        load_sharded_table(c, n, t);
+        for (const auto& other : cfg->sharded_tables)
+          if (other.table == t.table && other.schema == t.schema)
+            c.fail(n, "table " + t.table + " is listed twice in sharded_tables");
+        cfg->sharded_tables.push_back(std::move(t));
+      }
+  }
+  if (auto refs = root["reference_tables"]) {
+    if (!refs.IsSequence()) c.fail(refs, "reference_tables must be a list of table names");
+    else
+      for (const auto& n : refs)
+        if (auto s = c.string(n, "reference table")) {
+          for (const auto& t : cfg->sharded_tables)
+            if (t.table == *s) c.fail(n, "table " + *s + " is both sharded and a reference table");
+          cfg->reference_tables.push_back(*s);
+        }
+  }
+  if (auto u = root["unsharded"]) {
+    if (u.IsMap()) {
+      if (c.mapping(u, "unsharded", {"shard"}) && u["shard"]) {
+        auto name = c.string(u["shard"], "unsharded.shard").value_or("");
+        cfg->unsharded.policy = Unsharded::Policy::kShard;
+        cfg->unsharded.shard = cfg->shard_index(name);
+        if (cfg->unsharded.shard < 0) c.fail(u["shard"], "unsharded.shard names unknown shard '" + name + "'");
+      }
+    } else {
+      cfg->unsharded.policy = c.choice<Unsharded::Policy>(u, "unsharded",
+                                                          {{"reject", Unsharded::Policy::kReject},
+                                                           {"all", Unsharded::Policy::kAll}})
+                                  .value_or(Unsharded::Policy::kReject);
+    }
+  }
+  c.throw_if_failed();
+  return cfg;
+}
+
+}  // namespace
+
+const char* to_string(TlsMode m) {
+  switch (m) {
+    case TlsMode::kDisable: return "disable";
+    case TlsMode::kAllow: return "allow";
+    case TlsMode::kPrefer: return "prefer";
+    case TlsMode::kRequire: return "require";
+  }
+  return "?";
+}
+
+const char* to_string(PoolMode m) {
+  return m == PoolMode::kSession ? "session" : "transaction";
+}
+
+const char* to_string(AuthMethod m) {
+  switch (m) {
+    case AuthMethod::kScram: return "scram-sha-256";
+    case AuthMethod::kMd5: return "md5";
+    case AuthMethod::kTrust: return "trust";
+  }
+  return "?";
+}
+
+const char* to_string(KeyType t) {
+  switch (t) {
+    case KeyType::kInt2: return "smallint";
+    case KeyType::kInt4: return "integer";
+    case KeyType::kInt8: return "bigint";
+    case KeyType::kText: return "text";
+    case KeyType::kVarchar: return "varchar";
+    case KeyType::kUuid: return "uuid";
+  }
+  return "?";
+}
+
+const User* Config::find_user(std::string_view name) const {
+  for (const auto& u : users)
+    if (u.name == name) return &u;
+  return nullptr;
+}
+
+int Config::shard_index(std::string_view name) const {
+  for (std::size_t i = 0; i < shards.size(); ++i)
+    if (shards[i].name == name) return static_cast<int>(i);
+  return -1;
+}
+
+KeyType Config::default_key_type() const {
+  return sharded_tables.empty() ? KeyType::kInt8 : sharded_tables.front().type;
+}
+
+std::optional<Millis> parse_duration(std::string_view text) {
+  long long v = 0;
+  auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+  if (ec != std::errc() || v < 0) return std::nullopt;
+  std::string_view unit(p, static_cast<std::size_t>(text.data() + text.size() - p));
+  while (unit.starts_with(' ')) unit.remove_prefix(1);
+  if (unit.empty() || unit == "ms") return Millis(v);
+  if (unit == "s") return Millis(v * 1000);
+  if (unit == "min") return Millis(v * 60000);
+  return std::nullopt;
+}
+
+std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& name) {
+  YAML::Node root;
+  try {
+    root = YAML::Load(yaml);
+  } catch (const YAML::Exception& e) {
+    throw ConfigError(name + ":" + std::to_string(e.mark.line + 1) + ": " + e.msg);
+  }
+  return build(root, name);
+}
+
+std::shared_ptr<const Config> load_file(const std::string& path) {
+  std::ifstream in(path);
+  if (!in) throw ConfigError(path + ":0: cannot open file");
+  std::stringstream ss;
+  ss << in.rdbuf();
+  return load_string(ss.str(), path);
+}
+
+}  // namespace pgshard::config

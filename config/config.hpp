@@ -1,0 +1,114 @@
+// The shard map and proxy settings: YAML -> plain immutable structs, validated with file:line.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "config/url.hpp"
+#include "protocol/auth.hpp"
+
+namespace pgshard::config {
+
+using Millis = std::chrono::milliseconds;
+
+// Thrown by load(); what() is "file:line: message" (one line per problem).
+class ConfigError : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+enum class TlsMode { kDisable, kAllow, kPrefer, kRequire };
+enum class PoolMode { kSession, kTransaction };
+enum class AuthMethod { kScram, kMd5, kTrust };
+enum class KeyType { kInt2, kInt4, kInt8, kText, kVarchar, kUuid };
+enum class ShardFunction { kHash };
+
+const char* to_string(TlsMode m);
+const char* to_string(PoolMode m);
+const char* to_string(AuthMethod m);
+const char* to_string(KeyType t);
+
+struct Listen {
+  std::string host = "127.0.0.1";
+  uint16_t port = 6432;
+  int workers = 0;  // 0: one per core
+  int max_client_conn = 1000;
+  std::size_t max_message_size = 256u << 20;
+};
+
+struct Tls {
+  TlsMode mode = TlsMode::kDisable;
+  std::string cert;
+  std::string key;
+};
+
+struct User {
+  std::string name;
+  AuthMethod auth = AuthMethod::kScram;
+  PoolMode pool_mode = PoolMode::kTransaction;
+  std::optional<std::string> plaintext;              // when given in the file
+  std::optional<protocol::ScramSecret> scram;        // for auth: scram
+  std::string md5;                                   // "md5..." for auth: md5
+};
+
+struct Shard {
+  std::string name;
+  PgUrl primary;
+  std::vector<PgUrl> replicas;
+  int pool_size = 20;
+};
+
+struct ShardedTable {
+  std::string schema;  // empty: any schema
+  std::string table;
+  std::string column;
+  KeyType type = KeyType::kInt8;
+  ShardFunction function = ShardFunction::kHash;
+};
+
+struct Unsharded {
+  enum class Policy { kReject, kAll, kShard } policy = Policy::kReject;
+  int shard = 0;  // for kShard
+};
+
+struct Timeouts {
+  Millis client_startup{5000};
+  Millis client_idle{0};  // 0: never
+  Millis connect{5000};
+  Millis pool_wait{120000};
+  Millis shutdown{30000};
+  Millis server_idle{600000};
+};
+
+struct Config {
+  std::string path;
+  Listen listen;
+  Tls tls;
+  std::vector<User> users;
+  std::vector<Shard> shards;
+  std::vector<ShardedTable> sharded_tables;
+  std::vector<std::string> reference_tables;
+  Unsharded unsharded;
+  Timeouts timeouts;
+  std::string log_level = "info";
+
+  const User* find_user(std::string_view name) const;
+  int shard_index(std::string_view name) const;  // -1 when unknown
+  // Key type used to hash `SET pgshard.sharding_key` / hint values when the statement does
+  // not name a table: the type of the first sharded table (bigint without any).
+  KeyType default_key_type() const;
+};
+
+// Loads and validates; throws ConfigError listing every problem found.
+std::shared_ptr<const Config> load_file(const std::string& path);
+std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& name);
+
+// "5s", "200ms", "2min", or a bare number of milliseconds.
+std::optional<Millis> parse_duration(std::string_view text);
+
+}  // namespace pgshard::config

@@ -1,0 +1,104 @@
+// Protocol v3 framing: bounded frame decoding, a body reader and a writer that fills lengths.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace pgshard::protocol {
+
+// Largest message PostgreSQL itself accepts (PQ_LARGE_MESSAGE_LIMIT is 1 GB - 1).
+inline constexpr std::size_t kDefaultMaxMessage = 0x3fffffff;
+// postmaster.c: MAX_STARTUP_PACKET_LENGTH.
+inline constexpr std::size_t kMaxStartupPacket = 10000;
+
+// A typed message: type byte plus a view of the body (length word excluded).
+// The view points into a buffer the caller owns.
+struct Frame {
+  char type = 0;
+  std::string_view body;
+  // Bytes of the whole frame on the wire (type + length + body).
+  std::size_t wire_size() const { return body.size() + 5; }
+};
+
+enum class DecodeStatus { kFrame, kNeedMore, kError };
+
+struct DecodeResult {
+  DecodeStatus status = DecodeStatus::kNeedMore;
+  Frame frame;
+  std::size_t consumed = 0;  // bytes consumed from the input on kFrame
+  const char* error = nullptr;
+  // On kNeedMore: total bytes the next frame needs (0 when the header is incomplete).
+  std::size_t needed = 0;
+};
+
+// Decodes one typed frame from the start of `in`. Limits are checked from the header
+// alone, before the caller allocates room for the body.
+DecodeResult decode_frame(std::string_view in, std::size_t max_message = kDefaultMaxMessage);
+
+// Decodes one untyped startup-phase packet (StartupMessage, SSLRequest, CancelRequest...).
+// `frame.type` is 0 and `frame.body` excludes the length word.
+DecodeResult decode_startup(std::string_view in);
+
+inline uint32_t load_be32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return __builtin_bswap32(v);
+}
+inline uint16_t load_be16(const char* p) {
+  uint16_t v;
+  std::memcpy(&v, p, 2);
+  return __builtin_bswap16(v);
+}
+
+// Reads fields out of a message body with bounds checks. Any read past the end or a missing
+// string terminator sets `failed()`; values read after that are zero/empty.
+class BodyReader {
+ public:
+  explicit BodyReader(std::string_view body) : body_(body) {}
+
+  uint8_t u8();
+  int16_t i16();
+  int32_t i32();
+  // NUL-terminated string (the terminator is consumed, not returned).
+  std::string_view cstr();
+  std::string_view bytes(std::size_t n);
+  std::string_view rest();
+
+  bool failed() const { return failed_; }
+  bool at_end() const { return pos_ == body_.size(); }
+  std::size_t remaining() const { return body_.size() - pos_; }
+  // True when everything was read cleanly and nothing is left over.
+  bool ok_and_done() const { return !failed_ && at_end(); }
+
+ private:
+  bool need(std::size_t n);
+  std::string_view body_;
+  std::size_t pos_ = 0;
+  bool failed_ = false;
+};
+
+// Appends messages to a string. begin() writes type and a placeholder length; finish()
+// patches the length, so no message needs a precomputed size.
+class MessageWriter {
+ public:
+  explicit MessageWriter(std::string& out) : out_(out) {}
+
+  MessageWriter& begin(char type);
+  MessageWriter& begin_untyped();  // startup-phase packets have no type byte
+  MessageWriter& u8(uint8_t v);
+  MessageWriter& i16(int16_t v);
+  MessageWriter& i32(int32_t v);
+  MessageWriter& cstr(std::string_view s);
+  MessageWriter& bytes(std::string_view s);
+  void finish();
+
+ private:
+  std::string& out_;
+  std::size_t len_at_ = 0;
+};
+
+}  // namespace pgshard::protocol

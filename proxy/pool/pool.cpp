@@ -1,0 +1,112 @@
+// Per-worker pools of server connections, one per (shard, user), with a bounded size,
+// a FIFO wait queue and a timeout. Checkout returns a move-only Lease.
+#include "proxy/pool/pool.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+namespace pgshard::pool {
+
+void Lease::release() {
+  if (conn_ && pool_) pool_->give_back(std::move(conn_));
+  conn_.reset();
+}
+
+Pool::Pool(asio::any_io_executor ex, BackendTarget target, int max_size,
+           config::Millis wait_timeout, config::Millis connect_timeout)
+    : ex_(std::move(ex)),
+      target_(std::move(target)),
+      max_size_(max_size),
+      wait_timeout_(wait_timeout),
+      connect_timeout_(connect_timeout) {}
+
+Pool::~Pool() {
+  for (auto& c : idle_) c->close();
+}
+
+awaitable<std::variant<Lease, std::string>> Pool::acquire() {
+  while (!idle_.empty()) {
+    auto conn = std::move(idle_.back());  // LIFO: the warmest connection
+    idle_.pop_back();
+    if (!conn->stale()) co_return Lease(this, std::move(conn));
+    spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
+                  target_.shard_name);
+    conn->close();
+    --total_;
+  }
+  if (total_ < max_size_) co_return co_await open();
+
+  Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false};
+  waiters_.push_back(&w);
+  co_await w.timer.async_wait(use_nothrow);
+  if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
+    waiters_.erase(it);
+  if (w.conn) co_return Lease(this, std::move(w.conn));
+  if (w.slot) co_return co_await open();
+  co_return "timed out after " + std::to_string(wait_timeout_.count()) +
+      " ms waiting for a connection to shard " + target_.shard_name + " (pool_size " +
+      std::to_string(max_size_) + ")";
+}
+
+awaitable<std::variant<Lease, std::string>> Pool::open() {
+  ++total_;
+  auto conn = std::make_unique<ServerConn>(ex_, target_);
+  auto err = co_await conn->connect(connect_timeout_);
+  if (!err.empty()) {
+    --total_;
+    // Let the next waiter try its own connection rather than wait for a timeout.
+    if (!waiters_.empty()) {
+      auto* w = waiters_.front();
+      waiters_.pop_front();
+      w->slot = true;
+      w->timer.cancel();
+    }
+    co_return err;
+  }
+  if (server_params_.empty()) server_params_ = conn->params;
+  spdlog::debug("S-{}: connected to shard {} pid {}", conn->id(), target_.shard_name, conn->pid());
+  co_return Lease(this, std::move(conn));
+}
+
+void Pool::give_back(std::unique_ptr<ServerConn> conn) {
+  const bool reusable = !conn->broken && conn->status == 'I' && conn->socket().is_open();
+  if (!reusable) {
+    spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
+                  target_.shard_name, conn->status, conn->broken);
+    conn->close();
+    --total_;
+    if (!waiters_.empty()) {
+      auto* w = waiters_.front();
+      waiters_.pop_front();
+      w->slot = true;
+      w->timer.cancel();
+    }
+    return;
+  }
+  if (!waiters_.empty()) {
+    auto* w = waiters_.front();
+    waiters_.pop_front();
+    w->conn = std::move(conn);
+    w->timer.cancel();
+    return;
+  }
+  conn->idle_since = Clock::now();
+  idle_.push_back(std::move(conn));
+}
+
+void Pool::prune(config::Millis idle) {
+  auto now = Clock::now();
+  std::erase_if(idle_, [&](std::unique_ptr<ServerConn>& c) {
+    if (now - c->idle_since < idle && !c->stale()) return false;
+    c->close();
+    --total_;
+    return true;
+  });
+}
+
+PoolStats Pool::stats() const {
+  return {total_, static_cast<int>(idle_.size()), static_cast<int>(waiters_.size())};
+}
+
+}  // namespace pgshard::pool

@@ -1,0 +1,83 @@
+// Per-worker pools of server connections, one per (shard, user), with a bounded size,
+// a FIFO wait queue and a timeout. Checkout returns a move-only Lease.
+#pragma once
+
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <variant>
+
+#include "proxy/pool/server_conn.hpp"
+
+namespace pgshard::pool {
+
+class Pool;
+
+// Holds a checked-out connection. Its destructor returns it to the pool, which keeps it
+// only if it is idle and clean, and otherwise closes it.
+class Lease {
+ public:
+  Lease() = default;
+  Lease(Pool* pool, std::unique_ptr<ServerConn> conn) : pool_(pool), conn_(std::move(conn)) {}
+  Lease(Lease&& o) noexcept = default;
+  Lease& operator=(Lease&& o) noexcept {
+    release();
+    pool_ = o.pool_;
+    conn_ = std::move(o.conn_);
+    return *this;
+  }
+  ~Lease() { release(); }
+
+  ServerConn* operator->() const { return conn_.get(); }
+  ServerConn& operator*() const { return *conn_; }
+  explicit operator bool() const { return conn_ != nullptr; }
+  void release();
+
+ private:
+  Pool* pool_ = nullptr;
+  std::unique_ptr<ServerConn> conn_;
+};
+
+struct PoolStats {
+  int total = 0;
+  int idle = 0;
+  int waiting = 0;
+};
+
+class Pool {
+ public:
+  Pool(asio::any_io_executor ex, BackendTarget target, int max_size, config::Millis wait_timeout,
+       config::Millis connect_timeout);
+  ~Pool();
+
+  // A connection, or an error message (connect failure naming the shard, or wait timeout).
+  awaitable<std::variant<Lease, std::string>> acquire();
+  void give_back(std::unique_ptr<ServerConn> conn);
+  // Closes idle connections unused for longer than `idle`.
+  void prune(config::Millis idle);
+  PoolStats stats() const;
+  const BackendTarget& target() const { return target_; }
+  // Parameters the server reported at its first login (server_version, encodings...).
+  const std::map<std::string, std::string>& server_params() const { return server_params_; }
+
+ private:
+  struct Waiter {
+    asio::steady_timer timer;
+    std::unique_ptr<ServerConn> conn;  // handed over by give_back
+    bool slot = false;                 // a slot freed: the waiter may open a connection
+  };
+  awaitable<std::variant<Lease, std::string>> open();
+
+  asio::any_io_executor ex_;
+  BackendTarget target_;
+  int max_size_;
+  config::Millis wait_timeout_;
+  config::Millis connect_timeout_;
+  int total_ = 0;  // idle + leased + connecting
+  std::deque<std::unique_ptr<ServerConn>> idle_;
+  std::deque<Waiter*> waiters_;
+  std::map<std::string, std::string> server_params_;
+};
+
+}  // namespace pgshard::pool

@@ -1,0 +1,158 @@
+// One backend (server) connection: connect, log in with SCRAM/MD5/cleartext, track state.
+#include "proxy/pool/server_conn.hpp"
+
+#include <poll.h>
+#include <spdlog/spdlog.h>
+
+#include <atomic>
+
+#include "protocol/auth.hpp"
+#include "protocol/codec.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/messages.hpp"
+#include "protocol/startup.hpp"
+
+namespace pgshard::pool {
+
+using namespace asio::experimental::awaitable_operators;
+namespace proto = protocol;
+
+namespace {
+std::atomic<uint64_t> next_id{1};
+}
+
+bool is_reported_parameter(std::string_view n) {
+  static constexpr std::string_view kReported[] = {
+      "application_name", "client_encoding",  "DateStyle",       "IntervalStyle",
+      "TimeZone",         "integer_datetimes", "is_superuser",   "server_encoding",
+      "server_version",   "session_authorization", "standard_conforming_strings",
+      "default_transaction_read_only", "in_hot_standby"};
+  for (auto r : kReported)
+    if (r == n) return true;
+  return false;
+}
+
+ServerConn::ServerConn(asio::any_io_executor ex, const BackendTarget& target)
+    : socket_(std::move(ex)), target_(target), id_(next_id++) {}
+
+void ServerConn::close() {
+  error_code ec;
+  socket_.shutdown(tcp::socket::shutdown_both, ec);
+  socket_.close(ec);
+  broken = true;
+}
+
+bool ServerConn::stale() {
+  if (!socket_.is_open()) return true;
+  pollfd p{socket_.native_handle(), POLLIN | POLLRDHUP, 0};
+  // An idle server sends nothing unprompted except on shutdown (FATAL, then EOF) or a
+  // late NOTIFY/ParameterStatus; any of those means this connection is not clean.
+  return ::poll(&p, 1, 0) != 0 || !rbuf.empty();
+}
+
+awaitable<std::string> ServerConn::connect(config::Millis timeout) {
+  asio::steady_timer timer(socket_.get_executor(), timeout);
+  auto result = co_await (login() || timer.async_wait(asio::use_awaitable));
+  if (result.index() == 1) {
+    close();
+    co_return "timeout connecting to shard " + target_.shard_name + " at " + target_.host + ":" +
+        std::to_string(target_.port);
+  }
+  co_return std::get<0>(result);
+}
+
+awaitable<std::string> ServerConn::login() {
+  const std::string where = "shard " + target_.shard_name + " (" + target_.host + ":" +
+                            std::to_string(target_.port) + ")";
+  tcp::resolver resolver(socket_.get_executor());
+  auto [rec, endpoints] =
+      co_await resolver.async_resolve(target_.host, std::to_string(target_.port), use_nothrow);
+  if (rec) co_return "cannot resolve " + where + ": " + rec.message();
+  auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
+  if (cec) co_return "cannot connect to " + where + ": " + cec.message();
+  socket_.set_option(tcp::no_delay(true));
+
+  std::string out;
+  proto::write_startup(out, {{"user", target_.user}, {"database", target_.database}});
+  if (auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out), use_nothrow); ec)
+    co_return "cannot write to " + where + ": " + ec.message();
+
+  std::unique_ptr<proto::ScramClient> scram;
+  for (;;) {
+    auto d = proto::decode_frame(rbuf.view());
+    if (d.status == proto::DecodeStatus::kError) co_return "protocol error from " + where;
+    if (d.status == proto::DecodeStatus::kNeedMore) {
+      std::size_t room;
+      char* at = rbuf.prepare(8192, &room);
+      auto [ec, n] = co_await socket_.async_read_some(asio::buffer(at, room), use_nothrow);
+      rbuf.commit(n);
+      if (ec) co_return "connection to " + where + " closed during login: " + ec.message();
+      continue;
+    }
+    const proto::Frame f = d.frame;
+    out.clear();
+    switch (f.type) {
+      case proto::msg::kAuthentication: {
+        auto a = proto::Authentication::parse(f.body);
+        if (!a) co_return "malformed authentication request from " + where;
+        if (a->code == proto::auth::kOk) break;
+        if (a->code == proto::auth::kCleartextPassword) {
+          proto::PasswordMessage{target_.password}.write(out);
+        } else if (a->code == proto::auth::kMD5Password) {
+          auto pw = proto::md5_password(target_.user, target_.password, a->data);
+          proto::PasswordMessage{pw}.write(out);
+        } else if (a->code == proto::auth::kSASL) {
+          bool offered = false;
+          for (auto m : a->sasl_mechanisms()) offered |= m == "SCRAM-SHA-256";
+          if (!offered) co_return where + " offers no supported SASL mechanism";
+          scram = std::make_unique<proto::ScramClient>(
+              target_.password, proto::base64_encode(proto::random_bytes(18)));
+          auto first = scram->client_first();
+          proto::SASLInitialResponse{"SCRAM-SHA-256", std::string_view(first)}.write(out);
+        } else if (a->code == proto::auth::kSASLContinue && scram) {
+          std::string err;
+          auto final_msg = scram->server_first(a->data, &err);
+          if (!final_msg) co_return where + ": " + err;
+          proto::SASLResponse{*final_msg}.write(out);
+        } else if (a->code == proto::auth::kSASLFinal && scram) {
+          if (!scram->server_final(a->data)) co_return where + ": server SCRAM signature mismatch";
+        } else {
+          co_return where + " asks for an unsupported authentication method (" +
+              std::to_string(a->code) + ")";
+        }
+        break;
+      }
+      case proto::msg::kErrorResponse: {
+        auto e = proto::ErrorFields::parse(f.body);
+        co_return "login to " + where + " failed: " +
+            (e ? std::string(e->message()) : std::string("malformed error"));
+      }
+      case proto::msg::kParameterStatus:
+        if (auto p = proto::ParameterStatus::parse(f.body))
+          params[std::string(p->name)] = std::string(p->value);
+        break;
+      case proto::msg::kBackendKeyData:
+        if (auto k = proto::BackendKeyData::parse(f.body)) {
+          pid_ = k->pid;
+          secret_ = k->secret;
+        }
+        break;
+      case proto::msg::kReadyForQuery:
+        rbuf.consume(d.consumed);
+        status = 'I';
+        co_return std::string();
+      case proto::msg::kNegotiateProtocolVersion:
+      case proto::msg::kNoticeResponse:
+        break;
+      default:
+        co_return "unexpected message '" + std::string(1, f.type) + "' from " + where;
+    }
+    rbuf.consume(d.consumed);
+    if (!out.empty()) {
+      if (auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out), use_nothrow); ec)
+        co_return "cannot write to " + where + ": " + ec.message();
+    }
+  }
+}
+
+}  // namespace pgshard::pool

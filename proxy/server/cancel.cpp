@@ -1,0 +1,73 @@
+// Proxy-issued BackendKeyData and the process-wide registry CancelRequests are looked up in.
+#include "proxy/server/cancel.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "protocol/auth.hpp"
+#include "protocol/startup.hpp"
+
+namespace pgshard::server {
+
+using namespace asio::experimental::awaitable_operators;
+
+CancelRegistry& CancelRegistry::instance() {
+  static CancelRegistry r;
+  return r;
+}
+
+CancelKey CancelRegistry::add(asio::any_io_executor ex, std::function<void()> cancel) {
+  auto random = protocol::random_bytes(4);
+  int32_t secret;
+  std::memcpy(&secret, random.data(), 4);
+  std::lock_guard lock(mu_);
+  int32_t pid;
+  do {
+    pid = next_pid_;
+    next_pid_ = next_pid_ == INT32_MAX ? 1 : next_pid_ + 1;
+  } while (entries_.contains(pid));
+  entries_.emplace(pid, Entry{secret, std::move(ex), std::move(cancel)});
+  return {pid, secret};
+}
+
+void CancelRegistry::remove(const CancelKey& key) {
+  std::lock_guard lock(mu_);
+  entries_.erase(key.pid);
+}
+
+bool CancelRegistry::cancel(const CancelKey& key) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(key.pid);
+  if (it == entries_.end() || it->second.secret != key.secret) return false;
+  asio::post(it->second.ex, it->second.cancel);
+  return true;
+}
+
+void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t port, int32_t pid,
+                        int32_t secret) {
+  asio::co_spawn(
+      ex,
+      [ex, host = std::move(host), port, pid, secret]() -> awaitable<void> {
+        tcp::socket sock(ex);
+        asio::steady_timer timer(ex, std::chrono::seconds(5));
+        auto work = [&]() -> awaitable<void> {
+          error_code ec;
+          auto addr = asio::ip::make_address(host, ec);
+          tcp::resolver resolver(ex);
+          auto [rec, eps] = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
+          if (rec) co_return;
+          (void)addr;
+          auto [cec, ep] = co_await asio::async_connect(sock, eps, use_nothrow);
+          if (cec) co_return;
+          std::string out;
+          protocol::write_cancel_request(out, pid, secret);
+          co_await asio::async_write(sock, asio::buffer(out), use_nothrow);
+          // The server closes the connection once it has read the request.
+          char c;
+          co_await sock.async_read_some(asio::buffer(&c, 1), use_nothrow);
+        };
+        co_await (work() || timer.async_wait(asio::use_awaitable));
+      },
+      asio::detached);
+}
+
+}  // namespace pgshard::server

@@ -1,0 +1,185 @@
+// The listener and its workers: one io_context per thread; sessions and the server
+// connections they use live on the same worker, so the data path takes no locks.
+#include "proxy/server/server.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "proxy/server/tls.hpp"
+#include "proxy/session/session.hpp"
+
+namespace pgshard::server {
+
+Worker::Worker(int index, Shared& shared) : index_(index), shared_(shared) {}
+
+pool::Pool& Worker::pool(int shard, const config::User& user) {
+  auto key = std::make_pair(shard, user.name);
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return *it->second;
+  const auto& cfg = config();
+  const auto& s = cfg.shards[static_cast<std::size_t>(shard)];
+  pool::BackendTarget t;
+  t.shard = shard;
+  t.shard_name = s.name;
+  t.host = s.primary.host;
+  t.port = s.primary.port;
+  t.user = s.primary.user.empty() ? user.name : s.primary.user;
+  t.password = s.primary.user.empty() ? user.plaintext.value_or("") : s.primary.password;
+  t.database = s.primary.database.empty() ? t.user : s.primary.database;
+  // pool_size is per shard for the whole process: split it across workers.
+  const int workers = static_cast<int>(cfg.listen.workers);
+  int size = std::max(1, (s.pool_size + workers - 1) / std::max(1, workers));
+  auto p = std::make_unique<pool::Pool>(executor(), t, size, cfg.timeouts.pool_wait,
+                                        cfg.timeouts.connect);
+  auto& ref = *p;
+  pools_.emplace(key, std::move(p));
+  return ref;
+}
+
+awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_params(
+    const config::User& user, std::string* error) {
+  for (auto& [key, p] : pools_)
+    if (!p->server_params().empty()) co_return p->server_params();
+  // Nothing cached: log in to the first shard that answers.
+  for (std::size_t i = 0; i < config().shards.size(); ++i) {
+    auto& p = pool(static_cast<int>(i), user);
+    auto got = co_await p.acquire();
+    if (auto* err = std::get_if<std::string>(&got)) {
+      *error = *err;
+      continue;
+    }
+    co_return p.server_params();
+  }
+  co_return std::nullopt;
+}
+
+void Worker::add(const std::shared_ptr<session::Session>& s) { sessions_[s.get()] = s; }
+
+void Worker::remove(session::Session* s) { sessions_.erase(s); }
+
+void Worker::begin_shutdown() {
+  asio::post(ctx_, [this] {
+    for (auto& [ptr, weak] : sessions_)
+      if (auto s = weak.lock()) s->request_shutdown();
+  });
+}
+
+void Worker::force_close() {
+  asio::post(ctx_, [this] {
+    for (auto& [ptr, weak] : sessions_)
+      if (auto s = weak.lock()) s->force_close();
+  });
+}
+
+awaitable<void> Worker::janitor() {
+  asio::steady_timer timer(ctx_);
+  for (;;) {
+    timer.expires_after(std::chrono::seconds(10));
+    auto [ec] = co_await timer.async_wait(use_nothrow);
+    if (ec) co_return;
+    for (auto& [key, p] : pools_) p->prune(config().timeouts.server_idle);
+  }
+}
+
+void Worker::start() {
+  guard_.emplace(ctx_.get_executor());
+  asio::co_spawn(ctx_, janitor(), asio::detached);
+  thread_ = std::thread([this] {
+    try {
+      ctx_.run();
+    } catch (const std::exception& e) {
+      spdlog::critical("worker {} stopped: {}", index_, e.what());
+    }
+  });
+}
+
+void Worker::stop() {
+  guard_.reset();
+  ctx_.stop();
+}
+
+void Worker::join() {
+  if (thread_.joinable()) thread_.join();
+}
+
+Server::Server(std::shared_ptr<const config::Config> config) {
+  shared_.config = std::move(config);
+  const auto& cfg = *shared_.config;
+  if (cfg.tls.mode != config::TlsMode::kDisable)
+    shared_.tls.emplace(make_tls_context(cfg.tls.cert, cfg.tls.key));
+  int n = cfg.listen.workers;
+  for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, shared_));
+}
+
+awaitable<void> Server::accept_loop() {
+  for (;;) {
+    auto& w = *workers_[next_worker_++ % workers_.size()];
+    auto [ec, sock] = co_await acceptor_->async_accept(w.context(), use_nothrow);
+    if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
+    if (ec) {
+      // EMFILE and friends: log and back off instead of spinning.
+      spdlog::error("accept failed: {}", ec.message());
+      asio::steady_timer t(main_ctx_, std::chrono::milliseconds(100));
+      co_await t.async_wait(use_nothrow);
+      continue;
+    }
+    asio::post(w.context(), [&w, s = std::move(sock)]() mutable {
+      session::Session::start(w, std::move(s));
+    });
+  }
+}
+
+int Server::run() {
+  const auto& cfg = *shared_.config;
+  tcp::endpoint ep(asio::ip::make_address(cfg.listen.host), cfg.listen.port);
+  acceptor_.emplace(main_ctx_);
+  acceptor_->open(ep.protocol());
+  acceptor_->set_option(tcp::acceptor::reuse_address(true));
+  acceptor_->bind(ep);
+  acceptor_->listen(asio::socket_base::max_listen_connections);
+  for (auto& w : workers_) w->start();
+  spdlog::info("pgshard {} listening on {}:{} with {} workers, {} shards", PGSHARD_VERSION,
+               cfg.listen.host, cfg.listen.port, workers_.size(), cfg.shards.size());
+
+  int signals_seen = 0;
+  asio::signal_set signals(main_ctx_, SIGINT, SIGTERM);
+  asio::steady_timer deadline(main_ctx_);
+  std::function<void(error_code, int)> on_signal = [&](error_code ec, int sig) {
+    if (ec) return;
+    if (++signals_seen > 1) {
+      spdlog::warn("second signal ({}): exiting now", sig);
+      std::_Exit(1);
+    }
+    spdlog::info("signal {}: no new connections; waiting up to {} ms for sessions to finish",
+                 sig, cfg.timeouts.shutdown.count());
+    shared_.shutting_down = true;
+    error_code ignored;
+    acceptor_->close(ignored);
+    for (auto& w : workers_) w->begin_shutdown();
+    signals.async_wait(on_signal);
+    deadline.expires_after(cfg.timeouts.shutdown);
+    auto started = Clock::now();
+    asio::co_spawn(main_ctx_, [&, started]() -> awaitable<void> {
+      asio::steady_timer tick(main_ctx_);
+      while (shared_.clients.load() > 0 && Clock::now() - started < cfg.timeouts.shutdown) {
+        tick.expires_after(std::chrono::milliseconds(50));
+        co_await tick.async_wait(use_nothrow);
+      }
+      if (shared_.clients.load() > 0) {
+        spdlog::warn("shutdown timeout: closing {} sessions", shared_.clients.load());
+        for (auto& w : workers_) w->force_close();
+        tick.expires_after(std::chrono::milliseconds(200));
+        co_await tick.async_wait(use_nothrow);
+      }
+      main_ctx_.stop();
+    }, asio::detached);
+  };
+  signals.async_wait(on_signal);
+  asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
+  main_ctx_.run();
+  for (auto& w : workers_) w->stop();
+  for (auto& w : workers_) w->join();
+  spdlog::info("pgshard stopped");
+  return 0;
+}
+
+}  // namespace pgshard::server

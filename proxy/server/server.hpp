@@ -1,0 +1,85 @@
+// The listener and its workers: one io_context per thread; sessions and the server
+// connections they use live on the same worker, so the data path takes no locks.
+#pragma once
+
+#include <atomic>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <thread>
+#include <vector>
+
+#include "config/config.hpp"
+#include "proxy/asio.hpp"
+#include "proxy/pool/pool.hpp"
+
+namespace pgshard::session {
+class Session;
+}
+
+namespace pgshard::server {
+
+class Server;
+
+// State shared by all workers; read-mostly, atomics only.
+struct Shared {
+  std::shared_ptr<const config::Config> config;
+  std::optional<asio::ssl::context> tls;
+  std::atomic<int> clients{0};
+  std::atomic<bool> shutting_down{false};
+};
+
+class Worker {
+ public:
+  Worker(int index, Shared& shared);
+  asio::io_context& context() { return ctx_; }
+  asio::any_io_executor executor() { return ctx_.get_executor(); }
+  Shared& shared() { return shared_; }
+  const config::Config& config() const { return *shared_.config; }
+  int index() const { return index_; }
+
+  // The pool for (shard, user), created on first use.
+  pool::Pool& pool(int shard, const config::User& user);
+  // Server parameters to announce to clients: from any pool that has logged in, else
+  // learned by opening one connection (nullopt and an error message if no shard answers).
+  awaitable<std::optional<std::map<std::string, std::string>>> server_params(
+      const config::User& user, std::string* error);
+
+  void add(const std::shared_ptr<session::Session>& s);
+  void remove(session::Session* s);
+  // Asks every session to finish: idle ones close now, busy ones at their next idle point.
+  void begin_shutdown();
+  void force_close();
+
+  void start();
+  void join();
+  void stop();
+
+ private:
+  awaitable<void> janitor();
+  int index_;
+  Shared& shared_;
+  asio::io_context ctx_{1};
+  std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard_;
+  std::thread thread_;
+  std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
+  std::map<session::Session*, std::weak_ptr<session::Session>> sessions_;
+};
+
+class Server {
+ public:
+  explicit Server(std::shared_ptr<const config::Config> config);
+  // Runs until SIGTERM/SIGINT and the graceful shutdown finish; returns the exit code.
+  int run();
+
+ private:
+  awaitable<void> accept_loop();
+  Shared shared_;
+  asio::io_context main_ctx_{1};
+  std::vector<std::unique_ptr<Worker>> workers_;
+  std::optional<tcp::acceptor> acceptor_;
+  std::size_t next_worker_ = 0;
+};
+
+}  // namespace pgshard::server

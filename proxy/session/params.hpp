@@ -1,0 +1,30 @@
+// Client settings that must follow the client from one server connection to the next:
+// startup parameters (and `options -c`), kept equal on whatever server a client is given.
+#pragma once
+
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace pgshard::session {
+
+using Params = std::map<std::string, std::string>;
+
+// The startup parameters that are applied to servers with SET (PostgreSQL accepts any GUC
+// in a startup packet; these are the ones drivers send).
+bool is_synced_startup_parameter(std::string_view name);
+
+// Parses `options` ("-c name=value --name=value", backslash escapes spaces) into settings.
+// Returns an error message for anything but -c/-- settings.
+std::optional<std::string> parse_options(std::string_view options, Params& out);
+
+// The SET/RESET statements that turn a server whose settings are `server` into one whose
+// settings are `client`: settings the client has and the server lacks or differs are SET;
+// non-reported settings only the server has are RESET. Empty when nothing differs.
+std::string sync_statements(const Params& client, const Params& server);
+
+std::string quote_literal(std::string_view v);
+std::string quote_ident(std::string_view v);
+
+}  // namespace pgshard::session

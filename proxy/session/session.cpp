@@ -1,0 +1,928 @@
+// One client session: startup, authentication, then requests routed to shards over pooled
+// server connections, with responses relayed back untouched on the single-shard path.
+#include "proxy/session/session.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include "protocol/auth.hpp"
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/server/server.hpp"
+
+namespace pgshard::session {
+
+namespace proto = protocol;
+namespace sqlstate = protocol::sqlstate;
+using namespace asio::experimental::awaitable_operators;
+
+namespace {
+
+constexpr std::size_t kReadChunk = 16 * 1024;
+// DataRow/CopyData frames larger than this are streamed to the client as they arrive
+// instead of being held whole.
+constexpr std::size_t kStreamFrame = 64 * 1024;
+
+std::string canonical_parameter(std::string_view name) {
+  // GUC names are case-insensitive; use the spelling PostgreSQL reports.
+  std::string lower(name);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "datestyle") return "DateStyle";
+  if (lower == "timezone") return "TimeZone";
+  if (lower == "intervalstyle") return "IntervalStyle";
+  return lower;
+}
+
+bool synced_reported(std::string_view name) {
+  return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
+         name == "IntervalStyle" || name == "TimeZone";
+}
+
+std::string ready(char status) {
+  std::string out;
+  proto::ReadyForQuery{status}.write(out);
+  return out;
+}
+
+}  // namespace
+
+const char* to_string(Session::State s) {
+  switch (s) {
+    case Session::State::kStartup: return "startup";
+    case Session::State::kAuth: return "auth";
+    case Session::State::kReady: return "ready";
+    case Session::State::kClosing: return "closing";
+  }
+  return "?";
+}
+
+Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
+    : worker_(worker),
+      config_(worker.config()),
+      stream_(std::move(socket)),
+      id_(id),
+      drained_(worker.executor()),
+      client_write_done_(worker.executor()),
+      server_write_done_(worker.executor()),
+      idle_timer_(worker.executor()) {
+  error_code ec;
+  auto ep = stream_.socket().remote_endpoint(ec);
+  peer_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+  stream_.socket().set_option(tcp::no_delay(true), ec);
+}
+
+Session::~Session() {
+  if (key_.pid) server::CancelRegistry::instance().remove(key_);
+  worker_.shared().clients--;
+}
+
+std::string Session::prefix() const {
+  return "C-" + std::to_string(id_) + ": " +
+         (user_ ? user_->name + "@" : std::string()) + peer_;
+}
+
+void Session::start(server::Worker& worker, tcp::socket socket) {
+  static std::atomic<uint64_t> next_id{1};
+  worker.shared().clients++;
+  auto s = std::make_shared<Session>(worker, std::move(socket), next_id++);
+  worker.add(s);
+  asio::co_spawn(worker.executor(), [s]() -> awaitable<void> {
+    try {
+      co_await s->run();
+    } catch (const std::exception& e) {
+      spdlog::error("{}: session failed: {}", s->prefix(), e.what());
+    }
+    s->stream_.close();
+    s->worker_.remove(s.get());
+  }, asio::detached);
+}
+
+awaitable<void> Session::run() {
+  if (worker_.shared().clients.load() > config_.listen.max_client_conn) {
+    spdlog::warn("{}: refusing connection: max_client_conn {} reached", prefix(),
+                 config_.listen.max_client_conn);
+    co_await send_fatal(proto::fatal(sqlstate::kTooManyConnections,
+                                     "sorry, too many clients already"));
+    co_return;
+  }
+  if (worker_.shared().shutting_down) {
+    co_await send_fatal(proto::fatal(sqlstate::kCannotConnectNow, "pgshard is shutting down"));
+    co_return;
+  }
+  // A client has a bounded time to finish startup and authentication.
+  asio::steady_timer startup_timer(worker_.executor(), config_.timeouts.client_startup);
+  auto self = shared_from_this();
+  startup_timer.async_wait([self](error_code ec) {
+    if (!ec && self->state_ != State::kReady) {
+      spdlog::info("{}: closing: startup not finished in time", self->prefix());
+      self->stream_.close();
+    }
+  });
+  bool ok = co_await negotiate();
+  if (ok) ok = co_await welcome();
+  startup_timer.cancel();
+  if (!ok) co_return;
+  state_ = State::kReady;
+  spdlog::info("{}: login db={} tls={} app={}", prefix(), database_, stream_.tls(),
+               client_params_["application_name"]);
+  co_await client_loop();
+  co_await finish();
+}
+
+awaitable<bool> Session::read_client() {
+  std::size_t room;
+  char* at = in_.prepare(kReadChunk, &room);
+  auto [ec, n] = co_await stream_.read_some(asio::buffer(at, room));
+  if (ec) co_return false;
+  in_.commit(n);
+  co_return true;
+}
+
+awaitable<bool> Session::write_client(std::string_view bytes) {
+  while (client_writing_) co_await client_write_done_.wait();
+  if (client_gone_) co_return false;
+  client_writing_ = true;
+  auto [ec, n] = co_await stream_.write(asio::buffer(bytes.data(), bytes.size()));
+  client_writing_ = false;
+  client_write_done_.notify_all();
+  if (ec) client_gone_ = true;
+  co_return !ec;
+}
+
+awaitable<void> Session::send_fatal(const proto::ErrorInfo& e) {
+  std::string out;
+  proto::write_error(out, e);
+  co_await write_client(out);
+  stream_.close();
+}
+
+// ---- startup ----
+
+awaitable<bool> Session::negotiate() {
+  for (;;) {
+    auto d = proto::decode_startup(in_.view());
+    if (d.status == proto::DecodeStatus::kError) {
+      co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, d.error));
+      co_return false;
+    }
+    if (d.status == proto::DecodeStatus::kNeedMore) {
+      if (!co_await read_client()) co_return false;
+      continue;
+    }
+    const char* err = nullptr;
+    auto pkt = proto::parse_startup(d.frame.body, &err);
+    if (!pkt) {
+      co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, err));
+      co_return false;
+    }
+    startup_raw_.assign(d.frame.body);
+    in_.consume(d.consumed);
+    switch (pkt->kind) {
+      case proto::StartupKind::kSSLRequest: {
+        // Bytes sent after SSLRequest but before the handshake would be read as if they
+        // were encrypted; PostgreSQL refuses them (CVE-2021-23214), and so do we.
+        if (!in_.empty()) {
+          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
+                                           "received unencrypted data after SSL request"));
+          co_return false;
+        }
+        const bool offer = worker_.shared().tls && !stream_.tls() &&
+                           config_.tls.mode != config::TlsMode::kDisable;
+        if (!co_await write_client(offer ? "S" : "N")) co_return false;
+        if (offer) {
+          if (auto ec = co_await stream_.handshake(*worker_.shared().tls)) {
+            spdlog::info("{}: TLS handshake failed: {}", prefix(), ec.message());
+            co_return false;
+          }
+        }
+        continue;
+      }
+      case proto::StartupKind::kGSSENCRequest:
+        if (!co_await write_client("N")) co_return false;
+        continue;
+      case proto::StartupKind::kCancelRequest:
+        server::CancelRegistry::instance().cancel({pkt->cancel_pid, pkt->cancel_secret});
+        co_return false;
+      case proto::StartupKind::kStartup:
+        break;
+    }
+    // Re-parse from our own copy: the views must outlive the input buffer.
+    pkt = proto::parse_startup(startup_raw_, &err);
+    startup_ = *pkt;
+    break;
+  }
+
+  auto unknown = startup_.protocol_options();
+  if (startup_.minor > 0 || !unknown.empty()) {
+    // We speak 3.0 only; say so instead of failing (NegotiateProtocolVersion).
+    std::string out;
+    proto::NegotiateProtocolVersion{0, unknown}.write(out);
+    if (!co_await write_client(out)) co_return false;
+  }
+  if (config_.tls.mode == config::TlsMode::kRequire && !stream_.tls()) {
+    co_await send_fatal(proto::fatal(sqlstate::kInvalidAuthorization,
+                                     "TLS is required (tls.mode: require)",
+                                     {}, "connect with sslmode=require"));
+    co_return false;
+  }
+  auto user = startup_.param("user");
+  if (user.empty()) {
+    co_await send_fatal(proto::fatal(sqlstate::kInvalidAuthorization,
+                                     "no PostgreSQL user name specified in startup packet"));
+    co_return false;
+  }
+  if (!startup_.param("replication").empty() && startup_.param("replication") != "false") {
+    co_await send_fatal(proto::fatal(sqlstate::kFeatureNotSupported,
+                                     "replication connections are not supported by pgshard"));
+    co_return false;
+  }
+  database_ = startup_.param("database").empty() ? std::string(user)
+                                                 : std::string(startup_.param("database"));
+  state_ = State::kAuth;
+  const config::User* u = config_.find_user(user);
+  if (!u) {
+    spdlog::info("{}: unknown user \"{}\"", prefix(), user);
+    co_await send_fatal(proto::fatal(sqlstate::kInvalidPassword,
+                                     "password authentication failed for user \"" +
+                                         std::string(user) + "\""));
+    co_return false;
+  }
+  if (!co_await authenticate(*u)) co_return false;
+  user_ = u;
+  co_return true;
+}
+
+awaitable<bool> Session::authenticate(const config::User& user) {
+  std::string out;
+  auto failed = [&]() -> awaitable<bool> {
+    spdlog::info("{}: password authentication failed for user \"{}\"", prefix(), user.name);
+    co_await send_fatal(proto::fatal(sqlstate::kInvalidPassword,
+                                     "password authentication failed for user \"" + user.name +
+                                         "\""));
+    co_return false;
+  };
+  // Reads the next 'p' message (password or SASL); nullopt on EOF or a wrong message.
+  auto next_password = [&]() -> awaitable<std::optional<std::string>> {
+    for (;;) {
+      auto d = proto::decode_frame(in_.view(), proto::kMaxStartupPacket);
+      if (d.status == proto::DecodeStatus::kError) co_return std::nullopt;
+      if (d.status == proto::DecodeStatus::kFrame) {
+        std::string body(d.frame.body);
+        char type = d.frame.type;
+        in_.consume(d.consumed);
+        if (type != proto::msg::kPassword) co_return std::nullopt;
+        co_return body;
+      }
+      if (!co_await read_client()) co_return std::nullopt;
+    }
+  };
+
+  switch (user.auth) {
+    case config::AuthMethod::kTrust:
+      break;
+    case config::AuthMethod::kMd5: {
+      auto salt = proto::random_bytes(4);
+      proto::Authentication{proto::auth::kMD5Password, salt}.write(out);
+      if (!co_await write_client(out)) co_return false;
+      auto body = co_await next_password();
+      if (!body) co_return false;
+      auto pw = proto::PasswordMessage::parse(*body);
+      if (!pw || pw->password != proto::md5_from_stored(user.md5, salt)) co_return co_await failed();
+      break;
+    }
+    case config::AuthMethod::kScram: {
+      proto::write_auth_sasl(out, {"SCRAM-SHA-256"});
+      if (!co_await write_client(out)) co_return false;
+      auto body = co_await next_password();
+      if (!body) co_return false;
+      auto init = proto::SASLInitialResponse::parse(*body);
+      if (!init || init->mechanism != "SCRAM-SHA-256" || !init->data) {
+        co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
+                                         "client selected an invalid SASL authentication mechanism"));
+        co_return false;
+      }
+      proto::ScramServer scram(*user.scram, proto::base64_encode(proto::random_bytes(18)));
+      std::string err;
+      auto first = scram.client_first(*init->data, &err);
+      if (!first) {
+        co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, err));
+        co_return false;
+      }
+      out.clear();
+      proto::Authentication{proto::auth::kSASLContinue, *first}.write(out);
+      if (!co_await write_client(out)) co_return false;
+      body = co_await next_password();
+      if (!body) co_return false;
+      auto final_msg = scram.client_final(*body, &err);
+      if (!final_msg) {
+        if (!err.empty()) {
+          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, err));
+          co_return false;
+        }
+        co_return co_await failed();
+      }
+      out.clear();
+      proto::Authentication{proto::auth::kSASLFinal, *final_msg}.write(out);
+      if (!co_await write_client(out)) co_return false;
+      break;
+    }
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::welcome() {
+  // One logical database: when the shard URLs name a database, clients must ask for it.
+  const auto& db = config_.shards.front().primary.database;
+  if (!db.empty() && db != database_) {
+    co_await send_fatal(proto::fatal(sqlstate::kInvalidCatalogName,
+                                     "database \"" + database_ + "\" does not exist",
+                                     {}, "pgshard serves database \"" + db + "\""));
+    co_return false;
+  }
+  // Settings from the startup packet follow the client to every server it is given.
+  Params wanted;
+  for (const auto& [k, v] : startup_.params) {
+    auto name = canonical_parameter(k);
+    if (name == "options") {
+      if (auto err = parse_options(v, wanted)) {
+        co_await send_fatal(proto::fatal(sqlstate::kFeatureNotSupported, *err));
+        co_return false;
+      }
+    } else if (is_synced_startup_parameter(name)) {
+      wanted[name] = v;
+    }
+  }
+  std::string err;
+  auto server = co_await worker_.server_params(*user_, &err);
+  if (!server) {
+    co_await send_fatal(proto::fatal(sqlstate::kSqlclientUnableToEstablish, err));
+    co_return false;
+  }
+  for (const auto& [k, v] : *server)
+    if (synced_reported(k)) client_params_[k] = v;
+  for (auto& [k, v] : wanted) client_params_[canonical_parameter(k)] = v;
+
+  std::string out;
+  proto::Authentication{proto::auth::kOk, {}}.write(out);
+  auto announced = *server;
+  for (const auto& [k, v] : client_params_)
+    if (pool::is_reported_parameter(k)) announced[k] = v;
+  announced["session_authorization"] = user_->name;
+  for (const auto& [k, v] : announced) proto::ParameterStatus{k, v}.write(out);
+  std::weak_ptr<Session> weak = weak_from_this();
+  key_ = server::CancelRegistry::instance().add(worker_.executor(), [weak] {
+    auto s = weak.lock();
+    if (!s) return;
+    std::vector<std::shared_ptr<Link>> links;
+    if (s->active_) links.push_back(s->active_);
+    for (auto& [shard, l] : s->kept_) links.push_back(l);
+    for (auto& l : links) {
+      if (!l->lease) continue;
+      const auto& t = l->lease->target();
+      spdlog::info("{}: cancel request forwarded to shard {}", s->prefix(), t.shard_name);
+      server::send_server_cancel(s->worker_.executor(), t.host, t.port, l->lease->pid(),
+                                 l->lease->secret());
+    }
+  });
+  proto::BackendKeyData{key_.pid, key_.secret}.write(out);
+  proto::ReadyForQuery{'I'}.write(out);
+  co_return co_await write_client(out);
+}
+
+// ---- requests ----
+
+awaitable<void> Session::client_loop() {
+  const std::size_t max_message = config_.listen.max_message_size;
+  bool copy_only = true;  // pending_ holds only CopyData/CopyDone/CopyFail
+  for (;;) {
+    for (;;) {
+      auto d = proto::decode_frame(in_.view(), max_message);
+      if (d.status == proto::DecodeStatus::kError) {
+        spdlog::info("{}: protocol violation: {}", prefix(), d.error);
+        co_await drain();
+        co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, d.error));
+        co_return;
+      }
+      if (d.status == proto::DecodeStatus::kNeedMore) break;
+      const char type = d.frame.type;
+      switch (type) {
+        case proto::msg::kTerminate:
+          in_.consume(d.consumed);
+          co_return;
+        case proto::msg::kCopyData:
+        case proto::msg::kCopyDone:
+        case proto::msg::kCopyFail:
+          pending_.append(in_.data(), d.consumed);
+          in_.consume(d.consumed);
+          continue;
+        case proto::msg::kParse:
+        case proto::msg::kBind:
+        case proto::msg::kDescribe:
+        case proto::msg::kExecute:
+        case proto::msg::kClose:
+          if (copy_only && !pending_.empty()) {
+            co_await flush_copy();
+            continue;  // the frame is still at the front of in_
+          }
+          copy_only = false;
+          pending_.append(in_.data(), d.consumed);
+          in_.consume(d.consumed);
+          continue;
+        case proto::msg::kQuery:
+        case proto::msg::kFunctionCall:
+        case proto::msg::kSync:
+        case proto::msg::kFlush:
+          if (copy_only && !pending_.empty()) {
+            co_await flush_copy();
+            continue;
+          }
+          pending_.append(in_.data(), d.consumed);
+          in_.consume(d.consumed);
+          co_await handle_request(type);
+          copy_only = true;
+          if (client_gone_) co_return;
+          continue;
+        default: {
+          spdlog::info("{}: invalid frontend message type {}", prefix(), int(type));
+          co_await drain();
+          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
+                                           "invalid frontend message type " +
+                                               std::to_string(static_cast<unsigned char>(type))));
+          co_return;
+        }
+      }
+    }
+    // COPY FROM STDIN data streams through as it arrives; outside COPY it is ignored, as
+    // PostgreSQL does.
+    if (!pending_.empty() && copy_only) co_await flush_copy();
+    in_.shrink(1 << 20);
+    maybe_close_for_shutdown();
+    if (client_gone_) co_return;
+
+    const bool arm_idle = config_.timeouts.client_idle.count() > 0 && idle() && pending_.empty();
+    if (arm_idle) {
+      idle_timer_.expires_after(config_.timeouts.client_idle);
+      auto self = shared_from_this();
+      idle_timer_.async_wait([self](error_code ec) {
+        if (ec || !self->idle()) return;
+        spdlog::info("{}: closing idle client", self->prefix());
+        asio::co_spawn(self->worker_.executor(), [self]() -> awaitable<void> {
+          co_await self->send_fatal(proto::fatal(sqlstate::kIdleSessionTimeout,
+                                                 "terminating connection due to idle-session timeout"));
+        }, asio::detached);
+      });
+    }
+    bool more = co_await read_client();
+    if (arm_idle) idle_timer_.cancel();
+    if (!more) co_return;
+  }
+}
+
+awaitable<void> Session::handle_request(char boundary) {
+  std::string out;
+  if (discard_until_sync_ && !active_) {
+    // After pgshard itself failed an extended request, skip to Sync as PostgreSQL does.
+    if (boundary == proto::msg::kSync) {
+      discard_until_sync_ = false;
+      pending_.clear();
+      co_await write_client(ready(transaction_status()));
+    } else if (boundary != proto::msg::kFlush) {
+      discard_until_sync_ = false;
+    } else {
+      pending_.clear();
+      co_return;
+    }
+    if (pending_.empty()) co_return;
+  }
+
+  int target = active_ ? active_->shard : 0;
+  // Mid-batch (extended messages sent without Sync) the batch stays where it started.
+  if (!(open_extended_ && active_)) {
+    std::string_view sql;
+    bool simple = false;
+    for (std::string_view rest = pending_; !rest.empty();) {
+      auto d = proto::decode_frame(rest);
+      if (d.status != proto::DecodeStatus::kFrame) break;
+      if (d.frame.type == proto::msg::kQuery || d.frame.type == proto::msg::kParse) {
+        if (d.frame.type == proto::msg::kQuery) {
+          simple = true;
+          if (auto q = proto::Query::parse(d.frame.body)) sql = q->sql;
+        } else if (auto p = proto::Parse::parse(d.frame.body)) {
+          sql = p->query;
+        }
+        break;
+      }
+      rest.remove_prefix(d.consumed);
+    }
+    router::Route route = simple ? router::route_query(sql, hints_, config_)
+                                 : router::route_extended(sql, hints_, config_);
+    if (route.kind != router::RouteKind::kShard) {
+      co_await drain();
+      if (route.kind == router::RouteKind::kError) {
+        spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
+        proto::write_error(out, route.error);
+      } else {
+        out += route.answer;
+        hints_ = route.hints;
+      }
+      if (transaction_status() == 'I') hints_.local = {};
+      if (boundary == proto::msg::kFlush) {
+        discard_until_sync_ = route.kind == router::RouteKind::kError;
+      } else {
+        out += ready(transaction_status());
+      }
+      pending_.clear();
+      co_await write_client(out);
+      co_return;
+    }
+    hints_ = route.hints;
+    target = route.shard;
+    spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
+  }
+
+  if (active_ && active_->shard != target) {
+    co_await drain();
+    if (active_ && active_->lease->status != 'I') {
+      proto::write_error(out, proto::error(
+          sqlstate::kFeatureNotSupported,
+          "this transaction is running on shard " + config_.shards[active_->shard].name +
+              " but the statement routes to shard " + config_.shards[target].name,
+          {}, "finish the transaction first; transactions across shards are not supported yet"));
+      if (boundary != proto::msg::kFlush) out += ready(transaction_status());
+      else discard_until_sync_ = true;
+      pending_.clear();
+      co_await write_client(out);
+      co_return;
+    }
+    if (active_) {
+      // Transaction pooling: the server goes back; session pooling: keep it for later.
+      auto link = std::move(active_);
+      if (user_->pool_mode == config::PoolMode::kSession) {
+        kept_[link->shard] = link;
+      } else {
+        link->closing = false;
+        release(link);
+      }
+    }
+  }
+  if (!active_ && !co_await attach(target)) {
+    pending_.clear();
+    co_return;
+  }
+
+  // Count what will be answered with ReadyForQuery before anything is written, so the
+  // reader never hands the server back while this request is on its way.
+  for (std::string_view rest = pending_; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) break;
+    switch (d.frame.type) {
+      case proto::msg::kQuery:
+      case proto::msg::kFunctionCall:
+      case proto::msg::kSync:
+        ++in_flight_;
+        open_extended_ = false;
+        break;
+      case proto::msg::kCopyData:
+      case proto::msg::kCopyDone:
+      case proto::msg::kCopyFail:
+        break;
+      default:
+        open_extended_ = true;
+    }
+    rest.remove_prefix(d.consumed);
+  }
+  auto link = active_;
+  if (!link->prelude.empty()) {
+    // pgshard's own settings go first, in the same write.
+    pending_.insert(0, link->prelude);
+    link->prelude.clear();
+  }
+  co_await write_server(link, pending_);
+  pending_.clear();
+}
+
+awaitable<void> Session::flush_copy() {
+  if (active_) {
+    auto link = active_;
+    co_await write_server(link, pending_);
+  }
+  pending_.clear();
+}
+
+awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::string_view bytes) {
+  writing_server_ = true;
+  auto [ec, n] = co_await asio::async_write(link->lease->socket(),
+                                            asio::buffer(bytes.data(), bytes.size()), use_nothrow);
+  writing_server_ = false;
+  server_write_done_.notify_all();
+  if (ec) {
+    // The reader sees the same failure and tells the client.
+    link->lease->close();
+    co_return false;
+  }
+  // The answer may have been relayed while this write was completing: let the reader
+  // hand the server back now.
+  if (link == active_ && can_detach(*link)) {
+    error_code ignored;
+    link->lease->socket().cancel(ignored);
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::attach(int shard) {
+  if (auto it = kept_.find(shard); it != kept_.end()) {
+    active_ = it->second;
+    kept_.erase(it);
+    co_return true;
+  }
+  auto& pool = worker_.pool(shard, *user_);
+  auto got = co_await pool.acquire();
+  if (auto* err = std::get_if<std::string>(&got)) {
+    spdlog::warn("{}: {}", prefix(), *err);
+    std::string out;
+    proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+    out += ready(transaction_status());
+    co_await write_client(out);
+    co_return false;
+  }
+  auto link = std::make_shared<Link>();
+  link->lease = std::move(std::get<pool::Lease>(got));
+  link->shard = shard;
+  auto sync = sync_statements(client_params_, link->lease->params);
+  if (!sync.empty()) {
+    // Sent ahead of the request in the same write; the reader hides its replies.
+    spdlog::debug("{}: S-{}: applying settings: {}", prefix(), link->lease->id(), sync);
+    for (const auto& [k, v] : client_params_) link->lease->params[k] = v;
+    std::erase_if(link->lease->params, [&](const auto& kv) {
+      return !client_params_.contains(kv.first) && !pool::is_reported_parameter(kv.first);
+    });
+    proto::Query{sync}.write(link->prelude);
+    link->swallow = 1;
+    link->swallow_kind = Link::Swallow::kSync;
+  }
+  active_ = link;
+  auto self = shared_from_this();
+  asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
+  co_return true;
+}
+
+// ---- server side ----
+
+bool Session::can_detach(const Link& link) const {
+  return user_->pool_mode == config::PoolMode::kTransaction && in_flight_ == 0 &&
+         !open_extended_ && link.swallow == 0 && !writing_server_ && link.lease &&
+         link.lease->status == 'I';
+}
+
+bool Session::idle() const {
+  return in_flight_ == 0 && !open_extended_ && !writing_server_ && transaction_status() == 'I';
+}
+
+char Session::transaction_status() const {
+  return active_ && active_->lease ? active_->lease->status : 'I';
+}
+
+void Session::release(const std::shared_ptr<Link>& link) {
+  if (link->done) return;
+  link->done = true;
+  if (active_ == link) active_.reset();
+  auto it = kept_.find(link->shard);
+  if (it != kept_.end() && it->second == link) kept_.erase(it);
+  // Wake the reader so it returns the connection.
+  if (link->lease) {
+    error_code ignored;
+    link->lease->socket().cancel(ignored);
+  }
+}
+
+void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
+  link->lease->broken = true;
+  const auto& shard = config_.shards[link->shard].name;
+  if (link == active_ && (in_flight_ > 0 || open_extended_)) {
+    std::string code = link->fatal_code.empty() ? std::string(sqlstate::kConnectionFailure)
+                                                : link->fatal_code;
+    std::string message = link->fatal.empty()
+                              ? "server connection to shard " + shard + " was lost"
+                              : "shard " + shard + ": " + link->fatal;
+    proto::write_error(out, proto::error(code, message, {},
+                                         "the statement may or may not have run; retry it"));
+    // Answer every outstanding Sync/Query so the client is back in step.
+    for (int i = 0; i < std::max(in_flight_, 1); ++i) out += ready('I');
+    in_flight_ = 0;
+    open_extended_ = false;
+  }
+  if (!client_gone_)
+    spdlog::warn("{}: lost server connection to shard {}{}", prefix(), shard,
+                 link->fatal.empty() ? "" : ": " + link->fatal);
+}
+
+awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
+  auto self = shared_from_this();
+  auto& conn = *link->lease;
+  std::size_t passthrough = 0;  // bytes of a large frame still to relay unparsed
+  std::string out;              // relayed bytes when some frames are hidden
+  for (;;) {
+    bool lost = false;
+    if (link->done) break;
+    {
+      std::size_t room;
+      char* at = conn.rbuf.prepare(kReadChunk, &room);
+      auto [ec, n] = co_await conn.socket().async_read_some(asio::buffer(at, room), use_nothrow);
+      conn.rbuf.commit(n);
+      if (ec == asio::error::operation_aborted && !conn.broken) {
+        if (link->done) break;
+        if (link == active_ && can_detach(*link)) {
+          release(link);
+          break;
+        }
+        if (link->closing && link->swallow == 0) break;
+        continue;
+      }
+      if (ec) lost = true;
+    }
+
+    // Walk whole frames; relay them unless hidden. Large rows stream through.
+    std::string_view buf = conn.rbuf.view();
+    std::size_t pos = 0;
+    std::size_t relay_from = 0;
+    bool hiding = false;
+    out.clear();
+    auto hide = [&](std::size_t start, std::size_t end) {
+      out.append(buf.substr(relay_from, start - relay_from));
+      relay_from = end;
+      hiding = true;
+    };
+    if (passthrough > 0) {
+      pos = std::min(passthrough, buf.size());
+      passthrough -= pos;
+    }
+    while (!lost && passthrough == 0 && buf.size() - pos >= 5) {
+      const char type = buf[pos];
+      const uint32_t len = proto::load_be32(buf.data() + pos + 1);
+      if (len < 4 || len > config_.listen.max_message_size) {
+        spdlog::error("{}: invalid message length from shard {}", prefix(), config_.shards[link->shard].name);
+        lost = true;
+        break;
+      }
+      const std::size_t total = std::size_t{len} + 1;
+      if (buf.size() - pos < total) {
+        if ((type == proto::msg::kDataRow || type == proto::msg::kCopyData) &&
+            total > kStreamFrame && link->swallow == 0) {
+          passthrough = total - (buf.size() - pos);
+          pos = buf.size();
+        }
+        break;
+      }
+      std::string_view body = buf.substr(pos + 5, len - 4);
+      const bool ours = link->swallow > 0;
+      bool hide_this = ours;
+      switch (type) {
+        case proto::msg::kReadyForQuery: {
+          char status = body.empty() ? 'I' : body[0];
+          conn.status = status;
+          if (ours) {
+            if (--link->swallow == 0) link->swallow_kind = Link::Swallow::kNone;
+          } else {
+            if (in_flight_ > 0) --in_flight_;
+            last_status_ = status;
+            if (status == 'I') hints_.local = {};
+          }
+          break;
+        }
+        case proto::msg::kParameterStatus:
+          if (auto p = proto::ParameterStatus::parse(body)) {
+            if (!ours || link->swallow_kind == Link::Swallow::kReset) {
+              conn.params[std::string(p->name)] = std::string(p->value);
+            }
+            if (!ours && synced_reported(p->name))
+              client_params_[std::string(p->name)] = std::string(p->value);
+          }
+          break;
+        case proto::msg::kErrorResponse:
+          if (auto e = proto::ErrorFields::parse(body)) {
+            if (e->severity() == "FATAL" || e->severity() == "PANIC") {
+              link->fatal = e->message();
+              link->fatal_code = e->code();
+              hide_this = true;
+            } else if (ours) {
+              spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(),
+                           config_.shards[link->shard].name, e->message());
+            }
+          }
+          break;
+        default:
+          break;
+      }
+      if (hide_this) hide(pos, pos + total);
+      pos += total;
+    }
+    if (hiding) out.append(buf.substr(relay_from, pos - relay_from));
+    std::string_view relay = hiding ? std::string_view(out) : buf.substr(0, pos);
+
+    if (lost) {
+      std::string notice;
+      server_lost(link, notice);
+      if (!relay.empty()) co_await write_client(relay);
+      if (!notice.empty()) co_await write_client(notice);
+      break;
+    }
+    if (!relay.empty() && !client_gone_) {
+      if (!co_await write_client(relay)) conn.broken = true;
+    }
+    conn.rbuf.consume(pos);
+    if (client_gone_) {
+      conn.broken = conn.broken || conn.status != 'I' || in_flight_ > 0;
+      break;
+    }
+    if (in_flight_ == 0 && !open_extended_) drained_.notify_all();
+    if (link->closing && link->swallow == 0 && in_flight_ == 0) break;
+    if (link == active_ && can_detach(*link)) {
+      release(link);
+      break;
+    }
+  }
+  // Hand the server back once the request writer is done with it.
+  while (writing_server_) co_await server_write_done_.wait();
+  if (conn.status != 'I' || (link == active_ && in_flight_ > 0)) conn.broken = true;
+  if (!link->done) {
+    link->done = true;
+    if (active_ == link) {
+      active_.reset();
+      in_flight_ = 0;
+      open_extended_ = false;
+    }
+    if (auto it = kept_.find(link->shard); it != kept_.end() && it->second == link) kept_.erase(it);
+  }
+  link->lease.release();
+  drained_.notify_all();
+  maybe_close_for_shutdown();
+}
+
+awaitable<void> Session::drain() {
+  while (active_ && (in_flight_ > 0 || open_extended_ || active_->swallow > 0)) {
+    co_await drained_.wait();
+  }
+}
+
+// ---- ending ----
+
+awaitable<void> Session::finish() {
+  state_ = State::kClosing;
+  client_gone_ = true;
+  std::vector<std::shared_ptr<Link>> links;
+  if (active_) links.push_back(active_);
+  for (auto& [s, l] : kept_) links.push_back(l);
+  for (auto& link : links) {
+    if (link->done || !link->lease) continue;
+    auto& conn = *link->lease;
+    if (conn.status != 'I' || in_flight_ > 0 || open_extended_) {
+      // Left mid-transaction or mid-request: never hand this server to someone else.
+      conn.broken = true;
+    } else if (user_ && user_->pool_mode == config::PoolMode::kSession && !conn.broken) {
+      // Session pooling: reset the server before it serves another client.
+      link->closing = true;
+      link->swallow = 1;
+      link->swallow_kind = Link::Swallow::kReset;
+      std::string q;
+      proto::Query{"DISCARD ALL"}.write(q);
+      std::erase_if(conn.params, [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });
+      auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
+      if (ec) conn.broken = true;
+      continue;
+    }
+    link->closing = true;
+    error_code ignored;
+    conn.socket().cancel(ignored);
+  }
+  spdlog::info("{}: closing", prefix());
+}
+
+void Session::maybe_close_for_shutdown() {
+  if (!shutdown_requested_ || closing_for_shutdown_ || !idle() || client_gone_ ||
+      state_ != State::kReady)
+    return;
+  closing_for_shutdown_ = true;
+  auto self = shared_from_this();
+  asio::co_spawn(worker_.executor(), [self]() -> awaitable<void> {
+    co_await self->send_fatal(proto::fatal(sqlstate::kAdminShutdown,
+                                           "terminating connection due to administrator command",
+                                           "pgshard is shutting down"));
+  }, asio::detached);
+}
+
+void Session::request_shutdown() {
+  shutdown_requested_ = true;
+  if (state_ != State::kReady) {
+    stream_.close();
+    return;
+  }
+  maybe_close_for_shutdown();
+}
+
+void Session::force_close() {
+  stream_.close();
+  if (active_ && active_->lease) active_->lease->close();
+  for (auto& [s, l] : kept_)
+    if (l->lease) l->lease->close();
+}
+
+}  // namespace pgshard::session

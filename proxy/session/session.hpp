@@ -1,0 +1,118 @@
+// One client session: startup, authentication, then requests routed to shards over pooled
+// server connections, with responses relayed back untouched on the single-shard path.
+#pragma once
+
+#include <map>
+#include <memory>
+#include <string>
+
+#include "protocol/buffer.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/startup.hpp"
+#include "proxy/asio.hpp"
+#include "proxy/pool/pool.hpp"
+#include "proxy/router/router.hpp"
+#include "proxy/server/cancel.hpp"
+#include "proxy/session/client_stream.hpp"
+#include "proxy/session/params.hpp"
+
+namespace pgshard::server {
+class Worker;
+}
+
+namespace pgshard::session {
+
+// A server connection attached to this session, with the reader coroutine relaying it.
+struct Link {
+  enum class Swallow { kNone, kSync, kReset };
+  pool::Lease lease;
+  int shard = 0;
+  // ReadyForQuery replies of pgshard's own statements (setting sync, reset) still to hide.
+  int swallow = 0;
+  Swallow swallow_kind = Swallow::kNone;
+  bool closing = false;  // the session is ending: reset or drop this server when idle
+  bool done = false;     // the reader has returned the connection
+  std::string prelude;   // pgshard's statements to send ahead of the next request
+  std::string fatal;     // message of a FATAL the server sent before closing
+  std::string fatal_code;
+};
+
+class Session : public std::enable_shared_from_this<Session> {
+ public:
+  // Lifecycle of the client side, printable in logs.
+  enum class State { kStartup, kAuth, kReady, kClosing };
+
+  Session(server::Worker& worker, tcp::socket socket, uint64_t id);
+  ~Session();
+
+  static void start(server::Worker& worker, tcp::socket socket);
+  // Graceful shutdown: close now if idle, else at the next idle point.
+  void request_shutdown();
+  void force_close();
+
+ private:
+  awaitable<void> run();
+  awaitable<bool> negotiate();
+  awaitable<bool> authenticate(const config::User& user);
+  awaitable<bool> welcome();
+  awaitable<void> client_loop();
+  awaitable<void> handle_request(char boundary);
+  awaitable<void> server_loop(std::shared_ptr<Link> link);
+  awaitable<void> finish();
+
+  // Reads at least one more chunk from the client; false on EOF/error.
+  awaitable<bool> read_client();
+  // Writes to the client; only one write is in progress at a time.
+  awaitable<bool> write_client(std::string_view bytes);
+  awaitable<void> send_fatal(const protocol::ErrorInfo& e);
+  // Waits until every request sent to the active server has been answered.
+  awaitable<void> drain();
+  awaitable<bool> attach(int shard);
+  awaitable<void> flush_copy();
+  awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes);
+
+  bool can_detach(const Link& link) const;
+  bool idle() const;
+  void release(const std::shared_ptr<Link>& link);
+  void server_lost(const std::shared_ptr<Link>& link, std::string& out);
+  void maybe_close_for_shutdown();
+  char transaction_status() const;
+  std::string prefix() const;
+
+  server::Worker& worker_;
+  const config::Config& config_;
+  ClientStream stream_;
+  uint64_t id_;
+  std::string peer_;
+  State state_ = State::kStartup;
+
+  protocol::Buffer in_;
+  std::string pending_;  // frames of the request being assembled
+  protocol::StartupPacket startup_;
+  std::string startup_raw_;
+  const config::User* user_ = nullptr;
+  std::string database_;
+  Params client_params_;
+  router::SessionHints hints_;
+  server::CancelKey key_;
+
+  std::shared_ptr<Link> active_;                 // where requests go now
+  std::map<int, std::shared_ptr<Link>> kept_;    // session mode: other shards' servers
+  int in_flight_ = 0;          // Query/Sync/FunctionCall sent and not yet answered
+  bool open_extended_ = false; // extended messages sent after the last Sync
+  bool writing_server_ = false;
+  bool client_writing_ = false;
+  bool client_gone_ = false;
+  bool discard_until_sync_ = false;
+  bool shutdown_requested_ = false;
+  bool closing_for_shutdown_ = false;
+  char last_status_ = 'I';
+  Event drained_;
+  Event client_write_done_;
+  Event server_write_done_;
+  asio::steady_timer idle_timer_;
+};
+
+const char* to_string(Session::State s);
+
+}  // namespace pgshard::session

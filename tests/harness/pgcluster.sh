@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Starts and stops throwaway PostgreSQL 15 servers for tests and the quickstart.
+#   pgcluster.sh start DIR PORT...   one server per port in DIR/<port>, user app/secret, db app
+#   pgcluster.sh stop DIR            stops every server under DIR
+#   pgcluster.sh kill DIR PORT       stops one server at once (-m immediate)
+#   pgcluster.sh restart DIR PORT    starts one stopped server again
+# Servers run as the postgres user (initdb refuses root), SCRAM auth on loopback,
+# max_prepared_transactions > 0, C.UTF-8 locale so text sorts alike on every shard.
+set -euo pipefail
+
+PGBIN=${PGBIN:-/usr/lib/postgresql/15/bin}
+APP_USER=${PGSHARD_APP_USER:-app}
+APP_PASSWORD=${PGSHARD_APP_PASSWORD:-secret}
+APP_DB=${PGSHARD_APP_DB:-app}
+
+as_pg() {
+  if [ "$(id -un)" = postgres ]; then "$@"; else runuser -u postgres -- "$@"; fi
+}
+
+start_one() {
+  local dir=$1 port=$2 data=$1/$2
+  if [ ! -f "$data/PG_VERSION" ]; then
+    if [ ! -f "$dir/template/PG_VERSION" ]; then
+      as_pg "$PGBIN/initdb" -D "$dir/template" -U postgres --locale=C.UTF-8 -E UTF8 \
+        --auth-local=trust --auth-host=scram-sha-256 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log"; exit 1; }
+    fi
+    as_pg cp -a "$dir/template" "$data"
+    cat >>"$data/postgresql.conf" <<CONF
+port = $port
+listen_addresses = '127.0.0.1'
+unix_socket_directories = '$dir'
+max_connections = 400
+max_prepared_transactions = 50
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 64MB
+log_min_messages = warning
+log_connections = off
+CONF
+  fi
+  as_pg "$PGBIN/pg_ctl" -D "$data" -l "$dir/$port.log" -w -t 60 start >/dev/null
+  as_pg "$PGBIN/psql" -qAt -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<SQL >/dev/null
+SELECT format('CREATE ROLE %I LOGIN SUPERUSER PASSWORD %L', '$APP_USER', '$APP_PASSWORD')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$APP_USER') \gexec
+SELECT format('CREATE DATABASE %I OWNER %I', '$APP_DB', '$APP_USER')
+  WHERE NOT EXISTS (SELECT 1 FROM pg_database WHERE datname = '$APP_DB') \gexec
+SQL
+}
+
+cmd=${1:-}; dir=${2:-}
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart DIR [PORT...]" >&2; exit 2; }
+case "$cmd" in
+  start)
+    shift 2
+    mkdir -p "$dir"; chmod 755 "$dir"; chown postgres "$dir" 2>/dev/null || true
+    for port in "$@"; do start_one "$dir" "$port"; done ;;
+  stop)
+    for data in "$dir"/*/; do
+      [ -f "$data/postmaster.pid" ] && as_pg "$PGBIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null 2>&1 || true
+    done ;;
+  kill)
+    as_pg "$PGBIN/pg_ctl" -D "$dir/$3" -m immediate -w stop >/dev/null ;;
+  restart)
+    as_pg "$PGBIN/pg_ctl" -D "$dir/$3" -l "$dir/$3.log" -w -t 60 start >/dev/null ;;
+  *) echo "unknown command $cmd" >&2; exit 2 ;;
+esac
