@@ -30,6 +30,7 @@ struct SessionHints {
   Hints session;
   Hints local;  // cleared when the client's transaction ends
   bool operator==(const SessionHints&) const = default;
+  bool empty() const { return session.empty() && local.empty(); }
 };
 
 enum class RouteKind {

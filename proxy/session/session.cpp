@@ -124,8 +124,30 @@ awaitable<void> Session::run() {
   state_ = State::kReady;
   spdlog::info("{}: login db={} tls={} app={}", prefix(), database_, stream_.tls(),
                client_params_["application_name"]);
+  if (config_.timeouts.client_idle.count() > 0)
+    asio::co_spawn(worker_.executor(), idle_watch(), asio::detached);
   co_await client_loop();
+  idle_timer_.cancel();
   co_await finish();
+}
+
+awaitable<void> Session::idle_watch() {
+  // Checks a few times per timeout period; a client is idle when nothing is in flight and
+  // it is outside a transaction (PgBouncer's client_idle_timeout).
+  auto self = shared_from_this();
+  const auto limit = config_.timeouts.client_idle;
+  const auto step = std::max<config::Millis>(limit / 4, config::Millis(50));
+  while (state_ == State::kReady && !client_gone_) {
+    idle_timer_.expires_after(step);
+    auto [ec] = co_await idle_timer_.async_wait(use_nothrow);
+    if (ec || state_ != State::kReady) co_return;
+    if (idle() && pending_.empty() && Clock::now() - last_activity_ >= limit) {
+      spdlog::info("{}: closing idle client", prefix());
+      co_await send_fatal(proto::fatal(sqlstate::kIdleSessionTimeout,
+                                       "terminating connection due to idle-session timeout"));
+      co_return;
+    }
+  }
 }
 
 awaitable<bool> Session::read_client() {
@@ -458,22 +480,8 @@ awaitable<void> Session::client_loop() {
     maybe_close_for_shutdown();
     if (client_gone_) co_return;
 
-    const bool arm_idle = config_.timeouts.client_idle.count() > 0 && idle() && pending_.empty();
-    if (arm_idle) {
-      idle_timer_.expires_after(config_.timeouts.client_idle);
-      auto self = shared_from_this();
-      idle_timer_.async_wait([self](error_code ec) {
-        if (ec || !self->idle()) return;
-        spdlog::info("{}: closing idle client", self->prefix());
-        asio::co_spawn(self->worker_.executor(), [self]() -> awaitable<void> {
-          co_await self->send_fatal(proto::fatal(sqlstate::kIdleSessionTimeout,
-                                                 "terminating connection due to idle-session timeout"));
-        }, asio::detached);
-      });
-    }
-    bool more = co_await read_client();
-    if (arm_idle) idle_timer_.cancel();
-    if (!more) co_return;
+    if (!co_await read_client()) co_return;
+    last_activity_ = Clock::now();
   }
 }
 
@@ -833,7 +841,10 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       conn.broken = conn.broken || conn.status != 'I' || in_flight_ > 0;
       break;
     }
-    if (in_flight_ == 0 && !open_extended_) drained_.notify_all();
+    if (in_flight_ == 0 && !open_extended_) {
+      last_activity_ = Clock::now();
+      drained_.notify_all();
+    }
     if (link->closing && link->swallow == 0 && in_flight_ == 0) break;
     if (link == active_ && can_detach(*link)) {
       release(link);

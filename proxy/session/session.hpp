@@ -59,6 +59,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> handle_request(char boundary);
   awaitable<void> server_loop(std::shared_ptr<Link> link);
   awaitable<void> finish();
+  awaitable<void> idle_watch();
 
   // Reads at least one more chunk from the client; false on EOF/error.
   awaitable<bool> read_client();
@@ -111,6 +112,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Event client_write_done_;
   Event server_write_done_;
   asio::steady_timer idle_timer_;
+  Clock::time_point last_activity_ = Clock::now();
 };
 
 const char* to_string(Session::State s);

@@ -1,0 +1,104 @@
+// Integration harness: throwaway PostgreSQL shards, pgshard processes with generated
+// configs, libpq helpers, and a raw protocol client for what libpq cannot send.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace harness {
+
+// The shards every test in this process shares (started on first use, stopped at exit).
+class Cluster {
+ public:
+  static Cluster& get();
+  int size() const { return static_cast<int>(ports_.size()); }
+  int port(int i) const { return ports_[static_cast<std::size_t>(i)]; }
+  const std::string& dir() const { return dir_; }
+  void kill(int i);
+  void restart(int i);
+  std::string log_tail(int i, int lines = 30) const;
+  // libpq conninfo straight to shard i (not through pgshard).
+  std::string direct(int i) const;
+  ~Cluster();
+
+ private:
+  Cluster();
+  std::string dir_;
+  std::vector<int> ports_;
+};
+
+struct ProxyOptions {
+  std::string pool_mode = "transaction";
+  int pool_size = 10;
+  int workers = 2;
+  std::string tls_mode = "disable";
+  std::string extra_top;       // extra top-level YAML
+  std::string listen_extra;    // extra keys inside listen: {}
+  std::string users;           // replaces the users list when set
+  std::vector<std::string> shard_urls;  // replaces the shard URLs when set
+};
+
+// A pgshard process on a free port, stopped (SIGTERM) when destroyed.
+class Proxy {
+ public:
+  explicit Proxy(ProxyOptions opts = {});
+  ~Proxy();
+  int port() const { return port_; }
+  int pid() const { return pid_; }
+  std::string conninfo(const std::string& extra = "", const std::string& user = "app",
+                       const std::string& password = "secret") const;
+  std::string log_tail(int lines = 40) const;
+  // Sends `sig` and waits up to `wait_ms` for the process to exit; returns its status or -1.
+  int signal_and_wait(int sig, int wait_ms);
+  bool running() const;
+
+ private:
+  int port_ = 0;
+  int pid_ = 0;
+  std::string dir_;
+};
+
+using Conn = std::unique_ptr<PGconn, void (*)(PGconn*)>;
+Conn connect(const std::string& conninfo);
+// Runs one statement; fails the test on error. Returns rows as text ("NULL" for NULL).
+std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql);
+std::string scalar(PGconn* c, const std::string& sql);
+// Runs one statement expecting an error; returns its SQLSTATE ("" if it succeeded).
+std::string error_code(PGconn* c, const std::string& sql, std::string* message = nullptr);
+
+int free_port();
+std::string temp_dir(const std::string& name);
+// Runs a shell command; returns exit status and fills `out` with stdout+stderr.
+int run(const std::string& cmd, std::string* out = nullptr);
+std::string read_file(const std::string& path);
+
+// Every proxy and cluster started so far, for the failure listener to print logs.
+void print_logs_on_failure();
+
+// A client speaking the wire protocol directly through our protocol library.
+class RawClient {
+ public:
+  explicit RawClient(int port);
+  ~RawClient();
+  bool send(const std::string& bytes);
+  // Logs in with SCRAM; returns false if the server refused.
+  bool login(const std::string& user = "app", const std::string& password = "secret",
+             const std::vector<std::pair<std::string, std::string>>& extra = {});
+  // Next message (type, body); nullopt on EOF or after `timeout_ms`.
+  std::optional<std::pair<char, std::string>> next(int timeout_ms = 5000);
+  // Reads messages until ReadyForQuery; returns their types in order ("1 2 T D C Z").
+  std::string until_ready(std::vector<std::pair<char, std::string>>* all = nullptr);
+  int read_byte(int timeout_ms = 5000);  // for 'S'/'N' answers; -1 on EOF/timeout
+  bool closed(int timeout_ms = 3000);    // true if the server closed the connection
+  int fd() const { return fd_; }
+
+ private:
+  int fd_ = -1;
+  std::string buf_;
+};
+
+}  // namespace harness

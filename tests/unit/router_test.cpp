@@ -1,0 +1,158 @@
+// Hint routing and PostgreSQL's hash-partitioning maths.
+#include <catch2/catch.hpp>
+
+#include "config/config.hpp"
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/router/hashing.hpp"
+#include "proxy/router/router.hpp"
+
+using namespace pgshard;
+using namespace pgshard::router;
+
+namespace {
+std::shared_ptr<const config::Config> map() {
+  return config::load_string(R"(users: [{name: app, password: x}]
+shards:
+  - { name: s0, primary: "postgres://h:1/app" }
+  - { name: s1, primary: "postgres://h:2/app" }
+  - { name: s2, primary: "postgres://h:3/app" }
+sharded_tables:
+  - { table: users, column: id, type: bigint }
+)", "t.yaml");
+}
+constexpr int64_t kSeed = static_cast<int64_t>(kHashPartitionSeed);
+}  // namespace
+
+TEST_CASE("extended hash functions equal PostgreSQL's", "[router][hash]") {
+  // Values from PostgreSQL 15: SELECT hashint8extended(42, 8816678312871386365) ...
+  CHECK(static_cast<int64_t>(hashint8extended(42, kHashPartitionSeed)) == 7363975540656877951LL);
+  CHECK(static_cast<int64_t>(hashint8extended(-7, kHashPartitionSeed)) == -7298374200968567817LL);
+  CHECK(static_cast<int64_t>(hashint4extended(42, kHashPartitionSeed)) == 7363975540656877951LL);
+  CHECK(static_cast<int64_t>(hashtextextended("hello", kHashPartitionSeed)) == -2635279551741001039LL);
+  CHECK(static_cast<int64_t>(hashtextextended("a longer text value over 12 bytes", kHashPartitionSeed)) ==
+        -956353119204901260LL);
+  unsigned char u[16];
+  REQUIRE(parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", u));
+  CHECK(static_cast<int64_t>(uuid_hash_extended(u, kHashPartitionSeed)) == 424513190990560493LL);
+  (void)kSeed;
+}
+
+TEST_CASE("partition index equals PARTITION BY HASH with modulus 3", "[router][hash]") {
+  // From a real server: keys -7, 2 and 42 land in remainder 0, 1 in 2, 3 in 1.
+  auto idx = [](const char* k) { return hash_to_index(*partition_hash(config::KeyType::kInt8, k), 3); };
+  CHECK(idx("-7") == 0);
+  CHECK(idx("1") == 2);
+  CHECK(idx("2") == 0);
+  CHECK(idx("3") == 1);
+  CHECK(idx("42") == 0);
+  CHECK(idx(" 42 ") == 0);
+  CHECK_FALSE(partition_hash(config::KeyType::kInt8, "4x"));
+  CHECK_FALSE(partition_hash(config::KeyType::kInt2, "40000"));
+  CHECK_FALSE(partition_hash(config::KeyType::kUuid, "not-a-uuid"));
+}
+
+TEST_CASE("uuid input accepts PostgreSQL's spellings", "[router][hash]") {
+  unsigned char a[16], b[16], c[16];
+  REQUIRE(parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", a));
+  REQUIRE(parse_uuid("{a0eebc999c0b4ef8bb6d6bb9bd380a11}", b));
+  REQUIRE(parse_uuid("A0EEBC99-9C0B4EF8-BB6D6BB9-BD380A11", c));
+  CHECK(std::equal(a, a + 16, b));
+  CHECK(std::equal(a, a + 16, c));
+  CHECK_FALSE(parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a1", a));
+  CHECK_FALSE(parse_uuid("-a0eebc999c0b4ef8bb6d6bb9bd380a11", a));
+}
+
+TEST_CASE("pgshard settings are answered by pgshard and change routing", "[router]") {
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("SET pgshard.shard = 's2'", h, *cfg);
+  REQUIRE(r.kind == RouteKind::kAnswer);
+  CHECK(r.hints.session.shard == "s2");
+  auto tag = protocol::decode_frame(r.answer);
+  CHECK(protocol::CommandComplete::parse(tag.frame.body)->tag == "SET");
+  h = r.hints;
+  CHECK(route_query("select 1", h, *cfg).shard == 2);
+
+  r = route_query("show pgshard.shard", h, *cfg);
+  REQUIRE(r.kind == RouteKind::kAnswer);
+  CHECK(r.answer.find("s2") != std::string::npos);
+
+  r = route_query("RESET pgshard.shard", h, *cfg);
+  CHECK(r.kind == RouteKind::kAnswer);
+  CHECK_FALSE(r.hints.session.shard);
+}
+
+TEST_CASE("sharding_key hashes like the table's partitioning", "[router]") {
+  auto cfg = map();
+  SessionHints h;
+  h.session.sharding_key = "3";
+  CHECK(route_query("select 1", h, *cfg).shard == 1);
+  h.session.sharding_key = "1";
+  CHECK(route_query("select 1", h, *cfg).shard == 2);
+}
+
+TEST_CASE("hint precedence: comment, SET LOCAL, SET, default", "[router]") {
+  auto cfg = map();
+  SessionHints h;
+  CHECK(route_query("select 1", h, *cfg).shard == 0);
+  CHECK(route_query("select 1", h, *cfg).reason == "default: first shard");
+  h.session.shard = "s1";
+  CHECK(route_query("select 1", h, *cfg).shard == 1);
+  h.local.shard = "s2";
+  CHECK(route_query("select 1", h, *cfg).shard == 2);
+  CHECK(route_query("/* pgshard: shard=s0 */ select 1", h, *cfg).shard == 0);
+  CHECK(route_query("select 1 -- pgshard: sharding_key=1", h, *cfg).shard == 2);
+  // A string literal that looks like a hint is not a hint.
+  CHECK(route_query("select '/* pgshard: shard=s0 */'", h, *cfg).shard == 2);
+  // Explicit shard beats a key at the same level.
+  SessionHints k;
+  k.session.shard = "s1";
+  k.session.sharding_key = "1";
+  CHECK(route_query("select 1", k, *cfg).shard == 1);
+}
+
+TEST_CASE("SET LOCAL is local, SET replaces it, RESET ALL clears everything", "[router]") {
+  auto cfg = map();
+  SessionHints h;
+  h = route_query("SET LOCAL pgshard.shard = s1", h, *cfg).hints;
+  CHECK(h.local.shard == "s1");
+  CHECK_FALSE(h.session.shard);
+  h = route_query("SET pgshard.shard TO 's2'", h, *cfg).hints;
+  CHECK_FALSE(h.local.shard);
+  CHECK(h.session.shard == "s2");
+  auto r = route_query("RESET ALL", h, *cfg);
+  CHECK(r.kind == RouteKind::kShard);  // also reaches the server
+  CHECK(r.hints.empty());
+}
+
+TEST_CASE("bad pgshard settings and hints are errors with SQLSTATE", "[router]") {
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("SET pgshard.shard = 'nope'", h, *cfg);
+  CHECK(r.kind == RouteKind::kError);
+  CHECK(r.error.code == "22023");
+  r = route_query("SET pgshard.sharding_key = 'abc'", h, *cfg);
+  CHECK(r.kind == RouteKind::kError);
+  CHECK(r.error.code == "22023");
+  r = route_query("SET pgshard.bogus = 1", h, *cfg);
+  CHECK(r.error.code == "42704");
+  r = route_query("/* pgshard: shardd=s1 */ select 1", h, *cfg);
+  CHECK(r.kind == RouteKind::kError);
+  r = route_query("/* pgshard: shard=s9 */ select 1", h, *cfg);
+  CHECK(r.kind == RouteKind::kError);
+  CHECK(r.error.message == "unknown shard \"s9\"");
+}
+
+TEST_CASE("statements mixing pgshard settings with SQL are forwarded with the setting applied",
+          "[router]") {
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("SET pgshard.shard = 's1'; select 1", h, *cfg);
+  CHECK(r.kind == RouteKind::kShard);
+  CHECK(r.shard == 1);
+  r = route_extended("SET pgshard.sharding_key = '3'", h, *cfg);
+  CHECK(r.kind == RouteKind::kShard);
+  CHECK(r.hints.session.sharding_key == "3");
+  CHECK(route_query("selec 1", h, *cfg).kind == RouteKind::kShard);  // syntax errors reach PostgreSQL
+}
