@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# Runs pgbench -S against one PostgreSQL directly, through PgBouncer and through pgshard, in
+# one run, and prints TPS, mean latency and the ratios pgshard/PgBouncer and pgshard/direct.
+#   DURATION (s, default 10)  SCALE (default 10)  POOL (default 32)  WORKERS (pgshard, 2)
+#   MODES ("simple extended prepared")  CLIENTS ("1 32")
+# -M prepared uses session pooling on both proxies (transaction pooling of named statements
+# comes with the prepared-statements work).
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DURATION=${DURATION:-10}; SCALE=${SCALE:-10}; POOL=${POOL:-32}; WORKERS=${WORKERS:-2}
+MODES=${MODES:-"simple extended prepared"}; CLIENTS=${CLIENTS:-"1 32"}
+BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
+DIR=$(mktemp -d /tmp/pgshard-bench-XXXXXX); chmod 755 "$DIR"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+SHARD=$(free_port); PGB_T=$(free_port); PGB_S=$(free_port); PS_T=$(free_port); PS_S=$(free_port)
+export PGPASSWORD=secret
+
+cleanup() {
+  [ -f "$DIR/pgshard-t.pid" ] && kill "$(cat "$DIR/pgshard-t.pid")" 2>/dev/null || true
+  [ -f "$DIR/pgshard-s.pid" ] && kill "$(cat "$DIR/pgshard-s.pid")" 2>/dev/null || true
+  for m in t s; do
+    [ -f "$DIR/pgb-$m/pgbouncer.pid" ] && kill "$(cat "$DIR/pgb-$m/pgbouncer.pid")" 2>/dev/null || true
+  done
+  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/shards" || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+
+"$ROOT/tests/harness/pgcluster.sh" start "$DIR/shards" "$SHARD"
+pgbench -i -q -s "$SCALE" -h 127.0.0.1 -p "$SHARD" -U app app >/dev/null 2>&1
+
+start_pgbouncer() {  # mode port
+  local d="$DIR/pgb-$1"
+  mkdir -p "$d"; chown postgres "$d"
+  echo '"app" "secret"' >"$d/userlist.txt"
+  cat >"$d/pgbouncer.ini" <<INI
+[databases]
+app = host=127.0.0.1 port=$SHARD dbname=app
+[pgbouncer]
+listen_addr = 127.0.0.1
+listen_port = $2
+unix_socket_dir =
+auth_type = scram-sha-256
+auth_file = $d/userlist.txt
+pool_mode = $([ "$1" = t ] && echo transaction || echo session)
+default_pool_size = $POOL
+max_client_conn = 500
+logfile = $d/pgbouncer.log
+pidfile = $d/pgbouncer.pid
+INI
+  chmod 644 "$d"/*
+  runuser -u postgres -- pgbouncer -d "$d/pgbouncer.ini"
+}
+
+start_pgshard() {  # mode port
+  cat >"$DIR/pgshard-$1.yaml" <<YAML
+listen: { host: 127.0.0.1, port: $2, workers: $WORKERS, max_client_conn: 500 }
+users: [{ name: app, password: secret, pool_mode: $([ "$1" = t ] && echo transaction || echo session) }]
+shards: [{ name: s0, primary: "postgres://app:secret@127.0.0.1:$SHARD/app", pool_size: $POOL }]
+log_level: warn
+YAML
+  "$BUILD/pgshard" --config "$DIR/pgshard-$1.yaml" >"$DIR/pgshard-$1.log" 2>&1 &
+  echo $! >"$DIR/pgshard-$1.pid"
+}
+
+start_pgbouncer t "$PGB_T"; start_pgbouncer s "$PGB_S"
+start_pgshard t "$PS_T"; start_pgshard s "$PS_S"
+for port in "$PGB_T" "$PGB_S" "$PS_T" "$PS_S"; do
+  for _ in $(seq 100); do psql -X -qAt -h 127.0.0.1 -p "$port" -U app app -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+done
+
+# Prints "tps latency_ms" for one pgbench run.
+bench() {  # port mode clients
+  local jobs=$(( $3 > 1 ? 2 : 1 )) out
+  out=$(pgbench -n -S -T "$DURATION" -c "$3" -j "$jobs" -M "$2" -h 127.0.0.1 -p "$1" -U app app 2>&1) \
+    || { echo "pgbench failed on port $1: $out" >&2; echo "0 0"; return; }
+  echo "$(echo "$out" | awk '/^tps/ {print $3}') $(echo "$out" | awk '/latency average/ {print $4}')"
+}
+
+printf '\n%-9s %7s | %10s %10s %10s | %8s %8s | %9s %9s %9s | %13s\n' mode clients \
+  direct pgbouncer pgshard "ps/pgb" "ps/dir" "lat_dir" "lat_pgb" "lat_ps" "ps_added_us"
+for mode in $MODES; do
+  for c in $CLIENTS; do
+    if [ "$mode" = prepared ]; then pgb=$PGB_S; ps=$PS_S; else pgb=$PGB_T; ps=$PS_T; fi
+    read -r d_tps d_lat < <(bench "$SHARD" "$mode" "$c")
+    read -r b_tps b_lat < <(bench "$pgb" "$mode" "$c")
+    read -r s_tps s_lat < <(bench "$ps" "$mode" "$c")
+    awk -v m="$mode" -v c="$c" -v d="$d_tps" -v b="$b_tps" -v s="$s_tps" \
+        -v dl="$d_lat" -v bl="$b_lat" -v sl="$s_lat" 'BEGIN {
+      printf "%-9s %7s | %10.0f %10.0f %10.0f | %8.2f %8.2f | %9.3f %9.3f %9.3f | %13.1f\n",
+        m, c, d, b, s, (b > 0 ? s / b : 0), (d > 0 ? s / d : 0), dl, bl, sl, (sl - dl) * 1000 }'
+  done
+done
+echo "(tps: transactions/s; lat_*: mean latency in ms; ps_added_us: pgshard mean latency minus direct, µs)"
