@@ -21,9 +21,7 @@ Pool::Pool(asio::any_io_executor ex, BackendTarget target, int max_size,
       wait_timeout_(wait_timeout),
       connect_timeout_(connect_timeout) {}
 
-Pool::~Pool() {
-  for (auto& c : idle_) c->close();
-}
+Pool::~Pool() { close_all(); }
 
 awaitable<std::variant<Lease, std::string>> Pool::acquire() {
   while (!idle_.empty()) {
@@ -69,8 +67,15 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
   co_return Lease(this, std::move(conn));
 }
 
+void Pool::close_all() {
+  closed_ = true;
+  for (auto& c : idle_) c->close();
+  total_ -= static_cast<int>(idle_.size());
+  idle_.clear();
+}
+
 void Pool::give_back(std::unique_ptr<ServerConn> conn) {
-  const bool reusable = !conn->broken && conn->status == 'I' && conn->socket().is_open();
+  const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->socket().is_open();
   if (!reusable) {
     spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
                   target_.shard_name, conn->status, conn->broken);

@@ -56,6 +56,8 @@ class Pool {
   void give_back(std::unique_ptr<ServerConn> conn);
   // Closes idle connections unused for longer than `idle`.
   void prune(config::Millis idle);
+  // At exit: closes idle connections; connections given back later are closed too.
+  void close_all();
   PoolStats stats() const;
   const BackendTarget& target() const { return target_; }
   // Parameters the server reported at its first login (server_version, encodings...).
@@ -75,6 +77,7 @@ class Pool {
   config::Millis wait_timeout_;
   config::Millis connect_timeout_;
   int total_ = 0;  // idle + leased + connecting
+  bool closed_ = false;
   std::deque<std::unique_ptr<ServerConn>> idle_;
   std::deque<Waiter*> waiters_;
   std::map<std::string, std::string> server_params_;

@@ -264,7 +264,8 @@ void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {
   desc.fields.push_back({col, 0, 0, 25 /* text */, -1, -1, 0});
   desc.write(out);
   protocol::DataRow row;
-  row.values.emplace_back(std::string_view(slot ? *slot : std::string()));
+  static const std::string kUnset;
+  row.values.emplace_back(std::string_view(slot ? *slot : kUnset));
   row.write(out);
   protocol::CommandComplete{"SHOW"}.write(out);
 }

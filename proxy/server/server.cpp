@@ -11,6 +11,15 @@ namespace pgshard::server {
 
 Worker::Worker(int index, Shared& shared) : index_(index), shared_(shared) {}
 
+Worker::~Worker() {
+  // Sessions still suspended inside the io_context hold leases; destroying the context
+  // returns them, so the pools must outlive it, but idle sockets must close first.
+  for (auto& [key, p] : pools_) p->close_all();
+  sessions_.clear();
+  guard_.reset();
+  ctx_.reset();
+}
+
 pool::Pool& Worker::pool(int shard, const config::User& user) {
   auto key = std::make_pair(shard, user.name);
   auto it = pools_.find(key);
@@ -57,21 +66,21 @@ void Worker::add(const std::shared_ptr<session::Session>& s) { sessions_[s.get()
 void Worker::remove(session::Session* s) { sessions_.erase(s); }
 
 void Worker::begin_shutdown() {
-  asio::post(ctx_, [this] {
+  asio::post(*ctx_, [this] {
     for (auto& [ptr, weak] : sessions_)
       if (auto s = weak.lock()) s->request_shutdown();
   });
 }
 
 void Worker::force_close() {
-  asio::post(ctx_, [this] {
+  asio::post(*ctx_, [this] {
     for (auto& [ptr, weak] : sessions_)
       if (auto s = weak.lock()) s->force_close();
   });
 }
 
 awaitable<void> Worker::janitor() {
-  asio::steady_timer timer(ctx_);
+  asio::steady_timer timer(*ctx_);
   for (;;) {
     timer.expires_after(std::chrono::seconds(10));
     auto [ec] = co_await timer.async_wait(use_nothrow);
@@ -81,11 +90,11 @@ awaitable<void> Worker::janitor() {
 }
 
 void Worker::start() {
-  guard_.emplace(ctx_.get_executor());
-  asio::co_spawn(ctx_, janitor(), asio::detached);
+  guard_.emplace(ctx_->get_executor());
+  asio::co_spawn(*ctx_, janitor(), asio::detached);
   thread_ = std::thread([this] {
     try {
-      ctx_.run();
+      ctx_->run();
     } catch (const std::exception& e) {
       spdlog::critical("worker {} stopped: {}", index_, e.what());
     }
@@ -94,7 +103,7 @@ void Worker::start() {
 
 void Worker::stop() {
   guard_.reset();
-  ctx_.stop();
+  ctx_->stop();
 }
 
 void Worker::join() {

@@ -33,8 +33,9 @@ struct Shared {
 class Worker {
  public:
   Worker(int index, Shared& shared);
-  asio::io_context& context() { return ctx_; }
-  asio::any_io_executor executor() { return ctx_.get_executor(); }
+  ~Worker();
+  asio::io_context& context() { return *ctx_; }
+  asio::any_io_executor executor() { return ctx_->get_executor(); }
   Shared& shared() { return shared_; }
   const config::Config& config() const { return *shared_.config; }
   int index() const { return index_; }
@@ -60,7 +61,7 @@ class Worker {
   awaitable<void> janitor();
   int index_;
   Shared& shared_;
-  asio::io_context ctx_{1};
+  std::optional<asio::io_context> ctx_{std::in_place, 1};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard_;
   std::thread thread_;
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
@@ -75,9 +76,11 @@ class Server {
 
  private:
   awaitable<void> accept_loop();
+  // Order matters for destruction: main_ctx_ (and the accept still pending on it, which
+  // refers to a worker's socket service) goes before the workers.
   Shared shared_;
-  asio::io_context main_ctx_{1};
   std::vector<std::unique_ptr<Worker>> workers_;
+  asio::io_context main_ctx_{1};
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
 };

@@ -190,6 +190,12 @@ Proxy::~Proxy() {
   if (running()) {
     if (signal_and_wait(SIGTERM, 5000) < 0) signal_and_wait(SIGKILL, 5000);
   }
+  // A sanitizer report in pgshard's own log fails the test that ran it.
+  std::string log = read_file(dir_ + "/pgshard.log");
+  for (const char* marker : {"AddressSanitizer", "LeakSanitizer", "runtime error:"}) {
+    INFO(tail(log, 60));
+    CHECK(log.find(marker) == std::string::npos);
+  }
   run("rm -rf " + dir_);
 }
 
