@@ -18,10 +18,18 @@ using Clock = std::chrono::steady_clock;
 class Event {
  public:
   explicit Event(const asio::any_io_executor& ex) : timer_(ex, Clock::time_point::max()) {}
-  awaitable<void> wait() { co_await timer_.async_wait(use_nothrow); }
-  void notify_all() { timer_.cancel(); }
+  awaitable<void> wait() {
+    ++waiters_;
+    co_await timer_.async_wait(use_nothrow);
+    --waiters_;
+  }
+  // Cheap when nobody waits, which is the common case on the data path.
+  void notify_all() {
+    if (waiters_ > 0) timer_.cancel();
+  }
 
  private:
   asio::steady_timer timer_;
+  int waiters_ = 0;
 };
 }  // namespace pgshard

@@ -8,6 +8,10 @@
 
 namespace pgshard::pool {
 
+namespace {
+constexpr auto kTrustRecent = std::chrono::milliseconds(100);
+}
+
 void Lease::release() {
   if (conn_ && pool_) pool_->give_back(std::move(conn_));
   conn_.reset();
@@ -27,7 +31,10 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire() {
   while (!idle_.empty()) {
     auto conn = std::move(idle_.back());  // LIFO: the warmest connection
     idle_.pop_back();
-    if (!conn->stale()) co_return Lease(this, std::move(conn));
+    // A connection back in the pool moments ago is trusted without a syscall; older ones
+    // are checked for a server that went away meanwhile (restart, idle timeout).
+    if (Clock::now() - conn->idle_since < kTrustRecent || !conn->stale())
+      co_return Lease(this, std::move(conn));
     spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
                   target_.shard_name);
     conn->close();

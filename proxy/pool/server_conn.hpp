@@ -44,6 +44,8 @@ class ServerConn {
   protocol::Buffer rbuf;
   // Current values of synced settings on this server session.
   std::map<std::string, std::string> params;
+  // Fingerprint of the client settings this server was last synced to (0: unknown).
+  uint64_t synced_fingerprint = 0;
   // Transaction status from the last ReadyForQuery.
   char status = 'I';
   // Set when the connection must not be reused (I/O error, protocol desync, FATAL).

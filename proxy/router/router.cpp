@@ -18,10 +18,22 @@ using protocol::sqlstate::kInvalidParameterValue;
 
 constexpr std::string_view kPrefix = "pgshard.";
 
+// ASCII case-insensitive search for a lowercase needle; runs on every statement, so it
+// avoids locale-aware tolower().
+std::size_t ifind(std::string_view hay, std::string_view needle) {
+  if (needle.size() > hay.size()) return std::string_view::npos;
+  const std::size_t last = hay.size() - needle.size();
+  for (std::size_t i = 0; i <= last; ++i) {
+    if ((hay[i] | 0x20) != needle[0]) continue;
+    std::size_t j = 1;
+    while (j < needle.size() && (hay[i + j] | 0x20) == (needle[j] | 0x20)) ++j;
+    if (j == needle.size()) return i;
+  }
+  return std::string_view::npos;
+}
+
 bool icontains(std::string_view hay, std::string_view needle) {
-  return std::search(hay.begin(), hay.end(), needle.begin(), needle.end(), [](char a, char b) {
-           return std::tolower(static_cast<unsigned char>(a)) == b;
-         }) != hay.end();
+  return ifind(hay, needle) != std::string_view::npos;
 }
 
 enum class SetAction { kSet, kReset, kShow };
@@ -121,7 +133,7 @@ void analyze_comments(std::string_view sql, Analysis& a) {
                                       static_cast<std::size_t>(t->end - t->start));
       c.remove_prefix(2);  // "/*" or "--"
       if (c.ends_with("*/")) c.remove_suffix(2);
-      auto at = c.find("pgshard:");
+      auto at = ifind(c, "pgshard:");
       if (at == c.npos) continue;
       c.remove_prefix(at + 8);
       // Whitespace- or comma-separated key=value pairs.
@@ -136,7 +148,8 @@ void analyze_comments(std::string_view sql, Analysis& a) {
         pos = end;
         if (pair.empty()) continue;
         auto eq = pair.find('=');
-        auto key = pair.substr(0, eq);
+        std::string key(pair.substr(0, eq));
+        for (char& ch : key) ch = static_cast<char>(ch | (ch >= 'A' && ch <= 'Z' ? 0x20 : 0));
         auto value = eq == pair.npos ? std::string_view{} : pair.substr(eq + 1);
         if (value.size() >= 2 && value.front() == '\'' && value.back() == '\'')
           value = value.substr(1, value.size() - 2);
@@ -251,7 +264,7 @@ Route pick(const Analysis& a, const SessionHints& h, const config::Config& cfg) 
   if (auto r = from_hints(h.session, "SET pgshard", cfg)) return *r;
   Route r;
   r.shard = 0;
-  r.reason = "default: first shard";
+  r.reason = "first shard";
   return r;
 }
 

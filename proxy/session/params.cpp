@@ -62,6 +62,17 @@ std::optional<std::string> parse_options(std::string_view s, Params& out) {
   return std::nullopt;
 }
 
+uint64_t fingerprint(const Params& p) {
+  uint64_t h = 1469598103934665603ULL;  // FNV-1a over "k\0v\0..."
+  for (const auto& [k, v] : p) {
+    for (std::string_view part : {std::string_view(k), std::string_view(v)}) {
+      for (unsigned char c : part) h = (h ^ c) * 1099511628211ULL;
+      h = (h ^ 0xff) * 1099511628211ULL;
+    }
+  }
+  return h == 0 ? 1 : h;
+}
+
 std::string quote_literal(std::string_view v) {
   std::string out = "'";
   for (char c : v) {

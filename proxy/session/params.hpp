@@ -2,6 +2,7 @@
 // startup parameters (and `options -c`), kept equal on whatever server a client is given.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -23,6 +24,9 @@ std::optional<std::string> parse_options(std::string_view options, Params& out);
 // settings are `client`: settings the client has and the server lacks or differs are SET;
 // non-reported settings only the server has are RESET. Empty when nothing differs.
 std::string sync_statements(const Params& client, const Params& server);
+
+// A hash of the whole set (never 0), to skip comparing sets that are known to be equal.
+uint64_t fingerprint(const Params& p);
 
 std::string quote_literal(std::string_view v);
 std::string quote_ident(std::string_view v);

@@ -75,9 +75,13 @@ Session::~Session() {
   worker_.shared().clients--;
 }
 
-std::string Session::prefix() const {
-  return "C-" + std::to_string(id_) + ": " +
-         (user_ ? user_->name + "@" : std::string()) + peer_;
+const std::string& Session::prefix() const {
+  // Built once per state change, so a log call on the data path formats nothing extra.
+  if (prefix_.empty() || (user_ && !prefix_has_user_)) {
+    prefix_ = "C-" + std::to_string(id_) + ": " + (user_ ? user_->name + "@" : std::string()) + peer_;
+    prefix_has_user_ = user_ != nullptr;
+  }
+  return prefix_;
 }
 
 void Session::start(server::Worker& worker, tcp::socket socket) {
@@ -382,6 +386,7 @@ awaitable<bool> Session::welcome() {
   for (const auto& [k, v] : *server)
     if (synced_reported(k)) client_params_[k] = v;
   for (auto& [k, v] : wanted) client_params_[canonical_parameter(k)] = v;
+  params_fingerprint_ = fingerprint(client_params_);
 
   std::string out;
   proto::Authentication{proto::auth::kOk, {}}.write(out);
@@ -655,7 +660,13 @@ awaitable<bool> Session::attach(int shard) {
   auto link = std::make_shared<Link>();
   link->lease = std::move(std::get<pool::Lease>(got));
   link->shard = shard;
-  auto sync = sync_statements(client_params_, link->lease->params);
+  // Most clients share their settings, so a server last synced for an identical set needs
+  // no comparison at all.
+  std::string sync;
+  if (link->lease->synced_fingerprint != params_fingerprint_) {
+    sync = sync_statements(client_params_, link->lease->params);
+    link->lease->synced_fingerprint = params_fingerprint_;
+  }
   if (!sync.empty()) {
     // Sent ahead of the request in the same write; the reader hides its replies.
     spdlog::debug("{}: S-{}: applying settings: {}", prefix(), link->lease->id(), sync);
@@ -801,8 +812,11 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
             if (!ours || link->swallow_kind == Link::Swallow::kReset) {
               conn.params[std::string(p->name)] = std::string(p->value);
             }
-            if (!ours && synced_reported(p->name))
+            if (!ours && synced_reported(p->name)) {
               client_params_[std::string(p->name)] = std::string(p->value);
+              params_fingerprint_ = fingerprint(client_params_);
+              conn.synced_fingerprint = params_fingerprint_;
+            }
           }
           break;
         case proto::msg::kErrorResponse:
@@ -896,6 +910,7 @@ awaitable<void> Session::finish() {
       std::string q;
       proto::Query{"DISCARD ALL"}.write(q);
       std::erase_if(conn.params, [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });
+      conn.synced_fingerprint = 0;
       auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
       if (ec) conn.broken = true;
       continue;

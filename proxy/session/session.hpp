@@ -78,13 +78,15 @@ class Session : public std::enable_shared_from_this<Session> {
   void server_lost(const std::shared_ptr<Link>& link, std::string& out);
   void maybe_close_for_shutdown();
   char transaction_status() const;
-  std::string prefix() const;
+  const std::string& prefix() const;
 
   server::Worker& worker_;
   const config::Config& config_;
   ClientStream stream_;
   uint64_t id_;
   std::string peer_;
+  mutable std::string prefix_;
+  mutable bool prefix_has_user_ = false;
   State state_ = State::kStartup;
 
   protocol::Buffer in_;
@@ -94,6 +96,7 @@ class Session : public std::enable_shared_from_this<Session> {
   const config::User* user_ = nullptr;
   std::string database_;
   Params client_params_;
+  uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
   server::CancelKey key_;
 

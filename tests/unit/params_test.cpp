@@ -29,3 +29,14 @@ TEST_CASE("sync statements set what differs and reset what only the server has",
   CHECK(sync_statements(client, client).empty());
   CHECK(quote_literal("it's") == "'it''s'");
 }
+
+TEST_CASE("fingerprints tell equal setting sets from different ones", "[params]") {
+  Params a{{"TimeZone", "UTC"}, {"application_name", "x"}};
+  Params b = a;
+  CHECK(fingerprint(a) == fingerprint(b));
+  b["application_name"] = "y";
+  CHECK(fingerprint(a) != fingerprint(b));
+  // Key/value boundaries matter.
+  CHECK(fingerprint({{"ab", "c"}}) != fingerprint({{"a", "bc"}}));
+  CHECK(fingerprint({}) != 0);
+}

@@ -96,7 +96,8 @@ TEST_CASE("hint precedence: comment, SET LOCAL, SET, default", "[router]") {
   auto cfg = map();
   SessionHints h;
   CHECK(route_query("select 1", h, *cfg).shard == 0);
-  CHECK(route_query("select 1", h, *cfg).reason == "default: first shard");
+  CHECK(route_query("select 1", h, *cfg).reason == "first shard");
+  CHECK(route_query("SELECT 1 /* PGSHARD: SHARD=s1 */", h, *cfg).shard == 1);
   h.session.shard = "s1";
   CHECK(route_query("select 1", h, *cfg).shard == 1);
   h.local.shard = "s2";
