@@ -96,14 +96,15 @@ void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
     return;
   if (n["host"]) out.host = c.string(n["host"], "listen.host").value_or(out.host);
   if (n["port"]) out.port = c.integer<uint16_t>(n["port"], "listen.port", 1, 65535).value_or(0);
-  if (n["workers"]) out.workers = c.integer<int>(n["workers"], "listen.workers", 0, 256).value_or(0);
+  if (n["workers"])
+    out.workers = c.integer<int>(n["workers"], "listen.workers", 0, 256).value_or(0);
   if (n["max_client_conn"])
     out.max_client_conn =
         c.integer<int>(n["max_client_conn"], "listen.max_client_conn", 1, 1000000).value_or(1);
   if (n["max_message_size"])
-    out.max_message_size = c.integer<std::size_t>(n["max_message_size"], "listen.max_message_size",
-                                                  1024, 0x3fffffff)
-                               .value_or(out.max_message_size);
+    out.max_message_size =
+        c.integer<std::size_t>(n["max_message_size"], "listen.max_message_size", 1024, 0x3fffffff)
+            .value_or(out.max_message_size);
 }
 
 void load_tls(Checker& c, const YAML::Node& n, Tls& out) {
@@ -123,8 +124,10 @@ void load_tls(Checker& c, const YAML::Node& n, Tls& out) {
 
 void load_user(Checker& c, const YAML::Node& n, User& u) {
   if (!c.mapping(n, "user", {"name", "password", "auth", "pool_mode"})) return;
-  if (!n["name"]) c.fail(n, "user needs a name");
-  else u.name = c.string(n["name"], "user name").value_or("");
+  if (!n["name"])
+    c.fail(n, "user needs a name");
+  else
+    u.name = c.string(n["name"], "user name").value_or("");
   if (n["auth"])
     u.auth = c.choice<AuthMethod>(n["auth"], "user auth",
                                   {{"scram-sha-256", AuthMethod::kScram},
@@ -132,9 +135,9 @@ void load_user(Checker& c, const YAML::Node& n, User& u) {
                                    {"trust", AuthMethod::kTrust}})
                  .value_or(u.auth);
   if (n["pool_mode"])
-    u.pool_mode = c.choice<PoolMode>(n["pool_mode"], "user pool_mode",
-                                     {{"session", PoolMode::kSession},
-                                      {"transaction", PoolMode::kTransaction}})
+    u.pool_mode = c.choice<PoolMode>(
+                       n["pool_mode"], "user pool_mode",
+                       {{"session", PoolMode::kSession}, {"transaction", PoolMode::kTransaction}})
                       .value_or(u.pool_mode);
   std::string password;
   if (n["password"]) password = c.string(n["password"], "user password").value_or("");
@@ -146,7 +149,8 @@ void load_user(Checker& c, const YAML::Node& n, User& u) {
   } else if (password.size() == 35 && password.starts_with("md5")) {
     u.md5 = password;
     if (u.auth == AuthMethod::kScram)
-      c.fail(n["password"], "user " + u.name + ": scram-sha-256 auth needs a plaintext or SCRAM password");
+      c.fail(n["password"],
+             "user " + u.name + ": scram-sha-256 auth needs a plaintext or SCRAM password");
   } else if (!password.empty()) {
     u.plaintext = password;
     u.md5 = protocol::md5_stored(u.name, password);
@@ -158,8 +162,10 @@ void load_user(Checker& c, const YAML::Node& n, User& u) {
 
 void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
   if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size"})) return;
-  if (!n["name"]) c.fail(n, "shard needs a name");
-  else s.name = c.string(n["name"], "shard name").value_or("");
+  if (!n["name"])
+    c.fail(n, "shard needs a name");
+  else
+    s.name = c.string(n["name"], "shard name").value_or("");
   auto url = [&](const YAML::Node& u, const std::string& what) -> std::optional<PgUrl> {
     auto text = c.string(u, what);
     if (!text) return std::nullopt;
@@ -168,10 +174,13 @@ void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
     if (!parsed) c.fail(u, what + ": " + err);
     return parsed;
   };
-  if (!n["primary"]) c.fail(n, "shard " + s.name + " needs a primary URL");
-  else if (auto u = url(n["primary"], "shard " + s.name + " primary")) s.primary = *u;
+  if (!n["primary"])
+    c.fail(n, "shard " + s.name + " needs a primary URL");
+  else if (auto u = url(n["primary"], "shard " + s.name + " primary"))
+    s.primary = *u;
   if (auto r = n["replicas"]) {
-    if (!r.IsSequence()) c.fail(r, "replicas must be a list of URLs");
+    if (!r.IsSequence())
+      c.fail(r, "replicas must be a list of URLs");
     else
       for (const auto& item : r)
         if (auto u = url(item, "shard " + s.name + " replica")) s.replicas.push_back(*u);
@@ -208,21 +217,26 @@ void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
                                 {"uuid", KeyType::kUuid}})
                  .value_or(t.type);
   if (n["function"])
-    t.function = c.choice<ShardFunction>(n["function"], "function", {{"hash", ShardFunction::kHash}})
-                     .value_or(t.function);
+    t.function =
+        c.choice<ShardFunction>(n["function"], "function", {{"hash", ShardFunction::kHash}})
+            .value_or(t.function);
 }
 
 void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
-  if (!c.mapping(n, "timeouts",
-                 {"client_startup", "client_idle", "connect", "pool_wait", "shutdown", "server_idle"}))
+  if (!c.mapping(
+          n, "timeouts",
+          {"client_startup", "client_idle", "connect", "pool_wait", "shutdown", "server_idle"}))
     return;
   auto set = [&](const char* key, Millis& field) {
     if (!n[key]) return;
     auto s = c.string(n[key], std::string("timeouts.") + key);
     if (!s) return;
     auto d = parse_duration(*s);
-    if (!d) c.fail(n[key], std::string("timeouts.") + key + ": bad duration '" + *s + "' (use 5s, 200ms, 2min)");
-    else field = *d;
+    if (!d)
+      c.fail(n[key],
+             std::string("timeouts.") + key + ": bad duration '" + *s + "' (use 5s, 200ms, 2min)");
+    else
+      field = *d;
   };
   set("client_startup", t.client_startup);
   set("client_idle", t.client_idle);
@@ -238,16 +252,21 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   cfg->path = file;
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
-                  "unsharded", "timeouts", "log_level"})) {
+                  "unsharded", "timeouts", "log_level", "router"})) {
     c.throw_if_failed();
   }
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
   if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
   if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);
+  if (auto r = root["router"]; r && c.mapping(r, "router", {"cache_size"}) && r["cache_size"])
+    cfg->router_cache_size =
+        c.integer<std::size_t>(r["cache_size"], "router.cache_size", 0, 10000000).value_or(10000);
   if (root["log_level"])
     cfg->log_level = c.choice<std::string>(root["log_level"], "log_level",
-                                           {{"trace", "trace"}, {"debug", "debug"},
-                                            {"info", "info"}, {"warn", "warn"},
+                                           {{"trace", "trace"},
+                                            {"debug", "debug"},
+                                            {"info", "info"},
+                                            {"warn", "warn"},
                                             {"error", "error"}})
                          .value_or("info");
 
@@ -276,7 +295,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   }
 
   if (auto tables = root["sharded_tables"]) {
-    if (!tables.IsSequence()) c.fail(tables, "sharded_tables must be a list");
+    if (!tables.IsSequence())
+      c.fail(tables, "sharded_tables must be a list");
     else
       for (const auto& n : tables) {
         ShardedTable t;
@@ -288,7 +308,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
       }
   }
   if (auto refs = root["reference_tables"]) {
-    if (!refs.IsSequence()) c.fail(refs, "reference_tables must be a list of table names");
+    if (!refs.IsSequence())
+      c.fail(refs, "reference_tables must be a list of table names");
     else
       for (const auto& n : refs)
         if (auto s = c.string(n, "reference table")) {
@@ -303,7 +324,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
         auto name = c.string(u["shard"], "unsharded.shard").value_or("");
         cfg->unsharded.policy = Unsharded::Policy::kShard;
         cfg->unsharded.shard = cfg->shard_index(name);
-        if (cfg->unsharded.shard < 0) c.fail(u["shard"], "unsharded.shard names unknown shard '" + name + "'");
+        if (cfg->unsharded.shard < 0)
+          c.fail(u["shard"], "unsharded.shard names unknown shard '" + name + "'");
       }
     } else {
       cfg->unsharded.policy = c.choice<Unsharded::Policy>(u, "unsharded",
@@ -320,10 +342,14 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
 
 const char* to_string(TlsMode m) {
   switch (m) {
-    case TlsMode::kDisable: return "disable";
-    case TlsMode::kAllow: return "allow";
-    case TlsMode::kPrefer: return "prefer";
-    case TlsMode::kRequire: return "require";
+    case TlsMode::kDisable:
+      return "disable";
+    case TlsMode::kAllow:
+      return "allow";
+    case TlsMode::kPrefer:
+      return "prefer";
+    case TlsMode::kRequire:
+      return "require";
   }
   return "?";
 }
@@ -334,21 +360,30 @@ const char* to_string(PoolMode m) {
 
 const char* to_string(AuthMethod m) {
   switch (m) {
-    case AuthMethod::kScram: return "scram-sha-256";
-    case AuthMethod::kMd5: return "md5";
-    case AuthMethod::kTrust: return "trust";
+    case AuthMethod::kScram:
+      return "scram-sha-256";
+    case AuthMethod::kMd5:
+      return "md5";
+    case AuthMethod::kTrust:
+      return "trust";
   }
   return "?";
 }
 
 const char* to_string(KeyType t) {
   switch (t) {
-    case KeyType::kInt2: return "smallint";
-    case KeyType::kInt4: return "integer";
-    case KeyType::kInt8: return "bigint";
-    case KeyType::kText: return "text";
-    case KeyType::kVarchar: return "varchar";
-    case KeyType::kUuid: return "uuid";
+    case KeyType::kInt2:
+      return "smallint";
+    case KeyType::kInt4:
+      return "integer";
+    case KeyType::kInt8:
+      return "bigint";
+    case KeyType::kText:
+      return "text";
+    case KeyType::kVarchar:
+      return "varchar";
+    case KeyType::kUuid:
+      return "uuid";
   }
   return "?";
 }

@@ -51,9 +51,9 @@ struct User {
   std::string name;
   AuthMethod auth = AuthMethod::kScram;
   PoolMode pool_mode = PoolMode::kTransaction;
-  std::optional<std::string> plaintext;              // when given in the file
-  std::optional<protocol::ScramSecret> scram;        // for auth: scram
-  std::string md5;                                   // "md5..." for auth: md5
+  std::optional<std::string> plaintext;        // when given in the file
+  std::optional<protocol::ScramSecret> scram;  // for auth: scram
+  std::string md5;                             // "md5..." for auth: md5
 };
 
 struct Shard {
@@ -96,6 +96,7 @@ struct Config {
   Unsharded unsharded;
   Timeouts timeouts;
   std::string log_level = "info";
+  std::size_t router_cache_size = 10000;  // parsed statements kept per worker
 
   const User* find_user(std::string_view name) const;
   int shard_index(std::string_view name) const;  // -1 when unknown

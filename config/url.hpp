@@ -13,7 +13,7 @@ struct PgUrl {
   std::string password;  // empty: the client's password (from the users list)
   std::string host;
   uint16_t port = 5432;
-  std::string database;  // empty: the client's database name
+  std::string database;      // empty: the client's database name
   std::string text() const;  // without the password, for logs
 };
 

@@ -131,8 +131,7 @@ std::string md5_from_stored(std::string_view stored, std::string_view salt) {
   return "md5" + md5_hex(in);
 }
 
-std::string md5_password(std::string_view user, std::string_view password,
-                         std::string_view salt) {
+std::string md5_password(std::string_view user, std::string_view password, std::string_view salt) {
   return md5_from_stored(md5_stored(user, password), salt);
 }
 

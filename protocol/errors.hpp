@@ -62,9 +62,10 @@ struct ErrorFields {
   std::vector<std::pair<char, std::string_view>> fields;
   static std::optional<ErrorFields> parse(std::string_view body);
   std::string_view get(char code) const;
-  std::string_view severity() const { return get(field::kSeverityNonLocalized).empty()
-                                                 ? get(field::kSeverity)
-                                                 : get(field::kSeverityNonLocalized); }
+  std::string_view severity() const {
+    return get(field::kSeverityNonLocalized).empty() ? get(field::kSeverity)
+                                                     : get(field::kSeverityNonLocalized);
+  }
   std::string_view code() const { return get(field::kCode); }
   std::string_view message() const { return get(field::kMessage); }
 };

@@ -60,14 +60,18 @@ void write_values(MessageWriter& w, const std::vector<Value>& v) {
 
 }  // namespace
 
-void write_empty(std::string& out, char type) { MessageWriter(out).begin(type).finish(); }
+void write_empty(std::string& out, char type) {
+  MessageWriter(out).begin(type).finish();
+}
 
 std::optional<Query> Query::parse(std::string_view body) {
   BodyReader r(body);
   Query q{r.cstr()};
   return done(r, q);
 }
-void Query::write(std::string& out) const { MessageWriter(out).begin(msg::kQuery).cstr(sql).finish(); }
+void Query::write(std::string& out) const {
+  MessageWriter(out).begin(msg::kQuery).cstr(sql).finish();
+}
 
 std::optional<Parse> Parse::parse(std::string_view body) {
   BodyReader r(body);
@@ -318,7 +322,9 @@ std::optional<NegotiateProtocolVersion> NegotiateProtocolVersion::parse(std::str
 }
 void NegotiateProtocolVersion::write(std::string& out) const {
   MessageWriter w(out);
-  w.begin(msg::kNegotiateProtocolVersion).i32(newest_minor).i32(static_cast<int32_t>(unrecognized.size()));
+  w.begin(msg::kNegotiateProtocolVersion)
+      .i32(newest_minor)
+      .i32(static_cast<int32_t>(unrecognized.size()));
   for (auto o : unrecognized) w.cstr(o);
   w.finish();
 }
@@ -332,7 +338,12 @@ std::optional<NotificationResponse> NotificationResponse::parse(std::string_view
   return done(r, n);
 }
 void NotificationResponse::write(std::string& out) const {
-  MessageWriter(out).begin(msg::kNotificationResponse).i32(pid).cstr(channel).cstr(payload).finish();
+  MessageWriter(out)
+      .begin(msg::kNotificationResponse)
+      .i32(pid)
+      .cstr(channel)
+      .cstr(payload)
+      .finish();
 }
 
 std::optional<ParameterDescription> ParameterDescription::parse(std::string_view body) {

@@ -23,7 +23,7 @@ struct StartupPacket {
   int major = 3;
   int minor = 0;
   std::vector<std::pair<std::string_view, std::string_view>> params;  // kStartup
-  int32_t cancel_pid = 0;                                              // kCancelRequest
+  int32_t cancel_pid = 0;                                             // kCancelRequest
   int32_t cancel_secret = 0;
 
   std::string_view param(std::string_view name) const;

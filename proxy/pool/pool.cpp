@@ -25,7 +25,9 @@ Pool::Pool(asio::any_io_executor ex, BackendTarget target, int max_size,
       wait_timeout_(wait_timeout),
       connect_timeout_(connect_timeout) {}
 
-Pool::~Pool() { close_all(); }
+Pool::~Pool() {
+  close_all();
+}
 
 awaitable<std::variant<Lease, std::string>> Pool::acquire() {
   while (!idle_.empty()) {
@@ -82,7 +84,8 @@ void Pool::close_all() {
 }
 
 void Pool::give_back(std::unique_ptr<ServerConn> conn) {
-  const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->socket().is_open();
+  const bool reusable =
+      !closed_ && !conn->broken && conn->status == 'I' && conn->socket().is_open();
   if (!reusable) {
     spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
                   target_.shard_name, conn->status, conn->broken);

@@ -22,11 +22,19 @@ std::atomic<uint64_t> next_id{1};
 }
 
 bool is_reported_parameter(std::string_view n) {
-  static constexpr std::string_view kReported[] = {
-      "application_name", "client_encoding",  "DateStyle",       "IntervalStyle",
-      "TimeZone",         "integer_datetimes", "is_superuser",   "server_encoding",
-      "server_version",   "session_authorization", "standard_conforming_strings",
-      "default_transaction_read_only", "in_hot_standby"};
+  static constexpr std::string_view kReported[] = {"application_name",
+                                                   "client_encoding",
+                                                   "DateStyle",
+                                                   "IntervalStyle",
+                                                   "TimeZone",
+                                                   "integer_datetimes",
+                                                   "is_superuser",
+                                                   "server_encoding",
+                                                   "server_version",
+                                                   "session_authorization",
+                                                   "standard_conforming_strings",
+                                                   "default_transaction_read_only",
+                                                   "in_hot_standby"};
   for (auto r : kReported)
     if (r == n) return true;
   return false;
@@ -124,8 +132,8 @@ awaitable<std::string> ServerConn::login() {
       }
       case proto::msg::kErrorResponse: {
         auto e = proto::ErrorFields::parse(f.body);
-        co_return "login to " + where + " failed: " +
-            (e ? std::string(e->message()) : std::string("malformed error"));
+        co_return "login to " + where +
+            " failed: " + (e ? std::string(e->message()) : std::string("malformed error"));
       }
       case proto::msg::kParameterStatus:
         if (auto p = proto::ParameterStatus::parse(f.body))

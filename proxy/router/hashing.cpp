@@ -9,25 +9,46 @@ namespace pgshard::router {
 
 namespace {
 
-inline uint32_t rot(uint32_t x, int k) { return (x << k) | (x >> (32 - k)); }
+inline uint32_t rot(uint32_t x, int k) {
+  return (x << k) | (x >> (32 - k));
+}
 
 inline void mix(uint32_t& a, uint32_t& b, uint32_t& c) {
-  a -= c; a ^= rot(c, 4);  c += b;
-  b -= a; b ^= rot(a, 6);  a += c;
-  c -= b; c ^= rot(b, 8);  b += a;
-  a -= c; a ^= rot(c, 16); c += b;
-  b -= a; b ^= rot(a, 19); a += c;
-  c -= b; c ^= rot(b, 4);  b += a;
+  a -= c;
+  a ^= rot(c, 4);
+  c += b;
+  b -= a;
+  b ^= rot(a, 6);
+  a += c;
+  c -= b;
+  c ^= rot(b, 8);
+  b += a;
+  a -= c;
+  a ^= rot(c, 16);
+  c += b;
+  b -= a;
+  b ^= rot(a, 19);
+  a += c;
+  c -= b;
+  c ^= rot(b, 4);
+  b += a;
 }
 
 inline void final_mix(uint32_t& a, uint32_t& b, uint32_t& c) {
-  c ^= b; c -= rot(b, 14);
-  a ^= c; a -= rot(c, 11);
-  b ^= a; b -= rot(a, 25);
-  c ^= b; c -= rot(b, 16);
-  a ^= c; a -= rot(c, 4);
-  b ^= a; b -= rot(a, 14);
-  c ^= b; c -= rot(b, 24);
+  c ^= b;
+  c -= rot(b, 14);
+  a ^= c;
+  a -= rot(c, 11);
+  b ^= a;
+  b -= rot(a, 25);
+  c ^= b;
+  c -= rot(b, 16);
+  a ^= c;
+  a -= rot(c, 4);
+  b ^= a;
+  b -= rot(a, 14);
+  c ^= b;
+  c -= rot(b, 24);
 }
 
 }  // namespace
@@ -51,18 +72,41 @@ uint64_t hash_bytes_extended(const unsigned char* k, std::size_t keylen, uint64_
     len -= 12;
   }
   switch (len) {
-    case 11: c += uint32_t{k[10]} << 24; [[fallthrough]];
-    case 10: c += uint32_t{k[9]} << 16; [[fallthrough]];
-    case 9: c += uint32_t{k[8]} << 8; [[fallthrough]];
-    case 8: b += uint32_t{k[7]} << 24; [[fallthrough]];
-    case 7: b += uint32_t{k[6]} << 16; [[fallthrough]];
-    case 6: b += uint32_t{k[5]} << 8; [[fallthrough]];
-    case 5: b += k[4]; [[fallthrough]];
-    case 4: a += uint32_t{k[3]} << 24; [[fallthrough]];
-    case 3: a += uint32_t{k[2]} << 16; [[fallthrough]];
-    case 2: a += uint32_t{k[1]} << 8; [[fallthrough]];
-    case 1: a += k[0]; break;
-    default: break;
+    case 11:
+      c += uint32_t{k[10]} << 24;
+      [[fallthrough]];
+    case 10:
+      c += uint32_t{k[9]} << 16;
+      [[fallthrough]];
+    case 9:
+      c += uint32_t{k[8]} << 8;
+      [[fallthrough]];
+    case 8:
+      b += uint32_t{k[7]} << 24;
+      [[fallthrough]];
+    case 7:
+      b += uint32_t{k[6]} << 16;
+      [[fallthrough]];
+    case 6:
+      b += uint32_t{k[5]} << 8;
+      [[fallthrough]];
+    case 5:
+      b += k[4];
+      [[fallthrough]];
+    case 4:
+      a += uint32_t{k[3]} << 24;
+      [[fallthrough]];
+    case 3:
+      a += uint32_t{k[2]} << 16;
+      [[fallthrough]];
+    case 2:
+      a += uint32_t{k[1]} << 8;
+      [[fallthrough]];
+    case 1:
+      a += k[0];
+      break;
+    default:
+      break;
   }
   final_mix(a, b, c);
   return (uint64_t{b} << 32) | c;
@@ -127,13 +171,19 @@ bool parse_uuid(std::string_view t, unsigned char (&out)[16]) {
       continue;
     }
     int v;
-    if (ch >= '0' && ch <= '9') v = ch - '0';
-    else if (ch >= 'a' && ch <= 'f') v = ch - 'a' + 10;
-    else if (ch >= 'A' && ch <= 'F') v = ch - 'A' + 10;
-    else return false;
+    if (ch >= '0' && ch <= '9')
+      v = ch - '0';
+    else if (ch >= 'a' && ch <= 'f')
+      v = ch - 'a' + 10;
+    else if (ch >= 'A' && ch <= 'F')
+      v = ch - 'A' + 10;
+    else
+      return false;
     if (n == 32) return false;
-    if (n % 2 == 0) out[n / 2] = static_cast<unsigned char>(v << 4);
-    else out[n / 2] |= static_cast<unsigned char>(v);
+    if (n % 2 == 0)
+      out[n / 2] = static_cast<unsigned char>(v << 4);
+    else
+      out[n / 2] |= static_cast<unsigned char>(v);
     ++n;
   }
   return n == 32;

@@ -5,8 +5,11 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <cstring>
 #include <memory>
+#include <set>
 
+#include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
 
@@ -45,8 +48,8 @@ struct SetCommand {
   bool local = false;
 };
 
-// What the parser says about a statement string, restricted to what routing needs here.
-struct Analysis {
+// pgshard.* settings and hints in a statement string, as PostgreSQL's parser sees them.
+struct Settings {
   bool parsed = false;
   int statements = 0;
   std::vector<SetCommand> commands;  // pgshard.* SET/RESET/SHOW, in order
@@ -59,15 +62,20 @@ std::string const_text(const PgQuery__Node* n) {
   if (!n || n->node_case != PG_QUERY__NODE__NODE_A_CONST) return {};
   const auto* c = n->a_const;
   switch (c->val_case) {
-    case PG_QUERY__A__CONST__VAL_SVAL: return c->sval->sval;
-    case PG_QUERY__A__CONST__VAL_IVAL: return std::to_string(c->ival->ival);
-    case PG_QUERY__A__CONST__VAL_FVAL: return c->fval->fval;
-    case PG_QUERY__A__CONST__VAL_BOOLVAL: return c->boolval->boolval ? "on" : "off";
-    default: return {};
+    case PG_QUERY__A__CONST__VAL_SVAL:
+      return c->sval->sval;
+    case PG_QUERY__A__CONST__VAL_IVAL:
+      return std::to_string(c->ival->ival);
+    case PG_QUERY__A__CONST__VAL_FVAL:
+      return c->fval->fval;
+    case PG_QUERY__A__CONST__VAL_BOOLVAL:
+      return c->boolval->boolval ? "on" : "off";
+    default:
+      return {};
   }
 }
 
-void analyze_statements(std::string_view sql, Analysis& a) {
+void analyze_statements(std::string_view sql, Settings& a) {
   std::string text(sql);
   auto result = pg_query_parse_protobuf(text.c_str());
   std::unique_ptr<PgQueryProtobufParseResult, void (*)(PgQueryProtobufParseResult*)> guard(
@@ -104,7 +112,8 @@ void analyze_statements(std::string_view sql, Analysis& a) {
     } else if (node->node_case == PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT) {
       std::string_view name = node->variable_show_stmt->name;
       if (name.starts_with(kPrefix))
-        a.commands.push_back({SetAction::kShow, std::string(name.substr(kPrefix.size())), {}, false});
+        a.commands.push_back(
+            {SetAction::kShow, std::string(name.substr(kPrefix.size())), {}, false});
     } else if (node->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
                node->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
       a.reset_all = true;
@@ -115,15 +124,15 @@ void analyze_statements(std::string_view sql, Analysis& a) {
 
 // /* pgshard: shard=s1 */ and /* pgshard: sharding_key=42 */, found as comment tokens by
 // PostgreSQL's own scanner so a string literal that looks like a hint is not one.
-void analyze_comments(std::string_view sql, Analysis& a) {
+void analyze_comments(std::string_view sql, Settings& a) {
   std::string text(sql);
   auto result = pg_query_scan(text.c_str());
   if (result.error) {
     pg_query_free_scan_result(result);
     return;
   }
-  auto* scan = pg_query__scan_result__unpack(
-      nullptr, result.pbuf.len, reinterpret_cast<const uint8_t*>(result.pbuf.data));
+  auto* scan = pg_query__scan_result__unpack(nullptr, result.pbuf.len,
+                                             reinterpret_cast<const uint8_t*>(result.pbuf.data));
   if (scan) {
     for (std::size_t i = 0; i < scan->n_tokens; ++i) {
       const auto* t = scan->tokens[i];
@@ -139,7 +148,8 @@ void analyze_comments(std::string_view sql, Analysis& a) {
       // Whitespace- or comma-separated key=value pairs.
       std::size_t pos = 0;
       while (pos < c.size()) {
-        while (pos < c.size() && (std::isspace(static_cast<unsigned char>(c[pos])) || c[pos] == ','))
+        while (pos < c.size() &&
+               (std::isspace(static_cast<unsigned char>(c[pos])) || c[pos] == ','))
           ++pos;
         auto end = pos;
         while (end < c.size() && !std::isspace(static_cast<unsigned char>(c[end])) && c[end] != ',')
@@ -153,9 +163,12 @@ void analyze_comments(std::string_view sql, Analysis& a) {
         auto value = eq == pair.npos ? std::string_view{} : pair.substr(eq + 1);
         if (value.size() >= 2 && value.front() == '\'' && value.back() == '\'')
           value = value.substr(1, value.size() - 2);
-        if (key == "shard" && !value.empty()) a.comment.shard = std::string(value);
-        else if (key == "sharding_key" && !value.empty()) a.comment.sharding_key = std::string(value);
-        else a.comment_error = "unknown pgshard hint '" + std::string(pair) + "'";
+        if (key == "shard" && !value.empty())
+          a.comment.shard = std::string(value);
+        else if (key == "sharding_key" && !value.empty())
+          a.comment.sharding_key = std::string(value);
+        else
+          a.comment_error = "unknown pgshard hint '" + std::string(pair) + "'";
       }
     }
     pg_query__scan_result__free_unpacked(scan, nullptr);
@@ -163,8 +176,8 @@ void analyze_comments(std::string_view sql, Analysis& a) {
   pg_query_free_scan_result(result);
 }
 
-Analysis analyze(std::string_view sql) {
-  Analysis a;
+Settings analyze(std::string_view sql) {
+  Settings a;
   // Only text that mentions pgshard (or resets everything) can change routing; skip the
   // parser for everything else.
   bool mentions = icontains(sql, "pgshard");
@@ -190,7 +203,7 @@ std::optional<std::string> check_hint(const std::string& name, const std::string
 }
 
 // Applies SET/RESET pgshard.* to `h`; returns an error for bad names or values.
-std::optional<protocol::ErrorInfo> apply(const Analysis& a, SessionHints& h,
+std::optional<protocol::ErrorInfo> apply(const Settings& a, SessionHints& h,
                                          const config::Config& cfg) {
   if (a.reset_all) h = SessionHints{};
   for (const auto& c : a.commands) {
@@ -214,8 +227,10 @@ std::optional<protocol::ErrorInfo> apply(const Analysis& a, SessionHints& h,
     }
     Hints& level = c.local ? h.local : h.session;
     auto& slot = c.name == "shard" ? level.shard : level.sharding_key;
-    if (c.action == SetAction::kSet) slot = c.value;
-    else slot.reset();
+    if (c.action == SetAction::kSet)
+      slot = c.value;
+    else
+      slot.reset();
     // A session-level SET also replaces a SET LOCAL of the same name, as in PostgreSQL.
     if (!c.local) (c.name == "shard" ? h.local.shard : h.local.sharding_key).reset();
   }
@@ -230,8 +245,8 @@ std::optional<Route> from_hints(const Hints& h, const char* level, const config:
     r.reason = std::string(level) + " shard=" + *h.shard;
     if (r.shard < 0) {
       r.kind = RouteKind::kError;
-      r.error = protocol::error(kInvalidParameterValue, "unknown shard \"" + *h.shard + "\"",
-                                {}, "shards are: see SHOW SHARDS on the pgshard console");
+      r.error = protocol::error(kInvalidParameterValue, "unknown shard \"" + *h.shard + "\"", {},
+                                "shards are: see SHOW SHARDS on the pgshard console");
     }
     return r;
   }
@@ -251,7 +266,150 @@ std::optional<Route> from_hints(const Hints& h, const char* level, const config:
   return std::nullopt;
 }
 
-Route pick(const Analysis& a, const SessionHints& h, const config::Config& cfg) {
+std::string shard_list(const std::set<int>& shards, const config::Config& cfg) {
+  std::string out;
+  for (int i : shards)
+    out += (out.empty() ? "" : ", ") + cfg.shards[static_cast<std::size_t>(i)].name;
+  return out;
+}
+
+void every_shard(Route& r, const config::Config& cfg) {
+  r.shard = 0;
+  r.shards.clear();
+  if (cfg.shards.size() > 1)
+    for (int i = 0; i < static_cast<int>(cfg.shards.size()); ++i) r.shards.push_back(i);
+}
+
+Route refuse(std::string message, std::string hint = {}) {
+  Route r;
+  r.kind = RouteKind::kError;
+  r.error = protocol::error(protocol::sqlstate::kFeatureNotSupported, std::move(message), {},
+                            std::move(hint));
+  return r;
+}
+
+// Shards holding the rows `a` names, given the request's parameters.
+Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx) {
+  std::shared_ptr<const Analysis> a =
+      ctx.cache ? ctx.cache->get(sql, cfg)
+                : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  const int n = static_cast<int>(cfg.shards.size());
+  const int fallback = ctx.attached.value_or(0);
+  Route r;
+  r.write = a->write || a->ddl;
+  r.reason = a->reason;
+  r.concat_safe = a->concat_safe;
+  r.merge_blocker = a->merge_blocker;
+  switch (a->target) {
+    case Analysis::Target::kUnparsed:
+      // PostgreSQL reports its own syntax error; send it where unsharded statements go.
+      r.shard = cfg.unsharded.policy == config::Unsharded::Policy::kShard ? cfg.unsharded.shard
+                                                                          : fallback;
+      return r;
+    case Analysis::Target::kAnyShard:
+      r.shard = fallback;
+      return r;
+    case Analysis::Target::kReferenceRead:
+      r.shard = ctx.attached ? *ctx.attached
+                             : (ctx.round_robin ? static_cast<int>((*ctx.round_robin)++ % n) : 0);
+      return r;
+    case Analysis::Target::kAllShards:
+      every_shard(r, cfg);
+      return r;
+    case Analysis::Target::kError: {
+      Route e = refuse(a->error, a->hint);
+      return e;
+    }
+    case Analysis::Target::kUnsharded:
+      switch (cfg.unsharded.policy) {
+        case config::Unsharded::Policy::kReject:
+          return refuse(
+              "statement uses tables that are not in pgshard's shard map (unsharded: reject)",
+              "add the tables to sharded_tables or reference_tables, set unsharded, or use a shard "
+              "hint");
+        case config::Unsharded::Policy::kShard:
+          r.shard = cfg.unsharded.shard;
+          r.reason = "unsharded table: shard " + cfg.shards[static_cast<std::size_t>(r.shard)].name;
+          return r;
+        case config::Unsharded::Policy::kAll:
+          every_shard(r, cfg);
+          r.reason = "unsharded table: every shard";
+          return r;
+      }
+      return r;
+    case Analysis::Target::kKeys:
+      break;
+  }
+  const auto& table = cfg.sharded_tables[static_cast<std::size_t>(a->table)];
+  std::set<int> shards;
+  bool unknown = false;  // a parameter we do not have (Describe without Bind)
+  auto add = [&](std::string_view text) {
+    auto h = partition_hash(table.type, text);
+    if (h)
+      shards.insert(hash_to_index(*h, n));
+    else
+      unknown = true;  // not a valid key: PostgreSQL will say so on any shard
+  };
+  std::string keys_text;
+  for (const auto& k : a->keys) {
+    if (k.kind == KeyValue::Kind::kLiteral) {
+      add(k.literal);
+      keys_text += (keys_text.empty() ? "" : ",") + k.literal;
+    } else if (!ctx.bind) {
+      unknown = true;
+    } else if (k.kind == KeyValue::Kind::kParam) {
+      if (auto v = param_text(*ctx.bind, k.param, table.type)) {
+        add(*v);
+        keys_text += (keys_text.empty() ? "" : ",") + *v;
+      } else {
+        unknown = true;
+      }
+    } else if (auto vs = array_param(*ctx.bind, k.param, table.type)) {
+      for (const auto& v : *vs) add(v);
+      if (vs->empty()) unknown = true;
+    } else {
+      unknown = true;
+    }
+  }
+  if (shards.empty()) {
+    // Nothing to place by: the statement cannot match rows (NULL or invalid key) or is only
+    // being described; any shard gives PostgreSQL's answer.
+    r.shard = fallback;
+    r.reason += unknown ? " (key not known yet)" : "";
+    return r;
+  }
+  if (a->new_key) {
+    std::optional<std::string> text;
+    if (a->new_key->kind == KeyValue::Kind::kLiteral)
+      text = a->new_key->literal;
+    else if (ctx.bind)
+      text = param_text(*ctx.bind, a->new_key->param, table.type);
+    if (text) {
+      auto h = partition_hash(table.type, *text);
+      if (h && (shards.size() != 1 || hash_to_index(*h, n) != *shards.begin()))
+        return refuse("UPDATE would move rows of \"" + table.table + "\" to another shard (" +
+                          table.column + " = " + *text + " belongs on shard " +
+                          cfg.shards[static_cast<std::size_t>(hash_to_index(*h, n))].name + ")",
+                      "delete the row and insert it again with the new key");
+    }
+  }
+  r.reason +=
+      " " + table.column + "=" + keys_text + " (" + config::to_string(table.type) + " hash)";
+  if (shards.size() == 1) {
+    r.shard = *shards.begin();
+    return r;
+  }
+  if (a->insert)
+    return refuse("INSERT rows belong on different shards (" + shard_list(shards, cfg) +
+                      "); splitting a multi-row INSERT is not supported yet",
+                  "insert the rows in separate statements");
+  r.shard = *shards.begin();
+  r.shards.assign(shards.begin(), shards.end());
+  return r;
+}
+
+Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
+           std::string_view sql, const Context& ctx) {
   if (!a.comment_error.empty()) {
     Route r;
     r.kind = RouteKind::kError;
@@ -262,16 +420,13 @@ Route pick(const Analysis& a, const SessionHints& h, const config::Config& cfg) 
   if (auto r = from_hints(a.comment, "comment hint", cfg)) return *r;
   if (auto r = from_hints(h.local, "SET LOCAL pgshard", cfg)) return *r;
   if (auto r = from_hints(h.session, "SET pgshard", cfg)) return *r;
-  Route r;
-  r.shard = 0;
-  r.reason = "first shard";
-  return r;
+  return by_parser(sql, cfg, ctx);
 }
 
 void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {
-  const auto& slot = c.name == "shard" ? (h.local.shard ? h.local.shard : h.session.shard)
-                                       : (h.local.sharding_key ? h.local.sharding_key
-                                                               : h.session.sharding_key);
+  const auto& slot = c.name == "shard"
+                         ? (h.local.shard ? h.local.shard : h.session.shard)
+                         : (h.local.sharding_key ? h.local.sharding_key : h.session.sharding_key);
   protocol::RowDescription desc;
   std::string col = "pgshard." + c.name;
   desc.fields.push_back({col, 0, 0, 25 /* text */, -1, -1, 0});
@@ -283,7 +438,106 @@ void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {
   protocol::CommandComplete{"SHOW"}.write(out);
 }
 
+std::string uuid_text(std::string_view raw) {
+  static const char* d = "0123456789abcdef";
+  std::string out;
+  for (std::size_t i = 0; i < raw.size(); ++i) {
+    if (i == 4 || i == 6 || i == 8 || i == 10) out.push_back('-');
+    auto c = static_cast<unsigned char>(raw[i]);
+    out.push_back(d[c >> 4]);
+    out.push_back(d[c & 15]);
+  }
+  return out;
+}
+
+// A binary-format value of the key's type, as its text form.
+std::optional<std::string> binary_text(std::string_view v, config::KeyType type) {
+  switch (type) {
+    case config::KeyType::kInt2:
+    case config::KeyType::kInt4:
+    case config::KeyType::kInt8:
+      if (v.size() == 2) return std::to_string(static_cast<int16_t>(protocol::load_be16(v.data())));
+      if (v.size() == 4) return std::to_string(static_cast<int32_t>(protocol::load_be32(v.data())));
+      if (v.size() == 8) {
+        uint64_t hi = protocol::load_be32(v.data()), lo = protocol::load_be32(v.data() + 4);
+        return std::to_string(static_cast<int64_t>((hi << 32) | lo));
+      }
+      return std::nullopt;
+    case config::KeyType::kUuid:
+      if (v.size() != 16) return std::nullopt;
+      return uuid_text(v);
+    case config::KeyType::kText:
+    case config::KeyType::kVarchar:
+      return std::string(v);
+  }
+  return std::nullopt;
+}
+
 }  // namespace
+
+std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type) {
+  if (n < 1 || static_cast<std::size_t>(n) > bind.params.size()) return std::nullopt;
+  const auto& v = bind.params[static_cast<std::size_t>(n - 1)];
+  if (!v) return std::nullopt;
+  if (bind.format_of(static_cast<std::size_t>(n - 1)) == 1) return binary_text(*v, type);
+  return std::string(*v);
+}
+
+std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, int n,
+                                                    config::KeyType type) {
+  if (n < 1 || static_cast<std::size_t>(n) > bind.params.size()) return std::nullopt;
+  const auto& v = bind.params[static_cast<std::size_t>(n - 1)];
+  if (!v) return std::nullopt;
+  std::vector<std::string> out;
+  if (bind.format_of(static_cast<std::size_t>(n - 1)) == 1) {
+    // Binary array: ndim, has-nulls flag, element type, then (size, lower bound) per
+    // dimension, then length-prefixed elements (array_send).
+    protocol::BodyReader r(*v);
+    int32_t ndim = r.i32();
+    r.i32();
+    r.i32();
+    if (ndim == 0) return out;
+    if (ndim != 1) return std::nullopt;
+    int32_t count = r.i32();
+    r.i32();
+    for (int32_t i = 0; i < count && !r.failed(); ++i) {
+      int32_t len = r.i32();
+      if (len < 0) continue;
+      auto t = binary_text(r.bytes(static_cast<std::size_t>(len)), type);
+      if (!t) return std::nullopt;
+      out.push_back(*t);
+    }
+    if (r.failed()) return std::nullopt;
+    return out;
+  }
+  // Text array: {a,b,"c d"} with optional quotes; NULL elements match nothing.
+  std::string_view t = *v;
+  if (t.size() < 2 || t.front() != '{' || t.back() != '}') return std::nullopt;
+  t = t.substr(1, t.size() - 2);
+  std::string cur;
+  bool quoted = false, was_quoted = false;
+  for (std::size_t i = 0; i <= t.size(); ++i) {
+    char c = i < t.size() ? t[i] : ',';
+    if (quoted) {
+      if (c == '\\' && i + 1 < t.size())
+        cur.push_back(t[++i]);
+      else if (c == '"')
+        quoted = false;
+      else
+        cur.push_back(c);
+    } else if (c == '"') {
+      quoted = was_quoted = true;
+    } else if (c == ',') {
+      if (!(cur == "NULL" && !was_quoted) && !(cur.empty() && !was_quoted && t.empty()))
+        out.push_back(cur);
+      cur.clear();
+      was_quoted = false;
+    } else if (!std::isspace(static_cast<unsigned char>(c))) {
+      cur.push_back(c);
+    }
+  }
+  return out;
+}
 
 std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg) {
   auto h = partition_hash(cfg.default_key_type(), key);
@@ -291,8 +545,9 @@ std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg
   return hash_to_index(*h, static_cast<int>(cfg.shards.size()));
 }
 
-Route route_query(std::string_view sql, const SessionHints& hints, const config::Config& cfg) {
-  Analysis a = analyze(sql);
+Route route_query(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
+                  const Context& ctx) {
+  Settings a = analyze(sql);
   SessionHints after = hints;
   if (auto err = apply(a, after, cfg)) {
     Route r;
@@ -317,13 +572,14 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
     r.hints = after;
     return r;
   }
-  Route r = pick(a, after, cfg);
+  Route r = pick(a, after, cfg, sql, ctx);
   r.hints = after;
   return r;
 }
 
-Route route_extended(std::string_view sql, const SessionHints& hints, const config::Config& cfg) {
-  Analysis a = analyze(sql);
+Route route_extended(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
+                     const Context& ctx) {
+  Settings a = analyze(sql);
   SessionHints after = hints;
   if (auto err = apply(a, after, cfg)) {
     Route r;
@@ -332,7 +588,7 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
     r.hints = hints;
     return r;
   }
-  Route r = pick(a, after, cfg);
+  Route r = pick(a, after, cfg, sql, ctx);
   r.hints = after;
   return r;
 }

@@ -4,7 +4,9 @@
 //   1. a comment hint in the statement: /* pgshard: shard=s1 */ or /* pgshard: sharding_key=42 */
 //   2. SET LOCAL pgshard.shard / pgshard.sharding_key (until the transaction ends)
 //   3. SET pgshard.shard / pgshard.sharding_key (session)
-//   4. the first shard of the map
+//   4. the shard key found by PostgreSQL's parser in the statement (WHERE, VALUES, Bind
+//      parameters), reference tables, and the `unsharded` policy
+//   5. statements that name no table: the shard the client is on, else the first shard
 // At each level an explicit shard beats a sharding key.
 #pragma once
 
@@ -15,6 +17,8 @@
 
 #include "config/config.hpp"
 #include "protocol/errors.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/router/analysis.hpp"
 
 namespace pgshard::router {
 
@@ -42,6 +46,11 @@ enum class RouteKind {
 struct Route {
   RouteKind kind = RouteKind::kShard;
   int shard = 0;
+  // More than one shard: the statement runs on all of these (multi-shard execution).
+  std::vector<int> shards;
+  bool write = false;
+  bool concat_safe = true;  // see Analysis::concat_safe
+  std::string merge_blocker;
   std::string reason;  // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
@@ -49,14 +58,31 @@ struct Route {
   SessionHints hints;
 };
 
+// Everything routing may look at besides the session hints and the config.
+struct Context {
+  AnalysisCache* cache = nullptr;        // null: analyse without caching
+  const protocol::Bind* bind = nullptr;  // extended protocol: the parameters
+  std::optional<int> attached;           // the shard the client's server is on, if any
+  uint64_t* round_robin = nullptr;       // spreads reference-table reads
+};
+
 // Routes a simple-protocol Query. A string made only of pgshard SET/RESET/SHOW statements
 // is answered by pgshard; anything else goes to a shard (pgshard.* settings inside a longer
 // string are applied and also reach the server, which accepts them as placeholder GUCs).
-Route route_query(std::string_view sql, const SessionHints& hints, const config::Config& cfg);
+Route route_query(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
+                  const Context& ctx = {});
 
-// Routes an extended-protocol request by the text of its Parse (empty when the batch binds
-// an existing statement). pgshard.* settings are applied and always forwarded.
-Route route_extended(std::string_view sql, const SessionHints& hints, const config::Config& cfg);
+// Routes an extended-protocol request by the text of its statement (empty when unknown)
+// and its Bind parameters. pgshard.* settings are applied and always forwarded.
+Route route_extended(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
+                     const Context& ctx = {});
+
+// The text form of Bind parameter `n` (1-based) as the key type reads it; nullopt if
+// absent or NULL. Binary int2/int4/int8/uuid values are converted.
+std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type);
+// Elements of an array parameter (text '{1,2}' or binary array format).
+std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, int n,
+                                                    config::KeyType type);
 
 // The shard a sharding key maps to with the map's default key type and function.
 std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg);

@@ -53,7 +53,8 @@ void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t por
           error_code ec;
           auto addr = asio::ip::make_address(host, ec);
           tcp::resolver resolver(ex);
-          auto [rec, eps] = co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
+          auto [rec, eps] =
+              co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
           if (rec) co_return;
           (void)addr;
           auto [cec, ep] = co_await asio::async_connect(sock, eps, use_nothrow);

@@ -9,7 +9,8 @@
 
 namespace pgshard::server {
 
-Worker::Worker(int index, Shared& shared) : index_(index), shared_(shared) {}
+Worker::Worker(int index, Shared& shared)
+    : index_(index), shared_(shared), cache_(shared.config->router_cache_size) {}
 
 Worker::~Worker() {
   // Sessions still suspended inside the io_context hold leases; destroying the context
@@ -61,9 +62,13 @@ awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_para
   co_return std::nullopt;
 }
 
-void Worker::add(const std::shared_ptr<session::Session>& s) { sessions_[s.get()] = s; }
+void Worker::add(const std::shared_ptr<session::Session>& s) {
+  sessions_[s.get()] = s;
+}
 
-void Worker::remove(session::Session* s) { sessions_.erase(s); }
+void Worker::remove(session::Session* s) {
+  sessions_.erase(s);
+}
 
 void Worker::begin_shutdown() {
   asio::post(*ctx_, [this] {
@@ -131,9 +136,8 @@ awaitable<void> Server::accept_loop() {
       co_await t.async_wait(use_nothrow);
       continue;
     }
-    asio::post(w.context(), [&w, s = std::move(sock)]() mutable {
-      session::Session::start(w, std::move(s));
-    });
+    asio::post(w.context(),
+               [&w, s = std::move(sock)]() mutable { session::Session::start(w, std::move(s)); });
   }
 }
 
@@ -158,8 +162,8 @@ int Server::run() {
       spdlog::warn("second signal ({}): exiting now", sig);
       std::_Exit(1);
     }
-    spdlog::info("signal {}: no new connections; waiting up to {} ms for sessions to finish",
-                 sig, cfg.timeouts.shutdown.count());
+    spdlog::info("signal {}: no new connections; waiting up to {} ms for sessions to finish", sig,
+                 cfg.timeouts.shutdown.count());
     shared_.shutting_down = true;
     error_code ignored;
     acceptor_->close(ignored);
@@ -167,20 +171,23 @@ int Server::run() {
     signals.async_wait(on_signal);
     deadline.expires_after(cfg.timeouts.shutdown);
     auto started = Clock::now();
-    asio::co_spawn(main_ctx_, [&, started]() -> awaitable<void> {
-      asio::steady_timer tick(main_ctx_);
-      while (shared_.clients.load() > 0 && Clock::now() - started < cfg.timeouts.shutdown) {
-        tick.expires_after(std::chrono::milliseconds(50));
-        co_await tick.async_wait(use_nothrow);
-      }
-      if (shared_.clients.load() > 0) {
-        spdlog::warn("shutdown timeout: closing {} sessions", shared_.clients.load());
-        for (auto& w : workers_) w->force_close();
-        tick.expires_after(std::chrono::milliseconds(200));
-        co_await tick.async_wait(use_nothrow);
-      }
-      main_ctx_.stop();
-    }, asio::detached);
+    asio::co_spawn(
+        main_ctx_,
+        [&, started]() -> awaitable<void> {
+          asio::steady_timer tick(main_ctx_);
+          while (shared_.clients.load() > 0 && Clock::now() - started < cfg.timeouts.shutdown) {
+            tick.expires_after(std::chrono::milliseconds(50));
+            co_await tick.async_wait(use_nothrow);
+          }
+          if (shared_.clients.load() > 0) {
+            spdlog::warn("shutdown timeout: closing {} sessions", shared_.clients.load());
+            for (auto& w : workers_) w->force_close();
+            tick.expires_after(std::chrono::milliseconds(200));
+            co_await tick.async_wait(use_nothrow);
+          }
+          main_ctx_.stop();
+        },
+        asio::detached);
   };
   signals.async_wait(on_signal);
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);

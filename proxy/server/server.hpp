@@ -13,6 +13,7 @@
 #include "config/config.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/pool/pool.hpp"
+#include "proxy/router/analysis.hpp"
 
 namespace pgshard::session {
 class Session;
@@ -42,6 +43,7 @@ class Worker {
 
   // The pool for (shard, user), created on first use.
   pool::Pool& pool(int shard, const config::User& user);
+  router::AnalysisCache& analysis_cache() { return cache_; }
   // Server parameters to announce to clients: from any pool that has logged in, else
   // learned by opening one connection (nullopt and an error message if no shard answers).
   awaitable<std::optional<std::map<std::string, std::string>>> server_params(
@@ -66,6 +68,7 @@ class Worker {
   std::thread thread_;
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
   std::map<session::Session*, std::weak_ptr<session::Session>> sessions_;
+  router::AnalysisCache cache_;
 };
 
 class Server {

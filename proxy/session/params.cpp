@@ -9,9 +9,8 @@ namespace pgshard::session {
 
 bool is_synced_startup_parameter(std::string_view n) {
   static constexpr std::string_view kNames[] = {
-      "application_name", "client_encoding", "DateStyle",         "TimeZone",
-      "IntervalStyle",    "search_path",     "extra_float_digits", "datestyle",
-      "timezone",         "intervalstyle"};
+      "application_name", "client_encoding",    "DateStyle", "TimeZone", "IntervalStyle",
+      "search_path",      "extra_float_digits", "datestyle", "timezone", "intervalstyle"};
   for (auto k : kNames)
     if (k == n) return true;
   return false;

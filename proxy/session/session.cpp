@@ -37,6 +37,20 @@ bool synced_reported(std::string_view name) {
          name == "IntervalStyle" || name == "TimeZone";
 }
 
+// Shards agree on a result shape when names, types and formats match; table OIDs and
+// column numbers differ from shard to shard and do not count.
+bool same_columns(std::string_view a_frame, std::string_view b_frame) {
+  auto a = proto::RowDescription::parse(a_frame.substr(5));
+  auto b = proto::RowDescription::parse(b_frame.substr(5));
+  if (!a || !b || a->fields.size() != b->fields.size()) return false;
+  for (std::size_t i = 0; i < a->fields.size(); ++i) {
+    const auto& x = a->fields[i];
+    const auto& y = b->fields[i];
+    if (x.name != y.name || x.type_oid != y.type_oid || x.format != y.format) return false;
+  }
+  return true;
+}
+
 std::string ready(char status) {
   std::string out;
   proto::ReadyForQuery{status}.write(out);
@@ -47,10 +61,14 @@ std::string ready(char status) {
 
 const char* to_string(Session::State s) {
   switch (s) {
-    case Session::State::kStartup: return "startup";
-    case Session::State::kAuth: return "auth";
-    case Session::State::kReady: return "ready";
-    case Session::State::kClosing: return "closing";
+    case Session::State::kStartup:
+      return "startup";
+    case Session::State::kAuth:
+      return "auth";
+    case Session::State::kReady:
+      return "ready";
+    case Session::State::kClosing:
+      return "closing";
   }
   return "?";
 }
@@ -78,7 +96,8 @@ Session::~Session() {
 const std::string& Session::prefix() const {
   // Built once per state change, so a log call on the data path formats nothing extra.
   if (prefix_.empty() || (user_ && !prefix_has_user_)) {
-    prefix_ = "C-" + std::to_string(id_) + ": " + (user_ ? user_->name + "@" : std::string()) + peer_;
+    prefix_ =
+        "C-" + std::to_string(id_) + ": " + (user_ ? user_->name + "@" : std::string()) + peer_;
     prefix_has_user_ = user_ != nullptr;
   }
   return prefix_;
@@ -89,23 +108,26 @@ void Session::start(server::Worker& worker, tcp::socket socket) {
   worker.shared().clients++;
   auto s = std::make_shared<Session>(worker, std::move(socket), next_id++);
   worker.add(s);
-  asio::co_spawn(worker.executor(), [s]() -> awaitable<void> {
-    try {
-      co_await s->run();
-    } catch (const std::exception& e) {
-      spdlog::error("{}: session failed: {}", s->prefix(), e.what());
-    }
-    s->stream_.close();
-    s->worker_.remove(s.get());
-  }, asio::detached);
+  asio::co_spawn(
+      worker.executor(),
+      [s]() -> awaitable<void> {
+        try {
+          co_await s->run();
+        } catch (const std::exception& e) {
+          spdlog::error("{}: session failed: {}", s->prefix(), e.what());
+        }
+        s->stream_.close();
+        s->worker_.remove(s.get());
+      },
+      asio::detached);
 }
 
 awaitable<void> Session::run() {
   if (worker_.shared().clients.load() > config_.listen.max_client_conn) {
     spdlog::warn("{}: refusing connection: max_client_conn {} reached", prefix(),
                  config_.listen.max_client_conn);
-    co_await send_fatal(proto::fatal(sqlstate::kTooManyConnections,
-                                     "sorry, too many clients already"));
+    co_await send_fatal(
+        proto::fatal(sqlstate::kTooManyConnections, "sorry, too many clients already"));
     co_return;
   }
   if (worker_.shared().shutting_down) {
@@ -211,8 +233,8 @@ awaitable<bool> Session::negotiate() {
                                            "received unencrypted data after SSL request"));
           co_return false;
         }
-        const bool offer = worker_.shared().tls && !stream_.tls() &&
-                           config_.tls.mode != config::TlsMode::kDisable;
+        const bool offer =
+            worker_.shared().tls && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
         if (!co_await write_client(offer ? "S" : "N")) co_return false;
         if (offer) {
           if (auto ec = co_await stream_.handshake(*worker_.shared().tls)) {
@@ -246,8 +268,8 @@ awaitable<bool> Session::negotiate() {
   }
   if (config_.tls.mode == config::TlsMode::kRequire && !stream_.tls()) {
     co_await send_fatal(proto::fatal(sqlstate::kInvalidAuthorization,
-                                     "TLS is required (tls.mode: require)",
-                                     {}, "connect with sslmode=require"));
+                                     "TLS is required (tls.mode: require)", {},
+                                     "connect with sslmode=require"));
     co_return false;
   }
   auto user = startup_.param("user");
@@ -267,9 +289,9 @@ awaitable<bool> Session::negotiate() {
   const config::User* u = config_.find_user(user);
   if (!u) {
     spdlog::info("{}: unknown user \"{}\"", prefix(), user);
-    co_await send_fatal(proto::fatal(sqlstate::kInvalidPassword,
-                                     "password authentication failed for user \"" +
-                                         std::string(user) + "\""));
+    co_await send_fatal(
+        proto::fatal(sqlstate::kInvalidPassword,
+                     "password authentication failed for user \"" + std::string(user) + "\""));
     co_return false;
   }
   if (!co_await authenticate(*u)) co_return false;
@@ -281,9 +303,9 @@ awaitable<bool> Session::authenticate(const config::User& user) {
   std::string out;
   auto failed = [&]() -> awaitable<bool> {
     spdlog::info("{}: password authentication failed for user \"{}\"", prefix(), user.name);
-    co_await send_fatal(proto::fatal(sqlstate::kInvalidPassword,
-                                     "password authentication failed for user \"" + user.name +
-                                         "\""));
+    co_await send_fatal(
+        proto::fatal(sqlstate::kInvalidPassword,
+                     "password authentication failed for user \"" + user.name + "\""));
     co_return false;
   };
   // Reads the next 'p' message (password or SASL); nullopt on EOF or a wrong message.
@@ -312,7 +334,8 @@ awaitable<bool> Session::authenticate(const config::User& user) {
       auto body = co_await next_password();
       if (!body) co_return false;
       auto pw = proto::PasswordMessage::parse(*body);
-      if (!pw || pw->password != proto::md5_from_stored(user.md5, salt)) co_return co_await failed();
+      if (!pw || pw->password != proto::md5_from_stored(user.md5, salt))
+        co_return co_await failed();
       break;
     }
     case config::AuthMethod::kScram: {
@@ -322,8 +345,9 @@ awaitable<bool> Session::authenticate(const config::User& user) {
       if (!body) co_return false;
       auto init = proto::SASLInitialResponse::parse(*body);
       if (!init || init->mechanism != "SCRAM-SHA-256" || !init->data) {
-        co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
-                                         "client selected an invalid SASL authentication mechanism"));
+        co_await send_fatal(
+            proto::fatal(sqlstate::kProtocolViolation,
+                         "client selected an invalid SASL authentication mechanism"));
         co_return false;
       }
       proto::ScramServer scram(*user.scram, proto::base64_encode(proto::random_bytes(18)));
@@ -360,8 +384,8 @@ awaitable<bool> Session::welcome() {
   const auto& db = config_.shards.front().primary.database;
   if (!db.empty() && db != database_) {
     co_await send_fatal(proto::fatal(sqlstate::kInvalidCatalogName,
-                                     "database \"" + database_ + "\" does not exist",
-                                     {}, "pgshard serves database \"" + db + "\""));
+                                     "database \"" + database_ + "\" does not exist", {},
+                                     "pgshard serves database \"" + db + "\""));
     co_return false;
   }
   // Settings from the startup packet follow the client to every server it is given.
@@ -471,9 +495,9 @@ awaitable<void> Session::client_loop() {
         default: {
           spdlog::info("{}: invalid frontend message type {}", prefix(), int(type));
           co_await drain();
-          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
-                                           "invalid frontend message type " +
-                                               std::to_string(static_cast<unsigned char>(type))));
+          co_await send_fatal(proto::fatal(
+              sqlstate::kProtocolViolation,
+              "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type))));
           co_return;
         }
       }
@@ -510,24 +534,8 @@ awaitable<void> Session::handle_request(char boundary) {
   int target = active_ ? active_->shard : 0;
   // Mid-batch (extended messages sent without Sync) the batch stays where it started.
   if (!(open_extended_ && active_)) {
-    std::string_view sql;
     bool simple = false;
-    for (std::string_view rest = pending_; !rest.empty();) {
-      auto d = proto::decode_frame(rest);
-      if (d.status != proto::DecodeStatus::kFrame) break;
-      if (d.frame.type == proto::msg::kQuery || d.frame.type == proto::msg::kParse) {
-        if (d.frame.type == proto::msg::kQuery) {
-          simple = true;
-          if (auto q = proto::Query::parse(d.frame.body)) sql = q->sql;
-        } else if (auto p = proto::Parse::parse(d.frame.body)) {
-          sql = p->query;
-        }
-        break;
-      }
-      rest.remove_prefix(d.consumed);
-    }
-    router::Route route = simple ? router::route_query(sql, hints_, config_)
-                                 : router::route_extended(sql, hints_, config_);
+    router::Route route = route_batch(&simple);
     if (route.kind != router::RouteKind::kShard) {
       co_await drain();
       if (route.kind == router::RouteKind::kError) {
@@ -548,6 +556,11 @@ awaitable<void> Session::handle_request(char boundary) {
       co_return;
     }
     hints_ = route.hints;
+    if (route.shards.size() > 1) {
+      co_await fan_out(route, simple, boundary);
+      pending_.clear();
+      co_return;
+    }
     target = route.shard;
     spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
   }
@@ -555,13 +568,18 @@ awaitable<void> Session::handle_request(char boundary) {
   if (active_ && active_->shard != target) {
     co_await drain();
     if (active_ && active_->lease->status != 'I') {
-      proto::write_error(out, proto::error(
-          sqlstate::kFeatureNotSupported,
-          "this transaction is running on shard " + config_.shards[active_->shard].name +
-              " but the statement routes to shard " + config_.shards[target].name,
-          {}, "finish the transaction first; transactions across shards are not supported yet"));
-      if (boundary != proto::msg::kFlush) out += ready(transaction_status());
-      else discard_until_sync_ = true;
+      proto::write_error(
+          out,
+          proto::error(
+              sqlstate::kFeatureNotSupported,
+              "this transaction is running on shard " + config_.shards[active_->shard].name +
+                  " but the statement routes to shard " + config_.shards[target].name,
+              {},
+              "finish the transaction first; transactions across shards are not supported yet"));
+      if (boundary != proto::msg::kFlush)
+        out += ready(transaction_status());
+      else
+        discard_until_sync_ = true;
       pending_.clear();
       co_await write_client(out);
       co_return;
@@ -611,6 +629,245 @@ awaitable<void> Session::handle_request(char boundary) {
   }
   co_await write_server(link, pending_);
   pending_.clear();
+}
+
+router::Route Session::route_batch(bool* simple) {
+  router::Context ctx;
+  ctx.cache = &worker_.analysis_cache();
+  ctx.round_robin = &round_robin_;
+  if (active_) ctx.attached = active_->shard;
+  std::optional<router::Route> route;
+  std::string_view described;  // a statement described without being bound
+  std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
+  auto text_of = [&](std::string_view name) -> std::string_view {
+    for (auto it = parsed.rbegin(); it != parsed.rend(); ++it)
+      if (it->first == name) return it->second;
+    auto known = statements_.find(std::string(name));
+    return known == statements_.end() ? std::string_view() : std::string_view(known->second);
+  };
+  for (std::string_view rest = pending_; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) break;
+    rest.remove_prefix(d.consumed);
+    switch (d.frame.type) {
+      case proto::msg::kQuery:
+        if (auto q = proto::Query::parse(d.frame.body)) {
+          *simple = true;
+          return router::route_query(q->sql, hints_, config_, ctx);
+        }
+        break;
+      case proto::msg::kParse:
+        if (auto p = proto::Parse::parse(d.frame.body)) {
+          parsed.emplace_back(p->name, p->query);
+          statements_[std::string(p->name)] = std::string(p->query);
+          if (described.empty()) described = p->query;
+        }
+        break;
+      case proto::msg::kBind:
+        if (auto b = proto::Bind::parse(d.frame.body)) {
+          ctx.bind = &*b;
+          auto r = router::route_extended(text_of(b->statement), route ? route->hints : hints_,
+                                          config_, ctx);
+          ctx.bind = nullptr;
+          if (!route) {
+            route = std::move(r);
+          } else if (r.kind != router::RouteKind::kShard || r.shard != route->shard ||
+                     r.shards != route->shards) {
+            // One batch, one destination: splitting a pipeline at Bind boundaries across
+            // shards is not done yet.
+            router::Route e;
+            e.kind = router::RouteKind::kError;
+            e.error =
+                proto::error(sqlstate::kFeatureNotSupported,
+                             "statements in one pipelined batch route to different shards", {},
+                             "send a Sync after each statement that goes to another shard");
+            e.hints = hints_;
+            return e;
+          }
+        }
+        break;
+      case proto::msg::kDescribe:
+        if (auto dsc = proto::Describe::parse(d.frame.body);
+            dsc && dsc->kind == 'S' && described.empty())
+          described = text_of(dsc->name);
+        break;
+      case proto::msg::kClose:
+        if (auto c = proto::Close::parse(d.frame.body); c && c->kind == 'S')
+          statements_.erase(std::string(c->name));
+        break;
+      default:
+        break;
+    }
+  }
+  if (route) return std::move(*route);
+  // Nothing is executed (Parse/Describe/Close/Sync only): any shard that has the statement's
+  // tables describes it alike.
+  return router::route_extended(described, hints_, config_, ctx);
+}
+
+awaitable<void> Session::fan_out(const router::Route& route, bool simple, char boundary) {
+  // Multi-shard execution, first form: the shards run the statement one after another and
+  // their replies are concatenated; tags are summed. Only where that is exactly what one
+  // PostgreSQL would return, and only outside transactions; everything else is refused.
+  co_await drain();
+  std::string out;
+  std::string names;
+  for (int s : route.shards) names += (names.empty() ? "" : ", ") + config_.shards[s].name;
+  auto refuse = [&](std::string message, std::string hint) -> awaitable<void> {
+    proto::write_error(
+        out, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
+    if (boundary == proto::msg::kFlush)
+      discard_until_sync_ = true;
+    else
+      out += ready(transaction_status());
+    co_await write_client(out);
+  };
+  if (!simple) {
+    co_await refuse(
+        "statement needs shards " + names + " (" + route.reason +
+            "); multi-shard statements are supported in the simple query protocol only so far",
+        "add the shard key to the WHERE clause, or a /* pgshard: shard=NAME */ hint");
+    co_return;
+  }
+  if (transaction_status() != 'I') {
+    co_await refuse("statement needs shards " + names + " inside a transaction; not supported yet",
+                    "run it outside the transaction, or add the shard key");
+    co_return;
+  }
+  if (!route.write && !route.concat_safe) {
+    co_await refuse(route.merge_blocker + " across shards (" + names + ") is not supported yet",
+                    "add the shard key to the WHERE clause so one shard answers");
+    co_return;
+  }
+  if (active_ && user_->pool_mode == config::PoolMode::kTransaction) release(active_);
+
+  std::string query(pending_);
+  std::string first_desc;  // RowDescription every shard must agree on
+  bool described = false, failed = false, empty = false;
+  uint64_t total = 0;
+  std::string verb;
+  std::vector<std::string> applied;
+  for (int shard : route.shards) {
+    auto got = co_await worker_.pool(shard, *user_).acquire();
+    if (auto* err = std::get_if<std::string>(&got)) {
+      proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+      failed = true;
+      break;
+    }
+    auto lease = std::move(std::get<pool::Lease>(got));
+    std::string batch;
+    if (lease->synced_fingerprint != params_fingerprint_) {
+      auto sync = sync_statements(client_params_, lease->params);
+      if (!sync.empty()) proto::Query{sync}.write(batch);
+      for (const auto& [k, v] : client_params_) lease->params[k] = v;
+      lease->synced_fingerprint = params_fingerprint_;
+    }
+    int skip = batch.empty() ? 0 : 1;
+    batch += query;
+    auto [wec, wn] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+    bool done = false, shard_failed = false;
+    while (!wec && !done) {
+      auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
+      if (d.status == proto::DecodeStatus::kNeedMore) {
+        std::size_t room;
+        char* at = lease->rbuf.prepare(kReadChunk, &room);
+        auto [ec, n] =
+            co_await lease->socket().async_read_some(asio::buffer(at, room), use_nothrow);
+        if (ec) break;
+        lease->rbuf.commit(n);
+        continue;
+      }
+      if (d.status == proto::DecodeStatus::kError) break;
+      const auto f = d.frame;
+      std::string_view raw(lease->rbuf.data(), d.consumed);
+      if (skip > 0) {
+        if (f.type == proto::msg::kReadyForQuery) --skip;
+      } else {
+        switch (f.type) {
+          case proto::msg::kRowDescription:
+            if (!described) {
+              first_desc.assign(raw);
+              described = true;
+              out.append(raw);
+            } else if (!same_columns(first_desc, raw)) {
+              proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported,
+                                                   "shards disagree on the result columns (shard " +
+                                                       config_.shards[shard].name + ")"));
+              shard_failed = true;
+            }
+            break;
+          case proto::msg::kCommandComplete:
+            if (auto c = proto::CommandComplete::parse(f.body)) {
+              // "SELECT 3", "UPDATE 2", "INSERT 0 5" carry a count; "CREATE TABLE" does not.
+              std::string_view tag = c->tag;
+              auto sp = tag.rfind(' ');
+              auto last = sp == tag.npos ? std::string_view() : tag.substr(sp + 1);
+              bool counted = !last.empty() && last.find_first_not_of("0123456789") == last.npos;
+              verb = std::string(counted ? tag.substr(0, tag.find(' ')) : tag);
+              if (counted) total += std::strtoull(std::string(last).c_str(), nullptr, 10);
+            }
+            break;
+          case proto::msg::kEmptyQueryResponse:
+            empty = true;
+            break;
+          case proto::msg::kErrorResponse:
+            out.append(raw);
+            shard_failed = true;
+            break;
+          case proto::msg::kParameterStatus:
+            break;
+          case proto::msg::kReadyForQuery:
+            lease->status = f.body.empty() ? 'I' : f.body[0];
+            done = true;
+            break;
+          default:
+            out.append(raw);
+        }
+      }
+      lease->rbuf.consume(d.consumed);
+      // Stream rows on instead of holding a whole shard's answer.
+      if (out.size() > (256u << 10) && !client_gone_) {
+        co_await write_client(out);
+        out.clear();
+      }
+    }
+    if (!done) {
+      lease->broken = true;
+      proto::write_error(out, proto::error(sqlstate::kConnectionFailure,
+                                           "server connection to shard " +
+                                               config_.shards[shard].name + " was lost"));
+      failed = true;
+      break;
+    }
+    if (shard_failed) {
+      failed = true;
+      if (route.write && !applied.empty()) {
+        std::string note;
+        for (auto& a : applied) note += (note.empty() ? "" : ", ") + a;
+        proto::write_notice(
+            out, proto::ErrorInfo{"WARNING", "01000",
+                                  "the statement was already applied on shard(s) " + note +
+                                      " before shard " + config_.shards[shard].name + " failed",
+                                  "", ""});
+      }
+      break;
+    }
+    applied.push_back(config_.shards[shard].name);
+  }
+  if (!failed) {
+    if (empty) {
+      proto::write_empty(out, proto::msg::kEmptyQueryResponse);
+    } else if (!verb.empty()) {
+      std::string tag = verb == "INSERT" ? "INSERT 0 " + std::to_string(total)
+                        : (verb == "SELECT" || verb == "UPDATE" || verb == "DELETE" ||
+                           verb == "COPY" || verb == "FETCH" || verb == "MOVE" || verb == "MERGE")
+                            ? verb + " " + std::to_string(total)
+                            : verb;
+      proto::CommandComplete{tag}.write(out);
+    }
+  }
+  out += ready('I');
+  co_await write_client(out);
 }
 
 awaitable<void> Session::flush_copy() {
@@ -687,9 +944,8 @@ awaitable<bool> Session::attach(int shard) {
 // ---- server side ----
 
 bool Session::can_detach(const Link& link) const {
-  return user_->pool_mode == config::PoolMode::kTransaction && in_flight_ == 0 &&
-         !open_extended_ && link.swallow == 0 && !writing_server_ && link.lease &&
-         link.lease->status == 'I';
+  return user_->pool_mode == config::PoolMode::kTransaction && in_flight_ == 0 && !open_extended_ &&
+         link.swallow == 0 && !writing_server_ && link.lease && link.lease->status == 'I';
 }
 
 bool Session::idle() const {
@@ -717,13 +973,12 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   link->lease->broken = true;
   const auto& shard = config_.shards[link->shard].name;
   if (link == active_ && (in_flight_ > 0 || open_extended_)) {
-    std::string code = link->fatal_code.empty() ? std::string(sqlstate::kConnectionFailure)
-                                                : link->fatal_code;
-    std::string message = link->fatal.empty()
-                              ? "server connection to shard " + shard + " was lost"
-                              : "shard " + shard + ": " + link->fatal;
-    proto::write_error(out, proto::error(code, message, {},
-                                         "the statement may or may not have run; retry it"));
+    std::string code =
+        link->fatal_code.empty() ? std::string(sqlstate::kConnectionFailure) : link->fatal_code;
+    std::string message = link->fatal.empty() ? "server connection to shard " + shard + " was lost"
+                                              : "shard " + shard + ": " + link->fatal;
+    proto::write_error(
+        out, proto::error(code, message, {}, "the statement may or may not have run; retry it"));
     // Answer every outstanding Sync/Query so the client is back in step.
     for (int i = 0; i < std::max(in_flight_, 1); ++i) out += ready('I');
     in_flight_ = 0;
@@ -778,7 +1033,8 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       const char type = buf[pos];
       const uint32_t len = proto::load_be32(buf.data() + pos + 1);
       if (len < 4 || len > config_.listen.max_message_size) {
-        spdlog::error("{}: invalid message length from shard {}", prefix(), config_.shards[link->shard].name);
+        spdlog::error("{}: invalid message length from shard {}", prefix(),
+                      config_.shards[link->shard].name);
         lost = true;
         break;
       }
@@ -909,7 +1165,8 @@ awaitable<void> Session::finish() {
       link->swallow_kind = Link::Swallow::kReset;
       std::string q;
       proto::Query{"DISCARD ALL"}.write(q);
-      std::erase_if(conn.params, [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });
+      std::erase_if(conn.params,
+                    [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });
       conn.synced_fingerprint = 0;
       auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
       if (ec) conn.broken = true;
@@ -928,11 +1185,14 @@ void Session::maybe_close_for_shutdown() {
     return;
   closing_for_shutdown_ = true;
   auto self = shared_from_this();
-  asio::co_spawn(worker_.executor(), [self]() -> awaitable<void> {
-    co_await self->send_fatal(proto::fatal(sqlstate::kAdminShutdown,
-                                           "terminating connection due to administrator command",
-                                           "pgshard is shutting down"));
-  }, asio::detached);
+  asio::co_spawn(
+      worker_.executor(),
+      [self]() -> awaitable<void> {
+        co_await self->send_fatal(proto::fatal(
+            sqlstate::kAdminShutdown, "terminating connection due to administrator command",
+            "pgshard is shutting down"));
+      },
+      asio::detached);
 }
 
 void Session::request_shutdown() {

@@ -5,6 +5,7 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
 
 #include "protocol/buffer.hpp"
 #include "protocol/errors.hpp"
@@ -70,6 +71,8 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> drain();
   awaitable<bool> attach(int shard);
   awaitable<void> flush_copy();
+  awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
+  router::Route route_batch(bool* simple);
   awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes);
 
   bool can_detach(const Link& link) const;
@@ -98,12 +101,15 @@ class Session : public std::enable_shared_from_this<Session> {
   Params client_params_;
   uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
+  // Statement texts by name (protocol-level prepared statements), for routing their Binds.
+  std::unordered_map<std::string, std::string> statements_;
+  uint64_t round_robin_ = 0;
   server::CancelKey key_;
 
-  std::shared_ptr<Link> active_;                 // where requests go now
-  std::map<int, std::shared_ptr<Link>> kept_;    // session mode: other shards' servers
-  int in_flight_ = 0;          // Query/Sync/FunctionCall sent and not yet answered
-  bool open_extended_ = false; // extended messages sent after the last Sync
+  std::shared_ptr<Link> active_;               // where requests go now
+  std::map<int, std::shared_ptr<Link>> kept_;  // session mode: other shards' servers
+  int in_flight_ = 0;                          // Query/Sync/FunctionCall sent and not yet answered
+  bool open_extended_ = false;                 // extended messages sent after the last Sync
   bool writing_server_ = false;
   bool client_writing_ = false;
   bool client_gone_ = false;

@@ -57,6 +57,7 @@ start_pgshard() {  # mode port
 listen: { host: 127.0.0.1, port: $2, workers: $WORKERS, max_client_conn: 500 }
 users: [{ name: app, password: secret, pool_mode: $([ "$1" = t ] && echo transaction || echo session) }]
 shards: [{ name: s0, primary: "postgres://app:secret@127.0.0.1:$SHARD/app", pool_size: $POOL }]
+unsharded: { shard: s0 }
 log_level: warn
 YAML
   "$BUILD/pgshard" --config "$DIR/pgshard-$1.yaml" >"$DIR/pgshard-$1.log" 2>&1 &

@@ -1,6 +1,5 @@
 // Real clients through pgshard: queries, routing by hints, auth, startup settings, load.
 #include <catch2/catch.hpp>
-
 #include <thread>
 
 #include "harness.hpp"
@@ -8,7 +7,9 @@
 using namespace harness;
 
 namespace {
-std::string port_of(PGconn* c) { return scalar(c, "select current_setting('port')"); }
+std::string port_of(PGconn* c) {
+  return scalar(c, "select current_setting('port')");
+}
 }  // namespace
 
 TEST_CASE("simple and extended queries return PostgreSQL's answers", "[basic]") {
@@ -111,7 +112,9 @@ TEST_CASE("wrong password gives 28P01 and the connection closes", "[basic]") {
   Conn u(PQconnectdb(proxy.conninfo("", "nobody", "x").c_str()), PQfinish);
   CHECK(PQstatus(u.get()) == CONNECTION_BAD);
   Conn db(PQconnectdb(("host=127.0.0.1 port=" + std::to_string(proxy.port()) +
-                       " user=app password=secret dbname=other").c_str()), PQfinish);
+                       " user=app password=secret dbname=other")
+                          .c_str()),
+          PQfinish);
   CHECK(PQstatus(db.get()) == CONNECTION_BAD);
   CHECK_THAT(PQerrorMessage(db.get()), Catch::Contains("database \"other\" does not exist"));
 }
@@ -134,7 +137,8 @@ TEST_CASE("startup settings follow the client and never leak to other clients", 
   ProxyOptions o;
   o.pool_size = 1;  // every client shares one server per shard
   Proxy proxy(o);
-  auto a = connect(proxy.conninfo("application_name=alpha options='-c search_path=alpha_schema -c statement_timeout=12345'"));
+  auto a = connect(proxy.conninfo(
+      "application_name=alpha options='-c search_path=alpha_schema -c statement_timeout=12345'"));
   CHECK(scalar(a.get(), "show search_path") == "alpha_schema");
   CHECK(scalar(a.get(), "show statement_timeout") == "12345ms");
   CHECK(scalar(a.get(), "select current_setting('application_name')") == "alpha");
@@ -170,7 +174,8 @@ TEST_CASE("200 concurrent clients share a small pool", "[basic]") {
   Proxy proxy(o);
   std::string out;
   // pgbench's own tables on the first shard.
-  run("PGPASSWORD=secret pgbench -i -s 1 -q -h 127.0.0.1 -p " + std::to_string(Cluster::get().port(0)) + " -U app app");
+  run("PGPASSWORD=secret pgbench -i -s 1 -q -h 127.0.0.1 -p " +
+      std::to_string(Cluster::get().port(0)) + " -U app app");
   int rc = run("PGPASSWORD=secret pgbench -n -S -c 200 -j 4 -t 20 -M extended -h 127.0.0.1 -p " +
                    std::to_string(proxy.port()) + " -U app app",
                &out);
@@ -196,7 +201,8 @@ TEST_CASE("threads hammering pgshard each see their own results", "[basic]") {
         std::string v = std::to_string(t * 1000 + i);
         const char* p[] = {v.c_str()};
         PGresult* r = PQexecParams(c, "select $1::int * 2", 1, nullptr, p, nullptr, nullptr, 0);
-        if (PQresultStatus(r) == PGRES_TUPLES_OK && std::stoi(PQgetvalue(r, 0, 0)) == 2 * std::stoi(v))
+        if (PQresultStatus(r) == PGRES_TUPLES_OK &&
+            std::stoi(PQgetvalue(r, 0, 0)) == 2 * std::stoi(v))
           ++good;
         PQclear(r);
       }

@@ -110,7 +110,9 @@ Cluster::~Cluster() {
   run("rm -rf " + dir_);
 }
 
-void Cluster::kill(int i) { run(kCluster + " kill " + dir_ + " " + std::to_string(port(i))); }
+void Cluster::kill(int i) {
+  run(kCluster + " kill " + dir_ + " " + std::to_string(port(i)));
+}
 
 void Cluster::restart(int i) {
   std::string out;
@@ -135,7 +137,8 @@ Proxy::Proxy(ProxyOptions o) {
   if (o.tls_mode != "disable") {
     std::string out;
     if (run("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -keyout " +
-                dir_ + "/server.key -out " + dir_ + "/server.crt", &out) != 0)
+                dir_ + "/server.key -out " + dir_ + "/server.crt",
+            &out) != 0)
       FAIL("openssl failed: " << out);
     y << "tls: { mode: " << o.tls_mode << ", cert: " << dir_ << "/server.crt, key: " << dir_
       << "/server.key }\n";
@@ -145,13 +148,16 @@ Proxy::Proxy(ProxyOptions o) {
                         : o.users);
   y << "shards:\n";
   for (int i = 0; i < cluster.size(); ++i) {
-    std::string url = i < static_cast<int>(o.shard_urls.size())
-                          ? o.shard_urls[static_cast<std::size_t>(i)]
-                          : "postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) + "/app";
-    y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: " << o.pool_size << " }\n";
+    std::string url =
+        i < static_cast<int>(o.shard_urls.size())
+            ? o.shard_urls[static_cast<std::size_t>(i)]
+            : "postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) + "/app";
+    y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: " << o.pool_size
+      << " }\n";
   }
   y << "sharded_tables:\n  - { table: users, column: id, type: bigint }\n"
     << "  - { table: orders, column: user_id, type: bigint }\n";
+  y << "unsharded: " << o.unsharded << "\n";
   y << o.extra_top;
   {
     std::ofstream f(dir_ + "/pgshard.yaml");
@@ -225,7 +231,9 @@ std::string Proxy::conninfo(const std::string& extra, const std::string& user,
          " password=" + password + " sslmode=disable connect_timeout=10 " + extra;
 }
 
-std::string Proxy::log_tail(int lines) const { return tail(read_file(dir_ + "/pgshard.log"), lines); }
+std::string Proxy::log_tail(int lines) const {
+  return tail(read_file(dir_ + "/pgshard.log"), lines);
+}
 
 void print_logs_on_failure() {
   std::lock_guard lock(g_mu);
@@ -334,7 +342,8 @@ std::optional<std::pair<char, std::string>> RawClient::next(int timeout_ms) {
     }
     if (d.status == pgshard::protocol::DecodeStatus::kError) return std::nullopt;
     auto left = std::chrono::duration_cast<std::chrono::milliseconds>(
-                    deadline - std::chrono::steady_clock::now()).count();
+                    deadline - std::chrono::steady_clock::now())
+                    .count();
     if (left <= 0 || !wait_readable(fd_, static_cast<int>(left))) return std::nullopt;
     char tmp[65536];
     ssize_t n = recv(fd_, tmp, sizeof tmp, 0);

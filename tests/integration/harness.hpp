@@ -36,10 +36,11 @@ struct ProxyOptions {
   int pool_size = 10;
   int workers = 2;
   std::string tls_mode = "disable";
-  std::string extra_top;       // extra top-level YAML
-  std::string listen_extra;    // extra keys inside listen: {}
-  std::string users;           // replaces the users list when set
-  std::vector<std::string> shard_urls;  // replaces the shard URLs when set
+  std::string extra_top;                    // extra top-level YAML
+  std::string unsharded = "{ shard: s0 }";  // tables outside the map live on s0
+  std::string listen_extra;                 // extra keys inside listen: {}
+  std::string users;                        // replaces the users list when set
+  std::vector<std::string> shard_urls;      // replaces the shard URLs when set
 };
 
 // A pgshard process on a free port, stopped (SIGTERM) when destroyed.

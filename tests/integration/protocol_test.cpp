@@ -1,7 +1,6 @@
 // The wire protocol through pgshard: pipelines, COPY, large values, async messages,
 // startup negotiation, TLS and cancel.
 #include <catch2/catch.hpp>
-
 #include <chrono>
 #include <cstring>
 #include <thread>
@@ -22,7 +21,8 @@ TEST_CASE("a pipelined batch of 100 statements returns 100 results in order", "[
   for (int i = 0; i < 100; ++i) {
     std::string v = std::to_string(i);
     const char* vals[] = {v.c_str()};
-    REQUIRE(PQsendQueryParams(c.get(), "select $1::int * 10", 1, nullptr, vals, nullptr, nullptr, 0) == 1);
+    REQUIRE(PQsendQueryParams(c.get(), "select $1::int * 10", 1, nullptr, vals, nullptr, nullptr,
+                              0) == 1);
   }
   REQUIRE(PQpipelineSync(c.get()) == 1);
   for (int i = 0; i < 100; ++i) {
@@ -59,8 +59,8 @@ TEST_CASE("an error in the middle of a pipeline discards the rest until Sync", "
     if (PQresultStatus(r) == PGRES_TUPLES_OK) last_value = PQgetvalue(r, 0, 0);
     PQclear(r);
   }
-  std::vector<ExecStatusType> want{PGRES_TUPLES_OK, PGRES_FATAL_ERROR, PGRES_PIPELINE_ABORTED,
-                                   PGRES_PIPELINE_SYNC, PGRES_TUPLES_OK, PGRES_PIPELINE_SYNC};
+  std::vector<ExecStatusType> want{PGRES_TUPLES_OK,     PGRES_FATAL_ERROR, PGRES_PIPELINE_ABORTED,
+                                   PGRES_PIPELINE_SYNC, PGRES_TUPLES_OK,   PGRES_PIPELINE_SYNC};
   CHECK(seen == want);
   CHECK(last_value == "4");
   PQexitPipelineMode(c.get());
@@ -130,13 +130,15 @@ TEST_CASE("a 64 MB bytea goes in and comes back intact", "[protocol]") {
   Proxy proxy;
   auto c = connect(proxy.conninfo());
   std::string blob(64u << 20, '\0');
-  for (std::size_t i = 0; i < blob.size(); ++i) blob[i] = static_cast<char>((i * 2654435761u) >> 13);
+  for (std::size_t i = 0; i < blob.size(); ++i)
+    blob[i] = static_cast<char>((i * 2654435761u) >> 13);
   query(c.get(), "drop table if exists blobs");
   query(c.get(), "create table blobs (b bytea)");
   const char* vals[] = {blob.data()};
   int lens[] = {static_cast<int>(blob.size())};
   int fmts[] = {1};
-  PGresult* r = PQexecParams(c.get(), "insert into blobs values ($1)", 1, nullptr, vals, lens, fmts, 0);
+  PGresult* r =
+      PQexecParams(c.get(), "insert into blobs values ($1)", 1, nullptr, vals, lens, fmts, 0);
   REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
   PQclear(r);
   r = PQexecParams(c.get(), "select b from blobs", 0, nullptr, nullptr, nullptr, nullptr, 1);
@@ -145,7 +147,8 @@ TEST_CASE("a 64 MB bytea goes in and comes back intact", "[protocol]") {
   CHECK(std::memcmp(PQgetvalue(r, 0, 0), blob.data(), blob.size()) == 0);
   PQclear(r);
   // Text format doubles it (hex); it still streams through.
-  CHECK(scalar(c.get(), "select length(encode(b, 'hex')) from blobs") == std::to_string(2 * blob.size()));
+  CHECK(scalar(c.get(), "select length(encode(b, 'hex')) from blobs") ==
+        std::to_string(2 * blob.size()));
   query(c.get(), "drop table blobs");
 }
 
@@ -155,8 +158,8 @@ TEST_CASE("notices, notifications and parameter changes are relayed", "[protocol
   Proxy proxy(o);
   auto c = connect(proxy.conninfo());
   std::string notice;
-  PQsetNoticeProcessor(c.get(), [](void* arg, const char* m) { *static_cast<std::string*>(arg) += m; },
-                       &notice);
+  PQsetNoticeProcessor(
+      c.get(), [](void* arg, const char* m) { *static_cast<std::string*>(arg) += m; }, &notice);
   query(c.get(), "do $$ begin raise notice 'hello from the shard'; end $$");
   CHECK_THAT(notice, Catch::Contains("hello from the shard"));
 
@@ -309,7 +312,8 @@ TEST_CASE("TLS required and refused", "[protocol]") {
 
   Proxy no_tls;
   Conn want(PQconnectdb(("host=127.0.0.1 port=" + std::to_string(no_tls.port()) +
-                         " dbname=app user=app password=secret sslmode=require").c_str()),
+                         " dbname=app user=app password=secret sslmode=require")
+                            .c_str()),
             PQfinish);
   CHECK(PQstatus(want.get()) == CONNECTION_BAD);
   CHECK_THAT(PQerrorMessage(want.get()), Catch::Contains("does not support SSL"));

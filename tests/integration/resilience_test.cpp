@@ -59,8 +59,9 @@ TEST_CASE("a shard that accepts but never answers times out with 08001", "[resil
   REQUIRE(bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
   listen(fd, 16);
   ProxyOptions o;
-  o.shard_urls = {"postgres://app:secret@127.0.0.1:" + std::to_string(Cluster::get().port(0)) + "/app",
-                  "postgres://app:secret@127.0.0.1:" + std::to_string(port) + "/app"};
+  o.shard_urls = {
+      "postgres://app:secret@127.0.0.1:" + std::to_string(Cluster::get().port(0)) + "/app",
+      "postgres://app:secret@127.0.0.1:" + std::to_string(port) + "/app"};
   o.extra_top = "timeouts: { connect: 500ms }\n";
   Proxy proxy(o);
   auto c = connect(proxy.conninfo());

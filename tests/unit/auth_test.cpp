@@ -1,7 +1,7 @@
 // SCRAM-SHA-256 against the RFC 7677 example, both sides; MD5 against PostgreSQL's format.
-#include <catch2/catch.hpp>
-
 #include "protocol/auth.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace pgshard::protocol;
 
@@ -11,8 +11,8 @@ const std::string kClientNonce = "rOprNGfwEbeRWgbNEkqO";
 const std::string kServerNonce = "%hvYDpWUa2RaTCAfuxFIlj)hNlF$k0";
 const std::string kSalt64 = "W22ZaJ0SNY7soEsUEjb6gQ==";
 const std::string kServerFirst = "r=" + kClientNonce + kServerNonce + ",s=" + kSalt64 + ",i=4096";
-const std::string kClientFinal = "c=biws,r=" + kClientNonce + kServerNonce +
-                                 ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
+const std::string kClientFinal =
+    "c=biws,r=" + kClientNonce + kServerNonce + ",p=dHzbZapWIk4jUhN+Ute9ytag9zjfMHgsqmmiz7AndVQ=";
 const std::string kServerFinal = "v=6rriTRBi23WpRR/wtup+mMhUZUn/dB5nLTJRsjl95G4=";
 }  // namespace
 
@@ -80,7 +80,8 @@ TEST_CASE("MD5 passwords match PostgreSQL's md5(password || user) scheme", "[aut
 }
 
 TEST_CASE("base64 round trips and rejects garbage", "[auth]") {
-  for (const std::string& s : std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\xff", 2)})
+  for (const std::string& s :
+       std::vector<std::string>{"", "a", "ab", "abc", "abcd", std::string("\0\xff", 2)})
     CHECK(base64_decode(base64_encode(s)) == s);
   CHECK_FALSE(base64_decode("abc"));
   CHECK_FALSE(base64_decode("!!!!"));

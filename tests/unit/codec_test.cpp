@@ -1,9 +1,9 @@
 // Framing: pieces, batches, bad lengths, limits, and random input that must not crash.
-#include <catch2/catch.hpp>
+#include "protocol/codec.hpp"
 
+#include <catch2/catch.hpp>
 #include <random>
 
-#include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "protocol/startup.hpp"
@@ -118,7 +118,8 @@ TEST_CASE("10000 random buffers never crash the decoder or the views", "[codec][
   for (int i = 0; i < 10000; ++i) {
     std::string buf(static_cast<std::size_t>(size(rng)), '\0');
     for (auto& c : buf) c = static_cast<char>(byte(rng));
-    if (!buf.empty() && i % 2 == 0) buf[0] = types[static_cast<std::size_t>(i) % (sizeof types - 1)];
+    if (!buf.empty() && i % 2 == 0)
+      buf[0] = types[static_cast<std::size_t>(i) % (sizeof types - 1)];
     auto d = decode_frame(buf, 1 << 20);
     if (d.status == DecodeStatus::kFrame) {
       auto body = d.frame.body;

@@ -1,7 +1,7 @@
 // The shard map loader: defaults, every section, and file:line errors for bad input.
-#include <catch2/catch.hpp>
-
 #include "config/config.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace pgshard::config;
 
@@ -65,10 +65,14 @@ TEST_CASE("a complete map loads with its values", "[config]") {
 }
 
 TEST_CASE("unknown keys are errors with file and line", "[config]") {
-  auto e = error_of("users:\n  - { name: a, password: x }\nshards:\n  - { name: s0, primary: postgres://h/db, poolsize: 3 }\n");
+  auto e = error_of(
+      "users:\n  - { name: a, password: x }\nshards:\n  - { name: s0, primary: postgres://h/db, "
+      "poolsize: 3 }\n");
   CHECK(e == "t.yaml:4: unknown key 'poolsize' in shard");
-  CHECK(error_of("bogus: 1\nusers: [{name: a, password: x}]\nshards: [{name: s, primary: postgres://h}]\n")
-            .starts_with("t.yaml:1: unknown key 'bogus'"));
+  CHECK(
+      error_of(
+          "bogus: 1\nusers: [{name: a, password: x}]\nshards: [{name: s, primary: postgres://h}]\n")
+          .starts_with("t.yaml:1: unknown key 'bogus'"));
 }
 
 TEST_CASE("bad values are reported, all of them", "[config]") {
@@ -93,11 +97,13 @@ unsharded: { shard: nope }
 
 TEST_CASE("missing essentials and YAML syntax errors are reported", "[config]") {
   CHECK_THAT(error_of("listen: {}\n"), Catch::Contains("users must be a non-empty list"));
-  CHECK_THAT(error_of("users: [{name: a, password: x}]\n"), Catch::Contains("shards must be a non-empty list"));
+  CHECK_THAT(error_of("users: [{name: a, password: x}]\n"),
+             Catch::Contains("shards must be a non-empty list"));
   CHECK_THAT(error_of("users: [{name: a}]\nshards: [{name: s, primary: postgres://h}]\n"),
              Catch::Contains("needs a password"));
   CHECK_THAT(error_of("users: [\n"), Catch::StartsWith("t.yaml:"));
-  CHECK_THAT(error_of("tls: { mode: require }\nusers: [{name: a, password: x}]\nshards: [{name: s, primary: postgres://h}]\n"),
+  CHECK_THAT(error_of("tls: { mode: require }\nusers: [{name: a, password: x}]\nshards: [{name: s, "
+                      "primary: postgres://h}]\n"),
              Catch::Contains("tls.cert and tls.key are required"));
 }
 

@@ -1,12 +1,12 @@
 // Every protocol v3 message: written by the writer, decoded by the framer, read by its view.
-#include <catch2/catch.hpp>
+#include "protocol/messages.hpp"
 
+#include <catch2/catch.hpp>
 #include <deque>
 #include <functional>
 
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
-#include "protocol/messages.hpp"
 #include "protocol/startup.hpp"
 
 using namespace pgshard::protocol;
@@ -39,7 +39,11 @@ TEST_CASE("frontend messages round trip", "[messages]") {
     CHECK(p->param_types == std::vector<int32_t>{20, 25});
   }
   SECTION("Bind with NULL, text and binary values") {
-    Bind in{"p1", "s1", {0, 1}, {std::string_view("42"), std::nullopt, std::string_view("\0\1", 2)}, {1}};
+    Bind in{"p1",
+            "s1",
+            {0, 1},
+            {std::string_view("42"), std::nullopt, std::string_view("\0\1", 2)},
+            {1}};
     auto b = round('B', [&](std::string& o) { in.write(o); });
     auto p = Bind::parse(b);
     REQUIRE(p);
@@ -74,8 +78,10 @@ TEST_CASE("frontend messages round trip", "[messages]") {
     CHECK(f->result_format == 1);
   }
   SECTION("Copy messages") {
-    CHECK(CopyData::parse(round('d', [](std::string& o) { CopyData{"1\tx\n"}.write(o); }))->data == "1\tx\n");
-    CHECK(CopyFail::parse(round('f', [](std::string& o) { CopyFail{"boom"}.write(o); }))->message == "boom");
+    CHECK(CopyData::parse(round('d', [](std::string& o) { CopyData{"1\tx\n"}.write(o); }))->data ==
+          "1\tx\n");
+    CHECK(CopyFail::parse(round('f', [](std::string& o) { CopyFail{"boom"}.write(o); }))->message ==
+          "boom");
     CHECK(round('c', [](std::string& o) { write_empty(o, msg::kCopyDone); }).empty());
   }
   SECTION("Sync, Flush, Terminate") {
@@ -84,13 +90,17 @@ TEST_CASE("frontend messages round trip", "[messages]") {
     CHECK(round('X', [](std::string& o) { write_empty(o, msg::kTerminate); }).empty());
   }
   SECTION("Password and SASL") {
-    CHECK(PasswordMessage::parse(round('p', [](std::string& o) { PasswordMessage{"md5abc"}.write(o); }))->password == "md5abc");
+    CHECK(PasswordMessage::parse(round('p', [](std::string& o) {
+            PasswordMessage{"md5abc"}.write(o);
+          }))->password == "md5abc");
     auto s = SASLInitialResponse::parse(round('p', [](std::string& o) {
       SASLInitialResponse{"SCRAM-SHA-256", std::string_view("n,,n=,r=abc")}.write(o);
     }));
     CHECK(s->mechanism == "SCRAM-SHA-256");
     CHECK(*s->data == "n,,n=,r=abc");
-    CHECK(SASLResponse::parse(round('p', [](std::string& o) { SASLResponse{"c=biws"}.write(o); }))->data == "c=biws");
+    CHECK(SASLResponse::parse(round('p', [](std::string& o) {
+            SASLResponse{"c=biws"}.write(o);
+          }))->data == "c=biws");
   }
 }
 
@@ -124,15 +134,22 @@ TEST_CASE("startup-phase packets round trip", "[messages]") {
 
 TEST_CASE("backend messages round trip", "[messages]") {
   SECTION("Authentication variants") {
-    auto a = Authentication::parse(round('R', [](std::string& o) { Authentication{auth::kMD5Password, "salt"}.write(o); }));
+    auto a = Authentication::parse(round('R', [](std::string& o) {
+      Authentication{auth::kMD5Password, "salt"}.write(o);
+    }));
     CHECK(a->code == auth::kMD5Password);
     CHECK(a->data == "salt");
-    auto s = Authentication::parse(round('R', [](std::string& o) { write_auth_sasl(o, {"SCRAM-SHA-256"}); }));
+    auto s = Authentication::parse(
+        round('R', [](std::string& o) { write_auth_sasl(o, {"SCRAM-SHA-256"}); }));
     CHECK(s->sasl_mechanisms() == std::vector<std::string_view>{"SCRAM-SHA-256"});
-    CHECK(Authentication::parse(round('R', [](std::string& o) { Authentication{}.write(o); }))->code == auth::kOk);
+    CHECK(Authentication::parse(round('R', [](std::string& o) {
+            Authentication{}.write(o);
+          }))->code == auth::kOk);
   }
   SECTION("BackendKeyData") {
-    auto k = BackendKeyData::parse(round('K', [](std::string& o) { BackendKeyData{12, -5}.write(o); }));
+    auto k = BackendKeyData::parse(round('K', [](std::string& o) {
+      BackendKeyData{12, -5}.write(o);
+    }));
     CHECK(k->pid == 12);
     CHECK(k->secret == -5);
   }
@@ -143,16 +160,22 @@ TEST_CASE("backend messages round trip", "[messages]") {
     }
   }
   SECTION("CommandComplete") {
-    CHECK(CommandComplete::parse(round('C', [](std::string& o) { CommandComplete{"INSERT 0 3"}.write(o); }))->tag == "INSERT 0 3");
+    CHECK(CommandComplete::parse(round('C', [](std::string& o) {
+            CommandComplete{"INSERT 0 3"}.write(o);
+          }))->tag == "INSERT 0 3");
   }
   SECTION("Copy responses") {
     for (char t : {msg::kCopyInResponse, msg::kCopyOutResponse, msg::kCopyBothResponse}) {
-      auto c = CopyResponse::parse(t, round(t, [t](std::string& o) { CopyResponse{t, 0, {0, 0}}.write(o); }));
+      auto c = CopyResponse::parse(t, round(t, [t](std::string& o) {
+                                     CopyResponse{t, 0, {0, 0}}.write(o);
+                                   }));
       CHECK(c->column_formats.size() == 2);
     }
   }
   SECTION("DataRow and RowDescription") {
-    auto r = DataRow::parse(round('D', [](std::string& o) { DataRow{{std::string_view("1"), std::nullopt}}.write(o); }));
+    auto r = DataRow::parse(round('D', [](std::string& o) {
+      DataRow{{std::string_view("1"), std::nullopt}}.write(o);
+    }));
     CHECK(*r->values[0] == "1");
     CHECK_FALSE(r->values[1]);
     RowDescription in{{{"id", 16384, 1, 20, 8, -1, 0}, {"name", 0, 0, 25, -1, -1, 1}}};
@@ -176,16 +199,28 @@ TEST_CASE("backend messages round trip", "[messages]") {
     CHECK(n->severity() == "WARNING");
   }
   SECTION("the rest") {
-    CHECK(FunctionCallResponse::parse(round('V', [](std::string& o) { FunctionCallResponse{std::string_view("r")}.write(o); }))->result == "r");
-    auto n = NegotiateProtocolVersion::parse(round('v', [](std::string& o) { NegotiateProtocolVersion{0, {"_pq_.a"}}.write(o); }));
+    CHECK(FunctionCallResponse::parse(round('V', [](std::string& o) {
+            FunctionCallResponse{std::string_view("r")}.write(o);
+          }))->result == "r");
+    auto n = NegotiateProtocolVersion::parse(round('v', [](std::string& o) {
+      NegotiateProtocolVersion{0, {"_pq_.a"}}.write(o);
+    }));
     CHECK(n->unrecognized == std::vector<std::string_view>{"_pq_.a"});
-    auto a = NotificationResponse::parse(round('A', [](std::string& o) { NotificationResponse{3, "ch", "hi"}.write(o); }));
+    auto a = NotificationResponse::parse(round('A', [](std::string& o) {
+      NotificationResponse{3, "ch", "hi"}.write(o);
+    }));
     CHECK(a->channel == "ch");
     CHECK(a->payload == "hi");
-    CHECK(ParameterDescription::parse(round('t', [](std::string& o) { ParameterDescription{{20}}.write(o); }))->type_oids == std::vector<int32_t>{20});
-    auto p = ParameterStatus::parse(round('S', [](std::string& o) { ParameterStatus{"TimeZone", "UTC"}.write(o); }));
+    CHECK(ParameterDescription::parse(round('t', [](std::string& o) {
+            ParameterDescription{{20}}.write(o);
+          }))->type_oids == std::vector<int32_t>{20});
+    auto p = ParameterStatus::parse(round('S', [](std::string& o) {
+      ParameterStatus{"TimeZone", "UTC"}.write(o);
+    }));
     CHECK(p->value == "UTC");
-    CHECK(ReadyForQuery::parse(round('Z', [](std::string& o) { ReadyForQuery{'T'}.write(o); }))->status == 'T');
+    CHECK(ReadyForQuery::parse(round('Z', [](std::string& o) {
+            ReadyForQuery{'T'}.write(o);
+          }))->status == 'T');
     CHECK_FALSE(ReadyForQuery::parse("Q"));
   }
 }

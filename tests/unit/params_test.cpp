@@ -1,13 +1,14 @@
 // Settings that follow a client across server connections.
-#include <catch2/catch.hpp>
-
 #include "proxy/session/params.hpp"
+
+#include <catch2/catch.hpp>
 
 using namespace pgshard::session;
 
 TEST_CASE("options -c settings parse like PostgreSQL's", "[params]") {
   Params p;
-  REQUIRE_FALSE(parse_options("-c search_path=app,public --statement-timeout=5s -cwork_mem=4MB", p));
+  REQUIRE_FALSE(
+      parse_options("-c search_path=app,public --statement-timeout=5s -cwork_mem=4MB", p));
   CHECK(p["search_path"] == "app,public");
   CHECK(p["statement_timeout"] == "5s");
   CHECK(p["work_mem"] == "4MB");
@@ -22,10 +23,13 @@ TEST_CASE("options -c settings parse like PostgreSQL's", "[params]") {
 
 TEST_CASE("sync statements set what differs and reset what only the server has", "[params]") {
   Params client{{"TimeZone", "UTC"}, {"search_path", "app"}, {"application_name", "x"}};
-  Params server{{"TimeZone", "Europe/Paris"}, {"application_name", "x"}, {"extra_float_digits", "3"},
+  Params server{{"TimeZone", "Europe/Paris"},
+                {"application_name", "x"},
+                {"extra_float_digits", "3"},
                 {"server_version", "15"}};
   auto sql = sync_statements(client, server);
-  CHECK(sql == "SET \"TimeZone\" = 'UTC';SET \"search_path\" = 'app';RESET \"extra_float_digits\";");
+  CHECK(sql ==
+        "SET \"TimeZone\" = 'UTC';SET \"search_path\" = 'app';RESET \"extra_float_digits\";");
   CHECK(sync_statements(client, client).empty());
   CHECK(quote_literal("it's") == "'it''s'");
 }

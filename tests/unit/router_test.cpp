@@ -1,11 +1,12 @@
 // Hint routing and PostgreSQL's hash-partitioning maths.
+#include "proxy/router/router.hpp"
+
 #include <catch2/catch.hpp>
 
 #include "config/config.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
-#include "proxy/router/router.hpp"
 
 using namespace pgshard;
 using namespace pgshard::router;
@@ -19,7 +20,8 @@ shards:
   - { name: s2, primary: "postgres://h:3/app" }
 sharded_tables:
   - { table: users, column: id, type: bigint }
-)", "t.yaml");
+)",
+                             "t.yaml");
 }
 constexpr int64_t kSeed = static_cast<int64_t>(kHashPartitionSeed);
 }  // namespace
@@ -29,9 +31,10 @@ TEST_CASE("extended hash functions equal PostgreSQL's", "[router][hash]") {
   CHECK(static_cast<int64_t>(hashint8extended(42, kHashPartitionSeed)) == 7363975540656877951LL);
   CHECK(static_cast<int64_t>(hashint8extended(-7, kHashPartitionSeed)) == -7298374200968567817LL);
   CHECK(static_cast<int64_t>(hashint4extended(42, kHashPartitionSeed)) == 7363975540656877951LL);
-  CHECK(static_cast<int64_t>(hashtextextended("hello", kHashPartitionSeed)) == -2635279551741001039LL);
-  CHECK(static_cast<int64_t>(hashtextextended("a longer text value over 12 bytes", kHashPartitionSeed)) ==
-        -956353119204901260LL);
+  CHECK(static_cast<int64_t>(hashtextextended("hello", kHashPartitionSeed)) ==
+        -2635279551741001039LL);
+  CHECK(static_cast<int64_t>(hashtextextended("a longer text value over 12 bytes",
+                                              kHashPartitionSeed)) == -956353119204901260LL);
   unsigned char u[16];
   REQUIRE(parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", u));
   CHECK(static_cast<int64_t>(uuid_hash_extended(u, kHashPartitionSeed)) == 424513190990560493LL);
@@ -40,7 +43,9 @@ TEST_CASE("extended hash functions equal PostgreSQL's", "[router][hash]") {
 
 TEST_CASE("partition index equals PARTITION BY HASH with modulus 3", "[router][hash]") {
   // From a real server: keys -7, 2 and 42 land in remainder 0, 1 in 2, 3 in 1.
-  auto idx = [](const char* k) { return hash_to_index(*partition_hash(config::KeyType::kInt8, k), 3); };
+  auto idx = [](const char* k) {
+    return hash_to_index(*partition_hash(config::KeyType::kInt8, k), 3);
+  };
   CHECK(idx("-7") == 0);
   CHECK(idx("1") == 2);
   CHECK(idx("2") == 0);
@@ -96,7 +101,7 @@ TEST_CASE("hint precedence: comment, SET LOCAL, SET, default", "[router]") {
   auto cfg = map();
   SessionHints h;
   CHECK(route_query("select 1", h, *cfg).shard == 0);
-  CHECK(route_query("select 1", h, *cfg).reason == "first shard");
+  CHECK(route_query("select 1", h, *cfg).reason == "no table");
   CHECK(route_query("SELECT 1 /* PGSHARD: SHARD=s1 */", h, *cfg).shard == 1);
   h.session.shard = "s1";
   CHECK(route_query("select 1", h, *cfg).shard == 1);
@@ -155,5 +160,6 @@ TEST_CASE("statements mixing pgshard settings with SQL are forwarded with the se
   r = route_extended("SET pgshard.sharding_key = '3'", h, *cfg);
   CHECK(r.kind == RouteKind::kShard);
   CHECK(r.hints.session.sharding_key == "3");
-  CHECK(route_query("selec 1", h, *cfg).kind == RouteKind::kShard);  // syntax errors reach PostgreSQL
+  CHECK(route_query("selec 1", h, *cfg).kind ==
+        RouteKind::kShard);  // syntax errors reach PostgreSQL
 }

@@ -1,0 +1,620 @@
+// What a statement touches, from PostgreSQL's own parser (libpg_query): its tables, and the
+// shard-key values its WHERE / VALUES pin down. Pure and cacheable by statement text.
+#include "proxy/router/analysis.hpp"
+
+#include <pg_query.h>
+#include <pg_query/pg_query.pb-c.h>
+
+#include <algorithm>
+#include <functional>
+#include <set>
+
+namespace pgshard::router {
+
+namespace {
+
+using Node = PgQuery__Node;
+
+// Calls `visit` on every message of the tree (generic over protobuf-c reflection), so no
+// statement form can hide a table from us.
+void walk(const ProtobufCMessage* m, const std::function<void(const ProtobufCMessage*)>& visit) {
+  if (!m) return;
+  visit(m);
+  const auto* d = m->descriptor;
+  const char* base = reinterpret_cast<const char*>(m);
+  for (unsigned i = 0; i < d->n_fields; ++i) {
+    const auto& f = d->fields[i];
+    if (f.type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    if (f.label == PROTOBUF_C_LABEL_REPEATED) {
+      auto n = *reinterpret_cast<const size_t*>(base + f.quantifier_offset);
+      auto arr = *reinterpret_cast<ProtobufCMessage* const* const*>(base + f.offset);
+      for (size_t k = 0; k < n; ++k) walk(arr[k], visit);
+    } else {
+      if ((f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
+          *reinterpret_cast<const uint32_t*>(base + f.quantifier_offset) != f.id)
+        continue;
+      walk(*reinterpret_cast<ProtobufCMessage* const*>(base + f.offset), visit);
+    }
+  }
+}
+
+std::string_view str_of(const Node* n) {
+  if (n && n->node_case == PG_QUERY__NODE__NODE_STRING) return n->string->sval;
+  return {};
+}
+
+// Built-in aggregates (pg_aggregate in PostgreSQL 15); a user-defined aggregate is not
+// recognised, which is why multi-shard reads are also checked for GROUP BY and friends.
+bool is_aggregate(std::string_view name) {
+  static constexpr std::string_view kNames[] = {"count",
+                                                "sum",
+                                                "avg",
+                                                "min",
+                                                "max",
+                                                "bool_and",
+                                                "bool_or",
+                                                "every",
+                                                "array_agg",
+                                                "string_agg",
+                                                "json_agg",
+                                                "jsonb_agg",
+                                                "json_object_agg",
+                                                "jsonb_object_agg",
+                                                "bit_and",
+                                                "bit_or",
+                                                "bit_xor",
+                                                "stddev",
+                                                "stddev_pop",
+                                                "stddev_samp",
+                                                "variance",
+                                                "var_pop",
+                                                "var_samp",
+                                                "corr",
+                                                "covar_pop",
+                                                "covar_samp",
+                                                "regr_avgx",
+                                                "regr_avgy",
+                                                "regr_count",
+                                                "regr_intercept",
+                                                "regr_r2",
+                                                "regr_slope",
+                                                "regr_sxx",
+                                                "regr_sxy",
+                                                "regr_syy",
+                                                "percentile_cont",
+                                                "percentile_disc",
+                                                "mode",
+                                                "rank",
+                                                "dense_rank",
+                                                "percent_rank",
+                                                "cume_dist",
+                                                "xmlagg",
+                                                "range_agg",
+                                                "range_intersect_agg"};
+  for (auto k : kNames)
+    if (k == name) return true;
+  return false;
+}
+
+// A sharded table as the statement names it.
+struct Use {
+  int table;         // index into sharded_tables
+  std::string name;  // alias, or the table name
+  int group;         // co-location group (union-find root)
+};
+
+class Analyzer {
+ public:
+  Analyzer(const config::Config& cfg) : cfg_(cfg) {}
+
+  Analysis run(const PgQuery__ParseResult* tree) {
+    Analysis a;
+    if (tree->n_stmts != 1) {
+      // Several statements in one Query: route as one unit only if they agree.
+      return several(tree);
+    }
+    return one(tree->stmts[0]->stmt);
+  }
+
+ private:
+  Analysis several(const PgQuery__ParseResult* tree) {
+    Analysis merged;
+    merged.target = Analysis::Target::kAnyShard;
+    for (size_t i = 0; i < tree->n_stmts; ++i) {
+      Analysis a = one(tree->stmts[i]->stmt);
+      if (a.target == Analysis::Target::kAnyShard) continue;
+      if (merged.target == Analysis::Target::kAnyShard) {
+        merged = a;
+        continue;
+      }
+      if (a.target == Analysis::Target::kError) return a;
+      if (a.target == Analysis::Target::kKeys && merged.target == Analysis::Target::kKeys &&
+          a.table >= 0 &&
+          cfg_.sharded_tables[a.table].type == cfg_.sharded_tables[merged.table].type &&
+          !a.insert && !merged.insert) {
+        merged.keys.insert(merged.keys.end(), a.keys.begin(), a.keys.end());
+        merged.write = merged.write || a.write;
+        continue;
+      }
+      if (a.target == merged.target && a.target != Analysis::Target::kKeys) {
+        merged.write = merged.write || a.write;
+        continue;
+      }
+      merged.target = Analysis::Target::kError;
+      merged.error = "a multi-statement query must stay on one shard";
+      merged.hint = "send the statements separately, or add a shard hint";
+      return merged;
+    }
+    return merged;
+  }
+
+  Analysis one(const Node* stmt) {
+    Analysis a;
+    if (!stmt) return a;
+    // Every relation named anywhere, minus CTE names.
+    std::set<std::string> ctes;
+    std::vector<const PgQuery__RangeVar*> rels;
+    walk(&stmt->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor == &pg_query__range_var__descriptor)
+        rels.push_back(reinterpret_cast<const PgQuery__RangeVar*>(m));
+      else if (m->descriptor == &pg_query__common_table_expr__descriptor)
+        ctes.insert(reinterpret_cast<const PgQuery__CommonTableExpr*>(m)->ctename);
+    });
+    const auto kind = stmt->node_case;
+    // What stops rows from several shards being simply concatenated.
+    auto block = [&](const char* what) {
+      if (a.concat_safe) a.merge_blocker = what;
+      a.concat_safe = false;
+    };
+    walk(&stmt->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor == &pg_query__select_stmt__descriptor) {
+        const auto* s = reinterpret_cast<const PgQuery__SelectStmt*>(m);
+        if (s->larg || s->rarg) block("set operations (UNION, INTERSECT, EXCEPT)");
+        if (s->n_sort_clause) block("ORDER BY");
+        if (s->limit_count || s->limit_offset) block("LIMIT/OFFSET");
+        if (s->n_group_clause || s->having_clause) block("GROUP BY/HAVING");
+        if (s->n_distinct_clause) block("DISTINCT");
+        if (s->n_window_clause) block("window functions");
+      } else if (m->descriptor == &pg_query__func_call__descriptor) {
+        const auto* f = reinterpret_cast<const PgQuery__FuncCall*>(m);
+        if (f->over) block("window functions");
+        if (f->n_funcname > 0 && is_aggregate(str_of(f->funcname[f->n_funcname - 1])))
+          block("aggregates");
+      }
+    });
+    a.write = kind == PG_QUERY__NODE__NODE_INSERT_STMT ||
+              kind == PG_QUERY__NODE__NODE_UPDATE_STMT || kind == PG_QUERY__NODE__NODE_DELETE_STMT;
+    const bool select = kind == PG_QUERY__NODE__NODE_SELECT_STMT;
+    a.ddl = !a.write && !select && kind != PG_QUERY__NODE__NODE_EXPLAIN_STMT &&
+            kind != PG_QUERY__NODE__NODE_COPY_STMT && !rels.empty();
+    if (select) {
+      const auto* s = stmt->select_stmt;
+      if (s->n_locking_clause > 0) a.write = true;  // SELECT ... FOR UPDATE takes row locks
+    }
+
+    bool unsharded = false, reference = false;
+    uses_.clear();
+    cte_wheres_.clear();
+    for (const auto* r : rels) {
+      if (!r->schemaname[0] && ctes.contains(r->relname)) continue;
+      int t = sharded_index(r);
+      if (t >= 0) {
+        std::string name = r->alias ? r->alias->aliasname : r->relname;
+        uses_.push_back({t, name, static_cast<int>(uses_.size())});
+      } else if (is_reference(r)) {
+        reference = true;
+      } else {
+        unsharded = true;
+      }
+    }
+    if (kind == PG_QUERY__NODE__NODE_DROP_STMT) {
+      // DROP names its objects as lists of strings, not relations.
+      const auto* d = stmt->drop_stmt;
+      for (size_t i = 0; i < d->n_objects; ++i) {
+        const Node* o = d->objects[i];
+        if (!o || o->node_case != PG_QUERY__NODE__NODE_LIST || o->list->n_items == 0) continue;
+        PgQuery__RangeVar rv = PG_QUERY__RANGE_VAR__INIT;
+        std::string rel(str_of(o->list->items[o->list->n_items - 1]));
+        std::string schema(o->list->n_items > 1 ? str_of(o->list->items[o->list->n_items - 2])
+                                                : "");
+        rv.relname = rel.data();
+        rv.schemaname = schema.data();
+        if (sharded_index(&rv) >= 0 || is_reference(&rv)) {
+          a.ddl = true;
+          a.target = Analysis::Target::kAllShards;
+          a.reason = "DROP of a sharded or reference table: every shard";
+          return a;
+        }
+      }
+    }
+    if (uses_.empty()) {
+      if (unsharded) {
+        a.target = Analysis::Target::kUnsharded;
+        a.reason = "table not in the shard map";
+      } else if (reference) {
+        a.target =
+            a.write || a.ddl ? Analysis::Target::kAllShards : Analysis::Target::kReferenceRead;
+        a.reason =
+            a.write || a.ddl ? "write to reference table: every shard" : "reference table read";
+      } else {
+        a.reason = "no table";
+      }
+      return a;
+    }
+    if (unsharded) {
+      a.target = Analysis::Target::kError;
+      a.error = "statement mixes sharded tables with tables that are not in the shard map";
+      a.hint = "add the tables to sharded_tables or reference_tables";
+      return a;
+    }
+    a.table = uses_.front().table;
+    if (a.ddl) {
+      a.target = Analysis::Target::kAllShards;
+      a.reason = "DDL on a sharded table: every shard";
+      return a;
+    }
+    switch (kind) {
+      case PG_QUERY__NODE__NODE_INSERT_STMT:
+        return insert(stmt->insert_stmt, a);
+      case PG_QUERY__NODE__NODE_UPDATE_STMT: {
+        const auto* u = stmt->update_stmt;
+        for (size_t i = 0; i < u->n_target_list; ++i) {
+          const auto* rt = u->target_list[i]->res_target;
+          if (rt && rt->name && rt->name == cfg_.sharded_tables[uses_.front().table].column) {
+            auto v = value_of(rt->val);
+            if (!v) {
+              a.target = Analysis::Target::kError;
+              a.error = "UPDATE of the shard key column \"" + std::string(rt->name) +
+                        "\" could move rows to another shard";
+              a.hint = "delete and re-insert the row instead";
+              return a;
+            }
+            a.new_key = v;
+          }
+        }
+        for (size_t i = 0; i < u->n_from_clause; ++i) joins(u->from_clause[i]);
+        return keyed(u->where_clause, a);
+      }
+      case PG_QUERY__NODE__NODE_DELETE_STMT: {
+        const auto* d = stmt->delete_stmt;
+        return keyed(d->where_clause, a);
+      }
+      case PG_QUERY__NODE__NODE_SELECT_STMT: {
+        const auto* s = stmt->select_stmt;
+        if (s->larg || s->rarg) {
+          a.target = Analysis::Target::kAllShards;
+          a.reason = "set operation";
+          return a;
+        }
+        for (size_t i = 0; i < s->n_from_clause; ++i) joins(s->from_clause[i]);
+        // A key inside a plain CTE restricts that CTE's table use.
+        if (s->with_clause && !s->with_clause->recursive) {
+          for (size_t i = 0; i < s->with_clause->n_ctes; ++i) {
+            const Node* c = s->with_clause->ctes[i];
+            if (!c || c->node_case != PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR) continue;
+            const Node* q = c->common_table_expr->ctequery;
+            if (!q || q->node_case != PG_QUERY__NODE__NODE_SELECT_STMT || q->select_stmt->larg)
+              continue;
+            for (size_t j = 0; j < q->select_stmt->n_from_clause; ++j)
+              joins(q->select_stmt->from_clause[j]);
+            cte_wheres_.push_back(q->select_stmt->where_clause);
+          }
+        }
+        return keyed(s->where_clause, a);
+      }
+      default:
+        a.target = Analysis::Target::kAllShards;
+        a.reason = "statement on a sharded table without a key";
+        return a;
+    }
+  }
+
+  int sharded_index(const PgQuery__RangeVar* r) const {
+    for (size_t i = 0; i < cfg_.sharded_tables.size(); ++i) {
+      const auto& t = cfg_.sharded_tables[i];
+      if (t.table == r->relname &&
+          (t.schema.empty() || !r->schemaname[0] || t.schema == r->schemaname))
+        return static_cast<int>(i);
+    }
+    return -1;
+  }
+
+  bool is_reference(const PgQuery__RangeVar* r) const {
+    for (const auto& t : cfg_.reference_tables) {
+      auto dot = t.find('.');
+      if (dot == std::string::npos ? t == r->relname
+                                   : t.substr(dot + 1) == r->relname &&
+                                         (!r->schemaname[0] || t.substr(0, dot) == r->schemaname))
+        return true;
+    }
+    return false;
+  }
+
+  // The use a column reference names, if it is that use's shard key.
+  int key_use(const Node* n) const {
+    if (!n || n->node_case != PG_QUERY__NODE__NODE_COLUMN_REF) return -1;
+    const auto* c = n->column_ref;
+    if (c->n_fields == 0) return -1;
+    auto col = str_of(c->fields[c->n_fields - 1]);
+    std::string_view qual = c->n_fields >= 2 ? str_of(c->fields[c->n_fields - 2]) : "";
+    int found = -1;
+    for (size_t i = 0; i < uses_.size(); ++i) {
+      const auto& t = cfg_.sharded_tables[uses_[i].table];
+      if (col != t.column) continue;
+      if (!qual.empty() && qual != uses_[i].name) continue;
+      if (found >= 0 && qual.empty()) return -2;  // ambiguous
+      found = static_cast<int>(i);
+    }
+    return found;
+  }
+
+  static const Node* strip_casts(const Node* n) {
+    while (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) n = n->type_cast->arg;
+    return n;
+  }
+
+  static std::optional<KeyValue> value_of(const Node* n) {
+    n = strip_casts(n);
+    if (!n) return std::nullopt;
+    if (n->node_case == PG_QUERY__NODE__NODE_PARAM_REF)
+      return KeyValue{KeyValue::Kind::kParam, {}, n->param_ref->number};
+    if (n->node_case == PG_QUERY__NODE__NODE_A_CONST) {
+      const auto* c = n->a_const;
+      switch (c->val_case) {
+        case PG_QUERY__A__CONST__VAL_IVAL:
+          return KeyValue{KeyValue::Kind::kLiteral, std::to_string(c->ival->ival), 0};
+        case PG_QUERY__A__CONST__VAL_SVAL:
+          return KeyValue{KeyValue::Kind::kLiteral, c->sval->sval, 0};
+        case PG_QUERY__A__CONST__VAL_FVAL:
+          return KeyValue{KeyValue::Kind::kLiteral, c->fval->fval, 0};
+        default:
+          return std::nullopt;
+      }
+    }
+    // -42 arrives as a unary minus expression.
+    if (n->node_case == PG_QUERY__NODE__NODE_A_EXPR && !n->a_expr->lexpr &&
+        n->a_expr->n_name == 1 && str_of(n->a_expr->name[0]) == "-") {
+      auto v = value_of(n->a_expr->rexpr);
+      if (v && v->kind == KeyValue::Kind::kLiteral) {
+        v->literal = "-" + v->literal;
+        return v;
+      }
+    }
+    return std::nullopt;
+  }
+
+  // Joins in FROM: ON quals join co-located tables.
+  void joins(const Node* n) {
+    if (!n || n->node_case != PG_QUERY__NODE__NODE_JOIN_EXPR) return;
+    joins(n->join_expr->larg);
+    joins(n->join_expr->rarg);
+    collect(n->join_expr->quals, nullptr);
+  }
+
+  int find(int u) {
+    while (uses_[u].group != u) u = uses_[u].group = uses_[uses_[u].group].group;
+    return u;
+  }
+
+  // Walks the AND-conjunction of `e`: records key equalities between uses (co-location),
+  // and, when `keys` is given, the key values restricting each group.
+  void collect(const Node* e, std::vector<std::pair<int, std::vector<KeyValue>>>* keys) {
+    if (!e) return;
+    if (e->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        e->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      for (size_t i = 0; i < e->bool_expr->n_args; ++i) collect(e->bool_expr->args[i], keys);
+      return;
+    }
+    if (e->node_case == PG_QUERY__NODE__NODE_A_EXPR &&
+        e->a_expr->kind == PG_QUERY__A__EXPR__KIND__AEXPR_OP && e->a_expr->n_name == 1 &&
+        str_of(e->a_expr->name[0]) == "=") {
+      int l = key_use(strip_casts(e->a_expr->lexpr));
+      int r = key_use(strip_casts(e->a_expr->rexpr));
+      if (l >= 0 && r >= 0 &&
+          cfg_.sharded_tables[uses_[l].table].type == cfg_.sharded_tables[uses_[r].table].type) {
+        uses_[find(l)].group = find(r);
+        return;
+      }
+    }
+    if (!keys) return;
+    int use = -1;
+    if (auto v = key_values(e, &use); v && use >= 0) keys->emplace_back(use, std::move(*v));
+  }
+
+  // Key values an expression restricts one use to: `key = v`, `key IN (...)`,
+  // `key = ANY($n)`, and ORs of those on the same use.
+  std::optional<std::vector<KeyValue>> key_values(const Node* e, int* use) {
+    if (!e) return std::nullopt;
+    if (e->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        e->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__OR_EXPR) {
+      std::vector<KeyValue> all;
+      for (size_t i = 0; i < e->bool_expr->n_args; ++i) {
+        int u = -1;
+        auto v = key_values(e->bool_expr->args[i], &u);
+        if (!v || (*use >= 0 && u != *use)) return std::nullopt;
+        *use = u;
+        all.insert(all.end(), v->begin(), v->end());
+      }
+      return all;
+    }
+    if (e->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        e->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      // Inside an OR: any conjunct that pins the key is enough.
+      for (size_t i = 0; i < e->bool_expr->n_args; ++i)
+        if (auto v = key_values(e->bool_expr->args[i], use)) return v;
+      return std::nullopt;
+    }
+    if (e->node_case != PG_QUERY__NODE__NODE_A_EXPR) return std::nullopt;
+    const auto* x = e->a_expr;
+    if (x->n_name != 1 || str_of(x->name[0]) != "=") return std::nullopt;
+    int l = key_use(strip_casts(x->lexpr));
+    const Node* other = x->rexpr;
+    if (l < 0) {
+      l = key_use(strip_casts(x->rexpr));
+      other = x->lexpr;
+    }
+    if (l < 0) return std::nullopt;
+    std::vector<KeyValue> out;
+    if (x->kind == PG_QUERY__A__EXPR__KIND__AEXPR_OP) {
+      auto v = value_of(other);
+      if (!v) return std::nullopt;
+      out.push_back(*v);
+    } else if (x->kind == PG_QUERY__A__EXPR__KIND__AEXPR_IN) {
+      if (!other || other->node_case != PG_QUERY__NODE__NODE_LIST) return std::nullopt;
+      for (size_t i = 0; i < other->list->n_items; ++i) {
+        auto v = value_of(other->list->items[i]);
+        if (!v) return std::nullopt;
+        out.push_back(*v);
+      }
+    } else if (x->kind == PG_QUERY__A__EXPR__KIND__AEXPR_OP_ANY) {
+      const Node* arr = strip_casts(other);
+      if (arr && arr->node_case == PG_QUERY__NODE__NODE_PARAM_REF) {
+        out.push_back({KeyValue::Kind::kArrayParam, {}, arr->param_ref->number});
+      } else if (arr && arr->node_case == PG_QUERY__NODE__NODE_A_ARRAY_EXPR) {
+        for (size_t i = 0; i < arr->a_array_expr->n_elements; ++i) {
+          auto v = value_of(arr->a_array_expr->elements[i]);
+          if (!v) return std::nullopt;
+          out.push_back(*v);
+        }
+      } else {
+        return std::nullopt;
+      }
+    } else {
+      return std::nullopt;
+    }
+    if (*use >= 0 && *use != l) return std::nullopt;
+    *use = l;
+    return out;
+  }
+
+  Analysis& keyed(const Node* where, Analysis& a) {
+    std::vector<std::pair<int, std::vector<KeyValue>>> keys;
+    collect(where, &keys);
+    for (const Node* w : cte_wheres_) collect(w, &keys);
+    // Every sharded table must be tied (by key equality) to one group.
+    int root = find(0);
+    for (size_t i = 1; i < uses_.size(); ++i) {
+      if (find(static_cast<int>(i)) != root) {
+        a.target = a.write ? Analysis::Target::kError : Analysis::Target::kAllShards;
+        a.reason = "sharded tables not joined on their shard keys";
+        if (a.write) {
+          a.error =
+              "statement writes across shards: its sharded tables are not joined on the shard key";
+          a.hint = "join on the shard key columns, or add a sharding_key hint";
+        }
+        return a;
+      }
+    }
+    // The smallest key set wins (a conjunction of restrictions).
+    const std::vector<KeyValue>* best = nullptr;
+    for (const auto& [use, values] : keys)
+      if (find(use) == root && (!best || values.size() < best->size())) {
+        best = &values;
+        a.table = uses_[use].table;
+      }
+    if (!best) {
+      a.target = Analysis::Target::kAllShards;
+      a.reason = "no shard key in WHERE";
+      return a;
+    }
+    a.target = Analysis::Target::kKeys;
+    a.keys = *best;
+    a.reason = "shard key in WHERE";
+    return a;
+  }
+
+  Analysis& insert(const PgQuery__InsertStmt* ins, Analysis& a) {
+    a.insert = true;
+    const auto& t = cfg_.sharded_tables[uses_.front().table];
+    a.table = uses_.front().table;
+    int col = -1;
+    for (size_t i = 0; i < ins->n_cols; ++i) {
+      const auto* rt = ins->cols[i]->res_target;
+      if (rt && rt->name && t.column == rt->name) col = static_cast<int>(i);
+    }
+    if (col < 0) {
+      a.target = Analysis::Target::kError;
+      a.error = ins->n_cols == 0
+                    ? "INSERT into sharded table \"" + t.table + "\" needs a column list"
+                    : "INSERT into sharded table \"" + t.table + "\" must set its shard key \"" +
+                          t.column + "\"";
+      a.hint = "name the columns, including " + t.column;
+      return a;
+    }
+    const Node* sel = ins->select_stmt;
+    if (!sel || sel->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
+        sel->select_stmt->n_values_lists == 0 || uses_.size() > 1) {
+      a.target = Analysis::Target::kError;
+      a.error = "INSERT ... SELECT into a sharded table is not supported";
+      a.hint = "insert with VALUES";
+      return a;
+    }
+    for (size_t r = 0; r < sel->select_stmt->n_values_lists; ++r) {
+      const auto* row = sel->select_stmt->values_lists[r];
+      if (row->node_case != PG_QUERY__NODE__NODE_LIST ||
+          static_cast<size_t>(col) >= row->list->n_items) {
+        a.target = Analysis::Target::kError;
+        a.error = "INSERT row has no value for the shard key";
+        return a;
+      }
+      auto v = value_of(row->list->items[col]);
+      if (!v) {
+        a.target = Analysis::Target::kError;
+        a.error = "the shard key of an INSERT must be a constant or a parameter";
+        a.hint = "compute the key in the application";
+        return a;
+      }
+      a.keys.push_back(*v);
+    }
+    a.target = Analysis::Target::kKeys;
+    a.reason = "INSERT VALUES shard key";
+    return a;
+  }
+
+  const config::Config& cfg_;
+  std::vector<Use> uses_;
+  std::vector<const Node*> cte_wheres_;
+};
+
+}  // namespace
+
+Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
+  std::string text(sql);
+  auto result = pg_query_parse_protobuf(text.c_str());
+  Analysis a;
+  if (result.error) {
+    a.target = Analysis::Target::kUnparsed;
+    a.reason = "does not parse";
+    pg_query_free_protobuf_parse_result(result);
+    return a;
+  }
+  auto* tree = pg_query__parse_result__unpack(
+      nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
+  if (tree) {
+    a = Analyzer(cfg).run(tree);
+    pg_query__parse_result__free_unpacked(tree, nullptr);
+  }
+  pg_query_free_protobuf_parse_result(result);
+  return a;
+}
+
+std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
+                                                   const config::Config& cfg) {
+  if (auto it = map_.find(sql); it != map_.end()) {
+    ++hits_;
+    order_.splice(order_.begin(), order_, it->second.order);
+    return it->second.analysis;
+  }
+  ++misses_;
+  auto a = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  if (capacity_ == 0) return a;
+  if (map_.size() >= capacity_) {
+    map_.erase(order_.back());
+    order_.pop_back();
+  }
+  order_.emplace_front(sql);
+  map_.emplace(order_.front(), Entry{a, order_.begin()});
+  return a;
+}
+
+}  // namespace pgshard::router

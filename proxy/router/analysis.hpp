@@ -1,0 +1,77 @@
+// What a statement touches, from PostgreSQL's own parser (libpg_query): its tables, and the
+// shard-key values its WHERE / VALUES pin down. Pure and cacheable by statement text.
+#pragma once
+
+#include <list>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "config/config.hpp"
+
+namespace pgshard::router {
+
+// One value of the shard key: a literal, or the n-th Bind parameter ($n), possibly an
+// array parameter (key = ANY($n)).
+struct KeyValue {
+  enum class Kind { kLiteral, kParam, kArrayParam } kind = Kind::kLiteral;
+  std::string literal;
+  int param = 0;  // 1-based
+  bool operator==(const KeyValue&) const = default;
+};
+
+struct Analysis {
+  enum class Target {
+    kAnyShard,       // no table at all (SELECT 1, SHOW, BEGIN...)
+    kReferenceRead,  // only reference tables, read: one shard, round-robin
+    kAllShards,      // every shard (writes to reference tables, reads without a key)
+    kKeys,           // the shards of `keys`
+    kUnsharded,      // tables pgshard does not know: the `unsharded` policy
+    kError,          // refused: `error` says why
+    kUnparsed,       // not valid SQL: PostgreSQL reports the error itself
+  };
+  Target target = Target::kAnyShard;
+  bool write = false;
+  bool ddl = false;
+  int table = -1;                   // the sharded table whose key type applies
+  std::vector<KeyValue> keys;       // kKeys: rows live on the union of these keys' shards
+  std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
+  bool insert = false;              // INSERT: each key is one VALUES row
+  // Several shards can answer by plain concatenation of their rows and summed tags; when
+  // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
+  bool concat_safe = true;
+  std::string merge_blocker;
+  std::string error;  // kError (SQLSTATE 0A000)
+  std::string hint;
+  std::string reason;
+};
+
+// Parses `sql` and analyses it against the shard map.
+Analysis analyze_statement(std::string_view sql, const config::Config& cfg);
+
+// A bounded LRU of analyses keyed by statement text; one per worker thread, no locks.
+class AnalysisCache {
+ public:
+  explicit AnalysisCache(std::size_t capacity) : capacity_(capacity) {}
+  std::shared_ptr<const Analysis> get(std::string_view sql, const config::Config& cfg);
+  std::size_t size() const { return map_.size(); }
+  uint64_t hits() const { return hits_; }
+  uint64_t misses() const { return misses_; }
+
+ private:
+  using Order = std::list<std::string>;
+  struct Entry {
+    std::shared_ptr<const Analysis> analysis;
+    Order::iterator order;
+  };
+  std::size_t capacity_;
+  Order order_;  // most recent first
+  std::unordered_map<std::string_view, Entry> map_;
+  uint64_t hits_ = 0;
+  uint64_t misses_ = 0;
+};
+
+}  // namespace pgshard::router

@@ -1,0 +1,387 @@
+// Parser-based routing, table-driven: statement -> shard(s) or refusal, no sockets.
+#include <catch2/catch.hpp>
+#include <set>
+
+#include "config/config.hpp"
+#include "proxy/router/hashing.hpp"
+#include "proxy/router/router.hpp"
+
+using namespace pgshard;
+using namespace pgshard::router;
+
+namespace {
+std::shared_ptr<const config::Config> map(const char* unsharded = "reject") {
+  return config::load_string(std::string(R"(users: [{name: app, password: x}]
+shards:
+  - { name: s0, primary: "postgres://h:1/app" }
+  - { name: s1, primary: "postgres://h:2/app" }
+  - { name: s2, primary: "postgres://h:3/app" }
+sharded_tables:
+  - { table: users, column: id, type: bigint }
+  - { table: orders, column: user_id, type: bigint }
+  - { table: order_items, column: user_id, type: bigint }
+  - { table: sessions, column: token, type: text }
+  - { table: devices, column: uuid, type: uuid }
+  - { table: app.tenants, column: tenant_id, type: integer }
+reference_tables: [countries, public.currencies]
+unsharded: )") + unsharded + "\n",
+                             "t.yaml");
+}
+
+int shard_of(const char* key) {
+  return hash_to_index(*partition_hash(config::KeyType::kInt8, key), 3);
+}
+
+// "s1" for one shard, "all" for every shard, "s0,s2" for a set, "error" for a refusal.
+std::string where(const Route& r) {
+  if (r.kind == RouteKind::kError) return "error";
+  if (r.shards.size() == 3) return "all";
+  if (!r.shards.empty()) {
+    std::string s;
+    for (int i : r.shards) s += (s.empty() ? "s" : ",s") + std::to_string(i);
+    return s;
+  }
+  return "s" + std::to_string(r.shard);
+}
+
+std::string s(int i) {
+  return "s" + std::to_string(i);
+}
+}  // namespace
+
+TEST_CASE("keys in WHERE pick the shard PostgreSQL's hash partitioning would", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  struct Case {
+    std::string sql;
+    std::string want;
+  };
+  const std::string k1 = s(shard_of("1")), k2 = s(shard_of("2")), k3 = s(shard_of("3")),
+                    k42 = s(shard_of("42")), km7 = s(shard_of("-7"));
+  std::vector<Case> cases = {
+      {"select * from users where id = 1", k1},
+      {"SELECT * FROM users WHERE id = 2", k2},
+      {"select * from users where id = 3", k3},
+      {"select * from users where id = 42", k42},
+      {"select * from users where id = -7", km7},
+      {"select * from users where 42 = id", k42},
+      {"select * from users where id = '42'", k42},
+      {"select * from users where id = '42'::bigint", k42},
+      {"select * from users where id = 42::int8", k42},
+      {"select * from users where id = CAST(42 AS bigint)", k42},
+      {"select * from public.users where id = 42", k42},
+      {"select * from users u where u.id = 42", k42},
+      {"select * from users as u where u.id = 42 and u.name = 'x'", k42},
+      {"select * from users where name = 'x' and id = 42", k42},
+      {"select * from users where id = 42 and (name = 'a' or name = 'b')", k42},
+      {"select * from users where users.id = 42", k42},
+      {"select name from users where id = 42 for update", k42},
+      {"select count(*) from users where id = 42", k42},
+      {"select * from users where id = 42 order by name limit 5", k42},
+      {"select * from users where id in (42)", k42},
+      {"select * from users where id = any(array[42])", k42},
+      {"select * from orders where user_id = 42", k42},
+      {"select * from orders o where o.user_id = 42 and o.amount > 10", k42},
+      {"select * from users u join orders o on o.user_id = u.id where u.id = 42", k42},
+      {"select * from users u join orders o on u.id = o.user_id where o.user_id = 42", k42},
+      {"select * from users u, orders o where u.id = o.user_id and u.id = 42", k42},
+      {"select * from orders o join order_items i on i.user_id = o.user_id where o.user_id = 42",
+       k42},
+      {"select * from users u left join orders o on o.user_id = u.id where u.id = 42", k42},
+      {"update users set name = 'x' where id = 42", k42},
+      {"update users set name = 'x' where id = 42 returning *", k42},
+      {"delete from users where id = 42", k42},
+      {"delete from orders where user_id = 42 and id = 7", k42},
+      {"insert into users (id, name) values (42, 'x')", k42},
+      {"insert into users (name, id) values ('x', 42)", k42},
+      {"insert into users (id, name) values (42, 'x') returning id", k42},
+      {"insert into users (id, name) values (42, 'x') on conflict (id) do update set name = "
+       "excluded.name",
+       k42},
+      {"insert into users (id, name) values (42, 'a'), (42, 'b')", k42},
+      {"insert into orders (id, user_id, amount) values (1, 42, 9.5)", k42},
+      {"with x as (select * from users where id = 42) select * from x", k42},
+      {"select * from users where id = 42; select * from orders where user_id = 42", k42},
+      {"select (select count(*) from countries), name from users where id = 42", k42},
+      {"select * from users u join countries c on c.code = u.country where u.id = 42", k42},
+  };
+  for (const auto& c : cases) {
+    INFO(c.sql);
+    CHECK(where(route_query(c.sql, h, *cfg)) == c.want);
+  }
+  CHECK(cases.size() >= 40);
+}
+
+TEST_CASE("keys of every supported type", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  auto text = s(hash_to_index(*partition_hash(config::KeyType::kText, "abc"), 3));
+  CHECK(where(route_query("select * from sessions where token = 'abc'", h, *cfg)) == text);
+  CHECK(where(route_query("select * from sessions where token = 'abc'::text", h, *cfg)) == text);
+  CHECK(where(route_query("delete from sessions where token = 'abc'", h, *cfg)) == text);
+  auto u = s(hash_to_index(
+      *partition_hash(config::KeyType::kUuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), 3));
+  CHECK(
+      where(route_query("select * from devices where uuid = 'a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11'",
+                        h, *cfg)) == u);
+  CHECK(where(route_query(
+            "select * from devices where uuid = '{a0eebc999c0b4ef8bb6d6bb9bd380a11}'::uuid", h,
+            *cfg)) == u);
+  auto t = s(hash_to_index(*partition_hash(config::KeyType::kInt4, "7"), 3));
+  CHECK(where(route_query("select * from app.tenants where tenant_id = 7", h, *cfg)) == t);
+  CHECK(where(route_query("select * from tenants where tenant_id = 7", h, *cfg)) == t);
+  // int4 and int8 hash alike, as in PostgreSQL.
+  CHECK(t == s(shard_of("7")));
+}
+
+TEST_CASE("IN lists, ANY arrays and ORs give the union of shards", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  std::set<int> want{shard_of("1"), shard_of("2"), shard_of("3")};
+  auto set_of = [](const Route& r) {
+    if (r.shards.empty()) return std::set<int>{r.shard};
+    return std::set<int>(r.shards.begin(), r.shards.end());
+  };
+  for (const char* sql : {"select * from users where id in (1, 2, 3)",
+                          "select * from users where id = 1 or id = 2 or id = 3",
+                          "select * from users where id = any(array[1, 2, 3])",
+                          "select * from users where (id = 1 or id in (2, 3)) and name <> ''",
+                          "select * from users where id = any('{1,2,3}'::bigint[])"}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    if (std::string(sql).find("'{1,2,3}'") != std::string::npos) {
+      CHECK(where(r) == "all");  // an array literal in a string is not looked into
+      continue;
+    }
+    CHECK(set_of(r) == want);
+  }
+  CHECK(where(route_query("select * from users where id = 1 or name = 'x'", h, *cfg)) == "all");
+}
+
+TEST_CASE("statements without a usable key go to every shard or are refused", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  struct Case {
+    const char* sql;
+    const char* want;
+  };
+  Case cases[] = {
+      {"select * from users", "all"},
+      {"select * from users where name = 'x'", "all"},
+      {"select * from users where id > 42", "all"},
+      {"select * from users where id <> 42", "all"},
+      {"select * from users where id between 1 and 3", "all"},
+      {"select * from users where id = 42 or name = 'x'", "all"},
+      {"select * from users where not (id = 42)", "all"},
+      {"select * from users where id = other_id", "all"},
+      {"select * from users u join orders o on o.id = u.id where u.id = 42", "all"},
+      {"select * from users u, orders o where u.id = 42", "all"},
+      {"select * from users union select * from users", "all"},
+      {"update users set name = 'x'", "all"},
+      {"delete from users", "all"},
+      {"delete from orders where amount < 0", "all"},
+      {"update users u set name = 'x' from orders o where o.amount > 5", "error"},
+      {"create index on users (name)", "all"},
+      {"alter table users add column age int", "all"},
+      {"drop table orders", "all"},
+      {"truncate users", "all"},
+      {"insert into users values (42, 'x')", "error"},
+      {"insert into users (name) values ('x')", "error"},
+      {"insert into users (id, name) select id, name from users", "error"},
+      {"insert into users (id, name) values (random()::bigint, 'x')", "error"},
+      {"insert into users (id, name) values (1, 'a'), (2, 'b'), (3, 'c')", "error"},
+      {"update users set id = 43 where id = 42", shard_of("43") == shard_of("42") ? "ok" : "error"},
+      {"update users set id = id + 1 where id = 42", "error"},
+      {"select * from users join some_local_table t on true where users.id = 42", "error"},
+  };
+  for (const auto& c : cases) {
+    INFO(c.sql);
+    auto w = where(route_query(c.sql, h, *cfg));
+    if (std::string(c.want) == "ok")
+      CHECK(w != "error");
+    else
+      CHECK(w == c.want);
+  }
+}
+
+TEST_CASE("UPDATE that keeps the key on its shard is allowed", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  CHECK(where(route_query("update users set id = 42 where id = 42", h, *cfg)) == s(shard_of("42")));
+  auto r = route_query("update users set id = 1 where id = 2", h, *cfg);
+  if (shard_of("1") != shard_of("2")) {
+    CHECK(r.kind == RouteKind::kError);
+    CHECK(r.error.code == "0A000");
+    CHECK_THAT(r.error.message, Catch::Contains("move"));
+  }
+}
+
+TEST_CASE("reference tables: reads spread, writes everywhere", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  uint64_t rr = 0;
+  Context ctx;
+  ctx.round_robin = &rr;
+  std::set<int> seen;
+  for (int i = 0; i < 6; ++i)
+    seen.insert(route_query("select * from countries", h, *cfg, ctx).shard);
+  CHECK(seen.size() == 3);
+  CHECK(where(route_query("select * from currencies c where c.code = 'EUR'", h, *cfg)) != "error");
+  CHECK(where(route_query("insert into countries values ('FR')", h, *cfg)) == "all");
+  CHECK(where(route_query("update public.currencies set rate = 1", h, *cfg)) == "all");
+  CHECK(where(route_query("delete from countries", h, *cfg)) == "all");
+  // Being on a shard already, a reference read stays there.
+  ctx.attached = 2;
+  CHECK(route_query("select * from countries", h, *cfg, ctx).shard == 2);
+}
+
+TEST_CASE("no-table statements go to the client's shard or the first", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  for (const char* sql : {"select 1", "select now()", "show timezone", "begin", "commit",
+                          "set timezone = 'UTC'", "select pg_sleep(0)", "listen x", ""}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    CHECK(r.kind == RouteKind::kShard);
+    CHECK(r.shard == 0);
+    CHECK(r.shards.empty());
+    Context ctx;
+    ctx.attached = 1;
+    CHECK(route_query(sql, h, *cfg, ctx).shard == 1);
+  }
+}
+
+TEST_CASE("the unsharded policy decides for tables outside the map", "[router][parser]") {
+  SessionHints h;
+  auto r = route_query("select * from accounts", h, *map("reject"));
+  CHECK(r.kind == RouteKind::kError);
+  CHECK(r.error.code == "0A000");
+  CHECK_THAT(r.error.message, Catch::Contains("not in pgshard's shard map"));
+  CHECK(where(route_query("select * from accounts", h, *map("all"))) == "all");
+  CHECK(where(route_query("select * from accounts", h, *map("{ shard: s2 }"))) == "s2");
+  CHECK(where(route_query("insert into accounts values (1)", h, *map("{ shard: s1 }"))) == "s1");
+  // A hint overrides the policy.
+  CHECK(where(route_query("/* pgshard: shard=s1 */ select * from accounts", h, *map("reject"))) ==
+        "s1");
+  // Statements that do not parse reach PostgreSQL, which reports the syntax error.
+  CHECK(route_query("selec * from users", h, *map("reject")).kind == RouteKind::kShard);
+}
+
+TEST_CASE("hints beat the parser", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  int other = (shard_of("42") + 1) % 3;
+  CHECK(route_query("/* pgshard: shard=" + s(other) + " */ select * from users where id = 42", h,
+                    *cfg)
+            .shard == other);
+  h.session.shard = s(other);
+  CHECK(route_query("select * from users where id = 42", h, *cfg).shard == other);
+  h = {};
+  h.session.sharding_key = "42";
+  CHECK(route_query("select * from users", h, *cfg).shard == shard_of("42"));
+  CHECK(route_query("select * from users", h, *cfg).shards.empty());
+}
+
+TEST_CASE("Bind parameters carry the key, text and binary", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  Context ctx;
+  protocol::Bind b;
+  std::string v = "42";
+  b.params = {std::string_view(v)};
+  ctx.bind = &b;
+  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard == shard_of("42"));
+  CHECK(route_extended("select * from users where id = $1::bigint", h, *cfg, ctx).shard ==
+        shard_of("42"));
+  CHECK(route_extended("insert into users (id, name) values ($1, 'x')", h, *cfg, ctx).shard ==
+        shard_of("42"));
+  // Binary int8, int4, int2.
+  std::string i8("\0\0\0\0\0\0\0\x2a", 8), i4("\0\0\0\x2a", 4), i2("\0\x2a", 2);
+  for (const auto* raw : {&i8, &i4, &i2}) {
+    b.params = {std::string_view(*raw)};
+    b.param_formats = {1};
+    CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard ==
+          shard_of("42"));
+  }
+  // Negative binary int8.
+  std::string neg("\xff\xff\xff\xff\xff\xff\xff\xf9", 8);
+  b.params = {std::string_view(neg)};
+  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard == shard_of("-7"));
+  // Binary uuid.
+  std::string u("\xa0\xee\xbc\x99\x9c\x0b\x4e\xf8\xbb\x6d\x6b\xb9\xbd\x38\x0a\x11", 16);
+  b.params = {std::string_view(u)};
+  CHECK(route_extended("select * from devices where uuid = $1", h, *cfg, ctx).shard ==
+        hash_to_index(
+            *partition_hash(config::KeyType::kUuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), 3));
+  // Text keys.
+  b.param_formats = {};
+  std::string tok = "abc";
+  b.params = {std::string_view(tok)};
+  CHECK(route_extended("select * from sessions where token = $1", h, *cfg, ctx).shard ==
+        hash_to_index(*partition_hash(config::KeyType::kText, "abc"), 3));
+  // Second parameter is the key.
+  std::string name = "x";
+  b.params = {std::string_view(name), std::string_view(v)};
+  CHECK(route_extended("select * from users where name = $1 and id = $2", h, *cfg, ctx).shard ==
+        shard_of("42"));
+  // Array parameter, text form.
+  std::string arr = "{1,2,3}";
+  b.params = {std::string_view(arr)};
+  auto r = route_extended("select * from users where id = any($1)", h, *cfg, ctx);
+  std::set<int> got(r.shards.begin(), r.shards.end());
+  if (got.empty()) got.insert(r.shard);
+  CHECK(got == std::set<int>{shard_of("1"), shard_of("2"), shard_of("3")});
+  // Without a Bind (Describe only) any shard describes it.
+  CHECK(route_extended("select * from users where id = $1", h, *cfg).kind == RouteKind::kShard);
+}
+
+TEST_CASE("binary array parameters decode", "[router][parser]") {
+  protocol::Bind b;
+  // ndim 1, no nulls, int8 oid 20, dim 2 lbound 1, elements 5 and 6.
+  std::string a(
+      "\0\0\0\x01\0\0\0\0\0\0\0\x14\0\0\0\x02\0\0\0\x01"
+      "\0\0\0\x08\0\0\0\0\0\0\0\x05\0\0\0\x08\0\0\0\0\0\0\0\x06",
+      44);
+  b.params = {std::string_view(a)};
+  b.param_formats = {1};
+  auto v = array_param(b, 1, config::KeyType::kInt8);
+  REQUIRE(v);
+  CHECK(*v == std::vector<std::string>{"5", "6"});
+  std::string t = R"({"7", 8 ,NULL})";
+  b.params = {std::string_view(t)};
+  b.param_formats = {};
+  v = array_param(b, 1, config::KeyType::kInt8);
+  REQUIRE(v);
+  CHECK(*v == std::vector<std::string>{"7", "8"});
+}
+
+TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  CHECK(route_query("select * from users", h, *cfg).concat_safe);
+  CHECK(route_query("select id from users where name like 'a%'", h, *cfg).concat_safe);
+  for (const char* sql :
+       {"select * from users order by id", "select * from users limit 3",
+        "select count(*) from users", "select name, max(id) from users group by name",
+        "select distinct name from users", "select sum(id) over () from users",
+        "select * from users union select * from users"}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    CHECK_FALSE(r.concat_safe);
+    CHECK_FALSE(r.merge_blocker.empty());
+  }
+}
+
+TEST_CASE("the analysis cache returns the same analysis and stays bounded", "[router][parser]") {
+  auto cfg = map();
+  AnalysisCache cache(2);
+  auto a = cache.get("select * from users where id = 1", *cfg);
+  auto b = cache.get("select * from users where id = 1", *cfg);
+  CHECK(a == b);
+  CHECK(cache.hits() == 1);
+  cache.get("select 2", *cfg);
+  cache.get("select 3", *cfg);
+  CHECK(cache.size() == 2);
+  auto c = cache.get("select * from users where id = 1", *cfg);
+  CHECK(c != a);  // evicted and analysed again
+}
