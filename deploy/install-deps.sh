@@ -3,7 +3,7 @@
 set -euo pipefail
 PACKAGES=(build-essential cmake libboost1.81-dev libssl-dev libspdlog-dev libyaml-cpp-dev
   libpg-query-dev libprotobuf-c-dev libpq-dev catch2 postgresql-15 postgresql-client-15
-  pgbouncer openssl procps)
+  pgbouncer openssl procps libbenchmark-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -108,12 +108,30 @@ class Analyzer {
   Analyzer(const config::Config& cfg) : cfg_(cfg) {}
 
   Analysis run(const PgQuery__ParseResult* tree) {
-    Analysis a;
     if (tree->n_stmts != 1) {
       // Several statements in one Query: route as one unit only if they agree.
       return several(tree);
     }
-    return one(tree->stmts[0]->stmt);
+    Analysis a1 = one(tree->stmts[0]->stmt);
+    const Node* st = tree->stmts[0]->stmt;
+    if (st && st->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT &&
+        !st->transaction_stmt->chain) {
+      switch (st->transaction_stmt->kind) {
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN:
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
+          a1.txn = TxnControl::kBegin;
+          break;
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT:
+          a1.txn = TxnControl::kCommit;
+          break;
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
+          a1.txn = TxnControl::kRollback;
+          break;
+        default:
+          break;
+      }
+    }
+    return a1;
   }
 
  private:

@@ -23,6 +23,9 @@ struct KeyValue {
   bool operator==(const KeyValue&) const = default;
 };
 
+// Transaction control a statement is, when it is exactly one such statement.
+enum class TxnControl { kNone, kBegin, kCommit, kRollback };
+
 struct Analysis {
   enum class Target {
     kAnyShard,       // no table at all (SELECT 1, SHOW, BEGIN...)
@@ -40,6 +43,7 @@ struct Analysis {
   std::vector<KeyValue> keys;       // kKeys: rows live on the union of these keys' shards
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
   bool insert = false;              // INSERT: each key is one VALUES row
+  TxnControl txn = TxnControl::kNone;
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   bool concat_safe = true;

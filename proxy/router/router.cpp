@@ -300,6 +300,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   r.reason = a->reason;
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;
+  r.txn = a->txn;
   switch (a->target) {
     case Analysis::Target::kUnparsed:
       // PostgreSQL reports its own syntax error; send it where unsharded statements go.

@@ -49,7 +49,8 @@ struct Route {
   // More than one shard: the statement runs on all of these (multi-shard execution).
   std::vector<int> shards;
   bool write = false;
-  bool concat_safe = true;  // see Analysis::concat_safe
+  bool concat_safe = true;             // see Analysis::concat_safe
+  TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
   std::string merge_blocker;
   std::string reason;  // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;

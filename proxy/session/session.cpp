@@ -556,6 +556,28 @@ awaitable<void> Session::handle_request(char boundary) {
       co_return;
     }
     hints_ = route.hints;
+    // BEGIN waits for the statement that picks the shard (transaction pooling would
+    // otherwise pin the transaction to whatever shard BEGIN happened to reach).
+    if (simple && !active_ && route.txn != router::TxnControl::kNone &&
+        (route.txn == router::TxnControl::kBegin
+             ? deferred_begin_.empty() && transaction_status() == 'I'
+             : !deferred_begin_.empty())) {
+      co_await drain();
+      if (route.txn == router::TxnControl::kBegin) {
+        deferred_begin_ = pending_;
+        proto::CommandComplete{"BEGIN"}.write(out);
+        out += ready('T');
+      } else {
+        deferred_begin_.clear();
+        hints_.local = {};
+        proto::CommandComplete{route.txn == router::TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}
+            .write(out);
+        out += ready('I');
+      }
+      pending_.clear();
+      co_await write_client(out);
+      co_return;
+    }
     if (route.shards.size() > 1) {
       co_await fan_out(route, simple, boundary);
       pending_.clear();
@@ -622,6 +644,13 @@ awaitable<void> Session::handle_request(char boundary) {
     rest.remove_prefix(d.consumed);
   }
   auto link = active_;
+  if (!deferred_begin_.empty()) {
+    // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
+    link->prelude += deferred_begin_;
+    ++link->swallow;
+    if (link->swallow_kind == Link::Swallow::kNone) link->swallow_kind = Link::Swallow::kSync;
+    deferred_begin_.clear();
+  }
   if (!link->prelude.empty()) {
     // pgshard's own settings go first, in the same write.
     pending_.insert(0, link->prelude);
@@ -953,6 +982,7 @@ bool Session::idle() const {
 }
 
 char Session::transaction_status() const {
+  if (!deferred_begin_.empty()) return 'T';
   return active_ && active_->lease ? active_->lease->status : 'I';
 }
 

@@ -93,7 +93,8 @@ class Session : public std::enable_shared_from_this<Session> {
   State state_ = State::kStartup;
 
   protocol::Buffer in_;
-  std::string pending_;  // frames of the request being assembled
+  std::string pending_;         // frames of the request being assembled
+  std::string deferred_begin_;  // a BEGIN answered by pgshard, sent with the next statement
   protocol::StartupPacket startup_;
   std::string startup_raw_;
   const config::User* user_ = nullptr;

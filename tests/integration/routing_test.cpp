@@ -92,13 +92,82 @@ TEST_CASE("a transaction follows its first keyed statement's shard", "[routing]"
   create_schema();
   Proxy proxy;
   auto c = connect(proxy.conninfo());
-  // BEGIN has no key; with SET pgshard.sharding_key the whole transaction is placed.
-  query(c.get(), "SET pgshard.sharding_key = '7'");
+  // BEGIN is held until a statement picks the shard.
   query(c.get(), "BEGIN");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_INTRANS);
   query(c.get(), "insert into users (id, name) values (7, 'seven')");
   query(c.get(), "insert into orders (id, user_id, amount) values (1, 7, 3)");
   query(c.get(), "COMMIT");
-  query(c.get(), "RESET pgshard.sharding_key");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
   auto d = connect(Cluster::get().direct(shard_of(7)));
   CHECK(scalar(d.get(), "select count(*) from orders where user_id = 7") == "1");
+
+  // A rolled-back transaction leaves nothing behind.
+  query(c.get(), "BEGIN");
+  query(c.get(), "insert into users (id, name) values (8, 'eight')");
+  query(c.get(), "ROLLBACK");
+  CHECK(scalar(c.get(), "select count(*) from users where id = 8") == "0");
+
+  // An empty transaction never reaches a server.
+  query(c.get(), "BEGIN");
+  query(c.get(), "COMMIT");
+
+  // A second shard inside the transaction is refused; the transaction goes on.
+  long long other = 8;
+  while (shard_of(other) == shard_of(7)) ++other;
+  query(c.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ");
+  CHECK(scalar(c.get(), "select name from users where id = 7") == "seven");
+  CHECK(scalar(c.get(), "show transaction_isolation") == "repeatable read");
+  CHECK(error_code(c.get(), "select * from users where id = " + std::to_string(other)) == "0A000");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_INTRANS);
+  query(c.get(), "COMMIT");
+
+  // SET LOCAL pgshard.sharding_key places a transaction explicitly.
+  query(c.get(), "BEGIN");
+  query(c.get(), "SET LOCAL pgshard.sharding_key = '" + std::to_string(other) + "'");
+  CHECK(scalar(c.get(), "select current_setting('port')") ==
+        std::to_string(Cluster::get().port(shard_of(other))));
+  query(c.get(), "COMMIT");
+}
+
+TEST_CASE("pgshard's hash equals PARTITION BY HASH for 10,000 keys of each type", "[routing]") {
+  using pgshard::config::KeyType;
+  auto d = connect(Cluster::get().direct(0));
+  struct TypeCase {
+    const char* sql_type;
+    KeyType type;
+    const char* generator;  // 10,000 values of the type
+  };
+  const TypeCase cases[] = {
+      {"smallint", KeyType::kInt2, "select (g - 5000)::smallint from generate_series(1, 10000) g"},
+      {"integer", KeyType::kInt4,
+       "select (g * 7919 - 40000000)::int from generate_series(1, 10000) g"},
+      {"bigint", KeyType::kInt8,
+       "select (g::bigint * 922337203685477 - 4611686018427387904) from generate_series(1, 10000) "
+       "g"},
+      {"text", KeyType::kText,
+       "select md5(g::text) || repeat('é', g % 5) from generate_series(1, 10000) g"},
+      {"varchar", KeyType::kVarchar,
+       "select ('tenant-' || g)::varchar from generate_series(1, 10000) g"},
+      {"uuid", KeyType::kUuid, "select md5(g::text)::uuid from generate_series(1, 10000) g"},
+  };
+  for (const auto& c : cases) {
+    INFO("type " << c.sql_type);
+    query(d.get(), "drop table if exists hp");
+    query(d.get(), std::string("create table hp (k ") + c.sql_type + ") partition by hash (k)");
+    for (int i = 0; i < 3; ++i)
+      query(d.get(), "create table hp_" + std::to_string(i) +
+                         " partition of hp for values with (modulus 3, remainder " +
+                         std::to_string(i) + ")");
+    query(d.get(), std::string("insert into hp ") + c.generator);
+    auto rows = query(d.get(), "select k::text, right(tableoid::regclass::text, 1) from hp");
+    REQUIRE(rows.size() == 10000);
+    int mismatches = 0;
+    for (const auto& row : rows) {
+      auto h = pgshard::router::partition_hash(c.type, row[0]);
+      if (!h || pgshard::router::hash_to_index(*h, 3) != row[1][0] - '0') ++mismatches;
+    }
+    CHECK(mismatches == 0);
+  }
+  query(d.get(), "drop table hp");
 }
