@@ -169,6 +169,23 @@ class Analyzer {
   Analysis one(const Node* stmt) {
     Analysis a;
     if (!stmt) return a;
+    if (stmt->node_case == PG_QUERY__NODE__NODE_EXPLAIN_STMT && stmt->explain_stmt->query) {
+      // EXPLAIN goes where its statement goes; EXPLAIN (ROUTE) is answered by pgshard.
+      bool route = false;
+      for (size_t i = 0; i < stmt->explain_stmt->n_options; ++i) {
+        const Node* o = stmt->explain_stmt->options[i];
+        if (o && o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM && o->def_elem->defname &&
+            std::string_view(o->def_elem->defname) == "route")
+          route = true;
+      }
+      a = one(stmt->explain_stmt->query);
+      a.explain_route = route;
+      if (!route && a.concat_safe) {
+        a.concat_safe = false;
+        a.merge_blocker = "EXPLAIN";
+      }
+      return a;
+    }
     // Every relation named anywhere, minus CTE names.
     std::set<std::string> ctes;
     std::vector<const PgQuery__RangeVar*> rels;

@@ -44,6 +44,7 @@ struct Analysis {
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
   bool insert = false;              // INSERT: each key is one VALUES row
   TxnControl txn = TxnControl::kNone;
+  bool explain_route = false;  // EXPLAIN (ROUTE): pgshard explains, the statement is not run
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   bool concat_safe = true;

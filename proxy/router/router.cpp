@@ -409,6 +409,38 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   return r;
 }
 
+// EXPLAIN (ROUTE): one row per shard the statement would use, with the reason, then the
+// plan for combining their answers.
+Route explain(Route inner, const config::Config& cfg, const SessionHints& hints) {
+  Route r;
+  r.kind = RouteKind::kAnswer;
+  r.hints = hints;
+  r.reason = "EXPLAIN (ROUTE)";
+  protocol::RowDescription desc;
+  desc.fields.push_back({"shard", 0, 0, 25, -1, -1, 0});
+  desc.fields.push_back({"route", 0, 0, 25, -1, -1, 0});
+  desc.write(r.answer);
+  int rows = 0;
+  auto row = [&](std::string_view a, std::string_view b) {
+    protocol::DataRow{{a, b}}.write(r.answer);
+    ++rows;
+  };
+  if (inner.kind == RouteKind::kError) {
+    row("", "refused: " + inner.error.message + " (SQLSTATE " + inner.error.code + ")");
+  } else if (inner.shards.size() > 1) {
+    for (int s : inner.shards) row(cfg.shards[static_cast<std::size_t>(s)].name, inner.reason);
+    row("", inner.write ? "merge: run on each shard in order, sum the command tags"
+            : inner.concat_safe
+                ? "merge: concatenate rows, sum the command tags"
+                : "merge: refused: " + inner.merge_blocker + " across shards is not supported yet");
+  } else {
+    row(cfg.shards[static_cast<std::size_t>(inner.shard)].name, inner.reason);
+  }
+  protocol::CommandComplete{"EXPLAIN"}.write(r.answer);
+  (void)rows;
+  return r;
+}
+
 Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
            std::string_view sql, const Context& ctx) {
   if (!a.comment_error.empty()) {
@@ -422,6 +454,14 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
   if (auto r = from_hints(h.local, "SET LOCAL pgshard", cfg)) return *r;
   if (auto r = from_hints(h.session, "SET pgshard", cfg)) return *r;
   return by_parser(sql, cfg, ctx);
+}
+
+Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Config& cfg,
+                      std::string_view sql, const Context& ctx) {
+  auto analysis = ctx.cache ? ctx.cache->get(sql, cfg)
+                            : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  if (!analysis->explain_route) return pick(a, h, cfg, sql, ctx);
+  return explain(pick(a, h, cfg, sql, ctx), cfg, h);
 }
 
 void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {
@@ -573,7 +613,7 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
     r.hints = after;
     return r;
   }
-  Route r = pick(a, after, cfg, sql, ctx);
+  Route r = pick_or_explain(a, after, cfg, sql, ctx);
   r.hints = after;
   return r;
 }
@@ -589,7 +629,7 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
     r.hints = hints;
     return r;
   }
-  Route r = pick(a, after, cfg, sql, ctx);
+  Route r = pick_or_explain(a, after, cfg, sql, ctx);
   r.hints = after;
   return r;
 }

@@ -541,9 +541,17 @@ awaitable<void> Session::handle_request(char boundary) {
       if (route.kind == router::RouteKind::kError) {
         spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
         proto::write_error(out, route.error);
-      } else {
+      } else if (simple) {
         out += route.answer;
         hints_ = route.hints;
+      } else {
+        answer_extended(route.answer, out);
+        hints_ = route.hints;
+        if (boundary == proto::msg::kSync) {
+          pending_.clear();
+          co_await write_client(out);
+          co_return;
+        }
       }
       if (transaction_status() == 'I') hints_.local = {};
       if (boundary == proto::msg::kFlush) {
@@ -897,6 +905,47 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   }
   out += ready('I');
   co_await write_client(out);
+}
+
+void Session::answer_extended(std::string_view answer, std::string& out) {
+  // pgshard answers an extended-protocol batch itself (EXPLAIN (ROUTE)): every message
+  // gets the reply PostgreSQL would send. `answer` is RowDescription, rows, CommandComplete.
+  auto first = proto::decode_frame(answer);
+  std::string_view desc = first.status == proto::DecodeStatus::kFrame
+                              ? answer.substr(0, first.consumed)
+                              : std::string_view();
+  std::string_view rows = answer.substr(desc.size());
+  std::vector<int32_t> param_types;
+  for (std::string_view rest = pending_; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) break;
+    rest.remove_prefix(d.consumed);
+    switch (d.frame.type) {
+      case proto::msg::kParse:
+        if (auto p = proto::Parse::parse(d.frame.body)) param_types = p->param_types;
+        proto::write_empty(out, proto::msg::kParseComplete);
+        break;
+      case proto::msg::kBind:
+        proto::write_empty(out, proto::msg::kBindComplete);
+        break;
+      case proto::msg::kDescribe:
+        if (auto dsc = proto::Describe::parse(d.frame.body); dsc && dsc->kind == 'S')
+          proto::ParameterDescription{param_types}.write(out);
+        out.append(desc);
+        break;
+      case proto::msg::kExecute:
+        out.append(rows);
+        break;
+      case proto::msg::kClose:
+        proto::write_empty(out, proto::msg::kCloseComplete);
+        break;
+      case proto::msg::kSync:
+        out += ready(transaction_status());
+        break;
+      default:
+        break;
+    }
+  }
 }
 
 awaitable<void> Session::flush_copy() {

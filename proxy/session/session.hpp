@@ -73,6 +73,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> flush_copy();
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   router::Route route_batch(bool* simple);
+  void answer_extended(std::string_view answer, std::string& out);
   awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes);
 
   bool can_detach(const Link& link) const;

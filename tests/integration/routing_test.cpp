@@ -171,3 +171,34 @@ TEST_CASE("pgshard's hash equals PARTITION BY HASH for 10,000 keys of each type"
   }
   query(d.get(), "drop table hp");
 }
+
+TEST_CASE("EXPLAIN (ROUTE) answers from pgshard, simple and extended", "[routing]") {
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  auto rows = query(c.get(), "explain (route) select * from users where id = 42");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0][0] == "s" + std::to_string(shard_of(42)));
+  CHECK_THAT(rows[0][1], Catch::Contains("id=42"));
+  rows = query(c.get(), "explain (route) select * from users order by id");
+  REQUIRE(rows.size() == 4);
+  CHECK_THAT(rows[3][1], Catch::Contains("ORDER BY"));
+  rows = query(c.get(), "explain (route) update users set id = 5 where id = 6");
+  REQUIRE(!rows.empty());
+  const char* p[] = {"42"};
+  PGresult* r = PQexecParams(c.get(), "explain (route) select * from orders where user_id = $1", 1,
+                             nullptr, p, nullptr, nullptr, 0);
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  REQUIRE(PQntuples(r) == 1);
+  CHECK(std::string(PQgetvalue(r, 0, 0)) == "s" + std::to_string(shard_of(42)));
+  CHECK(std::string(PQfname(r, 1)) == "route");
+  PQclear(r);
+  // Prepared, described, then executed.
+  r = PQprepare(c.get(), "", "explain (route) select * from users where id = $1", 1, nullptr);
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  r = PQdescribePrepared(c.get(), "");
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  CHECK(PQnfields(r) == 2);
+  PQclear(r);
+  CHECK(scalar(c.get(), "select 'still in step'") == "still in step");
+}
