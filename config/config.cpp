@@ -161,7 +161,8 @@ void load_user(Checker& c, const YAML::Node& n, User& u) {
 }
 
 void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
-  if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size"})) return;
+  if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size", "weight"})) return;
+  if (n["weight"]) s.weight = c.integer<int>(n["weight"], "shard weight", 1, 100).value_or(1);
   if (!n["name"])
     c.fail(n, "shard needs a name");
   else
@@ -190,7 +191,9 @@ void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
 }
 
 void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
-  if (!c.mapping(n, "sharded table", {"table", "column", "type", "function"})) return;
+  if (!c.mapping(n, "sharded table",
+                 {"table", "column", "type", "function", "vnodes", "ranges", "lists", "default"}))
+    return;
   if (!n["table"] || !n["column"]) {
     c.fail(n, "sharded table needs table and column");
     return;
@@ -217,9 +220,13 @@ void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
                                 {"uuid", KeyType::kUuid}})
                  .value_or(t.type);
   if (n["function"])
-    t.function =
-        c.choice<ShardFunction>(n["function"], "function", {{"hash", ShardFunction::kHash}})
-            .value_or(t.function);
+    t.function = c.choice<ShardFunction>(n["function"], "function",
+                                         {{"hash", ShardFunction::kHash},
+                                          {"ring", ShardFunction::kRing},
+                                          {"range", ShardFunction::kRange},
+                                          {"list", ShardFunction::kList}})
+                     .value_or(t.function);
+  if (n["vnodes"]) t.vnodes = c.integer<int>(n["vnodes"], "vnodes", 1, 10000).value_or(160);
 }
 
 void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
@@ -244,6 +251,80 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   set("pool_wait", t.pool_wait);
   set("shutdown", t.shutdown);
   set("server_idle", t.server_idle);
+}
+
+// ring / range / list placement of one table; needs the shard list.
+void load_placement(Checker& c, const YAML::Node& n, ShardedTable& t, const Config& cfg) {
+  auto shard_named = [&](const YAML::Node& v) {
+    auto name = c.string(v, "shard").value_or("");
+    int i = cfg.shard_index(name);
+    if (i < 0) c.fail(v, "unknown shard '" + name + "'");
+    return i;
+  };
+  const bool integer =
+      t.type == KeyType::kInt2 || t.type == KeyType::kInt4 || t.type == KeyType::kInt8;
+  if (n["default"]) {
+    if (t.function != ShardFunction::kRange && t.function != ShardFunction::kList)
+      c.fail(n["default"], "default applies to range and list tables only");
+    t.default_shard = shard_named(n["default"]);
+  }
+  if (static_cast<bool>(n["ranges"]) != (t.function == ShardFunction::kRange))
+    c.fail(n, "table " + t.table + ": ranges go with function: range (and it needs them)");
+  if (static_cast<bool>(n["lists"]) != (t.function == ShardFunction::kList))
+    c.fail(n, "table " + t.table + ": lists go with function: list (and it needs them)");
+  if (t.function == ShardFunction::kRing) t.ring = build_ring(cfg.shards, t.vnodes);
+  if (auto r = n["ranges"]; r && t.function == ShardFunction::kRange) {
+    if (!integer) c.fail(n, "range sharding needs an integer key type");
+    if (!r.IsSequence() || r.size() == 0) {
+      c.fail(r, "ranges must be a non-empty list of { shard, from, to }");
+      return;
+    }
+    for (const auto& item : r) {
+      if (!c.mapping(item, "range", {"shard", "from", "to"})) continue;
+      if (!item["shard"] || !item["from"] || !item["to"]) {
+        c.fail(item, "a range needs shard, from and to");
+        continue;
+      }
+      RangeBound b;
+      b.shard = shard_named(item["shard"]);
+      b.from = c.integer<int64_t>(item["from"], "from", INT64_MIN, INT64_MAX).value_or(0);
+      b.to = c.integer<int64_t>(item["to"], "to", INT64_MIN, INT64_MAX).value_or(0);
+      if (b.from >= b.to) c.fail(item, "range from must be below to (to is exclusive)");
+      t.ranges.push_back(b);
+    }
+    std::sort(t.ranges.begin(), t.ranges.end(),
+              [](const RangeBound& a, const RangeBound& b) { return a.from < b.from; });
+    for (std::size_t i = 1; i < t.ranges.size(); ++i) {
+      if (t.ranges[i].from < t.ranges[i - 1].to)
+        c.fail(r, "table " + t.table + ": ranges overlap at " + std::to_string(t.ranges[i].from));
+      else if (t.ranges[i].from > t.ranges[i - 1].to)
+        c.fail(r, "table " + t.table + ": gap between ranges [" +
+                      std::to_string(t.ranges[i - 1].to) + ", " + std::to_string(t.ranges[i].from) +
+                      ")");
+    }
+  }
+  if (auto l = n["lists"]; l && t.function == ShardFunction::kList) {
+    if (!l.IsSequence() || l.size() == 0) {
+      c.fail(l, "lists must be a non-empty list of { shard, values }");
+      return;
+    }
+    for (const auto& item : l) {
+      if (!c.mapping(item, "list", {"shard", "values"})) continue;
+      if (!item["shard"] || !item["values"] || !item["values"].IsSequence()) {
+        c.fail(item, "a list needs shard and values: [...]");
+        continue;
+      }
+      int shard = shard_named(item["shard"]);
+      for (const auto& v : item["values"]) {
+        auto text = c.string(v, "list value").value_or("");
+        auto key = canonical_key(t.type, text);
+        for (const auto& [k, s] : t.lists)
+          if (k == key) c.fail(v, "value '" + text + "' is listed twice");
+        t.lists.emplace_back(key, shard);
+      }
+    }
+    std::sort(t.lists.begin(), t.lists.end());
+  }
 }
 
 std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& file) {
@@ -301,6 +382,7 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
       for (const auto& n : tables) {
         ShardedTable t;
         load_sharded_table(c, n, t);
+        load_placement(c, n, t, *cfg);
         for (const auto& other : cfg->sharded_tables)
           if (other.table == t.table && other.schema == t.schema)
             c.fail(n, "table " + t.table + " is listed twice in sharded_tables");
@@ -388,6 +470,20 @@ const char* to_string(KeyType t) {
   return "?";
 }
 
+const char* to_string(ShardFunction f) {
+  switch (f) {
+    case ShardFunction::kHash:
+      return "hash";
+    case ShardFunction::kRing:
+      return "ring";
+    case ShardFunction::kRange:
+      return "range";
+    case ShardFunction::kList:
+      return "list";
+  }
+  return "?";
+}
+
 const User* Config::find_user(std::string_view name) const {
   for (const auto& u : users)
     if (u.name == name) return &u;
@@ -402,6 +498,40 @@ int Config::shard_index(std::string_view name) const {
 
 KeyType Config::default_key_type() const {
   return sharded_tables.empty() ? KeyType::kInt8 : sharded_tables.front().type;
+}
+
+std::vector<std::pair<uint64_t, int>> build_ring(const std::vector<Shard>& shards, int vnodes) {
+  // Points are a 64-bit mix of "shard-name#n"; keys are placed by their PostgreSQL hash, so
+  // both are uniform over the same space.
+  std::vector<std::pair<uint64_t, int>> ring;
+  for (std::size_t i = 0; i < shards.size(); ++i) {
+    const int points = vnodes * shards[i].weight;
+    for (int v = 0; v < points; ++v) {
+      uint64_t h = 1469598103934665603ULL;
+      std::string label = shards[i].name + "#" + std::to_string(v);
+      for (unsigned char ch : label) h = (h ^ ch) * 1099511628211ULL;
+      h += 0x9e3779b97f4a7c15ULL;  // splitmix64 finaliser
+      h = (h ^ (h >> 30)) * 0xbf58476d1ce4e5b9ULL;
+      h = (h ^ (h >> 27)) * 0x94d049bb133111ebULL;
+      h ^= h >> 31;
+      ring.emplace_back(h, static_cast<int>(i));
+    }
+  }
+  std::sort(ring.begin(), ring.end());
+  return ring;
+}
+
+std::string canonical_key(KeyType type, std::string_view text) {
+  if (type == KeyType::kInt2 || type == KeyType::kInt4 || type == KeyType::kInt8) {
+    std::string_view t = text;
+    while (!t.empty() && t.front() == ' ') t.remove_prefix(1);
+    while (!t.empty() && t.back() == ' ') t.remove_suffix(1);
+    if (!t.empty() && t.front() == '+') t.remove_prefix(1);
+    int64_t v = 0;
+    auto [p, ec] = std::from_chars(t.data(), t.data() + t.size(), v);
+    if (ec == std::errc() && p == t.data() + t.size()) return std::to_string(v);
+  }
+  return std::string(text);
 }
 
 std::optional<Millis> parse_duration(std::string_view text) {

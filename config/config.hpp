@@ -26,12 +26,13 @@ enum class TlsMode { kDisable, kAllow, kPrefer, kRequire };
 enum class PoolMode { kSession, kTransaction };
 enum class AuthMethod { kScram, kMd5, kTrust };
 enum class KeyType { kInt2, kInt4, kInt8, kText, kVarchar, kUuid };
-enum class ShardFunction { kHash };
+enum class ShardFunction { kHash, kRing, kRange, kList };
 
 const char* to_string(TlsMode m);
 const char* to_string(PoolMode m);
 const char* to_string(AuthMethod m);
 const char* to_string(KeyType t);
+const char* to_string(ShardFunction f);
 
 struct Listen {
   std::string host = "127.0.0.1";
@@ -61,6 +62,14 @@ struct Shard {
   PgUrl primary;
   std::vector<PgUrl> replicas;
   int pool_size = 20;
+  int weight = 1;  // ring: virtual nodes scale with it
+};
+
+// range: keys in [from, to) live on `shard`.
+struct RangeBound {
+  int64_t from = 0;
+  int64_t to = 0;
+  int shard = 0;
 };
 
 struct ShardedTable {
@@ -69,7 +78,17 @@ struct ShardedTable {
   std::string column;
   KeyType type = KeyType::kInt8;
   ShardFunction function = ShardFunction::kHash;
+  int vnodes = 160;                                // ring: virtual nodes per unit of shard weight
+  std::vector<std::pair<uint64_t, int>> ring;      // ring: sorted (point, shard)
+  std::vector<RangeBound> ranges;                  // range: sorted, no gaps or overlaps
+  std::vector<std::pair<std::string, int>> lists;  // list: canonical key text -> shard
+  int default_shard = -1;                          // range/list: keys outside every range/list
 };
+
+// The ring of virtual nodes for `shards` (consistent hashing).
+std::vector<std::pair<uint64_t, int>> build_ring(const std::vector<Shard>& shards, int vnodes);
+// The text a key compares by in list maps (integers normalised: " 042" -> "42").
+std::string canonical_key(KeyType type, std::string_view text);
 
 struct Unsharded {
   enum class Policy { kReject, kAll, kShard } policy = Policy::kReject;

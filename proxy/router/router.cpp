@@ -12,6 +12,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
+#include "proxy/router/placement.hpp"
 
 namespace pgshard::router {
 
@@ -344,10 +345,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   const auto& table = cfg.sharded_tables[static_cast<std::size_t>(a->table)];
   std::set<int> shards;
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
+  std::string placement_error;
   auto add = [&](std::string_view text) {
-    auto h = partition_hash(table.type, text);
-    if (h)
-      shards.insert(hash_to_index(*h, n));
+    auto p = place_key(table, text, n);
+    if (p.shard)
+      shards.insert(*p.shard);
+    else if (!p.error.empty())
+      placement_error = p.error;
     else
       unknown = true;  // not a valid key: PostgreSQL will say so on any shard
   };
@@ -372,6 +376,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
       unknown = true;
     }
   }
+  if (!placement_error.empty() && r.write) {
+    Route e;
+    e.kind = RouteKind::kError;
+    e.error = protocol::error("23514", placement_error, {},
+                              "add a range or list entry for it, or a default shard");
+    return e;
+  }
   if (shards.empty()) {
     // Nothing to place by: the statement cannot match rows (NULL or invalid key) or is only
     // being described; any shard gives PostgreSQL's answer.
@@ -386,16 +397,16 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
     else if (ctx.bind)
       text = param_text(*ctx.bind, a->new_key->param, table.type);
     if (text) {
-      auto h = partition_hash(table.type, *text);
-      if (h && (shards.size() != 1 || hash_to_index(*h, n) != *shards.begin()))
+      auto moved = place_key(table, *text, n).shard;
+      if (moved && (shards.size() != 1 || *moved != *shards.begin()))
         return refuse("UPDATE would move rows of \"" + table.table + "\" to another shard (" +
                           table.column + " = " + *text + " belongs on shard " +
-                          cfg.shards[static_cast<std::size_t>(hash_to_index(*h, n))].name + ")",
+                          cfg.shards[static_cast<std::size_t>(*moved)].name + ")",
                       "delete the row and insert it again with the new key");
     }
   }
-  r.reason +=
-      " " + table.column + "=" + keys_text + " (" + config::to_string(table.type) + " hash)";
+  r.reason += " " + table.column + "=" + keys_text + " (" + config::to_string(table.type) + " " +
+              config::to_string(table.function) + ")";
   if (shards.size() == 1) {
     r.shard = *shards.begin();
     return r;
@@ -581,9 +592,13 @@ std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, 
 }
 
 std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg) {
-  auto h = partition_hash(cfg.default_key_type(), key);
-  if (!h) return std::nullopt;
-  return hash_to_index(*h, static_cast<int>(cfg.shards.size()));
+  const int n = static_cast<int>(cfg.shards.size());
+  if (cfg.sharded_tables.empty()) {
+    auto h = partition_hash(config::KeyType::kInt8, key);
+    if (!h) return std::nullopt;
+    return hash_to_index(*h, n);
+  }
+  return place_key(cfg.sharded_tables.front(), key, n).shard;
 }
 
 Route route_query(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
