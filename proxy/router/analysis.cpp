@@ -633,6 +633,59 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
   return a;
 }
 
+std::optional<std::vector<std::pair<int, std::string>>> split_insert(
+    std::string_view sql, const std::vector<int>& row_shard) {
+  std::string text(sql);
+  auto result = pg_query_parse_protobuf(text.c_str());
+  std::optional<std::vector<std::pair<int, std::string>>> out;
+  if (result.error) {
+    pg_query_free_protobuf_parse_result(result);
+    return out;
+  }
+  auto* tree = pg_query__parse_result__unpack(
+      nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
+  pg_query_free_protobuf_parse_result(result);
+  if (!tree) return out;
+  Node* stmt = tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
+  Node* sel = stmt && stmt->node_case == PG_QUERY__NODE__NODE_INSERT_STMT
+                  ? stmt->insert_stmt->select_stmt
+                  : nullptr;
+  if (sel && sel->node_case == PG_QUERY__NODE__NODE_SELECT_STMT &&
+      sel->select_stmt->n_values_lists == row_shard.size()) {
+    auto* s = sel->select_stmt;
+    Node** all = s->values_lists;
+    const size_t rows = s->n_values_lists;
+    std::vector<Node*> mine;
+    std::vector<std::pair<int, std::string>> parts;
+    std::set<int> shards(row_shard.begin(), row_shard.end());
+    bool ok = true;
+    for (int shard : shards) {
+      mine.clear();
+      for (size_t i = 0; i < rows; ++i)
+        if (row_shard[i] == shard) mine.push_back(all[i]);
+      // Point the tree at this shard's rows, deparse, then restore it.
+      s->values_lists = mine.data();
+      s->n_values_lists = mine.size();
+      std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
+      pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
+      s->values_lists = all;
+      s->n_values_lists = rows;
+      PgQueryProtobuf pb{packed.size(), packed.data()};
+      auto d = pg_query_deparse_protobuf(pb);
+      if (d.error || !d.query) {
+        ok = false;
+      } else {
+        parts.emplace_back(shard, d.query);
+      }
+      pg_query_free_deparse_result(d);
+      if (!ok) break;
+    }
+    if (ok) out = std::move(parts);
+  }
+  pg_query__parse_result__free_unpacked(tree, nullptr);
+  return out;
+}
+
 std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
                                                    const config::Config& cfg) {
   if (auto it = map_.find(sql); it != map_.end()) {

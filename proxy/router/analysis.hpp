@@ -57,6 +57,12 @@ struct Analysis {
 // Parses `sql` and analyses it against the shard map.
 Analysis analyze_statement(std::string_view sql, const config::Config& cfg);
 
+// Rewrites a multi-row INSERT ... VALUES into one INSERT per shard, keeping ON CONFLICT and
+// RETURNING: row i goes to shard row_shard[i]. Uses libpg_query's deparser. Returns
+// (shard, statement) pairs in shard order, or nullopt if the statement cannot be split.
+std::optional<std::vector<std::pair<int, std::string>>> split_insert(
+    std::string_view sql, const std::vector<int>& row_shard);
+
 // A bounded LRU of analyses keyed by statement text; one per worker thread, no locks.
 class AnalysisCache {
  public:

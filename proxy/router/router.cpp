@@ -346,8 +346,10 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   std::set<int> shards;
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
   std::string placement_error;
+  std::vector<int> row_shard;  // INSERT: the shard of each VALUES row
   auto add = [&](std::string_view text) {
     auto p = place_key(table, text, n);
+    row_shard.push_back(p.shard.value_or(-1));
     if (p.shard)
       shards.insert(*p.shard);
     else if (!p.error.empty())
@@ -411,10 +413,22 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
     r.shard = *shards.begin();
     return r;
   }
-  if (a->insert)
-    return refuse("INSERT rows belong on different shards (" + shard_list(shards, cfg) +
-                      "); splitting a multi-row INSERT is not supported yet",
-                  "insert the rows in separate statements");
+  if (a->insert) {
+    // Rows for several shards: one INSERT per shard, built by the deparser.
+    std::optional<std::vector<std::pair<int, std::string>>> parts;
+    bool literal_rows = std::none_of(a->keys.begin(), a->keys.end(), [](const KeyValue& k) {
+      return k.kind != KeyValue::Kind::kLiteral;
+    });
+    if (literal_rows && row_shard.size() == a->keys.size() &&
+        std::find(row_shard.begin(), row_shard.end(), -1) == row_shard.end())
+      parts = split_insert(sql, row_shard);
+    if (!parts)
+      return refuse("INSERT rows belong on different shards (" + shard_list(shards, cfg) +
+                        ") and this INSERT cannot be split (parameters or expressions)",
+                    "insert the rows in separate statements");
+    r.per_shard_sql = std::move(*parts);
+    r.reason += ": split into one INSERT per shard";
+  }
   r.shard = *shards.begin();
   r.shards.assign(shards.begin(), shards.end());
   return r;

@@ -48,6 +48,8 @@ struct Route {
   int shard = 0;
   // More than one shard: the statement runs on all of these (multi-shard execution).
   std::vector<int> shards;
+  // When set, shard i runs its own statement instead (a split multi-row INSERT).
+  std::vector<std::pair<int, std::string>> per_shard_sql;
   bool write = false;
   bool concat_safe = true;             // see Analysis::concat_safe
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement

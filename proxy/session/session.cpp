@@ -778,13 +778,27 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   }
   if (active_ && user_->pool_mode == config::PoolMode::kTransaction) release(active_);
 
-  std::string query(pending_);
+  // Each shard's statement: the client's, or its part of a split INSERT.
+  std::vector<std::pair<int, std::string>> jobs;
+  if (route.per_shard_sql.empty()) {
+    for (int shard : route.shards) jobs.emplace_back(shard, pending_);
+  } else {
+    for (const auto& [shard, sql] : route.per_shard_sql) {
+      std::string q;
+      proto::Query{sql}.write(q);
+      jobs.emplace_back(shard, std::move(q));
+    }
+  }
+  // Writes keep every shard's transaction open until all of them succeeded, then commit
+  // (or roll back) everywhere: a failure on one shard undoes the others. This is not
+  // two-phase commit: a crash between the COMMITs can still leave shards apart.
+  const bool atomic = route.write;
+  std::vector<std::pair<int, pool::Lease>> held;
   std::string first_desc;  // RowDescription every shard must agree on
   bool described = false, failed = false, empty = false;
   uint64_t total = 0;
   std::string verb;
-  std::vector<std::string> applied;
-  for (int shard : route.shards) {
+  for (const auto& [shard, query] : jobs) {
     auto got = co_await worker_.pool(shard, *user_).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
@@ -800,6 +814,10 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       lease->synced_fingerprint = params_fingerprint_;
     }
     int skip = batch.empty() ? 0 : 1;
+    if (atomic) {
+      proto::Query{"BEGIN"}.write(batch);
+      ++skip;
+    }
     batch += query;
     auto [wec, wn] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
     bool done = false, shard_failed = false;
@@ -876,20 +894,55 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       failed = true;
       break;
     }
+    if (atomic) held.emplace_back(shard, std::move(lease));
     if (shard_failed) {
       failed = true;
-      if (route.write && !applied.empty()) {
-        std::string note;
-        for (auto& a : applied) note += (note.empty() ? "" : ", ") + a;
-        proto::write_notice(
-            out, proto::ErrorInfo{"WARNING", "01000",
-                                  "the statement was already applied on shard(s) " + note +
-                                      " before shard " + config_.shards[shard].name + " failed",
-                                  "", ""});
-      }
       break;
     }
-    applied.push_back(config_.shards[shard].name);
+  }
+  // Finish the held transactions: COMMIT everywhere when all succeeded, else ROLLBACK.
+  std::vector<std::string> committed;
+  for (auto& [shard, lease] : held) {
+    const char* end_verb = failed ? "ROLLBACK" : "COMMIT";
+    std::string end;
+    proto::Query{end_verb}.write(end);
+    bool ok = false;
+    auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(end), use_nothrow);
+    while (!ec) {
+      auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
+      if (d.status == proto::DecodeStatus::kError) break;
+      if (d.status == proto::DecodeStatus::kNeedMore) {
+        std::size_t room;
+        char* at = lease->rbuf.prepare(kReadChunk, &room);
+        auto [rec, rn] =
+            co_await lease->socket().async_read_some(asio::buffer(at, room), use_nothrow);
+        if (rec) break;
+        lease->rbuf.commit(rn);
+        continue;
+      }
+      const char type = d.frame.type;
+      if (type == proto::msg::kCommandComplete) {
+        auto c = proto::CommandComplete::parse(d.frame.body);
+        ok = c && c->tag == end_verb;
+      }
+      if (type == proto::msg::kReadyForQuery)
+        lease->status = d.frame.body.empty() ? 'I' : d.frame.body[0];
+      lease->rbuf.consume(d.consumed);
+      if (type == proto::msg::kReadyForQuery) break;
+    }
+    if (!ok) lease->broken = true;
+    if (!failed && ok) committed.push_back(config_.shards[shard].name);
+    if (!failed && !ok) {
+      failed = true;
+      std::string note;
+      for (auto& c : committed) note += (note.empty() ? "" : ", ") + c;
+      proto::write_error(
+          out, proto::error(
+                   sqlstate::kConnectionFailure,
+                   "COMMIT failed on shard " + config_.shards[shard].name +
+                       (note.empty() ? std::string() : " after shard(s) " + note + " committed"),
+                   {}, "the shards may now disagree; check and repair"));
+    }
   }
   if (!failed) {
     if (empty) {

@@ -84,6 +84,26 @@ TEST_CASE("rows inserted through pgshard land only on the shard the hash names",
   CHECK_THAT(msg, Catch::Contains("aggregates"));
   CHECK(error_code(c.get(), "select * from users order by id limit 3") == "0A000");
   CHECK(error_code(c.get(), "insert into users values (1000, 'x')") == "0A000");
+
+  // A multi-row INSERT is split per shard; RETURNING rows and the tag add up.
+  PGresult* ins = PQexec(c.get(),
+                         "insert into users (id, name) values (101, 'a'), (102, 'b'), (103, 'c'), "
+                         "(104, 'd'), (105, 'e') returning id");
+  REQUIRE(PQresultStatus(ins) == PGRES_TUPLES_OK);
+  CHECK(PQntuples(ins) == 5);
+  CHECK(std::string(PQcmdStatus(ins)) == "INSERT 0 5");
+  PQclear(ins);
+  for (int id = 101; id <= 105; ++id) {
+    auto d = connect(Cluster::get().direct(shard_of(id)));
+    CHECK(scalar(d.get(), "select count(*) from users where id = " + std::to_string(id)) == "1");
+  }
+  // One shard failing (duplicate key) undoes the rows on every shard.
+  CHECK(
+      error_code(
+          c.get(),
+          "insert into users (id, name) values (201, 'x'), (202, 'y'), (203, 'z'), (101, 'dup')") ==
+      "23505");
+  CHECK(query(c.get(), "select id from users where id in (201, 202, 203)").empty());
   CHECK(error_code(c.get(), "update users set id = id + 1 where id = 5") == "0A000");
   CHECK(scalar(c.get(), "select count(*) from users where id = 5") == "1");
 }
