@@ -283,6 +283,7 @@ class Analyzer {
       return a;
     }
     a.table = uses_.front().table;
+    if (kind == PG_QUERY__NODE__NODE_COPY_STMT) return copy(stmt->copy_stmt, a);
     if (a.ddl) {
       a.target = Analysis::Target::kAllShards;
       a.reason = "DDL on a sharded table: every shard";
@@ -555,6 +556,86 @@ class Analyzer {
     a.target = Analysis::Target::kKeys;
     a.keys = *best;
     a.reason = "shard key in WHERE";
+    return a;
+  }
+
+  Analysis& copy(const PgQuery__CopyStmt* c, Analysis& a) {
+    if (!c->relation) {
+      // COPY (query) TO: where its query goes.
+      a.target = Analysis::Target::kAllShards;
+      a.reason = "COPY of a query on a sharded table";
+      return a;
+    }
+    if (!c->is_from) {
+      a.target = Analysis::Target::kAllShards;
+      a.reason = "COPY TO of a sharded table: every shard";
+      return a;
+    }
+    if (c->is_program || (c->filename && c->filename[0])) {
+      a.target = Analysis::Target::kError;
+      a.error = "COPY FROM a server file or program is not supported on a sharded table";
+      a.hint = "use COPY ... FROM STDIN";
+      return a;
+    }
+    const auto& t = cfg_.sharded_tables[uses_.front().table];
+    CopySplit split;
+    split.table = c->relation->schemaname && c->relation->schemaname[0]
+                      ? std::string(c->relation->schemaname) + "." + c->relation->relname
+                      : std::string(c->relation->relname);
+    split.key_name = t.column;
+    if (c->n_attlist > 0) {
+      for (size_t i = 0; i < c->n_attlist; ++i)
+        if (str_of(c->attlist[i]) == t.column) split.key_column = static_cast<int>(i);
+      if (split.key_column < 0) {
+        a.target = Analysis::Target::kError;
+        a.error = "COPY into sharded table \"" + t.table + "\" must include its shard key \"" +
+                  t.column + "\"";
+        return a;
+      }
+    }
+    for (size_t i = 0; i < c->n_options; ++i) {
+      const Node* o = c->options[i];
+      if (!o || o->node_case != PG_QUERY__NODE__NODE_DEF_ELEM) continue;
+      std::string_view name = o->def_elem->defname;
+      const Node* arg = o->def_elem->arg;
+      std::string_view value = str_of(arg);
+      bool on = !arg || value == "true" || value == "on" ||
+                (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
+                (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival != 0);
+      if (name == "format") {
+        if (value == "csv")
+          split.csv = true;
+        else if (value == "binary") {
+          a.target = Analysis::Target::kError;
+          a.error = "COPY FROM STDIN in binary format is not supported on a sharded table";
+          a.hint = "use FORMAT text or csv";
+          return a;
+        }
+      } else if (name == "delimiter" && value.size() == 1) {
+        split.delimiter = value[0];
+      } else if (name == "quote" && value.size() == 1) {
+        split.quote = value[0];
+      } else if (name == "escape" && value.size() == 1) {
+        split.escape = value[0];
+      } else if (name == "header") {
+        split.header = on;
+      }
+    }
+    if (!split.csv && split.delimiter == '"') split.delimiter = '\t';
+    if (split.csv && std::none_of(c->options, c->options + c->n_options, [](const Node* o) {
+          return o && o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
+                 std::string_view(o->def_elem->defname) == "delimiter";
+        }))
+      split.delimiter = ',';
+    if (split.csv && std::none_of(c->options, c->options + c->n_options, [](const Node* o) {
+          return o && o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
+                 std::string_view(o->def_elem->defname) == "escape";
+        }))
+      split.escape = split.quote;
+    a.target = Analysis::Target::kCopyIn;
+    a.write = true;
+    a.copy_in = split;
+    a.reason = "COPY FROM STDIN: rows split by " + t.column;
     return a;
   }
 

@@ -23,6 +23,18 @@ struct KeyValue {
   bool operator==(const KeyValue&) const = default;
 };
 
+// COPY sharded_table [(cols)] FROM STDIN: what splitting its rows by key needs.
+struct CopySplit {
+  std::string table;    // as written, schema-qualified if it was
+  int key_column = -1;  // index in the column list; -1: look up the table's order
+  std::string key_name;
+  bool csv = false;
+  char delimiter = '\t';
+  char quote = '"';
+  char escape = '"';
+  bool header = false;
+};
+
 // Transaction control a statement is, when it is exactly one such statement.
 enum class TxnControl { kNone, kBegin, kCommit, kRollback };
 
@@ -35,6 +47,7 @@ struct Analysis {
     kUnsharded,      // tables pgshard does not know: the `unsharded` policy
     kError,          // refused: `error` says why
     kUnparsed,       // not valid SQL: PostgreSQL reports the error itself
+    kCopyIn,         // COPY FROM STDIN into a sharded table: rows split by key
   };
   Target target = Target::kAnyShard;
   bool write = false;
@@ -44,7 +57,9 @@ struct Analysis {
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
   bool insert = false;              // INSERT: each key is one VALUES row
   TxnControl txn = TxnControl::kNone;
-  bool explain_route = false;  // EXPLAIN (ROUTE): pgshard explains, the statement is not run
+  bool explain_route = false;
+  std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table  // EXPLAIN
+                                     // (ROUTE): pgshard explains, the statement is not run
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   bool concat_safe = true;

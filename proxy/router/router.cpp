@@ -339,6 +339,12 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
           return r;
       }
       return r;
+    case Analysis::Target::kCopyIn:
+      every_shard(r, cfg);
+      if (r.shards.empty()) return r;  // one shard: plain forwarding
+      r.copy_in = a->copy_in;
+      r.copy_table = a->table;
+      return r;
     case Analysis::Target::kKeys:
       break;
   }

@@ -48,6 +48,9 @@ struct Route {
   int shard = 0;
   // More than one shard: the statement runs on all of these (multi-shard execution).
   std::vector<int> shards;
+  // COPY FROM STDIN whose rows pgshard splits by key over every shard.
+  std::optional<CopySplit> copy_in;
+  int copy_table = -1;
   // When set, shard i runs its own statement instead (a split multi-row INSERT).
   std::vector<std::pair<int, std::string>> per_shard_sql;
   bool write = false;

@@ -7,7 +7,9 @@
 #include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/copy_split.hpp"
 
 namespace pgshard::session {
 
@@ -586,6 +588,11 @@ awaitable<void> Session::handle_request(char boundary) {
       co_await write_client(out);
       co_return;
     }
+    if (route.copy_in && simple) {
+      co_await copy_in_split(route);
+      pending_.clear();
+      co_return;
+    }
     if (route.shards.size() > 1) {
       co_await fan_out(route, simple, boundary);
       pending_.clear();
@@ -742,6 +749,246 @@ router::Route Session::route_batch(bool* simple) {
   return router::route_extended(described, hints_, config_, ctx);
 }
 
+// Reads one server's replies, handing each frame to `on_frame` until it returns true.
+// Returns false when the connection failed.
+template <typename F>
+awaitable<bool> Session::read_replies(pool::Lease& lease, F on_frame) {
+  for (;;) {
+    auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
+    if (d.status == proto::DecodeStatus::kError) co_return false;
+    if (d.status == proto::DecodeStatus::kNeedMore) {
+      std::size_t room;
+      char* at = lease->rbuf.prepare(kReadChunk, &room);
+      auto [ec, n] = co_await lease->socket().async_read_some(asio::buffer(at, room), use_nothrow);
+      if (ec) co_return false;
+      lease->rbuf.commit(n);
+      continue;
+    }
+    const proto::Frame f = d.frame;
+    if (f.type == proto::msg::kReadyForQuery) lease->status = f.body.empty() ? 'I' : f.body[0];
+    bool stop = on_frame(f, std::string_view(lease->rbuf.data(), d.consumed));
+    lease->rbuf.consume(d.consumed);
+    if (stop) co_return true;
+  }
+}
+
+awaitable<void> Session::copy_in_split(const router::Route& route) {
+  // COPY FROM STDIN into a sharded table: every shard opens the same COPY inside a
+  // transaction, rows are sent to the shard their key names, and all shards commit only if
+  // every one of them accepted its rows.
+  co_await drain();
+  std::string out;
+  auto fail = [&](const proto::ErrorInfo& e) -> awaitable<void> {
+    proto::write_error(out, e);
+    out += ready(transaction_status());
+    co_await write_client(out);
+  };
+  if (transaction_status() != 'I') {
+    co_await fail(
+        proto::error(sqlstate::kFeatureNotSupported,
+                     "COPY into a sharded table inside a transaction is not supported yet"));
+    co_return;
+  }
+  if (active_ && user_->pool_mode == config::PoolMode::kTransaction) release(active_);
+  const auto& spec = *route.copy_in;
+  const auto& table = config_.sharded_tables[static_cast<std::size_t>(route.copy_table)];
+  const int n = static_cast<int>(config_.shards.size());
+  std::vector<pool::Lease> leases;
+  for (int shard : route.shards) {
+    auto got = co_await worker_.pool(shard, *user_).acquire();
+    if (auto* err = std::get_if<std::string>(&got)) {
+      co_await fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+      co_return;
+    }
+    leases.push_back(std::move(std::get<pool::Lease>(got)));
+  }
+  std::optional<proto::ErrorInfo> error;
+  auto error_from = [&](std::string_view body) {
+    if (error) return;
+    auto e = proto::ErrorFields::parse(body);
+    error = proto::error(e ? e->code() : sqlstate::kInternalError,
+                         e ? std::string(e->message()) : "malformed error");
+  };
+  // Without a column list the key's position comes from the table's definition.
+  int key_index = spec.key_column;
+  if (key_index < 0) {
+    std::string q;
+    proto::Query{"SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
+                 quote_literal(spec.table) +
+                 ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum"}
+        .write(q);
+    co_await asio::async_write(leases[0]->socket(), asio::buffer(q), use_nothrow);
+    int index = 0;
+    bool ok = co_await read_replies(leases[0], [&](const proto::Frame& f, std::string_view) {
+      if (f.type == proto::msg::kDataRow) {
+        auto row = proto::DataRow::parse(f.body);
+        if (row && !row->values.empty() && row->values[0] == table.column) key_index = index;
+        ++index;
+      }
+      return f.type == proto::msg::kReadyForQuery;
+    });
+    if (!ok) leases[0]->broken = true;
+    if (key_index < 0) {
+      co_await fail(
+          proto::error(sqlstate::kUndefinedObject,
+                       "cannot find column \"" + table.column + "\" of table " + spec.table));
+      co_return;
+    }
+  }
+  // Open the COPY on every shard.
+  std::string copy_in_response;
+  for (auto& lease : leases) {
+    std::string batch;
+    int skip = 1;
+    if (lease->synced_fingerprint != params_fingerprint_) {
+      auto sync = sync_statements(client_params_, lease->params);
+      if (!sync.empty()) {
+        proto::Query{sync}.write(batch);
+        ++skip;
+      }
+      for (const auto& [k, v] : client_params_) lease->params[k] = v;
+      lease->synced_fingerprint = params_fingerprint_;
+    }
+    proto::Query{"BEGIN"}.write(batch);
+    batch += pending_;
+    co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+    bool ok = co_await read_replies(lease, [&](const proto::Frame& f, std::string_view raw) {
+      if (f.type == proto::msg::kReadyForQuery) return skip-- == 0;  // 0: the COPY failed
+      if (skip > 0) return false;
+      if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+      if (f.type == proto::msg::kCopyInResponse) {
+        if (copy_in_response.empty()) copy_in_response.assign(raw);
+        return true;
+      }
+      return false;
+    });
+    if (!ok) {
+      lease->broken = true;
+      if (!error)
+        error = proto::error(sqlstate::kConnectionFailure, "lost a shard while starting COPY");
+    }
+  }
+  std::string frame;
+  auto send_all = [&](char type, std::string_view body) -> awaitable<void> {
+    frame.clear();
+    proto::MessageWriter(frame).begin(type).bytes(body).finish();
+    for (auto& lease : leases)
+      if (lease->status == 'T' && !lease->broken)
+        co_await asio::async_write(lease->socket(), asio::buffer(frame), use_nothrow);
+  };
+  bool client_ok = true;
+  if (!error) {
+    // Stream the client's rows to their shards.
+    co_await write_client(copy_in_response);
+    CopyRowSplitter splitter(spec, key_index);
+    std::vector<std::string> bufs(static_cast<std::size_t>(n));
+    auto route_row = [&](std::string_view row, const std::optional<std::string>& key, bool header) {
+      if (header) {
+        for (auto& b : bufs) b.append(row);
+        return;
+      }
+      int shard = 0;  // NULL or invalid keys: shard 0 reports PostgreSQL's own error
+      if (key) shard = router::place_key(table, *key, n).shard.value_or(0);
+      bufs[static_cast<std::size_t>(shard)].append(row);
+    };
+    auto flush = [&](std::size_t threshold) -> awaitable<void> {
+      for (std::size_t i = 0; i < bufs.size(); ++i) {
+        if (bufs[i].size() <= threshold || bufs[i].empty()) continue;
+        frame.clear();
+        proto::CopyData{bufs[i]}.write(frame);
+        bufs[i].clear();
+        auto& lease = leases[i];
+        if (lease->status == 'T' && !lease->broken)
+          co_await asio::async_write(lease->socket(), asio::buffer(frame), use_nothrow);
+      }
+    };
+    bool done = false;
+    while (!done) {
+      auto d = proto::decode_frame(in_.view(), config_.listen.max_message_size);
+      if (d.status == proto::DecodeStatus::kNeedMore) {
+        if (!co_await read_client()) {
+          client_ok = false;
+          co_await send_all(proto::msg::kCopyFail, std::string_view("client went away\0", 17));
+          break;
+        }
+        continue;
+      }
+      if (d.status == proto::DecodeStatus::kError) {
+        client_ok = false;
+        co_await send_all(proto::msg::kCopyFail, std::string_view("protocol violation\0", 19));
+        break;
+      }
+      const char type = d.frame.type;
+      std::string body(d.frame.body);
+      in_.consume(d.consumed);
+      switch (type) {
+        case proto::msg::kCopyData:
+          splitter.feed(body, route_row);
+          co_await flush(64 * 1024);
+          break;
+        case proto::msg::kCopyDone:
+          splitter.finish(route_row);
+          co_await flush(0);
+          co_await send_all(proto::msg::kCopyDone, {});
+          done = true;
+          break;
+        case proto::msg::kCopyFail:
+          co_await send_all(proto::msg::kCopyFail, body);
+          done = true;
+          break;
+        case proto::msg::kFlush:
+        case proto::msg::kSync:
+          break;  // ignored during COPY, as PostgreSQL does
+        default:
+          client_ok = false;
+          co_await send_all(proto::msg::kCopyFail, std::string_view("unexpected message\0", 19));
+          done = true;
+      }
+    }
+  }
+  // Collect each shard's outcome, then commit everywhere or nowhere.
+  uint64_t total = 0;
+  for (auto& lease : leases) {
+    if (lease->status != 'T' || lease->broken) continue;
+    bool ok = co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
+      if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+      if (f.type == proto::msg::kCommandComplete) {
+        auto c = proto::CommandComplete::parse(f.body);
+        if (c && c->tag.starts_with("COPY "))
+          total += std::strtoull(std::string(c->tag.substr(5)).c_str(), nullptr, 10);
+      }
+      return f.type == proto::msg::kReadyForQuery;
+    });
+    if (!ok) {
+      lease->broken = true;
+      if (!error) error = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
+    }
+  }
+  const char* end_verb = error ? "ROLLBACK" : "COMMIT";
+  for (auto& lease : leases) {
+    if (lease->broken || lease->status == 'I') continue;
+    std::string q;
+    proto::Query{end_verb}.write(q);
+    co_await asio::async_write(lease->socket(), asio::buffer(q), use_nothrow);
+    bool committed = false;
+    bool ok = co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
+      if (f.type == proto::msg::kCommandComplete)
+        committed = proto::CommandComplete::parse(f.body)->tag == end_verb;
+      if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+      return f.type == proto::msg::kReadyForQuery;
+    });
+    if (!ok || !committed) lease->broken = true;
+  }
+  if (!client_ok) co_return;
+  if (error) {
+    co_await fail(*error);
+    co_return;
+  }
+  proto::CommandComplete{"COPY " + std::to_string(total)}.write(out);
+  out += ready('I');
+  co_await write_client(out);
+}
+
 awaitable<void> Session::fan_out(const router::Route& route, bool simple, char boundary) {
   // Multi-shard execution, first form: the shards run the statement one after another and
   // their replies are concatenated; tags are summed. Only where that is exactly what one
@@ -795,7 +1042,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   const bool atomic = route.write;
   std::vector<std::pair<int, pool::Lease>> held;
   std::string first_desc;  // RowDescription every shard must agree on
-  bool described = false, failed = false, empty = false;
+  bool described = false, failed = false, empty = false, copying_out = false;
   uint64_t total = 0;
   std::string verb;
   for (const auto& [shard, query] : jobs) {
@@ -864,6 +1111,13 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
             break;
           case proto::msg::kEmptyQueryResponse:
             empty = true;
+            break;
+          case proto::msg::kCopyOutResponse:
+            // COPY TO from several shards: one copy stream for the client.
+            if (!copying_out) out.append(raw);
+            copying_out = true;
+            break;
+          case proto::msg::kCopyDone:
             break;
           case proto::msg::kErrorResponse:
             out.append(raw);
@@ -944,6 +1198,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
                    {}, "the shards may now disagree; check and repair"));
     }
   }
+  if (!failed && copying_out) proto::write_empty(out, proto::msg::kCopyDone);
   if (!failed) {
     if (empty) {
       proto::write_empty(out, proto::msg::kEmptyQueryResponse);

@@ -71,6 +71,9 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> drain();
   awaitable<bool> attach(int shard);
   awaitable<void> flush_copy();
+  awaitable<void> copy_in_split(const router::Route& route);
+  template <typename F>
+  awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   router::Route route_batch(bool* simple);
   void answer_extended(std::string_view answer, std::string& out);
