@@ -339,9 +339,14 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
   if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
   if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);
-  if (auto r = root["router"]; r && c.mapping(r, "router", {"cache_size"}) && r["cache_size"])
+  if (auto r = root["router"];
+      r && c.mapping(r, "router", {"cache_size", "parse"}) && r["cache_size"])
     cfg->router_cache_size =
         c.integer<std::size_t>(r["cache_size"], "router.cache_size", 0, 10000000).value_or(10000);
+  if (auto r = root["router"]; r && r.IsMap() && r["parse"])
+    cfg->router_parse =
+        c.choice<bool>(r["parse"], "router.parse", {{"true", true}, {"false", false}})
+            .value_or(true);
   if (root["log_level"])
     cfg->log_level = c.choice<std::string>(root["log_level"], "log_level",
                                            {{"trace", "trace"},

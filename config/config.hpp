@@ -115,7 +115,10 @@ struct Config {
   Unsharded unsharded;
   Timeouts timeouts;
   std::string log_level = "info";
-  std::size_t router_cache_size = 10000;  // parsed statements kept per worker
+  std::size_t router_cache_size = 10000;
+  // false: route by hints and settings only, everything else to the first shard (the
+  // parser-free mode; for comparisons and as an escape hatch).
+  bool router_parse = true;  // parsed statements kept per worker
 
   const User* find_user(std::string_view name) const;
   int shard_index(std::string_view name) const;  // -1 when unknown

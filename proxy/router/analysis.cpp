@@ -767,9 +767,87 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
   return out;
 }
 
+namespace {
+
+bool mentions(std::string_view hay, std::string_view name) {
+  if (name.empty() || name.size() > hay.size()) return false;
+  for (std::size_t i = 0; i + name.size() <= hay.size(); ++i) {
+    std::size_t j = 0;
+    while (j < name.size() && std::tolower(static_cast<unsigned char>(hay[i + j])) ==
+                                  std::tolower(static_cast<unsigned char>(name[j])))
+      ++j;
+    if (j == name.size()) return true;
+  }
+  return false;
+}
+
+// True when the text cannot touch a sharded or reference table: none of their names occur.
+bool names_no_placed_table(std::string_view sql, const config::Config& cfg) {
+  for (const auto& t : cfg.sharded_tables)
+    if (mentions(sql, t.table)) return false;
+  for (const auto& r : cfg.reference_tables) {
+    auto dot = r.find('.');
+    if (mentions(sql, dot == std::string::npos ? std::string_view(r)
+                                               : std::string_view(r).substr(dot + 1)))
+      return false;
+  }
+  return true;
+}
+
+// The text with numeric and quoted-string literals replaced by '?', for caching statements
+// whose routing cannot depend on literals. False (no key) for text with forms we do not
+// mask safely (escape strings, dollar quoting).
+bool mask_literals(std::string_view sql, std::string& out) {
+  out.clear();
+  auto ident = [](char c) {
+    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' || c == '.' ||
+           static_cast<unsigned char>(c) >= 0x80;
+  };
+  for (std::size_t i = 0; i < sql.size(); ++i) {
+    const char c = sql[i];
+    if (c == '\\') return false;
+    if (c == '$' && i + 1 < sql.size() && !std::isdigit(static_cast<unsigned char>(sql[i + 1])))
+      return false;
+    if (c == '\'') {
+      if (i > 0 && (sql[i - 1] == 'E' || sql[i - 1] == 'e' || sql[i - 1] == '&')) return false;
+      ++i;
+      for (;; ++i) {
+        if (i >= sql.size()) return false;
+        if (sql[i] == '\'') {
+          if (i + 1 < sql.size() && sql[i + 1] == '\'') {
+            ++i;
+            continue;
+          }
+          break;
+        }
+      }
+      out.push_back('?');
+      continue;
+    }
+    if (std::isdigit(static_cast<unsigned char>(c)) && (i == 0 || !ident(sql[i - 1]))) {
+      while (i + 1 < sql.size() && std::isdigit(static_cast<unsigned char>(sql[i + 1]))) ++i;
+      out.push_back('?');
+      continue;
+    }
+    out.push_back(c);
+  }
+  return true;
+}
+
+}  // namespace
+
 std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
                                                    const config::Config& cfg) {
-  if (auto it = map_.find(sql); it != map_.end()) {
+  // Statements that name no sharded or reference table route alike whatever their literals,
+  // so simple-protocol traffic with inline values shares one entry per shape.
+  std::string_view key = sql;
+  if (names_no_placed_table(sql, cfg) && mask_literals(sql, masked_)) key = masked_;
+  return lookup(key, sql, cfg);
+}
+
+std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std::string_view sql,
+                                                      const config::Config& cfg) {
+  if (auto it = map_.find(key); it != map_.end()) {
     ++hits_;
     order_.splice(order_.begin(), order_, it->second.order);
     return it->second.analysis;
@@ -781,7 +859,7 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
     map_.erase(order_.back());
     order_.pop_back();
   }
-  order_.emplace_front(sql);
+  order_.emplace_front(key);
   map_.emplace(order_.front(), Entry{a, order_.begin()});
   return a;
 }

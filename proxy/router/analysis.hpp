@@ -88,6 +88,8 @@ class AnalysisCache {
   uint64_t misses() const { return misses_; }
 
  private:
+  std::shared_ptr<const Analysis> lookup(std::string_view key, std::string_view sql,
+                                         const config::Config& cfg);
   using Order = std::list<std::string>;
   struct Entry {
     std::shared_ptr<const Analysis> analysis;
@@ -96,6 +98,7 @@ class AnalysisCache {
   std::size_t capacity_;
   Order order_;  // most recent first
   std::unordered_map<std::string_view, Entry> map_;
+  std::string masked_;  // scratch for the literal-masked key
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
 };

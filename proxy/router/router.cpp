@@ -298,7 +298,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   const int fallback = ctx.attached.value_or(0);
   Route r;
   r.write = a->write || a->ddl;
-  r.reason = a->reason;
+  if (ctx.reasons) r.reason = a->reason;
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;
   r.txn = a->txn;
@@ -331,11 +331,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
               "hint");
         case config::Unsharded::Policy::kShard:
           r.shard = cfg.unsharded.shard;
-          r.reason = "unsharded table: shard " + cfg.shards[static_cast<std::size_t>(r.shard)].name;
+          if (ctx.reasons)
+            r.reason =
+                "unsharded table: shard " + cfg.shards[static_cast<std::size_t>(r.shard)].name;
           return r;
         case config::Unsharded::Policy::kAll:
           every_shard(r, cfg);
-          r.reason = "unsharded table: every shard";
+          if (ctx.reasons) r.reason = "unsharded table: every shard";
           return r;
       }
       return r;
@@ -367,13 +369,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   for (const auto& k : a->keys) {
     if (k.kind == KeyValue::Kind::kLiteral) {
       add(k.literal);
-      keys_text += (keys_text.empty() ? "" : ",") + k.literal;
+      if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + k.literal;
     } else if (!ctx.bind) {
       unknown = true;
     } else if (k.kind == KeyValue::Kind::kParam) {
       if (auto v = param_text(*ctx.bind, k.param, table.type)) {
         add(*v);
-        keys_text += (keys_text.empty() ? "" : ",") + *v;
+        if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + *v;
       } else {
         unknown = true;
       }
@@ -395,7 +397,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
     // Nothing to place by: the statement cannot match rows (NULL or invalid key) or is only
     // being described; any shard gives PostgreSQL's answer.
     r.shard = fallback;
-    r.reason += unknown ? " (key not known yet)" : "";
+    if (ctx.reasons && unknown) r.reason += " (key not known yet)";
     return r;
   }
   if (a->new_key) {
@@ -413,8 +415,9 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
                       "delete the row and insert it again with the new key");
     }
   }
-  r.reason += " " + table.column + "=" + keys_text + " (" + config::to_string(table.type) + " " +
-              config::to_string(table.function) + ")";
+  if (ctx.reasons)
+    r.reason += " " + table.column + "=" + keys_text + " (" + config::to_string(table.type) + " " +
+                config::to_string(table.function) + ")";
   if (shards.size() == 1) {
     r.shard = *shards.begin();
     return r;
@@ -433,7 +436,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
                         ") and this INSERT cannot be split (parameters or expressions)",
                     "insert the rows in separate statements");
     r.per_shard_sql = std::move(*parts);
-    r.reason += ": split into one INSERT per shard";
+    if (ctx.reasons) r.reason += ": split into one INSERT per shard";
   }
   r.shard = *shards.begin();
   r.shards.assign(shards.begin(), shards.end());
@@ -484,15 +487,24 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
   if (auto r = from_hints(a.comment, "comment hint", cfg)) return *r;
   if (auto r = from_hints(h.local, "SET LOCAL pgshard", cfg)) return *r;
   if (auto r = from_hints(h.session, "SET pgshard", cfg)) return *r;
+  if (!cfg.router_parse) {
+    Route r;
+    r.shard = ctx.attached.value_or(0);
+    if (ctx.reasons) r.reason = "parser off: first shard";
+    return r;
+  }
   return by_parser(sql, cfg, ctx);
 }
 
 Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Config& cfg,
                       std::string_view sql, const Context& ctx) {
+  if (!cfg.router_parse) return pick(a, h, cfg, sql, ctx);
   auto analysis = ctx.cache ? ctx.cache->get(sql, cfg)
                             : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
   if (!analysis->explain_route) return pick(a, h, cfg, sql, ctx);
-  return explain(pick(a, h, cfg, sql, ctx), cfg, h);
+  Context with_reasons = ctx;
+  with_reasons.reasons = true;
+  return explain(pick(a, h, cfg, sql, with_reasons), cfg, h);
 }
 
 void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {

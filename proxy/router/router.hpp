@@ -70,6 +70,7 @@ struct Context {
   const protocol::Bind* bind = nullptr;  // extended protocol: the parameters
   std::optional<int> attached;           // the shard the client's server is on, if any
   uint64_t* round_robin = nullptr;       // spreads reference-table reads
+  bool reasons = true;                   // explain the route in Route::reason (costs strings)
 };
 
 // Routes a simple-protocol Query. A string made only of pgshard SET/RESET/SHOW statements

@@ -678,6 +678,7 @@ awaitable<void> Session::handle_request(char boundary) {
 router::Route Session::route_batch(bool* simple) {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
+  ctx.reasons = spdlog::should_log(spdlog::level::debug);
   ctx.round_robin = &round_robin_;
   if (active_) ctx.attached = active_->shard;
   std::optional<router::Route> route;
@@ -686,6 +687,7 @@ router::Route Session::route_batch(bool* simple) {
   auto text_of = [&](std::string_view name) -> std::string_view {
     for (auto it = parsed.rbegin(); it != parsed.rend(); ++it)
       if (it->first == name) return it->second;
+    if (name.empty()) return unnamed_sql_;
     auto known = statements_.find(std::string(name));
     return known == statements_.end() ? std::string_view() : std::string_view(known->second);
   };
@@ -703,7 +705,12 @@ router::Route Session::route_batch(bool* simple) {
       case proto::msg::kParse:
         if (auto p = proto::Parse::parse(d.frame.body)) {
           parsed.emplace_back(p->name, p->query);
-          statements_[std::string(p->name)] = std::string(p->query);
+          // The unnamed statement is re-parsed by most drivers for every query: keep it
+          // without a map insert (assign reuses the buffer).
+          if (p->name.empty())
+            unnamed_sql_.assign(p->query);
+          else
+            statements_[std::string(p->name)] = std::string(p->query);
           if (described.empty()) described = p->query;
         }
         break;

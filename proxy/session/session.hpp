@@ -108,6 +108,7 @@ class Session : public std::enable_shared_from_this<Session> {
   router::SessionHints hints_;
   // Statement texts by name (protocol-level prepared statements), for routing their Binds.
   std::unordered_map<std::string, std::string> statements_;
+  std::string unnamed_sql_;
   uint64_t round_robin_ = 0;
   server::CancelKey key_;
 

@@ -3,12 +3,14 @@
 # one run, and prints TPS, mean latency and the ratios pgshard/PgBouncer and pgshard/direct.
 #   DURATION (s, default 10)  SCALE (default 10)  POOL (default 32)  WORKERS (pgshard, 2)
 #   MODES ("simple extended prepared")  CLIENTS ("1 32")
+#   ROUTER_PARSE (true; false routes by hints only, as before the parser router)
 # -M prepared uses session pooling on both proxies (transaction pooling of named statements
 # comes with the prepared-statements work).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-10}; SCALE=${SCALE:-10}; POOL=${POOL:-32}; WORKERS=${WORKERS:-2}
 MODES=${MODES:-"simple extended prepared"}; CLIENTS=${CLIENTS:-"1 32"}
+ROUTER_PARSE=${ROUTER_PARSE:-true}
 BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
 DIR=$(mktemp -d /tmp/pgshard-bench-XXXXXX); chmod 755 "$DIR"
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
@@ -58,6 +60,7 @@ listen: { host: 127.0.0.1, port: $2, workers: $WORKERS, max_client_conn: 500 }
 users: [{ name: app, password: secret, pool_mode: $([ "$1" = t ] && echo transaction || echo session) }]
 shards: [{ name: s0, primary: "postgres://app:secret@127.0.0.1:$SHARD/app", pool_size: $POOL }]
 unsharded: { shard: s0 }
+router: { parse: $ROUTER_PARSE }
 log_level: warn
 YAML
   "$BUILD/pgshard" --config "$DIR/pgshard-$1.yaml" >"$DIR/pgshard-$1.log" 2>&1 &

@@ -414,9 +414,49 @@ TEST_CASE("the analysis cache returns the same analysis and stays bounded", "[ro
   auto b = cache.get("select * from users where id = 1", *cfg);
   CHECK(a == b);
   CHECK(cache.hits() == 1);
-  cache.get("select 2", *cfg);
-  cache.get("select 3", *cfg);
+  cache.get("select 2 as a", *cfg);
+  cache.get("select 3 as b", *cfg);
   CHECK(cache.size() == 2);
   auto c = cache.get("select * from users where id = 1", *cfg);
   CHECK(c != a);  // evicted and analysed again
+}
+
+TEST_CASE("statements without sharded tables share a cache entry across literals",
+          "[router][parser]") {
+  auto cfg = map("{ shard: s1 }");
+  AnalysisCache cache(100);
+  auto a = cache.get("select abalance from accounts where aid = 5", *cfg);
+  auto b = cache.get("select abalance from accounts where aid = 123456", *cfg);
+  CHECK(a == b);
+  auto c = cache.get("select abalance from accounts where note = 'it''s'", *cfg);
+  auto d = cache.get("select abalance from accounts where note = 'x'", *cfg);
+  CHECK(c == d);
+  CHECK(cache.size() == 2);
+  // Keys of sharded tables are literals that matter: never shared.
+  auto e = cache.get("select * from users where id = 1", *cfg);
+  auto f = cache.get("select * from users where id = 2", *cfg);
+  CHECK(e != f);
+  CHECK(e->keys[0].literal == "1");
+  CHECK(f->keys[0].literal == "2");
+  // Identifiers with digits are not literals.
+  auto g = cache.get("select * from t1", *cfg);
+  auto h = cache.get("select * from t2", *cfg);
+  CHECK(g != h);
+  SessionHints hints;
+  Context ctx;
+  ctx.cache = &cache;
+  CHECK(route_query("select abalance from accounts where aid = 77", hints, *cfg, ctx).shard == 1);
+}
+
+TEST_CASE("router.parse: false routes by hints only", "[router][parser]") {
+  auto cfg = config::load_string(R"(users: [{name: app, password: x}]
+shards: [{ name: s0, primary: "postgres://h:1/app" }, { name: s1, primary: "postgres://h:2/app" }]
+sharded_tables: [{ table: users, column: id }]
+router: { parse: false }
+)",
+                                 "t.yaml");
+  SessionHints h;
+  CHECK(route_query("select * from users where id = 3", h, *cfg).shard == 0);
+  CHECK(route_query("select * from users", h, *cfg).shards.empty());
+  CHECK(route_query("/* pgshard: shard=s1 */ select * from users", h, *cfg).shard == 1);
 }
