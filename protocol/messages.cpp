@@ -372,6 +372,12 @@ void ParameterStatus::write(std::string& out) const {
   MessageWriter(out).begin(msg::kParameterStatus).cstr(name).cstr(value).finish();
 }
 
+std::string ready_for_query(char status) {
+  std::string out;
+  ReadyForQuery{status}.write(out);
+  return out;
+}
+
 std::optional<ReadyForQuery> ReadyForQuery::parse(std::string_view body) {
   BodyReader r(body);
   ReadyForQuery z;

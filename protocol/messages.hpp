@@ -242,6 +242,9 @@ struct ParameterStatus {
   void write(std::string& out) const;
 };
 
+// A whole ReadyForQuery frame.
+std::string ready_for_query(char status);
+
 struct ReadyForQuery {
   char status = 'I';  // 'I' idle, 'T' in transaction, 'E' failed transaction
   static std::optional<ReadyForQuery> parse(std::string_view body);
