@@ -192,7 +192,8 @@ void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
 
 void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
   if (!c.mapping(n, "sharded table",
-                 {"table", "column", "type", "function", "vnodes", "ranges", "lists", "default"}))
+                 {"table", "column", "type", "function", "vnodes", "ranges", "lists", "default",
+                  "directory"}))
     return;
   if (!n["table"] || !n["column"]) {
     c.fail(n, "sharded table needs table and column");
@@ -224,7 +225,8 @@ void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
                                          {{"hash", ShardFunction::kHash},
                                           {"ring", ShardFunction::kRing},
                                           {"range", ShardFunction::kRange},
-                                          {"list", ShardFunction::kList}})
+                                          {"list", ShardFunction::kList},
+                                          {"directory", ShardFunction::kDirectory}})
                      .value_or(t.function);
   if (n["vnodes"]) t.vnodes = c.integer<int>(n["vnodes"], "vnodes", 1, 10000).value_or(160);
 }
@@ -273,6 +275,26 @@ void load_placement(Checker& c, const YAML::Node& n, ShardedTable& t, const Conf
   if (static_cast<bool>(n["lists"]) != (t.function == ShardFunction::kList))
     c.fail(n, "table " + t.table + ": lists go with function: list (and it needs them)");
   if (t.function == ShardFunction::kRing) t.ring = build_ring(cfg.shards, t.vnodes);
+  if (static_cast<bool>(n["directory"]) != (t.function == ShardFunction::kDirectory))
+    c.fail(n, "table " + t.table + ": directory goes with function: directory (and it needs it)");
+  if (auto d = n["directory"]; d && c.mapping(d, "directory", {"url", "table", "ttl"})) {
+    if (!d["url"]) {
+      c.fail(d, "directory needs url: postgres://... of the database holding the lookup table");
+    } else if (auto text = c.string(d["url"], "directory url")) {
+      std::string err;
+      t.directory_url = parse_pg_url(*text, &err);
+      if (!t.directory_url) c.fail(d["url"], "directory url: " + err);
+    }
+    if (d["table"])
+      t.directory_table = c.string(d["table"], "directory table").value_or(t.directory_table);
+    if (d["ttl"]) {
+      auto ttl = parse_duration(c.string(d["ttl"], "directory ttl").value_or(""));
+      if (!ttl)
+        c.fail(d["ttl"], "directory ttl: bad duration");
+      else
+        t.directory_ttl = *ttl;
+    }
+  }
   if (auto r = n["ranges"]; r && t.function == ShardFunction::kRange) {
     if (!integer) c.fail(n, "range sharding needs an integer key type");
     if (!r.IsSequence() || r.size() == 0) {
@@ -485,6 +507,8 @@ const char* to_string(ShardFunction f) {
       return "range";
     case ShardFunction::kList:
       return "list";
+    case ShardFunction::kDirectory:
+      return "directory";
   }
   return "?";
 }

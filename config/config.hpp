@@ -26,7 +26,7 @@ enum class TlsMode { kDisable, kAllow, kPrefer, kRequire };
 enum class PoolMode { kSession, kTransaction };
 enum class AuthMethod { kScram, kMd5, kTrust };
 enum class KeyType { kInt2, kInt4, kInt8, kText, kVarchar, kUuid };
-enum class ShardFunction { kHash, kRing, kRange, kList };
+enum class ShardFunction { kHash, kRing, kRange, kList, kDirectory };
 
 const char* to_string(TlsMode m);
 const char* to_string(PoolMode m);
@@ -82,7 +82,12 @@ struct ShardedTable {
   std::vector<std::pair<uint64_t, int>> ring;      // ring: sorted (point, shard)
   std::vector<RangeBound> ranges;                  // range: sorted, no gaps or overlaps
   std::vector<std::pair<std::string, int>> lists;  // list: canonical key text -> shard
-  int default_shard = -1;                          // range/list: keys outside every range/list
+  // directory: key -> shard name rows in `directory_table` (columns key, shard) of the
+  // database at `directory_url`, cached for `directory_ttl`; keys not listed use hash.
+  std::optional<PgUrl> directory_url;
+  std::string directory_table = "pgshard_directory";
+  Millis directory_ttl{30000};
+  int default_shard = -1;  // range/list: keys outside every range/list
 };
 
 // The ring of virtual nodes for `shards` (consistent hashing).

@@ -8,6 +8,7 @@
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/session/copy_split.hpp"
+#include "proxy/session/params.hpp"
 #include "proxy/session/session.hpp"
 
 namespace pgshard::session {
@@ -526,6 +527,47 @@ void Session::answer_extended(std::string_view answer, std::string& out) {
         break;
     }
   }
+}
+
+awaitable<std::string> Session::resolve_directory(
+    const std::vector<std::pair<int, std::string>>& lookups) {
+  for (const auto& [table, key] : lookups) {
+    const auto& t = config_.sharded_tables[static_cast<std::size_t>(table)];
+    auto got = co_await worker_.directory_pool(table, *user_).acquire();
+    if (auto* err = std::get_if<std::string>(&got)) co_return *err;
+    auto lease = std::move(std::get<pool::Lease>(got));
+    std::string q;
+    proto::Query{"SELECT shard FROM " + t.directory_table + " WHERE key = " + quote_literal(key)}
+        .write(q);
+    auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(q), use_nothrow);
+    std::optional<std::string> shard_name;
+    std::string failure;
+    bool ok = !ec && co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
+      if (f.type == proto::msg::kDataRow) {
+        auto row = proto::DataRow::parse(f.body);
+        if (row && !row->values.empty() && row->values[0])
+          shard_name = std::string(*row->values[0]);
+      } else if (f.type == proto::msg::kErrorResponse) {
+        auto e = proto::ErrorFields::parse(f.body);
+        failure = e ? std::string(e->message()) : "malformed error";
+      }
+      return f.type == proto::msg::kReadyForQuery;
+    });
+    if (!ok) {
+      lease->broken = true;
+      co_return "lost the connection to the directory of table " + t.table;
+    }
+    if (!failure.empty()) co_return "directory lookup for table " + t.table + " failed: " + failure;
+    int shard = -1;
+    if (shard_name) {
+      shard = config_.shard_index(*shard_name);
+      if (shard < 0)
+        co_return "the directory of table " + t.table + " puts key " + key +
+            " on unknown shard \"" + *shard_name + "\"";
+    }
+    worker_.directory().put(table, key, shard, t.directory_ttl);
+  }
+  co_return std::string();
 }
 
 }  // namespace pgshard::session

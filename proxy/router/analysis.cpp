@@ -578,6 +578,12 @@ class Analyzer {
       return a;
     }
     const auto& t = cfg_.sharded_tables[uses_.front().table];
+    if (t.function == config::ShardFunction::kDirectory) {
+      a.target = Analysis::Target::kError;
+      a.error = "COPY into a table placed by a directory is not supported yet";
+      a.hint = "insert the rows with INSERT";
+      return a;
+    }
     CopySplit split;
     split.table = c->relation->schemaname && c->relation->schemaname[0]
                       ? std::string(c->relation->schemaname) + "." + c->relation->relname

@@ -21,9 +21,34 @@ std::pair<int64_t, int64_t> bounds(config::KeyType t) {
 }
 }  // namespace
 
-Placement place_key(const config::ShardedTable& t, std::string_view text, int shards) {
+std::optional<int> DirectoryCache::find(int table, const std::string& key) const {
+  auto it = entries_.find({table, key});
+  if (it == entries_.end() || it->second.expires < std::chrono::steady_clock::now())
+    return std::nullopt;
+  return it->second.shard;
+}
+
+void DirectoryCache::put(int table, std::string key, int shard, std::chrono::milliseconds ttl) {
+  entries_[{table, std::move(key)}] = {shard, std::chrono::steady_clock::now() + ttl};
+}
+
+Placement place_key(const config::ShardedTable& t, std::string_view text, int shards,
+                    const DirectoryCache* directory, int table_index) {
   Placement p;
   switch (t.function) {
+    case config::ShardFunction::kDirectory: {
+      auto h = partition_hash(t.type, text);
+      if (!h) return p;
+      auto key = config::canonical_key(t.type, text);
+      auto hit = directory ? directory->find(table_index, key) : std::nullopt;
+      if (!hit) {
+        p.needs_lookup = true;
+        return p;
+      }
+      // Keys the directory does not list fall back to the hash.
+      p.shard = *hit >= 0 ? *hit : hash_to_index(*h, shards);
+      return p;
+    }
     case config::ShardFunction::kHash: {
       auto h = partition_hash(t.type, text);
       if (h) p.shard = hash_to_index(*h, shards);

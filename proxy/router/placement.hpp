@@ -2,6 +2,8 @@
 // text form of one key value.
 #pragma once
 
+#include <chrono>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -10,14 +12,31 @@
 
 namespace pgshard::router {
 
+// Directory entries known to this worker: (table index, key) -> shard, or -1 when the key
+// is not in the directory (the table's hash places it). Filled by the session.
+class DirectoryCache {
+ public:
+  struct Entry {
+    int shard;
+    std::chrono::steady_clock::time_point expires;
+  };
+  std::optional<int> find(int table, const std::string& key) const;
+  void put(int table, std::string key, int shard, std::chrono::milliseconds ttl);
+
+ private:
+  std::map<std::pair<int, std::string>, Entry> entries_;
+};
+
 struct Placement {
   std::optional<int> shard;
+  bool needs_lookup = false;  // directory: the key is not cached yet
   // Set when the key is valid but no shard holds it (range/list without default).
   std::string error;
 };
 
 // An invalid key for the type (e.g. 'abc' for bigint) gives neither shard nor error:
 // PostgreSQL reports that itself.
-Placement place_key(const config::ShardedTable& t, std::string_view text, int shards);
+Placement place_key(const config::ShardedTable& t, std::string_view text, int shards,
+                    const DirectoryCache* directory = nullptr, int table_index = -1);
 
 }  // namespace pgshard::router

@@ -355,8 +355,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
   std::string placement_error;
   std::vector<int> row_shard;  // INSERT: the shard of each VALUES row
+  std::vector<std::pair<int, std::string>> lookups;
   auto add = [&](std::string_view text) {
-    auto p = place_key(table, text, n);
+    auto p = place_key(table, text, n, ctx.directory, a->table);
+    if (p.needs_lookup) {
+      lookups.emplace_back(a->table, config::canonical_key(table.type, text));
+      return;
+    }
     row_shard.push_back(p.shard.value_or(-1));
     if (p.shard)
       shards.insert(*p.shard);
@@ -385,6 +390,12 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
     } else {
       unknown = true;
     }
+  }
+  if (!lookups.empty()) {
+    Route l;
+    l.kind = RouteKind::kLookup;
+    l.lookups = std::move(lookups);
+    return l;
   }
   if (!placement_error.empty() && r.write) {
     Route e;
@@ -504,7 +515,9 @@ Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Co
   if (!analysis->explain_route) return pick(a, h, cfg, sql, ctx);
   Context with_reasons = ctx;
   with_reasons.reasons = true;
-  return explain(pick(a, h, cfg, sql, with_reasons), cfg, h);
+  Route inner = pick(a, h, cfg, sql, with_reasons);
+  if (inner.kind == RouteKind::kLookup) return inner;  // resolve the directory, then explain
+  return explain(std::move(inner), cfg, h);
 }
 
 void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {

@@ -19,6 +19,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/analysis.hpp"
+#include "proxy/router/placement.hpp"
 
 namespace pgshard::router {
 
@@ -41,6 +42,7 @@ enum class RouteKind {
   kShard,   // forward to `shard`
   kAnswer,  // pgshard answers itself with `answer` (no ReadyForQuery included)
   kError,   // pgshard answers with `error`
+  kLookup,  // directory keys must be looked up first (`lookups`), then route again
 };
 
 struct Route {
@@ -48,6 +50,8 @@ struct Route {
   int shard = 0;
   // More than one shard: the statement runs on all of these (multi-shard execution).
   std::vector<int> shards;
+  // kLookup: (sharded table index, canonical key) pairs to find in the directory.
+  std::vector<std::pair<int, std::string>> lookups;
   // COPY FROM STDIN whose rows pgshard splits by key over every shard.
   std::optional<CopySplit> copy_in;
   int copy_table = -1;
@@ -66,11 +70,12 @@ struct Route {
 
 // Everything routing may look at besides the session hints and the config.
 struct Context {
-  AnalysisCache* cache = nullptr;        // null: analyse without caching
-  const protocol::Bind* bind = nullptr;  // extended protocol: the parameters
-  std::optional<int> attached;           // the shard the client's server is on, if any
-  uint64_t* round_robin = nullptr;       // spreads reference-table reads
-  bool reasons = true;                   // explain the route in Route::reason (costs strings)
+  AnalysisCache* cache = nullptr;             // null: analyse without caching
+  const protocol::Bind* bind = nullptr;       // extended protocol: the parameters
+  std::optional<int> attached;                // the shard the client's server is on, if any
+  uint64_t* round_robin = nullptr;            // spreads reference-table reads
+  const DirectoryCache* directory = nullptr;  // directory entries known to this worker
+  bool reasons = true;                        // explain the route in Route::reason (costs strings)
 };
 
 // Routes a simple-protocol Query. A string made only of pgshard SET/RESET/SHOW statements

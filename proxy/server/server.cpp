@@ -45,6 +45,26 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   return ref;
 }
 
+pool::Pool& Worker::directory_pool(int table, const config::User& user) {
+  auto key = std::make_pair(-1 - table, user.name);
+  auto it = pools_.find(key);
+  if (it != pools_.end()) return *it->second;
+  const auto& url = *config().sharded_tables[static_cast<std::size_t>(table)].directory_url;
+  pool::BackendTarget t;
+  t.shard = -1;
+  t.shard_name = "directory of " + config().sharded_tables[static_cast<std::size_t>(table)].table;
+  t.host = url.host;
+  t.port = url.port;
+  t.user = url.user.empty() ? user.name : url.user;
+  t.password = url.user.empty() ? user.plaintext.value_or("") : url.password;
+  t.database = url.database.empty() ? t.user : url.database;
+  auto p = std::make_unique<pool::Pool>(executor(), t, 2, config().timeouts.pool_wait,
+                                        config().timeouts.connect);
+  auto& ref = *p;
+  pools_.emplace(key, std::move(p));
+  return ref;
+}
+
 awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_params(
     const config::User& user, std::string* error) {
   for (auto& [key, p] : pools_)

@@ -14,6 +14,7 @@
 #include "proxy/asio.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/analysis.hpp"
+#include "proxy/router/placement.hpp"
 
 namespace pgshard::session {
 class Session;
@@ -44,6 +45,9 @@ class Worker {
   // The pool for (shard, user), created on first use.
   pool::Pool& pool(int shard, const config::User& user);
   router::AnalysisCache& analysis_cache() { return cache_; }
+  router::DirectoryCache& directory() { return directory_; }
+  // Connections to the database holding sharded table `table`'s directory.
+  pool::Pool& directory_pool(int table, const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
   // learned by opening one connection (nullopt and an error message if no shard answers).
   awaitable<std::optional<std::map<std::string, std::string>>> server_params(
@@ -69,6 +73,7 @@ class Worker {
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
   std::map<session::Session*, std::weak_ptr<session::Session>> sessions_;
   router::AnalysisCache cache_;
+  router::DirectoryCache directory_;
 };
 
 class Server {

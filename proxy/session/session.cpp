@@ -518,6 +518,20 @@ awaitable<void> Session::handle_request(char boundary) {
   if (!(open_extended_ && active_)) {
     bool simple = false;
     router::Route route = route_batch(&simple);
+    // Directory-placed keys not cached yet: look them up, then route again.
+    for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
+      // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
+      std::string err = "directory entries expire faster than they are read";
+      if (attempt < 2) err = co_await resolve_directory(route.lookups);
+      if (!err.empty()) {
+        route = router::Route{};
+        route.kind = router::RouteKind::kError;
+        route.error = proto::error(sqlstate::kSqlclientUnableToEstablish, err);
+        route.hints = hints_;
+        break;
+      }
+      route = route_batch(&simple);
+    }
     if (route.kind != router::RouteKind::kShard) {
       co_await drain();
       if (route.kind == router::RouteKind::kError) {
@@ -659,6 +673,7 @@ router::Route Session::route_batch(bool* simple) {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
   ctx.reasons = spdlog::should_log(spdlog::level::debug);
+  ctx.directory = &worker_.directory();
   ctx.round_robin = &round_robin_;
   if (active_) ctx.attached = active_->shard;
   std::optional<router::Route> route;

@@ -76,6 +76,8 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   router::Route route_batch(bool* simple);
+  // Fills the worker's directory cache; returns an error message or "".
+  awaitable<std::string> resolve_directory(const std::vector<std::pair<int, std::string>>& lookups);
   void answer_extended(std::string_view answer, std::string& out);
   awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes);
 

@@ -155,8 +155,10 @@ Proxy::Proxy(ProxyOptions o) {
     y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: " << o.pool_size
       << " }\n";
   }
-  y << "sharded_tables:\n  - { table: users, column: id, type: bigint }\n"
-    << "  - { table: orders, column: user_id, type: bigint }\n";
+  y << "sharded_tables:\n"
+    << (o.sharded_tables.empty() ? "  - { table: users, column: id, type: bigint }\n"
+                                   "  - { table: orders, column: user_id, type: bigint }\n"
+                                 : o.sharded_tables);
   y << "unsharded: " << o.unsharded << "\n";
   y << o.extra_top;
   {

@@ -38,6 +38,7 @@ struct ProxyOptions {
   std::string tls_mode = "disable";
   std::string extra_top;                    // extra top-level YAML
   std::string unsharded = "{ shard: s0 }";  // tables outside the map live on s0
+  std::string sharded_tables;               // replaces the sharded_tables list when set
   std::string listen_extra;                 // extra keys inside listen: {}
   std::string users;                        // replaces the users list when set
   std::vector<std::string> shard_urls;      // replaces the shard URLs when set

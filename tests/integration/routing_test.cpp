@@ -1,6 +1,8 @@
 // Parser routing against real shards: rows land where the hash says, reads find them,
 // statements without a key cover every shard or are refused.
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 
 #include "harness.hpp"
 #include "proxy/router/hashing.hpp"
@@ -291,4 +293,55 @@ TEST_CASE("COPY FROM STDIN splits rows by key; COPY TO gathers every shard", "[r
   PQclear(r);
   while ((r = PQgetResult(c.get()))) PQclear(r);
   CHECK(rows == 3000);
+}
+
+TEST_CASE("directory: a lookup table moves a hot key to its own shard", "[routing]") {
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists tenants");
+    query(d.get(), "create table tenants (id bigint primary key, name text)");
+  }
+  auto dir = connect(cluster.direct(0));
+  query(dir.get(), "drop table if exists pgshard_directory");
+  query(dir.get(), "create table pgshard_directory (key text primary key, shard text not null)");
+  const int hot_home = (shard_of(42) + 1) % 3;
+  query(dir.get(),
+        "insert into pgshard_directory values ('42', 's" + std::to_string(hot_home) + "')");
+  ProxyOptions o;
+  o.sharded_tables =
+      "  - { table: tenants, column: id, type: bigint, function: directory, directory: { url: \"" +
+      std::string("postgres://app:secret@127.0.0.1:") + std::to_string(cluster.port(0)) +
+      "/app\", ttl: 300ms } }\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "insert into tenants (id, name) values (42, 'hot')");
+  query(c.get(), "insert into tenants (id, name) values (7, 'normal')");
+  {
+    auto d = connect(cluster.direct(hot_home));
+    CHECK(scalar(d.get(), "select name from tenants where id = 42") == "hot");
+    auto e = connect(cluster.direct(shard_of(7)));
+    CHECK(scalar(e.get(), "select name from tenants where id = 7") == "normal");
+  }
+  CHECK(scalar(c.get(), "select name from tenants where id = 42") == "hot");
+  const char* p[] = {"42"};
+  PGresult* r = PQexecParams(c.get(), "select name from tenants where id = $1", 1, nullptr, p,
+                             nullptr, nullptr, 0);
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  REQUIRE(PQntuples(r) == 1);
+  PQclear(r);
+  // Moving the key in the directory takes effect once the cached entry expires.
+  const int next_home = (hot_home + 1) % 3;
+  query(dir.get(), "update pgshard_directory set shard = 's" + std::to_string(next_home) +
+                       "' where key = '42'");
+  std::this_thread::sleep_for(std::chrono::milliseconds(500));
+  auto rows = query(c.get(), "explain (route) select * from tenants where id = 42");
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0][0] == "s" + std::to_string(next_home));
+  // A directory naming a shard that does not exist is a clear error.
+  query(dir.get(), "insert into pgshard_directory values ('9', 'nowhere')");
+  std::string msg;
+  CHECK(error_code(c.get(), "select * from tenants where id = 9", &msg) == "08001");
+  CHECK_THAT(msg, Catch::Contains("unknown shard"));
+  query(dir.get(), "drop table pgshard_directory");
 }

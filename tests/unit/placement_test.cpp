@@ -176,3 +176,38 @@ TEST_CASE("range and list config errors: gaps, overlaps, duplicates, wrong keys"
   CHECK_THAT(error_of(base + "  - { table: t, column: c, function: hash, default: s0 }\n"),
              Catch::Contains("default applies to range and list"));
 }
+
+TEST_CASE("directory placement: cached entries, hash fallback, lookups asked for", "[placement]") {
+  auto cfg = config::load_string(shards_yaml(3) + R"(sharded_tables:
+  - { table: tenants, column: id, type: bigint, function: directory, directory: { url: "postgres://h:9/dir", ttl: 1min } }
+)",
+                                 "t.yaml");
+  const auto& t = cfg->sharded_tables[0];
+  CHECK(t.directory_url->port == 9);
+  CHECK(t.directory_ttl == config::Millis(60000));
+  router::DirectoryCache cache;
+  CHECK(router::place_key(t, "42", 3, &cache, 0).needs_lookup);
+  cache.put(0, "42", 2, std::chrono::minutes(1));
+  cache.put(0, "7", -1, std::chrono::minutes(1));
+  CHECK(*router::place_key(t, "42", 3, &cache, 0).shard == 2);
+  CHECK(*router::place_key(t, " 42", 3, &cache, 0).shard == 2);
+  // Not in the directory: the hash places it.
+  auto hashed = config::load_string(
+      shards_yaml(3) + "sharded_tables: [{ table: tenants, column: id }]\n", "h.yaml");
+  CHECK(*router::place_key(t, "7", 3, &cache, 0).shard ==
+        *router::place_key(hashed->sharded_tables[0], "7", 3).shard);
+  // Expired entries are looked up again.
+  cache.put(0, "42", 2, std::chrono::milliseconds(-1));
+  CHECK(router::place_key(t, "42", 3, &cache, 0).needs_lookup);
+  // The router asks the session for the lookup.
+  router::SessionHints h;
+  router::Context ctx;
+  ctx.directory = &cache;
+  auto r = router::route_query("select * from tenants where id = 42", h, *cfg, ctx);
+  CHECK(r.kind == router::RouteKind::kLookup);
+  REQUIRE(r.lookups.size() == 1);
+  CHECK(r.lookups[0].second == "42");
+  CHECK_THAT(
+      error_of(shards_yaml(2) + "sharded_tables: [{ table: t, column: c, function: directory }]\n"),
+      Catch::Contains("directory goes with function: directory"));
+}
