@@ -533,6 +533,9 @@ class Analyzer {
       if (find(static_cast<int>(i)) != root) {
         a.target = a.write ? Analysis::Target::kError : Analysis::Target::kAllShards;
         a.reason = "sharded tables not joined on their shard keys";
+        // Each shard would join only its own rows: pairs on different shards would be lost.
+        a.concat_safe = false;
+        a.merge_blocker = "joining sharded tables other than on their shard keys";
         if (a.write) {
           a.error =
               "statement writes across shards: its sharded tables are not joined on the shard key";

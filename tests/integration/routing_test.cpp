@@ -85,6 +85,9 @@ TEST_CASE("rows inserted through pgshard land only on the shard the hash names",
   CHECK(error_code(c.get(), "select count(*) from users", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("aggregates"));
   CHECK(error_code(c.get(), "select * from users order by id limit 3") == "0A000");
+  // A join that would need rows from two shards is refused, not half-answered.
+  CHECK(error_code(c.get(), "select * from users u join orders o on o.id = u.id", &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("joining sharded tables"));
   CHECK(error_code(c.get(), "insert into users values (1000, 'x')") == "0A000");
 
   // A multi-row INSERT is split per shard; RETURNING rows and the tag add up.
