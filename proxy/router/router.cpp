@@ -281,6 +281,15 @@ void every_shard(Route& r, const config::Config& cfg) {
     for (int i = 0; i < static_cast<int>(cfg.shards.size()); ++i) r.shards.push_back(i);
 }
 
+bool is_integer(config::KeyType t) {
+  return t == config::KeyType::kInt2 || t == config::KeyType::kInt4 || t == config::KeyType::kInt8;
+}
+
+bool param_is_null(const protocol::Bind& bind, int n) {
+  return n >= 1 && static_cast<std::size_t>(n) <= bind.params.size() &&
+         !bind.params[static_cast<std::size_t>(n - 1)];
+}
+
 Route refuse(std::string message, std::string hint = {}) {
   Route r;
   r.kind = RouteKind::kError;
@@ -362,6 +371,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
       lookups.emplace_back(a->table, config::canonical_key(table.type, text));
       return;
     }
+    if (!p.shard && p.error.empty() && is_integer(table.type)) {
+      // 42.0 compares equal to the integer 42 in PostgreSQL.
+      auto dot = text.find('.');
+      if (dot != std::string_view::npos &&
+          text.find_first_not_of('0', dot + 1) == std::string_view::npos && dot > 0)
+        p = place_key(table, text.substr(0, dot), n, ctx.directory, a->table);
+    }
     row_shard.push_back(p.shard.value_or(-1));
     if (p.shard)
       shards.insert(*p.shard);
@@ -371,25 +387,38 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
       unknown = true;  // not a valid key: PostgreSQL will say so on any shard
   };
   std::string keys_text;
+  int undecodable = 0;  // the parameter number of a key we could not read
   for (const auto& k : a->keys) {
     if (k.kind == KeyValue::Kind::kLiteral) {
       add(k.literal);
       if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + k.literal;
     } else if (!ctx.bind) {
       unknown = true;
+    } else if (param_is_null(*ctx.bind, k.param)) {
+      unknown = true;  // key = NULL matches no row
     } else if (k.kind == KeyValue::Kind::kParam) {
       if (auto v = param_text(*ctx.bind, k.param, table.type)) {
         add(*v);
         if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + *v;
       } else {
-        unknown = true;
+        undecodable = k.param;
       }
     } else if (auto vs = array_param(*ctx.bind, k.param, table.type)) {
       for (const auto& v : *vs) add(v);
       if (vs->empty()) unknown = true;
     } else {
-      unknown = true;
+      undecodable = k.param;
     }
+  }
+  if (undecodable) {
+    // A key we cannot read is never guessed: reads go everywhere, writes are refused.
+    if (r.write)
+      return refuse("cannot read the shard key from parameter $" + std::to_string(undecodable) +
+                        " (its binary format is not one pgshard decodes for " +
+                        config::to_string(table.type) + ")",
+                    "send the parameter in text format");
+    every_shard(r, cfg);
+    return r;
   }
   if (!lookups.empty()) {
     Route l;
@@ -547,6 +576,28 @@ std::string uuid_text(std::string_view raw) {
   return out;
 }
 
+// A binary numeric (numeric_send: ndigits, weight, sign, dscale, base-10000 digits) that
+// holds an integer, as text; nullopt for fractions, NaN, overflow or bad input.
+std::optional<std::string> numeric_integer(std::string_view v) {
+  if (v.size() < 8) return std::nullopt;
+  const int ndigits = static_cast<int16_t>(protocol::load_be16(v.data()));
+  const int weight = static_cast<int16_t>(protocol::load_be16(v.data() + 2));
+  const uint16_t sign = protocol::load_be16(v.data() + 4);
+  if (ndigits < 0 || v.size() != 8 + 2 * static_cast<std::size_t>(ndigits)) return std::nullopt;
+  if (sign != 0x0000 && sign != 0x4000) return std::nullopt;
+  auto digit = [&](int i) { return i < ndigits ? protocol::load_be16(v.data() + 8 + 2 * i) : 0; };
+  for (int i = std::max(0, weight + 1); i < ndigits; ++i)
+    if (digit(i) != 0) return std::nullopt;  // a fraction matches no integer key
+  __int128 acc = 0;
+  for (int i = 0; i <= weight; ++i) {
+    acc = acc * 10000 + digit(i);
+    if (acc > (static_cast<__int128>(INT64_MAX) + 1)) return std::nullopt;
+  }
+  if (sign == 0x4000) acc = -acc;
+  if (acc > INT64_MAX || acc < INT64_MIN) return std::nullopt;
+  return std::to_string(static_cast<int64_t>(acc));
+}
+
 // A binary-format value of the key's type, as its text form.
 std::optional<std::string> binary_text(std::string_view v, config::KeyType type) {
   switch (type) {
@@ -559,7 +610,7 @@ std::optional<std::string> binary_text(std::string_view v, config::KeyType type)
         uint64_t hi = protocol::load_be32(v.data()), lo = protocol::load_be32(v.data() + 4);
         return std::to_string(static_cast<int64_t>((hi << 32) | lo));
       }
-      return std::nullopt;
+      return numeric_integer(v);
     case config::KeyType::kUuid:
       if (v.size() != 16) return std::nullopt;
       return uuid_text(v);

@@ -487,3 +487,34 @@ router: { parse: false }
   CHECK(route_query("select * from users", h, *cfg).shards.empty());
   CHECK(route_query("/* pgshard: shard=s1 */ select * from users", h, *cfg).shard == 1);
 }
+
+TEST_CASE("keys that cannot be read are never guessed", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  Context ctx;
+  protocol::Bind b;
+  ctx.bind = &b;
+  b.param_formats = {1};
+  // Binary numeric 42 (ndigits 1, weight 0, sign +, dscale 0, digit 42) routes like 42.
+  std::string num42("\0\x01\0\0\0\0\0\0\0\x2a", 10);
+  b.params = {std::string_view(num42)};
+  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard == shard_of("42"));
+  // Binary numeric 10000 (weight 1, digits 1, 0 -> stored as ndigits 1 weight 1 digit 1).
+  std::string num10k("\0\x01\0\x01\0\0\0\0\0\x01", 10);
+  b.params = {std::string_view(num10k)};
+  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard ==
+        shard_of("10000"));
+  // An unreadable binary key: reads go everywhere, writes are refused.
+  std::string odd("\x01\x02\x03", 3);
+  b.params = {std::string_view(odd)};
+  CHECK(where(route_extended("select * from users where id = $1", h, *cfg, ctx)) == "all");
+  auto w = route_extended("delete from users where id = $1", h, *cfg, ctx);
+  CHECK(w.kind == RouteKind::kError);
+  CHECK_THAT(w.error.message, Catch::Contains("parameter $1"));
+  // NULL matches nothing: any one shard answers.
+  b.params = {std::nullopt};
+  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shards.empty());
+  // 42.0 equals 42 for an integer key.
+  CHECK(route_query("select * from users where id = 42.0", h, *cfg).shard == shard_of("42"));
+  CHECK(route_query("select * from users where id = '42'", h, *cfg).shard == shard_of("42"));
+}
