@@ -494,10 +494,8 @@ Route explain(Route inner, const config::Config& cfg, const SessionHints& hints)
   desc.fields.push_back({"shard", 0, 0, 25, -1, -1, 0});
   desc.fields.push_back({"route", 0, 0, 25, -1, -1, 0});
   desc.write(r.answer);
-  int rows = 0;
   auto row = [&](std::string_view a, std::string_view b) {
     protocol::DataRow{{a, b}}.write(r.answer);
-    ++rows;
   };
   if (inner.kind == RouteKind::kError) {
     row("", "refused: " + inner.error.message + " (SQLSTATE " + inner.error.code + ")");
@@ -511,7 +509,6 @@ Route explain(Route inner, const config::Config& cfg, const SessionHints& hints)
     row(cfg.shards[static_cast<std::size_t>(inner.shard)].name, inner.reason);
   }
   protocol::CommandComplete{"EXPLAIN"}.write(r.answer);
-  (void)rows;
   return r;
 }
 

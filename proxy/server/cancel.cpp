@@ -50,13 +50,10 @@ void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t por
         tcp::socket sock(ex);
         asio::steady_timer timer(ex, std::chrono::seconds(5));
         auto work = [&]() -> awaitable<void> {
-          error_code ec;
-          auto addr = asio::ip::make_address(host, ec);
           tcp::resolver resolver(ex);
           auto [rec, eps] =
               co_await resolver.async_resolve(host, std::to_string(port), use_nothrow);
           if (rec) co_return;
-          (void)addr;
           auto [cec, ep] = co_await asio::async_connect(sock, eps, use_nothrow);
           if (cec) co_return;
           std::string out;

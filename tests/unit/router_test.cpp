@@ -23,7 +23,6 @@ sharded_tables:
 )",
                              "t.yaml");
 }
-constexpr int64_t kSeed = static_cast<int64_t>(kHashPartitionSeed);
 }  // namespace
 
 TEST_CASE("extended hash functions equal PostgreSQL's", "[router][hash]") {
@@ -38,7 +37,6 @@ TEST_CASE("extended hash functions equal PostgreSQL's", "[router][hash]") {
   unsigned char u[16];
   REQUIRE(parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", u));
   CHECK(static_cast<int64_t>(uuid_hash_extended(u, kHashPartitionSeed)) == 424513190990560493LL);
-  (void)kSeed;
 }
 
 TEST_CASE("partition index equals PARTITION BY HASH with modulus 3", "[router][hash]") {
