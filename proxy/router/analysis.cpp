@@ -849,6 +849,12 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
                                                    const config::Config& cfg) {
   // Statements that name no sharded or reference table route alike whatever their literals,
   // so simple-protocol traffic with inline values shares one entry per shape.
+  // The exact text first: the common case of a repeated statement costs one hash lookup.
+  if (auto it = map_.find(sql); it != map_.end()) {
+    ++hits_;
+    order_.splice(order_.begin(), order_, it->second.order);
+    return it->second.analysis;
+  }
   std::string_view key = sql;
   if (names_no_placed_table(sql, cfg) && mask_literals(sql, masked_)) key = masked_;
   return lookup(key, sql, cfg);

@@ -31,6 +31,7 @@ void route_with(benchmark::State& state, std::size_t cache_size) {
   router::SessionHints hints;
   router::Context ctx;
   ctx.cache = &cache;
+  ctx.reasons = false;  // as on the data path (reasons are built for EXPLAIN and debug logs)
   protocol::Bind bind;
   std::string value;
   bind.params.resize(1);
@@ -57,6 +58,7 @@ void BM_RouteSimpleLiteralCached(benchmark::State& state) {
   router::SessionHints hints;
   router::Context ctx;
   ctx.cache = &cache;
+  ctx.reasons = false;  // as on the data path (reasons are built for EXPLAIN and debug logs)
   for (auto _ : state) {
     auto r = router::route_query("select * from users where id = 42", hints, *cfg, ctx);
     benchmark::DoNotOptimize(r.shard);
