@@ -9,6 +9,8 @@
 #include <functional>
 #include <set>
 
+#include "proxy/router/text.hpp"
+
 namespace pgshard::router {
 
 namespace {
@@ -778,26 +780,14 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
 
 namespace {
 
-bool mentions(std::string_view hay, std::string_view name) {
-  if (name.empty() || name.size() > hay.size()) return false;
-  for (std::size_t i = 0; i + name.size() <= hay.size(); ++i) {
-    std::size_t j = 0;
-    while (j < name.size() && std::tolower(static_cast<unsigned char>(hay[i + j])) ==
-                                  std::tolower(static_cast<unsigned char>(name[j])))
-      ++j;
-    if (j == name.size()) return true;
-  }
-  return false;
-}
-
 // True when the text cannot touch a sharded or reference table: none of their names occur.
 bool names_no_placed_table(std::string_view sql, const config::Config& cfg) {
   for (const auto& t : cfg.sharded_tables)
-    if (mentions(sql, t.table)) return false;
+    if (icontains(sql, t.table)) return false;
   for (const auto& r : cfg.reference_tables) {
     auto dot = r.find('.');
-    if (mentions(sql, dot == std::string::npos ? std::string_view(r)
-                                               : std::string_view(r).substr(dot + 1)))
+    if (icontains(sql, dot == std::string::npos ? std::string_view(r)
+                                                : std::string_view(r).substr(dot + 1)))
       return false;
   }
   return true;

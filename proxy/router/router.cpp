@@ -13,6 +13,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
 #include "proxy/router/placement.hpp"
+#include "proxy/router/text.hpp"
 
 namespace pgshard::router {
 
@@ -21,24 +22,6 @@ namespace {
 using protocol::sqlstate::kInvalidParameterValue;
 
 constexpr std::string_view kPrefix = "pgshard.";
-
-// ASCII case-insensitive search for a lowercase needle; runs on every statement, so it
-// avoids locale-aware tolower().
-std::size_t ifind(std::string_view hay, std::string_view needle) {
-  if (needle.size() > hay.size()) return std::string_view::npos;
-  const std::size_t last = hay.size() - needle.size();
-  for (std::size_t i = 0; i <= last; ++i) {
-    if ((hay[i] | 0x20) != needle[0]) continue;
-    std::size_t j = 1;
-    while (j < needle.size() && (hay[i + j] | 0x20) == (needle[j] | 0x20)) ++j;
-    if (j == needle.size()) return i;
-  }
-  return std::string_view::npos;
-}
-
-bool icontains(std::string_view hay, std::string_view needle) {
-  return ifind(hay, needle) != std::string_view::npos;
-}
 
 enum class SetAction { kSet, kReset, kShow };
 
