@@ -2,6 +2,7 @@
 // parsing with libpg_query every time. Google Benchmark; run build/*/tests/router_bench.
 #include <benchmark/benchmark.h>
 
+#include "../unit/shard_map.hpp"
 #include "config/config.hpp"
 #include "proxy/router/router.hpp"
 
@@ -9,16 +10,10 @@ using namespace pgshard;
 
 namespace {
 std::shared_ptr<const config::Config> map() {
-  return config::load_string(R"(users: [{name: app, password: x}]
-shards:
-  - { name: s0, primary: "postgres://h:1/app" }
-  - { name: s1, primary: "postgres://h:2/app" }
-  - { name: s2, primary: "postgres://h:3/app" }
-sharded_tables:
+  return testing::three_shards(R"(sharded_tables:
   - { table: users, column: id, type: bigint }
   - { table: orders, column: user_id, type: bigint }
-)",
-                             "bench.yaml");
+)");
 }
 
 const char* kSql =

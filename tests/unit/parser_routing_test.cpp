@@ -5,18 +5,14 @@
 #include "config/config.hpp"
 #include "proxy/router/hashing.hpp"
 #include "proxy/router/router.hpp"
+#include "shard_map.hpp"
 
 using namespace pgshard;
 using namespace pgshard::router;
 
 namespace {
 std::shared_ptr<const config::Config> map(const char* unsharded = "reject") {
-  return config::load_string(std::string(R"(users: [{name: app, password: x}]
-shards:
-  - { name: s0, primary: "postgres://h:1/app" }
-  - { name: s1, primary: "postgres://h:2/app" }
-  - { name: s2, primary: "postgres://h:3/app" }
-sharded_tables:
+  return testing::three_shards(std::string(R"(sharded_tables:
   - { table: users, column: id, type: bigint }
   - { table: orders, column: user_id, type: bigint }
   - { table: order_items, column: user_id, type: bigint }
@@ -24,8 +20,7 @@ sharded_tables:
   - { table: devices, column: uuid, type: uuid }
   - { table: app.tenants, column: tenant_id, type: integer }
 reference_tables: [countries, public.currencies]
-unsharded: )") + unsharded + "\n",
-                             "t.yaml");
+unsharded: )") + unsharded + "\n");
 }
 
 int shard_of(const char* key) {

@@ -7,21 +7,14 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
+#include "shard_map.hpp"
 
 using namespace pgshard;
 using namespace pgshard::router;
 
 namespace {
 std::shared_ptr<const config::Config> map() {
-  return config::load_string(R"(users: [{name: app, password: x}]
-shards:
-  - { name: s0, primary: "postgres://h:1/app" }
-  - { name: s1, primary: "postgres://h:2/app" }
-  - { name: s2, primary: "postgres://h:3/app" }
-sharded_tables:
-  - { table: users, column: id, type: bigint }
-)",
-                             "t.yaml");
+  return testing::three_shards("sharded_tables:\n  - { table: users, column: id, type: bigint }\n");
 }
 }  // namespace
 
