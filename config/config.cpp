@@ -123,7 +123,10 @@ void load_tls(Checker& c, const YAML::Node& n, Tls& out) {
 }
 
 void load_user(Checker& c, const YAML::Node& n, User& u) {
-  if (!c.mapping(n, "user", {"name", "password", "auth", "pool_mode"})) return;
+  if (!c.mapping(n, "user", {"name", "password", "auth", "pool_mode", "partial_results"})) return;
+  if (n["partial_results"])
+    u.partial_results = c.choice<bool>(n["partial_results"], "user partial_results",
+                                       {{"true", true}, {"false", false}});
   if (!n["name"])
     c.fail(n, "user needs a name");
   else
@@ -232,9 +235,9 @@ void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
 }
 
 void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
-  if (!c.mapping(
-          n, "timeouts",
-          {"client_startup", "client_idle", "connect", "pool_wait", "shutdown", "server_idle"}))
+  if (!c.mapping(n, "timeouts",
+                 {"client_startup", "client_idle", "connect", "pool_wait", "shutdown",
+                  "server_idle", "shard_statement"}))
     return;
   auto set = [&](const char* key, Millis& field) {
     if (!n[key]) return;
@@ -253,6 +256,7 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   set("pool_wait", t.pool_wait);
   set("shutdown", t.shutdown);
   set("server_idle", t.server_idle);
+  set("shard_statement", t.shard_statement);
 }
 
 // ring / range / list placement of one table; needs the shard list.
@@ -355,7 +359,7 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   cfg->path = file;
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
-                  "unsharded", "timeouts", "log_level", "router"})) {
+                  "unsharded", "timeouts", "log_level", "router", "partial_results"})) {
     c.throw_if_failed();
   }
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
@@ -369,6 +373,10 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
     cfg->router_parse =
         c.choice<bool>(r["parse"], "router.parse", {{"true", true}, {"false", false}})
             .value_or(true);
+  if (root["partial_results"])
+    cfg->partial_results = c.choice<bool>(root["partial_results"], "partial_results",
+                                          {{"true", true}, {"false", false}})
+                               .value_or(false);
   if (root["log_level"])
     cfg->log_level = c.choice<std::string>(root["log_level"], "log_level",
                                            {{"trace", "trace"},

@@ -55,6 +55,7 @@ struct User {
   std::optional<std::string> plaintext;        // when given in the file
   std::optional<protocol::ScramSecret> scram;  // for auth: scram
   std::string md5;                             // "md5..." for auth: md5
+  std::optional<bool> partial_results;         // overrides the map-wide setting
 };
 
 struct Shard {
@@ -107,6 +108,8 @@ struct Timeouts {
   Millis pool_wait{120000};
   Millis shutdown{30000};
   Millis server_idle{600000};
+  // Longest a shard may take to answer its part of a multi-shard statement (0: no limit).
+  Millis shard_statement{0};
 };
 
 struct Config {
@@ -120,6 +123,9 @@ struct Config {
   Unsharded unsharded;
   Timeouts timeouts;
   std::string log_level = "info";
+  // Multi-shard reads: when a shard fails or times out, answer from the others with a
+  // WARNING instead of failing the statement.
+  bool partial_results = false;
   std::size_t router_cache_size = 10000;
   // false: route by hints and settings only, everything else to the first shard (the
   // parser-free mode; for comparisons and as an escape hatch).

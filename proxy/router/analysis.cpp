@@ -9,6 +9,8 @@
 #include <functional>
 #include <set>
 
+#include "proxy/router/ast.hpp"
+#include "proxy/router/merge_plan.hpp"
 #include "proxy/router/text.hpp"
 
 namespace pgshard::router {
@@ -16,86 +18,23 @@ namespace pgshard::router {
 namespace {
 
 using Node = PgQuery__Node;
+using ast::is_aggregate;
+using ast::str_of;
+using ast::walk;
 
-// Calls `visit` on every message of the tree (generic over protobuf-c reflection), so no
-// statement form can hide a table from us.
-void walk(const ProtobufCMessage* m, const std::function<void(const ProtobufCMessage*)>& visit) {
-  if (!m) return;
-  visit(m);
-  const auto* d = m->descriptor;
-  const char* base = reinterpret_cast<const char*>(m);
-  for (unsigned i = 0; i < d->n_fields; ++i) {
-    const auto& f = d->fields[i];
-    if (f.type != PROTOBUF_C_TYPE_MESSAGE) continue;
-    if (f.label == PROTOBUF_C_LABEL_REPEATED) {
-      auto n = *reinterpret_cast<const size_t*>(base + f.quantifier_offset);
-      auto arr = *reinterpret_cast<ProtobufCMessage* const* const*>(base + f.offset);
-      for (size_t k = 0; k < n; ++k) walk(arr[k], visit);
-    } else {
-      if ((f.flags & PROTOBUF_C_FIELD_FLAG_ONEOF) &&
-          *reinterpret_cast<const uint32_t*>(base + f.quantifier_offset) != f.id)
-        continue;
-      walk(*reinterpret_cast<ProtobufCMessage* const*>(base + f.offset), visit);
-    }
-  }
-}
-
-std::string_view str_of(const Node* n) {
-  if (n && n->node_case == PG_QUERY__NODE__NODE_STRING) return n->string->sval;
-  return {};
-}
-
-// Built-in aggregates (pg_aggregate in PostgreSQL 15); a user-defined aggregate is not
-// recognised, which is why multi-shard reads are also checked for GROUP BY and friends.
-bool is_aggregate(std::string_view name) {
-  static constexpr std::string_view kNames[] = {"count",
-                                                "sum",
-                                                "avg",
-                                                "min",
-                                                "max",
-                                                "bool_and",
-                                                "bool_or",
-                                                "every",
-                                                "array_agg",
-                                                "string_agg",
-                                                "json_agg",
-                                                "jsonb_agg",
-                                                "json_object_agg",
-                                                "jsonb_object_agg",
-                                                "bit_and",
-                                                "bit_or",
-                                                "bit_xor",
-                                                "stddev",
-                                                "stddev_pop",
-                                                "stddev_samp",
-                                                "variance",
-                                                "var_pop",
-                                                "var_samp",
-                                                "corr",
-                                                "covar_pop",
-                                                "covar_samp",
-                                                "regr_avgx",
-                                                "regr_avgy",
-                                                "regr_count",
-                                                "regr_intercept",
-                                                "regr_r2",
-                                                "regr_slope",
-                                                "regr_sxx",
-                                                "regr_sxy",
-                                                "regr_syy",
-                                                "percentile_cont",
-                                                "percentile_disc",
-                                                "mode",
-                                                "rank",
-                                                "dense_rank",
-                                                "percent_rank",
-                                                "cume_dist",
-                                                "xmlagg",
-                                                "range_agg",
-                                                "range_intersect_agg"};
-  for (auto k : kNames)
-    if (k == name) return true;
-  return false;
+bool needs_merge(const PgQuery__SelectStmt* s) {
+  if (s->n_sort_clause || s->limit_count || s->limit_offset || s->n_distinct_clause ||
+      s->n_group_clause || s->having_clause || s->n_window_clause)
+    return true;
+  bool aggregates = false;
+  for (size_t i = 0; i < s->n_target_list; ++i)
+    walk(&s->target_list[i]->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor != &pg_query__func_call__descriptor) return;
+      const auto* f = reinterpret_cast<const PgQuery__FuncCall*>(m);
+      if (f->over || (f->n_funcname > 0 && is_aggregate(str_of(f->funcname[f->n_funcname - 1]))))
+        aggregates = true;
+    });
+  return aggregates;
 }
 
 // A sharded table as the statement names it.
@@ -203,7 +142,7 @@ class Analyzer {
       if (a.concat_safe) a.merge_blocker = what;
       a.concat_safe = false;
     };
-    walk(&stmt->base, [&](const ProtobufCMessage* m) {
+    auto blockers = [&](const ProtobufCMessage* m) {
       if (m->descriptor == &pg_query__select_stmt__descriptor) {
         const auto* s = reinterpret_cast<const PgQuery__SelectStmt*>(m);
         if (s->larg || s->rarg) block("set operations (UNION, INTERSECT, EXCEPT)");
@@ -218,7 +157,27 @@ class Analyzer {
         if (f->n_funcname > 0 && is_aggregate(str_of(f->funcname[f->n_funcname - 1])))
           block("aggregates");
       }
-    });
+    };
+    const PgQuery__SelectStmt* top =
+        kind == PG_QUERY__NODE__NODE_SELECT_STMT ? stmt->select_stmt : nullptr;
+    if (top && !top->larg && !top->rarg && top->n_values_lists == 0) {
+      // The top-level SELECT's own ORDER BY, LIMIT, DISTINCT, GROUP BY, HAVING and
+      // aggregates are merged by pgshard (merge_plan.cpp); what is nested in FROM, WHERE and
+      // WITH must still be answerable by each shard alone.
+      for (size_t i = 0; i < top->n_from_clause; ++i) walk(&top->from_clause[i]->base, blockers);
+      if (top->where_clause) walk(&top->where_clause->base, blockers);
+      if (top->with_clause) walk(&top->with_clause->base, blockers);
+      auto subqueries = [&](const ProtobufCMessage* m) {
+        if (m->descriptor == &pg_query__sub_link__descriptor)
+          block("subqueries in the select list, HAVING or ORDER BY");
+      };
+      for (size_t i = 0; i < top->n_target_list; ++i) walk(&top->target_list[i]->base, subqueries);
+      if (top->having_clause) walk(&top->having_clause->base, subqueries);
+      for (size_t i = 0; i < top->n_sort_clause; ++i) walk(&top->sort_clause[i]->base, subqueries);
+      a.merge_candidate = a.concat_safe && needs_merge(top);
+    } else {
+      walk(&stmt->base, blockers);
+    }
     a.write = kind == PG_QUERY__NODE__NODE_INSERT_STMT ||
               kind == PG_QUERY__NODE__NODE_UPDATE_STMT || kind == PG_QUERY__NODE__NODE_DELETE_STMT;
     const bool select = kind == PG_QUERY__NODE__NODE_SELECT_STMT;
@@ -285,6 +244,7 @@ class Analyzer {
       return a;
     }
     a.table = uses_.front().table;
+    for (const auto& u : uses_) a.key_columns.push_back(cfg_.sharded_tables[u.table].column);
     if (kind == PG_QUERY__NODE__NODE_COPY_STMT) return copy(stmt->copy_stmt, a);
     if (a.ddl) {
       a.target = Analysis::Target::kAllShards;
@@ -719,6 +679,17 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
       nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
   if (tree) {
     a = Analyzer(cfg).run(tree);
+    if (a.merge_candidate && tree->n_stmts == 1 &&
+        (a.target == Analysis::Target::kAllShards || a.target == Analysis::Target::kKeys)) {
+      Node* st = tree->stmts[0]->stmt;
+      if (st->node_case == PG_QUERY__NODE__NODE_EXPLAIN_STMT) st = st->explain_stmt->query;
+      if (st && st->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+        a.merge = plan_merge(tree, st->select_stmt, a.key_columns);
+        a.concat_safe = false;
+        a.merge_blocker = a.merge->unsupported;
+        if (!a.merge->unsupported.empty()) a.hint = a.merge->hint;
+      }
+    }
     pg_query__parse_result__free_unpacked(tree, nullptr);
   }
   pg_query_free_protobuf_parse_result(result);

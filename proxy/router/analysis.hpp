@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/merge/plan.hpp"
 
 namespace pgshard::router {
 
@@ -58,12 +59,15 @@ struct Analysis {
   bool insert = false;              // INSERT: each key is one VALUES row
   TxnControl txn = TxnControl::kNone;
   bool explain_route = false;
-  std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table  // EXPLAIN
-                                     // (ROUTE): pgshard explains, the statement is not run
+  std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   bool concat_safe = true;
   std::string merge_blocker;
+  // A SELECT whose ORDER BY, LIMIT, DISTINCT or aggregates pgshard merges across shards.
+  bool merge_candidate = false;
+  std::shared_ptr<const merge::MergePlan> merge;
+  std::vector<std::string> key_columns;  // shard-key columns of the sharded tables read
   std::string error;  // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;

@@ -172,6 +172,14 @@ Settings analyze(std::string_view sql) {
   return a;
 }
 
+bool known_setting(const std::string& name) {
+  return name == "shard" || name == "sharding_key" || name == "partial_results";
+}
+
+std::optional<std::string>& slot_of(Hints& h, const std::string& name) {
+  return name == "shard" ? h.shard : name == "sharding_key" ? h.sharding_key : h.partial_results;
+}
+
 std::optional<std::string> check_hint(const std::string& name, const std::string& value,
                                       const config::Config& cfg) {
   if (name == "shard") {
@@ -180,6 +188,8 @@ std::optional<std::string> check_hint(const std::string& name, const std::string
     if (!shard_for_key(value, cfg))
       return "invalid sharding key \"" + value + "\" for type " +
              config::to_string(cfg.default_key_type());
+  } else if (name == "partial_results") {
+    if (!parse_bool(value)) return "parameter \"pgshard.partial_results\" requires a Boolean value";
   } else {
     return "unrecognized configuration parameter \"pgshard." + name + "\"";
   }
@@ -192,7 +202,7 @@ std::optional<protocol::ErrorInfo> apply(const Settings& a, SessionHints& h,
   if (a.reset_all) h = SessionHints{};
   for (const auto& c : a.commands) {
     if (c.action == SetAction::kShow) {
-      if (c.name != "shard" && c.name != "sharding_key")
+      if (!known_setting(c.name))
         return protocol::error(protocol::sqlstate::kUndefinedObject,
                                "unrecognized configuration parameter \"pgshard." + c.name + "\"");
       continue;
@@ -201,22 +211,21 @@ std::optional<protocol::ErrorInfo> apply(const Settings& a, SessionHints& h,
       return protocol::error(kInvalidParameterValue, "pgshard." + c.name + " takes a single value");
     if (c.action == SetAction::kSet) {
       if (auto err = check_hint(c.name, c.value, cfg))
-        return protocol::error(c.name == "shard" || c.name == "sharding_key"
-                                   ? kInvalidParameterValue
-                                   : protocol::sqlstate::kUndefinedObject,
-                               *err);
-    } else if (c.name != "shard" && c.name != "sharding_key") {
+        return protocol::error(
+            known_setting(c.name) ? kInvalidParameterValue : protocol::sqlstate::kUndefinedObject,
+            *err);
+    } else if (!known_setting(c.name)) {
       return protocol::error(protocol::sqlstate::kUndefinedObject,
                              "unrecognized configuration parameter \"pgshard." + c.name + "\"");
     }
     Hints& level = c.local ? h.local : h.session;
-    auto& slot = c.name == "shard" ? level.shard : level.sharding_key;
+    auto& slot = slot_of(level, c.name);
     if (c.action == SetAction::kSet)
       slot = c.value;
     else
       slot.reset();
     // A session-level SET also replaces a SET LOCAL of the same name, as in PostgreSQL.
-    if (!c.local) (c.name == "shard" ? h.local.shard : h.local.sharding_key).reset();
+    if (!c.local) slot_of(h.local, c.name).reset();
   }
   return std::nullopt;
 }
@@ -290,9 +299,11 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   const int fallback = ctx.attached.value_or(0);
   Route r;
   r.write = a->write || a->ddl;
+  r.ddl = a->ddl;
   if (ctx.reasons) r.reason = a->reason;
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;
+  r.merge = a->merge;
   r.txn = a->txn;
   switch (a->target) {
     case Analysis::Target::kUnparsed:
@@ -484,10 +495,16 @@ Route explain(Route inner, const config::Config& cfg, const SessionHints& hints)
     row("", "refused: " + inner.error.message + " (SQLSTATE " + inner.error.code + ")");
   } else if (inner.shards.size() > 1) {
     for (int s : inner.shards) row(cfg.shards[static_cast<std::size_t>(s)].name, inner.reason);
-    row("", inner.write ? "merge: run on each shard in order, sum the command tags"
-            : inner.concat_safe
-                ? "merge: concatenate rows, sum the command tags"
-                : "merge: refused: " + inner.merge_blocker + " across shards is not supported yet");
+    std::string how;
+    if (inner.write)
+      how = "merge: run on every shard, sum the command tags";
+    else if (inner.concat_safe)
+      how = "merge: concatenate rows, sum the command tags";
+    else if (!inner.merge_blocker.empty())
+      how = "merge: refused: " + inner.merge_blocker + " across shards is not supported";
+    else
+      how = "merge: " + inner.merge->describe();
+    row("", how);
   } else {
     row(cfg.shards[static_cast<std::size_t>(inner.shard)].name, inner.reason);
   }
@@ -530,9 +547,9 @@ Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Co
 }
 
 void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {
-  const auto& slot = c.name == "shard"
-                         ? (h.local.shard ? h.local.shard : h.session.shard)
-                         : (h.local.sharding_key ? h.local.sharding_key : h.session.sharding_key);
+  SessionHints copy = h;
+  const auto& local = slot_of(copy.local, c.name);
+  const auto& slot = local ? local : slot_of(copy.session, c.name);
   protocol::RowDescription desc;
   std::string col = "pgshard." + c.name;
   desc.fields.push_back({col, 0, 0, 25 /* text */, -1, -1, 0});
@@ -723,6 +740,26 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
   Route r = pick_or_explain(a, after, cfg, sql, ctx);
   r.hints = after;
   return r;
+}
+
+}  // namespace pgshard::router
+
+namespace pgshard::router {
+
+std::optional<bool> parse_bool(std::string_view v) {
+  std::string s;
+  for (char c : v) s.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+  if (s == "on" || s == "true" || s == "yes" || s == "1" || s == "t" || s == "y") return true;
+  if (s == "off" || s == "false" || s == "no" || s == "0" || s == "f" || s == "n") return false;
+  return std::nullopt;
+}
+
+bool partial_results(const SessionHints& hints, const config::Config& cfg,
+                     const config::User& user) {
+  for (const auto* slot : {&hints.local.partial_results, &hints.session.partial_results})
+    if (*slot)
+      if (auto b = parse_bool(**slot)) return *b;
+  return user.partial_results.value_or(cfg.partial_results);
 }
 
 }  // namespace pgshard::router

@@ -10,6 +10,7 @@
 // At each level an explicit shard beats a sharding key.
 #pragma once
 
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,6 +28,7 @@ namespace pgshard::router {
 struct Hints {
   std::optional<std::string> shard;
   std::optional<std::string> sharding_key;
+  std::optional<std::string> partial_results;  // "on"/"off"...: see parse_bool
   bool empty() const { return !shard && !sharding_key; }
   bool operator==(const Hints&) const = default;
 };
@@ -58,10 +60,12 @@ struct Route {
   // When set, shard i runs its own statement instead (a split multi-row INSERT).
   std::vector<std::pair<int, std::string>> per_shard_sql;
   bool write = false;
+  bool ddl = false;                    // runs on every shard in order, not atomically
   bool concat_safe = true;             // see Analysis::concat_safe
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
   std::string merge_blocker;
-  std::string reason;  // why this shard, for logs and EXPLAIN
+  std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
+  std::string reason;                             // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
   // The hints in force after this statement (SET/RESET pgshard.* applied).
@@ -95,6 +99,14 @@ std::optional<std::string> param_text(const protocol::Bind& bind, int n, config:
 // Elements of an array parameter (text '{1,2}' or binary array format).
 std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, int n,
                                                     config::KeyType type);
+
+// PostgreSQL's spellings of a Boolean setting (on/off, true/false, yes/no, 1/0).
+std::optional<bool> parse_bool(std::string_view value);
+
+// Whether multi-shard reads may answer without a failed shard: SET pgshard.partial_results
+// (LOCAL first), then the user's setting, then the map's.
+bool partial_results(const SessionHints& hints, const config::Config& cfg,
+                     const config::User& user);
 
 // The shard a sharding key maps to with the map's default key type and function.
 std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg);

@@ -12,6 +12,7 @@
 
 #include "config/config.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/merge/value.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/analysis.hpp"
 #include "proxy/router/placement.hpp"
@@ -46,6 +47,12 @@ class Worker {
   pool::Pool& pool(int shard, const config::User& user);
   router::AnalysisCache& analysis_cache() { return cache_; }
   router::DirectoryCache& directory() { return directory_; }
+  // The shards' text collation once known (null before), opened with newlocale.
+  const merge::Collation* collation() const { return collation_ ? &*collation_ : nullptr; }
+  const merge::Collation* set_collation(const std::string& name) {
+    if (auto c = merge::Collation::open(name)) collation_.emplace(std::move(*c));
+    return collation();
+  }
   // Connections to the database holding sharded table `table`'s directory.
   pool::Pool& directory_pool(int table, const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
@@ -74,6 +81,7 @@ class Worker {
   std::map<session::Session*, std::weak_ptr<session::Session>> sessions_;
   router::AnalysisCache cache_;
   router::DirectoryCache directory_;
+  std::optional<merge::Collation> collation_;
 };
 
 class Server {

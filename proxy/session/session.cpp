@@ -702,10 +702,14 @@ router::Route Session::route_batch(bool* simple) {
           parsed.emplace_back(p->name, p->query);
           // The unnamed statement is re-parsed by most drivers for every query: keep it
           // without a map insert (assign reuses the buffer).
-          if (p->name.empty())
+          if (p->name.empty()) {
             unnamed_sql_.assign(p->query);
-          else
+            if (!p->param_types.empty() || statement_types_.contains(""))
+              statement_types_[""] = p->param_types;
+          } else {
             statements_[std::string(p->name)] = std::string(p->query);
+            statement_types_[std::string(p->name)] = p->param_types;
+          }
           if (described.empty()) described = p->query;
         }
         break;
@@ -738,8 +742,10 @@ router::Route Session::route_batch(bool* simple) {
           described = text_of(dsc->name);
         break;
       case proto::msg::kClose:
-        if (auto c = proto::Close::parse(d.frame.body); c && c->kind == 'S')
+        if (auto c = proto::Close::parse(d.frame.body); c && c->kind == 'S') {
           statements_.erase(std::string(c->name));
+          statement_types_.erase(std::string(c->name));
+        }
         break;
       default:
         break;

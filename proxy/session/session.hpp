@@ -11,6 +11,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/startup.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/merge/value.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/router.hpp"
 #include "proxy/server/cancel.hpp"
@@ -75,6 +76,10 @@ class Session : public std::enable_shared_from_this<Session> {
   template <typename F>
   awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
+  awaitable<void> run_ddl(const router::Route& route);
+  // The shards' text collation (read from the first shard once per worker); null and an
+  // error when the proxy host cannot compare text that way.
+  awaitable<const merge::Collation*> shard_collation(pool::Lease& lease, std::string* error);
   router::Route route_batch(bool* simple);
   // Fills the worker's directory cache; returns an error message or "".
   awaitable<std::string> resolve_directory(const std::vector<std::pair<int, std::string>>& lookups);
@@ -110,6 +115,7 @@ class Session : public std::enable_shared_from_this<Session> {
   router::SessionHints hints_;
   // Statement texts by name (protocol-level prepared statements), for routing their Binds.
   std::unordered_map<std::string, std::string> statements_;
+  std::unordered_map<std::string, std::vector<int32_t>> statement_types_;  // their Parse types
   std::string unnamed_sql_;
   uint64_t round_robin_ = 0;
   server::CancelKey key_;

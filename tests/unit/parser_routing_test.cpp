@@ -414,18 +414,91 @@ TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[rou
   SessionHints h;
   CHECK(route_query("select * from users", h, *cfg).concat_safe);
   CHECK(route_query("select id from users where name like 'a%'", h, *cfg).concat_safe);
+  // Merged by pgshard: a plan, no blocker.
   for (const char* sql :
        {"select * from users order by id", "select * from users limit 3",
         "select count(*) from users", "select name, max(id) from users group by name",
-        "select distinct name from users", "select sum(id) over () from users",
-        "select * from users union select * from users",
+        "select distinct name from users"}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    CHECK_FALSE(r.concat_safe);
+    CHECK(r.merge_blocker.empty());
+    REQUIRE(r.merge);
+    CHECK(r.merge->needs_merge());
+  }
+  // Refused across shards, with the construct named.
+  for (const char* sql :
+       {"select sum(id) over () from users", "select * from users union select * from users",
         "select * from orders o join users u using (id) where o.user_id = 42 and u.id = 42",
         "select * from users where id in (select user_id from orders where amount > 5)",
-        "select * from users u, orders o"}) {
+        "select * from users u, orders o", "select count(distinct name) from users",
+        "select sum(id) * 2 from users", "select * from users order by random()",
+        "select string_agg(name, ',') from users", "select * from users limit 1 + 1",
+        "select name, count(*) from users group by rollup (name)"}) {
     INFO(sql);
     auto r = route_query(sql, h, *cfg);
     CHECK_FALSE(r.concat_safe);
     CHECK_FALSE(r.merge_blocker.empty());
+  }
+}
+
+TEST_CASE("merge plans rewrite what each shard computes", "[router][merge]") {
+  auto cfg = map();
+  auto plan = [&](const char* sql) {
+    auto a = analyze_statement(sql, *cfg);
+    REQUIRE(a.merge);
+    return a.merge;
+  };
+  SECTION("ORDER BY keys outside the select list become hidden columns") {
+    auto p = plan("select name from users order by id desc nulls last, 1");
+    CHECK(p->shard_sql == "SELECT name, id FROM users ORDER BY id DESC NULLS LAST, 1");
+    CHECK(p->hidden == 1);
+    REQUIRE(p->order.size() == 2);
+    CHECK(p->order[0].column == -1);
+    CHECK(p->order[0].descending);
+    CHECK_FALSE(p->order[0].nulls_first);
+    CHECK(p->order[1].column == 0);
+    CHECK_FALSE(p->order[1].descending);
+  }
+  SECTION("DESC puts NULLs first unless told otherwise") {
+    auto p = plan("select id, name from users order by name desc");
+    CHECK(p->shard_sql.empty());
+    CHECK(p->order.at(0).column == 1);
+    CHECK(p->order.at(0).nulls_first);
+  }
+  SECTION("LIMIT and OFFSET: shards return LIMIT + OFFSET rows") {
+    auto p = plan("select * from users order by id limit 10 offset 5");
+    CHECK(p->shard_sql == "SELECT *, id FROM users ORDER BY id LIMIT 15");
+    CHECK(p->limit.value == 10);
+    CHECK(p->offset.value == 5);
+    auto q = plan("select * from users limit $1 offset $2");
+    CHECK(q->shard_sql == "SELECT * FROM users LIMIT ($1 + $2)");
+    CHECK(q->limit.param == 1);
+    CHECK(q->offset.param == 2);
+  }
+  SECTION("avg becomes sum and count; HAVING and ORDER BY move to pgshard") {
+    auto p = plan(
+        "select name, avg(id) as a, count(*) from users group by name having sum(id) > 10 "
+        "order by 2 desc limit 3");
+    CHECK(p->shard_sql ==
+          "SELECT name, sum(id) AS a, count(*), count(id), sum(id) FROM users GROUP BY name");
+    CHECK(p->aggregate);
+    CHECK(p->hidden == 2);
+    CHECK(p->group_columns == std::vector<int>{0});
+    REQUIRE(p->aggregates.size() == 3);
+    CHECK(p->aggregates[0].kind == pgshard::merge::Aggregate::Kind::kAvg);
+    CHECK(p->aggregates[0].count_column == 3);
+    CHECK(p->having);
+    CHECK(p->limit.value == 3);
+  }
+  SECTION("count(DISTINCT shard key) adds up per shard") {
+    auto p = plan("select count(distinct id) from users");
+    CHECK(p->unsupported.empty());
+  }
+  SECTION("GROUP BY expressions not selected are hidden group keys") {
+    auto p = plan("select count(*) from users group by name");
+    CHECK(p->shard_sql == "SELECT count(*), name FROM users GROUP BY name");
+    CHECK(p->group_columns == std::vector<int>{1});
   }
 }
 

@@ -1,0 +1,549 @@
+// The multi-shard row merger (see merger.hpp).
+#include "proxy/merge/merger.hpp"
+
+#include <algorithm>
+
+namespace pgshard::merge {
+
+namespace proto = protocol;
+
+namespace {
+
+const Collation& c_collation() {
+  static const Collation c;
+  return c;
+}
+
+std::string type_name(int32_t type) {
+  switch (type) {
+    case oid::kInterval:
+      return "interval";
+    default:
+      return "type " + std::to_string(type);
+  }
+}
+
+bool is_integer(int32_t t) {
+  return t == oid::kInt2 || t == oid::kInt4 || t == oid::kInt8 || t == oid::kOid;
+}
+
+}  // namespace
+
+Merger::Merger(const MergePlan& plan, int shards, const Collation& collation,
+               std::optional<int64_t> limit, std::optional<int64_t> offset)
+    : plan_(plan),
+      collation_(collation),
+      limit_(limit),
+      offset_(offset),
+      shards_(shards),
+      ended_(static_cast<std::size_t>(shards), false),
+      heads_(static_cast<std::size_t>(shards)) {
+  if (limit_ && *limit_ <= 0) complete_ = true;
+}
+
+void Merger::fail(std::string message) {
+  if (error_.empty()) error_ = std::move(message);
+  complete_ = true;
+}
+
+std::optional<std::string> Merger::describe(std::string_view body, std::string* error) {
+  auto desc = proto::RowDescription::parse(body);
+  if (!desc) {
+    *error = "malformed RowDescription from a shard";
+    return std::nullopt;
+  }
+  described_ = true;
+  const int n = static_cast<int>(desc->fields.size());
+  shard_columns_.clear();
+  for (const auto& f : desc->fields) shard_columns_.push_back({f.type_oid, f.format});
+  visible_ = n - plan_.hidden;
+  auto bad = [&](std::string message) -> std::optional<std::string> {
+    *error = std::move(message);
+    return std::nullopt;
+  };
+  if (visible_ < 0) return bad("the shards returned fewer columns than pgshard asked for");
+  order_ = plan_.order;
+  for (auto& k : order_)
+    if (k.column < 0) k.column = visible_ + (-k.column - 1);
+  const std::vector<Column>* sort_columns = &shard_columns_;
+  if (plan_.aggregate) {
+    output_columns_.clear();
+    for (const auto& o : plan_.outputs) {
+      if (o.kind != Output::Kind::kAggregate) {
+        if (o.column >= n) return bad("the shards returned fewer columns than pgshard asked for");
+        output_columns_.push_back(shard_columns_[static_cast<std::size_t>(o.column)]);
+        continue;
+      }
+      const auto& a = plan_.aggregates[static_cast<std::size_t>(o.column)];
+      if (a.column >= n || a.count_column >= n)
+        return bad("the shards returned fewer columns than pgshard asked for");
+      Column partial = shard_columns_[static_cast<std::size_t>(a.column)];
+      const int32_t t = partial.type;
+      switch (a.kind) {
+        case Aggregate::Kind::kCount:
+          if (t != oid::kInt8) return bad("count() from a shard is not bigint");
+          break;
+        case Aggregate::Kind::kSum:
+          if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
+            return bad("sum() over " + type_name(t) + " across shards is not supported");
+          break;
+        case Aggregate::Kind::kAvg:
+          if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
+            return bad("avg() over " + type_name(t) + " across shards is not supported");
+          partial.type = (t == oid::kFloat4 || t == oid::kFloat8) ? oid::kFloat8 : oid::kNumeric;
+          break;
+        case Aggregate::Kind::kMin:
+        case Aggregate::Kind::kMax:
+          if (!orderable(t))
+            return bad("min()/max() over " + type_name(t) + " across shards is not supported");
+          break;
+        case Aggregate::Kind::kBoolAnd:
+        case Aggregate::Kind::kBoolOr:
+          if (t != oid::kBool) return bad("bool_and()/bool_or() from a shard is not boolean");
+          break;
+      }
+      output_columns_.push_back(partial);
+    }
+    sort_columns = &output_columns_;
+  }
+  for (const auto& k : order_) {
+    if (k.column >= static_cast<int>(sort_columns->size()))
+      return bad("the shards returned fewer columns than pgshard asked for");
+    const int32_t t = (*sort_columns)[static_cast<std::size_t>(k.column)].type;
+    if (!orderable(t))
+      return bad("ordering values of " + type_name(t) + " across shards is not supported");
+  }
+  // The client's columns: the visible ones, with the types of computed results.
+  proto::RowDescription out;
+  for (int i = 0; i < visible_; ++i) {
+    auto f = desc->fields[static_cast<std::size_t>(i)];
+    if (plan_.aggregate && i < static_cast<int>(output_columns_.size()) &&
+        output_columns_[static_cast<std::size_t>(i)].type != f.type_oid) {
+      f.type_oid = output_columns_[static_cast<std::size_t>(i)].type;
+      f.type_size = f.type_oid == oid::kFloat8 ? 8 : -1;
+      f.type_modifier = -1;
+    }
+    out.fields.push_back(f);
+  }
+  std::string frame;
+  out.write(frame);
+  return frame.substr(5);
+}
+
+int Merger::wants() const {
+  if (complete_) return -1;
+  for (int s = 0; s < shards_; ++s) {
+    if (ended_[static_cast<std::size_t>(s)]) continue;
+    if (plan_.aggregate || order_.empty() || !heads_[static_cast<std::size_t>(s)]) return s;
+  }
+  return -1;
+}
+
+void Merger::add_row(int shard, std::string_view body) {
+  if (complete_) return;
+  auto dr = proto::DataRow::parse(body);
+  if (!dr || static_cast<int>(dr->values.size()) != static_cast<int>(shard_columns_.size())) {
+    fail("malformed DataRow from a shard");
+    return;
+  }
+  if (plan_.aggregate) {
+    std::string key;
+    for (int c : plan_.group_columns) {
+      const auto& v = dr->values[static_cast<std::size_t>(c)];
+      if (!v) {
+        key += 'N';
+        continue;
+      }
+      std::string canon(*v);
+      const auto& col = shard_columns_[static_cast<std::size_t>(c)];
+      if (col.type == oid::kNumeric)
+        if (auto d = decode_numeric(col.format, *v)) canon = d->add(Decimal::from_int(0)).to_text();
+      // Numerics equal in value are one group: strip fraction zeros for the key.
+      if (col.type == oid::kNumeric && canon.find('.') != std::string::npos) {
+        canon.erase(canon.find_last_not_of('0') + 1);
+        if (canon.back() == '.') canon.pop_back();
+      }
+      key += 'V' + std::to_string(canon.size()) + ':' + canon;
+    }
+    auto [it, fresh] = group_index_.try_emplace(key, groups_.size());
+    if (fresh) {
+      Group g;
+      for (const auto& v : dr->values)
+        g.keys.push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
+      g.accs.resize(plan_.aggregates.size());
+      groups_.push_back(std::move(g));
+    }
+    accumulate(groups_[it->second], dr->values);
+    return;
+  }
+  Row row;
+  row.reserve(dr->values.size());
+  for (const auto& v : dr->values)
+    row.push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
+  if (order_.empty()) {
+    emit(std::move(row));
+    return;
+  }
+  heads_[static_cast<std::size_t>(shard)] = std::move(row);
+  step();
+}
+
+void Merger::end_of_rows(int shard) {
+  ended_[static_cast<std::size_t>(shard)] = true;
+  if (plan_.aggregate) {
+    if (std::all_of(ended_.begin(), ended_.end(), [](bool e) { return e; })) finish_aggregate();
+    return;
+  }
+  if (!order_.empty()) step();
+}
+
+void Merger::step() {
+  // The k-way merge: once every shard still sending has a pending row, the smallest goes.
+  while (!complete_) {
+    int best = -1;
+    for (int s = 0; s < shards_; ++s) {
+      const auto& h = heads_[static_cast<std::size_t>(s)];
+      if (!h) {
+        if (!ended_[static_cast<std::size_t>(s)]) return;
+        continue;
+      }
+      if (best < 0 || compare_rows(*h, *heads_[static_cast<std::size_t>(best)], shard_columns_) < 0)
+        best = s;
+    }
+    if (best < 0) return;
+    Row row = std::move(*heads_[static_cast<std::size_t>(best)]);
+    heads_[static_cast<std::size_t>(best)].reset();
+    emit(std::move(row));
+  }
+}
+
+int Merger::compare_rows(const Row& a, const Row& b, const std::vector<Column>& columns) const {
+  for (const auto& k : order_) {
+    const auto& x = a[static_cast<std::size_t>(k.column)];
+    const auto& y = b[static_cast<std::size_t>(k.column)];
+    int c = 0;
+    if (!x || !y) {
+      if (!x && !y) continue;
+      // A NULL sorts where NULLS FIRST/LAST puts it, whatever the direction.
+      return !x ? (k.nulls_first ? -1 : 1) : (k.nulls_first ? 1 : -1);
+    }
+    const auto& col = columns[static_cast<std::size_t>(k.column)];
+    auto r =
+        compare_values(col.type, col.format, *x, *y, k.c_collation ? c_collation() : collation_);
+    if (!r) {
+      const_cast<Merger*>(this)->fail("cannot compare values of " + type_name(col.type) +
+                                      " from different shards");
+      return 0;
+    }
+    c = k.descending ? -*r : *r;
+    if (c != 0) return c;
+  }
+  return 0;
+}
+
+void Merger::emit(Row row) {
+  if (complete_) return;
+  const auto& columns = plan_.aggregate ? output_columns_ : shard_columns_;
+  if (plan_.distinct_on > 0) {
+    if (last_distinct_on_) {
+      bool same = true;
+      for (int i = 0; i < plan_.distinct_on && same; ++i) {
+        const int c = order_[static_cast<std::size_t>(i)].column;
+        const auto& x = row[static_cast<std::size_t>(c)];
+        const auto& y = (*last_distinct_on_)[static_cast<std::size_t>(c)];
+        if (!x || !y) {
+          same = !x && !y;
+          continue;
+        }
+        const auto& col = columns[static_cast<std::size_t>(c)];
+        auto r = compare_values(col.type, col.format, *x, *y, collation_);
+        same = r && *r == 0;
+      }
+      if (same) return;
+    }
+    last_distinct_on_ = row;
+  }
+  if (plan_.distinct) {
+    std::string key;
+    for (int i = 0; i < visible_; ++i) {
+      const auto& v = row[static_cast<std::size_t>(i)];
+      key += v ? 'V' + std::to_string(v->size()) + ':' + *v : std::string("N");
+    }
+    if (!seen_.insert(std::move(key)).second) return;
+  }
+  if (offset_ && skipped_ < *offset_) {
+    ++skipped_;
+    return;
+  }
+  std::vector<proto::Value> values;
+  values.reserve(static_cast<std::size_t>(visible_));
+  for (int i = 0; i < visible_; ++i) {
+    const auto& v = row[static_cast<std::size_t>(i)];
+    values.push_back(v ? proto::Value(std::string_view(*v)) : proto::Value());
+  }
+  proto::DataRow{std::move(values)}.write(out_);
+  ++sent_;
+  if (limit_ && static_cast<int64_t>(sent_) >= *limit_) complete_ = true;
+}
+
+void Merger::take(std::string& out) {
+  out += out_;
+  out_.clear();
+}
+
+void Merger::accumulate(Group& g, const std::vector<proto::Value>& values) {
+  for (std::size_t k = 0; k < plan_.aggregates.size(); ++k) {
+    const auto& a = plan_.aggregates[k];
+    auto& acc = g.accs[k];
+    const auto& v = values[static_cast<std::size_t>(a.column)];
+    const auto& col = shard_columns_[static_cast<std::size_t>(a.column)];
+    auto add_count = [&](int column) {
+      const auto& cv = values[static_cast<std::size_t>(column)];
+      if (!cv) return;
+      auto n = decode_int(oid::kInt8, shard_columns_[static_cast<std::size_t>(column)].format, *cv);
+      if (!n) return fail("malformed count from a shard");
+      acc.count += *n;
+    };
+    switch (a.kind) {
+      case Aggregate::Kind::kCount:
+        add_count(a.column);
+        break;
+      case Aggregate::Kind::kAvg:
+        add_count(a.count_column);
+        [[fallthrough]];
+      case Aggregate::Kind::kSum: {
+        if (!v) break;
+        acc.any = true;
+        if (col.type == oid::kInt8) {
+          auto n = decode_int(col.type, col.format, *v);
+          if (!n) return fail("malformed sum from a shard");
+          int64_t total = 0;
+          // sum(int2/int4) and avg's sum are bigint in PostgreSQL too.
+          if (__builtin_add_overflow(acc.int_sum.value_or(0), *n, &total))
+            return fail("bigint out of range");
+          acc.int_sum = total;
+        } else if (col.type == oid::kNumeric) {
+          auto d = decode_numeric(col.format, *v);
+          if (!d) return fail("malformed numeric from a shard");
+          acc.num_sum = acc.num_sum ? acc.num_sum->add(*d) : *d;
+        } else {
+          auto d = decode_float(col.type, col.format, *v);
+          if (!d) return fail("malformed float from a shard");
+          acc.float_sum = col.type == oid::kFloat4 ? static_cast<float>(acc.float_sum.value_or(0)) +
+                                                         static_cast<float>(*d)
+                                                   : acc.float_sum.value_or(0) + *d;
+        }
+        break;
+      }
+      case Aggregate::Kind::kMin:
+      case Aggregate::Kind::kMax: {
+        if (!v) break;
+        if (!acc.best) {
+          acc.best = std::string(*v);
+          break;
+        }
+        auto r = compare_values(col.type, col.format, *v, *acc.best, collation_);
+        if (!r) return fail("cannot compare values of " + type_name(col.type));
+        if (a.kind == Aggregate::Kind::kMin ? *r < 0 : *r > 0) acc.best = std::string(*v);
+        break;
+      }
+      case Aggregate::Kind::kBoolAnd:
+      case Aggregate::Kind::kBoolOr: {
+        if (!v) break;
+        const bool b = col.format == 0 ? *v == "t" : (!v->empty() && (*v)[0] != 0);
+        if (!acc.flag)
+          acc.flag = b;
+        else
+          acc.flag = a.kind == Aggregate::Kind::kBoolAnd ? (*acc.flag && b) : (*acc.flag || b);
+        break;
+      }
+    }
+  }
+}
+
+std::optional<std::string> Merger::final_value(const Group& g, int k) const {
+  const auto& a = plan_.aggregates[static_cast<std::size_t>(k)];
+  const auto& acc = g.accs[static_cast<std::size_t>(k)];
+  const auto& col = shard_columns_[static_cast<std::size_t>(a.column)];
+  auto sum_decimal = [&]() {
+    Decimal d = acc.num_sum.value_or(Decimal::from_int(0));
+    if (acc.int_sum) d = d.add(Decimal::from_int(*acc.int_sum));
+    return d;
+  };
+  switch (a.kind) {
+    case Aggregate::Kind::kCount:
+      return encode_int8(acc.count, col.format);
+    case Aggregate::Kind::kSum:
+      if (!acc.any) return std::nullopt;
+      if (col.type == oid::kInt8) return encode_int8(acc.int_sum.value_or(0), col.format);
+      if (col.type == oid::kNumeric) return encode_numeric(sum_decimal(), col.format);
+      return encode_float(col.type, acc.float_sum.value_or(0), col.format);
+    case Aggregate::Kind::kAvg:
+      if (!acc.any || acc.count == 0) return std::nullopt;
+      if (col.type == oid::kFloat4 || col.type == oid::kFloat8)
+        return encode_float(oid::kFloat8,
+                            acc.float_sum.value_or(0) / static_cast<double>(acc.count), col.format);
+      return encode_numeric(sum_decimal().divide(acc.count), col.format);
+    case Aggregate::Kind::kMin:
+    case Aggregate::Kind::kMax:
+      return acc.best;
+    case Aggregate::Kind::kBoolAnd:
+    case Aggregate::Kind::kBoolOr:
+      if (!acc.flag) return std::nullopt;
+      if (col.format == 0) return std::string(*acc.flag ? "t" : "f");
+      return std::string(1, *acc.flag ? '\1' : '\0');
+  }
+  return std::nullopt;
+}
+
+void Merger::finish_aggregate() {
+  std::vector<Row> rows;
+  rows.reserve(groups_.size());
+  for (const auto& g : groups_) {
+    Row row;
+    row.reserve(plan_.outputs.size());
+    for (const auto& o : plan_.outputs) {
+      if (o.kind == Output::Kind::kAggregate)
+        row.push_back(final_value(g, o.column));
+      else
+        row.push_back(g.keys[static_cast<std::size_t>(o.column)]);
+    }
+    if (plan_.having) {
+      auto keep = evaluate(*plan_.having, row);
+      if (!error_.empty()) return;
+      if (!keep || !*keep) continue;
+    }
+    rows.push_back(std::move(row));
+  }
+  groups_.clear();
+  group_index_.clear();
+  if (!order_.empty())
+    std::stable_sort(rows.begin(), rows.end(), [&](const Row& a, const Row& b) {
+      return compare_rows(a, b, output_columns_) < 0;
+    });
+  if (!error_.empty()) return;
+  for (auto& r : rows) emit(std::move(r));
+  complete_ = true;
+}
+
+std::optional<int> Merger::compare_operand(const Row& row, int value,
+                                           const std::optional<std::string>& constant,
+                                           int other_value) const {
+  // value (an output column) against a constant, or against another output column.
+  const auto& col = output_columns_[static_cast<std::size_t>(value)];
+  const auto& v = row[static_cast<std::size_t>(value)];
+  if (!v) return std::nullopt;
+  auto as_text = [&](const Column& c, const std::string& raw) -> std::optional<std::string> {
+    if (c.format == 0) return raw;
+    if (c.type == oid::kText || c.type == oid::kVarchar || c.type == oid::kBpchar) return raw;
+    return binary_to_text(c.type, raw);
+  };
+  std::optional<std::string> other;
+  int32_t other_type = col.type;
+  if (other_value >= 0) {
+    const auto& oc = output_columns_[static_cast<std::size_t>(other_value)];
+    const auto& ov = row[static_cast<std::size_t>(other_value)];
+    if (!ov) return std::nullopt;
+    other = as_text(oc, *ov);
+    other_type = oc.type;
+  } else {
+    if (!constant) return std::nullopt;
+    other = constant;
+  }
+  auto mine = as_text(col, *v);
+  if (!mine || !other) {
+    const_cast<Merger*>(this)->fail("cannot evaluate HAVING on values of " + type_name(col.type));
+    return std::nullopt;
+  }
+  const bool numeric_like = [](int32_t t) { return is_integer(t) || t == oid::kNumeric; }(col.type);
+  const bool float_like = col.type == oid::kFloat4 || col.type == oid::kFloat8 ||
+                          other_type == oid::kFloat4 || other_type == oid::kFloat8;
+  if (float_like) {
+    auto x = decode_float(oid::kFloat8, 0, *mine), y = decode_float(oid::kFloat8, 0, *other);
+    if (x && y) return compare_values(oid::kFloat8, 0, *mine, *other, collation_);
+  }
+  if (numeric_like) {
+    auto x = Decimal::parse(*mine), y = Decimal::parse(*other);
+    if (x && y) return x->compare(*y);
+  }
+  auto r = compare_values(col.type, 0, *mine, *other, collation_);
+  if (!r)
+    const_cast<Merger*>(this)->fail("cannot evaluate HAVING on values of " + type_name(col.type));
+  return r;
+}
+
+std::optional<bool> Merger::evaluate(const Predicate& p, const Row& row) const {
+  switch (p.kind) {
+    case Predicate::Kind::kAnd:
+    case Predicate::Kind::kOr: {
+      const bool is_and = p.kind == Predicate::Kind::kAnd;
+      bool unknown = false;
+      for (const auto& c : p.children) {
+        auto v = evaluate(c, row);
+        if (!v)
+          unknown = true;
+        else if (*v != is_and)
+          return !is_and;
+      }
+      if (unknown) return std::nullopt;
+      return is_and;
+    }
+    case Predicate::Kind::kNot: {
+      auto v = evaluate(p.children.at(0), row);
+      if (!v) return std::nullopt;
+      return !*v;
+    }
+    case Predicate::Kind::kIsNull:
+    case Predicate::Kind::kIsNotNull: {
+      const bool null =
+          p.left_value >= 0 ? !row[static_cast<std::size_t>(p.left_value)] : !p.left_const;
+      return p.kind == Predicate::Kind::kIsNull ? null : !null;
+    }
+    case Predicate::Kind::kCompare:
+      break;
+  }
+  std::optional<int> c;
+  if (p.left_value >= 0) {
+    c = compare_operand(row, p.left_value, p.right_const, p.right_value);
+  } else if (p.right_value >= 0) {
+    c = compare_operand(row, p.right_value, p.left_const, -1);
+    if (c) c = -*c;
+  } else {
+    return std::nullopt;
+  }
+  if (!c) return std::nullopt;
+  switch (p.op) {
+    case Predicate::Op::kEq:
+      return *c == 0;
+    case Predicate::Op::kNe:
+      return *c != 0;
+    case Predicate::Op::kLt:
+      return *c < 0;
+    case Predicate::Op::kLe:
+      return *c <= 0;
+    case Predicate::Op::kGt:
+      return *c > 0;
+    case Predicate::Op::kGe:
+      return *c >= 0;
+  }
+  return std::nullopt;
+}
+
+std::string MergePlan::describe() const {
+  std::string s;
+  auto add = [&](const std::string& part) { s += (s.empty() ? "" : ", ") + part; };
+  if (aggregate) {
+    add(group_columns.empty() ? "combine aggregates"
+                              : "merge " + std::to_string(group_columns.size()) + "-column groups");
+    if (having) add("HAVING after the merge");
+  }
+  if (!order.empty()) add(aggregate ? "sort merged groups" : "k-way merge on ORDER BY");
+  if (distinct || distinct_on > 0) add(distinct_on ? "DISTINCT ON" : "DISTINCT");
+  if (offset.present()) add("OFFSET applied by pgshard");
+  if (limit.present())
+    add(aggregate ? "LIMIT after the merge" : "LIMIT (LIMIT+OFFSET pushed to shards)");
+  if (s.empty()) s = "concatenate rows";
+  return s;
+}
+
+}  // namespace pgshard::merge

@@ -1,0 +1,236 @@
+// The multi-shard merger and PostgreSQL value semantics, with hand-built RowDescription and
+// DataRow messages: no sockets, no server.
+#include <catch2/catch.hpp>
+
+#include "protocol/messages.hpp"
+#include "proxy/merge/merger.hpp"
+#include "proxy/merge/value.hpp"
+
+using namespace pgshard;
+using namespace pgshard::merge;
+namespace proto = pgshard::protocol;
+
+namespace {
+
+std::string row_description(std::vector<std::pair<std::string, int32_t>> cols, int16_t fmt = 0) {
+  proto::RowDescription d;
+  for (auto& [name, type] : cols) d.fields.push_back({name, 0, 0, type, -1, -1, fmt});
+  // Views into `cols` must outlive write(): write here.
+  std::string out;
+  d.write(out);
+  return out.substr(5);
+}
+
+std::string data_row(std::vector<std::optional<std::string>> values) {
+  proto::DataRow r;
+  for (auto& v : values) r.values.push_back(v ? proto::Value(*v) : proto::Value());
+  std::string out;
+  r.write(out);
+  return out.substr(5);
+}
+
+// Decodes the DataRow frames the merger produced into text rows ("NULL" for NULL).
+std::vector<std::vector<std::string>> rows_of(const std::string& frames) {
+  std::vector<std::vector<std::string>> rows;
+  for (std::string_view rest = frames; !rest.empty();) {
+    auto len = (static_cast<unsigned char>(rest[1]) << 24) |
+               (static_cast<unsigned char>(rest[2]) << 16) |
+               (static_cast<unsigned char>(rest[3]) << 8) | static_cast<unsigned char>(rest[4]);
+    auto r = proto::DataRow::parse(rest.substr(5, len - 4));
+    std::vector<std::string> row;
+    for (auto& v : r->values) row.push_back(v ? std::string(*v) : "NULL");
+    rows.push_back(row);
+    rest.remove_prefix(1 + len);
+  }
+  return rows;
+}
+
+// Feeds each shard's rows as the merger asks for them.
+std::string run(Merger& m, const std::vector<std::vector<std::string>>& shards) {
+  std::vector<std::size_t> next(shards.size(), 0);
+  std::string out;
+  for (int s; (s = m.wants()) >= 0;) {
+    auto& i = next[static_cast<std::size_t>(s)];
+    if (i < shards[static_cast<std::size_t>(s)].size())
+      m.add_row(s, shards[static_cast<std::size_t>(s)][i++]);
+    else
+      m.end_of_rows(s);
+    m.take(out);
+  }
+  m.take(out);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("numeric arithmetic matches PostgreSQL digit for digit", "[merge][value]") {
+  auto d = [](const char* s) { return *Decimal::parse(s); };
+  CHECK(d("1.50").add(d("2.125")).to_text() == "3.625");
+  CHECK(d("-1.5").add(d("1.5")).to_text() == "0.0");
+  CHECK(d("99999999999999999999").add(d("1")).to_text() == "100000000000000000000");
+  CHECK(d("3").divide(2).to_text() == "1.5000000000000000");  // avg(int) of 1, 2
+  CHECK(d("10").divide(4).to_text() == "2.5000000000000000");
+  CHECK(d("100000").divide(3).to_text() == "33333.333333333333");     // fewer decimals for big
+  CHECK(d("0.001").divide(3).to_text() == "0.00033333333333333333");  // more for small
+  CHECK(d("2").divide(3).to_text() == "0.66666666666666666667");      // rounded half up
+  CHECK(d("-2").divide(3).to_text() == "-0.66666666666666666667");
+  CHECK(d("12.345").divide(1).to_text() == "12.3450000000000000");
+  CHECK(d("1.0").compare(d("1.00")) == 0);
+  CHECK(d("NaN").compare(d("1e300")) > 0);
+  CHECK(d("-Infinity").compare(d("-1e300")) < 0);
+  for (const char* s : {"0", "1", "-1.5", "12345.6789", "0.0001", "100000000", "0.00000001",
+                        "-98765432109876543210.0123456789", "NaN"}) {
+    INFO(s);
+    CHECK(Decimal::from_binary(d(s).to_binary())->to_text() == d(s).to_text());
+  }
+}
+
+TEST_CASE("floats print as float8out and float4out do", "[merge][value]") {
+  CHECK(format_float8(1e15) == "1e+15");
+  CHECK(format_float8(123456789012345.0) == "123456789012345");
+  CHECK(format_float8(1e-5) == "1e-05");
+  CHECK(format_float8(0.0001) == "0.0001");
+  CHECK(format_float8(1.5e300) == "1.5e+300");
+  CHECK(format_float8(0.1 + 0.2) == "0.30000000000000004");
+  CHECK(format_float8(-2.5) == "-2.5");
+  CHECK(format_float4(1e6f) == "1e+06");
+  CHECK(format_float4(123456.0f) == "123456");
+}
+
+TEST_CASE("values compare by type, with NaN last and the collation for text", "[merge][value]") {
+  Collation c;
+  auto cmp = [&](int32_t t, const char* a, const char* b) {
+    return *compare_values(t, 0, a, b, c);
+  };
+  CHECK(cmp(oid::kInt4, "9", "10") < 0);
+  CHECK(cmp(oid::kInt8, "-5", "-40") > 0);
+  CHECK(cmp(oid::kNumeric, "10.5", "9.75") > 0);
+  CHECK(cmp(oid::kFloat8, "NaN", "Infinity") > 0);
+  CHECK(cmp(oid::kFloat8, "-Infinity", "-1e308") < 0);
+  CHECK(cmp(oid::kBool, "f", "t") < 0);
+  CHECK(cmp(oid::kDate, "2024-01-02", "2023-12-31") > 0);
+  CHECK(cmp(oid::kDate, "0044-03-15 BC", "0001-01-01") < 0);
+  CHECK(cmp(oid::kTimestamptz, "2024-11-03 01:30:00-04", "2024-11-03 01:10:00-05") < 0);
+  CHECK(cmp(oid::kTimestamp, "infinity", "9999-12-31 23:59:59") > 0);
+  CHECK(cmp(oid::kText, "B", "a") < 0);  // C collation: byte order
+  CHECK(cmp(oid::kBpchar, "ab  ", "ab") == 0);
+  CHECK_FALSE(compare_values(oid::kDate, 0, "01/02/2024", "2024-01-02", c));  // not ISO
+  CHECK_FALSE(orderable(oid::kInterval));
+}
+
+TEST_CASE("concatenation streams rows and applies OFFSET and LIMIT", "[merge]") {
+  MergePlan plan;
+  Collation c;
+  Merger m(plan, 2, c, 3, 1);
+  std::string err;
+  REQUIRE(m.describe(row_description({{"id", oid::kInt4}}), &err));
+  auto out = run(m, {{data_row({"1"}), data_row({"2"})}, {data_row({"3"}), data_row({"4"})}});
+  CHECK(rows_of(out) == std::vector<std::vector<std::string>>{{"2"}, {"3"}, {"4"}});
+  CHECK(m.complete());
+  CHECK(m.rows_sent() == 3);
+}
+
+TEST_CASE("ORDER BY merges sorted shard streams holding one row per shard", "[merge]") {
+  MergePlan plan;
+  plan.order.push_back({.column = 1, .descending = true, .nulls_first = true});
+  plan.order.push_back({.column = -1});  // hidden id
+  plan.hidden = 1;
+  Collation c;
+  Merger m(plan, 3, c, std::nullopt, std::nullopt);
+  std::string err;
+  auto desc = m.describe(
+      row_description({{"name", oid::kText}, {"score", oid::kNumeric}, {"id", oid::kInt8}}), &err);
+  REQUIRE(desc);
+  CHECK(proto::RowDescription::parse(*desc)->fields.size() == 2);  // hidden id stripped
+  auto out = run(m, {{data_row({"a", std::nullopt, "1"}), data_row({"b", "10.5", "2"})},
+                     {data_row({"c", "11", "3"}), data_row({"d", "2", "9"})},
+                     {data_row({"e", "10.50", "1"})}});
+  CHECK(rows_of(out) == std::vector<std::vector<std::string>>{
+                            {"a", "NULL"}, {"c", "11"}, {"e", "10.50"}, {"b", "10.5"}, {"d", "2"}});
+}
+
+TEST_CASE("a merge stops asking once LIMIT is reached", "[merge]") {
+  MergePlan plan;
+  plan.order.push_back({.column = 0});
+  Collation c;
+  Merger m(plan, 2, c, 2, std::nullopt);
+  std::string err;
+  REQUIRE(m.describe(row_description({{"id", oid::kInt4}}), &err));
+  m.add_row(0, data_row({"1"}));
+  m.add_row(1, data_row({"2"}));
+  m.add_row(0, data_row({"3"}));
+  CHECK(m.complete());
+  CHECK(m.wants() == -1);
+  std::string out;
+  m.take(out);
+  CHECK(rows_of(out).size() == 2);
+}
+
+TEST_CASE("aggregates combine partial groups, HAVING filters, ORDER BY sorts groups", "[merge]") {
+  // select g, count(*), sum(x), avg(x), min(s), bool_and(b) ... group by g
+  //   having count(*) > 1 order by 3 desc
+  MergePlan plan;
+  plan.aggregate = true;
+  plan.group_columns = {0};
+  plan.aggregates = {{Aggregate::Kind::kCount, 1, -1},
+                     {Aggregate::Kind::kSum, 2, -1},
+                     {Aggregate::Kind::kAvg, 3, 6},
+                     {Aggregate::Kind::kMin, 4, -1},
+                     {Aggregate::Kind::kBoolAnd, 5, -1}};
+  plan.outputs = {{Output::Kind::kGroupKey, 0},  {Output::Kind::kAggregate, 0},
+                  {Output::Kind::kAggregate, 1}, {Output::Kind::kAggregate, 2},
+                  {Output::Kind::kAggregate, 3}, {Output::Kind::kAggregate, 4}};
+  plan.hidden = 1;
+  Predicate having;
+  having.kind = Predicate::Kind::kCompare;
+  having.op = Predicate::Op::kGt;
+  having.left_value = 1;
+  having.right_const = "1";
+  plan.having = having;
+  plan.order.push_back({.column = 2, .descending = true, .nulls_first = true});
+  Collation c;
+  Merger m(plan, 2, c, std::nullopt, std::nullopt);
+  std::string err;
+  auto desc = m.describe(row_description({{"g", oid::kText},
+                                          {"count", oid::kInt8},
+                                          {"sum", oid::kInt8},
+                                          {"avg", oid::kInt8},
+                                          {"min", oid::kText},
+                                          {"bool_and", oid::kBool},
+                                          {"count", oid::kInt8}}),
+                         &err);
+  REQUIRE(desc);
+  auto fields = proto::RowDescription::parse(*desc)->fields;
+  REQUIRE(fields.size() == 6);
+  CHECK(fields[3].type_oid == oid::kNumeric);  // avg(int) is numeric
+  auto out = run(m, {{data_row({"x", "2", "3", "3", "b", "t", "2"}),
+                      data_row({"y", "1", "5", "5", "q", "t", "1"})},
+                     {data_row({"x", "1", "10", "10", "a", "f", "1"}),
+                      data_row({"z", "2", "100", "100", "z", "t", "2"})}});
+  CHECK(rows_of(out) ==
+        std::vector<std::vector<std::string>>{{"z", "2", "100", "50.0000000000000000", "z", "t"},
+                                              {"x", "3", "13", "4.3333333333333333", "a", "f"}});
+}
+
+TEST_CASE("aggregates over no rows give count 0 and NULL sums", "[merge]") {
+  MergePlan plan;
+  plan.aggregate = true;
+  plan.aggregates = {{Aggregate::Kind::kCount, 0, -1}, {Aggregate::Kind::kSum, 1, -1}};
+  plan.outputs = {{Output::Kind::kAggregate, 0}, {Output::Kind::kAggregate, 1}};
+  Collation c;
+  Merger m(plan, 2, c, std::nullopt, std::nullopt);
+  std::string err;
+  REQUIRE(m.describe(row_description({{"count", oid::kInt8}, {"sum", oid::kNumeric}}), &err));
+  auto out = run(m, {{data_row({"0", std::nullopt})}, {data_row({"0", std::nullopt})}});
+  CHECK(rows_of(out) == std::vector<std::vector<std::string>>{{"0", "NULL"}});
+}
+
+TEST_CASE("types pgshard cannot order are refused, not guessed", "[merge]") {
+  MergePlan plan;
+  plan.order.push_back({.column = 0});
+  Collation c;
+  Merger m(plan, 2, c, std::nullopt, std::nullopt);
+  std::string err;
+  CHECK_FALSE(m.describe(row_description({{"i", oid::kInterval}}), &err));
+  CHECK(err.find("interval") != std::string::npos);
+}
