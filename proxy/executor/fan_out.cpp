@@ -139,124 +139,8 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       offset = plan->offset.value;
     }
   } else {
-    std::set<std::string, std::less<>> parsed;
-    std::vector<std::string> fan_names;  // statements to close before Sync
-    int executes = 0;
-    auto shard_name = [](std::string_view name) {
-      return name.empty() ? std::string() : "pgshard_fan." + std::string(name);
-    };
-    auto shard_text = [&](std::string_view sql) -> std::string_view {
-      if (plan && !plan->shard_sql.empty() &&
-          worker_.analysis_cache().get(sql, config_)->merge.get() == plan)
-        return plan->shard_sql;
-      return sql;
-    };
-    auto inject_parse = [&](std::string_view name) {
-      if (parsed.contains(name)) return;
-      auto text = name.empty() ? std::string_view(unnamed_sql_) : [&] {
-        auto it = statements_.find(std::string(name));
-        return it == statements_.end() ? std::string_view() : std::string_view(it->second);
-      }();
-      auto types_it = statement_types_.find(std::string(name));
-      static const std::vector<int32_t> kNone;
-      proto::Parse p{shard_name(name), shard_text(text),
-                     types_it == statement_types_.end() ? kNone : types_it->second};
-      p.write(request);
-      hide_parse.push_back(true);
-      parsed.insert(std::string(name));
-      if (!name.empty()) fan_names.push_back(shard_name(name));
-    };
-    std::set<std::string, std::less<>> described_portals;
-    for (std::string_view rest = pending_; !rest.empty();) {
-      auto d = proto::decode_frame(rest);
-      if (d.status != proto::DecodeStatus::kFrame) break;
-      rest.remove_prefix(d.consumed);
-      const auto& f = d.frame;
-      switch (f.type) {
-        case proto::msg::kParse:
-          if (auto p = proto::Parse::parse(f.body)) {
-            std::string n = shard_name(p->name);
-            proto::Parse{n, shard_text(p->query), p->param_types}.write(request);
-            hide_parse.push_back(false);
-            parsed.insert(std::string(p->name));
-            if (!p->name.empty()) fan_names.push_back(n);
-          }
-          break;
-        case proto::msg::kBind:
-          if (auto b = proto::Bind::parse(f.body)) {
-            inject_parse(b->statement);
-            std::string n = shard_name(b->statement);
-            b->statement = n;
-            // Helper columns come after the client's; they travel as text.
-            if (plan && plan->hidden > 0 && b->result_formats.size() > 1)
-              b->result_formats.resize(
-                  b->result_formats.size() + static_cast<std::size_t>(plan->hidden), 0);
-            if (plan) {
-              auto resolve = [&](const merge::Bound& bound) -> std::optional<int64_t> {
-                if (bound.value) return bound.value;
-                if (bound.param <= 0) return std::nullopt;
-                auto text = router::param_text(*b, bound.param, config::KeyType::kInt8);
-                if (!text) return std::nullopt;
-                return std::strtoll(text->c_str(), nullptr, 10);
-              };
-              limit = resolve(plan->limit);
-              offset = resolve(plan->offset);
-            }
-            b->write(request);
-          }
-          break;
-        case proto::msg::kDescribe:
-          if (auto dsc = proto::Describe::parse(f.body)) {
-            std::string n(dsc->name);
-            if (dsc->kind == 'S') {
-              inject_parse(dsc->name);
-              n = shard_name(dsc->name);
-            } else {
-              described_portals.insert(n);
-            }
-            proto::Describe{dsc->kind, n}.write(request);
-            hide_describe.push_back(false);
-          }
-          break;
-        case proto::msg::kExecute:
-          if (auto e = proto::Execute::parse(f.body)) {
-            ++executes;
-            if (e->max_rows != 0) {
-              refuse("Execute with a row limit across shards (" + names + ") is not supported",
-                     "fetch all rows, or add the shard key");
-              co_await write_client(out);
-              co_return;
-            }
-            // The merge needs the columns' types even when the client did not ask.
-            if (!described_portals.contains(e->portal)) {
-              proto::Describe{'P', e->portal}.write(request);
-              hide_describe.push_back(true);
-            }
-            request.append(rest.data() - d.consumed, d.consumed);
-          }
-          break;
-        case proto::msg::kClose:
-          if (auto c = proto::Close::parse(f.body)) {
-            proto::Close{c->kind, c->kind == 'S' ? shard_name(c->name) : std::string(c->name)}
-                .write(request);
-            hide_close.push_back(false);
-          }
-          break;
-        case proto::msg::kSync:
-          // Shards keep nothing of the client's statements: close what was parsed here.
-          for (const auto& n : fan_names) {
-            proto::Close{'S', n}.write(request);
-            hide_close.push_back(true);
-          }
-          request.append(rest.data() - d.consumed, d.consumed);
-          break;
-        default:
-          request.append(rest.data() - d.consumed, d.consumed);
-      }
-    }
-    if (plan && executes > 1) {
-      refuse("several multi-shard statements in one pipelined batch",
-             "send a Sync after each statement");
+    if (!build_extended(plan, {}, request, hide_parse, hide_close, hide_describe, limit, offset,
+                        out, names)) {
       co_await write_client(out);
       co_return;
     }
@@ -320,10 +204,17 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       proto::Query{"BEGIN"}.write(batch);
       ++leg.skip;
     }
-    if (!route.per_shard_sql.empty())
+    if (!route.per_shard_sql.empty() && simple) {
       proto::Query{route.per_shard_sql[i].second}.write(batch);
-    else
+    } else if (!route.per_shard_sql.empty()) {
+      // Each shard's part of a split INSERT, in the client's extended batch.
+      std::string mine;
+      build_extended(nullptr, route.per_shard_sql[i].second, mine, hide_parse, hide_close,
+                     hide_describe, limit, offset, out, names);
+      batch += mine;
+    } else {
       batch += request;
+    }
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
     if (ec) {
       leg.failed = true;
@@ -499,7 +390,8 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       for (auto* leg : legs_now)
         while (!leg->failed && (leg->head->type == proto::msg::kDataRow ||
                                 leg->head->type == proto::msg::kCopyData)) {
-          out.append(raw_head(*leg));
+          // A reference-table write returns its rows once, from the first copy.
+          if (!route.replicated || leg == legs_now[0]) out.append(raw_head(*leg));
           consume(*leg);
           co_await flush_client();
           if (!co_await peek(*leg)) break;
@@ -581,8 +473,10 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
           merger.reset();
           break;
         }
-        for (auto* leg : legs_now)
+        for (auto* leg : legs_now) {
           if (auto c = proto::CommandComplete::parse(leg->head->body)) tag.add(c->tag);
+          if (route.replicated) break;  // every shard changed its own copy of the same rows
+        }
         proto::CommandComplete{tag.text()}.write(out);
         tag = {};
         break;
@@ -651,6 +545,147 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   }
   out += proto::ready_for_query('I');
   co_await write_client(out);
+}
+
+bool Session::build_extended(const merge::MergePlan* plan, std::string_view override_sql,
+                             std::string& request, std::deque<bool>& hide_parse,
+                             std::deque<bool>& hide_close, std::deque<bool>& hide_describe,
+                             std::optional<int64_t>& limit, std::optional<int64_t>& offset,
+                             std::string& out, const std::string& names) {
+  // The client's batch as the shards get it: statement names prefixed (and closed again
+  // before Sync, so no shard keeps them), a Parse ahead of any Bind or Describe of a
+  // statement this batch did not parse, and a Describe ahead of Execute so the merge knows
+  // the column types. The replies those cause are hidden from the client.
+  request.clear();
+  hide_parse.clear();
+  hide_close.clear();
+  hide_describe.clear();
+  auto refuse = [&](std::string message, std::string hint) {
+    proto::write_error(
+        out, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
+    out += proto::ready_for_query(transaction_status());
+  };
+  std::set<std::string, std::less<>> parsed;
+  std::vector<std::string> fan_names;  // statements to close before Sync
+  int executes = 0;
+  auto shard_name = [](std::string_view name) {
+    return name.empty() ? std::string() : "pgshard_fan." + std::string(name);
+  };
+  auto shard_text = [&](std::string_view sql) -> std::string_view {
+    if (!override_sql.empty()) return override_sql;
+    if (plan && !plan->shard_sql.empty() &&
+        worker_.analysis_cache().get(sql, config_)->merge.get() == plan)
+      return plan->shard_sql;
+    return sql;
+  };
+  auto inject_parse = [&](std::string_view name) {
+    if (parsed.contains(name)) return;
+    auto text = name.empty() ? std::string_view(unnamed_sql_) : [&] {
+      auto it = statements_.find(std::string(name));
+      return it == statements_.end() ? std::string_view() : std::string_view(it->second);
+    }();
+    auto types_it = statement_types_.find(std::string(name));
+    static const std::vector<int32_t> kNone;
+    proto::Parse p{shard_name(name), shard_text(text),
+                   types_it == statement_types_.end() ? kNone : types_it->second};
+    p.write(request);
+    hide_parse.push_back(true);
+    parsed.insert(std::string(name));
+    if (!name.empty()) fan_names.push_back(shard_name(name));
+  };
+  std::set<std::string, std::less<>> described_portals;
+  for (std::string_view rest = pending_; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) break;
+    rest.remove_prefix(d.consumed);
+    const auto& f = d.frame;
+    switch (f.type) {
+      case proto::msg::kParse:
+        if (auto p = proto::Parse::parse(f.body)) {
+          std::string n = shard_name(p->name);
+          proto::Parse{n, shard_text(p->query), p->param_types}.write(request);
+          hide_parse.push_back(false);
+          parsed.insert(std::string(p->name));
+          if (!p->name.empty()) fan_names.push_back(n);
+        }
+        break;
+      case proto::msg::kBind:
+        if (auto b = proto::Bind::parse(f.body)) {
+          inject_parse(b->statement);
+          std::string n = shard_name(b->statement);
+          b->statement = n;
+          // Helper columns come after the client's; they travel as text.
+          if (plan && plan->hidden > 0 && b->result_formats.size() > 1)
+            b->result_formats.resize(
+                b->result_formats.size() + static_cast<std::size_t>(plan->hidden), 0);
+          if (plan) {
+            auto resolve = [&](const merge::Bound& bound) -> std::optional<int64_t> {
+              if (bound.value) return bound.value;
+              if (bound.param <= 0) return std::nullopt;
+              auto text = router::param_text(*b, bound.param, config::KeyType::kInt8);
+              if (!text) return std::nullopt;
+              return std::strtoll(text->c_str(), nullptr, 10);
+            };
+            limit = resolve(plan->limit);
+            offset = resolve(plan->offset);
+          }
+          b->write(request);
+        }
+        break;
+      case proto::msg::kDescribe:
+        if (auto dsc = proto::Describe::parse(f.body)) {
+          std::string n(dsc->name);
+          if (dsc->kind == 'S') {
+            inject_parse(dsc->name);
+            n = shard_name(dsc->name);
+          } else {
+            described_portals.insert(n);
+          }
+          proto::Describe{dsc->kind, n}.write(request);
+          hide_describe.push_back(false);
+        }
+        break;
+      case proto::msg::kExecute:
+        if (auto e = proto::Execute::parse(f.body)) {
+          ++executes;
+          if (e->max_rows != 0) {
+            refuse("Execute with a row limit across shards (" + names + ") is not supported",
+                   "fetch all rows, or add the shard key");
+            return false;
+          }
+          // The merge needs the columns' types even when the client did not ask.
+          if (!described_portals.contains(e->portal)) {
+            proto::Describe{'P', e->portal}.write(request);
+            hide_describe.push_back(true);
+          }
+          request.append(rest.data() - d.consumed, d.consumed);
+        }
+        break;
+      case proto::msg::kClose:
+        if (auto c = proto::Close::parse(f.body)) {
+          proto::Close{c->kind, c->kind == 'S' ? shard_name(c->name) : std::string(c->name)}.write(
+              request);
+          hide_close.push_back(false);
+        }
+        break;
+      case proto::msg::kSync:
+        // Shards keep nothing of the client's statements: close what was parsed here.
+        for (const auto& n : fan_names) {
+          proto::Close{'S', n}.write(request);
+          hide_close.push_back(true);
+        }
+        request.append(rest.data() - d.consumed, d.consumed);
+        break;
+      default:
+        request.append(rest.data() - d.consumed, d.consumed);
+    }
+  }
+  if (plan && executes > 1) {
+    refuse("several multi-shard statements in one pipelined batch",
+           "send a Sync after each statement");
+    return false;
+  }
+  return true;
 }
 
 awaitable<void> Session::run_ddl(const router::Route& route) {

@@ -230,6 +230,7 @@ class Analyzer {
       } else if (reference) {
         a.target =
             a.write || a.ddl ? Analysis::Target::kAllShards : Analysis::Target::kReferenceRead;
+        a.replicated = a.write;
         a.reason =
             a.write || a.ddl ? "write to reference table: every shard" : "reference table read";
       } else {

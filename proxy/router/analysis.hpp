@@ -57,6 +57,7 @@ struct Analysis {
   std::vector<KeyValue> keys;       // kKeys: rows live on the union of these keys' shards
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
   bool insert = false;              // INSERT: each key is one VALUES row
+  bool replicated = false;          // a write to reference tables: the same on every shard
   TxnControl txn = TxnControl::kNone;
   bool explain_route = false;
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
@@ -68,7 +69,7 @@ struct Analysis {
   bool merge_candidate = false;
   std::shared_ptr<const merge::MergePlan> merge;
   std::vector<std::string> key_columns;  // shard-key columns of the sharded tables read
-  std::string error;  // kError (SQLSTATE 0A000)
+  std::string error;                     // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
 };

@@ -192,6 +192,36 @@ class Planner {
     n.a_const = &c;
     return &n;
   }
+  Node* string_node(const char* text) {
+    auto& str = pg_strings_.emplace_back();
+    str = PG_QUERY__STRING__INIT;
+    str.sval = strings_.emplace_back(text).data();
+    auto& n = nodes_.emplace_back();
+    n = PG_QUERY__NODE__INIT;
+    n.node_case = PG_QUERY__NODE__NODE_STRING;
+    n.string = &str;
+    return &n;
+  }
+  // (v)::bigint — parameters in LIMIT + OFFSET need a type the sum can resolve.
+  Node* cast_int8(Node* v) {
+    auto& names = arrays_.emplace_back();
+    names.push_back(string_node("pg_catalog"));
+    names.push_back(string_node("int8"));
+    auto& tn = type_names_.emplace_back();
+    tn = PG_QUERY__TYPE_NAME__INIT;
+    tn.names = names.data();
+    tn.n_names = names.size();
+    tn.typemod = -1;
+    auto& tc = casts_.emplace_back();
+    tc = PG_QUERY__TYPE_CAST__INIT;
+    tc.arg = v;
+    tc.type_name = &tn;
+    auto& n = nodes_.emplace_back();
+    n = PG_QUERY__NODE__INIT;
+    n.node_case = PG_QUERY__NODE__NODE_TYPE_CAST;
+    n.type_cast = &tc;
+    return &n;
+  }
   Node* plus(Node* l, Node* r) {
     auto& str = pg_strings_.emplace_back();
     str = PG_QUERY__STRING__INIT;
@@ -303,7 +333,7 @@ class Planner {
       if (plan_->limit.value && plan_->offset.value)
         new_limit_ = int_const(*plan_->limit.value + *plan_->offset.value);
       else if (plan_->limit.present())
-        new_limit_ = plus(s_->limit_count, s_->limit_offset);
+        new_limit_ = plus(cast_int8(s_->limit_count), cast_int8(s_->limit_offset));
       rewrite_limit_ = true;
     }
   }
@@ -379,7 +409,9 @@ class Planner {
     if (a.kind == Aggregate::Kind::kAvg) {
       // avg(x) = sum(x) / count(x) over all shards.
       Node* sum = renamed_func(f, "sum");
-      Node* target = wrap_res_target(sum, column >= 0 && alias(column) ? alias(column) : "avg");
+      const char* name_of_avg =
+          column >= 0 && alias(column) && alias(column)[0] ? alias(column) : "avg";
+      Node* target = wrap_res_target(sum, name_of_avg);
       if (column >= 0)
         targets_[static_cast<std::size_t>(column)] = target;
       else
@@ -624,6 +656,8 @@ class Planner {
   std::deque<PgQuery__AConst> consts_;
   std::deque<PgQuery__Float> floats_;
   std::deque<PgQuery__AExpr> exprs_;
+  std::deque<PgQuery__TypeName> type_names_;
+  std::deque<PgQuery__TypeCast> casts_;
   std::deque<std::vector<Node*>> arrays_;
   std::deque<std::string> strings_;
 };

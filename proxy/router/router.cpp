@@ -300,6 +300,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   Route r;
   r.write = a->write || a->ddl;
   r.ddl = a->ddl;
+  r.replicated = a->replicated;
   if (ctx.reasons) r.reason = a->reason;
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;

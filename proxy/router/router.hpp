@@ -61,6 +61,7 @@ struct Route {
   std::vector<std::pair<int, std::string>> per_shard_sql;
   bool write = false;
   bool ddl = false;                    // runs on every shard in order, not atomically
+  bool replicated = false;             // every shard holds a copy: one shard's reply stands
   bool concat_safe = true;             // see Analysis::concat_safe
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
   std::string merge_blocker;

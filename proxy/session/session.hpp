@@ -2,6 +2,7 @@
 // server connections, with responses relayed back untouched on the single-shard path.
 #pragma once
 
+#include <deque>
 #include <map>
 #include <memory>
 #include <string>
@@ -77,6 +78,13 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   awaitable<void> run_ddl(const router::Route& route);
+  // The shards' version of an extended-protocol batch (see fan_out.cpp); false after
+  // writing a refusal to `out`.
+  bool build_extended(const merge::MergePlan* plan, std::string_view override_sql,
+                      std::string& request, std::deque<bool>& hide_parse,
+                      std::deque<bool>& hide_close, std::deque<bool>& hide_describe,
+                      std::optional<int64_t>& limit, std::optional<int64_t>& offset,
+                      std::string& out, const std::string& names);
   // The shards' text collation (read from the first shard once per worker); null and an
   // error when the proxy host cannot compare text that way.
   awaitable<const merge::Collation*> shard_collation(pool::Lease& lease, std::string* error);

@@ -1,0 +1,1 @@
+select count(*) as n, sum(qty) as total_qty, avg(amount) as mean from orders

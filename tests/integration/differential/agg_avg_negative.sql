@@ -1,0 +1,1 @@
+select avg(score) from users where score < 100

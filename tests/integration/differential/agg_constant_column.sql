@@ -1,0 +1,1 @@
+select 'total' as label, count(*) from orders

@@ -1,0 +1,1 @@
+select count(active) from users where active

@@ -1,0 +1,1 @@
+select sum(price * qty), count(*) from order_items

@@ -1,0 +1,1 @@
+select max(note), min(note) from orders

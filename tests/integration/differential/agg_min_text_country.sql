@@ -1,0 +1,1 @@
+select min(country), max(country) from users

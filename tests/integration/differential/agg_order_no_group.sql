@@ -1,0 +1,2 @@
+-- ordered
+select count(*) from orders order by 1

@@ -1,0 +1,1 @@
+select sum(score) from users where score < 0

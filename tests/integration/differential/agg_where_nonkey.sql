@@ -1,0 +1,1 @@
+select avg(amount), count(*) from orders where status = 'shipped'

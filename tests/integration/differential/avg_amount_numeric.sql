@@ -1,0 +1,1 @@
+select avg(amount) from orders

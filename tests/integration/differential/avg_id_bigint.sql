@@ -1,0 +1,1 @@
+select avg(id) from users

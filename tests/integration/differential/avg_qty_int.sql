@@ -1,0 +1,1 @@
+select avg(qty) from orders

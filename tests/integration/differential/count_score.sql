@@ -1,0 +1,1 @@
+select count(score), count(*) from users

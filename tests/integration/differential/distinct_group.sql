@@ -1,0 +1,1 @@
+select distinct count(*) from orders group by user_id

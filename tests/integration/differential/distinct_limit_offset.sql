@@ -1,0 +1,2 @@
+-- ordered
+select distinct status from orders order by status limit 2 offset 1

@@ -1,0 +1,2 @@
+-- ordered
+select distinct name from users order by name

@@ -1,0 +1,2 @@
+-- ordered
+select distinct qty from orders order by qty desc

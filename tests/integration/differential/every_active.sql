@@ -1,0 +1,1 @@
+select every(active) from users where id % 3 <> 0

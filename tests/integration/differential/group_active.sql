@@ -1,0 +1,1 @@
+select active, count(*), min(created), max(created) from users group by active

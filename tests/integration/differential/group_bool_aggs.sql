@@ -1,0 +1,1 @@
+select country, bool_and(active), bool_or(active) from users group by country

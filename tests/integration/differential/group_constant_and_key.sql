@@ -1,0 +1,1 @@
+select 'x' as tag, status, count(*) from orders group by status

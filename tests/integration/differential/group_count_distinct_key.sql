@@ -1,0 +1,1 @@
+select status, count(distinct user_id) from orders group by status

@@ -1,0 +1,1 @@
+select country, count(*), avg(score) from users group by country

@@ -1,0 +1,1 @@
+select status, count(*) filter (where qty > 4) from orders group by status

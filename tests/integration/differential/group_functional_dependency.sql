@@ -1,0 +1,1 @@
+select u.id, u.name, count(*) from users u join orders o on o.user_id = u.id group by u.id

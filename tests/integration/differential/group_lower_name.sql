@@ -1,0 +1,1 @@
+select lower(name) as n, count(*) from users group by lower(name)

@@ -1,0 +1,1 @@
+select status, min(note), max(note) from orders group by status

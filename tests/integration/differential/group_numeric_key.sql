@@ -1,0 +1,1 @@
+select score, count(*) from users group by score

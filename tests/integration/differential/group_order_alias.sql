@@ -1,0 +1,2 @@
+-- ordered
+select status, sum(amount) as total from orders group by status order by total desc

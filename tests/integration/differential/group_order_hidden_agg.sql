@@ -1,0 +1,2 @@
+-- ordered
+select status from orders group by status order by max(amount), status

@@ -1,0 +1,2 @@
+-- ordered
+select qty, count(*) from orders group by qty order by qty

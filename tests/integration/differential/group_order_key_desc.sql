@@ -1,0 +1,2 @@
+-- ordered
+select qty, sum(amount) from orders group by qty order by qty desc

@@ -1,0 +1,2 @@
+-- ordered
+select country, count(*) from users group by country order by country nulls first

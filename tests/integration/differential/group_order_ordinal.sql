@@ -1,0 +1,2 @@
+-- ordered
+select status, sum(amount) from orders group by status order by 2

@@ -1,0 +1,1 @@
+select status, count(*) from orders group by 1

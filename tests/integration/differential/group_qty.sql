@@ -1,0 +1,1 @@
+select qty, count(*), sum(amount) from orders group by qty

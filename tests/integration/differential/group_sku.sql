@@ -1,0 +1,1 @@
+select sku, sum(qty), avg(price) from order_items group by sku

@@ -1,0 +1,1 @@
+select status, sum(amount), avg(amount) from orders group by status

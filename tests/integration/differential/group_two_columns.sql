@@ -1,0 +1,1 @@
+select status, qty, count(*) from orders group by status, qty

@@ -1,0 +1,1 @@
+select qty, count(*) from orders group by qty having count(*) > 100 and min(amount) < 100

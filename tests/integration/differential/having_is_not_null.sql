@@ -1,0 +1,1 @@
+select country, sum(score) from users group by country having sum(score) is not null

@@ -1,0 +1,1 @@
+select country, count(*) from users group by country having country is null

@@ -1,0 +1,1 @@
+select name, count(*) from users group by name having name > 'c'

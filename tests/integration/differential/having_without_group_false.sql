@@ -1,0 +1,1 @@
+select count(*) from orders having count(*) > 100000

@@ -1,0 +1,1 @@
+select count(*), sum(amount) from orders where user_id = 8

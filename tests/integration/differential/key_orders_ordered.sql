@@ -1,0 +1,2 @@
+-- ordered
+select id, amount from orders where user_id = 8 order by id

@@ -1,0 +1,2 @@
+-- params: 77
+select id, name from users where id = $1

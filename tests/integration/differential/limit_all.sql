@@ -1,0 +1,2 @@
+-- ordered
+select id from users order by id desc limit all

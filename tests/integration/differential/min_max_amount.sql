@@ -1,0 +1,1 @@
+select min(amount), max(amount) from orders

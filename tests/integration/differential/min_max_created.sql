@@ -1,0 +1,1 @@
+select min(created), max(created) from users

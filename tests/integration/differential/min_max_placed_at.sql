@@ -1,0 +1,1 @@
+select min(placed_at), max(placed_at) from orders

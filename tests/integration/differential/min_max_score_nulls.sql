@@ -1,0 +1,1 @@
+select min(score), max(score) from users

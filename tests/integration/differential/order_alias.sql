@@ -1,0 +1,2 @@
+-- ordered
+select id, amount * qty as total from orders order by total desc, id, user_id

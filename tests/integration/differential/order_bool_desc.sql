@@ -1,0 +1,2 @@
+-- ordered
+select id, active from users order by active desc, id

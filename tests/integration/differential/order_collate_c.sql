@@ -1,0 +1,2 @@
+-- ordered
+select id, name from users order by name collate "C", id

@@ -1,0 +1,2 @@
+-- ordered
+select created, id from users order by created desc, id desc

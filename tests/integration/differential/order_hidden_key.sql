@@ -1,0 +1,2 @@
+-- ordered
+select name from users order by id

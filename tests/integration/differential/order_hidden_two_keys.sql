@@ -1,0 +1,2 @@
+-- ordered
+select email from users order by created desc, id

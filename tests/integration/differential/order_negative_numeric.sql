@@ -1,0 +1,2 @@
+-- ordered
+select id, score from users where score < 0 order by score, id

@@ -1,0 +1,2 @@
+-- ordered
+select id, score from users order by score nulls first, id

@@ -1,0 +1,2 @@
+-- ordered
+select id, user_id, note from orders order by note, id, user_id

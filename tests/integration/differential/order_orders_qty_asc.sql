@@ -1,0 +1,2 @@
+-- ordered
+select id, user_id, qty from orders order by qty, id, user_id

@@ -1,0 +1,2 @@
+-- ordered
+select id, user_id, status from orders order by status desc, id desc, user_id

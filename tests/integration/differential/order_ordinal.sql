@@ -1,0 +1,2 @@
+-- ordered
+select name, id from users order by 2 desc

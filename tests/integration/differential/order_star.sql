@@ -1,0 +1,2 @@
+-- ordered
+select * from users order by id desc

@@ -1,0 +1,2 @@
+-- ordered
+select id, country from users order by country desc, id

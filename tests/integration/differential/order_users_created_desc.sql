@@ -1,0 +1,2 @@
+-- ordered
+select id, created from users order by created desc, id

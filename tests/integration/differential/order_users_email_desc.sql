@@ -1,0 +1,2 @@
+-- ordered
+select id, email from users order by email desc, id

@@ -1,0 +1,2 @@
+-- ordered
+select id, id from users order by id desc, id

@@ -1,0 +1,1 @@
+select id, 1 / (qty - qty) from orders

@@ -1,0 +1,1 @@
+select nope from users order by id

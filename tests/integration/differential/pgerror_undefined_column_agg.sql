@@ -1,0 +1,1 @@
+select sum(nope) from orders

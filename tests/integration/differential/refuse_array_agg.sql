@@ -1,0 +1,2 @@
+-- error: 0A000
+select array_agg(id) from users

@@ -1,0 +1,2 @@
+-- error: 0A000
+select status, qty, count(*) from orders group by grouping sets ((status), (qty))

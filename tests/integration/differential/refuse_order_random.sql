@@ -1,0 +1,2 @@
+-- error: 0A000
+select id from users order by random()

@@ -1,0 +1,2 @@
+-- error: 0A000
+select status, count(*) from orders group by rollup (status)

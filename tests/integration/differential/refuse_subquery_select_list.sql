@@ -1,0 +1,2 @@
+-- error: 0A000
+select id, (select count(*) from orders) from users

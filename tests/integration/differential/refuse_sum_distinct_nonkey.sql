@@ -1,0 +1,2 @@
+-- error: 0A000
+select sum(distinct qty) from orders

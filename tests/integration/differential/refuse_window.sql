@@ -1,0 +1,2 @@
+-- error: 0A000
+select id, row_number() over (order by id) from users

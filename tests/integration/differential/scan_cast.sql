@@ -1,0 +1,1 @@
+select id, score::text as s, created::text as d from users where score > 500

@@ -1,0 +1,1 @@
+select id, coalesce(email, 'none') as e from users where id % 7 = 0

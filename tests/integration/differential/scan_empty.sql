@@ -1,0 +1,1 @@
+select * from users where id < 0 and name = 'x'

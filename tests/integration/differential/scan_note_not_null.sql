@@ -1,0 +1,1 @@
+select id, note from orders where note is not null

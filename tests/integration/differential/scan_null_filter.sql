@@ -1,0 +1,1 @@
+select id, country from users where country is null

@@ -1,0 +1,1 @@
+select id, amount * qty as total from orders where status = 'paid'

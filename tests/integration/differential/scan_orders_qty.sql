@@ -1,0 +1,1 @@
+select id, user_id, qty from orders where qty > 6

@@ -1,0 +1,1 @@
+select id, name, score from users where active

@@ -1,0 +1,1 @@
+select sum(id) from users

@@ -1,0 +1,1 @@
+update orders set qty = qty + 1 where status = 'new'

@@ -1,0 +1,1 @@
+select count(*), sum(price) from order_items where sku = 'NEW'

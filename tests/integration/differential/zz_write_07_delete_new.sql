@@ -1,0 +1,1 @@
+delete from order_items where sku = 'NEW'

@@ -1,0 +1,1 @@
+update users set score = 0 where id < 0

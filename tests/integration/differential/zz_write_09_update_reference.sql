@@ -1,0 +1,1 @@
+update countries set name = upper(name) where code = 'BR'

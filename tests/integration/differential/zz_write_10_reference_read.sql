@@ -1,0 +1,2 @@
+-- ordered
+select * from countries order by code

@@ -1,0 +1,1 @@
+update users set active = not active where id % 50 = 0 returning id, active
