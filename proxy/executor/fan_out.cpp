@@ -541,7 +541,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
                                                         " did not answer; their rows are missing");
     warning.severity = "WARNING";
     // The warning goes before the final ReadyForQuery (notices may come at any time).
-    proto::write_error(out, warning);
+    proto::write_notice(out, warning);
   }
   out += proto::ready_for_query('I');
   co_await write_client(out);

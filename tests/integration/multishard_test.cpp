@@ -1,0 +1,114 @@
+// Multi-shard execution against real shards: DDL reporting where it applied, per-shard
+// timeouts, and partial results when a shard cannot answer.
+#include <catch2/catch.hpp>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+namespace {
+
+void make_users() {
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists ms_users; drop table if exists ms_ddl");
+    query(d.get(), "create table ms_users (id bigint primary key, name text)");
+    query(d.get(), "insert into ms_users select g, 'n' || g from generate_series(" +
+                       std::to_string(i * 10 + 1) + ", " + std::to_string(i * 10 + 10) + ") g");
+  }
+}
+
+ProxyOptions options(const std::string& extra = "") {
+  ProxyOptions o;
+  o.sharded_tables = "  - { table: ms_users, column: id, type: bigint }\n";
+  o.extra_top = extra;
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("DDL runs on every shard in order and says where it applied", "[multishard]") {
+  make_users();
+  auto& cluster = Cluster::get();
+  Proxy proxy(options());
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "alter table ms_users add column note text");
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    CHECK(scalar(d.get(),
+                 "select count(*) from information_schema.columns where table_name = "
+                 "'ms_users' and column_name = 'note'") == "1");
+  }
+  // Shard s1 already has the index: s0 applies it, s1 fails, s2 is never asked.
+  {
+    auto d = connect(cluster.direct(1));
+    query(d.get(), "create index ms_users_name on ms_users (name)");
+  }
+  PGresult* r = PQexec(c.get(), "create index ms_users_name on ms_users (name)");
+  REQUIRE(PQresultStatus(r) == PGRES_FATAL_ERROR);
+  CHECK(std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE)) == "42P07");
+  std::string detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
+  CHECK(detail == "applied on shard(s): s0; not applied on: s1, s2");
+  PQclear(r);
+  {
+    auto d = connect(cluster.direct(2));
+    CHECK(scalar(d.get(), "select count(*) from pg_indexes where indexname = 'ms_users_name'") ==
+          "0");
+  }
+  // No transaction wraps DDL, so CONCURRENTLY works.
+  query(c.get(), "create index concurrently ms_users_name_c on ms_users (name)");
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    CHECK(scalar(d.get(), "select count(*) from pg_indexes where indexname = 'ms_users_name_c'") ==
+          "1");
+  }
+}
+
+TEST_CASE("a shard slower than timeouts.shard_statement fails the statement or is left out",
+          "[multishard]") {
+  make_users();
+  auto& cluster = Cluster::get();
+  Proxy proxy(options("timeouts: { shard_statement: 500ms }\n"));
+  auto c = connect(proxy.conninfo());
+  CHECK(scalar(c.get(), "select count(*) from ms_users") == "30");
+  // Shard s1 is blocked by a lock held directly on it.
+  auto blocker = connect(cluster.direct(1));
+  query(blocker.get(), "begin");
+  query(blocker.get(), "lock table ms_users in access exclusive mode");
+  std::string msg;
+  CHECK(error_code(c.get(), "select count(*) from ms_users", &msg) == "57014");
+  CHECK_THAT(msg, Catch::Contains("shard s1"));
+  // The session goes on; with partial results the other shards answer, with a WARNING.
+  query(c.get(), "set pgshard.partial_results = on");
+  std::string notices;
+  PQsetNoticeProcessor(
+      c.get(), [](void* arg, const char* m) { *static_cast<std::string*>(arg) += m; }, &notices);
+  CHECK(scalar(c.get(), "select count(*) from ms_users") == "20");
+  CHECK_THAT(notices, Catch::Contains("s1") && Catch::Contains("missing"));
+  query(blocker.get(), "rollback");
+  query(c.get(), "reset pgshard.partial_results");
+  CHECK(scalar(c.get(), "select count(*) from ms_users") == "30");
+  CHECK(query(c.get(), "select id from ms_users order by id desc limit 2") ==
+        std::vector<std::vector<std::string>>{{"30"}, {"29"}});
+}
+
+TEST_CASE("a lost shard fails a multi-shard read, or is reported missing with partial results",
+          "[multishard]") {
+  make_users();
+  auto& cluster = Cluster::get();
+  Proxy proxy(options("partial_results: false\n"));
+  auto c = connect(proxy.conninfo());
+  CHECK(scalar(c.get(), "select max(id) from ms_users") == "30");
+  cluster.kill(2);
+  std::string msg;
+  CHECK_FALSE(error_code(c.get(), "select max(id) from ms_users", &msg).empty());
+  CHECK_THAT(msg, Catch::Contains("s2"));
+  query(c.get(), "set pgshard.partial_results = on");
+  std::string notices;
+  PQsetNoticeProcessor(
+      c.get(), [](void* arg, const char* m) { *static_cast<std::string*>(arg) += m; }, &notices);
+  CHECK(scalar(c.get(), "select max(id) from ms_users") == "20");
+  CHECK_THAT(notices, Catch::Contains("s2"));
+  cluster.restart(2);
+}
