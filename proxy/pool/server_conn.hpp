@@ -2,9 +2,12 @@
 #pragma once
 
 #include <cstdint>
+#include <list>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
+#include <unordered_map>
 
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
@@ -27,6 +30,43 @@ struct BackendTarget {
 // PostgreSQL 15); the rest of the synced settings are tracked from our own SETs.
 bool is_reported_parameter(std::string_view name);
 
+// Named statements pgshard prepared on one server for transaction pooling, least recently
+// used first out: statements are shared by every client whose query text matches.
+class PreparedSet {
+ public:
+  bool has(const std::string& name) {
+    auto it = index_.find(name);
+    if (it == index_.end()) return false;
+    order_.splice(order_.end(), order_, it->second);
+    return true;
+  }
+  // Adds `name`; returns the statement to close when the set is over `cap`.
+  std::optional<std::string> add(const std::string& name, std::size_t cap) {
+    order_.push_back(name);
+    index_[name] = std::prev(order_.end());
+    if (order_.size() <= cap) return std::nullopt;
+    std::string oldest = order_.front();
+    index_.erase(oldest);
+    order_.pop_front();
+    return oldest;
+  }
+  void erase(const std::string& name) {
+    if (auto it = index_.find(name); it != index_.end()) {
+      order_.erase(it->second);
+      index_.erase(it);
+    }
+  }
+  void clear() {
+    order_.clear();
+    index_.clear();
+  }
+  std::size_t size() const { return order_.size(); }
+
+ private:
+  std::list<std::string> order_;
+  std::unordered_map<std::string, std::list<std::string>::iterator> index_;
+};
+
 class ServerConn {
  public:
   explicit ServerConn(asio::any_io_executor ex, const BackendTarget& target);
@@ -46,6 +86,7 @@ class ServerConn {
   std::map<std::string, std::string> params;
   // Fingerprint of the client settings this server was last synced to (0: unknown).
   uint64_t synced_fingerprint = 0;
+  PreparedSet prepared;
   // Transaction status from the last ReadyForQuery.
   char status = 'I';
   // Set when the connection must not be reused (I/O error, protocol desync, FATAL).

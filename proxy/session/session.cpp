@@ -630,6 +630,7 @@ awaitable<void> Session::handle_request(char boundary) {
     pending_.clear();
     co_return;
   }
+  if (user_->pool_mode == config::PoolMode::kTransaction) map_statements(*active_);
 
   // Count what will be answered with ReadyForQuery before anything is written, so the
   // reader never hands the server back while this request is on its way.
@@ -945,12 +946,34 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
           if (ours) {
             if (--link->swallow == 0) link->swallow_kind = Link::Swallow::kNone;
           } else {
+            // Statements whose Parse was never answered (an error came first) are not
+            // on the server.
+            while (!link->expects.empty()) {
+              auto e = std::move(link->expects.front());
+              link->expects.pop_front();
+              if (e.kind == Link::Expect::Kind::kSync) break;
+              if (!e.added.empty()) conn.prepared.erase(e.added);
+            }
             if (in_flight_ > 0) --in_flight_;
             last_status_ = status;
             if (status == 'I') hints_.local = {};
           }
           break;
         }
+        case proto::msg::kParseComplete:
+        case proto::msg::kCloseComplete:
+          if (!ours && !link->expects.empty() &&
+              link->expects.front().kind != Link::Expect::Kind::kSync) {
+            const auto kind = link->expects.front().kind;
+            link->expects.pop_front();
+            if (kind == Link::Expect::Kind::kHide) {
+              hide_this = true;
+            } else if (kind == Link::Expect::Kind::kAsParseComplete) {
+              hide(pos, pos + total);
+              proto::write_empty(out, proto::msg::kParseComplete);
+            }
+          }
+          break;
         case proto::msg::kParameterStatus:
           if (auto p = proto::ParameterStatus::parse(body)) {
             if (!ours || link->swallow_kind == Link::Swallow::kReset) {
@@ -1053,6 +1076,7 @@ awaitable<void> Session::finish() {
       link->swallow_kind = Link::Swallow::kReset;
       std::string q;
       proto::Query{"DISCARD ALL"}.write(q);
+      conn.prepared.clear();
       std::erase_if(conn.params,
                     [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });
       conn.synced_fingerprint = 0;

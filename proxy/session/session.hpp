@@ -38,6 +38,15 @@ struct Link {
   std::string prelude;   // pgshard's statements to send ahead of the next request
   std::string fatal;     // message of a FATAL the server sent before closing
   std::string fatal_code;
+  // Transaction pooling maps the client's statement names to pgshard's: what each Parse and
+  // Close sent for the client is answered with, in order, and a marker for each message
+  // answered with ReadyForQuery.
+  struct Expect {
+    enum class Kind { kRelay, kHide, kAsParseComplete, kSync };
+    Kind kind = Kind::kRelay;
+    std::string added;  // a statement this Parse adds to the server's set
+  };
+  std::deque<Expect> expects;
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -94,6 +103,10 @@ class Session : public std::enable_shared_from_this<Session> {
   void answer_extended(std::string_view answer, std::string& out);
   awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes);
 
+  // Transaction pooling: rewrites pending_ so the client's named statements use pgshard's
+  // names on `link`'s server, re-preparing what that server lacks.
+  void map_statements(Link& link);
+
   bool can_detach(const Link& link) const;
   bool idle() const;
   void release(const std::shared_ptr<Link>& link);
@@ -124,6 +137,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Statement texts by name (protocol-level prepared statements), for routing their Binds.
   std::unordered_map<std::string, std::string> statements_;
   std::unordered_map<std::string, std::vector<int32_t>> statement_types_;  // their Parse types
+  std::unordered_map<std::string, std::string> server_names_;  // client name → pgshard's
   std::string unnamed_sql_;
   uint64_t round_robin_ = 0;
   server::CancelKey key_;

@@ -1,0 +1,160 @@
+// Protocol-level prepared statements in transaction pooling. A client's statement may be
+// bound on any server of the pool, so statement names are pgshard's own — one per distinct
+// query text and parameter types, shared by every client — and a server that lacks one
+// gets its Parse first, transparently. The replies pgshard causes are hidden (server_loop
+// reads Link::expects); the client sees exactly what one PostgreSQL would send.
+#include <cctype>
+#include <functional>
+
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/session/session.hpp"
+
+namespace pgshard::session {
+
+namespace proto = protocol;
+
+namespace {
+
+// Server-side statements each server keeps at most; the least recently used go first.
+constexpr std::size_t kPreparedPerServer = 500;
+// A name no statement has: Close of it is answered CloseComplete and changes nothing.
+constexpr std::string_view kNoStatement = "pgshard_none";
+
+std::string server_name(std::string_view sql, const std::vector<int32_t>& types) {
+  std::string key(sql);
+  for (int32_t t : types) key += "," + std::to_string(t);
+  char buf[32];
+  std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu", std::hash<std::string>{}(key), sql.size());
+  return buf;
+}
+
+// DISCARD ALL, DEALLOCATE [PREPARE] ALL: the statement alone, any case and spacing.
+bool drops_all_statements(std::string_view sql) {
+  std::string words;
+  for (char c : sql) {
+    if (c == ';') break;
+    if (std::isspace(static_cast<unsigned char>(c))) {
+      if (!words.empty() && words.back() != ' ') words.push_back(' ');
+    } else {
+      words.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+    }
+  }
+  while (!words.empty() && words.back() == ' ') words.pop_back();
+  return words == "discard all" || words == "deallocate all" || words == "deallocate prepare all";
+}
+
+}  // namespace
+
+void Session::map_statements(Link& link) {
+  auto& conn = *link.lease;
+  using Kind = Link::Expect::Kind;
+  std::string out;
+  out.reserve(pending_.size() + 64);
+  // Prepares `name` on this server when it lacks it; the ParseComplete is hidden.
+  auto ensure = [&](const std::string& name, const std::string& client_name) {
+    if (conn.prepared.has(name)) return;
+    auto text = statements_.find(client_name);
+    auto types = statement_types_.find(client_name);
+    if (text == statements_.end()) return;
+    if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
+      proto::Close{'S', *evicted}.write(out);
+      link.expects.push_back({Kind::kHide, {}});
+    }
+    static const std::vector<int32_t> kNone;
+    proto::Parse{name, text->second, types == statement_types_.end() ? kNone : types->second}.write(
+        out);
+    link.expects.push_back({Kind::kHide, name});
+  };
+  for (std::string_view rest = pending_; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) {
+      out.append(rest);
+      break;
+    }
+    const std::string_view raw = rest.substr(0, d.consumed);
+    rest.remove_prefix(d.consumed);
+    const auto& f = d.frame;
+    switch (f.type) {
+      case proto::msg::kParse: {
+        auto p = proto::Parse::parse(f.body);
+        if (!p || p->name.empty()) {
+          out.append(raw);
+          link.expects.push_back({Kind::kRelay, {}});
+          break;
+        }
+        std::string name = server_name(p->query, p->param_types);
+        server_names_[std::string(p->name)] = name;
+        if (conn.prepared.has(name)) {
+          // Already prepared here: the client still gets its ParseComplete.
+          proto::Close{'S', kNoStatement}.write(out);
+          link.expects.push_back({Kind::kAsParseComplete, {}});
+          break;
+        }
+        if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
+          proto::Close{'S', *evicted}.write(out);
+          link.expects.push_back({Kind::kHide, {}});
+        }
+        proto::Parse{name, p->query, p->param_types}.write(out);
+        link.expects.push_back({Kind::kRelay, name});
+        break;
+      }
+      case proto::msg::kBind: {
+        auto b = proto::Bind::parse(f.body);
+        auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
+        if (!b || b->statement.empty() || known == server_names_.end()) {
+          out.append(raw);  // unknown names reach PostgreSQL, which reports them
+          break;
+        }
+        ensure(known->second, known->first);
+        b->statement = known->second;
+        b->write(out);
+        break;
+      }
+      case proto::msg::kDescribe: {
+        auto dsc = proto::Describe::parse(f.body);
+        auto known = dsc && dsc->kind == 'S' ? server_names_.find(std::string(dsc->name))
+                                             : server_names_.end();
+        if (known == server_names_.end() || dsc->name.empty()) {
+          out.append(raw);
+          break;
+        }
+        ensure(known->second, known->first);
+        proto::Describe{'S', known->second}.write(out);
+        break;
+      }
+      case proto::msg::kClose: {
+        auto c = proto::Close::parse(f.body);
+        if (c && c->kind == 'S' && !c->name.empty()) {
+          // Other clients may use the server's statement: only the client's name goes.
+          server_names_.erase(std::string(c->name));
+          proto::Close{'S', kNoStatement}.write(out);
+        } else {
+          out.append(raw);
+        }
+        link.expects.push_back({Kind::kRelay, {}});
+        break;
+      }
+      case proto::msg::kQuery: {
+        // DISCARD ALL / DEALLOCATE ALL drop every statement of the server, ours too.
+        if (auto q = proto::Query::parse(f.body); q && drops_all_statements(q->sql)) {
+          conn.prepared.clear();
+          server_names_.clear();
+        }
+        out.append(raw);
+        link.expects.push_back({Kind::kSync, {}});
+        break;
+      }
+      case proto::msg::kSync:
+      case proto::msg::kFunctionCall:
+        out.append(raw);
+        link.expects.push_back({Kind::kSync, {}});
+        break;
+      default:
+        out.append(raw);
+    }
+  }
+  pending_ = std::move(out);
+}
+
+}  // namespace pgshard::session

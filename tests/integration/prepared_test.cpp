@@ -1,0 +1,121 @@
+// Protocol-level prepared statements in transaction pooling: clients' names never collide on
+// a shared server, and a statement is prepared again, transparently, on whatever server the
+// client gets next.
+#include <catch2/catch.hpp>
+
+#include "harness.hpp"
+#include "protocol/messages.hpp"
+
+using namespace harness;
+namespace proto = pgshard::protocol;
+
+namespace {
+
+std::string exec_prepared(PGconn* c, const char* name, const std::string& arg) {
+  const char* v[] = {arg.c_str()};
+  PGresult* r = PQexecPrepared(c, name, 1, v, nullptr, nullptr, 0);
+  std::string out = PQresultStatus(r) == PGRES_TUPLES_OK
+                        ? PQgetvalue(r, 0, 0)
+                        : std::string("ERROR: ") + PQresultErrorMessage(r);
+  PQclear(r);
+  return out;
+}
+
+void prepare(PGconn* c, const char* name, const char* sql) {
+  PGresult* r = PQprepare(c, name, sql, 0, nullptr);
+  INFO(PQresultErrorMessage(r));
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+}
+
+}  // namespace
+
+TEST_CASE("clients' statement names never collide on a shared server", "[prepared]") {
+  ProxyOptions o;
+  o.pool_size = 1;  // one server per shard: every client shares it
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  prepare(a.get(), "s1", "select $1::int + 1");
+  prepare(b.get(), "s1", "select 'b' || $1");
+  for (int i = 0; i < 5; ++i) {
+    CHECK(exec_prepared(a.get(), "s1", std::to_string(i)) == std::to_string(i + 1));
+    CHECK(exec_prepared(b.get(), "s1", "x") == "bx");
+  }
+  // The same text prepared by two clients under different names is one server statement.
+  prepare(b.get(), "same", "select $1::int + 1");
+  CHECK(exec_prepared(b.get(), "same", "9") == "10");
+  // A name the client never prepared is reported by PostgreSQL with the client's name.
+  CHECK_THAT(exec_prepared(a.get(), "nope", "1"), Catch::Contains("\"nope\" does not exist"));
+  // A failed Parse leaves nothing behind; the name can be prepared properly afterwards.
+  PGresult* r = PQprepare(a.get(), "bad", "select from from", 0, nullptr);
+  CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
+  PQclear(r);
+  prepare(a.get(), "bad", "select $1::int * 3");
+  CHECK(exec_prepared(a.get(), "bad", "3") == "9");
+}
+
+TEST_CASE("a statement follows its client to another server", "[prepared]") {
+  ProxyOptions o;
+  o.pool_size = 2;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto holder = connect(proxy.conninfo());
+  prepare(a.get(), "q", "select $1::int * 2");
+  // Another client holds one of the two servers in a transaction half of the time, so the
+  // statement's client lands on both servers.
+  for (int i = 0; i < 20; ++i) {
+    if (i % 2 == 0) {
+      query(holder.get(), "begin");
+      query(holder.get(), "select 1");
+    }
+    CHECK(exec_prepared(a.get(), "q", std::to_string(i)) == std::to_string(i * 2));
+    if (i % 2 == 0) query(holder.get(), "commit");
+  }
+}
+
+TEST_CASE("Close of a client's statement keeps other clients' copies working", "[prepared]") {
+  ProxyOptions o;
+  o.pool_size = 1;
+  Proxy proxy(o);
+  auto other = connect(proxy.conninfo());
+  prepare(other.get(), "shared", "select $1::text || '!'");
+  RawClient c(proxy.port());
+  REQUIRE(c.login());
+  std::string batch;
+  proto::Parse{"shared", "select $1::text || '!'", {}}.write(batch);
+  proto::write_empty(batch, proto::msg::kSync);
+  REQUIRE(c.send(batch));
+  CHECK(c.until_ready() == "1 Z");
+  batch.clear();
+  proto::Close{'S', "shared"}.write(batch);
+  proto::write_empty(batch, proto::msg::kSync);
+  REQUIRE(c.send(batch));
+  CHECK(c.until_ready() == "3 Z");
+  CHECK(exec_prepared(other.get(), "shared", "hi") == "hi!");
+  // The closed name is gone for this client, as on PostgreSQL.
+  batch.clear();
+  proto::Bind bind;
+  bind.statement = "shared";
+  bind.write(batch);
+  proto::write_empty(batch, proto::msg::kSync);
+  REQUIRE(c.send(batch));
+  std::vector<std::pair<char, std::string>> all;
+  CHECK(c.until_ready(&all) == "E Z");
+}
+
+TEST_CASE("pgbench -M prepared runs in transaction pooling", "[prepared]") {
+  ProxyOptions o;
+  o.pool_size = 3;
+  Proxy proxy(o);
+  run("PGPASSWORD=secret pgbench -i -s 1 -q -h 127.0.0.1 -p " +
+      std::to_string(Cluster::get().port(0)) + " -U app app");
+  std::string out;
+  int rc = run("PGPASSWORD=secret pgbench -n -S -c 12 -j 2 -t 200 -M prepared -h 127.0.0.1 -p " +
+                   std::to_string(proxy.port()) + " -U app app",
+               &out);
+  INFO(out);
+  CHECK(rc == 0);
+  CHECK_THAT(out, Catch::Contains("number of transactions actually processed: 2400/2400"));
+  CHECK_THAT(out, Catch::Contains("number of failed transactions: 0"));
+}
