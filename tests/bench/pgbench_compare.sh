@@ -4,8 +4,9 @@
 #   DURATION (s, default 10)  SCALE (default 10)  POOL (default 32)  WORKERS (pgshard, 2)
 #   MODES ("simple extended prepared")  CLIENTS ("1 32")
 #   ROUTER_PARSE (true; false routes by hints only, as before the parser router)
-# -M prepared uses session pooling on both proxies (transaction pooling of named statements
-# comes with the prepared-statements work).
+# -M prepared runs pgshard in transaction pooling (named statements are re-prepared on
+# whatever server a client gets) against PgBouncer in session pooling, where named
+# statements work without help; "prepared-session" runs both in session pooling.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 DURATION=${DURATION:-10}; SCALE=${SCALE:-10}; POOL=${POOL:-32}; WORKERS=${WORKERS:-2}
@@ -85,10 +86,12 @@ printf '\n%-9s %7s | %10s %10s %10s | %8s %8s | %9s %9s %9s | %13s\n' mode clien
   direct pgbouncer pgshard "ps/pgb" "ps/dir" "lat_dir" "lat_pgb" "lat_ps" "ps_added_us"
 for mode in $MODES; do
   for c in $CLIENTS; do
-    if [ "$mode" = prepared ]; then pgb=$PGB_S; ps=$PS_S; else pgb=$PGB_T; ps=$PS_T; fi
-    read -r d_tps d_lat < <(bench "$SHARD" "$mode" "$c")
-    read -r b_tps b_lat < <(bench "$pgb" "$mode" "$c")
-    read -r s_tps s_lat < <(bench "$ps" "$mode" "$c")
+    pgb=$PGB_T; ps=$PS_T; pm=$mode
+    [ "$mode" = prepared ] && pgb=$PGB_S
+    [ "$mode" = prepared-session ] && { pgb=$PGB_S; ps=$PS_S; pm=prepared; }
+    read -r d_tps d_lat < <(bench "$SHARD" "$pm" "$c")
+    read -r b_tps b_lat < <(bench "$pgb" "$pm" "$c")
+    read -r s_tps s_lat < <(bench "$ps" "$pm" "$c")
     awk -v m="$mode" -v c="$c" -v d="$d_tps" -v b="$b_tps" -v s="$s_tps" \
         -v dl="$d_lat" -v bl="$b_lat" -v sl="$s_lat" 'BEGIN {
       printf "%-9s %7s | %10.0f %10.0f %10.0f | %8.2f %8.2f | %9.3f %9.3f %9.3f | %13.1f\n",
