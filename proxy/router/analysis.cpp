@@ -666,6 +666,109 @@ class Analyzer {
 
 }  // namespace
 
+namespace {
+
+bool plain_identifier(std::string_view s) {
+  if (s.empty() || (s[0] >= '0' && s[0] <= '9')) return false;
+  for (char c : s)
+    if (!((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '_')) return false;
+  return true;
+}
+
+std::optional<std::string> const_text(const Node* n) {
+  if (!n || n->node_case != PG_QUERY__NODE__NODE_A_CONST || n->a_const->isnull) return std::nullopt;
+  const auto* c = n->a_const;
+  switch (c->val_case) {
+    case PG_QUERY__A__CONST__VAL_SVAL:
+      return std::string(c->sval->sval);
+    case PG_QUERY__A__CONST__VAL_IVAL:
+      return std::to_string(c->ival->ival);
+    case PG_QUERY__A__CONST__VAL_FVAL:
+      return std::string(c->fval->fval);
+    default:
+      return std::nullopt;
+  }
+}
+
+// Session-level SET / RESET / DISCARD ALL / set_config(..., false): the settings a client
+// changes for the rest of its session, with values flattened as PostgreSQL flattens them
+// (list settings such as search_path quote each element that needs it).
+void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
+  static constexpr std::string_view kListQuote[] = {
+      "search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"};
+  for (size_t i = 0; i < tree->n_stmts; ++i) {
+    const Node* st = tree->stmts[i]->stmt;
+    if (!st) continue;
+    if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
+        st->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
+      a.settings.push_back({"", std::nullopt, true});
+    } else if (st->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT) {
+      const auto* v = st->variable_set_stmt;
+      if (v->is_local) continue;
+      std::string name = v->name ? v->name : "";
+      if (name.starts_with("pgshard.")) continue;
+      switch (v->kind) {
+        case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL:
+          a.settings.push_back({"", std::nullopt, true});
+          break;
+        case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET:
+        case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT:
+          a.settings.push_back({name, std::nullopt, false});
+          break;
+        case PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE: {
+          bool list_quote = false;
+          for (auto k : kListQuote) list_quote = list_quote || k == name;
+          std::string value;
+          bool ok = v->n_args > 0;
+          for (size_t k = 0; k < v->n_args && ok; ++k) {
+            auto t = const_text(v->args[k]);
+            if (!t) {
+              ok = false;  // SET TIME ZONE INTERVAL ... and friends: not tracked
+              break;
+            }
+            const bool is_string = v->args[k]->a_const->val_case == PG_QUERY__A__CONST__VAL_SVAL;
+            if (k) value += ", ";
+            if (list_quote && is_string && !plain_identifier(*t)) {
+              value += '"';
+              for (char ch : *t) value += ch == '"' ? std::string("\"\"") : std::string(1, ch);
+              value += '"';
+            } else {
+              value += *t;
+            }
+          }
+          if (ok) a.settings.push_back({name, value, false});
+          break;
+        }
+        default:
+          break;
+      }
+    } else if (st->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+      // SELECT set_config('name', 'value', false)
+      const auto* s = st->select_stmt;
+      for (size_t k = 0; k < s->n_target_list; ++k) {
+        const Node* t = s->target_list[k];
+        const Node* e =
+            t->node_case == PG_QUERY__NODE__NODE_RES_TARGET ? t->res_target->val : nullptr;
+        if (!e || e->node_case != PG_QUERY__NODE__NODE_FUNC_CALL) continue;
+        const auto* f = e->func_call;
+        if (f->n_funcname == 0 || str_of(f->funcname[f->n_funcname - 1]) != "set_config" ||
+            f->n_args != 3)
+          continue;
+        auto name = const_text(f->args[0]);
+        auto value = const_text(f->args[1]);
+        const Node* local = f->args[2];
+        const bool is_false = local && local->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+                              local->a_const->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL &&
+                              !local->a_const->boolval->boolval;
+        if (name && value && is_false && !name->starts_with("pgshard."))
+          a.settings.push_back({*name, *value, false});
+      }
+    }
+  }
+}
+
+}  // namespace
+
 Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
   std::string text(sql);
   auto result = pg_query_parse_protobuf(text.c_str());
@@ -680,6 +783,7 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
       nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
   if (tree) {
     a = Analyzer(cfg).run(tree);
+    extract_settings(tree, a);
     if (a.merge_candidate && tree->n_stmts == 1 &&
         (a.target == Analysis::Target::kAllShards || a.target == Analysis::Target::kKeys)) {
       Node* st = tree->stmts[0]->stmt;
@@ -819,6 +923,11 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   }
   std::string_view key = sql;
   if (names_no_placed_table(sql, cfg) && mask_literals(sql, masked_)) key = masked_;
+  if (key.data() == masked_.data()) {
+    // A shape shared across literals never holds settings (see lookup).
+    if (auto it = map_.find(key); it != map_.end() && !it->second.analysis->settings.empty())
+      key = sql;
+  }
   return lookup(key, sql, cfg);
 }
 
@@ -831,6 +940,8 @@ std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std:
   }
   ++misses_;
   auto a = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  // Settings carry their literals: such statements are cached by their exact text only.
+  if (!a->settings.empty()) key = sql;
   if (capacity_ == 0) return a;
   if (map_.size() >= capacity_) {
     map_.erase(order_.back());

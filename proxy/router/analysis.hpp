@@ -36,6 +36,14 @@ struct CopySplit {
   bool header = false;
 };
 
+// A session setting a statement changes: SET name = value (value), RESET name (nullopt),
+// RESET ALL / DISCARD ALL (reset_all).
+struct SettingChange {
+  std::string name;
+  std::optional<std::string> value;
+  bool reset_all = false;
+};
+
 // Transaction control a statement is, when it is exactly one such statement.
 enum class TxnControl { kNone, kBegin, kCommit, kRollback };
 
@@ -69,6 +77,7 @@ struct Analysis {
   bool merge_candidate = false;
   std::shared_ptr<const merge::MergePlan> merge;
   std::vector<std::string> key_columns;  // shard-key columns of the sharded tables read
+  std::vector<SettingChange> settings;   // session settings it changes, in order
   std::string error;                     // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;

@@ -305,6 +305,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;
   r.merge = a->merge;
+  r.settings = a->settings;
   r.txn = a->txn;
   switch (a->target) {
     case Analysis::Target::kUnparsed:

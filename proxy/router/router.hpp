@@ -66,6 +66,7 @@ struct Route {
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
   std::string merge_blocker;
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
+  std::vector<SettingChange> settings;            // session settings the statement changes
   std::string reason;                             // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;

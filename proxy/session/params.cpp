@@ -97,7 +97,9 @@ std::string sync_statements(const Params& client, const Params& server) {
   for (const auto& [name, value] : client) {
     auto it = server.find(name);
     if (it != server.end() && it->second == value) continue;
-    sql += "SET " + quote_ident(name) + " = " + quote_literal(value) + ";";
+    // set_config takes the value as SHOW prints it, lists (search_path) included.
+    sql += "SELECT pg_catalog.set_config(" + quote_literal(name) + ", " + quote_literal(value) +
+           ", false);";
   }
   for (const auto& [name, value] : server) {
     if (client.contains(name) || pool::is_reported_parameter(name)) continue;

@@ -393,6 +393,7 @@ awaitable<bool> Session::welcome() {
     if (synced_reported(k)) client_params_[k] = v;
   for (auto& [k, v] : wanted) client_params_[canonical_parameter(k)] = v;
   params_fingerprint_ = fingerprint(client_params_);
+  startup_params_ = client_params_;
 
   std::string out;
   proto::Authentication{proto::auth::kOk, {}}.write(out);
@@ -560,6 +561,9 @@ awaitable<void> Session::handle_request(char boundary) {
       co_return;
     }
     hints_ = route.hints;
+    if (!route.settings.empty())
+      pending_settings_.insert(pending_settings_.end(), route.settings.begin(),
+                               route.settings.end());
     // BEGIN waits for the statement that picks the shard (transaction pooling would
     // otherwise pin the transaction to whatever shard BEGIN happened to reach).
     if (simple && !active_ && route.txn != router::TxnControl::kNone &&
@@ -946,6 +950,16 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
           if (ours) {
             if (--link->swallow == 0) link->swallow_kind = Link::Swallow::kNone;
           } else {
+            // Settings the client changed take effect once its statement (or transaction)
+            // has succeeded; a failure or ROLLBACK drops them, as PostgreSQL does.
+            if (!pending_settings_.empty()) {
+              if (status == 'E') settings_failed_ = true;
+              if (status == 'I') {
+                if (!settings_failed_) apply_settings(conn);
+                pending_settings_.clear();
+                settings_failed_ = false;
+              }
+            }
             // Statements whose Parse was never answered (an error came first) are not
             // on the server.
             while (!link->expects.empty()) {
@@ -986,7 +1000,12 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
             }
           }
           break;
+        case proto::msg::kCommandComplete:
+          if (!ours && !pending_settings_.empty() && body.starts_with("ROLLBACK"))
+            pending_settings_.clear();
+          break;
         case proto::msg::kErrorResponse:
+          if (!ours) settings_failed_ = true;
           if (auto e = proto::ErrorFields::parse(body)) {
             if (e->severity() == "FATAL" || e->severity() == "PANIC") {
               link->fatal = e->message();
@@ -1047,6 +1066,36 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   link->lease.release();
   drained_.notify_all();
   maybe_close_for_shutdown();
+}
+
+void Session::apply_settings(pool::ServerConn& conn) {
+  // Reported settings (TimeZone, DateStyle...) follow ParameterStatus; the rest are kept
+  // here and set on whichever server the client gets next.
+  auto set = [&](const std::string& name, const std::optional<std::string>& value) {
+    if (pool::is_reported_parameter(name)) return;
+    if (value) {
+      client_params_[name] = *value;
+      conn.params[name] = *value;
+      return;
+    }
+    // RESET goes back to the value the client connected with, else the server default.
+    conn.params.erase(name);
+    if (auto it = startup_params_.find(name); it != startup_params_.end())
+      client_params_[name] = it->second;
+    else
+      client_params_.erase(name);
+  };
+  for (const auto& c : pending_settings_) {
+    if (c.reset_all) {
+      std::vector<std::string> names;
+      for (const auto& [k, v] : client_params_) names.push_back(k);
+      for (const auto& k : names) set(k, std::nullopt);
+    } else {
+      set(canonical_parameter(c.name), c.value);
+    }
+  }
+  params_fingerprint_ = fingerprint(client_params_);
+  conn.synced_fingerprint = 0;  // compare settings on the next use
 }
 
 awaitable<void> Session::drain() {

@@ -106,6 +106,8 @@ class Session : public std::enable_shared_from_this<Session> {
   // Transaction pooling: rewrites pending_ so the client's named statements use pgshard's
   // names on `link`'s server, re-preparing what that server lacks.
   void map_statements(Link& link);
+  // Records the settings of a statement that succeeded on `conn`.
+  void apply_settings(pool::ServerConn& conn);
 
   bool can_detach(const Link& link) const;
   bool idle() const;
@@ -132,6 +134,9 @@ class Session : public std::enable_shared_from_this<Session> {
   const config::User* user_ = nullptr;
   std::string database_;
   Params client_params_;
+  Params startup_params_;  // as the client connected: what RESET returns to
+  std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
+  bool settings_failed_ = false;
   uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
   // Statement texts by name (protocol-level prepared statements), for routing their Binds.

@@ -29,7 +29,8 @@ TEST_CASE("sync statements set what differs and reset what only the server has",
                 {"server_version", "15"}};
   auto sql = sync_statements(client, server);
   CHECK(sql ==
-        "SET \"TimeZone\" = 'UTC';SET \"search_path\" = 'app';RESET \"extra_float_digits\";");
+        "SELECT pg_catalog.set_config('TimeZone', 'UTC', false);"
+        "SELECT pg_catalog.set_config('search_path', 'app', false);RESET \"extra_float_digits\";");
   CHECK(sync_statements(client, client).empty());
   CHECK(quote_literal("it's") == "'it''s'");
 }

@@ -1,0 +1,80 @@
+// Session settings in transaction pooling: what a client SETs follows it to whatever server
+// it gets next, and never reaches another client.
+#include <catch2/catch.hpp>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+TEST_CASE("a client's settings follow it and never leak to other clients", "[session]") {
+  ProxyOptions o;
+  o.pool_size = 1;  // every client shares one server per shard
+  Proxy proxy(o);
+  auto direct = connect(Cluster::get().direct(0));
+  const std::string default_tz = scalar(direct.get(), "show timezone");
+  auto a = connect(proxy.conninfo());
+  query(a.get(), "set search_path = myschema, public");
+  query(a.get(), "set statement_timeout = '3s'");
+  query(a.get(), "set lock_timeout to 1500");
+  query(a.get(), "set timezone = 'Asia/Tokyo'");
+  query(a.get(), "set extra_float_digits = 0");
+  for (int i = 0; i < 50; ++i) {
+    auto other = connect(proxy.conninfo());
+    INFO("client " << i);
+    CHECK(scalar(other.get(), "show search_path") == "\"$user\", public");
+    CHECK(scalar(other.get(), "show statement_timeout") == "0");
+    CHECK(scalar(other.get(), "show lock_timeout") == "0");
+    CHECK(scalar(other.get(), "show timezone") == default_tz);
+    CHECK(scalar(other.get(), "show extra_float_digits") == "1");
+  }
+  CHECK(scalar(a.get(), "show search_path") == "myschema, public");
+  CHECK(scalar(a.get(), "show statement_timeout") == "3s");
+  CHECK(scalar(a.get(), "show lock_timeout") == "1500ms");
+  CHECK(scalar(a.get(), "show timezone") == "Asia/Tokyo");
+  CHECK(scalar(a.get(), "show extra_float_digits") == "0");
+  CHECK(std::string(PQparameterStatus(a.get(), "TimeZone")) == "Asia/Tokyo");
+
+  // A rolled-back SET is undone, a failed one never happened.
+  query(a.get(), "begin");
+  query(a.get(), "set search_path = elsewhere");
+  query(a.get(), "rollback");
+  CHECK(error_code(a.get(), "set statement_timeout = 'bogus'") == "22023");
+  auto other = connect(proxy.conninfo());
+  CHECK(scalar(other.get(), "show statement_timeout") == "0");
+  CHECK(scalar(a.get(), "show search_path") == "myschema, public");
+  CHECK(scalar(a.get(), "show statement_timeout") == "3s");
+  // A committed one stays.
+  query(a.get(), "begin");
+  query(a.get(), "set search_path = committed, public");
+  query(a.get(), "commit");
+  CHECK(scalar(other.get(), "show search_path") == "\"$user\", public");
+  CHECK(scalar(a.get(), "show search_path") == "committed, public");
+
+  // set_config(..., false), quoted list elements, RESET and RESET ALL.
+  query(a.get(), "select set_config('search_path', 'x1, public', false)");
+  CHECK(scalar(other.get(), "show search_path") == "\"$user\", public");
+  CHECK(scalar(a.get(), "show search_path") == "x1, public");
+  query(a.get(), "set search_path = 'a b', public");
+  CHECK(scalar(other.get(), "show search_path") == "\"$user\", public");
+  CHECK(scalar(a.get(), "show search_path") == "\"a b\", public");
+  query(a.get(), "reset search_path");
+  CHECK(scalar(a.get(), "show search_path") == "\"$user\", public");
+  query(a.get(), "reset all");
+  CHECK(scalar(other.get(), "show statement_timeout") == "0");
+  CHECK(scalar(a.get(), "show statement_timeout") == "0");
+  CHECK(scalar(a.get(), "show lock_timeout") == "0");
+}
+
+TEST_CASE("startup options come back on RESET", "[session]") {
+  ProxyOptions o;
+  o.pool_size = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo("options='-c search_path=startup_schema,public'"));
+  CHECK(scalar(a.get(), "show search_path") == "startup_schema,public");  // as PostgreSQL keeps it
+  query(a.get(), "set search_path = s2");
+  auto other = connect(proxy.conninfo());
+  CHECK(scalar(other.get(), "show search_path") == "\"$user\", public");
+  CHECK(scalar(a.get(), "show search_path") == "s2");
+  query(a.get(), "reset search_path");
+  CHECK(scalar(a.get(), "show search_path") == "startup_schema,public");  // as PostgreSQL keeps it
+}
