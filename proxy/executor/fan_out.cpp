@@ -10,6 +10,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/merge/merger.hpp"
+#include "proxy/router/text.hpp"
 #include "proxy/server/cancel.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/session/params.hpp"
@@ -91,7 +92,15 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   };
   const merge::MergePlan* plan =
       route.merge && route.merge_blocker.empty() ? route.merge.get() : nullptr;
-  if (transaction_status() != 'I') {
+  // A read in a transaction that has not touched a shard yet (BEGIN is still pgshard's) at
+  // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
+  // transaction stays open. Anything else inside a transaction waits for two-phase commit.
+  const bool fresh_read_committed = !active_ && !deferred_begin_.empty() && !route.write &&
+                                    !route.ddl &&
+                                    !router::icontains(deferred_begin_, "serializable") &&
+                                    !router::icontains(deferred_begin_, "repeatable") &&
+                                    !router::icontains(deferred_begin_, "snapshot");
+  if (transaction_status() != 'I' && !fresh_read_committed) {
     refuse("statement needs shards " + names + " inside a transaction; not supported yet",
            "run it outside the transaction, or add the shard key");
     co_await write_client(out);
@@ -163,7 +172,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     if (auto* err = std::get_if<std::string>(&got)) {
       if (!partial) {
         proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
-        out += proto::ready_for_query('I');
+        out += proto::ready_for_query(transaction_status());
         co_await write_client(out);
         co_return;
       }
@@ -180,7 +189,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     collation = co_await shard_collation(legs[0].lease, &err);
     if (!collation) {
       proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported, err));
-      out += proto::ready_for_query('I');
+      out += proto::ready_for_query(transaction_status());
       co_await write_client(out);
       co_return;
     }
@@ -543,7 +552,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     // The warning goes before the final ReadyForQuery (notices may come at any time).
     proto::write_notice(out, warning);
   }
-  out += proto::ready_for_query('I');
+  out += proto::ready_for_query(transaction_status());
   co_await write_client(out);
 }
 
@@ -785,7 +794,7 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
   } else {
     out += first_tag;
   }
-  out += proto::ready_for_query('I');
+  out += proto::ready_for_query(transaction_status());
   co_await write_client(out);
 }
 

@@ -65,6 +65,24 @@ TEST_CASE("DDL runs on every shard in order and says where it applied", "[multis
   }
 }
 
+TEST_CASE("multi-shard reads in a transaction that has not touched a shard yet", "[multishard]") {
+  make_users();
+  Proxy proxy(options());
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "begin");
+  CHECK(scalar(c.get(), "select count(*) from ms_users") == "30");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_INTRANS);
+  CHECK(scalar(c.get(), "/* pgshard: shard=s2 */ select name from ms_users where id = 25") ==
+        "n25");
+  // Now the transaction lives on one shard: a multi-shard read would not see its writes.
+  CHECK(error_code(c.get(), "select count(*) from ms_users") == "0A000");
+  query(c.get(), "rollback");
+  query(c.get(), "begin isolation level repeatable read");
+  CHECK(error_code(c.get(), "select count(*) from ms_users") == "0A000");
+  query(c.get(), "rollback");
+  CHECK(scalar(c.get(), "select count(*) from ms_users") == "30");
+}
+
 TEST_CASE("a shard slower than timeouts.shard_statement fails the statement or is left out",
           "[multishard]") {
   make_users();
