@@ -138,6 +138,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   std::optional<int64_t> limit, offset;
   // Replies pgshard caused itself and hides: per Parse / Close / Describe, in message order.
   std::deque<bool> hide_parse, hide_close, hide_describe;
+  int32_t max_rows = 0;  // Execute's row limit, 0: all
   if (simple) {
     if (plan && !plan->shard_sql.empty())
       proto::Query{plan->shard_sql}.write(request);
@@ -149,7 +150,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     }
   } else {
     if (!build_extended(plan, {}, request, hide_parse, hide_close, hide_describe, limit, offset,
-                        out, names)) {
+                        max_rows, out, names)) {
       co_await write_client(out);
       co_return;
     }
@@ -219,7 +220,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       // Each shard's part of a split INSERT, in the client's extended batch.
       std::string mine;
       build_extended(nullptr, route.per_shard_sql[i].second, mine, hide_parse, hide_close,
-                     hide_describe, limit, offset, out, names);
+                     hide_describe, limit, offset, max_rows, out, names);
       batch += mine;
     } else {
       batch += request;
@@ -302,6 +303,27 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     }
   };
 
+  // Rows for the client, cut at Execute's row limit (the rest are dropped: suspended).
+  int64_t delivered = 0;
+  bool suspended = false;
+  auto deliver = [&](std::string_view frames) {
+    if (max_rows == 0) {
+      out.append(frames);
+      delivered += 1;
+      return;
+    }
+    while (!frames.empty()) {
+      auto d = proto::decode_frame(frames);
+      if (d.status != proto::DecodeStatus::kFrame) break;
+      if (delivered < max_rows)
+        out.append(frames.substr(0, d.consumed));
+      else
+        suspended = true;
+      ++delivered;
+      frames.remove_prefix(d.consumed);
+    }
+  };
+  std::string merged;                       // the merger's rows on their way to deliver()
   std::optional<proto::ErrorInfo> failure;  // pgshard's own error for the statement
   bool error_sent = false;                  // a shard's ErrorResponse went to the client
   std::optional<merge::Merger> merger;
@@ -380,7 +402,9 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
           leg.rows_ended = true;
           merger->end_of_rows(s);
         }
-        merger->take(out);
+        merged.clear();
+        merger->take(merged);
+        deliver(merged);
         co_await flush_client();
       }
       if (!merger->error().empty()) {
@@ -400,7 +424,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
         while (!leg->failed && (leg->head->type == proto::msg::kDataRow ||
                                 leg->head->type == proto::msg::kCopyData)) {
           // A reference-table write returns its rows once, from the first copy.
-          if (!route.replicated || leg == legs_now[0]) out.append(raw_head(*leg));
+          if (!route.replicated || leg == legs_now[0]) deliver(raw_head(*leg));
           consume(*leg);
           co_await flush_client();
           if (!co_await peek(*leg)) break;
@@ -473,21 +497,33 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
               leg.rows_ended = true;
               merger->end_of_rows(static_cast<int>(&leg - legs.data()));
             }
-          merger->take(out);
+          merged.clear();
+          merger->take(merged);
+          deliver(merged);
           if (!merger->error().empty()) {
             failure = proto::error(sqlstate::kFeatureNotSupported, merger->error());
             break;
           }
-          proto::CommandComplete{"SELECT " + std::to_string(merger->rows_sent())}.write(out);
+          if (suspended)
+            proto::write_empty(out, proto::msg::kPortalSuspended);
+          else
+            proto::CommandComplete{"SELECT " + std::to_string(merger->rows_sent())}.write(out);
           merger.reset();
+          delivered = 0;
+          suspended = false;
           break;
         }
         for (auto* leg : legs_now) {
           if (auto c = proto::CommandComplete::parse(leg->head->body)) tag.add(c->tag);
           if (route.replicated) break;  // every shard changed its own copy of the same rows
         }
-        proto::CommandComplete{tag.text()}.write(out);
+        if (suspended)
+          proto::write_empty(out, proto::msg::kPortalSuspended);
+        else
+          proto::CommandComplete{tag.text()}.write(out);
         tag = {};
+        delivered = 0;
+        suspended = false;
         break;
       case proto::msg::kReadyForQuery:
         emit = false;
@@ -560,12 +596,13 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
                              std::string& request, std::deque<bool>& hide_parse,
                              std::deque<bool>& hide_close, std::deque<bool>& hide_describe,
                              std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                             std::string& out, const std::string& names) {
+                             int32_t& max_rows, std::string& out, const std::string& names) {
   // The client's batch as the shards get it: statement names prefixed (and closed again
   // before Sync, so no shard keeps them), a Parse ahead of any Bind or Describe of a
   // statement this batch did not parse, and a Describe ahead of Execute so the merge knows
   // the column types. The replies those cause are hidden from the client.
   request.clear();
+  max_rows = 0;
   hide_parse.clear();
   hide_close.clear();
   hide_describe.clear();
@@ -595,7 +632,8 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
     }();
     auto types_it = statement_types_.find(std::string(name));
     static const std::vector<int32_t> kNone;
-    proto::Parse p{shard_name(name), shard_text(text),
+    const std::string renamed = shard_name(name);  // Parse holds views: keep the name alive
+    proto::Parse p{renamed, shard_text(text),
                    types_it == statement_types_.end() ? kNone : types_it->second};
     p.write(request);
     hide_parse.push_back(true);
@@ -657,17 +695,23 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
       case proto::msg::kExecute:
         if (auto e = proto::Execute::parse(f.body)) {
           ++executes;
+          // A row limit (asyncpg's fetchrow, JDBC's fetch size): the shards run the portal
+          // to the end; pgshard hands out max_rows rows and then PortalSuspended. The rest
+          // of the portal is gone, so only a batch that ends it (Sync) may do this.
           if (e->max_rows != 0) {
-            refuse("Execute with a row limit across shards (" + names + ") is not supported",
-                   "fetch all rows, or add the shard key");
-            return false;
+            if (max_rows != 0) {
+              refuse("several row-limited Executes across shards (" + names + ") in one batch",
+                     "fetch all rows, or add the shard key");
+              return false;
+            }
+            max_rows = e->max_rows;
           }
           // The merge needs the columns' types even when the client did not ask.
           if (!described_portals.contains(e->portal)) {
             proto::Describe{'P', e->portal}.write(request);
             hide_describe.push_back(true);
           }
-          request.append(rest.data() - d.consumed, d.consumed);
+          proto::Execute{e->portal, 0}.write(request);
         }
         break;
       case proto::msg::kClose:

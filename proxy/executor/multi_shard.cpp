@@ -244,9 +244,10 @@ void Session::answer_extended(std::string_view answer, std::string& out) {
   // pgshard answers an extended-protocol batch itself (EXPLAIN (ROUTE)): every message
   // gets the reply PostgreSQL would send. `answer` is RowDescription, rows, CommandComplete.
   auto first = proto::decode_frame(answer);
-  std::string_view desc = first.status == proto::DecodeStatus::kFrame
-                              ? answer.substr(0, first.consumed)
-                              : std::string_view();
+  std::string_view desc =
+      first.status == proto::DecodeStatus::kFrame && first.frame.type == proto::msg::kRowDescription
+          ? answer.substr(0, first.consumed)
+          : std::string_view();
   std::string_view rows = answer.substr(desc.size());
   std::vector<int32_t> param_types;
   for (std::string_view rest = pending_; !rest.empty();) {
@@ -264,7 +265,10 @@ void Session::answer_extended(std::string_view answer, std::string& out) {
       case proto::msg::kDescribe:
         if (auto dsc = proto::Describe::parse(d.frame.body); dsc && dsc->kind == 'S')
           proto::ParameterDescription{param_types}.write(out);
-        out.append(desc);
+        if (desc.empty())
+          proto::write_empty(out, proto::msg::kNoData);
+        else
+          out.append(desc);
         break;
       case proto::msg::kExecute:
         out.append(rows);

@@ -193,6 +193,11 @@ class Analyzer {
     cte_wheres_.clear();
     for (const auto* r : rels) {
       if (!r->schemaname[0] && ctes.contains(r->relname)) continue;
+      // System catalogs exist on every shard: drivers' type introspection runs anywhere.
+      const std::string_view schema = r->schemaname, rel = r->relname;
+      if (schema == "pg_catalog" || schema == "information_schema" ||
+          (schema.empty() && rel.starts_with("pg_")))
+        continue;
       int t = sharded_index(r);
       if (t >= 0) {
         std::string name = r->alias ? r->alias->aliasname : r->relname;

@@ -34,6 +34,20 @@ std::string canonical_parameter(std::string_view name) {
   return lower;
 }
 
+// True when a batch binds or runs anything (Bind, Execute, Query, FunctionCall).
+bool binds_or_runs(std::string_view batch) {
+  for (std::string_view rest = batch; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) return true;
+    const char t = d.frame.type;
+    if (t == proto::msg::kBind || t == proto::msg::kExecute || t == proto::msg::kQuery ||
+        t == proto::msg::kFunctionCall)
+      return true;
+    rest.remove_prefix(d.consumed);
+  }
+  return false;
+}
+
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
          name == "IntervalStyle" || name == "TimeZone";
@@ -566,21 +580,43 @@ awaitable<void> Session::handle_request(char boundary) {
                                route.settings.end());
     // BEGIN waits for the statement that picks the shard (transaction pooling would
     // otherwise pin the transaction to whatever shard BEGIN happened to reach).
-    if (simple && !active_ && route.txn != router::TxnControl::kNone &&
+    // Extended-protocol BEGIN (psycopg 3, asyncpg...): one statement ending with Sync.
+    auto lone_extended = [&] {
+      if (simple || boundary != proto::msg::kSync) return false;
+      int executes = 0;
+      for (std::string_view rest = pending_; !rest.empty();) {
+        auto d = proto::decode_frame(rest);
+        if (d.status != proto::DecodeStatus::kFrame) return false;
+        if (d.frame.type == proto::msg::kExecute) ++executes;
+        rest.remove_prefix(d.consumed);
+      }
+      return executes == 1;
+    };
+    if (!active_ && route.txn != router::TxnControl::kNone &&
         (route.txn == router::TxnControl::kBegin
              ? deferred_begin_.empty() && transaction_status() == 'I'
-             : !deferred_begin_.empty())) {
+             : !deferred_begin_.empty()) &&
+        (simple || lone_extended())) {
       co_await drain();
+      std::string answer;
       if (route.txn == router::TxnControl::kBegin) {
-        deferred_begin_ = pending_;
-        proto::CommandComplete{"BEGIN"}.write(out);
-        out += proto::ready_for_query('T');
+        if (simple)
+          deferred_begin_ = pending_;
+        else
+          proto::Query{unnamed_sql_.empty() ? std::string_view("BEGIN") : unnamed_sql_}.write(
+              deferred_begin_);
+        proto::CommandComplete{"BEGIN"}.write(answer);
       } else {
         deferred_begin_.clear();
         hints_.local = {};
         proto::CommandComplete{route.txn == router::TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}
-            .write(out);
-        out += proto::ready_for_query('I');
+            .write(answer);
+      }
+      if (simple) {
+        out += answer;
+        out += proto::ready_for_query(transaction_status());
+      } else {
+        answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
       }
       pending_.clear();
       co_await write_client(out);
@@ -591,12 +627,14 @@ awaitable<void> Session::handle_request(char boundary) {
       pending_.clear();
       co_return;
     }
-    if (route.shards.size() > 1) {
+    // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
+    const bool prepare_only = !simple && !binds_or_runs(pending_);
+    if (route.shards.size() > 1 && !prepare_only) {
       co_await fan_out(route, simple, boundary);
       pending_.clear();
       co_return;
     }
-    target = route.shard;
+    target = route.shards.size() > 1 ? route.shards.front() : route.shard;
     spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
   }
 
@@ -634,7 +672,15 @@ awaitable<void> Session::handle_request(char boundary) {
     pending_.clear();
     co_return;
   }
-  if (user_->pool_mode == config::PoolMode::kTransaction) map_statements(*active_);
+  if (user_->pool_mode == config::PoolMode::kTransaction) {
+    map_statements(*active_);
+    // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
+    // the server is left idle and the statement's Bind can go to the shard its key names.
+    if (boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
+      proto::write_empty(pending_, proto::msg::kSync);
+      active_->expects.push_back({Link::Expect::Kind::kSyncHidden, {}});
+    }
+  }
 
   // Count what will be answered with ReadyForQuery before anything is written, so the
   // reader never hands the server back while this request is on its way.
@@ -658,7 +704,20 @@ awaitable<void> Session::handle_request(char boundary) {
     rest.remove_prefix(d.consumed);
   }
   auto link = active_;
-  if (!deferred_begin_.empty()) {
+  // Only a batch that runs something opens the deferred transaction; a prepare-only batch
+  // (Parse/Describe) must not pin it to a shard (server_loop shows such batches 'T').
+  auto runs_something = [&] {
+    for (std::string_view rest = pending_; !rest.empty();) {
+      auto d = proto::decode_frame(rest);
+      if (d.status != proto::DecodeStatus::kFrame) return true;
+      const char t = d.frame.type;
+      if (t == proto::msg::kQuery || t == proto::msg::kExecute || t == proto::msg::kFunctionCall)
+        return true;
+      rest.remove_prefix(d.consumed);
+    }
+    return false;
+  };
+  if (!deferred_begin_.empty() && runs_something()) {
     // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
     link->prelude += deferred_begin_;
     ++link->swallow;
@@ -962,14 +1021,29 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
             }
             // Statements whose Parse was never answered (an error came first) are not
             // on the server.
+            bool our_sync = false;  // the Sync pgshard added after a prepare-only batch
             while (!link->expects.empty()) {
               auto e = std::move(link->expects.front());
               link->expects.pop_front();
               if (e.kind == Link::Expect::Kind::kSync) break;
+              if (e.kind == Link::Expect::Kind::kSyncHidden) {
+                our_sync = true;
+                break;
+              }
               if (!e.added.empty()) conn.prepared.erase(e.added);
+            }
+            if (our_sync) {
+              hide_this = true;
+              if (in_flight_ > 0) --in_flight_;
+              break;
             }
             if (in_flight_ > 0) --in_flight_;
             last_status_ = status;
+            if (status == 'I' && !deferred_begin_.empty()) {
+              // The client's BEGIN is still pgshard's: to the client it is in a transaction.
+              hide(pos, pos + total);
+              out += proto::ready_for_query('T');
+            }
             if (status == 'I') hints_.local = {};
           }
           break;

@@ -42,7 +42,7 @@ struct Link {
   // Close sent for the client is answered with, in order, and a marker for each message
   // answered with ReadyForQuery.
   struct Expect {
-    enum class Kind { kRelay, kHide, kAsParseComplete, kSync };
+    enum class Kind { kRelay, kHide, kAsParseComplete, kSync, kSyncHidden };
     Kind kind = Kind::kRelay;
     std::string added;  // a statement this Parse adds to the server's set
   };
@@ -93,7 +93,7 @@ class Session : public std::enable_shared_from_this<Session> {
                       std::string& request, std::deque<bool>& hide_parse,
                       std::deque<bool>& hide_close, std::deque<bool>& hide_describe,
                       std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                      std::string& out, const std::string& names);
+                      int32_t& max_rows, std::string& out, const std::string& names);
   // The shards' text collation (read from the first shard once per worker); null and an
   // error when the proxy host cannot compare text that way.
   awaitable<const merge::Collation*> shard_collation(pool::Lease& lease, std::string* error);

@@ -51,6 +51,7 @@ void Session::map_statements(Link& link) {
   using Kind = Link::Expect::Kind;
   std::string out;
   out.reserve(pending_.size() + 64);
+  bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
   // Prepares `name` on this server when it lacks it; the ParseComplete is hidden.
   auto ensure = [&](const std::string& name, const std::string& client_name) {
     if (conn.prepared.has(name)) return;
@@ -78,6 +79,7 @@ void Session::map_statements(Link& link) {
     switch (f.type) {
       case proto::msg::kParse: {
         auto p = proto::Parse::parse(f.body);
+        if (p && p->name.empty()) parsed_unnamed = true;
         if (!p || p->name.empty()) {
           out.append(raw);
           link.expects.push_back({Kind::kRelay, {}});
@@ -101,6 +103,15 @@ void Session::map_statements(Link& link) {
       }
       case proto::msg::kBind: {
         auto b = proto::Bind::parse(f.body);
+        if (b && b->statement.empty() && !parsed_unnamed && !unnamed_sql_.empty()) {
+          // The unnamed statement may have been parsed on another server: parse it again.
+          auto types = statement_types_.find("");
+          static const std::vector<int32_t> kNone;
+          proto::Parse{"", unnamed_sql_, types == statement_types_.end() ? kNone : types->second}
+              .write(out);
+          link.expects.push_back({Kind::kHide, {}});
+          parsed_unnamed = true;
+        }
         auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
         if (!b || b->statement.empty() || known == server_names_.end()) {
           out.append(raw);  // unknown names reach PostgreSQL, which reports them

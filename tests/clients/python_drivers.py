@@ -1,0 +1,184 @@
+"""Real Python drivers through pgshard (transaction pooling, 3 shards): psycopg2, psycopg 3
+with server-side prepared statements, asyncpg with its statement cache, and the SQLAlchemy
+ORM. Each asserts results. Run with /usr/bin/python3 (Debian's packages)."""
+import asyncio
+import decimal
+import os
+import sys
+
+HOST = os.environ["PGSHARD_HOST"]
+PORT = int(os.environ["PGSHARD_PORT"])
+DSN = f"host={HOST} port={PORT} user=app password=secret dbname=app"
+D = decimal.Decimal
+failures = []
+
+
+def check(cond, what):
+    if not cond:
+        failures.append(what)
+        print("FAIL:", what, file=sys.stderr)
+
+
+def expected_orders(user):
+    return [(user * 10 + k, D(f"{k}.25")) for k in range(1, 4)]
+
+
+def psycopg2_suite():
+    import psycopg2
+
+    conn = psycopg2.connect(DSN)
+    conn.autocommit = True
+    cur = conn.cursor()
+    ids = list(range(1001, 1011))
+    cur.execute("delete from orders where user_id = any(%s)", (ids,))
+    cur.execute("delete from users where id = any(%s)", (ids,))
+    # One transaction per user: all its rows live on one shard.
+    conn.autocommit = False
+    for u in ids:
+        cur.execute("insert into users (id, name, email) values (%s, %s, %s)", (u, f"user{u}", None))
+        for oid, amount in expected_orders(u):
+            cur.execute("insert into orders (id, user_id, amount) values (%s, %s, %s)", (oid, u, amount))
+        conn.commit()
+    # A rolled-back transaction leaves nothing.
+    cur.execute("insert into users (id, name) values (1999, 'ghost')")
+    conn.rollback()
+    cur.execute("select count(*) from users where id = 1999")
+    check(cur.fetchone()[0] == 0, "psycopg2: rolled-back insert is gone")
+    conn.commit()
+    # Reads by key.
+    cur.execute("select id, amount from orders where user_id = %s order by id", (1003,))
+    check(cur.fetchall() == expected_orders(1003), "psycopg2: orders of one user")
+    conn.commit()
+    # A cross-shard report in a fresh transaction (psycopg2 opens one for every statement).
+    cur.execute(
+        "select count(*), sum(amount), avg(amount) from orders where user_id between 1001 and 1010")
+    n, total, mean = cur.fetchone()
+    check(n == 30, f"psycopg2: report count {n}")
+    check(total == D("67.50"), f"psycopg2: report sum {total}")
+    check(mean == D("2.2500000000000000"), f"psycopg2: report avg {mean}")
+    cur.execute(
+        "select user_id, sum(amount) from orders where user_id between 1001 and 1010 "
+        "group by user_id order by user_id desc limit 3")
+    check(cur.fetchall() == [(u, D("6.75")) for u in (1010, 1009, 1008)], "psycopg2: grouped report")
+    conn.commit()
+    conn.close()
+
+
+def psycopg3_suite():
+    import psycopg
+
+    # prepare_threshold=0: every statement is prepared on the server (named statements).
+    with psycopg.connect(DSN, autocommit=True, prepare_threshold=0) as conn:
+        ids = list(range(1101, 1111))
+        conn.execute("delete from orders where user_id = any(%s)", (ids,))
+        conn.execute("delete from users where id = any(%s)", (ids,))
+        for u in ids:
+            with conn.transaction():
+                conn.execute("insert into users (id, name) values (%s, %s)", (u, f"p3-{u}"))
+                for oid, amount in expected_orders(u):
+                    conn.execute("insert into orders (id, user_id, amount) values (%s, %s, %s)",
+                                 (oid, u, amount))
+        for _ in range(3):  # the same statements again, now prepared
+            for u in ids:
+                rows = conn.execute("select id, amount from orders where user_id = %s order by id",
+                                    (u,)).fetchall()
+                check(rows == expected_orders(u), f"psycopg3: orders of {u}")
+        row = conn.execute("select count(*), sum(amount) from orders where user_id between %s and %s",
+                           (1101, 1110)).fetchone()
+        check(row == (30, D("67.50")), f"psycopg3: report {row}")
+        try:
+            with conn.transaction():
+                conn.execute("insert into users (id, name) values (%s, %s)", (1199, "x"))
+                raise RuntimeError("roll back")
+        except RuntimeError:
+            pass
+        check(conn.execute("select count(*) from users where id = %s", (1199,)).fetchone()[0] == 0,
+              "psycopg3: rolled back")
+
+
+async def asyncpg_suite():
+    import asyncpg
+
+    conn = await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                 database="app", statement_cache_size=100)
+    ids = list(range(1201, 1211))
+    await conn.execute("delete from orders where user_id = any($1::bigint[])", ids)
+    await conn.execute("delete from users where id = any($1::bigint[])", ids)
+    for u in ids:
+        async with conn.transaction():
+            await conn.execute("insert into users (id, name) values ($1, $2)", u, f"apg-{u}")
+            for oid, amount in expected_orders(u):
+                await conn.execute("insert into orders (id, user_id, amount) values ($1, $2, $3)",
+                                   oid, u, amount)
+    for _ in range(3):
+        for u in ids:
+            rows = await conn.fetch("select id, amount from orders where user_id = $1 order by id", u)
+            check([tuple(r) for r in rows] == expected_orders(u), f"asyncpg: orders of {u}")
+    row = await conn.fetchrow(
+        "select count(*), sum(amount), max(amount) from orders where user_id between $1 and $2",
+        1201, 1210)
+    check(tuple(row) == (30, D("67.50"), D("3.25")), f"asyncpg: report {tuple(row)}")
+    rows = await conn.fetch("select user_id from users u join orders o on o.user_id = u.id "
+                            "where u.id = $1 order by o.id", 1205)
+    check(len(rows) == 3, "asyncpg: co-located join")
+    await conn.close()
+
+
+def sqlalchemy_suite():
+    from sqlalchemy import BigInteger, Column, ForeignKey, Numeric, String, create_engine, func, select
+    from sqlalchemy.orm import Session, declarative_base, relationship
+
+    Base = declarative_base()
+
+    class User(Base):
+        __tablename__ = "users"
+        id = Column(BigInteger, primary_key=True)
+        name = Column(String, nullable=False)
+        email = Column(String)
+        orders = relationship("Order", back_populates="user")
+
+    class Order(Base):
+        __tablename__ = "orders"
+        id = Column(BigInteger, primary_key=True)
+        user_id = Column(BigInteger, ForeignKey("users.id"), primary_key=True)
+        amount = Column(Numeric(12, 2), nullable=False)
+        status = Column(String, nullable=False, default="new")
+        user = relationship("User", back_populates="orders")
+
+    engine = create_engine(f"postgresql+psycopg2://app:secret@{HOST}:{PORT}/app", future=True)
+    ids = list(range(1301, 1306))
+    with engine.connect() as c:
+        c = c.execution_options(isolation_level="AUTOCOMMIT")
+        c.exec_driver_sql("delete from orders where user_id between 1301 and 1305")
+        c.exec_driver_sql("delete from users where id between 1301 and 1305")
+    for u in ids:
+        with Session(engine) as s:
+            user = User(id=u, name=f"orm-{u}")
+            user.orders = [Order(id=oid, amount=amount) for oid, amount in expected_orders(u)]
+            s.add(user)
+            s.commit()
+    with Session(engine) as s:
+        user = s.get(User, 1303)
+        check(user is not None and user.name == "orm-1303", "sqlalchemy: get by key")
+        got = sorted((o.id, o.amount) for o in user.orders)
+        check(got == expected_orders(1303), f"sqlalchemy: relationship {got}")
+    # A cross-shard read inside a transaction that already used one shard is refused until
+    # two-phase commit lands; a fresh session (transaction) reads across shards.
+    with Session(engine) as s:
+        total = s.execute(select(func.sum(Order.amount)).where(Order.user_id.between(1301, 1305))).scalar()
+        check(total == D("33.75"), f"sqlalchemy: report {total}")
+
+
+def main():
+    psycopg2_suite()
+    psycopg3_suite()
+    asyncio.run(asyncpg_suite())
+    sqlalchemy_suite()
+    if failures:
+        print(f"{len(failures)} failure(s)", file=sys.stderr)
+        sys.exit(1)
+    print("python drivers: all checks passed")
+
+
+if __name__ == "__main__":
+    main()

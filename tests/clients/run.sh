@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Runs one real-driver suite against pgshard over three fresh PostgreSQL shards in
+# transaction pooling: tests/clients/run.sh python|node|jdbc
+#   PGSHARD_BINARY: the pgshard to test (CTest passes it)
+set -euo pipefail
+SUITE=$1
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+BIN=${PGSHARD_BINARY:-$ROOT/build/release/pgshard}
+DIR=$(mktemp -d /tmp/pgshard-clients-XXXXXX); chmod 755 "$DIR"
+free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+P0=$(free_port); P1=$(free_port); P2=$(free_port); PROXY=$(free_port)
+export PGPASSWORD=secret
+cleanup() {
+  local rc=$?
+  [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
+  if [ $rc -ne 0 ]; then
+    echo "---- pgshard log (tail) ----"; tail -40 "$DIR/pgshard.log" 2>/dev/null || true
+    for p in $P0 $P1 $P2; do echo "---- shard $p log (tail) ----"; tail -15 "$DIR/pg/$p/log" 2>/dev/null || true; done
+  fi
+  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" >/dev/null 2>&1 || true
+  rm -rf "$DIR"
+  exit $rc
+}
+trap cleanup EXIT
+"$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "$P0" "$P1" "$P2" >/dev/null
+cat >"$DIR/pgshard.yaml" <<YAML
+listen: { host: 127.0.0.1, port: $PROXY, workers: 2 }
+tls: { mode: disable }
+users: [{ name: app, password: secret, pool_mode: transaction }]
+shards:
+  - { name: s0, primary: "postgres://app:secret@127.0.0.1:$P0/app", pool_size: 4 }
+  - { name: s1, primary: "postgres://app:secret@127.0.0.1:$P1/app", pool_size: 4 }
+  - { name: s2, primary: "postgres://app:secret@127.0.0.1:$P2/app", pool_size: 4 }
+sharded_tables:
+  - { table: users, column: id, type: bigint }
+  - { table: orders, column: user_id, type: bigint }
+unsharded: reject
+log_level: info
+YAML
+"$BIN" --config "$DIR/pgshard.yaml" >"$DIR/pgshard.log" 2>&1 &
+echo $! >"$DIR/pgshard.pid"
+for _ in $(seq 100); do psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U app app -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+# The schema goes to every shard through pgshard (DDL fan-out).
+psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PROXY" -U app app -f "$HERE/schema.sql" >/dev/null
+export PGSHARD_HOST=127.0.0.1 PGSHARD_PORT=$PROXY
+case "$SUITE" in
+  python) /usr/bin/python3 "$HERE/python_drivers.py" ;;
+  node)
+    # npm packages are installed into the source tree's ignored node_modules, once.
+    [ -d "$HERE/node/node_modules/drizzle-orm" ] ||
+      (cd "$HERE/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    node "$HERE/node/test.mjs" ;;
+  jdbc) java -cp /usr/share/java/postgresql.jar "$HERE/jdbc/JdbcTest.java" ;;
+  *) echo "unknown suite $SUITE"; exit 2 ;;
+esac
+echo "suite $SUITE: passed"

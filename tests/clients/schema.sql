@@ -1,0 +1,5 @@
+drop table if exists orders;
+drop table if exists users;
+create table users (id bigint primary key, name text not null, email text);
+create table orders (id bigint not null, user_id bigint not null, amount numeric(12,2) not null,
+                     status text not null default 'new', primary key (user_id, id));
