@@ -2,6 +2,7 @@
 #include "proxy/merge/merger.hpp"
 
 #include <algorithm>
+#include <cstdint>
 
 namespace pgshard::merge {
 
@@ -84,7 +85,7 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
           if (t != oid::kInt8) return bad("count() from a shard is not bigint");
           break;
         case Aggregate::Kind::kSum:
-          if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
+          if (!is_integer(t) && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
             return bad("sum() over " + type_name(t) + " across shards is not supported");
           break;
         case Aggregate::Kind::kAvg:
@@ -314,7 +315,7 @@ void Merger::accumulate(Group& g, const std::vector<proto::Value>& values) {
       case Aggregate::Kind::kSum: {
         if (!v) break;
         acc.any = true;
-        if (col.type == oid::kInt8) {
+        if (is_integer(col.type)) {
           auto n = decode_int(col.type, col.format, *v);
           if (!n) return fail("malformed sum from a shard");
           int64_t total = 0;
@@ -361,6 +362,21 @@ void Merger::accumulate(Group& g, const std::vector<proto::Value>& values) {
   }
 }
 
+std::optional<std::string> Merger::encode_integer(int32_t type, int64_t v, int16_t format) const {
+  // A cast count or sum (count(*)::int) stays in its type; past its range PostgreSQL fails.
+  const int64_t lo = type == oid::kInt2 ? INT16_MIN : type == oid::kInt4 ? INT32_MIN : INT64_MIN;
+  const int64_t hi = type == oid::kInt2 ? INT16_MAX : type == oid::kInt4 ? INT32_MAX : INT64_MAX;
+  if (v < lo || v > hi) {
+    const_cast<Merger*>(this)->fail(type == oid::kInt2   ? "smallint out of range"
+                                    : type == oid::kInt4 ? "integer out of range"
+                                                         : "bigint out of range");
+    return std::nullopt;
+  }
+  std::string wide = encode_int8(v, format);
+  if (format == 0 || type == oid::kInt8) return wide;
+  return wide.substr(type == oid::kInt4 ? 4 : 6);  // big-endian: the low bytes
+}
+
 std::optional<std::string> Merger::final_value(const Group& g, int k) const {
   const auto& a = plan_.aggregates[static_cast<std::size_t>(k)];
   const auto& acc = g.accs[static_cast<std::size_t>(k)];
@@ -375,7 +391,8 @@ std::optional<std::string> Merger::final_value(const Group& g, int k) const {
       return encode_int8(acc.count, col.format);
     case Aggregate::Kind::kSum:
       if (!acc.any) return std::nullopt;
-      if (col.type == oid::kInt8) return encode_int8(acc.int_sum.value_or(0), col.format);
+      if (is_integer(col.type))
+        return encode_integer(col.type, acc.int_sum.value_or(0), col.format);
       if (col.type == oid::kNumeric) return encode_numeric(sum_decimal(), col.format);
       return encode_float(col.type, acc.float_sum.value_or(0), col.format);
     case Aggregate::Kind::kAvg:

@@ -68,6 +68,7 @@ class Merger {
   void finish_aggregate();
   void accumulate(Group& g, const std::vector<protocol::Value>& values);
   std::optional<std::string> final_value(const Group& g, int output) const;
+  std::optional<std::string> encode_integer(int32_t type, int64_t v, int16_t format) const;
   int compare_rows(const Row& a, const Row& b, const std::vector<Column>& columns) const;
   std::optional<bool> evaluate(const Predicate& p, const Row& row) const;
   std::optional<int> compare_operand(const Row& row, int value, const std::optional<std::string>& c,

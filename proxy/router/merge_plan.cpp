@@ -37,6 +37,27 @@ std::string_view func_name(const PgQuery__FuncCall* f) {
   return f->n_funcname ? ast::str_of(f->funcname[f->n_funcname - 1]) : std::string_view();
 }
 
+// An aggregate call, or a cast of count()/sum() to an integer or numeric type
+// (count(*)::int, sum(x)::numeric): each shard casts its part and the parts add up.
+const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
+  *cast = false;
+  if (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST && n->type_cast->type_name) {
+    const auto* tn = n->type_cast->type_name;
+    auto type = tn->n_names ? ast::str_of(tn->names[tn->n_names - 1]) : std::string_view();
+    const bool numberish = type == "int4" || type == "int8" || type == "int2" ||
+                           type == "numeric" || type == "integer" || type == "bigint";
+    const auto* inner = func_of(n->type_cast->arg);
+    if (numberish && tn->n_typmods == 0 && tn->n_array_bounds == 0 && inner && !inner->over &&
+        (func_name(inner) == "count" || func_name(inner) == "sum")) {
+      *cast = true;
+      return inner;
+    }
+    return nullptr;
+  }
+  const auto* f = func_of(n);
+  return f && !f->over && ast::is_aggregate(func_name(f)) ? f : nullptr;
+}
+
 bool contains_aggregate(const Node* n) {
   bool found = false;
   ast::walk(&n->base, [&](const ProtobufCMessage* m) {
@@ -366,7 +387,8 @@ class Planner {
   // Adds the aggregate `node` (a FuncCall) with its partial columns; for a visible target
   // `column` is its position, else the partial becomes a hidden column. Returns the output.
   int add_aggregate(Node* node, int column) {
-    const auto* f = node->func_call;
+    bool cast = false;
+    const auto* f = aggregate_of(node, &cast);
     for (std::size_t k = 0; k < agg_nodes_.size(); ++k)
       if (column < 0 && ast::equal(&agg_nodes_[k]->base, &node->base))
         for (std::size_t o = 0; o < plan_->outputs.size(); ++o)
@@ -379,7 +401,9 @@ class Planner {
       fail(name + "() WITHIN GROUP");
       return -1;
     }
-    if (name == "count") {
+    if (cast) {
+      a.kind = Aggregate::Kind::kSum;  // the shards' cast counts and sums add up
+    } else if (name == "count") {
       a.kind = Aggregate::Kind::kCount;
     } else if (name == "sum") {
       a.kind = Aggregate::Kind::kSum;
@@ -433,8 +457,8 @@ class Planner {
     for (int i = 0; i < n_; ++i) {
       Node* v = val(i);
       if (!v || is_star(v)) return fail("SELECT * with GROUP BY or aggregates");
-      const auto* f = func_of(v);
-      if (f && !f->over && ast::is_aggregate(func_name(f))) {
+      bool cast = false;
+      if (aggregate_of(v, &cast)) {
         if (add_aggregate(v, i) < 0) return;
         // add_aggregate appended the output; keep outputs in select-list order.
         continue;
@@ -501,8 +525,7 @@ class Planner {
     if (!e) return -1;
     int col = visible_column(e);
     if (col >= 0 && col < n_) return col;
-    if (const auto* f = func_of(e); f && !f->over && ast::is_aggregate(func_name(f)))
-      return add_aggregate(e, -1);
+    if (bool cast = false; aggregate_of(e, &cast)) return add_aggregate(e, -1);
     for (const auto& [node, shard_col] : hidden_groups_)
       if (ast::equal(&node->base, &e->base)) {
         for (std::size_t o = 0; o < plan_->outputs.size(); ++o)

@@ -783,8 +783,13 @@ router::Route Session::route_batch(bool* simple) {
           auto r = router::route_extended(text_of(b->statement), route ? route->hints : hints_,
                                           config_, ctx);
           ctx.bind = nullptr;
-          if (!route) {
+          // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
+          const bool begin =
+              r.kind == router::RouteKind::kShard && r.txn == router::TxnControl::kBegin;
+          if (!route || (route->txn == router::TxnControl::kBegin && !begin)) {
             route = std::move(r);
+          } else if (begin) {
+            continue;
           } else if (r.kind != router::RouteKind::kShard || r.shard != route->shard ||
                      r.shards != route->shards) {
             // One batch, one destination: splitting a pipeline at Bind boundaries across

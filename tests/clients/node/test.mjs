@@ -1,0 +1,131 @@
+// node-postgres (named queries) and Drizzle ORM on node-postgres through pgshard in
+// transaction pooling: users/orders sharded by user id. Every check asserts results.
+import assert from "node:assert/strict";
+import pg from "pg";
+import { drizzle } from "drizzle-orm/node-postgres";
+import { bigint, numeric, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { and, asc, between, eq, sql, sum } from "drizzle-orm";
+
+const config = {
+  host: process.env.PGSHARD_HOST,
+  port: Number(process.env.PGSHARD_PORT),
+  user: "app",
+  password: "secret",
+  database: "app",
+};
+
+const users = pgTable("users", {
+  id: bigint("id", { mode: "number" }).primaryKey(),
+  name: text("name").notNull(),
+  email: text("email"),
+});
+const orders = pgTable(
+  "orders",
+  {
+    id: bigint("id", { mode: "number" }).notNull(),
+    userId: bigint("user_id", { mode: "number" }).notNull(),
+    amount: numeric("amount", { precision: 12, scale: 2 }).notNull(),
+    status: text("status").notNull().default("new"),
+  },
+  (t) => ({ pk: primaryKey({ columns: [t.userId, t.id] }) }),
+);
+
+const amounts = ["1.25", "2.25", "3.25"];
+
+async function nodePostgres() {
+  const client = new pg.Client(config);
+  await client.connect();
+  const ids = [2001, 2002, 2003, 2004, 2005, 2006];
+  await client.query("delete from orders where user_id = any($1::bigint[])", [ids]);
+  await client.query("delete from users where id = any($1::bigint[])", [ids]);
+  for (const u of ids) {
+    await client.query("begin");
+    await client.query({ name: "add-user", text: "insert into users (id, name) values ($1, $2)", values: [u, `pg-${u}`] });
+    for (let k = 1; k <= 3; k++)
+      await client.query({
+        name: "add-order",
+        text: "insert into orders (id, user_id, amount) values ($1, $2, $3)",
+        values: [u * 10 + k, u, amounts[k - 1]],
+      });
+    await client.query("commit");
+  }
+  for (let round = 0; round < 3; round++)
+    for (const u of ids) {
+      const r = await client.query({
+        name: "orders-by-user",
+        text: "select id, amount from orders where user_id = $1 order by id",
+        values: [u],
+      });
+      assert.deepEqual(r.rows.map((x) => [Number(x.id), x.amount]), [
+        [u * 10 + 1, "1.25"],
+        [u * 10 + 2, "2.25"],
+        [u * 10 + 3, "3.25"],
+      ]);
+    }
+  // A rolled-back transaction leaves nothing.
+  await client.query("begin");
+  await client.query("insert into users (id, name) values ($1, $2)", [2099, "ghost"]);
+  await client.query("rollback");
+  const ghost = await client.query("select count(*)::int as n from users where id = $1", [2099]);
+  assert.equal(ghost.rows[0].n, 0);
+  // Cross-shard report, merged by pgshard.
+  const report = await client.query({
+    name: "report",
+    text: "select count(*)::int as n, sum(amount) as total, max(amount) as top from orders where user_id between $1 and $2",
+    values: [2001, 2006],
+  });
+  assert.deepEqual(report.rows[0], { n: 18, total: "40.50", top: "3.25" });
+  const grouped = await client.query(
+    "select user_id, sum(amount) as total from orders where user_id between 2001 and 2006 group by user_id order by user_id desc limit 2",
+  );
+  assert.deepEqual(grouped.rows.map((x) => [Number(x.user_id), x.total]), [
+    [2006, "6.75"],
+    [2005, "6.75"],
+  ]);
+  await client.end();
+}
+
+async function drizzleOrm() {
+  const client = new pg.Client(config);
+  await client.connect();
+  const db = drizzle(client);
+  const ids = [2101, 2102, 2103, 2104];
+  await db.delete(orders).where(between(orders.userId, 2101, 2104));
+  await db.delete(users).where(between(users.id, 2101, 2104));
+  for (const u of ids) {
+    await db.transaction(async (tx) => {
+      await tx.insert(users).values({ id: u, name: `drizzle-${u}` });
+      await tx.insert(orders).values(
+        amounts.map((a, k) => ({ id: u * 10 + k + 1, userId: u, amount: a })),
+      );
+    });
+  }
+  const mine = await db
+    .select({ id: orders.id, amount: orders.amount })
+    .from(orders)
+    .where(eq(orders.userId, 2102))
+    .orderBy(asc(orders.id));
+  assert.deepEqual(mine, [
+    { id: 21021, amount: "1.25" },
+    { id: 21022, amount: "2.25" },
+    { id: 21023, amount: "3.25" },
+  ]);
+  const joined = await db
+    .select({ name: users.name, id: orders.id })
+    .from(users)
+    .innerJoin(orders, eq(orders.userId, users.id))
+    .where(and(eq(users.id, 2103), eq(orders.userId, 2103)))
+    .orderBy(asc(orders.id));
+  assert.equal(joined.length, 3);
+  assert.equal(joined[0].name, "drizzle-2103");
+  const [report] = await db
+    .select({ total: sum(orders.amount), n: sql`count(*)`.mapWith(Number) })
+    .from(orders)
+    .where(between(orders.userId, 2101, 2104));
+  assert.deepEqual(report, { total: "27.00", n: 12 });
+  await client.end();
+}
+
+await nodePostgres();
+await drizzleOrm();
+console.log("node drivers: all checks passed");

@@ -1,0 +1,2 @@
+-- error: 0A000
+select avg(amount)::numeric(10,2) from orders
