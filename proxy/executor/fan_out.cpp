@@ -131,7 +131,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     co_await run_ddl(route);
     co_return;
   }
-  if (active_ && user_->pool_mode == config::PoolMode::kTransaction) release(active_);
+  if (active_ && !session_pooled()) release(active_);
 
   // ---- the request each shard gets ----
   std::string request;  // the same for every shard, unless the INSERT was split
@@ -231,6 +231,14 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       leg.problem = "connection lost";
     }
   }
+
+  // A CancelRequest from the client reaches every shard of the statement.
+  fan_out_servers_.clear();
+  for (auto& leg : legs) fan_out_servers_.push_back(&*leg.lease);
+  struct ClearOnExit {
+    std::vector<pool::ServerConn*>& v;
+    ~ClearOnExit() { v.clear(); }
+  } clear_servers{fan_out_servers_};
 
   // A shard that takes longer than timeouts.shard_statement is cancelled and left out.
   asio::steady_timer deadline(co_await asio::this_coro::executor);
@@ -745,7 +753,7 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
-  if (active_ && user_->pool_mode == config::PoolMode::kTransaction) release(active_);
+  if (active_ && !session_pooled()) release(active_);
   std::string out;
   std::vector<std::string> applied;
   std::string first_tag;

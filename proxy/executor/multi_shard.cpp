@@ -40,7 +40,7 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
                      "COPY into a sharded table inside a transaction is not supported yet"));
     co_return;
   }
-  if (active_ && user_->pool_mode == config::PoolMode::kTransaction) release(active_);
+  if (active_ && !session_pooled()) release(active_);
   const auto& spec = *route.copy_in;
   const auto& table = config_.sharded_tables[static_cast<std::size_t>(route.copy_table)];
   const int n = static_cast<int>(config_.shards.size());

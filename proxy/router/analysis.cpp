@@ -704,6 +704,31 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
   for (size_t i = 0; i < tree->n_stmts; ++i) {
     const Node* st = tree->stmts[i]->stmt;
     if (!st) continue;
+    switch (st->node_case) {
+      case PG_QUERY__NODE__NODE_LISTEN_STMT:
+      case PG_QUERY__NODE__NODE_PREPARE_STMT:
+        a.pins = true;
+        break;
+      case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
+        // CURSOR_OPT_HOLD (0x0020 in parsenodes.h): the cursor outlives its transaction.
+        if (st->declare_cursor_stmt->options & 0x0020) a.pins = true;
+        break;
+      default:
+        break;
+    }
+    ast::walk(&st->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor == &pg_query__range_var__descriptor) {
+        // CREATE TEMP TABLE, SELECT ... INTO TEMP: relpersistence 't'.
+        const auto* rv = reinterpret_cast<const PgQuery__RangeVar*>(m);
+        if (rv->relpersistence && rv->relpersistence[0] == 't') a.pins = true;
+      } else if (m->descriptor == &pg_query__func_call__descriptor) {
+        const auto* f = reinterpret_cast<const PgQuery__FuncCall*>(m);
+        auto name = f->n_funcname ? str_of(f->funcname[f->n_funcname - 1]) : std::string_view();
+        if (name == "pg_advisory_lock" || name == "pg_advisory_lock_shared" ||
+            name == "pg_try_advisory_lock" || name == "pg_try_advisory_lock_shared")
+          a.pins = true;
+      }
+    });
     if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
         st->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
       a.settings.push_back({"", std::nullopt, true});
@@ -930,7 +955,8 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   if (names_no_placed_table(sql, cfg) && mask_literals(sql, masked_)) key = masked_;
   if (key.data() == masked_.data()) {
     // A shape shared across literals never holds settings (see lookup).
-    if (auto it = map_.find(key); it != map_.end() && !it->second.analysis->settings.empty())
+    if (auto it = map_.find(key);
+        it != map_.end() && (!it->second.analysis->settings.empty() || it->second.analysis->pins))
       key = sql;
   }
   return lookup(key, sql, cfg);
@@ -946,7 +972,7 @@ std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std:
   ++misses_;
   auto a = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
   // Settings carry their literals: such statements are cached by their exact text only.
-  if (!a->settings.empty()) key = sql;
+  if (!a->settings.empty() || a->pins) key = sql;
   if (capacity_ == 0) return a;
   if (map_.size() >= capacity_) {
     map_.erase(order_.back());

@@ -78,7 +78,10 @@ struct Analysis {
   std::shared_ptr<const merge::MergePlan> merge;
   std::vector<std::string> key_columns;  // shard-key columns of the sharded tables read
   std::vector<SettingChange> settings;   // session settings it changes, in order
-  std::string error;                     // kError (SQLSTATE 0A000)
+  // State that lives in the server session: LISTEN, session advisory locks, temp tables,
+  // WITH HOLD cursors, SQL PREPARE. The client then keeps its server.
+  bool pins = false;
+  std::string error;  // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
 };

@@ -306,6 +306,7 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   r.merge_blocker = a->merge_blocker;
   r.merge = a->merge;
   r.settings = a->settings;
+  r.pins = a->pins;
   r.txn = a->txn;
   switch (a->target) {
     case Analysis::Target::kUnparsed:

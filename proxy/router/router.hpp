@@ -67,7 +67,8 @@ struct Route {
   std::string merge_blocker;
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
   std::vector<SettingChange> settings;            // session settings the statement changes
-  std::string reason;                             // why this shard, for logs and EXPLAIN
+  bool pins = false;   // needs the same server for the rest of the session (Analysis::pins)
+  std::string reason;  // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
   // The hints in force after this statement (SET/RESET pgshard.* applied).

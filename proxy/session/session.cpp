@@ -430,6 +430,13 @@ awaitable<bool> Session::welcome() {
       server::send_server_cancel(s->worker_.executor(), t.host, t.port, l->lease->pid(),
                                  l->lease->secret());
     }
+    // A multi-shard statement running now: cancel it on every shard.
+    for (const auto* conn : s->fan_out_servers_) {
+      const auto& t = conn->target();
+      spdlog::info("{}: cancel request forwarded to shard {}", s->prefix(), t.shard_name);
+      server::send_server_cancel(s->worker_.executor(), t.host, t.port, conn->pid(),
+                                 conn->secret());
+    }
   });
   proto::BackendKeyData{key_.pid, key_.secret}.write(out);
   proto::ReadyForQuery{'I'}.write(out);
@@ -575,6 +582,12 @@ awaitable<void> Session::handle_request(char boundary) {
       co_return;
     }
     hints_ = route.hints;
+    if (route.pins && !pinned_) {
+      // LISTEN, session advisory locks, temp tables, WITH HOLD cursors, SQL PREPARE live in
+      // the server session: from now on this client keeps its servers (session pooling).
+      pinned_ = true;
+      spdlog::debug("{}: pinned to its servers: {}", prefix(), route.reason);
+    }
     if (!route.settings.empty())
       pending_settings_.insert(pending_settings_.end(), route.settings.begin(),
                                route.settings.end());
@@ -660,7 +673,7 @@ awaitable<void> Session::handle_request(char boundary) {
     if (active_) {
       // Transaction pooling: the server goes back; session pooling: keep it for later.
       auto link = std::move(active_);
-      if (user_->pool_mode == config::PoolMode::kSession) {
+      if (session_pooled()) {
         kept_[link->shard] = link;
       } else {
         link->closing = false;
@@ -899,9 +912,13 @@ awaitable<bool> Session::attach(int shard) {
 
 // ---- server side ----
 
+bool Session::session_pooled() const {
+  return pinned_ || (user_ && user_->pool_mode == config::PoolMode::kSession);
+}
+
 bool Session::can_detach(const Link& link) const {
-  return user_->pool_mode == config::PoolMode::kTransaction && in_flight_ == 0 && !open_extended_ &&
-         link.swallow == 0 && !writing_server_ && link.lease && link.lease->status == 'I';
+  return !session_pooled() && in_flight_ == 0 && !open_extended_ && link.swallow == 0 &&
+         !writing_server_ && link.lease && link.lease->status == 'I';
 }
 
 bool Session::idle() const {
@@ -1197,7 +1214,7 @@ awaitable<void> Session::finish() {
     if (conn.status != 'I' || in_flight_ > 0 || open_extended_) {
       // Left mid-transaction or mid-request: never hand this server to someone else.
       conn.broken = true;
-    } else if (user_ && user_->pool_mode == config::PoolMode::kSession && !conn.broken) {
+    } else if (session_pooled() && !conn.broken) {
       // Session pooling: reset the server before it serves another client.
       link->closing = true;
       link->swallow = 1;

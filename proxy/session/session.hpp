@@ -110,6 +110,8 @@ class Session : public std::enable_shared_from_this<Session> {
   void apply_settings(pool::ServerConn& conn);
 
   bool can_detach(const Link& link) const;
+  // Session pooling, configured or because the client pinned its servers.
+  bool session_pooled() const;
   bool idle() const;
   void release(const std::shared_ptr<Link>& link);
   void server_lost(const std::shared_ptr<Link>& link, std::string& out);
@@ -137,6 +139,10 @@ class Session : public std::enable_shared_from_this<Session> {
   Params startup_params_;  // as the client connected: what RESET returns to
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
   bool settings_failed_ = false;
+  bool pinned_ = false;
+  // Servers a multi-shard statement is using right now (for CancelRequest).
+  std::vector<pool::ServerConn*>
+      fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
   uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
   // Statement texts by name (protocol-level prepared statements), for routing their Binds.

@@ -1,6 +1,8 @@
 // Multi-shard execution against real shards: DDL reporting where it applied, per-shard
 // timeouts, and partial results when a shard cannot answer.
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 
 #include "harness.hpp"
 
@@ -129,4 +131,26 @@ TEST_CASE("a lost shard fails a multi-shard read, or is reported missing with pa
   CHECK(scalar(c.get(), "select max(id) from ms_users") == "20");
   CHECK_THAT(notices, Catch::Contains("s2"));
   cluster.restart(2);
+}
+
+TEST_CASE("a CancelRequest stops a multi-shard statement on every shard", "[multishard]") {
+  make_users();
+  Proxy proxy(options());
+  auto c = connect(proxy.conninfo());
+  auto start = std::chrono::steady_clock::now();
+  REQUIRE(PQsendQuery(c.get(), "select count(pg_sleep(0.5)) from ms_users") == 1);
+  std::this_thread::sleep_for(std::chrono::milliseconds(400));
+  PGcancel* cancel = PQgetCancel(c.get());
+  char err[256];
+  REQUIRE(PQcancel(cancel, err, sizeof(err)) == 1);
+  PQfreeCancel(cancel);
+  std::string code;
+  while (PGresult* r = PQgetResult(c.get())) {
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR) code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+    PQclear(r);
+  }
+  auto seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  CHECK(code == "57014");
+  CHECK(seconds < 3.0);  // 10 rows of 0.5 s per shard would take 5 s
+  CHECK(scalar(c.get(), "select count(*) from ms_users") == "30");
 }

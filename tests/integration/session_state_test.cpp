@@ -1,5 +1,7 @@
 // Session settings in transaction pooling: what a client SETs follows it to whatever server
 // it gets next, and never reaches another client.
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 
 #include "harness.hpp"
@@ -77,4 +79,45 @@ TEST_CASE("startup options come back on RESET", "[session]") {
   CHECK(scalar(a.get(), "show search_path") == "s2");
   query(a.get(), "reset search_path");
   CHECK(scalar(a.get(), "show search_path") == "startup_schema,public");  // as PostgreSQL keeps it
+}
+
+TEST_CASE("session state pins a client to its server in transaction pooling", "[session]") {
+  ProxyOptions o;
+  o.pool_size = 2;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  // LISTEN: notifications keep reaching the listener between its statements.
+  query(a.get(), "listen pgshard_channel");
+  for (int i = 0; i < 3; ++i) {
+    query(b.get(), "notify pgshard_channel, 'hello " + std::to_string(i) + "'");
+    query(a.get(), "select 1");
+    PGnotify* n = PQnotifies(a.get());
+    REQUIRE(n != nullptr);
+    CHECK(std::string(n->relname) == "pgshard_channel");
+    CHECK(std::string(n->extra) == "hello " + std::to_string(i));
+    PQfreemem(n);
+  }
+  // Temp tables and SQL PREPARE stay usable.
+  query(a.get(), "create temp table pin_tmp (x int)");
+  query(a.get(), "insert into pin_tmp values (1), (2)");
+  query(a.get(), "prepare pin_plan as select $1::int + 1");
+  for (int i = 0; i < 5; ++i) query(b.get(), "select 1");
+  CHECK(scalar(a.get(), "select count(*) from pin_tmp") == "2");
+  CHECK(scalar(a.get(), "execute pin_plan(41)") == "42");
+  query(a.get(), "deallocate pin_plan");
+  // A session advisory lock is held by the client's own server until it disconnects.
+  CHECK(scalar(a.get(), "select pg_advisory_lock(4242)::text") == "");
+  CHECK(scalar(b.get(), "select pg_try_advisory_lock(4242)") == "f");
+  a.reset();
+  // The server was reset before anyone else got it: lock released, temp table gone.
+  bool got = false;
+  for (int i = 0; i < 50 && !got; ++i) {
+    got = scalar(b.get(), "select pg_try_advisory_lock(4242)") == "t";
+    if (!got) usleep(20000);
+  }
+  CHECK(got);
+  query(b.get(), "select pg_advisory_unlock_all()");
+  auto c = connect(proxy.conninfo());
+  CHECK(error_code(c.get(), "select count(*) from pin_tmp") == "42P01");
 }
