@@ -359,7 +359,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   cfg->path = file;
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
-                  "unsharded", "timeouts", "log_level", "router", "partial_results"})) {
+                  "unsharded", "timeouts", "log_level", "router", "partial_results",
+                  "two_phase_commit", "two_phase_log"})) {
     c.throw_if_failed();
   }
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
@@ -373,6 +374,12 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
     cfg->router_parse =
         c.choice<bool>(r["parse"], "router.parse", {{"true", true}, {"false", false}})
             .value_or(true);
+  if (root["two_phase_commit"])
+    cfg->two_phase_commit = c.choice<bool>(root["two_phase_commit"], "two_phase_commit",
+                                           {{"true", true}, {"false", false}})
+                                .value_or(true);
+  if (root["two_phase_log"])
+    cfg->two_phase_log = c.string(root["two_phase_log"], "two_phase_log").value_or("pgshard-2pc");
   if (root["partial_results"])
     cfg->partial_results = c.choice<bool>(root["partial_results"], "partial_results",
                                           {{"true", true}, {"false", false}})

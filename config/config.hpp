@@ -126,6 +126,10 @@ struct Config {
   // Multi-shard reads: when a shard fails or times out, answer from the others with a
   // WARNING instead of failing the statement.
   bool partial_results = false;
+  // Transactions across shards commit with two-phase commit and a durable decision log in
+  // this directory (false: best-effort COMMIT on each shard with a WARNING on failure).
+  bool two_phase_commit = true;
+  std::string two_phase_log = "pgshard-2pc";
   std::size_t router_cache_size = 10000;
   // false: route by hints and settings only, everything else to the first shard (the
   // parser-free mode; for comparisons and as an escape hatch).

@@ -6,6 +6,7 @@
 
 #include "proxy/server/tls.hpp"
 #include "proxy/session/session.hpp"
+#include "proxy/txn/recovery.hpp"
 
 namespace pgshard::server {
 
@@ -163,6 +164,17 @@ awaitable<void> Server::accept_loop() {
 
 int Server::run() {
   const auto& cfg = *shared_.config;
+  if (cfg.two_phase_commit) {
+    // In-doubt transactions of an earlier run are resolved before any client comes in.
+    std::string err;
+    if (!shared_.decisions.open(cfg.two_phase_log, &err)) {
+      spdlog::error("{}", err);
+      return 1;
+    }
+    auto r = txn::recover(cfg, shared_.decisions, true);
+    spdlog::info("two-phase commit recovery: {} committed, {} rolled back, {} errors", r.committed,
+                 r.rolled_back, r.errors);
+  }
   tcp::endpoint ep(asio::ip::make_address(cfg.listen.host), cfg.listen.port);
   acceptor_.emplace(main_ctx_);
   acceptor_->open(ep.protocol());
@@ -210,10 +222,21 @@ int Server::run() {
         asio::detached);
   };
   signals.async_wait(on_signal);
+  if (cfg.two_phase_commit)
+    recovery_thread_ = std::thread([this] {
+      // Every 10 s: finish decided commits a shard missed (it was down at the time).
+      while (!shared_.shutting_down) {
+        for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
+          std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        if (!shared_.shutting_down) txn::recover(*shared_.config, shared_.decisions, false);
+      }
+    });
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
   main_ctx_.run();
   for (auto& w : workers_) w->stop();
   for (auto& w : workers_) w->join();
+  shared_.shutting_down = true;
+  if (recovery_thread_.joinable()) recovery_thread_.join();
   spdlog::info("pgshard stopped");
   return 0;
 }

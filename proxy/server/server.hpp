@@ -16,6 +16,7 @@
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/analysis.hpp"
 #include "proxy/router/placement.hpp"
+#include "proxy/txn/decision_log.hpp"
 
 namespace pgshard::session {
 class Session;
@@ -31,6 +32,8 @@ struct Shared {
   std::optional<asio::ssl::context> tls;
   std::atomic<int> clients{0};
   std::atomic<bool> shutting_down{false};
+  txn::DecisionLog decisions;  // two-phase commit decisions (shared; locks inside)
+  std::atomic<uint64_t> next_gid{1};
 };
 
 class Worker {
@@ -97,6 +100,7 @@ class Server {
   Shared shared_;
   std::vector<std::unique_ptr<Worker>> workers_;
   asio::io_context main_ctx_{1};
+  std::thread recovery_thread_;
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
 };

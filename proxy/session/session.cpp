@@ -640,6 +640,12 @@ awaitable<void> Session::handle_request(char boundary) {
       pending_.clear();
       co_return;
     }
+    if ((route.txn == router::TxnControl::kCommit || route.txn == router::TxnControl::kRollback) &&
+        !txn_links_.empty() && (simple || lone_extended())) {
+      co_await finish_distributed(route.txn == router::TxnControl::kCommit, simple);
+      pending_.clear();
+      co_return;
+    }
     // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
     const bool prepare_only = !simple && !binds_or_runs(pending_);
     if (route.shards.size() > 1 && !prepare_only) {
@@ -651,26 +657,23 @@ awaitable<void> Session::handle_request(char boundary) {
     spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
   }
 
+  bool joins_transaction = false;
   if (active_ && active_->shard != target) {
     co_await drain();
-    if (active_ && active_->lease->status != 'I') {
-      proto::write_error(
-          out,
-          proto::error(
-              sqlstate::kFeatureNotSupported,
-              "this transaction is running on shard " + config_.shards[active_->shard].name +
-                  " but the statement routes to shard " + config_.shards[target].name,
-              {},
-              "finish the transaction first; transactions across shards are not supported yet"));
-      if (boundary != proto::msg::kFlush)
-        out += proto::ready_for_query(transaction_status());
-      else
-        discard_until_sync_ = true;
-      pending_.clear();
-      co_await write_client(out);
-      co_return;
-    }
-    if (active_) {
+    if (active_ && active_->lease->status == 'E') {
+      // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
+      target = active_->shard;
+    } else if (active_ && active_->lease->status == 'T') {
+      // The transaction spreads to another shard: this server waits for the commit.
+      auto link = std::move(active_);
+      txn_links_[link->shard] = link;
+      if (auto it = txn_links_.find(target); it != txn_links_.end()) {
+        active_ = it->second;
+        txn_links_.erase(it);
+      } else {
+        joins_transaction = true;
+      }
+    } else if (active_) {
       // Transaction pooling: the server goes back; session pooling: keep it for later.
       auto link = std::move(active_);
       if (session_pooled()) {
@@ -684,6 +687,12 @@ awaitable<void> Session::handle_request(char boundary) {
   if (!active_ && !co_await attach(target)) {
     pending_.clear();
     co_return;
+  }
+  if (joins_transaction) {
+    // A new participant opens the transaction the way the client did.
+    proto::Query{txn_begin_sql_}.write(active_->prelude);
+    ++active_->swallow;
+    if (active_->swallow_kind == Link::Swallow::kNone) active_->swallow_kind = Link::Swallow::kSync;
   }
   if (user_->pool_mode == config::PoolMode::kTransaction) {
     map_statements(*active_);
@@ -732,6 +741,8 @@ awaitable<void> Session::handle_request(char boundary) {
   };
   if (!deferred_begin_.empty() && runs_something()) {
     // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
+    if (auto d = proto::decode_frame(deferred_begin_); d.status == proto::DecodeStatus::kFrame)
+      if (auto q = proto::Query::parse(d.frame.body)) txn_begin_sql_ = std::string(q->sql);
     link->prelude += deferred_begin_;
     ++link->swallow;
     if (link->swallow_kind == Link::Swallow::kNone) link->swallow_kind = Link::Swallow::kSync;
@@ -1097,6 +1108,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
           }
           break;
         case proto::msg::kCommandComplete:
+          if (ours) link->our_tag = std::string(body.substr(0, body.find('\0')));
           if (!ours && !pending_settings_.empty() && body.starts_with("ROLLBACK"))
             pending_settings_.clear();
           break;
@@ -1108,6 +1120,8 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
               link->fatal_code = e->code();
               hide_this = true;
             } else if (ours) {
+              link->our_error = std::string(e->message());
+              link->our_error_code = std::string(e->code());
               spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(),
                            config_.shards[link->shard].name, e->message());
             }
@@ -1208,6 +1222,7 @@ awaitable<void> Session::finish() {
   std::vector<std::shared_ptr<Link>> links;
   if (active_) links.push_back(active_);
   for (auto& [s, l] : kept_) links.push_back(l);
+  for (auto& [s, l] : txn_links_) links.push_back(l);
   for (auto& link : links) {
     if (link->done || !link->lease) continue;
     auto& conn = *link->lease;

@@ -47,6 +47,10 @@ struct Link {
     std::string added;  // a statement this Parse adds to the server's set
   };
   std::deque<Expect> expects;
+  // Outcome of pgshard's own statement (two-phase commit steps).
+  std::string our_tag;
+  std::string our_error;
+  std::string our_error_code;
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -87,6 +91,11 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   awaitable<void> run_ddl(const router::Route& route);
+  // Runs pgshard's own statement on an attached server, hiding its replies; false when the
+  // server was lost. The outcome is in link->our_tag / our_error.
+  awaitable<bool> run_ours(const std::shared_ptr<Link>& link, const std::string& sql);
+  // COMMIT or ROLLBACK of a transaction that used several shards (two-phase commit).
+  awaitable<void> finish_distributed(bool commit, bool simple);
   // The shards' version of an extended-protocol batch (see fan_out.cpp); false after
   // writing a refusal to `out`.
   bool build_extended(const merge::MergePlan* plan, std::string_view override_sql,
@@ -155,8 +164,11 @@ class Session : public std::enable_shared_from_this<Session> {
 
   std::shared_ptr<Link> active_;               // where requests go now
   std::map<int, std::shared_ptr<Link>> kept_;  // session mode: other shards' servers
-  int in_flight_ = 0;                          // Query/Sync/FunctionCall sent and not yet answered
-  bool open_extended_ = false;                 // extended messages sent after the last Sync
+  // The other shards' servers of a transaction that uses several shards (active_ is one).
+  std::map<int, std::shared_ptr<Link>> txn_links_;
+  std::string txn_begin_sql_ = "BEGIN";  // how the transaction began, for new participants
+  int in_flight_ = 0;                    // Query/Sync/FunctionCall sent and not yet answered
+  bool open_extended_ = false;           // extended messages sent after the last Sync
   bool writing_server_ = false;
   bool client_writing_ = false;
   bool client_gone_ = false;

@@ -130,7 +130,7 @@ std::string Cluster::direct(int i) const {
 Proxy::Proxy(ProxyOptions o) {
   auto& cluster = Cluster::get();
   dir_ = temp_dir("proxy");
-  port_ = free_port();
+  port_ = o.port ? o.port : free_port();
   std::ostringstream y;
   y << "listen: { host: 127.0.0.1, port: " << port_ << ", workers: " << o.workers
     << (o.listen_extra.empty() ? "" : ", " + o.listen_extra) << " }\n";
@@ -160,6 +160,7 @@ Proxy::Proxy(ProxyOptions o) {
                                    "  - { table: orders, column: user_id, type: bigint }\n"
                                  : o.sharded_tables);
   y << "unsharded: " << o.unsharded << "\n";
+  y << "two_phase_log: " << (o.two_phase_log.empty() ? dir_ + "/2pc" : o.two_phase_log) << "\n";
   y << o.extra_top;
   {
     std::ofstream f(dir_ + "/pgshard.yaml");

@@ -42,6 +42,8 @@ struct ProxyOptions {
   std::string listen_extra;                 // extra keys inside listen: {}
   std::string users;                        // replaces the users list when set
   std::vector<std::string> shard_urls;      // replaces the shard URLs when set
+  int port = 0;                             // listen here (0: a free port)
+  std::string two_phase_log;                // decision log directory (default: per proxy)
 };
 
 // A pgshard process on a free port, stopped (SIGTERM) when destroyed.

@@ -1,0 +1,49 @@
+// The two-phase commit decision log: a transaction across shards is committed only after its
+// decision is on disk (fsync), so recovery can finish what a crash interrupted. One line per
+// record, each with a checksum; a torn last line is ignored.
+#pragma once
+
+#include <mutex>
+#include <set>
+#include <string>
+
+namespace pgshard::txn {
+
+class DecisionLog {
+ public:
+  // Opens (creating) DIR/decisions.log; false with `error` when it cannot be written.
+  bool open(const std::string& dir, std::string* error);
+  bool is_open() const { return fd_ >= 0; }
+  // Durably records that global transaction `gid` commits. False on I/O failure (the
+  // transaction must then be rolled back).
+  bool commit(const std::string& gid);
+  // Notes that every participant of `gid` committed (no fsync: recovery would redo it).
+  void done(const std::string& gid);
+  // Transactions decided to commit and not known to be done, read at open().
+  std::set<std::string> pending() const;
+  bool decided(const std::string& gid) const;
+  // Rewrites the log without the finished transactions.
+  void compact();
+  ~DecisionLog();
+
+  // This instance's prefix of global transaction ids, "pgshard_<hex>_", kept in the log
+  // directory so a restarted pgshard recognises (and resolves) its own transactions and
+  // never touches those of other pgshard instances sharing the shards.
+  const std::string& prefix() const { return prefix_; }
+
+ private:
+  bool append(const std::string& line, bool sync);
+  mutable std::mutex mu_;
+  int fd_ = -1;
+  std::string path_;
+  std::string prefix_;
+  std::set<std::string> decided_;
+  std::set<std::string> done_;
+};
+
+// Parses one log line; returns the record kind ('C' or 'D') and gid, or 0 when the line is
+// malformed or its checksum does not match.
+char parse_record(const std::string& line, std::string* gid);
+std::string make_record(char kind, const std::string& gid);
+
+}  // namespace pgshard::txn

@@ -1,0 +1,91 @@
+// Recovery of in-doubt two-phase commits (see recovery.hpp).
+#include "proxy/txn/recovery.hpp"
+
+#include <libpq-fe.h>
+#include <spdlog/spdlog.h>
+
+#include <map>
+#include <vector>
+
+namespace pgshard::txn {
+
+namespace {
+
+std::string conninfo_value(const std::string& v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\'' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "'";
+}
+
+// How pgshard logs in to a shard for maintenance: the URL's credentials, else the first
+// user with a plaintext password.
+std::string conninfo(const config::Config& cfg, const config::Shard& shard) {
+  const auto& u = shard.primary;
+  std::string user = u.user, password = u.password;
+  for (const auto& cu : cfg.users)
+    if (user.empty() || (cu.name == user && password.empty()))
+      if (cu.plaintext) {
+        if (user.empty()) user = cu.name;
+        if (password.empty()) password = *cu.plaintext;
+        break;
+      }
+  std::string db = u.database.empty() ? user : u.database;
+  return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
+         " user=" + conninfo_value(user) + " password=" + conninfo_value(password) +
+         " dbname=" + conninfo_value(db) + " connect_timeout=5 application_name=pgshard-recovery";
+}
+
+}  // namespace
+
+RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_startup) {
+  RecoveryResult result;
+  const std::string& mine = log.prefix();
+  for (const auto& shard : cfg.shards) {
+    PGconn* c = PQconnectdb(conninfo(cfg, shard).c_str());
+    if (PQstatus(c) != CONNECTION_OK) {
+      spdlog::warn("recovery: cannot reach shard {}: {}", shard.name, PQerrorMessage(c));
+      ++result.errors;
+      PQfinish(c);
+      continue;
+    }
+    PGresult* r = PQexec(c,
+                         "SELECT gid FROM pg_prepared_xacts WHERE gid LIKE 'pgshard\\_%' "
+                         "AND database = current_database()");
+    std::vector<std::string> gids;
+    if (PQresultStatus(r) == PGRES_TUPLES_OK)
+      for (int i = 0; i < PQntuples(r); ++i) gids.emplace_back(PQgetvalue(r, i, 0));
+    PQclear(r);
+    for (const auto& gid : gids) {
+      // "pgshard_<instance>_<n>_<shard>": the global id is everything before the last "_".
+      // Other pgshard instances resolve their own transactions.
+      if (!gid.starts_with(mine)) continue;
+      const std::string global = gid.substr(0, gid.rfind('_'));
+      const bool decided = log.decided(global);
+      if (!decided && !at_startup) continue;  // may be committing right now
+      const std::string sql =
+          std::string(decided ? "COMMIT PREPARED '" : "ROLLBACK PREPARED '") + gid + "'";
+      PGresult* x = PQexec(c, sql.c_str());
+      if (PQresultStatus(x) == PGRES_COMMAND_OK) {
+        spdlog::info("recovery: {} on shard {}", sql, shard.name);
+        ++(decided ? result.committed : result.rolled_back);
+      } else {
+        spdlog::warn("recovery: {} on shard {} failed: {}", sql, shard.name,
+                     PQresultErrorMessage(x));
+        ++result.errors;
+      }
+      PQclear(x);
+    }
+    PQfinish(c);
+  }
+  // Decisions whose transactions are committed everywhere are finished.
+  if (result.errors == 0 && at_startup) {
+    for (const auto& g : log.pending()) log.done(g);
+    log.compact();
+  }
+  return result;
+}
+
+}  // namespace pgshard::txn

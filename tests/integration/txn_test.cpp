@@ -1,0 +1,215 @@
+// Transactions across shards: two-phase commit, rollback, and the bank test — transfers
+// between accounts on three shards while pgshard is killed with SIGKILL and restarted; the
+// total balance never changes and no prepared transaction is left behind.
+#include <signal.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <iostream>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <thread>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+namespace {
+
+ProxyOptions accounts_map() {
+  ProxyOptions o;
+  o.sharded_tables = "  - { table: accounts, column: id, type: bigint }\n";
+  return o;
+}
+
+void make_accounts(int n, int balance) {
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists accounts");
+    query(d.get(), "create table accounts (id bigint primary key, balance bigint not null)");
+  }
+  Proxy p(accounts_map());
+  auto c = connect(p.conninfo());
+  for (int id = 1; id <= n; ++id)
+    query(c.get(), "insert into accounts (id, balance) values (" + std::to_string(id) + ", " +
+                       std::to_string(balance) + ")");
+}
+
+long long total_balance() {
+  auto& cluster = Cluster::get();
+  long long sum = 0;
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    sum += std::stoll(scalar(d.get(), "select coalesce(sum(balance), 0) from accounts"));
+  }
+  return sum;
+}
+
+int prepared_left() {
+  auto& cluster = Cluster::get();
+  int n = 0;
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    n += std::stoi(scalar(d.get(), "select count(*) from pg_prepared_xacts"));
+  }
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("a transaction across shards commits everywhere or nowhere", "[txn]") {
+  make_accounts(12, 100);
+  Proxy proxy(accounts_map());
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "begin");
+  for (int id = 1; id <= 12; ++id)
+    query(c.get(), "update accounts set balance = balance + 1 where id = " + std::to_string(id));
+  query(c.get(), "commit");
+  CHECK(total_balance() == 1212);
+  CHECK(prepared_left() == 0);
+  // ROLLBACK undoes every shard's part.
+  query(c.get(), "begin");
+  for (int id = 1; id <= 12; ++id)
+    query(c.get(), "update accounts set balance = 0 where id = " + std::to_string(id));
+  query(c.get(), "rollback");
+  CHECK(total_balance() == 1212);
+  // An error on one shard aborts the whole transaction; COMMIT answers ROLLBACK.
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = 0 where id = 1");
+  CHECK(error_code(c.get(), "update accounts set balance = balance / 0 where id = 2") == "22012");
+  CHECK(error_code(c.get(), "update accounts set balance = 0 where id = 3") == "25P02");
+  PGresult* r = PQexec(c.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  CHECK(total_balance() == 1212);
+  CHECK(prepared_left() == 0);
+  // Extended protocol (BEGIN, parameters, COMMIT) as drivers send it.
+  query(c.get(), "begin");
+  for (int id = 1; id <= 12; ++id) {
+    std::string v = std::to_string(id);
+    const char* p[] = {v.c_str()};
+    PGresult* u = PQexecParams(c.get(), "update accounts set balance = balance - 1 where id = $1",
+                               1, nullptr, p, nullptr, nullptr, 0);
+    CHECK(PQresultStatus(u) == PGRES_COMMAND_OK);
+    PQclear(u);
+  }
+  PGresult* cm = PQexecParams(c.get(), "commit", 0, nullptr, nullptr, nullptr, nullptr, 0);
+  CHECK(std::string(PQcmdStatus(cm)) == "COMMIT");
+  PQclear(cm);
+  CHECK(total_balance() == 1200);
+}
+
+TEST_CASE("without two-phase commit each shard commits in turn", "[txn]") {
+  make_accounts(6, 10);
+  ProxyOptions o = accounts_map();
+  o.extra_top = "two_phase_commit: false\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "begin");
+  for (int id = 1; id <= 6; ++id)
+    query(c.get(), "update accounts set balance = balance * 2 where id = " + std::to_string(id));
+  query(c.get(), "commit");
+  CHECK(total_balance() == 120);
+  CHECK(prepared_left() == 0);
+}
+
+TEST_CASE("bank: transfers across shards survive SIGKILL of pgshard", "[bank]") {
+  constexpr int kAccounts = 12, kClients = 8, kTransfers = 5000, kKills = 5;
+  make_accounts(kAccounts, 1000);
+  const long long start_total = total_balance();
+  REQUIRE(start_total == 12000);
+  ProxyOptions o = accounts_map();
+  o.port = free_port();
+  o.pool_size = 8;
+  o.two_phase_log = temp_dir("bank-2pc");
+  std::mutex proxy_mu;
+  auto proxy = std::make_unique<Proxy>(o);
+  const std::string conninfo = proxy->conninfo("connect_timeout=5");
+
+  std::atomic<int> attempts{0}, committed{0}, failed{0};
+  std::vector<std::string> recoveries;
+  auto recovery_line = [](const Proxy& p) {
+    for (int i = 0; i < 50; ++i) {
+      std::string log = p.log_tail(200);
+      auto at = log.find("two-phase commit recovery:");
+      if (at != std::string::npos) return log.substr(at, log.find('\n', at) - at);
+      std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    }
+    return std::string("(no recovery line)");
+  };
+  std::atomic<bool> stop{false};
+  auto client = [&](int seed) {
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    PGconn* c = nullptr;
+    while (!stop) {
+      if (!c || PQstatus(c) != CONNECTION_OK) {
+        if (c) PQfinish(c);
+        c = PQconnectdb(conninfo.c_str());
+        if (PQstatus(c) != CONNECTION_OK) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(50));
+          continue;
+        }
+      }
+      if (attempts.fetch_add(1) >= kTransfers) break;
+      int a = static_cast<int>(rng() % kAccounts) + 1, b = static_cast<int>(rng() % kAccounts) + 1;
+      if (a == b) b = b % kAccounts + 1;
+      const int amount = static_cast<int>(rng() % 10) + 1;
+      // Rows are locked in id order, so transfers never wait on each other in a cycle.
+      const int lo = std::min(a, b), hi = std::max(a, b);
+      const int lo_delta = lo == a ? -amount : amount;
+      bool ok = true;
+      auto run = [&](const std::string& sql) {
+        if (!ok) return;
+        PGresult* r = PQexec(c, sql.c_str());
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (ok && sql == "commit") ok = std::string(PQcmdStatus(r)) == "COMMIT";
+        PQclear(r);
+      };
+      run("begin");
+      run("update accounts set balance = balance + " + std::to_string(lo_delta) +
+          " where id = " + std::to_string(lo));
+      run("update accounts set balance = balance + " + std::to_string(-lo_delta) +
+          " where id = " + std::to_string(hi));
+      run("commit");
+      if (ok) {
+        ++committed;
+      } else {
+        ++failed;
+        PQfinish(c);  // whatever happened, start from a clean connection
+        c = nullptr;
+      }
+    }
+    if (c) PQfinish(c);
+  };
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) clients.emplace_back(client, 1000 + i);
+  int kills = 0;
+  for (; kills < kKills && attempts < kTransfers; ++kills) {
+    std::this_thread::sleep_for(std::chrono::milliseconds(400));
+    std::lock_guard lock(proxy_mu);
+    CHECK(proxy->signal_and_wait(SIGKILL, 5000) != -1);
+    proxy = std::make_unique<Proxy>(o);  // same port, same decision log: recovery runs
+    recoveries.push_back(recovery_line(*proxy));
+  }
+  for (auto& t : clients) t.join();
+  stop = true;
+  // One more restart: recovery resolves anything the last kill left in doubt.
+  proxy->signal_and_wait(SIGKILL, 5000);
+  proxy = std::make_unique<Proxy>(o);
+  recoveries.push_back(recovery_line(*proxy));
+  auto c = connect(proxy->conninfo());
+  CHECK(scalar(c.get(), "select sum(balance) from accounts") == "12000");
+  const long long end_total = total_balance();
+  std::cout << "bank: " << attempts.load() << " attempts, " << committed.load() << " committed, "
+            << failed.load() << " failed, " << kills << " SIGKILLs, total " << start_total << " -> "
+            << end_total << ", prepared transactions left " << prepared_left() << "\n";
+  for (const auto& r : recoveries) std::cout << "  after restart: " << r << "\n";
+  CHECK(kills == kKills);
+  CHECK(end_total == start_total);
+  CHECK(prepared_left() == 0);
+  CHECK(committed > kTransfers / 2);
+}
