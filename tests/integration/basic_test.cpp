@@ -66,10 +66,13 @@ TEST_CASE("statements go to the shard named by SET, hints, or the first shard", 
   CHECK(error_code(c.get(), "SET pgshard.sharding_key = 'abc'") == "22023");
   CHECK(port_of(c.get()) == std::to_string(cluster.port(0)));
 
-  // In a transaction, a statement routed to another shard is refused, the transaction stays.
+  // In a transaction, a statement routed to another shard brings that shard in; the
+  // transaction then commits on both (two-phase commit).
   query(c.get(), "BEGIN");
   CHECK(port_of(c.get()) == std::to_string(cluster.port(0)));
-  CHECK(error_code(c.get(), "/* pgshard: shard=s1 */ select 1") == "0A000");
+  CHECK(scalar(c.get(), "/* pgshard: shard=s1 */ select current_setting('port')") ==
+        std::to_string(cluster.port(1)));
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_INTRANS);
   query(c.get(), "COMMIT");
 }
 
