@@ -37,6 +37,7 @@ done
 sed -e "s/127.0.0.1:5433/127.0.0.1:$S0_PORT/; s/127.0.0.1:5434/127.0.0.1:$S1_PORT/" \
     -e "s/127.0.0.1:5435/127.0.0.1:$S2_PORT/; s/port: 6432/port: $PGSHARD_PORT/" \
     "$ROOT/deploy/quickstart.yaml" >"$STATE/pgshard.yaml"
+echo "two_phase_log: $STATE/2pc" >>"$STATE/pgshard.yaml"
 "$BUILD/pgshard" check "$STATE/pgshard.yaml" >/dev/null
 
 stop_proxy

@@ -39,6 +39,7 @@ $(for i in 0 1 2 3; do echo "  - { name: s$i, primary: \"postgres://app:secret@1
 sharded_tables: [{ table: big, column: user_id, type: bigint }]
 unsharded: { shard: s0 }
 log_level: warn
+two_phase_log: $DIR/2pc
 YAML
 "$BUILD/pgshard" --config "$DIR/pgshard.yaml" >"$DIR/pgshard.log" 2>&1 &
 echo $! >"$DIR/pgshard.pid"

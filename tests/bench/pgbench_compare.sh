@@ -63,6 +63,7 @@ shards: [{ name: s0, primary: "postgres://app:secret@127.0.0.1:$SHARD/app", pool
 unsharded: { shard: s0 }
 router: { parse: $ROUTER_PARSE }
 log_level: warn
+two_phase_log: $DIR/2pc-$1
 YAML
   "$BUILD/pgshard" --config "$DIR/pgshard-$1.yaml" >"$DIR/pgshard-$1.log" 2>&1 &
   echo $! >"$DIR/pgshard-$1.pid"

@@ -37,6 +37,7 @@ sharded_tables:
   - { table: orders, column: user_id, type: bigint }
 unsharded: reject
 log_level: info
+two_phase_log: $DIR/2pc
 YAML
 "$BIN" --config "$DIR/pgshard.yaml" >"$DIR/pgshard.log" 2>&1 &
 echo $! >"$DIR/pgshard.pid"
