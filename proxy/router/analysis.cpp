@@ -68,6 +68,11 @@ class Analyzer {
         case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK:
           a1.txn = TxnControl::kRollback;
           break;
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
+          a1.txn = TxnControl::kSavepoint;
+          break;
         default:
           break;
       }

@@ -45,7 +45,7 @@ struct SettingChange {
 };
 
 // Transaction control a statement is, when it is exactly one such statement.
-enum class TxnControl { kNone, kBegin, kCommit, kRollback };
+enum class TxnControl { kNone, kBegin, kCommit, kRollback, kSavepoint };
 
 struct Analysis {
   enum class Target {

@@ -606,6 +606,7 @@ awaitable<void> Session::handle_request(char boundary) {
       return executes == 1;
     };
     if (!active_ && route.txn != router::TxnControl::kNone &&
+        route.txn != router::TxnControl::kSavepoint &&
         (route.txn == router::TxnControl::kBegin
              ? deferred_begin_.empty() && transaction_status() == 'I'
              : !deferred_begin_.empty()) &&
@@ -640,6 +641,25 @@ awaitable<void> Session::handle_request(char boundary) {
       pending_.clear();
       co_return;
     }
+    if (route.txn == router::TxnControl::kSavepoint) {
+      // A savepoint covers the shards the transaction uses when it is taken; a shard that
+      // joins later would not roll back to it, so savepoints stay on one shard.
+      if (!txn_links_.empty()) {
+        co_await drain();
+        proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported,
+                                             "savepoints in a transaction that uses several "
+                                             "shards are not supported",
+                                             {}, "keep the transaction on one shard"));
+        if (boundary == proto::msg::kFlush)
+          discard_until_sync_ = true;
+        else
+          out += proto::ready_for_query(transaction_status());
+        pending_.clear();
+        co_await write_client(out);
+        co_return;
+      }
+      savepoints_ = true;
+    }
     if ((route.txn == router::TxnControl::kCommit || route.txn == router::TxnControl::kRollback) &&
         !txn_links_.empty() && (simple || lone_extended())) {
       co_await finish_distributed(route.txn == router::TxnControl::kCommit, simple);
@@ -663,6 +683,20 @@ awaitable<void> Session::handle_request(char boundary) {
     if (active_ && active_->lease->status == 'E') {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = active_->shard;
+    } else if (active_ && active_->lease->status == 'T' && savepoints_) {
+      proto::write_error(
+          out, proto::error(sqlstate::kFeatureNotSupported,
+                            "this transaction has savepoints on shard " +
+                                config_.shards[active_->shard].name +
+                                " and the statement needs shard " + config_.shards[target].name,
+                            {}, "keep a transaction with savepoints on one shard"));
+      if (boundary == proto::msg::kFlush)
+        discard_until_sync_ = true;
+      else
+        out += proto::ready_for_query(transaction_status());
+      pending_.clear();
+      co_await write_client(out);
+      co_return;
     } else if (active_ && active_->lease->status == 'T') {
       // The transaction spreads to another shard: this server waits for the commit.
       auto link = std::move(active_);
@@ -1072,6 +1106,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
             }
             if (in_flight_ > 0) --in_flight_;
             last_status_ = status;
+            if (status == 'I') savepoints_ = false;
             if (status == 'I' && !deferred_begin_.empty()) {
               // The client's BEGIN is still pgshard's: to the client it is in a transaction.
               hide(pos, pos + total);

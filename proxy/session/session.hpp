@@ -149,6 +149,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
   bool settings_failed_ = false;
   bool pinned_ = false;
+  bool savepoints_ = false;  // the current transaction took a savepoint
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)

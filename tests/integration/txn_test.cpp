@@ -213,3 +213,34 @@ TEST_CASE("bank: transfers across shards survive SIGKILL of pgshard", "[bank]") 
   CHECK(prepared_left() == 0);
   CHECK(committed > kTransfers / 2);
 }
+
+TEST_CASE("savepoints keep a transaction on one shard", "[txn]") {
+  make_accounts(12, 100);
+  Proxy proxy(accounts_map());
+  auto c = connect(proxy.conninfo());
+  // On one shard savepoints behave as PostgreSQL's own.
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = 1 where id = 1");
+  query(c.get(), "savepoint s1");
+  query(c.get(), "update accounts set balance = 2 where id = 1");
+  query(c.get(), "rollback to savepoint s1");
+  CHECK(scalar(c.get(), "select balance from accounts where id = 1") == "1");
+  // Another shard would not roll back to s1: refused, the transaction goes on.
+  int other = 2;
+  std::string msg;
+  for (; other <= 12; ++other)
+    if (error_code(c.get(), "update accounts set balance = 3 where id = " + std::to_string(other),
+                   &msg) == "0A000")
+      break;
+  CHECK(other <= 12);
+  CHECK_THAT(msg, Catch::Contains("savepoints"));
+  query(c.get(), "commit");
+  CHECK(total_balance() == 1101);
+  // Once several shards are in, SAVEPOINT is refused.
+  query(c.get(), "begin");
+  for (int id = 1; id <= 12; ++id)
+    query(c.get(), "update accounts set balance = balance + 1 where id = " + std::to_string(id));
+  CHECK(error_code(c.get(), "savepoint s2") == "0A000");
+  query(c.get(), "commit");
+  CHECK(total_balance() == 1113);
+}
