@@ -63,9 +63,11 @@ struct Tag {
 // One shard's part of the statement.
 struct Leg {
   int shard = 0;
-  pool::Lease lease;
-  int skip = 0;         // ReadyForQuery of pgshard's own prelude still to pass over
-  bool failed = false;  // lost, timed out, or never connected
+  pool::Lease lease;                 // a server of its own, or
+  std::shared_ptr<Link> link;        // a transaction participant's, borrowed
+  pool::ServerConn* conn = nullptr;  // whichever it is
+  int skip = 0;                      // ReadyForQuery of pgshard's own prelude still to pass over
+  bool failed = false;               // lost, timed out, or never connected
   bool timed_out = false;
   bool done = false;  // ReadyForQuery of the request seen
   bool rows_ended = false;
@@ -100,8 +102,18 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
                                     !router::icontains(deferred_begin_, "serializable") &&
                                     !router::icontains(deferred_begin_, "repeatable") &&
                                     !router::icontains(deferred_begin_, "snapshot");
-  if (transaction_status() != 'I' && !fresh_read_committed) {
-    refuse("statement needs shards " + names + " inside a transaction; not supported yet",
+  // Inside a transaction on a shard, the statement runs in that transaction on every shard
+  // it needs: shards already in it lend their servers, others join (two-phase commit).
+  const bool in_txn = transaction_status() != 'I' && !fresh_read_committed;
+  // BEGIN still pgshard's (REPEATABLE READ, or a write first): every shard joins now.
+  const bool opens_txn = in_txn && !active_ && !deferred_begin_.empty();
+  if (in_txn && !opens_txn &&
+      (!active_ || active_->lease->status != 'T' || txn_failed_ || savepoints_ || route.ddl)) {
+    refuse("statement needs shards " + names + " inside this transaction (" +
+               (route.ddl     ? std::string("DDL")
+                : savepoints_ ? std::string("it has savepoints")
+                              : std::string("it has failed or has not started on a shard")) +
+               "); not supported",
            "run it outside the transaction, or add the shard key");
     co_await write_client(out);
     co_return;
@@ -131,7 +143,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     co_await run_ddl(route);
     co_return;
   }
-  if (active_ && !session_pooled()) release(active_);
+  if (active_ && !session_pooled() && !in_txn) release(active_);
 
   // ---- the request each shard gets ----
   std::string request;  // the same for every shard, unless the INSERT was split
@@ -158,7 +170,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
 
   // ---- connect every shard ----
   const bool partial = !route.write && router::partial_results(hints_, config_, *user_);
-  const bool atomic = route.write;
+  const bool atomic = route.write && !in_txn;  // in a transaction, its COMMIT decides
   std::vector<Leg> legs;
   std::vector<std::string> missing;  // shards left out of a partial answer
   auto jobs = route.shards;
@@ -166,9 +178,59 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     jobs.clear();
     for (const auto& [shard, sql] : route.per_shard_sql) jobs.push_back(shard);
   }
+  if (opens_txn) {
+    if (auto d = proto::decode_frame(deferred_begin_); d.status == proto::DecodeStatus::kFrame)
+      if (auto q = proto::Query::parse(d.frame.body)) txn_begin_sql_ = std::string(q->sql);
+    deferred_begin_.clear();
+  }
+  struct GiveBack {
+    Session* session;
+    std::vector<Leg>& legs;
+    ~GiveBack() {
+      for (auto& leg : legs)
+        if (leg.link) session->give_back(leg.link);
+    }
+  } give_back_guard{this, legs};
   for (int shard : jobs) {
     Leg leg;
     leg.shard = shard;
+    if (in_txn) {
+      std::shared_ptr<Link> link;
+      if (active_ && active_->shard == shard) {
+        link = active_;
+      } else if (auto it = txn_links_.find(shard); it != txn_links_.end()) {
+        link = it->second;
+      } else {
+        // A new participant, opened the way the client opened the transaction.
+        auto saved = active_;
+        active_.reset();
+        const bool attached = co_await attach(shard);  // answers the client on failure
+        link = active_;
+        active_ = saved;
+        if (!attached) co_return;
+        txn_links_[shard] = link;
+        if (!link->prelude.empty()) {
+          std::string prelude = std::move(link->prelude);
+          link->prelude.clear();
+          co_await write_server(link, prelude);
+        }
+        if (!co_await run_ours(link, txn_begin_sql_) || link->our_tag != "BEGIN") {
+          txn_failed_ = true;
+          proto::write_error(
+              out, proto::error(sqlstate::kConnectionFailure,
+                                "could not open the transaction on shard " +
+                                    config_.shards[static_cast<std::size_t>(shard)].name));
+          out += proto::ready_for_query(transaction_status());
+          co_await write_client(out);
+          co_return;
+        }
+      }
+      co_await borrow(link);
+      leg.link = link;
+      leg.conn = &*link->lease;
+      legs.push_back(std::move(leg));
+      continue;
+    }
     auto got = co_await worker_.pool(shard, *user_).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       if (!partial) {
@@ -181,13 +243,19 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       continue;
     }
     leg.lease = std::move(std::get<pool::Lease>(got));
+    leg.conn = &*leg.lease;
     legs.push_back(std::move(leg));
+  }
+  if (opens_txn && !active_ && !txn_links_.empty()) {
+    // One participant takes the client's next statements; the others wait for COMMIT.
+    active_ = txn_links_.begin()->second;
+    txn_links_.erase(txn_links_.begin());
   }
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
   if (plan && !legs.empty()) {
     std::string err;
-    collation = co_await shard_collation(legs[0].lease, &err);
+    collation = co_await shard_collation(*legs[0].conn, &err);
     if (!collation) {
       proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported, err));
       out += proto::ready_for_query(transaction_status());
@@ -199,7 +267,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   // ---- send: settings, BEGIN for writes, the request ----
   for (std::size_t i = 0; i < legs.size(); ++i) {
     auto& leg = legs[i];
-    auto& lease = leg.lease;
+    auto* lease = leg.conn;
     std::string batch;
     if (lease->synced_fingerprint != params_fingerprint_) {
       auto sync = sync_statements(client_params_, lease->params);
@@ -234,7 +302,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
 
   // A CancelRequest from the client reaches every shard of the statement.
   fan_out_servers_.clear();
-  for (auto& leg : legs) fan_out_servers_.push_back(&*leg.lease);
+  for (auto& leg : legs) fan_out_servers_.push_back(leg.conn);
   struct ClearOnExit {
     std::vector<pool::ServerConn*>& v;
     ~ClearOnExit() { v.clear(); }
@@ -250,7 +318,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
         if (!leg.done && !leg.failed) {
           leg.timed_out = true;
           error_code ignored;
-          leg.lease->socket().cancel(ignored);
+          leg.conn->socket().cancel(ignored);
         }
     });
   }
@@ -258,7 +326,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   std::set<std::string> notices_seen;
   // Makes legs[i].head the next reply that matters; false when the shard is gone.
   auto peek = [&](Leg& leg) -> awaitable<bool> {
-    auto& lease = leg.lease;
+    auto* lease = leg.conn;
     while (!leg.head) {
       auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
       if (d.status == proto::DecodeStatus::kError) break;
@@ -300,10 +368,10 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     co_return false;
   };
   auto consume = [](Leg& leg) {
-    leg.lease->rbuf.consume(leg.head_size);
+    leg.conn->rbuf.consume(leg.head_size);
     leg.head.reset();
   };
-  auto raw_head = [](Leg& leg) { return std::string_view(leg.lease->rbuf.data(), leg.head_size); };
+  auto raw_head = [](Leg& leg) { return std::string_view(leg.conn->rbuf.data(), leg.head_size); };
   auto flush_client = [&]() -> awaitable<void> {
     if (out.size() > kClientFlush && !client_gone_) {
       co_await write_client(out);
@@ -341,11 +409,11 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     for (auto& leg : legs) {
       if (!leg.failed || leg.done) continue;
       leg.done = true;
-      leg.lease->broken = true;
+      leg.conn->broken = true;
       const auto& shard = config_.shards[static_cast<std::size_t>(leg.shard)];
-      if (leg.timed_out && leg.lease->pid())
+      if (leg.timed_out && leg.conn->pid())
         server::send_server_cancel(worker_.executor(), shard.primary.host, shard.primary.port,
-                                   leg.lease->pid(), leg.lease->secret());
+                                   leg.conn->pid(), leg.conn->secret());
       if (partial) {
         missing.push_back(shard.name);
         if (merger && !leg.rows_ended) {
@@ -549,29 +617,28 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   // A statement pgshard failed itself: shards still mid-reply are not worth waiting for.
   if (failure)
     for (auto& leg : legs)
-      if (!leg.done && !leg.failed) leg.lease->broken = true;
+      if (!leg.done && !leg.failed) leg.conn->broken = true;
 
   // ---- writes: COMMIT everywhere, or ROLLBACK everywhere ----
   const bool ok = !failure && !error_sent && missing.empty();
   if (atomic) {
     std::vector<std::string> committed;
     for (auto& leg : legs) {
-      if (leg.lease->broken || leg.failed) continue;
+      if (leg.conn->broken || leg.failed) continue;
       const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
       std::string end;
       proto::Query{end_verb}.write(end);
       bool done = false;
-      auto [ec, n] =
-          co_await asio::async_write(leg.lease->socket(), asio::buffer(end), use_nothrow);
+      auto [ec, n] = co_await asio::async_write(leg.conn->socket(), asio::buffer(end), use_nothrow);
       if (!ec)
-        co_await read_replies(leg.lease, [&](const proto::Frame& f, std::string_view) {
+        co_await read_replies(*leg.conn, [&](const proto::Frame& f, std::string_view) {
           if (f.type == proto::msg::kCommandComplete) {
             auto c = proto::CommandComplete::parse(f.body);
             done = c && c->tag == end_verb;
           }
           return f.type == proto::msg::kReadyForQuery;
         });
-      if (!done) leg.lease->broken = true;
+      if (!done) leg.conn->broken = true;
       const auto& name = config_.shards[static_cast<std::size_t>(leg.shard)].name;
       if (ok && done) committed.push_back(name);
       if (ok && !done && !failure) {
@@ -585,6 +652,9 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       }
     }
   }
+  // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
+  // ends), as one PostgreSQL would.
+  if (in_txn && (failure || error_sent)) txn_failed_ = true;
   if (failure) {
     proto::write_error(out, *failure);
   } else if (!missing.empty()) {
@@ -850,14 +920,15 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
   co_await write_client(out);
 }
 
-awaitable<const merge::Collation*> Session::shard_collation(pool::Lease& lease,
+awaitable<const merge::Collation*> Session::shard_collation(pool::ServerConn& conn,
                                                             std::string* error) {
+  auto* lease = &conn;
   if (const auto* c = worker_.collation()) co_return c;
   std::string q;
   proto::Query{"SELECT datcollate FROM pg_database WHERE datname = current_database()"}.write(q);
   auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(q), use_nothrow);
   std::string name;
-  bool ok = !ec && co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
+  bool ok = !ec && co_await read_replies(conn, [&](const proto::Frame& f, std::string_view) {
     if (f.type == proto::msg::kDataRow)
       if (auto row = proto::DataRow::parse(f.body); row && !row->values.empty() && row->values[0])
         name = std::string(*row->values[0]);

@@ -11,6 +11,12 @@ namespace pgshard::session {
 // Returns false when the connection failed.
 template <typename F>
 awaitable<bool> Session::read_replies(pool::Lease& lease, F on_frame) {
+  co_return co_await read_replies(*lease, std::move(on_frame));
+}
+
+template <typename F>
+awaitable<bool> Session::read_replies(pool::ServerConn& conn, F on_frame) {
+  auto* lease = &conn;
   for (;;) {
     auto d = protocol::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
     if (d.status == protocol::DecodeStatus::kError) co_return false;

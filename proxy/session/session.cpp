@@ -75,6 +75,7 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
       stream_(std::move(socket)),
       id_(id),
       drained_(worker.executor()),
+      borrow_done_(worker.executor()),
       client_write_done_(worker.executor()),
       server_write_done_(worker.executor()),
       idle_timer_(worker.executor()) {
@@ -641,6 +642,20 @@ awaitable<void> Session::handle_request(char boundary) {
       pending_.clear();
       co_return;
     }
+    if (txn_failed_ && route.txn != router::TxnControl::kCommit &&
+        route.txn != router::TxnControl::kRollback) {
+      co_await drain();
+      proto::write_error(out, proto::error("25P02",
+                                           "current transaction is aborted, commands ignored "
+                                           "until end of transaction block"));
+      if (boundary == proto::msg::kFlush)
+        discard_until_sync_ = true;
+      else
+        out += proto::ready_for_query('E');
+      pending_.clear();
+      co_await write_client(out);
+      co_return;
+    }
     if (route.txn == router::TxnControl::kSavepoint) {
       // A savepoint covers the shards the transaction uses when it is taken; a shard that
       // joins later would not roll back to it, so savepoints stay on one shard.
@@ -661,7 +676,7 @@ awaitable<void> Session::handle_request(char boundary) {
       savepoints_ = true;
     }
     if ((route.txn == router::TxnControl::kCommit || route.txn == router::TxnControl::kRollback) &&
-        !txn_links_.empty() && (simple || lone_extended())) {
+        (!txn_links_.empty() || txn_failed_) && (simple || lone_extended())) {
       co_await finish_distributed(route.txn == router::TxnControl::kCommit, simple);
       pending_.clear();
       co_return;
@@ -972,6 +987,7 @@ bool Session::idle() const {
 
 char Session::transaction_status() const {
   if (!deferred_begin_.empty()) return 'T';
+  if (txn_failed_) return 'E';
   return active_ && active_->lease ? active_->lease->status : 'I';
 }
 
@@ -1016,6 +1032,14 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   for (;;) {
     bool lost = false;
     if (link->done) break;
+    if (link->borrowed) {
+      // A multi-shard statement is using this server: wait until it is given back.
+      link->parked = true;
+      borrow_done_.notify_all();
+      while (link->borrowed && !link->done) co_await borrow_done_.wait();
+      link->parked = false;
+      continue;
+    }
     {
       std::size_t room;
       char* at = conn.rbuf.prepare(kReadChunk, &room);
@@ -1106,7 +1130,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
             }
             if (in_flight_ > 0) --in_flight_;
             last_status_ = status;
-            if (status == 'I') savepoints_ = false;
+            if (status == 'I') savepoints_ = txn_failed_ = false;
             if (status == 'I' && !deferred_begin_.empty()) {
               // The client's BEGIN is still pgshard's: to the client it is in a transaction.
               hide(pos, pos + total);
@@ -1241,6 +1265,18 @@ void Session::apply_settings(pool::ServerConn& conn) {
   }
   params_fingerprint_ = fingerprint(client_params_);
   conn.synced_fingerprint = 0;  // compare settings on the next use
+}
+
+awaitable<void> Session::borrow(const std::shared_ptr<Link>& link) {
+  link->borrowed = true;
+  error_code ignored;
+  link->lease->socket().cancel(ignored);  // the relay's pending read ends; it parks
+  while (!link->parked && !link->done) co_await borrow_done_.wait();
+}
+
+void Session::give_back(const std::shared_ptr<Link>& link) {
+  link->borrowed = false;
+  borrow_done_.notify_all();
 }
 
 awaitable<void> Session::drain() {

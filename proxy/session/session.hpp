@@ -51,6 +51,8 @@ struct Link {
   std::string our_tag;
   std::string our_error;
   std::string our_error_code;
+  bool borrowed = false;  // a multi-shard statement is using the server (see borrow)
+  bool parked = false;    // the relay is waiting for it to come back
 };
 
 class Session : public std::enable_shared_from_this<Session> {
@@ -89,6 +91,12 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<void> copy_in_split(const router::Route& route);
   template <typename F>
   awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
+  template <typename F>
+  awaitable<bool> read_replies(pool::ServerConn& conn, F on_frame);
+  // Takes a transaction participant's server away from its relay (server_loop parks) for
+  // a multi-shard statement, and gives it back.
+  awaitable<void> borrow(const std::shared_ptr<Link>& link);
+  void give_back(const std::shared_ptr<Link>& link);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   awaitable<void> run_ddl(const router::Route& route);
   // Runs pgshard's own statement on an attached server, hiding its replies; false when the
@@ -105,7 +113,7 @@ class Session : public std::enable_shared_from_this<Session> {
                       int32_t& max_rows, std::string& out, const std::string& names);
   // The shards' text collation (read from the first shard once per worker); null and an
   // error when the proxy host cannot compare text that way.
-  awaitable<const merge::Collation*> shard_collation(pool::Lease& lease, std::string* error);
+  awaitable<const merge::Collation*> shard_collation(pool::ServerConn& conn, std::string* error);
   router::Route route_batch(bool* simple);
   // Fills the worker's directory cache; returns an error message or "".
   awaitable<std::string> resolve_directory(const std::vector<std::pair<int, std::string>>& lookups);
@@ -150,6 +158,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool settings_failed_ = false;
   bool pinned_ = false;
   bool savepoints_ = false;  // the current transaction took a savepoint
+  bool txn_failed_ = false;  // a multi-shard statement failed in the current transaction
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
@@ -178,6 +187,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool closing_for_shutdown_ = false;
   char last_status_ = 'I';
   Event drained_;
+  Event borrow_done_;
   Event client_write_done_;
   Event server_write_done_;
   asio::steady_timer idle_timer_;

@@ -40,7 +40,9 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
   std::string tag = commit ? "COMMIT" : "ROLLBACK";
   std::optional<proto::ErrorInfo> error;
   std::optional<proto::ErrorInfo> warning;
-  bool aborted = false;
+  bool aborted = txn_failed_;
+  txn_failed_ = false;
+  savepoints_ = false;
   for (auto& p : parts)
     if (!p->lease || p->lease->broken || p->lease->status == 'E') aborted = true;
   auto rollback_all = [&]() -> awaitable<void> {

@@ -244,3 +244,34 @@ TEST_CASE("savepoints keep a transaction on one shard", "[txn]") {
   query(c.get(), "commit");
   CHECK(total_balance() == 1113);
 }
+
+TEST_CASE("multi-shard statements run inside a transaction", "[txn]") {
+  make_accounts(12, 100);
+  Proxy proxy(accounts_map());
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = 0 where id = 1");
+  // Reads see the transaction's own writes, on every shard.
+  CHECK(scalar(c.get(), "select sum(balance) from accounts") == "1100");
+  CHECK(query(c.get(), "select id from accounts order by balance, id limit 1") ==
+        std::vector<std::vector<std::string>>{{"1"}});
+  // A write to every shard, in the same transaction.
+  PGresult* r = PQexec(c.get(), "update accounts set balance = balance + 1 where balance > 0");
+  CHECK(std::string(PQcmdStatus(r)) == "UPDATE 11");
+  PQclear(r);
+  CHECK(total_balance() == 1200);  // nothing visible outside yet
+  query(c.get(), "commit");
+  CHECK(total_balance() == 1111);
+  CHECK(prepared_left() == 0);
+  // A failure on one shard fails the transaction everywhere.
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = 5 where id = 2");
+  CHECK(error_code(c.get(), "select 10 / (balance - 5) from accounts") == "22012");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_INERROR);
+  CHECK(error_code(c.get(), "select 1") == "25P02");
+  r = PQexec(c.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  CHECK(total_balance() == 1111);
+  CHECK(scalar(c.get(), "select count(*) from accounts") == "12");
+}
