@@ -171,9 +171,14 @@ int Server::run() {
       spdlog::error("{}", err);
       return 1;
     }
-    auto r = txn::recover(cfg, shared_.decisions, true);
-    spdlog::info("two-phase commit recovery: {} committed, {} rolled back, {} errors", r.committed,
-                 r.rolled_back, r.errors);
+    if (shared_.decisions.fresh()) {
+      spdlog::info("two-phase commit: new instance {} (log {})", shared_.decisions.prefix(),
+                   cfg.two_phase_log);
+    } else {
+      auto r = txn::recover(cfg, shared_.decisions, true);
+      spdlog::info("two-phase commit recovery: {} committed, {} rolled back, {} errors",
+                   r.committed, r.rolled_back, r.errors);
+    }
   }
   tcp::endpoint ep(asio::ip::make_address(cfg.listen.host), cfg.listen.port);
   acceptor_.emplace(main_ctx_);

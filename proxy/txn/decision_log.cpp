@@ -55,6 +55,7 @@ bool DecisionLog::open(const std::string& dir, std::string* error) {
     char buf[40];
     std::snprintf(buf, sizeof(buf), "pgshard_%08x%08x_", rd(), rd());
     prefix_ = buf;
+    fresh_ = true;
     std::ofstream out(dir + "/instance", std::ios::trunc);
     out << prefix_ << "\n";
     out.flush();

@@ -30,6 +30,8 @@ class DecisionLog {
   // directory so a restarted pgshard recognises (and resolves) its own transactions and
   // never touches those of other pgshard instances sharing the shards.
   const std::string& prefix() const { return prefix_; }
+  // True when open() created the instance: no transaction of it can be in doubt yet.
+  bool fresh() const { return fresh_; }
 
  private:
   bool append(const std::string& line, bool sync);
@@ -37,6 +39,7 @@ class DecisionLog {
   int fd_ = -1;
   std::string path_;
   std::string prefix_;
+  bool fresh_ = false;
   std::set<std::string> decided_;
   std::set<std::string> done_;
 };

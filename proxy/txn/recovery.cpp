@@ -4,6 +4,7 @@
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <map>
 #include <vector>
 
@@ -35,7 +36,9 @@ std::string conninfo(const config::Config& cfg, const config::Shard& shard) {
   std::string db = u.database.empty() ? user : u.database;
   return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
          " user=" + conninfo_value(user) + " password=" + conninfo_value(password) +
-         " dbname=" + conninfo_value(db) + " connect_timeout=5 application_name=pgshard-recovery";
+         " dbname=" + conninfo_value(db) + " connect_timeout=" +
+         std::to_string(std::max<long long>(2, (cfg.timeouts.connect.count() + 999) / 1000)) +
+         " application_name=pgshard-recovery";
 }
 
 }  // namespace

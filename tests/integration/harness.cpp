@@ -56,6 +56,7 @@ std::string read_file(const std::string& path) {
 }
 
 std::string tail(const std::string& text, int lines) {
+  if (text.empty()) return text;
   std::size_t pos = text.size();
   for (int i = 0; i <= lines && pos > 0; ++i) {
     pos = text.rfind('\n', pos - 1);
