@@ -49,6 +49,50 @@ bool drops_all_statements(std::string_view sql) {
 void Session::map_statements(Link& link) {
   auto& conn = *link.lease;
   using Kind = Link::Expect::Kind;
+  // Fast path (most traffic): nothing named and nothing to re-parse — the batch goes as it
+  // is, with only the ReadyForQuery markers (replies to unnamed Parse/Close are relayed
+  // because a marker, not an entry, is at the front of the queue).
+  {
+    bool simple_batch = true, parsed = false;
+    for (std::string_view rest = pending_; !rest.empty() && simple_batch;) {
+      auto d = proto::decode_frame(rest);
+      if (d.status != proto::DecodeStatus::kFrame) break;
+      rest.remove_prefix(d.consumed);
+      const auto& f = d.frame;
+      // Each message body starts with its first name (Bind: portal then statement).
+      switch (f.type) {
+        case proto::msg::kParse:
+          parsed = true;
+          simple_batch = !f.body.empty() && f.body[0] == '\0';
+          break;
+        case proto::msg::kBind: {
+          auto nul = f.body.find('\0');
+          simple_batch = nul != std::string_view::npos && nul + 1 < f.body.size() &&
+                         f.body[nul + 1] == '\0' && (parsed || unnamed_sql_.empty());
+          break;
+        }
+        case proto::msg::kDescribe:
+        case proto::msg::kClose:
+          simple_batch = f.body.size() < 2 || f.body[0] != 'S' || f.body[1] == '\0';
+          break;
+        case proto::msg::kQuery:
+          simple_batch = false;  // DISCARD ALL and friends are checked below
+          break;
+        default:
+          break;
+      }
+    }
+    if (simple_batch) {
+      for (std::string_view rest = pending_; !rest.empty();) {
+        auto d = proto::decode_frame(rest);
+        if (d.status != proto::DecodeStatus::kFrame) break;
+        rest.remove_prefix(d.consumed);
+        if (d.frame.type == proto::msg::kSync || d.frame.type == proto::msg::kFunctionCall)
+          link.expects.push_back({Kind::kSync, {}});
+      }
+      return;
+    }
+  }
   std::string out;
   out.reserve(pending_.size() + 64);
   bool parsed_unnamed = false;  // this batch parses the unnamed statement itself

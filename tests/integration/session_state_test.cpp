@@ -112,7 +112,7 @@ TEST_CASE("session state pins a client to its server in transaction pooling", "[
   a.reset();
   // The server was reset before anyone else got it: lock released, temp table gone.
   bool got = false;
-  for (int i = 0; i < 50 && !got; ++i) {
+  for (int i = 0; i < 250 && !got; ++i) {
     got = scalar(b.get(), "select pg_try_advisory_lock(4242)") == "t";
     if (!got) usleep(20000);
   }
