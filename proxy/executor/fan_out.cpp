@@ -704,16 +704,8 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
   };
   auto inject_parse = [&](std::string_view name) {
     if (parsed.contains(name)) return;
-    auto text = name.empty() ? std::string_view(unnamed_sql_) : [&] {
-      auto it = statements_.find(std::string(name));
-      return it == statements_.end() ? std::string_view() : std::string_view(it->second);
-    }();
-    auto types_it = statement_types_.find(std::string(name));
-    static const std::vector<int32_t> kNone;
     const std::string renamed = shard_name(name);  // Parse holds views: keep the name alive
-    proto::Parse p{renamed, shard_text(text),
-                   types_it == statement_types_.end() ? kNone : types_it->second};
-    p.write(request);
+    proto::Parse{renamed, shard_text(stored_text(name)), stored_types(name)}.write(request);
     hide_parse.push_back(true);
     parsed.insert(std::string(name));
     if (!name.empty()) fan_names.push_back(shard_name(name));

@@ -180,19 +180,22 @@ class Planner {
     n.res_target = &rt;
     return &n;
   }
-  Node* renamed_func(const PgQuery__FuncCall* f, const char* name) {
+  Node* string_node(const char* text) {
     auto& str = pg_strings_.emplace_back();
     str = PG_QUERY__STRING__INIT;
-    str.sval = strings_.emplace_back(name).data();
-    auto& sn = nodes_.emplace_back();
-    sn = PG_QUERY__NODE__INIT;
-    sn.node_case = PG_QUERY__NODE__NODE_STRING;
-    sn.string = &str;
-    auto& names = arrays_.emplace_back(1, &sn);
-    auto& fc = funcs_.emplace_back(*f);
+    str.sval = strings_.emplace_back(text).data();
+    auto& n = nodes_.emplace_back();
+    n = PG_QUERY__NODE__INIT;
+    n.node_case = PG_QUERY__NODE__NODE_STRING;
+    n.string = &str;
+    return &n;
+  }
+  Node* renamed_func(const PgQuery__FuncCall* f, const char* name) {
+    Node* sn = string_node(name);
+    auto& names = arrays_.emplace_back(1, sn);
+    auto& fc = funcs_.emplace_back(*f);  // same arguments, FILTER and DISTINCT
     fc.funcname = names.data();
     fc.n_funcname = 1;
-    fc.agg_distinct = f->agg_distinct;
     auto& n = nodes_.emplace_back();
     n = PG_QUERY__NODE__INIT;
     n.node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
@@ -211,16 +214,6 @@ class Planner {
     n = PG_QUERY__NODE__INIT;
     n.node_case = PG_QUERY__NODE__NODE_A_CONST;
     n.a_const = &c;
-    return &n;
-  }
-  Node* string_node(const char* text) {
-    auto& str = pg_strings_.emplace_back();
-    str = PG_QUERY__STRING__INIT;
-    str.sval = strings_.emplace_back(text).data();
-    auto& n = nodes_.emplace_back();
-    n = PG_QUERY__NODE__INIT;
-    n.node_case = PG_QUERY__NODE__NODE_STRING;
-    n.string = &str;
     return &n;
   }
   // (v)::bigint — parameters in LIMIT + OFFSET need a type the sum can resolve.
@@ -244,14 +237,7 @@ class Planner {
     return &n;
   }
   Node* plus(Node* l, Node* r) {
-    auto& str = pg_strings_.emplace_back();
-    str = PG_QUERY__STRING__INIT;
-    str.sval = const_cast<char*>("+");
-    auto& sn = nodes_.emplace_back();
-    sn = PG_QUERY__NODE__INIT;
-    sn.node_case = PG_QUERY__NODE__NODE_STRING;
-    sn.string = &str;
-    auto& names = arrays_.emplace_back(1, &sn);
+    auto& names = arrays_.emplace_back(1, string_node("+"));
     auto& e = exprs_.emplace_back();
     e = PG_QUERY__A__EXPR__INIT;
     e.kind = PG_QUERY__A__EXPR__KIND__AEXPR_OP;

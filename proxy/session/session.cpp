@@ -644,33 +644,21 @@ awaitable<void> Session::handle_request(char boundary) {
     }
     if (txn_failed_ && route.txn != router::TxnControl::kCommit &&
         route.txn != router::TxnControl::kRollback) {
-      co_await drain();
-      proto::write_error(out, proto::error("25P02",
-                                           "current transaction is aborted, commands ignored "
-                                           "until end of transaction block"));
-      if (boundary == proto::msg::kFlush)
-        discard_until_sync_ = true;
-      else
-        out += proto::ready_for_query('E');
-      pending_.clear();
-      co_await write_client(out);
+      const auto e = proto::error("25P02",
+                                  "current transaction is aborted, commands ignored until end "
+                                  "of transaction block");
+      co_await refuse_request(e, boundary);
       co_return;
     }
     if (route.txn == router::TxnControl::kSavepoint) {
       // A savepoint covers the shards the transaction uses when it is taken; a shard that
       // joins later would not roll back to it, so savepoints stay on one shard.
       if (!txn_links_.empty()) {
-        co_await drain();
-        proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported,
-                                             "savepoints in a transaction that uses several "
-                                             "shards are not supported",
-                                             {}, "keep the transaction on one shard"));
-        if (boundary == proto::msg::kFlush)
-          discard_until_sync_ = true;
-        else
-          out += proto::ready_for_query(transaction_status());
-        pending_.clear();
-        co_await write_client(out);
+        const auto e =
+            proto::error(sqlstate::kFeatureNotSupported,
+                         "savepoints in a transaction that uses several shards are not supported",
+                         {}, "keep the transaction on one shard");
+        co_await refuse_request(e, boundary);
         co_return;
       }
       savepoints_ = true;
@@ -699,18 +687,12 @@ awaitable<void> Session::handle_request(char boundary) {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = active_->shard;
     } else if (active_ && active_->lease->status == 'T' && savepoints_) {
-      proto::write_error(
-          out, proto::error(sqlstate::kFeatureNotSupported,
-                            "this transaction has savepoints on shard " +
-                                config_.shards[active_->shard].name +
-                                " and the statement needs shard " + config_.shards[target].name,
-                            {}, "keep a transaction with savepoints on one shard"));
-      if (boundary == proto::msg::kFlush)
-        discard_until_sync_ = true;
-      else
-        out += proto::ready_for_query(transaction_status());
-      pending_.clear();
-      co_await write_client(out);
+      const auto e = proto::error(
+          sqlstate::kFeatureNotSupported,
+          "this transaction has savepoints on shard " + config_.shards[active_->shard].name +
+              " and the statement needs shard " + config_.shards[target].name,
+          {}, "keep a transaction with savepoints on one shard");
+      co_await refuse_request(e, boundary);
       co_return;
     } else if (active_ && active_->lease->status == 'T') {
       // The transaction spreads to another shard: this server waits for the commit.
@@ -1265,6 +1247,31 @@ void Session::apply_settings(pool::ServerConn& conn) {
   }
   params_fingerprint_ = fingerprint(client_params_);
   conn.synced_fingerprint = 0;  // compare settings on the next use
+}
+
+awaitable<void> Session::refuse_request(const protocol::ErrorInfo& e, char boundary) {
+  // As PostgreSQL fails a request: an extended batch without Sync skips to the Sync.
+  co_await drain();
+  std::string out;
+  proto::write_error(out, e);
+  if (boundary == proto::msg::kFlush)
+    discard_until_sync_ = true;
+  else
+    out += proto::ready_for_query(transaction_status());
+  pending_.clear();
+  co_await write_client(out);
+}
+
+std::string_view Session::stored_text(std::string_view name) const {
+  if (name.empty()) return unnamed_sql_;
+  auto it = statements_.find(std::string(name));
+  return it == statements_.end() ? std::string_view() : std::string_view(it->second);
+}
+
+const std::vector<int32_t>& Session::stored_types(std::string_view name) const {
+  static const std::vector<int32_t> kNone;
+  auto it = statement_types_.find(std::string(name));
+  return it == statement_types_.end() ? kNone : it->second;
 }
 
 awaitable<void> Session::borrow(const std::shared_ptr<Link>& link) {

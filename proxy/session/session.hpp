@@ -99,6 +99,11 @@ class Session : public std::enable_shared_from_this<Session> {
   void give_back(const std::shared_ptr<Link>& link);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   awaitable<void> run_ddl(const router::Route& route);
+  // Answers the request being assembled with `e` (ReadyForQuery, or skip to Sync).
+  awaitable<void> refuse_request(const protocol::ErrorInfo& e, char boundary);
+  // Text and parameter types of the client's statement `name` ("" is the unnamed one).
+  std::string_view stored_text(std::string_view name) const;
+  const std::vector<int32_t>& stored_types(std::string_view name) const;
   // Runs pgshard's own statement on an attached server, hiding its replies; false when the
   // server was lost. The outcome is in link->our_tag / our_error.
   awaitable<bool> run_ours(const std::shared_ptr<Link>& link, const std::string& sql);

@@ -99,16 +99,13 @@ void Session::map_statements(Link& link) {
   // Prepares `name` on this server when it lacks it; the ParseComplete is hidden.
   auto ensure = [&](const std::string& name, const std::string& client_name) {
     if (conn.prepared.has(name)) return;
-    auto text = statements_.find(client_name);
-    auto types = statement_types_.find(client_name);
-    if (text == statements_.end()) return;
+    if (!statements_.contains(client_name)) return;
+    const std::string_view text = stored_text(client_name);
     if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
       proto::Close{'S', *evicted}.write(out);
       link.expects.push_back({Kind::kHide, {}});
     }
-    static const std::vector<int32_t> kNone;
-    proto::Parse{name, text->second, types == statement_types_.end() ? kNone : types->second}.write(
-        out);
+    proto::Parse{name, text, stored_types(client_name)}.write(out);
     link.expects.push_back({Kind::kHide, name});
   };
   for (std::string_view rest = pending_; !rest.empty();) {
@@ -149,10 +146,7 @@ void Session::map_statements(Link& link) {
         auto b = proto::Bind::parse(f.body);
         if (b && b->statement.empty() && !parsed_unnamed && !unnamed_sql_.empty()) {
           // The unnamed statement may have been parsed on another server: parse it again.
-          auto types = statement_types_.find("");
-          static const std::vector<int32_t> kNone;
-          proto::Parse{"", unnamed_sql_, types == statement_types_.end() ? kNone : types->second}
-              .write(out);
+          proto::Parse{"", unnamed_sql_, stored_types("")}.write(out);
           link.expects.push_back({Kind::kHide, {}});
           parsed_unnamed = true;
         }
