@@ -28,6 +28,8 @@ inline constexpr std::string_view kInvalidCatalogName = "3D000";
 inline constexpr std::string_view kIdleSessionTimeout = "57P05";
 inline constexpr std::string_view kConfigurationLimitExceeded = "53400";
 inline constexpr std::string_view kInternalError = "XX000";
+inline constexpr std::string_view kInFailedSqlTransaction = "25P02";
+inline constexpr std::string_view kProgramLimitExceeded = "54000";
 }  // namespace sqlstate
 
 // Field codes of ErrorResponse/NoticeResponse ("Error and Notice Message Fields").

@@ -242,6 +242,13 @@ struct ParameterStatus {
   void write(std::string& out) const;
 };
 
+// The transaction status byte of ReadyForQuery (protocol "ReadyForQuery" message).
+namespace txn_status {
+inline constexpr char kIdle = 'I';
+inline constexpr char kInBlock = 'T';
+inline constexpr char kFailed = 'E';
+}  // namespace txn_status
+
 // A whole ReadyForQuery frame.
 std::string ready_for_query(char status);
 

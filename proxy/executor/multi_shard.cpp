@@ -43,7 +43,6 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   if (active_ && !session_pooled()) release(active_);
   const auto& spec = *route.copy_in;
   const auto& table = config_.sharded_tables[static_cast<std::size_t>(route.copy_table)];
-  const int n = static_cast<int>(config_.shards.size());
   std::vector<pool::Lease> leases;
   for (int shard : route.shards) {
     auto got = co_await worker_.pool(shard, *user_).acquire();
@@ -119,83 +118,15 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
         error = proto::error(sqlstate::kConnectionFailure, "lost a shard while starting COPY");
     }
   }
-  std::string frame;
-  auto send_all = [&](char type, std::string_view body) -> awaitable<void> {
-    frame.clear();
-    proto::MessageWriter(frame).begin(type).bytes(body).finish();
-    for (auto& lease : leases)
-      if (lease->status == 'T' && !lease->broken)
-        co_await asio::async_write(lease->socket(), asio::buffer(frame), use_nothrow);
-  };
   bool client_ok = true;
+  std::optional<char> stray;  // a non-COPY message the client sent mid-COPY
   if (!error) {
     // Stream the client's rows to their shards.
     co_await write_client(copy_in_response);
-    CopyRowSplitter splitter(spec, key_index);
-    std::vector<std::string> bufs(static_cast<std::size_t>(n));
-    auto route_row = [&](std::string_view row, const std::optional<std::string>& key, bool header) {
-      if (header) {
-        for (auto& b : bufs) b.append(row);
-        return;
-      }
-      int shard = 0;  // NULL or invalid keys: shard 0 reports PostgreSQL's own error
-      if (key) shard = router::place_key(table, *key, n).shard.value_or(0);
-      bufs[static_cast<std::size_t>(shard)].append(row);
-    };
-    auto flush = [&](std::size_t threshold) -> awaitable<void> {
-      for (std::size_t i = 0; i < bufs.size(); ++i) {
-        if (bufs[i].size() <= threshold || bufs[i].empty()) continue;
-        frame.clear();
-        proto::CopyData{bufs[i]}.write(frame);
-        bufs[i].clear();
-        auto& lease = leases[i];
-        if (lease->status == 'T' && !lease->broken)
-          co_await asio::async_write(lease->socket(), asio::buffer(frame), use_nothrow);
-      }
-    };
-    bool done = false;
-    while (!done) {
-      auto d = proto::decode_frame(in_.view(), config_.listen.max_message_size);
-      if (d.status == proto::DecodeStatus::kNeedMore) {
-        if (!co_await read_client()) {
-          client_ok = false;
-          co_await send_all(proto::msg::kCopyFail, std::string_view("client went away\0", 17));
-          break;
-        }
-        continue;
-      }
-      if (d.status == proto::DecodeStatus::kError) {
-        client_ok = false;
-        co_await send_all(proto::msg::kCopyFail, std::string_view("protocol violation\0", 19));
-        break;
-      }
-      const char type = d.frame.type;
-      std::string body(d.frame.body);
-      in_.consume(d.consumed);
-      switch (type) {
-        case proto::msg::kCopyData:
-          splitter.feed(body, route_row);
-          co_await flush(64 * 1024);
-          break;
-        case proto::msg::kCopyDone:
-          splitter.finish(route_row);
-          co_await flush(0);
-          co_await send_all(proto::msg::kCopyDone, {});
-          done = true;
-          break;
-        case proto::msg::kCopyFail:
-          co_await send_all(proto::msg::kCopyFail, body);
-          done = true;
-          break;
-        case proto::msg::kFlush:
-        case proto::msg::kSync:
-          break;  // ignored during COPY, as PostgreSQL does
-        default:
-          client_ok = false;
-          co_await send_all(proto::msg::kCopyFail, std::string_view("unexpected message\0", 19));
-          done = true;
-      }
-    }
+    auto outcome = co_await copy_stream(leases, spec, table, key_index);
+    client_ok = outcome.client_ok;
+    stray = outcome.stray;
+    if (outcome.error && !error) error = outcome.error;
   }
   // Collect each shard's outcome, then commit everywhere or nowhere.
   uint64_t total = 0;
@@ -230,7 +161,26 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
     });
     if (!ok || !committed) lease->broken = true;
   }
-  if (!client_ok) co_return;
+  if (stray) {
+    // PostgreSQL: an ERROR for the message, then FATAL (the protocol is out of step).
+    out.clear();
+    char hex[8];
+    std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(*stray));
+    proto::write_error(out, proto::error(sqlstate::kProtocolViolation,
+                                         std::string("unexpected message type ") + hex +
+                                             " during COPY from stdin"));
+    proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
+                                         "terminating connection because protocol "
+                                         "synchronization was lost"));
+    co_await write_client(out);
+    client_gone_ = true;
+    stream_.close();
+    co_return;
+  }
+  if (!client_ok) {
+    client_gone_ = true;
+    co_return;
+  }
   if (error) {
     co_await fail(*error);
     co_return;
@@ -238,6 +188,107 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   proto::CommandComplete{"COPY " + std::to_string(total)}.write(out);
   out += proto::ready_for_query('I');
   co_await write_client(out);
+}
+
+awaitable<bool> Session::copy_write(pool::Lease& lease, std::string_view frame) {
+  if (lease->broken || lease->status != proto::txn_status::kInBlock) co_return true;
+  auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(frame.data(), frame.size()),
+                                            use_nothrow);
+  if (!ec) co_return true;
+  lease->broken = true;
+  co_return false;
+}
+
+awaitable<Session::CopyOutcome> Session::copy_stream(std::vector<pool::Lease>& leases,
+                                                     const router::CopySplit& spec,
+                                                     const config::ShardedTable& table,
+                                                     int key_index) {
+  // Rows go to the shard their key names, in CopyData frames of up to 64 kB per shard. A
+  // shard that cannot be written to ends the COPY at once for every shard (its locks are
+  // not held while the client keeps sending); the client's remaining COPY messages are
+  // then ignored by client_loop, as PostgreSQL ignores them after a failed COPY.
+  CopyOutcome outcome;
+  const int n = static_cast<int>(config_.shards.size());
+  CopyRowSplitter splitter(spec, key_index);
+  std::vector<std::string> bufs(static_cast<std::size_t>(n));
+  std::string frame;
+  auto route_row = [&](std::string_view row, const std::optional<std::string>& key, bool header) {
+    if (header) {
+      for (auto& b : bufs) b.append(row);
+      return;
+    }
+    int shard = 0;  // NULL or invalid keys: shard 0 reports PostgreSQL's own error
+    if (key) shard = router::place_key(table, *key, n).shard.value_or(0);
+    bufs[static_cast<std::size_t>(shard)].append(row);
+  };
+  auto lost = [&](std::size_t i) {
+    outcome.error = proto::error(
+        sqlstate::kConnectionFailure,
+        "lost shard " + leases[i]->target().shard_name + " during COPY; nothing was copied");
+  };
+  std::string_view fail_reason;
+  for (bool done = false; !done && !outcome.error;) {
+    auto d = proto::decode_frame(in_.view(), config_.listen.max_message_size);
+    if (d.status == proto::DecodeStatus::kNeedMore) {
+      if (!co_await read_client()) {
+        outcome.client_ok = false;
+        fail_reason = std::string_view("client went away\0", 17);
+        break;
+      }
+      continue;
+    }
+    if (d.status == proto::DecodeStatus::kError) {
+      outcome.client_ok = false;
+      fail_reason = std::string_view("protocol violation\0", 19);
+      break;
+    }
+    const char type = d.frame.type;
+    std::string body(d.frame.body);
+    in_.consume(d.consumed);
+    std::size_t threshold = 64 * 1024;
+    switch (type) {
+      case proto::msg::kCopyData:
+        splitter.feed(body, route_row);
+        break;
+      case proto::msg::kCopyDone:
+        splitter.finish(route_row);
+        threshold = 0;
+        done = true;
+        break;
+      case proto::msg::kCopyFail:
+        fail_reason = body;
+        done = true;
+        break;
+      case proto::msg::kFlush:
+      case proto::msg::kSync:
+        continue;  // ignored during COPY, as PostgreSQL does
+      default:
+        outcome.stray = type;
+        fail_reason = std::string_view("unexpected message\0", 19);
+        done = true;
+    }
+    if (!fail_reason.empty()) break;
+    for (std::size_t i = 0; i < bufs.size() && !outcome.error; ++i) {
+      if (bufs[i].empty() || bufs[i].size() <= threshold) continue;
+      frame.clear();
+      proto::CopyData{bufs[i]}.write(frame);
+      bufs[i].clear();
+      if (!co_await copy_write(leases[i], frame)) lost(i);
+    }
+    if (done && !outcome.error) {
+      frame.clear();
+      proto::write_empty(frame, proto::msg::kCopyDone);
+      for (std::size_t i = 0; i < leases.size() && !outcome.error; ++i)
+        if (!co_await copy_write(leases[i], frame)) lost(i);
+    }
+  }
+  if (outcome.error && fail_reason.empty()) fail_reason = std::string_view("shard lost\0", 11);
+  if (!fail_reason.empty()) {
+    frame.clear();
+    proto::MessageWriter(frame).begin(proto::msg::kCopyFail).bytes(fail_reason).finish();
+    for (auto& lease : leases) co_await copy_write(lease, frame);
+  }
+  co_return outcome;
 }
 
 void Session::answer_extended(std::string_view answer, std::string& out) {

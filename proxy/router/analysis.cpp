@@ -51,7 +51,9 @@ class Analyzer {
   Analysis run(const PgQuery__ParseResult* tree) {
     if (tree->n_stmts != 1) {
       // Several statements in one Query: route as one unit only if they agree.
-      return several(tree);
+      Analysis a = several(tree);
+      a.statements = static_cast<int>(tree->n_stmts);
+      return a;
     }
     Analysis a1 = one(tree->stmts[0]->stmt);
     const Node* st = tree->stmts[0]->stmt;

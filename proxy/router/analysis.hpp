@@ -71,6 +71,7 @@ struct Analysis {
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
+  int statements = 1;  // statements in the text (a multi-statement simple Query)
   bool concat_safe = true;
   std::string merge_blocker;
   // A SELECT whose ORDER BY, LIMIT, DISTINCT or aggregates pgshard merges across shards.

@@ -290,11 +290,27 @@ Route refuse(std::string message, std::string hint = {}) {
   return r;
 }
 
+Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_view sql,
+                       const config::Config& cfg, const Context& ctx);
+
 // Shards holding the rows `a` names, given the request's parameters.
 Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx) {
   std::shared_ptr<const Analysis> a =
       ctx.cache ? ctx.cache->get(sql, cfg)
                 : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  Route r = by_parser_placed(a, sql, cfg, ctx);
+  if (a->statements > 1 && r.kind == RouteKind::kShard && r.shards.size() > 1 && !r.ddl) {
+    // Each statement would need its own merge (and one implicit transaction across the
+    // shards); concatenating the shards' answers would be wrong, so refuse the whole Query.
+    // DDL scripts run shard by shard and answer once (migrations send them whole).
+    return refuse("a Query of several statements that needs several shards is not supported",
+                  "send the statements one at a time, or keep them on one shard");
+  }
+  return r;
+}
+
+Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_view sql,
+                       const config::Config& cfg, const Context& ctx) {
   const int n = static_cast<int>(cfg.shards.size());
   const int fallback = ctx.attached.value_or(0);
   Route r;

@@ -467,6 +467,7 @@ awaitable<void> Session::client_loop() {
         case proto::msg::kCopyData:
         case proto::msg::kCopyDone:
         case proto::msg::kCopyFail:
+          if (type != proto::msg::kCopyData) copy_in_ = false;
           pending_.append(in_.data(), d.consumed);
           in_.consume(d.consumed);
           continue;
@@ -475,6 +476,10 @@ awaitable<void> Session::client_loop() {
         case proto::msg::kDescribe:
         case proto::msg::kExecute:
         case proto::msg::kClose:
+          if (copy_in_) {
+            co_await copy_violation(type);
+            co_return;
+          }
           if (copy_only && !pending_.empty()) {
             co_await flush_copy();
             continue;  // the frame is still at the front of in_
@@ -487,6 +492,14 @@ awaitable<void> Session::client_loop() {
         case proto::msg::kFunctionCall:
         case proto::msg::kSync:
         case proto::msg::kFlush:
+          if (copy_in_ && (type == proto::msg::kQuery || type == proto::msg::kFunctionCall)) {
+            co_await copy_violation(type);
+            co_return;
+          }
+          if (copy_in_) {  // Sync and Flush are ignored during COPY, as PostgreSQL does
+            in_.consume(d.consumed);
+            continue;
+          }
           if (copy_only && !pending_.empty()) {
             co_await flush_copy();
             continue;
@@ -514,8 +527,37 @@ awaitable<void> Session::client_loop() {
     maybe_close_for_shutdown();
     if (client_gone_) co_return;
 
-    if (!co_await read_client()) co_return;
+    if (!co_await read_client()) {
+      spdlog::debug("{}: client read ended", prefix());
+      co_return;
+    }
     last_activity_ = Clock::now();
+  }
+}
+
+awaitable<void> Session::copy_violation(char type) {
+  // Only COPY messages (and Sync/Flush, ignored) may come during COPY FROM STDIN.
+  // PostgreSQL answers an ERROR for the message, then FATAL: the protocol is out of step.
+  // The server, still in its COPY, is discarded (its transaction rolls back).
+  spdlog::info("{}: protocol violation: message type {} during COPY from stdin", prefix(),
+               int(static_cast<unsigned char>(type)));
+  if (active_ && active_->lease) active_->lease->broken = true;
+  char hex[8];
+  std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(type));
+  std::string out;
+  proto::write_error(out, proto::error(sqlstate::kProtocolViolation,
+                                       std::string("unexpected message type ") + hex +
+                                           " during COPY from stdin"));
+  proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
+                                       "terminating connection because protocol "
+                                       "synchronization was lost"));
+  client_gone_ = false;
+  co_await write_client(out);
+  client_gone_ = true;
+  stream_.close();
+  if (active_ && active_->lease) {
+    error_code ignored;
+    active_->lease->socket().cancel(ignored);
   }
 }
 
@@ -534,6 +576,13 @@ awaitable<void> Session::handle_request(char boundary) {
       co_return;
     }
     if (pending_.empty()) co_return;
+  }
+
+  if (!active_ && boundary == proto::msg::kSync && pending_.size() == 5) {
+    // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
+    pending_.clear();
+    co_await write_client(proto::ready_for_query(transaction_status()));
+    co_return;
   }
 
   int target = active_ ? active_->shard : 0;
@@ -644,9 +693,11 @@ awaitable<void> Session::handle_request(char boundary) {
     }
     if (txn_failed_ && route.txn != router::TxnControl::kCommit &&
         route.txn != router::TxnControl::kRollback) {
-      const auto e = proto::error("25P02",
-                                  "current transaction is aborted, commands ignored until end "
-                                  "of transaction block");
+      auto e = proto::error(sqlstate::kInFailedSqlTransaction,
+                            "current transaction is aborted, commands ignored until end "
+                            "of transaction block");
+      if (loss_unreported_) e = proto::error(sqlstate::kConnectionFailure, txn_lost_);
+      loss_unreported_ = false;
       co_await refuse_request(e, boundary);
       co_return;
     }
@@ -788,6 +839,33 @@ awaitable<void> Session::handle_request(char boundary) {
   pending_.clear();
 }
 
+router::Route Session::after_extended_messages(router::Route r,
+                                               const std::optional<router::Route>& bound) {
+  // A simple Query pipelined after extended messages without a Sync: PostgreSQL runs them
+  // as one unit (one implicit transaction; after an error in the extended part it skips the
+  // Query until a Sync), so they must reach one server together, unchanged: never a BEGIN
+  // pgshard answers itself (the extended replies would be hidden with it), never a fan-out.
+  auto refuse = [&](std::string why) {
+    router::Route e;
+    e.kind = router::RouteKind::kError;
+    e.error = proto::error(sqlstate::kFeatureNotSupported,
+                           "a simple Query pipelined after extended-protocol messages " + why, {},
+                           "send a Sync before the Query");
+    e.hints = hints_;
+    return e;
+  };
+  if (r.kind != router::RouteKind::kShard || r.shards.size() > 1 || r.copy_in)
+    return refuse("must go to one shard");
+  if (bound && (bound->kind != router::RouteKind::kShard || bound->shards.size() > 1 ||
+                bound->shard != r.shard))
+    return refuse("must go to the shard of the statements before it");
+  if (r.txn != router::TxnControl::kNone &&
+      (!txn_links_.empty() || txn_failed_ || !deferred_begin_.empty()))
+    return refuse("cannot end or start a transaction pgshard manages");
+  r.txn = router::TxnControl::kNone;  // it reaches the server as sent
+  return r;
+}
+
 router::Route Session::route_batch(bool* simple) {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
@@ -813,7 +891,10 @@ router::Route Session::route_batch(bool* simple) {
       case proto::msg::kQuery:
         if (auto q = proto::Query::parse(d.frame.body)) {
           *simple = true;
-          return router::route_query(q->sql, hints_, config_, ctx);
+          const bool after_extended = d.consumed != pending_.size();
+          auto r = router::route_query(q->sql, route ? route->hints : hints_, config_, ctx);
+          if (!after_extended || r.kind == router::RouteKind::kError) return r;
+          return after_extended_messages(std::move(r), route);
         }
         break;
       case proto::msg::kParse:
@@ -973,7 +1054,9 @@ char Session::transaction_status() const {
   return active_ && active_->lease ? active_->lease->status : 'I';
 }
 
-void Session::release(const std::shared_ptr<Link>& link) {
+void Session::release(std::shared_ptr<Link> link) {
+  // By value: callers pass active_, which this resets.
+  if (!link) return;
   if (link->done) return;
   link->done = true;
   if (active_ == link) active_.reset();
@@ -989,17 +1072,30 @@ void Session::release(const std::shared_ptr<Link>& link) {
 void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   link->lease->broken = true;
   const auto& shard = config_.shards[link->shard].name;
+  std::string code =
+      link->fatal_code.empty() ? std::string(sqlstate::kConnectionFailure) : link->fatal_code;
+  std::string message = link->fatal.empty() ? "server connection to shard " + shard + " was lost"
+                                            : "shard " + shard + ": " + link->fatal;
+  // A transaction whose server is gone is gone with it: the client must never be moved to
+  // a fresh server inside it (its next statements would run in autocommit and COMMIT would
+  // report success for writes that were lost). It fails until the client ends it.
+  bool in_txn = link->lease->status != 'I';
+  for (const auto& [s, l] : txn_links_) in_txn = in_txn || l == link;
+  if (in_txn) {
+    txn_failed_ = true;
+    txn_lost_ = message + "; the transaction was rolled back";
+  }
   if (link == active_ && (in_flight_ > 0 || open_extended_)) {
-    std::string code =
-        link->fatal_code.empty() ? std::string(sqlstate::kConnectionFailure) : link->fatal_code;
-    std::string message = link->fatal.empty() ? "server connection to shard " + shard + " was lost"
-                                              : "shard " + shard + ": " + link->fatal;
     proto::write_error(
-        out, proto::error(code, message, {}, "the statement may or may not have run; retry it"));
+        out, proto::error(code, message, {},
+                          in_txn ? "" : "the statement may or may not have run; retry it"));
     // Answer every outstanding Sync/Query so the client is back in step.
-    for (int i = 0; i < std::max(in_flight_, 1); ++i) out += proto::ready_for_query('I');
+    for (int i = 0; i < std::max(in_flight_, 1); ++i)
+      out += proto::ready_for_query(in_txn ? proto::txn_status::kFailed : proto::txn_status::kIdle);
     in_flight_ = 0;
     open_extended_ = false;
+  } else if (in_txn) {
+    loss_unreported_ = true;  // the client hears of it with its next statement
   }
   if (!client_gone_)
     spdlog::warn("{}: lost server connection to shard {}{}", prefix(), shard,
@@ -1079,6 +1175,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         case proto::msg::kReadyForQuery: {
           char status = body.empty() ? 'I' : body[0];
           conn.status = status;
+          if (!ours) copy_in_ = false;
           if (ours) {
             if (--link->swallow == 0) link->swallow_kind = Link::Swallow::kNone;
           } else {
@@ -1122,6 +1219,9 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
           }
           break;
         }
+        case proto::msg::kCopyInResponse:
+          if (!ours) copy_in_ = true;
+          break;
         case proto::msg::kParseComplete:
         case proto::msg::kCloseComplete:
           if (!ours && !link->expects.empty() &&

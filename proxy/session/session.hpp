@@ -75,6 +75,7 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> welcome();
   awaitable<void> client_loop();
   awaitable<void> handle_request(char boundary);
+  awaitable<void> copy_violation(char type);
   awaitable<void> server_loop(std::shared_ptr<Link> link);
   awaitable<void> finish();
   awaitable<void> idle_watch();
@@ -89,6 +90,17 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> attach(int shard);
   awaitable<void> flush_copy();
   awaitable<void> copy_in_split(const router::Route& route);
+  struct CopyOutcome {
+    bool client_ok = true;
+    std::optional<char> stray;  // a non-COPY message arrived mid-COPY
+    std::optional<protocol::ErrorInfo> error;
+  };
+  awaitable<CopyOutcome> copy_stream(std::vector<pool::Lease>& leases,
+                                     const router::CopySplit& spec,
+                                     const config::ShardedTable& table, int key_index);
+  // Writes a COPY frame to a shard still in the COPY; false (and the server discarded) when
+  // the write failed.
+  awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame);
   template <typename F>
   awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
   template <typename F>
@@ -120,6 +132,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // error when the proxy host cannot compare text that way.
   awaitable<const merge::Collation*> shard_collation(pool::ServerConn& conn, std::string* error);
   router::Route route_batch(bool* simple);
+  router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound);
   // Fills the worker's directory cache; returns an error message or "".
   awaitable<std::string> resolve_directory(const std::vector<std::pair<int, std::string>>& lookups);
   void answer_extended(std::string_view answer, std::string& out);
@@ -135,7 +148,7 @@ class Session : public std::enable_shared_from_this<Session> {
   // Session pooling, configured or because the client pinned its servers.
   bool session_pooled() const;
   bool idle() const;
-  void release(const std::shared_ptr<Link>& link);
+  void release(std::shared_ptr<Link> link);
   void server_lost(const std::shared_ptr<Link>& link, std::string& out);
   void maybe_close_for_shutdown();
   char transaction_status() const;
@@ -164,6 +177,10 @@ class Session : public std::enable_shared_from_this<Session> {
   bool pinned_ = false;
   bool savepoints_ = false;  // the current transaction took a savepoint
   bool txn_failed_ = false;  // a multi-shard statement failed in the current transaction
+  // The transaction lost a server (its work is gone): why, for the client's next statement
+  // (loss_unreported_) and for its COMMIT, which fails.
+  std::string txn_lost_;
+  bool loss_unreported_ = false;
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
@@ -187,6 +204,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_server_ = false;
   bool client_writing_ = false;
   bool client_gone_ = false;
+  bool copy_in_ = false;  // the server is in COPY FROM STDIN (CopyInResponse relayed)
   bool discard_until_sync_ = false;
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;

@@ -42,6 +42,9 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
   std::optional<proto::ErrorInfo> warning;
   bool aborted = txn_failed_;
   txn_failed_ = false;
+  loss_unreported_ = false;
+  const std::string lost = std::move(txn_lost_);
+  txn_lost_.clear();
   savepoints_ = false;
   for (auto& p : parts)
     if (!p->lease || p->lease->broken || p->lease->status == 'E') aborted = true;
@@ -50,7 +53,11 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
       if (p->lease && !p->lease->broken && p->lease->status != 'I')
         co_await run_ours(p, "ROLLBACK");
   };
-  if (!commit || aborted) {
+  if (commit && !lost.empty()) {
+    // The work of this transaction died with a server: COMMIT must not look like success.
+    co_await rollback_all();
+    error = proto::error(sqlstate::kConnectionFailure, lost);
+  } else if (!commit || aborted) {
     // COMMIT of an aborted transaction rolls back, as PostgreSQL answers it.
     co_await rollback_all();
     tag = "ROLLBACK";
