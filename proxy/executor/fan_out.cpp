@@ -308,6 +308,21 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     ~ClearOnExit() { v.clear(); }
   } clear_servers{fan_out_servers_};
 
+  // A client that leaves stops the statement on every shard (cancelled, servers discarded)
+  // instead of having pgshard read every shard to the end for nobody.
+  auto watch = std::make_shared<ClientWatch>(worker_.executor());
+  asio::co_spawn(worker_.executor(),
+                 watch_client(watch,
+                              [&legs] {
+                                for (auto& leg : legs)
+                                  if (!leg.done && !leg.failed) {
+                                    leg.timed_out = true;  // check_legs cancels it on its shard
+                                    error_code ignored;
+                                    leg.conn->socket().cancel(ignored);
+                                  }
+                              }),
+                 asio::detached);
+
   // A shard that takes longer than timeouts.shard_statement is cancelled and left out.
   asio::steady_timer deadline(co_await asio::this_coro::executor);
   if (config_.timeouts.shard_statement.count() > 0) {
@@ -331,6 +346,9 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
       if (d.status == proto::DecodeStatus::kError) break;
       if (d.status == proto::DecodeStatus::kNeedMore) {
+        // Cancelled (deadline, or the client left) while another shard was being read:
+        // its socket had no read to cancel then, so do not start one now.
+        if (leg.timed_out) break;
         std::size_t room;
         char* at = lease->rbuf.prepare(kReadChunk, &room);
         auto [ec, n] =
@@ -613,6 +631,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     for (auto* leg : legs_now) consume(*leg);
   }
   deadline.cancel();
+  co_await stop_watch(*watch);
 
   // A statement pgshard failed itself: shards still mid-reply are not worth waiting for.
   if (failure)

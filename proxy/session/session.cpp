@@ -3,6 +3,7 @@
 #include "proxy/session/session.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
 #include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
@@ -180,6 +181,36 @@ awaitable<bool> Session::read_client() {
   if (ec) co_return false;
   in_.commit(n);
   co_return true;
+}
+
+awaitable<void> Session::watch_client(std::shared_ptr<ClientWatch> watch,
+                                       std::function<void()> on_gone) {
+  // Waits for the client's socket to become readable without taking its bytes (they are
+  // the client's next requests, read by client_loop later): a peek of 0 bytes is EOF. Once
+  // the client has sent something, the watch has done its job (it is not gone).
+  auto self = shared_from_this();
+  auto& socket = stream_.socket();
+  while (!watch->stopping && !client_gone_) {
+    auto [ec] = co_await socket.async_wait(
+        tcp::socket::wait_read, asio::bind_cancellation_slot(watch->stop.slot(), use_nothrow));
+    if (watch->stopping || ec == asio::error::operation_aborted) break;
+    char byte;
+    const ssize_t n = ec ? -1 : ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n > 0) break;
+    if (n < 0 && !ec && (errno == EAGAIN || errno == EINTR)) continue;
+    spdlog::info("{}: client left during a multi-shard statement: stopping the shards", prefix());
+    client_gone_ = true;
+    on_gone();
+    break;
+  }
+  watch->running = false;
+  watch->ended.notify_all();
+}
+
+awaitable<void> Session::stop_watch(ClientWatch& watch) {
+  watch.stopping = true;
+  watch.stop.emit(asio::cancellation_type::terminal);
+  while (watch.running) co_await watch.ended.wait();
 }
 
 awaitable<bool> Session::write_client(std::string_view bytes) {

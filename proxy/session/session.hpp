@@ -3,6 +3,7 @@
 #pragma once
 
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -109,6 +110,18 @@ class Session : public std::enable_shared_from_this<Session> {
   // a multi-shard statement, and gives it back.
   awaitable<void> borrow(const std::shared_ptr<Link>& link);
   void give_back(const std::shared_ptr<Link>& link);
+  // While pgshard waits on shards for a multi-shard statement nobody reads the client:
+  // the watch does (what arrives is kept in in_, up to a bound) so that a client that
+  // leaves is noticed at once, and `on_gone` stops the shards' work.
+  struct ClientWatch {
+    explicit ClientWatch(const asio::any_io_executor& ex) : ended(ex) {}
+    asio::cancellation_signal stop;
+    bool stopping = false;
+    bool running = true;
+    Event ended;
+  };
+  awaitable<void> watch_client(std::shared_ptr<ClientWatch> watch, std::function<void()> on_gone);
+  awaitable<void> stop_watch(ClientWatch& watch);
   awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
   awaitable<void> run_ddl(const router::Route& route);
   // Answers the request being assembled with `e` (ReadyForQuery, or skip to Sync).
