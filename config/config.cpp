@@ -92,7 +92,8 @@ class Checker {
 };
 
 void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
-  if (!c.mapping(n, "listen", {"host", "port", "workers", "max_client_conn", "max_message_size"}))
+  if (!c.mapping(n, "listen",
+                 {"host", "port", "workers", "max_client_conn", "max_startups", "max_message_size"}))
     return;
   if (n["host"]) out.host = c.string(n["host"], "listen.host").value_or(out.host);
   if (n["port"]) out.port = c.integer<uint16_t>(n["port"], "listen.port", 1, 65535).value_or(0);
@@ -101,6 +102,9 @@ void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
   if (n["max_client_conn"])
     out.max_client_conn =
         c.integer<int>(n["max_client_conn"], "listen.max_client_conn", 1, 1000000).value_or(1);
+  if (n["max_startups"])
+    out.max_startups =
+        c.integer<int>(n["max_startups"], "listen.max_startups", 1, 1000000).value_or(1);
   if (n["max_message_size"])
     out.max_message_size =
         c.integer<std::size_t>(n["max_message_size"], "listen.max_message_size", 1024, 0x3fffffff)

@@ -69,6 +69,7 @@ struct Leg {
   int skip = 0;                      // ReadyForQuery of pgshard's own prelude still to pass over
   bool failed = false;               // lost, timed out, or never connected
   bool timed_out = false;
+  bool abandoned = false;  // the client left: stop reading
   bool done = false;  // ReadyForQuery of the request seen
   bool rows_ended = false;
   std::optional<proto::Frame> head;  // the next reply, not consumed yet
@@ -316,6 +317,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
                               [&legs] {
                                 for (auto& leg : legs)
                                   if (!leg.done && !leg.failed) {
+                                    leg.abandoned = true;
                                     leg.timed_out = true;  // check_legs cancels it on its shard
                                     error_code ignored;
                                     leg.conn->socket().cancel(ignored);
@@ -346,9 +348,9 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
       if (d.status == proto::DecodeStatus::kError) break;
       if (d.status == proto::DecodeStatus::kNeedMore) {
-        // Cancelled (deadline, or the client left) while another shard was being read:
-        // its socket had no read to cancel then, so do not start one now.
-        if (leg.timed_out) break;
+        // The client left while another shard was being read: this socket had no read
+        // to cancel then, so do not start one now.
+        if (leg.abandoned) break;
         std::size_t room;
         char* at = lease->rbuf.prepare(kReadChunk, &room);
         auto [ec, n] =

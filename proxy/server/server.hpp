@@ -30,7 +30,9 @@ class Server;
 struct Shared {
   std::shared_ptr<const config::Config> config;
   std::optional<asio::ssl::context> tls;
-  std::atomic<int> clients{0};
+  std::atomic<int> clients{0};    // every session, for shutdown
+  std::atomic<int> logged_in{0};  // sessions past authentication (max_client_conn)
+  std::atomic<int> startups{0};   // sessions not past authentication (max_startups)
   std::atomic<bool> shutting_down{false};
   txn::DecisionLog decisions;  // two-phase commit decisions (shared; locks inside)
   std::atomic<uint64_t> next_gid{1};

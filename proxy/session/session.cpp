@@ -56,6 +56,44 @@ bool synced_reported(std::string_view name) {
 
 }  // namespace
 
+// Values from clients go into the log with control characters escaped, so a user name or
+// application_name cannot forge log lines.
+std::string log_safe(std::string_view v) {
+  std::string out;
+  out.reserve(v.size());
+  for (unsigned char c : v) {
+    if (c == '\n') {
+      out += "\\n";
+    } else if (c == '\r') {
+      out += "\\r";
+    } else if (c == '\t') {
+      out += "\\t";
+    } else if (c == '\\') {
+      out += "\\\\";
+    } else if (c < 0x20 || c == 0x7f) {
+      char hex[8];
+      std::snprintf(hex, sizeof hex, "\\x%02x", c);
+      out += hex;
+    } else {
+      out.push_back(static_cast<char>(c));
+    }
+  }
+  return out;
+}
+
+// A SCRAM verifier for a user that does not exist: the salt depends only on the name and a
+// per-process secret, the keys are random, so no proof ever matches.
+protocol::ScramSecret mock_scram_secret(std::string_view user) {
+  static const std::string secret = protocol::random_bytes(32);
+  auto derived = protocol::ScramSecret::from_password(secret + std::string(user), "pgshard", 1);
+  protocol::ScramSecret s;
+  s.iterations = 4096;
+  s.salt = derived.stored_key.substr(0, 16);
+  s.stored_key = protocol::random_bytes(32);
+  s.server_key = protocol::random_bytes(32);
+  return s;
+}
+
 const char* to_string(Session::State s) {
   switch (s) {
     case Session::State::kStartup:
@@ -89,6 +127,7 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
 Session::~Session() {
   if (key_.pid) server::CancelRegistry::instance().remove(key_);
   worker_.shared().clients--;
+  if (counted_) worker_.shared().logged_in--;
 }
 
 const std::string& Session::prefix() const {
@@ -121,11 +160,23 @@ void Session::start(server::Worker& worker, tcp::socket socket) {
 }
 
 awaitable<void> Session::run() {
-  if (worker_.shared().clients.load() > config_.listen.max_client_conn) {
-    spdlog::warn("{}: refusing connection: max_client_conn {} reached", prefix(),
-                 config_.listen.max_client_conn);
-    co_await send_fatal(
-        proto::fatal(sqlstate::kTooManyConnections, "sorry, too many clients already"));
+  // Connections that have not logged in have their own bound, so half-open or slow
+  // startups (a reconnect storm, a scanner) never take the places of real clients.
+  auto& shared = worker_.shared();
+  struct StartupSlot {
+    std::atomic<int>& n;
+    bool held = true;
+    void end() {
+      if (held) n--;
+      held = false;
+    }
+    ~StartupSlot() { end(); }
+  } startup_slot{shared.startups};
+  if (++shared.startups > config_.listen.max_startups) {
+    spdlog::warn("{}: refusing connection: max_startups {} connections are in startup", prefix(),
+                 config_.listen.max_startups);
+    co_await send_fatal(proto::fatal(sqlstate::kTooManyConnections,
+                                     "sorry, too many connections are starting up"));
     co_return;
   }
   if (worker_.shared().shutting_down) {
@@ -142,12 +193,22 @@ awaitable<void> Session::run() {
     }
   });
   bool ok = co_await negotiate();
+  startup_slot.end();
+  if (ok && ++shared.logged_in > config_.listen.max_client_conn) {
+    counted_ = true;
+    spdlog::warn("{}: refusing connection: max_client_conn {} reached", prefix(),
+                 config_.listen.max_client_conn);
+    co_await send_fatal(
+        proto::fatal(sqlstate::kTooManyConnections, "sorry, too many clients already"));
+    co_return;
+  }
+  counted_ = ok;
   if (ok) ok = co_await welcome();
   startup_timer.cancel();
   if (!ok) co_return;
   state_ = State::kReady;
-  spdlog::info("{}: login db={} tls={} app={}", prefix(), database_, stream_.tls(),
-               client_params_["application_name"]);
+  spdlog::info("{}: login db={} tls={} app={}", prefix(), log_safe(database_), stream_.tls(),
+               log_safe(client_params_["application_name"]));
   if (config_.timeouts.client_idle.count() > 0)
     asio::co_spawn(worker_.executor(), idle_watch(), asio::detached);
   co_await client_loop();
@@ -316,10 +377,15 @@ awaitable<bool> Session::negotiate() {
   state_ = State::kAuth;
   const config::User* u = config_.find_user(user);
   if (!u) {
-    spdlog::info("{}: unknown user \"{}\"", prefix(), user);
-    co_await send_fatal(
-        proto::fatal(sqlstate::kInvalidPassword,
-                     "password authentication failed for user \"" + std::string(user) + "\""));
+    // As PostgreSQL does: an unknown user gets the same SCRAM challenge as a known one (a
+    // salt derived from the name, stable across attempts) and fails at the proof, so the
+    // answers do not tell which user names exist.
+    spdlog::info("{}: unknown user \"{}\"", prefix(), log_safe(user));
+    config::User mock;
+    mock.name = std::string(user);
+    mock.auth = config::AuthMethod::kScram;
+    mock.scram = mock_scram_secret(user);
+    co_await authenticate(mock);
     co_return false;
   }
   if (!co_await authenticate(*u)) co_return false;
@@ -330,7 +396,8 @@ awaitable<bool> Session::negotiate() {
 awaitable<bool> Session::authenticate(const config::User& user) {
   std::string out;
   auto failed = [&]() -> awaitable<bool> {
-    spdlog::info("{}: password authentication failed for user \"{}\"", prefix(), user.name);
+    spdlog::info("{}: password authentication failed for user \"{}\"", prefix(),
+                 log_safe(user.name));
     co_await send_fatal(
         proto::fatal(sqlstate::kInvalidPassword,
                      "password authentication failed for user \"" + user.name + "\""));
@@ -491,6 +558,31 @@ awaitable<void> Session::client_loop() {
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
       const char type = d.frame.type;
+      if (skipping_batch_ && type != proto::msg::kTerminate) {
+        // A batch refused for its size: the rest of it, up to its Sync, is dropped unread.
+        in_.consume(d.consumed);
+        if (type == proto::msg::kSync) {
+          skipping_batch_ = false;
+          if (!co_await write_client(proto::ready_for_query(transaction_status()))) co_return;
+        }
+        continue;
+      }
+      if (type != proto::msg::kCopyData && !copy_in_ &&
+          pending_.size() + d.consumed > max_message) {
+        // Memory per client is bounded by max_message_size: an extended-protocol batch that
+        // grows past it without a Sync is refused, as one oversized message would be.
+        spdlog::info("{}: batch without Sync exceeds max_message_size; refused", prefix());
+        pending_.clear();
+        skipping_batch_ = true;
+        std::string out;
+        proto::write_error(
+            out, proto::error(sqlstate::kProgramLimitExceeded,
+                              "extended-protocol batch exceeds max_message_size (" +
+                                  std::to_string(max_message) + " bytes) before its Sync",
+                              {}, "send Sync more often"));
+        if (!co_await write_client(out)) co_return;
+        continue;
+      }
       switch (type) {
         case proto::msg::kTerminate:
           in_.consume(d.consumed);

@@ -9,6 +9,7 @@
 #include <string>
 #include <unordered_map>
 
+#include "protocol/auth.hpp"
 #include "protocol/buffer.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/startup.hpp"
@@ -217,7 +218,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool writing_server_ = false;
   bool client_writing_ = false;
   bool client_gone_ = false;
-  bool copy_in_ = false;  // the server is in COPY FROM STDIN (CopyInResponse relayed)
+  bool copy_in_ = false;
+  bool counted_ = false;
+  bool skipping_batch_ = false;  // dropping a too-large batch up to its Sync  // counted in shared.logged_in  // the server is in COPY FROM STDIN (CopyInResponse relayed)
   bool discard_until_sync_ = false;
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
@@ -231,5 +234,7 @@ class Session : public std::enable_shared_from_this<Session> {
 };
 
 const char* to_string(Session::State s);
+std::string log_safe(std::string_view v);
+protocol::ScramSecret mock_scram_secret(std::string_view user);
 
 }  // namespace pgshard::session

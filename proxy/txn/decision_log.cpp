@@ -73,6 +73,23 @@ bool DecisionLog::open(const std::string& dir, std::string* error) {
       if (kind == 'D') done_.insert(gid);
     }
   }
+  {
+    // A new generation for every start, durable before any id of it is used.
+    std::ifstream in(dir + "/generation");
+    uint64_t g = 0;
+    in >> g;
+    generation_ = g + 1;
+    const std::string tmp = dir + "/generation.tmp";
+    int gfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    const std::string text = std::to_string(generation_) + "\n";
+    bool ok = gfd >= 0 && ::write(gfd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+              ::fsync(gfd) == 0;
+    if (gfd >= 0) ::close(gfd);
+    if (!ok || ::rename(tmp.c_str(), (dir + "/generation").c_str()) != 0) {
+      *error = "cannot write " + dir + "/generation: " + std::strerror(errno);
+      return false;
+    }
+  }
   fd_ = ::open(path_.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0600);
   if (fd_ < 0) {
     *error = "cannot open the two-phase commit log " + path_ + ": " + std::strerror(errno);
@@ -111,6 +128,22 @@ void DecisionLog::done(const std::string& gid) {
   append(make_record('D', gid), false);
   decided_.erase(gid);
   done_.erase(gid);
+  if (++since_compact_ >= kCompactEvery) compact_locked();
+}
+
+void DecisionLog::begin(const std::string& gid) {
+  std::lock_guard lock(mu_);
+  live_.insert(gid);
+}
+
+void DecisionLog::end(const std::string& gid) {
+  std::lock_guard lock(mu_);
+  live_.erase(gid);
+}
+
+bool DecisionLog::live(const std::string& gid) const {
+  std::lock_guard lock(mu_);
+  return live_.contains(gid);
 }
 
 std::set<std::string> DecisionLog::pending() const {
@@ -128,6 +161,11 @@ bool DecisionLog::decided(const std::string& gid) const {
 
 void DecisionLog::compact() {
   std::lock_guard lock(mu_);
+  compact_locked();
+}
+
+void DecisionLog::compact_locked() {
+  since_compact_ = 0;
   std::string tmp = path_ + ".tmp";
   int fd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
   if (fd < 0) return;

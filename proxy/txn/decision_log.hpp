@@ -22,8 +22,18 @@ class DecisionLog {
   // Transactions decided to commit and not known to be done, read at open().
   std::set<std::string> pending() const;
   bool decided(const std::string& gid) const;
-  // Rewrites the log without the finished transactions.
+  // Rewrites the log without the finished transactions. done() also calls it every
+  // kCompactEvery records, so the log stays bounded while pgshard runs.
   void compact();
+  static constexpr int kCompactEvery = 2000;
+
+  // The start-up count of this instance (persisted in the log directory): global ids are
+  // "<prefix><generation>_<n>", unique across restarts even though n starts at 1 each time.
+  uint64_t generation() const { return generation_; }
+  // Global transactions a session is finishing right now: recovery leaves them alone.
+  void begin(const std::string& gid);
+  void end(const std::string& gid);
+  bool live(const std::string& gid) const;
   ~DecisionLog();
 
   // This instance's prefix of global transaction ids, "pgshard_<hex>_", kept in the log
@@ -35,6 +45,10 @@ class DecisionLog {
 
  private:
   bool append(const std::string& line, bool sync);
+  void compact_locked();
+  uint64_t generation_ = 0;
+  int since_compact_ = 0;
+  std::set<std::string> live_;
   mutable std::mutex mu_;
   int fd_ = -1;
   std::string path_;

@@ -85,8 +85,17 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
       warning->severity = "WARNING";
     }
   } else {
-    const std::string gid =
-        shared.decisions.prefix() + std::to_string(shared.next_gid.fetch_add(1));
+    // Unique across restarts (generation) and instances (prefix); registered as live so
+    // the periodic recovery pass never finishes it under this session's feet.
+    const std::string gid = shared.decisions.prefix() +
+                            std::to_string(shared.decisions.generation()) + "_" +
+                            std::to_string(shared.next_gid.fetch_add(1));
+    shared.decisions.begin(gid);
+    struct EndLive {
+      txn::DecisionLog& log;
+      const std::string& gid;
+      ~EndLive() { log.end(gid); }
+    } end_live{shared.decisions, gid};
     auto part_gid = [&](const std::shared_ptr<Link>& p) {
       return gid + "_" + std::to_string(p->shard);
     };

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <map>
+#include <set>
+#include <string_view>
 #include <vector>
 
 namespace pgshard::txn {
@@ -46,6 +48,7 @@ std::string conninfo(const config::Config& cfg, const config::Shard& shard) {
 RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_startup) {
   RecoveryResult result;
   const std::string& mine = log.prefix();
+  std::set<std::string> seen;  // global ids still prepared somewhere
   for (const auto& shard : cfg.shards) {
     PGconn* c = PQconnectdb(conninfo(cfg, shard).c_str());
     if (PQstatus(c) != CONNECTION_OK) {
@@ -66,12 +69,19 @@ RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_star
       // Other pgshard instances resolve their own transactions.
       if (!gid.starts_with(mine)) continue;
       const std::string global = gid.substr(0, gid.rfind('_'));
+      // A session finishing this transaction decides it; recovery only takes over what no
+      // session owns (a crash, a shard that was down, a session that gave up).
+      if (log.live(global)) continue;
+      seen.insert(global);
       const bool decided = log.decided(global);
-      if (!decided && !at_startup) continue;  // may be committing right now
       const std::string sql =
           std::string(decided ? "COMMIT PREPARED '" : "ROLLBACK PREPARED '") + gid + "'";
       PGresult* x = PQexec(c, sql.c_str());
-      if (PQresultStatus(x) == PGRES_COMMAND_OK) {
+      const char* state = PQresultErrorField(x, PG_DIAG_SQLSTATE);
+      if (state && std::string_view(state) == "42704") {
+        // Finished meanwhile by the session that owned it: nothing to do.
+        seen.erase(global);
+      } else if (PQresultStatus(x) == PGRES_COMMAND_OK) {
         spdlog::info("recovery: {} on shard {}", sql, shard.name);
         ++(decided ? result.committed : result.rolled_back);
       } else {
@@ -83,10 +93,12 @@ RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_star
     }
     PQfinish(c);
   }
-  // Decisions whose transactions are committed everywhere are finished.
-  if (result.errors == 0 && at_startup) {
-    for (const auto& g : log.pending()) log.done(g);
-    log.compact();
+  // Decisions whose transactions are committed everywhere (no participant left prepared
+  // on any shard, every shard reached) are finished.
+  if (result.errors == 0) {
+    for (const auto& g : log.pending())
+      if (!seen.contains(g) && !log.live(g)) log.done(g);
+    if (at_startup) log.compact();
   }
   return result;
 }
