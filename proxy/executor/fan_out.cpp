@@ -80,7 +80,8 @@ struct Leg {
 }  // namespace
 
 awaitable<void> Session::fan_out(const router::Route& route, bool simple, char boundary) {
-  co_await drain();
+  if (!co_await drain()) co_return;
+  Waiting waiting(*this, "shards (fan-out)");
   std::string out;
   std::string names;
   for (int s : route.shards) names += (names.empty() ? "" : ", ") + config_.shards[s].name;

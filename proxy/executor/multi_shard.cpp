@@ -27,7 +27,8 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   // COPY FROM STDIN into a sharded table: every shard opens the same COPY inside a
   // transaction, rows are sent to the shard their key names, and all shards commit only if
   // every one of them accepted its rows.
-  co_await drain();
+  if (!co_await drain()) co_return;
+  Waiting waiting(*this, "shards (COPY)");
   std::string out;
   auto fail = [&](const proto::ErrorInfo& e) -> awaitable<void> {
     proto::write_error(out, e);

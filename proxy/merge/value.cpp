@@ -179,7 +179,11 @@ std::optional<int64_t> binary_datetime(int32_t type, std::string_view b) {
       auto days = static_cast<int32_t>(be32(b.data()));
       if (days == std::numeric_limits<int32_t>::max()) return std::numeric_limits<int64_t>::max();
       if (days == std::numeric_limits<int32_t>::min()) return std::numeric_limits<int64_t>::min();
-      return (int64_t{days} + kPgEpochDays) * kMicrosPerDay;
+      // A shard never sends a date this far out; garbage must not overflow (found by fuzzing).
+      int64_t micros = 0;
+      if (__builtin_mul_overflow(int64_t{days} + kPgEpochDays, kMicrosPerDay, &micros))
+        return std::nullopt;
+      return micros;
     }
     case oid::kTime:
     case oid::kTimestamp:

@@ -98,6 +98,13 @@ void Worker::begin_shutdown() {
   });
 }
 
+void Worker::dump_sessions() {
+  asio::post(*ctx_, [this] {
+    for (auto& [ptr, weak] : sessions_)
+      if (auto s = weak.lock()) spdlog::info("{}", s->describe());
+  });
+}
+
 void Worker::force_close() {
   asio::post(*ctx_, [this] {
     for (auto& [ptr, weak] : sessions_)
@@ -227,6 +234,14 @@ int Server::run() {
         asio::detached);
   };
   signals.async_wait(on_signal);
+  // SIGUSR2: one log line per session saying what it waits on (diagnosing a stuck client).
+  asio::signal_set dump_signal(main_ctx_, SIGUSR2);
+  std::function<void(error_code, int)> on_dump = [&](error_code ec, int) {
+    if (ec) return;
+    for (auto& w : workers_) w->dump_sessions();
+    dump_signal.async_wait(on_dump);
+  };
+  dump_signal.async_wait(on_dump);
   if (cfg.two_phase_commit)
     recovery_thread_ = std::thread([this] {
       // Every 10 s: finish decided commits a shard missed (it was down at the time).

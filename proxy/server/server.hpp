@@ -70,6 +70,7 @@ class Worker {
   // Asks every session to finish: idle ones close now, busy ones at their next idle point.
   void begin_shutdown();
   void force_close();
+  void dump_sessions();
 
   void start();
   void join();

@@ -246,18 +246,27 @@ awaitable<bool> Session::read_client() {
 
 awaitable<void> Session::watch_client(std::shared_ptr<ClientWatch> watch,
                                        std::function<void()> on_gone) {
-  // Waits for the client's socket to become readable without taking its bytes (they are
-  // the client's next requests, read by client_loop later): a peek of 0 bytes is EOF. Once
-  // the client has sent something, the watch has done its job (it is not gone).
+  // Waits for the client's socket to become readable; a peek of 0 bytes is EOF. Bytes the
+  // client pipelines meanwhile are its next requests: on plain TCP they are moved into in_
+  // for client_loop (up to a bound, so memory stays bounded and an EOF behind them is still
+  // seen); behind TLS, or past the bound, the watch ends (such a client is not gone).
   auto self = shared_from_this();
   auto& socket = stream_.socket();
+  const std::size_t limit = std::min<std::size_t>(config_.listen.max_message_size, 1 << 20);
   while (!watch->stopping && !client_gone_) {
     auto [ec] = co_await socket.async_wait(
         tcp::socket::wait_read, asio::bind_cancellation_slot(watch->stop.slot(), use_nothrow));
     if (watch->stopping || ec == asio::error::operation_aborted) break;
     char byte;
     const ssize_t n = ec ? -1 : ::recv(socket.native_handle(), &byte, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n > 0) break;
+    if (n > 0) {
+      if (stream_.tls() || in_.size() >= limit) break;
+      std::size_t room;
+      char* at = in_.prepare(kReadChunk, &room);
+      const ssize_t got = ::recv(socket.native_handle(), at, room, MSG_DONTWAIT);
+      if (got > 0) in_.commit(static_cast<std::size_t>(got));
+      continue;
+    }
     if (n < 0 && !ec && (errno == EAGAIN || errno == EINTR)) continue;
     spdlog::info("{}: client left during a multi-shard statement: stopping the shards", prefix());
     client_gone_ = true;
@@ -552,7 +561,7 @@ awaitable<void> Session::client_loop() {
       auto d = proto::decode_frame(in_.view(), max_message);
       if (d.status == proto::DecodeStatus::kError) {
         spdlog::info("{}: protocol violation: {}", prefix(), d.error);
-        co_await drain();
+        if (!co_await drain()) co_return;
         co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, d.error));
         co_return;
       }
@@ -635,7 +644,7 @@ awaitable<void> Session::client_loop() {
           continue;
         default: {
           spdlog::info("{}: invalid frontend message type {}", prefix(), int(type));
-          co_await drain();
+          if (!co_await drain()) co_return;
           co_await send_fatal(proto::fatal(
               sqlstate::kProtocolViolation,
               "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type))));
@@ -728,7 +737,7 @@ awaitable<void> Session::handle_request(char boundary) {
       route = route_batch(&simple);
     }
     if (route.kind != router::RouteKind::kShard) {
-      co_await drain();
+      if (!co_await drain()) co_return;
       if (route.kind == router::RouteKind::kError) {
         spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
         proto::write_error(out, route.error);
@@ -784,7 +793,7 @@ awaitable<void> Session::handle_request(char boundary) {
              ? deferred_begin_.empty() && transaction_status() == 'I'
              : !deferred_begin_.empty()) &&
         (simple || lone_extended())) {
-      co_await drain();
+      if (!co_await drain()) co_return;
       std::string answer;
       if (route.txn == router::TxnControl::kBegin) {
         if (simple)
@@ -856,7 +865,7 @@ awaitable<void> Session::handle_request(char boundary) {
 
   bool joins_transaction = false;
   if (active_ && active_->shard != target) {
-    co_await drain();
+    if (!co_await drain()) co_return;
     if (active_ && active_->lease->status == 'E') {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = active_->shard;
@@ -1120,6 +1129,7 @@ awaitable<bool> Session::attach(int shard) {
     co_return true;
   }
   auto& pool = worker_.pool(shard, *user_);
+  Waiting waiting(*this, "a pooled server (attach)");
   auto got = co_await pool.acquire();
   if (auto* err = std::get_if<std::string>(&got)) {
     spdlog::warn("{}: {}", prefix(), *err);
@@ -1180,6 +1190,9 @@ char Session::transaction_status() const {
 void Session::release(std::shared_ptr<Link> link) {
   // By value: callers pass active_, which this resets.
   if (!link) return;
+  // A server that still owes the client replies is never handed to anyone else.
+  if (link == active_ && link->lease && (in_flight_ > 0 || open_extended_ || link->swallow > 0))
+    link->lease->broken = true;
   if (link->done) return;
   link->done = true;
   if (active_ == link) active_.reset();
@@ -1474,7 +1487,7 @@ void Session::apply_settings(pool::ServerConn& conn) {
 
 awaitable<void> Session::refuse_request(const protocol::ErrorInfo& e, char boundary) {
   // As PostgreSQL fails a request: an extended batch without Sync skips to the Sync.
-  co_await drain();
+  if (!co_await drain()) co_return;
   std::string out;
   proto::write_error(out, e);
   if (boundary == proto::msg::kFlush)
@@ -1498,6 +1511,7 @@ const std::vector<int32_t>& Session::stored_types(std::string_view name) const {
 }
 
 awaitable<void> Session::borrow(const std::shared_ptr<Link>& link) {
+  Waiting waiting(*this, "a relay to park (borrow)");
   link->borrowed = true;
   error_code ignored;
   link->lease->socket().cancel(ignored);  // the relay's pending read ends; it parks
@@ -1509,10 +1523,20 @@ void Session::give_back(const std::shared_ptr<Link>& link) {
   borrow_done_.notify_all();
 }
 
-awaitable<void> Session::drain() {
-  while (active_ && (in_flight_ > 0 || open_extended_ || active_->swallow > 0)) {
-    co_await drained_.wait();
-  }
+awaitable<bool> Session::drain() {
+  auto busy = [&] { return active_ && (in_flight_ > 0 || open_extended_ || active_->swallow > 0); };
+  if (!busy()) co_return !client_gone_;
+  if (client_gone_) co_return false;
+  Waiting waiting(*this, "server replies (drain)");
+  // A server may never answer (a failed extended batch waits for a Sync the client never
+  // sends): the client leaving must still end the wait, or the session and its servers
+  // would be held forever.
+  auto watch = std::make_shared<ClientWatch>(worker_.executor());
+  asio::co_spawn(worker_.executor(), watch_client(watch, [this] { drained_.notify_all(); }),
+                 asio::detached);
+  while (busy() && !client_gone_) co_await drained_.wait();
+  co_await stop_watch(*watch);
+  co_return !client_gone_;
 }
 
 // ---- ending ----
@@ -1575,6 +1599,19 @@ void Session::request_shutdown() {
     return;
   }
   maybe_close_for_shutdown();
+}
+
+std::string Session::describe() const {
+  std::string out = prefix() + ": " + to_string(state_) + ", waiting on " + waiting_on_ +
+                    ", in flight " + std::to_string(in_flight_) +
+                    (open_extended_ ? ", open batch" : "") + ", txn " + transaction_status();
+  if (active_ && active_->lease)
+    out += ", server S-" + std::to_string(active_->lease->id()) + " (" +
+           config_.shards[static_cast<std::size_t>(active_->shard)].name + ", " +
+           active_->lease->status + ")";
+  out += ", kept " + std::to_string(kept_.size()) + ", txn servers " +
+         std::to_string(txn_links_.size());
+  return out;
 }
 
 void Session::force_close() {

@@ -69,6 +69,15 @@ class Session : public std::enable_shared_from_this<Session> {
   // Graceful shutdown: close now if idle, else at the next idle point.
   void request_shutdown();
   void force_close();
+  // One line for the SIGUSR2 dump: state, what the session is waiting on, its servers.
+  std::string describe() const;
+  // Names what the session waits on while in scope (shown by describe()).
+  struct Waiting {
+    Waiting(Session& s, const char* what) : s_(s), before_(s.waiting_on_) { s.waiting_on_ = what; }
+    ~Waiting() { s_.waiting_on_ = before_; }
+    Session& s_;
+    const char* before_;
+  };
 
  private:
   awaitable<void> run();
@@ -88,7 +97,8 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<bool> write_client(std::string_view bytes);
   awaitable<void> send_fatal(const protocol::ErrorInfo& e);
   // Waits until every request sent to the active server has been answered.
-  awaitable<void> drain();
+  // False when the client left meanwhile (the servers still owe replies: never reusable).
+  awaitable<bool> drain();
   awaitable<bool> attach(int shard);
   awaitable<void> flush_copy();
   awaitable<void> copy_in_split(const router::Route& route);
@@ -220,6 +230,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool client_gone_ = false;
   bool copy_in_ = false;
   bool counted_ = false;
+  const char* waiting_on_ = "client";
   bool skipping_batch_ = false;  // dropping a too-large batch up to its Sync  // counted in shared.logged_in  // the server is in COPY FROM STDIN (CopyInResponse relayed)
   bool discard_until_sync_ = false;
   bool shutdown_requested_ = false;

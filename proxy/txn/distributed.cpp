@@ -19,6 +19,7 @@ awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::
   link->our_error.clear();
   link->our_error_code.clear();
   if (link->done || !link->lease || link->lease->broken) co_return false;
+  Waiting waiting(*this, "pgshard's own statement (run_ours)");
   std::string q;
   proto::Query{sql}.write(q);
   ++link->swallow;
@@ -30,7 +31,7 @@ awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::
 }
 
 awaitable<void> Session::finish_distributed(bool commit, bool simple) {
-  co_await drain();
+  if (!co_await drain()) co_return;
   std::vector<std::shared_ptr<Link>> parts;
   for (auto& [shard, link] : txn_links_) parts.push_back(link);
   if (active_) parts.push_back(active_);

@@ -8,6 +8,8 @@
 #include <chrono>
 #include <fstream>
 #include <functional>
+#include <set>
+#include <sstream>
 #include <thread>
 
 #include "harness.hpp"
@@ -15,6 +17,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "protocol/startup.hpp"
+#include "proxy/txn/decision_log.hpp"
 
 using namespace harness;
 using namespace std::chrono_literals;
@@ -472,4 +475,73 @@ TEST_CASE("a pipeline without Sync larger than max_message_size is not buffered 
   REQUIRE(d.login());
   d.send(q("select 1"));
   CHECK(replies(d, 1) == "T D C:SELECT 1 Z:I");
+}
+
+namespace {
+
+std::set<std::string> decided_gids(const std::string& dir) {
+  std::set<std::string> out;
+  std::istringstream in(read_file(dir + "/decisions.log"));
+  std::string line, gid;
+  while (std::getline(in, line))
+    if (pgshard::txn::parse_record(line, &gid) == 'C') out.insert(gid);
+  return out;
+}
+
+void cross_shard_commit(Proxy& proxy) {
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "begin");
+  for (int k = 1; k <= 6; ++k)
+    query(c.get(), "update f_items set v = 'x' where k = " + std::to_string(k));
+  query(c.get(), "commit");
+}
+
+}  // namespace
+
+TEST_CASE("two-phase commit ids are unique across restarts", "[faults]") {
+  make_items(6);
+  ProxyOptions o = items_map();
+  o.two_phase_log = temp_dir("gid-2pc");
+  std::set<std::string> first;
+  {
+    Proxy proxy(o);
+    cross_shard_commit(proxy);
+    first = decided_gids(o.two_phase_log);
+  }
+  REQUIRE(first.size() == 1);
+  Proxy proxy(o);
+  cross_shard_commit(proxy);
+  auto second = decided_gids(o.two_phase_log);
+  REQUIRE(second.size() >= 1);
+  for (const auto& g : second) CHECK_FALSE(first.contains(g));
+}
+
+TEST_CASE("in-doubt participants on a shard that was down at start-up are resolved", "[faults]") {
+  auto& cluster = Cluster::get();
+  ProxyOptions o = items_map();
+  o.two_phase_log = temp_dir("indoubt-2pc");
+  { Proxy first(o); }  // creates the instance
+  std::string prefix = read_file(o.two_phase_log + "/instance");
+  prefix.erase(prefix.find_last_not_of("\n") + 1);
+  // Two participants of an earlier run left prepared on s1: one decided (logged), one not.
+  const std::string decided = prefix + "0_1", undecided = prefix + "0_2";
+  {
+    auto d = connect(cluster.direct(1));
+    query(d.get(), "drop table if exists f_2pc");
+    query(d.get(), "create table f_2pc (tag text)");
+    for (const auto& g : {decided, undecided}) {
+      query(d.get(), "begin");
+      query(d.get(), "insert into f_2pc values ('" + g + "')");
+      query(d.get(), "prepare transaction '" + g + "_1'");
+    }
+    std::ofstream log(o.two_phase_log + "/decisions.log", std::ios::app);
+    log << pgshard::txn::make_record('C', decided);
+  }
+  cluster.kill(1);
+  Proxy proxy(o);  // start-up recovery cannot reach s1
+  cluster.restart(1);
+  auto d = connect(cluster.direct(1));
+  CHECK(wait_until(
+      [&] { return scalar(d.get(), "select count(*) from pg_prepared_xacts") == "0"; }, 20s));
+  CHECK(scalar(d.get(), "select string_agg(tag, ',') from f_2pc") == decided);
 }
