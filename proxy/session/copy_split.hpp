@@ -71,8 +71,13 @@ class CopyRowSplitter {
       on_row(row, std::optional<std::string>(), true);
       return;
     }
-    // "\." alone ends the data in text format (an old client convention).
-    if (!spec_.csv && (row == "\\.\n" || row == "\\.\r\n" || row == "\\.")) return;
+    // "\." alone on a line ends the data (an old client convention, text and CSV alike);
+    // PostgreSQL ignores whatever follows it up to CopyDone, and so does the split.
+    if (ended_) return;
+    if (row == "\\.\n" || row == "\\.\r\n" || row == "\\.") {
+      ended_ = true;
+      return;
+    }
     on_row(row, key_of(row), false);
   }
 
@@ -82,6 +87,7 @@ class CopyRowSplitter {
   std::size_t pos_ = 0;
   bool in_quotes_ = false;
   bool header_seen_ = false;
+  bool ended_ = false;  // the end-of-data marker was seen
 };
 
 }  // namespace pgshard::session

@@ -75,28 +75,41 @@ for port in "$PGB_T" "$PGB_S" "$PS_T" "$PS_S"; do
   for _ in $(seq 100); do psql -X -qAt -h 127.0.0.1 -p "$port" -U app app -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
 done
 
-# Prints "tps latency_ms" for one pgbench run.
-bench() {  # port mode clients
-  local jobs=$(( $3 > 1 ? 2 : 1 )) out
+# CPU time (user+system, clock ticks) a process has used so far.
+cpu_ticks() { [ -n "${1:-}" ] && awk '{print $14 + $15}' "/proc/$1/stat" || echo 0; }
+HZ=$(getconf CLK_TCK)
+
+# Prints "tps latency_ms cpu_us_per_tx" for one pgbench run; the CPU is the proxy's (pid $4)
+# over the run divided by the transactions pgbench reports (0 when no proxy).
+bench() {  # port mode clients [proxy-pid]
+  local jobs=$(( $3 > 1 ? 2 : 1 )) out before after tx
+  before=$(cpu_ticks "${4:-}")
   out=$(pgbench -n -S -T "$DURATION" -c "$3" -j "$jobs" -M "$2" -h 127.0.0.1 -p "$1" -U app app 2>&1) \
-    || { echo "pgbench failed on port $1: $out" >&2; echo "0 0"; return; }
-  echo "$(echo "$out" | awk '/^tps/ {print $3}') $(echo "$out" | awk '/latency average/ {print $4}')"
+    || { echo "pgbench failed on port $1: $out" >&2; echo "0 0 0"; return; }
+  after=$(cpu_ticks "${4:-}")
+  tx=$(echo "$out" | awk '/number of transactions actually processed/ {print $6}')
+  echo "$(echo "$out" | awk '/^tps/ {print $3}') $(echo "$out" | awk '/latency average/ {print $4}') \
+$(awk -v a="$after" -v b="$before" -v t="$tx" -v hz="$HZ" 'BEGIN {print (t > 0 ? (a - b) / hz * 1e6 / t : 0)}')"
 }
 
-printf '\n%-9s %7s | %10s %10s %10s | %8s %8s | %9s %9s %9s | %13s\n' mode clients \
-  direct pgbouncer pgshard "ps/pgb" "ps/dir" "lat_dir" "lat_pgb" "lat_ps" "ps_added_us"
+printf '\n%-9s %7s | %10s %10s %10s | %8s %8s | %9s %9s %9s | %13s | %9s %9s\n' mode clients \
+  direct pgbouncer pgshard "ps/pgb" "ps/dir" "lat_dir" "lat_pgb" "lat_ps" "ps_added_us" \
+  "cpu_pgb" "cpu_ps"
 for mode in $MODES; do
   for c in $CLIENTS; do
     pgb=$PGB_T; ps=$PS_T; pm=$mode
     [ "$mode" = prepared ] && pgb=$PGB_S
     [ "$mode" = prepared-session ] && { pgb=$PGB_S; ps=$PS_S; pm=prepared; }
-    read -r d_tps d_lat < <(bench "$SHARD" "$pm" "$c")
-    read -r b_tps b_lat < <(bench "$pgb" "$pm" "$c")
-    read -r s_tps s_lat < <(bench "$ps" "$pm" "$c")
+    pgb_pid=$(cat "$DIR/pgb-$([ "$pgb" = "$PGB_S" ] && echo s || echo t)/pgbouncer.pid" 2>/dev/null || true)
+    ps_pid=$(cat "$DIR/pgshard-$([ "$ps" = "$PS_S" ] && echo s || echo t).pid")
+    read -r d_tps d_lat _ < <(bench "$SHARD" "$pm" "$c")
+    read -r b_tps b_lat b_cpu < <(bench "$pgb" "$pm" "$c" "$pgb_pid")
+    read -r s_tps s_lat s_cpu < <(bench "$ps" "$pm" "$c" "$ps_pid")
     awk -v m="$mode" -v c="$c" -v d="$d_tps" -v b="$b_tps" -v s="$s_tps" \
-        -v dl="$d_lat" -v bl="$b_lat" -v sl="$s_lat" 'BEGIN {
-      printf "%-9s %7s | %10.0f %10.0f %10.0f | %8.2f %8.2f | %9.3f %9.3f %9.3f | %13.1f\n",
-        m, c, d, b, s, (b > 0 ? s / b : 0), (d > 0 ? s / d : 0), dl, bl, sl, (sl - dl) * 1000 }'
+        -v dl="$d_lat" -v bl="$b_lat" -v sl="$s_lat" -v bc="$b_cpu" -v sc="$s_cpu" 'BEGIN {
+      printf "%-9s %7s | %10.0f %10.0f %10.0f | %8.2f %8.2f | %9.3f %9.3f %9.3f | %13.1f | %9.1f %9.1f\n",
+        m, c, d, b, s, (b > 0 ? s / b : 0), (d > 0 ? s / d : 0), dl, bl, sl, (sl - dl) * 1000, bc, sc }'
   done
 done
-echo "(tps: transactions/s; lat_*: mean latency in ms; ps_added_us: pgshard mean latency minus direct, µs)"
+echo "(tps: transactions/s; lat_*: mean latency in ms; ps_added_us: pgshard mean latency minus direct, µs;"
+echo " cpu_*: the proxy's user+system CPU per transaction, µs)"

@@ -66,3 +66,16 @@ TEST_CASE("missing key fields give no key", "[copy]") {
   REQUIRE(rows.size() == 1);
   CHECK_FALSE(rows[0].key);
 }
+
+TEST_CASE("rows after the end-of-data marker are ignored, as PostgreSQL ignores them", "[copy]") {
+  router::CopySplit text;
+  auto rows = split(text, 0, {"1\ta\n\\.", "\n2\tb\n"});
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0].row == "1\ta\n");
+  router::CopySplit csv;
+  csv.csv = true;
+  csv.delimiter = ',';
+  rows = split(csv, 0, {"1,a\n\\.\n3,c\n"});
+  REQUIRE(rows.size() == 1);
+  CHECK(rows[0].row == "1,a\n");
+}
