@@ -92,8 +92,9 @@ class Checker {
 };
 
 void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
-  if (!c.mapping(n, "listen",
-                 {"host", "port", "workers", "max_client_conn", "max_startups", "max_message_size"}))
+  if (!c.mapping(
+          n, "listen",
+          {"host", "port", "workers", "max_client_conn", "max_startups", "max_message_size"}))
     return;
   if (n["host"]) out.host = c.string(n["host"], "listen.host").value_or(out.host);
   if (n["port"]) out.port = c.integer<uint16_t>(n["port"], "listen.port", 1, 65535).value_or(0);

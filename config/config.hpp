@@ -37,7 +37,7 @@ const char* to_string(ShardFunction f);
 struct Listen {
   std::string host = "127.0.0.1";
   uint16_t port = 6432;
-  int workers = 0;  // 0: one per core
+  int workers = 0;             // 0: one per core
   int max_client_conn = 1000;  // logged-in clients
   int max_startups = 256;      // connections still in startup/authentication
   std::size_t max_message_size = 256u << 20;

@@ -70,7 +70,7 @@ struct Leg {
   bool failed = false;               // lost, timed out, or never connected
   bool timed_out = false;
   bool abandoned = false;  // the client left: stop reading
-  bool done = false;  // ReadyForQuery of the request seen
+  bool done = false;       // ReadyForQuery of the request seen
   bool rows_ended = false;
   std::optional<proto::Frame> head;  // the next reply, not consumed yet
   std::size_t head_size = 0;

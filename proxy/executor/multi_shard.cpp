@@ -163,19 +163,7 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
     if (!ok || !committed) lease->broken = true;
   }
   if (stray) {
-    // PostgreSQL: an ERROR for the message, then FATAL (the protocol is out of step).
-    out.clear();
-    char hex[8];
-    std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(*stray));
-    proto::write_error(out, proto::error(sqlstate::kProtocolViolation,
-                                         std::string("unexpected message type ") + hex +
-                                             " during COPY from stdin"));
-    proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
-                                         "terminating connection because protocol "
-                                         "synchronization was lost"));
-    co_await write_client(out);
-    client_gone_ = true;
-    stream_.close();
+    co_await copy_violation(*stray);
     co_return;
   }
   if (!client_ok) {
@@ -193,8 +181,8 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
 
 awaitable<bool> Session::copy_write(pool::Lease& lease, std::string_view frame) {
   if (lease->broken || lease->status != proto::txn_status::kInBlock) co_return true;
-  auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(frame.data(), frame.size()),
-                                            use_nothrow);
+  auto [ec, n] = co_await asio::async_write(lease->socket(),
+                                            asio::buffer(frame.data(), frame.size()), use_nothrow);
   if (!ec) co_return true;
   lease->broken = true;
   co_return false;
@@ -223,9 +211,9 @@ awaitable<Session::CopyOutcome> Session::copy_stream(std::vector<pool::Lease>& l
     bufs[static_cast<std::size_t>(shard)].append(row);
   };
   auto lost = [&](std::size_t i) {
-    outcome.error = proto::error(
-        sqlstate::kConnectionFailure,
-        "lost shard " + leases[i]->target().shard_name + " during COPY; nothing was copied");
+    outcome.error =
+        proto::error(sqlstate::kConnectionFailure, "lost shard " + leases[i]->target().shard_name +
+                                                       " during COPY; nothing was copied");
   };
   std::string_view fail_reason;
   for (bool done = false; !done && !outcome.error;) {

@@ -175,8 +175,8 @@ awaitable<void> Session::run() {
   if (++shared.startups > config_.listen.max_startups) {
     spdlog::warn("{}: refusing connection: max_startups {} connections are in startup", prefix(),
                  config_.listen.max_startups);
-    co_await send_fatal(proto::fatal(sqlstate::kTooManyConnections,
-                                     "sorry, too many connections are starting up"));
+    co_await send_fatal(
+        proto::fatal(sqlstate::kTooManyConnections, "sorry, too many connections are starting up"));
     co_return;
   }
   if (worker_.shared().shutting_down) {
@@ -245,7 +245,7 @@ awaitable<bool> Session::read_client() {
 }
 
 awaitable<void> Session::watch_client(std::shared_ptr<ClientWatch> watch,
-                                       std::function<void()> on_gone) {
+                                      std::function<void()> on_gone) {
   // Waits for the client's socket to become readable; a peek of 0 bytes is EOF. Bytes the
   // client pipelines meanwhile are its next requests: on plain TCP they are moved into in_
   // for client_loop (up to a bound, so memory stays bounded and an EOF behind them is still
@@ -584,11 +584,11 @@ awaitable<void> Session::client_loop() {
         pending_.clear();
         skipping_batch_ = true;
         std::string out;
-        proto::write_error(
-            out, proto::error(sqlstate::kProgramLimitExceeded,
-                              "extended-protocol batch exceeds max_message_size (" +
-                                  std::to_string(max_message) + " bytes) before its Sync",
-                              {}, "send Sync more often"));
+        proto::write_error(out,
+                           proto::error(sqlstate::kProgramLimitExceeded,
+                                        "extended-protocol batch exceeds max_message_size (" +
+                                            std::to_string(max_message) + " bytes) before its Sync",
+                                        {}, "send Sync more often"));
         if (!co_await write_client(out)) co_return;
         continue;
       }
@@ -670,24 +670,25 @@ awaitable<void> Session::client_loop() {
 awaitable<void> Session::copy_violation(char type) {
   // Only COPY messages (and Sync/Flush, ignored) may come during COPY FROM STDIN.
   // PostgreSQL answers an ERROR for the message, then FATAL: the protocol is out of step.
-  // The server, still in its COPY, is discarded (its transaction rolls back).
+  // A relayed COPY's server, still in its COPY, is discarded (its transaction rolls back);
+  // the split COPY (copy_in_split) has already failed its shards.
   spdlog::info("{}: protocol violation: message type {} during COPY from stdin", prefix(),
                int(static_cast<unsigned char>(type)));
-  if (active_ && active_->lease) active_->lease->broken = true;
+  const bool relayed = copy_in_ && active_ && active_->lease;
+  if (relayed) active_->lease->broken = true;
   char hex[8];
   std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(type));
   std::string out;
-  proto::write_error(out, proto::error(sqlstate::kProtocolViolation,
-                                       std::string("unexpected message type ") + hex +
-                                           " during COPY from stdin"));
+  proto::write_error(
+      out, proto::error(sqlstate::kProtocolViolation,
+                        std::string("unexpected message type ") + hex + " during COPY from stdin"));
   proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
                                        "terminating connection because protocol "
                                        "synchronization was lost"));
-  client_gone_ = false;
   co_await write_client(out);
   client_gone_ = true;
   stream_.close();
-  if (active_ && active_->lease) {
+  if (relayed) {
     error_code ignored;
     active_->lease->socket().cancel(ignored);
   }

@@ -231,7 +231,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool copy_in_ = false;
   bool counted_ = false;
   const char* waiting_on_ = "client";
-  bool skipping_batch_ = false;  // dropping a too-large batch up to its Sync  // counted in shared.logged_in  // the server is in COPY FROM STDIN (CopyInResponse relayed)
+  bool skipping_batch_ =
+      false;  // dropping a too-large batch up to its Sync  // counted in shared.logged_in  // the
+              // server is in COPY FROM STDIN (CopyInResponse relayed)
   bool discard_until_sync_ = false;
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;

@@ -82,7 +82,8 @@ bool DecisionLog::open(const std::string& dir, std::string* error) {
     const std::string tmp = dir + "/generation.tmp";
     int gfd = ::open(tmp.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
     const std::string text = std::to_string(generation_) + "\n";
-    bool ok = gfd >= 0 && ::write(gfd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
+    bool ok = gfd >= 0 &&
+              ::write(gfd, text.data(), text.size()) == static_cast<ssize_t>(text.size()) &&
               ::fsync(gfd) == 0;
     if (gfd >= 0) ::close(gfd);
     if (!ok || ::rename(tmp.c_str(), (dir + "/generation").c_str()) != 0) {

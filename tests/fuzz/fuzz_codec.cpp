@@ -16,8 +16,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     if (d.status != p::DecodeStatus::kFrame) break;
     const auto body = d.frame.body;
     switch (d.frame.type) {
-      case 'Q': (void)p::Query::parse(body); break;
-      case 'P': (void)p::Parse::parse(body); break;
+      case 'Q':
+        (void)p::Query::parse(body);
+        break;
+      case 'P':
+        (void)p::Parse::parse(body);
+        break;
       case 'B':
         if (auto b = p::Bind::parse(body))
           for (std::size_t i = 0; i < b->params.size(); ++i) (void)b->format_of(i);
@@ -38,16 +42,27 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
           (void)e->severity();
         }
         break;
-      case 'T': (void)p::RowDescription::parse(body); break;
-      case 'Z': (void)p::ReadyForQuery::parse(body); break;
-      case 'S': (void)p::ParameterStatus::parse(body); break;
-      case 'f': (void)p::CopyFail::parse(body); break;
-      case 'R': (void)p::Authentication::parse(body); break;
+      case 'T':
+        (void)p::RowDescription::parse(body);
+        break;
+      case 'Z':
+        (void)p::ReadyForQuery::parse(body);
+        break;
+      case 'S':
+        (void)p::ParameterStatus::parse(body);
+        break;
+      case 'f':
+        (void)p::CopyFail::parse(body);
+        break;
+      case 'R':
+        (void)p::Authentication::parse(body);
+        break;
       case 'p':
         (void)p::PasswordMessage::parse(body);
         (void)p::SASLInitialResponse::parse(body);
         break;
-      default: break;
+      default:
+        break;
     }
     rest.remove_prefix(d.consumed);
   }

@@ -32,8 +32,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const auto& cfg = fuzz_config();
   static std::vector<pgshard::router::Route> routes = [&] {
     std::vector<pgshard::router::Route> v;
-    for (const char* sql : kStatements)
-      v.push_back(pgshard::router::route_query(sql, {}, cfg));
+    for (const char* sql : kStatements) v.push_back(pgshard::router::route_query(sql, {}, cfg));
     return v;
   }();
   const auto& route = routes[data[0] % std::size(kStatements)];

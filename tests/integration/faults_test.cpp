@@ -56,15 +56,6 @@ long long rows_everywhere(const std::string& where = "true") {
   return n;
 }
 
-bool wait_until(const std::function<bool()>& ok, std::chrono::milliseconds limit) {
-  auto deadline = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (ok()) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return ok();
-}
-
 // Backends of user app on every shard (not counting pgshard-recovery or this probe) whose
 // query matches `like` and that are in `state`.
 int shard_backends(const std::string& like, const std::string& state = "active") {
@@ -82,9 +73,7 @@ int shard_backends(const std::string& like, const std::string& state = "active")
 
 // Client connections to `port` the proxy has not closed after the client left.
 int close_wait(int port) {
-  std::string out;
-  run("ss -Htn state close-wait '( sport = :" + std::to_string(port) + " )' | wc -l", &out);
-  return std::stoi(out);
+  return sockets_in_state(port, "close-wait");
 }
 
 std::string q(const std::string& sql) {
@@ -214,14 +203,15 @@ TEST_CASE("a transaction whose server connection was lost never reports COMMIT",
   }
   REQUIRE(killed == 1);
   std::string message;
-  std::string code = error_code(c.get(), "insert into f_items (k, v) values (1, 'second')", &message);
+  std::string code =
+      error_code(c.get(), "insert into f_items (k, v) values (1, 'second')", &message);
   INFO(message);
   CHECK(!code.empty());
   // Every later statement fails until the transaction ends; COMMIT never succeeds.
   CHECK(error_code(c.get(), "select 1") == "25P02");
   PGresult* r = PQexec(c.get(), "commit");
-  const bool committed = PQresultStatus(r) == PGRES_COMMAND_OK &&
-                         std::string(PQcmdStatus(r)) == "COMMIT";
+  const bool committed =
+      PQresultStatus(r) == PGRES_COMMAND_OK && std::string(PQcmdStatus(r)) == "COMMIT";
   PQclear(r);
   CHECK_FALSE(committed);
   CHECK(rows_everywhere() == 0);
@@ -345,18 +335,16 @@ TEST_CASE("simple BEGIN, Sync, SELECT and COMMIT in one write answer as PostgreS
   same_as_postgres(proxy, q("BEGIN") + q("SELECT 1") + sync_msg() + q("COMMIT"), 4);
 }
 
-TEST_CASE("extended messages pipelined with a simple BEGIN keep their own replies",
-          "[faults]") {
+TEST_CASE("extended messages pipelined with a simple BEGIN keep their own replies", "[faults]") {
   Proxy proxy;
   // A bad Describe subtype: PostgreSQL reports it and skips to Sync; pgshard must not fold
   // it into a hidden BEGIN and answer "BEGIN" for it.
-  same_as_postgres(proxy, parse("select 1") + bind() + describe('X') + q("BEGIN") + sync_msg() +
-                              q("ROLLBACK"),
-                   2);
-  same_as_postgres(proxy,
-                   parse("select 1") + bind() + execute() + q("BEGIN") + q("SELECT 2") +
-                       q("ROLLBACK"),
-                   3);
+  same_as_postgres(
+      proxy, parse("select 1") + bind() + describe('X') + q("BEGIN") + sync_msg() + q("ROLLBACK"),
+      2);
+  same_as_postgres(
+      proxy, parse("select 1") + bind() + execute() + q("BEGIN") + q("SELECT 2") + q("ROLLBACK"),
+      3);
 }
 
 TEST_CASE("a non-COPY message during COPY FROM STDIN is a protocol violation", "[faults]") {
@@ -541,7 +529,7 @@ TEST_CASE("in-doubt participants on a shard that was down at start-up are resolv
   Proxy proxy(o);  // start-up recovery cannot reach s1
   cluster.restart(1);
   auto d = connect(cluster.direct(1));
-  CHECK(wait_until(
-      [&] { return scalar(d.get(), "select count(*) from pg_prepared_xacts") == "0"; }, 20s));
+  CHECK(wait_until([&] { return scalar(d.get(), "select count(*) from pg_prepared_xacts") == "0"; },
+                   20s));
   CHECK(scalar(d.get(), "select string_agg(tag, ',') from f_2pc") == decided);
 }

@@ -65,6 +65,21 @@ std::string tail(const std::string& text, int lines) {
   return text.substr(pos + 1);
 }
 
+bool wait_until(const std::function<bool()>& ok, std::chrono::milliseconds limit) {
+  auto deadline = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < deadline) {
+    if (ok()) return true;
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+  }
+  return ok();
+}
+
+int sockets_in_state(int port, const std::string& state) {
+  std::string out;
+  run("ss -Htn state " + state + " '( sport = :" + std::to_string(port) + " )' | wc -l", &out);
+  return std::stoi(out);
+}
+
 int free_port() {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   sockaddr_in a{};

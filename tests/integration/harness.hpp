@@ -4,6 +4,8 @@
 
 #include <libpq-fe.h>
 
+#include <chrono>
+#include <functional>
 #include <memory>
 #include <optional>
 #include <string>
@@ -73,6 +75,11 @@ std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql);
 std::string scalar(PGconn* c, const std::string& sql);
 // Runs one statement expecting an error; returns its SQLSTATE ("" if it succeeded).
 std::string error_code(PGconn* c, const std::string& sql, std::string* message = nullptr);
+
+// Polls `ok` every 50 ms until it holds or `limit` passes; returns whether it held.
+bool wait_until(const std::function<bool()>& ok, std::chrono::milliseconds limit);
+// TCP connections on local port `port` in `state` (ss state names: close-wait, estab...).
+int sockets_in_state(int port, const std::string& state);
 
 int free_port();
 std::string temp_dir(const std::string& name);

@@ -142,15 +142,6 @@ bool drain(int fd, int ms) {
   }
 }
 
-bool wait_until_ok(const std::function<bool()>& ok, int ms) {
-  auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(ms);
-  while (std::chrono::steady_clock::now() < deadline) {
-    if (ok()) return true;
-    std::this_thread::sleep_for(50ms);
-  }
-  return ok();
-}
-
 // What every session of the proxy waits on (SIGUSR2 dump), for the failure message.
 std::string session_dump(Proxy& proxy) {
   kill(proxy.pid(), SIGUSR2);
@@ -172,17 +163,13 @@ std::string good_answer(PGconn* c, Proxy& proxy) {
   }
   std::string value;
   while (PGresult* r = PQgetResult(c)) {
-    if (PQresultStatus(r) == PGRES_TUPLES_OK) value = PQgetvalue(r, 0, 0);
-    else value = PQresultErrorMessage(r);
+    if (PQresultStatus(r) == PGRES_TUPLES_OK)
+      value = PQgetvalue(r, 0, 0);
+    else
+      value = PQresultErrorMessage(r);
     PQclear(r);
   }
   return value;
-}
-
-int count_sockets(int port, const std::string& state) {
-  std::string out;
-  run("ss -Htn state " + state + " '( sport = :" + std::to_string(port) + " )' | wc -l", &out);
-  return std::stoi(out);
 }
 
 }  // namespace
@@ -231,11 +218,11 @@ TEST_CASE("50,000 random and mutated messages do not crash or wedge the proxy", 
   // Every fuzzed connection is closed once its client has gone (none in CLOSE-WAIT), and
   // no shard keeps a server in a transaction for a client that left.
   const bool closed =
-      wait_until_ok([&] { return count_sockets(proxy.port(), "close-wait") == 0; }, 5000);
+      wait_until([&] { return sockets_in_state(proxy.port(), "close-wait") == 0; }, 5s);
   const std::string dump = closed ? std::string() : session_dump(proxy);
   INFO(dump);
   CHECK(closed);
-  CHECK(wait_until_ok(
+  CHECK(wait_until(
       [&] {
         int n = 0;
         for (int s = 0; s < cluster.size(); ++s) {
@@ -246,7 +233,7 @@ TEST_CASE("50,000 random and mutated messages do not crash or wedge the proxy", 
         }
         return n == 0;
       },
-      5000));
+      5s));
   CHECK(good_answer(good.get(), proxy) == "4");
   auto fresh = connect(proxy.conninfo());
   CHECK(scalar(fresh.get(), "select 'alive'") == "alive");
