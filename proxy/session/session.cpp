@@ -268,7 +268,7 @@ awaitable<void> Session::watch_client(std::shared_ptr<ClientWatch> watch,
       continue;
     }
     if (n < 0 && !ec && (errno == EAGAIN || errno == EINTR)) continue;
-    spdlog::info("{}: client left during a multi-shard statement: stopping the shards", prefix());
+    spdlog::info("{}: client left while pgshard waited on servers: stopping them", prefix());
     client_gone_ = true;
     on_gone();
     break;
