@@ -66,7 +66,6 @@ struct Leg {
   pool::Lease lease;                 // a server of its own, or
   std::shared_ptr<Link> link;        // a transaction participant's, borrowed
   pool::ServerConn* conn = nullptr;  // whichever it is
-  int skip = 0;                      // ReadyForQuery of pgshard's own prelude still to pass over
   bool failed = false;               // lost, timed out, or never connected
   bool timed_out = false;
   bool abandoned = false;  // the client left: stop reading
@@ -74,7 +73,8 @@ struct Leg {
   bool rows_ended = false;
   std::optional<proto::Frame> head;  // the next reply, not consumed yet
   std::size_t head_size = 0;
-  std::string problem;  // why the leg failed
+  bool head_hidden = false;  // a RowDescription pgshard asked for: for the merge only
+  std::string problem;       // why the leg failed
 };
 
 }  // namespace
@@ -150,21 +150,21 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   // ---- the request each shard gets ----
   std::string request;  // the same for every shard, unless the INSERT was split
   std::optional<int64_t> limit, offset;
-  // Replies pgshard caused itself and hides: per Parse / Close / Describe, in message order.
-  std::deque<bool> hide_parse, hide_close, hide_describe;
+  // What each shard will owe for the request (the replies pgshard caused itself hidden).
+  pool::Replies expected;
   int32_t max_rows = 0;  // Execute's row limit, 0: all
   if (simple) {
     if (plan && !plan->shard_sql.empty())
       proto::Query{plan->shard_sql}.write(request);
     else
       request = pending_;
+    expected.expect_batch(request, pool::Replies::Owner::kClient);
     if (plan) {
       limit = plan->limit.value;
       offset = plan->offset.value;
     }
   } else {
-    if (!build_extended(plan, {}, request, hide_parse, hide_close, hide_describe, limit, offset,
-                        max_rows, out, names)) {
+    if (!build_extended(plan, {}, request, expected, limit, offset, max_rows, out, names)) {
       co_await write_client(out);
       co_return;
     }
@@ -216,7 +216,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
           link->prelude.clear();
           co_await write_server(link, prelude);
         }
-        if (!co_await run_ours(link, txn_begin_sql_) || link->our_tag != "BEGIN") {
+        if (!co_await run_ours(link, txn_begin_sql_) || link->lease->replies.tag != "BEGIN") {
           txn_failed_ = true;
           proto::write_error(
               out, proto::error(sqlstate::kConnectionFailure,
@@ -270,29 +270,25 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   for (std::size_t i = 0; i < legs.size(); ++i) {
     auto& leg = legs[i];
     auto* lease = leg.conn;
-    std::string batch;
-    if (lease->synced_fingerprint != params_fingerprint_) {
-      auto sync = sync_statements(client_params_, lease->params);
-      if (!sync.empty()) {
-        proto::Query{sync}.write(batch);
-        ++leg.skip;
-      }
-      for (const auto& [k, v] : client_params_) lease->params[k] = v;
-      lease->synced_fingerprint = params_fingerprint_;
-    }
+    auto& replies = lease->replies;
+    std::string batch = sync_prelude(*lease);
     if (atomic) {
       proto::Query{"BEGIN"}.write(batch);
-      ++leg.skip;
+      replies.expect_ready(pool::Replies::Owner::kOwn);
     }
     if (!route.per_shard_sql.empty() && simple) {
       proto::Query{route.per_shard_sql[i].second}.write(batch);
+      replies.expect_ready(pool::Replies::Owner::kClient);
     } else if (!route.per_shard_sql.empty()) {
       // Each shard's part of a split INSERT, in the client's extended batch.
       std::string mine;
-      build_extended(nullptr, route.per_shard_sql[i].second, mine, hide_parse, hide_close,
-                     hide_describe, limit, offset, max_rows, out, names);
+      pool::Replies its;
+      build_extended(nullptr, route.per_shard_sql[i].second, mine, its, limit, offset, max_rows,
+                     out, names);
+      replies.append(its);
       batch += mine;
     } else {
+      replies.append(expected);
       batch += request;
     }
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
@@ -363,11 +359,15 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       const auto& f = d.frame;
       std::string_view raw(lease->rbuf.data(), d.consumed);
       if (f.type == proto::msg::kReadyForQuery) lease->status = f.body.empty() ? 'I' : f.body[0];
-      if (leg.skip > 0) {
-        if (f.type == proto::msg::kReadyForQuery) --leg.skip;
+      const bool ours = lease->replies.own_front();
+      const bool hidden =
+          lease->replies.classify(f, &lease->prepared) == pool::Replies::Verdict::kHide;
+      // A RowDescription pgshard asked for is hidden from the client, not from the merge.
+      if (hidden && (ours || f.type != proto::msg::kRowDescription)) {
         lease->rbuf.consume(d.consumed);
         continue;
       }
+      leg.head_hidden = hidden;
       if (f.type == proto::msg::kNoticeResponse || f.type == proto::msg::kNotificationResponse) {
         // The same notice from every shard reaches the client once.
         if (notices_seen.insert(std::string(raw)).second) out.append(raw);
@@ -548,10 +548,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
                                  config_.shards[static_cast<std::size_t>(leg->shard)].name + ")",
                              {}, "make the table definitions the same on every shard");
         if (failure) break;
-        if (!simple) {
-          emit = !(hide_describe.empty() ? false : hide_describe.front());
-          if (!hide_describe.empty()) hide_describe.pop_front();
-        }
+        emit = !legs_now[0]->head_hidden;
         if (plan) {
           merger.emplace(*plan, static_cast<int>(legs.size()), *collation, limit, offset);
           for (auto& leg : legs)
@@ -572,20 +569,6 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
         }
         break;
       }
-      case proto::msg::kNoData:
-        if (!simple) {
-          emit = !(hide_describe.empty() ? false : hide_describe.front());
-          if (!hide_describe.empty()) hide_describe.pop_front();
-        }
-        break;
-      case proto::msg::kParseComplete:
-        emit = !(hide_parse.empty() ? false : hide_parse.front());
-        if (!hide_parse.empty()) hide_parse.pop_front();
-        break;
-      case proto::msg::kCloseComplete:
-        emit = !(hide_close.empty() ? false : hide_close.front());
-        if (!hide_close.empty()) hide_close.pop_front();
-        break;
       case proto::msg::kCommandComplete:
         emit = false;
         if (merger) {
@@ -648,18 +631,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     for (auto& leg : legs) {
       if (leg.conn->broken || leg.failed) continue;
       const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
-      std::string end;
-      proto::Query{end_verb}.write(end);
-      bool done = false;
-      auto [ec, n] = co_await asio::async_write(leg.conn->socket(), asio::buffer(end), use_nothrow);
-      if (!ec)
-        co_await read_replies(*leg.conn, [&](const proto::Frame& f, std::string_view) {
-          if (f.type == proto::msg::kCommandComplete) {
-            auto c = proto::CommandComplete::parse(f.body);
-            done = c && c->tag == end_verb;
-          }
-          return f.type == proto::msg::kReadyForQuery;
-        });
+      const bool done = co_await run_own(*leg.conn, end_verb) && leg.conn->replies.tag == end_verb;
       if (!done) leg.conn->broken = true;
       const auto& name = config_.shards[static_cast<std::size_t>(leg.shard)].name;
       if (ok && done) committed.push_back(name);
@@ -693,8 +665,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
 }
 
 bool Session::build_extended(const merge::MergePlan* plan, std::string_view override_sql,
-                             std::string& request, std::deque<bool>& hide_parse,
-                             std::deque<bool>& hide_close, std::deque<bool>& hide_describe,
+                             std::string& request, pool::Replies& expected,
                              std::optional<int64_t>& limit, std::optional<int64_t>& offset,
                              int32_t& max_rows, std::string& out, const std::string& names) {
   // The client's batch as the shards get it: statement names prefixed (and closed again
@@ -703,9 +674,9 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
   // the column types. The replies those cause are hidden from the client.
   request.clear();
   max_rows = 0;
-  hide_parse.clear();
-  hide_close.clear();
-  hide_describe.clear();
+  expected.clear();
+  using Owner = pool::Replies::Owner;
+  using Action = pool::Replies::Action;
   auto refuse = [&](std::string message, std::string hint) {
     proto::write_error(
         out, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
@@ -728,7 +699,7 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
     if (parsed.contains(name)) return;
     const std::string renamed = shard_name(name);  // Parse holds views: keep the name alive
     proto::Parse{renamed, shard_text(stored_text(name)), stored_types(name)}.write(request);
-    hide_parse.push_back(true);
+    expected.expect_parse(Owner::kClient, Action::kHide);
     parsed.insert(std::string(name));
     if (!name.empty()) fan_names.push_back(shard_name(name));
   };
@@ -743,7 +714,7 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
         if (auto p = proto::Parse::parse(f.body)) {
           std::string n = shard_name(p->name);
           proto::Parse{n, shard_text(p->query), p->param_types}.write(request);
-          hide_parse.push_back(false);
+          expected.expect_parse(Owner::kClient, Action::kForward);
           parsed.insert(std::string(p->name));
           if (!p->name.empty()) fan_names.push_back(n);
         }
@@ -781,7 +752,7 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
             described_portals.insert(n);
           }
           proto::Describe{dsc->kind, n}.write(request);
-          hide_describe.push_back(false);
+          expected.expect_describe(Owner::kClient, Action::kForward);
         }
         break;
       case proto::msg::kExecute:
@@ -801,7 +772,7 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
           // The merge needs the columns' types even when the client did not ask.
           if (!described_portals.contains(e->portal)) {
             proto::Describe{'P', e->portal}.write(request);
-            hide_describe.push_back(true);
+            expected.expect_describe(Owner::kClient, Action::kHide);
           }
           proto::Execute{e->portal, 0}.write(request);
         }
@@ -810,16 +781,17 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
         if (auto c = proto::Close::parse(f.body)) {
           proto::Close{c->kind, c->kind == 'S' ? shard_name(c->name) : std::string(c->name)}.write(
               request);
-          hide_close.push_back(false);
+          expected.expect_close(Owner::kClient, Action::kForward);
         }
         break;
       case proto::msg::kSync:
         // Shards keep nothing of the client's statements: close what was parsed here.
         for (const auto& n : fan_names) {
           proto::Close{'S', n}.write(request);
-          hide_close.push_back(true);
+          expected.expect_close(Owner::kClient, Action::kHide);
         }
         request.append(rest.data() - d.consumed, d.consumed);
+        expected.expect_ready(Owner::kClient);
         break;
       default:
         request.append(rest.data() - d.consumed, d.consumed);
@@ -855,26 +827,15 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
       break;
     }
     auto lease = std::move(std::get<pool::Lease>(got));
-    std::string batch;
-    int skip = 0;
-    if (lease->synced_fingerprint != params_fingerprint_) {
-      auto sync = sync_statements(client_params_, lease->params);
-      if (!sync.empty()) {
-        proto::Query{sync}.write(batch);
-        skip = 1;
-      }
-      for (const auto& [k, v] : client_params_) lease->params[k] = v;
-      lease->synced_fingerprint = params_fingerprint_;
-    }
+    std::string batch = sync_prelude(*lease);
     batch += pending_;
+    lease->replies.expect_batch(pending_, pool::Replies::Owner::kClient);
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
     std::string replies;
     bool failed = false;
-    bool ok = !ec && co_await read_replies(lease, [&](const proto::Frame& f, std::string_view raw) {
-      if (skip > 0) {
-        if (f.type == proto::msg::kReadyForQuery) --skip;
-        return false;
-      }
+    bool ok = !ec && co_await read_replies(*lease, [&](const proto::Frame& f, std::string_view raw,
+                                                       pool::Replies::Verdict verdict) {
+      if (verdict == pool::Replies::Verdict::kHide) return false;
       switch (f.type) {
         case proto::msg::kErrorResponse:
           failed = true;
@@ -890,7 +851,7 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
           // The first shard's replies stand for all (tags, ParseComplete...).
           if (applied.empty()) replies.append(raw);
       }
-      return f.type == proto::msg::kReadyForQuery;
+      return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
     });
     if (!ok) {
       lease->broken = true;
@@ -936,20 +897,16 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
 
 awaitable<const merge::Collation*> Session::shard_collation(pool::ServerConn& conn,
                                                             std::string* error) {
-  auto* lease = &conn;
   if (const auto* c = worker_.collation()) co_return c;
-  std::string q;
-  proto::Query{"SELECT datcollate FROM pg_database WHERE datname = current_database()"}.write(q);
-  auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(q), use_nothrow);
   std::string name;
-  bool ok = !ec && co_await read_replies(conn, [&](const proto::Frame& f, std::string_view) {
-    if (f.type == proto::msg::kDataRow)
-      if (auto row = proto::DataRow::parse(f.body); row && !row->values.empty() && row->values[0])
-        name = std::string(*row->values[0]);
-    return f.type == proto::msg::kReadyForQuery;
-  });
+  const bool ok = co_await run_own(
+      conn, "SELECT datcollate FROM pg_database WHERE datname = current_database()",
+      [&](std::string_view body) {
+        if (auto row = proto::DataRow::parse(body); row && !row->values.empty() && row->values[0])
+          name = std::string(*row->values[0]);
+      });
   if (!ok || name.empty()) {
-    lease->broken = true;
+    conn.broken = true;
     *error = "could not read the shard's collation";
     co_return nullptr;
   }

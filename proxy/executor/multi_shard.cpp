@@ -63,22 +63,17 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   // Without a column list the key's position comes from the table's definition.
   int key_index = spec.key_column;
   if (key_index < 0) {
-    std::string q;
-    proto::Query{"SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
-                 quote_literal(spec.table) +
-                 ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum"}
-        .write(q);
-    co_await asio::async_write(leases[0]->socket(), asio::buffer(q), use_nothrow);
     int index = 0;
-    bool ok = co_await read_replies(leases[0], [&](const proto::Frame& f, std::string_view) {
-      if (f.type == proto::msg::kDataRow) {
-        auto row = proto::DataRow::parse(f.body);
-        if (row && !row->values.empty() && row->values[0] == table.column) key_index = index;
-        ++index;
-      }
-      return f.type == proto::msg::kReadyForQuery;
-    });
-    if (!ok) leases[0]->broken = true;
+    co_await run_own(*leases[0],
+                     "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
+                         quote_literal(spec.table) +
+                         ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                     [&](std::string_view body) {
+                       auto row = proto::DataRow::parse(body);
+                       if (row && !row->values.empty() && row->values[0] == table.column)
+                         key_index = index;
+                       ++index;
+                     });
     if (key_index < 0) {
       co_await fail(
           proto::error(sqlstate::kUndefinedObject,
@@ -89,30 +84,24 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   // Open the COPY on every shard.
   std::string copy_in_response;
   for (auto& lease : leases) {
-    std::string batch;
-    int skip = 1;
-    if (lease->synced_fingerprint != params_fingerprint_) {
-      auto sync = sync_statements(client_params_, lease->params);
-      if (!sync.empty()) {
-        proto::Query{sync}.write(batch);
-        ++skip;
-      }
-      for (const auto& [k, v] : client_params_) lease->params[k] = v;
-      lease->synced_fingerprint = params_fingerprint_;
-    }
+    auto& replies = lease->replies;
+    std::string batch = sync_prelude(*lease);
     proto::Query{"BEGIN"}.write(batch);
+    replies.expect_ready(pool::Replies::Owner::kOwn);
     batch += pending_;
+    replies.expect_ready(pool::Replies::Owner::kClient);
     co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
-    bool ok = co_await read_replies(lease, [&](const proto::Frame& f, std::string_view raw) {
-      if (f.type == proto::msg::kReadyForQuery) return skip-- == 0;  // 0: the COPY failed
-      if (skip > 0) return false;
-      if (f.type == proto::msg::kErrorResponse) error_from(f.body);
-      if (f.type == proto::msg::kCopyInResponse) {
-        if (copy_in_response.empty()) copy_in_response.assign(raw);
-        return true;
-      }
-      return false;
-    });
+    bool ok = co_await read_replies(
+        *lease, [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
+          if (verdict == pool::Replies::Verdict::kHide) return false;
+          if (f.type == proto::msg::kReadyForQuery) return true;  // the COPY failed
+          if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+          if (f.type == proto::msg::kCopyInResponse) {
+            if (copy_in_response.empty()) copy_in_response.assign(raw);
+            return true;
+          }
+          return false;
+        });
     if (!ok) {
       lease->broken = true;
       if (!error)
@@ -133,15 +122,16 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   uint64_t total = 0;
   for (auto& lease : leases) {
     if (lease->status != 'T' || lease->broken) continue;
-    bool ok = co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
-      if (f.type == proto::msg::kErrorResponse) error_from(f.body);
-      if (f.type == proto::msg::kCommandComplete) {
-        auto c = proto::CommandComplete::parse(f.body);
-        if (c && c->tag.starts_with("COPY "))
-          total += std::strtoull(std::string(c->tag.substr(5)).c_str(), nullptr, 10);
-      }
-      return f.type == proto::msg::kReadyForQuery;
-    });
+    bool ok = co_await read_replies(
+        *lease, [&](const proto::Frame& f, std::string_view, pool::Replies::Verdict) {
+          if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+          if (f.type == proto::msg::kCommandComplete) {
+            auto c = proto::CommandComplete::parse(f.body);
+            if (c && c->tag.starts_with("COPY "))
+              total += std::strtoull(std::string(c->tag.substr(5)).c_str(), nullptr, 10);
+          }
+          return f.type == proto::msg::kReadyForQuery;
+        });
     if (!ok) {
       lease->broken = true;
       if (!error) error = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
@@ -150,17 +140,10 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   const char* end_verb = error ? "ROLLBACK" : "COMMIT";
   for (auto& lease : leases) {
     if (lease->broken || lease->status == 'I') continue;
-    std::string q;
-    proto::Query{end_verb}.write(q);
-    co_await asio::async_write(lease->socket(), asio::buffer(q), use_nothrow);
-    bool committed = false;
-    bool ok = co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
-      if (f.type == proto::msg::kCommandComplete)
-        committed = proto::CommandComplete::parse(f.body)->tag == end_verb;
-      if (f.type == proto::msg::kErrorResponse) error_from(f.body);
-      return f.type == proto::msg::kReadyForQuery;
-    });
-    if (!ok || !committed) lease->broken = true;
+    const bool ok = co_await run_own(*lease, end_verb);
+    if (!lease->replies.error.empty() && !error)
+      error = proto::error(lease->replies.error_code, lease->replies.error);
+    if (!ok || lease->replies.tag != end_verb) lease->broken = true;
   }
   if (stray) {
     co_await copy_violation(*stray);
@@ -332,27 +315,16 @@ awaitable<std::string> Session::resolve_directory(
     auto got = co_await worker_.directory_pool(table, *user_).acquire();
     if (auto* err = std::get_if<std::string>(&got)) co_return *err;
     auto lease = std::move(std::get<pool::Lease>(got));
-    std::string q;
-    proto::Query{"SELECT shard FROM " + t.directory_table + " WHERE key = " + quote_literal(key)}
-        .write(q);
-    auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(q), use_nothrow);
     std::optional<std::string> shard_name;
-    std::string failure;
-    bool ok = !ec && co_await read_replies(lease, [&](const proto::Frame& f, std::string_view) {
-      if (f.type == proto::msg::kDataRow) {
-        auto row = proto::DataRow::parse(f.body);
-        if (row && !row->values.empty() && row->values[0])
-          shard_name = std::string(*row->values[0]);
-      } else if (f.type == proto::msg::kErrorResponse) {
-        auto e = proto::ErrorFields::parse(f.body);
-        failure = e ? std::string(e->message()) : "malformed error";
-      }
-      return f.type == proto::msg::kReadyForQuery;
-    });
-    if (!ok) {
-      lease->broken = true;
-      co_return "lost the connection to the directory of table " + t.table;
-    }
+    const bool ok = co_await run_own(
+        *lease, "SELECT shard FROM " + t.directory_table + " WHERE key = " + quote_literal(key),
+        [&](std::string_view body) {
+          auto row = proto::DataRow::parse(body);
+          if (row && !row->values.empty() && row->values[0])
+            shard_name = std::string(*row->values[0]);
+        });
+    if (!ok) co_return "lost the connection to the directory of table " + t.table;
+    const std::string failure = lease->replies.error;
     if (!failure.empty()) co_return "directory lookup for table " + t.table + " failed: " + failure;
     int shard = -1;
     if (shard_name) {

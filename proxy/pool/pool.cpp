@@ -86,7 +86,7 @@ void Pool::close_all() {
 void Pool::give_back(std::unique_ptr<ServerConn> conn) {
   // Unread bytes mean replies nobody consumed: such a server is out of step for anyone.
   const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->rbuf.empty() &&
-                        conn->socket().is_open();
+                        conn->replies.empty() && conn->socket().is_open();
   if (!reusable) {
     spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
                   target_.shard_name, conn->status, conn->broken);

@@ -12,6 +12,7 @@
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/pool/replies.hpp"
 
 namespace pgshard::pool {
 
@@ -87,6 +88,8 @@ class ServerConn {
   // Fingerprint of the client settings this server was last synced to (0: unknown).
   uint64_t synced_fingerprint = 0;
   PreparedSet prepared;
+  // What the server still owes for the messages sent to it, and what to do with each reply.
+  Replies replies;
   // Transaction status from the last ReadyForQuery.
   char status = 'I';
   // Set when the connection must not be reused (I/O error, protocol desync, FATAL).

@@ -7,13 +7,9 @@
 
 namespace pgshard::session {
 
-// Reads one server's replies, handing each frame to `on_frame` until it returns true.
-// Returns false when the connection failed.
-template <typename F>
-awaitable<bool> Session::read_replies(pool::Lease& lease, F on_frame) {
-  co_return co_await read_replies(*lease, std::move(on_frame));
-}
-
+// Reads one server's replies through its reply queue, handing each frame and what the queue
+// says of it to `on_frame(frame, raw, verdict)` until it returns true. Returns false when
+// the connection failed.
 template <typename F>
 awaitable<bool> Session::read_replies(pool::ServerConn& conn, F on_frame) {
   auto* lease = &conn;
@@ -30,7 +26,8 @@ awaitable<bool> Session::read_replies(pool::ServerConn& conn, F on_frame) {
     }
     const protocol::Frame f = d.frame;
     if (f.type == protocol::msg::kReadyForQuery) lease->status = f.body.empty() ? 'I' : f.body[0];
-    bool stop = on_frame(f, std::string_view(lease->rbuf.data(), d.consumed));
+    const auto verdict = lease->replies.classify(f, &lease->prepared);
+    bool stop = on_frame(f, std::string_view(lease->rbuf.data(), d.consumed), verdict);
     lease->rbuf.consume(d.consumed);
     if (stop) co_return true;
   }

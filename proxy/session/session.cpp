@@ -11,6 +11,7 @@
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/session/copy_split.hpp"
+#include "proxy/session/read_replies.hpp"
 
 namespace pgshard::session {
 
@@ -903,44 +904,14 @@ awaitable<void> Session::handle_request(char boundary) {
     pending_.clear();
     co_return;
   }
+  auto link = active_;
+  auto& replies = link->lease->replies;
+  using Owner = pool::Replies::Owner;
   if (joins_transaction) {
     // A new participant opens the transaction the way the client did.
-    proto::Query{txn_begin_sql_}.write(active_->prelude);
-    ++active_->swallow;
-    if (active_->swallow_kind == Link::Swallow::kNone) active_->swallow_kind = Link::Swallow::kSync;
+    proto::Query{txn_begin_sql_}.write(link->prelude);
+    replies.expect_ready(Owner::kOwn);
   }
-  if (user_->pool_mode == config::PoolMode::kTransaction) {
-    map_statements(*active_);
-    // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
-    // the server is left idle and the statement's Bind can go to the shard its key names.
-    if (boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
-      proto::write_empty(pending_, proto::msg::kSync);
-      active_->expects.push_back({Link::Expect::Kind::kSyncHidden, {}});
-    }
-  }
-
-  // Count what will be answered with ReadyForQuery before anything is written, so the
-  // reader never hands the server back while this request is on its way.
-  for (std::string_view rest = pending_; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) break;
-    switch (d.frame.type) {
-      case proto::msg::kQuery:
-      case proto::msg::kFunctionCall:
-      case proto::msg::kSync:
-        ++in_flight_;
-        open_extended_ = false;
-        break;
-      case proto::msg::kCopyData:
-      case proto::msg::kCopyDone:
-      case proto::msg::kCopyFail:
-        break;
-      default:
-        open_extended_ = true;
-    }
-    rest.remove_prefix(d.consumed);
-  }
-  auto link = active_;
   // Only a batch that runs something opens the deferred transaction; a prepare-only batch
   // (Parse/Describe) must not pin it to a shard (server_loop shows such batches 'T').
   auto runs_something = [&] {
@@ -959,9 +930,20 @@ awaitable<void> Session::handle_request(char boundary) {
     if (auto d = proto::decode_frame(deferred_begin_); d.status == proto::DecodeStatus::kFrame)
       if (auto q = proto::Query::parse(d.frame.body)) txn_begin_sql_ = std::string(q->sql);
     link->prelude += deferred_begin_;
-    ++link->swallow;
-    if (link->swallow_kind == Link::Swallow::kNone) link->swallow_kind = Link::Swallow::kSync;
+    replies.expect_ready(Owner::kOwn);
     deferred_begin_.clear();
+  }
+  // What the server will owe, pushed before anything is written so the reader never hands
+  // the server back while this request is on its way.
+  const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
+  if (transaction_pooled) map_statements(*link);
+  open_extended_ = replies.expect_batch(pending_, Owner::kClient);
+  if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
+    // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
+    // the server is left idle and the statement's Bind can go to the shard its key names.
+    proto::write_empty(pending_, proto::msg::kSync);
+    replies.expect_ready(Owner::kClientHiddenSync);
+    open_extended_ = false;
   }
   if (!link->prelude.empty()) {
     // pgshard's own settings go first, in the same write.
@@ -1123,6 +1105,21 @@ awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::st
   co_return true;
 }
 
+awaitable<bool> Session::run_own(pool::ServerConn& conn, std::string_view sql,
+                                 std::function<void(std::string_view row)> on_row) {
+  std::string q;
+  proto::Query{sql}.write(q);
+  conn.replies.expect_ready(pool::Replies::Owner::kOwn);
+  auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
+  const bool ok = !ec && co_await read_replies(conn, [&](const proto::Frame& f, std::string_view,
+                                                         pool::Replies::Verdict) {
+    if (f.type == proto::msg::kDataRow && on_row) on_row(f.body);
+    return f.type == proto::msg::kReadyForQuery && conn.replies.own_owed() == 0;
+  });
+  if (!ok) conn.broken = true;
+  co_return ok;
+}
+
 awaitable<bool> Session::attach(int shard) {
   if (auto it = kept_.find(shard); it != kept_.end()) {
     active_ = it->second;
@@ -1143,24 +1140,7 @@ awaitable<bool> Session::attach(int shard) {
   auto link = std::make_shared<Link>();
   link->lease = std::move(std::get<pool::Lease>(got));
   link->shard = shard;
-  // Most clients share their settings, so a server last synced for an identical set needs
-  // no comparison at all.
-  std::string sync;
-  if (link->lease->synced_fingerprint != params_fingerprint_) {
-    sync = sync_statements(client_params_, link->lease->params);
-    link->lease->synced_fingerprint = params_fingerprint_;
-  }
-  if (!sync.empty()) {
-    // Sent ahead of the request in the same write; the reader hides its replies.
-    spdlog::debug("{}: S-{}: applying settings: {}", prefix(), link->lease->id(), sync);
-    for (const auto& [k, v] : client_params_) link->lease->params[k] = v;
-    std::erase_if(link->lease->params, [&](const auto& kv) {
-      return !client_params_.contains(kv.first) && !pool::is_reported_parameter(kv.first);
-    });
-    proto::Query{sync}.write(link->prelude);
-    link->swallow = 1;
-    link->swallow_kind = Link::Swallow::kSync;
-  }
+  link->prelude = sync_prelude(*link->lease);
   active_ = link;
   auto self = shared_from_this();
   asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
@@ -1169,17 +1149,39 @@ awaitable<bool> Session::attach(int shard) {
 
 // ---- server side ----
 
+std::string Session::sync_prelude(pool::ServerConn& conn) {
+  // Most clients share their settings, so a server last synced for an identical set needs
+  // no comparison at all.
+  std::string out;
+  if (conn.synced_fingerprint == params_fingerprint_) return out;
+  conn.synced_fingerprint = params_fingerprint_;
+  const auto sync = sync_statements(client_params_, conn.params);
+  if (sync.empty()) return out;
+  spdlog::debug("{}: S-{}: applying settings: {}", prefix(), conn.id(), sync);
+  for (const auto& [k, v] : client_params_) conn.params[k] = v;
+  std::erase_if(conn.params, [&](const auto& kv) {
+    return !client_params_.contains(kv.first) && !pool::is_reported_parameter(kv.first);
+  });
+  proto::Query{sync}.write(out);
+  conn.replies.expect_ready(pool::Replies::Owner::kOwn);
+  return out;
+}
+
 bool Session::session_pooled() const {
   return pinned_ || (user_ && user_->pool_mode == config::PoolMode::kSession);
 }
 
 bool Session::can_detach(const Link& link) const {
-  return !session_pooled() && in_flight_ == 0 && !open_extended_ && link.swallow == 0 &&
-         !writing_server_ && link.lease && link.lease->status == 'I';
+  return !session_pooled() && !open_extended_ && !writing_server_ && link.lease &&
+         link.lease->replies.empty() && link.lease->status == 'I';
 }
 
 bool Session::idle() const {
-  return in_flight_ == 0 && !open_extended_ && !writing_server_ && transaction_status() == 'I';
+  return owed() == 0 && !open_extended_ && !writing_server_ && transaction_status() == 'I';
+}
+
+int Session::owed() const {
+  return active_ && active_->lease ? active_->lease->replies.client_owed() : 0;
 }
 
 char Session::transaction_status() const {
@@ -1192,7 +1194,7 @@ void Session::release(std::shared_ptr<Link> link) {
   // By value: callers pass active_, which this resets.
   if (!link) return;
   // A server that still owes the client replies is never handed to anyone else.
-  if (link == active_ && link->lease && (in_flight_ > 0 || open_extended_ || link->swallow > 0))
+  if (link == active_ && link->lease && (!link->lease->replies.empty() || open_extended_))
     link->lease->broken = true;
   if (link->done) return;
   link->done = true;
@@ -1207,12 +1209,14 @@ void Session::release(std::shared_ptr<Link> link) {
 }
 
 void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
-  link->lease->broken = true;
+  auto& conn = *link->lease;
+  conn.broken = true;
   const auto& shard = config_.shards[link->shard].name;
-  std::string code =
-      link->fatal_code.empty() ? std::string(sqlstate::kConnectionFailure) : link->fatal_code;
-  std::string message = link->fatal.empty() ? "server connection to shard " + shard + " was lost"
-                                            : "shard " + shard + ": " + link->fatal;
+  const auto& fatal = conn.replies.fatal;
+  std::string code = conn.replies.fatal_code.empty() ? std::string(sqlstate::kConnectionFailure)
+                                                     : conn.replies.fatal_code;
+  std::string message = fatal.empty() ? "server connection to shard " + shard + " was lost"
+                                      : "shard " + shard + ": " + fatal;
   // A transaction whose server is gone is gone with it: the client must never be moved to
   // a fresh server inside it (its next statements would run in autocommit and COMMIT would
   // report success for writes that were lost). It fails until the client ends it.
@@ -1222,21 +1226,22 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
     txn_failed_ = true;
     txn_lost_ = message + "; the transaction was rolled back";
   }
-  if (link == active_ && (in_flight_ > 0 || open_extended_)) {
+  const int owed_client = link == active_ ? conn.replies.client_owed() : 0;
+  if (link == active_ && (owed_client > 0 || open_extended_)) {
     proto::write_error(
         out, proto::error(code, message, {},
                           in_txn ? "" : "the statement may or may not have run; retry it"));
     // Answer every outstanding Sync/Query so the client is back in step.
-    for (int i = 0; i < std::max(in_flight_, 1); ++i)
+    for (int i = 0; i < std::max(owed_client, 1); ++i)
       out += proto::ready_for_query(in_txn ? proto::txn_status::kFailed : proto::txn_status::kIdle);
-    in_flight_ = 0;
     open_extended_ = false;
   } else if (in_txn) {
     loss_unreported_ = true;  // the client hears of it with its next statement
   }
   if (!client_gone_)
     spdlog::warn("{}: lost server connection to shard {}{}", prefix(), shard,
-                 link->fatal.empty() ? "" : ": " + link->fatal);
+                 fatal.empty() ? "" : ": " + fatal);
+  conn.replies.clear();
 }
 
 awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
@@ -1266,7 +1271,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
           release(link);
           break;
         }
-        if (link->closing && link->swallow == 0) break;
+        if (link->closing && conn.replies.own_owed() == 0) break;
         continue;
       }
       if (ec) lost = true;
@@ -1299,85 +1304,37 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       const std::size_t total = std::size_t{len} + 1;
       if (buf.size() - pos < total) {
         if ((type == proto::msg::kDataRow || type == proto::msg::kCopyData) &&
-            total > kStreamFrame && link->swallow == 0) {
+            total > kStreamFrame && !conn.replies.own_front()) {
           passthrough = total - (buf.size() - pos);
           pos = buf.size();
         }
         break;
       }
       std::string_view body = buf.substr(pos + 5, len - 4);
-      const bool ours = link->swallow > 0;
-      bool hide_this = ours;
+      const auto verdict = conn.replies.classify(proto::Frame{type, body}, &conn.prepared);
+      const auto owner = conn.replies.owner();
+      const bool ours = pool::Replies::ours(owner);
+      bool hide_this = verdict == pool::Replies::Verdict::kHide;
+      if (verdict == pool::Replies::Verdict::kAsParseComplete) {
+        hide(pos, pos + total);
+        proto::write_empty(out, proto::msg::kParseComplete);
+      }
       switch (type) {
-        case proto::msg::kReadyForQuery: {
-          char status = body.empty() ? 'I' : body[0];
-          conn.status = status;
-          if (!ours) copy_in_ = false;
-          if (ours) {
-            if (--link->swallow == 0) link->swallow_kind = Link::Swallow::kNone;
-          } else {
-            // Settings the client changed take effect once its statement (or transaction)
-            // has succeeded; a failure or ROLLBACK drops them, as PostgreSQL does.
-            if (!pending_settings_.empty()) {
-              if (status == 'E') settings_failed_ = true;
-              if (status == 'I') {
-                if (!settings_failed_) apply_settings(conn);
-                pending_settings_.clear();
-                settings_failed_ = false;
-              }
-            }
-            // Statements whose Parse was never answered (an error came first) are not
-            // on the server.
-            bool our_sync = false;  // the Sync pgshard added after a prepare-only batch
-            while (!link->expects.empty()) {
-              auto e = std::move(link->expects.front());
-              link->expects.pop_front();
-              if (e.kind == Link::Expect::Kind::kSync) break;
-              if (e.kind == Link::Expect::Kind::kSyncHidden) {
-                our_sync = true;
-                break;
-              }
-              if (!e.added.empty()) conn.prepared.erase(e.added);
-            }
-            if (our_sync) {
-              hide_this = true;
-              if (in_flight_ > 0) --in_flight_;
-              break;
-            }
-            if (in_flight_ > 0) --in_flight_;
-            last_status_ = status;
-            if (status == 'I') savepoints_ = txn_failed_ = false;
-            if (status == 'I' && !deferred_begin_.empty()) {
-              // The client's BEGIN is still pgshard's: to the client it is in a transaction.
-              hide(pos, pos + total);
-              out += proto::ready_for_query('T');
-            }
-            if (status == 'I') hints_.local = {};
+        case proto::msg::kReadyForQuery:
+          conn.status = body.empty() ? 'I' : body[0];
+          if (owner == pool::Replies::Owner::kClient && !client_ready(conn)) {
+            // The client's BEGIN is still pgshard's: to the client it is in a transaction.
+            hide(pos, pos + total);
+            out += proto::ready_for_query(proto::txn_status::kInBlock);
           }
           break;
-        }
         case proto::msg::kCopyInResponse:
           if (!ours) copy_in_ = true;
           break;
-        case proto::msg::kParseComplete:
-        case proto::msg::kCloseComplete:
-          if (!ours && !link->expects.empty() &&
-              link->expects.front().kind != Link::Expect::Kind::kSync) {
-            const auto kind = link->expects.front().kind;
-            link->expects.pop_front();
-            if (kind == Link::Expect::Kind::kHide) {
-              hide_this = true;
-            } else if (kind == Link::Expect::Kind::kAsParseComplete) {
-              hide(pos, pos + total);
-              proto::write_empty(out, proto::msg::kParseComplete);
-            }
-          }
-          break;
         case proto::msg::kParameterStatus:
           if (auto p = proto::ParameterStatus::parse(body)) {
-            if (!ours || link->swallow_kind == Link::Swallow::kReset) {
+            if (owner != pool::Replies::Owner::kOwn)
               conn.params[std::string(p->name)] = std::string(p->value);
-            }
             if (!ours && synced_reported(p->name)) {
               client_params_[std::string(p->name)] = std::string(p->value);
               params_fingerprint_ = fingerprint(client_params_);
@@ -1386,24 +1343,14 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
           }
           break;
         case proto::msg::kCommandComplete:
-          if (ours) link->our_tag = std::string(body.substr(0, body.find('\0')));
           if (!ours && !pending_settings_.empty() && body.starts_with("ROLLBACK"))
             pending_settings_.clear();
           break;
         case proto::msg::kErrorResponse:
           if (!ours) settings_failed_ = true;
-          if (auto e = proto::ErrorFields::parse(body)) {
-            if (e->severity() == "FATAL" || e->severity() == "PANIC") {
-              link->fatal = e->message();
-              link->fatal_code = e->code();
-              hide_this = true;
-            } else if (ours) {
-              link->our_error = std::string(e->message());
-              link->our_error_code = std::string(e->code());
-              spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(),
-                           config_.shards[link->shard].name, e->message());
-            }
-          }
+          if (ours && !conn.replies.error.empty() && conn.replies.fatal.empty())
+            spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(),
+                         config_.shards[link->shard].name, conn.replies.error);
           break;
         default:
           break;
@@ -1426,14 +1373,14 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     }
     conn.rbuf.consume(pos);
     if (client_gone_) {
-      conn.broken = conn.broken || conn.status != 'I' || in_flight_ > 0;
+      conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
       break;
     }
-    if (in_flight_ == 0 && !open_extended_) {
+    if (conn.replies.client_owed() == 0 && !open_extended_) {
       last_activity_ = Clock::now();
       drained_.notify_all();
     }
-    if (link->closing && link->swallow == 0 && in_flight_ == 0) break;
+    if (link->closing && conn.replies.empty()) break;
     if (link == active_ && can_detach(*link)) {
       release(link);
       break;
@@ -1441,12 +1388,11 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   }
   // Hand the server back once the request writer is done with it.
   while (writing_server_) co_await server_write_done_.wait();
-  if (conn.status != 'I' || (link == active_ && in_flight_ > 0)) conn.broken = true;
+  if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
   if (!link->done) {
     link->done = true;
     if (active_ == link) {
       active_.reset();
-      in_flight_ = 0;
       open_extended_ = false;
     }
     if (auto it = kept_.find(link->shard); it != kept_.end() && it->second == link) kept_.erase(it);
@@ -1454,6 +1400,26 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   link->lease.release();
   drained_.notify_all();
   maybe_close_for_shutdown();
+}
+
+bool Session::client_ready(pool::ServerConn& conn) {
+  copy_in_ = false;
+  const char status = conn.status;
+  // Settings the client changed take effect once its statement (or transaction) has
+  // succeeded; a failure or ROLLBACK drops them, as PostgreSQL does.
+  if (!pending_settings_.empty()) {
+    if (status == proto::txn_status::kFailed) settings_failed_ = true;
+    if (status == proto::txn_status::kIdle) {
+      if (!settings_failed_) apply_settings(conn);
+      pending_settings_.clear();
+      settings_failed_ = false;
+    }
+  }
+  last_status_ = status;
+  if (status != proto::txn_status::kIdle) return true;
+  savepoints_ = txn_failed_ = false;
+  hints_.local = {};
+  return deferred_begin_.empty();
 }
 
 void Session::apply_settings(pool::ServerConn& conn) {
@@ -1525,7 +1491,9 @@ void Session::give_back(const std::shared_ptr<Link>& link) {
 }
 
 awaitable<bool> Session::drain() {
-  auto busy = [&] { return active_ && (in_flight_ > 0 || open_extended_ || active_->swallow > 0); };
+  auto busy = [&] {
+    return active_ && active_->lease && (!active_->lease->replies.empty() || open_extended_);
+  };
   if (!busy()) co_return !client_gone_;
   if (client_gone_) co_return false;
   Waiting waiting(*this, "server replies (drain)");
@@ -1552,14 +1520,13 @@ awaitable<void> Session::finish() {
   for (auto& link : links) {
     if (link->done || !link->lease) continue;
     auto& conn = *link->lease;
-    if (conn.status != 'I' || in_flight_ > 0 || open_extended_) {
+    if (conn.status != 'I' || !conn.replies.empty() || open_extended_) {
       // Left mid-transaction or mid-request: never hand this server to someone else.
       conn.broken = true;
     } else if (session_pooled() && !conn.broken) {
       // Session pooling: reset the server before it serves another client.
       link->closing = true;
-      link->swallow = 1;
-      link->swallow_kind = Link::Swallow::kReset;
+      conn.replies.expect_ready(pool::Replies::Owner::kOwnReset);
       std::string q;
       proto::Query{"DISCARD ALL"}.write(q);
       conn.prepared.clear();
@@ -1604,7 +1571,7 @@ void Session::request_shutdown() {
 
 std::string Session::describe() const {
   std::string out = prefix() + ": " + to_string(state_) + ", waiting on " + waiting_on_ +
-                    ", in flight " + std::to_string(in_flight_) +
+                    ", in flight " + std::to_string(owed()) +
                     (open_extended_ ? ", open batch" : "") + ", txn " + transaction_status();
   if (active_ && active_->lease)
     out += ", server S-" + std::to_string(active_->lease->id()) + " (" +

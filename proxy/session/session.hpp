@@ -28,31 +28,13 @@ class Worker;
 namespace pgshard::session {
 
 // A server connection attached to this session, with the reader coroutine relaying it.
+// What the server still owes, and what to do with each reply, is its lease's `replies`.
 struct Link {
-  enum class Swallow { kNone, kSync, kReset };
   pool::Lease lease;
   int shard = 0;
-  // ReadyForQuery replies of pgshard's own statements (setting sync, reset) still to hide.
-  int swallow = 0;
-  Swallow swallow_kind = Swallow::kNone;
-  bool closing = false;  // the session is ending: reset or drop this server when idle
-  bool done = false;     // the reader has returned the connection
-  std::string prelude;   // pgshard's statements to send ahead of the next request
-  std::string fatal;     // message of a FATAL the server sent before closing
-  std::string fatal_code;
-  // Transaction pooling maps the client's statement names to pgshard's: what each Parse and
-  // Close sent for the client is answered with, in order, and a marker for each message
-  // answered with ReadyForQuery.
-  struct Expect {
-    enum class Kind { kRelay, kHide, kAsParseComplete, kSync, kSyncHidden };
-    Kind kind = Kind::kRelay;
-    std::string added;  // a statement this Parse adds to the server's set
-  };
-  std::deque<Expect> expects;
-  // Outcome of pgshard's own statement (two-phase commit steps).
-  std::string our_tag;
-  std::string our_error;
-  std::string our_error_code;
+  bool closing = false;   // the session is ending: reset or drop this server when idle
+  bool done = false;      // the reader has returned the connection
+  std::string prelude;    // pgshard's statements to send ahead of the next request
   bool borrowed = false;  // a multi-shard statement is using the server (see borrow)
   bool parked = false;    // the relay is waiting for it to come back
 };
@@ -114,9 +96,13 @@ class Session : public std::enable_shared_from_this<Session> {
   // the write failed.
   awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame);
   template <typename F>
-  awaitable<bool> read_replies(pool::Lease& lease, F on_frame);
-  template <typename F>
   awaitable<bool> read_replies(pool::ServerConn& conn, F on_frame);
+  // Runs pgshard's own statement on a server no relay reads, hiding its replies; false when
+  // the server was lost. `on_row` sees its DataRows; the outcome is in replies.tag / error.
+  awaitable<bool> run_own(pool::ServerConn& conn, std::string_view sql,
+                          std::function<void(std::string_view row)> on_row = {});
+  // Replies the client still waits for from the active server (Query/Sync/FunctionCall).
+  int owed() const;
   // Takes a transaction participant's server away from its relay (server_loop parks) for
   // a multi-shard statement, and gives it back.
   awaitable<void> borrow(const std::shared_ptr<Link>& link);
@@ -141,17 +127,16 @@ class Session : public std::enable_shared_from_this<Session> {
   std::string_view stored_text(std::string_view name) const;
   const std::vector<int32_t>& stored_types(std::string_view name) const;
   // Runs pgshard's own statement on an attached server, hiding its replies; false when the
-  // server was lost. The outcome is in link->our_tag / our_error.
+  // server was lost. The outcome is in the server's replies.tag / error.
   awaitable<bool> run_ours(const std::shared_ptr<Link>& link, const std::string& sql);
   // COMMIT or ROLLBACK of a transaction that used several shards (two-phase commit).
   awaitable<void> finish_distributed(bool commit, bool simple);
   // The shards' version of an extended-protocol batch (see fan_out.cpp); false after
   // writing a refusal to `out`.
   bool build_extended(const merge::MergePlan* plan, std::string_view override_sql,
-                      std::string& request, std::deque<bool>& hide_parse,
-                      std::deque<bool>& hide_close, std::deque<bool>& hide_describe,
-                      std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                      int32_t& max_rows, std::string& out, const std::string& names);
+                      std::string& request, pool::Replies& expected, std::optional<int64_t>& limit,
+                      std::optional<int64_t>& offset, int32_t& max_rows, std::string& out,
+                      const std::string& names);
   // The shards' text collation (read from the first shard once per worker); null and an
   // error when the proxy host cannot compare text that way.
   awaitable<const merge::Collation*> shard_collation(pool::ServerConn& conn, std::string* error);
@@ -165,9 +150,15 @@ class Session : public std::enable_shared_from_this<Session> {
   // Transaction pooling: rewrites pending_ so the client's named statements use pgshard's
   // names on `link`'s server, re-preparing what that server lacks.
   void map_statements(Link& link);
+  // The client's request on `conn` got its ReadyForQuery: settings, transaction flags.
+  // False when the client must be told it is in a transaction (its BEGIN is pgshard's).
+  bool client_ready(pool::ServerConn& conn);
   // Records the settings of a statement that succeeded on `conn`.
   void apply_settings(pool::ServerConn& conn);
 
+  // pgshard's statement bringing `conn` to the client's settings ("" when it has them),
+  // its reply expected on the server's queue.
+  std::string sync_prelude(pool::ServerConn& conn);
   bool can_detach(const Link& link) const;
   // Session pooling, configured or because the client pinned its servers.
   bool session_pooled() const;
@@ -223,7 +214,6 @@ class Session : public std::enable_shared_from_this<Session> {
   // The other shards' servers of a transaction that uses several shards (active_ is one).
   std::map<int, std::shared_ptr<Link>> txn_links_;
   std::string txn_begin_sql_ = "BEGIN";  // how the transaction began, for new participants
-  int in_flight_ = 0;                    // Query/Sync/FunctionCall sent and not yet answered
   bool open_extended_ = false;           // extended messages sent after the last Sync
   bool writing_server_ = false;
   bool client_writing_ = false;

@@ -1,8 +1,9 @@
 // Protocol-level prepared statements in transaction pooling. A client's statement may be
 // bound on any server of the pool, so statement names are pgshard's own — one per distinct
 // query text and parameter types, shared by every client — and a server that lacks one
-// gets its Parse first, transparently. The replies pgshard causes are hidden (server_loop
-// reads Link::expects); the client sees exactly what one PostgreSQL would send.
+// gets its Parse first, transparently. The replies pgshard causes are hidden (each message
+// pushes what to do with its reply on the server's queue, pool::Replies); the client sees
+// exactly what one PostgreSQL would send.
 #include <cctype>
 #include <functional>
 
@@ -48,10 +49,12 @@ bool drops_all_statements(std::string_view sql) {
 
 void Session::map_statements(Link& link) {
   auto& conn = *link.lease;
-  using Kind = Link::Expect::Kind;
+  auto& replies = conn.replies;
+  using Owner = pool::Replies::Owner;
+  using Action = pool::Replies::Action;
   // Fast path (most traffic): nothing named and nothing to re-parse — the batch goes as it
-  // is, with only the ReadyForQuery markers (replies to unnamed Parse/Close are relayed
-  // because a marker, not an entry, is at the front of the queue).
+  // is, with no entries (replies to unnamed Parse/Close are relayed because the request's
+  // ReadyForQuery entry, not one of theirs, is at the front of the queue).
   {
     bool simple_batch = true, parsed = false;
     for (std::string_view rest = pending_; !rest.empty() && simple_batch;) {
@@ -82,16 +85,7 @@ void Session::map_statements(Link& link) {
           break;
       }
     }
-    if (simple_batch) {
-      for (std::string_view rest = pending_; !rest.empty();) {
-        auto d = proto::decode_frame(rest);
-        if (d.status != proto::DecodeStatus::kFrame) break;
-        rest.remove_prefix(d.consumed);
-        if (d.frame.type == proto::msg::kSync || d.frame.type == proto::msg::kFunctionCall)
-          link.expects.push_back({Kind::kSync, {}});
-      }
-      return;
-    }
+    if (simple_batch) return;
   }
   std::string out;
   out.reserve(pending_.size() + 64);
@@ -103,10 +97,10 @@ void Session::map_statements(Link& link) {
     const std::string_view text = stored_text(client_name);
     if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
       proto::Close{'S', *evicted}.write(out);
-      link.expects.push_back({Kind::kHide, {}});
+      replies.expect_close(Owner::kClient, Action::kHide);
     }
     proto::Parse{name, text, stored_types(client_name)}.write(out);
-    link.expects.push_back({Kind::kHide, name});
+    replies.expect_parse(Owner::kClient, Action::kHide, name);
   };
   for (std::string_view rest = pending_; !rest.empty();) {
     auto d = proto::decode_frame(rest);
@@ -123,7 +117,7 @@ void Session::map_statements(Link& link) {
         if (p && p->name.empty()) parsed_unnamed = true;
         if (!p || p->name.empty()) {
           out.append(raw);
-          link.expects.push_back({Kind::kRelay, {}});
+          replies.expect_parse(Owner::kClient, Action::kForward);
           break;
         }
         std::string name = server_name(p->query, p->param_types);
@@ -131,15 +125,15 @@ void Session::map_statements(Link& link) {
         if (conn.prepared.has(name)) {
           // Already prepared here: the client still gets its ParseComplete.
           proto::Close{'S', kNoStatement}.write(out);
-          link.expects.push_back({Kind::kAsParseComplete, {}});
+          replies.expect_close(Owner::kClient, Action::kAsParseComplete);
           break;
         }
         if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
           proto::Close{'S', *evicted}.write(out);
-          link.expects.push_back({Kind::kHide, {}});
+          replies.expect_close(Owner::kClient, Action::kHide);
         }
         proto::Parse{name, p->query, p->param_types}.write(out);
-        link.expects.push_back({Kind::kRelay, name});
+        replies.expect_parse(Owner::kClient, Action::kForward, name);
         break;
       }
       case proto::msg::kBind: {
@@ -147,7 +141,7 @@ void Session::map_statements(Link& link) {
         if (b && b->statement.empty() && !parsed_unnamed && !unnamed_sql_.empty()) {
           // The unnamed statement may have been parsed on another server: parse it again.
           proto::Parse{"", unnamed_sql_, stored_types("")}.write(out);
-          link.expects.push_back({Kind::kHide, {}});
+          replies.expect_parse(Owner::kClient, Action::kHide);
           parsed_unnamed = true;
         }
         auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
@@ -181,7 +175,7 @@ void Session::map_statements(Link& link) {
         } else {
           out.append(raw);
         }
-        link.expects.push_back({Kind::kRelay, {}});
+        replies.expect_close(Owner::kClient, Action::kForward);
         break;
       }
       case proto::msg::kQuery: {
@@ -191,14 +185,8 @@ void Session::map_statements(Link& link) {
           server_names_.clear();
         }
         out.append(raw);
-        link.expects.push_back({Kind::kSync, {}});
         break;
       }
-      case proto::msg::kSync:
-      case proto::msg::kFunctionCall:
-        out.append(raw);
-        link.expects.push_back({Kind::kSync, {}});
-        break;
       default:
         out.append(raw);
     }

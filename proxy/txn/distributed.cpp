@@ -15,19 +15,16 @@ namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
 awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::string& sql) {
-  link->our_tag.clear();
-  link->our_error.clear();
-  link->our_error_code.clear();
   if (link->done || !link->lease || link->lease->broken) co_return false;
   Waiting waiting(*this, "pgshard's own statement (run_ours)");
+  auto& replies = link->lease->replies;
   std::string q;
   proto::Query{sql}.write(q);
-  ++link->swallow;
-  if (link->swallow_kind == Link::Swallow::kNone) link->swallow_kind = Link::Swallow::kSync;
+  replies.expect_ready(pool::Replies::Owner::kOwn);
   if (!co_await write_server(link, q)) co_return false;
-  while (link->swallow > 0 && !link->done && link->lease && !link->lease->broken)
+  while (!link->done && link->lease && !link->lease->broken && replies.own_owed() > 0)
     co_await drained_.wait();
-  co_return link->swallow == 0 && !link->done;
+  co_return !link->done && link->lease && replies.own_owed() == 0;
 }
 
 awaitable<void> Session::finish_distributed(bool commit, bool simple) {
@@ -67,7 +64,7 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
     std::vector<std::string> committed, failed;
     for (auto& p : parts) {
       const auto& name = config_.shards[static_cast<std::size_t>(p->shard)].name;
-      bool ok = co_await run_ours(p, "COMMIT") && p->our_tag == "COMMIT";
+      bool ok = co_await run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
       (ok ? committed : failed).push_back(name);
       if (!ok && committed.empty()) {
         co_await rollback_all();
@@ -104,7 +101,7 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
     bool ok = true;
     for (std::size_t i = 0; i < parts.size() && ok; ++i) {
       bool ran = co_await run_ours(parts[i], "PREPARE TRANSACTION '" + part_gid(parts[i]) + "'");
-      prepared[i] = ran && parts[i]->our_tag == "PREPARE TRANSACTION";
+      prepared[i] = ran && parts[i]->lease->replies.tag == "PREPARE TRANSACTION";
       if (prepared[i]) continue;
       ok = false;
       const auto& name = config_.shards[static_cast<std::size_t>(parts[i]->shard)].name;
@@ -112,11 +109,11 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
         error = proto::error(
             sqlstate::kConnectionFailure,
             "lost shard " + name + " while committing; the transaction was rolled back");
-      else if (!parts[i]->our_error.empty())
-        error =
-            proto::error(parts[i]->our_error_code.empty() ? std::string(sqlstate::kInternalError)
-                                                          : parts[i]->our_error_code,
-                         parts[i]->our_error + " (shard " + name + ")");
+      else if (!parts[i]->lease->replies.error.empty())
+        error = proto::error(parts[i]->lease->replies.error_code.empty()
+                                 ? std::string(sqlstate::kInternalError)
+                                 : parts[i]->lease->replies.error_code,
+                             parts[i]->lease->replies.error + " (shard " + name + ")");
     }
     if (ok && !shared.decisions.commit(gid)) {
       ok = false;
@@ -137,12 +134,13 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
       bool all = true;
       for (auto& p : parts) {
         bool done = co_await run_ours(p, "COMMIT PREPARED '" + part_gid(p) + "'") &&
-                    p->our_tag == "COMMIT PREPARED";
+                    p->lease->replies.tag == "COMMIT PREPARED";
         if (!done) {
           all = false;
           spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
                        prefix(), part_gid(p),
-                       config_.shards[static_cast<std::size_t>(p->shard)].name, p->our_error);
+                       config_.shards[static_cast<std::size_t>(p->shard)].name,
+                       p->lease ? p->lease->replies.error : std::string("connection lost"));
         }
       }
       if (all) shared.decisions.done(gid);

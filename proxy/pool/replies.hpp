@@ -1,0 +1,89 @@
+// The replies a server connection still owes, in order, each saying what to do with it
+// (PgBouncer's outstanding-request queue). Whoever writes to a server — the relay, the
+// executor, two-phase commit, the pool's reset — pushes what it expects; whoever reads the
+// server passes every frame through classify(), which says whether the frame goes to the
+// client, is hidden, or is replaced, and keeps the queue in step (an error makes PostgreSQL
+// skip to the next Sync: the messages in between get no reply). Synchronous, no I/O.
+#pragma once
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <string_view>
+
+#include "protocol/codec.hpp"
+
+namespace pgshard::pool {
+
+class PreparedSet;
+
+class Replies {
+ public:
+  // Whose request a reply answers: the client's (relayed), or pgshard's own statement
+  // (hidden; its outcome is kept in tag/error). kOwnReset is pgshard's DISCARD ALL: the
+  // server's ParameterStatus replies describe the server's new defaults. kClientHiddenSync
+  // is a Sync pgshard added to end a client's batch: the replies before it are the
+  // client's, its ReadyForQuery is hidden.
+  enum class Owner : uint8_t { kClient, kClientHiddenSync, kOwn, kOwnReset };
+  // What to do with a completion message (ParseComplete, CloseComplete, a Describe's
+  // RowDescription/NoData and ParameterDescription).
+  enum class Action : uint8_t { kForward, kHide, kAsParseComplete };
+  enum class Verdict : uint8_t { kForward, kHide, kAsParseComplete };
+
+  // A Parse (`added`: the statement name it puts on the server, forgotten if the Parse gets
+  // no reply), Close or Describe whose completion is handled by `action`.
+  void expect_parse(Owner owner, Action action, std::string added = {});
+  void expect_close(Owner owner, Action action);
+  void expect_describe(Owner owner, Action action);
+  // A message answered with ReadyForQuery: Sync, Query, FunctionCall.
+  void expect_ready(Owner owner);
+  // Pushes a ReadyForQuery entry for every Query/Sync/FunctionCall of `batch`, owned by
+  // `owner`; returns true when the batch leaves extended messages without a Sync after them.
+  bool expect_batch(std::string_view batch, Owner owner);
+  // Pushes every entry `other` holds, after this queue's.
+  void append(const Replies& other);
+
+  // Classifies the server's next frame. `prepared` forgets statements whose Parse was
+  // skipped after an error.
+  Verdict classify(const protocol::Frame& f, PreparedSet* prepared);
+  // After classify(): the frame was a ReadyForQuery (and which kind), a FATAL error.
+  bool ready() const { return ready_; }
+  Owner owner() const { return owner_; }
+
+  // ReadyForQuery replies still owed for the client's requests and for pgshard's own.
+  int client_owed() const { return client_owed_; }
+  int own_owed() const { return own_owed_; }
+  bool empty() const { return queue_.empty(); }
+  // True while the frames arriving answer pgshard's own statement.
+  bool own_front() const { return !queue_.empty() && ours(queue_.front().owner); }
+  static bool ours(Owner o) { return o == Owner::kOwn || o == Owner::kOwnReset; }
+  void clear();
+
+  // Outcome of pgshard's own statements since the last expect_ready(kOwn).
+  std::string tag;
+  std::string error;
+  std::string error_code;
+  // A FATAL the server sent before closing (any owner).
+  std::string fatal;
+  std::string fatal_code;
+
+ private:
+  enum class Kind : uint8_t { kParse, kClose, kDescribe, kReady };
+  struct Entry {
+    Kind kind;
+    Owner owner;
+    Action action;
+    std::string added;
+  };
+  Verdict by_owner() const;
+  Verdict complete(Kind kind);
+  void push(Entry e);
+
+  std::deque<Entry> queue_;
+  int client_owed_ = 0;
+  int own_owed_ = 0;
+  bool ready_ = false;
+  Owner owner_ = Owner::kClient;
+};
+
+}  // namespace pgshard::pool
