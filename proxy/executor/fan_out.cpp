@@ -99,22 +99,23 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   // A read in a transaction that has not touched a shard yet (BEGIN is still pgshard's) at
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
-  const bool fresh_read_committed = !active_ && !deferred_begin_.empty() && !route.write &&
-                                    !route.ddl &&
-                                    !router::icontains(deferred_begin_, "serializable") &&
-                                    !router::icontains(deferred_begin_, "repeatable") &&
-                                    !router::icontains(deferred_begin_, "snapshot");
+  const auto& begin = txn_.deferred_begin();
+  const bool fresh_read_committed = !active_ && txn_.deferred() && !route.write && !route.ddl &&
+                                    !router::icontains(begin, "serializable") &&
+                                    !router::icontains(begin, "repeatable") &&
+                                    !router::icontains(begin, "snapshot");
   // Inside a transaction on a shard, the statement runs in that transaction on every shard
   // it needs: shards already in it lend their servers, others join (two-phase commit).
   const bool in_txn = transaction_status() != 'I' && !fresh_read_committed;
   // BEGIN still pgshard's (REPEATABLE READ, or a write first): every shard joins now.
-  const bool opens_txn = in_txn && !active_ && !deferred_begin_.empty();
+  const bool opens_txn = in_txn && !active_ && txn_.deferred();
   if (in_txn && !opens_txn &&
-      (!active_ || active_->lease->status != 'T' || txn_failed_ || savepoints_ || route.ddl)) {
+      (!active_ || active_->lease->status != 'T' || txn_.failed() || txn_.savepoints() ||
+       route.ddl)) {
     refuse("statement needs shards " + names + " inside this transaction (" +
-               (route.ddl     ? std::string("DDL")
-                : savepoints_ ? std::string("it has savepoints")
-                              : std::string("it has failed or has not started on a shard")) +
+               (route.ddl           ? std::string("DDL")
+                : txn_.savepoints() ? std::string("it has savepoints")
+                                    : std::string("it has failed or has not started on a shard")) +
                "); not supported",
            "run it outside the transaction, or add the shard key");
     co_await write_client(out);
@@ -180,11 +181,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     jobs.clear();
     for (const auto& [shard, sql] : route.per_shard_sql) jobs.push_back(shard);
   }
-  if (opens_txn) {
-    if (auto d = proto::decode_frame(deferred_begin_); d.status == proto::DecodeStatus::kFrame)
-      if (auto q = proto::Query::parse(d.frame.body)) txn_begin_sql_ = std::string(q->sql);
-    deferred_begin_.clear();
-  }
+  if (opens_txn) txn_.take_deferred();  // every shard opens it as the client did
   struct GiveBack {
     Session* session;
     std::vector<Leg>& legs;
@@ -211,13 +208,14 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
         active_ = saved;
         if (!attached) co_return;
         txn_links_[shard] = link;
+        txn_.joined();
         if (!link->prelude.empty()) {
           std::string prelude = std::move(link->prelude);
           link->prelude.clear();
           co_await write_server(link, prelude);
         }
-        if (!co_await run_ours(link, txn_begin_sql_) || link->lease->replies.tag != "BEGIN") {
-          txn_failed_ = true;
+        if (!co_await run_ours(link, txn_.begin_sql) || link->lease->replies.tag != "BEGIN") {
+          txn_.fail();
           proto::write_error(
               out, proto::error(sqlstate::kConnectionFailure,
                                 "could not open the transaction on shard " +
@@ -648,7 +646,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   }
   // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
   // ends), as one PostgreSQL would.
-  if (in_txn && (failure || error_sent)) txn_failed_ = true;
+  if (in_txn && (failure || error_sent)) txn_.fail();
   if (failure) {
     proto::write_error(out, *failure);
   } else if (!missing.empty()) {

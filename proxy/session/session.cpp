@@ -792,20 +792,22 @@ awaitable<void> Session::handle_request(char boundary) {
     if (!active_ && route.txn != router::TxnControl::kNone &&
         route.txn != router::TxnControl::kSavepoint &&
         (route.txn == router::TxnControl::kBegin
-             ? deferred_begin_.empty() && transaction_status() == 'I'
-             : !deferred_begin_.empty()) &&
+             ? txn_.state() == txn::State::kIdle && transaction_status() == 'I'
+             : txn_.deferred()) &&
         (simple || lone_extended())) {
       if (!co_await drain()) co_return;
       std::string answer;
       if (route.txn == router::TxnControl::kBegin) {
+        std::string begin;
         if (simple)
-          deferred_begin_ = pending_;
+          begin = pending_;
         else
           proto::Query{unnamed_sql_.empty() ? std::string_view("BEGIN") : unnamed_sql_}.write(
-              deferred_begin_);
+              begin);
+        txn_.defer(std::move(begin));
         proto::CommandComplete{"BEGIN"}.write(answer);
       } else {
-        deferred_begin_.clear();
+        txn_.end();
         hints_.local = {};
         proto::CommandComplete{route.txn == router::TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}
             .write(answer);
@@ -825,14 +827,11 @@ awaitable<void> Session::handle_request(char boundary) {
       pending_.clear();
       co_return;
     }
-    if (txn_failed_ && route.txn != router::TxnControl::kCommit &&
-        route.txn != router::TxnControl::kRollback) {
-      auto e = proto::error(sqlstate::kInFailedSqlTransaction,
-                            "current transaction is aborted, commands ignored until end "
-                            "of transaction block");
-      if (loss_unreported_) e = proto::error(sqlstate::kConnectionFailure, txn_lost_);
-      loss_unreported_ = false;
-      co_await refuse_request(e, boundary);
+    const bool ends_txn =
+        (route.txn == router::TxnControl::kCommit || route.txn == router::TxnControl::kRollback) &&
+        (simple || lone_extended());
+    if (txn_.failed() && !ends_txn) {
+      co_await refuse_request(txn_.refusal(), boundary);
       co_return;
     }
     if (route.txn == router::TxnControl::kSavepoint) {
@@ -846,10 +845,9 @@ awaitable<void> Session::handle_request(char boundary) {
         co_await refuse_request(e, boundary);
         co_return;
       }
-      savepoints_ = true;
+      txn_.savepoint();
     }
-    if ((route.txn == router::TxnControl::kCommit || route.txn == router::TxnControl::kRollback) &&
-        (!txn_links_.empty() || txn_failed_) && (simple || lone_extended())) {
+    if (ends_txn && txn_.coordinated()) {
       co_await finish_distributed(route.txn == router::TxnControl::kCommit, simple);
       pending_.clear();
       co_return;
@@ -871,7 +869,7 @@ awaitable<void> Session::handle_request(char boundary) {
     if (active_ && active_->lease->status == 'E') {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = active_->shard;
-    } else if (active_ && active_->lease->status == 'T' && savepoints_) {
+    } else if (active_ && active_->lease->status == 'T' && txn_.savepoints()) {
       const auto e = proto::error(
           sqlstate::kFeatureNotSupported,
           "this transaction has savepoints on shard " + config_.shards[active_->shard].name +
@@ -883,6 +881,7 @@ awaitable<void> Session::handle_request(char boundary) {
       // The transaction spreads to another shard: this server waits for the commit.
       auto link = std::move(active_);
       txn_links_[link->shard] = link;
+      txn_.joined();
       if (auto it = txn_links_.find(target); it != txn_links_.end()) {
         active_ = it->second;
         txn_links_.erase(it);
@@ -909,7 +908,7 @@ awaitable<void> Session::handle_request(char boundary) {
   using Owner = pool::Replies::Owner;
   if (joins_transaction) {
     // A new participant opens the transaction the way the client did.
-    proto::Query{txn_begin_sql_}.write(link->prelude);
+    proto::Query{txn_.begin_sql}.write(link->prelude);
     replies.expect_ready(Owner::kOwn);
   }
   // Only a batch that runs something opens the deferred transaction; a prepare-only batch
@@ -925,13 +924,10 @@ awaitable<void> Session::handle_request(char boundary) {
     }
     return false;
   };
-  if (!deferred_begin_.empty() && runs_something()) {
+  if (txn_.deferred() && runs_something()) {
     // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
-    if (auto d = proto::decode_frame(deferred_begin_); d.status == proto::DecodeStatus::kFrame)
-      if (auto q = proto::Query::parse(d.frame.body)) txn_begin_sql_ = std::string(q->sql);
-    link->prelude += deferred_begin_;
+    link->prelude += txn_.take_deferred();
     replies.expect_ready(Owner::kOwn);
-    deferred_begin_.clear();
   }
   // What the server will owe, pushed before anything is written so the reader never hands
   // the server back while this request is on its way.
@@ -974,8 +970,7 @@ router::Route Session::after_extended_messages(router::Route r,
   if (bound && (bound->kind != router::RouteKind::kShard || bound->shards.size() > 1 ||
                 bound->shard != r.shard))
     return refuse("must go to the shard of the statements before it");
-  if (r.txn != router::TxnControl::kNone &&
-      (!txn_links_.empty() || txn_failed_ || !deferred_begin_.empty()))
+  if (r.txn != router::TxnControl::kNone && (txn_.coordinated() || txn_.deferred()))
     return refuse("cannot end or start a transaction pgshard manages");
   r.txn = router::TxnControl::kNone;  // it reaches the server as sent
   return r;
@@ -1185,9 +1180,7 @@ int Session::owed() const {
 }
 
 char Session::transaction_status() const {
-  if (!deferred_begin_.empty()) return 'T';
-  if (txn_failed_) return 'E';
-  return active_ && active_->lease ? active_->lease->status : 'I';
+  return txn_.status(active_ && active_->lease ? active_->lease->status : proto::txn_status::kIdle);
 }
 
 void Session::release(std::shared_ptr<Link> link) {
@@ -1222,12 +1215,10 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   // report success for writes that were lost). It fails until the client ends it.
   bool in_txn = link->lease->status != 'I';
   for (const auto& [s, l] : txn_links_) in_txn = in_txn || l == link;
-  if (in_txn) {
-    txn_failed_ = true;
-    txn_lost_ = message + "; the transaction was rolled back";
-  }
   const int owed_client = link == active_ ? conn.replies.client_owed() : 0;
-  if (link == active_ && (owed_client > 0 || open_extended_)) {
+  const bool tell_now = link == active_ && (owed_client > 0 || open_extended_);
+  if (in_txn) txn_.lose(message + "; the transaction was rolled back", tell_now);
+  if (tell_now) {
     proto::write_error(
         out, proto::error(code, message, {},
                           in_txn ? "" : "the statement may or may not have run; retry it"));
@@ -1235,8 +1226,6 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
     for (int i = 0; i < std::max(owed_client, 1); ++i)
       out += proto::ready_for_query(in_txn ? proto::txn_status::kFailed : proto::txn_status::kIdle);
     open_extended_ = false;
-  } else if (in_txn) {
-    loss_unreported_ = true;  // the client hears of it with its next statement
   }
   if (!client_gone_)
     spdlog::warn("{}: lost server connection to shard {}{}", prefix(), shard,
@@ -1415,11 +1404,10 @@ bool Session::client_ready(pool::ServerConn& conn) {
       settings_failed_ = false;
     }
   }
-  last_status_ = status;
+  txn_.server_ready(status);
   if (status != proto::txn_status::kIdle) return true;
-  savepoints_ = txn_failed_ = false;
-  hints_.local = {};
-  return deferred_begin_.empty();
+  if (txn_.state() == txn::State::kIdle) hints_.local = {};
+  return !txn_.deferred();
 }
 
 void Session::apply_settings(pool::ServerConn& conn) {

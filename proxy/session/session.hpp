@@ -20,6 +20,7 @@
 #include "proxy/server/cancel.hpp"
 #include "proxy/session/client_stream.hpp"
 #include "proxy/session/params.hpp"
+#include "proxy/txn/transaction.hpp"
 
 namespace pgshard::server {
 class Worker;
@@ -179,8 +180,7 @@ class Session : public std::enable_shared_from_this<Session> {
   State state_ = State::kStartup;
 
   protocol::Buffer in_;
-  std::string pending_;         // frames of the request being assembled
-  std::string deferred_begin_;  // a BEGIN answered by pgshard, sent with the next statement
+  std::string pending_;  // frames of the request being assembled
   protocol::StartupPacket startup_;
   std::string startup_raw_;
   const config::User* user_ = nullptr;
@@ -190,12 +190,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
   bool settings_failed_ = false;
   bool pinned_ = false;
-  bool savepoints_ = false;  // the current transaction took a savepoint
-  bool txn_failed_ = false;  // a multi-shard statement failed in the current transaction
-  // The transaction lost a server (its work is gone): why, for the client's next statement
-  // (loss_unreported_) and for its COMMIT, which fails.
-  std::string txn_lost_;
-  bool loss_unreported_ = false;
+  txn::Transaction txn_;
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
@@ -213,8 +208,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::map<int, std::shared_ptr<Link>> kept_;  // session mode: other shards' servers
   // The other shards' servers of a transaction that uses several shards (active_ is one).
   std::map<int, std::shared_ptr<Link>> txn_links_;
-  std::string txn_begin_sql_ = "BEGIN";  // how the transaction began, for new participants
-  bool open_extended_ = false;           // extended messages sent after the last Sync
+  bool open_extended_ = false;  // extended messages sent after the last Sync
   bool writing_server_ = false;
   bool client_writing_ = false;
   bool client_gone_ = false;
@@ -227,7 +221,6 @@ class Session : public std::enable_shared_from_this<Session> {
   bool discard_until_sync_ = false;
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
-  char last_status_ = 'I';
   Event drained_;
   Event borrow_done_;
   Event client_write_done_;

@@ -38,12 +38,9 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
   std::string tag = commit ? "COMMIT" : "ROLLBACK";
   std::optional<proto::ErrorInfo> error;
   std::optional<proto::ErrorInfo> warning;
-  bool aborted = txn_failed_;
-  txn_failed_ = false;
-  loss_unreported_ = false;
-  const std::string lost = std::move(txn_lost_);
-  txn_lost_.clear();
-  savepoints_ = false;
+  bool aborted = txn_.failed();
+  const std::string lost = txn_.lost();
+  txn_.end();
   for (auto& p : parts)
     if (!p->lease || p->lease->broken || p->lease->status == 'E') aborted = true;
   auto rollback_all = [&]() -> awaitable<void> {

@@ -1,0 +1,114 @@
+#include "proxy/txn/transaction.hpp"
+
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+
+namespace pgshard::txn {
+
+namespace sqlstate = protocol::sqlstate;
+namespace status = protocol::txn_status;
+
+State next(State s, Event e) {
+  switch (e) {
+    case Event::kBegin:
+      return s == State::kIdle ? State::kDeferred : s;
+    case Event::kBeginSent:
+      return s == State::kDeferred ? State::kOpen : s;
+    case Event::kShardJoined:
+      return s == State::kFailed ? s : State::kOpenMulti;
+    case Event::kServerIdle:
+      // Only a transaction on one shard ends by its server's word; the others end through
+      // pgshard (a prepare-only batch while deferred also leaves its server idle).
+      return s == State::kOpen ? State::kIdle : s;
+    case Event::kServerInBlock:
+      return s == State::kIdle ? State::kOpen : s;
+    case Event::kFailed:
+    case Event::kLost:
+      return s == State::kIdle ? s : State::kFailed;
+    case Event::kEnded:
+      return State::kIdle;
+  }
+  return s;
+}
+
+const char* to_string(State s) {
+  switch (s) {
+    case State::kIdle:
+      return "idle";
+    case State::kDeferred:
+      return "deferred";
+    case State::kOpen:
+      return "open";
+    case State::kOpenMulti:
+      return "open on several shards";
+    case State::kFailed:
+      return "failed";
+  }
+  return "?";
+}
+
+void Transaction::on(Event e) {
+  state_ = next(state_, e);
+  if (state_ == State::kIdle) {
+    deferred_.clear();
+    savepoints_ = false;
+    lost_.clear();
+    loss_unreported_ = false;
+  }
+}
+
+char Transaction::status(char server) const {
+  switch (state_) {
+    case State::kIdle:
+      return server;
+    case State::kDeferred:
+      return status::kInBlock;
+    case State::kOpen:
+    case State::kOpenMulti:
+      return server == status::kFailed ? status::kFailed : status::kInBlock;
+    case State::kFailed:
+      return status::kFailed;
+  }
+  return server;
+}
+
+void Transaction::defer(std::string begin) {
+  on(Event::kBegin);
+  if (state_ == State::kDeferred) deferred_ = std::move(begin);
+}
+
+std::string Transaction::take_deferred() {
+  std::string begin = std::move(deferred_);
+  deferred_.clear();
+  if (auto d = protocol::decode_frame(begin); d.status == protocol::DecodeStatus::kFrame)
+    if (auto q = protocol::Query::parse(d.frame.body)) begin_sql = std::string(q->sql);
+  on(Event::kBeginSent);
+  return begin;
+}
+
+void Transaction::server_ready(char s) {
+  on(s == status::kIdle ? Event::kServerIdle : Event::kServerInBlock);
+}
+
+void Transaction::lose(std::string why, bool told) {
+  on(Event::kLost);
+  if (state_ != State::kFailed) return;
+  lost_ = std::move(why);
+  loss_unreported_ = !told;
+}
+
+void Transaction::end() {
+  on(Event::kEnded);
+}
+
+protocol::ErrorInfo Transaction::refusal() {
+  if (loss_unreported_) {
+    loss_unreported_ = false;
+    return protocol::error(sqlstate::kConnectionFailure, lost_);
+  }
+  return protocol::error(sqlstate::kInFailedSqlTransaction,
+                         "current transaction is aborted, commands ignored until end of "
+                         "transaction block");
+}
+
+}  // namespace pgshard::txn

@@ -1,0 +1,82 @@
+// The client's transaction as pgshard sees it: one state, changed only by next() on an
+// event, and what ReadyForQuery tells the client. Synchronous, no I/O.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+
+#include "protocol/errors.hpp"
+
+namespace pgshard::txn {
+
+enum class State : uint8_t {
+  kIdle,       // no transaction
+  kDeferred,   // BEGIN answered by pgshard: it reaches a shard with the first statement
+  kOpen,       // open on one shard: that server's status ('T' or 'E') is the client's
+  kOpenMulti,  // open on several shards: COMMIT runs two-phase commit
+  kFailed,     // failed by pgshard (a server lost, a multi-shard statement failed): every
+               // statement but COMMIT/ROLLBACK gets an error until the client ends it
+};
+
+enum class Event : uint8_t {
+  kBegin,          // the client's BEGIN, answered by pgshard
+  kBeginSent,      // the deferred BEGIN went to a shard ahead of a statement
+  kShardJoined,    // another shard joined the transaction
+  kServerIdle,     // the active server's ReadyForQuery says 'I'
+  kServerInBlock,  // ... says 'T' or 'E' (a transaction the server opened itself)
+  kFailed,         // a statement pgshard ran across shards failed inside it
+  kLost,           // a server holding part of it was lost
+  kEnded,          // pgshard finished COMMIT or ROLLBACK
+};
+
+// The one transition function.
+State next(State s, Event e);
+const char* to_string(State s);
+
+class Transaction {
+ public:
+  State state() const { return state_; }
+  bool deferred() const { return state_ == State::kDeferred; }
+  bool failed() const { return state_ == State::kFailed; }
+  // Open on several shards, or failed by pgshard: COMMIT/ROLLBACK is pgshard's to run.
+  bool coordinated() const { return state_ == State::kOpenMulti || state_ == State::kFailed; }
+
+  // The status byte of the client's ReadyForQuery, given the active server's ('I' if none).
+  char status(char server) const;
+
+  // BEGIN answered by pgshard; `begin` (a Query message) goes out with the first statement.
+  void defer(std::string begin);
+  const std::string& deferred_begin() const { return deferred_; }
+  // The deferred BEGIN, for the shard that runs the first statement (begin_sql remembers
+  // it for shards that join later).
+  std::string take_deferred();
+  // The ReadyForQuery status of the active server after a client request.
+  void server_ready(char status);
+  void joined() { on(Event::kShardJoined); }
+  void fail() { on(Event::kFailed); }
+  // A server holding part of the transaction was lost: why, and whether the client was
+  // told already (else its next statement is).
+  void lose(std::string why, bool told);
+  // COMMIT/ROLLBACK finished (or BEGIN answered locally ended): back to idle.
+  void end();
+  // Took a savepoint (a savepoint must stay on one shard).
+  void savepoint() { savepoints_ = true; }
+  bool savepoints() const { return savepoints_; }
+  // What the work of the transaction died with, "" if nothing was lost.
+  const std::string& lost() const { return lost_; }
+  // The error for a statement sent while failed: the loss once, then 25P02.
+  protocol::ErrorInfo refusal();
+
+  std::string begin_sql = "BEGIN";  // how the transaction began, for shards that join
+
+ private:
+  void on(Event e);
+  State state_ = State::kIdle;
+  std::string deferred_;
+  bool savepoints_ = false;
+  std::string lost_;
+  bool loss_unreported_ = false;
+};
+
+}  // namespace pgshard::txn
