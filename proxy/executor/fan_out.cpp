@@ -9,6 +9,7 @@
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/executor/combiner.hpp"
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/server/cancel.hpp"
@@ -21,44 +22,13 @@ namespace pgshard::session {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
+using executor::CombineOptions;
+using executor::Combiner;
 
 namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr std::size_t kClientFlush = 256 * 1024;
-
-// Shards agree on a result shape when names, types and formats match; table OIDs and
-// column numbers differ from shard to shard and do not count.
-bool same_columns(std::string_view a_body, std::string_view b_body) {
-  auto a = proto::RowDescription::parse(a_body);
-  auto b = proto::RowDescription::parse(b_body);
-  if (!a || !b || a->fields.size() != b->fields.size()) return false;
-  for (std::size_t i = 0; i < a->fields.size(); ++i) {
-    const auto& x = a->fields[i];
-    const auto& y = b->fields[i];
-    if (x.name != y.name || x.type_oid != y.type_oid || x.format != y.format) return false;
-  }
-  return true;
-}
-
-// "SELECT 3", "UPDATE 2", "INSERT 0 5" carry a count; "CREATE TABLE" does not.
-struct Tag {
-  std::string verb;
-  uint64_t total = 0;
-  bool counted = false;
-  void add(std::string_view tag) {
-    auto sp = tag.rfind(' ');
-    auto last = sp == tag.npos ? std::string_view() : tag.substr(sp + 1);
-    counted = !last.empty() && last.find_first_not_of("0123456789") == last.npos;
-    verb = std::string(counted ? tag.substr(0, tag.find(' ')) : tag);
-    if (counted) total += std::strtoull(std::string(last).c_str(), nullptr, 10);
-  }
-  std::string text() const {
-    if (!counted) return verb;
-    return verb == "INSERT" ? "INSERT 0 " + std::to_string(total)
-                            : verb + " " + std::to_string(total);
-  }
-};
 
 // One shard's part of the statement.
 struct Leg {
@@ -70,11 +40,7 @@ struct Leg {
   bool timed_out = false;
   bool abandoned = false;  // the client left: stop reading
   bool done = false;       // ReadyForQuery of the request seen
-  bool rows_ended = false;
-  std::optional<proto::Frame> head;  // the next reply, not consumed yet
-  std::size_t head_size = 0;
-  bool head_hidden = false;  // a RowDescription pgshard asked for: for the merge only
-  std::string problem;       // why the leg failed
+  std::string problem;     // why the leg failed
 };
 
 }  // namespace
@@ -335,292 +301,91 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     });
   }
 
-  std::set<std::string> notices_seen;
-  // Makes legs[i].head the next reply that matters; false when the shard is gone.
-  auto peek = [&](Leg& leg) -> awaitable<bool> {
-    auto* lease = leg.conn;
-    while (!leg.head) {
-      auto d = proto::decode_frame(lease->rbuf.view(), config_.listen.max_message_size);
-      if (d.status == proto::DecodeStatus::kError) break;
+  // ---- read every shard's replies; the combiner says whose reply it needs next ----
+  CombineOptions options;
+  options.plan = plan;
+  options.collation = collation;
+  options.limit = limit;
+  options.offset = offset;
+  options.max_rows = max_rows;
+  options.replicated = route.replicated;
+  options.partial = partial;
+  for (const auto& leg : legs)
+    options.shard_names.push_back(config_.shards[static_cast<std::size_t>(leg.shard)].name);
+  Combiner combiner(static_cast<int>(legs.size()), std::move(options));
+  combiner.out() = std::move(out);
+  out.clear();
+  // Hands the combiner the next reply of legs[i] that concerns it: replies to pgshard's own
+  // messages are hidden by the server's reply queue (except a RowDescription the merge
+  // needs). False when the shard is gone.
+  auto next_reply = [&](Leg& leg, int i) -> awaitable<bool> {
+    auto* conn = leg.conn;
+    for (;;) {
+      auto d = proto::decode_frame(conn->rbuf.view(), config_.listen.max_message_size);
+      if (d.status == proto::DecodeStatus::kError) co_return false;
       if (d.status == proto::DecodeStatus::kNeedMore) {
         // The client left while another shard was being read: this socket had no read
         // to cancel then, so do not start one now.
-        if (leg.abandoned) break;
+        if (leg.abandoned) co_return false;
         std::size_t room;
-        char* at = lease->rbuf.prepare(kReadChunk, &room);
-        auto [ec, n] =
-            co_await lease->socket().async_read_some(asio::buffer(at, room), use_nothrow);
-        if (ec) break;
-        lease->rbuf.commit(n);
+        char* at = conn->rbuf.prepare(kReadChunk, &room);
+        auto [ec, n] = co_await conn->socket().async_read_some(asio::buffer(at, room), use_nothrow);
+        if (ec) co_return false;
+        conn->rbuf.commit(n);
         continue;
       }
       const auto& f = d.frame;
-      std::string_view raw(lease->rbuf.data(), d.consumed);
-      if (f.type == proto::msg::kReadyForQuery) lease->status = f.body.empty() ? 'I' : f.body[0];
-      const bool ours = lease->replies.own_front();
+      if (f.type == proto::msg::kReadyForQuery) conn->status = f.body.empty() ? 'I' : f.body[0];
+      const bool ours = conn->replies.own_front();
       const bool hidden =
-          lease->replies.classify(f, &lease->prepared) == pool::Replies::Verdict::kHide;
-      // A RowDescription pgshard asked for is hidden from the client, not from the merge.
-      if (hidden && (ours || f.type != proto::msg::kRowDescription)) {
-        lease->rbuf.consume(d.consumed);
-        continue;
-      }
-      leg.head_hidden = hidden;
-      if (f.type == proto::msg::kNoticeResponse || f.type == proto::msg::kNotificationResponse) {
-        // The same notice from every shard reaches the client once.
-        if (notices_seen.insert(std::string(raw)).second) out.append(raw);
-        lease->rbuf.consume(d.consumed);
-        continue;
-      }
-      if (f.type == proto::msg::kParameterStatus) {
-        lease->rbuf.consume(d.consumed);
-        continue;
-      }
-      leg.head = f;
-      leg.head_size = d.consumed;
-      co_return true;
-    }
-    if (leg.head) co_return true;
-    leg.failed = true;
-    leg.problem =
-        leg.timed_out ? "did not answer within timeouts.shard_statement" : "connection lost";
-    co_return false;
-  };
-  auto consume = [](Leg& leg) {
-    leg.conn->rbuf.consume(leg.head_size);
-    leg.head.reset();
-  };
-  auto raw_head = [](Leg& leg) { return std::string_view(leg.conn->rbuf.data(), leg.head_size); };
-  auto flush_client = [&]() -> awaitable<void> {
-    if (out.size() > kClientFlush && !client_gone_) {
-      co_await write_client(out);
-      out.clear();
+          conn->replies.classify(f, &conn->prepared) == pool::Replies::Verdict::kHide;
+      const bool pass = !hidden || (!ours && f.type == proto::msg::kRowDescription);
+      if (pass) combiner.add(i, f, std::string_view(conn->rbuf.data(), d.consumed), hidden);
+      conn->rbuf.consume(d.consumed);
+      if (pass) co_return true;
     }
   };
-
-  // Rows for the client, cut at Execute's row limit (the rest are dropped: suspended).
-  int64_t delivered = 0;
-  bool suspended = false;
-  auto deliver = [&](std::string_view frames) {
-    if (max_rows == 0) {
-      out.append(frames);
-      delivered += 1;
-      return;
-    }
-    while (!frames.empty()) {
-      auto d = proto::decode_frame(frames);
-      if (d.status != proto::DecodeStatus::kFrame) break;
-      if (delivered < max_rows)
-        out.append(frames.substr(0, d.consumed));
-      else
-        suspended = true;
-      ++delivered;
-      frames.remove_prefix(d.consumed);
-    }
-  };
-  std::string merged;                       // the merger's rows on their way to deliver()
-  std::optional<proto::ErrorInfo> failure;  // pgshard's own error for the statement
-  bool error_sent = false;                  // a shard's ErrorResponse went to the client
-  std::optional<merge::Merger> merger;
-  Tag tag;
-  // Drop (partial) or fail on shards that are gone; true when the statement goes on.
-  auto check_legs = [&]() {
-    for (auto& leg : legs) {
-      if (!leg.failed || leg.done) continue;
-      leg.done = true;
-      leg.conn->broken = true;
+  for (std::size_t i = 0; i < legs.size(); ++i)
+    if (legs[i].failed) combiner.fail(static_cast<int>(i), legs[i].problem, false);
+  // A shard left mid-reply is discarded; one that timed out (or whose client left) is
+  // cancelled so it stops working for nobody.
+  auto stop_leg = [&](Leg& leg) {
+    leg.done = true;
+    leg.conn->broken = true;
+    if (leg.timed_out && leg.conn->pid()) {
       const auto& shard = config_.shards[static_cast<std::size_t>(leg.shard)];
-      if (leg.timed_out && leg.conn->pid())
-        server::send_server_cancel(worker_.executor(), shard.primary.host, shard.primary.port,
-                                   leg.conn->pid(), leg.conn->secret());
-      if (partial) {
-        missing.push_back(shard.name);
-        if (merger && !leg.rows_ended) {
-          leg.rows_ended = true;
-          merger->end_of_rows(static_cast<int>(&leg - legs.data()));
-        }
-      } else if (!failure && !error_sent) {
-        failure =
-            proto::error(leg.timed_out ? sqlstate::kQueryCanceled : sqlstate::kConnectionFailure,
-                         "shard " + shard.name + " " + leg.problem, {},
-                         "set pgshard.partial_results = on to answer from the other shards");
-      }
+      server::send_server_cancel(worker_.executor(), shard.primary.host, shard.primary.port,
+                                 leg.conn->pid(), leg.conn->secret());
     }
-    return !failure;
   };
-  auto live = [&]() {
-    std::vector<Leg*> v;
-    for (auto& leg : legs)
-      if (!leg.failed && !leg.done) v.push_back(&leg);
-    return v;
-  };
-
-  // ---- read every shard's replies in lockstep ----
-  while (!failure) {
-    for (auto* leg : live()) co_await peek(*leg);
-    if (!check_legs()) break;
-    auto legs_now = live();
-    if (legs_now.empty()) break;
-    // A shard's error ends the statement: PostgreSQL skips to the end of the request.
-    Leg* erring = nullptr;
-    for (auto* leg : legs_now)
-      if (leg->head->type == proto::msg::kErrorResponse) {
-        erring = leg;
-        break;
-      }
-    if (erring) {
-      if (!error_sent) out.append(raw_head(*erring));
-      error_sent = true;
-      for (auto* leg : legs_now) {
-        while (!leg->failed && leg->head->type != proto::msg::kReadyForQuery) {
-          consume(*leg);
-          if (!co_await peek(*leg)) break;
-        }
-      }
-      continue;  // the next round sees ReadyForQuery everywhere
-    }
-    const char first_type = legs_now[0]->head->type;
-    bool rows = false;
-    for (auto* leg : legs_now)
-      if (leg->head->type == proto::msg::kDataRow || leg->head->type == proto::msg::kCopyData)
-        rows = true;
-    if (rows && merger) {
-      // The merger asks for the rows it needs, one at a time.
-      for (int s; !failure && (s = merger->wants()) >= 0;) {
-        Leg& leg = legs[static_cast<std::size_t>(s)];
-        if (leg.failed || leg.done) break;
-        if (leg.head->type == proto::msg::kDataRow) {
-          merger->add_row(s, leg.head->body);
-          consume(leg);
-          if (!co_await peek(leg) && !check_legs()) break;
-        } else {
-          leg.rows_ended = true;
-          merger->end_of_rows(s);
-        }
-        merged.clear();
-        merger->take(merged);
-        deliver(merged);
-        co_await flush_client();
-      }
-      if (!merger->error().empty()) {
-        failure = proto::error(sqlstate::kFeatureNotSupported, merger->error());
-        break;
-      }
-      // LIMIT reached: the rest of each shard's rows is not needed.
-      for (auto* leg : live())
-        while (leg->head && leg->head->type == proto::msg::kDataRow) {
-          consume(*leg);
-          if (!co_await peek(*leg)) break;
-        }
+  for (int i; (i = combiner.wants()) >= 0;) {
+    auto& leg = legs[static_cast<std::size_t>(i)];
+    if (!co_await next_reply(leg, i)) {
+      leg.failed = true;
+      stop_leg(leg);
+      combiner.fail(
+          i, leg.timed_out ? "did not answer within timeouts.shard_statement" : "connection lost",
+          leg.timed_out);
       continue;
     }
-    if (rows) {
-      for (auto* leg : legs_now)
-        while (!leg->failed && (leg->head->type == proto::msg::kDataRow ||
-                                leg->head->type == proto::msg::kCopyData)) {
-          // A reference-table write returns its rows once, from the first copy.
-          if (!route.replicated || leg == legs_now[0]) deliver(raw_head(*leg));
-          consume(*leg);
-          co_await flush_client();
-          if (!co_await peek(*leg)) break;
-        }
-      continue;
+    if (combiner.finished(i)) leg.done = true;
+    if (combiner.out().size() > kClientFlush && !client_gone_) {
+      co_await write_client(combiner.out());
+      combiner.out().clear();
     }
-    for (auto* leg : legs_now)
-      if (leg->head->type != first_type) {
-        failure = proto::error(sqlstate::kInternalError,
-                               "shards answered the statement differently (shard " +
-                                   config_.shards[static_cast<std::size_t>(leg->shard)].name + ")");
-      }
-    if (failure) break;
-    std::string_view first_raw = raw_head(*legs_now[0]);
-    std::string_view first_body = legs_now[0]->head->body;
-    bool emit = true;
-    switch (first_type) {
-      case proto::msg::kRowDescription: {
-        for (auto* leg : legs_now)
-          if (!same_columns(first_body, leg->head->body))
-            failure =
-                proto::error(sqlstate::kDatatypeMismatch,
-                             "shards disagree on the result columns (shard " +
-                                 config_.shards[static_cast<std::size_t>(leg->shard)].name + ")",
-                             {}, "make the table definitions the same on every shard");
-        if (failure) break;
-        emit = !legs_now[0]->head_hidden;
-        if (plan) {
-          merger.emplace(*plan, static_cast<int>(legs.size()), *collation, limit, offset);
-          for (auto& leg : legs)
-            if (leg.failed) {
-              leg.rows_ended = true;
-              merger->end_of_rows(static_cast<int>(&leg - legs.data()));
-            }
-          std::string err;
-          auto body = merger->describe(first_body, &err);
-          if (!body) {
-            failure = proto::error(sqlstate::kFeatureNotSupported, err, {},
-                                   "add the shard key to the WHERE clause so one shard answers");
-            break;
-          }
-          if (emit)
-            proto::MessageWriter(out).begin(proto::msg::kRowDescription).bytes(*body).finish();
-          emit = false;
-        }
-        break;
-      }
-      case proto::msg::kCommandComplete:
-        emit = false;
-        if (merger) {
-          for (auto& leg : legs)
-            if (!leg.rows_ended) {
-              leg.rows_ended = true;
-              merger->end_of_rows(static_cast<int>(&leg - legs.data()));
-            }
-          merged.clear();
-          merger->take(merged);
-          deliver(merged);
-          if (!merger->error().empty()) {
-            failure = proto::error(sqlstate::kFeatureNotSupported, merger->error());
-            break;
-          }
-          if (suspended)
-            proto::write_empty(out, proto::msg::kPortalSuspended);
-          else
-            proto::CommandComplete{"SELECT " + std::to_string(merger->rows_sent())}.write(out);
-          merger.reset();
-          delivered = 0;
-          suspended = false;
-          break;
-        }
-        for (auto* leg : legs_now) {
-          if (auto c = proto::CommandComplete::parse(leg->head->body)) tag.add(c->tag);
-          if (route.replicated) break;  // every shard changed its own copy of the same rows
-        }
-        if (suspended)
-          proto::write_empty(out, proto::msg::kPortalSuspended);
-        else
-          proto::CommandComplete{tag.text()}.write(out);
-        tag = {};
-        delivered = 0;
-        suspended = false;
-        break;
-      case proto::msg::kReadyForQuery:
-        emit = false;
-        for (auto* leg : legs_now) leg->done = true;
-        break;
-      default:
-        break;  // BindComplete, ParameterDescription, EmptyQuery, CopyOut/Done: once
-    }
-    if (failure) break;
-    if (emit) out.append(first_raw);
-    for (auto* leg : legs_now) consume(*leg);
   }
+  for (std::size_t i = 0; i < legs.size(); ++i)
+    if (combiner.finished(static_cast<int>(i))) legs[i].done = true;
+  out += combiner.out();
+  std::optional<proto::ErrorInfo> failure = combiner.failure();
+  const bool error_sent = combiner.error_sent();
+  missing.insert(missing.end(), combiner.missing().begin(), combiner.missing().end());
   deadline.cancel();
   co_await stop_watch(*watch);
 
   // A statement pgshard failed itself: shards still mid-reply are not worth waiting for.
-  if (failure)
-    for (auto& leg : legs)
-      if (!leg.done && !leg.failed) leg.conn->broken = true;
+  for (auto& leg : legs)
+    if (!leg.done && (failure || leg.timed_out)) stop_leg(leg);
 
   // ---- writes: COMMIT everywhere, or ROLLBACK everywhere ----
   const bool ok = !failure && !error_sent && missing.empty();

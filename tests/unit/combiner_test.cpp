@@ -1,0 +1,240 @@
+// The multi-shard reply combiner (executor::Combiner) fed hand-built shard replies in the
+// order it asks for them: merged rows, summed tags, one error, notices once, lost shards.
+#include "proxy/executor/combiner.hpp"
+
+#include <catch2/catch.hpp>
+#include <deque>
+
+#include "protocol/messages.hpp"
+#include "proxy/merge/value.hpp"
+
+using namespace pgshard;
+namespace proto = pgshard::protocol;
+namespace msg = pgshard::protocol::msg;
+
+namespace {
+
+std::string row_description(std::vector<std::pair<std::string, int32_t>> cols) {
+  proto::RowDescription d;
+  for (auto& [name, type] : cols) d.fields.push_back({name, 0, 0, type, -1, -1, 0});
+  std::string out;
+  d.write(out);
+  return out;
+}
+std::string data_row(std::vector<std::string> values) {
+  proto::DataRow r;
+  for (auto& v : values) r.values.push_back(proto::Value(v));
+  std::string out;
+  r.write(out);
+  return out;
+}
+std::string complete(std::string_view tag) {
+  std::string out;
+  proto::CommandComplete{tag}.write(out);
+  return out;
+}
+std::string error(std::string_view code) {
+  std::string out;
+  proto::write_error(out, proto::error(code, "boom"));
+  return out;
+}
+std::string notice() {
+  std::string out;
+  proto::write_notice(out, proto::error("01000", "hello"));
+  return out;
+}
+std::string ready() {
+  return proto::ready_for_query('I');
+}
+
+// Each shard's replies; nullopt: the shard is lost at that point.
+using Script = std::vector<std::deque<std::optional<std::string>>>;
+
+// Runs the combiner over the scripts as the executor would; returns the client's messages as
+// one letter per message type (rows as D).
+std::string run(executor::Combiner& c, Script shards, std::vector<std::string>* rows = nullptr) {
+  for (int i; (i = c.wants()) >= 0;) {
+    auto& q = shards[static_cast<std::size_t>(i)];
+    REQUIRE_FALSE(q.empty());  // never asks past a ReadyForQuery
+    auto next = q.front();
+    q.pop_front();
+    if (!next) {
+      c.fail(i, "connection lost", false);
+      continue;
+    }
+    auto d = proto::decode_frame(*next);
+    REQUIRE(d.status == proto::DecodeStatus::kFrame);
+    c.add(i, d.frame, *next, false);
+  }
+  std::string types;
+  for (std::string_view rest = c.out(); !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    REQUIRE(d.status == proto::DecodeStatus::kFrame);
+    types += d.frame.type;
+    if (d.frame.type == msg::kDataRow && rows) {
+      auto r = proto::DataRow::parse(d.frame.body);
+      rows->push_back(std::string(*r->values[0]));
+    }
+    if (d.frame.type == msg::kCommandComplete && rows)
+      rows->push_back("tag:" + std::string(proto::CommandComplete::parse(d.frame.body)->tag));
+    rest.remove_prefix(d.consumed);
+  }
+  return types;
+}
+
+executor::CombineOptions names(int n) {
+  executor::CombineOptions o;
+  for (int i = 0; i < n; ++i) o.shard_names.push_back("s" + std::to_string(i));
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("rows of every shard pass through, tags are summed, one answer", "[combiner]") {
+  executor::Combiner c(2, names(2));
+  const auto desc = row_description({{"id", merge::oid::kInt4}});
+  std::vector<std::string> rows;
+  auto types = run(c,
+                   {{desc, data_row({"1"}), data_row({"2"}), complete("SELECT 2"), ready()},
+                    {desc, data_row({"3"}), complete("SELECT 1"), ready()}},
+                   &rows);
+  CHECK(types == "TDDDC");
+  CHECK(rows == std::vector<std::string>{"1", "2", "3", "tag:SELECT 3"});
+  CHECK_FALSE(c.failure());
+  CHECK(c.finished(0));
+  CHECK(c.finished(1));
+}
+
+TEST_CASE("an INSERT across shards reports the sum in PostgreSQL's form", "[combiner]") {
+  executor::Combiner c(3, names(3));
+  std::vector<std::string> rows;
+  run(c,
+      {{complete("INSERT 0 2"), ready()},
+       {complete("INSERT 0 1"), ready()},
+       {complete("INSERT 0 0"), ready()}},
+      &rows);
+  CHECK(rows == std::vector<std::string>{"tag:INSERT 0 3"});
+}
+
+TEST_CASE("a reference-table write counts its rows once", "[combiner]") {
+  auto o = names(2);
+  o.replicated = true;
+  executor::Combiner c(2, o);
+  const auto desc = row_description({{"id", merge::oid::kInt4}});
+  std::vector<std::string> rows;
+  run(c,
+      {{desc, data_row({"7"}), complete("UPDATE 1"), ready()},
+       {desc, data_row({"7"}), complete("UPDATE 1"), ready()}},
+      &rows);
+  CHECK(rows == std::vector<std::string>{"7", "tag:UPDATE 1"});
+}
+
+TEST_CASE("a shard's error reaches the client once and every shard skips to its end",
+          "[combiner]") {
+  executor::Combiner c(3, names(3));
+  const auto desc = row_description({{"id", merge::oid::kInt4}});
+  auto types = run(c, {{desc, data_row({"1"}), error("22012"), ready()},
+                       {desc, error("22012"), ready()},
+                       {desc, data_row({"2"}), complete("SELECT 1"), ready()}});
+  // The error's round decides: the rows that came with it are dropped, as is the rest.
+  CHECK(types == "TE");
+  CHECK(c.error_sent());
+  CHECK_FALSE(c.failure());
+  for (int i = 0; i < 3; ++i) CHECK(c.finished(i));
+}
+
+TEST_CASE("shards that disagree on the columns fail the statement", "[combiner]") {
+  executor::Combiner c(2, names(2));
+  run(c, {{row_description({{"id", merge::oid::kInt4}}), ready()},
+          {row_description({{"id", merge::oid::kInt8}}), ready()}});
+  REQUIRE(c.failure());
+  CHECK(c.failure()->code == "42804");
+  CHECK(c.failure()->message.find("shard s1") != std::string::npos);
+}
+
+TEST_CASE("shards that answer differently fail the statement", "[combiner]") {
+  executor::Combiner c(2, names(2));
+  run(c, {{complete("SELECT 0"), ready()}, {proto::ready_for_query('I')}});
+  REQUIRE(c.failure());
+  CHECK(c.failure()->code == "XX000");
+}
+
+TEST_CASE("the same notice from every shard reaches the client once", "[combiner]") {
+  executor::Combiner c(2, names(2));
+  auto types = run(c, {{notice(), complete("DO"), ready()}, {notice(), complete("DO"), ready()}});
+  CHECK(types == "NC");
+}
+
+TEST_CASE("a lost shard fails the statement, or is left out of a partial answer", "[combiner]") {
+  const auto desc = row_description({{"id", merge::oid::kInt4}});
+  SECTION("strict") {
+    executor::Combiner c(2, names(2));
+    run(c, {{desc, data_row({"1"}), complete("SELECT 1"), ready()}, {desc, std::nullopt}});
+    REQUIRE(c.failure());
+    CHECK(c.failure()->code == "08006");
+    CHECK(c.failure()->message == "shard s1 connection lost");
+  }
+  SECTION("partial") {
+    auto o = names(2);
+    o.partial = true;
+    executor::Combiner c(2, o);
+    std::vector<std::string> rows;
+    run(c, {{desc, data_row({"1"}), complete("SELECT 1"), ready()}, {desc, std::nullopt}}, &rows);
+    CHECK_FALSE(c.failure());
+    CHECK(c.missing() == std::vector<std::string>{"s1"});
+    CHECK(rows == std::vector<std::string>{"1", "tag:SELECT 1"});
+  }
+}
+
+TEST_CASE("Execute's row limit cuts the rows and suspends the portal", "[combiner]") {
+  auto o = names(2);
+  o.max_rows = 2;
+  executor::Combiner c(2, o);
+  auto types = run(c, {{data_row({"1"}), data_row({"2"}), complete("SELECT 2"), ready()},
+                       {data_row({"3"}), complete("SELECT 1"), ready()}});
+  CHECK(types == "DDs");
+}
+
+TEST_CASE("an ORDER BY LIMIT merge asks for the rows it needs and stops reading", "[combiner]") {
+  merge::MergePlan plan;
+  plan.order.push_back({.column = 0});
+  merge::Collation collation;
+  auto o = names(2);
+  o.plan = &plan;
+  o.collation = &collation;
+  o.limit = 3;
+  executor::Combiner c(2, o);
+  const auto desc = row_description({{"k", merge::oid::kInt4}});
+  std::vector<std::string> rows;
+  auto types = run(
+      c,
+      {{desc, data_row({"1"}), data_row({"4"}), data_row({"5"}), data_row({"6"}),
+        complete("SELECT 4"), ready()},
+       {desc, data_row({"2"}), data_row({"3"}), data_row({"7"}), complete("SELECT 3"), ready()}},
+      &rows);
+  CHECK(types == "TDDDC");
+  CHECK(rows == std::vector<std::string>{"1", "2", "3", "tag:SELECT 3"});
+}
+
+TEST_CASE("a RowDescription pgshard asked for feeds the merge but not the client", "[combiner]") {
+  merge::MergePlan plan;
+  merge::Collation collation;
+  auto o = names(2);
+  o.plan = &plan;
+  o.collation = &collation;
+  executor::Combiner c(2, o);
+  const auto desc = row_description({{"k", merge::oid::kInt4}});
+  for (int i; (i = c.wants()) >= 0;) {
+    static std::vector<std::deque<std::string>> shards = {
+        {desc, data_row({"1"}), complete("SELECT 1"), ready()},
+        {desc, complete("SELECT 0"), ready()}};
+    auto& q = shards[static_cast<std::size_t>(i)];
+    auto m = q.front();
+    q.pop_front();
+    auto d = proto::decode_frame(m);
+    c.add(i, d.frame, m, d.frame.type == msg::kRowDescription);
+  }
+  auto d = proto::decode_frame(c.out());
+  REQUIRE(d.status == proto::DecodeStatus::kFrame);
+  CHECK(d.frame.type == msg::kDataRow);
+}
