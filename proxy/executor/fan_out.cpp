@@ -66,18 +66,18 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
   const auto& begin = txn_.deferred_begin();
-  const bool fresh_read_committed = !active_ && txn_.deferred() && !route.write && !route.ddl &&
-                                    !router::icontains(begin, "serializable") &&
+  const bool fresh_read_committed = !backends_.active && txn_.deferred() && !route.write &&
+                                    !route.ddl && !router::icontains(begin, "serializable") &&
                                     !router::icontains(begin, "repeatable") &&
                                     !router::icontains(begin, "snapshot");
   // Inside a transaction on a shard, the statement runs in that transaction on every shard
   // it needs: shards already in it lend their servers, others join (two-phase commit).
   const bool in_txn = transaction_status() != 'I' && !fresh_read_committed;
   // BEGIN still pgshard's (REPEATABLE READ, or a write first): every shard joins now.
-  const bool opens_txn = in_txn && !active_ && txn_.deferred();
+  const bool opens_txn = in_txn && !backends_.active && txn_.deferred();
   if (in_txn && !opens_txn &&
-      (!active_ || active_->lease->status != 'T' || txn_.failed() || txn_.savepoints() ||
-       route.ddl)) {
+      (!backends_.active || backends_.active->lease->status != 'T' || txn_.failed() ||
+       txn_.savepoints() || route.ddl)) {
     refuse("statement needs shards " + names + " inside this transaction (" +
                (route.ddl           ? std::string("DDL")
                 : txn_.savepoints() ? std::string("it has savepoints")
@@ -112,7 +112,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     co_await run_ddl(route);
     co_return;
   }
-  if (active_ && !session_pooled() && !in_txn) release(active_);
+  if (backends_.active && !session_pooled() && !in_txn) release(backends_.active);
 
   // ---- the request each shard gets ----
   std::string request;  // the same for every shard, unless the INSERT was split
@@ -153,7 +153,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     std::vector<Leg>& legs;
     ~GiveBack() {
       for (auto& leg : legs)
-        if (leg.link) session->give_back(leg.link);
+        if (leg.link) session->backends_.give_back(leg.link);
     }
   } give_back_guard{this, legs};
   for (int shard : jobs) {
@@ -161,19 +161,19 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     leg.shard = shard;
     if (in_txn) {
       std::shared_ptr<Link> link;
-      if (active_ && active_->shard == shard) {
-        link = active_;
-      } else if (auto it = txn_links_.find(shard); it != txn_links_.end()) {
-        link = it->second;
+      if (backends_.active && backends_.active->shard == shard) {
+        link = backends_.active;
+      } else if (auto participant = backends_.participant(shard)) {
+        link = std::move(participant);
       } else {
         // A new participant, opened the way the client opened the transaction.
-        auto saved = active_;
-        active_.reset();
+        auto saved = backends_.active;
+        backends_.active.reset();
         const bool attached = co_await attach(shard);  // answers the client on failure
-        link = active_;
-        active_ = saved;
+        link = backends_.active;
+        backends_.active = saved;
         if (!attached) co_return;
-        txn_links_[shard] = link;
+        backends_.add_participant(link);
         txn_.joined();
         if (!link->prelude.empty()) {
           std::string prelude = std::move(link->prelude);
@@ -191,7 +191,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
           co_return;
         }
       }
-      co_await borrow(link);
+      co_await backends_.borrow(link);
       leg.link = link;
       leg.conn = &*link->lease;
       legs.push_back(std::move(leg));
@@ -212,11 +212,8 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     leg.conn = &*leg.lease;
     legs.push_back(std::move(leg));
   }
-  if (opens_txn && !active_ && !txn_links_.empty()) {
-    // One participant takes the client's next statements; the others wait for COMMIT.
-    active_ = txn_links_.begin()->second;
-    txn_links_.erase(txn_links_.begin());
-  }
+  // One participant takes the client's next statements; the others wait for COMMIT.
+  if (opens_txn) backends_.promote();
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
   if (plan && !legs.empty()) {
@@ -572,7 +569,7 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
-  if (active_ && !session_pooled()) release(active_);
+  if (backends_.active && !session_pooled()) release(backends_.active);
   std::string out;
   std::vector<std::string> applied;
   std::string first_tag;

@@ -41,7 +41,7 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
                      "COPY into a sharded table inside a transaction is not supported yet"));
     co_return;
   }
-  if (active_ && !session_pooled()) release(active_);
+  if (backends_.active && !session_pooled()) release(backends_.active);
   const auto& spec = *route.copy_in;
   const auto& table = config_.sharded_tables[static_cast<std::size_t>(route.copy_table)];
   std::vector<pool::Lease> leases;

@@ -114,8 +114,8 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
       config_(worker.config()),
       stream_(std::move(socket)),
       id_(id),
+      backends_(worker.executor()),
       drained_(worker.executor()),
-      borrow_done_(worker.executor()),
       client_write_done_(worker.executor()),
       server_write_done_(worker.executor()),
       idle_timer_(worker.executor()) {
@@ -529,10 +529,7 @@ awaitable<bool> Session::welcome() {
   key_ = server::CancelRegistry::instance().add(worker_.executor(), [weak] {
     auto s = weak.lock();
     if (!s) return;
-    std::vector<std::shared_ptr<Link>> links;
-    if (s->active_) links.push_back(s->active_);
-    for (auto& [shard, l] : s->kept_) links.push_back(l);
-    for (auto& l : links) {
+    for (auto& l : s->backends_.all()) {
       if (!l->lease) continue;
       const auto& t = l->lease->target();
       spdlog::info("{}: cancel request forwarded to shard {}", s->prefix(), t.shard_name);
@@ -675,8 +672,8 @@ awaitable<void> Session::copy_violation(char type) {
   // the split COPY (copy_in_split) has already failed its shards.
   spdlog::info("{}: protocol violation: message type {} during COPY from stdin", prefix(),
                int(static_cast<unsigned char>(type)));
-  const bool relayed = copy_in_ && active_ && active_->lease;
-  if (relayed) active_->lease->broken = true;
+  const bool relayed = copy_in_ && backends_.active && backends_.active->lease;
+  if (relayed) backends_.active->lease->broken = true;
   char hex[8];
   std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(type));
   std::string out;
@@ -691,13 +688,13 @@ awaitable<void> Session::copy_violation(char type) {
   stream_.close();
   if (relayed) {
     error_code ignored;
-    active_->lease->socket().cancel(ignored);
+    backends_.active->lease->socket().cancel(ignored);
   }
 }
 
 awaitable<void> Session::handle_request(char boundary) {
   std::string out;
-  if (discard_until_sync_ && !active_) {
+  if (discard_until_sync_ && !backends_.active) {
     // After pgshard itself failed an extended request, skip to Sync as PostgreSQL does.
     if (boundary == proto::msg::kSync) {
       discard_until_sync_ = false;
@@ -712,16 +709,16 @@ awaitable<void> Session::handle_request(char boundary) {
     if (pending_.empty()) co_return;
   }
 
-  if (!active_ && boundary == proto::msg::kSync && pending_.size() == 5) {
+  if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
     pending_.clear();
     co_await write_client(proto::ready_for_query(transaction_status()));
     co_return;
   }
 
-  int target = active_ ? active_->shard : 0;
+  int target = backends_.active ? backends_.active->shard : 0;
   // Mid-batch (extended messages sent without Sync) the batch stays where it started.
-  if (!(open_extended_ && active_)) {
+  if (!(open_extended_ && backends_.active)) {
     bool simple = false;
     router::Route route = route_batch(&simple);
     // Directory-placed keys not cached yet: look them up, then route again.
@@ -789,7 +786,7 @@ awaitable<void> Session::handle_request(char boundary) {
       }
       return executes == 1;
     };
-    if (!active_ && route.txn != router::TxnControl::kNone &&
+    if (!backends_.active && route.txn != router::TxnControl::kNone &&
         route.txn != router::TxnControl::kSavepoint &&
         (route.txn == router::TxnControl::kBegin
              ? txn_.state() == txn::State::kIdle && transaction_status() == 'I'
@@ -837,7 +834,7 @@ awaitable<void> Session::handle_request(char boundary) {
     if (route.txn == router::TxnControl::kSavepoint) {
       // A savepoint covers the shards the transaction uses when it is taken; a shard that
       // joins later would not roll back to it, so savepoints stay on one shard.
-      if (!txn_links_.empty()) {
+      if (backends_.participant_count() > 0) {
         const auto e =
             proto::error(sqlstate::kFeatureNotSupported,
                          "savepoints in a transaction that uses several shards are not supported",
@@ -864,46 +861,41 @@ awaitable<void> Session::handle_request(char boundary) {
   }
 
   bool joins_transaction = false;
-  if (active_ && active_->shard != target) {
+  if (backends_.active && backends_.active->shard != target) {
     if (!co_await drain()) co_return;
-    if (active_ && active_->lease->status == 'E') {
+    if (backends_.active && backends_.active->lease->status == 'E') {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
-      target = active_->shard;
-    } else if (active_ && active_->lease->status == 'T' && txn_.savepoints()) {
-      const auto e = proto::error(
-          sqlstate::kFeatureNotSupported,
-          "this transaction has savepoints on shard " + config_.shards[active_->shard].name +
-              " and the statement needs shard " + config_.shards[target].name,
-          {}, "keep a transaction with savepoints on one shard");
+      target = backends_.active->shard;
+    } else if (backends_.active && backends_.active->lease->status == 'T' && txn_.savepoints()) {
+      const auto e =
+          proto::error(sqlstate::kFeatureNotSupported,
+                       "this transaction has savepoints on shard " +
+                           config_.shards[backends_.active->shard].name +
+                           " and the statement needs shard " + config_.shards[target].name,
+                       {}, "keep a transaction with savepoints on one shard");
       co_await refuse_request(e, boundary);
       co_return;
-    } else if (active_ && active_->lease->status == 'T') {
+    } else if (backends_.active && backends_.active->lease->status == 'T') {
       // The transaction spreads to another shard: this server waits for the commit.
-      auto link = std::move(active_);
-      txn_links_[link->shard] = link;
       txn_.joined();
-      if (auto it = txn_links_.find(target); it != txn_links_.end()) {
-        active_ = it->second;
-        txn_links_.erase(it);
-      } else {
-        joins_transaction = true;
-      }
-    } else if (active_) {
+      joins_transaction = !backends_.move_to(target);
+    } else if (backends_.active) {
       // Transaction pooling: the server goes back; session pooling: keep it for later.
-      auto link = std::move(active_);
+      auto link = std::move(backends_.active);
+      backends_.active.reset();
       if (session_pooled()) {
-        kept_[link->shard] = link;
+        backends_.keep(link);
       } else {
         link->closing = false;
         release(link);
       }
     }
   }
-  if (!active_ && !co_await attach(target)) {
+  if (!backends_.active && !co_await attach(target)) {
     pending_.clear();
     co_return;
   }
-  auto link = active_;
+  auto link = backends_.active;
   auto& replies = link->lease->replies;
   using Owner = pool::Replies::Owner;
   if (joins_transaction) {
@@ -982,7 +974,7 @@ router::Route Session::route_batch(bool* simple) {
   ctx.reasons = spdlog::should_log(spdlog::level::debug);
   ctx.directory = &worker_.directory();
   ctx.round_robin = &round_robin_;
-  if (active_) ctx.attached = active_->shard;
+  if (backends_.active) ctx.attached = backends_.active->shard;
   std::optional<router::Route> route;
   std::string_view described;  // a statement described without being bound
   std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
@@ -1073,8 +1065,8 @@ router::Route Session::route_batch(bool* simple) {
 }
 
 awaitable<void> Session::flush_copy() {
-  if (active_) {
-    auto link = active_;
+  if (backends_.active) {
+    auto link = backends_.active;
     co_await write_server(link, pending_);
   }
   pending_.clear();
@@ -1093,7 +1085,7 @@ awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::st
   }
   // The answer may have been relayed while this write was completing: let the reader
   // hand the server back now.
-  if (link == active_ && can_detach(*link)) {
+  if (link == backends_.active && can_detach(*link)) {
     error_code ignored;
     link->lease->socket().cancel(ignored);
   }
@@ -1116,9 +1108,8 @@ awaitable<bool> Session::run_own(pool::ServerConn& conn, std::string_view sql,
 }
 
 awaitable<bool> Session::attach(int shard) {
-  if (auto it = kept_.find(shard); it != kept_.end()) {
-    active_ = it->second;
-    kept_.erase(it);
+  if (auto kept = backends_.take_kept(shard)) {
+    backends_.active = std::move(kept);
     co_return true;
   }
   auto& pool = worker_.pool(shard, *user_);
@@ -1136,7 +1127,7 @@ awaitable<bool> Session::attach(int shard) {
   link->lease = std::move(std::get<pool::Lease>(got));
   link->shard = shard;
   link->prelude = sync_prelude(*link->lease);
-  active_ = link;
+  backends_.active = link;
   auto self = shared_from_this();
   asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
   co_return true;
@@ -1176,29 +1167,19 @@ bool Session::idle() const {
 }
 
 int Session::owed() const {
-  return active_ && active_->lease ? active_->lease->replies.client_owed() : 0;
+  return backends_.active && backends_.active->lease
+             ? backends_.active->lease->replies.client_owed()
+             : 0;
 }
 
 char Session::transaction_status() const {
-  return txn_.status(active_ && active_->lease ? active_->lease->status : proto::txn_status::kIdle);
+  return txn_.status(backends_.active && backends_.active->lease ? backends_.active->lease->status
+                                                                 : proto::txn_status::kIdle);
 }
 
 void Session::release(std::shared_ptr<Link> link) {
-  // By value: callers pass active_, which this resets.
-  if (!link) return;
-  // A server that still owes the client replies is never handed to anyone else.
-  if (link == active_ && link->lease && (!link->lease->replies.empty() || open_extended_))
-    link->lease->broken = true;
-  if (link->done) return;
-  link->done = true;
-  if (active_ == link) active_.reset();
-  auto it = kept_.find(link->shard);
-  if (it != kept_.end() && it->second == link) kept_.erase(it);
-  // Wake the reader so it returns the connection.
-  if (link->lease) {
-    error_code ignored;
-    link->lease->socket().cancel(ignored);
-  }
+  // By value: callers pass the active link, which this resets.
+  backends_.release(link, link == backends_.active && open_extended_);
 }
 
 void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
@@ -1214,9 +1195,9 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   // a fresh server inside it (its next statements would run in autocommit and COMMIT would
   // report success for writes that were lost). It fails until the client ends it.
   bool in_txn = link->lease->status != 'I';
-  for (const auto& [s, l] : txn_links_) in_txn = in_txn || l == link;
-  const int owed_client = link == active_ ? conn.replies.client_owed() : 0;
-  const bool tell_now = link == active_ && (owed_client > 0 || open_extended_);
+  in_txn = in_txn || backends_.is_participant(*link);
+  const int owed_client = link == backends_.active ? conn.replies.client_owed() : 0;
+  const bool tell_now = link == backends_.active && (owed_client > 0 || open_extended_);
   if (in_txn) txn_.lose(message + "; the transaction was rolled back", tell_now);
   if (tell_now) {
     proto::write_error(
@@ -1243,10 +1224,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     if (link->done) break;
     if (link->borrowed) {
       // A multi-shard statement is using this server: wait until it is given back.
-      link->parked = true;
-      borrow_done_.notify_all();
-      while (link->borrowed && !link->done) co_await borrow_done_.wait();
-      link->parked = false;
+      co_await backends_.park(*link);
       continue;
     }
     {
@@ -1256,7 +1234,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       conn.rbuf.commit(n);
       if (ec == asio::error::operation_aborted && !conn.broken) {
         if (link->done) break;
-        if (link == active_ && can_detach(*link)) {
+        if (link == backends_.active && can_detach(*link)) {
           release(link);
           break;
         }
@@ -1370,7 +1348,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       drained_.notify_all();
     }
     if (link->closing && conn.replies.empty()) break;
-    if (link == active_ && can_detach(*link)) {
+    if (link == backends_.active && can_detach(*link)) {
       release(link);
       break;
     }
@@ -1380,11 +1358,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
   if (!link->done) {
     link->done = true;
-    if (active_ == link) {
-      active_.reset();
-      open_extended_ = false;
-    }
-    if (auto it = kept_.find(link->shard); it != kept_.end() && it->second == link) kept_.erase(it);
+    if (backends_.forget(*link)) open_extended_ = false;
   }
   link->lease.release();
   drained_.notify_all();
@@ -1465,22 +1439,10 @@ const std::vector<int32_t>& Session::stored_types(std::string_view name) const {
   return it == statement_types_.end() ? kNone : it->second;
 }
 
-awaitable<void> Session::borrow(const std::shared_ptr<Link>& link) {
-  Waiting waiting(*this, "a relay to park (borrow)");
-  link->borrowed = true;
-  error_code ignored;
-  link->lease->socket().cancel(ignored);  // the relay's pending read ends; it parks
-  while (!link->parked && !link->done) co_await borrow_done_.wait();
-}
-
-void Session::give_back(const std::shared_ptr<Link>& link) {
-  link->borrowed = false;
-  borrow_done_.notify_all();
-}
-
 awaitable<bool> Session::drain() {
   auto busy = [&] {
-    return active_ && active_->lease && (!active_->lease->replies.empty() || open_extended_);
+    return backends_.active && backends_.active->lease &&
+           (!backends_.active->lease->replies.empty() || open_extended_);
   };
   if (!busy()) co_return !client_gone_;
   if (client_gone_) co_return false;
@@ -1501,11 +1463,7 @@ awaitable<bool> Session::drain() {
 awaitable<void> Session::finish() {
   state_ = State::kClosing;
   client_gone_ = true;
-  std::vector<std::shared_ptr<Link>> links;
-  if (active_) links.push_back(active_);
-  for (auto& [s, l] : kept_) links.push_back(l);
-  for (auto& [s, l] : txn_links_) links.push_back(l);
-  for (auto& link : links) {
+  for (auto& link : backends_.all()) {
     if (link->done || !link->lease) continue;
     auto& conn = *link->lease;
     if (conn.status != 'I' || !conn.replies.empty() || open_extended_) {
@@ -1561,20 +1519,19 @@ std::string Session::describe() const {
   std::string out = prefix() + ": " + to_string(state_) + ", waiting on " + waiting_on_ +
                     ", in flight " + std::to_string(owed()) +
                     (open_extended_ ? ", open batch" : "") + ", txn " + transaction_status();
-  if (active_ && active_->lease)
-    out += ", server S-" + std::to_string(active_->lease->id()) + " (" +
-           config_.shards[static_cast<std::size_t>(active_->shard)].name + ", " +
-           active_->lease->status + ")";
-  out += ", kept " + std::to_string(kept_.size()) + ", txn servers " +
-         std::to_string(txn_links_.size());
+  if (backends_.active && backends_.active->lease)
+    out += ", server S-" + std::to_string(backends_.active->lease->id()) + " (" +
+           config_.shards[static_cast<std::size_t>(backends_.active->shard)].name + ", " +
+           backends_.active->lease->status + ")";
+  out += ", kept " + std::to_string(backends_.kept_count()) + ", txn servers " +
+         std::to_string(backends_.participant_count());
   return out;
 }
 
 void Session::force_close() {
   stream_.close();
-  if (active_ && active_->lease) active_->lease->close();
-  for (auto& [s, l] : kept_)
-    if (l->lease) l->lease->close();
+  for (auto& link : backends_.all())
+    if (link->lease) link->lease->close();
 }
 
 }  // namespace pgshard::session

@@ -15,6 +15,7 @@
 #include "protocol/startup.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/merge/value.hpp"
+#include "proxy/pool/backends.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/router.hpp"
 #include "proxy/server/cancel.hpp"
@@ -28,17 +29,7 @@ class Worker;
 
 namespace pgshard::session {
 
-// A server connection attached to this session, with the reader coroutine relaying it.
-// What the server still owes, and what to do with each reply, is its lease's `replies`.
-struct Link {
-  pool::Lease lease;
-  int shard = 0;
-  bool closing = false;   // the session is ending: reset or drop this server when idle
-  bool done = false;      // the reader has returned the connection
-  std::string prelude;    // pgshard's statements to send ahead of the next request
-  bool borrowed = false;  // a multi-shard statement is using the server (see borrow)
-  bool parked = false;    // the relay is waiting for it to come back
-};
+using pool::Link;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
@@ -104,10 +95,6 @@ class Session : public std::enable_shared_from_this<Session> {
                           std::function<void(std::string_view row)> on_row = {});
   // Replies the client still waits for from the active server (Query/Sync/FunctionCall).
   int owed() const;
-  // Takes a transaction participant's server away from its relay (server_loop parks) for
-  // a multi-shard statement, and gives it back.
-  awaitable<void> borrow(const std::shared_ptr<Link>& link);
-  void give_back(const std::shared_ptr<Link>& link);
   // While pgshard waits on shards for a multi-shard statement nobody reads the client:
   // the watch does (what arrives is kept in in_, up to a bound) so that a client that
   // leaves is noticed at once, and `on_gone` stops the shards' work.
@@ -204,10 +191,7 @@ class Session : public std::enable_shared_from_this<Session> {
   uint64_t round_robin_ = 0;
   server::CancelKey key_;
 
-  std::shared_ptr<Link> active_;               // where requests go now
-  std::map<int, std::shared_ptr<Link>> kept_;  // session mode: other shards' servers
-  // The other shards' servers of a transaction that uses several shards (active_ is one).
-  std::map<int, std::shared_ptr<Link>> txn_links_;
+  pool::Backends backends_;     // this client's servers; backends_.active takes its requests
   bool open_extended_ = false;  // extended messages sent after the last Sync
   bool writing_server_ = false;
   bool client_writing_ = false;
@@ -222,7 +206,6 @@ class Session : public std::enable_shared_from_this<Session> {
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
   Event drained_;
-  Event borrow_done_;
   Event client_write_done_;
   Event server_write_done_;
   asio::steady_timer idle_timer_;

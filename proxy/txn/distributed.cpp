@@ -1,7 +1,7 @@
-// Transactions that use several shards: each shard's server holds its part (txn_links_ and
-// active_), and COMMIT runs two-phase commit — PREPARE TRANSACTION everywhere, the decision
-// fsynced to the log, COMMIT PREPARED everywhere. A failure before the decision rolls every
-// participant back; after it, recovery (recovery.cpp) finishes the commit. Session members.
+// Transactions that use several shards: each shard's server holds its part (the client's
+// backends_.active), and COMMIT runs two-phase commit — PREPARE TRANSACTION everywhere, the
+// decision fsynced to the log, COMMIT PREPARED everywhere. A failure before the decision rolls
+// every participant back; after it, recovery (recovery.cpp) finishes the commit. Session members.
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
@@ -29,11 +29,8 @@ awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::
 
 awaitable<void> Session::finish_distributed(bool commit, bool simple) {
   if (!co_await drain()) co_return;
-  std::vector<std::shared_ptr<Link>> parts;
-  for (auto& [shard, link] : txn_links_) parts.push_back(link);
-  if (active_) parts.push_back(active_);
-  txn_links_.clear();
-  active_.reset();  // nothing is handed back while pgshard finishes the transaction
+  // Nothing is handed back while pgshard finishes the transaction.
+  std::vector<std::shared_ptr<Link>> parts = backends_.take_participants();
   auto& shared = worker_.shared();
   std::string tag = commit ? "COMMIT" : "ROLLBACK";
   std::optional<proto::ErrorInfo> error;
@@ -150,7 +147,7 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
       if (p->lease) p->lease->broken = true;
       release(p);
     } else if (session_pooled()) {
-      kept_[p->shard] = p;
+      backends_.keep(p);
     } else {
       release(p);
     }

@@ -1,0 +1,111 @@
+#include "proxy/pool/backends.hpp"
+
+namespace pgshard::pool {
+
+std::vector<std::shared_ptr<Link>> Backends::all() const {
+  std::vector<std::shared_ptr<Link>> links;
+  if (active) links.push_back(active);
+  for (const auto& [s, l] : kept_) links.push_back(l);
+  for (const auto& [s, l] : participants_) links.push_back(l);
+  return links;
+}
+
+void Backends::keep(std::shared_ptr<Link> link) {
+  const int shard = link->shard;
+  kept_[shard] = std::move(link);
+}
+
+std::shared_ptr<Link> Backends::take_kept(int shard) {
+  auto it = kept_.find(shard);
+  if (it == kept_.end()) return nullptr;
+  auto link = std::move(it->second);
+  kept_.erase(it);
+  return link;
+}
+
+bool Backends::is_participant(const Link& link) const {
+  auto it = participants_.find(link.shard);
+  return it != participants_.end() && it->second.get() == &link;
+}
+
+std::shared_ptr<Link> Backends::participant(int shard) const {
+  auto it = participants_.find(shard);
+  return it == participants_.end() ? nullptr : it->second;
+}
+
+void Backends::add_participant(std::shared_ptr<Link> link) {
+  const int shard = link->shard;
+  participants_[shard] = std::move(link);
+}
+
+bool Backends::move_to(int shard) {
+  if (active) add_participant(std::move(active));
+  active.reset();
+  auto it = participants_.find(shard);
+  if (it == participants_.end()) return false;
+  active = std::move(it->second);
+  participants_.erase(it);
+  return true;
+}
+
+void Backends::promote() {
+  if (active || participants_.empty()) return;
+  active = std::move(participants_.begin()->second);
+  participants_.erase(participants_.begin());
+}
+
+std::vector<std::shared_ptr<Link>> Backends::take_participants() {
+  std::vector<std::shared_ptr<Link>> parts;
+  for (auto& [shard, link] : participants_) parts.push_back(std::move(link));
+  participants_.clear();
+  if (active) parts.push_back(std::move(active));
+  active.reset();
+  return parts;
+}
+
+bool Backends::forget(const Link& link) {
+  if (auto it = kept_.find(link.shard); it != kept_.end() && it->second.get() == &link)
+    kept_.erase(it);
+  if (auto it = participants_.find(link.shard);
+      it != participants_.end() && it->second.get() == &link)
+    participants_.erase(it);
+  if (active.get() != &link) return false;
+  active.reset();
+  return true;
+}
+
+void Backends::release(const std::shared_ptr<Link>& link, bool owes) {
+  if (!link) return;
+  // A server that still owes the client replies is never handed to anyone else.
+  if (link->lease && (owes || !link->lease->replies.empty())) link->lease->broken = true;
+  if (link->done) return;
+  link->done = true;
+  auto keep_alive = link;  // `link` may be `active`, which forget() resets
+  forget(*keep_alive);
+  // Wake the relay so it returns the connection.
+  if (keep_alive->lease) {
+    error_code ignored;
+    keep_alive->lease->socket().cancel(ignored);
+  }
+}
+
+awaitable<void> Backends::borrow(const std::shared_ptr<Link>& link) {
+  link->borrowed = true;
+  error_code ignored;
+  link->lease->socket().cancel(ignored);  // the relay's pending read ends; it parks
+  while (!link->parked && !link->done) co_await borrow_done_.wait();
+}
+
+void Backends::give_back(const std::shared_ptr<Link>& link) {
+  link->borrowed = false;
+  borrow_done_.notify_all();
+}
+
+awaitable<void> Backends::park(Link& link) {
+  link.parked = true;
+  borrow_done_.notify_all();
+  while (link.borrowed && !link.done) co_await borrow_done_.wait();
+  link.parked = false;
+}
+
+}  // namespace pgshard::pool
