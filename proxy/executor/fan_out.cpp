@@ -10,20 +10,17 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/executor/combiner.hpp"
+#include "proxy/executor/executor.hpp"
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/server/cancel.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/session/params.hpp"
-#include "proxy/session/read_replies.hpp"
-#include "proxy/session/session.hpp"
 
-namespace pgshard::session {
+namespace pgshard::executor {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
-using executor::CombineOptions;
-using executor::Combiner;
 
 namespace {
 
@@ -34,7 +31,7 @@ constexpr std::size_t kClientFlush = 256 * 1024;
 struct Leg {
   int shard = 0;
   pool::Lease lease;                 // a server of its own, or
-  std::shared_ptr<Link> link;        // a transaction participant's, borrowed
+  std::shared_ptr<pool::Link> link;  // a transaction participant's, borrowed
   pool::ServerConn* conn = nullptr;  // whichever it is
   bool failed = false;               // lost, timed out, or never connected
   bool timed_out = false;
@@ -45,74 +42,85 @@ struct Leg {
 
 }  // namespace
 
-awaitable<void> Session::fan_out(const router::Route& route, bool simple, char boundary) {
-  if (!co_await drain()) co_return;
-  Waiting waiting(*this, "shards (fan-out)");
+// The shards' version of an extended-protocol batch; false after writing a refusal to
+// `out`.
+static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
+                           std::string& request, pool::Replies& expected,
+                           std::optional<int64_t>& limit, std::optional<int64_t>& offset,
+                           int32_t& max_rows, std::string& out, const std::string& names);
+// The shards' text collation, read once per worker.
+static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
+                                                          std::string* error);
+
+awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary) {
+  if (!co_await c.drain()) co_return;
+  Waiting waiting(c, "shards (fan-out)");
   std::string out;
   std::string names;
-  for (int s : route.shards) names += (names.empty() ? "" : ", ") + config_.shards[s].name;
+  for (int s : route.shards) names += (names.empty() ? "" : ", ") + c.config().shards[s].name;
   // (Not a coroutine: GCC 12 mishandles temporaries in co_await arguments.)
   auto refuse = [&](std::string message, std::string hint) {
     proto::write_error(
         out, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
     if (boundary == proto::msg::kFlush)
-      discard_until_sync_ = true;
+      c.skip_to_sync();
     else
-      out += proto::ready_for_query(transaction_status());
+      out += proto::ready_for_query(c.transaction_status());
   };
   const merge::MergePlan* plan =
       route.merge && route.merge_blocker.empty() ? route.merge.get() : nullptr;
   // A read in a transaction that has not touched a shard yet (BEGIN is still pgshard's) at
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
-  const auto& begin = txn_.deferred_begin();
-  const bool fresh_read_committed = !backends_.active && txn_.deferred() && !route.write &&
-                                    !route.ddl && !router::icontains(begin, "serializable") &&
-                                    !router::icontains(begin, "repeatable") &&
-                                    !router::icontains(begin, "snapshot");
+  const auto& begin = c.transaction().deferred_begin();
+  const bool fresh_read_committed =
+      !c.backends().active && c.transaction().deferred() && !route.write && !route.ddl &&
+      !router::icontains(begin, "serializable") && !router::icontains(begin, "repeatable") &&
+      !router::icontains(begin, "snapshot");
   // Inside a transaction on a shard, the statement runs in that transaction on every shard
   // it needs: shards already in it lend their servers, others join (two-phase commit).
-  const bool in_txn = transaction_status() != 'I' && !fresh_read_committed;
+  const bool in_txn = c.transaction_status() != 'I' && !fresh_read_committed;
   // BEGIN still pgshard's (REPEATABLE READ, or a write first): every shard joins now.
-  const bool opens_txn = in_txn && !backends_.active && txn_.deferred();
+  const bool opens_txn = in_txn && !c.backends().active && c.transaction().deferred();
   if (in_txn && !opens_txn &&
-      (!backends_.active || backends_.active->lease->status != 'T' || txn_.failed() ||
-       txn_.savepoints() || route.ddl)) {
+      (!c.backends().active || c.backends().active->lease->status != 'T' ||
+       c.transaction().failed() || c.transaction().savepoints() || route.ddl)) {
     refuse("statement needs shards " + names + " inside this transaction (" +
-               (route.ddl           ? std::string("DDL")
-                : txn_.savepoints() ? std::string("it has savepoints")
-                                    : std::string("it has failed or has not started on a shard")) +
+               (route.ddl ? std::string("DDL")
+                : c.transaction().savepoints()
+                    ? std::string("it has savepoints")
+                    : std::string("it has failed or has not started on a shard")) +
                "); not supported",
            "run it outside the transaction, or add the shard key");
-    co_await write_client(out);
+    co_await c.write_client(out);
     co_return;
   }
   if (!route.write && !route.concat_safe && !plan) {
     std::string hint = "add the shard key to the WHERE clause so one shard answers";
     if (route.merge && !route.merge->hint.empty()) hint = route.merge->hint;
     refuse(route.merge_blocker + " across shards (" + names + ") is not supported", hint);
-    co_await write_client(out);
+    co_await c.write_client(out);
     co_return;
   }
   if (route.write && plan) {
     refuse("SELECT ... FOR UPDATE/SHARE with ORDER BY, LIMIT or aggregates across shards (" +
                names + ") is not supported",
            "lock the rows with a plain SELECT ... FOR UPDATE, or add the shard key");
-    co_await write_client(out);
+    co_await c.write_client(out);
     co_return;
   }
   if (!simple && boundary != proto::msg::kSync) {
     refuse("a statement that needs shards " + names +
                " must end its extended-protocol batch with Sync",
            "send Sync after Execute");
-    co_await write_client(out);
+    co_await c.write_client(out);
     co_return;
   }
   if (route.ddl) {
-    co_await run_ddl(route);
+    co_await run_ddl(c, route);
     co_return;
   }
-  if (backends_.active && !session_pooled() && !in_txn) release(backends_.active);
+  if (c.backends().active && !c.session_pooled() && !in_txn) c.release(c.backends().active);
 
   // ---- the request each shard gets ----
   std::string request;  // the same for every shard, unless the INSERT was split
@@ -124,21 +132,21 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     if (plan && !plan->shard_sql.empty())
       proto::Query{plan->shard_sql}.write(request);
     else
-      request = pending_;
+      request = c.request();
     expected.expect_batch(request, pool::Replies::Owner::kClient);
     if (plan) {
       limit = plan->limit.value;
       offset = plan->offset.value;
     }
   } else {
-    if (!build_extended(plan, {}, request, expected, limit, offset, max_rows, out, names)) {
-      co_await write_client(out);
+    if (!build_extended(c, plan, {}, request, expected, limit, offset, max_rows, out, names)) {
+      co_await c.write_client(out);
       co_return;
     }
   }
 
   // ---- connect every shard ----
-  const bool partial = !route.write && router::partial_results(hints_, config_, *user_);
+  const bool partial = !route.write && router::partial_results(c.hints(), c.config(), c.user());
   const bool atomic = route.write && !in_txn;  // in a transaction, its COMMIT decides
   std::vector<Leg> legs;
   std::vector<std::string> missing;  // shards left out of a partial answer
@@ -147,65 +155,66 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     jobs.clear();
     for (const auto& [shard, sql] : route.per_shard_sql) jobs.push_back(shard);
   }
-  if (opens_txn) txn_.take_deferred();  // every shard opens it as the client did
+  if (opens_txn) c.transaction().take_deferred();  // every shard opens it as the client did
   struct GiveBack {
-    Session* session;
+    Client& c;
     std::vector<Leg>& legs;
     ~GiveBack() {
       for (auto& leg : legs)
-        if (leg.link) session->backends_.give_back(leg.link);
+        if (leg.link) c.backends().give_back(leg.link);
     }
-  } give_back_guard{this, legs};
+  } give_back_guard{c, legs};
   for (int shard : jobs) {
     Leg leg;
     leg.shard = shard;
     if (in_txn) {
-      std::shared_ptr<Link> link;
-      if (backends_.active && backends_.active->shard == shard) {
-        link = backends_.active;
-      } else if (auto participant = backends_.participant(shard)) {
+      std::shared_ptr<pool::Link> link;
+      if (c.backends().active && c.backends().active->shard == shard) {
+        link = c.backends().active;
+      } else if (auto participant = c.backends().participant(shard)) {
         link = std::move(participant);
       } else {
         // A new participant, opened the way the client opened the transaction.
-        auto saved = backends_.active;
-        backends_.active.reset();
-        const bool attached = co_await attach(shard);  // answers the client on failure
-        link = backends_.active;
-        backends_.active = saved;
+        auto saved = c.backends().active;
+        c.backends().active.reset();
+        const bool attached = co_await c.attach(shard);  // answers the client on failure
+        link = c.backends().active;
+        c.backends().active = saved;
         if (!attached) co_return;
-        backends_.add_participant(link);
-        txn_.joined();
+        c.backends().add_participant(link);
+        c.transaction().joined();
         if (!link->prelude.empty()) {
           std::string prelude = std::move(link->prelude);
           link->prelude.clear();
-          co_await write_server(link, prelude);
+          co_await c.write_server(link, prelude);
         }
-        if (!co_await run_ours(link, txn_.begin_sql) || link->lease->replies.tag != "BEGIN") {
-          txn_.fail();
+        if (!co_await c.run_ours(link, c.transaction().begin_sql) ||
+            link->lease->replies.tag != "BEGIN") {
+          c.transaction().fail();
           proto::write_error(
               out, proto::error(sqlstate::kConnectionFailure,
                                 "could not open the transaction on shard " +
-                                    config_.shards[static_cast<std::size_t>(shard)].name));
-          out += proto::ready_for_query(transaction_status());
-          co_await write_client(out);
+                                    c.config().shards[static_cast<std::size_t>(shard)].name));
+          out += proto::ready_for_query(c.transaction_status());
+          co_await c.write_client(out);
           co_return;
         }
       }
-      co_await backends_.borrow(link);
+      co_await c.backends().borrow(link);
       leg.link = link;
       leg.conn = &*link->lease;
       legs.push_back(std::move(leg));
       continue;
     }
-    auto got = co_await worker_.pool(shard, *user_).acquire();
+    auto got = co_await c.worker().pool(shard, c.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       if (!partial) {
         proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
-        out += proto::ready_for_query(transaction_status());
-        co_await write_client(out);
+        out += proto::ready_for_query(c.transaction_status());
+        co_await c.write_client(out);
         co_return;
       }
-      missing.push_back(config_.shards[static_cast<std::size_t>(shard)].name);
+      missing.push_back(c.config().shards[static_cast<std::size_t>(shard)].name);
       continue;
     }
     leg.lease = std::move(std::get<pool::Lease>(got));
@@ -213,16 +222,16 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     legs.push_back(std::move(leg));
   }
   // One participant takes the client's next statements; the others wait for COMMIT.
-  if (opens_txn) backends_.promote();
+  if (opens_txn) c.backends().promote();
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
   if (plan && !legs.empty()) {
     std::string err;
-    collation = co_await shard_collation(*legs[0].conn, &err);
+    collation = co_await shard_collation(c, *legs[0].conn, &err);
     if (!collation) {
       proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported, err));
-      out += proto::ready_for_query(transaction_status());
-      co_await write_client(out);
+      out += proto::ready_for_query(c.transaction_status());
+      co_await c.write_client(out);
       co_return;
     }
   }
@@ -232,7 +241,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     auto& leg = legs[i];
     auto* lease = leg.conn;
     auto& replies = lease->replies;
-    std::string batch = sync_prelude(*lease);
+    std::string batch = c.sync_prelude(*lease);
     if (atomic) {
       proto::Query{"BEGIN"}.write(batch);
       replies.expect_ready(pool::Replies::Owner::kOwn);
@@ -244,7 +253,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       // Each shard's part of a split INSERT, in the client's extended batch.
       std::string mine;
       pool::Replies its;
-      build_extended(nullptr, route.per_shard_sql[i].second, mine, its, limit, offset, max_rows,
+      build_extended(c, nullptr, route.per_shard_sql[i].second, mine, its, limit, offset, max_rows,
                      out, names);
       replies.append(its);
       batch += mine;
@@ -260,33 +269,34 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   }
 
   // A CancelRequest from the client reaches every shard of the statement.
-  fan_out_servers_.clear();
-  for (auto& leg : legs) fan_out_servers_.push_back(leg.conn);
+  std::vector<pool::ServerConn*> running;
+  for (auto& leg : legs) running.push_back(leg.conn);
+  c.running_on(std::move(running));
   struct ClearOnExit {
-    std::vector<pool::ServerConn*>& v;
-    ~ClearOnExit() { v.clear(); }
-  } clear_servers{fan_out_servers_};
+    Client& c;
+    ~ClearOnExit() { c.running_on({}); }
+  } clear_servers{c};
 
   // A client that leaves stops the statement on every shard (cancelled, servers discarded)
   // instead of having pgshard read every shard to the end for nobody.
-  auto watch = std::make_shared<ClientWatch>(worker_.executor());
-  asio::co_spawn(worker_.executor(),
-                 watch_client(watch,
-                              [&legs] {
-                                for (auto& leg : legs)
-                                  if (!leg.done && !leg.failed) {
-                                    leg.abandoned = true;
-                                    leg.timed_out = true;  // check_legs cancels it on its shard
-                                    error_code ignored;
-                                    leg.conn->socket().cancel(ignored);
-                                  }
-                              }),
+  auto watch = std::make_shared<ClientWatch>(c.worker().executor());
+  asio::co_spawn(c.worker().executor(),
+                 c.watch_client(watch,
+                                [&legs] {
+                                  for (auto& leg : legs)
+                                    if (!leg.done && !leg.failed) {
+                                      leg.abandoned = true;
+                                      leg.timed_out = true;  // check_legs cancels it on its shard
+                                      error_code ignored;
+                                      leg.conn->socket().cancel(ignored);
+                                    }
+                                }),
                  asio::detached);
 
   // A shard that takes longer than timeouts.shard_statement is cancelled and left out.
   asio::steady_timer deadline(co_await asio::this_coro::executor);
-  if (config_.timeouts.shard_statement.count() > 0) {
-    deadline.expires_after(config_.timeouts.shard_statement);
+  if (c.config().timeouts.shard_statement.count() > 0) {
+    deadline.expires_after(c.config().timeouts.shard_statement);
     deadline.async_wait([&legs](error_code ec) {
       if (ec) return;  // cancelled: the statement finished in time
       for (auto& leg : legs)
@@ -308,7 +318,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   options.replicated = route.replicated;
   options.partial = partial;
   for (const auto& leg : legs)
-    options.shard_names.push_back(config_.shards[static_cast<std::size_t>(leg.shard)].name);
+    options.shard_names.push_back(c.config().shards[static_cast<std::size_t>(leg.shard)].name);
   Combiner combiner(static_cast<int>(legs.size()), std::move(options));
   combiner.out() = std::move(out);
   out.clear();
@@ -318,7 +328,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   auto next_reply = [&](Leg& leg, int i) -> awaitable<bool> {
     auto* conn = leg.conn;
     for (;;) {
-      auto d = proto::decode_frame(conn->rbuf.view(), config_.listen.max_message_size);
+      auto d = proto::decode_frame(conn->rbuf.view(), c.config().listen.max_message_size);
       if (d.status == proto::DecodeStatus::kError) co_return false;
       if (d.status == proto::DecodeStatus::kNeedMore) {
         // The client left while another shard was being read: this socket had no read
@@ -350,8 +360,8 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     leg.done = true;
     leg.conn->broken = true;
     if (leg.timed_out && leg.conn->pid()) {
-      const auto& shard = config_.shards[static_cast<std::size_t>(leg.shard)];
-      server::send_server_cancel(worker_.executor(), shard.primary.host, shard.primary.port,
+      const auto& shard = c.config().shards[static_cast<std::size_t>(leg.shard)];
+      server::send_server_cancel(c.worker().executor(), shard.primary.host, shard.primary.port,
                                  leg.conn->pid(), leg.conn->secret());
     }
   };
@@ -366,8 +376,8 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
       continue;
     }
     if (combiner.finished(i)) leg.done = true;
-    if (combiner.out().size() > kClientFlush && !client_gone_) {
-      co_await write_client(combiner.out());
+    if (combiner.out().size() > kClientFlush && !c.gone()) {
+      co_await c.write_client(combiner.out());
       combiner.out().clear();
     }
   }
@@ -378,7 +388,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   const bool error_sent = combiner.error_sent();
   missing.insert(missing.end(), combiner.missing().begin(), combiner.missing().end());
   deadline.cancel();
-  co_await stop_watch(*watch);
+  co_await c.stop_watch(*watch);
 
   // A statement pgshard failed itself: shards still mid-reply are not worth waiting for.
   for (auto& leg : legs)
@@ -391,9 +401,10 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     for (auto& leg : legs) {
       if (leg.conn->broken || leg.failed) continue;
       const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
-      const bool done = co_await run_own(*leg.conn, end_verb) && leg.conn->replies.tag == end_verb;
+      const bool done = co_await leg.conn->run_own(end_verb, c.config().listen.max_message_size) &&
+                        leg.conn->replies.tag == end_verb;
       if (!done) leg.conn->broken = true;
-      const auto& name = config_.shards[static_cast<std::size_t>(leg.shard)].name;
+      const auto& name = c.config().shards[static_cast<std::size_t>(leg.shard)].name;
       if (ok && done) committed.push_back(name);
       if (ok && !done && !failure) {
         std::string note;
@@ -408,7 +419,7 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
   }
   // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
   // ends), as one PostgreSQL would.
-  if (in_txn && (failure || error_sent)) txn_.fail();
+  if (in_txn && (failure || error_sent)) c.transaction().fail();
   if (failure) {
     proto::write_error(out, *failure);
   } else if (!missing.empty()) {
@@ -420,14 +431,14 @@ awaitable<void> Session::fan_out(const router::Route& route, bool simple, char b
     // The warning goes before the final ReadyForQuery (notices may come at any time).
     proto::write_notice(out, warning);
   }
-  out += proto::ready_for_query(transaction_status());
-  co_await write_client(out);
+  out += proto::ready_for_query(c.transaction_status());
+  co_await c.write_client(out);
 }
 
-bool Session::build_extended(const merge::MergePlan* plan, std::string_view override_sql,
-                             std::string& request, pool::Replies& expected,
-                             std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                             int32_t& max_rows, std::string& out, const std::string& names) {
+static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
+                           std::string& request, pool::Replies& expected,
+                           std::optional<int64_t>& limit, std::optional<int64_t>& offset,
+                           int32_t& max_rows, std::string& out, const std::string& names) {
   // The client's batch as the shards get it: statement names prefixed (and closed again
   // before Sync, so no shard keeps them), a Parse ahead of any Bind or Describe of a
   // statement this batch did not parse, and a Describe ahead of Execute so the merge knows
@@ -440,7 +451,7 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
   auto refuse = [&](std::string message, std::string hint) {
     proto::write_error(
         out, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
-    out += proto::ready_for_query(transaction_status());
+    out += proto::ready_for_query(c.transaction_status());
   };
   std::set<std::string, std::less<>> parsed;
   std::vector<std::string> fan_names;  // statements to close before Sync
@@ -451,20 +462,20 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
   auto shard_text = [&](std::string_view sql) -> std::string_view {
     if (!override_sql.empty()) return override_sql;
     if (plan && !plan->shard_sql.empty() &&
-        worker_.analysis_cache().get(sql, config_)->merge.get() == plan)
+        c.worker().analysis_cache().get(sql, c.config())->merge.get() == plan)
       return plan->shard_sql;
     return sql;
   };
   auto inject_parse = [&](std::string_view name) {
     if (parsed.contains(name)) return;
     const std::string renamed = shard_name(name);  // Parse holds views: keep the name alive
-    proto::Parse{renamed, shard_text(stored_text(name)), stored_types(name)}.write(request);
+    proto::Parse{renamed, shard_text(c.stored_text(name)), c.stored_types(name)}.write(request);
     expected.expect_parse(Owner::kClient, Action::kHide);
     parsed.insert(std::string(name));
     if (!name.empty()) fan_names.push_back(shard_name(name));
   };
   std::set<std::string, std::less<>> described_portals;
-  for (std::string_view rest = pending_; !rest.empty();) {
+  for (std::string_view rest = c.request(); !rest.empty();) {
     auto d = proto::decode_frame(rest);
     if (d.status != proto::DecodeStatus::kFrame) break;
     rest.remove_prefix(d.consumed);
@@ -565,11 +576,11 @@ bool Session::build_extended(const merge::MergePlan* plan, std::string_view over
   return true;
 }
 
-awaitable<void> Session::run_ddl(const router::Route& route) {
+awaitable<void> run_ddl(Client& c, const router::Route& route) {
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
-  if (backends_.active && !session_pooled()) release(backends_.active);
+  if (c.backends().active && !c.session_pooled()) c.release(c.backends().active);
   std::string out;
   std::vector<std::string> applied;
   std::string first_tag;
@@ -577,8 +588,8 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
   std::string failed_shard;
   std::set<std::string> notices_seen;
   for (int shard : route.shards) {
-    const auto& name = config_.shards[static_cast<std::size_t>(shard)].name;
-    auto got = co_await worker_.pool(shard, *user_).acquire();
+    const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
+    auto got = co_await c.worker().pool(shard, c.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       std::string e;
       proto::write_error(e, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
@@ -587,32 +598,34 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
       break;
     }
     auto lease = std::move(std::get<pool::Lease>(got));
-    std::string batch = sync_prelude(*lease);
-    batch += pending_;
-    lease->replies.expect_batch(pending_, pool::Replies::Owner::kClient);
+    std::string batch = c.sync_prelude(*lease);
+    batch += c.request();
+    lease->replies.expect_batch(c.request(), pool::Replies::Owner::kClient);
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
     std::string replies;
     bool failed = false;
-    bool ok = !ec && co_await read_replies(*lease, [&](const proto::Frame& f, std::string_view raw,
-                                                       pool::Replies::Verdict verdict) {
-      if (verdict == pool::Replies::Verdict::kHide) return false;
-      switch (f.type) {
-        case proto::msg::kErrorResponse:
-          failed = true;
-          error_frame = std::string(raw);
-          break;
-        case proto::msg::kNoticeResponse:
-          if (notices_seen.insert(std::string(raw)).second) out.append(raw);
-          break;
-        case proto::msg::kReadyForQuery:
-        case proto::msg::kParameterStatus:
-          break;
-        default:
-          // The first shard's replies stand for all (tags, ParseComplete...).
-          if (applied.empty()) replies.append(raw);
-      }
-      return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
-    });
+    bool ok = !ec &&
+              co_await lease->read_replies(
+                  c.config().listen.max_message_size,
+                  [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
+                    if (verdict == pool::Replies::Verdict::kHide) return false;
+                    switch (f.type) {
+                      case proto::msg::kErrorResponse:
+                        failed = true;
+                        error_frame = std::string(raw);
+                        break;
+                      case proto::msg::kNoticeResponse:
+                        if (notices_seen.insert(std::string(raw)).second) out.append(raw);
+                        break;
+                      case proto::msg::kReadyForQuery:
+                      case proto::msg::kParameterStatus:
+                        break;
+                      default:
+                        // The first shard's replies stand for all (tags, ParseComplete...).
+                        if (applied.empty()) replies.append(raw);
+                    }
+                    return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
+                  });
     if (!ok) {
       lease->broken = true;
       std::string e;
@@ -635,7 +648,7 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
     for (const auto& a : applied) applied_list += (applied_list.empty() ? "" : ", ") + a;
     bool after = false;
     for (int shard : route.shards) {
-      const auto& name = config_.shards[static_cast<std::size_t>(shard)].name;
+      const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
       if (name == failed_shard) after = true;
       if (after) pending_list += (pending_list.empty() ? "" : ", ") + name;
     }
@@ -651,17 +664,17 @@ awaitable<void> Session::run_ddl(const router::Route& route) {
   } else {
     out += first_tag;
   }
-  out += proto::ready_for_query(transaction_status());
-  co_await write_client(out);
+  out += proto::ready_for_query(c.transaction_status());
+  co_await c.write_client(out);
 }
 
-awaitable<const merge::Collation*> Session::shard_collation(pool::ServerConn& conn,
-                                                            std::string* error) {
-  if (const auto* c = worker_.collation()) co_return c;
+static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
+                                                          std::string* error) {
+  if (const auto* known = c.worker().collation()) co_return known;
   std::string name;
-  const bool ok = co_await run_own(
-      conn, "SELECT datcollate FROM pg_database WHERE datname = current_database()",
-      [&](std::string_view body) {
+  const bool ok = co_await conn.run_own(
+      "SELECT datcollate FROM pg_database WHERE datname = current_database()",
+      c.config().listen.max_message_size, [&](std::string_view body) {
         if (auto row = proto::DataRow::parse(body); row && !row->values.empty() && row->values[0])
           name = std::string(*row->values[0]);
       });
@@ -670,9 +683,10 @@ awaitable<const merge::Collation*> Session::shard_collation(pool::ServerConn& co
     *error = "could not read the shard's collation";
     co_return nullptr;
   }
-  const auto* c = worker_.set_collation(name);
-  if (!c) *error = "the shards' collation \"" + name + "\" is not available on the pgshard host";
-  co_return c;
+  const auto* opened = c.worker().set_collation(name);
+  if (!opened)
+    *error = "the shards' collation \"" + name + "\" is not available on the pgshard host";
+  co_return opened;
 }
 
-}  // namespace pgshard::session
+}  // namespace pgshard::executor

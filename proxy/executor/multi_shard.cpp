@@ -1,52 +1,64 @@
-// Multi-shard work of a session besides fan-out (fan_out.cpp): COPY FROM STDIN split by key,
-// answers pgshard gives itself in the extended protocol, and directory lookups. Members of
-// Session, kept apart from the single-shard relay in session.cpp.
+// Multi-shard work besides fan-out (fan_out.cpp): COPY FROM STDIN split by key, and
+// directory lookups.
 #include <spdlog/spdlog.h>
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/executor/copy_split.hpp"
+#include "proxy/executor/executor.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
-#include "proxy/session/copy_split.hpp"
 #include "proxy/session/params.hpp"
-#include "proxy/session/read_replies.hpp"
-#include "proxy/session/session.hpp"
 
-namespace pgshard::session {
+namespace pgshard::executor {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
+using session::quote_literal;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 16 * 1024;
+struct CopyOutcome {
+  bool client_ok = true;
+  std::optional<char> stray;  // a non-COPY message arrived mid-COPY
+  std::optional<protocol::ErrorInfo> error;
+};
 
 }  // namespace
 
-awaitable<void> Session::copy_in_split(const router::Route& route) {
+// Writes a COPY frame to a shard still in the COPY; false (and the server discarded) when
+// the write failed.
+static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame);
+// Streams the client's rows to their shards.
+static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& leases,
+                                          const router::CopySplit& spec,
+                                          const config::ShardedTable& table, int key_index);
+
+awaitable<void> copy_in_split(Client& c, const router::Route& route) {
+  const std::size_t max_message = c.config().listen.max_message_size;
   // COPY FROM STDIN into a sharded table: every shard opens the same COPY inside a
   // transaction, rows are sent to the shard their key names, and all shards commit only if
   // every one of them accepted its rows.
-  if (!co_await drain()) co_return;
-  Waiting waiting(*this, "shards (COPY)");
+  if (!co_await c.drain()) co_return;
+  Waiting waiting(c, "shards (COPY)");
   std::string out;
   auto fail = [&](const proto::ErrorInfo& e) -> awaitable<void> {
     proto::write_error(out, e);
-    out += proto::ready_for_query(transaction_status());
-    co_await write_client(out);
+    out += proto::ready_for_query(c.transaction_status());
+    co_await c.write_client(out);
   };
-  if (transaction_status() != 'I') {
+  if (c.transaction_status() != 'I') {
     co_await fail(
         proto::error(sqlstate::kFeatureNotSupported,
                      "COPY into a sharded table inside a transaction is not supported yet"));
     co_return;
   }
-  if (backends_.active && !session_pooled()) release(backends_.active);
+  if (c.backends().active && !c.session_pooled()) c.release(c.backends().active);
   const auto& spec = *route.copy_in;
-  const auto& table = config_.sharded_tables[static_cast<std::size_t>(route.copy_table)];
+  const auto& table = c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)];
   std::vector<pool::Lease> leases;
   for (int shard : route.shards) {
-    auto got = co_await worker_.pool(shard, *user_).acquire();
+    auto got = co_await c.worker().pool(shard, c.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       co_await fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
       co_return;
@@ -64,16 +76,15 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   int key_index = spec.key_column;
   if (key_index < 0) {
     int index = 0;
-    co_await run_own(*leases[0],
-                     "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
-                         quote_literal(spec.table) +
-                         ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                     [&](std::string_view body) {
-                       auto row = proto::DataRow::parse(body);
-                       if (row && !row->values.empty() && row->values[0] == table.column)
-                         key_index = index;
-                       ++index;
-                     });
+    co_await leases[0]->run_own("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
+                                    quote_literal(spec.table) +
+                                    ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                                max_message, [&](std::string_view body) {
+                                  auto row = proto::DataRow::parse(body);
+                                  if (row && !row->values.empty() && row->values[0] == table.column)
+                                    key_index = index;
+                                  ++index;
+                                });
     if (key_index < 0) {
       co_await fail(
           proto::error(sqlstate::kUndefinedObject,
@@ -85,14 +96,15 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   std::string copy_in_response;
   for (auto& lease : leases) {
     auto& replies = lease->replies;
-    std::string batch = sync_prelude(*lease);
+    std::string batch = c.sync_prelude(*lease);
     proto::Query{"BEGIN"}.write(batch);
     replies.expect_ready(pool::Replies::Owner::kOwn);
-    batch += pending_;
+    batch += c.request();
     replies.expect_ready(pool::Replies::Owner::kClient);
     co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
-    bool ok = co_await read_replies(
-        *lease, [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
+    bool ok = co_await lease->read_replies(
+        max_message,
+        [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
           if (verdict == pool::Replies::Verdict::kHide) return false;
           if (f.type == proto::msg::kReadyForQuery) return true;  // the COPY failed
           if (f.type == proto::msg::kErrorResponse) error_from(f.body);
@@ -112,8 +124,8 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   std::optional<char> stray;  // a non-COPY message the client sent mid-COPY
   if (!error) {
     // Stream the client's rows to their shards.
-    co_await write_client(copy_in_response);
-    auto outcome = co_await copy_stream(leases, spec, table, key_index);
+    co_await c.write_client(copy_in_response);
+    auto outcome = co_await copy_stream(c, leases, spec, table, key_index);
     client_ok = outcome.client_ok;
     stray = outcome.stray;
     if (outcome.error && !error) error = outcome.error;
@@ -122,8 +134,8 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   uint64_t total = 0;
   for (auto& lease : leases) {
     if (lease->status != 'T' || lease->broken) continue;
-    bool ok = co_await read_replies(
-        *lease, [&](const proto::Frame& f, std::string_view, pool::Replies::Verdict) {
+    bool ok = co_await lease->read_replies(
+        max_message, [&](const proto::Frame& f, std::string_view, pool::Replies::Verdict) {
           if (f.type == proto::msg::kErrorResponse) error_from(f.body);
           if (f.type == proto::msg::kCommandComplete) {
             auto c = proto::CommandComplete::parse(f.body);
@@ -140,17 +152,17 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   const char* end_verb = error ? "ROLLBACK" : "COMMIT";
   for (auto& lease : leases) {
     if (lease->broken || lease->status == 'I') continue;
-    const bool ok = co_await run_own(*lease, end_verb);
+    const bool ok = co_await lease->run_own(end_verb, max_message);
     if (!lease->replies.error.empty() && !error)
       error = proto::error(lease->replies.error_code, lease->replies.error);
     if (!ok || lease->replies.tag != end_verb) lease->broken = true;
   }
   if (stray) {
-    co_await copy_violation(*stray);
+    co_await c.copy_violation(*stray);
     co_return;
   }
   if (!client_ok) {
-    client_gone_ = true;
+    c.mark_gone();
     co_return;
   }
   if (error) {
@@ -159,10 +171,10 @@ awaitable<void> Session::copy_in_split(const router::Route& route) {
   }
   proto::CommandComplete{"COPY " + std::to_string(total)}.write(out);
   out += proto::ready_for_query('I');
-  co_await write_client(out);
+  co_await c.write_client(out);
 }
 
-awaitable<bool> Session::copy_write(pool::Lease& lease, std::string_view frame) {
+static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {
   if (lease->broken || lease->status != proto::txn_status::kInBlock) co_return true;
   auto [ec, n] = co_await asio::async_write(lease->socket(),
                                             asio::buffer(frame.data(), frame.size()), use_nothrow);
@@ -171,16 +183,15 @@ awaitable<bool> Session::copy_write(pool::Lease& lease, std::string_view frame) 
   co_return false;
 }
 
-awaitable<Session::CopyOutcome> Session::copy_stream(std::vector<pool::Lease>& leases,
-                                                     const router::CopySplit& spec,
-                                                     const config::ShardedTable& table,
-                                                     int key_index) {
+static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& leases,
+                                          const router::CopySplit& spec,
+                                          const config::ShardedTable& table, int key_index) {
   // Rows go to the shard their key names, in CopyData frames of up to 64 kB per shard. A
   // shard that cannot be written to ends the COPY at once for every shard (its locks are
   // not held while the client keeps sending); the client's remaining COPY messages are
   // then ignored by client_loop, as PostgreSQL ignores them after a failed COPY.
   CopyOutcome outcome;
-  const int n = static_cast<int>(config_.shards.size());
+  const int n = static_cast<int>(c.config().shards.size());
   CopyRowSplitter splitter(spec, key_index);
   std::vector<std::string> bufs(static_cast<std::size_t>(n));
   std::string frame;
@@ -200,9 +211,9 @@ awaitable<Session::CopyOutcome> Session::copy_stream(std::vector<pool::Lease>& l
   };
   std::string_view fail_reason;
   for (bool done = false; !done && !outcome.error;) {
-    auto d = proto::decode_frame(in_.view(), config_.listen.max_message_size);
+    auto d = proto::decode_frame(c.input().view(), c.config().listen.max_message_size);
     if (d.status == proto::DecodeStatus::kNeedMore) {
-      if (!co_await read_client()) {
+      if (!co_await c.read_client()) {
         outcome.client_ok = false;
         fail_reason = std::string_view("client went away\0", 17);
         break;
@@ -216,7 +227,7 @@ awaitable<Session::CopyOutcome> Session::copy_stream(std::vector<pool::Lease>& l
     }
     const char type = d.frame.type;
     std::string body(d.frame.body);
-    in_.consume(d.consumed);
+    c.input().consume(d.consumed);
     std::size_t threshold = 64 * 1024;
     switch (type) {
       case proto::msg::kCopyData:
@@ -263,62 +274,17 @@ awaitable<Session::CopyOutcome> Session::copy_stream(std::vector<pool::Lease>& l
   co_return outcome;
 }
 
-void Session::answer_extended(std::string_view answer, std::string& out) {
-  // pgshard answers an extended-protocol batch itself (EXPLAIN (ROUTE)): every message
-  // gets the reply PostgreSQL would send. `answer` is RowDescription, rows, CommandComplete.
-  auto first = proto::decode_frame(answer);
-  std::string_view desc =
-      first.status == proto::DecodeStatus::kFrame && first.frame.type == proto::msg::kRowDescription
-          ? answer.substr(0, first.consumed)
-          : std::string_view();
-  std::string_view rows = answer.substr(desc.size());
-  std::vector<int32_t> param_types;
-  for (std::string_view rest = pending_; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) break;
-    rest.remove_prefix(d.consumed);
-    switch (d.frame.type) {
-      case proto::msg::kParse:
-        if (auto p = proto::Parse::parse(d.frame.body)) param_types = p->param_types;
-        proto::write_empty(out, proto::msg::kParseComplete);
-        break;
-      case proto::msg::kBind:
-        proto::write_empty(out, proto::msg::kBindComplete);
-        break;
-      case proto::msg::kDescribe:
-        if (auto dsc = proto::Describe::parse(d.frame.body); dsc && dsc->kind == 'S')
-          proto::ParameterDescription{param_types}.write(out);
-        if (desc.empty())
-          proto::write_empty(out, proto::msg::kNoData);
-        else
-          out.append(desc);
-        break;
-      case proto::msg::kExecute:
-        out.append(rows);
-        break;
-      case proto::msg::kClose:
-        proto::write_empty(out, proto::msg::kCloseComplete);
-        break;
-      case proto::msg::kSync:
-        out += proto::ready_for_query(transaction_status());
-        break;
-      default:
-        break;
-    }
-  }
-}
-
-awaitable<std::string> Session::resolve_directory(
-    const std::vector<std::pair<int, std::string>>& lookups) {
+awaitable<std::string> resolve_directory(Client& c,
+                                         const std::vector<std::pair<int, std::string>>& lookups) {
   for (const auto& [table, key] : lookups) {
-    const auto& t = config_.sharded_tables[static_cast<std::size_t>(table)];
-    auto got = co_await worker_.directory_pool(table, *user_).acquire();
+    const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
+    auto got = co_await c.worker().directory_pool(table, c.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) co_return *err;
     auto lease = std::move(std::get<pool::Lease>(got));
     std::optional<std::string> shard_name;
-    const bool ok = co_await run_own(
-        *lease, "SELECT shard FROM " + t.directory_table + " WHERE key = " + quote_literal(key),
-        [&](std::string_view body) {
+    const bool ok = co_await lease->run_own(
+        "SELECT shard FROM " + t.directory_table + " WHERE key = " + quote_literal(key),
+        c.config().listen.max_message_size, [&](std::string_view body) {
           auto row = proto::DataRow::parse(body);
           if (row && !row->values.empty() && row->values[0])
             shard_name = std::string(*row->values[0]);
@@ -328,14 +294,14 @@ awaitable<std::string> Session::resolve_directory(
     if (!failure.empty()) co_return "directory lookup for table " + t.table + " failed: " + failure;
     int shard = -1;
     if (shard_name) {
-      shard = config_.shard_index(*shard_name);
+      shard = c.config().shard_index(*shard_name);
       if (shard < 0)
         co_return "the directory of table " + t.table + " puts key " + key +
             " on unknown shard \"" + *shard_name + "\"";
     }
-    worker_.directory().put(table, key, shard, t.directory_ttl);
+    c.worker().directory().put(table, key, shard, t.directory_ttl);
   }
   co_return std::string();
 }
 
-}  // namespace pgshard::session
+}  // namespace pgshard::executor

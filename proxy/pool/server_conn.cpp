@@ -163,4 +163,20 @@ awaitable<std::string> ServerConn::login() {
   }
 }
 
+awaitable<bool> ServerConn::run_own(std::string_view sql, std::size_t max_message,
+                                    std::function<void(std::string_view row)> on_row) {
+  std::string q;
+  proto::Query{sql}.write(q);
+  replies.expect_ready(Replies::Owner::kOwn);
+  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(q), use_nothrow);
+  const bool ok =
+      !ec && co_await read_replies(
+                 max_message, [&](const protocol::Frame& f, std::string_view, Replies::Verdict) {
+                   if (f.type == proto::msg::kDataRow && on_row) on_row(f.body);
+                   return f.type == proto::msg::kReadyForQuery && replies.own_owed() == 0;
+                 });
+  if (!ok) broken = true;
+  co_return ok;
+}
+
 }  // namespace pgshard::pool

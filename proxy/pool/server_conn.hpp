@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -11,6 +12,8 @@
 
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/pool/replies.hpp"
 
@@ -96,6 +99,16 @@ class ServerConn {
   bool broken = false;
   Clock::time_point idle_since = Clock::now();
 
+  // Reads the server's replies through `replies`, handing each frame, its bytes and the
+  // queue's verdict to `on_frame(frame, raw, verdict)` until it returns true. False when the
+  // connection failed. For servers no relay reads.
+  template <typename F>
+  awaitable<bool> read_replies(std::size_t max_message, F on_frame);
+  // Runs pgshard's own statement, hiding its replies; `on_row` sees its DataRows, the outcome
+  // is in replies.tag / error. False (and the connection broken) when it failed.
+  awaitable<bool> run_own(std::string_view sql, std::size_t max_message,
+                          std::function<void(std::string_view row)> on_row = {});
+
   // True if the socket is closed by the peer or has unexpected unread data.
   bool stale();
   void close();
@@ -108,5 +121,27 @@ class ServerConn {
   int32_t pid_ = 0;
   int32_t secret_ = 0;
 };
+
+template <typename F>
+awaitable<bool> ServerConn::read_replies(std::size_t max_message, F on_frame) {
+  for (;;) {
+    auto d = protocol::decode_frame(rbuf.view(), max_message);
+    if (d.status == protocol::DecodeStatus::kError) co_return false;
+    if (d.status == protocol::DecodeStatus::kNeedMore) {
+      std::size_t room;
+      char* at = rbuf.prepare(16 * 1024, &room);
+      auto [ec, n] = co_await socket_.async_read_some(asio::buffer(at, room), use_nothrow);
+      if (ec) co_return false;
+      rbuf.commit(n);
+      continue;
+    }
+    const protocol::Frame f = d.frame;
+    if (f.type == protocol::msg::kReadyForQuery) status = f.body.empty() ? 'I' : f.body[0];
+    const auto verdict = replies.classify(f, &prepared);
+    const bool stop = on_frame(f, std::string_view(rbuf.data(), d.consumed), verdict);
+    rbuf.consume(d.consumed);
+    if (stop) co_return true;
+  }
+}
 
 }  // namespace pgshard::pool

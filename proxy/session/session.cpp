@@ -8,10 +8,10 @@
 #include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/executor/executor.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
-#include "proxy/session/copy_split.hpp"
-#include "proxy/session/read_replies.hpp"
+#include "proxy/txn/distributed.hpp"
 
 namespace pgshard::session {
 
@@ -725,7 +725,7 @@ awaitable<void> Session::handle_request(char boundary) {
     for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
       // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
       std::string err = "directory entries expire faster than they are read";
-      if (attempt < 2) err = co_await resolve_directory(route.lookups);
+      if (attempt < 2) err = co_await executor::resolve_directory(*this, route.lookups);
       if (!err.empty()) {
         route = router::Route{};
         route.kind = router::RouteKind::kError;
@@ -820,7 +820,7 @@ awaitable<void> Session::handle_request(char boundary) {
       co_return;
     }
     if (route.copy_in && simple) {
-      co_await copy_in_split(route);
+      co_await executor::copy_in_split(*this, route);
       pending_.clear();
       co_return;
     }
@@ -845,14 +845,14 @@ awaitable<void> Session::handle_request(char boundary) {
       txn_.savepoint();
     }
     if (ends_txn && txn_.coordinated()) {
-      co_await finish_distributed(route.txn == router::TxnControl::kCommit, simple);
+      co_await txn::finish_distributed(*this, route.txn == router::TxnControl::kCommit, simple);
       pending_.clear();
       co_return;
     }
     // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
     const bool prepare_only = !simple && !binds_or_runs(pending_);
     if (route.shards.size() > 1 && !prepare_only) {
-      co_await fan_out(route, simple, boundary);
+      co_await executor::fan_out(*this, route, simple, boundary);
       pending_.clear();
       co_return;
     }
@@ -1092,19 +1092,62 @@ awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::st
   co_return true;
 }
 
-awaitable<bool> Session::run_own(pool::ServerConn& conn, std::string_view sql,
-                                 std::function<void(std::string_view row)> on_row) {
+awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::string& sql) {
+  if (link->done || !link->lease || link->lease->broken) co_return false;
+  Waiting waiting(*this, "pgshard's own statement (run_ours)");
+  auto& replies = link->lease->replies;
   std::string q;
   proto::Query{sql}.write(q);
-  conn.replies.expect_ready(pool::Replies::Owner::kOwn);
-  auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
-  const bool ok = !ec && co_await read_replies(conn, [&](const proto::Frame& f, std::string_view,
-                                                         pool::Replies::Verdict) {
-    if (f.type == proto::msg::kDataRow && on_row) on_row(f.body);
-    return f.type == proto::msg::kReadyForQuery && conn.replies.own_owed() == 0;
-  });
-  if (!ok) conn.broken = true;
-  co_return ok;
+  replies.expect_ready(pool::Replies::Owner::kOwn);
+  if (!co_await write_server(link, q)) co_return false;
+  while (!link->done && link->lease && !link->lease->broken && replies.own_owed() > 0)
+    co_await drained_.wait();
+  co_return !link->done && link->lease && replies.own_owed() == 0;
+}
+
+void Session::answer_extended(std::string_view answer, std::string& out) {
+  // pgshard answers an extended-protocol batch itself (EXPLAIN (ROUTE)): every message
+  // gets the reply PostgreSQL would send. `answer` is RowDescription, rows, CommandComplete.
+  auto first = proto::decode_frame(answer);
+  std::string_view desc =
+      first.status == proto::DecodeStatus::kFrame && first.frame.type == proto::msg::kRowDescription
+          ? answer.substr(0, first.consumed)
+          : std::string_view();
+  std::string_view rows = answer.substr(desc.size());
+  std::vector<int32_t> param_types;
+  for (std::string_view rest = pending_; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) break;
+    rest.remove_prefix(d.consumed);
+    switch (d.frame.type) {
+      case proto::msg::kParse:
+        if (auto p = proto::Parse::parse(d.frame.body)) param_types = p->param_types;
+        proto::write_empty(out, proto::msg::kParseComplete);
+        break;
+      case proto::msg::kBind:
+        proto::write_empty(out, proto::msg::kBindComplete);
+        break;
+      case proto::msg::kDescribe:
+        if (auto dsc = proto::Describe::parse(d.frame.body); dsc && dsc->kind == 'S')
+          proto::ParameterDescription{param_types}.write(out);
+        if (desc.empty())
+          proto::write_empty(out, proto::msg::kNoData);
+        else
+          out.append(desc);
+        break;
+      case proto::msg::kExecute:
+        out.append(rows);
+        break;
+      case proto::msg::kClose:
+        proto::write_empty(out, proto::msg::kCloseComplete);
+        break;
+      case proto::msg::kSync:
+        out += proto::ready_for_query(transaction_status());
+        break;
+      default:
+        break;
+    }
+  }
 }
 
 awaitable<bool> Session::attach(int shard) {

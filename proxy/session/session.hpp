@@ -14,6 +14,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/startup.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/executor/client.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/pool/backends.hpp"
 #include "proxy/pool/pool.hpp"
@@ -31,13 +32,13 @@ namespace pgshard::session {
 
 using pool::Link;
 
-class Session : public std::enable_shared_from_this<Session> {
+class Session : public std::enable_shared_from_this<Session>, public executor::Client {
  public:
   // Lifecycle of the client side, printable in logs.
   enum class State { kStartup, kAuth, kReady, kClosing };
 
   Session(server::Worker& worker, tcp::socket socket, uint64_t id);
-  ~Session();
+  ~Session() override;
 
   static void start(server::Worker& worker, tcp::socket socket);
   // Graceful shutdown: close now if idle, else at the next idle point.
@@ -45,95 +46,73 @@ class Session : public std::enable_shared_from_this<Session> {
   void force_close();
   // One line for the SIGUSR2 dump: state, what the session is waiting on, its servers.
   std::string describe() const;
-  // Names what the session waits on while in scope (shown by describe()).
-  struct Waiting {
-    Waiting(Session& s, const char* what) : s_(s), before_(s.waiting_on_) { s.waiting_on_ = what; }
-    ~Waiting() { s_.waiting_on_ = before_; }
-    Session& s_;
-    const char* before_;
-  };
 
  private:
+  using Waiting = executor::Waiting;
+  using ClientWatch = executor::ClientWatch;
+
+  // ---- executor::Client: what executors and the 2PC coordinator may use ----
+  server::Worker& worker() override { return worker_; }
+  const config::Config& config() const override { return config_; }
+  const config::User& user() const override { return *user_; }
+  const std::string& prefix() const override;
+  const char* set_waiting(const char* what) override { return std::exchange(waiting_on_, what); }
+  const std::string& request() const override { return pending_; }
+  // Text and parameter types of the client's statement `name` ("" is the unnamed one).
+  std::string_view stored_text(std::string_view name) const override;
+  const std::vector<int32_t>& stored_types(std::string_view name) const override;
+  router::SessionHints& hints() override { return hints_; }
+  // Writes to the client; only one write is in progress at a time.
+  awaitable<bool> write_client(std::string_view bytes) override;
+  bool gone() const override { return client_gone_; }
+  void mark_gone() override { client_gone_ = true; }
+  void skip_to_sync() override { discard_until_sync_ = true; }
+  void answer_extended(std::string_view answer, std::string& out) override;
+  awaitable<void> copy_violation(char type) override;
+  protocol::Buffer& input() override { return in_; }
+  // Reads at least one more chunk from the client; false on EOF/error.
+  awaitable<bool> read_client() override;
+  // Waits until every request sent to the active server has been answered.
+  // False when the client left meanwhile (the servers still owe replies: never reusable).
+  awaitable<bool> drain() override;
+  // While pgshard waits on shards nobody reads the client: the watch does (what arrives is
+  // kept in in_, up to a bound) so that a client that leaves is noticed at once, and
+  // `on_gone` stops the shards' work.
+  awaitable<void> watch_client(std::shared_ptr<ClientWatch> watch,
+                               std::function<void()> on_gone) override;
+  awaitable<void> stop_watch(ClientWatch& watch) override;
+  pool::Backends& backends() override { return backends_; }
+  awaitable<bool> attach(int shard) override;
+  void release(std::shared_ptr<Link> link) override;
+  // Session pooling, configured or because the client pinned its servers.
+  bool session_pooled() const override;
+  std::string sync_prelude(pool::ServerConn& conn) override;
+  awaitable<bool> run_ours(const std::shared_ptr<Link>& link, const std::string& sql) override;
+  awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes) override;
+  void running_on(std::vector<pool::ServerConn*> servers) override {
+    fan_out_servers_ = std::move(servers);
+  }
+  txn::Transaction& transaction() override { return txn_; }
+  char transaction_status() const override;
+
+  // ---- the client side ----
   awaitable<void> run();
   awaitable<bool> negotiate();
   awaitable<bool> authenticate(const config::User& user);
   awaitable<bool> welcome();
   awaitable<void> client_loop();
   awaitable<void> handle_request(char boundary);
-  awaitable<void> copy_violation(char type);
   awaitable<void> server_loop(std::shared_ptr<Link> link);
   awaitable<void> finish();
   awaitable<void> idle_watch();
-
-  // Reads at least one more chunk from the client; false on EOF/error.
-  awaitable<bool> read_client();
-  // Writes to the client; only one write is in progress at a time.
-  awaitable<bool> write_client(std::string_view bytes);
   awaitable<void> send_fatal(const protocol::ErrorInfo& e);
-  // Waits until every request sent to the active server has been answered.
-  // False when the client left meanwhile (the servers still owe replies: never reusable).
-  awaitable<bool> drain();
-  awaitable<bool> attach(int shard);
   awaitable<void> flush_copy();
-  awaitable<void> copy_in_split(const router::Route& route);
-  struct CopyOutcome {
-    bool client_ok = true;
-    std::optional<char> stray;  // a non-COPY message arrived mid-COPY
-    std::optional<protocol::ErrorInfo> error;
-  };
-  awaitable<CopyOutcome> copy_stream(std::vector<pool::Lease>& leases,
-                                     const router::CopySplit& spec,
-                                     const config::ShardedTable& table, int key_index);
-  // Writes a COPY frame to a shard still in the COPY; false (and the server discarded) when
-  // the write failed.
-  awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame);
-  template <typename F>
-  awaitable<bool> read_replies(pool::ServerConn& conn, F on_frame);
-  // Runs pgshard's own statement on a server no relay reads, hiding its replies; false when
-  // the server was lost. `on_row` sees its DataRows; the outcome is in replies.tag / error.
-  awaitable<bool> run_own(pool::ServerConn& conn, std::string_view sql,
-                          std::function<void(std::string_view row)> on_row = {});
   // Replies the client still waits for from the active server (Query/Sync/FunctionCall).
   int owed() const;
-  // While pgshard waits on shards for a multi-shard statement nobody reads the client:
-  // the watch does (what arrives is kept in in_, up to a bound) so that a client that
-  // leaves is noticed at once, and `on_gone` stops the shards' work.
-  struct ClientWatch {
-    explicit ClientWatch(const asio::any_io_executor& ex) : ended(ex) {}
-    asio::cancellation_signal stop;
-    bool stopping = false;
-    bool running = true;
-    Event ended;
-  };
-  awaitable<void> watch_client(std::shared_ptr<ClientWatch> watch, std::function<void()> on_gone);
-  awaitable<void> stop_watch(ClientWatch& watch);
-  awaitable<void> fan_out(const router::Route& route, bool simple, char boundary);
-  awaitable<void> run_ddl(const router::Route& route);
   // Answers the request being assembled with `e` (ReadyForQuery, or skip to Sync).
   awaitable<void> refuse_request(const protocol::ErrorInfo& e, char boundary);
-  // Text and parameter types of the client's statement `name` ("" is the unnamed one).
-  std::string_view stored_text(std::string_view name) const;
-  const std::vector<int32_t>& stored_types(std::string_view name) const;
-  // Runs pgshard's own statement on an attached server, hiding its replies; false when the
-  // server was lost. The outcome is in the server's replies.tag / error.
-  awaitable<bool> run_ours(const std::shared_ptr<Link>& link, const std::string& sql);
-  // COMMIT or ROLLBACK of a transaction that used several shards (two-phase commit).
-  awaitable<void> finish_distributed(bool commit, bool simple);
-  // The shards' version of an extended-protocol batch (see fan_out.cpp); false after
-  // writing a refusal to `out`.
-  bool build_extended(const merge::MergePlan* plan, std::string_view override_sql,
-                      std::string& request, pool::Replies& expected, std::optional<int64_t>& limit,
-                      std::optional<int64_t>& offset, int32_t& max_rows, std::string& out,
-                      const std::string& names);
-  // The shards' text collation (read from the first shard once per worker); null and an
-  // error when the proxy host cannot compare text that way.
-  awaitable<const merge::Collation*> shard_collation(pool::ServerConn& conn, std::string* error);
   router::Route route_batch(bool* simple);
   router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound);
-  // Fills the worker's directory cache; returns an error message or "".
-  awaitable<std::string> resolve_directory(const std::vector<std::pair<int, std::string>>& lookups);
-  void answer_extended(std::string_view answer, std::string& out);
-  awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes);
 
   // Transaction pooling: rewrites pending_ so the client's named statements use pgshard's
   // names on `link`'s server, re-preparing what that server lacks.
@@ -144,18 +123,10 @@ class Session : public std::enable_shared_from_this<Session> {
   // Records the settings of a statement that succeeded on `conn`.
   void apply_settings(pool::ServerConn& conn);
 
-  // pgshard's statement bringing `conn` to the client's settings ("" when it has them),
-  // its reply expected on the server's queue.
-  std::string sync_prelude(pool::ServerConn& conn);
   bool can_detach(const Link& link) const;
-  // Session pooling, configured or because the client pinned its servers.
-  bool session_pooled() const;
   bool idle() const;
-  void release(std::shared_ptr<Link> link);
   void server_lost(const std::shared_ptr<Link>& link, std::string& out);
   void maybe_close_for_shutdown();
-  char transaction_status() const;
-  const std::string& prefix() const;
 
   server::Worker& worker_;
   const config::Config& config_;

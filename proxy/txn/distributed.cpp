@@ -1,49 +1,38 @@
 // Transactions that use several shards: each shard's server holds its part (the client's
-// backends_.active), and COMMIT runs two-phase commit — PREPARE TRANSACTION everywhere, the
-// decision fsynced to the log, COMMIT PREPARED everywhere. A failure before the decision rolls
-// every participant back; after it, recovery (recovery.cpp) finishes the commit. Session members.
+// participants and its active server), and COMMIT runs two-phase commit — PREPARE
+// TRANSACTION everywhere, the decision fsynced to the log, COMMIT PREPARED everywhere. A
+// failure before the decision rolls every participant back; after it, recovery
+// (recovery.cpp) finishes the commit.
+#include "proxy/txn/distributed.hpp"
+
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
-#include "proxy/session/session.hpp"
 #include "proxy/txn/decision_log.hpp"
 
-namespace pgshard::session {
+namespace pgshard::txn {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
-awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::string& sql) {
-  if (link->done || !link->lease || link->lease->broken) co_return false;
-  Waiting waiting(*this, "pgshard's own statement (run_ours)");
-  auto& replies = link->lease->replies;
-  std::string q;
-  proto::Query{sql}.write(q);
-  replies.expect_ready(pool::Replies::Owner::kOwn);
-  if (!co_await write_server(link, q)) co_return false;
-  while (!link->done && link->lease && !link->lease->broken && replies.own_owed() > 0)
-    co_await drained_.wait();
-  co_return !link->done && link->lease && replies.own_owed() == 0;
-}
-
-awaitable<void> Session::finish_distributed(bool commit, bool simple) {
-  if (!co_await drain()) co_return;
+awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple) {
+  if (!co_await c.drain()) co_return;
   // Nothing is handed back while pgshard finishes the transaction.
-  std::vector<std::shared_ptr<Link>> parts = backends_.take_participants();
-  auto& shared = worker_.shared();
+  std::vector<std::shared_ptr<pool::Link>> parts = c.backends().take_participants();
+  auto& shared = c.worker().shared();
   std::string tag = commit ? "COMMIT" : "ROLLBACK";
   std::optional<proto::ErrorInfo> error;
   std::optional<proto::ErrorInfo> warning;
-  bool aborted = txn_.failed();
-  const std::string lost = txn_.lost();
-  txn_.end();
+  bool aborted = c.transaction().failed();
+  const std::string lost = c.transaction().lost();
+  c.transaction().end();
   for (auto& p : parts)
     if (!p->lease || p->lease->broken || p->lease->status == 'E') aborted = true;
   auto rollback_all = [&]() -> awaitable<void> {
     for (auto& p : parts)
       if (p->lease && !p->lease->broken && p->lease->status != 'I')
-        co_await run_ours(p, "ROLLBACK");
+        co_await c.run_ours(p, "ROLLBACK");
   };
   if (commit && !lost.empty()) {
     // The work of this transaction died with a server: COMMIT must not look like success.
@@ -53,12 +42,12 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
     // COMMIT of an aborted transaction rolls back, as PostgreSQL answers it.
     co_await rollback_all();
     tag = "ROLLBACK";
-  } else if (!config_.two_phase_commit) {
+  } else if (!c.config().two_phase_commit) {
     // Best effort: commit one shard after the other; report a shard that failed late.
     std::vector<std::string> committed, failed;
     for (auto& p : parts) {
-      const auto& name = config_.shards[static_cast<std::size_t>(p->shard)].name;
-      bool ok = co_await run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
+      const auto& name = c.config().shards[static_cast<std::size_t>(p->shard)].name;
+      bool ok = co_await c.run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
       (ok ? committed : failed).push_back(name);
       if (!ok && committed.empty()) {
         co_await rollback_all();
@@ -88,17 +77,17 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
       const std::string& gid;
       ~EndLive() { log.end(gid); }
     } end_live{shared.decisions, gid};
-    auto part_gid = [&](const std::shared_ptr<Link>& p) {
+    auto part_gid = [&](const std::shared_ptr<pool::Link>& p) {
       return gid + "_" + std::to_string(p->shard);
     };
     std::vector<bool> prepared(parts.size(), false);
     bool ok = true;
     for (std::size_t i = 0; i < parts.size() && ok; ++i) {
-      bool ran = co_await run_ours(parts[i], "PREPARE TRANSACTION '" + part_gid(parts[i]) + "'");
+      bool ran = co_await c.run_ours(parts[i], "PREPARE TRANSACTION '" + part_gid(parts[i]) + "'");
       prepared[i] = ran && parts[i]->lease->replies.tag == "PREPARE TRANSACTION";
       if (prepared[i]) continue;
       ok = false;
-      const auto& name = config_.shards[static_cast<std::size_t>(parts[i]->shard)].name;
+      const auto& name = c.config().shards[static_cast<std::size_t>(parts[i]->shard)].name;
       if (!ran)
         error = proto::error(
             sqlstate::kConnectionFailure,
@@ -118,22 +107,22 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
     if (!ok) {
       for (std::size_t i = 0; i < parts.size(); ++i) {
         if (prepared[i])
-          co_await run_ours(parts[i], "ROLLBACK PREPARED '" + part_gid(parts[i]) + "'");
+          co_await c.run_ours(parts[i], "ROLLBACK PREPARED '" + part_gid(parts[i]) + "'");
         else if (parts[i]->lease && !parts[i]->lease->broken && parts[i]->lease->status != 'I')
-          co_await run_ours(parts[i], "ROLLBACK");
+          co_await c.run_ours(parts[i], "ROLLBACK");
       }
       tag = "ROLLBACK";
     } else {
       // Decided: every participant commits now, or recovery does it later.
       bool all = true;
       for (auto& p : parts) {
-        bool done = co_await run_ours(p, "COMMIT PREPARED '" + part_gid(p) + "'") &&
+        bool done = co_await c.run_ours(p, "COMMIT PREPARED '" + part_gid(p) + "'") &&
                     p->lease->replies.tag == "COMMIT PREPARED";
         if (!done) {
           all = false;
           spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
-                       prefix(), part_gid(p),
-                       config_.shards[static_cast<std::size_t>(p->shard)].name,
+                       c.prefix(), part_gid(p),
+                       c.config().shards[static_cast<std::size_t>(p->shard)].name,
                        p->lease ? p->lease->replies.error : std::string("connection lost"));
         }
       }
@@ -145,14 +134,14 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
     if (p->done) continue;
     if (!p->lease || p->lease->status != 'I') {
       if (p->lease) p->lease->broken = true;
-      release(p);
-    } else if (session_pooled()) {
-      backends_.keep(p);
+      c.release(p);
+    } else if (c.session_pooled()) {
+      c.backends().keep(p);
     } else {
-      release(p);
+      c.release(p);
     }
   }
-  hints_.local = {};
+  c.hints().local = {};
   std::string out;
   if (warning) proto::write_notice(out, *warning);
   std::string answer;
@@ -167,9 +156,9 @@ awaitable<void> Session::finish_distributed(bool commit, bool simple) {
     out += answer;
     out += proto::ready_for_query('I');
   } else {
-    answer_extended(answer, out);
+    c.answer_extended(answer, out);
   }
-  co_await write_client(out);
+  co_await c.write_client(out);
 }
 
-}  // namespace pgshard::session
+}  // namespace pgshard::txn

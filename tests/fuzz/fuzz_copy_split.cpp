@@ -6,7 +6,7 @@
 #include <string>
 #include <string_view>
 
-#include "proxy/session/copy_split.hpp"
+#include "proxy/executor/copy_split.hpp"
 
 extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   if (size < 3) return 0;
@@ -18,7 +18,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   const int key_index = data[1] % 4;
   const std::size_t piece = 1 + data[2] % 64;
   std::string_view in(reinterpret_cast<const char*>(data + 3), size - 3);
-  pgshard::session::CopyRowSplitter splitter(spec, key_index);
+  pgshard::executor::CopyRowSplitter splitter(spec, key_index);
   std::size_t seen = 0;
   auto on_row = [&](std::string_view row, const std::optional<std::string>&, bool) {
     seen += row.size();

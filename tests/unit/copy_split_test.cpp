@@ -1,5 +1,5 @@
 // COPY row splitting: rows across message boundaries, escapes, CSV quotes, headers, NULLs.
-#include "proxy/session/copy_split.hpp"
+#include "proxy/executor/copy_split.hpp"
 
 #include <catch2/catch.hpp>
 #include <vector>
@@ -15,7 +15,7 @@ struct Row {
 
 std::vector<Row> split(const router::CopySplit& spec, int key,
                        const std::vector<std::string>& pieces) {
-  session::CopyRowSplitter s(spec, key);
+  executor::CopyRowSplitter s(spec, key);
   std::vector<Row> out;
   auto on_row = [&](std::string_view r, const std::optional<std::string>& k, bool h) {
     out.push_back({std::string(r), k, h});

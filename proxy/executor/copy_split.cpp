@@ -1,7 +1,7 @@
 // Splits COPY FROM STDIN data (text or CSV) into rows and finds each row's shard-key field.
-#include "proxy/session/copy_split.hpp"
+#include "proxy/executor/copy_split.hpp"
 
-namespace pgshard::session {
+namespace pgshard::executor {
 
 std::optional<std::string> CopyRowSplitter::key_of(std::string_view row) const {
   while (!row.empty() && (row.back() == '\n' || row.back() == '\r')) row.remove_suffix(1);
@@ -68,4 +68,4 @@ std::optional<std::string> CopyRowSplitter::key_of(std::string_view row) const {
   return std::nullopt;
 }
 
-}  // namespace pgshard::session
+}  // namespace pgshard::executor

@@ -8,7 +8,7 @@
 
 #include "proxy/router/analysis.hpp"
 
-namespace pgshard::session {
+namespace pgshard::executor {
 
 class CopyRowSplitter {
  public:
@@ -90,4 +90,4 @@ class CopyRowSplitter {
   bool ended_ = false;  // the end-of-data marker was seen
 };
 
-}  // namespace pgshard::session
+}  // namespace pgshard::executor

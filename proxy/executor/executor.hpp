@@ -1,0 +1,28 @@
+// The executor module: statements pgshard runs on several shards itself, through the
+// client's session seen as an executor::Client.
+#pragma once
+
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "proxy/asio.hpp"
+#include "proxy/executor/client.hpp"
+#include "proxy/router/router.hpp"
+
+namespace pgshard::executor {
+
+// One statement sent to several shards at once, their replies combined (Combiner) into the
+// one reply the client expects. Writes commit on every shard or on none; inside a
+// transaction the shards join it (two-phase commit at COMMIT).
+awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary);
+// DDL on every shard in shard order, stopping at the first failure.
+awaitable<void> run_ddl(Client& c, const router::Route& route);
+// COPY FROM STDIN into a sharded table: rows go to the shard their key names; all shards
+// commit only if every one accepted its rows.
+awaitable<void> copy_in_split(Client& c, const router::Route& route);
+// Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
+awaitable<std::string> resolve_directory(Client& c,
+                                         const std::vector<std::pair<int, std::string>>& lookups);
+
+}  // namespace pgshard::executor
