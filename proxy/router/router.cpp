@@ -781,4 +781,40 @@ bool partial_results(const SessionHints& hints, const config::Config& cfg,
   return user.partial_results.value_or(cfg.partial_results);
 }
 
+Action action(const Route& r) {
+  switch (r.kind) {
+    case RouteKind::kAnswer:
+      return Action::kAnswer;
+    case RouteKind::kError:
+      return Action::kRefuse;
+    case RouteKind::kLookup:
+      return Action::kLookup;
+    case RouteKind::kShard:
+      break;
+  }
+  if (r.copy_in) return Action::kCopyIn;
+  if (r.shards.size() > 1) return r.ddl ? Action::kDdl : Action::kFanOut;
+  return Action::kForward;
+}
+
+const char* to_string(Action a) {
+  switch (a) {
+    case Action::kForward:
+      return "forward";
+    case Action::kFanOut:
+      return "fan-out";
+    case Action::kDdl:
+      return "DDL";
+    case Action::kCopyIn:
+      return "COPY in";
+    case Action::kAnswer:
+      return "answer";
+    case Action::kRefuse:
+      return "refuse";
+    case Action::kLookup:
+      return "lookup";
+  }
+  return "?";
+}
+
 }  // namespace pgshard::router

@@ -75,6 +75,19 @@ struct Route {
   SessionHints hints;
 };
 
+// What the session does with a request: the closed set its handler dispatches on.
+enum class Action : uint8_t {
+  kForward,  // relay to one shard's server, replies back untouched
+  kFanOut,   // run on several shards, replies combined (executor::fan_out)
+  kDdl,      // run on every shard in order (executor::run_ddl, via fan_out's checks)
+  kCopyIn,   // COPY FROM STDIN split by key over the shards (executor::copy_in_split)
+  kAnswer,   // pgshard answers itself (`answer`)
+  kRefuse,   // pgshard answers with `error`
+  kLookup,   // look up directory keys (`lookups`), then route again
+};
+Action action(const Route& r);
+const char* to_string(Action a);
+
 // Everything routing may look at besides the session hints and the config.
 struct Context {
   AnalysisCache* cache = nullptr;             // null: analyse without caching

@@ -50,6 +50,19 @@ bool binds_or_runs(std::string_view batch) {
   return false;
 }
 
+// True when a batch runs a statement (Query, Execute, FunctionCall).
+bool runs_something(std::string_view batch) {
+  for (std::string_view rest = batch; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) return true;
+    const char t = d.frame.type;
+    if (t == proto::msg::kQuery || t == proto::msg::kExecute || t == proto::msg::kFunctionCall)
+      return true;
+    rest.remove_prefix(d.consumed);
+  }
+  return false;
+}
+
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
          name == "IntervalStyle" || name == "TimeZone";
@@ -693,189 +706,227 @@ awaitable<void> Session::copy_violation(char type) {
 }
 
 awaitable<void> Session::handle_request(char boundary) {
-  std::string out;
-  if (discard_until_sync_ && !backends_.active) {
-    // After pgshard itself failed an extended request, skip to Sync as PostgreSQL does.
-    if (boundary == proto::msg::kSync) {
-      discard_until_sync_ = false;
-      pending_.clear();
-      co_await write_client(proto::ready_for_query(transaction_status()));
-    } else if (boundary != proto::msg::kFlush) {
-      discard_until_sync_ = false;
-    } else {
-      pending_.clear();
-      co_return;
-    }
-    if (pending_.empty()) co_return;
-  }
-
+  if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
   if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
     pending_.clear();
     co_await write_client(proto::ready_for_query(transaction_status()));
     co_return;
   }
-
-  int target = backends_.active ? backends_.active->shard : 0;
   // Mid-batch (extended messages sent without Sync) the batch stays where it started.
-  if (!(open_extended_ && backends_.active)) {
-    bool simple = false;
-    router::Route route = route_batch(&simple);
-    // Directory-placed keys not cached yet: look them up, then route again.
-    for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
-      // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
-      std::string err = "directory entries expire faster than they are read";
-      if (attempt < 2) err = co_await executor::resolve_directory(*this, route.lookups);
-      if (!err.empty()) {
-        route = router::Route{};
-        route.kind = router::RouteKind::kError;
-        route.error = proto::error(sqlstate::kSqlclientUnableToEstablish, err);
-        route.hints = hints_;
-        break;
-      }
-      route = route_batch(&simple);
-    }
-    if (route.kind != router::RouteKind::kShard) {
-      if (!co_await drain()) co_return;
-      if (route.kind == router::RouteKind::kError) {
-        spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
-        proto::write_error(out, route.error);
-      } else if (simple) {
-        out += route.answer;
-        hints_ = route.hints;
-      } else {
-        answer_extended(route.answer, out);
-        hints_ = route.hints;
-        if (boundary == proto::msg::kSync) {
-          pending_.clear();
-          co_await write_client(out);
-          co_return;
-        }
-      }
-      if (transaction_status() == 'I') hints_.local = {};
-      if (boundary == proto::msg::kFlush) {
-        discard_until_sync_ = route.kind == router::RouteKind::kError;
-      } else {
-        out += proto::ready_for_query(transaction_status());
-      }
-      pending_.clear();
-      co_await write_client(out);
-      co_return;
-    }
-    hints_ = route.hints;
-    if (route.pins && !pinned_) {
-      // LISTEN, session advisory locks, temp tables, WITH HOLD cursors, SQL PREPARE live in
-      // the server session: from now on this client keeps its servers (session pooling).
-      pinned_ = true;
-      spdlog::debug("{}: pinned to its servers: {}", prefix(), route.reason);
-    }
-    if (!route.settings.empty())
-      pending_settings_.insert(pending_settings_.end(), route.settings.begin(),
-                               route.settings.end());
-    // BEGIN waits for the statement that picks the shard (transaction pooling would
-    // otherwise pin the transaction to whatever shard BEGIN happened to reach).
-    // Extended-protocol BEGIN (psycopg 3, asyncpg...): one statement ending with Sync.
-    auto lone_extended = [&] {
-      if (simple || boundary != proto::msg::kSync) return false;
-      int executes = 0;
-      for (std::string_view rest = pending_; !rest.empty();) {
-        auto d = proto::decode_frame(rest);
-        if (d.status != proto::DecodeStatus::kFrame) return false;
-        if (d.frame.type == proto::msg::kExecute) ++executes;
-        rest.remove_prefix(d.consumed);
-      }
-      return executes == 1;
-    };
-    if (!backends_.active && route.txn != router::TxnControl::kNone &&
-        route.txn != router::TxnControl::kSavepoint &&
-        (route.txn == router::TxnControl::kBegin
-             ? txn_.state() == txn::State::kIdle && transaction_status() == 'I'
-             : txn_.deferred()) &&
-        (simple || lone_extended())) {
-      if (!co_await drain()) co_return;
-      std::string answer;
-      if (route.txn == router::TxnControl::kBegin) {
-        std::string begin;
-        if (simple)
-          begin = pending_;
-        else
-          proto::Query{unnamed_sql_.empty() ? std::string_view("BEGIN") : unnamed_sql_}.write(
-              begin);
-        txn_.defer(std::move(begin));
-        proto::CommandComplete{"BEGIN"}.write(answer);
-      } else {
-        txn_.end();
-        hints_.local = {};
-        proto::CommandComplete{route.txn == router::TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}
-            .write(answer);
-      }
-      if (simple) {
-        out += answer;
-        out += proto::ready_for_query(transaction_status());
-      } else {
-        answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
-      }
-      pending_.clear();
-      co_await write_client(out);
-      co_return;
-    }
-    if (route.copy_in && simple) {
-      co_await executor::copy_in_split(*this, route);
-      pending_.clear();
-      co_return;
-    }
-    const bool ends_txn =
-        (route.txn == router::TxnControl::kCommit || route.txn == router::TxnControl::kRollback) &&
-        (simple || lone_extended());
-    if (txn_.failed() && !ends_txn) {
-      co_await refuse_request(txn_.refusal(), boundary);
-      co_return;
-    }
-    if (route.txn == router::TxnControl::kSavepoint) {
-      // A savepoint covers the shards the transaction uses when it is taken; a shard that
-      // joins later would not roll back to it, so savepoints stay on one shard.
-      if (backends_.participant_count() > 0) {
-        const auto e =
-            proto::error(sqlstate::kFeatureNotSupported,
-                         "savepoints in a transaction that uses several shards are not supported",
-                         {}, "keep the transaction on one shard");
-        co_await refuse_request(e, boundary);
+  if (open_extended_ && backends_.active) {
+    co_await forward(backends_.active->shard, boundary);
+    co_return;
+  }
+  Request req{boundary};
+  router::Route route = co_await route_request(req);
+  const auto act = router::action(route);
+  if (act == router::Action::kAnswer || act == router::Action::kRefuse) {
+    co_await answer_locally(route, req);
+    co_return;
+  }
+  adopt(route);
+  if (co_await control_transaction(route, req)) co_return;
+  // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
+  const bool prepare_only = !req.simple && !binds_or_runs(pending_);
+  switch (act) {
+    case router::Action::kCopyIn:
+      if (req.simple) {
+        co_await executor::copy_in_split(*this, route);
+        pending_.clear();
         co_return;
       }
-      txn_.savepoint();
-    }
-    if (ends_txn && txn_.coordinated()) {
-      co_await txn::finish_distributed(*this, route.txn == router::TxnControl::kCommit, simple);
-      pending_.clear();
+      [[fallthrough]];
+    case router::Action::kFanOut:
+    case router::Action::kDdl:
+      if (!prepare_only) {
+        co_await executor::fan_out(*this, route, req.simple, boundary);  // DDL included
+        pending_.clear();
+        co_return;
+      }
+      [[fallthrough]];
+    case router::Action::kForward: {
+      const int target = route.shards.size() > 1 ? route.shards.front() : route.shard;
+      spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
+                    route.reason);
+      co_await forward(target, boundary);
       co_return;
     }
-    // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
-    const bool prepare_only = !simple && !binds_or_runs(pending_);
-    if (route.shards.size() > 1 && !prepare_only) {
-      co_await executor::fan_out(*this, route, simple, boundary);
-      pending_.clear();
-      co_return;
-    }
-    target = route.shards.size() > 1 ? route.shards.front() : route.shard;
-    spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
+    case router::Action::kAnswer:
+    case router::Action::kRefuse:
+    case router::Action::kLookup:
+      break;  // answered above; route_request resolves lookups
   }
+}
 
+awaitable<bool> Session::skip_failed_batch(char boundary) {
+  // After pgshard itself failed an extended request, skip to Sync as PostgreSQL does.
+  if (boundary == proto::msg::kSync) {
+    discard_until_sync_ = false;
+    pending_.clear();
+    co_await write_client(proto::ready_for_query(transaction_status()));
+  } else if (boundary != proto::msg::kFlush) {
+    discard_until_sync_ = false;  // a simple Query ends the skipping
+  } else {
+    pending_.clear();
+  }
+  co_return pending_.empty();
+}
+
+awaitable<router::Route> Session::route_request(Request& req) {
+  router::Route route = route_batch(&req.simple);
+  // Directory-placed keys not cached yet: look them up, then route again.
+  for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
+    // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
+    std::string err = "directory entries expire faster than they are read";
+    if (attempt < 2) err = co_await executor::resolve_directory(*this, route.lookups);
+    if (!err.empty()) {
+      route = router::Route{};
+      route.kind = router::RouteKind::kError;
+      route.error = proto::error(sqlstate::kSqlclientUnableToEstablish, err);
+      route.hints = hints_;
+      break;
+    }
+    route = route_batch(&req.simple);
+  }
+  // BEGIN/COMMIT/ROLLBACK pgshard may answer itself: a simple Query, or an extended batch
+  // of one statement ending with Sync (psycopg 3, asyncpg...).
+  req.lone = req.simple;
+  if (!req.simple && req.boundary == proto::msg::kSync && route.txn != router::TxnControl::kNone) {
+    int executes = 0;
+    for (std::string_view rest = pending_; !rest.empty();) {
+      auto d = proto::decode_frame(rest);
+      if (d.status != proto::DecodeStatus::kFrame) break;
+      if (d.frame.type == proto::msg::kExecute) ++executes;
+      rest.remove_prefix(d.consumed);
+    }
+    req.lone = executes == 1;
+  }
+  co_return route;
+}
+
+awaitable<void> Session::answer_locally(const router::Route& route, const Request& req) {
+  if (!co_await drain()) co_return;
+  std::string out;
+  const bool refused = route.kind == router::RouteKind::kError;
+  if (refused) {
+    spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
+    proto::write_error(out, route.error);
+  } else if (req.simple) {
+    out += route.answer;
+    hints_ = route.hints;
+  } else {
+    answer_extended(route.answer, out);  // ends with ReadyForQuery at a Sync
+    hints_ = route.hints;
+    if (req.boundary == proto::msg::kSync) {
+      pending_.clear();
+      co_await write_client(out);
+      co_return;
+    }
+  }
+  if (transaction_status() == proto::txn_status::kIdle) hints_.local = {};
+  if (req.boundary == proto::msg::kFlush)
+    discard_until_sync_ = refused;
+  else
+    out += proto::ready_for_query(transaction_status());
+  pending_.clear();
+  co_await write_client(out);
+}
+
+void Session::adopt(const router::Route& route) {
+  hints_ = route.hints;
+  if (route.pins && !pinned_) {
+    // LISTEN, session advisory locks, temp tables, WITH HOLD cursors, SQL PREPARE live in
+    // the server session: from now on this client keeps its servers (session pooling).
+    pinned_ = true;
+    spdlog::debug("{}: pinned to its servers: {}", prefix(), route.reason);
+  }
+  pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
+}
+
+awaitable<bool> Session::control_transaction(const router::Route& route, const Request& req) {
+  using router::TxnControl;
+  const bool ends = route.txn == TxnControl::kCommit || route.txn == TxnControl::kRollback;
+  // BEGIN waits for the statement that picks the shard (transaction pooling would
+  // otherwise pin the transaction to whatever shard BEGIN happened to reach); COMMIT or
+  // ROLLBACK of a transaction no shard has seen is answered here too.
+  const bool local =
+      !backends_.active && req.lone &&
+      (route.txn == TxnControl::kBegin
+           ? txn_.state() == txn::State::kIdle && transaction_status() == proto::txn_status::kIdle
+           : ends && txn_.deferred());
+  if (local) {
+    if (!co_await drain()) co_return true;
+    std::string answer;
+    if (route.txn == TxnControl::kBegin) {
+      std::string begin;
+      if (req.simple)
+        begin = pending_;
+      else
+        proto::Query{unnamed_sql_.empty() ? std::string_view("BEGIN") : unnamed_sql_}.write(begin);
+      txn_.defer(std::move(begin));
+      proto::CommandComplete{"BEGIN"}.write(answer);
+    } else {
+      txn_.end();
+      hints_.local = {};
+      proto::CommandComplete{route.txn == TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}.write(
+          answer);
+    }
+    std::string out;
+    if (req.simple) {
+      out += answer;
+      out += proto::ready_for_query(transaction_status());
+    } else {
+      answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
+    }
+    pending_.clear();
+    co_await write_client(out);
+    co_return true;
+  }
+  const bool ends_here = ends && req.lone;
+  if (txn_.failed() && !ends_here) {
+    co_await refuse_request(txn_.refusal(), req.boundary);
+    co_return true;
+  }
+  if (route.txn == TxnControl::kSavepoint) {
+    // A savepoint covers the shards the transaction uses when it is taken; a shard that
+    // joins later would not roll back to it, so savepoints stay on one shard.
+    if (backends_.participant_count() > 0) {
+      co_await refuse_request(
+          proto::error(sqlstate::kFeatureNotSupported,
+                       "savepoints in a transaction that uses several shards are not supported", {},
+                       "keep the transaction on one shard"),
+          req.boundary);
+      co_return true;
+    }
+    txn_.savepoint();
+  }
+  if (ends_here && txn_.coordinated()) {
+    co_await txn::finish_distributed(*this, route.txn == TxnControl::kCommit, req.simple);
+    pending_.clear();
+    co_return true;
+  }
+  co_return false;
+}
+
+awaitable<void> Session::forward(int target, char boundary) {
   bool joins_transaction = false;
   if (backends_.active && backends_.active->shard != target) {
     if (!co_await drain()) co_return;
-    if (backends_.active && backends_.active->lease->status == 'E') {
+    const char status = backends_.active ? backends_.active->lease->status : 'I';
+    if (status == proto::txn_status::kFailed) {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = backends_.active->shard;
-    } else if (backends_.active && backends_.active->lease->status == 'T' && txn_.savepoints()) {
-      const auto e =
+    } else if (status == proto::txn_status::kInBlock && txn_.savepoints()) {
+      co_await refuse_request(
           proto::error(sqlstate::kFeatureNotSupported,
                        "this transaction has savepoints on shard " +
                            config_.shards[backends_.active->shard].name +
                            " and the statement needs shard " + config_.shards[target].name,
-                       {}, "keep a transaction with savepoints on one shard");
-      co_await refuse_request(e, boundary);
+                       {}, "keep a transaction with savepoints on one shard"),
+          boundary);
       co_return;
-    } else if (backends_.active && backends_.active->lease->status == 'T') {
+    } else if (status == proto::txn_status::kInBlock) {
       // The transaction spreads to another shard: this server waits for the commit.
       txn_.joined();
       joins_transaction = !backends_.move_to(target);
@@ -896,35 +947,30 @@ awaitable<void> Session::handle_request(char boundary) {
     co_return;
   }
   auto link = backends_.active;
-  auto& replies = link->lease->replies;
+  prepare_request(*link, joins_transaction, boundary);
+  co_await write_server(link, pending_);
+  pending_.clear();
+}
+
+void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
+  auto& replies = link.lease->replies;
   using Owner = pool::Replies::Owner;
   if (joins_transaction) {
     // A new participant opens the transaction the way the client did.
-    proto::Query{txn_.begin_sql}.write(link->prelude);
+    proto::Query{txn_.begin_sql}.write(link.prelude);
     replies.expect_ready(Owner::kOwn);
   }
   // Only a batch that runs something opens the deferred transaction; a prepare-only batch
-  // (Parse/Describe) must not pin it to a shard (server_loop shows such batches 'T').
-  auto runs_something = [&] {
-    for (std::string_view rest = pending_; !rest.empty();) {
-      auto d = proto::decode_frame(rest);
-      if (d.status != proto::DecodeStatus::kFrame) return true;
-      const char t = d.frame.type;
-      if (t == proto::msg::kQuery || t == proto::msg::kExecute || t == proto::msg::kFunctionCall)
-        return true;
-      rest.remove_prefix(d.consumed);
-    }
-    return false;
-  };
-  if (txn_.deferred() && runs_something()) {
+  // (Parse/Describe) must not pin it to a shard (its ReadyForQuery is shown as 'T').
+  if (txn_.deferred() && runs_something(pending_)) {
     // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
-    link->prelude += txn_.take_deferred();
+    link.prelude += txn_.take_deferred();
     replies.expect_ready(Owner::kOwn);
   }
   // What the server will owe, pushed before anything is written so the reader never hands
   // the server back while this request is on its way.
   const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
-  if (transaction_pooled) map_statements(*link);
+  if (transaction_pooled) map_statements(link);
   open_extended_ = replies.expect_batch(pending_, Owner::kClient);
   if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
     // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
@@ -933,13 +979,11 @@ awaitable<void> Session::handle_request(char boundary) {
     replies.expect_ready(Owner::kClientHiddenSync);
     open_extended_ = false;
   }
-  if (!link->prelude.empty()) {
+  if (!link.prelude.empty()) {
     // pgshard's own settings go first, in the same write.
-    pending_.insert(0, link->prelude);
-    link->prelude.clear();
+    pending_.insert(0, link.prelude);
+    link.prelude.clear();
   }
-  co_await write_server(link, pending_);
-  pending_.clear();
 }
 
 router::Route Session::after_extended_messages(router::Route r,

@@ -101,7 +101,29 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
   awaitable<bool> authenticate(const config::User& user);
   awaitable<bool> welcome();
   awaitable<void> client_loop();
+  // One request (the client's messages up to a Query, Sync or Flush), answered by one of
+  // the route's actions.
+  struct Request {
+    char boundary;
+    bool simple = false;  // a simple Query (else extended messages)
+    bool lone = false;    // one statement pgshard may answer itself (see control_transaction)
+  };
   awaitable<void> handle_request(char boundary);
+  // After pgshard failed an extended batch: skips to its Sync; true if nothing is left.
+  awaitable<bool> skip_failed_batch(char boundary);
+  // Routes pending_ (directory lookups done first).
+  awaitable<router::Route> route_request(Request& req);
+  // pgshard's own answer or refusal.
+  awaitable<void> answer_locally(const router::Route& route, const Request& req);
+  // Takes on what the route says of the session: hints, pinning, settings to track.
+  void adopt(const router::Route& route);
+  // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
+  // several shards, refusals in a failed transaction, savepoint limits); true if answered.
+  awaitable<bool> control_transaction(const router::Route& route, const Request& req);
+  // Relays pending_ to `target`'s server (moving the client there first).
+  awaitable<void> forward(int target, char boundary);
+  // Puts pgshard's preludes ahead of pending_ and pushes what the server will owe.
+  void prepare_request(Link& link, bool joins_transaction, char boundary);
   awaitable<void> server_loop(std::shared_ptr<Link> link);
   awaitable<void> finish();
   awaitable<void> idle_watch();

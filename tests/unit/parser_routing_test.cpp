@@ -586,3 +586,19 @@ TEST_CASE("keys that cannot be read are never guessed", "[router][parser]") {
   CHECK(route_query("select * from users where id = 42.0", h, *cfg).shard == shard_of("42"));
   CHECK(route_query("select * from users where id = '42'", h, *cfg).shard == shard_of("42"));
 }
+
+TEST_CASE("every route is one action of a closed set", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  auto act = [&](const char* sql) { return to_string(action(route_query(sql, h, *cfg))); };
+  CHECK(std::string(act("select * from users where id = 42")) == "forward");
+  CHECK(std::string(act("select * from users")) == "fan-out");
+  CHECK(std::string(act("update users set name = 'x'")) == "fan-out");
+  CHECK(std::string(act("create index on users (name)")) == "DDL");
+  CHECK(std::string(act("copy users from stdin")) == "COPY in");
+  CHECK(std::string(act("show pgshard.shard")) == "answer");
+  CHECK(std::string(act("select * from nowhere_known")) == "refuse");
+  Route lookup;
+  lookup.kind = RouteKind::kLookup;
+  CHECK(std::string(to_string(action(lookup))) == "lookup");
+}
