@@ -70,44 +70,6 @@ bool synced_reported(std::string_view name) {
 
 }  // namespace
 
-// Values from clients go into the log with control characters escaped, so a user name or
-// application_name cannot forge log lines.
-std::string log_safe(std::string_view v) {
-  std::string out;
-  out.reserve(v.size());
-  for (unsigned char c : v) {
-    if (c == '\n') {
-      out += "\\n";
-    } else if (c == '\r') {
-      out += "\\r";
-    } else if (c == '\t') {
-      out += "\\t";
-    } else if (c == '\\') {
-      out += "\\\\";
-    } else if (c < 0x20 || c == 0x7f) {
-      char hex[8];
-      std::snprintf(hex, sizeof hex, "\\x%02x", c);
-      out += hex;
-    } else {
-      out.push_back(static_cast<char>(c));
-    }
-  }
-  return out;
-}
-
-// A SCRAM verifier for a user that does not exist: the salt depends only on the name and a
-// per-process secret, the keys are random, so no proof ever matches.
-protocol::ScramSecret mock_scram_secret(std::string_view user) {
-  static const std::string secret = protocol::random_bytes(32);
-  auto derived = protocol::ScramSecret::from_password(secret + std::string(user), "pgshard", 1);
-  protocol::ScramSecret s;
-  s.iterations = 4096;
-  s.salt = derived.stored_key.substr(0, 16);
-  s.stored_key = protocol::random_bytes(32);
-  s.server_key = protocol::random_bytes(32);
-  return s;
-}
-
 const char* to_string(Session::State s) {
   switch (s) {
     case Session::State::kStartup:
@@ -206,7 +168,11 @@ awaitable<void> Session::run() {
       self->stream_.close();
     }
   });
-  bool ok = co_await negotiate();
+  Login login(
+      worker_, stream_, in_, identity_, [this]() -> const std::string& { return prefix(); },
+      [this] { state_ = State::kAuth; });
+  bool ok = co_await login.run();
+  user_ = identity_.user;
   startup_slot.end();
   if (ok && ++shared.logged_in > config_.listen.max_client_conn) {
     counted_ = true;
@@ -221,8 +187,8 @@ awaitable<void> Session::run() {
   startup_timer.cancel();
   if (!ok) co_return;
   state_ = State::kReady;
-  spdlog::info("{}: login db={} tls={} app={}", prefix(), log_safe(database_), stream_.tls(),
-               log_safe(client_params_["application_name"]));
+  spdlog::info("{}: login db={} tls={} app={}", prefix(), log_safe(identity_.database),
+               stream_.tls(), log_safe(client_params_["application_name"]));
   if (config_.timeouts.client_idle.count() > 0)
     asio::co_spawn(worker_.executor(), idle_watch(), asio::detached);
   co_await client_loop();
@@ -315,200 +281,18 @@ awaitable<void> Session::send_fatal(const proto::ErrorInfo& e) {
   stream_.close();
 }
 
-// ---- startup ----
-
-awaitable<bool> Session::negotiate() {
-  for (;;) {
-    auto d = proto::decode_startup(in_.view());
-    if (d.status == proto::DecodeStatus::kError) {
-      co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, d.error));
-      co_return false;
-    }
-    if (d.status == proto::DecodeStatus::kNeedMore) {
-      if (!co_await read_client()) co_return false;
-      continue;
-    }
-    const char* err = nullptr;
-    auto pkt = proto::parse_startup(d.frame.body, &err);
-    if (!pkt) {
-      co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, err));
-      co_return false;
-    }
-    startup_raw_.assign(d.frame.body);
-    in_.consume(d.consumed);
-    switch (pkt->kind) {
-      case proto::StartupKind::kSSLRequest: {
-        // Bytes sent after SSLRequest but before the handshake would be read as if they
-        // were encrypted; PostgreSQL refuses them (CVE-2021-23214), and so do we.
-        if (!in_.empty()) {
-          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
-                                           "received unencrypted data after SSL request"));
-          co_return false;
-        }
-        const bool offer =
-            worker_.shared().tls && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
-        if (!co_await write_client(offer ? "S" : "N")) co_return false;
-        if (offer) {
-          if (auto ec = co_await stream_.handshake(*worker_.shared().tls)) {
-            spdlog::info("{}: TLS handshake failed: {}", prefix(), ec.message());
-            co_return false;
-          }
-        }
-        continue;
-      }
-      case proto::StartupKind::kGSSENCRequest:
-        if (!co_await write_client("N")) co_return false;
-        continue;
-      case proto::StartupKind::kCancelRequest:
-        server::CancelRegistry::instance().cancel({pkt->cancel_pid, pkt->cancel_secret});
-        co_return false;
-      case proto::StartupKind::kStartup:
-        break;
-    }
-    // Re-parse from our own copy: the views must outlive the input buffer.
-    pkt = proto::parse_startup(startup_raw_, &err);
-    startup_ = *pkt;
-    break;
-  }
-
-  auto unknown = startup_.protocol_options();
-  if (startup_.minor > 0 || !unknown.empty()) {
-    // We speak 3.0 only; say so instead of failing (NegotiateProtocolVersion).
-    std::string out;
-    proto::NegotiateProtocolVersion{0, unknown}.write(out);
-    if (!co_await write_client(out)) co_return false;
-  }
-  if (config_.tls.mode == config::TlsMode::kRequire && !stream_.tls()) {
-    co_await send_fatal(proto::fatal(sqlstate::kInvalidAuthorization,
-                                     "TLS is required (tls.mode: require)", {},
-                                     "connect with sslmode=require"));
-    co_return false;
-  }
-  auto user = startup_.param("user");
-  if (user.empty()) {
-    co_await send_fatal(proto::fatal(sqlstate::kInvalidAuthorization,
-                                     "no PostgreSQL user name specified in startup packet"));
-    co_return false;
-  }
-  if (!startup_.param("replication").empty() && startup_.param("replication") != "false") {
-    co_await send_fatal(proto::fatal(sqlstate::kFeatureNotSupported,
-                                     "replication connections are not supported by pgshard"));
-    co_return false;
-  }
-  database_ = startup_.param("database").empty() ? std::string(user)
-                                                 : std::string(startup_.param("database"));
-  state_ = State::kAuth;
-  const config::User* u = config_.find_user(user);
-  if (!u) {
-    // As PostgreSQL does: an unknown user gets the same SCRAM challenge as a known one (a
-    // salt derived from the name, stable across attempts) and fails at the proof, so the
-    // answers do not tell which user names exist.
-    spdlog::info("{}: unknown user \"{}\"", prefix(), log_safe(user));
-    config::User mock;
-    mock.name = std::string(user);
-    mock.auth = config::AuthMethod::kScram;
-    mock.scram = mock_scram_secret(user);
-    co_await authenticate(mock);
-    co_return false;
-  }
-  if (!co_await authenticate(*u)) co_return false;
-  user_ = u;
-  co_return true;
-}
-
-awaitable<bool> Session::authenticate(const config::User& user) {
-  std::string out;
-  auto failed = [&]() -> awaitable<bool> {
-    spdlog::info("{}: password authentication failed for user \"{}\"", prefix(),
-                 log_safe(user.name));
-    co_await send_fatal(
-        proto::fatal(sqlstate::kInvalidPassword,
-                     "password authentication failed for user \"" + user.name + "\""));
-    co_return false;
-  };
-  // Reads the next 'p' message (password or SASL); nullopt on EOF or a wrong message.
-  auto next_password = [&]() -> awaitable<std::optional<std::string>> {
-    for (;;) {
-      auto d = proto::decode_frame(in_.view(), proto::kMaxStartupPacket);
-      if (d.status == proto::DecodeStatus::kError) co_return std::nullopt;
-      if (d.status == proto::DecodeStatus::kFrame) {
-        std::string body(d.frame.body);
-        char type = d.frame.type;
-        in_.consume(d.consumed);
-        if (type != proto::msg::kPassword) co_return std::nullopt;
-        co_return body;
-      }
-      if (!co_await read_client()) co_return std::nullopt;
-    }
-  };
-
-  switch (user.auth) {
-    case config::AuthMethod::kTrust:
-      break;
-    case config::AuthMethod::kMd5: {
-      auto salt = proto::random_bytes(4);
-      proto::Authentication{proto::auth::kMD5Password, salt}.write(out);
-      if (!co_await write_client(out)) co_return false;
-      auto body = co_await next_password();
-      if (!body) co_return false;
-      auto pw = proto::PasswordMessage::parse(*body);
-      if (!pw || pw->password != proto::md5_from_stored(user.md5, salt))
-        co_return co_await failed();
-      break;
-    }
-    case config::AuthMethod::kScram: {
-      proto::write_auth_sasl(out, {"SCRAM-SHA-256"});
-      if (!co_await write_client(out)) co_return false;
-      auto body = co_await next_password();
-      if (!body) co_return false;
-      auto init = proto::SASLInitialResponse::parse(*body);
-      if (!init || init->mechanism != "SCRAM-SHA-256" || !init->data) {
-        co_await send_fatal(
-            proto::fatal(sqlstate::kProtocolViolation,
-                         "client selected an invalid SASL authentication mechanism"));
-        co_return false;
-      }
-      proto::ScramServer scram(*user.scram, proto::base64_encode(proto::random_bytes(18)));
-      std::string err;
-      auto first = scram.client_first(*init->data, &err);
-      if (!first) {
-        co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, err));
-        co_return false;
-      }
-      out.clear();
-      proto::Authentication{proto::auth::kSASLContinue, *first}.write(out);
-      if (!co_await write_client(out)) co_return false;
-      body = co_await next_password();
-      if (!body) co_return false;
-      auto final_msg = scram.client_final(*body, &err);
-      if (!final_msg) {
-        if (!err.empty()) {
-          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, err));
-          co_return false;
-        }
-        co_return co_await failed();
-      }
-      out.clear();
-      proto::Authentication{proto::auth::kSASLFinal, *final_msg}.write(out);
-      if (!co_await write_client(out)) co_return false;
-      break;
-    }
-  }
-  co_return true;
-}
-
 awaitable<bool> Session::welcome() {
   // One logical database: when the shard URLs name a database, clients must ask for it.
   const auto& db = config_.shards.front().primary.database;
-  if (!db.empty() && db != database_) {
+  if (!db.empty() && db != identity_.database) {
     co_await send_fatal(proto::fatal(sqlstate::kInvalidCatalogName,
-                                     "database \"" + database_ + "\" does not exist", {},
+                                     "database \"" + identity_.database + "\" does not exist", {},
                                      "pgshard serves database \"" + db + "\""));
     co_return false;
   }
   // Settings from the startup packet follow the client to every server it is given.
   Params wanted;
-  for (const auto& [k, v] : startup_.params) {
+  for (const auto& [k, v] : identity_.startup.params) {
     auto name = canonical_parameter(k);
     if (name == "options") {
       if (auto err = parse_options(v, wanted)) {

@@ -21,6 +21,7 @@
 #include "proxy/router/router.hpp"
 #include "proxy/server/cancel.hpp"
 #include "proxy/session/client_stream.hpp"
+#include "proxy/session/login.hpp"
 #include "proxy/session/params.hpp"
 #include "proxy/txn/transaction.hpp"
 
@@ -97,8 +98,6 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
 
   // ---- the client side ----
   awaitable<void> run();
-  awaitable<bool> negotiate();
-  awaitable<bool> authenticate(const config::User& user);
   awaitable<bool> welcome();
   awaitable<void> client_loop();
   // One request (the client's messages up to a Query, Sync or Flush), answered by one of
@@ -160,11 +159,9 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
   State state_ = State::kStartup;
 
   protocol::Buffer in_;
-  std::string pending_;  // frames of the request being assembled
-  protocol::StartupPacket startup_;
-  std::string startup_raw_;
-  const config::User* user_ = nullptr;
-  std::string database_;
+  std::string pending_;                 // frames of the request being assembled
+  Identity identity_;                   // what the startup packet said
+  const config::User* user_ = nullptr;  // identity_.user once logged in
   Params client_params_;
   Params startup_params_;  // as the client connected: what RESET returns to
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
@@ -206,7 +203,5 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
 };
 
 const char* to_string(Session::State s);
-std::string log_safe(std::string_view v);
-protocol::ScramSecret mock_scram_secret(std::string_view user);
 
 }  // namespace pgshard::session
