@@ -647,7 +647,9 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
       if (req.simple)
         begin = pending_;
       else
-        proto::Query{unnamed_sql_.empty() ? std::string_view("BEGIN") : unnamed_sql_}.write(begin);
+        proto::Query{statements_.unnamed().empty() ? std::string_view("BEGIN")
+                                                   : std::string_view(statements_.unnamed())}
+            .write(begin);
       txn_.defer(std::move(begin));
       proto::CommandComplete{"BEGIN"}.write(answer);
     } else {
@@ -754,7 +756,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   // What the server will owe, pushed before anything is written so the reader never hands
   // the server back while this request is on its way.
   const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
-  if (transaction_pooled) map_statements(link);
+  if (transaction_pooled) statements_.map(pending_, *link.lease);
   open_extended_ = replies.expect_batch(pending_, Owner::kClient);
   if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
     // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
@@ -809,9 +811,7 @@ router::Route Session::route_batch(bool* simple) {
   auto text_of = [&](std::string_view name) -> std::string_view {
     for (auto it = parsed.rbegin(); it != parsed.rend(); ++it)
       if (it->first == name) return it->second;
-    if (name.empty()) return unnamed_sql_;
-    auto known = statements_.find(std::string(name));
-    return known == statements_.end() ? std::string_view() : std::string_view(known->second);
+    return statements_.text(name);
   };
   for (std::string_view rest = pending_; !rest.empty();) {
     auto d = proto::decode_frame(rest);
@@ -830,16 +830,7 @@ router::Route Session::route_batch(bool* simple) {
       case proto::msg::kParse:
         if (auto p = proto::Parse::parse(d.frame.body)) {
           parsed.emplace_back(p->name, p->query);
-          // The unnamed statement is re-parsed by most drivers for every query: keep it
-          // without a map insert (assign reuses the buffer).
-          if (p->name.empty()) {
-            unnamed_sql_.assign(p->query);
-            if (!p->param_types.empty() || statement_types_.contains(""))
-              statement_types_[""] = p->param_types;
-          } else {
-            statements_[std::string(p->name)] = std::string(p->query);
-            statement_types_[std::string(p->name)] = p->param_types;
-          }
+          statements_.parsed(p->name, p->query, p->param_types);
           if (described.empty()) described = p->query;
         }
         break;
@@ -878,8 +869,7 @@ router::Route Session::route_batch(bool* simple) {
         break;
       case proto::msg::kClose:
         if (auto c = proto::Close::parse(d.frame.body); c && c->kind == 'S') {
-          statements_.erase(std::string(c->name));
-          statement_types_.erase(std::string(c->name));
+          statements_.closed(c->name);
         }
         break;
       default:
@@ -1296,18 +1286,6 @@ awaitable<void> Session::refuse_request(const protocol::ErrorInfo& e, char bound
     out += proto::ready_for_query(transaction_status());
   pending_.clear();
   co_await write_client(out);
-}
-
-std::string_view Session::stored_text(std::string_view name) const {
-  if (name.empty()) return unnamed_sql_;
-  auto it = statements_.find(std::string(name));
-  return it == statements_.end() ? std::string_view() : std::string_view(it->second);
-}
-
-const std::vector<int32_t>& Session::stored_types(std::string_view name) const {
-  static const std::vector<int32_t> kNone;
-  auto it = statement_types_.find(std::string(name));
-  return it == statement_types_.end() ? kNone : it->second;
 }
 
 awaitable<bool> Session::drain() {

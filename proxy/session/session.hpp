@@ -23,6 +23,7 @@
 #include "proxy/session/client_stream.hpp"
 #include "proxy/session/login.hpp"
 #include "proxy/session/params.hpp"
+#include "proxy/session/statements.hpp"
 #include "proxy/txn/transaction.hpp"
 
 namespace pgshard::server {
@@ -60,8 +61,12 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
   const char* set_waiting(const char* what) override { return std::exchange(waiting_on_, what); }
   const std::string& request() const override { return pending_; }
   // Text and parameter types of the client's statement `name` ("" is the unnamed one).
-  std::string_view stored_text(std::string_view name) const override;
-  const std::vector<int32_t>& stored_types(std::string_view name) const override;
+  std::string_view stored_text(std::string_view name) const override {
+    return statements_.text(name);
+  }
+  const std::vector<int32_t>& stored_types(std::string_view name) const override {
+    return statements_.types(name);
+  }
   router::SessionHints& hints() override { return hints_; }
   // Writes to the client; only one write is in progress at a time.
   awaitable<bool> write_client(std::string_view bytes) override;
@@ -135,9 +140,6 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
   router::Route route_batch(bool* simple);
   router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound);
 
-  // Transaction pooling: rewrites pending_ so the client's named statements use pgshard's
-  // names on `link`'s server, re-preparing what that server lacks.
-  void map_statements(Link& link);
   // The client's request on `conn` got its ReadyForQuery: settings, transaction flags.
   // False when the client must be told it is in a transaction (its BEGIN is pgshard's).
   bool client_ready(pool::ServerConn& conn);
@@ -173,11 +175,7 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
   uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
-  // Statement texts by name (protocol-level prepared statements), for routing their Binds.
-  std::unordered_map<std::string, std::string> statements_;
-  std::unordered_map<std::string, std::vector<int32_t>> statement_types_;  // their Parse types
-  std::unordered_map<std::string, std::string> server_names_;  // client name → pgshard's
-  std::string unnamed_sql_;
+  Statements statements_;  // the client's prepared statements
   uint64_t round_robin_ = 0;
   server::CancelKey key_;
 

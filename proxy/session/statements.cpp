@@ -4,12 +4,13 @@
 // gets its Parse first, transparently. The replies pgshard causes are hidden (each message
 // pushes what to do with its reply on the server's queue, pool::Replies); the client sees
 // exactly what one PostgreSQL would send.
+#include "proxy/session/statements.hpp"
+
 #include <cctype>
 #include <functional>
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
-#include "proxy/session/session.hpp"
 
 namespace pgshard::session {
 
@@ -47,8 +48,7 @@ bool drops_all_statements(std::string_view sql) {
 
 }  // namespace
 
-void Session::map_statements(Link& link) {
-  auto& conn = *link.lease;
+void Statements::map(std::string& batch, pool::ServerConn& conn) {
   auto& replies = conn.replies;
   using Owner = pool::Replies::Owner;
   using Action = pool::Replies::Action;
@@ -57,7 +57,7 @@ void Session::map_statements(Link& link) {
   // ReadyForQuery entry, not one of theirs, is at the front of the queue).
   {
     bool simple_batch = true, parsed = false;
-    for (std::string_view rest = pending_; !rest.empty() && simple_batch;) {
+    for (std::string_view rest = batch; !rest.empty() && simple_batch;) {
       auto d = proto::decode_frame(rest);
       if (d.status != proto::DecodeStatus::kFrame) break;
       rest.remove_prefix(d.consumed);
@@ -71,7 +71,7 @@ void Session::map_statements(Link& link) {
         case proto::msg::kBind: {
           auto nul = f.body.find('\0');
           simple_batch = nul != std::string_view::npos && nul + 1 < f.body.size() &&
-                         f.body[nul + 1] == '\0' && (parsed || unnamed_sql_.empty());
+                         f.body[nul + 1] == '\0' && (parsed || unnamed_.empty());
           break;
         }
         case proto::msg::kDescribe:
@@ -88,21 +88,21 @@ void Session::map_statements(Link& link) {
     if (simple_batch) return;
   }
   std::string out;
-  out.reserve(pending_.size() + 64);
+  out.reserve(batch.size() + 64);
   bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
   // Prepares `name` on this server when it lacks it; the ParseComplete is hidden.
   auto ensure = [&](const std::string& name, const std::string& client_name) {
     if (conn.prepared.has(name)) return;
-    if (!statements_.contains(client_name)) return;
-    const std::string_view text = stored_text(client_name);
+    if (!texts_.contains(client_name)) return;
+    const std::string_view sql = text(client_name);
     if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
       proto::Close{'S', *evicted}.write(out);
       replies.expect_close(Owner::kClient, Action::kHide);
     }
-    proto::Parse{name, text, stored_types(client_name)}.write(out);
+    proto::Parse{name, sql, types(client_name)}.write(out);
     replies.expect_parse(Owner::kClient, Action::kHide, name);
   };
-  for (std::string_view rest = pending_; !rest.empty();) {
+  for (std::string_view rest = batch; !rest.empty();) {
     auto d = proto::decode_frame(rest);
     if (d.status != proto::DecodeStatus::kFrame) {
       out.append(rest);
@@ -138,9 +138,9 @@ void Session::map_statements(Link& link) {
       }
       case proto::msg::kBind: {
         auto b = proto::Bind::parse(f.body);
-        if (b && b->statement.empty() && !parsed_unnamed && !unnamed_sql_.empty()) {
+        if (b && b->statement.empty() && !parsed_unnamed && !unnamed_.empty()) {
           // The unnamed statement may have been parsed on another server: parse it again.
-          proto::Parse{"", unnamed_sql_, stored_types("")}.write(out);
+          proto::Parse{"", unnamed_, types("")}.write(out);
           replies.expect_parse(Owner::kClient, Action::kHide);
           parsed_unnamed = true;
         }
@@ -191,7 +191,37 @@ void Session::map_statements(Link& link) {
         out.append(raw);
     }
   }
-  pending_ = std::move(out);
+  batch = std::move(out);
+}
+
+std::string_view Statements::text(std::string_view name) const {
+  if (name.empty()) return unnamed_;
+  auto it = texts_.find(std::string(name));
+  return it == texts_.end() ? std::string_view() : std::string_view(it->second);
+}
+
+const std::vector<int32_t>& Statements::types(std::string_view name) const {
+  static const std::vector<int32_t> kNone;
+  auto it = types_.find(std::string(name));
+  return it == types_.end() ? kNone : it->second;
+}
+
+void Statements::parsed(std::string_view name, std::string_view query,
+                        const std::vector<int32_t>& param_types) {
+  // The unnamed statement is re-parsed by most drivers for every query: keep it without a
+  // map insert (assign reuses the buffer).
+  if (name.empty()) {
+    unnamed_.assign(query);
+    if (!param_types.empty() || types_.contains("")) types_[""] = param_types;
+    return;
+  }
+  texts_[std::string(name)] = std::string(query);
+  types_[std::string(name)] = param_types;
+}
+
+void Statements::closed(std::string_view name) {
+  texts_.erase(std::string(name));
+  types_.erase(std::string(name));
 }
 
 }  // namespace pgshard::session

@@ -1,0 +1,39 @@
+// The client's protocol-level prepared statements: their texts and parameter types (for
+// routing their Binds and re-preparing them elsewhere), and in transaction pooling their
+// mapping onto pgshard's statement names on whichever server the client gets.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include "proxy/pool/server_conn.hpp"
+
+namespace pgshard::session {
+
+class Statements {
+ public:
+  // Text and parameter types of statement `name` ("" is the unnamed one; "" if unknown).
+  std::string_view text(std::string_view name) const;
+  const std::vector<int32_t>& types(std::string_view name) const;
+  const std::string& unnamed() const { return unnamed_; }
+  // A Parse the client sent, and a Close of a statement.
+  void parsed(std::string_view name, std::string_view query,
+              const std::vector<int32_t>& param_types);
+  void closed(std::string_view name);
+
+  // Transaction pooling: rewrites `batch` so the client's named statements use pgshard's
+  // names on `conn`, re-preparing what that server lacks; the replies pgshard causes are
+  // expected (hidden or replaced) on the server's queue.
+  void map(std::string& batch, pool::ServerConn& conn);
+
+ private:
+  std::unordered_map<std::string, std::string> texts_;
+  std::unordered_map<std::string, std::vector<int32_t>> types_;
+  std::unordered_map<std::string, std::string> server_names_;  // client name -> pgshard's
+  std::string unnamed_;
+};
+
+}  // namespace pgshard::session
