@@ -52,214 +52,296 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
 static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
                                                           std::string* error);
 
-awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary) {
-  if (!co_await c.drain()) co_return;
-  Waiting waiting(c, "shards (fan-out)");
-  std::string out;
-  std::string names;
-  for (int s : route.shards) names += (names.empty() ? "" : ", ") + c.config().shards[s].name;
-  // (Not a coroutine: GCC 12 mishandles temporaries in co_await arguments.)
-  auto refuse = [&](std::string message, std::string hint) {
-    proto::write_error(
-        out, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
-    if (boundary == proto::msg::kFlush)
-      c.skip_to_sync();
-    else
-      out += proto::ready_for_query(c.transaction_status());
-  };
-  const merge::MergePlan* plan =
-      route.merge && route.merge_blocker.empty() ? route.merge.get() : nullptr;
+namespace {
+
+// One multi-shard statement, from its checks to the client's ReadyForQuery.
+class FanOut {
+ public:
+  FanOut(Client& c, const router::Route& route, bool simple, char boundary);
+  ~FanOut();  // borrowed servers go back to their relays
+  FanOut(const FanOut&) = delete;
+  FanOut& operator=(const FanOut&) = delete;
+  awaitable<void> run();
+
+ private:
+  // Why the statement cannot run across shards here (message, hint), if it cannot.
+  std::optional<std::pair<std::string, std::string>> refusal() const;
+  void refuse(std::string message, std::string hint);
+  void fail(const proto::ErrorInfo& e);
+  // The request every shard gets; false after a refusal.
+  bool build_request();
+  // A server per shard (a transaction's own, or from the pool); false after answering.
+  awaitable<bool> connect();
+  awaitable<bool> join(int shard, Leg& leg);
+  // Settings, BEGIN for an atomic write, the request.
+  awaitable<void> send();
+  awaitable<void> read(const merge::Collation* collation);
+  awaitable<bool> next_reply(Leg& leg, int i, Combiner& combiner);
+  void stop_leg(Leg& leg);
+  // An atomic write commits on every shard or on none.
+  awaitable<void> end_write();
+  std::string names() const;
+
+  Client& c_;
+  const router::Route& route_;
+  const bool simple_;
+  const char boundary_;
+  const merge::MergePlan* plan_;
+  bool in_txn_ = false;     // runs inside the client's transaction
+  bool opens_txn_ = false;  // and opens it on every shard (BEGIN was still pgshard's)
+  bool partial_ = false;    // a failed shard is left out (pgshard.partial_results)
+  bool atomic_ = false;     // a write outside a transaction: COMMIT everywhere or nowhere
+  std::string out_;
+  std::string request_;     // the same for every shard, unless the INSERT was split
+  pool::Replies expected_;  // what each shard will owe for it (pgshard's own replies hidden)
+  std::optional<int64_t> limit_, offset_;
+  int32_t max_rows_ = 0;  // Execute's row limit, 0: all
+  std::vector<Leg> legs_;
+  std::vector<std::string> missing_;  // shards left out of a partial answer
+  std::optional<proto::ErrorInfo> failure_;
+  bool error_sent_ = false;
+};
+
+FanOut::FanOut(Client& c, const router::Route& route, bool simple, char boundary)
+    : c_(c),
+      route_(route),
+      simple_(simple),
+      boundary_(boundary),
+      plan_(route.merge && route.merge_blocker.empty() ? route.merge.get() : nullptr) {
   // A read in a transaction that has not touched a shard yet (BEGIN is still pgshard's) at
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
-  const auto& begin = c.transaction().deferred_begin();
-  const bool fresh_read_committed =
-      !c.backends().active && c.transaction().deferred() && !route.write && !route.ddl &&
-      !router::icontains(begin, "serializable") && !router::icontains(begin, "repeatable") &&
-      !router::icontains(begin, "snapshot");
+  auto& txn = c.transaction();
+  const auto& begin = txn.deferred_begin();
+  const bool fresh_read_committed = !c.backends().active && txn.deferred() && !route.write &&
+                                    !route.ddl && !router::icontains(begin, "serializable") &&
+                                    !router::icontains(begin, "repeatable") &&
+                                    !router::icontains(begin, "snapshot");
   // Inside a transaction on a shard, the statement runs in that transaction on every shard
   // it needs: shards already in it lend their servers, others join (two-phase commit).
-  const bool in_txn = c.transaction_status() != 'I' && !fresh_read_committed;
+  in_txn_ = c.transaction_status() != proto::txn_status::kIdle && !fresh_read_committed;
   // BEGIN still pgshard's (REPEATABLE READ, or a write first): every shard joins now.
-  const bool opens_txn = in_txn && !c.backends().active && c.transaction().deferred();
-  if (in_txn && !opens_txn &&
-      (!c.backends().active || c.backends().active->lease->status != 'T' ||
-       c.transaction().failed() || c.transaction().savepoints() || route.ddl)) {
-    refuse("statement needs shards " + names + " inside this transaction (" +
-               (route.ddl ? std::string("DDL")
-                : c.transaction().savepoints()
-                    ? std::string("it has savepoints")
-                    : std::string("it has failed or has not started on a shard")) +
-               "); not supported",
-           "run it outside the transaction, or add the shard key");
-    co_await c.write_client(out);
-    co_return;
-  }
-  if (!route.write && !route.concat_safe && !plan) {
-    std::string hint = "add the shard key to the WHERE clause so one shard answers";
-    if (route.merge && !route.merge->hint.empty()) hint = route.merge->hint;
-    refuse(route.merge_blocker + " across shards (" + names + ") is not supported", hint);
-    co_await c.write_client(out);
-    co_return;
-  }
-  if (route.write && plan) {
-    refuse("SELECT ... FOR UPDATE/SHARE with ORDER BY, LIMIT or aggregates across shards (" +
-               names + ") is not supported",
-           "lock the rows with a plain SELECT ... FOR UPDATE, or add the shard key");
-    co_await c.write_client(out);
-    co_return;
-  }
-  if (!simple && boundary != proto::msg::kSync) {
-    refuse("a statement that needs shards " + names +
-               " must end its extended-protocol batch with Sync",
-           "send Sync after Execute");
-    co_await c.write_client(out);
-    co_return;
-  }
-  if (route.ddl) {
-    co_await run_ddl(c, route);
-    co_return;
-  }
-  if (c.backends().active && !c.session_pooled() && !in_txn) c.release(c.backends().active);
+  opens_txn_ = in_txn_ && !c.backends().active && txn.deferred();
+  partial_ = !route.write && router::partial_results(c.hints(), c.config(), c.user());
+  atomic_ = route.write && !in_txn_;  // in a transaction, its COMMIT decides
+}
 
-  // ---- the request each shard gets ----
-  std::string request;  // the same for every shard, unless the INSERT was split
-  std::optional<int64_t> limit, offset;
-  // What each shard will owe for the request (the replies pgshard caused itself hidden).
-  pool::Replies expected;
-  int32_t max_rows = 0;  // Execute's row limit, 0: all
-  if (simple) {
-    if (plan && !plan->shard_sql.empty())
-      proto::Query{plan->shard_sql}.write(request);
-    else
-      request = c.request();
-    expected.expect_batch(request, pool::Replies::Owner::kClient);
-    if (plan) {
-      limit = plan->limit.value;
-      offset = plan->offset.value;
-    }
-  } else {
-    if (!build_extended(c, plan, {}, request, expected, limit, offset, max_rows, out, names)) {
-      co_await c.write_client(out);
+FanOut::~FanOut() {
+  for (auto& leg : legs_)
+    if (leg.link) c_.backends().give_back(leg.link);
+}
+
+std::string FanOut::names() const {
+  std::string names;
+  for (int s : route_.shards) names += (names.empty() ? "" : ", ") + c_.config().shards[s].name;
+  return names;
+}
+
+void FanOut::refuse(std::string message, std::string hint) {
+  proto::write_error(
+      out_, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
+  if (boundary_ == proto::msg::kFlush)
+    c_.skip_to_sync();
+  else
+    out_ += proto::ready_for_query(c_.transaction_status());
+}
+
+void FanOut::fail(const proto::ErrorInfo& e) {
+  proto::write_error(out_, e);
+  out_ += proto::ready_for_query(c_.transaction_status());
+}
+
+std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
+  const auto& txn = c_.transaction();
+  const auto& active = c_.backends().active;
+  if (in_txn_ && !opens_txn_ &&
+      (!active || active->lease->status != proto::txn_status::kInBlock || txn.failed() ||
+       txn.savepoints() || route_.ddl)) {
+    const std::string why = route_.ddl         ? "DDL"
+                            : txn.savepoints() ? "it has savepoints"
+                                               : "it has failed or has not started on a shard";
+    return std::pair{"statement needs shards " + names() + " inside this transaction (" + why +
+                         "); not supported",
+                     std::string("run it outside the transaction, or add the shard key")};
+  }
+  if (!route_.write && !route_.concat_safe && !plan_) {
+    std::string hint = "add the shard key to the WHERE clause so one shard answers";
+    if (route_.merge && !route_.merge->hint.empty()) hint = route_.merge->hint;
+    return std::pair{route_.merge_blocker + " across shards (" + names() + ") is not supported",
+                     hint};
+  }
+  if (route_.write && plan_)
+    return std::pair{
+        "SELECT ... FOR UPDATE/SHARE with ORDER BY, LIMIT or aggregates across "
+        "shards (" +
+            names() + ") is not supported",
+        std::string("lock the rows with a plain SELECT ... FOR UPDATE, or add the "
+                    "shard key")};
+  if (!simple_ && boundary_ != proto::msg::kSync)
+    return std::pair{"a statement that needs shards " + names() +
+                         " must end its extended-protocol batch with Sync",
+                     std::string("send Sync after Execute")};
+  return std::nullopt;
+}
+
+awaitable<void> FanOut::run() {
+  if (auto why = refusal()) {
+    refuse(std::move(why->first), std::move(why->second));
+    co_await c_.write_client(out_);
+    co_return;
+  }
+  if (route_.ddl) {
+    co_await run_ddl(c_, route_);
+    co_return;
+  }
+  auto& backends = c_.backends();
+  if (backends.active && !c_.session_pooled() && !in_txn_) c_.release(backends.active);
+  if (!build_request() || !co_await connect()) {
+    co_await c_.write_client(out_);
+    co_return;
+  }
+  // Text comparisons use the shards' collation, read once per worker.
+  const merge::Collation* collation = nullptr;
+  if (plan_ && !legs_.empty()) {
+    std::string err;
+    collation = co_await shard_collation(c_, *legs_[0].conn, &err);
+    if (!collation) {
+      fail(proto::error(sqlstate::kFeatureNotSupported, err));
+      co_await c_.write_client(out_);
       co_return;
     }
   }
-
-  // ---- connect every shard ----
-  const bool partial = !route.write && router::partial_results(c.hints(), c.config(), c.user());
-  const bool atomic = route.write && !in_txn;  // in a transaction, its COMMIT decides
-  std::vector<Leg> legs;
-  std::vector<std::string> missing;  // shards left out of a partial answer
-  auto jobs = route.shards;
-  if (!route.per_shard_sql.empty()) {
-    jobs.clear();
-    for (const auto& [shard, sql] : route.per_shard_sql) jobs.push_back(shard);
+  co_await send();
+  co_await read(collation);
+  co_await end_write();
+  // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
+  // ends), as one PostgreSQL would.
+  if (in_txn_ && (failure_ || error_sent_)) c_.transaction().fail();
+  if (failure_) {
+    proto::write_error(out_, *failure_);
+  } else if (!missing_.empty()) {
+    std::string list;
+    for (const auto& m : missing_) list += (list.empty() ? "" : ", ") + m;
+    auto warning = proto::error(sqlstate::kWarning, "partial result: shard(s) " + list +
+                                                        " did not answer; their rows are missing");
+    warning.severity = "WARNING";
+    // The warning goes before the final ReadyForQuery (notices may come at any time).
+    proto::write_notice(out_, warning);
   }
-  if (opens_txn) c.transaction().take_deferred();  // every shard opens it as the client did
-  struct GiveBack {
-    Client& c;
-    std::vector<Leg>& legs;
-    ~GiveBack() {
-      for (auto& leg : legs)
-        if (leg.link) c.backends().give_back(leg.link);
-    }
-  } give_back_guard{c, legs};
+  out_ += proto::ready_for_query(c_.transaction_status());
+  co_await c_.write_client(out_);
+}
+
+bool FanOut::build_request() {
+  if (!simple_)
+    return build_extended(c_, plan_, {}, request_, expected_, limit_, offset_, max_rows_, out_,
+                          names());
+  if (plan_ && !plan_->shard_sql.empty())
+    proto::Query{plan_->shard_sql}.write(request_);
+  else
+    request_ = c_.request();
+  expected_.expect_batch(request_, pool::Replies::Owner::kClient);
+  if (plan_) {
+    limit_ = plan_->limit.value;
+    offset_ = plan_->offset.value;
+  }
+  return true;
+}
+
+awaitable<bool> FanOut::connect() {
+  auto jobs = route_.shards;
+  if (!route_.per_shard_sql.empty()) {
+    jobs.clear();
+    for (const auto& [shard, sql] : route_.per_shard_sql) jobs.push_back(shard);
+  }
+  if (opens_txn_) c_.transaction().take_deferred();  // every shard opens it as the client did
   for (int shard : jobs) {
     Leg leg;
     leg.shard = shard;
-    if (in_txn) {
-      std::shared_ptr<pool::Link> link;
-      if (c.backends().active && c.backends().active->shard == shard) {
-        link = c.backends().active;
-      } else if (auto participant = c.backends().participant(shard)) {
-        link = std::move(participant);
-      } else {
-        // A new participant, opened the way the client opened the transaction.
-        auto saved = c.backends().active;
-        c.backends().active.reset();
-        const bool attached = co_await c.attach(shard);  // answers the client on failure
-        link = c.backends().active;
-        c.backends().active = saved;
-        if (!attached) co_return;
-        c.backends().add_participant(link);
-        c.transaction().joined();
-        if (!link->prelude.empty()) {
-          std::string prelude = std::move(link->prelude);
-          link->prelude.clear();
-          co_await c.write_server(link, prelude);
-        }
-        if (!co_await c.run_ours(link, c.transaction().begin_sql) ||
-            link->lease->replies.tag != "BEGIN") {
-          c.transaction().fail();
-          proto::write_error(
-              out, proto::error(sqlstate::kConnectionFailure,
-                                "could not open the transaction on shard " +
-                                    c.config().shards[static_cast<std::size_t>(shard)].name));
-          out += proto::ready_for_query(c.transaction_status());
-          co_await c.write_client(out);
-          co_return;
-        }
-      }
-      co_await c.backends().borrow(link);
-      leg.link = link;
-      leg.conn = &*link->lease;
-      legs.push_back(std::move(leg));
+    if (in_txn_) {
+      if (!co_await join(shard, leg)) co_return false;
+      legs_.push_back(std::move(leg));
       continue;
     }
-    auto got = co_await c.worker().pool(shard, c.user()).acquire();
+    auto got = co_await c_.worker().pool(shard, c_.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
-      if (!partial) {
-        proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
-        out += proto::ready_for_query(c.transaction_status());
-        co_await c.write_client(out);
-        co_return;
+      if (!partial_) {
+        fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+        co_return false;
       }
-      missing.push_back(c.config().shards[static_cast<std::size_t>(shard)].name);
+      missing_.push_back(c_.config().shards[static_cast<std::size_t>(shard)].name);
       continue;
     }
     leg.lease = std::move(std::get<pool::Lease>(got));
     leg.conn = &*leg.lease;
-    legs.push_back(std::move(leg));
+    legs_.push_back(std::move(leg));
   }
   // One participant takes the client's next statements; the others wait for COMMIT.
-  if (opens_txn) c.backends().promote();
-  // Text comparisons use the shards' collation, read once per worker.
-  const merge::Collation* collation = nullptr;
-  if (plan && !legs.empty()) {
-    std::string err;
-    collation = co_await shard_collation(c, *legs[0].conn, &err);
-    if (!collation) {
-      proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported, err));
-      out += proto::ready_for_query(c.transaction_status());
-      co_await c.write_client(out);
-      co_return;
+  if (opens_txn_) c_.backends().promote();
+  co_return true;
+}
+
+awaitable<bool> FanOut::join(int shard, Leg& leg) {
+  auto& backends = c_.backends();
+  std::shared_ptr<pool::Link> link;
+  if (backends.active && backends.active->shard == shard) {
+    link = backends.active;
+  } else if (auto participant = backends.participant(shard)) {
+    link = std::move(participant);
+  } else {
+    // A new participant, opened the way the client opened the transaction.
+    auto saved = backends.active;
+    backends.active.reset();
+    const bool attached = co_await c_.attach(shard);  // answers the client on failure
+    link = backends.active;
+    backends.active = saved;
+    if (!attached) co_return false;
+    backends.add_participant(link);
+    c_.transaction().joined();
+    if (!link->prelude.empty()) {
+      std::string prelude = std::move(link->prelude);
+      link->prelude.clear();
+      co_await c_.write_server(link, prelude);
+    }
+    if (!co_await c_.run_ours(link, c_.transaction().begin_sql) ||
+        link->lease->replies.tag != "BEGIN") {
+      c_.transaction().fail();
+      fail(proto::error(sqlstate::kConnectionFailure,
+                        "could not open the transaction on shard " +
+                            c_.config().shards[static_cast<std::size_t>(shard)].name));
+      co_return false;
     }
   }
+  co_await backends.borrow(link);
+  leg.link = link;
+  leg.conn = &*link->lease;
+  co_return true;
+}
 
-  // ---- send: settings, BEGIN for writes, the request ----
-  for (std::size_t i = 0; i < legs.size(); ++i) {
-    auto& leg = legs[i];
+awaitable<void> FanOut::send() {
+  for (std::size_t i = 0; i < legs_.size(); ++i) {
+    auto& leg = legs_[i];
     auto* lease = leg.conn;
     auto& replies = lease->replies;
-    std::string batch = c.sync_prelude(*lease);
-    if (atomic) {
+    std::string batch = c_.sync_prelude(*lease);
+    if (atomic_) {
       proto::Query{"BEGIN"}.write(batch);
       replies.expect_ready(pool::Replies::Owner::kOwn);
     }
-    if (!route.per_shard_sql.empty() && simple) {
-      proto::Query{route.per_shard_sql[i].second}.write(batch);
+    if (!route_.per_shard_sql.empty() && simple_) {
+      proto::Query{route_.per_shard_sql[i].second}.write(batch);
       replies.expect_ready(pool::Replies::Owner::kClient);
-    } else if (!route.per_shard_sql.empty()) {
+    } else if (!route_.per_shard_sql.empty()) {
       // Each shard's part of a split INSERT, in the client's extended batch.
       std::string mine;
       pool::Replies its;
-      build_extended(c, nullptr, route.per_shard_sql[i].second, mine, its, limit, offset, max_rows,
-                     out, names);
+      build_extended(c_, nullptr, route_.per_shard_sql[i].second, mine, its, limit_, offset_,
+                     max_rows_, out_, names());
       replies.append(its);
       batch += mine;
     } else {
-      replies.append(expected);
-      batch += request;
+      replies.append(expected_);
+      batch += request_;
     }
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
     if (ec) {
@@ -267,107 +349,53 @@ awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char
       leg.problem = "connection lost";
     }
   }
+}
 
+awaitable<void> FanOut::read(const merge::Collation* collation) {
   // A CancelRequest from the client reaches every shard of the statement.
   std::vector<pool::ServerConn*> running;
-  for (auto& leg : legs) running.push_back(leg.conn);
-  c.running_on(std::move(running));
-  struct ClearOnExit {
-    Client& c;
-    ~ClearOnExit() { c.running_on({}); }
-  } clear_servers{c};
-
+  for (auto& leg : legs_) running.push_back(leg.conn);
+  c_.running_on(std::move(running));
   // A client that leaves stops the statement on every shard (cancelled, servers discarded)
-  // instead of having pgshard read every shard to the end for nobody.
-  auto watch = std::make_shared<ClientWatch>(c.worker().executor());
-  asio::co_spawn(c.worker().executor(),
-                 c.watch_client(watch,
-                                [&legs] {
-                                  for (auto& leg : legs)
-                                    if (!leg.done && !leg.failed) {
-                                      leg.abandoned = true;
-                                      leg.timed_out = true;  // check_legs cancels it on its shard
-                                      error_code ignored;
-                                      leg.conn->socket().cancel(ignored);
-                                    }
-                                }),
+  // instead of having pgshard read every shard to the end for nobody; so does a shard that
+  // takes longer than timeouts.shard_statement.
+  auto stop_all = [this](bool client_left) {
+    for (auto& leg : legs_)
+      if (!leg.done && !leg.failed) {
+        leg.abandoned = leg.abandoned || client_left;
+        leg.timed_out = true;  // cancelled on its shard (stop_leg)
+        error_code ignored;
+        leg.conn->socket().cancel(ignored);
+      }
+  };
+  auto watch = std::make_shared<ClientWatch>(c_.worker().executor());
+  asio::co_spawn(c_.worker().executor(), c_.watch_client(watch, [stop_all] { stop_all(true); }),
                  asio::detached);
-
-  // A shard that takes longer than timeouts.shard_statement is cancelled and left out.
   asio::steady_timer deadline(co_await asio::this_coro::executor);
-  if (c.config().timeouts.shard_statement.count() > 0) {
-    deadline.expires_after(c.config().timeouts.shard_statement);
-    deadline.async_wait([&legs](error_code ec) {
-      if (ec) return;  // cancelled: the statement finished in time
-      for (auto& leg : legs)
-        if (!leg.done && !leg.failed) {
-          leg.timed_out = true;
-          error_code ignored;
-          leg.conn->socket().cancel(ignored);
-        }
+  if (c_.config().timeouts.shard_statement.count() > 0) {
+    deadline.expires_after(c_.config().timeouts.shard_statement);
+    deadline.async_wait([stop_all](error_code ec) {
+      if (!ec) stop_all(false);  // (cancelled: the statement finished in time)
     });
   }
-
-  // ---- read every shard's replies; the combiner says whose reply it needs next ----
   CombineOptions options;
-  options.plan = plan;
+  options.plan = plan_;
   options.collation = collation;
-  options.limit = limit;
-  options.offset = offset;
-  options.max_rows = max_rows;
-  options.replicated = route.replicated;
-  options.partial = partial;
-  for (const auto& leg : legs)
-    options.shard_names.push_back(c.config().shards[static_cast<std::size_t>(leg.shard)].name);
-  Combiner combiner(static_cast<int>(legs.size()), std::move(options));
-  combiner.out() = std::move(out);
-  out.clear();
-  // Hands the combiner the next reply of legs[i] that concerns it: replies to pgshard's own
-  // messages are hidden by the server's reply queue (except a RowDescription the merge
-  // needs). False when the shard is gone.
-  auto next_reply = [&](Leg& leg, int i) -> awaitable<bool> {
-    auto* conn = leg.conn;
-    for (;;) {
-      auto d = proto::decode_frame(conn->rbuf.view(), c.config().listen.max_message_size);
-      if (d.status == proto::DecodeStatus::kError) co_return false;
-      if (d.status == proto::DecodeStatus::kNeedMore) {
-        // The client left while another shard was being read: this socket had no read
-        // to cancel then, so do not start one now.
-        if (leg.abandoned) co_return false;
-        std::size_t room;
-        char* at = conn->rbuf.prepare(kReadChunk, &room);
-        auto [ec, n] = co_await conn->socket().async_read_some(asio::buffer(at, room), use_nothrow);
-        if (ec) co_return false;
-        conn->rbuf.commit(n);
-        continue;
-      }
-      const auto& f = d.frame;
-      if (f.type == proto::msg::kReadyForQuery) conn->status = f.body.empty() ? 'I' : f.body[0];
-      const bool ours = conn->replies.own_front();
-      const bool hidden =
-          conn->replies.classify(f, &conn->prepared) == pool::Replies::Verdict::kHide;
-      const bool pass = !hidden || (!ours && f.type == proto::msg::kRowDescription);
-      if (pass) combiner.add(i, f, std::string_view(conn->rbuf.data(), d.consumed), hidden);
-      conn->rbuf.consume(d.consumed);
-      if (pass) co_return true;
-    }
-  };
-  for (std::size_t i = 0; i < legs.size(); ++i)
-    if (legs[i].failed) combiner.fail(static_cast<int>(i), legs[i].problem, false);
-  // A shard left mid-reply is discarded; one that timed out (or whose client left) is
-  // cancelled so it stops working for nobody.
-  auto stop_leg = [&](Leg& leg) {
-    leg.done = true;
-    leg.conn->broken = true;
-    if (leg.timed_out && leg.conn->pid()) {
-      const auto& shard = c.config().shards[static_cast<std::size_t>(leg.shard)];
-      server::send_server_cancel(c.worker().executor(), shard.primary.host, shard.primary.port,
-                                 leg.conn->pid(), leg.conn->secret());
-    }
-  };
+  options.limit = limit_;
+  options.offset = offset_;
+  options.max_rows = max_rows_;
+  options.replicated = route_.replicated;
+  options.partial = partial_;
+  for (const auto& leg : legs_)
+    options.shard_names.push_back(c_.config().shards[static_cast<std::size_t>(leg.shard)].name);
+  Combiner combiner(static_cast<int>(legs_.size()), std::move(options));
+  combiner.out() = std::move(out_);
+  out_.clear();
+  for (std::size_t i = 0; i < legs_.size(); ++i)
+    if (legs_[i].failed) combiner.fail(static_cast<int>(i), legs_[i].problem, false);
   for (int i; (i = combiner.wants()) >= 0;) {
-    auto& leg = legs[static_cast<std::size_t>(i)];
-    if (!co_await next_reply(leg, i)) {
+    auto& leg = legs_[static_cast<std::size_t>(i)];
+    if (!co_await next_reply(leg, i, combiner)) {
       leg.failed = true;
       stop_leg(leg);
       combiner.fail(
@@ -375,64 +403,101 @@ awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char
           leg.timed_out);
       continue;
     }
-    if (combiner.finished(i)) leg.done = true;
-    if (combiner.out().size() > kClientFlush && !c.gone()) {
-      co_await c.write_client(combiner.out());
+    if (combiner.out().size() > kClientFlush && !c_.gone()) {
+      co_await c_.write_client(combiner.out());
       combiner.out().clear();
     }
   }
-  for (std::size_t i = 0; i < legs.size(); ++i)
-    if (combiner.finished(static_cast<int>(i))) legs[i].done = true;
-  out += combiner.out();
-  std::optional<proto::ErrorInfo> failure = combiner.failure();
-  const bool error_sent = combiner.error_sent();
-  missing.insert(missing.end(), combiner.missing().begin(), combiner.missing().end());
   deadline.cancel();
-  co_await c.stop_watch(*watch);
-
+  co_await c_.stop_watch(*watch);
+  c_.running_on({});
+  for (std::size_t i = 0; i < legs_.size(); ++i)
+    if (combiner.finished(static_cast<int>(i))) legs_[i].done = true;
+  out_ = std::move(combiner.out());
+  failure_ = combiner.failure();
+  error_sent_ = combiner.error_sent();
+  missing_.insert(missing_.end(), combiner.missing().begin(), combiner.missing().end());
   // A statement pgshard failed itself: shards still mid-reply are not worth waiting for.
-  for (auto& leg : legs)
-    if (!leg.done && (failure || leg.timed_out)) stop_leg(leg);
+  for (auto& leg : legs_)
+    if (!leg.done && (failure_ || leg.timed_out)) stop_leg(leg);
+}
 
-  // ---- writes: COMMIT everywhere, or ROLLBACK everywhere ----
-  const bool ok = !failure && !error_sent && missing.empty();
-  if (atomic) {
-    std::vector<std::string> committed;
-    for (auto& leg : legs) {
-      if (leg.conn->broken || leg.failed) continue;
-      const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
-      const bool done = co_await leg.conn->run_own(end_verb, c.config().listen.max_message_size) &&
-                        leg.conn->replies.tag == end_verb;
-      if (!done) leg.conn->broken = true;
-      const auto& name = c.config().shards[static_cast<std::size_t>(leg.shard)].name;
-      if (ok && done) committed.push_back(name);
-      if (ok && !done && !failure) {
-        std::string note;
-        for (auto& c : committed) note += (note.empty() ? "" : ", ") + c;
-        failure = proto::error(
-            sqlstate::kConnectionFailure,
-            "COMMIT failed on shard " + name +
-                (note.empty() ? std::string() : " after shard(s) " + note + " committed"),
-            {}, "the shards may now disagree; check and repair");
-      }
+awaitable<bool> FanOut::next_reply(Leg& leg, int i, Combiner& combiner) {
+  // Hands the combiner the next reply of the leg that concerns it: replies to pgshard's own
+  // messages are hidden by the server's reply queue (except a RowDescription the merge
+  // needs). False when the shard is gone.
+  auto* conn = leg.conn;
+  for (;;) {
+    auto d = proto::decode_frame(conn->rbuf.view(), c_.config().listen.max_message_size);
+    if (d.status == proto::DecodeStatus::kError) co_return false;
+    if (d.status == proto::DecodeStatus::kNeedMore) {
+      // The client left while another shard was being read: this socket had no read to
+      // cancel then, so do not start one now.
+      if (leg.abandoned) co_return false;
+      std::size_t room;
+      char* at = conn->rbuf.prepare(kReadChunk, &room);
+      auto [ec, n] = co_await conn->socket().async_read_some(asio::buffer(at, room), use_nothrow);
+      if (ec) co_return false;
+      conn->rbuf.commit(n);
+      continue;
+    }
+    const auto& f = d.frame;
+    if (f.type == proto::msg::kReadyForQuery) conn->status = f.body.empty() ? 'I' : f.body[0];
+    const bool ours = conn->replies.own_front();
+    const bool hidden = conn->replies.classify(f, &conn->prepared) == pool::Replies::Verdict::kHide;
+    const bool pass = !hidden || (!ours && f.type == proto::msg::kRowDescription);
+    if (pass) combiner.add(i, f, std::string_view(conn->rbuf.data(), d.consumed), hidden);
+    conn->rbuf.consume(d.consumed);
+    if (pass) {
+      if (combiner.finished(i)) leg.done = true;
+      co_return true;
     }
   }
-  // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
-  // ends), as one PostgreSQL would.
-  if (in_txn && (failure || error_sent)) c.transaction().fail();
-  if (failure) {
-    proto::write_error(out, *failure);
-  } else if (!missing.empty()) {
-    std::string list;
-    for (const auto& m : missing) list += (list.empty() ? "" : ", ") + m;
-    auto warning = proto::error(sqlstate::kWarning, "partial result: shard(s) " + list +
-                                                        " did not answer; their rows are missing");
-    warning.severity = "WARNING";
-    // The warning goes before the final ReadyForQuery (notices may come at any time).
-    proto::write_notice(out, warning);
+}
+
+void FanOut::stop_leg(Leg& leg) {
+  // A shard left mid-reply is discarded; one that timed out (or whose client left) is
+  // cancelled so it stops working for nobody.
+  leg.done = true;
+  leg.conn->broken = true;
+  if (leg.timed_out && leg.conn->pid()) {
+    const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
+    server::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
+                               leg.conn->pid(), leg.conn->secret());
   }
-  out += proto::ready_for_query(c.transaction_status());
-  co_await c.write_client(out);
+}
+
+awaitable<void> FanOut::end_write() {
+  if (!atomic_) co_return;
+  const bool ok = !failure_ && !error_sent_ && missing_.empty();
+  const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
+  std::vector<std::string> committed;
+  for (auto& leg : legs_) {
+    if (leg.conn->broken || leg.failed) continue;
+    const bool done = co_await leg.conn->run_own(end_verb, c_.config().listen.max_message_size) &&
+                      leg.conn->replies.tag == end_verb;
+    if (!done) leg.conn->broken = true;
+    const auto& name = c_.config().shards[static_cast<std::size_t>(leg.shard)].name;
+    if (ok && done) committed.push_back(name);
+    if (ok && !done && !failure_) {
+      std::string note;
+      for (auto& c : committed) note += (note.empty() ? "" : ", ") + c;
+      failure_ = proto::error(
+          sqlstate::kConnectionFailure,
+          "COMMIT failed on shard " + name +
+              (note.empty() ? std::string() : " after shard(s) " + note + " committed"),
+          {}, "the shards may now disagree; check and repair");
+    }
+  }
+}
+
+}  // namespace
+
+awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary) {
+  if (!co_await c.drain()) co_return;
+  Waiting waiting(c, "shards (fan-out)");
+  FanOut statement(c, route, simple, boundary);
+  co_await statement.run();
 }
 
 static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
