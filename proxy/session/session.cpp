@@ -22,9 +22,6 @@ using namespace asio::experimental::awaitable_operators;
 namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
-// DataRow/CopyData frames larger than this are streamed to the client as they arrive
-// instead of being held whole.
-constexpr std::size_t kStreamFrame = 64 * 1024;
 
 std::string canonical_parameter(std::string_view name) {
   // GUC names are case-insensitive; use the spelling PostgreSQL reports.
@@ -1078,8 +1075,7 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
 awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   auto self = shared_from_this();
   auto& conn = *link->lease;
-  std::size_t passthrough = 0;  // bytes of a large frame still to relay unparsed
-  std::string out;              // relayed bytes when some frames are hidden
+  RelayFilter filter(config_.listen.max_message_size, *this);
   for (;;) {
     bool lost = false;
     if (link->done) break;
@@ -1105,90 +1101,19 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (ec) lost = true;
     }
 
-    // Walk whole frames; relay them unless hidden. Large rows stream through.
-    std::string_view buf = conn.rbuf.view();
-    std::size_t pos = 0;
-    std::size_t relay_from = 0;
-    bool hiding = false;
-    out.clear();
-    auto hide = [&](std::size_t start, std::size_t end) {
-      out.append(buf.substr(relay_from, start - relay_from));
-      relay_from = end;
-      hiding = true;
-    };
-    if (passthrough > 0) {
-      pos = std::min(passthrough, buf.size());
-      passthrough -= pos;
-    }
-    while (!lost && passthrough == 0 && buf.size() - pos >= 5) {
-      const char type = buf[pos];
-      const uint32_t len = proto::load_be32(buf.data() + pos + 1);
-      if (len < 4 || len > config_.listen.max_message_size) {
+    // Whole frames go to the client unless hidden; large rows stream through.
+    std::string_view relay;
+    std::size_t used = 0;
+    if (!lost) {
+      const auto step = filter.walk(conn, conn.rbuf.view());
+      relay = step.relay;
+      used = step.used;
+      if (step.invalid) {
         spdlog::error("{}: invalid message length from shard {}", prefix(),
                       config_.shards[link->shard].name);
         lost = true;
-        break;
       }
-      const std::size_t total = std::size_t{len} + 1;
-      if (buf.size() - pos < total) {
-        if ((type == proto::msg::kDataRow || type == proto::msg::kCopyData) &&
-            total > kStreamFrame && !conn.replies.own_front()) {
-          passthrough = total - (buf.size() - pos);
-          pos = buf.size();
-        }
-        break;
-      }
-      std::string_view body = buf.substr(pos + 5, len - 4);
-      const auto verdict = conn.replies.classify(proto::Frame{type, body}, &conn.prepared);
-      const auto owner = conn.replies.owner();
-      const bool ours = pool::Replies::ours(owner);
-      bool hide_this = verdict == pool::Replies::Verdict::kHide;
-      if (verdict == pool::Replies::Verdict::kAsParseComplete) {
-        hide(pos, pos + total);
-        proto::write_empty(out, proto::msg::kParseComplete);
-      }
-      switch (type) {
-        case proto::msg::kReadyForQuery:
-          conn.status = body.empty() ? 'I' : body[0];
-          if (owner == pool::Replies::Owner::kClient && !client_ready(conn)) {
-            // The client's BEGIN is still pgshard's: to the client it is in a transaction.
-            hide(pos, pos + total);
-            out += proto::ready_for_query(proto::txn_status::kInBlock);
-          }
-          break;
-        case proto::msg::kCopyInResponse:
-          if (!ours) copy_in_ = true;
-          break;
-        case proto::msg::kParameterStatus:
-          if (auto p = proto::ParameterStatus::parse(body)) {
-            if (owner != pool::Replies::Owner::kOwn)
-              conn.params[std::string(p->name)] = std::string(p->value);
-            if (!ours && synced_reported(p->name)) {
-              client_params_[std::string(p->name)] = std::string(p->value);
-              params_fingerprint_ = fingerprint(client_params_);
-              conn.synced_fingerprint = params_fingerprint_;
-            }
-          }
-          break;
-        case proto::msg::kCommandComplete:
-          if (!ours && !pending_settings_.empty() && body.starts_with("ROLLBACK"))
-            pending_settings_.clear();
-          break;
-        case proto::msg::kErrorResponse:
-          if (!ours) settings_failed_ = true;
-          if (ours && !conn.replies.error.empty() && conn.replies.fatal.empty())
-            spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(),
-                         config_.shards[link->shard].name, conn.replies.error);
-          break;
-        default:
-          break;
-      }
-      if (hide_this) hide(pos, pos + total);
-      pos += total;
     }
-    if (hiding) out.append(buf.substr(relay_from, pos - relay_from));
-    std::string_view relay = hiding ? std::string_view(out) : buf.substr(0, pos);
-
     if (lost) {
       std::string notice;
       server_lost(link, notice);
@@ -1199,7 +1124,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     if (!relay.empty() && !client_gone_) {
       if (!co_await write_client(relay)) conn.broken = true;
     }
-    conn.rbuf.consume(pos);
+    conn.rbuf.consume(used);
     if (client_gone_) {
       conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
       break;
@@ -1224,6 +1149,18 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   link->lease.release();
   drained_.notify_all();
   maybe_close_for_shutdown();
+}
+
+void Session::reported(pool::ServerConn& conn, std::string_view name, std::string_view value) {
+  if (!synced_reported(name)) return;
+  client_params_[std::string(name)] = std::string(value);
+  params_fingerprint_ = fingerprint(client_params_);
+  conn.synced_fingerprint = params_fingerprint_;
+}
+
+void Session::own_statement_failed(pool::ServerConn& conn) {
+  spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(), conn.target().shard_name,
+               conn.replies.error);
 }
 
 bool Session::client_ready(pool::ServerConn& conn) {

@@ -23,6 +23,7 @@
 #include "proxy/session/client_stream.hpp"
 #include "proxy/session/login.hpp"
 #include "proxy/session/params.hpp"
+#include "proxy/session/relay_filter.hpp"
 #include "proxy/session/statements.hpp"
 #include "proxy/txn/transaction.hpp"
 
@@ -34,7 +35,9 @@ namespace pgshard::session {
 
 using pool::Link;
 
-class Session : public std::enable_shared_from_this<Session>, public executor::Client {
+class Session : public std::enable_shared_from_this<Session>,
+                public executor::Client,
+                private RelayEvents {
  public:
   // Lifecycle of the client side, printable in logs.
   enum class State { kStartup, kAuth, kReady, kClosing };
@@ -140,9 +143,15 @@ class Session : public std::enable_shared_from_this<Session>, public executor::C
   router::Route route_batch(bool* simple);
   router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound);
 
-  // The client's request on `conn` got its ReadyForQuery: settings, transaction flags.
-  // False when the client must be told it is in a transaction (its BEGIN is pgshard's).
-  bool client_ready(pool::ServerConn& conn);
+  // ---- RelayEvents: what the client's replies mean for its session ----
+  // Settings and transaction state after the client's request; false when the client must
+  // be told it is in a transaction (its BEGIN is still pgshard's).
+  bool client_ready(pool::ServerConn& conn) override;
+  void copy_in_started() override { copy_in_ = true; }
+  void reported(pool::ServerConn& conn, std::string_view name, std::string_view value) override;
+  void client_failed() override { settings_failed_ = true; }
+  void client_rolled_back() override { pending_settings_.clear(); }
+  void own_statement_failed(pool::ServerConn& conn) override;
   // Records the settings of a statement that succeeded on `conn`.
   void apply_settings(pool::ServerConn& conn);
 

@@ -1,0 +1,91 @@
+#include "proxy/session/relay_filter.hpp"
+
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+
+namespace pgshard::session {
+
+namespace proto = protocol;
+namespace msg = protocol::msg;
+using Owner = pool::Replies::Owner;
+using Verdict = pool::Replies::Verdict;
+
+RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf) {
+  Step step;
+  std::size_t pos = 0;
+  std::size_t relay_from = 0;
+  bool hiding = false;
+  out_.clear();
+  auto hide = [&](std::size_t start, std::size_t end) {
+    out_.append(buf.substr(relay_from, start - relay_from));
+    relay_from = end;
+    hiding = true;
+  };
+  if (passthrough_ > 0) {
+    pos = std::min(passthrough_, buf.size());
+    passthrough_ -= pos;
+  }
+  while (passthrough_ == 0 && buf.size() - pos >= 5) {
+    const char type = buf[pos];
+    const uint32_t len = proto::load_be32(buf.data() + pos + 1);
+    if (len < 4 || len > max_message_) {
+      step.invalid = true;
+      break;
+    }
+    const std::size_t total = std::size_t{len} + 1;
+    if (buf.size() - pos < total) {
+      if ((type == msg::kDataRow || type == msg::kCopyData) && total > kStreamFrame &&
+          !conn.replies.own_front()) {
+        passthrough_ = total - (buf.size() - pos);
+        pos = buf.size();
+      }
+      break;
+    }
+    const std::string_view body = buf.substr(pos + 5, len - 4);
+    const auto verdict = conn.replies.classify(proto::Frame{type, body}, &conn.prepared);
+    const auto owner = conn.replies.owner();
+    const bool ours = pool::Replies::ours(owner);
+    if (verdict == Verdict::kAsParseComplete) {
+      hide(pos, pos + total);
+      proto::write_empty(out_, msg::kParseComplete);
+    }
+    switch (type) {
+      case msg::kReadyForQuery:
+        conn.status = body.empty() ? proto::txn_status::kIdle : body[0];
+        if (owner == Owner::kClient && !events_.client_ready(conn)) {
+          hide(pos, pos + total);
+          out_ += proto::ready_for_query(proto::txn_status::kInBlock);
+        }
+        break;
+      case msg::kCopyInResponse:
+        if (!ours) events_.copy_in_started();
+        break;
+      case msg::kParameterStatus:
+        if (auto p = proto::ParameterStatus::parse(body)) {
+          // After pgshard's DISCARD ALL the server reports its defaults; after pgshard's
+          // setting sync it reports what the session already recorded.
+          if (owner != Owner::kOwn) conn.params[std::string(p->name)] = std::string(p->value);
+          if (!ours) events_.reported(conn, p->name, p->value);
+        }
+        break;
+      case msg::kCommandComplete:
+        if (!ours && body.starts_with("ROLLBACK")) events_.client_rolled_back();
+        break;
+      case msg::kErrorResponse:
+        if (!ours) events_.client_failed();
+        if (ours && !conn.replies.error.empty() && conn.replies.fatal.empty())
+          events_.own_statement_failed(conn);
+        break;
+      default:
+        break;
+    }
+    if (verdict == Verdict::kHide) hide(pos, pos + total);
+    pos += total;
+  }
+  if (hiding) out_.append(buf.substr(relay_from, pos - relay_from));
+  step.relay = hiding ? std::string_view(out_) : buf.substr(0, pos);
+  step.used = pos;
+  return step;
+}
+
+}  // namespace pgshard::session

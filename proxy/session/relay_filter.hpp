@@ -1,0 +1,55 @@
+// The single-shard relay's decisions, without sockets: which of a server's replies reach the
+// client (most, untouched), which are hidden or replaced (those to pgshard's own messages,
+// per the server's reply queue), and what the client's replies mean for its session
+// (ReadyForQuery, COPY, ParameterStatus, errors). Large rows stream through unparsed.
+#pragma once
+
+#include <cstddef>
+#include <string>
+#include <string_view>
+
+#include "proxy/pool/server_conn.hpp"
+
+namespace pgshard::session {
+
+// What the relay tells the session about the client's replies.
+class RelayEvents {
+ public:
+  virtual ~RelayEvents() = default;
+  // The client's request got its ReadyForQuery (its status is in conn.status). False: the
+  // client must be told it is in a transaction (its BEGIN is still pgshard's).
+  virtual bool client_ready(pool::ServerConn& conn) = 0;
+  virtual void copy_in_started() = 0;
+  // A setting the server reported after the client's statement.
+  virtual void reported(pool::ServerConn& conn, std::string_view name, std::string_view value) = 0;
+  // The client's statement failed, or its transaction rolled back (its SETs do not hold).
+  virtual void client_failed() = 0;
+  virtual void client_rolled_back() = 0;
+  // pgshard's own statement was rejected (conn.replies.error says why).
+  virtual void own_statement_failed(pool::ServerConn& conn) = 0;
+};
+
+class RelayFilter {
+ public:
+  // DataRow/CopyData frames larger than this stream to the client as they arrive.
+  static constexpr std::size_t kStreamFrame = 64 * 1024;
+
+  RelayFilter(std::size_t max_message, RelayEvents& events)
+      : max_message_(max_message), events_(events) {}
+
+  struct Step {
+    std::string_view relay;  // bytes for the client (valid until the next walk)
+    std::size_t used = 0;    // bytes of the input walked (consume them)
+    bool invalid = false;    // the server broke the protocol: the connection is lost
+  };
+  // Walks the whole frames at the front of `buf`, the server's unread bytes.
+  Step walk(pool::ServerConn& conn, std::string_view buf);
+
+ private:
+  std::size_t max_message_;
+  RelayEvents& events_;
+  std::size_t passthrough_ = 0;  // bytes of a large frame still to relay unparsed
+  std::string out_;              // relayed bytes when some frames are hidden
+};
+
+}  // namespace pgshard::session

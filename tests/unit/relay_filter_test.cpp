@@ -1,0 +1,168 @@
+// The single-shard relay's filter (session::RelayFilter) over hand-built server replies: what
+// reaches the client, what is hidden or replaced, what the session is told, and large rows
+// streamed through in pieces. No sockets.
+#include "proxy/session/relay_filter.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "protocol/errors.hpp"
+#include "protocol/messages.hpp"
+
+using namespace pgshard;
+namespace proto = pgshard::protocol;
+namespace msg = pgshard::protocol::msg;
+using Owner = pool::Replies::Owner;
+
+namespace {
+
+struct Events : session::RelayEvents {
+  int ready = 0;
+  bool keep_open = false;  // client_ready answers false: its BEGIN is pgshard's
+  bool copy = false, failed = false, rolled_back = false, own_failed = false;
+  std::vector<std::string> reports;
+  bool client_ready(pool::ServerConn&) override {
+    ++ready;
+    return !keep_open;
+  }
+  void copy_in_started() override { copy = true; }
+  void reported(pool::ServerConn&, std::string_view name, std::string_view value) override {
+    reports.push_back(std::string(name) + "=" + std::string(value));
+  }
+  void client_failed() override { failed = true; }
+  void client_rolled_back() override { rolled_back = true; }
+  void own_statement_failed(pool::ServerConn&) override { own_failed = true; }
+};
+
+std::string empty(char type) {
+  std::string out;
+  proto::write_empty(out, type);
+  return out;
+}
+std::string complete(std::string_view tag) {
+  std::string out;
+  proto::CommandComplete{tag}.write(out);
+  return out;
+}
+std::string status(std::string_view name, std::string_view value) {
+  std::string out;
+  proto::ParameterStatus{name, value}.write(out);
+  return out;
+}
+std::string error() {
+  std::string out;
+  proto::write_error(out, proto::error("22012", "division by zero"));
+  return out;
+}
+std::string row(std::size_t bytes) {
+  proto::DataRow r;
+  std::string value(bytes, 'x');
+  r.values.push_back(proto::Value(value));
+  std::string out;
+  r.write(out);
+  return out;
+}
+
+struct Fixture {
+  asio::io_context io;
+  pool::ServerConn conn{io.get_executor(), pool::BackendTarget{}};
+  Events events;
+  session::RelayFilter filter{1 << 20, events};
+};
+
+}  // namespace
+
+TEST_CASE("pgshard's own statements are hidden, the client's replies pass untouched", "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_ready(Owner::kOwn);  // settings sync ahead of the request
+  f.conn.replies.expect_ready(Owner::kClient);
+  const std::string own = complete("SELECT 1") + proto::ready_for_query('I');
+  const std::string mine = empty(msg::kRowDescription) + row(3) + complete("SELECT 1");
+  const std::string in = own + mine + proto::ready_for_query('I');
+  auto step = f.filter.walk(f.conn, in);
+  CHECK(step.used == in.size());
+  CHECK(step.relay == mine + proto::ready_for_query('I'));
+  CHECK(f.events.ready == 1);
+  CHECK(f.conn.replies.empty());
+}
+
+TEST_CASE("with nothing hidden the input itself is relayed", "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_ready(Owner::kClient);
+  const std::string in = complete("UPDATE 1") + proto::ready_for_query('T');
+  auto step = f.filter.walk(f.conn, in);
+  CHECK(step.relay.data() == in.data());  // no copy
+  CHECK(f.conn.status == 'T');
+}
+
+TEST_CASE("a transaction whose BEGIN is pgshard's reads as open to the client", "[relay]") {
+  Fixture f;
+  f.events.keep_open = true;
+  f.conn.replies.expect_ready(Owner::kClient);
+  auto step = f.filter.walk(f.conn, proto::ready_for_query('I'));
+  CHECK(step.relay == proto::ready_for_query('T'));
+}
+
+TEST_CASE("a Parse pgshard answered with a Close becomes ParseComplete", "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_close(Owner::kClient, pool::Replies::Action::kAsParseComplete);
+  f.conn.replies.expect_ready(Owner::kClient);
+  auto step = f.filter.walk(f.conn, empty(msg::kCloseComplete) + proto::ready_for_query('I'));
+  CHECK(step.relay == empty(msg::kParseComplete) + proto::ready_for_query('I'));
+}
+
+TEST_CASE("a large row streams through in pieces; a partial small frame waits", "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_ready(Owner::kClient);
+  const std::string big = row(200 * 1024);
+  const std::string rest = complete("SELECT 1") + proto::ready_for_query('I');
+  const std::string in = big + rest;
+  auto step = f.filter.walk(f.conn, std::string_view(in).substr(0, 1000));
+  CHECK(step.used == 1000);  // relayed at once, unparsed
+  CHECK(step.relay == in.substr(0, 1000));
+  step = f.filter.walk(f.conn, std::string_view(in).substr(1000, big.size() - 1000 + 3));
+  CHECK(step.used == big.size() - 1000);  // the rest of the row; 3 bytes of the tag wait
+  step = f.filter.walk(f.conn, std::string_view(in).substr(big.size()));
+  CHECK(step.relay == rest);
+  CHECK(f.events.ready == 1);
+}
+
+TEST_CASE("an impossible length from a server is a lost connection", "[relay]") {
+  Fixture f;
+  std::string in = "Z";
+  in += std::string("\x7f\xff\xff\xff", 4);
+  CHECK(f.filter.walk(f.conn, in).invalid);
+}
+
+TEST_CASE("settings reported after the client's statement reach the session", "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_ready(Owner::kOwn);
+  f.conn.replies.expect_ready(Owner::kClient);
+  f.filter.walk(f.conn, status("TimeZone", "UTC") + proto::ready_for_query('I') +
+                            status("DateStyle", "ISO, DMY") + proto::ready_for_query('I'));
+  CHECK(f.events.reports == std::vector<std::string>{"DateStyle=ISO, DMY"});
+  CHECK_FALSE(f.conn.params.contains("TimeZone"));  // pgshard's sync: recorded when sent
+  CHECK(f.conn.params.at("DateStyle") == "ISO, DMY");
+  // After pgshard's DISCARD ALL the server's defaults are what it has.
+  f.conn.replies.expect_ready(Owner::kOwnReset);
+  f.filter.walk(f.conn, status("TimeZone", "GMT") + proto::ready_for_query('I'));
+  CHECK(f.conn.params.at("TimeZone") == "GMT");
+  CHECK(f.events.reports.size() == 1);
+}
+
+TEST_CASE("the session hears of the client's errors, rollbacks and COPY", "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_ready(Owner::kClient);
+  f.filter.walk(f.conn, error() + proto::ready_for_query('E'));
+  CHECK(f.events.failed);
+  f.conn.replies.expect_ready(Owner::kClient);
+  f.filter.walk(f.conn, complete("ROLLBACK") + proto::ready_for_query('I'));
+  CHECK(f.events.rolled_back);
+  f.conn.replies.expect_ready(Owner::kClient);
+  f.filter.walk(f.conn, empty(msg::kCopyInResponse));
+  CHECK(f.events.copy);
+  f.conn.replies.clear();
+  f.conn.replies.expect_ready(Owner::kOwn);
+  auto step = f.filter.walk(f.conn, error() + proto::ready_for_query('I'));
+  CHECK(f.events.own_failed);
+  CHECK(step.relay.empty());
+}
