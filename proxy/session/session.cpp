@@ -148,12 +148,11 @@ awaitable<void> Session::run() {
   if (++shared.startups > config_.listen.max_startups) {
     spdlog::warn("{}: refusing connection: max_startups {} connections are in startup", prefix(),
                  config_.listen.max_startups);
-    co_await send_fatal(
-        proto::fatal(sqlstate::kTooManyConnections, "sorry, too many connections are starting up"));
+    co_await fail(Failure::kTooManyStartups, "sorry, too many connections are starting up");
     co_return;
   }
   if (worker_.shared().shutting_down) {
-    co_await send_fatal(proto::fatal(sqlstate::kCannotConnectNow, "pgshard is shutting down"));
+    co_await fail(Failure::kShuttingDown, "pgshard is shutting down");
     co_return;
   }
   // A client has a bounded time to finish startup and authentication.
@@ -175,8 +174,7 @@ awaitable<void> Session::run() {
     counted_ = true;
     spdlog::warn("{}: refusing connection: max_client_conn {} reached", prefix(),
                  config_.listen.max_client_conn);
-    co_await send_fatal(
-        proto::fatal(sqlstate::kTooManyConnections, "sorry, too many clients already"));
+    co_await fail(Failure::kTooManyClients, "sorry, too many clients already");
     co_return;
   }
   counted_ = ok;
@@ -205,8 +203,7 @@ awaitable<void> Session::idle_watch() {
     if (ec || state_ != State::kReady) co_return;
     if (idle() && pending_.empty() && Clock::now() - last_activity_ >= limit) {
       spdlog::info("{}: closing idle client", prefix());
-      co_await send_fatal(proto::fatal(sqlstate::kIdleSessionTimeout,
-                                       "terminating connection due to idle-session timeout"));
+      co_await fail(Failure::kIdleTimeout, "terminating connection due to idle-session timeout");
       co_return;
     }
   }
@@ -282,9 +279,11 @@ awaitable<bool> Session::welcome() {
   // One logical database: when the shard URLs name a database, clients must ask for it.
   const auto& db = config_.shards.front().primary.database;
   if (!db.empty() && db != identity_.database) {
-    co_await send_fatal(proto::fatal(sqlstate::kInvalidCatalogName,
-                                     "database \"" + identity_.database + "\" does not exist", {},
-                                     "pgshard serves database \"" + db + "\""));
+    co_await fail(Failure::kLoginRefused,
+                  proto::error(sqlstate::kInvalidCatalogName,
+                               "database \"" + identity_.database + "\" does not exist", {},
+                               "pgshard serves database \"" + db + "\""),
+                  proto::msg::kSync);
     co_return false;
   }
   // Settings from the startup packet follow the client to every server it is given.
@@ -293,7 +292,8 @@ awaitable<bool> Session::welcome() {
     auto name = canonical_parameter(k);
     if (name == "options") {
       if (auto err = parse_options(v, wanted)) {
-        co_await send_fatal(proto::fatal(sqlstate::kFeatureNotSupported, *err));
+        co_await fail(Failure::kLoginRefused, proto::error(sqlstate::kFeatureNotSupported, *err),
+                      proto::msg::kSync);
         co_return false;
       }
     } else if (is_synced_startup_parameter(name)) {
@@ -303,7 +303,9 @@ awaitable<bool> Session::welcome() {
   std::string err;
   auto server = co_await worker_.server_params(*user_, &err);
   if (!server) {
-    co_await send_fatal(proto::fatal(sqlstate::kSqlclientUnableToEstablish, err));
+    // At login, no server is the end of the connection.
+    co_await fail(Failure::kLoginRefused, proto::error(sqlstate::kSqlclientUnableToEstablish, err),
+                  proto::msg::kSync);
     co_return false;
   }
   for (const auto& [k, v] : *server)
@@ -352,9 +354,7 @@ awaitable<void> Session::client_loop() {
     for (;;) {
       auto d = proto::decode_frame(in_.view(), max_message);
       if (d.status == proto::DecodeStatus::kError) {
-        spdlog::info("{}: protocol violation: {}", prefix(), d.error);
-        if (!co_await drain()) co_return;
-        co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, d.error));
+        co_await fail(Failure::kProtocolViolation, d.error);
         co_return;
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
@@ -375,12 +375,12 @@ awaitable<void> Session::client_loop() {
         spdlog::info("{}: batch without Sync exceeds max_message_size; refused", prefix());
         pending_.clear();
         skipping_batch_ = true;
-        std::string out;
-        proto::write_error(out,
-                           proto::error(sqlstate::kProgramLimitExceeded,
-                                        "extended-protocol batch exceeds max_message_size (" +
-                                            std::to_string(max_message) + " bytes) before its Sync",
-                                        {}, "send Sync more often"));
+        std::string out;  // the rest of the batch is skipped (skipping_batch_), not answered
+        proto::write_error(
+            out, failure_error(Failure::kBatchTooLarge,
+                               "extended-protocol batch exceeds max_message_size (" +
+                                   std::to_string(max_message) + " bytes) before its Sync",
+                               "send Sync more often"));
         if (!co_await write_client(out)) co_return;
         continue;
       }
@@ -435,11 +435,9 @@ awaitable<void> Session::client_loop() {
           if (client_gone_) co_return;
           continue;
         default: {
-          spdlog::info("{}: invalid frontend message type {}", prefix(), int(type));
-          if (!co_await drain()) co_return;
-          co_await send_fatal(proto::fatal(
-              sqlstate::kProtocolViolation,
-              "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type))));
+          co_await fail(
+              Failure::kProtocolViolation,
+              "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type)));
           co_return;
         }
       }
@@ -467,16 +465,18 @@ awaitable<void> Session::copy_violation(char type) {
   spdlog::info("{}: protocol violation: message type {} during COPY from stdin", prefix(),
                int(static_cast<unsigned char>(type)));
   const bool relayed = copy_in_ && backends_.active && backends_.active->lease;
-  if (relayed) backends_.active->lease->broken = true;
+  if (relayed && rule(Failure::kCopyViolation).server == ServerFate::kDiscard)
+    backends_.active->lease->broken = true;
   char hex[8];
   std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(type));
+  auto error = failure_error(Failure::kCopyViolation, std::string("unexpected message type ") +
+                                                          hex + " during COPY from stdin");
+  error.severity = "ERROR";
   std::string out;
-  proto::write_error(
-      out, proto::error(sqlstate::kProtocolViolation,
-                        std::string("unexpected message type ") + hex + " during COPY from stdin"));
-  proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
-                                       "terminating connection because protocol "
-                                       "synchronization was lost"));
+  proto::write_error(out, error);
+  proto::write_error(out, failure_error(Failure::kCopyViolation,
+                                        "terminating connection because protocol "
+                                        "synchronization was lost"));
   co_await write_client(out);
   client_gone_ = true;
   stream_.close();
@@ -668,14 +668,15 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
   }
   const bool ends_here = ends && req.lone;
   if (txn_.failed() && !ends_here) {
-    co_await refuse_request(txn_.refusal(), req.boundary);
+    co_await fail(Failure::kInFailedTransaction, txn_.refusal(), req.boundary);
     co_return true;
   }
   if (route.txn == TxnControl::kSavepoint) {
     // A savepoint covers the shards the transaction uses when it is taken; a shard that
     // joins later would not roll back to it, so savepoints stay on one shard.
     if (backends_.participant_count() > 0) {
-      co_await refuse_request(
+      co_await fail(
+          Failure::kRefused,
           proto::error(sqlstate::kFeatureNotSupported,
                        "savepoints in a transaction that uses several shards are not supported", {},
                        "keep the transaction on one shard"),
@@ -701,7 +702,8 @@ awaitable<void> Session::forward(int target, char boundary) {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = backends_.active->shard;
     } else if (status == proto::txn_status::kInBlock && txn_.savepoints()) {
-      co_await refuse_request(
+      co_await fail(
+          Failure::kRefused,
           proto::error(sqlstate::kFeatureNotSupported,
                        "this transaction has savepoints on shard " +
                            config_.shards[backends_.active->shard].name +
@@ -976,7 +978,7 @@ awaitable<bool> Session::attach(int shard) {
   if (auto* err = std::get_if<std::string>(&got)) {
     spdlog::warn("{}: {}", prefix(), *err);
     std::string out;
-    proto::write_error(out, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+    proto::write_error(out, failure_error(Failure::kNoServer, *err));
     out += proto::ready_for_query(transaction_status());
     co_await write_client(out);
     co_return false;
@@ -1045,8 +1047,9 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   conn.broken = true;
   const auto& shard = config_.shards[link->shard].name;
   const auto& fatal = conn.replies.fatal;
-  std::string code = conn.replies.fatal_code.empty() ? std::string(sqlstate::kConnectionFailure)
-                                                     : conn.replies.fatal_code;
+  std::string code = conn.replies.fatal_code.empty()
+                         ? std::string(rule(Failure::kServerLost).sqlstate)
+                         : conn.replies.fatal_code;
   std::string message = fatal.empty() ? "server connection to shard " + shard + " was lost"
                                       : "shard " + shard + ": " + fatal;
   // A transaction whose server is gone is gone with it: the client must never be moved to
@@ -1212,9 +1215,23 @@ void Session::apply_settings(pool::ServerConn& conn) {
   conn.synced_fingerprint = 0;  // compare settings on the next use
 }
 
-awaitable<void> Session::refuse_request(const protocol::ErrorInfo& e, char boundary) {
-  // As PostgreSQL fails a request: an extended batch without Sync skips to the Sync.
+awaitable<void> Session::fail(Failure f, std::string message, std::string hint) {
+  co_await fail(f, failure_error(f, std::move(message), std::move(hint)), proto::msg::kSync);
+}
+
+awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
+  // What the server has sent the client so far reaches it first.
   if (!co_await drain()) co_return;
+  spdlog::info("{}: {}: {}", prefix(), to_string(f), e.message);
+  const auto r = rule(f);
+  if (r.server == ServerFate::kDiscard && backends_.active && backends_.active->lease)
+    backends_.active->lease->broken = true;
+  if (r.fatal) {
+    e.severity = "FATAL";
+    co_await send_fatal(e);
+    co_return;
+  }
+  // As PostgreSQL fails a request: an extended batch without Sync skips to the Sync.
   std::string out;
   proto::write_error(out, e);
   if (boundary == proto::msg::kFlush)
@@ -1285,9 +1302,9 @@ void Session::maybe_close_for_shutdown() {
   asio::co_spawn(
       worker_.executor(),
       [self]() -> awaitable<void> {
-        co_await self->send_fatal(proto::fatal(
-            sqlstate::kAdminShutdown, "terminating connection due to administrator command",
-            "pgshard is shutting down"));
+        co_await self->fail(Failure::kAdminShutdown,
+                            "terminating connection due to administrator command",
+                            "pgshard is shutting down");
       },
       asio::detached);
 }

@@ -21,6 +21,7 @@
 #include "proxy/router/router.hpp"
 #include "proxy/server/cancel.hpp"
 #include "proxy/session/client_stream.hpp"
+#include "proxy/session/failures.hpp"
 #include "proxy/session/login.hpp"
 #include "proxy/session/params.hpp"
 #include "proxy/session/relay_filter.hpp"
@@ -138,8 +139,11 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<void> flush_copy();
   // Replies the client still waits for from the active server (Query/Sync/FunctionCall).
   int owed() const;
-  // Answers the request being assembled with `e` (ReadyForQuery, or skip to Sync).
-  awaitable<void> refuse_request(const protocol::ErrorInfo& e, char boundary);
+  // Answers a failure as failures.hpp rules it: a FATAL ends the connection; an ERROR ends
+  // the request being assembled (ReadyForQuery, or skip to Sync after a Flush). `e` brings
+  // its own SQLSTATE where the rule has none (refusals).
+  awaitable<void> fail(Failure f, std::string message, std::string hint = {});
+  awaitable<void> fail(Failure f, protocol::ErrorInfo e, char boundary);
   router::Route route_batch(bool* simple);
   router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound);
 

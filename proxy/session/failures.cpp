@@ -1,0 +1,78 @@
+#include "proxy/session/failures.hpp"
+
+namespace pgshard::session {
+
+namespace sqlstate = protocol::sqlstate;
+
+FailureRule rule(Failure f) {
+  switch (f) {
+    case Failure::kTooManyStartups:
+    case Failure::kTooManyClients:
+      return {true, sqlstate::kTooManyConnections, ServerFate::kKeep};
+    case Failure::kShuttingDown:
+      return {true, sqlstate::kCannotConnectNow, ServerFate::kKeep};
+    case Failure::kAdminShutdown:
+      return {true, sqlstate::kAdminShutdown, ServerFate::kKeep};
+    case Failure::kIdleTimeout:
+      return {true, sqlstate::kIdleSessionTimeout, ServerFate::kKeep};
+    case Failure::kProtocolViolation:
+      return {true, sqlstate::kProtocolViolation, ServerFate::kKeep};
+    case Failure::kCopyViolation:
+      // The relayed server is still in the COPY: its transaction must roll back.
+      return {true, sqlstate::kProtocolViolation, ServerFate::kDiscard};
+    case Failure::kBatchTooLarge:
+      return {false, sqlstate::kProgramLimitExceeded, ServerFate::kKeep};
+    case Failure::kRefused:
+    case Failure::kInFailedTransaction:
+      return {false, "", ServerFate::kKeep};
+    case Failure::kNoServer:
+      return {false, sqlstate::kSqlclientUnableToEstablish, ServerFate::kKeep};
+    case Failure::kServerLost:
+      return {false, sqlstate::kConnectionFailure, ServerFate::kDiscard};
+    case Failure::kLoginRefused:
+      return {true, "", ServerFate::kKeep};
+  }
+  return {true, sqlstate::kInternalError, ServerFate::kDiscard};
+}
+
+const char* to_string(Failure f) {
+  switch (f) {
+    case Failure::kTooManyStartups:
+      return "too many startups";
+    case Failure::kTooManyClients:
+      return "too many clients";
+    case Failure::kShuttingDown:
+      return "shutting down";
+    case Failure::kAdminShutdown:
+      return "admin shutdown";
+    case Failure::kIdleTimeout:
+      return "idle timeout";
+    case Failure::kProtocolViolation:
+      return "protocol violation";
+    case Failure::kCopyViolation:
+      return "COPY protocol violation";
+    case Failure::kBatchTooLarge:
+      return "batch too large";
+    case Failure::kRefused:
+      return "refused";
+    case Failure::kInFailedTransaction:
+      return "in failed transaction";
+    case Failure::kNoServer:
+      return "no server";
+    case Failure::kServerLost:
+      return "server lost";
+    case Failure::kLoginRefused:
+      return "login refused";
+  }
+  return "?";
+}
+
+protocol::ErrorInfo failure_error(Failure f, std::string message, std::string hint) {
+  const auto r = rule(f);
+  auto e = protocol::error(r.sqlstate.empty() ? sqlstate::kInternalError : r.sqlstate,
+                           std::move(message), {}, std::move(hint));
+  if (r.fatal) e.severity = "FATAL";
+  return e;
+}
+
+}  // namespace pgshard::session
