@@ -34,80 +34,134 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
                                           const router::CopySplit& spec,
                                           const config::ShardedTable& table, int key_index);
 
-awaitable<void> copy_in_split(Client& c, const router::Route& route) {
-  const std::size_t max_message = c.config().listen.max_message_size;
-  // COPY FROM STDIN into a sharded table: every shard opens the same COPY inside a
-  // transaction, rows are sent to the shard their key names, and all shards commit only if
-  // every one of them accepted its rows.
-  if (!co_await c.drain()) co_return;
-  Waiting waiting(c, "shards (COPY)");
-  std::string out;
-  auto fail = [&](const proto::ErrorInfo& e) -> awaitable<void> {
-    proto::write_error(out, e);
-    out += proto::ready_for_query(c.transaction_status());
-    co_await c.write_client(out);
-  };
-  if (c.transaction_status() != 'I') {
+namespace {
+
+// COPY FROM STDIN into a sharded table: every shard opens the same COPY inside a
+// transaction, rows are sent to the shard their key names, and all shards commit only if
+// every one of them accepted its rows.
+class CopyIn {
+ public:
+  CopyIn(Client& c, const router::Route& route)
+      : c_(c),
+        spec_(*route.copy_in),
+        table_(c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)]),
+        shards_(route.shards),
+        max_message_(c.config().listen.max_message_size) {}
+  awaitable<void> run();
+
+ private:
+  awaitable<void> fail(const proto::ErrorInfo& e);
+  // The key's position in each row: from the column list, else the table's definition.
+  awaitable<int> key_index();
+  // Opens the COPY on every shard; the first shard's CopyInResponse goes to the client.
+  awaitable<std::string> open();
+  // Collects each shard's outcome, then commits everywhere or nowhere; the rows copied.
+  awaitable<uint64_t> finish();
+  void note(std::string_view error_body);
+
+  Client& c_;
+  const router::CopySplit& spec_;
+  const config::ShardedTable& table_;
+  const std::vector<int>& shards_;
+  const std::size_t max_message_;
+  std::vector<pool::Lease> leases_;
+  std::optional<proto::ErrorInfo> error_;
+  std::string out_;
+};
+
+void CopyIn::note(std::string_view body) {
+  if (error_) return;
+  auto e = proto::ErrorFields::parse(body);
+  error_ = proto::error(e ? e->code() : sqlstate::kInternalError,
+                        e ? std::string(e->message()) : "malformed error");
+}
+
+awaitable<void> CopyIn::fail(const proto::ErrorInfo& e) {
+  proto::write_error(out_, e);
+  out_ += proto::ready_for_query(c_.transaction_status());
+  co_await c_.write_client(out_);
+}
+
+awaitable<void> CopyIn::run() {
+  if (c_.transaction_status() != proto::txn_status::kIdle) {
     co_await fail(
         proto::error(sqlstate::kFeatureNotSupported,
                      "COPY into a sharded table inside a transaction is not supported yet"));
     co_return;
   }
-  if (c.backends().active && !c.session_pooled()) c.release(c.backends().active);
-  const auto& spec = *route.copy_in;
-  const auto& table = c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)];
-  std::vector<pool::Lease> leases;
-  for (int shard : route.shards) {
-    auto got = co_await c.worker().pool(shard, c.user()).acquire();
+  if (c_.backends().active && !c_.session_pooled()) c_.release(c_.backends().active);
+  for (int shard : shards_) {
+    auto got = co_await c_.worker().pool(shard, c_.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       co_await fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
       co_return;
     }
-    leases.push_back(std::move(std::get<pool::Lease>(got)));
+    leases_.push_back(std::move(std::get<pool::Lease>(got)));
   }
-  std::optional<proto::ErrorInfo> error;
-  auto error_from = [&](std::string_view body) {
-    if (error) return;
-    auto e = proto::ErrorFields::parse(body);
-    error = proto::error(e ? e->code() : sqlstate::kInternalError,
-                         e ? std::string(e->message()) : "malformed error");
-  };
-  // Without a column list the key's position comes from the table's definition.
-  int key_index = spec.key_column;
-  if (key_index < 0) {
-    int index = 0;
-    co_await leases[0]->run_own("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
-                                    quote_literal(spec.table) +
-                                    ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                                max_message, [&](std::string_view body) {
-                                  auto row = proto::DataRow::parse(body);
-                                  if (row && !row->values.empty() && row->values[0] == table.column)
-                                    key_index = index;
-                                  ++index;
-                                });
-    if (key_index < 0) {
-      co_await fail(
-          proto::error(sqlstate::kUndefinedObject,
-                       "cannot find column \"" + table.column + "\" of table " + spec.table));
-      co_return;
-    }
+  const int key = co_await key_index();
+  if (key < 0) {
+    co_await fail(proto::error(sqlstate::kUndefinedObject, "cannot find column \"" + table_.column +
+                                                               "\" of table " + spec_.table));
+    co_return;
   }
-  // Open the COPY on every shard.
+  const std::string copy_in_response = co_await open();
+  CopyOutcome outcome;
+  if (!error_) {
+    // Stream the client's rows to their shards.
+    co_await c_.write_client(copy_in_response);
+    outcome = co_await copy_stream(c_, leases_, spec_, table_, key);
+    if (outcome.error && !error_) error_ = outcome.error;
+  }
+  const uint64_t total = co_await finish();
+  if (outcome.stray) {
+    co_await c_.copy_violation(*outcome.stray);  // a non-COPY message mid-COPY
+    co_return;
+  }
+  if (!outcome.client_ok) {
+    c_.mark_gone();
+    co_return;
+  }
+  if (error_) {
+    co_await fail(*error_);
+    co_return;
+  }
+  proto::CommandComplete{"COPY " + std::to_string(total)}.write(out_);
+  out_ += proto::ready_for_query(proto::txn_status::kIdle);
+  co_await c_.write_client(out_);
+}
+
+awaitable<int> CopyIn::key_index() {
+  if (spec_.key_column >= 0) co_return spec_.key_column;
+  int key = -1;
+  int index = 0;
+  co_await leases_[0]->run_own("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
+                                   quote_literal(spec_.table) +
+                                   ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+                               max_message_, [&](std::string_view body) {
+                                 auto row = proto::DataRow::parse(body);
+                                 if (row && !row->values.empty() && row->values[0] == table_.column)
+                                   key = index;
+                                 ++index;
+                               });
+  co_return key;
+}
+
+awaitable<std::string> CopyIn::open() {
   std::string copy_in_response;
-  for (auto& lease : leases) {
+  for (auto& lease : leases_) {
     auto& replies = lease->replies;
-    std::string batch = c.sync_prelude(*lease);
+    std::string batch = c_.sync_prelude(*lease);
     proto::Query{"BEGIN"}.write(batch);
     replies.expect_ready(pool::Replies::Owner::kOwn);
-    batch += c.request();
+    batch += c_.request();
     replies.expect_ready(pool::Replies::Owner::kClient);
     co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
-    bool ok = co_await lease->read_replies(
-        max_message,
+    const bool ok = co_await lease->read_replies(
+        max_message_,
         [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
           if (verdict == pool::Replies::Verdict::kHide) return false;
           if (f.type == proto::msg::kReadyForQuery) return true;  // the COPY failed
-          if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+          if (f.type == proto::msg::kErrorResponse) note(f.body);
           if (f.type == proto::msg::kCopyInResponse) {
             if (copy_in_response.empty()) copy_in_response.assign(raw);
             return true;
@@ -116,62 +170,50 @@ awaitable<void> copy_in_split(Client& c, const router::Route& route) {
         });
     if (!ok) {
       lease->broken = true;
-      if (!error)
-        error = proto::error(sqlstate::kConnectionFailure, "lost a shard while starting COPY");
+      if (!error_)
+        error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard while starting COPY");
     }
   }
-  bool client_ok = true;
-  std::optional<char> stray;  // a non-COPY message the client sent mid-COPY
-  if (!error) {
-    // Stream the client's rows to their shards.
-    co_await c.write_client(copy_in_response);
-    auto outcome = co_await copy_stream(c, leases, spec, table, key_index);
-    client_ok = outcome.client_ok;
-    stray = outcome.stray;
-    if (outcome.error && !error) error = outcome.error;
-  }
-  // Collect each shard's outcome, then commit everywhere or nowhere.
+  co_return copy_in_response;
+}
+
+awaitable<uint64_t> CopyIn::finish() {
   uint64_t total = 0;
-  for (auto& lease : leases) {
-    if (lease->status != 'T' || lease->broken) continue;
-    bool ok = co_await lease->read_replies(
-        max_message, [&](const proto::Frame& f, std::string_view, pool::Replies::Verdict) {
-          if (f.type == proto::msg::kErrorResponse) error_from(f.body);
+  for (auto& lease : leases_) {
+    if (lease->status != proto::txn_status::kInBlock || lease->broken) continue;
+    const bool ok = co_await lease->read_replies(
+        max_message_, [&](const proto::Frame& f, std::string_view, pool::Replies::Verdict) {
+          if (f.type == proto::msg::kErrorResponse) note(f.body);
           if (f.type == proto::msg::kCommandComplete) {
-            auto c = proto::CommandComplete::parse(f.body);
-            if (c && c->tag.starts_with("COPY "))
-              total += std::strtoull(std::string(c->tag.substr(5)).c_str(), nullptr, 10);
+            auto cc = proto::CommandComplete::parse(f.body);
+            if (cc && cc->tag.starts_with("COPY "))
+              total += std::strtoull(std::string(cc->tag.substr(5)).c_str(), nullptr, 10);
           }
           return f.type == proto::msg::kReadyForQuery;
         });
     if (!ok) {
       lease->broken = true;
-      if (!error) error = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
+      if (!error_) error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
     }
   }
-  const char* end_verb = error ? "ROLLBACK" : "COMMIT";
-  for (auto& lease : leases) {
-    if (lease->broken || lease->status == 'I') continue;
-    const bool ok = co_await lease->run_own(end_verb, max_message);
-    if (!lease->replies.error.empty() && !error)
-      error = proto::error(lease->replies.error_code, lease->replies.error);
+  const char* end_verb = error_ ? "ROLLBACK" : "COMMIT";
+  for (auto& lease : leases_) {
+    if (lease->broken || lease->status == proto::txn_status::kIdle) continue;
+    const bool ok = co_await lease->run_own(end_verb, max_message_);
+    if (!lease->replies.error.empty() && !error_)
+      error_ = proto::error(lease->replies.error_code, lease->replies.error);
     if (!ok || lease->replies.tag != end_verb) lease->broken = true;
   }
-  if (stray) {
-    co_await c.copy_violation(*stray);
-    co_return;
-  }
-  if (!client_ok) {
-    c.mark_gone();
-    co_return;
-  }
-  if (error) {
-    co_await fail(*error);
-    co_return;
-  }
-  proto::CommandComplete{"COPY " + std::to_string(total)}.write(out);
-  out += proto::ready_for_query('I');
-  co_await c.write_client(out);
+  co_return total;
+}
+
+}  // namespace
+
+awaitable<void> copy_in_split(Client& c, const router::Route& route) {
+  if (!co_await c.drain()) co_return;
+  Waiting waiting(c, "shards (COPY)");
+  CopyIn copy(c, route);
+  co_await copy.run();
 }
 
 static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {

@@ -16,149 +16,198 @@ namespace pgshard::txn {
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
-awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple) {
-  if (!co_await c.drain()) co_return;
+namespace {
+
+using Part = std::shared_ptr<pool::Link>;
+
+// COMMIT or ROLLBACK of one coordinated transaction.
+class Ending {
+ public:
+  Ending(executor::Client& c, bool commit) : c_(c), commit_(commit) {}
+  awaitable<void> run(bool simple);
+
+ private:
+  awaitable<void> rollback_all();
+  // two_phase_commit off: one shard after the other, a late failure reported.
+  awaitable<void> commit_in_turn();
+  // PREPARE TRANSACTION everywhere, the decision logged, COMMIT PREPARED everywhere.
+  awaitable<void> commit_two_phase();
+  awaitable<bool> prepare_all(const std::string& gid, std::vector<bool>& prepared);
+  // The participants go back (or stay, in session pooling).
+  void hand_back();
+  awaitable<void> answer(bool simple);
+  const std::string& name(const Part& p) const {
+    return c_.config().shards[static_cast<std::size_t>(p->shard)].name;
+  }
+  static std::string part_gid(const std::string& gid, const Part& p) {
+    return gid + "_" + std::to_string(p->shard);
+  }
+
+  executor::Client& c_;
+  const bool commit_;
+  std::vector<Part> parts_;
+  std::string tag_;
+  std::optional<proto::ErrorInfo> error_;
+  std::optional<proto::ErrorInfo> warning_;
+};
+
+awaitable<void> Ending::run(bool simple) {
   // Nothing is handed back while pgshard finishes the transaction.
-  std::vector<std::shared_ptr<pool::Link>> parts = c.backends().take_participants();
-  auto& shared = c.worker().shared();
-  std::string tag = commit ? "COMMIT" : "ROLLBACK";
-  std::optional<proto::ErrorInfo> error;
-  std::optional<proto::ErrorInfo> warning;
-  bool aborted = c.transaction().failed();
-  const std::string lost = c.transaction().lost();
-  c.transaction().end();
-  for (auto& p : parts)
-    if (!p->lease || p->lease->broken || p->lease->status == 'E') aborted = true;
-  auto rollback_all = [&]() -> awaitable<void> {
-    for (auto& p : parts)
-      if (p->lease && !p->lease->broken && p->lease->status != 'I')
-        co_await c.run_ours(p, "ROLLBACK");
-  };
-  if (commit && !lost.empty()) {
+  parts_ = c_.backends().take_participants();
+  tag_ = commit_ ? "COMMIT" : "ROLLBACK";
+  bool aborted = c_.transaction().failed();
+  const std::string lost = c_.transaction().lost();
+  c_.transaction().end();
+  for (auto& p : parts_)
+    if (!p->lease || p->lease->broken || p->lease->status == proto::txn_status::kFailed)
+      aborted = true;
+  if (commit_ && !lost.empty()) {
     // The work of this transaction died with a server: COMMIT must not look like success.
     co_await rollback_all();
-    error = proto::error(sqlstate::kConnectionFailure, lost);
-  } else if (!commit || aborted) {
+    error_ = proto::error(sqlstate::kConnectionFailure, lost);
+  } else if (!commit_ || aborted) {
     // COMMIT of an aborted transaction rolls back, as PostgreSQL answers it.
     co_await rollback_all();
-    tag = "ROLLBACK";
-  } else if (!c.config().two_phase_commit) {
-    // Best effort: commit one shard after the other; report a shard that failed late.
-    std::vector<std::string> committed, failed;
-    for (auto& p : parts) {
-      const auto& name = c.config().shards[static_cast<std::size_t>(p->shard)].name;
-      bool ok = co_await c.run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
-      (ok ? committed : failed).push_back(name);
-      if (!ok && committed.empty()) {
-        co_await rollback_all();
-        error = proto::error(sqlstate::kConnectionFailure, "COMMIT failed on shard " + name +
-                                                               "; the transaction was rolled back");
-        break;
-      }
-    }
-    if (!error && !failed.empty()) {
-      std::string f, c;
-      for (auto& n : failed) f += (f.empty() ? "" : ", ") + n;
-      for (auto& n : committed) c += (c.empty() ? "" : ", ") + n;
-      warning =
-          proto::error(sqlstate::kWarning, "COMMIT failed on shard(s) " + f + " after shard(s) " +
-                                               c + " committed (two_phase_commit is off)");
-      warning->severity = "WARNING";
-    }
+    tag_ = "ROLLBACK";
+  } else if (!c_.config().two_phase_commit) {
+    co_await commit_in_turn();
   } else {
-    // Unique across restarts (generation) and instances (prefix); registered as live so
-    // the periodic recovery pass never finishes it under this session's feet.
-    const std::string gid = shared.decisions.prefix() +
-                            std::to_string(shared.decisions.generation()) + "_" +
-                            std::to_string(shared.next_gid.fetch_add(1));
-    shared.decisions.begin(gid);
-    struct EndLive {
-      txn::DecisionLog& log;
-      const std::string& gid;
-      ~EndLive() { log.end(gid); }
-    } end_live{shared.decisions, gid};
-    auto part_gid = [&](const std::shared_ptr<pool::Link>& p) {
-      return gid + "_" + std::to_string(p->shard);
-    };
-    std::vector<bool> prepared(parts.size(), false);
-    bool ok = true;
-    for (std::size_t i = 0; i < parts.size() && ok; ++i) {
-      bool ran = co_await c.run_ours(parts[i], "PREPARE TRANSACTION '" + part_gid(parts[i]) + "'");
-      prepared[i] = ran && parts[i]->lease->replies.tag == "PREPARE TRANSACTION";
-      if (prepared[i]) continue;
-      ok = false;
-      const auto& name = c.config().shards[static_cast<std::size_t>(parts[i]->shard)].name;
-      if (!ran)
-        error = proto::error(
-            sqlstate::kConnectionFailure,
-            "lost shard " + name + " while committing; the transaction was rolled back");
-      else if (!parts[i]->lease->replies.error.empty())
-        error = proto::error(parts[i]->lease->replies.error_code.empty()
-                                 ? std::string(sqlstate::kInternalError)
-                                 : parts[i]->lease->replies.error_code,
-                             parts[i]->lease->replies.error + " (shard " + name + ")");
-    }
-    if (ok && !shared.decisions.commit(gid)) {
-      ok = false;
-      error =
-          proto::error(sqlstate::kInternalError,
-                       "cannot write the two-phase commit log; the transaction was rolled back");
-    }
-    if (!ok) {
-      for (std::size_t i = 0; i < parts.size(); ++i) {
-        if (prepared[i])
-          co_await c.run_ours(parts[i], "ROLLBACK PREPARED '" + part_gid(parts[i]) + "'");
-        else if (parts[i]->lease && !parts[i]->lease->broken && parts[i]->lease->status != 'I')
-          co_await c.run_ours(parts[i], "ROLLBACK");
-      }
-      tag = "ROLLBACK";
-    } else {
-      // Decided: every participant commits now, or recovery does it later.
-      bool all = true;
-      for (auto& p : parts) {
-        bool done = co_await c.run_ours(p, "COMMIT PREPARED '" + part_gid(p) + "'") &&
-                    p->lease->replies.tag == "COMMIT PREPARED";
-        if (!done) {
-          all = false;
-          spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
-                       c.prefix(), part_gid(p),
-                       c.config().shards[static_cast<std::size_t>(p->shard)].name,
-                       p->lease ? p->lease->replies.error : std::string("connection lost"));
-        }
-      }
-      if (all) shared.decisions.done(gid);
+    co_await commit_two_phase();
+  }
+  hand_back();
+  co_await answer(simple);
+}
+
+awaitable<void> Ending::rollback_all() {
+  for (auto& p : parts_)
+    if (p->lease && !p->lease->broken && p->lease->status != proto::txn_status::kIdle)
+      co_await c_.run_ours(p, "ROLLBACK");
+}
+
+awaitable<void> Ending::commit_in_turn() {
+  std::vector<std::string> committed, failed;
+  for (auto& p : parts_) {
+    const bool ok = co_await c_.run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
+    (ok ? committed : failed).push_back(name(p));
+    if (!ok && committed.empty()) {
+      co_await rollback_all();
+      error_ = proto::error(sqlstate::kConnectionFailure, "COMMIT failed on shard " + name(p) +
+                                                              "; the transaction was rolled back");
+      co_return;
     }
   }
-  // The participants go back (or stay, in session pooling).
-  for (auto& p : parts) {
+  if (failed.empty()) co_return;
+  std::string f, c;
+  for (auto& n : failed) f += (f.empty() ? "" : ", ") + n;
+  for (auto& n : committed) c += (c.empty() ? "" : ", ") + n;
+  warning_ =
+      proto::error(sqlstate::kWarning, "COMMIT failed on shard(s) " + f + " after shard(s) " + c +
+                                           " committed (two_phase_commit is off)");
+  warning_->severity = "WARNING";
+}
+
+awaitable<bool> Ending::prepare_all(const std::string& gid, std::vector<bool>& prepared) {
+  for (std::size_t i = 0; i < parts_.size(); ++i) {
+    const auto& p = parts_[i];
+    const bool ran = co_await c_.run_ours(p, "PREPARE TRANSACTION '" + part_gid(gid, p) + "'");
+    prepared[i] = ran && p->lease->replies.tag == "PREPARE TRANSACTION";
+    if (prepared[i]) continue;
+    if (!ran)
+      error_ = proto::error(
+          sqlstate::kConnectionFailure,
+          "lost shard " + name(p) + " while committing; the transaction was rolled back");
+    else if (!p->lease->replies.error.empty())
+      error_ =
+          proto::error(p->lease->replies.error_code.empty() ? std::string(sqlstate::kInternalError)
+                                                            : p->lease->replies.error_code,
+                       p->lease->replies.error + " (shard " + name(p) + ")");
+    co_return false;
+  }
+  co_return true;
+}
+
+awaitable<void> Ending::commit_two_phase() {
+  auto& decisions = c_.worker().shared().decisions;
+  // Unique across restarts (generation) and instances (prefix); registered as live so the
+  // periodic recovery pass never finishes it under this session's feet.
+  const std::string gid = decisions.prefix() + std::to_string(decisions.generation()) + "_" +
+                          std::to_string(c_.worker().shared().next_gid.fetch_add(1));
+  decisions.begin(gid);
+  struct EndLive {
+    DecisionLog& log;
+    const std::string& gid;
+    ~EndLive() { log.end(gid); }
+  } end_live{decisions, gid};
+  std::vector<bool> prepared(parts_.size(), false);
+  bool ok = co_await prepare_all(gid, prepared);
+  if (ok && !decisions.commit(gid)) {
+    ok = false;
+    error_ = proto::error(sqlstate::kInternalError,
+                          "cannot write the two-phase commit log; the transaction was rolled back");
+  }
+  if (!ok) {
+    for (std::size_t i = 0; i < parts_.size(); ++i) {
+      const auto& p = parts_[i];
+      if (prepared[i])
+        co_await c_.run_ours(p, "ROLLBACK PREPARED '" + part_gid(gid, p) + "'");
+      else if (p->lease && !p->lease->broken && p->lease->status != proto::txn_status::kIdle)
+        co_await c_.run_ours(p, "ROLLBACK");
+    }
+    tag_ = "ROLLBACK";
+    co_return;
+  }
+  // Decided: every participant commits now, or recovery does it later.
+  bool all = true;
+  for (auto& p : parts_) {
+    const bool done = co_await c_.run_ours(p, "COMMIT PREPARED '" + part_gid(gid, p) + "'") &&
+                      p->lease->replies.tag == "COMMIT PREPARED";
+    if (done) continue;
+    all = false;
+    spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
+                 c_.prefix(), part_gid(gid, p), name(p),
+                 p->lease ? p->lease->replies.error : std::string("connection lost"));
+  }
+  if (all) decisions.done(gid);
+}
+
+void Ending::hand_back() {
+  for (auto& p : parts_) {
     if (p->done) continue;
-    if (!p->lease || p->lease->status != 'I') {
+    if (!p->lease || p->lease->status != proto::txn_status::kIdle) {
       if (p->lease) p->lease->broken = true;
-      c.release(p);
-    } else if (c.session_pooled()) {
-      c.backends().keep(p);
+      c_.release(p);
+    } else if (c_.session_pooled()) {
+      c_.backends().keep(p);
     } else {
-      c.release(p);
+      c_.release(p);
     }
   }
-  c.hints().local = {};
+}
+
+awaitable<void> Ending::answer(bool simple) {
+  c_.hints().local = {};
   std::string out;
-  if (warning) proto::write_notice(out, *warning);
+  if (warning_) proto::write_notice(out, *warning_);
   std::string answer;
-  if (error)
-    proto::write_error(answer, *error);
+  if (error_)
+    proto::write_error(answer, *error_);
   else
-    proto::CommandComplete{tag}.write(answer);
-  if (simple) {
+    proto::CommandComplete{tag_}.write(answer);
+  if (simple || error_) {
     out += answer;
-    out += proto::ready_for_query('I');
-  } else if (error) {
-    out += answer;
-    out += proto::ready_for_query('I');
+    out += proto::ready_for_query(proto::txn_status::kIdle);
   } else {
-    c.answer_extended(answer, out);
+    c_.answer_extended(answer, out);
   }
-  co_await c.write_client(out);
+  co_await c_.write_client(out);
+}
+
+}  // namespace
+
+awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple) {
+  if (!co_await c.drain()) co_return;
+  Ending ending(c, commit);
+  co_await ending.run(simple);
 }
 
 }  // namespace pgshard::txn
