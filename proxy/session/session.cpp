@@ -348,103 +348,19 @@ awaitable<bool> Session::welcome() {
 // ---- requests ----
 
 awaitable<void> Session::client_loop() {
-  const std::size_t max_message = config_.listen.max_message_size;
-  bool copy_only = true;  // pending_ holds only CopyData/CopyDone/CopyFail
   for (;;) {
     for (;;) {
-      auto d = proto::decode_frame(in_.view(), max_message);
+      auto d = proto::decode_frame(in_.view(), config_.listen.max_message_size);
       if (d.status == proto::DecodeStatus::kError) {
         co_await fail(Failure::kProtocolViolation, d.error);
         co_return;
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
-      const char type = d.frame.type;
-      if (skipping_batch_ && type != proto::msg::kTerminate) {
-        // A batch refused for its size: the rest of it, up to its Sync, is dropped unread.
-        in_.consume(d.consumed);
-        if (type == proto::msg::kSync) {
-          skipping_batch_ = false;
-          if (!co_await write_client(proto::ready_for_query(transaction_status()))) co_return;
-        }
-        continue;
-      }
-      if (type != proto::msg::kCopyData && !copy_in_ &&
-          pending_.size() + d.consumed > max_message) {
-        // Memory per client is bounded by max_message_size: an extended-protocol batch that
-        // grows past it without a Sync is refused, as one oversized message would be.
-        spdlog::info("{}: batch without Sync exceeds max_message_size; refused", prefix());
-        pending_.clear();
-        skipping_batch_ = true;
-        std::string out;  // the rest of the batch is skipped (skipping_batch_), not answered
-        proto::write_error(
-            out, failure_error(Failure::kBatchTooLarge,
-                               "extended-protocol batch exceeds max_message_size (" +
-                                   std::to_string(max_message) + " bytes) before its Sync",
-                               "send Sync more often"));
-        if (!co_await write_client(out)) co_return;
-        continue;
-      }
-      switch (type) {
-        case proto::msg::kTerminate:
-          in_.consume(d.consumed);
-          co_return;
-        case proto::msg::kCopyData:
-        case proto::msg::kCopyDone:
-        case proto::msg::kCopyFail:
-          if (type != proto::msg::kCopyData) copy_in_ = false;
-          pending_.append(in_.data(), d.consumed);
-          in_.consume(d.consumed);
-          continue;
-        case proto::msg::kParse:
-        case proto::msg::kBind:
-        case proto::msg::kDescribe:
-        case proto::msg::kExecute:
-        case proto::msg::kClose:
-          if (copy_in_) {
-            co_await copy_violation(type);
-            co_return;
-          }
-          if (copy_only && !pending_.empty()) {
-            co_await flush_copy();
-            continue;  // the frame is still at the front of in_
-          }
-          copy_only = false;
-          pending_.append(in_.data(), d.consumed);
-          in_.consume(d.consumed);
-          continue;
-        case proto::msg::kQuery:
-        case proto::msg::kFunctionCall:
-        case proto::msg::kSync:
-        case proto::msg::kFlush:
-          if (copy_in_ && (type == proto::msg::kQuery || type == proto::msg::kFunctionCall)) {
-            co_await copy_violation(type);
-            co_return;
-          }
-          if (copy_in_) {  // Sync and Flush are ignored during COPY, as PostgreSQL does
-            in_.consume(d.consumed);
-            continue;
-          }
-          if (copy_only && !pending_.empty()) {
-            co_await flush_copy();
-            continue;
-          }
-          pending_.append(in_.data(), d.consumed);
-          in_.consume(d.consumed);
-          co_await handle_request(type);
-          copy_only = true;
-          if (client_gone_) co_return;
-          continue;
-        default: {
-          co_await fail(
-              Failure::kProtocolViolation,
-              "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type)));
-          co_return;
-        }
-      }
+      if (!co_await on_message(d.frame.type, d.consumed)) co_return;
     }
     // COPY FROM STDIN data streams through as it arrives; outside COPY it is ignored, as
     // PostgreSQL does.
-    if (!pending_.empty() && copy_only) co_await flush_copy();
+    if (!pending_.empty() && copy_only_) co_await flush_copy();
     in_.shrink(1 << 20);
     maybe_close_for_shutdown();
     if (client_gone_) co_return;
@@ -455,6 +371,91 @@ awaitable<void> Session::client_loop() {
     }
     last_activity_ = Clock::now();
   }
+}
+
+awaitable<bool> Session::on_message(char type, std::size_t size) {
+  auto take = [&] {
+    pending_.append(in_.data(), size);
+    in_.consume(size);
+  };
+  if (skipping_batch_ && type != proto::msg::kTerminate) {
+    // A batch refused for its size: the rest of it, up to its Sync, is dropped unread.
+    in_.consume(size);
+    if (type != proto::msg::kSync) co_return true;
+    skipping_batch_ = false;
+    co_return co_await write_client(proto::ready_for_query(transaction_status()));
+  }
+  if (type != proto::msg::kCopyData && !copy_in_ &&
+      pending_.size() + size > config_.listen.max_message_size)
+    co_return co_await refuse_batch();
+  switch (type) {
+    case proto::msg::kTerminate:
+      in_.consume(size);
+      co_return false;
+    case proto::msg::kCopyData:
+    case proto::msg::kCopyDone:
+    case proto::msg::kCopyFail:
+      if (type != proto::msg::kCopyData) copy_in_ = false;
+      take();
+      co_return true;
+    case proto::msg::kParse:
+    case proto::msg::kBind:
+    case proto::msg::kDescribe:
+    case proto::msg::kExecute:
+    case proto::msg::kClose:
+      if (copy_in_) {
+        co_await copy_violation(type);
+        co_return false;
+      }
+      if (copy_only_ && !pending_.empty()) {
+        co_await flush_copy();
+        co_return true;  // the message is still at the front of in_
+      }
+      copy_only_ = false;
+      take();
+      co_return true;
+    case proto::msg::kQuery:
+    case proto::msg::kFunctionCall:
+    case proto::msg::kSync:
+    case proto::msg::kFlush:
+      if (copy_in_ && (type == proto::msg::kQuery || type == proto::msg::kFunctionCall)) {
+        co_await copy_violation(type);
+        co_return false;
+      }
+      if (copy_in_) {  // Sync and Flush are ignored during COPY, as PostgreSQL does
+        in_.consume(size);
+        co_return true;
+      }
+      if (copy_only_ && !pending_.empty()) {
+        co_await flush_copy();
+        co_return true;
+      }
+      take();
+      co_await handle_request(type);
+      copy_only_ = true;
+      co_return !client_gone_;
+    default:
+      co_await fail(
+          Failure::kProtocolViolation,
+          "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type)));
+      co_return false;
+  }
+}
+
+awaitable<bool> Session::refuse_batch() {
+  // Memory per client is bounded by max_message_size: an extended-protocol batch that grows
+  // past it without a Sync is refused, as one oversized message would be; the rest of it is
+  // skipped up to its Sync (skipping_batch_).
+  const std::size_t max_message = config_.listen.max_message_size;
+  spdlog::info("{}: batch without Sync exceeds max_message_size; refused", prefix());
+  pending_.clear();
+  skipping_batch_ = true;
+  std::string out;
+  proto::write_error(out, failure_error(Failure::kBatchTooLarge,
+                                        "extended-protocol batch exceeds max_message_size (" +
+                                            std::to_string(max_message) + " bytes) before its Sync",
+                                        "send Sync more often"));
+  co_return co_await write_client(out);
 }
 
 awaitable<void> Session::copy_violation(char type) {

@@ -116,6 +116,10 @@ class Session : public std::enable_shared_from_this<Session>,
     bool simple = false;  // a simple Query (else extended messages)
     bool lone = false;    // one statement pgshard may answer itself (see control_transaction)
   };
+  // One whole client message at the front of in_ (`size` bytes); false when the session
+  // ends. Messages gather in pending_ up to a boundary (Query, Sync, Flush).
+  awaitable<bool> on_message(char type, std::size_t size);
+  awaitable<bool> refuse_batch();
   awaitable<void> handle_request(char boundary);
   // After pgshard failed an extended batch: skips to its Sync; true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
@@ -197,13 +201,12 @@ class Session : public std::enable_shared_from_this<Session>,
   bool writing_server_ = false;
   bool client_writing_ = false;
   bool client_gone_ = false;
-  bool copy_in_ = false;
-  bool counted_ = false;
+  bool copy_in_ = false;   // the server is in COPY FROM STDIN (CopyInResponse relayed)
+  bool copy_only_ = true;  // pending_ holds only CopyData/CopyDone/CopyFail
+  bool counted_ = false;   // counted in shared.logged_in
   const char* waiting_on_ = "client";
-  bool skipping_batch_ =
-      false;  // dropping a too-large batch up to its Sync  // counted in shared.logged_in  // the
-              // server is in COPY FROM STDIN (CopyInResponse relayed)
-  bool discard_until_sync_ = false;
+  bool skipping_batch_ = false;      // dropping a too-large batch up to its Sync
+  bool discard_until_sync_ = false;  // pgshard failed an extended batch: skip to its Sync
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
   Event drained_;

@@ -15,6 +15,8 @@
 namespace pgshard::session {
 
 namespace proto = protocol;
+using Owner = pool::Replies::Owner;
+using Action = pool::Replies::Action;
 
 namespace {
 
@@ -48,60 +50,82 @@ bool drops_all_statements(std::string_view sql) {
 
 }  // namespace
 
-void Statements::map(std::string& batch, pool::ServerConn& conn) {
-  auto& replies = conn.replies;
-  using Owner = pool::Replies::Owner;
-  using Action = pool::Replies::Action;
-  // Fast path (most traffic): nothing named and nothing to re-parse — the batch goes as it
-  // is, with no entries (replies to unnamed Parse/Close are relayed because the request's
+bool Statements::plain(std::string_view batch) const {
+  // Nothing named and nothing to re-parse (most traffic): the batch can go as it is, with
+  // no entries (replies to unnamed Parse/Close are relayed because the request's
   // ReadyForQuery entry, not one of theirs, is at the front of the queue).
-  {
-    bool simple_batch = true, parsed = false;
-    for (std::string_view rest = batch; !rest.empty() && simple_batch;) {
-      auto d = proto::decode_frame(rest);
-      if (d.status != proto::DecodeStatus::kFrame) break;
-      rest.remove_prefix(d.consumed);
-      const auto& f = d.frame;
-      // Each message body starts with its first name (Bind: portal then statement).
-      switch (f.type) {
-        case proto::msg::kParse:
-          parsed = true;
-          simple_batch = !f.body.empty() && f.body[0] == '\0';
-          break;
-        case proto::msg::kBind: {
-          auto nul = f.body.find('\0');
-          simple_batch = nul != std::string_view::npos && nul + 1 < f.body.size() &&
-                         f.body[nul + 1] == '\0' && (parsed || unnamed_.empty());
-          break;
-        }
-        case proto::msg::kDescribe:
-        case proto::msg::kClose:
-          simple_batch = f.body.size() < 2 || f.body[0] != 'S' || f.body[1] == '\0';
-          break;
-        case proto::msg::kQuery:
-          simple_batch = false;  // DISCARD ALL and friends are checked below
-          break;
-        default:
-          break;
+  bool parsed = false;
+  for (std::string_view rest = batch; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    if (d.status != proto::DecodeStatus::kFrame) break;
+    rest.remove_prefix(d.consumed);
+    const auto& f = d.frame;
+    // Each message body starts with its first name (Bind: portal then statement).
+    switch (f.type) {
+      case proto::msg::kParse:
+        parsed = true;
+        if (f.body.empty() || f.body[0] != '\0') return false;
+        break;
+      case proto::msg::kBind: {
+        auto nul = f.body.find('\0');
+        if (nul == std::string_view::npos || nul + 1 >= f.body.size() || f.body[nul + 1] != '\0' ||
+            (!parsed && !unnamed_.empty()))
+          return false;
+        break;
       }
+      case proto::msg::kDescribe:
+      case proto::msg::kClose:
+        if (f.body.size() >= 2 && f.body[0] == 'S' && f.body[1] != '\0') return false;
+        break;
+      case proto::msg::kQuery:
+        return false;  // DISCARD ALL and friends are checked by map()
+      default:
+        break;
     }
-    if (simple_batch) return;
   }
+  return true;
+}
+
+void Statements::ensure(std::string& out, pool::ServerConn& conn, const std::string& name,
+                        const std::string& client_name) {
+  // Prepares `name` on this server when it lacks it; the ParseComplete is hidden.
+  if (conn.prepared.has(name) || !texts_.contains(client_name)) return;
+  if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
+    proto::Close{'S', *evicted}.write(out);
+    conn.replies.expect_close(Owner::kClient, Action::kHide);
+  }
+  proto::Parse{name, text(client_name), types(client_name)}.write(out);
+  conn.replies.expect_parse(Owner::kClient, Action::kHide, name);
+}
+
+void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string_view raw,
+                           const std::optional<proto::Parse>& p) {
+  if (!p || p->name.empty()) {
+    out.append(raw);
+    conn.replies.expect_parse(Owner::kClient, Action::kForward);
+    return;
+  }
+  std::string name = server_name(p->query, p->param_types);
+  server_names_[std::string(p->name)] = name;
+  if (conn.prepared.has(name)) {
+    // Already prepared here: the client still gets its ParseComplete.
+    proto::Close{'S', kNoStatement}.write(out);
+    conn.replies.expect_close(Owner::kClient, Action::kAsParseComplete);
+    return;
+  }
+  if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
+    proto::Close{'S', *evicted}.write(out);
+    conn.replies.expect_close(Owner::kClient, Action::kHide);
+  }
+  proto::Parse{name, p->query, p->param_types}.write(out);
+  conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
+}
+
+void Statements::map(std::string& batch, pool::ServerConn& conn) {
+  if (plain(batch)) return;
   std::string out;
   out.reserve(batch.size() + 64);
   bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
-  // Prepares `name` on this server when it lacks it; the ParseComplete is hidden.
-  auto ensure = [&](const std::string& name, const std::string& client_name) {
-    if (conn.prepared.has(name)) return;
-    if (!texts_.contains(client_name)) return;
-    const std::string_view sql = text(client_name);
-    if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
-      proto::Close{'S', *evicted}.write(out);
-      replies.expect_close(Owner::kClient, Action::kHide);
-    }
-    proto::Parse{name, sql, types(client_name)}.write(out);
-    replies.expect_parse(Owner::kClient, Action::kHide, name);
-  };
   for (std::string_view rest = batch; !rest.empty();) {
     auto d = proto::decode_frame(rest);
     if (d.status != proto::DecodeStatus::kFrame) {
@@ -115,25 +139,7 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
       case proto::msg::kParse: {
         auto p = proto::Parse::parse(f.body);
         if (p && p->name.empty()) parsed_unnamed = true;
-        if (!p || p->name.empty()) {
-          out.append(raw);
-          replies.expect_parse(Owner::kClient, Action::kForward);
-          break;
-        }
-        std::string name = server_name(p->query, p->param_types);
-        server_names_[std::string(p->name)] = name;
-        if (conn.prepared.has(name)) {
-          // Already prepared here: the client still gets its ParseComplete.
-          proto::Close{'S', kNoStatement}.write(out);
-          replies.expect_close(Owner::kClient, Action::kAsParseComplete);
-          break;
-        }
-        if (auto evicted = conn.prepared.add(name, kPreparedPerServer)) {
-          proto::Close{'S', *evicted}.write(out);
-          replies.expect_close(Owner::kClient, Action::kHide);
-        }
-        proto::Parse{name, p->query, p->param_types}.write(out);
-        replies.expect_parse(Owner::kClient, Action::kForward, name);
+        map_parse(out, conn, raw, p);
         break;
       }
       case proto::msg::kBind: {
@@ -141,7 +147,7 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         if (b && b->statement.empty() && !parsed_unnamed && !unnamed_.empty()) {
           // The unnamed statement may have been parsed on another server: parse it again.
           proto::Parse{"", unnamed_, types("")}.write(out);
-          replies.expect_parse(Owner::kClient, Action::kHide);
+          conn.replies.expect_parse(Owner::kClient, Action::kHide);
           parsed_unnamed = true;
         }
         auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
@@ -149,7 +155,7 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
           out.append(raw);  // unknown names reach PostgreSQL, which reports them
           break;
         }
-        ensure(known->second, known->first);
+        ensure(out, conn, known->second, known->first);
         b->statement = known->second;
         b->write(out);
         break;
@@ -162,7 +168,7 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
           out.append(raw);
           break;
         }
-        ensure(known->second, known->first);
+        ensure(out, conn, known->second, known->first);
         proto::Describe{'S', known->second}.write(out);
         break;
       }
@@ -175,10 +181,10 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         } else {
           out.append(raw);
         }
-        replies.expect_close(Owner::kClient, Action::kForward);
+        conn.replies.expect_close(Owner::kClient, Action::kForward);
         break;
       }
-      case proto::msg::kQuery: {
+      case proto::msg::kQuery:
         // DISCARD ALL / DEALLOCATE ALL drop every statement of the server, ours too.
         if (auto q = proto::Query::parse(f.body); q && drops_all_statements(q->sql)) {
           conn.prepared.clear();
@@ -186,7 +192,6 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         }
         out.append(raw);
         break;
-      }
       default:
         out.append(raw);
     }

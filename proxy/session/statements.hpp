@@ -4,11 +4,13 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <unordered_map>
 #include <vector>
 
+#include "protocol/messages.hpp"
 #include "proxy/pool/server_conn.hpp"
 
 namespace pgshard::session {
@@ -30,6 +32,13 @@ class Statements {
   void map(std::string& batch, pool::ServerConn& conn);
 
  private:
+  // True when `batch` names no statement and needs nothing re-prepared.
+  bool plain(std::string_view batch) const;
+  void ensure(std::string& out, pool::ServerConn& conn, const std::string& name,
+              const std::string& client_name);
+  void map_parse(std::string& out, pool::ServerConn& conn, std::string_view raw,
+                 const std::optional<protocol::Parse>& p);
+
   std::unordered_map<std::string, std::string> texts_;
   std::unordered_map<std::string, std::vector<int32_t>> types_;
   std::unordered_map<std::string, std::string> server_names_;  // client name -> pgshard's
