@@ -4,6 +4,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -38,6 +39,44 @@ struct DecodeResult {
 // Decodes one typed frame from the start of `in`. Limits are checked from the header
 // alone, before the caller allocates room for the body.
 DecodeResult decode_frame(std::string_view in, std::size_t max_message = kDefaultMaxMessage);
+
+// The whole frames of a buffer in order, for range-for: `for (auto m : frames(batch))`
+// gives each frame and its raw bytes; iteration ends at the first partial or bad frame.
+// It views `bytes`: pass a buffer that outlives the loop, not a temporary.
+class Frames {
+ public:
+  struct Message {
+    Frame frame;
+    std::string_view raw;  // type, length and body as on the wire
+  };
+  class iterator {
+   public:
+    explicit iterator(std::string_view rest) : rest_(rest) { load(); }
+    Message operator*() const { return {d_.frame, rest_.substr(0, d_.consumed)}; }
+    iterator& operator++() {
+      rest_.remove_prefix(d_.consumed);
+      load();
+      return *this;
+    }
+    bool operator==(std::default_sentinel_t) const { return d_.status != DecodeStatus::kFrame; }
+    // What follows the current frame's start (for "is this the last frame").
+    std::string_view rest() const { return rest_; }
+
+   private:
+    void load() { d_ = decode_frame(rest_); }
+    std::string_view rest_;
+    DecodeResult d_;
+  };
+  explicit Frames(std::string_view bytes) : bytes_(bytes) {}
+  iterator begin() const { return iterator(bytes_); }
+  std::default_sentinel_t end() const { return {}; }
+
+ private:
+  std::string_view bytes_;
+};
+inline Frames frames(std::string_view bytes) {
+  return Frames(bytes);
+}
 
 // Decodes one untyped startup-phase packet (StartupMessage, SSLRequest, CancelRequest...).
 // `frame.type` is 0 and `frame.body` excludes the length word.

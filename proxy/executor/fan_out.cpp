@@ -540,11 +540,8 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
     if (!name.empty()) fan_names.push_back(shard_name(name));
   };
   std::set<std::string, std::less<>> described_portals;
-  for (std::string_view rest = c.request(); !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) break;
-    rest.remove_prefix(d.consumed);
-    const auto& f = d.frame;
+  for (const auto m : proto::frames(c.request())) {
+    const auto& f = m.frame;
     switch (f.type) {
       case proto::msg::kParse:
         if (auto p = proto::Parse::parse(f.body)) {
@@ -626,11 +623,11 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
           proto::Close{'S', n}.write(request);
           expected.expect_close(Owner::kClient, Action::kHide);
         }
-        request.append(rest.data() - d.consumed, d.consumed);
+        request.append(m.raw);
         expected.expect_ready(Owner::kClient);
         break;
       default:
-        request.append(rest.data() - d.consumed, d.consumed);
+        request.append(m.raw);
     }
   }
   if (plan && executes > 1) {

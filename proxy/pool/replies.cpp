@@ -42,10 +42,8 @@ void Replies::expect_ready(Owner owner) {
 
 bool Replies::expect_batch(std::string_view batch, Owner owner) {
   bool open = false;
-  for (std::string_view rest = batch; !rest.empty();) {
-    auto d = protocol::decode_frame(rest);
-    if (d.status != protocol::DecodeStatus::kFrame) break;
-    switch (d.frame.type) {
+  for (const auto m : protocol::frames(batch)) {
+    switch (m.frame.type) {
       case msg::kQuery:
       case msg::kFunctionCall:
       case msg::kSync:
@@ -59,7 +57,6 @@ bool Replies::expect_batch(std::string_view batch, Owner owner) {
       default:
         open = true;
     }
-    rest.remove_prefix(d.consumed);
   }
   return open;
 }

@@ -35,27 +35,21 @@ std::string canonical_parameter(std::string_view name) {
 
 // True when a batch binds or runs anything (Bind, Execute, Query, FunctionCall).
 bool binds_or_runs(std::string_view batch) {
-  for (std::string_view rest = batch; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) return true;
-    const char t = d.frame.type;
+  for (const auto m : proto::frames(batch)) {
+    const char t = m.frame.type;
     if (t == proto::msg::kBind || t == proto::msg::kExecute || t == proto::msg::kQuery ||
         t == proto::msg::kFunctionCall)
       return true;
-    rest.remove_prefix(d.consumed);
   }
   return false;
 }
 
 // True when a batch runs a statement (Query, Execute, FunctionCall).
 bool runs_something(std::string_view batch) {
-  for (std::string_view rest = batch; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) return true;
-    const char t = d.frame.type;
+  for (const auto m : proto::frames(batch)) {
+    const char t = m.frame.type;
     if (t == proto::msg::kQuery || t == proto::msg::kExecute || t == proto::msg::kFunctionCall)
       return true;
-    rest.remove_prefix(d.consumed);
   }
   return false;
 }
@@ -576,12 +570,7 @@ awaitable<router::Route> Session::route_request(Request& req) {
   req.lone = req.simple;
   if (!req.simple && req.boundary == proto::msg::kSync && route.txn != router::TxnControl::kNone) {
     int executes = 0;
-    for (std::string_view rest = pending_; !rest.empty();) {
-      auto d = proto::decode_frame(rest);
-      if (d.status != proto::DecodeStatus::kFrame) break;
-      if (d.frame.type == proto::msg::kExecute) ++executes;
-      rest.remove_prefix(d.consumed);
-    }
+    for (const auto m : proto::frames(pending_)) executes += m.frame.type == proto::msg::kExecute;
     req.lone = executes == 1;
   }
   co_return route;
@@ -813,29 +802,27 @@ router::Route Session::route_batch(bool* simple) {
       if (it->first == name) return it->second;
     return statements_.text(name);
   };
-  for (std::string_view rest = pending_; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) break;
-    rest.remove_prefix(d.consumed);
-    switch (d.frame.type) {
+  for (const auto m : proto::frames(pending_)) {
+    const auto& f = m.frame;
+    switch (f.type) {
       case proto::msg::kQuery:
-        if (auto q = proto::Query::parse(d.frame.body)) {
+        if (auto q = proto::Query::parse(f.body)) {
           *simple = true;
-          const bool after_extended = d.consumed != pending_.size();
+          const bool after_extended = m.raw.size() != pending_.size();
           auto r = router::route_query(q->sql, route ? route->hints : hints_, config_, ctx);
           if (!after_extended || r.kind == router::RouteKind::kError) return r;
           return after_extended_messages(std::move(r), route);
         }
         break;
       case proto::msg::kParse:
-        if (auto p = proto::Parse::parse(d.frame.body)) {
+        if (auto p = proto::Parse::parse(f.body)) {
           parsed.emplace_back(p->name, p->query);
           statements_.parsed(p->name, p->query, p->param_types);
           if (described.empty()) described = p->query;
         }
         break;
       case proto::msg::kBind:
-        if (auto b = proto::Bind::parse(d.frame.body)) {
+        if (auto b = proto::Bind::parse(f.body)) {
           ctx.bind = &*b;
           auto r = router::route_extended(text_of(b->statement), route ? route->hints : hints_,
                                           config_, ctx);
@@ -863,12 +850,11 @@ router::Route Session::route_batch(bool* simple) {
         }
         break;
       case proto::msg::kDescribe:
-        if (auto dsc = proto::Describe::parse(d.frame.body);
-            dsc && dsc->kind == 'S' && described.empty())
+        if (auto dsc = proto::Describe::parse(f.body); dsc && dsc->kind == 'S' && described.empty())
           described = text_of(dsc->name);
         break;
       case proto::msg::kClose:
-        if (auto c = proto::Close::parse(d.frame.body); c && c->kind == 'S') {
+        if (auto c = proto::Close::parse(f.body); c && c->kind == 'S') {
           statements_.closed(c->name);
         }
         break;
@@ -933,20 +919,18 @@ void Session::answer_extended(std::string_view answer, std::string& out) {
           : std::string_view();
   std::string_view rows = answer.substr(desc.size());
   std::vector<int32_t> param_types;
-  for (std::string_view rest = pending_; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) break;
-    rest.remove_prefix(d.consumed);
-    switch (d.frame.type) {
+  for (const auto m : proto::frames(pending_)) {
+    const auto& f = m.frame;
+    switch (f.type) {
       case proto::msg::kParse:
-        if (auto p = proto::Parse::parse(d.frame.body)) param_types = p->param_types;
+        if (auto p = proto::Parse::parse(f.body)) param_types = p->param_types;
         proto::write_empty(out, proto::msg::kParseComplete);
         break;
       case proto::msg::kBind:
         proto::write_empty(out, proto::msg::kBindComplete);
         break;
       case proto::msg::kDescribe:
-        if (auto dsc = proto::Describe::parse(d.frame.body); dsc && dsc->kind == 'S')
+        if (auto dsc = proto::Describe::parse(f.body); dsc && dsc->kind == 'S')
           proto::ParameterDescription{param_types}.write(out);
         if (desc.empty())
           proto::write_empty(out, proto::msg::kNoData);

@@ -55,11 +55,8 @@ bool Statements::plain(std::string_view batch) const {
   // no entries (replies to unnamed Parse/Close are relayed because the request's
   // ReadyForQuery entry, not one of theirs, is at the front of the queue).
   bool parsed = false;
-  for (std::string_view rest = batch; !rest.empty();) {
-    auto d = proto::decode_frame(rest);
-    if (d.status != proto::DecodeStatus::kFrame) break;
-    rest.remove_prefix(d.consumed);
-    const auto& f = d.frame;
+  for (const auto m : proto::frames(batch)) {
+    const auto& f = m.frame;
     // Each message body starts with its first name (Bind: portal then statement).
     switch (f.type) {
       case proto::msg::kParse:

@@ -145,3 +145,21 @@ TEST_CASE("10000 random buffers never crash the decoder or the views", "[codec][
   }
   SUCCEED("no crash on 10000 random buffers");
 }
+
+TEST_CASE("frames() walks the whole frames of a buffer and stops at a partial one", "[codec]") {
+  std::string batch;
+  pgshard::protocol::write_empty(batch, 'S');
+  batch += std::string("Q\0\0\0\x20select", 10);  // a Query cut short
+  std::string full;
+  pgshard::protocol::write_empty(full, 'H');
+  const std::string wire = full + batch;  // (frames() views its argument: keep it alive)
+  std::string types;
+  std::size_t bytes = 0;
+  for (const auto m : pgshard::protocol::frames(wire)) {
+    types += m.frame.type;
+    bytes += m.raw.size();
+  }
+  CHECK(types == "HS");
+  CHECK(bytes == 10);
+  CHECK(pgshard::protocol::frames("").begin() == std::default_sentinel);
+}

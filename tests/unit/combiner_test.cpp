@@ -7,6 +7,7 @@
 
 #include "protocol/messages.hpp"
 #include "proxy/merge/value.hpp"
+#include "wire.hpp"
 
 using namespace pgshard;
 namespace proto = pgshard::protocol;
@@ -28,15 +29,9 @@ std::string data_row(std::vector<std::string> values) {
   r.write(out);
   return out;
 }
-std::string complete(std::string_view tag) {
-  std::string out;
-  proto::CommandComplete{tag}.write(out);
-  return out;
-}
+using testing::complete;
 std::string error(std::string_view code) {
-  std::string out;
-  proto::write_error(out, proto::error(code, "boom"));
-  return out;
+  return testing::error(code);
 }
 std::string notice() {
   std::string out;

@@ -7,6 +7,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
+#include "wire.hpp"
 
 using namespace pgshard;
 namespace proto = pgshard::protocol;
@@ -33,25 +34,16 @@ struct Events : session::RelayEvents {
   void own_statement_failed(pool::ServerConn&) override { own_failed = true; }
 };
 
-std::string empty(char type) {
-  std::string out;
-  proto::write_empty(out, type);
-  return out;
-}
-std::string complete(std::string_view tag) {
-  std::string out;
-  proto::CommandComplete{tag}.write(out);
-  return out;
-}
+using testing::complete;
+using testing::empty;
+
 std::string status(std::string_view name, std::string_view value) {
   std::string out;
   proto::ParameterStatus{name, value}.write(out);
   return out;
 }
 std::string error() {
-  std::string out;
-  proto::write_error(out, proto::error("22012", "division by zero"));
-  return out;
+  return testing::error("22012");
 }
 std::string row(std::size_t bytes) {
   proto::DataRow r;

@@ -10,6 +10,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/pool/server_conn.hpp"
+#include "wire.hpp"
 
 using namespace pgshard;
 namespace proto = pgshard::protocol;
@@ -19,25 +20,11 @@ using Verdict = pool::Replies::Verdict;
 
 namespace {
 
-std::string empty(char type) {
-  std::string out;
-  proto::write_empty(out, type);
-  return out;
-}
-std::string complete(std::string_view tag) {
-  std::string out;
-  proto::CommandComplete{tag}.write(out);
-  return out;
-}
+using testing::complete;
+using testing::empty;
+using testing::ready;
 std::string error(std::string_view severity = "ERROR") {
-  auto e = proto::error("42P01", "relation \"nope\" does not exist");
-  e.severity = std::string(severity);
-  std::string out;
-  proto::write_error(out, e);
-  return out;
-}
-std::string ready(char status = 'I') {
-  return proto::ready_for_query(status);
+  return testing::error("42P01", severity);
 }
 
 // Classifies each wire message in turn; returns one letter per verdict: F(orward), H(ide),
