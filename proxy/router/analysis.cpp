@@ -714,6 +714,8 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
     switch (st->node_case) {
       case PG_QUERY__NODE__NODE_LISTEN_STMT:
       case PG_QUERY__NODE__NODE_PREPARE_STMT:
+      // A DO block may change anything (set_config, SET ROLE) where pgshard cannot see.
+      case PG_QUERY__NODE__NODE_DO_STMT:
         a.pins = true;
         break;
       case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
@@ -723,6 +725,7 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
       default:
         break;
     }
+    int set_configs = 0;  // set_config calls anywhere in the statement
     ast::walk(&st->base, [&](const ProtobufCMessage* m) {
       if (m->descriptor == &pg_query__range_var__descriptor) {
         // CREATE TEMP TABLE, SELECT ... INTO TEMP: relpersistence 't'.
@@ -734,6 +737,7 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
         if (name == "pg_advisory_lock" || name == "pg_advisory_lock_shared" ||
             name == "pg_try_advisory_lock" || name == "pg_try_advisory_lock_shared")
           a.pins = true;
+        if (name == "set_config") ++set_configs;
       }
     });
     if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
@@ -743,6 +747,10 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
       const auto* v = st->variable_set_stmt;
       if (v->is_local) continue;
       std::string name = v->name ? v->name : "";
+      // The role and the session authorization decide what the server lets the session do:
+      // a client that changes them keeps its servers, which are reset before anyone else
+      // gets them (DISCARD ALL resets both).
+      if (name == "role" || name == "session_authorization") a.pins = true;
       if (name.starts_with("pgshard.")) continue;
       switch (v->kind) {
         case PG_QUERY__VARIABLE_SET_KIND__VAR_RESET_ALL:
@@ -797,10 +805,16 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
         const bool is_false = local && local->node_case == PG_QUERY__NODE__NODE_A_CONST &&
                               local->a_const->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL &&
                               !local->a_const->boolval->boolval;
-        if (name && value && is_false && !name->starts_with("pgshard."))
+        if (name && value && is_false && !name->starts_with("pgshard.")) {
           a.settings.push_back({*name, *value, false});
+          if (*name == "role" || *name == "session_authorization") a.pins = true;
+          --set_configs;  // seen and tracked
+        }
       }
     }
+    // set_config where pgshard cannot follow it (a subselect, a computed name or value, an
+    // expression): the client keeps its servers rather than leak the setting.
+    if (set_configs > 0) a.pins = true;
   }
 }
 

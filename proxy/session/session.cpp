@@ -1140,6 +1140,12 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
 }
 
 void Session::reported(pool::ServerConn& conn, std::string_view name, std::string_view value) {
+  if (name == "session_authorization" && user_ && value != user_->name && !pinned_) {
+    // The server now acts as another user (SET SESSION AUTHORIZATION, maybe in a function):
+    // the client keeps its servers, and they are reset before anyone else gets them.
+    pinned_ = true;
+    spdlog::debug("{}: pinned to its servers: session authorization {}", prefix(), log_safe(value));
+  }
   if (!synced_reported(name)) return;
   client_params_[std::string(name)] = std::string(value);
   params_fingerprint_ = fingerprint(client_params_);

@@ -121,3 +121,38 @@ TEST_CASE("session state pins a client to its server in transaction pooling", "[
   auto c = connect(proxy.conninfo());
   CHECK(error_code(c.get(), "select count(*) from pin_tmp") == "42P01");
 }
+
+TEST_CASE("a role or authorization one client takes never reaches another", "[session]") {
+  ProxyOptions o;
+  o.workers = 1;
+  o.pool_size = 2;  // the server a client leaves is the next one handed out (LIFO)
+  Proxy proxy(o);
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(),
+          "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_other') "
+          "then create role pgshard_other; end if; end $$");
+  }
+  for (const char* how :
+       {"set role pgshard_other", "set session authorization pgshard_other",
+        "select set_config('role', 'pgshard_other', false)",
+        "select 1 from (select set_config('role', 'pgshard_other', false)) s",
+        "do $$ begin perform set_config('role', 'pgshard_other', false); end $$"}) {
+    INFO(how);
+    {
+      auto a = connect(proxy.conninfo());
+      query(a.get(), how);
+      CHECK(scalar(a.get(), "select current_user") == "pgshard_other");
+      auto b = connect(proxy.conninfo());
+      CHECK(scalar(b.get(), "select current_user") == "app");
+      CHECK(scalar(b.get(), "select session_user") == "app");
+      // The client that took the role keeps it while others come and go.
+      CHECK(scalar(a.get(), "select current_user") == "pgshard_other");
+    }
+    for (int i = 0; i < 4; ++i) {
+      auto c = connect(proxy.conninfo());
+      CHECK(scalar(c.get(), "select current_user") == "app");
+      CHECK(scalar(c.get(), "select session_user") == "app");
+    }
+  }
+}
