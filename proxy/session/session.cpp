@@ -761,32 +761,6 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   }
 }
 
-router::Route Session::after_extended_messages(router::Route r,
-                                               const std::optional<router::Route>& bound) {
-  // A simple Query pipelined after extended messages without a Sync: PostgreSQL runs them
-  // as one unit (one implicit transaction; after an error in the extended part it skips the
-  // Query until a Sync), so they must reach one server together, unchanged: never a BEGIN
-  // pgshard answers itself (the extended replies would be hidden with it), never a fan-out.
-  auto refuse = [&](std::string why) {
-    router::Route e;
-    e.kind = router::RouteKind::kError;
-    e.error = proto::error(sqlstate::kFeatureNotSupported,
-                           "a simple Query pipelined after extended-protocol messages " + why, {},
-                           "send a Sync before the Query");
-    e.hints = hints_;
-    return e;
-  };
-  if (r.kind != router::RouteKind::kShard || r.shards.size() > 1 || r.copy_in)
-    return refuse("must go to one shard");
-  if (bound && (bound->kind != router::RouteKind::kShard || bound->shards.size() > 1 ||
-                bound->shard != r.shard))
-    return refuse("must go to the shard of the statements before it");
-  if (r.txn != router::TxnControl::kNone && (txn_.coordinated() || txn_.deferred()))
-    return refuse("cannot end or start a transaction pgshard manages");
-  r.txn = router::TxnControl::kNone;  // it reaches the server as sent
-  return r;
-}
-
 router::Route Session::route_batch(bool* simple) {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
@@ -794,78 +768,8 @@ router::Route Session::route_batch(bool* simple) {
   ctx.directory = &worker_.directory();
   ctx.round_robin = &round_robin_;
   if (backends_.active) ctx.attached = backends_.active->shard;
-  std::optional<router::Route> route;
-  std::string_view described;  // a statement described without being bound
-  std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
-  auto text_of = [&](std::string_view name) -> std::string_view {
-    for (auto it = parsed.rbegin(); it != parsed.rend(); ++it)
-      if (it->first == name) return it->second;
-    return statements_.text(name);
-  };
-  for (const auto m : proto::frames(pending_)) {
-    const auto& f = m.frame;
-    switch (f.type) {
-      case proto::msg::kQuery:
-        if (auto q = proto::Query::parse(f.body)) {
-          *simple = true;
-          const bool after_extended = m.raw.size() != pending_.size();
-          auto r = router::route_query(q->sql, route ? route->hints : hints_, config_, ctx);
-          if (!after_extended || r.kind == router::RouteKind::kError) return r;
-          return after_extended_messages(std::move(r), route);
-        }
-        break;
-      case proto::msg::kParse:
-        if (auto p = proto::Parse::parse(f.body)) {
-          parsed.emplace_back(p->name, p->query);
-          statements_.parsed(p->name, p->query, p->param_types);
-          if (described.empty()) described = p->query;
-        }
-        break;
-      case proto::msg::kBind:
-        if (auto b = proto::Bind::parse(f.body)) {
-          ctx.bind = &*b;
-          auto r = router::route_extended(text_of(b->statement), route ? route->hints : hints_,
-                                          config_, ctx);
-          ctx.bind = nullptr;
-          // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
-          const bool begin =
-              r.kind == router::RouteKind::kShard && r.txn == router::TxnControl::kBegin;
-          if (!route || (route->txn == router::TxnControl::kBegin && !begin)) {
-            route = std::move(r);
-          } else if (begin) {
-            continue;
-          } else if (r.kind != router::RouteKind::kShard || r.shard != route->shard ||
-                     r.shards != route->shards) {
-            // One batch, one destination: splitting a pipeline at Bind boundaries across
-            // shards is not done yet.
-            router::Route e;
-            e.kind = router::RouteKind::kError;
-            e.error =
-                proto::error(sqlstate::kFeatureNotSupported,
-                             "statements in one pipelined batch route to different shards", {},
-                             "send a Sync after each statement that goes to another shard");
-            e.hints = hints_;
-            return e;
-          }
-        }
-        break;
-      case proto::msg::kDescribe:
-        if (auto dsc = proto::Describe::parse(f.body); dsc && dsc->kind == 'S' && described.empty())
-          described = text_of(dsc->name);
-        break;
-      case proto::msg::kClose:
-        if (auto c = proto::Close::parse(f.body); c && c->kind == 'S') {
-          statements_.closed(c->name);
-        }
-        break;
-      default:
-        break;
-    }
-  }
-  if (route) return std::move(*route);
-  // Nothing is executed (Parse/Describe/Close/Sync only): any shard that has the statement's
-  // tables describes it alike.
-  return router::route_extended(described, hints_, config_, ctx);
+  return session::route_batch(pending_, statements_, hints_, config_, ctx,
+                              txn_.coordinated() || txn_.deferred(), simple);
 }
 
 awaitable<void> Session::flush_copy() {

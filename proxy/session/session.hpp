@@ -20,6 +20,7 @@
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/router.hpp"
 #include "proxy/server/cancel.hpp"
+#include "proxy/session/batch_route.hpp"
 #include "proxy/session/client_stream.hpp"
 #include "proxy/session/failures.hpp"
 #include "proxy/session/login.hpp"
@@ -149,7 +150,6 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<void> fail(Failure f, std::string message, std::string hint = {});
   awaitable<void> fail(Failure f, protocol::ErrorInfo e, char boundary);
   router::Route route_batch(bool* simple);
-  router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound);
 
   // ---- RelayEvents: what the client's replies mean for its session ----
   // Settings and transaction state after the client's request; false when the client must

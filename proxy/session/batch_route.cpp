@@ -1,0 +1,119 @@
+// Routing one request of a client: see batch_route.hpp.
+#include "proxy/session/batch_route.hpp"
+
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+
+namespace pgshard::session {
+
+namespace proto = protocol;
+namespace sqlstate = protocol::sqlstate;
+
+namespace {
+
+router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound,
+                                      const router::SessionHints& hints, bool txn_managed) {
+  // A simple Query pipelined after extended messages without a Sync: PostgreSQL runs them
+  // as one unit (one implicit transaction; after an error in the extended part it skips the
+  // Query until a Sync), so they must reach one server together, unchanged: never a BEGIN
+  // pgshard answers itself (the extended replies would be hidden with it), never a fan-out.
+  auto refuse = [&](std::string why) {
+    router::Route e;
+    e.kind = router::RouteKind::kError;
+    e.error = proto::error(sqlstate::kFeatureNotSupported,
+                           "a simple Query pipelined after extended-protocol messages " + why, {},
+                           "send a Sync before the Query");
+    e.hints = hints;
+    return e;
+  };
+  if (r.kind != router::RouteKind::kShard || r.shards.size() > 1 || r.copy_in)
+    return refuse("must go to one shard");
+  if (bound && (bound->kind != router::RouteKind::kShard || bound->shards.size() > 1 ||
+                bound->shard != r.shard))
+    return refuse("must go to the shard of the statements before it");
+  if (r.txn != router::TxnControl::kNone && txn_managed)
+    return refuse("cannot end or start a transaction pgshard manages");
+  r.txn = router::TxnControl::kNone;  // it reaches the server as sent
+  return r;
+}
+
+}  // namespace
+
+router::Route route_batch(std::string_view batch, Statements& statements,
+                          const router::SessionHints& hints, const config::Config& cfg,
+                          router::Context ctx, bool txn_managed, bool* simple) {
+  std::optional<router::Route> route;
+  std::string_view described;  // a statement described without being bound
+  std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
+  auto text_of = [&](std::string_view name) -> std::string_view {
+    for (auto it = parsed.rbegin(); it != parsed.rend(); ++it)
+      if (it->first == name) return it->second;
+    return statements.text(name);
+  };
+  for (const auto m : proto::frames(batch)) {
+    const auto& f = m.frame;
+    switch (f.type) {
+      case proto::msg::kQuery:
+        if (auto q = proto::Query::parse(f.body)) {
+          *simple = true;
+          const bool after_extended = m.raw.size() != batch.size();
+          auto r = router::route_query(q->sql, route ? route->hints : hints, cfg, ctx);
+          if (!after_extended || r.kind == router::RouteKind::kError) return r;
+          return after_extended_messages(std::move(r), route, hints, txn_managed);
+        }
+        break;
+      case proto::msg::kParse:
+        if (auto p = proto::Parse::parse(f.body)) {
+          parsed.emplace_back(p->name, p->query);
+          statements.parsed(p->name, p->query, p->param_types);
+          if (described.empty()) described = p->query;
+        }
+        break;
+      case proto::msg::kBind:
+        if (auto b = proto::Bind::parse(f.body)) {
+          ctx.bind = &*b;
+          auto r =
+              router::route_extended(text_of(b->statement), route ? route->hints : hints, cfg, ctx);
+          ctx.bind = nullptr;
+          // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
+          const bool begin =
+              r.kind == router::RouteKind::kShard && r.txn == router::TxnControl::kBegin;
+          if (!route || (route->txn == router::TxnControl::kBegin && !begin)) {
+            route = std::move(r);
+          } else if (begin) {
+            continue;
+          } else if (r.kind != router::RouteKind::kShard || r.shard != route->shard ||
+                     r.shards != route->shards) {
+            // One batch, one destination: splitting a pipeline at Bind boundaries across
+            // shards is not done yet.
+            router::Route e;
+            e.kind = router::RouteKind::kError;
+            e.error =
+                proto::error(sqlstate::kFeatureNotSupported,
+                             "statements in one pipelined batch route to different shards", {},
+                             "send a Sync after each statement that goes to another shard");
+            e.hints = hints;
+            return e;
+          }
+        }
+        break;
+      case proto::msg::kDescribe:
+        if (auto dsc = proto::Describe::parse(f.body); dsc && dsc->kind == 'S' && described.empty())
+          described = text_of(dsc->name);
+        break;
+      case proto::msg::kClose:
+        if (auto c = proto::Close::parse(f.body); c && c->kind == 'S') {
+          statements.closed(c->name);
+        }
+        break;
+      default:
+        break;
+    }
+  }
+  if (route) return std::move(*route);
+  // Nothing is executed (Parse/Describe/Close/Sync only): any shard that has the statement's
+  // tables describes it alike.
+  return router::route_extended(described, hints, cfg, ctx);
+}
+
+}  // namespace pgshard::session

@@ -1,0 +1,23 @@
+// Routing one request of a client — a simple Query, or an extended batch up to its Sync or
+// Flush — to one destination: every Bind of a batch must agree on it, a BEGIN pipelined ahead
+// of the first statement goes where that goes, a Query pipelined after extended messages must
+// join them on their shard. Records the batch's Parse and Close in the client's statements.
+// Synchronous, no I/O.
+#pragma once
+
+#include <string_view>
+
+#include "config/config.hpp"
+#include "proxy/router/router.hpp"
+#include "proxy/session/statements.hpp"
+
+namespace pgshard::session {
+
+// `txn_managed`: the client's transaction is pgshard's to run (BEGIN deferred, or open on
+// several shards), so a Query pipelined after extended messages may not start or end one.
+// `simple` is set when the request is a simple Query.
+router::Route route_batch(std::string_view batch, Statements& statements,
+                          const router::SessionHints& hints, const config::Config& cfg,
+                          router::Context ctx, bool txn_managed, bool* simple);
+
+}  // namespace pgshard::session

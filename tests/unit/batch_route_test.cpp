@@ -1,0 +1,133 @@
+// Routing one client request (session::route_batch) from hand-built messages: Binds that must
+// agree, a BEGIN pipelined ahead, a Query pipelined after extended messages, statements kept.
+#include "proxy/session/batch_route.hpp"
+
+#include <catch2/catch.hpp>
+
+#include "protocol/messages.hpp"
+#include "proxy/router/hashing.hpp"
+#include "shard_map.hpp"
+
+using namespace pgshard;
+namespace proto = pgshard::protocol;
+
+namespace {
+
+auto map() {
+  return testing::three_shards(
+      "sharded_tables:\n  - { table: users, column: id, type: bigint }\nunsharded: { shard: s0 "
+      "}\n");
+}
+int shard_of(const char* key) {
+  return router::hash_to_index(*router::partition_hash(config::KeyType::kInt8, key), 3);
+}
+void parse(std::string& out, std::string_view name, std::string_view sql) {
+  proto::Parse{name, sql, {}}.write(out);
+}
+void bind_key(std::string& out, std::string_view statement, const std::string& key) {
+  proto::Bind b;
+  b.statement = statement;
+  b.params.push_back(proto::Value(key));
+  b.write(out);
+}
+void execute_sync(std::string& out) {
+  proto::Execute{"", 0}.write(out);
+  proto::write_empty(out, proto::msg::kSync);
+}
+// Two keys that live on different shards.
+std::pair<std::string, std::string> keys_apart() {
+  for (int k = 2; k < 100; ++k)
+    if (shard_of(std::to_string(k).c_str()) != shard_of("1")) return {"1", std::to_string(k)};
+  FAIL("no two keys on different shards");
+  return {};
+}
+
+}  // namespace
+
+TEST_CASE("a Bind routes the batch by its key and the statement is remembered", "[batch]") {
+  auto cfg = map();
+  session::Statements statements;
+  std::string batch;
+  parse(batch, "s1", "select * from users where id = $1");
+  bind_key(batch, "s1", "42");
+  execute_sync(batch);
+  bool simple = false;
+  auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  CHECK_FALSE(simple);
+  REQUIRE(r.kind == router::RouteKind::kShard);
+  CHECK(r.shard == shard_of("42"));
+  CHECK(statements.text("s1") == "select * from users where id = $1");
+  // A later batch binds the stored statement by name alone.
+  std::string again;
+  bind_key(again, "s1", "7");
+  execute_sync(again);
+  CHECK(session::route_batch(again, statements, {}, *cfg, {}, false, &simple).shard ==
+        shard_of("7"));
+  std::string close;
+  proto::Close{'S', "s1"}.write(close);
+  proto::write_empty(close, proto::msg::kSync);
+  session::route_batch(close, statements, {}, *cfg, {}, false, &simple);
+  CHECK(statements.text("s1").empty());
+}
+
+TEST_CASE("Binds of one batch that need different shards are refused", "[batch]") {
+  auto cfg = map();
+  session::Statements statements;
+  auto [a, b] = keys_apart();
+  std::string batch;
+  parse(batch, "", "select * from users where id = $1");
+  bind_key(batch, "", a);
+  proto::Execute{"", 0}.write(batch);
+  bind_key(batch, "", b);
+  execute_sync(batch);
+  bool simple = false;
+  auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  REQUIRE(r.kind == router::RouteKind::kError);
+  CHECK(r.error.code == "0A000");
+}
+
+TEST_CASE("a BEGIN pipelined ahead of the first statement goes where it goes", "[batch]") {
+  auto cfg = map();
+  session::Statements statements;
+  std::string batch;
+  parse(batch, "", "BEGIN");
+  bind_key(batch, "", "unused");
+  proto::Execute{"", 0}.write(batch);
+  parse(batch, "", "update users set name = 'x' where id = $1");
+  bind_key(batch, "", "42");
+  execute_sync(batch);
+  bool simple = false;
+  auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  REQUIRE(r.kind == router::RouteKind::kShard);
+  CHECK(r.shard == shard_of("42"));
+}
+
+TEST_CASE("a Query pipelined after extended messages must join them", "[batch]") {
+  auto cfg = map();
+  session::Statements statements;
+  auto [a, b] = keys_apart();
+  std::string batch;
+  parse(batch, "", "select * from users where id = $1");
+  bind_key(batch, "", a);
+  proto::Execute{"", 0}.write(batch);
+  bool simple = false;
+  SECTION("on the same shard it goes as sent") {
+    proto::Query{"select * from users where id = " + a}.write(batch);
+    auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+    CHECK(simple);
+    REQUIRE(r.kind == router::RouteKind::kShard);
+    CHECK(r.shard == shard_of(a.c_str()));
+  }
+  SECTION("elsewhere it is refused") {
+    proto::Query{"select * from users where id = " + b}.write(batch);
+    auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+    REQUIRE(r.kind == router::RouteKind::kError);
+    CHECK(r.error.message.find("shard of the statements before it") != std::string::npos);
+  }
+  SECTION("it may not end a transaction pgshard runs") {
+    proto::Query{"commit"}.write(batch);
+    auto r = session::route_batch(batch, statements, {}, *cfg, {}, true, &simple);
+    REQUIRE(r.kind == router::RouteKind::kError);
+    CHECK(r.error.code == "0A000");
+  }
+}
