@@ -12,9 +12,11 @@ namespace pgshard::session {
 
 using Params = std::map<std::string, std::string>;
 
-// The startup parameters that are applied to servers with SET (PostgreSQL accepts any GUC
-// in a startup packet; these are the ones drivers send).
+// Whether a startup parameter is a setting that follows the client to its servers (every
+// name but user, database, options, replication and protocol options).
 bool is_synced_startup_parameter(std::string_view name);
+// PostgreSQL's name for an encoding a client spells its own way ("utf-8" -> "UTF8").
+std::string canonical_encoding(std::string_view name);
 
 // Parses `options` ("-c name=value --name=value", backslash escapes spaces) into settings.
 // Returns an error message for anything but -c/-- settings.

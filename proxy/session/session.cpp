@@ -294,6 +294,9 @@ awaitable<bool> Session::welcome() {
       wanted[name] = v;
     }
   }
+  // ParameterStatus reports the encoding as PostgreSQL names it.
+  if (auto it = wanted.find("client_encoding"); it != wanted.end())
+    it->second = canonical_encoding(it->second);
   std::string err;
   auto server = co_await worker_.server_params(*user_, &err);
   if (!server) {

@@ -5,6 +5,7 @@
 #include <catch2/catch.hpp>
 
 #include "harness.hpp"
+#include "protocol/messages.hpp"
 
 using namespace harness;
 
@@ -155,4 +156,50 @@ TEST_CASE("a role or authorization one client takes never reaches another", "[se
       CHECK(scalar(c.get(), "select session_user") == "app");
     }
   }
+}
+
+namespace {
+// The first value of the first row of a simple query over a raw connection.
+std::string raw_scalar(RawClient& c, const std::string& sql) {
+  std::string out;
+  pgshard::protocol::Query{sql}.write(out);
+  c.send(out);
+  std::vector<std::pair<char, std::string>> all;
+  c.until_ready(&all);
+  for (const auto& [type, body] : all)
+    if (type == 'D')
+      if (auto row = pgshard::protocol::DataRow::parse(body); row && !row->values.empty())
+        return row->values[0] ? std::string(*row->values[0]) : "NULL";
+  return "(no row)";
+}
+}  // namespace
+
+TEST_CASE("every startup parameter follows the client; encodings are named as PostgreSQL does",
+          "[session]") {
+  ProxyOptions o;
+  o.workers = 1;
+  o.pool_size = 2;
+  Proxy proxy(o);
+  // Drivers (node-postgres, asyncpg server_settings) send settings as startup parameters.
+  RawClient c(proxy.port());
+  REQUIRE(c.login("app", "secret",
+                  {{"statement_timeout", "1234"}, {"work_mem", "5MB"}, {"lock_timeout", "2s"}}));
+  CHECK(raw_scalar(c, "show statement_timeout") == "1234ms");
+  CHECK(raw_scalar(c, "show work_mem") == "5MB");
+  CHECK(raw_scalar(c, "show lock_timeout") == "2s");
+  auto other = connect(proxy.conninfo());
+  CHECK(scalar(other.get(), "show statement_timeout") == "0");
+  CHECK(scalar(other.get(), "show work_mem") == "4MB");
+  CHECK(raw_scalar(c, "show statement_timeout") == "1234ms");
+  // RESET goes back to the value the client connected with.
+  CHECK(raw_scalar(c, "set statement_timeout = 99") == "(no row)");
+  CHECK(raw_scalar(c, "show statement_timeout") == "99ms");
+  raw_scalar(c, "reset statement_timeout");
+  CHECK(raw_scalar(c, "show statement_timeout") == "1234ms");
+
+  auto utf = connect(proxy.conninfo("client_encoding=utf-8"));
+  CHECK(std::string(PQparameterStatus(utf.get(), "client_encoding")) == "UTF8");
+  CHECK(scalar(utf.get(), "show client_encoding") == "UTF8");
+  auto latin = connect(proxy.conninfo("client_encoding=iso-8859-1"));
+  CHECK(std::string(PQparameterStatus(latin.get(), "client_encoding")) == "LATIN1");
 }
