@@ -68,8 +68,10 @@ pool::Pool& Worker::directory_pool(int table, const config::User& user) {
 
 awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_params(
     const config::User& user, std::string* error) {
-  for (auto& [key, p] : pools_)
-    if (!p->server_params().empty()) co_return p->server_params();
+  // What a server tells this user (is_superuser, ...): never another user's login.
+  for (std::size_t i = 0; i < config().shards.size(); ++i)
+    if (auto& p = pool(static_cast<int>(i), user); !p.server_params().empty())
+      co_return p.server_params();
   // Nothing cached: log in to the first shard that answers.
   for (std::size_t i = 0; i < config().shards.size(); ++i) {
     auto& p = pool(static_cast<int>(i), user);

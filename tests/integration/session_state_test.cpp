@@ -203,3 +203,29 @@ TEST_CASE("every startup parameter follows the client; encodings are named as Po
   auto latin = connect(proxy.conninfo("client_encoding=iso-8859-1"));
   CHECK(std::string(PQparameterStatus(latin.get(), "client_encoding")) == "LATIN1");
 }
+
+TEST_CASE("ParameterStatus describes the client's own login, not another user's", "[session]") {
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(),
+          "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_plain') "
+          "then create role pgshard_plain login password 'plain'; end if; end $$");
+  }
+  ProxyOptions o;
+  o.workers = 1;
+  // Shard URLs without a user: each pgshard user logs in to the shards as itself.
+  for (int i = 0; i < cluster.size(); ++i)
+    o.shard_urls.push_back("postgres://127.0.0.1:" + std::to_string(cluster.port(i)) + "/app");
+  o.users =
+      "  - { name: app, password: secret }\n"
+      "  - { name: pgshard_plain, password: plain }\n";
+  Proxy proxy(o);
+  auto super = connect(proxy.conninfo());
+  CHECK(std::string(PQparameterStatus(super.get(), "is_superuser")) == "on");
+  CHECK(scalar(super.get(), "select 1") == "1");
+  auto plain = connect(proxy.conninfo("", "pgshard_plain", "plain"));
+  CHECK(std::string(PQparameterStatus(plain.get(), "is_superuser")) == "off");
+  CHECK(std::string(PQparameterStatus(plain.get(), "session_authorization")) == "pgshard_plain");
+  CHECK(scalar(plain.get(), "select current_setting('is_superuser')") == "off");
+}
