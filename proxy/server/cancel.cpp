@@ -15,7 +15,7 @@ CancelRegistry& CancelRegistry::instance() {
   return r;
 }
 
-CancelKey CancelRegistry::add(asio::any_io_executor ex, std::function<void()> cancel) {
+CancelKey CancelRegistry::add(asio::any_io_executor ex, Cancel cancel) {
   auto random = protocol::random_bytes(4);
   int32_t secret;
   std::memcpy(&secret, random.data(), 4);
@@ -34,19 +34,19 @@ void CancelRegistry::remove(const CancelKey& key) {
   entries_.erase(key.pid);
 }
 
-bool CancelRegistry::cancel(const CancelKey& key) {
+bool CancelRegistry::cancel(const CancelKey& key, std::function<void()> done) {
   std::lock_guard lock(mu_);
   auto it = entries_.find(key.pid);
   if (it == entries_.end() || it->second.secret != key.secret) return false;
-  asio::post(it->second.ex, it->second.cancel);
+  asio::post(it->second.ex, [cancel = it->second.cancel, done = std::move(done)] { cancel(done); });
   return true;
 }
 
 void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t port, int32_t pid,
-                        int32_t secret) {
+                        int32_t secret, std::function<void()> done) {
   asio::co_spawn(
       ex,
-      [ex, host = std::move(host), port, pid, secret]() -> awaitable<void> {
+      [ex, host = std::move(host), port, pid, secret, done = std::move(done)]() -> awaitable<void> {
         tcp::socket sock(ex);
         asio::steady_timer timer(ex, std::chrono::seconds(5));
         auto work = [&]() -> awaitable<void> {
@@ -64,6 +64,7 @@ void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t por
           co_await sock.async_read_some(asio::buffer(&c, 1), use_nothrow);
         };
         co_await (work() || timer.async_wait(asio::use_awaitable));
+        if (done) done();
       },
       asio::detached);
 }

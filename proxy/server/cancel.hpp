@@ -19,25 +19,30 @@ struct CancelKey {
 class CancelRegistry {
  public:
   static CancelRegistry& instance();
+  // What a session does with a CancelRequest: forward it to the servers running its
+  // statement and call `done` once they have it.
+  using Cancel = std::function<void(std::function<void()> done)>;
   // Issues a fresh key; `cancel` runs on `ex` when a matching CancelRequest arrives.
-  CancelKey add(asio::any_io_executor ex, std::function<void()> cancel);
+  CancelKey add(asio::any_io_executor ex, Cancel cancel);
   void remove(const CancelKey& key);
-  // Posts the cancel of the session owning `key`; a wrong key does nothing.
-  bool cancel(const CancelKey& key);
+  // Posts the cancel of the session owning `key` (`done` runs, on that session's executor,
+  // once the servers have it); false (and `done` never runs) for a wrong key.
+  bool cancel(const CancelKey& key, std::function<void()> done);
 
  private:
   struct Entry {
     int32_t secret;
     asio::any_io_executor ex;
-    std::function<void()> cancel;
+    Cancel cancel;
   };
   std::mutex mu_;
   std::unordered_map<int32_t, Entry> entries_;
   int32_t next_pid_ = 1;
 };
 
-// Sends a CancelRequest for a server process (fire and forget, bounded by a timer).
+// Sends a CancelRequest for a server process, bounded by a timer; `done` runs once the
+// server has read it (it closes the connection then) or the attempt ended.
 void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t port, int32_t pid,
-                        int32_t secret);
+                        int32_t secret, std::function<void()> done = {});
 
 }  // namespace pgshard::server

@@ -129,9 +129,19 @@ awaitable<bool> Login::negotiate() {
       case proto::StartupKind::kGSSENCRequest:
         if (!co_await write("N")) co_return false;
         continue;
-      case proto::StartupKind::kCancelRequest:
-        server::CancelRegistry::instance().cancel({pkt->cancel_pid, pkt->cancel_secret});
+      case proto::StartupKind::kCancelRequest: {
+        // As PostgreSQL: the connection closes once the cancel has reached the servers, so a
+        // client that waits for the close (libpq's PQcancel) never has its next statement
+        // cancelled by a request still on its way.
+        auto delivered = std::make_shared<asio::steady_timer>(stream_.socket().get_executor(),
+                                                              std::chrono::seconds(5));
+        auto ex = stream_.socket().get_executor();
+        const bool known = server::CancelRegistry::instance().cancel(
+            {pkt->cancel_pid, pkt->cancel_secret},
+            [delivered, ex] { asio::post(ex, [delivered] { delivered->cancel(); }); });
+        if (known) co_await delivered->async_wait(use_nothrow);
         co_return false;
+      }
       case proto::StartupKind::kStartup:
         break;
     }

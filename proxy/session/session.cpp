@@ -269,6 +269,30 @@ awaitable<void> Session::send_fatal(const proto::ErrorInfo& e) {
   stream_.close();
 }
 
+void Session::cancel_running(std::function<void()> done) {
+  // Only what runs when the request arrives is cancelled: a server with nothing owed is idle
+  // (the statement the client meant is over) and is left alone, and `done` runs once every
+  // server cancelled has it.
+  std::vector<const pool::ServerConn*> running;
+  for (auto& l : backends_.all())
+    if (l->lease && !l->lease->replies.empty()) running.push_back(&*l->lease);
+  for (const auto* conn : fan_out_servers_) running.push_back(conn);  // a multi-shard statement
+  auto left = std::make_shared<std::size_t>(running.size());
+  auto finished = std::make_shared<std::function<void()>>(std::move(done));
+  if (running.empty()) {
+    (*finished)();
+    return;
+  }
+  for (const auto* conn : running) {
+    const auto& t = conn->target();
+    spdlog::info("{}: cancel request forwarded to shard {}", prefix(), t.shard_name);
+    server::send_server_cancel(worker_.executor(), t.host, t.port, conn->pid(), conn->secret(),
+                               [left, finished] {
+                                 if (--*left == 0) (*finished)();
+                               });
+  }
+}
+
 awaitable<bool> Session::welcome() {
   // One logical database: when the shard URLs name a database, clients must ask for it.
   const auto& db = config_.shards.front().primary.database;
@@ -319,24 +343,14 @@ awaitable<bool> Session::welcome() {
   announced["session_authorization"] = user_->name;
   for (const auto& [k, v] : announced) proto::ParameterStatus{k, v}.write(out);
   std::weak_ptr<Session> weak = weak_from_this();
-  key_ = server::CancelRegistry::instance().add(worker_.executor(), [weak] {
-    auto s = weak.lock();
-    if (!s) return;
-    for (auto& l : s->backends_.all()) {
-      if (!l->lease) continue;
-      const auto& t = l->lease->target();
-      spdlog::info("{}: cancel request forwarded to shard {}", s->prefix(), t.shard_name);
-      server::send_server_cancel(s->worker_.executor(), t.host, t.port, l->lease->pid(),
-                                 l->lease->secret());
-    }
-    // A multi-shard statement running now: cancel it on every shard.
-    for (const auto* conn : s->fan_out_servers_) {
-      const auto& t = conn->target();
-      spdlog::info("{}: cancel request forwarded to shard {}", s->prefix(), t.shard_name);
-      server::send_server_cancel(s->worker_.executor(), t.host, t.port, conn->pid(),
-                                 conn->secret());
-    }
-  });
+  key_ = server::CancelRegistry::instance().add(worker_.executor(),
+                                                [weak](std::function<void()> done) {
+                                                  auto s = weak.lock();
+                                                  if (s)
+                                                    s->cancel_running(std::move(done));
+                                                  else
+                                                    done();
+                                                });
   proto::BackendKeyData{key_.pid, key_.secret}.write(out);
   proto::ReadyForQuery{'I'}.write(out);
   co_return co_await write_client(out);

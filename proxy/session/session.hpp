@@ -109,6 +109,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // ---- the client side ----
   awaitable<void> run();
   awaitable<bool> welcome();
+  // A CancelRequest with this session's key: cancels what its servers are running.
+  void cancel_running(std::function<void()> done);
   awaitable<void> client_loop();
   // One request (the client's messages up to a Query, Sync or Flush), answered by one of
   // the route's actions.

@@ -3,6 +3,7 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <thread>
 
 #include "harness.hpp"
 #include "protocol/messages.hpp"
@@ -228,4 +229,37 @@ TEST_CASE("ParameterStatus describes the client's own login, not another user's"
   CHECK(std::string(PQparameterStatus(plain.get(), "is_superuser")) == "off");
   CHECK(std::string(PQparameterStatus(plain.get(), "session_authorization")) == "pgshard_plain");
   CHECK(scalar(plain.get(), "select current_setting('is_superuser')") == "off");
+}
+
+TEST_CASE("a cancel for a finished statement never cancels the next one", "[session]") {
+  for (const char* mode : {"session", "transaction"}) {
+    INFO(mode);
+    ProxyOptions o;
+    o.pool_mode = mode;
+    Proxy proxy(o);
+    auto c = connect(proxy.conninfo());
+    query(c.get(), "select 1 from pg_sleep(0.01)");
+    int cancelled = 0;
+    for (int i = 0; i < 20; ++i) {
+      // The statement is over: a timeout in a driver fires late (asyncpg), and the client
+      // goes straight on with its next statement.
+      PGcancel* cancel = PQgetCancel(c.get());
+      char err[256];
+      PQcancel(cancel, err, sizeof err);
+      PQfreeCancel(cancel);
+      if (error_code(c.get(), "select 1 from pg_sleep(0.05)") == "57014") ++cancelled;
+    }
+    CHECK(cancelled == 0);
+    // A cancel while a statement runs still cancels it.
+    std::thread canceller([&] {
+      std::this_thread::sleep_for(std::chrono::milliseconds(300));
+      PGcancel* cancel = PQgetCancel(c.get());
+      char err[256];
+      PQcancel(cancel, err, sizeof err);
+      PQfreeCancel(cancel);
+    });
+    CHECK(error_code(c.get(), "select pg_sleep(5)") == "57014");
+    canceller.join();
+    CHECK(scalar(c.get(), "select 2") == "2");
+  }
 }
