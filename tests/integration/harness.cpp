@@ -294,6 +294,14 @@ std::string scalar(PGconn* c, const std::string& sql) {
   return rows[0][0];
 }
 
+bool send_cancel(PGconn* c) {
+  PGcancel* cancel = PQgetCancel(c);
+  char err[256];
+  const bool sent = PQcancel(cancel, err, sizeof err) == 1;
+  PQfreeCancel(cancel);
+  return sent;
+}
+
 std::string error_code(PGconn* c, const std::string& sql, std::string* message) {
   PGresult* r = PQexec(c, sql.c_str());
   std::string code;

@@ -75,6 +75,8 @@ std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql);
 std::string scalar(PGconn* c, const std::string& sql);
 // Runs one statement expecting an error; returns its SQLSTATE ("" if it succeeded).
 std::string error_code(PGconn* c, const std::string& sql, std::string* message = nullptr);
+// Sends a CancelRequest for `c`'s running statement (libpq's PQcancel); true if sent.
+bool send_cancel(PGconn* c);
 
 // Polls `ok` every 50 ms until it holds or `limit` passes; returns whether it held.
 bool wait_until(const std::function<bool()>& ok, std::chrono::milliseconds limit);

@@ -141,10 +141,7 @@ TEST_CASE("a CancelRequest stops a multi-shard statement on every shard", "[mult
   auto start = std::chrono::steady_clock::now();
   REQUIRE(PQsendQuery(c.get(), "select count(pg_sleep(0.5)) from ms_users") == 1);
   std::this_thread::sleep_for(std::chrono::milliseconds(400));
-  PGcancel* cancel = PQgetCancel(c.get());
-  char err[256];
-  REQUIRE(PQcancel(cancel, err, sizeof(err)) == 1);
-  PQfreeCancel(cancel);
+  REQUIRE(send_cancel(c.get()));
   std::string code;
   while (PGresult* r = PQgetResult(c.get())) {
     if (PQresultStatus(r) == PGRES_FATAL_ERROR) code = PQresultErrorField(r, PG_DIAG_SQLSTATE);

@@ -325,10 +325,7 @@ TEST_CASE("CancelRequest with the proxy's key cancels the running statement", "[
   auto started = std::chrono::steady_clock::now();
   std::thread canceller([&] {
     std::this_thread::sleep_for(std::chrono::milliseconds(300));
-    PGcancel* cancel = PQgetCancel(c.get());
-    char err[256];
-    PQcancel(cancel, err, sizeof err);
-    PQfreeCancel(cancel);
+    send_cancel(c.get());
   });
   std::string code = error_code(c.get(), "select pg_sleep(20)");
   canceller.join();

@@ -243,20 +243,14 @@ TEST_CASE("a cancel for a finished statement never cancels the next one", "[sess
     for (int i = 0; i < 20; ++i) {
       // The statement is over: a timeout in a driver fires late (asyncpg), and the client
       // goes straight on with its next statement.
-      PGcancel* cancel = PQgetCancel(c.get());
-      char err[256];
-      PQcancel(cancel, err, sizeof err);
-      PQfreeCancel(cancel);
+      send_cancel(c.get());
       if (error_code(c.get(), "select 1 from pg_sleep(0.05)") == "57014") ++cancelled;
     }
     CHECK(cancelled == 0);
     // A cancel while a statement runs still cancels it.
     std::thread canceller([&] {
       std::this_thread::sleep_for(std::chrono::milliseconds(300));
-      PGcancel* cancel = PQgetCancel(c.get());
-      char err[256];
-      PQcancel(cancel, err, sizeof err);
-      PQfreeCancel(cancel);
+      send_cancel(c.get());
     });
     CHECK(error_code(c.get(), "select pg_sleep(5)") == "57014");
     canceller.join();
