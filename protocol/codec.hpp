@@ -59,8 +59,6 @@ class Frames {
       return *this;
     }
     bool operator==(std::default_sentinel_t) const { return d_.status != DecodeStatus::kFrame; }
-    // What follows the current frame's start (for "is this the last frame").
-    std::string_view rest() const { return rest_; }
 
    private:
     void load() { d_ = decode_frame(rest_); }

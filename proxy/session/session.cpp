@@ -1233,7 +1233,8 @@ void Session::request_shutdown() {
 std::string Session::describe() const {
   std::string out = prefix() + ": " + to_string(state_) + ", waiting on " + waiting_on_ +
                     ", in flight " + std::to_string(owed()) +
-                    (open_extended_ ? ", open batch" : "") + ", txn " + transaction_status();
+                    (open_extended_ ? ", open batch" : "") + ", txn " + transaction_status() +
+                    " (" + txn::to_string(txn_.state()) + ")";
   if (backends_.active && backends_.active->lease)
     out += ", server S-" + std::to_string(backends_.active->lease->id()) + " (" +
            config_.shards[static_cast<std::size_t>(backends_.active->shard)].name + ", " +
