@@ -56,7 +56,7 @@ bool runs_something(std::string_view batch) {
 
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
-         name == "IntervalStyle" || name == "TimeZone";
+         name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
 }
 
 }  // namespace
@@ -1083,13 +1083,11 @@ bool Session::client_ready(pool::ServerConn& conn) {
   const char status = conn.status;
   // Settings the client changed take effect once its statement (or transaction) has
   // succeeded; a failure or ROLLBACK drops them, as PostgreSQL does.
-  if (!pending_settings_.empty()) {
-    if (status == proto::txn_status::kFailed) settings_failed_ = true;
-    if (status == proto::txn_status::kIdle) {
-      if (!settings_failed_) apply_settings(conn);
-      pending_settings_.clear();
-      settings_failed_ = false;
-    }
+  if (!pending_settings_.empty() && status == proto::txn_status::kFailed) settings_failed_ = true;
+  if (status == proto::txn_status::kIdle) {
+    if (!pending_settings_.empty() && !settings_failed_) apply_settings(conn);
+    pending_settings_.clear();
+    settings_failed_ = false;
   }
   txn_.server_ready(status);
   if (status != proto::txn_status::kIdle) return true;

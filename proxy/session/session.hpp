@@ -159,8 +159,13 @@ class Session : public std::enable_shared_from_this<Session>,
   bool client_ready(pool::ServerConn& conn) override;
   void copy_in_started() override { copy_in_ = true; }
   void reported(pool::ServerConn& conn, std::string_view name, std::string_view value) override;
-  void client_failed() override { settings_failed_ = true; }
-  void client_rolled_back() override { pending_settings_.clear(); }
+  // An error fails the settings of the statement (or transaction) it belongs to; one with
+  // no settings pending must not fail a later SET.
+  void client_failed() override { settings_failed_ |= !pending_settings_.empty(); }
+  void client_rolled_back() override {
+    pending_settings_.clear();
+    settings_failed_ = false;
+  }
   void own_statement_failed(pool::ServerConn& conn) override;
   // Records the settings of a statement that succeeded on `conn`.
   void apply_settings(pool::ServerConn& conn);

@@ -83,6 +83,74 @@ TEST_CASE("startup options come back on RESET", "[session]") {
   CHECK(scalar(a.get(), "show search_path") == "startup_schema,public");  // as PostgreSQL keeps it
 }
 
+TEST_CASE("a SET after an earlier error still follows the client", "[session]") {
+  ProxyOptions o;
+  o.pool_size = 1;  // the other client takes the same server in between
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto other = connect(proxy.conninfo());
+  CHECK(error_code(a.get(), "select 1/0") == "22012");
+  query(a.get(), "set enable_seqscan to off");
+  CHECK(scalar(other.get(), "show enable_seqscan") == "on");
+  CHECK(scalar(a.get(), "show enable_seqscan") == "off");
+  // A failed statement inside the SET's own transaction still drops it.
+  query(a.get(), "begin");
+  query(a.get(), "set enable_seqscan to on");
+  CHECK(error_code(a.get(), "select 1/0") == "22012");
+  query(a.get(), "rollback");
+  CHECK(scalar(other.get(), "show enable_seqscan") == "on");
+  CHECK(scalar(a.get(), "show enable_seqscan") == "off");
+}
+
+TEST_CASE("standard_conforming_strings follows its client and no other", "[session]") {
+  ProxyOptions o;
+  o.pool_size = 1;
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto other = connect(proxy.conninfo());
+  query(a.get(), "set standard_conforming_strings = off");
+  CHECK(scalar(other.get(), "show standard_conforming_strings") == "on");
+  CHECK(std::string(PQparameterStatus(other.get(), "standard_conforming_strings")) == "on");
+  CHECK(scalar(other.get(), "select length('a\\b')") == "3");
+  CHECK(scalar(a.get(), "show standard_conforming_strings") == "off");
+  query(a.get(), "reset standard_conforming_strings");
+  CHECK(scalar(a.get(), "show standard_conforming_strings") == "on");
+}
+
+TEST_CASE("RESET of a reported setting returns to the client's startup value", "[session]") {
+  // PostgreSQL resets to the value the session started with (PGDATESTYLE, PGTZ...), not to
+  // the server's default.
+  ProxyOptions o;
+  o.pool_size = 1;
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo("options='-c DateStyle=Postgres,MDY -c TimeZone=PST8PDT'"));
+  auto other = connect(proxy.conninfo());
+  CHECK(scalar(a.get(), "show datestyle") == "Postgres, MDY");
+  query(a.get(), "set datestyle = iso, dmy");
+  query(a.get(), "set timezone = 'Asia/Tokyo'");
+  CHECK(scalar(other.get(), "show datestyle") == "ISO, MDY");
+  query(a.get(), "reset datestyle");
+  CHECK(scalar(a.get(), "show datestyle") == "Postgres, MDY");
+  CHECK(std::string(PQparameterStatus(a.get(), "DateStyle")) == "Postgres, MDY");
+  CHECK(scalar(other.get(), "show datestyle") == "ISO, MDY");
+  CHECK(scalar(a.get(), "show datestyle") == "Postgres, MDY");
+  query(a.get(), "set datestyle = sql");
+  query(a.get(), "reset all");
+  CHECK(scalar(a.get(), "show datestyle") == "Postgres, MDY");
+  CHECK(scalar(a.get(), "show timezone") == "PST8PDT");
+  CHECK(scalar(other.get(), "show timezone") != "PST8PDT");
+  CHECK(scalar(a.get(), "show timezone") == "PST8PDT");
+  // As a startup parameter (how libpq sends PGDATESTYLE) it is the same.
+  auto b = connect(proxy.conninfo("options='-c DateStyle=SQL,DMY'"));
+  query(b.get(), "set datestyle = iso");
+  CHECK(scalar(other.get(), "show datestyle") == "ISO, MDY");
+  query(b.get(), "reset datestyle");
+  CHECK(scalar(b.get(), "show datestyle") == "SQL, DMY");
+}
+
 TEST_CASE("session state pins a client to its server in transaction pooling", "[session]") {
   ProxyOptions o;
   o.pool_size = 2;
