@@ -10,7 +10,7 @@ namespace msg = protocol::msg;
 
 void Replies::push(Entry e) {
   if (e.kind == Kind::kReady) {
-    if (e.owner == Owner::kClient) {
+    if (answers_client(e.owner)) {
       ++client_owed_;
     } else if (e.owner == Owner::kClientHiddenSync) {
       ++own_owed_;
@@ -61,6 +61,17 @@ bool Replies::expect_batch(std::string_view batch, Owner owner) {
   return open;
 }
 
+void Replies::hide_last_client_ready() {
+  for (auto it = queue_.rbegin(); it != queue_.rend(); ++it) {
+    if (it->kind == Kind::kReady && it->owner == Owner::kClient) {
+      it->owner = Owner::kClientHiddenSync;
+      --client_owed_;
+      ++own_owed_;
+      return;
+    }
+  }
+}
+
 void Replies::append(const Replies& other) {
   for (const auto& e : other.queue_) push(e);
 }
@@ -101,7 +112,7 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
         queue_.pop_front();
         if (e.kind == Kind::kReady) {
           owner_ = e.owner;
-          if (e.owner == Owner::kClient)
+          if (answers_client(e.owner))
             --client_owed_;
           else
             --own_owed_;
@@ -109,8 +120,10 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
         }
         if (!e.added.empty() && prepared) prepared->erase(e.added);
       }
-      return owner_ == Owner::kClient ? Verdict::kForward : Verdict::kHide;
+      return answers_client(owner_) ? Verdict::kForward : Verdict::kHide;
     }
+    case msg::kParameterStatus:
+      return owner_ == Owner::kOwnFinishing ? Verdict::kForward : by_owner();
     case msg::kParseComplete:
       return complete(Kind::kParse);
     case msg::kCloseComplete:

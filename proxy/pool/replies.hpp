@@ -23,8 +23,11 @@ class Replies {
   // (hidden; its outcome is kept in tag/error). kOwnReset is pgshard's DISCARD ALL: the
   // server's ParameterStatus replies describe the server's new defaults. kClientHiddenSync
   // is a Sync pgshard added to end a client's batch: the replies before it are the
-  // client's, its ReadyForQuery is hidden.
-  enum class Owner : uint8_t { kClient, kClientHiddenSync, kOwn, kOwnReset };
+  // client's, its ReadyForQuery is hidden (also the client's own last ReadyForQuery when
+  // pgshard finishes the request). kOwnFinishing is pgshard's statement that finishes the
+  // client's request (restoring what a RESET must return to): its results are hidden, its
+  // ParameterStatus and ReadyForQuery go to the client as the request's own.
+  enum class Owner : uint8_t { kClient, kClientHiddenSync, kOwn, kOwnReset, kOwnFinishing };
   // What to do with a completion message (ParseComplete, CloseComplete, a Describe's
   // RowDescription/NoData and ParameterDescription).
   enum class Action : uint8_t { kForward, kHide, kAsParseComplete };
@@ -40,6 +43,9 @@ class Replies {
   // Pushes a ReadyForQuery entry for every Query/Sync/FunctionCall of `batch`, owned by
   // `owner`; returns true when the batch leaves extended messages without a Sync after them.
   bool expect_batch(std::string_view batch, Owner owner);
+  // pgshard finishes the client's last request with its own statement: the request's
+  // ReadyForQuery (the last one pushed for the client) is hidden; push kOwnFinishing next.
+  void hide_last_client_ready();
   // Pushes every entry `other` holds, after this queue's.
   void append(const Replies& other);
 
@@ -56,7 +62,11 @@ class Replies {
   bool empty() const { return queue_.empty(); }
   // True while the frames arriving answer pgshard's own statement.
   bool own_front() const { return !queue_.empty() && ours(queue_.front().owner); }
-  static bool ours(Owner o) { return o == Owner::kOwn || o == Owner::kOwnReset; }
+  static bool ours(Owner o) {
+    return o == Owner::kOwn || o == Owner::kOwnReset || o == Owner::kOwnFinishing;
+  }
+  // ReadyForQuery entries that answer a client's request.
+  static bool answers_client(Owner o) { return o == Owner::kClient || o == Owner::kOwnFinishing; }
   void clear();
 
   // Outcome of pgshard's own statements since the last expect_ready(kOwn).

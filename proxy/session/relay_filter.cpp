@@ -52,7 +52,7 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
     switch (type) {
       case msg::kReadyForQuery:
         conn.status = body.empty() ? proto::txn_status::kIdle : body[0];
-        if (owner == Owner::kClient && !events_.client_ready(conn)) {
+        if (pool::Replies::answers_client(owner) && !events_.client_ready(conn)) {
           hide(pos, pos + total);
           out_ += proto::ready_for_query(proto::txn_status::kInBlock);
         }
@@ -65,7 +65,7 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
           // After pgshard's DISCARD ALL the server reports its defaults; after pgshard's
           // setting sync it reports what the session already recorded.
           if (owner != Owner::kOwn) conn.params[std::string(p->name)] = std::string(p->value);
-          if (!ours) events_.reported(conn, p->name, p->value);
+          if (!ours || owner == Owner::kOwnFinishing) events_.reported(conn, p->name, p->value);
         }
         break;
       case msg::kCommandComplete:

@@ -332,8 +332,14 @@ awaitable<bool> Session::welcome() {
   for (const auto& [k, v] : *server)
     if (synced_reported(k)) client_params_[k] = v;
   for (auto& [k, v] : wanted) client_params_[canonical_parameter(k)] = v;
+  {
+    Params canonical;
+    for (auto& [k, v] : wanted) canonical[canonical_parameter(k)] = v;
+    wanted = std::move(canonical);
+  }
   params_fingerprint_ = fingerprint(client_params_);
   startup_params_ = client_params_;
+  sent_params_ = std::move(wanted);
 
   std::string out;
   proto::Authentication{proto::auth::kOk, {}}.write(out);
@@ -630,6 +636,26 @@ void Session::adopt(const router::Route& route) {
     spdlog::debug("{}: pinned to its servers: {}", prefix(), route.reason);
   }
   pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
+  finish_sql_ = restore_startup_sql(route.settings);
+}
+
+std::string Session::restore_startup_sql(const std::vector<router::SettingChange>& changes) const {
+  // The server resets a reported setting to its own default and says so with
+  // ParameterStatus; PostgreSQL resets to the value the session started with. Only where
+  // the RESET took effect (the setting is at the server's reset value) is it put back.
+  std::string sql;
+  auto restore = [&](const std::string& name, const std::string& value) {
+    sql += "SELECT pg_catalog.set_config(name, " + quote_literal(value) +
+           ", false) FROM pg_catalog.pg_settings WHERE name = " + quote_literal(name) +
+           " AND setting IS NOT DISTINCT FROM reset_val;";
+  };
+  for (const auto& c : changes) {
+    for (const auto& [name, value] : sent_params_) {
+      if (!synced_reported(name) || c.value) continue;
+      if (c.reset_all || canonical_parameter(c.name) == name) restore(name, value);
+    }
+  }
+  return sql;
 }
 
 awaitable<bool> Session::control_transaction(const router::Route& route, const Request& req) {
@@ -770,6 +796,13 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     proto::write_empty(pending_, proto::msg::kSync);
     replies.expect_ready(Owner::kClientHiddenSync);
     open_extended_ = false;
+  }
+  if (!finish_sql_.empty() && !open_extended_) {
+    // The request ends with pgshard's statement, whose ReadyForQuery is the client's.
+    replies.hide_last_client_ready();
+    proto::Query{finish_sql_}.write(pending_);
+    replies.expect_ready(Owner::kOwnFinishing);
+    finish_sql_.clear();
   }
   if (!link.prelude.empty()) {
     // pgshard's own settings go first, in the same write.

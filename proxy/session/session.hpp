@@ -132,6 +132,7 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<void> answer_locally(const router::Route& route, const Request& req);
   // Takes on what the route says of the session: hints, pinning, settings to track.
   void adopt(const router::Route& route);
+  std::string restore_startup_sql(const std::vector<router::SettingChange>& changes) const;
   // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
@@ -190,6 +191,10 @@ class Session : public std::enable_shared_from_this<Session>,
   const config::User* user_ = nullptr;  // identity_.user once logged in
   Params client_params_;
   Params startup_params_;  // as the client connected: what RESET returns to
+  Params sent_params_;     // the settings the client's startup packet named itself
+  // pgshard's statement that finishes the client's request: a RESET of a reported setting
+  // the client started with goes back to that value, as on PostgreSQL.
+  std::string finish_sql_;
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
   bool settings_failed_ = false;
   bool pinned_ = false;

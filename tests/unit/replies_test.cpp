@@ -68,6 +68,31 @@ TEST_CASE("pgshard's own statement ahead of the client's request is hidden", "[r
   CHECK(r.own_owed() == 0);
 }
 
+TEST_CASE("pgshard's statement can finish the client's request", "[replies]") {
+  // RESET DateStyle, then pgshard's set_config back to the startup value: the client sees
+  // both ParameterStatus messages and one ReadyForQuery, pgshard's.
+  pool::Replies r;
+  std::string batch;
+  proto::Query{"reset datestyle"}.write(batch);
+  r.expect_batch(batch, Owner::kClient);
+  r.hide_last_client_ready();
+  r.expect_ready(Owner::kOwnFinishing);
+  CHECK(r.client_owed() == 1);
+  CHECK(r.own_owed() == 1);
+  std::string ps_reset, ps_restored;
+  proto::ParameterStatus{"DateStyle", "ISO, MDY"}.write(ps_reset);
+  proto::ParameterStatus{"DateStyle", "Postgres, MDY"}.write(ps_restored);
+  CHECK(feed(r, {ps_reset, complete("RESET"), ready()}) == "FFH");
+  CHECK(r.client_owed() == 1);
+  CHECK(feed(r, {empty(proto::msg::kRowDescription), ps_restored, complete("SELECT 1"),
+                 ready()}) == "HFHF");
+  CHECK(r.owner() == Owner::kOwnFinishing);
+  CHECK(r.tag == "SELECT 1");
+  CHECK(r.empty());
+  CHECK(r.client_owed() == 0);
+  CHECK(r.own_owed() == 0);
+}
+
 TEST_CASE("the outcome of pgshard's statement is kept; the client's is not", "[replies]") {
   pool::Replies r;
   r.expect_ready(Owner::kOwn);
