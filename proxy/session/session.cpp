@@ -54,6 +54,10 @@ bool runs_something(std::string_view batch) {
   return false;
 }
 
+// One row when the server session has a temporary schema (pgshard's reset at disconnect).
+constexpr std::string_view kHasTempSchema =
+    "SELECT 1 WHERE pg_catalog.pg_my_temp_schema() <> 0";
+
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
          name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
@@ -1067,7 +1071,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (!co_await write_client(relay)) conn.broken = true;
     }
     conn.rbuf.consume(used);
-    if (client_gone_) {
+    if (client_gone_ && !link->closing) {
       conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
       break;
     }
@@ -1075,7 +1079,13 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       last_activity_ = Clock::now();
       drained_.notify_all();
     }
-    if (link->closing && conn.replies.empty()) break;
+    if (link->closing && conn.replies.empty()) {
+      if (client_gone_ && conn.replies.tag == "SELECT 1") {
+        spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(), conn.id());
+        conn.broken = true;
+      }
+      break;
+    }
     if (link == backends_.active && can_detach(*link)) {
       release(link);
       break;
@@ -1218,9 +1228,14 @@ awaitable<void> Session::finish() {
     } else if (session_pooled() && !conn.broken) {
       // Session pooling: reset the server before it serves another client.
       link->closing = true;
-      conn.replies.expect_ready(pool::Replies::Owner::kOwnReset);
       std::string q;
       proto::Query{"DISCARD ALL"}.write(q);
+      conn.replies.expect_ready(pool::Replies::Owner::kOwnReset);
+      // DISCARD ALL drops temporary objects but the session keeps its temporary schema,
+      // which changes what the next client sees (PREPARE TRANSACTION after touching it
+      // fails on a fresh session only): such a server is closed instead (see below).
+      proto::Query{std::string(kHasTempSchema)}.write(q);
+      conn.replies.expect_ready(pool::Replies::Owner::kOwnReset);
       conn.prepared.clear();
       std::erase_if(conn.params,
                     [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });

@@ -151,6 +151,30 @@ TEST_CASE("RESET of a reported setting returns to the client's startup value", "
   CHECK(scalar(b.get(), "show datestyle") == "SQL, DMY");
 }
 
+TEST_CASE("a server that had temporary objects is not handed on", "[session]") {
+  // DISCARD ALL drops temporary objects but not the session's temporary schema; a client
+  // given such a server could PREPARE a transaction that a fresh session refuses.
+  for (const std::string mode : {"session", "transaction"}) {
+    INFO(mode);
+    ProxyOptions o;
+    o.pool_mode = mode;
+    o.pool_size = 1;
+    o.workers = 1;
+    Proxy proxy(o);
+    {
+      auto a = connect(proxy.conninfo());
+      query(a.get(), "create temp table scratch (a int)");
+    }
+    auto b = connect(proxy.conninfo());
+    query(b.get(), "set search_path to 'pg_temp'");
+    query(b.get(), "begin");
+    CHECK(scalar(b.get(), "select current_schema() ~ 'pg_temp'") == "t");
+    const auto code = error_code(b.get(), "prepare transaction 'pgshard_test_temp'");
+    CHECK(code == "0A000");
+    if (code.empty()) query(b.get(), "rollback prepared 'pgshard_test_temp'");
+  }
+}
+
 TEST_CASE("session state pins a client to its server in transaction pooling", "[session]") {
   ProxyOptions o;
   o.pool_size = 2;
