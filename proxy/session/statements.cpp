@@ -71,6 +71,10 @@ bool Statements::plain(std::string_view batch) const {
         break;
       }
       case proto::msg::kDescribe:
+        if (f.body.size() >= 2 && f.body[0] == 'S' &&
+            (f.body[1] != '\0' || (!parsed && !unnamed_.empty())))
+          return false;
+        break;
       case proto::msg::kClose:
         if (f.body.size() >= 2 && f.body[0] == 'S' && f.body[1] != '\0') return false;
         break;
@@ -118,6 +122,15 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
   conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
 }
 
+bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const {
+  // The client's unnamed statement may have been parsed on another server (or replaced by
+  // another client's on this one): parse it again, hiding the ParseComplete.
+  if (unnamed_.empty()) return false;
+  proto::Parse{"", unnamed_, types("")}.write(out);
+  conn.replies.expect_parse(Owner::kClient, Action::kHide);
+  return true;
+}
+
 void Statements::map(std::string& batch, pool::ServerConn& conn) {
   if (plain(batch)) return;
   std::string out;
@@ -141,12 +154,7 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
       }
       case proto::msg::kBind: {
         auto b = proto::Bind::parse(f.body);
-        if (b && b->statement.empty() && !parsed_unnamed && !unnamed_.empty()) {
-          // The unnamed statement may have been parsed on another server: parse it again.
-          proto::Parse{"", unnamed_, types("")}.write(out);
-          conn.replies.expect_parse(Owner::kClient, Action::kHide);
-          parsed_unnamed = true;
-        }
+        if (b && b->statement.empty() && !parsed_unnamed) parsed_unnamed = reparse_unnamed(out, conn);
         auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
         if (!b || b->statement.empty() || known == server_names_.end()) {
           out.append(raw);  // unknown names reach PostgreSQL, which reports them
@@ -159,6 +167,8 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
       }
       case proto::msg::kDescribe: {
         auto dsc = proto::Describe::parse(f.body);
+        if (dsc && dsc->kind == 'S' && dsc->name.empty() && !parsed_unnamed)
+          parsed_unnamed = reparse_unnamed(out, conn);  // psql's \gdesc
         auto known = dsc && dsc->kind == 'S' ? server_names_.find(std::string(dsc->name))
                                              : server_names_.end();
         if (known == server_names_.end() || dsc->name.empty()) {

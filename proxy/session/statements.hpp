@@ -36,6 +36,8 @@ class Statements {
   bool plain(std::string_view batch) const;
   void ensure(std::string& out, pool::ServerConn& conn, const std::string& name,
               const std::string& client_name);
+  // Writes a Parse of the client's unnamed statement; false when it has none.
+  bool reparse_unnamed(std::string& out, pool::ServerConn& conn) const;
   void map_parse(std::string& out, pool::ServerConn& conn, std::string_view raw,
                  const std::optional<protocol::Parse>& p);
 

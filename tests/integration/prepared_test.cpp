@@ -119,3 +119,32 @@ TEST_CASE("pgbench -M prepared runs in transaction pooling", "[prepared]") {
   CHECK_THAT(out, Catch::Contains("number of transactions actually processed: 2400/2400"));
   CHECK_THAT(out, Catch::Contains("number of failed transactions: 0"));
 }
+
+TEST_CASE("the unnamed statement is described where the client's Parse left it", "[prepared]") {
+  // psql's \gdesc: Parse "" + Sync, then Describe "" + Sync. In between another client may
+  // take the server, or the client may get another one.
+  ProxyOptions o;
+  o.pool_size = 2;
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  auto holder = connect(proxy.conninfo());
+  for (int i = 0; i < 10; ++i) {
+    INFO("round " << i);
+    prepare(a.get(), "", "select $1::int as mine, 'x'::text as two");
+    if (i % 2 == 0) {
+      query(holder.get(), "begin");
+      query(holder.get(), "select 1");  // a's next request gets the other server
+    }
+    prepare(b.get(), "", "select 1 as theirs");  // b's unnamed statement on a shared server
+    PGresult* r = PQdescribePrepared(a.get(), "");
+    INFO(PQresultErrorMessage(r));
+    REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+    CHECK(PQnfields(r) == 2);
+    CHECK(std::string(PQfname(r, 0)) == "mine");
+    CHECK(PQnparams(r) == 1);
+    PQclear(r);
+    if (i % 2 == 0) query(holder.get(), "commit");
+  }
+}
