@@ -1,7 +1,9 @@
 #include "proxy/session/relay_filter.hpp"
 
 #include "protocol/codec.hpp"
+#include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/session/statements.hpp"
 
 namespace pgshard::session {
 
@@ -72,7 +74,12 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
         if (!ours && body.starts_with("ROLLBACK")) events_.client_rolled_back();
         break;
       case msg::kErrorResponse:
-        if (!ours) events_.client_failed();
+        if (!ours) {
+          events_.client_failed();
+          if (auto e = proto::ErrorFields::parse(body);
+              e && e->code() == "0A000" && e->message() == "cached plan must not change result type")
+            Statements::result_type_changed();
+        }
         if (ours && !conn.replies.error.empty() && conn.replies.fatal.empty())
           events_.own_statement_failed(conn);
         break;

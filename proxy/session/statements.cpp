@@ -6,6 +6,7 @@
 // exactly what one PostgreSQL would send.
 #include "proxy/session/statements.hpp"
 
+#include <atomic>
 #include <cctype>
 #include <functional>
 
@@ -25,11 +26,21 @@ constexpr std::size_t kPreparedPerServer = 500;
 // A name no statement has: Close of it is answered CloseComplete and changes nothing.
 constexpr std::string_view kNoStatement = "pgshard_none";
 
+// Bumped when a server reports a statement's result type changed (Statements::
+// result_type_changed); part of every server name prepared after.
+std::atomic<uint32_t> g_generation{0};
+
 std::string server_name(std::string_view sql, const std::vector<int32_t>& types) {
   std::string key(sql);
   for (int32_t t : types) key += "," + std::to_string(t);
-  char buf[32];
-  std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu", std::hash<std::string>{}(key), sql.size());
+  char buf[48];
+  const uint32_t generation = g_generation.load(std::memory_order_relaxed);
+  if (generation == 0)
+    std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu", std::hash<std::string>{}(key),
+                  sql.size());
+  else
+    std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu_g%u", std::hash<std::string>{}(key),
+                  sql.size(), generation);
   return buf;
 }
 
@@ -121,6 +132,8 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
   proto::Parse{name, p->query, p->param_types}.write(out);
   conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
 }
+
+void Statements::result_type_changed() { g_generation.fetch_add(1, std::memory_order_relaxed); }
 
 bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const {
   // The client's unnamed statement may have been parsed on another server (or replaced by

@@ -31,6 +31,11 @@ class Statements {
   // expected (hidden or replaced) on the server's queue.
   void map(std::string& batch, pool::ServerConn& conn);
 
+  // A server said a statement's result type changed under it (DDL): statements prepared
+  // from now on get new server names, so a client that prepares again gets a fresh plan
+  // on every server, as on PostgreSQL; statements prepared before keep failing there.
+  static void result_type_changed();
+
  private:
   // True when `batch` names no statement and needs nothing re-prepared.
   bool plain(std::string_view batch) const;

@@ -148,3 +148,42 @@ TEST_CASE("the unnamed statement is described where the client's Parse left it",
     if (i % 2 == 0) query(holder.get(), "commit");
   }
 }
+
+TEST_CASE("a statement whose result type changed is re-prepared as on PostgreSQL", "[prepared]") {
+  // PostgreSQL: the first Execute after the change fails with "cached plan must not change
+  // result type" (0A000); once the client prepares again, it works.
+  ProxyOptions o;
+  o.pool_size = 1;
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  query(a.get(), "drop table if exists retyped");
+  query(a.get(), "create table retyped (k int primary key, v int)");
+  query(a.get(), "insert into retyped values (1, 10)");
+  const char* sql = "select v from retyped where k = $1::int";
+  prepare(a.get(), "rq", sql);
+  prepare(b.get(), "rq_b", sql);  // the same text: one statement on the server
+  CHECK(exec_prepared(a.get(), "rq", "1") == "10");
+  query(a.get(), "alter table retyped alter column v type text");
+  const auto first = exec_prepared(a.get(), "rq", "1");
+  CHECK_THAT(first, Catch::Contains("cached plan must not change result type"));
+  PGresult* r = PQexec(a.get(), "deallocate rq");
+  PQclear(r);
+  prepare(a.get(), "rq", sql);
+  CHECK(exec_prepared(a.get(), "rq", "1") == "10");
+  // The other client gets PostgreSQL's answer too, then works once it prepares again.
+  const auto other = exec_prepared(b.get(), "rq_b", "1");
+  if (other != "10") {
+    CHECK_THAT(other, Catch::Contains("cached plan must not change result type"));
+    prepare(b.get(), "rq_b2", sql);
+    CHECK(exec_prepared(b.get(), "rq_b2", "1") == "10");
+  }
+  // Prepared again under another name (as drivers with statement caches do).
+  query(a.get(), "alter table retyped alter column v type bigint using v::bigint");
+  CHECK_THAT(exec_prepared(a.get(), "rq", "1"),
+             Catch::Contains("cached plan must not change result type"));
+  prepare(a.get(), "rq_next", sql);
+  CHECK(exec_prepared(a.get(), "rq_next", "1") == "10");
+  query(a.get(), "drop table retyped");
+}
