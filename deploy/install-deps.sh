@@ -17,3 +17,12 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Debian's postgresql package starts its own cluster; pgshard's scripts never use it.
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
+# PostgreSQL's regression tier builds regress.so with PGXS: the server headers must be those
+# of the installed server (installing the newest would upgrade the server under the tests).
+if ! dpkg-query -W -f='${Status}' postgresql-server-dev-15 2>/dev/null | grep -q "install ok installed"; then
+  SUDO=""
+  [ "$(id -u)" -eq 0 ] || SUDO=sudo
+  pgver=$(dpkg-query -W -f='${Version}' postgresql-client-15)
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+    "postgresql-server-dev-15=$pgver" >/dev/null
+fi

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test tier (unit, integration) with CTest,
+# Installs what is missing, builds, and runs every test tier (unit, integration, real
+# drivers, PostgreSQL's regression suite through pgshard, fuzz) with CTest,
 # first on the Release build, then the integration tier again on the ASan+UBSan build.
 # Each integration test binary starts its own PostgreSQL shards on free ports and stops them.
 set -euo pipefail
