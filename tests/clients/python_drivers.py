@@ -131,6 +131,80 @@ async def asyncpg_suite():
     await conn.close()
 
 
+async def asyncpg_session_suite():
+    """What a pooled asyncpg client relies on, beyond queries: startup settings, cursors
+    (portals) inside a transaction, its statement cache after DDL changes a result type,
+    a timeout's cancel never reaching the next query."""
+    import asyncpg
+
+    conn = await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                 database="app", statement_cache_size=100,
+                                 server_settings={"statement_timeout": "7s",
+                                                  "application_name": "apg-session"})
+    check(await conn.fetchval("show statement_timeout") == "7s", "asyncpg: startup setting")
+    check(await conn.fetchval("show application_name") == "apg-session", "asyncpg: application_name")
+    u = 1250
+    await conn.execute("delete from orders where user_id = $1", u)
+    await conn.execute("delete from users where id = $1", u)
+    await conn.execute("insert into users (id, name, email) values ($1, 'cur', 'e')", u)
+    for i in range(40):
+        await conn.execute("insert into orders (id, user_id, amount) values ($1, $2, 1)", i, u)
+    async with conn.transaction():
+        seen = [r[0] async for r in conn.cursor(
+            "select id from orders where user_id = $1 order by id", u, prefetch=7)]
+        cur = await conn.cursor("select id from orders where user_id = $1 order by id", u)
+        await cur.fetch(5)
+        nxt = [r[0] for r in await cur.fetch(5)]
+    check(seen == list(range(40)) and nxt == list(range(5, 10)), f"asyncpg: cursors {nxt}")
+    q = "select email from users where id = $1"
+    check(await conn.fetchval(q, u) == "e", "asyncpg: cached statement")
+    await conn.execute("alter table users alter column email type varchar(100)")
+    try:
+        # asyncpg re-prepares after PostgreSQL's 'cached plan must not change result type'.
+        check(await conn.fetchval(q, u) == "e", "asyncpg: statement after DDL")
+    finally:
+        await conn.execute("alter table users alter column email type text")
+    for _ in range(5):
+        try:
+            await conn.fetchval("select pg_sleep(1) from users where id = $1", u, timeout=0.2)
+            check(False, "asyncpg: timeout expected")
+        except asyncio.TimeoutError:
+            pass
+        check(await conn.fetchval("select name from users where id = $1", u) == "cur",
+              "asyncpg: query after a timeout")
+    await conn.close()
+
+
+def psycopg3_pipeline_suite():
+    """An error in the middle of a pipeline: psycopg 3 leaves pipeline mode cleanly and the
+    statements of the failed sync are not applied, as directly."""
+    import psycopg
+
+    with psycopg.connect(f"host={HOST} port={PORT} user=app password=secret dbname=app",
+                         autocommit=True) as conn:
+        conn.execute("delete from orders where user_id = 1260")
+        conn.execute("delete from users where id between 1260 and 1262")
+        for _ in range(3):
+            try:
+                # One Sync's statements go to one shard: the same user throughout.
+                with conn.pipeline() as p:
+                    conn.execute("insert into orders (id, user_id, amount) values (1, 1260, 1)")
+                    conn.execute("select 1/0 from users where id = 1260")
+                    conn.execute("insert into orders (id, user_id, amount) values (2, 1260, 1)")
+                    p.sync()
+                check(False, "psycopg3: pipeline error expected")
+            except psycopg.errors.DivisionByZero:
+                pass
+            check(conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE,
+                  "psycopg3: idle after a failed pipeline")
+        n = conn.execute("select count(*) from orders where user_id = 1260").fetchone()[0]
+        check(n == 0, f"psycopg3: failed pipeline applied {n} rows")
+        with conn.pipeline():
+            curs = [conn.execute("select %s::int from users where id = %s", (i, 1262), prepare=True)
+                    for i in range(10)]
+        check(all(c.fetchone() is None for c in curs), "psycopg3: pipelined prepared reads")
+
+
 def sqlalchemy_suite():
     from sqlalchemy import BigInteger, Column, ForeignKey, Numeric, String, create_engine, func, select
     from sqlalchemy.orm import Session, declarative_base, relationship
@@ -178,6 +252,8 @@ def main():
     psycopg2_suite()
     psycopg3_suite()
     asyncio.run(asyncpg_suite())
+    asyncio.run(asyncpg_session_suite())
+    psycopg3_pipeline_suite()
     sqlalchemy_suite()
     if failures:
         print(f"{len(failures)} failure(s)", file=sys.stderr)
