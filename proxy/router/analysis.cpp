@@ -402,6 +402,18 @@ class Analyzer {
     collect(n->join_expr->quals, nullptr);
   }
 
+  // The sharded tables the statement names, each once, for messages.
+  std::string use_names() const {
+    std::vector<std::string> names;
+    for (const auto& u : uses_) {
+      const auto& t = cfg_.sharded_tables[u.table].table;
+      if (std::find(names.begin(), names.end(), t) == names.end()) names.push_back(t);
+    }
+    std::string out;
+    for (const auto& n : names) out += (out.empty() ? "" : ", ") + n;
+    return out;
+  }
+
   int find(int u) {
     while (uses_[u].group != u) u = uses_[u].group = uses_[uses_[u].group].group;
     return u;
@@ -508,9 +520,11 @@ class Analyzer {
       if (find(static_cast<int>(i)) != root) {
         a.target = a.write ? Analysis::Target::kError : Analysis::Target::kAllShards;
         a.reason = "sharded tables not joined on their shard keys";
-        // Each shard would join only its own rows: pairs on different shards would be lost.
+        // Each shard would join only its own rows: pairs on different shards would be lost,
+        // whatever pgshard merges afterwards (aggregates included).
         a.concat_safe = false;
-        a.merge_blocker = "joining sharded tables other than on their shard keys";
+        a.merge_candidate = false;
+        a.merge_blocker = "joining sharded tables (" + use_names() + ") other than on their shard keys";
         if (a.write) {
           a.error =
               "statement writes across shards: its sharded tables are not joined on the shard key";

@@ -442,6 +442,31 @@ TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[rou
   }
 }
 
+TEST_CASE("joins not on both shard keys are refused whatever would merge them", "[router][parser]") {
+  // Aggregates, ORDER BY or DISTINCT on top must not turn a per-shard join into an answer.
+  auto cfg = map();
+  SessionHints h;
+  for (const char* sql :
+       {"select count(*) from orders o join users u on u.id = o.id",
+        "select count(*) from users u1 join users u2 on u1.name = u2.name",
+        "select count(*) from orders o where o.id in (select id from users)",
+        "select count(*) from users u where exists (select 1 from orders o where o.id = u.id)",
+        "select count(*) from orders o, users u where u.id = o.id",
+        "select distinct o.id from orders o join users u on u.id = o.id order by 1"}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    CHECK(r.merge == nullptr);
+    CHECK_FALSE(r.concat_safe);
+    CHECK_THAT(r.merge_blocker, Catch::StartsWith("joining sharded tables (") &&
+                                    Catch::Contains("users") &&
+                                    Catch::Contains("other than on their shard keys"));
+  }
+  // Co-located: merged.
+  auto r = route_query("select count(*) from orders o join users u on u.id = o.user_id", h, *cfg);
+  CHECK(r.merge_blocker.empty());
+  CHECK(r.merge);
+}
+
 TEST_CASE("merge plans rewrite what each shard computes", "[router][merge]") {
   auto cfg = map();
   auto plan = [&](const char* sql) {

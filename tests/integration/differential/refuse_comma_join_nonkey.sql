@@ -1,0 +1,2 @@
+-- error: 0A000
+select count(*) from orders o, users u where u.id = o.id
