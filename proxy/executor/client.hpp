@@ -94,6 +94,8 @@ class Client {
 
   // ---- the transaction ----
   virtual txn::Transaction& transaction() = 0;
+  // An error pgshard gives the client fails its open transaction block (no-op outside one).
+  virtual void fail_transaction() = 0;
   // The status byte of the client's next ReadyForQuery.
   virtual char transaction_status() const = 0;
 };

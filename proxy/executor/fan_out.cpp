@@ -140,6 +140,7 @@ std::string FanOut::names() const {
 void FanOut::refuse(std::string message, std::string hint) {
   proto::write_error(
       out_, proto::error(sqlstate::kFeatureNotSupported, std::move(message), {}, std::move(hint)));
+  c_.fail_transaction();
   if (boundary_ == proto::msg::kFlush)
     c_.skip_to_sync();
   else

@@ -23,8 +23,9 @@ FailureRule rule(Failure f) {
     case Failure::kBatchTooLarge:
       return {false, sqlstate::kProgramLimitExceeded, ServerFate::kKeep};
     case Failure::kRefused:
-    case Failure::kInFailedTransaction:
       return {false, "", ServerFate::kKeep};
+    case Failure::kInFailedTransaction:
+      return {false, "", ServerFate::kKeep, false};  // already failed
     case Failure::kNoServer:
       return {false, sqlstate::kSqlclientUnableToEstablish, ServerFate::kKeep};
     case Failure::kServerLost:

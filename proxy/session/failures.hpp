@@ -34,6 +34,9 @@ struct FailureRule {
   bool fatal;                 // the connection ends
   std::string_view sqlstate;  // "" : the error brings its own
   ServerFate server;          // what becomes of the active server connection
+  // Inside a transaction block the error fails the transaction, as an ERROR from PostgreSQL
+  // does: later statements get 25P02 and COMMIT answers ROLLBACK.
+  bool fails_transaction = true;
 };
 
 FailureRule rule(Failure f);

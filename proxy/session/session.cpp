@@ -610,6 +610,7 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
   if (refused) {
     spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
     proto::write_error(out, route.error);
+    fail_transaction();
   } else if (req.simple) {
     out += route.answer;
     hints_ = route.hints;
@@ -1184,6 +1185,7 @@ awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
     co_await send_fatal(e);
     co_return;
   }
+  if (r.fails_transaction) fail_transaction();
   // As PostgreSQL fails a request: an extended batch without Sync skips to the Sync.
   std::string out;
   proto::write_error(out, e);
@@ -1193,6 +1195,12 @@ awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
     out += proto::ready_for_query(transaction_status());
   pending_.clear();
   co_await write_client(out);
+}
+
+void Session::fail_transaction() {
+  // An error pgshard gives inside a transaction block fails the transaction on every shard
+  // it uses, as an ERROR from PostgreSQL would: nothing of it may commit.
+  if (txn_.state() != txn::State::kIdle) txn_.fail();
 }
 
 awaitable<bool> Session::drain() {

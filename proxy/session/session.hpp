@@ -104,6 +104,7 @@ class Session : public std::enable_shared_from_this<Session>,
     fan_out_servers_ = std::move(servers);
   }
   txn::Transaction& transaction() override { return txn_; }
+  void fail_transaction() override;
   char transaction_status() const override;
 
   // ---- the client side ----

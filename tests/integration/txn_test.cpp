@@ -225,7 +225,8 @@ TEST_CASE("savepoints keep a transaction on one shard", "[txn]") {
   query(c.get(), "update accounts set balance = 2 where id = 1");
   query(c.get(), "rollback to savepoint s1");
   CHECK(scalar(c.get(), "select balance from accounts where id = 1") == "1");
-  // Another shard would not roll back to s1: refused, the transaction goes on.
+  // Another shard would not roll back to s1: refused, and like any ERROR the refusal fails
+  // the transaction (COMMIT answers ROLLBACK).
   int other = 2;
   std::string msg;
   for (; other <= 12; ++other)
@@ -234,6 +235,15 @@ TEST_CASE("savepoints keep a transaction on one shard", "[txn]") {
       break;
   CHECK(other <= 12);
   CHECK_THAT(msg, Catch::Contains("savepoints"));
+  PGresult* r = PQexec(c.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  CHECK(total_balance() == 1200);
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = 1 where id = 1");
+  query(c.get(), "savepoint s1");
+  query(c.get(), "update accounts set balance = 2 where id = 1");
+  query(c.get(), "rollback to savepoint s1");
   query(c.get(), "commit");
   CHECK(total_balance() == 1101);
   // Once several shards are in, SAVEPOINT is refused.
@@ -241,8 +251,10 @@ TEST_CASE("savepoints keep a transaction on one shard", "[txn]") {
   for (int id = 1; id <= 12; ++id)
     query(c.get(), "update accounts set balance = balance + 1 where id = " + std::to_string(id));
   CHECK(error_code(c.get(), "savepoint s2") == "0A000");
-  query(c.get(), "commit");
-  CHECK(total_balance() == 1113);
+  r = PQexec(c.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  CHECK(total_balance() == 1101);
 }
 
 TEST_CASE("multi-shard statements run inside a transaction", "[txn]") {
@@ -274,4 +286,41 @@ TEST_CASE("multi-shard statements run inside a transaction", "[txn]") {
   PQclear(r);
   CHECK(total_balance() == 1111);
   CHECK(scalar(c.get(), "select count(*) from accounts") == "12");
+}
+
+TEST_CASE("a statement pgshard refuses inside a transaction fails the transaction", "[txn]") {
+  // As an ERROR from PostgreSQL: later statements get 25P02, COMMIT answers ROLLBACK, and
+  // nothing the transaction did before the refusal is committed.
+  make_accounts(6, 100);
+  Proxy p(accounts_map());
+  auto c = connect(p.conninfo());
+  const char* refused = "select count(*) from accounts a join accounts b on a.balance = b.id";
+  for (const bool touched_first : {true, false}) {
+    INFO("a shard touched before the refusal: " << touched_first);
+    query(c.get(), "begin");
+    if (touched_first) query(c.get(), "update accounts set balance = balance + 1 where id = 1");
+    CHECK(error_code(c.get(), refused) == "0A000");
+    CHECK(PQtransactionStatus(c.get()) == PQTRANS_INERROR);
+    CHECK(error_code(c.get(), "select balance from accounts where id = 2") == "25P02");
+    PGresult* r = PQexec(c.get(), "commit");
+    CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+    PQclear(r);
+    CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
+    CHECK(scalar(c.get(), "select balance from accounts where id = 1") == "100");
+  }
+  // Across shards, and through the extended protocol.
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = balance + 1 where id = 1");
+  query(c.get(), "update accounts set balance = balance + 1 where id = 2");
+  PGresult* r = PQexecParams(c.get(), refused, 0, nullptr, nullptr, nullptr, nullptr, 0);
+  CHECK(std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE)) == "0A000");
+  PQclear(r);
+  r = PQexec(c.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  CHECK(scalar(c.get(), "select sum(balance) from accounts") == "600");
+  // Outside a transaction a refusal changes nothing.
+  CHECK(error_code(c.get(), refused) == "0A000");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
+  CHECK(scalar(c.get(), "select balance from accounts where id = 1") == "100");
 }
