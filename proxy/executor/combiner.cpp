@@ -31,7 +31,9 @@ bool is_row(char type) {
 }  // namespace
 
 Combiner::Combiner(int legs, CombineOptions options)
-    : options_(std::move(options)), legs_(static_cast<std::size_t>(legs)) {}
+    : options_(std::move(options)),
+      legs_(static_cast<std::size_t>(legs)),
+      held_(options_.row_legs.empty() ? 0 : static_cast<std::size_t>(legs)) {}
 
 void Combiner::stop(proto::ErrorInfo e) {
   if (!failure_) failure_ = std::move(e);
@@ -76,6 +78,27 @@ void Combiner::deliver(std::string_view frames) {
     ++delivered_;
     frames.remove_prefix(d.consumed);
   }
+}
+
+void Combiner::deliver_in_values_order() {
+  std::vector<std::size_t> expected(held_.size(), 0);
+  for (int l : options_.row_legs)
+    if (l >= 0 && static_cast<std::size_t>(l) < expected.size()) ++expected[static_cast<std::size_t>(l)];
+  bool complete = true;
+  for (std::size_t l = 0; l < held_.size(); ++l) complete = complete && held_[l].size() == expected[l];
+  if (complete) {
+    std::vector<std::size_t> next(held_.size(), 0);
+    for (int l : options_.row_legs) {
+      auto& rows = held_[static_cast<std::size_t>(l)];
+      deliver(rows[next[static_cast<std::size_t>(l)]++]);
+    }
+  } else {
+    // Some rows returned nothing (ON CONFLICT DO NOTHING, a BEFORE trigger skipping a row):
+    // which is which cannot be told, so each shard's rows come in turn.
+    for (const auto& rows : held_)
+      for (const auto& r : rows) deliver(r);
+  }
+  for (auto& rows : held_) rows.clear();
 }
 
 int Combiner::pump_merge() {
@@ -124,9 +147,13 @@ int Combiner::wants() {
           continue;
         }
         if (!leg.has_head) return rows_leg_;
-        if (!options_.replicated || rows_leg_ == rows_source_) deliver(leg.head);
+        if (!options_.row_legs.empty())
+          held_[static_cast<std::size_t>(rows_leg_)].push_back(leg.head);
+        else if (!options_.replicated || rows_leg_ == rows_source_)
+          deliver(leg.head);
         leg.has_head = false;
       }
+      if (!options_.row_legs.empty()) deliver_in_values_order();
       phase_ = Phase::kRound;
     }
     // A round: every live leg's next reply.

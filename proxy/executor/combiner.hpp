@@ -25,6 +25,10 @@ struct CombineOptions {
   bool replicated = false;  // a reference-table write: every shard returns the same rows
   bool partial = false;     // a shard that fails is left out (its name in missing())
   std::vector<std::string> shard_names;  // per leg, for messages
+  // A split INSERT ... RETURNING: the leg of each VALUES row, in the client's order. Rows
+  // go to the client in that order, as one PostgreSQL returns them (ORMs match returned
+  // keys to objects by position).
+  std::vector<int> row_legs;
 };
 
 class Combiner {
@@ -71,6 +75,8 @@ class Combiner {
   void deliver(std::string_view frames);
   // Runs the merge until it needs a row not here yet; returns the leg it waits on or -1.
   int pump_merge();
+  // Delivers the rows held for row_legs in VALUES order.
+  void deliver_in_values_order();
   void stop(protocol::ErrorInfo e);
 
   CombineOptions options_;
@@ -85,6 +91,7 @@ class Combiner {
   std::optional<protocol::ErrorInfo> failure_;
   bool error_sent_ = false;
   std::vector<std::string> missing_;
+  std::vector<std::vector<std::string>> held_;  // row_legs: each leg's rows until all are in
   uint64_t total_ = 0;  // summed command tag
   std::string verb_;
   bool counted_ = false;

@@ -2,6 +2,7 @@
 // lockstep (every shard answers the same messages in the same order) and combined into the
 // one reply the client expects — rows merged by merge::Merger, tags summed, one
 // ReadyForQuery. Simple and extended protocol; writes commit on every shard or on none.
+#include <algorithm>
 #include <spdlog/spdlog.h>
 
 #include <deque>
@@ -389,6 +390,14 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
   options.partial = partial_;
   for (const auto& leg : legs_)
     options.shard_names.push_back(c_.config().shards[static_cast<std::size_t>(leg.shard)].name);
+  for (int shard : route_.insert_row_shards) {
+    auto it = std::find_if(legs_.begin(), legs_.end(), [&](const Leg& l) { return l.shard == shard; });
+    if (it == legs_.end()) {
+      options.row_legs.clear();
+      break;
+    }
+    options.row_legs.push_back(static_cast<int>(it - legs_.begin()));
+  }
   Combiner combiner(static_cast<int>(legs_.size()), std::move(options));
   combiner.out() = std::move(out_);
   out_.clear();

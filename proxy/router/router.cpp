@@ -489,6 +489,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
                         ") and this INSERT cannot be split (parameters or expressions)",
                     "insert the rows in separate statements");
     r.per_shard_sql = std::move(*parts);
+    r.insert_row_shards = row_shard;
     if (ctx.reasons) r.reason += ": split into one INSERT per shard";
   }
   r.shard = *shards.begin();

@@ -59,6 +59,7 @@ struct Route {
   int copy_table = -1;
   // When set, shard i runs its own statement instead (a split multi-row INSERT).
   std::vector<std::pair<int, std::string>> per_shard_sql;
+  std::vector<int> insert_row_shards;  // split INSERT: the shard of each VALUES row, in order
   bool write = false;
   bool ddl = false;                    // runs on every shard in order, not atomically
   bool replicated = false;             // every shard holds a copy: one shard's reply stands

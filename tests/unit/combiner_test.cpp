@@ -233,3 +233,31 @@ TEST_CASE("a RowDescription pgshard asked for feeds the merge but not the client
   REQUIRE(d.status == proto::DecodeStatus::kFrame);
   CHECK(d.frame.type == msg::kDataRow);
 }
+
+TEST_CASE("a split INSERT ... RETURNING returns rows in VALUES order", "[combiner]") {
+  // VALUES rows 0..4 went to legs 1, 0, 1, 1, 0; each shard returns its rows in its order.
+  auto o = names(2);
+  o.row_legs = {1, 0, 1, 1, 0};
+  const auto desc = row_description({{"id", merge::oid::kInt4}});
+  {
+    executor::Combiner c(2, o);
+    std::vector<std::string> rows;
+    run(c,
+        {{desc, data_row({"r1"}), data_row({"r4"}), complete("INSERT 0 2"), ready()},
+         {desc, data_row({"r0"}), data_row({"r2"}), data_row({"r3"}), complete("INSERT 0 3"),
+          ready()}},
+        &rows);
+    CHECK(rows == std::vector<std::string>{"r0", "r1", "r2", "r3", "r4", "tag:INSERT 0 5"});
+  }
+  {
+    // A shard returned fewer rows (ON CONFLICT DO NOTHING): each shard's rows in turn.
+    executor::Combiner c(2, o);
+    std::vector<std::string> rows;
+    run(c,
+        {{desc, data_row({"r1"}), complete("INSERT 0 1"), ready()},
+         {desc, data_row({"r0"}), data_row({"r2"}), data_row({"r3"}), complete("INSERT 0 3"),
+          ready()}},
+        &rows);
+    CHECK(rows == std::vector<std::string>{"r1", "r0", "r2", "r3", "tag:INSERT 0 4"});
+  }
+}
