@@ -559,6 +559,12 @@ std::string_view ShardBatch::shard_text(std::string_view sql) const {
 void ShardBatch::parse_first(std::string_view name) {
   if (parsed_.contains(name)) return;
   const std::string renamed = shard_name(name);  // Parse holds views: keep the name alive
+  if (!name.empty()) {
+    // A batch that failed on this server skipped its Close (an error skips to Sync): the
+    // name may still be there. Closing a name that does not exist is no error.
+    proto::Close{'S', renamed}.write(request_);
+    expected_.expect_close(Owner::kClient, Action::kHide);
+  }
   proto::Parse{renamed, shard_text(c_.stored_text(name)), c_.stored_types(name)}.write(request_);
   expected_.expect_parse(Owner::kClient, Action::kHide);
   parsed_.insert(std::string(name));

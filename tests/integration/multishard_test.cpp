@@ -182,3 +182,37 @@ TEST_CASE("a multi-row INSERT across shards returns its rows in VALUES order", "
     CHECK(got == expected);
   }
 }
+
+TEST_CASE("a multi-shard prepared statement that fails leaves no name behind", "[multishard]") {
+  // The shard where Execute failed skipped the rest of the batch to Sync, the Close of
+  // pgshard's statement name included: the next Parse of that name must still work.
+  make_users();
+  ProxyOptions o = options();
+  o.pool_size = 1;
+  o.workers = 1;
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  PGresult* r = PQprepare(c.get(), "s1", "select 10 / (id - $1::int) from ms_users", 0, nullptr);
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  auto exec = [&](const char* v) {
+    const char* values[] = {v};
+    PGresult* e = PQexecPrepared(c.get(), "s1", 1, values, nullptr, nullptr, 0);
+    std::string out = PQresultStatus(e) == PGRES_TUPLES_OK
+                          ? std::to_string(PQntuples(e))
+                          : std::string(PQresultErrorField(e, PG_DIAG_SQLSTATE));
+    PQclear(e);
+    return out;
+  };
+  for (int i = 0; i < 3; ++i) {
+    CHECK(exec("5") == "22012");
+    CHECK(exec("1000") == "30");
+  }
+  auto other = connect(proxy.conninfo());
+  r = PQprepare(other.get(), "s1", "select id from ms_users", 0, nullptr);
+  PQclear(r);
+  r = PQexecPrepared(other.get(), "s1", 0, nullptr, nullptr, nullptr, 0);
+  INFO(PQresultErrorMessage(r));
+  CHECK(PQntuples(r) == 30);
+  PQclear(r);
+}
