@@ -155,15 +155,8 @@ void Merger::add_row(int shard, std::string_view body) {
         key += 'N';
         continue;
       }
-      std::string canon(*v);
       const auto& col = shard_columns_[static_cast<std::size_t>(c)];
-      if (col.type == oid::kNumeric)
-        if (auto d = decode_numeric(col.format, *v)) canon = d->add(Decimal::from_int(0)).to_text();
-      // Numerics equal in value are one group: strip fraction zeros for the key.
-      if (col.type == oid::kNumeric && canon.find('.') != std::string::npos) {
-        canon.erase(canon.find_last_not_of('0') + 1);
-        if (canon.back() == '.') canon.pop_back();
-      }
+      const std::string canon = group_key(col.type, col.format, *v);
       key += 'V' + std::to_string(canon.size()) + ':' + canon;
     }
     auto [it, fresh] = group_index_.try_emplace(key, groups_.size());
@@ -268,7 +261,13 @@ void Merger::emit(Row row) {
     std::string key;
     for (int i = 0; i < visible_; ++i) {
       const auto& v = row[static_cast<std::size_t>(i)];
-      key += v ? 'V' + std::to_string(v->size()) + ':' + *v : std::string("N");
+      if (!v) {
+        key += 'N';
+        continue;
+      }
+      const auto& col = columns[static_cast<std::size_t>(i)];
+      const std::string canon = group_key(col.type, col.format, *v);
+      key += 'V' + std::to_string(canon.size()) + ':' + canon;
     }
     if (!seen_.insert(std::move(key)).second) return;
   }

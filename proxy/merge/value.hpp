@@ -80,6 +80,10 @@ std::optional<int> compare_values(int32_t type, int16_t format, std::string_view
 
 // True when two group-key values are the same group (numeric 1.0 and 1.00 are one group).
 bool same_group_value(int32_t type, int16_t format, std::string_view a, std::string_view b);
+// A non-NULL value as a GROUP BY / DISTINCT key: equal keys exactly when PostgreSQL's
+// equality says the values are equal (numeric 1.5 = 1.50, float -0 = 0, NaN = NaN, char(n)
+// ignoring trailing spaces); other types compare by their bytes.
+std::string group_key(int32_t type, int16_t format, std::string_view v);
 
 // PostgreSQL's float8out / float4out with extra_float_digits = 1 (shortest exact).
 std::string format_float8(double v);

@@ -118,6 +118,37 @@ TEST_CASE("values compare by type, with NaN last and the collation for text", "[
   CHECK_FALSE(orderable(oid::kInterval));
 }
 
+TEST_CASE("group keys are equal exactly when PostgreSQL's equality says so", "[merge][value]") {
+  auto same = [](int32_t t, const char* a, const char* b) {
+    return group_key(t, 0, a) == group_key(t, 0, b);
+  };
+  CHECK(same(oid::kNumeric, "1.5", "1.50"));
+  CHECK(same(oid::kNumeric, "-0.0", "0"));
+  CHECK(same(oid::kNumeric, "NaN", "NaN"));
+  CHECK_FALSE(same(oid::kNumeric, "1.5", "1.05"));
+  CHECK(same(oid::kFloat8, "-0", "0"));
+  CHECK(same(oid::kFloat4, "-0", "0"));
+  CHECK(same(oid::kFloat8, "NaN", "NaN"));
+  CHECK(same(oid::kFloat8, "1e+100", "1e100"));
+  CHECK_FALSE(same(oid::kFloat8, "0.1", "0.10000000000000002"));
+  CHECK(same(oid::kBpchar, "ab  ", "ab"));
+  CHECK_FALSE(same(oid::kText, "ab  ", "ab"));
+  // Binary format: -0 and 0 differ in their sign bit only.
+  const std::string neg("\x80\0\0\0\0\0\0\0", 8), pos(8, '\0');
+  CHECK(group_key(oid::kFloat8, 1, neg) == group_key(oid::kFloat8, 1, pos));
+}
+
+TEST_CASE("DISTINCT across shards keeps one of values PostgreSQL calls equal", "[merge]") {
+  MergePlan plan;
+  plan.distinct = true;
+  Collation c;
+  Merger m(plan, 2, c, std::nullopt, std::nullopt);
+  std::string err;
+  REQUIRE(m.describe(row_description({{"v", oid::kFloat8}}), &err));
+  auto out = run(m, {{data_row({"-0"}), data_row({"1"})}, {data_row({"0"}), data_row({"1"})}});
+  CHECK(rows_of(out).size() == 2);
+}
+
 TEST_CASE("concatenation streams rows and applies OFFSET and LIMIT", "[merge]") {
   MergePlan plan;
   Collation c;
