@@ -126,7 +126,7 @@ int Combiner::wants() {
     if (phase_ == Phase::kMerge) {
       if (int s = pump_merge(); s >= 0 && !failure_) return s;
       if (!merger_->error().empty()) {
-        stop(proto::error(sqlstate::kFeatureNotSupported, merger_->error()));
+        stop(proto::error(merger_->error_code(), merger_->error()));
         return -1;
       }
       // LIMIT reached: the rest of each shard's rows is not needed.
@@ -266,7 +266,7 @@ void Combiner::resolve_same(char type) {
         merger_->take(merged_);
         deliver(merged_);
         if (!merger_->error().empty()) {
-          stop(proto::error(sqlstate::kFeatureNotSupported, merger_->error()));
+          stop(proto::error(merger_->error_code(), merger_->error()));
           return;
         }
         if (suspended_)

@@ -42,8 +42,11 @@ Merger::Merger(const MergePlan& plan, int shards, const Collation& collation,
   if (limit_ && *limit_ <= 0) complete_ = true;
 }
 
-void Merger::fail(std::string message) {
-  if (error_.empty()) error_ = std::move(message);
+void Merger::fail(std::string message, std::string sqlstate) {
+  if (error_.empty()) {
+    error_ = std::move(message);
+    error_code_ = std::move(sqlstate);
+  }
   complete_ = true;
 }
 
@@ -123,6 +126,11 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
       f.type_oid = output_columns_[static_cast<std::size_t>(i)].type;
       f.type_size = f.type_oid == oid::kFloat8 ? 8 : -1;
       f.type_modifier = -1;
+    }
+    if (plan_.aggregate && i < static_cast<int>(plan_.outputs.size()) &&
+        plan_.outputs[static_cast<std::size_t>(i)].kind == Output::Kind::kAggregate) {
+      const auto& a = plan_.aggregates[static_cast<std::size_t>(plan_.outputs[static_cast<std::size_t>(i)].column)];
+      if (a.typmod >= 0) f.type_modifier = a.typmod;  // the shards summed without the cast's
     }
     out.fields.push_back(f);
   }
@@ -376,7 +384,7 @@ std::optional<std::string> Merger::encode_integer(int32_t type, int64_t v, int16
   return wide.substr(type == oid::kInt4 ? 4 : 6);  // big-endian: the low bytes
 }
 
-std::optional<std::string> Merger::final_value(const Group& g, int k) const {
+std::optional<std::string> Merger::final_value(const Group& g, int k) {
   const auto& a = plan_.aggregates[static_cast<std::size_t>(k)];
   const auto& acc = g.accs[static_cast<std::size_t>(k)];
   const auto& col = shard_columns_[static_cast<std::size_t>(a.column)];
@@ -392,7 +400,15 @@ std::optional<std::string> Merger::final_value(const Group& g, int k) const {
       if (!acc.any) return std::nullopt;
       if (is_integer(col.type))
         return encode_integer(col.type, acc.int_sum.value_or(0), col.format);
-      if (col.type == oid::kNumeric) return encode_numeric(sum_decimal(), col.format);
+      if (col.type == oid::kNumeric) {
+        if (a.scale < 0) return encode_numeric(sum_decimal(), col.format);
+        auto rounded = sum_decimal().round(a.precision, a.scale);
+        if (!rounded) {
+          fail("numeric field overflow", "22003");
+          return std::nullopt;
+        }
+        return encode_numeric(*rounded, col.format);
+      }
       return encode_float(col.type, acc.float_sum.value_or(0), col.format);
     case Aggregate::Kind::kAvg:
       if (!acc.any || acc.count == 0) return std::nullopt;
@@ -424,6 +440,7 @@ void Merger::finish_aggregate() {
       else
         row.push_back(g.keys[static_cast<std::size_t>(o.column)]);
     }
+    if (!error_.empty()) return;
     if (plan_.having) {
       auto keep = evaluate(*plan_.having, row);
       if (!error_.empty()) return;

@@ -42,6 +42,7 @@ class Merger {
   uint64_t rows_sent() const { return sent_; }
   // Set when a value could not be merged (pgshard then fails the statement).
   const std::string& error() const { return error_; }
+  const std::string& error_code() const { return error_code_; }
 
  private:
   using Row = std::vector<std::optional<std::string>>;
@@ -67,13 +68,15 @@ class Merger {
   void emit(Row row);
   void finish_aggregate();
   void accumulate(Group& g, const std::vector<protocol::Value>& values);
-  std::optional<std::string> final_value(const Group& g, int output) const;
+  std::optional<std::string> final_value(const Group& g, int output);
   std::optional<std::string> encode_integer(int32_t type, int64_t v, int16_t format) const;
   int compare_rows(const Row& a, const Row& b, const std::vector<Column>& columns) const;
   std::optional<bool> evaluate(const Predicate& p, const Row& row) const;
   std::optional<int> compare_operand(const Row& row, int value, const std::optional<std::string>& c,
                                      int other_value) const;
-  void fail(std::string message);
+  // Ends the merge with an error; `sqlstate` as PostgreSQL would report it (0A000: pgshard
+  // cannot merge this).
+  void fail(std::string message, std::string sqlstate = "0A000");
 
   const MergePlan& plan_;
   const Collation& collation_;
@@ -95,6 +98,7 @@ class Merger {
   bool complete_ = false;
   std::string out_;
   std::string error_;
+  std::string error_code_;
 };
 
 }  // namespace pgshard::merge

@@ -33,6 +33,11 @@ struct Aggregate {
   Kind kind = Kind::kCount;
   int column = 0;         // shard column with the partial (count, sum, min...)
   int count_column = -1;  // avg: the shard column with count(x)
+  // sum(x)::numeric(p,s) / count(x)::numeric(p,s): shards send the exact sum; the total is
+  // rounded to `scale` (as the cast rounds) and described with `typmod`. -1: no typmod.
+  int scale = -1;
+  int precision = 0;
+  int32_t typmod = -1;
 };
 
 // HAVING, evaluated on merged groups: a small tree of AND/OR/NOT and comparisons between

@@ -342,6 +342,35 @@ std::optional<Decimal> Decimal::parse(std::string_view s) {
   return d;
 }
 
+std::optional<Decimal> Decimal::round(int precision, int scale) const {
+  if (kind_ != Kind::kFinite) return *this;
+  Decimal d = *this;
+  if (d.scale_ <= scale) {
+    d.digits_.append(static_cast<std::size_t>(scale - d.scale_), '0');
+  } else {
+    const auto drop = static_cast<std::size_t>(d.scale_ - scale);
+    if (d.digits_.size() < drop + 1) d.digits_.insert(0, drop + 1 - d.digits_.size(), '0');
+    const bool up = d.digits_[d.digits_.size() - drop] >= '5';
+    d.digits_.resize(d.digits_.size() - drop);
+    if (up) {
+      int i = static_cast<int>(d.digits_.size()) - 1;
+      for (; i >= 0 && d.digits_[static_cast<std::size_t>(i)] == '9'; --i)
+        d.digits_[static_cast<std::size_t>(i)] = '0';
+      if (i < 0)
+        d.digits_.insert(0, 1, '1');
+      else
+        ++d.digits_[static_cast<std::size_t>(i)];
+    }
+  }
+  d.scale_ = scale;
+  d.normalize();
+  const auto integer_digits =
+      d.digits_.size() > static_cast<std::size_t>(scale) ? d.digits_.size() - scale : 0;
+  if (d.digits_ != "0" && integer_digits > static_cast<std::size_t>(precision - scale))
+    return std::nullopt;
+  return d;
+}
+
 std::string Decimal::to_text() const {
   switch (kind_) {
     case Kind::kNaN:

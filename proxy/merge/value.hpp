@@ -39,6 +39,10 @@ class Decimal {
   // This / count rounded as PostgreSQL's numeric_div rounds it (select_div_scale).
   Decimal divide(int64_t count) const;
   int scale() const { return scale_; }
+  // Rounded (half away from zero) or padded to `scale` digits after the point, as a cast
+  // to numeric(p, scale) does; nullopt when more than precision - scale integer digits
+  // remain (PostgreSQL: "numeric field overflow").
+  std::optional<Decimal> round(int precision, int scale) const;
   bool is_zero() const;
 
  private:

@@ -37,6 +37,19 @@ std::string_view func_name(const PgQuery__FuncCall* f) {
   return f->n_funcname ? ast::str_of(f->funcname[f->n_funcname - 1]) : std::string_view();
 }
 
+// numeric(p) / numeric(p,s) with constant integers: precision and scale.
+std::optional<std::pair<int, int>> numeric_typmod(const PgQuery__TypeName* tn) {
+  if (!tn || tn->n_typmods < 1 || tn->n_typmods > 2) return std::nullopt;
+  int v[2] = {0, 0};
+  for (size_t i = 0; i < tn->n_typmods; ++i) {
+    const Node* m = tn->typmods[i];
+    if (!m || m->node_case != PG_QUERY__NODE__NODE_A_CONST || !m->a_const->ival) return std::nullopt;
+    v[i] = m->a_const->ival->ival;
+  }
+  if (v[0] < 1 || v[0] > 1000 || v[1] < 0 || v[1] > v[0]) return std::nullopt;
+  return std::pair{v[0], v[1]};
+}
+
 // An aggregate call, or a cast of count()/sum() to an integer or numeric type
 // (count(*)::int, sum(x)::numeric): each shard casts its part and the parts add up.
 const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
@@ -47,7 +60,8 @@ const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
     const bool numberish = type == "int4" || type == "int8" || type == "int2" ||
                            type == "numeric" || type == "integer" || type == "bigint";
     const auto* inner = func_of(n->type_cast->arg);
-    if (numberish && tn->n_typmods == 0 && tn->n_array_bounds == 0 && inner && !inner->over &&
+    const bool typmod_ok = tn->n_typmods == 0 || (type == "numeric" && numeric_typmod(tn));
+    if (numberish && typmod_ok && tn->n_array_bounds == 0 && inner && !inner->over &&
         (func_name(inner) == "count" || func_name(inner) == "sum")) {
       *cast = true;
       return inner;
@@ -389,6 +403,15 @@ class Planner {
     }
     if (cast) {
       a.kind = Aggregate::Kind::kSum;  // the shards' cast counts and sums add up
+      auto* tn = node->type_cast->type_name;
+      if (auto pm = numeric_typmod(tn)) {
+        // Rounding each shard's part would not round the total: shards send the exact sum
+        // (the cast without its typmod) and the merge rounds once.
+        a.precision = pm->first;
+        a.scale = pm->second;
+        a.typmod = ((pm->first << 16) | pm->second) + 4;  // VARHDRSZ, as numeric stores it
+        tn->n_typmods = 0;
+      }
     } else if (name == "count") {
       a.kind = Aggregate::Kind::kCount;
     } else if (name == "sum") {

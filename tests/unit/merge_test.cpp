@@ -118,6 +118,24 @@ TEST_CASE("values compare by type, with NaN last and the collation for text", "[
   CHECK_FALSE(orderable(oid::kInterval));
 }
 
+TEST_CASE("numeric(p,s) casts round half away from zero, as PostgreSQL", "[merge][value]") {
+  auto r = [](const char* v, int p, int s) {
+    auto d = Decimal::parse(v)->round(p, s);
+    return d ? d->to_text() : std::string("overflow");
+  };
+  CHECK(r("1.25", 10, 1) == "1.3");
+  CHECK(r("-1.25", 10, 1) == "-1.3");
+  CHECK(r("1.24", 10, 1) == "1.2");
+  CHECK(r("9.99", 10, 1) == "10.0");
+  CHECK(r("0.004", 10, 2) == "0.00");
+  CHECK(r("0.005", 10, 2) == "0.01");
+  CHECK(r("-0.004", 10, 2) == "0.00");
+  CHECK(r("7", 10, 2) == "7.00");
+  CHECK(r("99999.5", 5, 0) == "overflow");
+  CHECK(r("99999.4", 5, 0) == "99999");
+  CHECK(r("NaN", 5, 0) == "NaN");
+}
+
 TEST_CASE("group keys are equal exactly when PostgreSQL's equality says so", "[merge][value]") {
   auto same = [](int32_t t, const char* a, const char* b) {
     return group_key(t, 0, a) == group_key(t, 0, b);

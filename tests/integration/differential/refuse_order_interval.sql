@@ -1,0 +1,4 @@
+-- error: 0A000
+-- Intervals are not decoded by the merge yet ('1 day' = '24:00:00' in PostgreSQL): refused.
+-- ordered
+select id, placed_at - timestamptz '2024-01-01 00:00:00+00' as age from orders order by age desc, id limit 10
