@@ -83,9 +83,11 @@ void Combiner::deliver(std::string_view frames) {
 void Combiner::deliver_in_values_order() {
   std::vector<std::size_t> expected(held_.size(), 0);
   for (int l : options_.row_legs)
-    if (l >= 0 && static_cast<std::size_t>(l) < expected.size()) ++expected[static_cast<std::size_t>(l)];
+    if (l >= 0 && static_cast<std::size_t>(l) < expected.size())
+      ++expected[static_cast<std::size_t>(l)];
   bool complete = true;
-  for (std::size_t l = 0; l < held_.size(); ++l) complete = complete && held_[l].size() == expected[l];
+  for (std::size_t l = 0; l < held_.size(); ++l)
+    complete = complete && held_[l].size() == expected[l];
   if (complete) {
     std::vector<std::size_t> next(held_.size(), 0);
     for (int l : options_.row_legs) {

@@ -92,7 +92,7 @@ class Combiner {
   bool error_sent_ = false;
   std::vector<std::string> missing_;
   std::vector<std::vector<std::string>> held_;  // row_legs: each leg's rows until all are in
-  uint64_t total_ = 0;  // summed command tag
+  uint64_t total_ = 0;                          // summed command tag
   std::string verb_;
   bool counted_ = false;
   int64_t delivered_ = 0;

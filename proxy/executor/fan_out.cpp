@@ -2,9 +2,9 @@
 // lockstep (every shard answers the same messages in the same order) and combined into the
 // one reply the client expects — rows merged by merge::Merger, tags summed, one
 // ReadyForQuery. Simple and extended protocol; writes commit on every shard or on none.
-#include <algorithm>
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
 #include <deque>
 #include <set>
 
@@ -391,7 +391,8 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
   for (const auto& leg : legs_)
     options.shard_names.push_back(c_.config().shards[static_cast<std::size_t>(leg.shard)].name);
   for (int shard : route_.insert_row_shards) {
-    auto it = std::find_if(legs_.begin(), legs_.end(), [&](const Leg& l) { return l.shard == shard; });
+    auto it =
+        std::find_if(legs_.begin(), legs_.end(), [&](const Leg& l) { return l.shard == shard; });
     if (it == legs_.end()) {
       options.row_legs.clear();
       break;

@@ -129,7 +129,8 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
     }
     if (plan_.aggregate && i < static_cast<int>(plan_.outputs.size()) &&
         plan_.outputs[static_cast<std::size_t>(i)].kind == Output::Kind::kAggregate) {
-      const auto& a = plan_.aggregates[static_cast<std::size_t>(plan_.outputs[static_cast<std::size_t>(i)].column)];
+      const auto& a = plan_.aggregates[static_cast<std::size_t>(
+          plan_.outputs[static_cast<std::size_t>(i)].column)];
       if (a.typmod >= 0) f.type_modifier = a.typmod;  // the shards summed without the cast's
     }
     out.fields.push_back(f);
@@ -148,6 +149,21 @@ int Merger::wants() const {
   return -1;
 }
 
+namespace {
+
+// Appends one value to a GROUP BY / DISTINCT key: values PostgreSQL calls equal give equal
+// keys (merge::group_key), NULLs are one group.
+void append_key(std::string& key, int32_t type, int16_t format, std::optional<std::string_view> v) {
+  if (!v) {
+    key += 'N';
+    return;
+  }
+  const std::string canon = group_key(type, format, *v);
+  key += 'V' + std::to_string(canon.size()) + ':' + canon;
+}
+
+}  // namespace
+
 void Merger::add_row(int shard, std::string_view body) {
   if (complete_) return;
   auto dr = proto::DataRow::parse(body);
@@ -159,13 +175,8 @@ void Merger::add_row(int shard, std::string_view body) {
     std::string key;
     for (int c : plan_.group_columns) {
       const auto& v = dr->values[static_cast<std::size_t>(c)];
-      if (!v) {
-        key += 'N';
-        continue;
-      }
       const auto& col = shard_columns_[static_cast<std::size_t>(c)];
-      const std::string canon = group_key(col.type, col.format, *v);
-      key += 'V' + std::to_string(canon.size()) + ':' + canon;
+      append_key(key, col.type, col.format, v ? std::optional<std::string_view>(*v) : std::nullopt);
     }
     auto [it, fresh] = group_index_.try_emplace(key, groups_.size());
     if (fresh) {
@@ -269,13 +280,8 @@ void Merger::emit(Row row) {
     std::string key;
     for (int i = 0; i < visible_; ++i) {
       const auto& v = row[static_cast<std::size_t>(i)];
-      if (!v) {
-        key += 'N';
-        continue;
-      }
       const auto& col = columns[static_cast<std::size_t>(i)];
-      const std::string canon = group_key(col.type, col.format, *v);
-      key += 'V' + std::to_string(canon.size()) + ':' + canon;
+      append_key(key, col.type, col.format, v ? std::optional<std::string_view>(*v) : std::nullopt);
     }
     if (!seen_.insert(std::move(key)).second) return;
   }

@@ -524,7 +524,8 @@ class Analyzer {
         // whatever pgshard merges afterwards (aggregates included).
         a.concat_safe = false;
         a.merge_candidate = false;
-        a.merge_blocker = "joining sharded tables (" + use_names() + ") other than on their shard keys";
+        a.merge_blocker =
+            "joining sharded tables (" + use_names() + ") other than on their shard keys";
         if (a.write) {
           a.error =
               "statement writes across shards: its sharded tables are not joined on the shard key";

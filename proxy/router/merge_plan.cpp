@@ -43,7 +43,8 @@ std::optional<std::pair<int, int>> numeric_typmod(const PgQuery__TypeName* tn) {
   int v[2] = {0, 0};
   for (size_t i = 0; i < tn->n_typmods; ++i) {
     const Node* m = tn->typmods[i];
-    if (!m || m->node_case != PG_QUERY__NODE__NODE_A_CONST || !m->a_const->ival) return std::nullopt;
+    if (!m || m->node_case != PG_QUERY__NODE__NODE_A_CONST || !m->a_const->ival)
+      return std::nullopt;
     v[i] = m->a_const->ival->ival;
   }
   if (v[0] < 1 || v[0] > 1000 || v[1] < 0 || v[1] > v[0]) return std::nullopt;

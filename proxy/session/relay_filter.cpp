@@ -77,7 +77,8 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
         if (!ours) {
           events_.client_failed();
           if (auto e = proto::ErrorFields::parse(body);
-              e && e->code() == "0A000" && e->message() == "cached plan must not change result type")
+              e && e->code() == "0A000" &&
+              e->message() == "cached plan must not change result type")
             Statements::result_type_changed();
         }
         if (ours && !conn.replies.error.empty() && conn.replies.fatal.empty())

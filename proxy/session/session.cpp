@@ -55,8 +55,7 @@ bool runs_something(std::string_view batch) {
 }
 
 // One row when the server session has a temporary schema (pgshard's reset at disconnect).
-constexpr std::string_view kHasTempSchema =
-    "SELECT 1 WHERE pg_catalog.pg_my_temp_schema() <> 0";
+constexpr std::string_view kHasTempSchema = "SELECT 1 WHERE pg_catalog.pg_my_temp_schema() <> 0";
 
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||

@@ -133,7 +133,9 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
   conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
 }
 
-void Statements::result_type_changed() { g_generation.fetch_add(1, std::memory_order_relaxed); }
+void Statements::result_type_changed() {
+  g_generation.fetch_add(1, std::memory_order_relaxed);
+}
 
 bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const {
   // The client's unnamed statement may have been parsed on another server (or replaced by
@@ -167,7 +169,8 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
       }
       case proto::msg::kBind: {
         auto b = proto::Bind::parse(f.body);
-        if (b && b->statement.empty() && !parsed_unnamed) parsed_unnamed = reparse_unnamed(out, conn);
+        if (b && b->statement.empty() && !parsed_unnamed)
+          parsed_unnamed = reparse_unnamed(out, conn);
         auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
         if (!b || b->statement.empty() || known == server_names_.end()) {
           out.append(raw);  // unknown names reach PostgreSQL, which reports them

@@ -169,9 +169,9 @@ TEST_CASE("a multi-row INSERT across shards returns its rows in VALUES order", "
   for (int mode = 0; mode < 2; ++mode) {
     INFO("extended protocol: " << mode);
     query(c.get(), "delete from ms_users where id >= 1000");
-    PGresult* r = mode == 0 ? PQexec(c.get(), sql.c_str())
-                            : PQexecParams(c.get(), sql.c_str(), 0, nullptr, nullptr, nullptr,
-                                           nullptr, 0);
+    PGresult* r =
+        mode == 0 ? PQexec(c.get(), sql.c_str())
+                  : PQexecParams(c.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0);
     INFO(PQresultErrorMessage(r));
     REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
     std::vector<std::string> got;

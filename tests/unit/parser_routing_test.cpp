@@ -442,7 +442,8 @@ TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[rou
   }
 }
 
-TEST_CASE("joins not on both shard keys are refused whatever would merge them", "[router][parser]") {
+TEST_CASE("joins not on both shard keys are refused whatever would merge them",
+          "[router][parser]") {
   // Aggregates, ORDER BY or DISTINCT on top must not turn a per-shard join into an answer.
   auto cfg = map();
   SessionHints h;

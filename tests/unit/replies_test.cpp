@@ -84,8 +84,8 @@ TEST_CASE("pgshard's statement can finish the client's request", "[replies]") {
   proto::ParameterStatus{"DateStyle", "Postgres, MDY"}.write(ps_restored);
   CHECK(feed(r, {ps_reset, complete("RESET"), ready()}) == "FFH");
   CHECK(r.client_owed() == 1);
-  CHECK(feed(r, {empty(proto::msg::kRowDescription), ps_restored, complete("SELECT 1"),
-                 ready()}) == "HFHF");
+  CHECK(feed(r, {empty(proto::msg::kRowDescription), ps_restored, complete("SELECT 1"), ready()}) ==
+        "HFHF");
   CHECK(r.owner() == Owner::kOwnFinishing);
   CHECK(r.tag == "SELECT 1");
   CHECK(r.empty());
