@@ -720,6 +720,12 @@ std::optional<std::string> const_text(const Node* n) {
 // Session-level SET / RESET / DISCARD ALL / set_config(..., false): the settings a client
 // changes for the rest of its session, with values flattened as PostgreSQL flattens them
 // (list settings such as search_path quote each element that needs it).
+namespace {
+bool is_temp_schema(std::string_view name) {
+  return name == "pg_temp" || name.starts_with("pg_temp_");
+}
+}  // namespace
+
 void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
   static constexpr std::string_view kListQuote[] = {
       "search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"};
@@ -746,6 +752,12 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
         // CREATE TEMP TABLE, SELECT ... INTO TEMP: relpersistence 't'.
         const auto* rv = reinterpret_cast<const PgQuery__RangeVar*>(m);
         if (rv->relpersistence && rv->relpersistence[0] == 't') a.pins = true;
+        if (rv->schemaname && is_temp_schema(rv->schemaname)) a.pins = true;
+      } else if (m->descriptor == &pg_query__string__descriptor) {
+        // pg_temp.name anywhere (functions, types, sequences, views in the session's
+        // temporary schema): the object lives in this server session.
+        const auto* str = reinterpret_cast<const PgQuery__String*>(m);
+        if (str->sval && is_temp_schema(str->sval)) a.pins = true;
       } else if (m->descriptor == &pg_query__func_call__descriptor) {
         const auto* f = reinterpret_cast<const PgQuery__FuncCall*>(m);
         auto name = f->n_funcname ? str_of(f->funcname[f->n_funcname - 1]) : std::string_view();

@@ -175,6 +175,32 @@ TEST_CASE("a server that had temporary objects is not handed on", "[session]") {
   }
 }
 
+TEST_CASE("objects in pg_temp pin the client like temporary tables", "[session]") {
+  // create table pg_temp.t is a temporary table without the TEMP keyword; functions and
+  // other objects in pg_temp live in the server session too.
+  ProxyOptions o;
+  o.pool_size = 3;  // a's server, the holder's, and one for the other client
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto holder = connect(proxy.conninfo());
+  auto other = connect(proxy.conninfo());
+  query(a.get(), "create table pg_temp.scratch (v int)");
+  query(a.get(), "create function pg_temp.twice(int) returns int language sql as 'select $1 * 2'");
+  for (int i = 0; i < 6; ++i) {
+    INFO("round " << i);
+    if (i % 2 == 0) {
+      query(holder.get(), "begin");
+      query(holder.get(), "select 1");
+    }
+    query(a.get(), "insert into pg_temp.scratch values (" + std::to_string(i) + ")");
+    CHECK(scalar(a.get(), "select pg_temp.twice(21)") == "42");
+    CHECK(error_code(other.get(), "select count(*) from pg_temp.scratch") == "42P01");
+    if (i % 2 == 0) query(holder.get(), "commit");
+  }
+  CHECK(scalar(a.get(), "select count(*) from pg_temp.scratch") == "6");
+}
+
 TEST_CASE("session state pins a client to its server in transaction pooling", "[session]") {
   ProxyOptions o;
   o.pool_size = 2;
