@@ -72,8 +72,10 @@ class Analyzer {
           break;
         case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
         case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
-        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
           a1.txn = TxnControl::kSavepoint;
+          break;
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
+          a1.txn = TxnControl::kRollbackTo;
           break;
         default:
           break;

@@ -45,7 +45,7 @@ struct SettingChange {
 };
 
 // Transaction control a statement is, when it is exactly one such statement.
-enum class TxnControl { kNone, kBegin, kCommit, kRollback, kSavepoint };
+enum class TxnControl { kNone, kBegin, kCommit, kRollback, kSavepoint, kRollbackTo };
 
 struct Analysis {
   enum class Target {

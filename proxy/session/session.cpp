@@ -704,11 +704,14 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
     co_return true;
   }
   const bool ends_here = ends && req.lone;
-  if (txn_.failed() && !ends_here) {
+  const bool recovers =
+      route.txn == TxnControl::kRollbackTo && req.lone && txn_.can_roll_back_to_savepoint();
+  if (txn_.failed() && !ends_here && !recovers) {
     co_await fail(Failure::kInFailedTransaction, txn_.refusal(), req.boundary);
     co_return true;
   }
-  if (route.txn == TxnControl::kSavepoint) {
+  if (recovers) txn_.rolled_back_to_savepoint();
+  if (route.txn == TxnControl::kSavepoint || route.txn == TxnControl::kRollbackTo) {
     // A savepoint covers the shards the transaction uses when it is taken; a shard that
     // joins later would not roll back to it, so savepoints stay on one shard.
     if (backends_.participant_count() > 0) {

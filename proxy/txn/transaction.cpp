@@ -27,6 +27,8 @@ State next(State s, Event e) {
       return s == State::kIdle ? s : State::kFailed;
     case Event::kEnded:
       return State::kIdle;
+    case Event::kRolledBackToSavepoint:
+      return s == State::kFailed ? State::kOpen : s;
   }
   return s;
 }
@@ -52,6 +54,7 @@ void Transaction::on(Event e) {
   if (state_ == State::kIdle) {
     deferred_.clear();
     savepoints_ = false;
+    recoverable_ = false;
     lost_.clear();
     loss_unreported_ = false;
   }
@@ -90,7 +93,14 @@ void Transaction::server_ready(char s) {
   on(s == status::kIdle ? Event::kServerIdle : Event::kServerInBlock);
 }
 
+void Transaction::fail() {
+  recoverable_ =
+      (state_ == State::kOpen && savepoints_) || (state_ == State::kFailed && recoverable_);
+  on(Event::kFailed);
+}
+
 void Transaction::lose(std::string why, bool told) {
+  recoverable_ = false;
   on(Event::kLost);
   if (state_ != State::kFailed) return;
   lost_ = std::move(why);

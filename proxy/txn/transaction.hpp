@@ -20,14 +20,15 @@ enum class State : uint8_t {
 };
 
 enum class Event : uint8_t {
-  kBegin,          // the client's BEGIN, answered by pgshard
-  kBeginSent,      // the deferred BEGIN went to a shard ahead of a statement
-  kShardJoined,    // another shard joined the transaction
-  kServerIdle,     // the active server's ReadyForQuery says 'I'
-  kServerInBlock,  // ... says 'T' or 'E' (a transaction the server opened itself)
-  kFailed,         // a statement pgshard ran across shards failed inside it
-  kLost,           // a server holding part of it was lost
-  kEnded,          // pgshard finished COMMIT or ROLLBACK
+  kBegin,                  // the client's BEGIN, answered by pgshard
+  kBeginSent,              // the deferred BEGIN went to a shard ahead of a statement
+  kShardJoined,            // another shard joined the transaction
+  kServerIdle,             // the active server's ReadyForQuery says 'I'
+  kServerInBlock,          // ... says 'T' or 'E' (a transaction the server opened itself)
+  kFailed,                 // a statement pgshard ran across shards failed inside it
+  kLost,                   // a server holding part of it was lost
+  kEnded,                  // pgshard finished COMMIT or ROLLBACK
+  kRolledBackToSavepoint,  // ROLLBACK TO SAVEPOINT after pgshard's own error, on one shard
 };
 
 // The one transition function.
@@ -54,7 +55,11 @@ class Transaction {
   // The ReadyForQuery status of the active server after a client request.
   void server_ready(char status);
   void joined() { on(Event::kShardJoined); }
-  void fail() { on(Event::kFailed); }
+  void fail();
+  // After pgshard's own error in a transaction on one shard that has savepoints, ROLLBACK
+  // TO SAVEPOINT recovers it as on PostgreSQL (the shard's server never saw the error).
+  bool can_roll_back_to_savepoint() const { return state_ == State::kFailed && recoverable_; }
+  void rolled_back_to_savepoint() { on(Event::kRolledBackToSavepoint); }
   // A server holding part of the transaction was lost: why, and whether the client was
   // told already (else its next statement is).
   void lose(std::string why, bool told);
@@ -75,6 +80,7 @@ class Transaction {
   State state_ = State::kIdle;
   std::string deferred_;
   bool savepoints_ = false;
+  bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints
   std::string lost_;
   bool loss_unreported_ = false;
 };

@@ -319,6 +319,18 @@ TEST_CASE("a statement pgshard refuses inside a transaction fails the transactio
   CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
   PQclear(r);
   CHECK(scalar(c.get(), "select sum(balance) from accounts") == "600");
+  // As on PostgreSQL, ROLLBACK TO SAVEPOINT recovers from the error.
+  query(c.get(), "begin");
+  query(c.get(), "update accounts set balance = balance + 1 where id = 1");
+  query(c.get(), "savepoint s");
+  CHECK(error_code(c.get(), refused) == "0A000");
+  CHECK(error_code(c.get(), "select 1") == "25P02");
+  query(c.get(), "rollback to savepoint s");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_INTRANS);
+  query(c.get(), "update accounts set balance = balance + 1 where id = 1");
+  query(c.get(), "commit");
+  CHECK(scalar(c.get(), "select balance from accounts where id = 1") == "102");
+  query(c.get(), "update accounts set balance = 100 where id = 1");
   // Outside a transaction a refusal changes nothing.
   CHECK(error_code(c.get(), refused) == "0A000");
   CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);

@@ -96,3 +96,32 @@ TEST_CASE("a loss told with the failing statement is not told again", "[txn]") {
   t.lose("gone", true);
   CHECK(t.refusal().code == "25P02");
 }
+
+TEST_CASE("ROLLBACK TO SAVEPOINT recovers only from pgshard's own error on one shard",
+          "[transaction]") {
+  txn::Transaction t;
+  t.server_ready('T');  // open on one shard
+  t.fail();             // a refusal, before any savepoint
+  CHECK_FALSE(t.can_roll_back_to_savepoint());
+  t.end();
+  t.server_ready('T');
+  t.savepoint();
+  t.fail();
+  CHECK(t.failed());
+  CHECK(t.can_roll_back_to_savepoint());
+  t.fail();  // a second refusal keeps it recoverable
+  CHECK(t.can_roll_back_to_savepoint());
+  t.rolled_back_to_savepoint();
+  CHECK(t.state() == State::kOpen);
+  // A lost server is not recoverable.
+  t.fail();
+  t.lose("shard s1 lost", true);
+  CHECK_FALSE(t.can_roll_back_to_savepoint());
+  t.end();
+  // Nor a transaction on several shards.
+  t.server_ready('T');
+  t.savepoint();
+  t.joined();
+  t.fail();
+  CHECK_FALSE(t.can_roll_back_to_savepoint());
+}
