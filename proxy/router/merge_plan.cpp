@@ -122,6 +122,12 @@ std::optional<int64_t> const_int(const Node* n) {
 
 class Planner {
  public:
+  Planner(const Planner&) = delete;
+  Planner& operator=(const Planner&) = delete;
+  ~Planner() {
+    // The parse tree frees what its counts say: give back the typmods hidden from the shards.
+    for (auto& [tn, n] : stripped_typmods_) tn->n_typmods = n;
+  }
   Planner(PgQuery__ParseResult* tree, PgQuery__SelectStmt* s, const std::vector<std::string>& keys)
       : tree_(tree), s_(s), keys_(keys), n_(static_cast<int>(s->n_target_list)) {}
 
@@ -410,7 +416,8 @@ class Planner {
         // (the cast without its typmod) and the merge rounds once.
         a.precision = pm->first;
         a.scale = pm->second;
-        a.typmod = ((pm->first << 16) | pm->second) + 4;  // VARHDRSZ, as numeric stores it
+        a.typmod = ((pm->first << 16) | pm->second) + 4;    // VARHDRSZ, as numeric stores it
+        stripped_typmods_.emplace_back(tn, tn->n_typmods);  // restored before the tree is freed
         tn->n_typmods = 0;
       }
     } else if (name == "count") {
@@ -677,6 +684,7 @@ class Planner {
   bool star_seen_ = false;
   std::vector<Node*> targets_;  // the shard statement's select list
   std::vector<Node*> agg_nodes_;
+  std::vector<std::pair<PgQuery__TypeName*, size_t>> stripped_typmods_;
   std::vector<std::pair<Node*, int>> hidden_groups_;
   bool rewrite_limit_ = false;
   bool strip_for_aggregate_ = false;
