@@ -804,6 +804,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     replies.expect_ready(Owner::kClientHiddenSync);
     open_extended_ = false;
   }
+  if (transaction_pooled) pending_.insert(0, statements_.take_prefix());
   if (!finish_sql_.empty() && !open_extended_) {
     // The request ends with pgshard's statement, whose ReadyForQuery is the client's.
     replies.hide_last_client_ready();

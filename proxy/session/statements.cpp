@@ -59,6 +59,52 @@ bool drops_all_statements(std::string_view sql) {
   return words == "discard all" || words == "deallocate all" || words == "deallocate prepare all";
 }
 
+// DEALLOCATE [PREPARE] name (alone, maybe with a trailing semicolon): the name as
+// PostgreSQL resolves it (unquoted names fold to lower case). nullopt for anything else.
+std::optional<std::string> deallocated_name(std::string_view sql) {
+  std::size_t i = 0;
+  auto skip_space = [&] {
+    while (i < sql.size() && std::isspace(static_cast<unsigned char>(sql[i]))) ++i;
+  };
+  auto word = [&] {
+    std::string w;
+    while (i < sql.size() &&
+           (std::isalnum(static_cast<unsigned char>(sql[i])) || sql[i] == '_' || sql[i] == '$'))
+      w.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(sql[i++]))));
+    return w;
+  };
+  skip_space();
+  if (word() != "deallocate") return std::nullopt;
+  skip_space();
+  std::string name;
+  if (i < sql.size() && sql[i] == '"') {
+    for (++i;; ++i) {
+      if (i >= sql.size()) return std::nullopt;
+      if (sql[i] == '"') {
+        if (i + 1 < sql.size() && sql[i + 1] == '"') {
+          name.push_back('"');
+          ++i;
+          continue;
+        }
+        ++i;
+        break;
+      }
+      name.push_back(sql[i]);
+    }
+  } else {
+    name = word();
+    if (name == "prepare") {
+      skip_space();
+      return deallocated_name("deallocate " + std::string(sql.substr(i)));
+    }
+  }
+  skip_space();
+  if (i < sql.size() && sql[i] == ';') ++i;
+  skip_space();
+  if (name.empty() || name == "all" || i != sql.size()) return std::nullopt;
+  return name;
+}
+
 }  // namespace
 
 bool Statements::plain(std::string_view batch) const {
@@ -131,6 +177,28 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
   }
   proto::Parse{name, p->query, p->param_types}.write(out);
   conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
+}
+
+bool Statements::deallocate(std::string& out, pool::ServerConn& conn, const std::string& name) {
+  // SQL DEALLOCATE of the client's protocol-level statement: the client's name goes, and so
+  // does pgshard's statement on this server (other clients prepare it again when they need
+  // it), so the client gets PostgreSQL's DEALLOCATE reply.
+  auto it = server_names_.find(name);
+  if (it == server_names_.end()) return false;  // SQL PREPAREd or unknown: the server answers
+  const std::string server = it->second;
+  server_names_.erase(it);
+  if (!conn.prepared.has(server)) {
+    // Prepared here first (its own Sync, ahead of the client's batch) so DEALLOCATE finds it.
+    proto::Parse{server, text(name), types(name)}.write(prefix_);
+    conn.replies.expect_parse(Owner::kOwn, Action::kHide);
+    proto::write_empty(prefix_, proto::msg::kSync);
+    conn.replies.expect_ready(Owner::kOwn);
+  }
+  conn.prepared.erase(server);
+  texts_.erase(name);
+  types_.erase(name);
+  proto::Query{"DEALLOCATE " + server}.write(out);
+  return true;
 }
 
 void Statements::result_type_changed() {
@@ -212,6 +280,9 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         if (auto q = proto::Query::parse(f.body); q && drops_all_statements(q->sql)) {
           conn.prepared.clear();
           server_names_.clear();
+        } else if (auto name = q ? deallocated_name(q->sql) : std::nullopt) {
+          // (Alone in its batch: pgshard's prefix goes ahead of it.)
+          if (out.empty() && rest.empty() && deallocate(out, conn, *name)) break;
         }
         out.append(raw);
         break;

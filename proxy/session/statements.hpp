@@ -8,6 +8,7 @@
 #include <string>
 #include <string_view>
 #include <unordered_map>
+#include <utility>
 #include <vector>
 
 #include "protocol/messages.hpp"
@@ -30,6 +31,9 @@ class Statements {
   // names on `conn`, re-preparing what that server lacks; the replies pgshard causes are
   // expected (hidden or replaced) on the server's queue.
   void map(std::string& batch, pool::ServerConn& conn);
+  // pgshard's own messages map() needs sent ahead of the batch, after the batch's replies
+  // were pushed (their replies are already expected, first).
+  std::string take_prefix() { return std::exchange(prefix_, {}); }
 
   // A server said a statement's result type changed under it (DDL): statements prepared
   // from now on get new server names, so a client that prepares again gets a fresh plan
@@ -41,6 +45,9 @@ class Statements {
   bool plain(std::string_view batch) const;
   void ensure(std::string& out, pool::ServerConn& conn, const std::string& name,
               const std::string& client_name);
+  // SQL DEALLOCATE of the client's protocol-level statement `name`: writes what frees it on
+  // `conn` with PostgreSQL's reply; false when `name` is not one (the Query goes as sent).
+  bool deallocate(std::string& out, pool::ServerConn& conn, const std::string& name);
   // Writes a Parse of the client's unnamed statement; false when it has none.
   bool reparse_unnamed(std::string& out, pool::ServerConn& conn) const;
   void map_parse(std::string& out, pool::ServerConn& conn, std::string_view raw,
@@ -50,6 +57,7 @@ class Statements {
   std::unordered_map<std::string, std::vector<int32_t>> types_;
   std::unordered_map<std::string, std::string> server_names_;  // client name -> pgshard's
   std::string unnamed_;
+  std::string prefix_;
 };
 
 }  // namespace pgshard::session

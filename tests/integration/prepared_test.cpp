@@ -187,3 +187,40 @@ TEST_CASE("a statement whose result type changed is re-prepared as on PostgreSQL
   CHECK(exec_prepared(a.get(), "rq_next", "1") == "10");
   query(a.get(), "drop table retyped");
 }
+
+TEST_CASE("SQL DEALLOCATE of a protocol-level statement works as on PostgreSQL", "[prepared]") {
+  ProxyOptions o;
+  o.pool_size = 2;
+  o.workers = 1;
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto holder = connect(proxy.conninfo());
+  for (int i = 0; i < 4; ++i) {
+    INFO("round " << i);
+    prepare(a.get(), "S1", "select $1::int + 1");
+    CHECK(exec_prepared(a.get(), "S1", "1") == "2");
+    if (i % 2 == 1) {
+      query(holder.get(), "begin");
+      query(holder.get(), "select 1");  // DEALLOCATE runs on the server that lacks it
+    }
+    PGresult* r = PQexec(a.get(), i < 2 ? "DEALLOCATE \"S1\"" : "deallocate prepare \"S1\";");
+    INFO(PQresultErrorMessage(r));
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+    CHECK(std::string(PQcmdStatus(r)) == "DEALLOCATE");
+    PQclear(r);
+    if (i % 2 == 1) query(holder.get(), "commit");
+    CHECK_THAT(exec_prepared(a.get(), "S1", "1"), Catch::Contains("\"S1\" does not exist"));
+  }
+  // Unquoted names fold to lower case, as PostgreSQL resolves them.
+  prepare(a.get(), "s2", "select $1::int * 2");
+  query(a.get(), "DEALLOCATE S2");
+  CHECK_THAT(exec_prepared(a.get(), "s2", "4"), Catch::Contains("does not exist"));
+  // A name the client never prepared: PostgreSQL's error.
+  CHECK(error_code(a.get(), "deallocate nothing_here") == "26000");
+  // Another client's copy of the same text keeps working.
+  auto b = connect(proxy.conninfo());
+  prepare(a.get(), "x", "select $1::int - 1");
+  prepare(b.get(), "y", "select $1::int - 1");
+  query(a.get(), "deallocate x");
+  CHECK(exec_prepared(b.get(), "y", "10") == "9");
+}
