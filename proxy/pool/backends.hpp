@@ -16,11 +16,12 @@ namespace pgshard::pool {
 struct Link {
   Lease lease;
   int shard = 0;
-  bool closing = false;   // the client is leaving: reset or drop this server when idle
-  bool done = false;      // the relay has returned the connection
-  std::string prelude;    // pgshard's statements to send ahead of the next request
-  bool borrowed = false;  // an executor is using the server (see Backends::borrow)
-  bool parked = false;    // the relay is waiting for it to come back
+  bool closing = false;    // the client is leaving: reset or drop this server when idle
+  bool resetting = false;  // closing with pgshard's reset in flight: read until it is answered
+  bool done = false;       // the relay has returned the connection
+  std::string prelude;     // pgshard's statements to send ahead of the next request
+  bool borrowed = false;   // an executor is using the server (see Backends::borrow)
+  bool parked = false;     // the relay is waiting for it to come back
 };
 
 // A client's server connections: `active` takes its requests; in session pooling its

@@ -1075,7 +1075,9 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (!co_await write_client(relay)) conn.broken = true;
     }
     conn.rbuf.consume(used);
-    if (client_gone_ && !link->closing) {
+    // A server being reset is read until its reset is answered; any other stops here (it may
+    // never answer a request its client abandoned).
+    if (client_gone_ && !(link->resetting && !conn.broken)) {
       conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
       break;
     }
@@ -1239,6 +1241,7 @@ awaitable<void> Session::finish() {
     } else if (session_pooled() && !conn.broken) {
       // Session pooling: reset the server before it serves another client.
       link->closing = true;
+      link->resetting = true;
       std::string q;
       proto::Query{"DISCARD ALL"}.write(q);
       conn.replies.expect_ready(pool::Replies::Owner::kOwnReset);
