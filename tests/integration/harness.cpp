@@ -262,6 +262,13 @@ void print_logs_on_failure() {
     std::cerr << "---- shard s" << i << " log (tail) ----\n" << c.log_tail(i, 15) << "\n";
 }
 
+ProxyOptions one_worker(int pool_size) {
+  ProxyOptions o;
+  o.pool_size = pool_size;
+  o.workers = 1;
+  return o;
+}
+
 Conn connect(const std::string& conninfo) {
   Conn c(PQconnectdb(conninfo.c_str()), PQfinish);
   INFO("connecting with " << conninfo);

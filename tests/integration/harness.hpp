@@ -69,6 +69,10 @@ class Proxy {
 };
 
 using Conn = std::unique_ptr<PGconn, void (*)(PGconn*)>;
+// One worker with `pool_size` servers per shard: every client of the test shares them, so
+// one client's server is another's next.
+ProxyOptions one_worker(int pool_size);
+
 Conn connect(const std::string& conninfo);
 // Runs one statement; fails the test on error. Returns rows as text ("NULL" for NULL).
 std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql);

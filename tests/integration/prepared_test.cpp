@@ -123,9 +123,7 @@ TEST_CASE("pgbench -M prepared runs in transaction pooling", "[prepared]") {
 TEST_CASE("the unnamed statement is described where the client's Parse left it", "[prepared]") {
   // psql's \gdesc: Parse "" + Sync, then Describe "" + Sync. In between another client may
   // take the server, or the client may get another one.
-  ProxyOptions o;
-  o.pool_size = 2;
-  o.workers = 1;
+  ProxyOptions o = one_worker(2);
   Proxy proxy(o);
   auto a = connect(proxy.conninfo());
   auto b = connect(proxy.conninfo());
@@ -152,9 +150,7 @@ TEST_CASE("the unnamed statement is described where the client's Parse left it",
 TEST_CASE("a statement whose result type changed is re-prepared as on PostgreSQL", "[prepared]") {
   // PostgreSQL: the first Execute after the change fails with "cached plan must not change
   // result type" (0A000); once the client prepares again, it works.
-  ProxyOptions o;
-  o.pool_size = 1;
-  o.workers = 1;
+  ProxyOptions o = one_worker(1);
   Proxy proxy(o);
   auto a = connect(proxy.conninfo());
   auto b = connect(proxy.conninfo());
@@ -189,9 +185,7 @@ TEST_CASE("a statement whose result type changed is re-prepared as on PostgreSQL
 }
 
 TEST_CASE("SQL DEALLOCATE of a protocol-level statement works as on PostgreSQL", "[prepared]") {
-  ProxyOptions o;
-  o.pool_size = 2;
-  o.workers = 1;
+  ProxyOptions o = one_worker(2);
   Proxy proxy(o);
   auto a = connect(proxy.conninfo());
   auto holder = connect(proxy.conninfo());

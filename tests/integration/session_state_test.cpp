@@ -84,9 +84,7 @@ TEST_CASE("startup options come back on RESET", "[session]") {
 }
 
 TEST_CASE("a SET after an earlier error still follows the client", "[session]") {
-  ProxyOptions o;
-  o.pool_size = 1;  // the other client takes the same server in between
-  o.workers = 1;
+  ProxyOptions o = one_worker(1);  // the other client takes the same server in between
   Proxy proxy(o);
   auto a = connect(proxy.conninfo());
   auto other = connect(proxy.conninfo());
@@ -104,9 +102,7 @@ TEST_CASE("a SET after an earlier error still follows the client", "[session]") 
 }
 
 TEST_CASE("standard_conforming_strings follows its client and no other", "[session]") {
-  ProxyOptions o;
-  o.pool_size = 1;
-  o.workers = 1;
+  ProxyOptions o = one_worker(1);
   Proxy proxy(o);
   auto a = connect(proxy.conninfo());
   auto other = connect(proxy.conninfo());
@@ -122,9 +118,7 @@ TEST_CASE("standard_conforming_strings follows its client and no other", "[sessi
 TEST_CASE("RESET of a reported setting returns to the client's startup value", "[session]") {
   // PostgreSQL resets to the value the session started with (PGDATESTYLE, PGTZ...), not to
   // the server's default.
-  ProxyOptions o;
-  o.pool_size = 1;
-  o.workers = 1;
+  ProxyOptions o = one_worker(1);
   Proxy proxy(o);
   auto a = connect(proxy.conninfo("options='-c DateStyle=Postgres,MDY -c TimeZone=PST8PDT'"));
   auto other = connect(proxy.conninfo());
@@ -156,10 +150,8 @@ TEST_CASE("a server that had temporary objects is not handed on", "[session]") {
   // given such a server could PREPARE a transaction that a fresh session refuses.
   for (const std::string mode : {"session", "transaction"}) {
     INFO(mode);
-    ProxyOptions o;
+    ProxyOptions o = one_worker(1);
     o.pool_mode = mode;
-    o.pool_size = 1;
-    o.workers = 1;
     Proxy proxy(o);
     {
       auto a = connect(proxy.conninfo());
@@ -178,9 +170,7 @@ TEST_CASE("a server that had temporary objects is not handed on", "[session]") {
 TEST_CASE("objects in pg_temp pin the client like temporary tables", "[session]") {
   // create table pg_temp.t is a temporary table without the TEMP keyword; functions and
   // other objects in pg_temp live in the server session too.
-  ProxyOptions o;
-  o.pool_size = 3;  // a's server, the holder's, and one for the other client
-  o.workers = 1;
+  ProxyOptions o = one_worker(3);  // a's server, the holder's, and one for the other client
   Proxy proxy(o);
   auto a = connect(proxy.conninfo());
   auto holder = connect(proxy.conninfo());
