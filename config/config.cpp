@@ -242,7 +242,7 @@ void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
 void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   if (!c.mapping(n, "timeouts",
                  {"client_startup", "client_idle", "connect", "pool_wait", "shutdown",
-                  "server_idle", "shard_statement"}))
+                  "server_idle", "shard_statement", "deadlock"}))
     return;
   auto set = [&](const char* key, Millis& field) {
     if (!n[key]) return;
@@ -262,6 +262,7 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   set("shutdown", t.shutdown);
   set("server_idle", t.server_idle);
   set("shard_statement", t.shard_statement);
+  set("deadlock", t.deadlock);
 }
 
 // ring / range / list placement of one table; needs the shard list.

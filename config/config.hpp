@@ -111,6 +111,9 @@ struct Timeouts {
   Millis server_idle{600000};
   // Longest a shard may take to answer its part of a multi-shard statement (0: no limit).
   Millis shard_statement{0};
+  // A transaction on several shards whose statement has waited this long has the shards'
+  // lock waits checked for a cycle across shards (0: never), like deadlock_timeout.
+  Millis deadlock{1000};
 };
 
 struct Config {

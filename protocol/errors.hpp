@@ -30,6 +30,7 @@ inline constexpr std::string_view kConfigurationLimitExceeded = "53400";
 inline constexpr std::string_view kInternalError = "XX000";
 inline constexpr std::string_view kInFailedSqlTransaction = "25P02";
 inline constexpr std::string_view kProgramLimitExceeded = "54000";
+inline constexpr std::string_view kDeadlockDetected = "40P01";
 }  // namespace sqlstate
 
 // Field codes of ErrorResponse/NoticeResponse ("Error and Notice Message Fields").

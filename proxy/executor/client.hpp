@@ -5,6 +5,7 @@
 
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -98,6 +99,9 @@ class Client {
   virtual void fail_transaction() = 0;
   // The status byte of the client's next ReadyForQuery.
   virtual char transaction_status() const = 0;
+  // A shard's error for the client (body of its ErrorResponse): what to send instead, if
+  // anything (a whole message; a deadlock victim's cancel becomes 40P01).
+  virtual std::optional<std::string> replace_error(std::string_view body) = 0;
 };
 
 // Names what the session waits on while in scope.

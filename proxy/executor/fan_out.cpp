@@ -457,7 +457,12 @@ awaitable<bool> FanOut::next_reply(Leg& leg, int i, Combiner& combiner) {
     const bool ours = conn->replies.own_front();
     const bool hidden = conn->replies.classify(f, &conn->prepared) == pool::Replies::Verdict::kHide;
     const bool pass = !hidden || (!ours && f.type == proto::msg::kRowDescription);
-    if (pass) combiner.add(i, f, std::string_view(conn->rbuf.data(), d.consumed), hidden);
+    std::optional<std::string> instead;
+    if (pass && !ours && f.type == proto::msg::kErrorResponse) instead = c_.replace_error(f.body);
+    if (instead)
+      combiner.add(i, proto::Frame{f.type, std::string_view(*instead).substr(5)}, *instead, hidden);
+    else if (pass)
+      combiner.add(i, f, std::string_view(conn->rbuf.data(), d.consumed), hidden);
     conn->rbuf.consume(d.consumed);
     if (pass) {
       if (combiner.finished(i)) leg.done = true;

@@ -4,6 +4,8 @@
 
 #include <spdlog/spdlog.h>
 
+#include <future>
+
 #include "proxy/server/tls.hpp"
 #include "proxy/session/session.hpp"
 #include "proxy/txn/recovery.hpp"
@@ -104,6 +106,30 @@ void Worker::dump_sessions() {
   asio::post(*ctx_, [this] {
     for (auto& [ptr, weak] : sessions_)
       if (auto s = weak.lock()) spdlog::info("{}", s->describe());
+  });
+}
+
+std::vector<txn::WaitingTxn> Worker::waiting_txns() {
+  auto done = std::make_shared<std::promise<std::vector<txn::WaitingTxn>>>();
+  auto got = done->get_future();
+  asio::post(*ctx_, [this, done] {
+    std::vector<txn::WaitingTxn> out;
+    for (auto& [ptr, weak] : sessions_)
+      if (auto s = weak.lock())
+        if (auto t = s->waiting_txn()) {
+          t->worker = index_;
+          out.push_back(std::move(*t));
+        }
+    done->set_value(std::move(out));
+  });
+  if (got.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return {};
+  return got.get();
+}
+
+void Worker::cancel_victim(const txn::Victim& v) {
+  asio::post(*ctx_, [this, v] {
+    for (auto& [ptr, weak] : sessions_)
+      if (auto s = weak.lock(); s && s->id() == v.txn.session) s->deadlock_victim(v);
   });
 }
 
@@ -253,8 +279,23 @@ int Server::run() {
         if (!shared_.shutting_down) txn::recover(*shared_.config, shared_.decisions, false);
       }
     });
+  deadlocks_.emplace(
+      cfg,
+      [this] {
+        std::vector<txn::WaitingTxn> all;
+        for (auto& w : workers_) {
+          auto some = w->waiting_txns();
+          all.insert(all.end(), some.begin(), some.end());
+        }
+        return all;
+      },
+      [this](const txn::Victim& v) {
+        workers_[static_cast<std::size_t>(v.txn.worker)]->cancel_victim(v);
+      });
+  deadlocks_->start();
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
   main_ctx_.run();
+  deadlocks_->stop();
   for (auto& w : workers_) w->stop();
   for (auto& w : workers_) w->join();
   shared_.shutting_down = true;

@@ -16,6 +16,7 @@
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/analysis.hpp"
 #include "proxy/router/placement.hpp"
+#include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/decision_log.hpp"
 
 namespace pgshard::session {
@@ -71,6 +72,11 @@ class Worker {
   void begin_shutdown();
   void force_close();
   void dump_sessions();
+  // Deadlock detection, from its thread: the transactions of this worker's sessions that
+  // hold servers on several shards (empty if the worker does not answer in time), and the
+  // cancel of a victim.
+  std::vector<txn::WaitingTxn> waiting_txns();
+  void cancel_victim(const txn::Victim& v);
 
   void start();
   void join();
@@ -104,6 +110,7 @@ class Server {
   std::vector<std::unique_ptr<Worker>> workers_;
   asio::io_context main_ctx_{1};
   std::thread recovery_thread_;
+  std::optional<txn::DeadlockDetector> deadlocks_;
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
 };

@@ -76,6 +76,10 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
       case msg::kErrorResponse:
         if (!ours) {
           events_.client_failed();
+          if (auto instead = events_.replace_error(body)) {
+            hide(pos, pos + total);
+            out_ += *instead;
+          }
           if (auto e = proto::ErrorFields::parse(body);
               e && e->code() == "0A000" &&
               e->message() == "cached plan must not change result type")

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstddef>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -25,6 +26,9 @@ class RelayEvents {
   // The client's statement failed, or its transaction rolled back (its SETs do not hold).
   virtual void client_failed() = 0;
   virtual void client_rolled_back() = 0;
+  // An error for the client (body of its ErrorResponse): what to send instead, if anything
+  // (a whole message).
+  virtual std::optional<std::string> replace_error(std::string_view body) = 0;
   // pgshard's own statement was rejected (conn.replies.error says why).
   virtual void own_statement_failed(pool::ServerConn& conn) = 0;
 };

@@ -508,6 +508,8 @@ awaitable<void> Session::copy_violation(char type) {
 }
 
 awaitable<void> Session::handle_request(char boundary) {
+  ++requests_;
+  deadlock_detail_.clear();  // a cancel that came too late must not turn into 40P01 now
   if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
   if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
@@ -1301,6 +1303,43 @@ std::string Session::describe() const {
            backends_.active->lease->status + ")";
   out += ", kept " + std::to_string(backends_.kept_count()) + ", txn servers " +
          std::to_string(backends_.participant_count());
+  return out;
+}
+
+std::optional<txn::WaitingTxn> Session::waiting_txn() const {
+  if (txn_.state() != txn::State::kOpenMulti) return std::nullopt;
+  txn::WaitingTxn t;
+  t.session = id_;
+  t.serial = txn_.serial();
+  t.began = txn_.began();
+  t.request = requests_;
+  t.busy = !fan_out_servers_.empty();
+  for (const auto& link : backends_.all()) {
+    if (!link->lease) continue;
+    t.servers.emplace_back(link->shard, link->lease->pid());
+    t.busy = t.busy || link->lease->replies.client_owed() > 0;
+  }
+  return t;
+}
+
+void Session::deadlock_victim(const txn::Victim& v) {
+  // Only the request the detector saw waiting: a later one has nothing to do with it.
+  if (txn_.state() != txn::State::kOpenMulti || txn_.serial() != v.txn.serial ||
+      requests_ != v.txn.request)
+    return;
+  spdlog::warn("{}: deadlock across shards: this transaction is cancelled", prefix());
+  deadlock_detail_ = v.detail;
+  cancel_running([] {});
+}
+
+std::optional<std::string> Session::replace_error(std::string_view body) {
+  if (deadlock_detail_.empty()) return std::nullopt;
+  auto e = proto::ErrorFields::parse(body);
+  if (!e || e->code() != sqlstate::kQueryCanceled) return std::nullopt;
+  std::string out;
+  proto::write_error(out,
+                     proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
+                                  std::exchange(deadlock_detail_, {}), "Retry the transaction."));
   return out;
 }
 

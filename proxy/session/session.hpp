@@ -27,6 +27,7 @@
 #include "proxy/session/params.hpp"
 #include "proxy/session/relay_filter.hpp"
 #include "proxy/session/statements.hpp"
+#include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/transaction.hpp"
 
 namespace pgshard::server {
@@ -53,6 +54,12 @@ class Session : public std::enable_shared_from_this<Session>,
   void force_close();
   // One line for the SIGUSR2 dump: state, what the session is waiting on, its servers.
   std::string describe() const;
+  uint64_t id() const { return id_; }
+  // Its transaction, when it holds servers on several shards (for deadlock detection).
+  std::optional<txn::WaitingTxn> waiting_txn() const;
+  // The deadlock detector chose this session's transaction: its running request is
+  // cancelled (if it is still the one the detector saw) and the client gets 40P01.
+  void deadlock_victim(const txn::Victim& v);
 
  private:
   using Waiting = executor::Waiting;
@@ -105,6 +112,8 @@ class Session : public std::enable_shared_from_this<Session>,
   }
   txn::Transaction& transaction() override { return txn_; }
   void fail_transaction() override;
+  // A shard's error for the client: the cancel of a deadlock victim becomes 40P01.
+  std::optional<std::string> replace_error(std::string_view body) override;
   char transaction_status() const override;
 
   // ---- the client side ----
@@ -200,6 +209,10 @@ class Session : public std::enable_shared_from_this<Session>,
   bool settings_failed_ = false;
   bool pinned_ = false;
   txn::Transaction txn_;
+  uint64_t requests_ = 0;  // requests handled (the deadlock detector tells them apart)
+  // Set while the deadlock detector's cancel of the running request is on its way: the
+  // DETAIL of the 40P01 the client gets instead of 57014.
+  std::string deadlock_detail_;
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)

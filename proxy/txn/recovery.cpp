@@ -23,9 +23,10 @@ std::string conninfo_value(const std::string& v) {
   return out + "'";
 }
 
-// How pgshard logs in to a shard for maintenance: the URL's credentials, else the first
-// user with a plaintext password.
-std::string conninfo(const config::Config& cfg, const config::Shard& shard) {
+}  // namespace
+
+std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
+                                 const std::string& application_name) {
   const auto& u = shard.primary;
   std::string user = u.user, password = u.password;
   for (const auto& cu : cfg.users)
@@ -40,17 +41,15 @@ std::string conninfo(const config::Config& cfg, const config::Shard& shard) {
          " user=" + conninfo_value(user) + " password=" + conninfo_value(password) +
          " dbname=" + conninfo_value(db) + " connect_timeout=" +
          std::to_string(std::max<long long>(2, (cfg.timeouts.connect.count() + 999) / 1000)) +
-         " application_name=pgshard-recovery";
+         " application_name=" + conninfo_value(application_name);
 }
-
-}  // namespace
 
 RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_startup) {
   RecoveryResult result;
   const std::string& mine = log.prefix();
   std::set<std::string> seen;  // global ids still prepared somewhere
   for (const auto& shard : cfg.shards) {
-    PGconn* c = PQconnectdb(conninfo(cfg, shard).c_str());
+    PGconn* c = PQconnectdb(maintenance_conninfo(cfg, shard, "pgshard-recovery").c_str());
     if (PQstatus(c) != CONNECTION_OK) {
       spdlog::warn("recovery: cannot reach shard {}: {}", shard.name, PQerrorMessage(c));
       ++result.errors;

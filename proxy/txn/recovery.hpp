@@ -16,6 +16,11 @@ struct RecoveryResult {
   int errors = 0;  // shards that could not be reached or statements that failed
 };
 
+// How pgshard logs in to a shard for maintenance (libpq conninfo): the URL's credentials,
+// else the first user with a plaintext password.
+std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
+                                 const std::string& application_name);
+
 // Only this instance's transactions (log.prefix()) are touched. `at_startup`: undecided ones
 // are rolled back too (nothing can be committing them); later passes only finish decided
 // commits.

@@ -50,7 +50,12 @@ const char* to_string(State s) {
 }
 
 void Transaction::on(Event e) {
+  const State before = state_;
   state_ = next(state_, e);
+  if (before == State::kIdle && state_ != State::kIdle) {
+    ++serial_;
+    began_ = std::chrono::steady_clock::now();
+  }
   if (state_ == State::kIdle) {
     deferred_.clear();
     savepoints_ = false;

@@ -2,6 +2,7 @@
 // event, and what ReadyForQuery tells the client. Synchronous, no I/O.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -75,9 +76,16 @@ class Transaction {
 
   std::string begin_sql = "BEGIN";  // how the transaction began, for shards that join
 
+  // Which of the session's transactions this is, and when it began (deadlock victims are
+  // the youngest).
+  uint64_t serial() const { return serial_; }
+  std::chrono::steady_clock::time_point began() const { return began_; }
+
  private:
   void on(Event e);
   State state_ = State::kIdle;
+  uint64_t serial_ = 0;
+  std::chrono::steady_clock::time_point began_;
   std::string deferred_;
   bool savepoints_ = false;
   bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints

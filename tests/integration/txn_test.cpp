@@ -59,6 +59,37 @@ int prepared_left() {
   return n;
 }
 
+// The shard holding account `id`.
+int shard_of(int id) {
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    if (scalar(d.get(), "select count(*) from accounts where id = " + std::to_string(id)) == "1")
+      return i;
+  }
+  return -1;
+}
+
+// The result of a statement sent with PQsendQuery, waiting up to `limit`: its SQLSTATE
+// ("" for success, "timeout" if none came).
+std::string await_result(PGconn* c, std::chrono::milliseconds limit) {
+  std::string code = "timeout";
+  const auto until = std::chrono::steady_clock::now() + limit;
+  while (std::chrono::steady_clock::now() < until) {
+    PQconsumeInput(c);
+    if (!PQisBusy(c)) {
+      code.clear();
+      while (PGresult* r = PQgetResult(c)) {
+        if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
+        PQclear(r);
+      }
+      return code;
+    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  }
+  return code;
+}
+
 }  // namespace
 
 TEST_CASE("a transaction across shards commits everywhere or nowhere", "[txn]") {
@@ -335,4 +366,142 @@ TEST_CASE("a statement pgshard refuses inside a transaction fails the transactio
   CHECK(error_code(c.get(), refused) == "0A000");
   CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
   CHECK(scalar(c.get(), "select balance from accounts where id = 1") == "100");
+}
+
+TEST_CASE("a lock cycle across shards: the younger transaction gets 40P01 within 2 s",
+          "[deadlock]") {
+  // T1 locks a (on one shard) then b (another); T2 locks b then a. Each shard sees one
+  // waiter and no cycle; one PostgreSQL would abort one of them after deadlock_timeout.
+  make_accounts(12, 100);
+  const int a = 1;
+  int b = 2;
+  while (shard_of(b) == shard_of(a)) ++b;
+  Proxy proxy(accounts_map());
+  auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
+  auto add_to = [](int id) {
+    return "update accounts set balance = balance + 1 where id = " + std::to_string(id);
+  };
+  query(t1.get(), "begin");
+  query(t1.get(), add_to(a));
+  query(t2.get(), "begin");
+  query(t2.get(), add_to(b));
+  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
+  auto b_shard = connect(Cluster::get().direct(shard_of(b)));
+  REQUIRE(wait_until(
+      [&] {
+        return scalar(b_shard.get(), "select count(*) from pg_locks where not granted") != "0";
+      },
+      std::chrono::seconds(5)));
+  const auto formed = std::chrono::steady_clock::now();
+  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  // T2, the younger, is the victim: 40P01 naming the shards, soon after the cycle formed.
+  REQUIRE(await_result(t2.get(), std::chrono::seconds(10)) == "40P01");
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - formed);
+  std::cout << "deadlock across shards broken after " << took.count() << " ms\n";
+  CHECK(took < std::chrono::milliseconds(2000));
+  CHECK(PQtransactionStatus(t2.get()) == PQTRANS_INERROR);
+  CHECK_THAT(PQerrorMessage(t2.get()), Catch::Contains("deadlock detected"));
+  CHECK_THAT(PQerrorMessage(t2.get()), Catch::Contains("across shards"));
+  CHECK(error_code(t2.get(), "select 1") == "25P02");
+  PGresult* r = PQexec(t2.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  // T1 proceeds and commits both of its updates; T2 changed nothing.
+  CHECK(await_result(t1.get(), std::chrono::seconds(10)).empty());
+  query(t1.get(), "commit");
+  CHECK(scalar(t1.get(), "select balance from accounts where id = " + std::to_string(a)) == "101");
+  CHECK(scalar(t1.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(prepared_left() == 0);
+  // A transaction that waits with no cycle is left to wait: no 40P01 for a plain lock wait.
+  query(t1.get(), "begin");
+  query(t1.get(), add_to(a));
+  query(t1.get(), add_to(b));
+  query(t2.get(), "begin");
+  query(t2.get(), add_to(b + 1));
+  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  CHECK(await_result(t2.get(), std::chrono::milliseconds(2500)) == "timeout");
+  query(t1.get(), "commit");
+  CHECK(await_result(t2.get(), std::chrono::seconds(10)).empty());
+  query(t2.get(), "commit");
+  CHECK(total_balance() == 1206);
+}
+
+TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, nothing hangs",
+          "[deadlock]") {
+  // 8 clients transfer between random accounts on different shards, locking in whatever
+  // order the transfer names them: every transfer commits or gets 40P01 (or 40001), the
+  // total is unchanged, nothing is left prepared. statement_timeout turns a hang into a
+  // failure instead of a stuck test.
+  constexpr int kAccounts = 16, kClients = 8, kTransfers = 2000;
+  make_accounts(kAccounts, 1000);
+  const long long start_total = total_balance();
+  std::vector<int> shard(kAccounts + 1);
+  {
+    auto& cluster = Cluster::get();
+    for (int i = 0; i < cluster.size(); ++i) {
+      auto d = connect(cluster.direct(i));
+      for (const auto& row : query(d.get(), "select id from accounts"))
+        shard[std::stoul(row[0])] = i;
+    }
+  }
+  ProxyOptions o = accounts_map();
+  o.pool_size = 16;
+  Proxy proxy(o);
+  const std::string conninfo = proxy.conninfo("options='-c statement_timeout=30000'");
+  std::atomic<int> next{0}, committed{0}, deadlocks{0}, unexpected{0};
+  std::mutex mu;
+  std::string first_unexpected;
+  auto client = [&](int seed) {
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    auto c = connect(conninfo);
+    while (next.fetch_add(1) < kTransfers) {
+      int a = static_cast<int>(rng() % kAccounts) + 1, b;
+      do b = static_cast<int>(rng() % kAccounts) + 1;
+      while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
+      const int amount = static_cast<int>(rng() % 10) + 1;
+      std::string code;
+      for (const std::string& sql :
+           {std::string("begin"),
+            "update accounts set balance = balance - " + std::to_string(amount) +
+                " where id = " + std::to_string(a),
+            "update accounts set balance = balance + " + std::to_string(amount) +
+                " where id = " + std::to_string(b),
+            std::string("commit")}) {
+        PGresult* r = PQexec(c.get(), sql.c_str());
+        if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
+        const bool rolled_back = sql == "commit" && std::string(PQcmdStatus(r)) == "ROLLBACK";
+        PQclear(r);
+        if (rolled_back && code.empty()) code = "ROLLBACK";
+        if (!code.empty()) break;
+      }
+      if (code.empty()) {
+        ++committed;
+        continue;
+      }
+      query(c.get(), "rollback");
+      if (code == "40P01" || code == "40001") {
+        ++deadlocks;
+      } else {
+        ++unexpected;
+        std::lock_guard lock(mu);
+        if (first_unexpected.empty()) first_unexpected = code + ": " + PQerrorMessage(c.get());
+      }
+    }
+  };
+  const auto started = std::chrono::steady_clock::now();
+  std::vector<std::thread> clients;
+  for (int i = 0; i < kClients; ++i) clients.emplace_back(client, 7000 + i);
+  for (auto& t : clients) t.join();
+  const auto secs =
+      std::chrono::duration_cast<std::chrono::seconds>(std::chrono::steady_clock::now() - started)
+          .count();
+  std::cout << "bank without ordered locking: " << committed.load() << " committed, "
+            << deadlocks.load() << " deadlocks (40P01), " << unexpected.load() << " other errors, "
+            << secs << " s\n";
+  INFO(first_unexpected);
+  CHECK(unexpected == 0);
+  CHECK(committed + deadlocks == kTransfers);
+  CHECK(total_balance() == start_total);
+  CHECK(prepared_left() == 0);
 }

@@ -32,6 +32,11 @@ struct Events : session::RelayEvents {
   void client_failed() override { failed = true; }
   void client_rolled_back() override { rolled_back = true; }
   void own_statement_failed(pool::ServerConn&) override { own_failed = true; }
+  std::optional<std::string> instead;  // replace_error's answer for a 57014
+  std::optional<std::string> replace_error(std::string_view body) override {
+    auto e = proto::ErrorFields::parse(body);
+    return e && e->code() == "57014" ? instead : std::nullopt;
+  }
 };
 
 using testing::complete;
@@ -157,4 +162,19 @@ TEST_CASE("the session hears of the client's errors, rollbacks and COPY", "[rela
   auto step = f.filter.walk(f.conn, error() + proto::ready_for_query('I'));
   CHECK(f.events.own_failed);
   CHECK(step.relay.empty());
+}
+
+TEST_CASE("an error the session replaces reaches the client in its place", "[relay]") {
+  // A deadlock victim's cancel (57014) becomes the session's 40P01; other errors pass.
+  Fixture f;
+  f.events.instead = testing::error("40P01");
+  f.conn.replies.expect_ready(Owner::kClient);
+  const std::string in = testing::error("57014") + proto::ready_for_query('E');
+  auto step = f.filter.walk(f.conn, in);
+  CHECK(step.used == in.size());
+  CHECK(step.relay == testing::error("40P01") + proto::ready_for_query('E'));
+  CHECK(f.events.failed);
+  f.conn.replies.expect_ready(Owner::kClient);
+  const std::string other = error() + proto::ready_for_query('E');
+  CHECK(f.filter.walk(f.conn, other).relay == other);
 }

@@ -1,0 +1,91 @@
+// Victims of distributed deadlocks (txn::find_victims) over hand-built wait-for graphs: a
+// cycle crossing shards loses its youngest transaction; one shard's own cycles, chains and
+// transactions that are not running are left alone. No sockets.
+#include "proxy/txn/deadlock.hpp"
+
+#include <catch2/catch.hpp>
+#include <set>
+
+using namespace pgshard;
+using txn::LockWait;
+using txn::WaitingTxn;
+
+namespace {
+
+const std::vector<std::string> kShards{"s0", "s1", "s2"};
+
+// A transaction on the given (shard, pid) servers, begun `age` ticks after the epoch.
+WaitingTxn txn_on(uint64_t session, int age, std::vector<std::pair<int, int32_t>> servers,
+                  bool busy = true) {
+  WaitingTxn t;
+  t.session = session;
+  t.began = std::chrono::steady_clock::time_point(std::chrono::seconds(age));
+  t.busy = busy;
+  t.servers = std::move(servers);
+  return t;
+}
+
+}  // namespace
+
+TEST_CASE("two transactions locking on two shards in opposite orders: the younger goes",
+          "[deadlock]") {
+  // T1 holds a row on s0 and waits on s1; T2 holds one on s1 and waits on s0.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 101}, {1, 201}})};
+  std::vector<LockWait> waits{{0, 101, 100}, {1, 200, 201}};
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);
+  CHECK(v[0].detail.find("across shards s0, s1") != std::string::npos);
+  CHECK(v[0].detail.find("waited on shard s0") != std::string::npos);
+  // The same cycle with T1 the younger: T1 goes.
+  txns[0].began = std::chrono::steady_clock::time_point(std::chrono::seconds(30));
+  v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 1);
+}
+
+TEST_CASE("a cycle on one shard is PostgreSQL's to break; chains are not cycles", "[deadlock]") {
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 101}, {1, 201}})};
+  CHECK(txn::find_victims(txns, {{0, 101, 100}, {0, 100, 101}}, kShards).empty());
+  CHECK(txn::find_victims(txns, {{0, 101, 100}, {1, 201, 200}}, kShards).empty());
+  CHECK(txn::find_victims(txns, {}, kShards).empty());
+}
+
+TEST_CASE("a cycle through backends pgshard does not know, over three shards", "[deadlock]") {
+  // T1 waits for T2 on s1, T2 for T3 on s2, T3 for an unknown backend on s0 that waits for
+  // T1 there (a one-shard transaction of another client, say).
+  std::vector<WaitingTxn> txns{txn_on(1, 30, {{0, 100}, {1, 200}}),
+                               txn_on(2, 10, {{1, 201}, {2, 300}}),
+                               txn_on(3, 20, {{2, 301}, {0, 102}})};
+  std::vector<LockWait> waits{{1, 200, 201}, {2, 300, 301}, {0, 102, 999}, {0, 999, 100}};
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 1);
+  CHECK(v[0].detail.find("across shards s0, s1, s2") != std::string::npos);
+}
+
+TEST_CASE("only a running transaction on several shards can be the victim", "[deadlock]") {
+  // T2, the younger, is not running a request (a stale view): T1 goes instead.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 101}, {1, 201}}, false)};
+  std::vector<LockWait> waits{{0, 101, 100}, {1, 200, 201}};
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 1);
+  // Nobody pgshard may cancel: no victim, and no endless search.
+  txns[0].busy = false;
+  CHECK(txn::find_victims(txns, waits, kShards).empty());
+}
+
+TEST_CASE("each of two separate cycles loses one transaction", "[deadlock]") {
+  std::vector<WaitingTxn> txns{
+      txn_on(1, 10, {{0, 100}, {1, 200}}), txn_on(2, 20, {{0, 101}, {1, 201}}),
+      txn_on(3, 30, {{1, 202}, {2, 300}}), txn_on(4, 40, {{1, 203}, {2, 301}})};
+  std::vector<LockWait> waits{{0, 101, 100}, {1, 200, 201}, {1, 203, 202}, {2, 300, 301}};
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 2);
+  std::set<uint64_t> sessions{v[0].txn.session, v[1].txn.session};
+  CHECK(sessions == std::set<uint64_t>{2, 4});
+}
