@@ -250,7 +250,10 @@ void Combiner::resolve_same(char type) {
       for (std::size_t i = 0; i < legs_.size(); ++i)
         if (legs_[i].failed) end_rows(static_cast<int>(i));
       std::string err;
-      auto body = merger_->describe(first.body(), &err);
+      const auto at = static_cast<std::size_t>(&first - legs_.data());
+      auto body = merger_->describe(
+          first.body(), &err,
+          at < options_.column_collations.size() ? options_.column_collations[at] : nullptr);
       if (!body) {
         stop(proto::error(sqlstate::kFeatureNotSupported, err, {},
                           "add the shard key to the WHERE clause so one shard answers"));

@@ -25,6 +25,8 @@ struct CombineOptions {
   bool replicated = false;  // a reference-table write: every shard returns the same rows
   bool partial = false;     // a shard that fails is left out (its name in missing())
   std::vector<std::string> shard_names;  // per leg, for messages
+  // Per leg: its columns with other collations than the database's (null: none known).
+  std::vector<const merge::ColumnCollations*> column_collations;
   // A split INSERT ... RETURNING: the leg of each VALUES row, in the client's order. Rows
   // go to the client in that order, as one PostgreSQL returns them (ORMs match returned
   // keys to objects by position).

@@ -5,6 +5,7 @@
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
+#include <atomic>
 #include <deque>
 #include <set>
 
@@ -39,7 +40,12 @@ struct Leg {
   bool abandoned = false;  // the client left: stop reading
   bool done = false;       // ReadyForQuery of the request seen
   std::string problem;     // why the leg failed
+  // Its columns' collations other than the database's (read when rows are merged).
+  std::shared_ptr<const merge::ColumnCollations> collations;
 };
+
+// Bumped by DDL through pgshard: column collations are read again.
+std::atomic<uint64_t> catalog_generation{1};
 
 }  // namespace
 
@@ -52,6 +58,9 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
 // The shards' text collation, read once per worker.
 static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
                                                           std::string* error);
+// The shard's columns with other collations than the database's (null: unreadable).
+static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
+    Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database);
 
 namespace {
 
@@ -211,6 +220,17 @@ awaitable<void> FanOut::run() {
       fail(proto::error(sqlstate::kFeatureNotSupported, err));
       co_await c_.write_client(out_);
       co_return;
+    }
+    for (auto& leg : legs_) {
+      if (leg.failed) continue;
+      leg.collations = co_await column_collations(c_, leg.shard, *leg.conn, *collation);
+      if (!leg.collations) {
+        fail(proto::error(sqlstate::kConnectionFailure,
+                          "could not read the column collations of shard " +
+                              c_.config().shards[static_cast<std::size_t>(leg.shard)].name));
+        co_await c_.write_client(out_);
+        co_return;
+      }
     }
   }
   co_await send();
@@ -388,8 +408,10 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
   options.max_rows = max_rows_;
   options.replicated = route_.replicated;
   options.partial = partial_;
-  for (const auto& leg : legs_)
+  for (const auto& leg : legs_) {
     options.shard_names.push_back(c_.config().shards[static_cast<std::size_t>(leg.shard)].name);
+    options.column_collations.push_back(leg.collations.get());
+  }
   for (int shard : route_.insert_row_shards) {
     auto it =
         std::find_if(legs_.begin(), legs_.end(), [&](const Leg& l) { return l.shard == shard; });
@@ -703,6 +725,7 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
 }
 
 awaitable<void> run_ddl(Client& c, const router::Route& route) {
+  catalog_generation.fetch_add(1);  // what the merge read of the catalogs may change
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
@@ -792,6 +815,43 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
   }
   out += proto::ready_for_query(c.transaction_status());
   co_await c.write_client(out);
+}
+
+static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
+    Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database) {
+  const uint64_t generation = catalog_generation.load();
+  if (auto known = c.worker().column_collations(shard, generation)) co_return known;
+  // Table columns (not the catalogs') whose collation is not the database's ("name"
+  // columns are always "C").
+  auto read = std::make_shared<merge::ColumnCollations>();
+  const bool ok = co_await conn.run_own(
+      "SELECT a.attrelid::pg_catalog.int8, a.attnum, c.collname, c.collprovider, "
+      "c.collisdeterministic, c.collcollate, r.relname FROM pg_catalog.pg_attribute a "
+      "JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation "
+      "JOIN pg_catalog.pg_class r ON r.oid = a.attrelid "
+      "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
+      "WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 100 "
+      "AND a.atttypid <> 'pg_catalog.name'::pg_catalog.regtype "
+      "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
+      "AND n.nspname NOT LIKE 'pg\\_toast%'",
+      c.config().listen.max_message_size, [&](std::string_view body) {
+        auto row = proto::DataRow::parse(body);
+        if (!row || row->values.size() < 7 || !row->values[0] || !row->values[1]) return;
+        auto text = [&](std::size_t i) {
+          return row->values[i] ? std::string(*row->values[i]) : std::string();
+        };
+        read->relations.emplace(text(6));
+        auto e = merge::collation_entry(text(2), text(3), text(4) == "t", text(5), database);
+        if (!e) return;  // orders as the database's collation does
+        read->columns[{static_cast<uint32_t>(std::stoll(text(0))),
+                       static_cast<int16_t>(std::stoi(text(1)))}] = std::move(*e);
+      });
+  if (!ok) {
+    conn.broken = true;
+    co_return nullptr;
+  }
+  c.worker().set_column_collations(shard, generation, read);
+  co_return read;
 }
 
 static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,

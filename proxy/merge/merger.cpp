@@ -50,7 +50,33 @@ void Merger::fail(std::string message, std::string sqlstate) {
   complete_ = true;
 }
 
-std::optional<std::string> Merger::describe(std::string_view body, std::string* error) {
+Merger::Column Merger::column_of(const proto::FieldDescription& f,
+                                 const ColumnCollations* collations, bool schema_has_others) const {
+  Column col;
+  col.type = f.type_oid;
+  col.format = f.format;
+  if (f.type_oid != oid::kText && f.type_oid != oid::kVarchar && f.type_oid != oid::kBpchar)
+    return col;
+  if (f.table_oid != 0 && f.column > 0) {
+    if (!collations) return col;
+    auto it = collations->columns.find({static_cast<uint32_t>(f.table_oid), f.column});
+    if (it == collations->columns.end()) return col;  // the database's collation
+    col.problem = it->second.problem;
+    col.deterministic = it->second.deterministic;
+    col.collation = it->second.libc ? it->second.libc.get() : &c_collation();
+    return col;
+  }
+  // A computed column takes its collation from what it is computed from: unknown to
+  // pgshard, but the database's when no column has another.
+  if (schema_has_others)
+    col.problem =
+        "ordering computed text across shards when the schema has columns with "
+        "other collations than the database's";
+  return col;
+}
+
+std::optional<std::string> Merger::describe(std::string_view body, std::string* error,
+                                            const ColumnCollations* collations) {
   auto desc = proto::RowDescription::parse(body);
   if (!desc) {
     *error = "malformed RowDescription from a shard";
@@ -59,7 +85,10 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
   described_ = true;
   const int n = static_cast<int>(desc->fields.size());
   shard_columns_.clear();
-  for (const auto& f : desc->fields) shard_columns_.push_back({f.type_oid, f.format});
+  bool others = false;
+  for (const auto& r : plan_.relations)
+    others = others || (collations && collations->relations.contains(r));
+  for (const auto& f : desc->fields) shard_columns_.push_back(column_of(f, collations, others));
   visible_ = n - plan_.hidden;
   auto bad = [&](std::string message) -> std::optional<std::string> {
     *error = std::move(message);
@@ -100,6 +129,7 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
         case Aggregate::Kind::kMax:
           if (!orderable(t))
             return bad("min()/max() over " + type_name(t) + " across shards is not supported");
+          if (!partial.problem.empty()) return bad("min()/max(): " + partial.problem);
           break;
         case Aggregate::Kind::kBoolAnd:
         case Aggregate::Kind::kBoolOr:
@@ -110,12 +140,20 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
     }
     sort_columns = &output_columns_;
   }
+  // Under a nondeterministic collation equal values may differ in bytes: groups and
+  // DISTINCT rows from different shards would not meet.
+  std::vector<int> equal_columns = plan_.group_columns;
+  for (int i = 0; plan_.distinct && i < visible_; ++i) equal_columns.push_back(i);
+  for (int c : equal_columns)
+    if (c >= 0 && c < n && !shard_columns_[static_cast<std::size_t>(c)].deterministic)
+      return bad("GROUP BY or DISTINCT on a column with a nondeterministic collation");
   for (const auto& k : order_) {
     if (k.column >= static_cast<int>(sort_columns->size()))
       return bad("the shards returned fewer columns than pgshard asked for");
-    const int32_t t = (*sort_columns)[static_cast<std::size_t>(k.column)].type;
-    if (!orderable(t))
-      return bad("ordering values of " + type_name(t) + " across shards is not supported");
+    const auto& col = (*sort_columns)[static_cast<std::size_t>(k.column)];
+    if (!orderable(col.type))
+      return bad("ordering values of " + type_name(col.type) + " across shards is not supported");
+    if (!k.c_collation && !col.problem.empty()) return bad(col.problem);
   }
   // The client's columns: the visible ones, with the types of computed results.
   proto::RowDescription out;
@@ -241,8 +279,8 @@ int Merger::compare_rows(const Row& a, const Row& b, const std::vector<Column>& 
       return !x ? (k.nulls_first ? -1 : 1) : (k.nulls_first ? 1 : -1);
     }
     const auto& col = columns[static_cast<std::size_t>(k.column)];
-    auto r =
-        compare_values(col.type, col.format, *x, *y, k.c_collation ? c_collation() : collation_);
+    auto r = compare_values(col.type, col.format, *x, *y,
+                            k.c_collation ? c_collation() : collation_of(col));
     if (!r) {
       const_cast<Merger*>(this)->fail("cannot compare values of " + type_name(col.type) +
                                       " from different shards");
@@ -269,7 +307,7 @@ void Merger::emit(Row row) {
           continue;
         }
         const auto& col = columns[static_cast<std::size_t>(c)];
-        auto r = compare_values(col.type, col.format, *x, *y, collation_);
+        auto r = compare_values(col.type, col.format, *x, *y, collation_of(col));
         same = r && *r == 0;
       }
       if (same) return;
@@ -356,7 +394,7 @@ void Merger::accumulate(Group& g, const std::vector<proto::Value>& values) {
           acc.best = std::string(*v);
           break;
         }
-        auto r = compare_values(col.type, col.format, *v, *acc.best, collation_);
+        auto r = compare_values(col.type, col.format, *v, *acc.best, collation_of(col));
         if (!r) return fail("cannot compare values of " + type_name(col.type));
         if (a.kind == Aggregate::Kind::kMin ? *r < 0 : *r > 0) acc.best = std::string(*v);
         break;

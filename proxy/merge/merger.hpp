@@ -24,9 +24,11 @@ class Merger {
   Merger(const MergePlan& plan, int shards, const Collation& collation,
          std::optional<int64_t> limit, std::optional<int64_t> offset);
 
-  // The shards' RowDescription body (every shard's must agree; the executor checks).
+  // The shards' RowDescription body (every shard's must agree; the executor checks), and
+  // the collations of that shard's columns that are not the database's (null: none known).
   // Returns the RowDescription body the client gets, or an error message.
-  std::optional<std::string> describe(std::string_view body, std::string* error);
+  std::optional<std::string> describe(std::string_view body, std::string* error,
+                                      const ColumnCollations* collations = nullptr);
   // Without a RowDescription (a statement returning no rows) nothing is merged.
   bool described() const { return described_; }
 
@@ -49,7 +51,16 @@ class Merger {
   struct Column {
     int32_t type = 0;
     int16_t format = 0;
+    const Collation* collation = nullptr;  // text: the column's own (null: the database's)
+    std::string problem;        // text: why pgshard cannot order its values ("" if it can)
+    bool deterministic = true;  // equal values have equal bytes (GROUP BY, DISTINCT)
   };
+  // The collation of a shard column, as describe() found it.
+  Column column_of(const protocol::FieldDescription& f, const ColumnCollations* collations,
+                   bool schema_has_others) const;
+  const Collation& collation_of(const Column& col) const {
+    return col.collation ? *col.collation : collation_;
+  }
   struct Acc {  // one aggregate's running state in one group
     int64_t count = 0;
     std::optional<int64_t> int_sum;

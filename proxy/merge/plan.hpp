@@ -81,6 +81,10 @@ struct MergePlan {
   std::vector<Output> outputs;
   std::optional<Predicate> having;
 
+  // The relations the statement reads (a computed text column takes its collation from
+  // their columns).
+  std::vector<std::string> relations;
+
   // What stops the merge entirely (0A000), when not empty.
   std::string unsupported;
   std::string hint;

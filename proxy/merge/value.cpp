@@ -565,6 +565,38 @@ std::optional<Collation> Collation::open(const std::string& name) {
   return c;
 }
 
+namespace {
+// Locales whose strcoll is byte order for UTF-8 text.
+bool byte_order(const std::string& locale) {
+  return locale == "C" || locale == "POSIX" || locale == "C.UTF-8" || locale == "C.utf8";
+}
+}  // namespace
+
+std::optional<ColumnCollations::Entry> collation_entry(const std::string& name,
+                                                       const std::string& provider,
+                                                       bool deterministic,
+                                                       const std::string& locale,
+                                                       const Collation& database) {
+  ColumnCollations::Entry e;
+  e.name = name;
+  e.deterministic = deterministic;
+  if (!deterministic) {
+    e.problem = "ordering across shards by the nondeterministic collation \"" + name + "\"";
+  } else if (provider == "i") {
+    e.problem = "ordering across shards by the ICU collation \"" + name + "\"";
+  } else if (byte_order(locale) || name == "C" || name == "POSIX") {
+    if (byte_order(database.name())) return std::nullopt;
+  } else if (locale == database.name()) {
+    return std::nullopt;
+  } else if (auto opened = Collation::open(locale)) {
+    e.libc = std::make_shared<const Collation>(std::move(*opened));
+  } else {
+    e.problem = "the collation \"" + name + "\" (locale " + locale +
+                ") is not available on the pgshard host";
+  }
+  return e;
+}
+
 Collation& Collation::operator=(Collation&& o) noexcept {
   if (this != &o) {
     if (locale_) freelocale(locale_);

@@ -7,7 +7,10 @@
 
 #include <clocale>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -73,6 +76,32 @@ class Collation {
   locale_t locale_ = nullptr;  // null: byte order ("C")
   std::string name_ = "C";
 };
+
+// The collations of one shard's table columns that are not the database's, from its
+// catalog: ORDER BY and min/max across shards compare a column's values with its own
+// collation, as PostgreSQL does. Keyed by (table OID, column number) as RowDescription
+// names a column.
+struct ColumnCollations {
+  struct Entry {
+    std::string name;                       // pg_collation.collname
+    std::shared_ptr<const Collation> libc;  // a libc collation pgshard opened (null: none)
+    std::string problem;                    // why pgshard cannot compare with it ("" when it can)
+    bool deterministic = true;              // false: values equal under it may differ in bytes
+  };
+  std::map<std::pair<uint32_t, int16_t>, Entry> columns;
+  std::set<std::string> relations;  // names of the tables and views those columns are in
+};
+
+// What pgshard makes of a column collation from a shard's pg_collation (collname,
+// collprovider, collisdeterministic, collcollate): nullopt when it orders exactly as the
+// database's collation `database` (the same locale, or both byte order), else an entry
+// with the libc collation to compare with, or the problem that stops a merge (ICU,
+// nondeterministic, a locale the pgshard host lacks).
+std::optional<ColumnCollations::Entry> collation_entry(const std::string& name,
+                                                       const std::string& provider,
+                                                       bool deterministic,
+                                                       const std::string& locale,
+                                                       const Collation& database);
 
 // Whether values of `type` can be ordered by pgshard (text or binary format).
 bool orderable(int32_t type);

@@ -150,6 +150,11 @@ class Planner {
       plan_rows();
     }
     if (plan_->unsupported.empty()) deparse();
+    // The relations it reads: a computed text column's collation comes from them.
+    ast::walk(&s_->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor == &pg_query__range_var__descriptor)
+        plan_->relations.emplace_back(reinterpret_cast<const PgQuery__RangeVar*>(m)->relname);
+    });
     return plan_;
   }
 

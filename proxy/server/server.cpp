@@ -48,6 +48,20 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   return ref;
 }
 
+std::shared_ptr<const merge::ColumnCollations> Worker::column_collations(
+    int shard, uint64_t generation) const {
+  auto it = column_collations_.find(shard);
+  if (it == column_collations_.end() || it->second.generation != generation ||
+      Clock::now() - it->second.read_at > std::chrono::seconds(60))
+    return nullptr;
+  return it->second.columns;
+}
+
+void Worker::set_column_collations(int shard, uint64_t generation,
+                                   std::shared_ptr<const merge::ColumnCollations> c) {
+  column_collations_[shard] = {std::move(c), generation, Clock::now()};
+}
+
 pool::Pool& Worker::directory_pool(int table, const config::User& user) {
   auto key = std::make_pair(-1 - table, user.name);
   auto it = pools_.find(key);

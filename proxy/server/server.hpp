@@ -59,6 +59,12 @@ class Worker {
     if (auto c = merge::Collation::open(name)) collation_.emplace(std::move(*c));
     return collation();
   }
+  // Each shard's columns with collations other than the database's, read from its catalog
+  // at most every 60 s, and again after DDL through pgshard (`generation` changes).
+  std::shared_ptr<const merge::ColumnCollations> column_collations(int shard,
+                                                                   uint64_t generation) const;
+  void set_column_collations(int shard, uint64_t generation,
+                             std::shared_ptr<const merge::ColumnCollations> c);
   // Connections to the database holding sharded table `table`'s directory.
   pool::Pool& directory_pool(int table, const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
@@ -94,6 +100,12 @@ class Worker {
   router::AnalysisCache cache_;
   router::DirectoryCache directory_;
   std::optional<merge::Collation> collation_;
+  struct CachedCollations {
+    std::shared_ptr<const merge::ColumnCollations> columns;
+    uint64_t generation = 0;
+    Clock::time_point read_at;
+  };
+  std::map<int, CachedCollations> column_collations_;
 };
 
 class Server {

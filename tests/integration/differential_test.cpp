@@ -134,6 +134,17 @@ std::vector<std::string> data_statements() {
       s.str("");
     }
   }
+  // Profiles: the same names under column collations other than the database's.
+  for (int i = 1; i <= 300; ++i) {
+    if (i % 100 == 1) s << "insert into profiles (user_id, nick, handle, bio) values ";
+    const std::string n = names[(i * 3) % 10];
+    s << "(" << i << ", '" << n << "', '" << n << "', '" << n << " " << i % 7 << "')"
+      << (i % 100 == 0 ? "" : ", ");
+    if (i % 100 == 0) {
+      out.push_back(s.str());
+      s.str("");
+    }
+  }
   out.push_back(
       "insert into countries (code, name) values ('US', 'United States'), ('DE', 'Germany'), "
       "('FR', 'France'), ('JP', 'Japan'), ('BR', 'Brazil')");
@@ -141,7 +152,7 @@ std::vector<std::string> data_statements() {
 }
 
 const char* kSchema[] = {
-    "drop table if exists order_items, orders, users, countries",
+    "drop table if exists order_items, orders, users, countries, profiles",
     "create table users (id bigint primary key, name text not null, email text, country text, "
     "score numeric(10,2), created date, active bool)",
     "create table orders (id bigint, user_id bigint, amount numeric(12,2), status text, qty int, "
@@ -149,6 +160,8 @@ const char* kSchema[] = {
     "create table order_items (id bigint, order_id bigint, user_id bigint, sku text, price "
     "numeric(10,2), qty int)",
     "create table countries (code text primary key, name text)",
+    "create table profiles (user_id bigint primary key, nick text collate \"C\", "
+    "handle text collate \"en-x-icu\", bio text)",
 };
 
 }  // namespace
@@ -165,7 +178,8 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
   opts.sharded_tables =
       "  - { table: users, column: id, type: bigint }\n"
       "  - { table: orders, column: user_id, type: bigint }\n"
-      "  - { table: order_items, column: user_id, type: bigint }\n";
+      "  - { table: order_items, column: user_id, type: bigint }\n"
+      "  - { table: profiles, column: user_id, type: bigint }\n";
   Proxy proxy(opts);
   auto sharded = connect(proxy.conninfo());
   // DDL goes to every shard through pgshard; the data is split by the map.
@@ -177,7 +191,7 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
     query(single.get(), stmt);
     query(sharded.get(), stmt);
   }
-  for (const char* t : {"users", "orders", "order_items"})
+  for (const char* t : {"users", "orders", "order_items", "profiles"})
     for (int i = 0; i < cluster.size(); ++i) {
       auto d = connect(cluster.direct(i));
       CHECK(std::stoi(scalar(d.get(), std::string("select count(*) from ") + t)) > 0);

@@ -283,3 +283,49 @@ TEST_CASE("types pgshard cannot order are refused, not guessed", "[merge]") {
   CHECK_FALSE(m.describe(row_description({{"i", oid::kInterval}}), &err));
   CHECK(err.find("interval") != std::string::npos);
 }
+
+TEST_CASE("column collations: as the database's, byte order, or refused", "[merge][value]") {
+  const Collation utf8_c = *Collation::open("C.UTF-8");
+  // The same ordering as the database's collation: nothing to note.
+  CHECK_FALSE(collation_entry("C", "c", true, "C", utf8_c));
+  CHECK_FALSE(collation_entry("ucs_basic", "c", true, "C", utf8_c));
+  CHECK_FALSE(collation_entry("C.utf8", "c", true, "C.utf8", utf8_c));
+  // ICU and nondeterministic collations are not compared by pgshard; nor is a locale the
+  // pgshard host lacks.
+  auto icu = collation_entry("en-x-icu", "i", true, "", utf8_c);
+  REQUIRE(icu);
+  CHECK_THAT(icu->problem, Catch::Contains("ICU collation \"en-x-icu\""));
+  auto nd = collation_entry("ci", "i", false, "", utf8_c);
+  REQUIRE(nd);
+  CHECK_FALSE(nd->deterministic);
+  auto missing = collation_entry("xx", "c", true, "xx_YY.nowhere", utf8_c);
+  REQUIRE(missing);
+  CHECK_THAT(missing->problem, Catch::Contains("not available on the pgshard host"));
+}
+
+TEST_CASE("ORDER BY a column with another collation: its own order, or 0A000", "[merge]") {
+  // Column 1 of table 500 has an ICU collation; column 2 has byte order under a database
+  // whose collation is not byte order; computed columns of table 500 have no known one.
+  ColumnCollations cols;
+  cols.columns[{500, 1}] = *collation_entry("en-x-icu", "i", true, "", Collation());
+  cols.columns[{500, 2}] = ColumnCollations::Entry{"C", nullptr, "", true};
+  cols.relations.insert("profiles");
+  auto describe = [&](int32_t table, int16_t attnum, std::vector<std::string> relations) {
+    MergePlan plan;
+    plan.order.push_back({0, false, false, false});
+    plan.relations = std::move(relations);
+    proto::RowDescription d;
+    d.fields.push_back({"nick", table, attnum, oid::kText, -1, -1, 0});
+    std::string frame;
+    d.write(frame);
+    std::string err;
+    Merger m(plan, 2, Collation(), std::nullopt, std::nullopt);
+    const bool ok = m.describe(std::string_view(frame).substr(5), &err, &cols).has_value();
+    return ok ? std::string() : err;
+  };
+  CHECK_THAT(describe(500, 1, {"profiles"}), Catch::Contains("ICU collation"));
+  CHECK(describe(500, 2, {"profiles"}).empty());
+  CHECK(describe(501, 1, {"users"}).empty());  // another table: the database's collation
+  CHECK_THAT(describe(0, 0, {"profiles"}), Catch::Contains("computed text"));
+  CHECK(describe(0, 0, {"users"}).empty());
+}

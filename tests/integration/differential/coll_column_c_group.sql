@@ -1,0 +1,1 @@
+select nick, count(*) from profiles group by nick

@@ -1,0 +1,2 @@
+-- ordered
+select nick, count(*) from profiles group by nick order by nick

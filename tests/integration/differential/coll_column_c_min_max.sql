@@ -1,0 +1,2 @@
+-- error: 0A000
+select min(nick), max(nick) from profiles

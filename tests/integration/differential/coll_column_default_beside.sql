@@ -1,0 +1,2 @@
+-- ordered
+select user_id, bio from profiles order by bio, user_id

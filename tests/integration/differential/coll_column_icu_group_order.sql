@@ -1,0 +1,2 @@
+-- error: 0A000
+select handle, count(*) from profiles group by handle order by handle

@@ -1,0 +1,2 @@
+-- ordered
+select id, lower(name) l from users order by l, id

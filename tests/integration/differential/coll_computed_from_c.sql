@@ -1,0 +1,2 @@
+-- error: 0A000
+select user_id, lower(nick) l from profiles order by l, user_id
