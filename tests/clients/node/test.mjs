@@ -126,6 +126,47 @@ async function drizzleOrm() {
   await client.end();
 }
 
+// Startup parameters as node-postgres sends them (statement_timeout and
+// idle_in_transaction_session_timeout as startup parameters, the rest in options=-c) follow
+// the client to every server it gets, and never reach another client sharing the servers.
+async function startupParameters() {
+  const a = new pg.Client({
+    ...config,
+    application_name: "node-a",
+    statement_timeout: 1234,
+    idle_in_transaction_session_timeout: 60000,
+    options: "-c work_mem=7MB -c lock_timeout=4321",
+  });
+  const b = new pg.Client({ ...config, application_name: "node-b" });
+  await a.connect();
+  await b.connect();
+  const show = async (c, name) => (await c.query(`show ${name}`)).rows[0][name];
+  for (let i = 0; i < 20; i++) {
+    // Interleaved, so the two clients take turns on the same servers.
+    assert.equal(await show(a, "statement_timeout"), "1234ms");
+    assert.equal(await show(b, "statement_timeout"), "0");
+    assert.equal(await show(a, "work_mem"), "7MB");
+    assert.equal(await show(b, "work_mem"), "4MB");
+    assert.equal(await show(a, "lock_timeout"), "4321ms");
+    assert.equal(await show(a, "idle_in_transaction_session_timeout"), "1min");
+    assert.equal(await show(b, "idle_in_transaction_session_timeout"), "0");
+    assert.equal(await show(a, "application_name"), "node-a");
+    assert.equal(await show(b, "application_name"), "node-b");
+  }
+  // The timeout holds on the server that runs the statement.
+  await assert.rejects(a.query("select pg_sleep(3)"), (e) => e.code === "57014");
+  assert.equal((await b.query("select pg_sleep(1.5), 1 as one")).rows[0].one, 1);
+  // A SET of the session follows it too; RESET goes back to the startup value.
+  await a.query("set work_mem = '9MB'");
+  assert.equal(await show(b, "work_mem"), "4MB");
+  assert.equal(await show(a, "work_mem"), "9MB");
+  await a.query("reset work_mem");
+  assert.equal(await show(a, "work_mem"), "7MB");
+  await a.end();
+  await b.end();
+}
+
 await nodePostgres();
 await drizzleOrm();
+await startupParameters();
 console.log("node drivers: all checks passed");
