@@ -754,6 +754,9 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
         // CREATE TEMP TABLE, SELECT ... INTO TEMP: relpersistence 't'.
         const auto* rv = reinterpret_cast<const PgQuery__RangeVar*>(m);
         if (rv->relpersistence && rv->relpersistence[0] == 't') a.pins = true;
+        if (std::string_view(rv->relname) == "pg_prepared_statements" &&
+            (!rv->schemaname[0] || std::string_view(rv->schemaname) == "pg_catalog"))
+          a.prepared_statements_view = true;
         if (rv->schemaname && is_temp_schema(rv->schemaname)) a.pins = true;
       } else if (m->descriptor == &pg_query__string__descriptor) {
         // pg_temp.name anywhere (functions, types, sequences, views in the session's
@@ -1031,6 +1034,70 @@ std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std:
   order_.emplace_front(key);
   map_.emplace(order_.front(), Entry{a, order_.begin()});
   return a;
+}
+
+}  // namespace pgshard::router
+
+namespace pgshard::router {
+
+std::optional<std::string> with_own_prepared_statements(std::string_view sql,
+                                                        std::string_view own_sql) {
+  std::string text(sql);
+  auto result = pg_query_parse_protobuf(text.c_str());
+  std::optional<std::string> out;
+  if (result.error) {
+    pg_query_free_protobuf_parse_result(result);
+    return out;
+  }
+  auto* tree = pg_query__parse_result__unpack(
+      nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
+  pg_query_free_protobuf_parse_result(result);
+  if (!tree) return out;
+  const Node* stmt = tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
+  if (stmt && stmt->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+    // Text edits, applied from the end: "pg_catalog." goes from the view's references (the
+    // CTE is found by its bare name), the CTE goes first in the WITH list.
+    std::vector<std::pair<std::size_t, std::pair<std::size_t, std::string>>> edits;
+    bool ok = true;
+    ast::walk(&stmt->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor != &pg_query__range_var__descriptor) return;
+      const auto* rv = reinterpret_cast<const PgQuery__RangeVar*>(m);
+      if (std::string_view(rv->relname) != "pg_prepared_statements" || !rv->schemaname[0]) return;
+      const auto from = static_cast<std::size_t>(rv->location);
+      const auto found = from <= text.size()
+                             ? ifind(std::string_view(text).substr(from), "pg_prepared_statements")
+                             : std::string_view::npos;
+      const std::size_t at = found == std::string_view::npos ? found : from + found;
+      if (rv->catalogname[0] || at == std::string::npos) {
+        ok = false;
+        return;
+      }
+      std::size_t end = at + std::string_view("pg_prepared_statements").size();
+      if (end < text.size() && text[end] == '"') ++end;
+      edits.push_back({from, {end - from, "pg_prepared_statements"}});
+    });
+    const std::string cte = "pg_prepared_statements AS (" + std::string(own_sql) + ")";
+    if (const auto* with = stmt->select_stmt->with_clause) {
+      std::size_t at = static_cast<std::size_t>(with->location) + 4;  // after WITH
+      if (with->recursive) {
+        const auto r = ifind(std::string_view(text).substr(at), "recursive");
+        ok = ok && r != std::string_view::npos;
+        at += r + 9;
+      }
+      edits.push_back({at, {0, " " + cte + ","}});
+    } else {
+      edits.push_back(
+          {static_cast<std::size_t>(tree->stmts[0]->stmt_location), {0, "WITH " + cte + " "}});
+    }
+    if (ok) {
+      std::sort(edits.begin(), edits.end(),
+                [](const auto& a, const auto& b) { return a.first > b.first; });
+      for (const auto& [at, edit] : edits) text.replace(at, edit.first, edit.second);
+      out = std::move(text);
+    }
+  }
+  pg_query__parse_result__free_unpacked(tree, nullptr);
+  return out;
 }
 
 }  // namespace pgshard::router

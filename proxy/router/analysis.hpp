@@ -82,6 +82,8 @@ struct Analysis {
   // State that lives in the server session: LISTEN, session advisory locks, temp tables,
   // WITH HOLD cursors, SQL PREPARE. The client then keeps its server.
   bool pins = false;
+  // Reads pg_prepared_statements: in transaction pooling the client is shown its own.
+  bool prepared_statements_view = false;
   std::string error;  // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
@@ -95,6 +97,13 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg);
 // (shard, statement) pairs in shard order, or nullopt if the statement cannot be split.
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
     std::string_view sql, const std::vector<int>& row_shard);
+
+// Transaction pooling shows a client only its own prepared statements: rewrites a SELECT
+// that reads pg_prepared_statements so that the view is `own_sql` (a query returning the
+// view's columns), as a CTE of that name. nullopt when the statement is not one SELECT
+// (it then goes as sent).
+std::optional<std::string> with_own_prepared_statements(std::string_view sql,
+                                                        std::string_view own_sql);
 
 // A bounded LRU of analyses keyed by statement text; one per worker thread, no locks.
 class AnalysisCache {

@@ -323,6 +323,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   r.merge = a->merge;
   r.settings = a->settings;
   r.pins = a->pins;
+  r.prepared_statements_view = a->prepared_statements_view;
   r.txn = a->txn;
   switch (a->target) {
     case Analysis::Target::kUnparsed:

@@ -68,8 +68,9 @@ struct Route {
   std::string merge_blocker;
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
   std::vector<SettingChange> settings;            // session settings the statement changes
-  bool pins = false;   // needs the same server for the rest of the session (Analysis::pins)
-  std::string reason;  // why this shard, for logs and EXPLAIN
+  bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
+  bool prepared_statements_view = false;  // reads pg_prepared_statements
+  std::string reason;                     // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
   // The hints in force after this statement (SET/RESET pgshard.* applied).

@@ -553,6 +553,7 @@ awaitable<void> Session::handle_request(char boundary) {
       const int target = route.shards.size() > 1 ? route.shards.front() : route.shard;
       spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
                     route.reason);
+      if (route.prepared_statements_view) statements_.show_own_statements();
       co_await forward(target, boundary);
       co_return;
     }

@@ -12,6 +12,7 @@
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/router/analysis.hpp"
 
 namespace pgshard::session {
 
@@ -214,8 +215,39 @@ bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const
   return true;
 }
 
+std::string Statements::own_view_sql(std::string& out, pool::ServerConn& conn) {
+  // SQL PREPAREd statements pin the client's server: those on it are the client's. The
+  // protocol-level ones are pgshard's, shared by clients: only the client's, by its names.
+  auto literal = [](const std::string& v) {
+    std::string q = "'";
+    for (char c : v) q += c == '\'' ? std::string("''") : std::string(1, c);
+    return q + "'";
+  };
+  std::string values;
+  for (const auto& [client, server] : server_names_) {
+    ensure(out, conn, server, client);
+    values += (values.empty() ? "(" : ", (") + literal(server) + ", " + literal(client) + ")";
+  }
+  std::string sql = "SELECT * FROM pg_catalog.pg_prepared_statements WHERE from_sql";
+  if (!values.empty())
+    sql =
+        "SELECT m.name, p.statement, p.prepare_time, p.parameter_types, p.from_sql, "
+        "p.generic_plans, p.custom_plans FROM pg_catalog.pg_prepared_statements p JOIN "
+        "(VALUES " +
+        values + ") m(server_name, name) ON p.name = m.server_name UNION ALL " + sql;
+  return sql;
+}
+
+std::string Statements::with_own_view(std::string_view sql, std::string& out,
+                                      pool::ServerConn& conn) {
+  const std::string view = own_view_sql(out, conn);
+  auto rewritten = router::with_own_prepared_statements(sql, view);
+  return rewritten ? *rewritten : std::string(sql);
+}
+
 void Statements::map(std::string& batch, pool::ServerConn& conn) {
-  if (plain(batch)) return;
+  const bool own_view = std::exchange(own_view_, false);
+  if (!own_view && plain(batch)) return;
   std::string out;
   out.reserve(batch.size() + 64);
   bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
@@ -232,6 +264,12 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
       case proto::msg::kParse: {
         auto p = proto::Parse::parse(f.body);
         if (p && p->name.empty()) parsed_unnamed = true;
+        if (own_view && p && p->name.empty()) {
+          const std::string sql = with_own_view(p->query, out, conn);
+          proto::Parse{"", sql, p->param_types}.write(out);
+          conn.replies.expect_parse(Owner::kClient, Action::kForward);
+          break;
+        }
         map_parse(out, conn, raw, p);
         break;
       }
@@ -276,6 +314,17 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         break;
       }
       case proto::msg::kQuery:
+        if (auto q = proto::Query::parse(f.body); q && own_view) {
+          // Statements the server lacks are prepared ahead, with their own Sync.
+          std::string parses;
+          proto::Query{with_own_view(q->sql, parses, conn)}.write(out);
+          if (!parses.empty()) {
+            proto::write_empty(parses, proto::msg::kSync);
+            conn.replies.expect_ready(Owner::kOwn);
+            prefix_ += parses;
+          }
+          break;
+        }
         // DISCARD ALL / DEALLOCATE ALL drop every statement of the server, ours too.
         if (auto q = proto::Query::parse(f.body); q && drops_all_statements(q->sql)) {
           conn.prepared.clear();

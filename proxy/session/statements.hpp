@@ -31,6 +31,9 @@ class Statements {
   // names on `conn`, re-preparing what that server lacks; the replies pgshard causes are
   // expected (hidden or replaced) on the server's queue.
   void map(std::string& batch, pool::ServerConn& conn);
+  // The next map() shows the client its own statements in pg_prepared_statements (its
+  // Query or unnamed Parse reads the view).
+  void show_own_statements() { own_view_ = true; }
   // pgshard's own messages map() needs sent ahead of the batch, after the batch's replies
   // were pushed (their replies are already expected, first).
   std::string take_prefix() { return std::exchange(prefix_, {}); }
@@ -56,8 +59,15 @@ class Statements {
   std::unordered_map<std::string, std::string> texts_;
   std::unordered_map<std::string, std::vector<int32_t>> types_;
   std::unordered_map<std::string, std::string> server_names_;  // client name -> pgshard's
+  // The client's view of pg_prepared_statements on `conn`: its named statements under its
+  // own names (prepared there first when missing) and its SQL PREPAREd ones.
+  std::string own_view_sql(std::string& out, pool::ServerConn& conn);
+  // Rewrites `sql` to read own_view_sql() instead of the server's view.
+  std::string with_own_view(std::string_view sql, std::string& out, pool::ServerConn& conn);
+
   std::string unnamed_;
   std::string prefix_;
+  bool own_view_ = false;
 };
 
 }  // namespace pgshard::session

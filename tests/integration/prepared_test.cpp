@@ -218,3 +218,44 @@ TEST_CASE("SQL DEALLOCATE of a protocol-level statement works as on PostgreSQL",
   query(a.get(), "deallocate x");
   CHECK(exec_prepared(b.get(), "y", "10") == "9");
 }
+
+TEST_CASE("pg_prepared_statements shows a client its own statements, by its own names",
+          "[prepared]") {
+  // Transaction pooling shares servers and pgshard's statement names among clients; the
+  // view must show what PostgreSQL would: the client's statements, none of another's.
+  ProxyOptions o = one_worker(2);
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  auto holder = connect(proxy.conninfo());
+  prepare(a.get(), "a1", "select $1::int + 1");
+  prepare(b.get(), "b1", "select $1::text || 'x'");
+  prepare(a.get(), "a2", "select $1::int * 2");
+  const std::string names =
+      "select name, statement, from_sql from pg_prepared_statements order by 1";
+  using Rows = std::vector<std::vector<std::string>>;
+  const Rows a_sees{{"a1", "select $1::int + 1", "f"}, {"a2", "select $1::int * 2", "f"}};
+  CHECK(query(a.get(), names) == a_sees);
+  CHECK(query(b.get(), names) == Rows{{"b1", "select $1::text || 'x'", "f"}});
+  // On a server where the client's statements were never prepared, in the extended
+  // protocol, qualified, under a WITH of the client's own, with parameter types.
+  query(holder.get(), "begin");
+  query(holder.get(), "select 1");
+  PGresult* r = PQexecParams(a.get(),
+                             "with w as (select 1) select p.name, p.parameter_types::text "
+                             "from pg_catalog.pg_prepared_statements p, w order by 1",
+                             0, nullptr, nullptr, nullptr, nullptr, 0);
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  CHECK(PQntuples(r) == 2);
+  CHECK(std::string(PQgetvalue(r, 0, 0)) == "a1");
+  CHECK(std::string(PQgetvalue(r, 0, 1)) == "{integer}");
+  PQclear(r);
+  query(holder.get(), "commit");
+  CHECK(exec_prepared(a.get(), "a2", "21") == "42");
+  // Deallocated statements go; SQL PREPARE (which keeps the client on its server) shows too.
+  query(a.get(), "deallocate a1");
+  query(a.get(), "prepare mine as select 42");
+  CHECK(query(a.get(), names) ==
+        Rows{{"a2", "select $1::int * 2", "f"}, {"mine", "prepare mine as select 42", "t"}});
+  CHECK(query(b.get(), names) == Rows{{"b1", "select $1::text || 'x'", "f"}});
+}

@@ -154,3 +154,36 @@ TEST_CASE("statements mixing pgshard settings with SQL are forwarded with the se
   CHECK(route_query("selec 1", h, *cfg).kind ==
         RouteKind::kShard);  // syntax errors reach PostgreSQL
 }
+
+TEST_CASE("reads of pg_prepared_statements are pointed at the client's own view", "[router]") {
+  using router::with_own_prepared_statements;
+  const std::string own = "SELECT 'x'::text AS name";
+  CHECK(with_own_prepared_statements("select name from pg_prepared_statements", own) ==
+        "WITH pg_prepared_statements AS (SELECT 'x'::text AS name) select name from "
+        "pg_prepared_statements");
+  CHECK(with_own_prepared_statements("select * from pg_catalog . \"pg_prepared_statements\" p",
+                                     own) ==
+        "WITH pg_prepared_statements AS (SELECT 'x'::text AS name) select * from "
+        "pg_prepared_statements p");
+  CHECK(with_own_prepared_statements("WITH w AS (select 1) select * from pg_prepared_statements, w",
+                                     own) ==
+        "WITH pg_prepared_statements AS (SELECT 'x'::text AS name), w AS (select 1) select * "
+        "from pg_prepared_statements, w");
+  CHECK(with_own_prepared_statements(
+            "with recursive r(n) as (select 1 union all select n + 1 from r where n < 2) "
+            "select name, n from pg_prepared_statements, r",
+            own) ==
+        "with recursive pg_prepared_statements AS (SELECT 'x'::text AS name), r(n) as (select 1 "
+        "union all select n + 1 from r where n < 2) select name, n from pg_prepared_statements, r");
+  // Not one SELECT: left as sent.
+  CHECK_FALSE(with_own_prepared_statements("explain select * from pg_prepared_statements", own));
+  CHECK_FALSE(with_own_prepared_statements("select 1; select * from pg_prepared_statements", own));
+  // The analysis notices the view, bare or qualified, and nothing else.
+  config::Config cfg;
+  CHECK(router::analyze_statement("select * from pg_prepared_statements", cfg)
+            .prepared_statements_view);
+  CHECK(router::analyze_statement("select 1 from pg_catalog.pg_prepared_statements", cfg)
+            .prepared_statements_view);
+  CHECK_FALSE(
+      router::analyze_statement("select * from pg_prepared_xacts", cfg).prepared_statements_view);
+}
