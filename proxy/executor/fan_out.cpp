@@ -137,8 +137,13 @@ FanOut::FanOut(Client& c, const router::Route& route, bool simple, char boundary
 }
 
 FanOut::~FanOut() {
-  for (auto& leg : legs_)
+  // A user-defined function may have changed settings on the servers where pgshard cannot
+  // see: pooled servers of its own are closed rather than handed to another client.
+  const bool unknown_settings = route_.calls_user_functions && !c_.session_pooled();
+  for (auto& leg : legs_) {
     if (leg.link) c_.backends().give_back(leg.link);
+    if (leg.lease && unknown_settings) leg.lease->broken = true;
+  }
 }
 
 std::string FanOut::names() const {

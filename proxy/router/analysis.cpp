@@ -17,6 +17,24 @@ namespace pgshard::router {
 
 namespace {
 
+// pg_catalog's functions (PostgreSQL 15), sorted: calls to them change nothing unseen (but
+// set_config, which the analysis reads itself).
+constexpr std::string_view kBuiltinFunctions[] = {
+#include "proxy/router/builtin_functions.inc"
+};
+
+bool builtin_function(const PgQuery__FuncCall* f) {
+  if (f->n_funcname == 0) return true;
+  if (f->n_funcname > 1 && ast::str_of(f->funcname[f->n_funcname - 2]) != "pg_catalog")
+    return false;
+  const std::string_view name = ast::str_of(f->funcname[f->n_funcname - 1]);
+  return std::binary_search(std::begin(kBuiltinFunctions), std::end(kBuiltinFunctions), name);
+}
+
+}  // namespace
+
+namespace {
+
 using Node = PgQuery__Node;
 using ast::is_aggregate;
 using ast::str_of;
@@ -770,6 +788,7 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
             name == "pg_try_advisory_lock" || name == "pg_try_advisory_lock_shared")
           a.pins = true;
         if (name == "set_config") ++set_configs;
+        if (!builtin_function(f)) a.calls_user_functions = true;
       }
     });
     if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&

@@ -70,6 +70,7 @@ struct Route {
   std::vector<SettingChange> settings;            // session settings the statement changes
   bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
   bool prepared_statements_view = false;  // reads pg_prepared_statements
+  bool calls_user_functions = false;      // see Analysis::calls_user_functions
   std::string reason;                     // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;

@@ -59,6 +59,9 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
           out_ += proto::ready_for_query(proto::txn_status::kInBlock);
         }
         break;
+      case msg::kDataRow:
+        if (owner == Owner::kOwnFinishing) events_.finishing_row(conn, body);
+        break;
       case msg::kCopyInResponse:
         if (!ours) events_.copy_in_started();
         break;

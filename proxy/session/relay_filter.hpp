@@ -26,6 +26,11 @@ class RelayEvents {
   // The client's statement failed, or its transaction rolled back (its SETs do not hold).
   virtual void client_failed() = 0;
   virtual void client_rolled_back() = 0;
+  // A row of pgshard's statement that finishes the client's request (its settings check).
+  virtual void finishing_row(pool::ServerConn& conn, std::string_view body) {
+    (void)conn;
+    (void)body;
+  }
   // An error for the client (body of its ErrorResponse): what to send instead, if anything
   // (a whole message).
   virtual std::optional<std::string> replace_error(std::string_view body) = 0;

@@ -644,6 +644,8 @@ void Session::adopt(const router::Route& route) {
   }
   pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
   finish_sql_ = restore_startup_sql(route.settings);
+  if (route.calls_user_functions && user_->pool_mode == config::PoolMode::kTransaction)
+    settings_unknown_ = true;
 }
 
 std::string Session::restore_startup_sql(const std::vector<router::SettingChange>& changes) const {
@@ -808,6 +810,17 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     open_extended_ = false;
   }
   if (transaction_pooled) pending_.insert(0, statements_.take_prefix());
+  if (settings_unknown_ && !pinned_ && !open_extended_) {
+    // What a function set with set_config(…, false) or SET inside it: the server's
+    // session settings, read after the client's statement.
+    // (role is not in pg_settings: a role taken shows as current_user.)
+    finish_sql_ +=
+        "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings "
+        "WHERE source = 'session' UNION ALL SELECT 'role', current_user::text "
+        "WHERE current_user <> session_user;";
+    checking_settings_ = true;
+    checked_settings_.clear();
+  }
   if (!finish_sql_.empty() && !open_extended_) {
     // The request ends with pgshard's statement, whose ReadyForQuery is the client's.
     replies.hide_last_client_ready();
@@ -1141,10 +1154,45 @@ bool Session::client_ready(pool::ServerConn& conn) {
     pending_settings_.clear();
     settings_failed_ = false;
   }
+  if (std::exchange(checking_settings_, false) && status == proto::txn_status::kIdle) {
+    adopt_checked_settings(conn);
+    settings_unknown_ = false;
+  }
   txn_.server_ready(status);
   if (status != proto::txn_status::kIdle) return true;
   if (txn_.state() == txn::State::kIdle) hints_.local = {};
   return !txn_.deferred();
+}
+
+void Session::finishing_row(pool::ServerConn&, std::string_view body) {
+  if (!checking_settings_) return;
+  auto row = proto::DataRow::parse(body);
+  if (row && row->values.size() == 2 && row->values[0] && row->values[1])
+    checked_settings_.emplace_back(*row->values[0], *row->values[1]);
+}
+
+void Session::adopt_checked_settings(pool::ServerConn& conn) {
+  // The server's session settings after a function ran: what differs from the client's
+  // becomes the client's (it follows it, and no other client gets it: the server is synced
+  // to its next client's settings). A role taken inside a function pins the client.
+  bool changed = false;
+  for (const auto& [name, value] : checked_settings_) {
+    if (pool::is_reported_parameter(name)) continue;  // ParameterStatus told already
+    if (name == "role" || name == "session_authorization") {
+      if (!pinned_) spdlog::debug("{}: pinned: a function changed {}", prefix(), name);
+      pinned_ = true;
+      continue;
+    }
+    auto it = client_params_.find(name);
+    if (it != client_params_.end() && it->second == value) continue;
+    client_params_[name] = value;
+    conn.params[name] = value;
+    changed = true;
+  }
+  checked_settings_.clear();
+  if (!changed) return;
+  params_fingerprint_ = fingerprint(client_params_);
+  conn.synced_fingerprint = 0;
 }
 
 void Session::apply_settings(pool::ServerConn& conn) {

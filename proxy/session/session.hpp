@@ -180,6 +180,10 @@ class Session : public std::enable_shared_from_this<Session>,
   void own_statement_failed(pool::ServerConn& conn) override;
   // Records the settings of a statement that succeeded on `conn`.
   void apply_settings(pool::ServerConn& conn);
+  // A user-defined function may have changed settings pgshard cannot see: the request ends
+  // with a look at the server's session settings, which the client then takes on.
+  void finishing_row(pool::ServerConn& conn, std::string_view body) override;
+  void adopt_checked_settings(pool::ServerConn& conn);
 
   bool can_detach(const Link& link) const;
   bool idle() const;
@@ -207,6 +211,11 @@ class Session : public std::enable_shared_from_this<Session>,
   std::string finish_sql_;
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
   bool settings_failed_ = false;
+  // Transaction pooling: a statement called a user-defined function, so its server's
+  // settings are checked when the request ends (until a check sees the server idle).
+  bool settings_unknown_ = false;
+  bool checking_settings_ = false;
+  std::vector<std::pair<std::string, std::string>> checked_settings_;
   bool pinned_ = false;
   txn::Transaction txn_;
   uint64_t requests_ = 0;  // requests handled (the deadlock detector tells them apart)

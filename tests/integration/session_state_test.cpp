@@ -242,12 +242,15 @@ TEST_CASE("a role or authorization one client takes never reaches another", "[se
     query(d.get(),
           "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_other') "
           "then create role pgshard_other; end if; end $$");
+    query(d.get(),
+          "create or replace function pgshard_take_role() returns int language plpgsql as "
+          "$$ begin perform set_config('role', 'pgshard_other', false); return 1; end $$");
   }
-  for (const char* how :
-       {"set role pgshard_other", "set session authorization pgshard_other",
-        "select set_config('role', 'pgshard_other', false)",
-        "select 1 from (select set_config('role', 'pgshard_other', false)) s",
-        "do $$ begin perform set_config('role', 'pgshard_other', false); end $$"}) {
+  for (const char* how : {"set role pgshard_other", "set session authorization pgshard_other",
+                          "select set_config('role', 'pgshard_other', false)",
+                          "select 1 from (select set_config('role', 'pgshard_other', false)) s",
+                          "do $$ begin perform set_config('role', 'pgshard_other', false); end $$",
+                          "select pgshard_take_role()"}) {
     INFO(how);
     {
       auto a = connect(proxy.conninfo());
@@ -265,6 +268,41 @@ TEST_CASE("a role or authorization one client takes never reaches another", "[se
       CHECK(scalar(c.get(), "select session_user") == "app");
     }
   }
+}
+
+TEST_CASE("settings a user-defined function changes follow its client and no other", "[session]") {
+  // set_config(…, false) inside a function: pgshard cannot see it in the statement, so it
+  // reads the server's session settings when such a request ends.
+  ProxyOptions o = one_worker(1);
+  Proxy proxy(o);
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(),
+          "create or replace function pgshard_tune(t text) returns int language plpgsql as "
+          "$$ begin perform set_config('statement_timeout', t, false); "
+          "perform set_config('search_path', 'pg_temp_none, public', false); return 1; end $$");
+  }
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  const std::string b_path = scalar(b.get(), "show search_path");
+  for (const bool in_block : {false, true}) {
+    INFO("in a transaction block: " << in_block);
+    if (in_block) query(a.get(), "begin");
+    query(a.get(), std::string("select pgshard_tune('") + (in_block ? "7s" : "4321ms") + "')");
+    if (in_block) query(a.get(), "commit");
+    for (int i = 0; i < 3; ++i) {
+      // B gets A's server in between and must not see A's settings; A keeps them.
+      CHECK(scalar(b.get(), "show statement_timeout") == "0");
+      CHECK(scalar(b.get(), "show search_path") == b_path);
+      CHECK(scalar(a.get(), "show statement_timeout") == (in_block ? "7s" : "4321ms"));
+      CHECK(scalar(a.get(), "show search_path") == "pg_temp_none, public");
+    }
+  }
+  // A function that changed nothing leaves the client as it was.
+  query(b.get(),
+        "select pgshard_tune(current_setting('statement_timeout')) from (select 1) s "
+        "where false");
+  CHECK(scalar(b.get(), "show statement_timeout") == "0");
 }
 
 namespace {

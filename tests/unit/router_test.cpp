@@ -187,3 +187,16 @@ TEST_CASE("reads of pg_prepared_statements are pointed at the client's own view"
   CHECK_FALSE(
       router::analyze_statement("select * from pg_prepared_xacts", cfg).prepared_statements_view);
 }
+
+TEST_CASE("calls to functions outside pg_catalog are noticed", "[router]") {
+  config::Config cfg;
+  auto calls = [&](const char* sql) {
+    return router::analyze_statement(sql, cfg).calls_user_functions;
+  };
+  CHECK_FALSE(calls("select now(), lower('x'), pg_catalog.upper('y'), count(*) from t"));
+  CHECK_FALSE(calls("select 1"));
+  CHECK(calls("select my_function(1)"));
+  CHECK(calls("select public.lower('x')"));
+  CHECK(calls("select * from t where id = any(get_ids())"));
+  CHECK(calls("call my_procedure()"));
+}
