@@ -137,7 +137,11 @@ std::vector<txn::WaitingTxn> Worker::waiting_txns() {
     done->set_value(std::move(out));
   });
   if (got.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return {};
-  return got.get();
+  try {
+    return got.get();
+  } catch (const std::future_error&) {
+    return {};  // the worker stopped and dropped the request
+  }
 }
 
 void Worker::cancel_victim(const txn::Victim& v) {
