@@ -642,7 +642,10 @@ void Session::adopt(const router::Route& route) {
     pinned_ = true;
     spdlog::debug("{}: pinned to its servers: {}", prefix(), route.reason);
   }
-  pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
+  if (const int ahead = owed(); ahead > 0 && !route.settings.empty())
+    pipelined_settings_.push_back({ahead, route.settings});
+  else
+    pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
   finish_sql_ = restore_startup_sql(route.settings);
   if (route.calls_user_functions && user_->pool_mode == config::PoolMode::kTransaction)
     settings_unknown_ = true;
@@ -1008,6 +1011,7 @@ void Session::release(std::shared_ptr<Link> link) {
 void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   auto& conn = *link->lease;
   conn.broken = true;
+  pipelined_settings_.clear();  // those requests get no ReadyForQuery from this server
   const auto& shard = config_.shards[link->shard].name;
   const auto& fatal = conn.replies.fatal;
   std::string code = conn.replies.fatal_code.empty()
@@ -1157,6 +1161,13 @@ bool Session::client_ready(pool::ServerConn& conn) {
   if (std::exchange(checking_settings_, false) && status == proto::txn_status::kIdle) {
     adopt_checked_settings(conn);
     settings_unknown_ = false;
+  }
+  // The requests pipelined behind this one: their SETs are judged from now on.
+  for (auto& p : pipelined_settings_) --p.ahead;
+  while (!pipelined_settings_.empty() && pipelined_settings_.front().ahead <= 0) {
+    auto& s = pipelined_settings_.front().settings;
+    pending_settings_.insert(pending_settings_.end(), s.begin(), s.end());
+    pipelined_settings_.pop_front();
   }
   txn_.server_ready(status);
   if (status != proto::txn_status::kIdle) return true;

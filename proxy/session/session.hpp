@@ -210,6 +210,13 @@ class Session : public std::enable_shared_from_this<Session>,
   // the client started with goes back to that value, as on PostgreSQL.
   std::string finish_sql_;
   std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
+  // SETs of requests pipelined behind others still running: they join pending_settings_
+  // once the requests ahead have their ReadyForQuery (an earlier error is not theirs).
+  struct Pipelined {
+    int ahead;  // client ReadyForQuery replies still owed for requests before it
+    std::vector<router::SettingChange> settings;
+  };
+  std::deque<Pipelined> pipelined_settings_;
   bool settings_failed_ = false;
   // Transaction pooling: a statement called a user-defined function, so its server's
   // settings are checked when the request ends (until a check sees the server idle).

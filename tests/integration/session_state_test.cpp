@@ -403,3 +403,27 @@ TEST_CASE("a cancel for a finished statement never cancels the next one", "[sess
     CHECK(scalar(c.get(), "select 2") == "2");
   }
 }
+
+TEST_CASE("pipelined simple queries: an error in one never drops the next one's SET", "[session]") {
+  // Two Query messages in one write: the first fails, the second SETs. The SET holds (it
+  // ran in its own implicit transaction), follows the client, and reaches nobody else.
+  ProxyOptions o = one_worker(1);
+  Proxy proxy(o);
+  RawClient a(proxy.port());
+  REQUIRE(a.login());
+  auto other = connect(proxy.conninfo());
+  for (const char* first : {"select 1/0", "select 1", "select 1; select 1/0"}) {
+    INFO(first);
+    std::string out;
+    pgshard::protocol::Query{first}.write(out);
+    pgshard::protocol::Query{"set work_mem = '9MB'"}.write(out);
+    REQUIRE(a.send(out));
+    a.until_ready();
+    a.until_ready();
+    CHECK(scalar(other.get(), "show work_mem") == "4MB");
+    CHECK(raw_scalar(a, "show work_mem") == "9MB");
+    CHECK(scalar(other.get(), "show work_mem") == "4MB");
+    CHECK(raw_scalar(a, "show work_mem") == "9MB");
+    REQUIRE(raw_scalar(a, "reset work_mem") == "(no row)");
+  }
+}
