@@ -791,6 +791,10 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
         if (!builtin_function(f)) a.calls_user_functions = true;
       }
     });
+    // COPY FROM STDIN: no statement may follow it in the request (the server waits for
+    // CopyData); a function in its WHERE clause is left unchecked.
+    if (st->node_case == PG_QUERY__NODE__NODE_COPY_STMT && st->copy_stmt->is_from)
+      a.calls_user_functions = false;
     if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
         st->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
       a.settings.push_back({"", std::nullopt, true});

@@ -1143,6 +1143,8 @@ void Session::reported(pool::ServerConn& conn, std::string_view name, std::strin
 }
 
 void Session::own_statement_failed(pool::ServerConn& conn) {
+  // (A settings check after the client's statement failed its transaction fails too.)
+  if (conn.replies.error_code == sqlstate::kInFailedSqlTransaction) return;
   spdlog::warn("{}: shard {} rejected pgshard's statement: {}", prefix(), conn.target().shard_name,
                conn.replies.error);
 }

@@ -258,4 +258,8 @@ TEST_CASE("pg_prepared_statements shows a client its own statements, by its own 
   CHECK(query(a.get(), names) ==
         Rows{{"a2", "select $1::int * 2", "f"}, {"mine", "prepare mine as select 42", "t"}});
   CHECK(query(b.get(), names) == Rows{{"b1", "select $1::text || 'x'", "f"}});
+  // A name with a quote in it is the client's own too.
+  prepare(b.get(), "it's", "select 2");
+  CHECK(query(b.get(), "select name from pg_prepared_statements order by 1") ==
+        Rows{{"b1"}, {"it's"}});
 }

@@ -298,6 +298,14 @@ TEST_CASE("settings a user-defined function changes follow its client and no oth
       CHECK(scalar(a.get(), "show search_path") == "pg_temp_none, public");
     }
   }
+  // A function that fails inside a transaction block: the block fails as on PostgreSQL,
+  // ROLLBACK ends it, the settings stay as they were.
+  query(a.get(), "begin");
+  CHECK(error_code(a.get(), "select pgshard_tune('not a duration')") == "22023");
+  CHECK(error_code(a.get(), "select 1") == "25P02");
+  query(a.get(), "rollback");
+  CHECK(scalar(a.get(), "show statement_timeout") == "7s");
+  CHECK(scalar(b.get(), "show statement_timeout") == "0");
   // A function that changed nothing leaves the client as it was.
   query(b.get(),
         "select pgshard_tune(current_setting('statement_timeout')) from (select 1) s "

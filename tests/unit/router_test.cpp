@@ -199,4 +199,5 @@ TEST_CASE("calls to functions outside pg_catalog are noticed", "[router]") {
   CHECK(calls("select public.lower('x')"));
   CHECK(calls("select * from t where id = any(get_ids())"));
   CHECK(calls("call my_procedure()"));
+  CHECK_FALSE(calls("copy t from stdin where my_filter(x)"));  // nothing may follow COPY IN
 }
