@@ -85,6 +85,7 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
       id_(id),
       backends_(worker.executor()),
       drained_(worker.executor()),
+      aborted_(worker.executor()),
       client_write_done_(worker.executor()),
       server_write_done_(worker.executor()),
       idle_timer_(worker.executor()) {
@@ -508,6 +509,7 @@ awaitable<void> Session::copy_violation(char type) {
 }
 
 awaitable<void> Session::handle_request(char boundary) {
+  while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
   ++requests_;
   deadlock_detail_.clear();  // a cancel that came too late must not turn into 40P01 now
   if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
@@ -1391,7 +1393,31 @@ void Session::deadlock_victim(const txn::Victim& v) {
     return;
   spdlog::warn("{}: deadlock across shards: this transaction is cancelled", prefix());
   deadlock_detail_ = v.detail;
+  const bool relayed = fan_out_servers_.empty();
   cancel_running([] {});
+  // As PostgreSQL aborts a deadlock victim, the whole transaction fails now (the client
+  // must ROLLBACK; COMMIT answers ROLLBACK) and, for a statement on one server, every shard
+  // rolls back at once so the others proceed without waiting for the client.
+  txn_.fail();
+  if (!relayed || aborting_) return;
+  aborting_ = true;
+  asio::co_spawn(
+      worker_.executor(),
+      [self = shared_from_this()]() -> awaitable<void> { co_await self->roll_back_victim(); },
+      asio::detached);
+}
+
+awaitable<void> Session::roll_back_victim() {
+  // The cancelled statement answers first (its 40P01 is the client's).
+  while (backends_.active && backends_.active->lease && !backends_.active->done &&
+         backends_.active->lease->replies.client_owed() > 0)
+    co_await drained_.wait();
+  for (const auto& link : backends_.all())
+    if (link->lease && !link->done && !link->borrowed && link->lease->replies.empty() &&
+        link->lease->status != proto::txn_status::kIdle)
+      co_await run_ours(link, "ROLLBACK");
+  aborting_ = false;
+  aborted_.notify_all();
 }
 
 std::optional<std::string> Session::replace_error(std::string_view body) {

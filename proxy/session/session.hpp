@@ -229,6 +229,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Set while the deadlock detector's cancel of the running request is on its way: the
   // DETAIL of the 40P01 the client gets instead of 57014.
   std::string deadlock_detail_;
+  // A deadlock victim's servers roll back (requests wait until they have).
+  bool aborting_ = false;
+  awaitable<void> roll_back_victim();
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
@@ -252,6 +255,7 @@ class Session : public std::enable_shared_from_this<Session>,
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
   Event drained_;
+  Event aborted_;
   Event client_write_done_;
   Event server_write_done_;
   asio::steady_timer idle_timer_;
