@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <functional>
+#include <memory>
 #include <set>
 
 #include "proxy/router/ast.hpp"
@@ -907,18 +908,31 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
   return a;
 }
 
+namespace {
+
+struct FreeTree {
+  void operator()(PgQuery__ParseResult* t) const {
+    pg_query__parse_result__free_unpacked(t, nullptr);
+  }
+};
+// The protobuf parse tree of a statement text (null when it does not parse).
+std::unique_ptr<PgQuery__ParseResult, FreeTree> parse_tree(const std::string& text) {
+  auto result = pg_query_parse_protobuf(text.c_str());
+  PgQuery__ParseResult* tree = nullptr;
+  if (!result.error)
+    tree = pg_query__parse_result__unpack(nullptr, result.parse_tree.len,
+                                          reinterpret_cast<const uint8_t*>(result.parse_tree.data));
+  pg_query_free_protobuf_parse_result(result);
+  return std::unique_ptr<PgQuery__ParseResult, FreeTree>(tree);
+}
+
+}  // namespace
+
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
     std::string_view sql, const std::vector<int>& row_shard) {
-  std::string text(sql);
-  auto result = pg_query_parse_protobuf(text.c_str());
   std::optional<std::vector<std::pair<int, std::string>>> out;
-  if (result.error) {
-    pg_query_free_protobuf_parse_result(result);
-    return out;
-  }
-  auto* tree = pg_query__parse_result__unpack(
-      nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
-  pg_query_free_protobuf_parse_result(result);
+  const auto owned = parse_tree(std::string(sql));
+  auto* tree = owned.get();
   if (!tree) return out;
   Node* stmt = tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
   Node* sel = stmt && stmt->node_case == PG_QUERY__NODE__NODE_INSERT_STMT
@@ -956,7 +970,6 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
     }
     if (ok) out = std::move(parts);
   }
-  pg_query__parse_result__free_unpacked(tree, nullptr);
   return out;
 }
 
@@ -1066,15 +1079,9 @@ namespace pgshard::router {
 std::optional<std::string> with_own_prepared_statements(std::string_view sql,
                                                         std::string_view own_sql) {
   std::string text(sql);
-  auto result = pg_query_parse_protobuf(text.c_str());
   std::optional<std::string> out;
-  if (result.error) {
-    pg_query_free_protobuf_parse_result(result);
-    return out;
-  }
-  auto* tree = pg_query__parse_result__unpack(
-      nullptr, result.parse_tree.len, reinterpret_cast<const uint8_t*>(result.parse_tree.data));
-  pg_query_free_protobuf_parse_result(result);
+  const auto owned = parse_tree(text);
+  const auto* tree = owned.get();
   if (!tree) return out;
   const Node* stmt = tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
   if (stmt && stmt->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
@@ -1119,7 +1126,6 @@ std::optional<std::string> with_own_prepared_statements(std::string_view sql,
       out = std::move(text);
     }
   }
-  pg_query__parse_result__free_unpacked(tree, nullptr);
   return out;
 }
 
