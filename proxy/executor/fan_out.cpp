@@ -44,8 +44,8 @@ struct Leg {
   std::shared_ptr<const merge::ColumnCollations> collations;
 };
 
-// Bumped by DDL through pgshard: column collations are read again.
-std::atomic<uint64_t> catalog_generation{1};
+// Bumped by DDL through pgshard (see executor::catalog_generation).
+std::atomic<uint64_t> catalog_generation_{1};
 
 }  // namespace
 
@@ -139,7 +139,8 @@ FanOut::FanOut(Client& c, const router::Route& route, bool simple, char boundary
 FanOut::~FanOut() {
   // A user-defined function may have changed settings on the servers where pgshard cannot
   // see: pooled servers of its own are closed rather than handed to another client.
-  const bool unknown_settings = route_.calls_user_functions && !c_.session_pooled();
+  const bool unknown_settings =
+      !c_.session_pooled() && !c_.worker().functions_keep_settings(route_.user_functions);
   for (auto& leg : legs_) {
     if (leg.link) c_.backends().give_back(leg.link);
     if (leg.lease && unknown_settings) leg.lease->broken = true;
@@ -729,8 +730,12 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
   return false;
 }
 
+uint64_t catalog_generation() {
+  return catalog_generation_.load(std::memory_order_relaxed);
+}
+
 awaitable<void> run_ddl(Client& c, const router::Route& route) {
-  catalog_generation.fetch_add(1);  // what the merge read of the catalogs may change
+  catalog_generation_.fetch_add(1);  // what was read of the catalogs may change
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
@@ -824,7 +829,7 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
 
 static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
     Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database) {
-  const uint64_t generation = catalog_generation.load();
+  const uint64_t generation = catalog_generation();
   if (auto known = c.worker().column_collations(shard, generation)) co_return known;
   // Table columns (not the catalogs') whose collation is not the database's ("name"
   // columns are always "C").

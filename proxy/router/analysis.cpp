@@ -789,13 +789,18 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
             name == "pg_try_advisory_lock" || name == "pg_try_advisory_lock_shared")
           a.pins = true;
         if (name == "set_config") ++set_configs;
-        if (!builtin_function(f)) a.calls_user_functions = true;
+        if (!builtin_function(f)) {
+          std::string called;
+          for (size_t i = 0; i < f->n_funcname; ++i)
+            called += (i ? "." : "") + std::string(ast::str_of(f->funcname[i]));
+          a.user_functions.push_back(std::move(called));
+        }
       }
     });
     // COPY FROM STDIN: no statement may follow it in the request (the server waits for
     // CopyData); a function in its WHERE clause is left unchecked.
     if (st->node_case == PG_QUERY__NODE__NODE_COPY_STMT && st->copy_stmt->is_from)
-      a.calls_user_functions = false;
+      a.user_functions.clear();
     if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
         st->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
       a.settings.push_back({"", std::nullopt, true});

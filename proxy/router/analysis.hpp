@@ -82,9 +82,9 @@ struct Analysis {
   // State that lives in the server session: LISTEN, session advisory locks, temp tables,
   // WITH HOLD cursors, SQL PREPARE. The client then keeps its server.
   bool pins = false;
-  // Calls a function outside pg_catalog: it may change settings (set_config) where pgshard
-  // cannot see, so the session checks them afterwards.
-  bool calls_user_functions = false;
+  // Functions outside pg_catalog it calls (as written): they may change settings
+  // (set_config) where pgshard cannot see, so the session checks them afterwards.
+  std::vector<std::string> user_functions;
   // Reads pg_prepared_statements: in transaction pooling the client is shown its own.
   bool prepared_statements_view = false;
   std::string error;  // kError (SQLSTATE 0A000)

@@ -324,7 +324,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   r.settings = a->settings;
   r.pins = a->pins;
   r.prepared_statements_view = a->prepared_statements_view;
-  r.calls_user_functions = a->calls_user_functions;
+  r.user_functions = a->user_functions;
   r.txn = a->txn;
   switch (a->target) {
     case Analysis::Target::kUnparsed:

@@ -69,9 +69,9 @@ struct Route {
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
   std::vector<SettingChange> settings;            // session settings the statement changes
   bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
-  bool prepared_statements_view = false;  // reads pg_prepared_statements
-  bool calls_user_functions = false;      // see Analysis::calls_user_functions
-  std::string reason;                     // why this shard, for logs and EXPLAIN
+  bool prepared_statements_view = false;    // reads pg_prepared_statements
+  std::vector<std::string> user_functions;  // see Analysis::user_functions
+  std::string reason;                       // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
   // The hints in force after this statement (SET/RESET pgshard.* applied).

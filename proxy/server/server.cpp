@@ -6,6 +6,7 @@
 
 #include <future>
 
+#include "proxy/executor/executor.hpp"
 #include "proxy/server/tls.hpp"
 #include "proxy/session/session.hpp"
 #include "proxy/txn/recovery.hpp"
@@ -60,6 +61,29 @@ std::shared_ptr<const merge::ColumnCollations> Worker::column_collations(
 void Worker::set_column_collations(int shard, uint64_t generation,
                                    std::shared_ptr<const merge::ColumnCollations> c) {
   column_collations_[shard] = {std::move(c), generation, Clock::now()};
+}
+
+bool Worker::functions_keep_settings(const std::vector<std::string>& names) {
+  const uint64_t generation = executor::catalog_generation();
+  if (generation != function_generation_ ||
+      Clock::now() - function_checks_since_ > std::chrono::minutes(10)) {
+    function_checks_.clear();
+    function_generation_ = generation;
+    function_checks_since_ = Clock::now();
+  }
+  for (const auto& name : names)
+    if (auto it = function_checks_.find(name);
+        it == function_checks_.end() || it->second < kTrustedAfter)
+      return false;
+  return true;
+}
+
+void Worker::functions_checked(const std::vector<std::string>& names, SettingsCheck outcome) {
+  if (outcome == SettingsCheck::kUnknown) return;
+  for (const auto& name : names) {
+    int& n = function_checks_[name];
+    n = outcome == SettingsCheck::kChanged ? -1 : (n < 0 ? n : n + 1);
+  }
 }
 
 pool::Pool& Worker::directory_pool(int table, const config::User& user) {

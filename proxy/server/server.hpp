@@ -8,6 +8,7 @@
 #include <memory>
 #include <optional>
 #include <thread>
+#include <unordered_map>
 #include <vector>
 
 #include "config/config.hpp"
@@ -26,6 +27,11 @@ class Session;
 namespace pgshard::server {
 
 class Server;
+
+// What a check of a server's settings after user-defined functions ran found: nothing the
+// client did not have, a change (adopted by the client), or a setting a function had set
+// before with the same value (the call may or may not have set it again).
+enum class SettingsCheck { kUnchanged, kChanged, kUnknown };
 
 // State shared by all workers; read-mostly, atomics only.
 struct Shared {
@@ -65,6 +71,13 @@ class Worker {
                                                                    uint64_t generation) const;
   void set_column_collations(int shard, uint64_t generation,
                              std::shared_ptr<const merge::ColumnCollations> c);
+  // User-defined functions seen to leave settings alone: after kTrustedAfter checks of the
+  // server's settings found nothing changed, calls to one no longer read every setting
+  // (only the role); forgotten after DDL through pgshard and every 10 minutes. One seen
+  // changing settings is always checked.
+  static constexpr int kTrustedAfter = 3;
+  bool functions_keep_settings(const std::vector<std::string>& names);
+  void functions_checked(const std::vector<std::string>& names, SettingsCheck outcome);
   // Connections to the database holding sharded table `table`'s directory.
   pool::Pool& directory_pool(int table, const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
@@ -106,6 +119,9 @@ class Worker {
     Clock::time_point read_at;
   };
   std::map<int, CachedCollations> column_collations_;
+  std::unordered_map<std::string, int> function_checks_;  // clean checks; < 0: changes them
+  uint64_t function_generation_ = 0;
+  Clock::time_point function_checks_since_ = Clock::now();
 };
 
 class Server {

@@ -649,8 +649,16 @@ void Session::adopt(const router::Route& route) {
   else
     pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
   finish_sql_ = restore_startup_sql(route.settings);
-  if (route.calls_user_functions && user_->pool_mode == config::PoolMode::kTransaction)
+  if (!route.user_functions.empty() && user_->pool_mode == config::PoolMode::kTransaction) {
+    // The role is always checked (cheap); all settings while a function is not yet known
+    // to leave them alone (reading pg_settings costs the server far more than the call).
     settings_unknown_ = true;
+    if (!worker_.functions_keep_settings(route.user_functions)) {
+      full_check_ = true;
+      checked_functions_.insert(checked_functions_.end(), route.user_functions.begin(),
+                                route.user_functions.end());
+    }
+  }
 }
 
 std::string Session::restore_startup_sql(const std::vector<router::SettingChange>& changes) const {
@@ -819,10 +827,11 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     // What a function set with set_config(…, false) or SET inside it: the server's
     // session settings, read after the client's statement.
     // (role is not in pg_settings: a role taken shows as current_user.)
-    finish_sql_ +=
-        "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings "
-        "WHERE source = 'session' UNION ALL SELECT 'role', current_user::text "
-        "WHERE current_user <> session_user;";
+    if (full_check_)
+      finish_sql_ +=
+          "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings "
+          "WHERE source = 'session' UNION ALL ";
+    finish_sql_ += "SELECT 'role', current_user::text WHERE current_user <> session_user;";
     checking_settings_ = true;
     checked_settings_.clear();
   }
@@ -1163,8 +1172,11 @@ bool Session::client_ready(pool::ServerConn& conn) {
     settings_failed_ = false;
   }
   if (std::exchange(checking_settings_, false) && status == proto::txn_status::kIdle) {
-    adopt_checked_settings(conn);
+    const auto outcome = adopt_checked_settings(conn);
+    if (full_check_) worker_.functions_checked(checked_functions_, outcome);
+    checked_functions_.clear();
     settings_unknown_ = false;
+    full_check_ = false;
   }
   // The requests pipelined behind this one: their SETs are judged from now on.
   for (auto& p : pipelined_settings_) --p.ahead;
@@ -1186,28 +1198,39 @@ void Session::finishing_row(pool::ServerConn&, std::string_view body) {
     checked_settings_.emplace_back(*row->values[0], *row->values[1]);
 }
 
-void Session::adopt_checked_settings(pool::ServerConn& conn) {
+server::SettingsCheck Session::adopt_checked_settings(pool::ServerConn& conn) {
   // The server's session settings after a function ran: what differs from the client's
   // becomes the client's (it follows it, and no other client gets it: the server is synced
   // to its next client's settings). A role taken inside a function pins the client.
+  auto outcome = server::SettingsCheck::kUnchanged;
   bool changed = false;
   for (const auto& [name, value] : checked_settings_) {
     if (pool::is_reported_parameter(name)) continue;  // ParameterStatus told already
     if (name == "role" || name == "session_authorization") {
       if (!pinned_) spdlog::debug("{}: pinned: a function changed {}", prefix(), name);
       pinned_ = true;
+      outcome = server::SettingsCheck::kChanged;
       continue;
     }
     auto it = client_params_.find(name);
-    if (it != client_params_.end() && it->second == value) continue;
+    if (it != client_params_.end() && it->second == value) {
+      // The same value a function set earlier: this call may have set it again.
+      if (function_settings_.contains(name) && outcome == server::SettingsCheck::kUnchanged)
+        outcome = server::SettingsCheck::kUnknown;
+      continue;
+    }
     client_params_[name] = value;
     conn.params[name] = value;
+    function_settings_.insert(name);
     changed = true;
+    outcome = server::SettingsCheck::kChanged;
   }
   checked_settings_.clear();
-  if (!changed) return;
-  params_fingerprint_ = fingerprint(client_params_);
-  conn.synced_fingerprint = 0;
+  if (changed) {
+    params_fingerprint_ = fingerprint(client_params_);
+    conn.synced_fingerprint = 0;
+  }
+  return outcome;
 }
 
 void Session::apply_settings(pool::ServerConn& conn) {

@@ -6,6 +6,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <unordered_map>
 
@@ -32,7 +33,8 @@
 
 namespace pgshard::server {
 class Worker;
-}
+enum class SettingsCheck;
+}  // namespace pgshard::server
 
 namespace pgshard::session {
 
@@ -183,7 +185,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // A user-defined function may have changed settings pgshard cannot see: the request ends
   // with a look at the server's session settings, which the client then takes on.
   void finishing_row(pool::ServerConn& conn, std::string_view body) override;
-  void adopt_checked_settings(pool::ServerConn& conn);
+  server::SettingsCheck adopt_checked_settings(pool::ServerConn& conn);
 
   bool can_detach(const Link& link) const;
   bool idle() const;
@@ -223,6 +225,9 @@ class Session : public std::enable_shared_from_this<Session>,
   bool settings_unknown_ = false;
   bool checking_settings_ = false;
   std::vector<std::pair<std::string, std::string>> checked_settings_;
+  std::vector<std::string> checked_functions_;  // called since the last check
+  bool full_check_ = false;                     // one of them is not trusted yet
+  std::set<std::string> function_settings_;     // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;
   uint64_t requests_ = 0;  // requests handled (the deadlock detector tells them apart)

@@ -306,6 +306,25 @@ TEST_CASE("settings a user-defined function changes follow its client and no oth
   query(a.get(), "rollback");
   CHECK(scalar(a.get(), "show statement_timeout") == "7s");
   CHECK(scalar(b.get(), "show statement_timeout") == "0");
+  // A function that leaves settings alone is trusted after a few checks (only the role is
+  // read after it then); a role it takes later is still caught, and never reaches B.
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(),
+          "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_other') "
+          "then create role pgshard_other; end if; end $$");
+    query(d.get(), "grant pgshard_other to app");
+    query(d.get(),
+          "create or replace function pgshard_maybe_role(b bool) returns int language plpgsql "
+          "as $$ begin if b then perform set_config('role', 'pgshard_other', false); end if; "
+          "return 1; end $$");
+  }
+  auto c = connect(proxy.conninfo());
+  for (int i = 0; i < 5; ++i) query(c.get(), "select pgshard_maybe_role(false)");
+  query(c.get(), "select pgshard_maybe_role(true)");
+  CHECK(scalar(c.get(), "select current_user") == "pgshard_other");
+  c.reset();  // pinned to the one server until it leaves; the server is reset then
+  CHECK(scalar(b.get(), "select current_user") == "app");
   // A function that changed nothing leaves the client as it was.
   query(b.get(),
         "select pgshard_tune(current_setting('statement_timeout')) from (select 1) s "

@@ -191,7 +191,7 @@ TEST_CASE("reads of pg_prepared_statements are pointed at the client's own view"
 TEST_CASE("calls to functions outside pg_catalog are noticed", "[router]") {
   config::Config cfg;
   auto calls = [&](const char* sql) {
-    return router::analyze_statement(sql, cfg).calls_user_functions;
+    return !router::analyze_statement(sql, cfg).user_functions.empty();
   };
   CHECK_FALSE(calls("select now(), lower('x'), pg_catalog.upper('y'), count(*) from t"));
   CHECK_FALSE(calls("select 1"));
@@ -199,5 +199,7 @@ TEST_CASE("calls to functions outside pg_catalog are noticed", "[router]") {
   CHECK(calls("select public.lower('x')"));
   CHECK(calls("select * from t where id = any(get_ids())"));
   CHECK(calls("call my_procedure()"));
+  CHECK(router::analyze_statement("select app.f(1), g()", cfg).user_functions ==
+        std::vector<std::string>{"app.f", "g"});
   CHECK_FALSE(calls("copy t from stdin where my_filter(x)"));  // nothing may follow COPY IN
 }
