@@ -13,6 +13,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/analysis.hpp"
+#include "proxy/session/params.hpp"
 
 namespace pgshard::session {
 
@@ -218,15 +219,11 @@ bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const
 std::string Statements::own_view_sql(std::string& out, pool::ServerConn& conn) {
   // SQL PREPAREd statements pin the client's server: those on it are the client's. The
   // protocol-level ones are pgshard's, shared by clients: only the client's, by its names.
-  auto literal = [](const std::string& v) {
-    std::string q = "'";
-    for (char c : v) q += c == '\'' ? std::string("''") : std::string(1, c);
-    return q + "'";
-  };
   std::string values;
   for (const auto& [client, server] : server_names_) {
     ensure(out, conn, server, client);
-    values += (values.empty() ? "(" : ", (") + literal(server) + ", " + literal(client) + ")";
+    values +=
+        (values.empty() ? "(" : ", (") + quote_literal(server) + ", " + quote_literal(client) + ")";
   }
   std::string sql = "SELECT * FROM pg_catalog.pg_prepared_statements WHERE from_sql";
   if (!values.empty())

@@ -10,6 +10,19 @@
 
 using namespace harness;
 
+namespace {
+// Runs each statement straight on every shard (roles, functions the tests call).
+void on_every_shard(std::initializer_list<std::string> statements) {
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    for (const auto& sql : statements) query(d.get(), sql);
+  }
+}
+const std::string kOtherRole =
+    "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_other') "
+    "then create role pgshard_other; end if; end $$";
+}  // namespace
+
 TEST_CASE("a client's settings follow it and never leak to other clients", "[session]") {
   ProxyOptions o;
   o.pool_size = 1;  // every client shares one server per shard
@@ -237,15 +250,10 @@ TEST_CASE("a role or authorization one client takes never reaches another", "[se
   o.workers = 1;
   o.pool_size = 2;  // the server a client leaves is the next one handed out (LIFO)
   Proxy proxy(o);
-  for (int i = 0; i < Cluster::get().size(); ++i) {
-    auto d = connect(Cluster::get().direct(i));
-    query(d.get(),
-          "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_other') "
-          "then create role pgshard_other; end if; end $$");
-    query(d.get(),
-          "create or replace function pgshard_take_role() returns int language plpgsql as "
-          "$$ begin perform set_config('role', 'pgshard_other', false); return 1; end $$");
-  }
+  on_every_shard({kOtherRole,
+                  "create or replace function pgshard_take_role() returns int language plpgsql "
+                  "as $$ begin perform set_config('role', 'pgshard_other', false); return 1; "
+                  "end $$"});
   for (const char* how : {"set role pgshard_other", "set session authorization pgshard_other",
                           "select set_config('role', 'pgshard_other', false)",
                           "select 1 from (select set_config('role', 'pgshard_other', false)) s",
@@ -275,13 +283,11 @@ TEST_CASE("settings a user-defined function changes follow its client and no oth
   // reads the server's session settings when such a request ends.
   ProxyOptions o = one_worker(1);
   Proxy proxy(o);
-  for (int i = 0; i < Cluster::get().size(); ++i) {
-    auto d = connect(Cluster::get().direct(i));
-    query(d.get(),
-          "create or replace function pgshard_tune(t text) returns int language plpgsql as "
-          "$$ begin perform set_config('statement_timeout', t, false); "
-          "perform set_config('search_path', 'pg_temp_none, public', false); return 1; end $$");
-  }
+  on_every_shard(
+      {"create or replace function pgshard_tune(t text) returns int language plpgsql "
+       "as $$ begin perform set_config('statement_timeout', t, false); "
+       "perform set_config('search_path', 'pg_temp_none, public', false); return 1; "
+       "end $$"});
   auto a = connect(proxy.conninfo());
   auto b = connect(proxy.conninfo());
   const std::string b_path = scalar(b.get(), "show search_path");
@@ -308,17 +314,10 @@ TEST_CASE("settings a user-defined function changes follow its client and no oth
   CHECK(scalar(b.get(), "show statement_timeout") == "0");
   // A function that leaves settings alone is trusted after a few checks (only the role is
   // read after it then); a role it takes later is still caught, and never reaches B.
-  for (int i = 0; i < Cluster::get().size(); ++i) {
-    auto d = connect(Cluster::get().direct(i));
-    query(d.get(),
-          "do $$ begin if not exists (select 1 from pg_roles where rolname = 'pgshard_other') "
-          "then create role pgshard_other; end if; end $$");
-    query(d.get(), "grant pgshard_other to app");
-    query(d.get(),
-          "create or replace function pgshard_maybe_role(b bool) returns int language plpgsql "
-          "as $$ begin if b then perform set_config('role', 'pgshard_other', false); end if; "
-          "return 1; end $$");
-  }
+  on_every_shard({kOtherRole, "grant pgshard_other to app",
+                  "create or replace function pgshard_maybe_role(b bool) returns int language "
+                  "plpgsql as $$ begin if b then perform set_config('role', 'pgshard_other', "
+                  "false); end if; return 1; end $$"});
   auto c = connect(proxy.conninfo());
   for (int i = 0; i < 5; ++i) query(c.get(), "select pgshard_maybe_role(false)");
   query(c.get(), "select pgshard_maybe_role(true)");
