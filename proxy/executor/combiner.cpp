@@ -1,6 +1,7 @@
 #include "proxy/executor/combiner.hpp"
 
 #include "protocol/messages.hpp"
+#include "proxy/router/router.hpp"
 
 namespace pgshard::executor {
 
@@ -80,6 +81,46 @@ void Combiner::deliver(std::string_view frames) {
   }
 }
 
+std::vector<const std::string*> Combiner::match_rows_by_key() const {
+  const auto& legs = options_.row_legs;
+  std::vector<const std::string*> slot(legs.size(), nullptr);
+  auto columns = proto::RowDescription::parse(columns_);
+  if (options_.row_keys.size() != legs.size() || !columns) return {};
+  std::size_t col = columns->fields.size();
+  for (std::size_t c = 0; c < columns->fields.size(); ++c)
+    if (columns->fields[c].name == options_.key_column && columns->fields[c].table_oid != 0)
+      col = c;
+  if (col == columns->fields.size()) return {};
+  const bool binary = columns->fields[col].format == 1;
+  for (std::size_t l = 0; l < held_.size(); ++l) {
+    std::vector<std::size_t> mine;  // this leg's VALUES rows, in order
+    std::set<std::string_view> keys;
+    bool repeats = false;
+    for (std::size_t i = 0; i < legs.size(); ++i)
+      if (static_cast<std::size_t>(legs[i]) == l) {
+        mine.push_back(i);
+        repeats = !keys.insert(options_.row_keys[i]).second || repeats;
+      }
+    // A shard returns its rows in the order of its VALUES rows, skipping some: each row
+    // answers the next VALUES row with its key. With a key repeated, which one was skipped
+    // cannot be told.
+    if (repeats && held_[l].size() != mine.size()) return {};
+    std::size_t next = 0;
+    for (const auto& raw : held_[l]) {
+      auto row = proto::DataRow::parse(std::string_view(raw).substr(5));
+      if (!row || row->values.size() <= col || !row->values[col]) return {};
+      std::optional<std::string> text(std::string(*row->values[col]));
+      if (binary) text = router::binary_text(*row->values[col], options_.key_type);
+      if (!text) return {};
+      const auto key = router::key_identity(options_.key_type, *text);
+      while (next < mine.size() && options_.row_keys[mine[next]] != key) ++next;
+      if (next == mine.size()) return {};
+      slot[mine[next++]] = &raw;
+    }
+  }
+  return slot;
+}
+
 void Combiner::deliver_in_values_order() {
   std::vector<std::size_t> expected(held_.size(), 0);
   for (int l : options_.row_legs)
@@ -94,9 +135,13 @@ void Combiner::deliver_in_values_order() {
       auto& rows = held_[static_cast<std::size_t>(l)];
       deliver(rows[next[static_cast<std::size_t>(l)]++]);
     }
+  } else if (auto slots = match_rows_by_key(); !slots.empty()) {
+    // Some rows returned nothing (ON CONFLICT DO NOTHING, a BEFORE trigger skipping a
+    // row): the key values tell which.
+    for (const auto* row : slots)
+      if (row) deliver(*row);
   } else {
-    // Some rows returned nothing (ON CONFLICT DO NOTHING, a BEFORE trigger skipping a row):
-    // which is which cannot be told, so each shard's rows come in turn.
+    // Which rows were skipped cannot be told: each shard's rows come in turn.
     for (const auto& rows : held_)
       for (const auto& r : rows) deliver(r);
   }
@@ -244,6 +289,7 @@ void Combiner::resolve_same(char type) {
               "make the table definitions the same on every shard"));
       if (failure_) return;
       emit = !first.hidden;
+      if (!options_.row_legs.empty()) columns_.assign(first.body());
       if (!options_.plan) break;
       merger_.emplace(*options_.plan, static_cast<int>(legs_.size()), *options_.collation,
                       options_.limit, options_.offset);

@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "config/config.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
 #include "proxy/merge/merger.hpp"
@@ -31,6 +32,12 @@ struct CombineOptions {
   // go to the client in that order, as one PostgreSQL returns them (ORMs match returned
   // keys to objects by position).
   std::vector<int> row_legs;
+  // With row_legs: each VALUES row's shard-key value (router::key_identity), and the key
+  // column, so that rows stay in VALUES order when a shard skips some (ON CONFLICT DO
+  // NOTHING) and RETURNING includes the key.
+  std::vector<std::string> row_keys;
+  std::string key_column;
+  config::KeyType key_type = config::KeyType::kInt8;
 };
 
 class Combiner {
@@ -79,6 +86,9 @@ class Combiner {
   int pump_merge();
   // Delivers the rows held for row_legs in VALUES order.
   void deliver_in_values_order();
+  // Which held row answers each VALUES row (null: skipped), told by shard-key values; empty
+  // when it cannot be told (no key column returned, or a skipped row repeats a key).
+  std::vector<const std::string*> match_rows_by_key() const;
   void stop(protocol::ErrorInfo e);
 
   CombineOptions options_;
@@ -94,6 +104,7 @@ class Combiner {
   bool error_sent_ = false;
   std::vector<std::string> missing_;
   std::vector<std::vector<std::string>> held_;  // row_legs: each leg's rows until all are in
+  std::string columns_;                         // row_legs: the RowDescription body, if any
   uint64_t total_ = 0;                          // summed command tag
   std::string verb_;
   bool counted_ = false;

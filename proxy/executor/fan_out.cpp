@@ -427,6 +427,11 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
     }
     options.row_legs.push_back(static_cast<int>(it - legs_.begin()));
   }
+  if (!options.row_legs.empty()) {
+    options.row_keys = route_.insert_row_keys;
+    options.key_column = route_.insert_key_column;
+    options.key_type = route_.insert_key_type;
+  }
   Combiner combiner(static_cast<int>(legs_.size()), std::move(options));
   combiner.out() = std::move(out_);
   out_.clear();

@@ -492,6 +492,9 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
                     "insert the rows in separate statements");
     r.per_shard_sql = std::move(*parts);
     r.insert_row_shards = row_shard;
+    for (const auto& k : a->keys) r.insert_row_keys.push_back(key_identity(table.type, k.literal));
+    r.insert_key_column = table.column;
+    r.insert_key_type = table.type;
     if (ctx.reasons) r.reason += ": split into one INSERT per shard";
   }
   r.shard = *shards.begin();
@@ -617,7 +620,8 @@ std::optional<std::string> numeric_integer(std::string_view v) {
   return std::to_string(static_cast<int64_t>(acc));
 }
 
-// A binary-format value of the key's type, as its text form.
+}  // namespace
+
 std::optional<std::string> binary_text(std::string_view v, config::KeyType type) {
   switch (type) {
     case config::KeyType::kInt2:
@@ -640,7 +644,12 @@ std::optional<std::string> binary_text(std::string_view v, config::KeyType type)
   return std::nullopt;
 }
 
-}  // namespace
+std::string key_identity(config::KeyType type, std::string_view text) {
+  unsigned char raw[16];
+  if (type == config::KeyType::kUuid && parse_uuid(text, raw))
+    return std::string(reinterpret_cast<const char*>(raw), sizeof raw);
+  return config::canonical_key(type, text);
+}
 
 std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type) {
   if (n < 1 || static_cast<std::size_t>(n) > bind.params.size()) return std::nullopt;

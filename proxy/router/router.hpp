@@ -60,6 +60,11 @@ struct Route {
   // When set, shard i runs its own statement instead (a split multi-row INSERT).
   std::vector<std::pair<int, std::string>> per_shard_sql;
   std::vector<int> insert_row_shards;  // split INSERT: the shard of each VALUES row, in order
+  // Split INSERT: each VALUES row's shard-key value (as key_identity gives it), the key
+  // column and type, to tell which rows a shard returned when it skipped some.
+  std::vector<std::string> insert_row_keys;
+  std::string insert_key_column;
+  config::KeyType insert_key_type = config::KeyType::kInt8;
   bool write = false;
   bool ddl = false;                    // runs on every shard in order, not atomically
   bool replicated = false;             // every shard holds a copy: one shard's reply stands
@@ -115,6 +120,11 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
 // The text form of Bind parameter `n` (1-based) as the key type reads it; nullopt if
 // absent or NULL. Binary int2/int4/int8/uuid values are converted.
 std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type);
+// A binary-format value of a key type as its text form (nullopt: not a value of the type).
+std::optional<std::string> binary_text(std::string_view v, config::KeyType type);
+// What a key value of `type` compares by: integers normalised (" +042" and "42" agree),
+// uuids as their 16 bytes (any case, with or without hyphens), text as it is.
+std::string key_identity(config::KeyType type, std::string_view text);
 // Elements of an array parameter (text '{1,2}' or binary array format).
 std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, int n,
                                                     config::KeyType type);

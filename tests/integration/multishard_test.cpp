@@ -183,6 +183,49 @@ TEST_CASE("a multi-row INSERT across shards returns its rows in VALUES order", "
   }
 }
 
+TEST_CASE("a split INSERT ... ON CONFLICT DO NOTHING returns what it inserted in VALUES order",
+          "[multishard]") {
+  // Rows already there are skipped; the others come back in VALUES order, as from one
+  // PostgreSQL, told apart by their key values.
+  make_users();
+  Proxy proxy(options());
+  auto c = connect(proxy.conninfo());
+  std::string sql = "insert into ms_users (id, name) values ";
+  std::vector<std::string> expected;
+  for (int i = 0; i < 30; ++i) {
+    const int id = 2000 + (i * 37) % 101;
+    sql += (i ? ", (" : "(") + std::to_string(id) + ", 'v" + std::to_string(i) + "')";
+    if (i % 3 != 0) expected.push_back(std::to_string(id) + "|v" + std::to_string(i));
+  }
+  sql += " on conflict (id) do nothing returning name, id";
+  for (int mode = 0; mode < 2; ++mode) {
+    INFO("extended protocol: " << mode);
+    query(c.get(), "delete from ms_users where id >= 2000");
+    for (int i = 0; i < 30; i += 3)
+      query(c.get(), "insert into ms_users (id, name) values (" +
+                         std::to_string(2000 + (i * 37) % 101) + ", 'old')");
+    PGresult* r =
+        mode == 0 ? PQexec(c.get(), sql.c_str())
+                  : PQexecParams(c.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 1);
+    INFO(PQresultErrorMessage(r));
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    std::vector<std::string> got;
+    for (int i = 0; i < PQntuples(r); ++i) {
+      std::string id = PQgetvalue(r, i, 1);
+      if (mode == 1) {  // binary int8
+        REQUIRE(PQgetlength(r, i, 1) == 8);
+        uint64_t v = 0;
+        for (int b = 0; b < 8; ++b) v = v << 8 | static_cast<unsigned char>(PQgetvalue(r, i, 1)[b]);
+        id = std::to_string(v);
+      }
+      got.push_back(id + "|" + std::string(PQgetvalue(r, i, 0), PQgetlength(r, i, 0)));
+    }
+    CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 20");
+    PQclear(r);
+    CHECK(got == expected);
+  }
+}
+
 TEST_CASE("a multi-shard prepared statement that fails leaves no name behind", "[multishard]") {
   // The shard where Execute failed skipped the rest of the batch to Sync, the Close of
   // pgshard's statement name included: the next Parse of that name must still work.
