@@ -1033,7 +1033,159 @@ bool mask_literals(std::string_view sql, std::string& out) {
   return true;
 }
 
+bool ident_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' ||
+         static_cast<unsigned char>(c) >= 0x80;
+}
+
+// The text with each literal (numbers, standard 'strings') replaced by $1, $2... in order,
+// and the literals' values. False for text this does not rewrite safely: parameters of its
+// own, backslashes, dollar quoting, prefixed strings (E'', B'', U&''...), unterminated
+// quotes or comments. Quoted identifiers and comments are kept as written.
+bool parameterize(std::string_view sql, std::string& out, std::vector<std::string>& values) {
+  out.clear();
+  values.clear();
+  const std::size_t n = sql.size();
+  auto param = [&](std::string value) {
+    values.push_back(std::move(value));
+    out += '$';
+    out += std::to_string(values.size());
+  };
+  for (std::size_t i = 0; i < n; ++i) {
+    const char c = sql[i];
+    const char next = i + 1 < n ? sql[i + 1] : '\0';
+    if (c == '$' || c == '\\') return false;
+    if (c == '"') {
+      const std::size_t end = sql.find('"', i + 1);
+      if (end == std::string_view::npos) return false;
+      out.append(sql.substr(i, end - i + 1));  // "" inside is two adjacent quoted parts
+      i = end;
+    } else if (c == '-' && next == '-') {
+      std::size_t end = sql.find('\n', i);
+      if (end == std::string_view::npos) end = n - 1;
+      out.append(sql.substr(i, end - i + 1));
+      i = end;
+    } else if (c == '/' && next == '*') {
+      int depth = 0;  // PostgreSQL's block comments nest
+      std::size_t j = i;
+      for (; j + 1 < n; ++j) {
+        if (sql[j] == '/' && sql[j + 1] == '*') {
+          ++depth;
+          ++j;
+        } else if (sql[j] == '*' && sql[j + 1] == '/') {
+          ++j;
+          if (--depth == 0) break;
+        }
+      }
+      if (depth != 0) return false;
+      out.append(sql.substr(i, j - i + 1));
+      i = j;
+    } else if (c == '\'') {
+      if (i > 0 && (ident_char(sql[i - 1]) || sql[i - 1] == '&')) return false;
+      std::string value;
+      for (++i;; ++i) {
+        if (i >= n) return false;
+        if (sql[i] == '\'') {
+          if (i + 1 < n && sql[i + 1] == '\'') {
+            value += '\'';
+            ++i;
+            continue;
+          }
+          break;
+        }
+        value += sql[i];
+      }
+      param(std::move(value));
+    } else if ((std::isdigit(static_cast<unsigned char>(c)) ||
+                (c == '.' && std::isdigit(static_cast<unsigned char>(next)))) &&
+               (i == 0 || (!ident_char(sql[i - 1]) && sql[i - 1] != '.'))) {
+      std::size_t j = i;
+      auto digits = [&] {
+        while (j < n && std::isdigit(static_cast<unsigned char>(sql[j]))) ++j;
+      };
+      digits();
+      if (j < n && sql[j] == '.') {
+        ++j;
+        digits();
+      }
+      if (j < n && (sql[j] == 'e' || sql[j] == 'E')) {
+        ++j;
+        if (j < n && (sql[j] == '+' || sql[j] == '-')) ++j;
+        digits();
+      }
+      if (j < n && (ident_char(sql[j]) || sql[j] == '.')) return false;
+      param(std::string(sql.substr(i, j - i)));
+      i = j - 1;
+    } else {
+      out += c;
+    }
+  }
+  return true;
+}
+
+// `shape` with its parameters $1..$n (the literals) put back as literal key values; nullopt
+// when a parameter stands where no literal can (an array parameter).
+std::optional<Analysis> with_literals(const Analysis& shape, const std::vector<std::string>& v) {
+  std::optional<Analysis> out(shape);
+  auto put = [&](KeyValue& k) {
+    if (k.kind == KeyValue::Kind::kLiteral) return true;
+    if (k.kind != KeyValue::Kind::kParam || k.param < 1 ||
+        static_cast<std::size_t>(k.param) > v.size())
+      return false;
+    k.literal = v[static_cast<std::size_t>(k.param - 1)];
+    k.kind = KeyValue::Kind::kLiteral;
+    k.param = 0;
+    return true;
+  };
+  for (auto& k : out->keys)
+    if (!put(k)) return std::nullopt;
+  if (out->new_key && !put(*out->new_key)) return std::nullopt;
+  return out;
+}
+
+// Whether two analyses route alike: everything routing reads is equal, and neither needs a
+// merge plan (a plan's statement text and bounds would carry the parameters).
+bool routes_alike(const Analysis& a, const Analysis& b) {
+  auto plain = [](const std::shared_ptr<const merge::MergePlan>& p) {
+    return !p || (!p->needs_merge() && p->unsupported.empty());
+  };
+  return a.target == b.target && a.write == b.write && a.ddl == b.ddl && a.table == b.table &&
+         a.keys == b.keys && a.new_key == b.new_key && a.insert == b.insert &&
+         a.replicated == b.replicated && a.txn == b.txn && !a.explain_route &&
+         !b.explain_route && !a.copy_in && !b.copy_in && a.statements == b.statements &&
+         a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
+         a.merge_candidate == b.merge_candidate && plain(a.merge) && plain(b.merge) &&
+         a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() &&
+         !a.pins && !b.pins && a.user_functions == b.user_functions &&
+         a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
+         a.hint == b.hint && a.reason == b.reason;
+}
+
 }  // namespace
+
+std::shared_ptr<const Analysis> AnalysisCache::from_shape(std::string_view sql,
+                                                          const config::Config& cfg,
+                                                          std::shared_ptr<const Analysis>& real) {
+  if (capacity_ == 0 || !parameterize(sql, masked_, literals_) || literals_.empty())
+    return nullptr;
+  if (auto it = shapes_.find(masked_); it != shapes_.end()) {
+    if (!it->second) return nullptr;
+    if (auto a = with_literals(*it->second, literals_)) {
+      ++hits_;
+      return std::make_shared<const Analysis>(std::move(*a));
+    }
+    return nullptr;
+  }
+  // A new shape: analyse the statement and its shape; keep the shape only when putting
+  // this statement's literals back gives the statement's own analysis.
+  ++misses_;
+  real = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  auto shape = std::make_shared<const Analysis>(analyze_statement(masked_, cfg));
+  auto back = with_literals(*shape, literals_);
+  if (shapes_.size() >= capacity_) shapes_.clear();
+  shapes_.emplace(masked_, back && routes_alike(*back, *real) ? shape : nullptr);
+  return nullptr;
+}
 
 std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
                                                    const config::Config& cfg) {
@@ -1046,7 +1198,15 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
     return it->second.analysis;
   }
   std::string_view key = sql;
-  if (names_no_placed_table(sql, cfg) && mask_literals(sql, masked_)) key = masked_;
+  if (!names_no_placed_table(sql, cfg)) {
+    // Keys of sharded tables are literals that matter: statements of one shape share the
+    // shape's analysis with their own literals put back (simple-protocol traffic parses
+    // each shape once instead of each statement).
+    std::shared_ptr<const Analysis> real;
+    if (auto a = from_shape(sql, cfg, real)) return a;
+    return lookup(sql, sql, cfg, std::move(real));
+  }
+  if (mask_literals(sql, masked_)) key = masked_;
   if (key.data() == masked_.data()) {
     // A shape shared across literals never holds settings (see lookup).
     if (auto it = map_.find(key);
@@ -1057,14 +1217,15 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
 }
 
 std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std::string_view sql,
-                                                      const config::Config& cfg) {
+                                                      const config::Config& cfg,
+                                                      std::shared_ptr<const Analysis> known) {
   if (auto it = map_.find(key); it != map_.end()) {
     ++hits_;
     order_.splice(order_.begin(), order_, it->second.order);
     return it->second.analysis;
   }
-  ++misses_;
-  auto a = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  if (!known) ++misses_;
+  auto a = known ? std::move(known) : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
   // Settings carry their literals: such statements are cached by their exact text only.
   if (!a->settings.empty() || a->pins) key = sql;
   if (capacity_ == 0) return a;

@@ -119,7 +119,14 @@ class AnalysisCache {
 
  private:
   std::shared_ptr<const Analysis> lookup(std::string_view key, std::string_view sql,
-                                         const config::Config& cfg);
+                                         const config::Config& cfg,
+                                         std::shared_ptr<const Analysis> known = nullptr);
+  // Statements naming sharded tables with their literals as parameters ($1..$n): the
+  // analysis of that shape, with the literals put back as key values, when it was shown to
+  // route as the statement itself would (null otherwise). `real` receives the statement's
+  // own analysis when it had to be made.
+  std::shared_ptr<const Analysis> from_shape(std::string_view sql, const config::Config& cfg,
+                                             std::shared_ptr<const Analysis>& real);
   using Order = std::list<std::string>;
   struct Entry {
     std::shared_ptr<const Analysis> analysis;
@@ -129,6 +136,10 @@ class AnalysisCache {
   Order order_;  // most recent first
   std::unordered_map<std::string_view, Entry> map_;
   std::string masked_;  // scratch for the literal-masked key
+  // Shapes (literals as parameters) -> their analysis, null when the shape does not route
+  // like its statements (a literal in LIMIT, ORDER BY 1, a typed literal...).
+  std::unordered_map<std::string, std::shared_ptr<const Analysis>> shapes_;
+  std::vector<std::string> literals_;  // scratch: the literals of the shape being looked up
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
 };

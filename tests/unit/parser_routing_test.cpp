@@ -569,6 +569,79 @@ TEST_CASE("statements without sharded tables share a cache entry across literals
   CHECK(route_query("select abalance from accounts where aid = 77", hints, *cfg, ctx).shard == 1);
 }
 
+TEST_CASE("statements of one shape share its analysis with their own literals",
+          "[router][parser]") {
+  auto cfg = map();
+  // Each pair is one shape with two sets of literals: the second is answered from the
+  // shape the first taught the cache, and must analyse exactly as on its own.
+  const std::vector<std::pair<std::string, std::string>> pairs = {
+      {"select * from users where id = 1", "select * from users where id = 2"},
+      {"select * from users where id = '12'", "select * from users where id = '34'"},
+      {"select * from users where id = 5.0", "select * from users where id = 7.0"},
+      {"select * from users where id = -5", "select * from users where id = -6"},
+      {"select * from users where id in (1, 2, 3)", "select * from users where id in (4, 5, 6)"},
+      {"select * from users where id in (1, 2) order by 1", "select * from users where id in "
+                                                            "(4, 5) order by 1"},
+      {"select * from users where id = 1 limit 1", "select * from users where id = 2 limit 9"},
+      {"select * from users where id = 1 and name = 'it''s'",
+       "select * from users where id = 2 and name = 'x'"},
+      {"select \"1x\" from users where id = 4 -- 5\n", "select \"1x\" from users where id = 6 -- 7\n"},
+      {"/* pgshard: shard=s1 */ select * from users where id = 8",
+       "/* pgshard: shard=s1 */ select * from users where id = 9"},
+      {"select * from sessions where token = 'abc'", "select * from sessions where token = 'a''b'"},
+      {"insert into users (id, name) values (1, 'a'), (2, 'b')",
+       "insert into users (id, name) values (3, 'c'), (4, 'd')"},
+      {"update users set name = 'x' where id = 3", "update users set name = 'y' where id = 4"},
+      {"update users set id = 5 where id = 3", "update users set id = 6 where id = 4"},
+      {"delete from orders where user_id = 10", "delete from orders where user_id = 11"},
+      {"select count(*) from orders where user_id = 1 group by 1",
+       "select count(*) from orders where user_id = 2 group by 1"},
+      {"select * from users u join orders o on o.user_id = u.id where u.id = 1",
+       "select * from users u join orders o on o.user_id = u.id where u.id = 2"},
+      {"select * from users where id = 1; select * from users where id = 2",
+       "select * from users where id = 3; select * from users where id = 4"},
+      {"select date '2020-01-01', * from users where id = 1",
+       "select date '2021-01-01', * from users where id = 2"},
+      {"select 1::numeric(10, 2) from users where id = 1",
+       "select 1::numeric(10, 2) from users where id = 2"},
+      {"select * from users where id = 1 or id = 2", "select * from users where id = 3 or id = 4"},
+      {"select * from users where id = 1e3", "select * from users where id = 2e3"},
+  };
+  for (const auto& [first, second] : pairs) {
+    INFO(first << " | " << second);
+    AnalysisCache cache(100);
+    cache.get(first, *cfg);
+    auto got = cache.get(second, *cfg);
+    auto own = analyze_statement(second, *cfg);
+    CHECK(got->target == own.target);
+    CHECK(got->keys == own.keys);
+    CHECK(got->new_key == own.new_key);
+    CHECK(got->insert == own.insert);
+    CHECK(got->statements == own.statements);
+    CHECK(got->concat_safe == own.concat_safe);
+    CHECK(got->merge_blocker == own.merge_blocker);
+    CHECK(got->error == own.error);
+    CHECK(bool(got->merge) == bool(own.merge));
+    if (got->merge && own.merge) CHECK(got->merge->describe() == own.merge->describe());
+    if (got->merge && own.merge) CHECK(got->merge->shard_sql == own.merge->shard_sql);
+  }
+  // The shape is analysed once, then shared: no parse for the second, third... statement.
+  AnalysisCache cache(100);
+  cache.get("select abalance from users where id = 1", *cfg);
+  const auto misses = cache.misses();
+  for (int i = 2; i < 50; ++i)
+    CHECK(cache.get("select abalance from users where id = " + std::to_string(i), *cfg)
+              ->keys[0]
+              .literal == std::to_string(i));
+  CHECK(cache.misses() == misses);
+  // Text it does not rewrite is still analysed correctly, one statement at a time.
+  for (const char* sql : {"select * from users where id = 1 and name = E'a\\'b'",
+                          "select * from users where id = $$1$$::bigint"}) {
+    INFO(sql);
+    CHECK(cache.get(sql, *cfg)->target == analyze_statement(sql, *cfg).target);
+  }
+}
+
 TEST_CASE("router.parse: false routes by hints only", "[router][parser]") {
   auto cfg = config::load_string(R"(users: [{name: app, password: x}]
 shards: [{ name: s0, primary: "postgres://h:1/app" }, { name: s1, primary: "postgres://h:2/app" }]
