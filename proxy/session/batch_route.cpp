@@ -11,7 +11,7 @@ namespace sqlstate = protocol::sqlstate;
 
 namespace {
 
-router::Route after_extended_messages(router::Route r, const std::optional<router::Route>& bound,
+router::Route after_extended_messages(router::Route r, const router::Route* bound,
                                       const router::SessionHints& hints, bool txn_managed) {
   // A simple Query pipelined after extended messages without a Sync: PostgreSQL runs them
   // as one unit (one implicit transaction; after an error in the extended part it skips the
@@ -42,7 +42,8 @@ router::Route after_extended_messages(router::Route r, const std::optional<route
 router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
                           router::Context ctx, bool txn_managed, bool* simple) {
-  std::optional<router::Route> route;
+  router::Route route;
+  bool routed = false;  // a Bind was routed: `route` holds where the batch goes
   std::string_view described;  // a statement described without being bound
   std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
   auto text_of = [&](std::string_view name) -> std::string_view {
@@ -57,9 +58,9 @@ router::Route route_batch(std::string_view batch, Statements& statements,
         if (auto q = proto::Query::parse(f.body)) {
           *simple = true;
           const bool after_extended = m.raw.size() != batch.size();
-          auto r = router::route_query(q->sql, route ? route->hints : hints, cfg, ctx);
+          auto r = router::route_query(q->sql, routed ? route.hints : hints, cfg, ctx);
           if (!after_extended || r.kind == router::RouteKind::kError) return r;
-          return after_extended_messages(std::move(r), route, hints, txn_managed);
+          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints, txn_managed);
         }
         break;
       case proto::msg::kParse:
@@ -73,17 +74,18 @@ router::Route route_batch(std::string_view batch, Statements& statements,
         if (auto b = proto::Bind::parse(f.body)) {
           ctx.bind = &*b;
           auto r =
-              router::route_extended(text_of(b->statement), route ? route->hints : hints, cfg, ctx);
+              router::route_extended(text_of(b->statement), routed ? route.hints : hints, cfg, ctx);
           ctx.bind = nullptr;
           // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
           const bool begin =
               r.kind == router::RouteKind::kShard && r.txn == router::TxnControl::kBegin;
-          if (!route || (route->txn == router::TxnControl::kBegin && !begin)) {
+          if (!routed || (route.txn == router::TxnControl::kBegin && !begin)) {
             route = std::move(r);
+            routed = true;
           } else if (begin) {
             continue;
-          } else if (r.kind != router::RouteKind::kShard || r.shard != route->shard ||
-                     r.shards != route->shards) {
+          } else if (r.kind != router::RouteKind::kShard || r.shard != route.shard ||
+                     r.shards != route.shards) {
             // One batch, one destination: splitting a pipeline at Bind boundaries across
             // shards is not done yet.
             router::Route e;
@@ -110,7 +112,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
         break;
     }
   }
-  if (route) return std::move(*route);
+  if (routed) return route;
   // Nothing is executed (Parse/Describe/Close/Sync only): any shard that has the statement's
   // tables describes it alike.
   return router::route_extended(described, hints, cfg, ctx);

@@ -525,14 +525,20 @@ awaitable<void> Session::handle_request(char boundary) {
     co_return;
   }
   Request req{boundary};
-  router::Route route = co_await route_request(req);
+  router::Route route = route_batch(&req.simple);
+  // Directory-placed keys not cached yet: look them up, then route again.
+  if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
+  req.lone = lone(req, route);
   const auto act = router::action(route);
   if (act == router::Action::kAnswer || act == router::Action::kRefuse) {
     co_await answer_locally(route, req);
     co_return;
   }
   adopt(route);
-  if (co_await control_transaction(route, req)) co_return;
+  // (Most statements neither control nor meet a failed transaction: no coroutine for them.)
+  if ((route.txn != router::TxnControl::kNone || txn_.failed()) &&
+      co_await control_transaction(route, req))
+    co_return;
   // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
   const bool prepare_only = !req.simple && !binds_or_runs(pending_);
   switch (act) {
@@ -562,7 +568,7 @@ awaitable<void> Session::handle_request(char boundary) {
     case router::Action::kAnswer:
     case router::Action::kRefuse:
     case router::Action::kLookup:
-      break;  // answered above; route_request resolves lookups
+      break;  // answered above; resolve_lookups resolved them
   }
 }
 
@@ -580,9 +586,7 @@ awaitable<bool> Session::skip_failed_batch(char boundary) {
   co_return pending_.empty();
 }
 
-awaitable<router::Route> Session::route_request(Request& req) {
-  router::Route route = route_batch(&req.simple);
-  // Directory-placed keys not cached yet: look them up, then route again.
+awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
   for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
     // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
     std::string err = "directory entries expire faster than they are read";
@@ -596,15 +600,16 @@ awaitable<router::Route> Session::route_request(Request& req) {
     }
     route = route_batch(&req.simple);
   }
+}
+
+bool Session::lone(const Request& req, const router::Route& route) const {
   // BEGIN/COMMIT/ROLLBACK pgshard may answer itself: a simple Query, or an extended batch
   // of one statement ending with Sync (psycopg 3, asyncpg...).
-  req.lone = req.simple;
-  if (!req.simple && req.boundary == proto::msg::kSync && route.txn != router::TxnControl::kNone) {
-    int executes = 0;
-    for (const auto m : proto::frames(pending_)) executes += m.frame.type == proto::msg::kExecute;
-    req.lone = executes == 1;
-  }
-  co_return route;
+  if (req.simple) return true;
+  if (req.boundary != proto::msg::kSync || route.txn == router::TxnControl::kNone) return false;
+  int executes = 0;
+  for (const auto m : proto::frames(pending_)) executes += m.frame.type == proto::msg::kExecute;
+  return executes == 1;
 }
 
 awaitable<void> Session::answer_locally(const router::Route& route, const Request& req) {

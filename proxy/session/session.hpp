@@ -139,7 +139,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // After pgshard failed an extended batch: skips to its Sync; true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
   // Routes pending_ (directory lookups done first).
-  awaitable<router::Route> route_request(Request& req);
+  // Looks up directory-placed keys the route needs, then routes again (once more at most).
+  awaitable<void> resolve_lookups(Request& req, router::Route& route);
+  // Whether the request is one statement pgshard may answer as transaction control itself.
+  bool lone(const Request& req, const router::Route& route) const;
   // pgshard's own answer or refusal.
   awaitable<void> answer_locally(const router::Route& route, const Request& req);
   // Takes on what the route says of the session: hints, pinning, settings to track.
