@@ -28,7 +28,7 @@ class Buffer {
       if (begin_ > 0 && cap_ - used >= min_free && used < cap_ / 2) {
         std::memmove(data_.get(), data_.get() + begin_, used);
       } else {
-        std::size_t cap = cap_ ? cap_ : 8192;
+        std::size_t cap = cap_ ? cap_ : 1024;
         while (cap - used < min_free) cap *= 2;
         auto fresh = std::make_unique_for_overwrite<char[]>(cap);
         if (used) std::memcpy(fresh.get(), data_.get() + begin_, used);

@@ -2,6 +2,8 @@
 // connections they use live on the same worker, so the data path takes no locks.
 #include "proxy/server/server.hpp"
 
+#include <malloc.h>
+
 #include <spdlog/spdlog.h>
 
 #include <future>
@@ -127,6 +129,7 @@ awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_para
 
 void Worker::add(const std::shared_ptr<session::Session>& s) {
   sessions_[s.get()] = s;
+  peak_sessions_ = std::max(peak_sessions_, sessions_.size());
 }
 
 void Worker::remove(session::Session* s) {
@@ -189,6 +192,12 @@ awaitable<void> Worker::janitor() {
     auto [ec] = co_await timer.async_wait(use_nothrow);
     if (ec) co_return;
     for (auto& [key, p] : pools_) p->prune(config().timeouts.server_idle);
+    // After many clients left, give their memory back to the system: the allocator keeps
+    // freed memory in its arenas otherwise, and RSS would stay at its peak.
+    if (peak_sessions_ >= sessions_.size() + 256) {
+      ::malloc_trim(0);
+      peak_sessions_ = sessions_.size();
+    }
   }
 }
 

@@ -22,6 +22,8 @@ using namespace asio::experimental::awaitable_operators;
 namespace {
 
 constexpr std::size_t kReadChunk = 16 * 1024;
+// The first read after a client was idle: small enough for the allocator's per-thread cache.
+constexpr std::size_t kFirstReadChunk = 1000;
 
 std::string canonical_parameter(std::string_view name) {
   // GUC names are case-insensitive; use the spelling PostgreSQL reports.
@@ -208,8 +210,19 @@ awaitable<void> Session::idle_watch() {
 }
 
 awaitable<bool> Session::read_client() {
+  std::size_t chunk = kReadChunk;
+  if (in_.empty() && !stream_.tls()) {
+    // Between requests a client holds no read buffer (idle clients are most clients): wait
+    // until it sends, then read into a small one (most requests are small; a larger one
+    // grows it). As many system calls as reading at once: that read would find nothing
+    // yet and wait the same way.
+    in_.shrink(0);
+    auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, use_nothrow);
+    if (ec) co_return false;
+    chunk = kFirstReadChunk;
+  }
   std::size_t room;
-  char* at = in_.prepare(kReadChunk, &room);
+  char* at = in_.prepare(chunk, &room);
   auto [ec, n] = co_await stream_.read_some(asio::buffer(at, room));
   if (ec) co_return false;
   in_.commit(n);
