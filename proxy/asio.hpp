@@ -5,6 +5,11 @@
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl.hpp>
 
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <string_view>
+
 namespace pgshard {
 namespace asio = boost::asio;
 using asio::awaitable;
@@ -12,6 +17,28 @@ using asio::ip::tcp;
 using boost::system::error_code;
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
 using Clock = std::chrono::steady_clock;
+
+// What the socket takes at once, without waiting: as much of `bytes` as fits in its send
+// buffer. Sending directly (when nothing else writes to the socket) saves the Asio operation,
+// its queued completion and a coroutine switch per write; the caller writes any rest with
+// async_write. `ec` is set on a failure other than a full buffer.
+inline std::size_t send_now(tcp::socket& socket, std::string_view bytes, error_code& ec) {
+  std::size_t sent = 0;
+  while (sent < bytes.size()) {
+    const ssize_t n = ::send(socket.native_handle(), bytes.data() + sent, bytes.size() - sent,
+                             MSG_DONTWAIT | MSG_NOSIGNAL);
+    if (n > 0) {
+      sent += static_cast<std::size_t>(n);
+    } else if (n < 0 && errno == EINTR) {
+      continue;
+    } else {
+      if (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)
+        ec = error_code(errno, boost::system::system_category());
+      break;
+    }
+  }
+  return sent;
+}
 
 // A one-shot broadcast: wait() suspends until notify_all(). Built on a timer that never
 // expires by itself, so it needs no locks on the session's single-threaded executor.

@@ -29,6 +29,10 @@ class ClientStream {
     if (tls_) co_return co_await asio::async_write(*tls_, b, use_nothrow);
     co_return co_await asio::async_write(socket_, b, use_nothrow);
   }
+  // Plain TCP: what the socket takes now (see send_now); TLS: nothing (all goes by write).
+  std::size_t write_now(std::string_view bytes, error_code& ec) {
+    return tls_ ? 0 : send_now(socket_, bytes, ec);
+  }
 
   void close() {
     error_code ec;

@@ -210,19 +210,24 @@ awaitable<void> Session::idle_watch() {
 }
 
 awaitable<bool> Session::read_client() {
-  std::size_t chunk = kReadChunk;
+  std::size_t room;
   if (in_.empty() && !stream_.tls()) {
     // Between requests a client holds no read buffer (idle clients are most clients): wait
     // until it sends, then read into a small one (most requests are small; a larger one
     // grows it). As many system calls as reading at once: that read would find nothing
-    // yet and wait the same way.
+    // yet and wait the same way. The socket is readable: read it directly.
     in_.shrink(0);
     auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, use_nothrow);
     if (ec) co_return false;
-    chunk = kFirstReadChunk;
+    char* at = in_.prepare(kFirstReadChunk, &room);
+    const ssize_t got = ::recv(stream_.socket().native_handle(), at, room, MSG_DONTWAIT);
+    if (got > 0) {
+      in_.commit(static_cast<std::size_t>(got));
+      co_return true;
+    }
+    if (got == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) co_return false;
   }
-  std::size_t room;
-  char* at = in_.prepare(chunk, &room);
+  char* at = in_.prepare(kReadChunk, &room);
   auto [ec, n] = co_await stream_.read_some(asio::buffer(at, room));
   if (ec) co_return false;
   in_.commit(n);
@@ -272,7 +277,12 @@ awaitable<bool> Session::write_client(std::string_view bytes) {
   while (client_writing_) co_await client_write_done_.wait();
   if (client_gone_) co_return false;
   client_writing_ = true;
-  auto [ec, n] = co_await stream_.write(asio::buffer(bytes.data(), bytes.size()));
+  error_code ec;
+  const std::size_t sent = stream_.write_now(bytes, ec);
+  if (!ec && sent < bytes.size()) {
+    auto [e, n] = co_await stream_.write(asio::buffer(bytes.data() + sent, bytes.size() - sent));
+    ec = e;
+  }
   client_writing_ = false;
   client_write_done_.notify_all();
   if (ec) client_gone_ = true;
@@ -888,8 +898,15 @@ awaitable<void> Session::flush_copy() {
 
 awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::string_view bytes) {
   writing_server_ = true;
-  auto [ec, n] = co_await asio::async_write(link->lease->socket(),
-                                            asio::buffer(bytes.data(), bytes.size()), use_nothrow);
+  error_code ec;
+  const std::size_t sent = send_now(link->lease->socket(), bytes, ec);
+  if (!ec && sent < bytes.size()) {
+    auto [e, n] =
+        co_await asio::async_write(link->lease->socket(),
+                                   asio::buffer(bytes.data() + sent, bytes.size() - sent),
+                                   use_nothrow);
+    ec = e;
+  }
   writing_server_ = false;
   server_write_done_.notify_all();
   if (ec) {
