@@ -1123,10 +1123,10 @@ bool parameterize(std::string_view sql, std::string& out, std::vector<std::strin
   return true;
 }
 
-// `shape` with its parameters $1..$n (the literals) put back as literal key values; nullopt
+// `shape` with its parameters $1..$n (the literals) put back as literal key values; null
 // when a parameter stands where no literal can (an array parameter).
-std::optional<Analysis> with_literals(const Analysis& shape, const std::vector<std::string>& v) {
-  std::optional<Analysis> out(shape);
+std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector<std::string>& v) {
+  auto out = std::make_shared<Analysis>(shape);
   auto put = [&](KeyValue& k) {
     if (k.kind == KeyValue::Kind::kLiteral) return true;
     if (k.kind != KeyValue::Kind::kParam || k.param < 1 ||
@@ -1138,8 +1138,8 @@ std::optional<Analysis> with_literals(const Analysis& shape, const std::vector<s
     return true;
   };
   for (auto& k : out->keys)
-    if (!put(k)) return std::nullopt;
-  if (out->new_key && !put(*out->new_key)) return std::nullopt;
+    if (!put(k)) return nullptr;
+  if (out->new_key && !put(*out->new_key)) return nullptr;
   return out;
 }
 
@@ -1170,11 +1170,9 @@ std::shared_ptr<const Analysis> AnalysisCache::from_shape(std::string_view sql,
     return nullptr;
   if (auto it = shapes_.find(masked_); it != shapes_.end()) {
     if (!it->second) return nullptr;
-    if (auto a = with_literals(*it->second, literals_)) {
-      ++hits_;
-      return std::make_shared<const Analysis>(std::move(*a));
-    }
-    return nullptr;
+    auto a = with_literals(*it->second, literals_);
+    if (a) ++hits_;
+    return a;
   }
   // A new shape: analyse the statement and its shape; keep the shape only when putting
   // this statement's literals back gives the statement's own analysis.

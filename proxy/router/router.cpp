@@ -749,11 +749,11 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
         protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(r.answer);
       }
     }
-    r.hints = after;
+    r.hints = std::move(after);
     return r;
   }
   Route r = pick_or_explain(a, after, cfg, sql, ctx);
-  r.hints = after;
+  r.hints = std::move(after);
   return r;
 }
 
@@ -769,7 +769,7 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
     return r;
   }
   Route r = pick_or_explain(a, after, cfg, sql, ctx);
-  r.hints = after;
+  r.hints = std::move(after);
   return r;
 }
 
