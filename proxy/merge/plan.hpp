@@ -18,6 +18,7 @@ struct SortKey {
   bool descending = false;
   bool nulls_first = false;  // PostgreSQL: NULLS LAST for ASC, NULLS FIRST for DESC
   bool c_collation = false;  // COLLATE "C" / "POSIX": byte order
+  bool operator==(const SortKey&) const = default;
 };
 
 // LIMIT and OFFSET: constants, Bind parameters, or absent.
@@ -25,6 +26,7 @@ struct Bound {
   std::optional<int64_t> value;
   int param = 0;  // 1-based $n when the bound is a parameter
   bool present() const { return value || param > 0; }
+  bool operator==(const Bound&) const = default;
 };
 
 // An aggregate in the client's query and the shard columns it is computed from.
@@ -38,6 +40,7 @@ struct Aggregate {
   int scale = -1;
   int precision = 0;
   int32_t typmod = -1;
+  bool operator==(const Aggregate&) const = default;
 };
 
 // HAVING, evaluated on merged groups: a small tree of AND/OR/NOT and comparisons between
@@ -51,6 +54,7 @@ struct Predicate {
   // kCompare: each side is an output value (value >= 0) or a constant.
   int left_value = -1, right_value = -1;
   std::optional<std::string> left_const, right_const;  // text of the constant; nullopt = NULL
+  bool operator==(const Predicate&) const = default;
 };
 
 // One value of a merged group, in the order of the shard columns that follow the plan.
@@ -58,6 +62,7 @@ struct Output {
   enum class Kind { kGroupKey, kAggregate, kConstant };
   Kind kind = Kind::kGroupKey;
   int column = 0;  // kGroupKey/kConstant: the shard column; kAggregate: index into aggregates
+  bool operator==(const Output&) const = default;
 };
 
 struct MergePlan {
@@ -94,6 +99,7 @@ struct MergePlan {
            offset.present() || distinct || distinct_on > 0 || aggregate;
   }
   std::string describe() const;  // one line for EXPLAIN (ROUTE)
+  bool operator==(const MergePlan&) const = default;
 };
 
 }  // namespace pgshard::merge

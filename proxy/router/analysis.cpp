@@ -6,6 +6,7 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <charconv>
 #include <functional>
 #include <memory>
 #include <set>
@@ -1140,21 +1141,39 @@ std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector
   for (auto& k : out->keys)
     if (!put(k)) return nullptr;
   if (out->new_key && !put(*out->new_key)) return nullptr;
+  if (out->merge && (out->merge->limit.param > 0 || out->merge->offset.param > 0)) {
+    // LIMIT / OFFSET literals: the plan with this statement's bounds.
+    auto plan = std::make_shared<merge::MergePlan>(*out->merge);
+    for (auto* b : {&plan->limit, &plan->offset}) {
+      if (b->param <= 0) continue;
+      if (static_cast<std::size_t>(b->param) > v.size()) return nullptr;
+      const auto& text = v[static_cast<std::size_t>(b->param - 1)];
+      int64_t n = 0;
+      auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), n);
+      if (ec != std::errc() || end != text.data() + text.size()) return nullptr;
+      b->value = n;
+      b->param = 0;
+    }
+    out->merge = std::move(plan);
+  }
   return out;
 }
 
-// Whether two analyses route alike: everything routing reads is equal, and neither needs a
-// merge plan (a plan's statement text and bounds would carry the parameters).
+// Whether two analyses route alike: everything routing reads is equal, merge plans
+// included (a plan whose shards run a rewritten statement never is: its text would carry
+// the parameters).
 bool routes_alike(const Analysis& a, const Analysis& b) {
-  auto plain = [](const std::shared_ptr<const merge::MergePlan>& p) {
-    return !p || (!p->needs_merge() && p->unsupported.empty());
+  auto same_plan = [](const std::shared_ptr<const merge::MergePlan>& p,
+                      const std::shared_ptr<const merge::MergePlan>& q) {
+    if (!p || !q) return !p && !q;
+    return p->shard_sql.empty() && q->shard_sql.empty() && *p == *q;
   };
   return a.target == b.target && a.write == b.write && a.ddl == b.ddl && a.table == b.table &&
          a.keys == b.keys && a.new_key == b.new_key && a.insert == b.insert &&
          a.replicated == b.replicated && a.txn == b.txn && !a.explain_route &&
          !b.explain_route && !a.copy_in && !b.copy_in && a.statements == b.statements &&
          a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
-         a.merge_candidate == b.merge_candidate && plain(a.merge) && plain(b.merge) &&
+         a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
          a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() &&
          !a.pins && !b.pins && a.user_functions == b.user_functions &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&

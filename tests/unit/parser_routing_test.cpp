@@ -606,6 +606,12 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
        "select 1::numeric(10, 2) from users where id = 2"},
       {"select * from users where id = 1 or id = 2", "select * from users where id = 3 or id = 4"},
       {"select * from users where id = 1e3", "select * from users where id = 2e3"},
+      {"select * from users where id in (1, 2, 3) order by id limit 2",
+       "select * from users where id in (4, 5, 6) order by id limit 5 offset 1"},
+      {"select * from users where id in (1, 2) limit 1 offset 2",
+       "select * from users where id in (3, 4) limit 2 offset 0"},
+      {"select name, count(*) from users where id in (1, 2) group by name having count(*) > 1",
+       "select name, count(*) from users where id in (3, 4) group by name having count(*) > 7"},
   };
   for (const auto& [first, second] : pairs) {
     INFO(first << " | " << second);
@@ -634,6 +640,17 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
               ->keys[0]
               .literal == std::to_string(i));
   CHECK(cache.misses() == misses);
+  // LIMIT and OFFSET literals too: each statement gets its own bounds.
+  cache.get("select id, name from users where id in (1, 2) order by id limit 1", *cfg);
+  const auto limit_misses = cache.misses();
+  for (int i = 2; i < 20; ++i) {
+    auto a = cache.get(
+        "select id, name from users where id in (1, 2) order by id limit " + std::to_string(i),
+        *cfg);
+    REQUIRE(a->merge);
+    CHECK(a->merge->limit.value == std::optional<int64_t>(i));
+  }
+  CHECK(cache.misses() == limit_misses);
   // Text it does not rewrite is still analysed correctly, one statement at a time.
   for (const char* sql : {"select * from users where id = 1 and name = E'a\\'b'",
                           "select * from users where id = $$1$$::bigint"}) {
