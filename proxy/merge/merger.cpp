@@ -1,7 +1,10 @@
 // The multi-shard row merger (see merger.hpp).
 #include "proxy/merge/merger.hpp"
 
+#include "protocol/codec.hpp"
+
 #include <algorithm>
+#include <charconv>
 #include <cstdint>
 
 namespace pgshard::merge {
@@ -182,7 +185,7 @@ int Merger::wants() const {
   if (complete_) return -1;
   for (int s = 0; s < shards_; ++s) {
     if (ended_[static_cast<std::size_t>(s)]) continue;
-    if (plan_.aggregate || order_.empty() || !heads_[static_cast<std::size_t>(s)]) return s;
+    if (plan_.aggregate || order_.empty() || !heads_[static_cast<std::size_t>(s)].present) return s;
   }
   return -1;
 }
@@ -204,6 +207,40 @@ void append_key(std::string& key, int32_t type, int16_t format, std::optional<st
 
 void Merger::add_row(int shard, std::string_view body) {
   if (complete_) return;
+  if (!plan_.aggregate && !order_.empty()) {
+    // Kept as sent (the slot's buffers are reused); its columns are found in the copy.
+    auto& h = heads_[static_cast<std::size_t>(shard)];
+    h.body.assign(body);
+    h.cells.clear();
+    proto::BodyReader r(h.body);
+    const int16_t n = r.i16();
+    h.visible_end = 2;
+    for (int16_t i = 0; i < n && !r.failed(); ++i) {
+      const int32_t len = r.i32();
+      h.cells.push_back(len < 0 ? proto::Value()
+                                : proto::Value(r.bytes(static_cast<std::size_t>(len))));
+      if (i < visible_) h.visible_end = h.body.size() - r.remaining();
+    }
+    if (!r.ok_and_done() || h.cells.size() != shard_columns_.size()) {
+      fail("malformed DataRow from a shard");
+      return;
+    }
+    // An integer first key is read once per row, not at every comparison.
+    h.key.reset();
+    const auto& k = order_.front();
+    const auto& kc = shard_columns_[static_cast<std::size_t>(k.column)];
+    if ((kc.type == oid::kInt2 || kc.type == oid::kInt4 || kc.type == oid::kInt8) &&
+        kc.format == 0) {
+      if (const auto& v = h.cells[static_cast<std::size_t>(k.column)]) {
+        int64_t x = 0;
+        auto [end, ec] = std::from_chars(v->data(), v->data() + v->size(), x);
+        if (ec == std::errc() && end == v->data() + v->size()) h.key = x;
+      }
+    }
+    h.present = true;
+    step();
+    return;
+  }
   auto dr = proto::DataRow::parse(body);
   if (!dr || static_cast<int>(dr->values.size()) != static_cast<int>(shard_columns_.size())) {
     fail("malformed DataRow from a shard");
@@ -231,12 +268,7 @@ void Merger::add_row(int shard, std::string_view body) {
   row.reserve(dr->values.size());
   for (const auto& v : dr->values)
     row.push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
-  if (order_.empty()) {
-    emit(std::move(row));
-    return;
-  }
-  heads_[static_cast<std::size_t>(shard)] = std::move(row);
-  step();
+  emit(std::move(row));
 }
 
 void Merger::end_of_rows(int shard) {
@@ -254,21 +286,53 @@ void Merger::step() {
     int best = -1;
     for (int s = 0; s < shards_; ++s) {
       const auto& h = heads_[static_cast<std::size_t>(s)];
-      if (!h) {
+      if (!h.present) {
         if (!ended_[static_cast<std::size_t>(s)]) return;
         continue;
       }
-      if (best < 0 || compare_rows(*h, *heads_[static_cast<std::size_t>(best)], shard_columns_) < 0)
-        best = s;
+      if (best < 0 || head_before(h, heads_[static_cast<std::size_t>(best)])) best = s;
     }
     if (best < 0) return;
-    Row row = std::move(*heads_[static_cast<std::size_t>(best)]);
-    heads_[static_cast<std::size_t>(best)].reset();
-    emit(std::move(row));
+    auto& head = heads_[static_cast<std::size_t>(best)];
+    head.present = false;
+    emit_head(head);
   }
 }
 
-int Merger::compare_rows(const Row& a, const Row& b, const std::vector<Column>& columns) const {
+bool Merger::head_before(const Head& a, const Head& b) const {
+  if (a.key && b.key && *a.key != *b.key)
+    return order_.front().descending ? *a.key > *b.key : *a.key < *b.key;
+  return compare_rows(a.cells, b.cells, shard_columns_) < 0;
+}
+
+void Merger::emit_head(const Head& head) {
+  if (complete_) return;
+  if (plan_.distinct || plan_.distinct_on > 0) {
+    Row row;
+    row.reserve(head.cells.size());
+    for (const auto& v : head.cells)
+      row.push_back(v ? std::optional<std::string>(std::string(*v)) : std::nullopt);
+    emit(std::move(row));
+    return;
+  }
+  if (offset_ && skipped_ < *offset_) {
+    ++skipped_;
+    return;
+  }
+  if (visible_ == static_cast<int>(head.cells.size()))
+    proto::MessageWriter(out_).begin(proto::msg::kDataRow).bytes(head.body).finish();
+  else
+    proto::MessageWriter(out_)
+        .begin(proto::msg::kDataRow)
+        .i16(static_cast<int16_t>(visible_))
+        .bytes(std::string_view(head.body).substr(2, head.visible_end - 2))
+        .finish();
+  ++sent_;
+  if (limit_ && static_cast<int64_t>(sent_) >= *limit_) complete_ = true;
+}
+
+template <typename Cells>
+int Merger::compare_rows(const Cells& a, const Cells& b, const std::vector<Column>& columns) const {
   for (const auto& k : order_) {
     const auto& x = a[static_cast<std::size_t>(k.column)];
     const auto& y = b[static_cast<std::size_t>(k.column)];

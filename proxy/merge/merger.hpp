@@ -75,13 +75,26 @@ class Merger {
     std::vector<Acc> accs;
   };
 
+  // ORDER BY merge: each shard's pending row as it sent it (its slot's buffers are reused
+  // row after row), with its columns' bytes in it.
+  struct Head {
+    bool present = false;
+    std::string body;                  // the DataRow body
+    std::vector<protocol::Value> cells;  // views into body
+    std::size_t visible_end = 0;         // where the columns the client sees end in body
+    std::optional<int64_t> key;          // the first sort key, when an integer in text
+  };
   void step();
+  // Passes a shard's row on as it is (without pgshard's helper columns).
+  void emit_head(const Head& head);
+  bool head_before(const Head& a, const Head& b) const;
   void emit(Row row);
   void finish_aggregate();
   void accumulate(Group& g, const std::vector<protocol::Value>& values);
   std::optional<std::string> final_value(const Group& g, int output);
   std::optional<std::string> encode_integer(int32_t type, int64_t v, int16_t format) const;
-  int compare_rows(const Row& a, const Row& b, const std::vector<Column>& columns) const;
+  template <typename Cells>
+  int compare_rows(const Cells& a, const Cells& b, const std::vector<Column>& columns) const;
   std::optional<bool> evaluate(const Predicate& p, const Row& row) const;
   std::optional<int> compare_operand(const Row& row, int value, const std::optional<std::string>& c,
                                      int other_value) const;
@@ -99,7 +112,7 @@ class Merger {
   std::vector<Column> output_columns_;  // aggregate mode: the merged row's columns
   int visible_ = 0;
   std::vector<bool> ended_;
-  std::vector<std::optional<Row>> heads_;  // ORDER BY merge: the pending row of each shard
+  std::vector<Head> heads_;  // ORDER BY merge: the pending row of each shard
   std::unordered_map<std::string, std::size_t> group_index_;
   std::vector<Group> groups_;
   std::unordered_set<std::string> seen_;  // DISTINCT
