@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Single-shard throughput against the size of the shard map: pgbench -S (keyed reads routed by
+# the parser, pgbench_accounts sharded by aid) through pgshard with maps of 1, 2, 4 and 8
+# shards (every shard holds all of pgbench's rows, so each read finds its row wherever the
+# hash sends it), and the TPS of each map relative to the 2-shard map.
+#   DURATION (s, default 8)  CLIENTS (default 32)  MODE (default extended)  COUNTS ("1 2 4 8")
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+DURATION=${DURATION:-8}; CLIENTS=${CLIENTS:-32}; MODE=${MODE:-extended}
+COUNTS=${COUNTS:-"1 2 4 8"}; WORKERS=${WORKERS:-2}
+BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
+DIR=$(mktemp -d /tmp/pgshard-shards-XXXXXX); chmod 755 "$DIR"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+MAX=0; for n in $COUNTS; do [ "$n" -gt "$MAX" ] && MAX=$n; done
+PORTS=(); for _ in $(seq "$MAX"); do PORTS+=("$(free_port)"); done
+PROXY=$(free_port)
+export PGPASSWORD=secret
+cleanup() {
+  [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
+  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true
+  rm -rf "$DIR"
+}
+trap cleanup EXIT
+"$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "${PORTS[@]}" >/dev/null
+for p in "${PORTS[@]}"; do pgbench -i -q -s 1 -h 127.0.0.1 -p "$p" -U app app >/dev/null 2>&1; done
+declare -A TPS
+for n in $COUNTS; do
+  {
+    echo "listen: { host: 127.0.0.1, port: $PROXY, workers: $WORKERS, max_client_conn: 500 }"
+    echo "users: [{ name: app, password: secret, pool_mode: transaction }]"
+    echo "shards:"
+    for i in $(seq 0 $((n - 1))); do
+      echo "  - { name: s$i, primary: \"postgres://app:secret@127.0.0.1:${PORTS[$i]}/app\", pool_size: 32 }"
+    done
+    echo "sharded_tables: [{ table: pgbench_accounts, column: aid, type: integer, function: hash }]"
+    echo "unsharded: { shard: s0 }"
+    echo "log_level: warn"
+    echo "two_phase_log: $DIR/2pc-$n"
+  } >"$DIR/pgshard-$n.yaml"
+  "$BUILD/pgshard" --config "$DIR/pgshard-$n.yaml" >"$DIR/pgshard-$n.log" 2>&1 &
+  echo $! >"$DIR/pgshard.pid"
+  for _ in $(seq 100); do psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U app app -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  out=$(pgbench -n -S -T "$DURATION" -c "$CLIENTS" -j 2 -M "$MODE" -h 127.0.0.1 -p "$PROXY" -U app app 2>&1) \
+    || { echo "pgbench failed with $n shards: $out"; cat "$DIR/pgshard-$n.log"; exit 1; }
+  TPS[$n]=$(echo "$out" | awk '/^tps/ {print $3}')
+  kill "$(cat "$DIR/pgshard.pid")"; wait "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
+  rm -f "$DIR/pgshard.pid"
+done
+printf '%-8s %10s %12s\n' shards tps "vs 2 shards"
+for n in $COUNTS; do
+  awk -v n="$n" -v t="${TPS[$n]}" -v b="${TPS[2]:-${TPS[$n]}}" 'BEGIN {printf "%-8s %10.0f %12.2f\n", n, t, t / b}'
+done
