@@ -1,12 +1,11 @@
 // The Asio names the proxy uses, in one place.
 #pragma once
 
+#include <sys/socket.h>
+
 #include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
 #include <boost/asio/ssl.hpp>
-
-#include <sys/socket.h>
-
 #include <cerrno>
 #include <string_view>
 

@@ -1,11 +1,11 @@
 // The multi-shard row merger (see merger.hpp).
 #include "proxy/merge/merger.hpp"
 
-#include "protocol/codec.hpp"
-
 #include <algorithm>
 #include <charconv>
 #include <cstdint>
+
+#include "protocol/codec.hpp"
 
 namespace pgshard::merge {
 

@@ -79,7 +79,7 @@ class Merger {
   // row after row), with its columns' bytes in it.
   struct Head {
     bool present = false;
-    std::string body;                  // the DataRow body
+    std::string body;                    // the DataRow body
     std::vector<protocol::Value> cells;  // views into body
     std::size_t visible_end = 0;         // where the columns the client sees end in body
     std::optional<int64_t> key;          // the first sort key, when an integer in text

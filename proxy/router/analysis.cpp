@@ -1170,12 +1170,12 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
   };
   return a.target == b.target && a.write == b.write && a.ddl == b.ddl && a.table == b.table &&
          a.keys == b.keys && a.new_key == b.new_key && a.insert == b.insert &&
-         a.replicated == b.replicated && a.txn == b.txn && !a.explain_route &&
-         !b.explain_route && !a.copy_in && !b.copy_in && a.statements == b.statements &&
+         a.replicated == b.replicated && a.txn == b.txn && !a.explain_route && !b.explain_route &&
+         !a.copy_in && !b.copy_in && a.statements == b.statements &&
          a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
          a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
-         a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() &&
-         !a.pins && !b.pins && a.user_functions == b.user_functions &&
+         a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() && !a.pins &&
+         !b.pins && a.user_functions == b.user_functions &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
          a.hint == b.hint && a.reason == b.reason;
 }
@@ -1185,8 +1185,7 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
 std::shared_ptr<const Analysis> AnalysisCache::from_shape(std::string_view sql,
                                                           const config::Config& cfg,
                                                           std::shared_ptr<const Analysis>& real) {
-  if (capacity_ == 0 || !parameterize(sql, masked_, literals_) || literals_.empty())
-    return nullptr;
+  if (capacity_ == 0 || !parameterize(sql, masked_, literals_) || literals_.empty()) return nullptr;
   if (auto it = shapes_.find(masked_); it != shapes_.end()) {
     if (!it->second) return nullptr;
     auto a = with_literals(*it->second, literals_);

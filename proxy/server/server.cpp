@@ -3,7 +3,6 @@
 #include "proxy/server/server.hpp"
 
 #include <malloc.h>
-
 #include <spdlog/spdlog.h>
 
 #include <future>

@@ -43,7 +43,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
                           router::Context ctx, bool txn_managed, bool* simple) {
   router::Route route;
-  bool routed = false;  // a Bind was routed: `route` holds where the batch goes
+  bool routed = false;         // a Bind was routed: `route` holds where the batch goes
   std::string_view described;  // a statement described without being bound
   std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
   auto text_of = [&](std::string_view name) -> std::string_view {
@@ -60,7 +60,8 @@ router::Route route_batch(std::string_view batch, Statements& statements,
           const bool after_extended = m.raw.size() != batch.size();
           auto r = router::route_query(q->sql, routed ? route.hints : hints, cfg, ctx);
           if (!after_extended || r.kind == router::RouteKind::kError) return r;
-          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints, txn_managed);
+          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints,
+                                         txn_managed);
         }
         break;
       case proto::msg::kParse:

@@ -901,10 +901,8 @@ awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::st
   error_code ec;
   const std::size_t sent = send_now(link->lease->socket(), bytes, ec);
   if (!ec && sent < bytes.size()) {
-    auto [e, n] =
-        co_await asio::async_write(link->lease->socket(),
-                                   asio::buffer(bytes.data() + sent, bytes.size() - sent),
-                                   use_nothrow);
+    auto [e, n] = co_await asio::async_write(
+        link->lease->socket(), asio::buffer(bytes.data() + sent, bytes.size() - sent), use_nothrow);
     ec = e;
   }
   writing_server_ = false;

@@ -299,8 +299,8 @@ TEST_CASE("a split INSERT that skips rows still returns them in VALUES order by 
     std::vector<std::string> rows;
     auto bin = [](char v) { return std::string("\0\0\0", 3) + v; };
     run(c,
-        {{table_columns({{"name", 0}, {"id", 1}}), data_row({"b", bin(11)}),
-          complete("INSERT 0 1"), ready()},
+        {{table_columns({{"name", 0}, {"id", 1}}), data_row({"b", bin(11)}), complete("INSERT 0 1"),
+          ready()},
          {table_columns({{"name", 0}, {"id", 1}}), data_row({"a", bin(10)}),
           data_row({"d", bin(13)}), complete("INSERT 0 2"), ready()}},
         &rows);
