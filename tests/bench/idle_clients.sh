@@ -3,19 +3,9 @@
 # (transaction pooling: they hold no server), and prints pgshard's RSS before, with them
 # connected, and after they have left, with the cost per idle client.
 #   CLIENTS (default 10000)  WORKERS (pgshard, default 2)
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh" idle
 CLIENTS=${CLIENTS:-10000}; WORKERS=${WORKERS:-2}
-BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
-DIR=$(mktemp -d /tmp/pgshard-idle-XXXXXX); chmod 755 "$DIR"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 SHARD=$(free_port); PROXY=$(free_port)
-cleanup() {
-  [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
-  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 ulimit -n "$(ulimit -Hn)"  # each process needs one descriptor per client
 "$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "$SHARD" >/dev/null
 cat >"$DIR/pgshard.yaml" <<YAML

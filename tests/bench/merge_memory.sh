@@ -4,21 +4,11 @@
 # rows, and prints pgshard's peak RSS and both row rates. Then a GROUP BY with few groups,
 # whose merge state must stay small whatever the row count.
 #   ROWS (default 5000000)  WORKERS (pgshard, default 2)
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh" merge
 ROWS=${ROWS:-5000000}; WORKERS=${WORKERS:-2}
-BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
-DIR=$(mktemp -d /tmp/pgshard-merge-XXXXXX); chmod 755 "$DIR"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 P=(); for i in 0 1 2 3 4; do P+=("$(free_port)"); done
 PROXY=$(free_port)
 export PGPASSWORD=secret
-cleanup() {
-  [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
-  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 gcc -O2 -o "$DIR/stream_rows" "$ROOT/tests/bench/stream_rows.c" -I"$(pg_config --includedir)" -lpq
 "$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "${P[@]}" >/dev/null
 psql_to() { psql -qAt -h 127.0.0.1 -p "$1" -U app app -c "$2"; }

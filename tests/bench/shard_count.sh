@@ -4,23 +4,13 @@
 # shards (every shard holds all of pgbench's rows, so each read finds its row wherever the
 # hash sends it), and the TPS of each map relative to the 2-shard map.
 #   DURATION (s, default 8)  CLIENTS (default 32)  MODE (default extended)  COUNTS ("1 2 4 8")
-set -euo pipefail
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+source "$(dirname "$0")/common.sh" shards
 DURATION=${DURATION:-8}; CLIENTS=${CLIENTS:-32}; MODE=${MODE:-extended}
 COUNTS=${COUNTS:-"1 2 4 8"}; WORKERS=${WORKERS:-2}
-BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
-DIR=$(mktemp -d /tmp/pgshard-shards-XXXXXX); chmod 755 "$DIR"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 MAX=0; for n in $COUNTS; do [ "$n" -gt "$MAX" ] && MAX=$n; done
 PORTS=(); for _ in $(seq "$MAX"); do PORTS+=("$(free_port)"); done
 PROXY=$(free_port)
 export PGPASSWORD=secret
-cleanup() {
-  [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
-  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true
-  rm -rf "$DIR"
-}
-trap cleanup EXIT
 "$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "${PORTS[@]}" >/dev/null
 for p in "${PORTS[@]}"; do pgbench -i -q -s 1 -h 127.0.0.1 -p "$p" -U app app >/dev/null 2>&1; done
 declare -A TPS

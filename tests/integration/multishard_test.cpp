@@ -153,19 +153,31 @@ TEST_CASE("a CancelRequest stops a multi-shard statement on every shard", "[mult
   CHECK(scalar(c.get(), "select count(*) from ms_users") == "30");
 }
 
+namespace {
+// The id of row i of scattered_insert: ids spread over the shards out of order.
+int scattered_id(int base, int i) {
+  return base + (i * 37) % 101;
+}
+// A 30-row INSERT into ms_users whose rows go to every shard in mixed order; `rows` gets
+// "id|name" of each row in VALUES order.
+std::string scattered_insert(int base, std::vector<std::string>& rows) {
+  std::string sql = "insert into ms_users (id, name) values ";
+  for (int i = 0; i < 30; ++i) {
+    const int id = scattered_id(base, i);
+    sql += (i ? ", (" : "(") + std::to_string(id) + ", 'v" + std::to_string(i) + "')";
+    rows.push_back(std::to_string(id) + "|v" + std::to_string(i));
+  }
+  return sql;
+}
+}  // namespace
+
 TEST_CASE("a multi-row INSERT across shards returns its rows in VALUES order", "[multishard]") {
   // ORMs match RETURNING rows to their objects by position.
   make_users();
   Proxy proxy(options());
   auto c = connect(proxy.conninfo());
-  std::string sql = "insert into ms_users (id, name) values ";
   std::vector<std::string> expected;
-  for (int i = 0; i < 30; ++i) {
-    const int id = 1000 + (i * 37) % 101;
-    sql += (i ? ", (" : "(") + std::to_string(id) + ", 'v" + std::to_string(i) + "')";
-    expected.push_back(std::to_string(id) + "|v" + std::to_string(i));
-  }
-  sql += " returning id, name";
+  const std::string sql = scattered_insert(1000, expected) + " returning id, name";
   for (int mode = 0; mode < 2; ++mode) {
     INFO("extended protocol: " << mode);
     query(c.get(), "delete from ms_users where id >= 1000");
@@ -190,20 +202,17 @@ TEST_CASE("a split INSERT ... ON CONFLICT DO NOTHING returns what it inserted in
   make_users();
   Proxy proxy(options());
   auto c = connect(proxy.conninfo());
-  std::string sql = "insert into ms_users (id, name) values ";
-  std::vector<std::string> expected;
-  for (int i = 0; i < 30; ++i) {
-    const int id = 2000 + (i * 37) % 101;
-    sql += (i ? ", (" : "(") + std::to_string(id) + ", 'v" + std::to_string(i) + "')";
-    if (i % 3 != 0) expected.push_back(std::to_string(id) + "|v" + std::to_string(i));
-  }
-  sql += " on conflict (id) do nothing returning name, id";
+  std::vector<std::string> rows, expected;
+  const std::string sql =
+      scattered_insert(2000, rows) + " on conflict (id) do nothing returning name, id";
+  for (std::size_t i = 0; i < rows.size(); ++i)
+    if (i % 3 != 0) expected.push_back(rows[i]);  // every third row is there already
   for (int mode = 0; mode < 2; ++mode) {
     INFO("extended protocol: " << mode);
     query(c.get(), "delete from ms_users where id >= 2000");
     for (int i = 0; i < 30; i += 3)
       query(c.get(), "insert into ms_users (id, name) values (" +
-                         std::to_string(2000 + (i * 37) % 101) + ", 'old')");
+                         std::to_string(scattered_id(2000, i)) + ", 'old')");
     PGresult* r =
         mode == 0 ? PQexec(c.get(), sql.c_str())
                   : PQexecParams(c.get(), sql.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 1);

@@ -1,0 +1,15 @@
+# Set-up shared by the benchmark scripts (sourced): ROOT, BUILD (a Release build unless
+# PGSHARD_BUILD names one), a scratch DIR the postgres user can read, free_port, and on exit
+# stopping the pgshard whose pid is in $DIR/pgshard.pid and the shards under $DIR/pg.
+#   source "$(dirname "$0")/common.sh" NAME
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
+DIR=$(mktemp -d "/tmp/pgshard-$1-XXXXXX"); chmod 755 "$DIR"
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+bench_cleanup() {
+  [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
+  "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true
+  rm -rf "$DIR"
+}
+trap bench_cleanup EXIT
