@@ -13,3 +13,14 @@ bench_cleanup() {
   rm -rf "$DIR"
 }
 trap bench_cleanup EXIT
+# Starts pgshard with config $1 (log beside it, pid in $DIR/pgshard.pid) and waits until it
+# answers on port $2.
+start_pgshard() {
+  "$BUILD/pgshard" --config "$1" >"${1%.yaml}.log" 2>&1 &
+  echo $! >"$DIR/pgshard.pid"
+  for _ in $(seq 100); do
+    PGPASSWORD=secret psql -X -qAt -h 127.0.0.1 -p "$2" -U app app -c 'select 1' >/dev/null 2>&1 && return
+    sleep 0.1
+  done
+  echo "pgshard did not start:"; cat "${1%.yaml}.log"; exit 1
+}

@@ -16,10 +16,8 @@ unsharded: { shard: s0 }
 log_level: warn
 two_phase_log: $DIR/2pc
 YAML
-"$BUILD/pgshard" --config "$DIR/pgshard.yaml" >"$DIR/pgshard.log" 2>&1 &
-echo $! >"$DIR/pgshard.pid"
+start_pgshard "$DIR/pgshard.yaml" "$PROXY"
 PID=$(cat "$DIR/pgshard.pid")
-for _ in $(seq 100); do PGPASSWORD=secret psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U app app -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
 before=$(rss_kb)
 coproc IDLE { python3 "$ROOT/tests/bench/idle_clients.py" 127.0.0.1 "$PROXY" "$CLIENTS" app app; }

@@ -31,9 +31,7 @@ unsharded: { shard: s0 }
 log_level: warn
 two_phase_log: $DIR/2pc
 YAML
-"$BUILD/pgshard" --config "$DIR/pgshard.yaml" >"$DIR/pgshard.log" 2>&1 &
-echo $! >"$DIR/pgshard.pid"
-sleep 1
+start_pgshard "$DIR/pgshard.yaml" "$PROXY"
 rss() { awk '/VmHWM/ {print $2}' "/proc/$(cat "$DIR/pgshard.pid")/status"; }
 base=$(rss)
 sql="select * from big order by id"

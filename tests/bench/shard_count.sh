@@ -27,9 +27,7 @@ for n in $COUNTS; do
     echo "log_level: warn"
     echo "two_phase_log: $DIR/2pc-$n"
   } >"$DIR/pgshard-$n.yaml"
-  "$BUILD/pgshard" --config "$DIR/pgshard-$n.yaml" >"$DIR/pgshard-$n.log" 2>&1 &
-  echo $! >"$DIR/pgshard.pid"
-  for _ in $(seq 100); do psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U app app -c 'select 1' >/dev/null 2>&1 && break; sleep 0.1; done
+  start_pgshard "$DIR/pgshard-$n.yaml" "$PROXY"
   out=$(pgbench -n -S -T "$DURATION" -c "$CLIENTS" -j 2 -M "$MODE" -h 127.0.0.1 -p "$PROXY" -U app app 2>&1) \
     || { echo "pgbench failed with $n shards: $out"; cat "$DIR/pgshard-$n.log"; exit 1; }
   TPS[$n]=$(echo "$out" | awk '/^tps/ {print $3}')
