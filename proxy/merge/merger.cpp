@@ -103,6 +103,9 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
     if (k.column < 0) k.column = visible_ + (-k.column - 1);
   const std::vector<Column>* sort_columns = &shard_columns_;
   if (plan_.aggregate) {
+    // The merged row is the plan's outputs, the client's columns first.
+    if (plan_.outputs.size() < static_cast<std::size_t>(visible_))
+      return bad("the merge plan has fewer outputs than the client's columns");
     output_columns_.clear();
     for (const auto& o : plan_.outputs) {
       if (o.kind != Output::Kind::kAggregate) {

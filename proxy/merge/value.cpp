@@ -87,11 +87,16 @@ constexpr int64_t kMicrosPerDay = 86'400'000'000;
 // PostgreSQL's binary dates and timestamps count from 2000-01-01.
 constexpr int64_t kPgEpochDays = 10957;
 
-// Reads digits while they last; returns the value and advances `s`.
+// Reads digits while they last; returns the value and advances `s`. False for fewer than
+// `min_digits` digits, or more than a date or time field can have (no overflow).
 bool read_number(std::string_view& s, int64_t& v, std::size_t min_digits = 1) {
+  constexpr std::size_t kMaxDigits = 9;
   std::size_t n = 0;
   v = 0;
-  while (n < s.size() && s[n] >= '0' && s[n] <= '9') v = v * 10 + (s[n++] - '0');
+  while (n < s.size() && s[n] >= '0' && s[n] <= '9') {
+    if (n == kMaxDigits) return false;
+    v = v * 10 + (s[n++] - '0');
+  }
   s.remove_prefix(n);
   return n >= min_digits;
 }
@@ -168,8 +173,14 @@ std::optional<int64_t> parse_datetime(int32_t type, std::string_view s) {
     s = {};
   }
   if (!s.empty()) return std::nullopt;
-  return days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)) * kMicrosPerDay +
-         micros - off * 1'000'000;
+  // Years past about 292,000 do not fit in microseconds: not compared, never overflowed.
+  int64_t at = 0;
+  if (__builtin_mul_overflow(
+          days_from_civil(y, static_cast<unsigned>(mo), static_cast<unsigned>(d)), kMicrosPerDay,
+          &at) ||
+      __builtin_add_overflow(at, micros - off * 1'000'000, &at))
+    return std::nullopt;
+  return at;
 }
 
 std::optional<int64_t> binary_datetime(int32_t type, std::string_view b) {

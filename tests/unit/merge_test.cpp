@@ -115,6 +115,13 @@ TEST_CASE("values compare by type, with NaN last and the collation for text", "[
   CHECK(cmp(oid::kText, "B", "a") < 0);  // C collation: byte order
   CHECK(cmp(oid::kBpchar, "ab  ", "ab") == 0);
   CHECK_FALSE(compare_values(oid::kDate, 0, "01/02/2024", "2024-01-02", c));  // not ISO
+  // A field with more digits than any date has, or a year too far out for microseconds, is
+  // refused, never overflowed (found by fuzz_merger: 21 digits overflowed int64).
+  CHECK_FALSE(compare_values(oid::kDate, 0, "444444444444444444444-01-01", "2024-01-02", c));
+  CHECK_FALSE(compare_values(oid::kDate, 0, "444444444-01-01", "2024-01-02", c));
+  CHECK_FALSE(compare_values(oid::kTimestamp, 0, "2024-01-02 444444444444444444444:00:00",
+                             "2024-01-02", c));
+  CHECK(cmp(oid::kDate, "200000-01-01", "2024-01-02") > 0);
   CHECK_FALSE(orderable(oid::kInterval));
 }
 
