@@ -994,15 +994,18 @@ bool names_no_placed_table(std::string_view sql, const config::Config& cfg) {
   return true;
 }
 
+// A character that continues an identifier (or a $n parameter).
+bool ident_char(char c) {
+  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' ||
+         static_cast<unsigned char>(c) >= 0x80;
+}
+
 // The text with numeric and quoted-string literals replaced by '?', for caching statements
 // whose routing cannot depend on literals. False (no key) for text with forms we do not
 // mask safely (escape strings, dollar quoting).
 bool mask_literals(std::string_view sql, std::string& out) {
   out.clear();
-  auto ident = [](char c) {
-    return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' || c == '.' ||
-           static_cast<unsigned char>(c) >= 0x80;
-  };
+  auto ident = [](char c) { return ident_char(c) || c == '.'; };
   for (std::size_t i = 0; i < sql.size(); ++i) {
     const char c = sql[i];
     if (c == '\\') return false;
@@ -1032,11 +1035,6 @@ bool mask_literals(std::string_view sql, std::string& out) {
     out.push_back(c);
   }
   return true;
-}
-
-bool ident_char(char c) {
-  return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '$' ||
-         static_cast<unsigned char>(c) >= 0x80;
 }
 
 // The text with each literal (numbers, standard 'strings') replaced by $1, $2... in order,
