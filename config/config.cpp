@@ -265,6 +265,37 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   set("deadlock", t.deadlock);
 }
 
+void load_admin(Checker& c, const YAML::Node& n, Admin& out) {
+  if (!c.mapping(n, "admin", {"users", "stats_users", "http"})) return;
+  auto names = [&](const char* key, std::vector<std::string>& into) {
+    auto list = n[key];
+    if (!list) return;
+    if (!list.IsSequence()) {
+      c.fail(list, std::string("admin.") + key + " must be a list of user names");
+      return;
+    }
+    for (const auto& item : list)
+      if (auto name = c.string(item, std::string("admin.") + key)) into.push_back(*name);
+  };
+  names("users", out.users);
+  names("stats_users", out.stats_users);
+  if (auto h = n["http"]) {
+    auto text = c.string(h, "admin.http").value_or("");
+    const auto colon = text.rfind(':');
+    int port = 0;
+    if (colon != std::string::npos) {
+      auto [p, ec] = std::from_chars(text.data() + colon + 1, text.data() + text.size(), port);
+      if (ec != std::errc() || p != text.data() + text.size()) port = 0;
+    }
+    if (colon == std::string::npos || colon == 0 || port < 1 || port > 65535)
+      c.fail(h, "admin.http must be host:port, got '" + text + "'");
+    else {
+      out.http_host = text.substr(0, colon);
+      out.http_port = static_cast<uint16_t>(port);
+    }
+  }
+}
+
 // ring / range / list placement of one table; needs the shard list.
 void load_placement(Checker& c, const YAML::Node& n, ShardedTable& t, const Config& cfg) {
   auto shard_named = [&](const YAML::Node& v) {
@@ -366,9 +397,10 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
                   "unsharded", "timeouts", "log_level", "router", "partial_results",
-                  "two_phase_commit", "two_phase_log"})) {
+                  "two_phase_commit", "two_phase_log", "admin"})) {
     c.throw_if_failed();
   }
+  if (root["admin"]) load_admin(c, root["admin"], cfg->admin);
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
   if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
   if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);
@@ -410,6 +442,13 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
       cfg->users.push_back(std::move(u));
     }
   }
+  if (auto a = root["admin"]; a && a.IsMap())
+    for (const auto* key : {"users", "stats_users"})
+      if (auto list = a[key]; list && list.IsSequence())
+        for (const auto& item : list)
+          if (item.IsScalar() && !names.count(item.Scalar()))
+            c.fail(item, "admin." + std::string(key) + ": '" + item.Scalar() +
+                             "' is not one of the users (the console logs in as them)");
 
   names.clear();
   if (auto shards = root["shards"]; !shards || !shards.IsSequence() || shards.size() == 0) {
@@ -538,6 +577,14 @@ const User* Config::find_user(std::string_view name) const {
   for (const auto& u : users)
     if (u.name == name) return &u;
   return nullptr;
+}
+
+bool Admin::is_admin(std::string_view user) const {
+  return std::find(users.begin(), users.end(), user) != users.end();
+}
+
+bool Admin::may_view(std::string_view user) const {
+  return is_admin(user) || std::find(stats_users.begin(), stats_users.end(), user) != stats_users.end();
 }
 
 int Config::shard_index(std::string_view name) const {

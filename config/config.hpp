@@ -116,8 +116,19 @@ struct Timeouts {
   Millis deadlock{1000};
 };
 
+// The admin console (database "pgshard" on the client port) and the HTTP endpoint.
+struct Admin {
+  std::vector<std::string> users;        // every console command
+  std::vector<std::string> stats_users;  // SHOW commands only
+  std::string http_host;                 // empty: no HTTP endpoint
+  uint16_t http_port = 0;
+  bool is_admin(std::string_view user) const;
+  bool may_view(std::string_view user) const;
+};
+
 struct Config {
   std::string path;
+  Admin admin;
   Listen listen;
   Tls tls;
   std::vector<User> users;

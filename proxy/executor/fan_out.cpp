@@ -372,6 +372,7 @@ awaitable<void> FanOut::send() {
       batch += request_;
     }
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+    lease->count_sent(n);
     if (ec) {
       leg.failed = true;
       leg.problem = "connection lost";
@@ -483,6 +484,7 @@ awaitable<bool> FanOut::next_reply(Leg& leg, int i, Combiner& combiner) {
       auto [ec, n] = co_await conn->socket().async_read_some(asio::buffer(at, room), use_nothrow);
       if (ec) co_return false;
       conn->rbuf.commit(n);
+      conn->count_received(n);
       continue;
     }
     const auto& f = d.frame;
@@ -766,6 +768,7 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
     batch += c.request();
     lease->replies.expect_batch(c.request(), pool::Replies::Owner::kClient);
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+    lease->count_sent(n);
     std::string replies;
     bool failed = false;
     bool ok = !ec &&

@@ -155,7 +155,8 @@ awaitable<std::string> CopyIn::open() {
     replies.expect_ready(pool::Replies::Owner::kOwn);
     batch += c_.request();
     replies.expect_ready(pool::Replies::Owner::kClient);
-    co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+    auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+    lease->count_sent(n);
     const bool ok = co_await lease->read_replies(
         max_message_,
         [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
@@ -220,6 +221,7 @@ static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {
   if (lease->broken || lease->status != proto::txn_status::kInBlock) co_return true;
   auto [ec, n] = co_await asio::async_write(lease->socket(),
                                             asio::buffer(frame.data(), frame.size()), use_nothrow);
+  lease->count_sent(n);
   if (!ec) co_return true;
   lease->broken = true;
   co_return false;

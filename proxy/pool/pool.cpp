@@ -49,6 +49,10 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire() {
   co_await w.timer.async_wait(use_nothrow);
   if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
     waiters_.erase(it);
+  const uint64_t waited = micros_since(w.since);
+  ++counters_.waits;
+  counters_.wait_us += waited;
+  counters_.max_wait_us = std::max(counters_.max_wait_us, waited);
   if (w.conn) co_return Lease(this, std::move(w.conn));
   if (w.slot) co_return co_await open();
   co_return "timed out after " + std::to_string(wait_timeout_.count()) +
@@ -58,10 +62,15 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire() {
 
 awaitable<std::variant<Lease, std::string>> Pool::open() {
   ++total_;
+  ++connecting_;
   auto conn = std::make_unique<ServerConn>(ex_, target_);
   auto err = co_await conn->connect(connect_timeout_);
+  --connecting_;
   if (!err.empty()) {
     --total_;
+    ++counters_.connect_failures;
+    health_.last_failure = Clock::now();
+    health_.last_error = err;
     // Let the next waiter try its own connection rather than wait for a timeout.
     if (!waiters_.empty()) {
       auto* w = waiters_.front();
@@ -72,6 +81,9 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
     co_return err;
   }
   if (server_params_.empty()) server_params_ = conn->params;
+  ++counters_.connects;
+  health_.last_ok = Clock::now();
+  conn->replies.counters = &counters_;
   spdlog::debug("S-{}: connected to shard {} pid {}", conn->id(), target_.shard_name, conn->pid());
   co_return Lease(this, std::move(conn));
 }
@@ -122,7 +134,10 @@ void Pool::prune(config::Millis idle) {
 }
 
 PoolStats Pool::stats() const {
-  return {total_, static_cast<int>(idle_.size()), static_cast<int>(waiters_.size())};
+  PoolStats s{total_, static_cast<int>(idle_.size()), static_cast<int>(waiters_.size()),
+              connecting_, max_size_, 0};
+  for (const auto* w : waiters_) s.max_wait_us = std::max(s.max_wait_us, micros_since(w->since));
+  return s;
 }
 
 }  // namespace pgshard::pool

@@ -40,9 +40,19 @@ class Lease {
 };
 
 struct PoolStats {
-  int total = 0;
+  int total = 0;       // idle + leased + connecting
   int idle = 0;
-  int waiting = 0;
+  int waiting = 0;     // clients queued for a connection
+  int connecting = 0;  // connections logging in
+  int max_size = 0;
+  uint64_t max_wait_us = 0;  // the longest a queued client has waited so far
+};
+
+// Whether the shard answered the pool's last attempt to connect.
+struct PoolHealth {
+  Clock::time_point last_ok{};  // last successful login
+  Clock::time_point last_failure{};
+  std::string last_error;  // the last failure's message
 };
 
 class Pool {
@@ -59,6 +69,11 @@ class Pool {
   // At exit: closes idle connections; connections given back later are closed too.
   void close_all();
   PoolStats stats() const;
+  Counters& counters() { return counters_; }
+  const Counters& counters() const { return counters_; }
+  const PoolHealth& health() const { return health_; }
+  // Idle connections (for SHOW SERVERS).
+  const std::deque<std::unique_ptr<ServerConn>>& idle() const { return idle_; }
   const BackendTarget& target() const { return target_; }
   // Parameters the server reported at its first login (server_version, encodings...).
   const std::map<std::string, std::string>& server_params() const { return server_params_; }
@@ -68,6 +83,7 @@ class Pool {
     asio::steady_timer timer;
     std::unique_ptr<ServerConn> conn;  // handed over by give_back
     bool slot = false;                 // a slot freed: the waiter may open a connection
+    Clock::time_point since = Clock::now();
   };
   awaitable<std::variant<Lease, std::string>> open();
 
@@ -77,6 +93,9 @@ class Pool {
   config::Millis wait_timeout_;
   config::Millis connect_timeout_;
   int total_ = 0;  // idle + leased + connecting
+  int connecting_ = 0;
+  Counters counters_;
+  PoolHealth health_;
   bool closed_ = false;
   std::deque<std::unique_ptr<ServerConn>> idle_;
   std::deque<Waiter*> waiters_;

@@ -12,6 +12,13 @@ void Replies::push(Entry e) {
   if (e.kind == Kind::kReady) {
     if (answers_client(e.owner)) {
       ++client_owed_;
+      if (counters) {
+        e.at = Clock::now();
+        if (!in_xact_) {
+          in_xact_ = true;
+          xact_start_ = e.at;
+        }
+      }
     } else if (e.owner == Owner::kClientHiddenSync) {
       ++own_owed_;
     } else {
@@ -80,6 +87,23 @@ void Replies::clear() {
   queue_.clear();
   client_owed_ = own_owed_ = 0;
   ready_ = false;
+  in_xact_ = false;
+}
+
+void Replies::count_ready(const Entry& e, char status) {
+  if (e.at == Clock::time_point{}) return;  // sent before counting began
+  ++counters->queries;
+  counters->query_time.add(micros_since(e.at));
+  if (status != 'I') return;
+  ++counters->xacts;
+  counters->xact_time.add(micros_since(xact_start_));
+  // Requests pipelined behind this one start the next transaction now.
+  in_xact_ = client_owed_ > 0;
+  xact_start_ = Clock::now();
+}
+
+void Replies::count_error(std::string_view code) {
+  ++counters->errors[std::string(code.substr(0, 2))];
 }
 
 Replies::Verdict Replies::by_owner() const {
@@ -112,10 +136,12 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
         queue_.pop_front();
         if (e.kind == Kind::kReady) {
           owner_ = e.owner;
-          if (answers_client(e.owner))
+          if (answers_client(e.owner)) {
             --client_owed_;
-          else
+            if (counters) count_ready(e, f.body.empty() ? 'I' : f.body[0]);
+          } else {
             --own_owed_;
+          }
           break;
         }
         if (!e.added.empty() && prepared) prepared->erase(e.added);
@@ -151,6 +177,8 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
         if (ours(owner_)) {
           error.assign(e->message());
           error_code.assign(e->code());
+        } else if (counters) {
+          count_error(e->code());
         }
       }
       return by_owner();

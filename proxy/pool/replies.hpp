@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "protocol/codec.hpp"
+#include "proxy/pool/counters.hpp"
 
 namespace pgshard::pool {
 
@@ -76,6 +77,9 @@ class Replies {
   // A FATAL the server sent before closing (any owner).
   std::string fatal;
   std::string fatal_code;
+  // The pool's measurements: the client's requests, transactions and errors are counted
+  // as their replies arrive (null: not counted).
+  Counters* counters = nullptr;
 
  private:
   enum class Kind : uint8_t { kParse, kClose, kDescribe, kReady };
@@ -84,7 +88,10 @@ class Replies {
     Owner owner;
     Action action;
     std::string added;
+    Clock::time_point at{};  // when a client's request answered by ReadyForQuery was sent
   };
+  void count_ready(const Entry& e, char status);
+  void count_error(std::string_view code);
   Verdict by_owner() const;
   Verdict complete(Kind kind);
   void push(Entry e);
@@ -94,6 +101,8 @@ class Replies {
   int own_owed_ = 0;
   bool ready_ = false;
   Owner owner_ = Owner::kClient;
+  bool in_xact_ = false;  // a client's transaction is open on the server (for its time)
+  Clock::time_point xact_start_{};
 };
 
 }  // namespace pgshard::pool

@@ -169,6 +169,7 @@ awaitable<bool> ServerConn::run_own(std::string_view sql, std::size_t max_messag
   proto::Query{sql}.write(q);
   replies.expect_ready(Replies::Owner::kOwn);
   auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(q), use_nothrow);
+  count_sent(n);
   const bool ok =
       !ec && co_await read_replies(
                  max_message, [&](const protocol::Frame& f, std::string_view, Replies::Verdict) {

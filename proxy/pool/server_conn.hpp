@@ -98,6 +98,7 @@ class ServerConn {
   // Set when the connection must not be reused (I/O error, protocol desync, FATAL).
   bool broken = false;
   Clock::time_point idle_since = Clock::now();
+  const Clock::time_point connected_at = Clock::now();
 
   // Reads the server's replies through `replies`, handing each frame, its bytes and the
   // queue's verdict to `on_frame(frame, raw, verdict)` until it returns true. False when the
@@ -108,6 +109,14 @@ class ServerConn {
   // is in replies.tag / error. False (and the connection broken) when it failed.
   awaitable<bool> run_own(std::string_view sql, std::size_t max_message,
                           std::function<void(std::string_view row)> on_row = {});
+
+  // Bytes to and from the server, counted in its pool's measurements.
+  void count_sent(std::size_t n) {
+    if (replies.counters) replies.counters->bytes_sent += n;
+  }
+  void count_received(std::size_t n) {
+    if (replies.counters) replies.counters->bytes_received += n;
+  }
 
   // True if the socket is closed by the peer or has unexpected unread data.
   bool stale();
@@ -133,6 +142,7 @@ awaitable<bool> ServerConn::read_replies(std::size_t max_message, F on_frame) {
       auto [ec, n] = co_await socket_.async_read_some(asio::buffer(at, room), use_nothrow);
       if (ec) co_return false;
       rbuf.commit(n);
+      count_received(n);
       continue;
     }
     const protocol::Frame f = d.frame;

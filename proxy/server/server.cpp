@@ -126,6 +126,78 @@ awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_para
   co_return std::nullopt;
 }
 
+admin::WorkerSnapshot Worker::snapshot() const {
+  admin::WorkerSnapshot out;
+  out.worker = index_;
+  std::map<const pool::ServerConn*, uint64_t> held;  // server -> the client holding it
+  for (const auto& [ptr, weak] : sessions_) {
+    auto s = weak.lock();
+    if (!s) continue;
+    out.clients.push_back(s->client_row());
+    for (const auto* conn : s->servers()) {
+      held[conn] = s->id();
+      out.clients.back().servers.push_back(conn->id());
+    }
+    if (auto t = s->waiting_txn()) {
+      admin::TxnRow row{s->id(), out.clients.back().user, {}, t->busy ? "active" : "idle"};
+      for (const auto& [shard, pid] : t->servers)
+        row.shards.push_back(config().shards[static_cast<std::size_t>(shard)].name);
+      out.transactions.push_back(std::move(row));
+    }
+  }
+  auto server_row = [&](const pool::Pool& p, const pool::ServerConn& c, const char* state,
+                        uint64_t client) {
+    admin::ServerRow r;
+    r.id = c.id();
+    r.shard = p.target().shard;
+    r.shard_name = p.target().shard_name;
+    r.user = p.target().user;
+    r.database = p.target().database;
+    r.state = state;
+    r.addr = p.target().host;
+    r.port = p.target().port;
+    r.pid = c.pid();
+    r.client = client;
+    r.txn = c.status;
+    r.connected = c.connected_at;
+    r.since = c.idle_since;
+    return r;
+  };
+  for (const auto& [key, p] : pools_) {
+    admin::PoolRow row;
+    row.shard = key.first;
+    row.shard_name = p->target().shard_name;
+    row.user = key.second;
+    row.host = p->target().host;
+    row.port = p->target().port;
+    row.database = p->target().database;
+    row.stats = p->stats();
+    row.counters = p->counters();
+    row.health = p->health();
+    for (const auto& [conn, client] : held)
+      if (conn->target().shard == p->target().shard && conn->target().user == p->target().user) {
+        ++row.clients;
+        out.servers.push_back(server_row(*p, *conn, "active", client));
+      }
+    for (const auto& c : p->idle()) out.servers.push_back(server_row(*p, *c, "idle", 0));
+    out.pools.push_back(std::move(row));
+  }
+  out.routes = routes_;
+  out.cache_size = cache_.size();
+  out.cache_hits = cache_.hits();
+  out.cache_misses = cache_.misses();
+  return out;
+}
+
+bool Worker::kill_client(uint64_t id) {
+  for (auto& [ptr, weak] : sessions_)
+    if (auto s = weak.lock(); s && s->id() == id) {
+      s->force_close();
+      return true;
+    }
+  return false;
+}
+
 void Worker::add(const std::shared_ptr<session::Session>& s) {
   sessions_[s.get()] = s;
   peak_sessions_ = std::max(peak_sessions_, sessions_.size());
@@ -228,6 +300,7 @@ Server::Server(std::shared_ptr<const config::Config> config) {
     shared_.tls.emplace(make_tls_context(cfg.tls.cert, cfg.tls.key));
   int n = cfg.listen.workers;
   for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, shared_));
+  for (auto& w : workers_) shared_.workers.push_back(w.get());
 }
 
 awaitable<void> Server::accept_loop() {

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/pool/pool.hpp"
@@ -34,6 +35,8 @@ class Server;
 enum class SettingsCheck { kUnchanged, kChanged, kUnknown };
 
 // State shared by all workers; read-mostly, atomics only.
+class Worker;
+
 struct Shared {
   std::shared_ptr<const config::Config> config;
   std::optional<asio::ssl::context> tls;
@@ -43,6 +46,10 @@ struct Shared {
   std::atomic<bool> shutting_down{false};
   txn::DecisionLog decisions;  // two-phase commit decisions (shared; locks inside)
   std::atomic<uint64_t> next_gid{1};
+  std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
+  std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
+  std::vector<Worker*> workers;              // for the admin console and /metrics
+  Clock::time_point started = Clock::now();
 };
 
 class Worker {
@@ -85,6 +92,13 @@ class Worker {
   awaitable<std::optional<std::map<std::string, std::string>>> server_params(
       const config::User& user, std::string* error);
 
+  // How this worker's statements were routed.
+  admin::RouteCounters& routes() { return routes_; }
+  // Its pools, sessions and counters now (on the worker's thread).
+  admin::WorkerSnapshot snapshot() const;
+  // Ends the session with id `id` if it is this worker's (KILL_CLIENT); true if found.
+  bool kill_client(uint64_t id);
+
   void add(const std::shared_ptr<session::Session>& s);
   void remove(session::Session* s);
   // Asks every session to finish: idle ones close now, busy ones at their next idle point.
@@ -113,6 +127,7 @@ class Worker {
   std::size_t peak_sessions_ = 0;  // most sessions since memory was last given back
   router::AnalysisCache cache_;
   router::DirectoryCache directory_;
+  admin::RouteCounters routes_;
   std::optional<merge::Collation> collation_;
   struct CachedCollations {
     std::shared_ptr<const merge::ColumnCollations> columns;

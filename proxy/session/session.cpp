@@ -8,6 +8,7 @@
 #include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/admin/console.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
@@ -178,6 +179,11 @@ awaitable<void> Session::run() {
     co_return;
   }
   counted_ = ok;
+  if (ok && identity_.database == admin::kConsoleDatabase) {
+    startup_timer.cancel();
+    co_await console();
+    co_return;
+  }
   if (ok) ok = co_await welcome();
   startup_timer.cancel();
   if (!ok) co_return;
@@ -318,6 +324,39 @@ void Session::cancel_running(std::function<void()> done) {
                                  if (--*left == 0) (*finished)();
                                });
   }
+}
+
+awaitable<void> Session::console() {
+  if (!config_.admin.may_view(user_->name)) {
+    spdlog::warn("{}: refused the admin console: not in admin.users or admin.stats_users",
+                 prefix());
+    co_await fail(Failure::kLoginRefused,
+                  proto::error(sqlstate::kInsufficientPrivilege,
+                               "user \"" + user_->name + "\" may not use the admin console", {},
+                               "list the user under admin.users or admin.stats_users"),
+                  proto::msg::kSync);
+    co_return;
+  }
+  state_ = State::kReady;
+  spdlog::info("{}: admin console login", prefix());
+  std::string out;
+  proto::Authentication{proto::auth::kOk, {}}.write(out);
+  const std::pair<const char*, std::string> params[] = {
+      {"server_version", std::string("15.0 (pgshard ") + PGSHARD_VERSION + ")"},
+      {"server_encoding", "UTF8"},
+      {"client_encoding", "UTF8"},
+      {"DateStyle", "ISO, MDY"},
+      {"TimeZone", "UTC"},
+      {"integer_datetimes", "on"},
+      {"standard_conforming_strings", "on"},
+      {"is_superuser", "off"},
+      {"session_authorization", user_->name},
+      {"application_name", std::string(identity_.startup.param("application_name"))}};
+  for (const auto& [k, v] : params) proto::ParameterStatus{k, v}.write(out);
+  proto::BackendKeyData{0, 0}.write(out);
+  proto::ReadyForQuery{'I'}.write(out);
+  co_await admin::run_console(worker_, stream_, in_, *user_, std::move(out),
+                              [this]() -> const std::string& { return prefix(); });
 }
 
 awaitable<bool> Session::welcome() {
@@ -553,6 +592,7 @@ awaitable<void> Session::handle_request(char boundary) {
   if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
   req.lone = lone(req, route);
   const auto act = router::action(route);
+  worker_.routes().count(route, act);
   if (act == router::Action::kAnswer || act == router::Action::kRefuse) {
     co_await answer_locally(route, req);
     co_return;
@@ -907,6 +947,7 @@ awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::st
   }
   writing_server_ = false;
   server_write_done_.notify_all();
+  link->lease->count_sent(bytes.size());
   if (ec) {
     // The reader sees the same failure and tells the client.
     link->lease->close();
@@ -1103,6 +1144,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       char* at = conn.rbuf.prepare(kReadChunk, &room);
       auto [ec, n] = co_await conn.socket().async_read_some(asio::buffer(at, room), use_nothrow);
       conn.rbuf.commit(n);
+      conn.count_received(n);
       if (ec == asio::error::operation_aborted && !conn.broken) {
         if (link->done) break;
         if (link == backends_.active && can_detach(*link)) {
@@ -1423,6 +1465,39 @@ std::string Session::describe() const {
            backends_.active->lease->status + ")";
   out += ", kept " + std::to_string(backends_.kept_count()) + ", txn servers " +
          std::to_string(backends_.participant_count());
+  return out;
+}
+
+admin::ClientRow Session::client_row() const {
+  admin::ClientRow r;
+  r.id = id_;
+  r.user = user_ ? user_->name : std::string(identity_.startup.param("user"));
+  r.database = identity_.database;
+  const bool busy = owed() > 0 || backends_.active || backends_.participant_count() > 0 ||
+                    !fan_out_servers_.empty();
+  r.state = state_ != State::kReady ? (state_ == State::kClosing ? "closing" : "login")
+            : busy                  ? "active"
+                                    : "idle";
+  if (auto colon = peer_.rfind(':'); colon != std::string::npos) {
+    r.addr = peer_.substr(0, colon);
+    r.port = static_cast<uint16_t>(std::atoi(peer_.c_str() + colon + 1));
+  }
+  if (auto it = client_params_.find("application_name"); it != client_params_.end())
+    r.application_name = it->second;
+  r.tls = stream_.tls();
+  r.txn = transaction_status();
+  r.waiting_on = waiting_on_;
+  r.connected = connected_;
+  r.last_request = last_activity_;
+  return r;
+}
+
+std::vector<const pool::ServerConn*> Session::servers() const {
+  std::vector<const pool::ServerConn*> out;
+  for (const auto& link : backends_.all())
+    if (link->lease && !link->done) out.push_back(&*link->lease);
+  for (const auto* conn : fan_out_servers_)
+    if (std::find(out.begin(), out.end(), conn) == out.end()) out.push_back(conn);
   return out;
 }
 

@@ -14,6 +14,7 @@
 #include "protocol/buffer.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/startup.hpp"
+#include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/executor/client.hpp"
 #include "proxy/merge/value.hpp"
@@ -57,6 +58,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // One line for the SIGUSR2 dump: state, what the session is waiting on, its servers.
   std::string describe() const;
   uint64_t id() const { return id_; }
+  // For SHOW CLIENTS / SHOW SERVERS: what the session is, and the servers it holds.
+  admin::ClientRow client_row() const;
+  std::vector<const pool::ServerConn*> servers() const;
   // Its transaction, when it holds servers on several shards (for deadlock detection).
   std::optional<txn::WaitingTxn> waiting_txn() const;
   // The deadlock detector chose this session's transaction: its running request is
@@ -121,6 +125,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // ---- the client side ----
   awaitable<void> run();
   awaitable<bool> welcome();
+  // The admin console instead of the shards (database "pgshard").
+  awaitable<void> console();
   // A CancelRequest with this session's key: cancels what its servers are running.
   void cancel_running(std::function<void()> done);
   awaitable<void> client_loop();
@@ -268,6 +274,7 @@ class Session : public std::enable_shared_from_this<Session>,
   Event server_write_done_;
   asio::steady_timer idle_timer_;
   Clock::time_point last_activity_ = Clock::now();
+  const Clock::time_point connected_ = Clock::now();
 };
 
 const char* to_string(Session::State s);

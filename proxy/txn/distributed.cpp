@@ -154,8 +154,10 @@ awaitable<void> Ending::commit_two_phase() {
         co_await c_.run_ours(p, "ROLLBACK");
     }
     tag_ = "ROLLBACK";
+    ++c_.worker().shared().rolled_back_2pc;
     co_return;
   }
+  ++c_.worker().shared().committed_2pc;
   // Decided: every participant commits now, or recovery does it later.
   bool all = true;
   for (auto& p : parts_) {

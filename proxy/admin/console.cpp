@@ -1,0 +1,600 @@
+#include "proxy/admin/console.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <cctype>
+#include <charconv>
+#include <csignal>
+#include <ctime>
+#include <unistd.h>
+
+#include "protocol/codec.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/server/server.hpp"
+
+namespace pgshard::admin {
+
+namespace proto = protocol;
+namespace sqlstate = protocol::sqlstate;
+
+awaitable<Snapshot> collect(server::Shared& shared) {
+  Snapshot s;
+  s.started = shared.started;
+  for (auto* w : shared.workers)
+    s.workers.push_back(co_await asio::co_spawn(
+        w->executor(), [w]() -> awaitable<WorkerSnapshot> { co_return w->snapshot(); },
+        asio::use_awaitable));
+  s.clients_total = shared.clients.load();
+  s.logged_in = shared.logged_in.load();
+  s.startups = shared.startups.load();
+  if (shared.decisions.is_open()) s.in_doubt = shared.decisions.pending().size();
+  s.committed_2pc = shared.committed_2pc.load();
+  s.rolled_back_2pc = shared.rolled_back_2pc.load();
+  s.taken = Clock::now();
+  co_return s;
+}
+
+namespace {
+
+constexpr int32_t kText = 25;
+constexpr int32_t kInt8 = 20;
+constexpr int32_t kFloat8 = 701;
+
+// A result set built row by row; every value is sent as text.
+class Table {
+ public:
+  Table(std::initializer_list<std::pair<const char*, int32_t>> columns) : columns_(columns) {}
+  Table& operator<<(std::string v) {
+    row_.emplace_back(std::move(v));
+    return *this;
+  }
+  Table& operator<<(const char* v) { return *this << std::string(v); }
+  Table& operator<<(uint64_t v) { return *this << std::to_string(v); }
+  Table& operator<<(int64_t v) { return *this << std::to_string(v); }
+  Table& operator<<(int v) { return *this << std::to_string(v); }
+  Table& operator<<(double v) {
+    char buf[32];
+    std::snprintf(buf, sizeof buf, "%.3f", v);
+    return *this << std::string(buf);
+  }
+  Table& null() {
+    row_.emplace_back(std::nullopt);
+    return *this;
+  }
+  void end_row() {
+    rows_.push_back(std::move(row_));
+    row_.clear();
+  }
+  std::string write(std::string_view tag) const {
+    std::string out;
+    proto::RowDescription rd;
+    for (const auto& [name, type] : columns_) {
+      proto::FieldDescription f;
+      f.name = name;
+      f.type_oid = type;
+      f.type_size = type == kText ? -1 : 8;
+      f.type_modifier = -1;
+      rd.fields.push_back(f);
+    }
+    rd.write(out);
+    for (const auto& r : rows_) {
+      proto::DataRow dr;
+      for (const auto& v : r) dr.values.push_back(v ? proto::Value(*v) : std::nullopt);
+      dr.write(out);
+    }
+    proto::CommandComplete{tag}.write(out);
+    return out;
+  }
+
+ private:
+  std::vector<std::pair<const char*, int32_t>> columns_;
+  std::vector<std::optional<std::string>> row_;
+  std::vector<std::vector<std::optional<std::string>>> rows_;
+};
+
+// A steady-clock moment as wall-clock text, PgBouncer's format ("2026-11-29 16:00:00 UTC").
+std::string wall_time(Clock::time_point t, Clock::time_point now) {
+  if (t == Clock::time_point{}) return "";
+  const auto wall = std::chrono::system_clock::now() -
+                    std::chrono::duration_cast<std::chrono::system_clock::duration>(now - t);
+  const std::time_t tt = std::chrono::system_clock::to_time_t(wall);
+  std::tm tm{};
+  gmtime_r(&tt, &tm);
+  char buf[40];
+  std::strftime(buf, sizeof buf, "%Y-%m-%d %H:%M:%S UTC", &tm);
+  return buf;
+}
+
+std::string upper(std::string_view s) {
+  std::string out(s);
+  for (auto& c : out) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return out;
+}
+
+std::vector<std::string> words(std::string_view s) {
+  std::vector<std::string> out;
+  std::size_t i = 0;
+  while (i < s.size()) {
+    while (i < s.size() && std::isspace(static_cast<unsigned char>(s[i]))) ++i;
+    std::size_t j = i;
+    while (j < s.size() && !std::isspace(static_cast<unsigned char>(s[j]))) ++j;
+    if (j > i) out.emplace_back(s.substr(i, j - i));
+    i = j;
+  }
+  return out;
+}
+
+std::string error_answer(std::string_view code, std::string message, std::string hint = {}) {
+  std::string out;
+  proto::write_error(out, proto::error(code, std::move(message), {}, std::move(hint)));
+  return out;
+}
+
+constexpr const char* kHelp[] = {
+    "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|SHARDS|VERSION",
+    "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|TRANSACTIONS|ROUTES",
+    "KILL_CLIENT <id>      (admin.users only)",
+    "SHUTDOWN              (admin.users only)",
+};
+
+const char* pool_mode(const config::Config& cfg, const std::string& user) {
+  const auto* u = cfg.find_user(user);
+  return u ? config::to_string(u->pool_mode) : "";
+}
+
+double seconds_up(const Snapshot& s) {
+  return std::max(1.0, std::chrono::duration<double>(s.taken - s.started).count());
+}
+
+std::string show_pools(const Snapshot& s, const config::Config& cfg) {
+  Table t{{"database", kText},   {"user", kText},      {"cl_active", kInt8},
+          {"cl_waiting", kInt8}, {"cl_active_cancel_req", kInt8},
+          {"cl_waiting_cancel_req", kInt8},            {"sv_active", kInt8},
+          {"sv_active_cancel", kInt8},                 {"sv_being_canceled", kInt8},
+          {"sv_idle", kInt8},    {"sv_used", kInt8},   {"sv_tested", kInt8},
+          {"sv_login", kInt8},   {"maxwait", kInt8},   {"maxwait_us", kInt8},
+          {"pool_mode", kText}};
+  for (const auto& p : s.pools()) {
+    const int active = p.stats.total - p.stats.idle - p.stats.connecting;
+    t << p.shard_name << p.user << p.clients << p.stats.waiting << 0 << 0 << active << 0 << 0
+      << p.stats.idle << 0 << 0 << p.stats.connecting << p.stats.max_wait_us / 1000000
+      << p.stats.max_wait_us % 1000000 << pool_mode(cfg, p.user);
+    t.end_row();
+  }
+  return t.write("SHOW");
+}
+
+// STATS, STATS_TOTALS and STATS_AVERAGES: per shard. Bytes are those pgshard sent to and
+// received from the shard; times are in microseconds, as PgBouncer's.
+std::string show_stats(const Snapshot& s, bool totals, bool averages) {
+  const double up = seconds_up(s);
+  auto per_second = [&](uint64_t v) { return static_cast<uint64_t>(static_cast<double>(v) / up); };
+  auto mean = [](uint64_t sum, uint64_t n) { return n ? sum / n : 0; };
+  if (totals || averages) {
+    Table t{{"database", kText},   {"xact_count", kInt8}, {"query_count", kInt8},
+            {"bytes_received", kInt8}, {"bytes_sent", kInt8}, {"xact_time", kInt8},
+            {"query_time", kInt8},  {"wait_time", kInt8}};
+    for (const auto& r : s.shards()) {
+      const auto& c = r.counters;
+      if (totals)
+        t << r.shard_name << c.xacts << c.queries << c.bytes_sent << c.bytes_received
+          << c.xact_time.sum_us << c.query_time.sum_us << c.wait_us;
+      else
+        t << r.shard_name << per_second(c.xacts) << per_second(c.queries)
+          << per_second(c.bytes_sent) << per_second(c.bytes_received)
+          << mean(c.xact_time.sum_us, c.xacts) << mean(c.query_time.sum_us, c.queries)
+          << mean(c.wait_us, c.waits);
+      t.end_row();
+    }
+    return t.write("SHOW");
+  }
+  Table t{{"database", kText},         {"total_xact_count", kInt8}, {"total_query_count", kInt8},
+          {"total_received", kInt8},   {"total_sent", kInt8},       {"total_xact_time", kInt8},
+          {"total_query_time", kInt8}, {"total_wait_time", kInt8},  {"avg_xact_count", kInt8},
+          {"avg_query_count", kInt8},  {"avg_recv", kInt8},         {"avg_sent", kInt8},
+          {"avg_xact_time", kInt8},    {"avg_query_time", kInt8},   {"avg_wait_time", kInt8}};
+  for (const auto& r : s.shards()) {
+    const auto& c = r.counters;
+    t << r.shard_name << c.xacts << c.queries << c.bytes_sent << c.bytes_received
+      << c.xact_time.sum_us << c.query_time.sum_us << c.wait_us << per_second(c.xacts)
+      << per_second(c.queries) << per_second(c.bytes_sent) << per_second(c.bytes_received)
+      << mean(c.xact_time.sum_us, c.xacts) << mean(c.query_time.sum_us, c.queries)
+      << mean(c.wait_us, c.waits);
+    t.end_row();
+  }
+  return t.write("SHOW");
+}
+
+std::string show_clients(const Snapshot& s) {
+  Table t{{"type", kText},        {"user", kText},         {"database", kText},
+          {"state", kText},       {"addr", kText},         {"port", kInt8},
+          {"connect_time", kText}, {"request_time", kText}, {"wait", kInt8},
+          {"wait_us", kInt8},     {"close_needed", kInt8}, {"ptr", kText},
+          {"link", kText},        {"remote_pid", kInt8},   {"tls", kText},
+          {"application_name", kText}, {"id", kInt8},      {"transaction", kText},
+          {"waiting_on", kText},  {"servers", kText},      {"worker", kInt8}};
+  for (const auto& w : s.workers)
+    for (const auto& c : w.clients) {
+      std::string servers;
+      for (auto id : c.servers) servers += (servers.empty() ? "S-" : ",S-") + std::to_string(id);
+      t << "C" << c.user << c.database << c.state << c.addr << static_cast<int>(c.port)
+        << wall_time(c.connected, s.taken) << wall_time(c.last_request, s.taken) << 0 << 0 << 0
+        << ("C-" + std::to_string(c.id)) << servers << 0 << (c.tls ? "TLS" : "")
+        << c.application_name << c.id << std::string(1, c.txn) << c.waiting_on << servers
+        << w.worker;
+      t.end_row();
+    }
+  return t.write("SHOW");
+}
+
+std::string show_servers(const Snapshot& s) {
+  Table t{{"type", kText},         {"user", kText},         {"database", kText},
+          {"state", kText},        {"addr", kText},         {"port", kInt8},
+          {"connect_time", kText}, {"request_time", kText}, {"wait", kInt8},
+          {"wait_us", kInt8},      {"close_needed", kInt8}, {"ptr", kText},
+          {"link", kText},         {"remote_pid", kInt8},   {"tls", kText},
+          {"application_name", kText}, {"shard", kText},    {"id", kInt8},
+          {"transaction", kText},  {"worker", kInt8}};
+  for (const auto& w : s.workers)
+    for (const auto& r : w.servers) {
+      t << "S" << r.user << r.database << r.state << r.addr << static_cast<int>(r.port)
+        << wall_time(r.connected, s.taken) << wall_time(r.since, s.taken) << 0 << 0 << 0
+        << ("S-" + std::to_string(r.id)) << (r.client ? "C-" + std::to_string(r.client) : "")
+        << static_cast<int64_t>(r.pid) << "" << "" << r.shard_name << r.id
+        << std::string(1, r.txn) << w.worker;
+      t.end_row();
+    }
+  return t.write("SHOW");
+}
+
+std::string show_databases(const Snapshot& s, const config::Config& cfg) {
+  Table t{{"name", kText},        {"host", kText},          {"port", kInt8},
+          {"database", kText},    {"force_user", kText},    {"pool_size", kInt8},
+          {"min_pool_size", kInt8}, {"reserve_pool", kInt8}, {"pool_mode", kText},
+          {"max_connections", kInt8}, {"current_connections", kInt8}, {"paused", kInt8},
+          {"disabled", kInt8}};
+  const auto rows = s.shards();
+  for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
+    const auto& sh = cfg.shards[i];
+    int current = 0;
+    for (const auto& r : rows)
+      if (r.shard == static_cast<int>(i)) current = r.stats.total;
+    t << sh.name << sh.primary.host << static_cast<int>(sh.primary.port) << sh.primary.database
+      << sh.primary.user << sh.pool_size << 0 << 0 << "" << sh.pool_size << current << 0 << 0;
+    t.end_row();
+  }
+  return t.write("SHOW");
+}
+
+// Whether a shard answers, from its pools' last attempts to connect.
+const char* shard_state(const PoolRow* r) {
+  if (!r || (r->health.last_ok == Clock::time_point{} &&
+             r->health.last_failure == Clock::time_point{}))
+    return "unknown";
+  return r->health.last_failure > r->health.last_ok ? "down" : "up";
+}
+
+std::string show_shards(const Snapshot& s, const config::Config& cfg) {
+  Table t{{"name", kText},      {"primary", kText},   {"state", kText},
+          {"pool_used", kInt8}, {"pool_idle", kInt8}, {"pool_size", kInt8},
+          {"waiting", kInt8},   {"queries", kInt8},   {"xacts", kInt8},
+          {"errors", kInt8},    {"p50_ms", kFloat8},  {"p99_ms", kFloat8},
+          {"last_error", kText}};
+  const auto rows = s.shards();
+  for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
+    const auto& sh = cfg.shards[i];
+    const PoolRow* r = nullptr;
+    for (const auto& row : rows)
+      if (row.shard == static_cast<int>(i)) r = &row;
+    const std::string primary = sh.primary.host + ":" + std::to_string(sh.primary.port) +
+                                (sh.primary.database.empty() ? "" : "/" + sh.primary.database);
+    t << sh.name << primary << shard_state(r);
+    if (r) {
+      t << r->stats.total - r->stats.idle << r->stats.idle << sh.pool_size << r->stats.waiting
+        << r->counters.queries << r->counters.xacts << r->counters.error_count()
+        << r->counters.query_time.quantile(0.5) / 1000 << r->counters.query_time.quantile(0.99) / 1000
+        << r->health.last_error;
+    } else {
+      t << 0 << 0 << sh.pool_size << 0 << 0 << 0 << 0 << 0.0 << 0.0 << "";
+    }
+    t.end_row();
+  }
+  return t.write("SHOW");
+}
+
+std::string show_config(const config::Config& cfg) {
+  Table t{{"key", kText}, {"value", kText}, {"default", kText}, {"changeable", kText}};
+  auto row = [&](const char* key, std::string value, std::string def) {
+    t << key << std::move(value) << std::move(def) << "no";
+    t.end_row();
+  };
+  const config::Config d;
+  auto ms = [](config::Millis m) { return std::to_string(m.count()) + "ms"; };
+  row("config_file", cfg.path, "");
+  row("listen_addr", cfg.listen.host, d.listen.host);
+  row("listen_port", std::to_string(cfg.listen.port), std::to_string(d.listen.port));
+  row("workers", std::to_string(cfg.listen.workers), "0");
+  row("max_client_conn", std::to_string(cfg.listen.max_client_conn),
+      std::to_string(d.listen.max_client_conn));
+  row("max_startups", std::to_string(cfg.listen.max_startups),
+      std::to_string(d.listen.max_startups));
+  row("max_message_size", std::to_string(cfg.listen.max_message_size),
+      std::to_string(d.listen.max_message_size));
+  row("tls_mode", config::to_string(cfg.tls.mode), config::to_string(d.tls.mode));
+  row("client_login_timeout", ms(cfg.timeouts.client_startup), ms(d.timeouts.client_startup));
+  row("client_idle_timeout", ms(cfg.timeouts.client_idle), ms(d.timeouts.client_idle));
+  row("server_connect_timeout", ms(cfg.timeouts.connect), ms(d.timeouts.connect));
+  row("query_wait_timeout", ms(cfg.timeouts.pool_wait), ms(d.timeouts.pool_wait));
+  row("shutdown_timeout", ms(cfg.timeouts.shutdown), ms(d.timeouts.shutdown));
+  row("server_idle_timeout", ms(cfg.timeouts.server_idle), ms(d.timeouts.server_idle));
+  row("shard_statement_timeout", ms(cfg.timeouts.shard_statement),
+      ms(d.timeouts.shard_statement));
+  row("deadlock_timeout", ms(cfg.timeouts.deadlock), ms(d.timeouts.deadlock));
+  row("log_level", cfg.log_level, d.log_level);
+  row("partial_results", cfg.partial_results ? "true" : "false", "false");
+  row("two_phase_commit", cfg.two_phase_commit ? "true" : "false", "true");
+  row("two_phase_log", cfg.two_phase_log, d.two_phase_log);
+  row("router_cache_size", std::to_string(cfg.router_cache_size),
+      std::to_string(d.router_cache_size));
+  row("router_parse", cfg.router_parse ? "true" : "false", "true");
+  row("shards", std::to_string(cfg.shards.size()), "");
+  row("sharded_tables", std::to_string(cfg.sharded_tables.size()), "");
+  row("reference_tables", std::to_string(cfg.reference_tables.size()), "");
+  row("admin_http", cfg.admin.http_host.empty()
+                        ? std::string()
+                        : cfg.admin.http_host + ":" + std::to_string(cfg.admin.http_port),
+      "");
+  return t.write("SHOW");
+}
+
+std::string show_lists(const Snapshot& s, const config::Config& cfg) {
+  Table t{{"list", kText}, {"items", kInt8}};
+  int clients_active = 0, clients_login = 0, servers_used = 0, servers_free = 0;
+  for (const auto& w : s.workers) {
+    for (const auto& c : w.clients) {
+      if (c.state == "login") ++clients_login;
+      else ++clients_active;
+    }
+    for (const auto& r : w.servers) (r.state == "idle" ? servers_free : servers_used)++;
+  }
+  auto row = [&](const char* name, int64_t n) {
+    t << name << n;
+    t.end_row();
+  };
+  row("databases", static_cast<int64_t>(cfg.shards.size()));
+  row("users", static_cast<int64_t>(cfg.users.size()));
+  row("pools", static_cast<int64_t>(s.pools().size()));
+  row("free_clients", 0);
+  row("used_clients", clients_active);
+  row("login_clients", clients_login);
+  row("free_servers", servers_free);
+  row("used_servers", servers_used);
+  row("workers", static_cast<int64_t>(s.workers.size()));
+  return t.write("SHOW");
+}
+
+std::string show_transactions(const Snapshot& s) {
+  Table t{{"kind", kText}, {"client", kText}, {"user", kText}, {"shards", kText}, {"state", kText}};
+  for (const auto& w : s.workers)
+    for (const auto& x : w.transactions) {
+      std::string shards;
+      for (const auto& n : x.shards) shards += (shards.empty() ? "" : ",") + n;
+      t << "multi-shard" << ("C-" + std::to_string(x.session)) << x.user << shards << x.state;
+      t.end_row();
+    }
+  if (s.in_doubt) {
+    t << "in-doubt 2PC" << "" << "" << "" << (std::to_string(s.in_doubt) + " decided, not finished");
+    t.end_row();
+  }
+  return t.write("SHOW");
+}
+
+std::string show_routes(const Snapshot& s) {
+  Table t{{"name", kText}, {"value", kInt8}};
+  uint64_t size = 0, hits = 0, misses = 0;
+  for (const auto& w : s.workers) {
+    size += w.cache_size;
+    hits += w.cache_hits;
+    misses += w.cache_misses;
+  }
+  const auto r = s.routes();
+  auto row = [&](std::string name, uint64_t v) {
+    t << std::move(name) << v;
+    t.end_row();
+  };
+  row("statements_cached", size);
+  row("cache_hits", hits);
+  row("cache_misses", misses);
+  row("single_shard", r.single);
+  row("multi_shard", r.multi);
+  row("answered_locally", r.local);
+  row("refused", r.refused);
+  for (std::size_t i = 0; i < r.merges.size(); ++i)
+    row(std::string("multi_shard_") + RouteCounters::kMergeKinds[i], r.merges[i]);
+  for (const auto& [code, n] : r.refusals) row("refused_" + code, n);
+  return t.write("SHOW");
+}
+
+std::string show_help() {
+  std::string out;
+  for (const char* line : kHelp) {
+    proto::ErrorInfo n;
+    n.severity = "NOTICE";
+    n.code = "00000";
+    n.message = line;
+    proto::write_notice(out, n);
+  }
+  proto::CommandComplete{"SHOW"}.write(out);
+  return out;
+}
+
+}  // namespace
+
+std::string answer(std::string_view command, const Snapshot& snap, const config::Config& cfg,
+                   bool admin, bool* shutdown, std::vector<uint64_t>* kill) {
+  const auto w = words(command);
+  if (w.empty()) {
+    std::string out;
+    proto::write_empty(out, proto::msg::kEmptyQueryResponse);
+    return out;
+  }
+  const auto verb = upper(w[0]);
+  if (verb == "SHOW" && w.size() == 2) {
+    const auto what = upper(w[1]);
+    if (what == "HELP") return show_help();
+    if (what == "VERSION") {
+      Table t{{"version", kText}};
+      t << (std::string("pgshard ") + PGSHARD_VERSION);
+      t.end_row();
+      return t.write("SHOW");
+    }
+    if (what == "POOLS") return show_pools(snap, cfg);
+    if (what == "STATS") return show_stats(snap, false, false);
+    if (what == "STATS_TOTALS") return show_stats(snap, true, false);
+    if (what == "STATS_AVERAGES") return show_stats(snap, false, true);
+    if (what == "CLIENTS") return show_clients(snap);
+    if (what == "SERVERS") return show_servers(snap);
+    if (what == "DATABASES") return show_databases(snap, cfg);
+    if (what == "SHARDS") return show_shards(snap, cfg);
+    if (what == "CONFIG") return show_config(cfg);
+    if (what == "LISTS") return show_lists(snap, cfg);
+    if (what == "TRANSACTIONS") return show_transactions(snap);
+    if (what == "ROUTES") return show_routes(snap);
+    return error_answer(sqlstate::kSyntaxError, "unknown SHOW item \"" + w[1] + "\"",
+                        "SHOW HELP lists the console's commands");
+  }
+  const bool changes = verb == "SHUTDOWN" || verb == "KILL_CLIENT" || verb == "KILL" ||
+                       verb == "RELOAD" || verb == "PAUSE" || verb == "RESUME" ||
+                       verb == "RECONNECT" || verb == "SUSPEND" || verb == "DISABLE" ||
+                       verb == "ENABLE" || verb == "SET" || verb == "WAIT_CLOSE";
+  if (changes && !admin)
+    return error_answer(sqlstate::kInsufficientPrivilege,
+                        "permission denied: " + verb + " needs a user listed in admin.users",
+                        "admin.stats_users may run SHOW commands only");
+  if (verb == "SHUTDOWN" && w.size() == 1) {
+    if (shutdown) *shutdown = true;
+    std::string out;
+    proto::CommandComplete{"SHUTDOWN"}.write(out);
+    return out;
+  }
+  if (verb == "KILL_CLIENT" && w.size() == 2) {
+    std::string id = w[1];
+    if (id.size() > 2 && (id[0] == 'C' || id[0] == 'c') && id[1] == '-') id = id.substr(2);
+    uint64_t n = 0;
+    auto [p, ec] = std::from_chars(id.data(), id.data() + id.size(), n);
+    if (ec != std::errc() || p != id.data() + id.size())
+      return error_answer(sqlstate::kSyntaxError, "KILL_CLIENT takes a client id (SHOW CLIENTS)");
+    bool found = false;
+    for (const auto& wk : snap.workers)
+      for (const auto& c : wk.clients) found |= c.id == n;
+    if (!found)
+      return error_answer(sqlstate::kUndefinedObject, "no client C-" + std::to_string(n));
+    if (kill) kill->push_back(n);
+    std::string out;
+    proto::CommandComplete{"KILL_CLIENT"}.write(out);
+    return out;
+  }
+  if (changes)
+    return error_answer(sqlstate::kFeatureNotSupported,
+                        "the console does not support " + verb + " yet",
+                        "SHOW HELP lists the console's commands");
+  return error_answer(sqlstate::kSyntaxError, "unknown console command \"" + w[0] + "\"",
+                      "SHOW HELP lists the console's commands");
+}
+
+awaitable<void> run_console(server::Worker& worker, session::ClientStream& stream,
+                            protocol::Buffer& in, const config::User& user, std::string welcome,
+                            std::function<const std::string&()> prefix) {
+  auto& shared = worker.shared();
+  const bool admin = worker.config().admin.is_admin(user.name);
+  auto send = [&](const std::string& bytes) -> awaitable<bool> {
+    auto [ec, n] = co_await stream.write(asio::buffer(bytes));
+    co_return !ec;
+  };
+  if (!co_await send(welcome)) co_return;
+  bool failed_batch = false;  // an extended-protocol message was refused: skip to Sync
+  for (;;) {
+    auto d = proto::decode_frame(in.view(), 1 << 20);
+    if (d.status == proto::DecodeStatus::kError) {
+      std::string out;
+      proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation, d.error));
+      co_await send(out);
+      co_return;
+    }
+    if (d.status == proto::DecodeStatus::kNeedMore) {
+      std::size_t room;
+      char* at = in.prepare(4096, &room);
+      auto [ec, n] = co_await stream.read_some(asio::buffer(at, room));
+      if (ec) co_return;
+      in.commit(n);
+      continue;
+    }
+    const char type = d.frame.type;
+    const std::string body(d.frame.body);
+    in.consume(d.consumed);
+    std::string out;
+    if (type == proto::msg::kTerminate) co_return;
+    if (type == proto::msg::kQuery) {
+      const std::string sql = body.substr(0, body.find('\0'));
+      bool shutdown = false;
+      std::vector<uint64_t> kill;
+      // Statements separated by ';' are answered one after another; a query of nothing
+      // but blanks gets EmptyQueryResponse, as on PostgreSQL.
+      std::vector<std::string_view> parts;
+      for (std::size_t start = 0; start <= sql.size();) {
+        auto end = std::min(sql.find(';', start), sql.size());
+        auto part = std::string_view(sql).substr(start, end - start);
+        if (!words(part).empty()) parts.push_back(part);
+        start = end + 1;
+      }
+      if (parts.empty()) parts.push_back({});
+      for (const auto part : parts) {
+        const bool needs = !words(part).empty() && upper(words(part)[0]) != "SHUTDOWN";
+        Snapshot snap;  // (not `needs ? co_await ... : ...`: GCC 12 miscompiles co_await in ?:)
+        if (needs) snap = co_await collect(shared);
+        const auto reply = answer(part, snap, worker.config(), admin, &shutdown, &kill);
+        out += reply;
+        spdlog::info("{}: console: {}", prefix(), std::string(part.substr(0, 200)));
+        if (!reply.empty() && reply[0] == proto::msg::kErrorResponse) break;
+      }
+      proto::ReadyForQuery{'I'}.write(out);
+      if (!co_await send(out)) co_return;
+      for (auto id : kill)
+        for (auto* w : shared.workers)
+          asio::post(w->executor(), [w, id] { w->kill_client(id); });
+      if (shutdown) {
+        spdlog::info("{}: console: SHUTDOWN", prefix());
+        ::kill(::getpid(), SIGTERM);
+      }
+      continue;
+    }
+    if (type == proto::msg::kSync) {
+      failed_batch = false;
+      proto::ReadyForQuery{'I'}.write(out);
+      if (!co_await send(out)) co_return;
+      continue;
+    }
+    if (type == proto::msg::kParse || type == proto::msg::kBind ||
+        type == proto::msg::kDescribe || type == proto::msg::kExecute ||
+        type == proto::msg::kClose || type == proto::msg::kFlush ||
+        type == proto::msg::kFunctionCall) {
+      if (failed_batch) continue;
+      failed_batch = type != proto::msg::kFunctionCall;
+      out = error_answer(sqlstate::kFeatureNotSupported,
+                         "the admin console accepts simple queries only");
+      if (type == proto::msg::kFunctionCall) proto::ReadyForQuery{'I'}.write(out);
+      if (!co_await send(out)) co_return;
+      continue;
+    }
+    if (type == proto::msg::kCopyData || type == proto::msg::kCopyDone ||
+        type == proto::msg::kCopyFail)
+      continue;  // outside COPY these are ignored, as PostgreSQL does
+    proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
+                                         std::string("unexpected message type '") + type + "'"));
+    co_await send(out);
+    co_return;
+  }
+}
+
+}  // namespace pgshard::admin

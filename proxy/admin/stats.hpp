@@ -1,0 +1,121 @@
+// What the admin console and /metrics report: per-worker counters kept on the data path
+// (plain integers, one thread each) and the snapshot a worker gives of itself when asked.
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "proxy/pool/counters.hpp"
+#include "proxy/pool/pool.hpp"
+
+namespace pgshard::router {
+struct Route;
+enum class Action : uint8_t;
+}  // namespace pgshard::router
+
+namespace pgshard::admin {
+
+// How statements were routed, counted per worker.
+struct RouteCounters {
+  uint64_t single = 0;   // one shard
+  uint64_t multi = 0;    // several shards (fan-out, DDL, split COPY)
+  uint64_t local = 0;    // answered by pgshard itself
+  uint64_t refused = 0;  // refused with an error
+  // Multi-shard statements by how their results combine.
+  static constexpr std::array<const char*, 6> kMergeKinds{"concat",   "sort",  "aggregate",
+                                                          "distinct", "limit", "write"};
+  std::array<uint64_t, kMergeKinds.size()> merges{};
+  std::map<std::string, uint64_t> refusals;  // by SQLSTATE
+
+  void count(const router::Route& route, router::Action act);
+  void add(const RouteCounters& o);
+};
+
+struct PoolRow {
+  int shard = 0;  // -1 - table for a directory's pool
+  std::string shard_name;
+  std::string user;
+  std::string host;
+  uint16_t port = 0;
+  std::string database;
+  pool::PoolStats stats;
+  pool::Counters counters;
+  pool::PoolHealth health;
+  int clients = 0;  // clients holding one of its servers now
+};
+
+struct ClientRow {
+  uint64_t id = 0;
+  std::string user;
+  std::string database;
+  std::string state;  // active (a server attached or work in flight), idle, login
+  std::string addr;
+  uint16_t port = 0;
+  std::string application_name;
+  bool tls = false;
+  char txn = 'I';
+  std::string waiting_on;
+  Clock::time_point connected;
+  Clock::time_point last_request;
+  std::vector<uint64_t> servers;  // ids of the server connections it holds
+};
+
+struct ServerRow {
+  uint64_t id = 0;
+  int shard = 0;
+  std::string shard_name;
+  std::string user;
+  std::string database;
+  std::string state;  // active (held by a client), idle (in its pool)
+  std::string addr;
+  uint16_t port = 0;
+  int32_t pid = 0;
+  uint64_t client = 0;  // the client holding it (0: none)
+  char txn = 'I';
+  Clock::time_point connected;
+  Clock::time_point since;  // idle since / held since
+};
+
+// A multi-shard transaction open now.
+struct TxnRow {
+  uint64_t session = 0;
+  std::string user;
+  std::vector<std::string> shards;
+  std::string state;
+};
+
+struct WorkerSnapshot {
+  int worker = 0;
+  std::vector<PoolRow> pools;
+  std::vector<ClientRow> clients;
+  std::vector<ServerRow> servers;
+  std::vector<TxnRow> transactions;
+  RouteCounters routes;
+  uint64_t cache_size = 0;
+  uint64_t cache_hits = 0;
+  uint64_t cache_misses = 0;
+};
+
+// The whole process at one moment (the workers answer one after another).
+struct Snapshot {
+  std::vector<WorkerSnapshot> workers;
+  Clock::time_point taken = Clock::now();
+  Clock::time_point started;
+  int clients_total = 0;  // every connection, logged in or not
+  int logged_in = 0;
+  int startups = 0;
+  std::size_t in_doubt = 0;  // two-phase commits decided, not yet finished everywhere
+  uint64_t committed_2pc = 0;
+  uint64_t rolled_back_2pc = 0;
+
+  // Pools of every worker added up per (shard, user), in shard order.
+  std::vector<PoolRow> pools() const;
+  // Per shard, over its users.
+  std::vector<PoolRow> shards() const;
+  RouteCounters routes() const;
+};
+
+}  // namespace pgshard::admin
