@@ -293,6 +293,16 @@ Route refuse(std::string message, std::string hint = {}) {
 Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_view sql,
                        const config::Config& cfg, const Context& ctx);
 
+// What the statement does to the session wherever it runs: settings it changes, pinning,
+// functions it calls, transaction control. A hint picks the shard, never these.
+void take_session_effects(Route& r, const Analysis& a) {
+  r.settings = a.settings;
+  r.pins = a.pins;
+  r.prepared_statements_view = a.prepared_statements_view;
+  r.user_functions = a.user_functions;
+  r.txn = a.txn;
+}
+
 // Shards holding the rows `a` names, given the request's parameters.
 Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx) {
   std::shared_ptr<const Analysis> a =
@@ -321,11 +331,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;
   r.merge = a->merge;
-  r.settings = a->settings;
-  r.pins = a->pins;
-  r.prepared_statements_view = a->prepared_statements_view;
-  r.user_functions = a->user_functions;
-  r.txn = a->txn;
+  take_session_effects(r, *a);
   switch (a->target) {
     case Analysis::Target::kUnparsed:
       // PostgreSQL reports its own syntax error; send it where unsharded statements go.
@@ -546,9 +552,17 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
                               "use /* pgshard: shard=NAME */ or /* pgshard: sharding_key=VALUE */");
     return r;
   }
-  if (auto r = from_hints(a.comment, "comment hint", cfg)) return *r;
-  if (auto r = from_hints(h.local, "SET LOCAL pgshard", cfg)) return *r;
-  if (auto r = from_hints(h.session, "SET pgshard", cfg)) return *r;
+  auto hinted = from_hints(a.comment, "comment hint", cfg);
+  if (!hinted) hinted = from_hints(h.local, "SET LOCAL pgshard", cfg);
+  if (!hinted) hinted = from_hints(h.session, "SET pgshard", cfg);
+  if (hinted) {
+    // The hint places the statement; COMMIT still ends the transaction on every shard it
+    // used, and a SET is still tracked for the session.
+    if (cfg.router_parse && hinted->kind == RouteKind::kShard)
+      take_session_effects(*hinted, ctx.cache ? *ctx.cache->get(sql, cfg)
+                                              : analyze_statement(sql, cfg));
+    return *hinted;
+  }
   if (!cfg.router_parse) {
     Route r;
     r.shard = ctx.attached.value_or(0);

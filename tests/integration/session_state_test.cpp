@@ -453,3 +453,19 @@ TEST_CASE("pipelined simple queries: an error in one never drops the next one's 
     REQUIRE(raw_scalar(a, "reset work_mem") == "(no row)");
   }
 }
+
+TEST_CASE("a SET under a pgshard.shard hint follows its client, not the server", "[session]") {
+  // Hinted statements once skipped the parser, so their SETs were not tracked: the setting
+  // stayed on the pooled server for the next client, and left its own client.
+  Proxy proxy(one_worker(1));
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  query(a.get(), "SET pgshard.shard = 's1'");
+  query(b.get(), "SET pgshard.shard = 's1'");
+  query(a.get(), "SET search_path = hinted, public");
+  CHECK(scalar(b.get(), "SHOW search_path") == "\"$user\", public");
+  CHECK(scalar(a.get(), "SHOW search_path") == "hinted, public");
+  query(a.get(), "/* pgshard: shard=s0 */ SET statement_timeout = '7s'");
+  CHECK(scalar(b.get(), "/* pgshard: shard=s0 */ SHOW statement_timeout") == "0");
+  CHECK(scalar(a.get(), "SHOW statement_timeout") == "7s");
+}

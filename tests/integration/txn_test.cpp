@@ -508,3 +508,34 @@ TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, n
   CHECK(total_balance() == start_total);
   CHECK(prepared_left() == 0);
 }
+
+TEST_CASE("a transaction moved between shards by SET LOCAL pgshard.shard commits on both",
+          "[txn]") {
+  // Hinted statements once skipped the parser entirely: COMMIT went to the hinted shard
+  // alone and left the other shard's part of the transaction open, never committed.
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < 2; ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists hint_commit");
+    query(d.get(), "create table hint_commit (id int)");
+  }
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  for (const char* end : {"ROLLBACK", "COMMIT"}) {
+    query(c.get(), "BEGIN");
+    query(c.get(), "SET LOCAL pgshard.shard = 's0'");
+    query(c.get(), "insert into hint_commit values (0)");
+    query(c.get(), "SET LOCAL pgshard.shard = 's1'");
+    query(c.get(), "insert into hint_commit values (1)");
+    query(c.get(), end);
+  }
+  for (int i = 0; i < 2; ++i) {
+    auto d = connect(cluster.direct(i));
+    INFO("shard s" << i);
+    CHECK(scalar(d.get(), "select count(*) from hint_commit") == "1");
+    CHECK(scalar(d.get(), "select count(*) from pg_stat_activity where datname = 'app' and "
+                          "state like 'idle in transaction%'") == "0");
+    query(d.get(), "SET lock_timeout = '5s'");  // a transaction left open fails, not hangs
+    query(d.get(), "drop table hint_commit");
+  }
+}
