@@ -7,6 +7,7 @@
 
 #include <future>
 
+#include "proxy/admin/http.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/server/tls.hpp"
 #include "proxy/session/session.hpp"
@@ -303,6 +304,8 @@ Server::Server(std::shared_ptr<const config::Config> config) {
   for (auto& w : workers_) shared_.workers.push_back(w.get());
 }
 
+Server::~Server() = default;
+
 awaitable<void> Server::accept_loop() {
   for (;;) {
     auto& w = *workers_[next_worker_++ % workers_.size()];
@@ -345,6 +348,18 @@ int Server::run() {
   acceptor_->bind(ep);
   acceptor_->listen(asio::socket_base::max_listen_connections);
   for (auto& w : workers_) w->start();
+  if (!cfg.admin.http_host.empty()) {
+    http_ = std::make_unique<admin::HttpServer>(shared_);
+    try {
+      http_->start();
+    } catch (const std::exception& e) {
+      spdlog::error("admin http {}:{}: {}", cfg.admin.http_host, cfg.admin.http_port, e.what());
+      http_.reset();
+      for (auto& w : workers_) w->stop();
+      for (auto& w : workers_) w->join();
+      return 1;
+    }
+  }
   spdlog::info("pgshard {} listening on {}:{} with {} workers, {} shards", PGSHARD_VERSION,
                cfg.listen.host, cfg.listen.port, workers_.size(), cfg.shards.size());
 
@@ -418,6 +433,7 @@ int Server::run() {
   deadlocks_->start();
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
   main_ctx_.run();
+  if (http_) http_->stop();
   deadlocks_->stop();
   for (auto& w : workers_) w->stop();
   for (auto& w : workers_) w->join();

@@ -21,6 +21,10 @@
 #include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/decision_log.hpp"
 
+namespace pgshard::admin {
+class HttpServer;
+}
+
 namespace pgshard::session {
 class Session;
 }
@@ -143,6 +147,7 @@ class Worker {
 class Server {
  public:
   explicit Server(std::shared_ptr<const config::Config> config);
+  ~Server();
   // Runs until SIGTERM/SIGINT and the graceful shutdown finish; returns the exit code.
   int run();
 
@@ -157,6 +162,7 @@ class Server {
   std::optional<txn::DeadlockDetector> deadlocks_;
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
+  std::unique_ptr<admin::HttpServer> http_;
 };
 
 }  // namespace pgshard::server

@@ -1,0 +1,515 @@
+#include "proxy/admin/http.hpp"
+
+#include <libpq-fe.h>
+#include <spdlog/spdlog.h>
+
+#include <cmath>
+
+#include <boost/beast/core.hpp>
+#include <boost/beast/http.hpp>
+
+#include "proxy/admin/console.hpp"
+#include "proxy/admin/dashboard.hpp"
+#include "proxy/server/server.hpp"
+#include "proxy/txn/recovery.hpp"
+
+namespace pgshard::admin {
+
+namespace beast = boost::beast;
+namespace http = beast::http;
+
+namespace {
+
+constexpr auto kPingEvery = std::chrono::seconds(1);
+constexpr auto kSizesEvery = std::chrono::seconds(30);
+constexpr auto kHistoryEvery = std::chrono::seconds(10);
+constexpr auto kRecentWindow = std::chrono::minutes(5);
+
+// A Prometheus label value or JSON string body: backslash, quote and newline escaped.
+std::string escaped(std::string_view v) {
+  std::string out;
+  for (char c : v) {
+    if (c == '\\' || c == '"') {
+      out += '\\';
+      out += c;
+    } else if (c == '\n') {
+      out += "\\n";
+    } else if (static_cast<unsigned char>(c) < 0x20) {
+      out += ' ';
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+std::string number(double v) {
+  char buf[40];
+  // Counts and byte sizes print whole (exact up to 2^53); fractions with 6 digits.
+  if (v == static_cast<double>(static_cast<int64_t>(v)) && std::abs(v) < 9.0e15)
+    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
+  else
+    std::snprintf(buf, sizeof buf, "%.6g", v);
+  return buf;
+}
+
+// Writes metric families: one HELP/TYPE header per name, then its samples.
+class Exposition {
+ public:
+  void family(std::string_view name, std::string_view type, std::string_view help) {
+    out_ += "# HELP ";
+    out_ += name;
+    out_ += ' ';
+    out_ += help;
+    out_ += "\n# TYPE ";
+    out_ += name;
+    out_ += ' ';
+    out_ += type;
+    out_ += '\n';
+  }
+  void sample(std::string_view name,
+              std::initializer_list<std::pair<std::string_view, std::string_view>> labels,
+              double value) {
+    out_ += name;
+    if (labels.size()) {
+      out_ += '{';
+      bool first = true;
+      for (const auto& [k, v] : labels) {
+        if (!first) out_ += ',';
+        first = false;
+        out_ += k;
+        out_ += "=\"";
+        out_ += escaped(v);
+        out_ += '"';
+      }
+      out_ += '}';
+    }
+    out_ += ' ';
+    out_ += number(value);
+    out_ += '\n';
+  }
+  void histogram(std::string_view name, std::string_view shard, const pool::Histogram& h) {
+    const std::string bucket = std::string(name) + "_bucket";
+    uint64_t cumulative = 0;
+    for (std::size_t i = 0; i < pool::Histogram::kBounds.size(); ++i) {
+      cumulative += h.buckets[i];
+      sample(bucket, {{"shard", shard}, {"le", number(pool::Histogram::kBounds[i] / 1e6)}},
+             static_cast<double>(cumulative));
+    }
+    sample(bucket, {{"shard", shard}, {"le", "+Inf"}}, static_cast<double>(h.count));
+    sample(std::string(name) + "_sum", {{"shard", shard}}, static_cast<double>(h.sum_us) / 1e6);
+    sample(std::string(name) + "_count", {{"shard", shard}}, static_cast<double>(h.count));
+  }
+  std::string take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+const char* shard_state(const ShardSample& s) {
+  if (s.pinged == Clock::time_point{}) return "unknown";
+  return s.answered ? "up" : "down";
+}
+
+pool::Histogram minus(const pool::Histogram& now, const pool::Histogram& then) {
+  pool::Histogram d;
+  for (std::size_t i = 0; i < d.buckets.size(); ++i)
+    d.buckets[i] = now.buckets[i] - std::min(now.buckets[i], then.buckets[i]);
+  d.count = now.count - std::min(now.count, then.count);
+  d.sum_us = now.sum_us - std::min(now.sum_us, then.sum_us);
+  return d;
+}
+
+std::vector<pool::Histogram> shard_histograms(const Snapshot& snap, std::size_t shards) {
+  std::vector<pool::Histogram> out(shards);
+  for (const auto& r : snap.shards())
+    if (r.shard >= 0 && static_cast<std::size_t>(r.shard) < shards)
+      out[static_cast<std::size_t>(r.shard)] = r.counters.query_time;
+  return out;
+}
+
+}  // namespace
+
+HttpServer::HttpServer(server::Shared& shared) : shared_(shared) {}
+
+HttpServer::~HttpServer() {
+  stop();
+}
+
+void HttpServer::start() {
+  const auto& cfg = *shared_.config;
+  samples_.resize(cfg.shards.size());
+  tcp::endpoint ep(asio::ip::make_address(cfg.admin.http_host), cfg.admin.http_port);
+  acceptor_.emplace(ctx_);
+  acceptor_->open(ep.protocol());
+  acceptor_->set_option(tcp::acceptor::reuse_address(true));
+  acceptor_->bind(ep);
+  acceptor_->listen();
+  asio::co_spawn(ctx_, accept_loop(), asio::detached);
+  asio::co_spawn(
+      ctx_,
+      [this]() -> awaitable<void> {
+        asio::steady_timer t(ctx_);
+        while (!stopping_) {
+          auto snap = co_await collect(shared_);
+          recent_latency(snap);
+          t.expires_after(kHistoryEvery);
+          co_await t.async_wait(use_nothrow);
+        }
+      },
+      asio::detached);
+  thread_ = std::thread([this] {
+    try {
+      ctx_.run();
+    } catch (const std::exception& e) {
+      spdlog::error("admin http stopped: {}", e.what());
+    }
+  });
+  sampler_ = std::thread([this] { sample_loop(); });
+  spdlog::info("admin http on {}:{} (/metrics /health /ready /dashboard)", cfg.admin.http_host,
+               cfg.admin.http_port);
+}
+
+void HttpServer::stop() {
+  stopping_ = true;
+  ctx_.stop();
+  if (thread_.joinable()) thread_.join();
+  if (sampler_.joinable()) sampler_.join();
+}
+
+void HttpServer::sample_loop() {
+  const auto& cfg = *shared_.config;
+  auto next_sizes = Clock::now();
+  while (!stopping_) {
+    const bool sizes = Clock::now() >= next_sizes;
+    if (sizes) next_sizes = Clock::now() + kSizesEvery;
+    for (std::size_t i = 0; i < cfg.shards.size() && !stopping_; ++i) {
+      const auto conninfo = txn::maintenance_conninfo(cfg, cfg.shards[i], "pgshard-monitor");
+      ShardSample s;
+      {
+        std::lock_guard lock(mu_);
+        s = samples_[i];
+      }
+      s.pinged = Clock::now();
+      if (!sizes) {
+        s.answered = PQping(conninfo.c_str()) == PQPING_OK;
+        s.ping_error = s.answered ? "" : "no answer from " + cfg.shards[i].primary.text();
+      } else {
+        // Sizes come from the catalogs over one short connection (also the ping).
+        PGconn* c = PQconnectdb(conninfo.c_str());
+        s.answered = PQstatus(c) == CONNECTION_OK;
+        s.ping_error = s.answered ? "" : PQerrorMessage(c);
+        if (s.answered) {
+          PGresult* r = PQexec(c, "select pg_database_size(current_database())");
+          if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+            s.database_bytes = std::atoll(PQgetvalue(r, 0, 0));
+          PQclear(r);
+          for (const auto& t : cfg.sharded_tables) {
+            const std::string name = t.schema.empty() ? t.table : t.schema + "." + t.table;
+            const char* params[] = {name.c_str()};
+            r = PQexecParams(c,
+                             // Live rows as the statistics system counts them
+                             // (kept current by inserts and deletes; reltuples only
+                             // after ANALYZE), and bytes with indexes and TOAST.
+                             "select coalesce(s.n_live_tup, greatest(c.reltuples, 0))::bigint, "
+                             "pg_total_relation_size(c.oid) from pg_class c "
+                             "left join pg_stat_user_tables s on s.relid = c.oid "
+                             "where c.oid = to_regclass($1)",
+                             1, nullptr, params, nullptr, nullptr, 0);
+            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+              s.tables[name] = {std::atoll(PQgetvalue(r, 0, 0)), std::atoll(PQgetvalue(r, 0, 1))};
+            PQclear(r);
+          }
+        }
+        PQfinish(c);
+      }
+      std::lock_guard lock(mu_);
+      samples_[i] = std::move(s);
+    }
+    for (int i = 0; i < 10 && !stopping_; ++i) std::this_thread::sleep_for(kPingEvery / 10);
+  }
+}
+
+std::vector<ShardSample> HttpServer::samples() {
+  std::lock_guard lock(mu_);
+  return samples_;
+}
+
+std::vector<pool::Histogram> HttpServer::recent_latency(const Snapshot& snap) {
+  const auto shards = shared_.config->shards.size();
+  auto now = shard_histograms(snap, shards);
+  const auto at = Clock::now();
+  if (history_.empty() || at - history_.back().first >= kHistoryEvery)
+    history_.emplace_back(at, now);
+  while (history_.size() > 1 && at - history_[1].first >= kRecentWindow)
+    history_.erase(history_.begin());
+  std::vector<pool::Histogram> out(shards);
+  const auto& then = history_.front().second;
+  for (std::size_t i = 0; i < shards; ++i) out[i] = minus(now[i], then[i]);
+  return out;
+}
+
+std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
+                                const std::vector<ShardSample>& samples) {
+  Exposition e;
+  e.family("pgshard_up", "gauge", "1 while pgshard runs");
+  e.sample("pgshard_up", {}, 1);
+  e.family("pgshard_uptime_seconds", "gauge", "seconds since pgshard started");
+  e.sample("pgshard_uptime_seconds", {},
+           std::chrono::duration<double>(snap.taken - snap.started).count());
+  e.family("pgshard_clients", "gauge", "client connections by state");
+  int active = 0, idle = 0, login = 0;
+  for (const auto& w : snap.workers)
+    for (const auto& c : w.clients) (c.state == "active" ? active : c.state == "idle" ? idle : login)++;
+  e.sample("pgshard_clients", {{"state", "active"}}, active);
+  e.sample("pgshard_clients", {{"state", "idle"}}, idle);
+  e.sample("pgshard_clients", {{"state", "login"}}, login);
+
+  const auto pools = snap.pools();
+  auto per_pool = [&](const char* name, const char* type, const char* help, auto value) {
+    e.family(name, type, help);
+    for (const auto& p : pools) e.sample(name, {{"shard", p.shard_name}, {"user", p.user}}, value(p));
+  };
+  e.family("pgshard_server_connections", "gauge", "server connections by pool and state");
+  for (const auto& p : pools) {
+    const double used = p.stats.total - p.stats.idle - p.stats.connecting;
+    e.sample("pgshard_server_connections",
+             {{"shard", p.shard_name}, {"user", p.user}, {"state", "active"}}, used);
+    e.sample("pgshard_server_connections",
+             {{"shard", p.shard_name}, {"user", p.user}, {"state", "idle"}}, p.stats.idle);
+    e.sample("pgshard_server_connections",
+             {{"shard", p.shard_name}, {"user", p.user}, {"state", "login"}}, p.stats.connecting);
+  }
+  per_pool("pgshard_pool_size", "gauge", "connections the shard's pool may open (pool_size)",
+           [&](const PoolRow& p) {
+             return p.shard >= 0 ? cfg.shards[static_cast<std::size_t>(p.shard)].pool_size
+                                 : p.stats.max_size;
+           });
+  per_pool("pgshard_pool_waiting_clients", "gauge", "clients queued for a server connection",
+           [](const PoolRow& p) { return static_cast<double>(p.stats.waiting); });
+  per_pool("pgshard_pool_max_wait_seconds", "gauge", "longest current wait for a connection",
+           [](const PoolRow& p) { return static_cast<double>(p.stats.max_wait_us) / 1e6; });
+  per_pool("pgshard_pool_waits_total", "counter", "acquisitions that had to queue",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.waits); });
+  per_pool("pgshard_pool_wait_seconds_total", "counter", "time spent queued for a connection",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.wait_us) / 1e6; });
+  per_pool("pgshard_queries_total", "counter", "client requests answered by the shard",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.queries); });
+  per_pool("pgshard_transactions_total", "counter", "client transactions ended on the shard",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.xacts); });
+  per_pool("pgshard_bytes_sent_total", "counter", "bytes pgshard sent to the shard",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.bytes_sent); });
+  per_pool("pgshard_bytes_received_total", "counter", "bytes pgshard received from the shard",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.bytes_received); });
+  per_pool("pgshard_server_logins_total", "counter", "server connections opened",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.connects); });
+  per_pool("pgshard_server_login_failures_total", "counter", "failed attempts to connect",
+           [](const PoolRow& p) { return static_cast<double>(p.counters.connect_failures); });
+  e.family("pgshard_errors_total", "counter", "errors the shards sent clients, by SQLSTATE class");
+  for (const auto& p : pools)
+    for (const auto& [cls, n] : p.counters.errors)
+      e.sample("pgshard_errors_total", {{"shard", p.shard_name}, {"user", p.user}, {"class", cls}},
+               static_cast<double>(n));
+
+  const auto shards = snap.shards();
+  e.family("pgshard_query_duration_seconds", "histogram",
+           "time from a client request sent to the shard to its ReadyForQuery");
+  for (const auto& r : shards) e.histogram("pgshard_query_duration_seconds", r.shard_name, r.counters.query_time);
+  e.family("pgshard_transaction_duration_seconds", "histogram",
+           "time from a transaction's first request to the shard going idle");
+  for (const auto& r : shards)
+    e.histogram("pgshard_transaction_duration_seconds", r.shard_name, r.counters.xact_time);
+
+  e.family("pgshard_shard_up", "gauge", "1 when the shard's primary answered the last ping");
+  e.family("pgshard_shard_database_bytes", "gauge", "size of the shard's database (sampled)");
+  e.family("pgshard_table_rows", "gauge", "estimated rows of each sharded table per shard (sampled)");
+  e.family("pgshard_table_bytes", "gauge", "bytes of each sharded table per shard (sampled)");
+  for (std::size_t i = 0; i < cfg.shards.size() && i < samples.size(); ++i) {
+    const auto& s = samples[i];
+    const auto& name = cfg.shards[i].name;
+    if (s.pinged != Clock::time_point{}) e.sample("pgshard_shard_up", {{"shard", name}}, s.answered);
+    if (s.database_bytes >= 0)
+      e.sample("pgshard_shard_database_bytes", {{"shard", name}},
+               static_cast<double>(s.database_bytes));
+    for (const auto& [table, v] : s.tables) {
+      e.sample("pgshard_table_rows", {{"shard", name}, {"table", table}}, static_cast<double>(v.first));
+      e.sample("pgshard_table_bytes", {{"shard", name}, {"table", table}},
+               static_cast<double>(v.second));
+    }
+  }
+
+  const auto routes = snap.routes();
+  e.family("pgshard_statements_total", "counter", "statements by how they were routed");
+  e.sample("pgshard_statements_total", {{"route", "single_shard"}}, static_cast<double>(routes.single));
+  e.sample("pgshard_statements_total", {{"route", "multi_shard"}}, static_cast<double>(routes.multi));
+  e.sample("pgshard_statements_total", {{"route", "local"}}, static_cast<double>(routes.local));
+  e.sample("pgshard_statements_total", {{"route", "refused"}}, static_cast<double>(routes.refused));
+  e.family("pgshard_multi_shard_statements_total", "counter",
+           "multi-shard statements by how their results combine");
+  for (std::size_t i = 0; i < routes.merges.size(); ++i)
+    e.sample("pgshard_multi_shard_statements_total", {{"merge", RouteCounters::kMergeKinds[i]}},
+             static_cast<double>(routes.merges[i]));
+  e.family("pgshard_refusals_total", "counter", "statements pgshard refused, by SQLSTATE");
+  for (const auto& [code, n] : routes.refusals)
+    e.sample("pgshard_refusals_total", {{"sqlstate", code}}, static_cast<double>(n));
+  uint64_t size = 0, hits = 0, misses = 0;
+  for (const auto& w : snap.workers) {
+    size += w.cache_size;
+    hits += w.cache_hits;
+    misses += w.cache_misses;
+  }
+  e.family("pgshard_parse_cache_entries", "gauge", "parsed statements cached (all workers)");
+  e.sample("pgshard_parse_cache_entries", {}, static_cast<double>(size));
+  e.family("pgshard_parse_cache_hits_total", "counter", "statements routed from the cache");
+  e.sample("pgshard_parse_cache_hits_total", {}, static_cast<double>(hits));
+  e.family("pgshard_parse_cache_misses_total", "counter", "statements that had to be parsed");
+  e.sample("pgshard_parse_cache_misses_total", {}, static_cast<double>(misses));
+  e.family("pgshard_2pc_committed_total", "counter", "transactions committed with two-phase commit");
+  e.sample("pgshard_2pc_committed_total", {}, static_cast<double>(snap.committed_2pc));
+  e.family("pgshard_2pc_rolled_back_total", "counter",
+           "two-phase transactions rolled back (a shard failed PREPARE)");
+  e.sample("pgshard_2pc_rolled_back_total", {}, static_cast<double>(snap.rolled_back_2pc));
+  e.family("pgshard_2pc_in_doubt", "gauge", "committed decisions not yet finished on every shard");
+  e.sample("pgshard_2pc_in_doubt", {}, static_cast<double>(snap.in_doubt));
+  return e.take();
+}
+
+std::string HttpServer::status_json(const Snapshot& snap) {
+  const auto& cfg = *shared_.config;
+  const auto samples = this->samples();
+  const auto recent = recent_latency(snap);
+  const auto rows = snap.shards();
+  std::string j = "{\"version\":\"" + std::string(PGSHARD_VERSION) + "\",\"uptime_s\":" +
+                  number(std::chrono::duration<double>(snap.taken - snap.started).count()) +
+                  ",\"clients\":" + std::to_string(snap.logged_in) + ",\"in_doubt\":" +
+                  std::to_string(snap.in_doubt) + ",\"shards\":[";
+  std::map<std::string, uint64_t> errors;
+  for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
+    const auto& sh = cfg.shards[i];
+    const PoolRow* r = nullptr;
+    for (const auto& row : rows)
+      if (row.shard == static_cast<int>(i)) r = &row;
+    const auto& s = samples[i];
+    if (i) j += ',';
+    j += "{\"name\":\"" + escaped(sh.name) + "\",\"primary\":\"" + escaped(sh.primary.text()) +
+         "\",\"state\":\"" + shard_state(s) + "\",\"pool_used\":" +
+         std::to_string(r ? r->stats.total - r->stats.idle : 0) +
+         ",\"pool_idle\":" + std::to_string(r ? r->stats.idle : 0) +
+         ",\"pool_size\":" + std::to_string(sh.pool_size) +
+         ",\"waiting\":" + std::to_string(r ? r->stats.waiting : 0) +
+         ",\"queries\":" + std::to_string(r ? r->counters.queries : 0) +
+         ",\"errors\":" + std::to_string(r ? r->counters.error_count() : 0) +
+         ",\"p50_ms\":" + number(recent[i].quantile(0.5) / 1000) +
+         ",\"p99_ms\":" + number(recent[i].quantile(0.99) / 1000) +
+         ",\"recent_queries\":" + std::to_string(recent[i].count) +
+         ",\"database_bytes\":" + std::to_string(s.database_bytes) + ",\"last_error\":\"" +
+         escaped(!s.answered && !s.ping_error.empty() ? s.ping_error
+                 : r                                  ? r->health.last_error
+                                                      : "") +
+         "\"}";
+    if (r)
+      for (const auto& [cls, n] : r->counters.errors) errors[cls] += n;
+  }
+  j += "],\"tables\":[";
+  bool first_table = true;
+  for (const auto& t : cfg.sharded_tables) {
+    const std::string name = t.schema.empty() ? t.table : t.schema + "." + t.table;
+    if (!first_table) j += ',';
+    first_table = false;
+    j += "{\"table\":\"" + escaped(name) + "\",\"shards\":[";
+    int64_t total = 0, most = 0;
+    std::size_t known = 0;
+    for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
+      auto it = samples[i].tables.find(name);
+      const int64_t rows_n = it == samples[i].tables.end() ? -1 : it->second.first;
+      const int64_t bytes = it == samples[i].tables.end() ? -1 : it->second.second;
+      if (rows_n >= 0) {
+        total += rows_n;
+        most = std::max(most, rows_n);
+        ++known;
+      }
+      if (i) j += ',';
+      j += "{\"shard\":\"" + escaped(cfg.shards[i].name) + "\",\"rows\":" + std::to_string(rows_n) +
+           ",\"bytes\":" + std::to_string(bytes) + "}";
+    }
+    // Skew: the fullest shard against the mean (1.0 is perfectly even).
+    const double mean = known ? static_cast<double>(total) / static_cast<double>(known) : 0;
+    j += "],\"skew\":" + number(mean > 0 ? static_cast<double>(most) / mean : 1.0) + "}";
+  }
+  j += "],\"errors\":[";
+  bool first_error = true;
+  for (const auto& [cls, n] : errors) {
+    if (!first_error) j += ',';
+    first_error = false;
+    j += "{\"class\":\"" + escaped(cls) + "\",\"count\":" + std::to_string(n) + "}";
+  }
+  j += "]}";
+  return j;
+}
+
+awaitable<void> HttpServer::accept_loop() {
+  for (;;) {
+    auto [ec, sock] = co_await acceptor_->async_accept(use_nothrow);
+    if (ec == asio::error::operation_aborted || stopping_) co_return;
+    if (ec) continue;
+    asio::co_spawn(ctx_, serve(std::move(sock)), asio::detached);
+  }
+}
+
+awaitable<void> HttpServer::serve(tcp::socket socket) {
+  beast::tcp_stream stream(std::move(socket));
+  beast::flat_buffer buffer;
+  for (;;) {
+    http::request<http::string_body> req;
+    stream.expires_after(std::chrono::seconds(30));
+    auto [ec, n] = co_await http::async_read(stream, buffer, req, use_nothrow);
+    if (ec) co_return;
+    http::response<http::string_body> res;
+    res.version(req.version());
+    res.set(http::field::server, "pgshard");
+    const std::string target(req.target().substr(0, req.target().find('?')));
+    res.result(http::status::ok);
+    if (req.method() != http::verb::get) {
+      res.result(http::status::method_not_allowed);
+      res.set(http::field::content_type, "text/plain");
+      res.body() = "only GET\n";
+    } else if (target == "/health" || target == "/healthz") {
+      res.set(http::field::content_type, "text/plain");
+      res.body() = "ok\n";
+    } else if (target == "/ready" || target == "/readyz") {
+      res.set(http::field::content_type, "text/plain");
+      std::string down;
+      const auto s = samples();
+      const auto& cfg = *shared_.config;
+      for (std::size_t i = 0; i < s.size(); ++i)
+        if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
+          down += cfg.shards[i].name + (s[i].ping_error.empty() ? "" : ": " + s[i].ping_error) +
+                  "\n";
+      if (shared_.shutting_down) down += "shutting down\n";
+      res.result(down.empty() ? http::status::ok : http::status::service_unavailable);
+      res.body() = down.empty() ? "ready\n" : "not ready:\n" + down;
+    } else if (target == "/metrics") {
+      auto snap = co_await collect(shared_);
+      res.set(http::field::content_type, "text/plain; version=0.0.4");
+      res.body() = metrics(snap, *shared_.config, samples());
+    } else if (target == "/api/status") {
+      auto snap = co_await collect(shared_);
+      res.set(http::field::content_type, "application/json");
+      res.set(http::field::cache_control, "no-store");
+      res.body() = status_json(snap);
+    } else if (target == "/dashboard" || target == "/") {
+      res.set(http::field::content_type, "text/html; charset=utf-8");
+      res.body() = kDashboardHtml;
+    } else {
+      res.result(http::status::not_found);
+      res.set(http::field::content_type, "text/plain");
+      res.body() = "not found; try /metrics /health /ready /dashboard\n";
+    }
+    res.keep_alive(req.keep_alive());
+    res.prepare_payload();
+    auto [wec, m] = co_await http::async_write(stream, res, use_nothrow);
+    if (wec || !res.keep_alive()) co_return;
+  }
+}
+
+}  // namespace pgshard::admin

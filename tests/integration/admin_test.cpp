@@ -1,0 +1,349 @@
+// Operations: the admin console (database "pgshard", PgBouncer's SHOW commands) and the
+// HTTP endpoints (/metrics, /health, /ready, /api/status), against real shards.
+#include <catch2/catch.hpp>
+#include <chrono>
+#include <map>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "harness.hpp"
+
+using namespace harness;
+using namespace std::chrono_literals;
+
+namespace {
+
+ProxyOptions admin_options(int http_port, int workers = 2) {
+  ProxyOptions o;
+  o.workers = workers;
+  o.users =
+      "  - { name: app, password: secret, pool_mode: transaction }\n"
+      "  - { name: admin, password: adminpw }\n"
+      "  - { name: monitor, password: monpw }\n";
+  o.extra_top = "admin: { users: [admin], stats_users: [monitor], http: \"127.0.0.1:" +
+                std::to_string(http_port) + "\" }\n";
+  return o;
+}
+
+Conn console(const Proxy& p, const std::string& user = "admin",
+             const std::string& password = "adminpw") {
+  return connect(p.conninfo("dbname=pgshard", user, password));
+}
+
+// A console result as maps from column name to value, one per row.
+std::vector<std::map<std::string, std::string>> show(PGconn* c, const std::string& what) {
+  PGresult* r = PQexec(c, what.c_str());
+  INFO(what << ": " << PQerrorMessage(c));
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  std::vector<std::map<std::string, std::string>> rows;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    std::map<std::string, std::string> row;
+    for (int j = 0; j < PQnfields(r); ++j) row[PQfname(r, j)] = PQgetvalue(r, i, j);
+    rows.push_back(std::move(row));
+  }
+  PQclear(r);
+  return rows;
+}
+
+std::vector<std::string> columns(PGconn* c, const std::string& what) {
+  PGresult* r = PQexec(c, what.c_str());
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  std::vector<std::string> out;
+  for (int j = 0; j < PQnfields(r); ++j) out.emplace_back(PQfname(r, j));
+  PQclear(r);
+  return out;
+}
+
+std::map<std::string, std::string> row_where(const std::vector<std::map<std::string, std::string>>& rows,
+                                             const std::string& key, const std::string& value) {
+  for (const auto& r : rows)
+    if (r.count(key) && r.at(key) == value) return r;
+  FAIL("no row with " << key << " = " << value);
+  return {};
+}
+
+long long num(const std::string& s) {
+  return std::stoll(s);
+}
+
+struct HttpReply {
+  int status = 0;
+  std::string body;
+};
+
+HttpReply http_get(int port, const std::string& path, const std::string& method = "GET") {
+  const auto dir = temp_dir("http");
+  std::string out;
+  run("curl -s -m 10 -X " + method + " -o " + dir + "/body -w '%{http_code}' http://127.0.0.1:" +
+          std::to_string(port) + path,
+      &out);
+  HttpReply r;
+  r.status = out.empty() ? 0 : std::atoi(out.c_str());
+  r.body = read_file(dir + "/body");
+  return r;
+}
+
+// The value of the sample `series` (name with its labels, exactly as exposed); -1 if absent.
+double metric(const std::string& text, const std::string& series) {
+  std::istringstream in(text);
+  std::string line;
+  while (std::getline(in, line))
+    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
+        line[series.size()] == ' ')
+      return std::stod(line.substr(series.size() + 1));
+  return -1;
+}
+
+}  // namespace
+
+TEST_CASE("admin console: SHOW commands report pools, stats, shards, clients and servers",
+          "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto app = connect(proxy.conninfo("application_name=admin-test"));
+  query(app.get(), "SET pgshard.shard = 's1'");
+  const std::string pid = scalar(app.get(), "select pg_backend_pid()");
+  auto adm = console(proxy);
+
+  // PgBouncer's column names, so its tools and exporters read pgshard's console.
+  CHECK(columns(adm.get(), "SHOW POOLS") ==
+        std::vector<std::string>{"database", "user", "cl_active", "cl_waiting",
+                                 "cl_active_cancel_req", "cl_waiting_cancel_req", "sv_active",
+                                 "sv_active_cancel", "sv_being_canceled", "sv_idle", "sv_used",
+                                 "sv_tested", "sv_login", "maxwait", "maxwait_us", "pool_mode"});
+  auto pools = show(adm.get(), "SHOW POOLS");
+  auto s1 = row_where(pools, "database", "s1");
+  CHECK(s1["user"] == "app");
+  CHECK(s1["pool_mode"] == "transaction");
+  CHECK(num(s1["sv_idle"]) + num(s1["sv_active"]) >= 1);
+
+  // Requests are counted where they ran: exactly the ten selects on s1.
+  auto before = row_where(show(adm.get(), "SHOW STATS_TOTALS"), "database", "s1");
+  for (int i = 0; i < 10; ++i) query(app.get(), "select 1");
+  auto after = row_where(show(adm.get(), "SHOW STATS_TOTALS"), "database", "s1");
+  CHECK(num(after["query_count"]) - num(before["query_count"]) == 10);
+  CHECK(num(after["xact_count"]) - num(before["xact_count"]) == 10);
+  CHECK(num(after["bytes_received"]) > num(before["bytes_received"]));
+  CHECK(num(after["query_time"]) > num(before["query_time"]));
+  auto stats = row_where(show(adm.get(), "SHOW STATS"), "database", "s1");
+  CHECK(num(stats["total_query_count"]) >= 10);
+  CHECK(num(stats["avg_query_time"]) > 0);
+
+  // Errors of the shard's statements, latency quantiles and state per shard.
+  CHECK(error_code(app.get(), "select 1/0") == "22012");
+  auto shards = show(adm.get(), "SHOW SHARDS");
+  CHECK(static_cast<int>(shards.size()) == Cluster::get().size());
+  auto sh1 = row_where(shards, "name", "s1");
+  CHECK(sh1["state"] == "up");
+  CHECK(num(sh1["errors"]) == 1);
+  CHECK(std::stod(sh1["p50_ms"]) > 0);
+  CHECK(std::stod(sh1["p99_ms"]) >= std::stod(sh1["p50_ms"]));
+  CHECK(sh1["primary"] == "127.0.0.1:" + std::to_string(Cluster::get().port(1)) + "/app");
+
+  // The app's server is listed with the backend pid the shard reports.
+  auto servers = show(adm.get(), "SHOW SERVERS");
+  auto srv = row_where(servers, "remote_pid", pid);
+  CHECK(srv["database"] == "app");
+  CHECK(srv["shard"] == "s1");
+  CHECK(srv["type"] == "S");
+
+  auto clients = show(adm.get(), "SHOW CLIENTS");
+  auto me = row_where(clients, "application_name", "admin-test");
+  CHECK(me["user"] == "app");
+  CHECK(me["database"] == "app");
+  CHECK(me["state"] == "idle");
+  CHECK(row_where(clients, "database", "pgshard")["user"] == "admin");
+
+  auto config = show(adm.get(), "SHOW CONFIG");
+  CHECK(row_where(config, "key", "listen_port")["value"] == std::to_string(proxy.port()));
+  auto lists = show(adm.get(), "SHOW LISTS");
+  CHECK(num(row_where(lists, "list", "used_clients")["items"]) >= 2);
+  CHECK(num(row_where(lists, "list", "databases")["items"]) == Cluster::get().size());
+  CHECK(scalar(adm.get(), "SHOW VERSION").rfind("pgshard ", 0) == 0);
+  auto dbs = show(adm.get(), "show databases");  // case does not matter
+  CHECK(row_where(dbs, "name", "s0")["port"] == std::to_string(Cluster::get().port(0)));
+  auto routes = show(adm.get(), "SHOW ROUTES");
+  CHECK(num(row_where(routes, "name", "single_shard")["value"]) >= 11);
+  CHECK(show(adm.get(), "SHOW TRANSACTIONS").empty());
+
+  // Two commands in one query: each is answered (libpq keeps the last result).
+  CHECK(num(row_where(show(adm.get(), "SHOW VERSION; SHOW LISTS;"), "list", "pools")["items"]) >=
+        1);
+  PGresult* help = PQexec(adm.get(), "SHOW HELP");
+  CHECK(PQresultStatus(help) == PGRES_COMMAND_OK);
+  PQclear(help);
+}
+
+TEST_CASE("admin console: a multi-shard transaction is listed while open", "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto app = connect(proxy.conninfo());
+  auto adm = console(proxy);
+  query(app.get(), "BEGIN");
+  query(app.get(), "SET LOCAL pgshard.shard = 's0'");
+  query(app.get(), "select 1");
+  query(app.get(), "SET LOCAL pgshard.shard = 's1'");
+  query(app.get(), "select 1");
+  auto txns = show(adm.get(), "SHOW TRANSACTIONS");
+  REQUIRE(txns.size() == 1);
+  CHECK(txns[0]["kind"] == "multi-shard");
+  CHECK(txns[0]["user"] == "app");
+  CHECK(txns[0]["shards"].find("s0") != std::string::npos);
+  CHECK(txns[0]["shards"].find("s1") != std::string::npos);
+  query(app.get(), "ROLLBACK");
+  auto left = show(adm.get(), "SHOW TRANSACTIONS");
+  std::string listed;
+  for (auto& t : left) listed += t["kind"] + " " + t["client"] + " " + t["shards"] + " " + t["state"] + "\n";
+  INFO(listed);
+  CHECK(left.empty());
+}
+
+TEST_CASE("admin console: permissions, bad commands and the extended protocol", "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto app = connect(proxy.conninfo());
+  query(app.get(), "SET pgshard.shard = 's0'");
+  query(app.get(), "select 1");
+
+  // A user not listed under admin gets a clear refusal, not a shard's answer.
+  PGconn* refused = PQconnectdb(proxy.conninfo("dbname=pgshard").c_str());
+  CHECK(PQstatus(refused) == CONNECTION_BAD);
+  CHECK(std::string(PQerrorMessage(refused)).find("may not use the admin console") !=
+        std::string::npos);
+  PQfinish(refused);
+
+  auto adm = console(proxy);
+  auto total_queries = [&] {
+    long long n = 0;
+    for (auto& r : show(adm.get(), "SHOW STATS_TOTALS")) n += num(r["query_count"]);
+    return n;
+  };
+  const long long before = total_queries();
+  std::string message;
+  CHECK(error_code(adm.get(), "select 1", &message) == "42601");
+  CHECK(error_code(adm.get(), "SHOW NOTHING") == "42601");
+  CHECK(error_code(adm.get(), "RELOAD") == "0A000");  // not yet: says so
+  PGresult* r = PQexecParams(adm.get(), "SHOW POOLS", 0, nullptr, nullptr, nullptr, nullptr, 0);
+  CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
+  CHECK(std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE)) == "0A000");
+  PQclear(r);
+  r = PQexec(adm.get(), "");
+  CHECK(PQresultStatus(r) == PGRES_EMPTY_QUERY);
+  PQclear(r);
+  CHECK(scalar(adm.get(), "SHOW VERSION").rfind("pgshard", 0) == 0);  // still usable
+  CHECK(total_queries() == before);  // nothing the console got reached a shard
+
+  // Stats users may look but not act.
+  auto mon = console(proxy, "monitor", "monpw");
+  CHECK(!show(mon.get(), "SHOW POOLS").empty());
+  CHECK(error_code(mon.get(), "SHUTDOWN") == "42501");
+  CHECK(error_code(mon.get(), "KILL_CLIENT 1") == "42501");
+  CHECK(proxy.running());
+  CHECK(scalar(app.get(), "select 2") == "2");
+
+  // psql, as an operator would use it.
+  std::string out;
+  CHECK(run("PGPASSWORD=adminpw psql -X -h 127.0.0.1 -p " + std::to_string(proxy.port()) +
+                " -U admin pgshard -c 'SHOW POOLS' 2>&1",
+            &out) == 0);
+  CHECK(out.find("cl_active") != std::string::npos);
+  CHECK(out.find(" s0 ") != std::string::npos);
+}
+
+TEST_CASE("admin console: KILL_CLIENT ends one client, SHUTDOWN stops pgshard", "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto victim = connect(proxy.conninfo("application_name=victim"));
+  auto other = connect(proxy.conninfo("application_name=other"));
+  query(victim.get(), "select 1");
+  auto adm = console(proxy);
+  const auto id = row_where(show(adm.get(), "SHOW CLIENTS"), "application_name", "victim")["id"];
+  CHECK(error_code(adm.get(), "KILL_CLIENT 999999999") == "42704");
+  query(adm.get(), "KILL_CLIENT " + id);
+  CHECK(wait_until(
+      [&] {
+        PGresult* r = PQexec(victim.get(), "select 1");
+        const bool gone = PQresultStatus(r) != PGRES_TUPLES_OK;
+        PQclear(r);
+        return gone;
+      },
+      5s));
+  CHECK(scalar(other.get(), "select 3") == "3");
+
+  query(adm.get(), "SHUTDOWN");
+  CHECK(wait_until([&] { return !proxy.running(); }, 15s));
+}
+
+TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
+  const int http = free_port();
+  Proxy proxy(admin_options(http));
+  auto& cluster = Cluster::get();
+  CHECK(http_get(http, "/health").status == 200);
+  CHECK(wait_until([&] { return http_get(http, "/ready").status == 200; }, 10s));
+
+  auto app = connect(proxy.conninfo());
+  query(app.get(), "SET pgshard.shard = 's1'");
+  query(app.get(), "select 1");
+  const std::string queries = "pgshard_queries_total{shard=\"s1\",user=\"app\"}";
+  const std::string count = "pgshard_query_duration_seconds_count{shard=\"s1\"}";
+  const std::string inf = "pgshard_query_duration_seconds_bucket{shard=\"s1\",le=\"+Inf\"}";
+  auto m1 = http_get(http, "/metrics");
+  REQUIRE(m1.status == 200);
+  for (int i = 0; i < 7; ++i) query(app.get(), "select 1");
+  CHECK(error_code(app.get(), "select 1/0") == "22012");
+  auto m2 = http_get(http, "/metrics").body;
+  CHECK(metric(m2, queries) - metric(m1.body, queries) == 8);
+  CHECK(metric(m2, count) - metric(m1.body, count) == 8);
+  CHECK(metric(m2, inf) == metric(m2, count));
+  CHECK(metric(m2, "pgshard_errors_total{shard=\"s1\",user=\"app\",class=\"22\"}") == 1);
+  CHECK(metric(m2, "pgshard_up") == 1);
+  CHECK(metric(m2, "pgshard_statements_total{route=\"single_shard\"}") >= 9);
+  CHECK(metric(m2, "pgshard_pool_size{shard=\"s1\",user=\"app\"}") == 10);
+
+  // Well-formed exposition: every family declared once, every sample a name, labels, value.
+  std::set<std::string> families;
+  std::istringstream in(m2);
+  std::string line;
+  const std::regex sample(R"(^[a-z_][a-z0-9_]*(\{[a-z_]+="[^"\n]*"(,[a-z_]+="[^"\n]*")*\})? -?[0-9.e+]+$)");
+  while (std::getline(in, line)) {
+    if (line.rfind("# TYPE ", 0) == 0) {
+      const auto name = line.substr(7, line.find(' ', 7) - 7);
+      CHECK(families.insert(name).second);
+    } else if (line.rfind("# HELP ", 0) != 0) {
+      INFO(line);
+      CHECK(std::regex_match(line, sample));
+    }
+  }
+  CHECK(families.count("pgshard_query_duration_seconds"));
+
+  // Sampled from the shards' catalogs: size of each database.
+  CHECK(wait_until(
+      [&] {
+        return metric(http_get(http, "/metrics").body,
+                      "pgshard_shard_database_bytes{shard=\"s0\"}") > 0;
+      },
+      10s));
+  auto status = http_get(http, "/api/status");
+  CHECK(status.status == 200);
+  CHECK(status.body.find("\"name\":\"s1\"") != std::string::npos);
+  CHECK(http_get(http, "/nothing").status == 404);
+  CHECK(http_get(http, "/metrics", "POST").status == 405);
+
+  // A shard down: not ready (naming it), and SHOW SHARDS says why after a failed connect.
+  cluster.kill(1);
+  CHECK(wait_until(
+      [&] {
+        auto r = http_get(http, "/ready");
+        return r.status == 503 && r.body.find("s1") != std::string::npos;
+      },
+      10s));
+  CHECK(metric(http_get(http, "/metrics").body, "pgshard_shard_up{shard=\"s1\"}") == 0);
+  auto fresh = connect(proxy.conninfo());
+  query(fresh.get(), "SET pgshard.shard = 's1'");
+  PGresult* r = PQexec(fresh.get(), "select 1");
+  CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
+  PQclear(r);
+  auto adm = console(proxy);
+  auto sh1 = row_where(show(adm.get(), "SHOW SHARDS"), "name", "s1");
+  CHECK(sh1["state"] == "down");
+  CHECK(!sh1["last_error"].empty());
+  cluster.restart(1);
+  CHECK(wait_until([&] { return http_get(http, "/ready").status == 200; }, 15s));
+}
