@@ -86,9 +86,12 @@ function render(s) {
                      (skewed ? " (uneven: the fullest shard holds " + t.skew.toFixed(1) +
                       "× the mean)" : " (even)")));
     const tab = el("table", {"data-table": t.table});
-    tab.append(el("thead")).append(el("tr"));
-    tab.tHead.rows[0].append(el("th", {}, "shard"), el("th", {}, "rows (estimate)"),
-                             el("th", {}, "bytes"), el("th", {}, ""));
+    const head = el("tr");
+    head.append(el("th", {}, "shard"), el("th", {}, "rows (estimate)"), el("th", {}, "bytes"),
+                el("th", {}, ""));
+    const thead = el("thead");
+    thead.append(head);
+    tab.append(thead);
     const tb = el("tbody");
     for (const x of t.shards) {
       const tr = el("tr", {"data-shard": x.shard});

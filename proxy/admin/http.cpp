@@ -21,7 +21,7 @@ namespace http = beast::http;
 namespace {
 
 constexpr auto kPingEvery = std::chrono::seconds(1);
-constexpr auto kSizesEvery = std::chrono::seconds(30);
+constexpr auto kSizesEvery = std::chrono::seconds(10);
 constexpr auto kHistoryEvery = std::chrono::seconds(10);
 constexpr auto kRecentWindow = std::chrono::minutes(5);
 
@@ -497,6 +497,8 @@ awaitable<void> HttpServer::serve(tcp::socket socket) {
       res.set(http::field::content_type, "application/json");
       res.set(http::field::cache_control, "no-store");
       res.body() = status_json(snap);
+    } else if (target == "/favicon.ico") {
+      res.result(http::status::no_content);
     } else if (target == "/dashboard" || target == "/") {
       res.set(http::field::content_type, "text/html; charset=utf-8");
       res.body() = kDashboardHtml;

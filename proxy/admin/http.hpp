@@ -2,7 +2,7 @@
 // /metrics (Prometheus text), /health (the process answers), /ready (every shard's primary
 // answers), /dashboard (a static page) and /api/status (the JSON the page reads).
 // A sampler thread pings the shards every second and reads their sizes from the catalogs
-// every 30 s, so no request waits on a shard.
+// every 10 s, so no request waits on a shard.
 #pragma once
 
 #include <map>

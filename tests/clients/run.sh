@@ -9,7 +9,7 @@ ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${PGSHARD_BINARY:-$ROOT/build/release/pgshard}
 DIR=$(mktemp -d /tmp/pgshard-clients-XXXXXX); chmod 755 "$DIR"
 free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-P0=$(free_port); P1=$(free_port); P2=$(free_port); PROXY=$(free_port)
+P0=$(free_port); P1=$(free_port); P2=$(free_port); PROXY=$(free_port); HTTP=$(free_port)
 export PGPASSWORD=secret
 cleanup() {
   local rc=$?
@@ -38,6 +38,7 @@ sharded_tables:
 unsharded: reject
 log_level: info
 two_phase_log: $DIR/2pc
+admin: { http: "127.0.0.1:$HTTP" }
 YAML
 "$BIN" --config "$DIR/pgshard.yaml" >"$DIR/pgshard.log" 2>&1 &
 echo $! >"$DIR/pgshard.pid"
@@ -53,6 +54,23 @@ case "$SUITE" in
       (cd "$HERE/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
     node "$HERE/node/test.mjs" ;;
   jdbc) java -cp /usr/share/java/postgresql.jar "$HERE/jdbc/JdbcTest.java" ;;
+  dashboard)
+    [ -d "$HERE/node/node_modules/playwright-core" ] ||
+      (cd "$HERE/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    # 300 users through pgshard (hashed over the shards), then what each shard holds.
+    values=$(seq 1 300 | sed "s/.*/(&, 'u&')/" | paste -sd,)
+    psql -X -q -v ON_ERROR_STOP=1 -h 127.0.0.1 -p "$PROXY" -U app app \
+      -c "insert into users (id, name) values $values"
+    expected="{"
+    for i in 0 1 2; do
+      port=$(eval echo "\$P$i")
+      n=$(psql -X -qAt -h 127.0.0.1 -p "$port" -U app app -c "select count(*) from users")
+      expected="$expected\"s$i\": $n"; [ $i -lt 2 ] && expected="$expected, "
+    done
+    expected="$expected}"
+    PGSHARD_HTTP=127.0.0.1:$HTTP EXPECTED_ROWS=$expected \
+      KILL_SHARD="$ROOT/tests/harness/pgcluster.sh kill $DIR/pg $P2" \
+      ARTIFACTS=${PGSHARD_ARTIFACTS:-$ROOT/build/artifacts} node "$HERE/node/dashboard.mjs" ;;
   *) echo "unknown suite $SUITE"; exit 2 ;;
 esac
 echo "suite $SUITE: passed"

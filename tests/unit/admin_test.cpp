@@ -1,0 +1,171 @@
+// The admin console's answers, the Prometheus exposition and the latency histogram, on
+// snapshots built by hand (no network).
+#include <catch2/catch.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "config/config.hpp"
+#include "protocol/codec.hpp"
+#include "protocol/errors.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/admin/console.hpp"
+#include "proxy/admin/http.hpp"
+
+using namespace pgshard;
+
+namespace {
+
+const char* kMap = R"(users:
+  - { name: app, password: secret }
+  - { name: boss, password: x }
+  - { name: watcher, password: y }
+admin: { users: [boss], stats_users: [watcher], http: "127.0.0.1:9930" }
+shards:
+  - { name: s0, primary: "postgres://app:secret@127.0.0.1:5432/app", pool_size: 8 }
+  - { name: s1, primary: "postgres://app:secret@127.0.0.1:5433/app", pool_size: 8 }
+sharded_tables:
+  - { table: users, column: id }
+)";
+
+admin::Snapshot two_workers() {
+  admin::Snapshot s;
+  s.started = Clock::now() - std::chrono::seconds(100);
+  for (int w = 0; w < 2; ++w) {
+    admin::WorkerSnapshot ws;
+    ws.worker = w;
+    admin::PoolRow p;
+    p.shard = 1;
+    p.shard_name = "s1";
+    p.user = "app";
+    p.stats = {3, 1, w, 0, 4, 0};
+    p.counters.queries = 10;
+    p.counters.xacts = 5;
+    for (int i = 0; i < 10; ++i) p.counters.query_time.add(1000 * (i + 1));
+    p.counters.errors["22"] = 1;
+    ws.pools.push_back(p);
+    s.workers.push_back(ws);
+  }
+  s.taken = Clock::now();
+  return s;
+}
+
+// The first message's type and, for an error, its SQLSTATE.
+std::pair<char, std::string> first(const std::string& reply) {
+  auto d = protocol::decode_frame(reply, 1 << 20);
+  REQUIRE(d.status == protocol::DecodeStatus::kFrame);
+  std::string code;
+  if (d.frame.type == protocol::msg::kErrorResponse)
+    code = std::string(protocol::ErrorFields::parse(d.frame.body)->code());
+  return {d.frame.type, code};
+}
+
+}  // namespace
+
+TEST_CASE("latency histogram: buckets, quantiles and sums", "[admin]") {
+  pool::Histogram h;
+  CHECK(h.quantile(0.5) == 0);
+  for (int i = 0; i < 99; ++i) h.add(80);  // (50, 100] us
+  h.add(20000000);                         // past the last bound
+  CHECK(h.count == 100);
+  CHECK(h.buckets[1] == 99);
+  CHECK(h.buckets.back() == 1);
+  CHECK(h.quantile(0.5) > 50);
+  CHECK(h.quantile(0.5) <= 100);
+  CHECK(h.quantile(1.0) == 10000000);  // the +Inf bucket reports the last bound
+  pool::Histogram twice = h;
+  twice.add(h);
+  CHECK(twice.count == 200);
+  CHECK(twice.sum_us == 2 * h.sum_us);
+}
+
+TEST_CASE("console answers: workers add up; permissions and bad commands", "[admin]") {
+  auto cfg = config::load_string(kMap, "t.yaml");
+  const auto snap = two_workers();
+  const auto pools = admin::answer("SHOW POOLS", snap, *cfg, false);
+  CHECK(first(pools).first == protocol::msg::kRowDescription);
+  // One row for (s1, app): the two workers' pools are one pool to the operator.
+  CHECK(snap.pools().size() == 1);
+  CHECK(snap.pools()[0].counters.queries == 20);
+  CHECK(snap.pools()[0].stats.waiting == 1);
+  CHECK(snap.shards()[0].counters.errors.at("22") == 2);
+
+  CHECK(first(admin::answer("SHOW NONSENSE", snap, *cfg, true)).second == "42601");
+  CHECK(first(admin::answer("DROP TABLE users", snap, *cfg, true)).second == "42601");
+  CHECK(first(admin::answer("SHUTDOWN", snap, *cfg, false)).second == "42501");
+  CHECK(first(admin::answer("KILL_CLIENT 7", snap, *cfg, false)).second == "42501");
+  CHECK(first(admin::answer("KILL_CLIENT x", snap, *cfg, true)).second == "42601");
+  CHECK(first(admin::answer("KILL_CLIENT 7", snap, *cfg, true)).second == "42704");
+  CHECK(first(admin::answer("PAUSE", snap, *cfg, true)).second == "0A000");
+  CHECK(first(admin::answer("  ", snap, *cfg, true)).first == protocol::msg::kEmptyQueryResponse);
+  bool shutdown = false;
+  CHECK(first(admin::answer("shutdown", snap, *cfg, true, &shutdown)).first ==
+        protocol::msg::kCommandComplete);
+  CHECK(shutdown);
+  for (const char* what : {"HELP", "VERSION", "STATS", "STATS_TOTALS", "STATS_AVERAGES",
+                           "CLIENTS", "SERVERS", "DATABASES", "SHARDS", "CONFIG", "LISTS",
+                           "TRANSACTIONS", "ROUTES"}) {
+    INFO(what);
+    CHECK(first(admin::answer(std::string("SHOW ") + what, snap, *cfg, false)).first !=
+          protocol::msg::kErrorResponse);
+  }
+}
+
+TEST_CASE("metrics: Prometheus text with one declaration per family", "[admin]") {
+  auto cfg = config::load_string(kMap, "t.yaml");
+  std::vector<admin::ShardSample> samples(2);
+  samples[0].pinged = Clock::now();
+  samples[0].answered = true;
+  samples[0].database_bytes = 123456789012;
+  samples[0].tables["users"] = {42, 8192};
+  const auto text = admin::HttpServer::metrics(two_workers(), *cfg, samples);
+  CHECK(text.find("pgshard_queries_total{shard=\"s1\",user=\"app\"} 20\n") != std::string::npos);
+  CHECK(text.find("pgshard_query_duration_seconds_count{shard=\"s1\"} 20\n") != std::string::npos);
+  CHECK(text.find("pgshard_query_duration_seconds_bucket{shard=\"s1\",le=\"+Inf\"} 20\n") !=
+        std::string::npos);
+  CHECK(text.find("pgshard_shard_database_bytes{shard=\"s0\"} 123456789012\n") !=
+        std::string::npos);
+  CHECK(text.find("pgshard_table_rows{shard=\"s0\",table=\"users\"} 42\n") != std::string::npos);
+  CHECK(text.find("pgshard_shard_up{shard=\"s0\"} 1\n") != std::string::npos);
+  CHECK(text.find("pgshard_shard_up{shard=\"s1\"}") == std::string::npos);  // never pinged
+  CHECK(text.find("pgshard_errors_total{shard=\"s1\",user=\"app\",class=\"22\"} 2\n") !=
+        std::string::npos);
+  std::istringstream in(text);
+  std::string line;
+  std::set<std::string> declared;
+  while (std::getline(in, line))
+    if (line.rfind("# TYPE ", 0) == 0) CHECK(declared.insert(line.substr(7, line.find(' ', 7) - 7)).second);
+  // Cumulative buckets never decrease.
+  std::regex bucket(R"(pgshard_query_duration_seconds_bucket\{shard="s1",le="[^"]+"\} (\d+))");
+  long long last = -1;
+  for (std::sregex_iterator it(text.begin(), text.end(), bucket), end; it != end; ++it) {
+    const long long v = std::stoll((*it)[1]);
+    CHECK(v >= last);
+    last = v;
+  }
+  CHECK(last == 20);
+}
+
+TEST_CASE("config: the admin section names known users and a host:port", "[admin]") {
+  auto cfg = config::load_string(kMap, "t.yaml");
+  CHECK(cfg->admin.is_admin("boss"));
+  CHECK(!cfg->admin.is_admin("watcher"));
+  CHECK(cfg->admin.may_view("watcher"));
+  CHECK(!cfg->admin.may_view("app"));
+  CHECK(cfg->admin.http_port == 9930);
+  auto error_of = [](std::string yaml) {
+    try {
+      config::load_string(yaml, "t.yaml");
+    } catch (const config::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  std::string bad = kMap;
+  bad.replace(bad.find("users: [boss]"), 13, "users: [nobody]");
+  CHECK(error_of(bad).find("t.yaml:5: admin.users: 'nobody' is not one of the users") !=
+        std::string::npos);
+  bad = kMap;
+  bad.replace(bad.find("127.0.0.1:9930"), 14, "9930");
+  CHECK(error_of(bad).find("admin.http must be host:port") != std::string::npos);
+}
