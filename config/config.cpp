@@ -266,7 +266,10 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
 }
 
 void load_admin(Checker& c, const YAML::Node& n, Admin& out) {
-  if (!c.mapping(n, "admin", {"users", "stats_users", "http"})) return;
+  if (!c.mapping(n, "admin", {"users", "stats_users", "http", "stats"})) return;
+  if (n["stats"])
+    out.stats = c.choice<bool>(n["stats"], "admin.stats", {{"true", true}, {"false", false}})
+                    .value_or(true);
   auto names = [&](const char* key, std::vector<std::string>& into) {
     auto list = n[key];
     if (!list) return;
@@ -584,7 +587,8 @@ bool Admin::is_admin(std::string_view user) const {
 }
 
 bool Admin::may_view(std::string_view user) const {
-  return is_admin(user) || std::find(stats_users.begin(), stats_users.end(), user) != stats_users.end();
+  return is_admin(user) ||
+         std::find(stats_users.begin(), stats_users.end(), user) != stats_users.end();
 }
 
 int Config::shard_index(std::string_view name) const {

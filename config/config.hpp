@@ -122,6 +122,7 @@ struct Admin {
   std::vector<std::string> stats_users;  // SHOW commands only
   std::string http_host;                 // empty: no HTTP endpoint
   uint16_t http_port = 0;
+  bool stats = true;  // count requests per pool (false: only for comparing the cost)
   bool is_admin(std::string_view user) const;
   bool may_view(std::string_view user) const;
 };

@@ -1,12 +1,12 @@
 #include "proxy/admin/console.hpp"
 
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <cctype>
 #include <charconv>
 #include <csignal>
 #include <ctime>
-#include <unistd.h>
 
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
@@ -148,12 +148,21 @@ double seconds_up(const Snapshot& s) {
 }
 
 std::string show_pools(const Snapshot& s, const config::Config& cfg) {
-  Table t{{"database", kText},   {"user", kText},      {"cl_active", kInt8},
-          {"cl_waiting", kInt8}, {"cl_active_cancel_req", kInt8},
-          {"cl_waiting_cancel_req", kInt8},            {"sv_active", kInt8},
-          {"sv_active_cancel", kInt8},                 {"sv_being_canceled", kInt8},
-          {"sv_idle", kInt8},    {"sv_used", kInt8},   {"sv_tested", kInt8},
-          {"sv_login", kInt8},   {"maxwait", kInt8},   {"maxwait_us", kInt8},
+  Table t{{"database", kText},
+          {"user", kText},
+          {"cl_active", kInt8},
+          {"cl_waiting", kInt8},
+          {"cl_active_cancel_req", kInt8},
+          {"cl_waiting_cancel_req", kInt8},
+          {"sv_active", kInt8},
+          {"sv_active_cancel", kInt8},
+          {"sv_being_canceled", kInt8},
+          {"sv_idle", kInt8},
+          {"sv_used", kInt8},
+          {"sv_tested", kInt8},
+          {"sv_login", kInt8},
+          {"maxwait", kInt8},
+          {"maxwait_us", kInt8},
           {"pool_mode", kText}};
   for (const auto& p : s.pools()) {
     const int active = p.stats.total - p.stats.idle - p.stats.connecting;
@@ -172,9 +181,9 @@ std::string show_stats(const Snapshot& s, bool totals, bool averages) {
   auto per_second = [&](uint64_t v) { return static_cast<uint64_t>(static_cast<double>(v) / up); };
   auto mean = [](uint64_t sum, uint64_t n) { return n ? sum / n : 0; };
   if (totals || averages) {
-    Table t{{"database", kText},   {"xact_count", kInt8}, {"query_count", kInt8},
+    Table t{{"database", kText},       {"xact_count", kInt8}, {"query_count", kInt8},
             {"bytes_received", kInt8}, {"bytes_sent", kInt8}, {"xact_time", kInt8},
-            {"query_time", kInt8},  {"wait_time", kInt8}};
+            {"query_time", kInt8},     {"wait_time", kInt8}};
     for (const auto& r : s.shards()) {
       const auto& c = r.counters;
       if (totals)
@@ -207,13 +216,17 @@ std::string show_stats(const Snapshot& s, bool totals, bool averages) {
 }
 
 std::string show_clients(const Snapshot& s) {
-  Table t{{"type", kText},        {"user", kText},         {"database", kText},
-          {"state", kText},       {"addr", kText},         {"port", kInt8},
-          {"connect_time", kText}, {"request_time", kText}, {"wait", kInt8},
-          {"wait_us", kInt8},     {"close_needed", kInt8}, {"ptr", kText},
-          {"link", kText},        {"remote_pid", kInt8},   {"tls", kText},
-          {"application_name", kText}, {"id", kInt8},      {"transaction", kText},
-          {"waiting_on", kText},  {"servers", kText},      {"worker", kInt8}};
+  Table t{{"type", kText},         {"user", kText},
+          {"database", kText},     {"state", kText},
+          {"addr", kText},         {"port", kInt8},
+          {"connect_time", kText}, {"request_time", kText},
+          {"wait", kInt8},         {"wait_us", kInt8},
+          {"close_needed", kInt8}, {"ptr", kText},
+          {"link", kText},         {"remote_pid", kInt8},
+          {"tls", kText},          {"application_name", kText},
+          {"id", kInt8},           {"transaction", kText},
+          {"waiting_on", kText},   {"servers", kText},
+          {"worker", kInt8}};
   for (const auto& w : s.workers)
     for (const auto& c : w.clients) {
       std::string servers;
@@ -229,30 +242,37 @@ std::string show_clients(const Snapshot& s) {
 }
 
 std::string show_servers(const Snapshot& s) {
-  Table t{{"type", kText},         {"user", kText},         {"database", kText},
-          {"state", kText},        {"addr", kText},         {"port", kInt8},
-          {"connect_time", kText}, {"request_time", kText}, {"wait", kInt8},
-          {"wait_us", kInt8},      {"close_needed", kInt8}, {"ptr", kText},
-          {"link", kText},         {"remote_pid", kInt8},   {"tls", kText},
-          {"application_name", kText}, {"shard", kText},    {"id", kInt8},
-          {"transaction", kText},  {"worker", kInt8}};
+  Table t{
+      {"type", kText},  {"user", kText},       {"database", kText},     {"state", kText},
+      {"addr", kText},  {"port", kInt8},       {"connect_time", kText}, {"request_time", kText},
+      {"wait", kInt8},  {"wait_us", kInt8},    {"close_needed", kInt8}, {"ptr", kText},
+      {"link", kText},  {"remote_pid", kInt8}, {"tls", kText},          {"application_name", kText},
+      {"shard", kText}, {"id", kInt8},         {"transaction", kText},  {"worker", kInt8}};
   for (const auto& w : s.workers)
     for (const auto& r : w.servers) {
       t << "S" << r.user << r.database << r.state << r.addr << static_cast<int>(r.port)
         << wall_time(r.connected, s.taken) << wall_time(r.since, s.taken) << 0 << 0 << 0
         << ("S-" + std::to_string(r.id)) << (r.client ? "C-" + std::to_string(r.client) : "")
-        << static_cast<int64_t>(r.pid) << "" << "" << r.shard_name << r.id
-        << std::string(1, r.txn) << w.worker;
+        << static_cast<int64_t>(r.pid) << ""
+        << "" << r.shard_name << r.id << std::string(1, r.txn) << w.worker;
       t.end_row();
     }
   return t.write("SHOW");
 }
 
 std::string show_databases(const Snapshot& s, const config::Config& cfg) {
-  Table t{{"name", kText},        {"host", kText},          {"port", kInt8},
-          {"database", kText},    {"force_user", kText},    {"pool_size", kInt8},
-          {"min_pool_size", kInt8}, {"reserve_pool", kInt8}, {"pool_mode", kText},
-          {"max_connections", kInt8}, {"current_connections", kInt8}, {"paused", kInt8},
+  Table t{{"name", kText},
+          {"host", kText},
+          {"port", kInt8},
+          {"database", kText},
+          {"force_user", kText},
+          {"pool_size", kInt8},
+          {"min_pool_size", kInt8},
+          {"reserve_pool", kInt8},
+          {"pool_mode", kText},
+          {"max_connections", kInt8},
+          {"current_connections", kInt8},
+          {"paused", kInt8},
           {"disabled", kInt8}};
   const auto rows = s.shards();
   for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
@@ -269,17 +289,16 @@ std::string show_databases(const Snapshot& s, const config::Config& cfg) {
 
 // Whether a shard answers, from its pools' last attempts to connect.
 const char* shard_state(const PoolRow* r) {
-  if (!r || (r->health.last_ok == Clock::time_point{} &&
-             r->health.last_failure == Clock::time_point{}))
+  if (!r ||
+      (r->health.last_ok == Clock::time_point{} && r->health.last_failure == Clock::time_point{}))
     return "unknown";
   return r->health.last_failure > r->health.last_ok ? "down" : "up";
 }
 
 std::string show_shards(const Snapshot& s, const config::Config& cfg) {
-  Table t{{"name", kText},      {"primary", kText},   {"state", kText},
-          {"pool_used", kInt8}, {"pool_idle", kInt8}, {"pool_size", kInt8},
-          {"waiting", kInt8},   {"queries", kInt8},   {"xacts", kInt8},
-          {"errors", kInt8},    {"p50_ms", kFloat8},  {"p99_ms", kFloat8},
+  Table t{{"name", kText},      {"primary", kText},   {"state", kText},    {"pool_used", kInt8},
+          {"pool_idle", kInt8}, {"pool_size", kInt8}, {"waiting", kInt8},  {"queries", kInt8},
+          {"xacts", kInt8},     {"errors", kInt8},    {"p50_ms", kFloat8}, {"p99_ms", kFloat8},
           {"last_error", kText}};
   const auto rows = s.shards();
   for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
@@ -293,8 +312,8 @@ std::string show_shards(const Snapshot& s, const config::Config& cfg) {
     if (r) {
       t << r->stats.total - r->stats.idle << r->stats.idle << sh.pool_size << r->stats.waiting
         << r->counters.queries << r->counters.xacts << r->counters.error_count()
-        << r->counters.query_time.quantile(0.5) / 1000 << r->counters.query_time.quantile(0.99) / 1000
-        << r->health.last_error;
+        << r->counters.query_time.quantile(0.5) / 1000
+        << r->counters.query_time.quantile(0.99) / 1000 << r->health.last_error;
     } else {
       t << 0 << 0 << sh.pool_size << 0 << 0 << 0 << 0 << 0.0 << 0.0 << "";
     }
@@ -328,8 +347,7 @@ std::string show_config(const config::Config& cfg) {
   row("query_wait_timeout", ms(cfg.timeouts.pool_wait), ms(d.timeouts.pool_wait));
   row("shutdown_timeout", ms(cfg.timeouts.shutdown), ms(d.timeouts.shutdown));
   row("server_idle_timeout", ms(cfg.timeouts.server_idle), ms(d.timeouts.server_idle));
-  row("shard_statement_timeout", ms(cfg.timeouts.shard_statement),
-      ms(d.timeouts.shard_statement));
+  row("shard_statement_timeout", ms(cfg.timeouts.shard_statement), ms(d.timeouts.shard_statement));
   row("deadlock_timeout", ms(cfg.timeouts.deadlock), ms(d.timeouts.deadlock));
   row("log_level", cfg.log_level, d.log_level);
   row("partial_results", cfg.partial_results ? "true" : "false", "false");
@@ -341,9 +359,9 @@ std::string show_config(const config::Config& cfg) {
   row("shards", std::to_string(cfg.shards.size()), "");
   row("sharded_tables", std::to_string(cfg.sharded_tables.size()), "");
   row("reference_tables", std::to_string(cfg.reference_tables.size()), "");
-  row("admin_http", cfg.admin.http_host.empty()
-                        ? std::string()
-                        : cfg.admin.http_host + ":" + std::to_string(cfg.admin.http_port),
+  row("admin_http",
+      cfg.admin.http_host.empty() ? std::string()
+                                  : cfg.admin.http_host + ":" + std::to_string(cfg.admin.http_port),
       "");
   return t.write("SHOW");
 }
@@ -353,8 +371,10 @@ std::string show_lists(const Snapshot& s, const config::Config& cfg) {
   int clients_active = 0, clients_login = 0, servers_used = 0, servers_free = 0;
   for (const auto& w : s.workers) {
     for (const auto& c : w.clients) {
-      if (c.state == "login") ++clients_login;
-      else ++clients_active;
+      if (c.state == "login")
+        ++clients_login;
+      else
+        ++clients_active;
     }
     for (const auto& r : w.servers) (r.state == "idle" ? servers_free : servers_used)++;
   }
@@ -384,7 +404,10 @@ std::string show_transactions(const Snapshot& s) {
       t.end_row();
     }
   if (s.in_doubt) {
-    t << "in-doubt 2PC" << "" << "" << "" << (std::to_string(s.in_doubt) + " decided, not finished");
+    t << "in-doubt 2PC"
+      << ""
+      << ""
+      << "" << (std::to_string(s.in_doubt) + " decided, not finished");
     t.end_row();
   }
   return t.write("SHOW");
@@ -488,8 +511,7 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
     bool found = false;
     for (const auto& wk : snap.workers)
       for (const auto& c : wk.clients) found |= c.id == n;
-    if (!found)
-      return error_answer(sqlstate::kUndefinedObject, "no client C-" + std::to_string(n));
+    if (!found) return error_answer(sqlstate::kUndefinedObject, "no client C-" + std::to_string(n));
     if (kill) kill->push_back(n);
     std::string out;
     proto::CommandComplete{"KILL_CLIENT"}.write(out);
@@ -561,8 +583,7 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
       proto::ReadyForQuery{'I'}.write(out);
       if (!co_await send(out)) co_return;
       for (auto id : kill)
-        for (auto* w : shared.workers)
-          asio::post(w->executor(), [w, id] { w->kill_client(id); });
+        for (auto* w : shared.workers) asio::post(w->executor(), [w, id] { w->kill_client(id); });
       if (shutdown) {
         spdlog::info("{}: console: SHUTDOWN", prefix());
         ::kill(::getpid(), SIGTERM);
@@ -575,9 +596,8 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
       if (!co_await send(out)) co_return;
       continue;
     }
-    if (type == proto::msg::kParse || type == proto::msg::kBind ||
-        type == proto::msg::kDescribe || type == proto::msg::kExecute ||
-        type == proto::msg::kClose || type == proto::msg::kFlush ||
+    if (type == proto::msg::kParse || type == proto::msg::kBind || type == proto::msg::kDescribe ||
+        type == proto::msg::kExecute || type == proto::msg::kClose || type == proto::msg::kFlush ||
         type == proto::msg::kFunctionCall) {
       if (failed_batch) continue;
       failed_batch = type != proto::msg::kFunctionCall;

@@ -3,10 +3,9 @@
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
 
-#include <cmath>
-
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <cmath>
 
 #include "proxy/admin/console.hpp"
 #include "proxy/admin/dashboard.hpp"
@@ -20,7 +19,7 @@ namespace http = beast::http;
 
 namespace {
 
-constexpr auto kPingEvery = std::chrono::seconds(1);
+constexpr auto kPingEvery = std::chrono::milliseconds(1000);
 constexpr auto kSizesEvery = std::chrono::seconds(10);
 constexpr auto kHistoryEvery = std::chrono::seconds(10);
 constexpr auto kRecentWindow = std::chrono::minutes(5);
@@ -178,56 +177,72 @@ void HttpServer::stop() {
 }
 
 void HttpServer::sample_loop() {
+  // One connection per shard, kept: a ping is a `select 1` on it (no new backend on the
+  // shard every second), and a failed one is opened again at the next round.
   const auto& cfg = *shared_.config;
+  std::vector<PGconn*> conns(cfg.shards.size(), nullptr);
   auto next_sizes = Clock::now();
   while (!stopping_) {
     const bool sizes = Clock::now() >= next_sizes;
     if (sizes) next_sizes = Clock::now() + kSizesEvery;
     for (std::size_t i = 0; i < cfg.shards.size() && !stopping_; ++i) {
-      const auto conninfo = txn::maintenance_conninfo(cfg, cfg.shards[i], "pgshard-monitor");
       ShardSample s;
       {
         std::lock_guard lock(mu_);
         s = samples_[i];
       }
+      PGconn*& c = conns[i];
+      auto ask = [&](const char* sql, int n, const char* const* params) {
+        PGresult* r = PQexecParams(c, sql, n, nullptr, params, nullptr, nullptr, 0);
+        if (PQresultStatus(r) == PGRES_TUPLES_OK) return r;
+        PQclear(r);
+        return static_cast<PGresult*>(nullptr);
+      };
+      PGresult* r = c && PQstatus(c) == CONNECTION_OK ? ask("select 1", 0, nullptr) : nullptr;
+      if (!r) {
+        if (c) PQfinish(c);
+        // A shard that stops answering mid-query (network gone) fails the query in seconds.
+        c = PQconnectdb((txn::maintenance_conninfo(cfg, cfg.shards[i], "pgshard-monitor") +
+                         " tcp_user_timeout=5000 keepalives_idle=5 keepalives_interval=2"
+                         " keepalives_count=2")
+                            .c_str());
+        if (PQstatus(c) == CONNECTION_OK) r = ask("select 1", 0, nullptr);
+      }
       s.pinged = Clock::now();
-      if (!sizes) {
-        s.answered = PQping(conninfo.c_str()) == PQPING_OK;
-        s.ping_error = s.answered ? "" : "no answer from " + cfg.shards[i].primary.text();
-      } else {
-        // Sizes come from the catalogs over one short connection (also the ping).
-        PGconn* c = PQconnectdb(conninfo.c_str());
-        s.answered = PQstatus(c) == CONNECTION_OK;
-        s.ping_error = s.answered ? "" : PQerrorMessage(c);
-        if (s.answered) {
-          PGresult* r = PQexec(c, "select pg_database_size(current_database())");
-          if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-            s.database_bytes = std::atoll(PQgetvalue(r, 0, 0));
+      s.answered = r != nullptr;
+      s.ping_error =
+          s.answered ? ""
+                     : "no answer from " + cfg.shards[i].primary.text() + ": " + PQerrorMessage(c);
+      while (!s.ping_error.empty() && s.ping_error.back() == '\n') s.ping_error.pop_back();
+      PQclear(r);
+      if (s.answered && sizes) {
+        if ((r = ask("select pg_database_size(current_database())", 0, nullptr))) {
+          s.database_bytes = std::atoll(PQgetvalue(r, 0, 0));
           PQclear(r);
-          for (const auto& t : cfg.sharded_tables) {
-            const std::string name = t.schema.empty() ? t.table : t.schema + "." + t.table;
-            const char* params[] = {name.c_str()};
-            r = PQexecParams(c,
-                             // Live rows as the statistics system counts them
-                             // (kept current by inserts and deletes; reltuples only
-                             // after ANALYZE), and bytes with indexes and TOAST.
-                             "select coalesce(s.n_live_tup, greatest(c.reltuples, 0))::bigint, "
-                             "pg_total_relation_size(c.oid) from pg_class c "
-                             "left join pg_stat_user_tables s on s.relid = c.oid "
-                             "where c.oid = to_regclass($1)",
-                             1, nullptr, params, nullptr, nullptr, 0);
-            if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
-              s.tables[name] = {std::atoll(PQgetvalue(r, 0, 0)), std::atoll(PQgetvalue(r, 0, 1))};
-            PQclear(r);
-          }
         }
-        PQfinish(c);
+        for (const auto& t : cfg.sharded_tables) {
+          const std::string name = t.schema.empty() ? t.table : t.schema + "." + t.table;
+          const char* params[] = {name.c_str()};
+          // Live rows as the statistics system counts them (kept current by inserts and
+          // deletes; reltuples only after ANALYZE), and bytes with indexes and TOAST.
+          r =
+              ask("select coalesce(s.n_live_tup, greatest(c.reltuples, 0))::bigint, "
+                  "pg_total_relation_size(c.oid) from pg_class c "
+                  "left join pg_stat_user_tables s on s.relid = c.oid "
+                  "where c.oid = to_regclass($1)",
+                  1, params);
+          if (r && PQntuples(r) == 1)
+            s.tables[name] = {std::atoll(PQgetvalue(r, 0, 0)), std::atoll(PQgetvalue(r, 0, 1))};
+          PQclear(r);
+        }
       }
       std::lock_guard lock(mu_);
       samples_[i] = std::move(s);
     }
     for (int i = 0; i < 10 && !stopping_; ++i) std::this_thread::sleep_for(kPingEvery / 10);
   }
+  for (auto* c : conns)
+    if (c) PQfinish(c);
 }
 
 std::vector<ShardSample> HttpServer::samples() {
@@ -260,7 +275,8 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
   e.family("pgshard_clients", "gauge", "client connections by state");
   int active = 0, idle = 0, login = 0;
   for (const auto& w : snap.workers)
-    for (const auto& c : w.clients) (c.state == "active" ? active : c.state == "idle" ? idle : login)++;
+    for (const auto& c : w.clients)
+      (c.state == "active" ? active : c.state == "idle" ? idle : login)++;
   e.sample("pgshard_clients", {{"state", "active"}}, active);
   e.sample("pgshard_clients", {{"state", "idle"}}, idle);
   e.sample("pgshard_clients", {{"state", "login"}}, login);
@@ -268,7 +284,8 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
   const auto pools = snap.pools();
   auto per_pool = [&](const char* name, const char* type, const char* help, auto value) {
     e.family(name, type, help);
-    for (const auto& p : pools) e.sample(name, {{"shard", p.shard_name}, {"user", p.user}}, value(p));
+    for (const auto& p : pools)
+      e.sample(name, {{"shard", p.shard_name}, {"user", p.user}}, value(p));
   };
   e.family("pgshard_server_connections", "gauge", "server connections by pool and state");
   for (const auto& p : pools) {
@@ -314,7 +331,8 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
   const auto shards = snap.shards();
   e.family("pgshard_query_duration_seconds", "histogram",
            "time from a client request sent to the shard to its ReadyForQuery");
-  for (const auto& r : shards) e.histogram("pgshard_query_duration_seconds", r.shard_name, r.counters.query_time);
+  for (const auto& r : shards)
+    e.histogram("pgshard_query_duration_seconds", r.shard_name, r.counters.query_time);
   e.family("pgshard_transaction_duration_seconds", "histogram",
            "time from a transaction's first request to the shard going idle");
   for (const auto& r : shards)
@@ -322,17 +340,20 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
 
   e.family("pgshard_shard_up", "gauge", "1 when the shard's primary answered the last ping");
   e.family("pgshard_shard_database_bytes", "gauge", "size of the shard's database (sampled)");
-  e.family("pgshard_table_rows", "gauge", "estimated rows of each sharded table per shard (sampled)");
+  e.family("pgshard_table_rows", "gauge",
+           "estimated rows of each sharded table per shard (sampled)");
   e.family("pgshard_table_bytes", "gauge", "bytes of each sharded table per shard (sampled)");
   for (std::size_t i = 0; i < cfg.shards.size() && i < samples.size(); ++i) {
     const auto& s = samples[i];
     const auto& name = cfg.shards[i].name;
-    if (s.pinged != Clock::time_point{}) e.sample("pgshard_shard_up", {{"shard", name}}, s.answered);
+    if (s.pinged != Clock::time_point{})
+      e.sample("pgshard_shard_up", {{"shard", name}}, s.answered);
     if (s.database_bytes >= 0)
       e.sample("pgshard_shard_database_bytes", {{"shard", name}},
                static_cast<double>(s.database_bytes));
     for (const auto& [table, v] : s.tables) {
-      e.sample("pgshard_table_rows", {{"shard", name}, {"table", table}}, static_cast<double>(v.first));
+      e.sample("pgshard_table_rows", {{"shard", name}, {"table", table}},
+               static_cast<double>(v.first));
       e.sample("pgshard_table_bytes", {{"shard", name}, {"table", table}},
                static_cast<double>(v.second));
     }
@@ -340,8 +361,10 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
 
   const auto routes = snap.routes();
   e.family("pgshard_statements_total", "counter", "statements by how they were routed");
-  e.sample("pgshard_statements_total", {{"route", "single_shard"}}, static_cast<double>(routes.single));
-  e.sample("pgshard_statements_total", {{"route", "multi_shard"}}, static_cast<double>(routes.multi));
+  e.sample("pgshard_statements_total", {{"route", "single_shard"}},
+           static_cast<double>(routes.single));
+  e.sample("pgshard_statements_total", {{"route", "multi_shard"}},
+           static_cast<double>(routes.multi));
   e.sample("pgshard_statements_total", {{"route", "local"}}, static_cast<double>(routes.local));
   e.sample("pgshard_statements_total", {{"route", "refused"}}, static_cast<double>(routes.refused));
   e.family("pgshard_multi_shard_statements_total", "counter",
@@ -364,7 +387,8 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
   e.sample("pgshard_parse_cache_hits_total", {}, static_cast<double>(hits));
   e.family("pgshard_parse_cache_misses_total", "counter", "statements that had to be parsed");
   e.sample("pgshard_parse_cache_misses_total", {}, static_cast<double>(misses));
-  e.family("pgshard_2pc_committed_total", "counter", "transactions committed with two-phase commit");
+  e.family("pgshard_2pc_committed_total", "counter",
+           "transactions committed with two-phase commit");
   e.sample("pgshard_2pc_committed_total", {}, static_cast<double>(snap.committed_2pc));
   e.family("pgshard_2pc_rolled_back_total", "counter",
            "two-phase transactions rolled back (a shard failed PREPARE)");
@@ -381,8 +405,8 @@ std::string HttpServer::status_json(const Snapshot& snap) {
   const auto rows = snap.shards();
   std::string j = "{\"version\":\"" + std::string(PGSHARD_VERSION) + "\",\"uptime_s\":" +
                   number(std::chrono::duration<double>(snap.taken - snap.started).count()) +
-                  ",\"clients\":" + std::to_string(snap.logged_in) + ",\"in_doubt\":" +
-                  std::to_string(snap.in_doubt) + ",\"shards\":[";
+                  ",\"clients\":" + std::to_string(snap.logged_in) +
+                  ",\"in_doubt\":" + std::to_string(snap.in_doubt) + ",\"shards\":[";
   std::map<std::string, uint64_t> errors;
   for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
     const auto& sh = cfg.shards[i];
@@ -392,8 +416,8 @@ std::string HttpServer::status_json(const Snapshot& snap) {
     const auto& s = samples[i];
     if (i) j += ',';
     j += "{\"name\":\"" + escaped(sh.name) + "\",\"primary\":\"" + escaped(sh.primary.text()) +
-         "\",\"state\":\"" + shard_state(s) + "\",\"pool_used\":" +
-         std::to_string(r ? r->stats.total - r->stats.idle : 0) +
+         "\",\"state\":\"" + shard_state(s) +
+         "\",\"pool_used\":" + std::to_string(r ? r->stats.total - r->stats.idle : 0) +
          ",\"pool_idle\":" + std::to_string(r ? r->stats.idle : 0) +
          ",\"pool_size\":" + std::to_string(sh.pool_size) +
          ",\"waiting\":" + std::to_string(r ? r->stats.waiting : 0) +
@@ -483,8 +507,8 @@ awaitable<void> HttpServer::serve(tcp::socket socket) {
       const auto& cfg = *shared_.config;
       for (std::size_t i = 0; i < s.size(); ++i)
         if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
-          down += cfg.shards[i].name + (s[i].ping_error.empty() ? "" : ": " + s[i].ping_error) +
-                  "\n";
+          down +=
+              cfg.shards[i].name + (s[i].ping_error.empty() ? "" : ": " + s[i].ping_error) + "\n";
       if (shared_.shutting_down) down += "shutting down\n";
       res.result(down.empty() ? http::status::ok : http::status::service_unavailable);
       res.body() = down.empty() ? "ready\n" : "not ready:\n" + down;

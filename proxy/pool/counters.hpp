@@ -16,8 +16,8 @@ namespace pgshard::pool {
 struct Histogram {
   // Upper bounds in microseconds; one more bucket past the last is +Inf.
   static constexpr std::array<uint64_t, 17> kBounds{
-      50,     100,    250,     500,     1000,    2500,    5000,     10000,   25000,
-      50000,  100000, 250000,  500000,  1000000, 2500000, 5000000,  10000000};
+      50,    100,    250,    500,    1000,    2500,    5000,    10000,   25000,
+      50000, 100000, 250000, 500000, 1000000, 2500000, 5000000, 10000000};
   std::array<uint64_t, kBounds.size() + 1> buckets{};
   uint64_t count = 0;
   uint64_t sum_us = 0;

@@ -83,7 +83,7 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
   if (server_params_.empty()) server_params_ = conn->params;
   ++counters_.connects;
   health_.last_ok = Clock::now();
-  conn->replies.counters = &counters_;
+  if (count_requests_) conn->replies.counters = &counters_;
   spdlog::debug("S-{}: connected to shard {} pid {}", conn->id(), target_.shard_name, conn->pid());
   co_return Lease(this, std::move(conn));
 }
@@ -134,8 +134,12 @@ void Pool::prune(config::Millis idle) {
 }
 
 PoolStats Pool::stats() const {
-  PoolStats s{total_, static_cast<int>(idle_.size()), static_cast<int>(waiters_.size()),
-              connecting_, max_size_, 0};
+  PoolStats s{total_,
+              static_cast<int>(idle_.size()),
+              static_cast<int>(waiters_.size()),
+              connecting_,
+              max_size_,
+              0};
   for (const auto* w : waiters_) s.max_wait_us = std::max(s.max_wait_us, micros_since(w->since));
   return s;
 }

@@ -40,7 +40,7 @@ class Lease {
 };
 
 struct PoolStats {
-  int total = 0;       // idle + leased + connecting
+  int total = 0;  // idle + leased + connecting
   int idle = 0;
   int waiting = 0;     // clients queued for a connection
   int connecting = 0;  // connections logging in
@@ -69,6 +69,9 @@ class Pool {
   // At exit: closes idle connections; connections given back later are closed too.
   void close_all();
   PoolStats stats() const;
+  // Whether its connections count requests, transactions, latency, errors and bytes (the
+  // map's admin.stats; waits and logins are always counted).
+  void count_requests(bool on) { count_requests_ = on; }
   Counters& counters() { return counters_; }
   const Counters& counters() const { return counters_; }
   const PoolHealth& health() const { return health_; }
@@ -94,6 +97,7 @@ class Pool {
   config::Millis connect_timeout_;
   int total_ = 0;  // idle + leased + connecting
   int connecting_ = 0;
+  bool count_requests_ = true;
   Counters counters_;
   PoolHealth health_;
   bool closed_ = false;

@@ -559,8 +559,8 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
     // The hint places the statement; COMMIT still ends the transaction on every shard it
     // used, and a SET is still tracked for the session.
     if (cfg.router_parse && hinted->kind == RouteKind::kShard)
-      take_session_effects(*hinted, ctx.cache ? *ctx.cache->get(sql, cfg)
-                                              : analyze_statement(sql, cfg));
+      take_session_effects(*hinted,
+                           ctx.cache ? *ctx.cache->get(sql, cfg) : analyze_statement(sql, cfg));
     return *hinted;
   }
   if (!cfg.router_parse) {

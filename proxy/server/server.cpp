@@ -46,6 +46,7 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   int size = std::max(1, (s.pool_size + workers - 1) / std::max(1, workers));
   auto p = std::make_unique<pool::Pool>(executor(), t, size, cfg.timeouts.pool_wait,
                                         cfg.timeouts.connect);
+  p->count_requests(config().admin.stats);
   auto& ref = *p;
   pools_.emplace(key, std::move(p));
   return ref;
@@ -103,6 +104,7 @@ pool::Pool& Worker::directory_pool(int table, const config::User& user) {
   t.database = url.database.empty() ? t.user : url.database;
   auto p = std::make_unique<pool::Pool>(executor(), t, 2, config().timeouts.pool_wait,
                                         config().timeouts.connect);
+  p->count_requests(config().admin.stats);
   auto& ref = *p;
   pools_.emplace(key, std::move(p));
   return ref;

@@ -6,6 +6,7 @@
 #include <regex>
 #include <set>
 #include <sstream>
+#include <thread>
 
 #include "harness.hpp"
 
@@ -55,8 +56,9 @@ std::vector<std::string> columns(PGconn* c, const std::string& what) {
   return out;
 }
 
-std::map<std::string, std::string> row_where(const std::vector<std::map<std::string, std::string>>& rows,
-                                             const std::string& key, const std::string& value) {
+std::map<std::string, std::string> row_where(
+    const std::vector<std::map<std::string, std::string>>& rows, const std::string& key,
+    const std::string& value) {
   for (const auto& r : rows)
     if (r.count(key) && r.at(key) == value) return r;
   FAIL("no row with " << key << " = " << value);
@@ -75,8 +77,8 @@ struct HttpReply {
 HttpReply http_get(int port, const std::string& path, const std::string& method = "GET") {
   const auto dir = temp_dir("http");
   std::string out;
-  run("curl -s -m 10 -X " + method + " -o " + dir + "/body -w '%{http_code}' http://127.0.0.1:" +
-          std::to_string(port) + path,
+  run("curl -s -m 10 -X " + method + " -o " + dir +
+          "/body -w '%{http_code}' http://127.0.0.1:" + std::to_string(port) + path,
       &out);
   HttpReply r;
   r.status = out.empty() ? 0 : std::atoi(out.c_str());
@@ -192,7 +194,8 @@ TEST_CASE("admin console: a multi-shard transaction is listed while open", "[adm
   query(app.get(), "ROLLBACK");
   auto left = show(adm.get(), "SHOW TRANSACTIONS");
   std::string listed;
-  for (auto& t : left) listed += t["kind"] + " " + t["client"] + " " + t["shards"] + " " + t["state"] + "\n";
+  for (auto& t : left)
+    listed += t["kind"] + " " + t["client"] + " " + t["shards"] + " " + t["state"] + "\n";
   INFO(listed);
   CHECK(left.empty());
 }
@@ -278,6 +281,20 @@ TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
   CHECK(http_get(http, "/health").status == 200);
   CHECK(wait_until([&] { return http_get(http, "/ready").status == 200; }, 10s));
 
+  // Idle, pgshard uses next to no CPU: the shard sampler once spun (a sleep of 1 s / 10 in
+  // whole seconds is zero) at half a core.
+  auto ticks = [&] {
+    std::istringstream st(read_file("/proc/" + std::to_string(proxy.pid()) + "/stat"));
+    std::string field;
+    long long sum = 0;
+    for (int i = 1; i <= 15 && st >> field; ++i)
+      if (i >= 14) sum += std::stoll(field);
+    return sum;
+  };
+  const long long idle_before = ticks();
+  std::this_thread::sleep_for(3s);
+  CHECK(ticks() - idle_before < 30);  // under 10% of a core (clock ticks are 1/100 s)
+
   auto app = connect(proxy.conninfo());
   query(app.get(), "SET pgshard.shard = 's1'");
   query(app.get(), "select 1");
@@ -301,7 +318,8 @@ TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
   std::set<std::string> families;
   std::istringstream in(m2);
   std::string line;
-  const std::regex sample(R"(^[a-z_][a-z0-9_]*(\{[a-z_]+="[^"\n]*"(,[a-z_]+="[^"\n]*")*\})? -?[0-9.e+]+$)");
+  const std::regex sample(
+      R"(^[a-z_][a-z0-9_]*(\{[a-z_]+="[^"\n]*"(,[a-z_]+="[^"\n]*")*\})? -?[0-9.e+]+$)");
   while (std::getline(in, line)) {
     if (line.rfind("# TYPE ", 0) == 0) {
       const auto name = line.substr(7, line.find(' ', 7) - 7);

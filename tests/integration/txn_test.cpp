@@ -533,8 +533,9 @@ TEST_CASE("a transaction moved between shards by SET LOCAL pgshard.shard commits
     auto d = connect(cluster.direct(i));
     INFO("shard s" << i);
     CHECK(scalar(d.get(), "select count(*) from hint_commit") == "1");
-    CHECK(scalar(d.get(), "select count(*) from pg_stat_activity where datname = 'app' and "
-                          "state like 'idle in transaction%'") == "0");
+    CHECK(scalar(d.get(),
+                 "select count(*) from pg_stat_activity where datname = 'app' and "
+                 "state like 'idle in transaction%'") == "0");
     query(d.get(), "SET lock_timeout = '5s'");  // a transaction left open fails, not hangs
     query(d.get(), "drop table hint_commit");
   }

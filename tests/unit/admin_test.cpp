@@ -102,9 +102,9 @@ TEST_CASE("console answers: workers add up; permissions and bad commands", "[adm
   CHECK(first(admin::answer("shutdown", snap, *cfg, true, &shutdown)).first ==
         protocol::msg::kCommandComplete);
   CHECK(shutdown);
-  for (const char* what : {"HELP", "VERSION", "STATS", "STATS_TOTALS", "STATS_AVERAGES",
-                           "CLIENTS", "SERVERS", "DATABASES", "SHARDS", "CONFIG", "LISTS",
-                           "TRANSACTIONS", "ROUTES"}) {
+  for (const char* what :
+       {"HELP", "VERSION", "STATS", "STATS_TOTALS", "STATS_AVERAGES", "CLIENTS", "SERVERS",
+        "DATABASES", "SHARDS", "CONFIG", "LISTS", "TRANSACTIONS", "ROUTES"}) {
     INFO(what);
     CHECK(first(admin::answer(std::string("SHOW ") + what, snap, *cfg, false)).first !=
           protocol::msg::kErrorResponse);
@@ -134,7 +134,8 @@ TEST_CASE("metrics: Prometheus text with one declaration per family", "[admin]")
   std::string line;
   std::set<std::string> declared;
   while (std::getline(in, line))
-    if (line.rfind("# TYPE ", 0) == 0) CHECK(declared.insert(line.substr(7, line.find(' ', 7) - 7)).second);
+    if (line.rfind("# TYPE ", 0) == 0)
+      CHECK(declared.insert(line.substr(7, line.find(' ', 7) - 7)).second);
   // Cumulative buckets never decrease.
   std::regex bucket(R"(pgshard_query_duration_seconds_bucket\{shard="s1",le="[^"]+"\} (\d+))");
   long long last = -1;
