@@ -582,6 +582,88 @@ const User* Config::find_user(std::string_view name) const {
   return nullptr;
 }
 
+std::vector<std::string> reload_refusals(const Config& a, const Config& b) {
+  std::vector<std::string> out;
+  auto differs = [&](bool changed, std::string what) {
+    if (changed) out.push_back(std::move(what));
+  };
+  auto url = [](const PgUrl& u) { return u.text() + "\n" + u.password; };
+  differs(a.listen.host != b.listen.host || a.listen.port != b.listen.port,
+          "listen address " + a.listen.host + ":" + std::to_string(a.listen.port) + " -> " +
+              b.listen.host + ":" + std::to_string(b.listen.port));
+  differs(a.listen.workers != b.listen.workers, "listen.workers " +
+                                                    std::to_string(a.listen.workers) + " -> " +
+                                                    std::to_string(b.listen.workers));
+  differs(a.listen.max_message_size != b.listen.max_message_size, "listen.max_message_size");
+  differs(a.tls.mode != b.tls.mode,
+          std::string("tls.mode ") + to_string(a.tls.mode) + " -> " + to_string(b.tls.mode));
+  if (a.shards.size() != b.shards.size()) {
+    out.push_back("the number of shards " + std::to_string(a.shards.size()) + " -> " +
+                  std::to_string(b.shards.size()) + " (rows would move: reshard)");
+  } else {
+    for (std::size_t i = 0; i < a.shards.size(); ++i) {
+      const auto &x = a.shards[i], &y = b.shards[i];
+      differs(x.name != y.name, "shard " + std::to_string(i) + " renamed or reordered: " + x.name +
+                                    " -> " + y.name + " (rows would move: reshard)");
+      differs(url(x.primary) != url(y.primary),
+              "shard " + x.name + " primary " + x.primary.text() + " -> " + y.primary.text());
+      differs(x.replicas.size() != y.replicas.size(), "shard " + x.name + " replicas");
+      differs(x.weight != y.weight, "shard " + x.name + " weight (ring placement would move rows)");
+    }
+  }
+  auto table = [](const ShardedTable& t) {
+    return (t.schema.empty() ? "" : t.schema + ".") + t.table;
+  };
+  for (const auto& x : a.sharded_tables) {
+    const ShardedTable* y = nullptr;
+    for (const auto& t : b.sharded_tables)
+      if (table(t) == table(x)) y = &t;
+    if (!y) {
+      out.push_back("sharded table " + table(x) + " removed (reshard)");
+      continue;
+    }
+    const std::string n = "sharded table " + table(x) + ": ";
+    differs(x.column != y->column,
+            n + "key column " + x.column + " -> " + y->column + " (reshard)");
+    differs(x.type != y->type,
+            n + "key type " + to_string(x.type) + " -> " + to_string(y->type) + " (reshard)");
+    differs(x.function != y->function, n + "function " + to_string(x.function) + " -> " +
+                                           to_string(y->function) + " (reshard)");
+    differs(x.vnodes != y->vnodes, n + "vnodes (reshard)");
+    bool ranges = x.ranges.size() != y->ranges.size();
+    for (std::size_t i = 0; !ranges && i < x.ranges.size(); ++i)
+      ranges = x.ranges[i].from != y->ranges[i].from || x.ranges[i].to != y->ranges[i].to ||
+               x.ranges[i].shard != y->ranges[i].shard;
+    differs(ranges, n + "ranges (rows would move: reshard)");
+    differs(x.lists != y->lists, n + "lists (rows would move: reshard)");
+    differs(x.default_shard != y->default_shard, n + "default shard (reshard)");
+    differs(x.directory_url.has_value() != y->directory_url.has_value() ||
+                (x.directory_url && url(*x.directory_url) != url(*y->directory_url)) ||
+                x.directory_table != y->directory_table,
+            n + "directory");
+  }
+  for (const auto& t : b.sharded_tables) {
+    bool known = false;
+    for (const auto& x : a.sharded_tables) known |= table(x) == table(t);
+    differs(!known, "sharded table " + table(t) +
+                        " added (its rows live where unsharded ones do: "
+                        "reshard)");
+  }
+  for (const auto& r : a.reference_tables)
+    differs(std::find(b.reference_tables.begin(), b.reference_tables.end(), r) ==
+                b.reference_tables.end(),
+            "reference table " + r + " removed");
+  differs(a.unsharded.policy != b.unsharded.policy || a.unsharded.shard != b.unsharded.shard,
+          "unsharded");
+  differs(a.two_phase_commit != b.two_phase_commit || a.two_phase_log != b.two_phase_log,
+          "two_phase_commit / two_phase_log");
+  differs(a.router_cache_size != b.router_cache_size || a.router_parse != b.router_parse,
+          "router settings");
+  differs(a.admin.http_host != b.admin.http_host || a.admin.http_port != b.admin.http_port,
+          "admin.http address");
+  return out;
+}
+
 bool Admin::is_admin(std::string_view user) const {
   return std::find(users.begin(), users.end(), user) != users.end();
 }

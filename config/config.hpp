@@ -158,6 +158,12 @@ struct Config {
   KeyType default_key_type() const;
 };
 
+// What a reload of `running` into `next` may not change without a restart (listen address,
+// workers, shards and their order, TLS mode, 2PC, the HTTP address) or without resharding
+// (a sharded table's key, type, function, ranges, lists, directory, default shard; a
+// reference table dropped): one message naming each change, empty when it may apply.
+std::vector<std::string> reload_refusals(const Config& running, const Config& next);
+
 // Loads and validates; throws ConfigError listing every problem found.
 std::shared_ptr<const Config> load_file(const std::string& path);
 std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& name);

@@ -7,6 +7,7 @@
 #include <charconv>
 #include <csignal>
 #include <ctime>
+#include <set>
 
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
@@ -134,6 +135,7 @@ std::string error_answer(std::string_view code, std::string message, std::string
 constexpr const char* kHelp[] = {
     "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|SHARDS|VERSION",
     "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|TRANSACTIONS|ROUTES",
+    "RELOAD                (admin.users only; also SIGHUP)",
     "KILL_CLIENT <id>      (admin.users only)",
     "SHUTDOWN              (admin.users only)",
 };
@@ -324,8 +326,19 @@ std::string show_shards(const Snapshot& s, const config::Config& cfg) {
 
 std::string show_config(const config::Config& cfg) {
   Table t{{"key", kText}, {"value", kText}, {"default", kText}, {"changeable", kText}};
+  // Changeable: applied by RELOAD / SIGHUP (see config::reload_refusals for the rest).
   auto row = [&](const char* key, std::string value, std::string def) {
-    t << key << std::move(value) << std::move(def) << "no";
+    static const std::set<std::string_view> live = {"max_client_conn",
+                                                    "max_startups",
+                                                    "client_login_timeout",
+                                                    "client_idle_timeout",
+                                                    "server_connect_timeout",
+                                                    "query_wait_timeout",
+                                                    "server_idle_timeout",
+                                                    "shard_statement_timeout",
+                                                    "log_level",
+                                                    "partial_results"};
+    t << key << std::move(value) << std::move(def) << (live.count(key) ? "yes" : "no");
     t.end_row();
   };
   const config::Config d;
@@ -573,6 +586,22 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
       if (parts.empty()) parts.push_back({});
       for (const auto part : parts) {
         const bool needs = !words(part).empty() && upper(words(part)[0]) != "SHUTDOWN";
+        if (admin && words(part).size() == 1 && upper(words(part)[0]) == "RELOAD") {
+          std::string report;
+          const bool ok = shared.reload && shared.reload(&report);
+          spdlog::info("{}: console: RELOAD: {}", prefix(), report);
+          if (ok) {
+            proto::ErrorInfo n;
+            n.severity = "NOTICE";
+            n.code = "00000";
+            n.message = report;
+            proto::write_notice(out, n);
+            proto::CommandComplete{"RELOAD"}.write(out);
+            continue;
+          }
+          proto::write_error(out, proto::error("F0000", report));
+          break;
+        }
         Snapshot snap;  // (not `needs ? co_await ... : ...`: GCC 12 miscompiles co_await in ?:)
         if (needs) snap = co_await collect(shared);
         const auto reply = answer(part, snap, worker.config(), admin, &shutdown, &kill);

@@ -136,7 +136,7 @@ HttpServer::~HttpServer() {
 }
 
 void HttpServer::start() {
-  const auto& cfg = *shared_.config;
+  const auto& cfg = shared_.config();
   samples_.resize(cfg.shards.size());
   tcp::endpoint ep(asio::ip::make_address(cfg.admin.http_host), cfg.admin.http_port);
   acceptor_.emplace(ctx_);
@@ -179,7 +179,7 @@ void HttpServer::stop() {
 void HttpServer::sample_loop() {
   // One connection per shard, kept: a ping is a `select 1` on it (no new backend on the
   // shard every second), and a failed one is opened again at the next round.
-  const auto& cfg = *shared_.config;
+  const auto& cfg = shared_.config();
   std::vector<PGconn*> conns(cfg.shards.size(), nullptr);
   auto next_sizes = Clock::now();
   while (!stopping_) {
@@ -251,7 +251,7 @@ std::vector<ShardSample> HttpServer::samples() {
 }
 
 std::vector<pool::Histogram> HttpServer::recent_latency(const Snapshot& snap) {
-  const auto shards = shared_.config->shards.size();
+  const auto shards = shared_.config().shards.size();
   auto now = shard_histograms(snap, shards);
   const auto at = Clock::now();
   if (history_.empty() || at - history_.back().first >= kHistoryEvery)
@@ -399,7 +399,7 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
 }
 
 std::string HttpServer::status_json(const Snapshot& snap) {
-  const auto& cfg = *shared_.config;
+  const auto& cfg = shared_.config();
   const auto samples = this->samples();
   const auto recent = recent_latency(snap);
   const auto rows = snap.shards();
@@ -504,7 +504,7 @@ awaitable<void> HttpServer::serve(tcp::socket socket) {
       res.set(http::field::content_type, "text/plain");
       std::string down;
       const auto s = samples();
-      const auto& cfg = *shared_.config;
+      const auto& cfg = shared_.config();
       for (std::size_t i = 0; i < s.size(); ++i)
         if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
           down +=
@@ -515,7 +515,7 @@ awaitable<void> HttpServer::serve(tcp::socket socket) {
     } else if (target == "/metrics") {
       auto snap = co_await collect(shared_);
       res.set(http::field::content_type, "text/plain; version=0.0.4");
-      res.body() = metrics(snap, *shared_.config, samples());
+      res.body() = metrics(snap, shared_.config(), samples());
     } else if (target == "/api/status") {
       auto snap = co_await collect(shared_);
       res.set(http::field::content_type, "application/json");

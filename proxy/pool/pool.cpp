@@ -98,7 +98,8 @@ void Pool::close_all() {
 void Pool::give_back(std::unique_ptr<ServerConn> conn) {
   // Unread bytes mean replies nobody consumed: such a server is out of step for anyone.
   const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->rbuf.empty() &&
-                        conn->replies.empty() && conn->socket().is_open();
+                        conn->replies.empty() && conn->socket().is_open() &&
+                        total_ <= max_size_;  // (a reload made the pool smaller)
   if (!reusable) {
     spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
                   target_.shard_name, conn->status, conn->broken);
@@ -131,6 +132,24 @@ void Pool::prune(config::Millis idle) {
     --total_;
     return true;
   });
+}
+
+void Pool::set_limits(int max_size, config::Millis wait_timeout,
+                      config::Millis connect_timeout) {
+  max_size_ = max_size;
+  wait_timeout_ = wait_timeout;
+  connect_timeout_ = connect_timeout;
+  while (total_ > max_size_ && !idle_.empty()) {
+    idle_.front()->close();
+    idle_.pop_front();
+    --total_;
+  }
+  for (int room = max_size_ - total_; room > 0 && !waiters_.empty(); --room) {
+    auto* w = waiters_.front();
+    waiters_.pop_front();
+    w->slot = true;
+    w->timer.cancel();
+  }
 }
 
 PoolStats Pool::stats() const {

@@ -72,6 +72,9 @@ class Pool {
   // Whether its connections count requests, transactions, latency, errors and bytes (the
   // map's admin.stats; waits and logins are always counted).
   void count_requests(bool on) { count_requests_ = on; }
+  // A reload changed pool_size or timeouts: a smaller pool closes connections as they
+  // come back until it fits; a larger one lets waiters open theirs.
+  void set_limits(int max_size, config::Millis wait_timeout, config::Millis connect_timeout);
   Counters& counters() { return counters_; }
   const Counters& counters() const { return counters_; }
   const PoolHealth& health() const { return health_; }

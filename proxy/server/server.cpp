@@ -16,7 +16,7 @@
 namespace pgshard::server {
 
 Worker::Worker(int index, Shared& shared)
-    : index_(index), shared_(shared), cache_(shared.config->router_cache_size) {}
+    : index_(index), shared_(shared), cache_(shared.config().router_cache_size) {}
 
 Worker::~Worker() {
   // Sessions still suspended inside the io_context hold leases; destroying the context
@@ -201,6 +201,18 @@ bool Worker::kill_client(uint64_t id) {
   return false;
 }
 
+void Worker::apply_config() {
+  const auto& cfg = config();
+  const int workers = std::max(1, cfg.listen.workers);
+  for (auto& [key, p] : pools_) {
+    if (key.first < 0) continue;  // directories: fixed size
+    const int pool_size = cfg.shards[static_cast<std::size_t>(key.first)].pool_size;
+    p->set_limits(std::max(1, (pool_size + workers - 1) / workers), cfg.timeouts.pool_wait,
+                  cfg.timeouts.connect);
+    p->count_requests(cfg.admin.stats);
+  }
+}
+
 void Worker::add(const std::shared_ptr<session::Session>& s) {
   sessions_[s.get()] = s;
   peak_sessions_ = std::max(peak_sessions_, sessions_.size());
@@ -297,16 +309,56 @@ void Worker::join() {
 }
 
 Server::Server(std::shared_ptr<const config::Config> config) {
-  shared_.config = std::move(config);
-  const auto& cfg = *shared_.config;
-  if (cfg.tls.mode != config::TlsMode::kDisable)
-    shared_.tls.emplace(make_tls_context(cfg.tls.cert, cfg.tls.key));
+  install(std::move(config));
+  const auto& cfg = shared_.config();
+  shared_.reload = [this](std::string* report) { return reload(report); };
   int n = cfg.listen.workers;
   for (int i = 0; i < n; ++i) workers_.push_back(std::make_unique<Worker>(i, shared_));
   for (auto& w : workers_) shared_.workers.push_back(w.get());
 }
 
 Server::~Server() = default;
+
+void Server::install(std::shared_ptr<const config::Config> cfg) {
+  // The TLS context first: a client that sees the new configuration finds its certificate.
+  if (cfg->tls.mode != config::TlsMode::kDisable) {
+    shared_.tls_contexts.push_back(
+        std::make_unique<asio::ssl::context>(make_tls_context(cfg->tls.cert, cfg->tls.key)));
+    shared_.tls_now.store(shared_.tls_contexts.back().get(), std::memory_order_release);
+  }
+  shared_.configs.push_back(cfg);
+  shared_.config_now.store(cfg.get(), std::memory_order_release);
+}
+
+bool Server::reload(std::string* report) {
+  std::lock_guard lock(shared_.reload_mu);
+  const auto& running = shared_.config();
+  std::shared_ptr<const config::Config> next;
+  try {
+    auto loaded = config::load_file(running.path);
+    auto copy = std::make_shared<config::Config>(*loaded);
+    if (copy->listen.workers == 0) copy->listen.workers = running.listen.workers;
+    next = copy;
+  } catch (const config::ConfigError& e) {
+    *report = std::string("the configuration was not changed: ") + e.what();
+    return false;
+  }
+  if (auto refused = config::reload_refusals(running, *next); !refused.empty()) {
+    *report = "the configuration was not changed; these changes need a restart (or resharding):";
+    for (const auto& r : refused) *report += "\n  " + r;
+    return false;
+  }
+  try {
+    install(next);
+  } catch (const std::exception& e) {  // a certificate that does not load
+    *report = std::string("the configuration was not changed: TLS: ") + e.what();
+    return false;
+  }
+  spdlog::set_level(spdlog::level::from_str(next->log_level));
+  for (auto& w : workers_) asio::post(w->context(), [w = w.get()] { w->apply_config(); });
+  *report = "configuration reloaded from " + next->path;
+  return true;
+}
 
 awaitable<void> Server::accept_loop() {
   for (;;) {
@@ -326,7 +378,7 @@ awaitable<void> Server::accept_loop() {
 }
 
 int Server::run() {
-  const auto& cfg = *shared_.config;
+  const auto& cfg = shared_.config();
   if (cfg.two_phase_commit) {
     // In-doubt transactions of an earlier run are resolved before any client comes in.
     std::string err;
@@ -402,6 +454,18 @@ int Server::run() {
         asio::detached);
   };
   signals.async_wait(on_signal);
+  // SIGHUP: re-read the configuration file (what may change without a restart).
+  asio::signal_set hup_signal(main_ctx_, SIGHUP);
+  std::function<void(error_code, int)> on_hup = [&](error_code ec, int) {
+    if (ec) return;
+    std::string report;
+    if (reload(&report))
+      spdlog::info("SIGHUP: {}", report);
+    else
+      spdlog::error("SIGHUP: {}", report);
+    hup_signal.async_wait(on_hup);
+  };
+  hup_signal.async_wait(on_hup);
   // SIGUSR2: one log line per session saying what it waits on (diagnosing a stuck client).
   asio::signal_set dump_signal(main_ctx_, SIGUSR2);
   std::function<void(error_code, int)> on_dump = [&](error_code ec, int) {
@@ -416,7 +480,7 @@ int Server::run() {
       while (!shared_.shutting_down) {
         for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
           std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        if (!shared_.shutting_down) txn::recover(*shared_.config, shared_.decisions, false);
+        if (!shared_.shutting_down) txn::recover(shared_.config(), shared_.decisions, false);
       }
     });
   deadlocks_.emplace(

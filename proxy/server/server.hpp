@@ -3,9 +3,11 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <thread>
 #include <unordered_map>
@@ -42,8 +44,19 @@ enum class SettingsCheck { kUnchanged, kChanged, kUnknown };
 class Worker;
 
 struct Shared {
-  std::shared_ptr<const config::Config> config;
-  std::optional<asio::ssl::context> tls;
+  // The configuration in force. RELOAD installs a new one; every one installed stays alive
+  // (a session keeps the one it logged in with), so references to one never dangle.
+  const config::Config& config() const { return *config_now.load(std::memory_order_acquire); }
+  std::atomic<const config::Config*> config_now{nullptr};
+  std::vector<std::shared_ptr<const config::Config>> configs;  // every one installed
+  // The TLS context new connections use (null: TLS off); every one installed stays alive.
+  asio::ssl::context* tls() const { return tls_now.load(std::memory_order_acquire); }
+  std::atomic<asio::ssl::context*> tls_now{nullptr};
+  std::vector<std::unique_ptr<asio::ssl::context>> tls_contexts;
+  std::mutex reload_mu;  // one reload at a time (configs, tls_contexts)
+  // Re-reads the configuration file and applies it (SIGHUP, the console's RELOAD): false
+  // with the reasons when the file is bad or changes what needs a restart.
+  std::function<bool(std::string* report)> reload;
   std::atomic<int> clients{0};    // every session, for shutdown
   std::atomic<int> logged_in{0};  // sessions past authentication (max_client_conn)
   std::atomic<int> startups{0};   // sessions not past authentication (max_startups)
@@ -63,7 +76,9 @@ class Worker {
   asio::io_context& context() { return *ctx_; }
   asio::any_io_executor executor() { return ctx_->get_executor(); }
   Shared& shared() { return shared_; }
-  const config::Config& config() const { return *shared_.config; }
+  const config::Config& config() const { return shared_.config(); }
+  // A reload installed a new configuration: pools take its sizes and timeouts.
+  void apply_config();
   int index() const { return index_; }
 
   // The pool for (shard, user), created on first use.
@@ -153,6 +168,8 @@ class Server {
 
  private:
   awaitable<void> accept_loop();
+  bool reload(std::string* report);
+  void install(std::shared_ptr<const config::Config> cfg);
   // Order matters for destruction: main_ctx_ (and the accept still pending on it, which
   // refers to a worker's socket service) goes before the workers.
   Shared shared_;

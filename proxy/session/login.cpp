@@ -116,10 +116,10 @@ awaitable<bool> Login::negotiate() {
           co_return false;
         }
         const bool offer =
-            worker_.shared().tls && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
+            worker_.shared().tls() && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
         if (!co_await write(offer ? "S" : "N")) co_return false;
         if (offer) {
-          if (auto ec = co_await stream_.handshake(*worker_.shared().tls)) {
+          if (auto ec = co_await stream_.handshake(*worker_.shared().tls())) {
             spdlog::info("{}: TLS handshake failed: {}", prefix_(), ec.message());
             co_return false;
           }

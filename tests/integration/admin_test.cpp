@@ -2,6 +2,8 @@
 // HTTP endpoints (/metrics, /health, /ready, /api/status), against real shards.
 #include <catch2/catch.hpp>
 #include <chrono>
+#include <csignal>
+#include <fstream>
 #include <map>
 #include <regex>
 #include <set>
@@ -223,7 +225,7 @@ TEST_CASE("admin console: permissions, bad commands and the extended protocol", 
   std::string message;
   CHECK(error_code(adm.get(), "select 1", &message) == "42601");
   CHECK(error_code(adm.get(), "SHOW NOTHING") == "42601");
-  CHECK(error_code(adm.get(), "RELOAD") == "0A000");  // not yet: says so
+  CHECK(error_code(adm.get(), "PAUSE") == "0A000");  // not yet: says so
   PGresult* r = PQexecParams(adm.get(), "SHOW POOLS", 0, nullptr, nullptr, nullptr, nullptr, 0);
   CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
   CHECK(std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE)) == "0A000");
@@ -364,4 +366,66 @@ TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
   CHECK(!sh1["last_error"].empty());
   cluster.restart(1);
   CHECK(wait_until([&] { return http_get(http, "/ready").status == 200; }, 15s));
+}
+
+TEST_CASE("RELOAD and SIGHUP apply users, pool sizes and timeouts without dropping clients",
+          "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto app = connect(proxy.conninfo());
+  CHECK(scalar(app.get(), "select 1") == "1");
+  auto adm = console(proxy);
+  const std::string original = read_file(proxy.config_path());
+  auto write = [&](const std::string& yaml) { std::ofstream(proxy.config_path()) << yaml; };
+  auto replaced = [](std::string s, const std::string& from, const std::string& to) {
+    const auto at = s.find(from);
+    REQUIRE(at != std::string::npos);
+    return s.replace(at, from.size(), to);
+  };
+  auto logs_in = [&](const std::string& user, const std::string& password) {
+    PGconn* c = PQconnectdb(proxy.conninfo("", user, password).c_str());
+    const bool ok = PQstatus(c) == CONNECTION_OK;
+    PQfinish(c);
+    return ok;
+  };
+
+  // A new user, smaller pools, a new pool_wait: RELOAD applies them.
+  std::string yaml = original;
+  yaml = replaced(yaml, "  - { name: monitor,",
+                  "  - { name: late, password: first }\n  - { name: monitor,");
+  yaml = replaced(yaml, "pool_size: 10", "pool_size: 4");
+  yaml += "timeouts: { pool_wait: 7s }\n";
+  CHECK(!logs_in("late", "first"));
+  write(yaml);
+  query(adm.get(), "RELOAD");
+  CHECK(logs_in("late", "first"));
+  CHECK(row_where(show(adm.get(), "SHOW DATABASES"), "name", "s0")["pool_size"] == "4");
+  CHECK(row_where(show(adm.get(), "SHOW CONFIG"), "key", "query_wait_timeout")["value"] ==
+        "7000ms");
+  CHECK(scalar(app.get(), "select 2") == "2");  // the client from before keeps working
+
+  // SIGHUP does the same: a changed password.
+  write(replaced(yaml, "password: first", "password: second"));
+  REQUIRE(::kill(proxy.pid(), SIGHUP) == 0);
+  CHECK(wait_until([&] { return logs_in("late", "second"); }, 5s));
+  CHECK(!logs_in("late", "first"));
+
+  // A file that does not load: the error names file and line; what runs stays.
+  write("users: [\n");
+  std::string message;
+  CHECK(error_code(adm.get(), "RELOAD", &message) == "F0000");
+  CHECK(message.find(proxy.config_path() + ":") != std::string::npos);
+  CHECK(logs_in("late", "second"));
+
+  // Changes that would move rows are refused, naming the change.
+  write(
+      replaced(replaced(yaml, "password: first", "password: third"), "column: id", "column: name"));
+  CHECK(error_code(adm.get(), "RELOAD", &message) == "F0000");
+  CHECK(message.find("sharded table users: key column id -> name") != std::string::npos);
+  CHECK(logs_in("late", "second"));  // nothing of that file applied
+  CHECK(!logs_in("late", "third"));
+
+  // Stats users may not reload.
+  auto mon = console(proxy, "monitor", "monpw");
+  CHECK(error_code(mon.get(), "RELOAD") == "42501");
+  CHECK(scalar(app.get(), "select 3") == "3");
 }

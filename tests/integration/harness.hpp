@@ -58,6 +58,7 @@ class Proxy {
   std::string conninfo(const std::string& extra = "", const std::string& user = "app",
                        const std::string& password = "secret") const;
   std::string log_tail(int lines = 40) const;
+  std::string config_path() const { return dir_ + "/pgshard.yaml"; }
   // Sends `sig` and waits up to `wait_ms` for the process to exit; returns its status or -1.
   int signal_and_wait(int sig, int wait_ms);
   bool running() const;

@@ -170,3 +170,37 @@ TEST_CASE("config: the admin section names known users and a host:port", "[admin
   bad.replace(bad.find("127.0.0.1:9930"), 14, "9930");
   CHECK(error_of(bad).find("admin.http must be host:port") != std::string::npos);
 }
+
+TEST_CASE("reload: what may change live and what is refused, by name", "[admin]") {
+  auto running = config::load_string(kMap, "t.yaml");
+  auto with = [&](const std::string& from, const std::string& to) {
+    std::string yaml = kMap;
+    const auto at = yaml.find(from);
+    REQUIRE(at != std::string::npos);
+    return config::load_string(yaml.replace(at, from.size(), to), "t.yaml");
+  };
+  auto refused = [&](const config::Config& next) {
+    std::string all;
+    for (const auto& r : config::reload_refusals(*running, next)) all += r + "\n";
+    return all;
+  };
+  // Live: users, passwords, pool sizes, timeouts, log level.
+  CHECK(refused(*with("password: x }", "password: changed }")).empty());
+  CHECK(refused(*with("pool_size: 8 }\n  - { name: s1", "pool_size: 2 }\n  - { name: s1")).empty());
+  CHECK(refused(*with("sharded_tables:", "log_level: debug\ntimeouts: { pool_wait: 1s }\nsharded_tables:"))
+            .empty());
+  // Refused, each named.
+  CHECK(refused(*with("column: id }", "column: id, function: ring }")) ==
+        "sharded table users: function hash -> ring (reshard)\n");
+  CHECK(refused(*with("column: id }", "column: uid }")) ==
+        "sharded table users: key column id -> uid (reshard)\n");
+  CHECK(refused(*with("127.0.0.1:5433/app", "127.0.0.1:6000/app")).find("shard s1 primary") == 0);
+  CHECK(refused(*with("- { table: users, column: id }",
+                      "- { table: users, column: id }\n  - { table: orders, column: uid }"))
+            .find("sharded table orders added") == 0);
+  CHECK(refused(*with("http: \"127.0.0.1:9930\"", "http: \"127.0.0.1:9931\"")) ==
+        "admin.http address\n");
+  auto swapped = with("name: s0, primary: \"postgres://app:secret@127.0.0.1:5432/app\"",
+                      "name: s9, primary: \"postgres://app:secret@127.0.0.1:5432/app\"");
+  CHECK(refused(*swapped).find("shard 0 renamed or reordered: s0 -> s9") == 0);
+}
