@@ -1203,6 +1203,7 @@ std::shared_ptr<const Analysis> AnalysisCache::from_shape(std::string_view sql,
 
 std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
                                                    const config::Config& cfg) {
+  if (&cfg != owner_) return std::make_shared<const Analysis>(analyze_statement(sql, cfg));
   // Statements that name no sharded or reference table route alike whatever their literals,
   // so simple-protocol traffic with inline values shares one entry per shape.
   // The exact text first: the common case of a repeated statement costs one hash lookup.

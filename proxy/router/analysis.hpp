@@ -111,7 +111,10 @@ std::optional<std::string> with_own_prepared_statements(std::string_view sql,
 // A bounded LRU of analyses keyed by statement text; one per worker thread, no locks.
 class AnalysisCache {
  public:
-  explicit AnalysisCache(std::size_t capacity) : capacity_(capacity) {}
+  // Analyses made for `owner` (the configuration in force); a session still on an earlier
+  // configuration (before a reload) gets its statements analysed without the cache.
+  AnalysisCache(std::size_t capacity, const config::Config* owner)
+      : capacity_(capacity), owner_(owner) {}
   std::shared_ptr<const Analysis> get(std::string_view sql, const config::Config& cfg);
   std::size_t size() const { return map_.size(); }
   uint64_t hits() const { return hits_; }
@@ -133,6 +136,7 @@ class AnalysisCache {
     Order::iterator order;
   };
   std::size_t capacity_;
+  const config::Config* owner_;
   Order order_;  // most recent first
   std::unordered_map<std::string_view, Entry> map_;
   std::string masked_;  // scratch for the literal-masked key

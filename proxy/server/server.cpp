@@ -16,7 +16,7 @@
 namespace pgshard::server {
 
 Worker::Worker(int index, Shared& shared)
-    : index_(index), shared_(shared), cache_(shared.config().router_cache_size) {}
+    : index_(index), shared_(shared), cache_(shared.config().router_cache_size, &shared.config()) {}
 
 Worker::~Worker() {
   // Sessions still suspended inside the io_context hold leases; destroying the context
@@ -203,6 +203,8 @@ bool Worker::kill_client(uint64_t id) {
 
 void Worker::apply_config() {
   const auto& cfg = config();
+  // Analyses depend on the map (reference tables): statements are analysed afresh.
+  cache_ = router::AnalysisCache(cfg.router_cache_size, &cfg);
   const int workers = std::max(1, cfg.listen.workers);
   for (auto& [key, p] : pools_) {
     if (key.first < 0) continue;  // directories: fixed size

@@ -22,7 +22,7 @@ const char* kSql =
 
 void route_with(benchmark::State& state, std::size_t cache_size) {
   auto cfg = map();
-  router::AnalysisCache cache(cache_size);
+  router::AnalysisCache cache(cache_size, cfg.get());
   router::SessionHints hints;
   router::Context ctx;
   ctx.cache = &cache;
@@ -49,7 +49,7 @@ void BM_RouteUncached(benchmark::State& state) {
 
 void BM_RouteSimpleLiteralCached(benchmark::State& state) {
   auto cfg = map();
-  router::AnalysisCache cache(1000);
+  router::AnalysisCache cache(1000, cfg.get());
   router::SessionHints hints;
   router::Context ctx;
   ctx.cache = &cache;

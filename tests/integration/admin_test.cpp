@@ -388,8 +388,25 @@ TEST_CASE("RELOAD and SIGHUP apply users, pool sizes and timeouts without droppi
     return ok;
   };
 
-  // A new user, smaller pools, a new pool_wait: RELOAD applies them.
+  // A table outside the map lives on s0; once listed as a reference table, writes go to
+  // every shard (the analysis of the same statement, cached before, is not reused).
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists reload_ref");
+    query(d.get(), "create table reload_ref (id int)");
+  }
+  query(app.get(), "insert into reload_ref values (1)");
+  auto rows_on = [&](int shard) {
+    auto d = connect(cluster.direct(shard));
+    return scalar(d.get(), "select count(*) from reload_ref");
+  };
+  CHECK(rows_on(0) == "1");
+  CHECK(rows_on(1) == "0");
+
+  // A new user, smaller pools, a new pool_wait, a reference table: RELOAD applies them.
   std::string yaml = original;
+  yaml += "reference_tables: [reload_ref]\n";
   yaml = replaced(yaml, "  - { name: monitor,",
                   "  - { name: late, password: first }\n  - { name: monitor,");
   yaml = replaced(yaml, "pool_size: 10", "pool_size: 4");
@@ -402,6 +419,9 @@ TEST_CASE("RELOAD and SIGHUP apply users, pool sizes and timeouts without droppi
   CHECK(row_where(show(adm.get(), "SHOW CONFIG"), "key", "query_wait_timeout")["value"] ==
         "7000ms");
   CHECK(scalar(app.get(), "select 2") == "2");  // the client from before keeps working
+  auto fresh = connect(proxy.conninfo());
+  query(fresh.get(), "insert into reload_ref values (1)");
+  for (int i = 0; i < cluster.size(); ++i) CHECK(rows_on(i) == (i == 0 ? "2" : "1"));
 
   // SIGHUP does the same: a changed password.
   write(replaced(yaml, "password: first", "password: second"));

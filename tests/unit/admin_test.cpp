@@ -187,7 +187,8 @@ TEST_CASE("reload: what may change live and what is refused, by name", "[admin]"
   // Live: users, passwords, pool sizes, timeouts, log level.
   CHECK(refused(*with("password: x }", "password: changed }")).empty());
   CHECK(refused(*with("pool_size: 8 }\n  - { name: s1", "pool_size: 2 }\n  - { name: s1")).empty());
-  CHECK(refused(*with("sharded_tables:", "log_level: debug\ntimeouts: { pool_wait: 1s }\nsharded_tables:"))
+  CHECK(refused(*with("sharded_tables:",
+                      "log_level: debug\ntimeouts: { pool_wait: 1s }\nsharded_tables:"))
             .empty());
   // Refused, each named.
   CHECK(refused(*with("column: id }", "column: id, function: ring }")) ==

@@ -530,7 +530,7 @@ TEST_CASE("merge plans rewrite what each shard computes", "[router][merge]") {
 
 TEST_CASE("the analysis cache returns the same analysis and stays bounded", "[router][parser]") {
   auto cfg = map();
-  AnalysisCache cache(2);
+  AnalysisCache cache(2, cfg.get());
   auto a = cache.get("select * from users where id = 1", *cfg);
   auto b = cache.get("select * from users where id = 1", *cfg);
   CHECK(a == b);
@@ -545,7 +545,7 @@ TEST_CASE("the analysis cache returns the same analysis and stays bounded", "[ro
 TEST_CASE("statements without sharded tables share a cache entry across literals",
           "[router][parser]") {
   auto cfg = map("{ shard: s1 }");
-  AnalysisCache cache(100);
+  AnalysisCache cache(100, cfg.get());
   auto a = cache.get("select abalance from accounts where aid = 5", *cfg);
   auto b = cache.get("select abalance from accounts where aid = 123456", *cfg);
   CHECK(a == b);
@@ -617,7 +617,7 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
   };
   for (const auto& [first, second] : pairs) {
     INFO(first << " | " << second);
-    AnalysisCache cache(100);
+    AnalysisCache cache(100, cfg.get());
     cache.get(first, *cfg);
     auto got = cache.get(second, *cfg);
     auto own = analyze_statement(second, *cfg);
@@ -634,7 +634,7 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
     if (got->merge && own.merge) CHECK(got->merge->shard_sql == own.merge->shard_sql);
   }
   // The shape is analysed once, then shared: no parse for the second, third... statement.
-  AnalysisCache cache(100);
+  AnalysisCache cache(100, cfg.get());
   cache.get("select abalance from users where id = 1", *cfg);
   const auto misses = cache.misses();
   for (int i = 2; i < 50; ++i)
