@@ -6,6 +6,7 @@
 #include <thread>
 
 #include "config/config.hpp"
+#include "proxy/admin/check.hpp"
 #include "proxy/server/server.hpp"
 
 namespace {
@@ -15,6 +16,8 @@ void usage(std::ostream& out) {
       << "Usage:\n"
       << "  pgshard --config FILE     run with the shard map FILE (pgshard.yaml)\n"
       << "  pgshard check FILE        validate FILE and exit (non-zero on errors)\n"
+      << "  pgshard check --live FILE also connect to every shard and check the map against\n"
+      << "                            their catalogs (tables, key columns and types, 2PC)\n"
       << "  pgshard --help            this text\n"
       << "  pgshard --version         the version\n";
 }
@@ -31,12 +34,15 @@ int main(int argc, char** argv) {
     std::cout << "pgshard " << PGSHARD_VERSION << "\n";
     return 0;
   }
-  if (argc == 3 && !std::strcmp(argv[1], "check")) {
+  const bool live = argc == 4 && !std::strcmp(argv[1], "check") && !std::strcmp(argv[2], "--live");
+  if ((argc == 3 && !std::strcmp(argv[1], "check")) || live) {
+    const char* file = argv[argc - 1];
     try {
-      auto cfg = config::load_file(argv[2]);
-      std::cout << argv[2] << ": OK (" << cfg->shards.size() << " shards, "
+      auto cfg = config::load_file(file);
+      std::cout << file << ": OK (" << cfg->shards.size() << " shards, "
                 << cfg->sharded_tables.size() << " sharded tables, " << cfg->users.size()
                 << " users)\n";
+      if (live) return admin::check_live(*cfg, std::cout) == 0 ? 0 : 1;
       return 0;
     } catch (const config::ConfigError& e) {
       std::cerr << e.what() << "\n";

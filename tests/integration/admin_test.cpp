@@ -449,3 +449,49 @@ TEST_CASE("RELOAD and SIGHUP apply users, pool sizes and timeouts without droppi
   CHECK(error_code(mon.get(), "RELOAD") == "42501");
   CHECK(scalar(app.get(), "select 3") == "3");
 }
+
+TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[admin]") {
+  auto& cluster = Cluster::get();
+  const auto dir = temp_dir("check-live");
+  std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+  for (int i = 0; i < cluster.size(); ++i)
+    yaml += "  - { name: s" + std::to_string(i) +
+            ", primary: \"postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) +
+            "/app\" }\n";
+  yaml +=
+      "sharded_tables: [{ table: live_check, column: id, type: bigint }]\n"
+      "reference_tables: [live_ref]\n";
+  std::ofstream(dir + "/map.yaml") << yaml;
+  auto on = [&](int i, const std::string& sql) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), sql);
+  };
+  for (int i = 0; i < cluster.size(); ++i) {
+    on(i, "drop table if exists live_check");
+    on(i, "drop table if exists live_ref");
+    on(i, "create table live_ref (code text)");
+  }
+  on(0, "create table live_check (id bigint, name text)");
+  on(1, "create table live_check (id integer, name text)");
+  // s2: no table at all
+  std::string out;
+  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+  INFO(out);
+  CHECK(out.find("shard s1 (postgres://app@127.0.0.1:" + std::to_string(cluster.port(1)) +
+                 "/app): sharded table live_check key column id is integer, the map says bigint") !=
+        std::string::npos);
+  CHECK(out.find("shard s1") != std::string::npos);
+  CHECK(out.find("columns differ from shard s0") != std::string::npos);
+  CHECK(out.find("shard s2 (") != std::string::npos);
+  CHECK(out.find("sharded table live_check does not exist") != std::string::npos);
+  CHECK(out.find("3 problems found") != std::string::npos);
+
+  on(1, "alter table live_check alter column id type bigint");
+  on(2, "create table live_check (id bigint, name text)");
+  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+  CHECK(out.find("OK: 3 shards answer") != std::string::npos);
+  for (int i = 0; i < cluster.size(); ++i) {
+    on(i, "drop table live_check");
+    on(i, "drop table live_ref");
+  }
+}

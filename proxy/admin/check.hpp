@@ -1,0 +1,16 @@
+// `pgshard check --live FILE`: connects to every shard and checks what the map assumes.
+#pragma once
+
+#include <ostream>
+
+#include "config/config.hpp"
+
+namespace pgshard::admin {
+
+// Each sharded table exists on every shard with its key column of the configured type and
+// the same columns everywhere; reference tables exist everywhere; two-phase commit has
+// max_prepared_transactions > 0. Prints one line per problem (naming the shard) and a
+// summary; returns the number of problems.
+int check_live(const config::Config& cfg, std::ostream& out);
+
+}  // namespace pgshard::admin
