@@ -400,10 +400,14 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
                   "unsharded", "timeouts", "log_level", "router", "partial_results",
-                  "two_phase_commit", "two_phase_log", "admin"})) {
+                  "two_phase_commit", "two_phase_log", "admin", "log_format"})) {
     c.throw_if_failed();
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);
+  if (root["log_format"])
+    cfg->log_json = c.choice<bool>(root["log_format"], "log_format",
+                                   {{"text", false}, {"json", true}})
+                        .value_or(false);
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
   if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
   if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);
@@ -661,6 +665,7 @@ std::vector<std::string> reload_refusals(const Config& a, const Config& b) {
           "router settings");
   differs(a.admin.http_host != b.admin.http_host || a.admin.http_port != b.admin.http_port,
           "admin.http address");
+  differs(a.log_json != b.log_json, "log_format");
   return out;
 }
 

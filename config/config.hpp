@@ -139,6 +139,7 @@ struct Config {
   Unsharded unsharded;
   Timeouts timeouts;
   std::string log_level = "info";
+  bool log_json = false;  // log_format: json (one JSON object per line) instead of text
   // Multi-shard reads: when a shard fails or times out, answer from the others with a
   // WARNING instead of failing the statement.
   bool partial_results = false;

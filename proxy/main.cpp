@@ -1,4 +1,5 @@
 // pgshard: command line, configuration and logging set-up, then the server.
+#include <spdlog/pattern_formatter.h>
 #include <spdlog/spdlog.h>
 
 #include <cstring>
@@ -10,6 +11,30 @@
 #include "proxy/server/server.hpp"
 
 namespace {
+
+// The log message as the body of a JSON string (log_format: json).
+class JsonEscaped : public spdlog::custom_flag_formatter {
+ public:
+  void format(const spdlog::details::log_msg& msg, const std::tm&,
+              spdlog::memory_buf_t& dest) override {
+    static constexpr char kHex[] = "0123456789abcdef";
+    for (const char c : std::string_view(msg.payload.data(), msg.payload.size())) {
+      const auto u = static_cast<unsigned char>(c);
+      if (c == '"' || c == '\\') {
+        dest.push_back('\\');
+        dest.push_back(c);
+      } else if (u < 0x20) {
+        const char esc[] = {'\\', 'u', '0', '0', kHex[u >> 4], kHex[u & 15]};
+        dest.append(esc, esc + sizeof esc);
+      } else {
+        dest.push_back(c);
+      }
+    }
+  }
+  std::unique_ptr<custom_flag_formatter> clone() const override {
+    return std::make_unique<JsonEscaped>();
+  }
+};
 
 void usage(std::ostream& out) {
   out << "pgshard " << PGSHARD_VERSION << " - a sharding PostgreSQL proxy\n\n"
@@ -65,7 +90,14 @@ int main(int argc, char** argv) {
     copy->listen.workers = static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
     cfg = copy;
   }
-  spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  if (cfg->log_json) {
+    auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
+    f->add_flag<JsonEscaped>('*').set_pattern(
+        R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"msg":"%*"})");
+    spdlog::set_formatter(std::move(f));
+  } else {
+    spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+  }
   spdlog::set_level(spdlog::level::from_str(cfg->log_level));
   try {
     server::Server server(cfg);

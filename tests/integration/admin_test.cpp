@@ -495,3 +495,25 @@ TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[
     on(i, "drop table live_ref");
   }
 }
+
+TEST_CASE("log_format: json writes one JSON object per line, whatever clients send", "[admin]") {
+  auto opts = admin_options(free_port());
+  opts.extra_top += "log_format: json\n";
+  Proxy proxy(opts);
+  {
+    // A client-chosen name with a quote, a backslash and a tab lands in the log.
+    auto c = connect(proxy.conninfo("application_name='q\"uo\\\\te\ttab'"));
+    CHECK(scalar(c.get(), "select 1") == "1");
+  }
+  CHECK(wait_until([&] { return read_file(proxy.log_path()).find("closing") != std::string::npos; },
+                   5s));
+  std::string out;
+  CHECK(run("/usr/bin/python3 -c 'import json,sys\n"
+            "lines=[json.loads(l) for l in open(sys.argv[1])]\n"
+            "assert all(set(x) == {\"time\",\"level\",\"thread\",\"msg\"} for x in lines)\n"
+            "print(sum(\"login\" in x[\"msg\"] and \"q\\\"uo\" in x[\"msg\"] for x in lines))' " +
+                proxy.log_path() + " 2>&1",
+            &out) == 0);
+  INFO(read_file(proxy.log_path()));
+  CHECK(out == "1\n");
+}

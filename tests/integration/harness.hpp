@@ -59,6 +59,7 @@ class Proxy {
                        const std::string& password = "secret") const;
   std::string log_tail(int lines = 40) const;
   std::string config_path() const { return dir_ + "/pgshard.yaml"; }
+  std::string log_path() const { return dir_ + "/pgshard.log"; }
   // Sends `sig` and waits up to `wait_ms` for the process to exit; returns its status or -1.
   int signal_and_wait(int sig, int wait_ms);
   bool running() const;
