@@ -40,7 +40,10 @@ log_min_messages = warning
 log_connections = off
 CONF
   fi
-  as_pg "$PGBIN/pg_ctl" -D "$data" -l "$dir/$port.log" -w -t 60 start >/dev/null
+  # Already running (a rerun): leave it be.
+  if ! as_pg "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_pg "$PGBIN/pg_ctl" -D "$data" -l "$dir/$port.log" -w -t 60 start >/dev/null
+  fi
   as_pg "$PGBIN/psql" -qAt -h "$dir" -p "$port" -U postgres -d postgres -v ON_ERROR_STOP=1 <<SQL >/dev/null
 SELECT format('CREATE ROLE %I LOGIN SUPERUSER PASSWORD %L', '$APP_USER', '$APP_PASSWORD')
   WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '$APP_USER') \gexec
