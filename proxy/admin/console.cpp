@@ -136,6 +136,7 @@ constexpr const char* kHelp[] = {
     "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|SHARDS|VERSION",
     "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|TRANSACTIONS|ROUTES",
     "RELOAD                (admin.users only; also SIGHUP)",
+    "PAUSE [shard] | RESUME [shard] | RECONNECT [shard]   (admin.users only)",
     "KILL_CLIENT <id>      (admin.users only)",
     "SHUTDOWN              (admin.users only)",
 };
@@ -282,8 +283,11 @@ std::string show_databases(const Snapshot& s, const config::Config& cfg) {
     int current = 0;
     for (const auto& r : rows)
       if (r.shard == static_cast<int>(i)) current = r.stats.total;
+    int paused = 0;
+    for (const auto& w : s.workers)
+      for (int p : w.paused) paused |= p == static_cast<int>(i);
     t << sh.name << sh.primary.host << static_cast<int>(sh.primary.port) << sh.primary.database
-      << sh.primary.user << sh.pool_size << 0 << 0 << "" << sh.pool_size << current << 0 << 0;
+      << sh.primary.user << sh.pool_size << 0 << 0 << "" << sh.pool_size << current << paused << 0;
     t.end_row();
   }
   return t.write("SHOW");
@@ -468,7 +472,9 @@ std::string show_help() {
 }  // namespace
 
 std::string answer(std::string_view command, const Snapshot& snap, const config::Config& cfg,
-                   bool admin, bool* shutdown, std::vector<uint64_t>* kill) {
+                   bool admin, Effects* effects) {
+  Effects ignored;
+  if (!effects) effects = &ignored;
   const auto w = words(command);
   if (w.empty()) {
     std::string out;
@@ -508,8 +514,21 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
     return error_answer(sqlstate::kInsufficientPrivilege,
                         "permission denied: " + verb + " needs a user listed in admin.users",
                         "admin.stats_users may run SHOW commands only");
+  if ((verb == "PAUSE" || verb == "RESUME" || verb == "RECONNECT") && w.size() <= 2) {
+    int shard = -1;
+    if (w.size() == 2 && (shard = cfg.shard_index(w[1])) < 0)
+      return error_answer(sqlstate::kUndefinedObject, "no shard \"" + w[1] + "\"",
+                          "SHOW SHARDS lists them");
+    effects->shard = shard;
+    effects->pools = verb == "PAUSE"    ? Effects::Pools::kPause
+                     : verb == "RESUME" ? Effects::Pools::kResume
+                                        : Effects::Pools::kReconnect;
+    std::string out;
+    proto::CommandComplete{verb}.write(out);
+    return out;
+  }
   if (verb == "SHUTDOWN" && w.size() == 1) {
-    if (shutdown) *shutdown = true;
+    effects->shutdown = true;
     std::string out;
     proto::CommandComplete{"SHUTDOWN"}.write(out);
     return out;
@@ -525,7 +544,7 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
     for (const auto& wk : snap.workers)
       for (const auto& c : wk.clients) found |= c.id == n;
     if (!found) return error_answer(sqlstate::kUndefinedObject, "no client C-" + std::to_string(n));
-    if (kill) kill->push_back(n);
+    effects->kill.push_back(n);
     std::string out;
     proto::CommandComplete{"KILL_CLIENT"}.write(out);
     return out;
@@ -536,6 +555,34 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
                         "SHOW HELP lists the console's commands");
   return error_answer(sqlstate::kSyntaxError, "unknown console command \"" + w[0] + "\"",
                       "SHOW HELP lists the console's commands");
+}
+
+// PAUSE holds new work for the shards and returns once none of their servers is in use;
+// RESUME lets the held clients go on; RECONNECT renews the shards' server connections.
+awaitable<void> act_on_pools(server::Shared& shared, const Effects& e) {
+  for (auto* w : shared.workers)
+    co_await asio::co_spawn(
+        w->executor(),
+        [w, e]() -> awaitable<void> {
+          if (e.pools == Effects::Pools::kReconnect)
+            w->reconnect(e.shard);
+          else
+            w->pause(e.shard, e.pools == Effects::Pools::kPause);
+          co_return;
+        },
+        asio::use_awaitable);
+  if (e.pools != Effects::Pools::kPause) co_return;
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  for (;;) {
+    const auto snap = co_await collect(shared);
+    int busy = 0;
+    for (const auto& r : snap.pools())
+      if (r.shard >= 0 && (e.shard < 0 || r.shard == e.shard))
+        busy += r.stats.total - r.stats.idle - r.stats.connecting;
+    if (busy == 0) co_return;
+    tick.expires_after(std::chrono::milliseconds(50));
+    co_await tick.async_wait(use_nothrow);
+  }
 }
 
 awaitable<void> run_console(server::Worker& worker, session::ClientStream& stream,
@@ -572,8 +619,7 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
     if (type == proto::msg::kTerminate) co_return;
     if (type == proto::msg::kQuery) {
       const std::string sql = body.substr(0, body.find('\0'));
-      bool shutdown = false;
-      std::vector<uint64_t> kill;
+      Effects effects;
       // Statements separated by ';' are answered one after another; a query of nothing
       // but blanks gets EmptyQueryResponse, as on PostgreSQL.
       std::vector<std::string_view> parts;
@@ -604,16 +650,20 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
         }
         Snapshot snap;  // (not `needs ? co_await ... : ...`: GCC 12 miscompiles co_await in ?:)
         if (needs) snap = co_await collect(shared);
-        const auto reply = answer(part, snap, worker.config(), admin, &shutdown, &kill);
+        const auto reply = answer(part, snap, worker.config(), admin, &effects);
+        if (effects.pools != Effects::Pools::kNone) {
+          co_await act_on_pools(shared, effects);
+          effects.pools = Effects::Pools::kNone;
+        }
         out += reply;
         spdlog::info("{}: console: {}", prefix(), std::string(part.substr(0, 200)));
         if (!reply.empty() && reply[0] == proto::msg::kErrorResponse) break;
       }
       proto::ReadyForQuery{'I'}.write(out);
       if (!co_await send(out)) co_return;
-      for (auto id : kill)
+      for (auto id : effects.kill)
         for (auto* w : shared.workers) asio::post(w->executor(), [w, id] { w->kill_client(id); });
-      if (shutdown) {
+      if (effects.shutdown) {
         spdlog::info("{}: console: SHUTDOWN", prefix());
         ::kill(::getpid(), SIGTERM);
       }

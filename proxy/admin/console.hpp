@@ -32,9 +32,17 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
                             protocol::Buffer& in, const config::User& user, std::string welcome,
                             std::function<const std::string&()> prefix);
 
+// What a command asks of the running process, done by the console after answering.
+struct Effects {
+  bool shutdown = false;
+  std::vector<uint64_t> kill;  // client ids
+  enum class Pools { kNone, kPause, kResume, kReconnect } pools = Pools::kNone;
+  int shard = -1;  // the shard PAUSE/RESUME/RECONNECT name (-1: every shard)
+};
+
 // One command's answer (RowDescription, DataRows and CommandComplete, or an error);
 // exposed for unit tests. `admin`: the user may run commands that change things.
 std::string answer(std::string_view command, const Snapshot& snap, const config::Config& cfg,
-                   bool admin, bool* shutdown = nullptr, std::vector<uint64_t>* kill = nullptr);
+                   bool admin, Effects* effects = nullptr);
 
 }  // namespace pgshard::admin

@@ -94,6 +94,7 @@ struct WorkerSnapshot {
   std::vector<ServerRow> servers;
   std::vector<TxnRow> transactions;
   RouteCounters routes;
+  std::vector<int> paused;  // shards paused on this worker
   uint64_t cache_size = 0;
   uint64_t cache_hits = 0;
   uint64_t cache_misses = 0;

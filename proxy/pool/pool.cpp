@@ -30,6 +30,19 @@ Pool::~Pool() {
 }
 
 awaitable<std::variant<Lease, std::string>> Pool::acquire() {
+  if (paused_) {
+    const auto deadline = Clock::now() + wait_timeout_;
+    while (paused_ && Clock::now() < deadline) {
+      if (!resumed_) resumed_ = std::make_unique<asio::steady_timer>(ex_, Clock::time_point::max());
+      asio::steady_timer limit(ex_, deadline);
+      // Whichever comes first: RESUME (cancels resumed_) or the deadline.
+      using namespace asio::experimental::awaitable_operators;
+      co_await (resumed_->async_wait(use_nothrow) || limit.async_wait(use_nothrow));
+    }
+    if (paused_)
+      co_return "timed out after " + std::to_string(wait_timeout_.count()) + " ms: shard " +
+          target_.shard_name + " is paused (PAUSE on the admin console)";
+  }
   while (!idle_.empty()) {
     auto conn = std::move(idle_.back());  // LIFO: the warmest connection
     idle_.pop_back();
@@ -84,6 +97,7 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
   ++counters_.connects;
   health_.last_ok = Clock::now();
   if (count_requests_) conn->replies.counters = &counters_;
+  conn->generation = generation_;
   spdlog::debug("S-{}: connected to shard {} pid {}", conn->id(), target_.shard_name, conn->pid());
   co_return Lease(this, std::move(conn));
 }
@@ -99,7 +113,8 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn) {
   // Unread bytes mean replies nobody consumed: such a server is out of step for anyone.
   const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->rbuf.empty() &&
                         conn->replies.empty() && conn->socket().is_open() &&
-                        total_ <= max_size_;  // (a reload made the pool smaller)
+                        total_ <= max_size_ &&            // (a reload made the pool smaller)
+                        conn->generation == generation_;  // (RECONNECT since it opened)
   if (!reusable) {
     spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
                   target_.shard_name, conn->status, conn->broken);
@@ -134,8 +149,7 @@ void Pool::prune(config::Millis idle) {
   });
 }
 
-void Pool::set_limits(int max_size, config::Millis wait_timeout,
-                      config::Millis connect_timeout) {
+void Pool::set_limits(int max_size, config::Millis wait_timeout, config::Millis connect_timeout) {
   max_size_ = max_size;
   wait_timeout_ = wait_timeout;
   connect_timeout_ = connect_timeout;
@@ -150,6 +164,21 @@ void Pool::set_limits(int max_size, config::Millis wait_timeout,
     w->slot = true;
     w->timer.cancel();
   }
+}
+
+void Pool::pause(bool on) {
+  paused_ = on;
+  if (!on && resumed_) {
+    resumed_->cancel();
+    resumed_.reset();
+  }
+}
+
+void Pool::reconnect() {
+  ++generation_;
+  for (auto& c : idle_) c->close();
+  total_ -= static_cast<int>(idle_.size());
+  idle_.clear();
 }
 
 PoolStats Pool::stats() const {

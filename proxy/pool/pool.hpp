@@ -75,6 +75,12 @@ class Pool {
   // A reload changed pool_size or timeouts: a smaller pool closes connections as they
   // come back until it fits; a larger one lets waiters open theirs.
   void set_limits(int max_size, config::Millis wait_timeout, config::Millis connect_timeout);
+  // PAUSE: new acquisitions wait (up to the pool wait timeout) until resume(); servers
+  // already leased finish their transactions. RESUME lets the waiters go on.
+  void pause(bool on);
+  bool paused() const { return paused_; }
+  // RECONNECT: idle connections close now, leased ones when they come back.
+  void reconnect();
   Counters& counters() { return counters_; }
   const Counters& counters() const { return counters_; }
   const PoolHealth& health() const { return health_; }
@@ -101,6 +107,9 @@ class Pool {
   int total_ = 0;  // idle + leased + connecting
   int connecting_ = 0;
   bool count_requests_ = true;
+  bool paused_ = false;
+  std::unique_ptr<asio::steady_timer> resumed_;  // cancelled by resume (the paused wait)
+  uint64_t generation_ = 0;                      // connections of older ones do not return
   Counters counters_;
   PoolHealth health_;
   bool closed_ = false;

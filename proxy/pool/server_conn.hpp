@@ -99,6 +99,7 @@ class ServerConn {
   bool broken = false;
   Clock::time_point idle_since = Clock::now();
   const Clock::time_point connected_at = Clock::now();
+  uint64_t generation = 0;  // its pool's generation when it opened (see Pool::reconnect)
 
   // Reads the server's replies through `replies`, handing each frame, its bytes and the
   // queue's verdict to `on_frame(frame, raw, verdict)` until it returns true. False when the

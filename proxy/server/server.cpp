@@ -47,6 +47,7 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   auto p = std::make_unique<pool::Pool>(executor(), t, size, cfg.timeouts.pool_wait,
                                         cfg.timeouts.connect);
   p->count_requests(config().admin.stats);
+  p->pause(paused_.count(shard) > 0);
   auto& ref = *p;
   pools_.emplace(key, std::move(p));
   return ref;
@@ -186,6 +187,7 @@ admin::WorkerSnapshot Worker::snapshot() const {
     out.pools.push_back(std::move(row));
   }
   out.routes = routes_;
+  out.paused.assign(paused_.begin(), paused_.end());
   out.cache_size = cache_.size();
   out.cache_hits = cache_.hits();
   out.cache_misses = cache_.misses();
@@ -213,6 +215,18 @@ void Worker::apply_config() {
                   cfg.timeouts.connect);
     p->count_requests(cfg.admin.stats);
   }
+}
+
+void Worker::pause(int shard, bool on) {
+  for (int i = 0; i < static_cast<int>(config().shards.size()); ++i)
+    if (shard < 0 || shard == i) on ? (void)paused_.insert(i) : (void)paused_.erase(i);
+  for (auto& [key, p] : pools_)
+    if (key.first >= 0 && (shard < 0 || key.first == shard)) p->pause(on);
+}
+
+void Worker::reconnect(int shard) {
+  for (auto& [key, p] : pools_)
+    if (key.first >= 0 && (shard < 0 || key.first == shard)) p->reconnect();
 }
 
 void Worker::add(const std::shared_ptr<session::Session>& s) {

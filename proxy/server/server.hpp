@@ -9,6 +9,7 @@
 #include <memory>
 #include <mutex>
 #include <optional>
+#include <set>
 #include <thread>
 #include <unordered_map>
 #include <vector>
@@ -117,6 +118,9 @@ class Worker {
   admin::WorkerSnapshot snapshot() const;
   // Ends the session with id `id` if it is this worker's (KILL_CLIENT); true if found.
   bool kill_client(uint64_t id);
+  // PAUSE / RESUME / RECONNECT of shard `shard` (-1: every shard) on this worker's pools.
+  void pause(int shard, bool on);
+  void reconnect(int shard);
 
   void add(const std::shared_ptr<session::Session>& s);
   void remove(session::Session* s);
@@ -147,6 +151,7 @@ class Worker {
   router::AnalysisCache cache_;
   router::DirectoryCache directory_;
   admin::RouteCounters routes_;
+  std::set<int> paused_;  // shards paused (pools created later start paused)
   std::optional<merge::Collation> collation_;
   struct CachedCollations {
     std::shared_ptr<const merge::ColumnCollations> columns;

@@ -225,7 +225,7 @@ TEST_CASE("admin console: permissions, bad commands and the extended protocol", 
   std::string message;
   CHECK(error_code(adm.get(), "select 1", &message) == "42601");
   CHECK(error_code(adm.get(), "SHOW NOTHING") == "42601");
-  CHECK(error_code(adm.get(), "PAUSE") == "0A000");  // not yet: says so
+  CHECK(error_code(adm.get(), "WAIT_CLOSE") == "0A000");  // not yet: says so
   PGresult* r = PQexecParams(adm.get(), "SHOW POOLS", 0, nullptr, nullptr, nullptr, nullptr, 0);
   CHECK(PQresultStatus(r) == PGRES_FATAL_ERROR);
   CHECK(std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE)) == "0A000");
@@ -516,4 +516,59 @@ TEST_CASE("log_format: json writes one JSON object per line, whatever clients se
             &out) == 0);
   INFO(read_file(proxy.log_path()));
   CHECK(out == "1\n");
+}
+
+TEST_CASE("PAUSE waits for a shard's transactions and holds new ones; RESUME and RECONNECT",
+          "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto in_txn = connect(proxy.conninfo());
+  query(in_txn.get(), "BEGIN");
+  query(in_txn.get(), "SET LOCAL pgshard.shard = 's1'");
+  query(in_txn.get(), "select 1");
+  auto adm = console(proxy);
+  auto done_within = [](PGconn* c, std::chrono::milliseconds limit) {
+    return wait_until(
+        [&] {
+          PQconsumeInput(c);
+          return !PQisBusy(c);
+        },
+        limit);
+  };
+  auto finish = [](PGconn* c) {
+    ExecStatusType last = PGRES_COMMAND_OK;
+    while (PGresult* r = PQgetResult(c)) {
+      last = PQresultStatus(r);
+      PQclear(r);
+    }
+    return last;
+  };
+
+  // PAUSE s1 waits for the open transaction on s1.
+  REQUIRE(PQsendQuery(adm.get(), "PAUSE s1"));
+  CHECK(!done_within(adm.get(), 500ms));
+  // New work for s1 is held; s0 is not paused.
+  auto held = connect(proxy.conninfo());
+  query(held.get(), "SET pgshard.shard = 's1'");
+  REQUIRE(PQsendQuery(held.get(), "select 42"));
+  auto other = connect(proxy.conninfo());
+  query(other.get(), "SET pgshard.shard = 's0'");
+  CHECK(scalar(other.get(), "select 7") == "7");
+  query(in_txn.get(), "COMMIT");
+  CHECK(done_within(adm.get(), 5s));
+  CHECK(finish(adm.get()) == PGRES_COMMAND_OK);
+  CHECK(!done_within(held.get(), 300ms));
+  CHECK(row_where(show(adm.get(), "SHOW DATABASES"), "name", "s1")["paused"] == "1");
+  CHECK(row_where(show(adm.get(), "SHOW DATABASES"), "name", "s0")["paused"] == "0");
+
+  query(adm.get(), "RESUME s1");
+  CHECK(done_within(held.get(), 5s));
+  CHECK(finish(held.get()) == PGRES_TUPLES_OK);
+  CHECK(row_where(show(adm.get(), "SHOW DATABASES"), "name", "s1")["paused"] == "0");
+
+  // RECONNECT: the shard's server connections are new afterwards.
+  const auto before = scalar(held.get(), "select pg_backend_pid()");
+  CHECK(scalar(held.get(), "select pg_backend_pid()") == before);  // one server, reused
+  query(adm.get(), "RECONNECT s1");
+  CHECK(scalar(held.get(), "select pg_backend_pid()") != before);
+  CHECK(error_code(adm.get(), "PAUSE nowhere") == "42704");
 }

@@ -96,12 +96,19 @@ TEST_CASE("console answers: workers add up; permissions and bad commands", "[adm
   CHECK(first(admin::answer("KILL_CLIENT 7", snap, *cfg, false)).second == "42501");
   CHECK(first(admin::answer("KILL_CLIENT x", snap, *cfg, true)).second == "42601");
   CHECK(first(admin::answer("KILL_CLIENT 7", snap, *cfg, true)).second == "42704");
-  CHECK(first(admin::answer("PAUSE", snap, *cfg, true)).second == "0A000");
-  CHECK(first(admin::answer("  ", snap, *cfg, true)).first == protocol::msg::kEmptyQueryResponse);
-  bool shutdown = false;
-  CHECK(first(admin::answer("shutdown", snap, *cfg, true, &shutdown)).first ==
+  CHECK(first(admin::answer("WAIT_CLOSE", snap, *cfg, true)).second == "0A000");
+  admin::Effects e;
+  CHECK(first(admin::answer("PAUSE s1", snap, *cfg, true, &e)).first ==
         protocol::msg::kCommandComplete);
-  CHECK(shutdown);
+  CHECK(e.pools == admin::Effects::Pools::kPause);
+  CHECK(e.shard == 1);
+  CHECK(first(admin::answer("RESUME s9", snap, *cfg, true)).second == "42704");
+  CHECK(first(admin::answer("RECONNECT", snap, *cfg, false)).second == "42501");
+  CHECK(first(admin::answer("  ", snap, *cfg, true)).first == protocol::msg::kEmptyQueryResponse);
+  admin::Effects stop;
+  CHECK(first(admin::answer("shutdown", snap, *cfg, true, &stop)).first ==
+        protocol::msg::kCommandComplete);
+  CHECK(stop.shutdown);
   for (const char* what :
        {"HELP", "VERSION", "STATS", "STATS_TOTALS", "STATS_AVERAGES", "CLIENTS", "SERVERS",
         "DATABASES", "SHARDS", "CONFIG", "LISTS", "TRANSACTIONS", "ROUTES"}) {
