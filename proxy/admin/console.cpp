@@ -137,6 +137,7 @@ constexpr const char* kHelp[] = {
     "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|TRANSACTIONS|ROUTES",
     "RELOAD                (admin.users only; also SIGHUP)",
     "PAUSE [shard] | RESUME [shard] | RECONNECT [shard]   (admin.users only)",
+    "KILL [shard]          closes the shard's clients and servers (admin.users only)",
     "KILL_CLIENT <id>      (admin.users only)",
     "SHUTDOWN              (admin.users only)",
 };
@@ -514,7 +515,8 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
     return error_answer(sqlstate::kInsufficientPrivilege,
                         "permission denied: " + verb + " needs a user listed in admin.users",
                         "admin.stats_users may run SHOW commands only");
-  if ((verb == "PAUSE" || verb == "RESUME" || verb == "RECONNECT") && w.size() <= 2) {
+  if ((verb == "PAUSE" || verb == "RESUME" || verb == "RECONNECT" || verb == "KILL") &&
+      w.size() <= 2) {
     int shard = -1;
     if (w.size() == 2 && (shard = cfg.shard_index(w[1])) < 0)
       return error_answer(sqlstate::kUndefinedObject, "no shard \"" + w[1] + "\"",
@@ -522,6 +524,7 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
     effects->shard = shard;
     effects->pools = verb == "PAUSE"    ? Effects::Pools::kPause
                      : verb == "RESUME" ? Effects::Pools::kResume
+                     : verb == "KILL"   ? Effects::Pools::kKill
                                         : Effects::Pools::kReconnect;
     std::string out;
     proto::CommandComplete{verb}.write(out);
@@ -566,6 +569,8 @@ awaitable<void> act_on_pools(server::Shared& shared, const Effects& e) {
         [w, e]() -> awaitable<void> {
           if (e.pools == Effects::Pools::kReconnect)
             w->reconnect(e.shard);
+          else if (e.pools == Effects::Pools::kKill)
+            w->kill_shard(e.shard);
           else
             w->pause(e.shard, e.pools == Effects::Pools::kPause);
           co_return;

@@ -36,7 +36,7 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
 struct Effects {
   bool shutdown = false;
   std::vector<uint64_t> kill;  // client ids
-  enum class Pools { kNone, kPause, kResume, kReconnect } pools = Pools::kNone;
+  enum class Pools { kNone, kPause, kResume, kReconnect, kKill } pools = Pools::kNone;
   int shard = -1;  // the shard PAUSE/RESUME/RECONNECT name (-1: every shard)
 };
 

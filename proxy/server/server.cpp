@@ -7,6 +7,7 @@
 
 #include <future>
 
+#include "proxy/admin/console.hpp"
 #include "proxy/admin/http.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/server/tls.hpp"
@@ -227,6 +228,17 @@ void Worker::pause(int shard, bool on) {
 void Worker::reconnect(int shard) {
   for (auto& [key, p] : pools_)
     if (key.first >= 0 && (shard < 0 || key.first == shard)) p->reconnect();
+}
+
+void Worker::kill_shard(int shard) {
+  for (auto& [ptr, weak] : sessions_) {
+    auto s = weak.lock();
+    if (!s) continue;
+    bool holds = shard < 0;
+    for (const auto* conn : s->servers()) holds |= conn->target().shard == shard;
+    if (holds && s->client_row().database != admin::kConsoleDatabase) s->force_close();
+  }
+  reconnect(shard);
 }
 
 void Worker::add(const std::shared_ptr<session::Session>& s) {

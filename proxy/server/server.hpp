@@ -121,6 +121,9 @@ class Worker {
   // PAUSE / RESUME / RECONNECT of shard `shard` (-1: every shard) on this worker's pools.
   void pause(int shard, bool on);
   void reconnect(int shard);
+  // KILL: closes every client holding a server of `shard` (-1: every client) and the
+  // shard's server connections.
+  void kill_shard(int shard);
 
   void add(const std::shared_ptr<session::Session>& s);
   void remove(session::Session* s);

@@ -571,4 +571,19 @@ TEST_CASE("PAUSE waits for a shard's transactions and holds new ones; RESUME and
   query(adm.get(), "RECONNECT s1");
   CHECK(scalar(held.get(), "select pg_backend_pid()") != before);
   CHECK(error_code(adm.get(), "PAUSE nowhere") == "42704");
+
+  // KILL s1: the clients holding an s1 server go, the others stay.
+  query(held.get(), "BEGIN");
+  query(held.get(), "select 1");
+  query(adm.get(), "KILL s1");
+  CHECK(wait_until(
+      [&] {
+        PGresult* r = PQexec(held.get(), "select 1");
+        const bool gone = PQresultStatus(r) != PGRES_TUPLES_OK;
+        PQclear(r);
+        return gone;
+      },
+      5s));
+  CHECK(scalar(other.get(), "select 8") == "8");
+  CHECK(scalar(adm.get(), "SHOW VERSION").rfind("pgshard", 0) == 0);
 }
