@@ -587,3 +587,29 @@ TEST_CASE("PAUSE waits for a shard's transactions and holds new ones; RESUME and
   CHECK(scalar(other.get(), "select 8") == "8");
   CHECK(scalar(adm.get(), "SHOW VERSION").rfind("pgshard", 0) == 0);
 }
+
+TEST_CASE("RELOAD re-reads the TLS certificate for new connections", "[admin]") {
+  auto opts = admin_options(free_port());
+  opts.tls_mode = "prefer";
+  Proxy proxy(opts);
+  const auto dir = proxy.config_path().substr(0, proxy.config_path().rfind('/'));
+  auto served_cn = [&] {
+    std::string out;
+    run("echo | timeout 5 openssl s_client -starttls postgres -connect 127.0.0.1:" +
+            std::to_string(proxy.port()) + " 2>/dev/null | grep -m1 ' s:'",
+        &out);
+    return out;
+  };
+  CHECK(served_cn().find("CN = localhost") != std::string::npos);
+  auto before = connect(proxy.conninfo("sslmode=require"));
+  std::string out;
+  REQUIRE(run("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=renewed -keyout " + dir +
+                  "/server.key -out " + dir + "/server.crt 2>&1",
+              &out) == 0);
+  auto adm = console(proxy);
+  query(adm.get(), "RELOAD");
+  CHECK(served_cn().find("CN = renewed") != std::string::npos);
+  CHECK(scalar(before.get(), "select 1") == "1");  // TLS sessions from before go on
+  auto after = connect(proxy.conninfo("sslmode=require"));
+  CHECK(scalar(after.get(), "select 2") == "2");
+}
