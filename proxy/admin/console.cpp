@@ -457,15 +457,17 @@ std::string show_routes(const Snapshot& s) {
   return t.write("SHOW");
 }
 
+void write_notice(std::string& out, std::string message) {
+  proto::ErrorInfo n;
+  n.severity = "NOTICE";
+  n.code = "00000";
+  n.message = std::move(message);
+  proto::write_notice(out, n);
+}
+
 std::string show_help() {
   std::string out;
-  for (const char* line : kHelp) {
-    proto::ErrorInfo n;
-    n.severity = "NOTICE";
-    n.code = "00000";
-    n.message = line;
-    proto::write_notice(out, n);
-  }
+  for (const char* line : kHelp) write_notice(out, line);
   proto::CommandComplete{"SHOW"}.write(out);
   return out;
 }
@@ -642,11 +644,7 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
           const bool ok = shared.reload && shared.reload(&report);
           spdlog::info("{}: console: RELOAD: {}", prefix(), report);
           if (ok) {
-            proto::ErrorInfo n;
-            n.severity = "NOTICE";
-            n.code = "00000";
-            n.message = report;
-            proto::write_notice(out, n);
+            write_notice(out, report);
             proto::CommandComplete{"RELOAD"}.write(out);
             continue;
           }

@@ -67,6 +67,14 @@ std::map<std::string, std::string> row_where(
   return {};
 }
 
+// True once the connection no longer answers (pgshard closed it).
+bool closed(PGconn* c) {
+  PGresult* r = PQexec(c, "select 1");
+  const bool gone = PQresultStatus(r) != PGRES_TUPLES_OK;
+  PQclear(r);
+  return gone;
+}
+
 long long num(const std::string& s) {
   return std::stoll(s);
 }
@@ -262,14 +270,7 @@ TEST_CASE("admin console: KILL_CLIENT ends one client, SHUTDOWN stops pgshard", 
   const auto id = row_where(show(adm.get(), "SHOW CLIENTS"), "application_name", "victim")["id"];
   CHECK(error_code(adm.get(), "KILL_CLIENT 999999999") == "42704");
   query(adm.get(), "KILL_CLIENT " + id);
-  CHECK(wait_until(
-      [&] {
-        PGresult* r = PQexec(victim.get(), "select 1");
-        const bool gone = PQresultStatus(r) != PGRES_TUPLES_OK;
-        PQclear(r);
-        return gone;
-      },
-      5s));
+  CHECK(wait_until([&] { return closed(victim.get()); }, 5s));
   CHECK(scalar(other.get(), "select 3") == "3");
 
   query(adm.get(), "SHUTDOWN");
@@ -576,14 +577,7 @@ TEST_CASE("PAUSE waits for a shard's transactions and holds new ones; RESUME and
   query(held.get(), "BEGIN");
   query(held.get(), "select 1");
   query(adm.get(), "KILL s1");
-  CHECK(wait_until(
-      [&] {
-        PGresult* r = PQexec(held.get(), "select 1");
-        const bool gone = PQresultStatus(r) != PGRES_TUPLES_OK;
-        PQclear(r);
-        return gone;
-      },
-      5s));
+  CHECK(wait_until([&] { return closed(held.get()); }, 5s));
   CHECK(scalar(other.get(), "select 8") == "8");
   CHECK(scalar(adm.get(), "SHOW VERSION").rfind("pgshard", 0) == 0);
 }
