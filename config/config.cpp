@@ -4,7 +4,10 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
+#include <cstdlib>
+#include <cstring>
 #include <fstream>
 #include <initializer_list>
 #include <set>
@@ -734,8 +737,57 @@ std::optional<Millis> parse_duration(std::string_view text) {
   return std::nullopt;
 }
 
-std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& name) {
+// ${NAME} in the file is the environment variable NAME (passwords from a Kubernetes Secret,
+// say); $${ is a literal ${. An unset variable is an error at its line.
+std::string expand_environment(const std::string& text, const std::string& name) {
+  std::string out;
+  std::vector<std::string> errors;
+  int line = 1;
+  for (std::size_t i = 0; i < text.size(); ++i) {
+    if (text[i] == '\n') ++line;
+    if (text.compare(i, 3, "$${") == 0) {
+      out += "${";
+      i += 2;
+      continue;
+    }
+    if (text.compare(i, 2, "${") != 0) {
+      out += text[i];
+      continue;
+    }
+    const auto end = text.find('}', i + 2);
+    const std::string var = end == std::string::npos ? "" : text.substr(i + 2, end - i - 2);
+    const bool valid = !var.empty() && !std::isdigit(static_cast<unsigned char>(var[0])) &&
+                       std::all_of(var.begin(), var.end(), [](char c) {
+                         return std::isalnum(static_cast<unsigned char>(c)) || c == '_';
+                       });
+    if (!valid) {
+      errors.push_back(name + ":" + std::to_string(line) +
+                       ": ${ must name an environment variable: ${NAME} (write $${ for a literal)");
+      out += text[i];
+      continue;
+    }
+    const char* value = std::getenv(var.c_str());
+    if (!value)
+      errors.push_back(name + ":" + std::to_string(line) + ": environment variable " + var +
+                       " is not set");
+    else if (std::strchr(value, '\n'))
+      errors.push_back(name + ":" + std::to_string(line) + ": environment variable " + var +
+                       " holds a line break");
+    else
+      out += value;
+    i = end;
+  }
+  if (!errors.empty()) {
+    std::string all;
+    for (const auto& e : errors) all += (all.empty() ? "" : "\n") + e;
+    throw ConfigError(all);
+  }
+  return out;
+}
+
+std::shared_ptr<const Config> load_string(const std::string& text, const std::string& name) {
   YAML::Node root;
+  const std::string yaml = expand_environment(text, name);
   try {
     root = YAML::Load(yaml);
   } catch (const YAML::Exception& e) {

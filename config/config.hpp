@@ -165,7 +165,8 @@ struct Config {
 // reference table dropped): one message naming each change, empty when it may apply.
 std::vector<std::string> reload_refusals(const Config& running, const Config& next);
 
-// Loads and validates; throws ConfigError listing every problem found.
+// Loads and validates; throws ConfigError listing every problem found. ${NAME} anywhere in
+// the text is the environment variable NAME (an unset one is an error); $${ is a literal ${.
 std::shared_ptr<const Config> load_file(const std::string& path);
 std::shared_ptr<const Config> load_string(const std::string& yaml, const std::string& name);
 

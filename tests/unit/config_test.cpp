@@ -129,3 +129,20 @@ TEST_CASE("postgres URLs parse", "[config]") {
   CHECK_FALSE(parse_pg_url("postgres://u@/db", &err));
   CHECK_FALSE(parse_pg_url("postgres://h/db?sslmode=require", &err));
 }
+
+TEST_CASE("${NAME} in the map is an environment variable; unset ones are errors", "[config]") {
+  ::setenv("PGSHARD_TEST_PW", "from-env", 1);
+  ::unsetenv("PGSHARD_TEST_UNSET");
+  const std::string map =
+      "users: [{ name: app, password: \"${PGSHARD_TEST_PW}\" }]\n"
+      "shards: [{ name: s0, primary: \"postgres://app:${PGSHARD_TEST_PW}@h/app\" }]\n"
+      "sharded_tables: [{ table: t, column: id }]\n"
+      "log_level: info # $${literal}\n";
+  auto cfg = load_string(map, "t.yaml");
+  CHECK(cfg->users[0].plaintext == "from-env");
+  CHECK(cfg->shards[0].primary.password == "from-env");
+  CHECK(error_of("users: [{ name: app, password: \"${PGSHARD_TEST_UNSET}\" }]\n") ==
+        "t.yaml:1: environment variable PGSHARD_TEST_UNSET is not set");
+  CHECK(error_of("\nusers: ${not valid}\n").find("t.yaml:2: ${ must name an environment variable") ==
+        0);
+}

@@ -1,0 +1,132 @@
+#!/usr/bin/python3
+"""Static checks of what ships: every Kubernetes manifest loads into the object models of
+the Kubernetes Python client with no unknown field; each pgshard.yaml they (and the compose
+file) carry passes `pgshard check` with its ${...} variables set; grace periods exceed
+pgshard's shutdown timeout; the compose file names the Dockerfile and services it needs.
+   check_manifests.py PGSHARD_BINARY REPO_ROOT"""
+import glob
+import os
+import re
+import subprocess
+import sys
+import tempfile
+
+import kubernetes.client as k8s
+import yaml
+
+BINARY, ROOT = sys.argv[1], sys.argv[2]
+problems = []
+
+KINDS = {("v1", "Secret"): "V1Secret", ("v1", "ConfigMap"): "V1ConfigMap",
+         ("v1", "Service"): "V1Service", ("apps/v1", "Deployment"): "V1Deployment",
+         ("policy/v1", "PodDisruptionBudget"): "V1PodDisruptionBudget"}
+PRIMITIVE = {"str", "int", "bool", "float", "object", "datetime", "date"}
+
+
+def check_model(value, type_name, where):
+    """Walks `value` against the client's model `type_name`: unknown keys are problems."""
+    if type_name in PRIMITIVE:
+        return
+    m = re.match(r"list\[(.*)\]$", type_name)
+    if m:
+        if not isinstance(value, list):
+            problems.append(f"{where}: expected a list")
+            return
+        for i, item in enumerate(value):
+            check_model(item, m.group(1), f"{where}[{i}]")
+        return
+    m = re.match(r"dict\(str, (.*)\)$", type_name)
+    if m:
+        for k, v in (value or {}).items():
+            check_model(v, m.group(1), f"{where}.{k}")
+        return
+    cls = getattr(k8s, type_name)
+    by_json = {json_key: attr for attr, json_key in cls.attribute_map.items()}
+    if not isinstance(value, dict):
+        problems.append(f"{where}: expected an object ({type_name})")
+        return
+    for key, v in value.items():
+        if key not in by_json:
+            problems.append(f"{where}: unknown field '{key}' in {type_name}")
+            continue
+        check_model(v, cls.openapi_types[by_json[key]], f"{where}.{key}")
+
+
+def duration_s(text):
+    m = re.match(r"^(\d+)(ms|s|min)$", text)
+    return int(m.group(1)) / {"ms": 1000, "s": 1, "min": 1 / 60}[m.group(2)] if m else None
+
+
+def pgshard_check(config_text, env, where):
+    with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
+        f.write(config_text)
+    r = subprocess.run([BINARY, "check", f.name], capture_output=True, text=True,
+                       env={**os.environ, **env})
+    os.unlink(f.name)
+    if r.returncode != 0:
+        problems.append(f"{where}: pgshard check: {r.stdout}{r.stderr}".strip())
+    cfg = yaml.safe_load(config_text.replace("${", "x{"))
+    return duration_s((cfg.get("timeouts") or {}).get("shutdown", "30s"))
+
+
+for path in sorted(glob.glob(os.path.join(ROOT, "deploy/kubernetes/*.yaml"))):
+    name = os.path.relpath(path, ROOT)
+    docs = [d for d in yaml.safe_load_all(open(path)) if d]
+    secrets = {}
+    configs = {}
+    for d in docs:
+        kind = KINDS.get((d.get("apiVersion"), d.get("kind")))
+        if not kind:
+            problems.append(f"{name}: unexpected {d.get('apiVersion')} {d.get('kind')}")
+            continue
+        check_model(d, kind, f"{name}:{d['kind']}/{d['metadata']['name']}")
+        if d["kind"] == "Secret":
+            secrets.update(d.get("stringData") or {})
+        if d["kind"] == "ConfigMap" and "pgshard.yaml" in d.get("data", {}):
+            configs[d["metadata"]["name"]] = d["data"]["pgshard.yaml"]
+    shutdown = {n: pgshard_check(text, secrets, f"{name}:ConfigMap/{n}") for n, text in configs.items()}
+    for d in docs:
+        if d.get("kind") != "Deployment":
+            continue
+        spec = d["spec"]["template"]["spec"]
+        grace = spec.get("terminationGracePeriodSeconds", 30)
+        for v in spec.get("volumes", []):
+            cm = (v.get("configMap") or {}).get("name")
+            if cm in shutdown and shutdown[cm] is not None and grace <= shutdown[cm]:
+                problems.append(f"{name}: Deployment/{d['metadata']['name']}: "
+                                f"terminationGracePeriodSeconds {grace} <= pgshard shutdown {shutdown[cm]}s")
+        for c in spec["containers"]:
+            if c.get("image", "").startswith("pgshard") and not (
+                    c.get("livenessProbe") and c.get("readinessProbe") and c.get("resources")):
+                problems.append(f"{name}: container {c['name']} lacks probes or resources")
+    print(f"{name}: {len(docs)} objects checked")
+
+compose_path = os.path.join(ROOT, "docker/compose.yaml")
+compose = yaml.safe_load(open(compose_path))
+services = compose.get("services", {})
+for s in ("shard0", "shard1", "shard2", "pgshard"):
+    if s not in services:
+        problems.append(f"docker/compose.yaml: no service {s}")
+build = services.get("pgshard", {}).get("build", {})
+dockerfile = os.path.normpath(os.path.join(ROOT, "docker", build.get("context", "."),
+                                           build.get("dockerfile", "Dockerfile")))
+if not os.path.isfile(dockerfile):
+    problems.append(f"docker/compose.yaml: Dockerfile {dockerfile} missing")
+for volume in services.get("pgshard", {}).get("volumes", []):
+    src = os.path.normpath(os.path.join(ROOT, "docker", volume.split(":")[0]))
+    if src.endswith(".yaml"):
+        pgshard_check(open(src).read(), {}, "docker/compose.yaml pgshard config")
+for name, s in services.items():
+    for volume in s.get("volumes", []):
+        src = os.path.normpath(os.path.join(ROOT, "docker", volume.split(":")[0]))
+        if not os.path.exists(src):
+            problems.append(f"docker/compose.yaml: {name} mounts missing {src}")
+docker = open(os.path.join(ROOT, "docker/Dockerfile")).read()
+for copied in re.findall(r"^COPY (?!--from)(\S+)", docker, re.M):
+    if not os.path.exists(os.path.join(ROOT, copied)):
+        problems.append(f"docker/Dockerfile: COPY of missing {copied}")
+print("docker/compose.yaml and docker/Dockerfile checked")
+
+for p in problems:
+    print("PROBLEM:", p)
+sys.exit(1 if problems else 0)
