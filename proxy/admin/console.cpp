@@ -32,8 +32,28 @@ awaitable<Snapshot> collect(server::Shared& shared) {
   if (shared.decisions.is_open()) s.in_doubt = shared.decisions.pending().size();
   s.committed_2pc = shared.committed_2pc.load();
   s.rolled_back_2pc = shared.rolled_back_2pc.load();
+  {
+    std::lock_guard lock(shared.stats_mu);
+    if (shared.period_prev && shared.period_last)
+      s.period.emplace(*shared.period_prev, *shared.period_last);
+  }
   s.taken = Clock::now();
   co_return s;
+}
+
+awaitable<void> mark_stats_periods(server::Shared& shared) {
+  asio::steady_timer tick(co_await asio::this_coro::executor);
+  while (!shared.shutting_down) {
+    tick.expires_after(server::Shared::kStatsPeriod);
+    auto [ec] = co_await tick.async_wait(use_nothrow);
+    if (ec || shared.shutting_down) co_return;
+    const auto snap = co_await collect(shared);
+    PeriodMark mark{Clock::now(), {}};
+    for (const auto& r : snap.shards()) mark.shards[r.shard] = ShardTotals::of(r.counters);
+    std::lock_guard lock(shared.stats_mu);
+    shared.period_prev = std::move(shared.period_last);
+    shared.period_last = std::move(mark);
+  }
 }
 
 namespace {
@@ -181,8 +201,29 @@ std::string show_pools(const Snapshot& s, const config::Config& cfg) {
 // STATS, STATS_TOTALS and STATS_AVERAGES: per shard. Bytes are those pgshard sent to and
 // received from the shard; times are in microseconds, as PgBouncer's.
 std::string show_stats(const Snapshot& s, bool totals, bool averages) {
-  const double up = seconds_up(s);
-  auto per_second = [&](uint64_t v) { return static_cast<uint64_t>(static_cast<double>(v) / up); };
+  // Averages: over the last stats period once one has passed, else since the start.
+  double span = seconds_up(s);
+  if (s.period)
+    span = std::max(
+        1e-3, std::chrono::duration<double>(s.period->second.at - s.period->first.at).count());
+  auto avg = [&](int shard, const pool::Counters& now) {
+    ShardTotals d = ShardTotals::of(now);
+    if (s.period) {
+      auto get = [&](const PeriodMark& m) {
+        auto it = m.shards.find(shard);
+        return it == m.shards.end() ? ShardTotals{} : it->second;
+      };
+      const ShardTotals a = get(s.period->first), b = get(s.period->second);
+      d = {b.xacts - a.xacts,           b.queries - a.queries,
+           b.bytes_sent - a.bytes_sent, b.bytes_received - a.bytes_received,
+           b.xact_us - a.xact_us,       b.query_us - a.query_us,
+           b.wait_us - a.wait_us,       b.waits - a.waits};
+    }
+    return d;
+  };
+  auto per_second = [&](uint64_t v) {
+    return static_cast<uint64_t>(static_cast<double>(v) / span);
+  };
   auto mean = [](uint64_t sum, uint64_t n) { return n ? sum / n : 0; };
   if (totals || averages) {
     Table t{{"database", kText},       {"xact_count", kInt8}, {"query_count", kInt8},
@@ -193,11 +234,12 @@ std::string show_stats(const Snapshot& s, bool totals, bool averages) {
       if (totals)
         t << r.shard_name << c.xacts << c.queries << c.bytes_sent << c.bytes_received
           << c.xact_time.sum_us << c.query_time.sum_us << c.wait_us;
-      else
-        t << r.shard_name << per_second(c.xacts) << per_second(c.queries)
-          << per_second(c.bytes_sent) << per_second(c.bytes_received)
-          << mean(c.xact_time.sum_us, c.xacts) << mean(c.query_time.sum_us, c.queries)
-          << mean(c.wait_us, c.waits);
+      else {
+        const auto d = avg(r.shard, c);
+        t << r.shard_name << per_second(d.xacts) << per_second(d.queries)
+          << per_second(d.bytes_sent) << per_second(d.bytes_received) << mean(d.xact_us, d.xacts)
+          << mean(d.query_us, d.queries) << mean(d.wait_us, d.waits);
+      }
       t.end_row();
     }
     return t.write("SHOW");
@@ -209,11 +251,11 @@ std::string show_stats(const Snapshot& s, bool totals, bool averages) {
           {"avg_xact_time", kInt8},    {"avg_query_time", kInt8},   {"avg_wait_time", kInt8}};
   for (const auto& r : s.shards()) {
     const auto& c = r.counters;
+    const auto d = avg(r.shard, c);
     t << r.shard_name << c.xacts << c.queries << c.bytes_sent << c.bytes_received
-      << c.xact_time.sum_us << c.query_time.sum_us << c.wait_us << per_second(c.xacts)
-      << per_second(c.queries) << per_second(c.bytes_sent) << per_second(c.bytes_received)
-      << mean(c.xact_time.sum_us, c.xacts) << mean(c.query_time.sum_us, c.queries)
-      << mean(c.wait_us, c.waits);
+      << c.xact_time.sum_us << c.query_time.sum_us << c.wait_us << per_second(d.xacts)
+      << per_second(d.queries) << per_second(d.bytes_sent) << per_second(d.bytes_received)
+      << mean(d.xact_us, d.xacts) << mean(d.query_us, d.queries) << mean(d.wait_us, d.waits);
     t.end_row();
   }
   return t.write("SHOW");

@@ -5,6 +5,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -100,6 +101,28 @@ struct WorkerSnapshot {
   uint64_t cache_misses = 0;
 };
 
+// A shard's running totals at one moment, for averages over a stats period.
+struct ShardTotals {
+  uint64_t xacts = 0, queries = 0, bytes_sent = 0, bytes_received = 0;
+  uint64_t xact_us = 0, query_us = 0, wait_us = 0, waits = 0;
+  static ShardTotals of(const pool::Counters& c) {
+    return {c.xacts,
+            c.queries,
+            c.bytes_sent,
+            c.bytes_received,
+            c.xact_time.sum_us,
+            c.query_time.sum_us,
+            c.wait_us,
+            c.waits};
+  }
+};
+
+// Totals per shard index taken at the end of a stats period.
+struct PeriodMark {
+  Clock::time_point at;
+  std::map<int, ShardTotals> shards;
+};
+
 // The whole process at one moment (the workers answer one after another).
 struct Snapshot {
   std::vector<WorkerSnapshot> workers;
@@ -111,6 +134,9 @@ struct Snapshot {
   std::size_t in_doubt = 0;  // two-phase commits decided, not yet finished everywhere
   uint64_t committed_2pc = 0;
   uint64_t rolled_back_2pc = 0;
+  // The last two stats period marks (SHOW STATS averages are over the period between
+  // them); empty until two periods have passed (averages then run from the start).
+  std::optional<std::pair<PeriodMark, PeriodMark>> period;
 
   // Pools of every worker added up per (shard, user), in shard order.
   std::vector<PoolRow> pools() const;

@@ -526,6 +526,7 @@ int Server::run() {
       });
   deadlocks_->start();
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
+  asio::co_spawn(main_ctx_, admin::mark_stats_periods(shared_), asio::detached);
   main_ctx_.run();
   if (http_) http_->stop();
   deadlocks_->stop();

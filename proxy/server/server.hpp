@@ -68,6 +68,10 @@ struct Shared {
   std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
   std::vector<Worker*> workers;              // for the admin console and /metrics
   Clock::time_point started = Clock::now();
+  // The stats period marks (see admin::Snapshot::period), written every kStatsPeriod.
+  static constexpr auto kStatsPeriod = std::chrono::seconds(15);
+  std::mutex stats_mu;
+  std::optional<admin::PeriodMark> period_prev, period_last;
 };
 
 class Worker {

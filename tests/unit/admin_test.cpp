@@ -212,3 +212,23 @@ TEST_CASE("reload: what may change live and what is refused, by name", "[admin]"
                       "name: s9, primary: \"postgres://app:secret@127.0.0.1:5432/app\"");
   CHECK(refused(*swapped).find("shard 0 renamed or reordered: s0 -> s9") == 0);
 }
+
+TEST_CASE("SHOW STATS averages run over the last stats period once there is one", "[admin]") {
+  auto cfg = config::load_string(kMap, "t.yaml");
+  auto snap = two_workers();  // 20 requests on s1 in total, over 100 s
+  auto avg_queries = [&] {
+    const auto reply = admin::answer("SHOW STATS_AVERAGES", snap, *cfg, false);
+    std::string value;
+    for (const auto m : protocol::frames(reply))
+      if (m.frame.type == protocol::msg::kDataRow)
+        value = std::string(*protocol::DataRow::parse(m.frame.body)->values[2]);
+    return value;
+  };
+  CHECK(avg_queries() == "0");  // 20 over 100 s, rounded down
+  const auto end = Clock::now();
+  admin::PeriodMark a{end - std::chrono::seconds(10), {}}, b{end, {}};
+  a.shards[1].queries = 5;
+  b.shards[1].queries = 105;
+  snap.period.emplace(a, b);
+  CHECK(avg_queries() == "10");  // 100 in the 10 s period
+}
