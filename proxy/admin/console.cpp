@@ -41,21 +41,6 @@ awaitable<Snapshot> collect(server::Shared& shared) {
   co_return s;
 }
 
-awaitable<void> mark_stats_periods(server::Shared& shared) {
-  asio::steady_timer tick(co_await asio::this_coro::executor);
-  while (!shared.shutting_down) {
-    tick.expires_after(server::Shared::kStatsPeriod);
-    auto [ec] = co_await tick.async_wait(use_nothrow);
-    if (ec || shared.shutting_down) co_return;
-    const auto snap = co_await collect(shared);
-    PeriodMark mark{Clock::now(), {}};
-    for (const auto& r : snap.shards()) mark.shards[r.shard] = ShardTotals::of(r.counters);
-    std::lock_guard lock(shared.stats_mu);
-    shared.period_prev = std::move(shared.period_last);
-    shared.period_last = std::move(mark);
-  }
-}
-
 namespace {
 
 constexpr int32_t kText = 25;

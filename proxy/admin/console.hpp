@@ -25,8 +25,6 @@ inline constexpr std::string_view kConsoleDatabase = "pgshard";
 
 // Every worker's snapshot, gathered on the workers' own threads.
 awaitable<Snapshot> collect(server::Shared& shared);
-// Marks the end of each stats period (SHOW STATS averages) until shutdown.
-awaitable<void> mark_stats_periods(server::Shared& shared);
 
 // Answers the console's commands for a logged-in client until it leaves. `welcome` is
 // sent first (authentication ok and the parameters; the caller built it).

@@ -265,24 +265,17 @@ void Worker::dump_sessions() {
 }
 
 std::vector<txn::WaitingTxn> Worker::waiting_txns() {
-  auto done = std::make_shared<std::promise<std::vector<txn::WaitingTxn>>>();
-  auto got = done->get_future();
-  asio::post(*ctx_, [this, done] {
-    std::vector<txn::WaitingTxn> out;
-    for (auto& [ptr, weak] : sessions_)
-      if (auto s = weak.lock())
-        if (auto t = s->waiting_txn()) {
-          t->worker = index_;
-          out.push_back(std::move(*t));
-        }
-    done->set_value(std::move(out));
-  });
-  if (got.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return {};
-  try {
-    return got.get();
-  } catch (const std::future_error&) {
-    return {};  // the worker stopped and dropped the request
-  }
+  return ask([this] {
+           std::vector<txn::WaitingTxn> out;
+           for (auto& [ptr, weak] : sessions_)
+             if (auto s = weak.lock())
+               if (auto t = s->waiting_txn()) {
+                 t->worker = index_;
+                 out.push_back(std::move(*t));
+               }
+           return out;
+         })
+      .value_or(std::vector<txn::WaitingTxn>{});
 }
 
 void Worker::cancel_victim(const txn::Victim& v) {
@@ -526,7 +519,23 @@ int Server::run() {
       });
   deadlocks_->start();
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
-  asio::co_spawn(main_ctx_, admin::mark_stats_periods(shared_), asio::detached);
+  stats_thread_ = std::thread([this] {
+    // Every stats period: the shards' totals, for SHOW STATS averages.
+    while (!shared_.shutting_down) {
+      const auto until = Clock::now() + Shared::kStatsPeriod;
+      while (!shared_.shutting_down && Clock::now() < until)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (shared_.shutting_down) break;
+      admin::Snapshot snap;
+      for (auto& w : workers_)
+        if (auto s = w->ask([w = w.get()] { return w->snapshot(); })) snap.workers.push_back(*s);
+      admin::PeriodMark mark{Clock::now(), {}};
+      for (const auto& r : snap.shards()) mark.shards[r.shard] = admin::ShardTotals::of(r.counters);
+      std::lock_guard lock(shared_.stats_mu);
+      shared_.period_prev = std::move(shared_.period_last);
+      shared_.period_last = std::move(mark);
+    }
+  });
   main_ctx_.run();
   if (http_) http_->stop();
   deadlocks_->stop();
@@ -534,6 +543,7 @@ int Server::run() {
   for (auto& w : workers_) w->join();
   shared_.shutting_down = true;
   if (recovery_thread_.joinable()) recovery_thread_.join();
+  if (stats_thread_.joinable()) stats_thread_.join();
   spdlog::info("pgshard stopped");
   return 0;
 }

@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <functional>
+#include <future>
 #include <list>
 #include <map>
 #include <memory>
@@ -139,6 +140,10 @@ class Worker {
   // hold servers on several shards (empty if the worker does not answer in time), and the
   // cancel of a victim.
   std::vector<txn::WaitingTxn> waiting_txns();
+  // Runs `f` on the worker's thread and returns its result to a thread outside the
+  // workers (nullopt if the worker does not answer within a second).
+  template <typename F>
+  auto ask(F f) -> std::optional<decltype(f())>;
   void cancel_victim(const txn::Victim& v);
 
   void start();
@@ -183,15 +188,31 @@ class Server {
   bool reload(std::string* report);
   void install(std::shared_ptr<const config::Config> cfg);
   // Order matters for destruction: main_ctx_ (and the accept still pending on it, which
-  // refers to a worker's socket service) goes before the workers.
+  // refers to a worker's socket service) goes before the workers; the HTTP endpoint's
+  // context after them (a worker may still hold a snapshot request of it).
   Shared shared_;
+  std::unique_ptr<admin::HttpServer> http_;
   std::vector<std::unique_ptr<Worker>> workers_;
   asio::io_context main_ctx_{1};
   std::thread recovery_thread_;
   std::optional<txn::DeadlockDetector> deadlocks_;
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
-  std::unique_ptr<admin::HttpServer> http_;
+  std::thread stats_thread_;  // marks the stats periods (SHOW STATS averages)
 };
+
+template <typename F>
+auto Worker::ask(F f) -> std::optional<decltype(f())> {
+  using T = decltype(f());
+  auto done = std::make_shared<std::promise<T>>();
+  auto got = done->get_future();
+  asio::post(*ctx_, [done, f = std::move(f)]() mutable { done->set_value(f()); });
+  if (got.wait_for(std::chrono::seconds(1)) != std::future_status::ready) return std::nullopt;
+  try {
+    return got.get();
+  } catch (const std::future_error&) {
+    return std::nullopt;  // the worker stopped and dropped the request
+  }
+}
 
 }  // namespace pgshard::server
