@@ -125,6 +125,23 @@ docker = open(os.path.join(ROOT, "docker/Dockerfile")).read()
 for copied in re.findall(r"^COPY (?!--from)(\S+)", docker, re.M):
     if not os.path.exists(os.path.join(ROOT, copied)):
         problems.append(f"docker/Dockerfile: COPY of missing {copied}")
+# The runtime stage installs Debian 12 packages by name: each must be a real package (the
+# build machine runs Debian 12 and has them, as dependencies of the -dev packages).
+runtime = docker.split("FROM debian:bookworm-slim", 1)[-1]
+m = re.search(r"apt-get install -y --no-install-recommends \\\n(.*?)\\\n", runtime, re.S)
+packages = m.group(1).split() if m else []
+if not packages:
+    problems.append("docker/Dockerfile: no runtime package list found")
+for pkg in packages:
+    if subprocess.run(["dpkg-query", "-W", pkg], capture_output=True).returncode != 0:
+        problems.append(f"docker/Dockerfile: runtime package {pkg} is not a Debian 12 package here")
+# Every shared library the binary needs comes from one of them (or their dependencies).
+ldd = subprocess.run(["ldd", BINARY], capture_output=True, text=True).stdout
+direct = {"libpg_query": "libpg-query1504.0", "libspdlog": "libspdlog1.10",
+          "libyaml-cpp": "libyaml-cpp0.7", "libpq.so": "libpq5", "libssl.so": "libssl3"}
+for lib, pkg in direct.items():
+    if lib in ldd and pkg not in packages:
+        problems.append(f"docker/Dockerfile: pgshard links {lib} but the runtime lacks {pkg}")
 print("docker/compose.yaml and docker/Dockerfile checked")
 
 for p in problems:
