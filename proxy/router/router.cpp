@@ -308,13 +308,14 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   std::shared_ptr<const Analysis> a =
       ctx.cache ? ctx.cache->get(sql, cfg)
                 : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  // (Every return names `r`: the Route, large, is built in the caller's place.)
   Route r = by_parser_placed(a, sql, cfg, ctx);
   if (a->statements > 1 && r.kind == RouteKind::kShard && r.shards.size() > 1 && !r.ddl) {
     // Each statement would need its own merge (and one implicit transaction across the
     // shards); concatenating the shards' answers would be wrong, so refuse the whole Query.
     // DDL scripts run shard by shard and answer once (migrations send them whole).
-    return refuse("a Query of several statements that needs several shards is not supported",
-                  "send the statements one at a time, or keep them on one shard");
+    r = refuse("a Query of several statements that needs several shards is not supported",
+               "send the statements one at a time, or keep them on one shard");
   }
   return r;
 }
@@ -348,17 +349,18 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     case Analysis::Target::kAllShards:
       every_shard(r, cfg);
       return r;
-    case Analysis::Target::kError: {
-      Route e = refuse(a->error, a->hint);
-      return e;
-    }
+    case Analysis::Target::kError:
+      r = refuse(a->error, a->hint);
+      return r;
     case Analysis::Target::kUnsharded:
       switch (cfg.unsharded.policy) {
-        case config::Unsharded::Policy::kReject:
-          return refuse(
+        case config::Unsharded::Policy::kReject: {
+          r = refuse(
               "statement uses tables that are not in pgshard's shard map (unsharded: reject)",
               "add the tables to sharded_tables or reference_tables, set unsharded, or use a shard "
               "hint");
+          return r;
+        }
         case config::Unsharded::Policy::kShard:
           r.shard = cfg.unsharded.shard;
           if (ctx.reasons)
@@ -433,26 +435,28 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   }
   if (undecodable) {
     // A key we cannot read is never guessed: reads go everywhere, writes are refused.
-    if (r.write)
-      return refuse("cannot read the shard key from parameter $" + std::to_string(undecodable) +
-                        " (its binary format is not one pgshard decodes for " +
-                        config::to_string(table.type) + ")",
-                    "send the parameter in text format");
+    if (r.write) {
+      r = refuse("cannot read the shard key from parameter $" + std::to_string(undecodable) +
+                     " (its binary format is not one pgshard decodes for " +
+                     config::to_string(table.type) + ")",
+                 "send the parameter in text format");
+      return r;
+    }
     every_shard(r, cfg);
     return r;
   }
   if (!lookups.empty()) {
-    Route l;
-    l.kind = RouteKind::kLookup;
-    l.lookups = std::move(lookups);
-    return l;
+    r = Route{};
+    r.kind = RouteKind::kLookup;
+    r.lookups = std::move(lookups);
+    return r;
   }
   if (!placement_error.empty() && r.write) {
-    Route e;
-    e.kind = RouteKind::kError;
-    e.error = protocol::error("23514", placement_error, {},
+    r = Route{};
+    r.kind = RouteKind::kError;
+    r.error = protocol::error("23514", placement_error, {},
                               "add a range or list entry for it, or a default shard");
-    return e;
+    return r;
   }
   if (shards.empty()) {
     // Nothing to place by: the statement cannot match rows (NULL or invalid key) or is only
@@ -469,11 +473,13 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       text = param_text(*ctx.bind, a->new_key->param, table.type);
     if (text) {
       auto moved = place_key(table, *text, n).shard;
-      if (moved && (shards.size() != 1 || *moved != *shards.begin()))
-        return refuse("UPDATE would move rows of \"" + table.table + "\" to another shard (" +
-                          table.column + " = " + *text + " belongs on shard " +
-                          cfg.shards[static_cast<std::size_t>(*moved)].name + ")",
-                      "delete the row and insert it again with the new key");
+      if (moved && (shards.size() != 1 || *moved != *shards.begin())) {
+        r = refuse("UPDATE would move rows of \"" + table.table + "\" to another shard (" +
+                       table.column + " = " + *text + " belongs on shard " +
+                       cfg.shards[static_cast<std::size_t>(*moved)].name + ")",
+                   "delete the row and insert it again with the new key");
+        return r;
+      }
     }
   }
   if (ctx.reasons)
@@ -492,10 +498,12 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     if (literal_rows && row_shard.size() == a->keys.size() &&
         std::find(row_shard.begin(), row_shard.end(), -1) == row_shard.end())
       parts = split_insert(sql, row_shard);
-    if (!parts)
-      return refuse("INSERT rows belong on different shards (" + shard_list(shards, cfg) +
-                        ") and this INSERT cannot be split (parameters or expressions)",
-                    "insert the rows in separate statements");
+    if (!parts) {
+      r = refuse("INSERT rows belong on different shards (" + shard_list(shards, cfg) +
+                     ") and this INSERT cannot be split (parameters or expressions)",
+                 "insert the rows in separate statements");
+      return r;
+    }
     r.per_shard_sql = std::move(*parts);
     r.insert_row_shards = row_shard;
     for (const auto& k : a->keys) r.insert_row_keys.push_back(key_identity(table.type, k.literal));
@@ -561,7 +569,7 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
     if (cfg.router_parse && hinted->kind == RouteKind::kShard)
       take_session_effects(*hinted,
                            ctx.cache ? *ctx.cache->get(sql, cfg) : analyze_statement(sql, cfg));
-    return *hinted;
+    return std::move(*hinted);
   }
   if (!cfg.router_parse) {
     Route r;
@@ -775,15 +783,16 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
                      const Context& ctx) {
   Settings a = analyze(sql);
   SessionHints after = hints;
-  if (auto err = apply(a, after, cfg)) {
-    Route r;
+  // One named result, returned once: built in the caller's place (a Route is large).
+  const auto err = apply(a, after, cfg);
+  Route r = err ? Route{} : pick_or_explain(a, after, cfg, sql, ctx);
+  if (err) {
     r.kind = RouteKind::kError;
     r.error = *err;
     r.hints = hints;
-    return r;
+  } else {
+    r.hints = std::move(after);
   }
-  Route r = pick_or_explain(a, after, cfg, sql, ctx);
-  r.hints = std::move(after);
   return r;
 }
 
