@@ -408,9 +408,9 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);
   if (root["log_format"])
-    cfg->log_json = c.choice<bool>(root["log_format"], "log_format",
-                                   {{"text", false}, {"json", true}})
-                        .value_or(false);
+    cfg->log_json =
+        c.choice<bool>(root["log_format"], "log_format", {{"text", false}, {"json", true}})
+            .value_or(false);
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
   if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
   if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);

@@ -115,8 +115,8 @@ awaitable<bool> Login::negotiate() {
                                            "received unencrypted data after SSL request"));
           co_return false;
         }
-        const bool offer =
-            worker_.shared().tls() && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
+        const bool offer = worker_.shared().tls() && !stream_.tls() &&
+                           config_.tls.mode != config::TlsMode::kDisable;
         if (!co_await write(offer ? "S" : "N")) co_return false;
         if (offer) {
           if (auto ec = co_await stream_.handshake(*worker_.shared().tls())) {

@@ -143,6 +143,7 @@ TEST_CASE("${NAME} in the map is an environment variable; unset ones are errors"
   CHECK(cfg->shards[0].primary.password == "from-env");
   CHECK(error_of("users: [{ name: app, password: \"${PGSHARD_TEST_UNSET}\" }]\n") ==
         "t.yaml:1: environment variable PGSHARD_TEST_UNSET is not set");
-  CHECK(error_of("\nusers: ${not valid}\n").find("t.yaml:2: ${ must name an environment variable") ==
-        0);
+  CHECK(
+      error_of("\nusers: ${not valid}\n").find("t.yaml:2: ${ must name an environment variable") ==
+      0);
 }
