@@ -618,18 +618,15 @@ std::vector<std::string> reload_refusals(const Config& a, const Config& b) {
       differs(x.weight != y.weight, "shard " + x.name + " weight (ring placement would move rows)");
     }
   }
-  auto table = [](const ShardedTable& t) {
-    return (t.schema.empty() ? "" : t.schema + ".") + t.table;
-  };
   for (const auto& x : a.sharded_tables) {
     const ShardedTable* y = nullptr;
     for (const auto& t : b.sharded_tables)
-      if (table(t) == table(x)) y = &t;
+      if (t.qualified_name() == x.qualified_name()) y = &t;
     if (!y) {
-      out.push_back("sharded table " + table(x) + " removed (reshard)");
+      out.push_back("sharded table " + x.qualified_name() + " removed (reshard)");
       continue;
     }
-    const std::string n = "sharded table " + table(x) + ": ";
+    const std::string n = "sharded table " + x.qualified_name() + ": ";
     differs(x.column != y->column,
             n + "key column " + x.column + " -> " + y->column + " (reshard)");
     differs(x.type != y->type,
@@ -651,8 +648,8 @@ std::vector<std::string> reload_refusals(const Config& a, const Config& b) {
   }
   for (const auto& t : b.sharded_tables) {
     bool known = false;
-    for (const auto& x : a.sharded_tables) known |= table(x) == table(t);
-    differs(!known, "sharded table " + table(t) +
+    for (const auto& x : a.sharded_tables) known |= x.qualified_name() == t.qualified_name();
+    differs(!known, "sharded table " + t.qualified_name() +
                         " added (its rows live where unsharded ones do: "
                         "reshard)");
   }

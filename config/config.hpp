@@ -90,6 +90,8 @@ struct ShardedTable {
   std::string directory_table = "pgshard_directory";
   Millis directory_ttl{30000};
   int default_shard = -1;  // range/list: keys outside every range/list
+  // "schema.table", or "table" when any schema.
+  std::string qualified_name() const { return schema.empty() ? table : schema + "." + table; }
 };
 
 // The ring of virtual nodes for `shards` (consistent hashing).

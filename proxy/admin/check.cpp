@@ -34,10 +34,6 @@ bool key_type_matches(config::KeyType t, const std::string& type) {
   return false;
 }
 
-std::string name_of(const config::ShardedTable& t) {
-  return t.schema.empty() ? t.table : t.schema + "." + t.table;
-}
-
 std::string describe(const Columns& c) {
   std::string out;
   for (const auto& [n, t] : c) out += (out.empty() ? "" : ", ") + n + " " + t;
@@ -90,7 +86,7 @@ int check_live(const config::Config& cfg, std::ostream& out) {
         "where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped "
         "order by a.attnum";
     for (const auto& t : cfg.sharded_tables) {
-      const auto name = name_of(t);
+      const auto name = t.qualified_name();
       Columns cols;
       for (auto& row : ask(columns_sql, name)) cols.emplace_back(row[0], row[1]);
       if (cols.empty()) {

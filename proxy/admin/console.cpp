@@ -665,8 +665,10 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
       }
       if (parts.empty()) parts.push_back({});
       for (const auto part : parts) {
-        const bool needs = !words(part).empty() && upper(words(part)[0]) != "SHUTDOWN";
-        if (admin && words(part).size() == 1 && upper(words(part)[0]) == "RELOAD") {
+        const auto w = words(part);
+        const std::string verb = w.empty() ? std::string() : upper(w[0]);
+        const bool needs = !w.empty() && verb != "SHUTDOWN";
+        if (admin && w.size() == 1 && verb == "RELOAD") {
           std::string report;
           const bool ok = shared.reload && shared.reload(&report);
           spdlog::info("{}: console: RELOAD: {}", prefix(), report);

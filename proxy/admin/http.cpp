@@ -221,7 +221,7 @@ void HttpServer::sample_loop() {
           PQclear(r);
         }
         for (const auto& t : cfg.sharded_tables) {
-          const std::string name = t.schema.empty() ? t.table : t.schema + "." + t.table;
+          const std::string name = t.qualified_name();
           const char* params[] = {name.c_str()};
           // Live rows as the statistics system counts them (kept current by inserts and
           // deletes; reltuples only after ANALYZE), and bytes with indexes and TOAST.
@@ -437,7 +437,7 @@ std::string HttpServer::status_json(const Snapshot& snap) {
   j += "],\"tables\":[";
   bool first_table = true;
   for (const auto& t : cfg.sharded_tables) {
-    const std::string name = t.schema.empty() ? t.table : t.schema + "." + t.table;
+    const std::string name = t.qualified_name();
     if (!first_table) j += ',';
     first_table = false;
     j += "{\"table\":\"" + escaped(name) + "\",\"shards\":[";
