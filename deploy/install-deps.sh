@@ -5,7 +5,7 @@ PACKAGES=(build-essential cmake libboost1.81-dev libssl-dev libspdlog-dev libyam
   libpg-query-dev libprotobuf-c-dev libpq-dev catch2 postgresql-15 postgresql-client-15
   pgbouncer openssl procps libbenchmark-dev clang libclang-rt-14-dev iproute2
   python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy libpostgresql-jdbc-java
-  curl chromium python3-kubernetes python3-yaml systemd)
+  curl chromium python3-kubernetes python3-yaml systemd podman runc debootstrap podman-compose)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")

@@ -69,12 +69,15 @@ def pgshard_check(config_text, env, where):
     return duration_s((cfg.get("timeouts") or {}).get("shutdown", "30s"))
 
 
-for path in sorted(glob.glob(os.path.join(ROOT, "deploy/kubernetes/*.yaml"))):
-    name = os.path.relpath(path, ROOT)
-    docs = [d for d in yaml.safe_load_all(open(path)) if d]
-    secrets = {}
+def check_docs(name, docs, secrets):
+    """One manifest set: objects against the models, maps through `pgshard check` with the
+    Secret's values (`secrets`, and any the set's own Secrets add), grace periods, probes."""
+    secrets = dict(secrets)
     configs = {}
     for d in docs:
+        if (d.get("apiVersion"), d.get("kind")) == ("monitoring.coreos.com/v1", "ServiceMonitor"):
+            check_service_monitor(d, f"{name}:ServiceMonitor")
+            continue
         kind = KINDS.get((d.get("apiVersion"), d.get("kind")))
         if not kind:
             problems.append(f"{name}: unexpected {d.get('apiVersion')} {d.get('kind')}")
@@ -100,6 +103,57 @@ for path in sorted(glob.glob(os.path.join(ROOT, "deploy/kubernetes/*.yaml"))):
                     c.get("livenessProbe") and c.get("readinessProbe") and c.get("resources")):
                 problems.append(f"{name}: container {c['name']} lacks probes or resources")
     print(f"{name}: {len(docs)} objects checked")
+
+
+def check_service_monitor(d, where):
+    """prometheus-operator's ServiceMonitor (a custom resource the client has no model of):
+    the fields pgshard's chart sets, and nothing else."""
+    spec = d.get("spec") or {}
+    if set(d) - {"apiVersion", "kind", "metadata", "spec"} or set(spec) - {"selector", "endpoints"}:
+        problems.append(f"{where}: unexpected fields")
+    check_model(d.get("metadata"), "V1ObjectMeta", f"{where}.metadata")
+    check_model(spec.get("selector"), "V1LabelSelector", f"{where}.spec.selector")
+    for e in spec.get("endpoints") or [None]:
+        if not e or e.get("path") != "/metrics" or not e.get("port") or \
+                set(e) - {"port", "path", "interval"}:
+            problems.append(f"{where}: endpoints must name a port and path /metrics")
+
+
+for path in sorted(glob.glob(os.path.join(ROOT, "deploy/kubernetes/*.yaml"))):
+    check_docs(os.path.relpath(path, ROOT), [d for d in yaml.safe_load_all(open(path)) if d], {})
+
+# The Helm chart, rendered by tests/deploy/helm_render.py (the subset of Go templates the
+# chart uses; anything more fails the render), with its defaults and with the optional
+# ServiceMonitor on. Its Secret is the user's: placeholder values for the map's ${NAME}s.
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import helm_render  # noqa: E402
+
+chart = os.path.join(ROOT, "deploy/helm/pgshard")
+for sets in ([], ["metrics.serviceMonitor.enabled=true", "replicaCount=3"]):
+    try:
+        rendered = helm_render.render(chart, sets, release="shard-tier")
+    except helm_render.TemplateError as e:
+        problems.append(f"deploy/helm/pgshard: {e}")
+        continue
+    docs = [d for text in rendered.values() for d in yaml.safe_load_all(text) if d]
+    env = {v: "placeholder" for d in docs if d.get("kind") == "ConfigMap"
+           for v in re.findall(r"\$\{(\w+)\}", d["data"].get("pgshard.yaml", ""))}
+    check_docs("deploy/helm/pgshard" + (f" --set {','.join(sets)}" if sets else ""), docs, env)
+    kinds = sorted(d["kind"] for d in docs)
+    want = ["ConfigMap", "Deployment", "PodDisruptionBudget", "Service"] + \
+        (["ServiceMonitor"] if sets else [])
+    if kinds != sorted(want):
+        problems.append(f"deploy/helm/pgshard: rendered {kinds}, expected {sorted(want)}")
+    deployment = next(d for d in docs if d["kind"] == "Deployment")
+    if deployment["spec"]["replicas"] != (3 if sets else 2):
+        problems.append("deploy/helm/pgshard: replicaCount not applied")
+# The renderer refuses what it does not implement instead of rendering it wrongly.
+for bad in ("{{ range .Values.x }}{{ end }}", "{{ include \"x\" . }}", "{{ if .a }}"):
+    try:
+        helm_render.render_nodes(helm_render.parse(helm_render.tokenize(bad)), {})
+        problems.append(f"helm_render accepted {bad!r}")
+    except helm_render.TemplateError:
+        pass
 
 compose_path = os.path.join(ROOT, "docker/compose.yaml")
 compose = yaml.safe_load(open(compose_path))
