@@ -27,5 +27,8 @@ uint64_t catalog_generation();
 // Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
 awaitable<std::string> resolve_directory(Client& c,
                                          const std::vector<std::pair<int, std::string>>& lookups);
+// Fills the worker's column cache with the key position of each sharded table in `tables`
+// (indexes), read from the first shard's catalog; returns an error or "".
+awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables);
 
 }  // namespace pgshard::executor

@@ -348,4 +348,31 @@ awaitable<std::string> resolve_directory(Client& c,
   co_return std::string();
 }
 
+awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables) {
+  for (int table : tables) {
+    const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
+    auto got = co_await c.worker().pool(0, c.user()).acquire();
+    if (auto* err = std::get_if<std::string>(&got)) co_return *err;
+    auto lease = std::move(std::get<pool::Lease>(got));
+    int index = 0, key = -1;
+    const bool ok = co_await lease->run_own(
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(" +
+            quote_literal(t.qualified_name()) +
+            ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+        c.config().listen.max_message_size, [&](std::string_view body) {
+          auto row = proto::DataRow::parse(body);
+          if (row && !row->values.empty() && row->values[0] && *row->values[0] == t.column)
+            key = index;
+          ++index;
+        });
+    if (!ok)
+      co_return "lost the connection to shard " + c.config().shards[0].name +
+          " while reading the columns of table " + t.table;
+    if (!lease->replies.error.empty())
+      co_return "reading the columns of table " + t.table + " failed: " + lease->replies.error;
+    c.worker().columns().put(t.qualified_name(), key);
+  }
+  co_return std::string();
+}
+
 }  // namespace pgshard::executor

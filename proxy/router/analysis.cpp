@@ -57,6 +57,77 @@ bool needs_merge(const PgQuery__SelectStmt* s) {
   return aggregates;
 }
 
+bool is_temp_schema(std::string_view name) {
+  return name == "pg_temp" || name.starts_with("pg_temp_");
+}
+
+// Statements that change the schema, which is the same on every shard: they run on every
+// shard whatever `unsharded` says (it governs data statements). CREATE TABLE AS and
+// SELECT INTO carry data and are not among them.
+bool schema_change(PgQuery__Node__NodeCase kind) {
+  switch (kind) {
+    case PG_QUERY__NODE__NODE_CREATE_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_TABLE_STMT:
+    case PG_QUERY__NODE__NODE_INDEX_STMT:
+    case PG_QUERY__NODE__NODE_DROP_STMT:
+    case PG_QUERY__NODE__NODE_RENAME_STMT:
+    case PG_QUERY__NODE__NODE_COMMENT_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_SEQ_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_SEQ_STMT:
+    case PG_QUERY__NODE__NODE_VIEW_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_ENUM_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_ENUM_STMT:
+    case PG_QUERY__NODE__NODE_COMPOSITE_TYPE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_RANGE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_DOMAIN_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_DOMAIN_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_TYPE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_SCHEMA_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_FUNCTION_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_FUNCTION_STMT:
+    case PG_QUERY__NODE__NODE_DEFINE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_EXTENSION_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_EXTENSION_STMT:
+    case PG_QUERY__NODE__NODE_GRANT_STMT:
+    case PG_QUERY__NODE__NODE_GRANT_ROLE_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_DEFAULT_PRIVILEGES_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_ROLE_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_ROLE_STMT:
+    case PG_QUERY__NODE__NODE_DROP_ROLE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_TRIG_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_POLICY_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_POLICY_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_OWNER_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_OBJECT_SCHEMA_STMT:
+    case PG_QUERY__NODE__NODE_RULE_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_STATS_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_CAST_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_COLLATION_STMT:
+    case PG_QUERY__NODE__NODE_CREATE_CONVERSION_STMT:
+      return true;
+    default:
+      return false;
+  }
+}
+
+// Whether a statement names a temporary object (TEMP tables, pg_temp.anything): it lives
+// in one server session, not in the schema.
+bool names_temp_object(const PgQuery__Node* stmt) {
+  bool temp = false;
+  walk(&stmt->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor == &pg_query__range_var__descriptor) {
+      const auto* rv = reinterpret_cast<const PgQuery__RangeVar*>(m);
+      if ((rv->relpersistence && rv->relpersistence[0] == 't') ||
+          (rv->schemaname && is_temp_schema(rv->schemaname)))
+        temp = true;
+    } else if (m->descriptor == &pg_query__string__descriptor) {
+      const auto* str = reinterpret_cast<const PgQuery__String*>(m);
+      if (str->sval && is_temp_schema(str->sval)) temp = true;
+    }
+  });
+  return temp;
+}
+
 // A sharded table as the statement names it.
 struct Use {
   int table;         // index into sharded_tables
@@ -126,6 +197,14 @@ class Analyzer {
       }
       if (a.target == merged.target && a.target != Analysis::Target::kKeys) {
         merged.write = merged.write || a.write;
+        continue;
+      }
+      if (cfg_.shards.size() == 1) {
+        // One shard holds everything (a schema change and a data statement, say): the
+        // statements go there together; `unsharded: reject` still refuses data outside the map.
+        if (a.target == Analysis::Target::kUnsharded) merged.target = a.target;
+        merged.write = merged.write || a.write;
+        merged.ddl = merged.ddl || a.ddl;
         continue;
       }
       merged.target = Analysis::Target::kError;
@@ -256,6 +335,24 @@ class Analyzer {
           return a;
         }
       }
+    }
+    for (const auto* r : rels)
+      if (r->relpersistence && r->relpersistence[0] == 't') a.temp_tables.emplace_back(r->relname);
+    if (uses_.empty() && schema_change(kind) && !names_temp_object(stmt)) {
+      a.ddl = true;
+      a.target = Analysis::Target::kAllShards;
+      a.reason = "schema change: every shard";
+      for (const auto* r : rels) a.schema_objects.emplace_back(r->relname);
+      if (kind == PG_QUERY__NODE__NODE_DROP_STMT) {
+        a.drops = true;
+        const auto* d = stmt->drop_stmt;
+        for (size_t i = 0; i < d->n_objects; ++i) {
+          const Node* o = d->objects[i];
+          if (o && o->node_case == PG_QUERY__NODE__NODE_LIST && o->list->n_items > 0)
+            a.schema_objects.emplace_back(str_of(o->list->items[o->list->n_items - 1]));
+        }
+      }
+      return a;
     }
     if (uses_.empty()) {
       if (unsharded) {
@@ -669,18 +766,30 @@ class Analyzer {
       const auto* rt = ins->cols[i]->res_target;
       if (rt && rt->name && t.column == rt->name) col = static_cast<int>(i);
     }
+    const Node* sel = ins->select_stmt;
+    const bool values = sel && sel->node_case == PG_QUERY__NODE__NODE_SELECT_STMT &&
+                        sel->select_stmt->n_values_lists > 0 && uses_.size() == 1;
+    if (ins->n_cols == 0 && values) {
+      // The columns in table order: where the key is comes from the catalog when routing.
+      for (size_t r = 0; r < sel->select_stmt->n_values_lists; ++r) {
+        const auto* row = sel->select_stmt->values_lists[r];
+        auto& out = a.positional.emplace_back();
+        if (row->node_case != PG_QUERY__NODE__NODE_LIST) continue;
+        for (size_t i = 0; i < row->list->n_items; ++i)
+          out.push_back(value_of(row->list->items[i]));
+      }
+      a.target = Analysis::Target::kKeys;
+      a.reason = "INSERT VALUES shard key (table column order)";
+      return a;
+    }
     if (col < 0) {
       a.target = Analysis::Target::kError;
-      a.error = ins->n_cols == 0
-                    ? "INSERT into sharded table \"" + t.table + "\" needs a column list"
-                    : "INSERT into sharded table \"" + t.table + "\" must set its shard key \"" +
-                          t.column + "\"";
+      a.error = "INSERT into sharded table \"" + t.table + "\" must set its shard key \"" +
+                t.column + "\"";
       a.hint = "name the columns, including " + t.column;
       return a;
     }
-    const Node* sel = ins->select_stmt;
-    if (!sel || sel->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
-        sel->select_stmt->n_values_lists == 0 || uses_.size() > 1) {
+    if (!values) {
       a.target = Analysis::Target::kError;
       a.error = "INSERT ... SELECT into a sharded table is not supported";
       a.hint = "insert with VALUES";
@@ -742,12 +851,6 @@ std::optional<std::string> const_text(const Node* n) {
 // Session-level SET / RESET / DISCARD ALL / set_config(..., false): the settings a client
 // changes for the rest of its session, with values flattened as PostgreSQL flattens them
 // (list settings such as search_path quote each element that needs it).
-namespace {
-bool is_temp_schema(std::string_view name) {
-  return name == "pg_temp" || name.starts_with("pg_temp_");
-}
-}  // namespace
-
 void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
   static constexpr std::string_view kListQuote[] = {
       "search_path", "temp_tablespaces", "local_preload_libraries", "session_preload_libraries"};
@@ -1050,8 +1153,21 @@ bool parameterize(std::string_view sql, std::string& out, std::vector<std::strin
     out += '$';
     out += std::to_string(values.size());
   };
+  // Characters where a literal, quote, comment or parameter may start; runs of others are
+  // copied whole.
+  auto special = [](char ch) {
+    return ch == '$' || ch == '\\' || ch == '"' || ch == '-' || ch == '/' || ch == '\'' ||
+           ch == '.' || (ch >= '0' && ch <= '9');
+  };
   for (std::size_t i = 0; i < n; ++i) {
     const char c = sql[i];
+    if (!special(c)) {
+      std::size_t j = i + 1;
+      while (j < n && !special(sql[j])) ++j;
+      out.append(sql.data() + i, j - i);
+      i = j - 1;
+      continue;
+    }
     const char next = i + 1 < n ? sql[i + 1] : '\0';
     if (c == '$' || c == '\\') return false;
     if (c == '"') {
@@ -1138,6 +1254,9 @@ std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector
   };
   for (auto& k : out->keys)
     if (!put(k)) return nullptr;
+  for (auto& row : out->positional)
+    for (auto& k : row)
+      if (k && !put(*k)) return nullptr;
   if (out->new_key && !put(*out->new_key)) return nullptr;
   if (out->merge && (out->merge->limit.param > 0 || out->merge->offset.param > 0)) {
     // LIMIT / OFFSET literals: the plan with this statement's bounds.
@@ -1167,13 +1286,13 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
     return p->shard_sql.empty() && q->shard_sql.empty() && *p == *q;
   };
   return a.target == b.target && a.write == b.write && a.ddl == b.ddl && a.table == b.table &&
-         a.keys == b.keys && a.new_key == b.new_key && a.insert == b.insert &&
-         a.replicated == b.replicated && a.txn == b.txn && !a.explain_route && !b.explain_route &&
-         !a.copy_in && !b.copy_in && a.statements == b.statements &&
-         a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
-         a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
-         a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() && !a.pins &&
-         !b.pins && a.user_functions == b.user_functions &&
+         a.keys == b.keys && a.new_key == b.new_key && a.positional == b.positional &&
+         a.insert == b.insert && a.replicated == b.replicated && a.txn == b.txn &&
+         !a.explain_route && !b.explain_route && !a.copy_in && !b.copy_in &&
+         a.statements == b.statements && a.concat_safe == b.concat_safe &&
+         a.merge_blocker == b.merge_blocker && a.merge_candidate == b.merge_candidate &&
+         same_plan(a.merge, b.merge) && a.key_columns == b.key_columns && a.settings.empty() &&
+         b.settings.empty() && !a.pins && !b.pins && a.user_functions == b.user_functions &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
          a.hint == b.hint && a.reason == b.reason;
 }

@@ -64,8 +64,12 @@ struct Analysis {
   int table = -1;                   // the sharded table whose key type applies
   std::vector<KeyValue> keys;       // kKeys: rows live on the union of these keys' shards
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
-  bool insert = false;              // INSERT: each key is one VALUES row
-  bool replicated = false;          // a write to reference tables: the same on every shard
+  // INSERT without a column list into a sharded table (kKeys, `keys` empty): each VALUES
+  // row's values in table column order (nullopt: neither a constant nor a parameter). The
+  // router takes the key from the key column's position in the catalog.
+  std::vector<std::vector<std::optional<KeyValue>>> positional;
+  bool insert = false;      // INSERT: each key is one VALUES row
+  bool replicated = false;  // a write to reference tables: the same on every shard
   TxnControl txn = TxnControl::kNone;
   bool explain_route = false;
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
@@ -87,6 +91,13 @@ struct Analysis {
   std::vector<std::string> user_functions;
   // Reads pg_prepared_statements: in transaction pooling the client is shown its own.
   bool prepared_statements_view = false;
+  // Tables it creates TEMP (CREATE TEMP TABLE, SELECT INTO TEMP): objects of the session.
+  std::vector<std::string> temp_tables;
+  // A schema change of objects outside the map (it runs on every shard): the names it
+  // touches, so a session keeps changes of its own temporary tables on its server; and
+  // whether it is a DROP.
+  std::vector<std::string> schema_objects;
+  bool drops = false;
   std::string error;  // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;

@@ -3,6 +3,7 @@
 #include "proxy/router/placement.hpp"
 
 #include <algorithm>
+#include <atomic>
 
 #include "proxy/router/hashing.hpp"
 
@@ -30,6 +31,26 @@ std::optional<int> DirectoryCache::find(int table, const std::string& key) const
 
 void DirectoryCache::put(int table, std::string key, int shard, std::chrono::milliseconds ttl) {
   entries_[{table, std::move(key)}] = {shard, std::chrono::steady_clock::now() + ttl};
+}
+
+namespace {
+std::atomic<uint64_t> g_schema_generation{0};
+}  // namespace
+
+std::optional<int> ColumnCache::key_position(const std::string& table) const {
+  auto it = entries_.find(table);
+  if (it == entries_.end() ||
+      it->second.generation != g_schema_generation.load(std::memory_order_acquire))
+    return std::nullopt;
+  return it->second.position;
+}
+
+void ColumnCache::put(const std::string& table, int position) {
+  entries_[table] = {position, g_schema_generation.load(std::memory_order_acquire)};
+}
+
+void ColumnCache::schema_changed() {
+  g_schema_generation.fetch_add(1, std::memory_order_acq_rel);
 }
 
 Placement place_key(const config::ShardedTable& t, std::string_view text, int shards,

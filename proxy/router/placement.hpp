@@ -3,6 +3,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <string>
@@ -25,6 +26,24 @@ class DirectoryCache {
 
  private:
   std::map<std::pair<int, std::string>, Entry> entries_;
+};
+
+// Where each sharded table's key column sits in the table's column order (for INSERT
+// without a column list), read from a shard's catalog by the session: table name ->
+// 0-based position, or -1 when the table or column does not exist. Per worker; every
+// worker's entries are forgotten when a schema change passes through pgshard.
+class ColumnCache {
+ public:
+  std::optional<int> key_position(const std::string& table) const;
+  void put(const std::string& table, int position);
+  static void schema_changed();
+
+ private:
+  struct Entry {
+    int position;
+    uint64_t generation;
+  };
+  std::map<std::string, Entry> entries_;
 };
 
 struct Placement {

@@ -5,6 +5,7 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <array>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -164,8 +165,24 @@ Settings analyze(std::string_view sql) {
   Settings a;
   // Only text that mentions pgshard (or resets everything) can change routing; skip the
   // parser for everything else.
-  bool mentions = icontains(sql, "pgshard");
-  bool resets = icontains(sql, "reset") || icontains(sql, "discard");
+  // One pass for the three words (most statements contain none of them).
+  bool mentions = false, resets = false;
+  static constexpr auto kFirst = [] {
+    std::array<bool, 256> t{};
+    for (char c : std::string_view("pPrRdD")) t[static_cast<unsigned char>(c)] = true;
+    return t;
+  }();
+  for (std::size_t i = 0; i < sql.size() && !(mentions && resets); ++i) {
+    if (!kFirst[static_cast<unsigned char>(sql[i])]) continue;
+    const char c = static_cast<char>(sql[i] | 0x20);
+    const auto rest = sql.substr(i);
+    auto starts = [&](std::string_view word) {
+      return ifind(rest.substr(0, word.size()), word) == 0;
+    };
+    if (c == 'p' && !mentions) mentions = starts("pgshard");
+    if (c == 'r' && !resets) resets = starts("reset");
+    if (c == 'd' && !resets) resets = starts("discard");
+  }
   if (!mentions && !resets) return a;
   analyze_statements(sql, a);
   if (mentions) analyze_comments(sql, a);
@@ -300,14 +317,23 @@ void take_session_effects(Route& r, const Analysis& a) {
   r.pins = a.pins;
   r.prepared_statements_view = a.prepared_statements_view;
   r.user_functions = a.user_functions;
+  r.temp_tables = a.temp_tables;
+  r.schema_objects = a.schema_objects;
+  r.drops = a.drops;
   r.txn = a.txn;
 }
 
 // Shards holding the rows `a` names, given the request's parameters.
+// The analysis of `sql`: the one the caller fetched, the cache's, or a fresh one.
+std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::Config& cfg,
+                                            const Context& ctx) {
+  if (ctx.analysis) return *ctx.analysis;
+  if (ctx.cache) return ctx.cache->get(sql, cfg);
+  return std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+}
+
 Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx) {
-  std::shared_ptr<const Analysis> a =
-      ctx.cache ? ctx.cache->get(sql, cfg)
-                : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  std::shared_ptr<const Analysis> a = analysis_of(sql, cfg, ctx);
   // (Every return names `r`: the Route, large, is built in the caller's place.)
   Route r = by_parser_placed(a, sql, cfg, ctx);
   if (a->statements > 1 && r.kind == RouteKind::kShard && r.shards.size() > 1 && !r.ddl) {
@@ -383,6 +409,41 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       break;
   }
   const auto& table = cfg.sharded_tables[static_cast<std::size_t>(a->table)];
+  // INSERT without a column list: each row's key sits at the key column's place in the
+  // table's column order, which the session reads from the catalog first.
+  std::vector<KeyValue> positional_keys;
+  if (!a->positional.empty()) {
+    const auto position =
+        ctx.columns ? ctx.columns->key_position(table.qualified_name()) : std::nullopt;
+    if (!position) {
+      r = Route{};
+      r.kind = RouteKind::kLookup;
+      r.column_lookups.push_back(a->table);
+      return r;
+    }
+    if (*position < 0) {
+      // No such table (or column) on the shards: PostgreSQL says which.
+      r.shard = fallback;
+      return r;
+    }
+    for (const auto& row : a->positional) {
+      const auto at = static_cast<std::size_t>(*position);
+      if (at >= row.size()) {
+        r = refuse("INSERT into sharded table \"" + table.table + "\" must set its shard key \"" +
+                       table.column + "\" (column " + std::to_string(at + 1) +
+                       " of the table; this row has " + std::to_string(row.size()) + " values)",
+                   "give every row a value for " + table.column);
+        return r;
+      }
+      if (!row[at]) {
+        r = refuse("the shard key of an INSERT must be a constant or a parameter",
+                   "compute the key in the application");
+        return r;
+      }
+      positional_keys.push_back(*row[at]);
+    }
+  }
+  const auto& keys = a->positional.empty() ? a->keys : positional_keys;
   std::set<int> shards;
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
   std::string placement_error;
@@ -411,7 +472,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   };
   std::string keys_text;
   int undecodable = 0;  // the parameter number of a key we could not read
-  for (const auto& k : a->keys) {
+  for (const auto& k : keys) {
     if (k.kind == KeyValue::Kind::kLiteral) {
       add(k.literal);
       if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + k.literal;
@@ -492,10 +553,10 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   if (a->insert) {
     // Rows for several shards: one INSERT per shard, built by the deparser.
     std::optional<std::vector<std::pair<int, std::string>>> parts;
-    bool literal_rows = std::none_of(a->keys.begin(), a->keys.end(), [](const KeyValue& k) {
+    bool literal_rows = std::none_of(keys.begin(), keys.end(), [](const KeyValue& k) {
       return k.kind != KeyValue::Kind::kLiteral;
     });
-    if (literal_rows && row_shard.size() == a->keys.size() &&
+    if (literal_rows && row_shard.size() == keys.size() &&
         std::find(row_shard.begin(), row_shard.end(), -1) == row_shard.end())
       parts = split_insert(sql, row_shard);
     if (!parts) {
@@ -506,7 +567,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     }
     r.per_shard_sql = std::move(*parts);
     r.insert_row_shards = row_shard;
-    for (const auto& k : a->keys) r.insert_row_keys.push_back(key_identity(table.type, k.literal));
+    for (const auto& k : keys) r.insert_row_keys.push_back(key_identity(table.type, k.literal));
     r.insert_key_column = table.column;
     r.insert_key_type = table.type;
     if (ctx.reasons) r.reason += ": split into one INSERT per shard";
@@ -567,8 +628,7 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
     // The hint places the statement; COMMIT still ends the transaction on every shard it
     // used, and a SET is still tracked for the session.
     if (cfg.router_parse && hinted->kind == RouteKind::kShard)
-      take_session_effects(*hinted,
-                           ctx.cache ? *ctx.cache->get(sql, cfg) : analyze_statement(sql, cfg));
+      take_session_effects(*hinted, *analysis_of(sql, cfg, ctx));
     return std::move(*hinted);
   }
   if (!cfg.router_parse) {
@@ -583,10 +643,11 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
 Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Config& cfg,
                       std::string_view sql, const Context& ctx) {
   if (!cfg.router_parse) return pick(a, h, cfg, sql, ctx);
-  auto analysis = ctx.cache ? ctx.cache->get(sql, cfg)
-                            : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
-  if (!analysis->explain_route) return pick(a, h, cfg, sql, ctx);
-  Context with_reasons = ctx;
+  const auto analysis = analysis_of(sql, cfg, ctx);
+  Context known = ctx;
+  known.analysis = &analysis;
+  if (!analysis->explain_route) return pick(a, h, cfg, sql, known);
+  Context with_reasons = known;
   with_reasons.reasons = true;
   Route inner = pick(a, h, cfg, sql, with_reasons);
   if (inner.kind == RouteKind::kLookup) return inner;  // resolve the directory, then explain

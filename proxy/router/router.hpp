@@ -52,8 +52,10 @@ struct Route {
   int shard = 0;
   // More than one shard: the statement runs on all of these (multi-shard execution).
   std::vector<int> shards;
-  // kLookup: (sharded table index, canonical key) pairs to find in the directory.
+  // kLookup: (sharded table index, canonical key) pairs to find in the directory, and
+  // sharded tables whose key position (column order) to read from the catalog.
   std::vector<std::pair<int, std::string>> lookups;
+  std::vector<int> column_lookups;
   // COPY FROM STDIN whose rows pgshard splits by key over every shard.
   std::optional<CopySplit> copy_in;
   int copy_table = -1;
@@ -76,6 +78,9 @@ struct Route {
   bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
   bool prepared_statements_view = false;    // reads pg_prepared_statements
   std::vector<std::string> user_functions;  // see Analysis::user_functions
+  std::vector<std::string> temp_tables;     // see Analysis::temp_tables
+  std::vector<std::string> schema_objects;  // see Analysis::schema_objects
+  bool drops = false;                       // see Analysis::drops
   std::string reason;                       // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
@@ -103,7 +108,11 @@ struct Context {
   std::optional<int> attached;                // the shard the client's server is on, if any
   uint64_t* round_robin = nullptr;            // spreads reference-table reads
   const DirectoryCache* directory = nullptr;  // directory entries known to this worker
+  const ColumnCache* columns = nullptr;       // key positions known to this worker
   bool reasons = true;                        // explain the route in Route::reason (costs strings)
+  // The cache's analysis of this very statement when the router has it already (a statement
+  // with literals is re-analysed from its shape on every look-up: look once).
+  const std::shared_ptr<const Analysis>* analysis = nullptr;
 };
 
 // Routes a simple-protocol Query. A string made only of pgshard SET/RESET/SHOW statements

@@ -91,6 +91,7 @@ class Worker {
   pool::Pool& pool(int shard, const config::User& user);
   router::AnalysisCache& analysis_cache() { return cache_; }
   router::DirectoryCache& directory() { return directory_; }
+  router::ColumnCache& columns() { return columns_; }
   // The shards' text collation once known (null before), opened with newlocale.
   const merge::Collation* collation() const { return collation_ ? &*collation_ : nullptr; }
   const merge::Collation* set_collation(const std::string& name) {
@@ -162,6 +163,7 @@ class Worker {
   std::size_t peak_sessions_ = 0;  // most sessions since memory was last given back
   router::AnalysisCache cache_;
   router::DirectoryCache directory_;
+  router::ColumnCache columns_;
   admin::RouteCounters routes_;
   std::set<int> paused_;  // shards paused (pools created later start paused)
   std::optional<merge::Collation> collation_;

@@ -1,6 +1,8 @@
 // Routing one request of a client: see batch_route.hpp.
 #include "proxy/session/batch_route.hpp"
 
+#include <algorithm>
+
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 
@@ -37,11 +39,58 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
   return r;
 }
 
+// A batch with exactly one Bind and no Query (most extended-protocol traffic): the Bind's
+// statement is known from the messages before it; those after it are noted once it is
+// routed (a Close or Parse there may replace the text the route reads). One named Route,
+// returned once, so it is built in the caller's place (a Route is large to move).
+router::Route route_one_bind(std::string_view batch, Statements& statements,
+                             const router::SessionHints& hints, const config::Config& cfg,
+                             router::Context ctx) {
+  std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
+  auto note = [&](const proto::Frame& f) {
+    if (f.type == proto::msg::kParse) {
+      if (auto p = proto::Parse::parse(f.body)) {
+        parsed.emplace_back(p->name, p->query);
+        statements.parsed(p->name, p->query, p->param_types);
+      }
+    } else if (f.type == proto::msg::kClose) {
+      if (auto c = proto::Close::parse(f.body); c && c->kind == 'S') statements.closed(c->name);
+    }
+  };
+  auto frames = proto::frames(batch);
+  auto it = frames.begin();
+  for (; it != frames.end() && (*it).frame.type != proto::msg::kBind; ++it) note((*it).frame);
+  auto b = proto::Bind::parse((*it).frame.body);
+  std::string_view text;  // (a Bind that does not parse gets the server's error anywhere)
+  if (b) {
+    auto p = std::find_if(parsed.rbegin(), parsed.rend(),
+                          [&](const auto& e) { return e.first == b->statement; });
+    text = p != parsed.rend() ? p->second : statements.text(b->statement);
+    ctx.bind = &*b;
+  }
+  router::Route r = router::route_extended(text, hints, cfg, ctx);
+  for (++it; it != frames.end(); ++it) note((*it).frame);
+  return r;
+}
+
 }  // namespace
 
 router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
                           router::Context ctx, bool txn_managed, bool* simple) {
+  // Batches of one statement (nearly all) are routed straight into the caller's Route.
+  int binds = 0, queries = 0;
+  for (const auto m : proto::frames(batch)) {
+    binds += m.frame.type == proto::msg::kBind;
+    queries += m.frame.type == proto::msg::kQuery;
+  }
+  if (queries == 0 && binds == 1) return route_one_bind(batch, statements, hints, cfg, ctx);
+  if (queries == 1 && binds == 0 && !batch.empty() && batch[0] == proto::msg::kQuery) {
+    if (auto q = proto::Query::parse(proto::decode_frame(batch).frame.body)) {
+      *simple = true;
+      return router::route_query(q->sql, hints, cfg, ctx);
+    }
+  }
   router::Route route;
   bool routed = false;         // a Bind was routed: `route` holds where the batch goes
   std::string_view described;  // a statement described without being bound

@@ -5,6 +5,8 @@
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
+#include <algorithm>
+
 #include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
@@ -616,6 +618,7 @@ awaitable<void> Session::handle_request(char boundary) {
     case router::Action::kDdl:
       if (!prepare_only) {
         co_await executor::fan_out(*this, route, req.simple, boundary);  // DDL included
+        if (route.ddl) router::ColumnCache::schema_changed();            // (and once it has run)
         pending_.clear();
         co_return;
       }
@@ -653,7 +656,10 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
   for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
     // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
     std::string err = "directory entries expire faster than they are read";
-    if (attempt < 2) err = co_await executor::resolve_directory(*this, route.lookups);
+    if (attempt < 2 && !route.column_lookups.empty())
+      err = co_await executor::resolve_columns(*this, route.column_lookups);
+    else if (attempt < 2)
+      err = co_await executor::resolve_directory(*this, route.lookups);
     if (!err.empty()) {
       route = router::Route{};
       route.kind = router::RouteKind::kError;
@@ -706,6 +712,10 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
 
 void Session::adopt(const router::Route& route) {
   hints_ = route.hints;
+  if (route.ddl) router::ColumnCache::schema_changed();  // key positions are read again
+  temp_tables_.insert(route.temp_tables.begin(), route.temp_tables.end());
+  if (route.drops)
+    for (const auto& name : route.schema_objects) temp_tables_.erase(name);
   if (route.pins && !pinned_) {
     // LISTEN, session advisory locks, temp tables, WITH HOLD cursors, SQL PREPARE live in
     // the server session: from now on this client keeps its servers (session pooling).
@@ -922,10 +932,21 @@ router::Route Session::route_batch(bool* simple) {
   ctx.cache = &worker_.analysis_cache();
   ctx.reasons = spdlog::should_log(spdlog::level::debug);
   ctx.directory = &worker_.directory();
+  ctx.columns = &worker_.columns();
   ctx.round_robin = &round_robin_;
   if (backends_.active) ctx.attached = backends_.active->shard;
-  return session::route_batch(pending_, statements_, hints_, config_, ctx,
-                              txn_.coordinated() || txn_.deferred(), simple);
+  router::Route r = session::route_batch(pending_, statements_, hints_, config_, ctx,
+                                         txn_.coordinated() || txn_.deferred(), simple);
+  if (r.kind == router::RouteKind::kShard && r.ddl && !temp_tables_.empty() &&
+      std::any_of(r.schema_objects.begin(), r.schema_objects.end(),
+                  [&](const std::string& name) { return temp_tables_.contains(name); })) {
+    // A schema change of the client's own temporary table (DROP, ALTER, CREATE INDEX by
+    // its plain name): the table lives in its server session only.
+    r.shards.clear();
+    r.shard = ctx.attached.value_or(r.shard);
+    r.ddl = false;
+  }
+  return r;
 }
 
 awaitable<void> Session::flush_copy() {

@@ -236,6 +236,7 @@ class Session : public std::enable_shared_from_this<Session>,
   std::vector<std::pair<std::string, std::string>> checked_settings_;
   std::vector<std::string> checked_functions_;  // called since the last check
   bool full_check_ = false;                     // one of them is not trusted yet
+  std::set<std::string> temp_tables_;           // TEMP tables the client created
   std::set<std::string> function_settings_;     // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;

@@ -137,8 +137,12 @@ bool Statements::plain(std::string_view batch) const {
       case proto::msg::kClose:
         if (f.body.size() >= 2 && f.body[0] == 'S' && f.body[1] != '\0') return false;
         break;
-      case proto::msg::kQuery:
-        return false;  // DISCARD ALL and friends are checked by map()
+      case proto::msg::kQuery: {
+        // DISCARD ALL and DEALLOCATE are checked by map(); other statements pass as they are.
+        const auto start = f.body.find_first_not_of(" \t\r\n\f\v");
+        if (start != std::string_view::npos && (f.body[start] | 0x20) == 'd') return false;
+        break;
+      }
       default:
         break;
     }

@@ -91,7 +91,13 @@ TEST_CASE("rows inserted through pgshard land only on the shard the hash names",
   // A join that would need rows from two shards is refused, not half-answered.
   CHECK(error_code(c.get(), "select * from users u join orders o on o.id = u.id", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("joining sharded tables"));
-  CHECK(error_code(c.get(), "insert into users values (1000, 'x')") == "0A000");
+  // Without a column list the key's place comes from the catalog.
+  query(c.get(), "insert into users values (1000, 'x')");
+  {
+    auto d = connect(Cluster::get().direct(shard_of(1000)));
+    CHECK(scalar(d.get(), "select name from users where id = 1000") == "x");
+  }
+  query(c.get(), "delete from users where id = 1000");
 
   // A multi-row INSERT is split per shard; RETURNING rows and the tag add up.
   PGresult* ins = PQexec(c.get(),
@@ -355,4 +361,128 @@ TEST_CASE("directory: a lookup table moves a hot key to its own shard", "[routin
   CHECK(error_code(c.get(), "select * from tenants where id = 9", &msg) == "08001");
   CHECK_THAT(msg, Catch::Contains("unknown shard"));
   query(dir.get(), "drop table pgshard_directory");
+}
+
+TEST_CASE("schema changes reach every shard whatever unsharded says", "[routing]") {
+  // Before: CREATE TABLE of a table outside the map was refused under `unsharded: reject`,
+  // and CREATE TYPE / CREATE SCHEMA / DROP TABLE of such a table went to one shard only,
+  // leaving the shards' schemas different.
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(),
+          "drop table if exists items; drop type if exists mood; drop schema if exists app_meta "
+          "cascade; drop function if exists add_one(int)");
+  }
+  for (const std::string policy : {"reject", "{ shard: s0 }"}) {
+    INFO("unsharded: " << policy);
+    ProxyOptions o;
+    o.unsharded = policy;
+    Proxy proxy(o);
+    auto c = connect(proxy.conninfo());
+    query(c.get(), "create type mood as enum ('ok', 'sad')");
+    query(c.get(), "create schema app_meta");
+    query(c.get(), "create table items (id serial primary key, name text, m mood)");
+    query(c.get(), "create index items_name on items (name)");
+    query(c.get(), "alter table items add column price numeric");
+    query(c.get(), "create function add_one(int) returns int language sql as 'select $1 + 1'");
+    // Extended protocol too (ORMs' migrators send their DDL that way).
+    PGresult* r = PQexecParams(c.get(), "comment on table items is 'things'", 0, nullptr, nullptr,
+                               nullptr, nullptr, 0);
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+    for (int i = 0; i < cluster.size(); ++i) {
+      INFO("shard s" << i);
+      auto d = connect(cluster.direct(i));
+      CHECK(scalar(d.get(), "select count(*) from pg_type where typname = 'mood'") == "1");
+      CHECK(scalar(d.get(), "select count(*) from pg_namespace where nspname = 'app_meta'") == "1");
+      CHECK(scalar(d.get(),
+                   "select count(*) from information_schema.columns where table_name = "
+                   "'items' and column_name in ('id', 'name', 'm', 'price')") == "4");
+      CHECK(scalar(d.get(), "select count(*) from pg_indexes where indexname = 'items_name'") ==
+            "1");
+      CHECK(scalar(d.get(), "select add_one(41)") == "42");
+      CHECK(scalar(d.get(), "select obj_description('items'::regclass)") == "things");
+    }
+    // Data statements still follow `unsharded`.
+    if (policy == "reject") {
+      CHECK(error_code(c.get(), "insert into items (name) values ('x')") == "0A000");
+    } else {
+      query(c.get(), "insert into items (name) values ('x')");
+      CHECK(scalar(c.get(), "select count(*) from items") == "1");
+    }
+    // A temporary table stays in the client's session (one server), never broadcast.
+    // Changes of it by its plain name (index, DROP) go to that server too.
+    if (policy != "reject") {
+      auto holding = [&] {
+        int n = 0;
+        for (int i = 0; i < cluster.size(); ++i) {
+          auto d = connect(cluster.direct(i));
+          n += scalar(d.get(), "select count(*) from pg_class where relname = 'scratch'") == "1";
+        }
+        return n;
+      };
+      query(c.get(), "create temp table scratch (v int)");
+      query(c.get(), "insert into scratch values (1)");
+      query(c.get(), "create index scratch_v on scratch (v)");
+      CHECK(scalar(c.get(), "select count(*) from scratch") == "1");
+      CHECK(holding() == 1);
+      query(c.get(), "drop table scratch");
+      CHECK(holding() == 0);
+    }
+    query(c.get(),
+          "drop table items; drop type mood; drop schema app_meta; drop function add_one(int)");
+    for (int i = 0; i < cluster.size(); ++i) {
+      INFO("shard s" << i);
+      auto d = connect(cluster.direct(i));
+      CHECK(scalar(d.get(), "select count(*) from pg_class where relname = 'items'") == "0");
+      CHECK(scalar(d.get(), "select count(*) from pg_type where typname = 'mood'") == "0");
+      CHECK(scalar(d.get(), "select count(*) from pg_namespace where nspname = 'app_meta'") == "0");
+    }
+  }
+}
+
+TEST_CASE("INSERT without a column list routes by the key's place in the table", "[routing]") {
+  // Before: refused ("needs a column list").
+  create_schema();
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  auto on_shard = [&](const std::string& table, const std::string& where) {
+    std::vector<int> found;
+    for (int s = 0; s < Cluster::get().size(); ++s) {
+      auto d = connect(Cluster::get().direct(s));
+      if (scalar(d.get(), "select count(*) from " + table + " where " + where) != "0")
+        found.push_back(s);
+    }
+    return found;
+  };
+  // orders (id, user_id, amount): the key is the second column.
+  query(c.get(), "insert into orders values (1, 42, 9.5)");
+  CHECK(on_shard("orders", "user_id = 42") == std::vector<int>{shard_of(42)});
+  auto back = query(c.get(), "insert into orders values (2, 43, 1) returning user_id, amount");
+  REQUIRE(back.size() == 1);
+  CHECK(back[0][0] == "43");
+  CHECK(on_shard("orders", "user_id = 43") == std::vector<int>{shard_of(43)});
+  // Extended protocol, several rows over several shards (split per shard).
+  const char* p[] = {"44"};
+  PGresult* r = PQexecParams(c.get(), "insert into orders values (3, $1, 2)", 1, nullptr, p,
+                             nullptr, nullptr, 0);
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  CHECK(on_shard("orders", "user_id = 44") == std::vector<int>{shard_of(44)});
+  r = PQexec(c.get(), "insert into orders values (10, 1, 1), (11, 2, 1), (12, 3, 1), (13, 4, 1)");
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 4");
+  PQclear(r);
+  for (int k = 1; k <= 4; ++k)
+    CHECK(on_shard("orders", "user_id = " + std::to_string(k)) == std::vector<int>{shard_of(k)});
+  // A row that stops before the key: refused with the reason, nothing written.
+  std::string msg;
+  CHECK(error_code(c.get(), "insert into orders values (5)", &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("must set its shard key \"user_id\""));
+  // The column order changes through pgshard: the key's new place is read again.
+  query(c.get(), "alter table orders drop column id");
+  query(c.get(), "insert into orders values (45, 3)");
+  CHECK(on_shard("orders", "user_id = 45") == std::vector<int>{shard_of(45)});
+  CHECK(scalar(c.get(), "select count(*) from orders") == "8");
 }

@@ -204,7 +204,6 @@ TEST_CASE("statements without a usable key go to every shard or are refused", "[
       {"alter table users add column age int", "all"},
       {"drop table orders", "all"},
       {"truncate users", "all"},
-      {"insert into users values (42, 'x')", "error"},
       {"insert into users (name) values ('x')", "error"},
       {"insert into users (id, name) select id, name from users", "error"},
       {"insert into users (id, name) values (random()::bigint, 'x')", "error"},
@@ -719,4 +718,53 @@ TEST_CASE("every route is one action of a closed set", "[router][parser]") {
   Route lookup;
   lookup.kind = RouteKind::kLookup;
   CHECK(std::string(to_string(action(lookup))) == "lookup");
+}
+
+TEST_CASE("INSERT without a column list takes the key from the table's column order",
+          "[router][parser]") {
+  // Before: refused ("needs a column list").
+  auto cfg = map();
+  SessionHints h;
+  ColumnCache columns;
+  Context ctx;
+  ctx.columns = &columns;
+  // The order is not known yet: the session is asked to read it from the catalog.
+  auto r = route_query("insert into users values (42, 'x')", h, *cfg, ctx);
+  CHECK(r.kind == RouteKind::kLookup);
+  CHECK(r.column_lookups == std::vector<int>{0});
+  columns.put("users", 0);
+  CHECK(where(route_query("insert into users values (42, 'x')", h, *cfg, ctx)) ==
+        s(shard_of("42")));
+  CHECK(where(route_query("INSERT INTO users VALUES (7, 'y') RETURNING *", h, *cfg, ctx)) ==
+        s(shard_of("7")));
+  // The key is wherever the catalog says (here the second column).
+  columns.put("users", 1);
+  CHECK(where(route_query("insert into users values ('x', 42)", h, *cfg, ctx)) ==
+        s(shard_of("42")));
+  CHECK(where(route_query("insert into users values ('x', 42), ('y', 42)", h, *cfg, ctx)) ==
+        s(shard_of("42")));
+  // Extended protocol: the key from its Bind parameter.
+  protocol::Bind b;
+  std::string v = "42";
+  b.params = {std::string_view("name"), std::string_view(v)};
+  Context with_bind = ctx;
+  with_bind.bind = &b;
+  CHECK(where(route_extended("insert into users values ($1, $2)", h, *cfg, with_bind)) ==
+        s(shard_of("42")));
+  // Rows for several shards are split, one INSERT per shard.
+  auto split =
+      route_query("insert into users values ('a', 1), ('b', 2), ('c', 3), ('d', 42)", h, *cfg, ctx);
+  REQUIRE(split.kind == RouteKind::kShard);
+  std::set<int> want = {shard_of("1"), shard_of("2"), shard_of("3"), shard_of("42")};
+  CHECK(std::set<int>(split.shards.begin(), split.shards.end()) == want);
+  // A row without the key, or a key that is an expression: refused, never guessed.
+  CHECK(where(route_query("insert into users values ('x')", h, *cfg, ctx)) == "error");
+  CHECK(where(route_query("insert into users values ('x', random()::bigint)", h, *cfg, ctx)) ==
+        "error");
+  // No such table: any shard, where PostgreSQL reports it.
+  columns.put("orders", -1);
+  CHECK(route_query("insert into orders values (1, 2)", h, *cfg, ctx).kind == RouteKind::kShard);
+  // A schema change through pgshard forgets every position.
+  ColumnCache::schema_changed();
+  CHECK(route_query("insert into users values ('x', 42)", h, *cfg, ctx).kind == RouteKind::kLookup);
 }
