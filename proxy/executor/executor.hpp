@@ -30,5 +30,10 @@ awaitable<std::string> resolve_directory(Client& c,
 // Fills the worker's column cache with the key position of each sharded table in `tables`
 // (indexes), read from the first shard's catalog; returns an error or "".
 awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables);
+// `count` new keys for sharded table `table` from its key column's sequence (serial,
+// identity) on the first shard, the sequence's home, so keys are unique across shards and
+// pgshard instances. Returns an error or "" with the keys in `keys`.
+awaitable<std::string> generate_keys(Client& c, int table, int count,
+                                     std::vector<std::string>& keys);
 
 }  // namespace pgshard::executor

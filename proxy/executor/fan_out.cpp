@@ -574,6 +574,9 @@ class ShardBatch {
     return name.empty() ? std::string() : "pgshard_fan." + std::string(name);
   }
   std::string_view shard_text(std::string_view sql) const;
+  // A split INSERT's part may leave out rows holding some of the client's parameters:
+  // those are declared (text, or bytea for binary values) so the Bind still fits.
+  std::vector<int32_t> shard_types(const std::vector<int32_t>& declared) const;
   void parse_first(std::string_view name);
   void bind(proto::Bind& b, std::optional<int64_t>& limit, std::optional<int64_t>& offset);
   void describe(const proto::Describe& d);
@@ -586,8 +589,21 @@ class ShardBatch {
   pool::Replies& expected_;
   std::set<std::string, std::less<>> parsed_;
   std::set<std::string, std::less<>> described_portals_;
-  std::vector<std::string> fan_names_;  // statements to close before Sync
+  std::vector<std::string> fan_names_;     // statements to close before Sync
+  std::optional<proto::Bind> first_bind_;  // the batch's first Bind (split INSERTs)
 };
+
+std::vector<int32_t> ShardBatch::shard_types(const std::vector<int32_t>& declared) const {
+  if (override_sql_.empty() || !first_bind_) return declared;
+  const auto used = router::parameters_of(override_sql_);
+  std::vector<int32_t> types(declared);
+  if (types.size() < first_bind_->params.size()) types.resize(first_bind_->params.size(), 0);
+  constexpr int32_t kText = 25, kBytea = 17;  // pg_type OIDs
+  for (std::size_t i = 0; i < types.size(); ++i)
+    if (types[i] == 0 && !used.contains(static_cast<int>(i + 1)))
+      types[i] = first_bind_->format_of(i) == 1 ? kBytea : kText;
+  return types;
+}
 
 std::string_view ShardBatch::shard_text(std::string_view sql) const {
   if (!override_sql_.empty()) return override_sql_;
@@ -606,7 +622,8 @@ void ShardBatch::parse_first(std::string_view name) {
     proto::Close{'S', renamed}.write(request_);
     expected_.expect_close(Owner::kClient, Action::kHide);
   }
-  proto::Parse{renamed, shard_text(c_.stored_text(name)), c_.stored_types(name)}.write(request_);
+  proto::Parse{renamed, shard_text(c_.stored_text(name)), shard_types(c_.stored_types(name))}.write(
+      request_);
   expected_.expect_parse(Owner::kClient, Action::kHide);
   parsed_.insert(std::string(name));
   if (!name.empty()) fan_names_.push_back(renamed);
@@ -663,13 +680,19 @@ bool ShardBatch::build(std::optional<int64_t>& limit, std::optional<int64_t>& of
   expected_.clear();
   max_rows = 0;
   int executes = 0;
+  if (!override_sql_.empty())
+    for (const auto m : proto::frames(c_.request()))
+      if (m.frame.type == proto::msg::kBind) {
+        first_bind_ = proto::Bind::parse(m.frame.body);
+        break;
+      }
   for (const auto m : proto::frames(c_.request())) {
     const auto& f = m.frame;
     switch (f.type) {
       case proto::msg::kParse:
         if (auto p = proto::Parse::parse(f.body)) {
           std::string n = shard_name(p->name);
-          proto::Parse{n, shard_text(p->query), p->param_types}.write(request_);
+          proto::Parse{n, shard_text(p->query), shard_types(p->param_types)}.write(request_);
           expected_.expect_parse(Owner::kClient, Action::kForward);
           parsed_.insert(std::string(p->name));
           if (!p->name.empty()) fan_names_.push_back(n);

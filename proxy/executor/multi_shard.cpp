@@ -348,6 +348,36 @@ awaitable<std::string> resolve_directory(Client& c,
   co_return std::string();
 }
 
+awaitable<std::string> generate_keys(Client& c, int table, int count,
+                                     std::vector<std::string>& keys) {
+  const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
+  auto got = co_await c.worker().pool(0, c.user()).acquire();
+  if (auto* err = std::get_if<std::string>(&got)) co_return *err;
+  auto lease = std::move(std::get<pool::Lease>(got));
+  keys.clear();
+  bool missing = false;
+  const bool ok = co_await lease->run_own(
+      "SELECT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence(" +
+          quote_literal(t.qualified_name()) + ", " + quote_literal(t.column) +
+          ")) FROM pg_catalog.generate_series(1, " + std::to_string(count) + ")",
+      c.config().listen.max_message_size, [&](std::string_view body) {
+        auto row = proto::DataRow::parse(body);
+        if (row && !row->values.empty() && row->values[0])
+          keys.emplace_back(*row->values[0]);
+        else
+          missing = true;
+      });
+  if (!ok)
+    co_return "lost the connection to shard " + c.config().shards[0].name +
+        " while generating keys for table " + t.table;
+  if (!lease->replies.error.empty())
+    co_return "generating keys for table " + t.table + " failed: " + lease->replies.error;
+  if (missing || keys.size() != static_cast<std::size_t>(count))
+    co_return "the shard key \"" + t.column + "\" of table " + t.table +
+        " has no sequence or identity default to generate it from: set it in the INSERT";
+  co_return std::string();
+}
+
 awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables) {
   for (int table : tables) {
     const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];

@@ -7,9 +7,11 @@
 
 #include <algorithm>
 #include <charconv>
+#include <deque>
 #include <functional>
 #include <memory>
 #include <set>
+#include <tuple>
 
 #include "proxy/router/ast.hpp"
 #include "proxy/router/merge_plan.hpp"
@@ -126,6 +128,20 @@ bool names_temp_object(const PgQuery__Node* stmt) {
     }
   });
   return temp;
+}
+
+// nextval/setval/currval/lastval anywhere in the statement.
+bool calls_sequence_function(const PgQuery__Node* stmt) {
+  bool found = false;
+  walk(&stmt->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor != &pg_query__func_call__descriptor) return;
+    const auto* f = reinterpret_cast<const PgQuery__FuncCall*>(m);
+    if (f->n_funcname == 0) return;
+    const auto name = str_of(f->funcname[f->n_funcname - 1]);
+    if (name == "nextval" || name == "setval" || name == "currval" || name == "lastval")
+      found = true;
+  });
+  return found;
 }
 
 // A sharded table as the statement names it.
@@ -364,6 +380,10 @@ class Analyzer {
         a.replicated = a.write;
         a.reason =
             a.write || a.ddl ? "write to reference table: every shard" : "reference table read";
+      } else if (calls_sequence_function(stmt)) {
+        a.target = Analysis::Target::kSequenceHome;
+        a.write = true;
+        a.reason = "sequence function: the sequences' home shard";
       } else {
         a.reason = "no table";
       }
@@ -392,7 +412,7 @@ class Analyzer {
           const auto* rt = u->target_list[i]->res_target;
           if (rt && rt->name && rt->name == cfg_.sharded_tables[uses_.front().table].column) {
             auto v = value_of(rt->val);
-            if (!v) {
+            if (!v || v->kind == KeyValue::Kind::kGenerate) {
               a.target = Analysis::Target::kError;
               a.error = "UPDATE of the shard key column \"" + std::string(rt->name) +
                         "\" could move rows to another shard";
@@ -486,6 +506,8 @@ class Analyzer {
   static std::optional<KeyValue> value_of(const Node* n) {
     n = strip_casts(n);
     if (!n) return std::nullopt;
+    if (n->node_case == PG_QUERY__NODE__NODE_SET_TO_DEFAULT)
+      return KeyValue{KeyValue::Kind::kGenerate, {}, 0};
     if (n->node_case == PG_QUERY__NODE__NODE_PARAM_REF)
       return KeyValue{KeyValue::Kind::kParam, {}, n->param_ref->number};
     if (n->node_case == PG_QUERY__NODE__NODE_A_CONST) {
@@ -780,6 +802,14 @@ class Analyzer {
       }
       a.target = Analysis::Target::kKeys;
       a.reason = "INSERT VALUES shard key (table column order)";
+      return a;
+    }
+    if (col < 0 && values) {
+      // The key is left to the column's default: pgshard generates it (the session asks for
+      // one value per row, then routes the statement with them put in).
+      a.keys.assign(sel->select_stmt->n_values_lists, KeyValue{KeyValue::Kind::kGenerate, {}, 0});
+      a.target = Analysis::Target::kKeys;
+      a.reason = "INSERT VALUES shard key (generated)";
       return a;
     }
     if (col < 0) {
@@ -1078,6 +1108,127 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
       if (!ok) break;
     }
     if (ok) out = std::move(parts);
+  }
+  return out;
+}
+
+std::set<int> parameters_of(std::string_view sql) {
+  std::set<int> out;
+  const auto owned = parse_tree(std::string(sql));
+  if (!owned) return out;
+  walk(&owned->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor == &pg_query__param_ref__descriptor)
+      out.insert(reinterpret_cast<const PgQuery__ParamRef*>(m)->number);
+  });
+  return out;
+}
+
+std::optional<std::string> with_generated_keys(std::string_view sql, const std::string& column,
+                                               int position,
+                                               const std::vector<std::string>& values) {
+  const auto owned = parse_tree(std::string(sql));
+  auto* tree = owned.get();
+  Node* stmt = tree && tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
+  if (!stmt || stmt->node_case != PG_QUERY__NODE__NODE_INSERT_STMT) return std::nullopt;
+  auto* ins = stmt->insert_stmt;
+  Node* sel = ins->select_stmt;
+  if (!sel || sel->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
+      sel->select_stmt->n_values_lists == 0)
+    return std::nullopt;
+  auto* s = sel->select_stmt;
+  if (ins->n_cols == 0 && position < 0) return std::nullopt;
+  int col = position;
+  if (ins->n_cols > 0) {
+    col = -1;
+    for (size_t i = 0; i < ins->n_cols; ++i) {
+      const auto* rt = ins->cols[i]->res_target;
+      if (rt && rt->name && column == rt->name) col = static_cast<int>(i);
+    }
+  }
+  // New nodes live here until the tree is packed; the tree's own arrays are put back before
+  // it is freed.
+  std::deque<PgQuery__String> strings;
+  std::deque<PgQuery__AConst> consts;
+  std::deque<PgQuery__ResTarget> targets;
+  std::deque<Node> nodes;
+  std::deque<std::vector<Node*>> arrays;
+  std::vector<std::tuple<Node***, size_t*, Node**, size_t>> restore;
+  auto constant = [&](const std::string& v) {
+    auto& str = strings.emplace_back();
+    pg_query__string__init(&str);
+    str.sval = const_cast<char*>(v.c_str());
+    auto& c = consts.emplace_back();
+    pg_query__a__const__init(&c);
+    c.val_case = PG_QUERY__A__CONST__VAL_SVAL;
+    c.sval = &str;
+    c.location = -1;
+    auto& n = nodes.emplace_back();
+    pg_query__node__init(&n);
+    n.node_case = PG_QUERY__NODE__NODE_A_CONST;
+    n.a_const = &c;
+    return &n;
+  };
+  auto append = [&](Node*** items, size_t* count, Node* extra) {
+    auto& grown = arrays.emplace_back(*items, *items + *count);
+    grown.push_back(extra);
+    restore.emplace_back(items, count, *items, *count);
+    *items = grown.data();
+    *count = grown.size();
+  };
+  std::size_t used = 0;
+  bool ok = true;
+  std::vector<std::pair<Node**, Node*>> replaced;  // (slot, original)
+  if (col < 0) {
+    // The key column is added to the column list, with a value in every row.
+    auto& rt = targets.emplace_back();
+    pg_query__res_target__init(&rt);
+    rt.name = const_cast<char*>(column.c_str());
+    rt.location = -1;
+    auto& n = nodes.emplace_back();
+    pg_query__node__init(&n);
+    n.node_case = PG_QUERY__NODE__NODE_RES_TARGET;
+    n.res_target = &rt;
+    append(&ins->cols, &ins->n_cols, &n);
+    for (size_t r = 0; r < s->n_values_lists && ok; ++r) {
+      Node* row = s->values_lists[r];
+      if (row->node_case != PG_QUERY__NODE__NODE_LIST || used >= values.size()) {
+        ok = false;
+        break;
+      }
+      append(&row->list->items, &row->list->n_items, constant(values[used++]));
+    }
+  } else {
+    for (size_t r = 0; r < s->n_values_lists && ok; ++r) {
+      Node* row = s->values_lists[r];
+      if (row->node_case != PG_QUERY__NODE__NODE_LIST ||
+          static_cast<size_t>(col) >= row->list->n_items) {
+        ok = false;
+        break;
+      }
+      Node** slot = &row->list->items[col];
+      if ((*slot)->node_case != PG_QUERY__NODE__NODE_SET_TO_DEFAULT) continue;
+      if (used >= values.size()) {
+        ok = false;
+        break;
+      }
+      replaced.emplace_back(slot, *slot);
+      *slot = constant(values[used++]);
+    }
+  }
+  std::optional<std::string> out;
+  if (ok && used == values.size()) {
+    std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
+    pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
+    PgQueryProtobuf pb{packed.size(), packed.data()};
+    auto d = pg_query_deparse_protobuf(pb);
+    if (!d.error && d.query) out = std::string(d.query);
+    pg_query_free_deparse_result(d);
+  }
+  for (auto& [slot, original] : replaced) *slot = original;
+  for (auto it = restore.rbegin(); it != restore.rend(); ++it) {
+    auto [items, count, original, n] = *it;
+    *items = original;
+    *count = n;
   }
   return out;
 }

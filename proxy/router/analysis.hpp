@@ -5,6 +5,7 @@
 #include <list>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -18,7 +19,8 @@ namespace pgshard::router {
 // One value of the shard key: a literal, or the n-th Bind parameter ($n), possibly an
 // array parameter (key = ANY($n)).
 struct KeyValue {
-  enum class Kind { kLiteral, kParam, kArrayParam } kind = Kind::kLiteral;
+  // kGenerate: an INSERT leaves the key to the column's default (left out, or DEFAULT).
+  enum class Kind { kLiteral, kParam, kArrayParam, kGenerate } kind = Kind::kLiteral;
   std::string literal;
   int param = 0;  // 1-based
   bool operator==(const KeyValue&) const = default;
@@ -57,6 +59,8 @@ struct Analysis {
     kError,          // refused: `error` says why
     kUnparsed,       // not valid SQL: PostgreSQL reports the error itself
     kCopyIn,         // COPY FROM STDIN into a sharded table: rows split by key
+    kSequenceHome,   // nextval/setval/currval without a table: the first shard, whose
+                     // sequences hand out generated keys (unique everywhere)
   };
   Target target = Target::kAnyShard;
   bool write = false;
@@ -111,6 +115,18 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg);
 // (shard, statement) pairs in shard order, or nullopt if the statement cannot be split.
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
     std::string_view sql, const std::vector<int>& row_shard);
+
+// The parameter numbers ($n) a statement refers to (empty when it does not parse).
+std::set<int> parameters_of(std::string_view sql);
+
+// An INSERT whose rows leave the shard key to the database with the key values pgshard
+// generated put in: the key column is added to the column list (with a value in every row)
+// or replaces DEFAULT where a row has it. `position` is the key's place for an INSERT
+// without a column list (-1 otherwise). nullopt when the statement is not such an INSERT
+// or the values do not match its rows.
+std::optional<std::string> with_generated_keys(std::string_view sql, const std::string& column,
+                                               int position,
+                                               const std::vector<std::string>& values);
 
 // Transaction pooling shows a client only its own prepared statements: rewrites a SELECT
 // that reads pg_prepared_statements so that the view is `own_sql` (a query returning the

@@ -365,6 +365,9 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       r.shard = cfg.unsharded.policy == config::Unsharded::Policy::kShard ? cfg.unsharded.shard
                                                                           : fallback;
       return r;
+    case Analysis::Target::kSequenceHome:
+      r.shard = 0;
+      return r;
     case Analysis::Target::kAnyShard:
       r.shard = fallback;
       return r;
@@ -444,6 +447,22 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     }
   }
   const auto& keys = a->positional.empty() ? a->keys : positional_keys;
+  // Rows that leave the key to the column's default: the session gets one generated value
+  // for each, puts them in the statement and routes it again (a statement only described
+  // runs nowhere: any shard describes it).
+  if (const auto generate = std::count_if(
+          keys.begin(), keys.end(),
+          [](const KeyValue& k) { return k.kind == KeyValue::Kind::kGenerate; })) {
+    if (ctx.describe_only) {
+      r.shard = fallback;
+      return r;
+    }
+    r = Route{};
+    r.kind = RouteKind::kLookup;
+    r.generate_table = a->table;
+    r.generate_count = static_cast<int>(generate);
+    return r;
+  }
   std::set<int> shards;
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
   std::string placement_error;

@@ -56,6 +56,10 @@ struct Route {
   // sharded tables whose key position (column order) to read from the catalog.
   std::vector<std::pair<int, std::string>> lookups;
   std::vector<int> column_lookups;
+  // kLookup: an INSERT leaving the key of sharded table `generate_table` to its default in
+  // `generate_count` rows: generate that many keys, put them in, route again.
+  int generate_table = -1;
+  int generate_count = 0;
   // COPY FROM STDIN whose rows pgshard splits by key over every shard.
   std::optional<CopySplit> copy_in;
   int copy_table = -1;
@@ -109,6 +113,7 @@ struct Context {
   uint64_t* round_robin = nullptr;            // spreads reference-table reads
   const DirectoryCache* directory = nullptr;  // directory entries known to this worker
   const ColumnCache* columns = nullptr;       // key positions known to this worker
+  bool describe_only = false;                 // Parse/Describe without Bind: nothing runs
   bool reasons = true;                        // explain the route in Route::reason (costs strings)
   // The cache's analysis of this very statement when the router has it already (a statement
   // with literals is re-analysed from its shape on every look-up: look once).

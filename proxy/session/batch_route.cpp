@@ -165,7 +165,36 @@ router::Route route_batch(std::string_view batch, Statements& statements,
   if (routed) return route;
   // Nothing is executed (Parse/Describe/Close/Sync only): any shard that has the statement's
   // tables describes it alike.
+  ctx.describe_only = true;
   return router::route_extended(described, hints, cfg, ctx);
+}
+
+bool put_generated_keys(std::string& batch, const std::string& column, int position,
+                        const std::vector<std::string>& keys) {
+  std::string out;
+  out.reserve(batch.size() + 32 * keys.size());
+  bool done = false;
+  for (const auto m : proto::frames(batch)) {
+    const auto& f = m.frame;
+    if (!done && f.type == proto::msg::kQuery) {
+      auto q = proto::Query::parse(f.body);
+      auto sql = q ? router::with_generated_keys(q->sql, column, position, keys) : std::nullopt;
+      if (!sql) return false;
+      proto::Query{*sql}.write(out);
+      done = true;
+    } else if (!done && f.type == proto::msg::kParse) {
+      auto p = proto::Parse::parse(f.body);
+      if (!p || !p->name.empty()) return false;  // a named statement: the client may reuse it
+      auto sql = router::with_generated_keys(p->query, column, position, keys);
+      if (!sql) return false;
+      proto::Parse{"", *sql, p->param_types}.write(out);
+      done = true;
+    } else {
+      out.append(m.raw);
+    }
+  }
+  if (done) batch = std::move(out);
+  return done;
 }
 
 }  // namespace pgshard::session

@@ -5,7 +5,9 @@
 // Synchronous, no I/O.
 #pragma once
 
+#include <string>
 #include <string_view>
+#include <vector>
 
 #include "config/config.hpp"
 #include "proxy/router/router.hpp"
@@ -19,5 +21,13 @@ namespace pgshard::session {
 router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
                           router::Context ctx, bool txn_managed, bool* simple);
+
+// Puts generated shard-key values into the INSERT of `batch` that leaves its key to the
+// column's default: a simple Query, or the unnamed statement Parsed in the batch (rewritten
+// in place; the client's Bind is unchanged). `position`: the key's place for an INSERT
+// without a column list, else -1. False when the statement is not in the batch (a named
+// prepared statement, or one parsed in an earlier batch) or cannot be rewritten.
+bool put_generated_keys(std::string& batch, const std::string& column, int position,
+                        const std::vector<std::string>& keys);
 
 }  // namespace pgshard::session

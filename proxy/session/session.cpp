@@ -656,19 +656,40 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
   for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
     // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
     std::string err = "directory entries expire faster than they are read";
-    if (attempt < 2 && !route.column_lookups.empty())
+    std::string_view code = sqlstate::kSqlclientUnableToEstablish;
+    if (attempt < 2 && route.generate_count > 0) {
+      err = co_await generate_keys(route);
+      code = sqlstate::kFeatureNotSupported;
+    } else if (attempt < 2 && !route.column_lookups.empty()) {
       err = co_await executor::resolve_columns(*this, route.column_lookups);
-    else if (attempt < 2)
+    } else if (attempt < 2) {
       err = co_await executor::resolve_directory(*this, route.lookups);
+    }
     if (!err.empty()) {
       route = router::Route{};
       route.kind = router::RouteKind::kError;
-      route.error = proto::error(sqlstate::kSqlclientUnableToEstablish, err);
+      route.error = proto::error(code, err);
       route.hints = hints_;
       break;
     }
     route = route_batch(&req.simple);
   }
+}
+
+awaitable<std::string> Session::generate_keys(const router::Route& route) {
+  // Keys for the rows of an INSERT that leave them to the column's default, put into the
+  // statement the client sent; routing it again then places each row by its key.
+  std::vector<std::string> keys;
+  std::string err =
+      co_await executor::generate_keys(*this, route.generate_table, route.generate_count, keys);
+  if (!err.empty()) co_return err;
+  const auto& t = config_.sharded_tables[static_cast<std::size_t>(route.generate_table)];
+  const int position = worker_.columns().key_position(t.qualified_name()).value_or(-1);
+  if (!put_generated_keys(pending_, t.column, position, keys))
+    co_return "an INSERT that leaves the shard key \"" + t.column +
+        "\" to its default is supported in a simple Query or the unnamed statement, not a "
+        "named prepared statement yet: set the key, or let the driver use unnamed statements";
+  co_return std::string();
 }
 
 bool Session::lone(const Request& req, const router::Route& route) const {

@@ -146,6 +146,7 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<bool> skip_failed_batch(char boundary);
   // Routes pending_ (directory lookups done first).
   // Looks up directory-placed keys the route needs, then routes again (once more at most).
+  awaitable<std::string> generate_keys(const router::Route& route);
   awaitable<void> resolve_lookups(Request& req, router::Route& route);
   // Whether the request is one statement pgshard may answer as transaction control itself.
   bool lone(const Request& req, const router::Route& route) const;

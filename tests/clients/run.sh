@@ -35,6 +35,8 @@ shards:
 sharded_tables:
   - { table: users, column: id, type: bigint }
   - { table: orders, column: user_id, type: bigint }
+  - { table: accounts, column: id, type: integer }
+  - { table: purchases, column: account_id, type: integer }
 unsharded: reject
 log_level: info
 two_phase_log: $DIR/2pc

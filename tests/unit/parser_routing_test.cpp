@@ -204,7 +204,6 @@ TEST_CASE("statements without a usable key go to every shard or are refused", "[
       {"alter table users add column age int", "all"},
       {"drop table orders", "all"},
       {"truncate users", "all"},
-      {"insert into users (name) values ('x')", "error"},
       {"insert into users (id, name) select id, name from users", "error"},
       {"insert into users (id, name) values (random()::bigint, 'x')", "error"},
       {"insert into users (id, name) values ($1, 'a'), (2, 'b'), (3, 'c')", "error"},
@@ -767,4 +766,54 @@ TEST_CASE("INSERT without a column list takes the key from the table's column or
   // A schema change through pgshard forgets every position.
   ColumnCache::schema_changed();
   CHECK(route_query("insert into users values ('x', 42)", h, *cfg, ctx).kind == RouteKind::kLookup);
+}
+
+TEST_CASE("INSERT leaving the key to its default asks for generated keys", "[router][parser]") {
+  // Before: refused ("must set its shard key").
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("insert into users (name) values ('x'), ('y') returning id", h, *cfg);
+  REQUIRE(r.kind == RouteKind::kLookup);
+  CHECK(r.generate_table == 0);
+  CHECK(r.generate_count == 2);
+  r = route_query("insert into users (id, name) values (default, 'x'), (5, 'y')", h, *cfg);
+  REQUIRE(r.kind == RouteKind::kLookup);
+  CHECK(r.generate_count == 1);
+  // Only described (a driver preparing): nothing runs, no key is generated.
+  Context describe;
+  describe.describe_only = true;
+  CHECK(route_extended("insert into users (name) values ($1)", h, *cfg, describe).kind ==
+        RouteKind::kShard);
+  CHECK(where(route_query("update users set id = default where id = 1", h, *cfg)) == "error");
+  // nextval and friends go to the sequences' home (the first shard), wherever the client is.
+  Context attached;
+  attached.attached = 2;
+  CHECK(where(route_query("select nextval('users_id_seq')", h, *cfg, attached)) == "s0");
+  CHECK(where(route_query("select setval('users_id_seq', 10)", h, *cfg, attached)) == "s0");
+  CHECK(where(route_query("select 1", h, *cfg, attached)) == "s2");
+
+  // The keys put in: a column added with a value in every row, or DEFAULT replaced.
+  auto sql = with_generated_keys("insert into users (name) values ('x'), ('y') returning id", "id",
+                                 -1, {"7", "8"});
+  REQUIRE(sql);
+  CHECK_THAT(*sql, Catch::Contains("(name, id)"));
+  CHECK_THAT(*sql, Catch::Contains("('x', '7'), ('y', '8')"));
+  CHECK_THAT(*sql, Catch::Contains("RETURNING id"));
+  auto split = route_query(*sql, h, *cfg);
+  REQUIRE(split.kind == RouteKind::kShard);
+  if (shard_of("7") == shard_of("8"))
+    CHECK(where(split) == s(shard_of("7")));
+  else
+    CHECK(split.shards.size() == 2);
+  sql = with_generated_keys("insert into users (id, name) values (default, 'x'), (5, 'y')", "id",
+                            -1, {"9"});
+  REQUIRE(sql);
+  CHECK_THAT(*sql, Catch::Contains("('9', 'x'), (5, 'y')"));
+  sql = with_generated_keys("insert into users values (default, 'x')", "id", 0, {"10"});
+  REQUIRE(sql);
+  CHECK_THAT(*sql, Catch::Contains("VALUES ('10', 'x')"));
+  // Values that do not match the rows, or no column list without the key's place: nothing.
+  CHECK_FALSE(with_generated_keys("insert into users (name) values ('x')", "id", -1, {"1", "2"}));
+  CHECK_FALSE(with_generated_keys("insert into users values (default, 'x')", "id", -1, {"1"}));
+  CHECK_FALSE(with_generated_keys("select 1", "id", -1, {"1"}));
 }

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import pg from "pg";
 import { drizzle } from "drizzle-orm/node-postgres";
-import { bigint, numeric, pgTable, primaryKey, text } from "drizzle-orm/pg-core";
+import { bigint, integer, numeric, pgTable, primaryKey, serial, text } from "drizzle-orm/pg-core";
 import { and, asc, between, eq, sql, sum } from "drizzle-orm";
 
 const config = {
@@ -31,6 +31,56 @@ const orders = pgTable(
 );
 
 const amounts = ["1.25", "2.25", "3.25"];
+
+// The tutorial's schema: serial ids the application never sets.
+const accounts = pgTable("accounts", {
+  id: serial("id").primaryKey(),
+  name: text("name").notNull(),
+});
+const purchases = pgTable(
+  "purchases",
+  {
+    id: serial("id"),
+    accountId: integer("account_id").notNull(),
+    amount: numeric("amount", { precision: 12, scale: 2 }).notNull(),
+  },
+  (t) => ({ pk: primaryKey({ columns: [t.accountId, t.id] }) }),
+);
+
+// Drizzle with serial keys: inserts without ids (Drizzle sends DEFAULT), RETURNING the ids
+// pgshard generated, orders of one account, the total revenue, a transaction.
+async function drizzleSerial() {
+  const client = new pg.Client(config);
+  await client.connect();
+  const db = drizzle(client);
+  const created = await db
+    .insert(accounts)
+    .values([{ name: "ann" }, { name: "bob" }, { name: "cy" }, { name: "dee" }])
+    .returning({ id: accounts.id, name: accounts.name });
+  assert.deepEqual(created.map((a) => a.name), ["ann", "bob", "cy", "dee"]);
+  assert.equal(new Set(created.map((a) => a.id)).size, 4);
+  for (const a of created)
+    await db.transaction(async (tx) => {
+      await tx.insert(purchases).values([
+        { accountId: a.id, amount: "10.00" },
+        { accountId: a.id, amount: "5.50" },
+      ]);
+    });
+  const one = await db.insert(accounts).values({ name: "eve" }).returning();
+  assert.equal(one.length, 1);
+  assert.equal(one[0].name, "eve");
+  const [back] = await db.select().from(accounts).where(eq(accounts.id, one[0].id));
+  assert.deepEqual(back, one[0]);
+  const bobs = await db
+    .select({ amount: purchases.amount })
+    .from(purchases)
+    .where(eq(purchases.accountId, created[1].id))
+    .orderBy(asc(purchases.amount));
+  assert.deepEqual(bobs, [{ amount: "5.50" }, { amount: "10.00" }]);
+  const [revenue] = await db.select({ total: sum(purchases.amount) }).from(purchases);
+  assert.equal(revenue.total, "62.00");
+  await client.end();
+}
 
 async function nodePostgres() {
   const client = new pg.Client(config);
@@ -168,5 +218,6 @@ async function startupParameters() {
 
 await nodePostgres();
 await drizzleOrm();
+await drizzleSerial();
 await startupParameters();
 console.log("node drivers: all checks passed");
