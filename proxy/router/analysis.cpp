@@ -399,6 +399,14 @@ class Analyzer {
     for (const auto& u : uses_) a.key_columns.push_back(cfg_.sharded_tables[u.table].column);
     if (kind == PG_QUERY__NODE__NODE_COPY_STMT) return copy(stmt->copy_stmt, a);
     if (a.ddl) {
+      if (auto problem = foreign_key_problem(stmt)) {
+        a.target = Analysis::Target::kError;
+        a.error = *problem;
+        a.hint =
+            "reference the shard key from a table sharded alike by that key, or make the "
+            "referenced table a reference table";
+        return a;
+      }
       a.target = Analysis::Target::kAllShards;
       a.reason = "DDL on a sharded table: every shard";
       return a;
@@ -777,6 +785,98 @@ class Analyzer {
     a.copy_in = split;
     a.reason = "COPY FROM STDIN: rows split by " + t.column;
     return a;
+  }
+
+  // Whether two sharded tables put equal keys on the same shard.
+  static bool placed_alike(const config::ShardedTable& a, const config::ShardedTable& b) {
+    if (a.type != b.type || a.function != b.function || a.default_shard != b.default_shard)
+      return false;
+    switch (a.function) {
+      case config::ShardFunction::kHash:
+        return true;
+      case config::ShardFunction::kRing:
+        return a.ring == b.ring;
+      case config::ShardFunction::kRange:
+        return std::equal(a.ranges.begin(), a.ranges.end(), b.ranges.begin(), b.ranges.end(),
+                          [](const auto& x, const auto& y) {
+                            return x.from == y.from && x.to == y.to && x.shard == y.shard;
+                          });
+      case config::ShardFunction::kList:
+        return a.lists == b.lists;
+      case config::ShardFunction::kDirectory:
+        return false;  // each table's directory may place a key anywhere
+    }
+    return false;
+  }
+
+  // A foreign key holds only between rows on one shard: from a sharded table's key to the
+  // key of a table sharded alike, or to a reference table (on every shard). The reason
+  // for any other foreign key a CREATE TABLE or ALTER TABLE declares.
+  std::optional<std::string> foreign_key_problem(const Node* stmt) {
+    const PgQuery__RangeVar* owner = nullptr;
+    std::vector<std::pair<const PgQuery__Constraint*, std::string>> fks;  // (fk, column)
+    auto column_def = [&](const PgQuery__ColumnDef* d) {
+      for (size_t i = 0; i < d->n_constraints; ++i) {
+        const Node* c = d->constraints[i];
+        if (c && c->node_case == PG_QUERY__NODE__NODE_CONSTRAINT &&
+            c->constraint->contype == PG_QUERY__CONSTR_TYPE__CONSTR_FOREIGN)
+          fks.emplace_back(c->constraint, d->colname ? d->colname : "");
+      }
+    };
+    auto element = [&](const Node* e) {
+      if (!e) return;
+      if (e->node_case == PG_QUERY__NODE__NODE_COLUMN_DEF) column_def(e->column_def);
+      if (e->node_case == PG_QUERY__NODE__NODE_CONSTRAINT &&
+          e->constraint->contype == PG_QUERY__CONSTR_TYPE__CONSTR_FOREIGN)
+        fks.emplace_back(e->constraint, "");
+    };
+    if (stmt->node_case == PG_QUERY__NODE__NODE_CREATE_STMT) {
+      owner = stmt->create_stmt->relation;
+      for (size_t i = 0; i < stmt->create_stmt->n_table_elts; ++i)
+        element(stmt->create_stmt->table_elts[i]);
+    } else if (stmt->node_case == PG_QUERY__NODE__NODE_ALTER_TABLE_STMT) {
+      owner = stmt->alter_table_stmt->relation;
+      for (size_t i = 0; i < stmt->alter_table_stmt->n_cmds; ++i) {
+        const Node* cmd = stmt->alter_table_stmt->cmds[i];
+        if (cmd && cmd->node_case == PG_QUERY__NODE__NODE_ALTER_TABLE_CMD)
+          element(cmd->alter_table_cmd->def);
+      }
+    }
+    if (!owner) return std::nullopt;
+    auto names = [](PgQuery__Node** items, size_t n) {
+      std::vector<std::string> out;
+      for (size_t i = 0; i < n; ++i) out.emplace_back(str_of(items[i]));
+      return out;
+    };
+    const int from = sharded_index(owner);
+    for (const auto& [fk, column] : fks) {
+      if (!fk->pktable || is_reference(fk->pktable)) continue;
+      const int to = sharded_index(fk->pktable);
+      if (from < 0 && to < 0) continue;  // neither is sharded
+      const std::string what = "foreign key from " + std::string(owner->relname) + " to " +
+                               std::string(fk->pktable->relname);
+      if (from < 0 || to < 0)
+        return what + " cannot hold across shards: " +
+               std::string(from < 0 ? owner->relname : fk->pktable->relname) +
+               " is not sharded like the other";
+      const auto& a = cfg_.sharded_tables[static_cast<std::size_t>(from)];
+      const auto& b = cfg_.sharded_tables[static_cast<std::size_t>(to)];
+      auto fk_cols =
+          column.empty() ? names(fk->fk_attrs, fk->n_fk_attrs) : std::vector<std::string>{column};
+      auto pk_cols = names(fk->pk_attrs, fk->n_pk_attrs);
+      if (pk_cols.empty() && fk_cols.size() == 1) pk_cols = {b.column};  // its primary key
+      bool key_to_key = false;
+      for (std::size_t i = 0; i < fk_cols.size() && i < pk_cols.size(); ++i)
+        if (fk_cols[i] == a.column && pk_cols[i] == b.column) key_to_key = true;
+      if (!key_to_key)
+        return what + " cannot hold across shards: it must map " + a.table + "." + a.column +
+               " (its shard key) to " + b.table + "." + b.column;
+      if (!placed_alike(a, b))
+        return what +
+               " cannot hold across shards: the tables are not sharded alike (type, "
+               "function and shards must match)";
+    }
+    return std::nullopt;
   }
 
   Analysis& insert(const PgQuery__InsertStmt* ins, Analysis& a) {

@@ -817,3 +817,31 @@ TEST_CASE("INSERT leaving the key to its default asks for generated keys", "[rou
   CHECK_FALSE(with_generated_keys("insert into users values (default, 'x')", "id", -1, {"1"}));
   CHECK_FALSE(with_generated_keys("select 1", "id", -1, {"1"}));
 }
+
+TEST_CASE("a foreign key must hold on each shard, or CREATE/ALTER is refused", "[router][parser]") {
+  // Before: any foreign key was sent to every shard, where it could only hold for rows that
+  // happened to share a shard.
+  auto cfg = map();
+  SessionHints h;
+  std::string msg;
+  auto refused = [&](const char* sql) {
+    auto r = route_query(sql, h, *cfg);
+    msg = r.error.message;
+    return r.kind == RouteKind::kError && r.error.code == "0A000";
+  };
+  CHECK(where(route_query("alter table orders add foreign key (user_id) references users (id)", h,
+                          *cfg)) == "all");
+  CHECK(where(route_query(
+            "alter table orders add constraint f foreign key (user_id) references users", h,
+            *cfg)) == "all");
+  CHECK(where(route_query("create table order_items (user_id bigint references users (id), n int)",
+                          h, *cfg)) == "all");
+  CHECK(where(route_query(
+            "alter table orders add foreign key (user_id) references countries (code)", h, *cfg)) ==
+        "all");
+  CHECK(refused("alter table orders add foreign key (id) references users (id)"));
+  CHECK_THAT(msg, Catch::Contains("must map orders.user_id"));
+  CHECK(refused("alter table sessions add foreign key (token) references users (id)"));
+  CHECK_THAT(msg, Catch::Contains("not sharded alike"));
+  CHECK(refused("create table order_items (user_id bigint, item bigint references orders (id))"));
+}
