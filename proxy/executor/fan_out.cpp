@@ -173,10 +173,9 @@ std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
   const auto& active = c_.backends().active;
   if (in_txn_ && !opens_txn_ &&
       (!active || active->lease->status != proto::txn_status::kInBlock || txn.failed() ||
-       txn.savepoints() || route_.ddl)) {
-    const std::string why = route_.ddl         ? "DDL"
-                            : txn.savepoints() ? "it has savepoints"
-                                               : "it has failed or has not started on a shard";
+       txn.savepoints())) {
+    const std::string why =
+        txn.savepoints() ? "it has savepoints" : "it has failed or has not started on a shard";
     return std::pair{"statement needs shards " + names() + " inside this transaction (" + why +
                          "); not supported",
                      std::string("run it outside the transaction, or add the shard key")};
@@ -207,10 +206,13 @@ awaitable<void> FanOut::run() {
     co_await c_.write_client(out_);
     co_return;
   }
-  if (route_.ddl) {
+  if (route_.ddl && !in_txn_) {
     co_await run_ddl(c_, route_);
     co_return;
   }
+  // DDL inside the client's transaction runs in it on every shard, like any write there:
+  // its COMMIT (two-phase across shards) or ROLLBACK decides everywhere.
+  if (route_.ddl) catalog_generation_.fetch_add(1);
   auto& backends = c_.backends();
   if (backends.active && !c_.session_pooled() && !in_txn_) c_.release(backends.active);
   if (!build_request() || !co_await connect()) {

@@ -616,3 +616,57 @@ TEST_CASE("a split INSERT keeps parameters of rows another shard holds", "[routi
   }
   CHECK(scalar(c.get(), "select count(*) from orders where id = 7") == "2");
 }
+
+TEST_CASE("schema changes inside a transaction commit or roll back on every shard", "[routing]") {
+  // Before: refused across shards ("DDL inside this transaction ... not supported"), or, as
+  // the transaction's first statement, run outside it (a ROLLBACK left the table behind).
+  create_schema();
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists ddl_tx");
+  }
+  auto tables = [&](const std::string& name) {
+    int n = 0;
+    for (int i = 0; i < cluster.size(); ++i) {
+      auto d = connect(cluster.direct(i));
+      n += scalar(d.get(), "select count(*) from pg_class where relname = '" + name + "'") == "1";
+    }
+    return n;
+  };
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "begin");
+  query(c.get(), "create table ddl_tx (id int)");
+  query(c.get(), "rollback");
+  CHECK(tables("ddl_tx") == 0);
+  // A migration's shape: DDL, its bookkeeping row (unsharded: s0), keyed writes, COMMIT.
+  query(c.get(), "begin");
+  query(c.get(), "create table ddl_tx (id int)");
+  query(c.get(), "insert into ddl_tx values (1)");
+  query(c.get(), "insert into users (id, name) values (77, 'm')");
+  query(c.get(), "alter table users add column note text");
+  query(c.get(), "commit");
+  CHECK(tables("ddl_tx") == cluster.size());
+  CHECK(scalar(c.get(), "select count(*) from ddl_tx") == "1");
+  CHECK(scalar(c.get(), "select name from users where id = 77") == "m");
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    CHECK(scalar(d.get(),
+                 "select count(*) from information_schema.columns where table_name = "
+                 "'users' and column_name = 'note'") == "1");
+  }
+  // A keyed write first, then DDL that needs every shard.
+  query(c.get(), "begin");
+  query(c.get(), "insert into users (id, name) values (78, 'n')");
+  query(c.get(), "alter table users drop column note");
+  query(c.get(), "rollback");
+  CHECK(scalar(c.get(), "select count(*) from users where id = 78") == "0");
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    CHECK(scalar(d.get(),
+                 "select count(*) from information_schema.columns where table_name = "
+                 "'users' and column_name = 'note'") == "1");
+  }
+  query(c.get(), "drop table ddl_tx");
+}
