@@ -4,7 +4,7 @@ set -euo pipefail
 PACKAGES=(build-essential cmake libboost1.81-dev libssl-dev libspdlog-dev libyaml-cpp-dev
   libpg-query-dev libprotobuf-c-dev libpq-dev catch2 postgresql-15 postgresql-client-15
   pgbouncer openssl procps libbenchmark-dev clang libclang-rt-14-dev iproute2
-  python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy libpostgresql-jdbc-java
+  python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy python3-alembic libpostgresql-jdbc-java
   curl chromium python3-kubernetes python3-yaml systemd podman runc debootstrap podman-compose)
 missing=()
 for p in "${PACKAGES[@]}"; do

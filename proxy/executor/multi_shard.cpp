@@ -2,6 +2,8 @@
 // directory lookups.
 #include <spdlog/spdlog.h>
 
+#include <functional>
+
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/executor/copy_split.hpp"
@@ -348,30 +350,58 @@ awaitable<std::string> resolve_directory(Client& c,
   co_return std::string();
 }
 
-awaitable<std::string> generate_keys(Client& c, int table, int count,
-                                     std::vector<std::string>& keys) {
-  const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
+namespace {
+
+// Runs pgshard's own query on the first shard: inside the client's transaction when it has
+// a server there (what the transaction created is visible only there), else on a pooled
+// server. Returns an error or "".
+awaitable<std::string> run_on_first_shard(Client& c, const std::string& sql,
+                                          const std::function<void(std::string_view)>& row) {
+  auto& backends = c.backends();
+  std::shared_ptr<pool::Link> link;
+  if (c.transaction_status() != proto::txn_status::kIdle) {
+    if (backends.active && backends.active->shard == 0)
+      link = backends.active;
+    else
+      link = backends.participant(0);
+  }
+  const auto max = c.config().listen.max_message_size;
+  const std::string lost = "lost the connection to shard " + c.config().shards[0].name;
+  if (link) {
+    co_await backends.borrow(link);
+    const bool ok = co_await link->lease->run_own(sql, max, row);
+    std::string failure = link->lease->replies.error;
+    backends.give_back(link);
+    if (!ok) co_return lost;
+    co_return failure;
+  }
   auto got = co_await c.worker().pool(0, c.user()).acquire();
   if (auto* err = std::get_if<std::string>(&got)) co_return *err;
   auto lease = std::move(std::get<pool::Lease>(got));
+  if (!co_await lease->run_own(sql, max, row)) co_return lost;
+  co_return lease->replies.error;
+}
+
+}  // namespace
+
+awaitable<std::string> generate_keys(Client& c, int table, int count,
+                                     std::vector<std::string>& keys) {
+  const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
   keys.clear();
   bool missing = false;
-  const bool ok = co_await lease->run_own(
+  const std::string err = co_await run_on_first_shard(
+      c,
       "SELECT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence(" +
           quote_literal(t.qualified_name()) + ", " + quote_literal(t.column) +
           ")) FROM pg_catalog.generate_series(1, " + std::to_string(count) + ")",
-      c.config().listen.max_message_size, [&](std::string_view body) {
+      [&](std::string_view body) {
         auto row = proto::DataRow::parse(body);
         if (row && !row->values.empty() && row->values[0])
           keys.emplace_back(*row->values[0]);
         else
           missing = true;
       });
-  if (!ok)
-    co_return "lost the connection to shard " + c.config().shards[0].name +
-        " while generating keys for table " + t.table;
-  if (!lease->replies.error.empty())
-    co_return "generating keys for table " + t.table + " failed: " + lease->replies.error;
+  if (!err.empty()) co_return "generating keys for table " + t.table + " failed: " + err;
   if (missing || keys.size() != static_cast<std::size_t>(count))
     co_return "the shard key \"" + t.column + "\" of table " + t.table +
         " has no sequence or identity default to generate it from: set it in the INSERT";
@@ -381,25 +411,20 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
 awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables) {
   for (int table : tables) {
     const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
-    auto got = co_await c.worker().pool(0, c.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) co_return *err;
-    auto lease = std::move(std::get<pool::Lease>(got));
     int index = 0, key = -1;
-    const bool ok = co_await lease->run_own(
-        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = pg_catalog.to_regclass(" +
+    const std::string err = co_await run_on_first_shard(
+        c,
+        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = "
+        "pg_catalog.to_regclass(" +
             quote_literal(t.qualified_name()) +
             ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-        c.config().listen.max_message_size, [&](std::string_view body) {
+        [&](std::string_view body) {
           auto row = proto::DataRow::parse(body);
           if (row && !row->values.empty() && row->values[0] && *row->values[0] == t.column)
             key = index;
           ++index;
         });
-    if (!ok)
-      co_return "lost the connection to shard " + c.config().shards[0].name +
-          " while reading the columns of table " + t.table;
-    if (!lease->replies.error.empty())
-      co_return "reading the columns of table " + t.table + " failed: " + lease->replies.error;
+    if (!err.empty()) co_return "reading the columns of table " + t.table + " failed: " + err;
     c.worker().columns().put(t.qualified_name(), key);
   }
   co_return std::string();
