@@ -59,6 +59,22 @@ bool needs_merge(const PgQuery__SelectStmt* s) {
   return aggregates;
 }
 
+struct FreeTree {
+  void operator()(PgQuery__ParseResult* t) const {
+    pg_query__parse_result__free_unpacked(t, nullptr);
+  }
+};
+// The protobuf parse tree of a statement text (null when it does not parse).
+std::unique_ptr<PgQuery__ParseResult, FreeTree> parse_tree(const std::string& text) {
+  auto result = pg_query_parse_protobuf(text.c_str());
+  PgQuery__ParseResult* tree = nullptr;
+  if (!result.error)
+    tree = pg_query__parse_result__unpack(nullptr, result.parse_tree.len,
+                                          reinterpret_cast<const uint8_t*>(result.parse_tree.data));
+  pg_query_free_protobuf_parse_result(result);
+  return std::unique_ptr<PgQuery__ParseResult, FreeTree>(tree);
+}
+
 bool is_temp_schema(std::string_view name) {
   return name == "pg_temp" || name.starts_with("pg_temp_");
 }
@@ -354,6 +370,16 @@ class Analyzer {
     }
     for (const auto* r : rels)
       if (r->relpersistence && r->relpersistence[0] == 't') a.temp_tables.emplace_back(r->relname);
+    if (kind == PG_QUERY__NODE__NODE_DO_STMT) {
+      std::string problem;
+      if (do_block_changes_schema_only(stmt->do_stmt, problem)) {
+        a.ddl = true;
+        a.target = problem.empty() ? Analysis::Target::kAllShards : Analysis::Target::kError;
+        a.error = problem;
+        a.reason = "schema change in a DO block: every shard";
+        return a;
+      }
+    }
     if (uses_.empty() && schema_change(kind) && !names_temp_object(stmt)) {
       a.ddl = true;
       a.target = Analysis::Target::kAllShards;
@@ -787,6 +813,82 @@ class Analyzer {
     return a;
   }
 
+  // A DO block made only of schema changes (migration tools wrap a foreign key or an enum in
+  // DO $$ BEGIN ... EXCEPTION WHEN duplicate_object THEN null; END $$): a schema change
+  // itself, for every shard. Its statements are read with libpg_query's PL/pgSQL parser;
+  // anything but plain SQL statements in blocks (IF, loops, EXECUTE, assignments) makes it
+  // an ordinary DO block. `problem`: a foreign key that cannot hold across shards.
+  bool do_block_changes_schema_only(const PgQuery__DoStmt* d, std::string& problem) {
+    std::string_view body, language = "plpgsql";
+    for (size_t i = 0; i < d->n_args; ++i) {
+      const Node* arg = d->args[i];
+      if (!arg || arg->node_case != PG_QUERY__NODE__NODE_DEF_ELEM || !arg->def_elem->defname)
+        continue;
+      const std::string_view name = arg->def_elem->defname;
+      if (name == "as") body = str_of(arg->def_elem->arg);
+      if (name == "language") language = str_of(arg->def_elem->arg);
+    }
+    if (body.empty() || language != "plpgsql") return false;
+    std::string tag = "pgshard_do";
+    while (body.find("$" + tag + "$") != std::string_view::npos) tag += "_";
+    const std::string function = "CREATE FUNCTION pgshard_do() RETURNS void LANGUAGE plpgsql AS $" +
+                                 tag + "$" + std::string(body) + "$" + tag + "$";
+    auto parsed = pg_query_parse_plpgsql(function.c_str());
+    bool schema_only = !parsed.error && parsed.plpgsql_funcs;
+    std::vector<std::string> queries;
+    if (schema_only) {
+      const std::string_view json = parsed.plpgsql_funcs;
+      static constexpr std::string_view kStmt = "\"PLpgSQL_stmt_", kQuery = "\"query\":\"";
+      for (auto at = json.find(kStmt); at != std::string_view::npos && schema_only;
+           at = json.find(kStmt, at + 1)) {
+        const auto end = json.find('"', at + kStmt.size());
+        const auto type = json.substr(at + kStmt.size(), end - at - kStmt.size());
+        if (type != "block" && type != "execsql" && type != "return") schema_only = false;
+      }
+      for (auto at = json.find(kQuery); at != std::string_view::npos && schema_only;
+           at = json.find(kQuery, at + 1)) {
+        std::string q;  // the JSON string, unescaped (\uXXXX: not for schema changes)
+        std::size_t i = at + kQuery.size();
+        for (; i < json.size() && json[i] != '"'; ++i) {
+          if (json[i] != '\\') {
+            q += json[i];
+            continue;
+          }
+          if (++i >= json.size()) break;
+          switch (json[i]) {
+            case 'n':
+              q += '\n';
+              break;
+            case 't':
+              q += '\t';
+              break;
+            case 'r':
+              q += '\r';
+              break;
+            case 'u':
+              schema_only = false;
+              break;
+            default:
+              q += json[i];
+          }
+        }
+        queries.push_back(std::move(q));
+      }
+    }
+    pg_query_free_plpgsql_parse_result(parsed);
+    if (!schema_only || queries.empty()) return false;
+    for (const auto& q : queries) {
+      const auto tree = parse_tree(q);
+      if (!tree || tree->n_stmts == 0) return false;
+      for (size_t i = 0; i < tree->n_stmts; ++i) {
+        const Node* st = tree->stmts[i]->stmt;
+        if (!st || !schema_change(st->node_case) || names_temp_object(st)) return false;
+        if (auto p = foreign_key_problem(st); p && problem.empty()) problem = *p;
+      }
+    }
+    return true;
+  }
+
   // Whether two sharded tables put equal keys on the same shard.
   static bool placed_alike(const config::ShardedTable& a, const config::ShardedTable& b) {
     if (a.type != b.type || a.function != b.function || a.default_shard != b.default_shard)
@@ -1146,26 +1248,6 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
   pg_query_free_protobuf_parse_result(result);
   return a;
 }
-
-namespace {
-
-struct FreeTree {
-  void operator()(PgQuery__ParseResult* t) const {
-    pg_query__parse_result__free_unpacked(t, nullptr);
-  }
-};
-// The protobuf parse tree of a statement text (null when it does not parse).
-std::unique_ptr<PgQuery__ParseResult, FreeTree> parse_tree(const std::string& text) {
-  auto result = pg_query_parse_protobuf(text.c_str());
-  PgQuery__ParseResult* tree = nullptr;
-  if (!result.error)
-    tree = pg_query__parse_result__unpack(nullptr, result.parse_tree.len,
-                                          reinterpret_cast<const uint8_t*>(result.parse_tree.data));
-  pg_query_free_protobuf_parse_result(result);
-  return std::unique_ptr<PgQuery__ParseResult, FreeTree>(tree);
-}
-
-}  // namespace
 
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
     std::string_view sql, const std::vector<int>& row_shard) {

@@ -38,7 +38,9 @@ sharded_tables:
   - { table: accounts, column: id, type: integer }
   - { table: purchases, column: account_id, type: integer }
   - { table: tickets, column: id, type: bigint }
-unsharded: $([ "$SUITE" = alembic ] && echo "{ shard: s0 }" || echo reject)
+  - { table: members, column: id, type: integer }
+  - { table: member_orders, column: user_id, type: integer }
+unsharded: $(case "$SUITE" in alembic|drizzle-kit) echo "{ shard: s0 }" ;; *) echo reject ;; esac)
 log_level: info
 two_phase_log: $DIR/2pc
 admin: { http: "127.0.0.1:$HTTP" }
@@ -53,9 +55,18 @@ case "$SUITE" in
   python) /usr/bin/python3 "$HERE/python_drivers.py" ;;
   # Migrations keep their bookkeeping table outside the map: unsharded goes to s0 here.
   alembic) /usr/bin/python3 "$HERE/alembic_test.py" ;;
+  drizzle-kit)
+    [ -d "$HERE/node/node_modules/drizzle-kit" ] ||
+      (cd "$HERE/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+    # Twice: the second run finds every migration applied and does nothing.
+    for _ in 1 2; do
+      (cd "$HERE/node" && DATABASE_URL="postgres://app:secret@127.0.0.1:$PROXY/app" \
+        ./node_modules/.bin/drizzle-kit migrate --config drizzle.config.ts)
+    done
+    node "$HERE/node/migrate_check.mjs" ;;
   node)
     # npm packages are installed into the source tree's ignored node_modules, once.
-    [ -d "$HERE/node/node_modules/drizzle-orm" ] ||
+    [ -d "$HERE/node/node_modules/drizzle-kit" ] ||
       (cd "$HERE/node" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
     node "$HERE/node/test.mjs" ;;
   jdbc) java -cp /usr/share/java/postgresql.jar "$HERE/jdbc/JdbcTest.java" ;;

@@ -845,3 +845,28 @@ TEST_CASE("a foreign key must hold on each shard, or CREATE/ALTER is refused", "
   CHECK_THAT(msg, Catch::Contains("not sharded alike"));
   CHECK(refused("create table order_items (user_id bigint, item bigint references orders (id))"));
 }
+
+TEST_CASE("a DO block of schema changes goes to every shard", "[router][parser]") {
+  // drizzle-kit wraps foreign keys in DO $$ BEGIN ... EXCEPTION ... END $$. Before: one shard.
+  auto cfg = map("{ shard: s0 }");
+  SessionHints h;
+  CHECK(where(route_query(
+            "DO $$ BEGIN\n ALTER TABLE \"orders\" ADD CONSTRAINT \"f\" FOREIGN KEY (\"user_id\") "
+            "REFERENCES \"public\".\"users\"(\"id\");\nEXCEPTION\n WHEN duplicate_object THEN "
+            "null;\nEND $$;",
+            h, *cfg)) == "all");
+  CHECK(where(route_query("DO $$ BEGIN CREATE TYPE mood AS ENUM ('a'); EXCEPTION WHEN "
+                          "duplicate_object THEN null; END $$",
+                          h, *cfg)) == "all");
+  // A foreign key that cannot hold across shards is refused here too.
+  CHECK(where(route_query("DO $$ BEGIN ALTER TABLE orders ADD FOREIGN KEY (id) REFERENCES "
+                          "users (id); END $$",
+                          h, *cfg)) == "error");
+  // Anything else in the block (data, control flow, dynamic SQL) keeps it an ordinary DO.
+  CHECK(where(route_query("DO $$ BEGIN INSERT INTO accounts VALUES (1); END $$", h, *cfg)) !=
+        "all");
+  CHECK(where(route_query("DO $$ BEGIN IF true THEN CREATE TYPE t2 AS ENUM ('a'); END IF; END $$",
+                          h, *cfg)) != "all");
+  CHECK(where(route_query("DO $$ BEGIN EXECUTE 'CREATE TYPE t3 AS ENUM (''a'')'; END $$", h,
+                          *cfg)) != "all");
+}
