@@ -450,9 +450,9 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   // Rows that leave the key to the column's default: the session gets one generated value
   // for each, puts them in the statement and routes it again (a statement only described
   // runs nowhere: any shard describes it).
-  if (const auto generate = std::count_if(
-          keys.begin(), keys.end(),
-          [](const KeyValue& k) { return k.kind == KeyValue::Kind::kGenerate; })) {
+  if (const auto generate = std::count_if(keys.begin(), keys.end(), [](const KeyValue& k) {
+        return k.kind == KeyValue::Kind::kGenerate;
+      })) {
     if (ctx.describe_only) {
       r.shard = fallback;
       return r;
