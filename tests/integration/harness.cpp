@@ -269,8 +269,20 @@ ProxyOptions one_worker(int pool_size) {
   return o;
 }
 
+namespace {
+// Catch2's INFO and assertions are not thread-safe, and tests call connect() and query()
+// from several client threads at once (concurrent INFO corrupted the heap: "free():
+// unaligned chunk detected in tcache"). The helpers' Catch2 use goes through this lock; the
+// database work stays outside it.
+std::mutex& catch_lock() {
+  static std::mutex m;
+  return m;
+}
+}  // namespace
+
 Conn connect(const std::string& conninfo) {
   Conn c(PQconnectdb(conninfo.c_str()), PQfinish);
+  std::lock_guard lock(catch_lock());
   INFO("connecting with " << conninfo);
   REQUIRE(PQstatus(c.get()) == CONNECTION_OK);
   return c;
@@ -279,7 +291,7 @@ Conn connect(const std::string& conninfo) {
 std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql) {
   PGresult* r = PQexec(c, sql.c_str());
   auto st = PQresultStatus(r);
-  INFO(sql << " -> " << PQresultErrorMessage(r));
+  const std::string error = PQresultErrorMessage(r);
   std::vector<std::vector<std::string>> rows;
   bool ok = st == PGRES_TUPLES_OK || st == PGRES_COMMAND_OK || st == PGRES_EMPTY_QUERY;
   if (ok) {
@@ -290,12 +302,15 @@ std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql) {
     }
   }
   PQclear(r);
+  std::lock_guard lock(catch_lock());
+  INFO(sql << " -> " << error);
   REQUIRE(ok);
   return rows;
 }
 
 std::string scalar(PGconn* c, const std::string& sql) {
   auto rows = query(c, sql);
+  std::lock_guard lock(catch_lock());
   REQUIRE(rows.size() == 1);
   REQUIRE(rows[0].size() == 1);
   return rows[0][0];
