@@ -50,6 +50,9 @@ class Client {
   // Text and parameter types of the client's statement `name` ("": the unnamed one).
   virtual std::string_view stored_text(std::string_view name) const = 0;
   virtual const std::vector<int32_t>& stored_types(std::string_view name) const = 0;
+  // True for pgshard's own unnamed Parse in the request (generated keys put in the text of
+  // the statement the Bind after it runs): its ParseComplete is not the client's.
+  virtual bool injected_parse(std::string_view query) const = 0;
   virtual router::SessionHints& hints() = 0;
 
   // ---- answering ----

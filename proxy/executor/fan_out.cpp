@@ -695,7 +695,9 @@ bool ShardBatch::build(std::optional<int64_t>& limit, std::optional<int64_t>& of
         if (auto p = proto::Parse::parse(f.body)) {
           std::string n = shard_name(p->name);
           proto::Parse{n, shard_text(p->query), shard_types(p->param_types)}.write(request_);
-          expected_.expect_parse(Owner::kClient, Action::kForward);
+          expected_.expect_parse(Owner::kClient, p->name.empty() && c_.injected_parse(p->query)
+                                                     ? Action::kHide
+                                                     : Action::kForward);
           parsed_.insert(std::string(p->name));
           if (!p->name.empty()) fan_names_.push_back(n);
         }

@@ -169,32 +169,49 @@ router::Route route_batch(std::string_view batch, Statements& statements,
   return router::route_extended(described, hints, cfg, ctx);
 }
 
-bool put_generated_keys(std::string& batch, const std::string& column, int position,
-                        const std::vector<std::string>& keys) {
-  std::string out;
-  out.reserve(batch.size() + 32 * keys.size());
-  bool done = false;
+bool put_generated_keys(std::string& batch, Statements& statements, const std::string& column,
+                        int position, const std::vector<std::string>& keys) {
+  // The statement that generates is the batch's Query, or the statement of its last Bind
+  // (a batch with generated keys routes one Bind; a BEGIN pipelined ahead comes first).
+  std::string_view last_bind;
+  std::vector<proto::Parse> parses;  // the batch's, up to that Bind
   for (const auto m : proto::frames(batch)) {
-    const auto& f = m.frame;
-    if (!done && f.type == proto::msg::kQuery) {
-      auto q = proto::Query::parse(f.body);
+    if (m.frame.type == proto::msg::kQuery) {
+      auto q = proto::Query::parse(m.frame.body);
       auto sql = q ? router::with_generated_keys(q->sql, column, position, keys) : std::nullopt;
       if (!sql) return false;
+      const auto at = static_cast<std::size_t>(m.raw.data() - batch.data());
+      std::string out = batch.substr(0, at);
       proto::Query{*sql}.write(out);
-      done = true;
-    } else if (!done && f.type == proto::msg::kParse) {
-      auto p = proto::Parse::parse(f.body);
-      if (!p || !p->name.empty()) return false;  // a named statement: the client may reuse it
-      auto sql = router::with_generated_keys(p->query, column, position, keys);
-      if (!sql) return false;
-      proto::Parse{"", *sql, p->param_types}.write(out);
-      done = true;
-    } else {
-      out.append(m.raw);
+      out.append(batch, at + m.raw.size());
+      batch = std::move(out);
+      return true;
     }
+    if (m.frame.type == proto::msg::kBind) last_bind = m.raw;
+    if (m.frame.type == proto::msg::kParse && last_bind.empty())
+      if (auto p = proto::Parse::parse(m.frame.body)) parses.push_back(*p);
   }
-  if (done) batch = std::move(out);
-  return done;
+  auto b = last_bind.empty() ? std::nullopt : proto::Bind::parse(last_bind.substr(5));
+  if (!b) return false;
+  // Its text: the batch's last Parse of that name before it, else the one stored earlier.
+  auto p = std::find_if(parses.rbegin(), parses.rend(),
+                        [&](const proto::Parse& e) { return e.name == b->statement; });
+  const bool here = p != parses.rend();
+  auto sql = router::with_generated_keys(here ? p->query : statements.text(b->statement), column,
+                                         position, keys);
+  if (!sql) return false;
+  // The client's statement stays as it is (it may run it again): pgshard parses the text with
+  // the keys in as the unnamed statement, hidden from the client, and binds that.
+  const auto at = static_cast<std::size_t>(last_bind.data() - batch.data());
+  std::string out = batch.substr(0, at);
+  out.reserve(batch.size() + sql->size() + 64);
+  proto::Parse{"", *sql, here ? p->param_types : statements.types(b->statement)}.write(out);
+  b->statement = "";
+  b->write(out);
+  out.append(batch, at + last_bind.size());
+  statements.set_injected(std::move(*sql));
+  batch = std::move(out);
+  return true;
 }
 
 }  // namespace pgshard::session

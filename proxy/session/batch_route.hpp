@@ -23,11 +23,13 @@ router::Route route_batch(std::string_view batch, Statements& statements,
                           router::Context ctx, bool txn_managed, bool* simple);
 
 // Puts generated shard-key values into the INSERT of `batch` that leaves its key to the
-// column's default: a simple Query, or the unnamed statement Parsed in the batch (rewritten
-// in place; the client's Bind is unchanged). `position`: the key's place for an INSERT
-// without a column list, else -1. False when the statement is not in the batch (a named
-// prepared statement, or one parsed in an earlier batch) or cannot be rewritten.
-bool put_generated_keys(std::string& batch, const std::string& column, int position,
-                        const std::vector<std::string>& keys);
+// column's default. A simple Query is rewritten in place. For the statement of the batch's
+// last Bind (named or unnamed, parsed in the batch or before), pgshard's own unnamed Parse of
+// the text with the keys in goes just ahead of the Bind, which then binds it: the client's
+// statement stays as it was, and `statements` notes the Parse (its ParseComplete is hidden).
+// `position`: the key's place for an INSERT without a column list, else -1. False when the
+// statement cannot be rewritten.
+bool put_generated_keys(std::string& batch, Statements& statements, const std::string& column,
+                        int position, const std::vector<std::string>& keys);
 
 }  // namespace pgshard::session

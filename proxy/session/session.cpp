@@ -576,6 +576,7 @@ awaitable<void> Session::handle_request(char boundary) {
   while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
   ++requests_;
   deadlock_detail_.clear();  // a cancel that came too late must not turn into 40P01 now
+  statements_.clear_injected();
   if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
   if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
@@ -685,10 +686,9 @@ awaitable<std::string> Session::generate_keys(const router::Route& route) {
   if (!err.empty()) co_return err;
   const auto& t = config_.sharded_tables[static_cast<std::size_t>(route.generate_table)];
   const int position = worker_.columns().key_position(t.qualified_name()).value_or(-1);
-  if (!put_generated_keys(pending_, t.column, position, keys))
+  if (!put_generated_keys(pending_, statements_, t.column, position, keys))
     co_return "an INSERT that leaves the shard key \"" + t.column +
-        "\" to its default is supported in a simple Query or the unnamed statement, not a "
-        "named prepared statement yet: set the key, or let the driver use unnamed statements";
+        "\" to its default could not be rewritten with generated keys: set the key";
   co_return std::string();
 }
 

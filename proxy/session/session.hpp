@@ -85,6 +85,9 @@ class Session : public std::enable_shared_from_this<Session>,
   const std::vector<int32_t>& stored_types(std::string_view name) const override {
     return statements_.types(name);
   }
+  bool injected_parse(std::string_view query) const override {
+    return statements_.injected(query);
+  }
   router::SessionHints& hints() override { return hints_; }
   // Writes to the client; only one write is in progress at a time.
   awaitable<bool> write_client(std::string_view bytes) override;

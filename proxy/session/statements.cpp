@@ -248,10 +248,11 @@ std::string Statements::with_own_view(std::string_view sql, std::string& out,
 
 void Statements::map(std::string& batch, pool::ServerConn& conn) {
   const bool own_view = std::exchange(own_view_, false);
-  if (!own_view && plain(batch)) return;
+  if (!own_view && injected_.empty() && plain(batch)) return;
   std::string out;
   out.reserve(batch.size() + 64);
   bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
+  bool injected_bind = false;   // the next Bind is the one pgshard's own Parse is for
   for (std::string_view rest = batch; !rest.empty();) {
     auto d = proto::decode_frame(rest);
     if (d.status != proto::DecodeStatus::kFrame) {
@@ -264,6 +265,15 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
     switch (f.type) {
       case proto::msg::kParse: {
         auto p = proto::Parse::parse(f.body);
+        if (p && p->name.empty() && injected(p->query)) {
+          // pgshard's Parse for the Bind after it; a later Bind of the client's unnamed
+          // statement parses that again.
+          out.append(raw);
+          conn.replies.expect_parse(Owner::kClient, Action::kHide);
+          parsed_unnamed = true;
+          injected_bind = true;
+          break;
+        }
         if (p && p->name.empty()) parsed_unnamed = true;
         if (own_view && p && p->name.empty()) {
           const std::string sql = with_own_view(p->query, out, conn);
@@ -278,6 +288,11 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         auto b = proto::Bind::parse(f.body);
         if (b && b->statement.empty() && !parsed_unnamed)
           parsed_unnamed = reparse_unnamed(out, conn);
+        if (std::exchange(injected_bind, false)) {
+          out.append(raw);
+          parsed_unnamed = false;
+          break;
+        }
         auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
         if (!b || b->statement.empty() || known == server_names_.end()) {
           out.append(raw);  // unknown names reach PostgreSQL, which reports them
@@ -360,6 +375,7 @@ void Statements::parsed(std::string_view name, std::string_view query,
   // The unnamed statement is re-parsed by most drivers for every query: keep it without a
   // map insert (assign reuses the buffer).
   if (name.empty()) {
+    if (injected(query)) return;
     unnamed_.assign(query);
     if (!param_types.empty() || types_.contains("")) types_[""] = param_types;
     return;

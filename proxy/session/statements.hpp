@@ -26,6 +26,12 @@ class Statements {
   void parsed(std::string_view name, std::string_view query,
               const std::vector<int32_t>& param_types);
   void closed(std::string_view name);
+  // pgshard's own unnamed Parse, put ahead of a client's Bind of a statement whose INSERT
+  // gets generated keys (the rewritten text with the keys in): its ParseComplete is hidden
+  // and it does not replace the client's unnamed statement. Holds for one request.
+  void set_injected(std::string sql) { injected_ = std::move(sql); }
+  bool injected(std::string_view query) const { return !injected_.empty() && query == injected_; }
+  void clear_injected() { injected_.clear(); }
 
   // Transaction pooling: rewrites `batch` so the client's named statements use pgshard's
   // names on `conn`, re-preparing what that server lacks; the replies pgshard causes are
@@ -66,6 +72,7 @@ class Statements {
   std::string with_own_view(std::string_view sql, std::string& out, pool::ServerConn& conn);
 
   std::string unnamed_;
+  std::string injected_;
   std::string prefix_;
   bool own_view_ = false;
 };

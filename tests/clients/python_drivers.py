@@ -205,6 +205,40 @@ def psycopg3_pipeline_suite():
         check(all(c.fetchone() is None for c in curs), "psycopg3: pipelined prepared reads")
 
 
+def generated_keys_suite():
+    """Inserts that leave the serial key to the database through named prepared statements:
+    psycopg 3 prepares from the first run here, asyncpg always does. Each row reads back by
+    its key (a keyed read goes to the shard the key hashes to: a misplaced row is missed)."""
+    import psycopg
+
+    with psycopg.connect(DSN, autocommit=True, prepare_threshold=0) as conn:
+        conn.execute("delete from accounts where name like 'gen-%'")
+        ids = [conn.execute("insert into accounts (name) values (%s) returning id",
+                            (f"gen-p3-{i}",)).fetchone()[0] for i in range(12)]
+        check(len(set(ids)) == 12, f"psycopg3: generated ids not unique {ids}")
+        for i, k in enumerate(ids):
+            row = conn.execute("select name from accounts where id = %s", (k,)).fetchone()
+            check(row == (f"gen-p3-{i}",), f"psycopg3: generated id {k} reads back {row}")
+
+    async def with_asyncpg():
+        import asyncpg
+
+        conn = await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                     database="app", statement_cache_size=100)
+        got = [await conn.fetchval("insert into accounts (name) values ($1) returning id",
+                                   f"gen-apg-{i}") for i in range(12)]
+        async with conn.transaction():
+            got.append(await conn.fetchval(
+                "insert into accounts (name) values ($1) returning id", "gen-apg-txn"))
+        check(len(set(got)) == 13, f"asyncpg: generated ids not unique {got}")
+        for k in got:
+            name = await conn.fetchval("select name from accounts where id = $1", k)
+            check(name is not None and name.startswith("gen-apg"), f"asyncpg: id {k} reads {name}")
+        await conn.close()
+
+    asyncio.run(with_asyncpg())
+
+
 def sqlalchemy_suite():
     from sqlalchemy import BigInteger, Column, ForeignKey, Numeric, String, create_engine, func, select
     from sqlalchemy.orm import Session, declarative_base, relationship
@@ -254,6 +288,7 @@ def main():
     asyncio.run(asyncpg_suite())
     asyncio.run(asyncpg_session_suite())
     psycopg3_pipeline_suite()
+    generated_keys_suite()
     sqlalchemy_suite()
     if failures:
         print(f"{len(failures)} failure(s)", file=sys.stderr)

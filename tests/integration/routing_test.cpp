@@ -9,9 +9,12 @@
 #include <thread>
 
 #include "harness.hpp"
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
 
 using namespace harness;
+namespace wire = pgshard::protocol;
 
 namespace {
 int shard_of(long long k) {
@@ -535,20 +538,69 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
   PQclear(r);
   CHECK(where_is(g) == std::vector<int>{shard_of(std::stoll(g))});
   CHECK(scalar(c.get(), "select name from users where id = " + g) == "g");
-  // A named prepared statement is refused with the reason, nothing written.
-  r = PQprepare(c.get(), "ins", "insert into users (name) values ($1)", 1, nullptr);
+  // A named prepared statement (psycopg 3 and JDBC switch to one after five runs): each run
+  // gets its own key; before, refused with 0A000.
+  r = PQprepare(c.get(), "ins", "insert into users (name) values ($1) returning id", 1, nullptr);
   CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
   PQclear(r);
-  r = PQexecPrepared(c.get(), "ins", 1, p, nullptr, nullptr, 0);
-  CHECK(std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE)
-                        ? PQresultErrorField(r, PG_DIAG_SQLSTATE)
-                        : "") == "0A000");
+  std::set<std::string> named;
+  for (int i = 0; i < 3; ++i) {
+    r = PQexecPrepared(c.get(), "ins", 1, p, nullptr, nullptr, 0);
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    named.insert(PQgetvalue(r, 0, 0));
+    PQclear(r);
+  }
+  CHECK(named.size() == 3);
+  for (const auto& id : named) CHECK(where_is(id) == std::vector<int>{shard_of(std::stoll(id))});
+  // Several rows of a named statement, split across shards; and its text is unchanged.
+  r = PQprepare(c.get(), "ins3", "insert into users (name) values ($1), ($1), ($1)", 1, nullptr);
   PQclear(r);
+  r = PQexecPrepared(c.get(), "ins3", 1, p, nullptr, nullptr, 0);
+  CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 3");
+  PQclear(r);
+  CHECK(scalar(c.get(), "select statement from pg_prepared_statements where name = 'ins3'") ==
+        "insert into users (name) values ($1), ($1), ($1)");
+  CHECK(scalar(c.get(), "select count(*) from users where name = 'g'") == "7");
+  {
+    // On the wire: one ParseComplete per client Parse, none for pgshard's own; the client's
+    // unnamed statement, bound again without a Parse, still gets a new key each time.
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    std::string out;
+    wire::Parse{"n1", "insert into users (name) values ($1) returning id", {}}.write(out);
+    wire::Bind{"", "n1", {}, {std::string("raw")}, {}}.write(out);
+    wire::Execute{"", 0}.write(out);
+    wire::write_empty(out, wire::msg::kSync);
+    raw.send(out);
+    std::vector<std::pair<char, std::string>> all;
+    CHECK(raw.until_ready(&all) == "1 2 D C Z");
+    for (int i = 0; i < 2; ++i) {
+      out.clear();
+      wire::Bind{"", "n1", {}, {std::string("raw")}, {}}.write(out);
+      wire::Describe{'P', ""}.write(out);
+      wire::Execute{"", 0}.write(out);
+      wire::write_empty(out, wire::msg::kSync);
+      raw.send(out);
+      CHECK(raw.until_ready() == "2 T D C Z");
+    }
+    out.clear();
+    wire::Parse{"", "insert into users (name) values ($1)", {}}.write(out);
+    wire::Bind{"", "", {}, {std::string("raw")}, {}}.write(out);
+    wire::Execute{"", 0}.write(out);
+    wire::write_empty(out, wire::msg::kSync);
+    wire::Bind{"", "", {}, {std::string("raw")}, {}}.write(out);
+    wire::Execute{"", 0}.write(out);
+    wire::write_empty(out, wire::msg::kSync);
+    raw.send(out);
+    CHECK(raw.until_ready() == "1 2 C Z");
+    CHECK(raw.until_ready() == "2 C Z");
+    CHECK(scalar(c.get(), "select count(distinct id) from users where name = 'raw'") == "5");
+  }
   // A key without a sequence default cannot be generated: refused, not guessed.
   std::string msg;
   CHECK(error_code(c.get(), "insert into orders (id, amount) values (1, 2)", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("no sequence or identity default"));
-  CHECK(scalar(c.get(), "select count(*) from users") == "7");
+  CHECK(scalar(c.get(), "select count(*) from users") == "18");
   // nextval through pgshard draws from the same sequence the keys came from.
   const long long next =
       std::stoll(scalar(c.get(), "select nextval(pg_get_serial_sequence('users', 'id'))"));

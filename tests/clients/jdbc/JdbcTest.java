@@ -100,6 +100,31 @@ public class JdbcTest {
         check(rs.next() && rs.getLong(1) == 3009, "grouped report second row");
         check(!rs.next(), "grouped report has two rows");
       }
+      // Generated keys (serial id left to the database) from a PreparedStatement run past
+      // prepareThreshold, so a named server statement: each run gets a new id on its shard.
+      try (Statement s = c.createStatement()) {
+        s.execute("delete from accounts where name like 'jdbc-gen-%'");
+      }
+      java.util.Set<Long> ids = new java.util.HashSet<>();
+      try (PreparedStatement add = c.prepareStatement(
+               "insert into accounts (name) values (?)", Statement.RETURN_GENERATED_KEYS);
+           PreparedStatement byId = c.prepareStatement("select name from accounts where id = ?")) {
+        for (int i = 0; i < 9; i++) {
+          add.setString(1, "jdbc-gen-" + i);
+          add.executeUpdate();
+          try (ResultSet keys = add.getGeneratedKeys()) {
+            check(keys.next(), "generated key returned, run " + i);
+            long id = keys.getLong("id");
+            ids.add(id);
+            byId.setLong(1, id);
+            try (ResultSet rs = byId.executeQuery()) {
+              check(rs.next() && rs.getString(1).equals("jdbc-gen-" + i),
+                  "generated id " + id + " reads back on its shard");
+            }
+          }
+        }
+      }
+      check(ids.size() == 9, "nine distinct generated ids, got " + ids.size());
     } catch (SQLException e) {
       e.printStackTrace();
       failures++;
