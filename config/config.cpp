@@ -403,7 +403,7 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
                   "unsharded", "timeouts", "log_level", "router", "partial_results",
-                  "two_phase_commit", "two_phase_log", "admin", "log_format"})) {
+                  "two_phase_commit", "two_phase_log", "admin", "log_format", "node_id"})) {
     c.throw_if_failed();
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);
@@ -426,6 +426,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
     cfg->two_phase_commit = c.choice<bool>(root["two_phase_commit"], "two_phase_commit",
                                            {{"true", true}, {"false", false}})
                                 .value_or(true);
+  if (root["node_id"])
+    cfg->node_id = c.integer<int>(root["node_id"], "node_id", 0, 1023).value_or(0);
   if (root["two_phase_log"])
     cfg->two_phase_log = c.string(root["two_phase_log"], "two_phase_log").value_or("pgshard-2pc");
   if (root["partial_results"])

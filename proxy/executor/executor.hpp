@@ -33,7 +33,12 @@ awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables
 // `count` new keys for sharded table `table` from its key column's sequence (serial,
 // identity) on the first shard, the sequence's home, so keys are unique across shards and
 // pgshard instances. Returns an error or "" with the keys in `keys`.
+// A default of pgshard.unique_id() / unique_id_53() gets pgshard's own ids instead.
 awaitable<std::string> generate_keys(Client& c, int table, int count,
                                      std::vector<std::string>& keys);
+// Declares pgshard.unique_id() and unique_id_53() on every shard (once per process; they
+// raise an error when a shard runs them itself), so statements naming them prepare and
+// describe there and CREATE TABLE can take them as a column default.
+awaitable<void> declare_unique_id(Client& c);
 
 }  // namespace pgshard::executor

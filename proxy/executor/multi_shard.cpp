@@ -8,6 +8,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/copy_split.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/executor/unique_id.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/session/params.hpp"
@@ -388,24 +389,84 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
                                      std::vector<std::string>& keys) {
   const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
   keys.clear();
+  const std::string name = quote_literal(t.qualified_name()), column = quote_literal(t.column);
+  // The key's sequence (serial, identity): its values; else the column's default, which may
+  // be pgshard.unique_id() (pgshard makes those ids itself).
   bool missing = false;
+  std::string default_expr;
   const std::string err = co_await run_on_first_shard(
       c,
-      "SELECT pg_catalog.nextval(pg_catalog.pg_get_serial_sequence(" +
-          quote_literal(t.qualified_name()) + ", " + quote_literal(t.column) +
-          ")) FROM pg_catalog.generate_series(1, " + std::to_string(count) + ")",
+      "SELECT pg_catalog.nextval(q.s), (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+      "FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid "
+      "AND a.attnum = d.adnum WHERE d.adrelid = pg_catalog.to_regclass(" +
+          name + ") AND a.attname = " + column +
+          ") FROM (SELECT pg_catalog.pg_get_serial_sequence(" + name + ", " + column +
+          ") AS s) q, pg_catalog.generate_series(1, " + std::to_string(count) + ")",
       [&](std::string_view body) {
         auto row = proto::DataRow::parse(body);
-        if (row && !row->values.empty() && row->values[0])
+        if (row && row->values.size() == 2 && row->values[0])
           keys.emplace_back(*row->values[0]);
+        else if (row && row->values.size() == 2 && row->values[1])
+          default_expr = *row->values[1];
         else
           missing = true;
       });
   if (!err.empty()) co_return "generating keys for table " + t.table + " failed: " + err;
-  if (missing || keys.size() != static_cast<std::size_t>(count))
+  if (keys.empty() && !missing &&
+      (default_expr == "pgshard.unique_id()" || default_expr == "pgshard.unique_id_53()")) {
+    for (int i = 0; i < count; ++i) {
+      const auto id = unique_id(c.config().node_id, default_expr == "pgshard.unique_id_53()");
+      if (!id)
+        co_return "pgshard.unique_id_53() needs node_id below 64 (it is " +
+            std::to_string(c.config().node_id) + ")";
+      keys.push_back(std::to_string(*id));
+    }
+  }
+  if (keys.size() != static_cast<std::size_t>(count))
     co_return "the shard key \"" + t.column + "\" of table " + t.table +
-        " has no sequence or identity default to generate it from: set it in the INSERT";
+        " has no sequence, identity or pgshard.unique_id() default to generate it from: set "
+        "it in the INSERT";
   co_return std::string();
+}
+
+namespace {
+std::atomic<bool> g_unique_id_declared{false};
+}  // namespace
+
+awaitable<void> declare_unique_id(Client& c) {
+  if (g_unique_id_declared.load(std::memory_order_relaxed)) co_return;
+  // Declared on every shard so statements naming them prepare, describe and take them as a
+  // column default there; called on a shard directly (not through pgshard) they fail.
+  static const std::string kDeclare =
+      "DO $pgshard$ DECLARE f text; BEGIN "
+      "CREATE SCHEMA IF NOT EXISTS pgshard; "
+      "FOREACH f IN ARRAY ARRAY['unique_id', 'unique_id_53'] LOOP "
+      "IF pg_catalog.to_regprocedure('pgshard.' || f || '()') IS NULL THEN "
+      "EXECUTE pg_catalog.format('CREATE FUNCTION pgshard.%I() RETURNS bigint LANGUAGE plpgsql "
+      "VOLATILE AS $f$BEGIN RAISE EXCEPTION ''pgshard.%s() is computed by pgshard: run the "
+      "statement through pgshard'' USING ERRCODE = ''0A000''; END$f$', f, f); "
+      "END IF; END LOOP; "
+      "EXCEPTION WHEN duplicate_schema OR duplicate_function OR unique_violation THEN NULL; "
+      "END $pgshard$";
+  bool all = true;
+  for (std::size_t shard = 0; shard < c.config().shards.size(); ++shard) {
+    auto got = co_await c.worker().pool(static_cast<int>(shard), c.user()).acquire();
+    if (std::holds_alternative<std::string>(got)) {
+      all = false;
+      continue;
+    }
+    auto lease = std::move(std::get<pool::Lease>(got));
+    if (!co_await lease->run_own(kDeclare, c.config().listen.max_message_size,
+                                 [](std::string_view) {})) {
+      lease->broken = true;
+      all = false;
+    } else if (!lease->replies.error.empty()) {
+      spdlog::warn("{}: declaring pgshard.unique_id() on shard {} failed: {}", c.prefix(),
+                   c.config().shards[shard].name, lease->replies.error);
+      all = false;
+    }
+  }
+  if (all) g_unique_id_declared.store(true, std::memory_order_relaxed);
 }
 
 awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables) {

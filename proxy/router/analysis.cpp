@@ -6,6 +6,7 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <array>
 #include <charconv>
 #include <deque>
 #include <functional>
@@ -158,6 +159,25 @@ bool calls_sequence_function(const PgQuery__Node* stmt) {
       found = true;
   });
   return found;
+}
+
+// pgshard.unique_id() (0) or pgshard.unique_id_53() (1); -1 for any other function.
+int unique_id_function(const PgQuery__FuncCall* f) {
+  if (f->n_funcname != 2 || str_of(f->funcname[0]) != "pgshard" || f->n_args != 0) return -1;
+  const auto name = str_of(f->funcname[1]);
+  return name == "unique_id" ? 0 : name == "unique_id_53" ? 1 : -1;
+}
+
+// The nodes of `tree` that call pgshard.unique_id() or unique_id_53().
+std::vector<Node*> unique_id_calls(const PgQuery__ParseResult* tree) {
+  std::vector<Node*> calls;
+  walk(&tree->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor != &pg_query__node__descriptor) return;
+    auto* n = const_cast<Node*>(reinterpret_cast<const Node*>(m));
+    if (n->node_case == PG_QUERY__NODE__NODE_FUNC_CALL && unique_id_function(n->func_call) >= 0)
+      calls.push_back(n);
+  });
+  return calls;
 }
 
 // A sharded table as the statement names it.
@@ -1232,6 +1252,10 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
   if (tree) {
     a = Analyzer(cfg).run(tree);
     extract_settings(tree, a);
+    if (const auto calls = unique_id_calls(tree); !calls.empty()) {
+      a.names_unique_id = true;
+      if (!a.ddl) a.unique_ids = static_cast<int>(calls.size());
+    }
     if (a.merge_candidate && tree->n_stmts == 1 &&
         (a.target == Analysis::Target::kAllShards || a.target == Analysis::Target::kKeys)) {
       Node* st = tree->stmts[0]->stmt;
@@ -1290,6 +1314,85 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
       if (!ok) break;
     }
     if (ok) out = std::move(parts);
+  }
+  return out;
+}
+
+std::optional<std::string> with_unique_ids(
+    std::string_view sql, const std::function<std::optional<int64_t>(bool js_safe)>& next) {
+  const auto owned = parse_tree(std::string(sql));
+  if (!owned) return std::nullopt;
+  const auto calls = unique_id_calls(owned.get());
+  if (calls.empty()) return std::nullopt;
+  // Each call becomes '<id>'::pg_catalog.int8; the nodes' own calls are put back before
+  // the tree is freed.
+  std::deque<std::string> texts;
+  std::deque<PgQuery__String> strings;
+  std::deque<PgQuery__AConst> consts;
+  std::deque<Node> nodes;
+  std::deque<PgQuery__TypeName> types;
+  std::deque<PgQuery__TypeCast> casts;
+  std::deque<std::array<Node*, 2>> type_names;
+  std::vector<std::pair<Node*, PgQuery__FuncCall*>> replaced;
+  bool ok = true;
+  for (Node* call : calls) {
+    const auto id = next(unique_id_function(call->func_call) == 1);
+    if (!id) {
+      ok = false;
+      break;
+    }
+    auto& text = texts.emplace_back(std::to_string(*id));
+    auto& str = strings.emplace_back();
+    pg_query__string__init(&str);
+    str.sval = text.data();
+    auto& c = consts.emplace_back();
+    pg_query__a__const__init(&c);
+    c.val_case = PG_QUERY__A__CONST__VAL_SVAL;
+    c.sval = &str;
+    c.location = -1;
+    auto& arg = nodes.emplace_back();
+    pg_query__node__init(&arg);
+    arg.node_case = PG_QUERY__NODE__NODE_A_CONST;
+    arg.a_const = &c;
+    auto name = [&](const char* part) {
+      auto& s = strings.emplace_back();
+      pg_query__string__init(&s);
+      s.sval = const_cast<char*>(part);
+      auto& n = nodes.emplace_back();
+      pg_query__node__init(&n);
+      n.node_case = PG_QUERY__NODE__NODE_STRING;
+      n.string = &s;
+      return &n;
+    };
+    auto& names = type_names.emplace_back(std::array<Node*, 2>{name("pg_catalog"), name("int8")});
+    auto& t = types.emplace_back();
+    pg_query__type_name__init(&t);
+    t.n_names = 2;
+    t.names = names.data();
+    t.typemod = -1;
+    t.location = -1;
+    auto& cast = casts.emplace_back();
+    pg_query__type_cast__init(&cast);
+    cast.arg = &arg;
+    cast.type_name = &t;
+    cast.location = -1;
+    replaced.emplace_back(call, call->func_call);
+    call->node_case = PG_QUERY__NODE__NODE_TYPE_CAST;
+    call->type_cast = &cast;
+  }
+  std::optional<std::string> out;
+  if (ok) {
+    auto* tree = owned.get();
+    std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
+    pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
+    PgQueryProtobuf pb{packed.size(), packed.data()};
+    auto d = pg_query_deparse_protobuf(pb);
+    if (!d.error && d.query) out = std::string(d.query);
+    pg_query_free_deparse_result(d);
+  }
+  for (auto& [node, call] : replaced) {
+    node->node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
+    node->func_call = call;
   }
   return out;
 }

@@ -2,6 +2,7 @@
 // shard-key values its WHERE / VALUES pin down. Pure and cacheable by statement text.
 #pragma once
 
+#include <functional>
 #include <list>
 #include <memory>
 #include <optional>
@@ -102,6 +103,11 @@ struct Analysis {
   // whether it is a DROP.
   std::vector<std::string> schema_objects;
   bool drops = false;
+  // Calls of pgshard.unique_id() / unique_id_53(), which pgshard evaluates (put in as
+  // constants before routing), and whether the statement names them at all (a schema
+  // change keeps them, as a column default: the shards need the functions declared).
+  int unique_ids = 0;
+  bool names_unique_id = false;
   std::string error;  // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
@@ -115,6 +121,11 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg);
 // (shard, statement) pairs in shard order, or nullopt if the statement cannot be split.
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
     std::string_view sql, const std::vector<int>& row_shard);
+
+// `sql` with each call of pgshard.unique_id() / unique_id_53() replaced by the bigint
+// `next(js_safe)` gives (nullopt from it fails the rewrite). nullopt when nothing changed.
+std::optional<std::string> with_unique_ids(
+    std::string_view sql, const std::function<std::optional<int64_t>(bool js_safe)>& next);
 
 // The parameter numbers ($n) a statement refers to (empty when it does not parse).
 std::set<int> parameters_of(std::string_view sql);

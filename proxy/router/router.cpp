@@ -351,6 +351,16 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   const int n = static_cast<int>(cfg.shards.size());
   const int fallback = ctx.attached.value_or(0);
   Route r;
+  r.names_unique_id = a->names_unique_id;
+  if (a->unique_ids > 0) {
+    // Run: the ids are put in first. Only described: any shard describes it alike.
+    if (ctx.describe_only)
+      r.shard = fallback;
+    else
+      r.kind = RouteKind::kLookup;
+    r.unique_ids = !ctx.describe_only;
+    return r;
+  }
   r.write = a->write || a->ddl;
   r.ddl = a->ddl;
   r.replicated = a->replicated;
@@ -646,8 +656,17 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
   if (hinted) {
     // The hint places the statement; COMMIT still ends the transaction on every shard it
     // used, and a SET is still tracked for the session.
-    if (cfg.router_parse && hinted->kind == RouteKind::kShard)
-      take_session_effects(*hinted, *analysis_of(sql, cfg, ctx));
+    if (cfg.router_parse && hinted->kind == RouteKind::kShard) {
+      const auto analysis = analysis_of(sql, cfg, ctx);
+      if (analysis->unique_ids > 0 && !ctx.describe_only) {
+        Route r;  // pgshard.unique_id() calls are put in first, wherever the hint points
+        r.kind = RouteKind::kLookup;
+        r.unique_ids = true;
+        return r;
+      }
+      take_session_effects(*hinted, *analysis);
+      hinted->names_unique_id = analysis->names_unique_id;
+    }
     return std::move(*hinted);
   }
   if (!cfg.router_parse) {

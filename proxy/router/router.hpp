@@ -60,6 +60,10 @@ struct Route {
   // `generate_count` rows: generate that many keys, put them in, route again.
   int generate_table = -1;
   int generate_count = 0;
+  // kLookup: the statement calls pgshard.unique_id(): put the ids in, route again.
+  bool unique_ids = false;
+  // The statement names pgshard.unique_id() (the shards need the functions declared).
+  bool names_unique_id = false;
   // COPY FROM STDIN whose rows pgshard splits by key over every shard.
   std::optional<CopySplit> copy_in;
   int copy_table = -1;

@@ -169,16 +169,16 @@ router::Route route_batch(std::string_view batch, Statements& statements,
   return router::route_extended(described, hints, cfg, ctx);
 }
 
-bool put_generated_keys(std::string& batch, Statements& statements, const std::string& column,
-                        int position, const std::vector<std::string>& keys) {
+bool rewrite_statement(std::string& batch, Statements& statements,
+                       const std::function<std::optional<std::string>(std::string_view)>& rewrite) {
   // The statement that generates is the batch's Query, or the statement of its last Bind
   // (a batch with generated keys routes one Bind; a BEGIN pipelined ahead comes first).
   std::string_view last_bind;
-  std::vector<proto::Parse> parses;  // the batch's, up to that Bind
+  std::vector<proto::Parse> parses;  // the batch's
   for (const auto m : proto::frames(batch)) {
     if (m.frame.type == proto::msg::kQuery) {
       auto q = proto::Query::parse(m.frame.body);
-      auto sql = q ? router::with_generated_keys(q->sql, column, position, keys) : std::nullopt;
+      auto sql = q ? rewrite(q->sql) : std::nullopt;
       if (!sql) return false;
       const auto at = static_cast<std::size_t>(m.raw.data() - batch.data());
       std::string out = batch.substr(0, at);
@@ -188,17 +188,17 @@ bool put_generated_keys(std::string& batch, Statements& statements, const std::s
       return true;
     }
     if (m.frame.type == proto::msg::kBind) last_bind = m.raw;
-    if (m.frame.type == proto::msg::kParse && last_bind.empty())
+    if (m.frame.type == proto::msg::kParse)
       if (auto p = proto::Parse::parse(m.frame.body)) parses.push_back(*p);
   }
   auto b = last_bind.empty() ? std::nullopt : proto::Bind::parse(last_bind.substr(5));
   if (!b) return false;
   // Its text: the batch's last Parse of that name before it, else the one stored earlier.
-  auto p = std::find_if(parses.rbegin(), parses.rend(),
-                        [&](const proto::Parse& e) { return e.name == b->statement; });
+  auto p = std::find_if(parses.rbegin(), parses.rend(), [&](const proto::Parse& e) {
+    return e.name == b->statement && e.query.data() < last_bind.data();
+  });
   const bool here = p != parses.rend();
-  auto sql = router::with_generated_keys(here ? p->query : statements.text(b->statement), column,
-                                         position, keys);
+  auto sql = rewrite(here ? p->query : statements.text(b->statement));
   if (!sql) return false;
   // The client's statement stays as it is (it may run it again): pgshard parses the text with
   // the keys in as the unnamed statement, hidden from the client, and binds that.

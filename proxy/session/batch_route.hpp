@@ -5,6 +5,8 @@
 // Synchronous, no I/O.
 #pragma once
 
+#include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -22,14 +24,13 @@ router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
                           router::Context ctx, bool txn_managed, bool* simple);
 
-// Puts generated shard-key values into the INSERT of `batch` that leaves its key to the
-// column's default. A simple Query is rewritten in place. For the statement of the batch's
-// last Bind (named or unnamed, parsed in the batch or before), pgshard's own unnamed Parse of
-// the text with the keys in goes just ahead of the Bind, which then binds it: the client's
-// statement stays as it was, and `statements` notes the Parse (its ParseComplete is hidden).
-// `position`: the key's place for an INSERT without a column list, else -1. False when the
-// statement cannot be rewritten.
-bool put_generated_keys(std::string& batch, Statements& statements, const std::string& column,
-                        int position, const std::vector<std::string>& keys);
+// Rewrites the statement a request runs (generated keys or pgshard.unique_id() values put
+// in). A simple Query is rewritten in place. For the statement of the batch's last Bind
+// (named or unnamed, parsed in the batch or before), pgshard's own unnamed Parse of the
+// rewritten text goes just ahead of the Bind, which then binds it: the client's statement
+// stays as it was, and `statements` notes the Parse (its ParseComplete is hidden). False
+// when `rewrite` gives nullopt.
+bool rewrite_statement(std::string& batch, Statements& statements,
+                       const std::function<std::optional<std::string>(std::string_view)>& rewrite);
 
 }  // namespace pgshard::session

@@ -12,6 +12,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/admin/console.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/executor/unique_id.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/txn/distributed.hpp"
@@ -593,6 +594,7 @@ awaitable<void> Session::handle_request(char boundary) {
   router::Route route = route_batch(&req.simple);
   // Directory-placed keys not cached yet: look them up, then route again.
   if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
+  if (route.names_unique_id) co_await executor::declare_unique_id(*this);
   req.lone = lone(req, route);
   const auto act = router::action(route);
   worker_.routes().count(route, act);
@@ -658,12 +660,15 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
     // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
     std::string err = "directory entries expire faster than they are read";
     std::string_view code = sqlstate::kSqlclientUnableToEstablish;
-    if (attempt < 2 && route.generate_count > 0) {
+    if (attempt < 4 && route.unique_ids) {
+      err = put_unique_ids();
+      code = sqlstate::kFeatureNotSupported;
+    } else if (attempt < 4 && route.generate_count > 0) {
       err = co_await generate_keys(route);
       code = sqlstate::kFeatureNotSupported;
-    } else if (attempt < 2 && !route.column_lookups.empty()) {
+    } else if (attempt < 4 && !route.column_lookups.empty()) {
       err = co_await executor::resolve_columns(*this, route.column_lookups);
-    } else if (attempt < 2) {
+    } else if (attempt < 4) {
       err = co_await executor::resolve_directory(*this, route.lookups);
     }
     if (!err.empty()) {
@@ -686,10 +691,28 @@ awaitable<std::string> Session::generate_keys(const router::Route& route) {
   if (!err.empty()) co_return err;
   const auto& t = config_.sharded_tables[static_cast<std::size_t>(route.generate_table)];
   const int position = worker_.columns().key_position(t.qualified_name()).value_or(-1);
-  if (!put_generated_keys(pending_, statements_, t.column, position, keys))
+  if (!rewrite_statement(pending_, statements_, [&](std::string_view sql) {
+        return router::with_generated_keys(sql, t.column, position, keys);
+      }))
     co_return "an INSERT that leaves the shard key \"" + t.column +
         "\" to its default could not be rewritten with generated keys: set the key";
   co_return std::string();
+}
+
+std::string Session::put_unique_ids() {
+  // pgshard.unique_id() calls become this instance's ids, put into the statement the client
+  // sent; routing it again then places it by them.
+  std::string err = "pgshard.unique_id() could not be put into the statement";
+  const bool ok = rewrite_statement(pending_, statements_, [&](std::string_view sql) {
+    return router::with_unique_ids(sql, [&](bool js_safe) {
+      auto id = executor::unique_id(config_.node_id, js_safe);
+      if (!id)
+        err = "pgshard.unique_id_53() needs node_id below 64 (it is " +
+              std::to_string(config_.node_id) + ")";
+      return id;
+    });
+  });
+  return ok ? std::string() : err;
 }
 
 bool Session::lone(const Request& req, const router::Route& route) const {

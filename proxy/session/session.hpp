@@ -150,6 +150,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Routes pending_ (directory lookups done first).
   // Looks up directory-placed keys the route needs, then routes again (once more at most).
   awaitable<std::string> generate_keys(const router::Route& route);
+  // Puts this instance's ids for the request's pgshard.unique_id() calls into its statement;
+  // returns an error or "".
+  std::string put_unique_ids();
   awaitable<void> resolve_lookups(Request& req, router::Route& route);
   // Whether the request is one statement pgshard may answer as transaction control itself.
   bool lone(const Request& req, const router::Route& route) const;

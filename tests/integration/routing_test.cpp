@@ -599,7 +599,7 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
   // A key without a sequence default cannot be generated: refused, not guessed.
   std::string msg;
   CHECK(error_code(c.get(), "insert into orders (id, amount) values (1, 2)", &msg) == "0A000");
-  CHECK_THAT(msg, Catch::Contains("no sequence or identity default"));
+  CHECK_THAT(msg, Catch::Contains("no sequence, identity or pgshard.unique_id() default"));
   CHECK(scalar(c.get(), "select count(*) from users") == "18");
   // nextval through pgshard draws from the same sequence the keys came from.
   const long long next =
@@ -636,6 +636,131 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
   }
   CHECK(total == kClients * kInserts);
   CHECK(ids.size() == static_cast<std::size_t>(total));
+}
+
+TEST_CASE("pgshard.unique_id(): ids unique across instances, as a key default and in statements",
+          "[routing]") {
+  // Before: "function pgshard.unique_id() does not exist".
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists orders; drop table if exists users");
+    query(d.get(), "drop schema if exists pgshard cascade");
+    query(d.get(), "create table orders (id bigint, user_id bigint, amount numeric)");
+  }
+  auto where_is = [&](const std::string& id) {
+    std::vector<int> found;
+    for (int s = 0; s < cluster.size(); ++s) {
+      auto d = connect(cluster.direct(s));
+      if (scalar(d.get(), "select count(*) from users where id = " + id) != "0") found.push_back(s);
+    }
+    return found;
+  };
+  auto node_of = [](const std::string& id, bool js) {
+    return static_cast<int>((std::stoll(id) >> (js ? 6 : 12)) & (js ? 63 : 1023));
+  };
+  ProxyOptions one, two;
+  one.extra_top = "node_id: 1\n";
+  two.extra_top = "node_id: 2\n";
+  Proxy proxy(one), second(two);
+  auto c = connect(proxy.conninfo());
+  // A schema change naming it as the key's default: declared on every shard first.
+  query(c.get(),
+        "create table users (id bigint primary key default pgshard.unique_id(), name text)");
+  for (int s = 0; s < cluster.size(); ++s) {
+    auto d = connect(cluster.direct(s));
+    CHECK(scalar(d.get(), "select to_regprocedure('pgshard.unique_id_53()') is not null") == "t");
+    // Run on a shard directly it refuses (an id from there could repeat one of pgshard's).
+    CHECK(error_code(d.get(), "select pgshard.unique_id()") == "0A000");
+  }
+  // SELECT through pgshard: bigint, growing, this instance's node in it; the 53-bit variant
+  // below 2^53.
+  PGresult* r = PQexec(c.get(),
+                       "select pgshard.unique_id(), pgshard.unique_id(), "
+                       "pgshard.unique_id_53() as js");
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  CHECK(PQftype(r, 0) == 20);
+  CHECK(std::string(PQfname(r, 2)) == "js");
+  const std::string a = PQgetvalue(r, 0, 0), b = PQgetvalue(r, 0, 1), js = PQgetvalue(r, 0, 2);
+  PQclear(r);
+  CHECK(std::stoll(a) < std::stoll(b));
+  CHECK(node_of(a, false) == 1);
+  CHECK(std::stoll(js) < (1LL << 53));
+  CHECK(node_of(js, true) == 1);
+  // An INSERT leaving the key to that default: pgshard's id, the row on its shard.
+  const std::string k1 = scalar(c.get(), "insert into users (name) values ('a') returning id");
+  CHECK(node_of(k1, false) == 1);
+  CHECK(where_is(k1) == std::vector<int>{shard_of(std::stoll(k1))});
+  // Called in VALUES: simple Query, and a named prepared statement run three times.
+  const std::string k2 = scalar(
+      c.get(), "insert into users (id, name) values (pgshard.unique_id(), 'b') returning id");
+  CHECK(where_is(k2) == std::vector<int>{shard_of(std::stoll(k2))});
+  r = PQprepare(c.get(), "uid",
+                "insert into users (id, name) values (pgshard.unique_id(), $1) returning id", 1,
+                nullptr);
+  INFO(PQresultErrorMessage(r));
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  std::set<std::string> named;
+  const char* p[] = {"c"};
+  for (int i = 0; i < 3; ++i) {
+    r = PQexecPrepared(c.get(), "uid", 1, p, nullptr, nullptr, 0);
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    named.insert(PQgetvalue(r, 0, 0));
+    PQclear(r);
+  }
+  CHECK(named.size() == 3);
+  for (const auto& id : named) CHECK(where_is(id) == std::vector<int>{shard_of(std::stoll(id))});
+  // A hint places the statement; the id is still pgshard's.
+  const std::string k3 = scalar(c.get(), "/* pgshard: shard=s1 */ select pgshard.unique_id()");
+  CHECK(node_of(k3, false) == 1);
+  {
+    // The 53-bit layout has 6 node bits: node_id 100 cannot make those ids.
+    ProxyOptions big;
+    big.extra_top = "node_id: 100\n";
+    Proxy third(big);
+    auto t = connect(third.conninfo());
+    std::string msg;
+    CHECK(error_code(t.get(), "select pgshard.unique_id_53()", &msg) == "0A000");
+    CHECK_THAT(msg, Catch::Contains("node_id below 64"));
+    CHECK(node_of(scalar(t.get(), "select pgshard.unique_id()"), false) == 100);
+  }
+  // 8 clients x 1,000 inserts without ids through two instances: no duplicate id, every row
+  // on the shard its id maps to.
+  const int kClients = 8, kInserts = 1000;
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int t = 0; t < kClients; ++t)
+    threads.emplace_back([&, t] {
+      auto conn = connect(t % 2 ? second.conninfo() : proxy.conninfo());
+      for (int i = 0; i < kInserts; ++i) {
+        PGresult* res = PQexec(conn.get(), "insert into users (name) values ('load')");
+        if (PQresultStatus(res) != PGRES_COMMAND_OK) ++failures;
+        PQclear(res);
+      }
+    });
+  for (auto& th : threads) th.join();
+  CHECK(failures == 0);
+  long long total = 0;
+  std::set<long long> ids;
+  std::set<int> nodes;
+  for (int s = 0; s < cluster.size(); ++s) {
+    auto d = connect(cluster.direct(s));
+    for (const auto& row : query(d.get(), "select id from users where name = 'load'")) {
+      const long long id = std::stoll(row[0]);
+      ++total;
+      ids.insert(id);
+      nodes.insert(node_of(row[0], false));
+      if (shard_of(id) != s) FAIL("id " << id << " on s" << s);
+    }
+  }
+  CHECK(total == kClients * kInserts);
+  CHECK(ids.size() == static_cast<std::size_t>(total));
+  CHECK(nodes == std::set<int>{1, 2});
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table users; drop schema pgshard cascade");
+  }
 }
 
 TEST_CASE("a split INSERT keeps parameters of rows another shard holds", "[routing]") {

@@ -131,3 +131,58 @@ TEST_CASE("a Query pipelined after extended messages must join them", "[batch]")
     CHECK(r.error.code == "0A000");
   }
 }
+
+TEST_CASE("a rewritten statement is pgshard's own unnamed Parse; the client's stays", "[batch]") {
+  auto cfg = map();
+  session::Statements statements;
+  auto upper = [](std::string_view sql) -> std::optional<std::string> {
+    if (sql.empty()) return std::nullopt;
+    return "/* rewritten */ " + std::string(sql);
+  };
+  auto types = [](const std::string& batch) {
+    std::string out;
+    for (const auto m : proto::frames(batch)) out += m.frame.type;
+    return out;
+  };
+  // A named statement parsed in an earlier batch: a Parse of the rewritten text goes ahead
+  // of the Bind, which now binds the unnamed statement.
+  statements.parsed("ins", "insert into users (name) values ($1)", {25});
+  std::string batch;
+  bind_key(batch, "ins", "x");
+  execute_sync(batch);
+  REQUIRE(session::rewrite_statement(batch, statements, upper));
+  CHECK(types(batch) == "PBES");
+  auto frames = proto::frames(batch);
+  auto p = proto::Parse::parse((*frames.begin()).frame.body);
+  REQUIRE(p);
+  CHECK(p->name.empty());
+  CHECK(p->query == "/* rewritten */ insert into users (name) values ($1)");
+  CHECK(p->param_types == std::vector<int32_t>{25});
+  CHECK(statements.injected(p->query));
+  // Routing it again does not make that text the client's unnamed statement.
+  bool simple = false;
+  session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  CHECK(statements.unnamed().empty());
+  CHECK(statements.text("ins") == "insert into users (name) values ($1)");
+
+  // The statement of the last Bind is the one rewritten (a BEGIN pipelined ahead stays).
+  statements.clear_injected();
+  batch.clear();
+  parse(batch, "", "begin");
+  bind_key(batch, "", "unused");
+  proto::Execute{"", 0}.write(batch);
+  parse(batch, "s2", "insert into users (name) values ($1)");
+  bind_key(batch, "s2", "y");
+  execute_sync(batch);
+  REQUIRE(session::rewrite_statement(batch, statements, upper));
+  CHECK(types(batch) == "PBEPPBES");
+  // A simple Query is rewritten in place; nothing to bind, nothing rewritten: false.
+  batch.clear();
+  proto::Query{"select 1"}.write(batch);
+  REQUIRE(session::rewrite_statement(batch, statements, upper));
+  CHECK(proto::Query::parse(proto::decode_frame(batch).frame.body)->sql ==
+        "/* rewritten */ select 1");
+  batch.clear();
+  proto::write_empty(batch, proto::msg::kSync);
+  CHECK_FALSE(session::rewrite_statement(batch, statements, upper));
+}

@@ -39,6 +39,7 @@ std::string error_of(const std::string& yaml) {
 TEST_CASE("a complete map loads with its values", "[config]") {
   auto c = load_string(kGood, "t.yaml");
   CHECK(c->listen.port == 7432);
+  CHECK(c->node_id == 0);
   CHECK(c->listen.workers == 2);
   CHECK(c->listen.max_client_conn == 50);
   CHECK(c->tls.mode == TlsMode::kPrefer);
@@ -85,8 +86,10 @@ shards:
 sharded_tables:
   - { table: t, column: c, type: float }
 unsharded: { shard: nope }
+node_id: 1024
 )");
   CHECK_THAT(e, Catch::Contains("t.yaml:1: listen.port must be an integer between 1 and 65535"));
+  CHECK_THAT(e, Catch::Contains("t.yaml:10: node_id must be an integer between 0 and 1023"));
   CHECK_THAT(e, Catch::Contains("t.yaml:3: user pool_mode must be one of session, transaction"));
   CHECK_THAT(e, Catch::Contains("t.yaml:5: shard s0 primary: URL must start with postgres://"));
   CHECK_THAT(e, Catch::Contains("duplicate shard s0"));

@@ -818,6 +818,49 @@ TEST_CASE("INSERT leaving the key to its default asks for generated keys", "[rou
   CHECK_FALSE(with_generated_keys("select 1", "id", -1, {"1"}));
 }
 
+TEST_CASE("pgshard.unique_id() calls are routed after pgshard puts its ids in",
+          "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  // Run: a lookup (the session puts ids in, then routes again); described only: any shard.
+  auto r = route_query("insert into users (id, name) values (pgshard.unique_id(), 'x')", h, *cfg);
+  CHECK(r.kind == RouteKind::kLookup);
+  CHECK(r.unique_ids);
+  Context describe;
+  describe.describe_only = true;
+  r = route_extended("insert into users (id, name) values (pgshard.unique_id(), $1)", h, *cfg,
+                     describe);
+  CHECK(r.kind == RouteKind::kShard);
+  CHECK(r.names_unique_id);
+  // A column default in a schema change stays a call; the shards need it declared.
+  r = route_query("create table items (id bigint default pgshard.unique_id())", h, *cfg);
+  CHECK(r.kind == RouteKind::kShard);
+  CHECK(r.names_unique_id);
+  CHECK_FALSE(r.unique_ids);
+  // Another schema's unique_id, or one with arguments, is not pgshard's.
+  CHECK(route_query("select other.unique_id()", h, *cfg).kind == RouteKind::kShard);
+  CHECK_FALSE(route_query("select pgshard.unique_id(1)", h, *cfg).unique_ids);
+  int n = 0;
+  std::vector<bool> variants;
+  auto next = [&](bool js) -> std::optional<int64_t> {
+    variants.push_back(js);
+    return 1000 + n++;
+  };
+  auto sql = with_unique_ids(
+      "insert into users (id, name) values (pgshard.unique_id(), 'x'), (PGSHARD.UNIQUE_ID_53(), "
+      "'y') returning id",
+      next);
+  REQUIRE(sql);
+  CHECK_THAT(*sql, Catch::Contains("('1000'::bigint, 'x'), ('1001'::bigint, 'y')"));
+  CHECK(variants == std::vector<bool>{false, true});
+  r = route_query(*sql, h, *cfg);
+  CHECK(r.kind == RouteKind::kShard);
+  if (shard_of("1000") != shard_of("1001")) CHECK(r.shards.size() == 2);
+  CHECK_FALSE(with_unique_ids("select 1", next));
+  CHECK_FALSE(with_unique_ids("select pgshard.unique_id()",
+                              [](bool) -> std::optional<int64_t> { return std::nullopt; }));
+}
+
 TEST_CASE("a foreign key must hold on each shard, or CREATE/ALTER is refused", "[router][parser]") {
   // Before: any foreign key was sent to every shard, where it could only hold for rows that
   // happened to share a shard.
