@@ -180,6 +180,47 @@ std::vector<Node*> unique_id_calls(const PgQuery__ParseResult* tree) {
   return calls;
 }
 
+// True when each call in `calls` is evaluated once by PostgreSQL, so one id put in per call
+// gives what the function would: directly a value of an INSERT ... VALUES row, or an
+// output column of a SELECT without FROM, set operations or other function calls (one that
+// returns a set would repeat the row).
+bool once_per_call(const PgQuery__ParseResult* tree, const std::vector<Node*>& calls) {
+  std::set<const Node*> safe;
+  for (size_t i = 0; i < tree->n_stmts; ++i) {
+    const Node* st = tree->stmts[i]->stmt;
+    if (!st) continue;
+    const PgQuery__SelectStmt* sel = nullptr;
+    if (st->node_case == PG_QUERY__NODE__NODE_INSERT_STMT && st->insert_stmt->select_stmt &&
+        st->insert_stmt->select_stmt->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+      const auto* v = st->insert_stmt->select_stmt->select_stmt;
+      for (size_t r = 0; r < v->n_values_lists; ++r) {
+        const Node* row = v->values_lists[r];
+        if (row->node_case != PG_QUERY__NODE__NODE_LIST) continue;
+        for (size_t k = 0; k < row->list->n_items; ++k) safe.insert(row->list->items[k]);
+      }
+    } else if (st->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
+      sel = st->select_stmt;
+    }
+    if (!sel || sel->n_from_clause > 0 || sel->n_values_lists > 0 || sel->larg || sel->rarg)
+      continue;
+    int other_calls = 0;
+    for (size_t k = 0; k < sel->n_target_list; ++k) {
+      const Node* t = sel->target_list[k];
+      if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET || !t->res_target->val) continue;
+      walk(&t->res_target->val->base, [&](const ProtobufCMessage* m) {
+        if (m->descriptor == &pg_query__func_call__descriptor &&
+            unique_id_function(reinterpret_cast<const PgQuery__FuncCall*>(m)) < 0)
+          ++other_calls;
+      });
+    }
+    if (other_calls > 0) continue;
+    for (size_t k = 0; k < sel->n_target_list; ++k)
+      if (sel->target_list[k]->node_case == PG_QUERY__NODE__NODE_RES_TARGET)
+        safe.insert(sel->target_list[k]->res_target->val);
+  }
+  return std::all_of(calls.begin(), calls.end(), [&](const Node* c) { return safe.contains(c); });
+}
+
 // A sharded table as the statement names it.
 struct Use {
   int table;         // index into sharded_tables
@@ -1254,7 +1295,17 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
     extract_settings(tree, a);
     if (const auto calls = unique_id_calls(tree); !calls.empty()) {
       a.names_unique_id = true;
-      if (!a.ddl) a.unique_ids = static_cast<int>(calls.size());
+      if (!a.ddl && once_per_call(tree, calls)) {
+        a.unique_ids = static_cast<int>(calls.size());
+      } else if (!a.ddl) {
+        a.target = Analysis::Target::kError;
+        a.error =
+            "pgshard.unique_id() is evaluated by pgshard once per call written in the "
+            "statement; here it could serve several rows, which would share one id";
+        a.hint =
+            "call it in INSERT ... VALUES (one call per row) or SELECT without FROM, or make "
+            "it the key column's default";
+      }
     }
     if (a.merge_candidate && tree->n_stmts == 1 &&
         (a.target == Analysis::Target::kAllShards || a.target == Analysis::Target::kKeys)) {

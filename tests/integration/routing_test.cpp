@@ -711,6 +711,9 @@ TEST_CASE("pgshard.unique_id(): ids unique across instances, as a key default an
   }
   CHECK(named.size() == 3);
   for (const auto& id : named) CHECK(where_is(id) == std::vector<int>{shard_of(std::stoll(id))});
+  // One call for many rows would repeat one id: refused, nothing written.
+  CHECK(error_code(c.get(), "update users set name = pgshard.unique_id()::text") == "0A000");
+  CHECK(scalar(c.get(), "select count(*) from users where name ~ '^[0-9]+$'") == "0");
   // A hint places the statement; the id is still pgshard's.
   const std::string k3 = scalar(c.get(), "/* pgshard: shard=s1 */ select pgshard.unique_id()");
   CHECK(node_of(k3, false) == 1);

@@ -837,6 +837,20 @@ TEST_CASE("pgshard.unique_id() calls are routed after pgshard puts its ids in",
   CHECK(r.kind == RouteKind::kShard);
   CHECK(r.names_unique_id);
   CHECK_FALSE(r.unique_ids);
+  // Where one call could serve several rows (one id put in would repeat): refused.
+  for (const char* many : {"select pgshard.unique_id() from generate_series(1, 3)",
+                           "select pgshard.unique_id(), generate_series(1, 3)",
+                           "update users set name = pgshard.unique_id()::text where id = 1",
+                           "select pgshard.unique_id() union all select 1",
+                           "insert into users (id) values (1) returning pgshard.unique_id()",
+                           "insert into users (id) select pgshard.unique_id() from users"}) {
+    INFO(many);
+    auto refused = route_query(many, h, *cfg);
+    CHECK(refused.kind == RouteKind::kError);
+    CHECK_THAT(refused.error.message, Catch::Contains("share one id"));
+  }
+  CHECK(route_query("select pgshard.unique_id() as a, pgshard.unique_id_53() where true", h, *cfg)
+            .unique_ids);
   // Another schema's unique_id, or one with arguments, is not pgshard's.
   CHECK(route_query("select other.unique_id()", h, *cfg).kind == RouteKind::kShard);
   CHECK_FALSE(route_query("select pgshard.unique_id(1)", h, *cfg).unique_ids);
