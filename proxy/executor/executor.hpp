@@ -2,6 +2,7 @@
 // client's session seen as an executor::Client.
 #pragma once
 
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -33,6 +34,14 @@ awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables
 // `count` new keys for sharded table `table` from its key column's sequence (serial,
 // identity) on the first shard, the sequence's home, so keys are unique across shards and
 // pgshard instances. Returns an error or "" with the keys in `keys`.
+// Runs pgshard's own query on `shard`: inside the client's transaction when it has a server
+// there (what the transaction wrote is visible only there), else on a pooled server; the
+// query's RowDescription and DataRows go to the callbacks. Returns an error (its SQLSTATE
+// in `code`) or "".
+awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql,
+                                    const std::function<void(std::string_view)>& row,
+                                    const std::function<void(std::string_view)>& description,
+                                    std::string& code);
 // A default of pgshard.unique_id() / unique_id_53() gets pgshard's own ids instead.
 awaitable<std::string> generate_keys(Client& c, int table, int count,
                                      std::vector<std::string>& keys);

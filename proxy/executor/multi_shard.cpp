@@ -351,36 +351,55 @@ awaitable<std::string> resolve_directory(Client& c,
   co_return std::string();
 }
 
-namespace {
-
-// Runs pgshard's own query on the first shard: inside the client's transaction when it has
-// a server there (what the transaction created is visible only there), else on a pooled
-// server. Returns an error or "".
-awaitable<std::string> run_on_first_shard(Client& c, const std::string& sql,
-                                          const std::function<void(std::string_view)>& row) {
+awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql,
+                                    const std::function<void(std::string_view)>& row,
+                                    const std::function<void(std::string_view)>& description,
+                                    std::string& code) {
   auto& backends = c.backends();
   std::shared_ptr<pool::Link> link;
   if (c.transaction_status() != proto::txn_status::kIdle) {
-    if (backends.active && backends.active->shard == 0)
+    if (backends.active && backends.active->shard == shard)
       link = backends.active;
     else
-      link = backends.participant(0);
+      link = backends.participant(shard);
   }
   const auto max = c.config().listen.max_message_size;
-  const std::string lost = "lost the connection to shard " + c.config().shards[0].name;
+  const std::string lost = "lost the connection to shard " +
+                           c.config().shards[static_cast<std::size_t>(shard)].name;
+  code.clear();
   if (link) {
     co_await backends.borrow(link);
-    const bool ok = co_await link->lease->run_own(sql, max, row);
+    const bool ok = co_await link->lease->run_own(sql, max, row, description);
     std::string failure = link->lease->replies.error;
+    code = link->lease->replies.error_code;
     backends.give_back(link);
-    if (!ok) co_return lost;
+    if (!ok) {
+      code = std::string(sqlstate::kConnectionFailure);
+      co_return lost;
+    }
     co_return failure;
   }
-  auto got = co_await c.worker().pool(0, c.user()).acquire();
-  if (auto* err = std::get_if<std::string>(&got)) co_return *err;
+  auto got = co_await c.worker().pool(shard, c.user()).acquire();
+  if (auto* err = std::get_if<std::string>(&got)) {
+    code = std::string(sqlstate::kSqlclientUnableToEstablish);
+    co_return *err;
+  }
   auto lease = std::move(std::get<pool::Lease>(got));
-  if (!co_await lease->run_own(sql, max, row)) co_return lost;
+  if (!co_await lease->run_own(sql, max, row, description)) {
+    code = std::string(sqlstate::kConnectionFailure);
+    co_return lost;
+  }
+  code = lease->replies.error_code;
   co_return lease->replies.error;
+}
+
+namespace {
+
+// Runs pgshard's own query on the first shard: see run_on_shard.
+awaitable<std::string> run_on_first_shard(Client& c, const std::string& sql,
+                                          const std::function<void(std::string_view)>& row) {
+  std::string code;
+  co_return co_await run_on_shard(c, 0, sql, row, {}, code);
 }
 
 }  // namespace

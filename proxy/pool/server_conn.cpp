@@ -164,7 +164,8 @@ awaitable<std::string> ServerConn::login() {
 }
 
 awaitable<bool> ServerConn::run_own(std::string_view sql, std::size_t max_message,
-                                    std::function<void(std::string_view row)> on_row) {
+                                    std::function<void(std::string_view row)> on_row,
+                                    std::function<void(std::string_view body)> on_description) {
   std::string q;
   proto::Query{sql}.write(q);
   replies.expect_ready(Replies::Owner::kOwn);
@@ -174,6 +175,8 @@ awaitable<bool> ServerConn::run_own(std::string_view sql, std::size_t max_messag
       !ec && co_await read_replies(
                  max_message, [&](const protocol::Frame& f, std::string_view, Replies::Verdict) {
                    if (f.type == proto::msg::kDataRow && on_row) on_row(f.body);
+                   if (f.type == proto::msg::kRowDescription && on_description)
+                     on_description(f.body);
                    return f.type == proto::msg::kReadyForQuery && replies.own_owed() == 0;
                  });
   if (!ok) broken = true;

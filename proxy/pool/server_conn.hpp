@@ -106,10 +106,12 @@ class ServerConn {
   // connection failed. For servers no relay reads.
   template <typename F>
   awaitable<bool> read_replies(std::size_t max_message, F on_frame);
-  // Runs pgshard's own statement, hiding its replies; `on_row` sees its DataRows, the outcome
-  // is in replies.tag / error. False (and the connection broken) when it failed.
+  // Runs pgshard's own statement, hiding its replies; `on_row` sees its DataRows and
+  // `on_description` its RowDescription, the outcome is in replies.tag / error. False (and
+  // the connection broken) when it failed.
   awaitable<bool> run_own(std::string_view sql, std::size_t max_message,
-                          std::function<void(std::string_view row)> on_row = {});
+                          std::function<void(std::string_view row)> on_row = {},
+                          std::function<void(std::string_view body)> on_description = {});
 
   // Bytes to and from the server, counted in its pool's measurements.
   void count_sent(std::size_t n) {

@@ -41,6 +41,7 @@ bool builtin_function(const PgQuery__FuncCall* f) {
 namespace {
 
 using Node = PgQuery__Node;
+using ast::deparse;
 using ast::is_aggregate;
 using ast::str_of;
 using ast::walk;
@@ -1350,19 +1351,14 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
       // Point the tree at this shard's rows, deparse, then restore it.
       s->values_lists = mine.data();
       s->n_values_lists = mine.size();
-      std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
-      pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
+      auto part = deparse(tree);
       s->values_lists = all;
       s->n_values_lists = rows;
-      PgQueryProtobuf pb{packed.size(), packed.data()};
-      auto d = pg_query_deparse_protobuf(pb);
-      if (d.error || !d.query) {
+      if (!part) {
         ok = false;
-      } else {
-        parts.emplace_back(shard, d.query);
+        break;
       }
-      pg_query_free_deparse_result(d);
-      if (!ok) break;
+      parts.emplace_back(shard, std::move(*part));
     }
     if (ok) out = std::move(parts);
   }
@@ -1432,15 +1428,7 @@ std::optional<std::string> with_unique_ids(
     call->type_cast = &cast;
   }
   std::optional<std::string> out;
-  if (ok) {
-    auto* tree = owned.get();
-    std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
-    pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
-    PgQueryProtobuf pb{packed.size(), packed.data()};
-    auto d = pg_query_deparse_protobuf(pb);
-    if (!d.error && d.query) out = std::string(d.query);
-    pg_query_free_deparse_result(d);
-  }
+  if (ok) out = deparse(owned.get());
   for (auto& [node, call] : replaced) {
     node->node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
     node->func_call = call;
@@ -1552,14 +1540,7 @@ std::optional<std::string> with_generated_keys(std::string_view sql, const std::
     }
   }
   std::optional<std::string> out;
-  if (ok && used == values.size()) {
-    std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
-    pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
-    PgQueryProtobuf pb{packed.size(), packed.data()};
-    auto d = pg_query_deparse_protobuf(pb);
-    if (!d.error && d.query) out = std::string(d.query);
-    pg_query_free_deparse_result(d);
-  }
+  if (ok && used == values.size()) out = deparse(tree);
   for (auto& [slot, original] : replaced) *slot = original;
   for (auto it = restore.rbegin(); it != restore.rend(); ++it) {
     auto [items, count, original, n] = *it;

@@ -12,6 +12,17 @@ using Node = PgQuery__Node;
 
 // Calls `visit` on every message of the tree (generic over protobuf-c reflection), so no
 // statement form can hide a table from us.
+std::optional<std::string> deparse(const PgQuery__ParseResult* tree) {
+  std::string packed(pg_query__parse_result__get_packed_size(tree), '\0');
+  pg_query__parse_result__pack(tree, reinterpret_cast<uint8_t*>(packed.data()));
+  PgQueryProtobuf pb{packed.size(), packed.data()};
+  auto d = pg_query_deparse_protobuf(pb);
+  std::optional<std::string> out;
+  if (!d.error && d.query) out = std::string(d.query);
+  pg_query_free_deparse_result(d);
+  return out;
+}
+
 void walk(const ProtobufCMessage* m, const std::function<void(const ProtobufCMessage*)>& visit) {
   if (!m) return;
   visit(m);

@@ -668,16 +668,12 @@ class Planner {
       s_->n_distinct_clause = 0;
       s_->distinct_clause = nullptr;
     }
-    std::string packed(pg_query__parse_result__get_packed_size(tree_), '\0');
-    pg_query__parse_result__pack(tree_, reinterpret_cast<uint8_t*>(packed.data()));
+    auto sql = ast::deparse(tree_);
     *s_ = saved;
-    PgQueryProtobuf pb{packed.size(), packed.data()};
-    auto d = pg_query_deparse_protobuf(pb);
-    if (d.error || !d.query)
+    if (!sql)
       fail("a statement pgshard cannot rewrite for the shards");
     else
-      plan_->shard_sql = d.query;
-    pg_query_free_deparse_result(d);
+      plan_->shard_sql = std::move(*sql);
   }
 
   PgQuery__ParseResult* tree_;
