@@ -597,14 +597,7 @@ class ShardBatch {
 
 std::vector<int32_t> ShardBatch::shard_types(const std::vector<int32_t>& declared) const {
   if (override_sql_.empty() || !first_bind_) return declared;
-  const auto used = router::parameters_of(override_sql_);
-  std::vector<int32_t> types(declared);
-  if (types.size() < first_bind_->params.size()) types.resize(first_bind_->params.size(), 0);
-  constexpr int32_t kText = 25, kBytea = 17;  // pg_type OIDs
-  for (std::size_t i = 0; i < types.size(); ++i)
-    if (types[i] == 0 && !used.contains(static_cast<int>(i + 1)))
-      types[i] = first_bind_->format_of(i) == 1 ? kBytea : kText;
-  return types;
+  return router::declared_types(override_sql_, declared, *first_bind_);
 }
 
 std::string_view ShardBatch::shard_text(std::string_view sql) const {

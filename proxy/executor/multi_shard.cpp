@@ -364,8 +364,8 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
       link = backends.participant(shard);
   }
   const auto max = c.config().listen.max_message_size;
-  const std::string lost = "lost the connection to shard " +
-                           c.config().shards[static_cast<std::size_t>(shard)].name;
+  const std::string lost =
+      "lost the connection to shard " + c.config().shards[static_cast<std::size_t>(shard)].name;
   code.clear();
   if (link) {
     co_await backends.borrow(link);

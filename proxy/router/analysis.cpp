@@ -477,6 +477,29 @@ class Analyzer {
       }
       return a;
     }
+    if (kind == PG_QUERY__NODE__NODE_INSERT_STMT && inserts_select(stmt->insert_stmt)) {
+      // The SELECT is routed (and checked) on its own when it runs.
+      a.target = Analysis::Target::kInsertSelect;
+      a.write = true;
+      a.insert = true;
+      a.table = uses_.front().table;
+      a.reason = "INSERT ... SELECT: pgshard runs the SELECT, then inserts its rows by key";
+      if (const auto* w = stmt->insert_stmt->select_stmt->select_stmt;
+          w->n_from_clause == 0 && w->where_clause &&
+          w->where_clause->node_case == PG_QUERY__NODE__NODE_A_CONST &&
+          w->where_clause->a_const->val_case == PG_QUERY__A__CONST__VAL_BOOLVAL &&
+          !w->where_clause->a_const->boolval->boolval) {
+        // ... SELECT <values> WHERE false: inserts nothing; any shard answers it.
+        a.target = Analysis::Target::kAnyShard;
+        a.reason = "INSERT of no rows";
+      }
+      if (stmt->insert_stmt->with_clause) {
+        a.target = Analysis::Target::kError;
+        a.error = "INSERT ... SELECT into a sharded table with a WITH clause is not supported";
+        a.hint = "put the WITH inside the SELECT";
+      }
+      return a;
+    }
     if (unsharded) {
       a.target = Analysis::Target::kError;
       a.error = "statement mixes sharded tables with tables that are not in the shard map";
@@ -1043,6 +1066,16 @@ class Analyzer {
     return std::nullopt;
   }
 
+  // INSERT INTO <sharded table> SELECT ... (not VALUES).
+  bool inserts_select(const PgQuery__InsertStmt* ins) const {
+    if (uses_.empty() || !ins->relation || !ins->relation->relname) return false;
+    const auto& t = cfg_.sharded_tables[uses_.front().table];
+    if (t.table != ins->relation->relname) return false;
+    const Node* sel = ins->select_stmt;
+    return sel && sel->node_case == PG_QUERY__NODE__NODE_SELECT_STMT &&
+           sel->select_stmt->n_values_lists == 0;
+  }
+
   Analysis& insert(const PgQuery__InsertStmt* ins, Analysis& a) {
     a.insert = true;
     const auto& t = cfg_.sharded_tables[uses_.front().table];
@@ -1434,6 +1467,188 @@ std::optional<std::string> with_unique_ids(
     node->func_call = call;
   }
   return out;
+}
+
+namespace {
+
+// PostgreSQL's name for a result column's type, for a literal cast back to it; nullptr for
+// types without one here (the literal stays untyped and takes the target column's type).
+const char* type_name(uint32_t oid) {
+  switch (oid) {
+    case 16:
+      return "pg_catalog.bool";
+    case 17:
+      return "pg_catalog.bytea";
+    case 18:
+      return "pg_catalog.\"char\"";
+    case 20:
+      return "pg_catalog.int8";
+    case 21:
+      return "pg_catalog.int2";
+    case 23:
+      return "pg_catalog.int4";
+    case 25:
+      return "pg_catalog.text";
+    case 26:
+      return "pg_catalog.oid";
+    case 114:
+      return "pg_catalog.json";
+    case 700:
+      return "pg_catalog.float4";
+    case 701:
+      return "pg_catalog.float8";
+    case 1042:
+      return "pg_catalog.bpchar";
+    case 1043:
+      return "pg_catalog.varchar";
+    case 1082:
+      return "pg_catalog.date";
+    case 1083:
+      return "pg_catalog.time";
+    case 1114:
+      return "pg_catalog.timestamp";
+    case 1184:
+      return "pg_catalog.timestamptz";
+    case 1186:
+      return "pg_catalog.interval";
+    case 1700:
+      return "pg_catalog.numeric";
+    case 2950:
+      return "pg_catalog.uuid";
+    case 3802:
+      return "pg_catalog.jsonb";
+    default:
+      return nullptr;
+  }
+}
+
+void append_literal(std::string& out, std::string_view v) {
+  out += '\'';
+  for (char c : v) {
+    if (c == '\'') out += '\'';
+    out += c;
+  }
+  out += '\'';
+}
+
+}  // namespace
+
+std::string sql_literal(const std::optional<std::string>& v, uint32_t type) {
+  std::string text;
+  if (v)
+    append_literal(text, *v);
+  else
+    text = "NULL";
+  if (const char* t = type_name(type)) {
+    text += "::";
+    text += t;
+  }
+  return text;
+}
+
+std::optional<std::string> with_parameter_values(std::string_view sql,
+                                                 const std::vector<std::string>& values) {
+  const auto owned = parse_tree(std::string(sql));
+  if (!owned) return std::nullopt;
+  std::string list = "SELECT ";
+  for (std::size_t i = 0; i < values.size(); ++i) list += (i ? ", " : "") + values[i];
+  const auto literals = values.empty() ? nullptr : parse_tree(list);
+  if (!values.empty() && (!literals || literals->n_stmts != 1)) return std::nullopt;
+  std::vector<Node*> params;
+  walk(&owned->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor != &pg_query__node__descriptor) return;
+    auto* n = const_cast<Node*>(reinterpret_cast<const Node*>(m));
+    if (n->node_case == PG_QUERY__NODE__NODE_PARAM_REF) params.push_back(n);
+  });
+  // Each $n node takes the literal's content while the tree is deparsed, then gets its own
+  // back (each tree frees what it owns).
+  std::vector<std::pair<Node*, Node>> saved;
+  bool ok = true;
+  for (Node* n : params) {
+    const int k = n->param_ref->number;
+    if (k < 1 || static_cast<std::size_t>(k) > values.size()) {
+      ok = false;
+      break;
+    }
+    const auto* target = literals->stmts[0]->stmt->select_stmt->target_list[k - 1]->res_target;
+    saved.emplace_back(n, *n);
+    Node copy = *target->val;
+    copy.base = n->base;
+    *n = copy;
+  }
+  std::optional<std::string> out;
+  if (ok) out = deparse(owned.get());
+  for (auto& [n, original] : saved) *n = original;
+  return out;
+}
+
+std::optional<std::string> insert_select_sql(std::string_view sql) {
+  const auto owned = parse_tree(std::string(sql));
+  auto* tree = owned.get();
+  Node* stmt = tree && tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
+  if (!stmt || stmt->node_case != PG_QUERY__NODE__NODE_INSERT_STMT ||
+      !stmt->insert_stmt->select_stmt)
+    return std::nullopt;
+  // The tree's statement points at the SELECT while it is deparsed.
+  Node* const insert = tree->stmts[0]->stmt;
+  tree->stmts[0]->stmt = insert->insert_stmt->select_stmt;
+  auto out = deparse(tree);
+  tree->stmts[0]->stmt = insert;
+  return out;
+}
+
+std::optional<std::string> with_select_rows(
+    std::string_view sql, const std::vector<uint32_t>& types,
+    const std::vector<std::vector<std::optional<std::string>>>& rows) {
+  std::string text;
+  auto value = [&](const std::optional<std::string>& v, std::size_t col) {
+    text += sql_literal(v, col < types.size() ? types[col] : 0);
+  };
+  if (rows.empty()) {
+    text = "SELECT ";
+    for (std::size_t c = 0; c < types.size(); ++c) {
+      if (c) text += ", ";
+      value(std::nullopt, c);
+    }
+    text += " WHERE false";
+  } else {
+    text = "VALUES ";
+    for (std::size_t r = 0; r < rows.size(); ++r) {
+      text += r ? ", (" : "(";
+      for (std::size_t c = 0; c < rows[r].size(); ++c) {
+        if (c) text += ", ";
+        value(rows[r][c], c);
+      }
+      text += ')';
+    }
+  }
+  const auto owned = parse_tree(std::string(sql));
+  const auto values = parse_tree(text);
+  auto* tree = owned.get();
+  Node* stmt = tree && tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
+  if (!values || values->n_stmts != 1 || !stmt ||
+      stmt->node_case != PG_QUERY__NODE__NODE_INSERT_STMT || !stmt->insert_stmt->select_stmt)
+    return std::nullopt;
+  // The INSERT points at the rows' SELECT while it is deparsed (each tree frees its own).
+  Node* const select = stmt->insert_stmt->select_stmt;
+  stmt->insert_stmt->select_stmt = values->stmts[0]->stmt;
+  auto out = deparse(tree);
+  stmt->insert_stmt->select_stmt = select;
+  return out;
+}
+
+std::vector<int32_t> declared_types(std::string_view sql, std::vector<int32_t> declared,
+                                    const protocol::Bind& bind) {
+  if (declared.size() >= bind.params.size() &&
+      std::none_of(declared.begin(), declared.end(), [](int32_t t) { return t == 0; }))
+    return declared;
+  const auto used = parameters_of(sql);
+  if (declared.size() < bind.params.size()) declared.resize(bind.params.size(), 0);
+  constexpr int32_t kText = 25, kBytea = 17;  // pg_type OIDs
+  for (std::size_t i = 0; i < declared.size(); ++i)
+    if (declared[i] == 0 && !used.contains(static_cast<int>(i + 1)))
+      declared[i] = bind.format_of(i) == 1 ? kBytea : kText;
+  return declared;
 }
 
 std::set<int> parameters_of(std::string_view sql) {

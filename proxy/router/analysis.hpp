@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "protocol/messages.hpp"
 #include "proxy/merge/plan.hpp"
 
 namespace pgshard::router {
@@ -62,6 +63,8 @@ struct Analysis {
     kCopyIn,         // COPY FROM STDIN into a sharded table: rows split by key
     kSequenceHome,   // nextval/setval/currval without a table: the first shard, whose
                      // sequences hand out generated keys (unique everywhere)
+    kInsertSelect,   // INSERT INTO sharded SELECT ...: pgshard runs the SELECT, then inserts
+                     // its rows by key (insert_select_sql / with_select_rows)
   };
   Target target = Target::kAnyShard;
   bool write = false;
@@ -126,6 +129,28 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
 // `next(js_safe)` gives (nullopt from it fails the rewrite). nullopt when nothing changed.
 std::optional<std::string> with_unique_ids(
     std::string_view sql, const std::function<std::optional<int64_t>(bool js_safe)>& next);
+
+// The SELECT of an INSERT ... SELECT, as its own statement (nullopt when `sql` is not one).
+std::optional<std::string> insert_select_sql(std::string_view sql);
+// `sql` with each $n replaced by the SQL expression `values[n - 1]` (a literal, say).
+// nullopt when it does not parse or names a parameter beyond `values`.
+std::optional<std::string> with_parameter_values(std::string_view sql,
+                                                 const std::vector<std::string>& values);
+// A value as a SQL literal, cast to the type with OID `type` where pgshard knows its name
+// (else untyped); NULL for nullopt.
+std::string sql_literal(const std::optional<std::string>& v, uint32_t type);
+// The INSERT ... SELECT `sql` with the SELECT's result put in its place: INSERT ... VALUES of
+// `rows` (each value a literal cast to its column's type, `types` being the result's type
+// OIDs; NULL for nullopt), keeping the column list, ON CONFLICT and RETURNING. No rows: a
+// SELECT of typed NULLs WHERE false (the INSERT then inserts nothing, anywhere).
+std::optional<std::string> with_select_rows(
+    std::string_view sql, const std::vector<uint32_t>& types,
+    const std::vector<std::vector<std::optional<std::string>>>& rows);
+// Parameter types for a Parse of `sql` bound by `bind`: `declared`, with the unspecified
+// types of parameters `sql` does not use made text (bytea when bound in binary), so the
+// client's Bind still fits a statement rewritten without them.
+std::vector<int32_t> declared_types(std::string_view sql, std::vector<int32_t> declared,
+                                    const protocol::Bind& bind);
 
 // The parameter numbers ($n) a statement refers to (empty when it does not parse).
 std::set<int> parameters_of(std::string_view sql);

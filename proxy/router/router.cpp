@@ -378,6 +378,16 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     case Analysis::Target::kSequenceHome:
       r.shard = 0;
       return r;
+    case Analysis::Target::kInsertSelect:
+      // Run: the session runs the SELECT and puts its rows in, then routes again. Only
+      // described: any shard describes it alike.
+      if (ctx.describe_only) {
+        r.shard = fallback;
+        return r;
+      }
+      r.kind = RouteKind::kLookup;
+      r.insert_select = true;
+      return r;
     case Analysis::Target::kAnyShard:
       r.shard = fallback;
       return r;

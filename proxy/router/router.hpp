@@ -60,6 +60,9 @@ struct Route {
   // `generate_count` rows: generate that many keys, put them in, route again.
   int generate_table = -1;
   int generate_count = 0;
+  // kLookup: INSERT ... SELECT into a sharded table: run the SELECT, put its rows in as
+  // VALUES, route again.
+  bool insert_select = false;
   // kLookup: the statement calls pgshard.unique_id(): put the ids in, route again.
   bool unique_ids = false;
   // The statement names pgshard.unique_id() (the shards need the functions declared).

@@ -169,8 +169,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
   return router::route_extended(described, hints, cfg, ctx);
 }
 
-bool rewrite_statement(std::string& batch, Statements& statements,
-                       const std::function<std::optional<std::string>(std::string_view)>& rewrite) {
+bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite& rewrite) {
   // The statement that generates is the batch's Query, or the statement of its last Bind
   // (a batch with generated keys routes one Bind; a BEGIN pipelined ahead comes first).
   std::string_view last_bind;
@@ -178,7 +177,7 @@ bool rewrite_statement(std::string& batch, Statements& statements,
   for (const auto m : proto::frames(batch)) {
     if (m.frame.type == proto::msg::kQuery) {
       auto q = proto::Query::parse(m.frame.body);
-      auto sql = q ? rewrite(q->sql) : std::nullopt;
+      auto sql = q ? rewrite(q->sql, nullptr) : std::nullopt;
       if (!sql) return false;
       const auto at = static_cast<std::size_t>(m.raw.data() - batch.data());
       std::string out = batch.substr(0, at);
@@ -198,14 +197,17 @@ bool rewrite_statement(std::string& batch, Statements& statements,
     return e.name == b->statement && e.query.data() < last_bind.data();
   });
   const bool here = p != parses.rend();
-  auto sql = rewrite(here ? p->query : statements.text(b->statement));
+  auto sql = rewrite(here ? p->query : statements.text(b->statement), &*b);
   if (!sql) return false;
   // The client's statement stays as it is (it may run it again): pgshard parses the text with
   // the keys in as the unnamed statement, hidden from the client, and binds that.
   const auto at = static_cast<std::size_t>(last_bind.data() - batch.data());
   std::string out = batch.substr(0, at);
   out.reserve(batch.size() + sql->size() + 64);
-  proto::Parse{"", *sql, here ? p->param_types : statements.types(b->statement)}.write(out);
+  proto::Parse{
+      "", *sql,
+      router::declared_types(*sql, here ? p->param_types : statements.types(b->statement), *b)}
+      .write(out);
   b->statement = "";
   b->write(out);
   out.append(batch, at + last_bind.size());

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "protocol/messages.hpp"
 #include "proxy/router/router.hpp"
 #include "proxy/session/statements.hpp"
 
@@ -29,8 +30,10 @@ router::Route route_batch(std::string_view batch, Statements& statements,
 // (named or unnamed, parsed in the batch or before), pgshard's own unnamed Parse of the
 // rewritten text goes just ahead of the Bind, which then binds it: the client's statement
 // stays as it was, and `statements` notes the Parse (its ParseComplete is hidden). False
-// when `rewrite` gives nullopt.
-bool rewrite_statement(std::string& batch, Statements& statements,
-                       const std::function<std::optional<std::string>(std::string_view)>& rewrite);
+// when `rewrite` gives nullopt. `rewrite` gets the statement's text and its Bind (null for a
+// Query).
+using Rewrite =
+    std::function<std::optional<std::string>(std::string_view sql, const protocol::Bind* bind)>;
+bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite& rewrite);
 
 }  // namespace pgshard::session

@@ -659,8 +659,10 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
   for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
     // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
     std::string err = "directory entries expire faster than they are read";
-    std::string_view code = sqlstate::kSqlclientUnableToEstablish;
-    if (attempt < 4 && route.unique_ids) {
+    std::string code(sqlstate::kSqlclientUnableToEstablish);
+    if (attempt < 4 && route.insert_select) {
+      err = co_await insert_select(code);
+    } else if (attempt < 4 && route.unique_ids) {
       err = put_unique_ids();
       code = sqlstate::kFeatureNotSupported;
     } else if (attempt < 4 && route.generate_count > 0) {
@@ -691,7 +693,7 @@ awaitable<std::string> Session::generate_keys(const router::Route& route) {
   if (!err.empty()) co_return err;
   const auto& t = config_.sharded_tables[static_cast<std::size_t>(route.generate_table)];
   const int position = worker_.columns().key_position(t.qualified_name()).value_or(-1);
-  if (!rewrite_statement(pending_, statements_, [&](std::string_view sql) {
+  if (!rewrite_statement(pending_, statements_, [&](std::string_view sql, const proto::Bind*) {
         return router::with_generated_keys(sql, t.column, position, keys);
       }))
     co_return "an INSERT that leaves the shard key \"" + t.column +
@@ -699,19 +701,100 @@ awaitable<std::string> Session::generate_keys(const router::Route& route) {
   co_return std::string();
 }
 
+awaitable<std::string> Session::insert_select(std::string& code) {
+  // INSERT INTO <sharded table> SELECT ...: the SELECT runs where it routes (in the client's
+  // transaction where that has a server), its rows go in as VALUES, and routing again puts
+  // each row on its key's shard: one INSERT, atomic across shards like any other.
+  code = sqlstate::kFeatureNotSupported;
+  static const std::vector<int32_t> kNoTypes;
+  std::string sql;
+  std::vector<std::string> params;  // the Bind's values, as SQL literals
+  bool binary = false;
+  rewrite_statement(pending_, statements_,
+                    [&](std::string_view text, const proto::Bind* b) -> std::optional<std::string> {
+                      sql = text;
+                      const auto& types = b ? statements_.types(b->statement) : kNoTypes;
+                      for (std::size_t i = 0; b && i < b->params.size(); ++i) {
+                        binary = binary || b->format_of(i) == 1;
+                        const auto& v = b->params[i];
+                        params.push_back(router::sql_literal(
+                            v ? std::optional<std::string>(*v) : std::nullopt,
+                            i < types.size() ? static_cast<uint32_t>(types[i]) : 0));
+                      }
+                      return std::nullopt;  // only read here
+                    });
+  if (binary)
+    co_return "INSERT ... SELECT with parameters bound in binary format is not supported yet";
+  auto select = router::insert_select_sql(sql);
+  if (select && !params.empty()) select = router::with_parameter_values(*select, params);
+  if (!select) co_return "INSERT ... SELECT could not be read";
+  const router::Route r = router::route_query(*select, hints_, config_, routing_context());
+  if (r.kind == router::RouteKind::kError) {
+    code = r.error.code;
+    co_return r.error.message;
+  }
+  if (r.kind != router::RouteKind::kShard)
+    co_return "the SELECT of an INSERT ... SELECT must be a query pgshard routes to shards";
+  const std::vector<int> shards = r.shards.size() > 1 ? r.shards : std::vector<int>{r.shard};
+  if (shards.size() > 1 && !r.concat_safe)
+    co_return "INSERT ... SELECT whose SELECT needs " + r.merge_blocker +
+        " merged across shards is not supported yet";
+  constexpr std::size_t kMaxRows = 100000, kMaxBytes = 64u << 20;
+  std::vector<uint32_t> types;
+  std::vector<std::vector<std::optional<std::string>>> rows;
+  std::size_t bytes = 0;
+  for (int shard : shards) {
+    std::string failure;
+    std::string err_code;
+    failure = co_await executor::run_on_shard(
+        *this, shard, *select,
+        [&](std::string_view body) {
+          auto row = proto::DataRow::parse(body);
+          if (!row) return;
+          auto& out = rows.emplace_back();
+          for (const auto& v : row->values)
+            out.emplace_back(v ? std::optional<std::string>(*v) : std::nullopt);
+          bytes += body.size();
+        },
+        [&](std::string_view body) {
+          if (auto d = proto::RowDescription::parse(body)) {
+            types.clear();
+            for (const auto& f : d->fields) types.push_back(static_cast<uint32_t>(f.type_oid));
+          }
+        },
+        err_code);
+    if (!failure.empty()) {
+      code = err_code.empty() ? std::string(sqlstate::kInternalError) : err_code;
+      co_return failure;
+    }
+    if (rows.size() > kMaxRows || bytes > kMaxBytes) {
+      code = sqlstate::kProgramLimitExceeded;
+      co_return "INSERT ... SELECT of more than " + std::to_string(kMaxRows) + " rows or " +
+          std::to_string(kMaxBytes >> 20) + " MiB through pgshard is not supported";
+    }
+  }
+  auto rewritten = router::with_select_rows(sql, types, rows);
+  if (!rewritten ||
+      !rewrite_statement(pending_, statements_,
+                         [&](std::string_view, const proto::Bind*) { return rewritten; }))
+    co_return "INSERT ... SELECT could not be rewritten with its rows";
+  co_return std::string();
+}
+
 std::string Session::put_unique_ids() {
   // pgshard.unique_id() calls become this instance's ids, put into the statement the client
   // sent; routing it again then places it by them.
   std::string err = "pgshard.unique_id() could not be put into the statement";
-  const bool ok = rewrite_statement(pending_, statements_, [&](std::string_view sql) {
-    return router::with_unique_ids(sql, [&](bool js_safe) {
-      auto id = executor::unique_id(config_.node_id, js_safe);
-      if (!id)
-        err = "pgshard.unique_id_53() needs node_id below 64 (it is " +
-              std::to_string(config_.node_id) + ")";
-      return id;
-    });
-  });
+  const bool ok =
+      rewrite_statement(pending_, statements_, [&](std::string_view sql, const proto::Bind*) {
+        return router::with_unique_ids(sql, [&](bool js_safe) {
+          auto id = executor::unique_id(config_.node_id, js_safe);
+          if (!id)
+            err = "pgshard.unique_id_53() needs node_id below 64 (it is " +
+                  std::to_string(config_.node_id) + ")";
+          return id;
+        });
+      });
   return ok ? std::string() : err;
 }
 
@@ -971,7 +1054,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   }
 }
 
-router::Route Session::route_batch(bool* simple) {
+router::Context Session::routing_context() {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
   ctx.reasons = spdlog::should_log(spdlog::level::debug);
@@ -979,6 +1062,11 @@ router::Route Session::route_batch(bool* simple) {
   ctx.columns = &worker_.columns();
   ctx.round_robin = &round_robin_;
   if (backends_.active) ctx.attached = backends_.active->shard;
+  return ctx;
+}
+
+router::Route Session::route_batch(bool* simple) {
+  const router::Context ctx = routing_context();
   router::Route r = session::route_batch(pending_, statements_, hints_, config_, ctx,
                                          txn_.coordinated() || txn_.deferred(), simple);
   if (r.kind == router::RouteKind::kShard && r.ddl && !temp_tables_.empty() &&

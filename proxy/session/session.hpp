@@ -85,9 +85,7 @@ class Session : public std::enable_shared_from_this<Session>,
   const std::vector<int32_t>& stored_types(std::string_view name) const override {
     return statements_.types(name);
   }
-  bool injected_parse(std::string_view query) const override {
-    return statements_.injected(query);
-  }
+  bool injected_parse(std::string_view query) const override { return statements_.injected(query); }
   router::SessionHints& hints() override { return hints_; }
   // Writes to the client; only one write is in progress at a time.
   awaitable<bool> write_client(std::string_view bytes) override;
@@ -153,6 +151,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // Puts this instance's ids for the request's pgshard.unique_id() calls into its statement;
   // returns an error or "".
   std::string put_unique_ids();
+  // Runs the SELECT of the request's INSERT ... SELECT and puts its rows in; returns an
+  // error (its SQLSTATE in `code`) or "".
+  awaitable<std::string> insert_select(std::string& code);
+  router::Context routing_context();
   awaitable<void> resolve_lookups(Request& req, router::Route& route);
   // Whether the request is one statement pgshard may answer as transaction control itself.
   bool lone(const Request& req, const router::Route& route) const;

@@ -766,6 +766,87 @@ TEST_CASE("pgshard.unique_id(): ids unique across instances, as a key default an
   }
 }
 
+TEST_CASE("INSERT ... SELECT runs the SELECT and puts each row on its key's shard", "[routing]") {
+  // Before: refused ("INSERT ... SELECT into a sharded table is not supported").
+  create_schema();
+  auto& cluster = Cluster::get();
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  auto placed_right = [&](const std::string& table, const std::string& key) {
+    bool ok = true;
+    for (int s = 0; s < cluster.size(); ++s) {
+      auto d = connect(cluster.direct(s));
+      for (const auto& row : query(d.get(), "select " + key + " from " + table))
+        if (shard_of(std::stoll(row[0])) != s) ok = false;
+    }
+    return ok;
+  };
+  // Rows from no table at all, spread over every shard by key.
+  PGresult* r = PQexec(
+      c.get(), "insert into users (id, name) select g, 'n' || g from generate_series(1, 30) g");
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 30");
+  PQclear(r);
+  CHECK(placed_right("users", "id"));
+  CHECK(scalar(c.get(), "select name from users where id = 17") == "n17");
+  // Rows read from every shard, into another table by another key, with RETURNING.
+  auto rows = query(c.get(),
+                    "insert into orders (id, user_id, amount) select id * 10, id, 1.5 from users "
+                    "where id <= 10 returning user_id, amount");
+  CHECK(rows.size() == 10);
+  CHECK(placed_right("orders", "user_id"));
+  CHECK(scalar(c.get(), "select sum(amount) from orders") == "15.0");
+  // No column list: the table's column order.
+  query(c.get(), "insert into users select id + 1000, upper(name) from users where id <= 3");
+  CHECK(scalar(c.get(), "select name from users where id = 1002") == "N2");
+  CHECK(placed_right("users", "id"));
+  // No rows: INSERT 0 0, and RETURNING still describes its columns.
+  r = PQexec(c.get(),
+             "insert into users (id, name) select id, name from users where id < 0 "
+             "returning id, name");
+  CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
+  CHECK(PQntuples(r) == 0);
+  CHECK(PQnfields(r) == 2);
+  CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 0");
+  PQclear(r);
+  // ON CONFLICT: rows already there are skipped, as on one PostgreSQL.
+  r = PQexec(c.get(),
+             "insert into users (id, name) select g, 'again' from generate_series(25, 35) g "
+             "on conflict (id) do nothing");
+  CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 5");
+  PQclear(r);
+  // Parameters in the SELECT (extended protocol).
+  const char* params[] = {"copy", "5"};
+  r = PQexecParams(c.get(),
+                   "insert into users (id, name) select id + 2000, $1 from users where id = $2", 2,
+                   nullptr, params, nullptr, nullptr, 0);
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  CHECK(std::string(PQcmdStatus(r)) == "INSERT 0 1");
+  PQclear(r);
+  CHECK(scalar(c.get(), "select name from users where id = 2005") == "copy");
+  // In a transaction: the SELECT sees the transaction's own rows; ROLLBACK takes all back.
+  query(c.get(), "begin");
+  query(c.get(), "insert into users (id, name) values (3001, 'tx')");
+  query(c.get(), "insert into users (id, name) select id + 1, name from users where id = 3001");
+  CHECK(scalar(c.get(), "select count(*) from users where name = 'tx'") == "2");
+  query(c.get(), "rollback");
+  CHECK(scalar(c.get(), "select count(*) from users where name = 'tx'") == "0");
+  // One row breaks a unique key on its shard: the rows bound for the other shards are not
+  // kept either (one statement, atomic across shards).
+  CHECK(error_code(c.get(),
+                   "insert into users (id, name) select g, 'dup' from "
+                   "generate_series(26, 45) g") == "23505");
+  CHECK(scalar(c.get(), "select count(*) from users where name = 'dup'") == "0");
+  // The SELECT's own error, with its SQLSTATE; nothing inserted.
+  CHECK(error_code(c.get(), "insert into users (id, name) select 1 / 0, 'x'") == "22012");
+  // A SELECT that needs a merge across shards: refused, not wrong.
+  std::string msg;
+  CHECK(error_code(c.get(), "insert into users (id, name) select count(*) + 5000, 'c' from users",
+                   &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("merged across shards"));
+  CHECK(scalar(c.get(), "select count(*) from users") == "39");
+}
+
 TEST_CASE("a split INSERT keeps parameters of rows another shard holds", "[routing]") {
   // Before: each shard's part lost the rows (and parameters) of the others, and PostgreSQL
   // answered "could not determine data type of parameter $1".

@@ -135,7 +135,7 @@ TEST_CASE("a Query pipelined after extended messages must join them", "[batch]")
 TEST_CASE("a rewritten statement is pgshard's own unnamed Parse; the client's stays", "[batch]") {
   auto cfg = map();
   session::Statements statements;
-  auto upper = [](std::string_view sql) -> std::optional<std::string> {
+  auto upper = [](std::string_view sql, const proto::Bind*) -> std::optional<std::string> {
     if (sql.empty()) return std::nullopt;
     return "/* rewritten */ " + std::string(sql);
   };

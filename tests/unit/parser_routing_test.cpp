@@ -204,7 +204,6 @@ TEST_CASE("statements without a usable key go to every shard or are refused", "[
       {"alter table users add column age int", "all"},
       {"drop table orders", "all"},
       {"truncate users", "all"},
-      {"insert into users (id, name) select id, name from users", "error"},
       {"insert into users (id, name) values (random()::bigint, 'x')", "error"},
       {"insert into users (id, name) values ($1, 'a'), (2, 'b'), (3, 'c')", "error"},
       {"update users set id = 43 where id = 42", shard_of("43") == shard_of("42") ? "ok" : "error"},
@@ -873,6 +872,50 @@ TEST_CASE("pgshard.unique_id() calls are routed after pgshard puts its ids in",
   CHECK_FALSE(with_unique_ids("select 1", next));
   CHECK_FALSE(with_unique_ids("select pgshard.unique_id()",
                               [](bool) -> std::optional<int64_t> { return std::nullopt; }));
+}
+
+TEST_CASE("INSERT ... SELECT: the SELECT runs first, its rows go in as VALUES",
+          "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("insert into users (id, name) select id, name from users", h, *cfg);
+  CHECK(r.kind == RouteKind::kLookup);
+  CHECK(r.insert_select);
+  // The SELECT of it, as its own statement, with parameters put in as literals.
+  auto select = insert_select_sql(
+      "insert into users (id, name) select id + 1, $1 from users where id = $2 "
+      "on conflict do nothing returning id");
+  REQUIRE(select);
+  CHECK(*select == "SELECT id + 1, $1 FROM users WHERE id = $2");
+  auto bound = with_parameter_values(
+      *select, {sql_literal(std::string("it's"), 25), sql_literal(std::string("5"), 0)});
+  REQUIRE(bound);
+  CHECK(*bound == "SELECT id + 1, 'it''s'::pg_catalog.text FROM users WHERE id = '5'");
+  CHECK_FALSE(with_parameter_values("select $3", {"1"}));
+  CHECK_FALSE(insert_select_sql("select 1"));
+  // Its rows put in, typed as the SELECT's columns; ON CONFLICT and RETURNING kept.
+  auto values = with_select_rows(
+      "insert into users (id, name) select id, name from users on conflict do nothing "
+      "returning id",
+      {20, 25}, {{std::string("7"), std::string("a'b")}, {std::string("8"), std::nullopt}});
+  REQUIRE(values);
+  CHECK(*values ==
+        "INSERT INTO users (id, name) VALUES ('7'::bigint, 'a''b'::pg_catalog.text), "
+        "('8'::bigint, NULL::pg_catalog.text) ON CONFLICT DO NOTHING RETURNING id");
+  auto routed = route_query(*values, h, *cfg);
+  CHECK(routed.kind == RouteKind::kShard);
+  // No rows: typed NULLs WHERE false, which inserts nothing and goes to one shard.
+  auto none =
+      with_select_rows("insert into users (id, name) select id, name from users", {20, 25}, {});
+  REQUIRE(none);
+  CHECK(*none ==
+        "INSERT INTO users (id, name) SELECT NULL::bigint, NULL::pg_catalog.text WHERE false");
+  routed = route_query(*none, h, *cfg);
+  CHECK(routed.kind == RouteKind::kShard);
+  CHECK(routed.shards.empty());
+  // A WITH around the INSERT is not taken apart.
+  CHECK(where(route_query("with x as (select 1 as id) insert into users (id) select id from x", h,
+                          *cfg)) == "error");
 }
 
 TEST_CASE("a foreign key must hold on each shard, or CREATE/ALTER is refused", "[router][parser]") {
