@@ -427,7 +427,7 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
                                            {{"true", true}, {"false", false}})
                                 .value_or(true);
   if (root["node_id"])
-    cfg->node_id = c.integer<int>(root["node_id"], "node_id", 0, 1023).value_or(0);
+    cfg->node_id = c.integer<int>(root["node_id"], "node_id", 0, 1023).value_or(-1);
   if (root["two_phase_log"])
     cfg->two_phase_log = c.string(root["two_phase_log"], "two_phase_log").value_or("pgshard-2pc");
   if (root["partial_results"])

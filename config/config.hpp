@@ -154,8 +154,8 @@ struct Config {
   // parser-free mode; for comparisons and as an escape hatch).
   bool router_parse = true;  // parsed statements kept per worker
   // This instance's number in pgshard.unique_id() (0-1023; below 64 for unique_id_53):
-  // every instance serving the same shards needs its own.
-  int node_id = 0;
+  // every instance serving the same shards needs its own. -1: leased from the first shard.
+  int node_id = -1;
 
   const User* find_user(std::string_view name) const;
   int shard_index(std::string_view name) const;  // -1 when unknown

@@ -42,6 +42,9 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
                                     const std::function<void(std::string_view)>& row,
                                     const std::function<void(std::string_view)>& description,
                                     std::string& code);
+// The node for pgshard.unique_id() (see unique_id.hpp), waiting up to 3 s for a lease being
+// taken; nullopt (with the reason in `why`) when there is none.
+awaitable<std::optional<int>> node_for_ids(Client& c, std::string& why);
 // A default of pgshard.unique_id() / unique_id_53() gets pgshard's own ids instead.
 awaitable<std::string> generate_keys(Client& c, int table, int count,
                                      std::vector<std::string>& keys);

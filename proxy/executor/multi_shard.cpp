@@ -433,11 +433,14 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
   if (!err.empty()) co_return "generating keys for table " + t.table + " failed: " + err;
   if (keys.empty() && !missing &&
       (default_expr == "pgshard.unique_id()" || default_expr == "pgshard.unique_id_53()")) {
+    std::string why;
+    const auto node = co_await node_for_ids(c, why);
+    if (!node) co_return why;
     for (int i = 0; i < count; ++i) {
-      const auto id = unique_id(c.config().node_id, default_expr == "pgshard.unique_id_53()");
+      const auto id = unique_id(*node, default_expr == "pgshard.unique_id_53()");
       if (!id)
-        co_return "pgshard.unique_id_53() needs node_id below 64 (it is " +
-            std::to_string(c.config().node_id) + ")";
+        co_return "pgshard.unique_id_53() needs a node below 64 (this instance's is " +
+            std::to_string(*node) + ")";
       keys.push_back(std::to_string(*id));
     }
   }
@@ -451,6 +454,21 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
 namespace {
 std::atomic<bool> g_unique_id_declared{false};
 }  // namespace
+
+awaitable<std::optional<int>> node_for_ids(Client& c, std::string& why) {
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  for (int waited = 0;; waited += 20) {
+    if (auto node = current_node(c.config())) co_return node;
+    if (waited >= 3000) break;
+    timer.expires_after(std::chrono::milliseconds(20));
+    co_await timer.async_wait(use_nothrow);
+  }
+  why =
+      "pgshard.unique_id(): this instance holds no node id (set node_id, or let it lease one "
+      "from shard " +
+      c.config().shards.front().name + ", which it cannot now)";
+  co_return std::nullopt;
+}
 
 awaitable<void> declare_unique_id(Client& c) {
   if (g_unique_id_declared.load(std::memory_order_relaxed)) co_return;

@@ -1,14 +1,24 @@
-// Snowflake-style ids: see unique_id.hpp.
+// Snowflake-style ids and the node lease: see unique_id.hpp.
 #include "proxy/executor/unique_id.hpp"
 
+#include <libpq-fe.h>
+#include <spdlog/spdlog.h>
+
 #include <chrono>
-#include <mutex>
+#include <memory>
+#include <string>
+
+#include "proxy/txn/recovery.hpp"
 
 namespace pgshard::executor {
 
 namespace {
 
 constexpr int64_t kEpochMillis = 1735689600000;  // 2025-01-01T00:00:00Z
+constexpr int64_t kLeaseClass = 1885827944;      // 'pgsh': the advisory lock's first key
+constexpr auto kBeat = std::chrono::milliseconds(250);
+constexpr auto kValidFor = std::chrono::seconds(1);  // since the last confirmation was sent
+constexpr auto kGrace = std::chrono::seconds(2);     // before a new lease is used
 
 struct Layout {
   int node_bits;
@@ -28,11 +38,22 @@ Generator& generator(bool js_safe) {
   return js_safe ? safe : wide;
 }
 
+using Steady = std::chrono::steady_clock;
+int64_t steady_ns() {
+  return std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now().time_since_epoch())
+      .count();
+}
+
+// The lease, as the lease thread keeps it.
+std::atomic<int> g_node{-1};
+std::atomic<int64_t> g_usable_from{0};  // steady ns: the grace after taking the lease
+std::atomic<int64_t> g_confirmed{0};    // steady ns: when the last confirmation was sent
+
 }  // namespace
 
-std::optional<int64_t> unique_id(int node_id, bool js_safe) {
+std::optional<int64_t> unique_id(int node, bool js_safe) {
   const Layout l = js_safe ? kJsSafe : kWide;
-  if (node_id < 0 || node_id >= (1 << l.node_bits)) return std::nullopt;
+  if (node < 0 || node >= (1 << l.node_bits)) return std::nullopt;
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count() -
@@ -46,8 +67,8 @@ std::optional<int64_t> unique_id(int node_id, bool js_safe) {
     ++g.last_millis;  // this millisecond is used up: borrow the next
     g.sequence = 0;
   }
-  return (g.last_millis << (l.node_bits + l.sequence_bits)) |
-         (int64_t{node_id} << l.sequence_bits) | g.sequence;
+  return (g.last_millis << (l.node_bits + l.sequence_bits)) | (int64_t{node} << l.sequence_bits) |
+         g.sequence;
 }
 
 UniqueIdParts unique_id_parts(int64_t id, bool js_safe) {
@@ -55,6 +76,72 @@ UniqueIdParts unique_id_parts(int64_t id, bool js_safe) {
   return {id >> (l.node_bits + l.sequence_bits),
           static_cast<int>((id >> l.sequence_bits) & ((1 << l.node_bits) - 1)),
           static_cast<int>(id & ((1 << l.sequence_bits) - 1))};
+}
+
+std::optional<int> current_node(const config::Config& cfg) {
+  if (cfg.node_id >= 0) return cfg.node_id;
+  const int node = g_node.load();
+  const int64_t now = steady_ns();
+  if (node < 0 || now < g_usable_from.load() ||
+      now - g_confirmed.load() > std::chrono::nanoseconds(kValidFor).count())
+    return std::nullopt;
+  return node;
+}
+
+void NodeLease::start(const config::Config& cfg) {
+  if (cfg.node_id >= 0 || cfg.shards.empty() || thread_.joinable()) return;
+  stopping_ = false;
+  thread_ = std::thread(&NodeLease::run, this,
+                        txn::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
+                            " keepalives=1 keepalives_idle=1 keepalives_interval=1 "
+                            "keepalives_count=2 tcp_user_timeout=1500");
+}
+
+void NodeLease::stop() {
+  {
+    std::lock_guard lock(mu_);
+    stopping_ = true;
+  }
+  wake_.notify_all();
+  if (thread_.joinable()) thread_.join();
+}
+
+void NodeLease::run(std::string conninfo) {
+  auto pause = [&](Steady::duration d) {
+    std::unique_lock lock(mu_);
+    return !wake_.wait_for(lock, d, [&] { return stopping_; });
+  };
+  do {
+    std::unique_ptr<PGconn, void (*)(PGconn*)> conn(PQconnectdb(conninfo.c_str()), PQfinish);
+    if (PQstatus(conn.get()) != CONNECTION_OK) continue;
+    // The lowest node no other instance holds.
+    std::unique_ptr<PGresult, void (*)(PGresult*)> got(
+        PQexec(conn.get(), ("SELECT n FROM pg_catalog.generate_series(0, 1023) n WHERE "
+                            "pg_catalog.pg_try_advisory_lock(" +
+                            std::to_string(kLeaseClass) + ", n) LIMIT 1")
+                               .c_str()),
+        PQclear);
+    if (PQresultStatus(got.get()) != PGRES_TUPLES_OK || PQntuples(got.get()) != 1) {
+      spdlog::warn("node id lease: no node id free on shard 0 ({})", PQerrorMessage(conn.get()));
+      continue;
+    }
+    const int node = std::stoi(PQgetvalue(got.get(), 0, 0));
+    g_confirmed = steady_ns();
+    g_usable_from = steady_ns() + std::chrono::nanoseconds(kGrace).count();
+    g_node = node;
+    spdlog::info("node id lease: node {} for pgshard.unique_id()", node);
+    while (pause(kBeat)) {
+      const int64_t sent = steady_ns();
+      std::unique_ptr<PGresult, void (*)(PGresult*)> beat(PQexec(conn.get(), "SELECT 1"), PQclear);
+      if (PQresultStatus(beat.get()) != PGRES_TUPLES_OK) {
+        spdlog::warn("node id lease: lost node {} ({})", node, PQerrorMessage(conn.get()));
+        break;
+      }
+      g_confirmed = sent;
+    }
+    g_node = -1;
+  } while (pause(std::chrono::milliseconds(500)));
+  g_node = -1;
 }
 
 }  // namespace pgshard::executor

@@ -18,6 +18,7 @@
 #include "config/config.hpp"
 #include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/executor/unique_id.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/analysis.hpp"
@@ -198,6 +199,7 @@ class Server {
   asio::io_context main_ctx_{1};
   std::thread recovery_thread_;
   std::optional<txn::DeadlockDetector> deadlocks_;
+  executor::NodeLease node_lease_;  // pgshard.unique_id()'s node, when no node_id is set
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
   std::thread stats_thread_;  // marks the stats periods (SHOW STATS averages)

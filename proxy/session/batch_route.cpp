@@ -173,7 +173,7 @@ bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite
   // The statement that generates is the batch's Query, or the statement of its last Bind
   // (a batch with generated keys routes one Bind; a BEGIN pipelined ahead comes first).
   std::string_view last_bind;
-  std::vector<proto::Parse> parses;  // the batch's
+  std::vector<std::pair<proto::Parse, std::string_view>> parses;  // the batch's, and their frames
   for (const auto m : proto::frames(batch)) {
     if (m.frame.type == proto::msg::kQuery) {
       auto q = proto::Query::parse(m.frame.body);
@@ -188,29 +188,33 @@ bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite
     }
     if (m.frame.type == proto::msg::kBind) last_bind = m.raw;
     if (m.frame.type == proto::msg::kParse)
-      if (auto p = proto::Parse::parse(m.frame.body)) parses.push_back(*p);
+      if (auto p = proto::Parse::parse(m.frame.body)) parses.emplace_back(*p, m.raw);
   }
   auto b = last_bind.empty() ? std::nullopt : proto::Bind::parse(last_bind.substr(5));
   if (!b) return false;
   // Its text: the batch's last Parse of that name before it, else the one stored earlier.
-  auto p = std::find_if(parses.rbegin(), parses.rend(), [&](const proto::Parse& e) {
-    return e.name == b->statement && e.query.data() < last_bind.data();
+  auto p = std::find_if(parses.rbegin(), parses.rend(), [&](const auto& e) {
+    return e.first.name == b->statement && e.second.data() < last_bind.data();
   });
   const bool here = p != parses.rend();
-  auto sql = rewrite(here ? p->query : statements.text(b->statement), &*b);
+  auto sql = rewrite(here ? p->first.query : statements.text(b->statement), &*b);
   if (!sql) return false;
   // The client's statement stays as it is (it may run it again): pgshard parses the text with
-  // the keys in as the unnamed statement, hidden from the client, and binds that.
-  const auto at = static_cast<std::size_t>(last_bind.data() - batch.data());
+  // the keys in as the unnamed statement, hidden from the client, and binds that. A second
+  // rewrite (keys generated for the rows an INSERT ... SELECT put in) replaces pgshard's Parse.
+  const bool ours = here && b->statement.empty() && statements.injected(p->first.query);
+  const auto at = static_cast<std::size_t>((ours ? p->second : last_bind).data() - batch.data());
   std::string out = batch.substr(0, at);
   out.reserve(batch.size() + sql->size() + 64);
-  proto::Parse{
-      "", *sql,
-      router::declared_types(*sql, here ? p->param_types : statements.types(b->statement), *b)}
+  proto::Parse{"", *sql,
+               router::declared_types(
+                   *sql, here ? p->first.param_types : statements.types(b->statement), *b)}
       .write(out);
+  if (ours) out.append(batch, at + p->second.size(), last_bind.data() - p->second.data() -
+                                                         p->second.size());
   b->statement = "";
   b->write(out);
-  out.append(batch, at + last_bind.size());
+  out.append(batch, static_cast<std::size_t>(last_bind.data() - batch.data()) + last_bind.size());
   statements.set_injected(std::move(*sql));
   batch = std::move(out);
   return true;

@@ -663,7 +663,7 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
     if (attempt < 4 && route.insert_select) {
       err = co_await insert_select(code);
     } else if (attempt < 4 && route.unique_ids) {
-      err = put_unique_ids();
+      err = co_await put_unique_ids();
       code = sqlstate::kFeatureNotSupported;
     } else if (attempt < 4 && route.generate_count > 0) {
       err = co_await generate_keys(route);
@@ -781,21 +781,23 @@ awaitable<std::string> Session::insert_select(std::string& code) {
   co_return std::string();
 }
 
-std::string Session::put_unique_ids() {
+awaitable<std::string> Session::put_unique_ids() {
   // pgshard.unique_id() calls become this instance's ids, put into the statement the client
   // sent; routing it again then places it by them.
   std::string err = "pgshard.unique_id() could not be put into the statement";
+  const auto node = co_await executor::node_for_ids(*this, err);
+  if (!node) co_return err;
   const bool ok =
       rewrite_statement(pending_, statements_, [&](std::string_view sql, const proto::Bind*) {
         return router::with_unique_ids(sql, [&](bool js_safe) {
-          auto id = executor::unique_id(config_.node_id, js_safe);
+          auto id = executor::unique_id(*node, js_safe);
           if (!id)
-            err = "pgshard.unique_id_53() needs node_id below 64 (it is " +
-                  std::to_string(config_.node_id) + ")";
+            err = "pgshard.unique_id_53() needs a node below 64 (this instance's is " +
+                  std::to_string(*node) + ")";
           return id;
         });
       });
-  return ok ? std::string() : err;
+  co_return ok ? std::string() : err;
 }
 
 bool Session::lone(const Request& req, const router::Route& route) const {

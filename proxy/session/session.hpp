@@ -150,7 +150,7 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<std::string> generate_keys(const router::Route& route);
   // Puts this instance's ids for the request's pgshard.unique_id() calls into its statement;
   // returns an error or "".
-  std::string put_unique_ids();
+  awaitable<std::string> put_unique_ids();
   // Runs the SELECT of the request's INSERT ... SELECT and puts its rows in; returns an
   // error (its SQLSTATE in `code`) or "".
   awaitable<std::string> insert_select(std::string& code);

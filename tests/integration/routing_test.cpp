@@ -595,12 +595,30 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
     CHECK(raw.until_ready() == "1 2 C Z");
     CHECK(raw.until_ready() == "2 C Z");
     CHECK(scalar(c.get(), "select count(distinct id) from users where name = 'raw'") == "5");
+    // INSERT ... SELECT leaving the key to the sequence: two rewrites (the rows, then their
+    // keys) and still one ParseComplete, the client's.
+    out.clear();
+    wire::Parse{"",
+                "insert into users (name) select 'sel' || g from generate_series(1, 4) g "
+                "returning id",
+                {}}
+        .write(out);
+    wire::Bind{"", "", {}, {}, {}}.write(out);
+    wire::Describe{'P', ""}.write(out);
+    wire::Execute{"", 0}.write(out);
+    wire::write_empty(out, wire::msg::kSync);
+    raw.send(out);
+    std::vector<std::pair<char, std::string>> sel;
+    CHECK(raw.until_ready(&sel) == "1 2 T D D D D C Z");
+    CHECK(scalar(c.get(), "select count(distinct id) from users where name like 'sel%'") == "4");
+    for (const auto& row : query(c.get(), "select id from users where name like 'sel%'"))
+      CHECK(where_is(row[0]) == std::vector<int>{shard_of(std::stoll(row[0]))});
   }
   // A key without a sequence default cannot be generated: refused, not guessed.
   std::string msg;
   CHECK(error_code(c.get(), "insert into orders (id, amount) values (1, 2)", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("no sequence, identity or pgshard.unique_id() default"));
-  CHECK(scalar(c.get(), "select count(*) from users") == "18");
+  CHECK(scalar(c.get(), "select count(*) from users") == "22");
   // nextval through pgshard draws from the same sequence the keys came from.
   const long long next =
       std::stoll(scalar(c.get(), "select nextval(pg_get_serial_sequence('users', 'id'))"));
@@ -725,8 +743,30 @@ TEST_CASE("pgshard.unique_id(): ids unique across instances, as a key default an
     auto t = connect(third.conninfo());
     std::string msg;
     CHECK(error_code(t.get(), "select pgshard.unique_id_53()", &msg) == "0A000");
-    CHECK_THAT(msg, Catch::Contains("node_id below 64"));
+    CHECK_THAT(msg, Catch::Contains("needs a node below 64"));
     CHECK(node_of(scalar(t.get(), "select pgshard.unique_id()"), false) == 100);
+  }
+  {
+    // Without node_id each instance leases a node from the first shard (an advisory lock of
+    // a connection of its own): two instances, two nodes. When the lease's session ends, the
+    // instance stops making ids with it, takes a node again, and goes on.
+    Proxy a, b;
+    auto ca = connect(a.conninfo()), cb = connect(b.conninfo());
+    const int na = node_of(scalar(ca.get(), "select pgshard.unique_id()"), false);
+    const int nb = node_of(scalar(cb.get(), "select pgshard.unique_id()"), false);
+    CHECK(na != nb);
+    auto d0 = connect(cluster.direct(0));
+    CHECK(scalar(d0.get(),
+                 "select count(pg_terminate_backend(pid)) from pg_locks where locktype = "
+                 "'advisory' and classid = 1885827944 and objid = " +
+                     std::to_string(na)) == "1");
+    std::this_thread::sleep_for(std::chrono::milliseconds(300));
+    const int again = node_of(scalar(ca.get(), "select pgshard.unique_id()"), false);
+    CHECK(again != nb);
+    CHECK(scalar(d0.get(),
+                 "select count(*) from pg_locks where locktype = 'advisory' and classid = "
+                 "1885827944 and objid in (" +
+                     std::to_string(again) + ", " + std::to_string(nb) + ")") == "2");
   }
   // 8 clients x 1,000 inserts without ids through two instances: no duplicate id, every row
   // on the shard its id maps to.

@@ -39,7 +39,7 @@ std::string error_of(const std::string& yaml) {
 TEST_CASE("a complete map loads with its values", "[config]") {
   auto c = load_string(kGood, "t.yaml");
   CHECK(c->listen.port == 7432);
-  CHECK(c->node_id == 0);
+  CHECK(c->node_id == -1);  // leased
   CHECK(c->listen.workers == 2);
   CHECK(c->listen.max_client_conn == 50);
   CHECK(c->tls.mode == TlsMode::kPrefer);
