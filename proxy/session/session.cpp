@@ -11,6 +11,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/admin/console.hpp"
+#include "proxy/executor/capture.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/unique_id.hpp"
 #include "proxy/router/placement.hpp"
@@ -735,45 +736,27 @@ awaitable<std::string> Session::insert_select(std::string& code) {
   }
   if (r.kind != router::RouteKind::kShard)
     co_return "the SELECT of an INSERT ... SELECT must be a query pgshard routes to shards";
-  const std::vector<int> shards = r.shards.size() > 1 ? r.shards : std::vector<int>{r.shard};
-  if (shards.size() > 1 && !r.concat_safe)
-    co_return "INSERT ... SELECT whose SELECT needs " + r.merge_blocker +
-        " merged across shards is not supported yet";
-  constexpr std::size_t kMaxRows = 100000, kMaxBytes = 64u << 20;
-  std::vector<uint32_t> types;
-  std::vector<std::vector<std::optional<std::string>>> rows;
-  std::size_t bytes = 0;
-  for (int shard : shards) {
-    std::string failure;
-    std::string err_code;
-    failure = co_await executor::run_on_shard(
-        *this, shard, *select,
-        [&](std::string_view body) {
-          auto row = proto::DataRow::parse(body);
-          if (!row) return;
-          auto& out = rows.emplace_back();
-          for (const auto& v : row->values)
-            out.emplace_back(v ? std::optional<std::string>(*v) : std::nullopt);
-          bytes += body.size();
-        },
-        [&](std::string_view body) {
-          if (auto d = proto::RowDescription::parse(body)) {
-            types.clear();
-            for (const auto& f : d->fields) types.push_back(static_cast<uint32_t>(f.type_oid));
-          }
-        },
-        err_code);
-    if (!failure.empty()) {
-      code = err_code.empty() ? std::string(sqlstate::kInternalError) : err_code;
-      co_return failure;
-    }
-    if (rows.size() > kMaxRows || bytes > kMaxBytes) {
-      code = sqlstate::kProgramLimitExceeded;
-      co_return "INSERT ... SELECT of more than " + std::to_string(kMaxRows) + " rows or " +
-          std::to_string(kMaxBytes >> 20) + " MiB through pgshard is not supported";
-    }
+  executor::Captured got(100000, 64u << 20);
+  if (r.shards.size() > 1) {
+    // Several shards: the execution and merge a client's read gets (ORDER BY, LIMIT,
+    // aggregates, GROUP BY...), its answer kept.
+    co_await executor::capture_read(*this, r, *select, got);
+  } else {
+    got.error_message = co_await executor::run_on_shard(
+        *this, r.shard, *select, [&](std::string_view body) { got.add_row(body); },
+        [&](std::string_view body) { got.describe(body); }, got.error_code);
   }
-  auto rewritten = router::with_select_rows(sql, types, rows);
+  if (!got.error_message.empty() || !got.error_code.empty()) {
+    code = got.error_code.empty() ? std::string(sqlstate::kInternalError) : got.error_code;
+    co_return got.error_message.empty() ? "the SELECT of an INSERT ... SELECT failed"
+                                        : got.error_message;
+  }
+  if (got.too_big) {
+    code = sqlstate::kProgramLimitExceeded;
+    co_return "INSERT ... SELECT of more than " + std::to_string(got.max_rows) + " rows or " +
+        std::to_string(got.max_bytes >> 20) + " MiB through pgshard is not supported";
+  }
+  auto rewritten = router::with_select_rows(sql, got.types, got.rows);
   if (!rewritten ||
       !rewrite_statement(pending_, statements_,
                          [&](std::string_view, const proto::Bind*) { return rewritten; }))

@@ -533,3 +533,48 @@ TEST_CASE("in-doubt participants on a shard that was down at start-up are resolv
                    20s));
   CHECK(scalar(d.get(), "select string_agg(tag, ',') from f_2pc") == decided);
 }
+
+TEST_CASE("INSERT ... SELECT with a shard down fails whole; the first shard down stops ids",
+          "[faults]") {
+  make_items(60);
+  auto& cluster = Cluster::get();
+  {
+    Proxy proxy(items_map());
+    auto c = connect(proxy.conninfo());
+    cluster.kill(1);
+    // The SELECT reads every shard, one of them gone: an error, nothing written anywhere.
+    std::string msg;
+    const std::string code = error_code(
+        c.get(), "insert into f_items (k, v) select k + 1000, 'copy' from f_items", &msg);
+    INFO(msg);
+    CHECK((code.starts_with("08") || code == "57P01" || code == "57P03"));
+    cluster.restart(1);
+    CHECK(rows_everywhere("v = 'copy'") == 0);
+    // And once the shard is back, the same statement copies every row.
+    CHECK(wait_until(
+        [&] {
+          return error_code(c.get(),
+                            "insert into f_items (k, v) select k + 1000, 'copy' from f_items")
+              .empty();
+        },
+        10s));
+    CHECK(rows_everywhere("v = 'copy'") == 60);
+  }
+  {
+    // Without node_id the node is leased from the first shard: with that shard down the
+    // lease lapses, pgshard.unique_id() fails (never an id another instance could make), and
+    // works again once the shard is back.
+    Proxy proxy(items_map());
+    auto c = connect(proxy.conninfo());
+    CHECK_FALSE(scalar(c.get(), "select pgshard.unique_id()").empty());
+    cluster.kill(0);
+    std::string msg;
+    const auto t0 = std::chrono::steady_clock::now();
+    CHECK(error_code(c.get(), "select pgshard.unique_id()", &msg) == "0A000");
+    CHECK_THAT(msg, Catch::Contains("holds no node id"));
+    CHECK(std::chrono::steady_clock::now() - t0 < 6s);
+    cluster.restart(0);
+    CHECK(wait_until([&] { return error_code(c.get(), "select pgshard.unique_id()").empty(); },
+                     15s));
+  }
+}

@@ -1,4 +1,5 @@
--- error: 0A000
--- A SELECT whose answer needs a merge across shards: refused, never a wrong row
+-- A SELECT whose answer is merged across shards (aggregates, GROUP BY): its merged rows go in
 insert into order_items (id, order_id, user_id, sku, price, qty)
-select max(id) + 1, 1, 1, 'MAX', 1, 1 from order_items
+select max(id), count(*), min(user_id), 'AGG-' || status, sum(amount), 1 from orders
+group by status
+returning order_id, user_id, sku, price
