@@ -881,10 +881,12 @@ TEST_CASE("INSERT ... SELECT runs the SELECT and puts each row on its key's shar
   CHECK(error_code(c.get(), "insert into users (id, name) select 1 / 0, 'x'") == "22012");
   // A SELECT whose answer is merged across shards (aggregate; ORDER BY with LIMIT): the
   // merged answer is what goes in.
-  CHECK(scalar(c.get(), "insert into users (id, name) select count(*), 'c' from users "
-                        "returning id") == "39");
-  rows = query(c.get(), "insert into orders (id, user_id, amount) select id, id, 9 from users "
-                        "where id < 5000 order by id desc limit 3 returning user_id");
+  CHECK(scalar(c.get(),
+               "insert into users (id, name) select count(*), 'c' from users "
+               "returning id") == "39");
+  rows = query(c.get(),
+               "insert into orders (id, user_id, amount) select id, id, 9 from users "
+               "where id < 5000 order by id desc limit 3 returning user_id");
   REQUIRE(rows.size() == 3);
   std::set<std::string> top;
   for (const auto& row : rows) top.insert(row[0]);
