@@ -879,6 +879,31 @@ std::optional<std::string> binary_to_text(int32_t type, std::string_view b) {
     case oid::kBool:
       if (b.size() != 1) return std::nullopt;
       return std::string(b[0] ? "t" : "f");
+    case oid::kText:
+    case oid::kVarchar:
+    case oid::kBpchar:
+    case oid::kName:
+      return std::string(b);  // the characters themselves
+    case oid::kBytea: {
+      static const char* hex = "0123456789abcdef";
+      std::string out = "\\x";
+      for (unsigned char c : b) {
+        out += hex[c >> 4];
+        out += hex[c & 15];
+      }
+      return out;
+    }
+    case oid::kUuid: {
+      if (b.size() != 16) return std::nullopt;
+      static const char* hex = "0123456789abcdef";
+      std::string out;
+      for (std::size_t i = 0; i < 16; ++i) {
+        if (i == 4 || i == 6 || i == 8 || i == 10) out += '-';
+        out += hex[static_cast<unsigned char>(b[i]) >> 4];
+        out += hex[static_cast<unsigned char>(b[i]) & 15];
+      }
+      return out;
+    }
     default:
       return std::nullopt;
   }

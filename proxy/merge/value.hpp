@@ -134,7 +134,7 @@ std::string encode_numeric(const Decimal& v, int16_t format);
 // Text value of a computed aggregate result in binary format for types pgshard computes
 // (int8, numeric, float4, float8, bool). nullopt for other types.
 std::optional<std::string> text_to_binary(int32_t type, std::string_view text);
-// And back: binary value of those types to text.
+// And back: binary value of those types (and of text, bytea and uuid) to text.
 std::optional<std::string> binary_to_text(int32_t type, std::string_view bytes);
 
 }  // namespace pgshard::merge

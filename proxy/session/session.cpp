@@ -14,6 +14,7 @@
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/unique_id.hpp"
+#include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/txn/distributed.hpp"
@@ -716,16 +717,23 @@ awaitable<std::string> Session::insert_select(std::string& code) {
                       sql = text;
                       const auto& types = b ? statements_.types(b->statement) : kNoTypes;
                       for (std::size_t i = 0; b && i < b->params.size(); ++i) {
-                        binary = binary || b->format_of(i) == 1;
+                        const int32_t type = i < types.size() ? types[i] : 0;
                         const auto& v = b->params[i];
-                        params.push_back(router::sql_literal(
-                            v ? std::optional<std::string>(*v) : std::nullopt,
-                            i < types.size() ? static_cast<uint32_t>(types[i]) : 0));
+                        std::optional<std::string> text;
+                        if (v && b->format_of(i) == 1) {
+                          // Binary (psycopg 3 sends numbers so): decoded by its declared type.
+                          text = merge::binary_to_text(type, *v);
+                          binary = binary || !text;
+                        } else if (v) {
+                          text = std::string(*v);
+                        }
+                        params.push_back(router::sql_literal(text, static_cast<uint32_t>(type)));
                       }
                       return std::nullopt;  // only read here
                     });
   if (binary)
-    co_return "INSERT ... SELECT with parameters bound in binary format is not supported yet";
+    co_return "INSERT ... SELECT with a parameter bound in binary format of a type pgshard does "
+              "not decode (or undeclared) is not supported yet: bind it as text";
   auto select = router::insert_select_sql(sql);
   if (select && !params.empty()) select = router::with_parameter_values(*select, params);
   if (!select) co_return "INSERT ... SELECT could not be read";

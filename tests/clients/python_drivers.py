@@ -239,6 +239,35 @@ def generated_keys_suite():
     asyncio.run(with_asyncpg())
 
 
+def insert_select_suite():
+    """INSERT ... SELECT: psycopg 3 with server-side parameters in the SELECT, and SQLAlchemy
+    Core's insert().from_select(). Rows copied across shards read back by their new keys."""
+    import psycopg
+    from sqlalchemy import BigInteger, Column, MetaData, String, Table, create_engine, insert, select
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("delete from users where id between 500000 and 700000")
+        got = conn.execute("insert into users (id, name) select id + 500000, name || %s from users "
+                           "where id between %s and %s returning id", ("-copy", 1101, 1110)).fetchall()
+        check(sorted(r[0] for r in got) == list(range(501101, 501111)), f"psycopg3: copied {got}")
+        for k in range(501101, 501111):
+            row = conn.execute("select name from users where id = %s", (k,)).fetchone()
+            check(row == (f"p3-{k - 500000}-copy",), f"psycopg3: copy {k} reads back {row}")
+    meta = MetaData()
+    users = Table("users", meta, Column("id", BigInteger, primary_key=True), Column("name", String))
+    engine = create_engine(f"postgresql+psycopg2://app:secret@{HOST}:{PORT}/app", future=True)
+    with engine.begin() as c:
+        result = c.execute(insert(users).from_select(
+            ["id", "name"], select(users.c.id + 600000, users.c.name).where(users.c.id.between(1301, 1305))))
+        check(result.rowcount == 5, f"sqlalchemy: from_select inserted {result.rowcount}")
+    with engine.connect() as c:
+        names = [c.execute(select(users.c.name).where(users.c.id == k)).scalar()
+                 for k in range(601301, 601306)]
+        check(names == [f"orm-{k}" for k in range(1301, 1306)], f"sqlalchemy: copies {names}")
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("delete from users where id between 500000 and 700000")
+
+
 def sqlalchemy_suite():
     from sqlalchemy import BigInteger, Column, ForeignKey, Numeric, String, create_engine, func, select
     from sqlalchemy.orm import Session, declarative_base, relationship
@@ -290,6 +319,7 @@ def main():
     psycopg3_pipeline_suite()
     generated_keys_suite()
     sqlalchemy_suite()
+    insert_select_suite()
     if failures:
         print(f"{len(failures)} failure(s)", file=sys.stderr)
         sys.exit(1)

@@ -336,3 +336,20 @@ TEST_CASE("ORDER BY a column with another collation: its own order, or 0A000", "
   CHECK_THAT(describe(0, 0, {"profiles"}), Catch::Contains("computed text"));
   CHECK(describe(0, 0, {"users"}).empty());
 }
+
+TEST_CASE("binary parameters decode to PostgreSQL's text form", "[merge][value]") {
+  // (INSERT ... SELECT puts a SELECT's parameters in as literals; psycopg 3 binds numbers in
+  // binary.)
+  const std::string eight("\x00\x00\x00\x00\x00\x00\x01\x00", 8), four("\xff\xff\xff\xfe", 4);
+  CHECK(binary_to_text(oid::kInt8, eight) == "256");
+  CHECK(binary_to_text(oid::kInt4, four) == "-2");
+  CHECK(binary_to_text(oid::kText, "it's") == "it's");
+  CHECK(binary_to_text(oid::kBytea, std::string("\x00\xff", 2)) == "\\x00ff");
+  CHECK(binary_to_text(
+            oid::kUuid,
+            std::string("\x12\x34\x56\x78\x9a\xbc\xde\xf0\x12\x34\x56\x78\x9a\xbc\xde\xf0", 16)) ==
+        "12345678-9abc-def0-1234-56789abcdef0");
+  CHECK_FALSE(binary_to_text(oid::kUuid, "short"));
+  CHECK_FALSE(binary_to_text(oid::kInt8, four));
+  CHECK_FALSE(binary_to_text(oid::kDate, four));
+}
