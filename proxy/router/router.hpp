@@ -60,6 +60,9 @@ struct Route {
   // `generate_count` rows: generate that many keys, put them in, route again.
   int generate_table = -1;
   int generate_count = 0;
+  // kError: a pipeline (extended batch) whose statements go to different shards; the
+  // session may run it statement by statement in one transaction instead.
+  bool split_pipeline = false;
   // kLookup: INSERT ... SELECT into a sharded table: run the SELECT, put its rows in as
   // VALUES, route again.
   bool insert_select = false;

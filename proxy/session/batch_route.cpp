@@ -145,6 +145,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
                              "statements in one pipelined batch route to different shards", {},
                              "send a Sync after each statement that goes to another shard");
             e.hints = hints;
+            e.split_pipeline = true;
             return e;
           }
         }

@@ -284,7 +284,39 @@ awaitable<void> Session::stop_watch(ClientWatch& watch) {
   while (watch.running) co_await watch.ended.wait();
 }
 
+std::string Session::filter_out(std::string_view bytes) {
+  auto& f = *out_filter_;
+  std::string kept;
+  while (!bytes.empty()) {
+    if (f.remaining == 0 && f.have < 5) {
+      f.header[f.have++] = bytes.front();
+      bytes.remove_prefix(1);
+      if (f.have < 5) continue;
+      const auto* h = reinterpret_cast<const unsigned char*>(f.header);
+      const uint32_t length =
+          (uint32_t{h[1]} << 24) | (uint32_t{h[2]} << 16) | (uint32_t{h[3]} << 8) | uint32_t{h[4]};
+      f.remaining = length >= 4 ? length - 4 : 0;
+      f.dropping = f.drop == "*" || f.drop.find(f.header[0]) != std::string::npos;
+      if (!f.dropping) kept.append(f.header, 5);
+      if (f.remaining == 0) f.have = 0;
+      continue;
+    }
+    const auto n = std::min<std::size_t>(f.remaining, bytes.size());
+    if (!f.dropping) kept.append(bytes.substr(0, n));
+    bytes.remove_prefix(n);
+    f.remaining -= static_cast<uint32_t>(n);
+    if (f.remaining == 0) f.have = 0;
+  }
+  return kept;
+}
+
 awaitable<bool> Session::write_client(std::string_view bytes) {
+  std::string kept;
+  if (out_filter_) {
+    kept = filter_out(bytes);
+    if (kept.empty()) co_return !client_gone_;
+    bytes = kept;
+  }
   while (client_writing_) co_await client_write_done_.wait();
   if (client_gone_) co_return false;
   client_writing_ = true;
@@ -580,6 +612,8 @@ awaitable<void> Session::handle_request(char boundary) {
   ++requests_;
   deadlock_detail_.clear();  // a cancel that came too late must not turn into 40P01 now
   statements_.clear_injected();
+  // The rest of a pipeline over several shards, up to its Sync, joins its transaction.
+  if (pipeline_txn_ && !out_filter_ && co_await run_split_pipeline()) co_return;
   if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
   if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
@@ -589,6 +623,10 @@ awaitable<void> Session::handle_request(char boundary) {
   }
   // Mid-batch (extended messages sent without Sync) the batch stays where it started.
   if (open_extended_ && backends_.active) {
+    if (continues_elsewhere()) {
+      co_await abandon_open_batch(boundary);
+      co_return;
+    }
     co_await forward(backends_.active->shard, boundary);
     co_return;
   }
@@ -600,6 +638,7 @@ awaitable<void> Session::handle_request(char boundary) {
   req.lone = lone(req, route);
   const auto act = router::action(route);
   worker_.routes().count(route, act);
+  if (route.split_pipeline && !out_filter_ && co_await run_split_pipeline()) co_return;
   if (act == router::Action::kAnswer || act == router::Action::kRefuse) {
     co_await answer_locally(route, req);
     co_return;
@@ -641,6 +680,124 @@ awaitable<void> Session::handle_request(char boundary) {
     case router::Action::kLookup:
       break;  // answered above; resolve_lookups resolved them
   }
+}
+
+bool Session::continues_elsewhere() {
+  // Only a Bind says where a statement goes; Execute, Describe, Close follow the batch.
+  bool binds = false;
+  for (const auto m : proto::frames(pending_)) binds = binds || m.frame.type == proto::msg::kBind;
+  if (!binds) return false;
+  bool simple = false;
+  const router::Route r = route_batch(&simple);
+  if (r.kind == router::RouteKind::kAnswer) return false;
+  return r.kind != router::RouteKind::kShard || r.shards.size() > 1 ||
+         (r.shards.empty() && r.shard != backends_.active->shard);
+}
+
+awaitable<void> Session::abandon_open_batch(char boundary) {
+  // The open batch's statements so far ran on one shard, in that server's implicit
+  // transaction; this part needs another. Rather than run it on the wrong shard (or commit
+  // the first part alone), the pipeline fails as PostgreSQL fails one: the client gets the
+  // replies of what ran, then an error; the server is closed (its part rolls back) and the
+  // rest up to the Sync is skipped.
+  auto link = backends_.active;
+  auto& conn = *link->lease;
+  open_extended_ = false;
+  // A Parse of an empty statement, hidden: once its reply is in, so is every earlier one.
+  std::string probe;
+  proto::Parse{"", "", {}}.write(probe);
+  proto::write_empty(probe, proto::msg::kFlush);
+  conn.replies.expect_parse(pool::Replies::Owner::kClient, pool::Replies::Action::kHide);
+  if (co_await write_server(link, probe))
+    while (!conn.replies.empty() && !client_gone_ && !link->done) co_await drained_.wait();
+  conn.broken = true;
+  release(link);
+  spdlog::info("{}: pipeline moved to another shard mid-batch: failed", prefix());
+  std::string out;
+  proto::write_error(
+      out, proto::error(sqlstate::kFeatureNotSupported,
+                        "a pipeline sent in parts (Flush) whose later statements "
+                        "go to another shard than its first ones",
+                        {}, "send the whole pipeline before its Sync, or Sync between shards"));
+  pending_.clear();
+  if (boundary == proto::msg::kSync)
+    out += proto::ready_for_query(transaction_status());
+  else
+    discard_until_sync_ = true;
+  fail_transaction();
+  co_await write_client(out);
+}
+
+awaitable<bool> Session::run_split_pipeline() {
+  // Its statements, each with the messages before it (Parse, Bind, Describe...); messages
+  // after the last Execute go with it. A Sync ends the pipeline; a Flush leaves it open for
+  // the client's next messages (psycopg 3 reads results as they come).
+  std::vector<std::string> units;
+  std::string unit;
+  bool synced = false;
+  for (const auto m : proto::frames(pending_)) {
+    if (m.frame.type == proto::msg::kQuery) co_return false;
+    if (m.frame.type == proto::msg::kSync) {
+      synced = true;
+      break;
+    }
+    if (m.frame.type == proto::msg::kFlush) continue;
+    unit.append(m.raw);
+    if (m.frame.type == proto::msg::kExecute) {
+      units.push_back(std::move(unit));
+      unit.clear();
+    }
+  }
+  if (!unit.empty()) {
+    if (units.empty())
+      units.push_back(std::move(unit));
+    else
+      units.back() += unit;
+  }
+  for (const auto& u : units) {
+    // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
+    bool simple = false;
+    Statements scratch = statements_;
+    const auto r =
+        session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
+    if (r.txn != router::TxnControl::kNone) co_return false;
+  }
+  spdlog::debug("{}: pipeline part of {} statements over several shards: one transaction", prefix(),
+                units.size());
+  pending_.clear();
+  std::string q;
+  if (!pipeline_txn_ && transaction_status() == proto::txn_status::kIdle) {
+    proto::Query{"BEGIN"}.write(q);
+    co_await run_filtered(std::move(q), proto::msg::kQuery, "*");
+    pipeline_txn_ = true;
+  }
+  std::string sync;
+  proto::write_empty(sync, proto::msg::kSync);
+  for (auto& u : units) {
+    // After an error PostgreSQL skips the rest of the pipeline up to its Sync.
+    if (client_gone_ || transaction_status() == proto::txn_status::kFailed) break;
+    co_await run_filtered(u + sync, proto::msg::kSync, "Z");
+  }
+  if (!synced || client_gone_) co_return true;
+  if (std::exchange(pipeline_txn_, false)) {
+    // The Sync ends the implicit transaction: committed, or rolled back after an error. A
+    // failed COMMIT's error reaches the client.
+    q.clear();
+    proto::Query{transaction_status() == proto::txn_status::kFailed ? "ROLLBACK" : "COMMIT"}.write(
+        q);
+    co_await run_filtered(std::move(q), proto::msg::kQuery, "CZ");
+  }
+  co_await write_client(proto::ready_for_query(transaction_status()));
+  co_return true;
+}
+
+awaitable<void> Session::run_filtered(std::string request, char boundary, std::string drop) {
+  pending_ = std::move(request);
+  out_filter_.emplace();
+  out_filter_->drop = std::move(drop);
+  co_await handle_request(boundary);
+  co_await drain();
+  out_filter_.reset();
 }
 
 awaitable<bool> Session::skip_failed_batch(char boundary) {

@@ -143,6 +143,31 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<bool> on_message(char type, std::size_t size);
   awaitable<bool> refuse_batch();
   awaitable<void> handle_request(char boundary);
+  // A pipeline (extended batch up to Sync) whose statements go to different shards, run as
+  // PostgreSQL runs one: statement by statement in one transaction (pgshard's own when the
+  // client has none, committed at the Sync, rolled back after an error, the statements
+  // after which are skipped); the client sees its replies and one ReadyForQuery at the
+  // Sync. A part ending in Flush leaves the transaction open for the parts after it. False
+  // when the batch is not such a pipeline (transaction control in it, a simple Query).
+  awaitable<bool> run_split_pipeline();
+  // The client's next part of an open extended batch (sent after a Flush) needs a shard
+  // other than the batch's server; and failing that batch (see the definition).
+  bool continues_elsewhere();
+  awaitable<void> abandon_open_batch(char boundary);
+  // Runs `request` as a request of the client's, dropping from what the client is sent the
+  // message types in `drop` (all of them for "*").
+  awaitable<void> run_filtered(std::string request, char boundary, std::string drop);
+  // What write_client drops while filtering (frames may come in pieces).
+  struct OutFilter {
+    std::string drop;
+    char header[5] = {};
+    int have = 0;            // header bytes seen of the current frame
+    uint32_t remaining = 0;  // body bytes of the current frame still to come
+    bool dropping = false;
+  };
+  std::optional<OutFilter> out_filter_;
+  bool pipeline_txn_ = false;  // pgshard's transaction for a pipeline not yet at its Sync
+  std::string filter_out(std::string_view bytes);
   // After pgshard failed an extended batch: skips to its Sync; true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
   // Routes pending_ (directory lookups done first).

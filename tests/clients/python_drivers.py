@@ -239,6 +239,43 @@ def generated_keys_suite():
     asyncio.run(with_asyncpg())
 
 
+def pipeline_suite():
+    """psycopg 3's executemany pipelines one statement per row up to one Sync: rows bound for
+    several shards, in one transaction as on PostgreSQL (an error keeps none of them)."""
+    import psycopg
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("delete from users where id between 800000 and 800100")
+        cur = conn.cursor()
+        cur.executemany("insert into users (id, name) values (%s, %s)",
+                        [(800000 + i, f"em-{i}") for i in range(30)])
+        n = conn.execute("select count(*) from users where id between 800000 and 800100").fetchone()[0]
+        check(n == 30, f"psycopg3: executemany over shards kept {n} of 30 rows")
+        rows = [(800050 + i, "dup") for i in range(10)]
+        rows[5] = (800003, "dup")  # already there
+        try:
+            cur.executemany("insert into users (id, name) values (%s, %s)", rows)
+            check(False, "psycopg3: executemany with a duplicate key should fail")
+        except psycopg.errors.UniqueViolation:
+            pass
+        n = conn.execute("select count(*) from users where name = 'dup'").fetchone()[0]
+        check(n == 0, f"psycopg3: a failed executemany kept {n} rows")
+        # Generated keys, RETURNING each row's.
+        conn.execute("delete from accounts where name like 'em-%'")
+        cur.executemany("insert into accounts (name) values (%s) returning id",
+                        [(f"em-{i}",) for i in range(8)], returning=True)
+        ids = []
+        while True:
+            ids.extend(r[0] for r in cur.fetchall())
+            if not cur.nextset():
+                break
+        check(len(set(ids)) == 8, f"psycopg3: executemany generated ids {ids}")
+        for k in ids:
+            got = conn.execute("select name from accounts where id = %s", (k,)).fetchone()
+            check(got is not None, f"psycopg3: generated id {k} reads back")
+        conn.execute("delete from users where id between 800000 and 800100")
+
+
 def insert_select_suite():
     """INSERT ... SELECT: psycopg 3 with server-side parameters in the SELECT, and SQLAlchemy
     Core's insert().from_select(). Rows copied across shards read back by their new keys."""
@@ -320,6 +357,7 @@ def main():
     generated_keys_suite()
     sqlalchemy_suite()
     insert_select_suite()
+    pipeline_suite()
     if failures:
         print(f"{len(failures)} failure(s)", file=sys.stderr)
         sys.exit(1)

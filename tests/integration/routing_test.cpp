@@ -895,6 +895,109 @@ TEST_CASE("INSERT ... SELECT runs the SELECT and puts each row on its key's shar
   CHECK(scalar(c.get(), "select count(*) from users") == "40");
 }
 
+TEST_CASE("a pipeline over several shards answers as one PostgreSQL: one transaction",
+          "[routing]") {
+  // Before: 0A000 "statements in one pipelined batch route to different shards" (psycopg 3's
+  // executemany, pgJDBC's executeBatch).
+  create_schema();
+  auto& cluster = Cluster::get();
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  // The same pipeline to pgshard and straight to one PostgreSQL: the same replies.
+  auto pipeline = [](long long first, int count, long long duplicate) {
+    std::string out;
+    wire::Parse{"ins", "insert into users (id, name) values ($1, 'p')", {}}.write(out);
+    for (int i = 0; i < count; ++i) {
+      const long long id = i == 2 && duplicate ? duplicate : first + i;
+      wire::Bind{"", "ins", {}, {std::to_string(id)}, {}}.write(out);
+      wire::Execute{"", 0}.write(out);
+    }
+    wire::write_empty(out, wire::msg::kSync);
+    return out;
+  };
+  auto shape = [](int port, const std::string& bytes) {
+    RawClient raw(port);
+    REQUIRE(raw.login());
+    raw.send(bytes);
+    std::vector<std::pair<char, std::string>> all;
+    std::string types = raw.until_ready(&all);
+    return types + ":" + all.back().second;  // and the ReadyForQuery status
+  };
+  const std::string want = shape(cluster.port(0), pipeline(100001, 6, 0));
+  CHECK(want == "1 2 C 2 C 2 C 2 C 2 C 2 C Z:I");
+  CHECK(shape(proxy.port(), pipeline(1, 6, 0)) == want);
+  CHECK(scalar(c.get(), "select count(*) from users where id between 1 and 6") == "6");
+  for (int id = 1; id <= 6; ++id) {
+    auto d = connect(cluster.direct(shard_of(id)));
+    CHECK(scalar(d.get(), "select count(*) from users where id = " + std::to_string(id)) == "1");
+  }
+  // An error in the third statement: the rest is skipped and nothing of it stays.
+  const std::string failed = shape(cluster.port(0), pipeline(100101, 5, 100001));
+  CHECK(failed == "1 2 C 2 C 2 E Z:I");
+  CHECK(shape(proxy.port(), pipeline(101, 5, 1)) == failed);
+  CHECK(scalar(c.get(), "select count(*) from users where id between 101 and 105") == "0");
+  {
+    // Inside the client's transaction the pipeline joins it (and a failure fails it).
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    std::string begin;
+    wire::Query{"begin"}.write(begin);
+    raw.send(begin);
+    CHECK(raw.until_ready() == "C Z");
+    raw.send(pipeline(201, 4, 0));
+    std::vector<std::pair<char, std::string>> all;
+    CHECK(raw.until_ready(&all) == "1 2 C 2 C 2 C 2 C Z");
+    CHECK(all.back().second == "T");
+    std::string rollback;
+    wire::Query{"rollback"}.write(rollback);
+    raw.send(rollback);
+    CHECK(raw.until_ready() == "C Z");
+  }
+  CHECK(scalar(c.get(), "select count(*) from users where id between 201 and 204") == "0");
+  // A pipeline sent in parts ending in Flush (psycopg 3 reads results as they come): a later
+  // part on the first part's shard joins it; one bound for another shard fails the pipeline
+  // (the first part's server is closed, so nothing of it stays), never lands on the wrong
+  // shard (before: it was run on the first part's shard).
+  auto parts = [&](long long first, long long second) {
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    std::string part;
+    wire::Parse{"ins", "insert into users (id, name) values ($1, 'f')", {}}.write(part);
+    wire::Bind{"", "ins", {}, {std::to_string(first)}, {}}.write(part);
+    wire::Execute{"", 0}.write(part);
+    wire::write_empty(part, wire::msg::kFlush);
+    raw.send(part);
+    std::string types;
+    for (int i = 0; i < 3; ++i) {
+      auto m = raw.next();
+      REQUIRE(m);
+      types += m->first;
+    }
+    CHECK(types == "12C");
+    part.clear();
+    wire::Bind{"", "ins", {}, {std::to_string(second)}, {}}.write(part);
+    wire::Execute{"", 0}.write(part);
+    wire::write_empty(part, wire::msg::kSync);
+    raw.send(part);
+    std::vector<std::pair<char, std::string>> all;
+    std::string rest = raw.until_ready(&all);
+    return rest + ":" + all.back().second;
+  };
+  long long a = 301, same = 302;
+  while (shard_of(same) != shard_of(a)) ++same;
+  CHECK(parts(a, same) == "2 C Z:I");
+  CHECK(scalar(c.get(), "select count(*) from users where name = 'f'") == "2");
+  a = 1301;
+  long long other = 1302;
+  while (shard_of(other) == shard_of(a)) ++other;
+  CHECK(parts(a, other).starts_with("E Z"));
+  for (int s = 0; s < cluster.size(); ++s) {
+    auto d = connect(cluster.direct(s));
+    CHECK(scalar(d.get(), "select count(*) from users where id > 1000 and name = 'f'") == "0");
+  }
+  CHECK(scalar(c.get(), "select 1") == "1");
+}
+
 TEST_CASE("a split INSERT keeps parameters of rows another shard holds", "[routing]") {
   // Before: each shard's part lost the rows (and parameters) of the others, and PostgreSQL
   // answered "could not determine data type of parameter $1".

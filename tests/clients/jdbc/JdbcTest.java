@@ -125,6 +125,38 @@ public class JdbcTest {
         }
       }
       check(ids.size() == 9, "nine distinct generated ids, got " + ids.size());
+      // executeBatch: one pipeline whose rows go to every shard, all or nothing as on
+      // PostgreSQL (before: refused, "statements in one pipelined batch route to different
+      // shards").
+      try (Statement s = c.createStatement()) {
+        s.execute("delete from users where id between 3500 and 3600");
+      }
+      try (PreparedStatement add = c.prepareStatement("insert into users (id, name) values (?, ?)")) {
+        for (long u = 3500; u < 3520; u++) {
+          add.setLong(1, u);
+          add.setString(2, "batch-" + u);
+          add.addBatch();
+        }
+        int[] counts = add.executeBatch();
+        check(counts.length == 20, "batch counts " + counts.length);
+        for (long u = 3550; u < 3560; u++) {
+          add.setLong(1, u == 3555 ? 3505 : u);  // 3505 is there already
+          add.setString(2, "dup");
+          add.addBatch();
+        }
+        try {
+          add.executeBatch();
+          check(false, "a batch with a duplicate key fails");
+        } catch (java.sql.BatchUpdateException expected) {
+        }
+      }
+      try (Statement s = c.createStatement();
+           ResultSet rs = s.executeQuery(
+               "select count(*) filter (where name like 'batch-%'), count(*) filter (where name = 'dup') "
+               + "from users where id between 3500 and 3600")) {
+        check(rs.next() && rs.getLong(1) == 20 && rs.getLong(2) == 0,
+            "batch rows kept: " + rs.getLong(1) + " and failed batch rows: " + rs.getLong(2));
+      }
     } catch (SQLException e) {
       e.printStackTrace();
       failures++;
