@@ -765,6 +765,8 @@ awaitable<bool> Session::run_split_pipeline() {
   spdlog::debug("{}: pipeline part of {} statements over several shards: one transaction", prefix(),
                 units.size());
   pending_.clear();
+  // A part after the pipeline failed is skipped, as PostgreSQL skips to the Sync.
+  bool skipping = pipeline_txn_ && transaction_status() == proto::txn_status::kFailed;
   std::string q;
   if (!pipeline_txn_ && transaction_status() == proto::txn_status::kIdle) {
     proto::Query{"BEGIN"}.write(q);
@@ -774,9 +776,10 @@ awaitable<bool> Session::run_split_pipeline() {
   std::string sync;
   proto::write_empty(sync, proto::msg::kSync);
   for (auto& u : units) {
-    // After an error PostgreSQL skips the rest of the pipeline up to its Sync.
-    if (client_gone_ || transaction_status() == proto::txn_status::kFailed) break;
+    if (client_gone_ || skipping) break;
     co_await run_filtered(u + sync, proto::msg::kSync, "Z");
+    // After an error PostgreSQL skips the rest of the pipeline up to its Sync.
+    skipping = transaction_status() == proto::txn_status::kFailed;
   }
   if (!synced || client_gone_) co_return true;
   if (std::exchange(pipeline_txn_, false)) {
