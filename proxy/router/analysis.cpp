@@ -1398,75 +1398,25 @@ std::optional<std::vector<std::pair<int, std::string>>> split_insert(
   return out;
 }
 
+namespace {
+std::optional<std::string> deparse_with(PgQuery__ParseResult* tree,
+                                        const std::vector<Node*>& targets,
+                                        const std::vector<std::string>& exprs);
+}  // namespace
+
 std::optional<std::string> with_unique_ids(
     std::string_view sql, const std::function<std::optional<int64_t>(bool js_safe)>& next) {
   const auto owned = parse_tree(std::string(sql));
   if (!owned) return std::nullopt;
   const auto calls = unique_id_calls(owned.get());
   if (calls.empty()) return std::nullopt;
-  // Each call becomes '<id>'::pg_catalog.int8; the nodes' own calls are put back before
-  // the tree is freed.
-  std::deque<std::string> texts;
-  std::deque<PgQuery__String> strings;
-  std::deque<PgQuery__AConst> consts;
-  std::deque<Node> nodes;
-  std::deque<PgQuery__TypeName> types;
-  std::deque<PgQuery__TypeCast> casts;
-  std::deque<std::array<Node*, 2>> type_names;
-  std::vector<std::pair<Node*, PgQuery__FuncCall*>> replaced;
-  bool ok = true;
+  std::vector<std::string> ids;
   for (Node* call : calls) {
     const auto id = next(unique_id_function(call->func_call) == 1);
-    if (!id) {
-      ok = false;
-      break;
-    }
-    auto& text = texts.emplace_back(std::to_string(*id));
-    auto& str = strings.emplace_back();
-    pg_query__string__init(&str);
-    str.sval = text.data();
-    auto& c = consts.emplace_back();
-    pg_query__a__const__init(&c);
-    c.val_case = PG_QUERY__A__CONST__VAL_SVAL;
-    c.sval = &str;
-    c.location = -1;
-    auto& arg = nodes.emplace_back();
-    pg_query__node__init(&arg);
-    arg.node_case = PG_QUERY__NODE__NODE_A_CONST;
-    arg.a_const = &c;
-    auto name = [&](const char* part) {
-      auto& s = strings.emplace_back();
-      pg_query__string__init(&s);
-      s.sval = const_cast<char*>(part);
-      auto& n = nodes.emplace_back();
-      pg_query__node__init(&n);
-      n.node_case = PG_QUERY__NODE__NODE_STRING;
-      n.string = &s;
-      return &n;
-    };
-    auto& names = type_names.emplace_back(std::array<Node*, 2>{name("pg_catalog"), name("int8")});
-    auto& t = types.emplace_back();
-    pg_query__type_name__init(&t);
-    t.n_names = 2;
-    t.names = names.data();
-    t.typemod = -1;
-    t.location = -1;
-    auto& cast = casts.emplace_back();
-    pg_query__type_cast__init(&cast);
-    cast.arg = &arg;
-    cast.type_name = &t;
-    cast.location = -1;
-    replaced.emplace_back(call, call->func_call);
-    call->node_case = PG_QUERY__NODE__NODE_TYPE_CAST;
-    call->type_cast = &cast;
+    if (!id) return std::nullopt;
+    ids.push_back("'" + std::to_string(*id) + "'::pg_catalog.int8");
   }
-  std::optional<std::string> out;
-  if (ok) out = deparse(owned.get());
-  for (auto& [node, call] : replaced) {
-    node->node_case = PG_QUERY__NODE__NODE_FUNC_CALL;
-    node->func_call = call;
-  }
-  return out;
+  return deparse_with(owned.get(), calls, ids);
 }
 
 namespace {
@@ -1522,6 +1472,32 @@ const char* type_name(uint32_t oid) {
   }
 }
 
+// `tree` deparsed with each node of `targets` standing for the SQL expression of the same
+// place in `exprs` (parsed together as one SELECT list); the nodes get their own content
+// back before the trees are freed. nullopt when the expressions do not parse.
+std::optional<std::string> deparse_with(PgQuery__ParseResult* tree,
+                                        const std::vector<Node*>& targets,
+                                        const std::vector<std::string>& exprs) {
+  std::string list = "SELECT ";
+  for (std::size_t i = 0; i < exprs.size(); ++i) list += (i ? ", " : "") + exprs[i];
+  const auto parsed = parse_tree(list);
+  if (!parsed || parsed->n_stmts != 1 ||
+      parsed->stmts[0]->stmt->node_case != PG_QUERY__NODE__NODE_SELECT_STMT ||
+      parsed->stmts[0]->stmt->select_stmt->n_target_list != targets.size())
+    return std::nullopt;
+  const auto* select = parsed->stmts[0]->stmt->select_stmt;
+  std::vector<std::pair<Node*, Node>> saved;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    saved.emplace_back(targets[i], *targets[i]);
+    Node copy = *select->target_list[i]->res_target->val;
+    copy.base = targets[i]->base;
+    *targets[i] = copy;
+  }
+  auto out = deparse(tree);
+  for (auto& [n, original] : saved) *n = original;
+  return out;
+}
+
 void append_literal(std::string& out, std::string_view v) {
   out += '\'';
   for (char c : v) {
@@ -1550,36 +1526,19 @@ std::optional<std::string> with_parameter_values(std::string_view sql,
                                                  const std::vector<std::string>& values) {
   const auto owned = parse_tree(std::string(sql));
   if (!owned) return std::nullopt;
-  std::string list = "SELECT ";
-  for (std::size_t i = 0; i < values.size(); ++i) list += (i ? ", " : "") + values[i];
-  const auto literals = values.empty() ? nullptr : parse_tree(list);
-  if (!values.empty() && (!literals || literals->n_stmts != 1)) return std::nullopt;
   std::vector<Node*> params;
+  std::vector<std::string> exprs;
   walk(&owned->base, [&](const ProtobufCMessage* m) {
     if (m->descriptor != &pg_query__node__descriptor) return;
     auto* n = const_cast<Node*>(reinterpret_cast<const Node*>(m));
-    if (n->node_case == PG_QUERY__NODE__NODE_PARAM_REF) params.push_back(n);
-  });
-  // Each $n node takes the literal's content while the tree is deparsed, then gets its own
-  // back (each tree frees what it owns).
-  std::vector<std::pair<Node*, Node>> saved;
-  bool ok = true;
-  for (Node* n : params) {
+    if (n->node_case != PG_QUERY__NODE__NODE_PARAM_REF) return;
+    params.push_back(n);
     const int k = n->param_ref->number;
-    if (k < 1 || static_cast<std::size_t>(k) > values.size()) {
-      ok = false;
-      break;
-    }
-    const auto* target = literals->stmts[0]->stmt->select_stmt->target_list[k - 1]->res_target;
-    saved.emplace_back(n, *n);
-    Node copy = *target->val;
-    copy.base = n->base;
-    *n = copy;
-  }
-  std::optional<std::string> out;
-  if (ok) out = deparse(owned.get());
-  for (auto& [n, original] : saved) *n = original;
-  return out;
+    exprs.push_back(k >= 1 && static_cast<std::size_t>(k) <= values.size() ? values[k - 1] : "");
+  });
+  if (std::find(exprs.begin(), exprs.end(), "") != exprs.end()) return std::nullopt;
+  if (params.empty()) return deparse(owned.get());
+  return deparse_with(owned.get(), params, exprs);
 }
 
 std::optional<std::string> insert_select_sql(std::string_view sql) {

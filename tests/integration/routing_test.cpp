@@ -33,6 +33,17 @@ void create_schema() {
           "id))");
   }
 }
+// The shards (read directly) holding a row of `table` whose id is `id`.
+std::vector<int> shards_holding(const std::string& table, const std::string& id) {
+  auto& cluster = Cluster::get();
+  std::vector<int> found;
+  for (int s = 0; s < cluster.size(); ++s) {
+    auto d = connect(cluster.direct(s));
+    if (scalar(d.get(), "select count(*) from " + table + " where id = " + id) != "0")
+      found.push_back(s);
+  }
+  return found;
+}
 }  // namespace
 
 TEST_CASE("rows inserted through pgshard land only on the shard the hash names", "[routing]") {
@@ -504,14 +515,7 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
     query(d.get(), "create table users (id bigserial primary key, name text)");
     query(d.get(), "create table orders (id bigint, user_id bigint, amount numeric)");
   }
-  auto where_is = [&](const std::string& id) {
-    std::vector<int> found;
-    for (int s = 0; s < cluster.size(); ++s) {
-      auto d = connect(cluster.direct(s));
-      if (scalar(d.get(), "select count(*) from users where id = " + id) != "0") found.push_back(s);
-    }
-    return found;
-  };
+  auto where_is = [](const std::string& id) { return shards_holding("users", id); };
   Proxy proxy;
   auto c = connect(proxy.conninfo());
   const std::string first = scalar(c.get(), "insert into users (name) values ('a') returning id");
@@ -666,14 +670,7 @@ TEST_CASE("pgshard.unique_id(): ids unique across instances, as a key default an
     query(d.get(), "drop schema if exists pgshard cascade");
     query(d.get(), "create table orders (id bigint, user_id bigint, amount numeric)");
   }
-  auto where_is = [&](const std::string& id) {
-    std::vector<int> found;
-    for (int s = 0; s < cluster.size(); ++s) {
-      auto d = connect(cluster.direct(s));
-      if (scalar(d.get(), "select count(*) from users where id = " + id) != "0") found.push_back(s);
-    }
-    return found;
-  };
+  auto where_is = [](const std::string& id) { return shards_holding("users", id); };
   auto node_of = [](const std::string& id, bool js) {
     return static_cast<int>((std::stoll(id) >> (js ? 6 : 12)) & (js ? 63 : 1023));
   };
