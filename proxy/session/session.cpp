@@ -754,16 +754,30 @@ awaitable<bool> Session::run_split_pipeline() {
     else
       units.back() += unit;
   }
-  for (const auto& u : units) {
-    // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
-    bool simple = false;
+  // Consecutive statements bound for the same one shard go together (one round trip; an
+  // error there skips the rest of them as PostgreSQL would).
+  std::vector<std::string> groups;
+  {
     Statements scratch = statements_;
-    const auto r =
-        session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
-    if (r.txn != router::TxnControl::kNone) co_return false;
+    std::optional<int> last;
+    for (auto& u : units) {
+      bool simple = false;
+      const auto r =
+          session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
+      // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
+      if (r.txn != router::TxnControl::kNone) co_return false;
+      const bool one = r.kind == router::RouteKind::kShard && r.shards.empty();
+      if (one && last == r.shard)
+        groups.back() += u;
+      else
+        groups.push_back(std::move(u));
+      last = one ? std::optional<int>(r.shard) : std::nullopt;
+    }
   }
-  spdlog::debug("{}: pipeline part of {} statements over several shards: one transaction", prefix(),
-                units.size());
+  spdlog::debug(
+      "{}: pipeline part of {} statements in {} groups over several shards: one "
+      "transaction",
+      prefix(), units.size(), groups.size());
   pending_.clear();
   // A part after the pipeline failed is skipped, as PostgreSQL skips to the Sync.
   bool skipping = pipeline_txn_ && transaction_status() == proto::txn_status::kFailed;
@@ -775,7 +789,7 @@ awaitable<bool> Session::run_split_pipeline() {
   }
   std::string sync;
   proto::write_empty(sync, proto::msg::kSync);
-  for (auto& u : units) {
+  for (auto& u : groups) {
     if (client_gone_ || skipping) break;
     co_await run_filtered(u + sync, proto::msg::kSync, "Z");
     // After an error PostgreSQL skips the rest of the pipeline up to its Sync.
