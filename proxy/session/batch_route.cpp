@@ -211,8 +211,9 @@ bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite
                router::declared_types(
                    *sql, here ? p->first.param_types : statements.types(b->statement), *b)}
       .write(out);
-  if (ours) out.append(batch, at + p->second.size(), last_bind.data() - p->second.data() -
-                                                         p->second.size());
+  if (ours)
+    out.append(batch, at + p->second.size(),
+               last_bind.data() - p->second.data() - p->second.size());
   b->statement = "";
   b->write(out);
   out.append(batch, static_cast<std::size_t>(last_bind.data() - batch.data()) + last_bind.size());

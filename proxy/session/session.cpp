@@ -1185,7 +1185,10 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   // What the server will owe, pushed before anything is written so the reader never hands
   // the server back while this request is on its way.
   const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
-  if (transaction_pooled) statements_.map(pending_, *link.lease);
+  if (transaction_pooled)
+    statements_.map(pending_, *link.lease);
+  else if (statements_.has_injected())
+    statements_.expect_injected(pending_, *link.lease);
   open_extended_ = replies.expect_batch(pending_, Owner::kClient);
   if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
     // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so

@@ -370,6 +370,19 @@ const std::vector<int32_t>& Statements::types(std::string_view name) const {
   return it == types_.end() ? kNone : it->second;
 }
 
+void Statements::expect_injected(std::string_view batch, pool::ServerConn& conn) const {
+  for (const auto m : proto::frames(batch)) {
+    if (m.frame.type == proto::msg::kParse) {
+      auto p = proto::Parse::parse(m.frame.body);
+      conn.replies.expect_parse(Owner::kClient, p && p->name.empty() && injected(p->query)
+                                                    ? Action::kHide
+                                                    : Action::kForward);
+    } else if (m.frame.type == proto::msg::kClose) {
+      conn.replies.expect_close(Owner::kClient, Action::kForward);
+    }
+  }
+}
+
 void Statements::parsed(std::string_view name, std::string_view query,
                         const std::vector<int32_t>& param_types) {
   // The unnamed statement is re-parsed by most drivers for every query: keep it without a

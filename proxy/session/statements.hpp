@@ -32,6 +32,10 @@ class Statements {
   void set_injected(std::string sql) { injected_ = std::move(sql); }
   bool injected(std::string_view query) const { return !injected_.empty() && query == injected_; }
   void clear_injected() { injected_.clear(); }
+  // Session pooling (no map()): the completion of each Parse and Close of `batch` expected
+  // on `conn`, pgshard's own Parse's hidden. Only needed when the batch holds one.
+  void expect_injected(std::string_view batch, pool::ServerConn& conn) const;
+  bool has_injected() const { return !injected_.empty(); }
 
   // Transaction pooling: rewrites `batch` so the client's named statements use pgshard's
   // names on `conn`, re-preparing what that server lacks; the replies pgshard causes are

@@ -599,6 +599,28 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
     CHECK(raw.until_ready() == "1 2 C Z");
     CHECK(raw.until_ready() == "2 C Z");
     CHECK(scalar(c.get(), "select count(distinct id) from users where name = 'raw'") == "5");
+    {
+      // Session pooling too (no statement renaming there): pgshard's Parse stays hidden.
+      ProxyOptions session_pooled;
+      session_pooled.pool_mode = "session";
+      Proxy sp(session_pooled);
+      RawClient own(sp.port());
+      REQUIRE(own.login());
+      std::string msgs;
+      wire::Parse{"n2", "insert into users (name) values ($1) returning id", {}}.write(msgs);
+      wire::Bind{"", "n2", {}, {std::string("sess")}, {}}.write(msgs);
+      wire::Execute{"", 0}.write(msgs);
+      wire::write_empty(msgs, wire::msg::kSync);
+      own.send(msgs);
+      CHECK(own.until_ready() == "1 2 D C Z");
+      msgs.clear();
+      wire::Bind{"", "n2", {}, {std::string("sess")}, {}}.write(msgs);
+      wire::Execute{"", 0}.write(msgs);
+      wire::write_empty(msgs, wire::msg::kSync);
+      own.send(msgs);
+      CHECK(own.until_ready() == "2 D C Z");
+      CHECK(scalar(c.get(), "select count(distinct id) from users where name = 'sess'") == "2");
+    }
     // INSERT ... SELECT leaving the key to the sequence: two rewrites (the rows, then their
     // keys) and still one ParseComplete, the client's.
     out.clear();
@@ -622,7 +644,7 @@ TEST_CASE("INSERT leaving a serial key to the database gets keys unique across s
   std::string msg;
   CHECK(error_code(c.get(), "insert into orders (id, amount) values (1, 2)", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("no sequence, identity or pgshard.unique_id() default"));
-  CHECK(scalar(c.get(), "select count(*) from users") == "22");
+  CHECK(scalar(c.get(), "select count(*) from users") == "24");
   // nextval through pgshard draws from the same sequence the keys came from.
   const long long next =
       std::stoll(scalar(c.get(), "select nextval(pg_get_serial_sequence('users', 'id'))"));
