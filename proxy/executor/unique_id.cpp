@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "proxy/txn/recovery.hpp"
 
@@ -93,8 +94,11 @@ void NodeLease::start(const config::Config& cfg) {
   stopping_ = false;
   thread_ = std::thread(&NodeLease::run, this,
                         txn::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
-                            " keepalives=1 keepalives_idle=1 keepalives_interval=1 "
-                            "keepalives_count=2 tcp_user_timeout=1500");
+                            // In the maintenance database: the lock is not among the
+                            // application database's pg_locks (what one PostgreSQL would
+                            // show there), and every instance takes it in the same place.
+                            " dbname=postgres keepalives=1 keepalives_idle=1 "
+                            "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
 }
 
 void NodeLease::stop() {
@@ -111,9 +115,16 @@ void NodeLease::run(std::string conninfo) {
     std::unique_lock lock(mu_);
     return !wake_.wait_for(lock, d, [&] { return stopping_; });
   };
+  bool warned = false;  // once per outage
   do {
     std::unique_ptr<PGconn, void (*)(PGconn*)> conn(PQconnectdb(conninfo.c_str()), PQfinish);
-    if (PQstatus(conn.get()) != CONNECTION_OK) continue;
+    if (PQstatus(conn.get()) != CONNECTION_OK) {
+      if (!std::exchange(warned, true))
+        spdlog::warn("node id lease: cannot reach the postgres database of shard 0: {}",
+                     PQerrorMessage(conn.get()));
+      continue;
+    }
+    warned = false;
     // The lowest node no other instance holds.
     std::unique_ptr<PGresult, void (*)(PGresult*)> got(
         PQexec(conn.get(), ("SELECT n FROM pg_catalog.generate_series(0, 1023) n WHERE "

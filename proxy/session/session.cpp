@@ -708,8 +708,16 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
   proto::Parse{"", "", {}}.write(probe);
   proto::write_empty(probe, proto::msg::kFlush);
   conn.replies.expect_parse(pool::Replies::Owner::kClient, pool::Replies::Action::kHide);
-  if (co_await write_server(link, probe))
-    while (!conn.replies.empty() && !client_gone_ && !link->done) co_await drained_.wait();
+  if (co_await write_server(link, probe)) {
+    // A server skipping to a Sync after an error never answers it: the wait is bounded
+    // (and nobody reads the client meanwhile).
+    Waiting waiting(*this, "server replies (pipeline failed)");
+    asio::steady_timer timer(worker_.executor());
+    for (int i = 0; i < 100 && !conn.replies.empty() && !client_gone_ && !link->done; ++i) {
+      timer.expires_after(std::chrono::milliseconds(10));
+      co_await timer.async_wait(use_nothrow);
+    }
+  }
   conn.broken = true;
   release(link);
   spdlog::info("{}: pipeline moved to another shard mid-batch: failed", prefix());
