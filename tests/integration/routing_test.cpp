@@ -1010,6 +1010,40 @@ TEST_CASE("a pipeline over several shards answers as one PostgreSQL: one transac
   long long other = 1302;
   while (shard_of(other) == shard_of(a)) ++other;
   CHECK(parts(a, other).starts_with("E Z"));
+  {
+    // The first part failed (its server skips to the Sync, answering nothing): the later part
+    // for another shard still gets its answer at once, and the session stays usable (before:
+    // the session waited forever holding its server).
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    std::string part;
+    wire::Parse{"bad", "insert into users (id, name) values ($1, 1 / 0)", {}}.write(part);
+    wire::Bind{"", "bad", {}, {std::string("1401")}, {}}.write(part);
+    wire::Execute{"", 0}.write(part);
+    wire::write_empty(part, wire::msg::kFlush);
+    raw.send(part);
+    std::string types;
+    while (types.find('E') == std::string::npos && types.size() < 5) {
+      auto m = raw.next();
+      REQUIRE(m);
+      types += m->first;
+    }
+    CHECK(types.ends_with("E"));
+    long long far = 1402;
+    while (shard_of(far) == shard_of(1401)) ++far;
+    part.clear();
+    wire::Bind{"", "bad", {}, {std::to_string(far)}, {}}.write(part);
+    wire::Execute{"", 0}.write(part);
+    wire::write_empty(part, wire::msg::kSync);
+    const auto t0 = std::chrono::steady_clock::now();
+    raw.send(part);
+    CHECK(raw.until_ready().ends_with("Z"));
+    CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(3));
+    std::string q;
+    wire::Query{"select 1"}.write(q);
+    raw.send(q);
+    CHECK(raw.until_ready() == "T D C Z");
+  }
   for (int s = 0; s < cluster.size(); ++s) {
     auto d = connect(cluster.direct(s));
     CHECK(scalar(d.get(), "select count(*) from users where id > 1000 and name = 'f'") == "0");
