@@ -9,9 +9,9 @@
 //
 // The node: `node_id` from the config, or else leased from the first shard: a session-level
 // advisory lock (pg_try_advisory_lock(1885827944, n), the lowest free n, in the first shard's
-// postgres database) held by a connection of its own, confirmed every 250 ms. Ids are made only while the last
-// confirmation was sent less than a second ago, and a newly taken lease is used after two
-// seconds: an instance that lost its lease (its connection gone, so the lock freed) has
+// postgres database) held by a connection of its own, confirmed every 250 ms. Ids are made only
+// while the last confirmation was sent less than a second ago, and a newly taken lease is used
+// after two seconds: an instance that lost its lease (its connection gone, so the lock freed) has
 // stopped before another instance uses the same node.
 #pragma once
 
