@@ -222,18 +222,25 @@ TEST_CASE("50,000 random and mutated messages do not crash or wedge the proxy", 
   const std::string dump = closed ? std::string() : session_dump(proxy);
   INFO(dump);
   CHECK(closed);
-  CHECK(wait_until(
-      [&] {
-        int n = 0;
-        for (int s = 0; s < cluster.size(); ++s) {
-          auto d = connect(cluster.direct(s));
-          n += std::stoi(scalar(d.get(),
-                                "select count(*) from pg_stat_activity where usename = 'app' and "
-                                "state like 'idle in transaction%' and pid <> pg_backend_pid()"));
-        }
-        return n == 0;
-      },
-      5s));
+  // Which servers are left in a transaction, with their last statement, for the message.
+  auto in_transaction = [&] {
+    std::string out;
+    for (int s = 0; s < cluster.size(); ++s) {
+      auto d = connect(cluster.direct(s));
+      out += scalar(d.get(),
+                    "select coalesce(string_agg(format('shard %s pid %s %s since %s: %s', " +
+                        std::to_string(s) +
+                        ", pid, state, now() - state_change, query), E'\\n'), '') "
+                        "from pg_stat_activity where usename = 'app' and "
+                        "state like 'idle in transaction%' and pid <> pg_backend_pid()");
+    }
+    return out;
+  };
+  const bool none_in_transaction = wait_until([&] { return in_transaction().empty(); }, 5s);
+  const std::string left = none_in_transaction ? std::string() : in_transaction();
+  const std::string dump2 = none_in_transaction ? std::string() : session_dump(proxy);
+  INFO(left << "\n" << dump2);
+  CHECK(none_in_transaction);
   CHECK(good_answer(good.get(), proxy) == "4");
   auto fresh = connect(proxy.conninfo());
   CHECK(scalar(fresh.get(), "select 'alive'") == "alive");

@@ -61,9 +61,11 @@ cleanup() {
   local rc=$?
   [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
   if [ $rc -ne 0 ]; then
-    [ -f "$DIR/out/regression.diffs" ] && { echo "---- regression.diffs (head) ----"; head -150 "$DIR/out/regression.diffs"; }
+    # Logs first, the verdict (with the diff of each new failure) last: a CI report that
+    # keeps only the end of the output still names the failing test and shows its diff.
     echo "---- pgshard log (tail) ----"; tail -30 "$DIR/pgshard.log" 2>/dev/null || true
     echo "---- shard log (tail) ----"; tail -30 "$DIR/pg/$SHARD.log" 2>/dev/null || true
+    [ -f "$DIR/out/verdict.txt" ] && { echo "---- verdict ----"; cat "$DIR/out/verdict.txt"; }
   fi
   "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" >/dev/null 2>&1 || true
   [ "${PGSHARD_KEEP_REGRESS:-0}" = 1 ] && echo "kept $DIR" || rm -rf "$DIR"
@@ -118,4 +120,10 @@ runuser -u postgres -- env PGPASSWORD=secret "$PGBIN/../lib/pgxs/src/test/regres
 set -e
 elapsed=$(( $(date +%s) - start ))
 [ -n "${PGSHARD_REGRESS_TESTS:-}" ] && { grep -E '\.\.\. ' "$DIR/out/summary.txt"; exit 0; }
-/usr/bin/python3 "$HERE/verdict.py" "$MODE" "$DIR/out/summary.txt" "$HERE/expected_$MODE.txt" "$elapsed"
+set +e
+/usr/bin/python3 "$HERE/verdict.py" "$MODE" "$DIR/out/summary.txt" "$HERE/expected_$MODE.txt" "$elapsed" \
+  "$DIR/out/regression.diffs" >"$DIR/out/verdict.txt" 2>&1
+verdict=$?
+set -e
+cat "$DIR/out/verdict.txt"
+exit $verdict

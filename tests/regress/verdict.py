@@ -1,7 +1,7 @@
 #!/usr/bin/python3
 """Reads pg_regress's summary and checks it against a mode's known failures.
 
-usage: verdict.py MODE SUMMARY EXPECTED_FILE SECONDS
+usage: verdict.py MODE SUMMARY EXPECTED_FILE SECONDS [DIFFS]
 EXPECTED_FILE lists the tests that may fail in this mode, one per line, `name  reason`
 ('#' starts a comment). Some differences show only when a client lands on a server another
 client used before (a library already loaded, currval from another transaction), so a
@@ -39,6 +39,15 @@ for name in fixed:
     print(f"  listed difference passed this time: {name}")
 for name in missing:
     print(f"  known failure did not run: {name}")
+# The diff of each new failure (regression.diffs holds one `diff ... expected/NAME.out
+# results/NAME.out` block per failed test), so a report that keeps little still shows it.
+if new and len(sys.argv) > 5:
+    blocks = re.split(r"(?m)^(?=diff )", open(sys.argv[5], encoding="utf-8", errors="replace").read())
+    for name in new:
+        for block in blocks:
+            if re.search(rf"/results/{re.escape(name)}\.out", block.split("\n", 1)[0]):
+                print(f"---- {name}: diff (head) ----")
+                print("\n".join(block.splitlines()[:80]))
 if not results:
     print(open(summary_path, encoding="utf-8", errors="replace").read()[-3000:])
 sys.exit(1 if new or missing or not results else 0)
