@@ -227,12 +227,12 @@ TEST_CASE("50,000 random and mutated messages do not crash or wedge the proxy", 
     std::string out;
     for (int s = 0; s < cluster.size(); ++s) {
       auto d = connect(cluster.direct(s));
-      out += scalar(d.get(),
-                    "select coalesce(string_agg(format('shard %s pid %s %s since %s: %s', " +
-                        std::to_string(s) +
-                        ", pid, state, now() - state_change, query), E'\\n'), '') "
-                        "from pg_stat_activity where usename = 'app' and "
-                        "state like 'idle in transaction%' and pid <> pg_backend_pid()");
+      out +=
+          scalar(d.get(), "select coalesce(string_agg(format('shard %s pid %s %s since %s: %s', " +
+                              std::to_string(s) +
+                              ", pid, state, now() - state_change, query), E'\\n'), '') "
+                              "from pg_stat_activity where usename = 'app' and "
+                              "state like 'idle in transaction%' and pid <> pg_backend_pid()");
     }
     return out;
   };
