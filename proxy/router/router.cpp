@@ -176,8 +176,11 @@ Settings analyze(std::string_view sql) {
     if (!kFirst[static_cast<unsigned char>(sql[i])]) continue;
     const char c = static_cast<char>(sql[i] | 0x20);
     const auto rest = sql.substr(i);
-    auto starts = [&](std::string_view word) {
-      return ifind(rest.substr(0, word.size()), word) == 0;
+    auto starts = [&](std::string_view word) {  // word is lower case
+      if (rest.size() < word.size()) return false;
+      for (std::size_t k = 0; k < word.size(); ++k)
+        if (static_cast<char>(rest[k] | 0x20) != word[k]) return false;
+      return true;
     };
     if (c == 'p' && !mentions) mentions = starts("pgshard");
     if (c == 'r' && !resets) resets = starts("reset");
@@ -249,6 +252,7 @@ std::optional<protocol::ErrorInfo> apply(const Settings& a, SessionHints& h,
 
 // Picks the shard from hints by precedence; nullopt when no hint applies.
 std::optional<Route> from_hints(const Hints& h, const char* level, const config::Config& cfg) {
+  if (!h.shard && !h.sharding_key) return std::nullopt;  // most statements: no Route built
   Route r;
   if (h.shard) {
     r.shard = cfg.shard_index(*h.shard);

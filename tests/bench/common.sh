@@ -15,8 +15,11 @@ bench_cleanup() {
 trap bench_cleanup EXIT
 # Starts pgshard with config $1 (log beside it, pid in $DIR/pgshard.pid) and waits until it
 # answers on port $2.
+# setsid: its own session, so its own scheduler autogroup, as a daemon (PgBouncer -d,
+# PostgreSQL) or a systemd service has; sharing pgbench's autogroup, the kernel splits one
+# group's CPU between pgbench and the proxy and preempts the proxy on most sends.
 start_pgshard() {
-  "$BUILD/pgshard" --config "$1" >"${1%.yaml}.log" 2>&1 &
+  setsid "$BUILD/pgshard" --config "$1" >"${1%.yaml}.log" 2>&1 &
   echo $! >"$DIR/pgshard.pid"
   for _ in $(seq 100); do
     PGPASSWORD=secret psql -X -qAt -h 127.0.0.1 -p "$2" -U app app -c 'select 1' >/dev/null 2>&1 && return
