@@ -64,6 +64,10 @@ std::vector<std::shared_ptr<Link>> Backends::take_participants() {
 }
 
 bool Backends::forget(const Link& link) {
+  // The link has ended (its relay stopped, often on a lost or broken server): a borrower
+  // waiting for it to park must see that, or the statement and its other servers (idle in
+  // their transaction) would wait forever.
+  borrow_done_.notify_all();
   if (auto it = kept_.find(link.shard); it != kept_.end() && it->second.get() == &link)
     kept_.erase(it);
   if (auto it = participants_.find(link.shard);

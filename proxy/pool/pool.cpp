@@ -29,7 +29,7 @@ Pool::~Pool() {
   close_all();
 }
 
-awaitable<std::variant<Lease, std::string>> Pool::acquire() {
+awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop) {
   if (paused_) {
     const auto deadline = Clock::now() + wait_timeout_;
     while (paused_ && Clock::now() < deadline) {
@@ -59,9 +59,13 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire() {
 
   Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false};
   waiters_.push_back(&w);
-  co_await w.timer.async_wait(use_nothrow);
+  auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
   if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
     waiters_.erase(it);
+  // Every hand-over sets conn or slot before cancelling the timer: an abort with neither
+  // is the caller's stop (its client left), and the waiter just leaves the queue.
+  if (ec == asio::error::operation_aborted && !w.conn && !w.slot)
+    co_return "the client left while waiting for a connection to shard " + target_.shard_name;
   const uint64_t waited = micros_since(w.since);
   ++counters_.waits;
   counters_.wait_us += waited;

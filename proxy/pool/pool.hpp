@@ -62,7 +62,10 @@ class Pool {
   ~Pool();
 
   // A connection, or an error message (connect failure naming the shard, or wait timeout).
-  awaitable<std::variant<Lease, std::string>> acquire();
+  // A terminal cancellation on `stop` ends a wait for a busy pool at once (its client left).
+  awaitable<std::variant<Lease, std::string>> acquire(asio::cancellation_slot stop = {});
+  // Whether acquire() would lend or open a connection without waiting for one.
+  bool lends_now() const { return !paused_ && (!idle_.empty() || total_ < max_size_); }
   void give_back(std::unique_ptr<ServerConn> conn);
   // Closes idle connections unused for longer than `idle`.
   void prune(config::Millis idle);

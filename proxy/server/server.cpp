@@ -247,7 +247,12 @@ void Worker::add(const std::shared_ptr<session::Session>& s) {
 }
 
 void Worker::remove(session::Session* s) {
-  sessions_.erase(s);
+  // Its client is gone; until its last coroutine ends it is listed as ending (SIGUSR2).
+  if (auto it = sessions_.find(s); it != sessions_.end()) {
+    std::erase_if(ending_, [](const auto& kv) { return kv.second.expired(); });
+    ending_[s] = it->second;
+    sessions_.erase(it);
+  }
 }
 
 void Worker::begin_shutdown() {
@@ -261,6 +266,9 @@ void Worker::dump_sessions() {
   asio::post(*ctx_, [this] {
     for (auto& [ptr, weak] : sessions_)
       if (auto s = weak.lock()) spdlog::info("{}", s->describe());
+    // A session whose client left should end at once; one still here holds something.
+    for (auto& [ptr, weak] : ending_)
+      if (auto s = weak.lock()) spdlog::info("(client gone) {}", s->describe());
   });
 }
 

@@ -161,6 +161,7 @@ class Worker {
   std::thread thread_;
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
   std::map<session::Session*, std::weak_ptr<session::Session>> sessions_;
+  std::map<session::Session*, std::weak_ptr<session::Session>> ending_;  // run() ended
   std::size_t peak_sessions_ = 0;  // most sessions since memory was last given back
   router::AnalysisCache cache_;
   router::DirectoryCache directory_;

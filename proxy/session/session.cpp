@@ -1356,7 +1356,18 @@ awaitable<bool> Session::attach(int shard) {
   }
   auto& pool = worker_.pool(shard, *user_);
   Waiting waiting(*this, "a pooled server (attach)");
-  auto got = co_await pool.acquire();
+  // A wait for a busy pool ends when the client leaves: the session may hold servers of
+  // other shards in its transaction, which must not stay locked until pool_wait.
+  std::shared_ptr<ClientWatch> watch;
+  asio::cancellation_signal gone;  // outlives the watch: stop_watch below waits for its end
+  if (!pool.lends_now()) {
+    watch = std::make_shared<ClientWatch>(worker_.executor());
+    asio::co_spawn(worker_.executor(),
+                   watch_client(watch, [&gone] { gone.emit(asio::cancellation_type::terminal); }),
+                   asio::detached);
+  }
+  auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot());
+  if (watch) co_await stop_watch(*watch);
   if (auto* err = std::get_if<std::string>(&got)) {
     spdlog::warn("{}: {}", prefix(), *err);
     std::string out;
@@ -1460,6 +1471,7 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
 
 awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   auto self = shared_from_this();
+  ++relays_;
   auto& conn = *link->lease;
   RelayFilter filter(config_.listen.max_message_size, *this);
   for (;;) {
@@ -1469,6 +1481,13 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       // A multi-shard statement is using this server: wait until it is given back.
       co_await backends_.park(*link);
       continue;
+    }
+    if (client_gone_ && !(link->resetting && !conn.broken)) {
+      // The client left while this server was lent or between reads: finish() found no
+      // read to cancel, and an idle server would never answer one (it would keep its
+      // transaction, and its locks, open for as long as pgshard runs).
+      conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
+      break;
     }
     {
       std::size_t room;
@@ -1542,6 +1561,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     if (backends_.forget(*link)) open_extended_ = false;
   }
   link->lease.release();
+  --relays_;
   drained_.notify_all();
   maybe_close_for_shutdown();
 }
@@ -1796,6 +1816,15 @@ std::string Session::describe() const {
            backends_.active->lease->status + ")";
   out += ", kept " + std::to_string(backends_.kept_count()) + ", txn servers " +
          std::to_string(backends_.participant_count());
+  out += ", relays " + std::to_string(relays_) + (writing_server_ ? ", writing to a server" : "") +
+         (client_writing_ ? ", writing to the client" : "") + (aborting_ ? ", aborting" : "");
+  for (const auto& link : backends_.all()) {
+    if (!link->lease) continue;
+    out += ", S-" + std::to_string(link->lease->id()) + " (" +
+           config_.shards[static_cast<std::size_t>(link->shard)].name + ", " + link->lease->status +
+           (link->borrowed ? ", lent" : "") + (link->parked ? ", parked" : "") +
+           (link->done ? ", done" : "") + (link->closing ? ", closing" : "") + ")";
+  }
   return out;
 }
 

@@ -293,6 +293,7 @@ class Session : public std::enable_shared_from_this<Session>,
   pool::Backends backends_;     // this client's servers; backends_.active takes its requests
   bool open_extended_ = false;  // extended messages sent after the last Sync
   bool writing_server_ = false;
+  int relays_ = 0;  // server_loop coroutines running (for the SIGUSR2 dump)
   bool client_writing_ = false;
   bool client_gone_ = false;
   bool copy_in_ = false;   // the server is in COPY FROM STDIN (CopyInResponse relayed)

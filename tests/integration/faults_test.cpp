@@ -255,6 +255,37 @@ TEST_CASE("a failed Parse pipelined before a multi-shard Query holds no server",
   CHECK(scalar(c.get(), "select count(*) from f_items") == "6");
 }
 
+TEST_CASE("a client gone while waiting for a busy pool ends its transaction at once", "[faults]") {
+  // B holds a server of s1 in its transaction and waits for s0, whose only server A holds.
+  // B's client leaves: its s1 server must be let go at once, not when pool_wait runs out.
+  make_items();
+  ProxyOptions o = items_map();
+  o.pool_size = 1;
+  o.workers = 1;  // one pool per shard
+  o.extra_top = "timeouts: { pool_wait: 20s }\n";
+  Proxy proxy(o);
+  auto a = connect(proxy.conninfo());
+  query(a.get(), "begin");
+  query(a.get(), "set local pgshard.shard = 's0'");
+  query(a.get(), "select 1");
+  PGconn* b = PQconnectdb(proxy.conninfo().c_str());
+  REQUIRE(PQstatus(b) == CONNECTION_OK);
+  query(b, "begin");
+  query(b, "set local pgshard.shard = 's1'");
+  query(b, "select 1");
+  CHECK(shard_backends("select 1", "idle in transaction") == 2);
+  query(b, "set local pgshard.shard = 's0'");
+  REQUIRE(PQsendQuery(b, "select 2") == 1);
+  std::this_thread::sleep_for(300ms);  // B now waits for A's server
+  const auto left = std::chrono::steady_clock::now();
+  PQfinish(b);
+  CHECK(wait_until([] { return shard_backends("select 1", "idle in transaction") == 1; }, 3s));
+  INFO(proxy.log_tail(20));
+  CHECK(std::chrono::steady_clock::now() - left < 5s);
+  query(a.get(), "commit");
+  CHECK(scalar(a.get(), "select count(*) from f_items") == "0");
+}
+
 TEST_CASE("a client gone during COPY FROM STDIN leaves no session behind", "[faults]") {
   make_items();
   ProxyOptions o = items_map();
