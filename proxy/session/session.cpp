@@ -1474,6 +1474,14 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   ++relays_;
   auto& conn = *link->lease;
   RelayFilter filter(config_.listen.max_message_size, *this);
+  // Once the client has left, a server being reset is read until its reset is answered; any
+  // other stops (it may never answer a request its client abandoned), and is discarded
+  // unless it is idle and owes nothing.
+  auto stop_for_gone_client = [&] {
+    if (!client_gone_ || (link->resetting && !conn.broken)) return false;
+    conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
+    return true;
+  };
   for (;;) {
     bool lost = false;
     if (link->done) break;
@@ -1482,13 +1490,10 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       co_await backends_.park(*link);
       continue;
     }
-    if (client_gone_ && !(link->resetting && !conn.broken)) {
-      // The client left while this server was lent or between reads: finish() found no
-      // read to cancel, and an idle server would never answer one (it would keep its
-      // transaction, and its locks, open for as long as pgshard runs).
-      conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
-      break;
-    }
+    // The client left while this server was lent or between reads: finish() found no read
+    // to cancel, and an idle server would never answer one (it would keep its transaction,
+    // and its locks, open for as long as pgshard runs).
+    if (stop_for_gone_client()) break;
     {
       std::size_t room;
       char* at = conn.rbuf.prepare(kReadChunk, &room);
@@ -1531,12 +1536,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (!co_await write_client(relay)) conn.broken = true;
     }
     conn.rbuf.consume(used);
-    // A server being reset is read until its reset is answered; any other stops here (it may
-    // never answer a request its client abandoned).
-    if (client_gone_ && !(link->resetting && !conn.broken)) {
-      conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
-      break;
-    }
+    if (stop_for_gone_client()) break;
     if (conn.replies.client_owed() == 0 && !open_extended_) {
       last_activity_ = Clock::now();
       drained_.notify_all();
