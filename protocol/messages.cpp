@@ -14,7 +14,8 @@ std::optional<T> done(const BodyReader& r, T v) {
 }
 
 // A count word followed by that many int16 values (format codes).
-bool read_i16_list(BodyReader& r, std::vector<int16_t>& out) {
+template <typename List>
+bool read_i16_list(BodyReader& r, List& out) {
   int16_t n = r.i16();
   if (n < 0) return false;
   out.reserve(static_cast<std::size_t>(n));
@@ -23,7 +24,8 @@ bool read_i16_list(BodyReader& r, std::vector<int16_t>& out) {
 }
 
 // A count word followed by length-prefixed values where -1 is NULL.
-bool read_values(BodyReader& r, std::vector<Value>& out) {
+template <typename List>
+bool read_values(BodyReader& r, List& out) {
   int16_t n = r.i16();
   if (n < 0) return false;
   out.reserve(static_cast<std::size_t>(n));
@@ -40,7 +42,8 @@ bool read_values(BodyReader& r, std::vector<Value>& out) {
   return !r.failed();
 }
 
-void write_i16_list(MessageWriter& w, const std::vector<int16_t>& v) {
+template <typename List>
+void write_i16_list(MessageWriter& w, const List& v) {
   w.i16(static_cast<int16_t>(v.size()));
   for (auto x : v) w.i16(x);
 }
@@ -53,7 +56,8 @@ void write_value(MessageWriter& w, const Value& v) {
   }
 }
 
-void write_values(MessageWriter& w, const std::vector<Value>& v) {
+template <typename List>
+void write_values(MessageWriter& w, const List& v) {
   w.i16(static_cast<int16_t>(v.size()));
   for (const auto& x : v) write_value(w, x);
 }
@@ -91,14 +95,16 @@ void Parse::write(std::string& out) const {
 }
 
 std::optional<Bind> Bind::parse(std::string_view body) {
+  std::optional<Bind> b(std::in_place);
+  if (!read(body, *b)) b.reset();
+  return b;
+}
+bool Bind::read(std::string_view body, Bind& b) {
   BodyReader r(body);
-  Bind b;
   b.portal = r.cstr();
   b.statement = r.cstr();
-  if (!read_i16_list(r, b.param_formats)) return std::nullopt;
-  if (!read_values(r, b.params)) return std::nullopt;
-  if (!read_i16_list(r, b.result_formats)) return std::nullopt;
-  return done(r, std::move(b));
+  return read_i16_list(r, b.param_formats) && read_values(r, b.params) &&
+         read_i16_list(r, b.result_formats) && r.ok_and_done();
 }
 void Bind::write(std::string& out) const {
   MessageWriter w(out);

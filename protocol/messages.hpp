@@ -5,6 +5,7 @@
 // frame. PostgreSQL docs: "Message Formats" (protocol-message-formats.html).
 #pragma once
 
+#include <boost/container/small_vector.hpp>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -78,12 +79,16 @@ struct Parse {
 };
 
 struct Bind {
+  // Most Binds carry a few parameters: they are read without allocating.
+  using Formats = boost::container::small_vector<int16_t, 4>;
+  using Values = boost::container::small_vector<Value, 4>;
   std::string_view portal;
   std::string_view statement;
-  std::vector<int16_t> param_formats;
-  std::vector<Value> params;
-  std::vector<int16_t> result_formats;
+  Formats param_formats;
+  Values params;
+  Formats result_formats;
   static std::optional<Bind> parse(std::string_view body);
+  static bool read(std::string_view body, Bind& into);  // parse() into an empty Bind
   void write(std::string& out) const;
   // Format of parameter i per the protocol rule: none = all text, one = applies to all.
   int16_t format_of(std::size_t i) const;

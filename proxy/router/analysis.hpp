@@ -181,6 +181,7 @@ class AnalysisCache {
   std::shared_ptr<const Analysis> get(std::string_view sql, const config::Config& cfg);
   std::size_t size() const { return map_.size(); }
   uint64_t hits() const { return hits_; }
+  void count_hit() { ++hits_; }  // a statement remembered by its session (StatementMemo)
   uint64_t misses() const { return misses_; }
 
  private:

@@ -6,6 +6,8 @@
 
 #include <algorithm>
 #include <array>
+#include <boost/container/flat_set.hpp>
+#include <boost/container/small_vector.hpp>
 #include <cstring>
 #include <memory>
 #include <set>
@@ -280,7 +282,11 @@ std::optional<Route> from_hints(const Hints& h, const char* level, const config:
   return std::nullopt;
 }
 
-std::string shard_list(const std::set<int>& shards, const config::Config& cfg) {
+// The shards a statement's keys name, in order, each once (no allocation for a few).
+using ShardSet =
+    boost::container::flat_set<int, std::less<int>, boost::container::small_vector<int, 8>>;
+
+std::string shard_list(const ShardSet& shards, const config::Config& cfg) {
   std::string out;
   for (int i : shards)
     out += (out.empty() ? "" : ", ") + cfg.shards[static_cast<std::size_t>(i)].name;
@@ -487,7 +493,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     r.generate_count = static_cast<int>(generate);
     return r;
   }
-  std::set<int> shards;
+  ShardSet shards;
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
   std::string placement_error;
   std::vector<int> row_shard;  // INSERT: the shard of each VALUES row
@@ -892,13 +898,36 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
   return r;
 }
 
+// route_extended for a statement text the session routed last (see StatementMemo): no
+// pgshard words in it, its analysis at hand.
+Route route_remembered(std::string_view sql, const StatementMemo& memo, const SessionHints& hints,
+                       const config::Config& cfg, const Context& ctx) {
+  if (ctx.cache) ctx.cache->count_hit();
+  Context known = ctx;
+  known.analysis = &memo.analysis;
+  Route r = pick_or_explain(Settings{}, hints, cfg, sql, known);
+  r.hints = hints;
+  return r;
+}
+
 Route route_extended(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
                      const Context& ctx) {
+  auto* memo = cfg.router_parse && !sql.empty() ? ctx.memo : nullptr;
+  if (memo && memo->analysis && memo->cfg == &cfg && memo->sql == sql)
+    return route_remembered(sql, *memo, hints, cfg, ctx);
   Settings a = analyze(sql);
   SessionHints after = hints;
   // One named result, returned once: built in the caller's place (a Route is large).
   const auto err = apply(a, after, cfg);
-  Route r = err ? Route{} : pick_or_explain(a, after, cfg, sql, ctx);
+  Context known = ctx;
+  if (memo && !err && !a.parsed && a.comment_error.empty() && !a.comment.shard &&
+      !a.comment.sharding_key) {
+    memo->analysis = analysis_of(sql, cfg, ctx);
+    memo->sql.assign(sql);
+    memo->cfg = &cfg;
+    known.analysis = &memo->analysis;
+  }
+  Route r = err ? Route{} : pick_or_explain(a, after, cfg, sql, known);
   if (err) {
     r.kind = RouteKind::kError;
     r.error = *err;

@@ -116,8 +116,19 @@ Action action(const Route& r);
 const char* to_string(Action a);
 
 // Everything routing may look at besides the session hints and the config.
+// The statement text a session routed last over the extended protocol, when it names no
+// pgshard setting or hint, with its analysis: drivers bind one statement again and again
+// (the unnamed one re-parsed with the same text, or a named one), and a repeat then skips
+// the scan for pgshard words and the cache look-up (hashing the text).
+struct StatementMemo {
+  std::string sql;
+  const config::Config* cfg = nullptr;
+  std::shared_ptr<const Analysis> analysis;  // null: nothing remembered
+};
+
 struct Context {
   AnalysisCache* cache = nullptr;             // null: analyse without caching
+  StatementMemo* memo = nullptr;              // extended protocol: the session's memo
   const protocol::Bind* bind = nullptr;       // extended protocol: the parameters
   std::optional<int> attached;                // the shard the client's server is on, if any
   uint64_t* round_robin = nullptr;            // spreads reference-table reads

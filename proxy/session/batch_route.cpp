@@ -2,6 +2,7 @@
 #include "proxy/session/batch_route.hpp"
 
 #include <algorithm>
+#include <boost/container/small_vector.hpp>
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
@@ -46,7 +47,8 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
 router::Route route_one_bind(std::string_view batch, Statements& statements,
                              const router::SessionHints& hints, const config::Config& cfg,
                              router::Context ctx) {
-  std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
+  // This batch's Parses (a driver's batch has one or none: kept without allocating).
+  boost::container::small_vector<std::pair<std::string_view, std::string_view>, 2> parsed;
   auto note = [&](const proto::Frame& f) {
     if (f.type == proto::msg::kParse) {
       if (auto p = proto::Parse::parse(f.body)) {
@@ -60,13 +62,13 @@ router::Route route_one_bind(std::string_view batch, Statements& statements,
   auto frames = proto::frames(batch);
   auto it = frames.begin();
   for (; it != frames.end() && (*it).frame.type != proto::msg::kBind; ++it) note((*it).frame);
-  auto b = proto::Bind::parse((*it).frame.body);
+  proto::Bind b;
   std::string_view text;  // (a Bind that does not parse gets the server's error anywhere)
-  if (b) {
+  if (proto::Bind::read((*it).frame.body, b)) {
     auto p = std::find_if(parsed.rbegin(), parsed.rend(),
-                          [&](const auto& e) { return e.first == b->statement; });
-    text = p != parsed.rend() ? p->second : statements.text(b->statement);
-    ctx.bind = &*b;
+                          [&](const auto& e) { return e.first == b.statement; });
+    text = p != parsed.rend() ? p->second : statements.text(b.statement);
+    ctx.bind = &b;
   }
   router::Route r = router::route_extended(text, hints, cfg, ctx);
   for (++it; it != frames.end(); ++it) note((*it).frame);

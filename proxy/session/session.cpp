@@ -476,6 +476,7 @@ awaitable<void> Session::client_loop() {
         co_return;
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
+      if (gather(d.frame.type, d.consumed)) continue;  // (no coroutine for most messages)
       if (!co_await on_message(d.frame.type, d.consumed)) co_return;
     }
     // COPY FROM STDIN data streams through as it arrives; outside COPY it is ignored, as
@@ -491,6 +492,26 @@ awaitable<void> Session::client_loop() {
     }
     last_activity_ = Clock::now();
   }
+}
+
+bool Session::gather(char type, std::size_t size) {
+  switch (type) {
+    case proto::msg::kParse:
+    case proto::msg::kBind:
+    case proto::msg::kDescribe:
+    case proto::msg::kExecute:
+    case proto::msg::kClose:
+      break;
+    default:
+      return false;
+  }
+  if (skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
+      pending_.size() + size > config_.listen.max_message_size)
+    return false;
+  copy_only_ = false;
+  pending_.append(in_.data(), size);
+  in_.consume(size);
+  return true;
 }
 
 awaitable<bool> Session::on_message(char type, std::size_t size) {
@@ -1239,6 +1260,7 @@ router::Context Session::routing_context() {
   ctx.directory = &worker_.directory();
   ctx.columns = &worker_.columns();
   ctx.round_robin = &round_robin_;
+  ctx.memo = &memo_;
   if (backends_.active) ctx.attached = backends_.active->shard;
   return ctx;
 }

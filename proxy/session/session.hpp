@@ -141,6 +141,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // One whole client message at the front of in_ (`size` bytes); false when the session
   // ends. Messages gather in pending_ up to a boundary (Query, Sync, Flush).
   awaitable<bool> on_message(char type, std::size_t size);
+  // Adds an extended-protocol message that only joins the request being gathered (Parse,
+  // Bind, Describe, Execute, Close: most messages) to pending_; false when the message needs
+  // on_message (a boundary, COPY, a batch too large...).
+  bool gather(char type, std::size_t size);
   awaitable<bool> refuse_batch();
   awaitable<void> handle_request(char boundary);
   // A pipeline (extended batch up to Sync) whose statements go to different shards, run as
@@ -288,6 +292,7 @@ class Session : public std::enable_shared_from_this<Session>,
   router::SessionHints hints_;
   Statements statements_;  // the client's prepared statements
   uint64_t round_robin_ = 0;
+  router::StatementMemo memo_;  // the statement routed last (extended protocol)
   server::CancelKey key_;
 
   pool::Backends backends_;     // this client's servers; backends_.active takes its requests

@@ -54,7 +54,7 @@ TEST_CASE("frontend messages round trip", "[messages]") {
     CHECK_FALSE(p->params[1]);
     CHECK(*p->params[2] == std::string_view("\0\1", 2));
     CHECK(p->format_of(1) == 1);
-    CHECK(p->result_formats == std::vector<int16_t>{1});
+    CHECK(p->result_formats == Bind::Formats{1});
   }
   SECTION("Describe and Close") {
     auto d = Describe::parse(round('D', [](std::string& o) { Describe{'P', "p1"}.write(o); }));

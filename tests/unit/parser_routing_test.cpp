@@ -333,6 +333,46 @@ TEST_CASE("hints beat the parser", "[router][parser]") {
   CHECK(route_query("select * from users", h, *cfg).shards.empty());
 }
 
+TEST_CASE("a session's remembered statement routes each Bind by its own key", "[router][parser]") {
+  // StatementMemo keeps the analysis of the text routed last, never its route: each Bind
+  // of the same text goes where its own key says, and a text with pgshard words is not
+  // remembered (its hints apply on every Bind).
+  auto cfg = map();
+  SessionHints h;
+  StatementMemo memo;
+  Context ctx;
+  ctx.memo = &memo;
+  protocol::Bind b;
+  ctx.bind = &b;
+  const std::string sql = "select * from users where id = $1";
+  for (const char* key : {"1", "2", "3", "42", "1"}) {
+    b.params = {std::string_view(key)};
+    CHECK(route_extended(sql, h, *cfg, ctx).shard == shard_of(key));
+    CHECK(memo.sql == sql);
+  }
+  // A session hint still places a remembered statement.
+  const int other = (shard_of("42") + 1) % 3;
+  h.session.shard = s(other);
+  b.params = {std::string_view("42")};
+  CHECK(route_extended(sql, h, *cfg, ctx).shard == other);
+  h = {};
+  // A comment hint: not remembered, and the hint holds on every Bind.
+  const std::string hinted = "/* pgshard: shard=" + s(other) + " */ " + sql;
+  for (int i = 0; i < 2; ++i) {
+    CHECK(route_extended(hinted, h, *cfg, ctx).shard == other);
+    CHECK(memo.sql == sql);
+  }
+  // A SET pgshard.* text is applied each time it is bound.
+  auto r = route_extended("set pgshard.sharding_key = '42'", h, *cfg, ctx);
+  CHECK(r.hints.session.sharding_key == "42");
+  CHECK(memo.sql == sql);
+  // Another configuration (a reload) analyses the text again under its own map.
+  auto one = map();
+  b.params = {std::string_view("42")};
+  CHECK(route_extended(sql, h, *one, ctx).shard == shard_of("42"));
+  CHECK(memo.cfg == one.get());
+}
+
 TEST_CASE("Bind parameters carry the key, text and binary", "[router][parser]") {
   auto cfg = map();
   SessionHints h;
