@@ -1376,7 +1376,11 @@ awaitable<bool> Session::attach(int shard) {
     backends_.active = std::move(kept);
     co_return true;
   }
-  auto& pool = worker_.pool(shard, *user_);
+  // The worker's pools live as long as it does: each shard's is looked up once per session.
+  if (pools_.empty()) pools_.resize(config_.shards.size(), nullptr);
+  auto*& known = pools_[static_cast<std::size_t>(shard)];
+  if (!known) known = &worker_.pool(shard, *user_);
+  auto& pool = *known;
   Waiting waiting(*this, "a pooled server (attach)");
   // A wait for a busy pool ends when the client leaves: the session may hold servers of
   // other shards in its transaction, which must not stay locked until pool_wait.

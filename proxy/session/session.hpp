@@ -292,7 +292,8 @@ class Session : public std::enable_shared_from_this<Session>,
   router::SessionHints hints_;
   Statements statements_;  // the client's prepared statements
   uint64_t round_robin_ = 0;
-  router::StatementMemo memo_;  // the statement routed last (extended protocol)
+  router::StatementMemo memo_;      // the statement routed last (extended protocol)
+  std::vector<pool::Pool*> pools_;  // the worker's pool of each shard, once looked up
   server::CancelKey key_;
 
   pool::Backends backends_;     // this client's servers; backends_.active takes its requests
