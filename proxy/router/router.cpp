@@ -870,17 +870,18 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
                   const Context& ctx) {
   Settings a = analyze(sql);
   SessionHints after = hints;
-  if (auto err = apply(a, after, cfg)) {
-    Route r;
+  // One named result, returned once: built in the caller's place (a Route is large).
+  const auto err = apply(a, after, cfg);
+  const bool only_ours = !err && a.parsed && a.statements > 0 &&
+                         static_cast<int>(a.commands.size()) == a.statements && !a.reset_all;
+  Route r = err || only_ours ? Route{} : pick_or_explain(a, after, cfg, sql, ctx);
+  if (err) {
     r.kind = RouteKind::kError;
     r.error = *err;
     r.hints = hints;
     return r;
   }
-  const bool only_ours = a.parsed && a.statements > 0 &&
-                         static_cast<int>(a.commands.size()) == a.statements && !a.reset_all;
   if (only_ours) {
-    Route r;
     r.kind = RouteKind::kAnswer;
     r.reason = "pgshard setting";
     for (const auto& c : a.commands) {
@@ -890,10 +891,7 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
         protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(r.answer);
       }
     }
-    r.hints = std::move(after);
-    return r;
   }
-  Route r = pick_or_explain(a, after, cfg, sql, ctx);
   r.hints = std::move(after);
   return r;
 }
