@@ -1750,12 +1750,20 @@ void Session::fail_transaction() {
 }
 
 awaitable<bool> Session::drain() {
+  // Until the server has answered everything sent so far. (Not until an open batch ends:
+  // that takes the client's Sync, and nobody reads the client meanwhile.)
   auto busy = [&] {
-    return backends_.active && backends_.active->lease &&
-           (!backends_.active->lease->replies.empty() || open_extended_);
+    return backends_.active && backends_.active->lease && !backends_.active->lease->replies.empty();
   };
   if (!busy()) co_return !client_gone_;
   if (client_gone_) co_return false;
+  if (open_extended_) {
+    // An open batch's replies stay in the server's buffer until a Sync or Flush: ask for
+    // them (PostgreSQL, too, sends them before an error of its own).
+    std::string flush;
+    proto::write_empty(flush, proto::msg::kFlush);
+    if (!co_await write_server(backends_.active, flush)) co_return !client_gone_;
+  }
   Waiting waiting(*this, "server replies (drain)");
   // A server may never answer (a failed extended batch waits for a Sync the client never
   // sends): the client leaving must still end the wait, or the session and its servers

@@ -297,6 +297,43 @@ TEST_CASE("a misbehaving client gets 08P01 and disturbs no one", "[protocol]") {
   CHECK(scalar(good.get(), "select 'unaffected'") == "unaffected");
 }
 
+TEST_CASE("a protocol violation after a Flush in an open batch is answered at once", "[protocol]") {
+  // A batch sent up to a Flush is open on its server (no Sync). pgshard's error waited for
+  // the server to finish that batch first, which it never does without a Sync: the session
+  // (and its server) hung until the client left, where PostgreSQL answers FATAL at once.
+  Proxy proxy;
+  auto good = connect(proxy.conninfo());
+  for (const char* sql : {"select 41 + 1", "select 1/0"}) {
+    INFO(sql);
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    std::string out;
+    p::Parse{"", sql, {}}.write(out);
+    p::Bind{"", "", {}, {}, {}}.write(out);
+    p::Execute{"", 0}.write(out);
+    p::write_empty(out, p::msg::kFlush);
+    raw.send(out);
+    // (1/0 fails when the unnamed statement is planned, at Bind.)
+    const std::string replies = std::string(sql) == "select 41 + 1" ? "12DC" : "1E";
+    std::string types;
+    while (types.size() < replies.size()) {
+      auto m = raw.next(5000);
+      REQUIRE(m);
+      types += m->first;
+    }
+    CHECK(types == replies);
+    raw.send(std::string("\x01\x00\x00\x00\x04", 5));
+    auto m = raw.next(5000);
+    REQUIRE(m);
+    REQUIRE(m->first == 'E');
+    auto e = p::ErrorFields::parse(m->second);
+    CHECK(e->code() == "08P01");
+    CHECK(e->severity() == "FATAL");
+    CHECK(raw.closed());
+  }
+  CHECK(scalar(good.get(), "select 'unaffected'") == "unaffected");
+}
+
 TEST_CASE("TLS required and refused", "[protocol]") {
   ProxyOptions o;
   o.tls_mode = "require";
