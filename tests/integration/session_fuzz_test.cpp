@@ -260,6 +260,9 @@ TEST_CASE("fuzz inputs that left servers in a transaction for good", "[fuzz]") {
   // to a multi-shard statement kept those servers, idle in their transaction and holding
   // their locks, for as long as pgshard ran (in most runs; the relays started a read after
   // finish() had found none to cancel). Seed 8 showed the same and, under ASan, once left
-  // the well-behaved client without an answer for 15 s: not yet understood, not run here.
+  // the well-behaved client without an answer for 15 s while a fuzzed session sat in
+  // drain() with an open batch (a wait that only its client leaving ended; the protocol
+  // test "a protocol violation after a Flush..." covers it). It passes 3 runs of 3 under
+  // ASan before and after that fix, so it is not run here.
   fuzz_session(6);
 }
