@@ -3,34 +3,6 @@
 
 namespace pgshard::protocol {
 
-DecodeResult decode_frame(std::string_view in, std::size_t max_message) {
-  DecodeResult r;
-  if (in.size() < 5) return r;
-  const uint32_t len = load_be32(in.data() + 1);
-  // The length counts itself, so anything below 4 is malformed; a value with the sign bit
-  // set is "negative" on the wire and also lands here or in the max check.
-  if (len < 4) {
-    r.status = DecodeStatus::kError;
-    r.error = "invalid message length";
-    return r;
-  }
-  if (len > max_message) {
-    r.status = DecodeStatus::kError;
-    r.error = "message too large";
-    return r;
-  }
-  const std::size_t total = std::size_t{len} + 1;
-  if (in.size() < total) {
-    r.needed = total;
-    return r;
-  }
-  r.status = DecodeStatus::kFrame;
-  r.frame.type = in[0];
-  r.frame.body = in.substr(5, len - 4);
-  r.consumed = total;
-  return r;
-}
-
 DecodeResult decode_startup(std::string_view in) {
   DecodeResult r;
   if (in.size() < 4) return r;

@@ -25,6 +25,12 @@ struct Frame {
   std::size_t wire_size() const { return body.size() + 5; }
 };
 
+inline uint32_t load_be32(const char* p) {
+  uint32_t v;
+  std::memcpy(&v, p, 4);
+  return __builtin_bswap32(v);
+}
+
 enum class DecodeStatus { kFrame, kNeedMore, kError };
 
 struct DecodeResult {
@@ -37,8 +43,36 @@ struct DecodeResult {
 };
 
 // Decodes one typed frame from the start of `in`. Limits are checked from the header
-// alone, before the caller allocates room for the body.
-DecodeResult decode_frame(std::string_view in, std::size_t max_message = kDefaultMaxMessage);
+// alone, before the caller allocates room for the body. (Inline: every request's frames
+// are walked several times.)
+inline DecodeResult decode_frame(std::string_view in,
+                                 std::size_t max_message = kDefaultMaxMessage) {
+  DecodeResult r;
+  if (in.size() < 5) return r;
+  const uint32_t len = load_be32(in.data() + 1);
+  // The length counts itself, so anything below 4 is malformed; a value with the sign bit
+  // set is "negative" on the wire and also lands here or in the max check.
+  if (len < 4) {
+    r.status = DecodeStatus::kError;
+    r.error = "invalid message length";
+    return r;
+  }
+  if (len > max_message) {
+    r.status = DecodeStatus::kError;
+    r.error = "message too large";
+    return r;
+  }
+  const std::size_t total = std::size_t{len} + 1;
+  if (in.size() < total) {
+    r.needed = total;
+    return r;
+  }
+  r.status = DecodeStatus::kFrame;
+  r.frame.type = in[0];
+  r.frame.body = in.substr(5, len - 4);
+  r.consumed = total;
+  return r;
+}
 
 // The whole frames of a buffer in order, for range-for: `for (auto m : frames(batch))`
 // gives each frame and its raw bytes; iteration ends at the first partial or bad frame.
@@ -80,11 +114,6 @@ inline Frames frames(std::string_view bytes) {
 // `frame.type` is 0 and `frame.body` excludes the length word.
 DecodeResult decode_startup(std::string_view in);
 
-inline uint32_t load_be32(const char* p) {
-  uint32_t v;
-  std::memcpy(&v, p, 4);
-  return __builtin_bswap32(v);
-}
 inline uint16_t load_be16(const char* p) {
   uint16_t v;
   std::memcpy(&v, p, 2);
