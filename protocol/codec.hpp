@@ -147,6 +147,60 @@ class BodyReader {
   bool failed_ = false;
 };
 
+// (Inline: message bodies are read field by field on every request.)
+inline bool BodyReader::need(std::size_t n) {
+  if (failed_ || body_.size() - pos_ < n) {
+    failed_ = true;
+    return false;
+  }
+  return true;
+}
+
+inline uint8_t BodyReader::u8() {
+  if (!need(1)) return 0;
+  return static_cast<uint8_t>(body_[pos_++]);
+}
+
+inline int16_t BodyReader::i16() {
+  if (!need(2)) return 0;
+  auto v = static_cast<int16_t>(load_be16(body_.data() + pos_));
+  pos_ += 2;
+  return v;
+}
+
+inline int32_t BodyReader::i32() {
+  if (!need(4)) return 0;
+  auto v = static_cast<int32_t>(load_be32(body_.data() + pos_));
+  pos_ += 4;
+  return v;
+}
+
+inline std::string_view BodyReader::cstr() {
+  if (failed_) return {};
+  auto nul = body_.find('\0', pos_);
+  if (nul == std::string_view::npos) {
+    failed_ = true;
+    return {};
+  }
+  auto s = body_.substr(pos_, nul - pos_);
+  pos_ = nul + 1;
+  return s;
+}
+
+inline std::string_view BodyReader::bytes(std::size_t n) {
+  if (!need(n)) return {};
+  auto s = body_.substr(pos_, n);
+  pos_ += n;
+  return s;
+}
+
+inline std::string_view BodyReader::rest() {
+  if (failed_) return {};
+  auto s = body_.substr(pos_);
+  pos_ = body_.size();
+  return s;
+}
+
 // Appends messages to a string. begin() writes type and a placeholder length; finish()
 // patches the length, so no message needs a precomputed size.
 class MessageWriter {
