@@ -14,6 +14,21 @@
 using namespace harness;
 namespace p = pgshard::protocol;
 
+namespace {
+
+// The next message is a FATAL protocol violation (08P01), and the connection then closes.
+void expect_protocol_fatal(RawClient& raw) {
+  auto m = raw.next(5000);
+  REQUIRE(m);
+  REQUIRE(m->first == 'E');
+  auto e = p::ErrorFields::parse(m->second);
+  CHECK(e->code() == "08P01");
+  CHECK(e->severity() == "FATAL");
+  CHECK(raw.closed());
+}
+
+}  // namespace
+
 TEST_CASE("a pipelined batch of 100 statements returns 100 results in order", "[protocol]") {
   Proxy proxy;
   auto c = connect(proxy.conninfo());
@@ -280,18 +295,12 @@ TEST_CASE("a misbehaving client gets 08P01 and disturbs no one", "[protocol]") {
   RawClient raw(proxy.port());
   REQUIRE(raw.login());
   raw.send(std::string("\x01\x00\x00\x00\x08zzzz", 9));
-  auto m = raw.next();
-  REQUIRE(m);
-  REQUIRE(m->first == 'E');
-  auto e = p::ErrorFields::parse(m->second);
-  CHECK(e->code() == "08P01");
-  CHECK(e->severity() == "FATAL");
-  CHECK(raw.closed());
+  expect_protocol_fatal(raw);
 
   RawClient huge(proxy.port());
   REQUIRE(huge.login());
   huge.send(std::string("Q\x7f\xff\xff\xff", 5));  // 2 GB claimed
-  m = huge.next();
+  auto m = huge.next();
   REQUIRE(m);
   CHECK(p::ErrorFields::parse(m->second)->code() == "08P01");
   CHECK(scalar(good.get(), "select 'unaffected'") == "unaffected");
@@ -323,13 +332,7 @@ TEST_CASE("a protocol violation after a Flush in an open batch is answered at on
     }
     CHECK(types == replies);
     raw.send(std::string("\x01\x00\x00\x00\x04", 5));
-    auto m = raw.next(5000);
-    REQUIRE(m);
-    REQUIRE(m->first == 'E');
-    auto e = p::ErrorFields::parse(m->second);
-    CHECK(e->code() == "08P01");
-    CHECK(e->severity() == "FATAL");
-    CHECK(raw.closed());
+    expect_protocol_fatal(raw);
   }
   CHECK(scalar(good.get(), "select 'unaffected'") == "unaffected");
 }
