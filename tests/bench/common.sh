@@ -6,7 +6,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
 DIR=$(mktemp -d "/tmp/pgshard-$1-XXXXXX"); chmod 755 "$DIR"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/tests/harness/free_port.sh"
 bench_cleanup() {
   [ -f "$DIR/pgshard.pid" ] && kill "$(cat "$DIR/pgshard.pid")" 2>/dev/null || true
   "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true

@@ -16,7 +16,7 @@ MODES=${MODES:-"simple extended prepared"}; CLIENTS=${CLIENTS:-"1 32"}
 ROUTER_PARSE=${ROUTER_PARSE:-true}
 BUILD=${PGSHARD_BUILD:-$("$ROOT/deploy/build.sh" Release)}
 DIR=$(mktemp -d /tmp/pgshard-bench-XXXXXX); chmod 755 "$DIR"
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/tests/harness/free_port.sh"
 SHARD=$(free_port); PGB_T=$(free_port); PGB_S=$(free_port); PS_T=$(free_port); PS_S=$(free_port)
 export PGPASSWORD=secret
 

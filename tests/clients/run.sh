@@ -8,7 +8,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 BIN=${PGSHARD_BINARY:-$ROOT/build/release/pgshard}
 DIR=$(mktemp -d /tmp/pgshard-clients-XXXXXX); chmod 755 "$DIR"
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/tests/harness/free_port.sh"
 P0=$(free_port); P1=$(free_port); P2=$(free_port); PROXY=$(free_port); HTTP=$(free_port)
 export PGPASSWORD=secret
 cleanup() {

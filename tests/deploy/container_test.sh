@@ -19,7 +19,7 @@ CACHE=${PGSHARD_CACHE:-/var/cache/pgshard}
 IMAGE=${PGSHARD_IMAGE:-localhost/pgshard:test}
 DIR=$(mktemp -d /tmp/pgshard-container-XXXXXX); chmod 755 "$DIR"
 NAME=pgshard-test-$$
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/tests/harness/free_port.sh"
 fail() { echo "FAIL: $*"; exit 1; }
 
 cat >"$DIR/containers.conf" <<'CONF'

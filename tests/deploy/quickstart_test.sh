@@ -4,7 +4,7 @@
 # starts the stopped cluster again. A keyed write and read through pgshard each time.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/tests/harness/free_port.sh"
 export QUICKSTART_DIR=$(mktemp -d /tmp/pgshard-qs-XXXXXX)
 export S0_PORT=$(free_port) S1_PORT=$(free_port) S2_PORT=$(free_port) PGSHARD_PORT=$(free_port) ADMIN_HTTP_PORT=$(free_port)
 QS="$ROOT/deploy/quickstart.sh"

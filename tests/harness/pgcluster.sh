@@ -57,6 +57,9 @@ cmd=${1:-}; dir=${2:-}
 case "$cmd" in
   start)
     shift 2
+    # One server per port: a port given twice would make two "shards" one server.
+    dup=$(printf '%s\n' "$@" | sort | uniq -d | head -1)
+    [ -z "$dup" ] || { echo "port $dup given twice" >&2; exit 2; }
     mkdir -p "$dir"; chmod 755 "$dir"; chown postgres "$dir" 2>/dev/null || true
     for port in "$@"; do start_one "$dir" "$port"; done ;;
   stop)

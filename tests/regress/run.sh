@@ -55,7 +55,7 @@ fi
 
 # --- one shard, and pgshard in front of it ---------------------------------------------
 DIR=$(mktemp -d /tmp/pgshard-regress-XXXXXX); chmod 755 "$DIR"
-free_port() { /usr/bin/python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$ROOT/tests/harness/free_port.sh"
 SHARD=$(free_port); PROXY=$(free_port)
 cleanup() {
   local rc=$?
