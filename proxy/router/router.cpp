@@ -10,7 +10,6 @@
 #include <boost/container/small_vector.hpp>
 #include <cstring>
 #include <memory>
-#include <set>
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"

@@ -552,9 +552,7 @@ awaitable<bool> Session::on_message(char type, std::size_t size) {
         co_await flush_copy();
         co_return true;  // the message is still at the front of in_
       }
-      copy_only_ = false;
-      take();
-      co_return true;
+      co_return gather(type, size);  // (true: nothing above stops it now)
     case proto::msg::kQuery:
     case proto::msg::kFunctionCall:
     case proto::msg::kSync:
