@@ -26,7 +26,6 @@ namespace sqlstate = protocol::sqlstate;
 
 namespace {
 
-constexpr std::size_t kReadChunk = 16 * 1024;
 constexpr std::size_t kClientFlush = 256 * 1024;
 
 // One shard's part of the statement.
@@ -481,9 +480,7 @@ awaitable<bool> FanOut::next_reply(Leg& leg, int i, Combiner& combiner) {
       // The client left while another shard was being read: this socket had no read to
       // cancel then, so do not start one now.
       if (leg.abandoned) co_return false;
-      std::size_t room;
-      char* at = conn->rbuf.prepare(kReadChunk, &room);
-      auto [ec, n] = co_await conn->socket().async_read_some(asio::buffer(at, room), use_nothrow);
+      auto [ec, n] = co_await async_read_drained(conn->socket(), conn->rbuf_reader(), use_nothrow);
       if (ec) co_return false;
       conn->rbuf.commit(n);
       conn->count_received(n);

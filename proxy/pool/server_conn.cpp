@@ -79,6 +79,7 @@ awaitable<std::string> ServerConn::login() {
   auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
   if (cec) co_return "cannot connect to " + where + ": " + cec.message();
   socket_.set_option(tcp::no_delay(true));
+  enable_drained_reads(socket_);
 
   std::string out;
   proto::write_startup(out, {{"user", target_.user}, {"database", target_.database}});

@@ -15,6 +15,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/drained_read.hpp"
 #include "proxy/pool/replies.hpp"
 
 namespace pgshard::pool {
@@ -113,6 +114,16 @@ class ServerConn {
                           std::function<void(std::string_view row)> on_row = {},
                           std::function<void(std::string_view body)> on_description = {});
 
+  // How async_read_drained (proxy/drained_read.hpp) reads the server: into rbuf, room for
+  // at least 16 KiB. The caller commits what it read to rbuf.
+  auto rbuf_reader() {
+    return [this](int fd, bool& drained) {
+      std::size_t room;
+      char* at = rbuf.prepare(16 * 1024, &room);
+      return recv_noting_drained(fd, at, room, drained);
+    };
+  }
+
   // Bytes to and from the server, counted in its pool's measurements.
   void count_sent(std::size_t n) {
     if (replies.counters) replies.counters->bytes_sent += n;
@@ -140,9 +151,7 @@ awaitable<bool> ServerConn::read_replies(std::size_t max_message, F on_frame) {
     auto d = protocol::decode_frame(rbuf.view(), max_message);
     if (d.status == protocol::DecodeStatus::kError) co_return false;
     if (d.status == protocol::DecodeStatus::kNeedMore) {
-      std::size_t room;
-      char* at = rbuf.prepare(16 * 1024, &room);
-      auto [ec, n] = co_await socket_.async_read_some(asio::buffer(at, room), use_nothrow);
+      auto [ec, n] = co_await async_read_drained(socket_, rbuf_reader(), use_nothrow);
       if (ec) co_return false;
       rbuf.commit(n);
       count_received(n);

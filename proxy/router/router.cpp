@@ -321,13 +321,19 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
 
 // What the statement does to the session wherever it runs: settings it changes, pinning,
 // functions it calls, transaction control. A hint picks the shard, never these.
+// (Most statements have none of these: an empty vector is not copied, a call each.)
+template <typename Vector>
+void copy_unless_both_empty(Vector& to, const Vector& from) {
+  if (!from.empty() || !to.empty()) to = from;
+}
+
 void take_session_effects(Route& r, const Analysis& a) {
-  r.settings = a.settings;
+  copy_unless_both_empty(r.settings, a.settings);
   r.pins = a.pins;
   r.prepared_statements_view = a.prepared_statements_view;
-  r.user_functions = a.user_functions;
-  r.temp_tables = a.temp_tables;
-  r.schema_objects = a.schema_objects;
+  copy_unless_both_empty(r.user_functions, a.user_functions);
+  copy_unless_both_empty(r.temp_tables, a.temp_tables);
+  copy_unless_both_empty(r.schema_objects, a.schema_objects);
   r.drops = a.drops;
   r.txn = a.txn;
 }

@@ -101,6 +101,7 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
   auto ep = stream_.socket().remote_endpoint(ec);
   peer_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
   stream_.socket().set_option(tcp::no_delay(true), ec);
+  enable_drained_reads(stream_.socket());
 }
 
 Session::~Session() {
@@ -221,23 +222,30 @@ awaitable<void> Session::idle_watch() {
 }
 
 awaitable<bool> Session::read_client() {
-  std::size_t room;
   if (in_.empty() && !stream_.tls()) {
-    // Between requests a client holds no read buffer (idle clients are most clients): wait
-    // until it sends, then read into a small one (most requests are small; a larger one
-    // grows it). As many system calls as reading at once: that read would find nothing
-    // yet and wait the same way. The socket is readable: read it directly.
+    // Between requests a client holds no read buffer (idle clients are most clients): a
+    // small one (most requests are small; a larger one grows it) is taken only when the
+    // socket has data, and given back when a try finds none.
     in_.shrink(0);
-    auto [ec] = co_await stream_.socket().async_wait(tcp::socket::wait_read, use_nothrow);
+    auto [ec, n] = co_await async_read_drained(
+        stream_.socket(),
+        [this](int fd, bool& drained) {
+          std::size_t room;
+          char* at = in_.prepare(kFirstReadChunk, &room);
+          const ssize_t got = recv_noting_drained(fd, at, room, drained);
+          if (got < 0) {
+            const int error = errno;
+            in_.shrink(0);
+            errno = error;
+          }
+          return got;
+        },
+        use_nothrow);
     if (ec) co_return false;
-    char* at = in_.prepare(kFirstReadChunk, &room);
-    const ssize_t got = ::recv(stream_.socket().native_handle(), at, room, MSG_DONTWAIT);
-    if (got > 0) {
-      in_.commit(static_cast<std::size_t>(got));
-      co_return true;
-    }
-    if (got == 0 || (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR)) co_return false;
+    in_.commit(n);
+    co_return true;
   }
+  std::size_t room;
   char* at = in_.prepare(kReadChunk, &room);
   auto [ec, n] = co_await stream_.read_some(asio::buffer(at, room));
   if (ec) co_return false;
@@ -688,8 +696,9 @@ awaitable<void> Session::handle_request(char boundary) {
       [[fallthrough]];
     case router::Action::kForward: {
       const int target = route.shards.size() > 1 ? route.shards.front() : route.shard;
-      spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
-                    route.reason);
+      if (spdlog::should_log(spdlog::level::debug))  // (prefix() builds a string)
+        spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
+                      route.reason);
       if (route.prepared_statements_view) statements_.show_own_statements();
       co_await forward(target, boundary);
       co_return;
@@ -1519,9 +1528,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     // and its locks, open for as long as pgshard runs).
     if (stop_for_gone_client()) break;
     {
-      std::size_t room;
-      char* at = conn.rbuf.prepare(kReadChunk, &room);
-      auto [ec, n] = co_await conn.socket().async_read_some(asio::buffer(at, room), use_nothrow);
+      auto [ec, n] = co_await async_read_drained(conn.socket(), conn.rbuf_reader(), use_nothrow);
       conn.rbuf.commit(n);
       conn.count_received(n);
       if (ec == asio::error::operation_aborted && !conn.broken) {

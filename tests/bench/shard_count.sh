@@ -3,12 +3,17 @@
 # the parser, pgbench_accounts sharded by aid) through pgshard with maps of 1, 2, 4 and 8
 # shards (every shard holds all of pgbench's rows, so each read finds its row wherever the
 # hash sends it), and the TPS of each map relative to the 2-shard map.
+# ONE_SERVER=1 points every shard of the map at the same PostgreSQL: the database's work is
+# then the same for every map, and the ratio shows what the size of the map costs pgshard
+# (pools, server connections), not what more PostgreSQL servers cost this machine.
 #   DURATION (s, default 8)  CLIENTS (default 32)  MODE (default extended)  COUNTS ("1 2 4 8")
+#   ONE_SERVER (default 0)
 source "$(dirname "$0")/common.sh" shards
 DURATION=${DURATION:-8}; CLIENTS=${CLIENTS:-32}; MODE=${MODE:-extended}
-COUNTS=${COUNTS:-"1 2 4 8"}; WORKERS=${WORKERS:-2}
+COUNTS=${COUNTS:-"1 2 4 8"}; WORKERS=${WORKERS:-2}; ONE_SERVER=${ONE_SERVER:-0}
 MAX=0; for n in $COUNTS; do [ "$n" -gt "$MAX" ] && MAX=$n; done
-PORTS=(); for _ in $(seq "$MAX"); do PORTS+=("$(free_port)"); done
+SERVERS=$MAX; [ "$ONE_SERVER" = 1 ] && SERVERS=1
+PORTS=(); for _ in $(seq "$SERVERS"); do PORTS+=("$(free_port)"); done
 PROXY=$(free_port)
 export PGPASSWORD=secret
 "$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "${PORTS[@]}" >/dev/null
@@ -20,7 +25,8 @@ for n in $COUNTS; do
     echo "users: [{ name: app, password: secret, pool_mode: transaction }]"
     echo "shards:"
     for i in $(seq 0 $((n - 1))); do
-      echo "  - { name: s$i, primary: \"postgres://app:secret@127.0.0.1:${PORTS[$i]}/app\", pool_size: 32 }"
+      port=${PORTS[$((i % SERVERS))]}
+      echo "  - { name: s$i, primary: \"postgres://app:secret@127.0.0.1:$port/app\", pool_size: 32 }"
     done
     echo "sharded_tables: [{ table: pgbench_accounts, column: aid, type: integer, function: hash }]"
     echo "unsharded: { shard: s0 }"

@@ -1,0 +1,176 @@
+// A socket read that tells Asio's reactor when it drained the socket.
+//
+// Asio registers every socket with epoll edge-triggered, and starts each read by trying it
+// at once (a "speculative" recv) unless the reactor knows the socket is drained; Asio 1.81
+// only learns that at end of file. So every wait for a reply cost a recv returning EAGAIN
+// first (on the server), and every wait without a read (async_wait, on an idle client) an
+// epoll_ctl. This read returns what async_read_some would, and when the kernel says the
+// socket's queue is empty after it (TCP_INQ: no byte left and no end of file waiting), it
+// tells the reactor (done_and_exhausted): the next read on the socket goes straight to the
+// reactor's queue without a system call. Whatever arrives later raises a new edge, which
+// marks the socket worth trying again; so no byte and no end of file is left unseen. A
+// socket without TCP_INQ (enable_drained_reads) is never taken for drained.
+//
+// `read(fd, drained)` does the recv itself, with recv_noting_drained, and returns its
+// result; it runs only when the socket may have data, so the caller can put off taking a
+// buffer until then.
+#pragma once
+
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "proxy/asio.hpp"
+// After Asio itself, which these internals need first.
+#include <boost/asio/detail/reactor.hpp>
+#include <boost/asio/detail/reactor_op.hpp>
+
+namespace pgshard {
+
+// Asks the kernel to report, with each read, what is left in the socket's receive queue.
+inline void enable_drained_reads(tcp::socket& socket) {
+  const int on = 1;
+  ::setsockopt(socket.native_handle(), SOL_TCP, TCP_INQ, &on, sizeof on);
+}
+
+// recv(MSG_DONTWAIT) into [at, at + room); `drained` is set when nothing is left to read
+// after it (the kernel counts a pending end of file as something left).
+inline ssize_t recv_noting_drained(int fd, char* at, std::size_t room, bool& drained) {
+  iovec iov{at, room};
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int))];
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  const ssize_t got = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  drained = false;
+  if (got > 0)
+    for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c))
+      if (c->cmsg_level == SOL_TCP && c->cmsg_type == TCP_CM_INQ) {
+        int left;
+        std::memcpy(&left, CMSG_DATA(c), sizeof left);
+        drained = left == 0;
+      }
+  return got;
+}
+
+namespace drained_read_detail {
+
+namespace detail = asio::detail;
+
+// The socket's reactor state, which tcp::socket keeps protected.
+struct SocketAccess : tcp::socket {
+  static auto& implementation(tcp::socket& s) { return s.*(&SocketAccess::impl_); }
+};
+
+// The reactor of the socket's io_context. (Not cached: a context destroyed and another made
+// at the same address would leave a cache pointing at a freed reactor.)
+inline detail::reactor& reactor_of(tcp::socket& s) {
+  return asio::use_service<detail::reactor>(
+      asio::query(s.get_executor(), asio::execution::context));
+}
+
+// Per-operation cancellation (the awaitable operators cancel a losing branch), as Asio's own
+// socket operations register it.
+class Cancellation {
+ public:
+  Cancellation(detail::reactor* r, detail::reactor::per_descriptor_data* p, int fd)
+      : reactor_(r), data_(p), fd_(fd) {}
+  void operator()(asio::cancellation_type_t type) {
+    if (!!(type & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
+                   asio::cancellation_type::total)))
+      reactor_->cancel_ops_by_key(fd_, *data_, detail::reactor::read_op, this);
+  }
+
+ private:
+  detail::reactor* reactor_;
+  detail::reactor::per_descriptor_data* data_;
+  int fd_;
+};
+
+template <typename Read, typename Handler, typename IoExecutor>
+class Op : public detail::reactor_op {
+ public:
+  BOOST_ASIO_DEFINE_HANDLER_PTR(Op);
+
+  Op(int fd, Read& read, Handler& handler, const IoExecutor& io_ex)
+      : reactor_op(error_code(), &Op::do_perform, &Op::do_complete),
+        fd_(fd),
+        read_(std::move(read)),
+        handler_(std::move(handler)),
+        work_(handler_, io_ex) {}
+
+  static status do_perform(reactor_op* base) {
+    auto* o = static_cast<Op*>(base);
+    for (;;) {
+      bool drained = false;
+      const ssize_t got = o->read_(o->fd_, drained);
+      if (got > 0) {
+        o->bytes_transferred_ = static_cast<std::size_t>(got);
+        return drained ? done_and_exhausted : done;
+      }
+      if (got == 0) {
+        o->ec_ = asio::error::eof;
+        return done;
+      }
+      if (errno == EINTR) continue;
+      if (errno == EAGAIN || errno == EWOULDBLOCK) return not_done;
+      o->ec_ = error_code(errno, asio::error::get_system_category());
+      return done;
+    }
+  }
+
+  static void do_complete(void* owner, detail::operation* base, const error_code&, std::size_t) {
+    auto* o = static_cast<Op*>(base);
+    ptr p = {detail::addressof(o->handler_), o, o};
+    detail::handler_work<Handler, IoExecutor> w(std::move(o->work_));
+    // The handler is moved out before the operation's memory is freed for the upcall.
+    detail::binder2<Handler, error_code, std::size_t> handler(o->handler_, o->ec_,
+                                                              o->bytes_transferred_);
+    p.h = detail::addressof(handler.handler_);
+    p.reset();
+    if (owner) {
+      detail::fenced_block b(detail::fenced_block::half);
+      w.complete(handler, handler.handler_);
+    }
+  }
+
+ private:
+  int fd_;
+  Read read_;
+  Handler handler_;
+  detail::handler_work<Handler, IoExecutor> work_;
+};
+
+}  // namespace drained_read_detail
+
+// Completes with (error_code, bytes read); see the top of this file. The socket must not be
+// TLS-wrapped, and only one such read may be pending on it at a time.
+template <typename Read, typename Token>
+auto async_read_drained(tcp::socket& socket, Read read, Token&& token) {
+  namespace d = drained_read_detail;
+  return asio::async_initiate<Token, void(error_code, std::size_t)>(
+      [&socket](auto handler, Read read) {
+        using Handler = decltype(handler);
+        auto& object = d::SocketAccess::implementation(socket);
+        auto& impl = object.get_implementation();
+        auto& reactor = d::reactor_of(socket);
+        const bool is_continuation = boost_asio_handler_cont_helpers::is_continuation(handler);
+        auto slot = asio::get_associated_cancellation_slot(handler);
+        using Op = d::Op<Read, Handler, tcp::socket::executor_type>;
+        typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
+        p.p = new (p.v) Op(impl.socket_, read, handler, object.get_executor());
+        if (slot.is_connected())
+          p.p->cancellation_key_ =
+              &slot.template emplace<d::Cancellation>(&reactor, &impl.reactor_data_, impl.socket_);
+        reactor.start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p,
+                         is_continuation, true);
+        p.v = p.p = 0;
+      },
+      token, std::move(read));
+}
+
+}  // namespace pgshard

@@ -1,0 +1,179 @@
+// async_read_drained over a loopback TCP pair (no PostgreSQL): a read that drained the socket
+// lets the next one wait without a try, and no bytes are ever left unseen: not those that
+// arrive between reads, not those a full read left behind, not an end of file that came with
+// the last bytes.
+#include "proxy/drained_read.hpp"
+
+#include <catch2/catch.hpp>
+#include <string>
+#include <thread>
+
+using namespace pgshard;
+
+namespace {
+
+struct Pair {
+  asio::io_context ctx{1};
+  tcp::socket writer{ctx}, reader{ctx};
+  Pair() {
+    tcp::acceptor acceptor(ctx, {asio::ip::address_v4::loopback(), 0});
+    writer.connect(acceptor.local_endpoint());
+    acceptor.accept(reader);
+    writer.set_option(tcp::no_delay(true));
+    enable_drained_reads(reader);
+  }
+  void send(std::string_view s) { asio::write(writer, asio::buffer(s)); }
+};
+
+// Reads into an 8-byte buffer, counting the recv calls.
+struct Reads {
+  char buf[8];
+  int tries = 0;
+  int done = 0;
+  error_code ec;
+  std::string got;
+  void start(tcp::socket& s) {
+    async_read_drained(
+        s,
+        [this](int fd, bool& drained) {
+          ++tries;
+          return recv_noting_drained(fd, buf, sizeof buf, drained);
+        },
+        [this](error_code e, std::size_t n) {
+          ec = e;
+          got.assign(buf, n);
+          ++done;
+        });
+  }
+};
+
+// Runs the loop until `done` reaches `n` (or a second passes).
+void run_until(Pair& p, const int& done, int n) {
+  const auto deadline = Clock::now() + std::chrono::seconds(1);
+  while (done < n && Clock::now() < deadline) {
+    p.ctx.restart();
+    p.ctx.run_one_for(std::chrono::milliseconds(20));
+  }
+}
+
+}  // namespace
+
+TEST_CASE("a read that drained the socket lets the next read wait without a recv", "[protocol]") {
+  Pair p;
+  Reads r;
+  p.send("abc");
+  r.start(p.reader);
+  run_until(p, r.done, 1);
+  REQUIRE(r.done == 1);
+  CHECK(r.got == "abc");
+  CHECK(r.tries == 1);
+
+  r.start(p.reader);  // three bytes of eight: the socket was empty, so no try now
+  p.ctx.restart();
+  p.ctx.poll();
+  CHECK(r.tries == 1);
+  CHECK(r.done == 1);
+  p.send("de");
+  run_until(p, r.done, 2);
+  REQUIRE(r.done == 2);
+  CHECK(r.got == "de");
+  CHECK(r.tries == 2);
+}
+
+TEST_CASE("bytes that arrive while no read waits are read by the next read", "[protocol]") {
+  Pair p;
+  Reads r;
+  p.send("abc");
+  r.start(p.reader);
+  run_until(p, r.done, 1);
+  REQUIRE(r.got == "abc");
+
+  // The loop sees the socket's new edge while nothing reads it (a timer keeps it polling).
+  p.send("xy");
+  asio::steady_timer timer(p.ctx, std::chrono::milliseconds(50));
+  timer.async_wait([](error_code) {});
+  p.ctx.restart();
+  p.ctx.run();
+  r.start(p.reader);
+  run_until(p, r.done, 2);
+  REQUIRE(r.done == 2);
+  CHECK(r.got == "xy");
+}
+
+TEST_CASE("a read that filled its buffer lets the next read try at once", "[protocol]") {
+  Pair p;
+  Reads r;
+  p.send("0123456789abcdefXYZ");
+  std::string all;
+  for (int i = 1; i <= 3; ++i) {
+    r.start(p.reader);
+    run_until(p, r.done, i);
+    REQUIRE(r.done == i);
+    REQUIRE(!r.ec);
+    all += r.got;
+  }
+  CHECK(all == "0123456789abcdefXYZ");
+  CHECK(r.tries == 3);
+}
+
+TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
+  Pair p;
+  Reads r;
+  p.send("abc");
+  r.start(p.reader);
+  run_until(p, r.done, 1);
+  REQUIRE(r.got == "abc");
+
+  SECTION("end of file") {
+    r.start(p.reader);
+    p.writer.close();
+    run_until(p, r.done, 2);
+    REQUIRE(r.done == 2);
+    CHECK(r.ec == asio::error::eof);
+  }
+  SECTION("end of file that came with the last bytes") {
+    // Both are in the socket before the read: its edge is spent, the read takes the bytes,
+    // and the next read must still see the end of file.
+    p.send("de");
+    p.writer.close();
+    std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    r.start(p.reader);
+    run_until(p, r.done, 2);
+    REQUIRE(r.done == 2);
+    CHECK(r.got == "de");
+    r.start(p.reader);
+    run_until(p, r.done, 3);
+    REQUIRE(r.done == 3);
+    CHECK(r.ec == asio::error::eof);
+  }
+  SECTION("the socket cancelled") {
+    r.start(p.reader);
+    p.reader.cancel();
+    run_until(p, r.done, 2);
+    REQUIRE(r.done == 2);
+    CHECK(r.ec == asio::error::operation_aborted);
+  }
+  SECTION("the operation cancelled through its slot") {
+    asio::cancellation_signal stop;
+    error_code ec;
+    int done = 0;
+    async_read_drained(
+        p.reader,
+        [&r](int fd, bool& drained) {
+          return recv_noting_drained(fd, r.buf, sizeof r.buf, drained);
+        },
+        asio::bind_cancellation_slot(stop.slot(), [&](error_code e, std::size_t) {
+          ec = e;
+          ++done;
+        }));
+    stop.emit(asio::cancellation_type::terminal);
+    run_until(p, done, 1);
+    REQUIRE(done == 1);
+    CHECK(ec == asio::error::operation_aborted);
+    // The socket still reads afterwards.
+    p.send("z");
+    r.start(p.reader);
+    run_until(p, r.done, 2);
+    CHECK(r.got == "z");
+  }
+}
