@@ -66,13 +66,6 @@ struct SocketAccess : tcp::socket {
   static auto& implementation(tcp::socket& s) { return s.*(&SocketAccess::impl_); }
 };
 
-// The reactor of the socket's io_context. (Not cached: a context destroyed and another made
-// at the same address would leave a cache pointing at a freed reactor.)
-inline detail::reactor& reactor_of(tcp::socket& s) {
-  return asio::use_service<detail::reactor>(
-      asio::query(s.get_executor(), asio::execution::context));
-}
-
 // Per-operation cancellation (the awaitable operators cancel a losing branch), as Asio's own
 // socket operations register it.
 class Cancellation {
@@ -147,30 +140,46 @@ class Op : public detail::reactor_op {
 
 }  // namespace drained_read_detail
 
-// Completes with (error_code, bytes read); see the top of this file. The socket must not be
-// TLS-wrapped, and only one such read may be pending on it at a time.
-template <typename Read, typename Token>
-auto async_read_drained(tcp::socket& socket, Read read, Token&& token) {
-  namespace d = drained_read_detail;
-  return asio::async_initiate<Token, void(error_code, std::size_t)>(
-      [&socket](auto handler, Read read) {
-        using Handler = decltype(handler);
-        auto& object = d::SocketAccess::implementation(socket);
-        auto& impl = object.get_implementation();
-        auto& reactor = d::reactor_of(socket);
-        const bool is_continuation = boost_asio_handler_cont_helpers::is_continuation(handler);
-        auto slot = asio::get_associated_cancellation_slot(handler);
-        using Op = d::Op<Read, Handler, tcp::socket::executor_type>;
-        typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
-        p.p = new (p.v) Op(impl.socket_, read, handler, object.get_executor());
-        if (slot.is_connected())
-          p.p->cancellation_key_ =
-              &slot.template emplace<d::Cancellation>(&reactor, &impl.reactor_data_, impl.socket_);
-        reactor.start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p,
-                         is_continuation, true);
-        p.v = p.p = 0;
-      },
-      token, std::move(read));
-}
+// The drained reads of one socket (see the top of this file). It keeps the socket's reactor,
+// looked up on the first read (a lookup takes a lock and compares type names), so it must
+// not outlive the socket's io_context; only one of its reads may be pending at a time, and
+// the socket must not be TLS-wrapped.
+class DrainedSocket {
+ public:
+  explicit DrainedSocket(tcp::socket& socket) : socket_(&socket) {}
+  DrainedSocket(const DrainedSocket&) = delete;  // (it points at its socket)
+  DrainedSocket& operator=(const DrainedSocket&) = delete;
+
+  // Completes with (error_code, bytes read), as async_read_some.
+  template <typename Read, typename Token>
+  auto read(Read read, Token&& token) {
+    namespace d = drained_read_detail;
+    if (reactor_ == nullptr)
+      reactor_ = &asio::use_service<d::detail::reactor>(
+          asio::query(socket_->get_executor(), asio::execution::context));
+    return asio::async_initiate<Token, void(error_code, std::size_t)>(
+        [this](auto handler, Read read) {
+          using Handler = decltype(handler);
+          auto& object = d::SocketAccess::implementation(*socket_);
+          auto& impl = object.get_implementation();
+          const bool is_continuation = boost_asio_handler_cont_helpers::is_continuation(handler);
+          auto slot = asio::get_associated_cancellation_slot(handler);
+          using Op = d::Op<Read, Handler, tcp::socket::executor_type>;
+          typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
+          p.p = new (p.v) Op(impl.socket_, read, handler, object.get_executor());
+          if (slot.is_connected())
+            p.p->cancellation_key_ = &slot.template emplace<d::Cancellation>(
+                reactor_, &impl.reactor_data_, impl.socket_);
+          reactor_->start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p,
+                             is_continuation, true);
+          p.v = p.p = 0;
+        },
+        token, std::move(read));
+  }
+
+ private:
+  tcp::socket* socket_;
+  drained_read_detail::detail::reactor* reactor_ = nullptr;
+};
 
 }  // namespace pgshard

@@ -114,14 +114,16 @@ class ServerConn {
                           std::function<void(std::string_view row)> on_row = {},
                           std::function<void(std::string_view body)> on_description = {});
 
-  // How async_read_drained (proxy/drained_read.hpp) reads the server: into rbuf, room for
-  // at least 16 KiB. The caller commits what it read to rbuf.
-  auto rbuf_reader() {
-    return [this](int fd, bool& drained) {
-      std::size_t room;
-      char* at = rbuf.prepare(16 * 1024, &room);
-      return recv_noting_drained(fd, at, room, drained);
-    };
+  // Reads what the server sent into rbuf (proxy/drained_read.hpp): completes with
+  // (error_code, bytes), which the caller commits to rbuf.
+  auto read_some() {
+    return drained_.read(
+        [this](int fd, bool& drained) {
+          std::size_t room;
+          char* at = rbuf.prepare(16 * 1024, &room);
+          return recv_noting_drained(fd, at, room, drained);
+        },
+        use_nothrow);
   }
 
   // Bytes to and from the server, counted in its pool's measurements.
@@ -139,6 +141,7 @@ class ServerConn {
  private:
   awaitable<std::string> login();
   tcp::socket socket_;
+  DrainedSocket drained_{socket_};
   BackendTarget target_;
   uint64_t id_;
   int32_t pid_ = 0;
@@ -151,7 +154,7 @@ awaitable<bool> ServerConn::read_replies(std::size_t max_message, F on_frame) {
     auto d = protocol::decode_frame(rbuf.view(), max_message);
     if (d.status == protocol::DecodeStatus::kError) co_return false;
     if (d.status == protocol::DecodeStatus::kNeedMore) {
-      auto [ec, n] = co_await async_read_drained(socket_, rbuf_reader(), use_nothrow);
+      auto [ec, n] = co_await read_some();
       if (ec) co_return false;
       rbuf.commit(n);
       count_received(n);

@@ -227,8 +227,7 @@ awaitable<bool> Session::read_client() {
     // small one (most requests are small; a larger one grows it) is taken only when the
     // socket has data, and given back when a try finds none.
     in_.shrink(0);
-    auto [ec, n] = co_await async_read_drained(
-        stream_.socket(),
+    auto [ec, n] = co_await client_reads_.read(
         [this](int fd, bool& drained) {
           std::size_t room;
           char* at = in_.prepare(kFirstReadChunk, &room);
@@ -1528,7 +1527,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     // and its locks, open for as long as pgshard runs).
     if (stop_for_gone_client()) break;
     {
-      auto [ec, n] = co_await async_read_drained(conn.socket(), conn.rbuf_reader(), use_nothrow);
+      auto [ec, n] = co_await conn.read_some();
       conn.rbuf.commit(n);
       conn.count_received(n);
       if (ec == asio::error::operation_aborted && !conn.broken) {

@@ -16,6 +16,7 @@
 #include "protocol/startup.hpp"
 #include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/drained_read.hpp"
 #include "proxy/executor/client.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/pool/backends.hpp"
@@ -242,6 +243,7 @@ class Session : public std::enable_shared_from_this<Session>,
   server::Worker& worker_;
   const config::Config& config_;
   ClientStream stream_;
+  DrainedSocket client_reads_{stream_.socket()};  // an idle client's next request
   uint64_t id_;
   std::string peer_;
   mutable std::string prefix_;

@@ -1,4 +1,4 @@
-// async_read_drained over a loopback TCP pair (no PostgreSQL): a read that drained the socket
+// DrainedSocket over a loopback TCP pair (no PostgreSQL): a read that drained the socket
 // lets the next one wait without a try, and no bytes are ever left unseen: not those that
 // arrive between reads, not those a full read left behind, not an end of file that came with
 // the last bytes.
@@ -15,6 +15,7 @@ namespace {
 struct Pair {
   asio::io_context ctx{1};
   tcp::socket writer{ctx}, reader{ctx};
+  DrainedSocket drained{reader};
   Pair() {
     tcp::acceptor acceptor(ctx, {asio::ip::address_v4::loopback(), 0});
     writer.connect(acceptor.local_endpoint());
@@ -32,9 +33,8 @@ struct Reads {
   int done = 0;
   error_code ec;
   std::string got;
-  void start(tcp::socket& s) {
-    async_read_drained(
-        s,
+  void start(DrainedSocket& s) {
+    s.read(
         [this](int fd, bool& drained) {
           ++tries;
           return recv_noting_drained(fd, buf, sizeof buf, drained);
@@ -62,13 +62,13 @@ TEST_CASE("a read that drained the socket lets the next read wait without a recv
   Pair p;
   Reads r;
   p.send("abc");
-  r.start(p.reader);
+  r.start(p.drained);
   run_until(p, r.done, 1);
   REQUIRE(r.done == 1);
   CHECK(r.got == "abc");
   CHECK(r.tries == 1);
 
-  r.start(p.reader);  // three bytes of eight: the socket was empty, so no try now
+  r.start(p.drained);  // three bytes of eight: the socket was empty, so no try now
   p.ctx.restart();
   p.ctx.poll();
   CHECK(r.tries == 1);
@@ -84,7 +84,7 @@ TEST_CASE("bytes that arrive while no read waits are read by the next read", "[p
   Pair p;
   Reads r;
   p.send("abc");
-  r.start(p.reader);
+  r.start(p.drained);
   run_until(p, r.done, 1);
   REQUIRE(r.got == "abc");
 
@@ -94,7 +94,7 @@ TEST_CASE("bytes that arrive while no read waits are read by the next read", "[p
   timer.async_wait([](error_code) {});
   p.ctx.restart();
   p.ctx.run();
-  r.start(p.reader);
+  r.start(p.drained);
   run_until(p, r.done, 2);
   REQUIRE(r.done == 2);
   CHECK(r.got == "xy");
@@ -106,7 +106,7 @@ TEST_CASE("a read that filled its buffer lets the next read try at once", "[prot
   p.send("0123456789abcdefXYZ");
   std::string all;
   for (int i = 1; i <= 3; ++i) {
-    r.start(p.reader);
+    r.start(p.drained);
     run_until(p, r.done, i);
     REQUIRE(r.done == i);
     REQUIRE(!r.ec);
@@ -120,12 +120,12 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
   Pair p;
   Reads r;
   p.send("abc");
-  r.start(p.reader);
+  r.start(p.drained);
   run_until(p, r.done, 1);
   REQUIRE(r.got == "abc");
 
   SECTION("end of file") {
-    r.start(p.reader);
+    r.start(p.drained);
     p.writer.close();
     run_until(p, r.done, 2);
     REQUIRE(r.done == 2);
@@ -137,17 +137,17 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
     p.send("de");
     p.writer.close();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    r.start(p.reader);
+    r.start(p.drained);
     run_until(p, r.done, 2);
     REQUIRE(r.done == 2);
     CHECK(r.got == "de");
-    r.start(p.reader);
+    r.start(p.drained);
     run_until(p, r.done, 3);
     REQUIRE(r.done == 3);
     CHECK(r.ec == asio::error::eof);
   }
   SECTION("the socket cancelled") {
-    r.start(p.reader);
+    r.start(p.drained);
     p.reader.cancel();
     run_until(p, r.done, 2);
     REQUIRE(r.done == 2);
@@ -157,8 +157,7 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
     asio::cancellation_signal stop;
     error_code ec;
     int done = 0;
-    async_read_drained(
-        p.reader,
+    p.drained.read(
         [&r](int fd, bool& drained) {
           return recv_noting_drained(fd, r.buf, sizeof r.buf, drained);
         },
@@ -172,7 +171,7 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
     CHECK(ec == asio::error::operation_aborted);
     // The socket still reads afterwards.
     p.send("z");
-    r.start(p.reader);
+    r.start(p.drained);
     run_until(p, r.done, 2);
     CHECK(r.got == "z");
   }
