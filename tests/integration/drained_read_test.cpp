@@ -56,19 +56,30 @@ void run_until(Pair& p, const int& done, int n) {
   }
 }
 
+// Starts a read and runs the loop until it completes; false if it did not within a second.
+bool read_next(Pair& p, Reads& r) {
+  const int before = r.done;
+  r.start(p.drained);
+  run_until(p, r.done, before + 1);
+  return r.done == before + 1;
+}
+
+// The first read: three bytes of eight, which drain the socket.
+void read_abc(Pair& p, Reads& r) {
+  p.send("abc");
+  REQUIRE(read_next(p, r));
+  REQUIRE(r.got == "abc");
+}
+
 }  // namespace
 
 TEST_CASE("a read that drained the socket lets the next read wait without a recv", "[protocol]") {
   Pair p;
   Reads r;
-  p.send("abc");
-  r.start(p.drained);
-  run_until(p, r.done, 1);
-  REQUIRE(r.done == 1);
-  CHECK(r.got == "abc");
+  read_abc(p, r);
   CHECK(r.tries == 1);
 
-  r.start(p.drained);  // three bytes of eight: the socket was empty, so no try now
+  r.start(p.drained);  // the socket was empty, so no try now
   p.ctx.restart();
   p.ctx.poll();
   CHECK(r.tries == 1);
@@ -83,10 +94,7 @@ TEST_CASE("a read that drained the socket lets the next read wait without a recv
 TEST_CASE("bytes that arrive while no read waits are read by the next read", "[protocol]") {
   Pair p;
   Reads r;
-  p.send("abc");
-  r.start(p.drained);
-  run_until(p, r.done, 1);
-  REQUIRE(r.got == "abc");
+  read_abc(p, r);
 
   // The loop sees the socket's new edge while nothing reads it (a timer keeps it polling).
   p.send("xy");
@@ -94,9 +102,7 @@ TEST_CASE("bytes that arrive while no read waits are read by the next read", "[p
   timer.async_wait([](error_code) {});
   p.ctx.restart();
   p.ctx.run();
-  r.start(p.drained);
-  run_until(p, r.done, 2);
-  REQUIRE(r.done == 2);
+  REQUIRE(read_next(p, r));
   CHECK(r.got == "xy");
 }
 
@@ -106,9 +112,7 @@ TEST_CASE("a read that filled its buffer lets the next read try at once", "[prot
   p.send("0123456789abcdefXYZ");
   std::string all;
   for (int i = 1; i <= 3; ++i) {
-    r.start(p.drained);
-    run_until(p, r.done, i);
-    REQUIRE(r.done == i);
+    REQUIRE(read_next(p, r));
     REQUIRE(!r.ec);
     all += r.got;
   }
@@ -119,10 +123,7 @@ TEST_CASE("a read that filled its buffer lets the next read try at once", "[prot
 TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
   Pair p;
   Reads r;
-  p.send("abc");
-  r.start(p.drained);
-  run_until(p, r.done, 1);
-  REQUIRE(r.got == "abc");
+  read_abc(p, r);
 
   SECTION("end of file") {
     r.start(p.drained);
@@ -137,13 +138,9 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
     p.send("de");
     p.writer.close();
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
-    r.start(p.drained);
-    run_until(p, r.done, 2);
-    REQUIRE(r.done == 2);
+    REQUIRE(read_next(p, r));
     CHECK(r.got == "de");
-    r.start(p.drained);
-    run_until(p, r.done, 3);
-    REQUIRE(r.done == 3);
+    REQUIRE(read_next(p, r));
     CHECK(r.ec == asio::error::eof);
   }
   SECTION("the socket cancelled") {
@@ -171,8 +168,7 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
     CHECK(ec == asio::error::operation_aborted);
     // The socket still reads afterwards.
     p.send("z");
-    r.start(p.drained);
-    run_until(p, r.done, 2);
+    REQUIRE(read_next(p, r));
     CHECK(r.got == "z");
   }
 }
