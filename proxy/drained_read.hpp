@@ -24,6 +24,7 @@
 
 #include "proxy/asio.hpp"
 // After Asio itself, which these internals need first.
+#include <boost/asio/detail/reactive_socket_service_base.hpp>
 #include <boost/asio/detail/reactor.hpp>
 #include <boost/asio/detail/reactor_op.hpp>
 
@@ -66,22 +67,10 @@ struct SocketAccess : tcp::socket {
   static auto& implementation(tcp::socket& s) { return s.*(&SocketAccess::impl_); }
 };
 
-// Per-operation cancellation (the awaitable operators cancel a losing branch), as Asio's own
-// socket operations register it.
-class Cancellation {
- public:
-  Cancellation(detail::reactor* r, detail::reactor::per_descriptor_data* p, int fd)
-      : reactor_(r), data_(p), fd_(fd) {}
-  void operator()(asio::cancellation_type_t type) {
-    if (!!(type & (asio::cancellation_type::terminal | asio::cancellation_type::partial |
-                   asio::cancellation_type::total)))
-      reactor_->cancel_ops_by_key(fd_, *data_, detail::reactor::read_op, this);
-  }
-
- private:
-  detail::reactor* reactor_;
-  detail::reactor::per_descriptor_data* data_;
-  int fd_;
+// Per-operation cancellation (the awaitable operators cancel a losing branch): the handler
+// Asio's own socket operations register, which its socket service keeps protected.
+struct ServiceAccess : detail::reactive_socket_service_base {
+  using Cancellation = reactor_op_cancellation;
 };
 
 template <typename Read, typename Handler, typename IoExecutor>
@@ -168,8 +157,8 @@ class DrainedSocket {
           typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
           p.p = new (p.v) Op(impl.socket_, read, handler, object.get_executor());
           if (slot.is_connected())
-            p.p->cancellation_key_ = &slot.template emplace<d::Cancellation>(
-                reactor_, &impl.reactor_data_, impl.socket_);
+            p.p->cancellation_key_ = &slot.template emplace<d::ServiceAccess::Cancellation>(
+                reactor_, &impl.reactor_data_, impl.socket_, asio::detail::reactor::read_op);
           reactor_->start_op(asio::detail::reactor::read_op, impl.socket_, impl.reactor_data_, p.p,
                              is_continuation, true);
           p.v = p.p = 0;

@@ -480,10 +480,7 @@ awaitable<bool> FanOut::next_reply(Leg& leg, int i, Combiner& combiner) {
       // The client left while another shard was being read: this socket had no read to
       // cancel then, so do not start one now.
       if (leg.abandoned) co_return false;
-      auto [ec, n] = co_await conn->read_some();
-      if (ec) co_return false;
-      conn->rbuf.commit(n);
-      conn->count_received(n);
+      if (std::get<0>(co_await conn->read_some())) co_return false;
       continue;
     }
     const auto& f = d.frame;

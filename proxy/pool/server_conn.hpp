@@ -114,14 +114,19 @@ class ServerConn {
                           std::function<void(std::string_view row)> on_row = {},
                           std::function<void(std::string_view body)> on_description = {});
 
-  // Reads what the server sent into rbuf (proxy/drained_read.hpp): completes with
-  // (error_code, bytes), which the caller commits to rbuf.
+  // Reads what the server sent into rbuf, committed and counted (proxy/drained_read.hpp):
+  // completes with (error_code, bytes).
   auto read_some() {
     return drained_.read(
         [this](int fd, bool& drained) {
           std::size_t room;
           char* at = rbuf.prepare(16 * 1024, &room);
-          return recv_noting_drained(fd, at, room, drained);
+          const ssize_t got = recv_noting_drained(fd, at, room, drained);
+          if (got > 0) {
+            rbuf.commit(static_cast<std::size_t>(got));
+            count_received(static_cast<std::size_t>(got));
+          }
+          return got;
         },
         use_nothrow);
   }
@@ -154,10 +159,7 @@ awaitable<bool> ServerConn::read_replies(std::size_t max_message, F on_frame) {
     auto d = protocol::decode_frame(rbuf.view(), max_message);
     if (d.status == protocol::DecodeStatus::kError) co_return false;
     if (d.status == protocol::DecodeStatus::kNeedMore) {
-      auto [ec, n] = co_await read_some();
-      if (ec) co_return false;
-      rbuf.commit(n);
-      count_received(n);
+      if (std::get<0>(co_await read_some())) co_return false;
       continue;
     }
     const protocol::Frame f = d.frame;

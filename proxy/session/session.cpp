@@ -1527,9 +1527,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     // and its locks, open for as long as pgshard runs).
     if (stop_for_gone_client()) break;
     {
-      auto [ec, n] = co_await conn.read_some();
-      conn.rbuf.commit(n);
-      conn.count_received(n);
+      const error_code ec = std::get<0>(co_await conn.read_some());
       if (ec == asio::error::operation_aborted && !conn.broken) {
         if (link->done) break;
         if (link == backends_.active && can_detach(*link)) {

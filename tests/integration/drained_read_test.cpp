@@ -5,6 +5,7 @@
 #include "proxy/drained_read.hpp"
 
 #include <catch2/catch.hpp>
+#include <functional>
 #include <string>
 #include <thread>
 
@@ -56,10 +57,12 @@ void run_until(Pair& p, const int& done, int n) {
   }
 }
 
-// Starts a read and runs the loop until it completes; false if it did not within a second.
-bool read_next(Pair& p, Reads& r) {
+// Starts a read, does `meanwhile`, and runs the loop until the read completes; false if it
+// did not within a second.
+bool read_next(Pair& p, Reads& r, const std::function<void()>& meanwhile = {}) {
   const int before = r.done;
   r.start(p.drained);
+  if (meanwhile) meanwhile();
   run_until(p, r.done, before + 1);
   return r.done == before + 1;
 }
@@ -126,10 +129,7 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
   read_abc(p, r);
 
   SECTION("end of file") {
-    r.start(p.drained);
-    p.writer.close();
-    run_until(p, r.done, 2);
-    REQUIRE(r.done == 2);
+    REQUIRE(read_next(p, r, [&] { p.writer.close(); }));
     CHECK(r.ec == asio::error::eof);
   }
   SECTION("end of file that came with the last bytes") {
@@ -144,10 +144,7 @@ TEST_CASE("a drained read sees end of file and cancellation", "[protocol]") {
     CHECK(r.ec == asio::error::eof);
   }
   SECTION("the socket cancelled") {
-    r.start(p.drained);
-    p.reader.cancel();
-    run_until(p, r.done, 2);
-    REQUIRE(r.done == 2);
+    REQUIRE(read_next(p, r, [&] { p.reader.cancel(); }));
     CHECK(r.ec == asio::error::operation_aborted);
   }
   SECTION("the operation cancelled through its slot") {
