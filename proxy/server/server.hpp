@@ -156,7 +156,10 @@ class Worker {
   awaitable<void> janitor();
   int index_;
   Shared& shared_;
-  std::optional<asio::io_context> ctx_{std::in_place, 1};
+  // One thread runs it, and its sockets are only used from that thread (other threads post
+  // to it; the listener only registers a new socket, which stays locked): the reactor's
+  // per-socket locks are skipped.
+  std::optional<asio::io_context> ctx_{std::in_place, BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard_;
   std::thread thread_;
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;

@@ -65,6 +65,43 @@ bool runs_something(std::string_view batch) {
 // One row when the server session has a temporary schema (pgshard's reset at disconnect).
 constexpr std::string_view kHasTempSchema = "SELECT 1 WHERE pg_catalog.pg_my_temp_schema() <> 0";
 
+// A Route (about 1 KB) held in a request's coroutine frame would make the frame too large
+// for Asio's per-thread frame recycling: each request would allocate and free it. Routes
+// are built in place in storage kept per worker thread instead (a few: requests nest, a
+// split pipeline runs its parts as requests).
+class RouteBox {
+ public:
+  template <typename Make>
+  explicit RouteBox(Make&& make) {
+    if (spare().empty()) {
+      storage_ = std::make_unique<Storage>();
+    } else {
+      storage_ = std::move(spare().back());
+      spare().pop_back();
+    }
+    route_ = ::new (storage_->bytes) router::Route(make());  // (no copy, no move)
+  }
+  RouteBox(const RouteBox&) = delete;
+  RouteBox& operator=(const RouteBox&) = delete;
+  ~RouteBox() {
+    route_->~Route();
+    if (spare().size() < kKept) spare().push_back(std::move(storage_));
+  }
+  router::Route& operator*() { return *route_; }
+
+ private:
+  struct Storage {
+    alignas(router::Route) std::byte bytes[sizeof(router::Route)];
+  };
+  static constexpr std::size_t kKept = 4;
+  static std::vector<std::unique_ptr<Storage>>& spare() {
+    thread_local std::vector<std::unique_ptr<Storage>> kept;
+    return kept;
+  }
+  std::unique_ptr<Storage> storage_;
+  router::Route* route_;
+};
+
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
          name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
@@ -317,6 +354,14 @@ std::string Session::filter_out(std::string_view bytes) {
   return kept;
 }
 
+bool Session::wrote_client_now(std::string_view& bytes) {
+  if (out_filter_ || client_writing_ || client_gone_) return false;
+  error_code ec;
+  bytes.remove_prefix(stream_.write_now(bytes, ec));
+  if (ec) client_gone_ = true;
+  return !ec && bytes.empty();
+}
+
 awaitable<bool> Session::write_client(std::string_view bytes) {
   std::string kept;
   if (out_filter_) {
@@ -484,6 +529,12 @@ awaitable<void> Session::client_loop() {
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
       if (gather(d.frame.type, d.consumed)) continue;  // (no coroutine for most messages)
+      if (takes_boundary(d.frame.type, d.consumed)) {
+        co_await handle_request(d.frame.type);
+        ends_request();
+        if (client_gone_) co_return;
+        continue;
+      }
       if (!co_await on_message(d.frame.type, d.consumed)) co_return;
     }
     // COPY FROM STDIN data streams through as it arrives; outside COPY it is ignored, as
@@ -499,6 +550,24 @@ awaitable<void> Session::client_loop() {
     }
     last_activity_ = Clock::now();
   }
+}
+
+bool Session::takes_boundary(char type, std::size_t size) {
+  switch (type) {
+    case proto::msg::kQuery:
+    case proto::msg::kFunctionCall:
+    case proto::msg::kSync:
+    case proto::msg::kFlush:
+      break;
+    default:
+      return false;
+  }
+  if (skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
+      pending_.size() + size > config_.listen.max_message_size)
+    return false;
+  pending_.append(in_.data(), size);
+  in_.consume(size);
+  return true;
 }
 
 bool Session::gather(char type, std::size_t size) {
@@ -578,7 +647,7 @@ awaitable<bool> Session::on_message(char type, std::size_t size) {
       }
       take();
       co_await handle_request(type);
-      copy_only_ = true;
+      ends_request();
       co_return !client_gone_;
     default:
       co_await fail(
@@ -657,7 +726,8 @@ awaitable<void> Session::handle_request(char boundary) {
     co_return;
   }
   Request req{boundary};
-  router::Route route = route_batch(&req.simple);
+  RouteBox box([&] { return route_batch(&req.simple); });
+  router::Route& route = *box;
   // Directory-placed keys not cached yet: look them up, then route again.
   if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
   if (route.names_unique_id) co_await executor::declare_unique_id(*this);
@@ -1560,9 +1630,9 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (!notice.empty()) co_await write_client(notice);
       break;
     }
-    if (!relay.empty() && !client_gone_) {
-      if (!co_await write_client(relay)) conn.broken = true;
-    }
+    if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&
+        !co_await write_client(relay))
+      conn.broken = true;
     conn.rbuf.consume(used);
     if (stop_for_gone_client()) break;
     if (conn.replies.client_owed() == 0 && !open_extended_) {

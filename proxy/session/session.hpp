@@ -90,6 +90,10 @@ class Session : public std::enable_shared_from_this<Session>,
   router::SessionHints& hints() override { return hints_; }
   // Writes to the client; only one write is in progress at a time.
   awaitable<bool> write_client(std::string_view bytes) override;
+  // write_client's common case, without a coroutine: true when all of `bytes` went out now
+  // (nothing filters the client's output, no write is in progress, the socket took it all).
+  // Else false, `bytes` left as what write_client still has to write.
+  bool wrote_client_now(std::string_view& bytes);
   bool gone() const override { return client_gone_; }
   void mark_gone() override { client_gone_ = true; }
   void skip_to_sync() override { discard_until_sync_ = true; }
@@ -146,6 +150,11 @@ class Session : public std::enable_shared_from_this<Session>,
   // Bind, Describe, Execute, Close: most messages) to pending_; false when the message needs
   // on_message (a boundary, COPY, a batch too large...).
   bool gather(char type, std::size_t size);
+  // Takes a boundary (Query, FunctionCall, Sync, Flush) that ends the request being
+  // gathered into pending_; false when it needs on_message (COPY, a batch being skipped or
+  // too large). The request then runs: handle_request, then ends_request.
+  bool takes_boundary(char type, std::size_t size);
+  void ends_request() { copy_only_ = true; }
   awaitable<bool> refuse_batch();
   awaitable<void> handle_request(char boundary);
   // A pipeline (extended batch up to Sync) whose statements go to different shards, run as
