@@ -43,18 +43,7 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
       co_return "timed out after " + std::to_string(wait_timeout_.count()) + " ms: shard " +
           target_.shard_name + " is paused (PAUSE on the admin console)";
   }
-  while (!idle_.empty()) {
-    auto conn = std::move(idle_.back());  // LIFO: the warmest connection
-    idle_.pop_back();
-    // A connection back in the pool moments ago is trusted without a syscall; older ones
-    // are checked for a server that went away meanwhile (restart, idle timeout).
-    if (Clock::now() - conn->idle_since < kTrustRecent || !conn->stale())
-      co_return Lease(this, std::move(conn));
-    spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
-                  target_.shard_name);
-    conn->close();
-    --total_;
-  }
+  if (auto lease = lend_idle()) co_return std::move(*lease);
   if (total_ < max_size_) co_return co_await open();
 
   Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false};
@@ -75,6 +64,23 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   co_return "timed out after " + std::to_string(wait_timeout_.count()) +
       " ms waiting for a connection to shard " + target_.shard_name + " (pool_size " +
       std::to_string(max_size_) + ")";
+}
+
+std::optional<Lease> Pool::lend_idle() {
+  if (paused_) return std::nullopt;
+  while (!idle_.empty()) {
+    auto conn = std::move(idle_.back());  // LIFO: the warmest connection
+    idle_.pop_back();
+    // A connection back in the pool moments ago is trusted without a syscall; older ones
+    // are checked for a server that went away meanwhile (restart, idle timeout).
+    if (Clock::now() - conn->idle_since < kTrustRecent || !conn->stale())
+      return Lease(this, std::move(conn));
+    spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
+                  target_.shard_name);
+    conn->close();
+    --total_;
+  }
+  return std::nullopt;
 }
 
 awaitable<std::variant<Lease, std::string>> Pool::open() {

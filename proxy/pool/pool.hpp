@@ -5,6 +5,7 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <variant>
 
@@ -64,6 +65,8 @@ class Pool {
   // A connection, or an error message (connect failure naming the shard, or wait timeout).
   // A terminal cancellation on `stop` ends a wait for a busy pool at once (its client left).
   awaitable<std::variant<Lease, std::string>> acquire(asio::cancellation_slot stop = {});
+  // acquire's common case, without a coroutine: an idle connection, if one is trusted.
+  std::optional<Lease> lend_idle();
   // Whether acquire() would lend or open a connection without waiting for one.
   bool lends_now() const { return !paused_ && (!idle_.empty() || total_ < max_size_); }
   void give_back(std::unique_ptr<ServerConn> conn);

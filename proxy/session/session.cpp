@@ -769,7 +769,14 @@ awaitable<void> Session::handle_request(char boundary) {
         spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
                       route.reason);
       if (route.prepared_statements_view) statements_.show_own_statements();
-      co_await forward(target, boundary);
+      std::string_view rest;
+      if (!forwarded_now(target, boundary, rest)) {
+        co_await forward(target, boundary);
+      } else if (!rest.empty()) {
+        auto link = backends_.active;  // (the socket was full)
+        co_await write_server(link, rest);
+        pending_.clear();
+      }
       co_return;
     }
     case router::Action::kAnswer:
@@ -1272,6 +1279,18 @@ awaitable<void> Session::forward(int target, char boundary) {
   pending_.clear();
 }
 
+bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
+  if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
+  const auto& link = backends_.active;
+  prepare_request(*link, false, boundary);
+  rest = pending_;
+  if (write_server_now(link, rest)) {
+    rest = {};
+    pending_.clear();
+  }
+  return true;
+}
+
 void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
   auto& replies = link.lease->replies;
   using Owner = pool::Replies::Owner;
@@ -1365,22 +1384,21 @@ awaitable<void> Session::flush_copy() {
   pending_.clear();
 }
 
-awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::string_view bytes) {
-  writing_server_ = true;
+std::optional<bool> Session::write_server_now(const std::shared_ptr<Link>& link,
+                                              std::string_view& bytes) {
   error_code ec;
   const std::size_t sent = send_now(link->lease->socket(), bytes, ec);
-  if (!ec && sent < bytes.size()) {
-    auto [e, n] = co_await asio::async_write(
-        link->lease->socket(), asio::buffer(bytes.data() + sent, bytes.size() - sent), use_nothrow);
-    ec = e;
-  }
-  writing_server_ = false;
-  server_write_done_.notify_all();
-  link->lease->count_sent(bytes.size());
+  link->lease->count_sent(sent);
+  bytes.remove_prefix(sent);
+  if (!ec && !bytes.empty()) return std::nullopt;
+  return server_written(link, ec);
+}
+
+bool Session::server_written(const std::shared_ptr<Link>& link, error_code ec) {
   if (ec) {
     // The reader sees the same failure and tells the client.
     link->lease->close();
-    co_return false;
+    return false;
   }
   // The answer may have been relayed while this write was completing: let the reader
   // hand the server back now.
@@ -1388,7 +1406,18 @@ awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::st
     error_code ignored;
     link->lease->socket().cancel(ignored);
   }
-  co_return true;
+  return true;
+}
+
+awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::string_view bytes) {
+  if (const auto done = write_server_now(link, bytes)) co_return *done;
+  writing_server_ = true;
+  auto [ec, n] =
+      co_await asio::async_write(link->lease->socket(), asio::buffer(bytes), use_nothrow);
+  writing_server_ = false;
+  server_write_done_.notify_all();
+  link->lease->count_sent(n);
+  co_return server_written(link, ec);
 }
 
 awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::string& sql) {
@@ -1447,16 +1476,37 @@ void Session::answer_extended(std::string_view answer, std::string& out) {
   }
 }
 
-awaitable<bool> Session::attach(int shard) {
+bool Session::attached_now(int shard) {
   if (auto kept = backends_.take_kept(shard)) {
     backends_.active = std::move(kept);
-    co_return true;
+    return true;
   }
+  auto lease = pool_of(shard).lend_idle();
+  if (!lease) return false;
+  start_relay(std::move(*lease), shard);
+  return true;
+}
+
+pool::Pool& Session::pool_of(int shard) {
   // The worker's pools live as long as it does: each shard's is looked up once per session.
   if (pools_.empty()) pools_.resize(config_.shards.size(), nullptr);
   auto*& known = pools_[static_cast<std::size_t>(shard)];
   if (!known) known = &worker_.pool(shard, *user_);
-  auto& pool = *known;
+  return *known;
+}
+
+void Session::start_relay(pool::Lease lease, int shard) {
+  auto link = std::make_shared<Link>();
+  link->lease = std::move(lease);
+  link->shard = shard;
+  link->prelude = sync_prelude(*link->lease);
+  backends_.active = link;
+  asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
+}
+
+awaitable<bool> Session::attach(int shard) {
+  if (attached_now(shard)) co_return true;
+  auto& pool = pool_of(shard);
   Waiting waiting(*this, "a pooled server (attach)");
   // A wait for a busy pool ends when the client leaves: the session may hold servers of
   // other shards in its transaction, which must not stay locked until pool_wait.
@@ -1478,13 +1528,7 @@ awaitable<bool> Session::attach(int shard) {
     co_await write_client(out);
     co_return false;
   }
-  auto link = std::make_shared<Link>();
-  link->lease = std::move(std::get<pool::Lease>(got));
-  link->shard = shard;
-  link->prelude = sync_prelude(*link->lease);
-  backends_.active = link;
-  auto self = shared_from_this();
-  asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
+  start_relay(std::move(std::get<pool::Lease>(got)), shard);
   co_return true;
 }
 

@@ -207,6 +207,21 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
   // Relays pending_ to `target`'s server (moving the client there first).
   awaitable<void> forward(int target, char boundary);
+  // forward's common case, without a coroutine: the request goes to the server attached on
+  // `target`, or to an idle pooled one of it. False when forward must run (nothing done);
+  // true with `rest` the part of the request the socket has not taken yet (write_server
+  // writes it, then pending_ is cleared).
+  bool forwarded_now(int target, char boundary, std::string_view& rest);
+  // attach's common case, without a coroutine: a kept server of the shard, or an idle
+  // pooled one (false: none).
+  bool attached_now(int shard);
+  pool::Pool& pool_of(int shard);
+  // The server becomes the active one, its replies relayed by a server_loop.
+  void start_relay(pool::Lease lease, int shard);
+  // write_server's common case, without a coroutine: the socket takes all of `bytes` now
+  // (its outcome), or `bytes` is left as the rest (nullopt).
+  std::optional<bool> write_server_now(const std::shared_ptr<Link>& link, std::string_view& bytes);
+  bool server_written(const std::shared_ptr<Link>& link, error_code ec);
   // Puts pgshard's preludes ahead of pending_ and pushes what the server will owe.
   void prepare_request(Link& link, bool joins_transaction, char boundary);
   awaitable<void> server_loop(std::shared_ptr<Link> link);
