@@ -1941,10 +1941,18 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
 
 }  // namespace
 
+bool AnalysisCache::parameterized(std::string_view sql) {
+  if (!shape_parsed_) {
+    shape_parsed_ = true;
+    shape_ok_ = capacity_ > 0 && parameterize(sql, masked_, literals_) && !literals_.empty();
+  }
+  return shape_ok_;
+}
+
 std::shared_ptr<const Analysis> AnalysisCache::from_shape(std::string_view sql,
                                                           const config::Config& cfg,
                                                           std::shared_ptr<const Analysis>& real) {
-  if (capacity_ == 0 || !parameterize(sql, masked_, literals_) || literals_.empty()) return nullptr;
+  if (!parameterized(sql)) return nullptr;
   if (auto it = shapes_.find(masked_); it != shapes_.end()) {
     if (!it->second) return nullptr;
     auto a = with_literals(*it->second, literals_);
@@ -1972,6 +1980,17 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
     ++hits_;
     order_.splice(order_.begin(), order_, it->second.order);
     return it->second.analysis;
+  }
+  // A statement of a shape seen before: the shape's analysis, with this statement's
+  // literals. (Its identifiers are the shape's: it names the placed tables the shape does.)
+  shape_parsed_ = false;
+  if (parameterized(sql)) {
+    if (auto it = shapes_.find(masked_); it != shapes_.end() && it->second) {
+      if (auto a = with_literals(*it->second, literals_)) {
+        ++hits_;
+        return a;
+      }
+    }
   }
   std::string_view key = sql;
   if (!names_no_placed_table(sql, cfg)) {

@@ -194,6 +194,8 @@ class AnalysisCache {
   // own analysis when it had to be made.
   std::shared_ptr<const Analysis> from_shape(std::string_view sql, const config::Config& cfg,
                                              std::shared_ptr<const Analysis>& real);
+  // The shape of `sql` into masked_ and literals_, once per get (false: it has none).
+  bool parameterized(std::string_view sql);
   using Order = std::list<std::string>;
   struct Entry {
     std::shared_ptr<const Analysis> analysis;
@@ -208,6 +210,8 @@ class AnalysisCache {
   // like its statements (a literal in LIMIT, ORDER BY 1, a typed literal...).
   std::unordered_map<std::string, std::shared_ptr<const Analysis>> shapes_;
   std::vector<std::string> literals_;  // scratch: the literals of the shape being looked up
+  bool shape_parsed_ = false;          // masked_ and literals_ hold this get's shape
+  bool shape_ok_ = false;
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
 };
