@@ -651,6 +651,13 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
        "select * from users where id in (3, 4) limit 2 offset 0"},
       {"select name, count(*) from users where id in (1, 2) group by name having count(*) > 1",
        "select name, count(*) from users where id in (3, 4) group by name having count(*) > 7"},
+      // A sharded table's name only inside a literal: the shape is learned as one naming
+      // it, and must still answer a statement of that shape that does not.
+      {"select 'users'", "select 'x'"},
+      {"select 1, 'orders' from pg_class", "select 2, 'y' from pg_class"},
+      {"set application_name = 'users'", "set application_name = 'z'"},
+      {"select set_config('application_name', 'users', false)",
+       "select set_config('application_name', 'z', false)"},
   };
   for (const auto& [first, second] : pairs) {
     INFO(first << " | " << second);
@@ -666,6 +673,13 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
     CHECK(got->concat_safe == own.concat_safe);
     CHECK(got->merge_blocker == own.merge_blocker);
     CHECK(got->error == own.error);
+    REQUIRE(got->settings.size() == own.settings.size());
+    for (std::size_t i = 0; i < own.settings.size(); ++i) {
+      CHECK(got->settings[i].name == own.settings[i].name);
+      CHECK(got->settings[i].value == own.settings[i].value);
+    }
+    CHECK(got->pins == own.pins);
+    CHECK(got->user_functions == own.user_functions);
     CHECK(bool(got->merge) == bool(own.merge));
     if (got->merge && own.merge) CHECK(got->merge->describe() == own.merge->describe());
     if (got->merge && own.merge) CHECK(got->merge->shard_sql == own.merge->shard_sql);
