@@ -167,6 +167,42 @@ TEST_CASE("a 64 MB bytea goes in and comes back intact", "[protocol]") {
   query(c.get(), "drop table blobs");
 }
 
+TEST_CASE("a client that stops reading a large result stalls only itself", "[protocol]") {
+  // Its replies fill the socket (the relay's write waits); clients on the same worker go
+  // on, and its rows arrive whole and in order once it reads again.
+  ProxyOptions o;
+  o.workers = 1;
+  Proxy proxy(o);
+  RawClient raw(proxy.port());
+  REQUIRE(raw.login());
+  std::string out;
+  const int rows = 20000;
+  p::Query{"select g, repeat('x', 1000) from generate_series(1, " + std::to_string(rows) + ") g"}
+      .write(out);
+  raw.send(out);
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));  // it reads nothing meanwhile
+  auto other = connect(proxy.conninfo());
+  for (int i = 0; i < 200; ++i)
+    REQUIRE(scalar(other.get(), "select " + std::to_string(i) + " + 1") == std::to_string(i + 1));
+  std::vector<std::pair<char, std::string>> all;
+  CHECK(raw.until_ready(&all).size() == std::string("T C Z").size() + 2 * rows);
+  int seen = 0;
+  for (const auto& [type, body] : all) {
+    if (type != 'D') continue;
+    const auto row = p::DataRow::parse(body);
+    REQUIRE(row);
+    REQUIRE(row->values.size() == 2);
+    CHECK(row->values[0] == std::to_string(++seen));
+    CHECK(row->values[1] == std::string(1000, 'x'));
+  }
+  CHECK(seen == rows);
+  // And its session goes on.
+  out.clear();
+  p::Query{"select 7"}.write(out);
+  raw.send(out);
+  CHECK(raw.until_ready() == "T D C Z");
+}
+
 TEST_CASE("notices, notifications and parameter changes are relayed", "[protocol]") {
   ProxyOptions o;
   o.pool_mode = "session";
