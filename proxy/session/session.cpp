@@ -558,16 +558,10 @@ bool Session::takes_boundary(char type, std::size_t size) {
     case proto::msg::kFunctionCall:
     case proto::msg::kSync:
     case proto::msg::kFlush:
-      break;
+      return take_unless_special(size);
     default:
       return false;
   }
-  if (skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
-      pending_.size() + size > config_.listen.max_message_size)
-    return false;
-  pending_.append(in_.data(), size);
-  in_.consume(size);
-  return true;
 }
 
 bool Session::gather(char type, std::size_t size) {
@@ -577,14 +571,18 @@ bool Session::gather(char type, std::size_t size) {
     case proto::msg::kDescribe:
     case proto::msg::kExecute:
     case proto::msg::kClose:
-      break;
+      if (!take_unless_special(size)) return false;
+      copy_only_ = false;
+      return true;
     default:
       return false;
   }
+}
+
+bool Session::take_unless_special(std::size_t size) {
   if (skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
       pending_.size() + size > config_.listen.max_message_size)
     return false;
-  copy_only_ = false;
   pending_.append(in_.data(), size);
   in_.consume(size);
   return true;

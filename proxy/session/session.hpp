@@ -154,6 +154,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // gathered into pending_; false when it needs on_message (COPY, a batch being skipped or
   // too large). The request then runs: handle_request, then ends_request.
   bool takes_boundary(char type, std::size_t size);
+  // Moves the message at the front of in_ (`size` bytes) to pending_, unless COPY, a batch
+  // being skipped or one growing too large needs on_message to judge it.
+  bool take_unless_special(std::size_t size);
   void ends_request() { copy_only_ = true; }
   awaitable<bool> refuse_batch();
   awaitable<void> handle_request(char boundary);
