@@ -4,6 +4,7 @@
 
 #include <malloc.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <future>
 
@@ -15,6 +16,26 @@
 #include "proxy/txn/recovery.hpp"
 
 namespace pgshard::server {
+
+namespace {
+
+// A file descriptor closed when its owner goes (a handler dropped before it ran).
+class OwnedFd {
+ public:
+  explicit OwnedFd(int fd) : fd_(fd) {}
+  OwnedFd(OwnedFd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
+  OwnedFd& operator=(OwnedFd&&) = delete;
+  ~OwnedFd() {
+    if (fd_ >= 0) ::close(fd_);
+  }
+  int get() const { return fd_; }
+  void disown() { fd_ = -1; }
+
+ private:
+  int fd_;
+};
+
+}  // namespace
 
 Worker::Worker(int index, Shared& shared)
     : index_(index), shared_(shared), cache_(shared.config().router_cache_size, &shared.config()) {}
@@ -390,9 +411,12 @@ bool Server::reload(std::string* report) {
 }
 
 awaitable<void> Server::accept_loop() {
+  const auto protocol = acceptor_->local_endpoint().protocol();
   for (;;) {
     auto& w = *workers_[next_worker_++ % workers_.size()];
-    auto [ec, sock] = co_await acceptor_->async_accept(w.context(), use_nothrow);
+    // Accepted here, then added to the worker's reactor by the worker itself: that reactor
+    // skips per-socket locks, so no other thread may register a socket with it.
+    auto [ec, sock] = co_await acceptor_->async_accept(use_nothrow);
     if (ec == asio::error::operation_aborted || !acceptor_->is_open()) co_return;
     if (ec) {
       // EMFILE and friends: log and back off instead of spinning.
@@ -401,8 +425,23 @@ awaitable<void> Server::accept_loop() {
       co_await t.async_wait(use_nothrow);
       continue;
     }
-    asio::post(w.context(),
-               [&w, s = std::move(sock)]() mutable { session::Session::start(w, std::move(s)); });
+    error_code released;
+    OwnedFd fd(sock.release(released));
+    if (released) {
+      spdlog::error("accepted connection not handed over: {}", released.message());
+      continue;
+    }
+    asio::post(w.context(), [&w, protocol, fd = std::move(fd)]() mutable {
+      tcp::socket socket(w.context());
+      error_code assigned;
+      socket.assign(protocol, fd.get(), assigned);
+      if (assigned) {
+        spdlog::error("accepted connection not registered: {}", assigned.message());
+        return;  // (fd closes it)
+      }
+      fd.disown();
+      session::Session::start(w, std::move(socket));
+    });
   }
 }
 
