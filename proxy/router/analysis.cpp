@@ -1941,33 +1941,17 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
 
 }  // namespace
 
-bool AnalysisCache::parameterized(std::string_view sql) {
-  if (!shape_parsed_) {
-    shape_parsed_ = true;
-    shape_ok_ = capacity_ > 0 && parameterize(sql, masked_, literals_) && !literals_.empty();
-  }
-  return shape_ok_;
-}
-
-std::shared_ptr<const Analysis> AnalysisCache::from_shape(std::string_view sql,
-                                                          const config::Config& cfg,
-                                                          std::shared_ptr<const Analysis>& real) {
-  if (!parameterized(sql)) return nullptr;
-  if (auto it = shapes_.find(masked_); it != shapes_.end()) {
-    if (!it->second) return nullptr;
-    auto a = with_literals(*it->second, literals_);
-    if (a) ++hits_;
-    return a;
-  }
-  // A new shape: analyse the statement and its shape; keep the shape only when putting
-  // this statement's literals back gives the statement's own analysis.
+std::shared_ptr<const Analysis> AnalysisCache::learn_shape(std::string_view sql,
+                                                           const config::Config& cfg) {
+  // Analyse the statement and its shape (masked_, literals_); keep the shape only when
+  // putting this statement's literals back gives the statement's own analysis.
   ++misses_;
-  real = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+  auto real = std::make_shared<const Analysis>(analyze_statement(sql, cfg));
   auto shape = std::make_shared<const Analysis>(analyze_statement(masked_, cfg));
   auto back = with_literals(*shape, literals_);
   if (shapes_.size() >= capacity_) shapes_.clear();
   shapes_.emplace(masked_, back && routes_alike(*back, *real) ? shape : nullptr);
-  return nullptr;
+  return real;
 }
 
 std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
@@ -1983,10 +1967,12 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   }
   // A statement of a shape seen before: the shape's analysis, with this statement's
   // literals. (Its identifiers are the shape's: it names the placed tables the shape does.)
-  shape_parsed_ = false;
-  if (parameterized(sql)) {
-    if (auto it = shapes_.find(masked_); it != shapes_.end() && it->second) {
-      if (auto a = with_literals(*it->second, literals_)) {
+  const bool shaped = capacity_ > 0 && parameterize(sql, masked_, literals_) && !literals_.empty();
+  bool shape_known = false;
+  if (shaped) {
+    if (auto it = shapes_.find(masked_); it != shapes_.end()) {
+      shape_known = true;
+      if (auto a = it->second ? with_literals(*it->second, literals_) : nullptr) {
         ++hits_;
         return a;
       }
@@ -1996,10 +1982,9 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   if (!names_no_placed_table(sql, cfg)) {
     // Keys of sharded tables are literals that matter: statements of one shape share the
     // shape's analysis with their own literals put back (simple-protocol traffic parses
-    // each shape once instead of each statement).
-    std::shared_ptr<const Analysis> real;
-    if (auto a = from_shape(sql, cfg, real)) return a;
-    return lookup(sql, sql, cfg, std::move(real));
+    // each shape once instead of each statement). A known shape that does not fit is
+    // cached by the statement's text.
+    return lookup(sql, sql, cfg, shaped && !shape_known ? learn_shape(sql, cfg) : nullptr);
   }
   if (mask_literals(sql, masked_)) key = masked_;
   if (key.data() == masked_.data()) {

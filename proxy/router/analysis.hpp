@@ -188,14 +188,10 @@ class AnalysisCache {
   std::shared_ptr<const Analysis> lookup(std::string_view key, std::string_view sql,
                                          const config::Config& cfg,
                                          std::shared_ptr<const Analysis> known = nullptr);
-  // Statements naming sharded tables with their literals as parameters ($1..$n): the
-  // analysis of that shape, with the literals put back as key values, when it was shown to
-  // route as the statement itself would (null otherwise). `real` receives the statement's
-  // own analysis when it had to be made.
-  std::shared_ptr<const Analysis> from_shape(std::string_view sql, const config::Config& cfg,
-                                             std::shared_ptr<const Analysis>& real);
-  // The shape of `sql` into masked_ and literals_, once per get (false: it has none).
-  bool parameterized(std::string_view sql);
+  // A statement naming sharded tables whose shape (masked_: its literals as parameters
+  // $1..$n, in literals_) is new: the shape is kept when putting the literals back routes
+  // as the statement itself does (else kept as null). Returns the statement's analysis.
+  std::shared_ptr<const Analysis> learn_shape(std::string_view sql, const config::Config& cfg);
   using Order = std::list<std::string>;
   struct Entry {
     std::shared_ptr<const Analysis> analysis;
@@ -210,8 +206,6 @@ class AnalysisCache {
   // like its statements (a literal in LIMIT, ORDER BY 1, a typed literal...).
   std::unordered_map<std::string, std::shared_ptr<const Analysis>> shapes_;
   std::vector<std::string> literals_;  // scratch: the literals of the shape being looked up
-  bool shape_parsed_ = false;          // masked_ and literals_ hold this get's shape
-  bool shape_ok_ = false;
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;
 };

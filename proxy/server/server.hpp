@@ -156,9 +156,9 @@ class Worker {
   awaitable<void> janitor();
   int index_;
   Shared& shared_;
-  // One thread runs it, and its sockets are only used from that thread (other threads post
-  // to it; the listener only registers a new socket, which stays locked): the reactor's
-  // per-socket locks are skipped.
+  // One thread runs it, and only that thread uses or registers its sockets (other threads
+  // post to it; the listener hands accepted connections over as file descriptors): the
+  // reactor's per-socket locks are skipped.
   std::optional<asio::io_context> ctx_{std::in_place, BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
   std::optional<asio::executor_work_guard<asio::io_context::executor_type>> guard_;
   std::thread thread_;
