@@ -12,6 +12,7 @@
 #include <string_view>
 
 #include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
 #include "proxy/pool/counters.hpp"
 
 namespace pgshard::pool {
@@ -53,6 +54,30 @@ class Replies {
   // Classifies the server's next frame. `prepared` forgets statements whose Parse was
   // skipped after an error.
   Verdict classify(const protocol::Frame& f, PreparedSet* prepared);
+  // classify() for a frame it would only forward and that changes nothing here: rows and
+  // completions while the front entry is the client's ReadyForQuery (a plain request's
+  // replies). False: classify() the frame.
+  bool passes(char type) {
+    if (queue_.empty() || queue_.front().kind != Kind::kReady ||
+        queue_.front().owner != Owner::kClient)
+      return false;
+    switch (type) {
+      case protocol::msg::kDataRow:
+      case protocol::msg::kBindComplete:
+      case protocol::msg::kParseComplete:
+      case protocol::msg::kCloseComplete:
+      case protocol::msg::kRowDescription:
+      case protocol::msg::kNoData:
+      case protocol::msg::kParameterDescription:
+      case protocol::msg::kEmptyQueryResponse:
+      case protocol::msg::kPortalSuspended:
+        ready_ = false;
+        owner_ = Owner::kClient;
+        return true;
+      default:
+        return false;
+    }
+  }
   // After classify(): the frame was a ReadyForQuery (and which kind), a FATAL error.
   bool ready() const { return ready_; }
   Owner owner() const { return owner_; }

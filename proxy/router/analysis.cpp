@@ -1359,7 +1359,7 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
 }
 
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
-    std::string_view sql, const std::vector<int>& row_shard) {
+    std::string_view sql, std::span<const int> row_shard) {
   std::optional<std::vector<std::pair<int, std::string>>> out;
   const auto owned = parse_tree(std::string(sql));
   auto* tree = owned.get();

@@ -7,6 +7,7 @@
 #include <memory>
 #include <optional>
 #include <set>
+#include <span>
 #include <string>
 #include <string_view>
 #include <unordered_map>
@@ -123,7 +124,7 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg);
 // RETURNING: row i goes to shard row_shard[i]. Uses libpg_query's deparser. Returns
 // (shard, statement) pairs in shard order, or nullopt if the statement cannot be split.
 std::optional<std::vector<std::pair<int, std::string>>> split_insert(
-    std::string_view sql, const std::vector<int>& row_shard);
+    std::string_view sql, std::span<const int> row_shard);
 
 // `sql` with each call of pgshard.unique_id() / unique_id_53() replaced by the bigint
 // `next(js_safe)` gives (nullopt from it fails the rewrite). nullopt when nothing changed.

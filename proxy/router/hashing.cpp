@@ -147,6 +147,19 @@ uint64_t uuid_hash_extended(const unsigned char (&uuid)[16], uint64_t seed) {
 }
 
 std::optional<int64_t> parse_int(std::string_view t, int64_t lo, int64_t hi) {
+  if (!t.empty() && t.size() <= 18) {
+    // Plain digits (nearly every key: a Bind parameter as text): no overflow possible.
+    int64_t v = 0;
+    bool digits = true;
+    for (char c : t) {
+      if (c < '0' || c > '9') {
+        digits = false;
+        break;
+      }
+      v = v * 10 + (c - '0');
+    }
+    if (digits) return v < lo || v > hi ? std::nullopt : std::optional<int64_t>(v);
+  }
   while (!t.empty() && std::isspace(static_cast<unsigned char>(t.front()))) t.remove_prefix(1);
   while (!t.empty() && std::isspace(static_cast<unsigned char>(t.back()))) t.remove_suffix(1);
   if (!t.empty() && t.front() == '+') t.remove_prefix(1);

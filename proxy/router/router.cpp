@@ -252,8 +252,12 @@ std::optional<protocol::ErrorInfo> apply(const Settings& a, SessionHints& h,
 }
 
 // Picks the shard from hints by precedence; nullopt when no hint applies.
-std::optional<Route> from_hints(const Hints& h, const char* level, const config::Config& cfg) {
-  if (!h.shard && !h.sharding_key) return std::nullopt;  // most statements: no Route built
+bool places(const Hints& h) {
+  return h.shard || h.sharding_key;
+}
+
+// The Route a placing hint (places(h)) gives. (Most statements have none: no Route built.)
+Route from_hints(const Hints& h, const char* level, const config::Config& cfg) {
   Route r;
   if (h.shard) {
     r.shard = cfg.shard_index(*h.shard);
@@ -276,9 +280,8 @@ std::optional<Route> from_hints(const Hints& h, const char* level, const config:
       return r;
     }
     r.shard = *s;
-    return r;
   }
-  return std::nullopt;
+  return r;
 }
 
 // The shards a statement's keys name, in order, each once (no allocation for a few).
@@ -501,7 +504,8 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   ShardSet shards;
   bool unknown = false;  // a parameter we do not have (Describe without Bind)
   std::string placement_error;
-  std::vector<int> row_shard;  // INSERT: the shard of each VALUES row
+  // INSERT: the shard of each VALUES row (no allocation for a few).
+  boost::container::small_vector<int, 8> row_shard;
   std::vector<std::pair<int, std::string>> lookups;
   auto add = [&](std::string_view text) {
     auto p = place_key(table, text, n, ctx.directory, a->table);
@@ -620,7 +624,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       return r;
     }
     r.per_shard_sql = std::move(*parts);
-    r.insert_row_shards = row_shard;
+    r.insert_row_shards.assign(row_shard.begin(), row_shard.end());
     for (const auto& k : keys) r.insert_row_keys.push_back(key_identity(table.type, k.literal));
     r.insert_key_column = table.column;
     r.insert_key_type = table.type;
@@ -675,13 +679,19 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
                               "use /* pgshard: shard=NAME */ or /* pgshard: sharding_key=VALUE */");
     return r;
   }
-  auto hinted = from_hints(a.comment, "comment hint", cfg);
-  if (!hinted) hinted = from_hints(h.local, "SET LOCAL pgshard", cfg);
-  if (!hinted) hinted = from_hints(h.session, "SET pgshard", cfg);
-  if (hinted) {
+  // The most local hint places the statement: a comment, then SET LOCAL, then SET.
+  const Hints* hint = places(a.comment)   ? &a.comment
+                      : places(h.local)   ? &h.local
+                      : places(h.session) ? &h.session
+                                          : nullptr;
+  if (hint) {
+    const char* level = hint == &a.comment ? "comment hint"
+                        : hint == &h.local ? "SET LOCAL pgshard"
+                                           : "SET pgshard";
+    Route hinted = from_hints(*hint, level, cfg);
     // The hint places the statement; COMMIT still ends the transaction on every shard it
     // used, and a SET is still tracked for the session.
-    if (cfg.router_parse && hinted->kind == RouteKind::kShard) {
+    if (cfg.router_parse && hinted.kind == RouteKind::kShard) {
       const auto analysis = analysis_of(sql, cfg, ctx);
       if (analysis->unique_ids > 0 && !ctx.describe_only) {
         Route r;  // pgshard.unique_id() calls are put in first, wherever the hint points
@@ -689,10 +699,10 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
         r.unique_ids = true;
         return r;
       }
-      take_session_effects(*hinted, *analysis);
-      hinted->names_unique_id = analysis->names_unique_id;
+      take_session_effects(hinted, *analysis);
+      hinted.names_unique_id = analysis->names_unique_id;
     }
-    return std::move(*hinted);
+    return hinted;
   }
   if (!cfg.router_parse) {
     Route r;
@@ -908,7 +918,8 @@ Route route_remembered(std::string_view sql, const StatementMemo& memo, const Se
   if (ctx.cache) ctx.cache->count_hit();
   Context known = ctx;
   known.analysis = &memo.analysis;
-  Route r = pick_or_explain(Settings{}, hints, cfg, sql, known);
+  static const Settings kNone;  // a remembered text has no pgshard words
+  Route r = pick_or_explain(kNone, hints, cfg, sql, known);
   r.hints = hints;
   return r;
 }

@@ -1130,7 +1130,10 @@ void Session::adopt(const router::Route& route) {
     pipelined_settings_.push_back({ahead, route.settings});
   else
     pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
-  finish_sql_ = restore_startup_sql(route.settings);
+  if (route.settings.empty())
+    finish_sql_.clear();  // (most statements: nothing to restore)
+  else
+    finish_sql_ = restore_startup_sql(route.settings);
   if (!route.user_functions.empty() && user_->pool_mode == config::PoolMode::kTransaction) {
     // The role is always checked (cheap); all settings while a function is not yet known
     // to leave them alone (reading pg_settings costs the server far more than the call).

@@ -200,3 +200,50 @@ TEST_CASE("notices between requests are the client's", "[replies]") {
   r.expect_ready(Owner::kOwn);
   CHECK(feed(r, {notice, ready()}) == "HH");
 }
+
+TEST_CASE("a frame passes unclassified only where classify would just forward it", "[replies]") {
+  // passes() is the relay's shortcut: wherever it says yes, classify() must forward the
+  // frame and leave the queue as it was; it must say no to what classify() acts on.
+  std::string row;
+  proto::DataRow{{std::string_view("1")}}.write(row);
+  const std::vector<std::string> frames = {row,
+                                           empty(proto::msg::kBindComplete),
+                                           empty(proto::msg::kParseComplete),
+                                           empty(proto::msg::kCloseComplete),
+                                           empty(proto::msg::kNoData),
+                                           complete("SELECT 1"),
+                                           complete("ROLLBACK"),
+                                           error(),
+                                           ready('I')};
+  int passed = 0;
+  for (const auto owner : {Owner::kClient, Owner::kClientHiddenSync, Owner::kOwn, Owner::kOwnReset,
+                           Owner::kOwnFinishing}) {
+    for (const auto front : {0, 1, 2}) {  // front entry: ReadyForQuery, Parse, Describe
+      pool::Replies r;
+      if (front == 1) r.expect_parse(owner, Action::kHide);
+      if (front == 2) r.expect_describe(owner, Action::kHide);
+      r.expect_ready(owner);
+      for (const auto& m : frames) {
+        auto d = proto::decode_frame(m);
+        REQUIRE(d.status == proto::DecodeStatus::kFrame);
+        pool::Replies shortcut = r;
+        if (!shortcut.passes(d.frame.type)) continue;
+        ++passed;
+        INFO("owner " << int(owner) << " front " << front << " type " << d.frame.type);
+        CHECK(owner == Owner::kClient);
+        CHECK(front == 0);
+        CHECK(d.frame.type != proto::msg::kCommandComplete);
+        CHECK(d.frame.type != proto::msg::kErrorResponse);
+        CHECK(d.frame.type != proto::msg::kReadyForQuery);
+        pool::Replies classified = r;
+        CHECK(classified.classify(d.frame, nullptr) == Verdict::kForward);
+        CHECK(classified.owner() == shortcut.owner());
+        CHECK(classified.ready() == shortcut.ready());
+        CHECK(classified.client_owed() == shortcut.client_owed());
+        CHECK(classified.own_owed() == shortcut.own_owed());
+        CHECK(classified.empty() == shortcut.empty());
+      }
+    }
+  }
+  CHECK(passed == 5);  // rows, three completions and NoData of the client's request
+}

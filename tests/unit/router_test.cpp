@@ -48,6 +48,28 @@ TEST_CASE("partition index equals PARTITION BY HASH with modulus 3", "[router][h
   CHECK_FALSE(partition_hash(config::KeyType::kUuid, "not-a-uuid"));
 }
 
+TEST_CASE("integer keys read as PostgreSQL's int2/int4/int8 input does", "[router][hash]") {
+  // Plain digits (the fast path) and every other spelling give the same answers.
+  CHECK(parse_int("0", INT64_MIN, INT64_MAX) == 0);
+  CHECK(parse_int("000042", INT64_MIN, INT64_MAX) == 42);
+  CHECK(parse_int("999999999999999999", INT64_MIN, INT64_MAX) == 999999999999999999LL);
+  CHECK(parse_int("9223372036854775807", INT64_MIN, INT64_MAX) == INT64_MAX);
+  CHECK(parse_int("-9223372036854775808", INT64_MIN, INT64_MAX) == INT64_MIN);
+  CHECK_FALSE(parse_int("9223372036854775808", INT64_MIN, INT64_MAX));
+  CHECK_FALSE(parse_int("99999999999999999999", INT64_MIN, INT64_MAX));
+  CHECK(parse_int("2147483647", INT32_MIN, INT32_MAX) == INT32_MAX);
+  CHECK_FALSE(parse_int("2147483648", INT32_MIN, INT32_MAX));
+  CHECK(parse_int("32767", INT16_MIN, INT16_MAX) == 32767);
+  CHECK_FALSE(parse_int("32768", INT16_MIN, INT16_MAX));
+  CHECK(parse_int(" +7\n", INT64_MIN, INT64_MAX) == 7);
+  CHECK(parse_int("-7", INT64_MIN, INT64_MAX) == -7);
+  CHECK_FALSE(parse_int("", INT64_MIN, INT64_MAX));
+  CHECK_FALSE(parse_int("   ", INT64_MIN, INT64_MAX));
+  CHECK_FALSE(parse_int("12a", INT64_MIN, INT64_MAX));
+  CHECK_FALSE(parse_int("1 2", INT64_MIN, INT64_MAX));
+  CHECK_FALSE(parse_int("+", INT64_MIN, INT64_MAX));
+}
+
 TEST_CASE("uuid input accepts PostgreSQL's spellings", "[router][hash]") {
   unsigned char a[16], b[16], c[16];
   REQUIRE(parse_uuid("a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11", a));
