@@ -522,13 +522,25 @@ awaitable<bool> Session::welcome() {
 awaitable<void> Session::client_loop() {
   for (;;) {
     for (;;) {
-      auto d = proto::decode_frame(in_.view(), config_.listen.max_message_size);
+      // The extended messages read so far join the request in one copy (a driver's batch
+      // usually arrives whole), with no coroutine for them.
+      const std::size_t max_message = config_.listen.max_message_size;
+      const std::string_view in = in_.view();
+      std::size_t run = 0;
+      while (in.size() - run >= 5 && joins_request(in[run])) {
+        const std::size_t len = proto::load_be32(in.data() + run + 1);
+        if (len < 4 || len > max_message || in.size() - run < len + 1 ||
+            special(pending_.size() + run + len + 1))
+          break;  // (decode_frame below judges it)
+        run += len + 1;
+      }
+      if (run > 0) gathered(run);
+      auto d = proto::decode_frame(in_.view(), max_message);
       if (d.status == proto::DecodeStatus::kError) {
         co_await fail(Failure::kProtocolViolation, d.error);
         co_return;
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
-      if (gather(d.frame.type, d.consumed)) continue;  // (no coroutine for most messages)
       if (takes_boundary(d.frame.type, d.consumed)) {
         co_await handle_request(d.frame.type);
         ends_request();
@@ -564,25 +576,38 @@ bool Session::takes_boundary(char type, std::size_t size) {
   }
 }
 
-bool Session::gather(char type, std::size_t size) {
+bool Session::joins_request(char type) {
   switch (type) {
     case proto::msg::kParse:
     case proto::msg::kBind:
     case proto::msg::kDescribe:
     case proto::msg::kExecute:
     case proto::msg::kClose:
-      if (!take_unless_special(size)) return false;
-      copy_only_ = false;
       return true;
     default:
       return false;
   }
 }
 
+bool Session::gather(char type, std::size_t size) {
+  if (!joins_request(type) || special(pending_.size() + size)) return false;
+  gathered(size);
+  return true;
+}
+
+void Session::gathered(std::size_t size) {
+  pending_.append(in_.data(), size);
+  in_.consume(size);
+  copy_only_ = false;
+}
+
+bool Session::special(std::size_t pending_after) const {
+  return skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
+         pending_after > config_.listen.max_message_size;
+}
+
 bool Session::take_unless_special(std::size_t size) {
-  if (skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
-      pending_.size() + size > config_.listen.max_message_size)
-    return false;
+  if (special(pending_.size() + size)) return false;
   pending_.append(in_.data(), size);
   in_.consume(size);
   return true;

@@ -150,6 +150,13 @@ class Session : public std::enable_shared_from_this<Session>,
   // Bind, Describe, Execute, Close: most messages) to pending_; false when the message needs
   // on_message (a boundary, COPY, a batch too large...).
   bool gather(char type, std::size_t size);
+  // Parse, Bind, Describe, Execute, Close: messages that only join the request.
+  static bool joins_request(char type);
+  // Moves `size` bytes of such messages from the front of in_ to pending_.
+  void gathered(std::size_t size);
+  // A message making pending_ `pending_after` bytes needs on_message to judge it: COPY, a
+  // batch being skipped, one growing too large.
+  bool special(std::size_t pending_after) const;
   // Takes a boundary (Query, FunctionCall, Sync, Flush) that ends the request being
   // gathered into pending_; false when it needs on_message (COPY, a batch being skipped or
   // too large). The request then runs: handle_request, then ends_request.
