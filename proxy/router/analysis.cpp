@@ -1918,6 +1918,25 @@ std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector
   return out;
 }
 
+// `out`, built by with_literals from `shape`, with the literals `v` put back instead;
+// false when it cannot be (LIMIT/OFFSET literals make a plan of their own).
+bool refill(Analysis& out, const Analysis& shape, const std::vector<std::string>& v) {
+  if (shape.merge && (shape.merge->limit.param > 0 || shape.merge->offset.param > 0)) return false;
+  auto put = [&](KeyValue& to, const KeyValue& from) {
+    if (from.kind != KeyValue::Kind::kParam) return true;
+    if (from.param < 1 || static_cast<std::size_t>(from.param) > v.size()) return false;
+    to.literal = v[static_cast<std::size_t>(from.param - 1)];
+    return true;
+  };
+  for (std::size_t i = 0; i < shape.keys.size(); ++i)
+    if (!put(out.keys[i], shape.keys[i])) return false;
+  for (std::size_t r = 0; r < shape.positional.size(); ++r)
+    for (std::size_t i = 0; i < shape.positional[r].size(); ++i)
+      if (shape.positional[r][i] && !put(*out.positional[r][i], *shape.positional[r][i]))
+        return false;
+  return !shape.new_key || put(*out.new_key, *shape.new_key);
+}
+
 // Whether two analyses route alike: everything routing reads is equal, merge plans
 // included (a plan whose shards run a rewritten statement never is: its text would carry
 // the parameters).
@@ -1950,8 +1969,15 @@ std::shared_ptr<const Analysis> AnalysisCache::learn_shape(std::string_view sql,
   auto shape = std::make_shared<const Analysis>(analyze_statement(masked_, cfg));
   auto back = with_literals(*shape, literals_);
   if (shapes_.size() >= capacity_) shapes_.clear();
-  shapes_.emplace(masked_, back && routes_alike(*back, *real) ? shape : nullptr);
+  shapes_.emplace(masked_, Shape{back && routes_alike(*back, *real) ? shape : nullptr, nullptr});
   return real;
+}
+
+std::shared_ptr<const Analysis> AnalysisCache::Shape::with(const std::vector<std::string>& v) {
+  // (A refilled analysis had no holder left: nobody sees it change.)
+  if (built && built.use_count() == 1 && refill(*built, *analysis, v)) return built;
+  built = with_literals(*analysis, v);
+  return built;
 }
 
 std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
@@ -1972,7 +1998,7 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   if (shaped) {
     if (auto it = shapes_.find(masked_); it != shapes_.end()) {
       shape_known = true;
-      if (auto a = it->second ? with_literals(*it->second, literals_) : nullptr) {
+      if (auto a = it->second.analysis ? it->second.with(literals_) : nullptr) {
         ++hits_;
         return a;
       }

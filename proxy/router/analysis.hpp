@@ -205,7 +205,15 @@ class AnalysisCache {
   std::string masked_;  // scratch for the literal-masked key
   // Shapes (literals as parameters) -> their analysis, null when the shape does not route
   // like its statements (a literal in LIMIT, ORDER BY 1, a typed literal...).
-  std::unordered_map<std::string, std::shared_ptr<const Analysis>> shapes_;
+  struct Shape {
+    std::shared_ptr<const Analysis> analysis;
+    // The analysis with the literals of the shape's last statement: filled again for the
+    // next one when nobody holds it any more (a statement's analysis is dropped once it
+    // is routed), so a repeated shape copies no Analysis.
+    std::shared_ptr<Analysis> built;
+    std::shared_ptr<const Analysis> with(const std::vector<std::string>& literals);
+  };
+  std::unordered_map<std::string, Shape> shapes_;
   std::vector<std::string> literals_;  // scratch: the literals of the shape being looked up
   uint64_t hits_ = 0;
   uint64_t misses_ = 0;

@@ -712,6 +712,53 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
   }
 }
 
+TEST_CASE("a repeated shape refills its last analysis only when nobody holds it",
+          "[router][parser]") {
+  auto cfg = map();
+  // Each template is one shape; its statements differ in their literals only.
+  const std::vector<std::string> templates = {
+      "select * from users where id = #1",
+      "select * from users where id in (#1, #2) and name = 'n#1'",
+      "update users set id = #2 where id = #1",
+      "insert into users (id, name) values (#1, 'a'), (#2, 'b')",
+      "insert into users values (#1, 'a')",
+      "select id from users where id in (#1, #2) order by id limit #2",
+  };
+  auto text = [](std::string t, int i) {
+    for (auto [mark, v] : {std::pair{"#1", i}, {"#2", i + 1}})
+      for (auto at = t.find(mark); at != std::string::npos; at = t.find(mark))
+        t.replace(at, 2, std::to_string(v));
+    return t;
+  };
+  for (const auto& t : templates) {
+    INFO(t);
+    AnalysisCache cache(100, cfg.get());
+    cache.get(text(t, 1), *cfg);               // learns the shape
+    auto held = cache.get(text(t, 10), *cfg);  // kept by its caller across the others
+    const auto held_keys = held->keys;
+    std::weak_ptr<const Analysis> last;
+    const bool own_plan = t.find("limit") != std::string::npos;  // LIMIT literals: built anew
+    for (int i = 20; i < 30; ++i) {
+      const auto sql = text(t, i);
+      // Dropped after routing, the last statement's analysis is kept to be filled again.
+      const auto* before = last.lock().get();
+      if (i > 20 && !own_plan) CHECK(before);
+      auto got = cache.get(sql, *cfg);
+      if (before && !own_plan) CHECK(got.get() == before);
+      auto own = analyze_statement(sql, *cfg);
+      CHECK(got->target == own.target);
+      CHECK(got->keys == own.keys);
+      CHECK(got->new_key == own.new_key);
+      CHECK(got->positional == own.positional);
+      CHECK(bool(got->merge) == bool(own.merge));
+      if (got->merge && own.merge) CHECK(got->merge->describe() == own.merge->describe());
+      CHECK(got != held);
+      last = got;
+    }
+    CHECK(held->keys == held_keys);  // never changed under its holder
+  }
+}
+
 TEST_CASE("router.parse: false routes by hints only", "[router][parser]") {
   auto cfg = config::load_string(R"(users: [{name: app, password: x}]
 shards: [{ name: s0, primary: "postgres://h:1/app" }, { name: s1, primary: "postgres://h:2/app" }]
