@@ -173,7 +173,22 @@ Settings analyze(std::string_view sql) {
     for (char c : std::string_view("pPrRdD")) t[static_cast<unsigned char>(c)] = true;
     return t;
   }();
+  // Eight bytes at a time skip runs with none of the first letters (any case).
+  auto none_of_first = [](uint64_t x) {
+    constexpr uint64_t kOnes = 0x0101010101010101ULL, kHighs = 0x8080808080808080ULL;
+    auto has_byte = [&](uint64_t v) { return (v - kOnes) & ~v & kHighs; };
+    x |= 0x2020202020202020ULL;  // lower case (other bytes change too: only letters matter)
+    return !has_byte(x ^ ('p' * kOnes)) && !has_byte(x ^ ('r' * kOnes)) &&
+           !has_byte(x ^ ('d' * kOnes));
+  };
   for (std::size_t i = 0; i < sql.size() && !(mentions && resets); ++i) {
+    if (uint64_t x; i % 8 == 0 && sql.size() - i >= 8) {
+      std::memcpy(&x, sql.data() + i, 8);
+      if (none_of_first(x)) {
+        i += 7;
+        continue;
+      }
+    }
     if (!kFirst[static_cast<unsigned char>(sql[i])]) continue;
     const char c = static_cast<char>(sql[i] | 0x20);
     const auto rest = sql.substr(i);

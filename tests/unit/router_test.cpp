@@ -145,6 +145,24 @@ TEST_CASE("SET LOCAL is local, SET replaces it, RESET ALL clears everything", "[
   CHECK(r.hints.empty());
 }
 
+TEST_CASE("pgshard words are found at every offset and in every case", "[router]") {
+  // The scan for "pgshard", "reset" and "discard" skips eight bytes at a time: each word,
+  // wherever it starts and however it is spelled, must still be found.
+  auto cfg = map();
+  for (std::size_t pad = 0; pad < 20; ++pad) {
+    INFO("pad " << pad);
+    const std::string lead(pad, ' ');
+    const std::string tail(pad % 5, ' ');
+    SessionHints h;
+    CHECK(route_query(lead + "select 1 /* PgShArD: shard=s1 */" + tail, h, *cfg).shard == 1);
+    h = route_query(lead + "SET PGSHARD.shard = s2" + tail, h, *cfg).hints;
+    CHECK(h.session.shard == "s2");
+    CHECK(route_query(lead + "ReSeT ALL" + tail, h, *cfg).hints.empty());
+    h = route_query(lead + "set pgshard.shard = s2" + tail, h, *cfg).hints;
+    CHECK(route_query(lead + "Discard ALL" + tail, h, *cfg).hints.empty());
+  }
+}
+
 TEST_CASE("bad pgshard settings and hints are errors with SQLSTATE", "[router]") {
   auto cfg = map();
   SessionHints h;
