@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <boost/container/flat_set.hpp>
 #include <boost/container/small_vector.hpp>
 #include <cstring>
@@ -173,23 +174,8 @@ Settings analyze(std::string_view sql) {
     for (char c : std::string_view("pPrRdD")) t[static_cast<unsigned char>(c)] = true;
     return t;
   }();
-  // Eight bytes at a time skip runs with none of the first letters (any case).
-  auto none_of_first = [](uint64_t x) {
-    constexpr uint64_t kOnes = 0x0101010101010101ULL, kHighs = 0x8080808080808080ULL;
-    auto has_byte = [&](uint64_t v) { return (v - kOnes) & ~v & kHighs; };
-    x |= 0x2020202020202020ULL;  // lower case (other bytes change too: only letters matter)
-    return !has_byte(x ^ ('p' * kOnes)) && !has_byte(x ^ ('r' * kOnes)) &&
-           !has_byte(x ^ ('d' * kOnes));
-  };
-  for (std::size_t i = 0; i < sql.size() && !(mentions && resets); ++i) {
-    if (uint64_t x; i % 8 == 0 && sql.size() - i >= 8) {
-      std::memcpy(&x, sql.data() + i, 8);
-      if (none_of_first(x)) {
-        i += 7;
-        continue;
-      }
-    }
-    if (!kFirst[static_cast<unsigned char>(sql[i])]) continue;
+  auto check = [&](std::size_t i) {
+    if (!kFirst[static_cast<unsigned char>(sql[i])]) return;
     const char c = static_cast<char>(sql[i] | 0x20);
     const auto rest = sql.substr(i);
     auto starts = [&](std::string_view word) {  // word is lower case
@@ -201,7 +187,23 @@ Settings analyze(std::string_view sql) {
     if (c == 'p' && !mentions) mentions = starts("pgshard");
     if (c == 'r' && !resets) resets = starts("reset");
     if (c == 'd' && !resets) resets = starts("discard");
+  };
+  // Eight bytes at a time: only the bytes that may be a first letter (any case) are looked
+  // at. (The zero-byte test flags every such byte, and sometimes a byte above one.)
+  constexpr uint64_t kOnes = 0x0101010101010101ULL, kHighs = 0x8080808080808080ULL;
+  auto flags = [&](uint64_t x, char letter) {
+    const uint64_t v = (x | 0x2020202020202020ULL) ^ (static_cast<uint64_t>(letter) * kOnes);
+    return (v - kOnes) & ~v & kHighs;
+  };
+  std::size_t i = 0;
+  for (; i + 8 <= sql.size() && !(mentions && resets); i += 8) {
+    uint64_t x;
+    std::memcpy(&x, sql.data() + i, 8);
+    if constexpr (std::endian::native == std::endian::big) x = __builtin_bswap64(x);
+    for (uint64_t m = flags(x, 'p') | flags(x, 'r') | flags(x, 'd'); m != 0; m &= m - 1)
+      check(i + static_cast<std::size_t>(std::countr_zero(m)) / 8);
   }
+  for (; i < sql.size() && !(mentions && resets); ++i) check(i);
   if (!mentions && !resets) return a;
   analyze_statements(sql, a);
   if (mentions) analyze_comments(sql, a);
