@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <string_view>
+#include <vector>
 
 namespace pgshard::protocol {
 
@@ -47,6 +48,19 @@ class Buffer {
     std::memcpy(prepare(s.size(), &room), s.data(), s.size());
     commit(s.size());
   }
+  // Bytes of storage held (0: none).
+  std::size_t capacity() const { return cap_; }
+  // The storage, handed over (see SpareBlocks); the buffer is left empty with none.
+  std::unique_ptr<char[]> release_storage() {
+    cap_ = begin_ = end_ = 0;
+    return std::move(data_);
+  }
+  // Uses `data` (`cap` bytes) as the buffer's storage; the buffer is empty.
+  void adopt_storage(std::unique_ptr<char[]> data, std::size_t cap) {
+    data_ = std::move(data);
+    cap_ = cap;
+    begin_ = end_ = 0;
+  }
   // Releases a large allocation once it is no longer needed.
   void shrink(std::size_t keep) {
     if (empty() && cap_ > keep) {
@@ -60,6 +74,31 @@ class Buffer {
   std::size_t cap_ = 0;
   std::size_t begin_ = 0;
   std::size_t end_ = 0;
+};
+
+// Small read buffers kept for reuse by the clients of one thread: a client between requests
+// holds no buffer (most clients are idle), and the next request's takes one back without
+// an allocation.
+class SpareBlocks {
+ public:
+  static constexpr std::size_t kBlock = 1024;  // what Buffer::prepare makes first
+  // Empties `b` (which holds no data), keeping its storage when it is one block.
+  void take_from(Buffer& b) {
+    if (b.capacity() == kBlock && kept_.size() < kMax)
+      kept_.push_back(b.release_storage());
+    else
+      b.shrink(0);
+  }
+  // Gives `b`, holding no storage, a kept block if there is one.
+  void give_to(Buffer& b) {
+    if (b.capacity() != 0 || kept_.empty()) return;
+    b.adopt_storage(std::move(kept_.back()), kBlock);
+    kept_.pop_back();
+  }
+
+ private:
+  static constexpr std::size_t kMax = 64;
+  std::vector<std::unique_ptr<char[]>> kept_;
 };
 
 }  // namespace pgshard::protocol

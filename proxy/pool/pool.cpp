@@ -73,7 +73,7 @@ std::optional<Lease> Pool::lend_idle() {
     idle_.pop_back();
     // A connection back in the pool moments ago is trusted without a syscall; older ones
     // are checked for a server that went away meanwhile (restart, idle timeout).
-    if (Clock::now() - conn->idle_since < kTrustRecent || !conn->stale())
+    if (coarse_now() - conn->idle_since < kTrustRecent || !conn->stale())
       return Lease(this, std::move(conn));
     spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
                   target_.shard_name);
@@ -145,7 +145,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn) {
     w->timer.cancel();
     return;
   }
-  conn->idle_since = Clock::now();
+  conn->idle_since = coarse_now();
   idle_.push_back(std::move(conn));
 }
 

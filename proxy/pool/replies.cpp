@@ -92,14 +92,19 @@ void Replies::clear() {
 
 void Replies::count_ready(const Entry& e, char status) {
   if (e.at == Clock::time_point{}) return;  // sent before counting began
+  const auto now = Clock::now();
+  auto micros = [&](Clock::time_point since) {
+    return static_cast<uint64_t>(
+        std::chrono::duration_cast<std::chrono::microseconds>(now - since).count());
+  };
   ++counters->queries;
-  counters->query_time.add(micros_since(e.at));
+  counters->query_time.add(micros(e.at));
   if (status != 'I') return;
   ++counters->xacts;
-  counters->xact_time.add(micros_since(xact_start_));
+  counters->xact_time.add(micros(xact_start_));
   // Requests pipelined behind this one start the next transaction now.
   in_xact_ = client_owed_ > 0;
-  xact_start_ = Clock::now();
+  xact_start_ = now;
 }
 
 void Replies::count_error(std::string_view code) {

@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "protocol/buffer.hpp"
 #include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/executor/unique_id.hpp"
@@ -91,6 +92,7 @@ class Worker {
   // The pool for (shard, user), created on first use.
   pool::Pool& pool(int shard, const config::User& user);
   router::AnalysisCache& analysis_cache() { return cache_; }
+  protocol::SpareBlocks& spare_blocks() { return spare_blocks_; }  // (the sessions' reads)
   router::DirectoryCache& directory() { return directory_; }
   router::ColumnCache& columns() { return columns_; }
   // The shards' text collation once known (null before), opened with newlocale.
@@ -167,6 +169,7 @@ class Worker {
   std::map<session::Session*, std::weak_ptr<session::Session>> ending_;  // run() ended
   std::size_t peak_sessions_ = 0;  // most sessions since memory was last given back
   router::AnalysisCache cache_;
+  protocol::SpareBlocks spare_blocks_;
   router::DirectoryCache directory_;
   router::ColumnCache columns_;
   admin::RouteCounters routes_;

@@ -250,7 +250,7 @@ awaitable<void> Session::idle_watch() {
     idle_timer_.expires_after(step);
     auto [ec] = co_await idle_timer_.async_wait(use_nothrow);
     if (ec || state_ != State::kReady) co_return;
-    if (idle() && pending_.empty() && Clock::now() - last_activity_ >= limit) {
+    if (idle() && pending_.empty() && coarse_now() - last_activity_ >= limit) {
       spdlog::info("{}: closing idle client", prefix());
       co_await fail(Failure::kIdleTimeout, "terminating connection due to idle-session timeout");
       co_return;
@@ -263,15 +263,16 @@ awaitable<bool> Session::read_client() {
     // Between requests a client holds no read buffer (idle clients are most clients): a
     // small one (most requests are small; a larger one grows it) is taken only when the
     // socket has data, and given back when a try finds none.
-    in_.shrink(0);
+    worker_.spare_blocks().take_from(in_);
     auto [ec, n] = co_await client_reads_.read(
         [this](int fd, bool& drained) {
+          worker_.spare_blocks().give_to(in_);
           std::size_t room;
           char* at = in_.prepare(kFirstReadChunk, &room);
           const ssize_t got = recv_noting_drained(fd, at, room, drained);
           if (got < 0) {
             const int error = errno;
-            in_.shrink(0);
+            worker_.spare_blocks().take_from(in_);
             errno = error;
           }
           return got;
@@ -560,7 +561,7 @@ awaitable<void> Session::client_loop() {
       spdlog::debug("{}: client read ended", prefix());
       co_return;
     }
-    last_activity_ = Clock::now();
+    last_activity_ = coarse_now();
   }
 }
 
@@ -1706,7 +1707,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     conn.rbuf.consume(used);
     if (stop_for_gone_client()) break;
     if (conn.replies.client_owed() == 0 && !open_extended_) {
-      last_activity_ = Clock::now();
+      last_activity_ = coarse_now();
       drained_.notify_all();
     }
     if (link->closing && conn.replies.empty()) {

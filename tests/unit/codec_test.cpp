@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 #include <random>
 
+#include "protocol/buffer.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "protocol/startup.hpp"
@@ -162,4 +163,47 @@ TEST_CASE("frames() walks the whole frames of a buffer and stops at a partial on
   CHECK(types == "HS");
   CHECK(bytes == 10);
   CHECK(pgshard::protocol::frames("").begin() == std::default_sentinel);
+}
+
+TEST_CASE("spare read blocks are reused, bounded, and never hold a client's bytes", "[codec]") {
+  SpareBlocks spare;
+  Buffer a;
+  std::size_t room = 0;
+  a.append("hello");
+  REQUIRE(a.capacity() == SpareBlocks::kBlock);
+  a.consume(5);
+  const char* block = a.data();
+  spare.take_from(a);  // idle: the block goes to the spares
+  CHECK(a.capacity() == 0);
+  Buffer b;
+  spare.give_to(b);  // the next client to read gets it back, empty
+  CHECK(b.capacity() == SpareBlocks::kBlock);
+  CHECK(b.empty());
+  CHECK(b.prepare(1000, &room) == block);
+  CHECK(room == SpareBlocks::kBlock);
+  b.commit(3);
+  spare.give_to(b);  // holds storage already: nothing changes
+  CHECK(b.size() == 3);
+  // A grown buffer is freed, not kept; a buffer with storage is never given another.
+  Buffer big;
+  big.append(std::string(5000, 'x'));
+  big.consume(5000);
+  spare.take_from(big);
+  CHECK(big.capacity() == 0);
+  Buffer none;
+  spare.give_to(none);
+  CHECK(none.capacity() == 0);  // nothing kept (the big one was not)
+  // At most 64 blocks are kept, whatever the number of clients going idle at once.
+  std::vector<Buffer> many(100);
+  for (auto& m : many) {
+    m.append("x");
+    m.consume(1);
+    spare.take_from(m);
+  }
+  int given = 0;
+  for (auto& m : many) {
+    spare.give_to(m);
+    given += m.capacity() == SpareBlocks::kBlock;
+  }
+  CHECK(given == 64);
 }
