@@ -597,8 +597,7 @@ bool Session::gather(char type, std::size_t size) {
 }
 
 void Session::gathered(std::size_t size) {
-  pending_.append(in_.data(), size);
-  in_.consume(size);
+  take_front(size);
   copy_only_ = false;
 }
 
@@ -609,16 +608,12 @@ bool Session::special(std::size_t pending_after) const {
 
 bool Session::take_unless_special(std::size_t size) {
   if (special(pending_.size() + size)) return false;
-  pending_.append(in_.data(), size);
-  in_.consume(size);
+  take_front(size);
   return true;
 }
 
 awaitable<bool> Session::on_message(char type, std::size_t size) {
-  auto take = [&] {
-    pending_.append(in_.data(), size);
-    in_.consume(size);
-  };
+  auto take = [&] { take_front(size); };
   if (skipping_batch_ && type != proto::msg::kTerminate) {
     // A batch refused for its size: the rest of it, up to its Sync, is dropped unread.
     in_.consume(size);

@@ -154,6 +154,11 @@ class Session : public std::enable_shared_from_this<Session>,
   static bool joins_request(char type);
   // Moves `size` bytes of such messages from the front of in_ to pending_.
   void gathered(std::size_t size);
+  // Moves the `size` bytes at the front of in_ to pending_.
+  void take_front(std::size_t size) {
+    pending_.append(in_.data(), size);
+    in_.consume(size);
+  }
   // A message making pending_ `pending_after` bytes needs on_message to judge it: COPY, a
   // batch being skipped, one growing too large.
   bool special(std::size_t pending_after) const;
