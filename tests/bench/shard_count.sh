@@ -6,10 +6,12 @@
 # ONE_SERVER=1 points every shard of the map at the same PostgreSQL: the database's work is
 # then the same for every map, and the ratio shows what the size of the map costs pgshard
 # (pools, server connections), not what more PostgreSQL servers cost this machine.
+# Each map gets WARMUP seconds of the same load first (its pools open their connections).
 #   DURATION (s, default 8)  CLIENTS (default 32)  MODE (default extended)  COUNTS ("1 2 4 8")
+#   WARMUP (s, default 3)
 #   ONE_SERVER (default 0)
 source "$(dirname "$0")/common.sh" shards
-DURATION=${DURATION:-8}; CLIENTS=${CLIENTS:-32}; MODE=${MODE:-extended}
+DURATION=${DURATION:-8}; CLIENTS=${CLIENTS:-32}; MODE=${MODE:-extended}; WARMUP=${WARMUP:-3}
 COUNTS=${COUNTS:-"1 2 4 8"}; WORKERS=${WORKERS:-2}; ONE_SERVER=${ONE_SERVER:-0}
 MAX=0; for n in $COUNTS; do [ "$n" -gt "$MAX" ] && MAX=$n; done
 SERVERS=$MAX; [ "$ONE_SERVER" = 1 ] && SERVERS=1
@@ -34,6 +36,10 @@ for n in $COUNTS; do
     echo "two_phase_log: $DIR/2pc-$n"
   } >"$DIR/pgshard-$n.yaml"
   start_pgshard "$DIR/pgshard-$n.yaml" "$PROXY"
+  # Warm-up first: the pools open their server connections (SCRAM and a backend each, many
+  # more for a larger map) before the measured run, which then shows the steady state.
+  pgbench -n -S -T "$WARMUP" -c "$CLIENTS" -j 2 -M "$MODE" -h 127.0.0.1 -p "$PROXY" -U app app \
+    >/dev/null 2>&1 || true
   out=$(pgbench -n -S -T "$DURATION" -c "$CLIENTS" -j 2 -M "$MODE" -h 127.0.0.1 -p "$PROXY" -U app app 2>&1) \
     || { echo "pgbench failed with $n shards: $out"; cat "$DIR/pgshard-$n.log"; exit 1; }
   TPS[$n]=$(echo "$out" | awk '/^tps/ {print $3}')
