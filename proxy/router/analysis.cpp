@@ -1880,27 +1880,40 @@ bool parameterize(std::string_view sql, std::string& out, std::vector<std::strin
   return true;
 }
 
+// The key values of `out` (a copy of `shape`, or an analysis made from it before) with the
+// shape's parameters $1..$n put back as the literals `v`; false when a parameter stands
+// where no literal can (an array parameter, a generated key).
+bool put_literals(Analysis& out, const Analysis& shape, const std::vector<std::string>& v) {
+  auto put = [&](KeyValue& to, const KeyValue& from) {
+    if (from.kind == KeyValue::Kind::kLiteral) return true;
+    if (from.kind != KeyValue::Kind::kParam || from.param < 1 ||
+        static_cast<std::size_t>(from.param) > v.size())
+      return false;
+    to.literal = v[static_cast<std::size_t>(from.param - 1)];
+    to.kind = KeyValue::Kind::kLiteral;
+    to.param = 0;
+    return true;
+  };
+  for (std::size_t i = 0; i < shape.keys.size(); ++i)
+    if (!put(out.keys[i], shape.keys[i])) return false;
+  for (std::size_t r = 0; r < shape.positional.size(); ++r)
+    for (std::size_t i = 0; i < shape.positional[r].size(); ++i)
+      if (shape.positional[r][i] && !put(*out.positional[r][i], *shape.positional[r][i]))
+        return false;
+  return !shape.new_key || put(*out.new_key, *shape.new_key);
+}
+
+// LIMIT / OFFSET literals: such a shape's statements each need a plan of their own.
+bool bounds_are_literals(const Analysis& shape) {
+  return shape.merge && (shape.merge->limit.param > 0 || shape.merge->offset.param > 0);
+}
+
 // `shape` with its parameters $1..$n (the literals) put back as literal key values; null
 // when a parameter stands where no literal can (an array parameter).
 std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector<std::string>& v) {
   auto out = std::make_shared<Analysis>(shape);
-  auto put = [&](KeyValue& k) {
-    if (k.kind == KeyValue::Kind::kLiteral) return true;
-    if (k.kind != KeyValue::Kind::kParam || k.param < 1 ||
-        static_cast<std::size_t>(k.param) > v.size())
-      return false;
-    k.literal = v[static_cast<std::size_t>(k.param - 1)];
-    k.kind = KeyValue::Kind::kLiteral;
-    k.param = 0;
-    return true;
-  };
-  for (auto& k : out->keys)
-    if (!put(k)) return nullptr;
-  for (auto& row : out->positional)
-    for (auto& k : row)
-      if (k && !put(*k)) return nullptr;
-  if (out->new_key && !put(*out->new_key)) return nullptr;
-  if (out->merge && (out->merge->limit.param > 0 || out->merge->offset.param > 0)) {
+  if (!put_literals(*out, shape, v)) return nullptr;
+  if (bounds_are_literals(*out)) {
     // LIMIT / OFFSET literals: the plan with this statement's bounds.
     auto plan = std::make_shared<merge::MergePlan>(*out->merge);
     for (auto* b : {&plan->limit, &plan->offset}) {
@@ -1916,25 +1929,6 @@ std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector
     out->merge = std::move(plan);
   }
   return out;
-}
-
-// `out`, built by with_literals from `shape`, with the literals `v` put back instead;
-// false when it cannot be (LIMIT/OFFSET literals make a plan of their own).
-bool refill(Analysis& out, const Analysis& shape, const std::vector<std::string>& v) {
-  if (shape.merge && (shape.merge->limit.param > 0 || shape.merge->offset.param > 0)) return false;
-  auto put = [&](KeyValue& to, const KeyValue& from) {
-    if (from.kind != KeyValue::Kind::kParam) return true;
-    if (from.param < 1 || static_cast<std::size_t>(from.param) > v.size()) return false;
-    to.literal = v[static_cast<std::size_t>(from.param - 1)];
-    return true;
-  };
-  for (std::size_t i = 0; i < shape.keys.size(); ++i)
-    if (!put(out.keys[i], shape.keys[i])) return false;
-  for (std::size_t r = 0; r < shape.positional.size(); ++r)
-    for (std::size_t i = 0; i < shape.positional[r].size(); ++i)
-      if (shape.positional[r][i] && !put(*out.positional[r][i], *shape.positional[r][i]))
-        return false;
-  return !shape.new_key || put(*out.new_key, *shape.new_key);
 }
 
 // Whether two analyses route alike: everything routing reads is equal, merge plans
@@ -1975,7 +1969,9 @@ std::shared_ptr<const Analysis> AnalysisCache::learn_shape(std::string_view sql,
 
 std::shared_ptr<const Analysis> AnalysisCache::Shape::with(const std::vector<std::string>& v) {
   // (A refilled analysis had no holder left: nobody sees it change.)
-  if (built && built.use_count() == 1 && refill(*built, *analysis, v)) return built;
+  if (built && built.use_count() == 1 && !bounds_are_literals(*analysis) &&
+      put_literals(*built, *analysis, v))
+    return built;
   built = with_literals(*analysis, v);
   return built;
 }
