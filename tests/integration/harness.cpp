@@ -267,6 +267,25 @@ void print_logs_on_failure() {
     std::cerr << "---- shard s" << i << " log (tail) ----\n" << c.log_tail(i, 15) << "\n";
 }
 
+void report_hang_and_stop() {
+  {
+    std::lock_guard lock(g_mu);
+    for (auto* p : g_proxies) {
+      std::cerr << "---- pgshard pid " << p->pid() << " stacks ----\n";
+      std::string out;
+      run("gdb -p " + std::to_string(p->pid()) +
+              " -batch -ex 'thread apply all bt' | grep -E '^(#|Thread)'",
+          &out);
+      std::cerr << out << "\n";
+    }
+  }
+  print_logs_on_failure();
+  std::lock_guard lock(g_mu);
+  for (auto* p : g_proxies) ::kill(p->pid(), SIGKILL);
+  const auto& c = Cluster::get();
+  run(kCluster + " stop " + c.dir());
+}
+
 ProxyOptions one_worker(int pool_size) {
   ProxyOptions o;
   o.pool_size = pool_size;

@@ -97,6 +97,9 @@ std::string read_file(const std::string& path);
 
 // Every proxy and cluster started so far, for the failure listener to print logs.
 void print_logs_on_failure();
+// For a case that hangs: every running pgshard's threads' stacks (gdb) and the logs, then
+// the pgshard processes and the shards are stopped (the caller exits without destructors).
+void report_hang_and_stop();
 
 // A client speaking the wire protocol directly through our protocol library.
 class RawClient {
