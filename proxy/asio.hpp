@@ -2,6 +2,8 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <boost/asio.hpp>
 #include <boost/asio/experimental/awaitable_operators.hpp>
@@ -28,6 +30,16 @@ inline Clock::time_point coarse_now() {
       std::chrono::seconds(ts.tv_sec) + std::chrono::nanoseconds(ts.tv_nsec)));
 }
 
+// send(2) and recvmsg(2) as plain system calls. glibc's wrappers are thread-cancellation
+// points, and mark each call as one (two atomic updates of the thread's cancel state around
+// it) for pthread_cancel, which pgshard never uses; these calls never block (MSG_DONTWAIT).
+inline ssize_t raw_send(int fd, const void* data, std::size_t size, int flags) {
+  return ::syscall(SYS_sendto, fd, data, size, flags, nullptr, 0);
+}
+inline ssize_t raw_recvmsg(int fd, msghdr* msg, int flags) {
+  return ::syscall(SYS_recvmsg, fd, msg, flags);
+}
+
 // What the socket takes at once, without waiting: as much of `bytes` as fits in its send
 // buffer. Sending directly (when nothing else writes to the socket) saves the Asio operation,
 // its queued completion and a coroutine switch per write; the caller writes any rest with
@@ -35,8 +47,8 @@ inline Clock::time_point coarse_now() {
 inline std::size_t send_now(tcp::socket& socket, std::string_view bytes, error_code& ec) {
   std::size_t sent = 0;
   while (sent < bytes.size()) {
-    const ssize_t n = ::send(socket.native_handle(), bytes.data() + sent, bytes.size() - sent,
-                             MSG_DONTWAIT | MSG_NOSIGNAL);
+    const ssize_t n = raw_send(socket.native_handle(), bytes.data() + sent, bytes.size() - sent,
+                               MSG_DONTWAIT | MSG_NOSIGNAL);
     if (n > 0) {
       sent += static_cast<std::size_t>(n);
     } else if (n < 0 && errno == EINTR) {

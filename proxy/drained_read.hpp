@@ -46,7 +46,7 @@ inline ssize_t recv_noting_drained(int fd, char* at, std::size_t room, bool& dra
   msg.msg_iovlen = 1;
   msg.msg_control = control;
   msg.msg_controllen = sizeof control;
-  const ssize_t got = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  const ssize_t got = raw_recvmsg(fd, &msg, MSG_DONTWAIT);
   drained = false;
   if (got > 0)
     for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c))

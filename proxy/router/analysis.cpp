@@ -1797,10 +1797,13 @@ bool parameterize(std::string_view sql, std::string& out, std::vector<std::strin
   };
   // Characters where a literal, quote, comment or parameter may start; runs of others are
   // copied whole.
-  auto special = [](char ch) {
-    return ch == '$' || ch == '\\' || ch == '"' || ch == '-' || ch == '/' || ch == '\'' ||
-           ch == '.' || (ch >= '0' && ch <= '9');
-  };
+  static constexpr auto kSpecial = [] {
+    std::array<bool, 256> t{};
+    for (const char ch : std::string_view("$\\\"-/'.0123456789"))
+      t[static_cast<unsigned char>(ch)] = true;
+    return t;
+  }();
+  auto special = [](char ch) { return kSpecial[static_cast<unsigned char>(ch)]; };
   for (std::size_t i = 0; i < n; ++i) {
     const char c = sql[i];
     if (!special(c)) {
