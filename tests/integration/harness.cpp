@@ -145,7 +145,10 @@ std::string Cluster::log_tail(int i, int lines) const {
 }
 
 std::string Cluster::direct(int i) const {
-  return "host=127.0.0.1 port=" + std::to_string(port(i)) + " user=app password=secret dbname=app";
+  // A lock that is never let go (a prepared transaction left behind, a session pgshard leaked)
+  // fails the statement that waits for it instead of hanging the test.
+  return "host=127.0.0.1 port=" + std::to_string(port(i)) +
+         " user=app password=secret dbname=app options='-c lock_timeout=60s'";
 }
 
 Proxy::Proxy(ProxyOptions o) {
@@ -280,9 +283,21 @@ void report_hang_and_stop() {
     }
   }
   print_logs_on_failure();
+  // What each shard's sessions are doing, and what they wait for.
+  const auto& c = Cluster::get();
+  for (int i = 0; i < c.size(); ++i) {
+    std::string out;
+    run("psql -X -q '" + c.direct(i).substr(0, c.direct(i).find(" options=")) +
+            "' -c \"select pid, usename, application_name, state, wait_event_type, wait_event, "
+            "left(query, 100) as query from pg_stat_activity where datname = 'app'\" "
+            "-c 'select * from pg_prepared_xacts' "
+            "-c 'select locktype, relation::regclass, pid, mode, granted from pg_locks where not "
+            "granted'",
+        &out);
+    std::cerr << "---- shard s" << i << " sessions ----\n" << out << "\n";
+  }
   std::lock_guard lock(g_mu);
   for (auto* p : g_proxies) ::kill(p->pid(), SIGKILL);
-  const auto& c = Cluster::get();
   run(kCluster + " stop " + c.dir());
 }
 
