@@ -271,26 +271,28 @@ void print_logs_on_failure() {
     std::cerr << "---- shard s" << i << " log (tail) ----\n" << c.log_tail(i, 15) << "\n";
 }
 
+std::string stacks_of(int pid) {
+  std::string out;
+  run("gdb -p " + std::to_string(pid) + " -batch -ex 'thread apply all bt' | grep -E '^(#|Thread)'",
+      &out);
+  return out;
+}
+
 void report_hang_and_stop() {
   {
     std::lock_guard lock(g_mu);
-    for (auto* p : g_proxies) {
-      std::cerr << "---- pgshard pid " << p->pid() << " stacks ----\n";
-      std::string out;
-      run("gdb -p " + std::to_string(p->pid()) +
-              " -batch -ex 'thread apply all bt' | grep -E '^(#|Thread)'",
-          &out);
-      std::cerr << out << "\n";
-    }
+    for (auto* p : g_proxies)
+      std::cerr << "---- pgshard pid " << p->pid() << " stacks ----\n"
+                << stacks_of(p->pid()) << "\n";
   }
   print_logs_on_failure();
   // What each shard's sessions are doing, and what they wait for.
   const auto& c = Cluster::get();
   for (int i = 0; i < c.size(); ++i) {
     std::string out;
-    run("psql -X -q '" + c.direct(i).substr(0, c.direct(i).find(" options=")) +
-            "' -c \"select pid, usename, application_name, state, wait_event_type, wait_event, "
-            "left(query, 100) as query from pg_stat_activity where datname = 'app'\" "
+    run("PGPASSWORD=secret psql -X -q -h 127.0.0.1 -p " + std::to_string(c.port(i)) +
+            " -U app app -c \"select pid, usename, application_name, state, wait_event_type, "
+            "wait_event, left(query, 100) as query from pg_stat_activity where datname = 'app'\" "
             "-c 'select * from pg_prepared_xacts' "
             "-c 'select locktype, relation::regclass, pid, mode, granted from pg_locks where not "
             "granted'",

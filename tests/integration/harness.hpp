@@ -100,6 +100,8 @@ void print_logs_on_failure();
 // For a case that hangs: every running pgshard's threads' stacks (gdb) and the logs, then
 // the pgshard processes and the shards are stopped (the caller exits without destructors).
 void report_hang_and_stop();
+// Every thread's stack of process `pid` (gdb), one line per frame.
+std::string stacks_of(int pid);
 
 // A client speaking the wire protocol directly through our protocol library.
 class RawClient {
