@@ -11,6 +11,7 @@
 #include <cerrno>
 #include <chrono>
 #include <ctime>
+#include <optional>
 #include <string_view>
 
 namespace pgshard {
@@ -80,5 +81,27 @@ class Event {
  private:
   asio::steady_timer timer_;
   int waiters_ = 0;
+};
+
+// One coroutine parked until another on the same executor hands it work. Unlike Event,
+// wake() resumes the waiter at once, inside the caller, until it suspends again: no timer,
+// no queued completion. Destroying a Baton with a waiter destroys the waiter's coroutine
+// (Asio unwinds it through the executor later): it must not touch its owner on the way.
+class Baton {
+ public:
+  auto wait() {
+    return asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
+        [this](Waiter waiter) { waiter_.emplace(std::move(waiter)); }, asio::use_awaitable);
+  }
+  bool waiting() const { return waiter_.has_value(); }
+  void wake() {
+    Waiter waiter = std::move(*waiter_);
+    waiter_.reset();
+    std::move(waiter)();
+  }
+
+ private:
+  using Waiter = asio::async_result<asio::use_awaitable_t<>, void()>::handler_type;
+  std::optional<Waiter> waiter_;
 };
 }  // namespace pgshard

@@ -53,6 +53,8 @@ class RelayFilter {
   };
   // Walks the whole frames at the front of `buf`, the server's unread bytes.
   Step walk(pool::ServerConn& conn, std::string_view buf);
+  // Forgets the server walked so far (a large frame half relayed), for another server.
+  void reset() { passthrough_ = 0; }
 
  private:
   std::size_t max_message_;

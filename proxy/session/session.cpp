@@ -1523,6 +1523,11 @@ void Session::start_relay(pool::Lease lease, int shard) {
   link->shard = shard;
   link->prelude = sync_prelude(*link->lease);
   backends_.active = link;
+  if (next_relay_.waiting()) {
+    next_link_ = std::move(link);
+    next_relay_.wake();  // runs the relay until it waits for the server's reply
+    return;
+  }
   asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
 }
 
@@ -1639,95 +1644,106 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
 
 awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
   auto self = shared_from_this();
-  ++relays_;
-  auto& conn = *link->lease;
   RelayFilter filter(config_.listen.max_message_size, *this);
-  // Once the client has left, a server being reset is read until its reset is answered; any
-  // other stops (it may never answer a request its client abandoned), and is discarded
-  // unless it is idle and owes nothing.
-  auto stop_for_gone_client = [&] {
-    if (!client_gone_ || (link->resetting && !conn.broken)) return false;
-    conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
-    return true;
-  };
-  for (;;) {
-    bool lost = false;
-    if (link->done) break;
-    if (link->borrowed) {
-      // A multi-shard statement is using this server: wait until it is given back.
-      co_await backends_.park(*link);
-      continue;
-    }
-    // The client left while this server was lent or between reads: finish() found no read
-    // to cancel, and an idle server would never answer one (it would keep its transaction,
-    // and its locks, open for as long as pgshard runs).
-    if (stop_for_gone_client()) break;
-    {
-      const error_code ec = std::get<0>(co_await conn.read_some());
-      if (ec == asio::error::operation_aborted && !conn.broken) {
-        if (link->done) break;
-        if (link == backends_.active && can_detach(*link)) {
-          release(link);
-          break;
-        }
-        if (link->closing && conn.replies.own_owed() == 0) break;
+  while (link) {
+    ++relays_;
+    filter.reset();
+    auto& conn = *link->lease;
+    // Once the client has left, a server being reset is read until its reset is answered; any
+    // other stops (it may never answer a request its client abandoned), and is discarded
+    // unless it is idle and owes nothing.
+    auto stop_for_gone_client = [&] {
+      if (!client_gone_ || (link->resetting && !conn.broken)) return false;
+      conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
+      return true;
+    };
+    for (;;) {
+      bool lost = false;
+      if (link->done) break;
+      if (link->borrowed) {
+        // A multi-shard statement is using this server: wait until it is given back.
+        co_await backends_.park(*link);
         continue;
       }
-      if (ec) lost = true;
-    }
+      // The client left while this server was lent or between reads: finish() found no read
+      // to cancel, and an idle server would never answer one (it would keep its transaction,
+      // and its locks, open for as long as pgshard runs).
+      if (stop_for_gone_client()) break;
+      {
+        const error_code ec = std::get<0>(co_await conn.read_some());
+        if (ec == asio::error::operation_aborted && !conn.broken) {
+          if (link->done) break;
+          if (link == backends_.active && can_detach(*link)) {
+            release(link);
+            break;
+          }
+          if (link->closing && conn.replies.own_owed() == 0) break;
+          continue;
+        }
+        if (ec) lost = true;
+      }
 
-    // Whole frames go to the client unless hidden; large rows stream through.
-    std::string_view relay;
-    std::size_t used = 0;
-    if (!lost) {
-      const auto step = filter.walk(conn, conn.rbuf.view());
-      relay = step.relay;
-      used = step.used;
-      if (step.invalid) {
-        spdlog::error("{}: invalid message length from shard {}", prefix(),
-                      config_.shards[link->shard].name);
-        lost = true;
+      // Whole frames go to the client unless hidden; large rows stream through.
+      std::string_view relay;
+      std::size_t used = 0;
+      if (!lost) {
+        const auto step = filter.walk(conn, conn.rbuf.view());
+        relay = step.relay;
+        used = step.used;
+        if (step.invalid) {
+          spdlog::error("{}: invalid message length from shard {}", prefix(),
+                        config_.shards[link->shard].name);
+          lost = true;
+        }
       }
-    }
-    if (lost) {
-      std::string notice;
-      server_lost(link, notice);
-      if (!relay.empty()) co_await write_client(relay);
-      if (!notice.empty()) co_await write_client(notice);
-      break;
-    }
-    if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&
-        !co_await write_client(relay))
-      conn.broken = true;
-    conn.rbuf.consume(used);
-    if (stop_for_gone_client()) break;
-    if (conn.replies.client_owed() == 0 && !open_extended_) {
-      last_activity_ = coarse_now();
-      drained_.notify_all();
-    }
-    if (link->closing && conn.replies.empty()) {
-      if (client_gone_ && conn.replies.tag == "SELECT 1") {
-        spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(), conn.id());
+      if (lost) {
+        std::string notice;
+        server_lost(link, notice);
+        if (!relay.empty()) co_await write_client(relay);
+        if (!notice.empty()) co_await write_client(notice);
+        break;
+      }
+      if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&
+          !co_await write_client(relay))
         conn.broken = true;
+      conn.rbuf.consume(used);
+      if (stop_for_gone_client()) break;
+      if (conn.replies.client_owed() == 0 && !open_extended_) {
+        last_activity_ = coarse_now();
+        drained_.notify_all();
       }
-      break;
+      if (link->closing && conn.replies.empty()) {
+        if (client_gone_ && conn.replies.tag == "SELECT 1") {
+          spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(), conn.id());
+          conn.broken = true;
+        }
+        break;
+      }
+      if (link == backends_.active && can_detach(*link)) {
+        release(link);
+        break;
+      }
     }
-    if (link == backends_.active && can_detach(*link)) {
-      release(link);
-      break;
+    // Hand the server back once the request writer is done with it.
+    while (writing_server_) co_await server_write_done_.wait();
+    if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
+    if (!link->done) {
+      link->done = true;
+      if (backends_.forget(*link)) open_extended_ = false;
     }
+    link->lease.release();
+    --relays_;
+    drained_.notify_all();
+    maybe_close_for_shutdown();
+    // The next server the session takes is relayed by this coroutine (start_relay), unless
+    // the session is ending or another relay waits already.
+    link.reset();
+    if (state_ == State::kClosing || client_gone_ || next_relay_.waiting()) break;
+    self.reset();  // a waiting relay must not keep its session alive
+    co_await next_relay_.wait();
+    link = std::move(next_link_);
+    if (link) self = shared_from_this();
   }
-  // Hand the server back once the request writer is done with it.
-  while (writing_server_) co_await server_write_done_.wait();
-  if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
-  if (!link->done) {
-    link->done = true;
-    if (backends_.forget(*link)) open_extended_ = false;
-  }
-  link->lease.release();
-  --relays_;
-  drained_.notify_all();
-  maybe_close_for_shutdown();
 }
 
 void Session::reported(pool::ServerConn& conn, std::string_view name, std::string_view value) {
@@ -1949,6 +1965,7 @@ awaitable<void> Session::finish() {
     error_code ignored;
     conn.socket().cancel(ignored);
   }
+  if (next_relay_.waiting()) next_relay_.wake();  // (with no server: it ends)
   spdlog::info("{}: closing", prefix());
 }
 

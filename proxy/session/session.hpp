@@ -340,7 +340,11 @@ class Session : public std::enable_shared_from_this<Session>,
   pool::Backends backends_;     // this client's servers; backends_.active takes its requests
   bool open_extended_ = false;  // extended messages sent after the last Sync
   bool writing_server_ = false;
-  int relays_ = 0;  // server_loop coroutines running (for the SIGUSR2 dump)
+  int relays_ = 0;  // server_loop coroutines relaying (for the SIGUSR2 dump)
+  // A server_loop whose server went back to the pool waits here for the session's next one
+  // (next_link_): spawning a coroutine per transaction cost more than the rest of its relay.
+  Baton next_relay_;
+  std::shared_ptr<Link> next_link_;
   bool client_writing_ = false;
   bool client_gone_ = false;
   bool copy_in_ = false;   // the server is in COPY FROM STDIN (CopyInResponse relayed)
