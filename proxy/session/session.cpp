@@ -258,26 +258,30 @@ awaitable<void> Session::idle_watch() {
   }
 }
 
+auto Session::read_first_chunk() {
+  // Between requests a client holds no read buffer (idle clients are most clients): a
+  // small one (most requests are small; a larger one grows it) is taken only when the
+  // socket has data, and given back when a try finds none.
+  worker_.spare_blocks().take_from(in_);
+  return client_reads_.read(
+      [this](int fd, bool& drained) {
+        worker_.spare_blocks().give_to(in_);
+        std::size_t room;
+        char* at = in_.prepare(kFirstReadChunk, &room);
+        const ssize_t got = recv_noting_drained(fd, at, room, drained);
+        if (got < 0) {
+          const int error = errno;
+          worker_.spare_blocks().take_from(in_);
+          errno = error;
+        }
+        return got;
+      },
+      use_nothrow);
+}
+
 awaitable<bool> Session::read_client() {
   if (in_.empty() && !stream_.tls()) {
-    // Between requests a client holds no read buffer (idle clients are most clients): a
-    // small one (most requests are small; a larger one grows it) is taken only when the
-    // socket has data, and given back when a try finds none.
-    worker_.spare_blocks().take_from(in_);
-    auto [ec, n] = co_await client_reads_.read(
-        [this](int fd, bool& drained) {
-          worker_.spare_blocks().give_to(in_);
-          std::size_t room;
-          char* at = in_.prepare(kFirstReadChunk, &room);
-          const ssize_t got = recv_noting_drained(fd, at, room, drained);
-          if (got < 0) {
-            const int error = errno;
-            worker_.spare_blocks().take_from(in_);
-            errno = error;
-          }
-          return got;
-        },
-        use_nothrow);
+    auto [ec, n] = co_await read_first_chunk();
     if (ec) co_return false;
     in_.commit(n);
     co_return true;
@@ -543,7 +547,23 @@ awaitable<void> Session::client_loop() {
       }
       if (d.status == proto::DecodeStatus::kNeedMore) break;
       if (takes_boundary(d.frame.type, d.consumed)) {
-        co_await handle_request(d.frame.type);
+        const char boundary = d.frame.type;
+        if (routes_at_once(boundary)) {
+          // (The common request, routed and sent without a coroutine of its own.)
+          begin_request();
+          Request req{boundary};
+          RouteBox box([&] { return route_batch(&req.simple); });
+          std::string_view rest;
+          if (!forwarded_routed(*box, boundary, rest)) {
+            co_await handle_routed(req, *box);
+          } else if (!rest.empty()) {
+            auto link = backends_.active;  // (the socket was full)
+            co_await write_server(link, rest);
+            pending_.clear();
+          }
+        } else {
+          co_await handle_request(boundary);
+        }
         ends_request();
         if (client_gone_) co_return;
         continue;
@@ -557,7 +577,15 @@ awaitable<void> Session::client_loop() {
     maybe_close_for_shutdown();
     if (client_gone_) co_return;
 
-    if (!co_await read_client()) {
+    bool read = false;
+    if (in_.empty() && !stream_.tls()) {  // (read_client's common case, in this coroutine)
+      auto [ec, n] = co_await read_first_chunk();
+      in_.commit(n);
+      read = !ec;
+    } else {
+      read = co_await read_client();
+    }
+    if (!read) {
       spdlog::debug("{}: client read ended", prefix());
       co_return;
     }
@@ -721,11 +749,44 @@ awaitable<void> Session::copy_violation(char type) {
   }
 }
 
-awaitable<void> Session::handle_request(char boundary) {
-  while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
+bool Session::routes_at_once(char boundary) const {
+  return !aborting_ && !pipeline_txn_ && !discard_until_sync_ &&
+         !(!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) &&
+         !(open_extended_ && backends_.active);
+}
+
+void Session::begin_request() {
   ++requests_;
   deadlock_detail_.clear();  // a cancel that came too late must not turn into 40P01 now
   statements_.clear_injected();
+}
+
+bool Session::forwarded_routed(router::Route& route, char boundary, std::string_view& rest) {
+  // Only a plain forward to a server the session has, or takes idle from the pool, now;
+  // nothing is done when anything else is needed (handle_routed does it all).
+  if (route.kind != router::RouteKind::kShard || route.names_unique_id || route.split_pipeline ||
+      route.txn != router::TxnControl::kNone || txn_.failed())
+    return false;
+  const auto act = router::action(route);
+  if (act != router::Action::kForward) return false;
+  const int target = route.shard;
+  if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
+  worker_.routes().count(route, act);
+  adopt(route);
+  log_forward(route, target);
+  return forwarded_now(target, boundary, rest);  // (true: the server is attached)
+}
+
+void Session::log_forward(const router::Route& route, int target) {
+  if (spdlog::should_log(spdlog::level::debug))  // (prefix() builds a string)
+    spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
+                  route.reason);
+  if (route.prepared_statements_view) statements_.show_own_statements();
+}
+
+awaitable<void> Session::handle_request(char boundary) {
+  while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
+  begin_request();
   // The rest of a pipeline over several shards, up to its Sync, joins its transaction.
   if (pipeline_txn_ && !out_filter_ && co_await run_split_pipeline()) co_return;
   if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
@@ -746,7 +807,11 @@ awaitable<void> Session::handle_request(char boundary) {
   }
   Request req{boundary};
   RouteBox box([&] { return route_batch(&req.simple); });
-  router::Route& route = *box;
+  co_await handle_routed(req, *box);
+}
+
+awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
+  const char boundary = req.boundary;
   // Directory-placed keys not cached yet: look them up, then route again.
   if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
   if (route.names_unique_id) co_await executor::declare_unique_id(*this);
@@ -784,10 +849,7 @@ awaitable<void> Session::handle_request(char boundary) {
       [[fallthrough]];
     case router::Action::kForward: {
       const int target = route.shards.size() > 1 ? route.shards.front() : route.shard;
-      if (spdlog::should_log(spdlog::level::debug))  // (prefix() builds a string)
-        spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
-                      route.reason);
-      if (route.prepared_statements_view) statements_.show_own_statements();
+      log_forward(route, target);
       std::string_view rest;
       if (!forwarded_now(target, boundary, rest)) {
         co_await forward(target, boundary);

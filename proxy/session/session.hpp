@@ -102,6 +102,8 @@ class Session : public std::enable_shared_from_this<Session>,
   protocol::Buffer& input() override { return in_; }
   // Reads at least one more chunk from the client; false on EOF/error.
   awaitable<bool> read_client() override;
+  // read_client on plain TCP with nothing buffered: completes with (error, bytes read).
+  auto read_first_chunk();
   // Waits until every request sent to the active server has been answered.
   // False when the client left meanwhile (the servers still owe replies: never reusable).
   awaitable<bool> drain() override;
@@ -172,6 +174,17 @@ class Session : public std::enable_shared_from_this<Session>,
   void ends_request() { copy_only_ = true; }
   awaitable<bool> refuse_batch();
   awaitable<void> handle_request(char boundary);
+  // The part of handle_request after routing.
+  awaitable<void> handle_routed(Request& req, router::Route& route);
+  // Whether a request may be routed at once: nothing waits ahead of it and it continues no
+  // pipeline or batch (handle_request's cases before routing).
+  bool routes_at_once(char boundary) const;
+  void begin_request();
+  // handle_routed's common case, without a coroutine: the route is a plain forward to a
+  // server the session has or takes idle now. False when handle_routed must run (nothing
+  // done); true with `rest` as forwarded_now leaves it.
+  bool forwarded_routed(router::Route& route, char boundary, std::string_view& rest);
+  void log_forward(const router::Route& route, int target);
   // A pipeline (extended batch up to Sync) whose statements go to different shards, run as
   // PostgreSQL runs one: statement by statement in one transaction (pgshard's own when the
   // client has none, committed at the Sync, rolled back after an error, the statements
