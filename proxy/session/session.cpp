@@ -102,6 +102,11 @@ class RouteBox {
   router::Route* route_;
 };
 
+// spdlog::should_log without copying the default logger's shared_ptr (two atomic updates).
+bool debug_logging() {
+  return spdlog::default_logger_raw()->should_log(spdlog::level::debug);
+}
+
 bool synced_reported(std::string_view name) {
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
          name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
@@ -778,7 +783,7 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
 }
 
 void Session::log_forward(const router::Route& route, int target) {
-  if (spdlog::should_log(spdlog::level::debug))  // (prefix() builds a string)
+  if (debug_logging())  // (prefix() builds a string)
     spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
                   route.reason);
   if (route.prepared_statements_view) statements_.show_own_statements();
@@ -1435,7 +1440,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
 router::Context Session::routing_context() {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
-  ctx.reasons = spdlog::should_log(spdlog::level::debug);
+  ctx.reasons = debug_logging();
   ctx.directory = &worker_.directory();
   ctx.columns = &worker_.columns();
   ctx.round_robin = &round_robin_;
@@ -1580,7 +1585,7 @@ pool::Pool& Session::pool_of(int shard) {
 }
 
 void Session::start_relay(pool::Lease lease, int shard) {
-  auto link = std::make_shared<Link>();
+  auto link = spare_link_ ? std::move(spare_link_) : std::make_shared<Link>();
   link->lease = std::move(lease);
   link->shard = shard;
   link->prelude = sync_prelude(*link->lease);
@@ -1798,7 +1803,12 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     drained_.notify_all();
     maybe_close_for_shutdown();
     // The next server the session takes is relayed by this coroutine (start_relay), unless
-    // the session is ending or another relay waits already.
+    // the session is ending or another relay waits already; its link too, when nothing
+    // else holds it.
+    if (link.use_count() == 1 && !spare_link_) {
+      *link = Link{};
+      spare_link_ = std::move(link);
+    }
     link.reset();
     if (state_ == State::kClosing || client_gone_ || next_relay_.waiting()) break;
     self.reset();  // a waiting relay must not keep its session alive

@@ -358,6 +358,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // (next_link_): spawning a coroutine per transaction cost more than the rest of its relay.
   Baton next_relay_;
   std::shared_ptr<Link> next_link_;
+  std::shared_ptr<Link> spare_link_;  // a finished relay's link, for the next one
   bool client_writing_ = false;
   bool client_gone_ = false;
   bool copy_in_ = false;   // the server is in COPY FROM STDIN (CopyInResponse relayed)

@@ -712,6 +712,30 @@ TEST_CASE("statements of one shape share its analysis with their own literals",
   }
 }
 
+TEST_CASE("a shape's literals are found wherever they fall in the text", "[router][parser]") {
+  // The scan for where literals may start reads sixteen bytes at a time: literals, quotes
+  // and characters near them in the byte order ( ( ) * + , # and bytes above 0x7f) are put
+  // at every position of a block.
+  auto cfg = map();
+  for (std::size_t pad = 0; pad < 40; ++pad) {
+    const std::string head = "select id" + std::string(pad, ' ') +
+                             ", (1+2)*3 as \"\xc3\xa9#(x)\", 'a''b' from users where id = ";
+    for (const std::string tail : {"", " and name <> 'x\\y'", " -- 9\n"}) {
+      INFO("pad " << pad << " tail " << tail);
+      AnalysisCache cache(100, cfg.get());
+      cache.get(head + "41" + tail, *cfg);
+      const auto misses = cache.misses();
+      const auto got = cache.get(head + "42" + tail, *cfg);
+      CHECK(cache.misses() == misses);  // the shape's analysis, not a parse
+      const auto own = analyze_statement(head + "42" + tail, *cfg);
+      CHECK(got->target == own.target);
+      CHECK(got->keys == own.keys);
+      REQUIRE(own.keys.size() == 1);
+      CHECK(own.keys[0].literal == "42");
+    }
+  }
+}
+
 TEST_CASE("a repeated shape refills its last analysis only when nobody holds it",
           "[router][parser]") {
   auto cfg = map();
