@@ -20,6 +20,10 @@ using asio::awaitable;
 using asio::ip::tcp;
 using boost::system::error_code;
 inline constexpr auto use_nothrow = asio::as_tuple(asio::use_awaitable);
+// use_nothrow for the data path's reads: co_await on the deferred operation starts it from
+// the awaiting coroutine itself (use_awaitable runs each operation in a coroutine of its
+// own, a frame allocated and resumed per read).
+inline constexpr auto use_nothrow_op = asio::as_tuple(asio::deferred);
 using Clock = std::chrono::steady_clock;
 
 // Clock::now() at the kernel tick's resolution (a few ms behind at most), for timestamps
@@ -89,9 +93,11 @@ class Event {
 // (Asio unwinds it through the executor later): it must not touch its owner on the way.
 class Baton {
  public:
+  // To be awaited at once by a coroutine (as a deferred operation: no coroutine frame of
+  // its own).
   auto wait() {
-    return asio::async_initiate<const asio::use_awaitable_t<>&, void()>(
-        [this](Waiter waiter) { waiter_.emplace(std::move(waiter)); }, asio::use_awaitable);
+    return asio::async_initiate<const asio::deferred_t&, void()>(
+        [this](Waiter waiter) { waiter_.emplace(std::move(waiter)); }, asio::deferred);
   }
   bool waiting() const { return waiter_.has_value(); }
   void wake() {
@@ -101,7 +107,8 @@ class Baton {
   }
 
  private:
-  using Waiter = asio::async_result<asio::use_awaitable_t<>, void()>::handler_type;
+  // What co_await hands a deferred operation (Asio's own type: a Baton is for coroutines).
+  using Waiter = asio::detail::awaitable_async_op_handler<void(), asio::any_io_executor>;
   std::optional<Waiter> waiter_;
 };
 }  // namespace pgshard

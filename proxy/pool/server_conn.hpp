@@ -128,7 +128,7 @@ class ServerConn {
           }
           return got;
         },
-        use_nothrow);
+        use_nothrow_op);
   }
 
   // Bytes to and from the server, counted in its pool's measurements.

@@ -281,7 +281,7 @@ auto Session::read_first_chunk() {
         }
         return got;
       },
-      use_nothrow);
+      use_nothrow_op);
 }
 
 awaitable<bool> Session::read_client() {
