@@ -73,17 +73,16 @@ struct ServiceAccess : detail::reactive_socket_service_base {
   using Cancellation = reactor_op_cancellation;
 };
 
-template <typename Read, typename Handler, typename IoExecutor>
+template <typename Read, typename Handler>
 class Op : public detail::reactor_op {
  public:
   BOOST_ASIO_DEFINE_HANDLER_PTR(Op);
 
-  Op(int fd, Read& read, Handler& handler, const IoExecutor& io_ex)
+  Op(int fd, Read& read, Handler& handler)
       : reactor_op(error_code(), &Op::do_perform, &Op::do_complete),
         fd_(fd),
         read_(std::move(read)),
-        handler_(std::move(handler)),
-        work_(handler_, io_ex) {}
+        handler_(std::move(handler)) {}
 
   static status do_perform(reactor_op* base) {
     auto* o = static_cast<Op*>(base);
@@ -105,10 +104,12 @@ class Op : public detail::reactor_op {
     }
   }
 
+  // The handler runs here, on the reactor's thread, with no work tracked for its executor:
+  // a DrainedSocket's reads are awaited by coroutines of the socket's own io_context, which
+  // run on that thread (the reactor counts the pending read as the io_context's work).
   static void do_complete(void* owner, detail::operation* base, const error_code&, std::size_t) {
     auto* o = static_cast<Op*>(base);
     ptr p = {detail::addressof(o->handler_), o, o};
-    detail::handler_work<Handler, IoExecutor> w(std::move(o->work_));
     // The handler is moved out before the operation's memory is freed for the upcall.
     detail::binder2<Handler, error_code, std::size_t> handler(o->handler_, o->ec_,
                                                               o->bytes_transferred_);
@@ -116,7 +117,7 @@ class Op : public detail::reactor_op {
     p.reset();
     if (owner) {
       detail::fenced_block b(detail::fenced_block::half);
-      w.complete(handler, handler.handler_);
+      std::move(handler)();
     }
   }
 
@@ -124,7 +125,6 @@ class Op : public detail::reactor_op {
   int fd_;
   Read read_;
   Handler handler_;
-  detail::handler_work<Handler, IoExecutor> work_;
 };
 
 }  // namespace drained_read_detail
@@ -153,9 +153,9 @@ class DrainedSocket {
           auto& impl = object.get_implementation();
           const bool is_continuation = boost_asio_handler_cont_helpers::is_continuation(handler);
           auto slot = asio::get_associated_cancellation_slot(handler);
-          using Op = d::Op<Read, Handler, tcp::socket::executor_type>;
+          using Op = d::Op<Read, Handler>;
           typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
-          p.p = new (p.v) Op(impl.socket_, read, handler, object.get_executor());
+          p.p = new (p.v) Op(impl.socket_, read, handler);
           if (slot.is_connected())
             p.p->cancellation_key_ = &slot.template emplace<d::ServiceAccess::Cancellation>(
                 reactor_, &impl.reactor_data_, impl.socket_, asio::detail::reactor::read_op);
