@@ -3,6 +3,9 @@
 
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
 #include <algorithm>
 #include <array>
@@ -196,6 +199,26 @@ Settings analyze(std::string_view sql) {
     return (v - kOnes) & ~v & kHighs;
   };
   std::size_t i = 0;
+#ifdef __SSE2__
+  // Sixteen bytes at a time, a first letter only where the word's second letter follows
+  // (pg, re, di in any case): most text has few such pairs.
+  {
+    const __m128i lower = _mm_set1_epi8(0x20);
+    auto pair = [](__m128i a, __m128i b, char x, char y) {
+      return _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8(x)), _mm_cmpeq_epi8(b, _mm_set1_epi8(y)));
+    };
+    for (; i + 17 <= sql.size() && !(mentions && resets); i += 16) {
+      const __m128i a =
+          _mm_or_si128(_mm_loadu_si128(reinterpret_cast<const __m128i*>(sql.data() + i)), lower);
+      const __m128i b = _mm_or_si128(
+          _mm_loadu_si128(reinterpret_cast<const __m128i*>(sql.data() + i + 1)), lower);
+      const __m128i hit = _mm_or_si128(_mm_or_si128(pair(a, b, 'p', 'g'), pair(a, b, 'r', 'e')),
+                                       pair(a, b, 'd', 'i'));
+      for (auto m = static_cast<unsigned>(_mm_movemask_epi8(hit)); m != 0; m &= m - 1)
+        check(i + static_cast<std::size_t>(std::countr_zero(m)));
+    }
+  }
+#endif
   for (; i + 8 <= sql.size() && !(mentions && resets); i += 8) {
     uint64_t x;
     std::memcpy(&x, sql.data() + i, 8);

@@ -146,10 +146,10 @@ TEST_CASE("SET LOCAL is local, SET replaces it, RESET ALL clears everything", "[
 }
 
 TEST_CASE("pgshard words are found at every offset and in every case", "[router]") {
-  // The scan for "pgshard", "reset" and "discard" skips eight bytes at a time: each word,
-  // wherever it starts and however it is spelled, must still be found.
+  // The scan for "pgshard", "reset" and "discard" skips sixteen (or eight) bytes at a time:
+  // each word, wherever it starts and however it is spelled, must still be found.
   auto cfg = map();
-  for (std::size_t pad = 0; pad < 20; ++pad) {
+  for (std::size_t pad = 0; pad < 40; ++pad) {
     INFO("pad " << pad);
     const std::string lead(pad, ' ');
     const std::string tail(pad % 5, ' ');
