@@ -1803,9 +1803,9 @@ std::size_t next_literal_start(const char* s, std::size_t j, std::size_t n) {
                 backslash = _mm_set1_epi8('\\');
   for (; j + 16 <= n; j += 16) {
     const __m128i v = _mm_loadu_si128(reinterpret_cast<const __m128i*>(s + j));
-    const __m128i maybe = _mm_or_si128(
-        _mm_and_si128(_mm_cmpgt_epi8(v, above), _mm_cmplt_epi8(v, below)),
-        _mm_cmpeq_epi8(v, backslash));  // (signed: bytes from 0x80 are below 0x21)
+    const __m128i maybe =
+        _mm_or_si128(_mm_and_si128(_mm_cmpgt_epi8(v, above), _mm_cmplt_epi8(v, below)),
+                     _mm_cmpeq_epi8(v, backslash));  // (signed: bytes from 0x80 are below 0x21)
     for (auto m = static_cast<unsigned>(_mm_movemask_epi8(maybe)); m != 0; m &= m - 1) {
       const std::size_t at = j + static_cast<std::size_t>(std::countr_zero(m));
       if (kLiteralStart[static_cast<unsigned char>(s[at])]) return at;

@@ -205,7 +205,8 @@ Settings analyze(std::string_view sql) {
   {
     const __m128i lower = _mm_set1_epi8(0x20);
     auto pair = [](__m128i a, __m128i b, char x, char y) {
-      return _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8(x)), _mm_cmpeq_epi8(b, _mm_set1_epi8(y)));
+      return _mm_and_si128(_mm_cmpeq_epi8(a, _mm_set1_epi8(x)),
+                           _mm_cmpeq_epi8(b, _mm_set1_epi8(y)));
     };
     for (; i + 17 <= sql.size() && !(mentions && resets); i += 16) {
       const __m128i a =

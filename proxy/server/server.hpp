@@ -24,6 +24,7 @@
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/analysis.hpp"
 #include "proxy/router/placement.hpp"
+#include "proxy/session/parked_relays.hpp"
 #include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/decision_log.hpp"
 
@@ -93,6 +94,7 @@ class Worker {
   pool::Pool& pool(int shard, const config::User& user);
   router::AnalysisCache& analysis_cache() { return cache_; }
   protocol::SpareBlocks& spare_blocks() { return spare_blocks_; }  // (the sessions' reads)
+  session::ParkedRelays& parked_relays() { return parked_relays_; }
   router::DirectoryCache& directory() { return directory_; }
   router::ColumnCache& columns() { return columns_; }
   // The shards' text collation once known (null before), opened with newlocale.
@@ -158,6 +160,8 @@ class Worker {
   awaitable<void> janitor();
   int index_;
   Shared& shared_;
+  // (Before ctx_: sessions ending as it is destroyed take themselves off.)
+  session::ParkedRelays parked_relays_;
   // One thread runs it, and only that thread uses or registers its sockets (other threads
   // post to it; the listener hands accepted connections over as file descriptors): the
   // reactor's per-socket locks are skipped.

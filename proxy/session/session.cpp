@@ -147,6 +147,7 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
 }
 
 Session::~Session() {
+  worker_.parked_relays().unpark(*this);  // (its relay's frames go with next_relay_)
   if (key_.pid) server::CancelRegistry::instance().remove(key_);
   worker_.shared().clients--;
   if (counted_) worker_.shared().logged_in--;
@@ -784,8 +785,7 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
 
 void Session::log_forward(const router::Route& route, int target) {
   if (debug_logging())  // (prefix() builds a string)
-    spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name,
-                  route.reason);
+    spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
   if (route.prepared_statements_view) statements_.show_own_statements();
 }
 
@@ -1590,12 +1590,16 @@ void Session::start_relay(pool::Lease lease, int shard) {
   link->shard = shard;
   link->prelude = sync_prelude(*link->lease);
   backends_.active = link;
-  if (next_relay_.waiting()) {
-    next_link_ = std::move(link);
-    next_relay_.wake();  // runs the relay until it waits for the server's reply
-    return;
-  }
+  if (wake_relay(link)) return;  // (it runs until it waits for the server's reply)
   asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
+}
+
+bool Session::wake_relay(std::shared_ptr<Link> link) {
+  if (!next_relay_.waiting()) return false;
+  worker_.parked_relays().unpark(*this);
+  next_link_ = std::move(link);
+  next_relay_.wake();
+  return true;
 }
 
 awaitable<bool> Session::attach(int shard) {
@@ -1781,7 +1785,8 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       }
       if (link->closing && conn.replies.empty()) {
         if (client_gone_ && conn.replies.tag == "SELECT 1") {
-          spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(), conn.id());
+          spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(),
+                        conn.id());
           conn.broken = true;
         }
         break;
@@ -1812,6 +1817,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     link.reset();
     if (state_ == State::kClosing || client_gone_ || next_relay_.waiting()) break;
     self.reset();  // a waiting relay must not keep its session alive
+    worker_.parked_relays().park(*this);
     co_await next_relay_.wait();
     link = std::move(next_link_);
     if (link) self = shared_from_this();
@@ -2037,7 +2043,7 @@ awaitable<void> Session::finish() {
     error_code ignored;
     conn.socket().cancel(ignored);
   }
-  if (next_relay_.waiting()) next_relay_.wake();  // (with no server: it ends)
+  wake_relay(nullptr);  // (with no server: it ends)
   spdlog::info("{}: closing", prefix());
 }
 

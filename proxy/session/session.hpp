@@ -28,6 +28,7 @@
 #include "proxy/session/failures.hpp"
 #include "proxy/session/login.hpp"
 #include "proxy/session/params.hpp"
+#include "proxy/session/parked_relays.hpp"
 #include "proxy/session/relay_filter.hpp"
 #include "proxy/session/statements.hpp"
 #include "proxy/txn/deadlock.hpp"
@@ -44,7 +45,8 @@ using pool::Link;
 
 class Session : public std::enable_shared_from_this<Session>,
                 public executor::Client,
-                private RelayEvents {
+                private RelayEvents,
+                private ParkedRelays::Entry {
  public:
   // Lifecycle of the client side, printable in logs.
   enum class State { kStartup, kAuth, kReady, kClosing };
@@ -358,6 +360,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // (next_link_): spawning a coroutine per transaction cost more than the rest of its relay.
   Baton next_relay_;
   std::shared_ptr<Link> next_link_;
+  // Hands `link` (null: none, the relay ends) to the relay waiting in next_relay_; false if
+  // none waits.
+  bool wake_relay(std::shared_ptr<Link> link);
+  void end_parked_relay() override { wake_relay(nullptr); }
   std::shared_ptr<Link> spare_link_;  // a finished relay's link, for the next one
   bool client_writing_ = false;
   bool client_gone_ = false;

@@ -1,4 +1,6 @@
 """Opens N idle PostgreSQL connections to host:port (trust auth), holds them, then closes them.
+With a sixth argument, each connection first runs that statement (simple Query) once, as a
+pooled application's connections have before they idle.
 
 Prints "ready N" once every connection has had its ReadyForQuery, waits for a line on stdin,
 closes all connections and prints "closed". Plain sockets (no driver) so that 10,000 clients
@@ -20,6 +22,8 @@ def startup(user, db):
 
 def main():
     host, port, n, user, db = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+    query = sys.argv[6] if len(sys.argv) > 6 else ""
+    queried = set()  # connections whose statement is sent
     sel = selectors.DefaultSelector()
     socks, pending = [], {}
     msg = startup(user, db)
@@ -51,6 +55,11 @@ def main():
                 if t == b"Z":
                     done = True
                 buf = buf[1 + ln:]
+            if done and query and s not in queried:
+                body = query.encode() + b"\0"
+                s.sendall(b"Q" + struct.pack("!i", len(body) + 4) + body)
+                queried.add(s)
+                done = False
             if done:
                 sel.unregister(s)
                 del pending[s]

@@ -2,9 +2,11 @@
 # Memory of idle clients: opens CLIENTS (default 10000) idle connections through pgshard
 # (transaction pooling: they hold no server), and prints pgshard's RSS before, with them
 # connected, and after they have left, with the cost per idle client.
-#   CLIENTS (default 10000)  WORKERS (pgshard, default 2)
+#   CLIENTS (default 10000)  WORKERS (pgshard, default 2)  QUERY (a statement each client
+#   runs once before it idles, as pooled applications' connections have; default none)
 source "$(dirname "$0")/common.sh" idle
 CLIENTS=${CLIENTS:-10000}; WORKERS=${WORKERS:-2}
+QUERY=${QUERY:-}  # a statement each client runs once before it idles (default: none)
 SHARD=$(free_port); PROXY=$(free_port)
 ulimit -n "$(ulimit -Hn)"  # each process needs one descriptor per client
 "$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "$SHARD" >/dev/null
@@ -20,7 +22,7 @@ start_pgshard "$DIR/pgshard.yaml" "$PROXY"
 PID=$(cat "$DIR/pgshard.pid")
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$PID/status"; }
 before=$(rss_kb)
-coproc IDLE { python3 "$ROOT/tests/bench/idle_clients.py" 127.0.0.1 "$PROXY" "$CLIENTS" app app; }
+coproc IDLE { python3 "$ROOT/tests/bench/idle_clients.py" 127.0.0.1 "$PROXY" "$CLIENTS" app app "$QUERY"; }
 read -r line <&"${IDLE[0]}"
 [ "${line%% *}" = ready ] || { echo "idle clients failed: $line"; cat "$DIR/pgshard.log"; exit 1; }
 sleep 1

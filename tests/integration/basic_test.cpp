@@ -1,4 +1,5 @@
 // Real clients through pgshard: queries, routing by hints, auth, startup settings, load.
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <thread>
 
@@ -255,4 +256,33 @@ TEST_CASE("session pooling keeps one server per client", "[basic]") {
   // The server was reset (DISCARD ALL) before the next client got it.
   auto d = connect(proxy.conninfo());
   CHECK(error_code(d.get(), "select count(*) from t") == "42P01");
+}
+
+TEST_CASE("more clients than a worker keeps waiting relays for all get their replies", "[basic]") {
+  // A client's relay waits for its next server between transactions, up to
+  // ParkedRelays::kMax (256) per worker; past that the oldest waiting relay is ended. Clients
+  // whose relay was ended, clients with one waiting, and clients leaving with one waiting
+  // must all be unaffected.
+  Proxy proxy(one_worker(4));
+  auto& cluster = Cluster::get();
+  std::vector<Conn> clients;
+  for (int i = 0; i < 300; ++i) clients.push_back(connect(proxy.conninfo()));
+  auto round = [&](int turn) {
+    for (std::size_t i = 0; i < clients.size(); ++i) {
+      if (!clients[i]) continue;
+      const int shard = static_cast<int>((i + static_cast<std::size_t>(turn)) % 3);
+      INFO("client " << i << " turn " << turn);
+      CHECK(scalar(clients[i].get(), "/* pgshard: shard=s" + std::to_string(shard) +
+                                         " */ select current_setting('port')") ==
+            std::to_string(cluster.port(shard)));
+    }
+  };
+  round(0);
+  round(1);
+  std::reverse(clients.begin(), clients.end());  // the newest waiting relays go first now
+  round(2);
+  for (std::size_t i = 0; i < clients.size(); i += 2) clients[i].reset();  // leave waiting
+  round(3);
+  auto late = connect(proxy.conninfo());
+  CHECK(scalar(late.get(), "select 1") == "1");
 }

@@ -1,12 +1,14 @@
 // The single-shard relay's filter (session::RelayFilter) over hand-built server replies: what
 // reaches the client, what is hidden or replaced, what the session is told, and large rows
-// streamed through in pieces. No sockets.
+// streamed through in pieces; and the bound on relays waiting between transactions. No
+// sockets.
 #include "proxy/session/relay_filter.hpp"
 
 #include <catch2/catch.hpp>
 
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/session/parked_relays.hpp"
 #include "wire.hpp"
 
 using namespace pgshard;
@@ -177,4 +179,36 @@ TEST_CASE("an error the session replaces reaches the client in its place", "[rel
   f.conn.replies.expect_ready(Owner::kClient);
   const std::string other = error() + proto::ready_for_query('E');
   CHECK(f.filter.walk(f.conn, other).relay == other);
+}
+
+TEST_CASE("a worker keeps at most kMax waiting relays and ends the oldest for room", "[session]") {
+  using pgshard::session::ParkedRelays;
+  struct Relay : ParkedRelays::Entry {
+    int id = 0;
+    std::vector<int>* ended = nullptr;
+    void end_parked_relay() override { ended->push_back(id); }
+  };
+  std::vector<int> ended;
+  std::vector<Relay> relays(ParkedRelays::kMax + 3);
+  for (std::size_t i = 0; i < relays.size(); ++i) {
+    relays[i].id = static_cast<int>(i);
+    relays[i].ended = &ended;
+  }
+  ParkedRelays parked;
+  for (auto& r : relays) parked.park(r);
+  CHECK(parked.size() == ParkedRelays::kMax);
+  CHECK(ended == std::vector<int>{0, 1, 2});  // the oldest, in order
+  CHECK_FALSE(relays[0].is_linked());
+  // A relay woken by its own session leaves the list; unparking twice does nothing.
+  parked.unpark(relays[10]);
+  parked.unpark(relays[10]);
+  parked.unpark(relays[0]);  // (ended already)
+  CHECK(parked.size() == ParkedRelays::kMax - 1);
+  // Room again: parking the woken one ends nobody; the next one ends the oldest left (3).
+  parked.park(relays[10]);
+  CHECK(ended.size() == 3);
+  parked.park(relays[0]);
+  CHECK(ended == std::vector<int>{0, 1, 2, 3});
+  for (auto& r : relays) parked.unpark(r);
+  CHECK(parked.size() == 0);
 }
