@@ -1,5 +1,9 @@
 #!/usr/bin/env bash
 # Configures and builds pgshard into build/<type> (Release by default); prints the binary path.
+# A Release build is optimized by a profile (PGSHARD_PGO=0 skips that): an instrumented
+# pgshard is built into build/pgo/generate and run by deploy/pgo_train.sh against throwaway
+# shards, and the Release build uses what it recorded. The profile is kept under
+# build/pgo/profile-<hash of the sources> and made again only when a source changes.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TYPE=${1:-Release}
@@ -8,6 +12,31 @@ DIR="$ROOT/build/$(echo "$TYPE" | tr '[:upper:]' '[:lower:]')"
 # -Wmaybe-uninitialized is unreliable under -fsanitize).
 WERROR=ON
 [ "$TYPE" = Sanitize ] && WERROR=OFF
-cmake -S "$ROOT" -B "$DIR" -DCMAKE_BUILD_TYPE="$TYPE" -DPGSHARD_WERROR=$WERROR >/dev/null
+
+PGO=()
+if [ "$TYPE" = Release ] && [ "${PGSHARD_PGO:-1}" = 1 ]; then
+  sum=$(cd "$ROOT" && find CMakeLists.txt protocol config proxy deploy/pgo_train.sh -type f \
+          -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
+  profile="$ROOT/build/pgo/profile-$sum"
+  if [ ! -f "$profile/complete" ]; then
+    echo "pgo: training an instrumented build for the profile $profile" >&2
+    rm -rf "$ROOT"/build/pgo/profile-*
+    gen="$ROOT/build/pgo/generate"
+    cmake -S "$ROOT" -B "$gen" -DCMAKE_BUILD_TYPE=Release -DPGSHARD_TESTS=OFF \
+      -DPGSHARD_WERROR=ON -DPGSHARD_PGO_GENERATE="$profile" >/dev/null
+    cmake --build "$gen" -j"$(nproc)" --target pgshard >&2
+    "$ROOT/deploy/pgo_train.sh" "$gen/pgshard" >&2 ||
+      { echo "pgo: the training run failed (PGSHARD_PGO=0 builds without a profile)" >&2; exit 1; }
+    # The request path must be in the profile, or the build would silently go without it.
+    ls "$profile" | grep -q 'session.cpp.gcda$' ||
+      { echo "pgo: the training wrote no profile of the session into $profile" >&2; exit 1; }
+    touch "$profile/complete"
+  fi
+  PGO=(-DPGSHARD_PGO_USE="$profile")
+else
+  PGO=(-DPGSHARD_PGO_USE=)
+fi
+
+cmake -S "$ROOT" -B "$DIR" -DCMAKE_BUILD_TYPE="$TYPE" -DPGSHARD_WERROR=$WERROR "${PGO[@]}" >/dev/null
 cmake --build "$DIR" -j"$(nproc)" >&2
 echo "$DIR"
