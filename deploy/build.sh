@@ -28,7 +28,7 @@ if [ "$TYPE" = Release ] && [ "${PGSHARD_PGO:-1}" = 1 ]; then
     "$ROOT/deploy/pgo_train.sh" "$gen/pgshard" >&2 ||
       { echo "pgo: the training run failed (PGSHARD_PGO=0 builds without a profile)" >&2; exit 1; }
     # The request path must be in the profile, or the build would silently go without it.
-    ls "$profile" | grep -q 'session.cpp.gcda$' ||
+    compgen -G "$profile/*session#session.cpp.gcda" >/dev/null ||
       { echo "pgo: the training wrote no profile of the session into $profile" >&2; exit 1; }
     touch "$profile/complete"
   fi

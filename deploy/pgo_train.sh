@@ -10,6 +10,7 @@ set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BIN=$1
 DIR=$(mktemp -d /tmp/pgshard-pgo-XXXXXX); chmod 755 "$DIR"
+OWN_PORTS_FILE=$([ -z "${PGSHARD_PORTS_TAKEN:-}" ] && echo 1 || echo 0)
 source "$ROOT/tests/harness/free_port.sh"
 S0=$(free_port); S1=$(free_port); PORT=$(free_port)
 export PGPASSWORD=secret
@@ -17,7 +18,8 @@ PID=
 cleanup() {
   [ -n "$PID" ] && kill "$PID" 2>/dev/null || true
   "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/pg" || true
-  rm -rf "$DIR" "$PGSHARD_PORTS_TAKEN"
+  rm -rf "$DIR"
+  [ "$OWN_PORTS_FILE" = 0 ] || rm -f "$PGSHARD_PORTS_TAKEN"
 }
 trap cleanup EXIT
 fail() {

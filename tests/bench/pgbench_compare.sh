@@ -112,6 +112,9 @@ $(awk -v a="$after" -v b="$before" -v t="$tx" -v hz="$HZ" -v s="$sys" -v c="$cs"
   'BEGIN {if (t > 0) print (a - b) / hz * 1e6 / t, s / t, c / t; else print 0, 0, 0}')"
 }
 
+# Whether the binary measured is profile-guided (deploy/build.sh's Release build is).
+profile=$(sed -n 's/^PGSHARD_PGO_USE:PATH=//p' "$BUILD/CMakeCache.txt" 2>/dev/null || true)
+echo "pgshard: $BUILD/pgshard, profile-guided: ${profile:-no}"
 printf '\n%-9s %7s | %10s %10s %10s | %8s %8s | %9s %9s %9s | %13s | %9s %9s | %8s %8s | %7s %7s\n' \
   mode clients direct pgbouncer pgshard "ps/pgb" "ps/dir" "lat_dir" "lat_pgb" "lat_ps" \
   "ps_added_us" "cpu_pgb" "cpu_ps" "sys_pgb" "sys_ps" "cs_pgb" "cs_ps"
