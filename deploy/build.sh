@@ -14,6 +14,7 @@ WERROR=ON
 [ "$TYPE" = Sanitize ] && WERROR=OFF
 
 PGO=()
+trained=0
 if [ "$TYPE" = Release ] && [ "${PGSHARD_PGO:-1}" = 1 ]; then
   sum=$(cd "$ROOT" && find CMakeLists.txt protocol config proxy deploy/pgo_train.sh -type f \
           -print0 | sort -z | xargs -0 sha256sum | sha256sum | cut -c1-16)
@@ -31,6 +32,7 @@ if [ "$TYPE" = Release ] && [ "${PGSHARD_PGO:-1}" = 1 ]; then
     compgen -G "$profile/*session#session.cpp.gcda" >/dev/null ||
       { echo "pgo: the training wrote no profile of the session into $profile" >&2; exit 1; }
     touch "$profile/complete"
+    trained=1
   fi
   PGO=(-DPGSHARD_PGO_USE="$profile")
 else
@@ -38,5 +40,11 @@ else
 fi
 
 cmake -S "$ROOT" -B "$DIR" -DCMAKE_BUILD_TYPE="$TYPE" -DPGSHARD_WERROR=$WERROR "${PGO[@]}" >/dev/null
-cmake --build "$DIR" -j"$(nproc)" >&2
+cmake --build "$DIR" -j"$(nproc)" 2>&1 | tee "$DIR/build.log" >&2
+# A build from a fresh profile compiles every source with it: a source without its profile
+# means the profile was not found, and the binary would not be what was measured.
+if [ "$trained" = 1 ] && grep -q 'Wmissing-profile' "$DIR/build.log"; then
+  echo "pgo: sources were built without the profile $profile (see $DIR/build.log)" >&2
+  exit 1
+fi
 echo "$DIR"
