@@ -136,7 +136,10 @@ std::vector<Victim> find_victims(const std::vector<WaitingTxn>& txns,
     std::set<int> shards;
     for (const auto& step : cycle) shards.insert(step.second);
     std::string list;
-    for (int s : shards) list += (list.empty() ? "" : ", ") + name(s);
+    for (int s : shards) {
+      if (!list.empty()) list += ", ";
+      list += name(s);
+    }
     std::string waits_on;
     for (const auto& [node, shard] : cycle)
       if (node == victim) waits_on = name(shard);
