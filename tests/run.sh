@@ -5,7 +5,7 @@
 # Each integration test binary starts its own PostgreSQL shards on free ports and stops them.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-"$ROOT/deploy/install-deps.sh"
+"$ROOT/deploy/install-deps.sh" --tests
 
 status=0
 for type in Release Sanitize; do

@@ -36,6 +36,6 @@ PGPASSWORD=admin psql -X -qAt -h 127.0.0.1 -p "$PGSHARD_PORT" -U admin pgshard -
 
 "$QS" stop >/dev/null
 out=$("$QS" 2>&1) || { echo "$out"; fail "run after stop"; }
-echo "$out" | grep -q "started pgshard" || { echo "$out"; fail "pgshard not started after stop"; }
+echo "$out" | grep -q "started (pid" || { echo "$out"; fail "pgshard not started after stop"; }
 [ "$(psql -X -qAt "$URL" -c 'select name from users where id = 42')" = q ] || fail "row lost after stop"
 echo "quickstart: first run, rerun (no-op), stop and start again: passed"
