@@ -403,7 +403,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   if (!c.mapping(root, "the top level",
                  {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
                   "unsharded", "timeouts", "log_level", "router", "partial_results",
-                  "two_phase_commit", "two_phase_log", "admin", "log_format", "node_id"})) {
+                  "two_phase_commit", "two_phase_log", "admin", "log_format", "node_id",
+                  "atomic_visibility"})) {
     c.throw_if_failed();
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);
@@ -426,6 +427,10 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
     cfg->two_phase_commit = c.choice<bool>(root["two_phase_commit"], "two_phase_commit",
                                            {{"true", true}, {"false", false}})
                                 .value_or(true);
+  if (root["atomic_visibility"])
+    cfg->atomic_visibility = c.choice<bool>(root["atomic_visibility"], "atomic_visibility",
+                                            {{"true", true}, {"false", false}})
+                                 .value_or(true);
   if (root["node_id"])
     cfg->node_id = c.integer<int>(root["node_id"], "node_id", 0, 1023).value_or(-1);
   if (root["two_phase_log"])

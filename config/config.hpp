@@ -148,6 +148,9 @@ struct Config {
   // Transactions across shards commit with two-phase commit and a durable decision log in
   // this directory (false: best-effort COMMIT on each shard with a WARNING on failure).
   bool two_phase_commit = true;
+  // A multi-shard read never sees part of a cross-shard commit (txn::VisibilityGate); false
+  // turns the gate off (to measure what it costs).
+  bool atomic_visibility = true;
   std::string two_phase_log = "pgshard-2pc";
   std::size_t router_cache_size = 10000;
   // false: route by hints and settings only, everything else to the first shard (the

@@ -38,6 +38,7 @@ struct Leg {
   bool timed_out = false;
   bool abandoned = false;  // the client left: stop reading
   bool done = false;       // ReadyForQuery of the request seen
+  int own_ready = 0;       // ReadyForQuerys of pgshard's own messages sent ahead of the request
   std::string problem;     // why the leg failed
   // Its columns' collations other than the database's (read when rows are merged).
   std::shared_ptr<const merge::ColumnCollations> collations;
@@ -62,6 +63,17 @@ static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collatio
     Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database);
 
 namespace {
+
+// The simple-protocol Query messages in `bytes` (pgshard's own prelude): one ReadyForQuery each.
+int count_queries(std::string_view bytes) {
+  int n = 0;
+  for (;;) {
+    auto d = proto::decode_frame(bytes);
+    if (d.status != proto::DecodeStatus::kFrame) return n;
+    n += d.frame.type == proto::msg::kQuery ? 1 : 0;
+    bytes.remove_prefix(d.consumed);
+  }
+}
 
 // One multi-shard statement, from its checks to the client's ReadyForQuery.
 class FanOut {
@@ -89,6 +101,12 @@ class FanOut {
   void stop_leg(Leg& leg);
   // An atomic write commits on every shard or on none.
   awaitable<void> end_write();
+  // A read over several shards whose snapshots must not split a cross-shard commit.
+  bool gated_read() const;
+  awaitable<txn::VisibilityGate::Entered> enter_gate(txn::VisibilityGate::Mode mode);
+  // Waits until every shard has begun executing the request (so has taken its snapshot):
+  // its first reply that comes only after that is in the leg's buffer.
+  awaitable<void> await_snapshots();
   std::string names() const;
 
   Client& c_;
@@ -218,6 +236,12 @@ awaitable<void> FanOut::run() {
     co_await c_.write_client(out_);
     co_return;
   }
+  // A read over several shards takes its snapshots while no cross-shard commit is halfway
+  // visible on them (txn::VisibilityGate); it holds the gate until each shard has begun
+  // executing it. Taken before the collation look-ups below: in a REPEATABLE READ
+  // transaction their catalog query fixes the shard's snapshot.
+  txn::VisibilityGate::Entered gate;
+  if (gated_read()) gate = co_await enter_gate(txn::VisibilityGate::Mode::kRead);
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
   if (plan_ && !legs_.empty()) {
@@ -241,6 +265,10 @@ awaitable<void> FanOut::run() {
     }
   }
   co_await send();
+  if (gate.hold.held()) {
+    co_await await_snapshots();
+    gate.hold.release();
+  }
   co_await read(collation);
   co_await end_write();
   // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
@@ -353,6 +381,7 @@ awaitable<void> FanOut::send() {
     auto* lease = leg.conn;
     auto& replies = lease->replies;
     std::string batch = c_.sync_prelude(*lease);
+    leg.own_ready = count_queries(batch);
     if (atomic_) {
       proto::Query{"BEGIN"}.write(batch);
       replies.expect_ready(pool::Replies::Owner::kOwn);
@@ -514,9 +543,69 @@ void FanOut::stop_leg(Leg& leg) {
   }
 }
 
+bool FanOut::gated_read() const {
+  // Locking reads (FOR UPDATE) count as writes: they may wait on a prepared transaction's
+  // row locks, whose COMMIT PREPARED would wait for this read.
+  int live = 0;
+  for (const auto& leg : legs_) live += leg.failed ? 0 : 1;
+  return c_.config().atomic_visibility && !route_.write && !route_.ddl && !route_.replicated &&
+         live > 1;
+}
+
+awaitable<txn::VisibilityGate::Entered> FanOut::enter_gate(txn::VisibilityGate::Mode mode) {
+  std::vector<int> shards;
+  for (const auto& leg : legs_)
+    if (!leg.failed) shards.push_back(leg.shard);
+  auto entered = co_await c_.worker().shared().visibility.enter(
+      mode, std::move(shards), txn::VisibilityGate::kWaitLimit);
+  if (entered.forced)
+    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it", c_.prefix(),
+                 txn::VisibilityGate::kWaitLimit.count(),
+                 mode == txn::VisibilityGate::Mode::kRead ? "a cross-shard commit"
+                                                          : "multi-shard reads");
+  co_return entered;
+}
+
+awaitable<void> FanOut::await_snapshots() {
+  // Replies a server sends only once the statement executes, after its snapshot is taken:
+  // in the simple protocol the result's RowDescription and anything after it; in the
+  // extended protocol BindComplete (the portal's snapshot is taken at Bind) and after it,
+  // not ParseComplete or a statement's Describe. An error or ReadyForQuery ends the wait too.
+  const std::string_view after = simple_ ? "TDCEIZHGd" : "2DCEIsZHGd";
+  for (auto& leg : legs_) {
+    if (leg.failed) continue;
+    for (;;) {
+      bool started = false, bad = false;
+      int skip = leg.own_ready;
+      std::string_view rest = leg.conn->rbuf.view();
+      for (;;) {
+        auto d = proto::decode_frame(rest, c_.config().listen.max_message_size);
+        if (d.status == proto::DecodeStatus::kError) bad = true;
+        if (d.status != proto::DecodeStatus::kFrame) break;
+        const char type = d.frame.type;
+        rest.remove_prefix(d.consumed);
+        if (skip > 0) {
+          if (type == proto::msg::kReadyForQuery) --skip;
+          continue;
+        }
+        if (after.find(type) != std::string_view::npos) {
+          started = true;
+          break;
+        }
+      }
+      // (A broken stream or a lost server is found and reported by read().)
+      if (started || bad || std::get<0>(co_await leg.conn->read_some())) break;
+    }
+  }
+}
+
 awaitable<void> FanOut::end_write() {
   if (!atomic_) co_return;
   const bool ok = !failure_ && !error_sent_ && missing_.empty();
+  // Its COMMITs on several shards are one commit to readers (txn::VisibilityGate).
+  txn::VisibilityGate::Entered gate;
+  if (ok && legs_.size() > 1 && c_.config().atomic_visibility)
+    gate = co_await enter_gate(txn::VisibilityGate::Mode::kCommit);
   const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
   std::vector<std::string> committed;
   for (auto& leg : legs_) {

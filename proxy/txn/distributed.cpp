@@ -35,6 +35,8 @@ class Ending {
   awaitable<bool> prepare_all(const std::string& gid, std::vector<bool>& prepared);
   // The participants go back (or stay, in session pooling).
   void hand_back();
+  // The commit side of the visibility gate, for the participants' shards.
+  awaitable<VisibilityGate::Entered> enter_gate();
   awaitable<void> answer(bool simple);
   const std::string& name(const Part& p) const {
     return c_.config().shards[static_cast<std::size_t>(p->shard)].name;
@@ -85,6 +87,7 @@ awaitable<void> Ending::rollback_all() {
 }
 
 awaitable<void> Ending::commit_in_turn() {
+  auto gate = co_await enter_gate();
   std::vector<std::string> committed, failed;
   for (auto& p : parts_) {
     const bool ok = co_await c_.run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
@@ -158,7 +161,10 @@ awaitable<void> Ending::commit_two_phase() {
     co_return;
   }
   ++c_.worker().shared().committed_2pc;
-  // Decided: every participant commits now, or recovery does it later.
+  // Decided: every participant commits now, or recovery does it later. The COMMIT PREPAREDs
+  // become visible one shard after the other: multi-shard reads on these shards do not take
+  // their snapshots meanwhile (VisibilityGate).
+  auto gate = co_await enter_gate();
   bool all = true;
   for (auto& p : parts_) {
     const bool done = co_await c_.run_ours(p, "COMMIT PREPARED '" + part_gid(gid, p) + "'") &&
@@ -170,6 +176,18 @@ awaitable<void> Ending::commit_two_phase() {
                  p->lease ? p->lease->replies.error : std::string("connection lost"));
   }
   if (all) decisions.done(gid);
+}
+
+awaitable<VisibilityGate::Entered> Ending::enter_gate() {
+  if (!c_.config().atomic_visibility) co_return VisibilityGate::Entered{};
+  std::vector<int> shards;
+  for (const auto& p : parts_) shards.push_back(p->shard);
+  auto entered = co_await c_.worker().shared().visibility.enter(
+      VisibilityGate::Mode::kCommit, std::move(shards), VisibilityGate::kWaitLimit);
+  if (entered.forced)
+    spdlog::warn("{}: the visibility gate waited {} ms for multi-shard reads; committing without it",
+                 c_.prefix(), VisibilityGate::kWaitLimit.count());
+  co_return entered;
 }
 
 void Ending::hand_back() {

@@ -65,7 +65,7 @@ def pgshard_check(config_text, env, where):
     os.unlink(f.name)
     if r.returncode != 0:
         problems.append(f"{where}: pgshard check: {r.stdout}{r.stderr}".strip())
-    cfg = yaml.safe_load(config_text.replace("${", "x{"))
+    cfg = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", config_text))
     return duration_s((cfg.get("timeouts") or {}).get("shutdown", "30s"))
 
 
@@ -156,29 +156,49 @@ for bad in ("{{ range .Values.x }}{{ end }}", "{{ include \"x\" . }}", "{{ if .a
         pass
 
 compose_path = os.path.join(ROOT, "docker/compose.yaml")
-compose = yaml.safe_load(open(compose_path))
+compose_text = open(compose_path).read()
+compose = yaml.safe_load(compose_text)
 services = compose.get("services", {})
 for s in ("shard0", "shard1", "shard2", "pgshard"):
     if s not in services:
         problems.append(f"docker/compose.yaml: no service {s}")
-build = services.get("pgshard", {}).get("build", {})
-dockerfile = os.path.normpath(os.path.join(ROOT, "docker", build.get("context", "."),
-                                           build.get("dockerfile", "Dockerfile")))
-if not os.path.isfile(dockerfile):
-    problems.append(f"docker/compose.yaml: Dockerfile {dockerfile} missing")
+# Images come from Dockerfiles in the repository (Debian's packages), never from a registry.
+for name, s in services.items():
+    build = s.get("build") or {}
+    dockerfile = os.path.normpath(os.path.join(ROOT, "docker", build.get("context", "."),
+                                               build.get("dockerfile", "Dockerfile")))
+    if not build or not os.path.isfile(dockerfile):
+        problems.append(f"docker/compose.yaml: {name} has no Dockerfile of the repository")
+    if any(isinstance(d, dict) for d in (s.get("depends_on") or [])) or \
+            isinstance(s.get("depends_on"), dict):
+        problems.append(f"docker/compose.yaml: {name}: depends_on conditions (podman-compose ignores them)")
+# Shards take distinct ports, so the file also runs on a host network.
+ports = [s.get("environment", {}).get("PGPORT") for n, s in services.items() if n.startswith("shard")]
+if len(set(ports)) != 3 or None in ports:
+    problems.append(f"docker/compose.yaml: shards need distinct PGPORTs, have {ports}")
+
+
+def compose_default(value):
+    """${NAME:-default} as compose substitutes it with NAME unset."""
+    return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
+
+
+pgshard_env = {k: compose_default(v) for k, v in services.get("pgshard", {}).get("environment", {}).items()}
 for volume in services.get("pgshard", {}).get("volumes", []):
     src = os.path.normpath(os.path.join(ROOT, "docker", volume.split(":")[0]))
     if src.endswith(".yaml"):
-        pgshard_check(open(src).read(), {}, "docker/compose.yaml pgshard config")
+        pgshard_check(open(src).read(), pgshard_env, "docker/compose.yaml pgshard config")
 for name, s in services.items():
     for volume in s.get("volumes", []):
         src = os.path.normpath(os.path.join(ROOT, "docker", volume.split(":")[0]))
         if not os.path.exists(src):
             problems.append(f"docker/compose.yaml: {name} mounts missing {src}")
+for path in ("docker/Dockerfile", "docker/shard.Dockerfile"):
+    for copied in re.findall(r"^COPY (?!--from)(\S+)", open(os.path.join(ROOT, path)).read(), re.M):
+        # build/image/pgshard is the optional prebuilt binary (--build-arg PGSHARD_FROM=prebuilt).
+        if not copied.startswith("build/") and not os.path.exists(os.path.join(ROOT, copied)):
+            problems.append(f"{path}: COPY of missing {copied}")
 docker = open(os.path.join(ROOT, "docker/Dockerfile")).read()
-for copied in re.findall(r"^COPY (?!--from)(\S+)", docker, re.M):
-    if not os.path.exists(os.path.join(ROOT, copied)):
-        problems.append(f"docker/Dockerfile: COPY of missing {copied}")
 # The runtime stage installs Debian 12 packages by name: each must be a real package (the
 # build machine runs Debian 12 and has them, as dependencies of the -dev packages).
 runtime = docker.split("FROM debian:bookworm-slim", 1)[-1]

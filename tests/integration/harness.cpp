@@ -191,12 +191,16 @@ Proxy::Proxy(ProxyOptions o) {
     std::ofstream f(dir_ + "/pgshard.yaml");
     f << y.str();
   }
+  // PGSHARD_TEST_BINARY runs the cases against another pgshard (an older build, to see a
+  // regression test fail before its fix).
+  const char* binary = std::getenv("PGSHARD_TEST_BINARY");
+  if (!binary || !*binary) binary = PGSHARD_BINARY;
   pid_ = fork();
   if (pid_ == 0) {
     int fd = open((dir_ + "/pgshard.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
-    execl(PGSHARD_BINARY, "pgshard", "--config", (dir_ + "/pgshard.yaml").c_str(), nullptr);
+    execl(binary, "pgshard", "--config", (dir_ + "/pgshard.yaml").c_str(), nullptr);
     _exit(127);
   }
   // Ready when the port accepts connections.

@@ -1,0 +1,127 @@
+// The visibility gate (txn::VisibilityGate): readers and commit phases on overlapping shards
+// exclude each other, disjoint ones do not, waiters are served in arrival order, and a wait
+// is bounded.
+#include <catch2/catch.hpp>
+#include <optional>
+
+#include "proxy/txn/visibility_gate.hpp"
+
+using namespace pgshard;
+using Gate = txn::VisibilityGate;
+using Mode = Gate::Mode;
+
+namespace {
+
+// Starts enter() as a coroutine on `ctx`; the result lands in `out` when it is granted.
+void start(asio::io_context& ctx, Gate& gate, Mode mode, std::vector<int> shards,
+           std::optional<Gate::Entered>& out,
+           std::chrono::milliseconds limit = std::chrono::milliseconds(60000)) {
+  asio::co_spawn(
+      ctx,
+      [&gate, mode, shards, &out, limit]() -> awaitable<void> {
+        out = co_await gate.enter(mode, shards, limit);
+      },
+      asio::detached);
+}
+
+// Runs what is ready (an io_context that ran out of work stops until restarted).
+void pump(asio::io_context& ctx) {
+  ctx.restart();
+  ctx.poll();
+}
+
+}  // namespace
+
+TEST_CASE("visibility gate: a commit phase waits for reads on its shards, not on others",
+          "[gate]") {
+  asio::io_context ctx;
+  Gate gate;
+  std::optional<Gate::Entered> read, commit, other_commit, second_read;
+  start(ctx, gate, Mode::kRead, {0, 1}, read);
+  pump(ctx);
+  REQUIRE(read);
+  CHECK_FALSE(read->waited);
+  start(ctx, gate, Mode::kCommit, {1, 2}, commit);
+  start(ctx, gate, Mode::kCommit, {2}, other_commit);  // disjoint from the read
+  pump(ctx);
+  CHECK_FALSE(commit);
+  REQUIRE(other_commit);
+  CHECK_FALSE(other_commit->waited);
+  // A read arriving after the waiting commit, on its shard, waits behind it (no starvation).
+  start(ctx, gate, Mode::kRead, {1}, second_read);
+  pump(ctx);
+  CHECK_FALSE(second_read);
+  read->hold.release();
+  pump(ctx);
+  REQUIRE(commit);
+  CHECK(commit->waited);
+  CHECK_FALSE(commit->forced);
+  CHECK_FALSE(second_read);
+  commit->hold.release();
+  pump(ctx);
+  REQUIRE(second_read);  // shard 2's other commit does not concern it
+  CHECK(second_read->waited);
+  CHECK(gate.commits_waited == 1);
+  CHECK(gate.reads_waited == 1);
+  CHECK(gate.forced == 0);
+}
+
+TEST_CASE("visibility gate: reads share, commit phases share", "[gate]") {
+  asio::io_context ctx;
+  Gate gate;
+  std::optional<Gate::Entered> r1, r2, c1, c2;
+  start(ctx, gate, Mode::kRead, {0, 1, 2}, r1);
+  start(ctx, gate, Mode::kRead, {0, 1, 2}, r2);
+  pump(ctx);
+  CHECK((r1 && r2));
+  r1->hold.release();
+  r2->hold.release();
+  start(ctx, gate, Mode::kCommit, {0, 1}, c1);
+  start(ctx, gate, Mode::kCommit, {1, 2}, c2);
+  pump(ctx);
+  CHECK((c1 && c2));
+  CHECK_FALSE(c1->waited);
+}
+
+TEST_CASE("visibility gate: a wait past its limit goes ahead and is counted", "[gate]") {
+  asio::io_context ctx;
+  Gate gate;
+  std::optional<Gate::Entered> read, commit, late_read;
+  start(ctx, gate, Mode::kRead, {0}, read);
+  pump(ctx);
+  start(ctx, gate, Mode::kCommit, {0}, commit, std::chrono::milliseconds(20));
+  pump(ctx);
+  CHECK_FALSE(commit);
+  ctx.restart();
+  ctx.run_for(std::chrono::milliseconds(200));
+  REQUIRE(commit);
+  CHECK(commit->forced);
+  CHECK(gate.forced == 1);
+  // The forced commit holds the shard: a new read waits for it.
+  start(ctx, gate, Mode::kRead, {0}, late_read);
+  pump(ctx);
+  CHECK_FALSE(late_read);
+  commit->hold.release();
+  pump(ctx);
+  CHECK(late_read);
+}
+
+TEST_CASE("visibility gate: a hold moved or destroyed releases once", "[gate]") {
+  asio::io_context ctx;
+  Gate gate;
+  std::optional<Gate::Entered> read, commit;
+  start(ctx, gate, Mode::kRead, {3}, read);
+  pump(ctx);
+  REQUIRE(read);
+  {
+    Gate::Hold moved = std::move(read->hold);
+    CHECK_FALSE(read->hold.held());
+    start(ctx, gate, Mode::kCommit, {3}, commit);
+    pump(ctx);
+    CHECK_FALSE(commit);
+  }
+  pump(ctx);
+  REQUIRE(commit);
+  commit->hold.release();
+  commit->hold.release();  // a second release does nothing
+}
