@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "proxy/router/ast.hpp"
+#include "proxy/router/decomposition.hpp"
 #include "proxy/router/merge_plan.hpp"
 #include "proxy/router/text.hpp"
 
@@ -513,6 +514,14 @@ class Analyzer {
     a.table = uses_.front().table;
     for (const auto& u : uses_) a.key_columns.push_back(cfg_.sharded_tables[u.table].column);
     if (kind == PG_QUERY__NODE__NODE_COPY_STMT) return copy(stmt->copy_stmt, a);
+    if (const PgQuery__RangeVar* target = write_target(stmt); target && is_reference(target)) {
+      // Every shard would change its copy from its own sharded rows: the copies would differ.
+      a.target = Analysis::Target::kError;
+      a.error = "a write to reference table \"" + std::string(target->relname) +
+                "\" that reads sharded tables (" + use_names() + ") is not supported";
+      a.hint = "compute the values first, then write them to the reference table";
+      return a;
+    }
     if (a.ddl) {
       if (auto problem = foreign_key_problem(stmt)) {
         a.target = Analysis::Target::kError;
@@ -573,13 +582,53 @@ class Analyzer {
             cte_wheres_.push_back(q->select_stmt->where_clause);
           }
         }
-        return keyed(s->where_clause, a);
+        return decomposes(s, keyed(s->where_clause, a));
       }
       default:
         a.target = Analysis::Target::kAllShards;
         a.reason = "statement on a sharded table without a key";
         return a;
     }
+  }
+
+  // The table an INSERT, UPDATE or DELETE writes.
+  static const PgQuery__RangeVar* write_target(const Node* stmt) {
+    switch (stmt->node_case) {
+      case PG_QUERY__NODE__NODE_INSERT_STMT:
+        return stmt->insert_stmt->relation;
+      case PG_QUERY__NODE__NODE_UPDATE_STMT:
+        return stmt->update_stmt->relation;
+      case PG_QUERY__NODE__NODE_DELETE_STMT:
+        return stmt->delete_stmt->relation;
+      default:
+        return nullptr;
+    }
+  }
+
+  // A SELECT that would run on several shards (concatenated or merged) only when the rows
+  // every shard holds whole (reference tables, functions in FROM) cannot show once per
+  // shard (decomposition.hpp); otherwise refused with what stops it. A single shard
+  // (the key pins one) answers anything: the refusal happens only when several run it.
+  Analysis& decomposes(const PgQuery__SelectStmt* s, Analysis& a) {
+    if (a.target != Analysis::Target::kAllShards && a.target != Analysis::Target::kKeys)
+      return a;
+    if (!a.concat_safe && !a.merge_candidate) return a;  // refused already, for its own reason
+    auto problem = decomposition_problem(s, [&](const PgQuery__RangeVar* r) {
+      return sharded_index(r) >= 0;
+    });
+    if (!problem) return a;
+    a.concat_safe = false;
+    a.merge_candidate = false;
+    a.merge_blocker = *problem;
+    a.hint =
+        "put the sharded table on the kept side of the outer join or in the outer query, or "
+        "add the shard key so one shard answers";
+    if (a.write) {
+      // SELECT ... FOR UPDATE is not merged: refuse it here.
+      a.target = Analysis::Target::kError;
+      a.error = *problem + " across shards is not supported";
+    }
+    return a;
   }
 
   int sharded_index(const PgQuery__RangeVar* r) const {

@@ -51,15 +51,26 @@ std::optional<std::pair<int, int>> numeric_typmod(const PgQuery__TypeName* tn) {
   return std::pair{v[0], v[1]};
 }
 
-// An aggregate call, or a cast of count()/sum() to an integer or numeric type
-// (count(*)::int, sum(x)::numeric): each shard casts its part and the parts add up.
+// The OID of a number type a cast names (int2/int4/int8, numeric, float4/float8); 0 else.
+int32_t cast_type_oid(std::string_view type) {
+  if (type == "int2" || type == "smallint") return 21;
+  if (type == "int4" || type == "integer" || type == "int") return 23;
+  if (type == "int8" || type == "bigint") return 20;
+  if (type == "numeric" || type == "decimal") return 1700;
+  if (type == "float4" || type == "real") return 700;
+  if (type == "float8") return 701;
+  return 0;
+}
+
+// An aggregate call, or a cast of count()/sum() to an integer, numeric or float type
+// (count(*)::int, sum(x)::numeric(10,2)): the shards send the aggregate without the cast
+// and the merge casts the total (Aggregate::cast_type).
 const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
   *cast = false;
   if (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST && n->type_cast->type_name) {
     const auto* tn = n->type_cast->type_name;
     auto type = tn->n_names ? ast::str_of(tn->names[tn->n_names - 1]) : std::string_view();
-    const bool numberish = type == "int4" || type == "int8" || type == "int2" ||
-                           type == "numeric" || type == "integer" || type == "bigint";
+    const bool numberish = cast_type_oid(type) != 0;
     const auto* inner = func_of(n->type_cast->arg);
     const bool typmod_ok = tn->n_typmods == 0 || (type == "numeric" && numeric_typmod(tn));
     if (numberish && typmod_ok && tn->n_array_bounds == 0 && inner && !inner->over &&
@@ -124,10 +135,7 @@ class Planner {
  public:
   Planner(const Planner&) = delete;
   Planner& operator=(const Planner&) = delete;
-  ~Planner() {
-    // The parse tree frees what its counts say: give back the typmods hidden from the shards.
-    for (auto& [tn, n] : stripped_typmods_) tn->n_typmods = n;
-  }
+  ~Planner() = default;
   Planner(PgQuery__ParseResult* tree, PgQuery__SelectStmt* s, const std::vector<std::string>& keys)
       : tree_(tree), s_(s), keys_(keys), n_(static_cast<int>(s->n_target_list)) {}
 
@@ -344,6 +352,7 @@ class Planner {
           plain = false;
       if (plain) {
         plan_->distinct = true;
+        plan_->distinct_within_shard = key_selected();
       } else {
         // DISTINCT ON (a, b) ORDER BY a, b, ...: the merged stream is sorted on the
         // DISTINCT ON keys, so the first row of each run is kept.
@@ -388,6 +397,21 @@ class Planner {
   }
 
   // ---- aggregates and groups ----
+  // A plain reference to a shard-key column (each of its values lives on one shard).
+  bool key_column(const Node* e) const {
+    auto name = last_name(e);
+    if (name.empty() || is_star(e)) return false;
+    for (const auto& k : keys_)
+      if (name == k) return true;
+    return false;
+  }
+  // Whether DISTINCT rows hold a shard-key column among the visible ones.
+  bool key_selected() const {
+    for (int i = 0; i < n_; ++i)
+      if (key_column(val(i))) return true;
+    return false;
+  }
+
   bool key_argument(const PgQuery__FuncCall* f) const {
     if (f->n_args != 1) return false;
     auto name = last_name(f->args[0]);
@@ -413,18 +437,21 @@ class Planner {
       fail(name + "() WITHIN GROUP");
       return -1;
     }
+    Node* partial = node;  // what the shards compute
     if (cast) {
-      a.kind = Aggregate::Kind::kSum;  // the shards' cast counts and sums add up
+      // Counts and sums add up; the cast applies to the total only: rounding or converting
+      // each shard's part would not give the cast of the total (sum(numeric)::int).
+      a.kind = Aggregate::Kind::kSum;
       auto* tn = node->type_cast->type_name;
+      a.cast_type = cast_type_oid(ast::str_of(tn->names[tn->n_names - 1]));
       if (auto pm = numeric_typmod(tn)) {
-        // Rounding each shard's part would not round the total: shards send the exact sum
-        // (the cast without its typmod) and the merge rounds once.
         a.precision = pm->first;
         a.scale = pm->second;
-        a.typmod = ((pm->first << 16) | pm->second) + 4;    // VARHDRSZ, as numeric stores it
-        stripped_typmods_.emplace_back(tn, tn->n_typmods);  // restored before the tree is freed
-        tn->n_typmods = 0;
+        a.typmod = ((pm->first << 16) | pm->second) + 4;  // VARHDRSZ, as numeric stores it
       }
+      partial = node->type_cast->arg;
+      if (column >= 0)
+        targets_[static_cast<std::size_t>(column)] = wrap_res_target(partial, alias(column));
     } else if (name == "count") {
       a.kind = Aggregate::Kind::kCount;
     } else if (name == "sum") {
@@ -465,7 +492,7 @@ class Planner {
       a.column = column;
       a.count_column = add_hidden(renamed_func(f, "count"));
     } else {
-      a.column = column >= 0 ? column : add_hidden(node);
+      a.column = column >= 0 ? column : add_hidden(partial);
     }
     plan_->aggregates.push_back(a);
     agg_nodes_.push_back(node);
@@ -496,6 +523,7 @@ class Planner {
         return fail("GROUPING SETS, ROLLUP and CUBE");
       int col = visible_column(item);
       if (col == -2 || col >= n_) return fail("GROUP BY position out of range");
+      if (key_column(col >= 0 ? val(col) : item)) plan_->groups_within_shard = true;
       if (col >= 0) {
         auto& o = plan_->outputs[static_cast<std::size_t>(col)];
         if (o.kind == Output::Kind::kAggregate) return fail("aggregates in GROUP BY");
@@ -535,6 +563,7 @@ class Planner {
             s_->distinct_clause[i]->node_case != PG_QUERY__NODE__NODE__NOT_SET)
           return fail("DISTINCT ON with aggregates");
       plan_->distinct = true;
+      plan_->distinct_within_shard = key_selected();
     }
     if (!bound(s_->limit_count, plan_->limit) || !bound(s_->limit_offset, plan_->offset)) return;
     // The shards return every partial group; the rest happens in pgshard.
@@ -685,7 +714,6 @@ class Planner {
   bool star_seen_ = false;
   std::vector<Node*> targets_;  // the shard statement's select list
   std::vector<Node*> agg_nodes_;
-  std::vector<std::pair<PgQuery__TypeName*, size_t>> stripped_typmods_;
   std::vector<std::pair<Node*, int>> hidden_groups_;
   bool rewrite_limit_ = false;
   bool strip_for_aggregate_ = false;

@@ -12,6 +12,7 @@
 #include <bit>
 #include <boost/container/flat_set.hpp>
 #include <boost/container/small_vector.hpp>
+#include <cmath>
 #include <cstring>
 #include <memory>
 
@@ -352,6 +353,13 @@ bool param_is_null(const protocol::Bind& bind, int n) {
          !bind.params[static_cast<std::size_t>(n - 1)];
 }
 
+// The type the statement's Parse declared for parameter `n` (0: unspecified or unknown).
+int32_t declared_type(const Context& ctx, int n) {
+  if (!ctx.param_types || n < 1 || static_cast<std::size_t>(n) > ctx.param_types->size())
+    return 0;
+  return (*ctx.param_types)[static_cast<std::size_t>(n - 1)];
+}
+
 Route refuse(std::string message, std::string hint = {}) {
   Route r;
   r.kind = RouteKind::kError;
@@ -580,7 +588,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     } else if (param_is_null(*ctx.bind, k.param)) {
       unknown = true;  // key = NULL matches no row
     } else if (k.kind == KeyValue::Kind::kParam) {
-      if (auto v = param_text(*ctx.bind, k.param, table.type)) {
+      if (auto v = param_text(*ctx.bind, k.param, table.type, declared_type(ctx, k.param))) {
         add(*v);
         if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + *v;
       } else {
@@ -630,7 +638,8 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     if (a->new_key->kind == KeyValue::Kind::kLiteral)
       text = a->new_key->literal;
     else if (ctx.bind)
-      text = param_text(*ctx.bind, a->new_key->param, table.type);
+      text = param_text(*ctx.bind, a->new_key->param, table.type,
+                        declared_type(ctx, a->new_key->param));
     if (text) {
       auto moved = place_key(table, *text, n).shard;
       if (moved && (shards.size() != 1 || *moved != *shards.begin())) {
@@ -819,7 +828,62 @@ std::optional<std::string> numeric_integer(std::string_view v) {
 
 }  // namespace
 
-std::optional<std::string> binary_text(std::string_view v, config::KeyType type) {
+std::optional<std::string> binary_text(std::string_view v, config::KeyType type,
+                                       int32_t declared) {
+  const bool integer_key = type == config::KeyType::kInt2 || type == config::KeyType::kInt4 ||
+                           type == config::KeyType::kInt8;
+  switch (declared) {
+    case 25:    // text
+    case 1043:  // varchar
+    case 19:    // name
+    case 705:   // unknown
+      // textsend: the characters themselves; the cast to the key type parses them.
+      return std::string(v);
+    case 1042:  // char(n): trailing spaces do not count when it becomes text
+      return integer_key || type == config::KeyType::kUuid
+                 ? std::string(v)
+                 : std::string(v.substr(0, v.find_last_not_of(' ') + 1));
+    case 21:
+      if (v.size() != 2) return std::nullopt;
+      return std::to_string(static_cast<int16_t>(protocol::load_be16(v.data())));
+    case 23:
+    case 26:  // oid: unsigned
+      if (v.size() != 4) return std::nullopt;
+      return declared == 26 ? std::to_string(protocol::load_be32(v.data()))
+                            : std::to_string(static_cast<int32_t>(protocol::load_be32(v.data())));
+    case 20: {
+      if (v.size() != 8) return std::nullopt;
+      uint64_t hi = protocol::load_be32(v.data()), lo = protocol::load_be32(v.data() + 4);
+      return std::to_string(static_cast<int64_t>((hi << 32) | lo));
+    }
+    case 1700:
+      return integer_key ? numeric_integer(v) : std::nullopt;
+    case 700:
+    case 701: {
+      // A float key value equal to an integer names that integer's shard; a fraction is
+      // left undecoded (the statement then goes where an unknown key goes).
+      double d = 0;
+      if (declared == 700 && v.size() == 4) {
+        float f = std::bit_cast<float>(protocol::load_be32(v.data()));
+        d = f;
+      } else if (declared == 701 && v.size() == 8) {
+        uint64_t hi = protocol::load_be32(v.data()), lo = protocol::load_be32(v.data() + 4);
+        d = std::bit_cast<double>((hi << 32) | lo);
+      } else {
+        return std::nullopt;
+      }
+      if (!integer_key || !std::isfinite(d) || d != std::trunc(d) || std::fabs(d) > 9.2e18)
+        return std::nullopt;
+      return std::to_string(static_cast<int64_t>(d));
+    }
+    case 2950:
+      if (v.size() != 16) return std::nullopt;
+      return uuid_text(v);
+    case 0:
+      break;
+    default:
+      return std::nullopt;  // a type pgshard does not read: never guessed
+  }
   switch (type) {
     case config::KeyType::kInt2:
     case config::KeyType::kInt4:
@@ -848,11 +912,13 @@ std::string key_identity(config::KeyType type, std::string_view text) {
   return config::canonical_key(type, text);
 }
 
-std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type) {
+std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type,
+                                      int32_t declared) {
   if (n < 1 || static_cast<std::size_t>(n) > bind.params.size()) return std::nullopt;
   const auto& v = bind.params[static_cast<std::size_t>(n - 1)];
   if (!v) return std::nullopt;
-  if (bind.format_of(static_cast<std::size_t>(n - 1)) == 1) return binary_text(*v, type);
+  if (bind.format_of(static_cast<std::size_t>(n - 1)) == 1)
+    return binary_text(*v, type, declared);
   return std::string(*v);
 }
 
@@ -868,7 +934,7 @@ std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, 
     protocol::BodyReader r(*v);
     int32_t ndim = r.i32();
     r.i32();
-    r.i32();
+    const int32_t element = r.i32();  // the elements' type OID: how each one reads
     if (ndim == 0) return out;
     if (ndim != 1) return std::nullopt;
     int32_t count = r.i32();
@@ -876,7 +942,7 @@ std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, 
     for (int32_t i = 0; i < count && !r.failed(); ++i) {
       int32_t len = r.i32();
       if (len < 0) continue;
-      auto t = binary_text(r.bytes(static_cast<std::size_t>(len)), type);
+      auto t = binary_text(r.bytes(static_cast<std::size_t>(len)), type, element);
       if (!t) return std::nullopt;
       out.push_back(*t);
     }
