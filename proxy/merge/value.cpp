@@ -846,12 +846,12 @@ std::string int128_text(__int128 v) {
 // "char" and char(n) (trailing spaces ignored) under deterministic collations, numeric
 // (1.0 = 1.00, NaN = NaN), float4 and float8 (-0 = 0, NaN = NaN), date, time, timetz,
 // timestamp, timestamptz, interval (as a span: '1 day' = '24:00:00', '1 mon' = '30 days';
-// text in IntervalStyle postgres, or binary), uuid, bytea; in text format also arrays of
+// text in IntervalStyle postgres, or binary), uuid, bytea; also arrays of
 // bool, bytea, "char", name, int2, int4, int8, oid, text, varchar, date, time, timestamp,
-// timestamptz and uuid. Domains arrive as their base type (RowDescription). Everything
+// timestamptz and uuid (binary too). Domains arrive as their base type. Everything
 // else (jsonb, json, records, enums and other user types, citext, inet, money, arrays of
 // numeric or float, ...) is not grouped across shards.
-bool exact_group_equality(int32_t type, int16_t format) {
+bool exact_group_equality(int32_t type, int16_t /*format: every listed type, either*/) {
   switch (type) {
     case oid::kInt2:
     case oid::kInt4:
@@ -876,7 +876,7 @@ bool exact_group_equality(int32_t type, int16_t format) {
     case oid::kBytea:
       return true;
     default:
-      return format == 0 && byte_exact_array(type);
+      return byte_exact_array(type);
   }
 }
 
@@ -894,6 +894,14 @@ std::optional<std::string> exact_group_key(int32_t type, int16_t format, std::st
       if (auto span = interval_span(format, v)) return int128_text(*span);
       return std::nullopt;
     default:
+      if (format == 1 && byte_exact_array(type)) {
+        // array_send: ndim, has-null-bitmap flag, element type, dimensions and bounds,
+        // elements. The flag says how the array is stored, not what it holds: left out.
+        if (v.size() < 12) return std::nullopt;
+        std::string key(v);
+        key.replace(4, 4, 4, '\0');
+        return key;
+      }
       if (!exact_group_equality(type, format)) return std::nullopt;
       return std::string(v);
   }
