@@ -144,6 +144,7 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
           if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
             return bad("avg() over " + type_name(t) + " across shards is not supported");
           partial.type = (t == oid::kFloat4 || t == oid::kFloat8) ? oid::kFloat8 : oid::kNumeric;
+          if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the average
           break;
         case Aggregate::Kind::kMin:
         case Aggregate::Kind::kMax:
@@ -551,12 +552,16 @@ std::optional<std::string> Merger::encode_integer(int32_t type, int64_t v, int16
 
 std::optional<std::string> Merger::cast_total(const Aggregate& a, const Acc& acc,
                                               const Column& col) {
-  // The total as the shards' type holds it: an integer, a numeric or a float.
-  const bool from_int = is_integer(col.type);
+  // The total as the shards' type holds it: an integer, a numeric or a float; avg's
+  // quotient is a numeric (float8 over floats), as PostgreSQL's avg returns it.
+  const bool avg = a.kind == Aggregate::Kind::kAvg;
   const bool from_float = col.type == oid::kFloat4 || col.type == oid::kFloat8;
+  const bool from_int = is_integer(col.type) && !avg;
   Decimal exact = acc.num_sum.value_or(Decimal::from_int(0));
   if (acc.int_sum) exact = exact.add(Decimal::from_int(*acc.int_sum));
-  const double approx = acc.float_sum.value_or(0);
+  double approx = acc.float_sum.value_or(0);
+  if (avg && from_float) approx /= static_cast<double>(acc.count);
+  if (avg && !from_float) exact = exact.divide(acc.count);
   const int32_t to = a.cast_type;
   if (to == oid::kInt2 || to == oid::kInt4 || to == oid::kInt8) {
     const char* range = to == oid::kInt2   ? "smallint out of range"
@@ -589,7 +594,7 @@ std::optional<std::string> Merger::cast_total(const Aggregate& a, const Acc& acc
     if (from_float) {
       // float8_numeric / float4_numeric: DBL_DIG (FLT_DIG) significant digits.
       char buf[64];
-      std::snprintf(buf, sizeof buf, "%.*g", col.type == oid::kFloat4 ? 6 : 15, approx);
+      std::snprintf(buf, sizeof buf, "%.*g", col.type == oid::kFloat4 && !avg ? 6 : 15, approx);
       std::string t = buf;
       if (std::isnan(approx)) t = "NaN";
       if (std::isinf(approx)) t = approx > 0 ? "Infinity" : "-Infinity";
@@ -653,6 +658,7 @@ std::optional<std::string> Merger::final_value(const Group& g, int k) {
       return encode_float(col.type, acc.float_sum.value_or(0), col.format);
     case Aggregate::Kind::kAvg:
       if (!acc.any || acc.count == 0) return std::nullopt;
+      if (a.cast_type != 0) return cast_total(a, acc, col);
       if (col.type == oid::kFloat4 || col.type == oid::kFloat8)
         return encode_float(oid::kFloat8,
                             acc.float_sum.value_or(0) / static_cast<double>(acc.count), col.format);

@@ -62,9 +62,9 @@ int32_t cast_type_oid(std::string_view type) {
   return 0;
 }
 
-// An aggregate call, or a cast of count()/sum() to an integer, numeric or float type
-// (count(*)::int, sum(x)::numeric(10,2)): the shards send the aggregate without the cast
-// and the merge casts the total (Aggregate::cast_type).
+// An aggregate call, or a cast of count()/sum()/avg() to an integer, numeric or float type
+// (count(*)::int, sum(x)::numeric(10,2), avg(x)::int): the shards send the aggregate's
+// parts without the cast and the merge casts the merged result (Aggregate::cast_type).
 const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
   *cast = false;
   if (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST && n->type_cast->type_name) {
@@ -74,7 +74,8 @@ const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
     const auto* inner = func_of(n->type_cast->arg);
     const bool typmod_ok = tn->n_typmods == 0 || (type == "numeric" && numeric_typmod(tn));
     if (numberish && typmod_ok && tn->n_array_bounds == 0 && inner && !inner->over &&
-        (func_name(inner) == "count" || func_name(inner) == "sum")) {
+        (func_name(inner) == "count" || func_name(inner) == "sum" ||
+         func_name(inner) == "avg")) {
       *cast = true;
       return inner;
     }
@@ -353,6 +354,9 @@ class Planner {
       if (plain) {
         plan_->distinct = true;
         plan_->distinct_within_shard = key_selected();
+        if (auto c = visible_collation(); c && !plan_->distinct_within_shard)
+          return fail("DISTINCT under COLLATE \"" + *c +
+                      "\" (pgshard cannot tell whether it is deterministic)");
       } else {
         // DISTINCT ON (a, b) ORDER BY a, b, ...: the merged stream is sorted on the
         // DISTINCT ON keys, so the first row of each run is kept.
@@ -405,6 +409,27 @@ class Planner {
       if (name == k) return true;
     return false;
   }
+  // A COLLATE in `e` naming a collation other than the byte-order and default ones: it may
+  // be nondeterministic (equal values with other bytes), which pgshard cannot tell.
+  static std::optional<std::string> unknown_collation(const Node* e) {
+    std::optional<std::string> found;
+    if (!e) return found;
+    ast::walk(&e->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor != &pg_query__collate_clause__descriptor || found) return;
+      const auto* cc = reinterpret_cast<const PgQuery__CollateClause*>(m);
+      const auto name = cc->n_collname ? ast::str_of(cc->collname[cc->n_collname - 1]) : "";
+      if (name != "C" && name != "POSIX" && name != "default" && name != "ucs_basic")
+        found = std::string(name);
+    });
+    return found;
+  }
+  // The first such collation in the visible columns (DISTINCT).
+  std::optional<std::string> visible_collation() const {
+    for (int i = 0; i < n_; ++i)
+      if (auto c = unknown_collation(val(i))) return c;
+    return std::nullopt;
+  }
+
   // Whether DISTINCT rows hold a shard-key column among the visible ones.
   bool key_selected() const {
     for (int i = 0; i < n_; ++i)
@@ -441,7 +466,7 @@ class Planner {
     if (cast) {
       // Counts and sums add up; the cast applies to the total only: rounding or converting
       // each shard's part would not give the cast of the total (sum(numeric)::int).
-      a.kind = Aggregate::Kind::kSum;
+      a.kind = name == "avg" ? Aggregate::Kind::kAvg : Aggregate::Kind::kSum;
       auto* tn = node->type_cast->type_name;
       a.cast_type = cast_type_oid(ast::str_of(tn->names[tn->n_names - 1]));
       if (auto pm = numeric_typmod(tn)) {
@@ -524,6 +549,8 @@ class Planner {
       int col = visible_column(item);
       if (col == -2 || col >= n_) return fail("GROUP BY position out of range");
       if (key_column(col >= 0 ? val(col) : item)) plan_->groups_within_shard = true;
+      if (const auto c = unknown_collation(col >= 0 ? val(col) : item))
+        group_collations_.push_back(*c);
       if (col >= 0) {
         auto& o = plan_->outputs[static_cast<std::size_t>(col)];
         if (o.kind == Output::Kind::kAggregate) return fail("aggregates in GROUP BY");
@@ -536,6 +563,9 @@ class Planner {
       }
     }
     if (s_->group_distinct) return fail("GROUP BY DISTINCT");
+    if (!plan_->groups_within_shard && !group_collations_.empty())
+      return fail("GROUP BY under COLLATE \"" + group_collations_.front() +
+                  "\" (pgshard cannot tell whether it is deterministic)");
     if (s_->having_clause) {
       Predicate p;
       if (!predicate(s_->having_clause, p)) return;
@@ -564,6 +594,9 @@ class Planner {
           return fail("DISTINCT ON with aggregates");
       plan_->distinct = true;
       plan_->distinct_within_shard = key_selected();
+      if (auto c = visible_collation(); c && !plan_->distinct_within_shard)
+        return fail("DISTINCT under COLLATE \"" + *c +
+                    "\" (pgshard cannot tell whether it is deterministic)");
     }
     if (!bound(s_->limit_count, plan_->limit) || !bound(s_->limit_offset, plan_->offset)) return;
     // The shards return every partial group; the rest happens in pgshard.
@@ -715,6 +748,7 @@ class Planner {
   std::vector<Node*> targets_;  // the shard statement's select list
   std::vector<Node*> agg_nodes_;
   std::vector<std::pair<Node*, int>> hidden_groups_;
+  std::vector<std::string> group_collations_;  // COLLATE names in GROUP BY keys
   bool rewrite_limit_ = false;
   bool strip_for_aggregate_ = false;
   Node* new_limit_ = nullptr;

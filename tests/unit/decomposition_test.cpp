@@ -312,12 +312,29 @@ TEST_CASE("casts over aggregates apply to the merged total", "[router][merge][de
   CHECK(p->shard_sql.find("int") == std::string::npos);
   for (const char* sql : {"select sum(qty) * 2 from orders", "select count(*) + 1 from orders",
                           "select round(avg(amount), 2) from orders",
+                          "select avg(amount)::text from orders",
+                          "select min(amount)::int from orders",
                           "select coalesce(sum(amount), 0) from orders",
                           "select sum(amount)::int::numeric from orders",
                           "select status from orders group by status having sum(qty) * 2 > 1"}) {
     INFO(sql);
     CHECK(verdict_of(sql) == "refused");
   }
+  p = plan_of("select avg(amount)::numeric(10,2) from orders");
+  REQUIRE(p);
+  CHECK(p->unsupported.empty());
+  REQUIRE(p->aggregates.size() == 1);
+  CHECK(p->aggregates[0].kind == merge::Aggregate::Kind::kAvg);
+  CHECK(p->aggregates[0].cast_type == merge::oid::kNumeric);
+  CHECK(p->aggregates[0].scale == 2);
+  // Group keys under a collation pgshard cannot vouch for: refused unless the shard key is
+  // among the keys.
+  CHECK(verdict_of("select count(*) from users group by name collate \"und-x-icu\"") ==
+        "refused");
+  CHECK(verdict_of("select distinct name collate \"und-x-icu\" from users") == "refused");
+  CHECK(verdict_of("select id, count(*) from users group by id, name collate \"und-x-icu\"") ==
+        "per shard");
+  CHECK(verdict_of("select count(*) from users group by name collate \"C\"") == "per shard");
   // 10.4 + 10.4 = 20.8 -> 21; each part cast first would give 10 + 10 = 20.
   merge::MergePlan plan;
   plan.aggregate = true;
@@ -340,6 +357,19 @@ TEST_CASE("casts over aggregates apply to the merged total", "[router][merge][de
   REQUIRE(n.describe(row_description({{"sum", merge::oid::kNumeric}}), &err));
   CHECK(merged(n, {{data_row({"-1.25"})}, {data_row({"-1.25"})}}) ==
         std::vector<std::vector<std::string>>{{"-3"}});
+  // avg(x)::int: the average of all parts (here 7 / 2 = 3.5 -> 4), cast once.
+  merge::MergePlan avg_plan;
+  avg_plan.aggregate = true;
+  merge::Aggregate avg{merge::Aggregate::Kind::kAvg, 0, 1};
+  avg.cast_type = merge::oid::kInt4;
+  avg_plan.aggregates = {avg};
+  avg_plan.outputs = {{merge::Output::Kind::kAggregate, 0}};
+  avg_plan.hidden = 1;
+  merge::Merger v(avg_plan, 2, c, std::nullopt, std::nullopt);
+  REQUIRE(v.describe(row_description({{"avg", merge::oid::kInt8}, {"count", merge::oid::kInt8}}),
+                     &err));
+  CHECK(merged(v, {{data_row({"3", "1"})}, {data_row({"4", "1"})}}) ==
+        std::vector<std::vector<std::string>>{{"4"}});
 }
 
 TEST_CASE("binary parameters are read by their declared type", "[router][params]") {
