@@ -349,7 +349,24 @@ class Analyzer {
       if (a.concat_safe) a.merge_blocker = what;
       a.concat_safe = false;
     };
+    // Subqueries that read no sharded table give every shard the same rows, whatever they
+    // compute (aggregates, ORDER BY, LIMIT...): what is inside them blocks nothing.
+    std::set<const ProtobufCMessage*> replicated;
+    walk(&stmt->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor != &pg_query__select_stmt__descriptor || replicated.contains(m)) return;
+      bool sharded = false;
+      walk(m, [&](const ProtobufCMessage* x) {
+        if (x->descriptor == &pg_query__range_var__descriptor) {
+          const auto* r = reinterpret_cast<const PgQuery__RangeVar*>(x);
+          // (A CTE's name counts as sharded: where its rows come from is not traced here.)
+          if (sharded_index(r) >= 0 || (!r->schemaname[0] && ctes.contains(r->relname)))
+            sharded = true;
+        }
+      });
+      if (!sharded) walk(m, [&](const ProtobufCMessage* x) { replicated.insert(x); });
+    });
     auto blockers = [&](const ProtobufCMessage* m) {
+      if (replicated.contains(m)) return;
       if (m->descriptor == &pg_query__select_stmt__descriptor) {
         const auto* s = reinterpret_cast<const PgQuery__SelectStmt*>(m);
         if (s->larg || s->rarg) block("set operations (UNION, INTERSECT, EXCEPT)");

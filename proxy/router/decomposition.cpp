@@ -2,6 +2,7 @@
 #include "proxy/router/decomposition.hpp"
 
 #include <map>
+#include <set>
 #include <string_view>
 #include <vector>
 
@@ -22,6 +23,7 @@ enum class Rows {
 struct Item {
   Rows rows = Rows::kReplicated;
   std::string name;  // for messages: the table, function or "a subquery"
+  std::set<std::string, std::less<>> aliases;  // the range names it brings into scope
 };
 
 // The CTE names visible at one query level, innermost first.
@@ -66,8 +68,56 @@ class Prover {
   }
 
   static Item combine_inner(const Item& a, const Item& b) {
-    if (a.rows == Rows::kPartitioned) return a;
-    return b.rows == Rows::kPartitioned ? b : a;
+    Item out = a.rows == Rows::kPartitioned || b.rows != Rows::kPartitioned ? a : b;
+    out.aliases = a.aliases;
+    out.aliases.insert(b.aliases.begin(), b.aliases.end());
+    return out;
+  }
+
+  // The range names whose columns a strict condition of `where` (an AND of conjuncts) uses:
+  // a row whose columns of that range are all NULL fails WHERE, so an outer join keeping
+  // rows without a match there acts as an inner join (PostgreSQL reduces it likewise).
+  static void null_rejected(const Node* e, std::set<std::string, std::less<>>& out) {
+    if (!e) return;
+    if (e->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        e->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      for (size_t i = 0; i < e->bool_expr->n_args; ++i) null_rejected(e->bool_expr->args[i], out);
+      return;
+    }
+    auto range_of = [&](const Node* n) {
+      while (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) n = n->type_cast->arg;
+      if (n && n->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+          n->column_ref->n_fields == 2 &&
+          n->column_ref->fields[0]->node_case == PG_QUERY__NODE__NODE_STRING)
+        out.insert(std::string(ast::str_of(n->column_ref->fields[0])));
+    };
+    if (e->node_case == PG_QUERY__NODE__NODE_NULL_TEST &&
+        e->null_test->nulltesttype == PG_QUERY__NULL_TEST_TYPE__IS_NOT_NULL) {
+      range_of(e->null_test->arg);
+      return;
+    }
+    if (e->node_case != PG_QUERY__NODE__NODE_A_EXPR) return;
+    switch (e->a_expr->kind) {
+      case PG_QUERY__A__EXPR__KIND__AEXPR_OP:
+      case PG_QUERY__A__EXPR__KIND__AEXPR_IN:
+      case PG_QUERY__A__EXPR__KIND__AEXPR_LIKE:
+      case PG_QUERY__A__EXPR__KIND__AEXPR_ILIKE:
+      case PG_QUERY__A__EXPR__KIND__AEXPR_BETWEEN:
+      case PG_QUERY__A__EXPR__KIND__AEXPR_NOT_BETWEEN:
+        // Built-in comparison operators are strict: NULL in, NULL (not true) out.
+        range_of(e->a_expr->lexpr);
+        range_of(e->a_expr->rexpr);
+        return;
+      default:
+        return;
+    }
+  }
+
+  bool rejects_nulls(const Item& side) const {
+    if (!rejected_) return false;
+    for (const auto& a : side.aliases)
+      if (rejected_->contains(a)) return true;
+    return false;
   }
 
   // A query level: its CTEs, FROM, and the subqueries of its expressions.
@@ -96,12 +146,17 @@ class Prover {
     }
     if (s->n_values_lists > 0) {
       for (size_t i = 0; i < s->n_values_lists; ++i) expression(s->values_lists[i], {}, &scope);
-      return {Rows::kReplicated, "VALUES"};
+      return {Rows::kReplicated, "VALUES", {}};
     }
-    Item rows{Rows::kReplicated, "a query without FROM"};
+    Item rows{Rows::kReplicated, "a query without FROM", {}};
+    std::set<std::string, std::less<>> rejected;
+    null_rejected(s->where_clause, rejected);
+    const auto* outer_rejected = rejected_;
+    rejected_ = &rejected;
     for (size_t i = 0; i < s->n_from_clause; ++i)
       rows = i == 0 ? from_item(s->from_clause[i], &scope)
                     : combine_inner(rows, from_item(s->from_clause[i], &scope));
+    rejected_ = outer_rejected;
     expression(s->where_clause, rows, &scope);
     for (size_t i = 0; i < s->n_target_list; ++i) expression(s->target_list[i], rows, &scope);
     for (size_t i = 0; i < s->n_group_clause; ++i) expression(s->group_clause[i], rows, &scope);
@@ -114,8 +169,15 @@ class Prover {
   // are partitioned when it touches a sharded table).
   Item query(const Node* q, const Scope* scope) {
     if (!q) return {};
+    const auto* saved = rejected_;  // a subquery's joins see its own WHERE only
+    struct Restore {
+      const std::set<std::string, std::less<>>*& slot;
+      const std::set<std::string, std::less<>>* value;
+      ~Restore() { slot = value; }
+    } restore{rejected_, saved};
+    rejected_ = nullptr;
     if (q->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) return select(q->select_stmt, scope);
-    return {names_sharded(&q->base) ? Rows::kPartitioned : Rows::kReplicated, "a subquery"};
+    return {names_sharded(&q->base) ? Rows::kPartitioned : Rows::kReplicated, "a subquery", {}};
   }
 
   // Subqueries (SubLinks) inside an expression of a query level whose rows are `level`:
@@ -154,13 +216,20 @@ class Prover {
     switch (n->node_case) {
       case PG_QUERY__NODE__NODE_RANGE_VAR: {
         const auto* r = n->range_var;
+        const std::string alias = r->alias ? r->alias->aliasname : r->relname;
         if (!r->schemaname[0])
-          if (const Item* cte = scope->find(r->relname)) return *cte;
-        return {sharded_(r) ? Rows::kPartitioned : Rows::kReplicated, r->relname};
+          if (const Item* cte = scope->find(r->relname)) {
+            Item item = *cte;
+            item.aliases = {alias};
+            return item;
+          }
+        return {sharded_(r) ? Rows::kPartitioned : Rows::kReplicated, r->relname, {alias}};
       }
       case PG_QUERY__NODE__NODE_RANGE_SUBSELECT: {
         Item item = query(n->range_subselect->subquery, scope);
         if (item.rows == Rows::kReplicated || item.name.empty()) item.name = "a subquery";
+        item.aliases.clear();
+        if (n->range_subselect->alias) item.aliases.insert(n->range_subselect->alias->aliasname);
         return item;
       }
       case PG_QUERY__NODE__NODE_RANGE_FUNCTION: {
@@ -175,7 +244,8 @@ class Prover {
                        call->func_call->funcname[call->func_call->n_funcname - 1])) +
                    "()";
         }
-        Item item{Rows::kReplicated, name};
+        Item item{Rows::kReplicated, name, {}};
+        if (f->alias) item.aliases.insert(f->alias->aliasname);
         for (size_t i = 0; i < f->n_functions; ++i) expression(f->functions[i], item, scope);
         return item;
       }
@@ -184,7 +254,7 @@ class Prover {
       case PG_QUERY__NODE__NODE_JOIN_EXPR:
         return join(n->join_expr, scope);
       default:
-        return {Rows::kReplicated, "a table function"};
+        return {Rows::kReplicated, "a table function", {}};
     }
   }
 
@@ -198,20 +268,26 @@ class Prover {
     const char* type = j->jointype == PG_QUERY__JOIN_TYPE__JOIN_LEFT    ? "LEFT JOIN"
                        : j->jointype == PG_QUERY__JOIN_TYPE__JOIN_RIGHT ? "RIGHT JOIN"
                                                                         : "FULL JOIN";
-    // The unmatched rows of a kept replicated side come from every shard that lacks a match.
-    if (left_kept && l.rows == Rows::kReplicated && r.rows == Rows::kPartitioned)
+    // The unmatched rows of a kept replicated side come from every shard that lacks a match
+    // (unless WHERE drops rows whose sharded side is NULL: an inner join then).
+    if (left_kept && l.rows == Rows::kReplicated && r.rows == Rows::kPartitioned &&
+        !rejects_nulls(r))
       fail(std::string(type) + " keeping every row of " + l.name +
            " (the same on every shard) against sharded rows (" + r.name + ")");
-    if (right_kept && r.rows == Rows::kReplicated && l.rows == Rows::kPartitioned)
+    if (right_kept && r.rows == Rows::kReplicated && l.rows == Rows::kPartitioned &&
+        !rejects_nulls(l))
       fail(std::string(type) + " keeping every row of " + r.name +
            " (the same on every shard) against sharded rows (" + l.name + ")");
-    const Item rows = combine_inner(l, r);
+    Item rows = combine_inner(l, r);
     expression(j->quals, rows, scope);
+    if (j->alias) rows.aliases = {j->alias->aliasname};
     return rows;
   }
 
   const std::function<bool(const PgQuery__RangeVar*)>& sharded_;
   std::string problem_;
+  // Range names the WHERE of the query level being read rejects NULLs of.
+  const std::set<std::string, std::less<>>* rejected_ = nullptr;
 };
 
 }  // namespace

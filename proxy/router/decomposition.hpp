@@ -19,7 +19,9 @@ namespace pgshard::router {
 //   - a FROM item is partitioned (each row on one shard) when it holds a sharded table in
 //     an inner join, replicated otherwise (reference tables, functions in FROM, VALUES);
 //   - an outer join may keep unmatched rows only of a partitioned side: a replicated
-//     preserved side against a partitioned one repeats its unmatched rows on every shard;
+//     preserved side against a partitioned one repeats its unmatched rows on every shard
+//     (unless a strict condition of the level's WHERE on a column of the partitioned side,
+//     `i.qty > 1`, `i.id IS NOT NULL`, drops those rows: the join is an inner one then);
 //   - a subquery over sharded tables (EXISTS, IN, NOT IN, ANY, scalar) in a query level
 //     whose own rows are replicated is a semi/anti join each shard answers alone;
 //   - the statement's own rows must be partitioned when it reads sharded tables at all.

@@ -179,6 +179,44 @@ TEST_CASE("reference tables stay allowed where duplication cannot show",
     INFO(sql);
     CHECK(verdict_of(sql) == "per shard");
   }
+  // A strict WHERE condition on the sharded side makes the outer join an inner one.
+  for (const char* sql : {
+           "select p.sku, i.id from products p left join order_items i on i.sku = p.sku "
+           "where i.qty > 2",
+           "select count(*) from products p left join order_items i on i.sku = p.sku "
+           "where i.id is not null",
+           "select p.sku from order_items i right join products p on i.sku = p.sku "
+           "where i.sku like 'SKU-1%'",
+           "select count(*) from generate_series(1, 6) g left join orders o on o.user_id = g "
+           "where o.qty in (1, 2)",
+       }) {
+    INFO(sql);
+    CHECK(verdict_of(sql) == "per shard");
+  }
+  for (const char* sql : {
+           "select count(*) from products p left join order_items i on i.sku = p.sku "
+           "where i.qty > 2 or p.price > 1",
+           "select count(*) from products p left join order_items i on i.sku = p.sku "
+           "where coalesce(i.qty, 0) = 0",
+           "select count(*) from products p left join order_items i on i.sku = p.sku "
+           "where p.price > 1",
+       }) {
+    INFO(sql);
+    CHECK(verdict_of(sql) == "refused");
+  }
+  // Subqueries over reference tables compute what they like: every shard gets the same.
+  for (const char* sql : {
+           "select o.id from orders o where o.amount > (select avg(price) from products)",
+           "select o.id from orders o where o.status in (select distinct name from products "
+           "order by 1 limit 3)",
+           "select o.id, p.n from orders o join (select sku, count(*) n from products group by "
+           "sku) p on p.sku = o.status",
+       }) {
+    INFO(sql);
+    CHECK(verdict_of(sql) == "per shard");
+  }
+  CHECK(verdict_of("select o.id from orders o where o.amount > (select avg(amount) from orders)") ==
+        "refused");
   // No sharded table: one shard answers (a reference read).
   for (const char* sql : {
            "select p.sku, c.name from products p left join countries c on c.code = p.sku",
