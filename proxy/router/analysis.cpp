@@ -415,6 +415,7 @@ class Analyzer {
     bool unsharded = false, reference = false;
     uses_.clear();
     cte_wheres_.clear();
+    sublink_wheres_.clear();
     for (const auto* r : rels) {
       if (!r->schemaname[0] && ctes.contains(r->relname)) continue;
       // System catalogs exist on every shard: drivers' type introspection runs anywhere.
@@ -599,6 +600,16 @@ class Analyzer {
             cte_wheres_.push_back(q->select_stmt->where_clause);
           }
         }
+        // A key in a subquery's WHERE restricts that subquery's table use: a statement whose
+        // sharded rows all come from one shard is answered there exactly (`products WHERE
+        // sku NOT IN (SELECT sku FROM order_items WHERE user_id = 5)`). Keys only: joins
+        // with the outer query's tables are not read from a subquery.
+        walk(&stmt->base, [&](const ProtobufCMessage* m) {
+          if (m->descriptor != &pg_query__sub_link__descriptor) return;
+          const Node* q = reinterpret_cast<const PgQuery__SubLink*>(m)->subselect;
+          if (q && q->node_case == PG_QUERY__NODE__NODE_SELECT_STMT && !q->select_stmt->larg)
+            sublink_wheres_.push_back(q->select_stmt->where_clause);
+        });
         return decomposes(s, keyed(s->where_clause, a));
       }
       default:
@@ -774,6 +785,18 @@ class Analyzer {
     if (auto v = key_values(e, &use); v && use >= 0) keys->emplace_back(use, std::move(*v));
   }
 
+  // The key values the AND-conjuncts of `e` restrict uses to (no co-location recorded).
+  void key_conjuncts(const Node* e, std::vector<std::pair<int, std::vector<KeyValue>>>& keys) {
+    if (!e) return;
+    if (e->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        e->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      for (size_t i = 0; i < e->bool_expr->n_args; ++i) key_conjuncts(e->bool_expr->args[i], keys);
+      return;
+    }
+    int use = -1;
+    if (auto v = key_values(e, &use); v && use >= 0) keys.emplace_back(use, std::move(*v));
+  }
+
   // Key values an expression restricts one use to: `key = v`, `key IN (...)`,
   // `key = ANY($n)`, and ORs of those on the same use.
   std::optional<std::vector<KeyValue>> key_values(const Node* e, int* use) {
@@ -844,6 +867,7 @@ class Analyzer {
     std::vector<std::pair<int, std::vector<KeyValue>>> keys;
     collect(where, &keys);
     for (const Node* w : cte_wheres_) collect(w, &keys);
+    for (const Node* w : sublink_wheres_) key_conjuncts(w, keys);
     // Every sharded table must be tied (by key equality) to one group.
     int root = find(0);
     for (size_t i = 1; i < uses_.size(); ++i) {
@@ -1217,6 +1241,7 @@ class Analyzer {
   const config::Config& cfg_;
   std::vector<Use> uses_;
   std::vector<const Node*> cte_wheres_;
+  std::vector<const Node*> sublink_wheres_;
 };
 
 }  // namespace

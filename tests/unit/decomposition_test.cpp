@@ -226,6 +226,13 @@ TEST_CASE("reference tables stay allowed where duplication cannot show",
     INFO(sql);
     CHECK(verdict_of(sql) == "one shard");
   }
+  // A key in the subquery pins one shard: that shard holds every sharded row read.
+  CHECK(verdict_of("select count(*) from products p where p.sku not in (select sku from "
+                   "order_items i where i.user_id = 5)") == "one shard");
+  CHECK(verdict_of("select count(*) from products p where exists (select 1 from order_items i "
+                   "where i.sku = p.sku and i.user_id = 5)") == "one shard");
+  CHECK(verdict_of("select count(*) from products p where exists (select 1 from order_items i "
+                   "where i.sku = p.sku and (i.user_id = 5 or i.qty = 1))") == "refused");
   // A key that pins one shard: that shard holds every row the statement reads.
   CHECK(verdict_of("select p.sku, i.id from products p left join order_items i "
                    "on i.sku = p.sku where i.user_id = 8") == "one shard");
