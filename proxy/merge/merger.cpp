@@ -3,6 +3,9 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <cstdint>
 
 #include "protocol/codec.hpp"
@@ -22,6 +25,12 @@ std::string type_name(int32_t type) {
   switch (type) {
     case oid::kInterval:
       return "interval";
+    case 114:
+      return "json";
+    case 3802:
+      return "jsonb";
+    case 2249:
+      return "record";
     default:
       return "type " + std::to_string(type);
   }
@@ -70,7 +79,11 @@ Merger::Column Merger::column_of(const proto::FieldDescription& f,
     return col;
   }
   // A computed column takes its collation from what it is computed from: unknown to
-  // pgshard, but the database's when no column has another.
+  // pgshard, but the database's when no column has another. Equal values under a
+  // nondeterministic one may differ in bytes: not grouped when the schema has any.
+  if (collations)
+    for (const auto& [at, entry] : collations->columns)
+      if (!entry.deterministic) col.deterministic = false;
   if (schema_has_others)
     col.problem =
         "ordering computed text across shards when the schema has columns with "
@@ -125,11 +138,13 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
         case Aggregate::Kind::kSum:
           if (!is_integer(t) && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
             return bad("sum() over " + type_name(t) + " across shards is not supported");
+          if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the total
           break;
         case Aggregate::Kind::kAvg:
           if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
             return bad("avg() over " + type_name(t) + " across shards is not supported");
           partial.type = (t == oid::kFloat4 || t == oid::kFloat8) ? oid::kFloat8 : oid::kNumeric;
+          if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the average
           break;
         case Aggregate::Kind::kMin:
         case Aggregate::Kind::kMax:
@@ -153,6 +168,27 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
   for (int c : equal_columns)
     if (c >= 0 && c < n && !shard_columns_[static_cast<std::size_t>(c)].deterministic)
       return bad("GROUP BY or DISTINCT on a column with a nondeterministic collation");
+  // Groups and DISTINCT rows that may span shards meet only for types whose equality
+  // pgshard reproduces (exact_group_equality); keys holding the shard key never span.
+  exact_groups_ = !plan_.groups_within_shard;
+  exact_distinct_ = plan_.distinct && !plan_.distinct_within_shard;
+  if (exact_groups_)
+    for (int c : plan_.group_columns)
+      if (c >= 0 && c < n) {
+        const auto& col = shard_columns_[static_cast<std::size_t>(c)];
+        if (!exact_group_equality(col.type, col.format))
+          return bad("GROUP BY on values of " + type_name(col.type) +
+                     " (whose equality is not their bytes) across shards");
+      }
+  if (exact_distinct_)
+    for (int i = 0; i < visible_; ++i) {
+      const auto& col = plan_.aggregate && i < static_cast<int>(output_columns_.size())
+                            ? output_columns_[static_cast<std::size_t>(i)]
+                            : shard_columns_[static_cast<std::size_t>(i)];
+      if (!exact_group_equality(col.type, col.format))
+        return bad("DISTINCT on values of " + type_name(col.type) +
+                   " (whose equality is not their bytes) across shards");
+    }
   for (const auto& k : order_) {
     if (k.column >= static_cast<int>(sort_columns->size()))
       return bad("the shards returned fewer columns than pgshard asked for");
@@ -168,7 +204,10 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
     if (plan_.aggregate && i < static_cast<int>(output_columns_.size()) &&
         output_columns_[static_cast<std::size_t>(i)].type != f.type_oid) {
       f.type_oid = output_columns_[static_cast<std::size_t>(i)].type;
-      f.type_size = f.type_oid == oid::kFloat8 ? 8 : -1;
+      f.type_size = f.type_oid == oid::kFloat8 || f.type_oid == oid::kInt8   ? 8
+                    : f.type_oid == oid::kFloat4 || f.type_oid == oid::kInt4 ? 4
+                    : f.type_oid == oid::kInt2                               ? 2
+                                                                             : -1;
       f.type_modifier = -1;
     }
     if (plan_.aggregate && i < static_cast<int>(plan_.outputs.size()) &&
@@ -196,14 +235,24 @@ int Merger::wants() const {
 namespace {
 
 // Appends one value to a GROUP BY / DISTINCT key: values PostgreSQL calls equal give equal
-// keys (merge::group_key), NULLs are one group.
-void append_key(std::string& key, int32_t type, int16_t format, std::optional<std::string_view> v) {
+// keys (merge::exact_group_key when keys meet across shards, else merge::group_key), NULLs
+// are one group. False when an exact key cannot be made of the value.
+bool append_key(std::string& key, int32_t type, int16_t format, std::optional<std::string_view> v,
+                bool exact) {
   if (!v) {
     key += 'N';
-    return;
+    return true;
   }
-  const std::string canon = group_key(type, format, *v);
+  std::string canon;
+  if (exact) {
+    auto k = exact_group_key(type, format, *v);
+    if (!k) return false;
+    canon = std::move(*k);
+  } else {
+    canon = group_key(type, format, *v);
+  }
   key += 'V' + std::to_string(canon.size()) + ':' + canon;
+  return true;
 }
 
 }  // namespace
@@ -254,7 +303,10 @@ void Merger::add_row(int shard, std::string_view body) {
     for (int c : plan_.group_columns) {
       const auto& v = dr->values[static_cast<std::size_t>(c)];
       const auto& col = shard_columns_[static_cast<std::size_t>(c)];
-      append_key(key, col.type, col.format, v ? std::optional<std::string_view>(*v) : std::nullopt);
+      if (!append_key(key, col.type, col.format,
+                      v ? std::optional<std::string_view>(*v) : std::nullopt, exact_groups_))
+        return fail("GROUP BY on a value of " + type_name(col.type) +
+                    " pgshard cannot compare across shards (set IntervalStyle to postgres)");
     }
     auto [it, fresh] = group_index_.try_emplace(key, groups_.size());
     if (fresh) {
@@ -386,7 +438,10 @@ void Merger::emit(Row row) {
     for (int i = 0; i < visible_; ++i) {
       const auto& v = row[static_cast<std::size_t>(i)];
       const auto& col = columns[static_cast<std::size_t>(i)];
-      append_key(key, col.type, col.format, v ? std::optional<std::string_view>(*v) : std::nullopt);
+      if (!append_key(key, col.type, col.format,
+                      v ? std::optional<std::string_view>(*v) : std::nullopt, exact_distinct_))
+        return fail("DISTINCT on a value of " + type_name(col.type) +
+                    " pgshard cannot compare across shards (set IntervalStyle to postgres)");
     }
     if (!seen_.insert(std::move(key)).second) return;
   }
@@ -495,6 +550,85 @@ std::optional<std::string> Merger::encode_integer(int32_t type, int64_t v, int16
   return wide.substr(type == oid::kInt4 ? 4 : 6);  // big-endian: the low bytes
 }
 
+std::optional<std::string> Merger::cast_total(const Aggregate& a, const Acc& acc,
+                                              const Column& col) {
+  // The total as the shards' type holds it: an integer, a numeric or a float; avg's
+  // quotient is a numeric (float8 over floats), as PostgreSQL's avg returns it.
+  const bool avg = a.kind == Aggregate::Kind::kAvg;
+  const bool from_float = col.type == oid::kFloat4 || col.type == oid::kFloat8;
+  const bool from_int = is_integer(col.type) && !avg;
+  Decimal exact = acc.num_sum.value_or(Decimal::from_int(0));
+  if (acc.int_sum) exact = exact.add(Decimal::from_int(*acc.int_sum));
+  double approx = acc.float_sum.value_or(0);
+  if (avg && from_float) approx /= static_cast<double>(acc.count);
+  if (avg && !from_float) exact = exact.divide(acc.count);
+  const int32_t to = a.cast_type;
+  if (to == oid::kInt2 || to == oid::kInt4 || to == oid::kInt8) {
+    const char* range = to == oid::kInt2   ? "smallint out of range"
+                        : to == oid::kInt4 ? "integer out of range"
+                                           : "bigint out of range";
+    if (from_int) return encode_integer(to, acc.int_sum.value_or(0), col.format);
+    if (from_float) {
+      // float8 -> int: rint (ties to even), then the range check (float8_int4).
+      const double r = std::rint(approx);
+      if (!std::isfinite(r) || r < -9.2233720368547758e18 || r >= 9.2233720368547758e18) {
+        fail(range, "22003");
+        return std::nullopt;
+      }
+      return encode_integer(to, static_cast<int64_t>(r), col.format);
+    }
+    // numeric -> int: rounded half away from zero (numeric_int4).
+    auto rounded = exact.round(1000, 0);
+    int64_t v = 0;
+    std::string text = rounded ? rounded->to_text() : std::string();
+    auto [p, ec] = std::from_chars(text.data(), text.data() + text.size(), v);
+    if (!rounded || ec != std::errc() || p != text.data() + text.size()) {
+      fail(text == "NaN" ? "cannot convert NaN to integer" : range,
+           text == "NaN" ? "0A000" : "22003");
+      return std::nullopt;
+    }
+    return encode_integer(to, v, col.format);
+  }
+  if (to == oid::kNumeric) {
+    Decimal d = exact;
+    if (from_float) {
+      // float8_numeric / float4_numeric: DBL_DIG (FLT_DIG) significant digits.
+      char buf[64];
+      std::snprintf(buf, sizeof buf, "%.*g", col.type == oid::kFloat4 && !avg ? 6 : 15, approx);
+      std::string t = buf;
+      if (std::isnan(approx)) t = "NaN";
+      if (std::isinf(approx)) t = approx > 0 ? "Infinity" : "-Infinity";
+      auto parsed = Decimal::parse(t);
+      if (!parsed) {
+        fail("cannot convert a float total to numeric");
+        return std::nullopt;
+      }
+      d = *parsed;
+    }
+    if (a.scale >= 0) {
+      auto rounded = d.round(a.precision, a.scale);
+      if (!rounded) {
+        fail("numeric field overflow", "22003");
+        return std::nullopt;
+      }
+      d = *rounded;
+    }
+    return encode_numeric(d, col.format);
+  }
+  // float4 / float8.
+  double v = approx;
+  if (from_int)
+    v = static_cast<double>(acc.int_sum.value_or(0));
+  else if (!from_float)
+    v = std::strtod(exact.to_text().c_str(), nullptr);
+  if (to == oid::kFloat4 && std::isfinite(v) && std::isinf(static_cast<float>(v))) {
+    fail("value out of range: overflow", "22003");
+    return std::nullopt;
+  }
+  return encode_float(to, to == oid::kFloat4 ? static_cast<double>(static_cast<float>(v)) : v,
+                      col.format);
+}
+
 std::optional<std::string> Merger::final_value(const Group& g, int k) {
   const auto& a = plan_.aggregates[static_cast<std::size_t>(k)];
   const auto& acc = g.accs[static_cast<std::size_t>(k)];
@@ -509,6 +643,7 @@ std::optional<std::string> Merger::final_value(const Group& g, int k) {
       return encode_int8(acc.count, col.format);
     case Aggregate::Kind::kSum:
       if (!acc.any) return std::nullopt;
+      if (a.cast_type != 0) return cast_total(a, acc, col);
       if (is_integer(col.type))
         return encode_integer(col.type, acc.int_sum.value_or(0), col.format);
       if (col.type == oid::kNumeric) {
@@ -523,6 +658,7 @@ std::optional<std::string> Merger::final_value(const Group& g, int k) {
       return encode_float(col.type, acc.float_sum.value_or(0), col.format);
     case Aggregate::Kind::kAvg:
       if (!acc.any || acc.count == 0) return std::nullopt;
+      if (a.cast_type != 0) return cast_total(a, acc, col);
       if (col.type == oid::kFloat4 || col.type == oid::kFloat8)
         return encode_float(oid::kFloat8,
                             acc.float_sum.value_or(0) / static_cast<double>(acc.count), col.format);

@@ -93,6 +93,8 @@ class Merger {
   void accumulate(Group& g, const std::vector<protocol::Value>& values);
   std::optional<std::string> final_value(const Group& g, int output);
   std::optional<std::string> encode_integer(int32_t type, int64_t v, int16_t format) const;
+  // A cast count or sum (Aggregate::cast_type) applied to the merged total.
+  std::optional<std::string> cast_total(const Aggregate& a, const Acc& acc, const Column& col);
   template <typename Cells>
   int compare_rows(const Cells& a, const Cells& b, const std::vector<Column>& columns) const;
   std::optional<bool> evaluate(const Predicate& p, const Row& row) const;
@@ -117,6 +119,8 @@ class Merger {
   std::vector<Group> groups_;
   std::unordered_set<std::string> seen_;  // DISTINCT
   std::optional<Row> last_distinct_on_;
+  bool exact_groups_ = true;    // group keys may meet across shards: exact keys only
+  bool exact_distinct_ = true;  // likewise DISTINCT rows
   int64_t skipped_ = 0;
   uint64_t sent_ = 0;
   bool complete_ = false;

@@ -40,6 +40,11 @@ struct Aggregate {
   int scale = -1;
   int precision = 0;
   int32_t typmod = -1;
+  // count(x)::int, sum(x)::numeric(p,s), sum(x)::float8...: the type the client's cast
+  // names (a type OID; 0: no cast). The shards send the aggregate without the cast and the
+  // merge casts the total once, as PostgreSQL casts its one total (a cast on each shard's
+  // part would round each part: sum(numeric)::int).
+  int32_t cast_type = 0;
   bool operator==(const Aggregate&) const = default;
 };
 
@@ -85,6 +90,13 @@ struct MergePlan {
   std::vector<Aggregate> aggregates;
   std::vector<Output> outputs;
   std::optional<Predicate> having;
+
+  // GROUP BY / DISTINCT keys that include the shard key column: every group (distinct
+  // row) is on one shard, so no equality of values from different shards is needed and any
+  // type groups exactly. Otherwise the merge groups only types whose equality it
+  // reproduces (merge::exact_group_equality).
+  bool groups_within_shard = false;
+  bool distinct_within_shard = false;
 
   // The relations the statement reads (a computed text column takes its collation from
   // their columns).

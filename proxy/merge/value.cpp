@@ -716,45 +716,6 @@ std::optional<int> compare_values(int32_t type, int16_t format, std::string_view
   }
 }
 
-bool same_group_value(int32_t type, int16_t format, std::string_view a, std::string_view b) {
-  if (a == b) return true;
-  if (type == oid::kNumeric || type == oid::kFloat4 || type == oid::kFloat8 ||
-      type == oid::kTimestamptz || type == oid::kTimetz || type == oid::kBpchar) {
-    Collation c;
-    auto r = compare_values(type, format, a, b, c);
-    return r && *r == 0;
-  }
-  return false;
-}
-
-std::string group_key(int32_t type, int16_t format, std::string_view v) {
-  switch (type) {
-    case oid::kNumeric:
-      if (auto d = decode_numeric(format, v)) {
-        std::string canon = d->add(Decimal::from_int(0)).to_text();
-        if (canon.find('.') != std::string::npos) {
-          canon.erase(canon.find_last_not_of('0') + 1);
-          if (canon.back() == '.') canon.pop_back();
-        }
-        return canon;
-      }
-      break;
-    case oid::kFloat4:
-    case oid::kFloat8:
-      if (auto d = decode_float(type, format, v)) {
-        if (std::isnan(*d)) return "NaN";
-        return format_float8(*d == 0 ? 0.0 : *d);  // -0 = 0
-      }
-      break;
-    case oid::kBpchar:
-      if (format == 0) return std::string(v.substr(0, v.find_last_not_of(' ') + 1));
-      break;
-    default:
-      break;
-  }
-  return std::string(v);
-}
-
 // ---- float output ----
 
 namespace {

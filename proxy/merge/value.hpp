@@ -117,6 +117,13 @@ bool same_group_value(int32_t type, int16_t format, std::string_view a, std::str
 // equality says the values are equal (numeric 1.5 = 1.50, float -0 = 0, NaN = NaN, char(n)
 // ignoring trailing spaces); other types compare by their bytes.
 std::string group_key(int32_t type, int16_t format, std::string_view v);
+// Whether pgshard reproduces PostgreSQL's equality of values of `type` sent in `format`,
+// so that GROUP BY / DISTINCT keys from different shards meet exactly when PostgreSQL
+// would put them in one group (the list is in value.cpp and README).
+bool exact_group_equality(int32_t type, int16_t format);
+// The group key of a value of such a type (interval: its span); nullopt when the type is
+// not one or the value does not decode (an interval in another IntervalStyle).
+std::optional<std::string> exact_group_key(int32_t type, int16_t format, std::string_view v);
 
 // PostgreSQL's float8out / float4out with extra_float_digits = 1 (shortest exact).
 std::string format_float8(double v);

@@ -19,6 +19,7 @@
 #include <tuple>
 
 #include "proxy/router/ast.hpp"
+#include "proxy/router/decomposition.hpp"
 #include "proxy/router/merge_plan.hpp"
 #include "proxy/router/text.hpp"
 
@@ -348,7 +349,24 @@ class Analyzer {
       if (a.concat_safe) a.merge_blocker = what;
       a.concat_safe = false;
     };
+    // Subqueries that read no sharded table give every shard the same rows, whatever they
+    // compute (aggregates, ORDER BY, LIMIT...): what is inside them blocks nothing.
+    std::set<const ProtobufCMessage*> replicated;
+    walk(&stmt->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor != &pg_query__select_stmt__descriptor || replicated.contains(m)) return;
+      bool sharded = false;
+      walk(m, [&](const ProtobufCMessage* x) {
+        if (x->descriptor == &pg_query__range_var__descriptor) {
+          const auto* r = reinterpret_cast<const PgQuery__RangeVar*>(x);
+          // (A CTE's name counts as sharded: where its rows come from is not traced here.)
+          if (sharded_index(r) >= 0 || (!r->schemaname[0] && ctes.contains(r->relname)))
+            sharded = true;
+        }
+      });
+      if (!sharded) walk(m, [&](const ProtobufCMessage* x) { replicated.insert(x); });
+    });
     auto blockers = [&](const ProtobufCMessage* m) {
+      if (replicated.contains(m)) return;
       if (m->descriptor == &pg_query__select_stmt__descriptor) {
         const auto* s = reinterpret_cast<const PgQuery__SelectStmt*>(m);
         if (s->larg || s->rarg) block("set operations (UNION, INTERSECT, EXCEPT)");
@@ -397,6 +415,7 @@ class Analyzer {
     bool unsharded = false, reference = false;
     uses_.clear();
     cte_wheres_.clear();
+    sublink_wheres_.clear();
     for (const auto* r : rels) {
       if (!r->schemaname[0] && ctes.contains(r->relname)) continue;
       // System catalogs exist on every shard: drivers' type introspection runs anywhere.
@@ -513,6 +532,14 @@ class Analyzer {
     a.table = uses_.front().table;
     for (const auto& u : uses_) a.key_columns.push_back(cfg_.sharded_tables[u.table].column);
     if (kind == PG_QUERY__NODE__NODE_COPY_STMT) return copy(stmt->copy_stmt, a);
+    if (const PgQuery__RangeVar* target = write_target(stmt); target && is_reference(target)) {
+      // Every shard would change its copy from its own sharded rows: the copies would differ.
+      a.target = Analysis::Target::kError;
+      a.error = "a write to reference table \"" + std::string(target->relname) +
+                "\" that reads sharded tables (" + use_names() + ") is not supported";
+      a.hint = "compute the values first, then write them to the reference table";
+      return a;
+    }
     if (a.ddl) {
       if (auto problem = foreign_key_problem(stmt)) {
         a.target = Analysis::Target::kError;
@@ -573,13 +600,63 @@ class Analyzer {
             cte_wheres_.push_back(q->select_stmt->where_clause);
           }
         }
-        return keyed(s->where_clause, a);
+        // A key in a subquery's WHERE restricts that subquery's table use: a statement whose
+        // sharded rows all come from one shard is answered there exactly (`products WHERE
+        // sku NOT IN (SELECT sku FROM order_items WHERE user_id = 5)`). Keys only: joins
+        // with the outer query's tables are not read from a subquery.
+        walk(&stmt->base, [&](const ProtobufCMessage* m) {
+          if (m->descriptor != &pg_query__sub_link__descriptor) return;
+          const Node* q = reinterpret_cast<const PgQuery__SubLink*>(m)->subselect;
+          if (q && q->node_case == PG_QUERY__NODE__NODE_SELECT_STMT && !q->select_stmt->larg)
+            sublink_wheres_.push_back(q->select_stmt->where_clause);
+        });
+        return decomposes(s, keyed(s->where_clause, a));
       }
       default:
         a.target = Analysis::Target::kAllShards;
         a.reason = "statement on a sharded table without a key";
         return a;
     }
+  }
+
+  // The table an INSERT, UPDATE or DELETE writes.
+  static const PgQuery__RangeVar* write_target(const Node* stmt) {
+    switch (stmt->node_case) {
+      case PG_QUERY__NODE__NODE_INSERT_STMT:
+        return stmt->insert_stmt->relation;
+      case PG_QUERY__NODE__NODE_UPDATE_STMT:
+        return stmt->update_stmt->relation;
+      case PG_QUERY__NODE__NODE_DELETE_STMT:
+        return stmt->delete_stmt->relation;
+      default:
+        return nullptr;
+    }
+  }
+
+  // A SELECT that would run on several shards (concatenated or merged) only when the rows
+  // every shard holds whole (reference tables, functions in FROM) cannot show once per
+  // shard (decomposition.hpp); otherwise refused with what stops it. A single shard
+  // (the key pins one) answers anything: the refusal happens only when several run it.
+  Analysis& decomposes(const PgQuery__SelectStmt* s, Analysis& a) {
+    if (a.target != Analysis::Target::kAllShards && a.target != Analysis::Target::kKeys)
+      return a;
+    if (!a.concat_safe && !a.merge_candidate) return a;  // refused already, for its own reason
+    auto problem = decomposition_problem(s, [&](const PgQuery__RangeVar* r) {
+      return sharded_index(r) >= 0;
+    });
+    if (!problem) return a;
+    a.concat_safe = false;
+    a.merge_candidate = false;
+    a.merge_blocker = *problem;
+    a.hint =
+        "put the sharded table on the kept side of the outer join or in the outer query, or "
+        "add the shard key so one shard answers";
+    if (a.write) {
+      // SELECT ... FOR UPDATE is not merged: refuse it here.
+      a.target = Analysis::Target::kError;
+      a.error = *problem + " across shards is not supported";
+    }
+    return a;
   }
 
   int sharded_index(const PgQuery__RangeVar* r) const {
@@ -708,6 +785,18 @@ class Analyzer {
     if (auto v = key_values(e, &use); v && use >= 0) keys->emplace_back(use, std::move(*v));
   }
 
+  // The key values the AND-conjuncts of `e` restrict uses to (no co-location recorded).
+  void key_conjuncts(const Node* e, std::vector<std::pair<int, std::vector<KeyValue>>>& keys) {
+    if (!e) return;
+    if (e->node_case == PG_QUERY__NODE__NODE_BOOL_EXPR &&
+        e->bool_expr->boolop == PG_QUERY__BOOL_EXPR_TYPE__AND_EXPR) {
+      for (size_t i = 0; i < e->bool_expr->n_args; ++i) key_conjuncts(e->bool_expr->args[i], keys);
+      return;
+    }
+    int use = -1;
+    if (auto v = key_values(e, &use); v && use >= 0) keys.emplace_back(use, std::move(*v));
+  }
+
   // Key values an expression restricts one use to: `key = v`, `key IN (...)`,
   // `key = ANY($n)`, and ORs of those on the same use.
   std::optional<std::vector<KeyValue>> key_values(const Node* e, int* use) {
@@ -778,6 +867,7 @@ class Analyzer {
     std::vector<std::pair<int, std::vector<KeyValue>>> keys;
     collect(where, &keys);
     for (const Node* w : cte_wheres_) collect(w, &keys);
+    for (const Node* w : sublink_wheres_) key_conjuncts(w, keys);
     // Every sharded table must be tied (by key equality) to one group.
     int root = find(0);
     for (size_t i = 1; i < uses_.size(); ++i) {
@@ -1151,6 +1241,7 @@ class Analyzer {
   const config::Config& cfg_;
   std::vector<Use> uses_;
   std::vector<const Node*> cte_wheres_;
+  std::vector<const Node*> sublink_wheres_;
 };
 
 }  // namespace

@@ -51,19 +51,31 @@ std::optional<std::pair<int, int>> numeric_typmod(const PgQuery__TypeName* tn) {
   return std::pair{v[0], v[1]};
 }
 
-// An aggregate call, or a cast of count()/sum() to an integer or numeric type
-// (count(*)::int, sum(x)::numeric): each shard casts its part and the parts add up.
+// The OID of a number type a cast names (int2/int4/int8, numeric, float4/float8); 0 else.
+int32_t cast_type_oid(std::string_view type) {
+  if (type == "int2" || type == "smallint") return 21;
+  if (type == "int4" || type == "integer" || type == "int") return 23;
+  if (type == "int8" || type == "bigint") return 20;
+  if (type == "numeric" || type == "decimal") return 1700;
+  if (type == "float4" || type == "real") return 700;
+  if (type == "float8") return 701;
+  return 0;
+}
+
+// An aggregate call, or a cast of count()/sum()/avg() to an integer, numeric or float type
+// (count(*)::int, sum(x)::numeric(10,2), avg(x)::int): the shards send the aggregate's
+// parts without the cast and the merge casts the merged result (Aggregate::cast_type).
 const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
   *cast = false;
   if (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST && n->type_cast->type_name) {
     const auto* tn = n->type_cast->type_name;
     auto type = tn->n_names ? ast::str_of(tn->names[tn->n_names - 1]) : std::string_view();
-    const bool numberish = type == "int4" || type == "int8" || type == "int2" ||
-                           type == "numeric" || type == "integer" || type == "bigint";
+    const bool numberish = cast_type_oid(type) != 0;
     const auto* inner = func_of(n->type_cast->arg);
     const bool typmod_ok = tn->n_typmods == 0 || (type == "numeric" && numeric_typmod(tn));
     if (numberish && typmod_ok && tn->n_array_bounds == 0 && inner && !inner->over &&
-        (func_name(inner) == "count" || func_name(inner) == "sum")) {
+        (func_name(inner) == "count" || func_name(inner) == "sum" ||
+         func_name(inner) == "avg")) {
       *cast = true;
       return inner;
     }
@@ -124,10 +136,7 @@ class Planner {
  public:
   Planner(const Planner&) = delete;
   Planner& operator=(const Planner&) = delete;
-  ~Planner() {
-    // The parse tree frees what its counts say: give back the typmods hidden from the shards.
-    for (auto& [tn, n] : stripped_typmods_) tn->n_typmods = n;
-  }
+  ~Planner() = default;
   Planner(PgQuery__ParseResult* tree, PgQuery__SelectStmt* s, const std::vector<std::string>& keys)
       : tree_(tree), s_(s), keys_(keys), n_(static_cast<int>(s->n_target_list)) {}
 
@@ -344,6 +353,10 @@ class Planner {
           plain = false;
       if (plain) {
         plan_->distinct = true;
+        plan_->distinct_within_shard = key_selected();
+        if (auto c = visible_collation(); c && !plan_->distinct_within_shard)
+          return fail("DISTINCT under COLLATE \"" + *c +
+                      "\" (pgshard cannot tell whether it is deterministic)");
       } else {
         // DISTINCT ON (a, b) ORDER BY a, b, ...: the merged stream is sorted on the
         // DISTINCT ON keys, so the first row of each run is kept.
@@ -388,6 +401,42 @@ class Planner {
   }
 
   // ---- aggregates and groups ----
+  // A plain reference to a shard-key column (each of its values lives on one shard).
+  bool key_column(const Node* e) const {
+    auto name = last_name(e);
+    if (name.empty() || is_star(e)) return false;
+    for (const auto& k : keys_)
+      if (name == k) return true;
+    return false;
+  }
+  // A COLLATE in `e` naming a collation other than the byte-order and default ones: it may
+  // be nondeterministic (equal values with other bytes), which pgshard cannot tell.
+  static std::optional<std::string> unknown_collation(const Node* e) {
+    std::optional<std::string> found;
+    if (!e) return found;
+    ast::walk(&e->base, [&](const ProtobufCMessage* m) {
+      if (m->descriptor != &pg_query__collate_clause__descriptor || found) return;
+      const auto* cc = reinterpret_cast<const PgQuery__CollateClause*>(m);
+      const auto name = cc->n_collname ? ast::str_of(cc->collname[cc->n_collname - 1]) : "";
+      if (name != "C" && name != "POSIX" && name != "default" && name != "ucs_basic")
+        found = std::string(name);
+    });
+    return found;
+  }
+  // The first such collation in the visible columns (DISTINCT).
+  std::optional<std::string> visible_collation() const {
+    for (int i = 0; i < n_; ++i)
+      if (auto c = unknown_collation(val(i))) return c;
+    return std::nullopt;
+  }
+
+  // Whether DISTINCT rows hold a shard-key column among the visible ones.
+  bool key_selected() const {
+    for (int i = 0; i < n_; ++i)
+      if (key_column(val(i))) return true;
+    return false;
+  }
+
   bool key_argument(const PgQuery__FuncCall* f) const {
     if (f->n_args != 1) return false;
     auto name = last_name(f->args[0]);
@@ -413,18 +462,21 @@ class Planner {
       fail(name + "() WITHIN GROUP");
       return -1;
     }
+    Node* partial = node;  // what the shards compute
     if (cast) {
-      a.kind = Aggregate::Kind::kSum;  // the shards' cast counts and sums add up
+      // Counts and sums add up; the cast applies to the total only: rounding or converting
+      // each shard's part would not give the cast of the total (sum(numeric)::int).
+      a.kind = name == "avg" ? Aggregate::Kind::kAvg : Aggregate::Kind::kSum;
       auto* tn = node->type_cast->type_name;
+      a.cast_type = cast_type_oid(ast::str_of(tn->names[tn->n_names - 1]));
       if (auto pm = numeric_typmod(tn)) {
-        // Rounding each shard's part would not round the total: shards send the exact sum
-        // (the cast without its typmod) and the merge rounds once.
         a.precision = pm->first;
         a.scale = pm->second;
-        a.typmod = ((pm->first << 16) | pm->second) + 4;    // VARHDRSZ, as numeric stores it
-        stripped_typmods_.emplace_back(tn, tn->n_typmods);  // restored before the tree is freed
-        tn->n_typmods = 0;
+        a.typmod = ((pm->first << 16) | pm->second) + 4;  // VARHDRSZ, as numeric stores it
       }
+      partial = node->type_cast->arg;
+      if (column >= 0)
+        targets_[static_cast<std::size_t>(column)] = wrap_res_target(partial, alias(column));
     } else if (name == "count") {
       a.kind = Aggregate::Kind::kCount;
     } else if (name == "sum") {
@@ -465,7 +517,7 @@ class Planner {
       a.column = column;
       a.count_column = add_hidden(renamed_func(f, "count"));
     } else {
-      a.column = column >= 0 ? column : add_hidden(node);
+      a.column = column >= 0 ? column : add_hidden(partial);
     }
     plan_->aggregates.push_back(a);
     agg_nodes_.push_back(node);
@@ -496,6 +548,9 @@ class Planner {
         return fail("GROUPING SETS, ROLLUP and CUBE");
       int col = visible_column(item);
       if (col == -2 || col >= n_) return fail("GROUP BY position out of range");
+      if (key_column(col >= 0 ? val(col) : item)) plan_->groups_within_shard = true;
+      if (const auto c = unknown_collation(col >= 0 ? val(col) : item))
+        group_collations_.push_back(*c);
       if (col >= 0) {
         auto& o = plan_->outputs[static_cast<std::size_t>(col)];
         if (o.kind == Output::Kind::kAggregate) return fail("aggregates in GROUP BY");
@@ -508,6 +563,9 @@ class Planner {
       }
     }
     if (s_->group_distinct) return fail("GROUP BY DISTINCT");
+    if (!plan_->groups_within_shard && !group_collations_.empty())
+      return fail("GROUP BY under COLLATE \"" + group_collations_.front() +
+                  "\" (pgshard cannot tell whether it is deterministic)");
     if (s_->having_clause) {
       Predicate p;
       if (!predicate(s_->having_clause, p)) return;
@@ -535,6 +593,10 @@ class Planner {
             s_->distinct_clause[i]->node_case != PG_QUERY__NODE__NODE__NOT_SET)
           return fail("DISTINCT ON with aggregates");
       plan_->distinct = true;
+      plan_->distinct_within_shard = key_selected();
+      if (auto c = visible_collation(); c && !plan_->distinct_within_shard)
+        return fail("DISTINCT under COLLATE \"" + *c +
+                    "\" (pgshard cannot tell whether it is deterministic)");
     }
     if (!bound(s_->limit_count, plan_->limit) || !bound(s_->limit_offset, plan_->offset)) return;
     // The shards return every partial group; the rest happens in pgshard.
@@ -685,8 +747,8 @@ class Planner {
   bool star_seen_ = false;
   std::vector<Node*> targets_;  // the shard statement's select list
   std::vector<Node*> agg_nodes_;
-  std::vector<std::pair<PgQuery__TypeName*, size_t>> stripped_typmods_;
   std::vector<std::pair<Node*, int>> hidden_groups_;
+  std::vector<std::string> group_collations_;  // COLLATE names in GROUP BY keys
   bool rewrite_limit_ = false;
   bool strip_for_aggregate_ = false;
   Node* new_limit_ = nullptr;

@@ -130,6 +130,9 @@ struct Context {
   AnalysisCache* cache = nullptr;             // null: analyse without caching
   StatementMemo* memo = nullptr;              // extended protocol: the session's memo
   const protocol::Bind* bind = nullptr;       // extended protocol: the parameters
+  // Extended protocol: the parameter types the statement's Parse declared (0: unspecified),
+  // which say how a binary parameter reads ('-5' declared text is text, not an int16).
+  const std::vector<int32_t>* param_types = nullptr;
   std::optional<int> attached;                // the shard the client's server is on, if any
   uint64_t* round_robin = nullptr;            // spreads reference-table reads
   const DirectoryCache* directory = nullptr;  // directory entries known to this worker
@@ -153,10 +156,17 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
                      const Context& ctx = {});
 
 // The text form of Bind parameter `n` (1-based) as the key type reads it; nullopt if
-// absent or NULL. Binary int2/int4/int8/uuid values are converted.
-std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type);
-// A binary-format value of a key type as its text form (nullopt: not a value of the type).
-std::optional<std::string> binary_text(std::string_view v, config::KeyType type);
+// absent or NULL. Binary values are read by the type the Parse declared for the parameter
+// (`declared`, a type OID; 0: unspecified, then as the key type's own binary format).
+std::optional<std::string> param_text(const protocol::Bind& bind, int n, config::KeyType type,
+                                      int32_t declared = 0);
+// A binary-format value as the text the key type reads (nullopt: pgshard cannot read it
+// as PostgreSQL would). `declared` is the value's type OID: text, varchar, char(n), name
+// and unknown are sent as their characters (then parsed as the key's input function
+// parses them: '-5', ' +42 '); int2/int4/int8, numeric and float4/float8 holding an
+// integer, uuid; 0: the key type's own binary format.
+std::optional<std::string> binary_text(std::string_view v, config::KeyType type,
+                                       int32_t declared = 0);
 // What a key value of `type` compares by: integers normalised (" +042" and "42" agree),
 // uuids as their 16 bytes (any case, with or without hyphens), text as it is.
 std::string key_identity(config::KeyType type, std::string_view text);

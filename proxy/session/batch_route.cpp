@@ -40,6 +40,13 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
   return r;
 }
 
+// Whether a Bind sends any parameter in binary format (only those need the declared types).
+bool any_binary(const proto::Bind& b) {
+  for (std::size_t i = 0; i < b.params.size(); ++i)
+    if (b.format_of(i) == 1) return true;
+  return false;
+}
+
 // A batch with exactly one Bind and no Query (most extended-protocol traffic): the Bind's
 // statement is known from the messages before it; those after it are noted once it is
 // routed (a Close or Parse there may replace the text the route reads). One named Route,
@@ -69,6 +76,7 @@ router::Route route_one_bind(std::string_view batch, Statements& statements,
                           [&](const auto& e) { return e.first == b.statement; });
     text = p != parsed.rend() ? p->second : statements.text(b.statement);
     ctx.bind = &b;
+    if (any_binary(b)) ctx.param_types = &statements.types(b.statement);
   }
   router::Route r = router::route_extended(text, hints, cfg, ctx);
   for (++it; it != frames.end(); ++it) note((*it).frame);
@@ -125,9 +133,11 @@ router::Route route_batch(std::string_view batch, Statements& statements,
       case proto::msg::kBind:
         if (auto b = proto::Bind::parse(f.body)) {
           ctx.bind = &*b;
+          if (any_binary(*b)) ctx.param_types = &statements.types(b->statement);
           auto r =
               router::route_extended(text_of(b->statement), routed ? route.hints : hints, cfg, ctx);
           ctx.bind = nullptr;
+          ctx.param_types = nullptr;
           // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
           const bool begin =
               r.kind == router::RouteKind::kShard && r.txn == router::TxnControl::kBegin;

@@ -7,6 +7,8 @@
 //   -- ordered          rows must come in the same order (the query orders them totally)
 //   -- error: 0A000     pgshard must refuse with this SQLSTATE (PostgreSQL is not asked)
 //   -- params: a|b|c    text parameters $1, $2... (extended protocol only)
+//   -- binary-params    the parameters go in binary format, declared text (their bytes are
+//                       the text: '-5' is two bytes the server casts, e.g. $1::bigint)
 //   -- set: datestyle = 'SQL, DMY'   a SET on both sides for this case (RESET ALL after)
 //   -- text-error: 0A000   refused with text results; binary results must match PostgreSQL
 #include <algorithm>
@@ -31,15 +33,24 @@ struct Result {
 };
 
 Result run_case(PGconn* c, const std::string& sql, int mode,
-                const std::vector<std::string>& params) {
+                const std::vector<std::string>& params, bool binary_params = false) {
   PGresult* r;
   if (mode == 0) {
     r = PQexec(c, sql.c_str());
   } else {
     std::vector<const char*> values;
-    for (const auto& p : params) values.push_back(p.c_str());
-    r = PQexecParams(c, sql.c_str(), static_cast<int>(values.size()), nullptr, values.data(),
-                     nullptr, nullptr, mode == 2 ? 1 : 0);
+    std::vector<Oid> types;
+    std::vector<int> lengths, formats;
+    for (const auto& p : params) {
+      values.push_back(p.c_str());
+      types.push_back(25);  // text: textsend's binary form is the characters themselves
+      lengths.push_back(static_cast<int>(p.size()));
+      formats.push_back(1);
+    }
+    r = PQexecParams(c, sql.c_str(), static_cast<int>(values.size()),
+                     binary_params ? types.data() : nullptr, values.data(),
+                     binary_params ? lengths.data() : nullptr,
+                     binary_params ? formats.data() : nullptr, mode == 2 ? 1 : 0);
   }
   Result out;
   auto st = PQresultStatus(r);
@@ -148,11 +159,37 @@ std::vector<std::string> data_statements() {
   out.push_back(
       "insert into countries (code, name) values ('US', 'United States'), ('DE', 'Germany'), "
       "('FR', 'France'), ('JP', 'Japan'), ('BR', 'Brazil')");
+  // Products (a reference table): SKU-0..SKU-59, of which order_items use SKU-0..SKU-49.
+  for (int i = 0; i < 60; ++i) {
+    if (i == 0) s << "insert into products (sku, name, price, shelf) values ";
+    s << "('SKU-" << i << "', 'product " << i << "', " << (i * 7) % 40 << "." << i % 10
+      << "5, interval '" << (i % 2 ? "30 days" : "1 mon") << "')" << (i == 59 ? "" : ", ");
+  }
+  out.push_back(s.str());
+  s.str("");
+  // Metrics (sharded by user_id, some negative): values PostgreSQL calls equal written
+  // differently (interval '1 day' and '24:00:00', numeric 1.0 and 1.00, float -0 and 0,
+  // jsonb numbers), spread over the shards.
+  const char* spans[] = {"1 day", "24:00:00", "30 days", "1 mon", "1 day 12:00:00", "36:00:00"};
+  const char* ratios[] = {"0", "-0", "NaN", "1.5"};
+  const char* docs[] = {"{\"a\": 1.0}", "{\"a\": 1.00}", "{\"a\": 1}", "{\"b\": 2}"};
+  const char* nums[] = {"1.0", "1.00", "1", "2.50", "2.5"};
+  for (int i = 1; i <= 300; ++i) {
+    if (i % 100 == 1)
+      s << "insert into metrics (user_id, id, span, ratio, doc, num, tags) values ";
+    s << "(" << i - 21 << ", " << i << ", interval '" << spans[i % 6] << "', '" << ratios[i % 4]
+      << "'::float8, '" << docs[(i / 3) % 4] << "'::jsonb, " << nums[i % 5] << ", '{t" << i % 3
+      << "}')" << (i % 100 == 0 ? "" : ", ");
+    if (i % 100 == 0) {
+      out.push_back(s.str());
+      s.str("");
+    }
+  }
   return out;
 }
 
 const char* kSchema[] = {
-    "drop table if exists order_items, orders, users, countries, profiles",
+    "drop table if exists order_items, orders, users, countries, profiles, products, metrics",
     "create table users (id bigint primary key, name text not null, email text, country text, "
     "score numeric(10,2), created date, active bool)",
     "create table orders (id bigint, user_id bigint, amount numeric(12,2), status text, qty int, "
@@ -162,6 +199,10 @@ const char* kSchema[] = {
     "create table countries (code text primary key, name text)",
     "create table profiles (user_id bigint primary key, nick text collate \"C\", "
     "handle text collate \"en-x-icu\", bio text)",
+    "create table products (sku text primary key, name text, price numeric(10,2), shelf "
+    "interval)",
+    "create table metrics (user_id bigint, id bigint, span interval, ratio float8, doc jsonb, "
+    "num numeric, tags text[], primary key (user_id, id))",
 };
 
 }  // namespace
@@ -174,12 +215,13 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
   }
   auto single = connect(cluster.direct(0) + " dbname=single");
   ProxyOptions opts;
-  opts.extra_top = "reference_tables: [countries]\n";
+  opts.extra_top = "reference_tables: [countries, products]\n";
   opts.sharded_tables =
       "  - { table: users, column: id, type: bigint }\n"
       "  - { table: orders, column: user_id, type: bigint }\n"
       "  - { table: order_items, column: user_id, type: bigint }\n"
-      "  - { table: profiles, column: user_id, type: bigint }\n";
+      "  - { table: profiles, column: user_id, type: bigint }\n"
+      "  - { table: metrics, column: user_id, type: bigint }\n";
   Proxy proxy(opts);
   auto sharded = connect(proxy.conninfo());
   // DDL goes to every shard through pgshard; the data is split by the map.
@@ -191,7 +233,7 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
     query(single.get(), stmt);
     query(sharded.get(), stmt);
   }
-  for (const char* t : {"users", "orders", "order_items", "profiles"})
+  for (const char* t : {"users", "orders", "order_items", "profiles", "metrics"})
     for (int i = 0; i < cluster.size(); ++i) {
       auto d = connect(cluster.direct(i));
       CHECK(std::stoi(scalar(d.get(), std::string("select count(*) from ") + t)) > 0);
@@ -213,6 +255,7 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
     std::vector<std::string> settings;  // SETs for both sides, undone after the case
     std::string text_error;             // refused in text results only (binary merges)
     bool has_params = false;
+    bool binary_params = false;
     while (std::getline(in, line)) {
       if (sql.empty() && line.starts_with("-- ordered")) {
         ordered = true;
@@ -222,6 +265,8 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
         has_params = true;
         std::stringstream ps(line.substr(11));
         for (std::string p; std::getline(ps, p, '|');) params.push_back(p);
+      } else if (sql.empty() && line.starts_with("-- binary-params")) {
+        binary_params = true;
       } else if (sql.empty() && line.starts_with("-- text-error: ")) {
         text_error = line.substr(15, 5);
       } else if (sql.empty() && line.starts_with("-- set: ")) {
@@ -239,14 +284,14 @@ TEST_CASE("multi-shard statements answer exactly as one PostgreSQL", "[different
     for (int mode = has_params ? 1 : 0; mode <= 2; ++mode) {
       const char* mode_name[] = {"simple", "extended text", "extended binary"};
       INFO(file.filename().string() << " (" << mode_name[mode] << "):\n" << sql);
-      Result p = run_case(sharded.get(), sql, mode, params);
+      Result p = run_case(sharded.get(), sql, mode, params, binary_params);
       const std::string& expected = mode < 2 && !text_error.empty() ? text_error : expect_error;
       if (!expected.empty()) {
         INFO("pgshard said: " << p.message);
         CHECK(p.error == expected);
         continue;
       }
-      Result s = run_case(single.get(), sql, mode, params);
+      Result s = run_case(single.get(), sql, mode, params, binary_params);
       INFO("PostgreSQL said: " << s.error << " " << s.message);
       INFO("pgshard said: " << p.error << " " << p.message);
       if (!s.error.empty()) {

@@ -1,0 +1,1 @@
+select count(*)::smallint from order_items where qty = 1

@@ -1,0 +1,2 @@
+-- ordered
+select status, count(*) from orders group by status order by sum(amount)::int desc

@@ -1,0 +1,1 @@
+select sum(qty)::float8, count(*)::real from orders

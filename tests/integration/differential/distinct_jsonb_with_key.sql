@@ -1,0 +1,1 @@
+select distinct user_id, doc from metrics

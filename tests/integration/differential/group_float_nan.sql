@@ -1,0 +1,1 @@
+select count(*) from metrics group by ratio

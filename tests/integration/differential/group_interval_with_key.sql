@@ -1,0 +1,1 @@
+select user_id, span, count(*) from metrics group by user_id, span

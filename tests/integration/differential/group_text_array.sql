@@ -1,0 +1,1 @@
+select tags, count(*) from metrics group by tags

@@ -1,0 +1,3 @@
+-- binary-params
+-- params: -9
+select id from metrics where user_id = $1::int

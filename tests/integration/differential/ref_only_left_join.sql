@@ -1,0 +1,1 @@
+select p.sku, c.name from products p left join countries c on c.code = p.sku

@@ -1,2 +1,0 @@
--- error: 0A000
-select avg(amount)::numeric(10,2) from orders

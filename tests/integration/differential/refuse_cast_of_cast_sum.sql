@@ -1,0 +1,2 @@
+-- error: 0A000
+select sum(amount)::int::numeric from orders

@@ -1,0 +1,2 @@
+-- error: 0A000
+select count(*) from metrics group by row(num, 1)

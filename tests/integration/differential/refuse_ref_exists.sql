@@ -1,0 +1,2 @@
+-- error: 0A000
+select p.sku from products p where exists (select 1 from order_items i where i.sku = p.sku)

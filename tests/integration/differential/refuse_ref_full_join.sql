@@ -1,0 +1,2 @@
+-- error: 0A000
+select count(*) from products p full join order_items i on i.sku = p.sku

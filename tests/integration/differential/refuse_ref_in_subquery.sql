@@ -1,0 +1,2 @@
+-- error: 0A000
+select count(*) from products p where p.sku in (select sku from order_items)

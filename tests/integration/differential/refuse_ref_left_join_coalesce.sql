@@ -1,0 +1,2 @@
+-- error: 0A000
+select count(*) from products p left join order_items i on i.sku = p.sku where coalesce(i.qty, 0) = 0

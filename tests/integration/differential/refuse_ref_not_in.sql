@@ -1,0 +1,2 @@
+-- error: 0A000
+select count(*) from products p where p.sku not in (select sku from order_items where sku is not null)

@@ -1,0 +1,2 @@
+-- error: 0A000
+select sum(qty) * 2 from orders
