@@ -10,7 +10,8 @@ if [ "${1:-}" = --tests ]; then
   PACKAGES+=(catch2 pgbouncer openssl libbenchmark-dev clang libclang-rt-14-dev iproute2 gdb
     python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy python3-alembic
     libpostgresql-jdbc-java curl chromium python3-kubernetes
-    python3-yaml systemd podman runc debootstrap podman-compose)
+    python3-yaml systemd podman runc debootstrap podman-compose
+    golang-github-containernetworking-plugin-dnsname)
 fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo

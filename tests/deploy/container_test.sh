@@ -2,8 +2,8 @@
 # The container tier. Builds pgshard's image from docker/Dockerfile and the shards' image from
 # docker/shard.Dockerfile with podman, then runs the same checks twice: the pgshard image alone
 # in front of three shards on the host, and docker/compose.yaml started for real with
-# podman-compose (three shard containers and pgshard, host networking through
-# docker/compose.host.yaml). The checks: the image's health check, /ready, login, keyed
+# podman-compose (three shard containers and pgshard on the compose file's bridge network,
+# ports published on free host ports). The checks: the image's health check, /ready, login, keyed
 # inserts and a keyed select, a multi-shard count and the rows' spread over the shards, the
 # admin console, JSON log lines, and a clean stop on SIGTERM.
 #
@@ -19,6 +19,8 @@
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 [ "${PGSHARD_SKIP_CONTAINER:-0}" = 1 ] && { echo "skipped (PGSHARD_SKIP_CONTAINER=1)"; exit 77; }
+# (Service names resolve on compose networks through CNI's dnsname plugin, which Debian's
+# podman recommends: deploy/install-deps.sh --tests installs it.)
 for tool in podman runc debootstrap podman-compose; do
   command -v "$tool" >/dev/null || { echo "FAIL: $tool is not installed (deploy/install-deps.sh --tests)"; exit 1; }
 done
@@ -41,7 +43,9 @@ cgroup_manager = "cgroupfs"
 CONF
 export CONTAINERS_CONF=$DIR/containers.conf
 
-compose() { (cd "$ROOT" && podman-compose -p "$PROJECT" -f docker/compose.yaml -f docker/compose.host.yaml "$@"); }
+# The compose file on its bridge network (podman-compose 1.0 gives every container its
+# project network, which a container on the host network refuses: see docker/compose.host.yaml).
+compose() { (cd "$ROOT" && podman-compose -p "$PROJECT" -f docker/compose.yaml "$@"); }
 cleanup() {
   local rc=$?
   if [ $rc -ne 0 ] && [ $rc -ne 77 ]; then
@@ -52,6 +56,7 @@ cleanup() {
   fi
   podman rm -f -t 0 "$NAME" >/dev/null 2>&1 || true
   compose down -t 0 >/dev/null 2>&1 || true
+  podman network rm -f "${PROJECT}_default" >/dev/null 2>&1 || true
   podman volume prune -f >/dev/null 2>&1 || true
   "$ROOT/tests/harness/pgcluster.sh" stop "$DIR/shards" >/dev/null 2>&1 || true
   rm -rf "$DIR" "$ROOT/build/image"
