@@ -46,7 +46,8 @@ void Combiner::fail(int i, const std::string& problem, bool timed_out) {
   leg.failed = true;
   leg.has_head = false;
   const auto& name = options_.shard_names[static_cast<std::size_t>(i)];
-  if (options_.partial) {
+  // A COPY stream cut short would be a corrupt file, not a partial answer.
+  if (options_.partial && !copy_out_) {
     missing_.push_back(name);
     end_rows(i);
   } else if (!error_sent_) {
@@ -190,11 +191,14 @@ int Combiner::wants() {
       while (rows_leg_ < n) {
         auto& leg = legs_[static_cast<std::size_t>(rows_leg_)];
         if (!live(leg) || (leg.has_head && !is_row(leg.type))) {
+          if (copy_out_) copy_out_->end(rows_leg_);
           ++rows_leg_;
           continue;
         }
         if (!leg.has_head) return rows_leg_;
-        if (!options_.row_legs.empty())
+        if (copy_out_ && leg.type == msg::kCopyData)
+          copy_out_->data(rows_leg_, leg.body(), out_);  // (COPY has no Execute row limit)
+        else if (!options_.row_legs.empty())
           held_[static_cast<std::size_t>(rows_leg_)].push_back(leg.head);
         else if (!options_.replicated || rows_leg_ == rows_source_)
           deliver(leg.head);
@@ -355,6 +359,27 @@ void Combiner::resolve_same(char type) {
     case msg::kReadyForQuery:
       emit = false;  // the executor writes the client's, after its own end of the statement
       break;
+    case msg::kCopyOutResponse:
+      copy_out_.emplace(static_cast<int>(legs_.size()), first.body(), options_.copy_header);
+      break;
+    case msg::kCopyDone:
+      if (copy_out_) {
+        if (!copy_out_->error().empty()) {
+          stop(proto::error(sqlstate::kInternalError, copy_out_->error()));
+          return;
+        }
+        copy_out_->finish(out_);
+        copy_out_.reset();
+      }
+      break;
+    case msg::kCopyInResponse:
+    case msg::kCopyBothResponse:
+      // COPY FROM STDIN needs the client's rows, which a fan-out does not read: it runs
+      // through executor::copy_in_split or on one shard. Never wait here for data.
+      stop(proto::error(sqlstate::kFeatureNotSupported,
+                        "COPY FROM STDIN cannot run on several shards this way", {},
+                        "send it as a simple Query outside a transaction block"));
+      return;
     default:
       break;  // NoData, BindComplete, ParameterDescription, EmptyQuery, CopyOut/Done: once
   }

@@ -14,6 +14,7 @@
 #include "config/config.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
+#include "proxy/executor/copy_out.hpp"
 #include "proxy/merge/merger.hpp"
 
 namespace pgshard::executor {
@@ -25,6 +26,7 @@ struct CombineOptions {
   int32_t max_rows = 0;                  // Execute's row limit (0: all)
   bool replicated = false;  // a reference-table write: every shard returns the same rows
   bool partial = false;     // a shard that fails is left out (its name in missing())
+  bool copy_header = false;  // COPY ... TO with HEADER: the stream gets one header line
   std::vector<std::string> shard_names;  // per leg, for messages
   // Per leg: its columns with other collations than the database's (null: none known).
   std::vector<const merge::ColumnCollations*> column_collations;
@@ -97,6 +99,7 @@ class Combiner {
   int rows_leg_ = 0;     // kRows: the leg whose rows are being passed on
   int rows_source_ = 0;  // replicated writes: the one leg whose rows count
   std::optional<merge::Merger> merger_;
+  std::optional<CopyOutJoin> copy_out_;  // COPY ... TO STDOUT: the shards' files joined
   std::string merged_;
   std::string out_;
   std::set<std::string> notices_seen_;

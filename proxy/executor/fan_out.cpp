@@ -134,7 +134,9 @@ FanOut::FanOut(Client& c, const router::Route& route, bool simple, char boundary
       route_(route),
       simple_(simple),
       boundary_(boundary),
-      plan_(route.merge && route.merge_blocker.empty() ? route.merge.get() : nullptr) {
+      // A write to tables every shard holds alike answers with one shard's rows: no merge.
+      plan_(route.merge && route.merge_blocker.empty() && !route.replicated ? route.merge.get()
+                                                                            : nullptr) {
   // A read in a transaction that has not touched a shard yet (BEGIN is still pgshard's) at
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
@@ -159,7 +161,14 @@ FanOut::~FanOut() {
   const bool unknown_settings =
       !c_.session_pooled() && !c_.worker().functions_keep_settings(route_.user_functions);
   for (auto& leg : legs_) {
-    if (leg.link) c_.backends().give_back(leg.link);
+    if (leg.link) {
+      c_.backends().give_back(leg.link);
+      // A transaction's server left mid-reply (pgshard failed the statement, the shard timed
+      // out or was lost) is closed, not handed back to its relay: the relay would pass the
+      // rest of the abandoned reply to the client, out of step with what it was told. The
+      // transaction has failed (stop_leg); its other servers roll back at its end.
+      if (leg.link->lease && leg.link->lease->broken) c_.release(leg.link);
+    }
     if (leg.lease && unknown_settings) leg.lease->broken = true;
   }
 }
@@ -210,6 +219,10 @@ std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
             names() + ") is not supported",
         std::string("lock the rows with a plain SELECT ... FOR UPDATE, or add the "
                     "shard key")};
+  if (route_.copy_in)
+    return std::pair{"COPY FROM STDIN into a table on several shards (" + names() +
+                         ") is supported only as a simple Query",
+                     std::string("send COPY ... FROM STDIN as a simple Query (as psql does)")};
   if (!simple_ && boundary_ != proto::msg::kSync)
     return std::pair{"a statement that needs shards " + names() +
                          " must end its extended-protocol batch with Sync",
@@ -271,9 +284,9 @@ awaitable<void> FanOut::run() {
   }
   co_await read(collation);
   co_await end_write();
-  // In a transaction, a failure on any shard fails the whole transaction (25P02 until it
-  // ends), as one PostgreSQL would.
-  if (in_txn_ && (failure_ || error_sent_)) c_.transaction().fail();
+  // In a transaction block, a failure on any shard fails the whole transaction (25P02 until
+  // it ends), as one PostgreSQL would — also a read that ran on fresh servers.
+  if (failure_ || error_sent_) c_.fail_transaction();
   if (failure_) {
     proto::write_error(out_, *failure_);
   } else if (!missing_.empty()) {
@@ -445,6 +458,7 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
   options.max_rows = max_rows_;
   options.replicated = route_.replicated;
   options.partial = partial_;
+  options.copy_header = route_.copy_out_header;
   for (const auto& leg : legs_) {
     options.shard_names.push_back(c_.config().shards[static_cast<std::size_t>(leg.shard)].name);
     options.column_collations.push_back(leg.collations.get());
@@ -536,6 +550,7 @@ void FanOut::stop_leg(Leg& leg) {
   // cancelled so it stops working for nobody.
   leg.done = true;
   leg.conn->broken = true;
+  if (leg.link) c_.fail_transaction();  // the transaction lost this server's part
   if (leg.timed_out && leg.conn->pid()) {
     const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
     server::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,

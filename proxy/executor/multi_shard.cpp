@@ -1,5 +1,5 @@
-// Multi-shard work besides fan-out (fan_out.cpp): COPY FROM STDIN split by key, and
-// directory lookups.
+// Multi-shard work besides fan-out (fan_out.cpp): COPY FROM STDIN split by key or copied to
+// every shard, and directory lookups.
 #include <spdlog/spdlog.h>
 
 #include <functional>
@@ -32,22 +32,29 @@ struct CopyOutcome {
 // Writes a COPY frame to a shard still in the COPY; false (and the server discarded) when
 // the write failed.
 static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame);
-// Streams the client's rows to their shards.
+// Streams the client's rows to their shards (`table` null: every row to every shard).
 static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& leases,
                                           const router::CopySplit& spec,
-                                          const config::ShardedTable& table, int key_index);
+                                          const config::ShardedTable* table, int key_index);
+// Commits pgshard's own transaction on every lease (shard `shards[i]`), all or none; the
+// error when it did not commit.
+static awaitable<std::optional<protocol::ErrorInfo>> commit_everywhere(
+    Client& c, std::vector<pool::Lease>& leases, const std::vector<int>& shards);
 
 namespace {
 
-// COPY FROM STDIN into a sharded table: every shard opens the same COPY inside a
-// transaction, rows are sent to the shard their key names, and all shards commit only if
-// every one of them accepted its rows.
+// COPY FROM STDIN on several shards: every shard opens the same COPY inside a transaction,
+// rows are sent to the shard their key names (a sharded table) or to every shard (a
+// reference table, or one outside the map under `unsharded: all`), and all shards commit
+// (two-phase) only if every one of them accepted its rows.
 class CopyIn {
  public:
   CopyIn(Client& c, const router::Route& route)
       : c_(c),
         spec_(*route.copy_in),
-        table_(c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)]),
+        table_(route.copy_table >= 0
+                   ? &c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)]
+                   : nullptr),
         shards_(route.shards),
         max_message_(c.config().listen.max_message_size) {}
   awaitable<void> run();
@@ -64,7 +71,7 @@ class CopyIn {
 
   Client& c_;
   const router::CopySplit& spec_;
-  const config::ShardedTable& table_;
+  const config::ShardedTable* table_;  // null: every row goes to every shard
   const std::vector<int>& shards_;
   const std::size_t max_message_;
   std::vector<pool::Lease> leases_;
@@ -87,9 +94,12 @@ awaitable<void> CopyIn::fail(const proto::ErrorInfo& e) {
 
 awaitable<void> CopyIn::run() {
   if (c_.transaction_status() != proto::txn_status::kIdle) {
-    co_await fail(
-        proto::error(sqlstate::kFeatureNotSupported,
-                     "COPY into a sharded table inside a transaction is not supported yet"));
+    c_.fail_transaction();
+    co_await fail(proto::error(
+        sqlstate::kFeatureNotSupported,
+        std::string("COPY into a ") + (table_ ? "sharded table" : "table copied on every shard") +
+            " inside a transaction block is not supported yet",
+        {}, "run the COPY outside the transaction block: it commits on every shard or on none"));
     co_return;
   }
   if (c_.backends().active && !c_.session_pooled()) c_.release(c_.backends().active);
@@ -101,10 +111,12 @@ awaitable<void> CopyIn::run() {
     }
     leases_.push_back(std::move(std::get<pool::Lease>(got)));
   }
-  const int key = co_await key_index();
-  if (key < 0) {
-    co_await fail(proto::error(sqlstate::kUndefinedObject, "cannot find column \"" + table_.column +
-                                                               "\" of table " + spec_.table));
+  int key = -1;
+  if (table_) key = co_await key_index();
+  if (table_ && key < 0) {
+    co_await fail(proto::error(sqlstate::kUndefinedObject, "cannot find column \"" +
+                                                               table_->column + "\" of table " +
+                                                               spec_.table));
     co_return;
   }
   const std::string copy_in_response = co_await open();
@@ -142,7 +154,7 @@ awaitable<int> CopyIn::key_index() {
                                    ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                                max_message_, [&](std::string_view body) {
                                  auto row = proto::DataRow::parse(body);
-                                 if (row && !row->values.empty() && row->values[0] == table_.column)
+                                 if (row && !row->values.empty() && row->values[0] == table_->column)
                                    key = index;
                                  ++index;
                                });
@@ -182,7 +194,10 @@ awaitable<std::string> CopyIn::open() {
 }
 
 awaitable<uint64_t> CopyIn::finish() {
+  // Split rows: the shards' counts add up. Copied rows: every shard took the same rows, so
+  // one count is the stream's.
   uint64_t total = 0;
+  bool counted = false;
   for (auto& lease : leases_) {
     if (lease->status != proto::txn_status::kInBlock || lease->broken) continue;
     const bool ok = co_await lease->read_replies(
@@ -190,8 +205,9 @@ awaitable<uint64_t> CopyIn::finish() {
           if (f.type == proto::msg::kErrorResponse) note(f.body);
           if (f.type == proto::msg::kCommandComplete) {
             auto cc = proto::CommandComplete::parse(f.body);
-            if (cc && cc->tag.starts_with("COPY "))
+            if (cc && cc->tag.starts_with("COPY ") && (table_ || !counted))
               total += std::strtoull(std::string(cc->tag.substr(5)).c_str(), nullptr, 10);
+            counted = true;
           }
           return f.type == proto::msg::kReadyForQuery;
         });
@@ -200,13 +216,17 @@ awaitable<uint64_t> CopyIn::finish() {
       if (!error_) error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
     }
   }
-  const char* end_verb = error_ ? "ROLLBACK" : "COMMIT";
+  for (auto& lease : leases_)
+    if (!lease->broken && lease->status == proto::txn_status::kFailed && !error_)
+      error_ = proto::error(sqlstate::kInFailedSqlTransaction, "a shard failed the COPY");
+  if (!error_) {
+    error_ = co_await commit_everywhere(c_, leases_, shards_);
+    co_return total;
+  }
   for (auto& lease : leases_) {
     if (lease->broken || lease->status == proto::txn_status::kIdle) continue;
-    const bool ok = co_await lease->run_own(end_verb, max_message_);
-    if (!lease->replies.error.empty() && !error_)
-      error_ = proto::error(lease->replies.error_code, lease->replies.error);
-    if (!ok || lease->replies.tag != end_verb) lease->broken = true;
+    const bool ok = co_await lease->run_own("ROLLBACK", max_message_);
+    if (!ok || lease->replies.tag != "ROLLBACK") lease->broken = true;
   }
   co_return total;
 }
@@ -232,7 +252,7 @@ static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {
 
 static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& leases,
                                           const router::CopySplit& spec,
-                                          const config::ShardedTable& table, int key_index) {
+                                          const config::ShardedTable* table, int key_index) {
   // Rows go to the shard their key names, in CopyData frames of up to 64 kB per shard. A
   // shard that cannot be written to ends the COPY at once for every shard (its locks are
   // not held while the client keeps sending); the client's remaining COPY messages are
@@ -241,6 +261,11 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
   const int n = static_cast<int>(c.config().shards.size());
   CopyRowSplitter splitter(spec, key_index);
   std::vector<std::string> bufs(static_cast<std::size_t>(n));
+  // Copied to every shard: the client's bytes as they are (any format, the header too: each
+  // shard reads the stream one PostgreSQL would).
+  auto copy_to_all = [&](std::string_view data) {
+    for (auto& b : bufs) b.append(data);
+  };
   std::string frame;
   auto route_row = [&](std::string_view row, const std::optional<std::string>& key, bool header) {
     if (header) {
@@ -248,7 +273,7 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
       return;
     }
     int shard = 0;  // NULL or invalid keys: shard 0 reports PostgreSQL's own error
-    if (key) shard = router::place_key(table, *key, n).shard.value_or(0);
+    if (key) shard = router::place_key(*table, *key, n).shard.value_or(0);
     bufs[static_cast<std::size_t>(shard)].append(row);
   };
   auto lost = [&](std::size_t i) {
@@ -278,10 +303,13 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
     std::size_t threshold = 64 * 1024;
     switch (type) {
       case proto::msg::kCopyData:
-        splitter.feed(body, route_row);
+        if (table)
+          splitter.feed(body, route_row);
+        else
+          copy_to_all(body);
         break;
       case proto::msg::kCopyDone:
-        splitter.finish(route_row);
+        if (table) splitter.finish(route_row);
         threshold = 0;
         done = true;
         break;
@@ -319,6 +347,89 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
     for (auto& lease : leases) co_await copy_write(lease, frame);
   }
   co_return outcome;
+}
+
+static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
+    Client& c, std::vector<pool::Lease>& leases, const std::vector<int>& shards) {
+  // As a client's transaction on several shards commits (txn/distributed.cpp): PREPARE
+  // TRANSACTION everywhere, the decision fsynced to the log, COMMIT PREPARED everywhere; a
+  // failure before the decision rolls every shard back, one after it is finished by
+  // recovery. With two_phase_commit off, one shard after the other.
+  const auto max = c.config().listen.max_message_size;
+  auto& shared = c.worker().shared();
+  auto name = [&](std::size_t i) { return leases[i]->target().shard_name; };
+  auto rollback = [&](std::size_t i, std::string sql) -> awaitable<void> {
+    if (leases[i]->broken) co_return;
+    if (!co_await leases[i]->run_own(sql, max)) leases[i]->broken = true;
+  };
+  if (!c.config().two_phase_commit || leases.size() < 2) {
+    std::string committed;
+    for (std::size_t i = 0; i < leases.size(); ++i) {
+      if (co_await leases[i]->run_own("COMMIT", max) && leases[i]->replies.tag == "COMMIT") {
+        committed += (committed.empty() ? "" : ", ") + name(i);
+        continue;
+      }
+      leases[i]->broken = true;
+      if (committed.empty())
+        for (std::size_t j = i + 1; j < leases.size(); ++j) co_await rollback(j, "ROLLBACK");
+      co_return proto::error(
+          sqlstate::kConnectionFailure,
+          "COMMIT failed on shard " + name(i) +
+              (committed.empty() ? std::string("; nothing was copied")
+                                 : " after shard(s) " + committed + " committed"),
+          {},
+          committed.empty() ? std::string() : "the shards may now disagree; check and repair");
+    }
+    co_return std::nullopt;
+  }
+  auto& decisions = shared.decisions;
+  const std::string gid = decisions.prefix() + std::to_string(decisions.generation()) + "_" +
+                          std::to_string(shared.next_gid.fetch_add(1));
+  auto part = [&](std::size_t i) { return gid + "_" + std::to_string(shards[i]); };
+  decisions.begin(gid);  // live: the periodic recovery pass leaves it alone
+  struct EndLive {
+    txn::DecisionLog& log;
+    const std::string& gid;
+    ~EndLive() { log.end(gid); }
+  } end_live{decisions, gid};
+  std::optional<proto::ErrorInfo> error;
+  std::vector<bool> prepared(leases.size(), false);
+  for (std::size_t i = 0; i < leases.size() && !error; ++i) {
+    const bool ran = co_await leases[i]->run_own("PREPARE TRANSACTION '" + part(i) + "'", max);
+    prepared[i] = ran && leases[i]->replies.tag == "PREPARE TRANSACTION";
+    if (prepared[i]) continue;
+    if (!ran) leases[i]->broken = true;
+    error = proto::error(
+        ran && !leases[i]->replies.error_code.empty() ? leases[i]->replies.error_code
+                                                      : std::string(sqlstate::kConnectionFailure),
+        (ran ? leases[i]->replies.error : std::string("connection lost")) + " (shard " +
+            name(i) + "); nothing was copied");
+  }
+  if (!error && !decisions.commit(gid))
+    error = proto::error(sqlstate::kInternalError,
+                         "cannot write the two-phase commit log; nothing was copied");
+  if (error) {
+    for (std::size_t i = 0; i < leases.size(); ++i)
+      if (prepared[i])
+        co_await rollback(i, "ROLLBACK PREPARED '" + part(i) + "'");
+      else if (leases[i]->status != proto::txn_status::kIdle)
+        co_await rollback(i, "ROLLBACK");
+    ++shared.rolled_back_2pc;
+    co_return error;
+  }
+  ++shared.committed_2pc;
+  bool all = true;
+  for (std::size_t i = 0; i < leases.size(); ++i) {
+    if (co_await leases[i]->run_own("COMMIT PREPARED '" + part(i) + "'", max) &&
+        leases[i]->replies.tag == "COMMIT PREPARED")
+      continue;
+    all = false;
+    leases[i]->broken = true;
+    spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
+                 c.prefix(), part(i), name(i), leases[i]->replies.error);
+  }
+  if (all) decisions.done(gid);
+  co_return std::nullopt;
 }
 
 awaitable<std::string> resolve_directory(Client& c,

@@ -410,6 +410,17 @@ class Analyzer {
     if (select) {
       const auto* s = stmt->select_stmt;
       if (s->n_locking_clause > 0) a.write = true;  // SELECT ... FOR UPDATE takes row locks
+      // WITH x AS (INSERT/UPDATE/DELETE ...) SELECT: a write (every copy of a reference table).
+      for (size_t i = 0; s->with_clause && i < s->with_clause->n_ctes; ++i) {
+        const Node* cte = s->with_clause->ctes[i];
+        if (!cte || cte->node_case != PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR ||
+            !cte->common_table_expr->ctequery)
+          continue;
+        const auto q = cte->common_table_expr->ctequery->node_case;
+        if (q == PG_QUERY__NODE__NODE_INSERT_STMT || q == PG_QUERY__NODE__NODE_UPDATE_STMT ||
+            q == PG_QUERY__NODE__NODE_DELETE_STMT)
+          a.write = true;
+      }
     }
 
     bool unsharded = false, reference = false;
@@ -482,6 +493,7 @@ class Analyzer {
       return a;
     }
     if (uses_.empty()) {
+      if (kind == PG_QUERY__NODE__NODE_COPY_STMT) copy_unmapped(stmt->copy_stmt, a);
       if (unsharded) {
         a.target = Analysis::Target::kUnsharded;
         a.reason = "table not in the shard map";
@@ -491,6 +503,10 @@ class Analyzer {
         a.replicated = a.write;
         a.reason =
             a.write || a.ddl ? "write to reference table: every shard" : "reference table read";
+        if (a.copy_in) {
+          a.target = Analysis::Target::kCopyIn;
+          a.reason = "COPY FROM STDIN into a reference table: every row to every shard";
+        }
       } else if (calls_sequence_function(stmt)) {
         a.target = Analysis::Target::kSequenceHome;
         a.write = true;
@@ -907,15 +923,12 @@ class Analyzer {
   }
 
   Analysis& copy(const PgQuery__CopyStmt* c, Analysis& a) {
-    if (!c->relation) {
-      // COPY (query) TO: where its query goes.
-      a.target = Analysis::Target::kAllShards;
-      a.reason = "COPY of a query on a sharded table";
-      return a;
-    }
     if (!c->is_from) {
+      // COPY (query) TO goes where its query goes; COPY table TO reads every shard.
       a.target = Analysis::Target::kAllShards;
-      a.reason = "COPY TO of a sharded table: every shard";
+      a.reason = c->relation ? "COPY TO of a sharded table: every shard"
+                             : "COPY of a query on a sharded table";
+      a.copy_out_header = copy_options(c).header;
       return a;
     }
     if (c->is_program || (c->filename && c->filename[0])) {
@@ -931,10 +944,7 @@ class Analyzer {
       a.hint = "insert the rows with INSERT";
       return a;
     }
-    CopySplit split;
-    split.table = c->relation->schemaname && c->relation->schemaname[0]
-                      ? std::string(c->relation->schemaname) + "." + c->relation->relname
-                      : std::string(c->relation->relname);
+    CopySplit split = copy_options(c);
     split.key_name = t.column;
     if (c->n_attlist > 0) {
       for (size_t i = 0; i < c->n_attlist; ++i)
@@ -946,50 +956,78 @@ class Analyzer {
         return a;
       }
     }
+    if (split.binary) {
+      a.target = Analysis::Target::kError;
+      a.error = "COPY FROM STDIN in binary format is not supported on a sharded table";
+      a.hint = "use FORMAT text or csv";
+      return a;
+    }
+    a.target = Analysis::Target::kCopyIn;
+    a.write = true;
+    a.copy_in = split;
+    a.reason = "COPY FROM STDIN: rows split by " + t.column;
+    return a;
+  }
+
+  // COPY of tables outside sharded_tables (reference tables, unsharded ones). COPY FROM
+  // writes (every shard of a reference table); FROM STDIN is copied to every shard as the
+  // client streams it (`replicate`), when the table is on several.
+  void copy_unmapped(const PgQuery__CopyStmt* c, Analysis& a) {
+    if (!c->is_from) {
+      a.copy_out_header = copy_options(c).header;
+      return;
+    }
+    a.write = true;
+    if (c->is_program || (c->filename && c->filename[0])) return;
+    CopySplit split = copy_options(c);
+    split.replicate = true;
+    a.copy_in = split;
+  }
+
+  // The table and the format options of a COPY (PostgreSQL's defaults, as copy.c sets them).
+  static CopySplit copy_options(const PgQuery__CopyStmt* c) {
+    CopySplit split;
+    if (c->relation)
+      split.table = c->relation->schemaname && c->relation->schemaname[0]
+                        ? std::string(c->relation->schemaname) + "." + c->relation->relname
+                        : std::string(c->relation->relname);
+    bool delimiter = false, escape = false;
     for (size_t i = 0; i < c->n_options; ++i) {
       const Node* o = c->options[i];
       if (!o || o->node_case != PG_QUERY__NODE__NODE_DEF_ELEM) continue;
       std::string_view name = o->def_elem->defname;
       const Node* arg = o->def_elem->arg;
       std::string_view value = str_of(arg);
-      bool on = !arg || value == "true" || value == "on" ||
-                (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
-                (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival != 0);
       if (name == "format") {
-        if (value == "csv")
-          split.csv = true;
-        else if (value == "binary") {
-          a.target = Analysis::Target::kError;
-          a.error = "COPY FROM STDIN in binary format is not supported on a sharded table";
-          a.hint = "use FORMAT text or csv";
-          return a;
-        }
+        split.csv = value == "csv";
+        split.binary = value == "binary";
       } else if (name == "delimiter" && value.size() == 1) {
         split.delimiter = value[0];
+        delimiter = true;
       } else if (name == "quote" && value.size() == 1) {
         split.quote = value[0];
       } else if (name == "escape" && value.size() == 1) {
         split.escape = value[0];
+        escape = true;
       } else if (name == "header") {
-        split.header = on;
+        // defGetCopyHeaderChoice: no argument, true/on (any case), 1, or MATCH (COPY FROM).
+        auto is = [&](std::string_view word) {
+          return value.size() == word.size() &&
+                 std::equal(value.begin(), value.end(), word.begin(), [](char x, char y) {
+                   return std::tolower(static_cast<unsigned char>(x)) == y;
+                 });
+        };
+        split.header = !arg ||
+                       (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
+                       (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival == 1) ||
+                       (arg->node_case != PG_QUERY__NODE__NODE_INTEGER &&
+                        (is("true") || is("on") || is("match")));
       }
     }
+    if (split.csv && !delimiter) split.delimiter = ',';
     if (!split.csv && split.delimiter == '"') split.delimiter = '\t';
-    if (split.csv && std::none_of(c->options, c->options + c->n_options, [](const Node* o) {
-          return o && o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
-                 std::string_view(o->def_elem->defname) == "delimiter";
-        }))
-      split.delimiter = ',';
-    if (split.csv && std::none_of(c->options, c->options + c->n_options, [](const Node* o) {
-          return o && o->node_case == PG_QUERY__NODE__NODE_DEF_ELEM &&
-                 std::string_view(o->def_elem->defname) == "escape";
-        }))
-      split.escape = split.quote;
-    a.target = Analysis::Target::kCopyIn;
-    a.write = true;
-    a.copy_in = split;
-    a.reason = "COPY FROM STDIN: rows split by " + t.column;
-    return a;
+    if (split.csv && !escape) split.escape = split.quote;
+    return split;
   }
 
   // A DO block made only of schema changes (migration tools wrap a foreign key or an enum in
@@ -2064,6 +2102,7 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
          a.keys == b.keys && a.new_key == b.new_key && a.positional == b.positional &&
          a.insert == b.insert && a.replicated == b.replicated && a.txn == b.txn &&
          !a.explain_route && !b.explain_route && !a.copy_in && !b.copy_in &&
+         a.copy_out_header == b.copy_out_header &&
          a.statements == b.statements && a.concat_safe == b.concat_safe &&
          a.merge_blocker == b.merge_blocker && a.merge_candidate == b.merge_candidate &&
          same_plan(a.merge, b.merge) && a.key_columns == b.key_columns && a.settings.empty() &&

@@ -29,7 +29,9 @@ struct KeyValue {
   bool operator==(const KeyValue&) const = default;
 };
 
-// COPY sharded_table [(cols)] FROM STDIN: what splitting its rows by key needs.
+// COPY table [(cols)] FROM STDIN over several shards: what splitting its rows by key needs,
+// or `replicate` (a reference table, or one outside the map under `unsharded: all`): every
+// shard gets every row, as the client sent them.
 struct CopySplit {
   std::string table;    // as written, schema-qualified if it was
   int key_column = -1;  // index in the column list; -1: look up the table's order
@@ -39,6 +41,8 @@ struct CopySplit {
   char quote = '"';
   char escape = '"';
   bool header = false;
+  bool binary = false;
+  bool replicate = false;
 };
 
 // A session setting a statement changes: SET name = value (value), RESET name (nullopt),
@@ -82,6 +86,8 @@ struct Analysis {
   TxnControl txn = TxnControl::kNone;
   bool explain_route = false;
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
+  // COPY ... TO with HEADER (text or CSV): several shards' streams must carry one header.
+  bool copy_out_header = false;
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   int statements = 1;  // statements in the text (a multi-statement simple Query)

@@ -412,6 +412,13 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   return r;
 }
 
+// A read of tables every shard holds alike: the client's shard, else the next in turn.
+int reference_read_shard(const config::Config& cfg, const Context& ctx) {
+  const int n = static_cast<int>(cfg.shards.size());
+  if (ctx.attached) return *ctx.attached;
+  return ctx.round_robin ? static_cast<int>((*ctx.round_robin)++ % n) : 0;
+}
+
 Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_view sql,
                        const config::Config& cfg, const Context& ctx) {
   const int n = static_cast<int>(cfg.shards.size());
@@ -430,6 +437,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   r.write = a->write || a->ddl;
   r.ddl = a->ddl;
   r.replicated = a->replicated;
+  r.copy_out_header = a->copy_out_header;
   if (ctx.reasons) r.reason = a->reason;
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;
@@ -458,8 +466,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       r.shard = fallback;
       return r;
     case Analysis::Target::kReferenceRead:
-      r.shard = ctx.attached ? *ctx.attached
-                             : (ctx.round_robin ? static_cast<int>((*ctx.round_robin)++ % n) : 0);
+      r.shard = reference_read_shard(cfg, ctx);
       return r;
     case Analysis::Target::kAllShards:
       every_shard(r, cfg);
@@ -483,8 +490,17 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
                 "unsharded table: shard " + cfg.shards[static_cast<std::size_t>(r.shard)].name;
           return r;
         case config::Unsharded::Policy::kAll:
+          // Every shard keeps a copy of the table, as of a reference table: writes go to
+          // all (one shard's reply stands), reads to one.
+          if (!r.write) {
+            r.shard = reference_read_shard(cfg, ctx);
+            if (ctx.reasons) r.reason = "unsharded table read (unsharded: all): one shard";
+            return r;
+          }
           every_shard(r, cfg);
-          if (ctx.reasons) r.reason = "unsharded table: every shard";
+          r.replicated = true;
+          if (!r.shards.empty() && a->copy_in) r.copy_in = a->copy_in;
+          if (ctx.reasons) r.reason = "unsharded table write (unsharded: all): every shard";
           return r;
       }
       return r;
@@ -492,7 +508,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       every_shard(r, cfg);
       if (r.shards.empty()) return r;  // one shard: plain forwarding
       r.copy_in = a->copy_in;
-      r.copy_table = a->table;
+      r.copy_table = a->copy_in->replicate ? -1 : a->table;
       return r;
     case Analysis::Target::kKeys:
       break;

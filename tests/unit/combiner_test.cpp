@@ -331,3 +331,103 @@ TEST_CASE("a split INSERT that skips rows still returns them in VALUES order by 
     CHECK(rows == std::vector<std::string>{"b", "a", "d", "tag:INSERT 0 3"});
   }
 }
+
+namespace {
+
+std::string copy_out_response(int8_t format) {
+  proto::CopyResponse r;
+  r.type = msg::kCopyOutResponse;
+  r.format = format;
+  r.column_formats = {format, format};
+  std::string out;
+  r.write(out);
+  return out;
+}
+std::string copy_data(std::string_view bytes) {
+  std::string out;
+  proto::CopyData{bytes}.write(out);
+  return out;
+}
+// The client's CopyData payloads joined, and the message types in order.
+std::string copy_stream(const std::string& out, std::string* types) {
+  std::string data;
+  for (std::string_view rest = out; !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    REQUIRE(d.status == proto::DecodeStatus::kFrame);
+    if (d.frame.type == msg::kCopyData)
+      data.append(d.frame.body);
+    else
+      *types += d.frame.type;
+    rest.remove_prefix(d.consumed);
+  }
+  return data;
+}
+const std::string kSignature("PGCOPY\n\xff\r\n\0", 11);
+const std::string kHeader = kSignature + std::string(8, '\0');
+const std::string kTrailer("\xff\xff", 2);
+// A binary tuple of one int4 field.
+std::string tuple(char v) {
+  return std::string("\0\x01\0\0\0\x04\0\0\0", 9) + v;
+}
+
+}  // namespace
+
+TEST_CASE("COPY TO over shards: one CSV header line, rows of every shard, the total tag",
+          "[combiner]") {
+  auto o = names(3);
+  o.copy_header = true;
+  executor::Combiner c(3, o);
+  Script s;
+  for (int i = 0; i < 3; ++i) {
+    std::deque<std::optional<std::string>> q{copy_out_response(0), copy_data("id,name\n")};
+    for (int r = 0; r < i; ++r) q.push_back(copy_data(std::to_string(i) + ",x\n"));
+    q.push_back(testing::empty(msg::kCopyDone));
+    q.push_back(complete("COPY " + std::to_string(i)));
+    q.push_back(ready());
+    s.push_back(q);
+  }
+  run(c, s);
+  std::string types;
+  CHECK(copy_stream(c.out(), &types) == "id,name\n1,x\n2,x\n2,x\n");
+  CHECK(types == "HcC");
+  CHECK(c.out().find("COPY 3") != std::string::npos);
+  // Without HEADER every first line is a row.
+  executor::Combiner plain(3, names(3));
+  run(plain, s);
+  types.clear();
+  CHECK(copy_stream(plain.out(), &types) == "id,name\nid,name\n1,x\nid,name\n2,x\n2,x\n");
+}
+
+TEST_CASE("binary COPY TO over shards: one file header first, one trailer last", "[combiner]") {
+  executor::Combiner c(3, names(3));
+  Script s;
+  // Shard 0: header with its first row, then the trailer alone (as copyto.c sends them);
+  // shard 1: no rows (header and trailer in one message); shard 2: cut at odd places.
+  s.push_back({copy_out_response(1), copy_data(kHeader + tuple('a')), copy_data(tuple('b')),
+               copy_data(kTrailer), testing::empty(msg::kCopyDone), complete("COPY 2"), ready()});
+  s.push_back({copy_out_response(1), copy_data(kHeader + kTrailer),
+               testing::empty(msg::kCopyDone), complete("COPY 0"), ready()});
+  const std::string rest = kHeader + tuple('c') + tuple('d') + kTrailer;
+  s.push_back({copy_out_response(1), copy_data(rest.substr(0, 7)), copy_data(rest.substr(7, 20)),
+               copy_data(rest.substr(27, 1)), copy_data(rest.substr(28, rest.size() - 29)),
+               copy_data(rest.substr(rest.size() - 1)), testing::empty(msg::kCopyDone),
+               complete("COPY 2"), ready()});
+  run(c, s);
+  std::string types;
+  CHECK(copy_stream(c.out(), &types) ==
+        kHeader + tuple('a') + tuple('b') + tuple('c') + tuple('d') + kTrailer);
+  CHECK(types == "HcC");
+  CHECK(!c.failure());
+  CHECK(c.out().find("COPY 4") != std::string::npos);
+}
+
+TEST_CASE("a fan-out never waits for COPY FROM STDIN data", "[combiner]") {
+  executor::Combiner c(2, names(2));
+  proto::CopyResponse g;
+  std::string in;
+  g.write(in);
+  Script s{{in, testing::empty(msg::kCopyDone)}, {in, testing::empty(msg::kCopyDone)}};
+  run(c, s);
+  REQUIRE(c.failure());
+  CHECK(c.failure()->code == "0A000");
+}

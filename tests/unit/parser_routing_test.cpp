@@ -308,7 +308,40 @@ TEST_CASE("the unsharded policy decides for tables outside the map", "[router][p
   CHECK(r.kind == RouteKind::kError);
   CHECK(r.error.code == "0A000");
   CHECK_THAT(r.error.message, Catch::Contains("not in pgshard's shard map"));
-  CHECK(where(route_query("select * from accounts", h, *map("all"))) == "all");
+  // all: every shard keeps a copy, as of a reference table: reads one, writes every one.
+  {
+    auto all = map("all");
+    uint64_t turn = 0;
+    Context ctx;
+    ctx.round_robin = &turn;
+    std::set<int> seen;
+    for (int i = 0; i < 3; ++i) {
+      auto read = route_query("select count(*) from accounts", h, *all, ctx);
+      CHECK(read.shards.empty());
+      seen.insert(read.shard);
+    }
+    CHECK(seen.size() == 3);
+    CHECK(route_query("copy accounts to stdout", h, *all).shards.empty());
+    for (const char* write : {"insert into accounts values (1), (2)", "update accounts set a = 1",
+                              "delete from accounts", "select * from accounts for update",
+                              "with x as (insert into accounts values (1) returning *) "
+                              "select * from x"}) {
+      INFO(write);
+      auto r = route_query(write, h, *all);
+      CHECK(where(r) == "all");
+      CHECK(r.replicated);
+      CHECK(std::string(to_string(action(r))) == "fan-out");
+    }
+    auto copy = route_query("copy accounts from stdin (format binary)", h, *all);
+    CHECK(std::string(to_string(action(copy))) == "COPY in");
+    CHECK(where(copy) == "all");
+    REQUIRE(copy.copy_in);
+    CHECK(copy.copy_in->replicate);
+    CHECK(copy.copy_table == -1);
+    // Another policy never splits or copies a COPY.
+    CHECK(where(route_query("copy accounts from stdin", h, *map("{ shard: s1 }"))) == "s1");
+    CHECK(!route_query("copy accounts from stdin", h, *map("{ shard: s1 }")).copy_in);
+  }
   CHECK(where(route_query("select * from accounts", h, *map("{ shard: s2 }"))) == "s2");
   CHECK(where(route_query("insert into accounts values (1)", h, *map("{ shard: s1 }"))) == "s1");
   // A hint overrides the policy.
@@ -825,6 +858,51 @@ TEST_CASE("keys that cannot be read are never guessed", "[router][parser]") {
   // 42.0 equals 42 for an integer key.
   CHECK(route_query("select * from users where id = 42.0", h, *cfg).shard == shard_of("42"));
   CHECK(route_query("select * from users where id = '42'", h, *cfg).shard == shard_of("42"));
+}
+
+TEST_CASE("COPY into a reference table copies every row to every shard", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  for (const char* sql : {"copy countries from stdin", "copy public.currencies (code) from stdin "
+                                                       "with (format csv, header)",
+                          "copy countries from stdin with binary"}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    CHECK(std::string(to_string(action(r))) == "COPY in");
+    CHECK(where(r) == "all");
+    REQUIRE(r.copy_in);
+    CHECK(r.copy_in->replicate);
+  }
+  // A server-side file: every shard reads its own, as any write to a reference table.
+  auto file = route_query("copy countries from '/tmp/c.csv'", h, *cfg);
+  CHECK(where(file) == "all");
+  CHECK(file.replicated);
+  CHECK(!file.copy_in);
+  // Reading a reference table: one shard.
+  CHECK(route_query("copy countries to stdout", h, *cfg).shards.empty());
+}
+
+TEST_CASE("COPY TO over several shards knows whether it has a header line", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  for (const char* sql :
+       {"copy users to stdout (format csv, header)", "copy users to stdout with csv header",
+        "copy users to stdout (format csv, header true)", "copy users to stdout (header on)",
+        "copy users to stdout (format csv, HEADER 1)", "copy users to stdout (header 'TRUE')",
+        "copy (select * from users) to stdout with (format csv, header)",
+        "copy (select id from users) to stdout csv header delimiter ';'"}) {
+    INFO(sql);
+    auto r = route_query(sql, h, *cfg);
+    CHECK(where(r) == "all");
+    CHECK(r.copy_out_header);
+  }
+  for (const char* sql : {"copy users to stdout", "copy users to stdout (format csv)",
+                          "copy users to stdout (format csv, header false)",
+                          "copy users to stdout (format csv, header 0)",
+                          "copy users to stdout (header off)", "copy users to stdout with binary"}) {
+    INFO(sql);
+    CHECK_FALSE(route_query(sql, h, *cfg).copy_out_header);
+  }
 }
 
 TEST_CASE("every route is one action of a closed set", "[router][parser]") {
