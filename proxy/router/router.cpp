@@ -569,7 +569,8 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     return k.kind == KeyValue::Kind::kGenerate;
   });
   std::vector<Route::GenerateColumn> columns;
-  if (a->insert && !ctx.describe_only && ctx.columns && !keys.empty()) {
+  // (A Query string of several statements is sent as it is: its INSERT is not rewritten.)
+  if (a->insert && a->statements == 1 && !ctx.describe_only && ctx.columns && !keys.empty()) {
     const auto* generated = ctx.columns->generated(table.qualified_name());
     if (!generated) {
       r = Route{};

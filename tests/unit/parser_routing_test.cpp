@@ -1136,6 +1136,9 @@ TEST_CASE("INSERT leaving a generated column that is not the key asks for its va
         "INSERT INTO orders (user_id, id) VALUES (1, '10'), (2, '11')");
   CHECK(with_generated_keys("insert into orders values (1, 42)", "gid", 3, {"10"}, true) ==
         "INSERT INTO orders OVERRIDING SYSTEM VALUE VALUES (1, 42, DEFAULT, '10')");
+  // A Query string of several statements is sent as it is (not rewritten).
+  CHECK(where(route_query("insert into orders (user_id) values (42); select 1", h, *cfg, ctx)) ==
+        s(shard_of("42")));
   // Only described: runs nowhere, any shard describes it.
   Context describe = ctx;
   describe.describe_only = true;
