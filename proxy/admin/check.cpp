@@ -53,8 +53,7 @@ struct Sequence {
 // equal steps, they start in the same residue class.
 bool can_collide(const Sequence& a, const Sequence& b) {
   if (a.max < b.min || b.max < a.min) return false;
-  if (a.increment == b.increment && a.increment != 0 &&
-      (a.start - b.start) % a.increment != 0)
+  if (a.increment == b.increment && a.increment != 0 && (a.start - b.start) % a.increment != 0)
     return false;
   return true;
 }
@@ -89,8 +88,8 @@ int check_sequences(const config::Config& cfg,
       if (can_collide(home, s)) colliding += (colliding.empty() ? "" : ", ") + s.shard;
     }
     if (!behind.empty()) {
-      out << "ERROR sharded table column " << column << ": values already overlap: "
-          << home.shard << "'s sequence " << home.name << " (the one pgshard draws from) is at "
+      out << "ERROR sharded table column " << column << ": values already overlap: " << home.shard
+          << "'s sequence " << home.name << " (the one pgshard draws from) is at "
           << (home.last ? std::to_string(*home.last) : "its start") << ", " << behind
           << "; rows with equal values may exist on several shards. Fix: on " << home.shard
           << ": SELECT setval('" << home.name << "', " << top

@@ -448,14 +448,15 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
     }
   } else if (keys.empty() && !missing && default_expr.find("nextval(") != std::string::npos) {
     // DEFAULT nextval('some_seq'): the default itself, evaluated on the sequence's home.
-    err = co_await run_on_first_shard(
-        c,
-        "SELECT " + default_expr + " FROM pg_catalog.generate_series(1, " +
-            std::to_string(count) + ")",
-        [&](std::string_view body) {
-          auto row = proto::DataRow::parse(body);
-          if (row && row->values.size() == 1 && row->values[0]) keys.emplace_back(*row->values[0]);
-        });
+    err = co_await run_on_first_shard(c,
+                                      "SELECT " + default_expr +
+                                          " FROM pg_catalog.generate_series(1, " +
+                                          std::to_string(count) + ")",
+                                      [&](std::string_view body) {
+                                        auto row = proto::DataRow::parse(body);
+                                        if (row && row->values.size() == 1 && row->values[0])
+                                          keys.emplace_back(*row->values[0]);
+                                      });
     if (!err.empty()) co_return "generating values for table " + t.table + " failed: " + err;
   }
   if (keys.size() != static_cast<std::size_t>(count))

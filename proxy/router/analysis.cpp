@@ -353,9 +353,8 @@ class Analyzer {
                              ? stmt->fetch_stmt->portalname
                              : stmt->close_portal_stmt->portalname;
       a.cursor = name ? name : "";  // CLOSE ALL: no name
-      a.cursor_op = stmt->node_case == PG_QUERY__NODE__NODE_FETCH_STMT
-                        ? Analysis::CursorOp::kFetch
-                        : Analysis::CursorOp::kClose;
+      a.cursor_op = stmt->node_case == PG_QUERY__NODE__NODE_FETCH_STMT ? Analysis::CursorOp::kFetch
+                                                                       : Analysis::CursorOp::kClose;
       a.reason = "cursor: the server that declared it";
       return a;
     }

@@ -174,8 +174,7 @@ std::set<int> parameters_of(std::string_view sql);
 // `overriding`: the column is GENERATED ALWAYS AS IDENTITY, so the INSERT gets OVERRIDING
 // SYSTEM VALUE (unless it says OVERRIDING itself) for PostgreSQL to take the values.
 std::optional<std::string> with_generated_keys(std::string_view sql, const std::string& column,
-                                               int position,
-                                               const std::vector<std::string>& values,
+                                               int position, const std::vector<std::string>& values,
                                                bool overriding = false);
 
 // Transaction pooling shows a client only its own prepared statements: rewrites a SELECT

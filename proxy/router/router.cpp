@@ -388,9 +388,8 @@ void take_session_effects(Route& r, const Analysis& a) {
 // The generated columns (other than the key) an INSERT of `rows` VALUES rows leaves to the
 // database, with how many rows do: left out of the column list (every row), DEFAULT in
 // their place, or (without a column list) rows that stop before the column.
-std::vector<Route::GenerateColumn> columns_to_generate(const Analysis& a,
-                                                      const std::vector<GeneratedColumn>& generated,
-                                                      std::size_t rows) {
+std::vector<Route::GenerateColumn> columns_to_generate(
+    const Analysis& a, const std::vector<GeneratedColumn>& generated, std::size_t rows) {
   std::vector<Route::GenerateColumn> out;
   for (const auto& g : generated) {
     int count = 0;

@@ -338,7 +338,7 @@ class Session : public std::enable_shared_from_this<Session>,
     int shard = 0;
     bool hold = false;  // WITH HOLD: outlives its transaction
   };
-  std::map<std::string, Cursor> cursors_;  // SQL cursors by name (follow_cursors)
+  std::map<std::string, Cursor> cursors_;       // SQL cursors by name (follow_cursors)
   std::set<std::string> function_settings_;     // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;

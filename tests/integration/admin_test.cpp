@@ -536,8 +536,8 @@ TEST_CASE("pgshard check --live finds sequences of sharded tables whose shard co
   // The fix applied: s0 past every copy, each shard in its own residue class.
   on(0, "select setval('seq_check_id_seq', 10)");
   for (int i = 0; i < cluster.size(); ++i)
-    on(i, "alter sequence seq_check_id_seq increment by 100 start with " +
-              std::to_string(100 + i) + " restart with " + std::to_string(100 + i));
+    on(i, "alter sequence seq_check_id_seq increment by 100 start with " + std::to_string(100 + i) +
+              " restart with " + std::to_string(100 + i));
   CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
   CHECK(out.find("seq_check") == std::string::npos);
   for (int i = 0; i < cluster.size(); ++i) on(i, "drop table seq_check");

@@ -1133,8 +1133,9 @@ TEST_CASE("schema changes inside a transaction commit or roll back on every shar
   query(c.get(), "drop table ddl_tx");
 }
 
-TEST_CASE("serial, identity and nextval columns that are not the shard key are unique across shards",
-          "[routing][serial]") {
+TEST_CASE(
+    "serial, identity and nextval columns that are not the shard key are unique across shards",
+    "[routing][serial]") {
   // Before: each shard's own sequence filled them, so id 1, 2, 3 existed once per shard and
   // a read, UPDATE or DELETE by id touched another user's order.
   auto& cluster = Cluster::get();
@@ -1175,16 +1176,16 @@ TEST_CASE("serial, identity and nextval columns that are not the shard key are u
   for (int u = 19; u <= 21; ++u) {
     const std::string key = std::to_string(u);
     const char* p[] = {key.c_str()};
-    PGresult* r = PQexecParams(c.get(),
-                               "insert into orders (user_id, amount) values ($1, 2) returning id",
-                               1, nullptr, p, nullptr, nullptr, 0);
+    PGresult* r =
+        PQexecParams(c.get(), "insert into orders (user_id, amount) values ($1, 2) returning id", 1,
+                     nullptr, p, nullptr, nullptr, 0);
     REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
     ids.push_back(PQgetvalue(r, 0, 0));
     PQclear(r);
   }
-  PGresult* r = PQprepare(c.get(), "ord",
-                          "insert into orders (user_id, amount) values ($1, 3) returning id", 1,
-                          nullptr);
+  PGresult* r =
+      PQprepare(c.get(), "ord", "insert into orders (user_id, amount) values ($1, 3) returning id",
+                1, nullptr);
   REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
   PQclear(r);
   for (int u = 22; u <= 27; ++u) {
@@ -1197,7 +1198,8 @@ TEST_CASE("serial, identity and nextval columns that are not the shard key are u
   }
   // Inside a transaction too.
   query(c.get(), "begin");
-  ids.push_back(scalar(c.get(), "insert into orders (user_id, amount) values (28, 1) returning id"));
+  ids.push_back(
+      scalar(c.get(), "insert into orders (user_id, amount) values (28, 1) returning id"));
   query(c.get(), "commit");
   REQUIRE(ids.size() == 28);
   CHECK(std::set<std::string>(ids.begin(), ids.end()).size() == ids.size());
@@ -1263,10 +1265,10 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
   long long a = 1, b = 2;
   while (shard_of(b) == shard_of(a)) ++b;
   query(c.get(), "begin");
-  query(c.get(), "declare ca cursor for select user_id from orders where user_id = " +
-                     std::to_string(a));
-  query(c.get(), "declare cb cursor for select user_id from orders where user_id = " +
-                     std::to_string(b));
+  query(c.get(),
+        "declare ca cursor for select user_id from orders where user_id = " + std::to_string(a));
+  query(c.get(),
+        "declare cb cursor for select user_id from orders where user_id = " + std::to_string(b));
   auto fa = query(c.get(), "fetch all ca");
   auto fb = query(c.get(), "fetch all cb");
   CHECK(fa.size() == 5);

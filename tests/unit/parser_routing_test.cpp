@@ -1119,8 +1119,8 @@ TEST_CASE("INSERT leaving a generated column that is not the key asks for its va
   CHECK(r.generate_columns[0].count == 2);
   CHECK(r.generate_columns[1].column.always);
   r = route_query(
-      "insert into orders (id, gid, user_id) values (default, 7, 1), (5, 8, 2), (default, 9, 3)",
-      h, *cfg, ctx);
+      "insert into orders (id, gid, user_id) values (default, 7, 1), (5, 8, 2), (default, 9, 3)", h,
+      *cfg, ctx);
   REQUIRE(r.generate_columns.size() == 1);
   CHECK(r.generate_columns[0].count == 2);
   CHECK(where(route_query("insert into orders (id, gid, user_id) values (5, 6, 42)", h, *cfg,
@@ -1131,9 +1131,9 @@ TEST_CASE("INSERT leaving a generated column that is not the key asks for its va
   CHECK(r.generate_columns[0].positional);
   CHECK(r.generate_columns[1].count == 1);
   // The values put in: a column added to the list, DEFAULT replaced, rows padded.
-  CHECK(with_generated_keys("insert into orders (user_id) values (1), (2)", "id", -1,
-                            {"10", "11"}) ==
-        "INSERT INTO orders (user_id, id) VALUES (1, '10'), (2, '11')");
+  CHECK(
+      with_generated_keys("insert into orders (user_id) values (1), (2)", "id", -1, {"10", "11"}) ==
+      "INSERT INTO orders (user_id, id) VALUES (1, '10'), (2, '11')");
   CHECK(with_generated_keys("insert into orders values (1, 42)", "gid", 3, {"10"}, true) ==
         "INSERT INTO orders OVERRIDING SYSTEM VALUE VALUES (1, 42, DEFAULT, '10')");
   // A Query string of several statements is sent as it is (not rewritten).
