@@ -2,8 +2,10 @@
 
 #include <libpq-fe.h>
 
+#include <algorithm>
 #include <map>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -34,6 +36,82 @@ bool key_type_matches(config::KeyType t, const std::string& type) {
   return false;
 }
 
+// One shard's sequence behind a generated column of a sharded table.
+struct Sequence {
+  std::string shard;
+  std::string name;  // schema-qualified
+  long long start = 1, increment = 1, min = 1, max = 0;
+  std::optional<long long> last;  // nullopt: never used
+  // The values it has handed out so far, as a closed range (empty when unused).
+  std::optional<std::pair<long long, long long>> used() const {
+    if (!last) return std::nullopt;
+    return std::make_pair(std::min(start, *last), std::max(start, *last));
+  }
+};
+
+// Whether two sequences can ever hand out the same value: their bounds overlap and, with
+// equal steps, they start in the same residue class.
+bool can_collide(const Sequence& a, const Sequence& b) {
+  if (a.max < b.min || b.max < a.min) return false;
+  if (a.increment == b.increment && a.increment != 0 && (a.start - b.start) % a.increment != 0)
+    return false;
+  return true;
+}
+
+// Values the home sequence (the first shard's, which pgshard draws from) may still hand out
+// that another shard's sequence has already handed out.
+bool home_reaches(const Sequence& home, const Sequence& other) {
+  const auto used = other.used();
+  if (!used || !can_collide(home, other)) return false;
+  const long long next = home.last ? *home.last : home.start - home.increment;
+  return home.increment > 0 ? used->second > next : used->first < next;
+}
+
+// Generated columns (sequences) of sharded tables: through pgshard their values come from
+// the first shard's sequence, unique everywhere; each other shard keeps a copy that writes
+// bypassing pgshard use. Reports copies that can collide, and values already overlapping.
+int check_sequences(const config::Config& cfg,
+                    const std::map<std::string, std::vector<Sequence>>& found, std::ostream& out) {
+  int problems = 0;
+  constexpr long long kStep = 100;  // residue classes: room for 100 shards
+  for (const auto& [column, seqs] : found) {
+    if (seqs.size() < 2 || seqs.front().shard != cfg.shards.front().name) continue;
+    const Sequence& home = seqs.front();
+    std::string behind, colliding;
+    long long top = home.last.value_or(home.start);
+    for (std::size_t i = 1; i < seqs.size(); ++i) {
+      const auto& s = seqs[i];
+      if (s.last) top = std::max(top, *s.last);
+      if (home_reaches(home, s))
+        behind += (behind.empty() ? "" : ", ") + s.shard + "'s " + s.name + " is at " +
+                  std::to_string(*s.last);
+      if (can_collide(home, s)) colliding += (colliding.empty() ? "" : ", ") + s.shard;
+    }
+    if (!behind.empty()) {
+      out << "ERROR sharded table column " << column << ": values already overlap: " << home.shard
+          << "'s sequence " << home.name << " (the one pgshard draws from) is at "
+          << (home.last ? std::to_string(*home.last) : "its start") << ", " << behind
+          << "; rows with equal values may exist on several shards. Fix: on " << home.shard
+          << ": SELECT setval('" << home.name << "', " << top
+          << "); renumber rows whose values repeat across shards\n";
+      ++problems;
+    }
+    if (colliding.empty()) continue;
+    const long long base = (top / kStep + 1) * kStep;
+    out << "NOTE sharded table column " << column << ": the sequence " << home.name << " on "
+        << colliding << " can hand out the same values as " << home.shard
+        << "'s. Through pgshard values come from " << home.shard
+        << "'s sequence, unique across shards; writes that bypass pgshard use each shard's "
+           "own sequence. To keep those unique too: ";
+    for (std::size_t i = 0; i < seqs.size(); ++i)
+      out << (i ? "; " : "") << "on " << seqs[i].shard << ": ALTER SEQUENCE " << seqs[i].name
+          << " INCREMENT BY " << kStep << " START WITH " << base + static_cast<long long>(i)
+          << " RESTART WITH " << base + static_cast<long long>(i);
+    out << "\n";
+  }
+  return problems;
+}
+
 std::string describe(const Columns& c) {
   std::string out;
   for (const auto& [n, t] : c) out += (out.empty() ? "" : ", ") + n + " " + t;
@@ -50,6 +128,7 @@ int check_live(const config::Config& cfg, std::ostream& out) {
   };
   // Per table: the first shard's columns, to compare the others with.
   std::map<std::string, std::pair<std::string, Columns>> first_seen;
+  std::map<std::string, std::vector<Sequence>> sequences;  // table.column -> shards' copies
   for (const auto& shard : cfg.shards) {
     const std::string at = "shard " + shard.name + " (" + shard.primary.text() + ")";
     std::unique_ptr<PGconn, void (*)(PGconn*)> c(
@@ -106,10 +185,44 @@ int check_live(const config::Config& cfg, std::ostream& out) {
         problem(at + ": sharded table " + name + " columns differ from shard " + it->second.first +
                 ": (" + describe(cols) + ") vs (" + describe(it->second.second) + ")");
     }
+    // Sequences behind each sharded table's columns: owned by a column (serial, identity)
+    // or named by its default (nextval('...')).
+    const char* sequences_sql =
+        "with cols as (select a.attnum, a.attname from pg_attribute a where a.attrelid = "
+        "to_regclass($1) and a.attnum > 0 and not a.attisdropped), seqs as ("
+        "select c.attname, d.objid as seq from cols c join pg_depend d on d.classid = "
+        "'pg_class'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = "
+        "to_regclass($1) and d.refobjsubid = c.attnum and d.deptype in ('a', 'i') "
+        "union select c.attname, d.refobjid from cols c join pg_attrdef ad on ad.adrelid = "
+        "to_regclass($1) and ad.adnum = c.attnum join pg_depend d on d.classid = "
+        "'pg_attrdef'::regclass and d.objid = ad.oid and d.refclassid = 'pg_class'::regclass) "
+        "select s.attname, quote_ident(n.nspname) || '.' || quote_ident(k.relname), "
+        "q.seqstart, q.seqincrement, q.seqmin, q.seqmax, "
+        "coalesce(pg_sequence_last_value(k.oid)::text, '') "
+        "from seqs s join pg_class k on k.oid = s.seq and k.relkind = 'S' "
+        "join pg_namespace n on n.oid = k.relnamespace join pg_sequence q on q.seqrelid = k.oid "
+        "order by 1, 2";
+    for (const auto& t : cfg.sharded_tables)
+      for (auto& row : ask(sequences_sql, t.qualified_name())) {
+        Sequence seq;
+        seq.shard = shard.name;
+        seq.name = row[1];
+        try {
+          seq.start = std::stoll(row[2]);
+          seq.increment = std::stoll(row[3]);
+          seq.min = std::stoll(row[4]);
+          seq.max = std::stoll(row[5]);
+          if (!row[6].empty()) seq.last = std::stoll(row[6]);
+        } catch (const std::exception&) {
+          continue;
+        }
+        sequences[t.qualified_name() + "." + row[0]].push_back(std::move(seq));
+      }
     for (const auto& ref : cfg.reference_tables)
       if (ask(columns_sql, ref).empty())
         problem(at + ": reference table " + ref + " does not exist");
   }
+  problems += check_sequences(cfg, sequences, out);
   if (problems == 0)
     out << "OK: " << cfg.shards.size() << " shards answer; " << cfg.sharded_tables.size()
         << " sharded tables with their keys and the same columns on every shard"

@@ -28,8 +28,9 @@ uint64_t catalog_generation();
 // Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
 awaitable<std::string> resolve_directory(Client& c,
                                          const std::vector<std::pair<int, std::string>>& lookups);
-// Fills the worker's column cache with the key position of each sharded table in `tables`
-// (indexes), read from the first shard's catalog; returns an error or "".
+// Fills the worker's column cache with the key position and the generated columns of each
+// sharded table in `tables` (indexes), read from the first shard's catalog; returns an
+// error or "".
 awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables);
 // `count` new keys for sharded table `table` from its key column's sequence (serial,
 // identity) on the first shard, the sequence's home, so keys are unique across shards and
@@ -46,8 +47,11 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
 // taken; nullopt (with the reason in `why`) when there is none.
 awaitable<std::optional<int>> node_for_ids(Client& c, std::string& why);
 // A default of pgshard.unique_id() / unique_id_53() gets pgshard's own ids instead.
+// `column`: another generated column of the table (serial, identity, nextval default)
+// whose values come from its sequence on the first shard alike; empty: the shard key.
 awaitable<std::string> generate_keys(Client& c, int table, int count,
-                                     std::vector<std::string>& keys);
+                                     std::vector<std::string>& keys,
+                                     const std::string& column = {});
 // Declares pgshard.unique_id() and unique_id_53() on every shard (once per process; they
 // raise an error when a shard runs them itself), so statements naming them prepare and
 // describe there and CREATE TABLE can take them as a column default.

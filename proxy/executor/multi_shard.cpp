@@ -516,15 +516,18 @@ awaitable<std::string> run_on_first_shard(Client& c, const std::string& sql,
 }  // namespace
 
 awaitable<std::string> generate_keys(Client& c, int table, int count,
-                                     std::vector<std::string>& keys) {
+                                     std::vector<std::string>& keys, const std::string& of) {
   const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
+  const std::string& col = of.empty() ? t.column : of;
+  const std::string what = of.empty() ? "the shard key" : "the generated column";
   keys.clear();
-  const std::string name = quote_literal(t.qualified_name()), column = quote_literal(t.column);
-  // The key's sequence (serial, identity): its values; else the column's default, which may
-  // be pgshard.unique_id() (pgshard makes those ids itself).
+  const std::string name = quote_literal(t.qualified_name()), column = quote_literal(col);
+  // The column's sequence (serial, identity): its values; else the column's default, which
+  // may be pgshard.unique_id() (pgshard makes those ids itself) or nextval of a sequence
+  // the column does not own.
   bool missing = false;
   std::string default_expr;
-  const std::string err = co_await run_on_first_shard(
+  std::string err = co_await run_on_first_shard(
       c,
       "SELECT pg_catalog.nextval(q.s), (SELECT pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
       "FROM pg_catalog.pg_attrdef d JOIN pg_catalog.pg_attribute a ON a.attrelid = d.adrelid "
@@ -541,7 +544,7 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
         else
           missing = true;
       });
-  if (!err.empty()) co_return "generating keys for table " + t.table + " failed: " + err;
+  if (!err.empty()) co_return "generating values for table " + t.table + " failed: " + err;
   if (keys.empty() && !missing &&
       (default_expr == "pgshard.unique_id()" || default_expr == "pgshard.unique_id_53()")) {
     std::string why;
@@ -554,9 +557,21 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
             std::to_string(*node) + ")";
       keys.push_back(std::to_string(*id));
     }
+  } else if (keys.empty() && !missing && default_expr.find("nextval(") != std::string::npos) {
+    // DEFAULT nextval('some_seq'): the default itself, evaluated on the sequence's home.
+    err = co_await run_on_first_shard(c,
+                                      "SELECT " + default_expr +
+                                          " FROM pg_catalog.generate_series(1, " +
+                                          std::to_string(count) + ")",
+                                      [&](std::string_view body) {
+                                        auto row = proto::DataRow::parse(body);
+                                        if (row && row->values.size() == 1 && row->values[0])
+                                          keys.emplace_back(*row->values[0]);
+                                      });
+    if (!err.empty()) co_return "generating values for table " + t.table + " failed: " + err;
   }
   if (keys.size() != static_cast<std::size_t>(count))
-    co_return "the shard key \"" + t.column + "\" of table " + t.table +
+    co_return what + " \"" + col + "\" of table " + t.table +
         " has no sequence, identity or pgshard.unique_id() default to generate it from: set "
         "it in the INSERT";
   co_return std::string();
@@ -621,20 +636,34 @@ awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables
   for (int table : tables) {
     const auto& t = c.config().sharded_tables[static_cast<std::size_t>(table)];
     int index = 0, key = -1;
+    std::vector<router::GeneratedColumn> generated;
+    // Each column, and whether its values come from a sequence (serial, identity, a nextval
+    // default) or pgshard.unique_id(): such columns other than the key get their values
+    // from the sequence's home, unique across shards.
     const std::string err = co_await run_on_first_shard(
         c,
-        "SELECT attname FROM pg_catalog.pg_attribute WHERE attrelid = "
-        "pg_catalog.to_regclass(" +
+        "SELECT a.attname, a.attidentity, pg_catalog.pg_get_expr(d.adbin, d.adrelid) "
+        "FROM pg_catalog.pg_attribute a LEFT JOIN pg_catalog.pg_attrdef d ON d.adrelid = "
+        "a.attrelid AND d.adnum = a.attnum WHERE a.attrelid = pg_catalog.to_regclass(" +
             quote_literal(t.qualified_name()) +
-            ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            ") AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum",
         [&](std::string_view body) {
           auto row = proto::DataRow::parse(body);
-          if (row && !row->values.empty() && row->values[0] && *row->values[0] == t.column)
+          if (!row || row->values.size() != 3 || !row->values[0]) return;
+          const std::string_view name = *row->values[0];
+          const std::string_view identity = row->values[1].value_or("");
+          const std::string_view expr = row->values[2].value_or("");
+          if (name == t.column) {
             key = index;
+          } else if (identity == "a" || identity == "d" ||
+                     expr.find("nextval(") != std::string_view::npos ||
+                     expr == "pgshard.unique_id()" || expr == "pgshard.unique_id_53()") {
+            generated.push_back({std::string(name), index, identity == "a"});
+          }
           ++index;
         });
     if (!err.empty()) co_return "reading the columns of table " + t.table + " failed: " + err;
-    c.worker().columns().put(t.qualified_name(), key);
+    c.worker().columns().put(t.qualified_name(), key, std::move(generated));
   }
   co_return std::string();
 }

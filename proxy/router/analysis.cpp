@@ -27,6 +27,9 @@ namespace pgshard::router {
 
 namespace {
 
+// CURSOR_OPT_HOLD (parsenodes.h): DECLARE ... WITH HOLD.
+constexpr int32_t kCursorOptHold = 0x0020;
+
 // pg_catalog's functions (PostgreSQL 15), sorted: calls to them change nothing unseen (but
 // set_config, which the analysis reads itself).
 constexpr std::string_view kBuiltinFunctions[] = {
@@ -332,6 +335,28 @@ class Analyzer {
         a.concat_safe = false;
         a.merge_blocker = "EXPLAIN";
       }
+      return a;
+    }
+    if (stmt->node_case == PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT &&
+        stmt->declare_cursor_stmt->query) {
+      // DECLARE goes where its query goes (the router refuses a query of several shards);
+      // FETCH, MOVE and CLOSE then follow the cursor's name to its server.
+      const auto* d = stmt->declare_cursor_stmt;
+      a = one(d->query);
+      a.cursor = d->portalname ? d->portalname : "";
+      a.cursor_op = Analysis::CursorOp::kDeclare;
+      a.cursor_hold = (d->options & kCursorOptHold) != 0;
+      return a;
+    }
+    if (stmt->node_case == PG_QUERY__NODE__NODE_FETCH_STMT ||
+        stmt->node_case == PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT) {
+      const char* name = stmt->node_case == PG_QUERY__NODE__NODE_FETCH_STMT
+                             ? stmt->fetch_stmt->portalname
+                             : stmt->close_portal_stmt->portalname;
+      a.cursor = name ? name : "";  // CLOSE ALL: no name
+      a.cursor_op = stmt->node_case == PG_QUERY__NODE__NODE_FETCH_STMT ? Analysis::CursorOp::kFetch
+                                                                       : Analysis::CursorOp::kClose;
+      a.reason = "cursor: the server that declared it";
       return a;
     }
     // Every relation named anywhere, minus CTE names.
@@ -1198,6 +1223,23 @@ class Analyzer {
     return std::nullopt;
   }
 
+  // INSERT ... (cols) VALUES: the columns named and, for each, the rows giving DEFAULT,
+  // so the router can tell which generated columns the rows leave to the database.
+  static void note_insert_columns(const PgQuery__InsertStmt* ins, Analysis& a) {
+    const auto* s = ins->select_stmt->select_stmt;
+    for (size_t i = 0; i < ins->n_cols; ++i) {
+      const auto* rt = ins->cols[i]->res_target;
+      a.insert_columns.emplace_back(rt && rt->name ? rt->name : "");
+      int defaults = 0;
+      for (size_t r = 0; r < s->n_values_lists; ++r) {
+        const auto* row = s->values_lists[r];
+        defaults += row->node_case == PG_QUERY__NODE__NODE_LIST && i < row->list->n_items &&
+                    row->list->items[i]->node_case == PG_QUERY__NODE__NODE_SET_TO_DEFAULT;
+      }
+      a.insert_defaults.push_back(defaults);
+    }
+  }
+
   // INSERT INTO <sharded table> SELECT ... (not VALUES).
   bool inserts_select(const PgQuery__InsertStmt* ins) const {
     if (uses_.empty() || !ins->relation || !ins->relation->relname) return false;
@@ -1233,6 +1275,7 @@ class Analyzer {
       a.reason = "INSERT VALUES shard key (table column order)";
       return a;
     }
+    if (values) note_insert_columns(ins, a);
     if (col < 0 && values) {
       // The key is left to the column's default: pgshard generates it (the session asks for
       // one value per row, then routes the statement with them put in).
@@ -1325,8 +1368,8 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
         a.pins = true;
         break;
       case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
-        // CURSOR_OPT_HOLD (0x0020 in parsenodes.h): the cursor outlives its transaction.
-        if (st->declare_cursor_stmt->options & 0x0020) a.pins = true;
+        // A WITH HOLD cursor outlives its transaction.
+        if (st->declare_cursor_stmt->options & kCursorOptHold) a.pins = true;
         break;
       default:
         break;
@@ -1755,8 +1798,8 @@ std::set<int> parameters_of(std::string_view sql) {
 }
 
 std::optional<std::string> with_generated_keys(std::string_view sql, const std::string& column,
-                                               int position,
-                                               const std::vector<std::string>& values) {
+                                               int position, const std::vector<std::string>& values,
+                                               bool overriding) {
   const auto owned = parse_tree(std::string(sql));
   auto* tree = owned.get();
   Node* stmt = tree && tree->n_stmts == 1 ? tree->stmts[0]->stmt : nullptr;
@@ -1781,6 +1824,7 @@ std::optional<std::string> with_generated_keys(std::string_view sql, const std::
   std::deque<PgQuery__String> strings;
   std::deque<PgQuery__AConst> consts;
   std::deque<PgQuery__ResTarget> targets;
+  std::deque<PgQuery__SetToDefault> defaults;
   std::deque<Node> nodes;
   std::deque<std::vector<Node*>> arrays;
   std::vector<std::tuple<Node***, size_t*, Node**, size_t>> restore;
@@ -1832,9 +1876,21 @@ std::optional<std::string> with_generated_keys(std::string_view sql, const std::
     for (size_t r = 0; r < s->n_values_lists && ok; ++r) {
       Node* row = s->values_lists[r];
       if (row->node_case != PG_QUERY__NODE__NODE_LIST ||
-          static_cast<size_t>(col) >= row->list->n_items) {
+          (ins->n_cols > 0 && static_cast<size_t>(col) >= row->list->n_items)) {
         ok = false;
         break;
+      }
+      // Without a column list a row may stop before the column (the rest take their
+      // defaults): it is padded with DEFAULT up to the column.
+      while (static_cast<size_t>(col) >= row->list->n_items) {
+        auto& d = defaults.emplace_back();
+        pg_query__set_to_default__init(&d);
+        d.location = -1;
+        auto& n = nodes.emplace_back();
+        pg_query__node__init(&n);
+        n.node_case = PG_QUERY__NODE__NODE_SET_TO_DEFAULT;
+        n.set_to_default = &d;
+        append(&row->list->items, &row->list->n_items, &n);
       }
       Node** slot = &row->list->items[col];
       if ((*slot)->node_case != PG_QUERY__NODE__NODE_SET_TO_DEFAULT) continue;
@@ -1847,6 +1903,9 @@ std::optional<std::string> with_generated_keys(std::string_view sql, const std::
     }
   }
   std::optional<std::string> out;
+  // GENERATED ALWAYS AS IDENTITY takes a value only with OVERRIDING SYSTEM VALUE.
+  if (overriding && ins->override == PG_QUERY__OVERRIDING_KIND__OVERRIDING_NOT_SET)
+    ins->override = PG_QUERY__OVERRIDING_KIND__OVERRIDING_SYSTEM_VALUE;
   if (ok && used == values.size()) out = deparse(tree);
   for (auto& [slot, original] : replaced) *slot = original;
   for (auto it = restore.rbegin(); it != restore.rend(); ++it) {
@@ -2100,6 +2159,8 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
   };
   return a.target == b.target && a.write == b.write && a.ddl == b.ddl && a.table == b.table &&
          a.keys == b.keys && a.new_key == b.new_key && a.positional == b.positional &&
+         a.insert_columns == b.insert_columns && a.insert_defaults == b.insert_defaults &&
+         a.cursor_op == b.cursor_op && a.cursor == b.cursor && a.cursor_hold == b.cursor_hold &&
          a.insert == b.insert && a.replicated == b.replicated && a.txn == b.txn &&
          !a.explain_route && !b.explain_route && !a.copy_in && !b.copy_in &&
          a.copy_out_header == b.copy_out_header &&

@@ -82,6 +82,10 @@ struct Analysis {
   // router takes the key from the key column's position in the catalog.
   std::vector<std::vector<std::optional<KeyValue>>> positional;
   bool insert = false;      // INSERT: each key is one VALUES row
+  // INSERT ... (cols) VALUES: the columns as written and, for each, how many rows give
+  // DEFAULT there (the router finds generated columns the rows leave to the database).
+  std::vector<std::string> insert_columns;
+  std::vector<int> insert_defaults;
   bool replicated = false;  // a write to reference tables: the same on every shard
   TxnControl txn = TxnControl::kNone;
   bool explain_route = false;
@@ -118,6 +122,12 @@ struct Analysis {
   // change keeps them, as a column default: the shards need the functions declared).
   int unique_ids = 0;
   bool names_unique_id = false;
+  // SQL cursors: DECLARE (analysed as its query), FETCH/MOVE, CLOSE, and the cursor's name
+  // (empty for CLOSE ALL). A cursor lives on the server that declared it.
+  enum class CursorOp { kNone, kDeclare, kFetch, kClose };
+  CursorOp cursor_op = CursorOp::kNone;
+  std::string cursor;
+  bool cursor_hold = false;  // DECLARE ... WITH HOLD: outlives its transaction
   std::string error;  // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
@@ -167,9 +177,11 @@ std::set<int> parameters_of(std::string_view sql);
 // or replaces DEFAULT where a row has it. `position` is the key's place for an INSERT
 // without a column list (-1 otherwise). nullopt when the statement is not such an INSERT
 // or the values do not match its rows.
+// `overriding`: the column is GENERATED ALWAYS AS IDENTITY, so the INSERT gets OVERRIDING
+// SYSTEM VALUE (unless it says OVERRIDING itself) for PostgreSQL to take the values.
 std::optional<std::string> with_generated_keys(std::string_view sql, const std::string& column,
-                                               int position,
-                                               const std::vector<std::string>& values);
+                                               int position, const std::vector<std::string>& values,
+                                               bool overriding = false);
 
 // Transaction pooling shows a client only its own prepared statements: rewrites a SELECT
 // that reads pg_prepared_statements so that the view is `own_sql` (a query returning the

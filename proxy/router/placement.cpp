@@ -45,8 +45,18 @@ std::optional<int> ColumnCache::key_position(const std::string& table) const {
   return it->second.position;
 }
 
-void ColumnCache::put(const std::string& table, int position) {
-  entries_[table] = {position, g_schema_generation.load(std::memory_order_acquire)};
+const std::vector<GeneratedColumn>* ColumnCache::generated(const std::string& table) const {
+  auto it = entries_.find(table);
+  if (it == entries_.end() ||
+      it->second.generation != g_schema_generation.load(std::memory_order_acquire))
+    return nullptr;
+  return &it->second.generated;
+}
+
+void ColumnCache::put(const std::string& table, int position,
+                      std::vector<GeneratedColumn> generated) {
+  entries_[table] = {position, g_schema_generation.load(std::memory_order_acquire),
+                     std::move(generated)};
 }
 
 void ColumnCache::schema_changed() {

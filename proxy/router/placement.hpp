@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 #include "config/config.hpp"
 
@@ -28,20 +29,34 @@ class DirectoryCache {
   std::map<std::pair<int, std::string>, Entry> entries_;
 };
 
+// A column of a sharded table other than its key whose default draws from a sequence
+// (serial, bigserial, identity, DEFAULT nextval(...)) or is pgshard.unique_id(): pgshard
+// generates its values on the sequence's home so that they are unique across shards.
+struct GeneratedColumn {
+  std::string name;
+  int position = -1;    // 0-based place in the table's column order
+  bool always = false;  // GENERATED ALWAYS AS IDENTITY (needs OVERRIDING SYSTEM VALUE)
+  bool operator==(const GeneratedColumn&) const = default;
+};
+
 // Where each sharded table's key column sits in the table's column order (for INSERT
-// without a column list), read from a shard's catalog by the session: table name ->
-// 0-based position, or -1 when the table or column does not exist. Per worker; every
-// worker's entries are forgotten when a schema change passes through pgshard.
+// without a column list), and its generated columns, read from a shard's catalog by the
+// session: table name -> 0-based position, or -1 when the table or column does not exist.
+// Per worker; every worker's entries are forgotten when a schema change passes through
+// pgshard.
 class ColumnCache {
  public:
   std::optional<int> key_position(const std::string& table) const;
-  void put(const std::string& table, int position);
+  // Null when the table's columns are not known yet.
+  const std::vector<GeneratedColumn>* generated(const std::string& table) const;
+  void put(const std::string& table, int position, std::vector<GeneratedColumn> generated = {});
   static void schema_changed();
 
  private:
   struct Entry {
     int position;
     uint64_t generation;
+    std::vector<GeneratedColumn> generated;
   };
   std::map<std::string, Entry> entries_;
 };

@@ -387,6 +387,32 @@ void take_session_effects(Route& r, const Analysis& a) {
   copy_unless_both_empty(r.schema_objects, a.schema_objects);
   r.drops = a.drops;
   r.txn = a.txn;
+  r.cursor_op = a.cursor_op;
+  if (a.cursor_op != Analysis::CursorOp::kNone) r.cursor = a.cursor;
+  r.cursor_hold = a.cursor_hold;
+}
+
+// The generated columns (other than the key) an INSERT of `rows` VALUES rows leaves to the
+// database, with how many rows do: left out of the column list (every row), DEFAULT in
+// their place, or (without a column list) rows that stop before the column.
+std::vector<Route::GenerateColumn> columns_to_generate(
+    const Analysis& a, const std::vector<GeneratedColumn>& generated, std::size_t rows) {
+  std::vector<Route::GenerateColumn> out;
+  for (const auto& g : generated) {
+    int count = 0;
+    if (!a.positional.empty()) {
+      const auto at = static_cast<std::size_t>(g.position);
+      for (const auto& row : a.positional)
+        count += at >= row.size() || (row[at] && row[at]->kind == KeyValue::Kind::kGenerate);
+    } else {
+      const auto named = std::find(a.insert_columns.begin(), a.insert_columns.end(), g.name);
+      count = named == a.insert_columns.end()
+                  ? static_cast<int>(rows)
+                  : a.insert_defaults[static_cast<std::size_t>(named - a.insert_columns.begin())];
+    }
+    if (count > 0) out.push_back({g, count, !a.positional.empty()});
+  }
+  return out;
 }
 
 // Shards holding the rows `a` names, given the request's parameters.
@@ -408,6 +434,14 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
     // DDL scripts run shard by shard and answer once (migrations send them whole).
     r = refuse("a Query of several statements that needs several shards is not supported",
                "send the statements one at a time, or keep them on one shard");
+  }
+  if (a->cursor_op == Analysis::CursorOp::kDeclare && r.kind == RouteKind::kShard &&
+      r.shards.size() > 1 && !r.replicated) {
+    // A cursor lives in one server session; FETCH from one shard's cursor would return that
+    // shard's rows only. Merged cursors are not done: refused, never part of the answer.
+    r = refuse("DECLARE CURSOR over a query that needs several shards is not supported",
+               "add the shard key to the cursor's query (or a shard hint), or run the query "
+               "without a cursor");
   }
   return r;
 }
@@ -549,12 +583,26 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     }
   }
   const auto& keys = a->positional.empty() ? a->keys : positional_keys;
-  // Rows that leave the key to the column's default: the session gets one generated value
-  // for each, puts them in the statement and routes it again (a statement only described
-  // runs nowhere: any shard describes it).
-  if (const auto generate = std::count_if(keys.begin(), keys.end(), [](const KeyValue& k) {
-        return k.kind == KeyValue::Kind::kGenerate;
-      })) {
+  // Rows that leave the key, or another generated column, to the column's default: the
+  // session gets one generated value for each from the sequence's home, puts them in the
+  // statement and routes it again (a statement only described runs nowhere: any shard
+  // describes it).
+  const auto generate = std::count_if(keys.begin(), keys.end(), [](const KeyValue& k) {
+    return k.kind == KeyValue::Kind::kGenerate;
+  });
+  std::vector<Route::GenerateColumn> columns;
+  // (A Query string of several statements is sent as it is: its INSERT is not rewritten.)
+  if (a->insert && a->statements == 1 && !ctx.describe_only && ctx.columns && !keys.empty()) {
+    const auto* generated = ctx.columns->generated(table.qualified_name());
+    if (!generated) {
+      r = Route{};
+      r.kind = RouteKind::kLookup;
+      r.column_lookups.push_back(a->table);
+      return r;
+    }
+    columns = columns_to_generate(*a, *generated, keys.size());
+  }
+  if (generate || !columns.empty()) {
     if (ctx.describe_only) {
       r.shard = fallback;
       return r;
@@ -563,6 +611,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     r.kind = RouteKind::kLookup;
     r.generate_table = a->table;
     r.generate_count = static_cast<int>(generate);
+    r.generate_columns = std::move(columns);
     return r;
   }
   ShardSet shards;

@@ -60,6 +60,15 @@ struct Route {
   // `generate_count` rows: generate that many keys, put them in, route again.
   int generate_table = -1;
   int generate_count = 0;
+  // kLookup: generated columns of that table other than the key (serial, identity, nextval
+  // defaults) that `count` rows leave to the database: pgshard draws their values from the
+  // sequences' home (the first shard) too, so they are unique across shards.
+  struct GenerateColumn {
+    GeneratedColumn column;
+    int count = 0;
+    bool positional = false;  // INSERT without a column list: the column's place counts
+  };
+  std::vector<GenerateColumn> generate_columns;
   // kError: a pipeline (extended batch) whose statements go to different shards; the
   // session may run it statement by statement in one transaction instead.
   bool split_pipeline = false;
@@ -96,6 +105,11 @@ struct Route {
   std::vector<std::string> temp_tables;     // see Analysis::temp_tables
   std::vector<std::string> schema_objects;  // see Analysis::schema_objects
   bool drops = false;                       // see Analysis::drops
+  // SQL cursors (Analysis::cursor_op): the session remembers the server a cursor was
+  // declared on and sends its FETCH, MOVE and CLOSE there.
+  Analysis::CursorOp cursor_op = Analysis::CursorOp::kNone;
+  std::string cursor;
+  bool cursor_hold = false;
   std::string reason;                       // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;

@@ -1039,7 +1039,7 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
     } else if (attempt < 4 && route.unique_ids) {
       err = co_await put_unique_ids();
       code = sqlstate::kFeatureNotSupported;
-    } else if (attempt < 4 && route.generate_count > 0) {
+    } else if (attempt < 4 && (route.generate_count > 0 || !route.generate_columns.empty())) {
       err = co_await generate_keys(route);
       code = sqlstate::kFeatureNotSupported;
     } else if (attempt < 4 && !route.column_lookups.empty()) {
@@ -1059,19 +1059,38 @@ awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
 }
 
 awaitable<std::string> Session::generate_keys(const router::Route& route) {
-  // Keys for the rows of an INSERT that leave them to the column's default, put into the
+  // Values for the rows of an INSERT that leave the key, or another column drawing from a
+  // sequence, to the column's default, taken from the sequences' home and put into the
   // statement the client sent; routing it again then places each row by its key.
   std::vector<std::string> keys;
-  std::string err =
-      co_await executor::generate_keys(*this, route.generate_table, route.generate_count, keys);
-  if (!err.empty()) co_return err;
+  if (route.generate_count > 0) {
+    std::string err =
+        co_await executor::generate_keys(*this, route.generate_table, route.generate_count, keys);
+    if (!err.empty()) co_return err;
+  }
+  std::vector<std::vector<std::string>> values(route.generate_columns.size());
+  for (std::size_t i = 0; i < values.size(); ++i) {
+    const auto& g = route.generate_columns[i];
+    std::string err = co_await executor::generate_keys(*this, route.generate_table, g.count,
+                                                       values[i], g.column.name);
+    if (!err.empty()) co_return err;
+  }
   const auto& t = config_.sharded_tables[static_cast<std::size_t>(route.generate_table)];
   const int position = worker_.columns().key_position(t.qualified_name()).value_or(-1);
   if (!rewrite_statement(pending_, statements_, [&](std::string_view sql, const proto::Bind*) {
-        return router::with_generated_keys(sql, t.column, position, keys);
+        std::optional<std::string> out(sql);
+        if (!keys.empty()) out = router::with_generated_keys(*out, t.column, position, keys);
+        for (std::size_t i = 0; i < values.size() && out; ++i) {
+          const auto& g = route.generate_columns[i];
+          out = router::with_generated_keys(*out, g.column.name,
+                                            g.positional ? g.column.position : -1, values[i],
+                                            g.column.always);
+        }
+        return out;
       }))
     co_return "an INSERT that leaves the shard key \"" + t.column +
-        "\" to its default could not be rewritten with generated keys: set the key";
+        "\" or a generated column to its default could not be rewritten with generated "
+        "values: set them";
   co_return std::string();
 }
 
@@ -1437,6 +1456,27 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   }
 }
 
+void Session::follow_cursors(router::Route& r) {
+  using Op = router::Analysis::CursorOp;
+  // Outside a transaction block only WITH HOLD cursors are left.
+  if (!cursors_.empty() && transaction_status() == proto::txn_status::kIdle)
+    std::erase_if(cursors_, [](const auto& e) { return !e.second.hold; });
+  if (r.cursor_op == Op::kNone || r.kind != router::RouteKind::kShard) return;
+  if (r.cursor_op == Op::kDeclare) {
+    if (r.shards.empty()) cursors_[r.cursor] = {r.shard, r.cursor_hold};
+    return;
+  }
+  if (r.cursor_op == Op::kClose && r.cursor.empty()) {
+    cursors_.clear();  // CLOSE ALL
+    return;
+  }
+  const auto it = cursors_.find(r.cursor);
+  if (it == cursors_.end()) return;  // unknown here: the server says it does not exist
+  r.shard = it->second.shard;
+  r.shards.clear();
+  if (r.cursor_op == Op::kClose) cursors_.erase(it);
+}
+
 router::Context Session::routing_context() {
   router::Context ctx;
   ctx.cache = &worker_.analysis_cache();
@@ -1462,6 +1502,7 @@ router::Route Session::route_batch(bool* simple) {
     r.shard = ctx.attached.value_or(r.shard);
     r.ddl = false;
   }
+  follow_cursors(r);
   return r;
 }
 

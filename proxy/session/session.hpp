@@ -267,6 +267,9 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<void> fail(Failure f, std::string message, std::string hint = {});
   awaitable<void> fail(Failure f, protocol::ErrorInfo e, char boundary);
   router::Route route_batch(bool* simple);
+  // SQL cursors: a DECLARE placed on one shard is remembered, and FETCH, MOVE and CLOSE of
+  // that name go to the same shard (the client's server there).
+  void follow_cursors(router::Route& r);
 
   // ---- RelayEvents: what the client's replies mean for its session ----
   // Settings and transaction state after the client's request; false when the client must
@@ -331,6 +334,11 @@ class Session : public std::enable_shared_from_this<Session>,
   std::vector<std::string> checked_functions_;  // called since the last check
   bool full_check_ = false;                     // one of them is not trusted yet
   std::set<std::string> temp_tables_;           // TEMP tables the client created
+  struct Cursor {
+    int shard = 0;
+    bool hold = false;  // WITH HOLD: outlives its transaction
+  };
+  std::map<std::string, Cursor> cursors_;       // SQL cursors by name (follow_cursors)
   std::set<std::string> function_settings_;     // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;

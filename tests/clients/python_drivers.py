@@ -348,6 +348,109 @@ def sqlalchemy_suite():
         check(total == D("33.75"), f"sqlalchemy: report {total}")
 
 
+def orm_serial_suite():
+    """Issue 30: the schema every ORM generates, `customer_orders(id serial primary key,
+    customer_id ...)` sharded by customer_id (customers by their bigserial id). Before, each
+    shard's own sequence filled `id`, so ids repeated across shards: get() returned another
+    customer's order, an UPDATE by id matched several rows, a cascade DELETE removed other
+    customers' orders."""
+    from sqlalchemy import BigInteger, Column, ForeignKey, Integer, String, create_engine, func, select, update
+    from sqlalchemy.orm import Session, declarative_base, relationship
+
+    Base = declarative_base()
+
+    class Customer(Base):
+        __tablename__ = "customers"
+        id = Column(BigInteger, primary_key=True)
+        name = Column(String, nullable=False)
+        orders = relationship("Order", back_populates="customer", cascade="all, delete-orphan")
+
+    class Order(Base):
+        __tablename__ = "customer_orders"
+        id = Column(Integer, primary_key=True)
+        customer_id = Column(BigInteger, ForeignKey("customers.id"), nullable=False)
+        item = Column(String, nullable=False)
+        qty = Column(Integer, nullable=False, default=1)
+        customer = relationship("Customer", back_populates="orders")
+
+    engine = create_engine(f"postgresql+psycopg2://app:secret@{HOST}:{PORT}/app", future=True)
+    with Session(engine) as s:
+        customers = [Customer(name=f"cust-{i}", orders=[Order(item=f"cust-{i}-{k}") for k in range(3)])
+                     for i in range(8)]
+        s.add_all(customers)
+        s.commit()
+        expected = {o.id: (c.id, o.item) for c in customers for o in c.orders}
+        customer_ids = [c.id for c in customers]
+    check(len(expected) == 24, f"orm serial: order ids repeat across shards: {sorted(expected)}")
+    with Session(engine) as s:
+        for oid, (cid, item) in expected.items():
+            o = s.get(Order, oid)
+            check(o is not None and (o.customer_id, o.item) == (cid, item),
+                  f"orm serial: get(Order, {oid}) gave {o and (o.customer_id, o.item)}, not {(cid, item)}")
+    target = sorted(expected)[4]
+    with engine.begin() as c:
+        n = c.execute(update(Order.__table__).where(Order.__table__.c.id == target).values(qty=5)).rowcount
+        check(n == 1, f"orm serial: UPDATE by id {target} touched {n} rows")
+    from sqlalchemy.orm.exc import StaleDataError
+    with Session(engine) as s:
+        o = s.get(Order, target)
+        o.qty = 7  # the ORM checks that its UPDATE matched exactly one row
+        try:
+            s.commit()
+        except StaleDataError as e:
+            check(False, f"orm serial: ORM update by id: {e}")
+            return
+        check(s.execute(select(func.count()).select_from(Order).where(Order.qty == 7)).scalar() == 1,
+              "orm serial: ORM update by id")
+    victim = customer_ids[0]
+    with Session(engine) as s:
+        s.delete(s.get(Customer, victim))
+        s.commit()
+    with Session(engine) as s:
+        left = {o.id: (o.customer_id, o.item) for o in s.execute(
+            select(Order).where(Order.customer_id.in_(customer_ids))).scalars()}
+        want = {k: v for k, v in expected.items() if v[0] != victim}
+        check(left == want, f"orm serial: cascade delete of customer {victim} left "
+                            f"{len(left)} orders, expected {len(want)}")
+
+
+def named_cursor_suite():
+    """psycopg2's named (server-side) cursors: DECLARE "name" CURSOR WITHOUT HOLD FOR ...
+    inside the transaction, then FETCH FORWARD n / ALL and CLOSE. A keyed query reads its
+    key's shard; a query over every shard is refused (0A000), never one shard's rows."""
+    import psycopg2
+    import psycopg2.errors
+
+    conn = psycopg2.connect(DSN)
+    cur = conn.cursor("by_user")
+    cur.execute("select id, amount from orders where user_id = %s order by id", (1005,))
+    first = cur.fetchmany(2)
+    rest = cur.fetchall()
+    check(first + rest == expected_orders(1005), f"psycopg2 named cursor: {first} + {rest}")
+    cur.close()
+    conn.commit()
+    cur = conn.cursor("iterated")
+    cur.itersize = 1
+    cur.execute("select id from orders where user_id = %s order by id", (1007,))
+    got = [r[0] for r in cur]
+    check(got == [i for i, _ in expected_orders(1007)], f"psycopg2 named cursor iterated: {got}")
+    cur.close()
+    conn.commit()
+    cur = conn.cursor("everywhere")
+    try:
+        cur.execute("select count(*) from orders")
+        got = cur.fetchall()
+        check(False, f"psycopg2 named cursor over every shard answered {got}")
+    except psycopg2.errors.FeatureNotSupported:
+        pass
+    conn.rollback()
+    plain = conn.cursor()
+    plain.execute("select count(*) from orders where user_id = %s", (1005,))
+    check(plain.fetchone()[0] == 3, "psycopg2: usable after a refused cursor and rollback")
+    conn.commit()
+    conn.close()
+
+
 def main():
     psycopg2_suite()
     psycopg3_suite()
@@ -358,6 +461,8 @@ def main():
     sqlalchemy_suite()
     insert_select_suite()
     pipeline_suite()
+    orm_serial_suite()
+    named_cursor_suite()
     if failures:
         print(f"{len(failures)} failure(s)", file=sys.stderr)
         sys.exit(1)

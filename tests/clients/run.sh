@@ -40,6 +40,8 @@ sharded_tables:
   - { table: tickets, column: id, type: bigint }
   - { table: members, column: id, type: integer }
   - { table: member_orders, column: user_id, type: integer }
+  - { table: customers, column: id, type: bigint }
+  - { table: customer_orders, column: customer_id, type: bigint }
 unsharded: $(case "$SUITE" in alembic|drizzle-kit) echo "{ shard: s0 }" ;; *) echo reject ;; esac)
 log_level: info
 two_phase_log: $DIR/2pc

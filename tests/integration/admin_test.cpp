@@ -497,6 +497,52 @@ TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[
   }
 }
 
+TEST_CASE("pgshard check --live finds sequences of sharded tables whose shard copies collide",
+          "[admin][serial]") {
+  // Before: not checked; the per-shard copies of a serial column's sequence handed out the
+  // same ids on every shard.
+  auto& cluster = Cluster::get();
+  const auto dir = temp_dir("check-seq");
+  std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+  for (int i = 0; i < cluster.size(); ++i)
+    yaml += "  - { name: s" + std::to_string(i) +
+            ", primary: \"postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) +
+            "/app\" }\n";
+  yaml += "sharded_tables: [{ table: seq_check, column: customer_id, type: bigint }]\n";
+  std::ofstream(dir + "/map.yaml") << yaml;
+  auto on = [&](int i, const std::string& sql) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), sql);
+  };
+  for (int i = 0; i < cluster.size(); ++i) {
+    on(i, "drop table if exists seq_check");
+    on(i, "create table seq_check (id serial primary key, customer_id bigint)");
+  }
+  std::string out;
+  // Copies that can collide (writes bypassing pgshard): a NOTE with the fix, not a failure.
+  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+  INFO(out);
+  CHECK(out.find("NOTE sharded table column seq_check.id") != std::string::npos);
+  CHECK(out.find("on s1: ALTER SEQUENCE public.seq_check_id_seq INCREMENT BY 100 START WITH") !=
+        std::string::npos);
+  // Rows written on s1 directly moved its copy past s0's: values already overlap.
+  on(0, "insert into seq_check (customer_id) select 1 from generate_series(1, 3)");
+  on(1, "insert into seq_check (customer_id) select 2 from generate_series(1, 10)");
+  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+  CHECK(out.find("ERROR sharded table column seq_check.id: values already overlap") !=
+        std::string::npos);
+  CHECK(out.find("s1's public.seq_check_id_seq is at 10") != std::string::npos);
+  CHECK(out.find("on s0: SELECT setval('public.seq_check_id_seq', 10)") != std::string::npos);
+  // The fix applied: s0 past every copy, each shard in its own residue class.
+  on(0, "select setval('seq_check_id_seq', 10)");
+  for (int i = 0; i < cluster.size(); ++i)
+    on(i, "alter sequence seq_check_id_seq increment by 100 start with " + std::to_string(100 + i) +
+              " restart with " + std::to_string(100 + i));
+  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+  CHECK(out.find("seq_check") == std::string::npos);
+  for (int i = 0; i < cluster.size(); ++i) on(i, "drop table seq_check");
+}
+
 TEST_CASE("log_format: json writes one JSON object per line, whatever clients send", "[admin]") {
   auto opts = admin_options(free_port());
   opts.extra_top += "log_format: json\n";

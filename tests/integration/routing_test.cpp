@@ -1132,3 +1132,181 @@ TEST_CASE("schema changes inside a transaction commit or roll back on every shar
   }
   query(c.get(), "drop table ddl_tx");
 }
+
+TEST_CASE(
+    "serial, identity and nextval columns that are not the shard key are unique across shards",
+    "[routing][serial]") {
+  // Before: each shard's own sequence filled them, so id 1, 2, 3 existed once per shard and
+  // a read, UPDATE or DELETE by id touched another user's order.
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "drop table if exists orders; drop table if exists users");
+    query(d.get(), "drop sequence if exists order_refs; create sequence order_refs");
+    query(d.get(), "create table users (id bigint primary key, name text)");
+    query(d.get(),
+          "create table orders (id serial primary key, user_id bigint not null, amount numeric, "
+          "gid bigint generated always as identity, ref bigint default nextval('order_refs'))");
+  }
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  std::vector<std::string> ids;
+  // Simple Query, one row per user (users hash to every shard).
+  for (int u = 1; u <= 12; ++u)
+    ids.push_back(scalar(c.get(), "insert into orders (user_id, amount) values (" +
+                                      std::to_string(u) + ", 1) returning id"));
+  // Several rows for several shards: RETURNING gives the generated values in VALUES order.
+  auto rows = query(c.get(),
+                    "insert into orders (user_id, amount) values (13, 1), (14, 1), (15, 1), "
+                    "(16, 1) returning id, user_id, gid, ref");
+  REQUIRE(rows.size() == 4);
+  CHECK(rows[0][1] == "13");
+  CHECK(rows[3][1] == "16");
+  for (const auto& r : rows) {
+    CHECK(!r[2].empty());
+    CHECK(!r[3].empty());
+    ids.push_back(r[0]);
+  }
+  // DEFAULT in the column's place; no column list (rows stopping before gid and ref).
+  ids.push_back(scalar(c.get(),
+                       "insert into orders (id, user_id, amount) values (default, 17, 1) "
+                       "returning id"));
+  ids.push_back(scalar(c.get(), "insert into orders values (default, 18, 1) returning id"));
+  // Extended protocol: the unnamed statement, and a named prepared statement run again.
+  for (int u = 19; u <= 21; ++u) {
+    const std::string key = std::to_string(u);
+    const char* p[] = {key.c_str()};
+    PGresult* r =
+        PQexecParams(c.get(), "insert into orders (user_id, amount) values ($1, 2) returning id", 1,
+                     nullptr, p, nullptr, nullptr, 0);
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    ids.push_back(PQgetvalue(r, 0, 0));
+    PQclear(r);
+  }
+  PGresult* r =
+      PQprepare(c.get(), "ord", "insert into orders (user_id, amount) values ($1, 3) returning id",
+                1, nullptr);
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  for (int u = 22; u <= 27; ++u) {
+    const std::string key = std::to_string(u);
+    const char* p[] = {key.c_str()};
+    r = PQexecPrepared(c.get(), "ord", 1, p, nullptr, nullptr, 0);
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    ids.push_back(PQgetvalue(r, 0, 0));
+    PQclear(r);
+  }
+  // Inside a transaction too.
+  query(c.get(), "begin");
+  ids.push_back(
+      scalar(c.get(), "insert into orders (user_id, amount) values (28, 1) returning id"));
+  query(c.get(), "commit");
+  REQUIRE(ids.size() == 28);
+  CHECK(std::set<std::string>(ids.begin(), ids.end()).size() == ids.size());
+  // Every generated column, read on the shards directly: no value twice.
+  for (const char* col : {"id", "gid", "ref"}) {
+    std::set<std::string> seen;
+    std::size_t total = 0;
+    for (int s = 0; s < cluster.size(); ++s) {
+      auto d = connect(cluster.direct(s));
+      for (const auto& row : query(d.get(), std::string("select ") + col + " from orders")) {
+        seen.insert(row[0]);
+        ++total;
+      }
+    }
+    INFO(col);
+    CHECK(total == 28);
+    CHECK(seen.size() == total);
+  }
+  // By id through pgshard: exactly one order each; an UPDATE by id changes one row.
+  for (const auto& id : ids) {
+    CHECK(scalar(c.get(), "select count(*) from orders where id = " + id) == "1");
+  }
+  auto upd = query(c.get(), "update orders set amount = 9 where id = " + ids[5] + " returning id");
+  CHECK(upd.size() == 1);
+  CHECK(scalar(c.get(), "select count(*) from orders where amount = 9") == "1");
+  // The values came from the first shard's sequences (the sequences' home).
+  auto home = connect(cluster.direct(0));
+  CHECK(std::stoll(scalar(home.get(), "select last_value from orders_id_seq")) >= 28);
+  CHECK(std::stoll(scalar(home.get(), "select last_value from order_refs")) >= 28);
+}
+
+TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is refused",
+          "[routing][cursor]") {
+  // Before: DECLARE ran as DDL on every shard and FETCH read one shard only (a keyed cursor
+  // returned no rows, a count cursor one shard's count).
+  create_schema();
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  for (int u = 1; u <= 9; ++u)
+    for (int k = 1; k <= 5; ++k)
+      query(c.get(), "insert into orders (id, user_id, amount) values (" + std::to_string(k) +
+                         ", " + std::to_string(u) + ", " + std::to_string(u * 10 + k) + ")");
+  for (int u = 1; u <= 9; ++u) {
+    const std::string user = std::to_string(u);
+    query(c.get(), "begin");
+    query(c.get(), "declare c cursor for select id, amount from orders where user_id = " + user +
+                       " order by id");
+    auto two = query(c.get(), "fetch 2 from c");
+    REQUIRE(two.size() == 2);
+    CHECK(two[0][0] == "1");
+    CHECK(two[1][1] == std::to_string(u * 10 + 2));
+    query(c.get(), "move 1 in c");
+    auto rest = query(c.get(), "fetch all from c");
+    REQUIRE(rest.size() == 2);
+    CHECK(rest[0][0] == "4");
+    CHECK(rest[1][0] == "5");
+    CHECK(query(c.get(), "fetch next from c").empty());
+    query(c.get(), "close c");
+    CHECK(error_code(c.get(), "fetch 1 from c") == "34000");  // closed: gone, as on PostgreSQL
+    query(c.get(), "rollback");
+  }
+  // Two keyed cursors on different shards in one transaction: each FETCH goes to its own.
+  long long a = 1, b = 2;
+  while (shard_of(b) == shard_of(a)) ++b;
+  query(c.get(), "begin");
+  query(c.get(),
+        "declare ca cursor for select user_id from orders where user_id = " + std::to_string(a));
+  query(c.get(),
+        "declare cb cursor for select user_id from orders where user_id = " + std::to_string(b));
+  auto fa = query(c.get(), "fetch all ca");
+  auto fb = query(c.get(), "fetch all cb");
+  CHECK(fa.size() == 5);
+  CHECK(fb.size() == 5);
+  if (!fa.empty()) CHECK(fa[0][0] == std::to_string(a));
+  if (!fb.empty()) CHECK(fb[0][0] == std::to_string(b));
+  query(c.get(), "commit");
+  // WITH HOLD outside a transaction block: it outlives its implicit transaction.
+  query(c.get(), "declare h cursor with hold for select id from orders where user_id = 3");
+  CHECK(query(c.get(), "fetch all h").size() == 5);
+  query(c.get(), "close h");
+  // A cursor over every shard: refused with 0A000, never one shard's rows; the transaction
+  // is then aborted as after any error in a transaction block.
+  query(c.get(), "begin");
+  std::string msg;
+  CHECK(error_code(c.get(), "declare m cursor for select count(*) from orders", &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("several shards"));
+  CHECK(error_code(c.get(), "select 1") == "25P02");
+  query(c.get(), "rollback");
+  CHECK(scalar(c.get(), "select count(*) from orders") == "45");
+  // psycopg2's named cursor: DECLARE "name" CURSOR WITHOUT HOLD FOR ..., after other work.
+  query(c.get(), "begin");
+  CHECK(scalar(c.get(), "select count(*) from orders where user_id = 4") == "5");
+  query(c.get(), "declare \"c_1\" cursor without hold for select id from orders where user_id = 4");
+  CHECK(query(c.get(), "fetch forward 10 from \"c_1\"").size() == 5);
+  query(c.get(), "close \"c_1\"");
+  query(c.get(), "commit");
+  // Extended protocol: DECLARE with a parameter as the key.
+  query(c.get(), "begin");
+  const char* p[] = {"6"};
+  PGresult* r = PQexecParams(c.get(),
+                             "declare x cursor for select amount from orders where user_id = $1 "
+                             "order by id",
+                             1, nullptr, p, nullptr, nullptr, 0);
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  auto six = query(c.get(), "fetch all x");
+  REQUIRE(six.size() == 5);
+  CHECK(six[0][0] == "61");
+  query(c.get(), "commit");
+}

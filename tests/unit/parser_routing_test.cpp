@@ -1173,3 +1173,84 @@ TEST_CASE("a DO block of schema changes goes to every shard", "[router][parser]"
   CHECK(where(route_query("DO $$ BEGIN EXECUTE 'CREATE TYPE t3 AS ENUM (''a'')'; END $$", h,
                           *cfg)) != "all");
 }
+
+TEST_CASE("INSERT leaving a generated column that is not the key asks for its values",
+          "[router][parser][serial]") {
+  // Before: each shard's own sequence filled such columns (ids repeated across shards).
+  auto cfg = map();
+  SessionHints h;
+  ColumnCache columns;
+  Context ctx;
+  ctx.columns = &columns;
+  // The table's generated columns are not known yet: read from the catalog first.
+  auto r = route_query("insert into orders (user_id, amount) values (1, 2)", h, *cfg, ctx);
+  REQUIRE(r.kind == RouteKind::kLookup);
+  CHECK(r.column_lookups == std::vector<int>{1});
+  columns.put("orders", 1, {{"id", 0, false}, {"gid", 3, true}});
+  // Left out: every row; DEFAULT: those rows; given: none.
+  r = route_query("insert into orders (user_id, amount) values (1, 2), (2, 3) returning id", h,
+                  *cfg, ctx);
+  REQUIRE(r.kind == RouteKind::kLookup);
+  CHECK(r.generate_count == 0);
+  REQUIRE(r.generate_columns.size() == 2);
+  CHECK(r.generate_columns[0].column.name == "id");
+  CHECK(r.generate_columns[0].count == 2);
+  CHECK(r.generate_columns[1].column.always);
+  r = route_query(
+      "insert into orders (id, gid, user_id) values (default, 7, 1), (5, 8, 2), (default, 9, 3)", h,
+      *cfg, ctx);
+  REQUIRE(r.generate_columns.size() == 1);
+  CHECK(r.generate_columns[0].count == 2);
+  CHECK(where(route_query("insert into orders (id, gid, user_id) values (5, 6, 42)", h, *cfg,
+                          ctx)) == s(shard_of("42")));
+  // Without a column list: DEFAULT in the column's place, or a row stopping before it.
+  r = route_query("insert into orders values (default, 42, 1)", h, *cfg, ctx);
+  REQUIRE(r.generate_columns.size() == 2);
+  CHECK(r.generate_columns[0].positional);
+  CHECK(r.generate_columns[1].count == 1);
+  // The values put in: a column added to the list, DEFAULT replaced, rows padded.
+  CHECK(
+      with_generated_keys("insert into orders (user_id) values (1), (2)", "id", -1, {"10", "11"}) ==
+      "INSERT INTO orders (user_id, id) VALUES (1, '10'), (2, '11')");
+  CHECK(with_generated_keys("insert into orders values (1, 42)", "gid", 3, {"10"}, true) ==
+        "INSERT INTO orders OVERRIDING SYSTEM VALUE VALUES (1, 42, DEFAULT, '10')");
+  // A Query string of several statements is sent as it is (not rewritten).
+  CHECK(where(route_query("insert into orders (user_id) values (42); select 1", h, *cfg, ctx)) ==
+        s(shard_of("42")));
+  // Only described: runs nowhere, any shard describes it.
+  Context describe = ctx;
+  describe.describe_only = true;
+  CHECK(route_extended("insert into orders (user_id) values ($1)", h, *cfg, describe).kind ==
+        RouteKind::kShard);
+}
+
+TEST_CASE("cursors: DECLARE goes where its query goes; several shards are refused",
+          "[router][parser][cursor]") {
+  // Before: DECLARE ran as DDL on every shard, FETCH on one shard.
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("declare c cursor for select * from orders where user_id = 42", h, *cfg);
+  CHECK(where(r) == s(shard_of("42")));
+  CHECK(r.cursor_op == Analysis::CursorOp::kDeclare);
+  CHECK(r.cursor == "c");
+  CHECK_FALSE(r.ddl);
+  r = route_query("DECLARE \"c_1\" CURSOR WITHOUT HOLD FOR SELECT id FROM users WHERE id = 7", h,
+                  *cfg);
+  CHECK(where(r) == s(shard_of("7")));
+  CHECK(r.cursor == "c_1");
+  r = route_query("declare h cursor with hold for select * from users where id = 7", h, *cfg);
+  CHECK(r.cursor_hold);
+  CHECK(r.pins);
+  r = route_query("declare m cursor for select count(*) from orders", h, *cfg);
+  CHECK(where(r) == "error");
+  CHECK(r.error.code == "0A000");
+  // FETCH, MOVE and CLOSE name the cursor (the session sends them to its shard).
+  r = route_query("fetch 2 from c", h, *cfg);
+  CHECK(r.cursor_op == Analysis::CursorOp::kFetch);
+  CHECK(r.cursor == "c");
+  CHECK(route_query("move forward 3 in c", h, *cfg).cursor_op == Analysis::CursorOp::kFetch);
+  CHECK(route_query("close c", h, *cfg).cursor_op == Analysis::CursorOp::kClose);
+  r = route_query("close all", h, *cfg);
+  CHECK(r.cursor_op == Analysis::CursorOp::kClose);
+  CHECK(r.cursor.empty());
+}
