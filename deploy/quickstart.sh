@@ -99,6 +99,7 @@ pgshard is running on 127.0.0.1:$PGSHARD_PORT in front of shards s0, s1, s2
 Tables users (by id) and orders (by user_id) exist on every shard.
 Admin console: psql "postgres://admin:admin@127.0.0.1:$PGSHARD_PORT/pgshard" -c 'SHOW SHARDS'
 Dashboard:     http://127.0.0.1:$ADMIN_HTTP_PORT/dashboard   (metrics: /metrics)
-Config: $STATE/pgshard.yaml   Log: $STATE/pgshard.log
+Map:    $ROOT/deploy/quickstart.yaml (edit it and rerun to change $STATE/pgshard.yaml)
+Log:    $STATE/pgshard.log
 Stop:   ./deploy/quickstart.sh stop
 MSG
