@@ -337,6 +337,20 @@ class Analyzer {
       }
       return a;
     }
+    if (stmt->node_case == PG_QUERY__NODE__NODE_COPY_STMT && !stmt->copy_stmt->is_from &&
+        stmt->copy_stmt->query) {
+      // COPY (query) TO goes where its query goes and is checked as that query is (joins,
+      // reference tables, subqueries); the shards' rows are concatenated, never merged.
+      const auto* c = stmt->copy_stmt;
+      a = one(c->query);
+      a.copy_out_header = copy_options(c).header;
+      if (a.merge_candidate || !a.concat_safe) {
+        a.concat_safe = false;
+        a.merge_candidate = false;
+        if (a.merge_blocker.empty()) a.merge_blocker = "COPY of a query whose rows pgshard would have to merge";
+      }
+      return a;
+    }
     if (stmt->node_case == PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT &&
         stmt->declare_cursor_stmt->query) {
       // DECLARE goes where its query goes (the router refuses a query of several shards);
