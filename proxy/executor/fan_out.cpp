@@ -373,7 +373,7 @@ awaitable<bool> FanOut::join(int shard, Leg& leg) {
       link->prelude.clear();
       co_await c_.write_server(link, prelude);
     }
-    if (!co_await c_.run_ours(link, c_.transaction().begin_sql) ||
+    if (!co_await c_.run_ours(link, c_.transaction().joining_begin()) ||
         link->lease->replies.tag != "BEGIN") {
       c_.transaction().fail();
       fail(proto::error(sqlstate::kConnectionFailure,

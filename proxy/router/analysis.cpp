@@ -1350,6 +1350,44 @@ bool plain_identifier(std::string_view s) {
   return true;
 }
 
+std::optional<std::string> const_text(const Node* n);
+
+// SET TRANSACTION modes (`this_transaction`) become BEGIN's words for shards that join the
+// transaction later; SET SESSION CHARACTERISTICS AS TRANSACTION becomes the session
+// settings it is (default_transaction_isolation, _read_only, _deferrable).
+void transaction_modes(const PgQuery__VariableSetStmt* v, bool this_transaction, Analysis& a) {
+  for (size_t i = 0; i < v->n_args; ++i) {
+    const Node* n = v->args[i];
+    if (!n || n->node_case != PG_QUERY__NODE__NODE_DEF_ELEM || !n->def_elem->defname) continue;
+    const std::string option = n->def_elem->defname;
+    const auto value = const_text(n->def_elem->arg);
+    if (!value) continue;
+    const bool on = *value == "1" || *value == "true" || *value == "on";
+    std::string words, setting, setting_value;
+    if (option == "transaction_isolation") {
+      std::string level = *value;
+      for (auto& ch : level) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+      words = "ISOLATION LEVEL " + level;
+      setting = "default_transaction_isolation";
+      setting_value = *value;
+    } else if (option == "transaction_read_only") {
+      words = on ? "READ ONLY" : "READ WRITE";
+      setting = "default_transaction_read_only";
+      setting_value = on ? "on" : "off";
+    } else if (option == "transaction_deferrable") {
+      words = on ? "DEFERRABLE" : "NOT DEFERRABLE";
+      setting = "default_transaction_deferrable";
+      setting_value = on ? "on" : "off";
+    } else {
+      continue;
+    }
+    if (this_transaction)
+      a.transaction_modes += (a.transaction_modes.empty() ? "" : " ") + words;
+    else
+      a.settings.push_back({setting, setting_value, false});
+  }
+}
+
 std::optional<std::string> const_text(const Node* n) {
   if (!n || n->node_case != PG_QUERY__NODE__NODE_A_CONST || n->a_const->isnull) return std::nullopt;
   const auto* c = n->a_const;
@@ -1427,8 +1465,13 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
       a.settings.push_back({"", std::nullopt, true});
     } else if (st->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT) {
       const auto* v = st->variable_set_stmt;
-      if (v->is_local) continue;
       std::string name = v->name ? v->name : "";
+      if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI &&
+          (name == "TRANSACTION" || name == "SESSION CHARACTERISTICS")) {
+        transaction_modes(v, name == "TRANSACTION", a);
+        continue;
+      }
+      if (v->is_local) continue;
       // The role and the session authorization decide what the server lets the session do:
       // a client that changes them keeps its servers, which are reset before anyone else
       // gets them (DISCARD ALL resets both).

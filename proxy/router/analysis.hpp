@@ -92,6 +92,9 @@ struct Analysis {
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
   // COPY ... TO with HEADER (text or CSV): several shards' streams must carry one header.
   bool copy_out_header = false;
+  // SET TRANSACTION's modes as BEGIN takes them ("ISOLATION LEVEL REPEATABLE READ READ
+  // ONLY"): shards that join the transaction later must open it the same way.
+  std::string transaction_modes;
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   int statements = 1;  // statements in the text (a multi-statement simple Query)

@@ -472,6 +472,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   r.ddl = a->ddl;
   r.replicated = a->replicated;
   r.copy_out_header = a->copy_out_header;
+  r.transaction_modes = a->transaction_modes;
   if (ctx.reasons) r.reason = a->reason;
   r.concat_safe = a->concat_safe;
   r.merge_blocker = a->merge_blocker;

@@ -1233,6 +1233,8 @@ void Session::adopt(const router::Route& route) {
     pinned_ = true;
     spdlog::debug("{}: pinned to its servers: {}", prefix(), route.reason);
   }
+  if (!route.transaction_modes.empty() && transaction_status() != proto::txn_status::kIdle)
+    txn_.add_modes(route.transaction_modes);
   if (const int ahead = owed(); ahead > 0 && !route.settings.empty())
     pipelined_settings_.push_back({ahead, route.settings});
   else
@@ -1404,7 +1406,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   using Owner = pool::Replies::Owner;
   if (joins_transaction) {
     // A new participant opens the transaction the way the client did.
-    proto::Query{txn_.begin_sql}.write(link.prelude);
+    proto::Query{txn_.joining_begin()}.write(link.prelude);
     replies.expect_ready(Owner::kOwn);
   }
   // Only a batch that runs something opens the deferred transaction; a prepare-only batch

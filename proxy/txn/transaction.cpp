@@ -81,6 +81,7 @@ char Transaction::status(char server) const {
 }
 
 void Transaction::defer(std::string begin) {
+  modes_.clear();
   on(Event::kBegin);
   if (state_ == State::kDeferred) deferred_ = std::move(begin);
 }
@@ -95,6 +96,7 @@ std::string Transaction::take_deferred() {
 }
 
 void Transaction::server_ready(char s) {
+  if (s == status::kIdle) modes_.clear();
   on(s == status::kIdle ? Event::kServerIdle : Event::kServerInBlock);
 }
 
@@ -114,6 +116,7 @@ void Transaction::lose(std::string why, bool told) {
 
 void Transaction::end() {
   on(Event::kEnded);
+  modes_.clear();
 }
 
 protocol::ErrorInfo Transaction::refusal() {

@@ -2,6 +2,8 @@
 // event, and what ReadyForQuery tells the client. Synchronous, no I/O.
 #pragma once
 
+#include <cctype>
+
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -75,6 +77,16 @@ class Transaction {
   protocol::ErrorInfo refusal();
 
   std::string begin_sql = "BEGIN";  // how the transaction began, for shards that join
+  // SET TRANSACTION in the transaction: its modes, which shards that join later take too.
+  void add_modes(const std::string& modes) { modes_ += " " + modes; }
+  // What a shard joining the transaction runs: BEGIN as the client's, with its modes.
+  std::string joining_begin() const {
+    if (modes_.empty()) return begin_sql;
+    std::string begin = begin_sql;  // "BEGIN;" as psql sends it: the modes go before the ';'
+    while (!begin.empty() && (begin.back() == ';' || std::isspace(static_cast<unsigned char>(begin.back()))))
+      begin.pop_back();
+    return begin + modes_;
+  }
 
   // Which of the session's transactions this is, and when it began (deadlock victims are
   // the youngest).
@@ -87,6 +99,7 @@ class Transaction {
   uint64_t serial_ = 0;
   std::chrono::steady_clock::time_point began_;
   std::string deferred_;
+  std::string modes_;  // see add_modes
   bool savepoints_ = false;
   bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints
   std::string lost_;

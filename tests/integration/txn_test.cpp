@@ -642,3 +642,47 @@ TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard 
   // The gate never had to give up waiting (that would void the guarantee).
   CHECK(read_file(proxy.log_path()).find("visibility gate") == std::string::npos);
 }
+
+TEST_CASE("SET TRANSACTION and SET SESSION CHARACTERISTICS reach shards that join later",
+          "[txn]") {
+  // Found from outside: shards that joined a transaction after SET TRANSACTION ISOLATION
+  // LEVEL REPEATABLE READ ran READ COMMITTED (a second read saw another total), and one after
+  // SET TRANSACTION READ ONLY took an UPDATE that one PostgreSQL refuses (25006).
+  make_accounts(9, 100);
+  Proxy proxy(accounts_map());
+  auto c = connect(proxy.conninfo());
+  auto isolation_everywhere = [&] {
+    std::vector<std::string> levels;
+    for (int s = 0; s < Cluster::get().size(); ++s)
+      levels.push_back(scalar(c.get(), "/* pgshard: shard=s" + std::to_string(s) +
+                                           " */ show transaction_isolation"));
+    return levels;
+  };
+  const std::vector<std::string> rr(3, "repeatable read"), ser(3, "serializable"),
+      rc(3, "read committed");
+  query(c.get(), "BEGIN;");  // as psql sends it, with its semicolon
+  query(c.get(), "set transaction isolation level repeatable read");
+  CHECK(scalar(c.get(), "select sum(balance) from accounts") == "900");
+  CHECK(isolation_everywhere() == rr);
+  query(c.get(), "commit");
+  query(c.get(), "begin");
+  query(c.get(), "set transaction read only");
+  scalar(c.get(), "select balance from accounts where id = 1");
+  int other = 2;
+  while (shard_of(other) == shard_of(1)) ++other;
+  CHECK(error_code(c.get(), "update accounts set balance = balance + 1 where id = " +
+                                std::to_string(other)) == "25006");
+  query(c.get(), "rollback");
+  CHECK(total_balance() == 900);
+  // The next transaction is the session's again.
+  query(c.get(), "begin");
+  scalar(c.get(), "select sum(balance) from accounts");
+  CHECK(isolation_everywhere() == rc);
+  query(c.get(), "commit");
+  // What pgJDBC's setTransactionIsolation sends: the session's default on every server.
+  query(c.get(), "set session characteristics as transaction isolation level serializable");
+  query(c.get(), "begin");
+  scalar(c.get(), "select sum(balance) from accounts");
+  CHECK(isolation_everywhere() == ser);
+  query(c.get(), "commit");
+}
