@@ -641,6 +641,19 @@ class Analyzer {
           a.reason = "set operation";
           return a;
         }
+        if (auto why = renamed_key(stmt)) {
+          // The parser matches key columns by name; a name another level gave to something
+          // else would be read as the key (a wrong shard, or a join taken as co-located).
+          if (uses_.size() > 1) {
+            a.target = Analysis::Target::kError;
+            a.error = *why + " with several sharded tables is not supported";
+            a.hint = "refer to the shard key by its own name";
+            return a;
+          }
+          a.target = Analysis::Target::kAllShards;
+          a.reason = *why + ": every shard";
+          return decomposes(s, a);
+        }
         for (size_t i = 0; i < s->n_from_clause; ++i) joins(s->from_clause[i]);
         // A key inside a plain CTE restricts that CTE's table use.
         if (s->with_clause && !s->with_clause->recursive) {
@@ -672,6 +685,41 @@ class Analyzer {
         a.reason = "statement on a sharded table without a key";
         return a;
     }
+  }
+
+  // Whether a SELECT gives a shard key column's name to something else: a derived table's or
+  // CTE's output column, or an alias column list (`orders o(user_id, id)`), named like a key
+  // but not that key column itself. Then a name in the statement may not mean the key.
+  std::optional<std::string> renamed_key(const Node* stmt) const {
+    auto is_key_name = [&](std::string_view name) {
+      for (const auto& t : cfg_.sharded_tables)
+        if (t.column == name) return true;
+      return false;
+    };
+    std::optional<std::string> why;
+    walk(&stmt->base, [&](const ProtobufCMessage* m) {
+      if (why) return;
+      if (m->descriptor == &pg_query__res_target__descriptor) {
+        const auto* r = reinterpret_cast<const PgQuery__ResTarget*>(m);
+        if (!r->name || !r->name[0] || !is_key_name(r->name)) return;
+        const Node* v = r->val;
+        const bool same = v && v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
+                          v->column_ref->n_fields > 0 &&
+                          str_of(v->column_ref->fields[v->column_ref->n_fields - 1]) == r->name;
+        if (!same) why = std::string("a column named like shard key \"") + r->name + "\" that is not it";
+      } else if (m->descriptor == &pg_query__alias__descriptor) {
+        const auto* al = reinterpret_cast<const PgQuery__Alias*>(m);
+        for (size_t i = 0; i < al->n_colnames && !why; ++i)
+          if (is_key_name(str_of(al->colnames[i])))
+            why = "an alias column list naming shard key \"" + std::string(str_of(al->colnames[i])) + "\"";
+      } else if (m->descriptor == &pg_query__common_table_expr__descriptor) {
+        const auto* c = reinterpret_cast<const PgQuery__CommonTableExpr*>(m);
+        for (size_t i = 0; i < c->n_aliascolnames && !why; ++i)
+          if (is_key_name(str_of(c->aliascolnames[i])))
+            why = "a CTE column list naming shard key \"" + std::string(str_of(c->aliascolnames[i])) + "\"";
+      }
+    });
+    return why;
   }
 
   // The table an INSERT, UPDATE or DELETE writes.

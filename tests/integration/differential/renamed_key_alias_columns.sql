@@ -1,0 +1,1 @@
+select id from orders o(user_id, id) where user_id = 3
