@@ -586,7 +586,30 @@ awaitable<void> FanOut::await_snapshots() {
   // in the simple protocol the result's RowDescription and anything after it; in the
   // extended protocol BindComplete (the portal's snapshot is taken at Bind) and after it,
   // not ParseComplete or a statement's Describe. An error or ReadyForQuery ends the wait too.
+  // PostgreSQL buffers its first replies until it has 8 kB or the statement ends, so a slow
+  // statement shows nothing for a while: the wait is bounded (kSnapshotWait, or
+  // timeouts.shard_statement when shorter), then read() goes on with its own deadline and
+  // client watch, and the statement is counted as not covered (VisibilityGate::forced).
   const std::string_view after = simple_ ? "TDCEIZHGd" : "2DCEIsZHGd";
+  // A CancelRequest from the client reaches every shard already (as in read()).
+  std::vector<pool::ServerConn*> running;
+  for (auto& leg : legs_) running.push_back(leg.conn);
+  c_.running_on(std::move(running));
+  auto alive = std::make_shared<bool>(true);
+  bool expired = false;
+  asio::steady_timer limit(co_await asio::this_coro::executor);
+  auto bound = txn::VisibilityGate::kSnapshotWait;
+  if (const auto st = c_.config().timeouts.shard_statement; st.count() > 0 && st < bound)
+    bound = std::chrono::duration_cast<std::chrono::milliseconds>(st);
+  limit.expires_after(bound);
+  limit.async_wait([this, alive, &expired](error_code ec) {
+    if (ec || !*alive) return;  // (finished in time; `expired` may be gone)
+    expired = true;
+    for (auto& leg : legs_) {
+      error_code ignored;
+      if (!leg.failed) leg.conn->socket().cancel(ignored);
+    }
+  });
   for (auto& leg : legs_) {
     if (leg.failed) continue;
     for (;;) {
@@ -609,8 +632,16 @@ awaitable<void> FanOut::await_snapshots() {
         }
       }
       // (A broken stream or a lost server is found and reported by read().)
-      if (started || bad || std::get<0>(co_await leg.conn->read_some())) break;
+      if (started || bad || expired || std::get<0>(co_await leg.conn->read_some())) break;
     }
+    if (expired) break;
+  }
+  *alive = false;
+  limit.cancel();
+  if (expired) {
+    ++c_.worker().shared().visibility.forced;
+    spdlog::debug("{}: a shard had not begun the statement within {} ms; the visibility gate "
+                  "is released without knowing its snapshot", c_.prefix(), bound.count());
   }
 }
 

@@ -33,6 +33,8 @@ class VisibilityGate {
   enum class Mode : uint8_t { kRead, kCommit };
   // How long either side waits for the other at most.
   static constexpr std::chrono::milliseconds kWaitLimit{2000};
+  // How long a read holds the gate at most waiting for its shards to show they began.
+  static constexpr std::chrono::milliseconds kSnapshotWait{1000};
 
   // Holds the gate for some shards until destroyed (or release()).
   class Hold {
