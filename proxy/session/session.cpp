@@ -1349,6 +1349,11 @@ awaitable<void> Session::forward(int target, char boundary) {
   bool joins_transaction = false;
   if (backends_.active && backends_.active->shard != target) {
     if (!co_await drain()) co_return;
+    if (backends_.active && !backends_.active->lease) {
+      // Its server went away while the earlier replies drained (the relay ended it).
+      co_await lost_before_request(boundary);
+      co_return;
+    }
     const char status = backends_.active ? backends_.active->lease->status : 'I';
     if (status == proto::txn_status::kFailed) {
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
@@ -1384,14 +1389,30 @@ awaitable<void> Session::forward(int target, char boundary) {
     co_return;
   }
   auto link = backends_.active;
+  if (!link || !link->lease) {
+    // The server was lost while this request waited for it: the client is told, never a
+    // request written to nothing (the session fuzzer's segfault at address 8).
+    co_await lost_before_request(boundary);
+    co_return;
+  }
   prepare_request(*link, joins_transaction, boundary);
   co_await write_server(link, pending_);
   pending_.clear();
 }
 
+awaitable<void> Session::lost_before_request(char boundary) {
+  pending_.clear();
+  if (transaction_status() != proto::txn_status::kIdle) txn_.fail();
+  co_await fail(Failure::kServerLost,
+                proto::error(std::string(rule(Failure::kServerLost).sqlstate),
+                             "the server connection was lost before the request was sent"),
+                boundary);
+}
+
 bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
   const auto& link = backends_.active;
+  if (!link || !link->lease) return false;  // (forward() answers a lost server)
   prepare_request(*link, false, boundary);
   rest = pending_;
   if (write_server_now(link, rest)) {

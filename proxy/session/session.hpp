@@ -266,6 +266,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // its own SQLSTATE where the rule has none (refusals).
   awaitable<void> fail(Failure f, std::string message, std::string hint = {});
   awaitable<void> fail(Failure f, protocol::ErrorInfo e, char boundary);
+  // The active server was lost before a request could be written to it: an error for the
+  // client (the transaction, if any, fails).
+  awaitable<void> lost_before_request(char boundary);
   router::Route route_batch(bool* simple);
   // SQL cursors: a DECLARE placed on one shard is remembered, and FETCH, MOVE and CLOSE of
   // that name go to the same shard (the client's server there).
