@@ -400,11 +400,11 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   Checker c(file);
   auto cfg = std::make_shared<Config>();
   cfg->path = file;
-  if (!c.mapping(root, "the top level",
-                 {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables",
-                  "unsharded", "timeouts", "log_level", "router", "partial_results",
-                  "two_phase_commit", "two_phase_log", "admin", "log_format", "node_id",
-                  "atomic_visibility"})) {
+  if (!c.mapping(
+          root, "the top level",
+          {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables", "unsharded",
+           "timeouts", "log_level", "router", "partial_results", "two_phase_commit",
+           "two_phase_log", "admin", "log_format", "node_id", "atomic_visibility"})) {
     c.throw_if_failed();
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);

@@ -571,13 +571,13 @@ awaitable<txn::VisibilityGate::Entered> FanOut::enter_gate(txn::VisibilityGate::
   std::vector<int> shards;
   for (const auto& leg : legs_)
     if (!leg.failed) shards.push_back(leg.shard);
-  auto entered = co_await c_.worker().shared().visibility.enter(
-      mode, std::move(shards), txn::VisibilityGate::kWaitLimit);
+  auto entered = co_await c_.worker().shared().visibility.enter(mode, std::move(shards),
+                                                                txn::VisibilityGate::kWaitLimit);
   if (entered.forced)
-    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it", c_.prefix(),
-                 txn::VisibilityGate::kWaitLimit.count(),
-                 mode == txn::VisibilityGate::Mode::kRead ? "a cross-shard commit"
-                                                          : "multi-shard reads");
+    spdlog::warn(
+        "{}: the visibility gate waited {} ms for {}; went ahead without it", c_.prefix(),
+        txn::VisibilityGate::kWaitLimit.count(),
+        mode == txn::VisibilityGate::Mode::kRead ? "a cross-shard commit" : "multi-shard reads");
   co_return entered;
 }
 
@@ -640,8 +640,10 @@ awaitable<void> FanOut::await_snapshots() {
   limit.cancel();
   if (expired) {
     ++c_.worker().shared().visibility.forced;
-    spdlog::debug("{}: a shard had not begun the statement within {} ms; the visibility gate "
-                  "is released without knowing its snapshot", c_.prefix(), bound.count());
+    spdlog::debug(
+        "{}: a shard had not begun the statement within {} ms; the visibility gate "
+        "is released without knowing its snapshot",
+        c_.prefix(), bound.count());
   }
 }
 

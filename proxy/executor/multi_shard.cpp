@@ -114,9 +114,9 @@ awaitable<void> CopyIn::run() {
   int key = -1;
   if (table_) key = co_await key_index();
   if (table_ && key < 0) {
-    co_await fail(proto::error(sqlstate::kUndefinedObject, "cannot find column \"" +
-                                                               table_->column + "\" of table " +
-                                                               spec_.table));
+    co_await fail(
+        proto::error(sqlstate::kUndefinedObject,
+                     "cannot find column \"" + table_->column + "\" of table " + spec_.table));
     co_return;
   }
   const std::string copy_in_response = co_await open();
@@ -154,7 +154,8 @@ awaitable<int> CopyIn::key_index() {
                                    ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
                                max_message_, [&](std::string_view body) {
                                  auto row = proto::DataRow::parse(body);
-                                 if (row && !row->values.empty() && row->values[0] == table_->column)
+                                 if (row && !row->values.empty() &&
+                                     row->values[0] == table_->column)
                                    key = index;
                                  ++index;
                                });
@@ -377,8 +378,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
           "COMMIT failed on shard " + name(i) +
               (committed.empty() ? std::string("; nothing was copied")
                                  : " after shard(s) " + committed + " committed"),
-          {},
-          committed.empty() ? std::string() : "the shards may now disagree; check and repair");
+          {}, committed.empty() ? std::string() : "the shards may now disagree; check and repair");
     }
     co_return std::nullopt;
   }
@@ -399,11 +399,11 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
     prepared[i] = ran && leases[i]->replies.tag == "PREPARE TRANSACTION";
     if (prepared[i]) continue;
     if (!ran) leases[i]->broken = true;
-    error = proto::error(
-        ran && !leases[i]->replies.error_code.empty() ? leases[i]->replies.error_code
-                                                      : std::string(sqlstate::kConnectionFailure),
-        (ran ? leases[i]->replies.error : std::string("connection lost")) + " (shard " +
-            name(i) + "); nothing was copied");
+    error = proto::error(ran && !leases[i]->replies.error_code.empty()
+                             ? leases[i]->replies.error_code
+                             : std::string(sqlstate::kConnectionFailure),
+                         (ran ? leases[i]->replies.error : std::string("connection lost")) +
+                             " (shard " + name(i) + "); nothing was copied");
   }
   if (!error && !decisions.commit(gid))
     error = proto::error(sqlstate::kInternalError,

@@ -95,8 +95,8 @@ std::optional<__int128> interval_span(int16_t format, std::string_view v) {
         if (fraction.empty() || fraction.size() > 6) return std::nullopt;
       }
       if (!number(w.substr(0, c1), h) || !number(w.substr(c1 + 1, c2 - c1 - 1), m) ||
-          !number(secs, sec) || (!fraction.empty() && !number(fraction, frac)) || h < 0 ||
-          m < 0 || sec < 0 || frac < 0)
+          !number(secs, sec) || (!fraction.empty() && !number(fraction, frac)) || h < 0 || m < 0 ||
+          sec < 0 || frac < 0)
         return std::nullopt;
       for (std::size_t k = fraction.size(); k < 6; ++k) frac *= 10;
       __int128 t = ((static_cast<__int128>(h) * 60 + m) * 60 + sec) * 1000000 + frac;

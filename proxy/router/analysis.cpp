@@ -347,7 +347,8 @@ class Analyzer {
       if (a.merge_candidate || !a.concat_safe) {
         a.concat_safe = false;
         a.merge_candidate = false;
-        if (a.merge_blocker.empty()) a.merge_blocker = "COPY of a query whose rows pgshard would have to merge";
+        if (a.merge_blocker.empty())
+          a.merge_blocker = "COPY of a query whose rows pgshard would have to merge";
       }
       return a;
     }
@@ -706,17 +707,20 @@ class Analyzer {
         const bool same = v && v->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
                           v->column_ref->n_fields > 0 &&
                           str_of(v->column_ref->fields[v->column_ref->n_fields - 1]) == r->name;
-        if (!same) why = std::string("a column named like shard key \"") + r->name + "\" that is not it";
+        if (!same)
+          why = std::string("a column named like shard key \"") + r->name + "\" that is not it";
       } else if (m->descriptor == &pg_query__alias__descriptor) {
         const auto* al = reinterpret_cast<const PgQuery__Alias*>(m);
         for (size_t i = 0; i < al->n_colnames && !why; ++i)
           if (is_key_name(str_of(al->colnames[i])))
-            why = "an alias column list naming shard key \"" + std::string(str_of(al->colnames[i])) + "\"";
+            why = "an alias column list naming shard key \"" +
+                  std::string(str_of(al->colnames[i])) + "\"";
       } else if (m->descriptor == &pg_query__common_table_expr__descriptor) {
         const auto* c = reinterpret_cast<const PgQuery__CommonTableExpr*>(m);
         for (size_t i = 0; i < c->n_aliascolnames && !why; ++i)
           if (is_key_name(str_of(c->aliascolnames[i])))
-            why = "a CTE column list naming shard key \"" + std::string(str_of(c->aliascolnames[i])) + "\"";
+            why = "a CTE column list naming shard key \"" +
+                  std::string(str_of(c->aliascolnames[i])) + "\"";
       }
     });
     return why;
@@ -741,12 +745,10 @@ class Analyzer {
   // shard (decomposition.hpp); otherwise refused with what stops it. A single shard
   // (the key pins one) answers anything: the refusal happens only when several run it.
   Analysis& decomposes(const PgQuery__SelectStmt* s, Analysis& a) {
-    if (a.target != Analysis::Target::kAllShards && a.target != Analysis::Target::kKeys)
-      return a;
+    if (a.target != Analysis::Target::kAllShards && a.target != Analysis::Target::kKeys) return a;
     if (!a.concat_safe && !a.merge_candidate) return a;  // refused already, for its own reason
-    auto problem = decomposition_problem(s, [&](const PgQuery__RangeVar* r) {
-      return sharded_index(r) >= 0;
-    });
+    auto problem =
+        decomposition_problem(s, [&](const PgQuery__RangeVar* r) { return sharded_index(r) >= 0; });
     if (!problem) return a;
     a.concat_safe = false;
     a.merge_candidate = false;
@@ -1104,11 +1106,11 @@ class Analyzer {
                    return std::tolower(static_cast<unsigned char>(x)) == y;
                  });
         };
-        split.header = !arg ||
-                       (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
-                       (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival == 1) ||
-                       (arg->node_case != PG_QUERY__NODE__NODE_INTEGER &&
-                        (is("true") || is("on") || is("match")));
+        split.header =
+            !arg || (arg->node_case == PG_QUERY__NODE__NODE_BOOLEAN && arg->boolean->boolval) ||
+            (arg->node_case == PG_QUERY__NODE__NODE_INTEGER && arg->integer->ival == 1) ||
+            (arg->node_case != PG_QUERY__NODE__NODE_INTEGER &&
+             (is("true") || is("on") || is("match")));
       }
     }
     if (split.csv && !delimiter) split.delimiter = ',';
@@ -2268,11 +2270,11 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
          a.cursor_op == b.cursor_op && a.cursor == b.cursor && a.cursor_hold == b.cursor_hold &&
          a.insert == b.insert && a.replicated == b.replicated && a.txn == b.txn &&
          !a.explain_route && !b.explain_route && !a.copy_in && !b.copy_in &&
-         a.copy_out_header == b.copy_out_header &&
-         a.statements == b.statements && a.concat_safe == b.concat_safe &&
-         a.merge_blocker == b.merge_blocker && a.merge_candidate == b.merge_candidate &&
-         same_plan(a.merge, b.merge) && a.key_columns == b.key_columns && a.settings.empty() &&
-         b.settings.empty() && !a.pins && !b.pins && a.user_functions == b.user_functions &&
+         a.copy_out_header == b.copy_out_header && a.statements == b.statements &&
+         a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
+         a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
+         a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() && !a.pins &&
+         !b.pins && a.user_functions == b.user_functions &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
          a.hint == b.hint && a.reason == b.reason;
 }

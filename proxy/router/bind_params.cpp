@@ -49,9 +49,7 @@ std::optional<std::string> numeric_integer(std::string_view v) {
 
 }  // namespace
 
-
-std::optional<std::string> binary_text(std::string_view v, config::KeyType type,
-                                       int32_t declared) {
+std::optional<std::string> binary_text(std::string_view v, config::KeyType type, int32_t declared) {
   const bool integer_key = type == config::KeyType::kInt2 || type == config::KeyType::kInt4 ||
                            type == config::KeyType::kInt8;
   switch (declared) {
@@ -139,8 +137,7 @@ std::optional<std::string> param_text(const protocol::Bind& bind, int n, config:
   if (n < 1 || static_cast<std::size_t>(n) > bind.params.size()) return std::nullopt;
   const auto& v = bind.params[static_cast<std::size_t>(n - 1)];
   if (!v) return std::nullopt;
-  if (bind.format_of(static_cast<std::size_t>(n - 1)) == 1)
-    return binary_text(*v, type, declared);
+  if (bind.format_of(static_cast<std::size_t>(n - 1)) == 1) return binary_text(*v, type, declared);
   return std::string(*v);
 }
 

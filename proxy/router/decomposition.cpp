@@ -22,7 +22,7 @@ enum class Rows {
 
 struct Item {
   Rows rows = Rows::kReplicated;
-  std::string name;  // for messages: the table, function or "a subquery"
+  std::string name;                            // for messages: the table, function or "a subquery"
   std::set<std::string, std::less<>> aliases;  // the range names it brings into scope
 };
 
@@ -46,8 +46,9 @@ class Prover {
     Scope top;
     const Item rows = select(s, &top);
     if (problem_.empty() && rows.rows == Rows::kReplicated && names_sharded(&s->base))
-      fail("a query whose rows come only from tables or functions every shard holds whole "
-           "(sharded tables only in subqueries or unused CTEs)");
+      fail(
+          "a query whose rows come only from tables or functions every shard holds whole "
+          "(sharded tables only in subqueries or unused CTEs)");
     if (problem_.empty()) return std::nullopt;
     return problem_;
   }
@@ -86,8 +87,7 @@ class Prover {
     }
     auto range_of = [&](const Node* n) {
       while (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) n = n->type_cast->arg;
-      if (n && n->node_case == PG_QUERY__NODE__NODE_COLUMN_REF &&
-          n->column_ref->n_fields == 2 &&
+      if (n && n->node_case == PG_QUERY__NODE__NODE_COLUMN_REF && n->column_ref->n_fields == 2 &&
           n->column_ref->fields[0]->node_case == PG_QUERY__NODE__NODE_STRING)
         out.insert(std::string(ast::str_of(n->column_ref->fields[0])));
     };
@@ -240,8 +240,8 @@ class Prover {
           const Node* call = f->functions[0]->list->items[0];
           if (call && call->node_case == PG_QUERY__NODE__NODE_FUNC_CALL &&
               call->func_call->n_funcname > 0)
-            name = std::string(ast::str_of(
-                       call->func_call->funcname[call->func_call->n_funcname - 1])) +
+            name = std::string(
+                       ast::str_of(call->func_call->funcname[call->func_call->n_funcname - 1])) +
                    "()";
         }
         Item item{Rows::kReplicated, name, {}};
@@ -261,8 +261,8 @@ class Prover {
   Item join(const PgQuery__JoinExpr* j, const Scope* scope) {
     const Item l = from_item(j->larg, scope);
     const Item r = from_item(j->rarg, scope);
-    const bool left_kept =
-        j->jointype == PG_QUERY__JOIN_TYPE__JOIN_LEFT || j->jointype == PG_QUERY__JOIN_TYPE__JOIN_FULL;
+    const bool left_kept = j->jointype == PG_QUERY__JOIN_TYPE__JOIN_LEFT ||
+                           j->jointype == PG_QUERY__JOIN_TYPE__JOIN_FULL;
     const bool right_kept = j->jointype == PG_QUERY__JOIN_TYPE__JOIN_RIGHT ||
                             j->jointype == PG_QUERY__JOIN_TYPE__JOIN_FULL;
     const char* type = j->jointype == PG_QUERY__JOIN_TYPE__JOIN_LEFT    ? "LEFT JOIN"

@@ -74,8 +74,7 @@ const PgQuery__FuncCall* aggregate_of(const Node* n, bool* cast) {
     const auto* inner = func_of(n->type_cast->arg);
     const bool typmod_ok = tn->n_typmods == 0 || (type == "numeric" && numeric_typmod(tn));
     if (numberish && typmod_ok && tn->n_array_bounds == 0 && inner && !inner->over &&
-        (func_name(inner) == "count" || func_name(inner) == "sum" ||
-         func_name(inner) == "avg")) {
+        (func_name(inner) == "count" || func_name(inner) == "sum" || func_name(inner) == "avg")) {
       *cast = true;
       return inner;
     }

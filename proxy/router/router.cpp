@@ -354,8 +354,7 @@ bool param_is_null(const protocol::Bind& bind, int n) {
 
 // The type the statement's Parse declared for parameter `n` (0: unspecified or unknown).
 int32_t declared_type(const Context& ctx, int n) {
-  if (!ctx.param_types || n < 1 || static_cast<std::size_t>(n) > ctx.param_types->size())
-    return 0;
+  if (!ctx.param_types || n < 1 || static_cast<std::size_t>(n) > ctx.param_types->size()) return 0;
   return (*ctx.param_types)[static_cast<std::size_t>(n - 1)];
 }
 

@@ -81,8 +81,8 @@ struct Route {
   bool names_unique_id = false;
   // COPY FROM STDIN whose rows pgshard splits by key over every shard.
   std::optional<CopySplit> copy_in;
-  int copy_table = -1;  // the sharded table it splits by (-1: copy_in->replicate)
-  bool copy_out_header = false;  // COPY ... TO with HEADER: one header line in the stream
+  int copy_table = -1;            // the sharded table it splits by (-1: copy_in->replicate)
+  bool copy_out_header = false;   // COPY ... TO with HEADER: one header line in the stream
   std::string transaction_modes;  // see Analysis::transaction_modes
   // When set, shard i runs its own statement instead (a split multi-row INSERT).
   std::vector<std::pair<int, std::string>> per_shard_sql;

@@ -71,7 +71,7 @@ struct Shared {
   std::atomic<uint64_t> next_gid{1};
   std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
-  txn::VisibilityGate visibility;  // cross-shard commits vs multi-shard snapshots
+  txn::VisibilityGate visibility;            // cross-shard commits vs multi-shard snapshots
   std::vector<Worker*> workers;              // for the admin console and /metrics
   Clock::time_point started = Clock::now();
   // The stats period marks (see admin::Snapshot::period), written every kStatsPeriod.

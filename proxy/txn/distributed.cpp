@@ -185,8 +185,9 @@ awaitable<VisibilityGate::Entered> Ending::enter_gate() {
   auto entered = co_await c_.worker().shared().visibility.enter(
       VisibilityGate::Mode::kCommit, std::move(shards), VisibilityGate::kWaitLimit);
   if (entered.forced)
-    spdlog::warn("{}: the visibility gate waited {} ms for multi-shard reads; committing without it",
-                 c_.prefix(), VisibilityGate::kWaitLimit.count());
+    spdlog::warn(
+        "{}: the visibility gate waited {} ms for multi-shard reads; committing without it",
+        c_.prefix(), VisibilityGate::kWaitLimit.count());
   co_return entered;
 }
 

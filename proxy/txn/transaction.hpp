@@ -3,7 +3,6 @@
 #pragma once
 
 #include <cctype>
-
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -83,7 +82,8 @@ class Transaction {
   std::string joining_begin() const {
     if (modes_.empty()) return begin_sql;
     std::string begin = begin_sql;  // "BEGIN;" as psql sends it: the modes go before the ';'
-    while (!begin.empty() && (begin.back() == ';' || std::isspace(static_cast<unsigned char>(begin.back()))))
+    while (!begin.empty() &&
+           (begin.back() == ';' || std::isspace(static_cast<unsigned char>(begin.back()))))
       begin.pop_back();
     return begin + modes_;
   }

@@ -35,7 +35,8 @@ void VisibilityGate::Hold::release() {
 
 bool VisibilityGate::fits(Mode mode, const std::vector<int>& shards) {
   for (int s : shards) {
-    if (static_cast<std::size_t>(s) >= shards_.size()) shards_.resize(static_cast<std::size_t>(s) + 1);
+    if (static_cast<std::size_t>(s) >= shards_.size())
+      shards_.resize(static_cast<std::size_t>(s) + 1);
     const auto& st = shards_[static_cast<std::size_t>(s)];
     if (mode == Mode::kRead ? st.committers > 0 : st.readers > 0) return false;
   }
@@ -94,8 +95,8 @@ awaitable<VisibilityGate::Entered> VisibilityGate::enter(Mode mode, std::vector<
       out.hold = Hold(this, mode, std::move(shards));
       co_return out;
     }
-    me = std::make_shared<Waiter>(Waiter{mode, shards, executor,
-                                         std::make_shared<asio::steady_timer>(executor), false});
+    me = std::make_shared<Waiter>(
+        Waiter{mode, shards, executor, std::make_shared<asio::steady_timer>(executor), false});
     me->timer->expires_after(limit);
     waiters_.push_back(me);
   }
@@ -108,7 +109,8 @@ awaitable<VisibilityGate::Entered> VisibilityGate::enter(Mode mode, std::vector<
       // Past the limit: go ahead without waiting for the other side (see the header).
       waiters_.remove(me);
       for (int s : shards)
-        if (static_cast<std::size_t>(s) >= shards_.size()) shards_.resize(static_cast<std::size_t>(s) + 1);
+        if (static_cast<std::size_t>(s) >= shards_.size())
+          shards_.resize(static_cast<std::size_t>(s) + 1);
       take(mode, shards);
       out.forced = true;
       ++forced;

@@ -52,7 +52,8 @@ class VisibilityGate {
 
    private:
     friend class VisibilityGate;
-    Hold(VisibilityGate* g, Mode m, std::vector<int> s) : gate_(g), mode_(m), shards_(std::move(s)) {}
+    Hold(VisibilityGate* g, Mode m, std::vector<int> s)
+        : gate_(g), mode_(m), shards_(std::move(s)) {}
     VisibilityGate* gate_ = nullptr;
     Mode mode_ = Mode::kRead;
     std::vector<int> shards_;
