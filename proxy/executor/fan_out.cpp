@@ -382,7 +382,14 @@ awaitable<bool> FanOut::join(int shard, Leg& leg) {
       co_return false;
     }
   }
-  co_await backends.borrow(link);
+  if (!co_await backends.borrow(link)) {
+    // The transaction's server on this shard is gone (lost, or its client left).
+    c_.transaction().fail();
+    fail(proto::error(sqlstate::kConnectionFailure,
+                      "lost the connection to shard " +
+                          c_.config().shards[static_cast<std::size_t>(shard)].name));
+    co_return false;
+  }
   leg.link = link;
   leg.conn = &*link->lease;
   co_return true;

@@ -479,7 +479,10 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
       "lost the connection to shard " + c.config().shards[static_cast<std::size_t>(shard)].name;
   code.clear();
   if (link) {
-    co_await backends.borrow(link);
+    if (!co_await backends.borrow(link)) {
+      code = std::string(sqlstate::kConnectionFailure);
+      co_return lost;
+    }
     const bool ok = co_await link->lease->run_own(sql, max, row, description);
     std::string failure = link->lease->replies.error;
     code = link->lease->replies.error_code;

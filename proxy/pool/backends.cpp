@@ -93,11 +93,18 @@ void Backends::release(const std::shared_ptr<Link>& link, bool owes) {
   }
 }
 
-awaitable<void> Backends::borrow(const std::shared_ptr<Link>& link) {
+awaitable<bool> Backends::borrow(const std::shared_ptr<Link>& link) {
+  if (link->done || !link->lease) co_return false;
   link->borrowed = true;
   error_code ignored;
   link->lease->socket().cancel(ignored);  // the relay's pending read ends; it parks
   while (!link->parked && !link->done) co_await borrow_done_.wait();
+  // Ended meanwhile: the relay waits in given_back() with the server until give_back().
+  if (link->done || !link->lease) {
+    give_back(link);
+    co_return false;
+  }
+  co_return true;
 }
 
 void Backends::give_back(const std::shared_ptr<Link>& link) {
@@ -110,6 +117,10 @@ awaitable<void> Backends::park(Link& link) {
   borrow_done_.notify_all();
   while (link.borrowed && !link.done) co_await borrow_done_.wait();
   link.parked = false;
+}
+
+awaitable<void> Backends::given_back(Link& link) {
+  while (link.borrowed) co_await borrow_done_.wait();
 }
 
 }  // namespace pgshard::pool

@@ -65,10 +65,14 @@ class Backends {
   void release(const std::shared_ptr<Link>& link, bool owes);
 
   // Lends a participant's server to an executor (its relay parks), and gives it back.
-  awaitable<void> borrow(const std::shared_ptr<Link>& link);
+  // False when the link has ended (its server lost or returned): nothing is lent.
+  awaitable<bool> borrow(const std::shared_ptr<Link>& link);
   void give_back(const std::shared_ptr<Link>& link);
-  // The relay's side: waits while an executor has the server.
+  // The relay's side: waits while an executor has the server, or until the link ends.
   awaitable<void> park(Link& link);
+  // The relay of an ended link waits until an executor that still has its server gives it
+  // back: the executor reads and writes through the connection until then.
+  awaitable<void> given_back(Link& link);
 
  private:
   std::map<int, std::shared_ptr<Link>> kept_;

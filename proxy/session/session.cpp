@@ -903,12 +903,13 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
     // (and nobody reads the client meanwhile).
     Waiting waiting(*this, "server replies (pipeline failed)");
     asio::steady_timer timer(worker_.executor());
-    for (int i = 0; i < 100 && !conn.replies.empty() && !client_gone_ && !link->done; ++i) {
+    // (The relay frees the server once the link is done: `conn` only while it is not.)
+    for (int i = 0; i < 100 && !client_gone_ && !link->done && !conn.replies.empty(); ++i) {
       timer.expires_after(std::chrono::milliseconds(10));
       co_await timer.async_wait(use_nothrow);
     }
   }
-  conn.broken = true;
+  if (!link->done) conn.broken = true;
   release(link);
   spdlog::info("{}: pipeline moved to another shard mid-batch: failed", prefix());
   std::string out;
@@ -1860,8 +1861,11 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         break;
       }
     }
-    // Hand the server back once the request writer is done with it.
+    // Hand the server back once the request writer is done with it, and once a
+    // multi-shard statement that borrowed it has given it back (the link can end while it
+    // is lent: the client left, the transaction ended).
     while (writing_server_) co_await server_write_done_.wait();
+    co_await backends_.given_back(*link);
     if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
     if (!link->done) {
       link->done = true;

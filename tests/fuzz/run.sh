@@ -2,14 +2,14 @@
 # Builds the libFuzzer targets with clang (ASan + UBSan) and runs each for a bounded time
 # from its committed seed corpus (tests/fuzz/corpus/<target>). Exits non-zero on the first
 # crash, leak or sanitizer report; the reproducer is left in the build directory.
-#   tests/fuzz/run.sh [RUNS_PER_TARGET]   (default: PGSHARD_FUZZ_RUNS or 1000000; the merger
+#   tests/fuzz/run.sh [RUNS_PER_TARGET]   (default: PGSHARD_FUZZ_RUNS or 200000; the merger
 #   and router targets, ~100x slower per input, get a twentieth of it)
 set -euo pipefail
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 # A fixed seed and a fixed number of runs from the committed corpus: the same inputs on every
 # machine, so a red run is reproducible and a green one does not depend on speed.
-RUNS=${1:-${PGSHARD_FUZZ_RUNS:-1000000}}
+RUNS=${1:-${PGSHARD_FUZZ_RUNS:-200000}}
 BUILD="$ROOT/build/fuzz"
 CC=clang CXX=clang++ cmake -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
 cmake --build "$BUILD" -j"$(nproc)" >/dev/null
