@@ -52,7 +52,10 @@ if [ -n "$TARGET" ]; then
   TESTS=()
   [ -f "$DIR/CMakeCache.txt" ] || TESTS=(-DPGSHARD_TESTS=OFF)
 fi
-cmake -S "$ROOT" -B "$DIR" -DCMAKE_BUILD_TYPE="$TYPE" -DPGSHARD_WERROR=$WERROR "${TESTS[@]}" "${PGO[@]}" >/dev/null
+# PGSHARD_CMAKE_ARGS: more -D options for the configure (./tests/run.sh's Release pass).
+read -r -a EXTRA <<<"${PGSHARD_CMAKE_ARGS:-}"
+cmake -S "$ROOT" -B "$DIR" -DCMAKE_BUILD_TYPE="$TYPE" -DPGSHARD_WERROR=$WERROR "${TESTS[@]}" "${PGO[@]}" \
+  "${EXTRA[@]}" >/dev/null
 cmake --build "$DIR" -j"$(nproc)" "${BUILD_TARGET[@]}" 2>&1 | tee "$DIR/build.log" >&2
 # A build from a fresh profile compiles every source with it: a source without its profile
 # means the profile was not found, and the binary would not be what was measured.

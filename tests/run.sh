@@ -1,28 +1,58 @@
 #!/usr/bin/env bash
-# Installs what is missing, builds, and runs every test tier (unit, integration, real
-# drivers, PostgreSQL's regression suite through pgshard, containers, deploy, fuzz) with
-# CTest on the Release build, then the tiers where the sanitizers find something (unit and
-# integration, which holds the session fuzzer) again on the ASan+UBSan build: the client
-# suites, pg_regress and the deploy tiers exercise the same code paths as the integration
-# tier, at several times its cost under the sanitizers.
+# Installs what is missing, builds, and runs every test tier with CTest:
+# - the Release build: integration, real drivers, PostgreSQL's regression suite through
+#   pgshard, containers, deploy, libFuzzer targets;
+# - the ASan+UBSan build: unit and integration (which holds the session fuzzer), the tiers
+#   where the sanitizers find something; the client suites, pg_regress and the deploy tiers
+#   exercise the same code paths as the integration tier, at several times its cost under
+#   the sanitizers. The unit tests run there only (linking them against the Release build's
+#   link-time optimized code compiles pgshard again).
+# While the Release tests run (mostly waiting on PostgreSQL and on the network), the
+# sanitizer build and the libFuzzer targets are compiled beside them at the lowest CPU
+# priority, so the tests keep the CPU when they want it.
 # Each integration test binary starts its own PostgreSQL shards on free ports and stops them.
+# PGSHARD_SKIP_SANITIZE=1 runs the Release pass only.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 "$ROOT/deploy/install-deps.sh" --tests
 
-status=0
-for type in Release Sanitize; do
-  [ "$type" = Sanitize ] && [ "${PGSHARD_SKIP_SANITIZE:-0}" = 1 ] && continue
-  echo "==== $type build ===="
-  dir=$("$ROOT/deploy/build.sh" "$type")
-  echo "==== $type tests ===="
-  only=()
-  [ "$type" = Sanitize ] && only=(-R '^(unit|integration):')
-  # A test that fails is run once more and reported as failed only if it fails again: the
-  # session fuzzer has crashed pgshard intermittently under load (a segfault at address 8
-  # during login, seen in dmesg, not yet found), and one rare failure must not hide the rest
-  # of a run. CTest's output still shows the first failure.
+run_ctest() {  # build-directory [ctest arguments]
+  local dir=$1
+  shift
+  # A test that fails is run once more and reported as failed only if it fails again, so
+  # one rare failure does not hide the rest of a run; CTest's output still shows it.
   (cd "$dir" && ASAN_OPTIONS=detect_leaks=1 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
-     ctest --output-on-failure --timeout 900 --repeat until-pass:2 "${only[@]}") || status=1
-done
+     ctest --output-on-failure --timeout 900 --repeat until-pass:2 "$@")
+}
+
+status=0
+echo "==== Release build ===="
+release=$(PGSHARD_CMAKE_ARGS="-DPGSHARD_UNIT_TESTS=OFF" "$ROOT/deploy/build.sh" Release)
+
+background=
+if [ "${PGSHARD_SKIP_SANITIZE:-0}" != 1 ]; then
+  mkdir -p "$ROOT/build"
+  log="$ROOT/build/background-builds.log"
+  echo "==== Sanitize build and libFuzzer targets, in the background (log: $log) ===="
+  (
+    PGSHARD_FUZZ_BUILD_ONLY=1 nice -n 19 "$ROOT/tests/fuzz/run.sh" || true  # the tier reports
+    nice -n 19 "$ROOT/deploy/build.sh" Sanitize
+  ) >"$log" 2>&1 &
+  background=$!
+fi
+
+echo "==== Release tests ===="
+run_ctest "$release" || status=1
+
+if [ -n "$background" ]; then
+  echo "==== Sanitize build ===="
+  if ! wait "$background"; then
+    tail -60 "$log"
+    echo "the sanitizer build failed"
+    exit 1
+  fi
+  sanitize=$(tail -1 "$log")
+  echo "==== Sanitize tests ===="
+  run_ctest "$sanitize" -R '^(unit|integration):' || status=1
+fi
 exit $status

@@ -11,8 +11,14 @@ ROOT=$(cd "$HERE/../.." && pwd)
 # machine, so a red run is reproducible and a green one does not depend on speed.
 RUNS=${1:-${PGSHARD_FUZZ_RUNS:-200000}}
 BUILD="$ROOT/build/fuzz"
-CC=clang CXX=clang++ cmake -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
-cmake --build "$BUILD" -j"$(nproc)" >/dev/null
+# One build at a time (./tests/run.sh builds the targets ahead, in the background).
+mkdir -p "$BUILD"
+(
+  flock 9
+  CC=clang CXX=clang++ cmake -S "$HERE" -B "$BUILD" -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+  cmake --build "$BUILD" -j"$(nproc)" >/dev/null
+) 9>"$BUILD/.build-lock"
+[ "${PGSHARD_FUZZ_BUILD_ONLY:-0}" = 1 ] && exit 0
 status=0
 for target in codec startup scram router copy_split merger config; do
   corpus="$HERE/corpus/$target"
