@@ -1,0 +1,2 @@
+-- error: 0A000
+select avg(ratio::real) from metrics
