@@ -33,6 +33,7 @@ inline constexpr std::string_view kProgramLimitExceeded = "54000";
 inline constexpr std::string_view kDeadlockDetected = "40P01";
 inline constexpr std::string_view kInsufficientPrivilege = "42501";
 inline constexpr std::string_view kSyntaxError = "42601";
+inline constexpr std::string_view kDuplicateCursor = "42P03";
 }  // namespace sqlstate
 
 // Field codes of ErrorResponse/NoticeResponse ("Error and Notice Message Fields").

@@ -1487,6 +1487,13 @@ void Session::follow_cursors(router::Route& r) {
     std::erase_if(cursors_, [](const auto& e) { return !e.second.hold; });
   if (r.cursor_op == Op::kNone || r.kind != router::RouteKind::kShard) return;
   if (r.cursor_op == Op::kDeclare) {
+    // A name taken on another shard: that server would not see it. PostgreSQL's answer.
+    if (auto it = cursors_.find(r.cursor); it != cursors_.end() && it->second.shard != r.shard) {
+      r.kind = router::RouteKind::kError;
+      r.error = proto::error(sqlstate::kDuplicateCursor,
+                             "cursor \"" + r.cursor + "\" already exists");
+      return;
+    }
     if (r.shards.empty()) cursors_[r.cursor] = {r.shard, r.cursor_hold};
     return;
   }

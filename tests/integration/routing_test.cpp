@@ -1311,7 +1311,15 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
   CHECK(fb.size() == 5);
   if (!fa.empty()) CHECK(fa[0][0] == std::to_string(a));
   if (!fb.empty()) CHECK(fb[0][0] == std::to_string(b));
-  query(c.get(), "commit");
+  // The same name again, for the other shard: 42P03 as on PostgreSQL (before: accepted, two
+  // cursors "ca", FETCH read the first).
+  std::string dup;
+  CHECK(error_code(c.get(),
+                   "declare ca cursor for select user_id from orders where user_id = " +
+                       std::to_string(b),
+                   &dup) == "42P03");
+  CHECK_THAT(dup, Catch::Contains("cursor \"ca\" already exists"));
+  query(c.get(), "rollback");
   // WITH HOLD outside a transaction block: it outlives its implicit transaction.
   query(c.get(), "declare h cursor with hold for select id from orders where user_id = 3");
   CHECK(query(c.get(), "fetch all h").size() == 5);
