@@ -31,6 +31,7 @@ inline constexpr std::string_view kInternalError = "XX000";
 inline constexpr std::string_view kInFailedSqlTransaction = "25P02";
 inline constexpr std::string_view kProgramLimitExceeded = "54000";
 inline constexpr std::string_view kDeadlockDetected = "40P01";
+inline constexpr std::string_view kSerializationFailure = "40001";
 inline constexpr std::string_view kInsufficientPrivilege = "42501";
 inline constexpr std::string_view kSyntaxError = "42601";
 inline constexpr std::string_view kDuplicateCursor = "42P03";

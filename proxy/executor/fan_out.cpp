@@ -255,6 +255,16 @@ awaitable<void> FanOut::run() {
   // transaction their catalog query fixes the shard's snapshot.
   txn::VisibilityGate::Entered gate;
   if (gated_read()) gate = co_await enter_gate(txn::VisibilityGate::Mode::kRead);
+  auto& visibility = c_.worker().shared().visibility;
+  if (in_txn_) {
+    // Shards new to the transaction take their snapshots now (txn::Snapshots); under the
+    // gate, together.
+    static std::atomic<uint64_t> statements{1};
+    const uint64_t together = gate.hold.held() ? statements.fetch_add(1) : 0;
+    const uint64_t from = visibility.first_unfinished();
+    for (const auto& leg : legs_)
+      if (!leg.failed) c_.transaction().snapshots.sending(leg.shard, from, together);
+  }
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
   if (plan_ && !legs_.empty()) {
@@ -283,6 +293,7 @@ awaitable<void> FanOut::run() {
     gate.hold.release();
   }
   co_await read(collation);
+  if (in_txn_) c_.transaction().snapshots.replied(visibility.last_begun());
   co_await end_write();
   // In a transaction block, a failure on any shard fails the whole transaction (25P02 until
   // it ends), as one PostgreSQL would — also a read that ran on fresh servers.

@@ -1319,6 +1319,10 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
   const bool ends_here = ends && req.lone;
   const bool recovers =
       route.txn == TxnControl::kRollbackTo && req.lone && txn_.can_roll_back_to_savepoint();
+  if (!txn_.snapshots.empty()) {
+    if (ends_here && backends_.active && !co_await drain()) co_return true;  // (its replies)
+    check_snapshots();
+  }
   if (txn_.failed() && !ends_here && !recovers) {
     co_await fail(Failure::kInFailedTransaction, txn_.refusal(), req.boundary);
     co_return true;
@@ -1425,6 +1429,9 @@ bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
 
 void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
   auto& replies = link.lease->replies;
+  // The transaction's first statement on this shard takes its snapshot there.
+  if (txn_.state() != txn::State::kIdle && !txn_.snapshots.has(link.shard))
+    txn_.snapshots.sending(link.shard, worker_.shared().visibility.first_unfinished());
   using Owner = pool::Replies::Owner;
   if (joins_transaction) {
     // A new participant opens the transaction the way the client did.
@@ -1478,6 +1485,27 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     pending_.insert(0, link.prelude);
     link.prelude.clear();
   }
+}
+
+void Session::check_snapshots() {
+  if (txn_.state() == txn::State::kIdle || txn_.failed()) {
+    if (txn_.state() == txn::State::kIdle) txn_.snapshots.clear();
+    return;
+  }
+  const auto isolation = client_params_.find("default_transaction_isolation");
+  if (!txn_.one_snapshot(isolation == client_params_.end() ? "" : isolation->second)) return;
+  auto& gate = worker_.shared().visibility;
+  const auto pair = txn_.snapshots.fractured([&](uint64_t from, uint64_t to, int a, int b) {
+    return gate.commits_between(from, to, a, b);
+  });
+  if (!pair) return;
+  const auto& earlier = config_.shards[static_cast<std::size_t>(pair->first)].name;
+  const auto& later = config_.shards[static_cast<std::size_t>(pair->second)].name;
+  spdlog::info("{}: a cross-shard commit between the snapshots of shards {} and {}: 40001",
+               prefix(), earlier, later);
+  txn_.lose("could not serialize access: a transaction across shards " + earlier + " and " + later +
+                " committed between this transaction's snapshots on them; retry it",
+            false, sqlstate::kSerializationFailure);
 }
 
 void Session::follow_cursors(router::Route& r) {
@@ -1922,6 +1950,8 @@ void Session::own_statement_failed(pool::ServerConn& conn) {
 bool Session::client_ready(pool::ServerConn& conn) {
   copy_in_ = false;
   const char status = conn.status;
+  // Snapshots taken by the request were taken before now (txn::Snapshots).
+  if (!txn_.snapshots.empty()) txn_.snapshots.replied(worker_.shared().visibility.last_begun());
   // Settings the client changed take effect once its statement (or transaction) has
   // succeeded; a failure or ROLLBACK drops them, as PostgreSQL does.
   if (!pending_settings_.empty() && status == proto::txn_status::kFailed) settings_failed_ = true;

@@ -273,6 +273,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // SQL cursors: a DECLARE placed on one shard is remembered, and FETCH, MOVE and CLOSE of
   // that name go to the same shard (the client's server there).
   void follow_cursors(router::Route& r);
+  // A REPEATABLE READ/SERIALIZABLE transaction whose shards' snapshots a cross-shard commit
+  // lies between fails with 40001 (txn::Snapshots); its next statement or COMMIT says so.
+  void check_snapshots();
 
   // ---- RelayEvents: what the client's replies mean for its session ----
   // Settings and transaction state after the client's request; false when the client must

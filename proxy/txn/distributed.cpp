@@ -59,6 +59,7 @@ awaitable<void> Ending::run(bool simple) {
   tag_ = commit_ ? "COMMIT" : "ROLLBACK";
   bool aborted = c_.transaction().failed();
   const std::string lost = c_.transaction().lost();
+  const std::string lost_code = c_.transaction().lost_code();
   c_.transaction().end();
   for (auto& p : parts_)
     if (!p->lease || p->lease->broken || p->lease->status == proto::txn_status::kFailed)
@@ -66,7 +67,7 @@ awaitable<void> Ending::run(bool simple) {
   if (commit_ && !lost.empty()) {
     // The work of this transaction died with a server: COMMIT must not look like success.
     co_await rollback_all();
-    error_ = proto::error(sqlstate::kConnectionFailure, lost);
+    error_ = proto::error(lost_code.empty() ? sqlstate::kConnectionFailure : lost_code, lost);
   } else if (!commit_ || aborted) {
     // COMMIT of an aborted transaction rolls back, as PostgreSQL answers it.
     co_await rollback_all();

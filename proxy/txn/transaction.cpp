@@ -106,23 +106,40 @@ void Transaction::fail() {
   on(Event::kFailed);
 }
 
-void Transaction::lose(std::string why, bool told) {
+void Transaction::lose(std::string why, bool told, std::string_view code) {
   recoverable_ = false;
   on(Event::kLost);
   if (state_ != State::kFailed) return;
   lost_ = std::move(why);
+  lost_code_ = std::string(code);
   loss_unreported_ = !told;
 }
 
 void Transaction::end() {
   on(Event::kEnded);
   modes_.clear();
+  snapshots.clear();
+}
+
+bool Transaction::one_snapshot(std::string_view default_isolation) const {
+  auto lower = [](std::string_view text) {
+    std::string out(text);
+    for (auto& c : out) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return out;
+  };
+  auto keeps = [](const std::string& text) {
+    return text.find("repeatable") != std::string::npos ||
+           text.find("serializable") != std::string::npos;
+  };
+  const std::string mine = lower(begin_sql + " " + modes_);
+  if (mine.find("isolation") != std::string::npos) return keeps(mine);
+  return keeps(lower(default_isolation));
 }
 
 protocol::ErrorInfo Transaction::refusal() {
   if (loss_unreported_) {
     loss_unreported_ = false;
-    return protocol::error(sqlstate::kConnectionFailure, lost_);
+    return protocol::error(lost_code_.empty() ? sqlstate::kConnectionFailure : lost_code_, lost_);
   }
   return protocol::error(sqlstate::kInFailedSqlTransaction,
                          "current transaction is aborted, commands ignored until end of "

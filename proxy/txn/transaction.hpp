@@ -7,8 +7,10 @@
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <string_view>
 
 #include "protocol/errors.hpp"
+#include "proxy/txn/snapshots.hpp"
 
 namespace pgshard::txn {
 
@@ -62,9 +64,12 @@ class Transaction {
   // TO SAVEPOINT recovers it as on PostgreSQL (the shard's server never saw the error).
   bool can_roll_back_to_savepoint() const { return state_ == State::kFailed && recoverable_; }
   void rolled_back_to_savepoint() { on(Event::kRolledBackToSavepoint); }
-  // A server holding part of the transaction was lost: why, and whether the client was
-  // told already (else its next statement is).
-  void lose(std::string why, bool told);
+  // A server holding part of the transaction was lost (or its snapshots cannot be one:
+  // `code` 40001): why, and whether the client was told already (else its next statement
+  // is, and COMMIT answers with `code`).
+  void lose(std::string why, bool told,
+            std::string_view code = protocol::sqlstate::kConnectionFailure);
+  const std::string& lost_code() const { return lost_code_; }
   // COMMIT/ROLLBACK finished (or BEGIN answered locally ended): back to idle.
   void end();
   // Took a savepoint (a savepoint must stay on one shard).
@@ -74,6 +79,12 @@ class Transaction {
   const std::string& lost() const { return lost_; }
   // The error for a statement sent while failed: the loss once, then 25P02.
   protocol::ErrorInfo refusal();
+
+  // Whether each shard's part keeps one snapshot (REPEATABLE READ, SERIALIZABLE), given the
+  // session's default_transaction_isolation ("" if not set).
+  bool one_snapshot(std::string_view default_isolation) const;
+  // Where each shard's snapshot was taken, for those that keep one (see snapshots.hpp).
+  Snapshots snapshots;
 
   std::string begin_sql = "BEGIN";  // how the transaction began, for shards that join
   // SET TRANSACTION in the transaction: its modes, which shards that join later take too.
@@ -103,6 +114,7 @@ class Transaction {
   bool savepoints_ = false;
   bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints
   std::string lost_;
+  std::string lost_code_;
   bool loss_unreported_ = false;
 };
 

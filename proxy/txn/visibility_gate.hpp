@@ -4,9 +4,12 @@
 
 #include <atomic>
 #include <chrono>
+#include <cstdint>
+#include <deque>
 #include <list>
 #include <memory>
 #include <mutex>
+#include <set>
 #include <vector>
 
 #include "proxy/asio.hpp"
@@ -40,7 +43,8 @@ class VisibilityGate {
   class Hold {
    public:
     Hold() = default;
-    Hold(Hold&& o) noexcept : gate_(o.gate_), mode_(o.mode_), shards_(std::move(o.shards_)) {
+    Hold(Hold&& o) noexcept
+        : gate_(o.gate_), mode_(o.mode_), shards_(std::move(o.shards_)), commit_(o.commit_) {
       o.gate_ = nullptr;
     }
     Hold& operator=(Hold&& o) noexcept;
@@ -52,11 +56,12 @@ class VisibilityGate {
 
    private:
     friend class VisibilityGate;
-    Hold(VisibilityGate* g, Mode m, std::vector<int> s)
-        : gate_(g), mode_(m), shards_(std::move(s)) {}
+    Hold(VisibilityGate* g, Mode m, std::vector<int> s, uint64_t commit)
+        : gate_(g), mode_(m), shards_(std::move(s)), commit_(commit) {}
     VisibilityGate* gate_ = nullptr;
     Mode mode_ = Mode::kRead;
     std::vector<int> shards_;
+    uint64_t commit_ = 0;  // a commit phase's number (see commits_between)
   };
 
   struct Entered {
@@ -71,6 +76,20 @@ class VisibilityGate {
   // Counters for SHOW STATS / metrics and the tests.
   std::atomic<uint64_t> reads_waited{0}, commits_waited{0}, forced{0};
 
+  // Commit phases are numbered in the order they enter, and the shards of the last
+  // kCommitLog are kept: a transaction whose snapshot is taken at different moments on
+  // different shards (REPEATABLE READ, SERIALIZABLE; txn::Snapshots) asks which commits can
+  // lie between two of its snapshots.
+  static constexpr std::size_t kCommitLog = 65536;
+  // The oldest commit phase in progress, else the next one: a snapshot taken after this
+  // call sees every commit numbered before it, on all of that commit's shards.
+  uint64_t first_unfinished();
+  // The last commit that has begun: a snapshot taken before this call sees none after it.
+  uint64_t last_begun();
+  // Whether a commit numbered in [from, to] touched both shards a and b (true when that
+  // part of the log is gone: it cannot tell).
+  bool commits_between(uint64_t from, uint64_t to, int a, int b);
+
  private:
   struct Waiter {
     Mode mode;
@@ -78,6 +97,7 @@ class VisibilityGate {
     asio::any_io_executor executor;
     std::shared_ptr<asio::steady_timer> timer;
     bool granted = false;
+    uint64_t commit = 0;  // its number, once granted (a commit phase)
   };
   struct Shard {
     int readers = 0;     // reads holding it
@@ -88,13 +108,21 @@ class VisibilityGate {
   // (mu_ held) no earlier waiter of the other mode on an overlapping shard.
   bool first_in_line(Mode mode, const std::vector<int>& shards,
                      std::list<std::shared_ptr<Waiter>>::iterator end);
-  void take(Mode mode, const std::vector<int>& shards);  // (mu_ held)
-  void leave(Mode mode, const std::vector<int>& shards);
+  // (mu_ held) A commit phase's number, 0 for a read.
+  uint64_t take(Mode mode, const std::vector<int>& shards);
+  void leave(Mode mode, const std::vector<int>& shards, uint64_t commit);
   void grant_waiters();  // (mu_ held)
 
   std::mutex mu_;
   std::vector<Shard> shards_;
   std::list<std::shared_ptr<Waiter>> waiters_;  // in arrival order
+  struct Commit {
+    uint64_t number;
+    std::vector<int> shards;
+  };
+  uint64_t next_commit_ = 1;
+  std::set<uint64_t> committing_;  // commit phases in progress
+  std::deque<Commit> commits_;     // the last kCommitLog, in number order
 };
 
 }  // namespace pgshard::txn

@@ -1,10 +1,12 @@
 // The visibility gate (txn::VisibilityGate): readers and commit phases on overlapping shards
 // exclude each other, disjoint ones do not, waiters are served in arrival order, and a wait
 // is bounded.
+#include "proxy/txn/visibility_gate.hpp"
+
 #include <catch2/catch.hpp>
 #include <optional>
 
-#include "proxy/txn/visibility_gate.hpp"
+#include "proxy/txn/snapshots.hpp"
 
 using namespace pgshard;
 using Gate = txn::VisibilityGate;
@@ -124,4 +126,72 @@ TEST_CASE("visibility gate: a hold moved or destroyed releases once", "[gate]") 
   REQUIRE(commit);
   commit->hold.release();
   commit->hold.release();  // a second release does nothing
+}
+
+TEST_CASE("visibility gate: commit phases are numbered, and asked for by shards and numbers",
+          "[gate]") {
+  asio::io_context ctx;
+  Gate gate;
+  CHECK(gate.first_unfinished() == 1);
+  CHECK(gate.last_begun() == 0);
+  std::optional<Gate::Entered> ab, bc;
+  start(ctx, gate, Mode::kCommit, {0, 1}, ab);
+  pump(ctx);
+  REQUIRE(ab);
+  start(ctx, gate, Mode::kCommit, {1, 2}, bc);
+  pump(ctx);
+  REQUIRE(bc);
+  CHECK(gate.first_unfinished() == 1);  // commit 1 is still in progress
+  CHECK(gate.last_begun() == 2);
+  ab->hold.release();
+  CHECK(gate.first_unfinished() == 2);
+  bc->hold.release();
+  CHECK(gate.first_unfinished() == 3);
+  CHECK(gate.commits_between(1, 2, 0, 1));
+  CHECK(gate.commits_between(1, 2, 2, 1));
+  CHECK_FALSE(gate.commits_between(1, 2, 0, 2));  // no commit touched both
+  CHECK_FALSE(gate.commits_between(2, 2, 0, 1));  // commit 1 is outside [2, 2]
+  CHECK_FALSE(gate.commits_between(3, 9, 0, 1));  // none since
+  CHECK_FALSE(gate.commits_between(2, 1, 1, 2));  // an empty range
+}
+
+TEST_CASE("snapshots: a commit on two shards between their snapshots is found once", "[gate]") {
+  // Commits (number: shards): 5: {0, 1}. The transaction read shard 0 with snapshot window
+  // [from 5, to 5], then shard 1 later ([9, 9]): commit 5 may be invisible on 0 (it had not
+  // finished when 0's statement went out) and is visible on 1.
+  auto between = [](uint64_t from, uint64_t to, int a, int b) {
+    const bool both = (a == 0 && b == 1) || (a == 1 && b == 0);
+    return both && from <= 5 && 5 <= to;
+  };
+  txn::Snapshots s;
+  s.sending(0, 5);
+  CHECK(s.has(0));
+  CHECK_FALSE(s.has(1));
+  s.replied(5);
+  CHECK_FALSE(s.fractured(between));  // one shard: nothing to compare
+  s.sending(1, 9);
+  CHECK_FALSE(s.fractured(between));  // its replies are not in yet
+  s.replied(9);
+  auto pair = s.fractured(between);
+  REQUIRE(pair);
+  CHECK(pair->first == 0);
+  CHECK(pair->second == 1);
+  CHECK_FALSE(s.fractured(between));  // reported once
+
+  // Commit 5 had finished before shard 0's statement went out (from 6): visible on both.
+  txn::Snapshots later;
+  later.sending(0, 6);
+  later.replied(6);
+  later.sending(1, 9);
+  later.replied(9);
+  CHECK_FALSE(later.fractured(between));
+
+  // Both shards read by one multi-shard statement under the gate: taken together.
+  txn::Snapshots together;
+  together.sending(0, 5, 42);
+  together.sending(1, 5, 42);
+  together.replied(9);
+  CHECK_FALSE(together.fractured(between));
+  together.clear();
+  CHECK(together.empty());
 }
