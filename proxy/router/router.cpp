@@ -643,8 +643,11 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   };
   std::string keys_text;
   int undecodable = 0;  // the parameter number of a key we could not read
+  // Each key's text, literal or a Bind parameter's value, in row order (a split INSERT).
+  std::vector<std::string> key_texts;
   for (const auto& k : keys) {
     if (k.kind == KeyValue::Kind::kLiteral) {
+      key_texts.push_back(k.literal);
       add(k.literal);
       if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + k.literal;
     } else if (!ctx.bind) {
@@ -653,6 +656,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
       unknown = true;  // key = NULL matches no row
     } else if (k.kind == KeyValue::Kind::kParam) {
       if (auto v = param_text(*ctx.bind, k.param, table.type, declared_type(ctx, k.param))) {
+        key_texts.push_back(*v);
         add(*v);
         if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + *v;
       } else {
@@ -724,11 +728,10 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   }
   if (a->insert) {
     // Rows for several shards: one INSERT per shard, built by the deparser.
+    // Every row's key known: a literal, or a parameter whose value this Bind carries (the
+    // parts are built again for each Bind).
     std::optional<std::vector<std::pair<int, std::string>>> parts;
-    bool literal_rows = std::none_of(keys.begin(), keys.end(), [](const KeyValue& k) {
-      return k.kind != KeyValue::Kind::kLiteral;
-    });
-    if (literal_rows && row_shard.size() == keys.size() &&
+    if (key_texts.size() == keys.size() && row_shard.size() == keys.size() &&
         std::find(row_shard.begin(), row_shard.end(), -1) == row_shard.end())
       parts = split_insert(sql, row_shard);
     if (!parts) {
@@ -739,7 +742,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     }
     r.per_shard_sql = std::move(*parts);
     r.insert_row_shards.assign(row_shard.begin(), row_shard.end());
-    for (const auto& k : keys) r.insert_row_keys.push_back(key_identity(table.type, k.literal));
+    for (const auto& k : key_texts) r.insert_row_keys.push_back(key_identity(table.type, k));
     r.insert_key_column = table.column;
     r.insert_key_type = table.type;
     if (ctx.reasons) r.reason += ": split into one INSERT per shard";

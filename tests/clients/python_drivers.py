@@ -101,6 +101,23 @@ def psycopg3_suite():
             pass
         check(conn.execute("select count(*) from users where id = %s", (1199,)).fetchone()[0] == 0,
               "psycopg3: rolled back")
+    # One INSERT of several rows with their values as parameters, rows for several shards:
+    # split per shard, each part with its own parameters (README), prepared or not. The same
+    # statement runs twice with other keys: prepared once, its parts are built per Bind.
+    for threshold, base in ((0, 1201), (5, 1211)):
+        with psycopg.connect(DSN, autocommit=True, prepare_threshold=threshold) as conn:
+            for again in (0, 100):
+                rows = [(base + again + i, f"multi-{base + i}") for i in range(6)]
+                ids = [r[0] for r in rows]
+                conn.execute("delete from users where id = any(%s)", (ids,))
+                cur = conn.execute("insert into users (id, name) values "
+                                   + ", ".join(["(%s, %s)"] * len(rows)) + " returning id",
+                                   [v for r in rows for v in r])
+                check([r[0] for r in cur.fetchall()] == ids,
+                      f"psycopg3: multi-row INSERT RETURNING (prepare_threshold={threshold})")
+                n = conn.execute("select count(*) from users where id = any(%s)",
+                                 (ids,)).fetchone()[0]
+                check(n == len(rows), f"psycopg3: multi-row INSERT kept {n} of {len(rows)} rows")
 
 
 async def asyncpg_suite():
