@@ -2,10 +2,10 @@
 # Installs what is missing, builds, and runs every test tier with CTest:
 # - the Release build: integration, real drivers, PostgreSQL's regression suite through
 #   pgshard, containers, deploy, libFuzzer targets;
-# - the ASan+UBSan build: unit and integration (which holds the session fuzzer), the tiers
-#   where the sanitizers find something; the client suites, pg_regress and the deploy tiers
-#   exercise the same code paths as the integration tier, at several times its cost under
-#   the sanitizers. The unit tests run there only (linking them against the Release build's
+# - the ASan+UBSan build: unit, and integration (which holds the session fuzzer) run against
+#   its pgshard, the tiers where the sanitizers find something; the client suites,
+#   pg_regress and the deploy tiers exercise the same code paths as the integration tier,
+#   at several times its cost under the sanitizers. The unit tests run there only (linking them against the Release build's
 #   link-time optimized code compiles pgshard again).
 # While the Release tests run (mostly waiting on PostgreSQL and on the network), the
 # sanitizer build and the libFuzzer targets are compiled beside them at the lowest CPU
@@ -34,9 +34,13 @@ if [ "${PGSHARD_SKIP_SANITIZE:-0}" != 1 ]; then
   mkdir -p "$ROOT/build"
   log="$ROOT/build/background-builds.log"
   echo "==== Sanitize build and libFuzzer targets, in the background (log: $log) ===="
+  # The sanitizer build makes pgshard and the unit tests; the integration tier runs the
+  # Release build's test driver against its pgshard (PGSHARD_TEST_BINARY): sanitizing the
+  # driver finds nothing in pgshard and took a third of the build.
   (
     PGSHARD_FUZZ_BUILD_ONLY=1 nice -n 19 "$ROOT/tests/fuzz/run.sh" || true  # the tier reports
-    nice -n 19 "$ROOT/deploy/build.sh" Sanitize
+    PGSHARD_CMAKE_ARGS=-DPGSHARD_TESTS=ON nice -n 19 "$ROOT/deploy/build.sh" Sanitize pgshard
+    nice -n 19 "$ROOT/deploy/build.sh" Sanitize unit_tests
   ) >"$log" 2>&1 &
   background=$!
 fi
@@ -52,7 +56,9 @@ if [ -n "$background" ]; then
     exit 1
   fi
   sanitize=$(tail -1 "$log")
-  echo "==== Sanitize tests ===="
-  run_ctest "$sanitize" -R '^(unit|integration):' || status=1
+  echo "==== Sanitize tests: unit ===="
+  run_ctest "$sanitize" -R '^unit:' || status=1
+  echo "==== Sanitize tests: integration, against the sanitizer build's pgshard ===="
+  PGSHARD_TEST_BINARY="$sanitize/pgshard" run_ctest "$release" -R '^integration:' || status=1
 fi
 exit $status

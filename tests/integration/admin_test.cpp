@@ -476,7 +476,7 @@ TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[
   on(1, "create table live_check (id integer, name text)");
   // s2: no table at all
   std::string out;
-  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
   INFO(out);
   CHECK(out.find("shard s1 (postgres://app@127.0.0.1:" + std::to_string(cluster.port(1)) +
                  "/app): sharded table live_check key column id is integer, the map says bigint") !=
@@ -489,7 +489,7 @@ TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[
 
   on(1, "alter table live_check alter column id type bigint");
   on(2, "create table live_check (id bigint, name text)");
-  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
   CHECK(out.find("OK: 3 shards answer") != std::string::npos);
   for (int i = 0; i < cluster.size(); ++i) {
     on(i, "drop table live_check");
@@ -520,7 +520,7 @@ TEST_CASE("pgshard check --live finds sequences of sharded tables whose shard co
   }
   std::string out;
   // Copies that can collide (writes bypassing pgshard): a NOTE with the fix, not a failure.
-  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
   INFO(out);
   CHECK(out.find("NOTE sharded table column seq_check.id") != std::string::npos);
   CHECK(out.find("on s1: ALTER SEQUENCE public.seq_check_id_seq INCREMENT BY 100 START WITH") !=
@@ -528,7 +528,7 @@ TEST_CASE("pgshard check --live finds sequences of sharded tables whose shard co
   // Rows written on s1 directly moved its copy past s0's: values already overlap.
   on(0, "insert into seq_check (customer_id) select 1 from generate_series(1, 3)");
   on(1, "insert into seq_check (customer_id) select 2 from generate_series(1, 10)");
-  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
   CHECK(out.find("ERROR sharded table column seq_check.id: values already overlap") !=
         std::string::npos);
   CHECK(out.find("s1's public.seq_check_id_seq is at 10") != std::string::npos);
@@ -538,7 +538,7 @@ TEST_CASE("pgshard check --live finds sequences of sharded tables whose shard co
   for (int i = 0; i < cluster.size(); ++i)
     on(i, "alter sequence seq_check_id_seq increment by 100 start with " + std::to_string(100 + i) +
               " restart with " + std::to_string(100 + i));
-  CHECK(run(std::string(PGSHARD_BINARY) + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
   CHECK(out.find("seq_check") == std::string::npos);
   for (int i = 0; i < cluster.size(); ++i) on(i, "drop table seq_check");
 }

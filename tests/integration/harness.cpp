@@ -30,6 +30,11 @@
 
 namespace harness {
 
+std::string pgshard_binary() {
+  const char* other = std::getenv("PGSHARD_TEST_BINARY");
+  return other && *other ? other : PGSHARD_BINARY;
+}
+
 namespace {
 std::mutex g_mu;
 std::set<Proxy*> g_proxies;
@@ -191,10 +196,8 @@ Proxy::Proxy(ProxyOptions o) {
     std::ofstream f(dir_ + "/pgshard.yaml");
     f << y.str();
   }
-  // PGSHARD_TEST_BINARY runs the cases against another pgshard (an older build, to see a
-  // regression test fail before its fix).
-  const char* binary = std::getenv("PGSHARD_TEST_BINARY");
-  if (!binary || !*binary) binary = PGSHARD_BINARY;
+  const std::string path = pgshard_binary();
+  const char* binary = path.c_str();
   pid_ = fork();
   if (pid_ == 0) {
     int fd = open((dir_ + "/pgshard.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);

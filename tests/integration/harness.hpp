@@ -49,6 +49,11 @@ struct ProxyOptions {
 };
 
 // A pgshard process on a free port, stopped (SIGTERM) when destroyed.
+// The pgshard the cases run: PGSHARD_TEST_BINARY when set (the sanitizer build's, by
+// ./tests/run.sh; an older build, to see a regression test fail before its fix), else the
+// one built with the tests.
+std::string pgshard_binary();
+
 class Proxy {
  public:
   explicit Proxy(ProxyOptions opts = {});
