@@ -26,9 +26,6 @@ run_ctest() {  # build-directory [ctest arguments]
 }
 
 status=0
-echo "==== Release build ===="
-release=$(PGSHARD_CMAKE_ARGS="-DPGSHARD_UNIT_TESTS=OFF" "$ROOT/deploy/build.sh" Release)
-
 background=
 if [ "${PGSHARD_SKIP_SANITIZE:-0}" != 1 ]; then
   mkdir -p "$ROOT/build"
@@ -36,14 +33,19 @@ if [ "${PGSHARD_SKIP_SANITIZE:-0}" != 1 ]; then
   echo "==== Sanitize build and libFuzzer targets, in the background (log: $log) ===="
   # The sanitizer build makes pgshard and the unit tests; the integration tier runs the
   # Release build's test driver against its pgshard (PGSHARD_TEST_BINARY): sanitizing the
-  # driver finds nothing in pgshard and took a third of the build.
+  # driver finds nothing in pgshard and took a third of the build. It starts now, beside the
+  # Release build, and is what the run waits for last; the libFuzzer targets follow (their
+  # tier comes last in the Release pass, and waits for them).
   (
-    PGSHARD_FUZZ_BUILD_ONLY=1 nice -n 19 "$ROOT/tests/fuzz/run.sh" || true  # the tier reports
     PGSHARD_CMAKE_ARGS=-DPGSHARD_TESTS=ON nice -n 19 "$ROOT/deploy/build.sh" Sanitize pgshard
     nice -n 19 "$ROOT/deploy/build.sh" Sanitize unit_tests
+    PGSHARD_FUZZ_BUILD_ONLY=1 nice -n 19 "$ROOT/tests/fuzz/run.sh" >&2 || true  # the tier reports
   ) >"$log" 2>&1 &
   background=$!
 fi
+
+echo "==== Release build ===="
+release=$(PGSHARD_CMAKE_ARGS="-DPGSHARD_UNIT_TESTS=OFF" "$ROOT/deploy/build.sh" Release)
 
 echo "==== Release tests ===="
 run_ctest "$release" || status=1
@@ -55,7 +57,7 @@ if [ -n "$background" ]; then
     echo "the sanitizer build failed"
     exit 1
   fi
-  sanitize=$(tail -1 "$log")
+  sanitize="$ROOT/build/sanitize"
   echo "==== Sanitize tests: unit ===="
   run_ctest "$sanitize" -R '^unit:' || status=1
   echo "==== Sanitize tests: integration, against the sanitizer build's pgshard ===="
