@@ -263,7 +263,8 @@ awaitable<void> FanOut::run() {
     const uint64_t together = gate.hold.held() ? statements.fetch_add(1) : 0;
     const uint64_t from = visibility.first_unfinished();
     for (const auto& leg : legs_)
-      if (!leg.failed) c_.transaction().snapshots.sending(leg.shard, from, together);
+      if (!leg.failed)
+        c_.transaction().snapshots.sending(leg.shard, from, route_.takes_snapshot, together);
   }
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;

@@ -279,6 +279,16 @@ class Analyzer {
 
  private:
   Analysis several(const PgQuery__ParseResult* tree) {
+    Analysis a = several_body(tree);
+    a.takes_snapshot = false;
+    for (size_t i = 0; i < tree->n_stmts; ++i) {
+      const Node* st = tree->stmts[i]->stmt;
+      a.takes_snapshot = a.takes_snapshot || (st && takes_snapshot(st->node_case));
+    }
+    return a;
+  }
+
+  Analysis several_body(const PgQuery__ParseResult* tree) {
     Analysis merged;
     merged.target = Analysis::Target::kAnyShard;
     for (size_t i = 0; i < tree->n_stmts; ++i) {
@@ -318,6 +328,32 @@ class Analyzer {
   }
 
   Analysis one(const Node* stmt) {
+    Analysis a = body(stmt);
+    a.takes_snapshot = stmt && takes_snapshot(stmt->node_case);
+    return a;
+  }
+
+  // PlannedStmtRequiresSnapshot's list (PostgreSQL's pquery.c): utility statements that run
+  // without a snapshot. EXPLAIN and COPY (query) take one as their statement does.
+  static bool takes_snapshot(int kind) {
+    switch (kind) {
+      case PG_QUERY__NODE__NODE_TRANSACTION_STMT:
+      case PG_QUERY__NODE__NODE_LOCK_STMT:
+      case PG_QUERY__NODE__NODE_VARIABLE_SET_STMT:
+      case PG_QUERY__NODE__NODE_VARIABLE_SHOW_STMT:
+      case PG_QUERY__NODE__NODE_CONSTRAINTS_SET_STMT:
+      case PG_QUERY__NODE__NODE_FETCH_STMT:
+      case PG_QUERY__NODE__NODE_LISTEN_STMT:
+      case PG_QUERY__NODE__NODE_NOTIFY_STMT:
+      case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
+      case PG_QUERY__NODE__NODE_CHECK_POINT_STMT:
+        return false;
+      default:
+        return true;
+    }
+  }
+
+  Analysis body(const Node* stmt) {
     Analysis a;
     if (!stmt) return a;
     if (stmt->node_case == PG_QUERY__NODE__NODE_EXPLAIN_STMT && stmt->explain_stmt->query) {

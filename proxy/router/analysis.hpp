@@ -74,6 +74,10 @@ struct Analysis {
   Target target = Target::kAnyShard;
   bool write = false;
   bool ddl = false;
+  // PostgreSQL takes a snapshot for it (everything but SET, SHOW, LOCK, LISTEN, NOTIFY,
+  // UNLISTEN, FETCH, SET CONSTRAINTS, CHECKPOINT and transaction control); for several
+  // statements, one of them does. False when not known.
+  bool takes_snapshot = false;
   int table = -1;                   // the sharded table whose key type applies
   std::vector<KeyValue> keys;       // kKeys: rows live on the union of these keys' shards
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value

@@ -469,6 +469,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   }
   r.write = a->write || a->ddl;
   r.ddl = a->ddl;
+  r.takes_snapshot = a->takes_snapshot;
   r.replicated = a->replicated;
   r.copy_out_header = a->copy_out_header;
   r.transaction_modes = a->transaction_modes;

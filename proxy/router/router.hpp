@@ -94,6 +94,7 @@ struct Route {
   config::KeyType insert_key_type = config::KeyType::kInt8;
   bool write = false;
   bool ddl = false;                    // runs on every shard in order, not atomically
+  bool takes_snapshot = false;         // see Analysis::takes_snapshot
   bool replicated = false;             // every shard holds a copy: one shard's reply stands
   bool concat_safe = true;             // see Analysis::concat_safe
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement

@@ -1224,6 +1224,7 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
 
 void Session::adopt(const router::Route& route) {
   hints_ = route.hints;
+  takes_snapshot_ = route.takes_snapshot;
   if (route.ddl) router::ColumnCache::schema_changed();  // key positions are read again
   temp_tables_.insert(route.temp_tables.begin(), route.temp_tables.end());
   if (route.drops)
@@ -1429,9 +1430,10 @@ bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
 
 void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
   auto& replies = link.lease->replies;
-  // The transaction's first statement on this shard takes its snapshot there.
-  if (txn_.state() != txn::State::kIdle && !txn_.snapshots.has(link.shard))
-    txn_.snapshots.sending(link.shard, worker_.shared().visibility.first_unfinished());
+  // Where the transaction's snapshot on this shard is taken (txn::Snapshots).
+  if (txn_.state() != txn::State::kIdle)
+    txn_.snapshots.sending(link.shard, worker_.shared().visibility.first_unfinished(),
+                           takes_snapshot_);
   using Owner = pool::Replies::Owner;
   if (joins_transaction) {
     // A new participant opens the transaction the way the client did.

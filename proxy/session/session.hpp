@@ -345,6 +345,7 @@ class Session : public std::enable_shared_from_this<Session>,
     bool hold = false;  // WITH HOLD: outlives its transaction
   };
   std::map<std::string, Cursor> cursors_;       // SQL cursors by name (follow_cursors)
+  bool takes_snapshot_ = false;  // the routed request takes a snapshot (Route::takes_snapshot)
   std::set<std::string> function_settings_;     // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;

@@ -24,31 +24,31 @@ class Snapshots {
 
   bool empty() const { return marks_.empty(); }
   bool has(int shard) const;
-  // The transaction's first statement on `shard` goes out now; `first_unfinished` is the
-  // gate's VisibilityGate::first_unfinished() (the snapshot sees every commit before it).
-  // Shards of one multi-shard read under the gate take their snapshots together: they share
-  // a `together` number and are not compared (0: alone).
-  void sending(int shard, uint64_t first_unfinished, uint64_t together = 0);
-  // The replies to the request are in: each snapshot still open was taken before
-  // `last_begun` (VisibilityGate::last_begun()).
+  // A statement of the transaction goes out to `shard` now; `first_unfinished` is the
+  // gate's VisibilityGate::first_unfinished() (a snapshot taken later sees every commit
+  // before it). The shard's snapshot is taken by its first statement that takes one
+  // (`takes_snapshot`: not SET, SHOW, LOCK, LISTEN...; false when not known): until that
+  // statement's replies are in, the shard's window stays open and grows. Shards of one
+  // multi-shard read under the gate take their snapshots together: they share a `together`
+  // number and are not compared (0: alone).
+  void sending(int shard, uint64_t first_unfinished, bool takes_snapshot, uint64_t together = 0);
+  // The replies to the request are in: each open window ends before `last_begun`
+  // (VisibilityGate::last_begun()).
   void replied(uint64_t last_begun);
-  // Two shards whose snapshots a commit on both may lie between (earlier, later), once:
-  // later calls look only at snapshots taken since.
-  std::optional<std::pair<int, int>> fractured(const Between& between);
-  void clear() {
-    marks_.clear();
-    checked_ = 0;
-  }
+  // Two shards whose snapshots a commit on both may lie between (in either order).
+  std::optional<std::pair<int, int>> fractured(const Between& between) const;
+  void clear() { marks_.clear(); }
 
  private:
   struct Mark {
     int shard;
-    uint64_t from;    // first_unfinished when its statement went out
-    uint64_t to = 0;  // last_begun when its replies were in (0: not yet)
-    uint64_t together;
+    uint64_t from;    // first_unfinished when its first statement went out
+    uint64_t to = 0;  // last_begun when replies were last in (0: not yet)
+    uint64_t together = 0;
+    bool taken = false;   // its snapshot is taken: the window is closed
+    bool taking = false;  // a statement that takes it is out
   };
   std::vector<Mark> marks_;  // in the order the shards joined
-  std::size_t checked_ = 0;  // marks_[0, checked_) were compared with each other
 };
 
 }  // namespace pgshard::txn

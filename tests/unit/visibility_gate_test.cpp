@@ -155,7 +155,7 @@ TEST_CASE("visibility gate: commit phases are numbered, and asked for by shards 
   CHECK_FALSE(gate.commits_between(2, 1, 1, 2));  // an empty range
 }
 
-TEST_CASE("snapshots: a commit on two shards between their snapshots is found once", "[gate]") {
+TEST_CASE("snapshots: a commit on two shards between their snapshots is found", "[gate]") {
   // Commits (number: shards): 5: {0, 1}. The transaction read shard 0 with snapshot window
   // [from 5, to 5], then shard 1 later ([9, 9]): commit 5 may be invisible on 0 (it had not
   // finished when 0's statement went out) and is visible on 1.
@@ -164,32 +164,46 @@ TEST_CASE("snapshots: a commit on two shards between their snapshots is found on
     return both && from <= 5 && 5 <= to;
   };
   txn::Snapshots s;
-  s.sending(0, 5);
+  s.sending(0, 5, true);
   CHECK(s.has(0));
   CHECK_FALSE(s.has(1));
   s.replied(5);
   CHECK_FALSE(s.fractured(between));  // one shard: nothing to compare
-  s.sending(1, 9);
+  s.sending(1, 9, true);
   CHECK_FALSE(s.fractured(between));  // its replies are not in yet
   s.replied(9);
   auto pair = s.fractured(between);
   REQUIRE(pair);
   CHECK(pair->first == 0);
   CHECK(pair->second == 1);
-  CHECK_FALSE(s.fractured(between));  // reported once
 
   // Commit 5 had finished before shard 0's statement went out (from 6): visible on both.
   txn::Snapshots later;
-  later.sending(0, 6);
+  later.sending(0, 6, true);
   later.replied(6);
-  later.sending(1, 9);
+  later.sending(1, 9, true);
   later.replied(9);
   CHECK_FALSE(later.fractured(between));
 
+  // The first statement on shard 1 took no snapshot (SHOW, SET TRANSACTION): shard 1's
+  // window stays open until one that does, read after commit 5 on shard 0 was skipped.
+  txn::Snapshots show_first;
+  show_first.sending(1, 2, false);  // SHOW on shard 1
+  show_first.replied(2);
+  show_first.sending(0, 3, true);  // SELECT on shard 0: [3, 4], before commit 5
+  show_first.replied(4);
+  CHECK_FALSE(show_first.fractured(between));
+  show_first.sending(1, 6, true);  // SELECT on shard 1: its snapshot, after commit 5
+  show_first.replied(6);
+  CHECK(show_first.fractured(between));
+  show_first.sending(1, 7, true);  // later statements change nothing
+  show_first.replied(7);
+  CHECK(show_first.fractured(between));
+
   // Both shards read by one multi-shard statement under the gate: taken together.
   txn::Snapshots together;
-  together.sending(0, 5, 42);
-  together.sending(1, 5, 42);
+  together.sending(0, 5, true, 42);
+  together.sending(1, 5, true, 42);
   together.replied(9);
   CHECK_FALSE(together.fractured(between));
   together.clear();
