@@ -892,6 +892,11 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
   // rest up to the Sync is skipped.
   auto link = backends_.active;
   auto& conn = *link->lease;
+  // The server is closed, never pooled: its implicit transaction holds the first part until
+  // a Sync that will not come (with the batch no longer open, its relay would otherwise
+  // hand it back as idle once the replies below are in, and the next client's statements
+  // would commit the first part; found from outside).
+  conn.broken = true;
   open_extended_ = false;
   // A Parse of an empty statement, hidden: once its reply is in, so is every earlier one.
   std::string probe;
@@ -909,7 +914,6 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
       co_await timer.async_wait(use_nothrow);
     }
   }
-  if (!link->done) conn.broken = true;
   release(link);
   spdlog::info("{}: pipeline moved to another shard mid-batch: failed", prefix());
   std::string out;

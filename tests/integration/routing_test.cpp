@@ -1009,6 +1009,55 @@ TEST_CASE("a pipeline over several shards answers as one PostgreSQL: one transac
   while (shard_of(other) == shard_of(a)) ++other;
   CHECK(parts(a, other).starts_with("E Z"));
   {
+    // The second part ends in Flush too, the Sync comes later, the client goes on (found
+    // from outside: the first part's server went back to the pool with its implicit
+    // transaction open, and the next statements there committed the first part).
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    long long first = 1351, second = 1352;
+    while (shard_of(second) == shard_of(first)) ++second;
+    std::string part;
+    wire::Parse{"", "insert into users (id, name) values ($1, 'f')", {}}.write(part);
+    wire::Bind{"", "", {}, {std::to_string(first)}, {}}.write(part);
+    wire::Execute{"", 0}.write(part);
+    wire::write_empty(part, wire::msg::kFlush);
+    raw.send(part);
+    std::string types;
+    for (int i = 0; i < 3; ++i) {
+      auto m = raw.next();
+      REQUIRE(m);
+      types += m->first;
+    }
+    CHECK(types == "12C");
+    part.clear();
+    wire::Bind{"", "", {}, {std::to_string(second)}, {}}.write(part);
+    wire::Execute{"", 0}.write(part);
+    wire::write_empty(part, wire::msg::kFlush);
+    raw.send(part);
+    auto e = raw.next();
+    REQUIRE(e);
+    CHECK(e->first == 'E');
+    part.clear();
+    wire::write_empty(part, wire::msg::kSync);
+    raw.send(part);
+    CHECK(raw.until_ready() == "Z");
+    // The same client and others go on: every pooled server of the first shard runs them.
+    for (int i = 0; i < 12; ++i) {
+      std::string q;
+      wire::Query{"select count(*) from users where id = " + std::to_string(first)}.write(q);
+      raw.send(q);
+      std::vector<std::pair<char, std::string>> all;
+      CHECK(raw.until_ready(&all) == "T D C Z");
+      CHECK(scalar(c.get(), "select count(*) from users where id = " + std::to_string(first)) ==
+            "0");
+    }
+    auto d = connect(cluster.direct(shard_of(first)));
+    CHECK(scalar(d.get(), "select count(*) from users where id = " + std::to_string(first)) == "0");
+    CHECK(scalar(d.get(),
+                 "select count(*) from pg_stat_activity where usename = 'app' and "
+                 "backend_xid is not null") == "0");
+  }
+  {
     // The first part failed (its server skips to the Sync, answering nothing): the later part
     // for another shard still gets its answer at once, and the session stays usable (before:
     // the session waited forever holding its server).
