@@ -138,6 +138,12 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
         case Aggregate::Kind::kSum:
           if (!is_integer(t) && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
             return bad("sum() over " + type_name(t) + " across shards is not supported");
+          // PostgreSQL adds real values in single precision, rounding after each row: the
+          // shards' rounded parts added again give another total.
+          if (t == oid::kFloat4)
+            return bad(
+                "sum() over real across shards is not exact (cast the argument to "
+                "double precision: sum(x::float8))");
           if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the total
           break;
         case Aggregate::Kind::kAvg:
@@ -499,7 +505,7 @@ void Merger::accumulate(Group& g, const std::vector<proto::Value>& values) {
           int64_t total = 0;
           // sum(int2/int4) and avg's sum are bigint in PostgreSQL too.
           if (__builtin_add_overflow(acc.int_sum.value_or(0), *n, &total))
-            return fail("bigint out of range");
+            return fail("bigint out of range", "22003");
           acc.int_sum = total;
         } else if (col.type == oid::kNumeric) {
           auto d = decode_numeric(col.format, *v);
@@ -547,7 +553,8 @@ std::optional<std::string> Merger::encode_integer(int32_t type, int64_t v, int16
   if (v < lo || v > hi) {
     const_cast<Merger*>(this)->fail(type == oid::kInt2   ? "smallint out of range"
                                     : type == oid::kInt4 ? "integer out of range"
-                                                         : "bigint out of range");
+                                                         : "bigint out of range",
+                                    "22003");
     return std::nullopt;
   }
   std::string wide = encode_int8(v, format);
@@ -611,7 +618,9 @@ std::optional<std::string> Merger::cast_total(const Aggregate& a, const Acc& acc
       d = *parsed;
     }
     if (a.scale >= 0) {
-      auto rounded = d.round(a.precision, a.scale);
+      // numeric(p,s) holds no infinity (numeric_overflow on an infinite value).
+      const std::string text = d.to_text();
+      auto rounded = text.ends_with("Infinity") ? std::nullopt : d.round(a.precision, a.scale);
       if (!rounded) {
         fail("numeric field overflow", "22003");
         return std::nullopt;

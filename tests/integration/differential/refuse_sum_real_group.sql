@@ -1,0 +1,2 @@
+-- error: 0A000
+select status, sum(qty::real) from orders group by status order by status
