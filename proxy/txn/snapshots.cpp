@@ -14,7 +14,7 @@ void Snapshots::sending(int shard, uint64_t first_unfinished, bool takes_snapsho
   auto it =
       std::find_if(marks_.begin(), marks_.end(), [&](const Mark& m) { return m.shard == shard; });
   if (it == marks_.end()) {
-    marks_.push_back({shard, first_unfinished, 0, together, false, takes_snapshot});
+    marks_.push_back({shard, first_unfinished, 0, false, together, false, takes_snapshot});
     return;
   }
   if (!it->taken && takes_snapshot) it->taking = true;
@@ -24,6 +24,7 @@ void Snapshots::replied(uint64_t last_begun) {
   for (auto& m : marks_) {
     if (m.taken) continue;
     m.to = last_begun;
+    m.replied = true;
     m.taken = m.taking;
   }
 }
@@ -36,7 +37,7 @@ std::optional<std::pair<int, int>> Snapshots::fractured(const Between& between) 
     for (std::size_t i = 0; i < j; ++i) {
       const auto& a = marks_[i];
       const auto& b = marks_[j];
-      if (a.to == 0 || b.to == 0 || (a.together != 0 && a.together == b.together)) continue;
+      if (!a.replied || !b.replied || (a.together != 0 && a.together == b.together)) continue;
       if (between(a.from, b.to, a.shard, b.shard) || between(b.from, a.to, a.shard, b.shard))
         return std::make_pair(a.shard, b.shard);
     }

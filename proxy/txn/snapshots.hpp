@@ -43,7 +43,8 @@ class Snapshots {
   struct Mark {
     int shard;
     uint64_t from;    // first_unfinished when its first statement went out
-    uint64_t to = 0;  // last_begun when replies were last in (0: not yet)
+    uint64_t to = 0;  // last_begun when replies were last in
+    bool replied = false;  // `to` is set (0 is a commit number: none begun yet)
     uint64_t together = 0;
     bool taken = false;   // its snapshot is taken: the window is closed
     bool taking = false;  // a statement that takes it is out

@@ -57,6 +57,8 @@ void Transaction::on(Event e) {
     began_ = std::chrono::steady_clock::now();
   }
   if (state_ == State::kIdle) {
+    snapshots.clear();  // (also when the server's COMMIT ended it)
+    lost_code_.clear();
     deferred_.clear();
     savepoints_ = false;
     recoverable_ = false;

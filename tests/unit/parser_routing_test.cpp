@@ -244,15 +244,26 @@ TEST_CASE("multi-row INSERT across shards is split by the deparser", "[router][p
       if (sql.find(k) != std::string::npos) ++rows;
   }
   CHECK(rows == 4);
-  // With parameters the rows cannot be split by text: refused, never guessed.
+  // Keys as parameters: the Bind's values place the rows, each shard gets its rows (before:
+  // refused, although README said such an INSERT is split).
   protocol::Bind b;
   std::string one = "1", two = "2";
   b.params = {std::string_view(one), std::string_view(two)};
   Context ctx;
   ctx.bind = &b;
-  if (shard_of("1") != shard_of("2"))
-    CHECK(route_extended("insert into users (id, name) values ($1, 'a'), ($2, 'b')", h, *cfg, ctx)
-              .kind == RouteKind::kError);
+  if (shard_of("1") != shard_of("2")) {
+    auto r =
+        route_extended("insert into users (id, name) values ($1, 'a'), ($2, 'b')", h, *cfg, ctx);
+    CHECK(r.kind == RouteKind::kShard);
+    REQUIRE(r.per_shard_sql.size() == 2);
+    CHECK(r.insert_row_shards == std::vector<int>{shard_of("1"), shard_of("2")});
+    for (const auto& [shard, part] : r.per_shard_sql)
+      CHECK(part.find(shard == shard_of("1") ? "$1" : "$2") != std::string::npos);
+  }
+  // Without the Bind's values (a Parse described before any Bind) nothing is split.
+  Context no_bind;
+  CHECK(route_extended("insert into users (id, name) values ($1, 'a'), ($2, 'b')", h, *cfg, no_bind)
+            .per_shard_sql.empty());
 }
 
 TEST_CASE("UPDATE that keeps the key on its shard is allowed", "[router][parser]") {

@@ -200,6 +200,16 @@ TEST_CASE("snapshots: a commit on two shards between their snapshots is found", 
   show_first.replied(7);
   CHECK(show_first.fractured(between));
 
+  // No commit had begun when the first shard's replies came (last_begun 0): still a
+  // window, [1, 0] (before: 0 read as "no replies yet", the shard never compared).
+  auto first_commit = [](uint64_t from, uint64_t to, int, int) { return from <= 1 && 1 <= to; };
+  txn::Snapshots at_start;
+  at_start.sending(0, 1, true);
+  at_start.replied(0);
+  at_start.sending(1, 1, true);
+  at_start.replied(1);
+  CHECK(at_start.fractured(first_commit));
+
   // Both shards read by one multi-shard statement under the gate: taken together.
   txn::Snapshots together;
   together.sending(0, 5, true, 42);
