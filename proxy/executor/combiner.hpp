@@ -24,9 +24,9 @@ struct CombineOptions {
   const merge::Collation* collation = nullptr;
   std::optional<int64_t> limit, offset;  // the plan's bounds, parameters resolved
   int32_t max_rows = 0;                  // Execute's row limit (0: all)
-  bool replicated = false;  // a reference-table write: every shard returns the same rows
-  bool partial = false;     // a shard that fails is left out (its name in missing())
-  bool copy_header = false;              // COPY ... TO with HEADER: the stream gets one header line
+  bool replicated = false;   // a reference-table write: every shard returns the same rows
+  bool partial = false;      // a shard that fails is left out (its name in missing())
+  bool copy_header = false;  // COPY ... TO with HEADER: the stream gets one header line
   std::vector<std::string> shard_names;  // per leg, for messages
   // Per leg: its columns with other collations than the database's (null: none known).
   std::vector<const merge::ColumnCollations*> column_collations;

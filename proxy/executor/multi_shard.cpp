@@ -149,16 +149,14 @@ awaitable<int> CopyIn::key_index() {
   if (spec_.key_column >= 0) co_return spec_.key_column;
   int key = -1;
   int index = 0;
-  co_await leases_[0]->run_own("SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
-                                   quote_literal(spec_.table) +
-                                   ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-                               max_message_, [&](std::string_view body) {
-                                 auto row = proto::DataRow::parse(body);
-                                 if (row && !row->values.empty() &&
-                                     row->values[0] == table_->column)
-                                   key = index;
-                                 ++index;
-                               });
+  co_await leases_[0]->run_own(
+      "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(" +
+          quote_literal(spec_.table) + ") AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+      max_message_, [&](std::string_view body) {
+        auto row = proto::DataRow::parse(body);
+        if (row && !row->values.empty() && row->values[0] == table_->column) key = index;
+        ++index;
+      });
   co_return key;
 }
 

@@ -152,8 +152,9 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
           // PostgreSQL adds real values as double precision for avg(); the shards' sum()
           // of them is real, rounded on each shard: the quotient would differ.
           if (t == oid::kFloat4)
-            return bad("avg() over real across shards is not exact (cast the argument to "
-                       "double precision: avg(x::float8) is the value PostgreSQL computes)");
+            return bad(
+                "avg() over real across shards is not exact (cast the argument to "
+                "double precision: avg(x::float8) is the value PostgreSQL computes)");
           partial.type = (t == oid::kFloat4 || t == oid::kFloat8) ? oid::kFloat8 : oid::kNumeric;
           if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the average
           break;

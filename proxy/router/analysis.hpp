@@ -85,7 +85,7 @@ struct Analysis {
   // row's values in table column order (nullopt: neither a constant nor a parameter). The
   // router takes the key from the key column's position in the catalog.
   std::vector<std::vector<std::optional<KeyValue>>> positional;
-  bool insert = false;      // INSERT: each key is one VALUES row
+  bool insert = false;  // INSERT: each key is one VALUES row
   // INSERT ... (cols) VALUES: the columns as written and, for each, how many rows give
   // DEFAULT there (the router finds generated columns the rows leave to the database).
   std::vector<std::string> insert_columns;
@@ -135,7 +135,7 @@ struct Analysis {
   CursorOp cursor_op = CursorOp::kNone;
   std::string cursor;
   bool cursor_hold = false;  // DECLARE ... WITH HOLD: outlives its transaction
-  std::string error;  // kError (SQLSTATE 0A000)
+  std::string error;         // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
 };

@@ -112,7 +112,7 @@ struct Route {
   Analysis::CursorOp cursor_op = Analysis::CursorOp::kNone;
   std::string cursor;
   bool cursor_hold = false;
-  std::string reason;                       // why this shard, for logs and EXPLAIN
+  std::string reason;  // why this shard, for logs and EXPLAIN
   protocol::ErrorInfo error;
   std::string answer;
   // The hints in force after this statement (SET/RESET pgshard.* applied).
@@ -144,9 +144,9 @@ struct StatementMemo {
 };
 
 struct Context {
-  AnalysisCache* cache = nullptr;             // null: analyse without caching
-  StatementMemo* memo = nullptr;              // extended protocol: the session's memo
-  const protocol::Bind* bind = nullptr;       // extended protocol: the parameters
+  AnalysisCache* cache = nullptr;        // null: analyse without caching
+  StatementMemo* memo = nullptr;         // extended protocol: the session's memo
+  const protocol::Bind* bind = nullptr;  // extended protocol: the parameters
   // Extended protocol: the parameter types the statement's Parse declared (0: unspecified),
   // which say how a binary parameter reads ('-5' declared text is text, not an int16).
   const std::vector<int32_t>* param_types = nullptr;

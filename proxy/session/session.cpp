@@ -1524,8 +1524,8 @@ void Session::follow_cursors(router::Route& r) {
     // A name taken on another shard: that server would not see it. PostgreSQL's answer.
     if (auto it = cursors_.find(r.cursor); it != cursors_.end() && it->second.shard != r.shard) {
       r.kind = router::RouteKind::kError;
-      r.error = proto::error(sqlstate::kDuplicateCursor,
-                             "cursor \"" + r.cursor + "\" already exists");
+      r.error =
+          proto::error(sqlstate::kDuplicateCursor, "cursor \"" + r.cursor + "\" already exists");
       return;
     }
     if (r.shards.empty()) cursors_[r.cursor] = {r.shard, r.cursor_hold};

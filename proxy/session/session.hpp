@@ -344,9 +344,9 @@ class Session : public std::enable_shared_from_this<Session>,
     int shard = 0;
     bool hold = false;  // WITH HOLD: outlives its transaction
   };
-  std::map<std::string, Cursor> cursors_;       // SQL cursors by name (follow_cursors)
+  std::map<std::string, Cursor> cursors_;  // SQL cursors by name (follow_cursors)
   bool takes_snapshot_ = false;  // the routed request takes a snapshot (Route::takes_snapshot)
-  std::set<std::string> function_settings_;     // settings the client got from functions
+  std::set<std::string> function_settings_;  // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;
   uint64_t requests_ = 0;  // requests handled (the deadlock detector tells them apart)

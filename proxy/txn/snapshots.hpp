@@ -42,8 +42,8 @@ class Snapshots {
  private:
   struct Mark {
     int shard;
-    uint64_t from;    // first_unfinished when its first statement went out
-    uint64_t to = 0;  // last_begun when replies were last in
+    uint64_t from;         // first_unfinished when its first statement went out
+    uint64_t to = 0;       // last_begun when replies were last in
     bool replied = false;  // `to` is set (0 is a commit number: none begun yet)
     uint64_t together = 0;
     bool taken = false;   // its snapshot is taken: the window is closed
