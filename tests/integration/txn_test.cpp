@@ -90,6 +90,25 @@ std::string await_result(PGconn* c, std::chrono::milliseconds limit) {
   return code;
 }
 
+// Moves `amount` from account a to b in one transaction; the SQLSTATE of the first
+// statement that failed, "" when it committed.
+std::string transfer(PGconn* c, int a, int b, int amount) {
+  std::string code;
+  for (const std::string& sql :
+       {std::string("begin"),
+        "update accounts set balance = balance - " + std::to_string(amount) +
+            " where id = " + std::to_string(a),
+        "update accounts set balance = balance + " + std::to_string(amount) +
+            " where id = " + std::to_string(b),
+        std::string("commit")}) {
+    PGresult* r = PQexec(c, sql.c_str());
+    if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
+    PQclear(r);
+    if (!code.empty()) break;
+  }
+  return code;
+}
+
 }  // namespace
 
 TEST_CASE("a transaction across shards commits everywhere or nowhere", "[txn]") {
@@ -597,19 +616,7 @@ TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard 
       while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
       if (a > b) std::swap(a, b);  // ordered locking: no deadlocks to retry
       const int amount = static_cast<int>(rng() % 7) + 1;
-      std::string code;
-      for (const std::string& sql :
-           {std::string("begin"),
-            "update accounts set balance = balance - " + std::to_string(amount) +
-                " where id = " + std::to_string(a),
-            "update accounts set balance = balance + " + std::to_string(amount) +
-                " where id = " + std::to_string(b),
-            std::string("commit")}) {
-        PGresult* r = PQexec(c.get(), sql.c_str());
-        if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
-        PQclear(r);
-        if (!code.empty()) break;
-      }
+      const std::string code = transfer(c.get(), a, b, amount);
       if (code.empty()) {
         ++transfers;
       } else {
@@ -696,18 +703,10 @@ TEST_CASE("REPEATABLE READ read shard by shard: a total that existed, or 40001",
       do b = static_cast<int>(rng() % kAccounts) + 1;
       while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
       if (a > b) std::swap(a, b);
-      const std::string amount = std::to_string(rng() % 7 + 1);
-      PQclear(PQexec(c.get(), "begin"));
-      PQclear(PQexec(c.get(), ("update accounts set balance = balance - " + amount +
-                               " where id = " + std::to_string(a))
-                                  .c_str()));
-      PQclear(PQexec(c.get(), ("update accounts set balance = balance + " + amount +
-                               " where id = " + std::to_string(b))
-                                  .c_str()));
-      PGresult* r = PQexec(c.get(), "commit");
-      if (PQresultStatus(r) == PGRES_COMMAND_OK && std::string(PQcmdStatus(r)) == "COMMIT")
+      if (transfer(c.get(), a, b, static_cast<int>(rng() % 7) + 1).empty())
         ++transfers;
-      PQclear(r);
+      else
+        query(c.get(), "rollback");
     }
   };
   // `how`: BEGIN ISOLATION LEVEL REPEATABLE READ, or SERIALIZABLE as the session's default.
