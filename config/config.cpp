@@ -427,10 +427,13 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
     cfg->two_phase_commit = c.choice<bool>(root["two_phase_commit"], "two_phase_commit",
                                            {{"true", true}, {"false", false}})
                                 .value_or(true);
-  if (root["atomic_visibility"])
-    cfg->atomic_visibility = c.choice<bool>(root["atomic_visibility"], "atomic_visibility",
-                                            {{"true", true}, {"false", false}})
-                                 .value_or(true);
+  if (root["atomic_visibility"]) {
+    const int v = c.choice<int>(root["atomic_visibility"], "atomic_visibility",
+                                {{"true", 1}, {"false", 0}, {"cluster", 2}})
+                      .value_or(1);
+    cfg->atomic_visibility = v != 0;
+    cfg->visibility_cluster = v == 2;
+  }
   if (root["node_id"])
     cfg->node_id = c.integer<int>(root["node_id"], "node_id", 0, 1023).value_or(-1);
   if (root["two_phase_log"])

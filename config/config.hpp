@@ -151,6 +151,9 @@ struct Config {
   // A multi-shard read never sees part of a cross-shard commit (txn::VisibilityGate); false
   // turns the gate off (to measure what it costs).
   bool atomic_visibility = true;
+  // `atomic_visibility: cluster`: several instances serve the same shards, so the gate is
+  // also taken as a table lock on the first shard's postgres database (txn::ClusterGate).
+  bool visibility_cluster = false;
   std::string two_phase_log = "pgshard-2pc";
   std::size_t router_cache_size = 10000;
   // false: route by hints and settings only, everything else to the first shard (the

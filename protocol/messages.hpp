@@ -280,4 +280,9 @@ struct RowDescription {
   void write(std::string& out) const;
 };
 
+// SQL text pgshard writes for servers: a string literal ('it''s', standard_conforming_strings
+// on) and a quoted identifier ("a""b").
+std::string quote_literal(std::string_view v);
+std::string quote_ident(std::string_view v);
+
 }  // namespace pgshard::protocol

@@ -18,6 +18,7 @@
 #include "proxy/server/cancel.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/session/params.hpp"
+#include "proxy/txn/cluster_gate.hpp"
 
 namespace pgshard::executor {
 
@@ -103,7 +104,8 @@ class FanOut {
   awaitable<void> end_write();
   // A read over several shards whose snapshots must not split a cross-shard commit.
   bool gated_read() const;
-  awaitable<txn::VisibilityGate::Entered> enter_gate(txn::VisibilityGate::Mode mode);
+  // The visibility gate for the shards of the statement's live legs.
+  awaitable<txn::GateHold> enter_gate(txn::VisibilityGate::Mode mode);
   // Waits until every shard has begun executing the request (so has taken its snapshot):
   // its first reply that comes only after that is in the leg's buffer.
   awaitable<void> await_snapshots();
@@ -253,14 +255,14 @@ awaitable<void> FanOut::run() {
   // visible on them (txn::VisibilityGate); it holds the gate until each shard has begun
   // executing it. Taken before the collation look-ups below: in a REPEATABLE READ
   // transaction their catalog query fixes the shard's snapshot.
-  txn::VisibilityGate::Entered gate;
+  txn::GateHold gate;
   if (gated_read()) gate = co_await enter_gate(txn::VisibilityGate::Mode::kRead);
   auto& visibility = c_.worker().shared().visibility;
   if (in_txn_) {
     // Shards new to the transaction take their snapshots now (txn::Snapshots); under the
     // gate, together.
     static std::atomic<uint64_t> statements{1};
-    const uint64_t together = gate.hold.held() ? statements.fetch_add(1) : 0;
+    const uint64_t together = gate.held() ? statements.fetch_add(1) : 0;
     const uint64_t from = visibility.first_unfinished();
     for (const auto& leg : legs_)
       if (!leg.failed)
@@ -289,9 +291,9 @@ awaitable<void> FanOut::run() {
     }
   }
   co_await send();
-  if (gate.hold.held()) {
+  if (gate.held()) {
     co_await await_snapshots();
-    gate.hold.release();
+    co_await gate.release();
   }
   co_await read(collation);
   if (in_txn_) c_.transaction().snapshots.replied(visibility.last_begun());
@@ -586,18 +588,11 @@ bool FanOut::gated_read() const {
          live > 1;
 }
 
-awaitable<txn::VisibilityGate::Entered> FanOut::enter_gate(txn::VisibilityGate::Mode mode) {
+awaitable<txn::GateHold> FanOut::enter_gate(txn::VisibilityGate::Mode mode) {
   std::vector<int> shards;
   for (const auto& leg : legs_)
     if (!leg.failed) shards.push_back(leg.shard);
-  auto entered = co_await c_.worker().shared().visibility.enter(mode, std::move(shards),
-                                                                txn::VisibilityGate::kWaitLimit);
-  if (entered.forced)
-    spdlog::warn(
-        "{}: the visibility gate waited {} ms for {}; went ahead without it", c_.prefix(),
-        txn::VisibilityGate::kWaitLimit.count(),
-        mode == txn::VisibilityGate::Mode::kRead ? "a cross-shard commit" : "multi-shard reads");
-  co_return entered;
+  co_return co_await txn::enter_gate(c_, mode, std::move(shards));
 }
 
 awaitable<void> FanOut::await_snapshots() {
@@ -670,7 +665,7 @@ awaitable<void> FanOut::end_write() {
   if (!atomic_) co_return;
   const bool ok = !failure_ && !error_sent_ && missing_.empty();
   // Its COMMITs on several shards are one commit to readers (txn::VisibilityGate).
-  txn::VisibilityGate::Entered gate;
+  txn::GateHold gate;
   if (ok && legs_.size() > 1 && c_.config().atomic_visibility)
     gate = co_await enter_gate(txn::VisibilityGate::Mode::kCommit);
   const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
@@ -692,6 +687,7 @@ awaitable<void> FanOut::end_write() {
           {}, "the shards may now disagree; check and repair");
     }
   }
+  co_await gate.release();
 }
 
 }  // namespace

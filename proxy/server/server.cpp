@@ -2,6 +2,7 @@
 // connections they use live on the same worker, so the data path takes no locks.
 #include "proxy/server/server.hpp"
 
+#include <limits>
 #include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
@@ -128,6 +129,28 @@ pool::Pool& Worker::directory_pool(int table, const config::User& user) {
   auto p = std::make_unique<pool::Pool>(executor(), t, 2, config().timeouts.pool_wait,
                                         config().timeouts.connect);
   p->count_requests(config().admin.stats);
+  auto& ref = *p;
+  pools_.emplace(key, std::move(p));
+  return ref;
+}
+
+pool::Pool& Worker::gate_pool() {
+  const auto key = std::make_pair(std::numeric_limits<int>::min(), std::string());
+  if (auto it = pools_.find(key); it != pools_.end()) return *it->second;
+  const auto& shard = config().shards.front();
+  const auto login = txn::maintenance_login(config(), shard);
+  pool::BackendTarget t;
+  t.shard = -1;
+  t.shard_name = "visibility coordinator (shard " + shard.name + ")";
+  t.host = shard.primary.host;
+  t.port = shard.primary.port;
+  t.user = login.user;
+  t.password = login.password;
+  // Where every instance takes the lock, apart from the application's database.
+  t.database = "postgres";
+  auto p = std::make_unique<pool::Pool>(executor(), t, kGatePoolSize, config().timeouts.pool_wait,
+                                        config().timeouts.connect);
+  p->count_requests(false);
   auto& ref = *p;
   pools_.emplace(key, std::move(p));
   return ref;

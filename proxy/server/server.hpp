@@ -120,6 +120,10 @@ class Worker {
   void functions_checked(const std::vector<std::string>& names, SettingsCheck outcome);
   // Connections to the database holding sharded table `table`'s directory.
   pool::Pool& directory_pool(int table, const config::User& user);
+  // Connections to the coordinator of `atomic_visibility: cluster` (txn/cluster_gate.hpp):
+  // the first shard's server, its postgres database, logged in as for maintenance.
+  pool::Pool& gate_pool();
+  static constexpr int kGatePoolSize = 16;
   // Server parameters to announce to clients: from any pool that has logged in, else
   // learned by opening one connection (nullopt and an error message if no shard answers).
   awaitable<std::optional<std::map<std::string, std::string>>> server_params(

@@ -164,26 +164,6 @@ uint64_t fingerprint(const Params& p) {
   return h == 0 ? 1 : h;
 }
 
-std::string quote_literal(std::string_view v) {
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'') out.push_back('\'');
-    out.push_back(c);
-  }
-  out.push_back('\'');
-  return out;
-}
-
-std::string quote_ident(std::string_view v) {
-  std::string out = "\"";
-  for (char c : v) {
-    if (c == '"') out.push_back('"');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
-}
-
 std::string sync_statements(const Params& client, const Params& server) {
   std::string sql;
   for (const auto& [name, value] : client) {

@@ -8,6 +8,8 @@
 #include <string>
 #include <string_view>
 
+#include "protocol/messages.hpp"
+
 namespace pgshard::session {
 
 using Params = std::map<std::string, std::string>;
@@ -30,7 +32,7 @@ std::string sync_statements(const Params& client, const Params& server);
 // A hash of the whole set (never 0), to skip comparing sets that are known to be equal.
 uint64_t fingerprint(const Params& p);
 
-std::string quote_literal(std::string_view v);
-std::string quote_ident(std::string_view v);
+using protocol::quote_ident;
+using protocol::quote_literal;
 
 }  // namespace pgshard::session

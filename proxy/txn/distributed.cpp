@@ -9,6 +9,7 @@
 
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/txn/cluster_gate.hpp"
 #include "proxy/txn/decision_log.hpp"
 
 namespace pgshard::txn {
@@ -35,8 +36,9 @@ class Ending {
   awaitable<bool> prepare_all(const std::string& gid, std::vector<bool>& prepared);
   // The participants go back (or stay, in session pooling).
   void hand_back();
-  // The commit side of the visibility gate, for the participants' shards.
-  awaitable<VisibilityGate::Entered> enter_gate();
+  // The commit side of the visibility gate, for the participants' shards (none when the
+  // gate is off).
+  awaitable<GateHold> enter_gate();
   awaitable<void> answer(bool simple);
   const std::string& name(const Part& p) const {
     return c_.config().shards[static_cast<std::size_t>(p->shard)].name;
@@ -94,12 +96,14 @@ awaitable<void> Ending::commit_in_turn() {
     const bool ok = co_await c_.run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
     (ok ? committed : failed).push_back(name(p));
     if (!ok && committed.empty()) {
+      co_await gate.release();
       co_await rollback_all();
       error_ = proto::error(sqlstate::kConnectionFailure, "COMMIT failed on shard " + name(p) +
                                                               "; the transaction was rolled back");
       co_return;
     }
   }
+  co_await gate.release();
   if (failed.empty()) co_return;
   std::string f, c;
   for (auto& n : failed) f += (f.empty() ? "" : ", ") + n;
@@ -176,20 +180,15 @@ awaitable<void> Ending::commit_two_phase() {
                  c_.prefix(), part_gid(gid, p), name(p),
                  p->lease ? p->lease->replies.error : std::string("connection lost"));
   }
+  co_await gate.release();
   if (all) decisions.done(gid);
 }
 
-awaitable<VisibilityGate::Entered> Ending::enter_gate() {
-  if (!c_.config().atomic_visibility) co_return VisibilityGate::Entered{};
+awaitable<GateHold> Ending::enter_gate() {
+  if (!c_.config().atomic_visibility) co_return GateHold{};
   std::vector<int> shards;
   for (const auto& p : parts_) shards.push_back(p->shard);
-  auto entered = co_await c_.worker().shared().visibility.enter(
-      VisibilityGate::Mode::kCommit, std::move(shards), VisibilityGate::kWaitLimit);
-  if (entered.forced)
-    spdlog::warn(
-        "{}: the visibility gate waited {} ms for multi-shard reads; committing without it",
-        c_.prefix(), VisibilityGate::kWaitLimit.count());
-  co_return entered;
+  co_return co_await txn::enter_gate(c_, VisibilityGate::Mode::kCommit, std::move(shards));
 }
 
 void Ending::hand_back() {

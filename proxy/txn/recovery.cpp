@@ -25,21 +25,27 @@ std::string conninfo_value(const std::string& v) {
 
 }  // namespace
 
+MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard) {
+  const auto& u = shard.primary;
+  MaintenanceLogin m{u.user, u.password, {}};
+  for (const auto& cu : cfg.users)
+    if (m.user.empty() || (cu.name == m.user && m.password.empty()))
+      if (cu.plaintext) {
+        if (m.user.empty()) m.user = cu.name;
+        if (m.password.empty()) m.password = *cu.plaintext;
+        break;
+      }
+  m.database = u.database.empty() ? m.user : u.database;
+  return m;
+}
+
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name) {
   const auto& u = shard.primary;
-  std::string user = u.user, password = u.password;
-  for (const auto& cu : cfg.users)
-    if (user.empty() || (cu.name == user && password.empty()))
-      if (cu.plaintext) {
-        if (user.empty()) user = cu.name;
-        if (password.empty()) password = *cu.plaintext;
-        break;
-      }
-  std::string db = u.database.empty() ? user : u.database;
+  const auto m = maintenance_login(cfg, shard);
   return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
-         " user=" + conninfo_value(user) + " password=" + conninfo_value(password) +
-         " dbname=" + conninfo_value(db) + " connect_timeout=" +
+         " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +
+         " dbname=" + conninfo_value(m.database) + " connect_timeout=" +
          std::to_string(std::max<long long>(2, (cfg.timeouts.connect.count() + 999) / 1000)) +
          " application_name=" + conninfo_value(application_name);
 }

@@ -16,8 +16,13 @@ struct RecoveryResult {
   int errors = 0;  // shards that could not be reached or statements that failed
 };
 
-// How pgshard logs in to a shard for maintenance (libpq conninfo): the URL's credentials,
-// else the first user with a plaintext password.
+// How pgshard logs in to a shard for maintenance: the URL's credentials, else the first
+// user with a plaintext password; the URL's database, else the user's name.
+struct MaintenanceLogin {
+  std::string user, password, database;
+};
+MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard);
+// The same as a libpq conninfo.
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name);
 

@@ -582,51 +582,44 @@ TEST_CASE("a transaction moved between shards by SET LOCAL pgshard.shard commits
   }
 }
 
-TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard transfer",
-          "[visibility]") {
-  // Six clients move money between accounts on different shards (two-phase commit); four
-  // read the total over every shard, two in autocommit and two in REPEATABLE READ
-  // transactions (reading it twice). One PostgreSQL returns the constant total every time:
-  // so must pgshard. Before the visibility gate, about a quarter of the reads saw a total
-  // that never existed (one shard's COMMIT PREPARED seen, the other's not).
-  constexpr int kAccounts = 12, kWriters = 6, kReaders = 4;
-  const auto duration = std::chrono::seconds(20);
-  make_accounts(kAccounts, 500);
-  const long long total = total_balance();
-  std::vector<int> shard(kAccounts + 1);
-  for (int id = 1; id <= kAccounts; ++id) shard[static_cast<std::size_t>(id)] = shard_of(id);
-  ProxyOptions o = accounts_map();
-  o.pool_size = 16;
-  Proxy proxy(o);
-  const std::string conninfo = proxy.conninfo("options='-c statement_timeout=30000'");
-  const auto until = std::chrono::steady_clock::now() + duration;
+// Six clients move money between accounts on different shards (two-phase commit) for
+// `duration`; four read the total over every shard, two in autocommit and two in
+// REPEATABLE READ transactions (reading it twice). Client i connects to conninfos[i % n].
+struct FracturedReads {
   std::atomic<int> transfers{0}, reads{0}, wrong{0}, errors{0};
-  std::mutex mu;
   std::string first_wrong, first_error;
+};
+void transfers_and_sums(const std::vector<std::string>& conninfos, std::chrono::seconds duration,
+                        int accounts, long long total, FracturedReads& out) {
+  constexpr int kWriters = 6, kReaders = 4;
+  std::vector<int> shard(static_cast<std::size_t>(accounts) + 1);
+  for (int id = 1; id <= accounts; ++id) shard[static_cast<std::size_t>(id)] = shard_of(id);
+  const auto until = std::chrono::steady_clock::now() + duration;
+  std::mutex mu;
   auto note = [&](std::string& slot, const std::string& what) {
     std::lock_guard lock(mu);
     if (slot.empty()) slot = what;
   };
-  auto writer = [&](int seed) {
+  auto writer = [&](int seed, const std::string& conninfo) {
     std::mt19937 rng(static_cast<unsigned>(seed));
     auto c = connect(conninfo);
     while (std::chrono::steady_clock::now() < until) {
-      int a = static_cast<int>(rng() % kAccounts) + 1, b;
-      do b = static_cast<int>(rng() % kAccounts) + 1;
+      int a = static_cast<int>(rng() % static_cast<unsigned>(accounts)) + 1, b;
+      do b = static_cast<int>(rng() % static_cast<unsigned>(accounts)) + 1;
       while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
       if (a > b) std::swap(a, b);  // ordered locking: no deadlocks to retry
       const int amount = static_cast<int>(rng() % 7) + 1;
       const std::string code = transfer(c.get(), a, b, amount);
       if (code.empty()) {
-        ++transfers;
+        ++out.transfers;
       } else {
-        ++errors;
-        note(first_error, "writer: " + code + " " + PQerrorMessage(c.get()));
+        ++out.errors;
+        note(out.first_error, "writer: " + code + " " + PQerrorMessage(c.get()));
         query(c.get(), "rollback");
       }
     }
   };
-  auto reader = [&](bool repeatable) {
+  auto reader = [&](bool repeatable, const std::string& conninfo) {
     auto c = connect(conninfo);
     while (std::chrono::steady_clock::now() < until) {
       std::vector<std::string> sums;
@@ -636,40 +629,100 @@ TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard 
         if (PQresultStatus(r) == PGRES_TUPLES_OK)
           sums.emplace_back(PQgetvalue(r, 0, 0));
         else
-          note(first_error, std::string("reader: ") + PQresultErrorMessage(r));
+          note(out.first_error, std::string("reader: ") + PQresultErrorMessage(r));
         PQclear(r);
       }
       if (repeatable) query(c.get(), "commit");
       if (sums.size() != (repeatable ? 2u : 1u)) {
-        ++errors;
+        ++out.errors;
         continue;
       }
       for (const auto& s : sums) {
-        ++reads;
+        ++out.reads;
         if (std::stoll(s) != total) {
-          ++wrong;
-          note(first_wrong, std::string(repeatable ? "repeatable read" : "autocommit") +
-                                " read " + s + " instead of " + std::to_string(total));
+          ++out.wrong;
+          note(out.first_wrong, std::string(repeatable ? "repeatable read" : "autocommit") +
+                                    " read " + s + " instead of " + std::to_string(total));
         }
       }
     }
   };
   std::vector<std::thread> threads;
-  for (int i = 0; i < kWriters; ++i) threads.emplace_back(writer, 9100 + i);
-  for (int i = 0; i < kReaders; ++i) threads.emplace_back(reader, i % 2 == 1);
+  std::size_t client = 0;
+  for (int i = 0; i < kWriters; ++i)
+    threads.emplace_back(writer, 9100 + i, conninfos[client++ % conninfos.size()]);
+  for (int i = 0; i < kReaders; ++i)
+    threads.emplace_back(reader, i % 2 == 1, conninfos[client++ % conninfos.size()]);
   for (auto& t : threads) t.join();
-  std::cout << "no fractured reads: " << transfers.load() << " transfers, " << reads.load()
-            << " reads, " << wrong.load() << " wrong totals, " << errors.load() << " errors\n";
-  INFO(first_wrong);
-  INFO(first_error);
-  CHECK(transfers > 100);
-  CHECK(reads > 100);
-  CHECK(wrong == 0);
-  CHECK(errors == 0);
+  std::cout << "no fractured reads: " << out.transfers.load() << " transfers, "
+            << out.reads.load() << " reads, " << out.wrong.load() << " wrong totals, "
+            << out.errors.load() << " errors\n";
+}
+
+TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard transfer",
+          "[visibility]") {
+  // On one PostgreSQL every read returns the constant total: so must pgshard. Before the
+  // visibility gate, about a quarter of the reads saw a total that never existed (one
+  // shard's COMMIT PREPARED seen, the other's not).
+  constexpr int kAccounts = 12;
+  make_accounts(kAccounts, 500);
+  const long long total = total_balance();
+  ProxyOptions o = accounts_map();
+  o.pool_size = 16;
+  Proxy proxy(o);
+  FracturedReads r;
+  transfers_and_sums({proxy.conninfo("options='-c statement_timeout=30000'")},
+                     std::chrono::seconds(20), kAccounts, total, r);
+  INFO(r.first_wrong);
+  INFO(r.first_error);
+  CHECK(r.transfers > 100);
+  CHECK(r.reads > 100);
+  CHECK(r.wrong == 0);
+  CHECK(r.errors == 0);
   CHECK(total_balance() == total);
   CHECK(prepared_left() == 0);
   // The gate never had to give up waiting (that would void the guarantee).
   CHECK(read_file(proxy.log_path()).find("visibility gate") == std::string::npos);
+}
+
+TEST_CASE("no fractured reads across two pgshard instances (atomic_visibility: cluster)",
+          "[visibility]") {
+  // Writers and readers spread over two instances in front of the same shards: each
+  // instance's own gate cannot see the other's commits, so the gate is also a lock on the
+  // coordinator (the first shard's server). With `atomic_visibility: true` the same load
+  // reads totals that never existed (the instances' gates are independent).
+  constexpr int kAccounts = 12;
+  make_accounts(kAccounts, 500);
+  const long long total = total_balance();
+  ProxyOptions o = accounts_map();
+  o.pool_size = 16;
+  o.extra_top += "atomic_visibility: cluster\n";
+  Proxy a(o), b(o);
+  FracturedReads r;
+  const std::string opts = "options='-c statement_timeout=30000'";
+  transfers_and_sums({a.conninfo(opts), b.conninfo(opts)}, std::chrono::seconds(20), kAccounts,
+                     total, r);
+  INFO(r.first_wrong);
+  INFO(r.first_error);
+  CHECK(r.transfers > 100);
+  CHECK(r.reads > 100);
+  CHECK(r.wrong == 0);
+  CHECK(r.errors == 0);
+  CHECK(total_balance() == total);
+  CHECK(prepared_left() == 0);
+  CHECK(read_file(a.log_path()).find("visibility gate") == std::string::npos);
+  CHECK(read_file(b.log_path()).find("visibility gate") == std::string::npos);
+  // The locks were taken on the coordinator, in its postgres database (not the
+  // application's), one table per shard, and none is left.
+  auto app = connect(Cluster::get().direct(0));
+  CHECK(scalar(app.get(), "select count(*) from pg_namespace where nspname = 'pgshard_gate'") ==
+        "0");
+  auto pg = connect(Cluster::get().direct(0) + " dbname=postgres");
+  CHECK(scalar(pg.get(), "select count(*) from pg_tables where schemaname = 'pgshard_gate'") ==
+        std::to_string(Cluster::get().size()));
+  CHECK(scalar(pg.get(), "select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
+                         "join pg_namespace n on n.oid = c.relnamespace "
+                         "where n.nspname = 'pgshard_gate'") == "0");
 }
 
 TEST_CASE("REPEATABLE READ read shard by shard: a total that existed, or 40001", "[visibility]") {

@@ -150,3 +150,17 @@ TEST_CASE("${NAME} in the map is an environment variable; unset ones are errors"
       error_of("\nusers: ${not valid}\n").find("t.yaml:2: ${ must name an environment variable") ==
       0);
 }
+
+TEST_CASE("atomic_visibility: true, false or cluster", "[config]") {
+  const auto with = [](const std::string& v) {
+    return load_string(std::string(kGood) + "atomic_visibility: " + v + "\n", "t.yaml");
+  };
+  CHECK(load_string(kGood, "t.yaml")->atomic_visibility);
+  CHECK_FALSE(load_string(kGood, "t.yaml")->visibility_cluster);
+  CHECK(with("cluster")->atomic_visibility);
+  CHECK(with("cluster")->visibility_cluster);
+  CHECK_FALSE(with("false")->atomic_visibility);
+  CHECK_FALSE(with("true")->visibility_cluster);
+  CHECK(error_of(std::string(kGood) + "atomic_visibility: global\n").find("atomic_visibility") !=
+        std::string::npos);
+}

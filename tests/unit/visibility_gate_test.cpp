@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <optional>
 
+#include "proxy/txn/cluster_gate.hpp"
 #include "proxy/txn/snapshots.hpp"
 
 using namespace pgshard;
@@ -218,4 +219,21 @@ TEST_CASE("snapshots: a commit on two shards between their snapshots is found", 
   CHECK_FALSE(together.fractured(between));
   together.clear();
   CHECK(together.empty());
+}
+
+TEST_CASE("the cluster gate's coordinator statement: one lock, in name order, with its bound",
+          "[visibility]") {
+  // Every instance locks the same tables in the same order whatever its map's order, so two
+  // instances never wait on each other; a repeated shard is locked once; names are quoted.
+  CHECK(txn::coordinator_lock_sql(Mode::kRead, {"s2", "s0", "s2", "we\"ird"},
+                                  std::chrono::milliseconds(2000)) ==
+        "BEGIN; SET LOCAL lock_timeout = 2000; LOCK TABLE ONLY pgshard_gate.\"s0\", "
+        "pgshard_gate.\"s2\", pgshard_gate.\"we\"\"ird\" IN SHARE MODE");
+  // Commit phases share ROW EXCLUSIVE with each other; it conflicts with readers' SHARE.
+  CHECK(txn::coordinator_lock_sql(Mode::kCommit, {"b", "a"}, std::chrono::milliseconds(5)) ==
+        "BEGIN; SET LOCAL lock_timeout = 5; LOCK TABLE ONLY pgshard_gate.\"a\", "
+        "pgshard_gate.\"b\" IN ROW EXCLUSIVE MODE");
+  CHECK(txn::coordinator_setup_sql({"s0", "x\"y"}) ==
+        "CREATE SCHEMA IF NOT EXISTS pgshard_gate; CREATE TABLE IF NOT EXISTS "
+        "pgshard_gate.\"s0\" (); CREATE TABLE IF NOT EXISTS pgshard_gate.\"x\"\"y\" ()");
 }

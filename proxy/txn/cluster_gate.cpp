@@ -1,0 +1,108 @@
+#include "proxy/txn/cluster_gate.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <algorithm>
+
+#include "protocol/errors.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/executor/client.hpp"
+#include "proxy/server/server.hpp"
+
+namespace pgshard::txn {
+
+namespace proto = protocol;
+
+std::string coordinator_lock_sql(VisibilityGate::Mode mode, std::vector<std::string> shard_names,
+                                 std::chrono::milliseconds wait) {
+  // One order for every instance, whatever the order of its map.
+  std::sort(shard_names.begin(), shard_names.end());
+  shard_names.erase(std::unique(shard_names.begin(), shard_names.end()), shard_names.end());
+  std::string sql = "BEGIN; SET LOCAL lock_timeout = " + std::to_string(wait.count()) +
+                    "; LOCK TABLE ONLY ";
+  for (std::size_t i = 0; i < shard_names.size(); ++i)
+    sql += (i ? ", " : "") + std::string("pgshard_gate.") + proto::quote_ident(shard_names[i]);
+  sql += mode == VisibilityGate::Mode::kRead ? " IN SHARE MODE" : " IN ROW EXCLUSIVE MODE";
+  return sql;
+}
+
+std::string coordinator_setup_sql(const std::vector<std::string>& shard_names) {
+  std::string sql = "CREATE SCHEMA IF NOT EXISTS pgshard_gate";
+  for (const auto& name : shard_names)
+    sql += "; CREATE TABLE IF NOT EXISTS pgshard_gate." + proto::quote_ident(name) + " ()";
+  return sql;
+}
+
+namespace {
+
+// Takes the coordinator's lock on `conn`: true when held (its transaction open).
+awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
+                                    VisibilityGate::Mode mode, std::vector<std::string> names,
+                                    std::string* why) {
+  const auto max_message = c.config().listen.max_message_size;
+  const auto lock = coordinator_lock_sql(mode, names, VisibilityGate::kWaitLimit);
+  for (int attempt = 0; attempt < 2; ++attempt) {
+    if (!co_await conn.run_own(lock, max_message)) break;
+    if (conn.replies.error_code.empty() && conn.status == proto::txn_status::kInBlock)
+      co_return true;
+    *why = conn.replies.error;
+    const std::string code = conn.replies.error_code;
+    if (!co_await conn.run_own("ROLLBACK", max_message)) break;
+    // The first use on this coordinator: its tables are made (a concurrent instance making
+    // them too fails one of the two; the lock is then simply tried again).
+    const bool missing = code == "42P01" || code == "3F000";
+    if (!missing || attempt > 0) co_return false;
+    (void)co_await conn.run_own(coordinator_setup_sql(names), max_message);
+    if (conn.status != proto::txn_status::kIdle) break;
+  }
+  if (why->empty()) *why = "the coordinator's connection failed";
+  co_return false;
+}
+
+}  // namespace
+
+awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
+                               std::vector<int> shards) {
+  const char* other = mode == VisibilityGate::Mode::kRead ? "a cross-shard commit"
+                                                           : "multi-shard reads";
+  auto& gate = c.worker().shared().visibility;
+  std::vector<std::string> names;
+  for (int s : shards) names.push_back(c.config().shards[static_cast<std::size_t>(s)].name);
+  GateHold h;
+  h.local_ = co_await gate.enter(mode, std::move(shards), VisibilityGate::kWaitLimit);
+  if (h.local_.forced) {
+    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it",
+                 c.prefix(), VisibilityGate::kWaitLimit.count(), other);
+    co_return h;
+  }
+  if (!c.config().visibility_cluster) co_return h;
+  h.max_message_ = c.config().listen.max_message_size;
+  std::string why;
+  auto got = co_await c.worker().gate_pool().acquire();
+  if (auto* lease = std::get_if<pool::Lease>(&got)) {
+    if (co_await lock_on_coordinator(c, **lease, mode, std::move(names), &why)) {
+      h.coordinator_ = std::move(*lease);
+      co_return h;
+    }
+    if (why.empty()) why = "its connection failed";
+  } else {
+    why = std::get<std::string>(got);
+  }
+  ++gate.forced;
+  h.local_.forced = true;
+  spdlog::warn("{}: the visibility gate's coordinator did not give the lock for {} ({}); went "
+               "ahead without it",
+               c.prefix(), other, why);
+  co_return h;
+}
+
+awaitable<void> GateHold::release() {
+  if (coordinator_) {
+    // ROLLBACK ends the lock; a failed one leaves the connection broken (closed, not reused).
+    (void)co_await coordinator_->run_own("ROLLBACK", max_message_);
+    coordinator_ = pool::Lease();
+  }
+  local_.hold.release();
+}
+
+}  // namespace pgshard::txn
