@@ -1529,6 +1529,8 @@ void Session::follow_cursors(router::Route& r) {
       return;
     }
     if (r.shards.empty()) cursors_[r.cursor] = {r.shard, r.cursor_hold};
+    if (r.cursor_hold && transaction_status() != proto::txn_status::kIdle)
+      txn_.declared_hold_cursor();
     return;
   }
   if (r.cursor_op == Op::kClose && r.cursor.empty()) {

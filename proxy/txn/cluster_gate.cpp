@@ -52,8 +52,15 @@ awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
     // them too fails one of the two; the lock is then simply tried again).
     const bool missing = code == "42P01" || code == "3F000";
     if (!missing || attempt > 0) co_return false;
-    (void)co_await conn.run_own(coordinator_setup_sql(names), max_message);
-    if (conn.status != proto::txn_status::kIdle) break;
+    const auto setup = coordinator_setup_sql(names);
+    if (!co_await conn.run_own(setup, max_message)) break;
+    if (const std::string failed = conn.replies.error_code; !failed.empty() &&
+                                                          failed != "42P06" && failed != "42P07" &&
+                                                          failed != "23505") {
+      *why = "could not create the gate's tables: " + conn.replies.error +
+             "; a superuser can run in the postgres database: " + setup;
+      co_return false;
+    }
   }
   if (why->empty()) *why = "the coordinator's connection failed";
   co_return false;

@@ -33,6 +33,10 @@ class Ending {
   awaitable<void> commit_in_turn();
   // PREPARE TRANSACTION everywhere, the decision logged, COMMIT PREPARED everywhere.
   awaitable<void> commit_two_phase();
+  // A transaction that created a WITH HOLD cursor, which PostgreSQL cannot PREPARE: when
+  // at most one participant wrote, the others commit first (making nothing visible), then
+  // the one that wrote; several that wrote roll back with 0A000.
+  awaitable<void> commit_with_hold_cursor();
   awaitable<bool> prepare_all(const std::string& gid, std::vector<bool>& prepared);
   // The participants go back (or stay, in session pooling).
   void hand_back();
@@ -62,6 +66,7 @@ awaitable<void> Ending::run(bool simple) {
   bool aborted = c_.transaction().failed();
   const std::string lost = c_.transaction().lost();
   const std::string lost_code = c_.transaction().lost_code();
+  const bool hold_cursor = c_.transaction().hold_cursor();
   c_.transaction().end();
   for (auto& p : parts_)
     if (!p->lease || p->lease->broken || p->lease->status == proto::txn_status::kFailed)
@@ -76,6 +81,8 @@ awaitable<void> Ending::run(bool simple) {
     tag_ = "ROLLBACK";
   } else if (!c_.config().two_phase_commit) {
     co_await commit_in_turn();
+  } else if (hold_cursor) {
+    co_await commit_with_hold_cursor();
   } else {
     co_await commit_two_phase();
   }
@@ -112,6 +119,47 @@ awaitable<void> Ending::commit_in_turn() {
       proto::error(sqlstate::kWarning, "COMMIT failed on shard(s) " + f + " after shard(s) " + c +
                                            " committed (two_phase_commit is off)");
   warning_->severity = "WARNING";
+}
+
+awaitable<void> Ending::commit_with_hold_cursor() {
+  // pg_current_xact_id_if_assigned(): a transaction id is assigned at the first write.
+  std::vector<Part> wrote, read_only;
+  for (auto& p : parts_) {
+    if (!co_await c_.run_ours(p, "SELECT 1 WHERE pg_catalog.pg_current_xact_id_if_assigned() "
+                                 "IS NOT NULL")) {
+      co_await rollback_all();
+      error_ = proto::error(sqlstate::kConnectionFailure,
+                            "lost shard " + name(p) + " while committing; the transaction was "
+                                                      "rolled back");
+      co_return;
+    }
+    (p->lease->replies.tag == "SELECT 1" ? wrote : read_only).push_back(p);
+  }
+  if (wrote.size() > 1) {
+    co_await rollback_all();
+    error_ = proto::error(
+        sqlstate::kFeatureNotSupported,
+        "cannot commit a transaction that wrote on several shards and created a WITH HOLD "
+        "cursor; the transaction was rolled back",
+        "PostgreSQL cannot PREPARE TRANSACTION (two-phase commit) for a transaction that "
+        "created a WITH HOLD cursor.",
+        "Declare the cursor WITHOUT HOLD, or in a transaction of its own.");
+    co_return;
+  }
+  for (auto& p : read_only)
+    if (!co_await c_.run_ours(p, "COMMIT") || p->lease->replies.tag != "COMMIT")
+      spdlog::warn("{}: COMMIT of a read-only part on shard {} failed ({}); its cursors are gone",
+                   c_.prefix(), name(p),
+                   p->lease ? p->lease->replies.error : std::string("connection lost"));
+  for (auto& p : wrote)
+    if (!co_await c_.run_ours(p, "COMMIT") || p->lease->replies.tag != "COMMIT") {
+      const bool answered = p->lease && !p->lease->replies.error.empty();
+      error_ = proto::error(answered && !p->lease->replies.error_code.empty()
+                                ? p->lease->replies.error_code
+                                : std::string(sqlstate::kConnectionFailure),
+                            "COMMIT failed on shard " + name(p) + ": " +
+                                (answered ? p->lease->replies.error : "connection lost"));
+    }
 }
 
 awaitable<bool> Ending::prepare_all(const std::string& gid, std::vector<bool>& prepared) {

@@ -75,6 +75,10 @@ class Transaction {
   // Took a savepoint (a savepoint must stay on one shard).
   void savepoint() { savepoints_ = true; }
   bool savepoints() const { return savepoints_; }
+  // Created a WITH HOLD cursor (DECLARE ... WITH HOLD in the block): PostgreSQL refuses to
+  // PREPARE such a transaction, so it cannot commit in two phases.
+  void declared_hold_cursor() { hold_cursor_ = true; }
+  bool hold_cursor() const { return hold_cursor_; }
   // What the work of the transaction died with, "" if nothing was lost.
   const std::string& lost() const { return lost_; }
   // The error for a statement sent while failed: the loss once, then 25P02.
@@ -112,6 +116,7 @@ class Transaction {
   std::string deferred_;
   std::string modes_;  // see add_modes
   bool savepoints_ = false;
+  bool hold_cursor_ = false;
   bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints
   std::string lost_;
   std::string lost_code_;

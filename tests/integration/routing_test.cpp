@@ -1373,6 +1373,47 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
   query(c.get(), "declare h cursor with hold for select id from orders where user_id = 3");
   CHECK(query(c.get(), "fetch all h").size() == 5);
   query(c.get(), "close h");
+  // WITH HOLD cursors on two shards, declared in autocommit and in one transaction block:
+  // the pinned session holds a server of each. (Before: the block's COMMIT became a
+  // two-phase commit, and PostgreSQL refuses to PREPARE a transaction that created a WITH
+  // HOLD cursor, so it failed.)
+  query(c.get(), "declare h1 cursor with hold for select id from orders where user_id = " +
+                     std::to_string(a));
+  query(c.get(), "declare h2 cursor with hold for select id from orders where user_id = " +
+                     std::to_string(b));
+  CHECK(query(c.get(), "fetch all h1").size() == 5);
+  CHECK(query(c.get(), "fetch all h2").size() == 5);
+  query(c.get(), "begin");
+  query(c.get(), "declare h3 cursor with hold for select id from orders where user_id = " +
+                     std::to_string(a));
+  query(c.get(), "declare h4 cursor with hold for select id from orders where user_id = " +
+                     std::to_string(b));
+  query(c.get(), "commit");
+  CHECK(query(c.get(), "fetch all h3").size() == 5);
+  CHECK(query(c.get(), "fetch all h4").size() == 5);
+  for (const char* h : {"h1", "h2", "h3", "h4"}) query(c.get(), std::string("close ") + h);
+  // One shard written, a WITH HOLD cursor on the other: committed (the read-only part
+  // first). Both written: PostgreSQL could not PREPARE it, so 0A000 and nothing written.
+  const std::string amounts = scalar(c.get(), "select sum(amount) from orders");
+  for (bool both : {false, true}) {
+    query(c.get(), "begin");
+    query(c.get(), "update orders set amount = amount + 1 where user_id = " + std::to_string(a));
+    if (both)
+      query(c.get(),
+            "update orders set amount = amount + 1 where user_id = " + std::to_string(b));
+    query(c.get(), "declare h5 cursor with hold for select id from orders where user_id = " +
+                       std::to_string(b));
+    std::string why;
+    CHECK(error_code(c.get(), "commit", &why) == (both ? "0A000" : ""));
+    if (both) CHECK_THAT(why, Catch::Contains("WITH HOLD"));
+    CHECK(scalar(c.get(), "select 1") == "1");  // the session goes on
+    if (!both) {
+      CHECK(query(c.get(), "fetch all h5").size() == 5);
+      query(c.get(), "close h5");
+      query(c.get(), "update orders set amount = amount - 1 where user_id = " + std::to_string(a));
+    }
+  }
+  CHECK(scalar(c.get(), "select sum(amount) from orders") == amounts);
   // A cursor over every shard: refused with 0A000, never one shard's rows; the transaction
   // is then aborted as after any error in a transaction block.
   query(c.get(), "begin");
