@@ -62,6 +62,12 @@ bool runs_something(std::string_view batch) {
   return false;
 }
 
+// DDL: what was learned of the catalog is learned again.
+void schema_changed() {
+  router::ColumnCache::schema_changed();
+  Statements::schema_changed();
+}
+
 // One row when the server session has a temporary schema (pgshard's reset at disconnect).
 constexpr std::string_view kHasTempSchema = "SELECT 1 WHERE pg_catalog.pg_my_temp_schema() <> 0";
 
@@ -847,7 +853,7 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
     case router::Action::kDdl:
       if (!prepare_only) {
         co_await executor::fan_out(*this, route, req.simple, boundary);  // DDL included
-        if (route.ddl) router::ColumnCache::schema_changed();            // (and once it has run)
+        if (route.ddl) schema_changed();                                 // (and once it has run)
         pending_.clear();
         co_return;
       }
@@ -1229,7 +1235,9 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
 void Session::adopt(const router::Route& route) {
   hints_ = route.hints;
   takes_snapshot_ = route.takes_snapshot;
-  if (route.ddl) router::ColumnCache::schema_changed();  // key positions are read again
+  // Key positions are read again, statements prepared again (and again once it has run).
+  if (route.ddl) schema_changed();
+  ddl_running_ |= route.ddl;
   temp_tables_.insert(route.temp_tables.begin(), route.temp_tables.end());
   if (route.drops)
     for (const auto& name : route.schema_objects) temp_tables_.erase(name);
@@ -1467,7 +1475,12 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     open_extended_ = false;
   }
   if (transaction_pooled) pending_.insert(0, statements_.take_prefix());
-  if (settings_unknown_ && !pinned_ && !open_extended_) {
+  // pgshard's closing statement goes only where the client awaits a ReadyForQuery (its
+  // request ends in Sync or is a Query): its ReadyForQuery stands in for the client's. After
+  // a Flush the client awaits none (a stray one desynchronises it: asyncpg then read the
+  // next statement's rows as this one's), and a batch that only prepares ran no function.
+  const bool ends_ready = boundary != proto::msg::kFlush;
+  if (settings_unknown_ && !pinned_ && !open_extended_ && ends_ready && runs_something(pending_)) {
     // What a function set with set_config(…, false) or SET inside it: the server's
     // session settings, read after the client's statement.
     // (role is not in pg_settings: a role taken shows as current_user.)
@@ -1479,7 +1492,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     checking_settings_ = true;
     checked_settings_.clear();
   }
-  if (!finish_sql_.empty() && !open_extended_) {
+  if (!finish_sql_.empty() && !open_extended_ && ends_ready) {
     // The request ends with pgshard's statement, whose ReadyForQuery is the client's.
     replies.hide_last_client_ready();
     proto::Query{finish_sql_}.write(pending_);
@@ -1957,6 +1970,7 @@ void Session::own_statement_failed(pool::ServerConn& conn) {
 
 bool Session::client_ready(pool::ServerConn& conn) {
   copy_in_ = false;
+  if (std::exchange(ddl_running_, false)) schema_changed();
   const char status = conn.status;
   // Snapshots taken by the request were taken before now (txn::Snapshots).
   if (!txn_.snapshots.empty()) txn_.snapshots.replied(worker_.shared().visibility.last_begun());

@@ -346,6 +346,7 @@ class Session : public std::enable_shared_from_this<Session>,
   };
   std::map<std::string, Cursor> cursors_;  // SQL cursors by name (follow_cursors)
   bool takes_snapshot_ = false;  // the routed request takes a snapshot (Route::takes_snapshot)
+  bool ddl_running_ = false;     // DDL was sent: the catalog changes again when it is answered
   std::set<std::string> function_settings_;  // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;

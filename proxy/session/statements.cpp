@@ -28,8 +28,7 @@ constexpr std::size_t kPreparedPerServer = 500;
 // A name no statement has: Close of it is answered CloseComplete and changes nothing.
 constexpr std::string_view kNoStatement = "pgshard_none";
 
-// Bumped when a server reports a statement's result type changed (Statements::
-// result_type_changed); part of every server name prepared after.
+// Bumped after DDL (Statements::schema_changed); part of every server name prepared after.
 std::atomic<uint32_t> g_generation{0};
 
 std::string server_name(std::string_view sql, const std::vector<int32_t>& types) {
@@ -207,7 +206,7 @@ bool Statements::deallocate(std::string& out, pool::ServerConn& conn, const std:
   return true;
 }
 
-void Statements::result_type_changed() {
+void Statements::schema_changed() {
   g_generation.fetch_add(1, std::memory_order_relaxed);
 }
 

@@ -48,10 +48,14 @@ class Statements {
   // were pushed (their replies are already expected, first).
   std::string take_prefix() { return std::exchange(prefix_, {}); }
 
-  // A server said a statement's result type changed under it (DDL): statements prepared
-  // from now on get new server names, so a client that prepares again gets a fresh plan
-  // on every server, as on PostgreSQL; statements prepared before keep failing there.
-  static void result_type_changed();
+  // DDL ran through pgshard, or a server said a statement's result type changed under it
+  // (DDL that bypassed pgshard): statements prepared from now on get new server names, so
+  // a client that prepares again gets a fresh plan on every server, as on its own
+  // PostgreSQL session (before: another client's statement of the same text, planned
+  // against the dropped type, failed with "cache lookup failed for type" or "cached plan
+  // must not change result type"); a client's statements prepared before keep their
+  // plans, as PostgreSQL keeps them.
+  static void schema_changed();
 
  private:
   // True when `batch` names no statement and needs nothing re-prepared.

@@ -192,6 +192,46 @@ async def asyncpg_session_suite():
     await conn.close()
 
 
+async def asyncpg_ddl_suite():
+    """Types and functions dropped and made again between connections, as asyncpg's own
+    test_codecs does. Each new connection's statements plan against the new catalog (before:
+    a statement of the same text another client had prepared on the pooled server failed
+    with 'cache lookup failed for type' or 'cached plan must not change result type'), and
+    calling a user function in a statement prepared with Flush gets no stray ReadyForQuery
+    (before: asyncpg read the type introspection's 14 columns as the call's result)."""
+    import asyncpg
+
+    async def connect():
+        return await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                     database="app")
+
+    for i in range(3):
+        conn = await connect()
+        await conn.execute("CREATE TYPE apg_enum AS ENUM ('abc', 'def', 'ghi');"
+                           "CREATE TYPE apg_comp AS (a int, b apg_enum)")
+        try:
+            r = await conn.fetchval("SELECT ROW(1, 'def'::apg_enum)::apg_comp")
+            check(r is not None and tuple(r.items()) == (("a", 1), ("b", "def")),
+                  f"asyncpg: composite with enum, round {i}: {r}")
+        except Exception as e:  # noqa: BLE001 (the failure is what is checked)
+            check(False, f"asyncpg: composite with enum, round {i}: {type(e).__name__} {e}")
+        finally:
+            await conn.execute("DROP TYPE apg_comp; DROP TYPE apg_enum")
+        await conn.close()
+        conn = await connect()
+        await conn.execute("CREATE TYPE apg_enum AS ENUM ('abc', 'def', 'ghi');"
+                           "CREATE FUNCTION apg_return_enum() RETURNS apg_enum LANGUAGE plpgsql "
+                           "AS $$ BEGIN RETURN 'abc'::apg_enum; END; $$")
+        try:
+            r = await conn.fetchval("SELECT apg_return_enum()")
+            check(r == "abc", f"asyncpg: function returning an enum, round {i}: {r}")
+        except Exception as e:  # noqa: BLE001
+            check(False, f"asyncpg: function returning an enum, round {i}: {type(e).__name__} {e}")
+        finally:
+            await conn.execute("DROP FUNCTION apg_return_enum(); DROP TYPE apg_enum")
+        await conn.close()
+
+
 def psycopg3_pipeline_suite():
     """An error in the middle of a pipeline: psycopg 3 leaves pipeline mode cleanly and the
     statements of the failed sync are not applied, as directly."""
@@ -473,6 +513,7 @@ def main():
     psycopg3_suite()
     asyncio.run(asyncpg_suite())
     asyncio.run(asyncpg_session_suite())
+    asyncio.run(asyncpg_ddl_suite())
     psycopg3_pipeline_suite()
     generated_keys_suite()
     sqlalchemy_suite()
