@@ -35,6 +35,35 @@ std::string coordinator_setup_sql(const std::vector<std::string>& shard_names) {
 
 namespace {
 
+// run_own, bounded: a coordinator that stops answering (a frozen host, a partition that
+// sends no reset) must not hold up the statements waiting on it. Past `bound` the
+// connection is cancelled and broken (closed when it goes back).
+awaitable<bool> run_bounded(pool::ServerConn& conn, std::string_view sql, std::size_t max_message,
+                            std::chrono::milliseconds bound, std::string* why) {
+  auto alive = std::make_shared<bool>(true);
+  auto expired = std::make_shared<bool>(false);
+  asio::steady_timer timer(co_await asio::this_coro::executor);
+  timer.expires_after(bound);
+  timer.async_wait([&conn, alive, expired](error_code ec) {
+    if (ec || !*alive) return;
+    *expired = true;
+    error_code ignored;
+    conn.socket().cancel(ignored);
+  });
+  const bool ok = co_await conn.run_own(sql, max_message);
+  *alive = false;
+  timer.cancel();
+  if (*expired) {
+    conn.broken = true;
+    *why = "the coordinator did not answer within " + std::to_string(bound.count()) + " ms";
+    co_return false;
+  }
+  co_return ok;
+}
+
+// How long the coordinator may take beyond the lock's own wait.
+constexpr std::chrono::milliseconds kAnswerWithin{1000};
+
 // Takes the coordinator's lock on `conn`: true when held (its transaction open).
 awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
                                     VisibilityGate::Mode mode, std::vector<std::string> names,
@@ -42,23 +71,33 @@ awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
   const auto max_message = c.config().listen.max_message_size;
   const auto lock = coordinator_lock_sql(mode, names, VisibilityGate::kWaitLimit);
   for (int attempt = 0; attempt < 2; ++attempt) {
-    if (!co_await conn.run_own(lock, max_message)) break;
+    if (!co_await run_bounded(conn, lock, max_message, VisibilityGate::kWaitLimit + kAnswerWithin,
+                              why))
+      break;
     if (conn.replies.error_code.empty() && conn.status == proto::txn_status::kInBlock)
       co_return true;
     *why = conn.replies.error;
     const std::string code = conn.replies.error_code;
-    if (!co_await conn.run_own("ROLLBACK", max_message)) break;
+    if (!co_await run_bounded(conn, "ROLLBACK", max_message, kAnswerWithin, why)) break;
     // The first use on this coordinator: its tables are made (a concurrent instance making
     // them too fails one of the two; the lock is then simply tried again).
     const bool missing = code == "42P01" || code == "3F000";
+    if (code == "42501")
+      *why += "; the login needs: GRANT USAGE ON SCHEMA pgshard_gate TO " +
+              proto::quote_ident(conn.target().user) +
+              "; GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA pgshard_gate TO " +
+              proto::quote_ident(conn.target().user);
     if (!missing || attempt > 0) co_return false;
     const auto setup = coordinator_setup_sql(names);
-    if (!co_await conn.run_own(setup, max_message)) break;
+    if (!co_await run_bounded(conn, setup, max_message, VisibilityGate::kWaitLimit, why)) break;
     if (const std::string failed = conn.replies.error_code; !failed.empty() &&
                                                           failed != "42P06" && failed != "42P07" &&
                                                           failed != "23505") {
       *why = "could not create the gate's tables: " + conn.replies.error +
-             "; a superuser can run in the postgres database: " + setup;
+             "; a superuser can run in the postgres database: " + setup +
+             "; GRANT USAGE ON SCHEMA pgshard_gate TO " + proto::quote_ident(conn.target().user) +
+             "; GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA pgshard_gate TO " +
+             proto::quote_ident(conn.target().user);
       co_return false;
     }
   }
@@ -97,16 +136,19 @@ awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
   }
   ++gate.forced;
   h.local_.forced = true;
-  spdlog::warn("{}: the visibility gate's coordinator did not give the lock for {} ({}); went "
+  spdlog::warn("{}: the visibility gate's coordinator did not give the lock ({}); the {} went "
                "ahead without it",
-               c.prefix(), other, why);
+               c.prefix(), why,
+               mode == VisibilityGate::Mode::kRead ? "multi-shard read" : "cross-shard commit");
   co_return h;
 }
 
 awaitable<void> GateHold::release() {
   if (coordinator_) {
-    // ROLLBACK ends the lock; a failed one leaves the connection broken (closed, not reused).
-    (void)co_await coordinator_->run_own("ROLLBACK", max_message_);
+    // ROLLBACK ends the lock; a failed one leaves the connection broken (closed, not reused,
+    // which ends its transaction too).
+    std::string ignored;
+    (void)co_await run_bounded(*coordinator_, "ROLLBACK", max_message_, kAnswerWithin, &ignored);
     coordinator_ = pool::Lease();
   }
   local_.hold.release();

@@ -146,20 +146,25 @@ awaitable<void> Ending::commit_with_hold_cursor() {
         "Declare the cursor WITHOUT HOLD, or in a transaction of its own.");
     co_return;
   }
+  // A COMMIT can fail on a part that only read (a WITH HOLD cursor's query runs to the end
+  // at COMMIT: division by zero): as on PostgreSQL the whole transaction then fails, so the
+  // part that wrote commits last, and not at all after a failure.
+  auto failed = [&](const Part& p) {
+    const bool answered = p->lease && !p->lease->replies.error.empty();
+    error_ = proto::error(answered && !p->lease->replies.error_code.empty()
+                              ? p->lease->replies.error_code
+                              : std::string(sqlstate::kConnectionFailure),
+                          (answered ? p->lease->replies.error : "connection lost") +
+                              " (COMMIT on shard " + name(p) + ")");
+  };
   for (auto& p : read_only)
-    if (!co_await c_.run_ours(p, "COMMIT") || p->lease->replies.tag != "COMMIT")
-      spdlog::warn("{}: COMMIT of a read-only part on shard {} failed ({}); its cursors are gone",
-                   c_.prefix(), name(p),
-                   p->lease ? p->lease->replies.error : std::string("connection lost"));
-  for (auto& p : wrote)
     if (!co_await c_.run_ours(p, "COMMIT") || p->lease->replies.tag != "COMMIT") {
-      const bool answered = p->lease && !p->lease->replies.error.empty();
-      error_ = proto::error(answered && !p->lease->replies.error_code.empty()
-                                ? p->lease->replies.error_code
-                                : std::string(sqlstate::kConnectionFailure),
-                            "COMMIT failed on shard " + name(p) + ": " +
-                                (answered ? p->lease->replies.error : "connection lost"));
+      failed(p);
+      co_await rollback_all();
+      co_return;
     }
+  for (auto& p : wrote)
+    if (!co_await c_.run_ours(p, "COMMIT") || p->lease->replies.tag != "COMMIT") failed(p);
 }
 
 awaitable<bool> Ending::prepare_all(const std::string& gid, std::vector<bool>& prepared) {

@@ -1413,6 +1413,14 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
       query(c.get(), "update orders set amount = amount - 1 where user_id = " + std::to_string(a));
     }
   }
+  // A COMMIT that fails on the part that only read (the WITH HOLD cursor's query runs to the
+  // end at COMMIT): the whole transaction fails, as on PostgreSQL (before: COMMIT answered,
+  // the other shard's write kept).
+  query(c.get(), "begin");
+  query(c.get(), "update orders set amount = amount + 1 where user_id = " + std::to_string(a));
+  query(c.get(), "declare h6 cursor with hold for select 1 / (amount - amount) from orders "
+                 "where user_id = " + std::to_string(b));
+  CHECK(error_code(c.get(), "commit") == "22012");
   CHECK(scalar(c.get(), "select sum(amount) from orders") == amounts);
   // A cursor over every shard: refused with 0A000, never one shard's rows; the transaction
   // is then aborted as after any error in a transaction block.

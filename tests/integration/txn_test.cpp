@@ -725,6 +725,39 @@ TEST_CASE("no fractured reads across two pgshard instances (atomic_visibility: c
                          "where n.nspname = 'pgshard_gate'") == "0");
 }
 
+TEST_CASE("a coordinator that stops answering holds no read up for long (atomic_visibility: "
+          "cluster)",
+          "[visibility]") {
+  // A frozen coordinator (no reset: a stopped host, a partition) is waited on for the gate's
+  // bound and no longer: the read goes ahead without the cross-instance guarantee, with a
+  // WARNING in the log. (Before: every multi-shard read waited as long as it was frozen.)
+  make_accounts(6, 100);
+  ProxyOptions o = accounts_map();
+  o.extra_top += "atomic_visibility: cluster\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  CHECK(scalar(c.get(), "select sum(balance) from accounts") == "600");
+  auto d = connect(Cluster::get().direct(0));
+  auto pids = query(d.get(), "select pid from pg_stat_activity where datname = 'postgres' and "
+                             "usename = 'app' and pid <> pg_backend_pid()");
+  REQUIRE(!pids.empty());
+  std::string list;
+  for (const auto& row : pids) list += " " + row[0];
+  REQUIRE(run("kill -STOP" + list) == 0);
+  const auto began = std::chrono::steady_clock::now();
+  const std::string sum = scalar(c.get(), "select sum(balance) from accounts");
+  const auto took = std::chrono::steady_clock::now() - began;
+  run("kill -CONT" + list);
+  CHECK(sum == "600");
+  CHECK(took < std::chrono::seconds(5));
+  CHECK(wait_until(
+      [&] {
+        return read_file(proxy.log_path()).find("coordinator did not answer") != std::string::npos;
+      },
+      std::chrono::seconds(2)));
+  CHECK(scalar(c.get(), "select sum(balance) from accounts") == "600");
+}
+
 TEST_CASE("REPEATABLE READ read shard by shard: a total that existed, or 40001", "[visibility]") {
   // Each shard takes a REPEATABLE READ transaction's snapshot at its first statement there:
   // read one account at a time, the shards' snapshots are taken at different moments, and
