@@ -907,6 +907,63 @@ uint64_t catalog_generation() {
   return catalog_generation_.load(std::memory_order_relaxed);
 }
 
+namespace {
+
+// The client's request for every shard's fresh server: a named statement there is another
+// client's (transaction pooling) or unknown (the other shards), so each one the request
+// parses, binds or describes becomes the unnamed statement, parsed from the client's text
+// ahead of its first use. `hidden` gets, per Parse sent, whether its ParseComplete is
+// pgshard's (before: the client's name went as it was, and psycopg's prepared DDL failed
+// with 'prepared statement "_pg3_1" does not exist').
+std::string ddl_request(Client& c, std::deque<bool>& hidden) {
+  std::string out;
+  std::optional<std::string> unnamed_holds;  // the client's statement now in the unnamed one
+  // False for a name the client never parsed (the server reports it as PostgreSQL would).
+  auto use = [&](std::string_view name) {
+    if (unnamed_holds == name) return true;
+    if (c.stored_text(name).empty()) return false;
+    proto::Parse{"", c.stored_text(name), c.stored_types(name)}.write(out);
+    hidden.push_back(true);
+    unnamed_holds = std::string(name);
+    return true;
+  };
+  for (const auto m : proto::frames(c.request())) {
+    const auto& f = m.frame;
+    switch (f.type) {
+      case proto::msg::kParse:
+        if (auto p = proto::Parse::parse(f.body); p && !p->name.empty()) {
+          proto::Parse{"", p->query, p->param_types}.write(out);
+          unnamed_holds = std::string(p->name);
+        } else {
+          out.append(m.raw);
+          unnamed_holds.reset();
+        }
+        hidden.push_back(false);
+        continue;
+      case proto::msg::kBind:
+        if (auto b = proto::Bind::parse(f.body); b && !b->statement.empty() && use(b->statement)) {
+          b->statement = "";
+          b->write(out);
+          continue;
+        }
+        break;
+      case proto::msg::kDescribe:
+        if (auto d = proto::Describe::parse(f.body);
+            d && d->kind == 'S' && !d->name.empty() && use(d->name)) {
+          proto::Describe{'S', ""}.write(out);
+          continue;
+        }
+        break;
+      default:
+        break;
+    }
+    out.append(m.raw);
+  }
+  return out;
+}
+
+}  // namespace
+
 awaitable<void> run_ddl(Client& c, const router::Route& route) {
   catalog_generation_.fetch_add(1);  // what was read of the catalogs may change
   // DDL runs on every shard in shard order and stops at the first failure; the client
@@ -931,8 +988,10 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
     }
     auto lease = std::move(std::get<pool::Lease>(got));
     std::string batch = c.sync_prelude(*lease);
-    batch += c.request();
-    lease->replies.expect_batch(c.request(), pool::Replies::Owner::kClient);
+    std::deque<bool> hidden_parse;
+    const std::string request = ddl_request(c, hidden_parse);
+    batch += request;
+    lease->replies.expect_batch(request, pool::Replies::Owner::kClient);
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
     lease->count_sent(n);
     std::string replies;
@@ -942,6 +1001,11 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
                   c.config().listen.max_message_size,
                   [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
                     if (verdict == pool::Replies::Verdict::kHide) return false;
+                    if (f.type == proto::msg::kParseComplete && !hidden_parse.empty()) {
+                      const bool ours = hidden_parse.front();
+                      hidden_parse.pop_front();
+                      if (ours) return false;
+                    }
                     switch (f.type) {
                       case proto::msg::kErrorResponse:
                         failed = true;

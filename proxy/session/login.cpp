@@ -91,7 +91,10 @@ awaitable<bool> Login::negotiate() {
   for (;;) {
     auto d = proto::decode_startup(in_.view());
     if (d.status == proto::DecodeStatus::kError) {
-      co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation, d.error));
+      // As PostgreSQL: logged, not sent (COMMERROR), the connection closed. A client that
+      // ends before it starts up (node-postgres's connect() then end() queues Terminate
+      // ahead of the startup packet) sees a plain close, not an error.
+      spdlog::info("{}: {}", prefix_(), d.error);
       co_return false;
     }
     if (d.status == proto::DecodeStatus::kNeedMore) {

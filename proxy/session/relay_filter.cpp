@@ -66,6 +66,19 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
       case msg::kDataRow:
         if (owner == Owner::kOwnFinishing) events_.finishing_row(conn, body);
         break;
+      case msg::kNotificationResponse:
+        // The client knows its session by the process id pgshard gave it: a notification
+        // its own session sent carries that id, as on PostgreSQL (clients compare them to
+        // skip their own notifications).
+        if (const int32_t pid = events_.client_pid();
+            pid != 0 && body.size() >= 4 &&
+            static_cast<int32_t>(proto::load_be32(body.data())) == conn.pid()) {
+          hide(pos, pos + total);
+          out_.append(buf.substr(pos, 5));
+          proto::MessageWriter(out_).i32(pid);
+          out_.append(body.substr(4));
+        }
+        break;
       case msg::kCopyInResponse:
         if (!ours) events_.copy_in_started();
         break;

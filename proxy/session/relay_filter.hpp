@@ -36,6 +36,8 @@ class RelayEvents {
   virtual std::optional<std::string> replace_error(std::string_view body) = 0;
   // pgshard's own statement was rejected (conn.replies.error says why).
   virtual void own_statement_failed(pool::ServerConn& conn) = 0;
+  // The process id the client was given (BackendKeyData), 0 if none.
+  virtual int32_t client_pid() const { return 0; }
 };
 
 class RelayFilter {

@@ -278,6 +278,7 @@ class Session : public std::enable_shared_from_this<Session>,
   void check_snapshots();
 
   // ---- RelayEvents: what the client's replies mean for its session ----
+  int32_t client_pid() const override { return key_.pid; }
   // Settings and transaction state after the client's request; false when the client must
   // be told it is in a transaction (its BEGIN is still pgshard's).
   bool client_ready(pool::ServerConn& conn) override;

@@ -106,6 +106,12 @@ std::optional<std::string> deallocated_name(std::string_view sql) {
   return name;
 }
 
+// DISCARD ALL and DEALLOCATE are checked by map(); other statements pass as they are.
+bool may_drop_statements(std::string_view sql) {
+  const auto start = sql.find_first_not_of(" \t\r\n\f\v");
+  return start != std::string_view::npos && (sql[start] | 0x20) == 'd';
+}
+
 }  // namespace
 
 bool Statements::plain(std::string_view batch) const {
@@ -119,7 +125,8 @@ bool Statements::plain(std::string_view batch) const {
     switch (f.type) {
       case proto::msg::kParse:
         parsed = true;
-        if (f.body.empty() || f.body[0] != '\0') return false;
+        if (f.body.empty() || f.body[0] != '\0' || may_drop_statements(f.body.substr(1)))
+          return false;
         break;
       case proto::msg::kBind: {
         auto nul = f.body.find('\0');
@@ -136,12 +143,9 @@ bool Statements::plain(std::string_view batch) const {
       case proto::msg::kClose:
         if (f.body.size() >= 2 && f.body[0] == 'S' && f.body[1] != '\0') return false;
         break;
-      case proto::msg::kQuery: {
-        // DISCARD ALL and DEALLOCATE are checked by map(); other statements pass as they are.
-        const auto start = f.body.find_first_not_of(" \t\r\n\f\v");
-        if (start != std::string_view::npos && (f.body[start] | 0x20) == 'd') return false;
+      case proto::msg::kQuery:
+        if (may_drop_statements(f.body)) return false;
         break;
-      }
       default:
         break;
     }
@@ -184,12 +188,13 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
   conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
 }
 
-bool Statements::deallocate(std::string& out, pool::ServerConn& conn, const std::string& name) {
+std::optional<std::string> Statements::deallocate(pool::ServerConn& conn,
+                                                  const std::string& name) {
   // SQL DEALLOCATE of the client's protocol-level statement: the client's name goes, and so
   // does pgshard's statement on this server (other clients prepare it again when they need
   // it), so the client gets PostgreSQL's DEALLOCATE reply.
   auto it = server_names_.find(name);
-  if (it == server_names_.end()) return false;  // SQL PREPAREd or unknown: the server answers
+  if (it == server_names_.end()) return std::nullopt;  // SQL PREPAREd or unknown
   const std::string server = it->second;
   server_names_.erase(it);
   if (!conn.prepared.has(server)) {
@@ -202,8 +207,7 @@ bool Statements::deallocate(std::string& out, pool::ServerConn& conn, const std:
   conn.prepared.erase(server);
   texts_.erase(name);
   types_.erase(name);
-  proto::Query{"DEALLOCATE " + server}.write(out);
-  return true;
+  return "DEALLOCATE " + server;
 }
 
 void Statements::schema_changed() {
@@ -274,9 +278,28 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
           break;
         }
         if (p && p->name.empty()) parsed_unnamed = true;
-        if (own_view && p && p->name.empty()) {
+        // DEALLOCATE / DISCARD ALL as an unnamed statement (psycopg sends its maintenance
+        // this way): as in a Query below.
+        if (p && p->name.empty() && drops_all_statements(p->query)) {
+          conn.prepared.clear();
+          server_names_.clear();
+        } else if (auto name = p && p->name.empty() ? deallocated_name(p->query) : std::nullopt;
+                   name && out.empty()) {
+          if (auto sql = deallocate(conn, *name)) {
+            proto::Parse{"", *sql, p->param_types}.write(out);
+            conn.replies.expect_parse(Owner::kClient, Action::kForward);
+            break;
+          }
+        }
+        if (own_view && p) {
+          // A statement reading pg_prepared_statements sees the client's names.
           const std::string sql = with_own_view(p->query, out, conn);
-          proto::Parse{"", sql, p->param_types}.write(out);
+          const proto::Parse own{p->name, sql, p->param_types};
+          if (!p->name.empty()) {
+            map_parse(out, conn, raw, own);
+            break;
+          }
+          own.write(out);
           conn.replies.expect_parse(Owner::kClient, Action::kForward);
           break;
         }
@@ -346,7 +369,12 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
           server_names_.clear();
         } else if (auto name = q ? deallocated_name(q->sql) : std::nullopt) {
           // (Alone in its batch: pgshard's prefix goes ahead of it.)
-          if (out.empty() && rest.empty() && deallocate(out, conn, *name)) break;
+          if (out.empty() && rest.empty()) {
+            if (auto sql = deallocate(conn, *name)) {
+              proto::Query{*sql}.write(out);
+              break;
+            }
+          }
         }
         out.append(raw);
         break;

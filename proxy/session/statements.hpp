@@ -62,9 +62,10 @@ class Statements {
   bool plain(std::string_view batch) const;
   void ensure(std::string& out, pool::ServerConn& conn, const std::string& name,
               const std::string& client_name);
-  // SQL DEALLOCATE of the client's protocol-level statement `name`: writes what frees it on
-  // `conn` with PostgreSQL's reply; false when `name` is not one (the Query goes as sent).
-  bool deallocate(std::string& out, pool::ServerConn& conn, const std::string& name);
+  // SQL DEALLOCATE of the client's protocol-level statement `name`: the SQL that frees it on
+  // `conn` with PostgreSQL's reply (the server's statement prepared ahead when it lacks
+  // it); nullopt when `name` is not one (the statement goes as sent).
+  std::optional<std::string> deallocate(pool::ServerConn& conn, const std::string& name);
   // Writes a Parse of the client's unnamed statement; false when it has none.
   bool reparse_unnamed(std::string& out, pool::ServerConn& conn) const;
   void map_parse(std::string& out, pool::ServerConn& conn, std::string_view raw,

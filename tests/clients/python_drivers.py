@@ -4,6 +4,8 @@ ORM. Each asserts results. Run with /usr/bin/python3 (Debian's packages)."""
 import asyncio
 import decimal
 import os
+import select
+import time
 import sys
 
 HOST = os.environ["PGSHARD_HOST"]
@@ -230,6 +232,72 @@ async def asyncpg_ddl_suite():
         finally:
             await conn.execute("DROP FUNCTION apg_return_enum(); DROP TYPE apg_enum")
         await conn.close()
+
+
+def notify_pid_suite():
+    """A notification the client's own session sent carries the process id the client was
+    given (BackendKeyData), as on PostgreSQL: psycopg's and asyncpg's own tests compare them
+    (before: the server's pid, which the client never saw)."""
+    import psycopg2
+    conn = psycopg2.connect(host=HOST, port=PORT, user="app", password="secret", dbname="app")
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("LISTEN pgshard_chan")
+    cur.execute("NOTIFY pgshard_chan, 'self'")
+    conn.poll()
+    check(len(conn.notifies) == 1, f"psycopg2: own notification {conn.notifies}")
+    if conn.notifies:
+        n = conn.notifies[0]
+        check(n.payload == "self" and n.pid == conn.get_backend_pid(),
+              f"psycopg2: notification pid {n.pid}, client pid {conn.get_backend_pid()}")
+    other = psycopg2.connect(host=HOST, port=PORT, user="app", password="secret", dbname="app")
+    other.autocommit = True
+    other.cursor().execute("NOTIFY pgshard_chan, 'other'")
+    deadline = time.time() + 5
+    while len(conn.notifies) < 2 and time.time() < deadline:
+        select.select([conn], [], [], 0.2)
+        conn.poll()
+    check(len(conn.notifies) == 2 and conn.notifies[1].pid != conn.get_backend_pid(),
+          f"psycopg2: another session's notification {conn.notifies}")
+    other.close()
+    conn.close()
+
+
+def psycopg3_deallocate_suite():
+    """psycopg 3 keeps its prepared statements in step with the server's by SQL sent as
+    unnamed extended-protocol statements: DEALLOCATE ALL after a DROP or a ROLLBACK, and
+    DEALLOCATE _pg3_N when its cache evicts one. Through pgshard those are the client's own
+    names (before: 'prepared statement "_pg3_2" does not exist', and after DEALLOCATE ALL
+    pgshard's own statements on the server were gone: 'pgshard_..._N does not exist')."""
+    import psycopg
+    dsn = f"host={HOST} port={PORT} user=app password=secret dbname=app"
+    conn = psycopg.connect(dsn, prepare_threshold=0, autocommit=True)
+    conn.prepared_max = 2
+    try:
+        check([conn.execute("select %s::int + 1", (i,)).fetchone()[0] for i in range(2)] == [1, 2],
+              "psycopg: prepared")
+        conn.execute("drop table if exists pgshard_not_there")  # DEALLOCATE ALL follows
+        check([conn.execute("select %s::int + 2", (i,)).fetchone()[0] for i in range(2)] == [2, 3],
+              "psycopg: prepared again after DEALLOCATE ALL")
+        got = [conn.execute(f"select %s::int + {k}", (k,)).fetchone()[0] for k in range(3, 8)]
+        check(got == [6, 8, 10, 12, 14], f"psycopg: evictions (DEALLOCATE _pg3_N) {got}")
+        names = [r[0] for r in conn.execute(
+            "select name from pg_prepared_statements where name like %s order by 1",
+            ("_pg3%",)).fetchall()]
+        check("_pg3_6" in names and "_pg3_7" in names and "_pg3_0" not in names
+              and "_pg3_5" not in names, f"psycopg: the client's statements {names}")
+    except Exception as e:  # noqa: BLE001 (the failure is what is checked)
+        check(False, f"psycopg: DEALLOCATE: {type(e).__name__} {e}")
+    conn.close()
+    conn = psycopg.connect(dsn, prepare_threshold=0)
+    try:
+        check(conn.execute("select %s::int * 2", (4,)).fetchone()[0] == 8, "psycopg: in a transaction")
+        conn.rollback()  # DEALLOCATE ALL follows
+        check(conn.execute("select %s::int * 2", (5,)).fetchone()[0] == 10, "psycopg: after ROLLBACK")
+        conn.commit()
+    except Exception as e:  # noqa: BLE001
+        check(False, f"psycopg: after ROLLBACK: {type(e).__name__} {e}")
+    conn.close()
 
 
 def psycopg3_pipeline_suite():
@@ -514,6 +582,8 @@ def main():
     asyncio.run(asyncpg_suite())
     asyncio.run(asyncpg_session_suite())
     asyncio.run(asyncpg_ddl_suite())
+    notify_pid_suite()
+    psycopg3_deallocate_suite()
     psycopg3_pipeline_suite()
     generated_keys_suite()
     sqlalchemy_suite()

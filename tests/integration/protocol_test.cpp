@@ -323,6 +323,15 @@ TEST_CASE("startup negotiation: 3.2 and _pq_ options, SSL and GSS requests", "[p
     REQUIRE(m);
     CHECK(p::ErrorFields::parse(m->second)->code() == "08P01");
   }
+  {
+    // Terminate before the startup packet (node-postgres's connect() then end()): an invalid
+    // startup length, which PostgreSQL logs and closes on without an answer (before: a
+    // FATAL the client reported as an error).
+    RawClient raw(proxy.port());
+    raw.send(std::string("X\0\0\0\4", 5));
+    CHECK(!raw.next());
+    CHECK(raw.closed());
+  }
 }
 
 TEST_CASE("a misbehaving client gets 08P01 and disturbs no one", "[protocol]") {
