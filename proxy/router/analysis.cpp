@@ -1489,6 +1489,43 @@ std::optional<std::string> const_text(const Node* n) {
   }
 }
 
+// SELECT pg_terminate_backend(pid) or pg_cancel_backend(pid) as a whole statement, with the
+// pid a literal or a parameter (maybe cast).
+std::optional<Analysis::SignalCall> signal_call(const PgQuery__ParseResult* tree) {
+  if (tree->n_stmts != 1 || !tree->stmts[0]->stmt ||
+      tree->stmts[0]->stmt->node_case != PG_QUERY__NODE__NODE_SELECT_STMT)
+    return std::nullopt;
+  const auto* sel = tree->stmts[0]->stmt->select_stmt;
+  if (sel->n_target_list != 1 || sel->n_from_clause || sel->where_clause || sel->n_group_clause ||
+      sel->having_clause || sel->n_sort_clause || sel->limit_count || sel->n_values_lists ||
+      sel->with_clause || sel->op != PG_QUERY__SET_OPERATION__SETOP_NONE)
+    return std::nullopt;
+  const Node* t = sel->target_list[0];
+  if (t->node_case != PG_QUERY__NODE__NODE_RES_TARGET || !t->res_target->val ||
+      t->res_target->val->node_case != PG_QUERY__NODE__NODE_FUNC_CALL)
+    return std::nullopt;
+  const auto* f = t->res_target->val->func_call;
+  if (f->n_funcname == 0 || f->n_funcname > 2 || f->n_args < 1 || f->n_args > 2) return std::nullopt;
+  if (f->n_funcname == 2 && ast::str_of(f->funcname[0]) != "pg_catalog") return std::nullopt;
+  const auto name = ast::str_of(f->funcname[f->n_funcname - 1]);
+  if (name != "pg_terminate_backend" && name != "pg_cancel_backend") return std::nullopt;
+  if (name == "pg_cancel_backend" && f->n_args != 1) return std::nullopt;
+  const Node* arg = f->args[0];
+  while (arg && arg->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) arg = arg->type_cast->arg;
+  if (!arg) return std::nullopt;
+  Analysis::SignalCall call;
+  call.terminate = name == "pg_terminate_backend";
+  if (arg->node_case == PG_QUERY__NODE__NODE_PARAM_REF) {
+    call.param = arg->param_ref->number;
+  } else if (arg->node_case == PG_QUERY__NODE__NODE_A_CONST && !arg->a_const->isnull &&
+             arg->a_const->val_case == PG_QUERY__A__CONST__VAL_IVAL) {
+    call.pid = arg->a_const->ival->ival;
+  } else {
+    return std::nullopt;
+  }
+  return call;
+}
+
 // Session-level SET / RESET / DISCARD ALL / set_config(..., false): the settings a client
 // changes for the rest of its session, with values flattened as PostgreSQL flattens them
 // (list settings such as search_path quote each element that needs it).
@@ -1646,6 +1683,7 @@ Analysis analyze_statement(std::string_view sql, const config::Config& cfg) {
   if (tree) {
     a = Analyzer(cfg).run(tree);
     extract_settings(tree, a);
+    a.signal_call = signal_call(tree);
     if (const auto calls = unique_id_calls(tree); !calls.empty()) {
       a.names_unique_id = true;
       if (!a.ddl && once_per_call(tree, calls)) {
@@ -2310,7 +2348,7 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
          a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
          a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
          a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() && !a.pins &&
-         !b.pins && a.user_functions == b.user_functions &&
+         !b.pins && a.user_functions == b.user_functions && !a.signal_call && !b.signal_call &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
          a.hint == b.hint && a.reason == b.reason;
 }

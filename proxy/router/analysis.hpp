@@ -117,6 +117,14 @@ struct Analysis {
   std::vector<std::string> user_functions;
   // Reads pg_prepared_statements: in transaction pooling the client is shown its own.
   bool prepared_statements_view = false;
+  // SELECT pg_terminate_backend(pid) / pg_cancel_backend(pid), alone: a pid pgshard gave a
+  // client (BackendKeyData) means that client, not a server process (see Session).
+  struct SignalCall {
+    bool terminate = false;
+    int64_t pid = 0;  // the literal, or
+    int param = 0;    // the parameter holding it ($n)
+  };
+  std::optional<SignalCall> signal_call;
   // Tables it creates TEMP (CREATE TEMP TABLE, SELECT INTO TEMP): objects of the session.
   std::vector<std::string> temp_tables;
   // A schema change of objects outside the map (it runs on every shard): the names it

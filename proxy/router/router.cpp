@@ -382,6 +382,7 @@ void take_session_effects(Route& r, const Analysis& a) {
   r.pins = a.pins;
   r.prepared_statements_view = a.prepared_statements_view;
   copy_unless_both_empty(r.user_functions, a.user_functions);
+  r.signal_call = a.signal_call;
   copy_unless_both_empty(r.temp_tables, a.temp_tables);
   copy_unless_both_empty(r.schema_objects, a.schema_objects);
   r.drops = a.drops;

@@ -104,6 +104,7 @@ struct Route {
   bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
   bool prepared_statements_view = false;    // reads pg_prepared_statements
   std::vector<std::string> user_functions;  // see Analysis::user_functions
+  std::optional<Analysis::SignalCall> signal_call;  // see Analysis::signal_call
   std::vector<std::string> temp_tables;     // see Analysis::temp_tables
   std::vector<std::string> schema_objects;  // see Analysis::schema_objects
   bool drops = false;                       // see Analysis::drops

@@ -15,7 +15,8 @@ CancelRegistry& CancelRegistry::instance() {
   return r;
 }
 
-CancelKey CancelRegistry::add(asio::any_io_executor ex, Cancel cancel) {
+CancelKey CancelRegistry::add(asio::any_io_executor ex, Cancel cancel,
+                              std::function<void()> terminate, std::string user) {
   auto random = protocol::random_bytes(4);
   int32_t secret;
   std::memcpy(&secret, random.data(), 4);
@@ -25,7 +26,8 @@ CancelKey CancelRegistry::add(asio::any_io_executor ex, Cancel cancel) {
     pid = next_pid_;
     next_pid_ = next_pid_ == INT32_MAX ? 1 : next_pid_ + 1;
   } while (entries_.contains(pid));
-  entries_.emplace(pid, Entry{secret, std::move(ex), std::move(cancel)});
+  entries_.emplace(pid, Entry{secret, std::move(ex), std::move(cancel), std::move(terminate),
+                              std::move(user)});
   return {pid, secret};
 }
 
@@ -39,6 +41,19 @@ bool CancelRegistry::cancel(const CancelKey& key, std::function<void()> done) {
   auto it = entries_.find(key.pid);
   if (it == entries_.end() || it->second.secret != key.secret) return false;
   asio::post(it->second.ex, [cancel = it->second.cancel, done = std::move(done)] { cancel(done); });
+  return true;
+}
+
+std::optional<bool> CancelRegistry::signal(int32_t pid, bool terminate, const std::string& user) {
+  std::lock_guard lock(mu_);
+  auto it = entries_.find(pid);
+  if (it == entries_.end()) return std::nullopt;
+  const Entry& e = it->second;
+  if (e.user != user) return false;
+  if (terminate && e.terminate)
+    asio::post(e.ex, e.terminate);
+  else if (!terminate)
+    asio::post(e.ex, [cancel = e.cancel] { cancel([] {}); });
   return true;
 }
 

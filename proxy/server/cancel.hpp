@@ -5,6 +5,8 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <unordered_map>
 
 #include "proxy/asio.hpp"
@@ -22,18 +24,26 @@ class CancelRegistry {
   // What a session does with a CancelRequest: forward it to the servers running its
   // statement and call `done` once they have it.
   using Cancel = std::function<void(std::function<void()> done)>;
-  // Issues a fresh key; `cancel` runs on `ex` when a matching CancelRequest arrives.
-  CancelKey add(asio::any_io_executor ex, Cancel cancel);
+  // Issues a fresh key; `cancel` runs on `ex` when a matching CancelRequest arrives, and
+  // `terminate` when another client of the same `user` terminates this one.
+  CancelKey add(asio::any_io_executor ex, Cancel cancel, std::function<void()> terminate = {},
+                std::string user = {});
   void remove(const CancelKey& key);
   // Posts the cancel of the session owning `key` (`done` runs, on that session's executor,
   // once the servers have it); false (and `done` never runs) for a wrong key.
   bool cancel(const CancelKey& key, std::function<void()> done);
+  // pg_cancel_backend / pg_terminate_backend of process id `pid` by a client logged in as
+  // `user`: nullopt when no client has that id (it may be a server's); false when the
+  // client is another user's (PostgreSQL's rule, without role membership); true when done.
+  std::optional<bool> signal(int32_t pid, bool terminate, const std::string& user);
 
  private:
   struct Entry {
     int32_t secret;
     asio::any_io_executor ex;
     Cancel cancel;
+    std::function<void()> terminate;
+    std::string user;
   };
   std::mutex mu_;
   std::unordered_map<int32_t, Entry> entries_;

@@ -521,14 +521,19 @@ awaitable<bool> Session::welcome() {
   announced["session_authorization"] = user_->name;
   for (const auto& [k, v] : announced) proto::ParameterStatus{k, v}.write(out);
   std::weak_ptr<Session> weak = weak_from_this();
-  key_ = server::CancelRegistry::instance().add(worker_.executor(),
-                                                [weak](std::function<void()> done) {
-                                                  auto s = weak.lock();
-                                                  if (s)
-                                                    s->cancel_running(std::move(done));
-                                                  else
-                                                    done();
-                                                });
+  key_ = server::CancelRegistry::instance().add(
+      worker_.executor(),
+      [weak](std::function<void()> done) {
+        auto s = weak.lock();
+        if (s)
+          s->cancel_running(std::move(done));
+        else
+          done();
+      },
+      [weak] {
+        if (auto s = weak.lock()) s->terminate();
+      },
+      user_->name);
   proto::BackendKeyData{key_.pid, key_.secret}.write(out);
   proto::ReadyForQuery{'I'}.write(out);
   co_return co_await write_client(out);
@@ -777,7 +782,7 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   // Only a plain forward to a server the session has, or takes idle from the pool, now;
   // nothing is done when anything else is needed (handle_routed does it all).
   if (route.kind != router::RouteKind::kShard || route.names_unique_id || route.split_pipeline ||
-      route.txn != router::TxnControl::kNone || txn_.failed())
+      route.txn != router::TxnControl::kNone || txn_.failed() || route.signal_call)
     return false;
   const auto act = router::action(route);
   if (act != router::Action::kForward) return false;
@@ -827,6 +832,9 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
   if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
   if (route.names_unique_id) co_await executor::declare_unique_id(*this);
   req.lone = lone(req, route);
+  if (route.signal_call && route.kind == router::RouteKind::kShard &&
+      co_await signal_client(route, req))
+    co_return;
   const auto act = router::action(route);
   worker_.routes().count(route, act);
   if (route.split_pipeline && !out_filter_ && co_await run_split_pipeline()) co_return;
@@ -1452,9 +1460,12 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     proto::Query{txn_.joining_begin()}.write(link.prelude);
     replies.expect_ready(Owner::kOwn);
   }
-  // Only a batch that runs something opens the deferred transaction; a prepare-only batch
-  // (Parse/Describe) must not pin it to a shard (its ReadyForQuery is shown as 'T').
-  if (txn_.deferred() && runs_something(pending_)) {
+  // Only a batch that binds or runs something opens the deferred transaction; a
+  // prepare-only batch (Parse/Describe) must not pin it to a shard (its ReadyForQuery is
+  // shown as 'T'). A Bind does: its portal must outlive the batch's Sync (asyncpg's cursor
+  // binds in one batch and executes in the next; before, the portal died with the implicit
+  // transaction: 'portal "__asyncpg_portal_3__" does not exist').
+  if (txn_.deferred() && binds_or_runs(pending_)) {
     // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
     link.prelude += txn_.take_deferred();
     replies.expect_ready(Owner::kOwn);
@@ -2175,8 +2186,8 @@ awaitable<void> Session::finish() {
 }
 
 void Session::maybe_close_for_shutdown() {
-  if (!shutdown_requested_ || closing_for_shutdown_ || !idle() || client_gone_ ||
-      state_ != State::kReady)
+  if ((!shutdown_requested_ && !terminate_requested_) || closing_for_shutdown_ || !idle() ||
+      client_gone_ || state_ != State::kReady)
     return;
   closing_for_shutdown_ = true;
   auto self = shared_from_this();
@@ -2185,9 +2196,68 @@ void Session::maybe_close_for_shutdown() {
       [self]() -> awaitable<void> {
         co_await self->fail(Failure::kAdminShutdown,
                             "terminating connection due to administrator command",
-                            "pgshard is shutting down");
+                            self->shutdown_requested_ ? "pgshard is shutting down" : "");
       },
       asio::detached);
+}
+
+void Session::terminate() {
+  // pg_terminate_backend by another client: as a PostgreSQL backend, the session ends with
+  // 57P01; a running statement is cancelled first, the session closes once it is idle.
+  terminate_requested_ = true;
+  if (state_ != State::kReady) {
+    stream_.close();
+    return;
+  }
+  if (!idle()) cancel_running([] {});
+  maybe_close_for_shutdown();
+}
+
+awaitable<bool> Session::signal_client(const router::Route& route, const Request& req) {
+  // pg_terminate_backend(pid) / pg_cancel_backend(pid) of a pid pgshard gave a client: that
+  // client (a server's pid goes to the server, as before).
+  const auto& call = *route.signal_call;
+  int64_t pid = call.pid;
+  if (call.param > 0) {
+    std::optional<std::string> text;
+    for (const auto m : proto::frames(pending_))
+      if (m.frame.type == proto::msg::kBind)
+        if (auto b = proto::Bind::parse(m.frame.body))
+          text = router::param_text(*b, call.param, config::KeyType::kInt8);
+    if (!text) co_return false;
+    pid = std::strtoll(text->c_str(), nullptr, 10);
+  }
+  if (pid <= 0 || pid > INT32_MAX) co_return false;
+  const auto pid32 = static_cast<int32_t>(pid);
+  if (call.terminate && pid32 == key_.pid) {
+    co_await fail(Failure::kAdminShutdown, "terminating connection due to administrator command");
+    co_return true;
+  }
+  const auto done = server::CancelRegistry::instance().signal(pid32, call.terminate, user_->name);
+  if (!done) co_return false;
+  router::Route answer;
+  answer.hints = route.hints;
+  if (!*done) {
+    answer.kind = router::RouteKind::kError;
+    answer.error = proto::error(
+        sqlstate::kInsufficientPrivilege,
+        std::string("permission denied to ") + (call.terminate ? "terminate" : "cancel") +
+            " process",
+        "Only roles with privileges of the role whose process is being " +
+            std::string(call.terminate ? "terminated" : "canceled") +
+            " or with privileges of the \"pg_signal_backend\" role may " +
+            (call.terminate ? "terminate" : "cancel") + " this process.");
+  } else {
+    answer.kind = router::RouteKind::kAnswer;
+    proto::RowDescription desc;
+    desc.fields.push_back({call.terminate ? "pg_terminate_backend" : "pg_cancel_backend", 0, 0,
+                           16, 1, -1, 0});
+    desc.write(answer.answer);
+    proto::DataRow{{std::string_view("t")}}.write(answer.answer);
+    proto::CommandComplete{"SELECT 1"}.write(answer.answer);
+  }
+  co_await answer_locally(answer, req);
+  co_return true;
 }
 
 void Session::request_shutdown() {

@@ -303,6 +303,11 @@ class Session : public std::enable_shared_from_this<Session>,
   bool idle() const;
   void server_lost(const std::shared_ptr<Link>& link, std::string& out);
   void maybe_close_for_shutdown();
+  // pg_terminate_backend of this client's pid by another client (CancelRegistry::signal).
+  void terminate();
+  // pg_terminate_backend / pg_cancel_backend of a client's pid: answered here (true), or
+  // not a client's pid (false: the statement goes to a server).
+  awaitable<bool> signal_client(const router::Route& route, const Request& req);
 
   server::Worker& worker_;
   const config::Config& config_;
@@ -392,6 +397,7 @@ class Session : public std::enable_shared_from_this<Session>,
   bool discard_until_sync_ = false;  // pgshard failed an extended batch: skip to its Sync
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
+  bool terminate_requested_ = false;  // pg_terminate_backend: close at the next idle point
   Event drained_;
   Event aborted_;
   Event client_write_done_;

@@ -175,6 +175,18 @@ async def asyncpg_session_suite():
         await cur.fetch(5)
         nxt = [r[0] for r in await cur.fetch(5)]
     check(seen == list(range(40)) and nxt == list(range(5, 10)), f"asyncpg: cursors {nxt}")
+    # A cursor as the transaction's first statement: its Bind comes in a batch of its own,
+    # which must open the transaction so the portal outlives that batch (before: 'portal
+    # "__asyncpg_portal_N__" does not exist'); MOVE on it, as asyncpg's forward() sends.
+    try:
+        async with conn.transaction():
+            cur = await conn.cursor("select id from orders where user_id = $1 order by id", u)
+            first = [r[0] for r in await cur.fetch(3)]
+            await cur.forward(2)
+            row = await cur.fetchrow()
+        check(first == [0, 1, 2] and row[0] == 5, f"asyncpg: first-statement cursor {first} {row}")
+    except Exception as e:  # noqa: BLE001 (the failure is what is checked)
+        check(False, f"asyncpg: first-statement cursor: {type(e).__name__} {e}")
     q = "select email from users where id = $1"
     check(await conn.fetchval(q, u) == "e", "asyncpg: cached statement")
     await conn.execute("alter table users alter column email type varchar(100)")
@@ -298,6 +310,60 @@ def psycopg3_deallocate_suite():
     except Exception as e:  # noqa: BLE001
         check(False, f"psycopg: after ROLLBACK: {type(e).__name__} {e}")
     conn.close()
+
+
+def signal_suite():
+    """pg_cancel_backend / pg_terminate_backend of the pid a client was given (BackendKeyData)
+    reach that client, as on PostgreSQL (before: the pid went to a server, which had no such
+    process, and answered false)."""
+    import threading
+    import psycopg
+    import psycopg2
+    dsn = f"host={HOST} port={PORT} user=app password=secret dbname=app"
+    victim = psycopg2.connect(dsn)
+    victim.autocommit = True
+    killer = psycopg2.connect(dsn)
+    killer.autocommit = True
+    kc = killer.cursor()
+    outcome = []
+
+    def sleeper():
+        try:
+            victim.cursor().execute("select pg_sleep(5)")
+            outcome.append("finished")
+        except psycopg2.errors.QueryCanceled:
+            outcome.append("canceled")
+        except Exception as e:  # noqa: BLE001
+            outcome.append(type(e).__name__)
+
+    t = threading.Thread(target=sleeper)
+    started = time.time()
+    t.start()
+    time.sleep(0.5)
+    kc.execute("select pg_cancel_backend(%s)", (victim.get_backend_pid(),))
+    check(kc.fetchone()[0] is True, "pg_cancel_backend of a client's pid answers true")
+    t.join(10)
+    check(outcome == ["canceled"] and time.time() - started < 3,
+          f"pg_cancel_backend cancels that client's statement {outcome}")
+    kc.execute("select pg_terminate_backend(%s)", (victim.get_backend_pid(),))
+    check(kc.fetchone()[0] is True, "pg_terminate_backend of a client's pid answers true")
+    time.sleep(0.3)
+    try:
+        victim.cursor().execute("select 1")
+        check(False, "the terminated client's connection is closed")
+    except psycopg2.OperationalError:
+        pass
+    kc.execute("select pg_terminate_backend(2147483000)")  # no client, no server process
+    check(kc.fetchone()[0] is False, "pg_terminate_backend of an unknown pid answers false")
+    killer.close()
+    # A client terminating itself, the pid bound as a parameter (psycopg's test_broken).
+    conn = psycopg.connect(dsn, autocommit=True)
+    try:
+        conn.execute("select pg_terminate_backend(%s)", [conn.pgconn.backend_pid])
+        check(False, "terminating itself raises OperationalError")
+    except psycopg.OperationalError:
+        pass
+    check(conn.closed and conn.broken, "terminated connection is closed and broken")
 
 
 def psycopg3_pipeline_suite():
@@ -584,6 +650,7 @@ def main():
     asyncio.run(asyncpg_ddl_suite())
     notify_pid_suite()
     psycopg3_deallocate_suite()
+    signal_suite()
     psycopg3_pipeline_suite()
     generated_keys_suite()
     sqlalchemy_suite()

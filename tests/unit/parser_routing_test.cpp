@@ -1265,3 +1265,26 @@ TEST_CASE("cursors: DECLARE goes where its query goes; several shards are refuse
   CHECK(r.cursor_op == Analysis::CursorOp::kClose);
   CHECK(r.cursor.empty());
 }
+
+TEST_CASE("pg_terminate_backend / pg_cancel_backend alone are seen, with their pid",
+          "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  auto r = route_query("select pg_terminate_backend(15)", h, *cfg);
+  REQUIRE(r.signal_call);
+  CHECK(r.signal_call->terminate);
+  CHECK(r.signal_call->pid == 15);
+  r = route_query("SELECT pg_catalog.pg_cancel_backend($1::int)", h, *cfg);
+  REQUIRE(r.signal_call);
+  CHECK_FALSE(r.signal_call->terminate);
+  CHECK(r.signal_call->param == 1);
+  // The same shape with another pid is not answered from the first one's analysis.
+  CHECK(route_query("select pg_terminate_backend(16)", h, *cfg).signal_call->pid == 16);
+  // Anything more is a statement for the server.
+  for (const char* sql :
+       {"select pg_terminate_backend(pid) from pg_stat_activity", "select pg_cancel_backend(1), 2",
+        "select pg_terminate_backend(1) where false", "select 1"}) {
+    INFO(sql);
+    CHECK_FALSE(route_query(sql, h, *cfg).signal_call);
+  }
+}
