@@ -1900,10 +1900,27 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         }
       }
       if (lost) {
+        // A session-pooled or pinned client's server session is its session (settings,
+        // prepared statements, temporary tables, LISTEN): ended by the server
+        // (pg_terminate_backend, the shard shutting down), the client's ends with the
+        // server's FATAL, as on PostgreSQL (before: the next statement ran on a fresh server
+        // without them).
+        std::string fatal;
+        if (!client_gone_ && !conn.replies.fatal.empty() &&
+            (pinned_ || user_->pool_mode == config::PoolMode::kSession))
+          proto::write_error(fatal, proto::fatal(conn.replies.fatal_code.empty()
+                                                     ? std::string(sqlstate::kAdminShutdown)
+                                                     : conn.replies.fatal_code,
+                                                 conn.replies.fatal));
         std::string notice;
         server_lost(link, notice);
         if (!relay.empty()) co_await write_client(relay);
-        if (!notice.empty()) co_await write_client(notice);
+        if (!fatal.empty()) {
+          co_await write_client(fatal);
+          stream_.close();
+        } else if (!notice.empty()) {
+          co_await write_client(notice);
+        }
         break;
       }
       if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&

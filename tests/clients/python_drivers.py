@@ -366,6 +366,33 @@ def signal_suite():
     check(conn.closed and conn.broken, "terminated connection is closed and broken")
 
 
+def pinned_session_end_suite():
+    """A pinned client (LISTEN) whose server session is terminated loses its session, as on
+    PostgreSQL: its next statement fails and the connection closes (before: it ran on a
+    fresh server, the LISTEN silently gone)."""
+    import psycopg2
+    dsn = f"host={HOST} port={PORT} user=app password=secret dbname=app"
+    conn = psycopg2.connect(dsn)
+    conn.autocommit = True
+    cur = conn.cursor()
+    cur.execute("LISTEN pgshard_end")
+    cur.execute("select pg_backend_pid()")
+    server_pid = cur.fetchone()[0]
+    other = psycopg2.connect(dsn)
+    other.autocommit = True
+    oc = other.cursor()
+    oc.execute("select pg_terminate_backend(%s)", (server_pid,))
+    check(oc.fetchone()[0] is True, "the pinned client's server is terminated")
+    other.close()
+    time.sleep(0.3)
+    try:
+        cur.execute("select 1")
+        check(False, "a pinned client whose server was terminated is closed")
+    except psycopg2.OperationalError:
+        pass
+    check(conn.closed != 0, "the pinned client's connection is closed")
+
+
 def psycopg3_pipeline_suite():
     """An error in the middle of a pipeline: psycopg 3 leaves pipeline mode cleanly and the
     statements of the failed sync are not applied, as directly."""
@@ -651,6 +678,7 @@ def main():
     notify_pid_suite()
     psycopg3_deallocate_suite()
     signal_suite()
+    pinned_session_end_suite()
     psycopg3_pipeline_suite()
     generated_keys_suite()
     sqlalchemy_suite()
