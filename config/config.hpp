@@ -57,6 +57,9 @@ struct User {
   std::optional<protocol::ScramSecret> scram;  // for auth: scram
   std::string md5;                             // "md5..." for auth: md5
   std::optional<bool> partial_results;         // overrides the map-wide setting
+  // Set only on a session's own copy: the database it asked for, when not the shards' own
+  // (pools are per user and database).
+  std::string database;
 };
 
 struct Shard {

@@ -51,7 +51,7 @@ Worker::~Worker() {
 }
 
 pool::Pool& Worker::pool(int shard, const config::User& user) {
-  auto key = std::make_pair(shard, user.name);
+  auto key = std::make_pair(shard, pool_user_key(user));
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
   const auto& cfg = config();
@@ -63,7 +63,9 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   t.port = s.primary.port;
   t.user = s.primary.user.empty() ? user.name : s.primary.user;
   t.password = s.primary.user.empty() ? user.plaintext.value_or("") : s.primary.password;
-  t.database = s.primary.database.empty() ? t.user : s.primary.database;
+  t.database = !user.database.empty()         ? user.database
+               : s.primary.database.empty() ? t.user
+                                            : s.primary.database;
   // pool_size is per shard for the whole process: split it across workers.
   const int workers = static_cast<int>(cfg.listen.workers);
   int size = std::max(1, (s.pool_size + workers - 1) / std::max(1, workers));
@@ -156,6 +158,17 @@ pool::Pool& Worker::gate_pool() {
   return ref;
 }
 
+std::string Worker::pool_user_key(const config::User& user) {
+  return user.database.empty() ? user.name : user.name + kDatabaseSeparator + user.database;
+}
+
+void Worker::drop_pools(const config::User& user) {
+  const std::string key = pool_user_key(user);
+  std::erase_if(pools_, [&](const auto& entry) {
+    return entry.first.first >= 0 && entry.first.second == key && entry.second->stats().total == 0;
+  });
+}
+
 awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_params(
     const config::User& user, std::string* error) {
   // What a server tells this user (is_superuser, ...): never another user's login.
@@ -216,7 +229,7 @@ admin::WorkerSnapshot Worker::snapshot() const {
     admin::PoolRow row;
     row.shard = key.first;
     row.shard_name = p->target().shard_name;
-    row.user = key.second;
+    row.user = key.second.substr(0, key.second.find(kDatabaseSeparator));
     row.host = p->target().host;
     row.port = p->target().port;
     row.database = p->target().database;

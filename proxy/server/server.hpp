@@ -92,8 +92,11 @@ class Worker {
   void apply_config();
   int index() const { return index_; }
 
-  // The pool for (shard, user), created on first use.
+  // The pool for (shard, user), created on first use (per database, for a session of
+  // another database than the shards' own: config::User::database).
   pool::Pool& pool(int shard, const config::User& user);
+  // Removes the user's pools that hold no connection (a login to a database no shard has).
+  void drop_pools(const config::User& user);
   router::AnalysisCache& analysis_cache() { return cache_; }
   protocol::SpareBlocks& spare_blocks() { return spare_blocks_; }  // (the sessions' reads)
   session::ParkedRelays& parked_relays() { return parked_relays_; }
@@ -124,6 +127,8 @@ class Worker {
   // the first shard's server, its postgres database, logged in as for maintenance.
   pool::Pool& gate_pool();
   static constexpr int kGatePoolSize = 16;
+  static constexpr char kDatabaseSeparator = '\x1f';  // user, then database, in a pool key
+  static std::string pool_user_key(const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
   // learned by opening one connection (nullopt and an error message if no shard answers).
   awaitable<std::optional<std::map<std::string, std::string>>> server_params(

@@ -466,15 +466,16 @@ awaitable<void> Session::console() {
 }
 
 awaitable<bool> Session::welcome() {
-  // One logical database: when the shard URLs name a database, clients must ask for it.
-  const auto& db = config_.shards.front().primary.database;
-  if (!db.empty() && db != identity_.database) {
-    co_await fail(Failure::kLoginRefused,
-                  proto::error(sqlstate::kInvalidCatalogName,
-                               "database \"" + identity_.database + "\" does not exist", {},
-                               "pgshard serves database \"" + db + "\""),
-                  proto::msg::kSync);
-    co_return false;
+  // Another database than the shards' own (template1, one the client created): served from
+  // the same shards, with pools of its own; one no shard has is refused as PostgreSQL does.
+  const auto& home = config_.shards.front().primary;
+  const std::string home_db = !home.database.empty() ? home.database
+                              : !home.user.empty()   ? home.user
+                                                     : user_->name;
+  if (!identity_.database.empty() && identity_.database != home_db) {
+    own_user_ = *user_;
+    own_user_->database = identity_.database;
+    user_ = &*own_user_;
   }
   // Settings from the startup packet follow the client to every server it is given.
   Params wanted;
@@ -495,6 +496,17 @@ awaitable<bool> Session::welcome() {
     it->second = canonical_encoding(it->second);
   std::string err;
   auto server = co_await worker_.server_params(*user_, &err);
+  if (!server && own_user_) {
+    worker_.drop_pools(*user_);  // (names of databases that do not exist are not kept)
+    if (err.find("failed: database \"") != std::string::npos &&
+        err.find("\" does not exist") != std::string::npos) {
+      co_await fail(Failure::kLoginRefused,
+                    proto::error(sqlstate::kInvalidCatalogName,
+                                 "database \"" + identity_.database + "\" does not exist"),
+                    proto::msg::kSync);
+      co_return false;
+    }
+  }
   if (!server) {
     // At login, no server is the end of the connection.
     co_await fail(Failure::kLoginRefused, proto::error(sqlstate::kSqlclientUnableToEstablish, err),
@@ -2235,12 +2247,15 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
   // client (a server's pid goes to the server, as before).
   const auto& call = *route.signal_call;
   int64_t pid = call.pid;
+  std::optional<std::string> text;
+  bool binary = false;  // the Bind asks for its result in binary (asyncpg)
+  for (const auto m : proto::frames(pending_))
+    if (m.frame.type == proto::msg::kBind)
+      if (auto b = proto::Bind::parse(m.frame.body)) {
+        if (call.param > 0) text = router::param_text(*b, call.param, config::KeyType::kInt8);
+        binary = !b->result_formats.empty() && b->result_formats[0] == 1;
+      }
   if (call.param > 0) {
-    std::optional<std::string> text;
-    for (const auto m : proto::frames(pending_))
-      if (m.frame.type == proto::msg::kBind)
-        if (auto b = proto::Bind::parse(m.frame.body))
-          text = router::param_text(*b, call.param, config::KeyType::kInt8);
     if (!text) co_return false;
     pid = std::strtoll(text->c_str(), nullptr, 10);
   }
@@ -2268,9 +2283,9 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
     answer.kind = router::RouteKind::kAnswer;
     proto::RowDescription desc;
     desc.fields.push_back({call.terminate ? "pg_terminate_backend" : "pg_cancel_backend", 0, 0,
-                           16, 1, -1, 0});
+                           16, 1, -1, static_cast<int16_t>(binary ? 1 : 0)});
     desc.write(answer.answer);
-    proto::DataRow{{std::string_view("t")}}.write(answer.answer);
+    proto::DataRow{{std::string_view(binary ? "\x01" : "t", 1)}}.write(answer.answer);
     proto::CommandComplete{"SELECT 1"}.write(answer.answer);
   }
   co_await answer_locally(answer, req);

@@ -365,6 +365,26 @@ def signal_suite():
         pass
     check(conn.closed and conn.broken, "terminated connection is closed and broken")
 
+    async def with_asyncpg():
+        # asyncpg binds the pid as a binary parameter and reads the result in binary.
+        import asyncpg
+        a = await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                  database="app")
+        b = await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                  database="app")
+        check(await a.fetchval("select pg_terminate_backend($1)", b.get_server_pid()) is True,
+              "asyncpg: pg_terminate_backend of another client")
+        await asyncio.sleep(0.3)
+        try:
+            await b.fetchval("select 1")
+            check(False, "asyncpg: the terminated client's connection is closed")
+        except (asyncpg.exceptions.ConnectionDoesNotExistError,
+                asyncpg.exceptions.AdminShutdownError, asyncpg.exceptions.InterfaceError):
+            pass
+        await a.close()
+
+    asyncio.run(with_asyncpg())
+
 
 def pinned_session_end_suite():
     """A pinned client (LISTEN) whose server session is terminated loses its session, as on

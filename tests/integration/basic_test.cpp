@@ -121,6 +121,17 @@ TEST_CASE("wrong password gives 28P01 and the connection closes", "[basic]") {
           PQfinish);
   CHECK(PQstatus(db.get()) == CONNECTION_BAD);
   CHECK_THAT(PQerrorMessage(db.get()), Catch::Contains("database \"other\" does not exist"));
+  // A database the shards do have is served from them, with pools of its own, as one
+  // PostgreSQL serves it (node-postgres and asyncpg tests connect to template1 and to
+  // databases they create; before: "does not exist").
+  Conn t1(PQconnectdb(("host=127.0.0.1 port=" + std::to_string(proxy.port()) +
+                       " user=app password=secret dbname=template1")
+                          .c_str()),
+          PQfinish);
+  REQUIRE(PQstatus(t1.get()) == CONNECTION_OK);
+  CHECK(scalar(t1.get(), "select current_database()") == "template1");
+  auto app = connect(proxy.conninfo());
+  CHECK(scalar(app.get(), "select current_database()") == "app");
 }
 
 TEST_CASE("md5 and trust users log in", "[basic]") {
