@@ -424,24 +424,24 @@ void RowDescription::write(std::string& out) const {
   w.finish();
 }
 
-std::string quote_literal(std::string_view v) {
-  std::string out = "'";
+namespace {
+std::string quoted(std::string_view v, char quote) {
+  std::string out(1, quote);
   for (char c : v) {
-    if (c == '\'') out.push_back('\'');
+    if (c == quote) out.push_back(quote);
     out.push_back(c);
   }
-  out.push_back('\'');
+  out.push_back(quote);
   return out;
+}
+}  // namespace
+
+std::string quote_literal(std::string_view v) {
+  return quoted(v, '\'');
 }
 
 std::string quote_ident(std::string_view v) {
-  std::string out = "\"";
-  for (char c : v) {
-    if (c == '"') out.push_back('"');
-    out.push_back(c);
-  }
-  out.push_back('"');
-  return out;
+  return quoted(v, '"');
 }
 
 }  // namespace pgshard::protocol

@@ -1505,7 +1505,8 @@ std::optional<Analysis::SignalCall> signal_call(const PgQuery__ParseResult* tree
       t->res_target->val->node_case != PG_QUERY__NODE__NODE_FUNC_CALL)
     return std::nullopt;
   const auto* f = t->res_target->val->func_call;
-  if (f->n_funcname == 0 || f->n_funcname > 2 || f->n_args < 1 || f->n_args > 2) return std::nullopt;
+  if (f->n_funcname == 0 || f->n_funcname > 2 || f->n_args < 1 || f->n_args > 2)
+    return std::nullopt;
   if (f->n_funcname == 2 && ast::str_of(f->funcname[0]) != "pg_catalog") return std::nullopt;
   const auto name = ast::str_of(f->funcname[f->n_funcname - 1]);
   if (name != "pg_terminate_backend" && name != "pg_cancel_backend") return std::nullopt;

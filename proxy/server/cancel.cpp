@@ -26,8 +26,8 @@ CancelKey CancelRegistry::add(asio::any_io_executor ex, Cancel cancel,
     pid = next_pid_;
     next_pid_ = next_pid_ == INT32_MAX ? 1 : next_pid_ + 1;
   } while (entries_.contains(pid));
-  entries_.emplace(pid, Entry{secret, std::move(ex), std::move(cancel), std::move(terminate),
-                              std::move(user)});
+  entries_.emplace(
+      pid, Entry{secret, std::move(ex), std::move(cancel), std::move(terminate), std::move(user)});
   return {pid, secret};
 }
 

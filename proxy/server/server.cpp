@@ -2,12 +2,12 @@
 // connections they use live on the same worker, so the data path takes no locks.
 #include "proxy/server/server.hpp"
 
-#include <limits>
 #include <malloc.h>
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
 #include <future>
+#include <limits>
 
 #include "proxy/admin/console.hpp"
 #include "proxy/admin/http.hpp"
@@ -63,7 +63,7 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   t.port = s.primary.port;
   t.user = s.primary.user.empty() ? user.name : s.primary.user;
   t.password = s.primary.user.empty() ? user.plaintext.value_or("") : s.primary.password;
-  t.database = !user.database.empty()         ? user.database
+  t.database = !user.database.empty()       ? user.database
                : s.primary.database.empty() ? t.user
                                             : s.primary.database;
   // pool_size is per shard for the whole process: split it across workers.

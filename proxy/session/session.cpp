@@ -2271,19 +2271,18 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
   answer.hints = route.hints;
   if (!*done) {
     answer.kind = router::RouteKind::kError;
-    answer.error = proto::error(
-        sqlstate::kInsufficientPrivilege,
-        std::string("permission denied to ") + (call.terminate ? "terminate" : "cancel") +
-            " process",
-        "Only roles with privileges of the role whose process is being " +
-            std::string(call.terminate ? "terminated" : "canceled") +
-            " or with privileges of the \"pg_signal_backend\" role may " +
-            (call.terminate ? "terminate" : "cancel") + " this process.");
+    answer.error = proto::error(sqlstate::kInsufficientPrivilege,
+                                std::string("permission denied to ") +
+                                    (call.terminate ? "terminate" : "cancel") + " process",
+                                "Only roles with privileges of the role whose process is being " +
+                                    std::string(call.terminate ? "terminated" : "canceled") +
+                                    " or with privileges of the \"pg_signal_backend\" role may " +
+                                    (call.terminate ? "terminate" : "cancel") + " this process.");
   } else {
     answer.kind = router::RouteKind::kAnswer;
     proto::RowDescription desc;
-    desc.fields.push_back({call.terminate ? "pg_terminate_backend" : "pg_cancel_backend", 0, 0,
-                           16, 1, -1, static_cast<int16_t>(binary ? 1 : 0)});
+    desc.fields.push_back({call.terminate ? "pg_terminate_backend" : "pg_cancel_backend", 0, 0, 16,
+                           1, -1, static_cast<int16_t>(binary ? 1 : 0)});
     desc.write(answer.answer);
     proto::DataRow{{std::string_view(binary ? "\x01" : "t", 1)}}.write(answer.answer);
     proto::CommandComplete{"SELECT 1"}.write(answer.answer);

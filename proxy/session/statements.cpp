@@ -188,8 +188,7 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
   conn.replies.expect_parse(Owner::kClient, Action::kForward, name);
 }
 
-std::optional<std::string> Statements::deallocate(pool::ServerConn& conn,
-                                                  const std::string& name) {
+std::optional<std::string> Statements::deallocate(pool::ServerConn& conn, const std::string& name) {
   // SQL DEALLOCATE of the client's protocol-level statement: the client's name goes, and so
   // does pgshard's statement on this server (other clients prepare it again when they need
   // it), so the client gets PostgreSQL's DEALLOCATE reply.

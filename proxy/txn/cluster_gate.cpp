@@ -18,8 +18,8 @@ std::string coordinator_lock_sql(VisibilityGate::Mode mode, std::vector<std::str
   // One order for every instance, whatever the order of its map.
   std::sort(shard_names.begin(), shard_names.end());
   shard_names.erase(std::unique(shard_names.begin(), shard_names.end()), shard_names.end());
-  std::string sql = "BEGIN; SET LOCAL lock_timeout = " + std::to_string(wait.count()) +
-                    "; LOCK TABLE ONLY ";
+  std::string sql =
+      "BEGIN; SET LOCAL lock_timeout = " + std::to_string(wait.count()) + "; LOCK TABLE ONLY ";
   for (std::size_t i = 0; i < shard_names.size(); ++i)
     sql += (i ? ", " : "") + std::string("pgshard_gate.") + proto::quote_ident(shard_names[i]);
   sql += mode == VisibilityGate::Mode::kRead ? " IN SHARE MODE" : " IN ROW EXCLUSIVE MODE";
@@ -90,9 +90,8 @@ awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
     if (!missing || attempt > 0) co_return false;
     const auto setup = coordinator_setup_sql(names);
     if (!co_await run_bounded(conn, setup, max_message, VisibilityGate::kWaitLimit, why)) break;
-    if (const std::string failed = conn.replies.error_code; !failed.empty() &&
-                                                          failed != "42P06" && failed != "42P07" &&
-                                                          failed != "23505") {
+    if (const std::string failed = conn.replies.error_code;
+        !failed.empty() && failed != "42P06" && failed != "42P07" && failed != "23505") {
       *why = "could not create the gate's tables: " + conn.replies.error +
              "; a superuser can run in the postgres database: " + setup +
              "; GRANT USAGE ON SCHEMA pgshard_gate TO " + proto::quote_ident(conn.target().user) +
@@ -109,16 +108,16 @@ awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
 
 awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
                                std::vector<int> shards) {
-  const char* other = mode == VisibilityGate::Mode::kRead ? "a cross-shard commit"
-                                                           : "multi-shard reads";
+  const char* other =
+      mode == VisibilityGate::Mode::kRead ? "a cross-shard commit" : "multi-shard reads";
   auto& gate = c.worker().shared().visibility;
   std::vector<std::string> names;
   for (int s : shards) names.push_back(c.config().shards[static_cast<std::size_t>(s)].name);
   GateHold h;
   h.local_ = co_await gate.enter(mode, std::move(shards), VisibilityGate::kWaitLimit);
   if (h.local_.forced) {
-    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it",
-                 c.prefix(), VisibilityGate::kWaitLimit.count(), other);
+    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it", c.prefix(),
+                 VisibilityGate::kWaitLimit.count(), other);
     co_return h;
   }
   if (!c.config().visibility_cluster) co_return h;
@@ -136,10 +135,11 @@ awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
   }
   ++gate.forced;
   h.local_.forced = true;
-  spdlog::warn("{}: the visibility gate's coordinator did not give the lock ({}); the {} went "
-               "ahead without it",
-               c.prefix(), why,
-               mode == VisibilityGate::Mode::kRead ? "multi-shard read" : "cross-shard commit");
+  spdlog::warn(
+      "{}: the visibility gate's coordinator did not give the lock ({}); the {} went "
+      "ahead without it",
+      c.prefix(), why,
+      mode == VisibilityGate::Mode::kRead ? "multi-shard read" : "cross-shard commit");
   co_return h;
 }
 

@@ -125,12 +125,14 @@ awaitable<void> Ending::commit_with_hold_cursor() {
   // pg_current_xact_id_if_assigned(): a transaction id is assigned at the first write.
   std::vector<Part> wrote, read_only;
   for (auto& p : parts_) {
-    if (!co_await c_.run_ours(p, "SELECT 1 WHERE pg_catalog.pg_current_xact_id_if_assigned() "
-                                 "IS NOT NULL")) {
+    if (!co_await c_.run_ours(p,
+                              "SELECT 1 WHERE pg_catalog.pg_current_xact_id_if_assigned() "
+                              "IS NOT NULL")) {
       co_await rollback_all();
-      error_ = proto::error(sqlstate::kConnectionFailure,
-                            "lost shard " + name(p) + " while committing; the transaction was "
-                                                      "rolled back");
+      error_ =
+          proto::error(sqlstate::kConnectionFailure, "lost shard " + name(p) +
+                                                         " while committing; the transaction was "
+                                                         "rolled back");
       co_return;
     }
     (p->lease->replies.tag == "SELECT 1" ? wrote : read_only).push_back(p);

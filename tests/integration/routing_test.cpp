@@ -1399,8 +1399,7 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
     query(c.get(), "begin");
     query(c.get(), "update orders set amount = amount + 1 where user_id = " + std::to_string(a));
     if (both)
-      query(c.get(),
-            "update orders set amount = amount + 1 where user_id = " + std::to_string(b));
+      query(c.get(), "update orders set amount = amount + 1 where user_id = " + std::to_string(b));
     query(c.get(), "declare h5 cursor with hold for select id from orders where user_id = " +
                        std::to_string(b));
     std::string why;
@@ -1418,8 +1417,10 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
   // the other shard's write kept).
   query(c.get(), "begin");
   query(c.get(), "update orders set amount = amount + 1 where user_id = " + std::to_string(a));
-  query(c.get(), "declare h6 cursor with hold for select 1 / (amount - amount) from orders "
-                 "where user_id = " + std::to_string(b));
+  query(c.get(),
+        "declare h6 cursor with hold for select 1 / (amount - amount) from orders "
+        "where user_id = " +
+            std::to_string(b));
   CHECK(error_code(c.get(), "commit") == "22012");
   CHECK(scalar(c.get(), "select sum(amount) from orders") == amounts);
   // A cursor over every shard: refused with 0A000, never one shard's rows; the transaction

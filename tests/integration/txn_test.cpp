@@ -654,25 +654,29 @@ void transfers_and_sums(const std::vector<std::string>& conninfos, std::chrono::
   for (int i = 0; i < kReaders; ++i)
     threads.emplace_back(reader, i % 2 == 1, conninfos[client++ % conninfos.size()]);
   for (auto& t : threads) t.join();
-  std::cout << "no fractured reads: " << out.transfers.load() << " transfers, "
-            << out.reads.load() << " reads, " << out.wrong.load() << " wrong totals, "
-            << out.errors.load() << " errors\n";
+  std::cout << "no fractured reads: " << out.transfers.load() << " transfers, " << out.reads.load()
+            << " reads, " << out.wrong.load() << " wrong totals, " << out.errors.load()
+            << " errors\n";
 }
 
-TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard transfer",
-          "[visibility]") {
-  // On one PostgreSQL every read returns the constant total: so must pgshard. Before the
-  // visibility gate, about a quarter of the reads saw a total that never existed (one
-  // shard's COMMIT PREPARED seen, the other's not).
+// The fractured-read load through `instances` pgshard instances of the same map (plus
+// `extra_top`), and what must hold after it: every read a total that existed, no errors,
+// nothing left prepared, no gate that gave up waiting (that would void the guarantee).
+void no_fractured_reads(int instances, const std::string& extra_top) {
   constexpr int kAccounts = 12;
   make_accounts(kAccounts, 500);
   const long long total = total_balance();
   ProxyOptions o = accounts_map();
   o.pool_size = 16;
-  Proxy proxy(o);
+  o.extra_top += extra_top;
+  std::vector<std::unique_ptr<Proxy>> proxies;
+  std::vector<std::string> conninfos;
+  for (int i = 0; i < instances; ++i) {
+    proxies.push_back(std::make_unique<Proxy>(o));
+    conninfos.push_back(proxies.back()->conninfo("options='-c statement_timeout=30000'"));
+  }
   FracturedReads r;
-  transfers_and_sums({proxy.conninfo("options='-c statement_timeout=30000'")},
-                     std::chrono::seconds(20), kAccounts, total, r);
+  transfers_and_sums(conninfos, std::chrono::seconds(20), kAccounts, total, r);
   INFO(r.first_wrong);
   INFO(r.first_error);
   CHECK(r.transfers > 100);
@@ -681,8 +685,16 @@ TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard 
   CHECK(r.errors == 0);
   CHECK(total_balance() == total);
   CHECK(prepared_left() == 0);
-  // The gate never had to give up waiting (that would void the guarantee).
-  CHECK(read_file(proxy.log_path()).find("visibility gate") == std::string::npos);
+  for (const auto& p : proxies)
+    CHECK(read_file(p->log_path()).find("visibility gate") == std::string::npos);
+}
+
+TEST_CASE("no fractured reads: sums over shards never see half of a cross-shard transfer",
+          "[visibility]") {
+  // On one PostgreSQL every read returns the constant total: so must pgshard. Before the
+  // visibility gate, about a quarter of the reads saw a total that never existed (one
+  // shard's COMMIT PREPARED seen, the other's not).
+  no_fractured_reads(1, "");
 }
 
 TEST_CASE("no fractured reads across two pgshard instances (atomic_visibility: cluster)",
@@ -691,27 +703,7 @@ TEST_CASE("no fractured reads across two pgshard instances (atomic_visibility: c
   // instance's own gate cannot see the other's commits, so the gate is also a lock on the
   // coordinator (the first shard's server). With `atomic_visibility: true` the same load
   // reads totals that never existed (the instances' gates are independent).
-  constexpr int kAccounts = 12;
-  make_accounts(kAccounts, 500);
-  const long long total = total_balance();
-  ProxyOptions o = accounts_map();
-  o.pool_size = 16;
-  o.extra_top += "atomic_visibility: cluster\n";
-  Proxy a(o), b(o);
-  FracturedReads r;
-  const std::string opts = "options='-c statement_timeout=30000'";
-  transfers_and_sums({a.conninfo(opts), b.conninfo(opts)}, std::chrono::seconds(20), kAccounts,
-                     total, r);
-  INFO(r.first_wrong);
-  INFO(r.first_error);
-  CHECK(r.transfers > 100);
-  CHECK(r.reads > 100);
-  CHECK(r.wrong == 0);
-  CHECK(r.errors == 0);
-  CHECK(total_balance() == total);
-  CHECK(prepared_left() == 0);
-  CHECK(read_file(a.log_path()).find("visibility gate") == std::string::npos);
-  CHECK(read_file(b.log_path()).find("visibility gate") == std::string::npos);
+  no_fractured_reads(2, "atomic_visibility: cluster\n");
   // The locks were taken on the coordinator, in its postgres database (not the
   // application's), one table per shard, and none is left.
   auto app = connect(Cluster::get().direct(0));
@@ -720,14 +712,16 @@ TEST_CASE("no fractured reads across two pgshard instances (atomic_visibility: c
   auto pg = connect(Cluster::get().direct(0) + " dbname=postgres");
   CHECK(scalar(pg.get(), "select count(*) from pg_tables where schemaname = 'pgshard_gate'") ==
         std::to_string(Cluster::get().size()));
-  CHECK(scalar(pg.get(), "select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
-                         "join pg_namespace n on n.oid = c.relnamespace "
-                         "where n.nspname = 'pgshard_gate'") == "0");
+  CHECK(scalar(pg.get(),
+               "select count(*) from pg_locks l join pg_class c on c.oid = l.relation "
+               "join pg_namespace n on n.oid = c.relnamespace "
+               "where n.nspname = 'pgshard_gate'") == "0");
 }
 
-TEST_CASE("a coordinator that stops answering holds no read up for long (atomic_visibility: "
-          "cluster)",
-          "[visibility]") {
+TEST_CASE(
+    "a coordinator that stops answering holds no read up for long (atomic_visibility: "
+    "cluster)",
+    "[visibility]") {
   // A frozen coordinator (no reset: a stopped host, a partition) is waited on for the gate's
   // bound and no longer: the read goes ahead without the cross-instance guarantee, with a
   // WARNING in the log. (Before: every multi-shard read waited as long as it was frozen.)
@@ -738,8 +732,9 @@ TEST_CASE("a coordinator that stops answering holds no read up for long (atomic_
   auto c = connect(proxy.conninfo());
   CHECK(scalar(c.get(), "select sum(balance) from accounts") == "600");
   auto d = connect(Cluster::get().direct(0));
-  auto pids = query(d.get(), "select pid from pg_stat_activity where datname = 'postgres' and "
-                             "usename = 'app' and pid <> pg_backend_pid()");
+  auto pids = query(d.get(),
+                    "select pid from pg_stat_activity where datname = 'postgres' and "
+                    "usename = 'app' and pid <> pg_backend_pid()");
   REQUIRE(!pids.empty());
   std::string list;
   for (const auto& row : pids) list += " " + row[0];
