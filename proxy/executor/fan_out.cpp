@@ -976,7 +976,9 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
   std::optional<std::string> error_frame;
   std::string failed_shard;
   std::set<std::string> notices_seen;
-  for (int shard : route.shards) {
+  bool retried = false;
+  for (std::size_t k = 0; k < route.shards.size(); ++k) {
+    const int shard = route.shards[k];
     const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
     auto got = co_await c.worker().pool(shard, c.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
@@ -1030,6 +1032,23 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
                                          "server connection to shard " + name + " was lost"));
       error_frame = e;
       failed = true;
+    }
+    if (failed && !retried && error_frame && error_frame->size() > 5) {
+      // CREATE DATABASE from a template and DROP DATABASE are refused while any session is
+      // connected to that database (55006), pgshard's idle pooled ones too: those are
+      // closed on every worker, and the shard asked once more.
+      auto e = proto::ErrorFields::parse(std::string_view(*error_frame).substr(5));
+      if (e && e->code() == "55006") {
+        retried = true;
+        error_frame.reset();
+        for (auto* w : c.worker().shared().workers)
+          asio::post(w->executor(), [w] { w->close_idle_other_databases(); });
+        asio::steady_timer pause(co_await asio::this_coro::executor,
+                                 std::chrono::milliseconds(300));
+        co_await pause.async_wait(use_nothrow);
+        --k;
+        continue;
+      }
     }
     if (failed) {
       failed_shard = name;

@@ -132,6 +132,12 @@ bool schema_change(PgQuery__Node__NodeCase kind) {
     case PG_QUERY__NODE__NODE_CREATE_CAST_STMT:
     case PG_QUERY__NODE__NODE_ALTER_COLLATION_STMT:
     case PG_QUERY__NODE__NODE_CREATE_CONVERSION_STMT:
+    // Databases and role settings live in each shard's server.
+    case PG_QUERY__NODE__NODE_CREATEDB_STMT:
+    case PG_QUERY__NODE__NODE_DROPDB_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_DATABASE_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_DATABASE_SET_STMT:
+    case PG_QUERY__NODE__NODE_ALTER_ROLE_SET_STMT:
       return true;
     default:
       return false;
@@ -2414,7 +2420,8 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   if (key.data() == masked_.data()) {
     // A shape shared across literals never holds settings (see lookup).
     if (auto it = map_.find(key);
-        it != map_.end() && (!it->second.analysis->settings.empty() || it->second.analysis->pins))
+        it != map_.end() && (!it->second.analysis->settings.empty() || it->second.analysis->pins ||
+                             it->second.analysis->signal_call))
       key = sql;
   }
   return lookup(key, sql, cfg);
@@ -2430,8 +2437,9 @@ std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std:
   }
   if (!known) ++misses_;
   auto a = known ? std::move(known) : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
-  // Settings carry their literals: such statements are cached by their exact text only.
-  if (!a->settings.empty() || a->pins) key = sql;
+  // Settings (and a signalled pid) carry their literals: such statements are cached by
+  // their exact text only.
+  if (!a->settings.empty() || a->pins || a->signal_call) key = sql;
   if (capacity_ == 0) return a;
   if (map_.size() >= capacity_) {
     map_.erase(order_.back());

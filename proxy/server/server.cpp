@@ -169,6 +169,12 @@ void Worker::drop_pools(const config::User& user) {
   });
 }
 
+void Worker::close_idle_other_databases() {
+  for (auto& [key, p] : pools_)
+    if (key.first >= 0 && key.second.find(kDatabaseSeparator) != std::string::npos)
+      p->prune(config::Millis(0));
+}
+
 awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_params(
     const config::User& user, std::string* error) {
   // What a server tells this user (is_superuser, ...): never another user's login.
@@ -363,7 +369,14 @@ awaitable<void> Worker::janitor() {
     timer.expires_after(std::chrono::seconds(10));
     auto [ec] = co_await timer.async_wait(use_nothrow);
     if (ec) co_return;
-    for (auto& [key, p] : pools_) p->prune(config().timeouts.server_idle);
+    // Connections to other databases than the shards' own (template1, a client's) are not
+    // kept idle long: PostgreSQL refuses CREATE DATABASE from a template, and DROP DATABASE,
+    // while any session is connected to it.
+    for (auto& [key, p] : pools_)
+      p->prune(key.second.find(kDatabaseSeparator) == std::string::npos
+                   ? config().timeouts.server_idle
+                   : std::min<config::Millis>(config().timeouts.server_idle,
+                                              std::chrono::seconds(5)));
     // After many clients left, give their memory back to the system: the allocator keeps
     // freed memory in its arenas otherwise, and RSS would stay at its peak.
     if (peak_sessions_ >= sessions_.size() + 256) {

@@ -97,6 +97,8 @@ class Worker {
   pool::Pool& pool(int shard, const config::User& user);
   // Removes the user's pools that hold no connection (a login to a database no shard has).
   void drop_pools(const config::User& user);
+  // Closes the idle connections to databases other than the shards' own (DDL on databases).
+  void close_idle_other_databases();
   router::AnalysisCache& analysis_cache() { return cache_; }
   protocol::SpareBlocks& spare_blocks() { return spare_blocks_; }  // (the sessions' reads)
   session::ParkedRelays& parked_relays() { return parked_relays_; }

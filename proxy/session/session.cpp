@@ -1566,13 +1566,15 @@ void Session::follow_cursors(router::Route& r) {
     }
     if (r.shards.empty()) cursors_[r.cursor] = {r.shard, r.cursor_hold};
     if (r.cursor_hold && transaction_status() != proto::txn_status::kIdle)
-      txn_.declared_hold_cursor();
+      txn_.declared_hold_cursor(r.cursor);
     return;
   }
   if (r.cursor_op == Op::kClose && r.cursor.empty()) {
     cursors_.clear();  // CLOSE ALL
+    txn_.closed_cursor({});
     return;
   }
+  if (r.cursor_op == Op::kClose) txn_.closed_cursor(r.cursor);
   const auto it = cursors_.find(r.cursor);
   if (it == cursors_.end()) return;  // unknown here: the server says it does not exist
   r.shard = it->second.shard;
@@ -1943,6 +1945,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (conn.replies.client_owed() == 0 && !open_extended_) {
         last_activity_ = coarse_now();
         drained_.notify_all();
+        if (terminate_requested_) maybe_close_for_shutdown();  // (its statement is answered)
       }
       if (link->closing && conn.replies.empty()) {
         if (client_gone_ && conn.replies.tag == "SELECT 1") {
@@ -2215,14 +2218,20 @@ awaitable<void> Session::finish() {
 }
 
 void Session::maybe_close_for_shutdown() {
-  if ((!shutdown_requested_ && !terminate_requested_) || closing_for_shutdown_ || !idle() ||
-      client_gone_ || state_ != State::kReady)
-    return;
+  if (closing_for_shutdown_ || client_gone_ || state_ != State::kReady) return;
+  // A shutdown waits for the client's transaction to end; pg_terminate_backend only for the
+  // statement running (cancelled), and ends a transaction in progress (rolled back).
+  const bool quiet = owed() == 0 && !open_extended_ && !writing_server_;
+  if (!(terminate_requested_ && quiet) && !(shutdown_requested_ && idle())) return;
   closing_for_shutdown_ = true;
   auto self = shared_from_this();
   asio::co_spawn(
       worker_.executor(),
       [self]() -> awaitable<void> {
+        if (self->terminated_told_) {  // (its FATAL went in place of the cancel's error)
+          self->force_close();
+          co_return;
+        }
         co_await self->fail(Failure::kAdminShutdown,
                             "terminating connection due to administrator command",
                             self->shutdown_requested_ ? "pgshard is shutting down" : "");
@@ -2232,13 +2241,14 @@ void Session::maybe_close_for_shutdown() {
 
 void Session::terminate() {
   // pg_terminate_backend by another client: as a PostgreSQL backend, the session ends with
-  // 57P01; a running statement is cancelled first, the session closes once it is idle.
+  // 57P01 at once. A running statement is cancelled and its cancel error replaced by that
+  // FATAL (replace_error); a transaction in progress is rolled back with its servers.
   terminate_requested_ = true;
   if (state_ != State::kReady) {
     stream_.close();
     return;
   }
-  if (!idle()) cancel_running([] {});
+  if (owed() > 0) cancel_running([] {});
   maybe_close_for_shutdown();
 }
 
@@ -2407,10 +2417,16 @@ awaitable<void> Session::roll_back_victim() {
 }
 
 std::optional<std::string> Session::replace_error(std::string_view body) {
-  if (deadlock_detail_.empty()) return std::nullopt;
+  if (deadlock_detail_.empty() && !terminate_requested_) return std::nullopt;
   auto e = proto::ErrorFields::parse(body);
   if (!e || e->code() != sqlstate::kQueryCanceled) return std::nullopt;
   std::string out;
+  if (terminate_requested_) {
+    terminated_told_ = true;
+    proto::write_error(out, proto::fatal(sqlstate::kAdminShutdown,
+                                         "terminating connection due to administrator command"));
+    return out;
+  }
   proto::write_error(out,
                      proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
                                   std::exchange(deadlock_detail_, {}), "Retry the transaction."));

@@ -398,7 +398,8 @@ class Session : public std::enable_shared_from_this<Session>,
   bool discard_until_sync_ = false;  // pgshard failed an extended batch: skip to its Sync
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
-  bool terminate_requested_ = false;  // pg_terminate_backend: close at the next idle point
+  bool terminate_requested_ = false;  // pg_terminate_backend: close once no statement runs
+  bool terminated_told_ = false;      // its FATAL replaced the cancelled statement's error
   Event drained_;
   Event aborted_;
   Event client_write_done_;

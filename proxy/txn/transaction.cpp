@@ -120,7 +120,7 @@ void Transaction::lose(std::string why, bool told, std::string_view code) {
 void Transaction::end() {
   on(Event::kEnded);
   modes_.clear();
-  hold_cursor_ = false;
+  hold_cursors_.clear();
   snapshots.clear();
 }
 

@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstdint>
 #include <optional>
+#include <set>
 #include <string>
 #include <string_view>
 
@@ -75,10 +76,17 @@ class Transaction {
   // Took a savepoint (a savepoint must stay on one shard).
   void savepoint() { savepoints_ = true; }
   bool savepoints() const { return savepoints_; }
-  // Created a WITH HOLD cursor (DECLARE ... WITH HOLD in the block): PostgreSQL refuses to
-  // PREPARE such a transaction, so it cannot commit in two phases.
-  void declared_hold_cursor() { hold_cursor_ = true; }
-  bool hold_cursor() const { return hold_cursor_; }
+  // Created a WITH HOLD cursor (DECLARE ... WITH HOLD in the block) still open: PostgreSQL
+  // refuses to PREPARE such a transaction, so it cannot commit in two phases. CLOSE of it
+  // (or CLOSE ALL: an empty name) takes it back.
+  void declared_hold_cursor(const std::string& name) { hold_cursors_.insert(name); }
+  void closed_cursor(const std::string& name) {
+    if (name.empty())
+      hold_cursors_.clear();
+    else
+      hold_cursors_.erase(name);
+  }
+  bool hold_cursor() const { return !hold_cursors_.empty(); }
   // What the work of the transaction died with, "" if nothing was lost.
   const std::string& lost() const { return lost_; }
   // The error for a statement sent while failed: the loss once, then 25P02.
@@ -116,7 +124,7 @@ class Transaction {
   std::string deferred_;
   std::string modes_;  // see add_modes
   bool savepoints_ = false;
-  bool hold_cursor_ = false;
+  std::set<std::string> hold_cursors_;
   bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints
   std::string lost_;
   std::string lost_code_;

@@ -353,6 +353,43 @@ def signal_suite():
         check(False, "the terminated client's connection is closed")
     except psycopg2.OperationalError:
         pass
+    # Terminated inside a transaction: the transaction rolls back and the session ends at
+    # once (before: the next statements and COMMIT went through); terminated while a
+    # statement runs: 57P01, not the cancel's retriable 57014.
+    victim = psycopg2.connect(dsn)
+    vc = victim.cursor()
+    vc.execute("delete from users where id in (913000, 913001)")
+    victim.commit()
+    vc.execute("insert into users (id, name, email) values (913000, 'term', 'x')")
+    kc.execute("select pg_terminate_backend(%s)", (victim.get_backend_pid(),))
+    time.sleep(0.3)
+    try:
+        vc.execute("insert into users (id, name, email) values (913001, 'term', 'x')")
+        victim.commit()
+        check(False, "a client terminated in a transaction cannot go on")
+    except psycopg2.OperationalError:
+        pass
+    kc.execute("select count(*) from users where id in (913000, 913001)")
+    check(kc.fetchone()[0] == 0, "the terminated client's transaction rolled back")
+    victim = psycopg2.connect(dsn)
+    victim.autocommit = True
+    outcome.clear()
+
+    def sleeper_terminated():
+        try:
+            victim.cursor().execute("select pg_sleep(5)")
+            outcome.append("finished")
+        except psycopg2.errors.QueryCanceled:
+            outcome.append("canceled")
+        except psycopg2.OperationalError as e:
+            outcome.append(getattr(e, "pgcode", None) or "closed")
+
+    t = threading.Thread(target=sleeper_terminated)
+    t.start()
+    time.sleep(0.5)
+    kc.execute("select pg_terminate_backend(%s)", (victim.get_backend_pid(),))
+    t.join(10)
+    check(outcome in (["57P01"], ["closed"]), f"terminated mid-statement: {outcome}")
     kc.execute("select pg_terminate_backend(2147483000)")  # no client, no server process
     check(kc.fetchone()[0] is False, "pg_terminate_backend of an unknown pid answers false")
     killer.close()

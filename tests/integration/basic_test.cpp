@@ -130,8 +130,26 @@ TEST_CASE("wrong password gives 28P01 and the connection closes", "[basic]") {
           PQfinish);
   REQUIRE(PQstatus(t1.get()) == CONNECTION_OK);
   CHECK(scalar(t1.get(), "select current_database()") == "template1");
+  t1.reset();  // (CREATE DATABASE copies template1: no session may be connected to it)
   auto app = connect(proxy.conninfo());
   CHECK(scalar(app.get(), "select current_database()") == "app");
+  // CREATE DATABASE through pgshard makes it on every shard (before: on one, and a client
+  // of it then failed on the others).
+  query(app.get(), "drop database if exists pgshard_extra with (force)");
+  query(app.get(), "create database pgshard_extra");
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    CHECK(scalar(d.get(), "select count(*) from pg_database where datname = 'pgshard_extra'") ==
+          "1");
+  }
+  {
+    auto extra = connect("host=127.0.0.1 port=" + std::to_string(proxy.port()) +
+                         " user=app password=secret dbname=pgshard_extra");
+    query(extra.get(), "create table t (id int)");
+    query(extra.get(), "insert into t values (1)");
+    CHECK(scalar(extra.get(), "select count(*) from t") == "1");
+  }
+  query(app.get(), "drop database pgshard_extra with (force)");
 }
 
 TEST_CASE("md5 and trust users log in", "[basic]") {

@@ -1423,6 +1423,19 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
             std::to_string(b));
   CHECK(error_code(c.get(), "commit") == "22012");
   CHECK(scalar(c.get(), "select sum(amount) from orders") == amounts);
+  // A WITH HOLD cursor closed before COMMIT is no obstacle to two-phase commit (PostgreSQL
+  // prepares such a transaction).
+  for (const char* delta : {"+ 1", "- 1"}) {
+    query(c.get(), "begin");
+    for (long long k : {a, b})
+      query(c.get(), "update orders set amount = amount " + std::string(delta) +
+                         " where user_id = " + std::to_string(k));
+    query(c.get(), "declare h7 cursor with hold for select id from orders where user_id = " +
+                       std::to_string(b));
+    query(c.get(), "close h7");
+    CHECK(error_code(c.get(), "commit").empty());
+  }
+  CHECK(scalar(c.get(), "select sum(amount) from orders") == amounts);
   // A cursor over every shard: refused with 0A000, never one shard's rows; the transaction
   // is then aborted as after any error in a transaction block.
   query(c.get(), "begin");

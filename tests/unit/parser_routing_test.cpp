@@ -1278,8 +1278,13 @@ TEST_CASE("pg_terminate_backend / pg_cancel_backend alone are seen, with their p
   REQUIRE(r.signal_call);
   CHECK_FALSE(r.signal_call->terminate);
   CHECK(r.signal_call->param == 1);
-  // The same shape with another pid is not answered from the first one's analysis.
+  // The same shape with another pid is not answered from the first one's analysis, in the
+  // worker's cache either (statements without sharded tables share an entry per shape).
   CHECK(route_query("select pg_terminate_backend(16)", h, *cfg).signal_call->pid == 16);
+  AnalysisCache cache(100, cfg.get());
+  CHECK(cache.get("select pg_terminate_backend(15)", *cfg)->signal_call->pid == 15);
+  CHECK(cache.get("select pg_terminate_backend(35)", *cfg)->signal_call->pid == 35);
+  CHECK(cache.get("select pg_terminate_backend(15)", *cfg)->signal_call->pid == 15);
   // Anything more is a statement for the server.
   for (const char* sql :
        {"select pg_terminate_backend(pid) from pg_stat_activity", "select pg_cancel_backend(1), 2",
