@@ -85,8 +85,9 @@ std::vector<PoolRow> combine(const std::vector<WorkerSnapshot>& workers, bool by
     }
   std::sort(out.begin(), out.end(), [](const PoolRow& a, const PoolRow& b) {
     // Shards first in map order, then directories; users by name.
-    const int ka = a.shard < 0 ? 1000000 - a.shard : a.shard;
-    const int kb = b.shard < 0 ? 1000000 - b.shard : b.shard;
+    // (64-bit: the visibility coordinator's pool has shard INT_MIN.)
+    const int64_t ka = a.shard < 0 ? int64_t{1000000} - a.shard : a.shard;
+    const int64_t kb = b.shard < 0 ? int64_t{1000000} - b.shard : b.shard;
     return ka != kb ? ka < kb : a.user < b.user;
   });
   return out;

@@ -2275,10 +2275,16 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
     co_await fail(Failure::kAdminShutdown, "terminating connection due to administrator command");
     co_return true;
   }
-  const auto done = server::CancelRegistry::instance().signal(pid32, call.terminate, user_->name);
-  if (!done) co_return false;
   router::Route answer;
   answer.hints = route.hints;
+  if (pid32 == key_.pid) {  // cancelling itself: this very statement, as on PostgreSQL
+    answer.kind = router::RouteKind::kError;
+    answer.error = proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request");
+    co_await answer_locally(answer, req);
+    co_return true;
+  }
+  const auto done = server::CancelRegistry::instance().signal(pid32, call.terminate, user_->name);
+  if (!done) co_return false;
   if (!*done) {
     answer.kind = router::RouteKind::kError;
     answer.error = proto::error(sqlstate::kInsufficientPrivilege,

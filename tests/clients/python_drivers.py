@@ -390,6 +390,11 @@ def signal_suite():
     kc.execute("select pg_terminate_backend(%s)", (victim.get_backend_pid(),))
     t.join(10)
     check(outcome in (["57P01"], ["closed"]), f"terminated mid-statement: {outcome}")
+    try:  # cancelling itself cancels this very statement
+        kc.execute("select pg_cancel_backend(%s)", (killer.get_backend_pid(),))
+        check(False, "pg_cancel_backend of itself raises QueryCanceled")
+    except psycopg2.errors.QueryCanceled:
+        pass
     kc.execute("select pg_terminate_backend(2147483000)")  # no client, no server process
     check(kc.fetchone()[0] is False, "pg_terminate_backend of an unknown pid answers false")
     killer.close()
