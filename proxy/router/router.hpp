@@ -102,12 +102,12 @@ struct Route {
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
   std::vector<SettingChange> settings;            // session settings the statement changes
   bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
-  bool prepared_statements_view = false;    // reads pg_prepared_statements
-  std::vector<std::string> user_functions;  // see Analysis::user_functions
+  bool prepared_statements_view = false;            // reads pg_prepared_statements
+  std::vector<std::string> user_functions;          // see Analysis::user_functions
   std::optional<Analysis::SignalCall> signal_call;  // see Analysis::signal_call
-  std::vector<std::string> temp_tables;     // see Analysis::temp_tables
-  std::vector<std::string> schema_objects;  // see Analysis::schema_objects
-  bool drops = false;                       // see Analysis::drops
+  std::vector<std::string> temp_tables;             // see Analysis::temp_tables
+  std::vector<std::string> schema_objects;          // see Analysis::schema_objects
+  bool drops = false;                               // see Analysis::drops
   // SQL cursors (Analysis::cursor_op): the session remembers the server a cursor was
   // declared on and sends its FETCH, MOVE and CLOSE there.
   Analysis::CursorOp cursor_op = Analysis::CursorOp::kNone;

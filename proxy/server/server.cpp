@@ -373,10 +373,10 @@ awaitable<void> Worker::janitor() {
     // kept idle long: PostgreSQL refuses CREATE DATABASE from a template, and DROP DATABASE,
     // while any session is connected to it.
     for (auto& [key, p] : pools_)
-      p->prune(key.second.find(kDatabaseSeparator) == std::string::npos
-                   ? config().timeouts.server_idle
-                   : std::min<config::Millis>(config().timeouts.server_idle,
-                                              std::chrono::seconds(5)));
+      p->prune(
+          key.second.find(kDatabaseSeparator) == std::string::npos
+              ? config().timeouts.server_idle
+              : std::min<config::Millis>(config().timeouts.server_idle, std::chrono::seconds(5)));
     // After many clients left, give their memory back to the system: the allocator keeps
     // freed memory in its arenas otherwise, and RSS would stay at its peak.
     if (peak_sessions_ >= sessions_.size() + 256) {

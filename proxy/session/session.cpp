@@ -2279,7 +2279,8 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
   answer.hints = route.hints;
   if (pid32 == key_.pid) {  // cancelling itself: this very statement, as on PostgreSQL
     answer.kind = router::RouteKind::kError;
-    answer.error = proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request");
+    answer.error =
+        proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request");
     co_await answer_locally(answer, req);
     co_return true;
   }

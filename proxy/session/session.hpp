@@ -320,9 +320,9 @@ class Session : public std::enable_shared_from_this<Session>,
   State state_ = State::kStartup;
 
   protocol::Buffer in_;
-  std::string pending_;                 // frames of the request being assembled
-  Identity identity_;                   // what the startup packet said
-  const config::User* user_ = nullptr;  // identity_.user once logged in (or own_user_)
+  std::string pending_;                   // frames of the request being assembled
+  Identity identity_;                     // what the startup packet said
+  const config::User* user_ = nullptr;    // identity_.user once logged in (or own_user_)
   std::optional<config::User> own_user_;  // a session of another database (User::database)
   Params client_params_;
   Params startup_params_;  // as the client connected: what RESET returns to

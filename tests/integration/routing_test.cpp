@@ -1130,7 +1130,8 @@ TEST_CASE("a client that leaves while a pipeline sent in parts is failed", "[rou
   }
   REQUIRE(proxy.running());
   auto c = connect(proxy.conninfo());
-  CHECK(scalar(c.get(), "select count(*) from users where id in (1501, " + std::to_string(far) + ")") == "0");
+  CHECK(scalar(c.get(), "select count(*) from users where id in (1501, " + std::to_string(far) +
+                            ")") == "0");
 }
 
 TEST_CASE("a split INSERT keeps parameters of rows another shard holds", "[routing]") {
@@ -1363,10 +1364,10 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
   // The same name again, for the other shard: 42P03 as on PostgreSQL (before: accepted, two
   // cursors "ca", FETCH read the first).
   std::string dup;
-  CHECK(error_code(c.get(),
-                   "declare ca cursor for select user_id from orders where user_id = " +
-                       std::to_string(b),
-                   &dup) == "42P03");
+  CHECK(error_code(
+            c.get(),
+            "declare ca cursor for select user_id from orders where user_id = " + std::to_string(b),
+            &dup) == "42P03");
   CHECK_THAT(dup, Catch::Contains("cursor \"ca\" already exists"));
   query(c.get(), "rollback");
   // WITH HOLD outside a transaction block: it outlives its implicit transaction.

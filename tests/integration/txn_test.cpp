@@ -94,13 +94,12 @@ std::string await_result(PGconn* c, std::chrono::milliseconds limit) {
 // statement that failed, "" when it committed.
 std::string transfer(PGconn* c, int a, int b, int amount) {
   std::string code;
-  for (const std::string& sql :
-       {std::string("begin"),
-        "update accounts set balance = balance - " + std::to_string(amount) +
-            " where id = " + std::to_string(a),
-        "update accounts set balance = balance + " + std::to_string(amount) +
-            " where id = " + std::to_string(b),
-        std::string("commit")}) {
+  for (const std::string& sql : {std::string("begin"),
+                                 "update accounts set balance = balance - " +
+                                     std::to_string(amount) + " where id = " + std::to_string(a),
+                                 "update accounts set balance = balance + " +
+                                     std::to_string(amount) + " where id = " + std::to_string(b),
+                                 std::string("commit")}) {
     PGresult* r = PQexec(c, sql.c_str());
     if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
     PQclear(r);
@@ -338,8 +337,7 @@ TEST_CASE("multi-shard statements run inside a transaction", "[txn]") {
   CHECK(scalar(c.get(), "select count(*) from accounts") == "12");
 }
 
-TEST_CASE("a client that leaves during a multi-shard statement of its transaction",
-          "[txn]") {
+TEST_CASE("a client that leaves during a multi-shard statement of its transaction", "[txn]") {
   // The statement borrows the transaction's servers from their relays. The client leaving
   // ended the links: a relay returned its server (freed, as it was mid-reply) while the
   // statement still read through it (heap-use-after-free under ASan, found by the session
@@ -349,7 +347,8 @@ TEST_CASE("a client that leaves during a multi-shard statement of its transactio
   for (int round = 0; round < 12; ++round) {
     auto c = connect(proxy.conninfo());
     query(c.get(), "begin");
-    query(c.get(), "update accounts set balance = balance where id = " + std::to_string(1 + round % 12));
+    query(c.get(),
+          "update accounts set balance = balance where id = " + std::to_string(1 + round % 12));
     REQUIRE(PQsendQuery(c.get(), "select id, pg_sleep(0.05) from accounts") == 1);
     std::this_thread::sleep_for(std::chrono::milliseconds(20 + 15 * (round % 6)));
     c.reset();  // gone without a word, mid-statement
@@ -913,8 +912,7 @@ TEST_CASE(
   }
 }
 
-TEST_CASE("SET TRANSACTION and SET SESSION CHARACTERISTICS reach shards that join later",
-          "[txn]") {
+TEST_CASE("SET TRANSACTION and SET SESSION CHARACTERISTICS reach shards that join later", "[txn]") {
   // Found from outside: shards that joined a transaction after SET TRANSACTION ISOLATION
   // LEVEL REPEATABLE READ ran READ COMMITTED (a second read saw another total), and one after
   // SET TRANSACTION READ ONLY took an UPDATE that one PostgreSQL refuses (25006).
@@ -924,8 +922,8 @@ TEST_CASE("SET TRANSACTION and SET SESSION CHARACTERISTICS reach shards that joi
   auto isolation_everywhere = [&] {
     std::vector<std::string> levels;
     for (int s = 0; s < Cluster::get().size(); ++s)
-      levels.push_back(scalar(c.get(), "/* pgshard: shard=s" + std::to_string(s) +
-                                           " */ show transaction_isolation"));
+      levels.push_back(scalar(
+          c.get(), "/* pgshard: shard=s" + std::to_string(s) + " */ show transaction_isolation"));
     return levels;
   };
   const std::vector<std::string> rr(3, "repeatable read"), ser(3, "serializable"),

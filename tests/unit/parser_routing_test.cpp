@@ -874,8 +874,9 @@ TEST_CASE("keys that cannot be read are never guessed", "[router][parser]") {
 TEST_CASE("COPY into a reference table copies every row to every shard", "[router][parser]") {
   auto cfg = map();
   SessionHints h;
-  for (const char* sql : {"copy countries from stdin", "copy public.currencies (code) from stdin "
-                                                       "with (format csv, header)",
+  for (const char* sql : {"copy countries from stdin",
+                          "copy public.currencies (code) from stdin "
+                          "with (format csv, header)",
                           "copy countries from stdin with binary"}) {
     INFO(sql);
     auto r = route_query(sql, h, *cfg);
@@ -907,10 +908,11 @@ TEST_CASE("COPY TO over several shards knows whether it has a header line", "[ro
     CHECK(where(r) == "all");
     CHECK(r.copy_out_header);
   }
-  for (const char* sql : {"copy users to stdout", "copy users to stdout (format csv)",
-                          "copy users to stdout (format csv, header false)",
-                          "copy users to stdout (format csv, header 0)",
-                          "copy users to stdout (header off)", "copy users to stdout with binary"}) {
+  for (const char* sql :
+       {"copy users to stdout", "copy users to stdout (format csv)",
+        "copy users to stdout (format csv, header false)",
+        "copy users to stdout (format csv, header 0)", "copy users to stdout (header off)",
+        "copy users to stdout with binary"}) {
     INFO(sql);
     CHECK_FALSE(route_query(sql, h, *cfg).copy_out_header);
   }
