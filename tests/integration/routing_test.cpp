@@ -975,12 +975,12 @@ TEST_CASE("a pipeline over several shards answers as one PostgreSQL: one transac
   // part on the first part's shard joins it; one bound for another shard fails the pipeline
   // (the first part's server is closed, so nothing of it stays), never lands on the wrong
   // shard (before: it was run on the first part's shard).
-  auto parts = [&](long long first, long long second) {
-    RawClient raw(proxy.port());
-    REQUIRE(raw.login());
+  // The first part of a pipeline sent in parts: an INSERT of `key` through statement `name`,
+  // then Flush; its replies come at once.
+  auto first_part = [&](RawClient& raw, const std::string& name, long long key) {
     std::string part;
-    wire::Parse{"ins", "insert into users (id, name) values ($1, 'f')", {}}.write(part);
-    wire::Bind{"", "ins", {}, {std::to_string(first)}, {}}.write(part);
+    wire::Parse{name, "insert into users (id, name) values ($1, 'f')", {}}.write(part);
+    wire::Bind{"", name, {}, {std::to_string(key)}, {}}.write(part);
     wire::Execute{"", 0}.write(part);
     wire::write_empty(part, wire::msg::kFlush);
     raw.send(part);
@@ -991,7 +991,12 @@ TEST_CASE("a pipeline over several shards answers as one PostgreSQL: one transac
       types += m->first;
     }
     CHECK(types == "12C");
-    part.clear();
+  };
+  auto parts = [&](long long first, long long second) {
+    RawClient raw(proxy.port());
+    REQUIRE(raw.login());
+    first_part(raw, "ins", first);
+    std::string part;
     wire::Bind{"", "ins", {}, {std::to_string(second)}, {}}.write(part);
     wire::Execute{"", 0}.write(part);
     wire::write_empty(part, wire::msg::kSync);
@@ -1016,20 +1021,8 @@ TEST_CASE("a pipeline over several shards answers as one PostgreSQL: one transac
     REQUIRE(raw.login());
     long long first = 1351, second = 1352;
     while (shard_of(second) == shard_of(first)) ++second;
+    first_part(raw, "", first);
     std::string part;
-    wire::Parse{"", "insert into users (id, name) values ($1, 'f')", {}}.write(part);
-    wire::Bind{"", "", {}, {std::to_string(first)}, {}}.write(part);
-    wire::Execute{"", 0}.write(part);
-    wire::write_empty(part, wire::msg::kFlush);
-    raw.send(part);
-    std::string types;
-    for (int i = 0; i < 3; ++i) {
-      auto m = raw.next();
-      REQUIRE(m);
-      types += m->first;
-    }
-    CHECK(types == "12C");
-    part.clear();
     wire::Bind{"", "", {}, {std::to_string(second)}, {}}.write(part);
     wire::Execute{"", 0}.write(part);
     wire::write_empty(part, wire::msg::kFlush);

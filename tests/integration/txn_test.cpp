@@ -91,7 +91,7 @@ std::string await_result(PGconn* c, std::chrono::milliseconds limit) {
 }
 
 // Moves `amount` from account a to b in one transaction; the SQLSTATE of the first
-// statement that failed, "" when it committed.
+// statement that failed, "ROLLBACK" when COMMIT answered ROLLBACK, "" when it committed.
 std::string transfer(PGconn* c, int a, int b, int amount) {
   std::string code;
   for (const std::string& sql : {std::string("begin"),
@@ -102,7 +102,9 @@ std::string transfer(PGconn* c, int a, int b, int amount) {
                                  std::string("commit")}) {
     PGresult* r = PQexec(c, sql.c_str());
     if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
+    const bool rolled_back = sql == "commit" && std::string(PQcmdStatus(r)) == "ROLLBACK";
     PQclear(r);
+    if (rolled_back && code.empty()) code = "ROLLBACK";
     if (!code.empty()) break;
   }
   return code;
@@ -502,22 +504,7 @@ TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, n
       int a = static_cast<int>(rng() % kAccounts) + 1, b;
       do b = static_cast<int>(rng() % kAccounts) + 1;
       while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
-      const int amount = static_cast<int>(rng() % 10) + 1;
-      std::string code;
-      for (const std::string& sql :
-           {std::string("begin"),
-            "update accounts set balance = balance - " + std::to_string(amount) +
-                " where id = " + std::to_string(a),
-            "update accounts set balance = balance + " + std::to_string(amount) +
-                " where id = " + std::to_string(b),
-            std::string("commit")}) {
-        PGresult* r = PQexec(c.get(), sql.c_str());
-        if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
-        const bool rolled_back = sql == "commit" && std::string(PQcmdStatus(r)) == "ROLLBACK";
-        PQclear(r);
-        if (rolled_back && code.empty()) code = "ROLLBACK";
-        if (!code.empty()) break;
-      }
+      const std::string code = transfer(c.get(), a, b, static_cast<int>(rng() % 10) + 1);
       if (code.empty()) {
         ++committed;
         continue;
