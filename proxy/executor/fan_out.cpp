@@ -592,7 +592,9 @@ awaitable<txn::GateHold> FanOut::enter_gate(txn::VisibilityGate::Mode mode) {
   std::vector<int> shards;
   for (const auto& leg : legs_)
     if (!leg.failed) shards.push_back(leg.shard);
-  co_return co_await txn::enter_gate(c_, mode, std::move(shards));
+  co_return co_await c_.worker()
+      .visibility_entry(c_.config(), c_.prefix())
+      .enter(mode, std::move(shards));
 }
 
 awaitable<void> FanOut::await_snapshots() {

@@ -25,6 +25,7 @@
 #include "proxy/router/analysis.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/session/parked_relays.hpp"
+#include "proxy/txn/cluster_gate.hpp"
 #include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/decision_log.hpp"
 #include "proxy/txn/visibility_gate.hpp"
@@ -128,6 +129,10 @@ class Worker {
   // Connections to the coordinator of `atomic_visibility: cluster` (txn/cluster_gate.hpp):
   // the first shard's server, its postgres database, logged in as for maintenance.
   pool::Pool& gate_pool();
+  // Where a statement of a session with `cfg` enters the visibility gate (txn::GateEntry).
+  txn::GateEntry visibility_entry(const config::Config& cfg, const std::string& log_prefix) {
+    return {shared_.visibility, cfg.visibility_cluster ? &gate_pool() : nullptr, cfg, log_prefix};
+  }
   static constexpr int kGatePoolSize = 16;
   static constexpr char kDatabaseSeparator = '\x1f';  // user, then database, in a pool key
   static std::string pool_user_key(const config::User& user);

@@ -6,8 +6,6 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
-#include "proxy/executor/client.hpp"
-#include "proxy/server/server.hpp"
 
 namespace pgshard::txn {
 
@@ -65,10 +63,9 @@ awaitable<bool> run_bounded(pool::ServerConn& conn, std::string_view sql, std::s
 constexpr std::chrono::milliseconds kAnswerWithin{1000};
 
 // Takes the coordinator's lock on `conn`: true when held (its transaction open).
-awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
+awaitable<bool> lock_on_coordinator(std::size_t max_message, pool::ServerConn& conn,
                                     VisibilityGate::Mode mode, std::vector<std::string> names,
                                     std::string* why) {
-  const auto max_message = c.config().listen.max_message_size;
   const auto lock = coordinator_lock_sql(mode, names, VisibilityGate::kWaitLimit);
   for (int attempt = 0; attempt < 2; ++attempt) {
     if (!co_await run_bounded(conn, lock, max_message, VisibilityGate::kWaitLimit + kAnswerWithin,
@@ -106,26 +103,24 @@ awaitable<bool> lock_on_coordinator(executor::Client& c, pool::ServerConn& conn,
 
 }  // namespace
 
-awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
-                               std::vector<int> shards) {
+awaitable<GateHold> GateEntry::enter(VisibilityGate::Mode mode, std::vector<int> shards) {
   const char* other =
       mode == VisibilityGate::Mode::kRead ? "a cross-shard commit" : "multi-shard reads";
-  auto& gate = c.worker().shared().visibility;
   std::vector<std::string> names;
-  for (int s : shards) names.push_back(c.config().shards[static_cast<std::size_t>(s)].name);
+  for (int s : shards) names.push_back(config.shards[static_cast<std::size_t>(s)].name);
   GateHold h;
   h.local_ = co_await gate.enter(mode, std::move(shards), VisibilityGate::kWaitLimit);
   if (h.local_.forced) {
-    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it", c.prefix(),
+    spdlog::warn("{}: the visibility gate waited {} ms for {}; went ahead without it", log_prefix,
                  VisibilityGate::kWaitLimit.count(), other);
     co_return h;
   }
-  if (!c.config().visibility_cluster) co_return h;
-  h.max_message_ = c.config().listen.max_message_size;
+  if (!coordinator) co_return h;
+  h.max_message_ = config.listen.max_message_size;
   std::string why;
-  auto got = co_await c.worker().gate_pool().acquire();
+  auto got = co_await coordinator->acquire();
   if (auto* lease = std::get_if<pool::Lease>(&got)) {
-    if (co_await lock_on_coordinator(c, **lease, mode, std::move(names), &why)) {
+    if (co_await lock_on_coordinator(h.max_message_, **lease, mode, std::move(names), &why)) {
       h.coordinator_ = std::move(*lease);
       co_return h;
     }
@@ -138,7 +133,7 @@ awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
   spdlog::warn(
       "{}: the visibility gate's coordinator did not give the lock ({}); the {} went "
       "ahead without it",
-      c.prefix(), why,
+      log_prefix, why,
       mode == VisibilityGate::Mode::kRead ? "multi-shard read" : "cross-shard commit");
   co_return h;
 }

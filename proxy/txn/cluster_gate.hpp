@@ -15,15 +15,13 @@
 // committers meet there, and the coordinator sees one waiter per holder.
 #pragma once
 
+#include <string>
 #include <string_view>
 #include <vector>
 
+#include "config/config.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/txn/visibility_gate.hpp"
-
-namespace pgshard::executor {
-class Client;
-}
 
 namespace pgshard::txn {
 
@@ -36,18 +34,24 @@ class GateHold {
   awaitable<void> release();
 
  private:
-  friend awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
-                                        std::vector<int> shards);
+  friend struct GateEntry;
   VisibilityGate::Entered local_;
   pool::Lease coordinator_;
   std::size_t max_message_ = 0;
 };
 
-// Enters the gate for `shards` (indexes into the shard map). Past the wait limit, or when
-// the coordinator cannot be reached, it goes ahead without the guarantee: logged as a
-// WARNING naming the visibility gate and counted in VisibilityGate::forced.
-awaitable<GateHold> enter_gate(executor::Client& c, VisibilityGate::Mode mode,
-                               std::vector<int> shards);
+// Where a statement enters the gate: the process's gate, and with `atomic_visibility:
+// cluster` the worker's coordinator pool (null otherwise); the map names the shards.
+struct GateEntry {
+  VisibilityGate& gate;
+  pool::Pool* coordinator;
+  const config::Config& config;
+  const std::string& log_prefix;
+  // Enters for `shards` (indexes into the shard map). Past the wait limit, or when the
+  // coordinator cannot be reached, it goes ahead without the guarantee: logged as a
+  // WARNING naming the visibility gate and counted in VisibilityGate::forced.
+  awaitable<GateHold> enter(VisibilityGate::Mode mode, std::vector<int> shards);
+};
 
 // The coordinator's statement that takes the lock for `shard_names` in `mode` (exposed for
 // the unit tests): its transaction, its wait bound and the LOCK TABLE, in one message.

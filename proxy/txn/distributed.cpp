@@ -243,7 +243,9 @@ awaitable<GateHold> Ending::enter_gate() {
   if (!c_.config().atomic_visibility) co_return GateHold{};
   std::vector<int> shards;
   for (const auto& p : parts_) shards.push_back(p->shard);
-  co_return co_await txn::enter_gate(c_, VisibilityGate::Mode::kCommit, std::move(shards));
+  co_return co_await c_.worker()
+      .visibility_entry(c_.config(), c_.prefix())
+      .enter(VisibilityGate::Mode::kCommit, std::move(shards));
 }
 
 void Ending::hand_back() {
