@@ -276,6 +276,15 @@ class Analyzer {
         case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
           a1.txn = TxnControl::kRollbackTo;
           break;
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_PREPARE:
+          a1.txn = TxnControl::kPrepare;
+          a1.gid = st->transaction_stmt->gid;
+          break;
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_COMMIT_PREPARED:
+        case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_PREPARED:
+          a1.txn = TxnControl::kFinishPrepared;
+          a1.gid = st->transaction_stmt->gid;
+          break;
         default:
           break;
       }
@@ -2339,6 +2348,12 @@ std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector
 // Whether two analyses route alike: everything routing reads is equal, merge plans
 // included (a plan whose shards run a rewritten statement never is: its text would carry
 // the parameters).
+// Settings, a signalled pid and a prepared transaction's identifier carry their literals:
+// such statements are cached by their exact text only.
+bool carries_literals(const Analysis& a) {
+  return !a.settings.empty() || a.pins || a.signal_call || !a.gid.empty();
+}
+
 bool routes_alike(const Analysis& a, const Analysis& b) {
   auto same_plan = [](const std::shared_ptr<const merge::MergePlan>& p,
                       const std::shared_ptr<const merge::MergePlan>& q) {
@@ -2354,8 +2369,8 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
          a.copy_out_header == b.copy_out_header && a.statements == b.statements &&
          a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
          a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
-         a.key_columns == b.key_columns && a.settings.empty() && b.settings.empty() && !a.pins &&
-         !b.pins && a.user_functions == b.user_functions && !a.signal_call && !b.signal_call &&
+         a.key_columns == b.key_columns && !carries_literals(a) && !carries_literals(b) &&
+         a.user_functions == b.user_functions &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
          a.hint == b.hint && a.reason == b.reason;
 }
@@ -2419,9 +2434,7 @@ std::shared_ptr<const Analysis> AnalysisCache::get(std::string_view sql,
   if (mask_literals(sql, masked_)) key = masked_;
   if (key.data() == masked_.data()) {
     // A shape shared across literals never holds settings (see lookup).
-    if (auto it = map_.find(key);
-        it != map_.end() && (!it->second.analysis->settings.empty() || it->second.analysis->pins ||
-                             it->second.analysis->signal_call))
+    if (auto it = map_.find(key); it != map_.end() && carries_literals(*it->second.analysis))
       key = sql;
   }
   return lookup(key, sql, cfg);
@@ -2437,9 +2450,7 @@ std::shared_ptr<const Analysis> AnalysisCache::lookup(std::string_view key, std:
   }
   if (!known) ++misses_;
   auto a = known ? std::move(known) : std::make_shared<const Analysis>(analyze_statement(sql, cfg));
-  // Settings (and a signalled pid) carry their literals: such statements are cached by
-  // their exact text only.
-  if (!a->settings.empty() || a->pins || a->signal_call) key = sql;
+  if (carries_literals(*a)) key = sql;
   if (capacity_ == 0) return a;
   if (map_.size() >= capacity_) {
     map_.erase(order_.back());

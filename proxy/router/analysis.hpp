@@ -54,7 +54,18 @@ struct SettingChange {
 };
 
 // Transaction control a statement is, when it is exactly one such statement.
-enum class TxnControl { kNone, kBegin, kCommit, kRollback, kSavepoint, kRollbackTo };
+// kPrepare: PREPARE TRANSACTION; kFinishPrepared: COMMIT PREPARED / ROLLBACK PREPARED (both
+// with Analysis::gid).
+enum class TxnControl {
+  kNone,
+  kBegin,
+  kCommit,
+  kRollback,
+  kSavepoint,
+  kRollbackTo,
+  kPrepare,
+  kFinishPrepared
+};
 
 struct Analysis {
   enum class Target {
@@ -92,6 +103,7 @@ struct Analysis {
   std::vector<int> insert_defaults;
   bool replicated = false;  // a write to reference tables: the same on every shard
   TxnControl txn = TxnControl::kNone;
+  std::string gid;  // kPrepare, kFinishPrepared: the transaction's identifier
   bool explain_route = false;
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
   // COPY ... TO with HEADER (text or CSV): several shards' streams must carry one header.

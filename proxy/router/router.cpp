@@ -387,6 +387,7 @@ void take_session_effects(Route& r, const Analysis& a) {
   copy_unless_both_empty(r.schema_objects, a.schema_objects);
   r.drops = a.drops;
   r.txn = a.txn;
+  if (!a.gid.empty()) r.gid = a.gid;
   r.cursor_op = a.cursor_op;
   if (a.cursor_op != Analysis::CursorOp::kNone) r.cursor = a.cursor;
   r.cursor_hold = a.cursor_hold;

@@ -98,6 +98,7 @@ struct Route {
   bool replicated = false;             // every shard holds a copy: one shard's reply stands
   bool concat_safe = true;             // see Analysis::concat_safe
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
+  std::string gid;                     // see Analysis::gid
   std::string merge_blocker;
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
   std::vector<SettingChange> settings;            // session settings the statement changes

@@ -855,6 +855,10 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
     co_return;
   }
   adopt(route);
+  if ((route.txn == router::TxnControl::kPrepare ||
+       route.txn == router::TxnControl::kFinishPrepared) &&
+      co_await client_two_phase(route, req))
+    co_return;
   // (Most statements neither control nor meet a failed transaction: no coroutine for them.)
   if ((route.txn != router::TxnControl::kNone || txn_.failed()) &&
       co_await control_transaction(route, req))

@@ -235,6 +235,12 @@ class Session : public std::enable_shared_from_this<Session>,
   // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
+  // PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED from the client (two_phase.cpp):
+  // true when answered (refused); else `route` goes where the identifier lives.
+  awaitable<bool> client_two_phase(router::Route& route, const Request& req);
+  // The first shard, other than `skip`, holding prepared transaction `gid` in this
+  // database; -1 when none does.
+  awaitable<int> shard_with_prepared(const std::string& gid, int skip);
   // Relays pending_ to `target`'s server (moving the client there first).
   awaitable<void> forward(int target, char boundary);
   // forward's common case, without a coroutine: the request goes to the server attached on

@@ -361,6 +361,81 @@ TEST_CASE("a client that leaves during a multi-shard statement of its transactio
   CHECK(prepared_left() == 0);
 }
 
+TEST_CASE("a client's own PREPARE TRANSACTION: whole on one shard, refused across shards",
+          "[txn]") {
+  // pgJDBC's XA data source sends PREPARE TRANSACTION itself. Across shards it used to
+  // prepare one shard's part only, tell the client the transaction ended, and let the next
+  // COMMIT commit the other part alone (found from outside).
+  make_accounts(12, 100);
+  auto& cluster = Cluster::get();
+  int a = 1, b = 2, far = 1;  // a and b on two shards; far not on the first shard
+  while (shard_of(b) == shard_of(a)) ++b;
+  while (shard_of(far) == 0) ++far;
+  Proxy p(accounts_map());
+  auto c = connect(p.conninfo());
+  auto update = [&](int id, int by) {
+    query(c.get(), "update accounts set balance = balance + " + std::to_string(by) +
+                       " where id = " + std::to_string(id));
+  };
+  SECTION("across shards: 0A000 before anything is prepared; COMMIT rolls back every part") {
+    query(c.get(), "begin");
+    update(a, 1);
+    update(b, -1);
+    CHECK(error_code(c.get(), "prepare transaction 'x'") == "0A000");
+    CHECK(prepared_left() == 0);
+    CHECK(PQtransactionStatus(c.get()) == PQTRANS_INERROR);
+    PGresult* r = PQexec(c.get(), "commit");
+    CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+    PQclear(r);
+    CHECK(total_balance() == 1200);
+    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) ==
+          "100");
+    CHECK(prepared_left() == 0);
+  }
+  SECTION("on one shard: prepared whole; COMMIT PREPARED reaches the shard that holds it") {
+    query(c.get(), "begin");
+    update(far, 5);
+    query(c.get(), "prepare transaction 'xa-1'");
+    CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
+    CHECK(prepared_left() == 1);
+    // Its identifier is taken in the whole database, as in one PostgreSQL.
+    query(c.get(), "begin");
+    update(a == far ? b : a, 1);
+    CHECK(error_code(c.get(), "prepare transaction 'xa-1'") == "42710");
+    query(c.get(), "rollback");
+    // Another connection finishes it: the statement goes where 'xa-1' is.
+    auto other = connect(p.conninfo());
+    query(other.get(), "commit prepared 'xa-1'");
+    CHECK(prepared_left() == 0);
+    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(far)) ==
+          "105");
+    CHECK(error_code(other.get(), "commit prepared 'xa-1'") == "42704");
+    // ROLLBACK PREPARED likewise.
+    query(c.get(), "begin");
+    update(far, 5);
+    query(c.get(), "prepare transaction 'xa-2'");
+    query(other.get(), "rollback prepared 'xa-2'");
+    CHECK(prepared_left() == 0);
+    CHECK(total_balance() == 1205);
+  }
+  SECTION("pgshard's own participants are not the client's to take or finish") {
+    auto d = connect(cluster.direct(shard_of(far)));
+    query(d.get(), "begin");
+    query(d.get(), "update accounts set balance = balance + 7 where id = " + std::to_string(far));
+    query(d.get(), "prepare transaction 'pgshard_00000000deadbeef_1_7_1'");
+    CHECK(error_code(c.get(), "commit prepared 'pgshard_00000000deadbeef_1_7_1'") == "42501");
+    CHECK(error_code(c.get(), "rollback prepared 'pgshard_00000000deadbeef_1_7_1'") == "42501");
+    CHECK(prepared_left() == 1);
+    query(d.get(), "rollback prepared 'pgshard_00000000deadbeef_1_7_1'");
+    query(c.get(), "begin");
+    update(far, 1);
+    CHECK(error_code(c.get(), "prepare transaction 'pgshard_mine'") == "42939");
+    query(c.get(), "rollback");
+    CHECK(prepared_left() == 0);
+    CHECK(total_balance() == 1200);
+  }
+}
+
 TEST_CASE("a statement pgshard refuses inside a transaction fails the transaction", "[txn]") {
   // As an ERROR from PostgreSQL: later statements get 25P02, COMMIT answers ROLLBACK, and
   // nothing the transaction did before the refusal is committed.
