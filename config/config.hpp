@@ -41,6 +41,9 @@ struct Listen {
   int max_client_conn = 1000;  // logged-in clients
   int max_startups = 256;      // connections still in startup/authentication
   std::size_t max_message_size = 256u << 20;
+  // Bytes all clients together may hold in requests not yet sent (extended batches before
+  // their Sync, messages not yet whole), beyond the first 256 KiB of each client.
+  std::size_t max_buffered_bytes = 512u << 20;
 };
 
 struct Tls {

@@ -67,6 +67,8 @@ struct Shared {
   std::atomic<int> clients{0};    // every session, for shutdown
   std::atomic<int> logged_in{0};  // sessions past authentication (max_client_conn)
   std::atomic<int> startups{0};   // sessions not past authentication (max_startups)
+  // Bytes sessions hold in requests not yet sent, charged against listen.max_buffered_bytes.
+  std::atomic<std::size_t> buffered{0};
   std::atomic<bool> shutting_down{false};
   txn::DecisionLog decisions;  // two-phase commit decisions (shared; locks inside)
   std::atomic<uint64_t> next_gid{1};

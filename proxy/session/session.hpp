@@ -175,6 +175,14 @@ class Session : public std::enable_shared_from_this<Session>,
   bool take_unless_special(std::size_t size);
   void ends_request() { copy_only_ = true; }
   awaitable<bool> refuse_batch();
+  // Charges what in_ and pending_ hold to the process-wide listen.max_buffered_bytes:
+  // false when that would go over it.
+  bool charge_buffers();
+  // Over the budget: the batch (or the message arriving) is refused with 53200 and dropped
+  // as it streams in; false when the client is closed.
+  awaitable<bool> over_buffer_budget();
+  // Drops discard_ bytes of in_ as they arrive; a message being skipped streams out too.
+  void drop_discarded();
   awaitable<void> handle_request(char boundary);
   // The part of handle_request after routing.
   awaitable<void> handle_routed(Request& req, router::Route& route);
@@ -326,6 +334,10 @@ class Session : public std::enable_shared_from_this<Session>,
   State state_ = State::kStartup;
 
   protocol::Buffer in_;
+  // Memory of in_ and pending_ charged to Shared::buffered (see charge_buffers); bytes of
+  // a refused message still to drop as they arrive.
+  std::size_t charged_ = 0;
+  std::size_t discard_ = 0;
   std::string pending_;                   // frames of the request being assembled
   Identity identity_;                     // what the startup packet said
   const config::User* user_ = nullptr;    // identity_.user once logged in (or own_user_)
