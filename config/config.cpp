@@ -95,10 +95,9 @@ class Checker {
 };
 
 void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
-  if (!c.mapping(
-          n, "listen",
-          {"host", "port", "workers", "max_client_conn", "max_startups", "max_message_size",
-           "max_buffered_bytes"}))
+  if (!c.mapping(n, "listen",
+                 {"host", "port", "workers", "max_client_conn", "max_startups", "max_message_size",
+                  "max_buffered_bytes"}))
     return;
   if (n["host"]) out.host = c.string(n["host"], "listen.host").value_or(out.host);
   if (n["port"]) out.port = c.integer<uint16_t>(n["port"], "listen.port", 1, 65535).value_or(0);
@@ -115,9 +114,10 @@ void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
         c.integer<std::size_t>(n["max_message_size"], "listen.max_message_size", 1024, 0x3fffffff)
             .value_or(out.max_message_size);
   if (n["max_buffered_bytes"])
-    out.max_buffered_bytes = c.integer<std::size_t>(n["max_buffered_bytes"],
-                                                    "listen.max_buffered_bytes", 1 << 20, 1ull << 40)
-                                 .value_or(out.max_buffered_bytes);
+    out.max_buffered_bytes =
+        c.integer<std::size_t>(n["max_buffered_bytes"], "listen.max_buffered_bytes", 1 << 20,
+                               1ull << 40)
+            .value_or(out.max_buffered_bytes);
 }
 
 void load_tls(Checker& c, const YAML::Node& n, Tls& out) {

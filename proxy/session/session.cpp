@@ -793,9 +793,10 @@ awaitable<bool> Session::over_buffer_budget() {
   // over listen.max_buffered_bytes gets 53200 for it; the request is dropped as it streams
   // in (an extended batch up to its Sync, a simple Query whole), and the session goes on.
   const std::size_t limit = config_.listen.max_buffered_bytes;
-  spdlog::warn("{}: buffers of requests not yet sent reached listen.max_buffered_bytes ({}); "
-               "request refused",
-               prefix(), limit);
+  spdlog::warn(
+      "{}: buffers of requests not yet sent reached listen.max_buffered_bytes ({}); "
+      "request refused",
+      prefix(), limit);
   const protocol::ErrorInfo e = proto::error(
       "53200", "out of memory",
       "pgshard's buffers for requests not yet sent are full (listen.max_buffered_bytes: " +

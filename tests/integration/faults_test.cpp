@@ -550,8 +550,8 @@ TEST_CASE("many clients' pipelines without Sync together stay within max_buffere
     refused += a.find("E:ERROR:53200") != std::string::npos;
   }
   CHECK(refused > 0);
-  std::cout << "buffered pipelines: rss before " << before / 1024 << " MiB, peak "
-            << peak / 1024 << " MiB, " << refused << " of " << kClients << " refused\n";
+  std::cout << "buffered pipelines: rss before " << before / 1024 << " MiB, peak " << peak / 1024
+            << " MiB, " << refused << " of " << kClients << " refused\n";
   CHECK(peak - before < 80 * 1024);  // 32 MiB of buffers and what reading costs
   // Every client goes on, and new ones are served.
   for (auto& c : clients) {
