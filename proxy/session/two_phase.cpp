@@ -23,7 +23,9 @@ namespace {
 constexpr std::string_view kReservedName = "42939";
 constexpr std::string_view kDuplicateObject = "42710";
 
-bool reserved(const std::string& gid) { return gid.starts_with("pgshard_"); }
+bool reserved(const std::string& gid) {
+  return gid.starts_with("pgshard_");
+}
 
 }  // namespace
 
@@ -83,10 +85,10 @@ awaitable<bool> Session::client_two_phase(router::Route& route, const Request& r
   // The identifier must be unique across the shards, as it is in one PostgreSQL.
   const int home = backends_.active ? backends_.active->shard : -1;
   if (co_await shard_with_prepared(route.gid, home) >= 0) {
-    co_await fail(
-        Failure::kRefused,
-        proto::error(kDuplicateObject, "transaction identifier \"" + route.gid + "\" is already in use"),
-        req.boundary);
+    co_await fail(Failure::kRefused,
+                  proto::error(kDuplicateObject,
+                               "transaction identifier \"" + route.gid + "\" is already in use"),
+                  req.boundary);
     co_return true;
   }
   co_return false;

@@ -388,8 +388,7 @@ TEST_CASE("a client's own PREPARE TRANSACTION: whole on one shard, refused acros
     CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
     PQclear(r);
     CHECK(total_balance() == 1200);
-    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) ==
-          "100");
+    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) == "100");
     CHECK(prepared_left() == 0);
   }
   SECTION("on one shard: prepared whole; COMMIT PREPARED reaches the shard that holds it") {
