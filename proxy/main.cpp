@@ -12,28 +12,60 @@
 
 namespace {
 
-// The log message as the body of a JSON string (log_format: json).
-class JsonEscaped : public spdlog::custom_flag_formatter {
+// Length of the valid UTF-8 sequence at the start of `s` (0: none).
+std::size_t utf8_length(std::string_view s) {
+  const auto b = [&](std::size_t i) { return static_cast<unsigned char>(s[i]); };
+  const unsigned char c = b(0);
+  std::size_t n = c < 0x80 ? 1 : (c >> 5) == 6 ? 2 : (c >> 4) == 14 ? 3 : (c >> 3) == 30 ? 4 : 0;
+  if (n == 0 || n > s.size() || (n == 2 && c < 0xc2)) return 0;
+  for (std::size_t i = 1; i < n; ++i)
+    if ((b(i) & 0xc0) != 0x80) return 0;
+  if (n == 3 && ((c == 0xe0 && b(1) < 0xa0) || (c == 0xed && b(1) >= 0xa0))) return 0;
+  if (n == 4 && ((c == 0xf0 && b(1) < 0x90) || c > 0xf4 || (c == 0xf4 && b(1) >= 0x90)))
+    return 0;
+  return n;
+}
+
+// A log message with what a client sent in it made harmless: every control character
+// and every byte that is not valid UTF-8 is escaped, so a database name, user name,
+// console command or statement carrying a newline cannot start a line of its own
+// (log_format: text, "\n", "\x1b"), nor break the JSON line (log_format: json, "\u000a";
+// quotes and backslashes escaped too).
+class Escaped : public spdlog::custom_flag_formatter {
  public:
+  explicit Escaped(bool json) : json_(json) {}
   void format(const spdlog::details::log_msg& msg, const std::tm&,
               spdlog::memory_buf_t& dest) override {
     static constexpr char kHex[] = "0123456789abcdef";
-    for (const char c : std::string_view(msg.payload.data(), msg.payload.size())) {
-      const auto u = static_cast<unsigned char>(c);
-      if (c == '"' || c == '\\') {
+    std::string_view s(msg.payload.data(), msg.payload.size());
+    while (!s.empty()) {
+      const auto u = static_cast<unsigned char>(s[0]);
+      const std::size_t n = utf8_length(s);
+      if (json_ && (u == '"' || u == '\\')) {
         dest.push_back('\\');
-        dest.push_back(c);
-      } else if (u < 0x20) {
+        dest.push_back(s[0]);
+      } else if (n > 1 || (n == 1 && u >= 0x20 && u != 0x7f)) {
+        dest.append(s.data(), s.data() + n);
+      } else if (json_) {
         const char esc[] = {'\\', 'u', '0', '0', kHex[u >> 4], kHex[u & 15]};
         dest.append(esc, esc + sizeof esc);
       } else {
-        dest.push_back(c);
+        const char* named = u == '\n' ? "\\n" : u == '\r' ? "\\r" : u == '\t' ? "\\t" : nullptr;
+        const char esc[] = {'\\', 'x', kHex[u >> 4], kHex[u & 15]};
+        if (named)
+          dest.append(named, named + 2);
+        else
+          dest.append(esc, esc + sizeof esc);
       }
+      s.remove_prefix(n > 0 ? n : 1);
     }
   }
   std::unique_ptr<custom_flag_formatter> clone() const override {
-    return std::make_unique<JsonEscaped>();
+    return std::make_unique<Escaped>(json_);
   }
+
+ private:
+  bool json_;
 };
 
 void usage(std::ostream& out) {
@@ -92,11 +124,13 @@ int main(int argc, char** argv) {
   }
   if (cfg->log_json) {
     auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
-    f->add_flag<JsonEscaped>('*').set_pattern(
-        R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"msg":"%*"})");
+    f->add_flag<Escaped>('*', true)
+        .set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"msg":"%*"})");
     spdlog::set_formatter(std::move(f));
   } else {
-    spdlog::set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %v");
+    auto f = std::make_unique<spdlog::pattern_formatter>();
+    f->add_flag<Escaped>('*', false).set_pattern("%Y-%m-%d %H:%M:%S.%e %^%l%$ %*");
+    spdlog::set_formatter(std::move(f));
   }
   spdlog::set_level(spdlog::level::from_str(cfg->log_level));
   try {

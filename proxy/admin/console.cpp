@@ -623,7 +623,6 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
                             protocol::Buffer& in, const config::User& user, std::string welcome,
                             std::function<const std::string&()> prefix) {
   auto& shared = worker.shared();
-  const bool admin = worker.config().admin.is_admin(user.name);
   auto send = [&](const std::string& bytes) -> awaitable<bool> {
     auto [ec, n] = co_await stream.write(asio::buffer(bytes));
     co_return !ec;
@@ -665,6 +664,16 @@ awaitable<void> run_console(server::Worker& worker, session::ClientStream& strea
       }
       if (parts.empty()) parts.push_back({});
       for (const auto part : parts) {
+        // Rights as the configuration in force gives them: a user RELOAD took out of
+        // admin.users (or out of the console) loses them in a console already open.
+        const auto& now = shared.config();
+        const bool admin = now.admin.is_admin(user.name);
+        if (!now.admin.may_view(user.name)) {
+          out += error_answer(sqlstate::kInsufficientPrivilege,
+                              "user \"" + user.name + "\" may no longer use the admin console",
+                              "list the user under admin.users or admin.stats_users");
+          break;
+        }
         const auto w = words(part);
         const std::string verb = w.empty() ? std::string() : upper(w[0]);
         const bool needs = !w.empty() && verb != "SHUTDOWN";

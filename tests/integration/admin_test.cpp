@@ -1,6 +1,7 @@
 // Operations: the admin console (database "pgshard", PgBouncer's SHOW commands) and the
 // HTTP endpoints (/metrics, /health, /ready, /api/status), against real shards.
 #include <catch2/catch.hpp>
+#include <cctype>
 #include <chrono>
 #include <csignal>
 #include <fstream>
@@ -563,6 +564,88 @@ TEST_CASE("log_format: json writes one JSON object per line, whatever clients se
             &out) == 0);
   INFO(read_file(proxy.log_path()));
   CHECK(out == "1\n");
+}
+
+TEST_CASE("what clients send cannot forge a log line (text and JSON)", "[admin]") {
+  // A database name with a newline from an authenticated user, a console command with one
+  // from a stats-only user, a user name with an escape: each used to start a line of its
+  // own at column 0 in the text log (found from outside).
+  for (const bool json : {false, true}) {
+    INFO("json: " << json);
+    auto opts = admin_options(free_port());
+    opts.extra_top += json ? "log_format: json\n" : "log_format: text\n";
+    opts.extra_top += "log_level: debug\n";
+    Proxy proxy(opts);
+    const std::string forged = "\n2026-01-01 00:00:00.000 error FORGED \r\x1b[31m";
+    PGconn* c = PQconnectdb(proxy.conninfo("dbname='app" + forged + "'").c_str());
+    PQfinish(c);
+    {
+      auto mon = console(proxy, "monitor", "monpw");
+      std::string message;
+      CHECK(!error_code(mon.get(), "SHOW POOLS" + forged + "x", &message).empty());
+      CHECK(error_code(mon.get(), "RELOAD" + forged) == "42501");
+      auto app = connect(proxy.conninfo());
+      CHECK(error_code(app.get(), "select 1/0 as \"x" + forged + "\"") == "22012");
+    }
+    c = PQconnectdb(proxy.conninfo("", "nobody" + forged, "x").c_str());
+    PQfinish(c);
+    std::this_thread::sleep_for(300ms);  // (the refusal is logged as the client goes)
+    const std::string log = read_file(proxy.log_path());
+    INFO(log);
+    CHECK(log.find("FORGED") != std::string::npos);  // the names were logged, escaped
+    std::istringstream in(log);
+    std::string line;
+    int lines = 0;
+    while (std::getline(in, line)) {
+      ++lines;
+      INFO(line);
+      if (json) {
+        CHECK(line.starts_with("{\"time\":\""));
+        CHECK(line.ends_with("\"}"));
+      } else {
+        CHECK(line.size() > 24);
+        CHECK(std::isdigit(static_cast<unsigned char>(line[0])));
+        CHECK(line.substr(4, 1) == "-");
+        CHECK(line.substr(10, 1) == " ");
+      }
+      for (const char ch : line) CHECK((static_cast<unsigned char>(ch) >= 0x20 && ch != 0x7f));
+    }
+    CHECK(lines > 5);
+    if (json) {
+      std::string out;
+      CHECK(run("/usr/bin/python3 -c 'import json,sys\n"
+                "[json.loads(l) for l in open(sys.argv[1], encoding=\"utf-8\")]' " +
+                    proxy.log_path() + " 2>&1",
+                &out) == 0);
+      INFO(out);
+    }
+  }
+}
+
+TEST_CASE("a user RELOAD takes out of admin.users loses its rights in an open console",
+          "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  auto adm = console(proxy);
+  auto other = console(proxy);
+  CHECK(error_code(adm.get(), "PAUSE s1").empty());
+  CHECK(error_code(adm.get(), "RESUME s1").empty());
+  std::string yaml = read_file(proxy.config_path());
+  const std::string from = "users: [admin], stats_users: [monitor]";
+  const auto at = yaml.find(from);
+  REQUIRE(at != std::string::npos);
+  yaml.replace(at, from.size(), "users: [monitor], stats_users: []");
+  {
+    std::ofstream(proxy.config_path()) << yaml;
+  }
+  query(other.get(), "RELOAD");
+  // Neither admin nor stats user any more: no command at all, in the console already open.
+  CHECK(error_code(adm.get(), "PAUSE s1") == "42501");
+  CHECK(error_code(adm.get(), "SHOW POOLS") == "42501");
+  CHECK(error_code(adm.get(), "RELOAD") == "42501");
+  CHECK(error_code(adm.get(), "SHUTDOWN") == "42501");
+  CHECK(proxy.running());
+  auto app = connect(proxy.conninfo());
+  CHECK(scalar(app.get(), "select 1") == "1");
 }
 
 TEST_CASE("PAUSE waits for a shard's transactions and holds new ones; RESUME and RECONNECT",
