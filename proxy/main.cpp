@@ -21,8 +21,7 @@ std::size_t utf8_length(std::string_view s) {
   for (std::size_t i = 1; i < n; ++i)
     if ((b(i) & 0xc0) != 0x80) return 0;
   if (n == 3 && ((c == 0xe0 && b(1) < 0xa0) || (c == 0xed && b(1) >= 0xa0))) return 0;
-  if (n == 4 && ((c == 0xf0 && b(1) < 0x90) || c > 0xf4 || (c == 0xf4 && b(1) >= 0x90)))
-    return 0;
+  if (n == 4 && ((c == 0xf0 && b(1) < 0x90) || c > 0xf4 || (c == 0xf4 && b(1) >= 0x90))) return 0;
   return n;
 }
 
@@ -124,8 +123,8 @@ int main(int argc, char** argv) {
   }
   if (cfg->log_json) {
     auto f = std::make_unique<spdlog::pattern_formatter>(spdlog::pattern_time_type::utc);
-    f->add_flag<Escaped>('*', true)
-        .set_pattern(R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"msg":"%*"})");
+    f->add_flag<Escaped>('*', true).set_pattern(
+        R"({"time":"%Y-%m-%dT%H:%M:%S.%fZ","level":"%l","thread":%t,"msg":"%*"})");
     spdlog::set_formatter(std::move(f));
   } else {
     auto f = std::make_unique<spdlog::pattern_formatter>();

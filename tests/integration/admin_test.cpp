@@ -622,8 +622,7 @@ TEST_CASE("what clients send cannot forge a log line (text and JSON)", "[admin]"
   }
 }
 
-TEST_CASE("a user RELOAD takes out of admin.users loses its rights in an open console",
-          "[admin]") {
+TEST_CASE("a user RELOAD takes out of admin.users loses its rights in an open console", "[admin]") {
   Proxy proxy(admin_options(free_port()));
   auto adm = console(proxy);
   auto other = console(proxy);
@@ -634,9 +633,7 @@ TEST_CASE("a user RELOAD takes out of admin.users loses its rights in an open co
   const auto at = yaml.find(from);
   REQUIRE(at != std::string::npos);
   yaml.replace(at, from.size(), "users: [monitor], stats_users: []");
-  {
-    std::ofstream(proxy.config_path()) << yaml;
-  }
+  { std::ofstream(proxy.config_path()) << yaml; }
   query(other.get(), "RELOAD");
   // Neither admin nor stats user any more: no command at all, in the console already open.
   CHECK(error_code(adm.get(), "PAUSE s1") == "42501");
