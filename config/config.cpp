@@ -273,8 +273,77 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   set("deadlock", t.deadlock);
 }
 
+// A credential given in the file (or ${NAME}) under `key`, or read from the file named under
+// `key`_file (a mounted Secret; one trailing line break dropped). Never both.
+void load_secret(Checker& c, const YAML::Node& n, const std::string& key, std::string& out) {
+  const std::string what = "admin." + key;
+  const auto inline_value = n[key];
+  const auto file = n[key + "_file"];
+  if (inline_value && file) {
+    c.fail(file, what + " and " + what + "_file are exclusive");
+    return;
+  }
+  if (inline_value) out = c.string(inline_value, what).value_or("");
+  if (file) {
+    const auto path = c.string(file, what + "_file").value_or("");
+    std::ifstream in(path, std::ios::binary);
+    if (!in) {
+      c.fail(file, what + "_file: cannot read '" + path + "'");
+      return;
+    }
+    std::stringstream ss;
+    ss << in.rdbuf();
+    out = ss.str();
+    if (out.ends_with('\n')) out.pop_back();
+    if (out.ends_with('\r')) out.pop_back();
+  }
+  const auto& at = inline_value ? inline_value : file;
+  const bool control = std::any_of(out.begin(), out.end(), [](char ch) {
+    return static_cast<unsigned char>(ch) < 0x20 || ch == 0x7f;
+  });
+  if ((inline_value || file) && (out.empty() || control))
+    c.fail(at, what + " must be a non-empty value without control characters or line breaks");
+}
+
+// The HTTP endpoint's limits, credentials and TLS (admin.http_*).
+void load_admin_http(Checker& c, const YAML::Node& n, Admin& out) {
+  if (n["http_max_connections"])
+    out.http_max_connections =
+        c.integer<int>(n["http_max_connections"], "admin.http_max_connections", 1, 10000)
+            .value_or(out.http_max_connections);
+  if (auto t = n["http_idle_timeout"]) {
+    const auto text = c.string(t, "admin.http_idle_timeout").value_or("");
+    const auto d = parse_duration(text);
+    if (!d || d->count() < 100 || *d > std::chrono::minutes(10))
+      c.fail(t,
+             "admin.http_idle_timeout must be a duration from 100ms to 10min, got '" + text + "'");
+    else
+      out.http_idle_timeout = *d;
+  }
+  load_secret(c, n, "http_auth_token", out.http_auth_token);
+  if (!out.http_auth_token.empty() && out.http_auth_token.find(' ') != std::string::npos)
+    c.fail(n["http_auth_token"] ? n["http_auth_token"] : n["http_auth_token_file"],
+           "admin.http_auth_token must not contain spaces");
+  load_secret(c, n, "http_basic_auth", out.http_basic_auth);
+  const auto colon = out.http_basic_auth.find(':');
+  if (!out.http_basic_auth.empty() && (colon == std::string::npos || colon == 0))
+    c.fail(n["http_basic_auth"] ? n["http_basic_auth"] : n["http_basic_auth_file"],
+           "admin.http_basic_auth must be user:password");
+  if (n["http_tls_cert"])
+    out.http_tls_cert = c.string(n["http_tls_cert"], "admin.http_tls_cert").value_or("");
+  if (n["http_tls_key"])
+    out.http_tls_key = c.string(n["http_tls_key"], "admin.http_tls_key").value_or("");
+  if (out.http_tls_cert.empty() != out.http_tls_key.empty())
+    c.fail(n, "admin.http_tls_cert and admin.http_tls_key go together");
+}
+
 void load_admin(Checker& c, const YAML::Node& n, Admin& out) {
-  if (!c.mapping(n, "admin", {"users", "stats_users", "http", "stats"})) return;
+  if (!c.mapping(n, "admin",
+                 {"users", "stats_users", "http", "stats", "http_max_connections",
+                  "http_idle_timeout", "http_auth_token", "http_auth_token_file", "http_basic_auth",
+                  "http_basic_auth_file", "http_tls_cert", "http_tls_key"}))
+    return;
+  load_admin_http(c, n, out);
   if (n["stats"])
     out.stats = c.choice<bool>(n["stats"], "admin.stats", {{"true", true}, {"false", false}})
                     .value_or(true);
@@ -680,6 +749,9 @@ std::vector<std::string> reload_refusals(const Config& a, const Config& b) {
           "router settings");
   differs(a.admin.http_host != b.admin.http_host || a.admin.http_port != b.admin.http_port,
           "admin.http address");
+  differs(a.admin.http_tls_cert != b.admin.http_tls_cert ||
+              a.admin.http_tls_key != b.admin.http_tls_key,
+          "admin.http_tls_cert / admin.http_tls_key");
   differs(a.log_json != b.log_json, "log_format");
   return out;
 }

@@ -130,6 +130,17 @@ struct Admin {
   std::vector<std::string> stats_users;  // SHOW commands only
   std::string http_host;                 // empty: no HTTP endpoint
   uint16_t http_port = 0;
+  // HTTP connections open at once; more are closed at once (the client port keeps its
+  // descriptors), as are ones idle or sending a request for longer than http_idle_timeout.
+  int http_max_connections = 64;
+  Millis http_idle_timeout{10000};
+  // When either is set, every path but /health and /ready needs it: a bearer token
+  // (`Authorization: Bearer ...`) or basic auth "user:password". From the file, the
+  // environment (${NAME}) or a file (`_file` keys: a mounted Secret).
+  std::string http_auth_token;
+  std::string http_basic_auth;
+  std::string http_tls_cert;  // both set: the endpoint speaks HTTPS only
+  std::string http_tls_key;
   bool stats = true;  // count requests per pool (false: only for comparing the cost)
   bool is_admin(std::string_view user) const;
   bool may_view(std::string_view user) const;

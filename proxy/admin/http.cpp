@@ -2,13 +2,17 @@
 
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 
 #include <boost/beast/core.hpp>
 #include <boost/beast/http.hpp>
+#include <boost/beast/ssl.hpp>
+#include <climits>
 #include <cmath>
 
 #include "proxy/admin/console.hpp"
 #include "proxy/admin/dashboard.hpp"
+#include "proxy/admin/http_auth.hpp"
 #include "proxy/server/server.hpp"
 #include "proxy/txn/recovery.hpp"
 
@@ -23,6 +27,17 @@ constexpr auto kPingEvery = std::chrono::milliseconds(1000);
 constexpr auto kSizesEvery = std::chrono::seconds(10);
 constexpr auto kHistoryEvery = std::chrono::seconds(10);
 constexpr auto kRecentWindow = std::chrono::minutes(5);
+
+// The descriptor number from which the endpoint turns connections away: a quarter of the
+// process's limit (at most 1024) stays for the client port and the shards' connections.
+int fd_ceiling() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0 || lim.rlim_cur == RLIM_INFINITY ||
+      lim.rlim_cur > static_cast<rlim_t>(INT_MAX))
+    return INT_MAX;
+  const auto soft = static_cast<int>(lim.rlim_cur);
+  return soft - std::min(soft / 4, 1024);
+}
 
 // A Prometheus label value or JSON string body: backslash, quote and newline escaped.
 std::string escaped(std::string_view v) {
@@ -129,7 +144,8 @@ std::vector<pool::Histogram> shard_histograms(const Snapshot& snap, std::size_t 
 
 }  // namespace
 
-HttpServer::HttpServer(server::Shared& shared) : shared_(shared) {}
+HttpServer::HttpServer(server::Shared& shared, std::unique_ptr<asio::ssl::context> tls)
+    : shared_(shared), tls_(std::move(tls)) {}
 
 HttpServer::~HttpServer() {
   stop();
@@ -138,6 +154,7 @@ HttpServer::~HttpServer() {
 void HttpServer::start() {
   const auto& cfg = shared_.config();
   samples_.resize(cfg.shards.size());
+  fd_ceiling_ = fd_ceiling();
   tcp::endpoint ep(asio::ip::make_address(cfg.admin.http_host), cfg.admin.http_port);
   acceptor_.emplace(ctx_);
   acceptor_->open(ep.protocol());
@@ -165,8 +182,13 @@ void HttpServer::start() {
     }
   });
   sampler_ = std::thread([this] { sample_loop(); });
-  spdlog::info("admin http on {}:{} (/metrics /health /ready /dashboard)", cfg.admin.http_host,
-               cfg.admin.http_port);
+  const bool auth = !cfg.admin.http_auth_token.empty() || !cfg.admin.http_basic_auth.empty();
+  spdlog::info(
+      "admin http{} on {}:{} (/metrics /health /ready /dashboard; {}; at most {} "
+      "connections, idle {} ms)",
+      tls_ ? "s" : "", cfg.admin.http_host, cfg.admin.http_port,
+      auth ? "credentials needed but for /health /ready" : "no credentials",
+      cfg.admin.http_max_connections, cfg.admin.http_idle_timeout.count());
 }
 
 void HttpServer::stop() {
@@ -472,70 +494,150 @@ std::string HttpServer::status_json(const Snapshot& snap) {
 }
 
 awaitable<void> HttpServer::accept_loop() {
+  asio::steady_timer backoff(ctx_);
   for (;;) {
     auto [ec, sock] = co_await acceptor_->async_accept(use_nothrow);
     if (ec == asio::error::operation_aborted || stopping_) co_return;
-    if (ec) continue;
+    if (ec) {
+      // EMFILE and friends: the connection stays queued; back off instead of spinning.
+      refuse(tcp::socket(ctx_), ec.message().c_str());
+      backoff.expires_after(std::chrono::milliseconds(100));
+      co_await backoff.async_wait(use_nothrow);
+      continue;
+    }
+    if (const char* why = refusal(sock)) {
+      refuse(std::move(sock), why);
+      continue;
+    }
     asio::co_spawn(ctx_, serve(std::move(sock)), asio::detached);
   }
 }
 
+const char* HttpServer::refusal(tcp::socket& socket) const {
+  if (open_ >= shared_.config().admin.http_max_connections)
+    return "admin.http_max_connections reached";
+  if (socket.native_handle() >= fd_ceiling_)
+    return "open files near the limit (the rest is kept for clients)";
+  return nullptr;
+}
+
+void HttpServer::refuse(tcp::socket socket, const char* why) {
+  if (socket.is_open()) {
+    // Answered on the spot, never waited on: a 503 when the socket takes it at once (over
+    // TLS nothing: that would need a handshake), then closed.
+    static constexpr std::string_view k503 =
+        "HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: "
+        "21\r\nRetry-After: 1\r\nConnection: close\r\n\r\ntoo many connections\n";
+    error_code ignored;
+    socket.non_blocking(true, ignored);
+    if (!tls_) socket.write_some(asio::buffer(k503), ignored);
+    socket.shutdown(tcp::socket::shutdown_both, ignored);
+    socket.close(ignored);
+  }
+  ++refused_;
+  // One line per 10 s at most: a flood must not become a flood of log lines.
+  const auto now = Clock::now();
+  if (now - refusal_logged_ < std::chrono::seconds(10)) return;
+  spdlog::warn("admin http: refused {} connection(s) in the last 10 s: {} ({} open)", refused_, why,
+               open_);
+  refused_ = 0;
+  refusal_logged_ = now;
+}
+
 awaitable<void> HttpServer::serve(tcp::socket socket) {
-  beast::tcp_stream stream(std::move(socket));
+  ++open_;
+  struct Held {
+    int& open;
+    ~Held() { --open; }
+  } held{open_};
+  beast::tcp_stream tcp(std::move(socket));
+  if (!tls_) {
+    co_await exchange(tcp);
+    co_return;
+  }
+  beast::ssl_stream<beast::tcp_stream> stream(std::move(tcp), *tls_);
+  stream.next_layer().expires_after(shared_.config().admin.http_idle_timeout);
+  auto [ec] = co_await stream.async_handshake(asio::ssl::stream_base::server, use_nothrow);
+  if (ec) co_return;
+  co_await exchange(stream);
+  stream.next_layer().expires_after(std::chrono::seconds(1));
+  co_await stream.async_shutdown(use_nothrow);
+}
+
+template <typename Stream>
+awaitable<void> HttpServer::exchange(Stream& stream) {
   beast::flat_buffer buffer;
   for (;;) {
-    http::request<http::string_body> req;
-    stream.expires_after(std::chrono::seconds(30));
+    // One deadline for the wait and the whole request: a slow sender is idle too.
+    Request req;
+    beast::get_lowest_layer(stream).expires_after(shared_.config().admin.http_idle_timeout);
     auto [ec, n] = co_await http::async_read(stream, buffer, req, use_nothrow);
     if (ec) co_return;
-    http::response<http::string_body> res;
+    Response res = co_await answer(req);
     res.version(req.version());
     res.set(http::field::server, "pgshard");
-    const std::string target(req.target().substr(0, req.target().find('?')));
-    res.result(http::status::ok);
-    if (req.method() != http::verb::get) {
-      res.result(http::status::method_not_allowed);
-      res.set(http::field::content_type, "text/plain");
-      res.body() = "only GET\n";
-    } else if (target == "/health" || target == "/healthz") {
-      res.set(http::field::content_type, "text/plain");
-      res.body() = "ok\n";
-    } else if (target == "/ready" || target == "/readyz") {
-      res.set(http::field::content_type, "text/plain");
-      std::string down;
-      const auto s = samples();
-      const auto& cfg = shared_.config();
-      for (std::size_t i = 0; i < s.size(); ++i)
-        if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
-          down +=
-              cfg.shards[i].name + (s[i].ping_error.empty() ? "" : ": " + s[i].ping_error) + "\n";
-      if (shared_.shutting_down) down += "shutting down\n";
-      res.result(down.empty() ? http::status::ok : http::status::service_unavailable);
-      res.body() = down.empty() ? "ready\n" : "not ready:\n" + down;
-    } else if (target == "/metrics") {
-      auto snap = co_await collect(shared_);
-      res.set(http::field::content_type, "text/plain; version=0.0.4");
-      res.body() = metrics(snap, shared_.config(), samples());
-    } else if (target == "/api/status") {
-      auto snap = co_await collect(shared_);
-      res.set(http::field::content_type, "application/json");
-      res.set(http::field::cache_control, "no-store");
-      res.body() = status_json(snap);
-    } else if (target == "/favicon.ico") {
-      res.result(http::status::no_content);
-    } else if (target == "/dashboard" || target == "/") {
-      res.set(http::field::content_type, "text/html; charset=utf-8");
-      res.body() = kDashboardHtml;
-    } else {
-      res.result(http::status::not_found);
-      res.set(http::field::content_type, "text/plain");
-      res.body() = "not found; try /metrics /health /ready /dashboard\n";
-    }
     res.keep_alive(req.keep_alive());
     res.prepare_payload();
+    beast::get_lowest_layer(stream).expires_after(std::chrono::seconds(30));
     auto [wec, m] = co_await http::async_write(stream, res, use_nothrow);
     if (wec || !res.keep_alive()) co_return;
   }
+}
+
+awaitable<HttpServer::Response> HttpServer::answer(const Request& req) {
+  Response res;
+  const auto t = req.target();
+  const std::string target(t.substr(0, t.find('?')));
+  const auto& admin = shared_.config().admin;
+  const auto authorization = req[http::field::authorization];
+  auto text = [&](http::status status, std::string body) {
+    res.result(status);
+    res.set(http::field::content_type, "text/plain");
+    res.body() = std::move(body);
+  };
+  if (!http_open_path(target) &&
+      !http_authorized(admin, std::string_view(authorization.data(), authorization.size()))) {
+    text(http::status::unauthorized, "credentials needed\n");
+    for (const auto& challenge : http_challenges(admin))
+      res.insert(http::field::www_authenticate, challenge);
+  } else if (req.method() != http::verb::get) {
+    text(http::status::method_not_allowed, "only GET\n");
+  } else if (target == "/health" || target == "/healthz") {
+    text(http::status::ok, "ok\n");
+  } else if (target == "/ready" || target == "/readyz") {
+    const auto down = not_ready();
+    text(down.empty() ? http::status::ok : http::status::service_unavailable,
+         down.empty() ? "ready\n" : "not ready:\n" + down);
+  } else if (target == "/metrics") {
+    auto snap = co_await collect(shared_);
+    text(http::status::ok, metrics(snap, shared_.config(), samples()));
+    res.set(http::field::content_type, "text/plain; version=0.0.4");
+  } else if (target == "/api/status") {
+    auto snap = co_await collect(shared_);
+    text(http::status::ok, status_json(snap));
+    res.set(http::field::content_type, "application/json");
+    res.set(http::field::cache_control, "no-store");
+  } else if (target == "/favicon.ico") {
+    res.result(http::status::no_content);
+  } else if (target == "/dashboard" || target == "/") {
+    text(http::status::ok, kDashboardHtml);
+    res.set(http::field::content_type, "text/html; charset=utf-8");
+  } else {
+    text(http::status::not_found, "not found; try /metrics /health /ready /dashboard\n");
+  }
+  co_return res;
+}
+
+// The shards whose primary did not answer the last ping (or not lately), one per line.
+std::string HttpServer::not_ready() {
+  std::string down;
+  const auto s = samples();
+  const auto& cfg = shared_.config();
+  for (std::size_t i = 0; i < s.size(); ++i)
+    if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
+      down += cfg.shards[i].name + (s[i].ping_error.empty() ? "" : ": " + s[i].ping_error) + "\n";
+  if (shared_.shutting_down) down += "shutting down\n";
+  return down;
 }
 
 }  // namespace pgshard::admin

@@ -2,10 +2,16 @@
 // /metrics (Prometheus text), /health (the process answers), /ready (every shard's primary
 // answers), /dashboard (a static page) and /api/status (the JSON the page reads).
 // A sampler thread pings the shards every second and reads their sizes from the catalogs
-// every 10 s, so no request waits on a shard.
+// every 10 s, so no request waits on a shard. The endpoint may never starve the client
+// port: it holds at most admin.http_max_connections connections, each for at most
+// admin.http_idle_timeout without a request, and none once the process nears its limit of
+// open files. Credentials (http_auth.hpp) and TLS are optional.
 #pragma once
 
+#include <boost/beast/http/message.hpp>
+#include <boost/beast/http/string_body.hpp>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -32,7 +38,11 @@ struct ShardSample {
 
 class HttpServer {
  public:
-  explicit HttpServer(server::Shared& shared);
+  using Request = boost::beast::http::request<boost::beast::http::string_body>;
+  using Response = boost::beast::http::response<boost::beast::http::string_body>;
+
+  // `tls`: the context of admin.http_tls_cert/key (null: plain HTTP).
+  HttpServer(server::Shared& shared, std::unique_ptr<asio::ssl::context> tls);
   ~HttpServer();
   // Binds admin.http (throws if it cannot) and starts the threads.
   void start();
@@ -44,7 +54,14 @@ class HttpServer {
 
  private:
   awaitable<void> accept_loop();
+  // Why a just-accepted connection is turned away (nullptr: it is served).
+  const char* refusal(tcp::socket& socket) const;
+  void refuse(tcp::socket socket, const char* why);
   awaitable<void> serve(tcp::socket socket);
+  template <typename Stream>
+  awaitable<void> exchange(Stream& stream);
+  awaitable<Response> answer(const Request& req);
+  std::string not_ready();
   std::vector<ShardSample> samples();
   void sample_loop();
   // Latency over the last minutes: per shard, the histogram now minus one kept ~5 min ago.
@@ -52,6 +69,14 @@ class HttpServer {
   std::string status_json(const Snapshot& snap);
 
   server::Shared& shared_;
+  // Declared before ctx_: the coroutines it destroys last use them.
+  std::unique_ptr<asio::ssl::context> tls_;
+  int open_ = 0;  // connections being served (on ctx_'s thread only)
+  // Accepted descriptors numbered this high mean the process nears RLIMIT_NOFILE (the
+  // kernel hands out the lowest free number): the rest is kept for the client port.
+  int fd_ceiling_ = 0;
+  uint64_t refused_ = 0;  // since the last log line about refusals
+  Clock::time_point refusal_logged_{};
   asio::io_context ctx_{1};
   std::optional<tcp::acceptor> acceptor_;
   std::thread thread_;

@@ -4,8 +4,10 @@
 
 #include <malloc.h>
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <future>
 #include <limits>
 
@@ -459,6 +461,25 @@ bool Server::reload(std::string* report) {
   return true;
 }
 
+// Every client, server connection and HTTP connection is a descriptor: the soft limit
+// (often 1024, or the 4096 of a container) goes up to the hard one, which needs no privilege.
+namespace {
+void raise_open_files_limit() {
+  rlimit lim{};
+  if (getrlimit(RLIMIT_NOFILE, &lim) != 0) return;
+  const auto soft = lim.rlim_cur;
+  if (lim.rlim_cur < lim.rlim_max) {
+    lim.rlim_cur = lim.rlim_max;
+    if (setrlimit(RLIMIT_NOFILE, &lim) != 0) {
+      spdlog::warn("open files limit stays {} (raising it to {} failed: {})", soft, lim.rlim_max,
+                   std::strerror(errno));
+      return;
+    }
+  }
+  spdlog::info("open files limit {} (was {})", lim.rlim_cur, soft);
+}
+}  // namespace
+
 awaitable<void> Server::accept_loop() {
   const auto protocol = acceptor_->local_endpoint().protocol();
   for (;;) {
@@ -495,6 +516,7 @@ awaitable<void> Server::accept_loop() {
 }
 
 int Server::run() {
+  raise_open_files_limit();
   const auto& cfg = shared_.config();
   if (cfg.two_phase_commit) {
     // In-doubt transactions of an earlier run are resolved before any client comes in.
@@ -520,8 +542,13 @@ int Server::run() {
   acceptor_->listen(asio::socket_base::max_listen_connections);
   for (auto& w : workers_) w->start();
   if (!cfg.admin.http_host.empty()) {
-    http_ = std::make_unique<admin::HttpServer>(shared_);
     try {
+      std::unique_ptr<asio::ssl::context> http_tls;
+      if (!cfg.admin.http_tls_cert.empty())
+        http_tls = std::make_unique<asio::ssl::context>(
+            make_tls_context(cfg.admin.http_tls_cert, cfg.admin.http_tls_key, "admin.http_tls_cert",
+                             "admin.http_tls_key"));
+      http_ = std::make_unique<admin::HttpServer>(shared_, std::move(http_tls));
       http_->start();
     } catch (const std::exception& e) {
       spdlog::error("admin http {}:{}: {}", cfg.admin.http_host, cfg.admin.http_port, e.what());

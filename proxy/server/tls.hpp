@@ -1,4 +1,4 @@
-// TLS server context for client connections (OpenSSL via Asio).
+// TLS server contexts for client connections and the HTTP endpoint (OpenSSL via Asio).
 #pragma once
 
 #include <string>
@@ -7,7 +7,10 @@
 
 namespace pgshard::server {
 
-// Loads the certificate chain and key; throws std::runtime_error naming the file on failure.
-asio::ssl::context make_tls_context(const std::string& cert, const std::string& key);
+// Loads the certificate chain and key; throws std::runtime_error naming the setting
+// (`cert_setting`, `key_setting`) and the file on failure.
+asio::ssl::context make_tls_context(const std::string& cert, const std::string& key,
+                                    const char* cert_setting = "tls.cert",
+                                    const char* key_setting = "tls.key");
 
 }  // namespace pgshard::server

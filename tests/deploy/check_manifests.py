@@ -2,7 +2,10 @@
 """Static checks of what ships: every Kubernetes manifest loads into the object models of
 the Kubernetes Python client with no unknown field; each pgshard.yaml they (and the compose
 file) carry passes `pgshard check` with its ${...} variables set; grace periods exceed
-pgshard's shutdown timeout; the compose file names the Dockerfile and services it needs.
+pgshard's shutdown timeout; the compose file names the Dockerfile and services it needs; the
+admin HTTP endpoint is on a loopback address or asks for credentials (/metrics and the
+dashboard are not open to the network), probes reach the pod, the ServiceMonitor sends the
+token and compose publishes the admin port on the host's loopback only.
    check_manifests.py PGSHARD_BINARY REPO_ROOT"""
 import glob
 import os
@@ -57,6 +60,20 @@ def duration_s(text):
     return int(m.group(1)) / {"ms": 1000, "s": 1, "min": 1 / 60}[m.group(2)] if m else None
 
 
+LOOPBACK = {"127.0.0.1", "::1", "[::1]", "localhost"}
+HTTP_AUTH_KEYS = {"http_auth_token", "http_auth_token_file", "http_basic_auth", "http_basic_auth_file"}
+
+
+def check_http_exposure(cfg, where):
+    """An admin endpoint reachable from the network must ask for credentials."""
+    admin = cfg.get("admin") or {}
+    http = str(admin.get("http") or "")
+    host = http.rsplit(":", 1)[0] if ":" in http else ""
+    if http and host not in LOOPBACK and not HTTP_AUTH_KEYS & set(admin):
+        problems.append(f"{where}: admin.http {http} is open to the network without "
+                        "admin.http_auth_token or admin.http_basic_auth")
+
+
 def pgshard_check(config_text, env, where):
     with tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False) as f:
         f.write(config_text)
@@ -66,6 +83,7 @@ def pgshard_check(config_text, env, where):
     if r.returncode != 0:
         problems.append(f"{where}: pgshard check: {r.stdout}{r.stderr}".strip())
     cfg = yaml.safe_load(re.sub(r"\$\{\w+\}", "0", config_text))
+    check_http_exposure(cfg, where)
     return duration_s((cfg.get("timeouts") or {}).get("shutdown", "30s"))
 
 
@@ -102,7 +120,21 @@ def check_docs(name, docs, secrets):
             if c.get("image", "").startswith("pgshard") and not (
                     c.get("livenessProbe") and c.get("readinessProbe") and c.get("resources")):
                 problems.append(f"{name}: container {c['name']} lacks probes or resources")
+            check_probes(c, f"{name}: container {c['name']}")
     print(f"{name}: {len(docs)} objects checked")
+
+
+def check_probes(c, where):
+    """pgshard's probes ask the open paths, on the pod (a kubelet's httpGet with host
+    127.0.0.1 asks the node)."""
+    if not c.get("image", "").startswith("pgshard"):
+        return
+    for probe, path in (("livenessProbe", "/health"), ("readinessProbe", "/ready")):
+        get = (c.get(probe) or {}).get("httpGet") or {}
+        if get.get("path") != path:
+            problems.append(f"{where}: {probe} must be an httpGet of {path}")
+        if get.get("host") in LOOPBACK:
+            problems.append(f"{where}: {probe} sets host {get['host']} (the kubelet would ask the node)")
 
 
 def check_service_monitor(d, where):
@@ -115,8 +147,13 @@ def check_service_monitor(d, where):
     check_model(spec.get("selector"), "V1LabelSelector", f"{where}.spec.selector")
     for e in spec.get("endpoints") or [None]:
         if not e or e.get("path") != "/metrics" or not e.get("port") or \
-                set(e) - {"port", "path", "interval"}:
+                set(e) - {"port", "path", "interval", "authorization"}:
             problems.append(f"{where}: endpoints must name a port and path /metrics")
+        auth = (e or {}).get("authorization") or {}
+        creds = auth.get("credentials") or {}
+        if auth.get("type") != "Bearer" or not creds.get("name") or not creds.get("key"):
+            problems.append(f"{where}: endpoints must send the bearer token from a Secret "
+                            "(authorization: {type: Bearer, credentials: {name, key}})")
 
 
 for path in sorted(glob.glob(os.path.join(ROOT, "deploy/kubernetes/*.yaml"))):
@@ -183,6 +220,10 @@ def compose_default(value):
     return re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", str(value))
 
 
+# The admin HTTP port is published on the host's loopback only.
+for published in services.get("pgshard", {}).get("ports", []):
+    if "ADMIN_HTTP_PORT" in str(published) and not str(published).startswith("127.0.0.1:"):
+        problems.append(f"docker/compose.yaml: admin port {published} is published on every address")
 pgshard_env = {k: compose_default(v) for k, v in services.get("pgshard", {}).get("environment", {}).items()}
 for volume in services.get("pgshard", {}).get("volumes", []):
     src = os.path.normpath(os.path.join(ROOT, "docker", volume.split(":")[0]))

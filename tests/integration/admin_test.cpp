@@ -1,5 +1,11 @@
 // Operations: the admin console (database "pgshard", PgBouncer's SHOW commands) and the
 // HTTP endpoints (/metrics, /health, /ready, /api/status), against real shards.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
 #include <cctype>
 #include <chrono>
@@ -15,6 +21,7 @@
 
 using namespace harness;
 using namespace std::chrono_literals;
+using Clock = std::chrono::steady_clock;
 
 namespace {
 
@@ -82,19 +89,28 @@ long long num(const std::string& s) {
 
 struct HttpReply {
   int status = 0;
+  std::string headers;
   std::string body;
 };
 
-HttpReply http_get(int port, const std::string& path, const std::string& method = "GET") {
+// `url` fetched with curl and `args` (method, credentials, -k); status 0: nothing answered.
+HttpReply http_fetch(const std::string& url, const std::string& args = "") {
   const auto dir = temp_dir("http");
   std::string out;
-  run("curl -s -m 10 -X " + method + " -o " + dir +
-          "/body -w '%{http_code}' http://127.0.0.1:" + std::to_string(port) + path,
+  run("curl -s -m 10 " + args + " -D " + dir + "/headers -o " + dir + "/body -w '%{http_code}' '" +
+          url + "'",
       &out);
   HttpReply r;
   r.status = out.empty() ? 0 : std::atoi(out.c_str());
+  r.headers = read_file(dir + "/headers");
   r.body = read_file(dir + "/body");
+  run("rm -rf " + dir);
   return r;
+}
+
+HttpReply http_get(int port, const std::string& path, const std::string& method = "GET",
+                   const std::string& args = "") {
+  return http_fetch("http://127.0.0.1:" + std::to_string(port) + path, "-X " + method + " " + args);
 }
 
 // The value of the sample `series` (name with its labels, exactly as exposed); -1 if absent.
@@ -106,6 +122,81 @@ double metric(const std::string& text, const std::string& series) {
         line[series.size()] == ' ')
       return std::stod(line.substr(series.size() + 1));
   return -1;
+}
+
+// Connections to the HTTP port that send nothing, as a flood of idle clients holds them.
+class IdleHttp {
+ public:
+  IdleHttp(int port, int n) {
+    for (int i = 0; i < n; ++i) {
+      const int fd = socket(AF_INET, SOCK_STREAM, 0);
+      REQUIRE(fd >= 0);
+      sockaddr_in a{};
+      a.sin_family = AF_INET;
+      a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+      a.sin_port = htons(static_cast<uint16_t>(port));
+      fds_.push_back(fd);
+      REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    }
+  }
+  ~IdleHttp() {
+    for (int fd : fds_) close(fd);
+  }
+  // The connections pgshard has neither answered nor closed (held, or queued unaccepted).
+  int held() const {
+    int n = 0;
+    for (int fd : fds_) {
+      pollfd p{fd, POLLIN | POLLRDHUP, 0};
+      n += poll(&p, 1, 0) == 0;
+    }
+    return n;
+  }
+  // What pgshard sent on the first connection it turned away ("" when none).
+  std::string first_refusal() const {
+    for (int fd : fds_) {
+      char buf[256];
+      const auto n = recv(fd, buf, sizeof buf, MSG_DONTWAIT | MSG_PEEK);
+      if (n > 0) return std::string(buf, static_cast<std::size_t>(n));
+    }
+    return "";
+  }
+
+ private:
+  std::vector<int> fds_;
+};
+
+int open_fds(int pid) {
+  std::string out;
+  run("ls /proc/" + std::to_string(pid) + "/fd | wc -l", &out);
+  return std::atoi(out.c_str());
+}
+
+// CPU time (user + system) of the process, in clock ticks (1/100 s).
+long long cpu_ticks(int pid) {
+  std::istringstream st(read_file("/proc/" + std::to_string(pid) + "/stat"));
+  std::string field;
+  long long sum = 0;
+  for (int i = 1; i <= 15 && st >> field; ++i)
+    if (i >= 14) sum += std::stoll(field);
+  return sum;
+}
+
+// True once pgshard's descriptors stop changing (it accepted, or stopped accepting).
+bool fds_settled(int pid) {
+  const int before = open_fds(pid);
+  std::this_thread::sleep_for(200ms);
+  return open_fds(pid) == before;
+}
+
+// A client logs in and gets an answer within `seconds`.
+bool client_answers(const Proxy& proxy, int seconds) {
+  Conn c(PQconnectdb(proxy.conninfo("connect_timeout=" + std::to_string(seconds)).c_str()),
+         PQfinish);
+  if (PQstatus(c.get()) != CONNECTION_OK) return false;
+  PGresult* r = PQexec(c.get(), "select 1");
+  const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK;
+  PQclear(r);
+  return ok;
 }
 
 }  // namespace
@@ -287,17 +378,9 @@ TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
 
   // Idle, pgshard uses next to no CPU: the shard sampler once spun (a sleep of 1 s / 10 in
   // whole seconds is zero) at half a core.
-  auto ticks = [&] {
-    std::istringstream st(read_file("/proc/" + std::to_string(proxy.pid()) + "/stat"));
-    std::string field;
-    long long sum = 0;
-    for (int i = 1; i <= 15 && st >> field; ++i)
-      if (i >= 14) sum += std::stoll(field);
-    return sum;
-  };
-  const long long idle_before = ticks();
+  const long long idle_before = cpu_ticks(proxy.pid());
   std::this_thread::sleep_for(3s);
-  CHECK(ticks() - idle_before < 30);  // under 10% of a core (clock ticks are 1/100 s)
+  CHECK(cpu_ticks(proxy.pid()) - idle_before < 30);  // under 10% of a core
 
   auto app = connect(proxy.conninfo());
   query(app.get(), "SET pgshard.shard = 's1'");
@@ -368,6 +451,121 @@ TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
   CHECK(!sh1["last_error"].empty());
   cluster.restart(1);
   CHECK(wait_until([&] { return http_get(http, "/ready").status == 200; }, 15s));
+}
+
+// Issue 32: 4,200 idle HTTP connections against 4,096 descriptors left the client port with
+// none ("accept failed: Too many open files"), and new clients timed out; the HTTP accept
+// loop spun on EMFILE. Here the limit is 256 and the endpoint's settings are the defaults.
+TEST_CASE("idle HTTP connections cannot take the descriptors the client port needs", "[admin]") {
+  const int http = free_port();
+  auto opts = admin_options(http);
+  opts.max_open_files = 256;
+  Proxy proxy(opts);
+  REQUIRE(wait_until([&] { return http_get(http, "/health").status == 200; }, 10s));
+  IdleHttp flood(http, 400);
+  CHECK(wait_until([&] { return fds_settled(proxy.pid()); }, 10s));
+  const int held = flood.held(), fds = open_fds(proxy.pid());
+  const long long cpu_before = cpu_ticks(proxy.pid());
+  const auto t0 = Clock::now();
+  const bool answered = client_answers(proxy, 5);
+  const auto login_ms = std::chrono::duration_cast<std::chrono::milliseconds>(Clock::now() - t0);
+  std::this_thread::sleep_for(1s);
+  const long long cpu = cpu_ticks(proxy.pid()) - cpu_before;
+  WARN("400 idle HTTP connections, RLIMIT_NOFILE 256: pgshard holds "
+       << fds << " descriptors; " << held << " connections held or queued; client login "
+       << (answered ? "ok" : "FAILED") << " in " << login_ms.count() << " ms; " << cpu
+       << " CPU ticks over the login and 1 s");
+  CHECK(answered);
+  CHECK(held <= 64);      // admin.http_max_connections' default
+  CHECK(fds < 256 - 64);  // a quarter of the descriptors kept for clients
+  CHECK(cpu < 50);        // no accept loop spinning on EMFILE
+  CHECK(flood.first_refusal().rfind("HTTP/1.1 503", 0) == 0);
+  // The held ones go after admin.http_idle_timeout (10 s by default), and HTTP serves again.
+  CHECK(wait_until([&] { return flood.held() == 0; }, 15s));
+  CHECK(http_get(http, "/health").status == 200);
+  CHECK(proxy.log_tail(400).find("refused") != std::string::npos);
+}
+
+TEST_CASE("admin HTTP: connection cap, idle timeout and credentials", "[admin]") {
+  const int http = free_port();
+  const auto dir = temp_dir("http-secret");
+  {
+    std::ofstream f(dir + "/basic");
+    f << "monitor:pa55 word\n";
+  }
+  auto opts = admin_options(http);
+  opts.extra_top = "admin: { users: [admin], http: \"127.0.0.1:" + std::to_string(http) +
+                   "\", http_max_connections: 4, http_idle_timeout: 1s,"
+                   " http_auth_token: s3cr3t-token, http_basic_auth_file: " +
+                   dir + "/basic }\n";
+  Proxy proxy(opts);
+  REQUIRE(wait_until([&] { return http_get(http, "/ready").status == 200; }, 10s));
+
+  {
+    IdleHttp flood(http, 12);
+    // (4, or fewer while pgshard still counts the probe's connection from just before)
+    CHECK(wait_until([&] { return flood.held() <= 4; }, 5s));
+    CHECK(flood.held() > 0);
+    CHECK(flood.first_refusal().rfind("HTTP/1.1 503", 0) == 0);
+    CHECK(client_answers(proxy, 5));
+    const auto t0 = Clock::now();
+    CHECK(wait_until([&] { return flood.held() == 0; }, 5s));
+    CHECK(Clock::now() - t0 < 3s);
+  }
+  CHECK(http_get(http, "/health").status == 200);
+
+  // Probes stay open; everything else needs the token or the user and password.
+  CHECK(http_get(http, "/ready").status == 200);
+  CHECK(http_get(http, "/healthz").status == 200);
+  auto denied = http_get(http, "/metrics");
+  CHECK(denied.status == 401);
+  CHECK(denied.body.find("pgshard_up") == std::string::npos);
+  auto challenge = http_fetch("http://127.0.0.1:" + std::to_string(http) + "/metrics");
+  CHECK(challenge.headers.find("WWW-Authenticate: Bearer realm=\"pgshard\"") != std::string::npos);
+  CHECK(challenge.headers.find("WWW-Authenticate: Basic realm=\"pgshard\"") != std::string::npos);
+  for (const char* path : {"/api/status", "/dashboard", "/", "/nothing"})
+    CHECK(http_get(http, path).status == 401);
+  const std::string bearer = "-H 'Authorization: Bearer s3cr3t-token'";
+  auto m = http_get(http, "/metrics", "GET", bearer);
+  CHECK(m.status == 200);
+  CHECK(metric(m.body, "pgshard_up") == 1);
+  CHECK(http_get(http, "/api/status", "GET", bearer).status == 200);
+  CHECK(http_get(http, "/metrics", "GET", "-H 'Authorization: bearer s3cr3t-token'").status == 200);
+  CHECK(http_get(http, "/metrics", "GET", "-H 'Authorization: Bearer s3cr3t-toke'").status == 401);
+  CHECK(http_get(http, "/metrics", "GET", "-H 'Authorization: Bearer s3cr3t-tokenX'").status ==
+        401);
+  CHECK(http_get(http, "/dashboard", "GET", "-u 'monitor:pa55 word'").status == 200);
+  CHECK(http_get(http, "/dashboard", "GET", "-u 'monitor:pa55'").status == 401);
+  CHECK(http_get(http, "/dashboard", "GET", "-u 'admin:pa55 word'").status == 401);
+  CHECK(http_get(http, "/metrics", "GET", "-H 'Authorization: Basic !!!'").status == 401);
+  CHECK(http_get(http, "/nothing", "GET", bearer).status == 404);
+  run("rm -rf " + dir);
+}
+
+TEST_CASE("admin HTTP over TLS: probes open, the rest with the token", "[admin]") {
+  const int http = free_port();
+  const auto dir = temp_dir("http-tls");
+  std::string out;
+  REQUIRE(run("openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost -keyout " +
+                  dir + "/http.key -out " + dir + "/http.crt 2>&1",
+              &out) == 0);
+  auto opts = admin_options(http);
+  opts.extra_top = "admin: { users: [admin], http: \"127.0.0.1:" + std::to_string(http) +
+                   "\", http_auth_token: \"${PGSHARD_TEST_HTTP_TOKEN}\", http_tls_cert: " + dir +
+                   "/http.crt, http_tls_key: " + dir + "/http.key }\n";
+  setenv("PGSHARD_TEST_HTTP_TOKEN", "tls-token", 1);
+  Proxy proxy(opts);
+  const std::string base = "https://127.0.0.1:" + std::to_string(http);
+  CHECK(wait_until([&] { return http_fetch(base + "/health", "-k").status == 200; }, 10s));
+  CHECK(wait_until([&] { return http_fetch(base + "/ready", "-k").status == 200; }, 10s));
+  CHECK(http_fetch(base + "/metrics", "-k").status == 401);
+  auto m = http_fetch(base + "/metrics", "-k -H 'Authorization: Bearer tls-token'");
+  CHECK(m.status == 200);
+  CHECK(metric(m.body, "pgshard_up") == 1);
+  CHECK(http_get(http, "/health").status != 200);           // no plain HTTP on the TLS port
+  CHECK(http_fetch(base + "/health", "-k").status == 200);  // and a bad client harmed nothing
+  CHECK(client_answers(proxy, 5));
+  run("rm -rf " + dir);
 }
 
 TEST_CASE("RELOAD and SIGHUP apply users, pool sizes and timeouts without dropping clients",

@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -203,6 +204,11 @@ Proxy::Proxy(ProxyOptions o) {
     int fd = open((dir_ + "/pgshard.log").c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
     dup2(fd, 1);
     dup2(fd, 2);
+    if (o.max_open_files > 0) {
+      const rlimit lim{static_cast<rlim_t>(o.max_open_files),
+                       static_cast<rlim_t>(o.max_open_files)};
+      setrlimit(RLIMIT_NOFILE, &lim);
+    }
     execl(binary, "pgshard", "--config", (dir_ + "/pgshard.yaml").c_str(), nullptr);
     _exit(127);
   }

@@ -46,6 +46,7 @@ struct ProxyOptions {
   std::vector<std::string> shard_urls;      // replaces the shard URLs when set
   int port = 0;                             // listen here (0: a free port)
   std::string two_phase_log;                // decision log directory (default: per proxy)
+  int max_open_files = 0;                   // RLIMIT_NOFILE, soft and hard (0: inherited)
 };
 
 // A pgshard process on a free port, stopped (SIGTERM) when destroyed.

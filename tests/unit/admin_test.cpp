@@ -1,16 +1,22 @@
 // The admin console's answers, the Prometheus exposition and the latency histogram, on
 // snapshots built by hand (no network).
+#include <unistd.h>
+
 #include <catch2/catch.hpp>
+#include <cstdio>
+#include <fstream>
 #include <regex>
 #include <set>
 #include <sstream>
 
 #include "config/config.hpp"
+#include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/admin/console.hpp"
 #include "proxy/admin/http.hpp"
+#include "proxy/admin/http_auth.hpp"
 
 using namespace pgshard;
 
@@ -178,6 +184,98 @@ TEST_CASE("config: the admin section names known users and a host:port", "[admin
   CHECK(error_of(bad).find("admin.http must be host:port") != std::string::npos);
 }
 
+TEST_CASE("config: the HTTP endpoint's limits, credentials and TLS", "[admin]") {
+  auto with_admin = [](const std::string& keys) {
+    std::string yaml = kMap;
+    const std::string from = "http: \"127.0.0.1:9930\"";
+    return yaml.replace(yaml.find(from), from.size(), from + ", " + keys);
+  };
+  auto error_of = [](const std::string& yaml) {
+    try {
+      config::load_string(yaml, "t.yaml");
+    } catch (const config::ConfigError& e) {
+      return std::string(e.what());
+    }
+    return std::string();
+  };
+  auto plain = config::load_string(kMap, "t.yaml");
+  CHECK(plain->admin.http_max_connections == 64);
+  CHECK(plain->admin.http_idle_timeout == std::chrono::seconds(10));
+  CHECK(plain->admin.http_auth_token.empty());
+  CHECK(plain->admin.http_basic_auth.empty());
+
+  char path[] = "/tmp/pgshard-secret-XXXXXX";
+  const int fd = mkstemp(path);
+  REQUIRE(fd >= 0);
+  close(fd);
+  std::ofstream(path) << "tok-from-file\n";
+  auto cfg = config::load_string(
+      with_admin("http_max_connections: 8, http_idle_timeout: 2s, http_auth_token_file: " +
+                 std::string(path) + ", http_basic_auth: \"mon:pw\""),
+      "t.yaml");
+  CHECK(cfg->admin.http_max_connections == 8);
+  CHECK(cfg->admin.http_idle_timeout == std::chrono::seconds(2));
+  CHECK(cfg->admin.http_auth_token == "tok-from-file");
+  CHECK(cfg->admin.http_basic_auth == "mon:pw");
+
+  CHECK(error_of(with_admin("http_max_connections: 0"))
+            .find("t.yaml:5: admin.http_max_connections "
+                  "must be an integer between 1 and") != std::string::npos);
+  CHECK(error_of(with_admin("http_idle_timeout: soon"))
+            .find("admin.http_idle_timeout must be a "
+                  "duration") != std::string::npos);
+  CHECK(error_of(with_admin("http_auth_token: x, http_auth_token_file: " + std::string(path)))
+            .find("admin.http_auth_token and admin.http_auth_token_file are exclusive") !=
+        std::string::npos);
+  CHECK(error_of(with_admin("http_auth_token_file: /nonexistent/token"))
+            .find("admin.http_auth_token_file: cannot read '/nonexistent/token'") !=
+        std::string::npos);
+  CHECK(error_of(with_admin("http_auth_token: \"\"")).find("must be a non-empty value") !=
+        std::string::npos);
+  CHECK(error_of(with_admin("http_auth_token: \"a b\"")).find("must not contain spaces") !=
+        std::string::npos);
+  CHECK(error_of(with_admin("http_basic_auth: nocolon")).find("must be user:password") !=
+        std::string::npos);
+  CHECK(error_of(with_admin("http_basic_auth: \":pw\"")).find("must be user:password") !=
+        std::string::npos);
+  CHECK(error_of(with_admin("http_tls_cert: a.crt")).find("go together") != std::string::npos);
+  CHECK(error_of(with_admin("http_token: x")).find("unknown key 'http_token' in admin") !=
+        std::string::npos);
+  std::remove(path);
+}
+
+TEST_CASE("HTTP credentials: bearer token or basic auth; probes open", "[admin]") {
+  config::Admin none;
+  CHECK(admin::http_authorized(none, ""));
+  CHECK(admin::http_challenges(none).empty());
+
+  config::Admin a;
+  a.http_auth_token = "t0ken";
+  CHECK(admin::http_authorized(a, "Bearer t0ken"));
+  CHECK(admin::http_authorized(a, "bearer  t0ken "));
+  CHECK(!admin::http_authorized(a, ""));
+  CHECK(!admin::http_authorized(a, "Bearer t0ke"));
+  CHECK(!admin::http_authorized(a, "Bearer t0ken2"));
+  CHECK(!admin::http_authorized(a, "Bearer"));
+  CHECK(!admin::http_authorized(a, "Bearert0ken"));
+  CHECK(!admin::http_authorized(a, "Basic " + protocol::base64_encode("x:t0ken")));
+  CHECK(admin::http_challenges(a) == std::vector<std::string>{"Bearer realm=\"pgshard\""});
+
+  a.http_basic_auth = "mon:p:w";  // the password may hold a colon
+  CHECK(admin::http_authorized(a, "Basic " + protocol::base64_encode("mon:p:w")));
+  CHECK(admin::http_authorized(a, "Bearer t0ken"));
+  CHECK(!admin::http_authorized(a, "Basic " + protocol::base64_encode("mon:p")));
+  CHECK(!admin::http_authorized(a, "Basic " + protocol::base64_encode("other:p:w")));
+  CHECK(!admin::http_authorized(a, "Basic not-base64!"));
+  CHECK(!admin::http_authorized(a, "Digest mon"));
+  CHECK(admin::http_challenges(a).size() == 2);
+
+  for (const char* open : {"/health", "/healthz", "/ready", "/readyz"})
+    CHECK(admin::http_open_path(open));
+  for (const char* closed : {"/metrics", "/api/status", "/dashboard", "/", "/health/x", "/HEALTH"})
+    CHECK(!admin::http_open_path(closed));
+}
+
 TEST_CASE("reload: what may change live and what is refused, by name", "[admin]") {
   auto running = config::load_string(kMap, "t.yaml");
   auto with = [&](const std::string& from, const std::string& to) {
@@ -208,6 +306,14 @@ TEST_CASE("reload: what may change live and what is refused, by name", "[admin]"
             .find("sharded table orders added") == 0);
   CHECK(refused(*with("http: \"127.0.0.1:9930\"", "http: \"127.0.0.1:9931\"")) ==
         "admin.http address\n");
+  // The endpoint's credentials and limits change live (a rotated Secret); its TLS files not.
+  CHECK(refused(*with("http: \"127.0.0.1:9930\"",
+                      "http: \"127.0.0.1:9930\", http_auth_token: rotated, "
+                      "http_max_connections: 5"))
+            .empty());
+  CHECK(refused(*with("http: \"127.0.0.1:9930\"",
+                      "http: \"127.0.0.1:9930\", http_tls_cert: a.crt, http_tls_key: a.key")) ==
+        "admin.http_tls_cert / admin.http_tls_key\n");
   auto swapped = with("name: s0, primary: \"postgres://app:secret@127.0.0.1:5432/app\"",
                       "name: s9, primary: \"postgres://app:secret@127.0.0.1:5432/app\"");
   CHECK(refused(*swapped).find("shard 0 renamed or reordered: s0 -> s9") == 0);
