@@ -249,8 +249,8 @@ void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
 
 void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
   if (!c.mapping(n, "timeouts",
-                 {"client_startup", "client_idle", "connect", "pool_wait", "shutdown",
-                  "server_idle", "shard_statement", "deadlock"}))
+                 {"client_startup", "client_startup_packet", "client_idle", "connect", "pool_wait",
+                  "shutdown", "server_idle", "shard_statement", "deadlock"}))
     return;
   auto set = [&](const char* key, Millis& field) {
     if (!n[key]) return;
@@ -264,6 +264,7 @@ void load_timeouts(Checker& c, const YAML::Node& n, Timeouts& t) {
       field = *d;
   };
   set("client_startup", t.client_startup);
+  set("client_startup_packet", t.client_startup_packet);
   set("client_idle", t.client_idle);
   set("connect", t.connect);
   set("pool_wait", t.pool_wait);

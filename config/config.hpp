@@ -112,6 +112,10 @@ struct Unsharded {
 
 struct Timeouts {
   Millis client_startup{5000};
+  // A new connection must send its whole startup packet within this (at most
+  // client_startup); until it has, it is the first to give its place to a newer one when
+  // max_startups are taken.
+  Millis client_startup_packet{2000};
   Millis client_idle{0};  // 0: never
   Millis connect{5000};
   Millis pool_wait{120000};

@@ -385,8 +385,12 @@ std::string show_config(const config::Config& cfg) {
       std::to_string(d.listen.max_startups));
   row("max_message_size", std::to_string(cfg.listen.max_message_size),
       std::to_string(d.listen.max_message_size));
+  row("max_buffered_bytes", std::to_string(cfg.listen.max_buffered_bytes),
+      std::to_string(d.listen.max_buffered_bytes));
   row("tls_mode", config::to_string(cfg.tls.mode), config::to_string(d.tls.mode));
   row("client_login_timeout", ms(cfg.timeouts.client_startup), ms(d.timeouts.client_startup));
+  row("client_startup_packet_timeout", ms(cfg.timeouts.client_startup_packet),
+      ms(d.timeouts.client_startup_packet));
   row("client_idle_timeout", ms(cfg.timeouts.client_idle), ms(d.timeouts.client_idle));
   row("server_connect_timeout", ms(cfg.timeouts.connect), ms(d.timeouts.connect));
   row("query_wait_timeout", ms(cfg.timeouts.pool_wait), ms(d.timeouts.pool_wait));

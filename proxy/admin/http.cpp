@@ -534,14 +534,10 @@ void HttpServer::refuse(tcp::socket socket, const char* why) {
     socket.shutdown(tcp::socket::shutdown_both, ignored);
     socket.close(ignored);
   }
-  ++refused_;
   // One line per 10 s at most: a flood must not become a flood of log lines.
-  const auto now = Clock::now();
-  if (now - refusal_logged_ < std::chrono::seconds(10)) return;
-  spdlog::warn("admin http: refused {} connection(s) in the last 10 s: {} ({} open)", refused_, why,
-               open_);
-  refused_ = 0;
-  refusal_logged_ = now;
+  if (const auto held = refusals_.allow())
+    spdlog::warn("admin http: refused a connection: {} ({} open; {} more refused in the last 10 s)",
+                 why, open_, *held);
 }
 
 awaitable<void> HttpServer::serve(tcp::socket socket) {

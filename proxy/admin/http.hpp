@@ -17,6 +17,7 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/log_limit.hpp"
 #include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
 
@@ -75,8 +76,7 @@ class HttpServer {
   // Accepted descriptors numbered this high mean the process nears RLIMIT_NOFILE (the
   // kernel hands out the lowest free number): the rest is kept for the client port.
   int fd_ceiling_ = 0;
-  uint64_t refused_ = 0;  // since the last log line about refusals
-  Clock::time_point refusal_logged_{};
+  LogLimit refusals_{std::chrono::seconds(10)};
   asio::io_context ctx_{1};
   std::optional<tcp::acceptor> acceptor_;
   std::thread thread_;

@@ -14,6 +14,7 @@
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/unique_id.hpp"
+#include "proxy/log_limit.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
@@ -202,19 +203,34 @@ awaitable<void> Session::run() {
     }
     ~StartupSlot() { end(); }
   } startup_slot{shared.startups};
-  if (++shared.startups > config_.listen.max_startups) {
-    spdlog::warn("{}: refusing connection: max_startups {} connections are in startup", prefix(),
-                 config_.listen.max_startups);
-    co_await fail(Failure::kTooManyStartups, "sorry, too many connections are starting up");
+  // Over max_startups, the oldest connection that has not even sent its startup packet
+  // gives its place (silent connections held open cannot lock logins out); only when
+  // every one starting up has spoken is the new one refused.
+  if (++shared.startups > config_.listen.max_startups && !worker_.drop_oldest_unheard(this)) {
+    static LogLimit refusals;
+    if (const auto quiet = refusals.allow())
+      spdlog::warn("{}: refusing connection: max_startups {} connections are in startup{}",
+                   prefix(), config_.listen.max_startups,
+                   *quiet ? " (" + std::to_string(*quiet) + " more refused in the last second)"
+                          : std::string());
+    co_await send_fatal(failure_error(Failure::kTooManyStartups,
+                                      "sorry, too many connections are starting up"));
     co_return;
   }
   if (worker_.shared().shutting_down) {
     co_await fail(Failure::kShuttingDown, "pgshard is shutting down");
     co_return;
   }
-  // A client has a bounded time to finish startup and authentication.
+  // A client has a bounded time to finish startup and authentication, and a shorter one to
+  // send its startup packet.
   asio::steady_timer startup_timer(worker_.executor(), config_.timeouts.client_startup);
   auto self = shared_from_this();
+  asio::steady_timer packet_timer(
+      worker_.executor(),
+      std::min(config_.timeouts.client_startup_packet, config_.timeouts.client_startup));
+  packet_timer.async_wait([self](error_code ec) {
+    if (!ec && self->unheard()) self->drop_unheard();
+  });
   startup_timer.async_wait([self](error_code ec) {
     if (!ec && self->state_ != State::kReady) {
       spdlog::info("{}: closing: startup not finished in time", self->prefix());
@@ -251,6 +267,11 @@ awaitable<void> Session::run() {
   co_await client_loop();
   idle_timer_.cancel();
   co_await finish();
+}
+
+void Session::drop_unheard() {
+  spdlog::debug("{}: closing: no startup packet", prefix());
+  stream_.close();
 }
 
 awaitable<void> Session::idle_watch() {
