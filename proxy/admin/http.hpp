@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "proxy/log_limit.hpp"
 #include "proxy/admin/stats.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/log_limit.hpp"
 
 namespace pgshard::server {
 struct Shared;

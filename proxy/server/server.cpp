@@ -323,8 +323,8 @@ void Worker::remove(session::Session* s) {
 bool Worker::drop_oldest_unheard(const session::Session* except) {
   std::shared_ptr<session::Session> oldest;
   for (auto& [ptr, weak] : sessions_)
-    if (auto s = weak.lock(); s && s.get() != except && s->unheard() &&
-                              (!oldest || s->id() < oldest->id()))
+    if (auto s = weak.lock();
+        s && s.get() != except && s->unheard() && (!oldest || s->id() < oldest->id()))
       oldest = std::move(s);
   if (!oldest) return false;
   oldest->drop_unheard();

@@ -213,8 +213,8 @@ awaitable<void> Session::run() {
                    prefix(), config_.listen.max_startups,
                    *quiet ? " (" + std::to_string(*quiet) + " more refused in the last second)"
                           : std::string());
-    co_await send_fatal(failure_error(Failure::kTooManyStartups,
-                                      "sorry, too many connections are starting up"));
+    co_await send_fatal(
+        failure_error(Failure::kTooManyStartups, "sorry, too many connections are starting up"));
     co_return;
   }
   if (worker_.shared().shutting_down) {

@@ -7,8 +7,8 @@
 #include <unistd.h>
 
 #include <atomic>
-#include <cerrno>
 #include <catch2/catch.hpp>
+#include <cerrno>
 #include <chrono>
 #include <thread>
 
