@@ -491,7 +491,9 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
     }
     co_return failure;
   }
-  auto got = co_await c.worker().pool(shard, c.user()).acquire();
+  auto got = co_await c.worker()
+                 .pool(shard, c.user())
+                 .acquire({}, c.transaction_status() != proto::txn_status::kIdle);
   if (auto* err = std::get_if<std::string>(&got)) {
     code = std::string(sqlstate::kSqlclientUnableToEstablish);
     co_return *err;

@@ -29,8 +29,9 @@ Pool::~Pool() {
   close_all();
 }
 
-awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop) {
-  if (paused_) {
+awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop,
+                                                         bool in_transaction) {
+  if (paused_ && !in_transaction) {
     const auto deadline = Clock::now() + wait_timeout_;
     while (paused_ && Clock::now() < deadline) {
       if (!resumed_) resumed_ = std::make_unique<asio::steady_timer>(ex_, Clock::time_point::max());
@@ -43,7 +44,7 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
       co_return "timed out after " + std::to_string(wait_timeout_.count()) + " ms: shard " +
           target_.shard_name + " is paused (PAUSE on the admin console)";
   }
-  if (auto lease = lend_idle()) co_return std::move(*lease);
+  if (auto lease = lend_idle(in_transaction)) co_return std::move(*lease);
   if (total_ < max_size_) co_return co_await open();
 
   Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false};
@@ -66,8 +67,8 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
       std::to_string(max_size_) + ")";
 }
 
-std::optional<Lease> Pool::lend_idle() {
-  if (paused_) return std::nullopt;
+std::optional<Lease> Pool::lend_idle(bool in_transaction) {
+  if (paused_ && !in_transaction) return std::nullopt;
   while (!idle_.empty()) {
     auto conn = std::move(idle_.back());  // LIFO: the warmest connection
     idle_.pop_back();

@@ -64,9 +64,12 @@ class Pool {
 
   // A connection, or an error message (connect failure naming the shard, or wait timeout).
   // A terminal cancellation on `stop` ends a wait for a busy pool at once (its client left).
-  awaitable<std::variant<Lease, std::string>> acquire(asio::cancellation_slot stop = {});
+  // `in_transaction`: for a client already inside a transaction, which PAUSE lets finish
+  // (it takes the servers it needs; PAUSE waits for them too), as PgBouncer does.
+  awaitable<std::variant<Lease, std::string>> acquire(asio::cancellation_slot stop = {},
+                                                      bool in_transaction = false);
   // acquire's common case, without a coroutine: an idle connection, if one is trusted.
-  std::optional<Lease> lend_idle();
+  std::optional<Lease> lend_idle(bool in_transaction = false);
   // Whether acquire() would lend or open a connection without waiting for one.
   bool lends_now() const { return !paused_ && (!idle_.empty() || total_ < max_size_); }
   void give_back(std::unique_ptr<ServerConn> conn);
@@ -81,8 +84,9 @@ class Pool {
   // A reload changed pool_size or timeouts: a smaller pool closes connections as they
   // come back until it fits; a larger one lets waiters open theirs.
   void set_limits(int max_size, config::Millis wait_timeout, config::Millis connect_timeout);
-  // PAUSE: new acquisitions wait (up to the pool wait timeout) until resume(); servers
-  // already leased finish their transactions. RESUME lets the waiters go on.
+  // PAUSE: new acquisitions wait (up to the pool wait timeout) until resume(), except for
+  // transactions already running; servers already leased finish their transactions.
+  // RESUME lets the waiters go on.
   void pause(bool on);
   bool paused() const { return paused_; }
   // RECONNECT: idle connections close now, leased ones when they come back.

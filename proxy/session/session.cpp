@@ -1863,7 +1863,8 @@ awaitable<bool> Session::attach(int shard) {
                    watch_client(watch, [&gone] { gone.emit(asio::cancellation_type::terminal); }),
                    asio::detached);
   }
-  auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot());
+  auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot(),
+                                   transaction_status() != proto::txn_status::kIdle);
   if (watch) co_await stop_watch(*watch);
   if (auto* err = std::get_if<std::string>(&got)) {
     spdlog::warn("{}: {}", prefix(), *err);

@@ -906,6 +906,48 @@ TEST_CASE("PAUSE waits for a shard's transactions and holds new ones; RESUME and
   CHECK(scalar(adm.get(), "SHOW VERSION").rfind("pgshard", 0) == 0);
 }
 
+TEST_CASE("PAUSE lets a running transaction take the shards it still needs", "[admin]") {
+  // A transaction on s0, then PAUSE, then the transaction needs s1: it used to wait on the
+  // paused s1 while PAUSE waited for its s0 server, until pool_wait gave the client 08001
+  // and PAUSE returned that late (found from outside).
+  auto opts = admin_options(free_port());
+  opts.extra_top += "timeouts: { pool_wait: 4s }\n";
+  Proxy proxy(opts);
+  auto in_txn = connect(proxy.conninfo());
+  query(in_txn.get(), "BEGIN");
+  query(in_txn.get(), "SET LOCAL pgshard.shard = 's0'");
+  query(in_txn.get(), "select 1");
+  auto adm = console(proxy);
+  REQUIRE(PQsendQuery(adm.get(), "PAUSE"));
+  auto busy = [](PGconn* c) {
+    PQconsumeInput(c);
+    return PQisBusy(c) != 0;
+  };
+  std::this_thread::sleep_for(300ms);
+  CHECK(busy(adm.get()));  // waiting for the transaction
+  const auto t0 = std::chrono::steady_clock::now();
+  query(in_txn.get(), "SET LOCAL pgshard.shard = 's1'");
+  CHECK(scalar(in_txn.get(), "select 2") == "2");
+  query(in_txn.get(), "COMMIT");
+  CHECK(std::chrono::steady_clock::now() - t0 < 2s);
+  // PAUSE ends once that transaction has.
+  CHECK(wait_until([&] { return !busy(adm.get()); }, 2s));
+  while (PGresult* r = PQgetResult(adm.get())) {
+    CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+  }
+  // New transactions are held while paused.
+  REQUIRE(PQsendQuery(in_txn.get(), "select 3"));
+  std::this_thread::sleep_for(500ms);
+  CHECK(busy(in_txn.get()));
+  query(adm.get(), "RESUME");
+  CHECK(wait_until([&] { return !busy(in_txn.get()); }, 3s));
+  while (PGresult* r = PQgetResult(in_txn.get())) {
+    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
+    PQclear(r);
+  }
+}
+
 TEST_CASE("RELOAD re-reads the TLS certificate for new connections", "[admin]") {
   auto opts = admin_options(free_port());
   opts.tls_mode = "prefer";
