@@ -30,7 +30,7 @@ Pool::~Pool() {
 }
 
 awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop,
-                                                         bool in_transaction) {
+                                                          bool in_transaction) {
   if (paused_ && !in_transaction) {
     const auto deadline = Clock::now() + wait_timeout_;
     while (paused_ && Clock::now() < deadline) {
