@@ -68,6 +68,7 @@ awaitable<bool> Login::read() {
   auto [ec, n] = co_await stream_.read_some(asio::buffer(at, room));
   if (ec) co_return false;
   in_.commit(n);
+  id_.spoke = true;
   co_return true;
 }
 

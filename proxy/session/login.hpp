@@ -28,6 +28,7 @@ struct Identity {
   protocol::StartupPacket startup;
   const config::User* user = nullptr;
   std::string database;
+  bool spoke = false;  // the client has sent a byte
 };
 
 class Login {

@@ -229,7 +229,7 @@ awaitable<void> Session::run() {
       worker_.executor(),
       std::min(config_.timeouts.client_startup_packet, config_.timeouts.client_startup));
   packet_timer.async_wait([self](error_code ec) {
-    if (!ec && self->unheard()) self->drop_unheard();
+    if (!ec && self->state_ == State::kStartup) self->drop_unheard();  // (not whole yet)
   });
   startup_timer.async_wait([self](error_code ec) {
     if (!ec && self->state_ != State::kReady) {
@@ -267,6 +267,13 @@ awaitable<void> Session::run() {
   co_await client_loop();
   idle_timer_.cancel();
   co_await finish();
+}
+
+bool Session::unheard() {
+  if (state_ != State::kStartup || identity_.spoke) return false;
+  error_code ec;
+  const auto waiting = stream_.socket().available(ec);
+  return !ec && waiting == 0;
 }
 
 void Session::drop_unheard() {

@@ -61,8 +61,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // One line for the SIGUSR2 dump: state, what the session is waiting on, its servers.
   std::string describe() const;
   uint64_t id() const { return id_; }
-  // Accepted, its startup packet not yet whole: a connection that has said nothing.
-  bool unheard() const { return state_ == State::kStartup; }
+  // Accepted and silent: not a byte read, none waiting to be read.
+  bool unheard();
   // Closes an unheard connection to make room for a newer one (max_startups).
   void drop_unheard();
   // For SHOW CLIENTS / SHOW SERVERS: what the session is, and the servers it holds.
