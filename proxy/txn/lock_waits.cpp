@@ -51,22 +51,7 @@ std::map<int, std::vector<LockWait>> LockWaitReader::read(const std::set<int>& s
     start(shard, s, limit);
     asked.push_back(shard);
   }
-  // Until every shard asked has answered or failed, or the deadline.
-  for (;;) {
-    std::vector<pollfd> fds;
-    std::vector<int> of;
-    for (int shard : asked) {
-      const auto& s = shards_[shard];
-      if (s.step == Step::kDone || s.step == Step::kFailed) continue;
-      fds.push_back({PQsocket(pg(s.conn)), events(s), 0});
-      of.push_back(shard);
-    }
-    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
-    if (fds.empty() || left.count() <= 0) break;
-    if (poll(fds.data(), fds.size(), static_cast<int>(left.count())) < 0 && errno != EINTR) break;
-    for (std::size_t i = 0; i < fds.size(); ++i)
-      if (fds[i].revents != 0) advance(of[i], shards_[of[i]], limit);
-  }
+  wait_all(asked, deadline, limit);
   std::map<int, std::vector<LockWait>> out;
   for (int shard : asked) {
     auto& s = shards_[shard];
@@ -81,6 +66,28 @@ std::map<int, std::vector<LockWait>> LockWaitReader::read(const std::set<int>& s
     out[shard] = std::move(s.waits);
   }
   return out;
+}
+
+void LockWaitReader::wait_all(const std::vector<int>& asked,
+                              std::chrono::steady_clock::time_point deadline,
+                              std::chrono::milliseconds limit) {
+  for (;;) {
+    std::vector<pollfd> fds;
+    std::vector<int> of;
+    for (int shard : asked) {
+      auto& s = shards_[shard];
+      if (s.step != Step::kDone && s.step != Step::kFailed && PQsocket(pg(s.conn)) < 0)
+        fail(s, PQerrorMessage(pg(s.conn)));
+      if (s.step == Step::kDone || s.step == Step::kFailed) continue;
+      fds.push_back({PQsocket(pg(s.conn)), events(s), 0});
+      of.push_back(shard);
+    }
+    const auto left = std::chrono::ceil<std::chrono::milliseconds>(deadline - Clock::now());
+    if (fds.empty() || left.count() <= 0) break;
+    if (poll(fds.data(), fds.size(), static_cast<int>(left.count())) < 0 && errno != EINTR) break;
+    for (std::size_t i = 0; i < fds.size(); ++i)
+      if (fds[i].revents != 0) advance(of[i], shards_[of[i]], limit);
+  }
 }
 
 void LockWaitReader::start(int shard, Shard& s, std::chrono::milliseconds limit) {

@@ -52,6 +52,9 @@ class LockWaitReader {
     int misses = 0;  // rounds missed in a row
   };
 
+  // Drives the shards asked until each has answered or failed, or the deadline.
+  void wait_all(const std::vector<int>& asked, std::chrono::steady_clock::time_point deadline,
+                std::chrono::milliseconds limit);
   void start(int shard, Shard& s, std::chrono::milliseconds limit);
   void send(Shard& s, std::chrono::milliseconds limit);
   void advance(int shard, Shard& s, std::chrono::milliseconds limit);
