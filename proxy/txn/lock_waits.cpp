@@ -95,7 +95,7 @@ void LockWaitReader::start(int shard, Shard& s, std::chrono::milliseconds limit)
   s.error.clear();
   if (s.conn && PQstatus(pg(s.conn)) == CONNECTION_OK &&
       PQtransactionStatus(pg(s.conn)) == PQTRANS_IDLE) {
-    send(s, limit);
+    send(shard, s, limit);
     return;
   }
   if (s.conn) PQfinish(pg(s.conn));
@@ -110,7 +110,7 @@ void LockWaitReader::start(int shard, Shard& s, std::chrono::milliseconds limit)
   s.polling = PGRES_POLLING_WRITING;  // as libpq documents for the first PQconnectPoll
 }
 
-void LockWaitReader::send(Shard& s, std::chrono::milliseconds limit) {
+void LockWaitReader::send(int shard, Shard& s, std::chrono::milliseconds limit) {
   auto* c = pg(s.conn);
   // The server ends a slow read itself too; the deadline covers a server that cannot.
   const std::string sql =
@@ -120,7 +120,7 @@ void LockWaitReader::send(Shard& s, std::chrono::milliseconds limit) {
     return;
   }
   s.step = Step::kFlushing;
-  advance(-1, s, limit);
+  advance(shard, s, limit);
 }
 
 void LockWaitReader::advance(int shard, Shard& s, std::chrono::milliseconds limit) {
@@ -129,7 +129,7 @@ void LockWaitReader::advance(int shard, Shard& s, std::chrono::milliseconds limi
     case Step::kConnecting:
       s.polling = PQconnectPoll(c);
       if (s.polling == PGRES_POLLING_OK)
-        send(s, limit);
+        send(shard, s, limit);
       else if (s.polling == PGRES_POLLING_FAILED)
         fail(s, PQerrorMessage(c));
       return;
@@ -137,10 +137,13 @@ void LockWaitReader::advance(int shard, Shard& s, std::chrono::milliseconds limi
       // libpq asks for input to be consumed while a flush waits (the server may be
       // writing too).
       if (PQconsumeInput(c) != 1) return fail(s, PQerrorMessage(c));
-      if (const int left = PQflush(c); left < 0)
+      if (const int left = PQflush(c); left < 0) {
         fail(s, PQerrorMessage(c));
-      else if (left == 0)
+      } else if (left == 0) {
+        // The answer may be in libpq's buffer already (read above): no poll would see it.
         s.step = Step::kReading;
+        read_results(shard, s);
+      }
       return;
     case Step::kReading:
       read_results(shard, s);
@@ -185,7 +188,10 @@ void LockWaitReader::missed(int shard, Shard& s) {
   s.retry_at = now + kRetryAfter;
   if (s.misses++ > 0 && now - s.logged_at < kLogEvery) return;
   s.logged_at = now;
-  std::string why = s.error.empty() ? "no answer in time" : s.error;
+  static constexpr const char* kWhile[] = {"connecting", "sending", "reading", "", ""};
+  std::string why = s.error.empty() ? std::string("no answer in time, while ") +
+                                          kWhile[static_cast<int>(s.step)]
+                                    : s.error;
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
   spdlog::warn(
       "deadlock detection: shard {} did not answer ({}, {} rounds in a row); cycles among the "

@@ -56,7 +56,7 @@ class LockWaitReader {
   void wait_all(const std::vector<int>& asked, std::chrono::steady_clock::time_point deadline,
                 std::chrono::milliseconds limit);
   void start(int shard, Shard& s, std::chrono::milliseconds limit);
-  void send(Shard& s, std::chrono::milliseconds limit);
+  void send(int shard, Shard& s, std::chrono::milliseconds limit);
   void advance(int shard, Shard& s, std::chrono::milliseconds limit);
   void read_results(int shard, Shard& s);
   void fail(Shard& s, std::string why);
