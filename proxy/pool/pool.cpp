@@ -60,7 +60,7 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   ++counters_.waits;
   counters_.wait_us += waited;
   counters_.max_wait_us = std::max(counters_.max_wait_us, waited);
-  if (w.conn) co_return Lease(this, std::move(w.conn));
+  if (w.conn) co_return lend(std::move(w.conn));
   if (w.slot) co_return co_await open();
   co_return "timed out after " + std::to_string(wait_timeout_.count()) +
       " ms waiting for a connection to shard " + target_.shard_name + " (pool_size " +
@@ -75,7 +75,7 @@ std::optional<Lease> Pool::lend_idle(bool in_transaction) {
     // A connection back in the pool moments ago is trusted without a syscall; older ones
     // are checked for a server that went away meanwhile (restart, idle timeout).
     if (coarse_now() - conn->idle_since < kTrustRecent || !conn->stale())
-      return Lease(this, std::move(conn));
+      return lend(std::move(conn));
     spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
                   target_.shard_name);
     conn->close();
@@ -110,7 +110,7 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
   if (count_requests_) conn->replies.counters = &counters_;
   conn->generation = generation_;
   spdlog::debug("S-{}: connected to shard {} pid {}", conn->id(), target_.shard_name, conn->pid());
-  co_return Lease(this, std::move(conn));
+  co_return lend(std::move(conn));
 }
 
 void Pool::close_all() {
@@ -120,7 +120,13 @@ void Pool::close_all() {
   idle_.clear();
 }
 
+Lease Pool::lend(std::unique_ptr<ServerConn> conn) {
+  lent_.push_back(conn.get());
+  return Lease(this, std::move(conn));
+}
+
 void Pool::give_back(std::unique_ptr<ServerConn> conn) {
+  std::erase(lent_, conn.get());
   // Unread bytes mean replies nobody consumed: such a server is out of step for anyone.
   const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->rbuf.empty() &&
                         conn->replies.empty() && conn->socket().is_open() &&
@@ -201,6 +207,13 @@ PoolStats Pool::stats() const {
               0};
   for (const auto* w : waiters_) s.max_wait_us = std::max(s.max_wait_us, micros_since(w->since));
   return s;
+}
+
+PoolHolders Pool::holders() const {
+  PoolHolders h;
+  for (const auto* conn : lent_) h.pids.push_back(conn->pid());
+  h.spare = paused_ || !idle_.empty() || total_ < max_size_ || connecting_ > 0 || h.pids.empty();
+  return h;
 }
 
 }  // namespace pgshard::pool

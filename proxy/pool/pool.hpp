@@ -8,6 +8,7 @@
 #include <optional>
 #include <string>
 #include <variant>
+#include <vector>
 
 #include "proxy/pool/server_conn.hpp"
 
@@ -49,6 +50,13 @@ struct PoolStats {
   uint64_t max_wait_us = 0;  // the longest a queued client has waited so far
 };
 
+// Who may free a server of a pool that lends none now (the deadlock detector's pool-wait
+// edges): any holder that finishes frees one.
+struct PoolHolders {
+  std::vector<int32_t> pids;  // backend pids of the servers lent out
+  bool spare = false;         // one may come without a holder finishing (idle, room, PAUSE)
+};
+
 // Whether the shard answered the pool's last attempt to connect.
 struct PoolHealth {
   Clock::time_point last_ok{};  // last successful login
@@ -78,6 +86,7 @@ class Pool {
   // At exit: closes idle connections; connections given back later are closed too.
   void close_all();
   PoolStats stats() const;
+  PoolHolders holders() const;
   // Whether its connections count requests, transactions, latency, errors and bytes (the
   // map's admin.stats; waits and logins are always counted).
   void count_requests(bool on) { count_requests_ = on; }
@@ -108,6 +117,8 @@ class Pool {
     Clock::time_point since = Clock::now();
   };
   awaitable<std::variant<Lease, std::string>> open();
+  // Every lease starts here, so that holders() knows the servers lent out.
+  Lease lend(std::unique_ptr<ServerConn> conn);
 
   asio::any_io_executor ex_;
   BackendTarget target_;
@@ -125,6 +136,7 @@ class Pool {
   bool closed_ = false;
   std::deque<std::unique_ptr<ServerConn>> idle_;
   std::deque<Waiter*> waiters_;
+  std::vector<const ServerConn*> lent_;  // servers out on a Lease
   std::map<std::string, std::string> server_params_;
 };
 

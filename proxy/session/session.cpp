@@ -1798,13 +1798,21 @@ awaitable<bool> Session::attach(int shard) {
                    watch_client(watch, [&gone] { gone.emit(asio::cancellation_type::terminal); }),
                    asio::detached);
   }
+  if (watch) pool_waiting_ = PoolWaiting{shard, &pool, &gone};
   auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot(),
                                    transaction_status() != proto::txn_status::kIdle);
+  pool_waiting_.reset();
   if (watch) co_await stop_watch(*watch);
+  // A deadlock victim while it waited: 40P01, even if a server came at the last moment.
+  if (!deadlock_detail_.empty()) got = "deadlock detected";
   if (auto* err = std::get_if<std::string>(&got)) {
     spdlog::warn("{}: {}", prefix(), *err);
     std::string out;
-    proto::write_error(out, failure_error(Failure::kNoServer, *err));
+    proto::write_error(
+        out, deadlock_detail_.empty()
+                 ? failure_error(Failure::kNoServer, *err)
+                 : proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
+                                std::exchange(deadlock_detail_, {}), "Retry the transaction."));
     out += proto::ready_for_query(transaction_status());
     co_await write_client(out);
     co_return false;
@@ -2417,11 +2425,15 @@ std::optional<txn::WaitingTxn> Session::waiting_txn() const {
   t.serial = txn_.serial();
   t.began = txn_.began();
   t.request = requests_;
-  t.busy = !fan_out_servers_.empty();
+  t.busy = !fan_out_servers_.empty() || pool_waiting_;
   for (const auto& link : backends_.all()) {
     if (!link->lease) continue;
     t.servers.emplace_back(link->shard, link->lease->pid());
     t.busy = t.busy || link->lease->replies.client_owed() > 0;
+  }
+  if (pool_waiting_) {
+    auto holders = pool_waiting_->pool->holders();
+    t.pool_wait = txn::PoolWait{pool_waiting_->shard, std::move(holders.pids), holders.spare};
   }
   return t;
 }
@@ -2434,7 +2446,10 @@ void Session::deadlock_victim(const txn::Victim& v) {
   spdlog::warn("{}: deadlock across shards: this transaction is cancelled", prefix());
   deadlock_detail_ = v.detail;
   const bool relayed = fan_out_servers_.empty();
-  cancel_running([] {});
+  if (pool_waiting_)
+    pool_waiting_->stop->emit(asio::cancellation_type::terminal);  // attach() answers 40P01
+  else
+    cancel_running([] {});
   // As PostgreSQL aborts a deadlock victim, the whole transaction fails now (the client
   // must ROLLBACK; COMMIT answers ROLLBACK) and, for a statement on one server, every shard
   // rolls back at once so the others proceed without waiting for the client.

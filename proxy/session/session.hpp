@@ -383,6 +383,14 @@ class Session : public std::enable_shared_from_this<Session>,
   // Set while the deadlock detector's cancel of the running request is on its way: the
   // DETAIL of the 40P01 the client gets instead of 57014.
   std::string deadlock_detail_;
+  // While attach() waits for a pool that lends nothing now: the wait the deadlock detector
+  // sees (an edge to each holder of the pool's servers) and ends when this is its victim.
+  struct PoolWaiting {
+    int shard = 0;
+    const pool::Pool* pool = nullptr;
+    asio::cancellation_signal* stop = nullptr;
+  };
+  std::optional<PoolWaiting> pool_waiting_;
   // A deadlock victim's servers roll back (requests wait until they have).
   bool aborting_ = false;
   awaitable<void> roll_back_victim();

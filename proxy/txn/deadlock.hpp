@@ -1,11 +1,14 @@
 // Distributed deadlock detection: two transactions that lock rows on two shards in opposite
 // orders each wait on one shard, where PostgreSQL sees one waiter and no cycle. When a
 // pgshard transaction spanning shards has waited longer than timeouts.deadlock, the detector
-// reads the lock waits on the shards involved (pg_locks, pg_blocking_pids), maps backend
-// pids to pgshard's transactions, finds cycles in the global wait-for graph that cross
-// shards (one shard's own cycles are PostgreSQL's to break) and cancels the youngest
-// transaction of each: its client gets 40P01, the others proceed. Nothing is read from a
-// shard while no transaction on several shards waits.
+// reads the lock waits on the shards involved (pg_locks, pg_blocking_pids; all shards at
+// once, each within a deadline), maps backend pids to pgshard's transactions, adds the waits
+// for a pooled server that pgshard itself imposes, finds cycles in the global wait-for graph
+// that cross shards or pass through a pool wait (one shard's own lock cycles are
+// PostgreSQL's to break) and cancels the youngest transaction of each: its client gets
+// 40P01, the others proceed. A shard that does not answer in time leaves its waits out: a
+// cycle among the shards that answered is a cycle all the same. Nothing is read from a shard
+// while no transaction on several shards waits.
 #pragma once
 
 #include <atomic>
@@ -15,14 +18,24 @@
 #include <functional>
 #include <map>
 #include <mutex>
+#include <optional>
 #include <string>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "config/config.hpp"
+#include "proxy/txn/lock_waits.hpp"
 
 namespace pgshard::txn {
+
+// A wait for a server of a shard's pool, every one of which is lent out. Any holder that
+// finishes frees a server: an OR-wait, where a lock wait needs every holder (an AND-wait).
+struct PoolWait {
+  int shard = -1;
+  std::vector<int32_t> holders;  // backend pids of the pool's servers lent out
+  bool spare = false;            // a server may come free without a holder finishing
+};
 
 // A client transaction holding servers on several shards, as its session reports it.
 struct WaitingTxn {
@@ -33,13 +46,7 @@ struct WaitingTxn {
   uint64_t request = 0;  // the session's request counter: a later request is not the victim
   bool busy = false;     // a request is running on its servers
   std::vector<std::pair<int, int32_t>> servers;  // (shard, backend pid) of each server
-};
-
-// One lock wait on a shard: backend `waiter` waits for backend `holder`.
-struct LockWait {
-  int shard = 0;
-  int32_t waiter = 0;
-  int32_t holder = 0;
+  std::optional<PoolWait> pool_wait;             // waiting for a server of another shard
 };
 
 struct Victim {
@@ -49,7 +56,13 @@ struct Victim {
 
 // The transactions to cancel so that no cycle crossing shards is left: in each cycle of the
 // wait-for graph (nodes: pgshard transactions, and backends pgshard does not know) whose
-// waits lie on two shards or more, the youngest pgshard transaction spanning shards.
+// waits lie on two shards or more, or include a pool wait, the youngest pgshard transaction
+// spanning shards (a pool wait's shard counts). Only transactions that can never proceed
+// are in a cycle: one that waits for a pool is stuck only when every holder of the pool is
+// (graph reduction, AND for lock waits, OR for pool waits). `waits` may lack the shards
+// that did not answer: fewer edges, never a wrong victim. (A holder stuck only in one
+// shard's own lock cycle counts as stuck, though PostgreSQL will break that cycle: a pool
+// wait on it may then lose a victim that would have got its server a little later.)
 // Synchronous and pure.
 std::vector<Victim> find_victims(const std::vector<WaitingTxn>& txns,
                                  const std::vector<LockWait>& waits,
@@ -74,8 +87,8 @@ class DeadlockDetector {
  private:
   void run();
   void check();
-  // The lock waits on `shard` (false: the shard could not be asked).
-  bool read_waits(int shard, std::vector<LockWait>& out);
+  // How long a round waits for the shards' answers.
+  std::chrono::milliseconds read_limit() const;
 
   // When each busy request was first seen, by (worker, session): a request seen busy for
   // timeouts.deadlock gets the shards asked (sessions keep no clock for this).
@@ -87,7 +100,7 @@ class DeadlockDetector {
   const config::Config& cfg_;
   std::function<std::vector<WaitingTxn>()> collect_;
   std::function<void(const Victim&)> cancel_;
-  std::map<int, void*> conns_;  // PGconn per shard, opened on first need
+  LockWaitReader reader_;
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable wake_;

@@ -151,6 +151,28 @@ std::string Cluster::log_tail(int i, int lines) const {
   return tail(read_file(dir_ + "/" + std::to_string(port(i)) + ".log"), lines);
 }
 
+int Cluster::postmaster_pid(int i) const {
+  // postmaster.pid's first line (PostgreSQL docs, "Database File Layout").
+  return std::stoi(read_file(dir_ + "/" + std::to_string(port(i)) + "/postmaster.pid"));
+}
+
+FrozenShard::FrozenShard(int i) {
+  const int postmaster = Cluster::get().postmaster_pid(i);
+  // The postmaster first, so that it starts nobody new meanwhile.
+  REQUIRE(::kill(postmaster, SIGSTOP) == 0);
+  pids_.push_back(postmaster);
+  std::string children;
+  run("pgrep -P " + std::to_string(postmaster), &children);
+  std::istringstream in(children);
+  for (int pid; in >> pid;)
+    if (::kill(pid, SIGSTOP) == 0) pids_.push_back(pid);
+}
+
+void FrozenShard::thaw() {
+  for (auto it = pids_.rbegin(); it != pids_.rend(); ++it) ::kill(*it, SIGCONT);
+  pids_.clear();
+}
+
 std::string Cluster::direct(int i) const {
   // A lock that is never let go (a prepared transaction left behind, a session pgshard leaked)
   // fails the statement that waits for it instead of hanging the test.
@@ -183,7 +205,9 @@ Proxy::Proxy(ProxyOptions o) {
         i < static_cast<int>(o.shard_urls.size())
             ? o.shard_urls[static_cast<std::size_t>(i)]
             : "postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) + "/app";
-    y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: " << o.pool_size
+    y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: "
+      << (i < static_cast<int>(o.pool_sizes.size()) ? o.pool_sizes[static_cast<std::size_t>(i)]
+                                                    : o.pool_size)
       << " }\n";
   }
   y << "sharded_tables:\n"

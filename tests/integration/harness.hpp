@@ -23,6 +23,8 @@ class Cluster {
   void kill(int i);
   void restart(int i);
   std::string log_tail(int i, int lines = 30) const;
+  // Shard i's postmaster process.
+  int postmaster_pid(int i) const;
   // libpq conninfo straight to shard i (not through pgshard).
   std::string direct(int i) const;
   ~Cluster();
@@ -36,6 +38,7 @@ class Cluster {
 struct ProxyOptions {
   std::string pool_mode = "transaction";
   int pool_size = 10;
+  std::vector<int> pool_sizes;  // per shard, replaces pool_size for the shards it names
   int workers = 2;
   std::string tls_mode = "disable";
   std::string extra_top;                    // extra top-level YAML
@@ -47,6 +50,21 @@ struct ProxyOptions {
   int port = 0;                             // listen here (0: a free port)
   std::string two_phase_log;                // decision log directory (default: per proxy)
   int max_open_files = 0;                   // RLIMIT_NOFILE, soft and hard (0: inherited)
+};
+
+// Freezes shard i (SIGSTOP to its postmaster, then to every process it started) until
+// destroyed (SIGCONT to them all): a hung server, which accepts TCP connections and never
+// answers. A failing test never leaves the server frozen.
+class FrozenShard {
+ public:
+  explicit FrozenShard(int i);
+  ~FrozenShard() { thaw(); }
+  FrozenShard(const FrozenShard&) = delete;
+  FrozenShard& operator=(const FrozenShard&) = delete;
+  void thaw();
+
+ private:
+  std::vector<int> pids_;
 };
 
 // A pgshard process on a free port, stopped (SIGTERM) when destroyed.

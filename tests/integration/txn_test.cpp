@@ -11,6 +11,7 @@
 #include <memory>
 #include <mutex>
 #include <random>
+#include <set>
 #include <thread>
 
 #include "harness.hpp"
@@ -544,6 +545,113 @@ TEST_CASE("a lock cycle across shards: the younger transaction gets 40P01 within
   CHECK(await_result(t2.get(), std::chrono::seconds(10)).empty());
   query(t2.get(), "commit");
   CHECK(total_balance() == 1206);
+}
+
+namespace {
+
+// An account on `shard`, from 1 up, other than those in `taken`.
+int account_on(int shard, const std::set<int>& taken = {}) {
+  for (int id = 1;; ++id)
+    if (!taken.contains(id) && shard_of(id) == shard) return id;
+}
+
+std::string add_to(int id) {
+  return "update accounts set balance = balance + 1 where id = " + std::to_string(id);
+}
+
+}  // namespace
+
+TEST_CASE("a hung shard does not stop deadlock detection on the others", "[deadlock]") {
+  // T3 spans s0 and s2 and waits on s2, which is frozen (a hung host: it accepts
+  // connections and never answers). An unrelated cycle of T1 and T2 on s0 and s1 is broken
+  // as usual; before, every round of the detector waited on s2 and the cycle lasted until
+  // s2 came back.
+  make_accounts(24, 100);
+  const int a = account_on(0), b = account_on(1), c = account_on(0, {a}), d = account_on(2);
+  Proxy proxy(accounts_map());
+  auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo()),
+       t3 = connect(proxy.conninfo());
+  query(t3.get(), "begin");
+  query(t3.get(), add_to(c));
+  query(t3.get(), add_to(d));
+  auto s1 = connect(Cluster::get().direct(1));
+  FrozenShard frozen(2);
+  REQUIRE(PQsendQuery(t3.get(), add_to(d).c_str()) == 1);
+  query(t1.get(), "begin");
+  query(t1.get(), add_to(a));
+  query(t2.get(), "begin");
+  query(t2.get(), add_to(b));
+  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
+  REQUIRE(wait_until(
+      [&] { return scalar(s1.get(), "select count(*) from pg_locks where not granted") != "0"; },
+      std::chrono::seconds(5)));
+  const auto formed = std::chrono::steady_clock::now();
+  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  const std::string code = await_result(t2.get(), std::chrono::seconds(6));
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - formed);
+  std::cout << "deadlock across s0 and s1 while s2 is frozen: " << (code.empty() ? "ok" : code)
+            << " after " << took.count() << " ms\n";
+  CHECK(code == "40P01");
+  CHECK(took < std::chrono::milliseconds(3000));
+  CHECK_THAT(PQerrorMessage(t2.get()), Catch::Contains("across shards s0, s1"));
+  CHECK(await_result(t1.get(), std::chrono::seconds(5)).empty());
+  // s2 comes back: T3 goes on, and everyone ends cleanly.
+  frozen.thaw();
+  CHECK(await_result(t3.get(), std::chrono::seconds(20)).empty());
+  query(t1.get(), "commit");
+  query(t2.get(), "rollback");
+  query(t3.get(), "rollback");
+  CHECK(scalar(t1.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(total_balance() == 2402);
+  CHECK(prepared_left() == 0);
+}
+
+TEST_CASE(
+    "a cycle through a pool wait (a row on one shard and the only server of another) ends in 40P01",
+    "[deadlock]") {
+  // s0 has one server. A holds it (a row on s0) and waits for B's row on s1; B wants s0
+  // and waits for A's server. PostgreSQL sees one lock wait and no cycle; before, only
+  // timeouts.pool_wait ended it (B got 08001 after it). Now B, the younger, gets 40P01 and
+  // A proceeds.
+  make_accounts(12, 100);
+  const int a = account_on(0), b = account_on(1);
+  ProxyOptions o = one_worker(4);
+  o.sharded_tables = accounts_map().sharded_tables;
+  o.pool_sizes = {1};
+  o.extra_top = "timeouts: { pool_wait: 8s }\n";
+  Proxy proxy(o);
+  auto ta = connect(proxy.conninfo()), tb = connect(proxy.conninfo());
+  auto s1 = connect(Cluster::get().direct(1));
+  query(ta.get(), "begin");
+  query(ta.get(), add_to(a));
+  query(tb.get(), "begin");
+  query(tb.get(), add_to(b));
+  REQUIRE(PQsendQuery(ta.get(), add_to(b).c_str()) == 1);
+  REQUIRE(wait_until(
+      [&] { return scalar(s1.get(), "select count(*) from pg_locks where not granted") != "0"; },
+      std::chrono::seconds(5)));
+  const auto formed = std::chrono::steady_clock::now();
+  REQUIRE(PQsendQuery(tb.get(), add_to(a).c_str()) == 1);
+  const std::string code = await_result(tb.get(), std::chrono::seconds(6));
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - formed);
+  std::cout << "cycle through a pool wait: " << (code.empty() ? "ok" : code) << " after "
+            << took.count() << " ms\n";
+  CHECK(code == "40P01");
+  CHECK(took < std::chrono::milliseconds(3000));
+  CHECK_THAT(PQerrorMessage(tb.get()), Catch::Contains("for a pooled server"));
+  CHECK(PQtransactionStatus(tb.get()) == PQTRANS_INERROR);
+  // A proceeds at once (B's row on s1 went with B) and commits both of its rows.
+  CHECK(await_result(ta.get(), std::chrono::seconds(5)).empty());
+  query(ta.get(), "commit");
+  PGresult* r = PQexec(tb.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
+  CHECK(scalar(ta.get(), "select balance from accounts where id = " + std::to_string(a)) == "101");
+  CHECK(scalar(ta.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(total_balance() == 1202);
+  CHECK(prepared_left() == 0);
 }
 
 TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, nothing hangs",

@@ -1,6 +1,7 @@
 // Victims of distributed deadlocks (txn::find_victims) over hand-built wait-for graphs: a
 // cycle crossing shards loses its youngest transaction; one shard's own cycles, chains and
-// transactions that are not running are left alone. No sockets.
+// transactions that are not running are left alone; shards that did not answer leave their
+// waits out; a wait for a pooled server is an OR-wait over its holders. No sockets.
 #include "proxy/txn/deadlock.hpp"
 
 #include <catch2/catch.hpp>
@@ -88,4 +89,86 @@ TEST_CASE("each of two separate cycles loses one transaction", "[deadlock]") {
   REQUIRE(v.size() == 2);
   std::set<uint64_t> sessions{v[0].txn.session, v[1].txn.session};
   CHECK(sessions == std::set<uint64_t>{2, 4});
+}
+
+TEST_CASE("a shard that did not answer leaves its waits out: cycles among the others stand",
+          "[deadlock]") {
+  // T3 spans s0 and s2 and waits on s2, which did not answer (no waits of s2 at all). The
+  // cycle of T1 and T2 on s0 and s1 is broken as if s2 were not there.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 101}, {1, 201}}),
+                               txn_on(3, 30, {{0, 102}, {2, 300}})};
+  std::vector<LockWait> waits{{0, 101, 100}, {1, 200, 201}};
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);
+  // A cycle that needs a wait of the silent shard is not guessed at.
+  CHECK(txn::find_victims(txns, {{0, 101, 100}}, kShards).empty());
+}
+
+namespace {
+
+txn::PoolWait pool_wait(int shard, std::vector<int32_t> holders, bool spare = false) {
+  return txn::PoolWait{shard, std::move(holders), spare};
+}
+
+}  // namespace
+
+TEST_CASE("a lock on one shard and the only server of another form a cycle", "[deadlock]") {
+  // A holds s0's only server (pid 100) and waits for B's row on s1; B holds that row and
+  // waits for a server of s0.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}), txn_on(2, 20, {{1, 201}})};
+  txns[1].pool_wait = pool_wait(0, {100});
+  std::vector<LockWait> waits{{1, 200, 201}};
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);
+  CHECK(v[0].detail.find("Lock and pool waits of 2 transactions") != std::string::npos);
+  CHECK(v[0].detail.find("across shards s0, s1") != std::string::npos);
+  CHECK(v[0].detail.find("waited on shard s0 for a pooled server") != std::string::npos);
+  // A the younger: A goes (B then gets its server).
+  txns[0].began = std::chrono::steady_clock::time_point(std::chrono::seconds(30));
+  v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 1);
+  // A server may come free without A (idle, room to open one, PAUSE): no deadlock.
+  txns[1].pool_wait->spare = true;
+  CHECK(txn::find_victims(txns, waits, kShards).empty());
+}
+
+TEST_CASE("a pool wait is an OR-wait: stuck only when every holder of the pool is", "[deadlock]") {
+  // s0's pool has two servers: A's (100) and C's (101). B holds a row on s1 and waits for
+  // either server. A waits for B's row.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}), txn_on(2, 20, {{1, 201}}),
+                               txn_on(3, 15, {{0, 101}, {1, 202}}, false)};
+  txns[1].pool_wait = pool_wait(0, {100, 101});
+  std::vector<LockWait> waits{{1, 200, 201}};
+  // C waits for nothing: it will finish and free its server, so nobody is cancelled.
+  CHECK(txn::find_victims(txns, waits, kShards).empty());
+  // A holder pgshard does not know (a one-shard transaction) that waits for nothing: same.
+  txns.pop_back();
+  CHECK(txn::find_victims(txns, waits, kShards).empty());
+  // C, on s0 and s1, waits for B's row too (from its backend 203 on s1): every holder of
+  // the pool is stuck, and so is B.
+  waits.push_back({1, 203, 201});
+  txns.push_back(txn_on(3, 15, {{0, 101}, {1, 203}}));
+  auto v = txn::find_victims(txns, waits, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);  // the youngest; its going frees A and C both
+  // C's wait is on a shard that did not answer: C may proceed, and so may B.
+  waits.pop_back();
+  CHECK(txn::find_victims(txns, waits, kShards).empty());
+}
+
+TEST_CASE("two pool waits on two shards form a cycle PostgreSQL never sees", "[deadlock]") {
+  // A holds s0's only server and waits for s1's; B holds s1's and waits for s0's.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}}), txn_on(2, 20, {{1, 200}})};
+  txns[0].pool_wait = pool_wait(1, {200});
+  txns[1].pool_wait = pool_wait(0, {100});
+  auto v = txn::find_victims(txns, {}, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);
+  // A chain of pool waits is not a cycle.
+  txns[0].pool_wait.reset();
+  CHECK(txn::find_victims(txns, {}, kShards).empty());
 }
