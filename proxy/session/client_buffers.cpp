@@ -4,7 +4,6 @@
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
-#include "proxy/server/server.hpp"
 #include "proxy/session/session.hpp"
 
 namespace pgshard::session {
@@ -17,7 +16,7 @@ bool Session::charge_buffers() {
   const std::size_t held = in_.capacity() + pending_.capacity();
   const std::size_t want = held > kUncharged ? held - kUncharged : 0;
   if (want == charged_) return true;  // (every client with small requests: no atomics)
-  auto& total = worker_.shared().buffered;
+  auto& total = buffered_total_;
   if (want < charged_) {
     total -= charged_ - want;
     charged_ = want;

@@ -137,6 +137,7 @@ const char* to_string(Session::State s) {
 
 Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
     : worker_(worker),
+      buffered_total_(worker.shared().buffered),
       config_(worker.config()),
       stream_(std::move(socket)),
       id_(id),
@@ -157,7 +158,7 @@ Session::~Session() {
   worker_.parked_relays().unpark(*this);  // (its relay's frames go with next_relay_)
   if (key_.pid) server::CancelRegistry::instance().remove(key_);
   worker_.shared().clients--;
-  worker_.shared().buffered -= charged_;
+  buffered_total_ -= charged_;
   if (counted_) worker_.shared().logged_in--;
 }
 

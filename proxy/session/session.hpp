@@ -2,6 +2,7 @@
 // server connections, with responses relayed back untouched on the single-shard path.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <functional>
 #include <map>
@@ -328,6 +329,7 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<bool> signal_client(const router::Route& route, const Request& req);
 
   server::Worker& worker_;
+  std::atomic<std::size_t>& buffered_total_;  // Shared::buffered (see charge_buffers)
   const config::Config& config_;
   ClientStream stream_;
   DrainedSocket client_reads_{stream_.socket()};  // an idle client's next request

@@ -174,9 +174,9 @@ TEST_CASE("a server that had temporary objects is not handed on", "[session]") {
     query(b.get(), "set search_path to 'pg_temp'");
     query(b.get(), "begin");
     CHECK(scalar(b.get(), "select current_schema() ~ 'pg_temp'") == "t");
-    const auto code = error_code(b.get(), "prepare transaction 'pgshard_test_temp'");
+    const auto code = error_code(b.get(), "prepare transaction 'test_temp'");
     CHECK(code == "0A000");
-    if (code.empty()) query(b.get(), "rollback prepared 'pgshard_test_temp'");
+    if (code.empty()) query(b.get(), "rollback prepared 'test_temp'");
   }
 }
 
