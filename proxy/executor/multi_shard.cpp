@@ -493,7 +493,7 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
   }
   auto got = co_await c.worker()
                  .pool(shard, c.user())
-                 .acquire({}, c.transaction_status() != proto::txn_status::kIdle);
+                 .acquire({}, backends.in_transaction_besides(-1));
   if (auto* err = std::get_if<std::string>(&got)) {
     code = std::string(sqlstate::kSqlclientUnableToEstablish);
     co_return *err;

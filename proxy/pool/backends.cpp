@@ -10,6 +10,12 @@ std::vector<std::shared_ptr<Link>> Backends::all() const {
   return links;
 }
 
+bool Backends::in_transaction_besides(int shard) const {
+  for (const auto& link : all())
+    if (link->lease && link->lease->status != 'I' && link->shard != shard) return true;
+  return false;
+}
+
 void Backends::keep(std::shared_ptr<Link> link) {
   const int shard = link->shard;
   kept_[shard] = std::move(link);

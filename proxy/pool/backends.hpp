@@ -40,6 +40,9 @@ class Backends {
   std::vector<std::shared_ptr<Link>> all() const;
   std::size_t kept_count() const { return kept_.size(); }
   std::size_t participant_count() const { return participants_.size(); }
+  // Whether a server of the client is inside a transaction block on a shard other than
+  // `shard` (-1: on any shard).
+  bool in_transaction_besides(int shard) const;
 
   // Session pooling: a server to come back to, and taking it back (null if none).
   void keep(std::shared_ptr<Link> link);

@@ -104,6 +104,9 @@ struct Analysis {
   bool replicated = false;  // a write to reference tables: the same on every shard
   TxnControl txn = TxnControl::kNone;
   std::string gid;  // kPrepare, kFinishPrepared: the transaction's identifier
+  // Several statements in one Query, one of them transaction control (COMMIT, PREPARE
+  // TRANSACTION...): they must run where the whole transaction is.
+  bool controls_txn = false;
   bool explain_route = false;
   std::optional<CopySplit> copy_in;  // set for COPY FROM STDIN into a sharded table
   // COPY ... TO with HEADER (text or CSV): several shards' streams must carry one header.

@@ -388,6 +388,7 @@ void take_session_effects(Route& r, const Analysis& a) {
   r.drops = a.drops;
   r.txn = a.txn;
   if (!a.gid.empty()) r.gid = a.gid;
+  r.controls_txn = a.controls_txn;
   r.cursor_op = a.cursor_op;
   if (a.cursor_op != Analysis::CursorOp::kNone) r.cursor = a.cursor;
   r.cursor_hold = a.cursor_hold;

@@ -99,6 +99,7 @@ struct Route {
   bool concat_safe = true;             // see Analysis::concat_safe
   TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
   std::string gid;                     // see Analysis::gid
+  bool controls_txn = false;           // see Analysis::controls_txn
   std::string merge_blocker;
   std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
   std::vector<SettingChange> settings;            // session settings the statement changes

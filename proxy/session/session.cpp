@@ -827,7 +827,8 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   // Only a plain forward to a server the session has, or takes idle from the pool, now;
   // nothing is done when anything else is needed (handle_routed does it all).
   if (route.kind != router::RouteKind::kShard || route.names_unique_id || route.split_pipeline ||
-      route.txn != router::TxnControl::kNone || txn_.failed() || route.signal_call)
+      route.txn != router::TxnControl::kNone || txn_.failed() || route.signal_call ||
+      route.controls_txn)
     return false;
   const auto act = router::action(route);
   if (act != router::Action::kForward) return false;
@@ -892,6 +893,7 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
        route.txn == router::TxnControl::kFinishPrepared) &&
       co_await client_two_phase(route, req))
     co_return;
+  if (route.controls_txn && co_await refuse_split_control(route, req)) co_return;
   // (Most statements neither control nor meet a failed transaction: no coroutine for them.)
   if ((route.txn != router::TxnControl::kNone || txn_.failed()) &&
       co_await control_transaction(route, req))
@@ -1800,8 +1802,9 @@ awaitable<bool> Session::attach(int shard) {
                    asio::detached);
   }
   if (watch) pool_waiting_ = PoolWaiting{shard, &pool, &gone};
+  // (A transaction that holds a server: BEGIN alone, deferred, holds none and waits.)
   auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot(),
-                                   transaction_status() != proto::txn_status::kIdle);
+                                   backends_.in_transaction_besides(-1));
   pool_waiting_.reset();
   if (watch) co_await stop_watch(*watch);
   // A deadlock victim while it waited: 40P01, even if a server came at the last moment.

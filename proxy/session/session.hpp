@@ -254,6 +254,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // The first shard, other than `skip`, holding prepared transaction `gid` in this
   // database; -1 when none does.
   awaitable<int> shard_with_prepared(const std::string& gid, int skip);
+  // A Query of several statements with transaction control in it (two_phase.cpp): refused
+  // (true) when the transaction it would end lives on other shards too.
+  awaitable<bool> refuse_split_control(const router::Route& route, const Request& req);
   // Relays pending_ to `target`'s server (moving the client there first).
   awaitable<void> forward(int target, char boundary);
   // forward's common case, without a coroutine: the request goes to the server attached on

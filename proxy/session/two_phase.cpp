@@ -94,4 +94,20 @@ awaitable<bool> Session::client_two_phase(router::Route& route, const Request& r
   co_return false;
 }
 
+awaitable<bool> Session::refuse_split_control(const router::Route& route, const Request& req) {
+  // "UPDATE ...; COMMIT" (or PREPARE TRANSACTION, ROLLBACK) sent as one Query would end
+  // the transaction only on the shard the Query reaches, while its other shards' parts
+  // stayed open, to be committed or lost apart (found from outside): refused before
+  // anything runs, failing the transaction as any refusal does.
+  const bool one_shard = route.kind == router::RouteKind::kShard && route.shards.size() <= 1;
+  if (!backends_.in_transaction_besides(one_shard ? route.shard : -1)) co_return false;
+  co_await fail(Failure::kRefused,
+                proto::error(sqlstate::kFeatureNotSupported,
+                             "a Query of several statements that controls a transaction must "
+                             "go to the only shard the transaction uses",
+                             {}, "send COMMIT, ROLLBACK or PREPARE TRANSACTION on its own"),
+                req.boundary);
+  co_return true;
+}
+
 }  // namespace pgshard::session

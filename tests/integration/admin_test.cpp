@@ -936,15 +936,21 @@ TEST_CASE("PAUSE lets a running transaction take the shards it still needs", "[a
     CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
     PQclear(r);
   }
-  // New transactions are held while paused.
+  // New statements and new transactions (BEGIN alone holds no server) are held.
   REQUIRE(PQsendQuery(in_txn.get(), "select 3"));
+  auto explicit_txn = connect(proxy.conninfo());
+  query(explicit_txn.get(), "begin");
+  REQUIRE(PQsendQuery(explicit_txn.get(), "select 4"));
   std::this_thread::sleep_for(500ms);
   CHECK(busy(in_txn.get()));
+  CHECK(busy(explicit_txn.get()));
   query(adm.get(), "RESUME");
-  CHECK(wait_until([&] { return !busy(in_txn.get()); }, 3s));
-  while (PGresult* r = PQgetResult(in_txn.get())) {
-    CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
-    PQclear(r);
+  for (PGconn* held : {in_txn.get(), explicit_txn.get()}) {
+    CHECK(wait_until([&] { return !busy(held); }, 3s));
+    while (PGresult* r = PQgetResult(held)) {
+      CHECK(PQresultStatus(r) == PGRES_TUPLES_OK);
+      PQclear(r);
+    }
   }
 }
 

@@ -436,6 +436,40 @@ TEST_CASE("a client's own PREPARE TRANSACTION: whole on one shard, refused acros
   }
 }
 
+TEST_CASE("a Query of several statements cannot end a transaction on one of its shards",
+          "[txn]") {
+  // "UPDATE (other shard); COMMIT" in one Query used to commit (or prepare, or roll back)
+  // only the shard it reached, leaving the rest to be committed or lost apart (found from
+  // outside).
+  make_accounts(12, 100);
+  int a = 1, b = 2;
+  while (shard_of(b) == shard_of(a)) ++b;
+  Proxy p(accounts_map());
+  auto c = connect(p.conninfo());
+  const std::string ua = "update accounts set balance = balance - 1 where id = " + std::to_string(a);
+  const std::string ub = "update accounts set balance = balance + 1 where id = " + std::to_string(b);
+  for (const std::string end : {"commit", "rollback", "prepare transaction 'e6'", "end"}) {
+    INFO(end);
+    query(c.get(), "begin");
+    query(c.get(), ua);
+    CHECK(error_code(c.get(), ub + "; " + end) == "0A000");
+    CHECK(PQtransactionStatus(c.get()) == PQTRANS_INERROR);
+    PGresult* r = PQexec(c.get(), "commit");
+    CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+    PQclear(r);
+    CHECK(prepared_left() == 0);
+    CHECK(total_balance() == 1200);
+    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) ==
+          "100");
+  }
+  // On the transaction's only shard it runs as sent.
+  query(c.get(), "begin");
+  query(c.get(), ua);
+  query(c.get(), ua + "; commit");
+  CHECK(PQtransactionStatus(c.get()) == PQTRANS_IDLE);
+  CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) == "98");
+}
+
 TEST_CASE("a statement pgshard refuses inside a transaction fails the transaction", "[txn]") {
   // As an ERROR from PostgreSQL: later statements get 25P02, COMMIT answers ROLLBACK, and
   // nothing the transaction did before the refusal is committed.
