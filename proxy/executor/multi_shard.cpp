@@ -491,9 +491,8 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
     }
     co_return failure;
   }
-  auto got = co_await c.worker()
-                 .pool(shard, c.user())
-                 .acquire({}, backends.in_transaction_besides(-1));
+  auto got =
+      co_await c.worker().pool(shard, c.user()).acquire({}, backends.in_transaction_besides(-1));
   if (auto* err = std::get_if<std::string>(&got)) {
     code = std::string(sqlstate::kSqlclientUnableToEstablish);
     co_return *err;

@@ -298,7 +298,8 @@ class Analyzer {
     a.takes_snapshot = false;
     for (size_t i = 0; i < tree->n_stmts; ++i) {
       const Node* st = tree->stmts[i]->stmt;
-      a.controls_txn = a.controls_txn || (st && st->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT);
+      a.controls_txn =
+          a.controls_txn || (st && st->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT);
       a.takes_snapshot = a.takes_snapshot || (st && takes_snapshot(st->node_case));
     }
     return a;
@@ -2366,9 +2367,8 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
          a.insert_columns == b.insert_columns && a.insert_defaults == b.insert_defaults &&
          a.cursor_op == b.cursor_op && a.cursor == b.cursor && a.cursor_hold == b.cursor_hold &&
          a.insert == b.insert && a.replicated == b.replicated && a.txn == b.txn &&
-         a.controls_txn == b.controls_txn &&
-         !a.explain_route && !b.explain_route && !a.copy_in && !b.copy_in &&
-         a.copy_out_header == b.copy_out_header && a.statements == b.statements &&
+         a.controls_txn == b.controls_txn && !a.explain_route && !b.explain_route && !a.copy_in &&
+         !b.copy_in && a.copy_out_header == b.copy_out_header && a.statements == b.statements &&
          a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
          a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
          a.key_columns == b.key_columns && !carries_literals(a) && !carries_literals(b) &&

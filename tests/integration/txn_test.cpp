@@ -436,8 +436,7 @@ TEST_CASE("a client's own PREPARE TRANSACTION: whole on one shard, refused acros
   }
 }
 
-TEST_CASE("a Query of several statements cannot end a transaction on one of its shards",
-          "[txn]") {
+TEST_CASE("a Query of several statements cannot end a transaction on one of its shards", "[txn]") {
   // "UPDATE (other shard); COMMIT" in one Query used to commit (or prepare, or roll back)
   // only the shard it reached, leaving the rest to be committed or lost apart (found from
   // outside).
@@ -446,8 +445,10 @@ TEST_CASE("a Query of several statements cannot end a transaction on one of its 
   while (shard_of(b) == shard_of(a)) ++b;
   Proxy p(accounts_map());
   auto c = connect(p.conninfo());
-  const std::string ua = "update accounts set balance = balance - 1 where id = " + std::to_string(a);
-  const std::string ub = "update accounts set balance = balance + 1 where id = " + std::to_string(b);
+  const std::string ua =
+      "update accounts set balance = balance - 1 where id = " + std::to_string(a);
+  const std::string ub =
+      "update accounts set balance = balance + 1 where id = " + std::to_string(b);
   for (const std::string end : {"commit", "rollback", "prepare transaction 'e6'", "end"}) {
     INFO(end);
     query(c.get(), "begin");
@@ -459,8 +460,7 @@ TEST_CASE("a Query of several statements cannot end a transaction on one of its 
     PQclear(r);
     CHECK(prepared_left() == 0);
     CHECK(total_balance() == 1200);
-    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) ==
-          "100");
+    CHECK(scalar(c.get(), "select balance from accounts where id = " + std::to_string(a)) == "100");
   }
   // On the transaction's only shard it runs as sent.
   query(c.get(), "begin");
