@@ -25,6 +25,15 @@ std::size_t utf8_length(std::string_view s) {
   return n;
 }
 
+// The escape of a character some readers take as a line break (NEL, LINE and PARAGRAPH
+// SEPARATOR), or nullptr.
+const char* line_break(std::string_view ch) {
+  if (ch == "\u0085") return "\\u0085";
+  if (ch == "\u2028") return "\\u2028";
+  if (ch == "\u2029") return "\\u2029";
+  return nullptr;
+}
+
 // A log message with what a client sent in it made harmless: every control character
 // and every byte that is not valid UTF-8 is escaped, so a database name, user name,
 // console command or statement carrying a newline cannot start a line of its own
@@ -40,9 +49,12 @@ class Escaped : public spdlog::custom_flag_formatter {
     while (!s.empty()) {
       const auto u = static_cast<unsigned char>(s[0]);
       const std::size_t n = utf8_length(s);
-      if (json_ && (u == '"' || u == '\\')) {
+      const std::string_view ch = s.substr(0, n);
+      if ((json_ && u == '"') || u == '\\') {  // (text: so "\\n" as sent reads apart from \n)
         dest.push_back('\\');
         dest.push_back(s[0]);
+      } else if (const char* named = line_break(ch)) {  // (to some readers: U+0085, U+2028/9)
+        dest.append(named, named + 6);
       } else if (n > 1 || (n == 1 && u >= 0x20 && u != 0x7f)) {
         dest.append(s.data(), s.data() + n);
       } else if (json_) {

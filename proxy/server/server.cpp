@@ -321,11 +321,17 @@ void Worker::remove(session::Session* s) {
 }
 
 bool Worker::drop_oldest_unheard(const session::Session* except) {
+  // A silent connection first; else one whose login has taken over a second (a client
+  // that stalls mid-authentication, e.g. never answering the SCRAM challenge).
   std::shared_ptr<session::Session> oldest;
-  for (auto& [ptr, weak] : sessions_)
-    if (auto s = weak.lock();
-        s && s.get() != except && s->unheard() && (!oldest || s->id() < oldest->id()))
-      oldest = std::move(s);
+  for (const bool silent : {true, false}) {
+    for (auto& [ptr, weak] : sessions_)
+      if (auto s = weak.lock(); s && s.get() != except &&
+                                (silent ? s->unheard() : s->login_stalled()) &&
+                                (!oldest || s->id() < oldest->id()))
+        oldest = std::move(s);
+    if (oldest) break;
+  }
   if (!oldest) return false;
   oldest->drop_unheard();
   return true;

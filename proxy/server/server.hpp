@@ -158,8 +158,8 @@ class Worker {
 
   void add(const std::shared_ptr<session::Session>& s);
   void remove(session::Session* s);
-  // Closes this worker's oldest connection that has not sent its startup packet, other
-  // than `except`: false when there is none.
+  // Closes this worker's oldest connection that has not said a word (else the oldest whose
+  // login has stalled over a second), other than `except`: false when there is none.
   bool drop_oldest_unheard(const session::Session* except);
   // Asks every session to finish: idle ones close now, busy ones at their next idle point.
   void begin_shutdown();

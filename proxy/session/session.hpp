@@ -64,7 +64,12 @@ class Session : public std::enable_shared_from_this<Session>,
   uint64_t id() const { return id_; }
   // Accepted and silent: not a byte read, none waiting to be read.
   bool unheard();
-  // Closes an unheard connection to make room for a newer one (max_startups).
+  // Still logging in a second after it connected.
+  bool login_stalled() const {
+    return (state_ == State::kStartup || state_ == State::kAuth) &&
+           Clock::now() - connected_ > std::chrono::seconds(1);
+  }
+  // Closes an unheard (or stalled) connection to make room for a newer one (max_startups).
   void drop_unheard();
   // For SHOW CLIENTS / SHOW SERVERS: what the session is, and the servers it holds.
   admin::ClientRow client_row() const;

@@ -774,7 +774,8 @@ TEST_CASE("what clients send cannot forge a log line (text and JSON)", "[admin]"
     opts.extra_top += json ? "log_format: json\n" : "log_format: text\n";
     opts.extra_top += "log_level: debug\n";
     Proxy proxy(opts);
-    const std::string forged = "\n2026-01-01 00:00:00.000 error FORGED \r\x1b[31m";
+    const std::string forged =
+        "\n2026-01-01 00:00:00.000 error FORGED \r\x1b[31m \xc2\x85NEL \xe2\x80\xa8LS";
     PGconn* c = PQconnectdb(proxy.conninfo("dbname='app" + forged + "'").c_str());
     PQfinish(c);
     {
@@ -807,6 +808,8 @@ TEST_CASE("what clients send cannot forge a log line (text and JSON)", "[admin]"
         CHECK(line.substr(10, 1) == " ");
       }
       for (const char ch : line) CHECK((static_cast<unsigned char>(ch) >= 0x20 && ch != 0x7f));
+      CHECK(line.find("\xc2\x85") == std::string::npos);      // NEL
+      CHECK(line.find("\xe2\x80\xa8") == std::string::npos);  // LINE SEPARATOR
     }
     CHECK(lines > 5);
     if (json) {
