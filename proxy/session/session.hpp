@@ -257,8 +257,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // true when answered (refused); else `route` goes where the identifier lives.
   awaitable<bool> client_two_phase(router::Route& route, const Request& req);
   // The first shard, other than `skip`, holding prepared transaction `gid` in this
-  // database; -1 when none does.
-  awaitable<int> shard_with_prepared(const std::string& gid, int skip);
+  // database; -1 when none does. `others`: set when another pgshard user prepared it.
+  awaitable<int> shard_with_prepared(const std::string& gid, int skip, bool* others);
   // A Query of several statements with transaction control in it (two_phase.cpp): refused
   // (true) when the transaction it would end lives on other shards too.
   awaitable<bool> refuse_split_control(const router::Route& route, const Request& req);

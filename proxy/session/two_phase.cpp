@@ -9,6 +9,8 @@
 // back apart); the refusal fails the transaction, so its COMMIT rolls every part back.
 // Identifiers beginning with "pgshard_" are pgshard's own participants: a client can
 // neither take such a name nor finish one.
+#include <spdlog/spdlog.h>
+
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/session/session.hpp"
@@ -27,19 +29,54 @@ bool reserved(const std::string& gid) {
   return gid.starts_with("pgshard_");
 }
 
+// Who prepared a transaction through pgshard: before its PREPARE TRANSACTION it takes a
+// shared transaction-level advisory lock (kOwnerClass, the user's key), which the prepared
+// transaction keeps holding; COMMIT/ROLLBACK PREPARED read it back from pg_locks. (Every
+// pgshard user may share one server role, so pg_prepared_xacts.owner cannot tell them.)
+constexpr uint32_t kOwnerClass = 1885827940;  // "pgsd"
+
+uint32_t owner_key(const std::string& user) {
+  uint32_t h = 2166136261u;  // FNV-1a
+  for (const unsigned char c : user) h = (h ^ c) * 16777619u;
+  return h & 0x7fffffff;
+}
+
 }  // namespace
 
-awaitable<int> Session::shard_with_prepared(const std::string& gid, int skip) {
+awaitable<int> Session::shard_with_prepared(const std::string& gid, int skip, bool* others) {
+  // With the owners pgshard marked (owner_key), if any.
   const std::string sql =
-      "SELECT 1 FROM pg_catalog.pg_prepared_xacts WHERE gid = " + quote_literal(gid) +
-      " AND database = pg_catalog.current_database()";
+      "SELECT (SELECT pg_catalog.string_agg(a.objid::text, ',') FROM pg_catalog.pg_locks a "
+      "JOIN pg_catalog.pg_locks t ON t.virtualtransaction = a.virtualtransaction AND "
+      "t.locktype = 'transactionid' WHERE a.locktype = 'advisory' AND a.objsubid = 2 AND "
+      "a.classid = " +
+      std::to_string(kOwnerClass) +
+      " AND t.transactionid = p.transaction) FROM pg_catalog.pg_prepared_xacts p WHERE gid = " +
+      quote_literal(gid) + " AND database = pg_catalog.current_database()";
+  const std::string mine = std::to_string(owner_key(user_->name));
   for (int shard = 0; shard < static_cast<int>(config_.shards.size()); ++shard) {
     if (shard == skip) continue;
     bool found = false;
-    std::string code;
+    std::string owners, code;
     const std::string err = co_await executor::run_on_shard(
-        *this, shard, sql, [&](std::string_view) { found = true; }, {}, code);
-    if (err.empty() && found) co_return shard;
+        *this, shard, sql,
+        [&](std::string_view body) {
+          found = true;
+          if (auto row = proto::DataRow::parse(body); row && !row->values.empty() && row->values[0])
+            owners = std::string(*row->values[0]);
+        },
+        {}, code);
+    if (!err.empty() || !found) continue;
+    if (others) {
+      bool is_mine = owners.empty();  // (prepared elsewhere, or holding no transaction id)
+      for (std::size_t at = 0; !is_mine && at <= owners.size();) {
+        const std::size_t end = std::min(owners.find(',', at), owners.size());
+        is_mine = owners.substr(at, end - at) == mine;
+        at = end + 1;
+      }
+      *others = !is_mine;
+    }
+    co_return shard;
   }
   co_return -1;
 }
@@ -63,7 +100,17 @@ awaitable<bool> Session::client_two_phase(router::Route& route, const Request& r
     // routed shard answers 42704 itself); inside one, the server refuses it (25001).
     if (transaction_status() != proto::txn_status::kIdle || txn_.state() != txn::State::kIdle)
       co_return false;
-    if (const int shard = co_await shard_with_prepared(route.gid, -1); shard >= 0) {
+    bool others = false;
+    if (const int shard = co_await shard_with_prepared(route.gid, -1, &others); shard >= 0) {
+      if (others) {
+        co_await fail(Failure::kRefused,
+                      proto::error(sqlstate::kInsufficientPrivilege,
+                                   "permission denied to finish prepared transaction",
+                                   "Another pgshard user prepared it.",
+                                   "Must be the user that prepared the transaction."),
+                      req.boundary);
+        co_return true;
+      }
       route.shard = shard;
       route.shards.clear();
     }
@@ -84,12 +131,25 @@ awaitable<bool> Session::client_two_phase(router::Route& route, const Request& r
   }
   // The identifier must be unique across the shards, as it is in one PostgreSQL.
   const int home = backends_.active ? backends_.active->shard : -1;
-  if (co_await shard_with_prepared(route.gid, home) >= 0) {
+  if (co_await shard_with_prepared(route.gid, home, nullptr) >= 0) {
     co_await fail(Failure::kRefused,
                   proto::error(kDuplicateObject,
                                "transaction identifier \"" + route.gid + "\" is already in use"),
                   req.boundary);
     co_return true;
+  }
+  if (home >= 0 && backends_.active->lease &&
+      backends_.active->lease->status == proto::txn_status::kInBlock) {
+    // Marked as this user's (see owner_key) inside the transaction it prepares.
+    std::string code;
+    const std::string err = co_await executor::run_on_shard(
+        *this, home,
+        "SELECT pg_catalog.pg_advisory_xact_lock_shared(" + std::to_string(kOwnerClass) + ", " +
+            std::to_string(owner_key(user_->name)) + ")",
+        [](std::string_view) {}, {}, code);
+    if (!err.empty())
+      spdlog::warn("{}: marking prepared transaction {} as the user's failed: {}", prefix(),
+                   route.gid, err);
   }
   co_return false;
 }

@@ -418,6 +418,25 @@ TEST_CASE("a client's own PREPARE TRANSACTION: whole on one shard, refused acros
     CHECK(prepared_left() == 0);
     CHECK(total_balance() == 1205);
   }
+  SECTION("another pgshard user cannot finish it (both log in to the shards as one role)") {
+    ProxyOptions o = accounts_map();
+    o.users =
+        "  - { name: app, password: secret, pool_mode: transaction }\n"
+        "  - { name: mallory, password: other, pool_mode: transaction }\n";
+    Proxy two(o);
+    auto owner = connect(two.conninfo());
+    auto mallory = connect(two.conninfo("", "mallory", "other"));
+    query(owner.get(), "begin");
+    query(owner.get(), "update accounts set balance = balance + 5 where id = " + std::to_string(far));
+    query(owner.get(), "prepare transaction 'xa-owned'");
+    CHECK(error_code(mallory.get(), "commit prepared 'xa-owned'") == "42501");
+    CHECK(error_code(mallory.get(), "rollback prepared 'xa-owned'") == "42501");
+    CHECK(prepared_left() == 1);
+    auto owner_again = connect(two.conninfo());
+    query(owner_again.get(), "commit prepared 'xa-owned'");
+    CHECK(prepared_left() == 0);
+    CHECK(total_balance() == 1205);
+  }
   SECTION("pgshard's own participants are not the client's to take or finish") {
     auto d = connect(cluster.direct(shard_of(far)));
     query(d.get(), "begin");
