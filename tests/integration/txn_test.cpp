@@ -427,7 +427,8 @@ TEST_CASE("a client's own PREPARE TRANSACTION: whole on one shard, refused acros
     auto owner = connect(two.conninfo());
     auto mallory = connect(two.conninfo("", "mallory", "other"));
     query(owner.get(), "begin");
-    query(owner.get(), "update accounts set balance = balance + 5 where id = " + std::to_string(far));
+    query(owner.get(),
+          "update accounts set balance = balance + 5 where id = " + std::to_string(far));
     query(owner.get(), "prepare transaction 'xa-owned'");
     CHECK(error_code(mallory.get(), "commit prepared 'xa-owned'") == "42501");
     CHECK(error_code(mallory.get(), "rollback prepared 'xa-owned'") == "42501");
