@@ -189,9 +189,9 @@ void LockWaitReader::missed(int shard, Shard& s) {
   if (s.misses++ > 0 && now - s.logged_at < kLogEvery) return;
   s.logged_at = now;
   static constexpr const char* kWhile[] = {"connecting", "sending", "reading", "", ""};
-  std::string why = s.error.empty() ? std::string("no answer in time, while ") +
-                                          kWhile[static_cast<int>(s.step)]
-                                    : s.error;
+  std::string why =
+      s.error.empty() ? std::string("no answer in time, while ") + kWhile[static_cast<int>(s.step)]
+                      : s.error;
   while (!why.empty() && (why.back() == '\n' || why.back() == ' ')) why.pop_back();
   spdlog::warn(
       "deadlock detection: shard {} did not answer ({}, {} rounds in a row); cycles among the "
