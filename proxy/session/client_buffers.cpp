@@ -32,6 +32,7 @@ bool Session::charge_buffers() {
 }
 
 void Session::drop_discarded() {
+  if (discard_ == 0 && !skipping_batch_) return;  // (every request but a refused one)
   const std::string_view in = in_.view();
   if (discard_ == 0 && skipping_batch_ && in.size() >= 5 && in[0] != proto::msg::kSync &&
       in[0] != proto::msg::kTerminate) {

@@ -44,38 +44,29 @@ uint32_t owner_key(const std::string& user) {
 }  // namespace
 
 awaitable<int> Session::shard_with_prepared(const std::string& gid, int skip, bool* others) {
-  // With the owners pgshard marked (owner_key), if any.
+  // With whether pgshard marked owners (owner_key) and none of them is this user.
   const std::string sql =
-      "SELECT (SELECT pg_catalog.string_agg(a.objid::text, ',') FROM pg_catalog.pg_locks a "
-      "JOIN pg_catalog.pg_locks t ON t.virtualtransaction = a.virtualtransaction AND "
-      "t.locktype = 'transactionid' WHERE a.locktype = 'advisory' AND a.objsubid = 2 AND "
-      "a.classid = " +
+      "SELECT (SELECT pg_catalog.count(*) > 0 AND pg_catalog.bool_and(a.objid <> " +
+      std::to_string(owner_key(user_->name)) +
+      ") FROM pg_catalog.pg_locks a JOIN pg_catalog.pg_locks t ON t.virtualtransaction = "
+      "a.virtualtransaction AND t.locktype = 'transactionid' WHERE a.locktype = 'advisory' AND "
+      "a.objsubid = 2 AND a.classid = " +
       std::to_string(kOwnerClass) +
       " AND t.transactionid = p.transaction) FROM pg_catalog.pg_prepared_xacts p WHERE gid = " +
       quote_literal(gid) + " AND database = pg_catalog.current_database()";
-  const std::string mine = std::to_string(owner_key(user_->name));
   for (int shard = 0; shard < static_cast<int>(config_.shards.size()); ++shard) {
     if (shard == skip) continue;
-    bool found = false;
-    std::string owners, code;
+    std::optional<bool> not_mine;  // set when the shard holds gid
+    std::string code;
     const std::string err = co_await executor::run_on_shard(
         *this, shard, sql,
         [&](std::string_view body) {
-          found = true;
-          if (auto row = proto::DataRow::parse(body); row && !row->values.empty() && row->values[0])
-            owners = std::string(*row->values[0]);
+          auto row = proto::DataRow::parse(body);
+          not_mine = row && !row->values.empty() && row->values[0] == "t";
         },
         {}, code);
-    if (!err.empty() || !found) continue;
-    if (others) {
-      bool is_mine = owners.empty();  // (prepared elsewhere, or holding no transaction id)
-      for (std::size_t at = 0; !is_mine && at <= owners.size();) {
-        const std::size_t end = std::min(owners.find(',', at), owners.size());
-        is_mine = owners.substr(at, end - at) == mine;
-        at = end + 1;
-      }
-      *others = !is_mine;
-    }
+    if (!err.empty() || !not_mine) continue;
+    if (others) *others = *not_mine;
     co_return shard;
   }
   co_return -1;
