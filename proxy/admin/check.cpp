@@ -132,7 +132,7 @@ int check_live(const config::Config& cfg, std::ostream& out) {
   for (const auto& shard : cfg.shards) {
     const std::string at = "shard " + shard.name + " (" + shard.primary.text() + ")";
     std::unique_ptr<PGconn, void (*)(PGconn*)> c(
-        PQconnectdb(txn::maintenance_conninfo(cfg, shard, "pgshard-check").c_str()), PQfinish);
+        PQconnectdb(runtime::maintenance_conninfo(cfg, shard, "pgshard-check").c_str()), PQfinish);
     if (PQstatus(c.get()) != CONNECTION_OK) {
       std::string err = PQerrorMessage(c.get());
       while (!err.empty() && err.back() == '\n') err.pop_back();

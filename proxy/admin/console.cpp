@@ -12,14 +12,14 @@
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
-#include "proxy/server/server.hpp"
+#include "proxy/runtime/worker.hpp"
 
 namespace pgshard::admin {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
-awaitable<Snapshot> collect(server::Shared& shared) {
+awaitable<Snapshot> collect(runtime::Shared& shared) {
   Snapshot s;
   s.started = shared.started;
   for (auto* w : shared.workers)
@@ -595,7 +595,7 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
 
 // PAUSE holds new work for the shards and returns once none of their servers is in use;
 // RESUME lets the held clients go on; RECONNECT renews the shards' server connections.
-awaitable<void> act_on_pools(server::Shared& shared, const Effects& e) {
+awaitable<void> act_on_pools(runtime::Shared& shared, const Effects& e) {
   for (auto* w : shared.workers)
     co_await asio::co_spawn(
         w->executor(),
@@ -623,7 +623,7 @@ awaitable<void> act_on_pools(server::Shared& shared, const Effects& e) {
   }
 }
 
-awaitable<void> run_console(server::Worker& worker, session::ClientStream& stream,
+awaitable<void> run_console(runtime::Worker& worker, runtime::ClientStream& stream,
                             protocol::Buffer& in, const config::User& user, std::string welcome,
                             std::function<const std::string&()> prefix) {
   auto& shared = worker.shared();

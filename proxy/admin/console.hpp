@@ -9,26 +9,34 @@
 
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
-#include "proxy/admin/stats.hpp"
+#include "proxy/runtime/stats.hpp"
 #include "proxy/asio.hpp"
-#include "proxy/session/client_stream.hpp"
+#include "proxy/runtime/client_stream.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 class Worker;
 struct Shared;
-}  // namespace pgshard::server
+}  // namespace pgshard::runtime
 
 namespace pgshard::admin {
+
+// What the workers report (runtime/stats.hpp).
+using runtime::PeriodMark;
+using runtime::PoolRow;
+using runtime::RouteCounters;
+using runtime::ShardTotals;
+using runtime::Snapshot;
+using runtime::WorkerSnapshot;
 
 // The database name that opens the console.
 inline constexpr std::string_view kConsoleDatabase = "pgshard";
 
 // Every worker's snapshot, gathered on the workers' own threads.
-awaitable<Snapshot> collect(server::Shared& shared);
+awaitable<Snapshot> collect(runtime::Shared& shared);
 
 // Answers the console's commands for a logged-in client until it leaves. `welcome` is
 // sent first (authentication ok and the parameters; the caller built it).
-awaitable<void> run_console(server::Worker& worker, session::ClientStream& stream,
+awaitable<void> run_console(runtime::Worker& worker, runtime::ClientStream& stream,
                             protocol::Buffer& in, const config::User& user, std::string welcome,
                             std::function<const std::string&()> prefix);
 

@@ -13,7 +13,7 @@
 #include "proxy/admin/console.hpp"
 #include "proxy/admin/dashboard.hpp"
 #include "proxy/admin/http_auth.hpp"
-#include "proxy/server/server.hpp"
+#include "proxy/runtime/worker.hpp"
 #include "proxy/txn/recovery.hpp"
 
 namespace pgshard::admin {
@@ -144,7 +144,7 @@ std::vector<pool::Histogram> shard_histograms(const Snapshot& snap, std::size_t 
 
 }  // namespace
 
-HttpServer::HttpServer(server::Shared& shared, std::unique_ptr<asio::ssl::context> tls)
+HttpServer::HttpServer(runtime::Shared& shared, std::unique_ptr<asio::ssl::context> tls)
     : shared_(shared), tls_(std::move(tls)) {}
 
 HttpServer::~HttpServer() {
@@ -224,7 +224,7 @@ void HttpServer::sample_loop() {
       if (!r) {
         if (c) PQfinish(c);
         // A shard that stops answering mid-query (network gone) fails the query in seconds.
-        c = PQconnectdb((txn::maintenance_conninfo(cfg, cfg.shards[i], "pgshard-monitor") +
+        c = PQconnectdb((runtime::maintenance_conninfo(cfg, cfg.shards[i], "pgshard-monitor") +
                          " tcp_user_timeout=5000 keepalives_idle=5 keepalives_interval=2"
                          " keepalives_count=2")
                             .c_str());

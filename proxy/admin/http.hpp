@@ -17,15 +17,23 @@
 #include <thread>
 #include <vector>
 
-#include "proxy/admin/stats.hpp"
+#include "proxy/runtime/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/log_limit.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 struct Shared;
-}
+}  // namespace pgshard::runtime
 
 namespace pgshard::admin {
+
+// What the workers report (runtime/stats.hpp).
+using runtime::PeriodMark;
+using runtime::PoolRow;
+using runtime::RouteCounters;
+using runtime::ShardTotals;
+using runtime::Snapshot;
+using runtime::WorkerSnapshot;
 
 // What the sampler last learned of one shard.
 struct ShardSample {
@@ -43,7 +51,7 @@ class HttpServer {
   using Response = boost::beast::http::response<boost::beast::http::string_body>;
 
   // `tls`: the context of admin.http_tls_cert/key (null: plain HTTP).
-  HttpServer(server::Shared& shared, std::unique_ptr<asio::ssl::context> tls);
+  HttpServer(runtime::Shared& shared, std::unique_ptr<asio::ssl::context> tls);
   ~HttpServer();
   // Binds admin.http (throws if it cannot) and starts the threads.
   void start();
@@ -69,7 +77,7 @@ class HttpServer {
   std::vector<pool::Histogram> recent_latency(const Snapshot& snap);
   std::string status_json(const Snapshot& snap);
 
-  server::Shared& shared_;
+  runtime::Shared& shared_;
   // Declared before ctx_: the coroutines it destroys last use them.
   std::unique_ptr<asio::ssl::context> tls_;
   int open_ = 0;  // connections being served (on ctx_'s thread only)

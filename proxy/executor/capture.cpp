@@ -18,7 +18,7 @@ class CapturingClient final : public Client {
   CapturingClient(Client& c, std::string request, Captured& out)
       : c_(c), request_(std::move(request)), out_(out) {}
 
-  server::Worker& worker() override { return c_.worker(); }
+  runtime::Worker& worker() override { return c_.worker(); }
   const config::Config& config() const override { return c_.config(); }
   const config::User& user() const override { return c_.user(); }
   const std::string& prefix() const override { return c_.prefix(); }

@@ -17,9 +17,9 @@
 #include "proxy/router/router.hpp"
 #include "proxy/txn/transaction.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 class Worker;
-}
+}  // namespace pgshard::runtime
 
 namespace pgshard::executor {
 
@@ -36,7 +36,7 @@ class Client {
  public:
   virtual ~Client() = default;
 
-  virtual server::Worker& worker() = 0;
+  virtual runtime::Worker& worker() = 0;
   virtual const config::Config& config() const = 0;
   virtual const config::User& user() const = 0;
   // The session's log prefix ("C-12: app@10.0.0.5:50312").

@@ -22,9 +22,6 @@ awaitable<void> run_ddl(Client& c, const router::Route& route);
 // COPY FROM STDIN into a sharded table: rows go to the shard their key names; all shards
 // commit only if every one accepted its rows.
 awaitable<void> copy_in_split(Client& c, const router::Route& route);
-// Changes with every DDL pgshard runs: what was read from the shards' catalogs (column
-// collations, functions that leave settings alone) is read or learned again.
-uint64_t catalog_generation();
 // Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
 awaitable<std::string> resolve_directory(Client& c,
                                          const std::vector<std::pair<int, std::string>>& lookups);

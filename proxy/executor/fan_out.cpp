@@ -15,10 +15,10 @@
 #include "proxy/executor/executor.hpp"
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
-#include "proxy/server/cancel.hpp"
-#include "proxy/server/server.hpp"
-#include "proxy/session/params.hpp"
-#include "proxy/txn/cluster_gate.hpp"
+#include "proxy/runtime/cancel.hpp"
+#include "proxy/runtime/worker.hpp"
+#include "proxy/runtime/params.hpp"
+#include "proxy/runtime/cluster_gate.hpp"
 
 namespace pgshard::executor {
 
@@ -45,8 +45,6 @@ struct Leg {
   std::shared_ptr<const merge::ColumnCollations> collations;
 };
 
-// Bumped by DDL through pgshard (see executor::catalog_generation).
-std::atomic<uint64_t> catalog_generation_{1};
 
 }  // namespace
 
@@ -105,7 +103,7 @@ class FanOut {
   // A read over several shards whose snapshots must not split a cross-shard commit.
   bool gated_read() const;
   // The visibility gate for the shards of the statement's live legs.
-  awaitable<txn::GateHold> enter_gate(txn::VisibilityGate::Mode mode);
+  awaitable<runtime::GateHold> enter_gate(runtime::VisibilityGate::Mode mode);
   // Waits until every shard has begun executing the request (so has taken its snapshot):
   // its first reply that comes only after that is in the leg's buffer.
   awaitable<void> await_snapshots();
@@ -244,7 +242,7 @@ awaitable<void> FanOut::run() {
   }
   // DDL inside the client's transaction runs in it on every shard, like any write there:
   // its COMMIT (two-phase across shards) or ROLLBACK decides everywhere.
-  if (route_.ddl) catalog_generation_.fetch_add(1);
+  if (route_.ddl) c_.worker().shared().catalog_generation.fetch_add(1);
   auto& backends = c_.backends();
   if (backends.active && !c_.session_pooled() && !in_txn_) c_.release(backends.active);
   if (!build_request() || !co_await connect()) {
@@ -252,11 +250,11 @@ awaitable<void> FanOut::run() {
     co_return;
   }
   // A read over several shards takes its snapshots while no cross-shard commit is halfway
-  // visible on them (txn::VisibilityGate); it holds the gate until each shard has begun
+  // visible on them (runtime::VisibilityGate); it holds the gate until each shard has begun
   // executing it. Taken before the collation look-ups below: in a REPEATABLE READ
   // transaction their catalog query fixes the shard's snapshot.
-  txn::GateHold gate;
-  if (gated_read()) gate = co_await enter_gate(txn::VisibilityGate::Mode::kRead);
+  runtime::GateHold gate;
+  if (gated_read()) gate = co_await enter_gate(runtime::VisibilityGate::Mode::kRead);
   auto& visibility = c_.worker().shared().visibility;
   if (in_txn_) {
     // Shards new to the transaction take their snapshots now (txn::Snapshots); under the
@@ -574,7 +572,7 @@ void FanOut::stop_leg(Leg& leg) {
   if (leg.link) c_.fail_transaction();  // the transaction lost this server's part
   if (leg.timed_out && leg.conn->pid()) {
     const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
-    server::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
+    runtime::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
                                leg.conn->pid(), leg.conn->secret());
   }
 }
@@ -588,7 +586,7 @@ bool FanOut::gated_read() const {
          live > 1;
 }
 
-awaitable<txn::GateHold> FanOut::enter_gate(txn::VisibilityGate::Mode mode) {
+awaitable<runtime::GateHold> FanOut::enter_gate(runtime::VisibilityGate::Mode mode) {
   std::vector<int> shards;
   for (const auto& leg : legs_)
     if (!leg.failed) shards.push_back(leg.shard);
@@ -614,7 +612,7 @@ awaitable<void> FanOut::await_snapshots() {
   auto alive = std::make_shared<bool>(true);
   bool expired = false;
   asio::steady_timer limit(co_await asio::this_coro::executor);
-  auto bound = txn::VisibilityGate::kSnapshotWait;
+  auto bound = runtime::VisibilityGate::kSnapshotWait;
   if (const auto st = c_.config().timeouts.shard_statement; st.count() > 0 && st < bound)
     bound = std::chrono::duration_cast<std::chrono::milliseconds>(st);
   limit.expires_after(bound);
@@ -666,10 +664,10 @@ awaitable<void> FanOut::await_snapshots() {
 awaitable<void> FanOut::end_write() {
   if (!atomic_) co_return;
   const bool ok = !failure_ && !error_sent_ && missing_.empty();
-  // Its COMMITs on several shards are one commit to readers (txn::VisibilityGate).
-  txn::GateHold gate;
+  // Its COMMITs on several shards are one commit to readers (runtime::VisibilityGate).
+  runtime::GateHold gate;
   if (ok && legs_.size() > 1 && c_.config().atomic_visibility)
-    gate = co_await enter_gate(txn::VisibilityGate::Mode::kCommit);
+    gate = co_await enter_gate(runtime::VisibilityGate::Mode::kCommit);
   const char* end_verb = ok ? "COMMIT" : "ROLLBACK";
   std::vector<std::string> committed;
   for (auto& leg : legs_) {
@@ -905,10 +903,6 @@ static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_
   return false;
 }
 
-uint64_t catalog_generation() {
-  return catalog_generation_.load(std::memory_order_relaxed);
-}
-
 namespace {
 
 // The client's request for every shard's fresh server: a named statement there is another
@@ -967,7 +961,7 @@ std::string ddl_request(Client& c, std::deque<bool>& hidden) {
 }  // namespace
 
 awaitable<void> run_ddl(Client& c, const router::Route& route) {
-  catalog_generation_.fetch_add(1);  // what was read of the catalogs may change
+  c.worker().shared().catalog_generation.fetch_add(1);  // what was read of the catalogs may change
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
@@ -1088,7 +1082,7 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
 
 static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
     Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database) {
-  const uint64_t generation = catalog_generation();
+  const uint64_t generation = c.worker().shared().catalog_generation.load();
   if (auto known = c.worker().column_collations(shard, generation)) co_return known;
   // Table columns (not the catalogs') whose collation is not the database's ("name"
   // columns are always "C").

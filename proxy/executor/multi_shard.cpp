@@ -10,14 +10,14 @@
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/unique_id.hpp"
 #include "proxy/router/placement.hpp"
-#include "proxy/server/server.hpp"
-#include "proxy/session/params.hpp"
+#include "proxy/runtime/worker.hpp"
+#include "proxy/runtime/params.hpp"
 
 namespace pgshard::executor {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
-using session::quote_literal;
+using protocol::quote_literal;
 
 namespace {
 
@@ -386,7 +386,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
   auto part = [&](std::size_t i) { return gid + "_" + std::to_string(shards[i]); };
   decisions.begin(gid);  // live: the periodic recovery pass leaves it alone
   struct EndLive {
-    txn::DecisionLog& log;
+    runtime::DecisionLog& log;
     const std::string& gid;
     ~EndLive() { log.end(gid); }
   } end_live{decisions, gid};

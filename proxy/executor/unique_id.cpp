@@ -93,7 +93,7 @@ void NodeLease::start(const config::Config& cfg) {
   if (cfg.node_id >= 0 || cfg.shards.empty() || thread_.joinable()) return;
   stopping_ = false;
   thread_ = std::thread(&NodeLease::run, this,
-                        txn::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
+                        runtime::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
                             // In the maintenance database: the lock is not among the
                             // application database's pg_locks (what one PostgreSQL would
                             // show there), and every instance takes it in the same place.

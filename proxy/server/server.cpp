@@ -40,167 +40,20 @@ class OwnedFd {
 
 }  // namespace
 
-Worker::Worker(int index, Shared& shared)
-    : index_(index), shared_(shared), cache_(shared.config().router_cache_size, &shared.config()) {}
-
 Worker::~Worker() {
   // Sessions still suspended inside the io_context hold leases; destroying the context
   // returns them, so the pools must outlive it, but idle sockets must close first.
-  for (auto& [key, p] : pools_) p->close_all();
+  close_pools();
   sessions_.clear();
   guard_.reset();
   ctx_.reset();
 }
 
-pool::Pool& Worker::pool(int shard, const config::User& user) {
-  auto key = std::make_pair(shard, pool_user_key(user));
-  auto it = pools_.find(key);
-  if (it != pools_.end()) return *it->second;
-  const auto& cfg = config();
-  const auto& s = cfg.shards[static_cast<std::size_t>(shard)];
-  pool::BackendTarget t;
-  t.shard = shard;
-  t.shard_name = s.name;
-  t.host = s.primary.host;
-  t.port = s.primary.port;
-  t.user = s.primary.user.empty() ? user.name : s.primary.user;
-  t.password = s.primary.user.empty() ? user.plaintext.value_or("") : s.primary.password;
-  t.database = !user.database.empty()       ? user.database
-               : s.primary.database.empty() ? t.user
-                                            : s.primary.database;
-  // pool_size is per shard for the whole process: split it across workers.
-  const int workers = static_cast<int>(cfg.listen.workers);
-  int size = std::max(1, (s.pool_size + workers - 1) / std::max(1, workers));
-  auto p = std::make_unique<pool::Pool>(executor(), t, size, cfg.timeouts.pool_wait,
-                                        cfg.timeouts.connect);
-  p->count_requests(config().admin.stats);
-  p->pause(paused_.count(shard) > 0);
-  auto& ref = *p;
-  pools_.emplace(key, std::move(p));
-  return ref;
-}
-
-std::shared_ptr<const merge::ColumnCollations> Worker::column_collations(
-    int shard, uint64_t generation) const {
-  auto it = column_collations_.find(shard);
-  if (it == column_collations_.end() || it->second.generation != generation ||
-      Clock::now() - it->second.read_at > std::chrono::seconds(60))
-    return nullptr;
-  return it->second.columns;
-}
-
-void Worker::set_column_collations(int shard, uint64_t generation,
-                                   std::shared_ptr<const merge::ColumnCollations> c) {
-  column_collations_[shard] = {std::move(c), generation, Clock::now()};
-}
-
-bool Worker::functions_keep_settings(const std::vector<std::string>& names) {
-  const uint64_t generation = executor::catalog_generation();
-  if (generation != function_generation_ ||
-      Clock::now() - function_checks_since_ > std::chrono::minutes(10)) {
-    function_checks_.clear();
-    function_generation_ = generation;
-    function_checks_since_ = Clock::now();
-  }
-  for (const auto& name : names)
-    if (auto it = function_checks_.find(name);
-        it == function_checks_.end() || it->second < kTrustedAfter)
-      return false;
-  return true;
-}
-
-void Worker::functions_checked(const std::vector<std::string>& names, SettingsCheck outcome) {
-  if (outcome == SettingsCheck::kUnknown) return;
-  for (const auto& name : names) {
-    int& n = function_checks_[name];
-    n = outcome == SettingsCheck::kChanged ? -1 : (n < 0 ? n : n + 1);
-  }
-}
-
-pool::Pool& Worker::directory_pool(int table, const config::User& user) {
-  auto key = std::make_pair(-1 - table, user.name);
-  auto it = pools_.find(key);
-  if (it != pools_.end()) return *it->second;
-  const auto& url = *config().sharded_tables[static_cast<std::size_t>(table)].directory_url;
-  pool::BackendTarget t;
-  t.shard = -1;
-  t.shard_name = "directory of " + config().sharded_tables[static_cast<std::size_t>(table)].table;
-  t.host = url.host;
-  t.port = url.port;
-  t.user = url.user.empty() ? user.name : url.user;
-  t.password = url.user.empty() ? user.plaintext.value_or("") : url.password;
-  t.database = url.database.empty() ? t.user : url.database;
-  auto p = std::make_unique<pool::Pool>(executor(), t, 2, config().timeouts.pool_wait,
-                                        config().timeouts.connect);
-  p->count_requests(config().admin.stats);
-  auto& ref = *p;
-  pools_.emplace(key, std::move(p));
-  return ref;
-}
-
-pool::Pool& Worker::gate_pool() {
-  const auto key = std::make_pair(std::numeric_limits<int>::min(), std::string());
-  if (auto it = pools_.find(key); it != pools_.end()) return *it->second;
-  const auto& shard = config().shards.front();
-  const auto login = txn::maintenance_login(config(), shard);
-  pool::BackendTarget t;
-  t.shard = -1;
-  t.shard_name = "visibility coordinator (shard " + shard.name + ")";
-  t.host = shard.primary.host;
-  t.port = shard.primary.port;
-  t.user = login.user;
-  t.password = login.password;
-  // Where every instance takes the lock, apart from the application's database.
-  t.database = "postgres";
-  auto p = std::make_unique<pool::Pool>(executor(), t, kGatePoolSize, config().timeouts.pool_wait,
-                                        config().timeouts.connect);
-  p->count_requests(false);
-  auto& ref = *p;
-  pools_.emplace(key, std::move(p));
-  return ref;
-}
-
-std::string Worker::pool_user_key(const config::User& user) {
-  return user.database.empty() ? user.name : user.name + kDatabaseSeparator + user.database;
-}
-
-void Worker::drop_pools(const config::User& user) {
-  const std::string key = pool_user_key(user);
-  std::erase_if(pools_, [&](const auto& entry) {
-    return entry.first.first >= 0 && entry.first.second == key && entry.second->stats().total == 0;
-  });
-}
-
-void Worker::close_idle_other_databases() {
-  for (auto& [key, p] : pools_)
-    if (key.first >= 0 && key.second.find(kDatabaseSeparator) != std::string::npos)
-      p->prune(config::Millis(0));
-}
-
-awaitable<std::optional<std::map<std::string, std::string>>> Worker::server_params(
-    const config::User& user, std::string* error) {
-  // What a server tells this user (is_superuser, ...): never another user's login.
-  for (std::size_t i = 0; i < config().shards.size(); ++i)
-    if (auto& p = pool(static_cast<int>(i), user); !p.server_params().empty())
-      co_return p.server_params();
-  // Nothing cached: log in to the first shard that answers.
-  for (std::size_t i = 0; i < config().shards.size(); ++i) {
-    auto& p = pool(static_cast<int>(i), user);
-    auto got = co_await p.acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
-      *error = *err;
-      continue;
-    }
-    co_return p.server_params();
-  }
-  co_return std::nullopt;
-}
-
-admin::WorkerSnapshot Worker::snapshot() const {
-  admin::WorkerSnapshot out;
+runtime::WorkerSnapshot Worker::snapshot() const {
+  runtime::WorkerSnapshot out;
   out.worker = index_;
   std::map<const pool::ServerConn*, uint64_t> held;  // server -> the client holding it
-  for (const auto& [ptr, weak] : sessions_) {
+  for (const auto& [id, weak] : sessions_) {
     auto s = weak.lock();
     if (!s) continue;
     out.clients.push_back(s->client_row());
@@ -209,94 +62,25 @@ admin::WorkerSnapshot Worker::snapshot() const {
       out.clients.back().servers.push_back(conn->id());
     }
     if (auto t = s->waiting_txn()) {
-      admin::TxnRow row{s->id(), out.clients.back().user, {}, t->busy ? "active" : "idle"};
+      runtime::TxnRow row{s->id(), out.clients.back().user, {}, t->busy ? "active" : "idle"};
       for (const auto& [shard, pid] : t->servers)
         row.shards.push_back(config().shards[static_cast<std::size_t>(shard)].name);
       out.transactions.push_back(std::move(row));
     }
   }
-  auto server_row = [&](const pool::Pool& p, const pool::ServerConn& c, const char* state,
-                        uint64_t client) {
-    admin::ServerRow r;
-    r.id = c.id();
-    r.shard = p.target().shard;
-    r.shard_name = p.target().shard_name;
-    r.user = p.target().user;
-    r.database = p.target().database;
-    r.state = state;
-    r.addr = p.target().host;
-    r.port = p.target().port;
-    r.pid = c.pid();
-    r.client = client;
-    r.txn = c.status;
-    r.connected = c.connected_at;
-    r.since = c.idle_since;
-    return r;
-  };
-  for (const auto& [key, p] : pools_) {
-    admin::PoolRow row;
-    row.shard = key.first;
-    row.shard_name = p->target().shard_name;
-    row.user = key.second.substr(0, key.second.find(kDatabaseSeparator));
-    row.host = p->target().host;
-    row.port = p->target().port;
-    row.database = p->target().database;
-    row.stats = p->stats();
-    row.counters = p->counters();
-    row.health = p->health();
-    for (const auto& [conn, client] : held)
-      if (conn->target().shard == p->target().shard && conn->target().user == p->target().user) {
-        ++row.clients;
-        out.servers.push_back(server_row(*p, *conn, "active", client));
-      }
-    for (const auto& c : p->idle()) out.servers.push_back(server_row(*p, *c, "idle", 0));
-    out.pools.push_back(std::move(row));
-  }
-  out.routes = routes_;
-  out.paused.assign(paused_.begin(), paused_.end());
-  out.cache_size = cache_.size();
-  out.cache_hits = cache_.hits();
-  out.cache_misses = cache_.misses();
+  add_pools(out, held);
   return out;
 }
 
 bool Worker::kill_client(uint64_t id) {
-  for (auto& [ptr, weak] : sessions_)
-    if (auto s = weak.lock(); s && s->id() == id) {
-      s->force_close();
-      return true;
-    }
-  return false;
-}
-
-void Worker::apply_config() {
-  const auto& cfg = config();
-  // Analyses depend on the map (reference tables): statements are analysed afresh.
-  cache_ = router::AnalysisCache(cfg.router_cache_size, &cfg);
-  const int workers = std::max(1, cfg.listen.workers);
-  for (auto& [key, p] : pools_) {
-    if (key.first < 0) continue;  // directories: fixed size
-    const int pool_size = cfg.shards[static_cast<std::size_t>(key.first)].pool_size;
-    p->set_limits(std::max(1, (pool_size + workers - 1) / workers), cfg.timeouts.pool_wait,
-                  cfg.timeouts.connect);
-    p->count_requests(cfg.admin.stats);
-  }
-}
-
-void Worker::pause(int shard, bool on) {
-  for (int i = 0; i < static_cast<int>(config().shards.size()); ++i)
-    if (shard < 0 || shard == i) on ? (void)paused_.insert(i) : (void)paused_.erase(i);
-  for (auto& [key, p] : pools_)
-    if (key.first >= 0 && (shard < 0 || key.first == shard)) p->pause(on);
-}
-
-void Worker::reconnect(int shard) {
-  for (auto& [key, p] : pools_)
-    if (key.first >= 0 && (shard < 0 || key.first == shard)) p->reconnect();
+  auto it = sessions_.find(id);
+  auto s = it == sessions_.end() ? nullptr : it->second.lock();
+  if (s) s->force_close();
+  return s != nullptr;
 }
 
 void Worker::kill_shard(int shard) {
-  for (auto& [ptr, weak] : sessions_) {
+  for (auto& [id, weak] : sessions_) {
     auto s = weak.lock();
     if (!s) continue;
     bool holds = shard < 0;
@@ -306,50 +90,57 @@ void Worker::kill_shard(int shard) {
   reconnect(shard);
 }
 
-void Worker::add(const std::shared_ptr<session::Session>& s) {
-  sessions_[s.get()] = s;
+void Worker::start_session(tcp::socket socket) {
+  static std::atomic<uint64_t> next_id{1};
+  shared().clients++;
+  auto s = std::make_shared<session::Session>(*this, std::move(socket), next_id++);
+  sessions_[s->id()] = s;
   peak_sessions_ = std::max(peak_sessions_, sessions_.size());
+  asio::co_spawn(
+      executor(),
+      [this, s]() -> awaitable<void> {
+        co_await s->serve();
+        remove(s->id());
+      },
+      asio::detached);
 }
 
-void Worker::remove(session::Session* s) {
+void Worker::remove(uint64_t session) {
   // Its client is gone; until its last coroutine ends it is listed as ending (SIGUSR2).
-  if (auto it = sessions_.find(s); it != sessions_.end()) {
+  if (auto it = sessions_.find(session); it != sessions_.end()) {
     std::erase_if(ending_, [](const auto& kv) { return kv.second.expired(); });
-    ending_[s] = it->second;
+    ending_[session] = it->second;
     sessions_.erase(it);
   }
 }
 
-bool Worker::drop_oldest_unheard(const session::Session* except) {
+bool Worker::drop_oldest_unheard(uint64_t except) {
   // A silent connection first; else one whose login has taken over a second (a client
-  // that stalls mid-authentication, e.g. never answering the SCRAM challenge).
-  std::shared_ptr<session::Session> oldest;
-  for (const bool silent : {true, false}) {
-    for (auto& [ptr, weak] : sessions_)
-      if (auto s = weak.lock(); s && s.get() != except &&
-                                (silent ? s->unheard() : s->login_stalled()) &&
-                                (!oldest || s->id() < oldest->id()))
-        oldest = std::move(s);
-    if (oldest) break;
-  }
-  if (!oldest) return false;
-  oldest->drop_unheard();
-  return true;
+  // that stalls mid-authentication, e.g. never answering the SCRAM challenge). The map is
+  // ordered by id, oldest first.
+  for (const bool silent : {true, false})
+    for (auto& [id, weak] : sessions_)
+      if (auto s = weak.lock();
+          s && id != except && (silent ? s->unheard() : s->login_stalled())) {
+        s->drop_unheard();
+        return true;
+      }
+  return false;
 }
 
 void Worker::begin_shutdown() {
   asio::post(*ctx_, [this] {
-    for (auto& [ptr, weak] : sessions_)
+    for (auto& [id, weak] : sessions_)
       if (auto s = weak.lock()) s->request_shutdown();
   });
 }
 
 void Worker::dump_sessions() {
   asio::post(*ctx_, [this] {
-    for (auto& [ptr, weak] : sessions_)
+    for (auto& [id, weak] : sessions_)
       if (auto s = weak.lock()) spdlog::info("{}", s->describe());
     // A session whose client left should end at once; one still here holds something.
-    for (auto& [ptr, weak] : ending_)
+    for (auto& [id, weak] : ending_)
       if (auto s = weak.lock()) spdlog::info("(client gone) {}", s->describe());
   });
 }
@@ -357,7 +148,7 @@ void Worker::dump_sessions() {
 std::vector<txn::WaitingTxn> Worker::waiting_txns() {
   return ask([this] {
            std::vector<txn::WaitingTxn> out;
-           for (auto& [ptr, weak] : sessions_)
+           for (auto& [id, weak] : sessions_)
              if (auto s = weak.lock())
                if (auto t = s->waiting_txn()) {
                  t->worker = index_;
@@ -370,14 +161,14 @@ std::vector<txn::WaitingTxn> Worker::waiting_txns() {
 
 void Worker::cancel_victim(const txn::Victim& v) {
   asio::post(*ctx_, [this, v] {
-    for (auto& [ptr, weak] : sessions_)
+    for (auto& [id, weak] : sessions_)
       if (auto s = weak.lock(); s && s->id() == v.txn.session) s->deadlock_victim(v);
   });
 }
 
 void Worker::force_close() {
   asio::post(*ctx_, [this] {
-    for (auto& [ptr, weak] : sessions_)
+    for (auto& [id, weak] : sessions_)
       if (auto s = weak.lock()) s->force_close();
   });
 }
@@ -388,14 +179,7 @@ awaitable<void> Worker::janitor() {
     timer.expires_after(std::chrono::seconds(10));
     auto [ec] = co_await timer.async_wait(use_nothrow);
     if (ec) co_return;
-    // Connections to other databases than the shards' own (template1, a client's) are not
-    // kept idle long: PostgreSQL refuses CREATE DATABASE from a template, and DROP DATABASE,
-    // while any session is connected to it.
-    for (auto& [key, p] : pools_)
-      p->prune(
-          key.second.find(kDatabaseSeparator) == std::string::npos
-              ? config().timeouts.server_idle
-              : std::min<config::Millis>(config().timeouts.server_idle, std::chrono::seconds(5)));
+    prune_pools();
     // After many clients left, give their memory back to the system: the allocator keeps
     // freed memory in its arenas otherwise, and RSS would stay at its peak.
     if (peak_sessions_ >= sessions_.size() + 256) {
@@ -419,7 +203,7 @@ void Worker::start() {
 
 void Worker::stop() {
   guard_.reset();
-  ctx_->stop();
+  stop_context();
 }
 
 void Worker::join() {
@@ -527,7 +311,7 @@ awaitable<void> Server::accept_loop() {
         return;  // (fd closes it)
       }
       fd.disown();
-      session::Session::start(w, std::move(socket));
+      w.start_session(std::move(socket));
     });
   }
 }
@@ -663,15 +447,15 @@ int Server::run() {
   stats_thread_ = std::thread([this] {
     // Every stats period: the shards' totals, for SHOW STATS averages.
     while (!shared_.shutting_down) {
-      const auto until = Clock::now() + Shared::kStatsPeriod;
+      const auto until = Clock::now() + runtime::Shared::kStatsPeriod;
       while (!shared_.shutting_down && Clock::now() < until)
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
       if (shared_.shutting_down) break;
-      admin::Snapshot snap;
+      runtime::Snapshot snap;
       for (auto& w : workers_)
         if (auto s = w->ask([w = w.get()] { return w->snapshot(); })) snap.workers.push_back(*s);
-      admin::PeriodMark mark{Clock::now(), {}};
-      for (const auto& r : snap.shards()) mark.shards[r.shard] = admin::ShardTotals::of(r.counters);
+      runtime::PeriodMark mark{Clock::now(), {}};
+      for (const auto& r : snap.shards()) mark.shards[r.shard] = runtime::ShardTotals::of(r.counters);
       std::lock_guard lock(shared_.stats_mu);
       shared_.period_prev = std::move(shared_.period_last);
       shared_.period_last = std::move(mark);

@@ -6,8 +6,8 @@
 #include "protocol/auth.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
-#include "proxy/server/cancel.hpp"
-#include "proxy/server/server.hpp"
+#include "proxy/runtime/cancel.hpp"
+#include "proxy/runtime/worker.hpp"
 
 namespace pgshard::session {
 
@@ -52,7 +52,7 @@ protocol::ScramSecret mock_scram_secret(std::string_view user) {
   return s;
 }
 
-Login::Login(server::Worker& worker, ClientStream& stream, protocol::Buffer& in, Identity& id,
+Login::Login(runtime::Worker& worker, runtime::ClientStream& stream, protocol::Buffer& in, Identity& id,
              std::function<const std::string&()> prefix, std::function<void()> on_auth)
     : worker_(worker),
       config_(worker.config()),
@@ -140,7 +140,7 @@ awaitable<bool> Login::negotiate() {
         auto delivered = std::make_shared<asio::steady_timer>(stream_.socket().get_executor(),
                                                               std::chrono::seconds(5));
         auto ex = stream_.socket().get_executor();
-        const bool known = server::CancelRegistry::instance().cancel(
+        const bool known = runtime::CancelRegistry::instance().cancel(
             {pkt->cancel_pid, pkt->cancel_secret},
             [delivered, ex] { asio::post(ex, [delivered] { delivered->cancel(); }); });
         if (known) co_await delivered->async_wait(use_nothrow);

@@ -14,11 +14,11 @@
 #include "protocol/errors.hpp"
 #include "protocol/startup.hpp"
 #include "proxy/asio.hpp"
-#include "proxy/session/client_stream.hpp"
+#include "proxy/runtime/client_stream.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 class Worker;
-}
+}  // namespace pgshard::runtime
 
 namespace pgshard::session {
 
@@ -34,7 +34,7 @@ struct Identity {
 class Login {
  public:
   // `on_auth` runs when authentication starts (the startup packet was accepted).
-  Login(server::Worker& worker, ClientStream& stream, protocol::Buffer& in, Identity& id,
+  Login(runtime::Worker& worker, runtime::ClientStream& stream, protocol::Buffer& in, Identity& id,
         std::function<const std::string&()> prefix, std::function<void()> on_auth);
   // True when the client logged in as id.user.
   awaitable<bool> run();
@@ -46,9 +46,9 @@ class Login {
   awaitable<bool> write(std::string_view bytes);
   awaitable<void> send_fatal(const protocol::ErrorInfo& e);
 
-  server::Worker& worker_;
+  runtime::Worker& worker_;
   const config::Config& config_;
-  ClientStream& stream_;
+  runtime::ClientStream& stream_;
   protocol::Buffer& in_;
   Identity& id_;
   std::function<const std::string&()> prefix_;

@@ -17,8 +17,8 @@
 #include "proxy/log_limit.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
-#include "proxy/server/server.hpp"
-#include "proxy/txn/distributed.hpp"
+#include "proxy/runtime/worker.hpp"
+#include "proxy/executor/distributed.hpp"
 
 namespace pgshard::session {
 
@@ -135,7 +135,7 @@ const char* to_string(Session::State s) {
   return "?";
 }
 
-Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
+Session::Session(runtime::Worker& worker, tcp::socket socket, uint64_t id)
     : worker_(worker),
       buffered_total_(worker.shared().buffered),
       config_(worker.config()),
@@ -156,7 +156,7 @@ Session::Session(server::Worker& worker, tcp::socket socket, uint64_t id)
 
 Session::~Session() {
   worker_.parked_relays().unpark(*this);  // (its relay's frames go with next_relay_)
-  if (key_.pid) server::CancelRegistry::instance().remove(key_);
+  if (key_.pid) runtime::CancelRegistry::instance().remove(key_);
   worker_.shared().clients--;
   buffered_total_ -= charged_;
   if (counted_) worker_.shared().logged_in--;
@@ -172,23 +172,13 @@ const std::string& Session::prefix() const {
   return prefix_;
 }
 
-void Session::start(server::Worker& worker, tcp::socket socket) {
-  static std::atomic<uint64_t> next_id{1};
-  worker.shared().clients++;
-  auto s = std::make_shared<Session>(worker, std::move(socket), next_id++);
-  worker.add(s);
-  asio::co_spawn(
-      worker.executor(),
-      [s]() -> awaitable<void> {
-        try {
-          co_await s->run();
-        } catch (const std::exception& e) {
-          spdlog::error("{}: session failed: {}", s->prefix(), e.what());
-        }
-        s->stream_.close();
-        s->worker_.remove(s.get());
-      },
-      asio::detached);
+awaitable<void> Session::serve() {
+  try {
+    co_await run();
+  } catch (const std::exception& e) {
+    spdlog::error("{}: session failed: {}", prefix(), e.what());
+  }
+  stream_.close();
 }
 
 awaitable<void> Session::run() {
@@ -207,7 +197,7 @@ awaitable<void> Session::run() {
   // Over max_startups, the oldest connection that has not even sent its startup packet
   // gives its place (silent connections held open cannot lock logins out); only when
   // every one starting up has spoken is the new one refused.
-  if (++shared.startups > config_.listen.max_startups && !worker_.drop_oldest_unheard(this)) {
+  if (++shared.startups > config_.listen.max_startups && !worker_.drop_oldest_unheard(id_)) {
     static LogLimit refusals;
     if (const auto quiet = refusals.allow())
       spdlog::warn("{}: refusing connection: max_startups {} connections are in startup{}",
@@ -455,7 +445,7 @@ void Session::cancel_running(std::function<void()> done) {
   for (const auto* conn : running) {
     const auto& t = conn->target();
     spdlog::info("{}: cancel request forwarded to shard {}", prefix(), t.shard_name);
-    server::send_server_cancel(worker_.executor(), t.host, t.port, conn->pid(), conn->secret(),
+    runtime::send_server_cancel(worker_.executor(), t.host, t.port, conn->pid(), conn->secret(),
                                [left, finished] {
                                  if (--*left == 0) (*finished)();
                                });
@@ -563,7 +553,7 @@ awaitable<bool> Session::welcome() {
   announced["session_authorization"] = user_->name;
   for (const auto& [k, v] : announced) proto::ParameterStatus{k, v}.write(out);
   std::weak_ptr<Session> weak = weak_from_this();
-  key_ = server::CancelRegistry::instance().add(
+  key_ = runtime::CancelRegistry::instance().add(
       worker_.executor(),
       [weak](std::function<void()> done) {
         auto s = weak.lock();
@@ -1415,7 +1405,7 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
     txn_.savepoint();
   }
   if (ends_here && txn_.coordinated()) {
-    co_await txn::finish_distributed(*this, route.txn == TxnControl::kCommit, req.simple);
+    co_await executor::finish_distributed(*this, route.txn == TxnControl::kCommit, req.simple);
     pending_.clear();
     co_return true;
   }
@@ -2101,32 +2091,32 @@ void Session::finishing_row(pool::ServerConn&, std::string_view body) {
     checked_settings_.emplace_back(*row->values[0], *row->values[1]);
 }
 
-server::SettingsCheck Session::adopt_checked_settings(pool::ServerConn& conn) {
+runtime::SettingsCheck Session::adopt_checked_settings(pool::ServerConn& conn) {
   // The server's session settings after a function ran: what differs from the client's
   // becomes the client's (it follows it, and no other client gets it: the server is synced
   // to its next client's settings). A role taken inside a function pins the client.
-  auto outcome = server::SettingsCheck::kUnchanged;
+  auto outcome = runtime::SettingsCheck::kUnchanged;
   bool changed = false;
   for (const auto& [name, value] : checked_settings_) {
     if (pool::is_reported_parameter(name)) continue;  // ParameterStatus told already
     if (name == "role" || name == "session_authorization") {
       if (!pinned_) spdlog::debug("{}: pinned: a function changed {}", prefix(), name);
       pinned_ = true;
-      outcome = server::SettingsCheck::kChanged;
+      outcome = runtime::SettingsCheck::kChanged;
       continue;
     }
     auto it = client_params_.find(name);
     if (it != client_params_.end() && it->second == value) {
       // The same value a function set earlier: this call may have set it again.
-      if (function_settings_.contains(name) && outcome == server::SettingsCheck::kUnchanged)
-        outcome = server::SettingsCheck::kUnknown;
+      if (function_settings_.contains(name) && outcome == runtime::SettingsCheck::kUnchanged)
+        outcome = runtime::SettingsCheck::kUnknown;
       continue;
     }
     client_params_[name] = value;
     conn.params[name] = value;
     function_settings_.insert(name);
     changed = true;
-    outcome = server::SettingsCheck::kChanged;
+    outcome = runtime::SettingsCheck::kChanged;
   }
   checked_settings_.clear();
   if (changed) {
@@ -2333,7 +2323,7 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
     co_await answer_locally(answer, req);
     co_return true;
   }
-  const auto done = server::CancelRegistry::instance().signal(pid32, call.terminate, user_->name);
+  const auto done = runtime::CancelRegistry::instance().signal(pid32, call.terminate, user_->name);
   if (!done) co_return false;
   if (!*done) {
     answer.kind = router::RouteKind::kError;
@@ -2389,8 +2379,8 @@ std::string Session::describe() const {
   return out;
 }
 
-admin::ClientRow Session::client_row() const {
-  admin::ClientRow r;
+runtime::ClientRow Session::client_row() const {
+  runtime::ClientRow r;
   r.id = id_;
   r.user = user_ ? user_->name : std::string(identity_.startup.param("user"));
   r.database = identity_.database;

@@ -15,7 +15,7 @@
 #include "protocol/buffer.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/startup.hpp"
-#include "proxy/admin/stats.hpp"
+#include "proxy/runtime/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/drained_read.hpp"
 #include "proxy/executor/client.hpp"
@@ -23,39 +23,47 @@
 #include "proxy/pool/backends.hpp"
 #include "proxy/pool/pool.hpp"
 #include "proxy/router/router.hpp"
-#include "proxy/server/cancel.hpp"
+#include "proxy/runtime/cancel.hpp"
 #include "proxy/session/batch_route.hpp"
-#include "proxy/session/client_stream.hpp"
+#include "proxy/runtime/client_stream.hpp"
 #include "proxy/session/failures.hpp"
 #include "proxy/session/login.hpp"
-#include "proxy/session/params.hpp"
-#include "proxy/session/parked_relays.hpp"
+#include "proxy/runtime/params.hpp"
+#include "proxy/runtime/parked_relays.hpp"
 #include "proxy/session/relay_filter.hpp"
 #include "proxy/session/statements.hpp"
 #include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/transaction.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 class Worker;
 enum class SettingsCheck;
-}  // namespace pgshard::server
+}  // namespace pgshard::runtime
 
 namespace pgshard::session {
 
 using pool::Link;
+using protocol::quote_literal;
+using runtime::canonical_encoding;
+using runtime::fingerprint;
+using runtime::is_synced_startup_parameter;
+using runtime::Params;
+using runtime::parse_options;
+using runtime::sync_statements;
 
 class Session : public std::enable_shared_from_this<Session>,
                 public executor::Client,
                 private RelayEvents,
-                private ParkedRelays::Entry {
+                private runtime::ParkedRelays::Entry {
  public:
   // Lifecycle of the client side, printable in logs.
   enum class State { kStartup, kAuth, kReady, kClosing };
 
-  Session(server::Worker& worker, tcp::socket socket, uint64_t id);
+  Session(runtime::Worker& worker, tcp::socket socket, uint64_t id);
   ~Session() override;
 
-  static void start(server::Worker& worker, tcp::socket socket);
+  // Serves the client until it leaves or is closed (the worker spawns it).
+  awaitable<void> serve();
   // Graceful shutdown: close now if idle, else at the next idle point.
   void request_shutdown();
   void force_close();
@@ -72,7 +80,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // Closes an unheard (or stalled) connection to make room for a newer one (max_startups).
   void drop_unheard();
   // For SHOW CLIENTS / SHOW SERVERS: what the session is, and the servers it holds.
-  admin::ClientRow client_row() const;
+  runtime::ClientRow client_row() const;
   std::vector<const pool::ServerConn*> servers() const;
   // Its transaction, when it holds servers on several shards (for deadlock detection).
   std::optional<txn::WaitingTxn> waiting_txn() const;
@@ -85,7 +93,7 @@ class Session : public std::enable_shared_from_this<Session>,
   using ClientWatch = executor::ClientWatch;
 
   // ---- executor::Client: what executors and the 2PC coordinator may use ----
-  server::Worker& worker() override { return worker_; }
+  runtime::Worker& worker() override { return worker_; }
   const config::Config& config() const override { return config_; }
   const config::User& user() const override { return *user_; }
   const std::string& prefix() const override;
@@ -324,7 +332,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // A user-defined function may have changed settings pgshard cannot see: the request ends
   // with a look at the server's session settings, which the client then takes on.
   void finishing_row(pool::ServerConn& conn, std::string_view body) override;
-  server::SettingsCheck adopt_checked_settings(pool::ServerConn& conn);
+  runtime::SettingsCheck adopt_checked_settings(pool::ServerConn& conn);
 
   bool can_detach(const Link& link) const;
   bool idle() const;
@@ -336,10 +344,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // not a client's pid (false: the statement goes to a server).
   awaitable<bool> signal_client(const router::Route& route, const Request& req);
 
-  server::Worker& worker_;
+  runtime::Worker& worker_;
   std::atomic<std::size_t>& buffered_total_;  // Shared::buffered (see charge_buffers)
   const config::Config& config_;
-  ClientStream stream_;
+  runtime::ClientStream stream_;
   DrainedSocket client_reads_{stream_.socket()};  // an idle client's next request
   uint64_t id_;
   std::string peer_;
@@ -413,7 +421,7 @@ class Session : public std::enable_shared_from_this<Session>,
   uint64_t round_robin_ = 0;
   router::StatementMemo memo_;      // the statement routed last (extended protocol)
   std::vector<pool::Pool*> pools_;  // the worker's pool of each shard, once looked up
-  server::CancelKey key_;
+  runtime::CancelKey key_;
 
   pool::Backends backends_;     // this client's servers; backends_.active takes its requests
   bool open_extended_ = false;  // extended messages sent after the last Sync

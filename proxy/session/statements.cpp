@@ -13,7 +13,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/analysis.hpp"
-#include "proxy/session/params.hpp"
+#include "proxy/runtime/params.hpp"
 
 namespace pgshard::session {
 
@@ -229,7 +229,7 @@ std::string Statements::own_view_sql(std::string& out, pool::ServerConn& conn) {
   for (const auto& [client, server] : server_names_) {
     ensure(out, conn, server, client);
     values +=
-        (values.empty() ? "(" : ", (") + quote_literal(server) + ", " + quote_literal(client) + ")";
+        (values.empty() ? "(" : ", (") + protocol::quote_literal(server) + ", " + protocol::quote_literal(client) + ")";
   }
   std::string sql = "SELECT * FROM pg_catalog.pg_prepared_statements WHERE from_sql";
   if (!values.empty())

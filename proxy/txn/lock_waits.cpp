@@ -100,7 +100,7 @@ void LockWaitReader::start(int shard, Shard& s, std::chrono::milliseconds limit)
   }
   if (s.conn) PQfinish(pg(s.conn));
   s.conn = PQconnectStart(
-      maintenance_conninfo(cfg_, cfg_.shards[static_cast<std::size_t>(shard)], "pgshard-deadlock")
+      runtime::maintenance_conninfo(cfg_, cfg_.shards[static_cast<std::size_t>(shard)], "pgshard-deadlock")
           .c_str());
   if (!s.conn || PQstatus(pg(s.conn)) == CONNECTION_BAD || PQsocket(pg(s.conn)) < 0) {
     fail(s, s.conn ? PQerrorMessage(pg(s.conn)) : "out of memory");

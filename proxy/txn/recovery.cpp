@@ -12,50 +12,12 @@
 
 namespace pgshard::txn {
 
-namespace {
-
-std::string conninfo_value(const std::string& v) {
-  std::string out = "'";
-  for (char c : v) {
-    if (c == '\'' || c == '\\') out.push_back('\\');
-    out.push_back(c);
-  }
-  return out + "'";
-}
-
-}  // namespace
-
-MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard) {
-  const auto& u = shard.primary;
-  MaintenanceLogin m{u.user, u.password, {}};
-  for (const auto& cu : cfg.users)
-    if (m.user.empty() || (cu.name == m.user && m.password.empty()))
-      if (cu.plaintext) {
-        if (m.user.empty()) m.user = cu.name;
-        if (m.password.empty()) m.password = *cu.plaintext;
-        break;
-      }
-  m.database = u.database.empty() ? m.user : u.database;
-  return m;
-}
-
-std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
-                                 const std::string& application_name) {
-  const auto& u = shard.primary;
-  const auto m = maintenance_login(cfg, shard);
-  return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
-         " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +
-         " dbname=" + conninfo_value(m.database) + " connect_timeout=" +
-         std::to_string(std::max<long long>(2, (cfg.timeouts.connect.count() + 999) / 1000)) +
-         " application_name=" + conninfo_value(application_name);
-}
-
-RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_startup) {
+RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup) {
   RecoveryResult result;
   const std::string& mine = log.prefix();
   std::set<std::string> seen;  // global ids still prepared somewhere
   for (const auto& shard : cfg.shards) {
-    PGconn* c = PQconnectdb(maintenance_conninfo(cfg, shard, "pgshard-recovery").c_str());
+    PGconn* c = PQconnectdb(runtime::maintenance_conninfo(cfg, shard, "pgshard-recovery").c_str());
     if (PQstatus(c) != CONNECTION_OK) {
       spdlog::warn("recovery: cannot reach shard {}: {}", shard.name, PQerrorMessage(c));
       ++result.errors;

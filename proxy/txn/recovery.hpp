@@ -6,7 +6,8 @@
 #include <string>
 
 #include "config/config.hpp"
-#include "proxy/txn/decision_log.hpp"
+#include "proxy/runtime/decision_log.hpp"
+#include "proxy/runtime/maintenance.hpp"
 
 namespace pgshard::txn {
 
@@ -16,19 +17,10 @@ struct RecoveryResult {
   int errors = 0;  // shards that could not be reached or statements that failed
 };
 
-// How pgshard logs in to a shard for maintenance: the URL's credentials, else the first
-// user with a plaintext password; the URL's database, else the user's name.
-struct MaintenanceLogin {
-  std::string user, password, database;
-};
-MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard);
-// The same as a libpq conninfo.
-std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
-                                 const std::string& application_name);
 
 // Only this instance's transactions (log.prefix()) are touched. `at_startup`: undecided ones
 // are rolled back too (nothing can be committing them); later passes only finish decided
 // commits.
-RecoveryResult recover(const config::Config& cfg, DecisionLog& log, bool at_startup);
+RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup);
 
 }  // namespace pgshard::txn

@@ -19,7 +19,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "protocol/startup.hpp"
-#include "proxy/txn/decision_log.hpp"
+#include "proxy/runtime/decision_log.hpp"
 
 using namespace harness;
 using namespace std::chrono_literals;
@@ -567,7 +567,7 @@ std::set<std::string> decided_gids(const std::string& dir) {
   std::istringstream in(read_file(dir + "/decisions.log"));
   std::string line, gid;
   while (std::getline(in, line))
-    if (pgshard::txn::parse_record(line, &gid) == 'C') out.insert(gid);
+    if (pgshard::runtime::parse_record(line, &gid) == 'C') out.insert(gid);
   return out;
 }
 
@@ -618,7 +618,7 @@ TEST_CASE("in-doubt participants on a shard that was down at start-up are resolv
       query(d.get(), "prepare transaction '" + g + "_1'");
     }
     std::ofstream log(o.two_phase_log + "/decisions.log", std::ios::app);
-    log << pgshard::txn::make_record('C', decided);
+    log << pgshard::runtime::make_record('C', decided);
   }
   cluster.kill(1);
   Proxy proxy(o);  // start-up recovery cannot reach s1

@@ -34,13 +34,13 @@ sharded_tables:
   - { table: users, column: id }
 )";
 
-admin::Snapshot two_workers() {
-  admin::Snapshot s;
+runtime::Snapshot two_workers() {
+  runtime::Snapshot s;
   s.started = Clock::now() - std::chrono::seconds(100);
   for (int w = 0; w < 2; ++w) {
-    admin::WorkerSnapshot ws;
+    runtime::WorkerSnapshot ws;
     ws.worker = w;
-    admin::PoolRow p;
+    runtime::PoolRow p;
     p.shard = 1;
     p.shard_name = "s1";
     p.user = "app";
@@ -332,7 +332,7 @@ TEST_CASE("SHOW STATS averages run over the last stats period once there is one"
   };
   CHECK(avg_queries() == "0");  // 20 over 100 s, rounded down
   const auto end = Clock::now();
-  admin::PeriodMark a{end - std::chrono::seconds(10), {}}, b{end, {}};
+  runtime::PeriodMark a{end - std::chrono::seconds(10), {}}, b{end, {}};
   a.shards[1].queries = 5;
   b.shards[1].queries = 105;
   snap.period.emplace(a, b);

@@ -1,9 +1,10 @@
 // Settings that follow a client across server connections.
-#include "proxy/session/params.hpp"
+#include "proxy/runtime/params.hpp"
 
 #include <catch2/catch.hpp>
 
-using namespace pgshard::session;
+using namespace pgshard::runtime;
+using pgshard::protocol::quote_literal;
 
 TEST_CASE("options -c settings parse like PostgreSQL's", "[params]") {
   Params p;

@@ -8,7 +8,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
-#include "proxy/session/parked_relays.hpp"
+#include "proxy/runtime/parked_relays.hpp"
 #include "wire.hpp"
 
 using namespace pgshard;
@@ -182,7 +182,7 @@ TEST_CASE("an error the session replaces reaches the client in its place", "[rel
 }
 
 TEST_CASE("a worker keeps at most kMax waiting relays and ends the oldest for room", "[session]") {
-  using pgshard::session::ParkedRelays;
+  using pgshard::runtime::ParkedRelays;
   struct Relay : ParkedRelays::Entry {
     int id = 0;
     std::vector<int>* ended = nullptr;

@@ -1,16 +1,16 @@
-// The visibility gate (txn::VisibilityGate): readers and commit phases on overlapping shards
+// The visibility gate (runtime::VisibilityGate): readers and commit phases on overlapping shards
 // exclude each other, disjoint ones do not, waiters are served in arrival order, and a wait
 // is bounded.
-#include "proxy/txn/visibility_gate.hpp"
+#include "proxy/runtime/visibility_gate.hpp"
 
 #include <catch2/catch.hpp>
 #include <optional>
 
-#include "proxy/txn/cluster_gate.hpp"
+#include "proxy/runtime/cluster_gate.hpp"
 #include "proxy/txn/snapshots.hpp"
 
 using namespace pgshard;
-using Gate = txn::VisibilityGate;
+using Gate = runtime::VisibilityGate;
 using Mode = Gate::Mode;
 
 namespace {
@@ -225,15 +225,15 @@ TEST_CASE("the cluster gate's coordinator statement: one lock, in name order, wi
           "[visibility]") {
   // Every instance locks the same tables in the same order whatever its map's order, so two
   // instances never wait on each other; a repeated shard is locked once; names are quoted.
-  CHECK(txn::coordinator_lock_sql(Mode::kRead, {"s2", "s0", "s2", "we\"ird"},
+  CHECK(runtime::coordinator_lock_sql(Mode::kRead, {"s2", "s0", "s2", "we\"ird"},
                                   std::chrono::milliseconds(2000)) ==
         "BEGIN; SET LOCAL lock_timeout = 2000; LOCK TABLE ONLY pgshard_gate.\"s0\", "
         "pgshard_gate.\"s2\", pgshard_gate.\"we\"\"ird\" IN SHARE MODE");
   // Commit phases share ROW EXCLUSIVE with each other; it conflicts with readers' SHARE.
-  CHECK(txn::coordinator_lock_sql(Mode::kCommit, {"b", "a"}, std::chrono::milliseconds(5)) ==
+  CHECK(runtime::coordinator_lock_sql(Mode::kCommit, {"b", "a"}, std::chrono::milliseconds(5)) ==
         "BEGIN; SET LOCAL lock_timeout = 5; LOCK TABLE ONLY pgshard_gate.\"a\", "
         "pgshard_gate.\"b\" IN ROW EXCLUSIVE MODE");
-  CHECK(txn::coordinator_setup_sql({"s0", "x\"y"}) ==
+  CHECK(runtime::coordinator_setup_sql({"s0", "x\"y"}) ==
         "CREATE SCHEMA IF NOT EXISTS pgshard_gate; CREATE TABLE IF NOT EXISTS "
         "pgshard_gate.\"s0\" (); CREATE TABLE IF NOT EXISTS pgshard_gate.\"x\"\"y\" ()");
 }

@@ -10,7 +10,7 @@
 
 #include "protocol/messages.hpp"
 
-namespace pgshard::session {
+namespace pgshard::runtime {
 
 using Params = std::map<std::string, std::string>;
 
@@ -35,4 +35,4 @@ uint64_t fingerprint(const Params& p);
 using protocol::quote_ident;
 using protocol::quote_literal;
 
-}  // namespace pgshard::session
+}  // namespace pgshard::runtime

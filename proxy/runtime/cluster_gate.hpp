@@ -21,9 +21,9 @@
 
 #include "config/config.hpp"
 #include "proxy/pool/pool.hpp"
-#include "proxy/txn/visibility_gate.hpp"
+#include "proxy/runtime/visibility_gate.hpp"
 
-namespace pgshard::txn {
+namespace pgshard::runtime {
 
 class GateHold {
  public:
@@ -60,4 +60,4 @@ std::string coordinator_lock_sql(VisibilityGate::Mode mode, std::vector<std::str
 // What creates the gate's tables for `shard_names` (idempotent).
 std::string coordinator_setup_sql(const std::vector<std::string>& shard_names);
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::runtime

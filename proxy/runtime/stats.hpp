@@ -17,7 +17,7 @@ struct Route;
 enum class Action : uint8_t;
 }  // namespace pgshard::router
 
-namespace pgshard::admin {
+namespace pgshard::runtime {
 
 // How statements were routed, counted per worker.
 struct RouteCounters {
@@ -145,4 +145,4 @@ struct Snapshot {
   RouteCounters routes() const;
 };
 
-}  // namespace pgshard::admin
+}  // namespace pgshard::runtime

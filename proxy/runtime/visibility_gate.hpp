@@ -14,7 +14,7 @@
 
 #include "proxy/asio.hpp"
 
-namespace pgshard::txn {
+namespace pgshard::runtime {
 
 // A reader-writer gate per shard, taken for a set of shards at once (all or nothing, so two
 // holders never wait on each other). Readers (a multi-shard read while its shards take their
@@ -125,4 +125,4 @@ class VisibilityGate {
   std::deque<Commit> commits_;     // the last kCommitLog, in number order
 };
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::runtime

@@ -3,19 +3,22 @@
 // TRANSACTION everywhere, the decision fsynced to the log, COMMIT PREPARED everywhere. A
 // failure before the decision rolls every participant back; after it, recovery
 // (recovery.cpp) finishes the commit.
-#include "proxy/txn/distributed.hpp"
+#include "proxy/executor/distributed.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
-#include "proxy/server/server.hpp"
-#include "proxy/txn/cluster_gate.hpp"
-#include "proxy/txn/decision_log.hpp"
+#include "proxy/runtime/worker.hpp"
+#include "proxy/runtime/cluster_gate.hpp"
+#include "proxy/runtime/decision_log.hpp"
 
-namespace pgshard::txn {
+namespace pgshard::executor {
 
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
+using runtime::DecisionLog;
+using runtime::GateHold;
+using runtime::VisibilityGate;
 
 namespace {
 
@@ -288,4 +291,4 @@ awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple
   co_await ending.run(simple);
 }
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::executor

@@ -1,12 +1,12 @@
 // Proxy-issued BackendKeyData and the process-wide registry CancelRequests are looked up in.
-#include "proxy/server/cancel.hpp"
+#include "proxy/runtime/cancel.hpp"
 
 #include <spdlog/spdlog.h>
 
 #include "protocol/auth.hpp"
 #include "protocol/startup.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 
 using namespace asio::experimental::awaitable_operators;
 
@@ -84,4 +84,4 @@ void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t por
       asio::detached);
 }
 
-}  // namespace pgshard::server
+}  // namespace pgshard::runtime

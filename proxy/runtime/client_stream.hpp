@@ -5,7 +5,7 @@
 
 #include "proxy/asio.hpp"
 
-namespace pgshard::session {
+namespace pgshard::runtime {
 
 class ClientStream {
  public:
@@ -45,4 +45,4 @@ class ClientStream {
   std::unique_ptr<asio::ssl::stream<tcp::socket&>> tls_;
 };
 
-}  // namespace pgshard::session
+}  // namespace pgshard::runtime

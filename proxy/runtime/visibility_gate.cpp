@@ -1,10 +1,10 @@
 // The visibility gate (see visibility_gate.hpp): per-shard counts of readers and commit
 // phases under one mutex, waiters woken on their own executors.
-#include "proxy/txn/visibility_gate.hpp"
+#include "proxy/runtime/visibility_gate.hpp"
 
 #include <algorithm>
 
-namespace pgshard::txn {
+namespace pgshard::runtime {
 
 namespace {
 
@@ -154,4 +154,4 @@ awaitable<VisibilityGate::Entered> VisibilityGate::enter(Mode mode, std::vector<
   co_return out;
 }
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::runtime

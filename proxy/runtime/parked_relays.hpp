@@ -7,7 +7,7 @@
 #include <boost/intrusive/list.hpp>
 #include <cstddef>
 
-namespace pgshard::session {
+namespace pgshard::runtime {
 
 class ParkedRelays {
  public:
@@ -46,4 +46,4 @@ class ParkedRelays {
   boost::intrusive::list<Entry> list_;  // (constant-time size)
 };
 
-}  // namespace pgshard::session
+}  // namespace pgshard::runtime

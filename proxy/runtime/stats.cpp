@@ -1,10 +1,10 @@
-#include "proxy/admin/stats.hpp"
+#include "proxy/runtime/stats.hpp"
 
 #include <algorithm>
 
 #include "proxy/router/router.hpp"
 
-namespace pgshard::admin {
+namespace pgshard::runtime {
 
 namespace {
 std::size_t merge_kind(const router::Route& route) {
@@ -110,4 +110,4 @@ RouteCounters Snapshot::routes() const {
   return r;
 }
 
-}  // namespace pgshard::admin
+}  // namespace pgshard::runtime

@@ -1,5 +1,5 @@
 // The two-phase commit decision log (see decision_log.hpp).
-#include "proxy/txn/decision_log.hpp"
+#include "proxy/runtime/decision_log.hpp"
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -11,7 +11,7 @@
 #include <fstream>
 #include <random>
 
-namespace pgshard::txn {
+namespace pgshard::runtime {
 
 namespace {
 
@@ -182,4 +182,4 @@ void DecisionLog::compact_locked() {
   done_.clear();
 }
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::runtime

@@ -1,11 +1,11 @@
 // Client settings that must follow the client from one server connection to the next.
-#include "proxy/session/params.hpp"
+#include "proxy/runtime/params.hpp"
 
 #include <cctype>
 
 #include "proxy/pool/server_conn.hpp"
 
-namespace pgshard::session {
+namespace pgshard::runtime {
 
 bool is_synced_startup_parameter(std::string_view n) {
   // Everything but the protocol's own keys is a setting (PostgreSQL applies any GUC given in
@@ -180,4 +180,4 @@ std::string sync_statements(const Params& client, const Params& server) {
   return sql;
 }
 
-}  // namespace pgshard::session
+}  // namespace pgshard::runtime

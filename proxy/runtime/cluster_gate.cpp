@@ -1,4 +1,4 @@
-#include "proxy/txn/cluster_gate.hpp"
+#include "proxy/runtime/cluster_gate.hpp"
 
 #include <spdlog/spdlog.h>
 
@@ -7,7 +7,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 
-namespace pgshard::txn {
+namespace pgshard::runtime {
 
 namespace proto = protocol;
 
@@ -149,4 +149,4 @@ awaitable<void> GateHold::release() {
   local_.hold.release();
 }
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::runtime

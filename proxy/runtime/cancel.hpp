@@ -11,7 +11,7 @@
 
 #include "proxy/asio.hpp"
 
-namespace pgshard::server {
+namespace pgshard::runtime {
 
 struct CancelKey {
   int32_t pid = 0;
@@ -55,4 +55,4 @@ class CancelRegistry {
 void send_server_cancel(asio::any_io_executor ex, std::string host, uint16_t port, int32_t pid,
                         int32_t secret, std::function<void()> done = {});
 
-}  // namespace pgshard::server
+}  // namespace pgshard::runtime

@@ -5,10 +5,10 @@
 #include "proxy/asio.hpp"
 #include "proxy/executor/client.hpp"
 
-namespace pgshard::txn {
+namespace pgshard::executor {
 
 // Ends the client's coordinated transaction and answers the client (simple: CommandComplete
 // and ReadyForQuery; extended: the batch's replies).
 awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple);
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::executor

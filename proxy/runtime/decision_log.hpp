@@ -7,7 +7,7 @@
 #include <set>
 #include <string>
 
-namespace pgshard::txn {
+namespace pgshard::runtime {
 
 class DecisionLog {
  public:
@@ -63,4 +63,4 @@ class DecisionLog {
 char parse_record(const std::string& line, std::string* gid);
 std::string make_record(char kind, const std::string& gid);
 
-}  // namespace pgshard::txn
+}  // namespace pgshard::runtime

@@ -1,0 +1,45 @@
+#include "proxy/runtime/maintenance.hpp"
+
+#include <algorithm>
+
+namespace pgshard::runtime {
+
+namespace {
+
+std::string conninfo_value(const std::string& v) {
+  std::string out = "'";
+  for (char c : v) {
+    if (c == '\'' || c == '\\') out.push_back('\\');
+    out.push_back(c);
+  }
+  return out + "'";
+}
+
+}  // namespace
+
+MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard) {
+  const auto& u = shard.primary;
+  MaintenanceLogin m{u.user, u.password, {}};
+  for (const auto& cu : cfg.users)
+    if (m.user.empty() || (cu.name == m.user && m.password.empty()))
+      if (cu.plaintext) {
+        if (m.user.empty()) m.user = cu.name;
+        if (m.password.empty()) m.password = *cu.plaintext;
+        break;
+      }
+  m.database = u.database.empty() ? m.user : u.database;
+  return m;
+}
+
+std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
+                                 const std::string& application_name) {
+  const auto& u = shard.primary;
+  const auto m = maintenance_login(cfg, shard);
+  return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
+         " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +
+         " dbname=" + conninfo_value(m.database) + " connect_timeout=" +
+         std::to_string(std::max<long long>(2, (cfg.timeouts.connect.count() + 999) / 1000)) +
+         " application_name=" + conninfo_value(application_name);
+}
+
+}  // namespace pgshard::runtime
