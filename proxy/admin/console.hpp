@@ -9,9 +9,9 @@
 
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
-#include "proxy/runtime/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/runtime/client_stream.hpp"
+#include "proxy/runtime/stats.hpp"
 
 namespace pgshard::runtime {
 class Worker;

@@ -17,9 +17,9 @@
 #include <thread>
 #include <vector>
 
-#include "proxy/runtime/stats.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/log_limit.hpp"
+#include "proxy/runtime/stats.hpp"
 
 namespace pgshard::runtime {
 struct Shared;

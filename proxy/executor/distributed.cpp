@@ -8,9 +8,9 @@
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
-#include "proxy/runtime/worker.hpp"
 #include "proxy/runtime/cluster_gate.hpp"
 #include "proxy/runtime/decision_log.hpp"
+#include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
 

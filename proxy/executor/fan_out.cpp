@@ -16,9 +16,9 @@
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/runtime/cancel.hpp"
-#include "proxy/runtime/worker.hpp"
-#include "proxy/runtime/params.hpp"
 #include "proxy/runtime/cluster_gate.hpp"
+#include "proxy/runtime/params.hpp"
+#include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
 
@@ -44,7 +44,6 @@ struct Leg {
   // Its columns' collations other than the database's (read when rows are merged).
   std::shared_ptr<const merge::ColumnCollations> collations;
 };
-
 
 }  // namespace
 
@@ -573,7 +572,7 @@ void FanOut::stop_leg(Leg& leg) {
   if (leg.timed_out && leg.conn->pid()) {
     const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
     runtime::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
-                               leg.conn->pid(), leg.conn->secret());
+                                leg.conn->pid(), leg.conn->secret());
   }
 }
 

@@ -10,8 +10,8 @@
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/unique_id.hpp"
 #include "proxy/router/placement.hpp"
-#include "proxy/runtime/worker.hpp"
 #include "proxy/runtime/params.hpp"
+#include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
 

@@ -92,13 +92,14 @@ std::optional<int> current_node(const config::Config& cfg) {
 void NodeLease::start(const config::Config& cfg) {
   if (cfg.node_id >= 0 || cfg.shards.empty() || thread_.joinable()) return;
   stopping_ = false;
-  thread_ = std::thread(&NodeLease::run, this,
-                        runtime::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
-                            // In the maintenance database: the lock is not among the
-                            // application database's pg_locks (what one PostgreSQL would
-                            // show there), and every instance takes it in the same place.
-                            " dbname=postgres keepalives=1 keepalives_idle=1 "
-                            "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
+  thread_ =
+      std::thread(&NodeLease::run, this,
+                  runtime::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
+                      // In the maintenance database: the lock is not among the
+                      // application database's pg_locks (what one PostgreSQL would
+                      // show there), and every instance takes it in the same place.
+                      " dbname=postgres keepalives=1 keepalives_idle=1 "
+                      "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
 }
 
 void NodeLease::stop() {

@@ -55,7 +55,7 @@ struct Shared {
   std::atomic<uint64_t> catalog_generation{1};
   std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
-  VisibilityGate visibility;                     // cross-shard commits vs multi-shard snapshots
+  VisibilityGate visibility;                 // cross-shard commits vs multi-shard snapshots
   std::vector<Worker*> workers;              // for the admin console and /metrics
   Clock::time_point started = Clock::now();
   // The stats period marks (see Snapshot::period), written every kStatsPeriod.

@@ -22,7 +22,9 @@ void Worker::close_pools() {
   for (auto& [key, p] : pools_) p->close_all();
 }
 
-void Worker::stop_context() { ctx_->stop(); }
+void Worker::stop_context() {
+  ctx_->stop();
+}
 
 pool::Pool& Worker::pool(int shard, const config::User& user) {
   auto key = std::make_pair(shard, pool_user_key(user));
@@ -196,7 +198,7 @@ void Worker::reconnect(int shard) {
 
 void Worker::add_pools(WorkerSnapshot& out,
                        const std::map<const pool::ServerConn*, uint64_t>& held) const {
-auto server_row = [&](const pool::Pool& p, const pool::ServerConn& c, const char* state,
+  auto server_row = [&](const pool::Pool& p, const pool::ServerConn& c, const char* state,
                         uint64_t client) {
     runtime::ServerRow r;
     r.id = c.id();

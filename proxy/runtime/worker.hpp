@@ -120,7 +120,8 @@ class Worker {
 
  protected:
   // The pools' part of snapshot(): `held` maps each server lent out to its client.
-  void add_pools(WorkerSnapshot& out, const std::map<const pool::ServerConn*, uint64_t>& held) const;
+  void add_pools(WorkerSnapshot& out,
+                 const std::map<const pool::ServerConn*, uint64_t>& held) const;
   // Closes the pools' connections idle too long (the janitor, every 10 s).
   void prune_pools();
   // Closes every idle server (before the io_context goes; sessions' leases return later).

@@ -120,8 +120,7 @@ bool Worker::drop_oldest_unheard(uint64_t except) {
   // ordered by id, oldest first.
   for (const bool silent : {true, false})
     for (auto& [id, weak] : sessions_)
-      if (auto s = weak.lock();
-          s && id != except && (silent ? s->unheard() : s->login_stalled())) {
+      if (auto s = weak.lock(); s && id != except && (silent ? s->unheard() : s->login_stalled())) {
         s->drop_unheard();
         return true;
       }
@@ -455,7 +454,8 @@ int Server::run() {
       for (auto& w : workers_)
         if (auto s = w->ask([w = w.get()] { return w->snapshot(); })) snap.workers.push_back(*s);
       runtime::PeriodMark mark{Clock::now(), {}};
-      for (const auto& r : snap.shards()) mark.shards[r.shard] = runtime::ShardTotals::of(r.counters);
+      for (const auto& r : snap.shards())
+        mark.shards[r.shard] = runtime::ShardTotals::of(r.counters);
       std::lock_guard lock(shared_.stats_mu);
       shared_.period_prev = std::move(shared_.period_last);
       shared_.period_last = std::move(mark);

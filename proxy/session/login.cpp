@@ -52,8 +52,9 @@ protocol::ScramSecret mock_scram_secret(std::string_view user) {
   return s;
 }
 
-Login::Login(runtime::Worker& worker, runtime::ClientStream& stream, protocol::Buffer& in, Identity& id,
-             std::function<const std::string&()> prefix, std::function<void()> on_auth)
+Login::Login(runtime::Worker& worker, runtime::ClientStream& stream, protocol::Buffer& in,
+             Identity& id, std::function<const std::string&()> prefix,
+             std::function<void()> on_auth)
     : worker_(worker),
       config_(worker.config()),
       stream_(stream),

@@ -12,13 +12,13 @@
 #include "protocol/messages.hpp"
 #include "proxy/admin/console.hpp"
 #include "proxy/executor/capture.hpp"
+#include "proxy/executor/distributed.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/unique_id.hpp"
 #include "proxy/log_limit.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/runtime/worker.hpp"
-#include "proxy/executor/distributed.hpp"
 
 namespace pgshard::session {
 
@@ -446,9 +446,9 @@ void Session::cancel_running(std::function<void()> done) {
     const auto& t = conn->target();
     spdlog::info("{}: cancel request forwarded to shard {}", prefix(), t.shard_name);
     runtime::send_server_cancel(worker_.executor(), t.host, t.port, conn->pid(), conn->secret(),
-                               [left, finished] {
-                                 if (--*left == 0) (*finished)();
-                               });
+                                [left, finished] {
+                                  if (--*left == 0) (*finished)();
+                                });
   }
 }
 

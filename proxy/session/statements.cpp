@@ -228,8 +228,8 @@ std::string Statements::own_view_sql(std::string& out, pool::ServerConn& conn) {
   std::string values;
   for (const auto& [client, server] : server_names_) {
     ensure(out, conn, server, client);
-    values +=
-        (values.empty() ? "(" : ", (") + protocol::quote_literal(server) + ", " + protocol::quote_literal(client) + ")";
+    values += (values.empty() ? "(" : ", (") + protocol::quote_literal(server) + ", " +
+              protocol::quote_literal(client) + ")";
   }
   std::string sql = "SELECT * FROM pg_catalog.pg_prepared_statements WHERE from_sql";
   if (!values.empty())

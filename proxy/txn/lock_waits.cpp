@@ -99,9 +99,10 @@ void LockWaitReader::start(int shard, Shard& s, std::chrono::milliseconds limit)
     return;
   }
   if (s.conn) PQfinish(pg(s.conn));
-  s.conn = PQconnectStart(
-      runtime::maintenance_conninfo(cfg_, cfg_.shards[static_cast<std::size_t>(shard)], "pgshard-deadlock")
-          .c_str());
+  s.conn =
+      PQconnectStart(runtime::maintenance_conninfo(
+                         cfg_, cfg_.shards[static_cast<std::size_t>(shard)], "pgshard-deadlock")
+                         .c_str());
   if (!s.conn || PQstatus(pg(s.conn)) == CONNECTION_BAD || PQsocket(pg(s.conn)) < 0) {
     fail(s, s.conn ? PQerrorMessage(pg(s.conn)) : "out of memory");
     return;

@@ -17,7 +17,6 @@ struct RecoveryResult {
   int errors = 0;  // shards that could not be reached or statements that failed
 };
 
-
 // Only this instance's transactions (log.prefix()) are touched. `at_startup`: undecided ones
 // are rolled back too (nothing can be committing them); later passes only finish decided
 // commits.

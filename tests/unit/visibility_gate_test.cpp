@@ -226,7 +226,7 @@ TEST_CASE("the cluster gate's coordinator statement: one lock, in name order, wi
   // Every instance locks the same tables in the same order whatever its map's order, so two
   // instances never wait on each other; a repeated shard is locked once; names are quoted.
   CHECK(runtime::coordinator_lock_sql(Mode::kRead, {"s2", "s0", "s2", "we\"ird"},
-                                  std::chrono::milliseconds(2000)) ==
+                                      std::chrono::milliseconds(2000)) ==
         "BEGIN; SET LOCAL lock_timeout = 2000; LOCK TABLE ONLY pgshard_gate.\"s0\", "
         "pgshard_gate.\"s2\", pgshard_gate.\"we\"\"ird\" IN SHARE MODE");
   // Commit phases share ROW EXCLUSIVE with each other; it conflicts with readers' SHARE.
