@@ -1,0 +1,517 @@
+// The route the parser's analysis gives a statement: the target it names (any shard, every
+// shard, the unsharded policy...), or the shards its key values are placed on, with the
+// lookups (directory, catalog, generated keys) a route may need first and the INSERT split
+// into one statement per shard.
+#include <algorithm>
+#include <boost/container/flat_set.hpp>
+#include <boost/container/small_vector.hpp>
+#include <memory>
+
+#include "protocol/codec.hpp"
+#include "proxy/router/hashing.hpp"
+#include "proxy/router/placement.hpp"
+#include "proxy/router/router_internal.hpp"
+
+namespace pgshard::router::detail {
+
+namespace {
+
+// The shards a statement's keys name, in order, each once (no allocation for a few).
+using ShardSet =
+    boost::container::flat_set<int, std::less<int>, boost::container::small_vector<int, 8>>;
+
+std::string shard_list(const ShardSet& shards, const config::Config& cfg) {
+  std::string out;
+  for (int i : shards)
+    out += (out.empty() ? "" : ", ") + cfg.shards[static_cast<std::size_t>(i)].name;
+  return out;
+}
+
+void every_shard(Route& r, const config::Config& cfg) {
+  r.shard = 0;
+  r.shards.clear();
+  if (cfg.shards.size() > 1)
+    for (int i = 0; i < static_cast<int>(cfg.shards.size()); ++i) r.shards.push_back(i);
+}
+
+bool is_integer(config::KeyType t) {
+  return t == config::KeyType::kInt2 || t == config::KeyType::kInt4 || t == config::KeyType::kInt8;
+}
+
+bool param_is_null(const protocol::Bind& bind, int n) {
+  return n >= 1 && static_cast<std::size_t>(n) <= bind.params.size() &&
+         !bind.params[static_cast<std::size_t>(n - 1)];
+}
+
+// The type the statement's Parse declared for parameter `n` (0: unspecified or unknown).
+int32_t declared_type(const Context& ctx, int n) {
+  if (!ctx.param_types || n < 1 || static_cast<std::size_t>(n) > ctx.param_types->size()) return 0;
+  return (*ctx.param_types)[static_cast<std::size_t>(n - 1)];
+}
+
+Route refuse(std::string message, std::string hint = {}) {
+  Route r;
+  r.kind = RouteKind::kError;
+  r.error = protocol::error(protocol::sqlstate::kFeatureNotSupported, std::move(message), {},
+                            std::move(hint));
+  return r;
+}
+
+// The generated columns (other than the key) an INSERT of `rows` VALUES rows leaves to the
+// database, with how many rows do: left out of the column list (every row), DEFAULT in
+// their place, or (without a column list) rows that stop before the column.
+std::vector<Route::GenerateColumn> columns_to_generate(
+    const Analysis& a, const std::vector<GeneratedColumn>& generated, std::size_t rows) {
+  std::vector<Route::GenerateColumn> out;
+  for (const auto& g : generated) {
+    int count = 0;
+    if (!a.positional.empty()) {
+      const auto at = static_cast<std::size_t>(g.position);
+      for (const auto& row : a.positional)
+        count += at >= row.size() || (row[at] && row[at]->kind == KeyValue::Kind::kGenerate);
+    } else {
+      const auto named = std::find(a.insert_columns.begin(), a.insert_columns.end(), g.name);
+      count = named == a.insert_columns.end()
+                  ? static_cast<int>(rows)
+                  : a.insert_defaults[static_cast<std::size_t>(named - a.insert_columns.begin())];
+    }
+    if (count > 0) out.push_back({g, count, !a.positional.empty()});
+  }
+  return out;
+}
+
+// A read of tables every shard holds alike: the client's shard, else the next in turn.
+int reference_read_shard(const config::Config& cfg, const Context& ctx) {
+  const int n = static_cast<int>(cfg.shards.size());
+  if (ctx.attached) return *ctx.attached;
+  return ctx.round_robin ? static_cast<int>((*ctx.round_robin)++ % n) : 0;
+}
+
+// What the route takes from the analysis whatever the target: what the statement is and
+// what it does to the session.
+void take_statement(Route& r, const Analysis& a, const Context& ctx) {
+  r.write = a.write || a.ddl;
+  r.ddl = a.ddl;
+  r.takes_snapshot = a.takes_snapshot;
+  r.replicated = a.replicated;
+  r.copy_out_header = a.copy_out_header;
+  r.transaction_modes = a.transaction_modes;
+  if (ctx.reasons) r.reason = a.reason;
+  r.concat_safe = a.concat_safe;
+  r.merge_blocker = a.merge_blocker;
+  r.merge = a.merge;
+  take_session_effects(r, a);
+}
+
+// Tables outside the map, by the `unsharded` policy.
+void route_unsharded(const Analysis& a, const config::Config& cfg, const Context& ctx, Route& r) {
+  switch (cfg.unsharded.policy) {
+    case config::Unsharded::Policy::kReject:
+      r = refuse("statement uses tables that are not in pgshard's shard map (unsharded: reject)",
+                 "add the tables to sharded_tables or reference_tables, set unsharded, or use a "
+                 "shard hint");
+      return;
+    case config::Unsharded::Policy::kShard:
+      r.shard = cfg.unsharded.shard;
+      if (ctx.reasons)
+        r.reason = "unsharded table: shard " + cfg.shards[static_cast<std::size_t>(r.shard)].name;
+      return;
+    case config::Unsharded::Policy::kAll:
+      // Every shard keeps a copy of the table, as of a reference table: writes go to
+      // all (one shard's reply stands), reads to one.
+      if (!r.write) {
+        r.shard = reference_read_shard(cfg, ctx);
+        if (ctx.reasons) r.reason = "unsharded table read (unsharded: all): one shard";
+        return;
+      }
+      every_shard(r, cfg);
+      r.replicated = true;
+      if (!r.shards.empty() && a.copy_in) r.copy_in = a.copy_in;
+      if (ctx.reasons) r.reason = "unsharded table write (unsharded: all): every shard";
+      return;
+  }
+}
+
+// Every target but kKeys: where it sends the statement.
+void route_target(const Analysis& a, const config::Config& cfg, const Context& ctx, Route& r) {
+  const int fallback = ctx.attached.value_or(0);
+  switch (a.target) {
+    case Analysis::Target::kUnparsed:
+      // PostgreSQL reports its own syntax error; send it where unsharded statements go.
+      r.shard = cfg.unsharded.policy == config::Unsharded::Policy::kShard ? cfg.unsharded.shard
+                                                                          : fallback;
+      return;
+    case Analysis::Target::kSequenceHome:
+      r.shard = 0;
+      return;
+    case Analysis::Target::kInsertSelect:
+      // Run: the session runs the SELECT and puts its rows in, then routes again. Only
+      // described: any shard describes it alike.
+      if (ctx.describe_only) {
+        r.shard = fallback;
+        return;
+      }
+      r.kind = RouteKind::kLookup;
+      r.insert_select = true;
+      return;
+    case Analysis::Target::kAnyShard:
+      r.shard = fallback;
+      return;
+    case Analysis::Target::kReferenceRead:
+      r.shard = reference_read_shard(cfg, ctx);
+      return;
+    case Analysis::Target::kAllShards:
+      every_shard(r, cfg);
+      return;
+    case Analysis::Target::kError:
+      r = refuse(a.error, a.hint);
+      return;
+    case Analysis::Target::kUnsharded:
+      route_unsharded(a, cfg, ctx, r);
+      return;
+    case Analysis::Target::kCopyIn:
+      every_shard(r, cfg);
+      if (r.shards.empty()) return;  // one shard: plain forwarding
+      r.copy_in = a.copy_in;
+      r.copy_table = a.copy_in->replicate ? -1 : a.table;
+      return;
+    case Analysis::Target::kKeys:
+      return;
+  }
+}
+
+// A lookup of the table's columns in the catalog before the statement can be routed.
+void look_up_columns(const Analysis& a, Route& r) {
+  r = Route{};
+  r.kind = RouteKind::kLookup;
+  r.column_lookups.push_back(a.table);
+}
+
+// INSERT without a column list: each row's key sits at the key column's place in the
+// table's column order, which the session reads from the catalog first. False when the
+// route is settled without the keys (a lookup, a refusal, or no such table).
+bool positional_keys(const Analysis& a, const config::ShardedTable& table, const Context& ctx,
+                     Route& r, std::vector<KeyValue>& keys) {
+  const auto position =
+      ctx.columns ? ctx.columns->key_position(table.qualified_name()) : std::nullopt;
+  if (!position) {
+    look_up_columns(a, r);
+    return false;
+  }
+  if (*position < 0) {
+    // No such table (or column) on the shards: PostgreSQL says which.
+    r.shard = ctx.attached.value_or(0);
+    return false;
+  }
+  for (const auto& row : a.positional) {
+    const auto at = static_cast<std::size_t>(*position);
+    if (at >= row.size()) {
+      r = refuse("INSERT into sharded table \"" + table.table + "\" must set its shard key \"" +
+                     table.column + "\" (column " + std::to_string(at + 1) +
+                     " of the table; this row has " + std::to_string(row.size()) + " values)",
+                 "give every row a value for " + table.column);
+      return false;
+    }
+    if (!row[at]) {
+      r = refuse("the shard key of an INSERT must be a constant or a parameter",
+                 "compute the key in the application");
+      return false;
+    }
+    keys.push_back(*row[at]);
+  }
+  return true;
+}
+
+// Rows that leave the key, or another generated column, to the column's default: the
+// session gets one generated value for each from the sequence's home, puts them in the
+// statement and routes it again (a statement only described runs nowhere: any shard
+// describes it). True when the route is such a lookup (or the catalog's first).
+bool generates_values(const Analysis& a, const std::vector<KeyValue>& keys,
+                      const config::ShardedTable& table, const Context& ctx, Route& r) {
+  const auto generate = std::count_if(keys.begin(), keys.end(), [](const KeyValue& k) {
+    return k.kind == KeyValue::Kind::kGenerate;
+  });
+  std::vector<Route::GenerateColumn> columns;
+  // (A Query string of several statements is sent as it is: its INSERT is not rewritten.)
+  if (a.insert && a.statements == 1 && !ctx.describe_only && ctx.columns && !keys.empty()) {
+    const auto* generated = ctx.columns->generated(table.qualified_name());
+    if (!generated) {
+      look_up_columns(a, r);
+      return true;
+    }
+    columns = columns_to_generate(a, *generated, keys.size());
+  }
+  if (!generate && columns.empty()) return false;
+  if (ctx.describe_only) {
+    r.shard = ctx.attached.value_or(0);
+    return true;
+  }
+  r = Route{};
+  r.kind = RouteKind::kLookup;
+  r.generate_table = a.table;
+  r.generate_count = static_cast<int>(generate);
+  r.generate_columns = std::move(columns);
+  return true;
+}
+
+// Where a statement's key values put its rows: each key read from its literal or from the
+// request's Bind, and placed by the table's sharding function.
+struct KeyPlacement {
+  KeyPlacement(const config::ShardedTable& t, int index, const config::Config& cfg,
+               const Context& context)
+      : table(t), table_index(index), n(static_cast<int>(cfg.shards.size())), ctx(context) {}
+
+  void read(const std::vector<KeyValue>& keys);
+
+  const config::ShardedTable& table;
+  const int table_index;
+  const int n;  // shards
+  const Context& ctx;
+  ShardSet shards;
+  bool unknown = false;  // a parameter we do not have (Describe without Bind)
+  std::string placement_error;
+  // INSERT: the shard of each VALUES row (no allocation for a few).
+  boost::container::small_vector<int, 8> row_shard;
+  std::vector<std::pair<int, std::string>> lookups;
+  std::string keys_text;
+  int undecodable = 0;  // the parameter number of a key we could not read
+  // Each key's text, literal or a Bind parameter's value, in row order (a split INSERT).
+  std::vector<std::string> key_texts;
+
+ private:
+  void add(std::string_view text);
+  void add_known(const std::string& text);
+};
+
+void KeyPlacement::add(std::string_view text) {
+  auto p = place_key(table, text, n, ctx.directory, table_index);
+  if (p.needs_lookup) {
+    lookups.emplace_back(table_index, config::canonical_key(table.type, text));
+    return;
+  }
+  if (!p.shard && p.error.empty() && is_integer(table.type)) {
+    // 42.0 compares equal to the integer 42 in PostgreSQL.
+    auto dot = text.find('.');
+    if (dot != std::string_view::npos &&
+        text.find_first_not_of('0', dot + 1) == std::string_view::npos && dot > 0)
+      p = place_key(table, text.substr(0, dot), n, ctx.directory, table_index);
+  }
+  row_shard.push_back(p.shard.value_or(-1));
+  if (p.shard)
+    shards.insert(*p.shard);
+  else if (!p.error.empty())
+    placement_error = p.error;
+  else
+    unknown = true;  // not a valid key: PostgreSQL will say so on any shard
+}
+
+// A key whose text is known (a literal, a parameter's value): a row of its own.
+void KeyPlacement::add_known(const std::string& text) {
+  key_texts.push_back(text);
+  add(text);
+  if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + text;
+}
+
+void KeyPlacement::read(const std::vector<KeyValue>& keys) {
+  for (const auto& k : keys) {
+    if (k.kind == KeyValue::Kind::kLiteral) {
+      add_known(k.literal);
+    } else if (!ctx.bind) {
+      unknown = true;
+    } else if (param_is_null(*ctx.bind, k.param)) {
+      unknown = true;  // key = NULL matches no row
+    } else if (k.kind == KeyValue::Kind::kParam) {
+      if (auto v = param_text(*ctx.bind, k.param, table.type, declared_type(ctx, k.param)))
+        add_known(*v);
+      else
+        undecodable = k.param;
+    } else if (auto vs = array_param(*ctx.bind, k.param, table.type)) {
+      for (const auto& v : *vs) add(v);
+      if (vs->empty()) unknown = true;
+    } else {
+      undecodable = k.param;
+    }
+  }
+}
+
+// What the keys settle before their shards count: a key that cannot be read, directory
+// entries to look up, a key no shard takes, or no key to place by. False: the shards decide.
+bool placement_settles(KeyPlacement& p, const config::Config& cfg, Route& r) {
+  if (p.undecodable) {
+    // A key we cannot read is never guessed: reads go everywhere, writes are refused.
+    if (r.write) {
+      r = refuse("cannot read the shard key from parameter $" + std::to_string(p.undecodable) +
+                     " (its binary format is not one pgshard decodes for " +
+                     config::to_string(p.table.type) + ")",
+                 "send the parameter in text format");
+      return true;
+    }
+    every_shard(r, cfg);
+    return true;
+  }
+  if (!p.lookups.empty()) {
+    r = Route{};
+    r.kind = RouteKind::kLookup;
+    r.lookups = std::move(p.lookups);
+    return true;
+  }
+  if (!p.placement_error.empty() && r.write) {
+    r = Route{};
+    r.kind = RouteKind::kError;
+    r.error = protocol::error("23514", p.placement_error, {},
+                              "add a range or list entry for it, or a default shard");
+    return true;
+  }
+  if (p.shards.empty()) {
+    // Nothing to place by: the statement cannot match rows (NULL or invalid key) or is only
+    // being described; any shard gives PostgreSQL's answer.
+    r.shard = p.ctx.attached.value_or(0);
+    if (p.ctx.reasons && p.unknown) r.reason += " (key not known yet)";
+    return true;
+  }
+  return false;
+}
+
+// UPDATE ... SET key = value that would move rows to another shard: refused.
+bool moves_rows(const Analysis& a, const KeyPlacement& p, const config::Config& cfg, Route& r) {
+  if (!a.new_key) return false;
+  std::optional<std::string> text;
+  if (a.new_key->kind == KeyValue::Kind::kLiteral)
+    text = a.new_key->literal;
+  else if (p.ctx.bind)
+    text = param_text(*p.ctx.bind, a.new_key->param, p.table.type,
+                      declared_type(p.ctx, a.new_key->param));
+  if (!text) return false;
+  auto moved = place_key(p.table, *text, p.n).shard;
+  if (!moved || (p.shards.size() == 1 && *moved == *p.shards.begin())) return false;
+  r = refuse("UPDATE would move rows of \"" + p.table.table + "\" to another shard (" +
+                 p.table.column + " = " + *text + " belongs on shard " +
+                 cfg.shards[static_cast<std::size_t>(*moved)].name + ")",
+             "delete the row and insert it again with the new key");
+  return true;
+}
+
+// Rows for several shards: one INSERT per shard, built by the deparser. Every row's key must
+// be known: a literal, or a parameter whose value this Bind carries (the parts are built
+// again for each Bind). False when refused.
+bool split_rows(std::string_view sql, std::size_t keys, const KeyPlacement& p,
+                const config::Config& cfg, Route& r) {
+  std::optional<std::vector<std::pair<int, std::string>>> parts;
+  if (p.key_texts.size() == keys && p.row_shard.size() == keys &&
+      std::find(p.row_shard.begin(), p.row_shard.end(), -1) == p.row_shard.end())
+    parts = split_insert(sql, p.row_shard);
+  if (!parts) {
+    r = refuse("INSERT rows belong on different shards (" + shard_list(p.shards, cfg) +
+                   ") and this INSERT cannot be split (parameters or expressions)",
+               "insert the rows in separate statements");
+    return false;
+  }
+  r.per_shard_sql = std::move(*parts);
+  r.insert_row_shards.assign(p.row_shard.begin(), p.row_shard.end());
+  for (const auto& k : p.key_texts) r.insert_row_keys.push_back(key_identity(p.table.type, k));
+  r.insert_key_column = p.table.column;
+  r.insert_key_type = p.table.type;
+  if (p.ctx.reasons) r.reason += ": split into one INSERT per shard";
+  return true;
+}
+
+// kKeys: the shards the statement's key values are placed on.
+void route_by_keys(const Analysis& a, std::string_view sql, const config::Config& cfg,
+                   const Context& ctx, Route& r) {
+  const auto& table = cfg.sharded_tables[static_cast<std::size_t>(a.table)];
+  std::vector<KeyValue> positional;
+  if (!a.positional.empty() && !positional_keys(a, table, ctx, r, positional)) return;
+  const auto& keys = a.positional.empty() ? a.keys : positional;
+  if (generates_values(a, keys, table, ctx, r)) return;
+  KeyPlacement p(table, a.table, cfg, ctx);
+  p.read(keys);
+  if (placement_settles(p, cfg, r) || moves_rows(a, p, cfg, r)) return;
+  if (ctx.reasons)
+    r.reason += " " + table.column + "=" + p.keys_text + " (" + config::to_string(table.type) +
+                " " + config::to_string(table.function) + ")";
+  if (p.shards.size() == 1) {
+    r.shard = *p.shards.begin();
+    return;
+  }
+  if (a.insert && !split_rows(sql, keys.size(), p, cfg, r)) return;
+  r.shard = *p.shards.begin();
+  r.shards.assign(p.shards.begin(), p.shards.end());
+}
+
+Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_view sql,
+                       const config::Config& cfg, const Context& ctx) {
+  // (One named result, returned once: the Route, large, is built in the caller's place.)
+  Route r;
+  r.names_unique_id = a->names_unique_id;
+  if (a->unique_ids > 0) {
+    // Run: the ids are put in first. Only described: any shard describes it alike.
+    if (ctx.describe_only)
+      r.shard = ctx.attached.value_or(0);
+    else
+      r.kind = RouteKind::kLookup;
+    r.unique_ids = !ctx.describe_only;
+  } else {
+    take_statement(r, *a, ctx);
+    if (a->target == Analysis::Target::kKeys)
+      route_by_keys(*a, sql, cfg, ctx, r);
+    else
+      route_target(*a, cfg, ctx, r);
+  }
+  return r;
+}
+
+}  // namespace
+
+std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::Config& cfg,
+                                            const Context& ctx) {
+  if (ctx.analysis) return *ctx.analysis;
+  if (ctx.cache) return ctx.cache->get(sql, cfg);
+  return std::make_shared<const Analysis>(analyze_statement(sql, cfg));
+}
+
+// (Most statements have none of these: an empty vector is not copied, a call each.)
+template <typename Vector>
+void copy_unless_both_empty(Vector& to, const Vector& from) {
+  if (!from.empty() || !to.empty()) to = from;
+}
+
+void take_session_effects(Route& r, const Analysis& a) {
+  copy_unless_both_empty(r.settings, a.settings);
+  r.pins = a.pins;
+  r.prepared_statements_view = a.prepared_statements_view;
+  copy_unless_both_empty(r.user_functions, a.user_functions);
+  r.signal_call = a.signal_call;
+  copy_unless_both_empty(r.temp_tables, a.temp_tables);
+  copy_unless_both_empty(r.schema_objects, a.schema_objects);
+  r.drops = a.drops;
+  r.txn = a.txn;
+  if (!a.gid.empty()) r.gid = a.gid;
+  r.controls_txn = a.controls_txn;
+  r.cursor_op = a.cursor_op;
+  if (a.cursor_op != Analysis::CursorOp::kNone) r.cursor = a.cursor;
+  r.cursor_hold = a.cursor_hold;
+}
+
+Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx) {
+  std::shared_ptr<const Analysis> a = analysis_of(sql, cfg, ctx);
+  // (Every return names `r`: the Route, large, is built in the caller's place.)
+  Route r = by_parser_placed(a, sql, cfg, ctx);
+  if (a->statements > 1 && r.kind == RouteKind::kShard && r.shards.size() > 1 && !r.ddl) {
+    // Each statement would need its own merge (and one implicit transaction across the
+    // shards); concatenating the shards' answers would be wrong, so refuse the whole Query.
+    // DDL scripts run shard by shard and answer once (migrations send them whole).
+    r = refuse("a Query of several statements that needs several shards is not supported",
+               "send the statements one at a time, or keep them on one shard");
+  }
+  if (a->cursor_op == Analysis::CursorOp::kDeclare && r.kind == RouteKind::kShard &&
+      r.shards.size() > 1 && !r.replicated) {
+    // A cursor lives in one server session; FETCH from one shard's cursor would return that
+    // shard's rows only. Merged cursors are not done: refused, never part of the answer.
+    r = refuse("DECLARE CURSOR over a query that needs several shards is not supported",
+               "add the shard key to the cursor's query (or a shard hint), or run the query "
+               "without a cursor");
+  }
+  return r;
+}
+
+}  // namespace pgshard::router::detail
