@@ -8,7 +8,6 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/copy_split.hpp"
 #include "proxy/executor/executor.hpp"
-#include "proxy/executor/unique_id.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/runtime/params.hpp"
 #include "proxy/runtime/worker.hpp"
@@ -553,7 +552,7 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
     const auto node = co_await node_for_ids(c, why);
     if (!node) co_return why;
     for (int i = 0; i < count; ++i) {
-      const auto id = unique_id(*node, default_expr == "pgshard.unique_id_53()");
+      const auto id = c.worker().shared().ids.next(*node, default_expr == "pgshard.unique_id_53()");
       if (!id)
         co_return "pgshard.unique_id_53() needs a node below 64 (this instance's is " +
             std::to_string(*node) + ")";
@@ -579,14 +578,10 @@ awaitable<std::string> generate_keys(Client& c, int table, int count,
   co_return std::string();
 }
 
-namespace {
-std::atomic<bool> g_unique_id_declared{false};
-}  // namespace
-
 awaitable<std::optional<int>> node_for_ids(Client& c, std::string& why) {
   asio::steady_timer timer(co_await asio::this_coro::executor);
   for (int waited = 0;; waited += 20) {
-    if (auto node = current_node(c.config())) co_return node;
+    if (auto node = c.worker().shared().ids.current_node(c.config())) co_return node;
     if (waited >= 3000) break;
     timer.expires_after(std::chrono::milliseconds(20));
     co_await timer.async_wait(use_nothrow);
@@ -599,7 +594,7 @@ awaitable<std::optional<int>> node_for_ids(Client& c, std::string& why) {
 }
 
 awaitable<void> declare_unique_id(Client& c) {
-  if (g_unique_id_declared.load(std::memory_order_relaxed)) co_return;
+  if (c.worker().shared().unique_id_declared.load(std::memory_order_relaxed)) co_return;
   // Declared on every shard so statements naming them prepare, describe and take them as a
   // column default there; called on a shard directly (not through pgshard) they fail.
   static const std::string kDeclare =
@@ -631,7 +626,7 @@ awaitable<void> declare_unique_id(Client& c) {
       all = false;
     }
   }
-  if (all) g_unique_id_declared.store(true, std::memory_order_relaxed);
+  if (all) c.worker().shared().unique_id_declared.store(true, std::memory_order_relaxed);
 }
 
 awaitable<std::string> resolve_columns(Client& c, const std::vector<int>& tables) {

@@ -16,6 +16,7 @@
 #include "proxy/runtime/cancel.hpp"
 #include "proxy/runtime/decision_log.hpp"
 #include "proxy/runtime/stats.hpp"
+#include "proxy/runtime/unique_id.hpp"
 #include "proxy/runtime/visibility_gate.hpp"
 
 namespace pgshard::runtime {
@@ -53,6 +54,8 @@ struct Shared {
   // Bumped by DDL through pgshard: what was read of the shards' catalogs (column
   // collations, functions' effects on settings) is read again.
   std::atomic<uint64_t> catalog_generation{1};
+  GlobalIds ids;  // pgshard.unique_id(): its generators and node lease
+  std::atomic<bool> unique_id_declared{false};  // on every shard, once per process
   std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
   VisibilityGate visibility;                 // cross-shard commits vs multi-shard snapshots

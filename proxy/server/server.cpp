@@ -441,7 +441,7 @@ int Server::run() {
         workers_[static_cast<std::size_t>(v.txn.worker)]->cancel_victim(v);
       });
   deadlocks_->start();
-  node_lease_.start(cfg);
+  shared_.ids.start_lease(cfg);
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
   stats_thread_ = std::thread([this] {
     // Every stats period: the shards' totals, for SHOW STATS averages.
@@ -464,7 +464,7 @@ int Server::run() {
   main_ctx_.run();
   if (http_) http_->stop();
   deadlocks_->stop();
-  node_lease_.stop();
+  shared_.ids.stop_lease();
   for (auto& w : workers_) w->stop();
   for (auto& w : workers_) w->join();
   shared_.shutting_down = true;

@@ -18,7 +18,6 @@
 
 #include "config/config.hpp"
 #include "proxy/asio.hpp"
-#include "proxy/executor/unique_id.hpp"
 #include "proxy/runtime/worker.hpp"
 #include "proxy/txn/deadlock.hpp"
 
@@ -94,7 +93,6 @@ class Server {
   asio::io_context main_ctx_{1};
   std::thread recovery_thread_;
   std::optional<txn::DeadlockDetector> deadlocks_;
-  executor::NodeLease node_lease_;  // pgshard.unique_id()'s node, when no node_id is set
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
   std::thread stats_thread_;  // marks the stats periods (SHOW STATS averages)

@@ -14,7 +14,7 @@
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/distributed.hpp"
 #include "proxy/executor/executor.hpp"
-#include "proxy/executor/unique_id.hpp"
+#include "proxy/runtime/unique_id.hpp"
 #include "proxy/log_limit.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
@@ -1232,7 +1232,7 @@ awaitable<std::string> Session::put_unique_ids() {
   const bool ok =
       rewrite_statement(pending_, statements_, [&](std::string_view sql, const proto::Bind*) {
         return router::with_unique_ids(sql, [&](bool js_safe) {
-          auto id = executor::unique_id(*node, js_safe);
+          auto id = worker_.shared().ids.next(*node, js_safe);
           if (!id)
             err = "pgshard.unique_id_53() needs a node below 64 (this instance's is " +
                   std::to_string(*node) + ")";

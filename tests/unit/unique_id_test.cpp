@@ -1,13 +1,14 @@
 // pgshard.unique_id(): the Snowflake layout, growth, and the 53-bit variant's bounds.
-#include "proxy/executor/unique_id.hpp"
+#include "proxy/runtime/unique_id.hpp"
 
 #include <catch2/catch.hpp>
 #include <set>
 
-using pgshard::executor::unique_id;
-using pgshard::executor::unique_id_parts;
+using pgshard::runtime::unique_id_parts;
 
 TEST_CASE("unique ids grow, carry the node, and stay within their bits", "[unique_id]") {
+  pgshard::runtime::GlobalIds ids;  // (each test has its own)
+  auto unique_id = [&](int node, bool js_safe) { return ids.next(node, js_safe); };
   std::set<int64_t> seen;
   int64_t last = 0;
   for (int i = 0; i < 20000; ++i) {  // more than one millisecond's sequence: borrows ahead

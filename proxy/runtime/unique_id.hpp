@@ -20,14 +20,12 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
+#include <string>
 #include <thread>
 
 #include "config/config.hpp"
 
-namespace pgshard::executor {
-
-// nullopt when `node` does not fit the variant (unique_id_53 with node >= 64).
-std::optional<int64_t> unique_id(int node, bool js_safe);
+namespace pgshard::runtime {
 
 // The id's parts, for tests: milliseconds since the epoch above, node, sequence.
 struct UniqueIdParts {
@@ -37,23 +35,41 @@ struct UniqueIdParts {
 };
 UniqueIdParts unique_id_parts(int64_t id, bool js_safe);
 
-// The node to make ids with now: the configured node_id, else the lease's (nullopt while
-// no confirmed lease is held).
-std::optional<int> current_node(const config::Config& cfg);
-
-// Holds the lease (when the config sets no node_id) on a thread of its own.
-class NodeLease {
+// The process's ids (one per process, in runtime::Shared): the two generators and the
+// node lease, held (when the config sets no node_id) on a thread of its own.
+class GlobalIds {
  public:
-  void start(const config::Config& cfg);
-  void stop();
-  ~NodeLease() { stop(); }
+  GlobalIds() = default;
+  GlobalIds(const GlobalIds&) = delete;
+  GlobalIds& operator=(const GlobalIds&) = delete;
+  ~GlobalIds() { stop_lease(); }
+
+  // nullopt when `node` does not fit the variant (unique_id_53 with node >= 64).
+  std::optional<int64_t> next(int node, bool js_safe);
+  // The node to make ids with now: the configured node_id, else the lease's (nullopt while
+  // no confirmed lease is held).
+  std::optional<int> current_node(const config::Config& cfg) const;
+
+  void start_lease(const config::Config& cfg);
+  void stop_lease();
 
  private:
-  void run(std::string conninfo);
+  struct Generator {
+    std::mutex mu;
+    int64_t last_millis = 0;
+    int64_t sequence = 0;
+  };
+  void run_lease(std::string conninfo);
+
+  Generator wide_, safe_;
+  // The lease, as the lease thread keeps it.
+  std::atomic<int> node_{-1};
+  std::atomic<int64_t> usable_from_{0};  // steady ns: the grace after taking the lease
+  std::atomic<int64_t> confirmed_{0};    // steady ns: when the last confirmation was sent
   std::thread thread_;
   std::mutex mu_;
   std::condition_variable wake_;
   bool stopping_ = false;
 };
 
-}  // namespace pgshard::executor
+}  // namespace pgshard::runtime

@@ -1,5 +1,5 @@
 // Snowflake-style ids and the node lease: see unique_id.hpp.
-#include "proxy/executor/unique_id.hpp"
+#include "proxy/runtime/unique_id.hpp"
 
 #include <libpq-fe.h>
 #include <spdlog/spdlog.h>
@@ -9,9 +9,9 @@
 #include <string>
 #include <utility>
 
-#include "proxy/txn/recovery.hpp"
+#include "proxy/runtime/maintenance.hpp"
 
-namespace pgshard::executor {
+namespace pgshard::runtime {
 
 namespace {
 
@@ -28,16 +28,6 @@ struct Layout {
 constexpr Layout kWide{10, 12};
 constexpr Layout kJsSafe{6, 6};
 
-struct Generator {
-  std::mutex mu;
-  int64_t last_millis = 0;
-  int64_t sequence = 0;
-};
-
-Generator& generator(bool js_safe) {
-  static Generator wide, safe;
-  return js_safe ? safe : wide;
-}
 
 using Steady = std::chrono::steady_clock;
 int64_t steady_ns() {
@@ -45,21 +35,17 @@ int64_t steady_ns() {
       .count();
 }
 
-// The lease, as the lease thread keeps it.
-std::atomic<int> g_node{-1};
-std::atomic<int64_t> g_usable_from{0};  // steady ns: the grace after taking the lease
-std::atomic<int64_t> g_confirmed{0};    // steady ns: when the last confirmation was sent
 
 }  // namespace
 
-std::optional<int64_t> unique_id(int node, bool js_safe) {
+std::optional<int64_t> GlobalIds::next(int node, bool js_safe) {
   const Layout l = js_safe ? kJsSafe : kWide;
   if (node < 0 || node >= (1 << l.node_bits)) return std::nullopt;
   const int64_t now = std::chrono::duration_cast<std::chrono::milliseconds>(
                           std::chrono::system_clock::now().time_since_epoch())
                           .count() -
                       kEpochMillis;
-  auto& g = generator(js_safe);
+  auto& g = js_safe ? safe_ : wide_;
   std::lock_guard lock(g.mu);
   if (now > g.last_millis) {
     g.last_millis = now;
@@ -79,22 +65,22 @@ UniqueIdParts unique_id_parts(int64_t id, bool js_safe) {
           static_cast<int>(id & ((1 << l.sequence_bits) - 1))};
 }
 
-std::optional<int> current_node(const config::Config& cfg) {
+std::optional<int> GlobalIds::current_node(const config::Config& cfg) const {
   if (cfg.node_id >= 0) return cfg.node_id;
-  const int node = g_node.load();
+  const int node = node_.load();
   const int64_t now = steady_ns();
-  if (node < 0 || now < g_usable_from.load() ||
-      now - g_confirmed.load() > std::chrono::nanoseconds(kValidFor).count())
+  if (node < 0 || now < usable_from_.load() ||
+      now - confirmed_.load() > std::chrono::nanoseconds(kValidFor).count())
     return std::nullopt;
   return node;
 }
 
-void NodeLease::start(const config::Config& cfg) {
+void GlobalIds::start_lease(const config::Config& cfg) {
   if (cfg.node_id >= 0 || cfg.shards.empty() || thread_.joinable()) return;
   stopping_ = false;
   thread_ =
-      std::thread(&NodeLease::run, this,
-                  runtime::maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
+      std::thread(&GlobalIds::run_lease, this,
+                  maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
                       // In the maintenance database: the lock is not among the
                       // application database's pg_locks (what one PostgreSQL would
                       // show there), and every instance takes it in the same place.
@@ -102,7 +88,7 @@ void NodeLease::start(const config::Config& cfg) {
                       "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
 }
 
-void NodeLease::stop() {
+void GlobalIds::stop_lease() {
   {
     std::lock_guard lock(mu_);
     stopping_ = true;
@@ -111,7 +97,7 @@ void NodeLease::stop() {
   if (thread_.joinable()) thread_.join();
 }
 
-void NodeLease::run(std::string conninfo) {
+void GlobalIds::run_lease(std::string conninfo) {
   auto pause = [&](Steady::duration d) {
     std::unique_lock lock(mu_);
     return !wake_.wait_for(lock, d, [&] { return stopping_; });
@@ -138,9 +124,9 @@ void NodeLease::run(std::string conninfo) {
       continue;
     }
     const int node = std::stoi(PQgetvalue(got.get(), 0, 0));
-    g_confirmed = steady_ns();
-    g_usable_from = steady_ns() + std::chrono::nanoseconds(kGrace).count();
-    g_node = node;
+    confirmed_ = steady_ns();
+    usable_from_ = steady_ns() + std::chrono::nanoseconds(kGrace).count();
+    node_ = node;
     spdlog::info("node id lease: node {} for pgshard.unique_id()", node);
     while (pause(kBeat)) {
       const int64_t sent = steady_ns();
@@ -149,11 +135,11 @@ void NodeLease::run(std::string conninfo) {
         spdlog::warn("node id lease: lost node {} ({})", node, PQerrorMessage(conn.get()));
         break;
       }
-      g_confirmed = sent;
+      confirmed_ = sent;
     }
-    g_node = -1;
+    node_ = -1;
   } while (pause(std::chrono::milliseconds(500)));
-  g_node = -1;
+  node_ = -1;
 }
 
-}  // namespace pgshard::executor
+}  // namespace pgshard::runtime
