@@ -28,13 +28,11 @@ struct Layout {
 constexpr Layout kWide{10, 12};
 constexpr Layout kJsSafe{6, 6};
 
-
 using Steady = std::chrono::steady_clock;
 int64_t steady_ns() {
   return std::chrono::duration_cast<std::chrono::nanoseconds>(Steady::now().time_since_epoch())
       .count();
 }
-
 
 }  // namespace
 
@@ -78,14 +76,13 @@ std::optional<int> GlobalIds::current_node(const config::Config& cfg) const {
 void GlobalIds::start_lease(const config::Config& cfg) {
   if (cfg.node_id >= 0 || cfg.shards.empty() || thread_.joinable()) return;
   stopping_ = false;
-  thread_ =
-      std::thread(&GlobalIds::run_lease, this,
-                  maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
-                      // In the maintenance database: the lock is not among the
-                      // application database's pg_locks (what one PostgreSQL would
-                      // show there), and every instance takes it in the same place.
-                      " dbname=postgres keepalives=1 keepalives_idle=1 "
-                      "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
+  thread_ = std::thread(&GlobalIds::run_lease, this,
+                        maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
+                            // In the maintenance database: the lock is not among the
+                            // application database's pg_locks (what one PostgreSQL would
+                            // show there), and every instance takes it in the same place.
+                            " dbname=postgres keepalives=1 keepalives_idle=1 "
+                            "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
 }
 
 void GlobalIds::stop_lease() {

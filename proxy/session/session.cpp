@@ -14,10 +14,10 @@
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/distributed.hpp"
 #include "proxy/executor/executor.hpp"
-#include "proxy/runtime/unique_id.hpp"
 #include "proxy/log_limit.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
+#include "proxy/runtime/unique_id.hpp"
 #include "proxy/runtime/worker.hpp"
 
 namespace pgshard::session {
