@@ -238,21 +238,14 @@ awaitable<bool> Session::welcome() {
                   proto::msg::kSync);
     co_return false;
   }
-  for (const auto& [k, v] : *server)
-    if (synced_reported(k)) client_params_[k] = v;
-  for (auto& [k, v] : wanted) client_params_[canonical_parameter(k)] = v;
-  {
-    Params canonical;
-    for (auto& [k, v] : wanted) canonical[canonical_parameter(k)] = v;
-    wanted = std::move(canonical);
-  }
-  params_fingerprint_ = fingerprint(client_params_);
-  startup_params_ = client_params_;
-  sent_params_ = std::move(wanted);
+  take_startup_params(*server, std::move(wanted));
+  co_return co_await send_welcome(*server);
+}
 
+awaitable<bool> Session::send_welcome(const Params& server) {
   std::string out;
   proto::Authentication{proto::auth::kOk, {}}.write(out);
-  auto announced = *server;
+  auto announced = server;
   for (const auto& [k, v] : client_params_)
     if (pool::is_reported_parameter(k)) announced[k] = v;
   announced["session_authorization"] = user_->name;

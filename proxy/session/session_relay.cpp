@@ -75,14 +75,6 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     ++relays_;
     filter.reset();
     auto& conn = *link->lease;
-    // Once the client has left, a server being reset is read until its reset is answered; any
-    // other stops (it may never answer a request its client abandoned), and is discarded
-    // unless it is idle and owes nothing.
-    auto stop_for_gone_client = [&] {
-      if (!client_gone_ || (link->resetting && !conn.broken)) return false;
-      conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
-      return true;
-    };
     for (;;) {
       bool lost = false;
       if (link->done) break;
@@ -94,16 +86,11 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       // The client left while this server was lent or between reads: finish() found no read
       // to cancel, and an idle server would never answer one (it would keep its transaction,
       // and its locks, open for as long as pgshard runs).
-      if (stop_for_gone_client()) break;
+      if (stop_for_gone_client(*link)) break;
       {
         const error_code ec = std::get<0>(co_await conn.read_some());
         if (ec == asio::error::operation_aborted && !conn.broken) {
-          if (link->done) break;
-          if (link == backends_.active && can_detach(*link)) {
-            release(link);
-            break;
-          }
-          if (link->closing && conn.replies.own_owed() == 0) break;
+          if (read_interrupted(link)) break;
           continue;
         }
         if (ec) lost = true;
@@ -123,74 +110,21 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         }
       }
       if (lost) {
-        // A session-pooled or pinned client's server session is its session (settings,
-        // prepared statements, temporary tables, LISTEN): ended by the server
-        // (pg_terminate_backend, the shard shutting down), the client's ends with the
-        // server's FATAL, as on PostgreSQL (before: the next statement ran on a fresh server
-        // without them).
-        std::string fatal;
-        if (!client_gone_ && !conn.replies.fatal.empty() &&
-            (pinned_ || user_->pool_mode == config::PoolMode::kSession))
-          proto::write_error(fatal, proto::fatal(conn.replies.fatal_code.empty()
-                                                     ? std::string(sqlstate::kAdminShutdown)
-                                                     : conn.replies.fatal_code,
-                                                 conn.replies.fatal));
-        std::string notice;
-        server_lost(link, notice);
-        if (!relay.empty()) co_await write_client(relay);
-        if (!fatal.empty()) {
-          co_await write_client(fatal);
-          stream_.close();
-        } else if (!notice.empty()) {
-          co_await write_client(notice);
-        }
+        co_await relay_lost(link, relay);
         break;
       }
       if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&
           !co_await write_client(relay))
         conn.broken = true;
       conn.rbuf.consume(used);
-      if (stop_for_gone_client()) break;
-      if (conn.replies.client_owed() == 0 && !open_extended_) {
-        last_activity_ = coarse_now();
-        drained_.notify_all();
-        if (terminate_requested_) maybe_close_for_shutdown();  // (its statement is answered)
-      }
-      if (link->closing && conn.replies.empty()) {
-        if (client_gone_ && conn.replies.tag == "SELECT 1") {
-          spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(),
-                        conn.id());
-          conn.broken = true;
-        }
-        break;
-      }
-      if (link == backends_.active && can_detach(*link)) {
-        release(link);
-        break;
-      }
+      if (stop_for_gone_client(*link) || relay_ends(link)) break;
     }
     // Hand the server back once the request writer is done with it, and once a
     // multi-shard statement that borrowed it has given it back (the link can end while it
     // is lent: the client left, the transaction ended).
     while (writing_server_) co_await server_write_done_.wait();
     co_await backends_.given_back(*link);
-    if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
-    if (!link->done) {
-      link->done = true;
-      if (backends_.forget(*link)) open_extended_ = false;
-    }
-    link->lease.release();
-    --relays_;
-    drained_.notify_all();
-    maybe_close_for_shutdown();
-    // The next server the session takes is relayed by this coroutine (start_relay), unless
-    // the session is ending or another relay waits already; its link too, when nothing
-    // else holds it.
-    if (link.use_count() == 1 && !spare_link_) {
-      *link = Link{};
-      spare_link_ = std::move(link);
-    }
-    link.reset();
+    link_finished(link);
     if (state_ == State::kClosing || client_gone_ || next_relay_.waiting()) break;
     self.reset();  // a waiting relay must not keep its session alive
     worker_.parked_relays().park(*this);
@@ -198,6 +132,95 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     link = std::move(next_link_);
     if (link) self = shared_from_this();
   }
+}
+
+bool Session::stop_for_gone_client(Link& link) {
+  // Once the client has left, a server being reset is read until its reset is answered; any
+  // other stops (it may never answer a request its client abandoned), and is discarded
+  // unless it is idle and owes nothing.
+  auto& conn = *link.lease;
+  if (!client_gone_ || (link.resetting && !conn.broken)) return false;
+  conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
+  return true;
+}
+
+bool Session::read_interrupted(const std::shared_ptr<Link>& link) {
+  // The relay's read was cancelled, the server not broken: true when its relay ends.
+  if (link->done) return true;
+  if (link == backends_.active && can_detach(*link)) {
+    release(link);
+    return true;
+  }
+  return link->closing && link->lease->replies.own_owed() == 0;
+}
+
+awaitable<void> Session::relay_lost(const std::shared_ptr<Link>& link, std::string_view relay) {
+  auto& conn = *link->lease;
+  // A session-pooled or pinned client's server session is its session (settings,
+  // prepared statements, temporary tables, LISTEN): ended by the server
+  // (pg_terminate_backend, the shard shutting down), the client's ends with the
+  // server's FATAL, as on PostgreSQL (before: the next statement ran on a fresh server
+  // without them).
+  std::string fatal;
+  if (!client_gone_ && !conn.replies.fatal.empty() &&
+      (pinned_ || user_->pool_mode == config::PoolMode::kSession))
+    proto::write_error(fatal, proto::fatal(conn.replies.fatal_code.empty()
+                                               ? std::string(sqlstate::kAdminShutdown)
+                                               : conn.replies.fatal_code,
+                                           conn.replies.fatal));
+  std::string notice;
+  server_lost(link, notice);
+  if (!relay.empty()) co_await write_client(relay);
+  if (!fatal.empty()) {
+    co_await write_client(fatal);
+    stream_.close();
+  } else if (!notice.empty()) {
+    co_await write_client(notice);
+  }
+}
+
+bool Session::relay_ends(const std::shared_ptr<Link>& link) {
+  // After a relayed reply: the client's requests answered, the server closing once it
+  // owes nothing, or free to go back to the pool.
+  auto& conn = *link->lease;
+  if (conn.replies.client_owed() == 0 && !open_extended_) {
+    last_activity_ = coarse_now();
+    drained_.notify_all();
+    if (terminate_requested_) maybe_close_for_shutdown();  // (its statement is answered)
+  }
+  if (link->closing && conn.replies.empty()) {
+    if (client_gone_ && conn.replies.tag == "SELECT 1") {
+      spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(), conn.id());
+      conn.broken = true;
+    }
+    return true;
+  }
+  if (link == backends_.active && can_detach(*link)) {
+    release(link);
+    return true;
+  }
+  return false;
+}
+
+void Session::link_finished(std::shared_ptr<Link>& link) {
+  auto& conn = *link->lease;
+  if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
+  if (!link->done) {
+    link->done = true;
+    if (backends_.forget(*link)) open_extended_ = false;
+  }
+  link->lease.release();
+  --relays_;
+  drained_.notify_all();
+  maybe_close_for_shutdown();
+  // The next server the session takes is relayed by this coroutine (start_relay), unless
+  // the session is ending or another relay waits already; its link too, when nothing
+  // else holds it.
+  if (link.use_count() == 1 && !spare_link_) {
+    *link = Link{};
+    spare_link_ = std::move(link);
+  }
+  link.reset();
 }
 
 awaitable<bool> Session::drain() {

@@ -13,6 +13,20 @@ namespace pgshard::session {
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
+void Session::take_startup_params(const Params& server, Params wanted) {
+  for (const auto& [k, v] : server)
+    if (synced_reported(k)) client_params_[k] = v;
+  for (auto& [k, v] : wanted) client_params_[canonical_parameter(k)] = v;
+  {
+    Params canonical;
+    for (auto& [k, v] : wanted) canonical[canonical_parameter(k)] = v;
+    wanted = std::move(canonical);
+  }
+  params_fingerprint_ = fingerprint(client_params_);
+  startup_params_ = client_params_;
+  sent_params_ = std::move(wanted);
+}
+
 std::string Session::restore_startup_sql(const std::vector<router::SettingChange>& changes) const {
   // The server resets a reported setting to its own default and says so with
   // ParameterStatus; PostgreSQL resets to the value the session started with. Only where
