@@ -87,6 +87,44 @@ std::string ddl_request(Client& c, std::deque<bool>& hidden) {
   return out;
 }
 
+// The shard's own error, with a detail saying where the statement took effect.
+void write_ddl_error(Client& c, const router::Route& route, std::string_view error_frame,
+                     const std::vector<std::string>& applied, const std::string& failed_shard,
+                     std::string& out) {
+  auto fields = proto::ErrorFields::parse(std::string_view(error_frame).substr(5));
+  std::string applied_list, pending_list;
+  for (const auto& a : applied) applied_list += (applied_list.empty() ? "" : ", ") + a;
+  bool after = false;
+  for (int shard : route.shards) {
+    const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
+    if (name == failed_shard) after = true;
+    if (after) pending_list += (pending_list.empty() ? "" : ", ") + name;
+  }
+  proto::ErrorInfo e = proto::error(
+      fields ? fields->code() : sqlstate::kInternalError,
+      (fields ? std::string(fields->message()) : std::string("DDL failed")) + " (on shard " +
+          failed_shard + ")",
+      "applied on shard(s): " + (applied_list.empty() ? std::string("none") : applied_list) +
+          "; not applied on: " + pending_list,
+      applied.empty() ? std::string()
+                      : "repair or undo the statement on the shards that applied it");
+  proto::write_error(out, e);
+}
+
+// CREATE DATABASE from a template and DROP DATABASE are refused while any session is
+// connected to that database (55006), pgshard's idle pooled ones too: those are closed on
+// every worker, and (true) the shard is asked once more.
+awaitable<bool> retry_while_connected(Client& c, std::string_view error_frame) {
+  if (error_frame.size() <= 5) co_return false;
+  auto e = proto::ErrorFields::parse(error_frame.substr(5));
+  if (!e || e->code() != "55006") co_return false;
+  for (auto* w : c.worker().shared().workers)
+    asio::post(w->executor(), [w] { w->close_idle_other_databases(); });
+  asio::steady_timer pause(co_await asio::this_coro::executor, std::chrono::milliseconds(300));
+  co_await pause.async_wait(use_nothrow);
+  co_return true;
+}
+
 }  // namespace
 
 awaitable<void> run_ddl(Client& c, const router::Route& route) {
@@ -158,22 +196,11 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
       error_frame = e;
       failed = true;
     }
-    if (failed && !retried && error_frame && error_frame->size() > 5) {
-      // CREATE DATABASE from a template and DROP DATABASE are refused while any session is
-      // connected to that database (55006), pgshard's idle pooled ones too: those are
-      // closed on every worker, and the shard asked once more.
-      auto e = proto::ErrorFields::parse(std::string_view(*error_frame).substr(5));
-      if (e && e->code() == "55006") {
-        retried = true;
-        error_frame.reset();
-        for (auto* w : c.worker().shared().workers)
-          asio::post(w->executor(), [w] { w->close_idle_other_databases(); });
-        asio::steady_timer pause(co_await asio::this_coro::executor,
-                                 std::chrono::milliseconds(300));
-        co_await pause.async_wait(use_nothrow);
-        --k;
-        continue;
-      }
+    if (failed && !retried && error_frame && co_await retry_while_connected(c, *error_frame)) {
+      retried = true;
+      error_frame.reset();
+      --k;
+      continue;
     }
     if (failed) {
       failed_shard = name;
@@ -183,25 +210,7 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
     applied.push_back(name);
   }
   if (error_frame) {
-    // The shard's own error, with a detail saying where the statement took effect.
-    auto fields = proto::ErrorFields::parse(std::string_view(*error_frame).substr(5));
-    std::string applied_list, pending_list;
-    for (const auto& a : applied) applied_list += (applied_list.empty() ? "" : ", ") + a;
-    bool after = false;
-    for (int shard : route.shards) {
-      const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
-      if (name == failed_shard) after = true;
-      if (after) pending_list += (pending_list.empty() ? "" : ", ") + name;
-    }
-    proto::ErrorInfo e = proto::error(
-        fields ? fields->code() : sqlstate::kInternalError,
-        (fields ? std::string(fields->message()) : std::string("DDL failed")) + " (on shard " +
-            failed_shard + ")",
-        "applied on shard(s): " + (applied_list.empty() ? std::string("none") : applied_list) +
-            "; not applied on: " + pending_list,
-        applied.empty() ? std::string()
-                        : "repair or undo the statement on the shards that applied it");
-    proto::write_error(out, e);
+    write_ddl_error(c, route, *error_frame, applied, failed_shard, out);
   } else {
     out += first_tag;
   }

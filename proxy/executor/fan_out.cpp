@@ -78,12 +78,18 @@ class FanOut {
   awaitable<bool> connect();
   awaitable<bool> join(int shard, Leg& leg);
   // Settings, BEGIN for an atomic write, the request.
+  // The shards' collation and each leg's column collations, for a merge that orders;
+  // false after failing the statement.
+  awaitable<bool> read_collations(const merge::Collation*& collation);
   awaitable<void> send();
   awaitable<void> read(const merge::Collation* collation);
+  CombineOptions combine_options(const merge::Collation* collation) const;
   awaitable<bool> next_reply(Leg& leg, int i, Combiner& combiner);
   void stop_leg(Leg& leg);
   // An atomic write commits on every shard or on none.
   awaitable<void> end_write();
+  // The statement's error, or a partial result's warning, ahead of ReadyForQuery.
+  void end_answer();
   // A read over several shards whose snapshots must not split a cross-shard commit.
   bool gated_read() const;
   // The visibility gate for the shards of the statement's live legs.
@@ -252,25 +258,9 @@ awaitable<void> FanOut::run() {
   }
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
-  if (plan_ && !legs_.empty()) {
-    std::string err;
-    collation = co_await shard_collation(c_, *legs_[0].conn, &err);
-    if (!collation) {
-      fail(proto::error(sqlstate::kFeatureNotSupported, err));
-      co_await c_.write_client(out_);
-      co_return;
-    }
-    for (auto& leg : legs_) {
-      if (leg.failed) continue;
-      leg.collations = co_await column_collations(c_, leg.shard, *leg.conn, *collation);
-      if (!leg.collations) {
-        fail(proto::error(sqlstate::kConnectionFailure,
-                          "could not read the column collations of shard " +
-                              c_.config().shards[static_cast<std::size_t>(leg.shard)].name));
-        co_await c_.write_client(out_);
-        co_return;
-      }
-    }
+  if (plan_ && !legs_.empty() && !co_await read_collations(collation)) {
+    co_await c_.write_client(out_);
+    co_return;
   }
   co_await send();
   if (gate.held()) {
@@ -283,6 +273,32 @@ awaitable<void> FanOut::run() {
   // In a transaction block, a failure on any shard fails the whole transaction (25P02 until
   // it ends), as one PostgreSQL would — also a read that ran on fresh servers.
   if (failure_ || error_sent_) c_.fail_transaction();
+  end_answer();
+  out_ += proto::ready_for_query(c_.transaction_status());
+  co_await c_.write_client(out_);
+}
+
+awaitable<bool> FanOut::read_collations(const merge::Collation*& collation) {
+  std::string err;
+  collation = co_await shard_collation(c_, *legs_[0].conn, &err);
+  if (!collation) {
+    fail(proto::error(sqlstate::kFeatureNotSupported, err));
+    co_return false;
+  }
+  for (auto& leg : legs_) {
+    if (leg.failed) continue;
+    leg.collations = co_await column_collations(c_, leg.shard, *leg.conn, *collation);
+    if (!leg.collations) {
+      fail(proto::error(sqlstate::kConnectionFailure,
+                        "could not read the column collations of shard " +
+                            c_.config().shards[static_cast<std::size_t>(leg.shard)].name));
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+void FanOut::end_answer() {
   if (failure_) {
     proto::write_error(out_, *failure_);
   } else if (!missing_.empty()) {
@@ -294,8 +310,6 @@ awaitable<void> FanOut::run() {
     // The warning goes before the final ReadyForQuery (notices may come at any time).
     proto::write_notice(out_, warning);
   }
-  out_ += proto::ready_for_query(c_.transaction_status());
-  co_await c_.write_client(out_);
 }
 
 bool FanOut::build_request() {
@@ -426,33 +440,7 @@ awaitable<void> FanOut::send() {
   }
 }
 
-awaitable<void> FanOut::read(const merge::Collation* collation) {
-  // A CancelRequest from the client reaches every shard of the statement.
-  std::vector<pool::ServerConn*> running;
-  for (auto& leg : legs_) running.push_back(leg.conn);
-  c_.running_on(std::move(running));
-  // A client that leaves stops the statement on every shard (cancelled, servers discarded)
-  // instead of having pgshard read every shard to the end for nobody; so does a shard that
-  // takes longer than timeouts.shard_statement.
-  auto stop_all = [this](bool client_left) {
-    for (auto& leg : legs_)
-      if (!leg.done && !leg.failed) {
-        leg.abandoned = leg.abandoned || client_left;
-        leg.timed_out = true;  // cancelled on its shard (stop_leg)
-        error_code ignored;
-        leg.conn->socket().cancel(ignored);
-      }
-  };
-  auto watch = std::make_shared<ClientWatch>(c_.worker().executor());
-  asio::co_spawn(c_.worker().executor(), c_.watch_client(watch, [stop_all] { stop_all(true); }),
-                 asio::detached);
-  asio::steady_timer deadline(co_await asio::this_coro::executor);
-  if (c_.config().timeouts.shard_statement.count() > 0) {
-    deadline.expires_after(c_.config().timeouts.shard_statement);
-    deadline.async_wait([stop_all](error_code ec) {
-      if (!ec) stop_all(false);  // (cancelled: the statement finished in time)
-    });
-  }
+CombineOptions FanOut::combine_options(const merge::Collation* collation) const {
   CombineOptions options;
   options.plan = plan_;
   options.collation = collation;
@@ -480,7 +468,37 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
     options.key_column = route_.insert_key_column;
     options.key_type = route_.insert_key_type;
   }
-  Combiner combiner(static_cast<int>(legs_.size()), std::move(options));
+  return options;
+}
+
+awaitable<void> FanOut::read(const merge::Collation* collation) {
+  // A CancelRequest from the client reaches every shard of the statement.
+  std::vector<pool::ServerConn*> running;
+  for (auto& leg : legs_) running.push_back(leg.conn);
+  c_.running_on(std::move(running));
+  // A client that leaves stops the statement on every shard (cancelled, servers discarded)
+  // instead of having pgshard read every shard to the end for nobody; so does a shard that
+  // takes longer than timeouts.shard_statement.
+  auto stop_all = [this](bool client_left) {
+    for (auto& leg : legs_)
+      if (!leg.done && !leg.failed) {
+        leg.abandoned = leg.abandoned || client_left;
+        leg.timed_out = true;  // cancelled on its shard (stop_leg)
+        error_code ignored;
+        leg.conn->socket().cancel(ignored);
+      }
+  };
+  auto watch = std::make_shared<ClientWatch>(c_.worker().executor());
+  asio::co_spawn(c_.worker().executor(), c_.watch_client(watch, [stop_all] { stop_all(true); }),
+                 asio::detached);
+  asio::steady_timer deadline(co_await asio::this_coro::executor);
+  if (c_.config().timeouts.shard_statement.count() > 0) {
+    deadline.expires_after(c_.config().timeouts.shard_statement);
+    deadline.async_wait([stop_all](error_code ec) {
+      if (!ec) stop_all(false);  // (cancelled: the statement finished in time)
+    });
+  }
+  Combiner combiner(static_cast<int>(legs_.size()), combine_options(collation));
   combiner.out() = std::move(out_);
   out_.clear();
   for (std::size_t i = 0; i < legs_.size(); ++i)
