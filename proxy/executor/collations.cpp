@@ -1,9 +1,8 @@
 // Collations the merge of rows from several shards orders text by: the shards' database
 // collation, read once per worker, and the columns with other collations, per catalog generation.
-#include "proxy/executor/fan_out_parts.hpp"
-
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/executor/fan_out_parts.hpp"
 #include "proxy/server/server.hpp"
 
 namespace pgshard::executor {
@@ -49,7 +48,7 @@ awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
 }
 
 awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
-                                                          std::string* error) {
+                                                   std::string* error) {
   if (const auto* known = c.worker().collation()) co_return known;
   std::string name;
   const bool ok = co_await conn.run_own(

@@ -1,7 +1,5 @@
 // DDL outside a transaction, run on every shard in shard order (run_ddl), and the catalog
 // generation it moves on.
-#include "proxy/executor/fan_out_parts.hpp"
-
 #include <atomic>
 #include <deque>
 #include <set>
@@ -10,6 +8,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/executor/fan_out_parts.hpp"
 #include "proxy/server/server.hpp"
 
 namespace pgshard::executor {

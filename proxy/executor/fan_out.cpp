@@ -46,7 +46,6 @@ struct Leg {
   std::shared_ptr<const merge::ColumnCollations> collations;
 };
 
-
 // The simple-protocol Query messages in `bytes` (pgshard's own prelude): one ReadyForQuery each.
 int count_queries(std::string_view bytes) {
   int n = 0;

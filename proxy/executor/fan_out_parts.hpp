@@ -23,12 +23,12 @@ namespace pgshard::executor {
 // The shards' version of an extended-protocol batch; false after writing a refusal to
 // `out`.
 bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-                           std::string& request, pool::Replies& expected,
-                           std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                           int32_t& max_rows, std::string& out, const std::string& names);
+                    std::string& request, pool::Replies& expected, std::optional<int64_t>& limit,
+                    std::optional<int64_t>& offset, int32_t& max_rows, std::string& out,
+                    const std::string& names);
 // The shards' text collation, read once per worker.
 awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
-                                                          std::string* error);
+                                                   std::string* error);
 // The shard's columns with other collations than the database's (null: unreadable).
 awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
     Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database);

@@ -1,11 +1,10 @@
 // The shards' version of a client's extended-protocol batch run across shards (ShardBatch).
-#include "proxy/executor/fan_out_parts.hpp"
-
 #include <set>
 
 #include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/executor/fan_out_parts.hpp"
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/server/server.hpp"
@@ -208,9 +207,9 @@ bool ShardBatch::build(std::optional<int64_t>& limit, std::optional<int64_t>& of
 }  // namespace
 
 bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-                           std::string& request, pool::Replies& expected,
-                           std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                           int32_t& max_rows, std::string& out, const std::string& names) {
+                    std::string& request, pool::Replies& expected, std::optional<int64_t>& limit,
+                    std::optional<int64_t>& offset, int32_t& max_rows, std::string& out,
+                    const std::string& names) {
   std::string why, hint;
   ShardBatch batch(c, plan, override_sql, request, expected);
   if (batch.build(limit, offset, max_rows, names, why, hint)) return true;

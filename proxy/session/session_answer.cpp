@@ -1,13 +1,12 @@
 // Answers pgshard gives itself: routing answers and refusals, failures as failures.hpp rules
 // them, and pg_cancel_backend / pg_terminate_backend of a client's pid.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 
 namespace pgshard::session {
 

@@ -1,7 +1,5 @@
 // The client's socket: reads (and the watch while pgshard waits on shards), writes, and the
 // loop that gathers the client's messages into requests up to a boundary.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 #include <sys/socket.h>
 
@@ -10,6 +8,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 #include "proxy/session/session_internal.hpp"
 
 namespace pgshard::session {

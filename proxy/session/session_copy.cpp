@@ -1,8 +1,7 @@
 // COPY FROM STDIN relayed to one server: its data streamed through, and what breaks it.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
+#include "proxy/session/session.hpp"
 
 namespace pgshard::session {
 

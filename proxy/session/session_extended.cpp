@@ -1,7 +1,5 @@
 // Extended-protocol batches: a pipeline over several shards run as one transaction, a batch
 // that moves shards mid-way, skipping to Sync, and pgshard's own replies to a batch.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -9,6 +7,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 
 namespace pgshard::session {
 

@@ -1,11 +1,10 @@
 // The relay's request side: a keyed request forwarded to its shard's server (attached from
 // the session's own or the pool), with pgshard's preludes put ahead of it.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 #include "proxy/session/session_internal.hpp"
 
 namespace pgshard::session {

@@ -1,7 +1,5 @@
 // A session's life: admission and login, the welcome, the idle timeout, cancel and
 // terminate requests, shutdown, and the end that hands its servers back or closes them.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -10,6 +8,7 @@
 #include "proxy/admin/console.hpp"
 #include "proxy/log_limit.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 #include "proxy/session/session_internal.hpp"
 
 namespace pgshard::session {

@@ -1,13 +1,12 @@
 // The relay's reply side: a server's replies streamed back to the client (server_loop), a
 // lost server answered, and the waits for what a server still owes.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
 
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 
 namespace pgshard::session {
 
@@ -164,10 +163,10 @@ awaitable<void> Session::relay_lost(const std::shared_ptr<Link>& link, std::stri
   std::string fatal;
   if (!client_gone_ && !conn.replies.fatal.empty() &&
       (pinned_ || user_->pool_mode == config::PoolMode::kSession))
-    proto::write_error(fatal, proto::fatal(conn.replies.fatal_code.empty()
-                                               ? std::string(sqlstate::kAdminShutdown)
-                                               : conn.replies.fatal_code,
-                                           conn.replies.fatal));
+    proto::write_error(
+        fatal, proto::fatal(conn.replies.fatal_code.empty() ? std::string(sqlstate::kAdminShutdown)
+                                                            : conn.replies.fatal_code,
+                            conn.replies.fatal));
   std::string notice;
   server_lost(link, notice);
   if (!relay.empty()) co_await write_client(relay);

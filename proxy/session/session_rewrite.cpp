@@ -1,7 +1,5 @@
 // Statements pgshard completes before routing them again: directory lookups, generated keys,
 // INSERT ... SELECT rows, pgshard.unique_id() values.
-#include "proxy/session/session.hpp"
-
 #include "protocol/messages.hpp"
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/executor.hpp"
@@ -9,6 +7,7 @@
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 
 namespace pgshard::session {
 

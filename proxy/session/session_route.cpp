@@ -1,7 +1,5 @@
 // A request routed and handed to its action: forward to one shard, fan out, COPY, answer
 // locally; what the route says of the session (hints, pinning, cursors) taken on.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -9,6 +7,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 #include "proxy/session/session_internal.hpp"
 
 namespace pgshard::session {

@@ -1,11 +1,10 @@
 // The client's settings: SET/RESET tracked to their outcome, synced to each server it gets,
 // and settings a function changed adopted after a check.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 #include "proxy/session/session_internal.hpp"
 
 namespace pgshard::session {

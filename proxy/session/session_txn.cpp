@@ -1,11 +1,10 @@
 // The client's transaction as pgshard runs it: BEGIN/COMMIT/ROLLBACK it answers or
 // coordinates, savepoint limits, snapshot checks, and the deadlock detector's victims.
-#include "proxy/session/session.hpp"
-
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
 #include "proxy/server/server.hpp"
+#include "proxy/session/session.hpp"
 #include "proxy/txn/distributed.hpp"
 
 namespace pgshard::session {
