@@ -13,12 +13,13 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/combiner.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/executor/fan_out_parts.hpp"
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/runtime/cancel.hpp"
-#include "proxy/runtime/cluster_gate.hpp"
-#include "proxy/runtime/params.hpp"
 #include "proxy/runtime/worker.hpp"
+#include "proxy/runtime/params.hpp"
+#include "proxy/runtime/cluster_gate.hpp"
 
 namespace pgshard::executor {
 
@@ -44,23 +45,6 @@ struct Leg {
   // Its columns' collations other than the database's (read when rows are merged).
   std::shared_ptr<const merge::ColumnCollations> collations;
 };
-
-}  // namespace
-
-// The shards' version of an extended-protocol batch; false after writing a refusal to
-// `out`.
-static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-                           std::string& request, pool::Replies& expected,
-                           std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                           int32_t& max_rows, std::string& out, const std::string& names);
-// The shards' text collation, read once per worker.
-static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
-                                                          std::string* error);
-// The shard's columns with other collations than the database's (null: unreadable).
-static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
-    Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database);
-
-namespace {
 
 // The simple-protocol Query messages in `bytes` (pgshard's own prelude): one ReadyForQuery each.
 int count_queries(std::string_view bytes) {
@@ -93,12 +77,18 @@ class FanOut {
   awaitable<bool> connect();
   awaitable<bool> join(int shard, Leg& leg);
   // Settings, BEGIN for an atomic write, the request.
+  // The shards' collation and each leg's column collations, for a merge that orders;
+  // false after failing the statement.
+  awaitable<bool> read_collations(const merge::Collation*& collation);
   awaitable<void> send();
   awaitable<void> read(const merge::Collation* collation);
+  CombineOptions combine_options(const merge::Collation* collation) const;
   awaitable<bool> next_reply(Leg& leg, int i, Combiner& combiner);
   void stop_leg(Leg& leg);
   // An atomic write commits on every shard or on none.
   awaitable<void> end_write();
+  // The statement's error, or a partial result's warning, ahead of ReadyForQuery.
+  void end_answer();
   // A read over several shards whose snapshots must not split a cross-shard commit.
   bool gated_read() const;
   // The visibility gate for the shards of the statement's live legs.
@@ -241,7 +231,7 @@ awaitable<void> FanOut::run() {
   }
   // DDL inside the client's transaction runs in it on every shard, like any write there:
   // its COMMIT (two-phase across shards) or ROLLBACK decides everywhere.
-  if (route_.ddl) c_.worker().shared().catalog_generation.fetch_add(1);
+  if (route_.ddl) catalog_changed(c_);
   auto& backends = c_.backends();
   if (backends.active && !c_.session_pooled() && !in_txn_) c_.release(backends.active);
   if (!build_request() || !co_await connect()) {
@@ -267,25 +257,9 @@ awaitable<void> FanOut::run() {
   }
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
-  if (plan_ && !legs_.empty()) {
-    std::string err;
-    collation = co_await shard_collation(c_, *legs_[0].conn, &err);
-    if (!collation) {
-      fail(proto::error(sqlstate::kFeatureNotSupported, err));
-      co_await c_.write_client(out_);
-      co_return;
-    }
-    for (auto& leg : legs_) {
-      if (leg.failed) continue;
-      leg.collations = co_await column_collations(c_, leg.shard, *leg.conn, *collation);
-      if (!leg.collations) {
-        fail(proto::error(sqlstate::kConnectionFailure,
-                          "could not read the column collations of shard " +
-                              c_.config().shards[static_cast<std::size_t>(leg.shard)].name));
-        co_await c_.write_client(out_);
-        co_return;
-      }
-    }
+  if (plan_ && !legs_.empty() && !co_await read_collations(collation)) {
+    co_await c_.write_client(out_);
+    co_return;
   }
   co_await send();
   if (gate.held()) {
@@ -298,6 +272,32 @@ awaitable<void> FanOut::run() {
   // In a transaction block, a failure on any shard fails the whole transaction (25P02 until
   // it ends), as one PostgreSQL would — also a read that ran on fresh servers.
   if (failure_ || error_sent_) c_.fail_transaction();
+  end_answer();
+  out_ += proto::ready_for_query(c_.transaction_status());
+  co_await c_.write_client(out_);
+}
+
+awaitable<bool> FanOut::read_collations(const merge::Collation*& collation) {
+  std::string err;
+  collation = co_await shard_collation(c_, *legs_[0].conn, &err);
+  if (!collation) {
+    fail(proto::error(sqlstate::kFeatureNotSupported, err));
+    co_return false;
+  }
+  for (auto& leg : legs_) {
+    if (leg.failed) continue;
+    leg.collations = co_await column_collations(c_, leg.shard, *leg.conn, *collation);
+    if (!leg.collations) {
+      fail(proto::error(sqlstate::kConnectionFailure,
+                        "could not read the column collations of shard " +
+                            c_.config().shards[static_cast<std::size_t>(leg.shard)].name));
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+void FanOut::end_answer() {
   if (failure_) {
     proto::write_error(out_, *failure_);
   } else if (!missing_.empty()) {
@@ -309,8 +309,6 @@ awaitable<void> FanOut::run() {
     // The warning goes before the final ReadyForQuery (notices may come at any time).
     proto::write_notice(out_, warning);
   }
-  out_ += proto::ready_for_query(c_.transaction_status());
-  co_await c_.write_client(out_);
 }
 
 bool FanOut::build_request() {
@@ -441,33 +439,7 @@ awaitable<void> FanOut::send() {
   }
 }
 
-awaitable<void> FanOut::read(const merge::Collation* collation) {
-  // A CancelRequest from the client reaches every shard of the statement.
-  std::vector<pool::ServerConn*> running;
-  for (auto& leg : legs_) running.push_back(leg.conn);
-  c_.running_on(std::move(running));
-  // A client that leaves stops the statement on every shard (cancelled, servers discarded)
-  // instead of having pgshard read every shard to the end for nobody; so does a shard that
-  // takes longer than timeouts.shard_statement.
-  auto stop_all = [this](bool client_left) {
-    for (auto& leg : legs_)
-      if (!leg.done && !leg.failed) {
-        leg.abandoned = leg.abandoned || client_left;
-        leg.timed_out = true;  // cancelled on its shard (stop_leg)
-        error_code ignored;
-        leg.conn->socket().cancel(ignored);
-      }
-  };
-  auto watch = std::make_shared<ClientWatch>(c_.worker().executor());
-  asio::co_spawn(c_.worker().executor(), c_.watch_client(watch, [stop_all] { stop_all(true); }),
-                 asio::detached);
-  asio::steady_timer deadline(co_await asio::this_coro::executor);
-  if (c_.config().timeouts.shard_statement.count() > 0) {
-    deadline.expires_after(c_.config().timeouts.shard_statement);
-    deadline.async_wait([stop_all](error_code ec) {
-      if (!ec) stop_all(false);  // (cancelled: the statement finished in time)
-    });
-  }
+CombineOptions FanOut::combine_options(const merge::Collation* collation) const {
   CombineOptions options;
   options.plan = plan_;
   options.collation = collation;
@@ -495,7 +467,37 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
     options.key_column = route_.insert_key_column;
     options.key_type = route_.insert_key_type;
   }
-  Combiner combiner(static_cast<int>(legs_.size()), std::move(options));
+  return options;
+}
+
+awaitable<void> FanOut::read(const merge::Collation* collation) {
+  // A CancelRequest from the client reaches every shard of the statement.
+  std::vector<pool::ServerConn*> running;
+  for (auto& leg : legs_) running.push_back(leg.conn);
+  c_.running_on(std::move(running));
+  // A client that leaves stops the statement on every shard (cancelled, servers discarded)
+  // instead of having pgshard read every shard to the end for nobody; so does a shard that
+  // takes longer than timeouts.shard_statement.
+  auto stop_all = [this](bool client_left) {
+    for (auto& leg : legs_)
+      if (!leg.done && !leg.failed) {
+        leg.abandoned = leg.abandoned || client_left;
+        leg.timed_out = true;  // cancelled on its shard (stop_leg)
+        error_code ignored;
+        leg.conn->socket().cancel(ignored);
+      }
+  };
+  auto watch = std::make_shared<ClientWatch>(c_.worker().executor());
+  asio::co_spawn(c_.worker().executor(), c_.watch_client(watch, [stop_all] { stop_all(true); }),
+                 asio::detached);
+  asio::steady_timer deadline(co_await asio::this_coro::executor);
+  if (c_.config().timeouts.shard_statement.count() > 0) {
+    deadline.expires_after(c_.config().timeouts.shard_statement);
+    deadline.async_wait([stop_all](error_code ec) {
+      if (!ec) stop_all(false);  // (cancelled: the statement finished in time)
+    });
+  }
+  Combiner combiner(static_cast<int>(legs_.size()), combine_options(collation));
   combiner.out() = std::move(out_);
   out_.clear();
   for (std::size_t i = 0; i < legs_.size(); ++i)
@@ -572,7 +574,7 @@ void FanOut::stop_leg(Leg& leg) {
   if (leg.timed_out && leg.conn->pid()) {
     const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
     runtime::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
-                                leg.conn->pid(), leg.conn->secret());
+                               leg.conn->pid(), leg.conn->secret());
   }
 }
 
@@ -696,445 +698,6 @@ awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char
   Waiting waiting(c, "shards (fan-out)");
   FanOut statement(c, route, simple, boundary);
   co_await statement.run();
-}
-
-namespace {
-
-using Owner = pool::Replies::Owner;
-using Action = pool::Replies::Action;
-
-// The client's extended batch as the shards get it: statement names prefixed (and closed
-// again before Sync, so no shard keeps them), a Parse ahead of any Bind or Describe of a
-// statement this batch did not parse, and a Describe ahead of Execute so the merge knows
-// the column types. The replies those cause are expected hidden.
-class ShardBatch {
- public:
-  ShardBatch(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-             std::string& request, pool::Replies& expected)
-      : c_(c), plan_(plan), override_sql_(override_sql), request_(request), expected_(expected) {}
-  // False when the batch cannot run across shards (`names`): `why` and `hint` say so.
-  bool build(std::optional<int64_t>& limit, std::optional<int64_t>& offset, int32_t& max_rows,
-             const std::string& names, std::string& why, std::string& hint);
-
- private:
-  static std::string shard_name(std::string_view name) {
-    return name.empty() ? std::string() : "pgshard_fan." + std::string(name);
-  }
-  std::string_view shard_text(std::string_view sql) const;
-  // A split INSERT's part may leave out rows holding some of the client's parameters:
-  // those are declared (text, or bytea for binary values) so the Bind still fits.
-  std::vector<int32_t> shard_types(const std::vector<int32_t>& declared) const;
-  void parse_first(std::string_view name);
-  void bind(proto::Bind& b, std::optional<int64_t>& limit, std::optional<int64_t>& offset);
-  void describe(const proto::Describe& d);
-  void sync(std::string_view raw);
-
-  Client& c_;
-  const merge::MergePlan* plan_;
-  std::string_view override_sql_;
-  std::string& request_;
-  pool::Replies& expected_;
-  std::set<std::string, std::less<>> parsed_;
-  std::set<std::string, std::less<>> described_portals_;
-  std::vector<std::string> fan_names_;     // statements to close before Sync
-  std::optional<proto::Bind> first_bind_;  // the batch's first Bind (split INSERTs)
-};
-
-std::vector<int32_t> ShardBatch::shard_types(const std::vector<int32_t>& declared) const {
-  if (override_sql_.empty() || !first_bind_) return declared;
-  return router::declared_types(override_sql_, declared, *first_bind_);
-}
-
-std::string_view ShardBatch::shard_text(std::string_view sql) const {
-  if (!override_sql_.empty()) return override_sql_;
-  if (plan_ && !plan_->shard_sql.empty() &&
-      c_.worker().analysis_cache().get(sql, c_.config())->merge.get() == plan_)
-    return plan_->shard_sql;
-  return sql;
-}
-
-void ShardBatch::parse_first(std::string_view name) {
-  if (parsed_.contains(name)) return;
-  const std::string renamed = shard_name(name);  // Parse holds views: keep the name alive
-  if (!name.empty()) {
-    // A batch that failed on this server skipped its Close (an error skips to Sync): the
-    // name may still be there. Closing a name that does not exist is no error.
-    proto::Close{'S', renamed}.write(request_);
-    expected_.expect_close(Owner::kClient, Action::kHide);
-  }
-  proto::Parse{renamed, shard_text(c_.stored_text(name)), shard_types(c_.stored_types(name))}.write(
-      request_);
-  expected_.expect_parse(Owner::kClient, Action::kHide);
-  parsed_.insert(std::string(name));
-  if (!name.empty()) fan_names_.push_back(renamed);
-}
-
-void ShardBatch::bind(proto::Bind& b, std::optional<int64_t>& limit,
-                      std::optional<int64_t>& offset) {
-  parse_first(b.statement);
-  const std::string n = shard_name(b.statement);
-  b.statement = n;
-  // Helper columns come after the client's; they travel as text.
-  if (plan_ && plan_->hidden > 0 && b.result_formats.size() > 1)
-    b.result_formats.resize(b.result_formats.size() + static_cast<std::size_t>(plan_->hidden), 0);
-  if (plan_) {
-    auto resolve = [&](const merge::Bound& bound) -> std::optional<int64_t> {
-      if (bound.value) return bound.value;
-      if (bound.param <= 0) return std::nullopt;
-      auto text = router::param_text(b, bound.param, config::KeyType::kInt8);
-      if (!text) return std::nullopt;
-      return std::strtoll(text->c_str(), nullptr, 10);
-    };
-    limit = resolve(plan_->limit);
-    offset = resolve(plan_->offset);
-  }
-  b.write(request_);
-}
-
-void ShardBatch::describe(const proto::Describe& d) {
-  std::string n(d.name);
-  if (d.kind == 'S') {
-    parse_first(d.name);
-    n = shard_name(d.name);
-  } else {
-    described_portals_.insert(n);
-  }
-  proto::Describe{d.kind, n}.write(request_);
-  expected_.expect_describe(Owner::kClient, Action::kForward);
-}
-
-void ShardBatch::sync(std::string_view raw) {
-  // Shards keep nothing of the client's statements: close what was parsed here.
-  for (const auto& n : fan_names_) {
-    proto::Close{'S', n}.write(request_);
-    expected_.expect_close(Owner::kClient, Action::kHide);
-  }
-  request_.append(raw);
-  expected_.expect_ready(Owner::kClient);
-}
-
-bool ShardBatch::build(std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                       int32_t& max_rows, const std::string& names, std::string& why,
-                       std::string& hint) {
-  request_.clear();
-  expected_.clear();
-  max_rows = 0;
-  int executes = 0;
-  if (!override_sql_.empty())
-    for (const auto m : proto::frames(c_.request()))
-      if (m.frame.type == proto::msg::kBind) {
-        first_bind_ = proto::Bind::parse(m.frame.body);
-        break;
-      }
-  for (const auto m : proto::frames(c_.request())) {
-    const auto& f = m.frame;
-    switch (f.type) {
-      case proto::msg::kParse:
-        if (auto p = proto::Parse::parse(f.body)) {
-          std::string n = shard_name(p->name);
-          proto::Parse{n, shard_text(p->query), shard_types(p->param_types)}.write(request_);
-          expected_.expect_parse(Owner::kClient, p->name.empty() && c_.injected_parse(p->query)
-                                                     ? Action::kHide
-                                                     : Action::kForward);
-          parsed_.insert(std::string(p->name));
-          if (!p->name.empty()) fan_names_.push_back(n);
-        }
-        break;
-      case proto::msg::kBind:
-        if (auto b = proto::Bind::parse(f.body)) bind(*b, limit, offset);
-        break;
-      case proto::msg::kDescribe:
-        if (auto d = proto::Describe::parse(f.body)) describe(*d);
-        break;
-      case proto::msg::kExecute:
-        if (auto e = proto::Execute::parse(f.body)) {
-          ++executes;
-          // A row limit (asyncpg's fetchrow, JDBC's fetch size): the shards run the portal
-          // to the end; pgshard hands out max_rows rows and then PortalSuspended. The rest
-          // of the portal is gone, so only a batch that ends it (Sync) may do this.
-          if (e->max_rows != 0 && max_rows != 0) {
-            why = "several row-limited Executes across shards (" + names + ") in one batch";
-            hint = "fetch all rows, or add the shard key";
-            return false;
-          }
-          if (e->max_rows != 0) max_rows = e->max_rows;
-          // The merge needs the columns' types even when the client did not ask.
-          if (!described_portals_.contains(e->portal)) {
-            proto::Describe{'P', e->portal}.write(request_);
-            expected_.expect_describe(Owner::kClient, Action::kHide);
-          }
-          proto::Execute{e->portal, 0}.write(request_);
-        }
-        break;
-      case proto::msg::kClose:
-        if (auto cl = proto::Close::parse(f.body)) {
-          proto::Close{cl->kind, cl->kind == 'S' ? shard_name(cl->name) : std::string(cl->name)}
-              .write(request_);
-          expected_.expect_close(Owner::kClient, Action::kForward);
-        }
-        break;
-      case proto::msg::kSync:
-        sync(m.raw);
-        break;
-      default:
-        request_.append(m.raw);
-    }
-  }
-  if (plan_ && executes > 1) {
-    why = "several multi-shard statements in one pipelined batch";
-    hint = "send a Sync after each statement";
-    return false;
-  }
-  return true;
-}
-
-}  // namespace
-
-static bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-                           std::string& request, pool::Replies& expected,
-                           std::optional<int64_t>& limit, std::optional<int64_t>& offset,
-                           int32_t& max_rows, std::string& out, const std::string& names) {
-  std::string why, hint;
-  ShardBatch batch(c, plan, override_sql, request, expected);
-  if (batch.build(limit, offset, max_rows, names, why, hint)) return true;
-  proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported, why, {}, hint));
-  out += proto::ready_for_query(c.transaction_status());
-  return false;
-}
-
-namespace {
-
-// The client's request for every shard's fresh server: a named statement there is another
-// client's (transaction pooling) or unknown (the other shards), so each one the request
-// parses, binds or describes becomes the unnamed statement, parsed from the client's text
-// ahead of its first use. `hidden` gets, per Parse sent, whether its ParseComplete is
-// pgshard's (before: the client's name went as it was, and psycopg's prepared DDL failed
-// with 'prepared statement "_pg3_1" does not exist').
-std::string ddl_request(Client& c, std::deque<bool>& hidden) {
-  std::string out;
-  std::optional<std::string> unnamed_holds;  // the client's statement now in the unnamed one
-  // False for a name the client never parsed (the server reports it as PostgreSQL would).
-  auto use = [&](std::string_view name) {
-    if (unnamed_holds == name) return true;
-    if (c.stored_text(name).empty()) return false;
-    proto::Parse{"", c.stored_text(name), c.stored_types(name)}.write(out);
-    hidden.push_back(true);
-    unnamed_holds = std::string(name);
-    return true;
-  };
-  for (const auto m : proto::frames(c.request())) {
-    const auto& f = m.frame;
-    switch (f.type) {
-      case proto::msg::kParse:
-        if (auto p = proto::Parse::parse(f.body); p && !p->name.empty()) {
-          proto::Parse{"", p->query, p->param_types}.write(out);
-          unnamed_holds = std::string(p->name);
-        } else {
-          out.append(m.raw);
-          unnamed_holds.reset();
-        }
-        hidden.push_back(false);
-        continue;
-      case proto::msg::kBind:
-        if (auto b = proto::Bind::parse(f.body); b && !b->statement.empty() && use(b->statement)) {
-          b->statement = "";
-          b->write(out);
-          continue;
-        }
-        break;
-      case proto::msg::kDescribe:
-        if (auto d = proto::Describe::parse(f.body);
-            d && d->kind == 'S' && !d->name.empty() && use(d->name)) {
-          proto::Describe{'S', ""}.write(out);
-          continue;
-        }
-        break;
-      default:
-        break;
-    }
-    out.append(m.raw);
-  }
-  return out;
-}
-
-}  // namespace
-
-awaitable<void> run_ddl(Client& c, const router::Route& route) {
-  c.worker().shared().catalog_generation.fetch_add(1);  // what was read of the catalogs may change
-  // DDL runs on every shard in shard order and stops at the first failure; the client
-  // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
-  // works as it does on one PostgreSQL.
-  if (c.backends().active && !c.session_pooled()) c.release(c.backends().active);
-  std::string out;
-  std::vector<std::string> applied;
-  std::string first_tag;
-  std::optional<std::string> error_frame;
-  std::string failed_shard;
-  std::set<std::string> notices_seen;
-  bool retried = false;
-  for (std::size_t k = 0; k < route.shards.size(); ++k) {
-    const int shard = route.shards[k];
-    const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
-    auto got = co_await c.worker().pool(shard, c.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
-      std::string e;
-      proto::write_error(e, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
-      error_frame = e;
-      failed_shard = name;
-      break;
-    }
-    auto lease = std::move(std::get<pool::Lease>(got));
-    std::string batch = c.sync_prelude(*lease);
-    std::deque<bool> hidden_parse;
-    const std::string request = ddl_request(c, hidden_parse);
-    batch += request;
-    lease->replies.expect_batch(request, pool::Replies::Owner::kClient);
-    auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
-    lease->count_sent(n);
-    std::string replies;
-    bool failed = false;
-    bool ok = !ec &&
-              co_await lease->read_replies(
-                  c.config().listen.max_message_size,
-                  [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
-                    if (verdict == pool::Replies::Verdict::kHide) return false;
-                    if (f.type == proto::msg::kParseComplete && !hidden_parse.empty()) {
-                      const bool ours = hidden_parse.front();
-                      hidden_parse.pop_front();
-                      if (ours) return false;
-                    }
-                    switch (f.type) {
-                      case proto::msg::kErrorResponse:
-                        failed = true;
-                        error_frame = std::string(raw);
-                        break;
-                      case proto::msg::kNoticeResponse:
-                        if (notices_seen.insert(std::string(raw)).second) out.append(raw);
-                        break;
-                      case proto::msg::kReadyForQuery:
-                      case proto::msg::kParameterStatus:
-                        break;
-                      default:
-                        // The first shard's replies stand for all (tags, ParseComplete...).
-                        if (applied.empty()) replies.append(raw);
-                    }
-                    return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
-                  });
-    if (!ok) {
-      lease->broken = true;
-      std::string e;
-      proto::write_error(e, proto::error(sqlstate::kConnectionFailure,
-                                         "server connection to shard " + name + " was lost"));
-      error_frame = e;
-      failed = true;
-    }
-    if (failed && !retried && error_frame && error_frame->size() > 5) {
-      // CREATE DATABASE from a template and DROP DATABASE are refused while any session is
-      // connected to that database (55006), pgshard's idle pooled ones too: those are
-      // closed on every worker, and the shard asked once more.
-      auto e = proto::ErrorFields::parse(std::string_view(*error_frame).substr(5));
-      if (e && e->code() == "55006") {
-        retried = true;
-        error_frame.reset();
-        for (auto* w : c.worker().shared().workers)
-          asio::post(w->executor(), [w] { w->close_idle_other_databases(); });
-        asio::steady_timer pause(co_await asio::this_coro::executor,
-                                 std::chrono::milliseconds(300));
-        co_await pause.async_wait(use_nothrow);
-        --k;
-        continue;
-      }
-    }
-    if (failed) {
-      failed_shard = name;
-      break;
-    }
-    if (applied.empty()) first_tag = replies;
-    applied.push_back(name);
-  }
-  if (error_frame) {
-    // The shard's own error, with a detail saying where the statement took effect.
-    auto fields = proto::ErrorFields::parse(std::string_view(*error_frame).substr(5));
-    std::string applied_list, pending_list;
-    for (const auto& a : applied) applied_list += (applied_list.empty() ? "" : ", ") + a;
-    bool after = false;
-    for (int shard : route.shards) {
-      const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
-      if (name == failed_shard) after = true;
-      if (after) pending_list += (pending_list.empty() ? "" : ", ") + name;
-    }
-    proto::ErrorInfo e = proto::error(
-        fields ? fields->code() : sqlstate::kInternalError,
-        (fields ? std::string(fields->message()) : std::string("DDL failed")) + " (on shard " +
-            failed_shard + ")",
-        "applied on shard(s): " + (applied_list.empty() ? std::string("none") : applied_list) +
-            "; not applied on: " + pending_list,
-        applied.empty() ? std::string()
-                        : "repair or undo the statement on the shards that applied it");
-    proto::write_error(out, e);
-  } else {
-    out += first_tag;
-  }
-  out += proto::ready_for_query(c.transaction_status());
-  co_await c.write_client(out);
-}
-
-static awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
-    Client& c, int shard, pool::ServerConn& conn, const merge::Collation& database) {
-  const uint64_t generation = c.worker().shared().catalog_generation.load();
-  if (auto known = c.worker().column_collations(shard, generation)) co_return known;
-  // Table columns (not the catalogs') whose collation is not the database's ("name"
-  // columns are always "C").
-  auto read = std::make_shared<merge::ColumnCollations>();
-  const bool ok = co_await conn.run_own(
-      "SELECT a.attrelid::pg_catalog.int8, a.attnum, c.collname, c.collprovider, "
-      "c.collisdeterministic, c.collcollate, r.relname FROM pg_catalog.pg_attribute a "
-      "JOIN pg_catalog.pg_collation c ON c.oid = a.attcollation "
-      "JOIN pg_catalog.pg_class r ON r.oid = a.attrelid "
-      "JOIN pg_catalog.pg_namespace n ON n.oid = r.relnamespace "
-      "WHERE a.attnum > 0 AND NOT a.attisdropped AND a.attcollation <> 100 "
-      "AND a.atttypid <> 'pg_catalog.name'::pg_catalog.regtype "
-      "AND n.nspname NOT IN ('pg_catalog', 'information_schema') "
-      "AND n.nspname NOT LIKE 'pg\\_toast%'",
-      c.config().listen.max_message_size, [&](std::string_view body) {
-        auto row = proto::DataRow::parse(body);
-        if (!row || row->values.size() < 7 || !row->values[0] || !row->values[1]) return;
-        auto text = [&](std::size_t i) {
-          return row->values[i] ? std::string(*row->values[i]) : std::string();
-        };
-        read->relations.emplace(text(6));
-        auto e = merge::collation_entry(text(2), text(3), text(4) == "t", text(5), database);
-        if (!e) return;  // orders as the database's collation does
-        read->columns[{static_cast<uint32_t>(std::stoll(text(0))),
-                       static_cast<int16_t>(std::stoi(text(1)))}] = std::move(*e);
-      });
-  if (!ok) {
-    conn.broken = true;
-    co_return nullptr;
-  }
-  c.worker().set_column_collations(shard, generation, read);
-  co_return read;
-}
-
-static awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
-                                                          std::string* error) {
-  if (const auto* known = c.worker().collation()) co_return known;
-  std::string name;
-  const bool ok = co_await conn.run_own(
-      "SELECT datcollate FROM pg_database WHERE datname = current_database()",
-      c.config().listen.max_message_size, [&](std::string_view body) {
-        if (auto row = proto::DataRow::parse(body); row && !row->values.empty() && row->values[0])
-          name = std::string(*row->values[0]);
-      });
-  if (!ok || name.empty()) {
-    conn.broken = true;
-    *error = "could not read the shard's collation";
-    co_return nullptr;
-  }
-  const auto* opened = c.worker().set_collation(name);
-  if (!opened)
-    *error = "the shards' collation \"" + name + "\" is not available on the pgshard host";
-  co_return opened;
 }
 
 }  // namespace pgshard::executor

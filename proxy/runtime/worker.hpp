@@ -1,7 +1,7 @@
 // What one worker thread owns for its sessions and executors: its io_context, its server
 // pools, its caches (parsed statements, directory lookups, column orders, collations,
 // functions' effects on settings), the relays parked between transactions and its route
-// counters. The threads, the listener and the list of sessions belong to server::Worker,
+// counters. The threads, the listener and the list of sessions belong to runtime::Worker,
 // which implements the few operations on sessions that the layers below ask for.
 #pragma once
 
@@ -44,7 +44,7 @@ class Worker {
   void apply_config();
   int index() const { return index_; }
 
-  // ---- what the sessions on this worker are (server::Worker keeps them) ----
+  // ---- what the sessions on this worker are (runtime::Worker keeps them) ----
   // Its pools, sessions and counters now (on the worker's thread).
   virtual WorkerSnapshot snapshot() const = 0;
   // Ends the session with id `id` if it is this worker's (KILL_CLIENT); true if found.

@@ -153,6 +153,12 @@ class Session : public std::enable_shared_from_this<Session>,
   // ---- the client side ----
   awaitable<void> run();
   awaitable<bool> welcome();
+  // The client's settings as it logs in: the servers' reported ones, then those its startup
+  // packet asked for (`wanted`), which RESET returns to.
+  void take_startup_params(const Params& server, Params wanted);
+  // AuthenticationOk, the ParameterStatus of every reported setting, BackendKeyData (the
+  // session's cancel key, registered now) and ReadyForQuery.
+  awaitable<bool> send_welcome(const Params& server);
   // The admin console instead of the shards (database "pgshard").
   awaitable<void> console();
   // A CancelRequest with this session's key: cancels what its servers are running.
@@ -290,6 +296,14 @@ class Session : public std::enable_shared_from_this<Session>,
   // Puts pgshard's preludes ahead of pending_ and pushes what the server will owe.
   void prepare_request(Link& link, bool joins_transaction, char boundary);
   awaitable<void> server_loop(std::shared_ptr<Link> link);
+  // server_loop's steps: whether the client left (the relay stops); a cancelled read ends
+  // the relay (true) or reads on; a lost server answered to the client; whether the relay
+  // ends after a reply; the link's end (its server handed back, the link kept spare).
+  bool stop_for_gone_client(Link& link);
+  bool read_interrupted(const std::shared_ptr<Link>& link);
+  awaitable<void> relay_lost(const std::shared_ptr<Link>& link, std::string_view relay);
+  bool relay_ends(const std::shared_ptr<Link>& link);
+  void link_finished(std::shared_ptr<Link>& link);
   awaitable<void> finish();
   awaitable<void> idle_watch();
   awaitable<void> send_fatal(const protocol::ErrorInfo& e);

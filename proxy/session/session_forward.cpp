@@ -1,0 +1,325 @@
+// The relay's request side: a keyed request forwarded to its shard's server (attached from
+// the session's own or the pool), with pgshard's preludes put ahead of it.
+#include <spdlog/spdlog.h>
+
+#include "protocol/messages.hpp"
+#include "proxy/runtime/worker.hpp"
+#include "proxy/session/session.hpp"
+#include "proxy/session/session_internal.hpp"
+
+namespace pgshard::session {
+
+namespace proto = protocol;
+namespace sqlstate = protocol::sqlstate;
+
+namespace {
+
+// True when a batch runs a statement (Query, Execute, FunctionCall).
+bool runs_something(std::string_view batch) {
+  for (const auto m : proto::frames(batch)) {
+    const char t = m.frame.type;
+    if (t == proto::msg::kQuery || t == proto::msg::kExecute || t == proto::msg::kFunctionCall)
+      return true;
+  }
+  return false;
+}
+
+}  // namespace
+
+bool Session::forwarded_routed(router::Route& route, char boundary, std::string_view& rest) {
+  // Only a plain forward to a server the session has, or takes idle from the pool, now;
+  // nothing is done when anything else is needed (handle_routed does it all).
+  if (route.kind != router::RouteKind::kShard || route.names_unique_id || route.split_pipeline ||
+      route.txn != router::TxnControl::kNone || txn_.failed() || route.signal_call ||
+      route.controls_txn)
+    return false;
+  const auto act = router::action(route);
+  if (act != router::Action::kForward) return false;
+  const int target = route.shard;
+  if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
+  worker_.routes().count(route, act);
+  adopt(route);
+  log_forward(route, target);
+  return forwarded_now(target, boundary, rest);  // (true: the server is attached)
+}
+
+awaitable<void> Session::forward(int target, char boundary) {
+  bool joins_transaction = false;
+  if (backends_.active && backends_.active->shard != target) {
+    if (!co_await drain()) co_return;
+    if (backends_.active && !backends_.active->lease) {
+      // Its server went away while the earlier replies drained (the relay ended it).
+      co_await lost_before_request(boundary);
+      co_return;
+    }
+    const char status = backends_.active ? backends_.active->lease->status : 'I';
+    if (status == proto::txn_status::kFailed) {
+      // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
+      target = backends_.active->shard;
+    } else if (status == proto::txn_status::kInBlock && txn_.savepoints()) {
+      co_await fail(
+          Failure::kRefused,
+          proto::error(sqlstate::kFeatureNotSupported,
+                       "this transaction has savepoints on shard " +
+                           config_.shards[backends_.active->shard].name +
+                           " and the statement needs shard " + config_.shards[target].name,
+                       {}, "keep a transaction with savepoints on one shard"),
+          boundary);
+      co_return;
+    } else if (status == proto::txn_status::kInBlock) {
+      // The transaction spreads to another shard: this server waits for the commit.
+      txn_.joined();
+      joins_transaction = !backends_.move_to(target);
+    } else if (backends_.active) {
+      // Transaction pooling: the server goes back; session pooling: keep it for later.
+      auto link = std::move(backends_.active);
+      backends_.active.reset();
+      if (session_pooled()) {
+        backends_.keep(link);
+      } else {
+        link->closing = false;
+        release(link);
+      }
+    }
+  }
+  if (!backends_.active && !co_await attach(target)) {
+    pending_.clear();
+    co_return;
+  }
+  auto link = backends_.active;
+  if (!link || !link->lease) {
+    // The server was lost while this request waited for it: the client is told, never a
+    // request written to nothing (the session fuzzer's segfault at address 8).
+    co_await lost_before_request(boundary);
+    co_return;
+  }
+  prepare_request(*link, joins_transaction, boundary);
+  co_await write_server(link, pending_);
+  pending_.clear();
+}
+
+awaitable<void> Session::lost_before_request(char boundary) {
+  pending_.clear();
+  if (transaction_status() != proto::txn_status::kIdle) txn_.fail();
+  co_await fail(Failure::kServerLost,
+                proto::error(std::string(rule(Failure::kServerLost).sqlstate),
+                             "the server connection was lost before the request was sent"),
+                boundary);
+}
+
+bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
+  if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
+  const auto& link = backends_.active;
+  if (!link || !link->lease) return false;  // (forward() answers a lost server)
+  prepare_request(*link, false, boundary);
+  rest = pending_;
+  if (write_server_now(link, rest)) {
+    rest = {};
+    pending_.clear();
+  }
+  return true;
+}
+
+void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
+  auto& replies = link.lease->replies;
+  // Where the transaction's snapshot on this shard is taken (txn::Snapshots).
+  if (txn_.state() != txn::State::kIdle)
+    txn_.snapshots.sending(link.shard, worker_.shared().visibility.first_unfinished(),
+                           takes_snapshot_);
+  using Owner = pool::Replies::Owner;
+  if (joins_transaction) {
+    // A new participant opens the transaction the way the client did.
+    proto::Query{txn_.joining_begin()}.write(link.prelude);
+    replies.expect_ready(Owner::kOwn);
+  }
+  // Only a batch that binds or runs something opens the deferred transaction; a
+  // prepare-only batch (Parse/Describe) must not pin it to a shard (its ReadyForQuery is
+  // shown as 'T'). A Bind does: its portal must outlive the batch's Sync (asyncpg's cursor
+  // binds in one batch and executes in the next; before, the portal died with the implicit
+  // transaction: 'portal "__asyncpg_portal_3__" does not exist').
+  if (txn_.deferred() && binds_or_runs(pending_)) {
+    // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
+    link.prelude += txn_.take_deferred();
+    replies.expect_ready(Owner::kOwn);
+  }
+  // What the server will owe, pushed before anything is written so the reader never hands
+  // the server back while this request is on its way.
+  const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
+  if (transaction_pooled)
+    statements_.map(pending_, *link.lease);
+  else if (statements_.has_injected())
+    statements_.expect_injected(pending_, *link.lease);
+  open_extended_ = replies.expect_batch(pending_, Owner::kClient);
+  if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
+    // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
+    // the server is left idle and the statement's Bind can go to the shard its key names.
+    proto::write_empty(pending_, proto::msg::kSync);
+    replies.expect_ready(Owner::kClientHiddenSync);
+    open_extended_ = false;
+  }
+  if (transaction_pooled) pending_.insert(0, statements_.take_prefix());
+  // pgshard's closing statement goes only where the client awaits a ReadyForQuery (its
+  // request ends in Sync or is a Query): its ReadyForQuery stands in for the client's. After
+  // a Flush the client awaits none (a stray one desynchronises it: asyncpg then read the
+  // next statement's rows as this one's), and a batch that only prepares ran no function.
+  const bool ends_ready = boundary != proto::msg::kFlush;
+  if (settings_unknown_ && !pinned_ && !open_extended_ && ends_ready && runs_something(pending_)) {
+    // What a function set with set_config(…, false) or SET inside it: the server's
+    // session settings, read after the client's statement.
+    // (role is not in pg_settings: a role taken shows as current_user.)
+    if (full_check_)
+      finish_sql_ +=
+          "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings "
+          "WHERE source = 'session' UNION ALL ";
+    finish_sql_ += "SELECT 'role', current_user::text WHERE current_user <> session_user;";
+    checking_settings_ = true;
+    checked_settings_.clear();
+  }
+  if (!finish_sql_.empty() && !open_extended_ && ends_ready) {
+    // The request ends with pgshard's statement, whose ReadyForQuery is the client's.
+    replies.hide_last_client_ready();
+    proto::Query{finish_sql_}.write(pending_);
+    replies.expect_ready(Owner::kOwnFinishing);
+    finish_sql_.clear();
+  }
+  if (!link.prelude.empty()) {
+    // pgshard's own settings go first, in the same write.
+    pending_.insert(0, link.prelude);
+    link.prelude.clear();
+  }
+}
+
+std::optional<bool> Session::write_server_now(const std::shared_ptr<Link>& link,
+                                              std::string_view& bytes) {
+  error_code ec;
+  const std::size_t sent = send_now(link->lease->socket(), bytes, ec);
+  link->lease->count_sent(sent);
+  bytes.remove_prefix(sent);
+  if (!ec && !bytes.empty()) return std::nullopt;
+  return server_written(link, ec);
+}
+
+bool Session::server_written(const std::shared_ptr<Link>& link, error_code ec) {
+  if (ec) {
+    // The reader sees the same failure and tells the client.
+    link->lease->close();
+    return false;
+  }
+  // The answer may have been relayed while this write was completing: let the reader
+  // hand the server back now.
+  if (link == backends_.active && can_detach(*link)) {
+    error_code ignored;
+    link->lease->socket().cancel(ignored);
+  }
+  return true;
+}
+
+awaitable<bool> Session::write_server(const std::shared_ptr<Link>& link, std::string_view bytes) {
+  if (const auto done = write_server_now(link, bytes)) co_return *done;
+  writing_server_ = true;
+  auto [ec, n] =
+      co_await asio::async_write(link->lease->socket(), asio::buffer(bytes), use_nothrow);
+  writing_server_ = false;
+  server_write_done_.notify_all();
+  link->lease->count_sent(n);
+  co_return server_written(link, ec);
+}
+
+awaitable<bool> Session::run_ours(const std::shared_ptr<Link>& link, const std::string& sql) {
+  if (link->done || !link->lease || link->lease->broken) co_return false;
+  Waiting waiting(*this, "pgshard's own statement (run_ours)");
+  auto& replies = link->lease->replies;
+  std::string q;
+  proto::Query{sql}.write(q);
+  replies.expect_ready(pool::Replies::Owner::kOwn);
+  if (!co_await write_server(link, q)) co_return false;
+  while (!link->done && link->lease && !link->lease->broken && replies.own_owed() > 0)
+    co_await drained_.wait();
+  co_return !link->done && link->lease && replies.own_owed() == 0;
+}
+
+bool Session::attached_now(int shard) {
+  if (auto kept = backends_.take_kept(shard)) {
+    backends_.active = std::move(kept);
+    return true;
+  }
+  auto lease = pool_of(shard).lend_idle();
+  if (!lease) return false;
+  start_relay(std::move(*lease), shard);
+  return true;
+}
+
+pool::Pool& Session::pool_of(int shard) {
+  // The worker's pools live as long as it does: each shard's is looked up once per session.
+  if (pools_.empty()) pools_.resize(config_.shards.size(), nullptr);
+  auto*& known = pools_[static_cast<std::size_t>(shard)];
+  if (!known) known = &worker_.pool(shard, *user_);
+  return *known;
+}
+
+void Session::start_relay(pool::Lease lease, int shard) {
+  auto link = spare_link_ ? std::move(spare_link_) : std::make_shared<Link>();
+  link->lease = std::move(lease);
+  link->shard = shard;
+  link->prelude = sync_prelude(*link->lease);
+  backends_.active = link;
+  if (wake_relay(link)) return;  // (it runs until it waits for the server's reply)
+  asio::co_spawn(worker_.executor(), server_loop(link), asio::detached);
+}
+
+bool Session::wake_relay(std::shared_ptr<Link> link) {
+  if (!next_relay_.waiting()) return false;
+  worker_.parked_relays().unpark(*this);
+  next_link_ = std::move(link);
+  next_relay_.wake();
+  return true;
+}
+
+awaitable<bool> Session::attach(int shard) {
+  if (attached_now(shard)) co_return true;
+  auto& pool = pool_of(shard);
+  Waiting waiting(*this, "a pooled server (attach)");
+  // A wait for a busy pool ends when the client leaves: the session may hold servers of
+  // other shards in its transaction, which must not stay locked until pool_wait.
+  std::shared_ptr<ClientWatch> watch;
+  asio::cancellation_signal gone;  // outlives the watch: stop_watch below waits for its end
+  if (!pool.lends_now()) {
+    watch = std::make_shared<ClientWatch>(worker_.executor());
+    asio::co_spawn(worker_.executor(),
+                   watch_client(watch, [&gone] { gone.emit(asio::cancellation_type::terminal); }),
+                   asio::detached);
+  }
+  if (watch) pool_waiting_ = PoolWaiting{shard, &pool, &gone};
+  // (A transaction that holds a server: BEGIN alone, deferred, holds none and waits.)
+  auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot(),
+                                   backends_.in_transaction_besides(-1));
+  pool_waiting_.reset();
+  if (watch) co_await stop_watch(*watch);
+  // A deadlock victim while it waited: 40P01, even if a server came at the last moment.
+  if (!deadlock_detail_.empty()) got = "deadlock detected";
+  if (auto* err = std::get_if<std::string>(&got)) {
+    spdlog::warn("{}: {}", prefix(), *err);
+    std::string out;
+    proto::write_error(
+        out, deadlock_detail_.empty()
+                 ? failure_error(Failure::kNoServer, *err)
+                 : proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
+                                std::exchange(deadlock_detail_, {}), "Retry the transaction."));
+    out += proto::ready_for_query(transaction_status());
+    co_await write_client(out);
+    co_return false;
+  }
+  start_relay(std::move(std::get<pool::Lease>(got)), shard);
+  co_return true;
+}
+
+bool Session::session_pooled() const {
+  return pinned_ || (user_ && user_->pool_mode == config::PoolMode::kSession);
+}
+
+void Session::release(std::shared_ptr<Link> link) {
+  // By value: callers pass the active link, which this resets.
+  backends_.release(link, link == backends_.active && open_extended_);
+}
+
+}  // namespace pgshard::session

@@ -1,0 +1,88 @@
+// Helpers the files of Session's member functions share (internal to proxy/session/).
+#pragma once
+
+#include <cctype>
+#include <cstddef>
+#include <memory>
+#include <new>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "protocol/codec.hpp"
+#include "protocol/messages.hpp"
+#include "proxy/router/router.hpp"
+#include "proxy/session/statements.hpp"
+
+namespace pgshard::session {
+
+inline std::string canonical_parameter(std::string_view name) {
+  // GUC names are case-insensitive; use the spelling PostgreSQL reports.
+  std::string lower(name);
+  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  if (lower == "datestyle") return "DateStyle";
+  if (lower == "timezone") return "TimeZone";
+  if (lower == "intervalstyle") return "IntervalStyle";
+  return lower;
+}
+
+inline bool synced_reported(std::string_view name) {
+  return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
+         name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
+}
+
+// True when a batch binds or runs anything (Bind, Execute, Query, FunctionCall).
+inline bool binds_or_runs(std::string_view batch) {
+  for (const auto m : protocol::frames(batch)) {
+    const char t = m.frame.type;
+    if (t == protocol::msg::kBind || t == protocol::msg::kExecute || t == protocol::msg::kQuery ||
+        t == protocol::msg::kFunctionCall)
+      return true;
+  }
+  return false;
+}
+
+// DDL: what was learned of the catalog is learned again.
+inline void schema_changed() {
+  router::ColumnCache::schema_changed();
+  Statements::schema_changed();
+}
+
+// A Route (about 1 KB) held in a request's coroutine frame would make the frame too large
+// for Asio's per-thread frame recycling: each request would allocate and free it. Routes
+// are built in place in storage kept per worker thread instead (a few: requests nest, a
+// split pipeline runs its parts as requests).
+class RouteBox {
+ public:
+  template <typename Make>
+  explicit RouteBox(Make&& make) {
+    if (spare().empty()) {
+      storage_ = std::make_unique<Storage>();
+    } else {
+      storage_ = std::move(spare().back());
+      spare().pop_back();
+    }
+    route_ = ::new (storage_->bytes) router::Route(make());  // (no copy, no move)
+  }
+  RouteBox(const RouteBox&) = delete;
+  RouteBox& operator=(const RouteBox&) = delete;
+  ~RouteBox() {
+    route_->~Route();
+    if (spare().size() < kKept) spare().push_back(std::move(storage_));
+  }
+  router::Route& operator*() { return *route_; }
+
+ private:
+  struct Storage {
+    alignas(router::Route) std::byte bytes[sizeof(router::Route)];
+  };
+  static constexpr std::size_t kKept = 4;
+  static std::vector<std::unique_ptr<Storage>>& spare() {
+    thread_local std::vector<std::unique_ptr<Storage>> kept;
+    return kept;
+  }
+  std::unique_ptr<Storage> storage_;
+  router::Route* route_;
+};
+
+}  // namespace pgshard::session

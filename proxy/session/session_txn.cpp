@@ -1,0 +1,191 @@
+// The client's transaction as pgshard runs it: BEGIN/COMMIT/ROLLBACK it answers or
+// coordinates, savepoint limits, snapshot checks, and the deadlock detector's victims.
+#include <spdlog/spdlog.h>
+
+#include "protocol/messages.hpp"
+#include "proxy/runtime/worker.hpp"
+#include "proxy/session/session.hpp"
+#include "proxy/executor/distributed.hpp"
+
+namespace pgshard::session {
+
+namespace proto = protocol;
+namespace sqlstate = protocol::sqlstate;
+
+awaitable<bool> Session::control_transaction(const router::Route& route, const Request& req) {
+  using router::TxnControl;
+  const bool ends = route.txn == TxnControl::kCommit || route.txn == TxnControl::kRollback;
+  // BEGIN waits for the statement that picks the shard (transaction pooling would
+  // otherwise pin the transaction to whatever shard BEGIN happened to reach); COMMIT or
+  // ROLLBACK of a transaction no shard has seen is answered here too.
+  const bool local =
+      !backends_.active && req.lone &&
+      (route.txn == TxnControl::kBegin
+           ? txn_.state() == txn::State::kIdle && transaction_status() == proto::txn_status::kIdle
+           : ends && txn_.deferred());
+  if (local) {
+    if (!co_await drain()) co_return true;
+    std::string answer;
+    if (route.txn == TxnControl::kBegin) {
+      std::string begin;
+      if (req.simple)
+        begin = pending_;
+      else
+        proto::Query{statements_.unnamed().empty() ? std::string_view("BEGIN")
+                                                   : std::string_view(statements_.unnamed())}
+            .write(begin);
+      txn_.defer(std::move(begin));
+      proto::CommandComplete{"BEGIN"}.write(answer);
+    } else {
+      txn_.end();
+      hints_.local = {};
+      proto::CommandComplete{route.txn == TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}.write(
+          answer);
+    }
+    std::string out;
+    if (req.simple) {
+      out += answer;
+      out += proto::ready_for_query(transaction_status());
+    } else {
+      answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
+    }
+    pending_.clear();
+    co_await write_client(out);
+    co_return true;
+  }
+  const bool ends_here = ends && req.lone;
+  const bool recovers =
+      route.txn == TxnControl::kRollbackTo && req.lone && txn_.can_roll_back_to_savepoint();
+  if (!txn_.snapshots.empty()) {
+    if (ends_here && backends_.active && !co_await drain()) co_return true;  // (its replies)
+    check_snapshots();
+  }
+  if (txn_.failed() && !ends_here && !recovers) {
+    co_await fail(Failure::kInFailedTransaction, txn_.refusal(), req.boundary);
+    co_return true;
+  }
+  if (recovers) txn_.rolled_back_to_savepoint();
+  if (route.txn == TxnControl::kSavepoint || route.txn == TxnControl::kRollbackTo) {
+    // A savepoint covers the shards the transaction uses when it is taken; a shard that
+    // joins later would not roll back to it, so savepoints stay on one shard.
+    if (backends_.participant_count() > 0) {
+      co_await fail(
+          Failure::kRefused,
+          proto::error(sqlstate::kFeatureNotSupported,
+                       "savepoints in a transaction that uses several shards are not supported", {},
+                       "keep the transaction on one shard"),
+          req.boundary);
+      co_return true;
+    }
+    txn_.savepoint();
+  }
+  if (ends_here && txn_.coordinated()) {
+    co_await executor::finish_distributed(*this, route.txn == TxnControl::kCommit, req.simple);
+    pending_.clear();
+    co_return true;
+  }
+  co_return false;
+}
+
+void Session::check_snapshots() {
+  if (txn_.state() == txn::State::kIdle || txn_.failed()) {
+    if (txn_.state() == txn::State::kIdle) txn_.snapshots.clear();
+    return;
+  }
+  const auto isolation = client_params_.find("default_transaction_isolation");
+  if (!txn_.one_snapshot(isolation == client_params_.end() ? "" : isolation->second)) return;
+  auto& gate = worker_.shared().visibility;
+  const auto pair = txn_.snapshots.fractured([&](uint64_t from, uint64_t to, int a, int b) {
+    return gate.commits_between(from, to, a, b);
+  });
+  if (!pair) return;
+  const auto& earlier = config_.shards[static_cast<std::size_t>(pair->first)].name;
+  const auto& later = config_.shards[static_cast<std::size_t>(pair->second)].name;
+  spdlog::info("{}: a cross-shard commit between the snapshots of shards {} and {}: 40001",
+               prefix(), earlier, later);
+  txn_.lose("could not serialize access: a transaction across shards " + earlier + " and " + later +
+                " committed between this transaction's snapshots on them; retry it",
+            false, sqlstate::kSerializationFailure);
+}
+
+void Session::fail_transaction() {
+  // An error pgshard gives inside a transaction block fails the transaction on every shard
+  // it uses, as an ERROR from PostgreSQL would: nothing of it may commit.
+  if (txn_.state() != txn::State::kIdle) txn_.fail();
+}
+
+std::optional<txn::WaitingTxn> Session::waiting_txn() const {
+  if (txn_.state() != txn::State::kOpenMulti) return std::nullopt;
+  txn::WaitingTxn t;
+  t.session = id_;
+  t.serial = txn_.serial();
+  t.began = txn_.began();
+  t.request = requests_;
+  t.busy = !fan_out_servers_.empty() || pool_waiting_;
+  for (const auto& link : backends_.all()) {
+    if (!link->lease) continue;
+    t.servers.emplace_back(link->shard, link->lease->pid());
+    t.busy = t.busy || link->lease->replies.client_owed() > 0;
+  }
+  if (pool_waiting_) {
+    auto holders = pool_waiting_->pool->holders();
+    t.pool_wait = txn::PoolWait{pool_waiting_->shard, std::move(holders.pids), holders.spare};
+  }
+  return t;
+}
+
+void Session::deadlock_victim(const txn::Victim& v) {
+  // Only the request the detector saw waiting: a later one has nothing to do with it.
+  if (txn_.state() != txn::State::kOpenMulti || txn_.serial() != v.txn.serial ||
+      requests_ != v.txn.request)
+    return;
+  spdlog::warn("{}: deadlock across shards: this transaction is cancelled", prefix());
+  deadlock_detail_ = v.detail;
+  const bool relayed = fan_out_servers_.empty();
+  if (pool_waiting_)
+    pool_waiting_->stop->emit(asio::cancellation_type::terminal);  // attach() answers 40P01
+  else
+    cancel_running([] {});
+  // As PostgreSQL aborts a deadlock victim, the whole transaction fails now (the client
+  // must ROLLBACK; COMMIT answers ROLLBACK) and, for a statement on one server, every shard
+  // rolls back at once so the others proceed without waiting for the client.
+  txn_.fail();
+  if (!relayed || aborting_) return;
+  aborting_ = true;
+  asio::co_spawn(
+      worker_.executor(),
+      [self = shared_from_this()]() -> awaitable<void> { co_await self->roll_back_victim(); },
+      asio::detached);
+}
+
+awaitable<void> Session::roll_back_victim() {
+  // The cancelled statement answers first (its 40P01 is the client's).
+  while (backends_.active && backends_.active->lease && !backends_.active->done &&
+         backends_.active->lease->replies.client_owed() > 0)
+    co_await drained_.wait();
+  for (const auto& link : backends_.all())
+    if (link->lease && !link->done && !link->borrowed && link->lease->replies.empty() &&
+        link->lease->status != proto::txn_status::kIdle)
+      co_await run_ours(link, "ROLLBACK");
+  aborting_ = false;
+  aborted_.notify_all();
+}
+
+std::optional<std::string> Session::replace_error(std::string_view body) {
+  if (deadlock_detail_.empty() && !terminate_requested_) return std::nullopt;
+  auto e = proto::ErrorFields::parse(body);
+  if (!e || e->code() != sqlstate::kQueryCanceled) return std::nullopt;
+  std::string out;
+  if (terminate_requested_) {
+    terminated_told_ = true;
+    proto::write_error(out, proto::fatal(sqlstate::kAdminShutdown,
+                                         "terminating connection due to administrator command"));
+    return out;
+  }
+  proto::write_error(out,
+                     proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
+                                  std::exchange(deadlock_detail_, {}), "Retry the transaction."));
+  return out;
+}
+
+}  // namespace pgshard::session
