@@ -222,18 +222,17 @@ class FakeConn {
     fakes_->record(shard_, [](Received& r) { r.connections++; });
     pid_ = fakes_->next_pid++;
     proto::Authentication{}.write(out_);
-    const std::pair<const char*, const char*> params[] = {
-        {"server_version", "16.4"},
-        {"server_encoding", "UTF8"},
-        {"client_encoding", "UTF8"},
-        {"DateStyle", "ISO, MDY"},
-        {"integer_datetimes", "on"},
-        {"IntervalStyle", "postgres"},
-        {"standard_conforming_strings", "on"},
-        {"TimeZone", "UTC"},
-        {"is_superuser", "off"},
-        {"session_authorization", "app"},
-        {"application_name", ""}};
+    const std::pair<const char*, const char*> params[] = {{"server_version", "16.4"},
+                                                          {"server_encoding", "UTF8"},
+                                                          {"client_encoding", "UTF8"},
+                                                          {"DateStyle", "ISO, MDY"},
+                                                          {"integer_datetimes", "on"},
+                                                          {"IntervalStyle", "postgres"},
+                                                          {"standard_conforming_strings", "on"},
+                                                          {"TimeZone", "UTC"},
+                                                          {"is_superuser", "off"},
+                                                          {"session_authorization", "app"},
+                                                          {"application_name", ""}};
     for (const auto& [name, value] : params) proto::ParameterStatus{name, value}.write(out_);
     proto::BackendKeyData{pid_, 4242}.write(out_);
     proto::ReadyForQuery{status_}.write(out_);
@@ -365,8 +364,7 @@ class FakeConn {
     const auto statements = split_statements(sql);
     if (statements.empty()) proto::write_empty(out_, proto::msg::kEmptyQueryResponse);
     for (const auto statement : statements) {
-      fakes_->record(shard_,
-                     [&](Received& r) { r.statements.push_back(std::string(statement)); });
+      fakes_->record(shard_, [&](Received& r) { r.statements.push_back(std::string(statement)); });
       const Reply reply = fakes_->answer(shard_, statement, {});
       if (reply.copy_in) {
         proto::CopyResponse{proto::msg::kCopyInResponse, 0, {}}.write(out_);
@@ -496,7 +494,9 @@ Harness::~Harness() {
   worker_.reset();
 }
 
-runtime::Worker& Harness::worker() { return *worker_; }
+runtime::Worker& Harness::worker() {
+  return *worker_;
+}
 
 Client Harness::connect() {
   int fds[2];
@@ -542,8 +542,8 @@ std::string Harness::dump() const {
   std::string out;
   for (std::size_t i = 0; i < fakes_->received.size(); ++i) {
     const auto& r = fakes_->received[i];
-    out += "shard " + std::to_string(i) + ": " + std::to_string(r.connections) +
-           " logins, " + std::to_string(r.cancels) + " cancels\n";
+    out += "shard " + std::to_string(i) + ": " + std::to_string(r.connections) + " logins, " +
+           std::to_string(r.cancels) + " cancels\n";
     for (const auto& s : r.statements) out += "  " + s + "\n";
     if (!r.copy_data.empty()) out += "  copy data: " + r.copy_data + "\n";
   }

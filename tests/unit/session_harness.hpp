@@ -117,8 +117,7 @@ class Harness {
   runtime::Shared& shared() { return shared_; }
   runtime::Worker& worker();
   // Polls `done` until it holds or `timeout` passes.
-  static bool wait_until(const std::function<bool()>& done,
-                         std::chrono::milliseconds timeout = 2s);
+  static bool wait_until(const std::function<bool()>& done, std::chrono::milliseconds timeout = 2s);
 
   struct Fakes;  // the fake shards' state (session_harness.cpp)
 

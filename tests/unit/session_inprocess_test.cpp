@@ -95,19 +95,18 @@ TEST_CASE("a keyed SELECT reaches the shard its key hashes to", "[session_inproc
   CHECK(used.size() == 2);  // the keys spread: routing is not "always the first shard"
 }
 
-TEST_CASE("an error mid-batch skips to Sync and leaves the session usable",
-          "[session_inprocess]") {
+TEST_CASE("an error mid-batch skips to Sync and leaves the session usable", "[session_inprocess]") {
   Harness h([](int shard, std::string_view sql,
-                          const std::vector<std::optional<std::string>>& p) -> std::optional<Reply> {
-    if (sql.find("boom") != std::string_view::npos)
-      return Reply{{}, {}, {}, "22012", false, false};
+               const std::vector<std::optional<std::string>>& p) -> std::optional<Reply> {
+    if (sql.find("boom") != std::string_view::npos) return Reply{{}, {}, {}, "22012", false, false};
     if (sql.find("FROM users") != std::string_view::npos)
-      return Reply{{{"name"}},
-                   {{"s" + std::to_string(shard) + ":" + (p.empty() || !p[0] ? std::string("-") : *p[0])}},
-                   {},
-                   {},
-                   false,
-                   false};
+      return Reply{
+          {{"name"}},
+          {{"s" + std::to_string(shard) + ":" + (p.empty() || !p[0] ? std::string("-") : *p[0])}},
+          {},
+          {},
+          false,
+          false};
     return std::nullopt;
   });
   Client c = h.login();
@@ -121,7 +120,8 @@ TEST_CASE("an error mid-batch skips to Sync and leaves the session usable",
   const int shard = h.shard_of(7);
   INFO(h.dump());
   CHECK(types(r) == "12DC12EZ");
-  CHECK(data_rows(r) == std::vector<std::vector<std::string>>{{"s" + std::to_string(shard) + ":7"}});
+  CHECK(data_rows(r) ==
+        std::vector<std::vector<std::string>>{{"s" + std::to_string(shard) + ":7"}});
   CHECK(error_code(r) == "22012");
   CHECK(r.back().body == "I");
   // Nothing after the error ran, on any shard.
@@ -129,7 +129,8 @@ TEST_CASE("an error mid-batch skips to Sync and leaves the session usable",
   CHECK_FALSE(mentions(h.received(1), "third"));
   // The next request is served normally.
   auto next = c.query("SELECT name FROM users WHERE id = 7");
-  CHECK(data_rows(next) == std::vector<std::vector<std::string>>{{"s" + std::to_string(shard) + ":-"}});
+  CHECK(data_rows(next) ==
+        std::vector<std::vector<std::string>>{{"s" + std::to_string(shard) + ":-"}});
   CHECK(next.back().body == "I");
 }
 
@@ -167,12 +168,10 @@ TEST_CASE("COPY FROM STDIN splits rows by key across the shards", "[session_inpr
   CHECK(h.received(1).copy_data == expected[1]);
 }
 
-TEST_CASE("a SELECT without key merges the shards' rows in ORDER BY order",
-          "[session_inprocess]") {
+TEST_CASE("a SELECT without key merges the shards' rows in ORDER BY order", "[session_inprocess]") {
   std::map<int, std::vector<Row>> rows;  // by shard, each shard's rows sorted as it would
   Harness h([&rows](int shard, std::string_view sql,
-                               const std::vector<std::optional<std::string>>&)
-                 -> std::optional<Reply> {
+                    const std::vector<std::optional<std::string>>&) -> std::optional<Reply> {
     if (sql.find("FROM users") == std::string_view::npos) return std::nullopt;
     return Reply{{{"id", 20}, {"name"}}, rows[shard], {}, {}, false, false};
   });
@@ -199,12 +198,11 @@ TEST_CASE("a client leaving mid-request does not hold the worker or its server",
           "[session_inprocess]") {
   // One server per shard: if the left client's server were not given back (or replaced),
   // the next client would wait for it until pool_wait (1 s) and fail.
-  Harness h([](int shard, std::string_view sql,
-                          const std::vector<std::optional<std::string>>& p) {
-               if (sql.find("pg_sleep") != std::string_view::npos)
-                 return std::optional<Reply>(Reply{{}, {}, {}, {}, false, true});
-               return shard_names(shard, sql, p);
-             });
+  Harness h([](int shard, std::string_view sql, const std::vector<std::optional<std::string>>& p) {
+    if (sql.find("pg_sleep") != std::string_view::npos)
+      return std::optional<Reply>(Reply{{}, {}, {}, {}, false, true});
+    return shard_names(shard, sql, p);
+  });
   const int shard = h.shard_of(1);
   {
     Client c = h.login();
