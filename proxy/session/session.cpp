@@ -38,7 +38,10 @@ Session::Session(runtime::Worker& worker, tcp::socket socket, uint64_t id)
       idle_timer_(worker.executor()) {
   error_code ec;
   auto ep = stream_.socket().remote_endpoint(ec);
-  peer_ = ec ? "?" : ep.address().to_string() + ":" + std::to_string(ep.port());
+  // A Unix socket (the in-process tests' socketpair) reads as port 0, which no TCP peer has.
+  peer_ = ec               ? "?"
+          : ep.port() == 0 ? "unix"
+                           : ep.address().to_string() + ":" + std::to_string(ep.port());
   stream_.socket().set_option(tcp::no_delay(true), ec);
   enable_drained_reads(stream_.socket());
 }

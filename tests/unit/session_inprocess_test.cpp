@@ -1,0 +1,225 @@
+// session::Session in process: a client over a socketpair, fake shards on loopback, no
+// pgshard binary and no PostgreSQL (session_harness.hpp).
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <map>
+#include <set>
+#include <string>
+
+#include "protocol/messages.hpp"
+#include "session_harness.hpp"
+
+using namespace pgshard::testing;
+namespace proto = pgshard::protocol;
+
+namespace {
+
+bool mentions(const Received& r, std::string_view what) {
+  return std::any_of(r.statements.begin(), r.statements.end(),
+                     [&](const std::string& s) { return s.find(what) != std::string::npos; });
+}
+
+int count_mentions(const Received& r, std::string_view what) {
+  return static_cast<int>(std::count_if(r.statements.begin(), r.statements.end(), [&](auto& s) {
+    return s.find(what) != std::string::npos;
+  }));
+}
+
+// "SELECT name FROM users ...": each shard answers with its own name, so the client's row
+// says which shard answered.
+std::optional<Reply> shard_names(int shard, std::string_view sql,
+                                 const std::vector<std::optional<std::string>>&) {
+  if (sql.find("FROM users") == std::string_view::npos) return std::nullopt;
+  return Reply{{{"name"}}, {{"s" + std::to_string(shard)}}, {}, {}, false, false};
+}
+
+std::string extended(std::string_view sql, std::string_view param) {
+  std::string out;
+  proto::Parse{"", sql, {}}.write(out);
+  proto::Bind b;
+  b.params.push_back(param);
+  b.write(out);
+  proto::Execute{"", 0}.write(out);
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a client logs in and gets the shards' parameters", "[session_inprocess]") {
+  Harness h;
+  std::vector<Message> login;
+  Client c = h.login(&login);
+  INFO(types(login));
+  REQUIRE(login.front().type == proto::msg::kAuthentication);
+  auto auth = proto::Authentication::parse(login.front().body);
+  REQUIRE(auth);
+  CHECK(auth->code == proto::auth::kOk);
+  std::map<std::string, std::string> params;
+  int keys = 0;
+  for (const auto& m : login) {
+    if (m.type == proto::msg::kParameterStatus) {
+      auto p = proto::ParameterStatus::parse(m.body);
+      REQUIRE(p);
+      params[std::string(p->name)] = std::string(p->value);
+    }
+    keys += m.type == proto::msg::kBackendKeyData;
+  }
+  CHECK(params["server_version"] == "16.4");
+  CHECK(params["client_encoding"] == "UTF8");
+  CHECK(params["integer_datetimes"] == "on");
+  CHECK(params["standard_conforming_strings"] == "on");
+  CHECK(params["TimeZone"] == "UTC");
+  CHECK(keys == 1);
+  CHECK(login.back().body == std::string(1, proto::txn_status::kIdle));
+  // A statement that names no table goes to one shard and comes back.
+  auto r = c.query("SELECT 1");
+  CHECK(types(r).find('E') == std::string::npos);
+  CHECK(r.back().body == "I");
+}
+
+TEST_CASE("a keyed SELECT reaches the shard its key hashes to", "[session_inprocess]") {
+  Harness h(shard_names);
+  Client c = h.login();
+  std::set<int> used;
+  for (int64_t key = 1; key <= 8; ++key) {
+    h.clear_received();
+    const std::string sql = "SELECT name FROM users WHERE id = " + std::to_string(key);
+    auto r = c.query(sql);
+    const int shard = h.shard_of(key);
+    used.insert(shard);
+    INFO("key " << key << "\n" << h.dump());
+    CHECK(data_rows(r) == std::vector<std::vector<std::string>>{{"s" + std::to_string(shard)}});
+    CHECK(count_mentions(h.received(shard), "FROM users") == 1);
+    CHECK_FALSE(mentions(h.received(1 - shard), "FROM users"));
+  }
+  CHECK(used.size() == 2);  // the keys spread: routing is not "always the first shard"
+}
+
+TEST_CASE("an error mid-batch skips to Sync and leaves the session usable", "[session_inprocess]") {
+  Harness h([](int shard, std::string_view sql,
+               const std::vector<std::optional<std::string>>& p) -> std::optional<Reply> {
+    if (sql.find("boom") != std::string_view::npos) return Reply{{}, {}, {}, "22012", false, false};
+    if (sql.find("FROM users") != std::string_view::npos)
+      return Reply{
+          {{"name"}},
+          {{"s" + std::to_string(shard) + ":" + (p.empty() || !p[0] ? std::string("-") : *p[0])}},
+          {},
+          {},
+          false,
+          false};
+    return std::nullopt;
+  });
+  Client c = h.login();
+  h.clear_received();
+  std::string batch = extended("SELECT name FROM users WHERE id = $1", "7") +
+                      extended("SELECT boom FROM users WHERE id = $1", "7") +
+                      extended("SELECT third FROM users WHERE id = $1", "7");
+  proto::write_empty(batch, proto::msg::kSync);
+  c.send(batch);
+  auto r = c.read_until_ready();
+  const int shard = h.shard_of(7);
+  INFO(h.dump());
+  CHECK(types(r) == "12DC12EZ");
+  CHECK(data_rows(r) ==
+        std::vector<std::vector<std::string>>{{"s" + std::to_string(shard) + ":7"}});
+  CHECK(error_code(r) == "22012");
+  CHECK(r.back().body == "I");
+  // Nothing after the error ran, on any shard.
+  CHECK_FALSE(mentions(h.received(0), "third"));
+  CHECK_FALSE(mentions(h.received(1), "third"));
+  // The next request is served normally.
+  auto next = c.query("SELECT name FROM users WHERE id = 7");
+  CHECK(data_rows(next) ==
+        std::vector<std::vector<std::string>>{{"s" + std::to_string(shard) + ":-"}});
+  CHECK(next.back().body == "I");
+}
+
+TEST_CASE("COPY FROM STDIN splits rows by key across the shards", "[session_inprocess]") {
+  Harness h;
+  Client c = h.login();
+  h.clear_received();
+  std::string out;
+  proto::Query{"COPY users (id, name) FROM STDIN"}.write(out);
+  c.send(out);
+  auto start = c.read(2s);
+  INFO(h.dump());
+  REQUIRE(start);
+  REQUIRE(start->type == proto::msg::kCopyInResponse);
+  std::string expected[2];
+  std::string first, second;
+  for (int id = 1; id <= 12; ++id) {
+    const std::string line = std::to_string(id) + "\tname" + std::to_string(id) + "\n";
+    expected[h.shard_of(id)] += line;
+    (id <= 5 ? first : second) += line;
+  }
+  out.clear();
+  proto::CopyData{first}.write(out);
+  proto::CopyData{second}.write(out);
+  proto::write_empty(out, proto::msg::kCopyDone);
+  c.send(out);
+  auto r = c.read_until_ready();
+  INFO(types(r) << "\n" << h.dump());
+  REQUIRE(types(r) == "CZ");
+  CHECK(proto::CommandComplete::parse(r[0].body)->tag == "COPY 12");
+  CHECK(r.back().body == "I");
+  REQUIRE_FALSE(expected[0].empty());
+  REQUIRE_FALSE(expected[1].empty());
+  CHECK(h.received(0).copy_data == expected[0]);
+  CHECK(h.received(1).copy_data == expected[1]);
+}
+
+TEST_CASE("a SELECT without key merges the shards' rows in ORDER BY order", "[session_inprocess]") {
+  std::map<int, std::vector<Row>> rows;  // by shard, each shard's rows sorted as it would
+  Harness h([&rows](int shard, std::string_view sql,
+                    const std::vector<std::optional<std::string>>&) -> std::optional<Reply> {
+    if (sql.find("FROM users") == std::string_view::npos) return std::nullopt;
+    return Reply{{{"id", 20}, {"name"}}, rows[shard], {}, {}, false, false};
+  });
+  for (int id = 1; id <= 10; ++id)
+    rows[h.shard_of(id)].push_back({std::to_string(id), "n" + std::to_string(id)});
+  REQUIRE(rows.size() == 2);
+  Client c = h.login();
+  h.clear_received();
+  auto r = c.query("SELECT id, name FROM users ORDER BY id");
+  INFO(types(r) << "\n" << h.dump());
+  std::vector<std::vector<std::string>> want;
+  for (int id = 1; id <= 10; ++id) want.push_back({std::to_string(id), "n" + std::to_string(id)});
+  CHECK(data_rows(r) == want);
+  CHECK(mentions(h.received(0), "FROM users"));
+  CHECK(mentions(h.received(1), "FROM users"));
+  REQUIRE(r.size() >= 2);
+  auto tag = proto::CommandComplete::parse(r[r.size() - 2].body);
+  REQUIRE(tag);
+  CHECK(tag->tag == "SELECT 10");
+  CHECK(r.back().body == "I");
+}
+
+TEST_CASE("a client leaving mid-request does not hold the worker or its server",
+          "[session_inprocess]") {
+  // One server per shard: if the left client's server were not given back (or replaced),
+  // the next client would wait for it until pool_wait (1 s) and fail.
+  Harness h([](int shard, std::string_view sql, const std::vector<std::optional<std::string>>& p) {
+    if (sql.find("pg_sleep") != std::string_view::npos)
+      return std::optional<Reply>(Reply{{}, {}, {}, {}, false, true});
+    return shard_names(shard, sql, p);
+  });
+  const int shard = h.shard_of(1);
+  {
+    Client c = h.login();
+    std::string out;
+    proto::Query{"SELECT pg_sleep(60) FROM users WHERE id = 1"}.write(out);
+    c.send(out);
+    REQUIRE(Harness::wait_until([&] { return mentions(h.received(shard), "pg_sleep"); }));
+  }
+  INFO(h.dump());
+  CHECK(Harness::wait_until([&] { return h.shared().clients.load() == 0; }, 1500ms));
+  CHECK(h.worker().ask([] { return 1; }) == 1);
+  Client next = h.login();
+  auto r = next.query("SELECT name FROM users WHERE id = 1");
+  CHECK(data_rows(r) == std::vector<std::vector<std::string>>{{"s" + std::to_string(shard)}});
+  // The statement left running was stopped: cancelled, or its connection closed (and the
+  // next client's served by a new one).
+  const auto got = h.received(shard);
+  INFO(h.dump());
+  CHECK((got.cancels >= 1 || got.connections >= 2));
+}
