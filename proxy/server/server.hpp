@@ -75,6 +75,7 @@ struct Shared {
   std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
   txn::VisibilityGate visibility;            // cross-shard commits vs multi-shard snapshots
+  pool::SharedPools pools;  // each pool's limit and waiters across the workers (locks inside)
   std::vector<Worker*> workers;              // for the admin console and /metrics
   Clock::time_point started = Clock::now();
   // The stats period marks (see admin::Snapshot::period), written every kStatsPeriod.
@@ -95,10 +96,12 @@ class Worker {
   void apply_config();
   int index() const { return index_; }
 
-  // The pool for (shard, user), created on first use (per database, for a session of
-  // another database than the shards' own: config::User::database).
+  // This worker's side of the pool for (shard, user), created on first use (per database,
+  // for a session of another database than the shards' own: config::User::database);
+  // pool_size bounds the pool's connections on all workers together.
   pool::Pool& pool(int shard, const config::User& user);
-  // Removes the user's pools that hold no connection (a login to a database no shard has).
+  // Removes the user's pools that hold no connection and have no client waiting (a login
+  // to a database no shard has).
   void drop_pools(const config::User& user);
   // Closes the idle connections to databases other than the shards' own (DDL on databases).
   void close_idle_other_databases();
@@ -126,16 +129,19 @@ class Worker {
   static constexpr int kTrustedAfter = 3;
   bool functions_keep_settings(const std::vector<std::string>& names);
   void functions_checked(const std::vector<std::string>& names, SettingsCheck outcome);
-  // Connections to the database holding sharded table `table`'s directory.
+  // Connections to the database holding sharded table `table`'s directory
+  // (kDirectoryPoolSize for the whole process).
   pool::Pool& directory_pool(int table, const config::User& user);
   // Connections to the coordinator of `atomic_visibility: cluster` (txn/cluster_gate.hpp):
-  // the first shard's server, its postgres database, logged in as for maintenance.
+  // the first shard's server, its postgres database, logged in as for maintenance
+  // (kGatePoolSize for the whole process).
   pool::Pool& gate_pool();
   // Where a statement of a session with `cfg` enters the visibility gate (txn::GateEntry).
   txn::GateEntry visibility_entry(const config::Config& cfg, const std::string& log_prefix) {
     return {shared_.visibility, cfg.visibility_cluster ? &gate_pool() : nullptr, cfg, log_prefix};
   }
   static constexpr int kGatePoolSize = 16;
+  static constexpr int kDirectoryPoolSize = 2;
   static constexpr char kDatabaseSeparator = '\x1f';  // user, then database, in a pool key
   static std::string pool_user_key(const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
@@ -181,6 +187,9 @@ class Worker {
 
  private:
   awaitable<void> janitor();
+  // The pool for `key` logging in to `target`, of `limit` connections in the process.
+  pool::Pool& make_pool(const std::pair<int, std::string>& key, pool::BackendTarget target,
+                        int limit);
   int index_;
   Shared& shared_;
   // (Before ctx_: sessions ending as it is destroyed take themselves off.)
