@@ -48,7 +48,7 @@ struct PoolStats {
   int idle = 0;
   int waiting = 0;     // clients queued for a connection
   int connecting = 0;  // connections logging in
-  int max_size = 0;  // the limit of the whole process (pool_size)
+  int max_size = 0;    // the limit of the whole process (pool_size)
   uint64_t max_wait_us = 0;  // the longest a queued client has waited so far
 };
 

@@ -161,8 +161,8 @@ class ServerConn {
   // not refer to the io_context it left (which may be gone before it arrives).
   std::optional<tcp::socket> socket_;
   DrainedSocket drained_{*socket_};  // (the same storage across leave and arrive)
-  tcp protocol_ = tcp::v4();  // of the address it connected to (for arrive)
-  int moving_fd_ = -1;        // between leave() and arrive()
+  tcp protocol_ = tcp::v4();         // of the address it connected to (for arrive)
+  int moving_fd_ = -1;               // between leave() and arrive()
   BackendTarget target_;
   uint64_t id_;
   int32_t pid_ = 0;

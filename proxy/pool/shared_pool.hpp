@@ -101,9 +101,9 @@ class SharedPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> params_known_{false};
   std::map<std::string, std::string> params_;  // (written once, under mu_)
-  std::deque<int> queue_;        // a worker per waiter, longest waiting first
-  std::vector<Member> members_;  // by worker index
-  std::size_t next_donor_ = 0;   // where the search for an idle server starts (round robin)
+  std::deque<int> queue_;                      // a worker per waiter, longest waiting first
+  std::vector<Member> members_;                // by worker index
+  std::size_t next_donor_ = 0;  // where the search for an idle server starts (round robin)
 };
 
 // The process's shared pools, one per (shard or other target, user key), created on first

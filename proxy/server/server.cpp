@@ -77,7 +77,8 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
 pool::Pool& Worker::make_pool(const std::pair<int, std::string>& key, pool::BackendTarget target,
                               int limit) {
   const auto& cfg = config();
-  const int workers = std::max({cfg.listen.workers, static_cast<int>(shared_.workers.size()), index_ + 1});
+  const int workers =
+      std::max({cfg.listen.workers, static_cast<int>(shared_.workers.size()), index_ + 1});
   auto& shared = shared_.pools.get(key, std::max(1, limit), workers);
   auto p = std::make_unique<pool::Pool>(executor(), index_, shared, std::move(target),
                                         cfg.timeouts.pool_wait, cfg.timeouts.connect);

@@ -6,7 +6,8 @@
 
 using pgshard::pool::SharedPool;
 
-TEST_CASE("slots up to the limit, then waiters; a closed server's slot goes to the longest waiter") {
+TEST_CASE(
+    "slots up to the limit, then waiters; a closed server's slot goes to the longest waiter") {
   SharedPool p(2, 4);
   int donor = 0;
   CHECK(p.reserve_or_queue(0, &donor));
@@ -31,7 +32,8 @@ TEST_CASE("slots up to the limit, then waiters; a closed server's slot goes to t
   CHECK_FALSE(p.has_room());
 }
 
-TEST_CASE("a waiter served on its own worker leaves the queue; a worker's others keep their place") {
+TEST_CASE(
+    "a waiter served on its own worker leaves the queue; a worker's others keep their place") {
   SharedPool p(1, 3);
   int donor = 0;
   REQUIRE(p.reserve_or_queue(0, &donor));
