@@ -29,6 +29,22 @@ int pool_connections(PGconn* probe) {
                           "and application_name not like 'pgshard-%'"));
 }
 
+// A probe once shard 0 has no pool connection left (an earlier case's pgshard's).
+Conn quiet_probe() {
+  auto p = probe();
+  REQUIRE(wait_until([&] { return pool_connections(p.get()) == 0; }, 10s));
+  return p;
+}
+
+// `workers` workers sharing pools of `pool_size` servers per shard.
+ProxyOptions sharing(int workers, int pool_size, const std::string& pool_wait) {
+  ProxyOptions o;
+  o.workers = workers;
+  o.pool_size = pool_size;
+  o.extra_top = "timeouts: { pool_wait: " + pool_wait + " }\n";
+  return o;
+}
+
 Conn client_on_s0(const Proxy& proxy) {
   auto c = connect(proxy.conninfo("application_name=pool-test"));
   query(c.get(), "SET pgshard.shard = 's0'");
@@ -38,13 +54,8 @@ Conn client_on_s0(const Proxy& proxy) {
 }  // namespace
 
 TEST_CASE("pool_size bounds a shard's server connections across all workers", "[pool]") {
-  ProxyOptions o;
-  o.workers = 8;
-  o.pool_size = 3;
-  o.extra_top = "timeouts: { pool_wait: 30s }\n";
-  Proxy proxy(o);
-  auto direct = probe();
-  REQUIRE(wait_until([&] { return pool_connections(direct.get()) == 0; }, 10s));
+  Proxy proxy(sharing(8, 3, "30s"));
+  auto direct = quiet_probe();
 
   // 24 clients, three on each worker, hold a server a moment in every transaction.
   constexpr int kClients = 24, kTransactions = 4;
@@ -85,13 +96,8 @@ TEST_CASE("pool_size bounds a shard's server connections across all workers", "[
 }
 
 TEST_CASE("a client waiting on one worker gets an idle server of another worker", "[pool]") {
-  ProxyOptions o;
-  o.workers = 4;
-  o.pool_size = 2;
-  o.extra_top = "timeouts: { pool_wait: 10s }\n";
-  Proxy proxy(o);
-  auto direct = probe();
-  REQUIRE(wait_until([&] { return pool_connections(direct.get()) == 0; }, 10s));
+  Proxy proxy(sharing(4, 2, "10s"));
+  auto direct = quiet_probe();
 
   // Five clients accepted in a row: round robin puts the first and the fifth on one worker
   // (A), the others on the three other workers.

@@ -6,19 +6,25 @@
 
 using pgshard::pool::SharedPool;
 
+namespace {
+// A slot for `worker` (true), else it queues.
+bool reserve(SharedPool& p, int worker) {
+  int donor = -1;
+  return p.reserve_or_queue(worker, &donor);
+}
+}  // namespace
+
 TEST_CASE(
     "slots up to the limit, then waiters; a closed server's slot goes to the longest waiter") {
   SharedPool p(2, 4);
-  int donor = 0;
-  CHECK(p.reserve_or_queue(0, &donor));
-  CHECK(p.reserve_or_queue(1, &donor));
+  CHECK(reserve(p, 0));
+  CHECK(reserve(p, 1));
   CHECK(p.total() == 2);
   CHECK_FALSE(p.has_room());
   // Workers 3, 1 and 3 again wait, in that order, whichever worker frees a slot.
-  CHECK_FALSE(p.reserve_or_queue(3, &donor));
-  CHECK(donor == -1);  // (nobody has an idle server)
-  CHECK_FALSE(p.reserve_or_queue(1, &donor));
-  CHECK_FALSE(p.reserve_or_queue(3, &donor));
+  CHECK_FALSE(reserve(p, 3));
+  CHECK_FALSE(reserve(p, 1));
+  CHECK_FALSE(reserve(p, 3));
   CHECK(p.waiting() == 3);
   CHECK(p.release() == 3);
   CHECK(p.release() == 1);
@@ -28,18 +34,17 @@ TEST_CASE(
   // Nobody waits: a slot is freed.
   CHECK(p.release() == -1);
   CHECK(p.total() == 1);
-  CHECK(p.reserve_or_queue(2, &donor));
+  CHECK(reserve(p, 2));
   CHECK_FALSE(p.has_room());
 }
 
 TEST_CASE(
     "a waiter served on its own worker leaves the queue; a worker's others keep their place") {
   SharedPool p(1, 3);
-  int donor = 0;
-  REQUIRE(p.reserve_or_queue(0, &donor));
-  CHECK_FALSE(p.reserve_or_queue(1, &donor));
-  CHECK_FALSE(p.reserve_or_queue(2, &donor));
-  CHECK_FALSE(p.reserve_or_queue(1, &donor));
+  REQUIRE(reserve(p, 0));
+  CHECK_FALSE(reserve(p, 1));
+  CHECK_FALSE(reserve(p, 2));
+  CHECK_FALSE(reserve(p, 1));
   p.unqueue(1);  // its newest place goes
   CHECK(p.waiting() == 2);
   CHECK(p.next_waiter() == 1);
@@ -65,12 +70,11 @@ TEST_CASE("a waiter is pointed at a worker holding idle servers") {
 
 TEST_CASE("a reload's larger limit serves waiters; a smaller one frees slots until it fits") {
   SharedPool p(2, 2);
-  int donor = 0;
-  REQUIRE(p.reserve_or_queue(0, &donor));
-  REQUIRE(p.reserve_or_queue(1, &donor));
-  CHECK_FALSE(p.reserve_or_queue(1, &donor));
-  CHECK_FALSE(p.reserve_or_queue(0, &donor));
-  CHECK_FALSE(p.reserve_or_queue(1, &donor));
+  REQUIRE(reserve(p, 0));
+  REQUIRE(reserve(p, 1));
+  CHECK_FALSE(reserve(p, 1));
+  CHECK_FALSE(reserve(p, 0));
+  CHECK_FALSE(reserve(p, 1));
   CHECK(p.set_limit(4) == std::vector<int>{1, 0});
   CHECK(p.total() == 4);
   CHECK(p.waiting() == 1);
