@@ -122,12 +122,12 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
 
 void Pool::close_all() {
   closed_ = true;
+  shared_.detach(worker_, this);  // (first: the slots freed below go to other workers)
   for (auto& c : idle_) {
     c->close();
     drop();
   }
   idle_.clear();
-  shared_.detach(worker_, this);
 }
 
 Lease Pool::lend(std::unique_ptr<ServerConn> conn) {
