@@ -138,6 +138,8 @@ class DrainedSocket {
   explicit DrainedSocket(tcp::socket& socket) : socket_(&socket) {}
   DrainedSocket(const DrainedSocket&) = delete;  // (it points at its socket)
   DrainedSocket& operator=(const DrainedSocket&) = delete;
+  // The socket was given to another io_context (its reactor is looked up again).
+  void forget_reactor() { reactor_ = nullptr; }
 
   // Completes with (error_code, bytes read), as async_read_some.
   template <typename Read, typename Token>

@@ -1,5 +1,6 @@
-// Per-worker pools of server connections, one per (shard, user), with a bounded size,
-// a FIFO wait queue and a timeout. Checkout returns a move-only Lease.
+// A worker's side of a (shard, user) pool of server connections: its idle servers, lent
+// without a lock, and its clients waiting (with a timeout) for a server; the size bound
+// across workers is its SharedPool's. Checkout returns a move-only Lease.
 #include "proxy/pool/pool.hpp"
 
 #include <spdlog/spdlog.h>
@@ -17,13 +18,16 @@ void Lease::release() {
   conn_.reset();
 }
 
-Pool::Pool(asio::any_io_executor ex, BackendTarget target, int max_size,
+Pool::Pool(asio::any_io_executor ex, int worker, SharedPool& shared, BackendTarget target,
            config::Millis wait_timeout, config::Millis connect_timeout)
     : ex_(std::move(ex)),
+      worker_(worker),
+      shared_(shared),
       target_(std::move(target)),
-      max_size_(max_size),
       wait_timeout_(wait_timeout),
-      connect_timeout_(connect_timeout) {}
+      connect_timeout_(connect_timeout) {
+  shared_.attach(worker_, this, ex_);
+}
 
 Pool::~Pool() {
   close_all();
@@ -45,13 +49,18 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
           target_.shard_name + " is paused (PAUSE on the admin console)";
   }
   if (auto lease = lend_idle(in_transaction)) co_return std::move(*lease);
-  if (total_ < max_size_) co_return co_await open();
+  int donor = -1;
+  if (shared_.reserve_or_queue(worker_, &donor)) co_return co_await open();
+  // Queued: an idle server on another worker comes at once, else the next one given back
+  // or the slot of the next one closed, on any worker.
+  if (donor >= 0) shared_.ask_to_lend(donor);
 
   Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false};
   waiters_.push_back(&w);
   auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
   if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
     waiters_.erase(it);
+  if (w.queued) shared_.unqueue(worker_);
   // Every hand-over sets conn or slot before cancelling the timer: an abort with neither
   // is the caller's stop (its client left), and the waiter just leaves the queue.
   if (ec == asio::error::operation_aborted && !w.conn && !w.slot)
@@ -64,24 +73,28 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   if (w.slot) co_return co_await open();
   co_return "timed out after " + std::to_string(wait_timeout_.count()) +
       " ms waiting for a connection to shard " + target_.shard_name + " (pool_size " +
-      std::to_string(max_size_) + ")";
+      std::to_string(shared_.limit()) + ")";
 }
 
 std::optional<Lease> Pool::lend_idle(bool in_transaction) {
   if (paused_ && !in_transaction) return std::nullopt;
-  while (!idle_.empty()) {
+  std::optional<Lease> lease;
+  while (!idle_.empty() && !lease) {
     auto conn = std::move(idle_.back());  // LIFO: the warmest connection
     idle_.pop_back();
     // A connection back in the pool moments ago is trusted without a syscall; older ones
     // are checked for a server that went away meanwhile (restart, idle timeout).
-    if (coarse_now() - conn->idle_since < kTrustRecent || !conn->stale())
-      return lend(std::move(conn));
+    if (coarse_now() - conn->idle_since < kTrustRecent || !conn->stale()) {
+      lease = lend(std::move(conn));
+      break;
+    }
     spdlog::debug("S-{}: shard {}: discarding stale idle connection", conn->id(),
                   target_.shard_name);
     conn->close();
-    --total_;
+    drop();
   }
-  return std::nullopt;
+  publish_idle(false);
+  return lease;
 }
 
 awaitable<std::variant<Lease, std::string>> Pool::open() {
@@ -91,32 +104,29 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
   auto err = co_await conn->connect(connect_timeout_);
   --connecting_;
   if (!err.empty()) {
-    --total_;
     ++counters_.connect_failures;
     health_.last_failure = Clock::now();
     health_.last_error = err;
-    // Let the next waiter try its own connection rather than wait for a timeout.
-    if (!waiters_.empty()) {
-      auto* w = waiters_.front();
-      waiters_.pop_front();
-      w->slot = true;
-      w->timer.cancel();
-    }
+    // The next waiter tries its own connection rather than wait for a timeout.
+    drop();
     co_return err;
   }
-  if (server_params_.empty()) server_params_ = conn->params;
+  if (shared_.server_params().empty()) shared_.learn_server_params(conn->params);
   ++counters_.connects;
   health_.last_ok = Clock::now();
   if (count_requests_) conn->replies.counters = &counters_;
-  conn->generation = generation_;
+  conn->generation = shared_.generation();
   spdlog::debug("S-{}: connected to shard {} pid {}", conn->id(), target_.shard_name, conn->pid());
   co_return lend(std::move(conn));
 }
 
 void Pool::close_all() {
   closed_ = true;
-  for (auto& c : idle_) c->close();
-  total_ -= static_cast<int>(idle_.size());
+  shared_.detach(worker_, this);  // (first: the slots freed below go to other workers)
+  for (auto& c : idle_) {
+    c->close();
+    drop();
+  }
   idle_.clear();
 }
 
@@ -128,23 +138,19 @@ Lease Pool::lend(std::unique_ptr<ServerConn> conn) {
 void Pool::give_back(std::unique_ptr<ServerConn> conn) {
   std::erase(lent_, conn.get());
   // Unread bytes mean replies nobody consumed: such a server is out of step for anyone.
-  const bool reusable = !closed_ && !conn->broken && conn->status == 'I' && conn->rbuf.empty() &&
-                        conn->replies.empty() && conn->socket().is_open() &&
-                        total_ <= max_size_ &&            // (a reload made the pool smaller)
-                        conn->generation == generation_;  // (RECONNECT since it opened)
+  const bool reusable = current(*conn) && !conn->broken && conn->status == 'I' &&
+                        conn->rbuf.empty() && conn->replies.empty() && conn->socket().is_open() &&
+                        !shared_.over_limit();  // (a reload made the pool smaller)
   if (!reusable) {
     spdlog::debug("S-{}: shard {}: closing connection (status {}, broken {})", conn->id(),
                   target_.shard_name, conn->status, conn->broken);
     conn->close();
-    --total_;
-    if (!waiters_.empty()) {
-      auto* w = waiters_.front();
-      waiters_.pop_front();
-      w->slot = true;
-      w->timer.cancel();
-    }
+    drop();
     return;
   }
+  conn->idle_since = coarse_now();
+  // Clients wait on other workers (the queue says who first): one read, no lock, else.
+  if (shared_.waiting() > static_cast<int>(waiters_.size()) && hand_over(conn)) return;
   if (!waiters_.empty()) {
     auto* w = waiters_.front();
     waiters_.pop_front();
@@ -152,8 +158,87 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn) {
     w->timer.cancel();
     return;
   }
-  conn->idle_since = coarse_now();
+  make_idle(std::move(conn));
+}
+
+void Pool::make_idle(std::unique_ptr<ServerConn> conn) {
   idle_.push_back(std::move(conn));
+  publish_idle(true);
+  // A client that queued on another worker as this one came back may not have seen it.
+  if (shared_.waiting() > 0) lend_away();
+}
+
+bool Pool::hand_over(std::unique_ptr<ServerConn>& conn) {
+  const int to = shared_.next_waiter();
+  if (to < 0) return false;
+  if (to == worker_) {
+    serve(std::move(conn));
+    return true;
+  }
+  --total_;
+  spdlog::debug("S-{}: shard {}: handed over to worker {}", conn->id(), target_.shard_name, to);
+  if (!conn->leave()) conn.reset();  // (closed: its slot goes instead)
+  shared_.send(to, std::move(conn));
+  return true;
+}
+
+void Pool::receive(std::unique_ptr<ServerConn> conn) {
+  if (conn) {
+    if (conn->arrive(ex_)) {
+      ++total_;
+      conn->replies.counters = count_requests_ ? &counters_ : nullptr;
+    } else {
+      conn.reset();  // (closed: its slot serves instead)
+    }
+  }
+  serve(std::move(conn));
+}
+
+void Pool::serve(std::unique_ptr<ServerConn> conn) {
+  if (conn && !current(*conn)) {  // RECONNECT (or exit) while it travelled: its slot serves
+    conn->close();
+    conn.reset();
+    --total_;
+  }
+  if (closed_ || waiters_.empty()) {
+    if (conn)
+      make_idle(std::move(conn));
+    else
+      release_slot();
+    return;
+  }
+  auto* w = waiters_.front();
+  waiters_.pop_front();
+  w->queued = false;  // (the hand-over took a place of this worker's in the queue)
+  if (conn)
+    w->conn = std::move(conn);
+  else
+    w->slot = true;
+  w->timer.cancel();
+}
+
+void Pool::lend_away() {
+  if (idle_.empty() || !waiters_.empty()) return;
+  auto conn = std::move(idle_.front());  // the coldest: the warm ones stay here
+  idle_.pop_front();
+  publish_idle(false);
+  if (coarse_now() - conn->idle_since >= kTrustRecent && conn->stale()) {
+    conn->close();
+    drop();  // (its slot goes to the waiter)
+    return;
+  }
+  if (hand_over(conn)) return;
+  idle_.push_front(std::move(conn));  // nobody waits any more
+  publish_idle(false);
+}
+
+void Pool::drop() {
+  --total_;
+  release_slot();
+}
+
+void Pool::release_slot() {
+  if (const int to = shared_.release(); to >= 0) shared_.send(to, nullptr);
 }
 
 void Pool::prune(config::Millis idle) {
@@ -161,26 +246,23 @@ void Pool::prune(config::Millis idle) {
   std::erase_if(idle_, [&](std::unique_ptr<ServerConn>& c) {
     if (now - c->idle_since < idle && !c->stale()) return false;
     c->close();
-    --total_;
+    drop();
     return true;
   });
+  publish_idle(false);
 }
 
 void Pool::set_limits(int max_size, config::Millis wait_timeout, config::Millis connect_timeout) {
-  max_size_ = max_size;
   wait_timeout_ = wait_timeout;
   connect_timeout_ = connect_timeout;
-  while (total_ > max_size_ && !idle_.empty()) {
+  // Every worker sets the same limit: the slots it adds go to waiters once.
+  for (const int to : shared_.set_limit(max_size)) shared_.send(to, nullptr);
+  while (shared_.over_limit() && !idle_.empty()) {
     idle_.front()->close();
     idle_.pop_front();
-    --total_;
+    drop();
   }
-  for (int room = max_size_ - total_; room > 0 && !waiters_.empty(); --room) {
-    auto* w = waiters_.front();
-    waiters_.pop_front();
-    w->slot = true;
-    w->timer.cancel();
-  }
+  publish_idle(false);
 }
 
 void Pool::pause(bool on) {
@@ -192,10 +274,13 @@ void Pool::pause(bool on) {
 }
 
 void Pool::reconnect() {
-  ++generation_;
-  for (auto& c : idle_) c->close();
-  total_ -= static_cast<int>(idle_.size());
+  shared_.new_generation();
+  for (auto& c : idle_) {
+    c->close();
+    drop();
+  }
   idle_.clear();
+  publish_idle(false);
 }
 
 PoolStats Pool::stats() const {
@@ -203,7 +288,7 @@ PoolStats Pool::stats() const {
               static_cast<int>(idle_.size()),
               static_cast<int>(waiters_.size()),
               connecting_,
-              max_size_,
+              shared_.limit(),
               0};
   for (const auto* w : waiters_) s.max_wait_us = std::max(s.max_wait_us, micros_since(w->since));
   return s;
@@ -212,7 +297,9 @@ PoolStats Pool::stats() const {
 PoolHolders Pool::holders() const {
   PoolHolders h;
   for (const auto* conn : lent_) h.pids.push_back(conn->pid());
-  h.spare = paused_ || !idle_.empty() || total_ < max_size_ || connecting_ > 0 || h.pids.empty();
+  // Servers of other workers (not listed) may come free for this one too.
+  h.spare = paused_ || !idle_.empty() || shared_.has_room() || connecting_ > 0 || h.pids.empty() ||
+            shared_.total() > total_;
   return h;
 }
 

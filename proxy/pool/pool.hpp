@@ -1,5 +1,6 @@
-// Per-worker pools of server connections, one per (shard, user), with a bounded size,
-// a FIFO wait queue and a timeout. Checkout returns a move-only Lease.
+// A worker's side of a (shard, user) pool of server connections: its idle servers, lent
+// without a lock, and its clients waiting (with a timeout) for a server; the size bound
+// across workers is its SharedPool's. Checkout returns a move-only Lease.
 #pragma once
 
 #include <deque>
@@ -11,6 +12,7 @@
 #include <vector>
 
 #include "proxy/pool/server_conn.hpp"
+#include "proxy/pool/shared_pool.hpp"
 
 namespace pgshard::pool {
 
@@ -42,11 +44,11 @@ class Lease {
 };
 
 struct PoolStats {
-  int total = 0;  // idle + leased + connecting
+  int total = 0;  // idle + leased + connecting (this worker's)
   int idle = 0;
   int waiting = 0;     // clients queued for a connection
   int connecting = 0;  // connections logging in
-  int max_size = 0;
+  int max_size = 0;    // the limit of the whole process (pool_size)
   uint64_t max_wait_us = 0;  // the longest a queued client has waited so far
 };
 
@@ -66,8 +68,9 @@ struct PoolHealth {
 
 class Pool {
  public:
-  Pool(asio::any_io_executor ex, BackendTarget target, int max_size, config::Millis wait_timeout,
-       config::Millis connect_timeout);
+  // Worker `worker`'s pool (its executor `ex`) of the process-wide `shared` one.
+  Pool(asio::any_io_executor ex, int worker, SharedPool& shared, BackendTarget target,
+       config::Millis wait_timeout, config::Millis connect_timeout);
   ~Pool();
 
   // A connection, or an error message (connect failure naming the shard, or wait timeout).
@@ -79,8 +82,12 @@ class Pool {
   // acquire's common case, without a coroutine: an idle connection, if one is trusted.
   std::optional<Lease> lend_idle(bool in_transaction = false);
   // Whether acquire() would lend or open a connection without waiting for one.
-  bool lends_now() const { return !paused_ && (!idle_.empty() || total_ < max_size_); }
+  bool lends_now() const { return !paused_ && (!idle_.empty() || shared_.has_room()); }
   void give_back(std::unique_ptr<ServerConn> conn);
+  // From the SharedPool, on this worker's thread: a server (or a slot, when null) for the
+  // longest waiter here; and a request to send an idle server to the longest waiter.
+  void receive(std::unique_ptr<ServerConn> conn);
+  void lend_away();
   // Closes idle connections unused for longer than `idle`.
   void prune(config::Millis idle);
   // At exit: closes idle connections; connections given back later are closed too.
@@ -90,8 +97,8 @@ class Pool {
   // Whether its connections count requests, transactions, latency, errors and bytes (the
   // map's admin.stats; waits and logins are always counted).
   void count_requests(bool on) { count_requests_ = on; }
-  // A reload changed pool_size or timeouts: a smaller pool closes connections as they
-  // come back until it fits; a larger one lets waiters open theirs.
+  // A reload changed pool_size (the limit of the whole process) or timeouts: a smaller pool
+  // closes connections as they come back until it fits; a larger one lets waiters open theirs.
   void set_limits(int max_size, config::Millis wait_timeout, config::Millis connect_timeout);
   // PAUSE: new acquisitions wait (up to the pool wait timeout) until resume(), except for
   // transactions already running; servers already leased finish their transactions.
@@ -106,38 +113,55 @@ class Pool {
   // Idle connections (for SHOW SERVERS).
   const std::deque<std::unique_ptr<ServerConn>>& idle() const { return idle_; }
   const BackendTarget& target() const { return target_; }
-  // Parameters the server reported at its first login (server_version, encodings...).
-  const std::map<std::string, std::string>& server_params() const { return server_params_; }
+  // Parameters the server reported at the pool's first login, on any worker (a worker may
+  // have only servers other workers opened, whose settings clients changed since).
+  const std::map<std::string, std::string>& server_params() const {
+    return shared_.server_params();
+  }
 
  private:
   struct Waiter {
     asio::steady_timer timer;
     std::unique_ptr<ServerConn> conn;  // handed over by give_back
     bool slot = false;                 // a slot freed: the waiter may open a connection
+    bool queued = true;  // its place in the SharedPool's queue is not yet taken by a hand-over
     Clock::time_point since = Clock::now();
   };
+  // Opens a connection in a slot reserved in the SharedPool.
   awaitable<std::variant<Lease, std::string>> open();
   // Every lease starts here, so that holders() knows the servers lent out.
   Lease lend(std::unique_ptr<ServerConn> conn);
+  // A server (or a slot, when null) for the first waiter here, whose queue place it took;
+  // with nobody waiting any more the server goes idle and the slot is released.
+  void serve(std::unique_ptr<ServerConn> conn);
+  // Gives `conn` to the longest waiter of the process: false (conn kept) when none waits.
+  bool hand_over(std::unique_ptr<ServerConn>& conn);
+  void make_idle(std::unique_ptr<ServerConn> conn);
+  // A server here closed (or never opened): its slot is freed or goes to a waiter.
+  void drop();
+  void release_slot();
+  void publish_idle(bool fence) { shared_.set_idle(worker_, idle_.size(), fence); }
+  bool current(const ServerConn& conn) const {
+    return !closed_ && conn.generation == shared_.generation();
+  }
 
   asio::any_io_executor ex_;
+  int worker_;
+  SharedPool& shared_;
   BackendTarget target_;
-  int max_size_;
   config::Millis wait_timeout_;
   config::Millis connect_timeout_;
-  int total_ = 0;  // idle + leased + connecting
+  int total_ = 0;  // idle + leased + connecting, on this worker
   int connecting_ = 0;
   bool count_requests_ = true;
   bool paused_ = false;
   std::unique_ptr<asio::steady_timer> resumed_;  // cancelled by resume (the paused wait)
-  uint64_t generation_ = 0;                      // connections of older ones do not return
   Counters counters_;
   PoolHealth health_;
   bool closed_ = false;
   std::deque<std::unique_ptr<ServerConn>> idle_;
   std::deque<Waiter*> waiters_;
   std::vector<const ServerConn*> lent_;  // servers out on a Lease
-  std::map<std::string, std::string> server_params_;
 };
 
 }  // namespace pgshard::pool

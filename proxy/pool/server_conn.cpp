@@ -3,6 +3,7 @@
 
 #include <poll.h>
 #include <spdlog/spdlog.h>
+#include <unistd.h>
 
 #include <atomic>
 
@@ -41,25 +42,61 @@ bool is_reported_parameter(std::string_view n) {
 }
 
 ServerConn::ServerConn(asio::any_io_executor ex, const BackendTarget& target)
-    : socket_(std::move(ex)), target_(target), id_(next_id++) {}
+    : socket_(std::in_place, std::move(ex)), target_(target), id_(next_id++) {}
+
+ServerConn::~ServerConn() {
+  if (moving_fd_ >= 0) ::close(moving_fd_);  // (dropped on its way to another worker)
+}
+
+bool ServerConn::leave() {
+  error_code ec;
+  const int fd = socket_->release(ec);
+  if (ec) {
+    spdlog::warn("S-{}: shard {}: cannot move the connection: {}", id_, target_.shard_name,
+                 ec.message());
+    close();
+    return false;
+  }
+  moving_fd_ = fd;
+  socket_.reset();  // (closed, on its own worker's thread)
+  return true;
+}
+
+bool ServerConn::arrive(asio::any_io_executor ex) {
+  tcp::socket socket(std::move(ex));
+  error_code ec;
+  socket.assign(protocol_, moving_fd_, ec);
+  if (ec) {
+    spdlog::warn("S-{}: shard {}: cannot take the connection over: {}", id_, target_.shard_name,
+                 ec.message());
+    ::close(std::exchange(moving_fd_, -1));
+    broken = true;
+    return false;
+  }
+  moving_fd_ = -1;
+  socket_.emplace(std::move(socket));
+  drained_.forget_reactor();
+  return true;
+}
 
 void ServerConn::close() {
-  error_code ec;
-  socket_.shutdown(tcp::socket::shutdown_both, ec);
-  socket_.close(ec);
   broken = true;
+  if (!socket_) return;  // (on its way to another worker: the destructor closes it)
+  error_code ec;
+  socket_->shutdown(tcp::socket::shutdown_both, ec);
+  socket_->close(ec);
 }
 
 bool ServerConn::stale() {
-  if (!socket_.is_open()) return true;
-  pollfd p{socket_.native_handle(), POLLIN | POLLRDHUP, 0};
+  if (!socket_ || !socket_->is_open()) return true;
+  pollfd p{socket_->native_handle(), POLLIN | POLLRDHUP, 0};
   // An idle server sends nothing unprompted except on shutdown (FATAL, then EOF) or a
   // late NOTIFY/ParameterStatus; any of those means this connection is not clean.
   return ::poll(&p, 1, 0) != 0 || !rbuf.empty();
 }
 
 awaitable<std::string> ServerConn::connect(config::Millis timeout) {
-  asio::steady_timer timer(socket_.get_executor(), timeout);
+  asio::steady_timer timer(socket_->get_executor(), timeout);
   auto result = co_await (login() || timer.async_wait(asio::use_awaitable));
   if (result.index() == 1) {
     close();
@@ -72,18 +109,19 @@ awaitable<std::string> ServerConn::connect(config::Millis timeout) {
 awaitable<std::string> ServerConn::login() {
   const std::string where = "shard " + target_.shard_name + " (" + target_.host + ":" +
                             std::to_string(target_.port) + ")";
-  tcp::resolver resolver(socket_.get_executor());
+  tcp::resolver resolver(socket_->get_executor());
   auto [rec, endpoints] =
       co_await resolver.async_resolve(target_.host, std::to_string(target_.port), use_nothrow);
   if (rec) co_return "cannot resolve " + where + ": " + rec.message();
-  auto [cec, ep] = co_await asio::async_connect(socket_, endpoints, use_nothrow);
+  auto [cec, ep] = co_await asio::async_connect(*socket_, endpoints, use_nothrow);
   if (cec) co_return "cannot connect to " + where + ": " + cec.message();
-  socket_.set_option(tcp::no_delay(true));
-  enable_drained_reads(socket_);
+  protocol_ = ep.protocol();
+  socket_->set_option(tcp::no_delay(true));
+  enable_drained_reads(*socket_);
 
   std::string out;
   proto::write_startup(out, {{"user", target_.user}, {"database", target_.database}});
-  if (auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out), use_nothrow); ec)
+  if (auto [ec, n] = co_await asio::async_write(*socket_, asio::buffer(out), use_nothrow); ec)
     co_return "cannot write to " + where + ": " + ec.message();
 
   std::unique_ptr<proto::ScramClient> scram;
@@ -93,7 +131,7 @@ awaitable<std::string> ServerConn::login() {
     if (d.status == proto::DecodeStatus::kNeedMore) {
       std::size_t room;
       char* at = rbuf.prepare(8192, &room);
-      auto [ec, n] = co_await socket_.async_read_some(asio::buffer(at, room), use_nothrow);
+      auto [ec, n] = co_await socket_->async_read_some(asio::buffer(at, room), use_nothrow);
       rbuf.commit(n);
       if (ec) co_return "connection to " + where + " closed during login: " + ec.message();
       continue;
@@ -158,7 +196,7 @@ awaitable<std::string> ServerConn::login() {
     }
     rbuf.consume(d.consumed);
     if (!out.empty()) {
-      if (auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(out), use_nothrow); ec)
+      if (auto [ec, n] = co_await asio::async_write(*socket_, asio::buffer(out), use_nothrow); ec)
         co_return "cannot write to " + where + ": " + ec.message();
     }
   }
@@ -170,7 +208,7 @@ awaitable<bool> ServerConn::run_own(std::string_view sql, std::size_t max_messag
   std::string q;
   proto::Query{sql}.write(q);
   replies.expect_ready(Replies::Owner::kOwn);
-  auto [ec, n] = co_await asio::async_write(socket_, asio::buffer(q), use_nothrow);
+  auto [ec, n] = co_await asio::async_write(*socket_, asio::buffer(q), use_nothrow);
   count_sent(n);
   const bool ok =
       !ec && co_await read_replies(

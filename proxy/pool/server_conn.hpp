@@ -75,11 +75,14 @@ class PreparedSet {
 class ServerConn {
  public:
   explicit ServerConn(asio::any_io_executor ex, const BackendTarget& target);
+  ServerConn(const ServerConn&) = delete;
+  ServerConn& operator=(const ServerConn&) = delete;
+  ~ServerConn();
 
   // Connects and logs in; on failure returns a message naming the shard.
   awaitable<std::string> connect(config::Millis timeout);
 
-  tcp::socket& socket() { return socket_; }
+  tcp::socket& socket() { return *socket_; }
   const BackendTarget& target() const { return target_; }
   uint64_t id() const { return id_; }
   int32_t pid() const { return pid_; }
@@ -143,10 +146,23 @@ class ServerConn {
   bool stale();
   void close();
 
+  // Moving to another worker (whose reactor is another thread's, so the socket cannot stay
+  // registered with this one): leave() releases the descriptor from this worker's reactor,
+  // on its thread, for a connection nothing reads and that owes nothing (idle and clean, as
+  // Pool::give_back checks); arrive(ex) registers it on the new worker's executor, on that
+  // worker's thread. Its state (parameters, prepared statements, key data) goes with it.
+  // False (the connection closed) if the descriptor could not be released or registered.
+  bool leave();
+  bool arrive(asio::any_io_executor ex);
+
  private:
   awaitable<std::string> login();
-  tcp::socket socket_;
-  DrainedSocket drained_{socket_};
+  // Empty only on its way to another worker (between leave() and arrive()), when it must
+  // not refer to the io_context it left (which may be gone before it arrives).
+  std::optional<tcp::socket> socket_;
+  DrainedSocket drained_{*socket_};  // (the same storage across leave and arrive)
+  tcp protocol_ = tcp::v4();         // of the address it connected to (for arrive)
+  int moving_fd_ = -1;               // between leave() and arrive()
   BackendTarget target_;
   uint64_t id_;
   int32_t pid_ = 0;

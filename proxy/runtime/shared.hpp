@@ -13,6 +13,7 @@
 
 #include "config/config.hpp"
 #include "proxy/asio.hpp"
+#include "proxy/pool/shared_pool.hpp"
 #include "proxy/runtime/cancel.hpp"
 #include "proxy/runtime/decision_log.hpp"
 #include "proxy/runtime/stats.hpp"
@@ -59,6 +60,7 @@ struct Shared {
   std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
   VisibilityGate visibility;                 // cross-shard commits vs multi-shard snapshots
+  pool::SharedPools pools;  // each pool's limit and waiters across the workers (locks inside)
   std::vector<Worker*> workers;              // for the admin console and /metrics
   Clock::time_point started = Clock::now();
   // The stats period marks (see Snapshot::period), written every kStatsPeriod.

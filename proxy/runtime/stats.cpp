@@ -52,13 +52,15 @@ void RouteCounters::add(const RouteCounters& o) {
 }
 
 namespace {
-// Adds `from` into `into` (same pool on another worker, or another user's pool).
-void merge_row(PoolRow& into, const PoolRow& from) {
+// Adds `from` into `into`: the same pool on another worker (`same_pool`: every worker's
+// row carries the pool's whole-process limit) or another user's pool.
+void merge_row(PoolRow& into, const PoolRow& from, bool same_pool) {
   into.stats.total += from.stats.total;
   into.stats.idle += from.stats.idle;
   into.stats.waiting += from.stats.waiting;
   into.stats.connecting += from.stats.connecting;
-  into.stats.max_size += from.stats.max_size;
+  into.stats.max_size = same_pool ? std::max(into.stats.max_size, from.stats.max_size)
+                                  : into.stats.max_size + from.stats.max_size;
   into.stats.max_wait_us = std::max(into.stats.max_wait_us, from.stats.max_wait_us);
   into.counters.add(from.counters);
   into.clients += from.clients;
@@ -69,20 +71,19 @@ void merge_row(PoolRow& into, const PoolRow& from) {
   }
 }
 
-std::vector<PoolRow> combine(const std::vector<WorkerSnapshot>& workers, bool by_user) {
+std::vector<PoolRow> combine(const std::vector<PoolRow>& rows, bool by_user) {
   std::vector<PoolRow> out;
-  for (const auto& w : workers)
-    for (const auto& p : w.pools) {
-      auto it = std::find_if(out.begin(), out.end(), [&](const PoolRow& r) {
-        return r.shard == p.shard && (!by_user || r.user == p.user);
-      });
-      if (it == out.end()) {
-        out.push_back(p);
-        if (!by_user) out.back().user.clear();
-      } else {
-        merge_row(*it, p);
-      }
+  for (const auto& p : rows) {
+    auto it = std::find_if(out.begin(), out.end(), [&](const PoolRow& r) {
+      return r.shard == p.shard && (!by_user || r.user == p.user);
+    });
+    if (it == out.end()) {
+      out.push_back(p);
+      if (!by_user) out.back().user.clear();
+    } else {
+      merge_row(*it, p, by_user);
     }
+  }
   std::sort(out.begin(), out.end(), [](const PoolRow& a, const PoolRow& b) {
     // Shards first in map order, then directories; users by name.
     // (64-bit: the visibility coordinator's pool has shard INT_MIN.)
@@ -95,11 +96,13 @@ std::vector<PoolRow> combine(const std::vector<WorkerSnapshot>& workers, bool by
 }  // namespace
 
 std::vector<PoolRow> Snapshot::pools() const {
-  return combine(workers, true);
+  std::vector<PoolRow> rows;
+  for (const auto& w : workers) rows.insert(rows.end(), w.pools.begin(), w.pools.end());
+  return combine(rows, true);
 }
 
 std::vector<PoolRow> Snapshot::shards() const {
-  auto rows = combine(workers, false);
+  auto rows = combine(pools(), false);  // (each pool's workers first: see merge_row)
   std::erase_if(rows, [](const PoolRow& r) { return r.shard < 0; });
   return rows;
 }

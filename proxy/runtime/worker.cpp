@@ -42,13 +42,23 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
   t.database = !user.database.empty()       ? user.database
                : s.primary.database.empty() ? t.user
                                             : s.primary.database;
-  // pool_size is per shard for the whole process: split it across workers.
-  const int workers = static_cast<int>(cfg.listen.workers);
-  int size = std::max(1, (s.pool_size + workers - 1) / std::max(1, workers));
-  auto p = std::make_unique<pool::Pool>(executor(), t, size, cfg.timeouts.pool_wait,
-                                        cfg.timeouts.connect);
-  p->count_requests(config().admin.stats);
-  p->pause(paused_.count(shard) > 0);
+  auto& p = make_pool(key, std::move(t), s.pool_size);
+  p.count_requests(cfg.admin.stats);
+  p.pause(paused_.count(shard) > 0);
+  return p;
+}
+
+int Worker::workers() const {
+  return std::max(
+      {config().listen.workers, static_cast<int>(shared_.workers.size()), index_ + 1});
+}
+
+pool::Pool& Worker::make_pool(const std::pair<int, std::string>& key, pool::BackendTarget target,
+                              int limit) {
+  const auto& cfg = config();
+  auto& shared = shared_.pools.get(key, std::max(1, limit), workers());
+  auto p = std::make_unique<pool::Pool>(executor(), index_, shared, std::move(target),
+                                        cfg.timeouts.pool_wait, cfg.timeouts.connect);
   auto& ref = *p;
   pools_.emplace(key, std::move(p));
   return ref;
@@ -104,12 +114,9 @@ pool::Pool& Worker::directory_pool(int table, const config::User& user) {
   t.user = url.user.empty() ? user.name : url.user;
   t.password = url.user.empty() ? user.plaintext.value_or("") : url.password;
   t.database = url.database.empty() ? t.user : url.database;
-  auto p = std::make_unique<pool::Pool>(executor(), t, 2, config().timeouts.pool_wait,
-                                        config().timeouts.connect);
-  p->count_requests(config().admin.stats);
-  auto& ref = *p;
-  pools_.emplace(key, std::move(p));
-  return ref;
+  auto& p = make_pool(key, std::move(t), kDirectoryPoolSize * workers());
+  p.count_requests(config().admin.stats);
+  return p;
 }
 
 pool::Pool& Worker::gate_pool() {
@@ -126,12 +133,9 @@ pool::Pool& Worker::gate_pool() {
   t.password = login.password;
   // Where every instance takes the lock, apart from the application's database.
   t.database = "postgres";
-  auto p = std::make_unique<pool::Pool>(executor(), t, kGatePoolSize, config().timeouts.pool_wait,
-                                        config().timeouts.connect);
-  p->count_requests(false);
-  auto& ref = *p;
-  pools_.emplace(key, std::move(p));
-  return ref;
+  auto& p = make_pool(key, std::move(t), kGatePoolSize * workers());
+  p.count_requests(false);
+  return p;
 }
 
 std::string Worker::pool_user_key(const config::User& user) {
@@ -141,7 +145,9 @@ std::string Worker::pool_user_key(const config::User& user) {
 void Worker::drop_pools(const config::User& user) {
   const std::string key = pool_user_key(user);
   std::erase_if(pools_, [&](const auto& entry) {
-    return entry.first.first >= 0 && entry.first.second == key && entry.second->stats().total == 0;
+    const auto stats = entry.second->stats();
+    return entry.first.first >= 0 && entry.first.second == key && stats.total == 0 &&
+           stats.waiting == 0;
   });
 }
 
@@ -174,12 +180,10 @@ void Worker::apply_config() {
   const auto& cfg = config();
   // Analyses depend on the map (reference tables): statements are analysed afresh.
   cache_ = router::AnalysisCache(cfg.router_cache_size, &cfg);
-  const int workers = std::max(1, cfg.listen.workers);
   for (auto& [key, p] : pools_) {
     if (key.first < 0) continue;  // directories: fixed size
     const int pool_size = cfg.shards[static_cast<std::size_t>(key.first)].pool_size;
-    p->set_limits(std::max(1, (pool_size + workers - 1) / workers), cfg.timeouts.pool_wait,
-                  cfg.timeouts.connect);
+    p->set_limits(std::max(1, pool_size), cfg.timeouts.pool_wait, cfg.timeouts.connect);
     p->count_requests(cfg.admin.stats);
   }
 }

@@ -57,23 +57,28 @@ class Worker {
   virtual bool drop_oldest_unheard(uint64_t except) = 0;
 
   // ---- server pools ----
-  // The pool for (shard, user), created on first use (per database, for a session of
-  // another database than the shards' own: config::User::database).
+  // This worker's side of the pool for (shard, user), created on first use (per database,
+  // for a session of another database than the shards' own: config::User::database);
+  // pool_size bounds the pool's connections on all workers together.
   pool::Pool& pool(int shard, const config::User& user);
-  // Removes the user's pools that hold no connection (a login to a database no shard has).
+  // Removes the user's pools that hold no connection and have no client waiting (a login
+  // to a database no shard has).
   void drop_pools(const config::User& user);
   // Closes the idle connections to databases other than the shards' own (DDL on databases).
   void close_idle_other_databases();
-  // Connections to the database holding sharded table `table`'s directory.
+  // Connections to the database holding sharded table `table`'s directory
+  // (kDirectoryPoolSize per worker, shared by all of them).
   pool::Pool& directory_pool(int table, const config::User& user);
   // Connections to the coordinator of `atomic_visibility: cluster` (cluster_gate.hpp): the
-  // first shard's server, its postgres database, logged in as for maintenance.
+  // first shard's server, its postgres database, logged in as for maintenance
+  // (kGatePoolSize per worker, shared by all of them).
   pool::Pool& gate_pool();
   // Where a statement of a session with `cfg` enters the visibility gate (GateEntry).
   GateEntry visibility_entry(const config::Config& cfg, const std::string& log_prefix) {
     return {shared_.visibility, cfg.visibility_cluster ? &gate_pool() : nullptr, cfg, log_prefix};
   }
   static constexpr int kGatePoolSize = 16;
+  static constexpr int kDirectoryPoolSize = 2;
   static constexpr char kDatabaseSeparator = '\x1f';  // user, then database, in a pool key
   static std::string pool_user_key(const config::User& user);
   // Server parameters to announce to clients: from any pool that has logged in, else
@@ -138,6 +143,10 @@ class Worker {
   std::optional<asio::io_context> ctx_{std::in_place, BOOST_ASIO_CONCURRENCY_HINT_UNSAFE_IO};
 
  private:
+  // The pool for `key` logging in to `target`, of `limit` connections in the process.
+  pool::Pool& make_pool(const std::pair<int, std::string>& key, pool::BackendTarget target,
+                        int limit);
+  int workers() const;  // how many workers the process has
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
   router::AnalysisCache cache_;
   protocol::SpareBlocks spare_blocks_;
