@@ -319,6 +319,8 @@ bool ScramClient::server_final(std::string_view m) const {
   return v && !expected_server_signature_.empty() && *v == expected_server_signature_;
 }
 
-ScramKeyCacheStats scram_key_cache_stats() { return scram_key_cache().stats(); }
+ScramKeyCacheStats scram_key_cache_stats() {
+  return scram_key_cache().stats();
+}
 
 }  // namespace pgshard::protocol

@@ -420,15 +420,16 @@ int Server::run() {
   };
   dump_signal.async_wait(on_dump);
   if (cfg.two_phase_commit)
-    recovery_thread_ = std::thread([this, rounds = txn::RecoveryRounds(startup_recovery)]() mutable {
-      // Every 10 s: finish decided commits a shard missed (it was down at the time) and roll
-      // back what undecided transactions left; a round with nothing to do logs in nowhere.
-      while (!shared_.shutting_down) {
-        for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions);
-      }
-    });
+    recovery_thread_ =
+        std::thread([this, rounds = txn::RecoveryRounds(startup_recovery)]() mutable {
+          // Every 10 s: finish decided commits a shard missed (it was down at the time) and roll
+          // back what undecided transactions left; a round with nothing to do logs in nowhere.
+          while (!shared_.shutting_down) {
+            for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
+              std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions);
+          }
+        });
   deadlocks_.emplace(
       cfg,
       [this] {

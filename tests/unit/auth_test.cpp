@@ -143,7 +143,7 @@ TEST_CASE("SCRAM client refuses a server that does not know the password", "[aut
     ScramServer f(forged, "servernonce");
     REQUIRE(f.client_first(c.client_first(), &err));
     auto v = f.client_final(*final_msg, &err);
-    REQUIRE(v);  // the proof checks against the stolen StoredKey...
+    REQUIRE(v);                       // the proof checks against the stolen StoredKey...
     CHECK_FALSE(c.server_final(*v));  // ...but its ServerKey is not the password's
   }
 }

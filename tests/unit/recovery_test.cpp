@@ -1,5 +1,7 @@
 // When the periodic two-phase commit recovery pass has work (and logs in to the shards):
 // DecisionLog::needs_recovery and txn::RecoveryRounds, with no shard to connect to.
+#include "proxy/txn/recovery.hpp"
+
 #include <stdlib.h>
 
 #include <catch2/catch.hpp>
@@ -7,7 +9,6 @@
 #include <string>
 
 #include "proxy/runtime/decision_log.hpp"
-#include "proxy/txn/recovery.hpp"
 
 using pgshard::runtime::DecisionLog;
 using pgshard::txn::RecoveryResult;
@@ -32,8 +33,7 @@ const auto kLater = std::chrono::steady_clock::now() + std::chrono::hours(1);
 
 }  // namespace
 
-TEST_CASE("an idle decision log needs no recovery pass; commits in flight neither",
-          "[recovery]") {
+TEST_CASE("an idle decision log needs no recovery pass; commits in flight neither", "[recovery]") {
   TempLog t;
   CHECK_FALSE(t.log.needs_recovery());
   // A session committing: decided and live, then finished everywhere.
