@@ -8,7 +8,10 @@
 #include <openssl/sha.h>
 
 #include <charconv>
+#include <map>
+#include <mutex>
 #include <stdexcept>
+#include <tuple>
 #include <vector>
 
 namespace pgshard::protocol {
@@ -57,6 +60,54 @@ std::string salted_password(std::string_view password, std::string_view salt, in
                     static_cast<int>(salt.size()), iterations, EVP_sha256(), kKeyLen,
                     reinterpret_cast<unsigned char*>(out.data()));
   return out;
+}
+
+// ClientKey and ServerKey of one (password, salt, iterations), the costly part of a SCRAM
+// login. A pure function's memo, so process-wide: pools filling and refilling log in to
+// the same few servers with the same few passwords. Keyed by the password's SHA-256, not the
+// password itself; bounded (an entry per user and server's salt; a server that changes its
+// salts at every login only refills it).
+struct ScramKeys {
+  std::string client_key;
+  std::string server_key;
+};
+
+class ScramKeyCache {
+ public:
+  ScramKeys get(std::string_view password, std::string_view salt, int iterations) {
+    auto key = std::make_tuple(sha256(password), std::string(salt), iterations);
+    {
+      std::lock_guard lock(mu_);
+      if (auto it = keys_.find(key); it != keys_.end()) {
+        ++stats_.hits;
+        return it->second;
+      }
+      ++stats_.misses;
+    }
+    // Derived outside the lock: logins to other servers do not wait for this one.
+    const auto salted = salted_password(password, salt, iterations);
+    ScramKeys keys{hmac(salted, "Client Key"), hmac(salted, "Server Key")};
+    std::lock_guard lock(mu_);
+    if (keys_.size() >= kMaxEntries) keys_.erase(keys_.begin());
+    keys_.insert_or_assign(std::move(key), keys);
+    return keys;
+  }
+
+  ScramKeyCacheStats stats() {
+    std::lock_guard lock(mu_);
+    return stats_;
+  }
+
+ private:
+  static constexpr std::size_t kMaxEntries = 256;
+  std::mutex mu_;
+  std::map<std::tuple<std::string, std::string, int>, ScramKeys> keys_;
+  ScramKeyCacheStats stats_;
+};
+
+ScramKeyCache& scram_key_cache() {
+  static ScramKeyCache cache;
+  return cache;
 }
 
 std::string xor_bytes(std::string_view a, std::string_view b) {
@@ -254,10 +305,8 @@ std::optional<std::string> ScramClient::server_first(std::string_view m, std::st
     *error = "malformed SCRAM server-first-message";
     return std::nullopt;
   }
-  auto salted = salted_password(password_, *salt, iterations);
-  auto client_key = hmac(salted, "Client Key");
+  auto [client_key, server_key] = scram_key_cache().get(password_, *salt, iterations);
   auto stored_key = sha256(client_key);
-  auto server_key = hmac(salted, "Server Key");
   std::string without_proof = "c=biws,r=" + std::string(*nonce);
   std::string auth_message = client_first_bare_ + "," + std::string(m) + "," + without_proof;
   auto proof = xor_bytes(client_key, hmac(stored_key, auth_message));
@@ -268,6 +317,10 @@ std::optional<std::string> ScramClient::server_first(std::string_view m, std::st
 bool ScramClient::server_final(std::string_view m) const {
   auto v = attribute(m, 0, 'v');
   return v && !expected_server_signature_.empty() && *v == expected_server_signature_;
+}
+
+ScramKeyCacheStats scram_key_cache_stats() {
+  return scram_key_cache().stats();
 }
 
 }  // namespace pgshard::protocol

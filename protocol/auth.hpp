@@ -1,6 +1,7 @@
 // Authentication maths: SCRAM-SHA-256 (RFC 5802/7677) for both sides, and MD5 passwords.
 #pragma once
 
+#include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -51,7 +52,11 @@ class ScramServer {
   std::string nonce_;
 };
 
-// Client side of one SCRAM-SHA-256 exchange (pgshard logging into a backend).
+// Client side of one SCRAM-SHA-256 exchange (pgshard logging into a backend). Its keys
+// (ClientKey, ServerKey) come from Hi(), 4096 rounds of PBKDF2 by default, the same for every
+// login with one password to one server: they are kept in a small process-wide cache keyed
+// by (password, salt, iterations). The cache only saves the derivation: the server still
+// checks the proof, and server_final() still checks the server's signature.
 class ScramClient {
  public:
   ScramClient(std::string password, std::string client_nonce);
@@ -66,5 +71,13 @@ class ScramClient {
   std::string client_first_bare_;
   std::string expected_server_signature_;
 };
+
+// The ScramClient key cache's counters (for tests and the curious): a hit is a login that
+// did not run PBKDF2.
+struct ScramKeyCacheStats {
+  std::uint64_t hits = 0;
+  std::uint64_t misses = 0;
+};
+ScramKeyCacheStats scram_key_cache_stats();
 
 }  // namespace pgshard::protocol

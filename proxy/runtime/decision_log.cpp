@@ -121,6 +121,7 @@ bool DecisionLog::commit(const std::string& gid) {
   std::lock_guard lock(mu_);
   if (!append(make_record('C', gid), true)) return false;
   decided_.insert(gid);
+  if (auto it = live_.find(gid); it != live_.end()) it->second = true;
   return true;
 }
 
@@ -134,17 +135,33 @@ void DecisionLog::done(const std::string& gid) {
 
 void DecisionLog::begin(const std::string& gid) {
   std::lock_guard lock(mu_);
-  live_.insert(gid);
+  live_.emplace(gid, false);
 }
 
 void DecisionLog::end(const std::string& gid) {
   std::lock_guard lock(mu_);
-  live_.erase(gid);
+  auto it = live_.find(gid);
+  if (it == live_.end()) return;
+  if (!it->second) unsettled_[gid] = std::chrono::steady_clock::now();
+  live_.erase(it);
 }
 
 bool DecisionLog::live(const std::string& gid) const {
   std::lock_guard lock(mu_);
   return live_.contains(gid);
+}
+
+bool DecisionLog::needs_recovery() const {
+  std::lock_guard lock(mu_);
+  if (!unsettled_.empty()) return true;
+  for (const auto& g : decided_)
+    if (!done_.contains(g)) return true;
+  return false;
+}
+
+void DecisionLog::settle(std::chrono::steady_clock::time_point cutoff) {
+  std::lock_guard lock(mu_);
+  std::erase_if(unsettled_, [&](const auto& u) { return u.second <= cutoff; });
 }
 
 std::set<std::string> DecisionLog::pending() const {

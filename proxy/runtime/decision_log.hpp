@@ -3,6 +3,8 @@
 // record, each with a checksum; a torn last line is ignored.
 #pragma once
 
+#include <chrono>
+#include <map>
 #include <mutex>
 #include <set>
 #include <string>
@@ -32,8 +34,17 @@ class DecisionLog {
   uint64_t generation() const { return generation_; }
   // Global transactions a session is finishing right now: recovery leaves them alone.
   void begin(const std::string& gid);
+  // A transaction that ends undecided (rolled back, or the session gave up) is remembered as
+  // unsettled: a participant may still be prepared (its ROLLBACK PREPARED failed, or a
+  // PREPARE's reply was lost), and only a recovery pass can roll it back.
   void end(const std::string& gid);
   bool live(const std::string& gid) const;
+  // True when a recovery pass has something to finish: decided commits not known to be done
+  // everywhere, or unsettled transactions.
+  bool needs_recovery() const;
+  // Forgets the unsettled transactions that ended at or before `cutoff` (a complete recovery
+  // pass that started after them found and rolled back whatever they left).
+  void settle(std::chrono::steady_clock::time_point cutoff);
   ~DecisionLog();
 
   // This instance's prefix of global transaction ids, "pgshard_<hex>_", kept in the log
@@ -48,7 +59,8 @@ class DecisionLog {
   void compact_locked();
   uint64_t generation_ = 0;
   int since_compact_ = 0;
-  std::set<std::string> live_;
+  std::map<std::string, bool> live_;  // gid -> decided (commit() succeeded)
+  std::map<std::string, std::chrono::steady_clock::time_point> unsettled_;  // gid -> end()
   mutable std::mutex mu_;
   int fd_ = -1;
   std::string path_;

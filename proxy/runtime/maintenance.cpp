@@ -1,3 +1,4 @@
+// How pgshard logs in to a shard for its own work (see maintenance.hpp).
 #include "proxy/runtime/maintenance.hpp"
 
 #include <algorithm>
@@ -39,7 +40,11 @@ std::string maintenance_conninfo(const config::Config& cfg, const config::Shard&
          " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +
          " dbname=" + conninfo_value(m.database) + " connect_timeout=" +
          std::to_string(std::max<long long>(2, (cfg.timeouts.connect.count() + 999) / 1000)) +
-         " application_name=" + conninfo_value(application_name);
+         " application_name=" + conninfo_value(application_name) +
+         // libpq's default gssencmode=prefer first asks for GSSAPI encryption (a Kerberos
+         // credential lookup on every login). pgshard's own server connections never use it,
+         // so a shard pgshard can serve accepts a login without it: ask for none.
+         " gssencmode=disable";
 }
 
 }  // namespace pgshard::runtime

@@ -318,6 +318,7 @@ awaitable<void> Server::accept_loop() {
 int Server::run() {
   raise_open_files_limit();
   const auto& cfg = shared_.config();
+  txn::RecoveryResult startup_recovery;
   if (cfg.two_phase_commit) {
     // In-doubt transactions of an earlier run are resolved before any client comes in.
     std::string err;
@@ -329,7 +330,7 @@ int Server::run() {
       spdlog::info("two-phase commit: new instance {} (log {})", shared_.decisions.prefix(),
                    cfg.two_phase_log);
     } else {
-      auto r = txn::recover(cfg, shared_.decisions, true);
+      const auto& r = startup_recovery = txn::recover(cfg, shared_.decisions, true);
       spdlog::info("two-phase commit recovery: {} committed, {} rolled back, {} errors",
                    r.committed, r.rolled_back, r.errors);
     }
@@ -419,14 +420,16 @@ int Server::run() {
   };
   dump_signal.async_wait(on_dump);
   if (cfg.two_phase_commit)
-    recovery_thread_ = std::thread([this] {
-      // Every 10 s: finish decided commits a shard missed (it was down at the time).
-      while (!shared_.shutting_down) {
-        for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
-          std::this_thread::sleep_for(std::chrono::milliseconds(100));
-        if (!shared_.shutting_down) txn::recover(shared_.config(), shared_.decisions, false);
-      }
-    });
+    recovery_thread_ =
+        std::thread([this, rounds = txn::RecoveryRounds(startup_recovery)]() mutable {
+          // Every 10 s: finish decided commits a shard missed (it was down at the time) and roll
+          // back what undecided transactions left; a round with nothing to do logs in nowhere.
+          while (!shared_.shutting_down) {
+            for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
+              std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions);
+          }
+        });
   deadlocks_.emplace(
       cfg,
       [this] {

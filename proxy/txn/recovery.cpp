@@ -70,4 +70,15 @@ RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, boo
   return result;
 }
 
+bool RecoveryRounds::round(const config::Config& cfg, runtime::DecisionLog& log) {
+  const bool sweep = ++idle_rounds_ >= kSweepEvery;
+  if (!incomplete_ && !sweep && !log.needs_recovery()) return false;
+  idle_rounds_ = 0;
+  const auto started = std::chrono::steady_clock::now();
+  const auto r = recover(cfg, log, false);
+  incomplete_ = r.errors > 0;
+  if (!incomplete_) log.settle(started - kSettle);
+  return true;
+}
+
 }  // namespace pgshard::txn

@@ -3,6 +3,7 @@
 // libpq (control plane), blocking: run it before accepting clients or on its own thread.
 #pragma once
 
+#include <chrono>
 #include <string>
 
 #include "config/config.hpp"
@@ -21,5 +22,27 @@ struct RecoveryResult {
 // are rolled back too (nothing can be committing them); later passes only finish decided
 // commits.
 RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup);
+
+// The later passes (every 10 s on the recovery thread). Each pass logs in to every shard
+// (a backend, a SCRAM login), so a pass runs only when it may have work: the previous pass
+// did not finish (a shard unreachable, a statement failed: the start-up pass counts), the
+// log holds decided commits not finished everywhere or transactions that ended undecided
+// (DecisionLog::needs_recovery), or every kSweepEvery-th round, a sweep for what none of
+// these foresaw (a PREPARE that reached its shard after the session had given up on it).
+class RecoveryRounds {
+ public:
+  static constexpr int kSweepEvery = 30;
+  // An undecided transaction is looked for until a complete pass that started this long
+  // after it ended: a PREPARE still on its way when the session gave up has landed by then.
+  static constexpr std::chrono::seconds kSettle{30};
+
+  explicit RecoveryRounds(const RecoveryResult& startup) : incomplete_(startup.errors > 0) {}
+  // One round: a pass when due. True when it connected.
+  bool round(const config::Config& cfg, runtime::DecisionLog& log);
+
+ private:
+  bool incomplete_;
+  int idle_rounds_ = 0;
+};
 
 }  // namespace pgshard::txn

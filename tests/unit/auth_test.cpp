@@ -44,19 +44,78 @@ TEST_CASE("SCRAM server rejects a wrong password and malformed messages", "[auth
   CHECK_FALSE(err.empty());
 }
 
-TEST_CASE("SCRAM client and server agree end to end", "[auth]") {
-  auto secret = ScramSecret::from_password("s3cret", random_bytes(16), 4096);
+namespace {
+// One login of a client knowing `password` to a server holding `secret` (derived without
+// the cache): whether the server took the proof and the client took the server's signature.
+struct Login {
+  std::string client_final;
+  bool server_accepted = false;
+  bool client_accepted = false;
+};
+Login log_in(const ScramSecret& secret, const std::string& password) {
   ScramServer s(secret, "servernonce");
-  ScramClient c("s3cret", "clientnonce");
+  ScramClient c(password, "clientnonce");
   std::string err;
   auto first = s.client_first(c.client_first(), &err);
   REQUIRE(first);
   auto final_msg = c.server_first(*first, &err);
   REQUIRE(final_msg);
   auto v = s.client_final(*final_msg, &err);
-  REQUIRE(v);
-  CHECK(c.server_final(*v));
-  CHECK_FALSE(c.server_final("v=AAAA"));
+  return {*final_msg, v.has_value(), v && c.server_final(*v)};
+}
+}  // namespace
+
+TEST_CASE("SCRAM client and server agree end to end", "[auth]") {
+  auto login = log_in(ScramSecret::from_password("s3cret", random_bytes(16), 4096), "s3cret");
+  CHECK(login.server_accepted);
+  CHECK(login.client_accepted);
+}
+
+TEST_CASE("SCRAM client keys are derived once per password, salt and iterations", "[auth]") {
+  // Pools log in to the same server again and again: the second login skips PBKDF2, and
+  // says exactly what the first said.
+  auto secret = ScramSecret::from_password("s3cret", random_bytes(16), 4096);
+  const auto before = scram_key_cache_stats();
+  const auto first = log_in(secret, "s3cret");
+  const auto after_first = scram_key_cache_stats();
+  CHECK(after_first.misses == before.misses + 1);
+  CHECK(after_first.hits == before.hits);
+  const auto second = log_in(secret, "s3cret");
+  const auto after_second = scram_key_cache_stats();
+  CHECK(after_second.hits == after_first.hits + 1);
+  CHECK(after_second.misses == after_first.misses);
+  CHECK(first.server_accepted);
+  CHECK(first.client_accepted);
+  CHECK(second.client_final == first.client_final);
+  CHECK(second.server_accepted);
+  CHECK(second.client_accepted);
+
+  // A wrong password with the same salt is its own entry: the server refuses its proof.
+  const auto wrong = log_in(secret, "s3cre7");
+  CHECK(scram_key_cache_stats().misses == after_second.misses + 1);
+  CHECK_FALSE(wrong.server_accepted);
+  CHECK(log_in(secret, "s3cre7").client_final == wrong.client_final);
+  // Another salt or iteration count for the right password: another entry, still accepted.
+  auto other_salt = ScramSecret::from_password("s3cret", random_bytes(16), 4096);
+  auto fewer = ScramSecret::from_password("s3cret", secret.salt, 4095);
+  const auto misses = scram_key_cache_stats().misses;
+  CHECK(log_in(other_salt, "s3cret").server_accepted);
+  CHECK(log_in(fewer, "s3cret").server_accepted);
+  CHECK(scram_key_cache_stats().misses == misses + 2);
+}
+
+TEST_CASE("SCRAM client refuses a server that does not know the password", "[auth]") {
+  // The cached keys do not stand in for the server's signature. A server holding the
+  // password's StoredKey (stolen) but another password's ServerKey takes the proof; the
+  // client refuses its signature, before and after caching.
+  auto salt = random_bytes(16);
+  ScramSecret forged = ScramSecret::from_password("other", salt, 4096);
+  forged.stored_key = ScramSecret::from_password("s3cret", salt, 4096).stored_key;
+  for (int i = 0; i < 2; ++i) {
+    auto login = log_in(forged, "s3cret");
+    CHECK(login.server_accepted);
+    CHECK_FALSE(login.client_accepted);
+  }
 }
 
 TEST_CASE("SCRAM verifiers parse and print in PostgreSQL's format", "[auth]") {
