@@ -33,14 +33,10 @@ void DirectoryCache::put(int table, std::string key, int shard, std::chrono::mil
   entries_[{table, std::move(key)}] = {shard, std::chrono::steady_clock::now() + ttl};
 }
 
-namespace {
-std::atomic<uint64_t> g_schema_generation{0};
-}  // namespace
-
 std::optional<int> ColumnCache::key_position(const std::string& table) const {
   auto it = entries_.find(table);
   if (it == entries_.end() ||
-      it->second.generation != g_schema_generation.load(std::memory_order_acquire))
+      it->second.generation != generation())
     return std::nullopt;
   return it->second.position;
 }
@@ -48,19 +44,15 @@ std::optional<int> ColumnCache::key_position(const std::string& table) const {
 const std::vector<GeneratedColumn>* ColumnCache::generated(const std::string& table) const {
   auto it = entries_.find(table);
   if (it == entries_.end() ||
-      it->second.generation != g_schema_generation.load(std::memory_order_acquire))
+      it->second.generation != generation())
     return nullptr;
   return &it->second.generated;
 }
 
 void ColumnCache::put(const std::string& table, int position,
                       std::vector<GeneratedColumn> generated) {
-  entries_[table] = {position, g_schema_generation.load(std::memory_order_acquire),
+  entries_[table] = {position, generation(),
                      std::move(generated)};
-}
-
-void ColumnCache::schema_changed() {
-  g_schema_generation.fetch_add(1, std::memory_order_acq_rel);
 }
 
 Placement place_key(const config::ShardedTable& t, std::string_view text, int shards,

@@ -2,6 +2,7 @@
 // text form of one key value.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <map>
@@ -43,14 +44,14 @@ struct GeneratedColumn {
 // without a column list), and its generated columns, read from a shard's catalog by the
 // session: table name -> 0-based position, or -1 when the table or column does not exist.
 // Per worker; every worker's entries are forgotten when a schema change passes through
-// pgshard.
+// pgshard: `generation` (runtime::Shared::catalog_generation) moves on.
 class ColumnCache {
  public:
+  explicit ColumnCache(const std::atomic<uint64_t>& generation) : generation_(&generation) {}
   std::optional<int> key_position(const std::string& table) const;
   // Null when the table's columns are not known yet.
   const std::vector<GeneratedColumn>* generated(const std::string& table) const;
   void put(const std::string& table, int position, std::vector<GeneratedColumn> generated = {});
-  static void schema_changed();
 
  private:
   struct Entry {
@@ -58,6 +59,8 @@ class ColumnCache {
     uint64_t generation;
     std::vector<GeneratedColumn> generated;
   };
+  uint64_t generation() const { return generation_->load(std::memory_order_acquire); }
+  const std::atomic<uint64_t>* generation_;
   std::map<std::string, Entry> entries_;
 };
 

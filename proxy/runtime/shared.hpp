@@ -54,7 +54,7 @@ struct Shared {
   std::atomic<uint64_t> next_gid{1};
   // Bumped by DDL through pgshard: what was read of the shards' catalogs (column
   // collations, functions' effects on settings) is read again.
-  std::atomic<uint64_t> catalog_generation{1};
+  std::atomic<uint64_t> catalog_generation{0};
   GlobalIds ids;  // pgshard.unique_id(): its generators and node lease
   std::atomic<bool> unique_id_declared{false};  // on every shard, once per process
   std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit

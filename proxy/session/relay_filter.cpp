@@ -103,7 +103,7 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
           if (auto e = proto::ErrorFields::parse(body);
               e && e->code() == "0A000" &&
               e->message() == "cached plan must not change result type")
-            Statements::schema_changed();
+            events_.schema_changed();
         }
         if (ours && !conn.replies.error.empty() && conn.replies.fatal.empty())
           events_.own_statement_failed(conn);

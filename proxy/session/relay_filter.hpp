@@ -38,6 +38,8 @@ class RelayEvents {
   virtual void own_statement_failed(pool::ServerConn& conn) = 0;
   // The process id the client was given (BackendKeyData), 0 if none.
   virtual int32_t client_pid() const { return 0; }
+  // A server said a statement's result type changed under it (DDL that bypassed pgshard).
+  virtual void schema_changed() {}
 };
 
 class RelayFilter {

@@ -26,6 +26,7 @@
 #include "proxy/runtime/client_stream.hpp"
 #include "proxy/runtime/params.hpp"
 #include "proxy/runtime/parked_relays.hpp"
+#include "proxy/runtime/worker.hpp"
 #include "proxy/runtime/stats.hpp"
 #include "proxy/session/batch_route.hpp"
 #include "proxy/session/failures.hpp"
@@ -300,6 +301,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // the relay (true) or reads on; a lost server answered to the client; whether the relay
   // ends after a reply; the link's end (its server handed back, the link kept spare).
   bool stop_for_gone_client(Link& link);
+  // The client left while `conn` was mid-transaction or mid-request: it is closed, and a
+  // statement it still runs is cancelled.
+  void abandon(pool::ServerConn& conn);
   bool read_interrupted(const std::shared_ptr<Link>& link);
   awaitable<void> relay_lost(const std::shared_ptr<Link>& link, std::string_view relay);
   bool relay_ends(const std::shared_ptr<Link>& link);
@@ -328,6 +332,7 @@ class Session : public std::enable_shared_from_this<Session>,
 
   // ---- RelayEvents: what the client's replies mean for its session ----
   int32_t client_pid() const override { return key_.pid; }
+  void schema_changed() override;
   // Settings and transaction state after the client's request; false when the client must
   // be told it is in a transaction (its BEGIN is still pgshard's).
   bool client_ready(pool::ServerConn& conn) override;
@@ -431,7 +436,7 @@ class Session : public std::enable_shared_from_this<Session>,
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
   uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
-  Statements statements_;  // the client's prepared statements
+  Statements statements_{worker_.shared().catalog_generation};  // the client's prepared statements
   uint64_t round_robin_ = 0;
   router::StatementMemo memo_;      // the statement routed last (extended protocol)
   std::vector<pool::Pool*> pools_;  // the worker's pool of each shard, once looked up

@@ -42,12 +42,6 @@ inline bool binds_or_runs(std::string_view batch) {
   return false;
 }
 
-// DDL: what was learned of the catalog is learned again.
-inline void schema_changed() {
-  router::ColumnCache::schema_changed();
-  Statements::schema_changed();
-}
-
 // A Route (about 1 KB) held in a request's coroutine frame would make the frame too large
 // for Asio's per-thread frame recycling: each request would allocate and free it. Routes
 // are built in place in storage kept per worker thread instead (a few: requests nest, a

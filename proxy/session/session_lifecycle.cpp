@@ -276,7 +276,7 @@ awaitable<void> Session::finish() {
     auto& conn = *link->lease;
     if (conn.status != 'I' || !conn.replies.empty() || open_extended_) {
       // Left mid-transaction or mid-request: never hand this server to someone else.
-      conn.broken = true;
+      abandon(conn);
     } else if (session_pooled() && !conn.broken) {
       // Session pooling: reset the server before it serves another client.
       link->closing = true;

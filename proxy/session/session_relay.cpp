@@ -139,8 +139,19 @@ bool Session::stop_for_gone_client(Link& link) {
   // unless it is idle and owes nothing.
   auto& conn = *link.lease;
   if (!client_gone_ || (link.resetting && !conn.broken)) return false;
-  conn.broken = conn.broken || conn.status != 'I' || !conn.replies.empty();
+  if (conn.status != 'I' || !conn.replies.empty()) abandon(conn);
   return true;
+}
+
+void Session::abandon(pool::ServerConn& conn) {
+  // A statement the server is still running would go on after its connection closes
+  // (PostgreSQL notices a gone client only when it writes to it), holding a backend the
+  // pool no longer counts: cancel it, so the shard's backends stay within pool_size.
+  if (!conn.broken && !conn.replies.empty()) {
+    const auto& t = conn.target();
+    runtime::send_server_cancel(worker_.executor(), t.host, t.port, conn.pid(), conn.secret());
+  }
+  conn.broken = true;
 }
 
 bool Session::read_interrupted(const std::shared_ptr<Link>& link) {

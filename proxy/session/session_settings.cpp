@@ -189,4 +189,8 @@ void Session::apply_settings(pool::ServerConn& conn) {
   conn.synced_fingerprint = 0;  // compare settings on the next use
 }
 
+// DDL: what was learned of the catalog is learned again (column positions, collations,
+// functions' effects on settings), and statements prepared from now on get new names.
+void Session::schema_changed() { worker_.shared().catalog_generation.fetch_add(1); }
+
 }  // namespace pgshard::session

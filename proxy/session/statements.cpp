@@ -28,20 +28,19 @@ constexpr std::size_t kPreparedPerServer = 500;
 // A name no statement has: Close of it is answered CloseComplete and changes nothing.
 constexpr std::string_view kNoStatement = "pgshard_none";
 
-// Bumped after DDL (Statements::schema_changed); part of every server name prepared after.
-std::atomic<uint32_t> g_generation{0};
-
-std::string server_name(std::string_view sql, const std::vector<int32_t>& types) {
+// The catalog generation is part of every server name prepared after DDL (see
+// Statements::Statements).
+std::string server_name(std::string_view sql, const std::vector<int32_t>& types,
+                        uint64_t generation) {
   std::string key(sql);
   for (int32_t t : types) key += "," + std::to_string(t);
-  char buf[48];
-  const uint32_t generation = g_generation.load(std::memory_order_relaxed);
+  char buf[96];
   if (generation == 0)
     std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu", std::hash<std::string>{}(key),
                   sql.size());
   else
-    std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu_g%u", std::hash<std::string>{}(key),
-                  sql.size(), generation);
+    std::snprintf(buf, sizeof(buf), "pgshard_%016zx_%zu_g%llu", std::hash<std::string>{}(key),
+                  sql.size(), static_cast<unsigned long long>(generation));
   return buf;
 }
 
@@ -172,7 +171,8 @@ void Statements::map_parse(std::string& out, pool::ServerConn& conn, std::string
     conn.replies.expect_parse(Owner::kClient, Action::kForward);
     return;
   }
-  std::string name = server_name(p->query, p->param_types);
+  std::string name =
+      server_name(p->query, p->param_types, generation_->load(std::memory_order_relaxed));
   server_names_[std::string(p->name)] = name;
   if (conn.prepared.has(name)) {
     // Already prepared here: the client still gets its ParseComplete.
@@ -209,9 +209,6 @@ std::optional<std::string> Statements::deallocate(pool::ServerConn& conn, const 
   return "DEALLOCATE " + server;
 }
 
-void Statements::schema_changed() {
-  g_generation.fetch_add(1, std::memory_order_relaxed);
-}
 
 bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const {
   // The client's unnamed statement may have been parsed on another server (or replaced by

@@ -3,6 +3,7 @@
 // mapping onto pgshard's statement names on whichever server the client gets.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
 #include <optional>
 #include <string>
@@ -48,16 +49,20 @@ class Statements {
   // were pushed (their replies are already expected, first).
   std::string take_prefix() { return std::exchange(prefix_, {}); }
 
-  // DDL ran through pgshard, or a server said a statement's result type changed under it
-  // (DDL that bypassed pgshard): statements prepared from now on get new server names, so
+  // `generation` (runtime::Shared::catalog_generation) moves on when DDL ran through
+  // pgshard, or a server said a statement's result type changed under it (DDL that
+  // bypassed pgshard): statements prepared from then on get new server names, so
   // a client that prepares again gets a fresh plan on every server, as on its own
   // PostgreSQL session (before: another client's statement of the same text, planned
   // against the dropped type, failed with "cache lookup failed for type" or "cached plan
   // must not change result type"); a client's statements prepared before keep their
   // plans, as PostgreSQL keeps them.
-  static void schema_changed();
+  explicit Statements(const std::atomic<uint64_t>& generation) : generation_(&generation) {}
+  Statements() : Statements(kNoSchemaChanges) {}
 
  private:
+  static inline const std::atomic<uint64_t> kNoSchemaChanges{0};  // (tests)
+  const std::atomic<uint64_t>* generation_;
   // True when `batch` names no statement and needs nothing re-prepared.
   bool plain(std::string_view batch) const;
   void ensure(std::string& out, pool::ServerConn& conn, const std::string& name,

@@ -1,5 +1,7 @@
 // Server connection pools across workers: pool_size bounds a shard's connections for the
 // whole process, and an idle server on one worker serves a client waiting on another.
+#include <sys/socket.h>
+
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <chrono>
@@ -146,4 +148,32 @@ TEST_CASE("a client waiting on one worker gets an idle server of another worker"
   while ((r = PQgetResult(c[3].get())) != nullptr) PQclear(r);
   query(c[2].get(), "COMMIT");
   CHECK(pool_connections(direct.get()) == 2);
+}
+
+TEST_CASE("a client that leaves mid-statement leaves no statement running on the shard",
+          "[pool]") {
+  // Before: the server was closed without a cancel, PostgreSQL went on with the statement
+  // (it notices a gone client only when it writes), and the pool opened new servers beside
+  // it: each round of abandoned statements put pool_size more backends on the shard.
+  Proxy proxy(sharing(2, 2, "5s"));
+  auto direct = quiet_probe();
+  auto sleeping = [&] {
+    return std::stoi(scalar(direct.get(),
+                            "select count(*) from pg_stat_activity where usename = 'app' and "
+                            "query = 'select pg_sleep(60)'"));
+  };
+  for (int round = 0; round < 3; ++round) {
+    std::vector<Conn> leaving;
+    for (int i = 0; i < 2; ++i) {
+      auto c = client_on_s0(proxy);
+      REQUIRE(PQsendQuery(c.get(), "select pg_sleep(60)"));
+      leaving.push_back(std::move(c));
+    }
+    REQUIRE(wait_until([&] { return sleeping() == 2; }, 10s));
+    // The clients vanish without a Terminate (a killed process, a dropped network).
+    for (auto& c : leaving) ::shutdown(PQsocket(c.get()), SHUT_RDWR);
+    leaving.clear();
+    CHECK(wait_until([&] { return sleeping() == 0; }, 5s));
+  }
+  CHECK(wait_until([&] { return pool_connections(direct.get()) <= 2; }, 5s));
 }

@@ -939,7 +939,8 @@ TEST_CASE("INSERT without a column list takes the key from the table's column or
   // Before: refused ("needs a column list").
   auto cfg = map();
   SessionHints h;
-  ColumnCache columns;
+  std::atomic<uint64_t> catalog_generation{0};
+  ColumnCache columns(catalog_generation);
   Context ctx;
   ctx.columns = &columns;
   // The order is not known yet: the session is asked to read it from the catalog.
@@ -979,7 +980,7 @@ TEST_CASE("INSERT without a column list takes the key from the table's column or
   columns.put("orders", -1);
   CHECK(route_query("insert into orders values (1, 2)", h, *cfg, ctx).kind == RouteKind::kShard);
   // A schema change through pgshard forgets every position.
-  ColumnCache::schema_changed();
+  catalog_generation++;
   CHECK(route_query("insert into users values ('x', 42)", h, *cfg, ctx).kind == RouteKind::kLookup);
 }
 
@@ -1192,7 +1193,8 @@ TEST_CASE("INSERT leaving a generated column that is not the key asks for its va
   // Before: each shard's own sequence filled such columns (ids repeated across shards).
   auto cfg = map();
   SessionHints h;
-  ColumnCache columns;
+  std::atomic<uint64_t> catalog_generation{0};
+  ColumnCache columns(catalog_generation);
   Context ctx;
   ctx.columns = &columns;
   // The table's generated columns are not known yet: read from the catalog first.
