@@ -35,24 +35,19 @@ void DirectoryCache::put(int table, std::string key, int shard, std::chrono::mil
 
 std::optional<int> ColumnCache::key_position(const std::string& table) const {
   auto it = entries_.find(table);
-  if (it == entries_.end() ||
-      it->second.generation != generation())
-    return std::nullopt;
+  if (it == entries_.end() || it->second.generation != generation()) return std::nullopt;
   return it->second.position;
 }
 
 const std::vector<GeneratedColumn>* ColumnCache::generated(const std::string& table) const {
   auto it = entries_.find(table);
-  if (it == entries_.end() ||
-      it->second.generation != generation())
-    return nullptr;
+  if (it == entries_.end() || it->second.generation != generation()) return nullptr;
   return &it->second.generated;
 }
 
 void ColumnCache::put(const std::string& table, int position,
                       std::vector<GeneratedColumn> generated) {
-  entries_[table] = {position, generation(),
-                     std::move(generated)};
+  entries_[table] = {position, generation(), std::move(generated)};
 }
 
 Placement place_key(const config::ShardedTable& t, std::string_view text, int shards,

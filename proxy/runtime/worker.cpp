@@ -9,7 +9,9 @@
 namespace pgshard::runtime {
 
 Worker::Worker(int index, Shared& shared)
-    : index_(index), shared_(shared), cache_(shared.config().router_cache_size, &shared.config()),
+    : index_(index),
+      shared_(shared),
+      cache_(shared.config().router_cache_size, &shared.config()),
       columns_(shared.catalog_generation) {}
 
 Worker::~Worker() {

@@ -191,6 +191,8 @@ void Session::apply_settings(pool::ServerConn& conn) {
 
 // DDL: what was learned of the catalog is learned again (column positions, collations,
 // functions' effects on settings), and statements prepared from now on get new names.
-void Session::schema_changed() { worker_.shared().catalog_generation.fetch_add(1); }
+void Session::schema_changed() {
+  worker_.shared().catalog_generation.fetch_add(1);
+}
 
 }  // namespace pgshard::session

@@ -209,7 +209,6 @@ std::optional<std::string> Statements::deallocate(pool::ServerConn& conn, const 
   return "DEALLOCATE " + server;
 }
 
-
 bool Statements::reparse_unnamed(std::string& out, pool::ServerConn& conn) const {
   // The client's unnamed statement may have been parsed on another server (or replaced by
   // another client's on this one): parse it again, hiding the ParseComplete.

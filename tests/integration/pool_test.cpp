@@ -150,8 +150,7 @@ TEST_CASE("a client waiting on one worker gets an idle server of another worker"
   CHECK(pool_connections(direct.get()) == 2);
 }
 
-TEST_CASE("a client that leaves mid-statement leaves no statement running on the shard",
-          "[pool]") {
+TEST_CASE("a client that leaves mid-statement leaves no statement running on the shard", "[pool]") {
   // Before: the server was closed without a cancel, PostgreSQL went on with the statement
   // (it notices a gone client only when it writes), and the pool opened new servers beside
   // it: each round of abandoned statements put pool_size more backends on the shard.
