@@ -9,9 +9,9 @@
 
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
+#include "proxy/admin/reports.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/runtime/client_stream.hpp"
-#include "proxy/runtime/stats.hpp"
 
 namespace pgshard::runtime {
 class Worker;
@@ -19,14 +19,6 @@ struct Shared;
 }  // namespace pgshard::runtime
 
 namespace pgshard::admin {
-
-// What the workers report (runtime/stats.hpp).
-using runtime::PeriodMark;
-using runtime::PoolRow;
-using runtime::RouteCounters;
-using runtime::ShardTotals;
-using runtime::Snapshot;
-using runtime::WorkerSnapshot;
 
 // The database name that opens the console.
 inline constexpr std::string_view kConsoleDatabase = "pgshard";

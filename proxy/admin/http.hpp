@@ -17,23 +17,15 @@
 #include <thread>
 #include <vector>
 
+#include "proxy/admin/reports.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/log_limit.hpp"
-#include "proxy/runtime/stats.hpp"
 
 namespace pgshard::runtime {
 struct Shared;
 }  // namespace pgshard::runtime
 
 namespace pgshard::admin {
-
-// What the workers report (runtime/stats.hpp).
-using runtime::PeriodMark;
-using runtime::PoolRow;
-using runtime::RouteCounters;
-using runtime::ShardTotals;
-using runtime::Snapshot;
-using runtime::WorkerSnapshot;
 
 // What the sampler last learned of one shard.
 struct ShardSample {
