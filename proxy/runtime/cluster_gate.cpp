@@ -67,7 +67,9 @@ awaitable<bool> lock_on_coordinator(std::size_t max_message, pool::ServerConn& c
                                     VisibilityGate::Mode mode, std::vector<std::string> names,
                                     std::string* why) {
   const auto lock = coordinator_lock_sql(mode, names, VisibilityGate::kWaitLimit);
-  for (int attempt = 0; attempt < 2; ++attempt) {
+  // Up to two rounds of making the tables: a concurrent instance's setup can fail this
+  // one's before it made every table this lock names.
+  for (int attempt = 0; attempt < 3; ++attempt) {
     if (!co_await run_bounded(conn, lock, max_message, VisibilityGate::kWaitLimit + kAnswerWithin,
                               why))
       break;
@@ -84,7 +86,7 @@ awaitable<bool> lock_on_coordinator(std::size_t max_message, pool::ServerConn& c
               proto::quote_ident(conn.target().user) +
               "; GRANT SELECT, UPDATE ON ALL TABLES IN SCHEMA pgshard_gate TO " +
               proto::quote_ident(conn.target().user);
-    if (!missing || attempt > 0) co_return false;
+    if (!missing || attempt > 1) co_return false;
     const auto setup = coordinator_setup_sql(names);
     if (!co_await run_bounded(conn, setup, max_message, VisibilityGate::kWaitLimit, why)) break;
     if (const std::string failed = conn.replies.error_code;
