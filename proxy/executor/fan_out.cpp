@@ -17,9 +17,9 @@
 #include "proxy/merge/merger.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/runtime/cancel.hpp"
-#include "proxy/runtime/worker.hpp"
-#include "proxy/runtime/params.hpp"
 #include "proxy/runtime/cluster_gate.hpp"
+#include "proxy/runtime/params.hpp"
+#include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
 
@@ -574,7 +574,7 @@ void FanOut::stop_leg(Leg& leg) {
   if (leg.timed_out && leg.conn->pid()) {
     const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
     runtime::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
-                               leg.conn->pid(), leg.conn->secret());
+                                leg.conn->pid(), leg.conn->secret());
   }
 }
 

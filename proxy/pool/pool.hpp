@@ -46,9 +46,9 @@ class Lease {
 struct PoolStats {
   int total = 0;  // idle + leased + connecting (this worker's)
   int idle = 0;
-  int waiting = 0;     // clients queued for a connection
-  int connecting = 0;  // connections logging in
-  int max_size = 0;    // the limit of the whole process (pool_size)
+  int waiting = 0;           // clients queued for a connection
+  int connecting = 0;        // connections logging in
+  int max_size = 0;          // the limit of the whole process (pool_size)
   uint64_t max_wait_us = 0;  // the longest a queued client has waited so far
 };
 

@@ -57,11 +57,11 @@ struct Shared {
   std::atomic<uint64_t> catalog_generation{0};
   GlobalIds ids;  // pgshard.unique_id(): its generators and node lease
   std::atomic<bool> unique_id_declared{false};  // on every shard, once per process
-  std::atomic<uint64_t> committed_2pc{0};    // transactions committed with two-phase commit
-  std::atomic<uint64_t> rolled_back_2pc{0};  // ... and rolled back after PREPARE began
-  VisibilityGate visibility;                 // cross-shard commits vs multi-shard snapshots
-  pool::SharedPools pools;  // each pool's limit and waiters across the workers (locks inside)
-  std::vector<Worker*> workers;              // for the admin console and /metrics
+  std::atomic<uint64_t> committed_2pc{0};       // transactions committed with two-phase commit
+  std::atomic<uint64_t> rolled_back_2pc{0};     // ... and rolled back after PREPARE began
+  VisibilityGate visibility;                    // cross-shard commits vs multi-shard snapshots
+  pool::SharedPools pools;       // each pool's limit and waiters across the workers (locks inside)
+  std::vector<Worker*> workers;  // for the admin console and /metrics
   Clock::time_point started = Clock::now();
   // The stats period marks (see Snapshot::period), written every kStatsPeriod.
   static constexpr auto kStatsPeriod = std::chrono::seconds(15);

@@ -52,8 +52,7 @@ pool::Pool& Worker::pool(int shard, const config::User& user) {
 }
 
 int Worker::workers() const {
-  return std::max(
-      {config().listen.workers, static_cast<int>(shared_.workers.size()), index_ + 1});
+  return std::max({config().listen.workers, static_cast<int>(shared_.workers.size()), index_ + 1});
 }
 
 pool::Pool& Worker::make_pool(const std::pair<int, std::string>& key, pool::BackendTarget target,

@@ -150,9 +150,9 @@ void Session::cancel_running(std::function<void()> done) {
     const auto& t = conn->target();
     spdlog::info("{}: cancel request forwarded to shard {}", prefix(), t.shard_name);
     runtime::send_server_cancel(worker_.executor(), t.host, t.port, conn->pid(), conn->secret(),
-                               [left, finished] {
-                                 if (--*left == 0) (*finished)();
-                               });
+                                [left, finished] {
+                                  if (--*left == 0) (*finished)();
+                                });
   }
 }
 

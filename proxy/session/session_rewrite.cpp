@@ -3,9 +3,9 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/executor.hpp"
-#include "proxy/runtime/unique_id.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/router/placement.hpp"
+#include "proxy/runtime/unique_id.hpp"
 #include "proxy/runtime/worker.hpp"
 #include "proxy/session/session.hpp"
 

@@ -3,9 +3,9 @@
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
+#include "proxy/executor/distributed.hpp"
 #include "proxy/runtime/worker.hpp"
 #include "proxy/session/session.hpp"
-#include "proxy/executor/distributed.hpp"
 
 namespace pgshard::session {
 
