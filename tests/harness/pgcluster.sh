@@ -4,6 +4,10 @@
 #   pgcluster.sh stop DIR            stops every server under DIR
 #   pgcluster.sh kill DIR PORT       stops one server at once (-m immediate)
 #   pgcluster.sh restart DIR PORT    starts one stopped server again
+#   pgcluster.sh replica DIR PRIMARY_PORT PORT [DELAY_MS]
+#                                    a streaming replica of DIR/<PRIMARY_PORT> (pg_basebackup -R)
+#                                    in DIR/<PORT>, replaying DELAY_MS behind (default 0)
+#   pgcluster.sh promote DIR PORT    promotes a replica to primary (pg_ctl promote)
 # Servers run as the postgres user (initdb refuses root), SCRAM auth on loopback,
 # max_prepared_transactions > 0, C.UTF-8 locale so text sorts alike on every shard.
 set -euo pipefail
@@ -52,8 +56,27 @@ SELECT format('CREATE DATABASE %I OWNER %I', '$APP_DB', '$APP_USER')
 SQL
 }
 
+# A streaming replica of a running server of DIR: a base backup over the replication protocol
+# (the local socket, trusted for replication by initdb), with the standby settings -R writes.
+start_replica() {
+  local dir=$1 primary=$2 port=$3 delay=${4:-0} data=$1/$3
+  if [ ! -f "$data/PG_VERSION" ]; then
+    as_pg "$PGBIN/pg_basebackup" -h "$dir" -p "$primary" -U postgres -D "$data" -R \
+      -X stream -c fast >"$dir/basebackup-$port.log" 2>&1 || { cat "$dir/basebackup-$port.log"; exit 1; }
+    cat >>"$data/postgresql.conf" <<CONF
+port = $port
+hot_standby = on
+hot_standby_feedback = on
+recovery_min_apply_delay = '${delay}ms'
+CONF
+  fi
+  if ! as_pg "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
+    as_pg "$PGBIN/pg_ctl" -D "$data" -l "$dir/$port.log" -w -t 60 start >/dev/null
+  fi
+}
+
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart DIR [PORT...]" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart|replica|promote DIR [PORT...]" >&2; exit 2; }
 case "$cmd" in
   start)
     shift 2
@@ -70,5 +93,10 @@ case "$cmd" in
     as_pg "$PGBIN/pg_ctl" -D "$dir/$3" -m immediate -w stop >/dev/null ;;
   restart)
     as_pg "$PGBIN/pg_ctl" -D "$dir/$3" -l "$dir/$3.log" -w -t 60 start >/dev/null ;;
+  replica)
+    [ $# -ge 4 ] || { echo "usage: $0 replica DIR PRIMARY_PORT PORT [DELAY_MS]" >&2; exit 2; }
+    start_replica "$dir" "$3" "$4" "${5:-0}" ;;
+  promote)
+    as_pg "$PGBIN/pg_ctl" -D "$dir/$3" -w -t 60 promote >/dev/null ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac
