@@ -32,9 +32,10 @@ bool Session::charge_buffers() {
 }
 
 void Session::drop_discarded() {
-  if (discard_ == 0 && !skipping_batch_) return;  // (every request but a refused one)
+  const bool dropping = phase_.dropping_batch();
+  if (discard_ == 0 && !dropping) return;  // (every request but a refused one)
   const std::string_view in = in_.view();
-  if (discard_ == 0 && skipping_batch_ && in.size() >= 5 && in[0] != proto::msg::kSync &&
+  if (discard_ == 0 && dropping && in.size() >= 5 && in[0] != proto::msg::kSync &&
       in[0] != proto::msg::kTerminate) {
     // A message of a refused batch, not yet whole: dropped as it arrives, never held.
     const std::size_t whole = std::size_t{proto::load_be32(in.data() + 1)} + 1;
@@ -60,7 +61,7 @@ awaitable<bool> Session::over_buffer_budget() {
       "pgshard's buffers for requests not yet sent are full (listen.max_buffered_bytes: " +
           std::to_string(limit) + " bytes across all clients)",
       "send Sync more often, or raise listen.max_buffered_bytes");
-  if (copy_in_) {
+  if (phase_.copy_in()) {
     co_await send_fatal(e);  // (a COPY cannot skip part of its data)
     co_return false;
   }
@@ -75,10 +76,8 @@ awaitable<bool> Session::over_buffer_budget() {
   proto::write_error(out, e);
   if (type == proto::msg::kQuery || type == proto::msg::kFunctionCall)
     out += proto::ready_for_query(transaction_status());
-  else if (!skipping_batch_)
-    skipping_batch_ = true;  // up to the batch's Sync
-  else
-    out.clear();  // (the batch was refused already)
+  else if (!phase_.refuse())  // (dropped up to the batch's Sync)
+    out.clear();              // (the batch was refused already)
   charge_buffers();
   co_return out.empty() || co_await write_client(out);
 }

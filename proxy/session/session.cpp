@@ -75,9 +75,8 @@ awaitable<void> Session::serve() {
 
 std::string Session::describe() const {
   std::string out = prefix() + ": " + to_string(state_) + ", waiting on " + waiting_on_ +
-                    ", in flight " + std::to_string(owed()) +
-                    (open_extended_ ? ", open batch" : "") + ", txn " + transaction_status() +
-                    " (" + txn::to_string(txn_.state()) + ")";
+                    ", in flight " + std::to_string(owed()) + ", " + to_string(phase_.phase()) +
+                    ", txn " + transaction_status() + " (" + txn::to_string(txn_.state()) + ")";
   if (backends_.active && backends_.active->lease)
     out += ", server S-" + std::to_string(backends_.active->lease->id()) + " (" +
            config_.shards[static_cast<std::size_t>(backends_.active->shard)].name + ", " +
@@ -110,8 +109,7 @@ runtime::ClientRow Session::client_row() const {
     r.addr = peer_.substr(0, colon);
     r.port = static_cast<uint16_t>(std::atoi(peer_.c_str() + colon + 1));
   }
-  if (auto it = client_params_.find("application_name"); it != client_params_.end())
-    r.application_name = it->second;
+  r.application_name = std::string(settings_.value("application_name"));
   r.tls = stream_.tls();
   r.txn = transaction_status();
   r.waiting_on = waiting_on_;

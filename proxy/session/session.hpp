@@ -31,7 +31,9 @@
 #include "proxy/session/batch_route.hpp"
 #include "proxy/session/failures.hpp"
 #include "proxy/session/login.hpp"
+#include "proxy/session/phase.hpp"
 #include "proxy/session/relay_filter.hpp"
+#include "proxy/session/settings.hpp"
 #include "proxy/session/statements.hpp"
 #include "proxy/txn/deadlock.hpp"
 #include "proxy/txn/transaction.hpp"
@@ -45,12 +47,7 @@ namespace pgshard::session {
 
 using pool::Link;
 using protocol::quote_literal;
-using runtime::canonical_encoding;
-using runtime::fingerprint;
-using runtime::is_synced_startup_parameter;
 using runtime::Params;
-using runtime::parse_options;
-using runtime::sync_statements;
 
 class Session : public std::enable_shared_from_this<Session>,
                 public executor::Client,
@@ -117,7 +114,7 @@ class Session : public std::enable_shared_from_this<Session>,
   bool wrote_client_now(std::string_view& bytes);
   bool gone() const override { return client_gone_; }
   void mark_gone() override { client_gone_ = true; }
-  void skip_to_sync() override { discard_until_sync_ = true; }
+  void skip_to_sync() override { phase_.skip_to_sync(); }
   void answer_extended(std::string_view answer, std::string& out) override;
   awaitable<void> copy_violation(char type) override;
   protocol::Buffer& input() override { return in_; }
@@ -154,9 +151,6 @@ class Session : public std::enable_shared_from_this<Session>,
   // ---- the client side ----
   awaitable<void> run();
   awaitable<bool> welcome();
-  // The client's settings as it logs in: the servers' reported ones, then those its startup
-  // packet asked for (`wanted`), which RESET returns to.
-  void take_startup_params(const Params& server, Params wanted);
   // AuthenticationOk, the ParameterStatus of every reported setting, BackendKeyData (the
   // session's cancel key, registered now) and ReadyForQuery.
   awaitable<bool> send_welcome(const Params& server);
@@ -243,9 +237,9 @@ class Session : public std::enable_shared_from_this<Session>,
     bool dropping = false;
   };
   std::optional<OutFilter> out_filter_;
-  bool pipeline_txn_ = false;  // pgshard's transaction for a pipeline not yet at its Sync
   std::string filter_out(std::string_view bytes);
-  // After pgshard failed an extended batch: skips to its Sync; true if nothing is left.
+  // After pgshard failed an extended batch: skips to its Sync (answered by pgshard, no
+  // server has anything of the batch); true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
   // Routes pending_ (directory lookups done first).
   // Looks up directory-placed keys the route needs, then routes again (once more at most).
@@ -262,9 +256,9 @@ class Session : public std::enable_shared_from_this<Session>,
   bool lone(const Request& req, const router::Route& route) const;
   // pgshard's own answer or refusal.
   awaitable<void> answer_locally(const router::Route& route, const Request& req);
-  // Takes on what the route says of the session: hints, pinning, settings to track.
-  void adopt(const router::Route& route);
-  std::string restore_startup_sql(const std::vector<router::SettingChange>& changes) const;
+  // Takes on what the route says of the session: hints, pinning, settings to track (those
+  // of a request that runs something: one ending at `boundary`).
+  void adopt(const router::Route& route, char boundary);
   // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
@@ -336,22 +330,16 @@ class Session : public std::enable_shared_from_this<Session>,
   // Settings and transaction state after the client's request; false when the client must
   // be told it is in a transaction (its BEGIN is still pgshard's).
   bool client_ready(pool::ServerConn& conn) override;
-  void copy_in_started() override { copy_in_ = true; }
+  void copy_in_started() override { phase_.copy_started(); }
   void reported(pool::ServerConn& conn, std::string_view name, std::string_view value) override;
-  // An error fails the settings of the statement (or transaction) it belongs to; one with
-  // no settings pending must not fail a later SET.
-  void client_failed() override { settings_failed_ |= !pending_settings_.empty(); }
-  void client_rolled_back() override {
-    pending_settings_.clear();
-    settings_failed_ = false;
-  }
+  void client_failed() override { settings_.failed(); }
+  void client_rolled_back() override { settings_.rolled_back(); }
   void own_statement_failed(pool::ServerConn& conn) override;
-  // Records the settings of a statement that succeeded on `conn`.
-  void apply_settings(pool::ServerConn& conn);
   // A user-defined function may have changed settings pgshard cannot see: the request ends
   // with a look at the server's session settings, which the client then takes on.
-  void finishing_row(pool::ServerConn& conn, std::string_view body) override;
-  runtime::SettingsCheck adopt_checked_settings(pool::ServerConn& conn);
+  void finishing_row(pool::ServerConn&, std::string_view body) override {
+    settings_.finishing_row(body);
+  }
 
   bool can_detach(const Link& link) const;
   bool idle() const;
@@ -383,29 +371,8 @@ class Session : public std::enable_shared_from_this<Session>,
   Identity identity_;                     // what the startup packet said
   const config::User* user_ = nullptr;    // identity_.user once logged in (or own_user_)
   std::optional<config::User> own_user_;  // a session of another database (User::database)
-  Params client_params_;
-  Params startup_params_;  // as the client connected: what RESET returns to
-  Params sent_params_;     // the settings the client's startup packet named itself
-  // pgshard's statement that finishes the client's request: a RESET of a reported setting
-  // the client started with goes back to that value, as on PostgreSQL.
-  std::string finish_sql_;
-  std::vector<router::SettingChange> pending_settings_;  // SETs awaiting their outcome
-  // SETs of requests pipelined behind others still running: they join pending_settings_
-  // once the requests ahead have their ReadyForQuery (an earlier error is not theirs).
-  struct Pipelined {
-    int ahead;  // client ReadyForQuery replies still owed for requests before it
-    std::vector<router::SettingChange> settings;
-  };
-  std::deque<Pipelined> pipelined_settings_;
-  bool settings_failed_ = false;
-  // Transaction pooling: a statement called a user-defined function, so its server's
-  // settings are checked when the request ends (until a check sees the server idle).
-  bool settings_unknown_ = false;
-  bool checking_settings_ = false;
-  std::vector<std::pair<std::string, std::string>> checked_settings_;
-  std::vector<std::string> checked_functions_;  // called since the last check
-  bool full_check_ = false;                     // one of them is not trusted yet
-  std::set<std::string> temp_tables_;           // TEMP tables the client created
+  Settings settings_;                  // the client's session settings, and what its servers have
+  std::set<std::string> temp_tables_;  // TEMP tables the client created
   struct Cursor {
     int shard = 0;
     bool hold = false;  // WITH HOLD: outlives its transaction
@@ -413,7 +380,6 @@ class Session : public std::enable_shared_from_this<Session>,
   std::map<std::string, Cursor> cursors_;  // SQL cursors by name (follow_cursors)
   bool takes_snapshot_ = false;  // the routed request takes a snapshot (Route::takes_snapshot)
   bool ddl_running_ = false;     // DDL was sent: the catalog changes again when it is answered
-  std::set<std::string> function_settings_;  // settings the client got from functions
   bool pinned_ = false;
   txn::Transaction txn_;
   uint64_t requests_ = 0;  // requests handled (the deadlock detector tells them apart)
@@ -434,7 +400,6 @@ class Session : public std::enable_shared_from_this<Session>,
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
-  uint64_t params_fingerprint_ = 0;
   router::SessionHints hints_;
   Statements statements_{worker_.shared().catalog_generation};  // the client's prepared statements
   uint64_t round_robin_ = 0;
@@ -442,8 +407,7 @@ class Session : public std::enable_shared_from_this<Session>,
   std::vector<pool::Pool*> pools_;  // the worker's pool of each shard, once looked up
   runtime::CancelKey key_;
 
-  pool::Backends backends_;     // this client's servers; backends_.active takes its requests
-  bool open_extended_ = false;  // extended messages sent after the last Sync
+  pool::Backends backends_;  // this client's servers; backends_.active takes its requests
   bool writing_server_ = false;
   int relays_ = 0;  // server_loop coroutines relaying (for the SIGUSR2 dump)
   // A server_loop whose server went back to the pool waits here for the session's next one
@@ -457,12 +421,14 @@ class Session : public std::enable_shared_from_this<Session>,
   std::shared_ptr<Link> spare_link_;  // a finished relay's link, for the next one
   bool client_writing_ = false;
   bool client_gone_ = false;
-  bool copy_in_ = false;   // the server is in COPY FROM STDIN (CopyInResponse relayed)
-  bool copy_only_ = true;  // pending_ holds only CopyData/CopyDone/CopyFail
-  bool counted_ = false;   // counted in shared.logged_in
+  // Where the client is in the protocol (batch open, COPY, skipping to Sync...).
+  PhaseMachine phase_;
+  // pending_ holds only CopyData/CopyDone/CopyFail (streamed to the server as they come).
+  // Not a phase: it says what the buffer holds, whatever the phase (CopyData outside COPY
+  // is passed on for the server to ignore, as PostgreSQL's own does).
+  bool copy_only_ = true;
+  bool counted_ = false;  // counted in shared.logged_in
   const char* waiting_on_ = "client";
-  bool skipping_batch_ = false;      // dropping a too-large batch up to its Sync
-  bool discard_until_sync_ = false;  // pgshard failed an extended batch: skip to its Sync
   bool shutdown_requested_ = false;
   bool closing_for_shutdown_ = false;
   bool terminate_requested_ = false;  // pg_terminate_backend: close once no statement runs

@@ -44,10 +44,10 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
     }
   }
   if (transaction_status() == proto::txn_status::kIdle) hints_.local = {};
-  if (req.boundary == proto::msg::kFlush)
-    discard_until_sync_ = refused;
-  else
+  if (req.boundary != proto::msg::kFlush)
     out += proto::ready_for_query(transaction_status());
+  else if (refused)
+    phase_.skip_to_sync();
   pending_.clear();
   co_await write_client(out);
 }
@@ -73,7 +73,7 @@ awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
   std::string out;
   proto::write_error(out, e);
   if (boundary == proto::msg::kFlush)
-    discard_until_sync_ = true;
+    phase_.skip_to_sync();
   else
     out += proto::ready_for_query(transaction_status());
   pending_.clear();

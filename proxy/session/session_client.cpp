@@ -244,7 +244,7 @@ void Session::gathered(std::size_t size) {
 }
 
 bool Session::special(std::size_t pending_after) const {
-  return skipping_batch_ || copy_in_ || (copy_only_ && !pending_.empty()) ||
+  return phase_.dropping_batch() || phase_.copy_in() || (copy_only_ && !pending_.empty()) ||
          pending_after > config_.listen.max_message_size;
 }
 
@@ -255,77 +255,57 @@ bool Session::take_unless_special(std::size_t size) {
 }
 
 awaitable<bool> Session::on_message(char type, std::size_t size) {
-  auto take = [&] { take_front(size); };
-  if (skipping_batch_ && type != proto::msg::kTerminate) {
-    // A batch refused for its size: the rest of it, up to its Sync, is dropped unread.
-    in_.consume(size);
-    if (type != proto::msg::kSync) co_return true;
-    skipping_batch_ = false;
-    co_return co_await write_client(proto::ready_for_query(transaction_status()));
-  }
-  if (type != proto::msg::kCopyData && !copy_in_ &&
-      pending_.size() + size > config_.listen.max_message_size)
-    co_return co_await refuse_batch();
-  switch (type) {
-    case proto::msg::kTerminate:
+  const bool too_large = pending_.size() + size > config_.listen.max_message_size;
+  switch (phase_.on_message(type, too_large)) {
+    case ClientAction::kDrop:
+      in_.consume(size);
+      co_return true;
+    case ClientAction::kAnswerSync:
+      in_.consume(size);
+      co_return co_await write_client(proto::ready_for_query(transaction_status()));
+    case ClientAction::kRefuse:
+      co_return co_await refuse_batch();  // (the message is dropped next, as the rest)
+    case ClientAction::kTerminate:
       in_.consume(size);
       co_return false;
-    case proto::msg::kCopyData:
-    case proto::msg::kCopyDone:
-    case proto::msg::kCopyFail:
-      if (type != proto::msg::kCopyData) copy_in_ = false;
-      take();
+    case ClientAction::kCopy:
+      take_front(size);
       co_return true;
-    case proto::msg::kParse:
-    case proto::msg::kBind:
-    case proto::msg::kDescribe:
-    case proto::msg::kExecute:
-    case proto::msg::kClose:
-      if (copy_in_) {
-        co_await copy_violation(type);
-        co_return false;
-      }
+    case ClientAction::kIgnore:
+      in_.consume(size);
+      co_return true;
+    case ClientAction::kViolation:
+      co_await copy_violation(type);
+      co_return false;
+    case ClientAction::kGather:
+    case ClientAction::kBoundary:
       if (copy_only_ && !pending_.empty()) {
+        // COPY data gathered first goes out first.
         co_await flush_copy();
         co_return true;  // the message is still at the front of in_
       }
-      co_return gather(type, size);  // (true: nothing above stops it now)
-    case proto::msg::kQuery:
-    case proto::msg::kFunctionCall:
-    case proto::msg::kSync:
-    case proto::msg::kFlush:
-      if (copy_in_ && (type == proto::msg::kQuery || type == proto::msg::kFunctionCall)) {
-        co_await copy_violation(type);
-        co_return false;
-      }
-      if (copy_in_) {  // Sync and Flush are ignored during COPY, as PostgreSQL does
-        in_.consume(size);
-        co_return true;
-      }
-      if (copy_only_ && !pending_.empty()) {
-        co_await flush_copy();
-        co_return true;
-      }
-      take();
+      if (type != proto::msg::kQuery && type != proto::msg::kFunctionCall &&
+          type != proto::msg::kSync && type != proto::msg::kFlush)
+        co_return gather(type, size);  // (true: nothing above stops it now)
+      take_front(size);
       co_await handle_request(type);
       ends_request();
       co_return !client_gone_;
-    default:
-      co_await fail(
-          Failure::kProtocolViolation,
-          "invalid frontend message type " + std::to_string(static_cast<unsigned char>(type)));
-      co_return false;
+    case ClientAction::kInvalid:
+      break;
   }
+  co_await fail(Failure::kProtocolViolation, "invalid frontend message type " +
+                                                 std::to_string(static_cast<unsigned char>(type)));
+  co_return false;
 }
 
 awaitable<bool> Session::refuse_batch() {
   // Memory per client is bounded by max_message_size: an extended-protocol batch that grows
   // past it without a Sync is refused, as one oversized message would be; the rest of it is
-  // skipped up to its Sync (skipping_batch_).
+  // skipped up to its Sync (ClientPhase::kDroppingBatch).
   const std::size_t max_message = config_.listen.max_message_size;
   spdlog::info("{}: batch without Sync exceeds max_message_size; refused", prefix());
   pending_.clear();
-  skipping_batch_ = true;
   std::string out;
   proto::write_error(out, failure_error(Failure::kBatchTooLarge,
                                         "extended-protocol batch exceeds max_message_size (" +

@@ -14,7 +14,7 @@ awaitable<void> Session::copy_violation(char type) {
   // the split COPY (copy_in_split) has already failed its shards.
   spdlog::info("{}: protocol violation: message type {} during COPY from stdin", prefix(),
                int(static_cast<unsigned char>(type)));
-  const bool relayed = copy_in_ && backends_.active && backends_.active->lease;
+  const bool relayed = phase_.copy_in() && backends_.active && backends_.active->lease;
   if (relayed && rule(Failure::kCopyViolation).server == ServerFate::kDiscard)
     backends_.active->lease->broken = true;
   char hex[8];

@@ -65,7 +65,7 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
   // hand it back as idle once the replies below are in, and the next client's statements
   // would commit the first part; found from outside).
   conn.broken = true;
-  open_extended_ = false;
+  phase_.batch_closed();
   // A Parse of an empty statement, hidden: once its reply is in, so is every earlier one.
   std::string probe;
   proto::Parse{"", "", {}}.write(probe);
@@ -94,7 +94,7 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
   if (boundary == proto::msg::kSync)
     out += proto::ready_for_query(transaction_status());
   else
-    discard_until_sync_ = true;
+    phase_.skip_to_sync();
   fail_transaction();
   co_await write_client(out);
 }
@@ -151,12 +151,12 @@ awaitable<bool> Session::run_split_pipeline() {
       prefix(), units.size(), groups.size());
   pending_.clear();
   // A part after the pipeline failed is skipped, as PostgreSQL skips to the Sync.
-  bool skipping = pipeline_txn_ && transaction_status() == proto::txn_status::kFailed;
+  bool skipping = phase_.split_pipeline() && transaction_status() == proto::txn_status::kFailed;
   std::string q;
-  if (!pipeline_txn_ && transaction_status() == proto::txn_status::kIdle) {
+  if (!phase_.split_pipeline() && transaction_status() == proto::txn_status::kIdle) {
     proto::Query{"BEGIN"}.write(q);
     co_await run_filtered(std::move(q), proto::msg::kQuery, "*");
-    pipeline_txn_ = true;
+    phase_.pipeline_begun();
   }
   std::string sync;
   proto::write_empty(sync, proto::msg::kSync);
@@ -167,7 +167,8 @@ awaitable<bool> Session::run_split_pipeline() {
     skipping = transaction_status() == proto::txn_status::kFailed;
   }
   if (!synced || client_gone_) co_return true;
-  if (std::exchange(pipeline_txn_, false)) {
+  if (phase_.split_pipeline()) {
+    phase_.pipeline_ended();
     // The Sync ends the implicit transaction: committed, or rolled back after an error. A
     // failed COMMIT's error reaches the client.
     q.clear();
@@ -189,14 +190,16 @@ awaitable<void> Session::run_filtered(std::string request, char boundary, std::s
 }
 
 awaitable<bool> Session::skip_failed_batch(char boundary) {
-  // After pgshard itself failed an extended request, skip to Sync as PostgreSQL does.
+  // After pgshard itself failed an extended request, skip to Sync as PostgreSQL does. No
+  // server has anything of the failed batch open (pgshard closes one it abandons), so
+  // pgshard answers the Sync, with the status its failure left, even when a server is
+  // attached (in a transaction: before, the messages were sent to it and run, and the
+  // skipping went on until the server was released, when it skipped a later request).
+  phase_.skipped(boundary);  // a simple Query ends the skipping, and runs
   if (boundary == proto::msg::kSync) {
-    discard_until_sync_ = false;
     pending_.clear();
     co_await write_client(proto::ready_for_query(transaction_status()));
-  } else if (boundary != proto::msg::kFlush) {
-    discard_until_sync_ = false;  // a simple Query ends the skipping
-  } else {
+  } else if (boundary == proto::msg::kFlush) {
     pending_.clear();
   }
   co_return pending_.empty();

@@ -38,7 +38,7 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   const int target = route.shard;
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
   worker_.routes().count(route, act);
-  adopt(route);
+  adopt(route, boundary);
   log_forward(route, target);
   return forwarded_now(target, boundary, rest);  // (true: the server is attached)
 }
@@ -149,38 +149,30 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     statements_.map(pending_, *link.lease);
   else if (statements_.has_injected())
     statements_.expect_injected(pending_, *link.lease);
-  open_extended_ = replies.expect_batch(pending_, Owner::kClient);
+  bool open = replies.expect_batch(pending_, Owner::kClient);
   if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
     // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
     // the server is left idle and the statement's Bind can go to the shard its key names.
     proto::write_empty(pending_, proto::msg::kSync);
     replies.expect_ready(Owner::kClientHiddenSync);
-    open_extended_ = false;
+    open = false;
   }
+  phase_.request_sent(open);
   if (transaction_pooled) pending_.insert(0, statements_.take_prefix());
   // pgshard's closing statement goes only where the client awaits a ReadyForQuery (its
   // request ends in Sync or is a Query): its ReadyForQuery stands in for the client's. After
   // a Flush the client awaits none (a stray one desynchronises it: asyncpg then read the
   // next statement's rows as this one's), and a batch that only prepares ran no function.
   const bool ends_ready = boundary != proto::msg::kFlush;
-  if (settings_unknown_ && !pinned_ && !open_extended_ && ends_ready && runs_something(pending_)) {
-    // What a function set with set_config(…, false) or SET inside it: the server's
-    // session settings, read after the client's statement.
-    // (role is not in pg_settings: a role taken shows as current_user.)
-    if (full_check_)
-      finish_sql_ +=
-          "SELECT name, pg_catalog.current_setting(name) FROM pg_catalog.pg_settings "
-          "WHERE source = 'session' UNION ALL ";
-    finish_sql_ += "SELECT 'role', current_user::text WHERE current_user <> session_user;";
-    checking_settings_ = true;
-    checked_settings_.clear();
-  }
-  if (!finish_sql_.empty() && !open_extended_ && ends_ready) {
-    // The request ends with pgshard's statement, whose ReadyForQuery is the client's.
-    replies.hide_last_client_ready();
-    proto::Query{finish_sql_}.write(pending_);
-    replies.expect_ready(Owner::kOwnFinishing);
-    finish_sql_.clear();
+  if (!open && ends_ready) {
+    // The request ends with pgshard's statement, whose ReadyForQuery is the client's: a
+    // RESET's startup value put back, the settings check after user-defined functions.
+    const std::string finish = settings_.take_finishing_sql(!pinned_ && runs_something(pending_));
+    if (!finish.empty()) {
+      replies.hide_last_client_ready();
+      proto::Query{finish}.write(pending_);
+      replies.expect_ready(Owner::kOwnFinishing);
+    }
   }
   if (!link.prelude.empty()) {
     // pgshard's own settings go first, in the same write.
@@ -319,7 +311,7 @@ bool Session::session_pooled() const {
 
 void Session::release(std::shared_ptr<Link> link) {
   // By value: callers pass the active link, which this resets.
-  backends_.release(link, link == backends_.active && open_extended_);
+  backends_.release(link, link == backends_.active && phase_.batch_open());
 }
 
 }  // namespace pgshard::session

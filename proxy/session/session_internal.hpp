@@ -12,24 +12,10 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/router.hpp"
+#include "proxy/session/settings.hpp"
 #include "proxy/session/statements.hpp"
 
 namespace pgshard::session {
-
-inline std::string canonical_parameter(std::string_view name) {
-  // GUC names are case-insensitive; use the spelling PostgreSQL reports.
-  std::string lower(name);
-  for (char& c : lower) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-  if (lower == "datestyle") return "DateStyle";
-  if (lower == "timezone") return "TimeZone";
-  if (lower == "intervalstyle") return "IntervalStyle";
-  return lower;
-}
-
-inline bool synced_reported(std::string_view name) {
-  return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
-         name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
-}
 
 // True when a batch binds or runs anything (Bind, Execute, Query, FunctionCall).
 inline bool binds_or_runs(std::string_view batch) {

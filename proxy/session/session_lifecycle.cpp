@@ -94,7 +94,7 @@ awaitable<void> Session::run() {
   if (!ok) co_return;
   state_ = State::kReady;
   spdlog::info("{}: login db={} tls={} app={}", prefix(), log_safe(identity_.database),
-               stream_.tls(), log_safe(client_params_["application_name"]));
+               stream_.tls(), log_safe(settings_.value("application_name")));
   if (config_.timeouts.client_idle.count() > 0)
     asio::co_spawn(worker_.executor(), idle_watch(), asio::detached);
   co_await client_loop();
@@ -203,21 +203,11 @@ awaitable<bool> Session::welcome() {
   }
   // Settings from the startup packet follow the client to every server it is given.
   Params wanted;
-  for (const auto& [k, v] : identity_.startup.params) {
-    auto name = canonical_parameter(k);
-    if (name == "options") {
-      if (auto err = parse_options(v, wanted)) {
-        co_await fail(Failure::kLoginRefused, proto::error(sqlstate::kFeatureNotSupported, *err),
-                      proto::msg::kSync);
-        co_return false;
-      }
-    } else if (is_synced_startup_parameter(name)) {
-      wanted[name] = v;
-    }
+  if (auto err = Settings::from_startup(identity_.startup.params, wanted)) {
+    co_await fail(Failure::kLoginRefused, proto::error(sqlstate::kFeatureNotSupported, *err),
+                  proto::msg::kSync);
+    co_return false;
   }
-  // ParameterStatus reports the encoding as PostgreSQL names it.
-  if (auto it = wanted.find("client_encoding"); it != wanted.end())
-    it->second = canonical_encoding(it->second);
   std::string err;
   auto server = co_await worker_.server_params(*user_, &err);
   if (!server && own_user_) {
@@ -237,18 +227,15 @@ awaitable<bool> Session::welcome() {
                   proto::msg::kSync);
     co_return false;
   }
-  take_startup_params(*server, std::move(wanted));
+  settings_.start(*server, std::move(wanted));
   co_return co_await send_welcome(*server);
 }
 
 awaitable<bool> Session::send_welcome(const Params& server) {
   std::string out;
   proto::Authentication{proto::auth::kOk, {}}.write(out);
-  auto announced = server;
-  for (const auto& [k, v] : client_params_)
-    if (pool::is_reported_parameter(k)) announced[k] = v;
-  announced["session_authorization"] = user_->name;
-  for (const auto& [k, v] : announced) proto::ParameterStatus{k, v}.write(out);
+  for (const auto& [k, v] : settings_.welcome(server, user_->name))
+    proto::ParameterStatus{k, v}.write(out);
   std::weak_ptr<Session> weak = weak_from_this();
   key_ = runtime::CancelRegistry::instance().add(
       worker_.executor(),
@@ -274,7 +261,7 @@ awaitable<void> Session::finish() {
   for (auto& link : backends_.all()) {
     if (link->done || !link->lease) continue;
     auto& conn = *link->lease;
-    if (conn.status != 'I' || !conn.replies.empty() || open_extended_) {
+    if (conn.status != 'I' || !conn.replies.empty() || phase_.batch_open()) {
       // Left mid-transaction or mid-request: never hand this server to someone else.
       abandon(conn);
     } else if (session_pooled() && !conn.broken) {
@@ -290,9 +277,7 @@ awaitable<void> Session::finish() {
       proto::Query{std::string(kHasTempSchema)}.write(q);
       conn.replies.expect_ready(pool::Replies::Owner::kOwnReset);
       conn.prepared.clear();
-      std::erase_if(conn.params,
-                    [](const auto& kv) { return !pool::is_reported_parameter(kv.first); });
-      conn.synced_fingerprint = 0;
+      Settings::server_discarded(conn);
       auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
       if (ec) conn.broken = true;
       continue;
@@ -309,7 +294,7 @@ void Session::maybe_close_for_shutdown() {
   if (closing_for_shutdown_ || client_gone_ || state_ != State::kReady) return;
   // A shutdown waits for the client's transaction to end; pg_terminate_backend only for the
   // statement running (cancelled), and ends a transaction in progress (rolled back).
-  const bool quiet = owed() == 0 && !open_extended_ && !writing_server_;
+  const bool quiet = owed() == 0 && !phase_.batch_open() && !writing_server_;
   if (!(terminate_requested_ && quiet) && !(shutdown_requested_ && idle())) return;
   closing_for_shutdown_ = true;
   auto self = shared_from_this();

@@ -14,12 +14,12 @@ namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
 bool Session::can_detach(const Link& link) const {
-  return !session_pooled() && !open_extended_ && !writing_server_ && link.lease &&
+  return !session_pooled() && !phase_.batch_open() && !writing_server_ && link.lease &&
          link.lease->replies.empty() && link.lease->status == 'I';
 }
 
 bool Session::idle() const {
-  return owed() == 0 && !open_extended_ && !writing_server_ && transaction_status() == 'I';
+  return owed() == 0 && !phase_.batch_open() && !writing_server_ && transaction_status() == 'I';
 }
 
 int Session::owed() const {
@@ -36,7 +36,7 @@ char Session::transaction_status() const {
 void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   auto& conn = *link->lease;
   conn.broken = true;
-  pipelined_settings_.clear();  // those requests get no ReadyForQuery from this server
+  settings_.drop_pipelined();  // those requests get no ReadyForQuery from this server
   const auto& shard = config_.shards[link->shard].name;
   const auto& fatal = conn.replies.fatal;
   std::string code = conn.replies.fatal_code.empty()
@@ -50,7 +50,7 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   bool in_txn = link->lease->status != 'I';
   in_txn = in_txn || backends_.is_participant(*link);
   const int owed_client = link == backends_.active ? conn.replies.client_owed() : 0;
-  const bool tell_now = link == backends_.active && (owed_client > 0 || open_extended_);
+  const bool tell_now = link == backends_.active && (owed_client > 0 || phase_.batch_open());
   if (in_txn) txn_.lose(message + "; the transaction was rolled back", tell_now);
   if (tell_now) {
     proto::write_error(
@@ -59,7 +59,7 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
     // Answer every outstanding Sync/Query so the client is back in step.
     for (int i = 0; i < std::max(owed_client, 1); ++i)
       out += proto::ready_for_query(in_txn ? proto::txn_status::kFailed : proto::txn_status::kIdle);
-    open_extended_ = false;
+    phase_.batch_closed();
   }
   if (!client_gone_)
     spdlog::warn("{}: lost server connection to shard {}{}", prefix(), shard,
@@ -193,7 +193,7 @@ bool Session::relay_ends(const std::shared_ptr<Link>& link) {
   // After a relayed reply: the client's requests answered, the server closing once it
   // owes nothing, or free to go back to the pool.
   auto& conn = *link->lease;
-  if (conn.replies.client_owed() == 0 && !open_extended_) {
+  if (conn.replies.client_owed() == 0 && !phase_.batch_open()) {
     last_activity_ = coarse_now();
     drained_.notify_all();
     if (terminate_requested_) maybe_close_for_shutdown();  // (its statement is answered)
@@ -217,7 +217,7 @@ void Session::link_finished(std::shared_ptr<Link>& link) {
   if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
   if (!link->done) {
     link->done = true;
-    if (backends_.forget(*link)) open_extended_ = false;
+    if (backends_.forget(*link)) phase_.batch_closed();
   }
   link->lease.release();
   --relays_;
@@ -241,7 +241,7 @@ awaitable<bool> Session::drain() {
   };
   if (!busy()) co_return !client_gone_;
   if (client_gone_) co_return false;
-  if (open_extended_) {
+  if (phase_.batch_open()) {
     // An open batch's replies stay in the server's buffer until a Sync or Flush: ask for
     // them (PostgreSQL, too, sends them before an error of its own).
     std::string flush;

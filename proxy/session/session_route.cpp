@@ -25,9 +25,9 @@ bool debug_logging() {
 }  // namespace
 
 bool Session::routes_at_once(char boundary) const {
-  return !aborting_ && !pipeline_txn_ && !discard_until_sync_ &&
+  return !aborting_ && !phase_.split_pipeline() && !phase_.skipping_to_sync() &&
          !(!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) &&
-         !(open_extended_ && backends_.active);
+         !(phase_.batch_open() && backends_.active);
 }
 
 void Session::begin_request() {
@@ -46,8 +46,8 @@ awaitable<void> Session::handle_request(char boundary) {
   while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
   begin_request();
   // The rest of a pipeline over several shards, up to its Sync, joins its transaction.
-  if (pipeline_txn_ && !out_filter_ && co_await run_split_pipeline()) co_return;
-  if (discard_until_sync_ && !backends_.active && co_await skip_failed_batch(boundary)) co_return;
+  if (phase_.split_pipeline() && !out_filter_ && co_await run_split_pipeline()) co_return;
+  if (phase_.skipping_to_sync() && co_await skip_failed_batch(boundary)) co_return;
   if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
     pending_.clear();
@@ -55,7 +55,7 @@ awaitable<void> Session::handle_request(char boundary) {
     co_return;
   }
   // Mid-batch (extended messages sent without Sync) the batch stays where it started.
-  if (open_extended_ && backends_.active) {
+  if (phase_.batch_open() && backends_.active) {
     if (continues_elsewhere()) {
       co_await abandon_open_batch(boundary);
       co_return;
@@ -84,7 +84,7 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
     co_await answer_locally(route, req);
     co_return;
   }
-  adopt(route);
+  adopt(route, boundary);
   if ((route.txn == router::TxnControl::kPrepare ||
        route.txn == router::TxnControl::kFinishPrepared) &&
       co_await client_two_phase(route, req))
@@ -133,7 +133,7 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
   }
 }
 
-void Session::adopt(const router::Route& route) {
+void Session::adopt(const router::Route& route, char boundary) {
   hints_ = route.hints;
   takes_snapshot_ = route.takes_snapshot;
   // Key positions are read again, statements prepared again (and again once it has run).
@@ -150,24 +150,16 @@ void Session::adopt(const router::Route& route) {
   }
   if (!route.transaction_modes.empty() && transaction_status() != proto::txn_status::kIdle)
     txn_.add_modes(route.transaction_modes);
-  if (const int ahead = owed(); ahead > 0 && !route.settings.empty())
-    pipelined_settings_.push_back({ahead, route.settings});
-  else
-    pending_settings_.insert(pending_settings_.end(), route.settings.begin(), route.settings.end());
-  if (route.settings.empty())
-    finish_sql_.clear();  // (most statements: nothing to restore)
-  else
-    finish_sql_ = restore_startup_sql(route.settings);
-  if (!route.user_functions.empty() && user_->pool_mode == config::PoolMode::kTransaction) {
-    // The role is always checked (cheap); all settings while a function is not yet known
-    // to leave them alone (reading pg_settings costs the server far more than the call).
-    settings_unknown_ = true;
-    if (!worker_.functions_keep_settings(route.user_functions)) {
-      full_check_ = true;
-      checked_functions_.insert(checked_functions_.end(), route.user_functions.begin(),
-                                route.user_functions.end());
-    }
-  }
+  // A request that only prepares (Parse/Describe up to a Sync, pgshard's hidden one after a
+  // Flush in transaction pooling) runs none of its SETs. One ending in Flush in session
+  // pooling does, later: its next part joins the server without being routed.
+  const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
+  const bool runs = route.settings.empty() || binds_or_runs(pending_) ||
+                    (boundary == proto::msg::kFlush && !transaction_pooled);
+  settings_.statement(route.settings, owed(), runs);
+  if (!route.user_functions.empty() && transaction_pooled)
+    settings_.functions_called(route.user_functions,
+                               worker_.functions_keep_settings(route.user_functions));
 }
 
 void Session::follow_cursors(router::Route& r) {

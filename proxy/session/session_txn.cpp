@@ -92,8 +92,7 @@ void Session::check_snapshots() {
     if (txn_.state() == txn::State::kIdle) txn_.snapshots.clear();
     return;
   }
-  const auto isolation = client_params_.find("default_transaction_isolation");
-  if (!txn_.one_snapshot(isolation == client_params_.end() ? "" : isolation->second)) return;
+  if (!txn_.one_snapshot(settings_.value("default_transaction_isolation"))) return;
   auto& gate = worker_.shared().visibility;
   const auto pair = txn_.snapshots.fractured([&](uint64_t from, uint64_t to, int a, int b) {
     return gate.commits_between(from, to, a, b);

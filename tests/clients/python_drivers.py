@@ -720,6 +720,36 @@ def named_cursor_suite():
     conn.close()
 
 
+def psycopg3_shared_set_suite():
+    """SET as a named prepared statement (prepare_threshold=0) that other clients prepared
+    too, then SHOW: in transaction pooling the Parse (with its Sync) and the Execute may go
+    to different servers. Before the fix the server that only parsed the SET was recorded
+    as having it, and the client's later statements there ran without it (1-7 SHOWs in 500
+    returned another client's value or the default)."""
+    import threading
+
+    import psycopg
+
+    lost = []
+
+    def client(n):
+        with psycopg.connect(DSN, autocommit=True, prepare_threshold=0) as conn:
+            for i in range(20):
+                want = f"{64 + (n + i) % 10}MB"
+                conn.execute(f"SET work_mem = '{want}'")
+                got = conn.execute("SHOW work_mem").fetchone()[0]
+                if got != want:
+                    lost.append((n, i, want, got))
+
+    for _ in range(5):
+        threads = [threading.Thread(target=client, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    check(not lost, f"psycopg3: SET as a shared prepared statement kept: {len(lost)} lost, e.g. {lost[:3]}")
+
+
 def main():
     psycopg2_suite()
     psycopg3_suite()
@@ -728,6 +758,7 @@ def main():
     asyncio.run(asyncpg_ddl_suite())
     notify_pid_suite()
     psycopg3_deallocate_suite()
+    psycopg3_shared_set_suite()
     signal_suite()
     pinned_session_end_suite()
     psycopg3_pipeline_suite()

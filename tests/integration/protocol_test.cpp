@@ -382,6 +382,55 @@ TEST_CASE("a protocol violation after a Flush in an open batch is answered at on
   CHECK(scalar(good.get(), "select 'unaffected'") == "unaffected");
 }
 
+TEST_CASE("a batch pgshard refused in a transaction skips to its Sync and no further",
+          "[protocol]") {
+  // PostgreSQL skips the rest of a failed extended batch up to its Sync, and only that far.
+  // pgshard's skipping waited while a server was attached (in a transaction): the messages
+  // before the Sync went to the server and ran, and the skipping went on until the server
+  // was released, when it silently swallowed the client's next request (only its
+  // ReadyForQuery came back: no rows, no CommandComplete).
+  ProxyOptions o;
+  o.unsharded = "reject";
+  Proxy proxy(o);
+  RawClient raw(proxy.port());
+  REQUIRE(raw.login());
+  auto query = [&](const std::string& sql) {
+    std::string out;
+    p::Query{sql}.write(out);
+    raw.send(out);
+    return raw.until_ready();
+  };
+  auto extended = [&](const std::string& sql, char boundary) {
+    std::string out;
+    p::Parse{"", sql, {}}.write(out);
+    p::Bind{"", "", {}, {}, {}}.write(out);
+    p::Execute{"", 0}.write(out);
+    p::write_empty(out, boundary);
+    raw.send(out);
+  };
+  CHECK(query("BEGIN") == "C Z");
+  CHECK(query("SELECT 1") == "T D C Z");  // a server is attached
+  // Refused by pgshard (a table outside the map), the batch ended by a Flush: an error now.
+  extended("SELECT * FROM no_such_map_table", p::msg::kFlush);
+  auto e = raw.next(5000);
+  REQUIRE(e);
+  CHECK(e->first == 'E');
+  // The rest of the batch is skipped up to its Sync, which ends the skipping.
+  extended("SELECT 'skipped'", p::msg::kSync);
+  std::vector<std::pair<char, std::string>> all;
+  CHECK(raw.until_ready(&all) == "Z");
+  REQUIRE_FALSE(all.empty());
+  CHECK(all.back().second == "E");  // the transaction failed
+  CHECK(query("ROLLBACK") == "C Z");
+  // The next request runs and answers.
+  extended("SELECT 'ran'", p::msg::kSync);
+  all.clear();
+  CHECK(raw.until_ready(&all) == "1 2 D C Z");
+  REQUIRE(all.size() == 5);
+  CHECK(all[2].second.find("ran") != std::string::npos);
+  CHECK(query("SELECT 'then'") == "T D C Z");
+}
+
 TEST_CASE("TLS required and refused", "[protocol]") {
   ProxyOptions o;
   o.tls_mode = "require";
