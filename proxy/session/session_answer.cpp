@@ -47,7 +47,7 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
   if (req.boundary == proto::msg::kFlush)
     discard_until_sync_ = refused;
   else
-    out += proto::ready_for_query(transaction_status());
+    end_request(out, transaction_status());
   pending_.clear();
   co_await write_client(out);
 }
@@ -75,7 +75,7 @@ awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
   if (boundary == proto::msg::kFlush)
     discard_until_sync_ = true;
   else
-    out += proto::ready_for_query(transaction_status());
+    end_request(out, transaction_status());
   pending_.clear();
   co_await write_client(out);
 }
