@@ -1,6 +1,6 @@
 // A read pgshard needs the answer of itself (the SELECT of an INSERT ... SELECT) run through
 // the same multi-shard execution and merge a client's read gets, the answer kept instead of
-// sent: the executor writes to a stand-in for the client that forwards everything else to it.
+// sent: the executor writes to a sink that keeps it.
 #pragma once
 
 #include <cstdint>
@@ -10,6 +10,7 @@
 
 #include "proxy/asio.hpp"
 #include "proxy/executor/client.hpp"
+#include "proxy/executor/reply_sink.hpp"
 #include "proxy/router/router.hpp"
 
 namespace pgshard::executor {
@@ -30,8 +31,8 @@ struct Captured {
 };
 
 // Runs `sql` (a simple Query) as `route` says, over several shards, for `c`'s session (its
-// transaction, its cancel key); notices go to the client.
-awaitable<void> capture_read(Client& c, const router::Route& route, const std::string& sql,
-                             Captured& out);
+// transaction, its cancel key); notices go to `client`.
+awaitable<void> capture_read(Client& c, ReplySink& client, const router::Route& route,
+                             const std::string& sql, Captured& out);
 
 }  // namespace pgshard::executor

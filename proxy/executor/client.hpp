@@ -1,6 +1,7 @@
 // What the executors (fan-out, DDL, COPY split, directory lookups) and the two-phase commit
-// coordinator need of the client's session: its request, its servers, its transaction, and a
-// way to answer it. session::Session implements it; nothing else of the session is reachable.
+// coordinator need of the client's session: its request, its servers, its transaction. What
+// they answer goes to the ReplySink they are given (reply_sink.hpp). session::Session
+// implements both; nothing else of the session is reachable.
 #pragma once
 
 #include <functional>
@@ -55,13 +56,13 @@ class Client {
   virtual bool injected_parse(std::string_view query) const = 0;
   virtual router::SessionHints& hints() = 0;
 
-  // ---- answering ----
-  virtual awaitable<bool> write_client(std::string_view bytes) = 0;
+  // ---- the client ----
   virtual bool gone() const = 0;
   virtual void mark_gone() = 0;
   // pgshard failed an extended batch ending in Flush: skip to its Sync, as PostgreSQL does.
   virtual void skip_to_sync() = 0;
-  // Appends the replies to every message of the extended request, `answer` for its Execute.
+  // Appends the replies to every message of the extended request, `answer` for its Execute
+  // (its ReadyForQuery as the session's ReplySink ends a request).
   virtual void answer_extended(std::string_view answer, std::string& out) = 0;
   // A non-COPY message arrived during COPY FROM STDIN: ERROR, then FATAL, as PostgreSQL.
   virtual awaitable<void> copy_violation(char type) = 0;

@@ -22,13 +22,13 @@ void catalog_changed(Client& c) {
 
 namespace {
 
-// The client's request for every shard's fresh server: a named statement there is another
-// client's (transaction pooling) or unknown (the other shards), so each one the request
+// The client's request (`messages`) for every shard's fresh server: a named statement there is
+// another client's (transaction pooling) or unknown (the other shards), so each one the request
 // parses, binds or describes becomes the unnamed statement, parsed from the client's text
 // ahead of its first use. `hidden` gets, per Parse sent, whether its ParseComplete is
 // pgshard's (before: the client's name went as it was, and psycopg's prepared DDL failed
 // with 'prepared statement "_pg3_1" does not exist').
-std::string ddl_request(Client& c, std::deque<bool>& hidden) {
+std::string ddl_request(Client& c, std::string_view messages, std::deque<bool>& hidden) {
   std::string out;
   std::optional<std::string> unnamed_holds;  // the client's statement now in the unnamed one
   // False for a name the client never parsed (the server reports it as PostgreSQL would).
@@ -40,7 +40,7 @@ std::string ddl_request(Client& c, std::deque<bool>& hidden) {
     unnamed_holds = std::string(name);
     return true;
   };
-  for (const auto m : proto::frames(c.request())) {
+  for (const auto m : proto::frames(messages)) {
     const auto& f = m.frame;
     switch (f.type) {
       case proto::msg::kParse:
@@ -115,7 +115,8 @@ awaitable<bool> retry_while_connected(Client& c, std::string_view error_frame) {
 
 }  // namespace
 
-awaitable<void> run_ddl(Client& c, const router::Route& route) {
+awaitable<void> run_ddl(Client& c, ReplySink& reply, const router::Route& route,
+                        std::string_view messages) {
   catalog_changed(c);  // what was read of the catalogs may change
   // DDL runs on every shard in shard order and stops at the first failure; the client
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
@@ -142,7 +143,7 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
     auto lease = std::move(std::get<pool::Lease>(got));
     std::string batch = c.sync_prelude(*lease);
     std::deque<bool> hidden_parse;
-    const std::string request = ddl_request(c, hidden_parse);
+    const std::string request = ddl_request(c, messages, hidden_parse);
     batch += request;
     lease->replies.expect_batch(request, pool::Replies::Owner::kClient);
     auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
@@ -202,8 +203,8 @@ awaitable<void> run_ddl(Client& c, const router::Route& route) {
   } else {
     out += first_tag;
   }
-  out += proto::ready_for_query(c.transaction_status());
-  co_await c.write_client(out);
+  reply.end_request(out, c.transaction_status());
+  co_await reply.write(out);
 }
 
 }  // namespace pgshard::executor

@@ -28,7 +28,7 @@ using Part = std::shared_ptr<pool::Link>;
 class Ending {
  public:
   Ending(executor::Client& c, bool commit) : c_(c), commit_(commit) {}
-  awaitable<void> run(bool simple);
+  awaitable<Ended> run();
 
  private:
   awaitable<void> rollback_all();
@@ -46,7 +46,6 @@ class Ending {
   // The commit side of the visibility gate, for the participants' shards (none when the
   // gate is off).
   awaitable<GateHold> enter_gate();
-  awaitable<void> answer(bool simple);
   const std::string& name(const Part& p) const {
     return c_.config().shards[static_cast<std::size_t>(p->shard)].name;
   }
@@ -62,7 +61,7 @@ class Ending {
   std::optional<proto::ErrorInfo> warning_;
 };
 
-awaitable<void> Ending::run(bool simple) {
+awaitable<Ended> Ending::run() {
   // Nothing is handed back while pgshard finishes the transaction.
   parts_ = c_.backends().take_participants();
   tag_ = commit_ ? "COMMIT" : "ROLLBACK";
@@ -90,7 +89,8 @@ awaitable<void> Ending::run(bool simple) {
     co_await commit_two_phase();
   }
   hand_back();
-  co_await answer(simple);
+  c_.hints().local = {};
+  co_return Ended{tag_, error_, warning_};
 }
 
 awaitable<void> Ending::rollback_all() {
@@ -265,30 +265,32 @@ void Ending::hand_back() {
   }
 }
 
-awaitable<void> Ending::answer(bool simple) {
-  c_.hints().local = {};
-  std::string out;
-  if (warning_) proto::write_notice(out, *warning_);
-  std::string answer;
-  if (error_)
-    proto::write_error(answer, *error_);
-  else
-    proto::CommandComplete{tag_}.write(answer);
-  if (simple || error_) {
-    out += answer;
-    out += proto::ready_for_query(proto::txn_status::kIdle);
-  } else {
-    c_.answer_extended(answer, out);
-  }
-  co_await c_.write_client(out);
-}
-
 }  // namespace
 
-awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple) {
-  if (!co_await c.drain()) co_return;
+awaitable<std::optional<Ended>> end_distributed(executor::Client& c, bool commit) {
+  if (!co_await c.drain()) co_return std::nullopt;
   Ending ending(c, commit);
-  co_await ending.run(simple);
+  co_return co_await ending.run();
+}
+
+awaitable<void> finish_distributed(executor::Client& c, ReplySink& reply, bool commit,
+                                   bool simple) {
+  const auto ended = co_await end_distributed(c, commit);
+  if (!ended) co_return;
+  std::string out;
+  if (ended->warning) proto::write_notice(out, *ended->warning);
+  std::string answer;
+  if (ended->error)
+    proto::write_error(answer, *ended->error);
+  else
+    proto::CommandComplete{ended->tag}.write(answer);
+  if (simple || ended->error) {
+    out += answer;
+    reply.end_request(out, proto::txn_status::kIdle);
+  } else {
+    c.answer_extended(answer, out);
+  }
+  co_await reply.write(out);
 }
 
 }  // namespace pgshard::executor

@@ -2,13 +2,28 @@
 // (two-phase commit), or one pgshard failed.
 #pragma once
 
+#include <optional>
+#include <string>
+
+#include "protocol/errors.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/executor/client.hpp"
+#include "proxy/executor/reply_sink.hpp"
 
 namespace pgshard::executor {
 
-// Ends the client's coordinated transaction and answers the client (simple: CommandComplete
-// and ReadyForQuery; extended: the batch's replies).
-awaitable<void> finish_distributed(executor::Client& c, bool commit, bool simple);
+// How a coordinated transaction ended.
+struct Ended {
+  std::string tag;                           // COMMIT, or ROLLBACK (also for a failed one)
+  std::optional<protocol::ErrorInfo> error;  // it did not commit (or not everywhere)
+  std::optional<protocol::ErrorInfo> warning;
+};
+
+// Ends the client's coordinated transaction without answering anyone; nullopt when the
+// client left before it could end.
+awaitable<std::optional<Ended>> end_distributed(executor::Client& c, bool commit);
+// Ends it and answers `out` (simple: CommandComplete and ReadyForQuery; extended: the
+// batch's replies).
+awaitable<void> finish_distributed(executor::Client& c, ReplySink& out, bool commit, bool simple);
 
 }  // namespace pgshard::executor

@@ -1,5 +1,5 @@
 // The executor module: statements pgshard runs on several shards itself, through the
-// client's session seen as an executor::Client.
+// client's session seen as an executor::Client, answering to the ReplySink they are given.
 #pragma once
 
 #include <functional>
@@ -9,19 +9,30 @@
 
 #include "proxy/asio.hpp"
 #include "proxy/executor/client.hpp"
+#include "proxy/executor/reply_sink.hpp"
 #include "proxy/router/router.hpp"
 
 namespace pgshard::executor {
 
+// The messages a multi-shard statement runs: the client's request, or pgshard's own Query
+// (the SELECT of an INSERT ... SELECT); `boundary` is their last (Query, Sync or Flush).
+struct Request {
+  std::string_view messages;
+  bool simple = true;  // a simple Query (else extended-protocol messages)
+  char boundary = 'Q';
+};
+
 // One statement sent to several shards at once, their replies combined (Combiner) into the
-// one reply the client expects. Writes commit on every shard or on none; inside a
-// transaction the shards join it (two-phase commit at COMMIT).
-awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary);
+// one reply `out` gets. Writes commit on every shard or on none; inside a transaction the
+// shards join it (two-phase commit at COMMIT).
+awaitable<void> fan_out(Client& c, ReplySink& out, const router::Route& route,
+                        const Request& request);
 // DDL on every shard in shard order, stopping at the first failure.
-awaitable<void> run_ddl(Client& c, const router::Route& route);
+awaitable<void> run_ddl(Client& c, ReplySink& out, const router::Route& route,
+                        std::string_view request);
 // COPY FROM STDIN into a sharded table: rows go to the shard their key names; all shards
 // commit only if every one accepted its rows.
-awaitable<void> copy_in_split(Client& c, const router::Route& route);
+awaitable<void> copy_in_split(Client& c, ReplySink& out, const router::Route& route);
 // Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
 awaitable<std::string> resolve_directory(Client& c,
                                          const std::vector<std::pair<int, std::string>>& lookups);

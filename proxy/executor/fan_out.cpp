@@ -60,7 +60,7 @@ int count_queries(std::string_view bytes) {
 // One multi-shard statement, from its checks to the client's ReadyForQuery.
 class FanOut {
  public:
-  FanOut(Client& c, const router::Route& route, bool simple, char boundary);
+  FanOut(Client& c, ReplySink& reply, const router::Route& route, const Request& request);
   ~FanOut();  // borrowed servers go back to their relays
   FanOut(const FanOut&) = delete;
   FanOut& operator=(const FanOut&) = delete;
@@ -99,7 +99,9 @@ class FanOut {
   std::string names() const;
 
   Client& c_;
+  ReplySink& reply_;
   const router::Route& route_;
+  const std::string_view messages_;  // what the statement runs (Request::messages)
   const bool simple_;
   const char boundary_;
   const merge::MergePlan* plan_;
@@ -118,11 +120,13 @@ class FanOut {
   bool error_sent_ = false;
 };
 
-FanOut::FanOut(Client& c, const router::Route& route, bool simple, char boundary)
+FanOut::FanOut(Client& c, ReplySink& reply, const router::Route& route, const Request& request)
     : c_(c),
+      reply_(reply),
       route_(route),
-      simple_(simple),
-      boundary_(boundary),
+      messages_(request.messages),
+      simple_(request.simple),
+      boundary_(request.boundary),
       // A write to tables every shard holds alike answers with one shard's rows: no merge.
       plan_(route.merge && route.merge_blocker.empty() && !route.replicated ? route.merge.get()
                                                                             : nullptr) {
@@ -175,12 +179,12 @@ void FanOut::refuse(std::string message, std::string hint) {
   if (boundary_ == proto::msg::kFlush)
     c_.skip_to_sync();
   else
-    out_ += proto::ready_for_query(c_.transaction_status());
+    reply_.end_request(out_, c_.transaction_status());
 }
 
 void FanOut::fail(const proto::ErrorInfo& e) {
   proto::write_error(out_, e);
-  out_ += proto::ready_for_query(c_.transaction_status());
+  reply_.end_request(out_, c_.transaction_status());
 }
 
 std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
@@ -222,11 +226,11 @@ std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
 awaitable<void> FanOut::run() {
   if (auto why = refusal()) {
     refuse(std::move(why->first), std::move(why->second));
-    co_await c_.write_client(out_);
+    co_await reply_.write(out_);
     co_return;
   }
   if (route_.ddl && !in_txn_) {
-    co_await run_ddl(c_, route_);
+    co_await run_ddl(c_, reply_, route_, messages_);
     co_return;
   }
   // DDL inside the client's transaction runs in it on every shard, like any write there:
@@ -235,7 +239,7 @@ awaitable<void> FanOut::run() {
   auto& backends = c_.backends();
   if (backends.active && !c_.session_pooled() && !in_txn_) c_.release(backends.active);
   if (!build_request() || !co_await connect()) {
-    co_await c_.write_client(out_);
+    co_await reply_.write(out_);
     co_return;
   }
   // A read over several shards takes its snapshots while no cross-shard commit is halfway
@@ -258,7 +262,7 @@ awaitable<void> FanOut::run() {
   // Text comparisons use the shards' collation, read once per worker.
   const merge::Collation* collation = nullptr;
   if (plan_ && !legs_.empty() && !co_await read_collations(collation)) {
-    co_await c_.write_client(out_);
+    co_await reply_.write(out_);
     co_return;
   }
   co_await send();
@@ -273,8 +277,8 @@ awaitable<void> FanOut::run() {
   // it ends), as one PostgreSQL would — also a read that ran on fresh servers.
   if (failure_ || error_sent_) c_.fail_transaction();
   end_answer();
-  out_ += proto::ready_for_query(c_.transaction_status());
-  co_await c_.write_client(out_);
+  reply_.end_request(out_, c_.transaction_status());
+  co_await reply_.write(out_);
 }
 
 awaitable<bool> FanOut::read_collations(const merge::Collation*& collation) {
@@ -312,13 +316,17 @@ void FanOut::end_answer() {
 }
 
 bool FanOut::build_request() {
-  if (!simple_)
-    return build_extended(c_, plan_, {}, request_, expected_, limit_, offset_, max_rows_, out_,
-                          names());
+  if (!simple_) {
+    if (build_extended(c_, messages_, plan_, {}, request_, expected_, limit_, offset_, max_rows_,
+                       out_, names()))
+      return true;
+    reply_.end_request(out_, c_.transaction_status());
+    return false;
+  }
   if (plan_ && !plan_->shard_sql.empty())
     proto::Query{plan_->shard_sql}.write(request_);
   else
-    request_ = c_.request();
+    request_ = messages_;
   expected_.expect_batch(request_, pool::Replies::Owner::kClient);
   if (plan_) {
     limit_ = plan_->limit.value;
@@ -422,8 +430,9 @@ awaitable<void> FanOut::send() {
       // Each shard's part of a split INSERT, in the client's extended batch.
       std::string mine;
       pool::Replies its;
-      build_extended(c_, nullptr, route_.per_shard_sql[i].second, mine, its, limit_, offset_,
-                     max_rows_, out_, names());
+      if (!build_extended(c_, messages_, nullptr, route_.per_shard_sql[i].second, mine, its, limit_,
+                          offset_, max_rows_, out_, names()))
+        reply_.end_request(out_, c_.transaction_status());
       replies.append(its);
       batch += mine;
     } else {
@@ -513,7 +522,7 @@ awaitable<void> FanOut::read(const merge::Collation* collation) {
       continue;
     }
     if (combiner.out().size() > kClientFlush && !c_.gone()) {
-      co_await c_.write_client(combiner.out());
+      co_await reply_.write(combiner.out());
       combiner.out().clear();
     }
   }
@@ -693,10 +702,11 @@ awaitable<void> FanOut::end_write() {
 
 }  // namespace
 
-awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary) {
+awaitable<void> fan_out(Client& c, ReplySink& out, const router::Route& route,
+                        const Request& request) {
   if (!co_await c.drain()) co_return;
   Waiting waiting(c, "shards (fan-out)");
-  FanOut statement(c, route, simple, boundary);
+  FanOut statement(c, out, route, request);
   co_await statement.run();
 }
 

@@ -20,12 +20,12 @@ struct MergePlan;
 
 namespace pgshard::executor {
 
-// The shards' version of an extended-protocol batch; false after writing a refusal to
-// `out`.
-bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-                    std::string& request, pool::Replies& expected, std::optional<int64_t>& limit,
-                    std::optional<int64_t>& offset, int32_t& max_rows, std::string& out,
-                    const std::string& names);
+// The shards' version of the extended-protocol batch `messages`; false after writing a
+// refusal (its ErrorResponse, the caller ends the request) to `out`.
+bool build_extended(Client& c, std::string_view messages, const merge::MergePlan* plan,
+                    std::string_view override_sql, std::string& request, pool::Replies& expected,
+                    std::optional<int64_t>& limit, std::optional<int64_t>& offset,
+                    int32_t& max_rows, std::string& out, const std::string& names);
 // The shards' text collation, read once per worker.
 awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& conn,
                                                    std::string* error);

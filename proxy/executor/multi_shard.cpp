@@ -48,8 +48,9 @@ namespace {
 // (two-phase) only if every one of them accepted its rows.
 class CopyIn {
  public:
-  CopyIn(Client& c, const router::Route& route)
+  CopyIn(Client& c, ReplySink& reply, const router::Route& route)
       : c_(c),
+        reply_(reply),
         spec_(*route.copy_in),
         table_(route.copy_table >= 0
                    ? &c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)]
@@ -69,6 +70,7 @@ class CopyIn {
   void note(std::string_view error_body);
 
   Client& c_;
+  ReplySink& reply_;
   const router::CopySplit& spec_;
   const config::ShardedTable* table_;  // null: every row goes to every shard
   const std::vector<int>& shards_;
@@ -87,8 +89,8 @@ void CopyIn::note(std::string_view body) {
 
 awaitable<void> CopyIn::fail(const proto::ErrorInfo& e) {
   proto::write_error(out_, e);
-  out_ += proto::ready_for_query(c_.transaction_status());
-  co_await c_.write_client(out_);
+  reply_.end_request(out_, c_.transaction_status());
+  co_await reply_.write(out_);
 }
 
 awaitable<void> CopyIn::run() {
@@ -122,7 +124,7 @@ awaitable<void> CopyIn::run() {
   CopyOutcome outcome;
   if (!error_) {
     // Stream the client's rows to their shards.
-    co_await c_.write_client(copy_in_response);
+    co_await reply_.write(copy_in_response);
     outcome = co_await copy_stream(c_, leases_, spec_, table_, key);
     if (outcome.error && !error_) error_ = outcome.error;
   }
@@ -140,8 +142,8 @@ awaitable<void> CopyIn::run() {
     co_return;
   }
   proto::CommandComplete{"COPY " + std::to_string(total)}.write(out_);
-  out_ += proto::ready_for_query(proto::txn_status::kIdle);
-  co_await c_.write_client(out_);
+  reply_.end_request(out_, proto::txn_status::kIdle);
+  co_await reply_.write(out_);
 }
 
 awaitable<int> CopyIn::key_index() {
@@ -231,10 +233,10 @@ awaitable<uint64_t> CopyIn::finish() {
 
 }  // namespace
 
-awaitable<void> copy_in_split(Client& c, const router::Route& route) {
+awaitable<void> copy_in_split(Client& c, ReplySink& out, const router::Route& route) {
   if (!co_await c.drain()) co_return;
   Waiting waiting(c, "shards (COPY)");
-  CopyIn copy(c, route);
+  CopyIn copy(c, out, route);
   co_await copy.run();
 }
 

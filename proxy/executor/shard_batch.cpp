@@ -25,9 +25,14 @@ using Action = pool::Replies::Action;
 // the column types. The replies those cause are expected hidden.
 class ShardBatch {
  public:
-  ShardBatch(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-             std::string& request, pool::Replies& expected)
-      : c_(c), plan_(plan), override_sql_(override_sql), request_(request), expected_(expected) {}
+  ShardBatch(Client& c, std::string_view messages, const merge::MergePlan* plan,
+             std::string_view override_sql, std::string& request, pool::Replies& expected)
+      : c_(c),
+        messages_(messages),
+        plan_(plan),
+        override_sql_(override_sql),
+        request_(request),
+        expected_(expected) {}
   // False when the batch cannot run across shards (`names`): `why` and `hint` say so.
   bool build(std::optional<int64_t>& limit, std::optional<int64_t>& offset, int32_t& max_rows,
              const std::string& names, std::string& why, std::string& hint);
@@ -46,6 +51,7 @@ class ShardBatch {
   void sync(std::string_view raw);
 
   Client& c_;
+  std::string_view messages_;  // the client's batch
   const merge::MergePlan* plan_;
   std::string_view override_sql_;
   std::string& request_;
@@ -137,12 +143,12 @@ bool ShardBatch::build(std::optional<int64_t>& limit, std::optional<int64_t>& of
   max_rows = 0;
   int executes = 0;
   if (!override_sql_.empty())
-    for (const auto m : proto::frames(c_.request()))
+    for (const auto m : proto::frames(messages_))
       if (m.frame.type == proto::msg::kBind) {
         first_bind_ = proto::Bind::parse(m.frame.body);
         break;
       }
-  for (const auto m : proto::frames(c_.request())) {
+  for (const auto m : proto::frames(messages_)) {
     const auto& f = m.frame;
     switch (f.type) {
       case proto::msg::kParse:
@@ -206,15 +212,14 @@ bool ShardBatch::build(std::optional<int64_t>& limit, std::optional<int64_t>& of
 
 }  // namespace
 
-bool build_extended(Client& c, const merge::MergePlan* plan, std::string_view override_sql,
-                    std::string& request, pool::Replies& expected, std::optional<int64_t>& limit,
-                    std::optional<int64_t>& offset, int32_t& max_rows, std::string& out,
-                    const std::string& names) {
+bool build_extended(Client& c, std::string_view messages, const merge::MergePlan* plan,
+                    std::string_view override_sql, std::string& request, pool::Replies& expected,
+                    std::optional<int64_t>& limit, std::optional<int64_t>& offset,
+                    int32_t& max_rows, std::string& out, const std::string& names) {
   std::string why, hint;
-  ShardBatch batch(c, plan, override_sql, request, expected);
+  ShardBatch batch(c, messages, plan, override_sql, request, expected);
   if (batch.build(limit, offset, max_rows, names, why, hint)) return true;
   proto::write_error(out, proto::error(sqlstate::kFeatureNotSupported, why, {}, hint));
-  out += proto::ready_for_query(c.transaction_status());
   return false;
 }
 

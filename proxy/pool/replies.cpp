@@ -43,18 +43,18 @@ void Replies::expect_describe(Owner owner, Action action) {
   push({Kind::kDescribe, owner, action, {}});
 }
 
-void Replies::expect_ready(Owner owner) {
-  push({Kind::kReady, owner, Action::kForward, {}});
+void Replies::expect_ready(Owner owner, Action action) {
+  push({Kind::kReady, owner, action, {}});
 }
 
-bool Replies::expect_batch(std::string_view batch, Owner owner) {
+bool Replies::expect_batch(std::string_view batch, Owner owner, Action ready) {
   bool open = false;
   for (const auto m : protocol::frames(batch)) {
     switch (m.frame.type) {
       case msg::kQuery:
       case msg::kFunctionCall:
       case msg::kSync:
-        expect_ready(owner);
+        expect_ready(owner, ready);
         open = false;
         break;
       case msg::kCopyData:
@@ -134,6 +134,7 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
   switch (f.type) {
     case msg::kReadyForQuery: {
       ready_ = true;
+      bool shown = true;
       // Messages before the Sync that got no reply (an error came first) did nothing: a
       // statement they would have prepared is not on the server.
       while (!queue_.empty()) {
@@ -141,6 +142,7 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
         queue_.pop_front();
         if (e.kind == Kind::kReady) {
           owner_ = e.owner;
+          shown = e.action == Action::kForward;
           if (answers_client(e.owner)) {
             --client_owed_;
             if (counters) count_ready(e, f.body.empty() ? 'I' : f.body[0]);
@@ -151,7 +153,7 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
         }
         if (!e.added.empty() && prepared) prepared->erase(e.added);
       }
-      return answers_client(owner_) ? Verdict::kForward : Verdict::kHide;
+      return answers_client(owner_) && shown ? Verdict::kForward : Verdict::kHide;
     }
     case msg::kParameterStatus:
       return owner_ == Owner::kOwnFinishing ? Verdict::kForward : by_owner();
@@ -171,6 +173,9 @@ Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepar
       return by_owner();
     case msg::kCommandComplete:
       if (ours(owner_)) tag.assign(f.body.substr(0, f.body.find('\0')));
+      if (!queue_.empty() && queue_.front().kind == Kind::kReady &&
+          queue_.front().action == Action::kHideCompletion)
+        return Verdict::kHide;
       return by_owner();
     case msg::kErrorResponse:
       if (auto e = protocol::ErrorFields::parse(f.body)) {

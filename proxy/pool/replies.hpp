@@ -31,8 +31,12 @@ class Replies {
   // ParameterStatus and ReadyForQuery go to the client as the request's own.
   enum class Owner : uint8_t { kClient, kClientHiddenSync, kOwn, kOwnReset, kOwnFinishing };
   // What to do with a completion message (ParseComplete, CloseComplete, a Describe's
-  // RowDescription/NoData and ParameterDescription).
-  enum class Action : uint8_t { kForward, kHide, kAsParseComplete };
+  // RowDescription/NoData and ParameterDescription). For a message answered with
+  // ReadyForQuery, what to do with its ReadyForQuery: kHide keeps it from a client whose
+  // request it still answers (a part of a pipeline pgshard runs in parts: the client gets one
+  // ReadyForQuery at the pipeline's Sync); kHideCompletion hides its CommandComplete too
+  // (pgshard's BEGIN/COMMIT of that pipeline: only its errors and notices are the client's).
+  enum class Action : uint8_t { kForward, kHide, kAsParseComplete, kHideCompletion };
   enum class Verdict : uint8_t { kForward, kHide, kAsParseComplete };
 
   // A Parse (`added`: the statement name it puts on the server, forgotten if the Parse gets
@@ -41,10 +45,10 @@ class Replies {
   void expect_close(Owner owner, Action action);
   void expect_describe(Owner owner, Action action);
   // A message answered with ReadyForQuery: Sync, Query, FunctionCall.
-  void expect_ready(Owner owner);
+  void expect_ready(Owner owner, Action action = Action::kForward);
   // Pushes a ReadyForQuery entry for every Query/Sync/FunctionCall of `batch`, owned by
   // `owner`; returns true when the batch leaves extended messages without a Sync after them.
-  bool expect_batch(std::string_view batch, Owner owner);
+  bool expect_batch(std::string_view batch, Owner owner, Action ready = Action::kForward);
   // pgshard finishes the client's last request with its own statement: the request's
   // ReadyForQuery (the last one pushed for the client) is hidden; push kOwnFinishing next.
   void hide_last_client_ready();

@@ -58,7 +58,9 @@ RelayFilter::Step RelayFilter::walk(pool::ServerConn& conn, std::string_view buf
     switch (type) {
       case msg::kReadyForQuery:
         conn.status = body.empty() ? proto::txn_status::kIdle : body[0];
-        if (pool::Replies::answers_client(owner) && !events_.client_ready(conn)) {
+        // (A ReadyForQuery the reply queue hides still ends the client's request.)
+        if (pool::Replies::answers_client(owner) && !events_.client_ready(conn) &&
+            verdict == Verdict::kForward) {
           hide(pos, pos + total);
           out_ += proto::ready_for_query(proto::txn_status::kInBlock);
         }

@@ -18,6 +18,7 @@
 #include "proxy/asio.hpp"
 #include "proxy/drained_read.hpp"
 #include "proxy/executor/client.hpp"
+#include "proxy/executor/reply_sink.hpp"
 #include "proxy/merge/value.hpp"
 #include "proxy/pool/backends.hpp"
 #include "proxy/pool/pool.hpp"
@@ -51,6 +52,7 @@ using runtime::Params;
 
 class Session : public std::enable_shared_from_this<Session>,
                 public executor::Client,
+                public executor::ReplySink,
                 private RelayEvents,
                 private runtime::ParkedRelays::Entry {
  public:
@@ -107,11 +109,16 @@ class Session : public std::enable_shared_from_this<Session>,
   bool injected_parse(std::string_view query) const override { return statements_.injected(query); }
   router::SessionHints& hints() override { return hints_; }
   // Writes to the client; only one write is in progress at a time.
-  awaitable<bool> write_client(std::string_view bytes) override;
+  awaitable<bool> write_client(std::string_view bytes);
   // write_client's common case, without a coroutine: true when all of `bytes` went out now
-  // (nothing filters the client's output, no write is in progress, the socket took it all).
-  // Else false, `bytes` left as what write_client still has to write.
+  // (no write is in progress, the socket took it all). Else false, `bytes` left as what
+  // write_client still has to write.
   bool wrote_client_now(std::string_view& bytes);
+  // ---- executor::ReplySink: the client, as the executors answer it ----
+  awaitable<bool> write(std::string_view bytes) override { return write_client(bytes); }
+  // The request's ReadyForQuery, unless the request is a step of a pipeline pgshard runs
+  // in parts (pipeline_step_): the client gets one at the pipeline's Sync.
+  void end_request(std::string& out, char status) override;
   bool gone() const override { return client_gone_; }
   void mark_gone() override { client_gone_ = true; }
   void skip_to_sync() override { phase_.skip_to_sync(); }
@@ -225,19 +232,15 @@ class Session : public std::enable_shared_from_this<Session>,
   // other than the batch's server; and failing that batch (see the definition).
   bool continues_elsewhere();
   awaitable<void> abandon_open_batch(char boundary);
-  // Runs `request` as a request of the client's, dropping from what the client is sent the
-  // message types in `drop` (all of them for "*").
-  awaitable<void> run_filtered(std::string request, char boundary, std::string drop);
-  // What write_client drops while filtering (frames may come in pieces).
-  struct OutFilter {
-    std::string drop;
-    char header[5] = {};
-    int have = 0;            // header bytes seen of the current frame
-    uint32_t remaining = 0;  // body bytes of the current frame still to come
-    bool dropping = false;
-  };
-  std::optional<OutFilter> out_filter_;
-  std::string filter_out(std::string_view bytes);
+  // A request run_split_pipeline runs for the client: a part of its pipeline (the client's
+  // messages and pgshard's Sync, whose ReadyForQuery is not the client's), or pgshard's
+  // BEGIN, COMMIT or ROLLBACK of the pipeline's transaction (only its errors and notices
+  // reach the client). What is not the client's is never sent: the server's reply queue
+  // hides it (prepare_request), and pgshard's own answers leave it out (end_request,
+  // control_transaction).
+  enum class PipelineStep : uint8_t { kNone, kPart, kControl };
+  PipelineStep pipeline_step_ = PipelineStep::kNone;
+  awaitable<void> run_pipeline_step(PipelineStep step, std::string request, char boundary);
   // After pgshard failed an extended batch: skips to its Sync (answered by pgshard, no
   // server has anything of the batch); true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
@@ -262,6 +265,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
+  // pgshard's COMMIT/ROLLBACK ending a split pipeline's transaction on several shards: the
+  // client gets its error or warning, if any (its Sync's ReadyForQuery follows).
+  awaitable<void> end_pipeline_distributed(bool commit);
   // PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED from the client (two_phase.cpp):
   // true when answered (refused); else `route` goes where the identifier lives.
   awaitable<bool> client_two_phase(router::Route& route, const Request& req);

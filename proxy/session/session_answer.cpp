@@ -45,7 +45,7 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
   }
   if (transaction_status() == proto::txn_status::kIdle) hints_.local = {};
   if (req.boundary != proto::msg::kFlush)
-    out += proto::ready_for_query(transaction_status());
+    end_request(out, transaction_status());
   else if (refused)
     phase_.skip_to_sync();
   pending_.clear();
@@ -75,7 +75,7 @@ awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
   if (boundary == proto::msg::kFlush)
     phase_.skip_to_sync();
   else
-    out += proto::ready_for_query(transaction_status());
+    end_request(out, transaction_status());
   pending_.clear();
   co_await write_client(out);
 }

@@ -99,7 +99,7 @@ awaitable<void> Session::stop_watch(ClientWatch& watch) {
 }
 
 bool Session::wrote_client_now(std::string_view& bytes) {
-  if (out_filter_ || client_writing_ || client_gone_) return false;
+  if (client_writing_ || client_gone_) return false;
   error_code ec;
   bytes.remove_prefix(stream_.write_now(bytes, ec));
   if (ec) client_gone_ = true;
@@ -107,12 +107,6 @@ bool Session::wrote_client_now(std::string_view& bytes) {
 }
 
 awaitable<bool> Session::write_client(std::string_view bytes) {
-  std::string kept;
-  if (out_filter_) {
-    kept = filter_out(bytes);
-    if (kept.empty()) co_return !client_gone_;
-    bytes = kept;
-  }
   while (client_writing_) co_await client_write_done_.wait();
   if (client_gone_) co_return false;
   client_writing_ = true;

@@ -14,32 +14,6 @@ namespace pgshard::session {
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
-std::string Session::filter_out(std::string_view bytes) {
-  auto& f = *out_filter_;
-  std::string kept;
-  while (!bytes.empty()) {
-    if (f.remaining == 0 && f.have < 5) {
-      f.header[f.have++] = bytes.front();
-      bytes.remove_prefix(1);
-      if (f.have < 5) continue;
-      const auto* h = reinterpret_cast<const unsigned char*>(f.header);
-      const uint32_t length =
-          (uint32_t{h[1]} << 24) | (uint32_t{h[2]} << 16) | (uint32_t{h[3]} << 8) | uint32_t{h[4]};
-      f.remaining = length >= 4 ? length - 4 : 0;
-      f.dropping = f.drop == "*" || f.drop.find(f.header[0]) != std::string::npos;
-      if (!f.dropping) kept.append(f.header, 5);
-      if (f.remaining == 0) f.have = 0;
-      continue;
-    }
-    const auto n = std::min<std::size_t>(f.remaining, bytes.size());
-    if (!f.dropping) kept.append(bytes.substr(0, n));
-    bytes.remove_prefix(n);
-    f.remaining -= static_cast<uint32_t>(n);
-    if (f.remaining == 0) f.have = 0;
-  }
-  return kept;
-}
-
 bool Session::continues_elsewhere() {
   // Only a Bind says where a statement goes; Execute, Describe, Close follow the batch.
   bool binds = false;
@@ -92,7 +66,7 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
                         {}, "send the whole pipeline before its Sync, or Sync between shards"));
   pending_.clear();
   if (boundary == proto::msg::kSync)
-    out += proto::ready_for_query(transaction_status());
+    end_request(out, transaction_status());
   else
     phase_.skip_to_sync();
   fail_transaction();
@@ -155,14 +129,14 @@ awaitable<bool> Session::run_split_pipeline() {
   std::string q;
   if (!phase_.split_pipeline() && transaction_status() == proto::txn_status::kIdle) {
     proto::Query{"BEGIN"}.write(q);
-    co_await run_filtered(std::move(q), proto::msg::kQuery, "*");
+    co_await run_pipeline_step(PipelineStep::kControl, std::move(q), proto::msg::kQuery);
     phase_.pipeline_begun();
   }
   std::string sync;
   proto::write_empty(sync, proto::msg::kSync);
   for (auto& u : groups) {
     if (client_gone_ || skipping) break;
-    co_await run_filtered(u + sync, proto::msg::kSync, "Z");
+    co_await run_pipeline_step(PipelineStep::kPart, u + sync, proto::msg::kSync);
     // After an error PostgreSQL skips the rest of the pipeline up to its Sync.
     skipping = transaction_status() == proto::txn_status::kFailed;
   }
@@ -174,19 +148,23 @@ awaitable<bool> Session::run_split_pipeline() {
     q.clear();
     proto::Query{transaction_status() == proto::txn_status::kFailed ? "ROLLBACK" : "COMMIT"}.write(
         q);
-    co_await run_filtered(std::move(q), proto::msg::kQuery, "CZ");
+    co_await run_pipeline_step(PipelineStep::kControl, std::move(q), proto::msg::kQuery);
   }
   co_await write_client(proto::ready_for_query(transaction_status()));
   co_return true;
 }
 
-awaitable<void> Session::run_filtered(std::string request, char boundary, std::string drop) {
+awaitable<void> Session::run_pipeline_step(PipelineStep step, std::string request, char boundary) {
   pending_ = std::move(request);
-  out_filter_.emplace();
-  out_filter_->drop = std::move(drop);
+  pipeline_step_ = step;
   co_await handle_request(boundary);
+  // (What the relay still brings of it was marked in the server's reply queue.)
   co_await drain();
-  out_filter_.reset();
+  pipeline_step_ = PipelineStep::kNone;
+}
+
+void Session::end_request(std::string& out, char status) {
+  if (pipeline_step_ == PipelineStep::kNone) out += proto::ready_for_query(status);
 }
 
 awaitable<bool> Session::skip_failed_batch(char boundary) {
@@ -198,7 +176,9 @@ awaitable<bool> Session::skip_failed_batch(char boundary) {
   phase_.skipped(boundary);  // a simple Query ends the skipping, and runs
   if (boundary == proto::msg::kSync) {
     pending_.clear();
-    co_await write_client(proto::ready_for_query(transaction_status()));
+    std::string out;
+    end_request(out, transaction_status());
+    if (!out.empty()) co_await write_client(out);
   } else if (boundary == proto::msg::kFlush) {
     pending_.clear();
   }
@@ -240,7 +220,7 @@ void Session::answer_extended(std::string_view answer, std::string& out) {
         proto::write_empty(out, proto::msg::kCloseComplete);
         break;
       case proto::msg::kSync:
-        out += proto::ready_for_query(transaction_status());
+        end_request(out, transaction_status());
         break;
       default:
         break;

@@ -149,7 +149,12 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     statements_.map(pending_, *link.lease);
   else if (statements_.has_injected())
     statements_.expect_injected(pending_, *link.lease);
-  bool open = replies.expect_batch(pending_, Owner::kClient);
+  // A step of a pipeline pgshard runs in parts: what of its replies is not the client's.
+  using Action = pool::Replies::Action;
+  const Action ready = pipeline_step_ == PipelineStep::kPart      ? Action::kHide
+                       : pipeline_step_ == PipelineStep::kControl ? Action::kHideCompletion
+                                                                  : Action::kForward;
+  bool open = replies.expect_batch(pending_, Owner::kClient, ready);
   if (transaction_pooled && boundary == proto::msg::kFlush && !binds_or_runs(pending_)) {
     // A prepare-only batch ending in Flush (asyncpg, JDBC) gets a Sync pgshard hides, so
     // the server is left idle and the statement's Bind can go to the shard its key names.
@@ -171,7 +176,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
     if (!finish.empty()) {
       replies.hide_last_client_ready();
       proto::Query{finish}.write(pending_);
-      replies.expect_ready(Owner::kOwnFinishing);
+      replies.expect_ready(Owner::kOwnFinishing, ready);
     }
   }
   if (!link.prelude.empty()) {
@@ -297,7 +302,7 @@ awaitable<bool> Session::attach(int shard) {
                  ? failure_error(Failure::kNoServer, *err)
                  : proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
                                 std::exchange(deadlock_detail_, {}), "Retry the transaction."));
-    out += proto::ready_for_query(transaction_status());
+    end_request(out, transaction_status());
     co_await write_client(out);
     co_return false;
   }

@@ -58,7 +58,7 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
                           in_txn ? "" : "the statement may or may not have run; retry it"));
     // Answer every outstanding Sync/Query so the client is back in step.
     for (int i = 0; i < std::max(owed_client, 1); ++i)
-      out += proto::ready_for_query(in_txn ? proto::txn_status::kFailed : proto::txn_status::kIdle);
+      end_request(out, in_txn ? proto::txn_status::kFailed : proto::txn_status::kIdle);
     phase_.batch_closed();
   }
   if (!client_gone_)

@@ -124,7 +124,7 @@ awaitable<std::string> Session::insert_select(std::string& code) {
   if (r.shards.size() > 1) {
     // Several shards: the execution and merge a client's read gets (ORDER BY, LIMIT,
     // aggregates, GROUP BY...), its answer kept.
-    co_await executor::capture_read(*this, r, *select, got);
+    co_await executor::capture_read(*this, *this, r, *select, got);
   } else {
     got.error_message = co_await executor::run_on_shard(
         *this, r.shard, *select, [&](std::string_view body) { got.add_row(body); },

@@ -46,7 +46,9 @@ awaitable<void> Session::handle_request(char boundary) {
   while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
   begin_request();
   // The rest of a pipeline over several shards, up to its Sync, joins its transaction.
-  if (phase_.split_pipeline() && !out_filter_ && co_await run_split_pipeline()) co_return;
+  if (phase_.split_pipeline() && pipeline_step_ == PipelineStep::kNone &&
+      co_await run_split_pipeline())
+    co_return;
   if (phase_.skipping_to_sync() && co_await skip_failed_batch(boundary)) co_return;
   if (!backends_.active && boundary == proto::msg::kSync && pending_.size() == 5) {
     // A Sync with nothing open on any server: PostgreSQL's answer is just ReadyForQuery.
@@ -79,7 +81,9 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
     co_return;
   const auto act = router::action(route);
   worker_.routes().count(route, act);
-  if (route.split_pipeline && !out_filter_ && co_await run_split_pipeline()) co_return;
+  if (route.split_pipeline && pipeline_step_ == PipelineStep::kNone &&
+      co_await run_split_pipeline())
+    co_return;
   if (act == router::Action::kAnswer || act == router::Action::kRefuse) {
     co_await answer_locally(route, req);
     co_return;
@@ -99,7 +103,7 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
   switch (act) {
     case router::Action::kCopyIn:
       if (req.simple) {
-        co_await executor::copy_in_split(*this, route);
+        co_await executor::copy_in_split(*this, *this, route);
         pending_.clear();
         co_return;
       }
@@ -107,8 +111,9 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
     case router::Action::kFanOut:
     case router::Action::kDdl:
       if (!prepare_only) {
-        co_await executor::fan_out(*this, route, req.simple, boundary);  // DDL included
-        if (route.ddl) schema_changed();                                 // (and once it has run)
+        // (DDL included.)
+        co_await executor::fan_out(*this, *this, route, {pending_, req.simple, boundary});
+        if (route.ddl) schema_changed();  // (and once it has run)
         pending_.clear();
         co_return;
       }

@@ -43,14 +43,16 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
           answer);
     }
     std::string out;
-    if (req.simple) {
+    if (pipeline_step_ == PipelineStep::kControl) {
+      // pgshard's own BEGIN/COMMIT of a pipeline it runs in parts: nothing for the client.
+    } else if (req.simple) {
       out += answer;
-      out += proto::ready_for_query(transaction_status());
+      end_request(out, transaction_status());
     } else {
       answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
     }
     pending_.clear();
-    co_await write_client(out);
+    if (!out.empty()) co_await write_client(out);
     co_return true;
   }
   const bool ends_here = ends && req.lone;
@@ -80,11 +82,24 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
     txn_.savepoint();
   }
   if (ends_here && txn_.coordinated()) {
-    co_await executor::finish_distributed(*this, route.txn == TxnControl::kCommit, req.simple);
+    const bool commit = route.txn == TxnControl::kCommit;
+    if (pipeline_step_ == PipelineStep::kControl)
+      co_await end_pipeline_distributed(commit);
+    else
+      co_await executor::finish_distributed(*this, *this, commit, req.simple);
     pending_.clear();
     co_return true;
   }
   co_return false;
+}
+
+awaitable<void> Session::end_pipeline_distributed(bool commit) {
+  const auto ended = co_await executor::end_distributed(*this, commit);
+  if (!ended) co_return;
+  std::string out;
+  if (ended->warning) proto::write_notice(out, *ended->warning);
+  if (ended->error) proto::write_error(out, *ended->error);
+  if (!out.empty()) co_await write_client(out);
 }
 
 void Session::check_snapshots() {

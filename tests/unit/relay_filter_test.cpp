@@ -101,6 +101,33 @@ TEST_CASE("a transaction whose BEGIN is pgshard's reads as open to the client", 
   CHECK(step.relay == proto::ready_for_query('T'));
 }
 
+TEST_CASE("a hidden ReadyForQuery of a pipeline part still tells the session", "[relay]") {
+  // Before: the session's output filter dropped it after the relay had sent it on; now the
+  // reply queue hides it, and a transaction whose BEGIN is pgshard's must not make the relay
+  // send a 'T' in its place.
+  Fixture f;
+  f.events.keep_open = true;
+  f.conn.replies.expect_ready(Owner::kClient, pool::Replies::Action::kHide);
+  const std::string in = complete("INSERT 0 1") + proto::ready_for_query('I');
+  auto step = f.filter.walk(f.conn, in);
+  CHECK(step.used == in.size());
+  CHECK(step.relay == complete("INSERT 0 1"));
+  CHECK(f.events.ready == 1);
+  CHECK(f.conn.status == 'I');
+}
+
+TEST_CASE("a split pipeline's COMMIT on one shard reaches the client only as its error",
+          "[relay]") {
+  Fixture f;
+  f.conn.replies.expect_ready(Owner::kClient, pool::Replies::Action::kHideCompletion);
+  const std::string in = error() + complete("ROLLBACK") + proto::ready_for_query('I');
+  auto step = f.filter.walk(f.conn, in);
+  CHECK(step.relay == error());
+  CHECK(f.events.ready == 1);
+  CHECK(f.events.failed);
+  CHECK(f.events.rolled_back);
+}
+
 TEST_CASE("a Parse pgshard answered with a Close becomes ParseComplete", "[relay]") {
   Fixture f;
   f.conn.replies.expect_close(Owner::kClient, pool::Replies::Action::kAsParseComplete);

@@ -167,6 +167,39 @@ TEST_CASE("a Sync pgshard adds to a client's batch hides only its ReadyForQuery"
   CHECK(r.empty());
 }
 
+TEST_CASE("a pipeline part's ReadyForQuery is hidden yet still answers the client", "[replies]") {
+  // A part of a pipeline pgshard runs in parts ends with pgshard's Sync: its replies are the
+  // client's, its ReadyForQuery is not (the client gets one at the pipeline's Sync), but it
+  // still ends a request of the client's (owed, counted, the session follows it).
+  pool::Replies r;
+  std::string batch;
+  proto::Bind{}.write(batch);
+  proto::Execute{"", 0}.write(batch);
+  proto::write_empty(batch, proto::msg::kSync);
+  CHECK_FALSE(r.expect_batch(batch, Owner::kClient, Action::kHide));
+  CHECK(r.client_owed() == 1);
+  CHECK(feed(r, {empty(proto::msg::kBindComplete), complete("INSERT 0 1"), ready('T')}) == "FFH");
+  CHECK(r.ready());
+  CHECK(r.owner() == Owner::kClient);
+  CHECK(r.client_owed() == 0);
+  // The next request's ReadyForQuery is forwarded as usual.
+  r.expect_ready(Owner::kClient);
+  CHECK(feed(r, {complete("SELECT 1"), ready('T')}) == "FF");
+}
+
+TEST_CASE("pgshard's BEGIN/COMMIT of a split pipeline shows only errors and notices", "[replies]") {
+  pool::Replies r;
+  std::string commit;
+  proto::Query{"COMMIT"}.write(commit);
+  r.expect_batch(commit, Owner::kClient, Action::kHideCompletion);
+  std::string notice;
+  proto::write_notice(notice, proto::error("01000", "careful"));
+  CHECK(feed(r, {notice, error(), complete("ROLLBACK"), ready('I')}) == "FFHH");
+  CHECK(r.owner() == Owner::kClient);
+  CHECK(r.client_owed() == 0);
+  CHECK(r.tag.empty());  // the client's statement: no outcome kept for pgshard
+}
+
 TEST_CASE("a FATAL is hidden and recorded whoever owns the request", "[replies]") {
   pool::Replies r;
   r.expect_ready(Owner::kClient);

@@ -1,8 +1,10 @@
 // session::Session in process: a client over a socketpair, fake shards on loopback, no
 // pgshard binary and no PostgreSQL (session_harness.hpp).
 #include <algorithm>
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <map>
+#include <memory>
 #include <set>
 #include <string>
 
@@ -222,4 +224,148 @@ TEST_CASE("a client leaving mid-request does not hold the worker or its server",
   const auto got = h.received(shard);
   INFO(h.dump());
   CHECK((got.cancels >= 1 || got.connections >= 2));
+}
+
+namespace {
+
+// Keys of users on shard 0 and on shard 1 (the first of each, from 1 up).
+std::pair<int64_t, int64_t> keys_on_both(const Harness& h) {
+  int64_t on0 = 0, on1 = 0;
+  for (int64_t key = 1; on0 == 0 || on1 == 0; ++key) (h.shard_of(key) == 0 ? on0 : on1) = key;
+  return {on0, on1};
+}
+
+// A pipeline (psycopg 3's executemany): one Parse, a Bind and Execute per key, one Sync.
+std::string insert_pipeline(const std::vector<int64_t>& keys) {
+  std::string out;
+  proto::Parse{"ins", "INSERT INTO users (id, name) VALUES ($1, 'p')", {}}.write(out);
+  for (const int64_t key : keys) {
+    proto::Bind b;
+    b.statement = "ins";
+    b.params.push_back(std::to_string(key));
+    b.write(out);
+    proto::Execute{"", 0}.write(out);
+  }
+  proto::write_empty(out, proto::msg::kSync);
+  return out;
+}
+
+// An INSERT of key `*failing` fails with 23505, as a duplicate key would.
+Script failing_insert(std::shared_ptr<std::atomic<int64_t>> failing) {
+  return [failing](int, std::string_view sql,
+                   const std::vector<std::optional<std::string>>& p) -> std::optional<Reply> {
+    if (sql.starts_with("INSERT") && !p.empty() && p[0] == std::to_string(failing->load()))
+      return Reply{{}, {}, {}, "23505", false, false};
+    return std::nullopt;
+  };
+}
+
+}  // namespace
+
+TEST_CASE("a pipeline over several shards answers as one PostgreSQL would, one transaction",
+          "[session_inprocess]") {
+  // pgshard runs it in parts (each with a Sync of its own) inside its own BEGIN ... COMMIT:
+  // the client sees the replies of its messages and one ReadyForQuery, nothing of
+  // pgshard's BEGIN, Syncs or COMMIT.
+  Harness h;
+  const auto [on0, on1] = keys_on_both(h);
+  Client c = h.login();
+  h.clear_received();
+  c.send(insert_pipeline({on0, on1, on0}));
+  auto r = c.read_until_ready();
+  INFO(types(r) << "\n" << h.dump());
+  CHECK(types(r) == "12C2C2CZ");
+  CHECK(r.back().body == "I");
+  CHECK_FALSE(c.read(100ms));  // nothing more: no stray ReadyForQuery
+  for (int shard : {0, 1}) {
+    const auto got = h.received(shard);
+    CHECK(count_mentions(got, "BEGIN") == 1);
+    CHECK(count_mentions(got, "INSERT") == (shard == 0 ? 2 : 1));
+    CHECK(count_mentions(got, "COMMIT") == 1);
+  }
+  // Inside the client's transaction the pipeline joins it; its ReadyForQuery says so.
+  h.clear_received();
+  CHECK(types(c.query("BEGIN")) == "CZ");
+  c.send(insert_pipeline({on1, on0}));
+  auto in_txn = c.read_until_ready();
+  CHECK(types(in_txn) == "12C2CZ");
+  CHECK(in_txn.back().body == "T");
+  auto rollback = c.query("ROLLBACK");
+  CHECK(types(rollback) == "CZ");
+  CHECK(rollback.back().body == "I");
+  CHECK_FALSE(mentions(h.received(0), "COMMIT"));
+  CHECK_FALSE(mentions(h.received(1), "COMMIT"));
+}
+
+TEST_CASE("a pipeline over several shards that fails rolls back and skips to its Sync",
+          "[session_inprocess]") {
+  SECTION("the error on the second shard: pgshard's ROLLBACK of both shows nothing") {
+    auto failing = std::make_shared<std::atomic<int64_t>>(0);
+    Harness h(failing_insert(failing));
+    const auto [on0, on1] = keys_on_both(h);
+    failing->store(on1);
+    Client c = h.login();
+    h.clear_received();
+    c.send(insert_pipeline({on0, on1, on0 + 1000000}));
+    auto r = c.read_until_ready();
+    INFO(types(r) << "\n" << h.dump());
+    CHECK(types(r) == "12C2EZ");
+    CHECK(error_code(r) == "23505");
+    CHECK(r.back().body == "I");
+    CHECK_FALSE(c.read(100ms));
+    CHECK_FALSE(mentions(h.received(0), std::to_string(on0 + 1000000)));
+    CHECK_FALSE(mentions(h.received(1), std::to_string(on0 + 1000000)));
+    CHECK(mentions(h.received(0), "ROLLBACK"));
+    CHECK_FALSE(mentions(h.received(0), "COMMIT"));
+    // The session goes on as usual.
+    CHECK(types(c.query("SELECT 1")) == "TCZ");
+  }
+  SECTION("the error on the first shard: its ROLLBACK, relayed from that shard, is hidden") {
+    auto failing = std::make_shared<std::atomic<int64_t>>(0);
+    Harness h(failing_insert(failing));
+    const auto [on0, on1] = keys_on_both(h);
+    failing->store(on0);
+    Client c = h.login();
+    h.clear_received();
+    c.send(insert_pipeline({on0, on1}));
+    auto r = c.read_until_ready();
+    INFO(types(r) << "\n" << h.dump());
+    CHECK(types(r) == "12EZ");
+    CHECK(error_code(r) == "23505");
+    CHECK(r.back().body == "I");
+    CHECK_FALSE(c.read(100ms));
+    CHECK(mentions(h.received(0), "ROLLBACK"));
+    CHECK_FALSE(mentions(h.received(1), "INSERT"));
+    CHECK(types(c.query("SELECT 1")) == "TCZ");
+  }
+}
+
+TEST_CASE("INSERT ... SELECT across shards inserts the merged answer, shows none of the read",
+          "[session_inprocess]") {
+  // The SELECT runs on every shard and is merged as a client's read would be (a count
+  // summed), its answer kept by pgshard (executor::capture_read) and put into the INSERT,
+  // which goes to the shard its key names.
+  Harness h([](int shard, std::string_view sql,
+               const std::vector<std::optional<std::string>>&) -> std::optional<Reply> {
+    if (sql.starts_with("SELECT") && sql.find("FROM users") != std::string_view::npos)
+      return Reply{{{"count", 20}, {"name"}},
+                   {{std::to_string(shard == 0 ? 3 : 4), std::string("c")}},
+                   {},
+                   {},
+                   false,
+                   false};
+    return std::nullopt;
+  });
+  Client c = h.login();
+  h.clear_received();
+  auto r = c.query("INSERT INTO users (id, name) SELECT count(*), 'c' FROM users");
+  INFO(types(r) << "\n" << h.dump());
+  CHECK(types(r) == "CZ");
+  CHECK(r.back().body == "I");
+  const int target = h.shard_of(7);
+  CHECK(mentions(h.received(0), "FROM users"));
+  CHECK(mentions(h.received(1), "FROM users"));
+  CHECK(count_mentions(h.received(target), "INSERT") == 1);
+  CHECK(mentions(h.received(target), "7"));
+  CHECK_FALSE(mentions(h.received(1 - target), "INSERT"));
 }
