@@ -15,13 +15,14 @@ namespace pgshard::executor {
 
 // One statement sent to several shards at once, their replies combined (Combiner) into the
 // one reply the client expects. Writes commit on every shard or on none; inside a
-// transaction the shards join it (two-phase commit at COMMIT).
+// transaction the shards join it (two-phase commit at COMMIT). Runs a route's FanOut; its
+// Ddl too (run_ddl outside a transaction); refuses its CopyIn (only a simple Query splits).
 awaitable<void> fan_out(Client& c, const router::Route& route, bool simple, char boundary);
-// DDL on every shard in shard order, stopping at the first failure.
-awaitable<void> run_ddl(Client& c, const router::Route& route);
+// DDL on every shard of `shards` in order, stopping at the first failure.
+awaitable<void> run_ddl(Client& c, const std::vector<int>& shards);
 // COPY FROM STDIN into a sharded table: rows go to the shard their key names; all shards
 // commit only if every one accepted its rows.
-awaitable<void> copy_in_split(Client& c, const router::Route& route);
+awaitable<void> copy_in_split(Client& c, const router::CopyIn& copy);
 // Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
 awaitable<std::string> resolve_directory(Client& c,
                                          const std::vector<std::pair<int, std::string>>& lookups);
