@@ -184,8 +184,9 @@ awaitable<void> Session::run_pipeline_split(const Request& req, const router::Ro
   // Statements of one pipeline for several shards run one by one in one transaction; a
   // pipeline that cannot (a Query or transaction control in it, or pgshard's own request
   // being run) is refused.
-  if (!out_filter_ && co_await run_split_pipeline()) co_return;
-  co_await answer_locally(route, req);
+  bool ran = false;  // (no co_await in the condition: GCC 12 miscompiles it here)
+  if (!out_filter_) ran = co_await run_split_pipeline();
+  if (!ran) co_await answer_locally(route, req);
 }
 
 awaitable<void> Session::run_filtered(std::string request, char boundary, std::string drop) {

@@ -511,7 +511,8 @@ TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[rou
         "select count(*) from users", "select name, max(id) from users group by name",
         "select distinct name from users"}) {
     INFO(sql);
-    const auto& r = fan_out_of(route_query(sql, h, *cfg));
+    const auto route = route_query(sql, h, *cfg);
+    const auto& r = fan_out_of(route);
     CHECK_FALSE(r.concat_safe);
     CHECK(r.merge_blocker.empty());
     REQUIRE(r.merge);
@@ -527,7 +528,8 @@ TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[rou
         "select string_agg(name, ',') from users", "select * from users limit 1 + 1",
         "select name, count(*) from users group by rollup (name)"}) {
     INFO(sql);
-    const auto& r = fan_out_of(route_query(sql, h, *cfg));
+    const auto route = route_query(sql, h, *cfg);
+    const auto& r = fan_out_of(route);
     CHECK_FALSE(r.concat_safe);
     CHECK_FALSE(r.merge_blocker.empty());
   }
@@ -546,7 +548,8 @@ TEST_CASE("joins not on both shard keys are refused whatever would merge them",
         "select count(*) from orders o, users u where u.id = o.id",
         "select distinct o.id from orders o join users u on u.id = o.id order by 1"}) {
     INFO(sql);
-    const auto& r = fan_out_of(route_query(sql, h, *cfg));
+    const auto route = route_query(sql, h, *cfg);
+    const auto& r = fan_out_of(route);
     CHECK(r.merge == nullptr);
     CHECK_FALSE(r.concat_safe);
     CHECK_THAT(r.merge_blocker, Catch::StartsWith("joining sharded tables (") &&
@@ -554,8 +557,9 @@ TEST_CASE("joins not on both shard keys are refused whatever would merge them",
                                     Catch::Contains("other than on their shard keys"));
   }
   // Co-located: merged.
-  const auto& r = fan_out_of(
-      route_query("select count(*) from orders o join users u on u.id = o.user_id", h, *cfg));
+  const auto route =
+      route_query("select count(*) from orders o join users u on u.id = o.user_id", h, *cfg);
+  const auto& r = fan_out_of(route);
   CHECK(r.merge_blocker.empty());
   CHECK(r.merge);
 }
