@@ -76,14 +76,14 @@ std::string ddl_request(Client& c, std::string_view messages, std::deque<bool>& 
 }
 
 // The shard's own error, with a detail saying where the statement took effect.
-void write_ddl_error(Client& c, const router::Route& route, std::string_view error_frame,
+void write_ddl_error(Client& c, const std::vector<int>& shards, std::string_view error_frame,
                      const std::vector<std::string>& applied, const std::string& failed_shard,
                      std::string& out) {
   auto fields = proto::ErrorFields::parse(std::string_view(error_frame).substr(5));
   std::string applied_list, pending_list;
   for (const auto& a : applied) applied_list += (applied_list.empty() ? "" : ", ") + a;
   bool after = false;
-  for (int shard : route.shards) {
+  for (int shard : shards) {
     const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
     if (name == failed_shard) after = true;
     if (after) pending_list += (pending_list.empty() ? "" : ", ") + name;
@@ -115,7 +115,7 @@ awaitable<bool> retry_while_connected(Client& c, std::string_view error_frame) {
 
 }  // namespace
 
-awaitable<void> run_ddl(Client& c, ReplySink& reply, const router::Route& route,
+awaitable<void> run_ddl(Client& c, ReplySink& reply, const std::vector<int>& shards,
                         std::string_view messages) {
   catalog_changed(c);  // what was read of the catalogs may change
   // DDL runs on every shard in shard order and stops at the first failure; the client
@@ -129,8 +129,8 @@ awaitable<void> run_ddl(Client& c, ReplySink& reply, const router::Route& route,
   std::string failed_shard;
   std::set<std::string> notices_seen;
   bool retried = false;
-  for (std::size_t k = 0; k < route.shards.size(); ++k) {
-    const int shard = route.shards[k];
+  for (std::size_t k = 0; k < shards.size(); ++k) {
+    const int shard = shards[k];
     const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
     auto got = co_await c.worker().pool(shard, c.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
@@ -199,7 +199,7 @@ awaitable<void> run_ddl(Client& c, ReplySink& reply, const router::Route& route,
     applied.push_back(name);
   }
   if (error_frame) {
-    write_ddl_error(c, route, *error_frame, applied, failed_shard, out);
+    write_ddl_error(c, shards, *error_frame, applied, failed_shard, out);
   } else {
     out += first_tag;
   }

@@ -24,15 +24,16 @@ struct Request {
 
 // One statement sent to several shards at once, their replies combined (Combiner) into the
 // one reply `out` gets. Writes commit on every shard or on none; inside a transaction the
-// shards join it (two-phase commit at COMMIT).
+// shards join it (two-phase commit at COMMIT). Runs a route's FanOut; its Ddl too (run_ddl
+// outside a transaction); refuses its CopyIn (only a simple Query splits).
 awaitable<void> fan_out(Client& c, ReplySink& out, const router::Route& route,
                         const Request& request);
-// DDL on every shard in shard order, stopping at the first failure.
-awaitable<void> run_ddl(Client& c, ReplySink& out, const router::Route& route,
-                        std::string_view request);
+// DDL (`messages`) on every shard of `shards` in order, stopping at the first failure.
+awaitable<void> run_ddl(Client& c, ReplySink& out, const std::vector<int>& shards,
+                        std::string_view messages);
 // COPY FROM STDIN into a sharded table: rows go to the shard their key names; all shards
 // commit only if every one accepted its rows.
-awaitable<void> copy_in_split(Client& c, ReplySink& out, const router::Route& route);
+awaitable<void> copy_in_split(Client& c, ReplySink& out, const router::CopyIn& copy);
 // Fills the worker's directory cache for `lookups` (table, key); returns an error or "".
 awaitable<std::string> resolve_directory(Client& c,
                                          const std::vector<std::pair<int, std::string>>& lookups);

@@ -60,7 +60,9 @@ int count_queries(std::string_view bytes) {
 // One multi-shard statement, from its checks to the client's ReadyForQuery.
 class FanOut {
  public:
-  FanOut(Client& c, ReplySink& reply, const router::Route& route, const Request& request);
+  // `spread`: the route's FanOut, or the plain fan-out of its Ddl's or CopyIn's shards.
+  FanOut(Client& c, ReplySink& reply, const router::Route& route, const router::FanOut& spread,
+         const Request& request);
   ~FanOut();  // borrowed servers go back to their relays
   FanOut(const FanOut&) = delete;
   FanOut& operator=(const FanOut&) = delete;
@@ -102,6 +104,7 @@ class FanOut {
   ReplySink& reply_;
   const router::Route& route_;
   const std::string_view messages_;  // what the statement runs (Request::messages)
+  const router::FanOut& spread_;
   const bool simple_;
   const char boundary_;
   const merge::MergePlan* plan_;
@@ -120,16 +123,18 @@ class FanOut {
   bool error_sent_ = false;
 };
 
-FanOut::FanOut(Client& c, ReplySink& reply, const router::Route& route, const Request& request)
+FanOut::FanOut(Client& c, ReplySink& reply, const router::Route& route,
+               const router::FanOut& spread, const Request& request)
     : c_(c),
       reply_(reply),
       route_(route),
       messages_(request.messages),
+      spread_(spread),
       simple_(request.simple),
       boundary_(request.boundary),
       // A write to tables every shard holds alike answers with one shard's rows: no merge.
-      plan_(route.merge && route.merge_blocker.empty() && !route.replicated ? route.merge.get()
-                                                                            : nullptr) {
+      plan_(spread.merge && spread.merge_blocker.empty() && !spread.replicated ? spread.merge.get()
+                                                                               : nullptr) {
   // A read in a transaction that has not touched a shard yet (BEGIN is still pgshard's) at
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
@@ -168,7 +173,7 @@ FanOut::~FanOut() {
 
 std::string FanOut::names() const {
   std::string names;
-  for (int s : route_.shards) names += (names.empty() ? "" : ", ") + c_.config().shards[s].name;
+  for (int s : spread_.shards) names += (names.empty() ? "" : ", ") + c_.config().shards[s].name;
   return names;
 }
 
@@ -199,10 +204,10 @@ std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
                          "); not supported",
                      std::string("run it outside the transaction, or add the shard key")};
   }
-  if (!route_.write && !route_.concat_safe && !plan_) {
+  if (!route_.write && !spread_.concat_safe && !plan_) {
     std::string hint = "add the shard key to the WHERE clause so one shard answers";
-    if (route_.merge && !route_.merge->hint.empty()) hint = route_.merge->hint;
-    return std::pair{route_.merge_blocker + " across shards (" + names() + ") is not supported",
+    if (spread_.merge && !spread_.merge->hint.empty()) hint = spread_.merge->hint;
+    return std::pair{spread_.merge_blocker + " across shards (" + names() + ") is not supported",
                      hint};
   }
   if (route_.write && plan_)
@@ -212,7 +217,7 @@ std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
             names() + ") is not supported",
         std::string("lock the rows with a plain SELECT ... FOR UPDATE, or add the "
                     "shard key")};
-  if (route_.copy_in)
+  if (std::holds_alternative<router::CopyIn>(route_.action))
     return std::pair{"COPY FROM STDIN into a table on several shards (" + names() +
                          ") is supported only as a simple Query",
                      std::string("send COPY ... FROM STDIN as a simple Query (as psql does)")};
@@ -230,7 +235,7 @@ awaitable<void> FanOut::run() {
     co_return;
   }
   if (route_.ddl && !in_txn_) {
-    co_await run_ddl(c_, reply_, route_, messages_);
+    co_await run_ddl(c_, reply_, spread_.shards, messages_);
     co_return;
   }
   // DDL inside the client's transaction runs in it on every shard, like any write there:
@@ -336,10 +341,10 @@ bool FanOut::build_request() {
 }
 
 awaitable<bool> FanOut::connect() {
-  auto jobs = route_.shards;
-  if (!route_.per_shard_sql.empty()) {
+  auto jobs = spread_.shards;
+  if (!spread_.per_shard_sql.empty()) {
     jobs.clear();
-    for (const auto& [shard, sql] : route_.per_shard_sql) jobs.push_back(shard);
+    for (const auto& [shard, sql] : spread_.per_shard_sql) jobs.push_back(shard);
   }
   if (opens_txn_) c_.transaction().take_deferred();  // every shard opens it as the client did
   for (int shard : jobs) {
@@ -423,15 +428,15 @@ awaitable<void> FanOut::send() {
       proto::Query{"BEGIN"}.write(batch);
       replies.expect_ready(pool::Replies::Owner::kOwn);
     }
-    if (!route_.per_shard_sql.empty() && simple_) {
-      proto::Query{route_.per_shard_sql[i].second}.write(batch);
+    if (!spread_.per_shard_sql.empty() && simple_) {
+      proto::Query{spread_.per_shard_sql[i].second}.write(batch);
       replies.expect_ready(pool::Replies::Owner::kClient);
-    } else if (!route_.per_shard_sql.empty()) {
+    } else if (!spread_.per_shard_sql.empty()) {
       // Each shard's part of a split INSERT, in the client's extended batch.
       std::string mine;
       pool::Replies its;
-      if (!build_extended(c_, messages_, nullptr, route_.per_shard_sql[i].second, mine, its, limit_,
-                          offset_, max_rows_, out_, names()))
+      if (!build_extended(c_, messages_, nullptr, spread_.per_shard_sql[i].second, mine, its,
+                          limit_, offset_, max_rows_, out_, names()))
         reply_.end_request(out_, c_.transaction_status());
       replies.append(its);
       batch += mine;
@@ -455,14 +460,14 @@ CombineOptions FanOut::combine_options(const merge::Collation* collation) const 
   options.limit = limit_;
   options.offset = offset_;
   options.max_rows = max_rows_;
-  options.replicated = route_.replicated;
+  options.replicated = spread_.replicated;
   options.partial = partial_;
-  options.copy_header = route_.copy_out_header;
+  options.copy_header = spread_.copy_out_header;
   for (const auto& leg : legs_) {
     options.shard_names.push_back(c_.config().shards[static_cast<std::size_t>(leg.shard)].name);
     options.column_collations.push_back(leg.collations.get());
   }
-  for (int shard : route_.insert_row_shards) {
+  for (int shard : spread_.insert_row_shards) {
     auto it =
         std::find_if(legs_.begin(), legs_.end(), [&](const Leg& l) { return l.shard == shard; });
     if (it == legs_.end()) {
@@ -472,9 +477,9 @@ CombineOptions FanOut::combine_options(const merge::Collation* collation) const 
     options.row_legs.push_back(static_cast<int>(it - legs_.begin()));
   }
   if (!options.row_legs.empty()) {
-    options.row_keys = route_.insert_row_keys;
-    options.key_column = route_.insert_key_column;
-    options.key_type = route_.insert_key_type;
+    options.row_keys = spread_.insert_row_keys;
+    options.key_column = spread_.insert_key_column;
+    options.key_type = spread_.insert_key_type;
   }
   return options;
 }
@@ -592,7 +597,7 @@ bool FanOut::gated_read() const {
   // row locks, whose COMMIT PREPARED would wait for this read.
   int live = 0;
   for (const auto& leg : legs_) live += leg.failed ? 0 : 1;
-  return c_.config().atomic_visibility && !route_.write && !route_.ddl && !route_.replicated &&
+  return c_.config().atomic_visibility && !route_.write && !route_.ddl && !spread_.replicated &&
          live > 1;
 }
 
@@ -700,13 +705,27 @@ awaitable<void> FanOut::end_write() {
   co_await gate.release();
 }
 
+// A route's FanOut; a Ddl (run in the client's transaction) or CopyIn (refused unless a
+// simple Query) as the plain fan-out of its shards, built in `plain`.
+const router::FanOut& spread_of(const router::Route& route, router::FanOut& plain) {
+  if (const auto* f = std::get_if<router::FanOut>(&route.action)) return *f;
+  if (const auto* d = std::get_if<router::Ddl>(&route.action)) {
+    plain.shards = d->shards;
+    plain.replicated = d->replicated;
+  } else if (const auto* copy = std::get_if<router::CopyIn>(&route.action)) {
+    plain.shards = copy->shards;
+  }
+  return plain;
+}
+
 }  // namespace
 
 awaitable<void> fan_out(Client& c, ReplySink& out, const router::Route& route,
                         const Request& request) {
   if (!co_await c.drain()) co_return;
   Waiting waiting(c, "shards (fan-out)");
-  FanOut statement(c, out, route, request);
+  router::FanOut plain;
+  FanOut statement(c, out, route, spread_of(route, plain), request);
   co_await statement.run();
 }
 

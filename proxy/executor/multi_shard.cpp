@@ -48,14 +48,13 @@ namespace {
 // (two-phase) only if every one of them accepted its rows.
 class CopyIn {
  public:
-  CopyIn(Client& c, ReplySink& reply, const router::Route& route)
+  CopyIn(Client& c, ReplySink& reply, const router::CopyIn& copy)
       : c_(c),
         reply_(reply),
-        spec_(*route.copy_in),
-        table_(route.copy_table >= 0
-                   ? &c.config().sharded_tables[static_cast<std::size_t>(route.copy_table)]
-                   : nullptr),
-        shards_(route.shards),
+        spec_(copy.split),
+        table_(copy.table >= 0 ? &c.config().sharded_tables[static_cast<std::size_t>(copy.table)]
+                               : nullptr),
+        shards_(copy.shards),
         max_message_(c.config().listen.max_message_size) {}
   awaitable<void> run();
 
@@ -233,10 +232,10 @@ awaitable<uint64_t> CopyIn::finish() {
 
 }  // namespace
 
-awaitable<void> copy_in_split(Client& c, ReplySink& out, const router::Route& route) {
+awaitable<void> copy_in_split(Client& c, ReplySink& out, const router::CopyIn& payload) {
   if (!co_await c.drain()) co_return;
   Waiting waiting(c, "shards (COPY)");
-  CopyIn copy(c, out, route);
+  CopyIn copy(c, out, payload);
   co_await copy.run();
 }
 

@@ -290,26 +290,26 @@ bool places(const Hints& h) {
 Route from_hints(const Hints& h, const char* level, const config::Config& cfg) {
   Route r;
   if (h.shard) {
-    r.shard = cfg.shard_index(*h.shard);
+    const int shard = cfg.shard_index(*h.shard);
     r.reason = std::string(level) + " shard=" + *h.shard;
-    if (r.shard < 0) {
-      r.kind = RouteKind::kError;
-      r.error = protocol::error(kInvalidParameterValue, "unknown shard \"" + *h.shard + "\"", {},
-                                "shards are: see SHOW SHARDS on the pgshard console");
-    }
+    if (shard < 0)
+      r.action =
+          Refuse{protocol::error(kInvalidParameterValue, "unknown shard \"" + *h.shard + "\"", {},
+                                 "shards are: see SHOW SHARDS on the pgshard console")};
+    else
+      r.action = Forward{shard};
     return r;
   }
   if (h.sharding_key) {
     auto s = shard_for_key(*h.sharding_key, cfg);
     r.reason = std::string(level) + " sharding_key=" + *h.sharding_key;
     if (!s) {
-      r.kind = RouteKind::kError;
-      r.error = protocol::error(kInvalidParameterValue,
-                                "invalid sharding key \"" + *h.sharding_key + "\" for type " +
-                                    config::to_string(cfg.default_key_type()));
+      r.action = Refuse{protocol::error(
+          kInvalidParameterValue, "invalid sharding key \"" + *h.sharding_key + "\" for type " +
+                                      config::to_string(cfg.default_key_type()))};
       return r;
     }
-    r.shard = *s;
+    r.action = Forward{*s};
   }
   return r;
 }

@@ -27,11 +27,41 @@ std::string shard_list(const ShardSet& shards, const config::Config& cfg) {
   return out;
 }
 
-void every_shard(Route& r, const config::Config& cfg) {
-  r.shard = 0;
-  r.shards.clear();
+// The statement on several shards: a schema change runs shard by shard, anything else fans
+// out, its replies combined as the analysis says.
+void spread(Route& r, const Analysis& a, std::vector<int> shards) {
+  if (r.ddl) {
+    r.action = Ddl{std::move(shards), a.replicated};
+    return;
+  }
+  auto& f = r.action.emplace<FanOut>();
+  f.shards = std::move(shards);
+  f.merge = a.merge;
+  f.merge_blocker = a.merge_blocker;
+  f.concat_safe = a.concat_safe;
+  f.replicated = a.replicated;
+  f.copy_out_header = a.copy_out_header;
+}
+
+// Whether every shard holds a copy of what a statement on several shards touches.
+bool replicated(const Route& r) {
+  if (const auto* f = std::get_if<FanOut>(&r.action)) return f->replicated;
+  if (const auto* d = std::get_if<Ddl>(&r.action)) return d->replicated;
+  return false;
+}
+
+std::vector<int> all_shards(const config::Config& cfg) {
+  std::vector<int> shards(cfg.shards.size());
+  for (std::size_t i = 0; i < shards.size(); ++i) shards[i] = static_cast<int>(i);
+  return shards;
+}
+
+// Every shard (with one shard, a plain forward there).
+void every_shard(Route& r, const Analysis& a, const config::Config& cfg) {
   if (cfg.shards.size() > 1)
-    for (int i = 0; i < static_cast<int>(cfg.shards.size()); ++i) r.shards.push_back(i);
+    spread(r, a, all_shards(cfg));
+  else
+    r.action = Forward{0};
 }
 
 bool is_integer(config::KeyType t) {
@@ -51,18 +81,18 @@ int32_t declared_type(const Context& ctx, int n) {
 
 Route refuse(std::string message, std::string hint = {}) {
   Route r;
-  r.kind = RouteKind::kError;
-  r.error = protocol::error(protocol::sqlstate::kFeatureNotSupported, std::move(message), {},
-                            std::move(hint));
+  r.action = Refuse{protocol::error(protocol::sqlstate::kFeatureNotSupported, std::move(message),
+                                    {}, std::move(hint))};
   return r;
 }
 
 // The generated columns (other than the key) an INSERT of `rows` VALUES rows leaves to the
 // database, with how many rows do: left out of the column list (every row), DEFAULT in
 // their place, or (without a column list) rows that stop before the column.
-std::vector<Route::GenerateColumn> columns_to_generate(
-    const Analysis& a, const std::vector<GeneratedColumn>& generated, std::size_t rows) {
-  std::vector<Route::GenerateColumn> out;
+std::vector<GenerateKeys::Column> columns_to_generate(const Analysis& a,
+                                                      const std::vector<GeneratedColumn>& generated,
+                                                      std::size_t rows) {
+  std::vector<GenerateKeys::Column> out;
   for (const auto& g : generated) {
     int count = 0;
     if (!a.positional.empty()) {
@@ -93,13 +123,8 @@ void take_statement(Route& r, const Analysis& a, const Context& ctx) {
   r.write = a.write || a.ddl;
   r.ddl = a.ddl;
   r.takes_snapshot = a.takes_snapshot;
-  r.replicated = a.replicated;
-  r.copy_out_header = a.copy_out_header;
   r.transaction_modes = a.transaction_modes;
   if (ctx.reasons) r.reason = a.reason;
-  r.concat_safe = a.concat_safe;
-  r.merge_blocker = a.merge_blocker;
-  r.merge = a.merge;
   take_session_effects(r, a);
 }
 
@@ -112,22 +137,29 @@ void route_unsharded(const Analysis& a, const config::Config& cfg, const Context
                  "shard hint");
       return;
     case config::Unsharded::Policy::kShard:
-      r.shard = cfg.unsharded.shard;
+      r.action = Forward{cfg.unsharded.shard};
       if (ctx.reasons)
-        r.reason = "unsharded table: shard " + cfg.shards[static_cast<std::size_t>(r.shard)].name;
+        r.reason = "unsharded table: shard " +
+                   cfg.shards[static_cast<std::size_t>(cfg.unsharded.shard)].name;
       return;
     case config::Unsharded::Policy::kAll:
       // Every shard keeps a copy of the table, as of a reference table: writes go to
       // all (one shard's reply stands), reads to one.
       if (!r.write) {
-        r.shard = reference_read_shard(cfg, ctx);
+        r.action = Forward{reference_read_shard(cfg, ctx)};
         if (ctx.reasons) r.reason = "unsharded table read (unsharded: all): one shard";
         return;
       }
-      every_shard(r, cfg);
-      r.replicated = true;
-      if (!r.shards.empty() && a.copy_in) r.copy_in = a.copy_in;
       if (ctx.reasons) r.reason = "unsharded table write (unsharded: all): every shard";
+      if (cfg.shards.size() == 1) {
+        r.action = Forward{0};
+      } else if (a.copy_in) {
+        r.action = CopyIn{all_shards(cfg), *a.copy_in, -1};
+      } else {
+        spread(r, a, all_shards(cfg));
+        if (auto* f = std::get_if<FanOut>(&r.action)) f->replicated = true;
+        if (auto* d = std::get_if<Ddl>(&r.action)) d->replicated = true;
+      }
       return;
   }
 }
@@ -138,30 +170,30 @@ void route_target(const Analysis& a, const config::Config& cfg, const Context& c
   switch (a.target) {
     case Analysis::Target::kUnparsed:
       // PostgreSQL reports its own syntax error; send it where unsharded statements go.
-      r.shard = cfg.unsharded.policy == config::Unsharded::Policy::kShard ? cfg.unsharded.shard
-                                                                          : fallback;
+      r.action =
+          Forward{cfg.unsharded.policy == config::Unsharded::Policy::kShard ? cfg.unsharded.shard
+                                                                            : fallback};
       return;
     case Analysis::Target::kSequenceHome:
-      r.shard = 0;
+      r.action = Forward{0};
       return;
     case Analysis::Target::kInsertSelect:
       // Run: the session runs the SELECT and puts its rows in, then routes again. Only
       // described: any shard describes it alike.
       if (ctx.describe_only) {
-        r.shard = fallback;
+        r.action = Forward{fallback};
         return;
       }
-      r.kind = RouteKind::kLookup;
-      r.insert_select = true;
+      r.action = InsertSelect{};
       return;
     case Analysis::Target::kAnyShard:
-      r.shard = fallback;
+      r.action = Forward{fallback};
       return;
     case Analysis::Target::kReferenceRead:
-      r.shard = reference_read_shard(cfg, ctx);
+      r.action = Forward{reference_read_shard(cfg, ctx)};
       return;
     case Analysis::Target::kAllShards:
-      every_shard(r, cfg);
+      every_shard(r, a, cfg);
       return;
     case Analysis::Target::kError:
       r = refuse(a.error, a.hint);
@@ -170,10 +202,11 @@ void route_target(const Analysis& a, const config::Config& cfg, const Context& c
       route_unsharded(a, cfg, ctx, r);
       return;
     case Analysis::Target::kCopyIn:
-      every_shard(r, cfg);
-      if (r.shards.empty()) return;  // one shard: plain forwarding
-      r.copy_in = a.copy_in;
-      r.copy_table = a.copy_in->replicate ? -1 : a.table;
+      if (cfg.shards.size() == 1) {
+        r.action = Forward{0};  // one shard: plain forwarding
+        return;
+      }
+      r.action = CopyIn{all_shards(cfg), *a.copy_in, a.copy_in->replicate ? -1 : a.table};
       return;
     case Analysis::Target::kKeys:
       return;
@@ -183,8 +216,7 @@ void route_target(const Analysis& a, const config::Config& cfg, const Context& c
 // A lookup of the table's columns in the catalog before the statement can be routed.
 void look_up_columns(const Analysis& a, Route& r) {
   r = Route{};
-  r.kind = RouteKind::kLookup;
-  r.column_lookups.push_back(a.table);
+  r.action = Lookup{{}, {a.table}};
 }
 
 // INSERT without a column list: each row's key sits at the key column's place in the
@@ -200,7 +232,7 @@ bool positional_keys(const Analysis& a, const config::ShardedTable& table, const
   }
   if (*position < 0) {
     // No such table (or column) on the shards: PostgreSQL says which.
-    r.shard = ctx.attached.value_or(0);
+    r.action = Forward{ctx.attached.value_or(0)};
     return false;
   }
   for (const auto& row : a.positional) {
@@ -231,7 +263,7 @@ bool generates_values(const Analysis& a, const std::vector<KeyValue>& keys,
   const auto generate = std::count_if(keys.begin(), keys.end(), [](const KeyValue& k) {
     return k.kind == KeyValue::Kind::kGenerate;
   });
-  std::vector<Route::GenerateColumn> columns;
+  std::vector<GenerateKeys::Column> columns;
   // (A Query string of several statements is sent as it is: its INSERT is not rewritten.)
   if (a.insert && a.statements == 1 && !ctx.describe_only && ctx.columns && !keys.empty()) {
     const auto* generated = ctx.columns->generated(table.qualified_name());
@@ -243,14 +275,11 @@ bool generates_values(const Analysis& a, const std::vector<KeyValue>& keys,
   }
   if (!generate && columns.empty()) return false;
   if (ctx.describe_only) {
-    r.shard = ctx.attached.value_or(0);
+    r.action = Forward{ctx.attached.value_or(0)};
     return true;
   }
   r = Route{};
-  r.kind = RouteKind::kLookup;
-  r.generate_table = a.table;
-  r.generate_count = static_cast<int>(generate);
-  r.generate_columns = std::move(columns);
+  r.action = GenerateKeys{a.table, static_cast<int>(generate), std::move(columns)};
   return true;
 }
 
@@ -336,7 +365,7 @@ void KeyPlacement::read(const std::vector<KeyValue>& keys) {
 
 // What the keys settle before their shards count: a key that cannot be read, directory
 // entries to look up, a key no shard takes, or no key to place by. False: the shards decide.
-bool placement_settles(KeyPlacement& p, const config::Config& cfg, Route& r) {
+bool placement_settles(KeyPlacement& p, const Analysis& a, const config::Config& cfg, Route& r) {
   if (p.undecodable) {
     // A key we cannot read is never guessed: reads go everywhere, writes are refused.
     if (r.write) {
@@ -346,26 +375,24 @@ bool placement_settles(KeyPlacement& p, const config::Config& cfg, Route& r) {
                  "send the parameter in text format");
       return true;
     }
-    every_shard(r, cfg);
+    every_shard(r, a, cfg);
     return true;
   }
   if (!p.lookups.empty()) {
     r = Route{};
-    r.kind = RouteKind::kLookup;
-    r.lookups = std::move(p.lookups);
+    r.action = Lookup{std::move(p.lookups), {}};
     return true;
   }
   if (!p.placement_error.empty() && r.write) {
     r = Route{};
-    r.kind = RouteKind::kError;
-    r.error = protocol::error("23514", p.placement_error, {},
-                              "add a range or list entry for it, or a default shard");
+    r.action = Refuse{protocol::error("23514", p.placement_error, {},
+                                      "add a range or list entry for it, or a default shard")};
     return true;
   }
   if (p.shards.empty()) {
     // Nothing to place by: the statement cannot match rows (NULL or invalid key) or is only
     // being described; any shard gives PostgreSQL's answer.
-    r.shard = p.ctx.attached.value_or(0);
+    r.action = Forward{p.ctx.attached.value_or(0)};
     if (p.ctx.reasons && p.unknown) r.reason += " (key not known yet)";
     return true;
   }
@@ -393,8 +420,8 @@ bool moves_rows(const Analysis& a, const KeyPlacement& p, const config::Config& 
 
 // Rows for several shards: one INSERT per shard, built by the deparser. Every row's key must
 // be known: a literal, or a parameter whose value this Bind carries (the parts are built
-// again for each Bind). False when refused.
-bool split_rows(std::string_view sql, std::size_t keys, const KeyPlacement& p,
+// again for each Bind). Refused when it cannot be split.
+void split_rows(std::string_view sql, std::size_t keys, const KeyPlacement& p,
                 const config::Config& cfg, Route& r) {
   std::optional<std::vector<std::pair<int, std::string>>> parts;
   if (p.key_texts.size() == keys && p.row_shard.size() == keys &&
@@ -404,15 +431,17 @@ bool split_rows(std::string_view sql, std::size_t keys, const KeyPlacement& p,
     r = refuse("INSERT rows belong on different shards (" + shard_list(p.shards, cfg) +
                    ") and this INSERT cannot be split (parameters or expressions)",
                "insert the rows in separate statements");
-    return false;
+    return;
   }
-  r.per_shard_sql = std::move(*parts);
-  r.insert_row_shards.assign(p.row_shard.begin(), p.row_shard.end());
-  for (const auto& k : p.key_texts) r.insert_row_keys.push_back(key_identity(p.table.type, k));
-  r.insert_key_column = p.table.column;
-  r.insert_key_type = p.table.type;
+  auto* fan_out = std::get_if<FanOut>(&r.action);  // (an INSERT is no schema change)
+  if (!fan_out) return;
+  auto& f = *fan_out;
+  f.per_shard_sql = std::move(*parts);
+  f.insert_row_shards.assign(p.row_shard.begin(), p.row_shard.end());
+  for (const auto& k : p.key_texts) f.insert_row_keys.push_back(key_identity(p.table.type, k));
+  f.insert_key_column = p.table.column;
+  f.insert_key_type = p.table.type;
   if (p.ctx.reasons) r.reason += ": split into one INSERT per shard";
-  return true;
 }
 
 // kKeys: the shards the statement's key values are placed on.
@@ -425,17 +454,16 @@ void route_by_keys(const Analysis& a, std::string_view sql, const config::Config
   if (generates_values(a, keys, table, ctx, r)) return;
   KeyPlacement p(table, a.table, cfg, ctx);
   p.read(keys);
-  if (placement_settles(p, cfg, r) || moves_rows(a, p, cfg, r)) return;
+  if (placement_settles(p, a, cfg, r) || moves_rows(a, p, cfg, r)) return;
   if (ctx.reasons)
     r.reason += " " + table.column + "=" + p.keys_text + " (" + config::to_string(table.type) +
                 " " + config::to_string(table.function) + ")";
   if (p.shards.size() == 1) {
-    r.shard = *p.shards.begin();
+    r.action = Forward{*p.shards.begin()};
     return;
   }
-  if (a.insert && !split_rows(sql, keys.size(), p, cfg, r)) return;
-  r.shard = *p.shards.begin();
-  r.shards.assign(p.shards.begin(), p.shards.end());
+  spread(r, a, std::vector<int>(p.shards.begin(), p.shards.end()));
+  if (a.insert) split_rows(sql, keys.size(), p, cfg, r);
 }
 
 Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_view sql,
@@ -446,10 +474,9 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
   if (a->unique_ids > 0) {
     // Run: the ids are put in first. Only described: any shard describes it alike.
     if (ctx.describe_only)
-      r.shard = ctx.attached.value_or(0);
+      r.action = Forward{ctx.attached.value_or(0)};
     else
-      r.kind = RouteKind::kLookup;
-    r.unique_ids = !ctx.describe_only;
+      r.action = UniqueIds{};
   } else {
     take_statement(r, *a, ctx);
     if (a->target == Analysis::Target::kKeys)
@@ -496,15 +523,14 @@ Route by_parser(std::string_view sql, const config::Config& cfg, const Context& 
   std::shared_ptr<const Analysis> a = analysis_of(sql, cfg, ctx);
   // (Every return names `r`: the Route, large, is built in the caller's place.)
   Route r = by_parser_placed(a, sql, cfg, ctx);
-  if (a->statements > 1 && r.kind == RouteKind::kShard && r.shards.size() > 1 && !r.ddl) {
+  if (a->statements > 1 && shards_of(r).size() > 1 && !std::holds_alternative<Ddl>(r.action)) {
     // Each statement would need its own merge (and one implicit transaction across the
     // shards); concatenating the shards' answers would be wrong, so refuse the whole Query.
     // DDL scripts run shard by shard and answer once (migrations send them whole).
     r = refuse("a Query of several statements that needs several shards is not supported",
                "send the statements one at a time, or keep them on one shard");
   }
-  if (a->cursor_op == Analysis::CursorOp::kDeclare && r.kind == RouteKind::kShard &&
-      r.shards.size() > 1 && !r.replicated) {
+  if (a->cursor_op == Analysis::CursorOp::kDeclare && shards_of(r).size() > 1 && !replicated(r)) {
     // A cursor lives in one server session; FETCH from one shard's cursor would return that
     // shard's rows only. Merged cursors are not done: refused, never part of the answer.
     r = refuse("DECLARE CURSOR over a query that needs several shards is not supported",

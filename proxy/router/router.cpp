@@ -20,38 +20,41 @@ using detail::SetAction;
 using detail::Settings;
 using protocol::sqlstate::kInvalidParameterValue;
 
+// How a statement on several shards combines their answers, as EXPLAIN (ROUTE) says it.
+std::string how_merged(const Route& inner) {
+  const auto* f = std::get_if<FanOut>(&inner.action);
+  if (inner.write || !f) return "merge: run on every shard, sum the command tags";
+  if (f->concat_safe) return "merge: concatenate rows, sum the command tags";
+  if (!f->merge_blocker.empty())
+    return "merge: refused: " + f->merge_blocker + " across shards is not supported";
+  return "merge: " + f->merge->describe();
+}
+
 // EXPLAIN (ROUTE): one row per shard the statement would use, with the reason, then the
 // plan for combining their answers.
-Route explain(Route inner, const config::Config& cfg, const SessionHints& hints) {
+Route explain(const Route& inner, const config::Config& cfg, const SessionHints& hints) {
   Route r;
-  r.kind = RouteKind::kAnswer;
   r.hints = hints;
   r.reason = "EXPLAIN (ROUTE)";
+  std::string& answer = r.action.emplace<Answer>().text;
   protocol::RowDescription desc;
   desc.fields.push_back({"shard", 0, 0, 25, -1, -1, 0});
   desc.fields.push_back({"route", 0, 0, 25, -1, -1, 0});
-  desc.write(r.answer);
+  desc.write(answer);
   auto row = [&](std::string_view a, std::string_view b) {
-    protocol::DataRow{{a, b}}.write(r.answer);
+    protocol::DataRow{{a, b}}.write(answer);
   };
-  if (inner.kind == RouteKind::kError) {
-    row("", "refused: " + inner.error.message + " (SQLSTATE " + inner.error.code + ")");
-  } else if (inner.shards.size() > 1) {
-    for (int s : inner.shards) row(cfg.shards[static_cast<std::size_t>(s)].name, inner.reason);
-    std::string how;
-    if (inner.write)
-      how = "merge: run on every shard, sum the command tags";
-    else if (inner.concat_safe)
-      how = "merge: concatenate rows, sum the command tags";
-    else if (!inner.merge_blocker.empty())
-      how = "merge: refused: " + inner.merge_blocker + " across shards is not supported";
-    else
-      how = "merge: " + inner.merge->describe();
-    row("", how);
+  const auto shards = shards_of(inner);
+  if (const auto* e = refusal(inner)) {
+    row("", "refused: " + e->message + " (SQLSTATE " + e->code + ")");
+  } else if (shards.size() > 1) {
+    for (int s : shards) row(cfg.shards[static_cast<std::size_t>(s)].name, inner.reason);
+    row("", how_merged(inner));
   } else {
-    row(cfg.shards[static_cast<std::size_t>(inner.shard)].name, inner.reason);
+    row(cfg.shards[static_cast<std::size_t>(shards.empty() ? 0 : shards.front())].name,
+        inner.reason);
   }
-  protocol::CommandComplete{"EXPLAIN"}.write(r.answer);
+  protocol::CommandComplete{"EXPLAIN"}.write(answer);
   return r;
 }
 
@@ -59,9 +62,9 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
            std::string_view sql, const Context& ctx) {
   if (!a.comment_error.empty()) {
     Route r;
-    r.kind = RouteKind::kError;
-    r.error = protocol::error(kInvalidParameterValue, a.comment_error, {},
-                              "use /* pgshard: shard=NAME */ or /* pgshard: sharding_key=VALUE */");
+    r.action = Refuse{
+        protocol::error(kInvalidParameterValue, a.comment_error, {},
+                        "use /* pgshard: shard=NAME */ or /* pgshard: sharding_key=VALUE */")};
     return r;
   }
   // The most local hint places the statement: a comment, then SET LOCAL, then SET.
@@ -76,12 +79,11 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
     Route hinted = detail::from_hints(*hint, level, cfg);
     // The hint places the statement; COMMIT still ends the transaction on every shard it
     // used, and a SET is still tracked for the session.
-    if (cfg.router_parse && hinted.kind == RouteKind::kShard) {
+    if (cfg.router_parse && runs_on_shards(hinted)) {
       const auto analysis = analysis_of(sql, cfg, ctx);
       if (analysis->unique_ids > 0 && !ctx.describe_only) {
         Route r;  // pgshard.unique_id() calls are put in first, wherever the hint points
-        r.kind = RouteKind::kLookup;
-        r.unique_ids = true;
+        r.action = UniqueIds{};
         return r;
       }
       detail::take_session_effects(hinted, *analysis);
@@ -91,7 +93,7 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
   }
   if (!cfg.router_parse) {
     Route r;
-    r.shard = ctx.attached.value_or(0);
+    r.action = Forward{ctx.attached.value_or(0)};
     if (ctx.reasons) r.reason = "parser off: first shard";
     return r;
   }
@@ -108,8 +110,8 @@ Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Co
   Context with_reasons = known;
   with_reasons.reasons = true;
   Route inner = pick(a, h, cfg, sql, with_reasons);
-  if (inner.kind == RouteKind::kLookup) return inner;  // resolve the directory, then explain
-  return explain(std::move(inner), cfg, h);
+  if (routes_again(inner)) return inner;  // resolve the directory, then explain
+  return explain(inner, cfg, h);
 }
 
 }  // namespace
@@ -134,19 +136,18 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
                          static_cast<int>(a.commands.size()) == a.statements && !a.reset_all;
   Route r = err || only_ours ? Route{} : pick_or_explain(a, after, cfg, sql, ctx);
   if (err) {
-    r.kind = RouteKind::kError;
-    r.error = *err;
+    r.action = Refuse{*err};
     r.hints = hints;
     return r;
   }
   if (only_ours) {
-    r.kind = RouteKind::kAnswer;
     r.reason = "pgshard setting";
+    std::string& answer = r.action.emplace<Answer>().text;
     for (const auto& c : a.commands) {
       if (c.action == SetAction::kShow) {
-        detail::answer_show(c, after, r.answer);
+        detail::answer_show(c, after, answer);
       } else {
-        protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(r.answer);
+        protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(answer);
       }
     }
   }
@@ -186,8 +187,7 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
   }
   Route r = err ? Route{} : pick_or_explain(a, after, cfg, sql, known);
   if (err) {
-    r.kind = RouteKind::kError;
-    r.error = *err;
+    r.action = Refuse{*err};
     r.hints = hints;
   } else {
     r.hints = std::move(after);
@@ -195,21 +195,41 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
   return r;
 }
 
-Action action(const Route& r) {
-  switch (r.kind) {
-    case RouteKind::kAnswer:
-      return Action::kAnswer;
-    case RouteKind::kError:
-      return Action::kRefuse;
-    case RouteKind::kLookup:
-      return Action::kLookup;
-    case RouteKind::kShard:
-      break;
-  }
-  if (r.copy_in) return Action::kCopyIn;
-  if (r.shards.size() > 1) return r.ddl ? Action::kDdl : Action::kFanOut;
-  return Action::kForward;
+bool runs_on_shards(const Route& r) {
+  return std::holds_alternative<Forward>(r.action) || std::holds_alternative<FanOut>(r.action) ||
+         std::holds_alternative<Ddl>(r.action) || std::holds_alternative<CopyIn>(r.action);
 }
+
+bool routes_again(const Route& r) {
+  return std::holds_alternative<Lookup>(r.action) ||
+         std::holds_alternative<GenerateKeys>(r.action) ||
+         std::holds_alternative<InsertSelect>(r.action) ||
+         std::holds_alternative<UniqueIds>(r.action);
+}
+
+std::span<const int> shards_of(const Route& r) {
+  if (const auto* f = std::get_if<Forward>(&r.action)) return {&f->shard, 1};
+  if (const auto* f = std::get_if<FanOut>(&r.action)) return f->shards;
+  if (const auto* d = std::get_if<Ddl>(&r.action)) return d->shards;
+  if (const auto* c = std::get_if<CopyIn>(&r.action)) return c->shards;
+  return {};
+}
+
+const protocol::ErrorInfo* refusal(const Route& r) {
+  if (const auto* e = std::get_if<Refuse>(&r.action)) return &e->error;
+  if (const auto* e = std::get_if<SplitPipeline>(&r.action)) return &e->error;
+  return nullptr;
+}
+
+// Action names the alternatives of RouteAction in their order.
+static_assert(std::variant_size_v<RouteAction> == static_cast<std::size_t>(Action::kUniqueIds) + 1);
+static_assert(std::is_same_v<
+              std::variant_alternative_t<static_cast<std::size_t>(Action::kCopyIn), RouteAction>,
+              CopyIn>);
+static_assert(
+    std::is_same_v<
+        std::variant_alternative_t<static_cast<std::size_t>(Action::kSplitPipeline), RouteAction>,
+        SplitPipeline>);
 
 const char* to_string(Action a) {
   switch (a) {
@@ -225,8 +245,16 @@ const char* to_string(Action a) {
       return "answer";
     case Action::kRefuse:
       return "refuse";
+    case Action::kSplitPipeline:
+      return "split pipeline";
     case Action::kLookup:
       return "lookup";
+    case Action::kGenerateKeys:
+      return "generate keys";
+    case Action::kInsertSelect:
+      return "INSERT ... SELECT";
+    case Action::kUniqueIds:
+      return "unique ids";
   }
   return "?";
 }

@@ -12,8 +12,10 @@
 
 #include <memory>
 #include <optional>
+#include <span>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "config/config.hpp"
@@ -40,69 +42,109 @@ struct SessionHints {
   bool empty() const { return session.empty() && local.empty(); }
 };
 
-enum class RouteKind {
-  kShard,   // forward to `shard`
-  kAnswer,  // pgshard answers itself with `answer` (no ReadyForQuery included)
-  kError,   // pgshard answers with `error`
-  kLookup,  // directory keys must be looked up first (`lookups`), then route again
+// What the session does with a statement: one of these actions, each with its own payload
+// (Route::action). What every action shares lives in Route itself.
+
+// Relay the request to one shard's server; its replies come back untouched.
+struct Forward {
+  int shard = 0;
 };
 
-struct Route {
-  RouteKind kind = RouteKind::kShard;
-  int shard = 0;
-  // More than one shard: the statement runs on all of these (multi-shard execution).
-  std::vector<int> shards;
-  // kLookup: (sharded table index, canonical key) pairs to find in the directory, and
-  // sharded tables whose key position (column order) to read from the catalog.
-  std::vector<std::pair<int, std::string>> lookups;
-  std::vector<int> column_lookups;
-  // kLookup: an INSERT leaving the key of sharded table `generate_table` to its default in
-  // `generate_count` rows: generate that many keys, put them in, route again.
-  int generate_table = -1;
-  int generate_count = 0;
-  // kLookup: generated columns of that table other than the key (serial, identity, nextval
-  // defaults) that `count` rows leave to the database: pgshard draws their values from the
-  // sequences' home (the first shard) too, so they are unique across shards.
-  struct GenerateColumn {
-    GeneratedColumn column;
-    int count = 0;
-    bool positional = false;  // INSERT without a column list: the column's place counts
-  };
-  std::vector<GenerateColumn> generate_columns;
-  // kError: a pipeline (extended batch) whose statements go to different shards; the
-  // session may run it statement by statement in one transaction instead.
-  bool split_pipeline = false;
-  // kLookup: INSERT ... SELECT into a sharded table: run the SELECT, put its rows in as
-  // VALUES, route again.
-  bool insert_select = false;
-  // kLookup: the statement calls pgshard.unique_id(): put the ids in, route again.
-  bool unique_ids = false;
-  // The statement names pgshard.unique_id() (the shards need the functions declared).
-  bool names_unique_id = false;
-  // COPY FROM STDIN whose rows pgshard splits by key over every shard.
-  std::optional<CopySplit> copy_in;
-  int copy_table = -1;            // the sharded table it splits by (-1: copy_in->replicate)
-  bool copy_out_header = false;   // COPY ... TO with HEADER: one header line in the stream
-  std::string transaction_modes;  // see Analysis::transaction_modes
-  // When set, shard i runs its own statement instead (a split multi-row INSERT).
+// Run the statement on several shards and combine their replies (executor::fan_out).
+struct FanOut {
+  std::vector<int> shards;                        // in order, each once (two or more)
+  std::shared_ptr<const merge::MergePlan> merge;  // a SELECT's: how rows combine
+  std::string merge_blocker;                      // see Analysis::merge_blocker
+  bool concat_safe = true;                        // see Analysis::concat_safe
+  bool replicated = false;       // every shard holds a copy: one shard's reply stands
+  bool copy_out_header = false;  // COPY ... TO with HEADER: one header line in the stream
+  // A multi-row INSERT split by key: shard i runs its own statement instead.
   std::vector<std::pair<int, std::string>> per_shard_sql;
-  std::vector<int> insert_row_shards;  // split INSERT: the shard of each VALUES row, in order
-  // Split INSERT: each VALUES row's shard-key value (as key_identity gives it), the key
-  // column and type, to tell which rows a shard returned when it skipped some.
+  std::vector<int> insert_row_shards;  // the shard of each VALUES row, in order
+  // Each VALUES row's shard-key value (as key_identity gives it), the key column and type,
+  // to tell which rows a shard returned when it skipped some.
   std::vector<std::string> insert_row_keys;
   std::string insert_key_column;
   config::KeyType insert_key_type = config::KeyType::kInt8;
+};
+
+// A schema change on every shard in order, not atomically (executor::run_ddl); inside a
+// transaction it fans out in it like any write.
+struct Ddl {
+  std::vector<int> shards;  // in order (two or more)
+  bool replicated = false;  // every shard holds a copy: one shard's reply stands
+};
+
+// COPY FROM STDIN whose rows pgshard splits by key over the shards (executor::copy_in_split).
+struct CopyIn {
+  std::vector<int> shards;  // in order (two or more)
+  CopySplit split;
+  int table = -1;  // the sharded table it splits by (-1: split.replicate)
+};
+
+// pgshard answers itself with `text` (no ReadyForQuery included).
+struct Answer {
+  std::string text;
+};
+
+// pgshard answers with `error`.
+struct Refuse {
+  protocol::ErrorInfo error;
+};
+
+// A pipeline (extended batch) whose statements go to different shards: the session may run
+// it statement by statement in one transaction instead; else it is refused with `error`.
+struct SplitPipeline {
+  protocol::ErrorInfo error;
+};
+
+// Look up directory keys and the catalog first, then route again.
+struct Lookup {
+  std::vector<std::pair<int, std::string>> keys;  // (sharded table index, canonical key)
+  std::vector<int> columns;  // sharded tables whose key position (column order) to read
+};
+
+// An INSERT leaving the key of sharded table `table` to its default in `count` rows, or
+// other generated columns (serial, identity, nextval defaults) to the database: pgshard
+// draws their values from the sequences' home (the first shard), so they are unique across
+// shards, puts them in and routes again.
+struct GenerateKeys {
+  struct Column {
+    GeneratedColumn column;
+    int count = 0;            // rows that leave it to the database
+    bool positional = false;  // INSERT without a column list: the column's place counts
+  };
+  int table = -1;
+  int count = 0;
+  std::vector<Column> columns;
+};
+
+// INSERT ... SELECT into a sharded table: run the SELECT, put its rows in as VALUES, route
+// again.
+struct InsertSelect {};
+
+// The statement calls pgshard.unique_id(): put the ids in, route again.
+struct UniqueIds {};
+
+// (The order of the alternatives is that of Action below.)
+using RouteAction = std::variant<Forward, FanOut, Ddl, CopyIn, Answer, Refuse, SplitPipeline,
+                                 Lookup, GenerateKeys, InsertSelect, UniqueIds>;
+
+struct Route {
+  RouteAction action;  // by default, Forward to the first shard
+  std::string reason;  // why this action, for logs and EXPLAIN
+  // The hints in force after this statement (SET/RESET pgshard.* applied).
+  SessionHints hints;
+  // What the statement is, wherever it runs.
   bool write = false;
-  bool ddl = false;                    // runs on every shard in order, not atomically
-  bool takes_snapshot = false;         // see Analysis::takes_snapshot
-  bool replicated = false;             // every shard holds a copy: one shard's reply stands
-  bool concat_safe = true;             // see Analysis::concat_safe
-  TxnControl txn = TxnControl::kNone;  // set only when the parser placed the statement
-  std::string gid;                     // see Analysis::gid
-  bool controls_txn = false;           // see Analysis::controls_txn
-  std::string merge_blocker;
-  std::shared_ptr<const merge::MergePlan> merge;  // multi-shard SELECT: how rows combine
-  std::vector<SettingChange> settings;            // session settings the statement changes
+  bool ddl = false;               // a schema change (on several shards: the Ddl action)
+  bool takes_snapshot = false;    // see Analysis::takes_snapshot
+  std::string transaction_modes;  // see Analysis::transaction_modes
+  // What it does to the session wherever it runs (take_session_effects).
+  TxnControl txn = TxnControl::kNone;   // set only when the parser placed the statement
+  std::string gid;                      // see Analysis::gid
+  bool controls_txn = false;            // see Analysis::controls_txn
+  std::vector<SettingChange> settings;  // session settings the statement changes
   bool pins = false;  // needs the same server for the rest of the session (Analysis::pins)
   bool prepared_statements_view = false;            // reads pg_prepared_statements
   std::vector<std::string> user_functions;          // see Analysis::user_functions
@@ -115,25 +157,39 @@ struct Route {
   Analysis::CursorOp cursor_op = Analysis::CursorOp::kNone;
   std::string cursor;
   bool cursor_hold = false;
-  std::string reason;  // why this shard, for logs and EXPLAIN
-  protocol::ErrorInfo error;
-  std::string answer;
-  // The hints in force after this statement (SET/RESET pgshard.* applied).
-  SessionHints hints;
+  // The statement names pgshard.unique_id() (the shards need the functions declared).
+  bool names_unique_id = false;
 };
 
-// What the session does with a request: the closed set its handler dispatches on.
+// The action's name, for counters and tests: one per alternative of RouteAction, in order.
 enum class Action : uint8_t {
-  kForward,  // relay to one shard's server, replies back untouched
-  kFanOut,   // run on several shards, replies combined (executor::fan_out)
-  kDdl,      // run on every shard in order (executor::run_ddl, via fan_out's checks)
-  kCopyIn,   // COPY FROM STDIN split by key over the shards (executor::copy_in_split)
-  kAnswer,   // pgshard answers itself (`answer`)
-  kRefuse,   // pgshard answers with `error`
-  kLookup,   // look up directory keys (`lookups`), then route again
+  kForward,
+  kFanOut,
+  kDdl,
+  kCopyIn,
+  kAnswer,
+  kRefuse,
+  kSplitPipeline,
+  kLookup,
+  kGenerateKeys,
+  kInsertSelect,
+  kUniqueIds,
 };
-Action action(const Route& r);
+inline Action action(const Route& r) {
+  return static_cast<Action>(r.action.index());
+}
 const char* to_string(Action a);
+
+// Whether the route runs the statement on shards (Forward, FanOut, Ddl, CopyIn).
+bool runs_on_shards(const Route& r);
+// Whether pgshard completes the statement first and then routes it again (Lookup,
+// GenerateKeys, InsertSelect, UniqueIds).
+bool routes_again(const Route& r);
+// The shards the route runs the statement on, in order: Forward's one, or those of FanOut,
+// Ddl and CopyIn; none for the other actions.
+std::span<const int> shards_of(const Route& r);
+// The error of a refusal (Refuse, SplitPipeline); null for the other actions.
+const protocol::ErrorInfo* refusal(const Route& r);
 
 // Everything routing may look at besides the session hints and the config.
 // The statement text a session routed last over the extended protocol, when it names no

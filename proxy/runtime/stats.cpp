@@ -9,7 +9,8 @@ namespace pgshard::runtime {
 namespace {
 std::size_t merge_kind(const router::Route& route) {
   if (route.write || route.ddl) return 5;
-  const auto* m = route.merge.get();
+  const auto* f = std::get_if<router::FanOut>(&route.action);
+  const auto* m = f ? f->merge.get() : nullptr;
   if (!m) return 0;
   if (m->aggregate) return 2;
   if (m->distinct || m->distinct_on) return 3;
@@ -19,8 +20,8 @@ std::size_t merge_kind(const router::Route& route) {
 }
 }  // namespace
 
-void RouteCounters::count(const router::Route& route, router::Action act) {
-  switch (act) {
+void RouteCounters::count(const router::Route& route) {
+  switch (router::action(route)) {
     case router::Action::kForward:
       ++single;
       break;
@@ -34,11 +35,17 @@ void RouteCounters::count(const router::Route& route, router::Action act) {
       ++local;
       break;
     case router::Action::kRefuse:
+    case router::Action::kSplitPipeline: {
       ++refused;
-      ++refusals[route.error.code.empty() ? std::string("XX000") : route.error.code];
+      const auto& code = router::refusal(route)->code;
+      ++refusals[code.empty() ? std::string("XX000") : code];
       break;
+    }
     case router::Action::kLookup:
-      break;
+    case router::Action::kGenerateKeys:
+    case router::Action::kInsertSelect:
+    case router::Action::kUniqueIds:
+      break;  // routed again once resolved: counted then
   }
 }
 

@@ -14,7 +14,6 @@
 
 namespace pgshard::router {
 struct Route;
-enum class Action : uint8_t;
 }  // namespace pgshard::router
 
 namespace pgshard::runtime {
@@ -31,7 +30,7 @@ struct RouteCounters {
   std::array<uint64_t, kMergeKinds.size()> merges{};
   std::map<std::string, uint64_t> refusals;  // by SQLSTATE
 
-  void count(const router::Route& route, router::Action act);
+  void count(const router::Route& route);
   void add(const RouteCounters& o);
 };
 

@@ -22,22 +22,33 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
   // pgshard answers itself (the extended replies would be hidden with it), never a fan-out.
   auto refuse = [&](std::string why) {
     router::Route e;
-    e.kind = router::RouteKind::kError;
-    e.error = proto::error(sqlstate::kFeatureNotSupported,
-                           "a simple Query pipelined after extended-protocol messages " + why, {},
-                           "send a Sync before the Query");
+    e.action = router::Refuse{
+        proto::error(sqlstate::kFeatureNotSupported,
+                     "a simple Query pipelined after extended-protocol messages " + why, {},
+                     "send a Sync before the Query")};
     e.hints = hints;
     return e;
   };
-  if (r.kind != router::RouteKind::kShard || r.shards.size() > 1 || r.copy_in)
-    return refuse("must go to one shard");
-  if (bound && (bound->kind != router::RouteKind::kShard || bound->shards.size() > 1 ||
-                bound->shard != r.shard))
+  const auto* forward = std::get_if<router::Forward>(&r.action);
+  if (!forward) return refuse("must go to one shard");
+  const auto* bound_forward = bound ? std::get_if<router::Forward>(&bound->action) : nullptr;
+  if (bound && (!bound_forward || bound_forward->shard != forward->shard))
     return refuse("must go to the shard of the statements before it");
   if (r.txn != router::TxnControl::kNone && txn_managed)
     return refuse("cannot end or start a transaction pgshard manages");
   r.txn = router::TxnControl::kNone;  // it reaches the server as sent
   return r;
+}
+
+// Whether a later Bind's route `r` (one that runs on shards) goes where the batch's `first`
+// does. A first route that runs nowhere yet (a lookup, an answer, a refusal) counts as the
+// first shard's: it is settled before anything runs, and a lookup routes the batch again.
+bool same_shards(const router::Route& r, const router::Route& first) {
+  static constexpr int kFirstShard = 0;
+  const auto theirs = router::runs_on_shards(first) ? router::shards_of(first)
+                                                    : std::span<const int>(&kFirstShard, 1);
+  const auto mine = router::shards_of(r);
+  return std::equal(mine.begin(), mine.end(), theirs.begin(), theirs.end());
 }
 
 // Whether a Bind sends any parameter in binary format (only those need the declared types).
@@ -118,7 +129,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
           *simple = true;
           const bool after_extended = m.raw.size() != batch.size();
           auto r = router::route_query(q->sql, routed ? route.hints : hints, cfg, ctx);
-          if (!after_extended || r.kind == router::RouteKind::kError) return r;
+          if (!after_extended || std::holds_alternative<router::Refuse>(r.action)) return r;
           return after_extended_messages(std::move(r), routed ? &route : nullptr, hints,
                                          txn_managed);
         }
@@ -139,25 +150,20 @@ router::Route route_batch(std::string_view batch, Statements& statements,
           ctx.bind = nullptr;
           ctx.param_types = nullptr;
           // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
-          const bool begin =
-              r.kind == router::RouteKind::kShard && r.txn == router::TxnControl::kBegin;
+          const bool begin = router::runs_on_shards(r) && r.txn == router::TxnControl::kBegin;
           if (!routed || (route.txn == router::TxnControl::kBegin && !begin)) {
             route = std::move(r);
             routed = true;
           } else if (begin) {
             continue;
-          } else if (r.kind != router::RouteKind::kShard || r.shard != route.shard ||
-                     r.shards != route.shards) {
-            // One batch, one destination: splitting a pipeline at Bind boundaries across
-            // shards is not done yet.
+          } else if (!router::runs_on_shards(r) || !same_shards(r, route)) {
+            // One batch, one destination: the session may split the pipeline instead.
             router::Route e;
-            e.kind = router::RouteKind::kError;
-            e.error =
+            e.action = router::SplitPipeline{
                 proto::error(sqlstate::kFeatureNotSupported,
                              "statements in one pipelined batch route to different shards", {},
-                             "send a Sync after each statement that goes to another shard");
+                             "send a Sync after each statement that goes to another shard")};
             e.hints = hints;
-            e.split_pipeline = true;
             return e;
           }
         }

@@ -210,8 +210,18 @@ class Session : public std::enable_shared_from_this<Session>,
   // Drops discard_ bytes of in_ as they arrive; a message being skipped streams out too.
   void drop_discarded();
   awaitable<void> handle_request(char boundary);
-  // The part of handle_request after routing.
+  // The part of handle_request after routing: lookups and rewrites done first, what the
+  // route says of the session taken on, then its action run by its handler.
   awaitable<void> handle_routed(Request& req, router::Route& route);
+  // The handlers of the actions that run a statement, each in its own file: Forward
+  // (session_forward.cpp); FanOut, Ddl and CopyIn (session_fan_out.cpp); SplitPipeline
+  // (session_extended.cpp); Answer and Refuse are answer_locally (session_answer.cpp).
+  awaitable<void> run_forward(const Request& req, const router::Route& route, int shard);
+  awaitable<void> run_fan_out(const Request& req, const router::Route& route);
+  awaitable<void> run_schema_change(const Request& req, const router::Route& route);
+  awaitable<void> run_copy_in(const Request& req, const router::Route& route,
+                              const router::CopyIn& copy);
+  awaitable<void> run_pipeline_split(const Request& req, const router::Route& route);
   // Whether a request may be routed at once: nothing waits ahead of it and it continues no
   // pipeline or batch (handle_request's cases before routing).
   bool routes_at_once(char boundary) const;
@@ -244,9 +254,14 @@ class Session : public std::enable_shared_from_this<Session>,
   // After pgshard failed an extended batch: skips to its Sync (answered by pgshard, no
   // server has anything of the batch); true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
-  // Routes pending_ (directory lookups done first).
-  // Looks up directory-placed keys the route needs, then routes again (once more at most).
-  awaitable<std::string> generate_keys(const router::Route& route);
+  // Completes the statement as a lookup or rewrite route says (Lookup: session_lookup.cpp;
+  // GenerateKeys, InsertSelect, UniqueIds: session_rewrite.cpp); returns an error (its
+  // SQLSTATE in `code`) or "".
+  awaitable<std::string> complete_statement(const router::Route& route, std::string& code);
+  // Reads directory entries and catalog columns a Lookup needs into the worker's caches.
+  awaitable<std::string> look_up(const router::Lookup& lookup);
+  // Puts generated values for the rows of an INSERT into its statement.
+  awaitable<std::string> generate_keys(const router::GenerateKeys& generate);
   // Puts this instance's ids for the request's pgshard.unique_id() calls into its statement;
   // returns an error or "".
   awaitable<std::string> put_unique_ids();
@@ -254,6 +269,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // error (its SQLSTATE in `code`) or "".
   awaitable<std::string> insert_select(std::string& code);
   router::Context routing_context();
+  // Completes the statement of a lookup or rewrite route, then routes it again, until it
+  // routes to an action that runs (a few times at most).
   awaitable<void> resolve_lookups(Request& req, router::Route& route);
   // Whether the request is one statement pgshard may answer as transaction control itself.
   bool lone(const Request& req, const router::Route& route) const;

@@ -1,4 +1,4 @@
-// Answers pgshard gives itself: routing answers and refusals, failures as failures.hpp rules
+// Answers pgshard gives itself: the Answer and Refuse actions, failures as failures.hpp rules
 // them, and pg_cancel_backend / pg_terminate_backend of a client's pid.
 #include <spdlog/spdlog.h>
 
@@ -26,16 +26,18 @@ bool Session::lone(const Request& req, const router::Route& route) const {
 awaitable<void> Session::answer_locally(const router::Route& route, const Request& req) {
   if (!co_await drain()) co_return;
   std::string out;
-  const bool refused = route.kind == router::RouteKind::kError;
+  const auto* error = router::refusal(route);
+  const bool refused = error != nullptr;
   if (refused) {
-    spdlog::debug("{}: routing error: {}", prefix(), route.error.message);
-    proto::write_error(out, route.error);
+    spdlog::debug("{}: routing error: {}", prefix(), error->message);
+    proto::write_error(out, *error);
     fail_transaction();
   } else if (req.simple) {
-    out += route.answer;
+    out += std::get<router::Answer>(route.action).text;
     hints_ = route.hints;
   } else {
-    answer_extended(route.answer, out);  // ends with ReadyForQuery at a Sync
+    answer_extended(std::get<router::Answer>(route.action).text,
+                    out);  // ends with ReadyForQuery at a Sync
     hints_ = route.hints;
     if (req.boundary == proto::msg::kSync) {
       pending_.clear();
@@ -106,31 +108,30 @@ awaitable<bool> Session::signal_client(const router::Route& route, const Request
   router::Route answer;
   answer.hints = route.hints;
   if (pid32 == key_.pid) {  // cancelling itself: this very statement, as on PostgreSQL
-    answer.kind = router::RouteKind::kError;
-    answer.error =
-        proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request");
+    answer.action = router::Refuse{
+        proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request")};
     co_await answer_locally(answer, req);
     co_return true;
   }
   const auto done = runtime::CancelRegistry::instance().signal(pid32, call.terminate, user_->name);
   if (!done) co_return false;
   if (!*done) {
-    answer.kind = router::RouteKind::kError;
-    answer.error = proto::error(sqlstate::kInsufficientPrivilege,
-                                std::string("permission denied to ") +
-                                    (call.terminate ? "terminate" : "cancel") + " process",
-                                "Only roles with privileges of the role whose process is being " +
-                                    std::string(call.terminate ? "terminated" : "canceled") +
-                                    " or with privileges of the \"pg_signal_backend\" role may " +
-                                    (call.terminate ? "terminate" : "cancel") + " this process.");
+    answer.action = router::Refuse{
+        proto::error(sqlstate::kInsufficientPrivilege,
+                     std::string("permission denied to ") +
+                         (call.terminate ? "terminate" : "cancel") + " process",
+                     "Only roles with privileges of the role whose process is being " +
+                         std::string(call.terminate ? "terminated" : "canceled") +
+                         " or with privileges of the \"pg_signal_backend\" role may " +
+                         (call.terminate ? "terminate" : "cancel") + " this process.")};
   } else {
-    answer.kind = router::RouteKind::kAnswer;
+    std::string& text = answer.action.emplace<router::Answer>().text;
     proto::RowDescription desc;
     desc.fields.push_back({call.terminate ? "pg_terminate_backend" : "pg_cancel_backend", 0, 0, 16,
                            1, -1, static_cast<int16_t>(binary ? 1 : 0)});
-    desc.write(answer.answer);
-    proto::DataRow{{std::string_view(binary ? "\x01" : "t", 1)}}.write(answer.answer);
-    proto::CommandComplete{"SELECT 1"}.write(answer.answer);
+    desc.write(text);
+    proto::DataRow{{std::string_view(binary ? "\x01" : "t", 1)}}.write(text);
+    proto::CommandComplete{"SELECT 1"}.write(text);
   }
   co_await answer_locally(answer, req);
   co_return true;

@@ -1,5 +1,6 @@
-// Extended-protocol batches: a pipeline over several shards run as one transaction, a batch
-// that moves shards mid-way, skipping to Sync, and pgshard's own replies to a batch.
+// Extended-protocol batches: a pipeline over several shards run as one transaction (the
+// SplitPipeline action), a batch that moves shards mid-way, skipping to Sync, and pgshard's
+// own replies to a batch.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -21,9 +22,9 @@ bool Session::continues_elsewhere() {
   if (!binds) return false;
   bool simple = false;
   const router::Route r = route_batch(&simple);
-  if (r.kind == router::RouteKind::kAnswer) return false;
-  return r.kind != router::RouteKind::kShard || r.shards.size() > 1 ||
-         (r.shards.empty() && r.shard != backends_.active->shard);
+  if (std::holds_alternative<router::Answer>(r.action)) return false;
+  const auto* forward = std::get_if<router::Forward>(&r.action);
+  return !forward || forward->shard != backends_.active->shard;
 }
 
 awaitable<void> Session::abandon_open_batch(char boundary) {
@@ -111,12 +112,12 @@ awaitable<bool> Session::run_split_pipeline() {
           session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
       // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
       if (r.txn != router::TxnControl::kNone) co_return false;
-      const bool one = r.kind == router::RouteKind::kShard && r.shards.empty();
-      if (one && last == r.shard)
+      const auto* one = std::get_if<router::Forward>(&r.action);
+      if (one && last == one->shard)
         groups.back() += u;
       else
         groups.push_back(std::move(u));
-      last = one ? std::optional<int>(r.shard) : std::nullopt;
+      last = one ? std::optional<int>(one->shard) : std::nullopt;
     }
   }
   spdlog::debug(
@@ -152,6 +153,15 @@ awaitable<bool> Session::run_split_pipeline() {
   }
   co_await write_client(proto::ready_for_query(transaction_status()));
   co_return true;
+}
+
+awaitable<void> Session::run_pipeline_split(const Request& req, const router::Route& route) {
+  // Statements of one pipeline for several shards run one by one in one transaction; a
+  // pipeline that cannot (a Query or transaction control in it, or pgshard's own request
+  // being run) is refused.
+  bool ran = false;  // (no co_await in the condition: GCC 12 miscompiles it here)
+  if (pipeline_step_ == PipelineStep::kNone) ran = co_await run_split_pipeline();
+  if (!ran) co_await answer_locally(route, req);
 }
 
 awaitable<void> Session::run_pipeline_step(PipelineStep step, std::string request, char boundary) {

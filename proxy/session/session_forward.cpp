@@ -1,5 +1,5 @@
-// The relay's request side: a keyed request forwarded to its shard's server (attached from
-// the session's own or the pool), with pgshard's preludes put ahead of it.
+// The relay's request side, the Forward action: a keyed request forwarded to its shard's
+// server (attached from the session's own or the pool), with pgshard's preludes put ahead.
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
@@ -29,18 +29,28 @@ bool runs_something(std::string_view batch) {
 bool Session::forwarded_routed(router::Route& route, char boundary, std::string_view& rest) {
   // Only a plain forward to a server the session has, or takes idle from the pool, now;
   // nothing is done when anything else is needed (handle_routed does it all).
-  if (route.kind != router::RouteKind::kShard || route.names_unique_id || route.split_pipeline ||
-      route.txn != router::TxnControl::kNone || txn_.failed() || route.signal_call ||
-      route.controls_txn)
+  const auto* forward = std::get_if<router::Forward>(&route.action);
+  if (!forward || route.names_unique_id || route.txn != router::TxnControl::kNone ||
+      txn_.failed() || route.signal_call || route.controls_txn)
     return false;
-  const auto act = router::action(route);
-  if (act != router::Action::kForward) return false;
-  const int target = route.shard;
+  const int target = forward->shard;
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
-  worker_.routes().count(route, act);
+  worker_.routes().count(route);
   adopt(route, boundary);
   log_forward(route, target);
   return forwarded_now(target, boundary, rest);  // (true: the server is attached)
+}
+
+awaitable<void> Session::run_forward(const Request& req, const router::Route& route, int shard) {
+  log_forward(route, shard);
+  std::string_view rest;
+  if (!forwarded_now(shard, req.boundary, rest)) {
+    co_await forward(shard, req.boundary);
+  } else if (!rest.empty()) {
+    auto link = backends_.active;  // (the socket was full)
+    co_await write_server(link, rest);
+    pending_.clear();
+  }
 }
 
 awaitable<void> Session::forward(int target, char boundary) {

@@ -28,7 +28,7 @@ inline bool binds_or_runs(std::string_view batch) {
   return false;
 }
 
-// A Route (about 1 KB) held in a request's coroutine frame would make the frame too large
+// A Route (about 750 bytes) held in a request's coroutine frame would make the frame too large
 // for Asio's per-thread frame recycling: each request would allocate and free it. Routes
 // are built in place in storage kept per worker thread instead (a few: requests nest, a
 // split pipeline runs its parts as requests).

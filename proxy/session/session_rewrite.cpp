@@ -1,5 +1,6 @@
-// Statements pgshard completes before routing them again: directory lookups, generated keys,
-// INSERT ... SELECT rows, pgshard.unique_id() values.
+// The rewrite actions: statements pgshard completes before routing them again with generated
+// keys (GenerateKeys), the rows of an INSERT ... SELECT (InsertSelect), pgshard.unique_id()
+// values (UniqueIds).
 #include "protocol/messages.hpp"
 #include "proxy/executor/capture.hpp"
 #include "proxy/executor/executor.hpp"
@@ -14,59 +15,29 @@ namespace pgshard::session {
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
-awaitable<void> Session::resolve_lookups(Request& req, router::Route& route) {
-  for (int attempt = 0; route.kind == router::RouteKind::kLookup; ++attempt) {
-    // (No co_await inside ?: — GCC 12 mishandles temporaries there.)
-    std::string err = "directory entries expire faster than they are read";
-    std::string code(sqlstate::kSqlclientUnableToEstablish);
-    if (attempt < 4 && route.insert_select) {
-      err = co_await insert_select(code);
-    } else if (attempt < 4 && route.unique_ids) {
-      err = co_await put_unique_ids();
-      code = sqlstate::kFeatureNotSupported;
-    } else if (attempt < 4 && (route.generate_count > 0 || !route.generate_columns.empty())) {
-      err = co_await generate_keys(route);
-      code = sqlstate::kFeatureNotSupported;
-    } else if (attempt < 4 && !route.column_lookups.empty()) {
-      err = co_await executor::resolve_columns(*this, route.column_lookups);
-    } else if (attempt < 4) {
-      err = co_await executor::resolve_directory(*this, route.lookups);
-    }
-    if (!err.empty()) {
-      route = router::Route{};
-      route.kind = router::RouteKind::kError;
-      route.error = proto::error(code, err);
-      route.hints = hints_;
-      break;
-    }
-    route = route_batch(&req.simple);
-  }
-}
-
-awaitable<std::string> Session::generate_keys(const router::Route& route) {
+awaitable<std::string> Session::generate_keys(const router::GenerateKeys& generate) {
   // Values for the rows of an INSERT that leave the key, or another column drawing from a
   // sequence, to the column's default, taken from the sequences' home and put into the
   // statement the client sent; routing it again then places each row by its key.
   std::vector<std::string> keys;
-  if (route.generate_count > 0) {
-    std::string err =
-        co_await executor::generate_keys(*this, route.generate_table, route.generate_count, keys);
+  if (generate.count > 0) {
+    std::string err = co_await executor::generate_keys(*this, generate.table, generate.count, keys);
     if (!err.empty()) co_return err;
   }
-  std::vector<std::vector<std::string>> values(route.generate_columns.size());
+  std::vector<std::vector<std::string>> values(generate.columns.size());
   for (std::size_t i = 0; i < values.size(); ++i) {
-    const auto& g = route.generate_columns[i];
-    std::string err = co_await executor::generate_keys(*this, route.generate_table, g.count,
-                                                       values[i], g.column.name);
+    const auto& g = generate.columns[i];
+    std::string err =
+        co_await executor::generate_keys(*this, generate.table, g.count, values[i], g.column.name);
     if (!err.empty()) co_return err;
   }
-  const auto& t = config_.sharded_tables[static_cast<std::size_t>(route.generate_table)];
+  const auto& t = config_.sharded_tables[static_cast<std::size_t>(generate.table)];
   const int position = worker_.columns().key_position(t.qualified_name()).value_or(-1);
   if (!rewrite_statement(pending_, statements_, [&](std::string_view sql, const proto::Bind*) {
         std::optional<std::string> out(sql);
         if (!keys.empty()) out = router::with_generated_keys(*out, t.column, position, keys);
         for (std::size_t i = 0; i < values.size() && out; ++i) {
-          const auto& g = route.generate_columns[i];
+          const auto& g = generate.columns[i];
           out = router::with_generated_keys(*out, g.column.name,
                                             g.positional ? g.column.position : -1, values[i],
                                             g.column.always);
@@ -114,20 +85,21 @@ awaitable<std::string> Session::insert_select(std::string& code) {
   if (select && !params.empty()) select = router::with_parameter_values(*select, params);
   if (!select) co_return "INSERT ... SELECT could not be read";
   const router::Route r = router::route_query(*select, hints_, config_, routing_context());
-  if (r.kind == router::RouteKind::kError) {
-    code = r.error.code;
-    co_return r.error.message;
+  if (const auto* e = std::get_if<router::Refuse>(&r.action)) {
+    code = e->error.code;
+    co_return e->error.message;
   }
-  if (r.kind != router::RouteKind::kShard)
+  if (!router::runs_on_shards(r))
     co_return "the SELECT of an INSERT ... SELECT must be a query pgshard routes to shards";
   executor::Captured got(100000, 64u << 20);
-  if (r.shards.size() > 1) {
+  if (router::shards_of(r).size() > 1) {
     // Several shards: the execution and merge a client's read gets (ORDER BY, LIMIT,
     // aggregates, GROUP BY...), its answer kept.
     co_await executor::capture_read(*this, *this, r, *select, got);
   } else {
     got.error_message = co_await executor::run_on_shard(
-        *this, r.shard, *select, [&](std::string_view body) { got.add_row(body); },
+        *this, router::shards_of(r).front(), *select,
+        [&](std::string_view body) { got.add_row(body); },
         [&](std::string_view body) { got.describe(body); }, got.error_code);
   }
   if (!got.error_message.empty() || !got.error_code.empty()) {

@@ -1,5 +1,6 @@
-// A request routed and handed to its action: forward to one shard, fan out, COPY, answer
-// locally; what the route says of the session (hints, pinning, cursors) taken on.
+// A request routed and handed to its action's handler (forward to one shard, fan out, DDL,
+// COPY, answer locally...): the dispatcher; what the route says of the session (hints,
+// pinning, cursors) taken on.
 #include <spdlog/spdlog.h>
 
 #include <algorithm>
@@ -71,70 +72,51 @@ awaitable<void> Session::handle_request(char boundary) {
 }
 
 awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
-  const char boundary = req.boundary;
-  // Directory-placed keys not cached yet: look them up, then route again.
-  if (route.kind == router::RouteKind::kLookup) co_await resolve_lookups(req, route);
+  // Directory keys not cached yet, values pgshard puts in: done, then routed again.
+  if (router::routes_again(route)) co_await resolve_lookups(req, route);
   if (route.names_unique_id) co_await executor::declare_unique_id(*this);
   req.lone = lone(req, route);
-  if (route.signal_call && route.kind == router::RouteKind::kShard &&
-      co_await signal_client(route, req))
-    co_return;
-  const auto act = router::action(route);
-  worker_.routes().count(route, act);
-  if (route.split_pipeline && pipeline_step_ == PipelineStep::kNone &&
-      co_await run_split_pipeline())
-    co_return;
-  if (act == router::Action::kAnswer || act == router::Action::kRefuse) {
-    co_await answer_locally(route, req);
-    co_return;
-  }
-  adopt(route, boundary);
-  if ((route.txn == router::TxnControl::kPrepare ||
-       route.txn == router::TxnControl::kFinishPrepared) &&
-      co_await client_two_phase(route, req))
-    co_return;
-  if (route.controls_txn && co_await refuse_split_control(route, req)) co_return;
-  // (Most statements neither control nor meet a failed transaction: no coroutine for them.)
-  if ((route.txn != router::TxnControl::kNone || txn_.failed()) &&
-      co_await control_transaction(route, req))
-    co_return;
-  // Parse/Describe alone (a driver preparing) is answered alike by every shard: one does.
-  const bool prepare_only = !req.simple && !binds_or_runs(pending_);
-  switch (act) {
-    case router::Action::kCopyIn:
-      if (req.simple) {
-        co_await executor::copy_in_split(*this, *this, route);
-        pending_.clear();
-        co_return;
-      }
-      [[fallthrough]];
-    case router::Action::kFanOut:
-    case router::Action::kDdl:
-      if (!prepare_only) {
-        // (DDL included.)
-        co_await executor::fan_out(*this, *this, route, {pending_, req.simple, boundary});
-        if (route.ddl) schema_changed();  // (and once it has run)
-        pending_.clear();
-        co_return;
-      }
-      [[fallthrough]];
-    case router::Action::kForward: {
-      const int target = route.shards.size() > 1 ? route.shards.front() : route.shard;
-      log_forward(route, target);
-      std::string_view rest;
-      if (!forwarded_now(target, boundary, rest)) {
-        co_await forward(target, boundary);
-      } else if (!rest.empty()) {
-        auto link = backends_.active;  // (the socket was full)
-        co_await write_server(link, rest);
-        pending_.clear();
-      }
+  const bool runs = router::runs_on_shards(route);
+  if (route.signal_call && runs && co_await signal_client(route, req)) co_return;
+  worker_.routes().count(route);
+  if (runs) {
+    adopt(route, req.boundary);
+    if ((route.txn == router::TxnControl::kPrepare ||
+         route.txn == router::TxnControl::kFinishPrepared) &&
+        co_await client_two_phase(route, req))
       co_return;
-    }
+    if (route.controls_txn && co_await refuse_split_control(route, req)) co_return;
+    // (Most statements neither control nor meet a failed transaction: no coroutine for them.)
+    if ((route.txn != router::TxnControl::kNone || txn_.failed()) &&
+        co_await control_transaction(route, req))
+      co_return;
+  }
+  // (The action is read only now: a client's COMMIT PREPARED goes where its identifier is.)
+  switch (router::action(route)) {
+    case router::Action::kForward:
+      co_await run_forward(req, route, std::get<router::Forward>(route.action).shard);
+      co_return;
+    case router::Action::kFanOut:
+      co_await run_fan_out(req, route);
+      co_return;
+    case router::Action::kDdl:
+      co_await run_schema_change(req, route);
+      co_return;
+    case router::Action::kCopyIn:
+      co_await run_copy_in(req, route, std::get<router::CopyIn>(route.action));
+      co_return;
     case router::Action::kAnswer:
     case router::Action::kRefuse:
+      co_await answer_locally(route, req);
+      co_return;
+    case router::Action::kSplitPipeline:
+      co_await run_pipeline_split(req, route);
+      co_return;
     case router::Action::kLookup:
-      break;  // answered above; resolve_lookups resolved them
+    case router::Action::kGenerateKeys:
+    case router::Action::kInsertSelect:
+    case router::Action::kUniqueIds:
+      co_return;  // resolve_lookups left none of these
   }
 }
 
@@ -172,16 +154,17 @@ void Session::follow_cursors(router::Route& r) {
   // Outside a transaction block only WITH HOLD cursors are left.
   if (!cursors_.empty() && transaction_status() == proto::txn_status::kIdle)
     std::erase_if(cursors_, [](const auto& e) { return !e.second.hold; });
-  if (r.cursor_op == Op::kNone || r.kind != router::RouteKind::kShard) return;
+  if (r.cursor_op == Op::kNone || !router::runs_on_shards(r)) return;
   if (r.cursor_op == Op::kDeclare) {
+    const auto* forward = std::get_if<router::Forward>(&r.action);
+    const int shard = router::shards_of(r).front();
     // A name taken on another shard: that server would not see it. PostgreSQL's answer.
-    if (auto it = cursors_.find(r.cursor); it != cursors_.end() && it->second.shard != r.shard) {
-      r.kind = router::RouteKind::kError;
-      r.error =
-          proto::error(sqlstate::kDuplicateCursor, "cursor \"" + r.cursor + "\" already exists");
+    if (auto it = cursors_.find(r.cursor); it != cursors_.end() && it->second.shard != shard) {
+      r.action = router::Refuse{
+          proto::error(sqlstate::kDuplicateCursor, "cursor \"" + r.cursor + "\" already exists")};
       return;
     }
-    if (r.shards.empty()) cursors_[r.cursor] = {r.shard, r.cursor_hold};
+    if (forward) cursors_[r.cursor] = {forward->shard, r.cursor_hold};
     if (r.cursor_hold && transaction_status() != proto::txn_status::kIdle)
       txn_.declared_hold_cursor(r.cursor);
     return;
@@ -194,8 +177,7 @@ void Session::follow_cursors(router::Route& r) {
   if (r.cursor_op == Op::kClose) txn_.closed_cursor(r.cursor);
   const auto it = cursors_.find(r.cursor);
   if (it == cursors_.end()) return;  // unknown here: the server says it does not exist
-  r.shard = it->second.shard;
-  r.shards.clear();
+  r.action = router::Forward{it->second.shard};
   if (r.cursor_op == Op::kClose) cursors_.erase(it);
 }
 
@@ -215,13 +197,12 @@ router::Route Session::route_batch(bool* simple) {
   const router::Context ctx = routing_context();
   router::Route r = session::route_batch(pending_, statements_, hints_, config_, ctx,
                                          txn_.coordinated() || txn_.deferred(), simple);
-  if (r.kind == router::RouteKind::kShard && r.ddl && !temp_tables_.empty() &&
+  if (router::runs_on_shards(r) && r.ddl && !temp_tables_.empty() &&
       std::any_of(r.schema_objects.begin(), r.schema_objects.end(),
                   [&](const std::string& name) { return temp_tables_.contains(name); })) {
     // A schema change of the client's own temporary table (DROP, ALTER, CREATE INDEX by
     // its plain name): the table lives in its server session only.
-    r.shards.clear();
-    r.shard = ctx.attached.value_or(r.shard);
+    r.action = router::Forward{ctx.attached.value_or(router::shards_of(r).front())};
     r.ddl = false;
   }
   follow_cursors(r);

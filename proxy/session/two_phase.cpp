@@ -102,8 +102,7 @@ awaitable<bool> Session::client_two_phase(router::Route& route, const Request& r
                       req.boundary);
         co_return true;
       }
-      route.shard = shard;
-      route.shards.clear();
+      route.action = router::Forward{shard};
     }
     co_return false;
   }
@@ -150,8 +149,8 @@ awaitable<bool> Session::refuse_split_control(const router::Route& route, const 
   // the transaction only on the shard the Query reaches, while its other shards' parts
   // stayed open, to be committed or lost apart (found from outside): refused before
   // anything runs, failing the transaction as any refusal does.
-  const bool one_shard = route.kind == router::RouteKind::kShard && route.shards.size() <= 1;
-  if (!backends_.in_transaction_besides(one_shard ? route.shard : -1)) co_return false;
+  const auto* one_shard = std::get_if<router::Forward>(&route.action);
+  if (!backends_.in_transaction_besides(one_shard ? one_shard->shard : -1)) co_return false;
   co_await fail(Failure::kRefused,
                 proto::error(sqlstate::kFeatureNotSupported,
                              "a Query of several statements that controls a transaction must "

@@ -36,7 +36,7 @@ void route_with(benchmark::State& state, std::size_t cache_size) {
     value = std::to_string(++key);
     bind.params[0] = std::string_view(value);
     auto r = router::route_extended(kSql, hints, *cfg, ctx);
-    benchmark::DoNotOptimize(r.shard);
+    benchmark::DoNotOptimize(r.action.index());
   }
 }
 
@@ -56,7 +56,7 @@ void BM_RouteSimpleLiteralCached(benchmark::State& state) {
   ctx.reasons = false;  // as on the data path (reasons are built for EXPLAIN and debug logs)
   for (auto _ : state) {
     auto r = router::route_query("select * from users where id = 42", hints, *cfg, ctx);
-    benchmark::DoNotOptimize(r.shard);
+    benchmark::DoNotOptimize(r.action.index());
   }
 }
 }  // namespace

@@ -35,8 +35,9 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     for (const char* sql : kStatements) v.push_back(pgshard::router::route_query(sql, {}, cfg));
     return v;
   }();
-  const auto& route = routes[data[0] % std::size(kStatements)];
-  if (!route.merge) return 0;
+  const auto* fan_out =
+      std::get_if<pgshard::router::FanOut>(&routes[data[0] % std::size(kStatements)].action);
+  if (!fan_out || !fan_out->merge) return 0;
   const int shards = 1 + data[1] % 4;
   const int16_t format = data[2] & 1;
   // Columns: as many as the shards' statement returns, types chosen by the input.
@@ -52,8 +53,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   std::string body;
   desc.write(body);
   pgshard::merge::Collation collation;
-  pgshard::merge::Merger merger(*route.merge, shards, collation, route.merge->limit.value,
-                                route.merge->offset.value);
+  pgshard::merge::Merger merger(*fan_out->merge, shards, collation, fan_out->merge->limit.value,
+                                fan_out->merge->offset.value);
   std::string err;
   if (!merger.describe(std::string_view(body).substr(5), &err)) return 0;
   // Rows: NUL-separated values, one row per input line; the merger asks for them in turn.

@@ -6,6 +6,7 @@
 
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
+#include "route_parts.hpp"
 #include "shard_map.hpp"
 
 using namespace pgshard;
@@ -54,15 +55,15 @@ TEST_CASE("a Bind routes the batch by its key and the statement is remembered", 
   bool simple = false;
   auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
   CHECK_FALSE(simple);
-  REQUIRE(r.kind == router::RouteKind::kShard);
-  CHECK(r.shard == shard_of("42"));
+  REQUIRE(router::runs_on_shards(r));
+  CHECK(testing::forward_shard(r) == shard_of("42"));
   CHECK(statements.text("s1") == "select * from users where id = $1");
   // A later batch binds the stored statement by name alone.
   std::string again;
   bind_key(again, "s1", "7");
   execute_sync(again);
-  CHECK(session::route_batch(again, statements, {}, *cfg, {}, false, &simple).shard ==
-        shard_of("7"));
+  CHECK(testing::forward_shard(session::route_batch(again, statements, {}, *cfg, {}, false,
+                                                    &simple)) == shard_of("7"));
   std::string close;
   proto::Close{'S', "s1"}.write(close);
   proto::write_empty(close, proto::msg::kSync);
@@ -82,8 +83,9 @@ TEST_CASE("Binds of one batch that need different shards are refused", "[batch]"
   execute_sync(batch);
   bool simple = false;
   auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
-  REQUIRE(r.kind == router::RouteKind::kError);
-  CHECK(r.error.code == "0A000");
+  // (Refused, unless the session runs the pipeline statement by statement.)
+  REQUIRE(std::holds_alternative<router::SplitPipeline>(r.action));
+  CHECK(testing::error_of(r).code == "0A000");
 }
 
 TEST_CASE("a BEGIN pipelined ahead of the first statement goes where it goes", "[batch]") {
@@ -98,8 +100,8 @@ TEST_CASE("a BEGIN pipelined ahead of the first statement goes where it goes", "
   execute_sync(batch);
   bool simple = false;
   auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
-  REQUIRE(r.kind == router::RouteKind::kShard);
-  CHECK(r.shard == shard_of("42"));
+  REQUIRE(router::runs_on_shards(r));
+  CHECK(testing::forward_shard(r) == shard_of("42"));
 }
 
 TEST_CASE("a Query pipelined after extended messages must join them", "[batch]") {
@@ -115,20 +117,21 @@ TEST_CASE("a Query pipelined after extended messages must join them", "[batch]")
     proto::Query{"select * from users where id = " + a}.write(batch);
     auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
     CHECK(simple);
-    REQUIRE(r.kind == router::RouteKind::kShard);
-    CHECK(r.shard == shard_of(a.c_str()));
+    REQUIRE(router::runs_on_shards(r));
+    CHECK(testing::forward_shard(r) == shard_of(a.c_str()));
   }
   SECTION("elsewhere it is refused") {
     proto::Query{"select * from users where id = " + b}.write(batch);
     auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
-    REQUIRE(r.kind == router::RouteKind::kError);
-    CHECK(r.error.message.find("shard of the statements before it") != std::string::npos);
+    REQUIRE(testing::refused(r));
+    CHECK(testing::error_of(r).message.find("shard of the statements before it") !=
+          std::string::npos);
   }
   SECTION("it may not end a transaction pgshard runs") {
     proto::Query{"commit"}.write(batch);
     auto r = session::route_batch(batch, statements, {}, *cfg, {}, true, &simple);
-    REQUIRE(r.kind == router::RouteKind::kError);
-    CHECK(r.error.code == "0A000");
+    REQUIRE(testing::refused(r));
+    CHECK(testing::error_of(r).code == "0A000");
   }
 }
 

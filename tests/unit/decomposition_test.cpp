@@ -10,6 +10,7 @@
 #include "proxy/merge/value.hpp"
 #include "proxy/router/hashing.hpp"
 #include "proxy/router/router.hpp"
+#include "route_parts.hpp"
 #include "shard_map.hpp"
 
 using namespace pgshard;
@@ -29,10 +30,12 @@ reference_tables: [countries, products]
 
 // "per shard": runs on several shards (concatenated or merged); "one shard"; "refused".
 std::string verdict(const Route& r) {
-  if (r.kind == RouteKind::kError) return "refused";
-  if (r.shards.size() <= 1) return "one shard";
-  if (r.concat_safe || (r.merge && r.merge_blocker.empty())) return "per shard";
-  return r.merge_blocker.empty() ? "refused (no reason)" : "refused";
+  if (testing::refused(r)) return "refused";
+  if (shards_of(r).size() <= 1) return "one shard";
+  const auto* f = std::get_if<FanOut>(&r.action);
+  if (!f) return "per shard";  // (a schema change or COPY on each shard)
+  if (f->concat_safe || (f->merge && f->merge_blocker.empty())) return "per shard";
+  return f->merge_blocker.empty() ? "refused (no reason)" : "refused";
 }
 
 std::string verdict_of(const std::string& sql) {
@@ -42,12 +45,12 @@ std::string verdict_of(const std::string& sql) {
 
 std::string blocker_of(const std::string& sql) {
   static auto cfg = map();
-  return route_query(sql, SessionHints{}, *cfg).merge_blocker;
+  return testing::fan_out_of(route_query(sql, SessionHints{}, *cfg)).merge_blocker;
 }
 
 std::shared_ptr<const merge::MergePlan> plan_of(const std::string& sql) {
   static auto cfg = map();
-  return route_query(sql, SessionHints{}, *cfg).merge;
+  return testing::fan_out_of(route_query(sql, SessionHints{}, *cfg)).merge;
 }
 
 std::string row_description(std::vector<std::pair<std::string, int32_t>> cols, int16_t fmt = 0) {
@@ -250,7 +253,8 @@ TEST_CASE("writes to reference tables that read sharded rows are refused",
     INFO(sql);
     CHECK(verdict(route_query(sql, SessionHints{}, *cfg)) == "refused");
   }
-  CHECK(route_query("update products set price = 0", SessionHints{}, *cfg).shards.size() == 3);
+  CHECK(testing::spread_shards(route_query("update products set price = 0", SessionHints{}, *cfg))
+            .size() == 3);
 }
 
 TEST_CASE("grouping keys: shard key groups never span shards", "[router][decomposition]") {
@@ -272,16 +276,16 @@ TEST_CASE("merged equality is exact for the listed types only", "[merge][decompo
   using merge::exact_group_equality;
   using merge::exact_group_key;
   namespace oid = merge::oid;
-  for (int32_t t : {oid::kInt2, oid::kInt4, oid::kInt8, oid::kText, oid::kVarchar, oid::kBool,
-                    oid::kDate, oid::kNumeric, oid::kFloat8, oid::kInterval, oid::kTimestamptz,
-                    oid::kUuid})
+  for (int32_t t :
+       {oid::kInt2, oid::kInt4, oid::kInt8, oid::kText, oid::kVarchar, oid::kBool, oid::kDate,
+        oid::kNumeric, oid::kFloat8, oid::kInterval, oid::kTimestamptz, oid::kUuid})
     CHECK(exact_group_equality(t, 0));
-  CHECK(exact_group_equality(1009, 0));          // text[]
-  CHECK(exact_group_equality(1009, 1));          // binary: the null-bitmap flag left out
-  CHECK_FALSE(exact_group_equality(3802, 0));    // jsonb: 1.0 = 1.00 inside
-  CHECK_FALSE(exact_group_equality(2249, 0));    // record
-  CHECK_FALSE(exact_group_equality(1231, 0));    // numeric[]
-  CHECK_FALSE(exact_group_equality(16385, 0));   // a user type (citext, enum...)
+  CHECK(exact_group_equality(1009, 0));         // text[]
+  CHECK(exact_group_equality(1009, 1));         // binary: the null-bitmap flag left out
+  CHECK_FALSE(exact_group_equality(3802, 0));   // jsonb: 1.0 = 1.00 inside
+  CHECK_FALSE(exact_group_equality(2249, 0));   // record
+  CHECK_FALSE(exact_group_equality(1231, 0));   // numeric[]
+  CHECK_FALSE(exact_group_equality(16385, 0));  // a user type (citext, enum...)
   auto key = [](int32_t t, const char* v) { return exact_group_key(t, 0, v); };
   CHECK(key(oid::kInterval, "1 day") == key(oid::kInterval, "24:00:00"));
   CHECK(key(oid::kInterval, "1 mon") == key(oid::kInterval, "30 days"));
@@ -295,14 +299,16 @@ TEST_CASE("merged equality is exact for the listed types only", "[merge][decompo
   // Binary: time 86400 s as microseconds, 0 days, 0 months = 1 day.
   const std::string day_as_time("\x00\x00\x00\x14\x1d\xd7\x60\x00\0\0\0\0\0\0\0\0", 16);
   const std::string one_day("\0\0\0\0\0\0\0\0\0\0\0\x01\0\0\0\0", 16);
-  CHECK(exact_group_key(oid::kInterval, 1, day_as_time) == exact_group_key(oid::kInterval, 1, one_day));
+  CHECK(exact_group_key(oid::kInterval, 1, day_as_time) ==
+        exact_group_key(oid::kInterval, 1, one_day));
   CHECK(key(oid::kNumeric, "1.0") == key(oid::kNumeric, "1.00"));
   CHECK(key(oid::kFloat8, "-0") == key(oid::kFloat8, "0"));
   CHECK(key(oid::kBpchar, "ab  ") == key(oid::kBpchar, "ab"));
   CHECK_FALSE(key(3802, "{\"a\": 1.0}"));
 }
 
-TEST_CASE("GROUP BY a type without exact equality across shards is refused", "[merge][decomposition]") {
+TEST_CASE("GROUP BY a type without exact equality across shards is refused",
+          "[merge][decomposition]") {
   merge::MergePlan plan;
   plan.aggregate = true;
   plan.group_columns = {0};
@@ -325,9 +331,8 @@ TEST_CASE("GROUP BY a type without exact equality across shards is refused", "[m
   {
     // Intervals group by their span: '1 day' and '24:00:00' are one group.
     merge::Merger m(plan, 2, c, std::nullopt, std::nullopt);
-    REQUIRE(m.describe(row_description({{"span", merge::oid::kInterval},
-                                        {"count", merge::oid::kInt8}}),
-                       &err));
+    REQUIRE(m.describe(
+        row_description({{"span", merge::oid::kInterval}, {"count", merge::oid::kInt8}}), &err));
     auto rows = merged(m, {{data_row({"1 day", "2"}), data_row({"1 mon", "1"})},
                            {data_row({"24:00:00", "3"}), data_row({"30 days", "4"})}});
     REQUIRE(rows.size() == 2);
@@ -337,9 +342,8 @@ TEST_CASE("GROUP BY a type without exact equality across shards is refused", "[m
   {
     // An interval in a style pgshard does not read stops the merge, never guessed.
     merge::Merger m(plan, 2, c, std::nullopt, std::nullopt);
-    REQUIRE(m.describe(row_description({{"span", merge::oid::kInterval},
-                                        {"count", merge::oid::kInt8}}),
-                       &err));
+    REQUIRE(m.describe(
+        row_description({{"span", merge::oid::kInterval}, {"count", merge::oid::kInt8}}), &err));
     merged(m, {{data_row({"@ 1 day", "2"})}, {data_row({"@ 1 day", "3"})}});
     CHECK(m.error_code() == "0A000");
     CHECK_THAT(m.error(), Catch::Contains("interval"));
@@ -355,13 +359,12 @@ TEST_CASE("casts over aggregates apply to the merged total", "[router][merge][de
   // The shards send the exact sum: no cast in their statement.
   CHECK(p->shard_sql.find("::") == std::string::npos);
   CHECK(p->shard_sql.find("int") == std::string::npos);
-  for (const char* sql : {"select sum(qty) * 2 from orders", "select count(*) + 1 from orders",
-                          "select round(avg(amount), 2) from orders",
-                          "select avg(amount)::text from orders",
-                          "select min(amount)::int from orders",
-                          "select coalesce(sum(amount), 0) from orders",
-                          "select sum(amount)::int::numeric from orders",
-                          "select status from orders group by status having sum(qty) * 2 > 1"}) {
+  for (const char* sql :
+       {"select sum(qty) * 2 from orders", "select count(*) + 1 from orders",
+        "select round(avg(amount), 2) from orders", "select avg(amount)::text from orders",
+        "select min(amount)::int from orders", "select coalesce(sum(amount), 0) from orders",
+        "select sum(amount)::int::numeric from orders",
+        "select status from orders group by status having sum(qty) * 2 > 1"}) {
     INFO(sql);
     CHECK(verdict_of(sql) == "refused");
   }
@@ -374,8 +377,7 @@ TEST_CASE("casts over aggregates apply to the merged total", "[router][merge][de
   CHECK(p->aggregates[0].scale == 2);
   // Group keys under a collation pgshard cannot vouch for: refused unless the shard key is
   // among the keys.
-  CHECK(verdict_of("select count(*) from users group by name collate \"und-x-icu\"") ==
-        "refused");
+  CHECK(verdict_of("select count(*) from users group by name collate \"und-x-icu\"") == "refused");
   CHECK(verdict_of("select distinct name collate \"und-x-icu\" from users") == "refused");
   CHECK(verdict_of("select id, count(*) from users group by id, name collate \"und-x-icu\"") ==
         "per shard");
@@ -427,7 +429,8 @@ TEST_CASE("binary parameters are read by their declared type", "[router][params]
   const std::string minus_five_int4("\xff\xff\xff\xfb", 4);
   CHECK(binary_text(minus_five_int4, config::KeyType::kInt8, 23) == "-5");
   // float8 -5.0 names key -5; 2.5 names none.
-  const std::string f_minus_five("\xc0\x14\0\0\0\0\0\0", 8), f_two_and_half("\x40\x04\0\0\0\0\0\0", 8);
+  const std::string f_minus_five("\xc0\x14\0\0\0\0\0\0", 8),
+      f_two_and_half("\x40\x04\0\0\0\0\0\0", 8);
   CHECK(binary_text(f_minus_five, config::KeyType::kInt8, 701) == "-5");
   CHECK_FALSE(binary_text(f_two_and_half, config::KeyType::kInt8, 701));
   CHECK_FALSE(binary_text("x", config::KeyType::kInt8, 3802));  // jsonb: not read
@@ -441,6 +444,7 @@ TEST_CASE("binary parameters are read by their declared type", "[router][params]
   ctx.bind = &b;
   ctx.param_types = &types;
   auto r = route_extended("select * from users where id = $1::bigint", SessionHints{}, *cfg, ctx);
-  REQUIRE(r.kind == RouteKind::kShard);
-  CHECK(r.shard == hash_to_index(*partition_hash(config::KeyType::kInt8, "-5"), 3));
+  REQUIRE(runs_on_shards(r));
+  CHECK(testing::forward_shard(r) ==
+        hash_to_index(*partition_hash(config::KeyType::kInt8, "-5"), 3));
 }

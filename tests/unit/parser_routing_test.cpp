@@ -5,10 +5,15 @@
 #include "config/config.hpp"
 #include "proxy/router/hashing.hpp"
 #include "proxy/router/router.hpp"
+#include "route_parts.hpp"
 #include "shard_map.hpp"
 
 using namespace pgshard;
 using namespace pgshard::router;
+using testing::error_of;
+using testing::fan_out_of;
+using testing::forward_shard;
+using testing::spread_shards;
 
 namespace {
 std::shared_ptr<const config::Config> map(const char* unsharded = "reject") {
@@ -29,14 +34,15 @@ int shard_of(const char* key) {
 
 // "s1" for one shard, "all" for every shard, "s0,s2" for a set, "error" for a refusal.
 std::string where(const Route& r) {
-  if (r.kind == RouteKind::kError) return "error";
-  if (r.shards.size() == 3) return "all";
-  if (!r.shards.empty()) {
+  if (testing::refused(r)) return "error";
+  const auto shards = spread_shards(r);
+  if (shards.size() == 3) return "all";
+  if (!shards.empty()) {
     std::string s;
-    for (int i : r.shards) s += (s.empty() ? "s" : ",s") + std::to_string(i);
+    for (int i : shards) s += (s.empty() ? "s" : ",s") + std::to_string(i);
     return s;
   }
-  return "s" + std::to_string(r.shard);
+  return "s" + std::to_string(forward_shard(r));
 }
 
 std::string s(int i) {
@@ -158,8 +164,9 @@ TEST_CASE("IN lists, ANY arrays and ORs give the union of shards", "[router][par
   SessionHints h;
   std::set<int> want{shard_of("1"), shard_of("2"), shard_of("3")};
   auto set_of = [](const Route& r) {
-    if (r.shards.empty()) return std::set<int>{r.shard};
-    return std::set<int>(r.shards.begin(), r.shards.end());
+    const auto shards = spread_shards(r);
+    if (shards.empty()) return std::set<int>{forward_shard(r)};
+    return std::set<int>(shards.begin(), shards.end());
   };
   for (const char* sql : {"select * from users where id in (1, 2, 3)",
                           "select * from users where id = 1 or id = 2 or id = 3",
@@ -227,19 +234,18 @@ TEST_CASE("multi-row INSERT across shards is split by the deparser", "[router][p
       "insert into users (id, name) values (1, 'a'), (2, 'b'), (3, 'c'), (42, 'd') "
       "on conflict (id) do nothing returning id",
       h, *cfg);
-  REQUIRE(r.kind == RouteKind::kShard);
+  REQUIRE(runs_on_shards(r));
   std::set<int> want{shard_of("1"), shard_of("2"), shard_of("3"), shard_of("42")};
-  REQUIRE(r.per_shard_sql.size() == want.size());
+  REQUIRE(fan_out_of(r).per_shard_sql.size() == want.size());
   int rows = 0;
-  for (const auto& [shard, sql] : r.per_shard_sql) {
+  for (const auto& [shard, sql] : fan_out_of(r).per_shard_sql) {
     INFO(sql);
     CHECK(want.contains(shard));
     CHECK_THAT(sql, Catch::Contains("ON CONFLICT"));
     CHECK_THAT(sql, Catch::Contains("RETURNING"));
     // Each part routes, on its own, to its shard.
     auto again = route_query(sql, h, *cfg);
-    CHECK(again.shard == shard);
-    CHECK(again.per_shard_sql.empty());
+    CHECK(forward_shard(again) == shard);  // (one shard: nothing split)
     for (const char* k : {"(1,", "(2,", "(3,", "(42,"})
       if (sql.find(k) != std::string::npos) ++rows;
   }
@@ -254,16 +260,17 @@ TEST_CASE("multi-row INSERT across shards is split by the deparser", "[router][p
   if (shard_of("1") != shard_of("2")) {
     auto r =
         route_extended("insert into users (id, name) values ($1, 'a'), ($2, 'b')", h, *cfg, ctx);
-    CHECK(r.kind == RouteKind::kShard);
-    REQUIRE(r.per_shard_sql.size() == 2);
-    CHECK(r.insert_row_shards == std::vector<int>{shard_of("1"), shard_of("2")});
-    for (const auto& [shard, part] : r.per_shard_sql)
+    CHECK(runs_on_shards(r));
+    REQUIRE(fan_out_of(r).per_shard_sql.size() == 2);
+    CHECK(fan_out_of(r).insert_row_shards == std::vector<int>{shard_of("1"), shard_of("2")});
+    for (const auto& [shard, part] : fan_out_of(r).per_shard_sql)
       CHECK(part.find(shard == shard_of("1") ? "$1" : "$2") != std::string::npos);
   }
   // Without the Bind's values (a Parse described before any Bind) nothing is split.
   Context no_bind;
-  CHECK(route_extended("insert into users (id, name) values ($1, 'a'), ($2, 'b')", h, *cfg, no_bind)
-            .per_shard_sql.empty());
+  auto unsplit =
+      route_extended("insert into users (id, name) values ($1, 'a'), ($2, 'b')", h, *cfg, no_bind);
+  CHECK(!std::holds_alternative<FanOut>(unsplit.action));
 }
 
 TEST_CASE("UPDATE that keeps the key on its shard is allowed", "[router][parser]") {
@@ -272,9 +279,9 @@ TEST_CASE("UPDATE that keeps the key on its shard is allowed", "[router][parser]
   CHECK(where(route_query("update users set id = 42 where id = 42", h, *cfg)) == s(shard_of("42")));
   auto r = route_query("update users set id = 1 where id = 2", h, *cfg);
   if (shard_of("1") != shard_of("2")) {
-    CHECK(r.kind == RouteKind::kError);
-    CHECK(r.error.code == "0A000");
-    CHECK_THAT(r.error.message, Catch::Contains("move"));
+    CHECK(testing::refused(r));
+    CHECK(error_of(r).code == "0A000");
+    CHECK_THAT(error_of(r).message, Catch::Contains("move"));
   }
 }
 
@@ -286,7 +293,7 @@ TEST_CASE("reference tables: reads spread, writes everywhere", "[router][parser]
   ctx.round_robin = &rr;
   std::set<int> seen;
   for (int i = 0; i < 6; ++i)
-    seen.insert(route_query("select * from countries", h, *cfg, ctx).shard);
+    seen.insert(forward_shard(route_query("select * from countries", h, *cfg, ctx)));
   CHECK(seen.size() == 3);
   CHECK(where(route_query("select * from currencies c where c.code = 'EUR'", h, *cfg)) != "error");
   CHECK(where(route_query("insert into countries values ('FR')", h, *cfg)) == "all");
@@ -294,7 +301,7 @@ TEST_CASE("reference tables: reads spread, writes everywhere", "[router][parser]
   CHECK(where(route_query("delete from countries", h, *cfg)) == "all");
   // Being on a shard already, a reference read stays there.
   ctx.attached = 2;
-  CHECK(route_query("select * from countries", h, *cfg, ctx).shard == 2);
+  CHECK(forward_shard(route_query("select * from countries", h, *cfg, ctx)) == 2);
 }
 
 TEST_CASE("no-table statements go to the client's shard or the first", "[router][parser]") {
@@ -304,21 +311,21 @@ TEST_CASE("no-table statements go to the client's shard or the first", "[router]
                           "set timezone = 'UTC'", "select pg_sleep(0)", "listen x", ""}) {
     INFO(sql);
     auto r = route_query(sql, h, *cfg);
-    CHECK(r.kind == RouteKind::kShard);
-    CHECK(r.shard == 0);
-    CHECK(r.shards.empty());
+    CHECK(runs_on_shards(r));
+    CHECK(forward_shard(r) == 0);
+    CHECK(spread_shards(r).empty());
     Context ctx;
     ctx.attached = 1;
-    CHECK(route_query(sql, h, *cfg, ctx).shard == 1);
+    CHECK(forward_shard(route_query(sql, h, *cfg, ctx)) == 1);
   }
 }
 
 TEST_CASE("the unsharded policy decides for tables outside the map", "[router][parser]") {
   SessionHints h;
   auto r = route_query("select * from accounts", h, *map("reject"));
-  CHECK(r.kind == RouteKind::kError);
-  CHECK(r.error.code == "0A000");
-  CHECK_THAT(r.error.message, Catch::Contains("not in pgshard's shard map"));
+  CHECK(testing::refused(r));
+  CHECK(error_of(r).code == "0A000");
+  CHECK_THAT(error_of(r).message, Catch::Contains("not in pgshard's shard map"));
   // all: every shard keeps a copy, as of a reference table: reads one, writes every one.
   {
     auto all = map("all");
@@ -328,11 +335,11 @@ TEST_CASE("the unsharded policy decides for tables outside the map", "[router][p
     std::set<int> seen;
     for (int i = 0; i < 3; ++i) {
       auto read = route_query("select count(*) from accounts", h, *all, ctx);
-      CHECK(read.shards.empty());
-      seen.insert(read.shard);
+      CHECK(spread_shards(read).empty());
+      seen.insert(forward_shard(read));
     }
     CHECK(seen.size() == 3);
-    CHECK(route_query("copy accounts to stdout", h, *all).shards.empty());
+    CHECK(spread_shards(route_query("copy accounts to stdout", h, *all)).empty());
     for (const char* write : {"insert into accounts values (1), (2)", "update accounts set a = 1",
                               "delete from accounts", "select * from accounts for update",
                               "with x as (insert into accounts values (1) returning *) "
@@ -340,18 +347,18 @@ TEST_CASE("the unsharded policy decides for tables outside the map", "[router][p
       INFO(write);
       auto r = route_query(write, h, *all);
       CHECK(where(r) == "all");
-      CHECK(r.replicated);
+      CHECK(fan_out_of(r).replicated);
       CHECK(std::string(to_string(action(r))) == "fan-out");
     }
     auto copy = route_query("copy accounts from stdin (format binary)", h, *all);
     CHECK(std::string(to_string(action(copy))) == "COPY in");
     CHECK(where(copy) == "all");
-    REQUIRE(copy.copy_in);
-    CHECK(copy.copy_in->replicate);
-    CHECK(copy.copy_table == -1);
+    CHECK(testing::copy_in_of(copy).split.replicate);
+    CHECK(testing::copy_in_of(copy).table == -1);
     // Another policy never splits or copies a COPY.
     CHECK(where(route_query("copy accounts from stdin", h, *map("{ shard: s1 }"))) == "s1");
-    CHECK(!route_query("copy accounts from stdin", h, *map("{ shard: s1 }")).copy_in);
+    CHECK(!std::holds_alternative<CopyIn>(
+        route_query("copy accounts from stdin", h, *map("{ shard: s1 }")).action));
   }
   CHECK(where(route_query("select * from accounts", h, *map("{ shard: s2 }"))) == "s2");
   CHECK(where(route_query("insert into accounts values (1)", h, *map("{ shard: s1 }"))) == "s1");
@@ -359,22 +366,22 @@ TEST_CASE("the unsharded policy decides for tables outside the map", "[router][p
   CHECK(where(route_query("/* pgshard: shard=s1 */ select * from accounts", h, *map("reject"))) ==
         "s1");
   // Statements that do not parse reach PostgreSQL, which reports the syntax error.
-  CHECK(route_query("selec * from users", h, *map("reject")).kind == RouteKind::kShard);
+  CHECK(runs_on_shards(route_query("selec * from users", h, *map("reject"))));
 }
 
 TEST_CASE("hints beat the parser", "[router][parser]") {
   auto cfg = map();
   SessionHints h;
   int other = (shard_of("42") + 1) % 3;
-  CHECK(route_query("/* pgshard: shard=" + s(other) + " */ select * from users where id = 42", h,
-                    *cfg)
-            .shard == other);
+  CHECK(forward_shard(route_query(
+            "/* pgshard: shard=" + s(other) + " */ select * from users where id = 42", h, *cfg)) ==
+        other);
   h.session.shard = s(other);
-  CHECK(route_query("select * from users where id = 42", h, *cfg).shard == other);
+  CHECK(forward_shard(route_query("select * from users where id = 42", h, *cfg)) == other);
   h = {};
   h.session.sharding_key = "42";
-  CHECK(route_query("select * from users", h, *cfg).shard == shard_of("42"));
-  CHECK(route_query("select * from users", h, *cfg).shards.empty());
+  CHECK(forward_shard(route_query("select * from users", h, *cfg)) == shard_of("42"));
+  CHECK(spread_shards(route_query("select * from users", h, *cfg)).empty());
 }
 
 TEST_CASE("a session's remembered statement routes each Bind by its own key", "[router][parser]") {
@@ -391,19 +398,19 @@ TEST_CASE("a session's remembered statement routes each Bind by its own key", "[
   const std::string sql = "select * from users where id = $1";
   for (const char* key : {"1", "2", "3", "42", "1"}) {
     b.params = {std::string_view(key)};
-    CHECK(route_extended(sql, h, *cfg, ctx).shard == shard_of(key));
+    CHECK(forward_shard(route_extended(sql, h, *cfg, ctx)) == shard_of(key));
     CHECK(memo.sql == sql);
   }
   // A session hint still places a remembered statement.
   const int other = (shard_of("42") + 1) % 3;
   h.session.shard = s(other);
   b.params = {std::string_view("42")};
-  CHECK(route_extended(sql, h, *cfg, ctx).shard == other);
+  CHECK(forward_shard(route_extended(sql, h, *cfg, ctx)) == other);
   h = {};
   // A comment hint: not remembered, and the hint holds on every Bind.
   const std::string hinted = "/* pgshard: shard=" + s(other) + " */ " + sql;
   for (int i = 0; i < 2; ++i) {
-    CHECK(route_extended(hinted, h, *cfg, ctx).shard == other);
+    CHECK(forward_shard(route_extended(hinted, h, *cfg, ctx)) == other);
     CHECK(memo.sql == sql);
   }
   // A SET pgshard.* text is applied each time it is bound.
@@ -413,7 +420,7 @@ TEST_CASE("a session's remembered statement routes each Bind by its own key", "[
   // Another configuration (a reload) analyses the text again under its own map.
   auto one = map();
   b.params = {std::string_view("42")};
-  CHECK(route_extended(sql, h, *one, ctx).shard == shard_of("42"));
+  CHECK(forward_shard(route_extended(sql, h, *one, ctx)) == shard_of("42"));
   CHECK(memo.cfg == one.get());
 }
 
@@ -425,49 +432,52 @@ TEST_CASE("Bind parameters carry the key, text and binary", "[router][parser]") 
   std::string v = "42";
   b.params = {std::string_view(v)};
   ctx.bind = &b;
-  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard == shard_of("42"));
-  CHECK(route_extended("select * from users where id = $1::bigint", h, *cfg, ctx).shard ==
+  CHECK(forward_shard(route_extended("select * from users where id = $1", h, *cfg, ctx)) ==
         shard_of("42"));
-  CHECK(route_extended("insert into users (id, name) values ($1, 'x')", h, *cfg, ctx).shard ==
+  CHECK(forward_shard(route_extended("select * from users where id = $1::bigint", h, *cfg, ctx)) ==
         shard_of("42"));
+  CHECK(forward_shard(route_extended("insert into users (id, name) values ($1, 'x')", h, *cfg,
+                                     ctx)) == shard_of("42"));
   // Binary int8, int4, int2.
   std::string i8("\0\0\0\0\0\0\0\x2a", 8), i4("\0\0\0\x2a", 4), i2("\0\x2a", 2);
   for (const auto* raw : {&i8, &i4, &i2}) {
     b.params = {std::string_view(*raw)};
     b.param_formats = {1};
-    CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard ==
+    CHECK(forward_shard(route_extended("select * from users where id = $1", h, *cfg, ctx)) ==
           shard_of("42"));
   }
   // Negative binary int8.
   std::string neg("\xff\xff\xff\xff\xff\xff\xff\xf9", 8);
   b.params = {std::string_view(neg)};
-  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard == shard_of("-7"));
+  CHECK(forward_shard(route_extended("select * from users where id = $1", h, *cfg, ctx)) ==
+        shard_of("-7"));
   // Binary uuid.
   std::string u("\xa0\xee\xbc\x99\x9c\x0b\x4e\xf8\xbb\x6d\x6b\xb9\xbd\x38\x0a\x11", 16);
   b.params = {std::string_view(u)};
-  CHECK(route_extended("select * from devices where uuid = $1", h, *cfg, ctx).shard ==
+  CHECK(forward_shard(route_extended("select * from devices where uuid = $1", h, *cfg, ctx)) ==
         hash_to_index(
             *partition_hash(config::KeyType::kUuid, "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"), 3));
   // Text keys.
   b.param_formats = {};
   std::string tok = "abc";
   b.params = {std::string_view(tok)};
-  CHECK(route_extended("select * from sessions where token = $1", h, *cfg, ctx).shard ==
+  CHECK(forward_shard(route_extended("select * from sessions where token = $1", h, *cfg, ctx)) ==
         hash_to_index(*partition_hash(config::KeyType::kText, "abc"), 3));
   // Second parameter is the key.
   std::string name = "x";
   b.params = {std::string_view(name), std::string_view(v)};
-  CHECK(route_extended("select * from users where name = $1 and id = $2", h, *cfg, ctx).shard ==
-        shard_of("42"));
+  CHECK(forward_shard(route_extended("select * from users where name = $1 and id = $2", h, *cfg,
+                                     ctx)) == shard_of("42"));
   // Array parameter, text form.
   std::string arr = "{1,2,3}";
   b.params = {std::string_view(arr)};
   auto r = route_extended("select * from users where id = any($1)", h, *cfg, ctx);
-  std::set<int> got(r.shards.begin(), r.shards.end());
-  if (got.empty()) got.insert(r.shard);
+  const auto shards = spread_shards(r);
+  std::set<int> got(shards.begin(), shards.end());
+  if (got.empty()) got.insert(forward_shard(r));
   CHECK(got == std::set<int>{shard_of("1"), shard_of("2"), shard_of("3")});
   // Without a Bind (Describe only) any shard describes it.
-  CHECK(route_extended("select * from users where id = $1", h, *cfg).kind == RouteKind::kShard);
+  CHECK(runs_on_shards(route_extended("select * from users where id = $1", h, *cfg)));
 }
 
 TEST_CASE("binary array parameters decode", "[router][parser]") {
@@ -493,15 +503,16 @@ TEST_CASE("binary array parameters decode", "[router][parser]") {
 TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[router][parser]") {
   auto cfg = map();
   SessionHints h;
-  CHECK(route_query("select * from users", h, *cfg).concat_safe);
-  CHECK(route_query("select id from users where name like 'a%'", h, *cfg).concat_safe);
+  CHECK(fan_out_of(route_query("select * from users", h, *cfg)).concat_safe);
+  CHECK(fan_out_of(route_query("select id from users where name like 'a%'", h, *cfg)).concat_safe);
   // Merged by pgshard: a plan, no blocker.
   for (const char* sql :
        {"select * from users order by id", "select * from users limit 3",
         "select count(*) from users", "select name, max(id) from users group by name",
         "select distinct name from users"}) {
     INFO(sql);
-    auto r = route_query(sql, h, *cfg);
+    const auto route = route_query(sql, h, *cfg);
+    const auto& r = fan_out_of(route);
     CHECK_FALSE(r.concat_safe);
     CHECK(r.merge_blocker.empty());
     REQUIRE(r.merge);
@@ -517,7 +528,8 @@ TEST_CASE("multi-shard reads say whether rows can simply be concatenated", "[rou
         "select string_agg(name, ',') from users", "select * from users limit 1 + 1",
         "select name, count(*) from users group by rollup (name)"}) {
     INFO(sql);
-    auto r = route_query(sql, h, *cfg);
+    const auto route = route_query(sql, h, *cfg);
+    const auto& r = fan_out_of(route);
     CHECK_FALSE(r.concat_safe);
     CHECK_FALSE(r.merge_blocker.empty());
   }
@@ -536,7 +548,8 @@ TEST_CASE("joins not on both shard keys are refused whatever would merge them",
         "select count(*) from orders o, users u where u.id = o.id",
         "select distinct o.id from orders o join users u on u.id = o.id order by 1"}) {
     INFO(sql);
-    auto r = route_query(sql, h, *cfg);
+    const auto route = route_query(sql, h, *cfg);
+    const auto& r = fan_out_of(route);
     CHECK(r.merge == nullptr);
     CHECK_FALSE(r.concat_safe);
     CHECK_THAT(r.merge_blocker, Catch::StartsWith("joining sharded tables (") &&
@@ -544,7 +557,9 @@ TEST_CASE("joins not on both shard keys are refused whatever would merge them",
                                     Catch::Contains("other than on their shard keys"));
   }
   // Co-located: merged.
-  auto r = route_query("select count(*) from orders o join users u on u.id = o.user_id", h, *cfg);
+  const auto route =
+      route_query("select count(*) from orders o join users u on u.id = o.user_id", h, *cfg);
+  const auto& r = fan_out_of(route);
   CHECK(r.merge_blocker.empty());
   CHECK(r.merge);
 }
@@ -647,7 +662,8 @@ TEST_CASE("statements without sharded tables share a cache entry across literals
   SessionHints hints;
   Context ctx;
   ctx.cache = &cache;
-  CHECK(route_query("select abalance from accounts where aid = 77", hints, *cfg, ctx).shard == 1);
+  CHECK(forward_shard(
+            route_query("select abalance from accounts where aid = 77", hints, *cfg, ctx)) == 1);
 }
 
 TEST_CASE("statements of one shape share its analysis with their own literals",
@@ -835,9 +851,9 @@ router: { parse: false }
 )",
                                  "t.yaml");
   SessionHints h;
-  CHECK(route_query("select * from users where id = 3", h, *cfg).shard == 0);
-  CHECK(route_query("select * from users", h, *cfg).shards.empty());
-  CHECK(route_query("/* pgshard: shard=s1 */ select * from users", h, *cfg).shard == 1);
+  CHECK(forward_shard(route_query("select * from users where id = 3", h, *cfg)) == 0);
+  CHECK(spread_shards(route_query("select * from users", h, *cfg)).empty());
+  CHECK(forward_shard(route_query("/* pgshard: shard=s1 */ select * from users", h, *cfg)) == 1);
 }
 
 TEST_CASE("keys that cannot be read are never guessed", "[router][parser]") {
@@ -850,25 +866,28 @@ TEST_CASE("keys that cannot be read are never guessed", "[router][parser]") {
   // Binary numeric 42 (ndigits 1, weight 0, sign +, dscale 0, digit 42) routes like 42.
   std::string num42("\0\x01\0\0\0\0\0\0\0\x2a", 10);
   b.params = {std::string_view(num42)};
-  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard == shard_of("42"));
+  CHECK(forward_shard(route_extended("select * from users where id = $1", h, *cfg, ctx)) ==
+        shard_of("42"));
   // Binary numeric 10000 (weight 1, digits 1, 0 -> stored as ndigits 1 weight 1 digit 1).
   std::string num10k("\0\x01\0\x01\0\0\0\0\0\x01", 10);
   b.params = {std::string_view(num10k)};
-  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shard ==
+  CHECK(forward_shard(route_extended("select * from users where id = $1", h, *cfg, ctx)) ==
         shard_of("10000"));
   // An unreadable binary key: reads go everywhere, writes are refused.
   std::string odd("\x01\x02\x03", 3);
   b.params = {std::string_view(odd)};
   CHECK(where(route_extended("select * from users where id = $1", h, *cfg, ctx)) == "all");
   auto w = route_extended("delete from users where id = $1", h, *cfg, ctx);
-  CHECK(w.kind == RouteKind::kError);
-  CHECK_THAT(w.error.message, Catch::Contains("parameter $1"));
+  CHECK(testing::refused(w));
+  CHECK_THAT(error_of(w).message, Catch::Contains("parameter $1"));
   // NULL matches nothing: any one shard answers.
   b.params = {std::nullopt};
-  CHECK(route_extended("select * from users where id = $1", h, *cfg, ctx).shards.empty());
+  CHECK(spread_shards(route_extended("select * from users where id = $1", h, *cfg, ctx)).empty());
   // 42.0 equals 42 for an integer key.
-  CHECK(route_query("select * from users where id = 42.0", h, *cfg).shard == shard_of("42"));
-  CHECK(route_query("select * from users where id = '42'", h, *cfg).shard == shard_of("42"));
+  CHECK(forward_shard(route_query("select * from users where id = 42.0", h, *cfg)) ==
+        shard_of("42"));
+  CHECK(forward_shard(route_query("select * from users where id = '42'", h, *cfg)) ==
+        shard_of("42"));
 }
 
 TEST_CASE("COPY into a reference table copies every row to every shard", "[router][parser]") {
@@ -882,16 +901,14 @@ TEST_CASE("COPY into a reference table copies every row to every shard", "[route
     auto r = route_query(sql, h, *cfg);
     CHECK(std::string(to_string(action(r))) == "COPY in");
     CHECK(where(r) == "all");
-    REQUIRE(r.copy_in);
-    CHECK(r.copy_in->replicate);
+    CHECK(testing::copy_in_of(r).split.replicate);
   }
   // A server-side file: every shard reads its own, as any write to a reference table.
   auto file = route_query("copy countries from '/tmp/c.csv'", h, *cfg);
   CHECK(where(file) == "all");
-  CHECK(file.replicated);
-  CHECK(!file.copy_in);
+  CHECK(fan_out_of(file).replicated);  // (not a CopyIn)
   // Reading a reference table: one shard.
-  CHECK(route_query("copy countries to stdout", h, *cfg).shards.empty());
+  CHECK(spread_shards(route_query("copy countries to stdout", h, *cfg)).empty());
 }
 
 TEST_CASE("COPY TO over several shards knows whether it has a header line", "[router][parser]") {
@@ -906,7 +923,7 @@ TEST_CASE("COPY TO over several shards knows whether it has a header line", "[ro
     INFO(sql);
     auto r = route_query(sql, h, *cfg);
     CHECK(where(r) == "all");
-    CHECK(r.copy_out_header);
+    CHECK(fan_out_of(r).copy_out_header);
   }
   for (const char* sql :
        {"copy users to stdout", "copy users to stdout (format csv)",
@@ -914,7 +931,7 @@ TEST_CASE("COPY TO over several shards knows whether it has a header line", "[ro
         "copy users to stdout (format csv, header 0)", "copy users to stdout (header off)",
         "copy users to stdout with binary"}) {
     INFO(sql);
-    CHECK_FALSE(route_query(sql, h, *cfg).copy_out_header);
+    CHECK_FALSE(fan_out_of(route_query(sql, h, *cfg)).copy_out_header);
   }
 }
 
@@ -930,7 +947,7 @@ TEST_CASE("every route is one action of a closed set", "[router][parser]") {
   CHECK(std::string(act("show pgshard.shard")) == "answer");
   CHECK(std::string(act("select * from nowhere_known")) == "refuse");
   Route lookup;
-  lookup.kind = RouteKind::kLookup;
+  lookup.action = Lookup{};
   CHECK(std::string(to_string(action(lookup))) == "lookup");
 }
 
@@ -945,8 +962,7 @@ TEST_CASE("INSERT without a column list takes the key from the table's column or
   ctx.columns = &columns;
   // The order is not known yet: the session is asked to read it from the catalog.
   auto r = route_query("insert into users values (42, 'x')", h, *cfg, ctx);
-  CHECK(r.kind == RouteKind::kLookup);
-  CHECK(r.column_lookups == std::vector<int>{0});
+  CHECK(testing::lookup_of(r).columns == std::vector<int>{0});
   columns.put("users", 0);
   CHECK(where(route_query("insert into users values (42, 'x')", h, *cfg, ctx)) ==
         s(shard_of("42")));
@@ -969,19 +985,21 @@ TEST_CASE("INSERT without a column list takes the key from the table's column or
   // Rows for several shards are split, one INSERT per shard.
   auto split =
       route_query("insert into users values ('a', 1), ('b', 2), ('c', 3), ('d', 42)", h, *cfg, ctx);
-  REQUIRE(split.kind == RouteKind::kShard);
+  REQUIRE(runs_on_shards(split));
   std::set<int> want = {shard_of("1"), shard_of("2"), shard_of("3"), shard_of("42")};
-  CHECK(std::set<int>(split.shards.begin(), split.shards.end()) == want);
+  const auto split_shards = spread_shards(split);
+  CHECK(std::set<int>(split_shards.begin(), split_shards.end()) == want);
   // A row without the key, or a key that is an expression: refused, never guessed.
   CHECK(where(route_query("insert into users values ('x')", h, *cfg, ctx)) == "error");
   CHECK(where(route_query("insert into users values ('x', random()::bigint)", h, *cfg, ctx)) ==
         "error");
   // No such table: any shard, where PostgreSQL reports it.
   columns.put("orders", -1);
-  CHECK(route_query("insert into orders values (1, 2)", h, *cfg, ctx).kind == RouteKind::kShard);
+  CHECK(runs_on_shards(route_query("insert into orders values (1, 2)", h, *cfg, ctx)));
   // A schema change through pgshard forgets every position.
   catalog_generation++;
-  CHECK(route_query("insert into users values ('x', 42)", h, *cfg, ctx).kind == RouteKind::kLookup);
+  CHECK(std::holds_alternative<Lookup>(
+      route_query("insert into users values ('x', 42)", h, *cfg, ctx).action));
 }
 
 TEST_CASE("INSERT leaving the key to its default asks for generated keys", "[router][parser]") {
@@ -989,17 +1007,14 @@ TEST_CASE("INSERT leaving the key to its default asks for generated keys", "[rou
   auto cfg = map();
   SessionHints h;
   auto r = route_query("insert into users (name) values ('x'), ('y') returning id", h, *cfg);
-  REQUIRE(r.kind == RouteKind::kLookup);
-  CHECK(r.generate_table == 0);
-  CHECK(r.generate_count == 2);
+  CHECK(testing::generate_of(r).table == 0);
+  CHECK(testing::generate_of(r).count == 2);
   r = route_query("insert into users (id, name) values (default, 'x'), (5, 'y')", h, *cfg);
-  REQUIRE(r.kind == RouteKind::kLookup);
-  CHECK(r.generate_count == 1);
+  CHECK(testing::generate_of(r).count == 1);
   // Only described (a driver preparing): nothing runs, no key is generated.
   Context describe;
   describe.describe_only = true;
-  CHECK(route_extended("insert into users (name) values ($1)", h, *cfg, describe).kind ==
-        RouteKind::kShard);
+  CHECK(runs_on_shards(route_extended("insert into users (name) values ($1)", h, *cfg, describe)));
   CHECK(where(route_query("update users set id = default where id = 1", h, *cfg)) == "error");
   // nextval and friends go to the sequences' home (the first shard), wherever the client is.
   Context attached;
@@ -1016,11 +1031,11 @@ TEST_CASE("INSERT leaving the key to its default asks for generated keys", "[rou
   CHECK_THAT(*sql, Catch::Contains("('x', '7'), ('y', '8')"));
   CHECK_THAT(*sql, Catch::Contains("RETURNING id"));
   auto split = route_query(*sql, h, *cfg);
-  REQUIRE(split.kind == RouteKind::kShard);
+  REQUIRE(runs_on_shards(split));
   if (shard_of("7") == shard_of("8"))
     CHECK(where(split) == s(shard_of("7")));
   else
-    CHECK(split.shards.size() == 2);
+    CHECK(spread_shards(split).size() == 2);
   sql = with_generated_keys("insert into users (id, name) values (default, 'x'), (5, 'y')", "id",
                             -1, {"9"});
   REQUIRE(sql);
@@ -1040,19 +1055,18 @@ TEST_CASE("pgshard.unique_id() calls are routed after pgshard puts its ids in",
   SessionHints h;
   // Run: a lookup (the session puts ids in, then routes again); described only: any shard.
   auto r = route_query("insert into users (id, name) values (pgshard.unique_id(), 'x')", h, *cfg);
-  CHECK(r.kind == RouteKind::kLookup);
-  CHECK(r.unique_ids);
+  CHECK(std::holds_alternative<UniqueIds>(r.action));
   Context describe;
   describe.describe_only = true;
   r = route_extended("insert into users (id, name) values (pgshard.unique_id(), $1)", h, *cfg,
                      describe);
-  CHECK(r.kind == RouteKind::kShard);
+  CHECK(runs_on_shards(r));
   CHECK(r.names_unique_id);
   // A column default in a schema change stays a call; the shards need it declared.
   r = route_query("create table items (id bigint default pgshard.unique_id())", h, *cfg);
-  CHECK(r.kind == RouteKind::kShard);
+  CHECK(runs_on_shards(r));
   CHECK(r.names_unique_id);
-  CHECK_FALSE(r.unique_ids);
+  CHECK_FALSE(std::holds_alternative<UniqueIds>(r.action));
   // Where one call could serve several rows (one id put in would repeat): refused.
   for (const char* many : {"select pgshard.unique_id() from generate_series(1, 3)",
                            "select pgshard.unique_id(), generate_series(1, 3)",
@@ -1062,14 +1076,16 @@ TEST_CASE("pgshard.unique_id() calls are routed after pgshard puts its ids in",
                            "insert into users (id) select pgshard.unique_id() from users"}) {
     INFO(many);
     auto refused = route_query(many, h, *cfg);
-    CHECK(refused.kind == RouteKind::kError);
-    CHECK_THAT(refused.error.message, Catch::Contains("share one id"));
+    CHECK(testing::refused(refused));
+    CHECK_THAT(error_of(refused).message, Catch::Contains("share one id"));
   }
-  CHECK(route_query("select pgshard.unique_id() as a, pgshard.unique_id_53() where true", h, *cfg)
-            .unique_ids);
+  CHECK(std::holds_alternative<UniqueIds>(
+      route_query("select pgshard.unique_id() as a, pgshard.unique_id_53() where true", h, *cfg)
+          .action));
   // Another schema's unique_id, or one with arguments, is not pgshard's.
-  CHECK(route_query("select other.unique_id()", h, *cfg).kind == RouteKind::kShard);
-  CHECK_FALSE(route_query("select pgshard.unique_id(1)", h, *cfg).unique_ids);
+  CHECK(runs_on_shards(route_query("select other.unique_id()", h, *cfg)));
+  CHECK_FALSE(std::holds_alternative<UniqueIds>(
+      route_query("select pgshard.unique_id(1)", h, *cfg).action));
   int n = 0;
   std::vector<bool> variants;
   auto next = [&](bool js) -> std::optional<int64_t> {
@@ -1084,8 +1100,8 @@ TEST_CASE("pgshard.unique_id() calls are routed after pgshard puts its ids in",
   CHECK_THAT(*sql, Catch::Contains("('1000'::bigint, 'x'), ('1001'::bigint, 'y')"));
   CHECK(variants == std::vector<bool>{false, true});
   r = route_query(*sql, h, *cfg);
-  CHECK(r.kind == RouteKind::kShard);
-  if (shard_of("1000") != shard_of("1001")) CHECK(r.shards.size() == 2);
+  CHECK(runs_on_shards(r));
+  if (shard_of("1000") != shard_of("1001")) CHECK(spread_shards(r).size() == 2);
   CHECK_FALSE(with_unique_ids("select 1", next));
   CHECK_FALSE(with_unique_ids("select pgshard.unique_id()",
                               [](bool) -> std::optional<int64_t> { return std::nullopt; }));
@@ -1096,8 +1112,7 @@ TEST_CASE("INSERT ... SELECT: the SELECT runs first, its rows go in as VALUES",
   auto cfg = map();
   SessionHints h;
   auto r = route_query("insert into users (id, name) select id, name from users", h, *cfg);
-  CHECK(r.kind == RouteKind::kLookup);
-  CHECK(r.insert_select);
+  CHECK(std::holds_alternative<InsertSelect>(r.action));
   // The SELECT of it, as its own statement, with parameters put in as literals.
   auto select = insert_select_sql(
       "insert into users (id, name) select id + 1, $1 from users where id = $2 "
@@ -1120,7 +1135,7 @@ TEST_CASE("INSERT ... SELECT: the SELECT runs first, its rows go in as VALUES",
         "INSERT INTO users (id, name) VALUES ('7'::bigint, 'a''b'::pg_catalog.text), "
         "('8'::bigint, NULL::pg_catalog.text) ON CONFLICT DO NOTHING RETURNING id");
   auto routed = route_query(*values, h, *cfg);
-  CHECK(routed.kind == RouteKind::kShard);
+  CHECK(runs_on_shards(routed));
   // No rows: typed NULLs WHERE false, which inserts nothing and goes to one shard.
   auto none =
       with_select_rows("insert into users (id, name) select id, name from users", {20, 25}, {});
@@ -1128,8 +1143,8 @@ TEST_CASE("INSERT ... SELECT: the SELECT runs first, its rows go in as VALUES",
   CHECK(*none ==
         "INSERT INTO users (id, name) SELECT NULL::bigint, NULL::pg_catalog.text WHERE false");
   routed = route_query(*none, h, *cfg);
-  CHECK(routed.kind == RouteKind::kShard);
-  CHECK(routed.shards.empty());
+  CHECK(runs_on_shards(routed));
+  CHECK(spread_shards(routed).empty());
   // A WITH around the INSERT is not taken apart.
   CHECK(where(route_query("with x as (select 1 as id) insert into users (id) select id from x", h,
                           *cfg)) == "error");
@@ -1143,8 +1158,9 @@ TEST_CASE("a foreign key must hold on each shard, or CREATE/ALTER is refused", "
   std::string msg;
   auto refused = [&](const char* sql) {
     auto r = route_query(sql, h, *cfg);
-    msg = r.error.message;
-    return r.kind == RouteKind::kError && r.error.code == "0A000";
+    if (!testing::refused(r)) return false;
+    msg = error_of(r).message;
+    return error_of(r).code == "0A000";
   };
   CHECK(where(route_query("alter table orders add foreign key (user_id) references users (id)", h,
                           *cfg)) == "all");
@@ -1199,30 +1215,28 @@ TEST_CASE("INSERT leaving a generated column that is not the key asks for its va
   ctx.columns = &columns;
   // The table's generated columns are not known yet: read from the catalog first.
   auto r = route_query("insert into orders (user_id, amount) values (1, 2)", h, *cfg, ctx);
-  REQUIRE(r.kind == RouteKind::kLookup);
-  CHECK(r.column_lookups == std::vector<int>{1});
+  CHECK(testing::lookup_of(r).columns == std::vector<int>{1});
   columns.put("orders", 1, {{"id", 0, false}, {"gid", 3, true}});
   // Left out: every row; DEFAULT: those rows; given: none.
   r = route_query("insert into orders (user_id, amount) values (1, 2), (2, 3) returning id", h,
                   *cfg, ctx);
-  REQUIRE(r.kind == RouteKind::kLookup);
-  CHECK(r.generate_count == 0);
-  REQUIRE(r.generate_columns.size() == 2);
-  CHECK(r.generate_columns[0].column.name == "id");
-  CHECK(r.generate_columns[0].count == 2);
-  CHECK(r.generate_columns[1].column.always);
+  CHECK(testing::generate_of(r).count == 0);
+  REQUIRE(testing::generate_of(r).columns.size() == 2);
+  CHECK(testing::generate_of(r).columns[0].column.name == "id");
+  CHECK(testing::generate_of(r).columns[0].count == 2);
+  CHECK(testing::generate_of(r).columns[1].column.always);
   r = route_query(
       "insert into orders (id, gid, user_id) values (default, 7, 1), (5, 8, 2), (default, 9, 3)", h,
       *cfg, ctx);
-  REQUIRE(r.generate_columns.size() == 1);
-  CHECK(r.generate_columns[0].count == 2);
+  REQUIRE(testing::generate_of(r).columns.size() == 1);
+  CHECK(testing::generate_of(r).columns[0].count == 2);
   CHECK(where(route_query("insert into orders (id, gid, user_id) values (5, 6, 42)", h, *cfg,
                           ctx)) == s(shard_of("42")));
   // Without a column list: DEFAULT in the column's place, or a row stopping before it.
   r = route_query("insert into orders values (default, 42, 1)", h, *cfg, ctx);
-  REQUIRE(r.generate_columns.size() == 2);
-  CHECK(r.generate_columns[0].positional);
-  CHECK(r.generate_columns[1].count == 1);
+  REQUIRE(testing::generate_of(r).columns.size() == 2);
+  CHECK(testing::generate_of(r).columns[0].positional);
+  CHECK(testing::generate_of(r).columns[1].count == 1);
   // The values put in: a column added to the list, DEFAULT replaced, rows padded.
   CHECK(
       with_generated_keys("insert into orders (user_id) values (1), (2)", "id", -1, {"10", "11"}) ==
@@ -1235,8 +1249,8 @@ TEST_CASE("INSERT leaving a generated column that is not the key asks for its va
   // Only described: runs nowhere, any shard describes it.
   Context describe = ctx;
   describe.describe_only = true;
-  CHECK(route_extended("insert into orders (user_id) values ($1)", h, *cfg, describe).kind ==
-        RouteKind::kShard);
+  CHECK(runs_on_shards(
+      route_extended("insert into orders (user_id) values ($1)", h, *cfg, describe)));
 }
 
 TEST_CASE("cursors: DECLARE goes where its query goes; several shards are refused",
@@ -1258,7 +1272,7 @@ TEST_CASE("cursors: DECLARE goes where its query goes; several shards are refuse
   CHECK(r.pins);
   r = route_query("declare m cursor for select count(*) from orders", h, *cfg);
   CHECK(where(r) == "error");
-  CHECK(r.error.code == "0A000");
+  CHECK(error_of(r).code == "0A000");
   // FETCH, MOVE and CLOSE name the cursor (the session sends them to its shard).
   r = route_query("fetch 2 from c", h, *cfg);
   CHECK(r.cursor_op == Analysis::CursorOp::kFetch);

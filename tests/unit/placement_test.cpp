@@ -5,6 +5,7 @@
 
 #include "config/config.hpp"
 #include "proxy/router/router.hpp"
+#include "route_parts.hpp"
 
 using namespace pgshard;
 
@@ -103,7 +104,8 @@ TEST_CASE("range placement with bounds and a default", "[placement]") {
   CHECK(*router::place_key(t, "-5", 3).shard == 2);
   CHECK_FALSE(router::place_key(t, "x", 3).shard);
   router::SessionHints h;
-  CHECK(router::route_query("select * from logs where day = 150", h, *cfg).shard == 1);
+  CHECK(testing::forward_shard(
+            router::route_query("select * from logs where day = 150", h, *cfg)) == 1);
 }
 
 TEST_CASE("range without default refuses writes outside every range", "[placement]") {
@@ -116,11 +118,10 @@ TEST_CASE("range without default refuses writes outside every range", "[placemen
   CHECK_THAT(p.error, Catch::Contains("no shard holds key 25"));
   router::SessionHints h;
   auto r = router::route_query("insert into logs (day) values (25)", h, *cfg);
-  CHECK(r.kind == router::RouteKind::kError);
-  CHECK(r.error.code == "23514");
+  CHECK(testing::refused(r));
+  CHECK(testing::error_of(r).code == "23514");
   // A read of a key no shard holds simply finds nothing.
-  CHECK(router::route_query("select * from logs where day = 25", h, *cfg).kind ==
-        router::RouteKind::kShard);
+  CHECK(router::runs_on_shards(router::route_query("select * from logs where day = 25", h, *cfg)));
 }
 
 TEST_CASE("list placement", "[placement]") {
@@ -204,9 +205,8 @@ TEST_CASE("directory placement: cached entries, hash fallback, lookups asked for
   router::Context ctx;
   ctx.directory = &cache;
   auto r = router::route_query("select * from tenants where id = 42", h, *cfg, ctx);
-  CHECK(r.kind == router::RouteKind::kLookup);
-  REQUIRE(r.lookups.size() == 1);
-  CHECK(r.lookups[0].second == "42");
+  REQUIRE(testing::lookup_of(r).keys.size() == 1);
+  CHECK(testing::lookup_of(r).keys[0].second == "42");
   CHECK_THAT(
       error_of(shards_yaml(2) + "sharded_tables: [{ table: t, column: c, function: directory }]\n"),
       Catch::Contains("directory goes with function: directory"));

@@ -7,6 +7,7 @@
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/router/hashing.hpp"
+#include "route_parts.hpp"
 #include "shard_map.hpp"
 
 using namespace pgshard;
@@ -85,19 +86,19 @@ TEST_CASE("pgshard settings are answered by pgshard and change routing", "[route
   auto cfg = map();
   SessionHints h;
   auto r = route_query("SET pgshard.shard = 's2'", h, *cfg);
-  REQUIRE(r.kind == RouteKind::kAnswer);
+  REQUIRE(std::holds_alternative<Answer>(r.action));
   CHECK(r.hints.session.shard == "s2");
-  auto tag = protocol::decode_frame(r.answer);
+  auto tag = protocol::decode_frame(std::get<Answer>(r.action).text);
   CHECK(protocol::CommandComplete::parse(tag.frame.body)->tag == "SET");
   h = r.hints;
-  CHECK(route_query("select 1", h, *cfg).shard == 2);
+  CHECK(testing::forward_shard(route_query("select 1", h, *cfg)) == 2);
 
   r = route_query("show pgshard.shard", h, *cfg);
-  REQUIRE(r.kind == RouteKind::kAnswer);
-  CHECK(r.answer.find("s2") != std::string::npos);
+  REQUIRE(std::holds_alternative<Answer>(r.action));
+  CHECK(std::get<Answer>(r.action).text.find("s2") != std::string::npos);
 
   r = route_query("RESET pgshard.shard", h, *cfg);
-  CHECK(r.kind == RouteKind::kAnswer);
+  CHECK(std::holds_alternative<Answer>(r.action));
   CHECK_FALSE(r.hints.session.shard);
 }
 
@@ -105,30 +106,30 @@ TEST_CASE("sharding_key hashes like the table's partitioning", "[router]") {
   auto cfg = map();
   SessionHints h;
   h.session.sharding_key = "3";
-  CHECK(route_query("select 1", h, *cfg).shard == 1);
+  CHECK(testing::forward_shard(route_query("select 1", h, *cfg)) == 1);
   h.session.sharding_key = "1";
-  CHECK(route_query("select 1", h, *cfg).shard == 2);
+  CHECK(testing::forward_shard(route_query("select 1", h, *cfg)) == 2);
 }
 
 TEST_CASE("hint precedence: comment, SET LOCAL, SET, default", "[router]") {
   auto cfg = map();
   SessionHints h;
-  CHECK(route_query("select 1", h, *cfg).shard == 0);
+  CHECK(testing::forward_shard(route_query("select 1", h, *cfg)) == 0);
   CHECK(route_query("select 1", h, *cfg).reason == "no table");
-  CHECK(route_query("SELECT 1 /* PGSHARD: SHARD=s1 */", h, *cfg).shard == 1);
+  CHECK(testing::forward_shard(route_query("SELECT 1 /* PGSHARD: SHARD=s1 */", h, *cfg)) == 1);
   h.session.shard = "s1";
-  CHECK(route_query("select 1", h, *cfg).shard == 1);
+  CHECK(testing::forward_shard(route_query("select 1", h, *cfg)) == 1);
   h.local.shard = "s2";
-  CHECK(route_query("select 1", h, *cfg).shard == 2);
-  CHECK(route_query("/* pgshard: shard=s0 */ select 1", h, *cfg).shard == 0);
-  CHECK(route_query("select 1 -- pgshard: sharding_key=1", h, *cfg).shard == 2);
+  CHECK(testing::forward_shard(route_query("select 1", h, *cfg)) == 2);
+  CHECK(testing::forward_shard(route_query("/* pgshard: shard=s0 */ select 1", h, *cfg)) == 0);
+  CHECK(testing::forward_shard(route_query("select 1 -- pgshard: sharding_key=1", h, *cfg)) == 2);
   // A string literal that looks like a hint is not a hint.
-  CHECK(route_query("select '/* pgshard: shard=s0 */'", h, *cfg).shard == 2);
+  CHECK(testing::forward_shard(route_query("select '/* pgshard: shard=s0 */'", h, *cfg)) == 2);
   // Explicit shard beats a key at the same level.
   SessionHints k;
   k.session.shard = "s1";
   k.session.sharding_key = "1";
-  CHECK(route_query("select 1", k, *cfg).shard == 1);
+  CHECK(testing::forward_shard(route_query("select 1", k, *cfg)) == 1);
 }
 
 TEST_CASE("SET LOCAL is local, SET replaces it, RESET ALL clears everything", "[router]") {
@@ -141,7 +142,7 @@ TEST_CASE("SET LOCAL is local, SET replaces it, RESET ALL clears everything", "[
   CHECK_FALSE(h.local.shard);
   CHECK(h.session.shard == "s2");
   auto r = route_query("RESET ALL", h, *cfg);
-  CHECK(r.kind == RouteKind::kShard);  // also reaches the server
+  CHECK(runs_on_shards(r));  // also reaches the server
   CHECK(r.hints.empty());
 }
 
@@ -154,7 +155,8 @@ TEST_CASE("pgshard words are found at every offset and in every case", "[router]
     const std::string lead(pad, ' ');
     const std::string tail(pad % 5, ' ');
     SessionHints h;
-    CHECK(route_query(lead + "select 1 /* PgShArD: shard=s1 */" + tail, h, *cfg).shard == 1);
+    CHECK(testing::forward_shard(
+              route_query(lead + "select 1 /* PgShArD: shard=s1 */" + tail, h, *cfg)) == 1);
     h = route_query(lead + "SET PGSHARD.shard = s2" + tail, h, *cfg).hints;
     CHECK(h.session.shard == "s2");
     CHECK(route_query(lead + "ReSeT ALL" + tail, h, *cfg).hints.empty());
@@ -167,18 +169,18 @@ TEST_CASE("bad pgshard settings and hints are errors with SQLSTATE", "[router]")
   auto cfg = map();
   SessionHints h;
   auto r = route_query("SET pgshard.shard = 'nope'", h, *cfg);
-  CHECK(r.kind == RouteKind::kError);
-  CHECK(r.error.code == "22023");
+  CHECK(testing::refused(r));
+  CHECK(testing::error_of(r).code == "22023");
   r = route_query("SET pgshard.sharding_key = 'abc'", h, *cfg);
-  CHECK(r.kind == RouteKind::kError);
-  CHECK(r.error.code == "22023");
+  CHECK(testing::refused(r));
+  CHECK(testing::error_of(r).code == "22023");
   r = route_query("SET pgshard.bogus = 1", h, *cfg);
-  CHECK(r.error.code == "42704");
+  CHECK(testing::error_of(r).code == "42704");
   r = route_query("/* pgshard: shardd=s1 */ select 1", h, *cfg);
-  CHECK(r.kind == RouteKind::kError);
+  CHECK(testing::refused(r));
   r = route_query("/* pgshard: shard=s9 */ select 1", h, *cfg);
-  CHECK(r.kind == RouteKind::kError);
-  CHECK(r.error.message == "unknown shard \"s9\"");
+  CHECK(testing::refused(r));
+  CHECK(testing::error_of(r).message == "unknown shard \"s9\"");
 }
 
 TEST_CASE("statements mixing pgshard settings with SQL are forwarded with the setting applied",
@@ -186,13 +188,12 @@ TEST_CASE("statements mixing pgshard settings with SQL are forwarded with the se
   auto cfg = map();
   SessionHints h;
   auto r = route_query("SET pgshard.shard = 's1'; select 1", h, *cfg);
-  CHECK(r.kind == RouteKind::kShard);
-  CHECK(r.shard == 1);
+  CHECK(runs_on_shards(r));
+  CHECK(testing::forward_shard(r) == 1);
   r = route_extended("SET pgshard.sharding_key = '3'", h, *cfg);
-  CHECK(r.kind == RouteKind::kShard);
+  CHECK(runs_on_shards(r));
   CHECK(r.hints.session.sharding_key == "3");
-  CHECK(route_query("selec 1", h, *cfg).kind ==
-        RouteKind::kShard);  // syntax errors reach PostgreSQL
+  CHECK(runs_on_shards(route_query("selec 1", h, *cfg)));  // syntax errors reach PostgreSQL
 }
 
 TEST_CASE("reads of pg_prepared_statements are pointed at the client's own view", "[router]") {
