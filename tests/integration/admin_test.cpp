@@ -740,6 +740,27 @@ TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[
   on(2, "create table live_check (id bigint, name text)");
   CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
   CHECK(out.find("OK: 3 shards answer") != std::string::npos);
+
+  // A missing reference table, a key column renamed away, a shard nobody answers on.
+  on(0, "drop table live_ref");
+  on(2, "alter table live_check rename column id to ident");
+  const int closed = free_port();
+  std::string with_dead = yaml;
+  with_dead.insert(with_dead.find("sharded_tables:"),
+                   "  - { name: dead, primary: \"postgres://app:secret@127.0.0.1:" +
+                       std::to_string(closed) + "/app\" }\n");
+  std::ofstream(dir + "/map.yaml") << with_dead;
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+  INFO(out);
+  CHECK(out.find("ERROR shard s0 (postgres://app@127.0.0.1:" + std::to_string(cluster.port(0)) +
+                 "/app): reference table live_ref does not exist\n") != std::string::npos);
+  CHECK(out.find("/app): sharded table live_check has no key column id\n") != std::string::npos);
+  CHECK(out.find("ERROR shard dead (postgres://app@127.0.0.1:" + std::to_string(closed) +
+                 "/app): cannot connect: ") != std::string::npos);
+  CHECK(out.find("4 problems found\n") != std::string::npos);  // and s2's columns differ
+  on(0, "create table live_ref (code text)");
+  on(2, "alter table live_check rename column ident to id");
+  std::ofstream(dir + "/map.yaml") << yaml;
   for (int i = 0; i < cluster.size(); ++i) {
     on(i, "drop table live_check");
     on(i, "drop table live_ref");
