@@ -227,8 +227,8 @@ TEST_CASE("the client's own notifications carry the process id pgshard gave it",
     proto::MessageWriter(out)
         .begin(msg::kNotificationResponse)
         .i32(pid)
-        .str("ch")
-        .str("hi")
+        .cstr("ch")
+        .cstr("hi")
         .finish();
     return out;
   };
