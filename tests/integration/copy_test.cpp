@@ -495,7 +495,7 @@ TEST_CASE(
   };
   // Before: a CopyFail with an empty body (no message, no terminator) ended the COPY as
   // CopyDone does, and the shards committed.
-  for (const std::string reason : {std::string("client changed its mind\0", 24), std::string()}) {
+  for (const std::string& reason : {std::string("client changed its mind\0", 24), std::string()}) {
     INFO("reason: " << reason.size() << " bytes");
     std::string q;
     p::Query{"copy cp_items (id, name, score) from stdin"}.write(q);
