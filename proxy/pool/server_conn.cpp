@@ -143,7 +143,9 @@ std::string answer_authentication(const proto::Authentication& a, const BackendT
 
 }  // namespace
 
-awaitable<std::string> ServerConn::open_socket(const std::string& where) {
+awaitable<std::string> ServerConn::login() {
+  const std::string where = "shard " + target_.shard_name + " (" + target_.host + ":" +
+                            std::to_string(target_.port) + ")";
   tcp::resolver resolver(socket_->get_executor());
   auto [rec, endpoints] =
       co_await resolver.async_resolve(target_.host, std::to_string(target_.port), use_nothrow);
@@ -153,13 +155,7 @@ awaitable<std::string> ServerConn::open_socket(const std::string& where) {
   protocol_ = ep.protocol();
   socket_->set_option(tcp::no_delay(true));
   enable_drained_reads(*socket_);
-  co_return std::string();
-}
 
-awaitable<std::string> ServerConn::login() {
-  const std::string where = "shard " + target_.shard_name + " (" + target_.host + ":" +
-                            std::to_string(target_.port) + ")";
-  if (auto err = co_await open_socket(where); !err.empty()) co_return err;
   std::string out;
   proto::write_startup(out, {{"user", target_.user}, {"database", target_.database}});
   if (auto [ec, n] = co_await asio::async_write(*socket_, asio::buffer(out), use_nothrow); ec)

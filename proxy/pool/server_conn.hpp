@@ -157,8 +157,6 @@ class ServerConn {
 
  private:
   awaitable<std::string> login();
-  // Resolves and connects to the target; the reason it could not, or "".
-  awaitable<std::string> open_socket(const std::string& where);
   // Empty only on its way to another worker (between leave() and arrive()), when it must
   // not refer to the io_context it left (which may be gone before it arrives).
   std::optional<tcp::socket> socket_;
