@@ -86,12 +86,10 @@ awaitable<void> Login::send_fatal(const proto::ErrorInfo& e) {
 }
 
 awaitable<bool> Login::run() {
-  if (!co_await read_startup()) co_return false;
-  if (!co_await accept_startup()) co_return false;
-  co_return co_await log_in();
+  co_return co_await negotiate();
 }
 
-awaitable<bool> Login::read_startup() {
+awaitable<bool> Login::negotiate() {
   for (;;) {
     auto d = proto::decode_startup(in_.view());
     if (d.status == proto::DecodeStatus::kError) {
@@ -114,58 +112,50 @@ awaitable<bool> Login::read_startup() {
     id_.raw.assign(d.frame.body);
     in_.consume(d.consumed);
     switch (pkt->kind) {
-      case proto::StartupKind::kSSLRequest:
-        if (!co_await answer_ssl_request()) co_return false;
+      case proto::StartupKind::kSSLRequest: {
+        // Bytes sent after SSLRequest but before the handshake would be read as if they
+        // were encrypted; PostgreSQL refuses them (CVE-2021-23214), and so do we.
+        if (!in_.empty()) {
+          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
+                                           "received unencrypted data after SSL request"));
+          co_return false;
+        }
+        const bool offer = worker_.shared().tls() && !stream_.tls() &&
+                           config_.tls.mode != config::TlsMode::kDisable;
+        if (!co_await write(offer ? "S" : "N")) co_return false;
+        if (offer) {
+          if (auto ec = co_await stream_.handshake(*worker_.shared().tls())) {
+            spdlog::info("{}: TLS handshake failed: {}", prefix_(), ec.message());
+            co_return false;
+          }
+        }
         continue;
+      }
       case proto::StartupKind::kGSSENCRequest:
         if (!co_await write("N")) co_return false;
         continue;
-      case proto::StartupKind::kCancelRequest:
-        co_await pass_on_cancel(pkt->cancel_pid, pkt->cancel_secret);
+      case proto::StartupKind::kCancelRequest: {
+        // As PostgreSQL: the connection closes once the cancel has reached the servers, so a
+        // client that waits for the close (libpq's PQcancel) never has its next statement
+        // cancelled by a request still on its way.
+        auto delivered = std::make_shared<asio::steady_timer>(stream_.socket().get_executor(),
+                                                              std::chrono::seconds(5));
+        auto ex = stream_.socket().get_executor();
+        const bool known = runtime::CancelRegistry::instance().cancel(
+            {pkt->cancel_pid, pkt->cancel_secret},
+            [delivered, ex] { asio::post(ex, [delivered] { delivered->cancel(); }); });
+        if (known) co_await delivered->async_wait(use_nothrow);
         co_return false;
+      }
       case proto::StartupKind::kStartup:
         break;
     }
     // Re-parse from our own copy: the views must outlive the input buffer.
     pkt = proto::parse_startup(id_.raw, &err);
     id_.startup = *pkt;
-    co_return true;
+    break;
   }
-}
 
-awaitable<bool> Login::answer_ssl_request() {
-  // Bytes sent after SSLRequest but before the handshake would be read as if they
-  // were encrypted; PostgreSQL refuses them (CVE-2021-23214), and so do we.
-  if (!in_.empty()) {
-    co_await send_fatal(
-        proto::fatal(sqlstate::kProtocolViolation, "received unencrypted data after SSL request"));
-    co_return false;
-  }
-  const bool offer =
-      worker_.shared().tls() && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
-  if (!co_await write(offer ? "S" : "N")) co_return false;
-  if (offer) {
-    if (auto ec = co_await stream_.handshake(*worker_.shared().tls())) {
-      spdlog::info("{}: TLS handshake failed: {}", prefix_(), ec.message());
-      co_return false;
-    }
-  }
-  co_return true;
-}
-
-awaitable<void> Login::pass_on_cancel(int32_t pid, int32_t secret) {
-  // As PostgreSQL: the connection closes once the cancel has reached the servers, so a
-  // client that waits for the close (libpq's PQcancel) never has its next statement
-  // cancelled by a request still on its way.
-  auto delivered = std::make_shared<asio::steady_timer>(stream_.socket().get_executor(),
-                                                        std::chrono::seconds(5));
-  auto ex = stream_.socket().get_executor();
-  const bool known = runtime::CancelRegistry::instance().cancel(
-      {pid, secret}, [delivered, ex] { asio::post(ex, [delivered] { delivered->cancel(); }); });
-  if (known) co_await delivered->async_wait(use_nothrow);
-}
-
-awaitable<bool> Login::accept_startup() {
   auto unknown = id_.startup.protocol_options();
   if (id_.startup.minor > 0 || !unknown.empty()) {
     // We speak 3.0 only; say so instead of failing (NegotiateProtocolVersion).
@@ -192,11 +182,6 @@ awaitable<bool> Login::accept_startup() {
   }
   id_.database = id_.startup.param("database").empty() ? std::string(user)
                                                        : std::string(id_.startup.param("database"));
-  co_return true;
-}
-
-awaitable<bool> Login::log_in() {
-  const auto user = id_.startup.param("user");
   if (on_auth_) on_auth_();
   const config::User* u = config_.find_user(user);
   if (!u) {

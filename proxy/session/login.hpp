@@ -40,15 +40,7 @@ class Login {
   awaitable<bool> run();
 
  private:
-  // run()'s steps. Reads packets until the StartupMessage (answering SSLRequest and
-  // GSSENCRequest, passing a CancelRequest on); false when the connection ends.
-  awaitable<bool> read_startup();
-  awaitable<bool> answer_ssl_request();
-  awaitable<void> pass_on_cancel(int32_t pid, int32_t secret);
-  // Protocol version, TLS, user, replication and database of the startup packet.
-  awaitable<bool> accept_startup();
-  // Authenticates the user the startup packet names (an unknown one fails at the proof).
-  awaitable<bool> log_in();
+  awaitable<bool> negotiate();
   awaitable<bool> authenticate(const config::User& user);
   awaitable<bool> read();
   awaitable<bool> write(std::string_view bytes);
