@@ -118,118 +118,148 @@ std::string describe(const Columns& c) {
   return out;
 }
 
-}  // namespace
+using Rows = std::vector<std::vector<std::string>>;
+using Connection = std::unique_ptr<PGconn, void (*)(PGconn*)>;
 
-int check_live(const config::Config& cfg, std::ostream& out) {
-  int problems = 0;
-  auto problem = [&](const std::string& line) {
-    out << "ERROR " << line << "\n";
-    ++problems;
-  };
-  // Per table: the first shard's columns, to compare the others with.
-  std::map<std::string, std::pair<std::string, Columns>> first_seen;
-  std::map<std::string, std::vector<Sequence>> sequences;  // table.column -> shards' copies
-  for (const auto& shard : cfg.shards) {
+// The rows of `sql` with one text parameter (none when `param` is empty); none on error.
+Rows ask(PGconn* c, const char* sql, const std::string& param) {
+  const char* params[] = {param.c_str()};
+  PGresult* r = PQexecParams(c, sql, param.empty() ? 0 : 1, nullptr,
+                             param.empty() ? nullptr : params, nullptr, nullptr, 0);
+  Rows rows;
+  if (PQresultStatus(r) == PGRES_TUPLES_OK)
+    for (int i = 0; i < PQntuples(r); ++i) {
+      rows.emplace_back();
+      for (int j = 0; j < PQnfields(r); ++j) rows.back().emplace_back(PQgetvalue(r, i, j));
+    }
+  PQclear(r);
+  return rows;
+}
+
+constexpr const char* kColumnsSql =
+    "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
+    "where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped "
+    "order by a.attnum";
+
+// Sequences behind each sharded table's columns: owned by a column (serial, identity)
+// or named by its default (nextval('...')).
+constexpr const char* kSequencesSql =
+    "with cols as (select a.attnum, a.attname from pg_attribute a where a.attrelid = "
+    "to_regclass($1) and a.attnum > 0 and not a.attisdropped), seqs as ("
+    "select c.attname, d.objid as seq from cols c join pg_depend d on d.classid = "
+    "'pg_class'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = "
+    "to_regclass($1) and d.refobjsubid = c.attnum and d.deptype in ('a', 'i') "
+    "union select c.attname, d.refobjid from cols c join pg_attrdef ad on ad.adrelid = "
+    "to_regclass($1) and ad.adnum = c.attnum join pg_depend d on d.classid = "
+    "'pg_attrdef'::regclass and d.objid = ad.oid and d.refclassid = 'pg_class'::regclass) "
+    "select s.attname, quote_ident(n.nspname) || '.' || quote_ident(k.relname), "
+    "q.seqstart, q.seqincrement, q.seqmin, q.seqmax, "
+    "coalesce(pg_sequence_last_value(k.oid)::text, '') "
+    "from seqs s join pg_class k on k.oid = s.seq and k.relkind = 'S' "
+    "join pg_namespace n on n.oid = k.relnamespace join pg_sequence q on q.seqrelid = k.oid "
+    "order by 1, 2";
+
+// check_live over the shards one by one: each problem one ERROR line.
+class LiveCheck {
+ public:
+  LiveCheck(const config::Config& cfg, std::ostream& out) : cfg_(cfg), out_(out) {}
+
+  int run() {
+    for (const auto& shard : cfg_.shards) check_shard(shard);
+    problems_ += check_sequences(cfg_, sequences_, out_);
+    if (problems_ == 0)
+      out_ << "OK: " << cfg_.shards.size() << " shards answer; " << cfg_.sharded_tables.size()
+           << " sharded tables with their keys and the same columns on every shard"
+           << (cfg_.two_phase_commit ? "; two-phase commit possible" : "") << "\n";
+    else
+      out_ << problems_ << " problem" << (problems_ == 1 ? "" : "s") << " found\n";
+    return problems_;
+  }
+
+ private:
+  void problem(const std::string& line) {
+    out_ << "ERROR " << line << "\n";
+    ++problems_;
+  }
+
+  void check_shard(const config::Shard& shard) {
     const std::string at = "shard " + shard.name + " (" + shard.primary.text() + ")";
-    std::unique_ptr<PGconn, void (*)(PGconn*)> c(
-        PQconnectdb(runtime::maintenance_conninfo(cfg, shard, "pgshard-check").c_str()), PQfinish);
+    Connection c(PQconnectdb(runtime::maintenance_conninfo(cfg_, shard, "pgshard-check").c_str()),
+                 PQfinish);
     if (PQstatus(c.get()) != CONNECTION_OK) {
       std::string err = PQerrorMessage(c.get());
       while (!err.empty() && err.back() == '\n') err.pop_back();
       problem(at + ": cannot connect: " + err);
-      continue;
+      return;
     }
-    auto ask = [&](const char* sql,
-                   const std::string& param) -> std::vector<std::vector<std::string>> {
-      const char* params[] = {param.c_str()};
-      PGresult* r = PQexecParams(c.get(), sql, param.empty() ? 0 : 1, nullptr,
-                                 param.empty() ? nullptr : params, nullptr, nullptr, 0);
-      std::vector<std::vector<std::string>> rows;
-      if (PQresultStatus(r) == PGRES_TUPLES_OK)
-        for (int i = 0; i < PQntuples(r); ++i) {
-          rows.emplace_back();
-          for (int j = 0; j < PQnfields(r); ++j) rows.back().emplace_back(PQgetvalue(r, i, j));
-        }
-      PQclear(r);
-      return rows;
-    };
-    if (cfg.two_phase_commit) {
-      auto rows = ask("select current_setting('max_prepared_transactions')::int", "");
+    if (cfg_.two_phase_commit) {
+      auto rows = ask(c.get(), "select current_setting('max_prepared_transactions')::int", "");
       if (rows.empty() || rows[0][0] == "0")
         problem(at +
                 ": max_prepared_transactions is 0; two_phase_commit needs it above 0 "
                 "(or set two_phase_commit: false)");
     }
-    const char* columns_sql =
-        "select a.attname, format_type(a.atttypid, a.atttypmod) from pg_attribute a "
-        "where a.attrelid = to_regclass($1) and a.attnum > 0 and not a.attisdropped "
-        "order by a.attnum";
-    for (const auto& t : cfg.sharded_tables) {
-      const auto name = t.qualified_name();
-      Columns cols;
-      for (auto& row : ask(columns_sql, name)) cols.emplace_back(row[0], row[1]);
-      if (cols.empty()) {
-        problem(at + ": sharded table " + name + " does not exist");
-        continue;
-      }
-      const std::string* key_type = nullptr;
-      for (const auto& [n, type] : cols)
-        if (n == t.column) key_type = &type;
-      if (!key_type)
-        problem(at + ": sharded table " + name + " has no key column " + t.column);
-      else if (!key_type_matches(t.type, *key_type))
-        problem(at + ": sharded table " + name + " key column " + t.column + " is " + *key_type +
-                ", the map says " + config::to_string(t.type));
-      auto [it, fresh] = first_seen.emplace(name, std::make_pair(shard.name, cols));
-      if (!fresh && it->second.second != cols)
-        problem(at + ": sharded table " + name + " columns differ from shard " + it->second.first +
-                ": (" + describe(cols) + ") vs (" + describe(it->second.second) + ")");
-    }
-    // Sequences behind each sharded table's columns: owned by a column (serial, identity)
-    // or named by its default (nextval('...')).
-    const char* sequences_sql =
-        "with cols as (select a.attnum, a.attname from pg_attribute a where a.attrelid = "
-        "to_regclass($1) and a.attnum > 0 and not a.attisdropped), seqs as ("
-        "select c.attname, d.objid as seq from cols c join pg_depend d on d.classid = "
-        "'pg_class'::regclass and d.refclassid = 'pg_class'::regclass and d.refobjid = "
-        "to_regclass($1) and d.refobjsubid = c.attnum and d.deptype in ('a', 'i') "
-        "union select c.attname, d.refobjid from cols c join pg_attrdef ad on ad.adrelid = "
-        "to_regclass($1) and ad.adnum = c.attnum join pg_depend d on d.classid = "
-        "'pg_attrdef'::regclass and d.objid = ad.oid and d.refclassid = 'pg_class'::regclass) "
-        "select s.attname, quote_ident(n.nspname) || '.' || quote_ident(k.relname), "
-        "q.seqstart, q.seqincrement, q.seqmin, q.seqmax, "
-        "coalesce(pg_sequence_last_value(k.oid)::text, '') "
-        "from seqs s join pg_class k on k.oid = s.seq and k.relkind = 'S' "
-        "join pg_namespace n on n.oid = k.relnamespace join pg_sequence q on q.seqrelid = k.oid "
-        "order by 1, 2";
-    for (const auto& t : cfg.sharded_tables)
-      for (auto& row : ask(sequences_sql, t.qualified_name())) {
-        Sequence seq;
-        seq.shard = shard.name;
-        seq.name = row[1];
-        try {
-          seq.start = std::stoll(row[2]);
-          seq.increment = std::stoll(row[3]);
-          seq.min = std::stoll(row[4]);
-          seq.max = std::stoll(row[5]);
-          if (!row[6].empty()) seq.last = std::stoll(row[6]);
-        } catch (const std::exception&) {
-          continue;
-        }
-        sequences[t.qualified_name() + "." + row[0]].push_back(std::move(seq));
-      }
-    for (const auto& ref : cfg.reference_tables)
-      if (ask(columns_sql, ref).empty())
+    for (const auto& t : cfg_.sharded_tables) check_sharded_table(c.get(), at, shard, t);
+    for (const auto& t : cfg_.sharded_tables) collect_sequences(c.get(), shard, t);
+    for (const auto& ref : cfg_.reference_tables)
+      if (ask(c.get(), kColumnsSql, ref).empty())
         problem(at + ": reference table " + ref + " does not exist");
   }
-  problems += check_sequences(cfg, sequences, out);
-  if (problems == 0)
-    out << "OK: " << cfg.shards.size() << " shards answer; " << cfg.sharded_tables.size()
-        << " sharded tables with their keys and the same columns on every shard"
-        << (cfg.two_phase_commit ? "; two-phase commit possible" : "") << "\n";
-  else
-    out << problems << " problem" << (problems == 1 ? "" : "s") << " found\n";
-  return problems;
+
+  // The table exists, has its key column of the map's type, and the first shard's columns.
+  void check_sharded_table(PGconn* c, const std::string& at, const config::Shard& shard,
+                           const config::ShardedTable& t) {
+    const auto name = t.qualified_name();
+    Columns cols;
+    for (auto& row : ask(c, kColumnsSql, name)) cols.emplace_back(row[0], row[1]);
+    if (cols.empty()) {
+      problem(at + ": sharded table " + name + " does not exist");
+      return;
+    }
+    const std::string* key_type = nullptr;
+    for (const auto& [n, type] : cols)
+      if (n == t.column) key_type = &type;
+    if (!key_type)
+      problem(at + ": sharded table " + name + " has no key column " + t.column);
+    else if (!key_type_matches(t.type, *key_type))
+      problem(at + ": sharded table " + name + " key column " + t.column + " is " + *key_type +
+              ", the map says " + config::to_string(t.type));
+    auto [it, fresh] = first_seen_.emplace(name, std::make_pair(shard.name, cols));
+    if (!fresh && it->second.second != cols)
+      problem(at + ": sharded table " + name + " columns differ from shard " + it->second.first +
+              ": (" + describe(cols) + ") vs (" + describe(it->second.second) + ")");
+  }
+
+  void collect_sequences(PGconn* c, const config::Shard& shard, const config::ShardedTable& t) {
+    for (auto& row : ask(c, kSequencesSql, t.qualified_name())) {
+      Sequence seq;
+      seq.shard = shard.name;
+      seq.name = row[1];
+      try {
+        seq.start = std::stoll(row[2]);
+        seq.increment = std::stoll(row[3]);
+        seq.min = std::stoll(row[4]);
+        seq.max = std::stoll(row[5]);
+        if (!row[6].empty()) seq.last = std::stoll(row[6]);
+      } catch (const std::exception&) {
+        continue;
+      }
+      sequences_[t.qualified_name() + "." + row[0]].push_back(std::move(seq));
+    }
+  }
+
+  const config::Config& cfg_;
+  std::ostream& out_;
+  int problems_ = 0;
+  // Per table: the first shard's columns, to compare the others with.
+  std::map<std::string, std::pair<std::string, Columns>> first_seen_;
+  std::map<std::string, std::vector<Sequence>> sequences_;  // table.column -> shards' copies
+};
+
+}  // namespace
+
+int check_live(const config::Config& cfg, std::ostream& out) {
+  return LiveCheck(cfg, out).run();
 }
 
 }  // namespace pgshard::admin

@@ -3,6 +3,7 @@
 #include <spdlog/spdlog.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cctype>
 #include <charconv>
 #include <csignal>
@@ -503,6 +504,94 @@ std::string show_help() {
   return out;
 }
 
+std::string show_version() {
+  Table t{{"version", kText}};
+  t << (std::string("pgshard ") + PGSHARD_VERSION);
+  t.end_row();
+  return t.write("SHOW");
+}
+
+std::string command_complete(std::string_view tag) {
+  std::string out;
+  proto::CommandComplete{tag}.write(out);
+  return out;
+}
+
+// SHOW's items, by their upper-case names.
+struct ShowItem {
+  std::string_view name;
+  std::string (*answer)(const Snapshot& s, const config::Config& cfg);
+};
+
+constexpr ShowItem kShowItems[] = {
+    {"HELP", [](const Snapshot&, const config::Config&) { return show_help(); }},
+    {"VERSION", [](const Snapshot&, const config::Config&) { return show_version(); }},
+    {"POOLS", [](const Snapshot& s, const config::Config& cfg) { return show_pools(s, cfg); }},
+    {"STATS", [](const Snapshot& s, const config::Config&) { return show_stats(s, false, false); }},
+    {"STATS_TOTALS",
+     [](const Snapshot& s, const config::Config&) { return show_stats(s, true, false); }},
+    {"STATS_AVERAGES",
+     [](const Snapshot& s, const config::Config&) { return show_stats(s, false, true); }},
+    {"CLIENTS", [](const Snapshot& s, const config::Config&) { return show_clients(s); }},
+    {"SERVERS", [](const Snapshot& s, const config::Config&) { return show_servers(s); }},
+    {"DATABASES",
+     [](const Snapshot& s, const config::Config& cfg) { return show_databases(s, cfg); }},
+    {"SHARDS", [](const Snapshot& s, const config::Config& cfg) { return show_shards(s, cfg); }},
+    {"CONFIG", [](const Snapshot&, const config::Config& cfg) { return show_config(cfg); }},
+    {"LISTS", [](const Snapshot& s, const config::Config& cfg) { return show_lists(s, cfg); }},
+    {"TRANSACTIONS", [](const Snapshot& s, const config::Config&) { return show_transactions(s); }},
+    {"ROUTES", [](const Snapshot& s, const config::Config&) { return show_routes(s); }},
+};
+
+std::string show(const std::string& item, const Snapshot& snap, const config::Config& cfg) {
+  const auto what = upper(item);
+  for (const auto& i : kShowItems)
+    if (i.name == what) return i.answer(snap, cfg);
+  return error_answer(sqlstate::kSyntaxError, "unknown SHOW item \"" + item + "\"",
+                      "SHOW HELP lists the console's commands");
+}
+
+// The commands that change something: for admin.users only.
+constexpr std::string_view kChangingVerbs[] = {
+    "SHUTDOWN",  "KILL_CLIENT", "KILL",    "RELOAD", "PAUSE", "RESUME",
+    "RECONNECT", "SUSPEND",     "DISABLE", "ENABLE", "SET",   "WAIT_CLOSE"};
+
+bool changes_something(std::string_view verb) {
+  return std::find(std::begin(kChangingVerbs), std::end(kChangingVerbs), verb) !=
+         std::end(kChangingVerbs);
+}
+
+// PAUSE, RESUME, RECONNECT or KILL, of one shard (`w[1]`) or of every shard.
+std::string act_on_shards(const std::string& verb, const std::vector<std::string>& w,
+                          const config::Config& cfg, Effects* effects) {
+  int shard = -1;
+  if (w.size() == 2 && (shard = cfg.shard_index(w[1])) < 0)
+    return error_answer(sqlstate::kUndefinedObject, "no shard \"" + w[1] + "\"",
+                        "SHOW SHARDS lists them");
+  effects->shard = shard;
+  effects->pools = verb == "PAUSE"    ? Effects::Pools::kPause
+                   : verb == "RESUME" ? Effects::Pools::kResume
+                   : verb == "KILL"   ? Effects::Pools::kKill
+                                      : Effects::Pools::kReconnect;
+  return command_complete(verb);
+}
+
+// KILL_CLIENT `client`: its id as SHOW CLIENTS gives it, "C-" optional.
+std::string kill_client(const std::string& client, const Snapshot& snap, Effects* effects) {
+  std::string id = client;
+  if (id.size() > 2 && (id[0] == 'C' || id[0] == 'c') && id[1] == '-') id = id.substr(2);
+  uint64_t n = 0;
+  auto [p, ec] = std::from_chars(id.data(), id.data() + id.size(), n);
+  if (ec != std::errc() || p != id.data() + id.size())
+    return error_answer(sqlstate::kSyntaxError, "KILL_CLIENT takes a client id (SHOW CLIENTS)");
+  bool found = false;
+  for (const auto& wk : snap.workers)
+    for (const auto& c : wk.clients) found |= c.id == n;
+  if (!found) return error_answer(sqlstate::kUndefinedObject, "no client C-" + std::to_string(n));
+  effects->kill.push_back(n);
+  return command_complete("KILL_CLIENT");
+}
+
 }  // namespace
 
 std::string answer(std::string_view command, const Snapshot& snap, const config::Config& cfg,
@@ -516,75 +605,20 @@ std::string answer(std::string_view command, const Snapshot& snap, const config:
     return out;
   }
   const auto verb = upper(w[0]);
-  if (verb == "SHOW" && w.size() == 2) {
-    const auto what = upper(w[1]);
-    if (what == "HELP") return show_help();
-    if (what == "VERSION") {
-      Table t{{"version", kText}};
-      t << (std::string("pgshard ") + PGSHARD_VERSION);
-      t.end_row();
-      return t.write("SHOW");
-    }
-    if (what == "POOLS") return show_pools(snap, cfg);
-    if (what == "STATS") return show_stats(snap, false, false);
-    if (what == "STATS_TOTALS") return show_stats(snap, true, false);
-    if (what == "STATS_AVERAGES") return show_stats(snap, false, true);
-    if (what == "CLIENTS") return show_clients(snap);
-    if (what == "SERVERS") return show_servers(snap);
-    if (what == "DATABASES") return show_databases(snap, cfg);
-    if (what == "SHARDS") return show_shards(snap, cfg);
-    if (what == "CONFIG") return show_config(cfg);
-    if (what == "LISTS") return show_lists(snap, cfg);
-    if (what == "TRANSACTIONS") return show_transactions(snap);
-    if (what == "ROUTES") return show_routes(snap);
-    return error_answer(sqlstate::kSyntaxError, "unknown SHOW item \"" + w[1] + "\"",
-                        "SHOW HELP lists the console's commands");
-  }
-  const bool changes = verb == "SHUTDOWN" || verb == "KILL_CLIENT" || verb == "KILL" ||
-                       verb == "RELOAD" || verb == "PAUSE" || verb == "RESUME" ||
-                       verb == "RECONNECT" || verb == "SUSPEND" || verb == "DISABLE" ||
-                       verb == "ENABLE" || verb == "SET" || verb == "WAIT_CLOSE";
+  if (verb == "SHOW" && w.size() == 2) return show(w[1], snap, cfg);
+  const bool changes = changes_something(verb);
   if (changes && !admin)
     return error_answer(sqlstate::kInsufficientPrivilege,
                         "permission denied: " + verb + " needs a user listed in admin.users",
                         "admin.stats_users may run SHOW commands only");
   if ((verb == "PAUSE" || verb == "RESUME" || verb == "RECONNECT" || verb == "KILL") &&
-      w.size() <= 2) {
-    int shard = -1;
-    if (w.size() == 2 && (shard = cfg.shard_index(w[1])) < 0)
-      return error_answer(sqlstate::kUndefinedObject, "no shard \"" + w[1] + "\"",
-                          "SHOW SHARDS lists them");
-    effects->shard = shard;
-    effects->pools = verb == "PAUSE"    ? Effects::Pools::kPause
-                     : verb == "RESUME" ? Effects::Pools::kResume
-                     : verb == "KILL"   ? Effects::Pools::kKill
-                                        : Effects::Pools::kReconnect;
-    std::string out;
-    proto::CommandComplete{verb}.write(out);
-    return out;
-  }
+      w.size() <= 2)
+    return act_on_shards(verb, w, cfg, effects);
   if (verb == "SHUTDOWN" && w.size() == 1) {
     effects->shutdown = true;
-    std::string out;
-    proto::CommandComplete{"SHUTDOWN"}.write(out);
-    return out;
+    return command_complete("SHUTDOWN");
   }
-  if (verb == "KILL_CLIENT" && w.size() == 2) {
-    std::string id = w[1];
-    if (id.size() > 2 && (id[0] == 'C' || id[0] == 'c') && id[1] == '-') id = id.substr(2);
-    uint64_t n = 0;
-    auto [p, ec] = std::from_chars(id.data(), id.data() + id.size(), n);
-    if (ec != std::errc() || p != id.data() + id.size())
-      return error_answer(sqlstate::kSyntaxError, "KILL_CLIENT takes a client id (SHOW CLIENTS)");
-    bool found = false;
-    for (const auto& wk : snap.workers)
-      for (const auto& c : wk.clients) found |= c.id == n;
-    if (!found) return error_answer(sqlstate::kUndefinedObject, "no client C-" + std::to_string(n));
-    effects->kill.push_back(n);
-    std::string out;
-    proto::CommandComplete{"KILL_CLIENT"}.write(out);
-    return out;
-  }
+  if (verb == "KILL_CLIENT" && w.size() == 2) return kill_client(w[1], snap, effects);
   if (changes)
     return error_answer(sqlstate::kFeatureNotSupported,
                         "the console does not support " + verb + " yet",
@@ -623,122 +657,175 @@ awaitable<void> act_on_pools(runtime::Shared& shared, const Effects& e) {
   }
 }
 
-awaitable<void> run_console(runtime::Worker& worker, runtime::ClientStream& stream,
-                            protocol::Buffer& in, const config::User& user, std::string welcome,
-                            std::function<const std::string&()> prefix) {
-  auto& shared = worker.shared();
-  auto send = [&](const std::string& bytes) -> awaitable<bool> {
-    auto [ec, n] = co_await stream.write(asio::buffer(bytes));
+namespace {
+
+// The statements of a simple query, separated by ';' and answered one after another; a
+// query of nothing but blanks is one empty statement (EmptyQueryResponse, as on PostgreSQL).
+std::vector<std::string_view> statements(std::string_view sql) {
+  std::vector<std::string_view> parts;
+  for (std::size_t start = 0; start <= sql.size();) {
+    auto end = std::min(sql.find(';', start), sql.size());
+    auto part = sql.substr(start, end - start);
+    if (!words(part).empty()) parts.push_back(part);
+    start = end + 1;
+  }
+  if (parts.empty()) parts.push_back({});
+  return parts;
+}
+
+bool is_extended(char type) {
+  return type == proto::msg::kParse || type == proto::msg::kBind || type == proto::msg::kDescribe ||
+         type == proto::msg::kExecute || type == proto::msg::kClose || type == proto::msg::kFlush ||
+         type == proto::msg::kFunctionCall;
+}
+
+// One console connection: reads the client's messages and answers them.
+class Console {
+ public:
+  Console(runtime::Worker& worker, runtime::ClientStream& stream, protocol::Buffer& in,
+          const config::User& user, std::function<const std::string&()> prefix)
+      : worker_(worker),
+        shared_(worker.shared()),
+        stream_(stream),
+        in_(in),
+        user_(user),
+        prefix_(std::move(prefix)) {}
+
+  awaitable<void> serve(std::string welcome) {
+    if (!co_await send(welcome)) co_return;
+    for (;;) {
+      auto d = proto::decode_frame(in_.view(), 1 << 20);
+      if (d.status == proto::DecodeStatus::kError) {
+        std::string out;
+        proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation, d.error));
+        co_await send(out);
+        co_return;
+      }
+      if (d.status == proto::DecodeStatus::kNeedMore) {
+        std::size_t room;
+        char* at = in_.prepare(4096, &room);
+        auto [ec, n] = co_await stream_.read_some(asio::buffer(at, room));
+        if (ec) co_return;
+        in_.commit(n);
+        continue;
+      }
+      const char type = d.frame.type;
+      const std::string body(d.frame.body);
+      in_.consume(d.consumed);
+      if (type == proto::msg::kTerminate) co_return;
+      if (!co_await on_message(type, body)) co_return;
+    }
+  }
+
+ private:
+  awaitable<bool> send(const std::string& bytes) {
+    auto [ec, n] = co_await stream_.write(asio::buffer(bytes));
     co_return !ec;
-  };
-  if (!co_await send(welcome)) co_return;
-  bool failed_batch = false;  // an extended-protocol message was refused: skip to Sync
-  for (;;) {
-    auto d = proto::decode_frame(in.view(), 1 << 20);
-    if (d.status == proto::DecodeStatus::kError) {
-      std::string out;
-      proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation, d.error));
-      co_await send(out);
-      co_return;
-    }
-    if (d.status == proto::DecodeStatus::kNeedMore) {
-      std::size_t room;
-      char* at = in.prepare(4096, &room);
-      auto [ec, n] = co_await stream.read_some(asio::buffer(at, room));
-      if (ec) co_return;
-      in.commit(n);
-      continue;
-    }
-    const char type = d.frame.type;
-    const std::string body(d.frame.body);
-    in.consume(d.consumed);
+  }
+
+  // Answers one message; false when the connection ends.
+  awaitable<bool> on_message(char type, const std::string& body) {
     std::string out;
-    if (type == proto::msg::kTerminate) co_return;
-    if (type == proto::msg::kQuery) {
-      const std::string sql = body.substr(0, body.find('\0'));
-      Effects effects;
-      // Statements separated by ';' are answered one after another; a query of nothing
-      // but blanks gets EmptyQueryResponse, as on PostgreSQL.
-      std::vector<std::string_view> parts;
-      for (std::size_t start = 0; start <= sql.size();) {
-        auto end = std::min(sql.find(';', start), sql.size());
-        auto part = std::string_view(sql).substr(start, end - start);
-        if (!words(part).empty()) parts.push_back(part);
-        start = end + 1;
-      }
-      if (parts.empty()) parts.push_back({});
-      for (const auto part : parts) {
-        // Rights as the configuration in force gives them: a user RELOAD took out of
-        // admin.users (or out of the console) loses them in a console already open.
-        const auto& now = shared.config();
-        const bool admin = now.admin.is_admin(user.name);
-        if (!now.admin.may_view(user.name)) {
-          out += error_answer(sqlstate::kInsufficientPrivilege,
-                              "user \"" + user.name + "\" may no longer use the admin console",
-                              "list the user under admin.users or admin.stats_users");
-          break;
-        }
-        const auto w = words(part);
-        const std::string verb = w.empty() ? std::string() : upper(w[0]);
-        const bool needs = !w.empty() && verb != "SHUTDOWN";
-        if (admin && w.size() == 1 && verb == "RELOAD") {
-          std::string report;
-          const bool ok = shared.reload && shared.reload(&report);
-          spdlog::info("{}: console: RELOAD: {}", prefix(), report);
-          if (ok) {
-            write_notice(out, report);
-            proto::CommandComplete{"RELOAD"}.write(out);
-            continue;
-          }
-          proto::write_error(out, proto::error("F0000", report));
-          break;
-        }
-        Snapshot snap;  // (not `needs ? co_await ... : ...`: GCC 12 miscompiles co_await in ?:)
-        if (needs) snap = co_await collect(shared);
-        const auto reply = answer(part, snap, worker.config(), admin, &effects);
-        if (effects.pools != Effects::Pools::kNone) {
-          co_await act_on_pools(shared, effects);
-          effects.pools = Effects::Pools::kNone;
-        }
-        out += reply;
-        spdlog::info("{}: console: {}", prefix(), std::string(part.substr(0, 200)));
-        if (!reply.empty() && reply[0] == proto::msg::kErrorResponse) break;
-      }
-      proto::ReadyForQuery{'I'}.write(out);
-      if (!co_await send(out)) co_return;
-      for (auto id : effects.kill)
-        for (auto* w : shared.workers) asio::post(w->executor(), [w, id] { w->kill_client(id); });
-      if (effects.shutdown) {
-        spdlog::info("{}: console: SHUTDOWN", prefix());
-        ::kill(::getpid(), SIGTERM);
-      }
-      continue;
-    }
+    if (type == proto::msg::kQuery) co_return co_await on_query(body.substr(0, body.find('\0')));
     if (type == proto::msg::kSync) {
-      failed_batch = false;
+      failed_batch_ = false;
       proto::ReadyForQuery{'I'}.write(out);
-      if (!co_await send(out)) co_return;
-      continue;
+      co_return co_await send(out);
     }
-    if (type == proto::msg::kParse || type == proto::msg::kBind || type == proto::msg::kDescribe ||
-        type == proto::msg::kExecute || type == proto::msg::kClose || type == proto::msg::kFlush ||
-        type == proto::msg::kFunctionCall) {
-      if (failed_batch) continue;
-      failed_batch = type != proto::msg::kFunctionCall;
+    if (is_extended(type)) {
+      if (failed_batch_) co_return true;
+      failed_batch_ = type != proto::msg::kFunctionCall;
       out = error_answer(sqlstate::kFeatureNotSupported,
                          "the admin console accepts simple queries only");
       if (type == proto::msg::kFunctionCall) proto::ReadyForQuery{'I'}.write(out);
-      if (!co_await send(out)) co_return;
-      continue;
+      co_return co_await send(out);
     }
     if (type == proto::msg::kCopyData || type == proto::msg::kCopyDone ||
         type == proto::msg::kCopyFail)
-      continue;  // outside COPY these are ignored, as PostgreSQL does
+      co_return true;  // outside COPY these are ignored, as PostgreSQL does
     proto::write_error(out, proto::fatal(sqlstate::kProtocolViolation,
                                          std::string("unexpected message type '") + type + "'"));
     co_await send(out);
-    co_return;
+    co_return false;
   }
+
+  // A simple query: each statement's answer, ReadyForQuery, then what the commands asked
+  // of the process (KILL_CLIENT, SHUTDOWN).
+  awaitable<bool> on_query(std::string sql) {
+    std::string out;
+    Effects effects;
+    for (const auto part : statements(sql))
+      if (!co_await answer_statement(part, effects, out)) break;
+    proto::ReadyForQuery{'I'}.write(out);
+    if (!co_await send(out)) co_return false;
+    for (auto id : effects.kill)
+      for (auto* w : shared_.workers) asio::post(w->executor(), [w, id] { w->kill_client(id); });
+    if (effects.shutdown) {
+      spdlog::info("{}: console: SHUTDOWN", prefix_());
+      ::kill(::getpid(), SIGTERM);
+    }
+    co_return true;
+  }
+
+  // Appends one statement's answer to `out`; false when it failed (the query's other
+  // statements are skipped).
+  awaitable<bool> answer_statement(std::string_view part, Effects& effects, std::string& out) {
+    // Rights as the configuration in force gives them: a user RELOAD took out of
+    // admin.users (or out of the console) loses them in a console already open.
+    const auto& now = shared_.config();
+    const bool admin = now.admin.is_admin(user_.name);
+    if (!now.admin.may_view(user_.name)) {
+      out += error_answer(sqlstate::kInsufficientPrivilege,
+                          "user \"" + user_.name + "\" may no longer use the admin console",
+                          "list the user under admin.users or admin.stats_users");
+      co_return false;
+    }
+    const auto w = words(part);
+    const std::string verb = w.empty() ? std::string() : upper(w[0]);
+    const bool needs = !w.empty() && verb != "SHUTDOWN";
+    if (admin && w.size() == 1 && verb == "RELOAD") co_return reload(out);
+    Snapshot snap;  // (not `needs ? co_await ... : ...`: GCC 12 miscompiles co_await in ?:)
+    if (needs) snap = co_await collect(shared_);
+    const auto reply = answer(part, snap, worker_.config(), admin, &effects);
+    if (effects.pools != Effects::Pools::kNone) {
+      co_await act_on_pools(shared_, effects);
+      effects.pools = Effects::Pools::kNone;
+    }
+    out += reply;
+    spdlog::info("{}: console: {}", prefix_(), std::string(part.substr(0, 200)));
+    co_return reply.empty() || reply[0] != proto::msg::kErrorResponse;
+  }
+
+  // RELOAD, answered here: it needs the process (shared_.reload), not a snapshot.
+  bool reload(std::string& out) {
+    std::string report;
+    const bool ok = shared_.reload && shared_.reload(&report);
+    spdlog::info("{}: console: RELOAD: {}", prefix_(), report);
+    if (ok) {
+      write_notice(out, report);
+      proto::CommandComplete{"RELOAD"}.write(out);
+      return true;
+    }
+    proto::write_error(out, proto::error("F0000", report));
+    return false;
+  }
+
+  runtime::Worker& worker_;
+  runtime::Shared& shared_;
+  runtime::ClientStream& stream_;
+  protocol::Buffer& in_;
+  const config::User& user_;
+  std::function<const std::string&()> prefix_;
+  bool failed_batch_ = false;  // an extended-protocol message was refused: skip to Sync
+};
+
+}  // namespace
+
+awaitable<void> run_console(runtime::Worker& worker, runtime::ClientStream& stream,
+                            protocol::Buffer& in, const config::User& user, std::string welcome,
+                            std::function<const std::string&()> prefix) {
+  Console console(worker, stream, in, user, std::move(prefix));
+  co_await console.serve(std::move(welcome));
 }
 
 }  // namespace pgshard::admin

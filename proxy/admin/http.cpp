@@ -142,6 +142,163 @@ std::vector<pool::Histogram> shard_histograms(const Snapshot& snap, std::size_t 
   return out;
 }
 
+// /metrics, family by family in the order of the exposition.
+
+void process_metrics(Exposition& e, const Snapshot& snap) {
+  e.family("pgshard_up", "gauge", "1 while pgshard runs");
+  e.sample("pgshard_up", {}, 1);
+  e.family("pgshard_uptime_seconds", "gauge", "seconds since pgshard started");
+  e.sample("pgshard_uptime_seconds", {},
+           std::chrono::duration<double>(snap.taken - snap.started).count());
+  e.family("pgshard_clients", "gauge", "client connections by state");
+  int active = 0, idle = 0, login = 0;
+  for (const auto& w : snap.workers)
+    for (const auto& c : w.clients)
+      (c.state == "active" ? active : c.state == "idle" ? idle : login)++;
+  e.sample("pgshard_clients", {{"state", "active"}}, active);
+  e.sample("pgshard_clients", {{"state", "idle"}}, idle);
+  e.sample("pgshard_clients", {{"state", "login"}}, login);
+}
+
+// A family with one sample per pool (shard and user).
+struct PoolMetric {
+  const char* name;
+  const char* type;
+  const char* help;
+  double (*value)(const PoolRow& p);
+};
+
+constexpr PoolMetric kPoolMetrics[] = {
+    {"pgshard_pool_waiting_clients", "gauge", "clients queued for a server connection",
+     [](const PoolRow& p) { return static_cast<double>(p.stats.waiting); }},
+    {"pgshard_pool_max_wait_seconds", "gauge", "longest current wait for a connection",
+     [](const PoolRow& p) { return static_cast<double>(p.stats.max_wait_us) / 1e6; }},
+    {"pgshard_pool_waits_total", "counter", "acquisitions that had to queue",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.waits); }},
+    {"pgshard_pool_wait_seconds_total", "counter", "time spent queued for a connection",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.wait_us) / 1e6; }},
+    {"pgshard_queries_total", "counter", "client requests answered by the shard",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.queries); }},
+    {"pgshard_transactions_total", "counter", "client transactions ended on the shard",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.xacts); }},
+    {"pgshard_bytes_sent_total", "counter", "bytes pgshard sent to the shard",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.bytes_sent); }},
+    {"pgshard_bytes_received_total", "counter", "bytes pgshard received from the shard",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.bytes_received); }},
+    {"pgshard_server_logins_total", "counter", "server connections opened",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.connects); }},
+    {"pgshard_server_login_failures_total", "counter", "failed attempts to connect",
+     [](const PoolRow& p) { return static_cast<double>(p.counters.connect_failures); }},
+};
+
+void pool_metrics(Exposition& e, const std::vector<PoolRow>& pools, const config::Config& cfg) {
+  e.family("pgshard_server_connections", "gauge", "server connections by pool and state");
+  for (const auto& p : pools) {
+    const double used = p.stats.total - p.stats.idle - p.stats.connecting;
+    e.sample("pgshard_server_connections",
+             {{"shard", p.shard_name}, {"user", p.user}, {"state", "active"}}, used);
+    e.sample("pgshard_server_connections",
+             {{"shard", p.shard_name}, {"user", p.user}, {"state", "idle"}}, p.stats.idle);
+    e.sample("pgshard_server_connections",
+             {{"shard", p.shard_name}, {"user", p.user}, {"state", "login"}}, p.stats.connecting);
+  }
+  e.family("pgshard_pool_size", "gauge", "connections the shard's pool may open (pool_size)");
+  for (const auto& p : pools)
+    e.sample(
+        "pgshard_pool_size", {{"shard", p.shard_name}, {"user", p.user}},
+        p.shard >= 0 ? cfg.shards[static_cast<std::size_t>(p.shard)].pool_size : p.stats.max_size);
+  for (const auto& m : kPoolMetrics) {
+    e.family(m.name, m.type, m.help);
+    for (const auto& p : pools)
+      e.sample(m.name, {{"shard", p.shard_name}, {"user", p.user}}, m.value(p));
+  }
+  e.family("pgshard_errors_total", "counter", "errors the shards sent clients, by SQLSTATE class");
+  for (const auto& p : pools)
+    for (const auto& [cls, n] : p.counters.errors)
+      e.sample("pgshard_errors_total", {{"shard", p.shard_name}, {"user", p.user}, {"class", cls}},
+               static_cast<double>(n));
+}
+
+void latency_metrics(Exposition& e, const std::vector<PoolRow>& shards) {
+  e.family("pgshard_query_duration_seconds", "histogram",
+           "time from a client request sent to the shard to its ReadyForQuery");
+  for (const auto& r : shards)
+    e.histogram("pgshard_query_duration_seconds", r.shard_name, r.counters.query_time);
+  e.family("pgshard_transaction_duration_seconds", "histogram",
+           "time from a transaction's first request to the shard going idle");
+  for (const auto& r : shards)
+    e.histogram("pgshard_transaction_duration_seconds", r.shard_name, r.counters.xact_time);
+}
+
+// What the sampler last found on each shard: the families first, then shard by shard.
+void sampled_metrics(Exposition& e, const config::Config& cfg,
+                     const std::vector<ShardSample>& samples) {
+  e.family("pgshard_shard_up", "gauge", "1 when the shard's primary answered the last ping");
+  e.family("pgshard_shard_database_bytes", "gauge", "size of the shard's database (sampled)");
+  e.family("pgshard_table_rows", "gauge",
+           "estimated rows of each sharded table per shard (sampled)");
+  e.family("pgshard_table_bytes", "gauge", "bytes of each sharded table per shard (sampled)");
+  for (std::size_t i = 0; i < cfg.shards.size() && i < samples.size(); ++i) {
+    const auto& s = samples[i];
+    const auto& name = cfg.shards[i].name;
+    if (s.pinged != Clock::time_point{})
+      e.sample("pgshard_shard_up", {{"shard", name}}, s.answered);
+    if (s.database_bytes >= 0)
+      e.sample("pgshard_shard_database_bytes", {{"shard", name}},
+               static_cast<double>(s.database_bytes));
+    for (const auto& [table, v] : s.tables) {
+      e.sample("pgshard_table_rows", {{"shard", name}, {"table", table}},
+               static_cast<double>(v.first));
+      e.sample("pgshard_table_bytes", {{"shard", name}, {"table", table}},
+               static_cast<double>(v.second));
+    }
+  }
+}
+
+void route_metrics(Exposition& e, const RouteCounters& routes) {
+  e.family("pgshard_statements_total", "counter", "statements by how they were routed");
+  e.sample("pgshard_statements_total", {{"route", "single_shard"}},
+           static_cast<double>(routes.single));
+  e.sample("pgshard_statements_total", {{"route", "multi_shard"}},
+           static_cast<double>(routes.multi));
+  e.sample("pgshard_statements_total", {{"route", "local"}}, static_cast<double>(routes.local));
+  e.sample("pgshard_statements_total", {{"route", "refused"}}, static_cast<double>(routes.refused));
+  e.family("pgshard_multi_shard_statements_total", "counter",
+           "multi-shard statements by how their results combine");
+  for (std::size_t i = 0; i < routes.merges.size(); ++i)
+    e.sample("pgshard_multi_shard_statements_total", {{"merge", RouteCounters::kMergeKinds[i]}},
+             static_cast<double>(routes.merges[i]));
+  e.family("pgshard_refusals_total", "counter", "statements pgshard refused, by SQLSTATE");
+  for (const auto& [code, n] : routes.refusals)
+    e.sample("pgshard_refusals_total", {{"sqlstate", code}}, static_cast<double>(n));
+}
+
+void cache_metrics(Exposition& e, const Snapshot& snap) {
+  uint64_t size = 0, hits = 0, misses = 0;
+  for (const auto& w : snap.workers) {
+    size += w.cache_size;
+    hits += w.cache_hits;
+    misses += w.cache_misses;
+  }
+  e.family("pgshard_parse_cache_entries", "gauge", "parsed statements cached (all workers)");
+  e.sample("pgshard_parse_cache_entries", {}, static_cast<double>(size));
+  e.family("pgshard_parse_cache_hits_total", "counter", "statements routed from the cache");
+  e.sample("pgshard_parse_cache_hits_total", {}, static_cast<double>(hits));
+  e.family("pgshard_parse_cache_misses_total", "counter", "statements that had to be parsed");
+  e.sample("pgshard_parse_cache_misses_total", {}, static_cast<double>(misses));
+}
+
+void two_phase_metrics(Exposition& e, const Snapshot& snap) {
+  e.family("pgshard_2pc_committed_total", "counter",
+           "transactions committed with two-phase commit");
+  e.sample("pgshard_2pc_committed_total", {}, static_cast<double>(snap.committed_2pc));
+  e.family("pgshard_2pc_rolled_back_total", "counter",
+           "two-phase transactions rolled back (a shard failed PREPARE)");
+  e.sample("pgshard_2pc_rolled_back_total", {}, static_cast<double>(snap.rolled_back_2pc));
+  e.family("pgshard_2pc_in_doubt", "gauge", "committed decisions not yet finished on every shard");
+  e.sample("pgshard_2pc_in_doubt", {}, static_cast<double>(snap.in_doubt));
+}
+
 }  // namespace
 
 HttpServer::HttpServer(runtime::Shared& shared, std::unique_ptr<asio::ssl::context> tls)
@@ -289,134 +446,13 @@ std::vector<pool::Histogram> HttpServer::recent_latency(const Snapshot& snap) {
 std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
                                 const std::vector<ShardSample>& samples) {
   Exposition e;
-  e.family("pgshard_up", "gauge", "1 while pgshard runs");
-  e.sample("pgshard_up", {}, 1);
-  e.family("pgshard_uptime_seconds", "gauge", "seconds since pgshard started");
-  e.sample("pgshard_uptime_seconds", {},
-           std::chrono::duration<double>(snap.taken - snap.started).count());
-  e.family("pgshard_clients", "gauge", "client connections by state");
-  int active = 0, idle = 0, login = 0;
-  for (const auto& w : snap.workers)
-    for (const auto& c : w.clients)
-      (c.state == "active" ? active : c.state == "idle" ? idle : login)++;
-  e.sample("pgshard_clients", {{"state", "active"}}, active);
-  e.sample("pgshard_clients", {{"state", "idle"}}, idle);
-  e.sample("pgshard_clients", {{"state", "login"}}, login);
-
-  const auto pools = snap.pools();
-  auto per_pool = [&](const char* name, const char* type, const char* help, auto value) {
-    e.family(name, type, help);
-    for (const auto& p : pools)
-      e.sample(name, {{"shard", p.shard_name}, {"user", p.user}}, value(p));
-  };
-  e.family("pgshard_server_connections", "gauge", "server connections by pool and state");
-  for (const auto& p : pools) {
-    const double used = p.stats.total - p.stats.idle - p.stats.connecting;
-    e.sample("pgshard_server_connections",
-             {{"shard", p.shard_name}, {"user", p.user}, {"state", "active"}}, used);
-    e.sample("pgshard_server_connections",
-             {{"shard", p.shard_name}, {"user", p.user}, {"state", "idle"}}, p.stats.idle);
-    e.sample("pgshard_server_connections",
-             {{"shard", p.shard_name}, {"user", p.user}, {"state", "login"}}, p.stats.connecting);
-  }
-  per_pool("pgshard_pool_size", "gauge", "connections the shard's pool may open (pool_size)",
-           [&](const PoolRow& p) {
-             return p.shard >= 0 ? cfg.shards[static_cast<std::size_t>(p.shard)].pool_size
-                                 : p.stats.max_size;
-           });
-  per_pool("pgshard_pool_waiting_clients", "gauge", "clients queued for a server connection",
-           [](const PoolRow& p) { return static_cast<double>(p.stats.waiting); });
-  per_pool("pgshard_pool_max_wait_seconds", "gauge", "longest current wait for a connection",
-           [](const PoolRow& p) { return static_cast<double>(p.stats.max_wait_us) / 1e6; });
-  per_pool("pgshard_pool_waits_total", "counter", "acquisitions that had to queue",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.waits); });
-  per_pool("pgshard_pool_wait_seconds_total", "counter", "time spent queued for a connection",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.wait_us) / 1e6; });
-  per_pool("pgshard_queries_total", "counter", "client requests answered by the shard",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.queries); });
-  per_pool("pgshard_transactions_total", "counter", "client transactions ended on the shard",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.xacts); });
-  per_pool("pgshard_bytes_sent_total", "counter", "bytes pgshard sent to the shard",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.bytes_sent); });
-  per_pool("pgshard_bytes_received_total", "counter", "bytes pgshard received from the shard",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.bytes_received); });
-  per_pool("pgshard_server_logins_total", "counter", "server connections opened",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.connects); });
-  per_pool("pgshard_server_login_failures_total", "counter", "failed attempts to connect",
-           [](const PoolRow& p) { return static_cast<double>(p.counters.connect_failures); });
-  e.family("pgshard_errors_total", "counter", "errors the shards sent clients, by SQLSTATE class");
-  for (const auto& p : pools)
-    for (const auto& [cls, n] : p.counters.errors)
-      e.sample("pgshard_errors_total", {{"shard", p.shard_name}, {"user", p.user}, {"class", cls}},
-               static_cast<double>(n));
-
-  const auto shards = snap.shards();
-  e.family("pgshard_query_duration_seconds", "histogram",
-           "time from a client request sent to the shard to its ReadyForQuery");
-  for (const auto& r : shards)
-    e.histogram("pgshard_query_duration_seconds", r.shard_name, r.counters.query_time);
-  e.family("pgshard_transaction_duration_seconds", "histogram",
-           "time from a transaction's first request to the shard going idle");
-  for (const auto& r : shards)
-    e.histogram("pgshard_transaction_duration_seconds", r.shard_name, r.counters.xact_time);
-
-  e.family("pgshard_shard_up", "gauge", "1 when the shard's primary answered the last ping");
-  e.family("pgshard_shard_database_bytes", "gauge", "size of the shard's database (sampled)");
-  e.family("pgshard_table_rows", "gauge",
-           "estimated rows of each sharded table per shard (sampled)");
-  e.family("pgshard_table_bytes", "gauge", "bytes of each sharded table per shard (sampled)");
-  for (std::size_t i = 0; i < cfg.shards.size() && i < samples.size(); ++i) {
-    const auto& s = samples[i];
-    const auto& name = cfg.shards[i].name;
-    if (s.pinged != Clock::time_point{})
-      e.sample("pgshard_shard_up", {{"shard", name}}, s.answered);
-    if (s.database_bytes >= 0)
-      e.sample("pgshard_shard_database_bytes", {{"shard", name}},
-               static_cast<double>(s.database_bytes));
-    for (const auto& [table, v] : s.tables) {
-      e.sample("pgshard_table_rows", {{"shard", name}, {"table", table}},
-               static_cast<double>(v.first));
-      e.sample("pgshard_table_bytes", {{"shard", name}, {"table", table}},
-               static_cast<double>(v.second));
-    }
-  }
-
-  const auto routes = snap.routes();
-  e.family("pgshard_statements_total", "counter", "statements by how they were routed");
-  e.sample("pgshard_statements_total", {{"route", "single_shard"}},
-           static_cast<double>(routes.single));
-  e.sample("pgshard_statements_total", {{"route", "multi_shard"}},
-           static_cast<double>(routes.multi));
-  e.sample("pgshard_statements_total", {{"route", "local"}}, static_cast<double>(routes.local));
-  e.sample("pgshard_statements_total", {{"route", "refused"}}, static_cast<double>(routes.refused));
-  e.family("pgshard_multi_shard_statements_total", "counter",
-           "multi-shard statements by how their results combine");
-  for (std::size_t i = 0; i < routes.merges.size(); ++i)
-    e.sample("pgshard_multi_shard_statements_total", {{"merge", RouteCounters::kMergeKinds[i]}},
-             static_cast<double>(routes.merges[i]));
-  e.family("pgshard_refusals_total", "counter", "statements pgshard refused, by SQLSTATE");
-  for (const auto& [code, n] : routes.refusals)
-    e.sample("pgshard_refusals_total", {{"sqlstate", code}}, static_cast<double>(n));
-  uint64_t size = 0, hits = 0, misses = 0;
-  for (const auto& w : snap.workers) {
-    size += w.cache_size;
-    hits += w.cache_hits;
-    misses += w.cache_misses;
-  }
-  e.family("pgshard_parse_cache_entries", "gauge", "parsed statements cached (all workers)");
-  e.sample("pgshard_parse_cache_entries", {}, static_cast<double>(size));
-  e.family("pgshard_parse_cache_hits_total", "counter", "statements routed from the cache");
-  e.sample("pgshard_parse_cache_hits_total", {}, static_cast<double>(hits));
-  e.family("pgshard_parse_cache_misses_total", "counter", "statements that had to be parsed");
-  e.sample("pgshard_parse_cache_misses_total", {}, static_cast<double>(misses));
-  e.family("pgshard_2pc_committed_total", "counter",
-           "transactions committed with two-phase commit");
-  e.sample("pgshard_2pc_committed_total", {}, static_cast<double>(snap.committed_2pc));
-  e.family("pgshard_2pc_rolled_back_total", "counter",
-           "two-phase transactions rolled back (a shard failed PREPARE)");
-  e.sample("pgshard_2pc_rolled_back_total", {}, static_cast<double>(snap.rolled_back_2pc));
-  e.family("pgshard_2pc_in_doubt", "gauge", "committed decisions not yet finished on every shard");
-  e.sample("pgshard_2pc_in_doubt", {}, static_cast<double>(snap.in_doubt));
+  process_metrics(e, snap);
+  pool_metrics(e, snap.pools(), cfg);
+  latency_metrics(e, snap.shards());
+  sampled_metrics(e, cfg, samples);
+  route_metrics(e, snap.routes());
+  cache_metrics(e, snap);
+  two_phase_metrics(e, snap);
   return e.take();
 }
 

@@ -282,83 +282,15 @@ void Combiner::resolve_same(char type) {
   for (auto& leg : legs_)
     if (live(leg)) now.push_back(&leg);
   const Leg& first = *now.front();
-  bool emit = true;
   switch (type) {
-    case msg::kRowDescription: {
-      for (std::size_t i = 0; i < legs_.size(); ++i)
-        if (live(legs_[i]) && !same_columns(first.body(), legs_[i].body()))
-          stop(proto::error(
-              sqlstate::kDatatypeMismatch,
-              "shards disagree on the result columns (shard " + options_.shard_names[i] + ")", {},
-              "make the table definitions the same on every shard"));
-      if (failure_) return;
-      emit = !first.hidden;
-      if (!options_.row_legs.empty()) columns_.assign(first.body());
-      if (!options_.plan) break;
-      merger_.emplace(*options_.plan, static_cast<int>(legs_.size()), *options_.collation,
-                      options_.limit, options_.offset);
-      for (std::size_t i = 0; i < legs_.size(); ++i)
-        if (legs_[i].failed) end_rows(static_cast<int>(i));
-      std::string err;
-      const auto at = static_cast<std::size_t>(&first - legs_.data());
-      auto body = merger_->describe(
-          first.body(), &err,
-          at < options_.column_collations.size() ? options_.column_collations[at] : nullptr);
-      if (!body) {
-        stop(proto::error(sqlstate::kFeatureNotSupported, err, {},
-                          "add the shard key to the WHERE clause so one shard answers"));
-        return;
-      }
-      if (emit) proto::MessageWriter(out_).begin(msg::kRowDescription).bytes(*body).finish();
-      emit = false;
-      break;
-    }
-    case msg::kCommandComplete: {
-      emit = false;
-      if (merger_) {
-        for (std::size_t i = 0; i < legs_.size(); ++i) end_rows(static_cast<int>(i));
-        merged_.clear();
-        merger_->take(merged_);
-        deliver(merged_);
-        if (!merger_->error().empty()) {
-          stop(proto::error(merger_->error_code(), merger_->error()));
-          return;
-        }
-        if (suspended_)
-          proto::write_empty(out_, msg::kPortalSuspended);
-        else
-          proto::CommandComplete{"SELECT " + std::to_string(merger_->rows_sent())}.write(out_);
-        merger_.reset();
-      } else {
-        // "SELECT 3", "UPDATE 2", "INSERT 0 5" carry a count; "CREATE TABLE" does not.
-        for (const Leg* leg : now) {
-          auto c = proto::CommandComplete::parse(leg->body());
-          if (!c) continue;
-          const auto sp = c->tag.rfind(' ');
-          const auto last = sp == c->tag.npos ? std::string_view() : c->tag.substr(sp + 1);
-          counted_ = !last.empty() && last.find_first_not_of("0123456789") == last.npos;
-          verb_ = std::string(counted_ ? c->tag.substr(0, c->tag.find(' ')) : c->tag);
-          if (counted_) total_ += std::strtoull(std::string(last).c_str(), nullptr, 10);
-          if (options_.replicated) break;  // every shard changed its copy of the same rows
-        }
-        std::string tag = verb_;
-        if (counted_)
-          tag = verb_ == "INSERT" ? "INSERT 0 " + std::to_string(total_)
-                                  : verb_ + " " + std::to_string(total_);
-        if (suspended_)
-          proto::write_empty(out_, msg::kPortalSuspended);
-        else
-          proto::CommandComplete{tag}.write(out_);
-        total_ = 0;
-        counted_ = false;
-      }
-      delivered_ = 0;
-      suspended_ = false;
-      break;
-    }
+    case msg::kRowDescription:
+      describe_rows(first);
+      return;
+    case msg::kCommandComplete:
+      complete_statement(now);
+      return;
     case msg::kReadyForQuery:
-      emit = false;  // the executor writes the client's, after its own end of the statement
-      break;
+      return;  // the executor writes the client's, after its own end of the statement
     case msg::kCopyOutResponse:
       copy_out_.emplace(static_cast<int>(legs_.size()), first.body(), options_.copy_header);
       break;
@@ -383,7 +315,90 @@ void Combiner::resolve_same(char type) {
     default:
       break;  // NoData, BindComplete, ParameterDescription, EmptyQuery, CopyOut/Done: once
   }
-  if (emit) out_.append(first.head);
+  out_.append(first.head);
+}
+
+void Combiner::describe_rows(const Leg& first) {
+  for (std::size_t i = 0; i < legs_.size(); ++i)
+    if (live(legs_[i]) && !same_columns(first.body(), legs_[i].body()))
+      stop(proto::error(
+          sqlstate::kDatatypeMismatch,
+          "shards disagree on the result columns (shard " + options_.shard_names[i] + ")", {},
+          "make the table definitions the same on every shard"));
+  if (failure_) return;
+  if (!options_.row_legs.empty()) columns_.assign(first.body());
+  if (options_.plan)
+    start_merge(first);
+  else if (!first.hidden)
+    out_.append(first.head);
+}
+
+void Combiner::start_merge(const Leg& first) {
+  merger_.emplace(*options_.plan, static_cast<int>(legs_.size()), *options_.collation,
+                  options_.limit, options_.offset);
+  for (std::size_t i = 0; i < legs_.size(); ++i)
+    if (legs_[i].failed) end_rows(static_cast<int>(i));
+  std::string err;
+  const auto at = static_cast<std::size_t>(&first - legs_.data());
+  auto body = merger_->describe(
+      first.body(), &err,
+      at < options_.column_collations.size() ? options_.column_collations[at] : nullptr);
+  if (!body) {
+    stop(proto::error(sqlstate::kFeatureNotSupported, err, {},
+                      "add the shard key to the WHERE clause so one shard answers"));
+    return;
+  }
+  if (!first.hidden) proto::MessageWriter(out_).begin(msg::kRowDescription).bytes(*body).finish();
+}
+
+void Combiner::complete_statement(const std::vector<Leg*>& now) {
+  if (merger_) {
+    if (!finish_merge()) return;
+  } else {
+    end_portal(summed_tag(now));
+    total_ = 0;
+    counted_ = false;
+  }
+  delivered_ = 0;
+  suspended_ = false;
+}
+
+bool Combiner::finish_merge() {
+  for (std::size_t i = 0; i < legs_.size(); ++i) end_rows(static_cast<int>(i));
+  merged_.clear();
+  merger_->take(merged_);
+  deliver(merged_);
+  if (!merger_->error().empty()) {
+    stop(proto::error(merger_->error_code(), merger_->error()));
+    return false;
+  }
+  end_portal("SELECT " + std::to_string(merger_->rows_sent()));
+  merger_.reset();
+  return true;
+}
+
+std::string Combiner::summed_tag(const std::vector<Leg*>& now) {
+  // "SELECT 3", "UPDATE 2", "INSERT 0 5" carry a count; "CREATE TABLE" does not.
+  for (const Leg* leg : now) {
+    auto c = proto::CommandComplete::parse(leg->body());
+    if (!c) continue;
+    const auto sp = c->tag.rfind(' ');
+    const auto last = sp == c->tag.npos ? std::string_view() : c->tag.substr(sp + 1);
+    counted_ = !last.empty() && last.find_first_not_of("0123456789") == last.npos;
+    verb_ = std::string(counted_ ? c->tag.substr(0, c->tag.find(' ')) : c->tag);
+    if (counted_) total_ += std::strtoull(std::string(last).c_str(), nullptr, 10);
+    if (options_.replicated) break;  // every shard changed its copy of the same rows
+  }
+  if (!counted_) return verb_;
+  return verb_ == "INSERT" ? "INSERT 0 " + std::to_string(total_)
+                           : verb_ + " " + std::to_string(total_);
+}
+
+void Combiner::end_portal(const std::string& tag) {
+  if (suspended_)
+    proto::write_empty(out_, msg::kPortalSuspended);
+  else
+    proto::CommandComplete{tag}.write(out_);
 }
 
 }  // namespace pgshard::executor

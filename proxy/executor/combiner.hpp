@@ -81,7 +81,16 @@ class Combiner {
   bool live(const Leg& l) const { return !l.done && !l.failed; }
   // All live legs have their reply for this round: act on them.
   void resolve();
+  // Every shard answered `type`: one answer for the client.
   void resolve_same(char type);
+  void describe_rows(const Leg& first);
+  void start_merge(const Leg& first);  // the merger, fed the first shard's RowDescription
+  void complete_statement(const std::vector<Leg*>& now);
+  bool finish_merge();  // false: the merge failed the statement
+  // The shards' CommandComplete tags as one ("UPDATE 5": the sum of their counts).
+  std::string summed_tag(const std::vector<Leg*>& now);
+  // CommandComplete with `tag`, or PortalSuspended when Execute's row limit cut the rows.
+  void end_portal(const std::string& tag);
   void end_rows(int leg);
   void deliver(std::string_view frames);
   // Runs the merge until it needs a row not here yet; returns the leg it waits on or -1.

@@ -249,103 +249,182 @@ static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {
   co_return false;
 }
 
-static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& leases,
-                                          const router::CopySplit& spec,
-                                          const config::ShardedTable* table, int key_index) {
+namespace {
+
+// copy_stream's state: the rows gathered per shard until a frame's worth, and why the COPY
+// ends early (the CopyFail text the shards get, its terminator included).
+class CopyStream {
+ public:
+  CopyStream(Client& c, std::vector<pool::Lease>& leases, const router::CopySplit& spec,
+             const config::ShardedTable* table, int key_index)
+      : c_(c),
+        leases_(leases),
+        table_(table),
+        shards_(static_cast<int>(c.config().shards.size())),
+        splitter_(spec, key_index),
+        bufs_(static_cast<std::size_t>(shards_)) {}
+
   // Rows go to the shard their key names, in CopyData frames of up to 64 kB per shard. A
   // shard that cannot be written to ends the COPY at once for every shard (its locks are
   // not held while the client keeps sending); the client's remaining COPY messages are
   // then ignored by client_loop, as PostgreSQL ignores them after a failed COPY.
-  CopyOutcome outcome;
-  const int n = static_cast<int>(c.config().shards.size());
-  CopyRowSplitter splitter(spec, key_index);
-  std::vector<std::string> bufs(static_cast<std::size_t>(n));
-  // Copied to every shard: the client's bytes as they are (any format, the header too: each
-  // shard reads the stream one PostgreSQL would).
-  auto copy_to_all = [&](std::string_view data) {
-    for (auto& b : bufs) b.append(data);
-  };
-  std::string frame;
-  auto route_row = [&](std::string_view row, const std::optional<std::string>& key, bool header) {
+  awaitable<CopyOutcome> run() {
+    while (!outcome_.error) {
+      auto d = proto::decode_frame(c_.input().view(), c_.config().listen.max_message_size);
+      if (d.status == proto::DecodeStatus::kNeedMore) {
+        if (!co_await c_.read_client()) {
+          outcome_.client_ok = false;
+          fail_reason_ = std::string_view("client went away\0", 17);
+          break;
+        }
+        continue;
+      }
+      if (d.status == proto::DecodeStatus::kError) {
+        outcome_.client_ok = false;
+        fail_reason_ = std::string_view("protocol violation\0", 19);
+        break;
+      }
+      const char type = d.frame.type;
+      std::string body(d.frame.body);
+      c_.input().consume(d.consumed);
+      const auto next = take(type, body);
+      if (next == Next::kIgnore) continue;
+      if (next == Next::kFail) break;
+      co_await send_full(next == Next::kEnd ? 0 : kFrameBytes);
+      if (next == Next::kEnd) {
+        if (!outcome_.error) co_await send_copy_done();
+        break;
+      }
+    }
+    if (outcome_.error && fail_reason_.empty()) fail_reason_ = std::string_view("shard lost\0", 11);
+    if (!fail_reason_.empty()) {
+      std::string frame;
+      proto::MessageWriter(frame).begin(proto::msg::kCopyFail).bytes(fail_reason_).finish();
+      for (auto& lease : leases_) co_await copy_write(lease, frame);
+    }
+    co_return outcome_;
+  }
+
+ private:
+  static constexpr std::size_t kFrameBytes = 64 * 1024;
+  enum class Next { kRows, kEnd, kFail, kIgnore };
+
+  // One client message of the COPY: rows to route, its end, or its failure.
+  Next take(char type, const std::string& body) {
+    auto route = [this](std::string_view row, const std::optional<std::string>& key, bool header) {
+      route_row(row, key, header);
+    };
+    switch (type) {
+      case proto::msg::kCopyData:
+        if (table_)
+          splitter_.feed(body, route);
+        else
+          // Copied to every shard: the client's bytes as they are (any format, the header
+          // too: each shard reads the stream one PostgreSQL would).
+          for (auto& b : bufs_) b.append(body);
+        return Next::kRows;
+      case proto::msg::kCopyDone:
+        if (table_) splitter_.finish(route);
+        return Next::kEnd;
+      case proto::msg::kCopyFail:
+        // The client's message, terminator included; a CopyFail without one still fails
+        // the COPY (before: it ended the COPY as CopyDone would, rows unsent).
+        fail_reason_ = body.empty() ? std::string(1, '\0') : body;
+        return Next::kFail;
+      case proto::msg::kFlush:
+      case proto::msg::kSync:
+        return Next::kIgnore;  // ignored during COPY, as PostgreSQL does
+      default:
+        outcome_.stray = type;
+        fail_reason_ = std::string_view("unexpected message\0", 19);
+        return Next::kFail;
+    }
+  }
+
+  void route_row(std::string_view row, const std::optional<std::string>& key, bool header) {
     if (header) {
-      for (auto& b : bufs) b.append(row);
+      for (auto& b : bufs_) b.append(row);
       return;
     }
     int shard = 0;  // NULL or invalid keys: shard 0 reports PostgreSQL's own error
-    if (key) shard = router::place_key(*table, *key, n).shard.value_or(0);
-    bufs[static_cast<std::size_t>(shard)].append(row);
-  };
-  auto lost = [&](std::size_t i) {
-    outcome.error =
-        proto::error(sqlstate::kConnectionFailure, "lost shard " + leases[i]->target().shard_name +
+    if (key) shard = router::place_key(*table_, *key, shards_).shard.value_or(0);
+    bufs_[static_cast<std::size_t>(shard)].append(row);
+  }
+
+  // Sends each shard's gathered rows once there are more than `threshold` bytes of them.
+  awaitable<void> send_full(std::size_t threshold) {
+    std::string frame;
+    for (std::size_t i = 0; i < bufs_.size() && !outcome_.error; ++i) {
+      if (bufs_[i].empty() || bufs_[i].size() <= threshold) continue;
+      frame.clear();
+      proto::CopyData{bufs_[i]}.write(frame);
+      bufs_[i].clear();
+      if (!co_await copy_write(leases_[i], frame)) lost(i);
+    }
+  }
+
+  awaitable<void> send_copy_done() {
+    std::string frame;
+    proto::write_empty(frame, proto::msg::kCopyDone);
+    for (std::size_t i = 0; i < leases_.size() && !outcome_.error; ++i)
+      if (!co_await copy_write(leases_[i], frame)) lost(i);
+  }
+
+  void lost(std::size_t i) {
+    outcome_.error =
+        proto::error(sqlstate::kConnectionFailure, "lost shard " + leases_[i]->target().shard_name +
                                                        " during COPY; nothing was copied");
-  };
-  std::string_view fail_reason;
-  for (bool done = false; !done && !outcome.error;) {
-    auto d = proto::decode_frame(c.input().view(), c.config().listen.max_message_size);
-    if (d.status == proto::DecodeStatus::kNeedMore) {
-      if (!co_await c.read_client()) {
-        outcome.client_ok = false;
-        fail_reason = std::string_view("client went away\0", 17);
-        break;
-      }
+  }
+
+  Client& c_;
+  std::vector<pool::Lease>& leases_;
+  const config::ShardedTable* table_;  // null: every row to every shard
+  const int shards_;
+  CopyRowSplitter splitter_;
+  std::vector<std::string> bufs_;  // per shard: rows not yet sent
+  CopyOutcome outcome_;
+  std::string fail_reason_;
+};
+
+}  // namespace
+
+static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& leases,
+                                          const router::CopySplit& spec,
+                                          const config::ShardedTable* table, int key_index) {
+  CopyStream stream(c, leases, spec, table, key_index);
+  co_return co_await stream.run();
+}
+
+// Ends pgshard's own transaction on a lease with `sql`; a lease that cannot is broken.
+static awaitable<void> roll_back(pool::Lease& lease, const std::string& sql, std::size_t max) {
+  if (lease->broken) co_return;
+  if (!co_await lease->run_own(sql, max)) lease->broken = true;
+}
+
+// Without two-phase commit: COMMIT on one shard after the other; the first that fails
+// rolls back those after it when none committed yet.
+static awaitable<std::optional<proto::ErrorInfo>> commit_one_by_one(
+    Client& c, std::vector<pool::Lease>& leases) {
+  const auto max = c.config().listen.max_message_size;
+  auto name = [&](std::size_t i) { return leases[i]->target().shard_name; };
+  std::string committed;
+  for (std::size_t i = 0; i < leases.size(); ++i) {
+    if (co_await leases[i]->run_own("COMMIT", max) && leases[i]->replies.tag == "COMMIT") {
+      committed += (committed.empty() ? "" : ", ") + name(i);
       continue;
     }
-    if (d.status == proto::DecodeStatus::kError) {
-      outcome.client_ok = false;
-      fail_reason = std::string_view("protocol violation\0", 19);
-      break;
-    }
-    const char type = d.frame.type;
-    std::string body(d.frame.body);
-    c.input().consume(d.consumed);
-    std::size_t threshold = 64 * 1024;
-    switch (type) {
-      case proto::msg::kCopyData:
-        if (table)
-          splitter.feed(body, route_row);
-        else
-          copy_to_all(body);
-        break;
-      case proto::msg::kCopyDone:
-        if (table) splitter.finish(route_row);
-        threshold = 0;
-        done = true;
-        break;
-      case proto::msg::kCopyFail:
-        fail_reason = body;
-        done = true;
-        break;
-      case proto::msg::kFlush:
-      case proto::msg::kSync:
-        continue;  // ignored during COPY, as PostgreSQL does
-      default:
-        outcome.stray = type;
-        fail_reason = std::string_view("unexpected message\0", 19);
-        done = true;
-    }
-    if (!fail_reason.empty()) break;
-    for (std::size_t i = 0; i < bufs.size() && !outcome.error; ++i) {
-      if (bufs[i].empty() || bufs[i].size() <= threshold) continue;
-      frame.clear();
-      proto::CopyData{bufs[i]}.write(frame);
-      bufs[i].clear();
-      if (!co_await copy_write(leases[i], frame)) lost(i);
-    }
-    if (done && !outcome.error) {
-      frame.clear();
-      proto::write_empty(frame, proto::msg::kCopyDone);
-      for (std::size_t i = 0; i < leases.size() && !outcome.error; ++i)
-        if (!co_await copy_write(leases[i], frame)) lost(i);
-    }
+    leases[i]->broken = true;
+    if (committed.empty())
+      for (std::size_t j = i + 1; j < leases.size(); ++j)
+        co_await roll_back(leases[j], "ROLLBACK", max);
+    co_return proto::error(
+        sqlstate::kConnectionFailure,
+        "COMMIT failed on shard " + name(i) +
+            (committed.empty() ? std::string("; nothing was copied")
+                               : " after shard(s) " + committed + " committed"),
+        {}, committed.empty() ? std::string() : "the shards may now disagree; check and repair");
   }
-  if (outcome.error && fail_reason.empty()) fail_reason = std::string_view("shard lost\0", 11);
-  if (!fail_reason.empty()) {
-    frame.clear();
-    proto::MessageWriter(frame).begin(proto::msg::kCopyFail).bytes(fail_reason).finish();
-    for (auto& lease : leases) co_await copy_write(lease, frame);
-  }
-  co_return outcome;
+  co_return std::nullopt;
 }
 
 static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
@@ -354,32 +433,11 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
   // TRANSACTION everywhere, the decision fsynced to the log, COMMIT PREPARED everywhere; a
   // failure before the decision rolls every shard back, one after it is finished by
   // recovery. With two_phase_commit off, one shard after the other.
+  if (!c.config().two_phase_commit || leases.size() < 2)
+    co_return co_await commit_one_by_one(c, leases);
   const auto max = c.config().listen.max_message_size;
   auto& shared = c.worker().shared();
   auto name = [&](std::size_t i) { return leases[i]->target().shard_name; };
-  auto rollback = [&](std::size_t i, std::string sql) -> awaitable<void> {
-    if (leases[i]->broken) co_return;
-    if (!co_await leases[i]->run_own(sql, max)) leases[i]->broken = true;
-  };
-  if (!c.config().two_phase_commit || leases.size() < 2) {
-    std::string committed;
-    for (std::size_t i = 0; i < leases.size(); ++i) {
-      if (co_await leases[i]->run_own("COMMIT", max) && leases[i]->replies.tag == "COMMIT") {
-        committed += (committed.empty() ? "" : ", ") + name(i);
-        continue;
-      }
-      leases[i]->broken = true;
-      if (committed.empty())
-        for (std::size_t j = i + 1; j < leases.size(); ++j) co_await rollback(j, "ROLLBACK");
-      co_return proto::error(
-          sqlstate::kConnectionFailure,
-          "COMMIT failed on shard " + name(i) +
-              (committed.empty() ? std::string("; nothing was copied")
-                                 : " after shard(s) " + committed + " committed"),
-          {}, committed.empty() ? std::string() : "the shards may now disagree; check and repair");
-    }
-    co_return std::nullopt;
-  }
   auto& decisions = shared.decisions;
   const std::string gid = decisions.prefix() + std::to_string(decisions.generation()) + "_" +
                           std::to_string(shared.next_gid.fetch_add(1));
@@ -409,9 +467,9 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
   if (error) {
     for (std::size_t i = 0; i < leases.size(); ++i)
       if (prepared[i])
-        co_await rollback(i, "ROLLBACK PREPARED '" + part(i) + "'");
+        co_await roll_back(leases[i], "ROLLBACK PREPARED '" + part(i) + "'", max);
       else if (leases[i]->status != proto::txn_status::kIdle)
-        co_await rollback(i, "ROLLBACK");
+        co_await roll_back(leases[i], "ROLLBACK", max);
     ++shared.rolled_back_2pc;
     co_return error;
   }

@@ -40,6 +40,9 @@ bool is_integer(int32_t t) {
   return t == oid::kInt2 || t == oid::kInt4 || t == oid::kInt8 || t == oid::kOid;
 }
 
+constexpr std::string_view kFewerColumns =
+    "the shards returned fewer columns than pgshard asked for";
+
 }  // namespace
 
 Merger::Merger(const MergePlan& plan, int shards, const Collation& collation,
@@ -110,76 +113,88 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
     *error = std::move(message);
     return std::nullopt;
   };
-  if (visible_ < 0) return bad("the shards returned fewer columns than pgshard asked for");
+  if (visible_ < 0) return bad(std::string(kFewerColumns));
   order_ = plan_.order;
   for (auto& k : order_)
     if (k.column < 0) k.column = visible_ + (-k.column - 1);
-  const std::vector<Column>* sort_columns = &shard_columns_;
-  if (plan_.aggregate) {
-    // The merged row is the plan's outputs, the client's columns first.
-    if (plan_.outputs.size() < static_cast<std::size_t>(visible_))
-      return bad("the merge plan has fewer outputs than the client's columns");
-    output_columns_.clear();
-    for (const auto& o : plan_.outputs) {
-      if (o.kind != Output::Kind::kAggregate) {
-        if (o.column >= n) return bad("the shards returned fewer columns than pgshard asked for");
-        output_columns_.push_back(shard_columns_[static_cast<std::size_t>(o.column)]);
-        continue;
-      }
-      const auto& a = plan_.aggregates[static_cast<std::size_t>(o.column)];
-      if (a.column >= n || a.count_column >= n)
-        return bad("the shards returned fewer columns than pgshard asked for");
-      Column partial = shard_columns_[static_cast<std::size_t>(a.column)];
-      const int32_t t = partial.type;
-      switch (a.kind) {
-        case Aggregate::Kind::kCount:
-          if (t != oid::kInt8) return bad("count() from a shard is not bigint");
-          break;
-        case Aggregate::Kind::kSum:
-          if (!is_integer(t) && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
-            return bad("sum() over " + type_name(t) + " across shards is not supported");
-          // PostgreSQL adds real values in single precision, rounding after each row: the
-          // shards' rounded parts added again give another total.
-          if (t == oid::kFloat4)
-            return bad(
-                "sum() over real across shards is not exact (cast the argument to "
-                "double precision: sum(x::float8))");
-          if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the total
-          break;
-        case Aggregate::Kind::kAvg:
-          if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
-            return bad("avg() over " + type_name(t) + " across shards is not supported");
-          // PostgreSQL adds real values as double precision for avg(); the shards' sum()
-          // of them is real, rounded on each shard: the quotient would differ.
-          if (t == oid::kFloat4)
-            return bad(
-                "avg() over real across shards is not exact (cast the argument to "
-                "double precision: avg(x::float8) is the value PostgreSQL computes)");
-          partial.type = (t == oid::kFloat4 || t == oid::kFloat8) ? oid::kFloat8 : oid::kNumeric;
-          if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the average
-          break;
-        case Aggregate::Kind::kMin:
-        case Aggregate::Kind::kMax:
-          if (!orderable(t))
-            return bad("min()/max() over " + type_name(t) + " across shards is not supported");
-          if (!partial.problem.empty()) return bad("min()/max(): " + partial.problem);
-          break;
-        case Aggregate::Kind::kBoolAnd:
-        case Aggregate::Kind::kBoolOr:
-          if (t != oid::kBool) return bad("bool_and()/bool_or() from a shard is not boolean");
-          break;
-      }
-      output_columns_.push_back(partial);
+  std::string problem = plan_.aggregate ? describe_outputs(n) : std::string();
+  if (problem.empty()) problem = check_equality(n);
+  if (problem.empty()) problem = check_order(plan_.aggregate ? output_columns_ : shard_columns_);
+  if (!problem.empty()) return bad(std::move(problem));
+  std::string frame;
+  client_description(*desc).write(frame);
+  return frame.substr(5);
+}
+
+std::string Merger::describe_outputs(int n) {
+  // The merged row is the plan's outputs, the client's columns first.
+  if (plan_.outputs.size() < static_cast<std::size_t>(visible_))
+    return "the merge plan has fewer outputs than the client's columns";
+  output_columns_.clear();
+  for (const auto& o : plan_.outputs) {
+    if (o.kind != Output::Kind::kAggregate) {
+      if (o.column >= n) return std::string(kFewerColumns);
+      output_columns_.push_back(shard_columns_[static_cast<std::size_t>(o.column)]);
+      continue;
     }
-    sort_columns = &output_columns_;
+    const auto& a = plan_.aggregates[static_cast<std::size_t>(o.column)];
+    if (a.column >= n || a.count_column >= n) return std::string(kFewerColumns);
+    Column partial = shard_columns_[static_cast<std::size_t>(a.column)];
+    if (auto problem = merge_partial(a, partial); !problem.empty()) return problem;
+    output_columns_.push_back(partial);
   }
+  return {};
+}
+
+std::string Merger::merge_partial(const Aggregate& a, Column& partial) {
+  const int32_t t = partial.type;
+  switch (a.kind) {
+    case Aggregate::Kind::kCount:
+      if (t != oid::kInt8) return "count() from a shard is not bigint";
+      break;
+    case Aggregate::Kind::kSum:
+      if (!is_integer(t) && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
+        return "sum() over " + type_name(t) + " across shards is not supported";
+      // PostgreSQL adds real values in single precision, rounding after each row: the
+      // shards' rounded parts added again give another total.
+      if (t == oid::kFloat4)
+        return "sum() over real across shards is not exact (cast the argument to "
+               "double precision: sum(x::float8))";
+      if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the total
+      break;
+    case Aggregate::Kind::kAvg:
+      if (t != oid::kInt8 && t != oid::kNumeric && t != oid::kFloat4 && t != oid::kFloat8)
+        return "avg() over " + type_name(t) + " across shards is not supported";
+      // PostgreSQL adds real values as double precision for avg(); the shards' sum()
+      // of them is real, rounded on each shard: the quotient would differ.
+      if (t == oid::kFloat4)
+        return "avg() over real across shards is not exact (cast the argument to "
+               "double precision: avg(x::float8) is the value PostgreSQL computes)";
+      partial.type = (t == oid::kFloat4 || t == oid::kFloat8) ? oid::kFloat8 : oid::kNumeric;
+      if (a.cast_type != 0) partial.type = a.cast_type;  // the merge casts the average
+      break;
+    case Aggregate::Kind::kMin:
+    case Aggregate::Kind::kMax:
+      if (!orderable(t))
+        return "min()/max() over " + type_name(t) + " across shards is not supported";
+      if (!partial.problem.empty()) return "min()/max(): " + partial.problem;
+      break;
+    case Aggregate::Kind::kBoolAnd:
+    case Aggregate::Kind::kBoolOr:
+      if (t != oid::kBool) return "bool_and()/bool_or() from a shard is not boolean";
+      break;
+  }
+  return {};
+}
+
+std::string Merger::check_equality(int n) {
   // Under a nondeterministic collation equal values may differ in bytes: groups and
   // DISTINCT rows from different shards would not meet.
   std::vector<int> equal_columns = plan_.group_columns;
   for (int i = 0; plan_.distinct && i < visible_; ++i) equal_columns.push_back(i);
   for (int c : equal_columns)
     if (c >= 0 && c < n && !shard_columns_[static_cast<std::size_t>(c)].deterministic)
-      return bad("GROUP BY or DISTINCT on a column with a nondeterministic collation");
+      return "GROUP BY or DISTINCT on a column with a nondeterministic collation";
   // Groups and DISTINCT rows that may span shards meet only for types whose equality
   // pgshard reproduces (exact_group_equality); keys holding the shard key never span.
   exact_groups_ = !plan_.groups_within_shard;
@@ -189,8 +204,8 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
       if (c >= 0 && c < n) {
         const auto& col = shard_columns_[static_cast<std::size_t>(c)];
         if (!exact_group_equality(col.type, col.format))
-          return bad("GROUP BY on values of " + type_name(col.type) +
-                     " (whose equality is not their bytes) across shards");
+          return "GROUP BY on values of " + type_name(col.type) +
+                 " (whose equality is not their bytes) across shards";
       }
   if (exact_distinct_)
     for (int i = 0; i < visible_; ++i) {
@@ -198,21 +213,28 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
                             ? output_columns_[static_cast<std::size_t>(i)]
                             : shard_columns_[static_cast<std::size_t>(i)];
       if (!exact_group_equality(col.type, col.format))
-        return bad("DISTINCT on values of " + type_name(col.type) +
-                   " (whose equality is not their bytes) across shards");
+        return "DISTINCT on values of " + type_name(col.type) +
+               " (whose equality is not their bytes) across shards";
     }
+  return {};
+}
+
+std::string Merger::check_order(const std::vector<Column>& sort_columns) const {
   for (const auto& k : order_) {
-    if (k.column >= static_cast<int>(sort_columns->size()))
-      return bad("the shards returned fewer columns than pgshard asked for");
-    const auto& col = (*sort_columns)[static_cast<std::size_t>(k.column)];
+    if (k.column >= static_cast<int>(sort_columns.size())) return std::string(kFewerColumns);
+    const auto& col = sort_columns[static_cast<std::size_t>(k.column)];
     if (!orderable(col.type))
-      return bad("ordering values of " + type_name(col.type) + " across shards is not supported");
-    if (!k.c_collation && !col.problem.empty()) return bad(col.problem);
+      return "ordering values of " + type_name(col.type) + " across shards is not supported";
+    if (!k.c_collation && !col.problem.empty()) return col.problem;
   }
+  return {};
+}
+
+proto::RowDescription Merger::client_description(const proto::RowDescription& desc) const {
   // The client's columns: the visible ones, with the types of computed results.
   proto::RowDescription out;
   for (int i = 0; i < visible_; ++i) {
-    auto f = desc->fields[static_cast<std::size_t>(i)];
+    auto f = desc.fields[static_cast<std::size_t>(i)];
     if (plan_.aggregate && i < static_cast<int>(output_columns_.size()) &&
         output_columns_[static_cast<std::size_t>(i)].type != f.type_oid) {
       f.type_oid = output_columns_[static_cast<std::size_t>(i)].type;
@@ -230,9 +252,7 @@ std::optional<std::string> Merger::describe(std::string_view body, std::string* 
     }
     out.fields.push_back(f);
   }
-  std::string frame;
-  out.write(frame);
-  return frame.substr(5);
+  return out;
 }
 
 int Merger::wants() const {

@@ -58,6 +58,15 @@ class Merger {
   // The collation of a shard column, as describe() found it.
   Column column_of(const protocol::FieldDescription& f, const ColumnCollations* collations,
                    bool schema_has_others) const;
+  // describe()'s steps; each returns why the shards' columns cannot be merged ("" if they can).
+  // Aggregate mode: the merged row's columns (output_columns_) from the shards' `n` columns.
+  std::string describe_outputs(int n);
+  // The merged column of aggregate `a` from its shards' partial column.
+  static std::string merge_partial(const Aggregate& a, Column& partial);
+  // GROUP BY and DISTINCT: whether equal values from different shards meet.
+  std::string check_equality(int n);
+  std::string check_order(const std::vector<Column>& sort_columns) const;
+  protocol::RowDescription client_description(const protocol::RowDescription& desc) const;
   const Collation& collation_of(const Column& col) const {
     return col.collation ? *col.collation : collation_;
   }

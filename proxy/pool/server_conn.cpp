@@ -106,6 +106,43 @@ awaitable<std::string> ServerConn::connect(config::Millis timeout) {
   co_return std::get<0>(result);
 }
 
+namespace {
+
+// The answer to a server's authentication request, appended to `out` (nothing for
+// AuthenticationOk and SASLFinal); the reason the login cannot go on, or "".
+std::string answer_authentication(const proto::Authentication& a, const BackendTarget& target,
+                                  std::unique_ptr<proto::ScramClient>& scram, std::string& out,
+                                  const std::string& where) {
+  if (a.code == proto::auth::kOk) return {};
+  if (a.code == proto::auth::kCleartextPassword) {
+    proto::PasswordMessage{target.password}.write(out);
+  } else if (a.code == proto::auth::kMD5Password) {
+    auto pw = proto::md5_password(target.user, target.password, a.data);
+    proto::PasswordMessage{pw}.write(out);
+  } else if (a.code == proto::auth::kSASL) {
+    bool offered = false;
+    for (auto m : a.sasl_mechanisms()) offered |= m == "SCRAM-SHA-256";
+    if (!offered) return where + " offers no supported SASL mechanism";
+    scram = std::make_unique<proto::ScramClient>(target.password,
+                                                 proto::base64_encode(proto::random_bytes(18)));
+    auto first = scram->client_first();
+    proto::SASLInitialResponse{"SCRAM-SHA-256", std::string_view(first)}.write(out);
+  } else if (a.code == proto::auth::kSASLContinue && scram) {
+    std::string err;
+    auto final_msg = scram->server_first(a.data, &err);
+    if (!final_msg) return where + ": " + err;
+    proto::SASLResponse{*final_msg}.write(out);
+  } else if (a.code == proto::auth::kSASLFinal && scram) {
+    if (!scram->server_final(a.data)) return where + ": server SCRAM signature mismatch";
+  } else {
+    return where + " asks for an unsupported authentication method (" + std::to_string(a.code) +
+           ")";
+  }
+  return {};
+}
+
+}  // namespace
+
 awaitable<std::string> ServerConn::login() {
   const std::string where = "shard " + target_.shard_name + " (" + target_.host + ":" +
                             std::to_string(target_.port) + ")";
@@ -142,31 +179,8 @@ awaitable<std::string> ServerConn::login() {
       case proto::msg::kAuthentication: {
         auto a = proto::Authentication::parse(f.body);
         if (!a) co_return "malformed authentication request from " + where;
-        if (a->code == proto::auth::kOk) break;
-        if (a->code == proto::auth::kCleartextPassword) {
-          proto::PasswordMessage{target_.password}.write(out);
-        } else if (a->code == proto::auth::kMD5Password) {
-          auto pw = proto::md5_password(target_.user, target_.password, a->data);
-          proto::PasswordMessage{pw}.write(out);
-        } else if (a->code == proto::auth::kSASL) {
-          bool offered = false;
-          for (auto m : a->sasl_mechanisms()) offered |= m == "SCRAM-SHA-256";
-          if (!offered) co_return where + " offers no supported SASL mechanism";
-          scram = std::make_unique<proto::ScramClient>(
-              target_.password, proto::base64_encode(proto::random_bytes(18)));
-          auto first = scram->client_first();
-          proto::SASLInitialResponse{"SCRAM-SHA-256", std::string_view(first)}.write(out);
-        } else if (a->code == proto::auth::kSASLContinue && scram) {
-          std::string err;
-          auto final_msg = scram->server_first(a->data, &err);
-          if (!final_msg) co_return where + ": " + err;
-          proto::SASLResponse{*final_msg}.write(out);
-        } else if (a->code == proto::auth::kSASLFinal && scram) {
-          if (!scram->server_final(a->data)) co_return where + ": server SCRAM signature mismatch";
-        } else {
-          co_return where + " asks for an unsupported authentication method (" +
-              std::to_string(a->code) + ")";
-        }
+        if (auto err = answer_authentication(*a, target_, scram, out, where); !err.empty())
+          co_return err;
         break;
       }
       case proto::msg::kErrorResponse: {

@@ -2,6 +2,7 @@
 #include "proxy/runtime/params.hpp"
 
 #include <cctype>
+#include <utility>
 
 #include "proxy/pool/server_conn.hpp"
 
@@ -14,97 +15,109 @@ bool is_synced_startup_parameter(std::string_view n) {
          !n.starts_with("_pq_.");
 }
 
-std::string canonical_encoding(std::string_view name) {
-  // PostgreSQL's spelling of an encoding name (encnames.c: letters and digits only, any
-  // case, then an alias table); unknown names are left for the server to refuse.
+namespace {
+
+// PostgreSQL's encoding names by their letters and digits in lower case (encnames.c).
+constexpr std::pair<std::string_view, std::string_view> kEncodingAliases[] = {
+    {"unicode", "UTF8"},
+    {"utf8", "UTF8"},
+    {"sqlascii", "SQL_ASCII"},
+    {"latin1", "LATIN1"},
+    {"latin2", "LATIN2"},
+    {"latin3", "LATIN3"},
+    {"latin4", "LATIN4"},
+    {"latin5", "LATIN5"},
+    {"latin6", "LATIN6"},
+    {"latin7", "LATIN7"},
+    {"latin8", "LATIN8"},
+    {"latin9", "LATIN9"},
+    {"latin10", "LATIN10"},
+    {"iso88591", "LATIN1"},
+    {"iso88592", "LATIN2"},
+    {"iso88593", "LATIN3"},
+    {"iso88594", "LATIN4"},
+    {"iso88599", "LATIN5"},
+    {"iso885910", "LATIN6"},
+    {"iso885913", "LATIN7"},
+    {"iso885914", "LATIN8"},
+    {"iso885915", "LATIN9"},
+    {"iso885916", "LATIN10"},
+    {"iso88595", "ISO_8859_5"},
+    {"iso88596", "ISO_8859_6"},
+    {"iso88597", "ISO_8859_7"},
+    {"iso88598", "ISO_8859_8"},
+    {"eucjp", "EUC_JP"},
+    {"euccn", "EUC_CN"},
+    {"euckr", "EUC_KR"},
+    {"euctw", "EUC_TW"},
+    {"eucjis2004", "EUC_JIS_2004"},
+    {"sjis", "SJIS"},
+    {"shiftjis", "SJIS"},
+    {"mskanji", "SJIS"},
+    {"win932", "SJIS"},
+    {"windows932", "SJIS"},
+    {"shiftjis2004", "SHIFT_JIS_2004"},
+    {"big5", "BIG5"},
+    {"win950", "BIG5"},
+    {"windows950", "BIG5"},
+    {"gbk", "GBK"},
+    {"win936", "GBK"},
+    {"windows936", "GBK"},
+    {"gb18030", "GB18030"},
+    {"uhc", "UHC"},
+    {"win949", "UHC"},
+    {"windows949", "UHC"},
+    {"johab", "JOHAB"},
+    {"koi8", "KOI8R"},
+    {"koi8r", "KOI8R"},
+    {"koi8u", "KOI8U"},
+    {"muleinternal", "MULE_INTERNAL"},
+    {"win", "WIN1251"},
+    {"win866", "WIN866"},
+    {"windows866", "WIN866"},
+    {"alt", "WIN866"},
+    {"win874", "WIN874"},
+    {"windows874", "WIN874"},
+    {"abc", "WIN1258"},
+    {"tcvn", "WIN1258"},
+    {"tcvn5712", "WIN1258"},
+    {"vscii", "WIN1258"},
+    {"win1250", "WIN1250"},
+    {"win1251", "WIN1251"},
+    {"win1252", "WIN1252"},
+    {"win1253", "WIN1253"},
+    {"win1254", "WIN1254"},
+    {"win1255", "WIN1255"},
+    {"win1256", "WIN1256"},
+    {"win1257", "WIN1257"},
+    {"win1258", "WIN1258"},
+    {"windows1250", "WIN1250"},
+    {"windows1251", "WIN1251"},
+    {"windows1252", "WIN1252"},
+    {"windows1253", "WIN1253"},
+    {"windows1254", "WIN1254"},
+    {"windows1255", "WIN1255"},
+    {"windows1256", "WIN1256"},
+    {"windows1257", "WIN1257"},
+    {"windows1258", "WIN1258"}};
+
+// The letters and digits of an encoding name, in lower case: how encnames.c compares them.
+std::string encoding_key(std::string_view name) {
   std::string clean;
   for (char c : name)
     if (std::isalnum(static_cast<unsigned char>(c)))
       clean.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
-  static const std::pair<std::string_view, std::string_view> kAliases[] = {
-      {"unicode", "UTF8"},
-      {"utf8", "UTF8"},
-      {"sqlascii", "SQL_ASCII"},
-      {"latin1", "LATIN1"},
-      {"latin2", "LATIN2"},
-      {"latin3", "LATIN3"},
-      {"latin4", "LATIN4"},
-      {"latin5", "LATIN5"},
-      {"latin6", "LATIN6"},
-      {"latin7", "LATIN7"},
-      {"latin8", "LATIN8"},
-      {"latin9", "LATIN9"},
-      {"latin10", "LATIN10"},
-      {"iso88591", "LATIN1"},
-      {"iso88592", "LATIN2"},
-      {"iso88593", "LATIN3"},
-      {"iso88594", "LATIN4"},
-      {"iso88599", "LATIN5"},
-      {"iso885910", "LATIN6"},
-      {"iso885913", "LATIN7"},
-      {"iso885914", "LATIN8"},
-      {"iso885915", "LATIN9"},
-      {"iso885916", "LATIN10"},
-      {"iso88595", "ISO_8859_5"},
-      {"iso88596", "ISO_8859_6"},
-      {"iso88597", "ISO_8859_7"},
-      {"iso88598", "ISO_8859_8"},
-      {"eucjp", "EUC_JP"},
-      {"euccn", "EUC_CN"},
-      {"euckr", "EUC_KR"},
-      {"euctw", "EUC_TW"},
-      {"eucjis2004", "EUC_JIS_2004"},
-      {"sjis", "SJIS"},
-      {"shiftjis", "SJIS"},
-      {"mskanji", "SJIS"},
-      {"win932", "SJIS"},
-      {"windows932", "SJIS"},
-      {"shiftjis2004", "SHIFT_JIS_2004"},
-      {"big5", "BIG5"},
-      {"win950", "BIG5"},
-      {"windows950", "BIG5"},
-      {"gbk", "GBK"},
-      {"win936", "GBK"},
-      {"windows936", "GBK"},
-      {"gb18030", "GB18030"},
-      {"uhc", "UHC"},
-      {"win949", "UHC"},
-      {"windows949", "UHC"},
-      {"johab", "JOHAB"},
-      {"koi8", "KOI8R"},
-      {"koi8r", "KOI8R"},
-      {"koi8u", "KOI8U"},
-      {"muleinternal", "MULE_INTERNAL"},
-      {"win", "WIN1251"},
-      {"win866", "WIN866"},
-      {"windows866", "WIN866"},
-      {"alt", "WIN866"},
-      {"win874", "WIN874"},
-      {"windows874", "WIN874"},
-      {"abc", "WIN1258"},
-      {"tcvn", "WIN1258"},
-      {"tcvn5712", "WIN1258"},
-      {"vscii", "WIN1258"},
-      {"win1250", "WIN1250"},
-      {"win1251", "WIN1251"},
-      {"win1252", "WIN1252"},
-      {"win1253", "WIN1253"},
-      {"win1254", "WIN1254"},
-      {"win1255", "WIN1255"},
-      {"win1256", "WIN1256"},
-      {"win1257", "WIN1257"},
-      {"win1258", "WIN1258"},
-      {"windows1250", "WIN1250"},
-      {"windows1251", "WIN1251"},
-      {"windows1252", "WIN1252"},
-      {"windows1253", "WIN1253"},
-      {"windows1254", "WIN1254"},
-      {"windows1255", "WIN1255"},
-      {"windows1256", "WIN1256"},
-      {"windows1257", "WIN1257"},
-      {"windows1258", "WIN1258"}};
-  for (const auto& [alias, pg] : kAliases)
-    if (alias == clean) return std::string(pg);
+  return clean;
+}
+
+}  // namespace
+
+std::string canonical_encoding(std::string_view name) {
+  // PostgreSQL's spelling of an encoding name; unknown names are left for the server to
+  // refuse.
+  const auto key = encoding_key(name);
+  for (const auto& [alias, pg] : kEncodingAliases)
+    if (alias == key) return std::string(pg);
   return std::string(name);
 }
 

@@ -319,55 +319,84 @@ int Server::run() {
   raise_open_files_limit();
   const auto& cfg = shared_.config();
   txn::RecoveryResult startup_recovery;
-  if (cfg.two_phase_commit) {
-    // In-doubt transactions of an earlier run are resolved before any client comes in.
-    std::string err;
-    if (!shared_.decisions.open(cfg.two_phase_log, &err)) {
-      spdlog::error("{}", err);
-      return 1;
-    }
-    if (shared_.decisions.fresh()) {
-      spdlog::info("two-phase commit: new instance {} (log {})", shared_.decisions.prefix(),
-                   cfg.two_phase_log);
-    } else {
-      const auto& r = startup_recovery = txn::recover(cfg, shared_.decisions, true);
-      spdlog::info("two-phase commit recovery: {} committed, {} rolled back, {} errors",
-                   r.committed, r.rolled_back, r.errors);
-    }
+  if (cfg.two_phase_commit && !recover_in_doubt(cfg, &startup_recovery)) return 1;
+  listen(cfg);
+  for (auto& w : workers_) w->start();
+  if (!cfg.admin.http_host.empty() && !start_http(cfg)) return 1;
+  spdlog::info("pgshard {} listening on {}:{} with {} workers, {} shards", PGSHARD_VERSION,
+               cfg.listen.host, cfg.listen.port, workers_.size(), cfg.shards.size());
+
+  asio::signal_set stop_signals(main_ctx_, SIGINT, SIGTERM);
+  await_stop_signal(stop_signals, cfg);
+  // SIGHUP: re-read the configuration file (what may change without a restart).
+  asio::signal_set hup_signal(main_ctx_, SIGHUP);
+  await_reload_signal(hup_signal);
+  // SIGUSR2: one log line per session saying what it waits on (diagnosing a stuck client).
+  asio::signal_set dump_signal(main_ctx_, SIGUSR2);
+  await_dump_signal(dump_signal);
+  if (cfg.two_phase_commit) start_recovery_thread(startup_recovery);
+  start_deadlock_detector(cfg);
+  shared_.ids.start_lease(cfg);
+  asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
+  stats_thread_ = std::thread([this] { mark_stats_periods(); });
+  main_ctx_.run();
+  stop_all();
+  spdlog::info("pgshard stopped");
+  return 0;
+}
+
+bool Server::recover_in_doubt(const config::Config& cfg, txn::RecoveryResult* startup) {
+  // In-doubt transactions of an earlier run are resolved before any client comes in.
+  std::string err;
+  if (!shared_.decisions.open(cfg.two_phase_log, &err)) {
+    spdlog::error("{}", err);
+    return false;
   }
+  if (shared_.decisions.fresh()) {
+    spdlog::info("two-phase commit: new instance {} (log {})", shared_.decisions.prefix(),
+                 cfg.two_phase_log);
+  } else {
+    const auto& r = *startup = txn::recover(cfg, shared_.decisions, true);
+    spdlog::info("two-phase commit recovery: {} committed, {} rolled back, {} errors", r.committed,
+                 r.rolled_back, r.errors);
+  }
+  return true;
+}
+
+void Server::listen(const config::Config& cfg) {
   tcp::endpoint ep(asio::ip::make_address(cfg.listen.host), cfg.listen.port);
   acceptor_.emplace(main_ctx_);
   acceptor_->open(ep.protocol());
   acceptor_->set_option(tcp::acceptor::reuse_address(true));
   acceptor_->bind(ep);
   acceptor_->listen(asio::socket_base::max_listen_connections);
-  for (auto& w : workers_) w->start();
-  if (!cfg.admin.http_host.empty()) {
-    try {
-      std::unique_ptr<asio::ssl::context> http_tls;
-      if (!cfg.admin.http_tls_cert.empty())
-        http_tls = std::make_unique<asio::ssl::context>(
-            make_tls_context(cfg.admin.http_tls_cert, cfg.admin.http_tls_key, "admin.http_tls_cert",
-                             "admin.http_tls_key"));
-      http_ = std::make_unique<admin::HttpServer>(shared_, std::move(http_tls));
-      http_->start();
-    } catch (const std::exception& e) {
-      spdlog::error("admin http {}:{}: {}", cfg.admin.http_host, cfg.admin.http_port, e.what());
-      http_.reset();
-      for (auto& w : workers_) w->stop();
-      for (auto& w : workers_) w->join();
-      return 1;
-    }
-  }
-  spdlog::info("pgshard {} listening on {}:{} with {} workers, {} shards", PGSHARD_VERSION,
-               cfg.listen.host, cfg.listen.port, workers_.size(), cfg.shards.size());
+}
 
-  int signals_seen = 0;
-  asio::signal_set signals(main_ctx_, SIGINT, SIGTERM);
-  asio::steady_timer deadline(main_ctx_);
-  std::function<void(error_code, int)> on_signal = [&](error_code ec, int sig) {
+bool Server::start_http(const config::Config& cfg) {
+  try {
+    std::unique_ptr<asio::ssl::context> http_tls;
+    if (!cfg.admin.http_tls_cert.empty())
+      http_tls = std::make_unique<asio::ssl::context>(
+          make_tls_context(cfg.admin.http_tls_cert, cfg.admin.http_tls_key, "admin.http_tls_cert",
+                           "admin.http_tls_key"));
+    http_ = std::make_unique<admin::HttpServer>(shared_, std::move(http_tls));
+    http_->start();
+    return true;
+  } catch (const std::exception& e) {
+    spdlog::error("admin http {}:{}: {}", cfg.admin.http_host, cfg.admin.http_port, e.what());
+    http_.reset();
+    for (auto& w : workers_) w->stop();
+    for (auto& w : workers_) w->join();
+    return false;
+  }
+}
+
+// `cfg` is the configuration the server started with (kept alive in shared_.configs), so
+// a reload does not change the shutdown timeout of a run already going.
+void Server::await_stop_signal(asio::signal_set& signals, const config::Config& cfg) {
+  signals.async_wait([this, &signals, &cfg](error_code ec, int sig) {
     if (ec) return;
-    if (++signals_seen > 1) {
+    if (++stop_signals_seen_ > 1) {
       spdlog::warn("second signal ({}): exiting now", sig);
       std::_Exit(1);
     }
@@ -377,59 +406,60 @@ int Server::run() {
     error_code ignored;
     acceptor_->close(ignored);
     for (auto& w : workers_) w->begin_shutdown();
-    signals.async_wait(on_signal);
-    deadline.expires_after(cfg.timeouts.shutdown);
-    auto started = Clock::now();
-    asio::co_spawn(
-        main_ctx_,
-        [&, started]() -> awaitable<void> {
-          asio::steady_timer tick(main_ctx_);
-          while (shared_.clients.load() > 0 && Clock::now() - started < cfg.timeouts.shutdown) {
-            tick.expires_after(std::chrono::milliseconds(50));
-            co_await tick.async_wait(use_nothrow);
-          }
-          if (shared_.clients.load() > 0) {
-            spdlog::warn("shutdown timeout: closing {} sessions", shared_.clients.load());
-            for (auto& w : workers_) w->force_close();
-            tick.expires_after(std::chrono::milliseconds(200));
-            co_await tick.async_wait(use_nothrow);
-          }
-          main_ctx_.stop();
-        },
-        asio::detached);
-  };
-  signals.async_wait(on_signal);
-  // SIGHUP: re-read the configuration file (what may change without a restart).
-  asio::signal_set hup_signal(main_ctx_, SIGHUP);
-  std::function<void(error_code, int)> on_hup = [&](error_code ec, int) {
+    await_stop_signal(signals, cfg);
+    asio::co_spawn(main_ctx_, drain_sessions(cfg.timeouts.shutdown, Clock::now()), asio::detached);
+  });
+}
+
+awaitable<void> Server::drain_sessions(std::chrono::milliseconds timeout,
+                                       Clock::time_point started) {
+  asio::steady_timer tick(main_ctx_);
+  while (shared_.clients.load() > 0 && Clock::now() - started < timeout) {
+    tick.expires_after(std::chrono::milliseconds(50));
+    co_await tick.async_wait(use_nothrow);
+  }
+  if (shared_.clients.load() > 0) {
+    spdlog::warn("shutdown timeout: closing {} sessions", shared_.clients.load());
+    for (auto& w : workers_) w->force_close();
+    tick.expires_after(std::chrono::milliseconds(200));
+    co_await tick.async_wait(use_nothrow);
+  }
+  main_ctx_.stop();
+}
+
+void Server::await_reload_signal(asio::signal_set& hup_signal) {
+  hup_signal.async_wait([this, &hup_signal](error_code ec, int) {
     if (ec) return;
     std::string report;
     if (reload(&report))
       spdlog::info("SIGHUP: {}", report);
     else
       spdlog::error("SIGHUP: {}", report);
-    hup_signal.async_wait(on_hup);
-  };
-  hup_signal.async_wait(on_hup);
-  // SIGUSR2: one log line per session saying what it waits on (diagnosing a stuck client).
-  asio::signal_set dump_signal(main_ctx_, SIGUSR2);
-  std::function<void(error_code, int)> on_dump = [&](error_code ec, int) {
+    await_reload_signal(hup_signal);
+  });
+}
+
+void Server::await_dump_signal(asio::signal_set& dump_signal) {
+  dump_signal.async_wait([this, &dump_signal](error_code ec, int) {
     if (ec) return;
     for (auto& w : workers_) w->dump_sessions();
-    dump_signal.async_wait(on_dump);
-  };
-  dump_signal.async_wait(on_dump);
-  if (cfg.two_phase_commit)
-    recovery_thread_ =
-        std::thread([this, rounds = txn::RecoveryRounds(startup_recovery)]() mutable {
-          // Every 10 s: finish decided commits a shard missed (it was down at the time) and roll
-          // back what undecided transactions left; a round with nothing to do logs in nowhere.
-          while (!shared_.shutting_down) {
-            for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
-              std::this_thread::sleep_for(std::chrono::milliseconds(100));
-            if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions);
-          }
-        });
+    await_dump_signal(dump_signal);
+  });
+}
+
+void Server::start_recovery_thread(const txn::RecoveryResult& startup) {
+  recovery_thread_ = std::thread([this, rounds = txn::RecoveryRounds(startup)]() mutable {
+    // Every 10 s: finish decided commits a shard missed (it was down at the time) and roll
+    // back what undecided transactions left; a round with nothing to do logs in nowhere.
+    while (!shared_.shutting_down) {
+      for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+      if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions);
+    }
+  });
+}
+
+void Server::start_deadlock_detector(const config::Config& cfg) {
   deadlocks_.emplace(
       cfg,
       [this] {
@@ -444,27 +474,27 @@ int Server::run() {
         workers_[static_cast<std::size_t>(v.txn.worker)]->cancel_victim(v);
       });
   deadlocks_->start();
-  shared_.ids.start_lease(cfg);
-  asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
-  stats_thread_ = std::thread([this] {
-    // Every stats period: the shards' totals, for SHOW STATS averages.
-    while (!shared_.shutting_down) {
-      const auto until = Clock::now() + runtime::Shared::kStatsPeriod;
-      while (!shared_.shutting_down && Clock::now() < until)
-        std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      if (shared_.shutting_down) break;
-      runtime::Snapshot snap;
-      for (auto& w : workers_)
-        if (auto s = w->ask([w = w.get()] { return w->snapshot(); })) snap.workers.push_back(*s);
-      runtime::PeriodMark mark{Clock::now(), {}};
-      for (const auto& r : snap.shards())
-        mark.shards[r.shard] = runtime::ShardTotals::of(r.counters);
-      std::lock_guard lock(shared_.stats_mu);
-      shared_.period_prev = std::move(shared_.period_last);
-      shared_.period_last = std::move(mark);
-    }
-  });
-  main_ctx_.run();
+}
+
+void Server::mark_stats_periods() {
+  // Every stats period: the shards' totals, for SHOW STATS averages.
+  while (!shared_.shutting_down) {
+    const auto until = Clock::now() + runtime::Shared::kStatsPeriod;
+    while (!shared_.shutting_down && Clock::now() < until)
+      std::this_thread::sleep_for(std::chrono::milliseconds(100));
+    if (shared_.shutting_down) break;
+    runtime::Snapshot snap;
+    for (auto& w : workers_)
+      if (auto s = w->ask([w = w.get()] { return w->snapshot(); })) snap.workers.push_back(*s);
+    runtime::PeriodMark mark{Clock::now(), {}};
+    for (const auto& r : snap.shards()) mark.shards[r.shard] = runtime::ShardTotals::of(r.counters);
+    std::lock_guard lock(shared_.stats_mu);
+    shared_.period_prev = std::move(shared_.period_last);
+    shared_.period_last = std::move(mark);
+  }
+}
+
+void Server::stop_all() {
   if (http_) http_->stop();
   deadlocks_->stop();
   shared_.ids.stop_lease();
@@ -473,8 +503,6 @@ int Server::run() {
   shared_.shutting_down = true;
   if (recovery_thread_.joinable()) recovery_thread_.join();
   if (stats_thread_.joinable()) stats_thread_.join();
-  spdlog::info("pgshard stopped");
-  return 0;
 }
 
 }  // namespace pgshard::server

@@ -29,6 +29,10 @@ namespace pgshard::session {
 class Session;
 }
 
+namespace pgshard::txn {
+struct RecoveryResult;
+}
+
 namespace pgshard::server {
 
 class Server;
@@ -81,6 +85,20 @@ class Server {
   int run();
 
  private:
+  // The steps of run(), in order.
+  bool recover_in_doubt(const config::Config& cfg, txn::RecoveryResult* startup);
+  void listen(const config::Config& cfg);
+  bool start_http(const config::Config& cfg);  // false: it failed, the workers are stopped
+  void await_stop_signal(asio::signal_set& signals, const config::Config& cfg);
+  void await_reload_signal(asio::signal_set& hup_signal);
+  void await_dump_signal(asio::signal_set& dump_signal);
+  void start_recovery_thread(const txn::RecoveryResult& startup);
+  void start_deadlock_detector(const config::Config& cfg);
+  void mark_stats_periods();  // the stats thread's loop
+  void stop_all();
+  // After the first SIGINT/SIGTERM: waits for the sessions, closes those left at the
+  // timeout, then stops the main context.
+  awaitable<void> drain_sessions(std::chrono::milliseconds timeout, Clock::time_point started);
   awaitable<void> accept_loop();
   bool reload(std::string* report);
   void install(std::shared_ptr<const config::Config> cfg);
@@ -95,7 +113,8 @@ class Server {
   std::optional<txn::DeadlockDetector> deadlocks_;
   std::optional<tcp::acceptor> acceptor_;
   std::size_t next_worker_ = 0;
-  std::thread stats_thread_;  // marks the stats periods (SHOW STATS averages)
+  std::thread stats_thread_;   // marks the stats periods (SHOW STATS averages)
+  int stop_signals_seen_ = 0;  // a second SIGINT/SIGTERM exits at once
 };
 
 }  // namespace pgshard::server

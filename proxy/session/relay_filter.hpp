@@ -61,6 +61,24 @@ class RelayFilter {
   void reset() { passthrough_ = 0; }
 
  private:
+  // One walk over a buffer: the frame at `pos`, and how much of `buf` before it is already
+  // in out_ (once a frame is hidden or replaced, the relayed bytes are a copy).
+  struct Cursor {
+    std::string_view buf;
+    std::size_t pos = 0;
+    std::size_t relay_from = 0;
+    bool hiding = false;
+  };
+  // Leaves the frame at c.pos (`total` bytes) out of what the client gets.
+  void hide_frame(Cursor& c, std::size_t total);
+  // A whole frame the reply queue does not pass unread: hidden, replaced or passed on, and
+  // what it tells the session.
+  void on_frame(pool::ServerConn& conn, Cursor& c, char type, std::string_view body,
+                std::size_t total);
+  void on_notification(const pool::ServerConn& conn, Cursor& c, std::string_view body,
+                       std::size_t total);
+  void on_client_error(Cursor& c, std::string_view body, std::size_t total);
+
   std::size_t max_message_;
   RelayEvents& events_;
   std::size_t passthrough_ = 0;  // bytes of a large frame still to relay unparsed

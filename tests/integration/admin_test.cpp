@@ -369,6 +369,56 @@ TEST_CASE("admin console: KILL_CLIENT ends one client, SHUTDOWN stops pgshard", 
   CHECK(wait_until([&] { return !proxy.running(); }, 15s));
 }
 
+TEST_CASE("admin console on the wire: an error ends the query; extended messages wait for Sync",
+          "[admin]") {
+  Proxy proxy(admin_options(free_port()));
+  RawClient raw(proxy.port());
+  REQUIRE(raw.login("admin", "adminpw", {{"database", "pgshard"}}));
+  auto message = [](char type, const std::string& body) {
+    std::string m(1, type);
+    const auto len = static_cast<uint32_t>(body.size() + 4);
+    for (int shift = 24; shift >= 0; shift -= 8) m += static_cast<char>((len >> shift) & 0xff);
+    return m + body;
+  };
+  auto query = [&](const std::string& sql) { return message('Q', sql + std::string(1, '\0')); };
+  std::vector<std::pair<char, std::string>> all;
+  auto sqlstate_of = [](const std::string& error_body) {
+    const auto at = error_body.find(std::string("\0C", 2));
+    return at == std::string::npos ? std::string() : error_body.substr(at + 2, 5);
+  };
+  // Statements run one after another; the first error skips the rest of the query.
+  REQUIRE(raw.send(query("SHOW VERSION; SHOW NOTHING; SHOW VERSION")));
+  CHECK(raw.until_ready(&all) == "T D C E Z");
+  CHECK(sqlstate_of(all[3].second) == "42601");
+  // A query of blanks and semicolons is one empty statement.
+  REQUIRE(raw.send(query(" ; ;")));
+  CHECK(raw.until_ready() == "I Z");
+  // Parse is refused; what follows it up to Sync is skipped, Sync answers ReadyForQuery.
+  all.clear();
+  REQUIRE(raw.send(message('P', std::string("\0SHOW POOLS\0\0\0", 14)) +
+                   message('B', std::string("\0\0\0\0\0\0\0\0", 8)) +
+                   message('E', std::string("\0\0\0\0\0", 5)) + message('S', "")));
+  CHECK(raw.until_ready(&all) == "E Z");
+  CHECK(sqlstate_of(all[0].second) == "0A000");
+  // A function call is refused with its own ReadyForQuery.
+  all.clear();
+  REQUIRE(raw.send(message('F', std::string("\0\0\0\0\0\0\0\0\0\0", 10))));
+  CHECK(raw.until_ready(&all) == "E Z");
+  CHECK(sqlstate_of(all[0].second) == "0A000");
+  // COPY messages outside COPY are ignored, as PostgreSQL does.
+  REQUIRE(raw.send(message('d', "x") + message('c', "") + query("SHOW VERSION")));
+  CHECK(raw.until_ready() == "T D C Z");
+  // A message the protocol does not have is FATAL.
+  all.clear();
+  REQUIRE(raw.send(message('y', "")));
+  auto m = raw.next();
+  REQUIRE(m);
+  CHECK(m->first == 'E');
+  CHECK(sqlstate_of(m->second) == "08P01");
+  CHECK(raw.closed());
+  CHECK(proxy.running());
+}
+
 TEST_CASE("metrics, health and readiness over HTTP", "[admin]") {
   const int http = free_port();
   Proxy proxy(admin_options(http));
@@ -690,6 +740,27 @@ TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[
   on(2, "create table live_check (id bigint, name text)");
   CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
   CHECK(out.find("OK: 3 shards answer") != std::string::npos);
+
+  // A missing reference table, a key column renamed away, a shard nobody answers on.
+  on(0, "drop table live_ref");
+  on(2, "alter table live_check rename column id to ident");
+  const int closed = free_port();
+  std::string with_dead = yaml;
+  with_dead.insert(with_dead.find("sharded_tables:"),
+                   "  - { name: dead, primary: \"postgres://app:secret@127.0.0.1:" +
+                       std::to_string(closed) + "/app\" }\n");
+  std::ofstream(dir + "/map.yaml") << with_dead;
+  CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+  INFO(out);
+  CHECK(out.find("ERROR shard s0 (postgres://app@127.0.0.1:" + std::to_string(cluster.port(0)) +
+                 "/app): reference table live_ref does not exist\n") != std::string::npos);
+  CHECK(out.find("/app): sharded table live_check has no key column id\n") != std::string::npos);
+  CHECK(out.find("ERROR shard dead (postgres://app@127.0.0.1:" + std::to_string(closed) +
+                 "/app): cannot connect: ") != std::string::npos);
+  CHECK(out.find("4 problems found\n") != std::string::npos);  // and s2's columns differ
+  on(0, "create table live_ref (code text)");
+  on(2, "alter table live_check rename column ident to id");
+  std::ofstream(dir + "/map.yaml") << yaml;
   for (int i = 0; i < cluster.size(); ++i) {
     on(i, "drop table live_check");
     on(i, "drop table live_ref");

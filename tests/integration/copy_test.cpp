@@ -10,6 +10,7 @@
 
 #include "harness.hpp"
 #include "protocol/codec.hpp"
+#include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 
 using namespace harness;
@@ -474,4 +475,47 @@ TEST_CASE("COPY (query) TO is checked as its query is: joins, reference tables, 
   CHECK(keyed.data == "n,7\n");
   auto ref = copy_out(c.get(), "copy (select sku from cp_products) to stdout");
   CHECK(lines(ref.data).size() == 10);
+}
+
+TEST_CASE(
+    "COPY FROM STDIN over shards: the client's CopyFail ends it everywhere, with or without"
+    " a message",
+    "[copy]") {
+  Proxy proxy(items_map());
+  everywhere(
+      "drop table if exists cp_items; "
+      "create table cp_items (id bigint primary key, name text, score numeric)");
+  RawClient raw(proxy.port());
+  REQUIRE(raw.login());
+  auto message = [](char type, const std::string& body) {
+    std::string m(1, type);
+    const auto len = static_cast<uint32_t>(body.size() + 4);
+    for (int shift = 24; shift >= 0; shift -= 8) m += static_cast<char>((len >> shift) & 0xff);
+    return m + body;
+  };
+  // Before: a CopyFail with an empty body (no message, no terminator) ended the COPY as
+  // CopyDone does, and the shards committed.
+  for (const std::string& reason : {std::string("client changed its mind\0", 24), std::string()}) {
+    INFO("reason: " << reason.size() << " bytes");
+    std::string q;
+    p::Query{"copy cp_items (id, name, score) from stdin"}.write(q);
+    REQUIRE(raw.send(q));
+    auto g = raw.next();
+    REQUIRE(g);
+    REQUIRE(g->first == 'G');
+    REQUIRE(raw.send(message('d', "1\ta\t1\n2\tb\t2\n3\tc\t3\n") + message('f', reason)));
+    std::vector<std::pair<char, std::string>> all;
+    CHECK(raw.until_ready(&all) == "E Z");
+    REQUIRE_FALSE(all.empty());
+    auto e = p::ErrorFields::parse(all[0].second);
+    REQUIRE(e);
+    CHECK(e->code() == "57014");
+    if (!reason.empty())
+      CHECK_THAT(std::string(e->message()), Catch::Contains("client changed its mind"));
+    for (long long n : counts("cp_items")) CHECK(n == 0);
+  }
+  std::string q;
+  p::Query{"select count(*) from cp_items"}.write(q);
+  REQUIRE(raw.send(q));
+  CHECK(raw.until_ready() == "T D C Z");
 }

@@ -13,6 +13,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cerrno>
 #include <chrono>
@@ -512,7 +513,11 @@ std::string RawClient::until_ready(std::vector<std::pair<char, std::string>>* al
 bool RawClient::login(const std::string& user, const std::string& password,
                       const std::vector<std::pair<std::string, std::string>>& extra) {
   namespace p = pgshard::protocol;
-  std::vector<std::pair<std::string, std::string>> params{{"user", user}, {"database", "app"}};
+  std::vector<std::pair<std::string, std::string>> params{{"user", user}};
+  // The database is "app" unless `extra` names another (the admin console's "pgshard").
+  if (std::none_of(extra.begin(), extra.end(),
+                   [](const auto& kv) { return kv.first == "database"; }))
+    params.emplace_back("database", "app");
   params.insert(params.end(), extra.begin(), extra.end());
   std::string out;
   p::write_startup(out, params);

@@ -2,6 +2,7 @@
 // snapshots built by hand (no network).
 #include <unistd.h>
 
+#include <algorithm>
 #include <catch2/catch.hpp>
 #include <cstdio>
 #include <fstream>
@@ -158,6 +159,117 @@ TEST_CASE("metrics: Prometheus text with one declaration per family", "[admin]")
     last = v;
   }
   CHECK(last == 20);
+}
+
+TEST_CASE("metrics: the families in a fixed order, each sample under its own", "[admin]") {
+  // Dashboards and scrapers diff the exposition; its order is part of the interface.
+  auto cfg = config::load_string(kMap, "t.yaml");
+  std::vector<admin::ShardSample> samples(2);
+  samples[1].pinged = Clock::now();
+  samples[1].database_bytes = 7;
+  samples[1].tables["users"] = {3, 16384};
+  auto snap = two_workers();
+  snap.workers[0].clients.push_back({});
+  snap.workers[0].clients.back().state = "active";
+  snap.workers[1].clients.push_back({});
+  snap.workers[1].clients.back().state = "login";
+  snap.workers[0].routes.single = 4;
+  snap.workers[1].routes.refused = 2;
+  snap.workers[1].routes.merges[1] = 3;
+  snap.workers[1].routes.refusals["0A000"] = 2;
+  snap.workers[0].cache_size = 5;
+  snap.workers[1].cache_hits = 6;
+  snap.workers[1].cache_misses = 1;
+  snap.committed_2pc = 9;
+  snap.in_doubt = 1;
+  const auto text = admin::HttpServer::metrics(snap, *cfg, samples);
+  const std::vector<std::string> families = {"pgshard_up",
+                                             "pgshard_uptime_seconds",
+                                             "pgshard_clients",
+                                             "pgshard_server_connections",
+                                             "pgshard_pool_size",
+                                             "pgshard_pool_waiting_clients",
+                                             "pgshard_pool_max_wait_seconds",
+                                             "pgshard_pool_waits_total",
+                                             "pgshard_pool_wait_seconds_total",
+                                             "pgshard_queries_total",
+                                             "pgshard_transactions_total",
+                                             "pgshard_bytes_sent_total",
+                                             "pgshard_bytes_received_total",
+                                             "pgshard_server_logins_total",
+                                             "pgshard_server_login_failures_total",
+                                             "pgshard_errors_total",
+                                             "pgshard_query_duration_seconds",
+                                             "pgshard_transaction_duration_seconds",
+                                             "pgshard_shard_up",
+                                             "pgshard_shard_database_bytes",
+                                             "pgshard_table_rows",
+                                             "pgshard_table_bytes",
+                                             "pgshard_statements_total",
+                                             "pgshard_multi_shard_statements_total",
+                                             "pgshard_refusals_total",
+                                             "pgshard_parse_cache_entries",
+                                             "pgshard_parse_cache_hits_total",
+                                             "pgshard_parse_cache_misses_total",
+                                             "pgshard_2pc_committed_total",
+                                             "pgshard_2pc_rolled_back_total",
+                                             "pgshard_2pc_in_doubt"};
+  std::vector<std::string> declared;
+  // The sampled families are declared together, then sampled shard by shard.
+  const std::set<std::string> sampled = {"pgshard_shard_up", "pgshard_shard_database_bytes",
+                                         "pgshard_table_rows", "pgshard_table_bytes"};
+  std::istringstream in(text);
+  std::string line, current;
+  std::vector<std::string> samples_seen;
+  while (std::getline(in, line)) {
+    if (line.rfind("# HELP ", 0) == 0) continue;
+    if (line.rfind("# TYPE ", 0) == 0) {
+      current = line.substr(7, line.find(' ', 7) - 7);
+      declared.push_back(current);
+      continue;
+    }
+    const auto name = line.substr(0, line.find_first_of("{ "));
+    samples_seen.push_back(line);
+    if (sampled.contains(name)) continue;
+    const bool own = name == current || name == current + "_bucket" || name == current + "_sum" ||
+                     name == current + "_count";
+    if (!own) FAIL_CHECK("sample outside its family: " << line << " under " << current);
+  }
+  CHECK(declared == families);
+  auto has = [&](const std::string& l) {
+    return std::find(samples_seen.begin(), samples_seen.end(), l) != samples_seen.end();
+  };
+  CHECK(has("pgshard_up 1"));
+  CHECK(has("pgshard_clients{state=\"active\"} 1"));
+  CHECK(has("pgshard_clients{state=\"idle\"} 0"));
+  CHECK(has("pgshard_clients{state=\"login\"} 1"));
+  CHECK(has("pgshard_pool_size{shard=\"s1\",user=\"app\"} 8"));
+  CHECK(has("pgshard_server_connections{shard=\"s1\",user=\"app\",state=\"active\"} 4"));
+  CHECK(has("pgshard_server_connections{shard=\"s1\",user=\"app\",state=\"idle\"} 2"));
+  CHECK(has("pgshard_server_connections{shard=\"s1\",user=\"app\",state=\"login\"} 0"));
+  CHECK(has("pgshard_transactions_total{shard=\"s1\",user=\"app\"} 10"));
+  CHECK(has("pgshard_shard_up{shard=\"s1\"} 0"));
+  CHECK(has("pgshard_table_bytes{shard=\"s1\",table=\"users\"} 16384"));
+  CHECK(has("pgshard_statements_total{route=\"single_shard\"} 4"));
+  CHECK(has("pgshard_statements_total{route=\"refused\"} 2"));
+  CHECK(has("pgshard_multi_shard_statements_total{merge=\"sort\"} 3"));
+  CHECK(has("pgshard_refusals_total{sqlstate=\"0A000\"} 2"));
+  CHECK(has("pgshard_parse_cache_entries 5"));
+  CHECK(has("pgshard_parse_cache_hits_total 6"));
+  CHECK(has("pgshard_parse_cache_misses_total 1"));
+  CHECK(has("pgshard_2pc_committed_total 9"));
+  CHECK(has("pgshard_2pc_rolled_back_total 0"));
+  CHECK(has("pgshard_2pc_in_doubt 1"));
+  // Within a family, samples keep their order: the states, the routes.
+  auto at = [&](const std::string& l) {
+    return std::find(samples_seen.begin(), samples_seen.end(), l) - samples_seen.begin();
+  };
+  CHECK(at("pgshard_clients{state=\"active\"} 1") < at("pgshard_clients{state=\"idle\"} 0"));
+  CHECK(at("pgshard_clients{state=\"idle\"} 0") < at("pgshard_clients{state=\"login\"} 1"));
+  CHECK(at("pgshard_statements_total{route=\"single_shard\"} 4") <
+        at("pgshard_statements_total{route=\"refused\"} 2"));
+  CHECK(at("pgshard_shard_database_bytes{shard=\"s1\"} 7") <
+        at("pgshard_table_rows{shard=\"s1\",table=\"users\"} 3"));
 }
 
 TEST_CASE("config: the admin section names known users and a host:port", "[admin]") {

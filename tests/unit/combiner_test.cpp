@@ -405,8 +405,8 @@ TEST_CASE("binary COPY TO over shards: one file header first, one trailer last",
   // shard 1: no rows (header and trailer in one message); shard 2: cut at odd places.
   s.push_back({copy_out_response(1), copy_data(kHeader + tuple('a')), copy_data(tuple('b')),
                copy_data(kTrailer), testing::empty(msg::kCopyDone), complete("COPY 2"), ready()});
-  s.push_back({copy_out_response(1), copy_data(kHeader + kTrailer),
-               testing::empty(msg::kCopyDone), complete("COPY 0"), ready()});
+  s.push_back({copy_out_response(1), copy_data(kHeader + kTrailer), testing::empty(msg::kCopyDone),
+               complete("COPY 0"), ready()});
   const std::string rest = kHeader + tuple('c') + tuple('d') + kTrailer;
   s.push_back({copy_out_response(1), copy_data(rest.substr(0, 7)), copy_data(rest.substr(7, 20)),
                copy_data(rest.substr(27, 1)), copy_data(rest.substr(28, rest.size() - 29)),
@@ -430,4 +430,86 @@ TEST_CASE("a fan-out never waits for COPY FROM STDIN data", "[combiner]") {
   run(c, s);
   REQUIRE(c.failure());
   CHECK(c.failure()->code == "0A000");
+}
+
+TEST_CASE("a merge the shards' columns cannot feed fails with 0A000 and says how to avoid it",
+          "[combiner]") {
+  merge::MergePlan plan;
+  plan.order.push_back({.column = 0});
+  merge::Collation collation;
+  auto o = names(2);
+  o.plan = &plan;
+  o.collation = &collation;
+  executor::Combiner c(2, o);
+  const auto desc = row_description({{"i", merge::oid::kInterval}});
+  auto types =
+      run(c, {{desc, complete("SELECT 0"), ready()}, {desc, complete("SELECT 0"), ready()}});
+  REQUIRE(c.failure());
+  CHECK(c.failure()->code == "0A000");
+  CHECK(c.failure()->message == "ordering values of interval across shards is not supported");
+  CHECK(c.failure()->hint == "add the shard key to the WHERE clause so one shard answers");
+  CHECK(types.find('T') == std::string::npos);  // no RowDescription before the error
+}
+
+TEST_CASE("a merged total out of range fails the statement with PostgreSQL's SQLSTATE",
+          "[combiner]") {
+  merge::MergePlan plan;
+  plan.aggregate = true;
+  plan.aggregates = {{merge::Aggregate::Kind::kSum, 0, -1}};
+  plan.outputs = {{merge::Output::Kind::kAggregate, 0}};
+  merge::Collation collation;
+  auto o = names(2);
+  o.plan = &plan;
+  o.collation = &collation;
+  executor::Combiner c(2, o);
+  const auto desc = row_description({{"sum", merge::oid::kInt8}});
+  auto types = run(c, {{desc, data_row({"9223372036854775807"}), complete("SELECT 1"), ready()},
+                       {desc, data_row({"1"}), complete("SELECT 1"), ready()}});
+  REQUIRE(c.failure());
+  CHECK(c.failure()->code == "22003");
+  CHECK(c.failure()->message == "bigint out of range");
+  CHECK(types.find('C') == std::string::npos);
+}
+
+TEST_CASE("a merged answer cut by Execute's row limit ends in PortalSuspended", "[combiner]") {
+  merge::MergePlan plan;
+  plan.order.push_back({.column = 0});
+  merge::Collation collation;
+  auto o = names(2);
+  o.plan = &plan;
+  o.collation = &collation;
+  o.max_rows = 2;
+  executor::Combiner c(2, o);
+  const auto desc = row_description({{"k", merge::oid::kInt4}});
+  std::vector<std::string> rows;
+  auto types = run(c,
+                   {{desc, data_row({"1"}), data_row({"4"}), complete("SELECT 2"), ready()},
+                    {desc, data_row({"2"}), data_row({"3"}), complete("SELECT 2"), ready()}},
+                   &rows);
+  CHECK_FALSE(c.failure());
+  CHECK(types.back() == 's');
+  CHECK(types.find('C') == std::string::npos);
+  CHECK(rows == std::vector<std::string>{"1", "2"});
+}
+
+TEST_CASE("a hidden RowDescription without a merge is not passed on", "[combiner]") {
+  executor::Combiner c(2, names(2));
+  const auto desc = row_description({{"k", merge::oid::kInt4}});
+  std::vector<std::deque<std::string>> shards = {
+      {desc, data_row({"1"}), complete("SELECT 1"), ready()},
+      {desc, complete("SELECT 0"), ready()}};
+  for (int i; (i = c.wants()) >= 0;) {
+    auto& q = shards[static_cast<std::size_t>(i)];
+    auto m = q.front();
+    q.pop_front();
+    auto d = proto::decode_frame(m);
+    c.add(i, d.frame, m, d.frame.type == msg::kRowDescription);
+  }
+  std::string types;
+  for (std::string_view rest = c.out(); !rest.empty();) {
+    auto d = proto::decode_frame(rest);
+    types += d.frame.type;
+    rest.remove_prefix(d.consumed);
+  }
+  CHECK(types == "DC");
 }

@@ -291,6 +291,128 @@ TEST_CASE("types pgshard cannot order are refused, not guessed", "[merge]") {
   CHECK(err.find("interval") != std::string::npos);
 }
 
+TEST_CASE("describe refuses what it cannot merge, saying why", "[merge]") {
+  // Each case: a plan, the shards' columns, the exact message (empty: accepted).
+  auto refusal = [](const MergePlan& plan, std::vector<std::pair<std::string, int32_t>> cols,
+                    const ColumnCollations* collations = nullptr) {
+    Collation c;
+    Merger m(plan, 2, c, std::nullopt, std::nullopt);
+    std::string err;
+    const bool ok = m.describe(row_description(std::move(cols)), &err, collations).has_value();
+    return ok ? std::string() : err;
+  };
+  auto aggregate_plan = [](Aggregate::Kind kind, int32_t cast_type = 0) {
+    MergePlan plan;
+    plan.aggregate = true;
+    plan.aggregates = {{kind, 0, -1}};
+    plan.aggregates[0].cast_type = cast_type;
+    plan.outputs = {{Output::Kind::kAggregate, 0}};
+    return plan;
+  };
+  const std::string fewer = "the shards returned fewer columns than pgshard asked for";
+  {
+    Collation c;
+    Merger m(MergePlan{}, 2, c, std::nullopt, std::nullopt);
+    std::string err;
+    CHECK_FALSE(m.describe("x", &err));
+    CHECK(err == "malformed RowDescription from a shard");
+  }
+  MergePlan hidden;
+  hidden.hidden = 2;
+  CHECK(refusal(hidden, {{"a", oid::kInt4}}) == fewer);
+  MergePlan no_outputs;
+  no_outputs.aggregate = true;
+  CHECK(refusal(no_outputs, {{"a", oid::kInt4}}) ==
+        "the merge plan has fewer outputs than the client's columns");
+  MergePlan key_beyond;
+  key_beyond.aggregate = true;
+  key_beyond.outputs = {{Output::Kind::kGroupKey, 3}};
+  CHECK(refusal(key_beyond, {{"a", oid::kInt4}}) == fewer);
+  auto avg_beyond = aggregate_plan(Aggregate::Kind::kAvg);
+  avg_beyond.aggregates[0].count_column = 4;
+  CHECK(refusal(avg_beyond, {{"a", oid::kInt8}}) == fewer);
+
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kCount), {{"count", oid::kInt4}}) ==
+        "count() from a shard is not bigint");
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kSum), {{"sum", oid::kInterval}}) ==
+        "sum() over interval across shards is not supported");
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kSum), {{"sum", oid::kFloat4}}) ==
+        "sum() over real across shards is not exact (cast the argument to double precision: "
+        "sum(x::float8))");
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kAvg), {{"avg", oid::kInt4}}) ==
+        "avg() over type 23 across shards is not supported");
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kAvg), {{"avg", oid::kFloat4}}) ==
+        "avg() over real across shards is not exact (cast the argument to double precision: "
+        "avg(x::float8) is the value PostgreSQL computes)");
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kMax), {{"max", 114}}) ==
+        "min()/max() over json across shards is not supported");
+  CHECK(refusal(aggregate_plan(Aggregate::Kind::kBoolOr), {{"bool_or", oid::kInt4}}) ==
+        "bool_and()/bool_or() from a shard is not boolean");
+  // A computed text column when the schema has columns of other collations.
+  ColumnCollations others;
+  others.relations.insert("profiles");
+  auto min_text = aggregate_plan(Aggregate::Kind::kMin);
+  min_text.relations = {"profiles"};
+  CHECK(refusal(min_text, {{"min", oid::kText}}, &others) ==
+        "min()/max(): ordering computed text across shards when the schema has columns with "
+        "other collations than the database's");
+  // The merged types: sum(int)::float8 is described as float8, avg(float8) as float8,
+  // sum(numeric)::numeric(10,2) with the cast's typmod.
+  auto described = [](const MergePlan& plan, int32_t type) {
+    Collation c;
+    Merger m(plan, 2, c, std::nullopt, std::nullopt);
+    std::string err;
+    auto desc = m.describe(row_description({{"x", type}}), &err);
+    REQUIRE(desc);
+    return proto::RowDescription::parse(*desc)->fields.at(0);
+  };
+  auto sum_float8 = described(aggregate_plan(Aggregate::Kind::kSum, oid::kFloat8), oid::kInt4);
+  CHECK((sum_float8.type_oid == oid::kFloat8 && sum_float8.type_size == 8));
+  auto avg_float8 = described(aggregate_plan(Aggregate::Kind::kAvg), oid::kFloat8);
+  CHECK(avg_float8.type_oid == oid::kFloat8);  // the shards' own column, kept as sent
+  auto sum_typmod = aggregate_plan(Aggregate::Kind::kSum);
+  sum_typmod.aggregates[0].typmod = (10 << 16 | 2) + 4;
+  auto sum_numeric = described(sum_typmod, oid::kNumeric);
+  CHECK((sum_numeric.type_oid == oid::kNumeric && sum_numeric.type_modifier == (10 << 16 | 2) + 4));
+
+  // GROUP BY / DISTINCT across shards: nondeterministic collations and inexact equality.
+  ColumnCollations nondeterministic;
+  nondeterministic.columns[{500, 1}] = *collation_entry("ci", "i", false, "", Collation());
+  MergePlan group_ci;
+  group_ci.group_columns = {0};
+  {
+    Collation c;
+    Merger m(group_ci, 2, c, std::nullopt, std::nullopt);
+    proto::RowDescription d;
+    d.fields.push_back({"nick", 500, 1, oid::kText, -1, -1, 0});
+    std::string frame, err;
+    d.write(frame);
+    CHECK_FALSE(m.describe(std::string_view(frame).substr(5), &err, &nondeterministic));
+    CHECK(err == "GROUP BY or DISTINCT on a column with a nondeterministic collation");
+  }
+  MergePlan group_json;
+  group_json.group_columns = {0};
+  CHECK(refusal(group_json, {{"j", 114}}) ==
+        "GROUP BY on values of json (whose equality is not their bytes) across shards");
+  group_json.groups_within_shard = true;  // the key holds the shard key: groups never span
+  CHECK(refusal(group_json, {{"j", 114}}).empty());
+  MergePlan distinct_json;
+  distinct_json.distinct = true;
+  CHECK(refusal(distinct_json, {{"i", oid::kInt4}, {"j", 3802}}) ==
+        "DISTINCT on values of jsonb (whose equality is not their bytes) across shards");
+  distinct_json.distinct_within_shard = true;
+  CHECK(refusal(distinct_json, {{"i", oid::kInt4}, {"j", 3802}}).empty());
+
+  // ORDER BY a column the shards did not send, or of a type pgshard cannot order.
+  MergePlan order_beyond;
+  order_beyond.order.push_back({.column = 2});
+  CHECK(refusal(order_beyond, {{"a", oid::kInt4}}) == fewer);
+  MergePlan order_record;
+  order_record.order.push_back({.column = 0});
+  CHECK(refusal(order_record, {{"r", 2249}}) ==
+        "ordering values of record across shards is not supported");
+}
+
 TEST_CASE("column collations: as the database's, byte order, or refused", "[merge][value]") {
   const Collation utf8_c = *Collation::open("C.UTF-8");
   // The same ordering as the database's collation: nothing to note.

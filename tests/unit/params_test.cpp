@@ -46,3 +46,23 @@ TEST_CASE("fingerprints tell equal setting sets from different ones", "[params]"
   CHECK(fingerprint({{"ab", "c"}}) != fingerprint({{"a", "bc"}}));
   CHECK(fingerprint({}) != 0);
 }
+
+TEST_CASE("client_encoding names are spelled as PostgreSQL spells them", "[params]") {
+  // encnames.c: letters and digits only, any case, then its alias table.
+  CHECK(canonical_encoding("unicode") == "UTF8");
+  CHECK(canonical_encoding("UTF-8") == "UTF8");
+  CHECK(canonical_encoding("utf_8") == "UTF8");
+  CHECK(canonical_encoding("SQL_ASCII") == "SQL_ASCII");
+  CHECK(canonical_encoding("Latin-1") == "LATIN1");
+  CHECK(canonical_encoding("ISO-8859-15") == "LATIN9");
+  CHECK(canonical_encoding("iso_8859_5") == "ISO_8859_5");
+  CHECK(canonical_encoding("Shift_JIS") == "SJIS");
+  CHECK(canonical_encoding("windows-1251") == "WIN1251");
+  CHECK(canonical_encoding("win") == "WIN1251");
+  CHECK(canonical_encoding("KOI8-R") == "KOI8R");
+  CHECK(canonical_encoding("euc_jis_2004") == "EUC_JIS_2004");
+  CHECK(canonical_encoding("TCVN5712") == "WIN1258");
+  // Unknown names stay as the client wrote them, for the server to refuse.
+  CHECK(canonical_encoding("Klingon-8") == "Klingon-8");
+  CHECK(canonical_encoding("") == "");
+}

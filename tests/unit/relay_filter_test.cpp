@@ -6,6 +6,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "protocol/codec.hpp"
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/runtime/parked_relays.hpp"
@@ -238,4 +239,54 @@ TEST_CASE("a worker keeps at most kMax waiting relays and ends the oldest for ro
   CHECK(ended == std::vector<int>{0, 1, 2, 3});
   for (auto& r : relays) parked.unpark(r);
   CHECK(parked.size() == 0);
+}
+
+TEST_CASE("the client's own notifications carry the process id pgshard gave it", "[relay]") {
+  struct PidEvents : Events {
+    int32_t client_pid() const override { return 777; }
+  };
+  asio::io_context io;
+  pool::ServerConn conn{io.get_executor(), pool::BackendTarget{}};
+  PidEvents events;
+  session::RelayFilter filter{1 << 20, events};
+  auto notification = [](int32_t pid) {
+    std::string out;
+    proto::MessageWriter(out)
+        .begin(msg::kNotificationResponse)
+        .i32(pid)
+        .cstr("ch")
+        .cstr("hi")
+        .finish();
+    return out;
+  };
+  conn.replies.expect_ready(Owner::kClient);
+  // From this server's own session (its pid): rewritten to the client's; from another: as is.
+  const std::string in =
+      notification(conn.pid()) + notification(4242) + proto::ready_for_query('I');
+  auto step = filter.walk(conn, in);
+  CHECK(step.used == in.size());
+  CHECK(step.relay == notification(777) + notification(4242) + proto::ready_for_query('I'));
+}
+
+TEST_CASE("a result type changed under a cached plan tells the session the schema changed",
+          "[relay]") {
+  struct SchemaEvents : Events {
+    bool changed = false;
+    void schema_changed() override { changed = true; }
+  };
+  asio::io_context io;
+  pool::ServerConn conn{io.get_executor(), pool::BackendTarget{}};
+  SchemaEvents events;
+  session::RelayFilter filter{1 << 20, events};
+  conn.replies.expect_ready(Owner::kClient);
+  filter.walk(conn, error() + proto::ready_for_query('E'));
+  CHECK_FALSE(events.changed);
+  conn.replies.expect_ready(Owner::kClient);
+  std::string plan_changed;
+  proto::write_error(plan_changed,
+                     proto::error("0A000", "cached plan must not change result type"));
+  auto step = filter.walk(conn, plan_changed + proto::ready_for_query('E'));
+  CHECK(events.changed);
+  CHECK(events.failed);
+  CHECK(step.relay == plan_changed + proto::ready_for_query('E'));
 }

@@ -8,7 +8,9 @@
 #include <set>
 #include <string>
 
+#include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
+#include "protocol/startup.hpp"
 #include "session_harness.hpp"
 
 using namespace pgshard::testing;
@@ -368,4 +370,54 @@ TEST_CASE("INSERT ... SELECT across shards inserts the merged answer, shows none
   CHECK(count_mentions(h.received(target), "INSERT") == 1);
   CHECK(mentions(h.received(target), "7"));
   CHECK_FALSE(mentions(h.received(1 - target), "INSERT"));
+
+TEST_CASE("startup refusals: each FATAL with PostgreSQL's SQLSTATE and text",
+          "[session_inprocess]") {
+  Harness h;
+  auto fatal_of = [&](const std::string& bytes) {
+    Client c = h.connect();
+    c.send(bytes);
+    auto m = c.read();
+    REQUIRE(m);
+    REQUIRE(m->type == proto::msg::kErrorResponse);
+    auto e = proto::ErrorFields::parse(m->body);
+    REQUIRE(e);
+    CHECK(c.closed_within(2s));
+    return std::string(e->code()) + " " + std::string(e->message());
+  };
+  auto startup = [](std::vector<std::pair<std::string, std::string>> params) {
+    std::string out;
+    proto::write_startup(out, params);
+    return out;
+  };
+  CHECK(fatal_of(startup({{"database", "app"}})) ==
+        "28000 no PostgreSQL user name specified in startup packet");
+  CHECK(fatal_of(startup({{"user", "app"}, {"replication", "database"}})) ==
+        "0A000 replication connections are not supported by pgshard");
+  // Bytes after SSLRequest, before the handshake (CVE-2021-23214).
+  std::string ssl;
+  proto::write_ssl_request(ssl);
+  CHECK(fatal_of(ssl + startup({{"user", "app"}})) ==
+        "08P01 received unencrypted data after SSL request");
+  // A parameter list without its final terminator.
+  std::string unterminated = startup({{"user", "app"}});
+  unterminated.pop_back();
+  unterminated[3] = static_cast<char>(unterminated[3] - 1);
+  CHECK(fatal_of(unterminated) == "08P01 invalid startup packet layout");
+  // A CancelRequest for no session: the connection closes without an answer.
+  Client cancel = h.connect();
+  std::string out;
+  proto::write_cancel_request(out, 12345, 678);
+  cancel.send(out);
+  CHECK(cancel.closed_within(2s));
+  // A newer protocol minor: NegotiateProtocolVersion, then the login goes on.
+  Client newer = h.connect();
+  auto v32 = startup({{"user", "app"}, {"database", "app"}});
+  v32[7] = 2;  // 3.2
+  newer.send(v32);
+  auto first = newer.read();
+  REQUIRE(first);
+  CHECK(first->type == 'v');
+  auto rest = newer.read_until_ready();
+  CHECK(error_code(rest).empty());
 }
