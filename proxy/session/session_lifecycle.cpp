@@ -373,6 +373,8 @@ void Session::kill() {
     wrote_client_now(rest);
   }
   force_close();
+  // A wait for a pooled server ends now, not when it times out.
+  if (pool_waiting_) pool_waiting_->stop->emit(asio::cancellation_type::terminal);
 }
 
 void Session::force_close() {
