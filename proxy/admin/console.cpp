@@ -264,10 +264,10 @@ std::string show_clients(const Snapshot& s) {
       std::string servers;
       for (auto id : c.servers) servers += (servers.empty() ? "S-" : ",S-") + std::to_string(id);
       t << "C" << c.user << c.database << c.state << c.addr << static_cast<int>(c.port)
-        << wall_time(c.connected, s.taken) << wall_time(c.last_request, s.taken) << 0 << 0 << 0
-        << ("C-" + std::to_string(c.id)) << servers << 0 << (c.tls ? "TLS" : "")
-        << c.application_name << c.id << std::string(1, c.txn) << c.waiting_on << servers
-        << w.worker;
+        << wall_time(c.connected, s.taken) << wall_time(c.last_request, s.taken)
+        << c.wait_us / 1000000 << c.wait_us % 1000000 << 0 << ("C-" + std::to_string(c.id))
+        << servers << 0 << (c.tls ? "TLS" : "") << c.application_name << c.id
+        << std::string(1, c.txn) << c.waiting_on << servers << w.worker;
       t.end_row();
     }
   return t.write("SHOW");

@@ -9,10 +9,6 @@
 
 namespace pgshard::pool {
 
-namespace {
-constexpr auto kTrustRecent = std::chrono::milliseconds(100);
-}
-
 void Lease::release() {
   if (conn_ && pool_) pool_->give_back(std::move(conn_));
   conn_.reset();
@@ -36,14 +32,13 @@ Pool::~Pool() {
 awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop,
                                                           bool in_transaction) {
   if (paused_ && !in_transaction) {
-    const auto deadline = Clock::now() + wait_timeout_;
-    while (paused_ && Clock::now() < deadline) {
-      if (!resumed_) resumed_ = std::make_unique<asio::steady_timer>(ex_, Clock::time_point::max());
-      asio::steady_timer limit(ex_, deadline);
-      // Whichever comes first: RESUME (cancels resumed_) or the deadline.
-      using namespace asio::experimental::awaitable_operators;
-      co_await (resumed_->async_wait(use_nothrow) || limit.async_wait(use_nothrow));
-    }
+    // Until RESUME (which cancels the timer), the deadline or the caller's stop.
+    Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false, false};
+    paused_waiters_.push_back(&w);
+    auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
+    std::erase(paused_waiters_, &w);
+    if (paused_ && ec == asio::error::operation_aborted)
+      co_return "the client left while waiting for a connection to shard " + target_.shard_name;
     if (paused_)
       co_return "timed out after " + std::to_string(wait_timeout_.count()) + " ms: shard " +
           target_.shard_name + " is paused (PAUSE on the admin console)";
@@ -82,9 +77,10 @@ std::optional<Lease> Pool::lend_idle(bool in_transaction) {
   while (!idle_.empty() && !lease) {
     auto conn = std::move(idle_.back());  // LIFO: the warmest connection
     idle_.pop_back();
-    // A connection back in the pool moments ago is trusted without a syscall; older ones
-    // are checked for a server that went away meanwhile (restart, idle timeout).
-    if (coarse_now() - conn->idle_since < kTrustRecent || !conn->stale()) {
+    // Checked for a server that went away while it was idle (terminated, restarted, its
+    // idle timeout): no read is pending on an idle server, so only a look at its socket
+    // tells, and a server killed a moment after it came back is as dead as an old one.
+    if (!conn->stale()) {
       lease = lend(std::move(conn));
       break;
     }
@@ -184,11 +180,13 @@ bool Pool::hand_over(std::unique_ptr<ServerConn>& conn) {
 
 void Pool::receive(std::unique_ptr<ServerConn> conn) {
   if (conn) {
-    if (conn->arrive(ex_)) {
+    // (A server that died on its way is closed here: its slot serves the waiter instead.)
+    if (conn->arrive(ex_) && !conn->stale()) {
       ++total_;
       conn->replies.counters = count_requests_ ? &counters_ : nullptr;
     } else {
-      conn.reset();  // (closed: its slot serves instead)
+      conn->close();
+      conn.reset();  // (its slot serves instead)
     }
   }
   serve(std::move(conn));
@@ -222,7 +220,7 @@ void Pool::lend_away() {
   auto conn = std::move(idle_.front());  // the coldest: the warm ones stay here
   idle_.pop_front();
   publish_idle(false);
-  if (coarse_now() - conn->idle_since >= kTrustRecent && conn->stale()) {
+  if (conn->stale()) {
     conn->close();
     drop();  // (its slot goes to the waiter)
     return;
@@ -267,10 +265,8 @@ void Pool::set_limits(int max_size, config::Millis wait_timeout, config::Millis 
 
 void Pool::pause(bool on) {
   paused_ = on;
-  if (!on && resumed_) {
-    resumed_->cancel();
-    resumed_.reset();
-  }
+  if (!on)
+    for (auto* w : paused_waiters_) w->timer.cancel();
 }
 
 void Pool::reconnect() {
@@ -286,11 +282,13 @@ void Pool::reconnect() {
 PoolStats Pool::stats() const {
   PoolStats s{total_,
               static_cast<int>(idle_.size()),
-              static_cast<int>(waiters_.size()),
+              static_cast<int>(waiters_.size() + paused_waiters_.size()),
               connecting_,
               shared_.limit(),
               0};
   for (const auto* w : waiters_) s.max_wait_us = std::max(s.max_wait_us, micros_since(w->since));
+  for (const auto* w : paused_waiters_)
+    s.max_wait_us = std::max(s.max_wait_us, micros_since(w->since));
   return s;
 }
 

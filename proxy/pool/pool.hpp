@@ -46,7 +46,7 @@ class Lease {
 struct PoolStats {
   int total = 0;  // idle + leased + connecting (this worker's)
   int idle = 0;
-  int waiting = 0;           // clients queued for a connection
+  int waiting = 0;           // clients queued for a connection (or held by PAUSE)
   int connecting = 0;        // connections logging in
   int max_size = 0;          // the limit of the whole process (pool_size)
   uint64_t max_wait_us = 0;  // the longest a queued client has waited so far
@@ -155,7 +155,7 @@ class Pool {
   int connecting_ = 0;
   bool count_requests_ = true;
   bool paused_ = false;
-  std::unique_ptr<asio::steady_timer> resumed_;  // cancelled by resume (the paused wait)
+  std::vector<Waiter*> paused_waiters_;  // clients held by PAUSE (resume cancels their timers)
   Counters counters_;
   PoolHealth health_;
   bool closed_ = false;

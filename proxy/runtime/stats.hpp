@@ -51,7 +51,9 @@ struct ClientRow {
   uint64_t id = 0;
   std::string user;
   std::string database;
-  std::string state;  // active (a server attached or work in flight), idle, login
+  // active (a server attached or work in flight), waiting (for a pooled server), idle, login
+  std::string state;
+  uint64_t wait_us = 0;  // how long it has waited for a pooled server (0: not waiting)
   std::string addr;
   uint16_t port = 0;
   std::string application_name;

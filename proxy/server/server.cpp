@@ -75,7 +75,7 @@ runtime::WorkerSnapshot Worker::snapshot() const {
 bool Worker::kill_client(uint64_t id) {
   auto it = sessions_.find(id);
   auto s = it == sessions_.end() ? nullptr : it->second.lock();
-  if (s) s->force_close();
+  if (s) s->kill();
   return s != nullptr;
 }
 
@@ -83,9 +83,10 @@ void Worker::kill_shard(int shard) {
   for (auto& [id, weak] : sessions_) {
     auto s = weak.lock();
     if (!s) continue;
-    bool holds = shard < 0;
+    // (Clients waiting for one of its servers too: they are its clients as much.)
+    bool holds = shard < 0 || s->waiting_for() == shard;
     for (const auto* conn : s->servers()) holds |= conn->target().shard == shard;
-    if (holds && s->client_row().database != admin::kConsoleDatabase) s->force_close();
+    if (holds && s->client_row().database != admin::kConsoleDatabase) s->kill();
   }
   reconnect(shard);
 }
@@ -246,7 +247,9 @@ bool Server::reload(std::string* report) {
   }
   if (auto refused = config::reload_refusals(running, *next); !refused.empty()) {
     *report = "the configuration was not changed; these changes need a restart (or resharding):";
-    for (const auto& r : refused) *report += "\n  " + r;
+    // One line, each change after a "; ": the log escapes a line break (main.cpp), which
+    // read as a literal \n between them.
+    for (std::size_t i = 0; i < refused.size(); ++i) *report += (i ? "; " : " ") + refused[i];
     return false;
   }
   try {

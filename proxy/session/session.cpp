@@ -102,9 +102,12 @@ runtime::ClientRow Session::client_row() const {
   r.database = identity_.database;
   const bool busy = owed() > 0 || backends_.active || backends_.participant_count() > 0 ||
                     !fan_out_servers_.empty();
+  // Waiting for a pooled server, as PgBouncer's cl_waiting (its wait in `wait_us`).
   r.state = state_ != State::kReady ? (state_ == State::kClosing ? "closing" : "login")
+            : pool_waiting_         ? "waiting"
             : busy                  ? "active"
                                     : "idle";
+  if (pool_waiting_) r.wait_us = pool::micros_since(pool_waiting_->since);
   if (auto colon = peer_.rfind(':'); colon != std::string::npos) {
     r.addr = peer_.substr(0, colon);
     r.port = static_cast<uint16_t>(std::atoi(peer_.c_str() + colon + 1));

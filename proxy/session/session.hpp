@@ -67,6 +67,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // Graceful shutdown: close now if idle, else at the next idle point.
   void request_shutdown();
   void force_close();
+  // The console's KILL: FATAL 57P01 to the client (if its socket takes it now), then closed.
+  void kill();
+  // The shard whose pooled server the session waits for now (-1: none).
+  int waiting_for() const { return pool_waiting_ ? pool_waiting_->shard : -1; }
   // One line for the SIGUSR2 dump: state, what the session is waiting on, its servers.
   std::string describe() const;
   uint64_t id() const { return id_; }
@@ -415,6 +419,11 @@ class Session : public std::enable_shared_from_this<Session>,
     int shard = 0;
     const pool::Pool* pool = nullptr;
     asio::cancellation_signal* stop = nullptr;
+    Clock::time_point since = Clock::now();
+    // Who emitted `stop` besides the deadlock detector (deadlock_detail_) and the client
+    // leaving: its CancelRequest (the statement ends with 57014) or pg_terminate_backend
+    // (the session ends with FATAL 57P01).
+    enum class Stopped : uint8_t { kNo, kCancel, kTerminate } stopped = Stopped::kNo;
   };
   std::optional<PoolWaiting> pool_waiting_;
   // A deadlock victim's servers roll back (requests wait until they have).

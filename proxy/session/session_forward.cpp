@@ -289,29 +289,44 @@ awaitable<bool> Session::attach(int shard) {
   // A wait for a busy pool ends when the client leaves: the session may hold servers of
   // other shards in its transaction, which must not stay locked until pool_wait.
   std::shared_ptr<ClientWatch> watch;
-  asio::cancellation_signal gone;  // outlives the watch: stop_watch below waits for its end
+  asio::cancellation_signal stop;  // outlives the watch: stop_watch below waits for its end
   if (!pool.lends_now()) {
     watch = std::make_shared<ClientWatch>(worker_.executor());
     asio::co_spawn(worker_.executor(),
-                   watch_client(watch, [&gone] { gone.emit(asio::cancellation_type::terminal); }),
+                   watch_client(watch, [&stop] { stop.emit(asio::cancellation_type::terminal); }),
                    asio::detached);
   }
-  if (watch) pool_waiting_ = PoolWaiting{shard, &pool, &gone};
+  // The wait SHOW CLIENTS reports, the deadlock detector sees, and a CancelRequest or
+  // pg_terminate_backend ends (the statement has not started: nothing else would).
+  pool_waiting_ = PoolWaiting{shard, &pool, &stop};
   // (A transaction that holds a server: BEGIN alone, deferred, holds none and waits.)
-  auto got = co_await pool.acquire(watch ? gone.slot() : asio::cancellation_slot(),
-                                   backends_.in_transaction_besides(-1));
+  auto got = co_await pool.acquire(stop.slot(), backends_.in_transaction_besides(-1));
+  const auto stopped = pool_waiting_->stopped;
   pool_waiting_.reset();
   if (watch) co_await stop_watch(*watch);
+  if (stopped == PoolWaiting::Stopped::kTerminate) {
+    got = std::string();  // (a server that came at the last moment goes back unused)
+    co_await fail(Failure::kAdminShutdown, "terminating connection due to administrator command");
+    co_return false;
+  }
   // A deadlock victim while it waited: 40P01, even if a server came at the last moment.
-  if (!deadlock_detail_.empty()) got = "deadlock detected";
+  if (!deadlock_detail_.empty())
+    got = "deadlock detected";
+  else if (stopped == PoolWaiting::Stopped::kCancel)
+    got = "canceling statement due to user request";
   if (auto* err = std::get_if<std::string>(&got)) {
     spdlog::warn("{}: {}", prefix(), *err);
     std::string out;
-    proto::write_error(
-        out, deadlock_detail_.empty()
-                 ? failure_error(Failure::kNoServer, *err)
-                 : proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
-                                std::exchange(deadlock_detail_, {}), "Retry the transaction."));
+    if (!deadlock_detail_.empty()) {
+      proto::write_error(
+          out, proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
+                            std::exchange(deadlock_detail_, {}), "Retry the transaction."));
+    } else if (stopped == PoolWaiting::Stopped::kCancel) {
+      fail_transaction();  // (as PostgreSQL's cancel of a statement in a transaction block)
+      proto::write_error(out, proto::error(sqlstate::kQueryCanceled, *err));
+    } else {
+      proto::write_error(out, failure_error(Failure::kNoServer, *err));
+    }
     end_request(out, transaction_status());
     co_await write_client(out);
     co_return false;

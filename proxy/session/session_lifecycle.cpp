@@ -135,7 +135,12 @@ awaitable<void> Session::idle_watch() {
 void Session::cancel_running(std::function<void()> done) {
   // Only what runs when the request arrives is cancelled: a server with nothing owed is idle
   // (the statement the client meant is over) and is left alone, and `done` runs once every
-  // server cancelled has it.
+  // server cancelled has it. A statement waiting for a pooled server has not started: its
+  // wait ends now, and attach() answers 57014.
+  if (pool_waiting_) {
+    pool_waiting_->stopped = PoolWaiting::Stopped::kCancel;
+    pool_waiting_->stop->emit(asio::cancellation_type::terminal);
+  }
   std::vector<const pool::ServerConn*> running;
   for (auto& l : backends_.all())
     if (l->lease && !l->lease->replies.empty()) running.push_back(&*l->lease);
@@ -321,6 +326,12 @@ void Session::terminate() {
     stream_.close();
     return;
   }
+  if (pool_waiting_) {  // attach() ends the wait with the FATAL (and nobody else does)
+    closing_for_shutdown_ = true;
+    pool_waiting_->stopped = PoolWaiting::Stopped::kTerminate;
+    pool_waiting_->stop->emit(asio::cancellation_type::terminal);
+    return;
+  }
   if (owed() > 0) cancel_running([] {});
   maybe_close_for_shutdown();
 }
@@ -332,6 +343,23 @@ void Session::request_shutdown() {
     return;
   }
   maybe_close_for_shutdown();
+}
+
+void Session::kill() {
+  // As pg_terminate_backend, the client learns why its connection ends. Only when its socket
+  // takes the message now: a reply being written cannot be cut into, and a kill does not
+  // wait for a client that does not read.
+  if (state_ == State::kReady) {
+    const auto e = failure_error(Failure::kAdminShutdown,
+                                 "terminating connection due to administrator command");
+    std::string out;
+    proto::write_error(out, e);
+    std::string_view rest = out;
+    wrote_client_now(rest);
+  }
+  force_close();
+  // A wait for a pooled server ends now, not when it times out.
+  if (pool_waiting_) pool_waiting_->stop->emit(asio::cancellation_type::terminal);
 }
 
 void Session::force_close() {

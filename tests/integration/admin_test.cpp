@@ -700,6 +700,29 @@ TEST_CASE("RELOAD and SIGHUP apply users, pool sizes and timeouts without droppi
   CHECK(scalar(app.get(), "select 3") == "3");
 }
 
+TEST_CASE("a refused SIGHUP reload logs a readable message", "[admin]") {
+  // Before: the refused changes were joined with line breaks, which the log escapes: the
+  // line read "...resharding):\n  sharded table users: ..." with a literal backslash.
+  Proxy proxy(admin_options(free_port()));
+  std::string yaml = read_file(proxy.config_path());
+  const auto at = yaml.find("column: id");
+  REQUIRE(at != std::string::npos);
+  std::ofstream(proxy.config_path()) << yaml.replace(at, 10, "column: name");
+  REQUIRE(::kill(proxy.pid(), SIGHUP) == 0);
+  std::string line;
+  CHECK(wait_until(
+      [&] {
+        std::istringstream log(read_file(proxy.log_path()));
+        for (std::string l; std::getline(log, l);)
+          if (l.find("SIGHUP: the configuration was not changed") != std::string::npos) line = l;
+        return !line.empty();
+      },
+      5s));
+  INFO(line);
+  CHECK(line.find("sharded table users: key column id -> name") != std::string::npos);
+  CHECK(line.find("\\n") == std::string::npos);
+}
+
 TEST_CASE("pgshard check --live compares the map with every shard's catalog", "[admin]") {
   auto& cluster = Cluster::get();
   const auto dir = temp_dir("check-live");

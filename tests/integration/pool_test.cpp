@@ -6,6 +6,7 @@
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <iostream>
+#include <map>
 #include <string>
 #include <thread>
 #include <vector>
@@ -175,4 +176,211 @@ TEST_CASE("a client that leaves mid-statement leaves no statement running on the
     CHECK(wait_until([&] { return sleeping() == 0; }, 5s));
   }
   CHECK(wait_until([&] { return pool_connections(direct.get()) <= 2; }, 5s));
+}
+
+namespace {
+
+// One worker and one server per shard, a console user: a client in a transaction holds
+// s0's only server, and the next client's statement waits for it.
+ProxyOptions one_server(const std::string& pool_wait) {
+  auto o = sharing(1, 1, pool_wait);
+  o.users =
+      "  - { name: app, password: secret, pool_mode: transaction }\n"
+      "  - { name: admin, password: adminpw }\n";
+  o.extra_top += "admin: { users: [admin] }\n";
+  return o;
+}
+
+Conn console(const Proxy& proxy) {
+  return connect(proxy.conninfo("dbname=pgshard", "admin", "adminpw"));
+}
+
+Conn named_client_on_s0(const Proxy& proxy, const std::string& name) {
+  auto c = connect(proxy.conninfo("application_name=" + name));
+  query(c.get(), "SET pgshard.shard = 's0'");
+  return c;
+}
+
+// A console SHOW as maps from column name to value, one per row.
+std::vector<std::map<std::string, std::string>> show(PGconn* adm, const std::string& what) {
+  PGresult* r = PQexec(adm, what.c_str());
+  INFO(what << ": " << PQerrorMessage(adm));
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  std::vector<std::map<std::string, std::string>> rows;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    std::map<std::string, std::string> row;
+    for (int j = 0; j < PQnfields(r); ++j) row[PQfname(r, j)] = PQgetvalue(r, i, j);
+    rows.push_back(std::move(row));
+  }
+  PQclear(r);
+  return rows;
+}
+
+int s0_waiting(PGconn* adm) {
+  int n = 0;
+  for (auto& row : show(adm, "SHOW POOLS"))
+    if (row["database"] == "s0") n += std::stoi(row["cl_waiting"]);
+  return n;
+}
+
+std::map<std::string, std::string> client_named(PGconn* adm, const std::string& name) {
+  for (auto& row : show(adm, "SHOW CLIENTS"))
+    if (row["application_name"] == name) return row;
+  return {};
+}
+
+// `holder` takes s0's only server in a transaction; `waiter` sends `sql`, which waits.
+void wait_behind(PGconn* adm, PGconn* holder, PGconn* waiter, const std::string& sql) {
+  query(holder, "BEGIN");
+  query(holder, "SELECT 1");
+  REQUIRE(PQsendQuery(waiter, sql.c_str()) == 1);
+  REQUIRE(wait_until([&] { return s0_waiting(adm) == 1; }, 5s));
+}
+
+// The SQLSTATE the statement `c` sent ends with ("" when it succeeded), if it ends within
+// `limit` ("still waiting" otherwise).
+std::string outcome(PGconn* c, std::chrono::milliseconds limit) {
+  if (!wait_until(
+          [&] {
+            PQconsumeInput(c);
+            return PQisBusy(c) == 0;
+          },
+          limit))
+    return "still waiting";
+  std::string code;
+  while (PGresult* r = PQgetResult(c)) {
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR) {
+      // (The first: libpq adds its own error, without one, when the connection ends.)
+      const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+      if (code.empty()) code = s ? s : "no SQLSTATE";
+      std::cout << "outcome: " << PQresultErrorMessage(r);
+    }
+    PQclear(r);
+  }
+  return code;
+}
+
+}  // namespace
+
+TEST_CASE("a CancelRequest ends a client's wait for a pooled server with 57014 at once", "[pool]") {
+  // Before: the cancel found no server running the statement and was dropped; the
+  // statement ran once a server came free (or the client got the pool timeout).
+  Proxy proxy(one_server("10s"));
+  auto direct = probe();
+  query(direct.get(), "drop table if exists pool_cancelled");
+  query(direct.get(), "create table pool_cancelled (n int)");
+  auto adm = console(proxy);
+  auto holder = named_client_on_s0(proxy, "holder");
+  auto waiter = named_client_on_s0(proxy, "waiter");
+
+  wait_behind(adm.get(), holder.get(), waiter.get(), "insert into pool_cancelled values (1)");
+  REQUIRE(send_cancel(waiter.get()));
+  CHECK(outcome(waiter.get(), 2s) == "57014");
+  CHECK(s0_waiting(adm.get()) == 0);
+  query(holder.get(), "COMMIT");
+  // The session goes on, and the cancelled statement never ran.
+  CHECK(scalar(waiter.get(), "select count(*) from pool_cancelled") == "0");
+
+  // In a transaction block the cancel fails the transaction, as PostgreSQL's does.
+  query(waiter.get(), "BEGIN");
+  wait_behind(adm.get(), holder.get(), waiter.get(), "insert into pool_cancelled values (2)");
+  REQUIRE(send_cancel(waiter.get()));
+  CHECK(outcome(waiter.get(), 2s) == "57014");
+  CHECK(PQtransactionStatus(waiter.get()) == PQTRANS_INERROR);
+  query(holder.get(), "COMMIT");
+  CHECK(error_code(waiter.get(), "select 1") == "25P02");
+  query(waiter.get(), "ROLLBACK");
+  CHECK(scalar(waiter.get(), "select count(*) from pool_cancelled") == "0");
+}
+
+TEST_CASE("SHOW CLIENTS and SHOW POOLS show a client waiting for a server as waiting", "[pool]") {
+  // Before: SHOW CLIENTS said idle (no server attached), and a client held by PAUSE was in
+  // no pool's cl_waiting.
+  Proxy proxy(one_server("10s"));
+  auto adm = console(proxy);
+  auto holder = named_client_on_s0(proxy, "holder");
+  auto waiter = named_client_on_s0(proxy, "waiter");
+
+  wait_behind(adm.get(), holder.get(), waiter.get(), "select 7");
+  auto row = client_named(adm.get(), "waiter");
+  CHECK(row["state"] == "waiting");
+  CHECK(row["waiting_on"] == "a pooled server (attach)");
+  CHECK(client_named(adm.get(), "holder")["state"] == "active");
+  query(holder.get(), "COMMIT");
+  CHECK(outcome(waiter.get(), 2s).empty());
+  CHECK(client_named(adm.get(), "waiter")["state"] == "idle");
+  CHECK(s0_waiting(adm.get()) == 0);
+
+  // Held by PAUSE: waiting too, and its wait (wait, wait_us) grows.
+  query(adm.get(), "PAUSE s0");
+  REQUIRE(PQsendQuery(waiter.get(), "select 8") == 1);
+  CHECK(wait_until([&] { return s0_waiting(adm.get()) == 1; }, 5s));
+  CHECK(wait_until(
+      [&] {
+        row = client_named(adm.get(), "waiter");
+        return row["state"] == "waiting" &&
+               std::stoll(row["wait_us"]) + std::stoll(row["wait"]) * 1000000 >= 100000;
+      },
+      5s));
+  // A CancelRequest ends a paused wait too.
+  REQUIRE(send_cancel(waiter.get()));
+  CHECK(outcome(waiter.get(), 2s) == "57014");
+  CHECK(s0_waiting(adm.get()) == 0);
+  query(adm.get(), "RESUME s0");
+  CHECK(scalar(waiter.get(), "select 9") == "9");
+}
+
+TEST_CASE("terminating a client that waits for a server sends it FATAL 57P01 first", "[pool]") {
+  Proxy proxy(one_server("10s"));
+  auto adm = console(proxy);
+  auto holder = named_client_on_s0(proxy, "holder");
+  auto other = connect(proxy.conninfo("application_name=other"));
+
+  SECTION("pg_terminate_backend through pgshard") {
+    auto waiter = named_client_on_s0(proxy, "waiter");
+    wait_behind(adm.get(), holder.get(), waiter.get(), "select 7");
+    CHECK(scalar(other.get(), "select pg_terminate_backend(" +
+                                  std::to_string(PQbackendPID(waiter.get())) + ")") == "t");
+    CHECK(outcome(waiter.get(), 2s) == "57P01");
+  }
+  SECTION("the console's KILL_CLIENT") {
+    auto waiter = named_client_on_s0(proxy, "waiter");
+    wait_behind(adm.get(), holder.get(), waiter.get(), "select 7");
+    query(adm.get(), "KILL_CLIENT " + client_named(adm.get(), "waiter")["id"]);
+    CHECK(outcome(waiter.get(), 2s) == "57P01");
+  }
+  SECTION("the console's KILL of its shard") {
+    auto waiter = named_client_on_s0(proxy, "waiter");
+    wait_behind(adm.get(), holder.get(), waiter.get(), "select 7");
+    query(adm.get(), "KILL s0");
+    CHECK(outcome(waiter.get(), 2s) == "57P01");
+    holder = named_client_on_s0(proxy, "holder");  // (KILL closed it too)
+  }
+  CHECK(s0_waiting(adm.get()) == 0);
+  PQclear(PQexec(holder.get(), "COMMIT"));
+  auto after = named_client_on_s0(proxy, "after");
+  CHECK(scalar(after.get(), "select 3") == "3");
+}
+
+TEST_CASE("a server killed while idle in the pool is not handed to the next client", "[pool]") {
+  // Before: a server idle for less than 100 ms was lent without a look at its socket, and
+  // the client got "connection lost" instead of a new server.
+  Proxy proxy(sharing(1, 1, "5s"));
+  auto direct = quiet_probe();
+  auto c = client_on_s0(proxy);
+  CHECK(scalar(c.get(), "select 1") == "1");
+  for (int round = 0; round < 5; ++round) {
+    const std::string pid = scalar(direct.get(),
+                                   "select pid from pg_stat_activity where usename = 'app' and "
+                                   "backend_type = 'client backend' and application_name <> "
+                                   "'pool-probe' and application_name not like 'pgshard-%'");
+    // The server comes back idle just before it is killed.
+    CHECK(scalar(c.get(), "select 1") == "1");
+    // (Returns once the server has exited: its FATAL and end of file are on the socket.)
+    CHECK(scalar(direct.get(), "select pg_terminate_backend(" + pid + ", 5000)") == "t");
+    std::string message;
+    const std::string code = error_code(c.get(), "select 2", &message);
+    INFO("round " << round << ": " << message);
+    CHECK(code.empty());
+  }
 }
