@@ -370,6 +370,7 @@ TEST_CASE("INSERT ... SELECT across shards inserts the merged answer, shows none
   CHECK(count_mentions(h.received(target), "INSERT") == 1);
   CHECK(mentions(h.received(target), "7"));
   CHECK_FALSE(mentions(h.received(1 - target), "INSERT"));
+}
 
 TEST_CASE("startup refusals: each FATAL with PostgreSQL's SQLSTATE and text",
           "[session_inprocess]") {
