@@ -446,6 +446,7 @@ int Server::run() {
   deadlocks_->start();
   shared_.ids.start_lease(cfg);
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
+  runtime::start_health_checks(shared_, main_ctx_.get_executor());
   stats_thread_ = std::thread([this] {
     // Every stats period: the shards' totals, for SHOW STATS averages.
     while (!shared_.shutting_down) {
