@@ -13,86 +13,13 @@
 #include <set>
 #include <sstream>
 
+#include "config/checker.hpp"
+
 namespace pgshard::config {
 
 namespace {
 
-// Collects every problem with its position so a user fixes the file in one pass.
-class Checker {
- public:
-  explicit Checker(std::string file) : file_(std::move(file)) {}
-
-  void fail(const YAML::Node& at, const std::string& message) {
-    int line = at.Mark().line >= 0 ? at.Mark().line + 1 : 0;
-    errors_.push_back(file_ + ":" + std::to_string(line) + ": " + message);
-  }
-
-  // Rejects keys outside `allowed`; returns false if `node` is not a mapping.
-  bool mapping(const YAML::Node& node, const std::string& what,
-               std::initializer_list<std::string_view> allowed) {
-    if (!node.IsMap()) {
-      fail(node, what + " must be a mapping");
-      return false;
-    }
-    for (const auto& kv : node) {
-      auto key = kv.first.as<std::string>();
-      if (std::find(allowed.begin(), allowed.end(), key) == allowed.end())
-        fail(kv.first, "unknown key '" + key + "' in " + what);
-    }
-    return true;
-  }
-
-  std::optional<std::string> string(const YAML::Node& n, const std::string& what) {
-    if (!n.IsScalar()) {
-      fail(n, what + " must be a string");
-      return std::nullopt;
-    }
-    return n.Scalar();
-  }
-
-  template <typename T>
-  std::optional<T> integer(const YAML::Node& n, const std::string& what, T lo, T hi) {
-    if (!n.IsScalar()) {
-      fail(n, what + " must be a number");
-      return std::nullopt;
-    }
-    const auto& s = n.Scalar();
-    long long v = 0;
-    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
-    if (ec != std::errc() || p != s.data() + s.size() || v < static_cast<long long>(lo) ||
-        v > static_cast<long long>(hi)) {
-      fail(n, what + " must be an integer between " + std::to_string(lo) + " and " +
-                  std::to_string(hi) + ", got '" + s + "'");
-      return std::nullopt;
-    }
-    return static_cast<T>(v);
-  }
-
-  template <typename E>
-  std::optional<E> choice(const YAML::Node& n, const std::string& what,
-                          std::initializer_list<std::pair<std::string_view, E>> options) {
-    auto s = string(n, what);
-    if (!s) return std::nullopt;
-    std::string names;
-    for (const auto& [name, value] : options) {
-      if (*s == name) return value;
-      names += (names.empty() ? "" : ", ") + std::string(name);
-    }
-    fail(n, what + " must be one of " + names + ", got '" + *s + "'");
-    return std::nullopt;
-  }
-
-  void throw_if_failed() const {
-    if (errors_.empty()) return;
-    std::string all;
-    for (const auto& e : errors_) all += (all.empty() ? "" : "\n") + e;
-    throw ConfigError(all);
-  }
-
- private:
-  std::string file_;
-  std::vector<std::string> errors_;
-};
+using detail::Checker;
 
 void load_listen(Checker& c, const YAML::Node& n, Listen& out) {
   if (!c.mapping(n, "listen",
@@ -136,7 +63,10 @@ void load_tls(Checker& c, const YAML::Node& n, Tls& out) {
 }
 
 void load_user(Checker& c, const YAML::Node& n, User& u) {
-  if (!c.mapping(n, "user", {"name", "password", "auth", "pool_mode", "partial_results"})) return;
+  if (!c.mapping(n, "user",
+                 {"name", "password", "auth", "pool_mode", "partial_results", "read_from"}))
+    return;
+  if (n["read_from"]) u.read_from = detail::load_read_from(c, n["read_from"], "user read_from");
   if (n["partial_results"])
     u.partial_results = c.choice<bool>(n["partial_results"], "user partial_results",
                                        {{"true", true}, {"false", false}});
@@ -177,7 +107,8 @@ void load_user(Checker& c, const YAML::Node& n, User& u) {
 }
 
 void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
-  if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size", "weight"})) return;
+  if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size", "weight", "read_from"}))
+    return;
   if (n["weight"]) s.weight = c.integer<int>(n["weight"], "shard weight", 1, 100).value_or(1);
   if (!n["name"])
     c.fail(n, "shard needs a name");
@@ -204,6 +135,11 @@ void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
   }
   if (n["pool_size"])
     s.pool_size = c.integer<int>(n["pool_size"], "shard pool_size", 1, 10000).value_or(1);
+  if (n["read_from"]) {
+    s.read_from = detail::load_read_from(c, n["read_from"], "shard " + s.name + " read_from");
+    if (s.read_from == ReadFrom::kReplicas && s.replicas.empty())
+      c.fail(n["read_from"], "shard " + s.name + ": read_from replicas needs replicas");
+  }
 }
 
 void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
@@ -475,11 +411,30 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   Checker c(file);
   auto cfg = std::make_shared<Config>();
   cfg->path = file;
-  if (!c.mapping(
-          root, "the top level",
-          {"listen", "tls", "users", "shards", "sharded_tables", "reference_tables", "unsharded",
-           "timeouts", "log_level", "router", "partial_results", "two_phase_commit",
-           "two_phase_log", "admin", "log_format", "node_id", "atomic_visibility"})) {
+  if (!c.mapping(root, "the top level",
+                 {"listen",
+                  "tls",
+                  "users",
+                  "shards",
+                  "sharded_tables",
+                  "reference_tables",
+                  "unsharded",
+                  "timeouts",
+                  "log_level",
+                  "router",
+                  "partial_results",
+                  "two_phase_commit",
+                  "two_phase_log",
+                  "admin",
+                  "log_format",
+                  "node_id",
+                  "atomic_visibility",
+                  "read_from",
+                  "load_balance",
+                  "read_consistency",
+                  "health",
+                  "max_replica_lag",
+                  "read_your_writes"})) {
     c.throw_if_failed();
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);
@@ -490,6 +445,7 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
   if (root["listen"]) load_listen(c, root["listen"], cfg->listen);
   if (root["tls"]) load_tls(c, root["tls"], cfg->tls);
   if (root["timeouts"]) load_timeouts(c, root["timeouts"], cfg->timeouts);
+  detail::load_replication(c, root, cfg->replication);
   if (auto r = root["router"];
       r && c.mapping(r, "router", {"cache_size", "parse"}) && r["cache_size"])
     cfg->router_cache_size =

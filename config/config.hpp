@@ -27,12 +27,22 @@ enum class PoolMode { kSession, kTransaction };
 enum class AuthMethod { kScram, kMd5, kTrust };
 enum class KeyType { kInt2, kInt4, kInt8, kText, kVarchar, kUuid };
 enum class ShardFunction { kHash, kRing, kRange, kList, kDirectory };
+// Where reads that may run on a replica go (see Replication).
+enum class ReadFrom { kPrimary, kReplicas, kPreferReplicas };
+enum class LoadBalance { kRoundRobin, kLeastActive, kRandom };
+// What a read sees after the same client's writes: `session` never goes back in time for
+// the client (read-your-writes), `eventual` reads any replica within the lag limit,
+// `strong` reads the primary.
+enum class ReadConsistency { kSession, kEventual, kStrong };
 
 const char* to_string(TlsMode m);
 const char* to_string(PoolMode m);
 const char* to_string(AuthMethod m);
 const char* to_string(KeyType t);
 const char* to_string(ShardFunction f);
+const char* to_string(ReadFrom r);
+const char* to_string(LoadBalance b);
+const char* to_string(ReadConsistency r);
 
 struct Listen {
   std::string host = "127.0.0.1";
@@ -60,6 +70,7 @@ struct User {
   std::optional<protocol::ScramSecret> scram;  // for auth: scram
   std::string md5;                             // "md5..." for auth: md5
   std::optional<bool> partial_results;         // overrides the map-wide setting
+  std::optional<ReadFrom> read_from;           // overrides the shard's and the map's
   // Set only on a session's own copy: the database it asked for, when not the shards' own
   // (pools are per user and database).
   std::string database;
@@ -70,7 +81,8 @@ struct Shard {
   PgUrl primary;
   std::vector<PgUrl> replicas;
   int pool_size = 20;
-  int weight = 1;  // ring: virtual nodes scale with it
+  int weight = 1;                     // ring: virtual nodes scale with it
+  std::optional<ReadFrom> read_from;  // overrides Replication::read_from for this shard
 };
 
 // range: keys in [from, to) live on `shard`.
@@ -128,6 +140,27 @@ struct Timeouts {
   Millis deadlock{1000};
 };
 
+// Reads from replicas, their health checks and lag limits (top-level keys read_from,
+// load_balance, read_consistency, health, max_replica_lag, read_your_writes).
+struct Replication {
+  ReadFrom read_from = ReadFrom::kPrimary;  // every shard's, unless it or the user says
+  LoadBalance load_balance = LoadBalance::kRoundRobin;
+  ReadConsistency consistency = ReadConsistency::kSession;
+  // Every host (primary and replicas) is checked this often on a connection of its own;
+  // a check not answered within `health_timeout` fails, and a host that fails its check is
+  // kept from reads for `ban_time`.
+  Millis health_interval{1000};
+  Millis health_timeout{1000};
+  Millis ban_time{10000};
+  // A replica further behind its primary than either (0: no limit) serves no reads until
+  // it is back under both.
+  uint64_t max_lag_bytes = 0;
+  Millis max_lag_time{0};
+  // read_consistency session: how long a read waits for a replica to replay the client's
+  // last commit before it goes to the primary.
+  Millis read_your_writes_wait{20};
+};
+
 // The admin console (database "pgshard" on the client port) and the HTTP endpoint.
 struct Admin {
   std::vector<std::string> users;        // every console command
@@ -161,6 +194,7 @@ struct Config {
   std::vector<std::string> reference_tables;
   Unsharded unsharded;
   Timeouts timeouts;
+  Replication replication;
   std::string log_level = "info";
   bool log_json = false;  // log_format: json (one JSON object per line) instead of text
   // Multi-shard reads: when a shard fails or times out, answer from the others with a
@@ -189,6 +223,8 @@ struct Config {
   // Key type used to hash `SET pgshard.sharding_key` / hint values when the statement does
   // not name a table: the type of the first sharded table (bigint without any).
   KeyType default_key_type() const;
+  // Where reads of `user` that may run on a replica go on `shard` (user, shard, map-wide).
+  ReadFrom read_from(const User& user, int shard) const;
 };
 
 // What a reload of `running` into `next` may not change without a restart (listen address,

@@ -33,6 +33,7 @@ awaitable<Snapshot> collect(runtime::Shared& shared) {
   if (shared.decisions.is_open()) s.in_doubt = shared.decisions.pending().size();
   s.committed_2pc = shared.committed_2pc.load();
   s.rolled_back_2pc = shared.rolled_back_2pc.load();
+  s.hosts = shared.hosts.snapshot();
   {
     std::lock_guard lock(shared.stats_mu);
     if (shared.period_prev && shared.period_last)
@@ -139,7 +140,7 @@ std::string error_answer(std::string_view code, std::string message, std::string
 }
 
 constexpr const char* kHelp[] = {
-    "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|SHARDS|VERSION",
+    "SHOW HELP|CONFIG|DATABASES|POOLS|CLIENTS|SERVERS|SHARDS|HOSTS|REPLICAS|VERSION",
     "SHOW STATS|STATS_TOTALS|STATS_AVERAGES|LISTS|TRANSACTIONS|ROUTES",
     "RELOAD                (admin.users only; also SIGHUP)",
     "PAUSE [shard] | RESUME [shard] | RECONNECT [shard]   (admin.users only)",
@@ -289,6 +290,36 @@ std::string show_servers(const Snapshot& s) {
         << "" << r.shard_name << r.id << std::string(1, r.txn) << w.worker;
       t.end_row();
     }
+  return t.write("SHOW");
+}
+
+// Every host of every shard as its last health check saw it (SHOW HOSTS), or only the
+// replicas (SHOW REPLICAS). Empty when no shard lists replicas (nothing is checked then).
+std::string show_hosts(const Snapshot& s, bool replicas_only) {
+  Table t{{"shard", kText},        {"host", kText},   {"port", kInt8},      {"listed_as", kText},
+          {"role", kText},         {"state", kText},  {"lag_bytes", kInt8}, {"lag_ms", kInt8},
+          {"banned_until", kText}, {"checks", kInt8}, {"failures", kInt8},  {"last_error", kText}};
+  for (const auto& h : s.hosts) {
+    if (replicas_only && h.listed_primary) continue;
+    const bool banned = h.banned_until > s.taken;
+    const char* state = h.checks == 0 ? "unchecked"
+                        : !h.up       ? "down"
+                        : banned      ? "banned"
+                        : h.lagging   ? "lagging"
+                                      : "up";
+    t << h.shard_name << h.host << static_cast<int>(h.port)
+      << (h.listed_primary ? "primary" : "replica") << runtime::to_string(h.role) << state;
+    if (h.role == runtime::HostRole::kReplica && h.lag_bytes >= 0)
+      t << h.lag_bytes;
+    else
+      t.null();
+    if (h.role == runtime::HostRole::kReplica && h.lag_ms >= 0)
+      t << h.lag_ms;
+    else
+      t.null();
+    t << (banned ? wall_time(h.banned_until, s.taken) : "") << h.checks << h.failures << h.error;
+    t.end_row();
+  }
   return t.write("SHOW");
 }
 
@@ -534,6 +565,8 @@ constexpr ShowItem kShowItems[] = {
      [](const Snapshot& s, const config::Config&) { return show_stats(s, false, true); }},
     {"CLIENTS", [](const Snapshot& s, const config::Config&) { return show_clients(s); }},
     {"SERVERS", [](const Snapshot& s, const config::Config&) { return show_servers(s); }},
+    {"HOSTS", [](const Snapshot& s, const config::Config&) { return show_hosts(s, false); }},
+    {"REPLICAS", [](const Snapshot& s, const config::Config&) { return show_hosts(s, true); }},
     {"DATABASES",
      [](const Snapshot& s, const config::Config& cfg) { return show_databases(s, cfg); }},
     {"SHARDS", [](const Snapshot& s, const config::Config& cfg) { return show_shards(s, cfg); }},

@@ -19,7 +19,11 @@ std::string conninfo_value(const std::string& v) {
 }  // namespace
 
 MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard) {
-  const auto& u = shard.primary;
+  return maintenance_login(cfg, shard, shard.primary);
+}
+
+MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard&,
+                                   const config::PgUrl& u) {
   MaintenanceLogin m{u.user, u.password, {}};
   for (const auto& cu : cfg.users)
     if (m.user.empty() || (cu.name == m.user && m.password.empty()))

@@ -14,6 +14,9 @@ struct MaintenanceLogin {
   std::string user, password, database;
 };
 MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard);
+// The same for another host of the shard (a replica): its URL's credentials first.
+MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shard& shard,
+                                   const config::PgUrl& url);
 // The same as a libpq conninfo.
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name);

@@ -16,6 +16,7 @@
 #include "proxy/pool/shared_pool.hpp"
 #include "proxy/runtime/cancel.hpp"
 #include "proxy/runtime/decision_log.hpp"
+#include "proxy/runtime/health.hpp"
 #include "proxy/runtime/stats.hpp"
 #include "proxy/runtime/unique_id.hpp"
 #include "proxy/runtime/visibility_gate.hpp"
@@ -60,6 +61,7 @@ struct Shared {
   std::atomic<uint64_t> committed_2pc{0};       // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};     // ... and rolled back after PREPARE began
   VisibilityGate visibility;                    // cross-shard commits vs multi-shard snapshots
+  HostHealth hosts;  // every host's last health check (only when some shard has replicas)
   pool::SharedPools pools;       // each pool's limit and waiters across the workers (locks inside)
   std::vector<Worker*> workers;  // for the admin console and /metrics
   Clock::time_point started = Clock::now();

@@ -11,6 +11,7 @@
 
 #include "proxy/pool/counters.hpp"
 #include "proxy/pool/pool.hpp"
+#include "proxy/runtime/health.hpp"
 
 namespace pgshard::router {
 struct Route;
@@ -138,6 +139,7 @@ struct Snapshot {
   // The last two stats period marks (SHOW STATS averages are over the period between
   // them); empty until two periods have passed (averages then run from the start).
   std::optional<std::pair<PeriodMark, PeriodMark>> period;
+  std::vector<HostState> hosts;  // every host's last health check (with replicas only)
 
   // Pools of every worker added up per (shard, user), in shard order.
   std::vector<PoolRow> pools() const;

@@ -341,6 +341,7 @@ int Server::run() {
   start_deadlock_detector(cfg);
   shared_.ids.start_lease(cfg);
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
+  runtime::start_health_checks(shared_, main_ctx_.get_executor());
   stats_thread_ = std::thread([this] { mark_stats_periods(); });
   main_ctx_.run();
   stop_all();

@@ -143,6 +143,28 @@ void Cluster::kill(int i) {
   run(kCluster + " kill " + dir_ + " " + std::to_string(port(i)));
 }
 
+int Cluster::replica(int i, int delay_ms) {
+  for (const auto& [key, port] : replicas_)
+    if (key == std::pair{i, delay_ms}) return port;
+  const int port = free_port();
+  std::string out;
+  if (run(kCluster + " replica " + dir_ + " " + std::to_string(this->port(i)) + " " +
+              std::to_string(port) + " " + std::to_string(delay_ms),
+          &out) != 0)
+    FAIL("cannot start a replica of shard " << i << ":\n" << out);
+  replicas_.push_back({{i, delay_ms}, port});
+  return port;
+}
+
+void Cluster::kill_port(int port) {
+  run(kCluster + " kill " + dir_ + " " + std::to_string(port));
+}
+
+void Cluster::restart_port(int port) {
+  std::string out;
+  REQUIRE(run(kCluster + " restart " + dir_ + " " + std::to_string(port), &out) == 0);
+}
+
 void Cluster::restart(int i) {
   std::string out;
   REQUIRE(run(kCluster + " restart " + dir_ + " " + std::to_string(port(i)), &out) == 0);
@@ -209,6 +231,9 @@ Proxy::Proxy(ProxyOptions o) {
     y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: "
       << (i < static_cast<int>(o.pool_sizes.size()) ? o.pool_sizes[static_cast<std::size_t>(i)]
                                                     : o.pool_size)
+      << (i < static_cast<int>(o.shard_extra.size())
+              ? ", " + o.shard_extra[static_cast<std::size_t>(i)]
+              : std::string())
       << " }\n";
   }
   y << "sharded_tables:\n"

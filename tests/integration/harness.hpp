@@ -22,6 +22,12 @@ class Cluster {
   const std::string& dir() const { return dir_; }
   void kill(int i);
   void restart(int i);
+  // The port of a streaming replica of shard i replaying `delay_ms` behind it, started on
+  // first use (pg_basebackup -R) and kept, like the shards, until the process ends.
+  int replica(int i, int delay_ms = 0);
+  // Stops (immediately) and starts again the server on `port` (a replica's).
+  void kill_port(int port);
+  void restart_port(int port);
   std::string log_tail(int i, int lines = 30) const;
   // Shard i's postmaster process.
   int postmaster_pid(int i) const;
@@ -33,6 +39,7 @@ class Cluster {
   Cluster();
   std::string dir_;
   std::vector<int> ports_;
+  std::vector<std::pair<std::pair<int, int>, int>> replicas_;  // ((shard, delay), port)
 };
 
 struct ProxyOptions {
@@ -47,6 +54,7 @@ struct ProxyOptions {
   std::string listen_extra;                 // extra keys inside listen: {}
   std::string users;                        // replaces the users list when set
   std::vector<std::string> shard_urls;      // replaces the shard URLs when set
+  std::vector<std::string> shard_extra;     // more keys of shard i ("replicas: [...]")
   int port = 0;                             // listen here (0: a free port)
   std::string two_phase_log;                // decision log directory (default: per proxy)
   int max_open_files = 0;                   // RLIMIT_NOFILE, soft and hard (0: inherited)

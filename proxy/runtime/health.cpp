@@ -1,0 +1,234 @@
+// Health and lag of every host (see health.hpp).
+#include "proxy/runtime/health.hpp"
+
+#include <spdlog/spdlog.h>
+
+#include <charconv>
+#include <memory>
+
+#include "protocol/messages.hpp"
+#include "proxy/pool/server_conn.hpp"
+#include "proxy/runtime/maintenance.hpp"
+#include "proxy/runtime/shared.hpp"
+
+namespace pgshard::runtime {
+
+using namespace asio::experimental::awaitable_operators;
+
+const char* to_string(HostRole r) {
+  switch (r) {
+    case HostRole::kUnknown:
+      return "unknown";
+    case HostRole::kPrimary:
+      return "primary";
+    case HostRole::kReplica:
+      return "replica";
+  }
+  return "?";
+}
+
+// A replica's time behind is how long ago it replayed its newest commit, while it has
+// received WAL it has not replayed yet (a caught-up replica of an idle primary is 0 behind,
+// however old its last commit).
+const char* const kHealthCheckSql =
+    "SELECT pg_is_in_recovery(), "
+    "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
+    "ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::bigint, "
+    "CASE WHEN NOT pg_is_in_recovery() "
+    "OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 "
+    "ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, "
+    "0) END, "
+    "(SELECT system_identifier FROM pg_control_system())";
+
+namespace {
+
+template <typename T>
+std::optional<T> number(const protocol::Value& v) {
+  if (!v) return std::nullopt;
+  T out{};
+  auto [p, ec] = std::from_chars(v->data(), v->data() + v->size(), out);
+  if (ec != std::errc() || p != v->data() + v->size()) return std::nullopt;
+  return out;
+}
+
+}  // namespace
+
+std::optional<CheckResult> parse_check_row(std::string_view body) {
+  auto row = protocol::DataRow::parse(body);
+  if (!row || row->values.size() != 4 || !row->values[0]) return std::nullopt;
+  CheckResult r;
+  r.in_recovery = *row->values[0] == "t";
+  auto lsn = number<int64_t>(row->values[1]);
+  auto lag = number<int64_t>(row->values[2]);
+  auto system = number<uint64_t>(row->values[3]);
+  if (!lsn || *lsn < 0 || !lag || !system) return std::nullopt;
+  r.lsn = static_cast<uint64_t>(*lsn);
+  r.lag_ms = std::max<int64_t>(0, *lag);
+  r.system = *system;
+  return r;
+}
+
+void HostHealth::configure(const config::Config& cfg) {
+  std::vector<HostState> next;
+  for (std::size_t s = 0; s < cfg.shards.size(); ++s) {
+    const auto& shard = cfg.shards[s];
+    auto add = [&](const config::PgUrl& url, bool primary) {
+      HostState h;
+      h.shard = static_cast<int>(s);
+      h.shard_name = shard.name;
+      h.host = url.host;
+      h.port = url.port;
+      h.listed_primary = primary;
+      next.push_back(std::move(h));
+    };
+    add(shard.primary, true);
+    for (const auto& r : shard.replicas) add(r, false);
+  }
+  std::lock_guard lock(mu_);
+  for (auto& h : next)
+    for (const auto& old : hosts_)
+      if (old.shard == h.shard && old.host == h.host && old.port == h.port &&
+          old.listed_primary == h.listed_primary)
+        h = old;
+  hosts_ = std::move(next);
+}
+
+std::vector<HostState> HostHealth::snapshot() const {
+  std::lock_guard lock(mu_);
+  return hosts_;
+}
+
+std::size_t HostHealth::size() const {
+  std::lock_guard lock(mu_);
+  return hosts_.size();
+}
+
+void HostHealth::record(std::size_t index, const CheckResult& r, Clock::time_point now,
+                        const config::Replication& limits) {
+  std::lock_guard lock(mu_);
+  if (index >= hosts_.size()) return;
+  auto& h = hosts_[index];
+  h.up = true;
+  h.role = r.in_recovery ? HostRole::kReplica : HostRole::kPrimary;
+  h.lsn = r.lsn;
+  h.system = r.system;
+  h.lag_ms = r.in_recovery ? r.lag_ms : 0;
+  h.checked_at = now;
+  h.checks++;
+  h.error.clear();
+  update_lag(h.shard, limits);
+}
+
+void HostHealth::record_failure(std::size_t index, std::string error, Clock::time_point now,
+                                const config::Replication& limits) {
+  std::lock_guard lock(mu_);
+  if (index >= hosts_.size()) return;
+  auto& h = hosts_[index];
+  h.up = false;
+  h.checked_at = now;
+  h.checks++;
+  h.failures++;
+  h.banned_until = now + limits.ban_time;
+  h.error = std::move(error);
+}
+
+void HostHealth::update_lag(int shard, const config::Replication& limits) {
+  // The shard's primary: the host that answered out of recovery (the listed one when both
+  // did: two primaries are the failover's concern, not lag's).
+  const HostState* primary = nullptr;
+  for (const auto& h : hosts_)
+    if (h.shard == shard && h.up && h.role == HostRole::kPrimary && (!primary || h.listed_primary))
+      primary = &h;
+  for (auto& h : hosts_) {
+    if (h.shard != shard || h.role != HostRole::kReplica || !h.up) continue;
+    h.lag_bytes = primary
+                      ? std::max<int64_t>(
+                            0, static_cast<int64_t>(primary->lsn - std::min(primary->lsn, h.lsn)))
+                      : -1;
+    const bool bytes_over =
+        limits.max_lag_bytes &&
+        (h.lag_bytes < 0 || static_cast<uint64_t>(h.lag_bytes) > limits.max_lag_bytes);
+    const bool time_over = limits.max_lag_time.count() && h.lag_ms > limits.max_lag_time.count();
+    h.lagging = bytes_over || time_over;
+  }
+}
+
+bool HostHealth::readable(std::size_t index, Clock::time_point now) const {
+  std::lock_guard lock(mu_);
+  if (index >= hosts_.size()) return false;
+  const auto& h = hosts_[index];
+  return h.up && h.role == HostRole::kReplica && !h.lagging && now >= h.banned_until;
+}
+
+namespace {
+
+// One host's checks, for as long as the process runs.
+awaitable<void> check_host(Shared& shared, std::size_t index, pool::BackendTarget target) {
+  auto ex = co_await asio::this_coro::executor;
+  std::unique_ptr<pool::ServerConn> conn;
+  asio::steady_timer pause(ex);
+  for (;;) {
+    const auto& cfg = shared.config();
+    const auto& limits = cfg.replication;
+    std::string error;
+    if (!conn || conn->broken) {
+      conn = std::make_unique<pool::ServerConn>(ex, target);
+      error = co_await conn->connect(limits.health_timeout);
+      if (!error.empty()) conn.reset();
+    }
+    if (conn) {
+      std::optional<CheckResult> result;
+      asio::steady_timer limit(ex);
+      limit.expires_after(limits.health_timeout);
+      auto done =
+          co_await (conn->run_own(kHealthCheckSql, cfg.listen.max_message_size,
+                                  [&](std::string_view row) { result = parse_check_row(row); }) ||
+                    limit.async_wait(asio::use_awaitable));
+      if (done.index() == 1) {
+        error = "no answer within " + std::to_string(limits.health_timeout.count()) + " ms";
+        conn.reset();
+      } else if (!std::get<0>(done)) {
+        error = "connection lost";
+        conn.reset();
+      } else if (!conn->replies.error.empty()) {
+        error = conn->replies.error;
+      } else if (!result) {
+        error = "unexpected answer to the health check";
+      } else {
+        shared.hosts.record(index, *result, Clock::now(), limits);
+      }
+    }
+    if (!error.empty()) {
+      spdlog::debug("health check of {}:{} (shard {}) failed: {}", target.host, target.port,
+                    target.shard_name, error);
+      shared.hosts.record_failure(index, std::move(error), Clock::now(), limits);
+    }
+    pause.expires_after(limits.health_interval);
+    co_await pause.async_wait(use_nothrow);
+  }
+}
+
+}  // namespace
+
+void start_health_checks(Shared& shared, asio::any_io_executor ex) {
+  const auto& cfg = shared.config();
+  bool any_replica = false;
+  for (const auto& s : cfg.shards) any_replica |= !s.replicas.empty();
+  if (!any_replica) return;
+  shared.hosts.configure(cfg);
+  // In configure's order: each shard's primary, then its replicas.
+  std::size_t index = 0;
+  for (std::size_t s = 0; s < cfg.shards.size(); ++s) {
+    const auto& shard = cfg.shards[s];
+    auto check = [&](const config::PgUrl& url) {
+      const auto login = maintenance_login(cfg, shard, url);
+      pool::BackendTarget target{static_cast<int>(s), shard.name,     url.host,      url.port,
+                                 login.user,          login.password, login.database};
+      asio::co_spawn(ex, check_host(shared, index++, std::move(target)), asio::detached);
+    };
+    check(shard.primary);
+    for (const auto& r : shard.replicas) check(r);
+  }
+}
+
+}  // namespace pgshard::runtime

@@ -1,0 +1,82 @@
+// Every host of every shard (primary and replicas), checked on a connection of its own every
+// health.interval: reachable, in recovery or not, its WAL position, and for replicas how far
+// behind their primary they replay (bytes and time). What routing asks of replicas — which
+// may serve a read now — is answered from the last checks (HostHealth); check_hosts runs them.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "config/config.hpp"
+#include "proxy/asio.hpp"
+
+namespace pgshard::runtime {
+
+struct Shared;
+
+enum class HostRole : uint8_t { kUnknown, kPrimary, kReplica };
+const char* to_string(HostRole r);
+
+// What one check of a host found (parsed from its answer to kHealthCheckSql).
+struct CheckResult {
+  bool in_recovery = false;
+  uint64_t lsn = 0;     // primary: WAL insert position; replica: replay position
+  int64_t lag_ms = 0;   // replica: how long ago it replayed the newest commit it has received
+  uint64_t system = 0;  // pg_control_system().system_identifier
+};
+// The check's statement and reading its one row (nullopt: not the row it asks for).
+extern const char* const kHealthCheckSql;
+std::optional<CheckResult> parse_check_row(std::string_view data_row_body);
+
+// One host of a shard as its last check saw it.
+struct HostState {
+  int shard = 0;
+  std::string shard_name;
+  std::string host;
+  uint16_t port = 0;
+  bool listed_primary = false;  // the map's primary (else one of its replicas)
+  bool up = false;              // its last check answered
+  HostRole role = HostRole::kUnknown;
+  uint64_t lsn = 0;
+  int64_t lag_bytes = -1;            // replica: its primary's position minus its own (-1: unknown)
+  int64_t lag_ms = -1;               // replica (-1: unknown)
+  bool lagging = false;              // past max_replica_lag: no reads until back under it
+  uint64_t system = 0;               // system identifier (a replica of its primary has the same)
+  Clock::time_point banned_until{};  // failed a check: no reads until then
+  Clock::time_point checked_at{};
+  uint64_t checks = 0, failures = 0;
+  std::string error;  // why the last check failed ("" when it answered)
+};
+
+class HostHealth {
+ public:
+  // The hosts of `cfg`'s shards: each shard's primary first, then its replicas. Hosts that
+  // stay (same shard, host and port) keep what was seen of them.
+  void configure(const config::Config& cfg);
+  std::vector<HostState> snapshot() const;
+  std::size_t size() const;
+  // Host `index` of the snapshot's order answered `r` at `now`, or failed with `error`.
+  void record(std::size_t index, const CheckResult& r, Clock::time_point now,
+              const config::Replication& limits);
+  void record_failure(std::size_t index, std::string error, Clock::time_point now,
+                      const config::Replication& limits);
+  // Whether host `index` (a replica) may serve reads at `now`: up, in recovery, within the
+  // lag limits, not banned.
+  bool readable(std::size_t index, Clock::time_point now) const;
+
+ private:
+  // Replicas' lag from their shard's primary's last position (under mu_).
+  void update_lag(int shard, const config::Replication& limits);
+  mutable std::mutex mu_;
+  std::vector<HostState> hosts_;
+};
+
+// Checks every host of the map in force every health.interval, on `ex`
+// (one coroutine per host), for as long as `ex` runs. Only when some shard lists replicas.
+void start_health_checks(Shared& shared, asio::any_io_executor ex);
+
+}  // namespace pgshard::runtime
