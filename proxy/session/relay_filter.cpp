@@ -68,7 +68,7 @@ void RelayFilter::on_frame(pool::ServerConn& conn, Cursor& c, char type, std::st
       if (pool::Replies::answers_client(owner) && !events_.client_ready(conn) &&
           verdict == Verdict::kForward) {
         hide_frame(c, total);
-        out_ += proto::ready_for_query(proto::txn_status::kInBlock);
+        out_ += proto::ready_for_query(events_.client_status());
       }
       break;
     case msg::kDataRow:

@@ -18,8 +18,10 @@ class RelayEvents {
  public:
   virtual ~RelayEvents() = default;
   // The client's request got its ReadyForQuery (its status is in conn.status). False: the
-  // client must be told it is in a transaction (its BEGIN is still pgshard's).
+  // client must be told client_status() instead (its BEGIN is still pgshard's: in a
+  // transaction, or that transaction failed without the server knowing).
   virtual bool client_ready(pool::ServerConn& conn) = 0;
+  virtual char client_status() const { return 'T'; }
   virtual void copy_in_started() = 0;
   // A setting the server reported after the client's statement.
   virtual void reported(pool::ServerConn& conn, std::string_view name, std::string_view value) = 0;

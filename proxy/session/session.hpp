@@ -359,7 +359,13 @@ class Session : public std::enable_shared_from_this<Session>,
   bool client_ready(pool::ServerConn& conn) override;
   void copy_in_started() override { phase_.copy_started(); }
   void reported(pool::ServerConn& conn, std::string_view name, std::string_view value) override;
-  void client_failed() override { settings_.failed(); }
+  // A client statement failed on a server. Under a BEGIN pgshard still holds (the statement
+  // only prepared, outside the transaction), the transaction fails as PostgreSQL's would.
+  char client_status() const override { return transaction_status(); }
+  void client_failed() override {
+    settings_.failed();
+    if (txn_.deferred()) txn_.fail();
+  }
   void client_rolled_back() override { settings_.rolled_back(); }
   void own_statement_failed(pool::ServerConn& conn) override;
   // A user-defined function may have changed settings pgshard cannot see: the request ends

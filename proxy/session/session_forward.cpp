@@ -156,7 +156,7 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   // the server back while this request is on its way.
   const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
   if (transaction_pooled)
-    statements_.map(pending_, *link.lease);
+    statements_.map(pending_, *link.lease, txn_.state() != txn::State::kIdle);
   else if (statements_.has_injected())
     statements_.expect_injected(pending_, *link.lease);
   // A step of a pipeline pgshard runs in parts: what of its replies is not the client's.

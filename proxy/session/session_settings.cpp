@@ -55,7 +55,7 @@ bool Session::client_ready(pool::ServerConn& conn) {
   txn_.server_ready(status);
   if (status != proto::txn_status::kIdle) return true;
   if (txn_.state() == txn::State::kIdle) hints_.local = {};
-  return !txn_.deferred();
+  return !txn_.deferred() && !txn_.failed();
 }
 
 // DDL: what was learned of the catalog is learned again (column positions, collations,

@@ -59,6 +59,20 @@ bool drops_all_statements(std::string_view sql) {
   return words == "discard all" || words == "deallocate all" || words == "deallocate prepare all";
 }
 
+// Whether `sql` (DISCARD ALL, DEALLOCATE ALL) drops the statements of `conn` when it runs
+// there now (`in_block`: in the client's transaction): neither runs in a failed
+// transaction, and DISCARD ALL refuses to run in a transaction block. (Taken for done when it did
+// not, pgshard would prepare again a name the server still has: 42P05 for whichever client came
+// next.)
+bool runs_drop_all(std::string_view sql, const pool::ServerConn& conn, bool in_block) {
+  if (!drops_all_statements(sql) || conn.status == proto::txn_status::kFailed) return false;
+  const auto first = sql.find_first_not_of(" \t\r\n");
+  const bool discard = first != std::string_view::npos && sql.size() - first >= 7 &&
+                       (sql[first] == 'd' || sql[first] == 'D') &&
+                       (sql[first + 1] == 'i' || sql[first + 1] == 'I');
+  return (!in_block && conn.status == proto::txn_status::kIdle) || !discard;
+}
+
 // DEALLOCATE [PREPARE] name (alone, maybe with a trailing semicolon): the name as
 // PostgreSQL resolves it (unquoted names fold to lower case). nullopt for anything else.
 std::optional<std::string> deallocated_name(std::string_view sql) {
@@ -244,7 +258,7 @@ std::string Statements::with_own_view(std::string_view sql, std::string& out,
   return rewritten ? *rewritten : std::string(sql);
 }
 
-void Statements::map(std::string& batch, pool::ServerConn& conn) {
+void Statements::map(std::string& batch, pool::ServerConn& conn, bool in_block) {
   const bool own_view = std::exchange(own_view_, false);
   if (!own_view && injected_.empty() && plain(batch)) return;
   std::string out;
@@ -274,10 +288,9 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         }
         if (p && p->name.empty()) parsed_unnamed = true;
         // DEALLOCATE / DISCARD ALL as an unnamed statement (psycopg sends its maintenance
-        // this way): as in a Query below.
+        // this way): the statements go when its Bind runs it (below), on that server — in
+        // transaction pooling maybe not this one, which keeps its statements.
         if (p && p->name.empty() && drops_all_statements(p->query)) {
-          conn.prepared.clear();
-          server_names_.clear();
         } else if (auto name = p && p->name.empty() ? deallocated_name(p->query) : std::nullopt;
                    name && out.empty()) {
           if (auto sql = deallocate(conn, *name)) {
@@ -305,6 +318,10 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
         auto b = proto::Bind::parse(f.body);
         if (b && b->statement.empty() && !parsed_unnamed)
           parsed_unnamed = reparse_unnamed(out, conn);
+        if (b && b->statement.empty() && runs_drop_all(unnamed_, conn, in_block)) {
+          conn.prepared.clear();
+          server_names_.clear();
+        }
         if (std::exchange(injected_bind, false)) {
           out.append(raw);
           parsed_unnamed = false;
@@ -359,7 +376,7 @@ void Statements::map(std::string& batch, pool::ServerConn& conn) {
           break;
         }
         // DISCARD ALL / DEALLOCATE ALL drop every statement of the server, ours too.
-        if (auto q = proto::Query::parse(f.body); q && drops_all_statements(q->sql)) {
+        if (auto q = proto::Query::parse(f.body); q && runs_drop_all(q->sql, conn, in_block)) {
           conn.prepared.clear();
           server_names_.clear();
         } else if (auto name = q ? deallocated_name(q->sql) : std::nullopt) {

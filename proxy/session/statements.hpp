@@ -41,7 +41,8 @@ class Statements {
   // Transaction pooling: rewrites `batch` so the client's named statements use pgshard's
   // names on `conn`, re-preparing what that server lacks; the replies pgshard causes are
   // expected (hidden or replaced) on the server's queue.
-  void map(std::string& batch, pool::ServerConn& conn);
+  // `in_block`: the batch runs inside a transaction block (the client's).
+  void map(std::string& batch, pool::ServerConn& conn, bool in_block = false);
   // The next map() shows the client its own statements in pg_prepared_statements (its
   // Query or unnamed Parse reads the view).
   void show_own_statements() { own_view_ = true; }

@@ -263,3 +263,37 @@ TEST_CASE("pg_prepared_statements shows a client its own statements, by its own 
   CHECK(query(b.get(), "select name from pg_prepared_statements order by 1") ==
         Rows{{"b1"}, {"it's"}});
 }
+
+TEST_CASE("a DISCARD ALL that fails in a transaction drops no statement", "[prepared]") {
+  // DISCARD ALL refuses to run in a transaction block. pgshard took it for done: it forgot
+  // the client's statements (26000 at their next use) and the server's, then prepared a
+  // name the server still had for whichever client came next (42P05).
+  Proxy proxy(one_worker(1));
+  auto a = connect(proxy.conninfo());
+  PGresult* r = PQprepare(a.get(), "s1", "SELECT 40 + 2", 0, nullptr);
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  auto run_s1 = [](PGconn* c) {
+    PGresult* res = PQexecPrepared(c, "s1", 0, nullptr, nullptr, nullptr, 0);
+    std::string got = PQresultStatus(res) == PGRES_TUPLES_OK
+                          ? std::string(PQgetvalue(res, 0, 0))
+                          : std::string(PQresultErrorField(res, PG_DIAG_SQLSTATE) ?: "?");
+    PQclear(res);
+    return got;
+  };
+  CHECK(run_s1(a.get()) == "42");
+  query(a.get(), "BEGIN");
+  CHECK(error_code(a.get(), "DISCARD ALL") == "25001");
+  query(a.get(), "ROLLBACK");
+  CHECK(run_s1(a.get()) == "42");
+  // Another client preparing the same text on the same server.
+  auto b = connect(proxy.conninfo());
+  r = PQprepare(b.get(), "s1", "SELECT 40 + 2", 0, nullptr);
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  CHECK(run_s1(b.get()) == "42");
+  // A DISCARD ALL that runs drops the client's statements, as PostgreSQL's does.
+  query(a.get(), "DISCARD ALL");
+  CHECK(run_s1(a.get()) == "26000");
+  CHECK(run_s1(b.get()) == "42");
+}

@@ -431,6 +431,44 @@ TEST_CASE("a batch pgshard refused in a transaction skips to its Sync and no fur
   CHECK(query("SELECT 'then'") == "T D C Z");
 }
 
+TEST_CASE("a statement that fails to prepare under a held BEGIN fails the transaction",
+          "[protocol]") {
+  // BEGIN is pgshard's until a statement runs; a Parse alone (a driver preparing) goes to a
+  // shard outside the transaction. When it fails there, PostgreSQL's transaction would be
+  // aborted: later statements get 25P02 and COMMIT rolls back. Before, pgshard answered the
+  // error with status 'T' and the next INSERT ran and committed.
+  Proxy proxy;
+  auto setup = connect(proxy.conninfo());
+  query(setup.get(), "CREATE TABLE IF NOT EXISTS held_begin_probe (id bigint, v text)");
+  query(setup.get(), "DELETE FROM held_begin_probe");
+  RawClient raw(proxy.port());
+  REQUIRE(raw.login());
+  auto simple = [&](const std::string& sql, std::vector<std::pair<char, std::string>>* all) {
+    std::string out;
+    p::Query{sql}.write(out);
+    raw.send(out);
+    return raw.until_ready(all);
+  };
+  std::vector<std::pair<char, std::string>> all;
+  CHECK(simple("BEGIN", &all) == "C Z");
+  std::string out;
+  p::Parse{"s", "SELECT no_such_column FROM held_begin_probe WHERE id = $1", {}}.write(out);
+  p::write_empty(out, p::msg::kSync);
+  raw.send(out);
+  all.clear();
+  CHECK(raw.until_ready(&all) == "E Z");
+  REQUIRE_FALSE(all.empty());
+  CHECK(all.back().second == "E");
+  all.clear();
+  CHECK(simple("INSERT INTO held_begin_probe VALUES (1, 'x')", &all) == "E Z");
+  CHECK(all.front().second.find("25P02") != std::string::npos);
+  all.clear();
+  CHECK(simple("COMMIT", &all) == "C Z");
+  CHECK(all.front().second.rfind("ROLLBACK", 0) == 0);
+  CHECK(scalar(setup.get(), "SELECT count(*) FROM held_begin_probe") == "0");
+  query(setup.get(), "DROP TABLE held_begin_probe");
+}
+
 TEST_CASE("TLS required and refused", "[protocol]") {
   ProxyOptions o;
   o.tls_mode = "require";
