@@ -323,12 +323,9 @@ int Server::run() {
   const auto& cfg = shared_.config();
   txn::RecoveryResult startup_recovery;
   if (cfg.two_phase_commit && !recover_in_doubt(cfg, &startup_recovery)) return 1;
-  listen(cfg);
-  for (auto& w : workers_) w->start();
-  if (!cfg.admin.http_host.empty() && !start_http(cfg)) return 1;
-  spdlog::info("pgshard {} listening on {}:{} with {} workers, {} shards", PGSHARD_VERSION,
-               cfg.listen.host, cfg.listen.port, workers_.size(), cfg.shards.size());
-
+  // The signals are caught before the port opens: a SIGHUP (a reload) sent as soon as the
+  // port answers would otherwise end the process with the default action. They are handled
+  // once main_ctx_ runs, below.
   asio::signal_set stop_signals(main_ctx_, SIGINT, SIGTERM);
   await_stop_signal(stop_signals, cfg);
   // SIGHUP: re-read the configuration file (what may change without a restart).
@@ -337,6 +334,12 @@ int Server::run() {
   // SIGUSR2: one log line per session saying what it waits on (diagnosing a stuck client).
   asio::signal_set dump_signal(main_ctx_, SIGUSR2);
   await_dump_signal(dump_signal);
+  listen(cfg);
+  for (auto& w : workers_) w->start();
+  if (!cfg.admin.http_host.empty() && !start_http(cfg)) return 1;
+  spdlog::info("pgshard {} listening on {}:{} with {} workers, {} shards", PGSHARD_VERSION,
+               cfg.listen.host, cfg.listen.port, workers_.size(), cfg.shards.size());
+
   if (cfg.two_phase_commit) start_recovery_thread(startup_recovery);
   start_deadlock_detector(cfg);
   shared_.ids.start_lease(cfg);
