@@ -61,8 +61,8 @@ struct Shared {
   std::atomic<uint64_t> committed_2pc{0};       // transactions committed with two-phase commit
   std::atomic<uint64_t> rolled_back_2pc{0};     // ... and rolled back after PREPARE began
   VisibilityGate visibility;                    // cross-shard commits vs multi-shard snapshots
-  HostHealth hosts;  // every host's last health check (only when some shard has replicas)
-  pool::SharedPools pools;       // each pool's limit and waiters across the workers (locks inside)
+  HostHealth hosts;         // every host's last health check (only when some shard has replicas)
+  pool::SharedPools pools;  // each pool's limit and waiters across the workers (locks inside)
   std::vector<Worker*> workers;  // for the admin console and /metrics
   Clock::time_point started = Clock::now();
   // The stats period marks (see Snapshot::period), written every kStatsPeriod.
