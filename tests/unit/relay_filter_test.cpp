@@ -285,8 +285,9 @@ TEST_CASE("a result type changed under a cached plan tells the session the schem
   std::string plan_changed;
   proto::write_error(plan_changed,
                      proto::error("0A000", "cached plan must not change result type"));
-  auto step = filter.walk(conn, plan_changed + proto::ready_for_query('E'));
+  const std::string from_server = plan_changed + proto::ready_for_query('E');
+  auto step = filter.walk(conn, from_server);  // (step.relay views from_server)
   CHECK(events.changed);
   CHECK(events.failed);
-  CHECK(step.relay == plan_changed + proto::ready_for_query('E'));
+  CHECK(step.relay == from_server);
 }

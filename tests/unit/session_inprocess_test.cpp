@@ -242,9 +242,10 @@ std::string insert_pipeline(const std::vector<int64_t>& keys) {
   std::string out;
   proto::Parse{"ins", "INSERT INTO users (id, name) VALUES ($1, 'p')", {}}.write(out);
   for (const int64_t key : keys) {
+    const std::string text = std::to_string(key);  // (a Bind's values are views)
     proto::Bind b;
     b.statement = "ins";
-    b.params.push_back(std::to_string(key));
+    b.params.push_back(text);
     b.write(out);
     proto::Execute{"", 0}.write(out);
   }
