@@ -45,7 +45,8 @@ std::string server_name(std::string_view sql, const std::vector<int32_t>& types,
 }
 
 // DISCARD ALL, DEALLOCATE [PREPARE] ALL: the statement alone, any case and spacing.
-bool drops_all_statements(std::string_view sql) {
+enum class DropAll { kNone, kDiscard, kDeallocate };
+DropAll drop_all_kind(std::string_view sql) {
   std::string words;
   for (char c : sql) {
     if (c == ';') break;
@@ -56,21 +57,20 @@ bool drops_all_statements(std::string_view sql) {
     }
   }
   while (!words.empty() && words.back() == ' ') words.pop_back();
-  return words == "discard all" || words == "deallocate all" || words == "deallocate prepare all";
+  if (words == "discard all") return DropAll::kDiscard;
+  if (words == "deallocate all" || words == "deallocate prepare all") return DropAll::kDeallocate;
+  return DropAll::kNone;
 }
 
 // Whether `sql` (DISCARD ALL, DEALLOCATE ALL) drops the statements of `conn` when it runs
 // there now (`in_block`: in the client's transaction): neither runs in a failed
-// transaction, and DISCARD ALL refuses to run in a transaction block. (Taken for done when it did
-// not, pgshard would prepare again a name the server still has: 42P05 for whichever client came
-// next.)
+// transaction, and DISCARD ALL refuses to run in a transaction block. (Taken for done when it
+// did not, pgshard would prepare again a name the server still has: 42P05 for whichever
+// client came next.)
 bool runs_drop_all(std::string_view sql, const pool::ServerConn& conn, bool in_block) {
-  if (!drops_all_statements(sql) || conn.status == proto::txn_status::kFailed) return false;
-  const auto first = sql.find_first_not_of(" \t\r\n");
-  const bool discard = first != std::string_view::npos && sql.size() - first >= 7 &&
-                       (sql[first] == 'd' || sql[first] == 'D') &&
-                       (sql[first + 1] == 'i' || sql[first + 1] == 'I');
-  return (!in_block && conn.status == proto::txn_status::kIdle) || !discard;
+  const DropAll kind = drop_all_kind(sql);
+  if (kind == DropAll::kNone || conn.status == proto::txn_status::kFailed) return false;
+  return kind == DropAll::kDeallocate || (!in_block && conn.status == proto::txn_status::kIdle);
 }
 
 // DEALLOCATE [PREPARE] name (alone, maybe with a trailing semicolon): the name as
@@ -290,9 +290,10 @@ void Statements::map(std::string& batch, pool::ServerConn& conn, bool in_block) 
         // DEALLOCATE / DISCARD ALL as an unnamed statement (psycopg sends its maintenance
         // this way): the statements go when its Bind runs it (below), on that server — in
         // transaction pooling maybe not this one, which keeps its statements.
-        if (p && p->name.empty() && drops_all_statements(p->query)) {
-        } else if (auto name = p && p->name.empty() ? deallocated_name(p->query) : std::nullopt;
-                   name && out.empty()) {
+        const bool drops_all = p && p->name.empty() && drop_all_kind(p->query) != DropAll::kNone;
+        if (auto name =
+                p && p->name.empty() && !drops_all ? deallocated_name(p->query) : std::nullopt;
+            name && out.empty()) {
           if (auto sql = deallocate(conn, *name)) {
             proto::Parse{"", *sql, p->param_types}.write(out);
             conn.replies.expect_parse(Owner::kClient, Action::kForward);
