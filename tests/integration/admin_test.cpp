@@ -42,21 +42,6 @@ Conn console(const Proxy& p, const std::string& user = "admin",
   return connect(p.conninfo("dbname=pgshard", user, password));
 }
 
-// A console result as maps from column name to value, one per row.
-std::vector<std::map<std::string, std::string>> show(PGconn* c, const std::string& what) {
-  PGresult* r = PQexec(c, what.c_str());
-  INFO(what << ": " << PQerrorMessage(c));
-  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
-  std::vector<std::map<std::string, std::string>> rows;
-  for (int i = 0; i < PQntuples(r); ++i) {
-    std::map<std::string, std::string> row;
-    for (int j = 0; j < PQnfields(r); ++j) row[PQfname(r, j)] = PQgetvalue(r, i, j);
-    rows.push_back(std::move(row));
-  }
-  PQclear(r);
-  return rows;
-}
-
 std::vector<std::string> columns(PGconn* c, const std::string& what) {
   PGresult* r = PQexec(c, what.c_str());
   REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);

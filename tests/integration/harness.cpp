@@ -413,6 +413,20 @@ std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql) {
   return rows;
 }
 
+std::vector<std::map<std::string, std::string>> show(PGconn* c, const std::string& what) {
+  PGresult* r = PQexec(c, what.c_str());
+  INFO(what << ": " << PQerrorMessage(c));
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  std::vector<std::map<std::string, std::string>> rows;
+  for (int i = 0; i < PQntuples(r); ++i) {
+    std::map<std::string, std::string> row;
+    for (int j = 0; j < PQnfields(r); ++j) row[PQfname(r, j)] = PQgetvalue(r, i, j);
+    rows.push_back(std::move(row));
+  }
+  PQclear(r);
+  return rows;
+}
+
 std::string scalar(PGconn* c, const std::string& sql) {
   auto rows = query(c, sql);
   std::lock_guard lock(catch_lock());

@@ -6,6 +6,7 @@
 
 #include <chrono>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -111,6 +112,9 @@ Conn connect(const std::string& conninfo);
 // Runs one statement; fails the test on error. Returns rows as text ("NULL" for NULL).
 std::vector<std::vector<std::string>> query(PGconn* c, const std::string& sql);
 std::string scalar(PGconn* c, const std::string& sql);
+// Runs a statement returning rows (a console SHOW): maps from column name to value, one per
+// row (NULL as ""); fails the test on error.
+std::vector<std::map<std::string, std::string>> show(PGconn* c, const std::string& what);
 // Runs one statement expecting an error; returns its SQLSTATE ("" if it succeeded).
 std::string error_code(PGconn* c, const std::string& sql, std::string* message = nullptr);
 // Sends a CancelRequest for `c`'s running statement (libpq's PQcancel); true if sent.

@@ -201,21 +201,6 @@ Conn named_client_on_s0(const Proxy& proxy, const std::string& name) {
   return c;
 }
 
-// A console SHOW as maps from column name to value, one per row.
-std::vector<std::map<std::string, std::string>> show(PGconn* adm, const std::string& what) {
-  PGresult* r = PQexec(adm, what.c_str());
-  INFO(what << ": " << PQerrorMessage(adm));
-  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
-  std::vector<std::map<std::string, std::string>> rows;
-  for (int i = 0; i < PQntuples(r); ++i) {
-    std::map<std::string, std::string> row;
-    for (int j = 0; j < PQnfields(r); ++j) row[PQfname(r, j)] = PQgetvalue(r, i, j);
-    rows.push_back(std::move(row));
-  }
-  PQclear(r);
-  return rows;
-}
-
 int s0_waiting(PGconn* adm) {
   int n = 0;
   for (auto& row : show(adm, "SHOW POOLS"))
