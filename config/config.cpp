@@ -434,7 +434,8 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
                   "read_consistency",
                   "health",
                   "max_replica_lag",
-                  "read_your_writes"})) {
+                  "read_your_writes",
+                  "read_safe_functions"})) {
     c.throw_if_failed();
   }
   if (root["admin"]) load_admin(c, root["admin"], cfg->admin);

@@ -159,6 +159,10 @@ struct Replication {
   // read_consistency session: how long a read waits for a replica to replay the client's
   // last commit before it goes to the primary.
   Millis read_your_writes_wait{20};
+  // Functions outside pg_catalog that only read (as the statement names them: "name" or
+  // "schema.name"): a read calling one may still go to a replica. Any other user function
+  // keeps the statement on the primary.
+  std::vector<std::string> read_safe_functions;
 };
 
 // The admin console (database "pgshard" on the client port) and the HTTP endpoint.
@@ -225,6 +229,16 @@ struct Config {
   KeyType default_key_type() const;
   // Where reads of `user` that may run on a replica go on `shard` (user, shard, map-wide).
   ReadFrom read_from(const User& user, int shard) const;
+  // Pools and server connections are kept per target: shards are targets 0..N-1, then each
+  // shard's replicas in map order (shard 0's first). A reload cannot change the replicas, so
+  // a target means the same host for the life of the process.
+  int replica_target(int shard, int replica) const;
+  struct Host {
+    int shard = 0;
+    int replica = -1;  // -1: the shard's primary
+  };
+  Host host_of(int target) const;
+  int targets() const;  // shards and replicas
 };
 
 // What a reload of `running` into `next` may not change without a restart (listen address,

@@ -57,6 +57,13 @@ void load_replication(Checker& c, const YAML::Node& root, Replication& r) {
                         .value_or(r.consistency);
   if (root["health"]) load_health(c, root["health"], r);
   if (root["max_replica_lag"]) load_max_lag(c, root["max_replica_lag"], r);
+  if (auto f = root["read_safe_functions"]) {
+    if (!f.IsSequence())
+      c.fail(f, "read_safe_functions must be a list of function names (schema.name or name)");
+    else
+      for (const auto& n : f)
+        if (auto s = c.string(n, "read_safe_functions entry")) r.read_safe_functions.push_back(*s);
+  }
   if (auto w = root["read_your_writes"]; w && c.mapping(w, "read_your_writes", {"wait"}))
     r.read_your_writes_wait = duration(c, w["wait"], "read_your_writes.wait", Millis{0}, kHour)
                                   .value_or(r.read_your_writes_wait);
@@ -69,6 +76,30 @@ ReadFrom Config::read_from(const User& user, int shard) const {
   if (shard >= 0 && shard < static_cast<int>(shards.size()) && shards[shard].read_from)
     return *shards[shard].read_from;
   return replication.read_from;
+}
+
+int Config::replica_target(int shard, int replica) const {
+  int target = static_cast<int>(shards.size());
+  for (int s = 0; s < shard; ++s) target += static_cast<int>(shards[s].replicas.size());
+  return target + replica;
+}
+
+Config::Host Config::host_of(int target) const {
+  const int n = static_cast<int>(shards.size());
+  if (target < n) return {target, -1};
+  int first = n;
+  for (int s = 0; s < n; ++s) {
+    const int count = static_cast<int>(shards[s].replicas.size());
+    if (target < first + count) return {s, target - first};
+    first += count;
+  }
+  return {target, -1};  // (not a target of this map)
+}
+
+int Config::targets() const {
+  int n = static_cast<int>(shards.size());
+  for (const auto& s : shards) n += static_cast<int>(s.replicas.size());
+  return n;
 }
 
 const char* to_string(ReadFrom r) {

@@ -298,7 +298,8 @@ std::string show_servers(const Snapshot& s) {
 std::string show_hosts(const Snapshot& s, bool replicas_only) {
   Table t{{"shard", kText},        {"host", kText},   {"port", kInt8},      {"listed_as", kText},
           {"role", kText},         {"state", kText},  {"lag_bytes", kInt8}, {"lag_ms", kInt8},
-          {"banned_until", kText}, {"checks", kInt8}, {"failures", kInt8},  {"last_error", kText}};
+          {"banned_until", kText}, {"checks", kInt8}, {"failures", kInt8},  {"last_error", kText},
+          {"reads", kInt8},        {"fallbacks", kInt8}, {"waited", kInt8}};
   for (const auto& h : s.hosts) {
     if (replicas_only && h.listed_primary) continue;
     const bool banned = h.banned_until > s.taken;
@@ -317,7 +318,8 @@ std::string show_hosts(const Snapshot& s, bool replicas_only) {
       t << h.lag_ms;
     else
       t.null();
-    t << (banned ? wall_time(h.banned_until, s.taken) : "") << h.checks << h.failures << h.error;
+    t << (banned ? wall_time(h.banned_until, s.taken) : "") << h.checks << h.failures << h.error
+      << h.reads << h.fallbacks << h.waited;
     t.end_row();
   }
   return t.write("SHOW");

@@ -82,6 +82,7 @@ class Pool {
   // acquire's common case, without a coroutine: an idle connection, if one is trusted.
   std::optional<Lease> lend_idle(bool in_transaction = false);
   // Whether acquire() would lend or open a connection without waiting for one.
+  int busy() const { return shared_.busy(); }  // across the workers
   bool lends_now() const { return !paused_ && (!idle_.empty() || shared_.has_room()); }
   void give_back(std::unique_ptr<ServerConn> conn);
   // From the SharedPool, on this worker's thread: a server (or a slot, when null) for the

@@ -9,6 +9,7 @@
 // its own. Waiters are served in the order they queued, whichever worker they are on.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <deque>
 #include <map>
@@ -41,6 +42,12 @@ class SharedPool {
   int limit() const { return limit_.load(std::memory_order_relaxed); }
   int total() const { return total_.load(std::memory_order_relaxed); }
   bool has_room() const { return total() < limit(); }
+  // Servers lent out or opening, on every worker (least_active read balancing).
+  int busy() const {
+    int idle = 0;
+    for (const auto& m : members_) idle += m.idle.load(std::memory_order_relaxed);
+    return std::max(0, total() - idle);
+  }
   bool over_limit() const { return total() > limit(); }  // (a reload made it smaller)
   // Clients queued on every worker (not those whose hand-over is on its way).
   int waiting() const { return waiting_.load(std::memory_order_seq_cst); }

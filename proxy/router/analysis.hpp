@@ -130,6 +130,11 @@ struct Analysis {
   // Functions outside pg_catalog it calls (as written): they may change settings
   // (set_config) where pgshard cannot see, so the session checks them afterwards.
   std::vector<std::string> user_functions;
+  // Only reads that a replica answers alike: every statement a SELECT (or VALUES/TABLE)
+  // without INTO, locking clause or writing WITH, calling no pg_catalog function with a
+  // volatile overload (nextval, pg_advisory_lock, set_config, random...). Functions outside
+  // pg_catalog (user_functions) decide at routing, by the map's read_safe_functions.
+  bool reads_only = false;
   // Reads pg_prepared_statements: in transaction pooling the client is shown its own.
   bool prepared_statements_view = false;
   // SELECT pg_terminate_backend(pid) / pg_cancel_backend(pid), alone: a pid pgshard gave a

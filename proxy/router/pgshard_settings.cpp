@@ -10,6 +10,8 @@
 #include <array>
 #include <bit>
 #include <cctype>
+#include <charconv>
+#include <cstdio>
 #include <cstring>
 #include <memory>
 
@@ -146,11 +148,15 @@ void analyze_comments(std::string_view sql, Settings& a) {
 }
 
 bool known_setting(const std::string& name) {
-  return name == "shard" || name == "sharding_key" || name == "partial_results";
+  return name == "shard" || name == "sharding_key" || name == "partial_results" ||
+         name == "read_token";
 }
 
 std::optional<std::string>& slot_of(Hints& h, const std::string& name) {
-  return name == "shard" ? h.shard : name == "sharding_key" ? h.sharding_key : h.partial_results;
+  return name == "shard"          ? h.shard
+         : name == "sharding_key" ? h.sharding_key
+         : name == "read_token"   ? h.read_token
+                                  : h.partial_results;
 }
 
 std::optional<std::string> check_hint(const std::string& name, const std::string& value,
@@ -163,6 +169,10 @@ std::optional<std::string> check_hint(const std::string& name, const std::string
              config::to_string(cfg.default_key_type());
   } else if (name == "partial_results") {
     if (!parse_bool(value)) return "parameter \"pgshard.partial_results\" requires a Boolean value";
+  } else if (name == "read_token") {
+    if (!parse_read_token(value, cfg))
+      return "invalid read token \"" + value +
+             "\": expected shard:LSN pairs separated by commas, as SHOW pgshard.read_token gives";
   } else {
     return "unrecognized configuration parameter \"pgshard." + name + "\"";
   }
@@ -330,6 +340,45 @@ void answer_show(const SetCommand& c, const SessionHints& h, std::string& out) {
 }
 
 }  // namespace detail
+
+std::string lsn_text(uint64_t lsn) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%X/%X", static_cast<unsigned>(lsn >> 32),
+                static_cast<unsigned>(lsn & 0xffffffffu));
+  return buf;
+}
+
+std::optional<uint64_t> parse_lsn(std::string_view text) {
+  const auto slash = text.find('/');
+  if (slash == std::string_view::npos || slash == 0 || slash + 1 >= text.size())
+    return std::nullopt;
+  uint32_t hi = 0, lo = 0;
+  const char* end = text.data() + text.size();
+  const auto a = std::from_chars(text.data(), text.data() + slash, hi, 16);
+  const auto b = std::from_chars(text.data() + slash + 1, end, lo, 16);
+  if (a.ec != std::errc() || a.ptr != text.data() + slash || b.ec != std::errc() || b.ptr != end)
+    return std::nullopt;
+  return (static_cast<uint64_t>(hi) << 32) | lo;
+}
+
+std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::string_view text,
+                                                                      const config::Config& cfg) {
+  std::vector<std::pair<int, uint64_t>> parts;
+  if (text.empty()) return parts;  // (no position to wait for)
+  for (bool more = true; more;) {
+    const auto comma = text.find(',');
+    const auto part = text.substr(0, comma);
+    more = comma != std::string_view::npos;
+    if (more) text.remove_prefix(comma + 1);
+    const auto colon = part.rfind(':');
+    if (colon == std::string_view::npos) return std::nullopt;
+    const int shard = cfg.shard_index(std::string(part.substr(0, colon)));
+    const auto lsn = parse_lsn(part.substr(colon + 1));
+    if (shard < 0 || !lsn) return std::nullopt;
+    parts.emplace_back(shard, *lsn);
+  }
+  return parts;
+}
 
 std::optional<bool> parse_bool(std::string_view v) {
   std::string s;

@@ -119,8 +119,9 @@ int reference_read_shard(const config::Config& cfg, const Context& ctx) {
 
 // What the route takes from the analysis whatever the target: what the statement is and
 // what it does to the session.
-void take_statement(Route& r, const Analysis& a, const Context& ctx) {
+void take_statement(Route& r, const Analysis& a, const config::Config& cfg, const Context& ctx) {
   r.write = a.write || a.ddl;
+  r.read_only = may_run_on_replica(a, cfg);
   r.ddl = a.ddl;
   r.takes_snapshot = a.takes_snapshot;
   r.transaction_modes = a.transaction_modes;
@@ -478,7 +479,7 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
     else
       r.action = UniqueIds{};
   } else {
-    take_statement(r, *a, ctx);
+    take_statement(r, *a, cfg, ctx);
     if (a->target == Analysis::Target::kKeys)
       route_by_keys(*a, sql, cfg, ctx, r);
     else
@@ -488,6 +489,14 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
 }
 
 }  // namespace
+
+bool may_run_on_replica(const Analysis& a, const config::Config& cfg) {
+  const auto& safe = cfg.replication.read_safe_functions;
+  return a.reads_only && !a.write && !a.ddl && !a.pins && a.settings.empty() &&
+         std::all_of(a.user_functions.begin(), a.user_functions.end(), [&](const auto& f) {
+           return std::find(safe.begin(), safe.end(), f) != safe.end();
+         });
+}
 
 std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::Config& cfg,
                                             const Context& ctx) {

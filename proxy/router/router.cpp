@@ -87,6 +87,7 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
         return r;
       }
       detail::take_session_effects(hinted, *analysis);
+      hinted.read_only = detail::may_run_on_replica(*analysis, cfg);
       hinted.names_unique_id = analysis->names_unique_id;
     }
     return hinted;
@@ -145,6 +146,7 @@ Route route_query(std::string_view sql, const SessionHints& hints, const config:
     std::string& answer = r.action.emplace<Answer>().text;
     for (const auto& c : a.commands) {
       if (c.action == SetAction::kShow) {
+        r.shows_read_token |= c.name == "read_token";
         detail::answer_show(c, after, answer);
       } else {
         protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(answer);

@@ -31,6 +31,9 @@ struct Hints {
   std::optional<std::string> shard;
   std::optional<std::string> sharding_key;
   std::optional<std::string> partial_results;  // "on"/"off"...: see parse_bool
+  // SET pgshard.read_token (session level; the session keeps the value its reads honour:
+  // see session::ReadRouting): "shard:LSN,..." as SHOW pgshard.read_token gives it.
+  std::optional<std::string> read_token;
   bool empty() const { return !shard && !sharding_key; }
   bool operator==(const Hints&) const = default;
 };
@@ -137,6 +140,9 @@ struct Route {
   SessionHints hints;
   // What the statement is, wherever it runs.
   bool write = false;
+  // Only reads a replica answers alike (Analysis::reads_only, and every function outside
+  // pg_catalog it calls is in the map's read_safe_functions): it may run on a replica.
+  bool read_only = false;
   bool ddl = false;               // a schema change (on several shards: the Ddl action)
   bool takes_snapshot = false;    // see Analysis::takes_snapshot
   std::string transaction_modes;  // see Analysis::transaction_modes
@@ -159,6 +165,8 @@ struct Route {
   bool cursor_hold = false;
   // The statement names pgshard.unique_id() (the shards need the functions declared).
   bool names_unique_id = false;
+  // An Answer that shows pgshard.read_token: the session settles its token first.
+  bool shows_read_token = false;
 };
 
 // The action's name, for counters and tests: one per alternative of RouteAction, in order.
@@ -249,6 +257,14 @@ std::string key_identity(config::KeyType type, std::string_view text);
 // Elements of an array parameter (text '{1,2}' or binary array format).
 std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, int n,
                                                     config::KeyType type);
+
+// A read token's text ("s0:0/16B3748,s2:1/0": shard name, WAL position as PostgreSQL writes
+// it) as (shard index, position) pairs; nullopt when it does not read as one for `cfg`.
+std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::string_view text,
+                                                                     const config::Config& cfg);
+// A WAL position as PostgreSQL writes it ("0/16B3748") and back (nullopt: not one).
+std::string lsn_text(uint64_t lsn);
+std::optional<uint64_t> parse_lsn(std::string_view text);
 
 // PostgreSQL's spellings of a Boolean setting (on/off, true/false, yes/no, 1/0).
 std::optional<bool> parse_bool(std::string_view value);

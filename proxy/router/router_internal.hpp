@@ -58,6 +58,8 @@ std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::
 // What the statement does to the session wherever it runs: settings it changes, pinning,
 // functions it calls, transaction control. A hint picks the shard, never these.
 void take_session_effects(Route& r, const Analysis& a);
+// Whether the analysed statement only reads as a replica would answer it (Route::read_only).
+bool may_run_on_replica(const Analysis& a, const config::Config& cfg);
 // The route the parser's analysis gives (no hint applies).
 Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx);
 

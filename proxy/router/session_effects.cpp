@@ -32,6 +32,42 @@ bool builtin_function(const PgQuery__FuncCall* f) {
   return std::binary_search(std::begin(kBuiltinFunctions), std::end(kBuiltinFunctions), name);
 }
 
+// pg_catalog's functions with a volatile overload (PostgreSQL 15), sorted.
+constexpr std::string_view kVolatileFunctions[] = {
+#include "proxy/router/volatile_functions.inc"
+};
+
+// Stable functions that still need the primary: they assign a transaction id (a replica in
+// recovery refuses them).
+constexpr std::string_view kAssignsXid[] = {"pg_current_xact_id", "txid_current"};
+
+bool volatile_builtin(const PgQuery__FuncCall* f) {
+  if (f->n_funcname == 0 || !builtin_function(f)) return false;
+  const std::string_view name = ast::str_of(f->funcname[f->n_funcname - 1]);
+  return std::binary_search(std::begin(kVolatileFunctions), std::end(kVolatileFunctions), name) ||
+         std::find(std::begin(kAssignsXid), std::end(kAssignsXid), name) != std::end(kAssignsXid);
+}
+
+// A SELECT that only reads: no INTO (it creates a table), no FOR UPDATE/SHARE, no INSERT,
+// UPDATE or DELETE in its WITH (set operations' arms are SELECTs and checked by the walk of
+// calls; their locking clauses are refused by PostgreSQL's grammar).
+bool plain_read(const Node* st) {
+  if (st->node_case != PG_QUERY__NODE__NODE_SELECT_STMT) return false;
+  const auto* s = st->select_stmt;
+  if (s->into_clause || s->n_locking_clause > 0) return false;
+  bool writes = false;
+  ast::walk(&st->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor == &pg_query__insert_stmt__descriptor ||
+        m->descriptor == &pg_query__update_stmt__descriptor ||
+        m->descriptor == &pg_query__delete_stmt__descriptor ||
+        m->descriptor == &pg_query__merge_stmt__descriptor ||
+        m->descriptor == &pg_query__locking_clause__descriptor ||
+        m->descriptor == &pg_query__into_clause__descriptor)
+      writes = true;
+  });
+  return !writes;
+}
+
 bool plain_identifier(std::string_view s) {
   if (s.empty() || (s[0] >= '0' && s[0] <= '9')) return false;
   for (char c : s)
@@ -111,7 +147,7 @@ void note_session_statement(const Node* st, Analysis& a) {
 // What the relations and function calls anywhere in a statement do to the session:
 // temporary objects and session advisory locks pin it, pg_prepared_statements is read,
 // functions outside pg_catalog are called. Returns the number of set_config calls.
-int note_objects_and_calls(const Node* st, Analysis& a) {
+int note_objects_and_calls(const Node* st, Analysis& a, bool& volatile_calls) {
   int set_configs = 0;
   ast::walk(&st->base, [&](const ProtobufCMessage* m) {
     if (m->descriptor == &pg_query__range_var__descriptor) {
@@ -134,6 +170,7 @@ int note_objects_and_calls(const Node* st, Analysis& a) {
           name == "pg_try_advisory_lock" || name == "pg_try_advisory_lock_shared")
         a.pins = true;
       if (name == "set_config") ++set_configs;
+      if (volatile_builtin(f)) volatile_calls = true;
       if (!builtin_function(f)) {
         std::string called;
         for (size_t i = 0; i < f->n_funcname; ++i)
@@ -233,11 +270,14 @@ int note_set_config_calls(const PgQuery__SelectStmt* s, Analysis& a) {
 // Session-level SET / RESET / DISCARD ALL / set_config(..., false): the settings a client
 // changes for the rest of its session, with values flattened as PostgreSQL flattens them.
 void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
+  a.reads_only = tree->n_stmts > 0;
   for (size_t i = 0; i < tree->n_stmts; ++i) {
     const Node* st = tree->stmts[i]->stmt;
     if (!st) continue;
     note_session_statement(st, a);
-    int set_configs = note_objects_and_calls(st, a);  // set_config calls anywhere in it
+    bool volatile_calls = false;
+    int set_configs = note_objects_and_calls(st, a, volatile_calls);  // set_config anywhere
+    a.reads_only = a.reads_only && plain_read(st) && !volatile_calls;
     // COPY FROM STDIN: no statement may follow it in the request (the server waits for
     // CopyData); a function in its WHERE clause is left unchecked.
     if (st->node_case == PG_QUERY__NODE__NODE_COPY_STMT && st->copy_stmt->is_from)

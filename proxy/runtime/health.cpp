@@ -114,6 +114,7 @@ void HostHealth::record(std::size_t index, const CheckResult& r, Clock::time_poi
   h.system = r.system;
   h.lag_ms = r.in_recovery ? r.lag_ms : 0;
   h.checked_at = now;
+  h.check_started = r.started;
   h.checks++;
   h.error.clear();
   update_lag(h.shard, limits);
@@ -160,7 +161,61 @@ bool HostHealth::readable(std::size_t index, Clock::time_point now) const {
   return h.up && h.role == HostRole::kReplica && !h.lagging && now >= h.banned_until;
 }
 
+bool HostHealth::readable_replicas(int shard, uint64_t min_lsn, Clock::time_point now,
+                                   std::vector<int>& out) const {
+  std::lock_guard lock(mu_);
+  bool any_up = false;
+  int replica = 0;
+  for (const auto& h : hosts_) {
+    if (h.shard != shard || h.listed_primary) continue;
+    const bool up = h.up && h.role == HostRole::kReplica && now >= h.banned_until;
+    any_up |= up;
+    if (up && !h.lagging && h.lsn >= min_lsn) out.push_back(replica);
+    ++replica;
+  }
+  return any_up;
+}
+
+std::optional<uint64_t> HostHealth::primary_position_since(int shard, Clock::time_point since) {
+  std::lock_guard lock(mu_);
+  for (auto& h : hosts_)
+    if (h.shard == shard && h.listed_primary) {
+      if (h.up && h.role == HostRole::kPrimary && h.check_started > since) return h.lsn;
+      h.wanted = true;
+      return std::nullopt;
+    }
+  return std::nullopt;
+}
+
+void HostHealth::want_checks(int shard) {
+  std::lock_guard lock(mu_);
+  for (auto& h : hosts_)
+    if (h.shard == shard) h.wanted = true;
+}
+
+void HostHealth::count_read(int shard, int replica, ReadCount how) {
+  std::lock_guard lock(mu_);
+  int seen = -1;  // replicas of the shard passed so far
+  for (auto& h : hosts_) {
+    if (h.shard != shard) continue;
+    if (h.listed_primary ? replica >= 0 : ++seen != replica) continue;
+    ++h.reads;
+    h.fallbacks += how == ReadCount::kFallback;
+    h.waited += how == ReadCount::kWaitedForReplica;
+    return;
+  }
+}
+
+bool HostHealth::take_wanted(std::size_t index) {
+  std::lock_guard lock(mu_);
+  if (index >= hosts_.size() || !hosts_[index].wanted) return false;
+  hosts_[index].wanted = false;
+  return true;
+}
+
 namespace {
+
+constexpr auto kWantedStep = std::chrono::milliseconds(5);
 
 // One host's checks, for as long as the process runs.
 awaitable<void> check_host(Shared& shared, std::size_t index, pool::BackendTarget target) {
@@ -178,6 +233,7 @@ awaitable<void> check_host(Shared& shared, std::size_t index, pool::BackendTarge
     }
     if (conn) {
       std::optional<CheckResult> result;
+      const auto started = Clock::now();
       asio::steady_timer limit(ex);
       limit.expires_after(limits.health_timeout);
       auto done =
@@ -195,6 +251,7 @@ awaitable<void> check_host(Shared& shared, std::size_t index, pool::BackendTarge
       } else if (!result) {
         error = "unexpected answer to the health check";
       } else {
+        result->started = started;
         shared.hosts.record(index, *result, Clock::now(), limits);
       }
     }
@@ -203,8 +260,13 @@ awaitable<void> check_host(Shared& shared, std::size_t index, pool::BackendTarge
                     target.shard_name, error);
       shared.hosts.record_failure(index, std::move(error), Clock::now(), limits);
     }
-    pause.expires_after(limits.health_interval);
-    co_await pause.async_wait(use_nothrow);
+    // The interval, cut short when a read waits on this host's shard (want_checks): it is
+    // watched in short steps, one lock each, rather than woken across threads.
+    const auto next = Clock::now() + limits.health_interval;
+    while (Clock::now() < next && !shared.hosts.take_wanted(index)) {
+      pause.expires_after(std::min<Clock::duration>(kWantedStep, next - Clock::now()));
+      co_await pause.async_wait(use_nothrow);
+    }
   }
 }
 

@@ -21,12 +21,21 @@ struct Shared;
 enum class HostRole : uint8_t { kUnknown, kPrimary, kReplica };
 const char* to_string(HostRole r);
 
+// Where a read that could have gone to a replica went (HostHealth::count_read).
+enum class ReadCount : uint8_t {
+  kReplica,           // to a replica
+  kPrimary,           // to the primary, as read_from / read_consistency ask
+  kFallback,          // to the primary: read_from replicas, but no replica was up (degraded)
+  kWaitedForReplica,  // to the primary after read_your_writes.wait for a replica to catch up
+};
+
 // What one check of a host found (parsed from its answer to kHealthCheckSql).
 struct CheckResult {
   bool in_recovery = false;
   uint64_t lsn = 0;     // primary: WAL insert position; replica: replay position
   int64_t lag_ms = 0;   // replica: how long ago it replayed the newest commit it has received
   uint64_t system = 0;  // pg_control_system().system_identifier
+  Clock::time_point started{};  // when the check was sent (set by the checker)
 };
 // The check's statement and reading its one row (nullopt: not the row it asks for).
 extern const char* const kHealthCheckSql;
@@ -48,6 +57,13 @@ struct HostState {
   uint64_t system = 0;               // system identifier (a replica of its primary has the same)
   Clock::time_point banned_until{};  // failed a check: no reads until then
   Clock::time_point checked_at{};
+  // When the last answered check was sent: a primary's `lsn` covers every commit that
+  // finished before it (read-your-writes).
+  Clock::time_point check_started{};
+  // Reads routed here (replicas; on a primary's row: reads that could have gone to a
+  // replica but stayed on the primary, and of those the fallbacks and read-your-writes waits).
+  uint64_t reads = 0, fallbacks = 0, waited = 0;
+  bool wanted = false;  // a read waits on this shard: check again now, not after the interval
   uint64_t checks = 0, failures = 0;
   std::string error;  // why the last check failed ("" when it answered)
 };
@@ -67,6 +83,25 @@ class HostHealth {
   // Whether host `index` (a replica) may serve reads at `now`: up, in recovery, within the
   // lag limits, not banned.
   bool readable(std::size_t index, Clock::time_point now) const;
+
+  // ---- what reads ask (any worker's thread) ----
+  // The replicas of `shard` a read may go to at `now` (readable) that have replayed at
+  // least `min_lsn` (0: any), as indexes among the shard's replicas in map order, into `out`.
+  // Returns whether any replica of the shard is up at all (else reads fall back to the
+  // primary as a degraded shard's, counted).
+  bool readable_replicas(int shard, uint64_t min_lsn, Clock::time_point now,
+                         std::vector<int>& out) const;
+  // The WAL position of `shard`'s primary as a check sent after `since` saw it: it covers
+  // every commit finished by `since`. nullopt when no such check has answered yet; then the
+  // shard's hosts are checked at once (want_checks).
+  std::optional<uint64_t> primary_position_since(int shard, Clock::time_point since);
+  // A read waits on `shard`: its hosts are checked again now rather than after the interval.
+  void want_checks(int shard);
+  // A read that could have gone to a replica of `shard` went to replica `replica` (its index
+  // among the shard's replicas) or to the primary (-1), as `how` says.
+  void count_read(int shard, int replica, ReadCount how);
+  // Whether host `index` should be checked now (and the wish is taken).
+  bool take_wanted(std::size_t index);
 
  private:
   // Replicas' lag from their shard's primary's last position (under mu_).

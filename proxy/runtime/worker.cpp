@@ -29,25 +29,30 @@ void Worker::stop_context() {
   ctx_->stop();
 }
 
-pool::Pool& Worker::pool(int shard, const config::User& user) {
-  auto key = std::make_pair(shard, pool_user_key(user));
+pool::Pool& Worker::pool(int target, const config::User& user) {
+  auto key = std::make_pair(target, pool_user_key(user));
   auto it = pools_.find(key);
   if (it != pools_.end()) return *it->second;
   const auto& cfg = config();
-  const auto& s = cfg.shards[static_cast<std::size_t>(shard)];
+  // A shard's primary, or one of its replicas (a target past the shards: Config::host_of).
+  const auto host = cfg.host_of(target);
+  const auto& s = cfg.shards[static_cast<std::size_t>(host.shard)];
+  const auto& url =
+      host.replica < 0 ? s.primary : s.replicas[static_cast<std::size_t>(host.replica)];
   pool::BackendTarget t;
-  t.shard = shard;
-  t.shard_name = s.name;
-  t.host = s.primary.host;
-  t.port = s.primary.port;
-  t.user = s.primary.user.empty() ? user.name : s.primary.user;
-  t.password = s.primary.user.empty() ? user.plaintext.value_or("") : s.primary.password;
-  t.database = !user.database.empty()       ? user.database
-               : s.primary.database.empty() ? t.user
-                                            : s.primary.database;
+  t.shard = target;
+  t.shard_name =
+      host.replica < 0 ? s.name : s.name + " replica " + url.host + ":" + std::to_string(url.port);
+  t.host = url.host;
+  t.port = url.port;
+  t.user = url.user.empty() ? user.name : url.user;
+  t.password = url.user.empty() ? user.plaintext.value_or("") : url.password;
+  t.database = !user.database.empty() ? user.database
+               : url.database.empty() ? t.user
+                                      : url.database;
   auto& p = make_pool(key, std::move(t), s.pool_size);
   p.count_requests(cfg.admin.stats);
-  p.pause(paused_.count(shard) > 0);
+  p.pause(paused_.count(host.shard) > 0);
   return p;
 }
 
@@ -194,12 +199,12 @@ void Worker::pause(int shard, bool on) {
   for (int i = 0; i < static_cast<int>(config().shards.size()); ++i)
     if (shard < 0 || shard == i) on ? (void)paused_.insert(i) : (void)paused_.erase(i);
   for (auto& [key, p] : pools_)
-    if (key.first >= 0 && (shard < 0 || key.first == shard)) p->pause(on);
+    if (key.first >= 0 && (shard < 0 || config().host_of(key.first).shard == shard)) p->pause(on);
 }
 
 void Worker::reconnect(int shard) {
   for (auto& [key, p] : pools_)
-    if (key.first >= 0 && (shard < 0 || key.first == shard)) p->reconnect();
+    if (key.first >= 0 && (shard < 0 || config().host_of(key.first).shard == shard)) p->reconnect();
 }
 
 void Worker::add_pools(WorkerSnapshot& out,

@@ -60,7 +60,8 @@ class Worker {
   // This worker's side of the pool for (shard, user), created on first use (per database,
   // for a session of another database than the shards' own: config::User::database);
   // pool_size bounds the pool's connections on all workers together.
-  pool::Pool& pool(int shard, const config::User& user);
+  // `target` is a shard or one of its replicas (config::Config::host_of).
+  pool::Pool& pool(int target, const config::User& user);
   // Removes the user's pools that hold no connection and have no client waiting (a login
   // to a database no shard has).
   void drop_pools(const config::User& user);

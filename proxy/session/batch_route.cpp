@@ -37,6 +37,7 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
   if (r.txn != router::TxnControl::kNone && txn_managed)
     return refuse("cannot end or start a transaction pgshard manages");
   r.txn = router::TxnControl::kNone;  // it reaches the server as sent
+  r.read_only = r.read_only && (!bound || bound->read_only);
   return r;
 }
 
@@ -165,6 +166,9 @@ router::Route route_batch(std::string_view batch, Statements& statements,
                              "send a Sync after each statement that goes to another shard")};
             e.hints = hints;
             return e;
+          } else {
+            // The batch may read from a replica only if every statement in it may.
+            route.read_only = route.read_only && r.read_only;
           }
         }
         break;

@@ -33,6 +33,7 @@
 #include "proxy/session/failures.hpp"
 #include "proxy/session/login.hpp"
 #include "proxy/session/phase.hpp"
+#include "proxy/session/read_routing.hpp"
 #include "proxy/session/relay_filter.hpp"
 #include "proxy/session/settings.hpp"
 #include "proxy/session/statements.hpp"
@@ -221,6 +222,31 @@ class Session : public std::enable_shared_from_this<Session>,
   // (session_forward.cpp); FanOut, Ddl and CopyIn (session_fan_out.cpp); SplitPipeline
   // (session_extended.cpp); Answer and Refuse are answer_locally (session_answer.cpp).
   awaitable<void> run_forward(const Request& req, const router::Route& route, int shard);
+  // ---- reads on replicas (session_reads.cpp) ----
+  // Where a Forward to `shard` runs: the shard's primary (`shard`) or one of its replicas
+  // (a target past the shards), nullopt when it must wait (read-your-writes); the awaitable
+  // form waits at most read_your_writes.wait.
+  std::optional<int> read_target_now(const router::Route& route, int shard, char boundary);
+  awaitable<int> read_target(const router::Route& route, int shard, char boundary);
+  // A routed request that may write: its shards' primaries hold the session's newest writes.
+  // (Not a BEGIN, nor a statement that only changes settings: they write nothing.)
+  void note_writes(const router::Route& route) {
+    if (!replicas_ || route.read_only || route.txn == router::TxnControl::kBegin ||
+        (!route.settings.empty() && !route.write && !route.takes_snapshot))
+      return;
+    reads_.wrote(router::shards_of(route), config_.shards.size());
+  }
+  // pgshard.read_token: a token the client SET is taken into its own; the hint then shows
+  // the session's token (SHOW pgshard.read_token answers it). settle_read_token first waits
+  // (bounded) until every write of the session has its token.
+  void sync_read_token();
+  bool request_in_flight() const {  // a request of the client still owes replies
+    return backends_.active && backends_.active->lease && !backends_.active->lease->replies.empty();
+  }
+  awaitable<void> settle_read_token();
+  std::string shown_token_;  // the token text the hint holds now
+  // The shard a target (a shard's primary or one of its replicas) belongs to.
+  int shard_of_target(int target) const { return config_.host_of(target).shard; }
   awaitable<void> run_fan_out(const Request& req, const router::Route& route);
   awaitable<void> run_schema_change(const Request& req, const router::Route& route);
   awaitable<void> run_copy_in(const Request& req, const router::Route& route,
@@ -441,6 +467,11 @@ class Session : public std::enable_shared_from_this<Session>,
   router::SessionHints hints_;
   Statements statements_{worker_.shared().catalog_generation};  // the client's prepared statements
   uint64_t round_robin_ = 0;
+  // Reads on replicas and read-your-writes (session_reads.cpp); `replicas_`: some shard of
+  // the map has replicas (else reads never ask).
+  ReadRouting reads_{id_};
+  bool replicas_ = ReadRouting::any_replicas(config_);
+  std::optional<int> read_chosen_;  // the fast path's choice for this request's Forward
   router::StatementMemo memo_;      // the statement routed last (extended protocol)
   std::vector<pool::Pool*> pools_;  // the worker's pool of each shard, once looked up
   runtime::CancelKey key_;

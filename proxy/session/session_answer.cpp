@@ -39,6 +39,7 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
     answer_extended(std::get<router::Answer>(route.action).text,
                     out);  // ends with ReadyForQuery at a Sync
     hints_ = route.hints;
+    if (replicas_) sync_read_token();
     if (req.boundary == proto::msg::kSync) {
       pending_.clear();
       co_await write_client(out);
@@ -46,6 +47,7 @@ awaitable<void> Session::answer_locally(const router::Route& route, const Reques
     }
   }
   if (transaction_status() == proto::txn_status::kIdle) hints_.local = {};
+  if (replicas_) sync_read_token();
   if (req.boundary != proto::msg::kFlush)
     end_request(out, transaction_status());
   else if (refused)

@@ -33,8 +33,16 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   if (!forward || route.names_unique_id || route.txn != router::TxnControl::kNone ||
       txn_.failed() || route.signal_call || route.controls_txn)
     return false;
-  const int target = forward->shard;
+  int target = forward->shard;
+  if (replicas_ && route.read_only) {
+    // (A read that must wait for a replica to catch up takes the general path.)
+    const auto chosen = read_target_now(route, target, boundary);
+    if (!chosen) return false;
+    target = *chosen;
+    read_chosen_ = target;  // the general path goes there too, not asking again
+  }
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
+  read_chosen_.reset();
   worker_.routes().count(route);
   adopt(route, boundary);
   log_forward(route, target);
@@ -42,6 +50,12 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
 }
 
 awaitable<void> Session::run_forward(const Request& req, const router::Route& route, int shard) {
+  if (read_chosen_) {
+    shard = *read_chosen_;
+    read_chosen_.reset();
+  } else if (replicas_ && route.read_only) {
+    shard = co_await read_target(route, shard, req.boundary);
+  }
   log_forward(route, shard);
   std::string_view rest;
   if (!forwarded_now(shard, req.boundary, rest)) {
@@ -71,7 +85,7 @@ awaitable<void> Session::forward(int target, char boundary) {
           Failure::kRefused,
           proto::error(sqlstate::kFeatureNotSupported,
                        "this transaction has savepoints on shard " +
-                           config_.shards[backends_.active->shard].name +
+                           config_.shards[shard_of_target(backends_.active->shard)].name +
                            " and the statement needs shard " + config_.shards[target].name,
                        {}, "keep a transaction with savepoints on one shard"),
           boundary);
@@ -258,7 +272,7 @@ bool Session::attached_now(int shard) {
 
 pool::Pool& Session::pool_of(int shard) {
   // The worker's pools live as long as it does: each shard's is looked up once per session.
-  if (pools_.empty()) pools_.resize(config_.shards.size(), nullptr);
+  if (pools_.empty()) pools_.resize(static_cast<std::size_t>(config_.targets()), nullptr);
   auto*& known = pools_[static_cast<std::size_t>(shard)];
   if (!known) known = &worker_.pool(shard, *user_);
   return *known;

@@ -37,7 +37,7 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   auto& conn = *link->lease;
   conn.broken = true;
   settings_.drop_pipelined();  // those requests get no ReadyForQuery from this server
-  const auto& shard = config_.shards[link->shard].name;
+  const auto& shard = config_.shards[shard_of_target(link->shard)].name;
   const auto& fatal = conn.replies.fatal;
   std::string code = conn.replies.fatal_code.empty()
                          ? std::string(rule(Failure::kServerLost).sqlstate)
@@ -104,7 +104,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         used = step.used;
         if (step.invalid) {
           spdlog::error("{}: invalid message length from shard {}", prefix(),
-                        config_.shards[link->shard].name);
+                        config_.shards[shard_of_target(link->shard)].name);
           lost = true;
         }
       }

@@ -35,11 +35,13 @@ void Session::begin_request() {
   ++requests_;
   deadlock_detail_.clear();  // a cancel that came too late must not turn into 40P01 now
   statements_.clear_injected();
+  read_chosen_.reset();
 }
 
 void Session::log_forward(const router::Route& route, int target) {
   if (debug_logging())  // (prefix() builds a string)
-    spdlog::debug("{}: route to shard {}: {}", prefix(), config_.shards[target].name, route.reason);
+    spdlog::debug("{}: route to {}: {}", prefix(), pool_of(target).target().shard_name,
+                  route.reason);
   if (route.prepared_statements_view) statements_.show_own_statements();
 }
 
@@ -74,6 +76,11 @@ awaitable<void> Session::handle_request(char boundary) {
 awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
   // Directory keys not cached yet, values pgshard puts in: done, then routed again.
   if (router::routes_again(route)) co_await resolve_lookups(req, route);
+  if (route.shows_read_token && replicas_ && reads_.tokens_pending()) {
+    // SHOW pgshard.read_token after a write: the write's position first, then the answer.
+    co_await settle_read_token();
+    route = route_batch(&req.simple);
+  }
   if (route.names_unique_id) co_await executor::declare_unique_id(*this);
   req.lone = lone(req, route);
   const bool runs = router::runs_on_shards(route);
@@ -122,6 +129,8 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
 
 void Session::adopt(const router::Route& route, char boundary) {
   hints_ = route.hints;
+  note_writes(route);
+  if (replicas_) sync_read_token();
   takes_snapshot_ = route.takes_snapshot;
   // Key positions are read again, statements prepared again (and again once it has run).
   if (route.ddl) schema_changed();
@@ -189,7 +198,7 @@ router::Context Session::routing_context() {
   ctx.columns = &worker_.columns();
   ctx.round_robin = &round_robin_;
   ctx.memo = &memo_;
-  if (backends_.active) ctx.attached = backends_.active->shard;
+  if (backends_.active) ctx.attached = shard_of_target(backends_.active->shard);
   return ctx;
 }
 

@@ -110,3 +110,125 @@ TEST_CASE("hosts: a replica that stops answering is down and banned, and up once
   CHECK(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(15)));
   CHECK(replicas(proxy).at(0)["last_error"] == "");
 }
+
+namespace {
+
+// The port the statement `sql` (which selects inet_server_port() first) ran on.
+int ran_on(PGconn* c, const std::string& sql) {
+  return std::stoi(query(c, sql).at(0).at(0));
+}
+
+// A proxy reading from shard 0's replica, and users in transaction and session pooling.
+ProxyOptions reading_replica(int replica_port, const std::string& consistency) {
+  ProxyOptions o = with_replica(replica_port, "read_from: replicas\nread_consistency: " +
+                                                  consistency + "\nread_your_writes: { wait: 20ms }\n");
+  o.users =
+      "  - { name: app, password: secret, pool_mode: transaction }\n"
+      "  - { name: keeper, password: secret, pool_mode: session }\n"
+      "  - { name: admin, password: adminpw }\n";
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("reads: plain reads go to the replica, anything that may write or lock to the primary",
+          "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const int primary = cluster.port(0);
+  Proxy proxy(reading_replica(replica, "eventual"));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), now()") == replica);
+  // The extended protocol (a Bind parameter) reads there too.
+  {
+    const char* values[] = {"7"};
+    PGresult* r = PQexecParams(c.get(), "SELECT inet_server_port(), $1::int", 1, nullptr,
+                               values, nullptr, nullptr, 0);
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    CHECK(std::stoi(PQgetvalue(r, 0, 0)) == replica);
+    PQclear(r);
+  }
+  // Volatile functions, advisory locks, set_config: the primary.
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), random()") == primary);
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), pg_advisory_xact_lock(7)") == primary);
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), txid_current()") == primary);
+  // Inside a transaction block every statement stays on the primary.
+  query(c.get(), "BEGIN");
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == primary);
+  query(c.get(), "COMMIT");
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  // Session pooling keeps the client's server: the primary.
+  auto keeper = connect(proxy.conninfo("", "keeper"));
+  CHECK(ran_on(keeper.get(), "SELECT inet_server_port()") == primary);
+  // The replica's row counts the reads it was sent.
+  CHECK(std::stoi(replicas(proxy).at(0)["reads"]) >= 4);
+}
+
+TEST_CASE("reads: read-your-writes on a replica 400 ms behind; eventual reads go back in time",
+          "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0, 400);
+  {
+    auto direct = connect(cluster.direct(0));
+    query(direct.get(), "DROP TABLE IF EXISTS ryw_probe");
+    query(direct.get(), "CREATE TABLE ryw_probe (id int PRIMARY KEY, v int)");
+    query(direct.get(), "INSERT INTO ryw_probe VALUES (1, 0)");
+  }
+  const std::string write = "/* pgshard: shard=s0 */ UPDATE ryw_probe SET v = ";
+  const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM ryw_probe WHERE id = 1";
+  auto stale_reads = [&](const std::string& consistency) {
+    Proxy proxy(reading_replica(replica, consistency));
+    REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+    REQUIRE(wait_until([&] {
+      auto c = connect(proxy.conninfo());
+      return PQstatus(c.get()) == CONNECTION_OK &&
+             error_code(c.get(), read) == "";  // the table has reached the replica
+    }, std::chrono::seconds(10)));
+    auto c = connect(proxy.conninfo());
+    int stale = 0;
+    for (int i = 1; i <= 10; ++i) {
+      query(c.get(), write + std::to_string(i) + " WHERE id = 1");
+      stale += scalar(c.get(), read) != std::to_string(i);
+    }
+    return stale;
+  };
+  CHECK(stale_reads("session") == 0);
+  CHECK(stale_reads("eventual") > 0);  // (so the session case could fail)
+}
+
+TEST_CASE("reads: a read token carries a write to another connection", "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0, 400);
+  {
+    auto direct = connect(cluster.direct(0));
+    query(direct.get(), "DROP TABLE IF EXISTS token_probe");
+    query(direct.get(), "CREATE TABLE token_probe (id int PRIMARY KEY, v int)");
+    query(direct.get(), "INSERT INTO token_probe VALUES (1, 0)");
+  }
+  Proxy proxy(reading_replica(replica, "session"));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM token_probe WHERE id = 1";
+  REQUIRE(wait_until([&] {
+    auto c = connect(proxy.conninfo());
+    return error_code(c.get(), read) == "";
+  }, std::chrono::seconds(10)));
+  auto writer = connect(proxy.conninfo());
+  CHECK(scalar(writer.get(), "SHOW pgshard.read_token") == "");  // nothing written yet
+  int untokened_stale = 0;
+  for (int i = 1; i <= 5; ++i) {
+    query(writer.get(), "/* pgshard: shard=s0 */ UPDATE token_probe SET v = " +
+                            std::to_string(i) + " WHERE id = 1");
+    const std::string token = scalar(writer.get(), "SHOW pgshard.read_token");
+    CHECK(token.rfind("s0:", 0) == 0);
+    auto reader = connect(proxy.conninfo());
+    query(reader.get(), "SET pgshard.read_token = '" + token + "'");
+    CHECK(scalar(reader.get(), read) == std::to_string(i));
+    auto plain = connect(proxy.conninfo());  // without the token: the replica, behind
+    untokened_stale += scalar(plain.get(), read) != std::to_string(i);
+  }
+  CHECK(untokened_stale > 0);
+  auto c = connect(proxy.conninfo());
+  CHECK(error_code(c.get(), "SET pgshard.read_token = 'nonsense'") == "22023");
+}
