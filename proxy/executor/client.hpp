@@ -82,6 +82,9 @@ class Client {
   // Makes `shard`'s server active (kept, or from the pool, with its relay); on failure the
   // client has been answered.
   virtual awaitable<bool> attach(int shard) = 0;
+  // Where a read for `shard` runs: the shard (its primary) or one of its replicas, a pool
+  // target past the shards (config::Config::host_of); may wait for read-your-writes.
+  virtual awaitable<int> read_target(const router::Route& route, int shard, char boundary) = 0;
   virtual void release(std::shared_ptr<pool::Link> link) = 0;
   // Session pooling, configured or because the client pinned its servers.
   virtual bool session_pooled() const = 0;

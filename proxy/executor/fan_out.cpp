@@ -355,7 +355,12 @@ awaitable<bool> FanOut::connect() {
       legs_.push_back(std::move(leg));
       continue;
     }
-    auto got = co_await c_.worker().pool(shard, c_.user()).acquire();
+    // A read may run on replicas, when reads of several shards need not see cross-shard
+    // commits whole: replicas replay each shard's part on their own (atomic_visibility off).
+    int target = shard;
+    if (route_.read_only && !c_.config().atomic_visibility)
+      target = co_await c_.read_target(route_, shard, boundary_);
+    auto got = co_await c_.worker().pool(target, c_.user()).acquire();
     if (auto* err = std::get_if<std::string>(&got)) {
       if (!partial_) {
         fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));

@@ -227,7 +227,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // (a target past the shards), nullopt when it must wait (read-your-writes); the awaitable
   // form waits at most read_your_writes.wait.
   std::optional<int> read_target_now(const router::Route& route, int shard, char boundary);
-  awaitable<int> read_target(const router::Route& route, int shard, char boundary);
+  awaitable<int> read_target(const router::Route& route, int shard, char boundary) override;
   // A routed request that may write: its shards' primaries hold the session's newest writes.
   // (Not a BEGIN, nor a statement that only changes settings: they write nothing.)
   void note_writes(const router::Route& route) {

@@ -53,7 +53,10 @@ TEST_CASE("hosts: the primary and its replica are checked and shown with their r
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(0);
   Proxy proxy(with_replica(replica, ""));
-  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  // (Up once its own check answered; its lag once its primary's has too.)
+  REQUIRE(wait_until(
+      [&] { return replica_state(proxy) == "up" && replicas(proxy).at(0)["lag_bytes"] != "NULL"; },
+      std::chrono::seconds(10)));
   auto row = replicas(proxy).at(0);
   CHECK(row["shard"] == "s0");
   CHECK(row["port"] == std::to_string(replica));
@@ -231,4 +234,40 @@ TEST_CASE("reads: a read token carries a write to another connection", "[replica
   CHECK(untokened_stale > 0);
   auto c = connect(proxy.conninfo());
   CHECK(error_code(c.get(), "SET pgshard.read_token = 'nonsense'") == "22023");
+}
+
+TEST_CASE("reads: a multi-shard read uses each shard's replica only without atomic visibility",
+          "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int r0 = cluster.replica(0), r1 = cluster.replica(1);
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS fan_probe");
+    query(direct.get(), "CREATE TABLE fan_probe (id bigint PRIMARY KEY)");
+    query(direct.get(), "INSERT INTO fan_probe SELECT g FROM generate_series(1, " +
+                            std::to_string(i + 2) + ") g");
+  }
+  auto reads_of_replicas = [&](const std::string& visibility) {
+    ProxyOptions o = reading_replica(r0, "eventual");
+    o.sharded_tables = "  - { table: fan_probe, column: id, type: bigint }\n";
+    o.shard_extra = {"replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r0) + "/app\"]",
+                     "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r1) + "/app\"]"};
+    o.extra_top += visibility;
+    Proxy proxy(o);
+    REQUIRE(wait_until(
+        [&] {
+          auto rows = replicas(proxy);
+          return rows.size() == 2 && rows[0]["state"] == "up" && rows[1]["state"] == "up";
+        },
+        std::chrono::seconds(15)));
+    auto c = connect(proxy.conninfo());
+    // Every shard's rows, whichever host answers (the replicas have replayed the inserts).
+    REQUIRE(wait_until([&] { return scalar(c.get(), "SELECT count(*) FROM fan_probe") == "9"; },
+                       std::chrono::seconds(10)));
+    int reads = 0;
+    for (auto& row : replicas(proxy)) reads += std::stoi(row["reads"]) > 0;
+    return reads;  // replicas that served
+  };
+  CHECK(reads_of_replicas("atomic_visibility: false\n") == 2);
+  CHECK(reads_of_replicas("") == 0);
 }
