@@ -355,10 +355,12 @@ awaitable<bool> FanOut::connect() {
       legs_.push_back(std::move(leg));
       continue;
     }
-    auto got = co_await c_.worker().pool(shard, c_.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
-      if (!partial_) {
-        fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+    auto got = co_await c_.wait_for_server(shard);
+    if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
+      // Only a shard without a server is left out of partial results: a cancelled or
+      // terminated wait ends the statement.
+      if (!partial_ || err->code != sqlstate::kSqlclientUnableToEstablish) {
+        fail(*err);
         co_return false;
       }
       missing_.push_back(c_.config().shards[static_cast<std::size_t>(shard)].name);

@@ -104,9 +104,9 @@ awaitable<void> CopyIn::run() {
   }
   if (c_.backends().active && !c_.session_pooled()) c_.release(c_.backends().active);
   for (int shard : shards_) {
-    auto got = co_await c_.worker().pool(shard, c_.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
-      co_await fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+    auto got = co_await c_.wait_for_server(shard);
+    if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
+      co_await fail(*err);
       co_return;
     }
     leases_.push_back(std::move(std::get<pool::Lease>(got)));
@@ -549,11 +549,10 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
     }
     co_return failure;
   }
-  auto got =
-      co_await c.worker().pool(shard, c.user()).acquire({}, backends.in_transaction_besides(-1));
-  if (auto* err = std::get_if<std::string>(&got)) {
-    code = std::string(sqlstate::kSqlclientUnableToEstablish);
-    co_return *err;
+  auto got = co_await c.wait_for_server(shard);
+  if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
+    code = err->code;  // (57014 when cancelled: the statement ends before it runs)
+    co_return err->message;
   }
   auto lease = std::move(std::get<pool::Lease>(got));
   if (!co_await lease->run_own(sql, max, row, description)) {
