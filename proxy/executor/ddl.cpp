@@ -9,6 +9,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/fan_out_parts.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
@@ -178,7 +179,7 @@ awaitable<void> run_ddl(Client& c, ReplySink& reply, const std::vector<int>& sha
                     return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
                   });
     if (!ok) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       std::string e;
       proto::write_error(e, proto::error(sqlstate::kConnectionFailure,
                                          "server connection to shard " + name + " was lost"));

@@ -8,6 +8,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/copy_split.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/runtime/params.hpp"
 #include "proxy/runtime/worker.hpp"
@@ -184,7 +185,7 @@ awaitable<std::string> CopyIn::open() {
           return false;
         });
     if (!ok) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       if (!error_)
         error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard while starting COPY");
     }
@@ -211,7 +212,7 @@ awaitable<uint64_t> CopyIn::finish() {
           return f.type == proto::msg::kReadyForQuery;
         });
     if (!ok) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       if (!error_) error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
     }
   }
@@ -225,7 +226,8 @@ awaitable<uint64_t> CopyIn::finish() {
   for (auto& lease : leases_) {
     if (lease->broken || lease->status == proto::txn_status::kIdle) continue;
     const bool ok = co_await lease->run_own("ROLLBACK", max_message_);
-    if (!ok || lease->replies.tag != "ROLLBACK") lease->broken = true;
+    if (!ok || lease->replies.tag != "ROLLBACK")
+      pool::report(*lease, pool::ServerFailure::kInTransaction);
   }
   co_return total;
 }
@@ -245,7 +247,7 @@ static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {
                                             asio::buffer(frame.data(), frame.size()), use_nothrow);
   lease->count_sent(n);
   if (!ec) co_return true;
-  lease->broken = true;
+  pool::report(*lease, pool::ServerFailure::kIoError);
   co_return false;
 }
 
@@ -398,7 +400,7 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
 // Ends pgshard's own transaction on a lease with `sql`; a lease that cannot is broken.
 static awaitable<void> roll_back(pool::Lease& lease, const std::string& sql, std::size_t max) {
   if (lease->broken) co_return;
-  if (!co_await lease->run_own(sql, max)) lease->broken = true;
+  if (!co_await lease->run_own(sql, max)) pool::report(*lease, pool::ServerFailure::kIoError);
 }
 
 // Without two-phase commit: COMMIT on one shard after the other; the first that fails
@@ -413,7 +415,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_one_by_one(
       committed += (committed.empty() ? "" : ", ") + name(i);
       continue;
     }
-    leases[i]->broken = true;
+    pool::report(*leases[i], pool::ServerFailure::kInTransaction);
     if (committed.empty())
       for (std::size_t j = i + 1; j < leases.size(); ++j)
         co_await roll_back(leases[j], "ROLLBACK", max);
@@ -454,7 +456,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
     const bool ran = co_await leases[i]->run_own("PREPARE TRANSACTION '" + part(i) + "'", max);
     prepared[i] = ran && leases[i]->replies.tag == "PREPARE TRANSACTION";
     if (prepared[i]) continue;
-    if (!ran) leases[i]->broken = true;
+    if (!ran) pool::report(*leases[i], pool::ServerFailure::kIoError);
     error = proto::error(ran && !leases[i]->replies.error_code.empty()
                              ? leases[i]->replies.error_code
                              : std::string(sqlstate::kConnectionFailure),
@@ -480,7 +482,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
         leases[i]->replies.tag == "COMMIT PREPARED")
       continue;
     all = false;
-    leases[i]->broken = true;
+    pool::report(*leases[i], pool::ServerFailure::kInTransaction);
     spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
                  c.prefix(), part(i), name(i), leases[i]->replies.error);
   }
@@ -676,7 +678,7 @@ awaitable<void> declare_unique_id(Client& c) {
     auto lease = std::move(std::get<pool::Lease>(got));
     if (!co_await lease->run_own(kDeclare, c.config().listen.max_message_size,
                                  [](std::string_view) {})) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       all = false;
     } else if (!lease->replies.error.empty()) {
       spdlog::warn("{}: declaring pgshard.unique_id() on shard {} failed: {}", c.prefix(),

@@ -284,7 +284,7 @@ awaitable<void> Session::finish() {
       conn.prepared.clear();
       Settings::server_discarded(conn);
       auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
-      if (ec) conn.broken = true;
+      if (ec) pool::report(conn, pool::ServerFailure::kIoError);
       continue;
     }
     link->closing = true;
