@@ -551,10 +551,13 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
     }
     co_return failure;
   }
-  auto got = co_await c.wait_for_server(shard);
-  if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
-    code = err->code;  // (57014 when cancelled: the statement ends before it runs)
-    co_return err->message;
+  // (Not the client's wait_for_server: callers such as PREPARE TRANSACTION's look-up of its
+  // identifier read an error as "not on this shard", which a cancelled wait is not.)
+  auto got =
+      co_await c.worker().pool(shard, c.user()).acquire({}, backends.in_transaction_besides(-1));
+  if (auto* err = std::get_if<std::string>(&got)) {
+    code = std::string(sqlstate::kSqlclientUnableToEstablish);
+    co_return *err;
   }
   auto lease = std::move(std::get<pool::Lease>(got));
   if (!co_await lease->run_own(sql, max, row, description)) {
