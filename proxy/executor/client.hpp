@@ -9,10 +9,12 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "config/config.hpp"
 #include "protocol/buffer.hpp"
+#include "protocol/errors.hpp"
 #include "proxy/asio.hpp"
 #include "proxy/pool/backends.hpp"
 #include "proxy/router/router.hpp"
@@ -85,6 +87,13 @@ class Client {
   // Where a read for `shard` runs: the shard (its primary) or one of its replicas, a pool
   // target past the shards (config::Config::host_of); may wait for read-your-writes.
   virtual awaitable<int> read_target(const router::Route& route, int shard, char boundary) = 0;
+  // A server of `shard` from the pool for a statement on several shards (fan-out, COPY in
+  // split, DDL), with no relay. The wait is the client's, as attach()'s: SHOW CLIENTS shows
+  // it waiting, the deadlock detector sees it, and a CancelRequest (57014, failing a
+  // transaction block), pg_terminate_backend (FATAL 57P01, the session then ends), the
+  // deadlock detector (40P01) or the client leaving end it at once. On failure: the error
+  // for the client, who has not been answered.
+  virtual awaitable<std::variant<pool::Lease, protocol::ErrorInfo>> wait_for_server(int shard) = 0;
   virtual void release(std::shared_ptr<pool::Link> link) = 0;
   // Session pooling, configured or because the client pinned its servers.
   virtual bool session_pooled() const = 0;

@@ -3,6 +3,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/fan_out_parts.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
@@ -40,7 +41,7 @@ awaitable<std::shared_ptr<const merge::ColumnCollations>> column_collations(
                        static_cast<int16_t>(std::stoi(text(1)))}] = std::move(*e);
       });
   if (!ok) {
-    conn.broken = true;
+    pool::report(conn, pool::ServerFailure::kIoError);
     co_return nullptr;
   }
   c.worker().set_column_collations(shard, generation, read);
@@ -58,7 +59,7 @@ awaitable<const merge::Collation*> shard_collation(Client& c, pool::ServerConn& 
           name = std::string(*row->values[0]);
       });
   if (!ok || name.empty()) {
-    conn.broken = true;
+    pool::report(conn, pool::ServerFailure::kIoError);
     *error = "could not read the shard's collation";
     co_return nullptr;
   }

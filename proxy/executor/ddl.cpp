@@ -9,6 +9,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/fan_out_parts.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/runtime/worker.hpp"
 
 namespace pgshard::executor {
@@ -132,10 +133,10 @@ awaitable<void> run_ddl(Client& c, ReplySink& reply, const std::vector<int>& sha
   for (std::size_t k = 0; k < shards.size(); ++k) {
     const int shard = shards[k];
     const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
-    auto got = co_await c.worker().pool(shard, c.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
+    auto got = co_await c.wait_for_server(shard);
+    if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
       std::string e;
-      proto::write_error(e, proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+      proto::write_error(e, *err);
       error_frame = e;
       failed_shard = name;
       break;
@@ -178,7 +179,7 @@ awaitable<void> run_ddl(Client& c, ReplySink& reply, const std::vector<int>& sha
                     return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
                   });
     if (!ok) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       std::string e;
       proto::write_error(e, proto::error(sqlstate::kConnectionFailure,
                                          "server connection to shard " + name + " was lost"));

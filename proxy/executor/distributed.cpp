@@ -8,6 +8,7 @@
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/runtime/cluster_gate.hpp"
 #include "proxy/runtime/decision_log.hpp"
 #include "proxy/runtime/worker.hpp"
@@ -255,7 +256,7 @@ void Ending::hand_back() {
   for (auto& p : parts_) {
     if (p->done) continue;
     if (!p->lease || p->lease->status != proto::txn_status::kIdle) {
-      if (p->lease) p->lease->broken = true;
+      if (p->lease) pool::report(*p->lease, pool::ServerFailure::kInTransaction);
       c_.release(p);
     } else if (c_.session_pooled()) {
       c_.backends().keep(p);

@@ -15,6 +15,7 @@
 #include "proxy/executor/executor.hpp"
 #include "proxy/executor/fan_out_parts.hpp"
 #include "proxy/merge/merger.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/router/text.hpp"
 #include "proxy/runtime/cancel.hpp"
 #include "proxy/runtime/cluster_gate.hpp"
@@ -167,7 +168,7 @@ FanOut::~FanOut() {
       // transaction has failed (stop_leg); its other servers roll back at its end.
       if (leg.link->lease && leg.link->lease->broken) c_.release(leg.link);
     }
-    if (leg.lease && unknown_settings) leg.lease->broken = true;
+    if (leg.lease && unknown_settings) pool::report(*leg.lease, pool::ServerFailure::kSessionState);
   }
 }
 
@@ -360,10 +361,12 @@ awaitable<bool> FanOut::connect() {
     int target = shard;
     if (route_.read_only && !c_.config().atomic_visibility)
       target = co_await c_.read_target(route_, shard, boundary_);
-    auto got = co_await c_.worker().pool(target, c_.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
-      if (!partial_) {
-        fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+    auto got = co_await c_.wait_for_server(target);
+    if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
+      // Only a shard without a server is left out of partial results: a cancelled or
+      // terminated wait ends the statement.
+      if (!partial_ || err->code != sqlstate::kSqlclientUnableToEstablish) {
+        fail(*err);
         co_return false;
       }
       missing_.push_back(c_.config().shards[static_cast<std::size_t>(shard)].name);
@@ -588,7 +591,7 @@ void FanOut::stop_leg(Leg& leg) {
   // A shard left mid-reply is discarded; one that timed out (or whose client left) is
   // cancelled so it stops working for nobody.
   leg.done = true;
-  leg.conn->broken = true;
+  pool::report(*leg.conn, pool::ServerFailure::kAbandoned);
   if (leg.link) c_.fail_transaction();  // the transaction lost this server's part
   if (leg.timed_out && leg.conn->pid()) {
     const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
@@ -694,7 +697,7 @@ awaitable<void> FanOut::end_write() {
     if (leg.conn->broken || leg.failed) continue;
     const bool done = co_await leg.conn->run_own(end_verb, c_.config().listen.max_message_size) &&
                       leg.conn->replies.tag == end_verb;
-    if (!done) leg.conn->broken = true;
+    if (!done) pool::report(*leg.conn, pool::ServerFailure::kInTransaction);
     const auto& name = c_.config().shards[static_cast<std::size_t>(leg.shard)].name;
     if (ok && done) committed.push_back(name);
     if (ok && !done && !failure_) {

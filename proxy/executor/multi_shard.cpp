@@ -8,6 +8,7 @@
 #include "protocol/messages.hpp"
 #include "proxy/executor/copy_split.hpp"
 #include "proxy/executor/executor.hpp"
+#include "proxy/pool/server_fate.hpp"
 #include "proxy/router/placement.hpp"
 #include "proxy/runtime/params.hpp"
 #include "proxy/runtime/worker.hpp"
@@ -104,9 +105,9 @@ awaitable<void> CopyIn::run() {
   }
   if (c_.backends().active && !c_.session_pooled()) c_.release(c_.backends().active);
   for (int shard : shards_) {
-    auto got = co_await c_.worker().pool(shard, c_.user()).acquire();
-    if (auto* err = std::get_if<std::string>(&got)) {
-      co_await fail(proto::error(sqlstate::kSqlclientUnableToEstablish, *err));
+    auto got = co_await c_.wait_for_server(shard);
+    if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
+      co_await fail(*err);
       co_return;
     }
     leases_.push_back(std::move(std::get<pool::Lease>(got)));
@@ -184,7 +185,7 @@ awaitable<std::string> CopyIn::open() {
           return false;
         });
     if (!ok) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       if (!error_)
         error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard while starting COPY");
     }
@@ -211,7 +212,7 @@ awaitable<uint64_t> CopyIn::finish() {
           return f.type == proto::msg::kReadyForQuery;
         });
     if (!ok) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       if (!error_) error_ = proto::error(sqlstate::kConnectionFailure, "lost a shard during COPY");
     }
   }
@@ -225,7 +226,8 @@ awaitable<uint64_t> CopyIn::finish() {
   for (auto& lease : leases_) {
     if (lease->broken || lease->status == proto::txn_status::kIdle) continue;
     const bool ok = co_await lease->run_own("ROLLBACK", max_message_);
-    if (!ok || lease->replies.tag != "ROLLBACK") lease->broken = true;
+    if (!ok || lease->replies.tag != "ROLLBACK")
+      pool::report(*lease, pool::ServerFailure::kInTransaction);
   }
   co_return total;
 }
@@ -245,7 +247,7 @@ static awaitable<bool> copy_write(pool::Lease& lease, std::string_view frame) {
                                             asio::buffer(frame.data(), frame.size()), use_nothrow);
   lease->count_sent(n);
   if (!ec) co_return true;
-  lease->broken = true;
+  pool::report(*lease, pool::ServerFailure::kIoError);
   co_return false;
 }
 
@@ -398,7 +400,7 @@ static awaitable<CopyOutcome> copy_stream(Client& c, std::vector<pool::Lease>& l
 // Ends pgshard's own transaction on a lease with `sql`; a lease that cannot is broken.
 static awaitable<void> roll_back(pool::Lease& lease, const std::string& sql, std::size_t max) {
   if (lease->broken) co_return;
-  if (!co_await lease->run_own(sql, max)) lease->broken = true;
+  if (!co_await lease->run_own(sql, max)) pool::report(*lease, pool::ServerFailure::kIoError);
 }
 
 // Without two-phase commit: COMMIT on one shard after the other; the first that fails
@@ -413,7 +415,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_one_by_one(
       committed += (committed.empty() ? "" : ", ") + name(i);
       continue;
     }
-    leases[i]->broken = true;
+    pool::report(*leases[i], pool::ServerFailure::kInTransaction);
     if (committed.empty())
       for (std::size_t j = i + 1; j < leases.size(); ++j)
         co_await roll_back(leases[j], "ROLLBACK", max);
@@ -454,7 +456,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
     const bool ran = co_await leases[i]->run_own("PREPARE TRANSACTION '" + part(i) + "'", max);
     prepared[i] = ran && leases[i]->replies.tag == "PREPARE TRANSACTION";
     if (prepared[i]) continue;
-    if (!ran) leases[i]->broken = true;
+    if (!ran) pool::report(*leases[i], pool::ServerFailure::kIoError);
     error = proto::error(ran && !leases[i]->replies.error_code.empty()
                              ? leases[i]->replies.error_code
                              : std::string(sqlstate::kConnectionFailure),
@@ -480,7 +482,7 @@ static awaitable<std::optional<proto::ErrorInfo>> commit_everywhere(
         leases[i]->replies.tag == "COMMIT PREPARED")
       continue;
     all = false;
-    leases[i]->broken = true;
+    pool::report(*leases[i], pool::ServerFailure::kInTransaction);
     spdlog::warn("{}: COMMIT PREPARED of {} on shard {} failed ({}); recovery will finish it",
                  c.prefix(), part(i), name(i), leases[i]->replies.error);
   }
@@ -549,6 +551,8 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
     }
     co_return failure;
   }
+  // (Not the client's wait_for_server: callers such as PREPARE TRANSACTION's look-up of its
+  // identifier read an error as "not on this shard", which a cancelled wait is not.)
   auto got =
       co_await c.worker().pool(shard, c.user()).acquire({}, backends.in_transaction_besides(-1));
   if (auto* err = std::get_if<std::string>(&got)) {
@@ -677,7 +681,7 @@ awaitable<void> declare_unique_id(Client& c) {
     auto lease = std::move(std::get<pool::Lease>(got));
     if (!co_await lease->run_own(kDeclare, c.config().listen.max_message_size,
                                  [](std::string_view) {})) {
-      lease->broken = true;
+      pool::report(*lease, pool::ServerFailure::kIoError);
       all = false;
     } else if (!lease->replies.error.empty()) {
       spdlog::warn("{}: declaring pgshard.unique_id() on shard {} failed: {}", c.prefix(),

@@ -1,5 +1,7 @@
 #include "proxy/pool/backends.hpp"
 
+#include "proxy/pool/server_fate.hpp"
+
 namespace pgshard::pool {
 
 std::vector<std::shared_ptr<Link>> Backends::all() const {
@@ -87,7 +89,8 @@ bool Backends::forget(const Link& link) {
 void Backends::release(const std::shared_ptr<Link>& link, bool owes) {
   if (!link) return;
   // A server that still owes the client replies is never handed to anyone else.
-  if (link->lease && (owes || !link->lease->replies.empty())) link->lease->broken = true;
+  if (link->lease && (owes || !link->lease->replies.empty()))
+    report(*link->lease, ServerFailure::kOwesReplies);
   if (link->done) return;
   link->done = true;
   auto keep_alive = link;  // `link` may be `active`, which forget() resets

@@ -12,6 +12,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "protocol/startup.hpp"
+#include "proxy/pool/server_fate.hpp"
 
 namespace pgshard::pool {
 
@@ -70,7 +71,7 @@ bool ServerConn::arrive(asio::any_io_executor ex) {
     spdlog::warn("S-{}: shard {}: cannot take the connection over: {}", id_, target_.shard_name,
                  ec.message());
     ::close(std::exchange(moving_fd_, -1));
-    broken = true;
+    report(*this, ServerFailure::kIoError);
     return false;
   }
   moving_fd_ = -1;
@@ -232,7 +233,7 @@ awaitable<bool> ServerConn::run_own(std::string_view sql, std::size_t max_messag
                      on_description(f.body);
                    return f.type == proto::msg::kReadyForQuery && replies.own_owed() == 0;
                  });
-  if (!ok) broken = true;
+  if (!ok) report(*this, ServerFailure::kIoError);
   co_return ok;
 }
 

@@ -6,6 +6,7 @@
 
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/pool/server_fate.hpp"
 
 namespace pgshard::runtime {
 
@@ -52,7 +53,7 @@ awaitable<bool> run_bounded(pool::ServerConn& conn, std::string_view sql, std::s
   *alive = false;
   timer.cancel();
   if (*expired) {
-    conn.broken = true;
+    pool::report(conn, pool::ServerFailure::kTimeout);
     *why = "the coordinator did not answer within " + std::to_string(bound.count()) + " ms";
     co_return false;
   }

@@ -8,32 +8,32 @@ FailureRule rule(Failure f) {
   switch (f) {
     case Failure::kTooManyStartups:
     case Failure::kTooManyClients:
-      return {true, sqlstate::kTooManyConnections, ServerFate::kKeep};
+      return {true, sqlstate::kTooManyConnections, std::nullopt};
     case Failure::kShuttingDown:
-      return {true, sqlstate::kCannotConnectNow, ServerFate::kKeep};
+      return {true, sqlstate::kCannotConnectNow, std::nullopt};
     case Failure::kAdminShutdown:
-      return {true, sqlstate::kAdminShutdown, ServerFate::kKeep};
+      return {true, sqlstate::kAdminShutdown, std::nullopt};
     case Failure::kIdleTimeout:
-      return {true, sqlstate::kIdleSessionTimeout, ServerFate::kKeep};
+      return {true, sqlstate::kIdleSessionTimeout, std::nullopt};
     case Failure::kProtocolViolation:
-      return {true, sqlstate::kProtocolViolation, ServerFate::kKeep};
+      return {true, sqlstate::kProtocolViolation, std::nullopt};
     case Failure::kCopyViolation:
       // The relayed server is still in the COPY: its transaction must roll back.
-      return {true, sqlstate::kProtocolViolation, ServerFate::kDiscard};
+      return {true, sqlstate::kProtocolViolation, pool::ServerFailure::kAbandoned};
     case Failure::kBatchTooLarge:
-      return {false, sqlstate::kProgramLimitExceeded, ServerFate::kKeep};
+      return {false, sqlstate::kProgramLimitExceeded, std::nullopt};
     case Failure::kRefused:
-      return {false, "", ServerFate::kKeep};
+      return {false, "", std::nullopt};
     case Failure::kInFailedTransaction:
-      return {false, "", ServerFate::kKeep, false};  // already failed
+      return {false, "", std::nullopt, false};  // already failed
     case Failure::kNoServer:
-      return {false, sqlstate::kSqlclientUnableToEstablish, ServerFate::kKeep};
+      return {false, sqlstate::kSqlclientUnableToEstablish, std::nullopt};
     case Failure::kServerLost:
-      return {false, sqlstate::kConnectionFailure, ServerFate::kDiscard};
+      return {false, sqlstate::kConnectionFailure, pool::ServerFailure::kIoError};
     case Failure::kLoginRefused:
-      return {true, "", ServerFate::kKeep};
+      return {true, "", std::nullopt};
   }
-  return {true, sqlstate::kInternalError, ServerFate::kDiscard};
+  return {true, sqlstate::kInternalError, pool::ServerFailure::kAbandoned};
 }
 
 const char* to_string(Failure f) {

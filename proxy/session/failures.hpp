@@ -1,14 +1,17 @@
 // Every way a client's session or request fails, mapped in one place to what the client sees
 // (an ERROR that ends the request — ReadyForQuery, or skipping to Sync in an extended batch —
-// or a FATAL that ends the connection), its SQLSTATE, and the fate of the server connection
-// the client was using (kept, or discarded because it is out of step). The Odyssey model.
+// or a FATAL that ends the connection), its SQLSTATE, and what it leaves the server
+// connection the client was using with (pool::ServerFailure: pool/server_fate.hpp decides
+// whether it is kept or discarded). The Odyssey model.
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
 #include "protocol/errors.hpp"
+#include "proxy/pool/server_fate.hpp"
 
 namespace pgshard::session {
 
@@ -28,12 +31,12 @@ enum class Failure : uint8_t {
   kLoginRefused,         // after authentication (unknown database, bad options...)
 };
 
-enum class ServerFate : uint8_t { kKeep, kDiscard };
-
 struct FailureRule {
   bool fatal;                 // the connection ends
   std::string_view sqlstate;  // "" : the error brings its own
-  ServerFate server;          // what becomes of the active server connection
+  // What the failure leaves the active server connection with, reported to pool::report
+  // (whose table decides its fate); none: it is kept.
+  std::optional<pool::ServerFailure> server;
   // Inside a transaction block the error fails the transaction, as an ERROR from PostgreSQL
   // does: later statements get 25P02 and COMMIT answers ROLLBACK.
   bool fails_transaction = true;

@@ -145,6 +145,7 @@ class Session : public std::enable_shared_from_this<Session>,
   awaitable<void> stop_watch(ClientWatch& watch) override;
   pool::Backends& backends() override { return backends_; }
   awaitable<bool> attach(int shard) override;
+  awaitable<std::variant<pool::Lease, protocol::ErrorInfo>> wait_for_server(int shard) override;
   void release(std::shared_ptr<Link> link) override;
   // Session pooling, configured or because the client pinned its servers.
   bool session_pooled() const override;
@@ -445,8 +446,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Set while the deadlock detector's cancel of the running request is on its way: the
   // DETAIL of the 40P01 the client gets instead of 57014.
   std::string deadlock_detail_;
-  // While attach() waits for a pool that lends nothing now: the wait the deadlock detector
-  // sees (an edge to each holder of the pool's servers) and ends when this is its victim.
+  // While attach() or wait_for_server() waits for a pool that lends nothing now: the wait
+  // the deadlock detector sees (an edge to each holder of the pool's servers) and ends when
+  // this is its victim.
   struct PoolWaiting {
     int shard = 0;
     const pool::Pool* pool = nullptr;
@@ -456,8 +458,20 @@ class Session : public std::enable_shared_from_this<Session>,
     // leaving: its CancelRequest (the statement ends with 57014) or pg_terminate_backend
     // (the session ends with FATAL 57P01).
     enum class Stopped : uint8_t { kNo, kCancel, kTerminate } stopped = Stopped::kNo;
+    // A multi-shard statement's wait (wait_for_server), not attach()'s: its executor
+    // answers the client, and the session ends after the request (terminate()).
+    bool statement = false;
   };
   std::optional<PoolWaiting> pool_waiting_;
+  // The one wait for a pooled server, attach()'s and wait_for_server()'s: what it got (a
+  // server that came as the wait was stopped is returned with it) and who stopped it.
+  struct PoolWaitEnd {
+    std::variant<pool::Lease, std::string> got;
+    PoolWaiting::Stopped stopped = PoolWaiting::Stopped::kNo;
+  };
+  awaitable<PoolWaitEnd> wait_in_pool(int shard, bool statement);
+  // The client's error for a wait that got no server (fails a transaction block on cancel).
+  protocol::ErrorInfo pool_wait_error(const PoolWaitEnd& end);
   // A deadlock victim's servers roll back (requests wait until they have).
   bool aborting_ = false;
   awaitable<void> roll_back_victim();

@@ -65,8 +65,8 @@ awaitable<void> Session::fail(Failure f, protocol::ErrorInfo e, char boundary) {
   if (!co_await drain()) co_return;
   spdlog::info("{}: {}: {}", prefix(), to_string(f), e.message);
   const auto r = rule(f);
-  if (r.server == ServerFate::kDiscard && backends_.active && backends_.active->lease)
-    backends_.active->lease->broken = true;
+  if (r.server && backends_.active && backends_.active->lease)
+    pool::report(*backends_.active->lease, *r.server);
   if (r.fatal) {
     e.severity = "FATAL";
     co_await send_fatal(e);

@@ -15,8 +15,8 @@ awaitable<void> Session::copy_violation(char type) {
   spdlog::info("{}: protocol violation: message type {} during COPY from stdin", prefix(),
                int(static_cast<unsigned char>(type)));
   const bool relayed = phase_.copy_in() && backends_.active && backends_.active->lease;
-  if (relayed && rule(Failure::kCopyViolation).server == ServerFate::kDiscard)
-    backends_.active->lease->broken = true;
+  if (const auto server = rule(Failure::kCopyViolation).server; relayed && server)
+    pool::report(*backends_.active->lease, *server);
   char hex[8];
   std::snprintf(hex, sizeof hex, "0x%02X", static_cast<unsigned char>(type));
   auto error = failure_error(Failure::kCopyViolation, std::string("unexpected message type ") +

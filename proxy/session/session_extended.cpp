@@ -39,7 +39,7 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
   // a Sync that will not come (with the batch no longer open, its relay would otherwise
   // hand it back as idle once the replies below are in, and the next client's statements
   // would commit the first part; found from outside).
-  conn.broken = true;
+  pool::report(conn, pool::ServerFailure::kAbandoned);
   phase_.batch_closed();
   // A Parse of an empty statement, hidden: once its reply is in, so is every earlier one.
   std::string probe;

@@ -296,10 +296,8 @@ bool Session::wake_relay(std::shared_ptr<Link> link) {
   return true;
 }
 
-awaitable<bool> Session::attach(int shard) {
-  if (attached_now(shard)) co_return true;
+awaitable<Session::PoolWaitEnd> Session::wait_in_pool(int shard, bool statement) {
   auto& pool = pool_of(shard);
-  Waiting waiting(*this, "a pooled server (attach)");
   // A wait for a busy pool ends when the client leaves: the session may hold servers of
   // other shards in its transaction, which must not stay locked until pool_wait.
   std::shared_ptr<ClientWatch> watch;
@@ -313,40 +311,71 @@ awaitable<bool> Session::attach(int shard) {
   // The wait SHOW CLIENTS reports, the deadlock detector sees, and a CancelRequest or
   // pg_terminate_backend ends (the statement has not started: nothing else would).
   pool_waiting_ = PoolWaiting{shard, &pool, &stop};
+  pool_waiting_->statement = statement;
   // (A transaction that holds a server: BEGIN alone, deferred, holds none and waits.)
   auto got = co_await pool.acquire(stop.slot(), backends_.in_transaction_besides(-1));
   const auto stopped = pool_waiting_->stopped;
   pool_waiting_.reset();
   if (watch) co_await stop_watch(*watch);
-  if (stopped == PoolWaiting::Stopped::kTerminate) {
-    got = std::string();  // (a server that came at the last moment goes back unused)
+  // A server that came at the last moment goes back unused: the statement was stopped.
+  if (stopped != PoolWaiting::Stopped::kNo || !deadlock_detail_.empty()) got = std::string();
+  // (Built in the co_return: GCC 12 destroys a co_await's result in a braced initializer,
+  // or a local converted by co_return, twice.)
+  co_return PoolWaitEnd{std::move(got), stopped};
+}
+
+awaitable<bool> Session::attach(int shard) {
+  if (attached_now(shard)) co_return true;
+  Waiting waiting(*this, "a pooled server (attach)");
+  auto end = co_await wait_in_pool(shard, false);
+  if (end.stopped == PoolWaiting::Stopped::kTerminate) {
     co_await fail(Failure::kAdminShutdown, "terminating connection due to administrator command");
     co_return false;
   }
+  if (auto* lease = std::get_if<pool::Lease>(&end.got)) {
+    start_relay(std::move(*lease), shard);
+    co_return true;
+  }
+  auto e = pool_wait_error(end);
+  spdlog::warn("{}: {}", prefix(), e.message);
+  std::string out;
+  proto::write_error(out, e);
+  end_request(out, transaction_status());
+  co_await write_client(out);
+  co_return false;
+}
+
+awaitable<std::variant<pool::Lease, proto::ErrorInfo>> Session::wait_for_server(int shard) {
+  using Got = std::variant<pool::Lease, proto::ErrorInfo>;
+  // (Each co_return builds its value in place: GCC 12 destroys a local converted by
+  // co_return twice.)
+  auto end = co_await wait_in_pool(shard, true);
+  if (std::holds_alternative<pool::Lease>(end.got))
+    co_return Got(std::in_place_index<0>, std::move(std::get<pool::Lease>(end.got)));
+  if (end.stopped == PoolWaiting::Stopped::kTerminate) {
+    // Its FATAL goes in place of the statement's answer; the session ends after it
+    // (maybe_close_for_shutdown, once the request is over).
+    terminated_told_ = true;
+    co_return Got(std::in_place_index<1>,
+                  failure_error(Failure::kAdminShutdown,
+                                "terminating connection due to administrator command"));
+  }
+  Got failed(std::in_place_index<1>, pool_wait_error(end));
+  spdlog::warn("{}: {}", prefix(), std::get<1>(failed).message);
+  co_return std::move(failed);
+}
+
+proto::ErrorInfo Session::pool_wait_error(const PoolWaitEnd& end) {
   // A deadlock victim while it waited: 40P01, even if a server came at the last moment.
   if (!deadlock_detail_.empty())
-    got = "deadlock detected";
-  else if (stopped == PoolWaiting::Stopped::kCancel)
-    got = "canceling statement due to user request";
-  if (auto* err = std::get_if<std::string>(&got)) {
-    spdlog::warn("{}: {}", prefix(), *err);
-    std::string out;
-    if (!deadlock_detail_.empty()) {
-      proto::write_error(
-          out, proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
-                            std::exchange(deadlock_detail_, {}), "Retry the transaction."));
-    } else if (stopped == PoolWaiting::Stopped::kCancel) {
-      fail_transaction();  // (as PostgreSQL's cancel of a statement in a transaction block)
-      proto::write_error(out, proto::error(sqlstate::kQueryCanceled, *err));
-    } else {
-      proto::write_error(out, failure_error(Failure::kNoServer, *err));
-    }
-    end_request(out, transaction_status());
-    co_await write_client(out);
-    co_return false;
+    return proto::error(sqlstate::kDeadlockDetected, "deadlock detected",
+                        std::exchange(deadlock_detail_, {}), "Retry the transaction.");
+  if (end.stopped == PoolWaiting::Stopped::kCancel) {
+    fail_transaction();  // (as PostgreSQL's cancel of a statement in a transaction block)
+    return proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request");
   }
-  start_relay(std::move(std::get<pool::Lease>(got)), shard);
-  co_return true;
+  const auto* err = std::get_if<std::string>(&end.got);
+  return failure_error(Failure::kNoServer, err ? *err : std::string("no server"));
 }
 
 bool Session::session_pooled() const {

@@ -136,7 +136,7 @@ void Session::cancel_running(std::function<void()> done) {
   // Only what runs when the request arrives is cancelled: a server with nothing owed is idle
   // (the statement the client meant is over) and is left alone, and `done` runs once every
   // server cancelled has it. A statement waiting for a pooled server has not started: its
-  // wait ends now, and attach() answers 57014.
+  // wait ends now, and attach() or the executor (wait_for_server) answers 57014.
   if (pool_waiting_) {
     pool_waiting_->stopped = PoolWaiting::Stopped::kCancel;
     pool_waiting_->stop->emit(asio::cancellation_type::terminal);
@@ -284,7 +284,7 @@ awaitable<void> Session::finish() {
       conn.prepared.clear();
       Settings::server_discarded(conn);
       auto [ec, n] = co_await asio::async_write(conn.socket(), asio::buffer(q), use_nothrow);
-      if (ec) conn.broken = true;
+      if (ec) pool::report(conn, pool::ServerFailure::kIoError);
       continue;
     }
     link->closing = true;
@@ -326,8 +326,10 @@ void Session::terminate() {
     stream_.close();
     return;
   }
-  if (pool_waiting_) {  // attach() ends the wait with the FATAL (and nobody else does)
-    closing_for_shutdown_ = true;
+  if (pool_waiting_) {
+    // attach() ends the wait with the FATAL (and nobody else does); a multi-shard
+    // statement's executor answers with it, and the session closes after the request.
+    if (!pool_waiting_->statement) closing_for_shutdown_ = true;
     pool_waiting_->stopped = PoolWaiting::Stopped::kTerminate;
     pool_waiting_->stop->emit(asio::cancellation_type::terminal);
     return;

@@ -35,7 +35,7 @@ char Session::transaction_status() const {
 
 void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   auto& conn = *link->lease;
-  conn.broken = true;
+  pool::report(conn, pool::ServerFailure::kIoError);
   settings_.drop_pipelined();  // those requests get no ReadyForQuery from this server
   const auto& shard = config_.shards[shard_of_target(link->shard)].name;
   const auto& fatal = conn.replies.fatal;
@@ -105,6 +105,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         if (step.invalid) {
           spdlog::error("{}: invalid message length from shard {}", prefix(),
                         config_.shards[shard_of_target(link->shard)].name);
+          pool::report(conn, pool::ServerFailure::kProtocolViolation);
           lost = true;
         }
       }
@@ -114,7 +115,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       }
       if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&
           !co_await write_client(relay))
-        conn.broken = true;
+        pool::report(conn, pool::ServerFailure::kClientGone);
       conn.rbuf.consume(used);
       if (stop_for_gone_client(*link) || relay_ends(link)) break;
     }
@@ -151,7 +152,7 @@ void Session::abandon(pool::ServerConn& conn) {
     const auto& t = conn.target();
     runtime::send_server_cancel(worker_.executor(), t.host, t.port, conn.pid(), conn.secret());
   }
-  conn.broken = true;
+  pool::report(conn, pool::ServerFailure::kAbandoned);
 }
 
 bool Session::read_interrupted(const std::shared_ptr<Link>& link) {
@@ -201,7 +202,7 @@ bool Session::relay_ends(const std::shared_ptr<Link>& link) {
   if (link->closing && conn.replies.empty()) {
     if (client_gone_ && conn.replies.tag == "SELECT 1") {
       spdlog::debug("{}: S-{}: has a temporary schema: closed, not reused", prefix(), conn.id());
-      conn.broken = true;
+      pool::report(conn, pool::ServerFailure::kSessionState);
     }
     return true;
   }
@@ -214,7 +215,8 @@ bool Session::relay_ends(const std::shared_ptr<Link>& link) {
 
 void Session::link_finished(std::shared_ptr<Link>& link) {
   auto& conn = *link->lease;
-  if (conn.status != 'I' || !conn.replies.empty()) conn.broken = true;
+  if (conn.status != 'I') pool::report(conn, pool::ServerFailure::kInTransaction);
+  if (!conn.replies.empty()) pool::report(conn, pool::ServerFailure::kOwesReplies);
   if (!link->done) {
     link->done = true;
     if (backends_.forget(*link)) phase_.batch_closed();

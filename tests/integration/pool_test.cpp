@@ -315,6 +315,105 @@ TEST_CASE("SHOW CLIENTS and SHOW POOLS show a client waiting for a server as wai
   CHECK(scalar(waiter.get(), "select 9") == "9");
 }
 
+namespace {
+
+// one_server() with pool_spread, a table on every shard (one row of v = 0 on each).
+ProxyOptions one_server_spread() {
+  auto o = one_server("10s");
+  o.sharded_tables = "  - { table: pool_spread, column: id, type: bigint }\n";
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(), "drop table if exists pool_spread");
+    query(d.get(), "create table pool_spread (id bigint primary key, v int)");
+    query(d.get(), "insert into pool_spread values (" + std::to_string(i) + ", 0)");
+  }
+  return o;
+}
+
+// What the statements on pool_spread changed, read on the shards themselves: the sum of v
+// and its indexes, over every shard.
+std::string spread_changes() {
+  long sum = 0, indexes = 0;
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    sum += std::stol(scalar(d.get(), "select sum(v) from pool_spread"));
+    indexes += std::stol(
+        scalar(d.get(), "select count(*) from pg_indexes where tablename = 'pool_spread'"));
+  }
+  return "sum " + std::to_string(sum) + ", indexes " + std::to_string(indexes);
+}
+
+}  // namespace
+
+TEST_CASE("a CancelRequest ends a multi-shard statement's wait for a server: nothing runs",
+          "[pool]") {
+  // Before: only a keyed statement's wait (attach) heard the cancel. A statement on every
+  // shard waited on, and ran once the holder let go: a cancelled UPDATE committed.
+  Proxy proxy(one_server_spread());
+  auto adm = console(proxy);
+  auto holder = named_client_on_s0(proxy, "holder");
+  auto waiter = connect(proxy.conninfo("application_name=waiter"));
+  const std::string before = spread_changes();  // (the primary key's index on each shard)
+
+  for (const std::string sql :
+       {"update pool_spread set v = v + 1", "select count(*) from pool_spread",
+        "copy pool_spread from stdin", "create index pool_spread_v on pool_spread (v)"}) {
+    INFO(sql);
+    wait_behind(adm.get(), holder.get(), waiter.get(), sql);
+    REQUIRE(send_cancel(waiter.get()));
+    // (REQUIRE: a COPY that went on would leave the connection in COPY state.)
+    REQUIRE(outcome(waiter.get(), 2s) == "57014");
+    CHECK(s0_waiting(adm.get()) == 0);
+    query(holder.get(), "COMMIT");
+    // The statement never runs, and the session goes on.
+    CHECK(scalar(waiter.get(), "select 5") == "5");
+    CHECK(spread_changes() == before);
+  }
+
+  // In a transaction block the cancel fails the transaction, as PostgreSQL's does.
+  query(waiter.get(), "BEGIN");
+  wait_behind(adm.get(), holder.get(), waiter.get(), "update pool_spread set v = v + 1");
+  REQUIRE(send_cancel(waiter.get()));
+  CHECK(outcome(waiter.get(), 2s) == "57014");
+  CHECK(PQtransactionStatus(waiter.get()) == PQTRANS_INERROR);
+  query(holder.get(), "COMMIT");
+  CHECK(error_code(waiter.get(), "select 1") == "25P02");
+  query(waiter.get(), "ROLLBACK");
+  CHECK(spread_changes() == before);
+
+  // pg_terminate_backend ends it with FATAL 57P01, as a keyed statement's wait.
+  auto other = connect(proxy.conninfo("application_name=other"));
+  wait_behind(adm.get(), holder.get(), waiter.get(), "update pool_spread set v = v + 1");
+  CHECK(scalar(other.get(), "select pg_terminate_backend(" +
+                                std::to_string(PQbackendPID(waiter.get())) + ")") == "t");
+  CHECK(outcome(waiter.get(), 2s) == "57P01");
+  query(holder.get(), "COMMIT");
+  CHECK(spread_changes() == before);
+}
+
+TEST_CASE("SHOW CLIENTS shows a multi-shard statement waiting for a server as waiting", "[pool]") {
+  // Before: only attach()'s wait was the client's; a statement on every shard waiting for a
+  // server showed as idle, with no wait.
+  Proxy proxy(one_server_spread());
+  auto adm = console(proxy);
+  auto holder = named_client_on_s0(proxy, "holder");
+  auto waiter = connect(proxy.conninfo("application_name=waiter"));
+
+  wait_behind(adm.get(), holder.get(), waiter.get(), "select count(*) from pool_spread");
+  std::map<std::string, std::string> row;
+  CHECK(wait_until(
+      [&] {
+        row = client_named(adm.get(), "waiter");
+        return row["state"] == "waiting" &&
+               std::stoll(row["wait_us"]) + std::stoll(row["wait"]) * 1000000 >= 100000;
+      },
+      5s));
+  CHECK(row["state"] == "waiting");
+  query(holder.get(), "COMMIT");
+  CHECK(outcome(waiter.get(), 2s).empty());
+  CHECK(client_named(adm.get(), "waiter")["state"] == "idle");
+}
+
 TEST_CASE("terminating a client that waits for a server sends it FATAL 57P01 first", "[pool]") {
   Proxy proxy(one_server("10s"));
   auto adm = console(proxy);

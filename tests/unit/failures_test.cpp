@@ -7,9 +7,13 @@
 using namespace pgshard;
 
 TEST_CASE("each failure has one rule: what the client sees and the server's fate", "[failures]") {
+  using pool::ServerFate;
   using session::Failure;
   using session::rule;
-  using session::ServerFate;
+  auto server_fate = [](Failure f) {
+    const auto server = rule(f).server;
+    return server ? pool::fate_of(*server) : ServerFate::kKeep;
+  };
   // Connection-level failures end the connection with PostgreSQL's SQLSTATEs.
   CHECK(rule(Failure::kTooManyClients).fatal);
   CHECK(rule(Failure::kTooManyClients).sqlstate == "53300");
@@ -17,8 +21,11 @@ TEST_CASE("each failure has one rule: what the client sees and the server's fate
   CHECK(rule(Failure::kAdminShutdown).sqlstate == "57P01");
   CHECK(rule(Failure::kProtocolViolation).sqlstate == "08P01");
   // A COPY broken by the client leaves its server mid-COPY: never reused.
-  CHECK(rule(Failure::kCopyViolation).server == ServerFate::kDiscard);
-  CHECK(rule(Failure::kServerLost).server == ServerFate::kDiscard);
+  CHECK(server_fate(Failure::kCopyViolation) == ServerFate::kDiscard);
+  CHECK(server_fate(Failure::kServerLost) == ServerFate::kDiscard);
+  // A refusal or a failed login leaves the server in step.
+  CHECK(server_fate(Failure::kRefused) == ServerFate::kKeep);
+  CHECK(server_fate(Failure::kNoServer) == ServerFate::kKeep);
   CHECK(rule(Failure::kServerLost).sqlstate == "08006");
   // Request-level failures end the request only; refusals bring their own SQLSTATE.
   CHECK_FALSE(rule(Failure::kRefused).fatal);
@@ -28,4 +35,15 @@ TEST_CASE("each failure has one rule: what the client sees and the server's fate
   auto e = session::failure_error(Failure::kTooManyStartups, "sorry");
   CHECK(e.severity == "FATAL");
   CHECK(e.code == "53300");
+}
+
+TEST_CASE("each kind of server failure has one fate: out of step, discarded", "[failures]") {
+  using pool::ServerFailure;
+  for (auto f :
+       {ServerFailure::kIoError, ServerFailure::kProtocolViolation, ServerFailure::kTimeout,
+        ServerFailure::kAbandoned, ServerFailure::kOwesReplies, ServerFailure::kInTransaction,
+        ServerFailure::kSessionState, ServerFailure::kClientGone}) {
+    INFO(pool::to_string(f));
+    CHECK(pool::fate_of(f) == pool::ServerFate::kDiscard);
+  }
 }
