@@ -38,6 +38,7 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
       proto::CommandComplete{"BEGIN"}.write(answer);
     } else {
       txn_.end();
+      settings_.transaction_ended(route.txn == TxnControl::kCommit);
       hints_.local = {};
       proto::CommandComplete{route.txn == TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}.write(
           answer);
@@ -83,23 +84,26 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
   }
   if (ends_here && txn_.coordinated()) {
     const bool commit = route.txn == TxnControl::kCommit;
-    if (pipeline_step_ == PipelineStep::kControl)
-      co_await end_pipeline_distributed(commit);
-    else
-      co_await executor::finish_distributed(*this, *this, commit, req.simple);
+    const bool committed =
+        pipeline_step_ == PipelineStep::kControl
+            ? co_await end_pipeline_distributed(commit)
+            : co_await executor::finish_distributed(*this, *this, commit, req.simple);
+    // The relay saw none of it: the transaction's SETs hold only if it committed.
+    settings_.transaction_ended(committed);
     pending_.clear();
     co_return true;
   }
   co_return false;
 }
 
-awaitable<void> Session::end_pipeline_distributed(bool commit) {
+awaitable<bool> Session::end_pipeline_distributed(bool commit) {
   const auto ended = co_await executor::end_distributed(*this, commit);
-  if (!ended) co_return;
+  if (!ended) co_return false;
   std::string out;
   if (ended->warning) proto::write_notice(out, *ended->warning);
   if (ended->error) proto::write_error(out, *ended->error);
   if (!out.empty()) co_await write_client(out);
+  co_return ended->committed();
 }
 
 void Session::check_snapshots() {
