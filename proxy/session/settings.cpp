@@ -309,6 +309,10 @@ std::optional<Settings::Checked> Settings::adopt_check(pool::ServerConn& conn) {
 }
 
 std::string Settings::prelude(pool::ServerConn& conn) {
+  // A server of the client's transaction has its settings, and the transaction's: bringing
+  // it to the client's again would undo the transaction's SETs there (a statement on several
+  // shards syncs each).
+  if (caught_up_.contains(&conn)) return {};
   // Most clients share their settings, so a server last synced for an identical set needs
   // no comparison at all.
   if (conn.synced_fingerprint == fingerprint_) return {};

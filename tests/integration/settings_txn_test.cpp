@@ -151,3 +151,36 @@ TEST_CASE("a transaction's SETs never reach another client's statements", "[sess
     query(a.get(), "reset work_mem");
   }
 }
+
+TEST_CASE("a statement on every shard runs with its transaction's SETs on each", "[session]") {
+  // A table with one row on each shard: a count over it reads every shard's setting.
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(), "drop table if exists settings_probe");
+    query(d.get(), "create table settings_probe (id bigint)");
+    query(d.get(), "insert into settings_probe values (" + std::to_string(i) + ")");
+  }
+  ProxyOptions o = one_worker(2);
+  o.sharded_tables = "  - { table: settings_probe, column: id, type: bigint }\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  auto shards_with = [&](const std::string& value) {
+    return scalar(c.get(),
+                  "select count(*) from settings_probe where "
+                  "current_setting('work_mem') = '" +
+                      value + "'");
+  };
+  query(c.get(), "set work_mem = '2001kB'");
+  for (const std::string& first : std::vector<std::string>{"", read_on(0), read_on(1)}) {
+    for (const std::string set : {"set", "set local"}) {
+      INFO(first << " then " << set);
+      query(c.get(), "begin");
+      if (!first.empty()) query(c.get(), first);
+      query(c.get(), set + " work_mem = '77MB'");
+      CHECK(shards_with("77MB") == "3");
+      CHECK(shards_with("77MB") == "3");  // the servers it used again
+      query(c.get(), "rollback");
+      CHECK(shards_with("2001kB") == "3");
+    }
+  }
+}
