@@ -12,6 +12,26 @@ namespace pgshard::session {
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
+namespace {
+
+// The BEGIN an extended request runs, as the client wrote it (its modes): the text of the
+// statement its Bind names. (Before, the client's unnamed statement stood in for it, which
+// is another statement when the BEGIN is named: psycopg's unnamed DEALLOCATE ALL then ran
+// instead of BEGIN, dropping statements pgshard had prepared there.)
+std::string bound_text(std::string_view request, const Statements& statements) {
+  for (const auto m : proto::frames(request)) {
+    if (m.frame.type != proto::msg::kBind) continue;
+    const auto bind = proto::Bind::parse(m.frame.body);
+    if (!bind) break;
+    const std::string_view text = statements.text(bind->statement);
+    if (!text.empty()) return std::string(text);
+    break;
+  }
+  return "BEGIN";
+}
+
+}  // namespace
+
 awaitable<bool> Session::control_transaction(const router::Route& route, const Request& req) {
   using router::TxnControl;
   const bool ends = route.txn == TxnControl::kCommit || route.txn == TxnControl::kRollback;
@@ -31,9 +51,7 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
       if (req.simple)
         begin = pending_;
       else
-        proto::Query{statements_.unnamed().empty() ? std::string_view("BEGIN")
-                                                   : std::string_view(statements_.unnamed())}
-            .write(begin);
+        proto::Query{bound_text(pending_, statements_)}.write(begin);
       txn_.defer(std::move(begin));
       proto::CommandComplete{"BEGIN"}.write(answer);
     } else {
