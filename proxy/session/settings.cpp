@@ -138,13 +138,17 @@ std::string Settings::catch_up(pool::ServerConn& conn, bool in_transaction) {
     txn_changes_.insert(txn_changes_.end(), request_changes_.begin(), request_changes_.end());
     request_changes_.clear();
   }
+  if (!in_transaction) {
+    // (Not a server of the transaction: it runs only the request's own changes.)
+    for (std::size_t i = request_from_; i < txn_changes_.size(); ++i)
+      unknown_on(conn, txn_changes_[i]);
+    return {};
+  }
   auto& done = caught_up_[&conn];
   std::string sql;
-  if (in_transaction) {
-    for (std::size_t i = done; i < request_from_; ++i) {
-      sql += replay_sql(txn_changes_[i]);
-      unknown_on(conn, txn_changes_[i]);
-    }
+  for (std::size_t i = done; i < request_from_; ++i) {
+    sql += replay_sql(txn_changes_[i]);
+    unknown_on(conn, txn_changes_[i]);
   }
   for (std::size_t i = std::max(done, request_from_); i < txn_changes_.size(); ++i)
     unknown_on(conn, txn_changes_[i]);

@@ -86,6 +86,8 @@ class Settings {
   // recorded as having run them and the request's own; a session setting it ran is not
   // known on `conn` until the transaction's outcome, so the next lending compares it.
   std::string catch_up(pool::ServerConn& conn, bool in_transaction);
+  // The client has no transaction and no request in flight: no SET is any transaction's.
+  void no_transaction() { end_transaction(); }
 
   // ---- apply ----
   // The SET/RESET statements bringing `conn` to the client's settings ("" when it has

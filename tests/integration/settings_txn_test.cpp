@@ -152,8 +152,11 @@ TEST_CASE("a transaction's SETs never reach another client's statements", "[sess
   }
 }
 
-TEST_CASE("a statement on every shard runs with its transaction's SETs on each", "[session]") {
-  // A table with one row on each shard: a count over it reads every shard's setting.
+namespace {
+
+// A table with one row on each shard (a count over it reads every shard's setting), and
+// the options of a pgshard that shards it.
+ProxyOptions with_probe_table() {
   for (int i = 0; i < Cluster::get().size(); ++i) {
     auto d = connect(Cluster::get().direct(i));
     query(d.get(), "drop table if exists settings_probe");
@@ -162,7 +165,13 @@ TEST_CASE("a statement on every shard runs with its transaction's SETs on each",
   }
   ProxyOptions o = one_worker(2);
   o.sharded_tables = "  - { table: settings_probe, column: id, type: bigint }\n";
-  Proxy proxy(o);
+  return o;
+}
+
+}  // namespace
+
+TEST_CASE("a statement on every shard runs with its transaction's SETs on each", "[session]") {
+  Proxy proxy(with_probe_table());
   auto c = connect(proxy.conninfo());
   auto shards_with = [&](const std::string& value) {
     return scalar(c.get(),
@@ -182,5 +191,24 @@ TEST_CASE("a statement on every shard runs with its transaction's SETs on each",
       query(c.get(), "rollback");
       CHECK(shards_with("2001kB") == "3");
     }
+  }
+}
+
+TEST_CASE("after a statement on every shard, the servers lent next get the client's settings",
+          "[session]") {
+  // The servers of a statement on several shards were once left recorded as the
+  // transaction's: a server lent later was taken to have the client's settings already.
+  Proxy proxy(with_probe_table());
+  auto c = connect(proxy.conninfo());
+  auto other = connect(proxy.conninfo());
+  query(c.get(), "set work_mem = '3MB'");
+  query(c.get(), "set datestyle = 'SQL, DMY'");
+  query(c.get(), "select count(*) from settings_probe");
+  for (int i = 0; i < 3; ++i) {
+    const std::string on = "/* pgshard: shard=s" + std::to_string(i) + " */ ";
+    CHECK(scalar(c.get(), on + "select current_setting('work_mem')") == "3MB");
+    CHECK(scalar(c.get(), on + "select '2024-01-02'::date") == "02/01/2024");
+    CHECK(scalar(other.get(), on + "select current_setting('work_mem')") == "4MB");
+    CHECK(scalar(other.get(), on + "select '2024-01-02'::date") == "2024-01-02");
   }
 }
