@@ -100,6 +100,11 @@ class Client {
   // pgshard's statement bringing `conn` to the client's settings ("" when it has them),
   // its reply expected on the server's queue.
   virtual std::string sync_prelude(pool::ServerConn& conn) = 0;
+  // pgshard's statement giving `conn`, a server the client's request is about to run on,
+  // the SET and SET LOCAL statements its transaction ran on other servers (`in_transaction`:
+  // the request runs inside it there), its reply expected on the server's queue; "" when
+  // there are none.
+  virtual std::string catch_up_settings(pool::ServerConn& conn, bool in_transaction) = 0;
   // Runs pgshard's own statement on an attached server through its relay; false when the
   // server was lost. The outcome is in its replies.tag / error.
   virtual awaitable<bool> run_ours(const std::shared_ptr<pool::Link>& link,

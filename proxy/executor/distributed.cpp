@@ -274,10 +274,10 @@ awaitable<std::optional<Ended>> end_distributed(executor::Client& c, bool commit
   co_return co_await ending.run();
 }
 
-awaitable<void> finish_distributed(executor::Client& c, ReplySink& reply, bool commit,
+awaitable<bool> finish_distributed(executor::Client& c, ReplySink& reply, bool commit,
                                    bool simple) {
   const auto ended = co_await end_distributed(c, commit);
-  if (!ended) co_return;
+  if (!ended) co_return false;
   std::string out;
   if (ended->warning) proto::write_notice(out, *ended->warning);
   std::string answer;
@@ -292,6 +292,7 @@ awaitable<void> finish_distributed(executor::Client& c, ReplySink& reply, bool c
     c.answer_extended(answer, out);
   }
   co_await reply.write(out);
+  co_return ended->committed();
 }
 
 }  // namespace pgshard::executor

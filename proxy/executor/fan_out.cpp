@@ -431,6 +431,7 @@ awaitable<void> FanOut::send() {
     auto* lease = leg.conn;
     auto& replies = lease->replies;
     std::string batch = c_.sync_prelude(*lease);
+    batch += c_.catch_up_settings(*lease, in_txn_);
     leg.own_ready = count_queries(batch);
     if (atomic_) {
       proto::Query{"BEGIN"}.write(batch);

@@ -46,11 +46,16 @@ struct CopySplit {
 };
 
 // A session setting a statement changes: SET name = value (value), RESET name (nullopt),
-// RESET ALL / DISCARD ALL (reset_all).
+// RESET ALL / DISCARD ALL (reset_all). SET LOCAL changes it for the transaction only; the
+// savepoints of the transaction are in the list too, as SET inside one is undone by
+// ROLLBACK TO it (`name` is then the savepoint's).
 struct SettingChange {
+  enum class Kind : uint8_t { kSession, kLocal, kSavepoint, kRelease, kRollbackTo };
   std::string name;
   std::optional<std::string> value;
   bool reset_all = false;
+  Kind kind = Kind::kSession;
+  bool setting() const { return kind == Kind::kSession || kind == Kind::kLocal; }
 };
 
 // Transaction control a statement is, when it is exactly one such statement.

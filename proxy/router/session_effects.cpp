@@ -208,6 +208,39 @@ std::optional<std::string> set_value(const PgQuery__VariableSetStmt* v, std::str
   return value;
 }
 
+// SET LOCAL (not of pgshard.*, which the router keeps): shards that join the transaction
+// later must run it too.
+void note_local_set(const PgQuery__VariableSetStmt* v, Analysis& a) {
+  using Kind = SettingChange::Kind;
+  const std::string name = v->name ? v->name : "";
+  if (name.starts_with("pgshard.")) return;
+  if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_DEFAULT ||
+      v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_RESET) {
+    a.settings.push_back({name, std::nullopt, false, Kind::kLocal});
+  } else if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE) {
+    if (auto value = set_value(v, name)) a.settings.push_back({name, *value, false, Kind::kLocal});
+  }
+}
+
+// SAVEPOINT, RELEASE and ROLLBACK TO: a SET after a savepoint is undone by ROLLBACK TO it.
+void note_savepoint(const PgQuery__TransactionStmt* t, Analysis& a) {
+  using Kind = SettingChange::Kind;
+  const std::string name = t->savepoint_name ? t->savepoint_name : "";
+  switch (t->kind) {
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_SAVEPOINT:
+      a.settings.push_back({name, std::nullopt, false, Kind::kSavepoint});
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_RELEASE:
+      a.settings.push_back({name, std::nullopt, false, Kind::kRelease});
+      break;
+    case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_ROLLBACK_TO:
+      a.settings.push_back({name, std::nullopt, false, Kind::kRollbackTo});
+      break;
+    default:
+      break;
+  }
+}
+
 // SET / RESET of a session setting (not SET LOCAL, not pgshard.*, which the router keeps).
 void note_variable_set(const PgQuery__VariableSetStmt* v, Analysis& a) {
   std::string name = v->name ? v->name : "";
@@ -216,7 +249,10 @@ void note_variable_set(const PgQuery__VariableSetStmt* v, Analysis& a) {
     transaction_modes(v, name == "TRANSACTION", a);
     return;
   }
-  if (v->is_local) return;
+  if (v->is_local) {
+    note_local_set(v, a);
+    return;
+  }
   // The role and the session authorization decide what the server lets the session do:
   // a client that changes them keeps its servers, which are reset before anyone else
   // gets them (DISCARD ALL resets both).
@@ -289,6 +325,8 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
       note_variable_set(st->variable_set_stmt, a);
     } else if (st->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {
       set_configs -= note_set_config_calls(st->select_stmt, a);
+    } else if (st->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT) {
+      note_savepoint(st->transaction_stmt, a);
     }
     // set_config where pgshard cannot follow it (a subselect, a computed name or value, an
     // expression): the client keeps its servers rather than leak the setting.

@@ -150,6 +150,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // Session pooling, configured or because the client pinned its servers.
   bool session_pooled() const override;
   std::string sync_prelude(pool::ServerConn& conn) override;
+  std::string catch_up_settings(pool::ServerConn& conn, bool in_transaction) override;
   awaitable<bool> run_ours(const std::shared_ptr<Link>& link, const std::string& sql) override;
   awaitable<bool> write_server(const std::shared_ptr<Link>& link, std::string_view bytes) override;
   void running_on(std::vector<pool::ServerConn*> servers) override {
@@ -314,8 +315,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
   // pgshard's COMMIT/ROLLBACK ending a split pipeline's transaction on several shards: the
-  // client gets its error or warning, if any (its Sync's ReadyForQuery follows).
-  awaitable<void> end_pipeline_distributed(bool commit);
+  // client gets its error or warning, if any (its Sync's ReadyForQuery follows); true when
+  // it committed.
+  awaitable<bool> end_pipeline_distributed(bool commit);
   // PREPARE TRANSACTION / COMMIT PREPARED / ROLLBACK PREPARED from the client (two_phase.cpp):
   // true when answered (refused); else `route` goes where the identifier lives.
   awaitable<bool> client_two_phase(router::Route& route, const Request& req);

@@ -161,11 +161,17 @@ void Session::prepare_request(Link& link, bool joins_transaction, char boundary)
   // shown as 'T'). A Bind does: its portal must outlive the batch's Sync (asyncpg's cursor
   // binds in one batch and executes in the next; before, the portal died with the implicit
   // transaction: 'portal "__asyncpg_portal_3__" does not exist').
+  bool opens = false;
   if (txn_.deferred() && binds_or_runs(pending_)) {
     // The client's BEGIN, answered earlier by pgshard, opens the transaction here.
     link.prelude += txn_.take_deferred();
     replies.expect_ready(Owner::kOwn);
+    opens = true;
   }
+  // The transaction's SETs that ran elsewhere run here too, inside it (not in an aborted one).
+  const char status = link.lease->status;
+  link.prelude += catch_up_settings(
+      *link.lease, joins_transaction || opens || status == proto::txn_status::kInBlock);
   // What the server will owe, pushed before anything is written so the reader never hands
   // the server back while this request is on its way.
   const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;

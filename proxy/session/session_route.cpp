@@ -152,6 +152,9 @@ void Session::adopt(const router::Route& route, char boundary) {
   const bool transaction_pooled = user_->pool_mode == config::PoolMode::kTransaction;
   const bool runs = route.settings.empty() || binds_or_runs(pending_) ||
                     (boundary == proto::msg::kFlush && !transaction_pooled);
+  // (A request that never reached a ReadyForQuery of the relay, such as a statement on
+  // several shards, leaves what it ran recorded until here.)
+  if (owed() == 0 && transaction_status() == proto::txn_status::kIdle) settings_.no_transaction();
   settings_.statement(route.settings, owed(), runs);
   if (!route.user_functions.empty() && transaction_pooled)
     settings_.functions_called(route.user_functions,

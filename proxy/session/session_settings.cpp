@@ -22,6 +22,16 @@ std::string Session::sync_prelude(pool::ServerConn& conn) {
   return out;
 }
 
+std::string Session::catch_up_settings(pool::ServerConn& conn, bool in_transaction) {
+  std::string out;
+  const std::string sql = settings_.catch_up(conn, in_transaction);
+  if (sql.empty()) return out;
+  spdlog::debug("{}: S-{}: the transaction's settings: {}", prefix(), conn.id(), sql);
+  proto::Query{sql}.write(out);
+  conn.replies.expect_ready(pool::Replies::Owner::kOwn);
+  return out;
+}
+
 void Session::reported(pool::ServerConn& conn, std::string_view name, std::string_view value) {
   if (name == "session_authorization" && user_ && value != user_->name && !pinned_) {
     // The server now acts as another user (SET SESSION AUTHORIZATION, maybe in a function):

@@ -12,6 +12,26 @@ namespace pgshard::session {
 namespace proto = protocol;
 namespace sqlstate = protocol::sqlstate;
 
+namespace {
+
+// The BEGIN an extended request runs, as the client wrote it (its modes): the text of the
+// statement its Bind names. (Before, the client's unnamed statement stood in for it, which
+// is another statement when the BEGIN is named: psycopg's unnamed DEALLOCATE ALL then ran
+// instead of BEGIN, dropping statements pgshard had prepared there.)
+std::string bound_text(std::string_view request, const Statements& statements) {
+  for (const auto m : proto::frames(request)) {
+    if (m.frame.type != proto::msg::kBind) continue;
+    const auto bind = proto::Bind::parse(m.frame.body);
+    if (!bind) break;
+    const std::string_view text = statements.text(bind->statement);
+    if (!text.empty()) return std::string(text);
+    break;
+  }
+  return "BEGIN";
+}
+
+}  // namespace
+
 awaitable<bool> Session::control_transaction(const router::Route& route, const Request& req) {
   using router::TxnControl;
   const bool ends = route.txn == TxnControl::kCommit || route.txn == TxnControl::kRollback;
@@ -31,13 +51,12 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
       if (req.simple)
         begin = pending_;
       else
-        proto::Query{statements_.unnamed().empty() ? std::string_view("BEGIN")
-                                                   : std::string_view(statements_.unnamed())}
-            .write(begin);
+        proto::Query{bound_text(pending_, statements_)}.write(begin);
       txn_.defer(std::move(begin));
       proto::CommandComplete{"BEGIN"}.write(answer);
     } else {
       txn_.end();
+      settings_.transaction_ended(route.txn == TxnControl::kCommit);
       hints_.local = {};
       proto::CommandComplete{route.txn == TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}.write(
           answer);
@@ -83,23 +102,26 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
   }
   if (ends_here && txn_.coordinated()) {
     const bool commit = route.txn == TxnControl::kCommit;
-    if (pipeline_step_ == PipelineStep::kControl)
-      co_await end_pipeline_distributed(commit);
-    else
-      co_await executor::finish_distributed(*this, *this, commit, req.simple);
+    const bool committed =
+        pipeline_step_ == PipelineStep::kControl
+            ? co_await end_pipeline_distributed(commit)
+            : co_await executor::finish_distributed(*this, *this, commit, req.simple);
+    // The relay saw none of it: the transaction's SETs hold only if it committed.
+    settings_.transaction_ended(committed);
     pending_.clear();
     co_return true;
   }
   co_return false;
 }
 
-awaitable<void> Session::end_pipeline_distributed(bool commit) {
+awaitable<bool> Session::end_pipeline_distributed(bool commit) {
   const auto ended = co_await executor::end_distributed(*this, commit);
-  if (!ended) co_return;
+  if (!ended) co_return false;
   std::string out;
   if (ended->warning) proto::write_notice(out, *ended->warning);
   if (ended->error) proto::write_error(out, *ended->error);
   if (!out.empty()) co_await write_client(out);
+  co_return ended->committed();
 }
 
 void Session::check_snapshots() {

@@ -1,6 +1,7 @@
 // The client's session settings: see settings.hpp.
 #include "proxy/session/settings.hpp"
 
+#include <algorithm>
 #include <cctype>
 
 #include "protocol/messages.hpp"
@@ -50,19 +51,139 @@ void Settings::start(const Params& server, Params wanted) {
   sent_ = std::move(canonical);
 }
 
+using Kind = router::SettingChange::Kind;
+
+namespace {
+
+// What pgshard records for a session setting whose value on a server is not known (a SET
+// run in a transaction whose outcome is not known yet): it matches no client's value, so
+// the server is brought to its next client's settings.
+constexpr std::string_view kUnknownValue = "\x01unknown";
+
+}  // namespace
+
 void Settings::statement(const std::vector<router::SettingChange>& changes, int ahead, bool runs) {
+  request_from_ = txn_changes_.size();
+  request_changes_.clear();
   if (!runs) {
     finish_sql_.clear();
     return;
   }
+  for (const auto& c : changes) {
+    if (c.setting()) request_changes_.push_back(c);
+    if (c.kind == Kind::kRollbackTo) ++rollbacks_to_;
+  }
   if (ahead > 0 && !changes.empty())
     pipelined_.push_back({ahead, changes});
   else
-    pending_.insert(pending_.end(), changes.begin(), changes.end());
+    take_pending(changes);
   if (changes.empty())
     finish_sql_.clear();  // (most statements: nothing to restore)
   else
     finish_sql_ = restore_startup_sql(changes);
+}
+
+void Settings::take_pending(const std::vector<router::SettingChange>& changes) {
+  // Where savepoint `name` (the latest of that name) is in pending_; its size if none is.
+  auto savepoint = [&](const std::string& name) {
+    for (std::size_t i = pending_.size(); i-- > 0;)
+      if (pending_[i].kind == Kind::kSavepoint && pending_[i].name == name) return i;
+    return pending_.size();
+  };
+  for (const auto& c : changes) {
+    if (c.kind == Kind::kSession || c.kind == Kind::kSavepoint) {
+      pending_.push_back(c);
+    } else if (c.kind == Kind::kRelease) {
+      // RELEASE keeps the changes made since, and forgets the savepoints from it on.
+      const std::size_t from = savepoint(c.name);
+      for (std::size_t i = pending_.size(); i-- > from;)
+        if (pending_[i].kind == Kind::kSavepoint)
+          pending_.erase(pending_.begin() + static_cast<std::ptrdiff_t>(i));
+    } else if (c.kind == Kind::kRollbackTo) {
+      // Undoes what followed the savepoint, which stays; an error after it is undone too.
+      const std::size_t at = savepoint(c.name);
+      if (at == pending_.size()) continue;
+      pending_.resize(at + 1);
+      failed_ = false;
+    }
+  }
+}
+
+void Settings::rolled_back() {
+  if (rollbacks_to_ > 0) {
+    --rollbacks_to_;  // (take_pending undid what followed its savepoint)
+    return;
+  }
+  pending_.clear();
+  failed_ = false;
+}
+
+void Settings::transaction_ended(bool committed) {
+  if (committed && !failed_) apply(nullptr);
+  pending_.clear();
+  failed_ = false;
+  end_transaction();
+}
+
+void Settings::end_transaction() {
+  txn_changes_.clear();
+  request_changes_.clear();
+  request_from_ = 0;
+  caught_up_.clear();
+  rollbacks_to_ = 0;
+}
+
+std::string Settings::catch_up(pool::ServerConn& conn, bool in_transaction) {
+  if (!request_changes_.empty()) {
+    txn_changes_.insert(txn_changes_.end(), request_changes_.begin(), request_changes_.end());
+    request_changes_.clear();
+  }
+  if (!in_transaction) {
+    // (Not a server of the transaction: it runs only the request's own changes.)
+    for (std::size_t i = request_from_; i < txn_changes_.size(); ++i)
+      unknown_on(conn, txn_changes_[i]);
+    return {};
+  }
+  auto& done = caught_up_[&conn];
+  std::string sql;
+  for (std::size_t i = done; i < request_from_; ++i) {
+    sql += replay_sql(txn_changes_[i]);
+    unknown_on(conn, txn_changes_[i]);
+  }
+  for (std::size_t i = std::max(done, request_from_); i < txn_changes_.size(); ++i)
+    unknown_on(conn, txn_changes_[i]);
+  done = txn_changes_.size();
+  return sql;
+}
+
+std::string Settings::replay_sql(const router::SettingChange& c) const {
+  const bool local = c.kind == Kind::kLocal;
+  auto set = [&](const std::string& name, const std::string& value) {
+    return "SELECT pg_catalog.set_config(" + proto::quote_literal(name) + ", " +
+           proto::quote_literal(value) + (local ? ", true);" : ", false);");
+  };
+  if (c.reset_all) {
+    std::string sql = "RESET ALL;";
+    for (const auto& [name, value] : sent_) sql += set(name, value);
+    return sql;
+  }
+  const std::string name = canonical_parameter(c.name);
+  if (c.value) return set(name, *c.value);
+  // RESET goes back to the value the client connected with, else the server's default.
+  if (auto it = startup_.find(name); it != startup_.end()) return set(name, it->second);
+  return (local ? "SET LOCAL " : "RESET ") + proto::quote_ident(name) +
+         (local ? " TO DEFAULT;" : ";");
+}
+
+void Settings::unknown_on(pool::ServerConn& conn, const router::SettingChange& c) const {
+  if (c.kind != Kind::kSession) return;
+  conn.synced_fingerprint = 0;
+  if (!c.reset_all) {
+    conn.params[canonical_parameter(c.name)] = kUnknownValue;
+    return;
+  }
+  for (auto& [name, value] : conn.params) value = kUnknownValue;
+  for (const auto& [name, value] : client_) conn.params[name] = kUnknownValue;
 }
 
 void Settings::functions_called(const std::vector<std::string>& names, bool trusted) {
@@ -85,6 +206,7 @@ std::string Settings::restore_startup_sql(const std::vector<router::SettingChang
            " AND setting IS NOT DISTINCT FROM reset_val;";
   };
   for (const auto& c : changes) {
+    if (c.kind != Kind::kSession) continue;
     for (const auto& [name, value] : sent_) {
       if (!synced_reported(name) || c.value) continue;
       if (c.reset_all || canonical_parameter(c.name) == name) restore(name, value);
@@ -103,9 +225,10 @@ void Settings::reported(pool::ServerConn& conn, std::string_view name, std::stri
 std::optional<Settings::Checked> Settings::ready(char status, pool::ServerConn& conn) {
   if (!pending_.empty() && status == proto::txn_status::kFailed) failed_ = true;
   if (status == proto::txn_status::kIdle) {
-    if (!pending_.empty() && !failed_) apply(conn);
+    if (!pending_.empty() && !failed_) apply(&conn);
     pending_.clear();
     failed_ = false;
+    end_transaction();
   }
   std::optional<Checked> checked;
   if (std::exchange(checking_, false) && status == proto::txn_status::kIdle)
@@ -113,31 +236,31 @@ std::optional<Settings::Checked> Settings::ready(char status, pool::ServerConn& 
   // The requests pipelined behind this one: their SETs are judged from now on.
   for (auto& p : pipelined_) --p.ahead;
   while (!pipelined_.empty() && pipelined_.front().ahead <= 0) {
-    auto& s = pipelined_.front().settings;
-    pending_.insert(pending_.end(), s.begin(), s.end());
+    take_pending(pipelined_.front().settings);
     pipelined_.pop_front();
   }
   return checked;
 }
 
-void Settings::apply(pool::ServerConn& conn) {
+void Settings::apply(pool::ServerConn* conn) {
   // Reported settings (TimeZone, DateStyle...) follow ParameterStatus; the rest are kept
   // here and set on whichever server the client gets next.
   auto set = [&](const std::string& name, const std::optional<std::string>& value) {
     if (pool::is_reported_parameter(name)) return;
     if (value) {
       client_[name] = *value;
-      conn.params[name] = *value;
+      if (conn) conn->params[name] = *value;
       return;
     }
     // RESET goes back to the value the client connected with, else the server default.
-    conn.params.erase(name);
+    if (conn) conn->params.erase(name);
     if (auto it = startup_.find(name); it != startup_.end())
       client_[name] = it->second;
     else
       client_.erase(name);
   };
   for (const auto& c : pending_) {
+    if (c.kind != Kind::kSession) continue;  // (a savepoint)
     if (c.reset_all) {
       std::vector<std::string> names;
       for (const auto& [k, v] : client_) names.push_back(k);
@@ -147,7 +270,7 @@ void Settings::apply(pool::ServerConn& conn) {
     }
   }
   changed();
-  conn.synced_fingerprint = 0;  // compare settings on the next use
+  if (conn) conn->synced_fingerprint = 0;  // compare settings on the next use
 }
 
 std::optional<Settings::Checked> Settings::adopt_check(pool::ServerConn& conn) {
@@ -190,6 +313,10 @@ std::optional<Settings::Checked> Settings::adopt_check(pool::ServerConn& conn) {
 }
 
 std::string Settings::prelude(pool::ServerConn& conn) {
+  // A server of the client's transaction has its settings, and the transaction's: bringing
+  // it to the client's again would undo the transaction's SETs there (a statement on several
+  // shards syncs each).
+  if (caught_up_.contains(&conn)) return {};
   // Most clients share their settings, so a server last synced for an identical set needs
   // no comparison at all.
   if (conn.synced_fingerprint == fingerprint_) return {};

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <optional>
 #include <set>
 #include <string>
@@ -54,10 +55,12 @@ class Settings {
   // An error fails the settings of the statement (or transaction) it belongs to; one with
   // no settings pending must not fail a later SET.
   void failed() { failed_ |= !pending_.empty(); }
-  void rolled_back() {
-    pending_.clear();
-    failed_ = false;
-  }
+  // The server answered ROLLBACK (a ROLLBACK TO SAVEPOINT's tag too: that one undid only
+  // what followed its savepoint, as the request's changes said).
+  void rolled_back();
+  // pgshard ended the transaction itself (COMMIT or ROLLBACK on several shards, or of one
+  // no shard saw): its SETs hold when it `committed`, else none does.
+  void transaction_ended(bool committed);
   // The server of the pipelined requests was lost: they get no ReadyForQuery from it.
   void drop_pipelined() { pipelined_.clear(); }
   // A reported setting's ParameterStatus after the client's statement on `conn`.
@@ -74,6 +77,17 @@ class Settings {
   // once their statement (or transaction) succeeded, a failure or ROLLBACK drops them, as
   // PostgreSQL does; a settings check that ran is adopted.
   std::optional<Checked> ready(char status, pool::ServerConn& conn);
+
+  // ---- in a transaction ----
+  // A request is about to be written to `conn`: in a transaction (`in_transaction`), the
+  // SET and SET LOCAL statements the transaction ran on other servers and `conn` has not
+  // (SQL, "" when none): a shard that joins the transaction, or that it comes back to,
+  // runs with the transaction's settings as PostgreSQL's one server would. `conn` is
+  // recorded as having run them and the request's own; a session setting it ran is not
+  // known on `conn` until the transaction's outcome, so the next lending compares it.
+  std::string catch_up(pool::ServerConn& conn, bool in_transaction);
+  // The client has no transaction and no request in flight: no SET is any transaction's.
+  void no_transaction() { end_transaction(); }
 
   // ---- apply ----
   // The SET/RESET statements bringing `conn` to the client's settings ("" when it has
@@ -102,8 +116,18 @@ class Settings {
   uint64_t fingerprint() const { return fingerprint_; }
 
  private:
-  // Takes on the settings of pending_ (their statement succeeded on `conn`).
-  void apply(pool::ServerConn& conn);
+  // Takes on the settings of pending_ (their statement succeeded on `conn`, or on the
+  // servers of a transaction pgshard committed: null).
+  void apply(pool::ServerConn* conn);
+  // Adds a request's session changes to pending_: savepoints kept in order, ROLLBACK TO
+  // dropping what followed its savepoint, RELEASE forgetting it; SET LOCAL left out.
+  void take_pending(const std::vector<router::SettingChange>& changes);
+  // The statement running `c` again on another server of the transaction.
+  std::string replay_sql(const router::SettingChange& c) const;
+  // `conn` ran (or runs) the session change `c`: its value there is unknown until the
+  // transaction's outcome is.
+  void unknown_on(pool::ServerConn& conn, const router::SettingChange& c) const;
+  void end_transaction();
   std::optional<Checked> adopt_check(pool::ServerConn& conn);
   std::string restore_startup_sql(const std::vector<router::SettingChange>& changes) const;
   void changed() { fingerprint_ = runtime::fingerprint(client_); }
@@ -122,6 +146,13 @@ class Settings {
   };
   std::deque<Pipelined> pipelined_;
   bool failed_ = false;
+  int rollbacks_to_ = 0;  // ROLLBACK TO SAVEPOINT sent, its "ROLLBACK" tag not seen yet
+  // The transaction's SET and SET LOCAL, in order, the request being sent's from
+  // request_from_ on, and how many of them each of its servers ran (catch_up).
+  std::vector<router::SettingChange> txn_changes_;
+  std::vector<router::SettingChange> request_changes_;  // the request's, until it is sent
+  std::size_t request_from_ = 0;
+  std::map<const pool::ServerConn*, std::size_t> caught_up_;
   // Transaction pooling: a statement called a user-defined function, so its server's
   // settings are checked when the request ends (until a check sees the server idle).
   bool unknown_ = false;

@@ -310,6 +310,27 @@ def psycopg3_deallocate_suite():
     except Exception as e:  # noqa: BLE001
         check(False, f"psycopg: after ROLLBACK: {type(e).__name__} {e}")
     conn.close()
+    # BEGIN as a prepared statement of its own (autocommit): pgshard holds it until a shard
+    # is picked. After ROLLBACK's DEALLOCATE ALL (unnamed), the next BEGIN ran the client's
+    # unnamed statement, DEALLOCATE ALL, instead: no transaction, and the SET prepared again
+    # failed with 26000 for pgshard's name.
+    conn = psycopg.connect(dsn, prepare_threshold=0, autocommit=True)
+    try:
+        for _ in range(2):
+            conn.execute("begin")
+            conn.execute("set work_mem = '3MB'")
+            conn.execute("select id from orders where user_id = %s", (1003,)).fetchall()
+            conn.execute("rollback")  # DEALLOCATE ALL follows
+        conn.execute("begin")
+        conn.execute("set work_mem = '3MB'")
+        check(conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS,
+              "psycopg: BEGIN after DEALLOCATE ALL opens a transaction")
+        check(conn.execute("show work_mem").fetchone()[0] == "3MB", "psycopg: SET in it")
+        conn.execute("commit")
+        check(conn.execute("show work_mem").fetchone()[0] == "3MB", "psycopg: SET committed")
+    except Exception as e:  # noqa: BLE001
+        check(False, f"psycopg: BEGIN after DEALLOCATE ALL: {type(e).__name__} {e}")
+    conn.close()
 
 
 def signal_suite():

@@ -195,3 +195,57 @@ TEST_CASE("settings a function changed are adopted after the check", "[settings]
   // No function called since: no check.
   CHECK(f.s.take_finishing_sql(true).empty());
 }
+
+namespace {
+
+Change marker(const std::string& name, Change::Kind kind) {
+  return {name, std::nullopt, false, kind};
+}
+
+}  // namespace
+
+TEST_CASE("ROLLBACK TO a savepoint drops the SETs after it, RELEASE keeps them", "[settings]") {
+  using Kind = Change::Kind;
+  Fixture f;
+  f.s.prelude(f.a);
+  f.run(f.a, {{"work_mem", "1MB"}, marker("a", Kind::kSavepoint), {"work_mem", "2MB"}}, kInBlock);
+  f.s.statement({marker("a", Kind::kRollbackTo)}, 0, true);
+  f.s.rolled_back();  // (the tag of ROLLBACK TO is "ROLLBACK")
+  f.s.ready(kInBlock, f.a);
+  f.run(f.a, {marker("b", Kind::kSavepoint), {"search_path", "x"}, marker("b", Kind::kRelease)},
+        kInBlock);
+  // An error after a savepoint, undone by ROLLBACK TO it: the SETs before it hold.
+  f.run(f.a, {marker("c", Kind::kSavepoint), {"work_mem", "3MB"}}, kInBlock);
+  f.s.failed();
+  f.s.ready(kFailed, f.a);
+  f.run(f.a, {marker("c", Kind::kRollbackTo)}, kInBlock);
+  f.run(f.a, {});  // COMMIT
+  CHECK(f.s.value("work_mem") == "1MB");
+  CHECK(f.s.value("search_path") == "x");
+}
+
+TEST_CASE("a transaction's SETs reach the servers that join it, and hold only if it commits",
+          "[settings]") {
+  using Kind = Change::Kind;
+  for (const bool commit : {false, true}) {
+    INFO("commit " << commit);
+    Fixture f;
+    f.s.prelude(f.a);
+    f.s.prelude(f.b);
+    f.s.statement({{"work_mem", "2MB"}, {"statement_timeout", "1ms", false, Kind::kLocal}}, 0,
+                  true);
+    CHECK(f.s.catch_up(f.a, true).empty());  // the request itself runs them there
+    f.s.ready(kInBlock, f.a);
+    f.s.statement({}, 0, true);
+    CHECK(f.s.catch_up(f.b, true) ==
+          set_sql("work_mem", "2MB") +
+              "SELECT pg_catalog.set_config('statement_timeout', '1ms', true);");
+    CHECK(f.s.catch_up(f.b, true).empty());  // once
+    f.s.ready(kInBlock, f.b);
+    f.s.transaction_ended(commit);  // pgshard's COMMIT or ROLLBACK on both
+    CHECK(f.s.value("work_mem") == (commit ? "2MB" : ""));
+    // Neither server is taken to have the setting: each is brought to the client's.
+    for (auto* conn : {&f.a, &f.b})
+      CHECK(f.s.prelude(*conn) == (commit ? set_sql("work_mem", "2MB") : "RESET \"work_mem\";"));
+  }
+}
