@@ -295,9 +295,8 @@ PoolStats Pool::stats() const {
 PoolHolders Pool::holders() const {
   PoolHolders h;
   for (const auto* conn : lent_) h.pids.push_back(conn->pid());
-  // Servers of other workers (not listed) may come free for this one too.
-  h.spare = paused_ || !idle_.empty() || shared_.has_room() || connecting_ > 0 || h.pids.empty() ||
-            shared_.total() > total_;
+  h.spare = paused_ || !idle_.empty() || shared_.has_room() || connecting_ > 0;
+  h.servers = shared_.total();
   return h;
 }
 

@@ -53,10 +53,13 @@ struct PoolStats {
 };
 
 // Who may free a server of a pool that lends none now (the deadlock detector's pool-wait
-// edges): any holder that finishes frees one.
+// edges), as one worker sees it: any holder that finishes frees one. A pool's servers may
+// be lent on every worker: the detector merges the workers' views (a server the pool has
+// that no worker lists as lent is one that may come free too).
 struct PoolHolders {
-  std::vector<int32_t> pids;  // backend pids of the servers lent out
-  bool spare = false;         // one may come without a holder finishing (idle, room, PAUSE)
+  std::vector<int32_t> pids;  // backend pids of this worker's servers lent out
+  bool spare = false;  // one may come here without a holder finishing (idle, opening, room, PAUSE)
+  int servers = 0;     // the pool's servers in the whole process (open, opening or moving)
 };
 
 // Whether the shard answered the pool's last attempt to connect.
@@ -114,6 +117,8 @@ class Pool {
   // Idle connections (for SHOW SERVERS).
   const std::deque<std::unique_ptr<ServerConn>>& idle() const { return idle_; }
   const BackendTarget& target() const { return target_; }
+  // The process-wide pool this worker's is a part of (the same for every worker).
+  const SharedPool& shared() const { return shared_; }
   // Parameters the server reported at the pool's first login, on any worker (a worker may
   // have only servers other workers opened, whose settings clients changed since).
   const std::map<std::string, std::string>& server_params() const {

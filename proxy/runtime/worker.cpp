@@ -71,6 +71,14 @@ pool::Pool& Worker::make_pool(const std::pair<int, std::string>& key, pool::Back
   return ref;
 }
 
+std::vector<std::pair<const void*, pool::PoolHolders>> Worker::holders_of(
+    const std::set<const void*>& pools) const {
+  std::vector<std::pair<const void*, pool::PoolHolders>> out;
+  for (const auto& [key, p] : pools_)
+    if (const void* id = &p->shared(); pools.contains(id)) out.emplace_back(id, p->holders());
+  return out;
+}
+
 std::shared_ptr<const merge::ColumnCollations> Worker::column_collations(
     int shard, uint64_t generation) const {
   auto it = column_collations_.find(shard);

@@ -119,6 +119,11 @@ class Worker {
   // How this worker's statements were routed.
   RouteCounters& routes() { return routes_; }
 
+  // This worker's view of the pools in `pools` (SharedPool identities) it has a part of:
+  // who holds their servers here (the deadlock detector merges the workers' views).
+  std::vector<std::pair<const void*, pool::PoolHolders>> holders_of(
+      const std::set<const void*>& pools) const;
+
   // Runs `f` on the worker's thread and returns its result to a thread outside the
   // workers (nullopt if the worker does not answer within a second).
   template <typename F>

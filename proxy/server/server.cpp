@@ -159,6 +159,16 @@ std::vector<txn::WaitingTxn> Worker::waiting_txns() {
       .value_or(std::vector<txn::WaitingTxn>{});
 }
 
+std::vector<txn::PoolWait> Worker::pool_holders(const std::set<const void*>& pools) {
+  return ask([this, &pools] {
+           std::vector<txn::PoolWait> out;
+           for (auto& [id, h] : holders_of(pools))
+             out.push_back(txn::PoolWait{-1, std::move(h.pids), h.spare, id, h.servers});
+           return out;
+         })
+      .value_or(std::vector<txn::PoolWait>{});
+}
+
 void Worker::cancel_victim(const txn::Victim& v) {
   asio::post(*ctx_, [this, v] {
     for (auto& [id, weak] : sessions_)
@@ -475,6 +485,18 @@ void Server::start_deadlock_detector(const config::Config& cfg) {
           auto some = w->waiting_txns();
           all.insert(all.end(), some.begin(), some.end());
         }
+        // A pool's servers are lent on every worker: a wait for one on this worker may
+        // be a wait for a client of another.
+        std::set<const void*> pools;
+        for (const auto& t : all)
+          if (t.pool_wait) pools.insert(t.pool_wait->pool);
+        std::vector<txn::PoolWait> seen;
+        if (!pools.empty())
+          for (auto& w : workers_) {
+            auto some = w->pool_holders(pools);
+            seen.insert(seen.end(), some.begin(), some.end());
+          }
+        txn::merge_pool_waits(all, seen);
         return all;
       },
       [this](const txn::Victim& v) {

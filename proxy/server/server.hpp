@@ -60,6 +60,9 @@ class Worker final : public runtime::Worker {
   // hold servers on several shards (empty if the worker does not answer in time), and the
   // cancel of a victim.
   std::vector<txn::WaitingTxn> waiting_txns();
+  // Who holds servers of `pools` on this worker, for the pool waits of other workers'
+  // transactions (empty if the worker does not answer in time).
+  std::vector<txn::PoolWait> pool_holders(const std::set<const void*>& pools);
   void cancel_victim(const txn::Victim& v);
 
   void start();

@@ -165,7 +165,8 @@ std::optional<txn::WaitingTxn> Session::waiting_txn() const {
   }
   if (pool_waiting_) {
     auto holders = pool_waiting_->pool->holders();
-    t.pool_wait = txn::PoolWait{pool_waiting_->shard, std::move(holders.pids), holders.spare};
+    t.pool_wait = txn::PoolWait{pool_waiting_->shard, std::move(holders.pids), holders.spare,
+                                &pool_waiting_->pool->shared(), holders.servers};
   }
   return t;
 }

@@ -199,6 +199,22 @@ std::string describe(const std::vector<Graph::Step>& cycle, const Graph::Step& v
 
 }  // namespace
 
+void merge_pool_waits(std::vector<WaitingTxn>& txns, const std::vector<PoolWait>& seen) {
+  for (auto& t : txns) {
+    if (!t.pool_wait) continue;
+    auto& wait = *t.pool_wait;
+    std::set<int32_t> holders(wait.holders.begin(), wait.holders.end());
+    for (const auto& other : seen) {
+      if (other.pool != wait.pool || !wait.pool) continue;
+      holders.insert(other.holders.begin(), other.holders.end());
+      wait.spare = wait.spare || other.spare;
+      wait.servers = std::max(wait.servers, other.servers);
+    }
+    wait.holders.assign(holders.begin(), holders.end());
+    wait.spare = wait.spare || wait.servers > static_cast<int>(wait.holders.size());
+  }
+}
+
 std::vector<Victim> find_victims(const std::vector<WaitingTxn>& txns,
                                  const std::vector<LockWait>& waits,
                                  const std::vector<std::string>& shard_names) {

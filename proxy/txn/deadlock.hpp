@@ -35,6 +35,10 @@ struct PoolWait {
   int shard = -1;
   std::vector<int32_t> holders;  // backend pids of the pool's servers lent out
   bool spare = false;            // a server may come free without a holder finishing
+  // The process-wide pool (its identity): its servers are lent on every worker, and each
+  // worker knows only its own holders (merge_pool_waits).
+  const void* pool = nullptr;
+  int servers = 0;  // the pool's servers in the whole process (open, opening or moving)
 };
 
 // A client transaction holding servers on several shards, as its session reports it.
@@ -53,6 +57,13 @@ struct Victim {
   WaitingTxn txn;
   std::string detail;  // names the shards of the cycle, for the client's 40P01
 };
+
+// The pool waits of `txns` made whole: each wait's holders become those every worker
+// reported for its pool in `seen` (one PoolWait per worker and pool: that worker's holders,
+// whether a server may come free there), and a server of the pool that nobody listed as
+// lent (idle, opening, on its way between workers, or on a worker that did not answer)
+// makes the wait one a server may end without a holder finishing.
+void merge_pool_waits(std::vector<WaitingTxn>& txns, const std::vector<PoolWait>& seen);
 
 // The transactions to cancel so that no cycle crossing shards is left: in each cycle of the
 // wait-for graph (nodes: pgshard transactions, and backends pgshard does not know) whose

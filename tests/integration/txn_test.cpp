@@ -708,6 +708,52 @@ TEST_CASE(
   CHECK(prepared_left() == 0);
 }
 
+TEST_CASE("a cycle of pool waits across workers ends in 40P01", "[deadlock]") {
+  // s0 and s1 have one server each for the whole process. A (on one worker) holds s0's and
+  // waits for s1's; B (on the other worker) holds s1's and waits for s0's. No shard sees a
+  // lock wait: the cycle is pgshard's alone. Before, each worker's pool knew only its own
+  // holders, the waits looked as if a server might come free, and only timeouts.pool_wait
+  // ended it (08001 after it). Now B, the younger, gets 40P01; once it rolls back, A gets
+  // s1's server and commits.
+  make_accounts(12, 100);
+  const int a = account_on(0), b = account_on(1);
+  ProxyOptions o = accounts_map();
+  o.workers = 2;
+  o.pool_sizes = {1, 1};
+  o.extra_top = "timeouts: { pool_wait: 8s }\n";
+  Proxy proxy(o);
+  // Accepted in a row: round robin puts them on different workers.
+  auto ta = connect(proxy.conninfo()), tb = connect(proxy.conninfo());
+  query(ta.get(), "begin");
+  query(ta.get(), add_to(a));
+  query(tb.get(), "begin");
+  query(tb.get(), add_to(b));
+  REQUIRE(PQsendQuery(ta.get(), add_to(b).c_str()) == 1);
+  // (A queues for s1's server before B asks for s0's.)
+  CHECK(await_result(ta.get(), std::chrono::milliseconds(300)) == "timeout");
+  const auto formed = std::chrono::steady_clock::now();
+  REQUIRE(PQsendQuery(tb.get(), add_to(a).c_str()) == 1);
+  const std::string code = await_result(tb.get(), std::chrono::seconds(6));
+  const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
+      std::chrono::steady_clock::now() - formed);
+  std::cout << "cycle of pool waits across workers: " << (code.empty() ? "ok" : code) << " after "
+            << took.count() << " ms\n";
+  CHECK(code == "40P01");
+  CHECK(took < std::chrono::milliseconds(3000));
+  CHECK_THAT(PQerrorMessage(tb.get()), Catch::Contains("for a pooled server"));
+  CHECK(PQtransactionStatus(tb.get()) == PQTRANS_INERROR);
+  PGresult* r = PQexec(tb.get(), "rollback");
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  // A gets B's server of s1 (well before pool_wait) and commits both of its rows.
+  CHECK(await_result(ta.get(), std::chrono::seconds(3)).empty());
+  query(ta.get(), "commit");
+  CHECK(scalar(ta.get(), "select balance from accounts where id = " + std::to_string(a)) == "101");
+  CHECK(scalar(ta.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(total_balance() == 1202);
+  CHECK(prepared_left() == 0);
+}
+
 TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, nothing hangs",
           "[deadlock]") {
   // 8 clients transfer between random accounts on different shards, locking in whatever

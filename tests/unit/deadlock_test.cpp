@@ -172,3 +172,46 @@ TEST_CASE("two pool waits on two shards form a cycle PostgreSQL never sees", "[d
   txns[0].pool_wait.reset();
   CHECK(txn::find_victims(txns, {}, kShards).empty());
 }
+
+TEST_CASE("pool waits on two workers: the holders of every worker are merged", "[deadlock]") {
+  // A (worker 0) holds s0's only server and waits for s1's; B (worker 1) holds s1's and
+  // waits for s0's. Each worker's pool lends nothing of the shard its client waits for:
+  // alone, each wait has no holder and looks as if a server may come.
+  int s0 = 0, s1 = 0;  // (the pools' identities)
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}}), txn_on(2, 20, {{1, 200}})};
+  txns[0].worker = 0;
+  txns[1].worker = 1;
+  txns[0].pool_wait = txn::PoolWait{1, {}, false, &s1, 1};
+  txns[1].pool_wait = txn::PoolWait{0, {}, false, &s0, 1};
+  // What each worker reports of the pools waited for: its own holders.
+  const std::vector<txn::PoolWait> seen{{0, {100}, false, &s0, 1},
+                                        {1, {}, false, &s1, 1},
+                                        {0, {}, false, &s0, 1},
+                                        {1, {200}, false, &s1, 1}};
+  auto unmerged = txns;
+  txn::merge_pool_waits(unmerged, {});
+  CHECK(unmerged[0].pool_wait->spare);  // (a server nobody holds: it may come)
+  CHECK(txn::find_victims(unmerged, {}, kShards).empty());
+  auto merged = txns;
+  txn::merge_pool_waits(merged, seen);
+  CHECK(merged[0].pool_wait->holders == std::vector<int32_t>{200});
+  CHECK(merged[1].pool_wait->holders == std::vector<int32_t>{100});
+  CHECK_FALSE(merged[0].pool_wait->spare);
+  auto v = txn::find_victims(merged, {}, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);  // the younger
+  // A server of s1 that no worker lists as lent (idle, opening, on its way to a worker) may
+  // end A's wait: no deadlock.
+  auto spare = seen;
+  spare[3].servers = 2;
+  merged = txns;
+  txn::merge_pool_waits(merged, spare);
+  CHECK(merged[0].pool_wait->spare);
+  CHECK(txn::find_victims(merged, {}, kShards).empty());
+  // Nor when a worker says one may come there (an idle server, PAUSE, room to open one).
+  spare = seen;
+  spare[1].spare = true;
+  merged = txns;
+  txn::merge_pool_waits(merged, spare);
+  CHECK(txn::find_victims(merged, {}, kShards).empty());
+}
