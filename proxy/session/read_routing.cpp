@@ -52,7 +52,13 @@ std::optional<int> ReadRouting::target(const config::Config& cfg, const config::
     hosts.count_read(shard, -1, runtime::ReadCount::kPrimary);
     return shard;
   }
-  if (session && !settle(hosts, shard, ask.in_flight, ask.now)) return std::nullopt;
+  if (session && !settle(hosts, shard, ask.in_flight, ask.now)) {
+    // The write's position is not known yet (no check of the primary since it finished;
+    // one runs now): no replica can be shown to have it, and waiting for a check and then
+    // for a replica costs more than the primary's answer. The primary answers.
+    hosts.count_read(shard, -1, runtime::ReadCount::kPrimary);
+    return shard;
+  }
   const uint64_t min_lsn = session && static_cast<std::size_t>(shard) < written_.size()
                                ? written_[static_cast<std::size_t>(shard)].token
                                : 0;

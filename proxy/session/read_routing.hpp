@@ -6,8 +6,9 @@
 // saw the request finish (no reply owed), any check of s's primary *sent later* reports a WAL
 // position at or past that commit; that position becomes the session's token for s, and a
 // replica may serve s's reads once it has replayed to the token. Until a check has reported
-// it, or while no replica has caught up, the read waits (the health checks run at once while
-// anyone waits) for at most read_your_writes.wait, then goes to the primary.
+// it (one is asked for at once) s's reads go to the primary; once the token is known and no
+// replica has caught up, a read waits for one (the checks run at once while anyone waits) at
+// most read_your_writes.wait, then goes to the primary.
 #pragma once
 
 #include <cstdint>

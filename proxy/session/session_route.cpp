@@ -76,8 +76,9 @@ awaitable<void> Session::handle_request(char boundary) {
 awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
   // Directory keys not cached yet, values pgshard puts in: done, then routed again.
   if (router::routes_again(route)) co_await resolve_lookups(req, route);
-  if (route.shows_read_token && replicas_ && reads_.tokens_pending()) {
-    // SHOW pgshard.read_token after a write: the write's position first, then the answer.
+  if (route.shows_read_token && replicas_) {
+    // SHOW pgshard.read_token: every write's position first (a read in between may have
+    // settled one after the hint was last set), then the answer from the token as it is.
     co_await settle_read_token();
     route = route_batch(&req.simple);
   }

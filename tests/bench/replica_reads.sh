@@ -55,7 +55,7 @@ write_map() {  # file read_from consistency
 }
 
 hosts() {  # "host:port reads" per host, on one line
-  psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U admin pgshard -c 'SHOW HOSTS' 2>/dev/null |
+  PGPASSWORD=adminpw psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U admin pgshard -c 'SHOW HOSTS' 2>/dev/null |
     awk -F'|' '{printf "%s:%s=%s%s ", $1, $3, $13, ($14 + $15 > 0 ? "(fallback " $14 ", waited " $15 ")" : "")}'
 }
 
@@ -66,7 +66,7 @@ run() {  # name read_from consistency pgbench-args...
   local pid; pid=$(cat "$DIR/pgshard.pid")
   # Until every replica is up (checked every second).
   for _ in $(seq 50); do
-    [ "$(psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U admin pgshard -c 'SHOW REPLICAS' 2>/dev/null |
+    [ "$(PGPASSWORD=adminpw psql -X -qAt -h 127.0.0.1 -p "$PROXY" -U admin pgshard -c 'SHOW REPLICAS' 2>/dev/null |
          awk -F'|' '$6 == "up"' | wc -l)" = 6 ] && break
     sleep 0.2
   done
