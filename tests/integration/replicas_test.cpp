@@ -123,13 +123,22 @@ int ran_on(PGconn* c, const std::string& sql) {
 
 // A proxy reading from shard 0's replica, and users in transaction and session pooling.
 ProxyOptions reading_replica(int replica_port, const std::string& consistency) {
-  ProxyOptions o = with_replica(replica_port, "read_from: replicas\nread_consistency: " +
-                                                  consistency + "\nread_your_writes: { wait: 20ms }\n");
+  ProxyOptions o =
+      with_replica(replica_port, "read_from: replicas\nread_consistency: " + consistency +
+                                     "\nread_your_writes: { wait: 20ms }\n");
   o.users =
       "  - { name: app, password: secret, pool_mode: transaction }\n"
       "  - { name: keeper, password: secret, pool_mode: session }\n"
       "  - { name: admin, password: adminpw }\n";
   return o;
+}
+
+// Table `name` (id, v) on shard 0's primary with the row (1, 0), made afresh.
+void one_row_table(Cluster& cluster, const std::string& name) {
+  auto direct = connect(cluster.direct(0));
+  query(direct.get(), "DROP TABLE IF EXISTS " + name);
+  query(direct.get(), "CREATE TABLE " + name + " (id int PRIMARY KEY, v int)");
+  query(direct.get(), "INSERT INTO " + name + " VALUES (1, 0)");
 }
 
 }  // namespace
@@ -147,8 +156,8 @@ TEST_CASE("reads: plain reads go to the replica, anything that may write or lock
   // The extended protocol (a Bind parameter) reads there too.
   {
     const char* values[] = {"7"};
-    PGresult* r = PQexecParams(c.get(), "SELECT inet_server_port(), $1::int", 1, nullptr,
-                               values, nullptr, nullptr, 0);
+    PGresult* r = PQexecParams(c.get(), "SELECT inet_server_port(), $1::int", 1, nullptr, values,
+                               nullptr, nullptr, 0);
     REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
     CHECK(std::stoi(PQgetvalue(r, 0, 0)) == replica);
     PQclear(r);
@@ -173,22 +182,19 @@ TEST_CASE("reads: read-your-writes on a replica 400 ms behind; eventual reads go
           "[replicas]") {
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(0, 400);
-  {
-    auto direct = connect(cluster.direct(0));
-    query(direct.get(), "DROP TABLE IF EXISTS ryw_probe");
-    query(direct.get(), "CREATE TABLE ryw_probe (id int PRIMARY KEY, v int)");
-    query(direct.get(), "INSERT INTO ryw_probe VALUES (1, 0)");
-  }
+  one_row_table(cluster, "ryw_probe");
   const std::string write = "/* pgshard: shard=s0 */ UPDATE ryw_probe SET v = ";
   const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM ryw_probe WHERE id = 1";
   auto stale_reads = [&](const std::string& consistency) {
     Proxy proxy(reading_replica(replica, consistency));
     REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-    REQUIRE(wait_until([&] {
-      auto c = connect(proxy.conninfo());
-      return PQstatus(c.get()) == CONNECTION_OK &&
-             error_code(c.get(), read) == "";  // the table has reached the replica
-    }, std::chrono::seconds(10)));
+    REQUIRE(wait_until(
+        [&] {
+          auto c = connect(proxy.conninfo());
+          return PQstatus(c.get()) == CONNECTION_OK &&
+                 error_code(c.get(), read) == "";  // the table has reached the replica
+        },
+        std::chrono::seconds(10)));
     auto c = connect(proxy.conninfo());
     int stale = 0;
     for (int i = 1; i <= 10; ++i) {
@@ -204,26 +210,23 @@ TEST_CASE("reads: read-your-writes on a replica 400 ms behind; eventual reads go
 TEST_CASE("reads: a read token carries a write to another connection", "[replicas]") {
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(0, 400);
-  {
-    auto direct = connect(cluster.direct(0));
-    query(direct.get(), "DROP TABLE IF EXISTS token_probe");
-    query(direct.get(), "CREATE TABLE token_probe (id int PRIMARY KEY, v int)");
-    query(direct.get(), "INSERT INTO token_probe VALUES (1, 0)");
-  }
+  one_row_table(cluster, "token_probe");
   Proxy proxy(reading_replica(replica, "session"));
   REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
   const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM token_probe WHERE id = 1";
-  REQUIRE(wait_until([&] {
-    auto c = connect(proxy.conninfo());
-    return error_code(c.get(), read) == "";
-  }, std::chrono::seconds(10)));
+  REQUIRE(wait_until(
+      [&] {
+        auto c = connect(proxy.conninfo());
+        return error_code(c.get(), read) == "";
+      },
+      std::chrono::seconds(10)));
   auto writer = connect(proxy.conninfo());
   CHECK(scalar(writer.get(), "SHOW pgshard.read_token") == "");  // nothing written yet
   int untokened_stale = 0;
   std::string previous;
   for (int i = 1; i <= 5; ++i) {
-    query(writer.get(), "/* pgshard: shard=s0 */ UPDATE token_probe SET v = " +
-                            std::to_string(i) + " WHERE id = 1");
+    query(writer.get(), "/* pgshard: shard=s0 */ UPDATE token_probe SET v = " + std::to_string(i) +
+                            " WHERE id = 1");
     // (A read of its own first: the token shown after it still covers the write.)
     if (i % 2 == 0) CHECK(scalar(writer.get(), read) == std::to_string(i));
     const std::string token = scalar(writer.get(), "SHOW pgshard.read_token");
@@ -255,8 +258,9 @@ TEST_CASE("reads: a multi-shard read uses each shard's replica only without atom
   auto reads_of_replicas = [&](const std::string& visibility) {
     ProxyOptions o = reading_replica(r0, "eventual");
     o.sharded_tables = "  - { table: fan_probe, column: id, type: bigint }\n";
-    o.shard_extra = {"replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r0) + "/app\"]",
-                     "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r1) + "/app\"]"};
+    o.shard_extra = {
+        "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r0) + "/app\"]",
+        "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r1) + "/app\"]"};
     o.extra_top += visibility;
     Proxy proxy(o);
     REQUIRE(wait_until(
