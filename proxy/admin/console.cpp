@@ -296,10 +296,11 @@ std::string show_servers(const Snapshot& s) {
 // Every host of every shard as its last health check saw it (SHOW HOSTS), or only the
 // replicas (SHOW REPLICAS). Empty when no shard lists replicas (nothing is checked then).
 std::string show_hosts(const Snapshot& s, bool replicas_only) {
-  Table t{{"shard", kText},        {"host", kText},   {"port", kInt8},      {"listed_as", kText},
-          {"role", kText},         {"state", kText},  {"lag_bytes", kInt8}, {"lag_ms", kInt8},
-          {"banned_until", kText}, {"checks", kInt8}, {"failures", kInt8},  {"last_error", kText},
-          {"reads", kInt8},        {"fallbacks", kInt8}, {"waited", kInt8}};
+  Table t{{"shard", kText},     {"host", kText},      {"port", kInt8},
+          {"listed_as", kText}, {"role", kText},      {"state", kText},
+          {"lag_bytes", kInt8}, {"lag_ms", kInt8},    {"banned_until", kText},
+          {"checks", kInt8},    {"failures", kInt8},  {"last_error", kText},
+          {"reads", kInt8},     {"fallbacks", kInt8}, {"waited", kInt8}};
   for (const auto& h : s.hosts) {
     if (replicas_only && h.listed_primary) continue;
     const bool banned = h.banned_until > s.taken;

@@ -261,7 +261,7 @@ std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, 
 // A read token's text ("s0:0/16B3748,s2:1/0": shard name, WAL position as PostgreSQL writes
 // it) as (shard index, position) pairs; nullopt when it does not read as one for `cfg`.
 std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::string_view text,
-                                                                     const config::Config& cfg);
+                                                                      const config::Config& cfg);
 // A WAL position as PostgreSQL writes it ("0/16B3748") and back (nullopt: not one).
 std::string lsn_text(uint64_t lsn);
 std::optional<uint64_t> parse_lsn(std::string_view text);

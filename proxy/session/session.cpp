@@ -79,8 +79,8 @@ std::string Session::describe() const {
                     ", txn " + transaction_status() + " (" + txn::to_string(txn_.state()) + ")";
   if (backends_.active && backends_.active->lease)
     out += ", server S-" + std::to_string(backends_.active->lease->id()) + " (" +
-           config_.shards[static_cast<std::size_t>(shard_of_target(backends_.active->shard))].name + ", " +
-           backends_.active->lease->status + ")";
+           config_.shards[static_cast<std::size_t>(shard_of_target(backends_.active->shard))].name +
+           ", " + backends_.active->lease->status + ")";
   out += ", kept " + std::to_string(backends_.kept_count()) + ", txn servers " +
          std::to_string(backends_.participant_count());
   out += ", relays " + std::to_string(relays_) + (writing_server_ ? ", writing to a server" : "") +
@@ -88,9 +88,10 @@ std::string Session::describe() const {
   for (const auto& link : backends_.all()) {
     if (!link->lease) continue;
     out += ", S-" + std::to_string(link->lease->id()) + " (" +
-           config_.shards[static_cast<std::size_t>(shard_of_target(link->shard))].name + ", " + link->lease->status +
-           (link->borrowed ? ", lent" : "") + (link->parked ? ", parked" : "") +
-           (link->done ? ", done" : "") + (link->closing ? ", closing" : "") + ")";
+           config_.shards[static_cast<std::size_t>(shard_of_target(link->shard))].name + ", " +
+           link->lease->status + (link->borrowed ? ", lent" : "") +
+           (link->parked ? ", parked" : "") + (link->done ? ", done" : "") +
+           (link->closing ? ", closing" : "") + ")";
   }
   return out;
 }
