@@ -245,6 +245,19 @@ std::string outcome(PGconn* c, std::chrono::milliseconds limit) {
   return code;
 }
 
+// In a transaction block, `sql` waits for `holder`'s server and is cancelled: 57014, and the
+// transaction fails (25P02) until ROLLBACK, as PostgreSQL's cancel does.
+void cancel_fails_transaction(PGconn* adm, PGconn* holder, PGconn* waiter, const std::string& sql) {
+  query(waiter, "BEGIN");
+  wait_behind(adm, holder, waiter, sql);
+  REQUIRE(send_cancel(waiter));
+  CHECK(outcome(waiter, 2s) == "57014");
+  CHECK(PQtransactionStatus(waiter) == PQTRANS_INERROR);
+  query(holder, "COMMIT");
+  CHECK(error_code(waiter, "select 1") == "25P02");
+  query(waiter, "ROLLBACK");
+}
+
 }  // namespace
 
 TEST_CASE("a CancelRequest ends a client's wait for a pooled server with 57014 at once", "[pool]") {
@@ -267,14 +280,8 @@ TEST_CASE("a CancelRequest ends a client's wait for a pooled server with 57014 a
   CHECK(scalar(waiter.get(), "select count(*) from pool_cancelled") == "0");
 
   // In a transaction block the cancel fails the transaction, as PostgreSQL's does.
-  query(waiter.get(), "BEGIN");
-  wait_behind(adm.get(), holder.get(), waiter.get(), "insert into pool_cancelled values (2)");
-  REQUIRE(send_cancel(waiter.get()));
-  CHECK(outcome(waiter.get(), 2s) == "57014");
-  CHECK(PQtransactionStatus(waiter.get()) == PQTRANS_INERROR);
-  query(holder.get(), "COMMIT");
-  CHECK(error_code(waiter.get(), "select 1") == "25P02");
-  query(waiter.get(), "ROLLBACK");
+  cancel_fails_transaction(adm.get(), holder.get(), waiter.get(),
+                           "insert into pool_cancelled values (2)");
   CHECK(scalar(waiter.get(), "select count(*) from pool_cancelled") == "0");
 }
 
@@ -371,14 +378,8 @@ TEST_CASE("a CancelRequest ends a multi-shard statement's wait for a server: not
   }
 
   // In a transaction block the cancel fails the transaction, as PostgreSQL's does.
-  query(waiter.get(), "BEGIN");
-  wait_behind(adm.get(), holder.get(), waiter.get(), "update pool_spread set v = v + 1");
-  REQUIRE(send_cancel(waiter.get()));
-  CHECK(outcome(waiter.get(), 2s) == "57014");
-  CHECK(PQtransactionStatus(waiter.get()) == PQTRANS_INERROR);
-  query(holder.get(), "COMMIT");
-  CHECK(error_code(waiter.get(), "select 1") == "25P02");
-  query(waiter.get(), "ROLLBACK");
+  cancel_fails_transaction(adm.get(), holder.get(), waiter.get(),
+                           "update pool_spread set v = v + 1");
   CHECK(spread_changes() == before);
 
   // pg_terminate_backend ends it with FATAL 57P01, as a keyed statement's wait.
