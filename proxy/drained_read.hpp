@@ -11,12 +11,20 @@
 // marks the socket worth trying again; so no byte and no end of file is left unseen. A
 // socket without TCP_INQ (enable_drained_reads) is never taken for drained.
 //
+// The kernel's count covers bytes and an end of file, not a reset: a peer that sent its
+// last bytes and then reset the connection (a PostgreSQL backend killed by an immediate
+// shutdown sends its WARNING, then closes with a request unread) is counted as drained
+// when both had arrived before the read, and no later edge ever comes. A caller that cannot
+// tell from the bytes that the exchange is over asks nothing_pending() before taking a
+// socket for drained.
+//
 // `read(fd, drained)` does the recv itself, with recv_noting_drained, and returns its
 // result; it runs only when the socket may have data, so the caller can put off taking a
 // buffer until then.
 #pragma once
 
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -56,6 +64,13 @@ inline ssize_t recv_noting_drained(int fd, char* at, std::size_t room, bool& dra
         drained = left == 0;
       }
   return got;
+}
+
+// Whether nothing at all is waiting on the socket: no byte, no end of file, no reset or
+// other error (one poll, which does not consume anything).
+inline bool nothing_pending(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 0;
 }
 
 namespace drained_read_detail {

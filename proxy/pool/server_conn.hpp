@@ -128,10 +128,21 @@ class ServerConn {
           if (got > 0) {
             rbuf.commit(static_cast<std::size_t>(got));
             count_received(static_cast<std::size_t>(got));
+            // A reply ends with ReadyForQuery, after which an idle server sends nothing; any
+            // other last bytes may be a dying server's (drained_read.hpp: a reset after
+            // them is not counted).
+            if (drained && !ends_with_ready()) drained = nothing_pending(fd);
           }
           return got;
         },
         use_nothrow_op);
+  }
+
+  // Whether rbuf ends with a whole ReadyForQuery message.
+  bool ends_with_ready() const {
+    const auto v = rbuf.view();
+    constexpr std::string_view kReady("Z\0\0\0\5", 5);
+    return v.size() >= 6 && v.substr(v.size() - 6, 5) == kReady;
   }
 
   // Bytes to and from the server, counted in its pool's measurements.

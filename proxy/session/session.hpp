@@ -230,6 +230,11 @@ class Session : public std::enable_shared_from_this<Session>,
   // form waits at most read_your_writes.wait.
   std::optional<int> read_target_now(const router::Route& route, int shard, char boundary);
   awaitable<int> read_target(const router::Route& route, int shard, char boundary) override;
+  // Attaches a server of `target` when it is a replica; one that cannot give a server
+  // (down before its health check saw it) is banned and the read goes to another host of
+  // the shard, the primary last. Returns where the read runs, -1 when the client was
+  // answered (a cancelled or terminated wait).
+  awaitable<int> reach_read_target(const router::Route& route, int target, char boundary);
   // A routed request that may write: its shards' primaries hold the session's newest writes.
   // (Not a BEGIN, nor a statement that only changes settings: they write nothing.)
   void note_writes(const router::Route& route) {
@@ -472,6 +477,9 @@ class Session : public std::enable_shared_from_this<Session>,
     PoolWaiting::Stopped stopped = PoolWaiting::Stopped::kNo;
   };
   awaitable<PoolWaitEnd> wait_in_pool(int shard, bool statement);
+  // attach's end of a wait: the server becomes the active one (true), or the client is told
+  // why there is none.
+  awaitable<bool> take_server(PoolWaitEnd end, int shard);
   // The client's error for a wait that got no server (fails a transaction block on cancel).
   protocol::ErrorInfo pool_wait_error(const PoolWaitEnd& end);
   // A deadlock victim's servers roll back (requests wait until they have).
@@ -494,7 +502,9 @@ class Session : public std::enable_shared_from_this<Session>,
 
   pool::Backends backends_;  // this client's servers; backends_.active takes its requests
   bool writing_server_ = false;
-  int relays_ = 0;  // server_loop coroutines relaying (for the SIGUSR2 dump)
+  int relays_ = 0;             // server_loop coroutines relaying (for the SIGUSR2 dump)
+  const char* relay_at_ = "";  // what the relay last waited on (for the SIGUSR2 dump)
+  uint64_t relay_server_ = 0;  // the server it last read
   // A server_loop whose server went back to the pool waits here for the session's next one
   // (next_link_): spawning a coroutine per transaction cost more than the rest of its relay.
   Baton next_relay_;
