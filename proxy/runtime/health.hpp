@@ -102,6 +102,10 @@ class HostHealth {
   void count_read(int shard, int replica, ReadCount how);
   // Whether host `index` should be checked now (and the wish is taken).
   bool take_wanted(std::size_t index);
+  // Replica `replica` of `shard` (its index among the shard's replicas) could not give a
+  // server to a read: it is kept from reads for ban_time, as a failed check keeps it.
+  void ban_replica(int shard, int replica, std::string error, Clock::time_point now,
+                   const config::Replication& limits);
 
  private:
   // Replicas' lag from their shard's primary's last position (under mu_).

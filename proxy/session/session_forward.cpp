@@ -56,6 +56,13 @@ awaitable<void> Session::run_forward(const Request& req, const router::Route& ro
   } else if (replicas_ && route.read_only) {
     shard = co_await read_target(route, shard, req.boundary);
   }
+  if (shard >= static_cast<int>(config_.shards.size()) && !backends_.active) {
+    shard = co_await reach_read_target(route, shard, req.boundary);
+    if (shard < 0) {
+      pending_.clear();
+      co_return;
+    }
+  }
   log_forward(route, shard);
   std::string_view rest;
   if (!forwarded_now(shard, req.boundary, rest)) {
@@ -334,6 +341,11 @@ awaitable<bool> Session::attach(int shard) {
   if (attached_now(shard)) co_return true;
   Waiting waiting(*this, "a pooled server (attach)");
   auto end = co_await wait_in_pool(shard, false);
+  const bool took = co_await take_server(std::move(end), shard);
+  co_return took;
+}
+
+awaitable<bool> Session::take_server(PoolWaitEnd end, int shard) {
   if (end.stopped == PoolWaiting::Stopped::kTerminate) {
     co_await fail(Failure::kAdminShutdown, "terminating connection due to administrator command");
     co_return false;

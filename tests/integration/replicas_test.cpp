@@ -97,11 +97,22 @@ TEST_CASE("hosts: a replica that stops answering is down and banned, and up once
           "[replicas]") {
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(1);
-  ProxyOptions o = with_replica(replica, "");
+  // With a time limit: a restarted replica of an idle primary is not behind (it was
+  // `lagging` until the primary's next commit).
+  ProxyOptions o = with_replica(replica, "max_replica_lag: { time: 2s }\n");
   o.shard_extra = {
       "", "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(replica) + "/app\"]"};
   Proxy proxy(o);
   REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  // A commit the replica replays again when it restarts (no restart point on an immediate
+  // stop): its time is the replica's newest replayed commit.
+  {
+    auto direct = connect(cluster.direct(1));
+    query(direct.get(), "DROP TABLE IF EXISTS hosts_mark");
+    query(direct.get(), "CREATE TABLE hosts_mark (id int)");
+  }
+  REQUIRE(wait_until([&] { return replicas(proxy).at(0)["lag_bytes"] == "0"; },
+                     std::chrono::seconds(10)));
   cluster.kill_port(replica);
   CHECK(wait_until([&] { return replica_state(proxy) == "down"; }, std::chrono::seconds(5)));
   auto row = replicas(proxy).at(0);
@@ -112,6 +123,9 @@ TEST_CASE("hosts: a replica that stops answering is down and banned, and up once
   cluster.restart_port(replica);
   CHECK(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(15)));
   CHECK(replicas(proxy).at(0)["last_error"] == "");
+  // ... and stays up while its primary writes nothing.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  CHECK(replica_state(proxy) == "up");
 }
 
 namespace {
@@ -281,4 +295,26 @@ TEST_CASE("reads: a multi-shard read uses each shard's replica only without atom
   };
   CHECK(reads_of_replicas("atomic_visibility: false\n") == 2);
   CHECK(reads_of_replicas("") == 0);
+}
+
+TEST_CASE("reads: a replica gone before its check noticed sends its reads elsewhere",
+          "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const int primary = cluster.port(0);
+  ProxyOptions o = reading_replica(replica, "eventual");
+  // Checks far apart: the reads find the replica gone before a check does.
+  const auto at = o.extra_top.find("interval: 100ms");
+  REQUIRE(at != std::string::npos);
+  o.extra_top.replace(at, 15, "interval: 60s");
+  Proxy proxy(o);
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  cluster.kill_port(replica);
+  // Nothing was sent to the replica: the primary answers (before: 08001), and the replica
+  // is kept from reads until a check finds it back.
+  for (int i = 0; i < 3; ++i) CHECK(ran_on(c.get(), "SELECT inet_server_port()") == primary);
+  CHECK(replica_state(proxy) != "up");
+  cluster.restart_port(replica);
 }
