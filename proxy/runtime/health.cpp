@@ -27,6 +27,13 @@ const char* to_string(HostRole r) {
   return "?";
 }
 
+const char* state_of(const HostState& h, Clock::time_point now) {
+  if (h.checks == 0) return "unchecked";
+  if (!h.up) return "down";
+  if (h.banned_until > now) return "banned";
+  return h.lagging ? "lagging" : "up";
+}
+
 // A replica's time behind is how long ago it replayed its newest commit, while it has
 // received WAL it has not replayed yet (a caught-up replica of an idle primary is 0 behind,
 // however old its last commit). A restarted replica reports as received only the start of
@@ -132,6 +139,7 @@ void HostHealth::record_failure(std::size_t index, std::string error, Clock::tim
   h.checked_at = now;
   h.checks++;
   h.failures++;
+  h.bans += now >= h.banned_until;  // (a failure while banned extends that ban)
   h.banned_until = now + limits.ban_time;
   h.error = std::move(error);
 }
@@ -153,6 +161,7 @@ void HostHealth::update_lag(int shard, const config::Replication& limits) {
         limits.max_lag_bytes &&
         (h.lag_bytes < 0 || static_cast<uint64_t>(h.lag_bytes) > limits.max_lag_bytes);
     const bool time_over = limits.max_lag_time.count() && h.lag_ms > limits.max_lag_time.count();
+    h.bans += (bytes_over || time_over) && !h.lagging;
     h.lagging = bytes_over || time_over;
   }
 }

@@ -65,8 +65,13 @@ struct HostState {
   uint64_t reads = 0, fallbacks = 0, waited = 0;
   bool wanted = false;  // a read waits on this shard: check again now, not after the interval
   uint64_t checks = 0, failures = 0;
+  uint64_t bans = 0;  // times it was banned (a failed check) or turned lagging
   std::string error;  // why the last check failed ("" when it answered)
 };
+
+// What a host's last check makes of it at `now`, as SHOW HOSTS, /metrics and the dashboard
+// show it: unchecked, down, banned, lagging or up.
+const char* state_of(const HostState& h, Clock::time_point now);
 
 class HostHealth {
  public:

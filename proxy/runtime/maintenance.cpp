@@ -38,8 +38,12 @@ MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shar
 
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name) {
-  const auto& u = shard.primary;
-  const auto m = maintenance_login(cfg, shard);
+  return maintenance_conninfo(cfg, shard, shard.primary, application_name);
+}
+
+std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
+                                 const config::PgUrl& u, const std::string& application_name) {
+  const auto m = maintenance_login(cfg, shard, u);
   return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
          " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +
          " dbname=" + conninfo_value(m.database) + " connect_timeout=" +

@@ -20,5 +20,8 @@ MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shar
 // The same as a libpq conninfo.
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name);
+// The same for another host of the shard (a replica's URL).
+std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
+                                 const config::PgUrl& url, const std::string& application_name);
 
 }  // namespace pgshard::runtime
