@@ -234,10 +234,7 @@ bool Session::server_written(const std::shared_ptr<Link>& link, error_code ec) {
   }
   // The answer may have been relayed while this write was completing: let the reader
   // hand the server back now.
-  if (link == backends_.active && can_detach(*link)) {
-    error_code ignored;
-    link->lease->socket().cancel(ignored);
-  }
+  if (link == backends_.active && can_detach(*link)) backends_.wake(*link);
   return true;
 }
 
