@@ -272,6 +272,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // Sync. A part ending in Flush leaves the transaction open for the parts after it. False
   // when the batch is not such a pipeline (transaction control in it, a simple Query).
   awaitable<bool> run_split_pipeline();
+  // run_split_pipeline's plan: the pending pipeline's statements in groups, consecutive
+  // ones for the same shard together (`synced`: a Sync ends it); nullopt when it is not
+  // such a pipeline.
+  std::optional<std::vector<std::string>> pipeline_groups(bool& synced);
   // The client's next part of an open extended batch (sent after a Flush) needs a shard
   // other than the batch's server; and failing that batch (see the definition).
   bool continues_elsewhere();
@@ -316,6 +320,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
+  // control_transaction's answer to a lone BEGIN (deferred until a statement picks the
+  // shard) or a COMMIT/ROLLBACK of a transaction no shard has seen.
+  awaitable<void> control_locally(const router::Route& route, const Request& req);
   // pgshard's COMMIT/ROLLBACK ending a split pipeline's transaction on several shards: the
   // client gets its error or warning, if any (its Sync's ReadyForQuery follows); true when
   // it committed.
