@@ -156,20 +156,22 @@ class DrainedSocket {
   // The socket was given to another io_context (its reactor is looked up again).
   void forget_reactor() { reactor_ = nullptr; }
 
-  // Completes with (error_code, bytes read), as async_read_some.
+  // Completes with (error_code, bytes read), as async_read_some. Cancelled through the
+  // handler's cancellation slot (its coroutine's), or through `stop` alone when it is
+  // connected (a wake-up of the reader's own, as pool::RelayWake).
   template <typename Read, typename Token>
-  auto read(Read read, Token&& token) {
+  auto read(Read read, Token&& token, asio::cancellation_slot stop = {}) {
     namespace d = drained_read_detail;
     if (reactor_ == nullptr)
       reactor_ = &asio::use_service<d::detail::reactor>(
           asio::query(socket_->get_executor(), asio::execution::context));
     return asio::async_initiate<Token, void(error_code, std::size_t)>(
-        [this](auto handler, Read read) {
+        [this, stop](auto handler, Read read) {
           using Handler = decltype(handler);
           auto& object = d::SocketAccess::implementation(*socket_);
           auto& impl = object.get_implementation();
           const bool is_continuation = boost_asio_handler_cont_helpers::is_continuation(handler);
-          auto slot = asio::get_associated_cancellation_slot(handler);
+          auto slot = stop.is_connected() ? stop : asio::get_associated_cancellation_slot(handler);
           using Op = d::Op<Read, Handler>;
           typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
           p.p = new (p.v) Op(impl.socket_, read, handler);

@@ -64,17 +64,25 @@ awaitable<void> Session::run_forward(const Request& req, const router::Route& ro
     }
   }
   log_forward(route, shard);
-  std::string_view rest;
-  if (!forwarded_now(shard, req.boundary, rest)) {
-    co_await forward(shard, req.boundary);
-  } else if (!rest.empty()) {
-    auto link = backends_.active;  // (the socket was full)
-    co_await write_server(link, rest);
-    pending_.clear();
-  }
+  co_await forward(shard, req.boundary);
 }
 
 awaitable<void> Session::forward(int target, char boundary) {
+  // At once when the server is at hand (forwarded_now); the rest when the socket was full.
+  std::string_view rest;
+  if (!forwarded_now(target, boundary, rest)) co_await forward_waiting(target, boundary, rest);
+  if (!rest.empty()) co_await send_rest(rest);
+}
+
+awaitable<void> Session::send_rest(std::string_view rest) {
+  auto link = backends_.active;  // (the socket was full)
+  co_await write_server(link, rest);
+  pending_.clear();
+}
+
+awaitable<void> Session::forward_waiting(int target, char boundary, std::string_view& rest) {
+  // The server is on another shard or not at hand: the earlier replies drained, the
+  // transaction moved on, a server waited for.
   bool joins_transaction = false;
   if (backends_.active && backends_.active->shard != target) {
     if (!co_await drain()) co_return;
@@ -124,9 +132,7 @@ awaitable<void> Session::forward(int target, char boundary) {
     co_await lost_before_request(boundary);
     co_return;
   }
-  prepare_request(*link, joins_transaction, boundary);
-  co_await write_server(link, pending_);
-  pending_.clear();
+  sent_now(link, joins_transaction, boundary, rest);
 }
 
 awaitable<void> Session::lost_before_request(char boundary) {
@@ -142,13 +148,18 @@ bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
   const auto& link = backends_.active;
   if (!link || !link->lease) return false;  // (forward() answers a lost server)
-  prepare_request(*link, false, boundary);
+  sent_now(link, false, boundary, rest);
+  return true;
+}
+
+void Session::sent_now(const std::shared_ptr<Link>& link, bool joins_transaction, char boundary,
+                       std::string_view& rest) {
+  prepare_request(*link, joins_transaction, boundary);
   rest = pending_;
   if (write_server_now(link, rest)) {
     rest = {};
     pending_.clear();
   }
-  return true;
 }
 
 void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
@@ -241,10 +252,7 @@ bool Session::server_written(const std::shared_ptr<Link>& link, error_code ec) {
   }
   // The answer may have been relayed while this write was completing: let the reader
   // hand the server back now.
-  if (link == backends_.active && can_detach(*link)) {
-    error_code ignored;
-    link->lease->socket().cancel(ignored);
-  }
+  if (link == backends_.active && can_detach(*link)) backends_.wake(*link);
   return true;
 }
 

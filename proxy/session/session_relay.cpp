@@ -90,7 +90,9 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       {
         relay_at_ = "reading the server";
         relay_server_ = conn.id();
-        const error_code ec = std::get<0>(co_await conn.read_some());
+        // (Backends::wake ends this read, and only this one.)
+        const error_code ec = std::get<0>(co_await conn.read_some(link->wake.reading()));
+        link->wake.read_ended();
         if (ec == asio::error::operation_aborted && !conn.broken) {
           if (read_interrupted(link)) break;
           continue;
