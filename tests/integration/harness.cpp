@@ -204,12 +204,18 @@ std::string Cluster::log_tail(int i, int lines) const {
 }
 
 int Cluster::postmaster_pid(int i) const {
-  // postmaster.pid's first line (PostgreSQL docs, "Database File Layout").
-  return std::stoi(read_file(dir_ + "/" + std::to_string(port(i)) + "/postmaster.pid"));
+  return postmaster_pid_at(port(i));
 }
 
-FrozenShard::FrozenShard(int i) {
-  const int postmaster = Cluster::get().postmaster_pid(i);
+int Cluster::postmaster_pid_at(int port) const {
+  // postmaster.pid's first line (PostgreSQL docs, "Database File Layout").
+  return std::stoi(read_file(dir_ + "/" + std::to_string(port) + "/postmaster.pid"));
+}
+
+FrozenShard::FrozenShard(int i) : FrozenShard(AtPort{Cluster::get().port(i)}) {}
+
+FrozenShard::FrozenShard(AtPort at) {
+  const int postmaster = Cluster::get().postmaster_pid_at(at.port);
   // The postmaster first, so that it starts nobody new meanwhile.
   REQUIRE(::kill(postmaster, SIGSTOP) == 0);
   pids_.push_back(postmaster);

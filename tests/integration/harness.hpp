@@ -32,6 +32,7 @@ class Cluster {
   std::string log_tail(int i, int lines = 30) const;
   // Shard i's postmaster process.
   int postmaster_pid(int i) const;
+  int postmaster_pid_at(int port) const;  // shards and replicas
   // libpq conninfo straight to shard i (not through pgshard).
   std::string direct(int i) const;
   ~Cluster();
@@ -67,6 +68,11 @@ struct ProxyOptions {
 class FrozenShard {
  public:
   explicit FrozenShard(int i);
+  // The server listening on `port` (a replica).
+  struct AtPort {
+    int port;
+  };
+  explicit FrozenShard(AtPort at);
   ~FrozenShard() { thaw(); }
   FrozenShard(const FrozenShard&) = delete;
   FrozenShard& operator=(const FrozenShard&) = delete;

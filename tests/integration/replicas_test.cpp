@@ -459,3 +459,24 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
     query(direct.get(), "DROP TABLE replica_check");
   }
 }
+
+TEST_CASE(
+    "hosts: a replica whose checks hang is banned after health.timeout; reads go to the primary",
+    "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const int primary = cluster.port(0);
+  Proxy proxy(reading_replica(replica, "eventual"));  // health.timeout 1s
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  {
+    // Accepts connections, never answers: the check times out.
+    FrozenShard frozen(FrozenShard::AtPort{replica});
+    CHECK(wait_until([&] { return replica_state(proxy) == "down"; }, std::chrono::seconds(5)));
+    CHECK(replicas(proxy).at(0)["last_error"] != "");
+    for (int i = 0; i < 3; ++i) CHECK(ran_on(c.get(), "SELECT inet_server_port()") == primary);
+  }
+  CHECK(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(15)));
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+}
