@@ -38,7 +38,11 @@ MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shar
 
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name) {
-  const auto& u = shard.primary;
+  return maintenance_conninfo(cfg, shard, shard.primary, application_name);
+}
+
+std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
+                                 const config::PgUrl& u, const std::string& application_name) {
   const auto m = maintenance_login(cfg, shard);
   return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
          " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +

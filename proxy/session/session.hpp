@@ -470,6 +470,7 @@ class Session : public std::enable_shared_from_this<Session>,
   struct PoolWaitEnd {
     std::variant<pool::Lease, std::string> got;
     PoolWaiting::Stopped stopped = PoolWaiting::Stopped::kNo;
+    bool two_primaries = false;  // refused: the shard has more than one primary (08006)
   };
   awaitable<PoolWaitEnd> wait_in_pool(int shard, bool statement);
   // The client's error for a wait that got no server (fails a transaction block on cancel).
