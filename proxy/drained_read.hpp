@@ -11,12 +11,20 @@
 // marks the socket worth trying again; so no byte and no end of file is left unseen. A
 // socket without TCP_INQ (enable_drained_reads) is never taken for drained.
 //
+// The kernel's count covers bytes and an end of file, not a reset: a peer that sent its
+// last bytes and then reset the connection (a PostgreSQL backend killed by an immediate
+// shutdown sends its WARNING, then closes with a request unread) is counted as drained
+// when both had arrived before the read, and no later edge ever comes. A caller that cannot
+// tell from the bytes that the exchange is over asks nothing_pending() before taking a
+// socket for drained.
+//
 // `read(fd, drained)` does the recv itself, with recv_noting_drained, and returns its
 // result; it runs only when the socket may have data, so the caller can put off taking a
 // buffer until then.
 #pragma once
 
 #include <netinet/tcp.h>
+#include <poll.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -56,6 +64,13 @@ inline ssize_t recv_noting_drained(int fd, char* at, std::size_t room, bool& dra
         drained = left == 0;
       }
   return got;
+}
+
+// Whether nothing at all is waiting on the socket: no byte, no end of file, no reset or
+// other error (one poll, which does not consume anything).
+inline bool nothing_pending(int fd) {
+  pollfd p{fd, POLLIN | POLLRDHUP, 0};
+  return ::poll(&p, 1, 0) == 0;
 }
 
 namespace drained_read_detail {
@@ -141,20 +156,22 @@ class DrainedSocket {
   // The socket was given to another io_context (its reactor is looked up again).
   void forget_reactor() { reactor_ = nullptr; }
 
-  // Completes with (error_code, bytes read), as async_read_some.
+  // Completes with (error_code, bytes read), as async_read_some. Cancelled through the
+  // handler's cancellation slot (its coroutine's), or through `stop` alone when it is
+  // connected (a wake-up of the reader's own, as pool::RelayWake).
   template <typename Read, typename Token>
-  auto read(Read read, Token&& token) {
+  auto read(Read read, Token&& token, asio::cancellation_slot stop = {}) {
     namespace d = drained_read_detail;
     if (reactor_ == nullptr)
       reactor_ = &asio::use_service<d::detail::reactor>(
           asio::query(socket_->get_executor(), asio::execution::context));
     return asio::async_initiate<Token, void(error_code, std::size_t)>(
-        [this](auto handler, Read read) {
+        [this, stop](auto handler, Read read) {
           using Handler = decltype(handler);
           auto& object = d::SocketAccess::implementation(*socket_);
           auto& impl = object.get_implementation();
           const bool is_continuation = boost_asio_handler_cont_helpers::is_continuation(handler);
-          auto slot = asio::get_associated_cancellation_slot(handler);
+          auto slot = stop.is_connected() ? stop : asio::get_associated_cancellation_slot(handler);
           using Op = d::Op<Read, Handler>;
           typename Op::ptr p = {asio::detail::addressof(handler), Op::ptr::allocate(handler), 0};
           p.p = new (p.v) Op(impl.socket_, read, handler);

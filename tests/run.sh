@@ -26,6 +26,12 @@ run_ctest() {  # build-directory [ctest arguments]
 }
 
 status=0
+# The container tier's base images come from a debootstrap of Debian (minutes of download
+# and unpacking, little CPU): made now, beside the builds; the tier waits for it.
+if [ "${PGSHARD_SKIP_CONTAINER:-0}" != 1 ]; then
+  mkdir -p "$ROOT/build"
+  nice -n 10 "$ROOT/tests/deploy/container_test.sh" --base-only >"$ROOT/build/container-base.log" 2>&1 &
+fi
 background=
 if [ "${PGSHARD_SKIP_SANITIZE:-0}" != 1 ]; then
   mkdir -p "$ROOT/build"

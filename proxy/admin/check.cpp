@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "proxy/runtime/maintenance.hpp"
 #include "proxy/txn/recovery.hpp"
 
 namespace pgshard::admin {
@@ -159,6 +160,18 @@ constexpr const char* kSequencesSql =
     "join pg_namespace n on n.oid = k.relnamespace join pg_sequence q on q.seqrelid = k.oid "
     "order by 1, 2";
 
+// A server's system identifier (a streaming replica has its primary's) and whether it is in
+// recovery.
+constexpr const char* kSystemSql =
+    "select system_identifier::text, pg_is_in_recovery() from pg_control_system()";
+
+// libpq's last error on `c`, without its trailing newlines.
+std::string message(PGconn* c) {
+  std::string err = PQerrorMessage(c);
+  while (!err.empty() && err.back() == '\n') err.pop_back();
+  return err;
+}
+
 // check_live over the shards one by one: each problem one ERROR line.
 class LiveCheck {
  public:
@@ -170,7 +183,11 @@ class LiveCheck {
     if (problems_ == 0)
       out_ << "OK: " << cfg_.shards.size() << " shards answer; " << cfg_.sharded_tables.size()
            << " sharded tables with their keys and the same columns on every shard"
-           << (cfg_.two_phase_commit ? "; two-phase commit possible" : "") << "\n";
+           << (cfg_.two_phase_commit ? "; two-phase commit possible" : "")
+           << (replicas_ ? "; every replica (" + std::to_string(replicas_) +
+                               ") replicates its shard's primary"
+                         : "")
+           << "\n";
     else
       out_ << problems_ << " problem" << (problems_ == 1 ? "" : "s") << " found\n";
     return problems_;
@@ -187,9 +204,7 @@ class LiveCheck {
     Connection c(PQconnectdb(runtime::maintenance_conninfo(cfg_, shard, "pgshard-check").c_str()),
                  PQfinish);
     if (PQstatus(c.get()) != CONNECTION_OK) {
-      std::string err = PQerrorMessage(c.get());
-      while (!err.empty() && err.back() == '\n') err.pop_back();
-      problem(at + ": cannot connect: " + err);
+      problem(at + ": cannot connect: " + message(c.get()));
       return;
     }
     if (cfg_.two_phase_commit) {
@@ -204,6 +219,39 @@ class LiveCheck {
     for (const auto& ref : cfg_.reference_tables)
       if (ask(c.get(), kColumnsSql, ref).empty())
         problem(at + ": reference table " + ref + " does not exist");
+    if (!shard.replicas.empty()) check_replicas(c.get(), at, shard);
+  }
+
+  // Each replica answers in recovery with its primary's system identifier: a streaming
+  // replica (or a replica's replica) of it, not a primary or a copy of another cluster.
+  void check_replicas(PGconn* primary, const std::string& at, const config::Shard& shard) {
+    const auto own = ask(primary, kSystemSql, "");
+    if (own.empty()) {
+      problem(at + ": cannot read its system identifier: " + message(primary));
+      return;
+    }
+    for (const auto& url : shard.replicas) {
+      const std::string replica = "shard " + shard.name + " replica (" + url.text() + ")";
+      Connection c(
+          PQconnectdb(runtime::maintenance_conninfo(cfg_, shard, url, "pgshard-check").c_str()),
+          PQfinish);
+      if (PQstatus(c.get()) != CONNECTION_OK) {
+        problem(replica + ": cannot connect: " + message(c.get()));
+        continue;
+      }
+      const auto rows = ask(c.get(), kSystemSql, "");
+      if (rows.empty()) {
+        problem(replica + ": cannot read its system identifier: " + message(c.get()));
+      } else if (rows[0][0] != own[0][0]) {
+        problem(replica + ": not a replica of the shard's primary: its system identifier is " +
+                rows[0][0] + ", the primary's " + own[0][0] +
+                " (a server of another cluster; fix its URL in the map)");
+      } else if (rows[0][1] != "t") {
+        problem(replica + ": not in recovery (a primary, not a replica; fix its URL in the map)");
+      } else {
+        ++replicas_;
+      }
+    }
   }
 
   // The table exists, has its key column of the map's type, and the first shard's columns.
@@ -251,6 +299,7 @@ class LiveCheck {
   const config::Config& cfg_;
   std::ostream& out_;
   int problems_ = 0;
+  int replicas_ = 0;  // replicas found replicating their shard's primary
   // Per table: the first shard's columns, to compare the others with.
   std::map<std::string, std::pair<std::string, Columns>> first_seen_;
   std::map<std::string, std::vector<Sequence>> sequences_;  // table.column -> shards' copies

@@ -12,7 +12,9 @@ namespace pgshard::admin {
 // max_prepared_transactions > 0; the shards' copies of the sequences behind sharded
 // tables' generated columns have not handed out values the first shard's (which pgshard
 // draws from) will hand out again (an ERROR), and a NOTE with the fix where the copies can
-// collide for writes that bypass pgshard. Prints one line per problem (naming the shard)
+// collide for writes that bypass pgshard; every replica a shard lists answers, is in recovery
+// and has its primary's system identifier (pg_control_system(): a replica of that primary,
+// not a server of another cluster). Prints one line per problem (naming the shard)
 // and a summary; returns the number of problems.
 int check_live(const config::Config& cfg, std::ostream& out);
 

@@ -305,13 +305,9 @@ std::string show_hosts(const Snapshot& s, bool replicas_only) {
   for (const auto& h : s.hosts) {
     if (replicas_only && h.listed_primary) continue;
     const bool banned = h.banned_until > s.taken;
-    const char* state = h.checks == 0 ? "unchecked"
-                        : !h.up       ? "down"
-                        : banned      ? "banned"
-                        : h.lagging   ? "lagging"
-                                      : "up";
     t << h.shard_name << h.host << static_cast<int>(h.port)
-      << (h.listed_primary ? "primary" : "replica") << runtime::to_string(h.role) << state;
+      << (h.listed_primary ? "primary" : "replica") << runtime::to_string(h.role)
+      << runtime::state_of(h, s.taken);
     if (h.role == runtime::HostRole::kReplica && h.lag_bytes >= 0)
       t << h.lag_bytes;
     else

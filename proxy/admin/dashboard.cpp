@@ -16,7 +16,8 @@ const char* const kDashboardHtml = R"html(<!doctype html>
   th:first-child, td:first-child, td.text { text-align: left; }
   .up { color: #176f2c; font-weight: 600; }
   .down { color: #b3261e; font-weight: 600; }
-  .unknown { color: #777; }
+  .unknown, .unchecked { color: #777; }
+  .lagging, .banned { color: #b26a00; font-weight: 600; }
   .bar { display: inline-block; height: .8em; background: #4a7bd0; vertical-align: middle; }
   .skewed { color: #b3261e; font-weight: 600; }
   #meta { color: #555; }
@@ -31,6 +32,13 @@ const char* const kDashboardHtml = R"html(<!doctype html>
   <thead><tr><th>shard</th><th>state</th><th>primary</th><th>p50 ms</th><th>p99 ms</th>
   <th>queries (5 min)</th><th>pool used / size</th><th>waiting</th><th>queries</th>
   <th>errors</th><th>database</th><th>last error</th></tr></thead>
+  <tbody></tbody>
+</table>
+<h2>Hosts</h2>
+<div id="no_hosts">No shard lists replicas: hosts are not checked.</div>
+<table id="hosts">
+  <thead><tr><th>shard</th><th>host</th><th>listed as</th><th>role</th><th>state</th>
+  <th>lag bytes</th><th>lag ms</th><th>reads</th><th>bans</th><th>last error</th></tr></thead>
   <tbody></tbody>
 </table>
 <h2>Data distribution</h2>
@@ -54,6 +62,30 @@ function bytes(n) {
   while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
   return n.toFixed(i ? 1 : 0) + " " + units[i];
 }
+// Each shard's hosts (primary first, then its replicas) as their last health check saw them.
+function renderHosts(shards) {
+  const body = document.querySelector("#hosts tbody");
+  body.replaceChildren();
+  for (const sh of shards) {
+    for (const h of sh.hosts || []) {
+      const tr = el("tr", {"data-shard": sh.name, "data-host": h.host});
+      tr.append(el("td", {}, sh.name),
+                el("td", {"class": "text host"}, h.host),
+                el("td", {"class": "text listed"}, h.listed_as),
+                el("td", {"class": "text role"}, h.role),
+                el("td", {"class": "state " + h.state}, h.state),
+                el("td", {"class": "lag_bytes"}, h.lag_bytes === null ? "–" : h.lag_bytes),
+                el("td", {"class": "lag_ms"}, h.lag_ms === null ? "–" : h.lag_ms),
+                el("td", {"class": "reads"}, h.reads),
+                el("td", {"class": "bans"}, h.bans),
+                el("td", {"class": "text last_error"}, h.last_error));
+      body.append(tr);
+    }
+  }
+  const any = body.children.length > 0;
+  document.getElementById("hosts").style.display = any ? "" : "none";
+  document.getElementById("no_hosts").style.display = any ? "none" : "";
+}
 function render(s) {
   document.getElementById("meta").textContent =
     "pgshard " + s.version + " · up " + Math.round(s.uptime_s) + " s · " + s.clients +
@@ -76,6 +108,7 @@ function render(s) {
               el("td", {"class": "text last_error"}, sh.last_error));
     body.append(tr);
   }
+  renderHosts(s.shards);
   const tables = document.getElementById("tables");
   tables.replaceChildren();
   for (const t of s.tables) {

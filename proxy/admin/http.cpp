@@ -12,6 +12,8 @@
 
 #include "proxy/admin/console.hpp"
 #include "proxy/admin/dashboard.hpp"
+#include "proxy/admin/exposition.hpp"
+#include "proxy/admin/host_report.hpp"
 #include "proxy/admin/http_auth.hpp"
 #include "proxy/runtime/worker.hpp"
 #include "proxy/txn/recovery.hpp"
@@ -38,87 +40,6 @@ int fd_ceiling() {
   const auto soft = static_cast<int>(lim.rlim_cur);
   return soft - std::min(soft / 4, 1024);
 }
-
-// A Prometheus label value or JSON string body: backslash, quote and newline escaped.
-std::string escaped(std::string_view v) {
-  std::string out;
-  for (char c : v) {
-    if (c == '\\' || c == '"') {
-      out += '\\';
-      out += c;
-    } else if (c == '\n') {
-      out += "\\n";
-    } else if (static_cast<unsigned char>(c) < 0x20) {
-      out += ' ';
-    } else {
-      out += c;
-    }
-  }
-  return out;
-}
-
-std::string number(double v) {
-  char buf[40];
-  // Counts and byte sizes print whole (exact up to 2^53); fractions with 6 digits.
-  if (v == static_cast<double>(static_cast<int64_t>(v)) && std::abs(v) < 9.0e15)
-    std::snprintf(buf, sizeof buf, "%lld", static_cast<long long>(v));
-  else
-    std::snprintf(buf, sizeof buf, "%.6g", v);
-  return buf;
-}
-
-// Writes metric families: one HELP/TYPE header per name, then its samples.
-class Exposition {
- public:
-  void family(std::string_view name, std::string_view type, std::string_view help) {
-    out_ += "# HELP ";
-    out_ += name;
-    out_ += ' ';
-    out_ += help;
-    out_ += "\n# TYPE ";
-    out_ += name;
-    out_ += ' ';
-    out_ += type;
-    out_ += '\n';
-  }
-  void sample(std::string_view name,
-              std::initializer_list<std::pair<std::string_view, std::string_view>> labels,
-              double value) {
-    out_ += name;
-    if (labels.size()) {
-      out_ += '{';
-      bool first = true;
-      for (const auto& [k, v] : labels) {
-        if (!first) out_ += ',';
-        first = false;
-        out_ += k;
-        out_ += "=\"";
-        out_ += escaped(v);
-        out_ += '"';
-      }
-      out_ += '}';
-    }
-    out_ += ' ';
-    out_ += number(value);
-    out_ += '\n';
-  }
-  void histogram(std::string_view name, std::string_view shard, const pool::Histogram& h) {
-    const std::string bucket = std::string(name) + "_bucket";
-    uint64_t cumulative = 0;
-    for (std::size_t i = 0; i < pool::Histogram::kBounds.size(); ++i) {
-      cumulative += h.buckets[i];
-      sample(bucket, {{"shard", shard}, {"le", number(pool::Histogram::kBounds[i] / 1e6)}},
-             static_cast<double>(cumulative));
-    }
-    sample(bucket, {{"shard", shard}, {"le", "+Inf"}}, static_cast<double>(h.count));
-    sample(std::string(name) + "_sum", {{"shard", shard}}, static_cast<double>(h.sum_us) / 1e6);
-    sample(std::string(name) + "_count", {{"shard", shard}}, static_cast<double>(h.count));
-  }
-  std::string take() { return std::move(out_); }
-
- private:
-  std::string out_;
-};
 
 const char* shard_state(const ShardSample& s) {
   if (s.pinged == Clock::time_point{}) return "unknown";
@@ -454,6 +375,7 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
   route_metrics(e, snap.routes());
   cache_metrics(e, snap);
   two_phase_metrics(e, snap);
+  host_metrics(e, snap, cfg);
   return e.take();
 }
 
@@ -485,7 +407,8 @@ std::string HttpServer::status_json(const Snapshot& snap) {
          ",\"p50_ms\":" + number(recent[i].quantile(0.5) / 1000) +
          ",\"p99_ms\":" + number(recent[i].quantile(0.99) / 1000) +
          ",\"recent_queries\":" + std::to_string(recent[i].count) +
-         ",\"database_bytes\":" + std::to_string(s.database_bytes) + ",\"last_error\":\"" +
+         ",\"database_bytes\":" + std::to_string(s.database_bytes) +
+         ",\"hosts\":" + hosts_json(snap, static_cast<int>(i)) + ",\"last_error\":\"" +
          escaped(!s.answered && !s.ping_error.empty() ? s.ping_error
                  : r                                  ? r->health.last_error
                                                       : "") +

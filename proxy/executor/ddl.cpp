@@ -116,6 +116,82 @@ awaitable<bool> retry_while_connected(Client& c, std::string_view error_frame) {
 
 }  // namespace
 
+namespace {
+
+// What the shards DDL ran on have answered so far.
+struct DdlRun {
+  std::string out;                   // notices, each once, for the client
+  std::vector<std::string> applied;  // the shards that applied it
+  std::string first_tag;             // the first shard's replies, standing for all
+  std::optional<std::string> error_frame;
+  std::set<std::string> notices_seen;
+};
+
+enum class DdlOutcome { kApplied, kFailed, kNoServer };
+
+// Runs the DDL on `shard` (named `name`); run.error_frame says why it failed.
+awaitable<DdlOutcome> ddl_on_shard(Client& c, int shard, const std::string& name,
+                                   std::string_view messages, DdlRun& run) {
+  auto got = co_await c.wait_for_server(shard);
+  if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
+    std::string e;
+    proto::write_error(e, *err);
+    run.error_frame = e;
+    co_return DdlOutcome::kNoServer;
+  }
+  auto lease = std::move(std::get<pool::Lease>(got));
+  std::string batch = c.sync_prelude(*lease);
+  std::deque<bool> hidden_parse;
+  const std::string request = ddl_request(c, messages, hidden_parse);
+  batch += request;
+  lease->replies.expect_batch(request, pool::Replies::Owner::kClient);
+  auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
+  lease->count_sent(n);
+  std::string replies;
+  bool failed = false;
+  bool ok =
+      !ec && co_await lease->read_replies(
+                 c.config().listen.max_message_size,
+                 [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
+                   if (verdict == pool::Replies::Verdict::kHide) return false;
+                   if (f.type == proto::msg::kParseComplete && !hidden_parse.empty()) {
+                     const bool ours = hidden_parse.front();
+                     hidden_parse.pop_front();
+                     if (ours) return false;
+                   }
+                   switch (f.type) {
+                     case proto::msg::kErrorResponse:
+                       failed = true;
+                       run.error_frame = std::string(raw);
+                       break;
+                     case proto::msg::kNoticeResponse:
+                       if (run.notices_seen.insert(std::string(raw)).second) run.out.append(raw);
+                       break;
+                     case proto::msg::kReadyForQuery:
+                     case proto::msg::kParameterStatus:
+                       break;
+                     default:
+                       // The first shard's replies stand for all (tags, ParseComplete...).
+                       if (run.applied.empty()) replies.append(raw);
+                   }
+                   return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
+                 });
+  if (!ok) {
+    pool::report(*lease, pool::ServerFailure::kIoError);
+    std::string e;
+    proto::write_error(e, proto::error(sqlstate::kConnectionFailure,
+                                       "server connection to shard " + name + " was lost"));
+    run.error_frame = e;
+    failed = true;
+  }
+  if (failed) co_return DdlOutcome::kFailed;
+  if (run.applied.empty()) run.first_tag = replies;
+  run.applied.push_back(name);
+  co_return DdlOutcome::kApplied;
+}
+
+}  // namespace
+
 awaitable<void> run_ddl(Client& c, ReplySink& reply, const std::vector<int>& shards,
                         std::string_view messages) {
   catalog_changed(c);  // what was read of the catalogs may change
@@ -123,89 +199,33 @@ awaitable<void> run_ddl(Client& c, ReplySink& reply, const std::vector<int>& sha
   // learns which shards applied it. No transaction wraps it, so CREATE INDEX CONCURRENTLY
   // works as it does on one PostgreSQL.
   if (c.backends().active && !c.session_pooled()) c.release(c.backends().active);
-  std::string out;
-  std::vector<std::string> applied;
-  std::string first_tag;
-  std::optional<std::string> error_frame;
+  DdlRun run;
   std::string failed_shard;
-  std::set<std::string> notices_seen;
   bool retried = false;
   for (std::size_t k = 0; k < shards.size(); ++k) {
     const int shard = shards[k];
     const auto& name = c.config().shards[static_cast<std::size_t>(shard)].name;
-    auto got = co_await c.wait_for_server(shard);
-    if (auto* err = std::get_if<proto::ErrorInfo>(&got)) {
-      std::string e;
-      proto::write_error(e, *err);
-      error_frame = e;
-      failed_shard = name;
-      break;
+    const DdlOutcome outcome = co_await ddl_on_shard(c, shard, name, messages, run);
+    if (outcome == DdlOutcome::kApplied) continue;
+    if (outcome == DdlOutcome::kFailed && !retried && run.error_frame) {
+      const bool again = co_await retry_while_connected(c, *run.error_frame);
+      if (again) {
+        retried = true;
+        run.error_frame.reset();
+        --k;
+        continue;
+      }
     }
-    auto lease = std::move(std::get<pool::Lease>(got));
-    std::string batch = c.sync_prelude(*lease);
-    std::deque<bool> hidden_parse;
-    const std::string request = ddl_request(c, messages, hidden_parse);
-    batch += request;
-    lease->replies.expect_batch(request, pool::Replies::Owner::kClient);
-    auto [ec, n] = co_await asio::async_write(lease->socket(), asio::buffer(batch), use_nothrow);
-    lease->count_sent(n);
-    std::string replies;
-    bool failed = false;
-    bool ok = !ec &&
-              co_await lease->read_replies(
-                  c.config().listen.max_message_size,
-                  [&](const proto::Frame& f, std::string_view raw, pool::Replies::Verdict verdict) {
-                    if (verdict == pool::Replies::Verdict::kHide) return false;
-                    if (f.type == proto::msg::kParseComplete && !hidden_parse.empty()) {
-                      const bool ours = hidden_parse.front();
-                      hidden_parse.pop_front();
-                      if (ours) return false;
-                    }
-                    switch (f.type) {
-                      case proto::msg::kErrorResponse:
-                        failed = true;
-                        error_frame = std::string(raw);
-                        break;
-                      case proto::msg::kNoticeResponse:
-                        if (notices_seen.insert(std::string(raw)).second) out.append(raw);
-                        break;
-                      case proto::msg::kReadyForQuery:
-                      case proto::msg::kParameterStatus:
-                        break;
-                      default:
-                        // The first shard's replies stand for all (tags, ParseComplete...).
-                        if (applied.empty()) replies.append(raw);
-                    }
-                    return f.type == proto::msg::kReadyForQuery && lease->replies.empty();
-                  });
-    if (!ok) {
-      pool::report(*lease, pool::ServerFailure::kIoError);
-      std::string e;
-      proto::write_error(e, proto::error(sqlstate::kConnectionFailure,
-                                         "server connection to shard " + name + " was lost"));
-      error_frame = e;
-      failed = true;
-    }
-    if (failed && !retried && error_frame && co_await retry_while_connected(c, *error_frame)) {
-      retried = true;
-      error_frame.reset();
-      --k;
-      continue;
-    }
-    if (failed) {
-      failed_shard = name;
-      break;
-    }
-    if (applied.empty()) first_tag = replies;
-    applied.push_back(name);
+    failed_shard = name;
+    break;
   }
-  if (error_frame) {
-    write_ddl_error(c, shards, *error_frame, applied, failed_shard, out);
+  if (run.error_frame) {
+    write_ddl_error(c, shards, *run.error_frame, run.applied, failed_shard, run.out);
   } else {
-    out += first_tag;
+    run.out += run.first_tag;
   }
-  reply.end_request(out, c.transaction_status());
-  co_await reply.write(out);
+  reply.end_request(run.out, c.transaction_status());
+  co_await reply.write(run.out);
 }
 
 }  // namespace pgshard::executor

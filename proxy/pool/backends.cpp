@@ -95,18 +95,13 @@ void Backends::release(const std::shared_ptr<Link>& link, bool owes) {
   link->done = true;
   auto keep_alive = link;  // `link` may be `active`, which forget() resets
   forget(*keep_alive);
-  // Wake the relay so it returns the connection.
-  if (keep_alive->lease) {
-    error_code ignored;
-    keep_alive->lease->socket().cancel(ignored);
-  }
+  wake(*keep_alive);  // (so it returns the connection)
 }
 
 awaitable<bool> Backends::borrow(const std::shared_ptr<Link>& link) {
   if (link->done || !link->lease) co_return false;
   link->borrowed = true;
-  error_code ignored;
-  link->lease->socket().cancel(ignored);  // the relay's pending read ends; it parks
+  wake(*link);  // the relay's pending read ends; it parks
   while (!link->parked && !link->done) co_await borrow_done_.wait();
   // Ended meanwhile: the relay waits in given_back() with the server until give_back().
   if (link->done || !link->lease) {

@@ -11,6 +11,36 @@
 
 namespace pgshard::pool {
 
+// How a link's relay is woken (Backends::wake): the relay's pending read of its server ends
+// (operation_aborted) and the relay looks at its link again. Only that read ends: an
+// executor's operation on the same socket, or a write in flight, goes on (cancelling the
+// socket, as pgshard did before, ended them all).
+class RelayWake {
+ public:
+  RelayWake() = default;
+  RelayWake(const RelayWake&) = delete;
+  // A link's storage is reused for its session's next server (Session::link_finished): the
+  // wake-up stays with it, as it holds nothing between two reads.
+  RelayWake& operator=(RelayWake&&) noexcept { return *this; }
+
+  // The relay's read: the slot to bind it to (ServerConn::read_some), and its end.
+  asio::cancellation_slot reading() {
+    reading_ = true;
+    return signal_.slot();
+  }
+  void read_ended() { reading_ = false; }
+
+ private:
+  friend class Backends;
+  // (Outside a read the slot may still hold the last read's handler: never emitted then.)
+  void wake() {
+    if (reading_) signal_.emit(asio::cancellation_type::terminal);
+  }
+
+  asio::cancellation_signal signal_;
+  bool reading_ = false;
+};
+
 // A server connection attached to one client, with the relay coroutine reading it. What the
 // server still owes, and what to do with each reply, is its lease's `replies`.
 struct Link {
@@ -22,6 +52,7 @@ struct Link {
   std::string prelude;     // pgshard's statements to send ahead of the next request
   bool borrowed = false;   // an executor is using the server (see Backends::borrow)
   bool parked = false;     // the relay is waiting for it to come back
+  RelayWake wake;          // ends the relay's read (only Backends wakes a relay)
 };
 
 // A client's server connections: `active` takes its requests; in session pooling its
@@ -63,6 +94,10 @@ class Backends {
 
   // The relay has returned `link`'s server: forget it. True if it was the active one.
   bool forget(const Link& link);
+  // `link`'s relay stops waiting for its server's reply and looks at the link again (its
+  // client left, its server broke, it may go back to the pool). Nothing else it has
+  // pending on the socket ends.
+  void wake(Link& link) { link.wake.wake(); }
   // Ends `link`: its relay wakes and returns the server, discarded if `owes` (replies the
   // client waits for, or a batch left open) or the server is not idle.
   void release(const std::shared_ptr<Link>& link, bool owes);

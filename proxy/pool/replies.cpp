@@ -129,6 +129,7 @@ Replies::Verdict Replies::complete(Kind kind) {
 }
 
 Replies::Verdict Replies::classify(const protocol::Frame& f, PreparedSet* prepared) {
+  if (passes(f.type)) return Verdict::kForward;  // (a plain request's rows and completions)
   ready_ = false;
   owner_ = queue_.empty() ? Owner::kClient : queue_.front().owner;
   switch (f.type) {

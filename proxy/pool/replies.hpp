@@ -58,9 +58,10 @@ class Replies {
   // Classifies the server's next frame. `prepared` forgets statements whose Parse was
   // skipped after an error.
   Verdict classify(const protocol::Frame& f, PreparedSet* prepared);
-  // classify() for a frame it would only forward and that changes nothing here: rows and
-  // completions while the front entry is the client's ReadyForQuery (a plain request's
-  // replies). False: classify() the frame.
+  // classify()'s first step, for a frame it only forwards and that changes nothing here:
+  // rows and completions while the front entry is the client's ReadyForQuery (a plain
+  // request's replies). False: classify() the frame (the relay skips its own look at a
+  // frame that passes).
   bool passes(char type) {
     if (queue_.empty() || queue_.front().kind != Kind::kReady ||
         queue_.front().owner != Owner::kClient)

@@ -117,21 +117,39 @@ class ServerConn {
                           std::function<void(std::string_view row)> on_row = {},
                           std::function<void(std::string_view body)> on_description = {});
 
+  // What a read (read_some) does once the socket may have data: receive into rbuf, commit and
+  // count.
+  auto receiver() {
+    return [this](int fd, bool& drained) {
+      std::size_t room;
+      char* at = rbuf.prepare(16 * 1024, &room);
+      const ssize_t got = recv_noting_drained(fd, at, room, drained);
+      if (got > 0) {
+        rbuf.commit(static_cast<std::size_t>(got));
+        count_received(static_cast<std::size_t>(got));
+        // A reply ends with ReadyForQuery, after which an idle server sends nothing; any
+        // other last bytes may be a dying server's (drained_read.hpp: a reset after them
+        // is not counted).
+        if (drained && !ends_with_ready()) drained = nothing_pending(fd);
+      }
+      return got;
+    };
+  }
+
   // Reads what the server sent into rbuf, committed and counted (proxy/drained_read.hpp):
   // completes with (error_code, bytes).
-  auto read_some() {
-    return drained_.read(
-        [this](int fd, bool& drained) {
-          std::size_t room;
-          char* at = rbuf.prepare(16 * 1024, &room);
-          const ssize_t got = recv_noting_drained(fd, at, room, drained);
-          if (got > 0) {
-            rbuf.commit(static_cast<std::size_t>(got));
-            count_received(static_cast<std::size_t>(got));
-          }
-          return got;
-        },
-        use_nothrow_op);
+  auto read_some() { return drained_.read(receiver(), use_nothrow_op); }
+  // The same read, ended early only through `stop` (the relay's wake-up, pool::RelayWake),
+  // not through its coroutine's cancellation.
+  auto read_some(asio::cancellation_slot stop) {
+    return drained_.read(receiver(), use_nothrow_op, stop);
+  }
+
+  // Whether rbuf ends with a whole ReadyForQuery message.
+  bool ends_with_ready() const {
+    const auto v = rbuf.view();
+    constexpr std::string_view kReady("Z\0\0\0\5", 5);
+    return v.size() >= 6 && v.substr(v.size() - 6, 5) == kReady;
   }
 
   // Bytes to and from the server, counted in its pool's measurements.

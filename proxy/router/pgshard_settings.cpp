@@ -170,9 +170,11 @@ std::optional<std::string> check_hint(const std::string& name, const std::string
   } else if (name == "partial_results") {
     if (!parse_bool(value)) return "parameter \"pgshard.partial_results\" requires a Boolean value";
   } else if (name == "read_token") {
-    if (!parse_read_token(value, cfg))
-      return "invalid read token \"" + value +
-             "\": expected shard:LSN pairs separated by commas, as SHOW pgshard.read_token gives";
+    std::string unknown;
+    if (parse_read_token(value, cfg, &unknown)) return std::nullopt;
+    if (!unknown.empty()) return "unknown shard \"" + unknown + "\" in pgshard.read_token";
+    return "invalid read token \"" + value +
+           "\": expected shard:LSN pairs separated by commas, as SHOW pgshard.read_token gives";
   } else {
     return "unrecognized configuration parameter \"pgshard." + name + "\"";
   }
@@ -362,7 +364,8 @@ std::optional<uint64_t> parse_lsn(std::string_view text) {
 }
 
 std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::string_view text,
-                                                                      const config::Config& cfg) {
+                                                                      const config::Config& cfg,
+                                                                      std::string* unknown_shard) {
   std::vector<std::pair<int, uint64_t>> parts;
   if (text.empty()) return parts;  // (no position to wait for)
   for (bool more = true; more;) {
@@ -372,8 +375,10 @@ std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::strin
     if (more) text.remove_prefix(comma + 1);
     const auto colon = part.rfind(':');
     if (colon == std::string_view::npos) return std::nullopt;
-    const int shard = cfg.shard_index(std::string(part.substr(0, colon)));
+    const std::string name(part.substr(0, colon));
+    const int shard = cfg.shard_index(name);
     const auto lsn = parse_lsn(part.substr(colon + 1));
+    if (shard < 0 && lsn && !name.empty() && unknown_shard) *unknown_shard = name;
     if (shard < 0 || !lsn) return std::nullopt;
     parts.emplace_back(shard, *lsn);
   }

@@ -259,9 +259,10 @@ std::optional<std::vector<std::string>> array_param(const protocol::Bind& bind, 
                                                     config::KeyType type);
 
 // A read token's text ("s0:0/16B3748,s2:1/0": shard name, WAL position as PostgreSQL writes
-// it) as (shard index, position) pairs; nullopt when it does not read as one for `cfg`.
-std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::string_view text,
-                                                                      const config::Config& cfg);
+// it) as (shard index, position) pairs; nullopt when it does not read as one for `cfg`
+// (`unknown_shard`, when given, then names the first shard it names that `cfg` has not).
+std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(
+    std::string_view text, const config::Config& cfg, std::string* unknown_shard = nullptr);
 // A WAL position as PostgreSQL writes it ("0/16B3748") and back (nullopt: not one).
 std::string lsn_text(uint64_t lsn);
 std::optional<uint64_t> parse_lsn(std::string_view text);

@@ -27,15 +27,25 @@ const char* to_string(HostRole r) {
   return "?";
 }
 
+const char* state_of(const HostState& h, Clock::time_point now) {
+  if (h.checks == 0) return "unchecked";
+  if (!h.up) return "down";
+  if (h.banned_until > now) return "banned";
+  return h.lagging ? "lagging" : "up";
+}
+
 // A replica's time behind is how long ago it replayed its newest commit, while it has
 // received WAL it has not replayed yet (a caught-up replica of an idle primary is 0 behind,
-// however old its last commit).
+// however old its last commit). A restarted replica reports as received only the start of
+// the WAL segment it streams from, below what it replayed, until new WAL comes; one that is
+// not streaming reports nothing: neither is behind in time (its lag in bytes still shows
+// a primary that moved on).
 const char* const kHealthCheckSql =
     "SELECT pg_is_in_recovery(), "
     "(CASE WHEN pg_is_in_recovery() THEN pg_last_wal_replay_lsn() "
     "ELSE pg_current_wal_insert_lsn() END - '0/0'::pg_lsn)::bigint, "
     "CASE WHEN NOT pg_is_in_recovery() "
-    "OR pg_last_wal_receive_lsn() IS NOT DISTINCT FROM pg_last_wal_replay_lsn() THEN 0 "
+    "OR coalesce(pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(), true) THEN 0 "
     "ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, "
     "0) END, "
     "(SELECT system_identifier FROM pg_control_system()), "
@@ -227,6 +237,7 @@ void HostHealth::record_failure(std::size_t index, std::string error, Clock::tim
   h.checked_at = now;
   h.checks++;
   h.failures++;
+  h.bans += now >= h.banned_until;  // (a failure while banned extends that ban)
   h.banned_until = now + limits.ban_time;
   h.error = std::move(error);
   decide_writer(h.shard);
@@ -255,6 +266,7 @@ void HostHealth::update_lag(int shard, const config::Replication& limits) {
         limits.max_lag_bytes &&
         (h.lag_bytes < 0 || static_cast<uint64_t>(h.lag_bytes) > limits.max_lag_bytes);
     const bool time_over = limits.max_lag_time.count() && h.lag_ms > limits.max_lag_time.count();
+    h.bans += (bytes_over || time_over) && !h.lagging;
     h.lagging = bytes_over || time_over;
   }
 }
@@ -306,6 +318,19 @@ void HostHealth::count_read(int shard, int replica, ReadCount how) {
     ++h.reads;
     h.fallbacks += how == ReadCount::kFallback;
     h.waited += how == ReadCount::kWaitedForReplica;
+    return;
+  }
+}
+
+void HostHealth::ban_replica(int shard, int replica, std::string error, Clock::time_point now,
+                             const config::Replication& limits) {
+  std::lock_guard lock(mu_);
+  int seen = -1;  // the shard's replicas follow its primary, in map order
+  for (auto& h : hosts_) {
+    if (h.shard != shard || h.listed_primary || ++seen != replica) continue;
+    h.up = false;
+    h.banned_until = now + limits.ban_time;
+    h.error = std::move(error);
     return;
   }
 }

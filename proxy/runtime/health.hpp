@@ -97,8 +97,13 @@ struct HostState {
   uint64_t reads = 0, fallbacks = 0, waited = 0;
   bool wanted = false;  // a read waits on this shard: check again now, not after the interval
   uint64_t checks = 0, failures = 0;
+  uint64_t bans = 0;  // times it was banned (a failed check) or turned lagging
   std::string error;  // why the last check failed ("" when it answered)
 };
+
+// What a host's last check makes of it at `now`, as SHOW HOSTS, /metrics and the dashboard
+// show it: unchecked, down, banned, lagging or up.
+const char* state_of(const HostState& h, Clock::time_point now);
 
 class HostHealth {
  public:
@@ -134,6 +139,10 @@ class HostHealth {
   void count_read(int shard, int replica, ReadCount how);
   // Whether host `index` should be checked now (and the wish is taken).
   bool take_wanted(std::size_t index);
+  // Replica `replica` of `shard` (its index among the shard's replicas) could not give a
+  // server to a read: it is kept from reads for ban_time, as a failed check keeps it.
+  void ban_replica(int shard, int replica, std::string error, Clock::time_point now,
+                   const config::Replication& limits);
 
   // ---- where writes go (failover) ----
   // The host of `shard` that takes its writes now (the map's primary until checks say

@@ -43,7 +43,7 @@ std::string maintenance_conninfo(const config::Config& cfg, const config::Shard&
 
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const config::PgUrl& u, const std::string& application_name) {
-  const auto m = maintenance_login(cfg, shard);
+  const auto m = maintenance_login(cfg, shard, u);
   return "host=" + conninfo_value(u.host) + " port=" + std::to_string(u.port) +
          " user=" + conninfo_value(m.user) + " password=" + conninfo_value(m.password) +
          " dbname=" + conninfo_value(m.database) + " connect_timeout=" +

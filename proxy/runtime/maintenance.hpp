@@ -20,9 +20,8 @@ MaintenanceLogin maintenance_login(const config::Config& cfg, const config::Shar
 // The same as a libpq conninfo.
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
                                  const std::string& application_name);
-// The same for the shard's host `host` (the one that takes its writes: HostHealth::writer),
-// logged in as for the map's primary.
+// The same for another host of the shard (a replica's URL).
 std::string maintenance_conninfo(const config::Config& cfg, const config::Shard& shard,
-                                 const config::PgUrl& host, const std::string& application_name);
+                                 const config::PgUrl& url, const std::string& application_name);
 
 }  // namespace pgshard::runtime

@@ -95,24 +95,39 @@ router::Route route_one_bind(std::string_view batch, Statements& statements,
   return r;
 }
 
-}  // namespace
+// The batch's route when one more Bind's route `r` joins it (`routed`: `route` holds the
+// route of a Bind before). False when they go to different places.
+bool joined(router::Route& route, bool& routed, router::Route&& r) {
+  // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
+  const bool begin = router::runs_on_shards(r) && r.txn == router::TxnControl::kBegin;
+  if (!routed || (route.txn == router::TxnControl::kBegin && !begin)) {
+    route = std::move(r);
+    routed = true;
+  } else if (begin) {
+    return true;
+  } else if (!router::runs_on_shards(r) || !same_shards(r, route)) {
+    return false;
+  } else {
+    // The batch may read from a replica only if every statement in it may.
+    route.read_only = route.read_only && r.read_only;
+  }
+  return true;
+}
 
-router::Route route_batch(std::string_view batch, Statements& statements,
-                          const router::SessionHints& hints, const config::Config& cfg,
-                          router::Context ctx, bool txn_managed, bool* simple) {
-  // Batches of one statement (nearly all) are routed straight into the caller's Route.
-  int binds = 0, queries = 0;
-  for (const auto m : proto::frames(batch)) {
-    binds += m.frame.type == proto::msg::kBind;
-    queries += m.frame.type == proto::msg::kQuery;
-  }
-  if (queries == 0 && binds == 1) return route_one_bind(batch, statements, hints, cfg, ctx);
-  if (queries == 1 && binds == 0 && !batch.empty() && batch[0] == proto::msg::kQuery) {
-    if (auto q = proto::Query::parse(proto::decode_frame(batch).frame.body)) {
-      *simple = true;
-      return router::route_query(q->sql, hints, cfg, ctx);
-    }
-  }
+// One batch, one destination: the session may split the pipeline instead.
+router::Route split_pipeline(const router::SessionHints& hints) {
+  router::Route e;
+  e.action = router::SplitPipeline{proto::error(
+      sqlstate::kFeatureNotSupported, "statements in one pipelined batch route to different shards",
+      {}, "send a Sync after each statement that goes to another shard")};
+  e.hints = hints;
+  return e;
+}
+
+// A batch of several statements, or of none that runs: where all of it goes.
+router::Route route_several(std::string_view batch, Statements& statements,
+                            const router::SessionHints& hints, const config::Config& cfg,
+                            router::Context ctx, bool txn_managed, bool* simple) {
   router::Route route;
   bool routed = false;         // a Bind was routed: `route` holds where the batch goes
   std::string_view described;  // a statement described without being bound
@@ -150,26 +165,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
               router::route_extended(text_of(b->statement), routed ? route.hints : hints, cfg, ctx);
           ctx.bind = nullptr;
           ctx.param_types = nullptr;
-          // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
-          const bool begin = router::runs_on_shards(r) && r.txn == router::TxnControl::kBegin;
-          if (!routed || (route.txn == router::TxnControl::kBegin && !begin)) {
-            route = std::move(r);
-            routed = true;
-          } else if (begin) {
-            continue;
-          } else if (!router::runs_on_shards(r) || !same_shards(r, route)) {
-            // One batch, one destination: the session may split the pipeline instead.
-            router::Route e;
-            e.action = router::SplitPipeline{
-                proto::error(sqlstate::kFeatureNotSupported,
-                             "statements in one pipelined batch route to different shards", {},
-                             "send a Sync after each statement that goes to another shard")};
-            e.hints = hints;
-            return e;
-          } else {
-            // The batch may read from a replica only if every statement in it may.
-            route.read_only = route.read_only && r.read_only;
-          }
+          if (!joined(route, routed, std::move(r))) return split_pipeline(hints);
         }
         break;
       case proto::msg::kDescribe:
@@ -190,6 +186,27 @@ router::Route route_batch(std::string_view batch, Statements& statements,
   // tables describes it alike.
   ctx.describe_only = true;
   return router::route_extended(described, hints, cfg, ctx);
+}
+
+}  // namespace
+
+router::Route route_batch(std::string_view batch, Statements& statements,
+                          const router::SessionHints& hints, const config::Config& cfg,
+                          router::Context ctx, bool txn_managed, bool* simple) {
+  // Batches of one statement (nearly all) are routed straight into the caller's Route.
+  int binds = 0, queries = 0;
+  for (const auto m : proto::frames(batch)) {
+    binds += m.frame.type == proto::msg::kBind;
+    queries += m.frame.type == proto::msg::kQuery;
+  }
+  if (queries == 0 && binds == 1) return route_one_bind(batch, statements, hints, cfg, ctx);
+  if (queries == 1 && binds == 0 && !batch.empty() && batch[0] == proto::msg::kQuery) {
+    if (auto q = proto::Query::parse(proto::decode_frame(batch).frame.body)) {
+      *simple = true;
+      return router::route_query(q->sql, hints, cfg, ctx);
+    }
+  }
+  return route_several(batch, statements, hints, cfg, ctx, txn_managed, simple);
 }
 
 bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite& rewrite) {

@@ -89,7 +89,7 @@ awaitable<bool> Login::run() {
   co_return co_await negotiate();
 }
 
-awaitable<bool> Login::negotiate() {
+awaitable<bool> Login::read_startup() {
   for (;;) {
     auto d = proto::decode_startup(in_.view());
     if (d.status == proto::DecodeStatus::kError) {
@@ -113,48 +113,62 @@ awaitable<bool> Login::negotiate() {
     in_.consume(d.consumed);
     switch (pkt->kind) {
       case proto::StartupKind::kSSLRequest: {
-        // Bytes sent after SSLRequest but before the handshake would be read as if they
-        // were encrypted; PostgreSQL refuses them (CVE-2021-23214), and so do we.
-        if (!in_.empty()) {
-          co_await send_fatal(proto::fatal(sqlstate::kProtocolViolation,
-                                           "received unencrypted data after SSL request"));
-          co_return false;
-        }
-        const bool offer = worker_.shared().tls() && !stream_.tls() &&
-                           config_.tls.mode != config::TlsMode::kDisable;
-        if (!co_await write(offer ? "S" : "N")) co_return false;
-        if (offer) {
-          if (auto ec = co_await stream_.handshake(*worker_.shared().tls())) {
-            spdlog::info("{}: TLS handshake failed: {}", prefix_(), ec.message());
-            co_return false;
-          }
-        }
+        const bool go_on = co_await ssl_request();
+        if (!go_on) co_return false;
         continue;
       }
       case proto::StartupKind::kGSSENCRequest:
         if (!co_await write("N")) co_return false;
         continue;
-      case proto::StartupKind::kCancelRequest: {
-        // As PostgreSQL: the connection closes once the cancel has reached the servers, so a
-        // client that waits for the close (libpq's PQcancel) never has its next statement
-        // cancelled by a request still on its way.
-        auto delivered = std::make_shared<asio::steady_timer>(stream_.socket().get_executor(),
-                                                              std::chrono::seconds(5));
-        auto ex = stream_.socket().get_executor();
-        const bool known = runtime::CancelRegistry::instance().cancel(
-            {pkt->cancel_pid, pkt->cancel_secret},
-            [delivered, ex] { asio::post(ex, [delivered] { delivered->cancel(); }); });
-        if (known) co_await delivered->async_wait(use_nothrow);
+      case proto::StartupKind::kCancelRequest:
+        co_await cancel_request(*pkt);
         co_return false;
-      }
       case proto::StartupKind::kStartup:
         break;
     }
     // Re-parse from our own copy: the views must outlive the input buffer.
     pkt = proto::parse_startup(id_.raw, &err);
     id_.startup = *pkt;
-    break;
+    co_return true;
   }
+}
+
+awaitable<bool> Login::ssl_request() {
+  // Bytes sent after SSLRequest but before the handshake would be read as if they were
+  // encrypted; PostgreSQL refuses them (CVE-2021-23214), and so do we.
+  if (!in_.empty()) {
+    co_await send_fatal(
+        proto::fatal(sqlstate::kProtocolViolation, "received unencrypted data after SSL request"));
+    co_return false;
+  }
+  const bool offer =
+      worker_.shared().tls() && !stream_.tls() && config_.tls.mode != config::TlsMode::kDisable;
+  if (!co_await write(offer ? "S" : "N")) co_return false;
+  if (offer) {
+    if (auto ec = co_await stream_.handshake(*worker_.shared().tls())) {
+      spdlog::info("{}: TLS handshake failed: {}", prefix_(), ec.message());
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+awaitable<void> Login::cancel_request(const proto::StartupPacket& pkt) {
+  // As PostgreSQL: the connection closes once the cancel has reached the servers, so a
+  // client that waits for the close (libpq's PQcancel) never has its next statement
+  // cancelled by a request still on its way.
+  auto delivered = std::make_shared<asio::steady_timer>(stream_.socket().get_executor(),
+                                                        std::chrono::seconds(5));
+  auto ex = stream_.socket().get_executor();
+  const bool known = runtime::CancelRegistry::instance().cancel(
+      {pkt.cancel_pid, pkt.cancel_secret},
+      [delivered, ex] { asio::post(ex, [delivered] { delivered->cancel(); }); });
+  if (known) co_await delivered->async_wait(use_nothrow);
+}
+
+awaitable<bool> Login::negotiate() {
+  const bool started = co_await read_startup();
+  if (!started) co_return false;
 
   auto unknown = id_.startup.protocol_options();
   if (id_.startup.minor > 0 || !unknown.empty()) {

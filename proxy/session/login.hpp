@@ -41,6 +41,13 @@ class Login {
 
  private:
   awaitable<bool> negotiate();
+  // negotiate's steps: the startup packet read into id_.startup, answering SSLRequest and
+  // GSSENCRequest on the way (false: the connection ends, a CancelRequest's too); an
+  // SSLRequest answered and TLS begun when offered (false: the connection ends); a
+  // CancelRequest passed on to the servers.
+  awaitable<bool> read_startup();
+  awaitable<bool> ssl_request();
+  awaitable<void> cancel_request(const protocol::StartupPacket& pkt);
   awaitable<bool> authenticate(const config::User& user);
   awaitable<bool> read();
   awaitable<bool> write(std::string_view bytes);

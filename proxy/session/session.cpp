@@ -83,13 +83,18 @@ std::string Session::describe() const {
            ", " + backends_.active->lease->status + ")";
   out += ", kept " + std::to_string(backends_.kept_count()) + ", txn servers " +
          std::to_string(backends_.participant_count());
-  out += ", relays " + std::to_string(relays_) + (writing_server_ ? ", writing to a server" : "") +
+  out += ", relays " + std::to_string(relays_) +
+         (relays_ > 0 ? std::string(" (") + relay_at_ + " S-" + std::to_string(relay_server_) + ")"
+                      : "") +
+         (writing_server_ ? ", writing to a server" : "") +
          (client_writing_ ? ", writing to the client" : "") + (aborting_ ? ", aborting" : "");
   for (const auto& link : backends_.all()) {
     if (!link->lease) continue;
-    out += ", S-" + std::to_string(link->lease->id()) + " (" +
-           config_.shards[static_cast<std::size_t>(shard_of_target(link->shard))].name + ", " +
-           link->lease->status + (link->borrowed ? ", lent" : "") +
+    out += ", S-" + std::to_string(link->lease->id()) + " (fd " +
+           std::to_string(link->lease->socket().is_open() ? link->lease->socket().native_handle()
+                                                          : -1) +
+           ", " + config_.shards[static_cast<std::size_t>(shard_of_target(link->shard))].name +
+           ", " + link->lease->status + (link->borrowed ? ", lent" : "") +
            (link->parked ? ", parked" : "") + (link->done ? ", done" : "") +
            (link->closing ? ", closing" : "") + ")";
   }

@@ -115,9 +115,9 @@ class Session : public std::enable_shared_from_this<Session>,
   router::SessionHints& hints() override { return hints_; }
   // Writes to the client; only one write is in progress at a time.
   awaitable<bool> write_client(std::string_view bytes);
-  // write_client's common case, without a coroutine: true when all of `bytes` went out now
+  // write_client's first step, without a coroutine: true when all of `bytes` went out now
   // (no write is in progress, the socket took it all). Else false, `bytes` left as what
-  // write_client still has to write.
+  // write_client still has to write (it tries again once no other write is in progress).
   bool wrote_client_now(std::string_view& bytes);
   // ---- executor::ReplySink: the client, as the executors answer it ----
   awaitable<bool> write(std::string_view bytes) override { return write_client(bytes); }
@@ -132,8 +132,10 @@ class Session : public std::enable_shared_from_this<Session>,
   protocol::Buffer& input() override { return in_; }
   // Reads at least one more chunk from the client; false on EOF/error.
   awaitable<bool> read_client() override;
-  // read_client on plain TCP with nothing buffered: completes with (error, bytes read).
+  // read_client on plain TCP with nothing buffered (reads_first_chunk): completes with
+  // (error, bytes read).
   auto read_first_chunk();
+  bool reads_first_chunk() const;
   // Waits until every request sent to the active server has been answered.
   // False when the client left meanwhile (the servers still owe replies: never reusable).
   awaitable<bool> drain() override;
@@ -230,6 +232,11 @@ class Session : public std::enable_shared_from_this<Session>,
   // form waits at most read_your_writes.wait.
   std::optional<int> read_target_now(const router::Route& route, int shard, char boundary);
   awaitable<int> read_target(const router::Route& route, int shard, char boundary) override;
+  // Attaches a server of `target` when it is a replica; one that cannot give a server
+  // (down before its health check saw it) is banned and the read goes to another host of
+  // the shard, the primary last. Returns where the read runs, -1 when the client was
+  // answered (a cancelled or terminated wait).
+  awaitable<int> reach_read_target(const router::Route& route, int target, char boundary);
   // A routed request that may write: its shards' primaries hold the session's newest writes.
   // (Not a BEGIN, nor a statement that only changes settings: they write nothing.)
   void note_writes(const router::Route& route) {
@@ -270,6 +277,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // Sync. A part ending in Flush leaves the transaction open for the parts after it. False
   // when the batch is not such a pipeline (transaction control in it, a simple Query).
   awaitable<bool> run_split_pipeline();
+  // run_split_pipeline's plan: the pending pipeline's statements in groups, consecutive
+  // ones for the same shard together (`synced`: a Sync ends it); nullopt when it is not
+  // such a pipeline.
+  std::optional<std::vector<std::string>> pipeline_groups(bool& synced);
   // The client's next part of an open extended batch (sent after a Flush) needs a shard
   // other than the batch's server; and failing that batch (see the definition).
   bool continues_elsewhere();
@@ -314,6 +325,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Transaction control pgshard does itself (deferred BEGIN, COMMIT of a transaction on
   // several shards, refusals in a failed transaction, savepoint limits); true if answered.
   awaitable<bool> control_transaction(const router::Route& route, const Request& req);
+  // control_transaction's answer to a lone BEGIN (deferred until a statement picks the
+  // shard) or a COMMIT/ROLLBACK of a transaction no shard has seen.
+  awaitable<void> control_locally(const router::Route& route, const Request& req);
   // pgshard's COMMIT/ROLLBACK ending a split pipeline's transaction on several shards: the
   // client gets its error or warning, if any (its Sync's ReadyForQuery follows); true when
   // it committed.
@@ -327,13 +341,25 @@ class Session : public std::enable_shared_from_this<Session>,
   // A Query of several statements with transaction control in it (two_phase.cpp): refused
   // (true) when the transaction it would end lives on other shards too.
   awaitable<bool> refuse_split_control(const router::Route& route, const Request& req);
-  // Relays pending_ to `target`'s server (moving the client there first).
+  // Relays pending_ to `target`'s server (moving the client there first): forwarded_now,
+  // else forward_waiting; then what the socket did not take at once.
   awaitable<void> forward(int target, char boundary);
-  // forward's common case, without a coroutine: the request goes to the server attached on
-  // `target`, or to an idle pooled one of it. False when forward must run (nothing done);
+  // forward's first step, without a coroutine: the request goes to the server attached on
+  // `target`, or to an idle pooled one of it. False when forward must wait (nothing done);
   // true with `rest` the part of the request the socket has not taken yet (write_server
   // writes it, then pending_ is cleared).
   bool forwarded_now(int target, char boundary, std::string_view& rest);
+  // The rest of forward when forwarded_now could not: the client moved to `target` (the
+  // earlier replies drained, the transaction spread, a server waited for), then the request
+  // sent as forwarded_now does, `rest` left as it leaves it (empty when nothing was sent).
+  awaitable<void> forward_waiting(int target, char boundary, std::string_view& rest);
+  // The part of the request forwarded_now left (the socket was full), written to the
+  // active server; pending_ cleared.
+  awaitable<void> send_rest(std::string_view rest);
+  // prepare_request, then as much of pending_ as the socket takes now (`rest`: the part it
+  // did not take; pending_ cleared when it took all or the write failed).
+  void sent_now(const std::shared_ptr<Link>& link, bool joins_transaction, char boundary,
+                std::string_view& rest);
   // attach's common case, without a coroutine: a kept server of the shard, or an idle
   // pooled one (false: none).
   bool attached_now(int shard);
@@ -473,6 +499,9 @@ class Session : public std::enable_shared_from_this<Session>,
     bool two_primaries = false;  // refused: the shard has more than one primary (08006)
   };
   awaitable<PoolWaitEnd> wait_in_pool(int shard, bool statement);
+  // attach's end of a wait: the server becomes the active one (true), or the client is told
+  // why there is none.
+  awaitable<bool> take_server(PoolWaitEnd end, int shard);
   // The client's error for a wait that got no server (fails a transaction block on cancel).
   protocol::ErrorInfo pool_wait_error(const PoolWaitEnd& end);
   // A deadlock victim's servers roll back (requests wait until they have).
@@ -495,7 +524,9 @@ class Session : public std::enable_shared_from_this<Session>,
 
   pool::Backends backends_;  // this client's servers; backends_.active takes its requests
   bool writing_server_ = false;
-  int relays_ = 0;  // server_loop coroutines relaying (for the SIGUSR2 dump)
+  int relays_ = 0;             // server_loop coroutines relaying (for the SIGUSR2 dump)
+  const char* relay_at_ = "";  // what the relay last waited on (for the SIGUSR2 dump)
+  uint64_t relay_server_ = 0;  // the server it last read
   // A server_loop whose server went back to the pool waits here for the session's next one
   // (next_link_): spawning a coroutine per transaction cost more than the rest of its relay.
   Baton next_relay_;

@@ -44,8 +44,12 @@ auto Session::read_first_chunk() {
       use_nothrow_op);
 }
 
+bool Session::reads_first_chunk() const {
+  return in_.empty() && !stream_.tls();
+}
+
 awaitable<bool> Session::read_client() {
-  if (in_.empty() && !stream_.tls()) {
+  if (reads_first_chunk()) {
     auto [ec, n] = co_await read_first_chunk();
     if (ec) co_return false;
     in_.commit(n);
@@ -107,15 +111,13 @@ bool Session::wrote_client_now(std::string_view& bytes) {
 }
 
 awaitable<bool> Session::write_client(std::string_view bytes) {
+  // Once no other write is in progress: what the socket takes now (wrote_client_now), then
+  // the rest when it takes more.
   while (client_writing_) co_await client_write_done_.wait();
+  if (wrote_client_now(bytes)) co_return true;
   if (client_gone_) co_return false;
   client_writing_ = true;
-  error_code ec;
-  const std::size_t sent = stream_.write_now(bytes, ec);
-  if (!ec && sent < bytes.size()) {
-    auto [e, n] = co_await stream_.write(asio::buffer(bytes.data() + sent, bytes.size() - sent));
-    ec = e;
-  }
+  auto [ec, n] = co_await stream_.write(asio::buffer(bytes.data(), bytes.size()));
   client_writing_ = false;
   client_write_done_.notify_all();
   if (ec) client_gone_ = true;
@@ -162,9 +164,7 @@ awaitable<void> Session::client_loop() {
           if (!forwarded_routed(*box, boundary, rest)) {
             co_await handle_routed(req, *box);
           } else if (!rest.empty()) {
-            auto link = backends_.active;  // (the socket was full)
-            co_await write_server(link, rest);
-            pending_.clear();
+            co_await send_rest(rest);
           }
         } else {
           co_await handle_request(boundary);
@@ -185,7 +185,7 @@ awaitable<void> Session::client_loop() {
     if (!charge_buffers() && !co_await over_buffer_budget()) co_return;
 
     bool read = false;
-    if (in_.empty() && !stream_.tls()) {  // (read_client's common case, in this coroutine)
+    if (reads_first_chunk()) {  // (read_client's common case, in this coroutine)
       auto [ec, n] = co_await read_first_chunk();
       in_.commit(n);
       read = !ec;

@@ -30,10 +30,7 @@ awaitable<void> Session::copy_violation(char type) {
   co_await write_client(out);
   client_gone_ = true;
   stream_.close();
-  if (relayed) {
-    error_code ignored;
-    backends_.active->lease->socket().cancel(ignored);
-  }
+  if (relayed) backends_.wake(*backends_.active);
 }
 
 awaitable<void> Session::flush_copy() {

@@ -74,15 +74,15 @@ awaitable<void> Session::abandon_open_batch(char boundary) {
   co_await write_client(out);
 }
 
-awaitable<bool> Session::run_split_pipeline() {
+std::optional<std::vector<std::string>> Session::pipeline_groups(bool& synced) {
   // Its statements, each with the messages before it (Parse, Bind, Describe...); messages
   // after the last Execute go with it. A Sync ends the pipeline; a Flush leaves it open for
   // the client's next messages (psycopg 3 reads results as they come).
   std::vector<std::string> units;
   std::string unit;
-  bool synced = false;
+  synced = false;
   for (const auto m : proto::frames(pending_)) {
-    if (m.frame.type == proto::msg::kQuery) co_return false;
+    if (m.frame.type == proto::msg::kQuery) return std::nullopt;
     if (m.frame.type == proto::msg::kSync) {
       synced = true;
       break;
@@ -103,27 +103,33 @@ awaitable<bool> Session::run_split_pipeline() {
   // Consecutive statements bound for the same one shard go together (one round trip; an
   // error there skips the rest of them as PostgreSQL would).
   std::vector<std::string> groups;
-  {
-    Statements scratch = statements_;
-    std::optional<int> last;
-    for (auto& u : units) {
-      bool simple = false;
-      const auto r =
-          session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
-      // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
-      if (r.txn != router::TxnControl::kNone) co_return false;
-      const auto* one = std::get_if<router::Forward>(&r.action);
-      if (one && last == one->shard)
-        groups.back() += u;
-      else
-        groups.push_back(std::move(u));
-      last = one ? std::optional<int>(one->shard) : std::nullopt;
-    }
+  Statements scratch = statements_;
+  std::optional<int> last;
+  for (auto& u : units) {
+    bool simple = false;
+    const auto r =
+        session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
+    // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
+    if (r.txn != router::TxnControl::kNone) return std::nullopt;
+    const auto* one = std::get_if<router::Forward>(&r.action);
+    if (one && last == one->shard)
+      groups.back() += u;
+    else
+      groups.push_back(std::move(u));
+    last = one ? std::optional<int>(one->shard) : std::nullopt;
   }
   spdlog::debug(
       "{}: pipeline part of {} statements in {} groups over several shards: one "
       "transaction",
       prefix(), units.size(), groups.size());
+  return groups;
+}
+
+awaitable<bool> Session::run_split_pipeline() {
+  bool synced = false;
+  auto split = pipeline_groups(synced);
+  if (!split) co_return false;
+  auto& groups = *split;
   pending_.clear();
   // A part after the pipeline failed is skipped, as PostgreSQL skips to the Sync.
   bool skipping = phase_.split_pipeline() && transaction_status() == proto::txn_status::kFailed;

@@ -56,18 +56,33 @@ awaitable<void> Session::run_forward(const Request& req, const router::Route& ro
   } else if (replicas_ && route.read_only) {
     shard = co_await read_target(route, shard, req.boundary);
   }
-  log_forward(route, shard);
-  std::string_view rest;
-  if (!forwarded_now(shard, req.boundary, rest)) {
-    co_await forward(shard, req.boundary);
-  } else if (!rest.empty()) {
-    auto link = backends_.active;  // (the socket was full)
-    co_await write_server(link, rest);
-    pending_.clear();
+  if (shard >= static_cast<int>(config_.shards.size()) && !backends_.active) {
+    shard = co_await reach_read_target(route, shard, req.boundary);
+    if (shard < 0) {
+      pending_.clear();
+      co_return;
+    }
   }
+  log_forward(route, shard);
+  co_await forward(shard, req.boundary);
 }
 
 awaitable<void> Session::forward(int target, char boundary) {
+  // At once when the server is at hand (forwarded_now); the rest when the socket was full.
+  std::string_view rest;
+  if (!forwarded_now(target, boundary, rest)) co_await forward_waiting(target, boundary, rest);
+  if (!rest.empty()) co_await send_rest(rest);
+}
+
+awaitable<void> Session::send_rest(std::string_view rest) {
+  auto link = backends_.active;  // (the socket was full)
+  co_await write_server(link, rest);
+  pending_.clear();
+}
+
+awaitable<void> Session::forward_waiting(int target, char boundary, std::string_view& rest) {
+  // The server is on another shard or not at hand: the earlier replies drained, the
+  // transaction moved on, a server waited for.
   bool joins_transaction = false;
   if (backends_.active && backends_.active->shard != target) {
     if (!co_await drain()) co_return;
@@ -117,9 +132,7 @@ awaitable<void> Session::forward(int target, char boundary) {
     co_await lost_before_request(boundary);
     co_return;
   }
-  prepare_request(*link, joins_transaction, boundary);
-  co_await write_server(link, pending_);
-  pending_.clear();
+  sent_now(link, joins_transaction, boundary, rest);
 }
 
 awaitable<void> Session::lost_before_request(char boundary) {
@@ -135,13 +148,18 @@ bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
   const auto& link = backends_.active;
   if (!link || !link->lease) return false;  // (forward() answers a lost server)
-  prepare_request(*link, false, boundary);
+  sent_now(link, false, boundary, rest);
+  return true;
+}
+
+void Session::sent_now(const std::shared_ptr<Link>& link, bool joins_transaction, char boundary,
+                       std::string_view& rest) {
+  prepare_request(*link, joins_transaction, boundary);
   rest = pending_;
   if (write_server_now(link, rest)) {
     rest = {};
     pending_.clear();
   }
-  return true;
 }
 
 void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
@@ -234,10 +252,7 @@ bool Session::server_written(const std::shared_ptr<Link>& link, error_code ec) {
   }
   // The answer may have been relayed while this write was completing: let the reader
   // hand the server back now.
-  if (link == backends_.active && can_detach(*link)) {
-    error_code ignored;
-    link->lease->socket().cancel(ignored);
-  }
+  if (link == backends_.active && can_detach(*link)) backends_.wake(*link);
   return true;
 }
 
@@ -335,6 +350,11 @@ awaitable<bool> Session::attach(int shard) {
   if (attached_now(shard)) co_return true;
   Waiting waiting(*this, "a pooled server (attach)");
   auto end = co_await wait_in_pool(shard, false);
+  const bool took = co_await take_server(std::move(end), shard);
+  co_return took;
+}
+
+awaitable<bool> Session::take_server(PoolWaitEnd end, int shard) {
   if (end.stopped == PoolWaiting::Stopped::kTerminate) {
     co_await fail(Failure::kAdminShutdown, "terminating connection due to administrator command");
     co_return false;

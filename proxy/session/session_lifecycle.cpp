@@ -288,8 +288,7 @@ awaitable<void> Session::finish() {
       continue;
     }
     link->closing = true;
-    error_code ignored;
-    conn.socket().cancel(ignored);
+    backends_.wake(*link);
   }
   wake_relay(nullptr);  // (with no server: it ends)
   spdlog::info("{}: closing", prefix());

@@ -1,5 +1,7 @@
 // Reads on replicas: which host of its shard a Forward runs on (read_routing.hpp decides;
 // the session says what it is doing and waits when told to).
+#include <spdlog/spdlog.h>
+
 #include "proxy/runtime/worker.hpp"
 #include "proxy/session/session.hpp"
 #include "proxy/session/session_internal.hpp"
@@ -34,6 +36,29 @@ awaitable<int> Session::read_target(const router::Route& route, int shard, char 
     step.expires_after(std::chrono::milliseconds(1));
     co_await step.async_wait(use_nothrow);
   }
+}
+
+awaitable<int> Session::reach_read_target(const router::Route& route, int target, char boundary) {
+  const int shards = static_cast<int>(config_.shards.size());
+  while (target >= shards && !attached_now(target)) {
+    Waiting waiting(*this, "a replica's server");
+    auto end = co_await wait_in_pool(target, false);
+    const auto* failed = std::get_if<std::string>(&end.got);
+    if (failed && end.stopped == PoolWaiting::Stopped::kNo && deadlock_detail_.empty()) {
+      // Nothing was sent: the read may go elsewhere.
+      const auto host = config_.host_of(target);
+      spdlog::warn("{}: {}; the read goes to another host of shard {}", prefix(), *failed,
+                   config_.shards[static_cast<std::size_t>(host.shard)].name);
+      worker_.shared().hosts.ban_replica(host.shard, host.replica, *failed, Clock::now(),
+                                         config_.replication);
+      target = co_await read_target(route, host.shard, boundary);
+      continue;
+    }
+    const bool took = co_await take_server(std::move(end), target);
+    if (!took) co_return -1;
+    break;
+  }
+  co_return target;
 }
 
 void Session::sync_read_token() {

@@ -79,6 +79,7 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       if (link->done) break;
       if (link->borrowed) {
         // A multi-shard statement is using this server: wait until it is given back.
+        relay_at_ = "parked (server lent)";
         co_await backends_.park(*link);
         continue;
       }
@@ -87,7 +88,11 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
       // and its locks, open for as long as pgshard runs).
       if (stop_for_gone_client(*link)) break;
       {
-        const error_code ec = std::get<0>(co_await conn.read_some());
+        relay_at_ = "reading the server";
+        relay_server_ = conn.id();
+        // (Backends::wake ends this read, and only this one.)
+        const error_code ec = std::get<0>(co_await conn.read_some(link->wake.reading()));
+        link->wake.read_ended();
         if (ec == asio::error::operation_aborted && !conn.broken) {
           if (read_interrupted(link)) break;
           continue;
@@ -110,9 +115,11 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
         }
       }
       if (lost) {
+        relay_at_ = "answering a lost server";
         co_await relay_lost(link, relay);
         break;
       }
+      relay_at_ = "writing to the client";
       if (!relay.empty() && !client_gone_ && !wrote_client_now(relay) &&
           !co_await write_client(relay))
         pool::report(conn, pool::ServerFailure::kClientGone);
@@ -122,7 +129,9 @@ awaitable<void> Session::server_loop(std::shared_ptr<Link> link) {
     // Hand the server back once the request writer is done with it, and once a
     // multi-shard statement that borrowed it has given it back (the link can end while it
     // is lent: the client left, the transaction ended).
+    relay_at_ = "waiting for the request's write";
     while (writing_server_) co_await server_write_done_.wait();
+    relay_at_ = "waiting for a lent server";
     co_await backends_.given_back(*link);
     link_finished(link);
     if (state_ == State::kClosing || client_gone_ || next_relay_.waiting()) break;

@@ -32,6 +32,37 @@ std::string bound_text(std::string_view request, const Statements& statements) {
 
 }  // namespace
 
+awaitable<void> Session::control_locally(const router::Route& route, const Request& req) {
+  using router::TxnControl;
+  if (!co_await drain()) co_return;
+  std::string answer;
+  if (route.txn == TxnControl::kBegin) {
+    std::string begin;
+    if (req.simple)
+      begin = pending_;
+    else
+      proto::Query{bound_text(pending_, statements_)}.write(begin);
+    txn_.defer(std::move(begin));
+    proto::CommandComplete{"BEGIN"}.write(answer);
+  } else {
+    txn_.end();
+    settings_.transaction_ended(route.txn == TxnControl::kCommit);
+    hints_.local = {};
+    proto::CommandComplete{route.txn == TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}.write(answer);
+  }
+  std::string out;
+  if (pipeline_step_ == PipelineStep::kControl) {
+    // pgshard's own BEGIN/COMMIT of a pipeline it runs in parts: nothing for the client.
+  } else if (req.simple) {
+    out += answer;
+    end_request(out, transaction_status());
+  } else {
+    answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
+  }
+  pending_.clear();
+  if (!out.empty()) co_await write_client(out);
+}
+
 awaitable<bool> Session::control_transaction(const router::Route& route, const Request& req) {
   using router::TxnControl;
   const bool ends = route.txn == TxnControl::kCommit || route.txn == TxnControl::kRollback;
@@ -44,34 +75,7 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
            ? txn_.state() == txn::State::kIdle && transaction_status() == proto::txn_status::kIdle
            : ends && txn_.deferred());
   if (local) {
-    if (!co_await drain()) co_return true;
-    std::string answer;
-    if (route.txn == TxnControl::kBegin) {
-      std::string begin;
-      if (req.simple)
-        begin = pending_;
-      else
-        proto::Query{bound_text(pending_, statements_)}.write(begin);
-      txn_.defer(std::move(begin));
-      proto::CommandComplete{"BEGIN"}.write(answer);
-    } else {
-      txn_.end();
-      settings_.transaction_ended(route.txn == TxnControl::kCommit);
-      hints_.local = {};
-      proto::CommandComplete{route.txn == TxnControl::kCommit ? "COMMIT" : "ROLLBACK"}.write(
-          answer);
-    }
-    std::string out;
-    if (pipeline_step_ == PipelineStep::kControl) {
-      // pgshard's own BEGIN/COMMIT of a pipeline it runs in parts: nothing for the client.
-    } else if (req.simple) {
-      out += answer;
-      end_request(out, transaction_status());
-    } else {
-      answer_extended(answer, out);  // ends with ReadyForQuery at the Sync
-    }
-    pending_.clear();
-    if (!out.empty()) co_await write_client(out);
+    co_await control_locally(route, req);
     co_return true;
   }
   const bool ends_here = ends && req.lone;
@@ -102,10 +106,11 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
   }
   if (ends_here && txn_.coordinated()) {
     const bool commit = route.txn == TxnControl::kCommit;
-    const bool committed =
-        pipeline_step_ == PipelineStep::kControl
-            ? co_await end_pipeline_distributed(commit)
-            : co_await executor::finish_distributed(*this, *this, commit, req.simple);
+    bool committed = false;  // (no co_await in a ?: with GCC 12)
+    if (pipeline_step_ == PipelineStep::kControl)
+      committed = co_await end_pipeline_distributed(commit);
+    else
+      committed = co_await executor::finish_distributed(*this, *this, commit, req.simple);
     // The relay saw none of it: the transaction's SETs hold only if it committed.
     settings_.transaction_ended(committed);
     pending_.clear();

@@ -261,141 +261,163 @@ std::string Statements::with_own_view(std::string_view sql, std::string& out,
 void Statements::map(std::string& batch, pool::ServerConn& conn, bool in_block) {
   const bool own_view = std::exchange(own_view_, false);
   if (!own_view && injected_.empty() && plain(batch)) return;
-  std::string out;
-  out.reserve(batch.size() + 64);
-  bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
-  bool injected_bind = false;   // the next Bind is the one pgshard's own Parse is for
+  Mapping m{conn, in_block, own_view, {}};
+  m.out.reserve(batch.size() + 64);
   for (std::string_view rest = batch; !rest.empty();) {
     auto d = proto::decode_frame(rest);
     if (d.status != proto::DecodeStatus::kFrame) {
-      out.append(rest);
+      m.out.append(rest);
       break;
     }
     const std::string_view raw = rest.substr(0, d.consumed);
     rest.remove_prefix(d.consumed);
-    const auto& f = d.frame;
-    switch (f.type) {
-      case proto::msg::kParse: {
-        auto p = proto::Parse::parse(f.body);
-        if (p && p->name.empty() && injected(p->query)) {
-          // pgshard's Parse for the Bind after it; a later Bind of the client's unnamed
-          // statement parses that again.
-          out.append(raw);
-          conn.replies.expect_parse(Owner::kClient, Action::kHide);
-          parsed_unnamed = true;
-          injected_bind = true;
-          break;
-        }
-        if (p && p->name.empty()) parsed_unnamed = true;
-        // DEALLOCATE / DISCARD ALL as an unnamed statement (psycopg sends its maintenance
-        // this way): the statements go when its Bind runs it (below), on that server — in
-        // transaction pooling maybe not this one, which keeps its statements.
-        const bool drops_all = p && p->name.empty() && drop_all_kind(p->query) != DropAll::kNone;
-        if (auto name =
-                p && p->name.empty() && !drops_all ? deallocated_name(p->query) : std::nullopt;
-            name && out.empty()) {
-          if (auto sql = deallocate(conn, *name)) {
-            proto::Parse{"", *sql, p->param_types}.write(out);
-            conn.replies.expect_parse(Owner::kClient, Action::kForward);
-            break;
-          }
-        }
-        if (own_view && p) {
-          // A statement reading pg_prepared_statements sees the client's names.
-          const std::string sql = with_own_view(p->query, out, conn);
-          const proto::Parse own{p->name, sql, p->param_types};
-          if (!p->name.empty()) {
-            map_parse(out, conn, raw, own);
-            break;
-          }
-          own.write(out);
-          conn.replies.expect_parse(Owner::kClient, Action::kForward);
-          break;
-        }
-        map_parse(out, conn, raw, p);
+    const std::string_view body = d.frame.body;
+    switch (d.frame.type) {
+      case proto::msg::kParse:
+        map_parse_message(m, raw, body);
         break;
-      }
-      case proto::msg::kBind: {
-        auto b = proto::Bind::parse(f.body);
-        if (b && b->statement.empty() && !parsed_unnamed)
-          parsed_unnamed = reparse_unnamed(out, conn);
-        if (b && b->statement.empty() && runs_drop_all(unnamed_, conn, in_block)) {
-          conn.prepared.clear();
-          server_names_.clear();
-        }
-        if (std::exchange(injected_bind, false)) {
-          out.append(raw);
-          parsed_unnamed = false;
-          break;
-        }
-        auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
-        if (!b || b->statement.empty() || known == server_names_.end()) {
-          out.append(raw);  // unknown names reach PostgreSQL, which reports them
-          break;
-        }
-        ensure(out, conn, known->second, known->first);
-        b->statement = known->second;
-        b->write(out);
+      case proto::msg::kBind:
+        map_bind(m, raw, body);
         break;
-      }
-      case proto::msg::kDescribe: {
-        auto dsc = proto::Describe::parse(f.body);
-        if (dsc && dsc->kind == 'S' && dsc->name.empty() && !parsed_unnamed)
-          parsed_unnamed = reparse_unnamed(out, conn);  // psql's \gdesc
-        auto known = dsc && dsc->kind == 'S' ? server_names_.find(std::string(dsc->name))
-                                             : server_names_.end();
-        if (known == server_names_.end() || dsc->name.empty()) {
-          out.append(raw);
-          break;
-        }
-        ensure(out, conn, known->second, known->first);
-        proto::Describe{'S', known->second}.write(out);
+      case proto::msg::kDescribe:
+        map_describe(m, raw, body);
         break;
-      }
-      case proto::msg::kClose: {
-        auto c = proto::Close::parse(f.body);
-        if (c && c->kind == 'S' && !c->name.empty()) {
-          // Other clients may use the server's statement: only the client's name goes.
-          server_names_.erase(std::string(c->name));
-          proto::Close{'S', kNoStatement}.write(out);
-        } else {
-          out.append(raw);
-        }
-        conn.replies.expect_close(Owner::kClient, Action::kForward);
+      case proto::msg::kClose:
+        map_close(m, raw, body);
         break;
-      }
       case proto::msg::kQuery:
-        if (auto q = proto::Query::parse(f.body); q && own_view) {
-          // Statements the server lacks are prepared ahead, with their own Sync.
-          std::string parses;
-          proto::Query{with_own_view(q->sql, parses, conn)}.write(out);
-          if (!parses.empty()) {
-            proto::write_empty(parses, proto::msg::kSync);
-            conn.replies.expect_ready(Owner::kOwn);
-            prefix_ += parses;
-          }
-          break;
-        }
-        // DISCARD ALL / DEALLOCATE ALL drop every statement of the server, ours too.
-        if (auto q = proto::Query::parse(f.body); q && runs_drop_all(q->sql, conn, in_block)) {
-          conn.prepared.clear();
-          server_names_.clear();
-        } else if (auto name = q ? deallocated_name(q->sql) : std::nullopt) {
-          // (Alone in its batch: pgshard's prefix goes ahead of it.)
-          if (out.empty() && rest.empty()) {
-            if (auto sql = deallocate(conn, *name)) {
-              proto::Query{*sql}.write(out);
-              break;
-            }
-          }
-        }
-        out.append(raw);
+        map_query(m, raw, body, rest.empty());
         break;
       default:
-        out.append(raw);
+        m.out.append(raw);
     }
   }
-  batch = std::move(out);
+  batch = std::move(m.out);
+}
+
+void Statements::map_parse_message(Mapping& m, std::string_view raw, std::string_view body) {
+  auto& out = m.out;
+  auto& conn = m.conn;
+  auto p = proto::Parse::parse(body);
+  if (p && p->name.empty() && injected(p->query)) {
+    // pgshard's Parse for the Bind after it; a later Bind of the client's unnamed
+    // statement parses that again.
+    out.append(raw);
+    conn.replies.expect_parse(Owner::kClient, Action::kHide);
+    m.parsed_unnamed = true;
+    m.injected_bind = true;
+    return;
+  }
+  if (p && p->name.empty()) m.parsed_unnamed = true;
+  // DEALLOCATE / DISCARD ALL as an unnamed statement (psycopg sends its maintenance
+  // this way): the statements go when its Bind runs it (below), on that server — in
+  // transaction pooling maybe not this one, which keeps its statements.
+  const bool drops_all = p && p->name.empty() && drop_all_kind(p->query) != DropAll::kNone;
+  if (auto name = p && p->name.empty() && !drops_all ? deallocated_name(p->query) : std::nullopt;
+      name && out.empty()) {
+    if (auto sql = deallocate(conn, *name)) {
+      proto::Parse{"", *sql, p->param_types}.write(out);
+      conn.replies.expect_parse(Owner::kClient, Action::kForward);
+      return;
+    }
+  }
+  if (m.own_view && p) {
+    // A statement reading pg_prepared_statements sees the client's names.
+    const std::string sql = with_own_view(p->query, out, conn);
+    const proto::Parse own{p->name, sql, p->param_types};
+    if (!p->name.empty()) {
+      map_parse(out, conn, raw, own);
+      return;
+    }
+    own.write(out);
+    conn.replies.expect_parse(Owner::kClient, Action::kForward);
+    return;
+  }
+  map_parse(out, conn, raw, p);
+}
+
+void Statements::map_bind(Mapping& m, std::string_view raw, std::string_view body) {
+  auto& out = m.out;
+  auto& conn = m.conn;
+  auto b = proto::Bind::parse(body);
+  if (b && b->statement.empty() && !m.parsed_unnamed) m.parsed_unnamed = reparse_unnamed(out, conn);
+  if (b && b->statement.empty() && runs_drop_all(unnamed_, conn, m.in_block)) {
+    conn.prepared.clear();
+    server_names_.clear();
+  }
+  if (std::exchange(m.injected_bind, false)) {
+    out.append(raw);
+    m.parsed_unnamed = false;
+    return;
+  }
+  auto known = b ? server_names_.find(std::string(b->statement)) : server_names_.end();
+  if (!b || b->statement.empty() || known == server_names_.end()) {
+    out.append(raw);  // unknown names reach PostgreSQL, which reports them
+    return;
+  }
+  ensure(out, conn, known->second, known->first);
+  b->statement = known->second;
+  b->write(out);
+}
+
+void Statements::map_describe(Mapping& m, std::string_view raw, std::string_view body) {
+  auto& out = m.out;
+  auto& conn = m.conn;
+  auto dsc = proto::Describe::parse(body);
+  if (dsc && dsc->kind == 'S' && dsc->name.empty() && !m.parsed_unnamed)
+    m.parsed_unnamed = reparse_unnamed(out, conn);  // psql's \gdesc
+  auto known =
+      dsc && dsc->kind == 'S' ? server_names_.find(std::string(dsc->name)) : server_names_.end();
+  if (known == server_names_.end() || dsc->name.empty()) {
+    out.append(raw);
+    return;
+  }
+  ensure(out, conn, known->second, known->first);
+  proto::Describe{'S', known->second}.write(out);
+}
+
+void Statements::map_close(Mapping& m, std::string_view raw, std::string_view body) {
+  auto& out = m.out;
+  auto& conn = m.conn;
+  auto c = proto::Close::parse(body);
+  if (c && c->kind == 'S' && !c->name.empty()) {
+    // Other clients may use the server's statement: only the client's name goes.
+    server_names_.erase(std::string(c->name));
+    proto::Close{'S', kNoStatement}.write(out);
+  } else {
+    out.append(raw);
+  }
+  conn.replies.expect_close(Owner::kClient, Action::kForward);
+}
+
+void Statements::map_query(Mapping& m, std::string_view raw, std::string_view body, bool last) {
+  auto& out = m.out;
+  auto& conn = m.conn;
+  if (auto q = proto::Query::parse(body); q && m.own_view) {
+    // Statements the server lacks are prepared ahead, with their own Sync.
+    std::string parses;
+    proto::Query{with_own_view(q->sql, parses, conn)}.write(out);
+    if (!parses.empty()) {
+      proto::write_empty(parses, proto::msg::kSync);
+      conn.replies.expect_ready(Owner::kOwn);
+      prefix_ += parses;
+    }
+    return;
+  }
+  // DISCARD ALL / DEALLOCATE ALL drop every statement of the server, ours too.
+  if (auto q = proto::Query::parse(body); q && runs_drop_all(q->sql, conn, m.in_block)) {
+    conn.prepared.clear();
+    server_names_.clear();
+  } else if (auto name = q ? deallocated_name(q->sql) : std::nullopt) {
+    // (Alone in its batch: pgshard's prefix goes ahead of it.)
+    if (out.empty() && last) {
+      if (auto sql = deallocate(conn, *name)) {
+        proto::Query{*sql}.write(out);
+        return;
+      }
+    }
+  }
+  out.append(raw);
 }
 
 std::string_view Statements::text(std::string_view name) const {

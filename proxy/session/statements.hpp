@@ -76,6 +76,22 @@ class Statements {
   bool reparse_unnamed(std::string& out, pool::ServerConn& conn) const;
   void map_parse(std::string& out, pool::ServerConn& conn, std::string_view raw,
                  const std::optional<protocol::Parse>& p);
+  // map()'s steps, one per message it rewrites, and what it carries from one message of the
+  // batch to the next.
+  struct Mapping {
+    pool::ServerConn& conn;
+    const bool in_block;
+    const bool own_view;
+    std::string out;              // the batch as it goes to the server
+    bool parsed_unnamed = false;  // this batch parses the unnamed statement itself
+    bool injected_bind = false;   // the next Bind is the one pgshard's own Parse is for
+  };
+  void map_parse_message(Mapping& m, std::string_view raw, std::string_view body);
+  void map_bind(Mapping& m, std::string_view raw, std::string_view body);
+  void map_describe(Mapping& m, std::string_view raw, std::string_view body);
+  void map_close(Mapping& m, std::string_view raw, std::string_view body);
+  // `last`: the Query ends the batch.
+  void map_query(Mapping& m, std::string_view raw, std::string_view body, bool last);
 
   std::unordered_map<std::string, std::string> texts_;
   std::unordered_map<std::string, std::vector<int32_t>> types_;

@@ -24,12 +24,19 @@ cleanup() {
 }
 trap cleanup EXIT
 "$ROOT/tests/harness/pgcluster.sh" start "$DIR/pg" "$P0" "$P1" "$P2" >/dev/null
+# The dashboard shows each shard's hosts: there s0 has a streaming replica.
+S0_REPLICAS=""
+if [ "$SUITE" = dashboard ]; then
+  R0=$(free_port)
+  "$ROOT/tests/harness/pgcluster.sh" replica "$DIR/pg" "$P0" "$R0" >/dev/null
+  S0_REPLICAS=", replicas: [\"postgres://app:secret@127.0.0.1:$R0/app\"]"
+fi
 cat >"$DIR/pgshard.yaml" <<YAML
 listen: { host: 127.0.0.1, port: $PROXY, workers: 2 }
 tls: { mode: disable }
 users: [{ name: app, password: secret, pool_mode: transaction }]
 shards:
-  - { name: s0, primary: "postgres://app:secret@127.0.0.1:$P0/app", pool_size: 4 }
+  - { name: s0, primary: "postgres://app:secret@127.0.0.1:$P0/app", pool_size: 4$S0_REPLICAS }
   - { name: s1, primary: "postgres://app:secret@127.0.0.1:$P1/app", pool_size: 4 }
   - { name: s2, primary: "postgres://app:secret@127.0.0.1:$P2/app", pool_size: 4 }
 sharded_tables:
@@ -86,7 +93,9 @@ case "$SUITE" in
       expected="$expected\"s$i\": $n"; [ $i -lt 2 ] && expected="$expected, "
     done
     expected="$expected}"
-    PGSHARD_HTTP=127.0.0.1:$HTTP EXPECTED_ROWS=$expected \
+    hosts="[[\"s0\",\"127.0.0.1:$P0\",\"primary\"],[\"s0\",\"127.0.0.1:$R0\",\"replica\"],"
+    hosts="$hosts[\"s1\",\"127.0.0.1:$P1\",\"primary\"],[\"s2\",\"127.0.0.1:$P2\",\"primary\"]]"
+    PGSHARD_HTTP=127.0.0.1:$HTTP EXPECTED_ROWS=$expected EXPECTED_HOSTS=$hosts \
       KILL_SHARD="$ROOT/tests/harness/pgcluster.sh kill $DIR/pg $P2" \
       ARTIFACTS=${PGSHARD_ARTIFACTS:-$ROOT/build/artifacts} node "$HERE/node/dashboard.mjs" ;;
   *) echo "unknown suite $SUITE"; exit 2 ;;

@@ -34,6 +34,39 @@ PROJECT=pgshard-compose-$$
 source "$ROOT/tests/harness/free_port.sh"
 fail() { echo "FAIL: $*"; exit 1; }
 
+# The base images' tarballs, cached in $CACHE: one debootstrap gives both, the tree as it is
+# (debian:bookworm) and then trimmed (debian:bookworm-slim). Another run making them
+# (./tests/run.sh starts `--base-only` at its beginning, beside the build) is waited for.
+base_tarballs() {
+  mkdir -p "$CACHE"
+  exec 9>"$CACHE/base.lock"
+  flock 9
+  if [ ! -s "$CACHE/bookworm-minbase.tar" ] || [ ! -s "$CACHE/bookworm-slim.tar" ]; then
+    local root=$DIR/rootfs start
+    start=$(date +%s)
+    echo "debootstrap --variant=minbase bookworm"
+    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian \
+      >"$DIR/debootstrap.log" 2>&1 || { tail -20 "$DIR/debootstrap.log"; fail "debootstrap"; }
+    rm -f "$root"/var/cache/apt/archives/*.deb
+    tar --numeric-owner -cf "$CACHE/bookworm-minbase.tar.tmp" -C "$root" . &&
+      mv "$CACHE/bookworm-minbase.tar.tmp" "$CACHE/bookworm-minbase.tar"
+    rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
+      "$root"/var/lib/apt/lists/*
+    find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
+    tar --numeric-owner -cf "$CACHE/bookworm-slim.tar.tmp" -C "$root" . &&
+      mv "$CACHE/bookworm-slim.tar.tmp" "$CACHE/bookworm-slim.tar"
+    rm -rf "$root"
+    echo "base images' trees made in $(( $(date +%s) - start )) s"
+  fi
+  flock -u 9
+}
+if [ "${1:-}" = --base-only ]; then
+  trap 'rm -rf "$DIR"' EXIT
+  base_tarballs
+  exit 0
+fi
+base_tarballs
+
 cat >"$DIR/containers.conf" <<'CONF'
 [containers]
 default_ulimits = []
@@ -65,28 +98,11 @@ cleanup() {
 trap cleanup EXIT
 
 # ---- base images ----
-base_image() {  # tag tarball-name trim
-  local tag=$1 tarball=$CACHE/$2
-  podman image exists "$tag" && return 0
-  if [ ! -s "$tarball" ]; then
-    mkdir -p "$CACHE"
-    local root=$DIR/rootfs-$2
-    echo "debootstrap --variant=minbase bookworm (for $tag)"
-    debootstrap --variant=minbase bookworm "$root" http://deb.debian.org/debian \
-      >"$DIR/debootstrap.log" 2>&1 || { tail -20 "$DIR/debootstrap.log"; fail "debootstrap"; }
-    rm -f "$root"/var/cache/apt/archives/*.deb
-    if [ "$3" = slim ]; then
-      rm -rf "$root"/usr/share/doc/* "$root"/usr/share/man/* "$root"/usr/share/info/* \
-        "$root"/var/lib/apt/lists/*
-      find "$root/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
-    fi
-    tar --numeric-owner -cf "$tarball.tmp" -C "$root" . && mv "$tarball.tmp" "$tarball"
-    rm -rf "$root"
-  fi
-  podman import "$tarball" "$tag" >/dev/null
+base_image() {  # tag tarball-name
+  podman image exists "$1" || podman import "$CACHE/$2" "$1" >/dev/null
 }
-base_image debian:bookworm bookworm-minbase.tar full
-base_image debian:bookworm-slim bookworm-slim.tar slim
+base_image debian:bookworm bookworm-minbase.tar
+base_image debian:bookworm-slim bookworm-slim.tar
 
 # ---- the images ----
 from=${PGSHARD_IMAGE_FROM:-prebuilt}

@@ -72,43 +72,6 @@ long long num(const std::string& s) {
   return std::stoll(s);
 }
 
-struct HttpReply {
-  int status = 0;
-  std::string headers;
-  std::string body;
-};
-
-// `url` fetched with curl and `args` (method, credentials, -k); status 0: nothing answered.
-HttpReply http_fetch(const std::string& url, const std::string& args = "") {
-  const auto dir = temp_dir("http");
-  std::string out;
-  run("curl -s -m 10 " + args + " -D " + dir + "/headers -o " + dir + "/body -w '%{http_code}' '" +
-          url + "'",
-      &out);
-  HttpReply r;
-  r.status = out.empty() ? 0 : std::atoi(out.c_str());
-  r.headers = read_file(dir + "/headers");
-  r.body = read_file(dir + "/body");
-  run("rm -rf " + dir);
-  return r;
-}
-
-HttpReply http_get(int port, const std::string& path, const std::string& method = "GET",
-                   const std::string& args = "") {
-  return http_fetch("http://127.0.0.1:" + std::to_string(port) + path, "-X " + method + " " + args);
-}
-
-// The value of the sample `series` (name with its labels, exactly as exposed); -1 if absent.
-double metric(const std::string& text, const std::string& series) {
-  std::istringstream in(text);
-  std::string line;
-  while (std::getline(in, line))
-    if (line.size() > series.size() && line.compare(0, series.size(), series) == 0 &&
-        line[series.size()] == ' ')
-      return std::stod(line.substr(series.size() + 1));
-  return -1;
-}
-
 // Connections to the HTTP port that send nothing, as a flood of idle clients holds them.
 class IdleHttp {
  public:

@@ -131,6 +131,20 @@ std::string temp_dir(const std::string& name);
 int run(const std::string& cmd, std::string* out = nullptr);
 std::string read_file(const std::string& path);
 
+struct HttpReply {
+  int status = 0;
+  std::string headers;
+  std::string body;
+};
+// `url` fetched with curl and `args` (method, credentials, -k); status 0: nothing answered.
+HttpReply http_fetch(const std::string& url, const std::string& args = "");
+// http://127.0.0.1:`port``path` with `method`.
+HttpReply http_get(int port, const std::string& path, const std::string& method = "GET",
+                   const std::string& args = "");
+// The value of the Prometheus sample `series` (name with its labels, exactly as exposed) in
+// `text`; -1 if absent.
+double metric(const std::string& text, const std::string& series);
+
 // Every proxy and cluster started so far, for the failure listener to print logs.
 void print_logs_on_failure();
 // For a case that hangs: every running pgshard's threads' stacks (gdb) and the logs, then

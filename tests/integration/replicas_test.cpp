@@ -2,6 +2,7 @@
 // health check (role, lag in bytes and time, bans) as the console's SHOW HOSTS / SHOW
 // REPLICAS report it.
 #include <catch2/catch.hpp>
+#include <fstream>
 #include <map>
 #include <thread>
 
@@ -97,11 +98,22 @@ TEST_CASE("hosts: a replica that stops answering is down and banned, and up once
           "[replicas]") {
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(1);
-  ProxyOptions o = with_replica(replica, "");
+  // With a time limit: a restarted replica of an idle primary is not behind (it was
+  // `lagging` until the primary's next commit).
+  ProxyOptions o = with_replica(replica, "max_replica_lag: { time: 2s }\n");
   o.shard_extra = {
       "", "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(replica) + "/app\"]"};
   Proxy proxy(o);
   REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  // A commit the replica replays again when it restarts (no restart point on an immediate
+  // stop): its time is the replica's newest replayed commit.
+  {
+    auto direct = connect(cluster.direct(1));
+    query(direct.get(), "DROP TABLE IF EXISTS hosts_mark");
+    query(direct.get(), "CREATE TABLE hosts_mark (id int)");
+  }
+  REQUIRE(wait_until([&] { return replicas(proxy).at(0)["lag_bytes"] == "0"; },
+                     std::chrono::seconds(10)));
   cluster.kill_port(replica);
   CHECK(wait_until([&] { return replica_state(proxy) == "down"; }, std::chrono::seconds(5)));
   auto row = replicas(proxy).at(0);
@@ -112,6 +124,9 @@ TEST_CASE("hosts: a replica that stops answering is down and banned, and up once
   cluster.restart_port(replica);
   CHECK(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(15)));
   CHECK(replicas(proxy).at(0)["last_error"] == "");
+  // ... and stays up while its primary writes nothing.
+  std::this_thread::sleep_for(std::chrono::seconds(3));
+  CHECK(replica_state(proxy) == "up");
 }
 
 namespace {
@@ -281,4 +296,166 @@ TEST_CASE("reads: a multi-shard read uses each shard's replica only without atom
   };
   CHECK(reads_of_replicas("atomic_visibility: false\n") == 2);
   CHECK(reads_of_replicas("") == 0);
+}
+
+TEST_CASE("reads: a replica gone before its check noticed sends its reads elsewhere",
+          "[replicas]") {
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const int primary = cluster.port(0);
+  ProxyOptions o = reading_replica(replica, "eventual");
+  // Checks far apart: the reads find the replica gone before a check does.
+  const auto at = o.extra_top.find("interval: 100ms");
+  REQUIRE(at != std::string::npos);
+  o.extra_top.replace(at, 15, "interval: 60s");
+  Proxy proxy(o);
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  cluster.kill_port(replica);
+  // Nothing was sent to the replica: the primary answers (before: 08001), and the replica
+  // is kept from reads until a check finds it back.
+  for (int i = 0; i < 3; ++i) CHECK(ran_on(c.get(), "SELECT inet_server_port()") == primary);
+  CHECK(replica_state(proxy) != "up");
+  cluster.restart_port(replica);
+}
+
+TEST_CASE("metrics: each host's role, lag, reads, bans, fallbacks and latency; /api/status",
+          "[replicas]") {
+  // Before: per-host state was only on the console (SHOW HOSTS); /metrics and the dashboard's
+  // JSON had none of it.
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const int http = free_port();
+  ProxyOptions o = reading_replica(replica, "eventual");
+  const std::string console = "admin: { users: [admin] }\n";
+  o.extra_top.replace(
+      o.extra_top.find(console), console.size(),
+      "admin: { users: [admin], http: \"127.0.0.1:" + std::to_string(http) + "\" }\n");
+  Proxy proxy(o);
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  const std::string r =
+      "{shard=\"s0\",host=\"127.0.0.1:" + std::to_string(replica) + "\",role=\"replica\"}";
+  const std::string p =
+      "{shard=\"s0\",host=\"127.0.0.1:" + std::to_string(cluster.port(0)) + "\",role=\"primary\"}";
+  auto metrics = [&] { return http_get(http, "/metrics").body; };
+  REQUIRE(wait_until([&] { return metric(metrics(), "pgshard_host_lag_bytes" + r) >= 0; },
+                     std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  for (int i = 0; i < 5; ++i) CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  auto m = metrics();
+  INFO(m);
+  CHECK(metric(m, "pgshard_host_up" + r) == 1);
+  CHECK(metric(m, "pgshard_host_up" + p) == 1);
+  CHECK(metric(m, "pgshard_host_in_recovery" + r) == 1);
+  CHECK(metric(m, "pgshard_host_in_recovery" + p) == 0);
+  CHECK(metric(m, "pgshard_host_lag_seconds" + r) >= 0);
+  CHECK(metric(m, "pgshard_host_reads_total" + r) >= 5);
+  CHECK(metric(m, "pgshard_host_query_duration_seconds_count" + r) >= 5);
+  CHECK(metric(m, "pgshard_host_bans_total" + r) == 0);
+  CHECK(metric(m, "pgshard_host_primary_fallbacks_total" + p) == 0);
+  CHECK(metric(m, "pgshard_host_up{shard=\"s1\",host=\"127.0.0.1:" +
+                      std::to_string(cluster.port(1)) + "\",role=\"primary\"}") == 1);
+  const auto status = http_get(http, "/api/status").body;
+  CHECK(status.find("\"hosts\":[{\"host\":\"127.0.0.1:" + std::to_string(cluster.port(0)) +
+                    "\",\"listed_as\":\"primary\",\"role\":\"primary\",\"state\":\"up\"") !=
+        std::string::npos);
+  CHECK(status.find("{\"host\":\"127.0.0.1:" + std::to_string(replica) +
+                    "\",\"listed_as\":\"replica\",\"role\":\"replica\",\"state\":\"up\"") !=
+        std::string::npos);
+  // The replica stops: down and banned (one ban), reads fall back to the primary (counted).
+  cluster.kill_port(replica);
+  CHECK(wait_until([&] { return metric(metrics(), "pgshard_host_up" + r) == 0; },
+                   std::chrono::seconds(5)));
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == cluster.port(0));
+  m = metrics();
+  CHECK(metric(m, "pgshard_host_bans_total" + r) >= 1);  // (one more per ban_time down)
+  CHECK(metric(m, "pgshard_host_primary_fallbacks_total" + p) >= 1);
+  CHECK(http_get(http, "/api/status").body.find("\"state\":\"down\"") != std::string::npos);
+  cluster.restart_port(replica);
+  CHECK(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(15)));
+}
+
+namespace {
+
+// A PostgreSQL cluster of its own (initdb'd apart from the shards: another system
+// identifier) with a streaming replica, stopped and removed when destroyed.
+class ForeignCluster {
+ public:
+  ForeignCluster() : dir_(temp_dir("foreign")), primary_(free_port()) {
+    std::string out;
+    REQUIRE(run(script_ + " start " + dir_ + " " + std::to_string(primary_), &out) == 0);
+    replica_ = free_port();
+    REQUIRE(run(script_ + " replica " + dir_ + " " + std::to_string(primary_) + " " +
+                    std::to_string(replica_),
+                &out) == 0);
+  }
+  ~ForeignCluster() {
+    run(script_ + " stop " + dir_);
+    run("rm -rf " + dir_);
+  }
+  int replica() const { return replica_; }
+
+ private:
+  const std::string script_ = std::string(PGSHARD_SOURCE_DIR) + "/tests/harness/pgcluster.sh";
+  std::string dir_;
+  int primary_ = 0;
+  int replica_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("pgshard check --live reports replicas that are not replicas of their primary",
+          "[replicas]") {
+  // Before: replicas were not checked at all; a map listing another cluster's server (or a
+  // primary) as a shard's replica passed.
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const auto dir = temp_dir("check-replicas");
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS replica_check");
+    query(direct.get(), "CREATE TABLE replica_check (id bigint)");
+  }
+  auto url = [](int port) {
+    return "\"postgres://app:secret@127.0.0.1:" + std::to_string(port) + "/app\"";
+  };
+  auto check = [&](const std::string& replicas, std::string* out) {
+    std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+    for (int i = 0; i < cluster.size(); ++i)
+      yaml += "  - { name: s" + std::to_string(i) + ", primary: " + url(cluster.port(i)) +
+              (i == 0 ? ", replicas: [" + replicas + "]" : "") + " }\n";
+    yaml += "sharded_tables: [{ table: replica_check, column: id }]\n";
+    std::ofstream(dir + "/map.yaml") << yaml;
+    return run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", out);
+  };
+  std::string out;
+  CHECK(check(url(replica), &out) == 0);
+  INFO(out);
+  CHECK(out.find("every replica (1) replicates its shard's primary") != std::string::npos);
+  // Another shard's primary listed as a replica: not in recovery (the harness's shards are
+  // copies of one initdb, so it has the same system identifier).
+  CHECK(check(url(replica) + ", " + url(cluster.port(1)), &out) != 0);
+  INFO(out);
+  CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" +
+                 std::to_string(cluster.port(1)) + "/app): not in recovery") != std::string::npos);
+  CHECK(out.find("1 problem found") != std::string::npos);
+  // A replica of another cluster: in recovery, but with another system identifier.
+  ForeignCluster foreign;
+  CHECK(check(url(foreign.replica()), &out) != 0);
+  INFO(out);
+  CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" +
+                 std::to_string(foreign.replica()) +
+                 "/app): not a replica of the shard's primary: its system identifier is ") !=
+        std::string::npos);
+  // One nobody answers on.
+  const int closed = free_port();
+  CHECK(check(url(closed), &out) != 0);
+  CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" + std::to_string(closed) +
+                 "/app): cannot connect: ") != std::string::npos);
+  run("rm -rf " + dir);
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE replica_check");
+  }
 }

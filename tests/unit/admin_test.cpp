@@ -16,6 +16,7 @@
 #include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/admin/console.hpp"
+#include "proxy/admin/host_report.hpp"
 #include "proxy/admin/http.hpp"
 #include "proxy/admin/http_auth.hpp"
 
@@ -213,7 +214,16 @@ TEST_CASE("metrics: the families in a fixed order, each sample under its own", "
                                              "pgshard_parse_cache_misses_total",
                                              "pgshard_2pc_committed_total",
                                              "pgshard_2pc_rolled_back_total",
-                                             "pgshard_2pc_in_doubt"};
+                                             "pgshard_2pc_in_doubt",
+                                             "pgshard_host_up",
+                                             "pgshard_host_in_recovery",
+                                             "pgshard_host_lag_bytes",
+                                             "pgshard_host_lag_seconds",
+                                             "pgshard_host_reads_total",
+                                             "pgshard_host_bans_total",
+                                             "pgshard_host_read_your_writes_waits_total",
+                                             "pgshard_host_primary_fallbacks_total",
+                                             "pgshard_host_query_duration_seconds"};
   std::vector<std::string> declared;
   // The sampled families are declared together, then sampled shard by shard.
   const std::set<std::string> sampled = {"pgshard_shard_up", "pgshard_shard_database_bytes",
@@ -270,6 +280,117 @@ TEST_CASE("metrics: the families in a fixed order, each sample under its own", "
         at("pgshard_statements_total{route=\"refused\"} 2"));
   CHECK(at("pgshard_shard_database_bytes{shard=\"s1\"} 7") <
         at("pgshard_table_rows{shard=\"s1\",table=\"users\"} 3"));
+}
+
+namespace {
+
+const char* kReplicaMap = R"(users: [{ name: app, password: secret }]
+shards:
+  - name: s0
+    primary: "postgres://app:secret@10.0.0.1:5432/app"
+    replicas: ["postgres://app:secret@10.0.0.2:5432/app", "postgres://app:secret@10.0.0.3:5433/app"]
+  - { name: s1, primary: "postgres://app:secret@10.0.0.4:5432/app" }
+sharded_tables:
+  - { table: users, column: id }
+health: { ban_time: 5s }
+)";
+
+// Shard s0's primary at 5000, its first replica up 4000 bytes and 1.5 s behind with 3
+// reads, its second replica failing its check; s1's primary never checked. Pools: s0's
+// primary served 2 requests, its first replica 4.
+runtime::Snapshot with_hosts(const config::Config& cfg) {
+  runtime::HostHealth health;
+  health.configure(cfg);
+  const auto now = Clock::now();
+  health.record(0, {false, 5000, 0, 7}, now, cfg.replication);
+  health.record(1, {true, 1000, 1500, 7}, now, cfg.replication);
+  health.record_failure(2, "connection refused", now, cfg.replication);
+  for (int i = 0; i < 3; ++i) health.count_read(0, 0, runtime::ReadCount::kReplica);
+  health.count_read(0, -1, runtime::ReadCount::kFallback);
+  health.count_read(0, -1, runtime::ReadCount::kWaitedForReplica);
+  runtime::Snapshot snap;
+  snap.started = now - std::chrono::seconds(10);
+  snap.taken = now;
+  snap.hosts = health.snapshot();
+  runtime::WorkerSnapshot w;
+  auto pool = [&](int target, const std::string& name, int requests) {
+    runtime::PoolRow p;
+    p.shard = target;
+    p.shard_name = name;
+    p.user = "app";
+    for (int i = 0; i < requests; ++i) p.counters.query_time.add(700);
+    w.pools.push_back(p);
+  };
+  pool(0, "s0", 2);
+  pool(2, "s0 replica 10.0.0.2:5432", 4);  // targets: s0, s1, then s0's replicas
+  snap.workers.push_back(w);
+  return snap;
+}
+
+}  // namespace
+
+TEST_CASE("metrics: every host of the shards, with role, lag, reads, bans and latency", "[admin]") {
+  // Before: replicas had only SHOW HOSTS; /metrics had no family per host.
+  auto cfg = config::load_string(kReplicaMap, "t.yaml");
+  const auto text = admin::HttpServer::metrics(with_hosts(*cfg), *cfg, {});
+  INFO(text);
+  auto has = [&](const std::string& line) { return text.find(line + "\n") != std::string::npos; };
+  const std::string p0 = R"({shard="s0",host="10.0.0.1:5432",role="primary"})";
+  const std::string r1 = R"({shard="s0",host="10.0.0.2:5432",role="replica"})";
+  const std::string r2 = R"({shard="s0",host="10.0.0.3:5433",role="replica"})";
+  const std::string p1 = R"({shard="s1",host="10.0.0.4:5432",role="primary"})";
+  CHECK(has("pgshard_host_up" + p0 + " 1"));
+  CHECK(has("pgshard_host_up" + r1 + " 1"));
+  CHECK(has("pgshard_host_up" + r2 + " 0"));
+  CHECK(text.find("pgshard_host_up" + p1) == std::string::npos);  // never checked
+  CHECK(has("pgshard_host_in_recovery" + p0 + " 0"));
+  CHECK(has("pgshard_host_in_recovery" + r1 + " 1"));
+  CHECK(has("pgshard_host_lag_bytes" + r1 + " 4000"));
+  CHECK(has("pgshard_host_lag_seconds" + r1 + " 1.5"));
+  CHECK(text.find("pgshard_host_lag_bytes" + p0) == std::string::npos);
+  CHECK(text.find("pgshard_host_lag_bytes" + r2) == std::string::npos);  // not known
+  CHECK(has("pgshard_host_reads_total" + r1 + " 3"));
+  CHECK(has("pgshard_host_reads_total" + p0 + " 2"));
+  CHECK(has("pgshard_host_bans_total" + r2 + " 1"));
+  CHECK(has("pgshard_host_bans_total" + r1 + " 0"));
+  CHECK(has("pgshard_host_read_your_writes_waits_total" + p0 + " 1"));
+  CHECK(has("pgshard_host_primary_fallbacks_total" + p0 + " 1"));
+  CHECK(text.find("pgshard_host_primary_fallbacks_total" + r1) == std::string::npos);
+  // Latency per host, the replicas' pools included; a host without requests shows zeros.
+  CHECK(has("pgshard_host_query_duration_seconds_count" + r1 + " 4"));
+  CHECK(has(R"(pgshard_host_query_duration_seconds_bucket{shard="s0",host="10.0.0.2:5432",)"
+            R"(role="replica",le="0.001"} 4)"));
+  CHECK(has(R"(pgshard_host_query_duration_seconds_bucket{shard="s0",host="10.0.0.2:5432",)"
+            R"(role="replica",le="0.0005"} 0)"));
+  CHECK(has("pgshard_host_query_duration_seconds_count" + p0 + " 2"));
+  CHECK(has("pgshard_host_query_duration_seconds_count" + r2 + " 0"));
+  CHECK(has("pgshard_host_query_duration_seconds_sum" + p1 + " 0"));
+  // Without replicas nothing is checked: the families are declared, with no samples.
+  auto plain = config::load_string(kMap, "t.yaml");
+  const auto none = admin::HttpServer::metrics(two_workers(), *plain, {});
+  CHECK(none.find("# TYPE pgshard_host_up gauge\n") != std::string::npos);
+  CHECK(none.find("pgshard_host_up{") == std::string::npos);
+  CHECK(none.find("pgshard_host_query_duration_seconds_count{") == std::string::npos);
+}
+
+TEST_CASE("status JSON: each shard's hosts with role, state and lag", "[admin]") {
+  auto cfg = config::load_string(kReplicaMap, "t.yaml");
+  const auto snap = with_hosts(*cfg);
+  const auto s0 = admin::hosts_json(snap, 0);
+  INFO(s0);
+  CHECK(s0.find(R"({"host":"10.0.0.1:5432","listed_as":"primary","role":"primary","state":"up",)"
+                R"("lag_bytes":null,"lag_ms":null,"reads":2,"bans":0,"last_error":""})") !=
+        std::string::npos);
+  CHECK(s0.find(R"({"host":"10.0.0.2:5432","listed_as":"replica","role":"replica","state":"up",)"
+                R"("lag_bytes":4000,"lag_ms":1500,"reads":3,)") != std::string::npos);
+  CHECK(s0.find(R"({"host":"10.0.0.3:5433","listed_as":"replica","role":"unknown",)"
+                R"("state":"down",)") != std::string::npos);
+  CHECK(s0.find(R"("last_error":"connection refused"})") != std::string::npos);
+  CHECK(admin::hosts_json(snap, 1) ==
+        R"([{"host":"10.0.0.4:5432","listed_as":"primary","role":"unknown","state":"unchecked",)"
+        R"("lag_bytes":null,"lag_ms":null,"reads":0,"bans":0,"last_error":""}])");
+  runtime::Snapshot without;
+  CHECK(admin::hosts_json(without, 0) == "[]");
 }
 
 TEST_CASE("config: the admin section names known users and a host:port", "[admin]") {

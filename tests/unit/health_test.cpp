@@ -233,4 +233,36 @@ TEST_CASE("failover: checks move a shard's writes, count it, and refuse two prim
   CHECK(h.writer(0).host == 2);
   CHECK(h.writer(0).refusal.empty());
   CHECK(h.snapshot()[2].failovers == 1);
+
+TEST_CASE("health: bans are counted when they begin, lagging when it begins", "[health]") {
+  // /metrics' pgshard_host_bans_total: a ban extended by more failures, or a replica that
+  // stays lagging over several checks, is one ban.
+  auto cfg = two_replicas("health: { ban_time: 5s }\nmax_replica_lag: { bytes: 100 }\n");
+  HostHealth h;
+  h.configure(*cfg);
+  const auto now = Clock::now();
+  const auto later = [&](int s) { return now + std::chrono::seconds(s); };
+  CHECK(runtime::state_of(h.snapshot()[1], now) == std::string("unchecked"));
+  h.record(0, primary_at(1000), now, cfg->replication);
+  h.record(1, replica_at(1000), now, cfg->replication);
+  CHECK(runtime::state_of(h.snapshot()[1], now) == std::string("up"));
+  CHECK(h.snapshot()[1].bans == 0);
+  h.record_failure(1, "refused", later(1), cfg->replication);
+  h.record_failure(1, "refused", later(2), cfg->replication);  // still banned: the same ban
+  CHECK(h.snapshot()[1].bans == 1);
+  CHECK(runtime::state_of(h.snapshot()[1], later(2)) == std::string("down"));
+  h.record(1, replica_at(1000), later(3), cfg->replication);
+  CHECK(runtime::state_of(h.snapshot()[1], later(3)) == std::string("banned"));
+  h.record_failure(1, "refused", later(8), cfg->replication);  // the ban had ended: a new one
+  CHECK(h.snapshot()[1].bans == 2);
+  h.record(1, replica_at(1000), later(14), cfg->replication);
+  h.record(0, primary_at(5000), later(14), cfg->replication);  // now 4000 bytes behind
+  h.record(1, replica_at(1000), later(15), cfg->replication);
+  CHECK(runtime::state_of(h.snapshot()[1], later(15)) == std::string("lagging"));
+  CHECK(h.snapshot()[1].bans == 3);
+  h.record(1, replica_at(5000), later(16), cfg->replication);
+  CHECK(runtime::state_of(h.snapshot()[1], later(16)) == std::string("up"));
+  h.record(0, primary_at(9000), later(17), cfg->replication);
+  CHECK(h.snapshot()[1].bans == 4);
+  CHECK(h.snapshot()[2].bans == 0);  // never checked
 }

@@ -214,3 +214,25 @@ TEST_CASE("replica reads: a token travels to another session as text", "[replica
   auto show = router::route_query("SHOW pgshard.read_token", good.hints, *cfg);
   CHECK(show.shows_read_token);
 }
+
+TEST_CASE("replica reads: a read token naming an unknown shard says which", "[replicas]") {
+  // Before: the generic "expected shard:LSN pairs" message, as if the format were wrong.
+  auto cfg = map_with("read_from: replicas\n");
+  for (const char* token : {"s9:0/1", "s0:0/5DC,s9:0/1"}) {
+    INFO(token);
+    auto r = router::route_query(std::string("SET pgshard.read_token = '") + token + "'", {}, *cfg);
+    const auto* refused = std::get_if<router::Refuse>(&r.action);
+    REQUIRE(refused);
+    CHECK(refused->error.code == "22023");
+    CHECK(refused->error.message == "unknown shard \"s9\" in pgshard.read_token");
+  }
+  // A malformed part keeps the format message, even beside a shard name it does not know.
+  for (const char* token : {"s9:zz", "s0", ":0/1", "s0:0/1,s9"}) {
+    INFO(token);
+    auto r = router::route_query(std::string("SET pgshard.read_token = '") + token + "'", {}, *cfg);
+    const auto* refused = std::get_if<router::Refuse>(&r.action);
+    REQUIRE(refused);
+    CHECK(refused->error.code == "22023");
+    CHECK(refused->error.message.find("expected shard:LSN pairs") != std::string::npos);
+  }
+}
