@@ -233,6 +233,7 @@ TEST_CASE("failover: checks move a shard's writes, count it, and refuse two prim
   CHECK(h.writer(0).host == 2);
   CHECK(h.writer(0).refusal.empty());
   CHECK(h.snapshot()[2].failovers == 1);
+}
 
 TEST_CASE("health: bans are counted when they begin, lagging when it begins", "[health]") {
   // /metrics' pgshard_host_bans_total: a ban extended by more failures, or a replica that
