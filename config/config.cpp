@@ -107,7 +107,8 @@ void load_user(Checker& c, const YAML::Node& n, User& u) {
 }
 
 void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
-  if (!c.mapping(n, "shard", {"name", "primary", "replicas", "pool_size", "weight", "read_from"}))
+  if (!c.mapping(n, "shard",
+                 {"name", "primary", "replicas", "hosts", "pool_size", "weight", "read_from"}))
     return;
   if (n["weight"]) s.weight = c.integer<int>(n["weight"], "shard weight", 1, 100).value_or(1);
   if (!n["name"])
@@ -122,11 +123,27 @@ void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
     if (!parsed) c.fail(u, what + ": " + err);
     return parsed;
   };
-  if (!n["primary"])
-    c.fail(n, "shard " + s.name + " needs a primary URL");
-  else if (auto u = url(n["primary"], "shard " + s.name + " primary"))
+  // `hosts: [url...]` is another spelling of primary + replicas: the first is where writes
+  // go until the health checks find the host out of recovery (failover), the rest replicas.
+  if (auto h = n["hosts"]) {
+    if (n["primary"] || n["replicas"])
+      c.fail(h, "shard " + s.name + ": give either hosts or primary/replicas, not both");
+    else if (!h.IsSequence() || h.size() == 0)
+      c.fail(h, "shard " + s.name + ": hosts must be a non-empty list of URLs");
+    else
+      for (std::size_t i = 0; i < h.size(); ++i)
+        if (auto u = url(h[i], "shard " + s.name + " host")) {
+          if (i == 0)
+            s.primary = *u;
+          else
+            s.replicas.push_back(*u);
+        }
+  } else if (!n["primary"]) {
+    c.fail(n, "shard " + s.name + " needs a primary URL (or hosts)");
+  } else if (auto u = url(n["primary"], "shard " + s.name + " primary")) {
     s.primary = *u;
-  if (auto r = n["replicas"]) {
+  }
+  if (auto r = n["replicas"]; r && !n["hosts"]) {
     if (!r.IsSequence())
       c.fail(r, "replicas must be a list of URLs");
     else

@@ -78,8 +78,14 @@ struct User {
 
 struct Shard {
   std::string name;
-  PgUrl primary;
+  PgUrl primary;  // the map's primary: where writes go until a check finds another (failover)
   std::vector<PgUrl> replicas;
+  // Every host of the shard: 0 is `primary`, i > 0 is replicas[i - 1] (health checks and
+  // failover number them so).
+  int host_count() const { return 1 + static_cast<int>(replicas.size()); }
+  const PgUrl& host(int i) const {
+    return i <= 0 ? primary : replicas[static_cast<std::size_t>(i - 1)];
+  }
   int pool_size = 20;
   int weight = 1;                     // ring: virtual nodes scale with it
   std::optional<ReadFrom> read_from;  // overrides Replication::read_from for this shard

@@ -300,7 +300,8 @@ std::string show_hosts(const Snapshot& s, bool replicas_only) {
           {"listed_as", kText}, {"role", kText},      {"state", kText},
           {"lag_bytes", kInt8}, {"lag_ms", kInt8},    {"banned_until", kText},
           {"checks", kInt8},    {"failures", kInt8},  {"last_error", kText},
-          {"reads", kInt8},     {"fallbacks", kInt8}, {"waited", kInt8}};
+          {"reads", kInt8},     {"fallbacks", kInt8}, {"waited", kInt8},
+          {"timeline", kInt8},  {"writes", kText},    {"failovers", kInt8}};
   for (const auto& h : s.hosts) {
     if (replicas_only && h.listed_primary) continue;
     const bool banned = h.banned_until > s.taken;
@@ -317,6 +318,16 @@ std::string show_hosts(const Snapshot& s, bool replicas_only) {
       t.null();
     t << (banned ? wall_time(h.banned_until, s.taken) : "") << h.checks << h.failures << h.error
       << h.reads << h.fallbacks << h.waited;
+    if (h.timeline)
+      t << static_cast<int64_t>(h.timeline);
+    else
+      t.null();
+    // writes: where the shard's writes go now ("refused" on each primary of a shard that
+    // has two); failovers: how often they moved to another host of the shard.
+    t << (h.writes                                                     ? "yes"
+          : h.refused && h.up && h.role == runtime::HostRole::kPrimary ? "refused"
+                                                                       : "no")
+      << h.failovers;
     t.end_row();
   }
   return t.write("SHOW");

@@ -299,10 +299,13 @@ void HttpServer::sample_loop() {
         return static_cast<PGresult*>(nullptr);
       };
       PGresult* r = c && PQstatus(c) == CONNECTION_OK ? ask("select 1", 0, nullptr) : nullptr;
+      // (The host that takes the shard's writes: a promoted replica after a failover.)
+      const auto& shard = cfg.shards[i];
+      const auto& host = shard.host(shared_.hosts.writer(static_cast<int>(i)).host);
       if (!r) {
         if (c) PQfinish(c);
         // A shard that stops answering mid-query (network gone) fails the query in seconds.
-        c = PQconnectdb((runtime::maintenance_conninfo(cfg, cfg.shards[i], "pgshard-monitor") +
+        c = PQconnectdb((runtime::maintenance_conninfo(cfg, shard, host, "pgshard-monitor") +
                          " tcp_user_timeout=5000 keepalives_idle=5 keepalives_interval=2"
                          " keepalives_count=2")
                             .c_str());
@@ -310,9 +313,7 @@ void HttpServer::sample_loop() {
       }
       s.pinged = Clock::now();
       s.answered = r != nullptr;
-      s.ping_error =
-          s.answered ? ""
-                     : "no answer from " + cfg.shards[i].primary.text() + ": " + PQerrorMessage(c);
+      s.ping_error = s.answered ? "" : "no answer from " + host.text() + ": " + PQerrorMessage(c);
       while (!s.ping_error.empty() && s.ping_error.back() == '\n') s.ping_error.pop_back();
       PQclear(r);
       if (s.answered && sizes) {

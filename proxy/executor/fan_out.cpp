@@ -595,9 +595,10 @@ void FanOut::stop_leg(Leg& leg) {
   pool::report(*leg.conn, pool::ServerFailure::kAbandoned);
   if (leg.link) c_.fail_transaction();  // the transaction lost this server's part
   if (leg.timed_out && leg.conn->pid()) {
-    const auto& shard = c_.config().shards[static_cast<std::size_t>(leg.shard)];
-    runtime::send_server_cancel(c_.worker().executor(), shard.primary.host, shard.primary.port,
-                                leg.conn->pid(), leg.conn->secret());
+    // (Where the server is: a replica, or the host the shard's primary moved to.)
+    const auto& at = leg.conn->target();
+    runtime::send_server_cancel(c_.worker().executor(), at.host, at.port, leg.conn->pid(),
+                                leg.conn->secret());
   }
 }
 

@@ -553,10 +553,12 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
   }
   // (Not the client's wait_for_server: callers such as PREPARE TRANSACTION's look-up of its
   // identifier read an error as "not on this shard", which a cancelled wait is not.)
-  auto got =
-      co_await c.worker().pool(shard, c.user()).acquire({}, backends.in_transaction_besides(-1));
+  auto& pool = c.worker().pool(shard, c.user());
+  auto got = co_await pool.acquire({}, backends.in_transaction_besides(-1));
   if (auto* err = std::get_if<std::string>(&got)) {
-    code = std::string(sqlstate::kSqlclientUnableToEstablish);
+    // (Two primaries: refused as a lost shard is, 08006.)
+    code = std::string(pool.refusal().empty() ? sqlstate::kSqlclientUnableToEstablish
+                                              : sqlstate::kConnectionFailure);
     co_return *err;
   }
   auto lease = std::move(std::get<pool::Lease>(got));

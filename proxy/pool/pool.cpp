@@ -31,6 +31,7 @@ Pool::~Pool() {
 
 awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop,
                                                           bool in_transaction) {
+  if (!check_moved()) co_return refusal_;
   if (paused_ && !in_transaction) {
     // Until RESUME (which cancels the timer), the deadline or the caller's stop.
     Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false, false};
@@ -72,7 +73,7 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
 }
 
 std::optional<Lease> Pool::lend_idle(bool in_transaction) {
-  if (paused_ && !in_transaction) return std::nullopt;
+  if ((paused_ && !in_transaction) || !check_moved()) return std::nullopt;
   std::optional<Lease> lease;
   while (!idle_.empty() && !lease) {
     auto conn = std::move(idle_.back());  // LIFO: the warmest connection
@@ -94,6 +95,11 @@ std::optional<Lease> Pool::lend_idle(bool in_transaction) {
 }
 
 awaitable<std::variant<Lease, std::string>> Pool::open() {
+  // (A waiter given a slot after the host moved opens to the new one, or not at all.)
+  if (!check_moved()) {
+    release_slot();
+    co_return refusal_;
+  }
   ++total_;
   ++connecting_;
   auto conn = std::make_unique<ServerConn>(ex_, target_);
@@ -271,12 +277,29 @@ void Pool::pause(bool on) {
 
 void Pool::reconnect() {
   shared_.new_generation();
+  close_idle();
+}
+
+void Pool::close_idle() {
   for (auto& c : idle_) {
     c->close();
     drop();
   }
   idle_.clear();
   publish_idle(false);
+}
+
+void Pool::move_host() {
+  seen_moves_ = moves_->load(std::memory_order_acquire);
+  auto to = where_();
+  refusal_ = std::move(to.refusal);
+  if (to.host == target_.host && to.port == target_.port) return;
+  spdlog::info("shard {}: user {}'s servers move from {}:{} to {}:{}", target_.shard_name,
+               target_.user, target_.host, target_.port, to.host, to.port);
+  target_.host = std::move(to.host);
+  target_.port = to.port;
+  // Servers of the old host: idle ones close now, lent ones as they come back (current()).
+  close_idle();
 }
 
 PoolStats Pool::stats() const {

@@ -3,7 +3,9 @@
 // across workers is its SharedPool's. Checkout returns a move-only Lease.
 #pragma once
 
+#include <atomic>
 #include <deque>
+#include <functional>
 #include <map>
 #include <memory>
 #include <optional>
@@ -69,6 +71,14 @@ struct PoolHealth {
   std::string last_error;  // the last failure's message
 };
 
+// Where a pool's servers are now, when that can change (a shard's primary that moves on
+// failover), or why it lends none (`refusal`: the shard has two primaries).
+struct PoolHost {
+  std::string host;
+  uint16_t port = 5432;
+  std::string refusal;
+};
+
 class Pool {
  public:
   // Worker `worker`'s pool (its executor `ex`) of the process-wide `shared` one.
@@ -109,8 +119,17 @@ class Pool {
   // RESUME lets the waiters go on.
   void pause(bool on);
   bool paused() const { return paused_; }
+  // Why the pool lends nothing now (its shard has two primaries: follow()), else empty.
+  const std::string& refusal() const { return refusal_; }
   // RECONNECT: idle connections close now, leased ones when they come back.
   void reconnect();
+  // The pool's host may move: each checkout compares `moves` with what it was at the last
+  // look and, when it changed, asks `where` (on this worker's thread). Servers of the old
+  // host close: idle ones at once, lent ones when they come back. Set once, before use.
+  void follow(const std::atomic<uint64_t>& moves, std::function<PoolHost()> where) {
+    moves_ = &moves;
+    where_ = std::move(where);
+  }
   Counters& counters() { return counters_; }
   const Counters& counters() const { return counters_; }
   const PoolHealth& health() const { return health_; }
@@ -148,8 +167,16 @@ class Pool {
   void release_slot();
   void publish_idle(bool fence) { shared_.set_idle(worker_, idle_.size(), fence); }
   bool current(const ServerConn& conn) const {
-    return !closed_ && conn.generation == shared_.generation();
+    return !closed_ && conn.generation == shared_.generation() &&
+           conn.target().port == target_.port && conn.target().host == target_.host;
   }
+  // follow(): takes the host's move, if any (false: it lends nothing, refusal_ says why).
+  bool check_moved() {
+    if (moves_ && moves_->load(std::memory_order_acquire) != seen_moves_) move_host();
+    return refusal_.empty();
+  }
+  void move_host();
+  void close_idle();
 
   asio::any_io_executor ex_;
   int worker_;
@@ -167,7 +194,11 @@ class Pool {
   bool closed_ = false;
   std::deque<std::unique_ptr<ServerConn>> idle_;
   std::deque<Waiter*> waiters_;
-  std::vector<const ServerConn*> lent_;  // servers out on a Lease
+  std::vector<const ServerConn*> lent_;           // servers out on a Lease
+  const std::atomic<uint64_t>* moves_ = nullptr;  // (follow)
+  uint64_t seen_moves_ = ~uint64_t{0};
+  std::function<PoolHost()> where_;
+  std::string refusal_;
 };
 
 }  // namespace pgshard::pool

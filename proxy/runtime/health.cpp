@@ -48,7 +48,12 @@ const char* const kHealthCheckSql =
     "OR coalesce(pg_last_wal_receive_lsn() <= pg_last_wal_replay_lsn(), true) THEN 0 "
     "ELSE coalesce((extract(epoch FROM now() - pg_last_xact_replay_timestamp()) * 1000)::bigint, "
     "0) END, "
-    "(SELECT system_identifier FROM pg_control_system())";
+    "(SELECT system_identifier FROM pg_control_system()), "
+    // The timeline: a primary's from the name of the WAL file it writes (PostgreSQL 15 names
+    // it after the insertion timeline at once on promotion, before the end-of-recovery
+    // checkpoint shows it in pg_control), a replica's from its last restartpoint.
+    "CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+    "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END";
 
 namespace {
 
@@ -65,13 +70,15 @@ std::optional<T> number(const protocol::Value& v) {
 
 std::optional<CheckResult> parse_check_row(std::string_view body) {
   auto row = protocol::DataRow::parse(body);
-  if (!row || row->values.size() != 4 || !row->values[0]) return std::nullopt;
+  if (!row || row->values.size() != 5 || !row->values[0]) return std::nullopt;
   CheckResult r;
   r.in_recovery = *row->values[0] == "t";
   auto lsn = number<int64_t>(row->values[1]);
   auto lag = number<int64_t>(row->values[2]);
   auto system = number<uint64_t>(row->values[3]);
+  auto timeline = number<uint32_t>(row->values[4]);  // (NULL: unknown)
   if (!lsn || *lsn < 0 || !lag || !system) return std::nullopt;
+  r.timeline = timeline.value_or(0);
   r.lsn = static_cast<uint64_t>(*lsn);
   r.lag_ms = std::max<int64_t>(0, *lag);
   r.system = *system;
@@ -101,11 +108,100 @@ void HostHealth::configure(const config::Config& cfg) {
           old.listed_primary == h.listed_primary)
         h = old;
   hosts_ = std::move(next);
+  // (A reload keeps the shards and their hosts: config::reload_refusals.)
+  writers_.resize(cfg.shards.size());
+  for (std::size_t s = 0; s < cfg.shards.size(); ++s) writers_[s].name = cfg.shards[s].name;
+}
+
+WriterChoice choose_writer(const std::vector<WriterCandidate>& hosts, int current) {
+  std::vector<int> primaries;
+  for (int i = 0; i < static_cast<int>(hosts.size()); ++i)
+    if (hosts[i].up && hosts[i].role == HostRole::kPrimary) primaries.push_back(i);
+  if (primaries.empty()) return {current, {}};
+  if (primaries.size() == 1) return {primaries[0], {}};
+  uint32_t highest = 0;
+  bool unknown = false;
+  for (int i : primaries) {
+    highest = std::max(highest, hosts[i].timeline);
+    unknown |= hosts[i].timeline == 0;
+  }
+  std::vector<int> top;
+  for (int i : primaries)
+    if (unknown || hosts[i].timeline == highest) top.push_back(i);
+  if (top.size() == 1) return {top[0], {}};
+  return {current, std::move(top)};
+}
+
+Writer HostHealth::writer(int shard) const {
+  std::lock_guard lock(mu_);
+  if (shard < 0 || shard >= static_cast<int>(writers_.size())) return {};
+  const auto& w = writers_[static_cast<std::size_t>(shard)];
+  return {w.host, w.refusal};
+}
+
+namespace {
+
+std::string address(const HostState& h) {
+  return h.host + ":" + std::to_string(h.port);
+}
+
+}  // namespace
+
+void HostHealth::decide_writer(int shard) {
+  if (shard < 0 || shard >= static_cast<int>(writers_.size())) return;
+  std::vector<const HostState*> hosts;  // the shard's, in its host order
+  for (const auto& h : hosts_)
+    if (h.shard == shard) hosts.push_back(&h);
+  // Not before every host has answered or failed once: at start, the first host to answer
+  // out of recovery is not yet known to be the only one.
+  for (const auto* h : hosts)
+    if (h->checks == 0) return;
+  std::vector<WriterCandidate> seen;
+  for (const auto* h : hosts) seen.push_back({h->up, h->role, h->timeline});
+  auto& w = writers_[static_cast<std::size_t>(shard)];
+  const auto choice = choose_writer(seen, w.host);
+  std::string refusal;
+  if (!choice.rivals.empty()) {
+    refusal = "shard " + w.name + " has more than one primary (";
+    for (std::size_t i = 0; i < choice.rivals.size(); ++i)
+      refusal += (i ? " and " : "") + address(*hosts[static_cast<std::size_t>(choice.rivals[i])]);
+    refusal +=
+        " are out of recovery, none on a higher timeline): its writes are refused until one is "
+        "a standby again or stopped";
+  }
+  if (choice.host == w.host && refusal == w.refusal) return;
+  if (choice.host != w.host) {
+    spdlog::warn("shard {}: primary moved from {} to {} (timeline {})", w.name,
+                 address(*hosts[static_cast<std::size_t>(w.host)]),
+                 address(*hosts[static_cast<std::size_t>(choice.host)]),
+                 hosts[static_cast<std::size_t>(choice.host)]->timeline);
+    ++w.failovers;
+  }
+  if (refusal != w.refusal) {
+    if (refusal.empty())
+      spdlog::warn("shard {}: one primary again ({}): writes resume", w.name,
+                   address(*hosts[static_cast<std::size_t>(choice.host)]));
+    else
+      spdlog::error("{}", refusal);
+  }
+  w.host = choice.host;
+  w.refusal = std::move(refusal);
+  moves_.fetch_add(1, std::memory_order_release);
 }
 
 std::vector<HostState> HostHealth::snapshot() const {
   std::lock_guard lock(mu_);
-  return hosts_;
+  auto out = hosts_;
+  int host = 0;  // within its shard
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    host = i > 0 && out[i].shard == out[i - 1].shard ? host + 1 : 0;
+    if (out[i].shard >= static_cast<int>(writers_.size())) continue;
+    const auto& w = writers_[static_cast<std::size_t>(out[i].shard)];
+    out[i].writes = w.host == host && w.refusal.empty();
+    out[i].refused = !w.refusal.empty();
+    out[i].failovers = w.failovers;
+  }
+  return out;
 }
 
 std::size_t HostHealth::size() const {
@@ -122,11 +218,13 @@ void HostHealth::record(std::size_t index, const CheckResult& r, Clock::time_poi
   h.role = r.in_recovery ? HostRole::kReplica : HostRole::kPrimary;
   h.lsn = r.lsn;
   h.system = r.system;
+  h.timeline = r.timeline;
   h.lag_ms = r.in_recovery ? r.lag_ms : 0;
   h.checked_at = now;
   h.check_started = r.started;
   h.checks++;
   h.error.clear();
+  decide_writer(h.shard);
   update_lag(h.shard, limits);
 }
 
@@ -142,15 +240,22 @@ void HostHealth::record_failure(std::size_t index, std::string error, Clock::tim
   h.bans += now >= h.banned_until;  // (a failure while banned extends that ban)
   h.banned_until = now + limits.ban_time;
   h.error = std::move(error);
+  decide_writer(h.shard);
+}
+
+HostState* HostHealth::writer_host(int shard) {
+  int host = shard >= 0 && shard < static_cast<int>(writers_.size())
+                 ? writers_[static_cast<std::size_t>(shard)].host
+                 : 0;
+  for (auto& h : hosts_)
+    if (h.shard == shard && host-- == 0) return &h;
+  return nullptr;
 }
 
 void HostHealth::update_lag(int shard, const config::Replication& limits) {
-  // The shard's primary: the host that answered out of recovery (the listed one when both
-  // did: two primaries are the failover's concern, not lag's).
-  const HostState* primary = nullptr;
-  for (const auto& h : hosts_)
-    if (h.shard == shard && h.up && h.role == HostRole::kPrimary && (!primary || h.listed_primary))
-      primary = &h;
+  // The shard's primary: the host that takes its writes, once it answered out of recovery.
+  const HostState* primary = writer_host(shard);
+  if (primary && !(primary->up && primary->role == HostRole::kPrimary)) primary = nullptr;
   for (auto& h : hosts_) {
     if (h.shard != shard || h.role != HostRole::kReplica || !h.up) continue;
     h.lag_bytes = primary
@@ -190,12 +295,10 @@ bool HostHealth::readable_replicas(int shard, uint64_t min_lsn, Clock::time_poin
 
 std::optional<uint64_t> HostHealth::primary_position_since(int shard, Clock::time_point since) {
   std::lock_guard lock(mu_);
-  for (auto& h : hosts_)
-    if (h.shard == shard && h.listed_primary) {
-      if (h.up && h.role == HostRole::kPrimary && h.check_started > since) return h.lsn;
-      h.wanted = true;
-      return std::nullopt;
-    }
+  auto* h = writer_host(shard);
+  if (!h) return std::nullopt;
+  if (h->up && h->role == HostRole::kPrimary && h->check_started > since) return h->lsn;
+  h->wanted = true;
   return std::nullopt;
 }
 
@@ -208,9 +311,10 @@ void HostHealth::want_checks(int shard) {
 void HostHealth::count_read(int shard, int replica, ReadCount how) {
   std::lock_guard lock(mu_);
   int seen = -1;  // replicas of the shard passed so far
+  HostState* primary = replica < 0 ? writer_host(shard) : nullptr;
   for (auto& h : hosts_) {
     if (h.shard != shard) continue;
-    if (h.listed_primary ? replica >= 0 : ++seen != replica) continue;
+    if (primary ? &h != primary : h.listed_primary || ++seen != replica) continue;
     ++h.reads;
     h.fallbacks += how == ReadCount::kFallback;
     h.waited += how == ReadCount::kWaitedForReplica;

@@ -1,9 +1,11 @@
 // Every host of every shard (primary and replicas), checked on a connection of its own every
-// health.interval: reachable, in recovery or not, its WAL position, and for replicas how far
-// behind their primary they replay (bytes and time). What routing asks of replicas — which
-// may serve a read now — is answered from the last checks (HostHealth); check_hosts runs them.
+// health.interval: reachable, in recovery or not, its WAL position and timeline, and for
+// replicas how far behind their primary they replay (bytes and time). What routing asks of
+// replicas — which may serve a read now — and where each shard's writes go (the one host out
+// of recovery: failover) are answered from the last checks (HostHealth); check_hosts runs them.
 #pragma once
 
+#include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <mutex>
@@ -32,14 +34,40 @@ enum class ReadCount : uint8_t {
 // What one check of a host found (parsed from its answer to kHealthCheckSql).
 struct CheckResult {
   bool in_recovery = false;
-  uint64_t lsn = 0;     // primary: WAL insert position; replica: replay position
-  int64_t lag_ms = 0;   // replica: how long ago it replayed the newest commit it has received
-  uint64_t system = 0;  // pg_control_system().system_identifier
+  uint64_t lsn = 0;       // primary: WAL insert position; replica: replay position
+  int64_t lag_ms = 0;     // replica: how long ago it replayed the newest commit it has received
+  uint64_t system = 0;    // pg_control_system().system_identifier
+  uint32_t timeline = 0;  // the timeline it writes (primary) or replays (replica); 0: unknown
   Clock::time_point started{};  // when the check was sent (set by the checker)
 };
 // The check's statement and reading its one row (nullopt: not the row it asks for).
 extern const char* const kHealthCheckSql;
 std::optional<CheckResult> parse_check_row(std::string_view data_row_body);
+
+// Which host of a shard takes its writes, from what the last checks saw of each (in the
+// shard's host order: 0 the map's primary, then its replicas). The host out of recovery;
+// when none is, the current one stays (a primary that died and nothing promoted yet). Two or
+// more out of recovery are two primaries: the one on the highest timeline wins (a promoted
+// replica over its old primary back from the dead); when the highest is shared or a
+// timeline is unknown, `rivals` names them and the shard's writes are refused.
+struct WriterCandidate {
+  bool up = false;
+  HostRole role = HostRole::kUnknown;
+  uint32_t timeline = 0;
+};
+struct WriterChoice {
+  int host = 0;
+  std::vector<int> rivals;  // two or more: no writer (split brain)
+  bool operator==(const WriterChoice&) const = default;
+};
+WriterChoice choose_writer(const std::vector<WriterCandidate>& hosts, int current);
+
+// Where a shard's writes go now: its host `host` (Shard::host), or nowhere when `refusal`
+// says why (two primaries).
+struct Writer {
+  int host = 0;
+  std::string refusal;
+};
 
 // One host of a shard as its last check saw it.
 struct HostState {
@@ -55,6 +83,10 @@ struct HostState {
   int64_t lag_ms = -1;               // replica (-1: unknown)
   bool lagging = false;              // past max_replica_lag: no reads until back under it
   uint64_t system = 0;               // system identifier (a replica of its primary has the same)
+  uint32_t timeline = 0;             // 0: unknown
+  bool writes = false;               // the shard's writes go here (failover follows the checks)
+  bool refused = false;              // the shard's writes are refused (two primaries)
+  uint64_t failovers = 0;            // the shard's: times its writes moved to another host
   Clock::time_point banned_until{};  // failed a check: no reads until then
   Clock::time_point checked_at{};
   // When the last answered check was sent: a primary's `lsn` covers every commit that
@@ -112,7 +144,27 @@ class HostHealth {
   void ban_replica(int shard, int replica, std::string error, Clock::time_point now,
                    const config::Replication& limits);
 
+  // ---- where writes go (failover) ----
+  // The host of `shard` that takes its writes now (the map's primary until checks say
+  // otherwise, and when nothing is checked).
+  Writer writer(int shard) const;
+  // Changes whenever some shard's writer changes (or its writes become refused or allowed):
+  // pools compare it on each checkout and ask writer() again when it moved.
+  const std::atomic<uint64_t>& moves() const { return moves_; }
+
  private:
+  // `shard`'s writer from its hosts' last checks (under mu_); logs and counts a change.
+  void decide_writer(int shard);
+  // The host that takes `shard`'s writes (under mu_; null for a shard not configured).
+  HostState* writer_host(int shard);
+  struct ShardWriter {
+    std::string name;
+    int host = 0;
+    std::string refusal;
+    uint64_t failovers = 0;
+  };
+  std::vector<ShardWriter> writers_;
+  std::atomic<uint64_t> moves_{0};
   // Replicas' lag from their shard's primary's last position (under mu_).
   void update_lag(int shard, const config::Replication& limits);
   mutable std::mutex mu_;

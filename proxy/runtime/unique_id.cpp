@@ -9,6 +9,7 @@
 #include <string>
 #include <utility>
 
+#include "proxy/runtime/health.hpp"
 #include "proxy/runtime/maintenance.hpp"
 
 namespace pgshard::runtime {
@@ -73,16 +74,20 @@ std::optional<int> GlobalIds::current_node(const config::Config& cfg) const {
   return node;
 }
 
-void GlobalIds::start_lease(const config::Config& cfg) {
+void GlobalIds::start_lease(const config::Config& cfg, const HostHealth* hosts) {
   if (cfg.node_id >= 0 || cfg.shards.empty() || thread_.joinable()) return;
   stopping_ = false;
-  thread_ = std::thread(&GlobalIds::run_lease, this,
-                        maintenance_conninfo(cfg, cfg.shards.front(), "pgshard-node-lease") +
-                            // In the maintenance database: the lock is not among the
-                            // application database's pg_locks (what one PostgreSQL would
-                            // show there), and every instance takes it in the same place.
-                            " dbname=postgres keepalives=1 keepalives_idle=1 "
-                            "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500");
+  auto conninfo = [&cfg, hosts] {
+    const auto& shard = cfg.shards.front();
+    const int host = hosts ? hosts->writer(0).host : 0;
+    return maintenance_conninfo(cfg, shard, shard.host(host), "pgshard-node-lease") +
+           // In the maintenance database: the lock is not among the application database's
+           // pg_locks (what one PostgreSQL would show there), and every instance takes it in
+           // the same place.
+           " dbname=postgres keepalives=1 keepalives_idle=1 "
+           "keepalives_interval=1 keepalives_count=2 tcp_user_timeout=1500";
+  };
+  thread_ = std::thread(&GlobalIds::run_lease, this, std::move(conninfo));
 }
 
 void GlobalIds::stop_lease() {
@@ -94,14 +99,14 @@ void GlobalIds::stop_lease() {
   if (thread_.joinable()) thread_.join();
 }
 
-void GlobalIds::run_lease(std::string conninfo) {
+void GlobalIds::run_lease(std::function<std::string()> conninfo) {
   auto pause = [&](Steady::duration d) {
     std::unique_lock lock(mu_);
     return !wake_.wait_for(lock, d, [&] { return stopping_; });
   };
   bool warned = false;  // once per outage
   do {
-    std::unique_ptr<PGconn, void (*)(PGconn*)> conn(PQconnectdb(conninfo.c_str()), PQfinish);
+    std::unique_ptr<PGconn, void (*)(PGconn*)> conn(PQconnectdb(conninfo().c_str()), PQfinish);
     if (PQstatus(conn.get()) != CONNECTION_OK) {
       if (!std::exchange(warned, true))
         spdlog::warn("node id lease: cannot reach the postgres database of shard 0: {}",

@@ -18,6 +18,7 @@
 #include <atomic>
 #include <condition_variable>
 #include <cstdint>
+#include <functional>
 #include <mutex>
 #include <optional>
 #include <string>
@@ -26,6 +27,8 @@
 #include "config/config.hpp"
 
 namespace pgshard::runtime {
+
+class HostHealth;
 
 // The id's parts, for tests: milliseconds since the epoch above, node, sequence.
 struct UniqueIdParts {
@@ -50,7 +53,9 @@ class GlobalIds {
   // no confirmed lease is held).
   std::optional<int> current_node(const config::Config& cfg) const;
 
-  void start_lease(const config::Config& cfg);
+  // The lease is held on shard 0's primary: the host that takes its writes as `hosts` says
+  // when given (failover), looked up at each connection.
+  void start_lease(const config::Config& cfg, const HostHealth* hosts = nullptr);
   void stop_lease();
 
  private:
@@ -59,7 +64,7 @@ class GlobalIds {
     int64_t last_millis = 0;
     int64_t sequence = 0;
   };
-  void run_lease(std::string conninfo);
+  void run_lease(std::function<std::string()> conninfo);
 
   Generator wide_, safe_;
   // The lease, as the lease thread keeps it.

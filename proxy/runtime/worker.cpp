@@ -53,7 +53,17 @@ pool::Pool& Worker::pool(int target, const config::User& user) {
   auto& p = make_pool(key, std::move(t), s.pool_size);
   p.count_requests(cfg.admin.stats);
   p.pause(paused_.count(host.shard) > 0);
+  if (host.replica < 0) follow_writer(p, host.shard);
   return p;
+}
+
+void Worker::follow_writer(pool::Pool& p, int shard) {
+  // The shard's writes go to whichever of its hosts the health checks found out of recovery.
+  p.follow(shared_.hosts.moves(), [this, shard] {
+    const auto w = shared_.hosts.writer(shard);
+    const auto& url = config().shards[static_cast<std::size_t>(shard)].host(w.host);
+    return pool::PoolHost{url.host, url.port, w.refusal};
+  });
 }
 
 int Worker::workers() const {
@@ -150,6 +160,7 @@ pool::Pool& Worker::gate_pool() {
   t.database = "postgres";
   auto& p = make_pool(key, std::move(t), kGatePoolSize * workers());
   p.count_requests(false);
+  follow_writer(p, 0);
   return p;
 }
 

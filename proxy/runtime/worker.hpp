@@ -153,6 +153,8 @@ class Worker {
   pool::Pool& make_pool(const std::pair<int, std::string>& key, pool::BackendTarget target,
                         int limit);
   int workers() const;  // how many workers the process has
+  // `p` (a pool of `shard`'s primary) follows the shard's writer (failover).
+  void follow_writer(pool::Pool& p, int shard);
   std::map<std::pair<int, std::string>, std::unique_ptr<pool::Pool>> pools_;
   router::AnalysisCache cache_;
   protocol::SpareBlocks spare_blocks_;

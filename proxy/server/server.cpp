@@ -352,7 +352,7 @@ int Server::run() {
 
   if (cfg.two_phase_commit) start_recovery_thread(startup_recovery);
   start_deadlock_detector(cfg);
-  shared_.ids.start_lease(cfg);
+  shared_.ids.start_lease(cfg, &shared_.hosts);
   asio::co_spawn(main_ctx_, accept_loop(), asio::detached);
   runtime::start_health_checks(shared_, main_ctx_.get_executor());
   stats_thread_ = std::thread([this] { mark_stats_periods(); });
@@ -468,10 +468,18 @@ void Server::start_recovery_thread(const txn::RecoveryResult& startup) {
   recovery_thread_ = std::thread([this, rounds = txn::RecoveryRounds(startup)]() mutable {
     // Every 10 s: finish decided commits a shard missed (it was down at the time) and roll
     // back what undecided transactions left; a round with nothing to do logs in nowhere.
+    // A shard's primary moving (failover) starts a pass at once, on the new primary.
+    uint64_t moves = shared_.hosts.moves().load();
     while (!shared_.shutting_down) {
-      for (int i = 0; i < 100 && !shared_.shutting_down; ++i)
+      for (int i = 0; i < 100 && !shared_.shutting_down; ++i) {
         std::this_thread::sleep_for(std::chrono::milliseconds(100));
-      if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions);
+        if (shared_.hosts.moves().load() != moves) break;
+      }
+      if (const uint64_t now = shared_.hosts.moves().load(); now != moves) {
+        moves = now;
+        rounds.retry();
+      }
+      if (!shared_.shutting_down) rounds.round(shared_.config(), shared_.decisions, &shared_.hosts);
     }
   });
 }
@@ -501,7 +509,8 @@ void Server::start_deadlock_detector(const config::Config& cfg) {
       },
       [this](const txn::Victim& v) {
         workers_[static_cast<std::size_t>(v.txn.worker)]->cancel_victim(v);
-      });
+      },
+      &shared_.hosts);
   deadlocks_->start();
 }
 

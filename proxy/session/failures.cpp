@@ -30,6 +30,8 @@ FailureRule rule(Failure f) {
       return {false, sqlstate::kSqlclientUnableToEstablish, std::nullopt};
     case Failure::kServerLost:
       return {false, sqlstate::kConnectionFailure, pool::ServerFailure::kIoError};
+    case Failure::kTwoPrimaries:
+      return {false, sqlstate::kConnectionFailure, std::nullopt};
     case Failure::kLoginRefused:
       return {true, "", std::nullopt};
   }
@@ -62,6 +64,8 @@ const char* to_string(Failure f) {
       return "no server";
     case Failure::kServerLost:
       return "server lost";
+    case Failure::kTwoPrimaries:
+      return "two primaries";
     case Failure::kLoginRefused:
       return "login refused";
   }

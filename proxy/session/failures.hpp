@@ -27,6 +27,7 @@ enum class Failure : uint8_t {
   kRefused,              // pgshard will not run the request (its own SQLSTATE: 0A000...)
   kInFailedTransaction,  // a statement in a transaction pgshard failed (25P02, or the loss)
   kNoServer,             // no server connection for the shard (pool timeout, shard down)
+  kTwoPrimaries,         // the shard has two primaries: its writes are refused (failover)
   kServerLost,           // the server connection ended mid-request
   kLoginRefused,         // after authentication (unknown database, bad options...)
 };

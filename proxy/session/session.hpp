@@ -496,6 +496,7 @@ class Session : public std::enable_shared_from_this<Session>,
   struct PoolWaitEnd {
     std::variant<pool::Lease, std::string> got;
     PoolWaiting::Stopped stopped = PoolWaiting::Stopped::kNo;
+    bool two_primaries = false;  // refused: the shard has more than one primary (08006)
   };
   awaitable<PoolWaitEnd> wait_in_pool(int shard, bool statement);
   // attach's end of a wait: the server becomes the active one (true), or the client is told

@@ -340,9 +340,10 @@ awaitable<Session::PoolWaitEnd> Session::wait_in_pool(int shard, bool statement)
   if (watch) co_await stop_watch(*watch);
   // A server that came at the last moment goes back unused: the statement was stopped.
   if (stopped != PoolWaiting::Stopped::kNo || !deadlock_detail_.empty()) got = std::string();
+  const bool refused = std::holds_alternative<std::string>(got) && !pool.refusal().empty();
   // (Built in the co_return: GCC 12 destroys a co_await's result in a braced initializer,
   // or a local converted by co_return, twice.)
-  co_return PoolWaitEnd{std::move(got), stopped};
+  co_return PoolWaitEnd{std::move(got), stopped, refused};
 }
 
 awaitable<bool> Session::attach(int shard) {
@@ -401,7 +402,8 @@ proto::ErrorInfo Session::pool_wait_error(const PoolWaitEnd& end) {
     return proto::error(sqlstate::kQueryCanceled, "canceling statement due to user request");
   }
   const auto* err = std::get_if<std::string>(&end.got);
-  return failure_error(Failure::kNoServer, err ? *err : std::string("no server"));
+  return failure_error(end.two_primaries ? Failure::kTwoPrimaries : Failure::kNoServer,
+                       err ? *err : std::string("no server"));
 }
 
 bool Session::session_pooled() const {

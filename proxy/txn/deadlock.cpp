@@ -241,8 +241,9 @@ std::vector<Victim> find_victims(const std::vector<WaitingTxn>& txns,
 
 DeadlockDetector::DeadlockDetector(const config::Config& cfg,
                                    std::function<std::vector<WaitingTxn>()> collect,
-                                   std::function<void(const Victim&)> cancel)
-    : cfg_(cfg), collect_(std::move(collect)), cancel_(std::move(cancel)), reader_(cfg) {}
+                                   std::function<void(const Victim&)> cancel,
+                                   const runtime::HostHealth* hosts)
+    : cfg_(cfg), collect_(std::move(collect)), cancel_(std::move(cancel)), reader_(cfg, hosts) {}
 
 DeadlockDetector::~DeadlockDetector() {
   stop();

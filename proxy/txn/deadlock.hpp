@@ -83,8 +83,11 @@ class DeadlockDetector {
  public:
   // `collect` lists the transactions on several shards (any thread may call it); `cancel`
   // cancels a victim's running request, if it is still that transaction's.
+  // Shards' lock waits are read on the host that takes their writes as `hosts` says (the
+  // map's primaries without it).
   DeadlockDetector(const config::Config& cfg, std::function<std::vector<WaitingTxn>()> collect,
-                   std::function<void(const Victim&)> cancel);
+                   std::function<void(const Victim&)> cancel,
+                   const runtime::HostHealth* hosts = nullptr);
   ~DeadlockDetector();
   DeadlockDetector(const DeadlockDetector&) = delete;
   DeadlockDetector& operator=(const DeadlockDetector&) = delete;

@@ -9,6 +9,7 @@
 #include <cerrno>
 #include <cstdlib>
 
+#include "proxy/runtime/health.hpp"
 #include "proxy/txn/recovery.hpp"
 
 namespace pgshard::txn {
@@ -34,7 +35,8 @@ PGconn* pg(void* conn) {
 
 }  // namespace
 
-LockWaitReader::LockWaitReader(const config::Config& cfg) : cfg_(cfg) {}
+LockWaitReader::LockWaitReader(const config::Config& cfg, const runtime::HostHealth* hosts)
+    : cfg_(cfg), hosts_(hosts) {}
 
 LockWaitReader::~LockWaitReader() {
   for (auto& [shard, s] : shards_)
@@ -99,10 +101,10 @@ void LockWaitReader::start(int shard, Shard& s, std::chrono::milliseconds limit)
     return;
   }
   if (s.conn) PQfinish(pg(s.conn));
+  const auto& at = cfg_.shards[static_cast<std::size_t>(shard)];
+  const auto& host = at.host(hosts_ ? hosts_->writer(shard).host : 0);
   s.conn =
-      PQconnectStart(runtime::maintenance_conninfo(
-                         cfg_, cfg_.shards[static_cast<std::size_t>(shard)], "pgshard-deadlock")
-                         .c_str());
+      PQconnectStart(runtime::maintenance_conninfo(cfg_, at, host, "pgshard-deadlock").c_str());
   if (!s.conn || PQstatus(pg(s.conn)) == CONNECTION_BAD || PQsocket(pg(s.conn)) < 0) {
     fail(s, s.conn ? PQerrorMessage(pg(s.conn)) : "out of memory");
     return;

@@ -12,6 +12,10 @@
 
 #include "config/config.hpp"
 
+namespace pgshard::runtime {
+class HostHealth;
+}
+
 namespace pgshard::txn {
 
 // One lock wait on a shard: backend `waiter` waits for backend `holder`.
@@ -27,7 +31,7 @@ struct LockWait {
 // connect_timeout and the server's statement_timeout cannot end that wait, the deadline can.
 class LockWaitReader {
  public:
-  explicit LockWaitReader(const config::Config& cfg);
+  explicit LockWaitReader(const config::Config& cfg, const runtime::HostHealth* hosts = nullptr);
   ~LockWaitReader();
   LockWaitReader(const LockWaitReader&) = delete;
   LockWaitReader& operator=(const LockWaitReader&) = delete;
@@ -65,6 +69,7 @@ class LockWaitReader {
   const std::string& name(int shard) const;
 
   const config::Config& cfg_;
+  const runtime::HostHealth* hosts_;  // where each shard's writes go (null: the map's primary)
   std::map<int, Shard> shards_;
 };
 

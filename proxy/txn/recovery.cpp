@@ -12,12 +12,22 @@
 
 namespace pgshard::txn {
 
-RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup) {
+RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup,
+                       const runtime::HostHealth* hosts) {
   RecoveryResult result;
   const std::string& mine = log.prefix();
   std::set<std::string> seen;  // global ids still prepared somewhere
-  for (const auto& shard : cfg.shards) {
-    PGconn* c = PQconnectdb(runtime::maintenance_conninfo(cfg, shard, "pgshard-recovery").c_str());
+  for (std::size_t i = 0; i < cfg.shards.size(); ++i) {
+    const auto& shard = cfg.shards[i];
+    const auto writer = hosts ? hosts->writer(static_cast<int>(i)) : runtime::Writer{};
+    if (!writer.refusal.empty()) {
+      spdlog::warn("recovery: {}", writer.refusal);
+      ++result.errors;
+      continue;
+    }
+    PGconn* c = PQconnectdb(
+        runtime::maintenance_conninfo(cfg, shard, shard.host(writer.host), "pgshard-recovery")
+            .c_str());
     if (PQstatus(c) != CONNECTION_OK) {
       spdlog::warn("recovery: cannot reach shard {}: {}", shard.name, PQerrorMessage(c));
       ++result.errors;
@@ -70,12 +80,13 @@ RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, boo
   return result;
 }
 
-bool RecoveryRounds::round(const config::Config& cfg, runtime::DecisionLog& log) {
+bool RecoveryRounds::round(const config::Config& cfg, runtime::DecisionLog& log,
+                           const runtime::HostHealth* hosts) {
   const bool sweep = ++idle_rounds_ >= kSweepEvery;
   if (!incomplete_ && !sweep && !log.needs_recovery()) return false;
   idle_rounds_ = 0;
   const auto started = std::chrono::steady_clock::now();
-  const auto r = recover(cfg, log, false);
+  const auto r = recover(cfg, log, false, hosts);
   incomplete_ = r.errors > 0;
   if (!incomplete_) log.settle(started - kSettle);
   return true;

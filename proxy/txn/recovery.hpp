@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/runtime/decision_log.hpp"
+#include "proxy/runtime/health.hpp"
 #include "proxy/runtime/maintenance.hpp"
 
 namespace pgshard::txn {
@@ -20,8 +21,11 @@ struct RecoveryResult {
 
 // Only this instance's transactions (log.prefix()) are touched. `at_startup`: undecided ones
 // are rolled back too (nothing can be committing them); later passes only finish decided
-// commits.
-RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup);
+// commits. Each shard is reached on the host that takes its writes as `hosts` says (a
+// promoted replica holds its old primary's prepared transactions); without it, the map's
+// primary. A shard with two primaries is skipped (an error: tried again next pass).
+RecoveryResult recover(const config::Config& cfg, runtime::DecisionLog& log, bool at_startup,
+                       const runtime::HostHealth* hosts = nullptr);
 
 // The later passes (every 10 s on the recovery thread). Each pass logs in to every shard
 // (a backend, a SCRAM login), so a pass runs only when it may have work: the previous pass
@@ -37,8 +41,12 @@ class RecoveryRounds {
   static constexpr std::chrono::seconds kSettle{30};
 
   explicit RecoveryRounds(const RecoveryResult& startup) : incomplete_(startup.errors > 0) {}
+  // The next round makes a pass (a shard's primary moved: what its old primary had prepared is
+  // on the new one, holding its rows' locks until resolved).
+  void retry() { incomplete_ = true; }
   // One round: a pass when due. True when it connected.
-  bool round(const config::Config& cfg, runtime::DecisionLog& log);
+  bool round(const config::Config& cfg, runtime::DecisionLog& log,
+             const runtime::HostHealth* hosts = nullptr);
 
  private:
   bool incomplete_;

@@ -8,6 +8,10 @@
 #                                    a streaming replica of DIR/<PRIMARY_PORT> (pg_basebackup -R)
 #                                    in DIR/<PORT>, replaying DELAY_MS behind (default 0)
 #   pgcluster.sh promote DIR PORT    promotes a replica to primary (pg_ctl promote)
+#   pgcluster.sh copy DIR PRIMARY_PORT PORT
+#                                    a base backup of DIR/<PRIMARY_PORT> started as a primary
+#                                    of its own (no standby.signal): same system identifier
+#                                    and timeline, a split brain for failover tests
 # Servers run as the postgres user (initdb refuses root), SCRAM auth on loopback,
 # max_prepared_transactions > 0, C.UTF-8 locale so text sorts alike on every shard.
 set -euo pipefail
@@ -59,9 +63,9 @@ SQL
 # A streaming replica of a running server of DIR: a base backup over the replication protocol
 # (the local socket, trusted for replication by initdb), with the standby settings -R writes.
 start_replica() {
-  local dir=$1 primary=$2 port=$3 delay=${4:-0} data=$1/$3
+  local dir=$1 primary=$2 port=$3 delay=${4:-0} data=$1/$3 standby=${5--R}
   if [ ! -f "$data/PG_VERSION" ]; then
-    as_pg "$PGBIN/pg_basebackup" -h "$dir" -p "$primary" -U postgres -D "$data" -R \
+    as_pg "$PGBIN/pg_basebackup" -h "$dir" -p "$primary" -U postgres -D "$data" $standby \
       -X stream -c fast >"$dir/basebackup-$port.log" 2>&1 || { cat "$dir/basebackup-$port.log"; exit 1; }
     cat >>"$data/postgresql.conf" <<CONF
 port = $port
@@ -76,7 +80,7 @@ CONF
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart|replica|promote DIR [PORT...]" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart|replica|promote|copy DIR [PORT...]" >&2; exit 2; }
 case "$cmd" in
   start)
     shift 2
@@ -98,5 +102,8 @@ case "$cmd" in
     start_replica "$dir" "$3" "$4" "${5:-0}" ;;
   promote)
     as_pg "$PGBIN/pg_ctl" -D "$dir/$3" -w -t 60 promote >/dev/null ;;
+  copy)
+    [ $# -ge 4 ] || { echo "usage: $0 copy DIR PRIMARY_PORT PORT" >&2; exit 2; }
+    start_replica "$dir" "$3" "$4" 0 "" ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

@@ -263,7 +263,10 @@ Proxy::Proxy(ProxyOptions o) {
         i < static_cast<int>(o.shard_urls.size())
             ? o.shard_urls[static_cast<std::size_t>(i)]
             : "postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) + "/app";
-    y << "  - { name: s" << i << ", primary: \"" << url << "\", pool_size: "
+    // (A list: the shard's hosts, `hosts: [...]`.)
+    y << "  - { name: s" << i
+      << (url.starts_with("[") ? ", hosts: " + url : ", primary: \"" + url + "\"")
+      << ", pool_size: "
       << (i < static_cast<int>(o.pool_sizes.size()) ? o.pool_sizes[static_cast<std::size_t>(i)]
                                                     : o.pool_size)
       << (i < static_cast<int>(o.shard_extra.size())

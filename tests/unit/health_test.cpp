@@ -41,16 +41,18 @@ CheckResult replica_at(uint64_t lsn, int64_t lag_ms = 0) {
 }  // namespace
 
 TEST_CASE("health: the check's row is read, anything else is not", "[health]") {
-  auto r = runtime::parse_check_row(row({"t", "50331648", "120", "7301234567890123456"}));
+  auto r = runtime::parse_check_row(row({"t", "50331648", "120", "7301234567890123456", "3"}));
   REQUIRE(r);
   CHECK(r->in_recovery);
   CHECK(r->lsn == 50331648);
   CHECK(r->lag_ms == 120);
   CHECK(r->system == 7301234567890123456ull);
-  CHECK(runtime::parse_check_row(row({"f", "1", "-5", "1"}))->lag_ms == 0);  // clock skew
-  CHECK_FALSE(runtime::parse_check_row(row({"t", "x", "0", "1"})));
-  CHECK_FALSE(runtime::parse_check_row(row({"t", std::nullopt, "0", "1"})));
-  CHECK_FALSE(runtime::parse_check_row(row({"t", "1", "0"})));
+  CHECK(r->timeline == 3);
+  CHECK(runtime::parse_check_row(row({"f", "1", "-5", "1", "1"}))->lag_ms == 0);  // clock skew
+  CHECK(runtime::parse_check_row(row({"f", "1", "0", "1", std::nullopt}))->timeline == 0);
+  CHECK_FALSE(runtime::parse_check_row(row({"t", "x", "0", "1", "1"})));
+  CHECK_FALSE(runtime::parse_check_row(row({"t", std::nullopt, "0", "1", "1"})));
+  CHECK_FALSE(runtime::parse_check_row(row({"t", "1", "0", "1"})));
   CHECK_FALSE(runtime::parse_check_row("garbage"));
 }
 
@@ -133,6 +135,104 @@ TEST_CASE("health: configuring again keeps what was seen of hosts that stay", "[
   h.configure(*cfg);
   CHECK(h.snapshot()[2].checks == 1);
   CHECK(h.size() == 4);
+}
+
+namespace {
+
+using runtime::WriterCandidate;
+using runtime::WriterChoice;
+
+WriterCandidate primary_on(uint32_t timeline) {
+  return {true, HostRole::kPrimary, timeline};
+}
+WriterCandidate standby() {
+  return {true, HostRole::kReplica, 1};
+}
+WriterCandidate down() {
+  return {false, HostRole::kPrimary, 1};  // (what its last answer said, before it died)
+}
+
+}  // namespace
+
+TEST_CASE("failover: the writer is the one host out of recovery", "[health][failover]") {
+  using runtime::choose_writer;
+  // One primary: it, wherever it is listed.
+  CHECK(choose_writer({primary_on(1), standby(), standby()}, 0) == WriterChoice{0, {}});
+  CHECK(choose_writer({down(), primary_on(2), standby()}, 0) == WriterChoice{1, {}});
+  CHECK(choose_writer({standby(), standby(), primary_on(2)}, 1) == WriterChoice{2, {}});
+  // None (the primary died, nothing promoted yet; nothing checked yet): the current stays.
+  CHECK(choose_writer({down(), standby()}, 0) == WriterChoice{0, {}});
+  CHECK(choose_writer({WriterCandidate{}, WriterCandidate{}}, 1) == WriterChoice{1, {}});
+  // Two on the same timeline (a copy started without standby.signal): refused, both named.
+  CHECK(choose_writer({primary_on(1), primary_on(1), standby()}, 0) == WriterChoice{0, {0, 1}});
+  // ... or with a timeline unknown: nothing says which is newer.
+  CHECK(choose_writer({primary_on(3), primary_on(0)}, 1) == WriterChoice{1, {0, 1}});
+  // Different timelines: the promoted replica (higher) wins over its old primary back as a
+  // primary, whichever was current.
+  CHECK(choose_writer({primary_on(1), primary_on(2)}, 0) == WriterChoice{1, {}});
+  CHECK(choose_writer({primary_on(1), primary_on(2)}, 1) == WriterChoice{1, {}});
+  CHECK(choose_writer({primary_on(4), standby(), primary_on(3)}, 2) == WriterChoice{0, {}});
+  // Three out of recovery, two sharing the highest timeline: those two are the rivals.
+  CHECK(choose_writer({primary_on(2), primary_on(1), primary_on(2)}, 0) == WriterChoice{0, {0, 2}});
+}
+
+TEST_CASE("failover: checks move a shard's writes, count it, and refuse two primaries",
+          "[health][failover]") {
+  auto cfg = two_replicas();
+  HostHealth h;
+  // Before any configuration or check: the map's primary, never refused.
+  CHECK(h.writer(0).host == 0);
+  h.configure(*cfg);
+  const auto now = Clock::now();
+  auto primary_tl = [](uint64_t lsn, uint32_t tl) { return CheckResult{false, lsn, 0, 7, tl}; };
+  auto replica_tl = [](uint64_t lsn, uint32_t tl) { return CheckResult{true, lsn, 0, 7, tl}; };
+  // Nothing moves before every host of the shard has been checked once (at start, the first
+  // host to answer out of recovery may not be the only one).
+  h.record(2, primary_tl(100, 1), now, cfg->replication);
+  CHECK(h.writer(0).host == 0);
+  h.record(0, primary_tl(100, 1), now, cfg->replication);
+  h.record(1, replica_tl(100, 1), now, cfg->replication);
+  CHECK_FALSE(h.writer(0).refusal.empty());  // (p0 and r2 both primaries on timeline 1)
+  h.record(2, replica_tl(100, 1), now, cfg->replication);
+  CHECK(h.writer(0).refusal.empty());
+  CHECK(h.snapshot()[0].failovers == 0);
+  const auto moves = h.moves().load();
+  CHECK(h.writer(0).host == 0);
+  CHECK(h.snapshot()[0].writes);
+  // The primary dies: writes stay with it until a replica is promoted.
+  h.record_failure(0, "connection refused", now, cfg->replication);
+  CHECK(h.writer(0).host == 0);
+  CHECK(h.moves().load() == moves);
+  auto promoted = primary_tl(200, 2);
+  promoted.started = now;
+  h.record(2, promoted, now, cfg->replication);
+  CHECK(h.writer(0).host == 2);
+  CHECK(h.writer(0).refusal.empty());
+  CHECK(h.moves().load() != moves);
+  auto hosts = h.snapshot();
+  CHECK((!hosts[0].writes && hosts[2].writes && hosts[2].failovers == 1));
+  CHECK(hosts[3].failovers == 0);  // (shard s1's)
+  // Replicas' lag and read-your-writes positions follow the new primary.
+  h.record(1, replica_tl(150, 2), now, cfg->replication);
+  CHECK(h.snapshot()[1].lag_bytes == 50);
+  CHECK(h.primary_position_since(0, now - std::chrono::seconds(1)) == 200u);
+  // The old primary comes back as a primary on its old timeline: the promoted one stays.
+  h.record(0, primary_tl(120, 1), now, cfg->replication);
+  CHECK(h.writer(0).host == 2);
+  CHECK(h.writer(0).refusal.empty());
+  // Replica r1 promoted on the same timeline as r2: two primaries, writes refused.
+  h.record(1, primary_tl(160, 2), now, cfg->replication);
+  auto w = h.writer(0);
+  CHECK(w.refusal.find("r1:5432") != std::string::npos);
+  CHECK(w.refusal.find("r2:5433") != std::string::npos);
+  CHECK(w.refusal.find("p0") == std::string::npos);
+  CHECK_FALSE(h.snapshot()[2].writes);
+  CHECK(h.snapshot()[2].refused);
+  // One of them back in recovery: writes resume on the other, no failover counted.
+  h.record(1, replica_tl(160, 2), now, cfg->replication);
+  CHECK(h.writer(0).host == 2);
+  CHECK(h.writer(0).refusal.empty());
+  CHECK(h.snapshot()[2].failovers == 1);
 }
 
 TEST_CASE("health: bans are counted when they begin, lagging when it begins", "[health]") {

@@ -94,3 +94,34 @@ shards: [{ name: s0, primary: postgres://h/app }]
 )")
             .starts_with("t.yaml:1: user read_from must be one of"));
 }
+
+TEST_CASE("hosts: is primary then replicas; mixing both spellings is refused",
+          "[config][replicas][failover]") {
+  auto c = load_string(R"(users: [{ name: app, password: secret }]
+shards:
+  - { name: s0, hosts: [postgres://a/app, "postgres://b:5433/app", postgres://c/app],
+      read_from: replicas }
+  - { name: s1, hosts: [postgres://d/app] }
+)",
+                       "t.yaml");
+  const auto& s0 = c->shards[0];
+  CHECK(s0.primary.host == "a");
+  REQUIRE(s0.replicas.size() == 2);
+  CHECK((s0.replicas[0].host == "b" && s0.replicas[0].port == 5433));
+  CHECK(s0.host_count() == 3);
+  CHECK(s0.host(0).host == "a");
+  CHECK(s0.host(2).host == "c");
+  CHECK((c->shards[1].primary.host == "d" && c->shards[1].replicas.empty()));
+  CHECK(error_of(R"(users: [{ name: app, password: secret }]
+shards: [{ name: s0, primary: postgres://a/app, hosts: [postgres://b/app] }]
+)") == "t.yaml:2: shard s0: give either hosts or primary/replicas, not both");
+  CHECK(error_of(R"(users: [{ name: app, password: secret }]
+shards: [{ name: s0, replicas: [postgres://a/app], hosts: [postgres://b/app] }]
+)") == "t.yaml:2: shard s0: give either hosts or primary/replicas, not both");
+  CHECK(error_of(R"(users: [{ name: app, password: secret }]
+shards: [{ name: s0, hosts: [] }]
+)") == "t.yaml:2: shard s0: hosts must be a non-empty list of URLs");
+  CHECK(error_of(R"(users: [{ name: app, password: secret }]
+shards: [{ name: s0 }]
+)") == "t.yaml:2: shard s0 needs a primary URL (or hosts)");
+}

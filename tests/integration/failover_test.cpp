@@ -1,0 +1,371 @@
+// Failover that follows the primary, against real servers: shard s0 is a primary with hosts of
+// its own started for the case (streaming replicas made with pg_basebackup -R, or a copy
+// started as a second primary), s1 and s2 the shared shards. Its primary is stopped at once
+// and a replica promoted by hand (pg_ctl promote) under a cross-shard transfer load with
+// synchronous replication; two primaries of one shard refuse its writes.
+#include <atomic>
+#include <catch2/catch.hpp>
+#include <iostream>
+#include <mutex>
+#include <random>
+#include <set>
+#include <thread>
+
+#include "harness.hpp"
+
+using namespace harness;
+
+namespace {
+
+const std::string kPgCluster = std::string(PGSHARD_SOURCE_DIR) + "/tests/harness/pgcluster.sh";
+
+// Shard s0's servers for one case: a primary and the hosts made from it, stopped and removed
+// when the case ends.
+class OwnShard {
+ public:
+  OwnShard() : dir_(temp_dir("failover")), primary_(free_port()) {
+    std::string out;
+    if (run(kPgCluster + " start " + dir_ + " " + std::to_string(primary_), &out) != 0)
+      FAIL("cannot start shard s0's primary:\n" << out);
+  }
+  ~OwnShard() {
+    run(kPgCluster + " stop " + dir_);
+    run("rm -rf " + dir_);
+  }
+  OwnShard(const OwnShard&) = delete;
+  OwnShard& operator=(const OwnShard&) = delete;
+  int primary() const { return primary_; }
+  // `how`: "replica" (a streaming replica) or "copy" (a base backup started as a primary).
+  int add(const std::string& how) {
+    const int port = free_port();
+    std::string out;
+    if (run(kPgCluster + " " + how + " " + dir_ + " " + std::to_string(primary_) + " " +
+                std::to_string(port),
+            &out) != 0)
+      FAIL("cannot make a " << how << " of s0:\n" << out);
+    return port;
+  }
+  void kill(int port) { run(kPgCluster + " kill " + dir_ + " " + std::to_string(port)); }
+  void promote(int port) {
+    std::string out;
+    REQUIRE(run(kPgCluster + " promote " + dir_ + " " + std::to_string(port), &out) == 0);
+  }
+  static std::string direct(int port) {
+    return "host=127.0.0.1 port=" + std::to_string(port) +
+           " user=app password=secret dbname=app options='-c lock_timeout=60s'";
+  }
+  static std::string url(int port) {
+    return "postgres://app:secret@127.0.0.1:" + std::to_string(port) + "/app";
+  }
+  static std::string quoted_url(int port) { return "\"" + url(port) + "\""; }
+  std::string log(int port) const { return read_file(dir_ + "/" + std::to_string(port) + ".log"); }
+
+ private:
+  std::string dir_;
+  int primary_;
+};
+
+std::string sql_literal(const std::string& s) {
+  std::string out = "'";
+  for (char c : s) out += c == '\'' ? std::string("''") : std::string(1, c);
+  return out + "'";
+}
+
+// A proxy whose s0 is `s0` (a URL, or a "[...]" list of hosts), its hosts checked every 100 ms.
+ProxyOptions failover_map(const std::string& s0, const std::string& s0_extra = "") {
+  ProxyOptions o;
+  o.users =
+      "  - { name: app, password: secret, pool_mode: transaction }\n"
+      "  - { name: admin, password: adminpw }\n";
+  o.shard_urls = {s0};
+  if (!s0_extra.empty()) o.shard_extra = {s0_extra};
+  o.sharded_tables =
+      "  - { table: fo_accounts, column: id, type: bigint }\n"
+      "  - { table: fo_done, column: acct, type: bigint }\n";
+  o.extra_top =
+      "admin: { users: [admin] }\nhealth: { interval: 100ms, timeout: 1s, ban_time: 1s }\n";
+  return o;
+}
+
+// SHOW HOSTS rows of shard s0.
+std::vector<std::map<std::string, std::string>> s0_hosts(const Proxy& p) {
+  auto c = connect(p.conninfo("dbname=pgshard", "admin", "adminpw"));
+  std::vector<std::map<std::string, std::string>> out;
+  for (auto& row : show(c.get(), "SHOW HOSTS"))
+    if (row["shard"] == "s0") out.push_back(std::move(row));
+  return out;
+}
+
+std::string host_column(const Proxy& p, int port, const std::string& column) {
+  for (auto& row : s0_hosts(p))
+    if (row["port"] == std::to_string(port)) return row[column];
+  return "(no row)";
+}
+
+// Runs `sql` on a fresh libpq connection (off the test's thread: no Catch macros); true when
+// it succeeded.
+bool try_statement(const std::string& conninfo, const std::string& sql) {
+  PGconn* c = PQconnectdb(conninfo.c_str());
+  bool ok = false;
+  if (PQstatus(c) == CONNECTION_OK) {
+    PGresult* r = PQexec(c, sql.c_str());
+    ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
+    PQclear(r);
+  }
+  PQfinish(c);
+  return ok;
+}
+
+// The transfer load: clients moving amounts between random accounts (most transfers span two
+// shards: two-phase commit), each transfer also writing its tag into fo_done on the debited
+// account's shard. Tags whose COMMIT answered COMMIT are `acknowledged`.
+struct TransferLoad {
+  static constexpr int kAccounts = 12, kClients = 6;
+  std::string conninfo;
+  std::atomic<bool> stop{false};
+  std::atomic<int> committed{0}, failed{0};
+  std::mutex mu;
+  std::vector<long long> acknowledged;
+  std::vector<std::thread> clients;
+
+  void start() {
+    for (int i = 0; i < kClients; ++i) clients.emplace_back([this, i] { client(i); });
+  }
+  void finish() {
+    stop = true;
+    for (auto& t : clients)
+      if (t.joinable()) t.join();
+  }
+  ~TransferLoad() { finish(); }  // (a case that failed half way)
+  void client(int seed) {
+    std::mt19937 rng(static_cast<unsigned>(seed));
+    PGconn* c = nullptr;
+    for (long long n = 0; !stop; ++n) {
+      if (!c || PQstatus(c) != CONNECTION_OK) {
+        if (c) PQfinish(c);
+        c = PQconnectdb(conninfo.c_str());
+        if (PQstatus(c) != CONNECTION_OK) {
+          std::this_thread::sleep_for(std::chrono::milliseconds(20));
+          continue;
+        }
+      }
+      const int a = static_cast<int>(rng() % kAccounts) + 1;
+      int b = static_cast<int>(rng() % (kAccounts - 1)) + 1;  // any other account
+      if (b >= a) ++b;
+      const int lo = std::min(a, b), hi = std::max(a, b);  // locks in id order: no deadlocks
+      const int delta = lo == a ? -1 : 1;
+      const long long tag = seed * 100000000LL + n;
+      bool ok = true;
+      auto run_sql = [&](const std::string& sql) {
+        if (!ok) return;
+        PGresult* r = PQexec(c, sql.c_str());
+        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
+        if (ok && sql == "commit") ok = std::string(PQcmdStatus(r)) == "COMMIT";
+        PQclear(r);
+      };
+      run_sql("begin");
+      run_sql("update fo_accounts set balance = balance + " + std::to_string(delta) +
+              " where id = " + std::to_string(lo));
+      run_sql("update fo_accounts set balance = balance + " + std::to_string(-delta) +
+              " where id = " + std::to_string(hi));
+      run_sql("insert into fo_done values (" + std::to_string(a) + ", " + std::to_string(tag) +
+              ")");
+      run_sql("commit");
+      if (ok) {
+        ++committed;
+        std::lock_guard lock(mu);
+        acknowledged.push_back(tag);
+      } else {
+        ++failed;
+        PQfinish(c);
+        c = nullptr;
+      }
+    }
+    if (c) PQfinish(c);
+  }
+};
+
+long long sum_over(const std::vector<std::string>& conninfos, const std::string& sql) {
+  long long total = 0;
+  for (const auto& ci : conninfos) {
+    auto c = connect(ci);
+    total += std::stoll(scalar(c.get(), sql));
+  }
+  return total;
+}
+
+}  // namespace
+
+TEST_CASE(
+    "failover: writes follow a replica promoted by hand; no acknowledged commit is lost "
+    "(synchronous replication), nothing stays prepared",
+    "[failover]") {
+  auto& cluster = Cluster::get();
+  OwnShard own;
+  const int r1 = own.add("replica"), r2 = own.add("replica");
+  // Synchronous replication to r1 (promoted later): a commit the primary acknowledged is on it.
+  {
+    auto standby = connect(OwnShard::direct(r1));
+    const std::string upstream = scalar(standby.get(), "SHOW primary_conninfo");
+    query(standby.get(),
+          "ALTER SYSTEM SET primary_conninfo = " + sql_literal(upstream + " application_name=r1"));
+    query(standby.get(), "SELECT pg_reload_conf()");
+    auto p = connect(OwnShard::direct(own.primary()));
+    query(p.get(), "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (r1)'");
+    query(p.get(), "ALTER SYSTEM SET synchronous_commit = on");
+    query(p.get(), "SELECT pg_reload_conf()");
+    REQUIRE(wait_until(
+        [&] {
+          return scalar(p.get(),
+                        "SELECT count(*) FROM pg_stat_replication WHERE application_name = 'r1' "
+                        "AND sync_state = 'sync'") == "1";
+        },
+        std::chrono::seconds(15)));
+  }
+  for (int i : {1, 2}) {
+    auto c = connect(cluster.direct(i));
+    query(c.get(), "DROP TABLE IF EXISTS fo_accounts, fo_done, fo_open");
+  }
+  // (primary + replicas here, `hosts:` in the split-brain case.)
+  ProxyOptions o =
+      failover_map(OwnShard::url(own.primary()), "replicas: [" + OwnShard::quoted_url(r1) + ", " +
+                                                     OwnShard::quoted_url(r2) + "]");
+  o.extra_top += "read_from: replicas\n";
+  Proxy proxy(o);
+  auto app = connect(proxy.conninfo());
+  query(app.get(), "CREATE TABLE fo_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)");
+  query(app.get(), "CREATE TABLE fo_done (acct bigint NOT NULL, tag bigint NOT NULL)");
+  query(app.get(), "CREATE TABLE fo_open (id int)");  // (unsharded: on s0)
+  for (int id = 1; id <= TransferLoad::kAccounts; ++id)
+    query(app.get(), "INSERT INTO fo_accounts VALUES (" + std::to_string(id) + ", 1000)");
+  const long long start_total = 1000LL * TransferLoad::kAccounts;
+  REQUIRE(wait_until(
+      [&] {
+        return host_column(proxy, r1, "role") == "replica" &&
+               host_column(proxy, r2, "role") == "replica" &&
+               host_column(proxy, own.primary(), "role") == "primary";
+      },
+      std::chrono::seconds(10)));
+
+  TransferLoad load;
+  load.conninfo = proxy.conninfo("connect_timeout=5");
+  load.start();
+  std::this_thread::sleep_for(std::chrono::seconds(1));
+  // A transaction open on the old primary when it dies.
+  auto open_txn = connect(proxy.conninfo());
+  query(open_txn.get(), "BEGIN");
+  query(open_txn.get(), "INSERT INTO fo_open VALUES (1)");
+  const int before_kill = load.committed;
+  own.kill(own.primary());
+  const auto killed = std::chrono::steady_clock::now();
+  own.promote(r1);
+  const auto promoted = std::chrono::steady_clock::now();
+  // Writes to s0 through pgshard work again on the promoted replica.
+  const auto write_sql = "/* pgshard: shard=s0 */ INSERT INTO fo_open VALUES (2)";
+  const bool writes_back = wait_until([&] { return try_statement(proxy.conninfo(), write_sql); },
+                                      std::chrono::seconds(10));
+  const auto back = std::chrono::steady_clock::now();
+  CHECK(writes_back);
+  const auto ms = [](auto d) {
+    return std::chrono::duration_cast<std::chrono::milliseconds>(d).count();
+  };
+  std::cout << "failover: promote took " << ms(promoted - killed)
+            << " ms; writes through pgshard back " << ms(back - promoted)
+            << " ms after the promotion\n";
+  CHECK(back - promoted < std::chrono::seconds(5));
+  // The transaction open on the old primary ends with an error, never a COMMIT.
+  PGresult* r = PQexec(open_txn.get(), "COMMIT");
+  const std::string commit_tag = PQcmdStatus(r);
+  CHECK(PQresultStatus(r) != PGRES_COMMAND_OK);
+  CHECK(commit_tag != "COMMIT");
+  PQclear(r);
+  // The load goes on against the new primary.
+  const int at_failover = load.committed;
+  std::this_thread::sleep_for(std::chrono::seconds(2));
+  load.finish();
+  std::cout << "failover: " << load.committed << " transfers committed (" << before_kill
+            << " before the kill, " << load.committed - at_failover << " in the 2 s after), "
+            << load.failed << " failed\n";
+  CHECK(load.committed > at_failover);
+
+  // Nothing left prepared: recovery resolves what the old primary had prepared, on the new one.
+  const std::vector<std::string> now_primaries = {OwnShard::direct(r1), cluster.direct(1),
+                                                  cluster.direct(2)};
+  CHECK(wait_until(
+      [&] {
+        return sum_over(now_primaries,
+                        "SELECT count(*) FROM pg_prepared_xacts WHERE database = 'app'") == 0;
+      },
+      std::chrono::seconds(45)));
+  CHECK(sum_over(now_primaries, "SELECT coalesce(sum(balance), 0) FROM fo_accounts") ==
+        start_total);
+  // Every COMMIT the clients saw succeed is there.
+  std::set<long long> present;
+  for (const auto& ci : now_primaries) {
+    auto c = connect(ci);
+    for (const auto& row : query(c.get(), "SELECT tag FROM fo_done"))
+      present.insert(std::stoll(row[0]));
+  }
+  std::size_t missing = 0;
+  for (long long tag : load.acknowledged) missing += present.count(tag) == 0;
+  CHECK(missing == 0);
+  {
+    auto c = connect(OwnShard::direct(r1));
+    CHECK(scalar(c.get(), "SELECT count(*) FROM fo_open WHERE id = 1") == "0");
+  }
+
+  // Reads go on on the replica still in recovery (r2, left behind by its dead primary).
+  auto reader = connect(proxy.conninfo());
+  CHECK(scalar(reader.get(), "/* pgshard: shard=s0 */ SELECT inet_server_port()") ==
+        std::to_string(r2));
+  // SHOW HOSTS: r1 takes the writes on a new timeline, one failover; the log says so.
+  CHECK(host_column(proxy, r1, "writes") == "yes");
+  CHECK(host_column(proxy, r1, "role") == "primary");
+  CHECK(std::stoi(host_column(proxy, r1, "timeline")) >= 2);
+  CHECK(host_column(proxy, r1, "failovers") == "1");
+  CHECK(host_column(proxy, own.primary(), "writes") == "no");
+  CHECK_THAT(
+      read_file(proxy.log_path()),
+      Catch::Contains("shard s0: primary moved from 127.0.0.1:" + std::to_string(own.primary()) +
+                      " to 127.0.0.1:" + std::to_string(r1)));
+  query(app.get(), "DROP TABLE fo_accounts, fo_done, fo_open");
+}
+
+TEST_CASE("failover: two primaries of one shard refuse its writes (08006) until one is gone",
+          "[failover]") {
+  OwnShard own;
+  // A base backup started without standby.signal: the same system and timeline, a primary.
+  const int copy = own.add("copy");
+  Proxy proxy(failover_map("[" + OwnShard::quoted_url(own.primary()) + ", " +
+                           OwnShard::quoted_url(copy) + "]"));
+  REQUIRE(wait_until(
+      [&] {
+        return host_column(proxy, own.primary(), "role") == "primary" &&
+               host_column(proxy, copy, "role") == "primary";
+      },
+      std::chrono::seconds(10)));
+  CHECK(host_column(proxy, own.primary(), "writes") == "refused");
+  CHECK(host_column(proxy, copy, "writes") == "refused");
+  CHECK(host_column(proxy, copy, "timeline") == host_column(proxy, own.primary(), "timeline"));
+  auto app = connect(proxy.conninfo());
+  const std::string write_sql =
+      "/* pgshard: shard=s0 */ SELECT inet_server_port(), txid_current() > 0";
+  std::string message;
+  CHECK(error_code(app.get(), write_sql, &message) == "08006");
+  CHECK_THAT(message, Catch::Contains("127.0.0.1:" + std::to_string(own.primary())) &&
+                          Catch::Contains("127.0.0.1:" + std::to_string(copy)));
+  // One of them gone: the other takes the writes again, on the same connection.
+  own.kill(copy);
+  CHECK(wait_until(
+      [&] {
+        PGresult* r = PQexec(app.get(), write_sql.c_str());
+        const bool ok = PQresultStatus(r) == PGRES_TUPLES_OK &&
+                        std::string(PQgetvalue(r, 0, 0)) == std::to_string(own.primary());
+        PQclear(r);
+        return ok;
+      },
+      std::chrono::seconds(10)));
+  CHECK(host_column(proxy, own.primary(), "writes") == "yes");
+  CHECK(host_column(proxy, own.primary(), "failovers") == "0");
+  CHECK_THAT(read_file(proxy.log_path()), Catch::Contains("has more than one primary"));
+}
