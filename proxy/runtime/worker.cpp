@@ -208,7 +208,9 @@ void Worker::apply_config() {
   cache_ = router::AnalysisCache(cfg.router_cache_size, &cfg);
   for (auto& [key, p] : pools_) {
     if (key.first < 0) continue;  // directories: fixed size
-    const int pool_size = cfg.shards[static_cast<std::size_t>(key.first)].pool_size;
+    // (A replica's pool has its shard's size: targets past the shards are replicas.)
+    const int shard = cfg.host_of(key.first).shard;
+    const int pool_size = cfg.shards[static_cast<std::size_t>(shard)].pool_size;
     p->set_limits(std::max(1, pool_size), cfg.timeouts.pool_wait, cfg.timeouts.connect);
     p->count_requests(cfg.admin.stats);
   }

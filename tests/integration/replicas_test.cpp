@@ -480,3 +480,20 @@ TEST_CASE(
   CHECK(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(15)));
   CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
 }
+
+TEST_CASE("reads: RELOAD with replica pools open keeps them sized by their shard", "[replicas]") {
+  // A replica's pool is a target past the shards: RELOAD sized each pool by
+  // shards[target], past the end of the map for a replica (heap-buffer-overflow under ASan).
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  Proxy proxy(reading_replica(replica, "eventual"));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  CHECK(ran_on(c.get(), "SELECT inet_server_port()") == replica);
+  auto adm = connect(proxy.conninfo("dbname=pgshard", "admin", "adminpw"));
+  query(adm.get(), "RELOAD");
+  std::vector<Conn> clients;
+  for (int i = 0; i < 4; ++i) clients.push_back(connect(proxy.conninfo()));
+  for (auto& k : clients) CHECK(ran_on(k.get(), "SELECT inet_server_port()") == replica);
+  CHECK(proxy.running());
+}
