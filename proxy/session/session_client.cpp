@@ -21,6 +21,20 @@ constexpr std::size_t kReadChunk = 16 * 1024;
 // The first read after a client was idle: small enough for the allocator's per-thread cache.
 constexpr std::size_t kFirstReadChunk = 1000;
 
+// Whether [at, at + n), read into an empty buffer, is whole messages: the client then waits
+// for pgshard's answer, whose write finds a client that is gone.
+bool whole_messages(const char* at, std::size_t n) {
+  std::size_t pos = 0;
+  while (n - pos >= 5) {
+    const auto* len = reinterpret_cast<const unsigned char*>(at + pos + 1);
+    const std::size_t size = (std::size_t{len[0]} << 24) | (std::size_t{len[1]} << 16) |
+                             (std::size_t{len[2]} << 8) | std::size_t{len[3]};
+    if (size < 4 || size > n - pos - 1) return false;
+    pos += 1 + size;
+  }
+  return pos == n;
+}
+
 }  // namespace
 
 auto Session::read_first_chunk() {
@@ -34,6 +48,11 @@ auto Session::read_first_chunk() {
         std::size_t room;
         char* at = in_.prepare(kFirstReadChunk, &room);
         const ssize_t got = recv_noting_drained(fd, at, room, drained);
+        // Part of a message may be all a client sent before it reset the connection
+        // (drained_read.hpp: a reset is not counted): pgshard would wait for the rest
+        // forever, holding the client's transaction.
+        if (got > 0 && drained && !whole_messages(at, static_cast<std::size_t>(got)))
+          drained = nothing_pending(fd);
         if (got < 0) {
           const int error = errno;
           worker_.spare_blocks().take_from(in_);

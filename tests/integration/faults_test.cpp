@@ -2,6 +2,7 @@
 // core (issue 9). Each case is named after what it protects; where PostgreSQL's own answer
 // is the reference, the same bytes are sent to one shard directly and the replies compared.
 #include <signal.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 #include <atomic>
@@ -741,4 +742,29 @@ TEST_CASE("clients reading when their shard dies are all answered", "[faults]") 
   stop = true;
   for (auto& t : clients) t.join();
   CHECK(unanswered == 0);
+}
+
+TEST_CASE("a client that resets its connection mid-message frees its transaction's server",
+          "[faults]") {
+  // Half a message, then a reset (SO_LINGER 0), both there before pgshard reads them: the
+  // kernel's count of what is left did not count the reset, the session waited for the rest
+  // of the message forever, and its transaction kept the row locked.
+  make_items(10);
+  Proxy proxy(items_map());
+  for (int round = 0; round < 8; ++round) {
+    auto c = std::make_unique<RawClient>(proxy.port());
+    REQUIRE(c->login());
+    c->send(q("begin"));
+    CHECK(c->until_ready() == "C Z");
+    c->send(q("update f_items set v = 'r' where k = 1"));
+    CHECK(c->until_ready() == "C Z");
+    std::string partial = q("select 1");
+    partial.resize(partial.size() - 3);
+    const linger reset{1, 0};
+    ::setsockopt(c->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    c->send(partial);
+    c.reset();
+  }
+  // Every session saw its client go and rolled back: the row is free.
+  CHECK(wait_until([] { return shard_backends("%", "idle in transaction") == 0; }, 10s));
 }
