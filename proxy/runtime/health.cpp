@@ -51,8 +51,10 @@ const char* const kHealthCheckSql =
     "(SELECT system_identifier FROM pg_control_system()), "
     // The timeline: a primary's from the name of the WAL file it writes (PostgreSQL 15 names
     // it after the insertion timeline at once on promotion, before the end-of-recovery
-    // checkpoint shows it in pg_control), a replica's from its last restartpoint.
-    "CASE WHEN pg_is_in_recovery() THEN (SELECT timeline_id FROM pg_control_checkpoint()) "
+    // checkpoint shows it in pg_control), a replica's from its last restartpoint or, newer,
+    // the timeline of its minimum recovery point (moved on as replayed pages are written).
+    "CASE WHEN pg_is_in_recovery() THEN greatest((SELECT timeline_id FROM "
+    "pg_control_checkpoint()), (SELECT min_recovery_end_timeline FROM pg_control_recovery())) "
     "ELSE ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))::bit(32)::int END";
 
 namespace {
@@ -266,8 +268,13 @@ void HostHealth::update_lag(int shard, const config::Replication& limits) {
         limits.max_lag_bytes &&
         (h.lag_bytes < 0 || static_cast<uint64_t>(h.lag_bytes) > limits.max_lag_bytes);
     const bool time_over = limits.max_lag_time.count() && h.lag_ms > limits.max_lag_time.count();
-    h.bans += (bytes_over || time_over) && !h.lagging;
-    h.lagging = bytes_over || time_over;
+    // A replica on an older timeline than its primary's follows a primary that is gone or
+    // was demoted: what it serves may never become the primary's data, whatever its lag.
+    const bool behind_timeline =
+        primary && primary->timeline && h.timeline && h.timeline < primary->timeline;
+    const bool over = bytes_over || time_over || behind_timeline;
+    h.bans += over && !h.lagging;
+    h.lagging = over;
   }
 }
 

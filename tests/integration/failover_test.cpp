@@ -314,10 +314,13 @@ TEST_CASE(
     CHECK(scalar(c.get(), "SELECT count(*) FROM fo_open WHERE id = 1") == "0");
   }
 
-  // Reads go on on the replica still in recovery (r2, left behind by its dead primary).
+  // The replica left in recovery (r2) still follows the dead primary, on the old timeline:
+  // what it shows may never be the new primary's data, so it serves no reads (before: reads
+  // went on there, stale without limit) and the new primary answers them.
   auto reader = connect(proxy.conninfo());
   CHECK(scalar(reader.get(), "/* pgshard: shard=s0 */ SELECT inet_server_port()") ==
-        std::to_string(r2));
+        std::to_string(r1));
+  CHECK(host_column(proxy, r2, "state") == "lagging");
   // SHOW HOSTS: r1 takes the writes on a new timeline, one failover; the log says so.
   CHECK(host_column(proxy, r1, "writes") == "yes");
   CHECK(host_column(proxy, r1, "role") == "primary");

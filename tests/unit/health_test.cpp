@@ -267,3 +267,24 @@ TEST_CASE("health: bans are counted when they begin, lagging when it begins", "[
   CHECK(h.snapshot()[1].bans == 4);
   CHECK(h.snapshot()[2].bans == 0);  // never checked
 }
+
+TEST_CASE("health: a replica on an older timeline than its primary serves no reads", "[health]") {
+  // After a failover a replica still following the old primary (its timeline) shows data the
+  // new primary may never have, with no lag in time and little in bytes.
+  auto cfg = two_replicas();
+  HostHealth h;
+  h.configure(*cfg);
+  const auto now = Clock::now();
+  CheckResult primary{false, 1000, 0, 7, 4};
+  h.record(0, primary, now, cfg->replication);
+  h.record(1, CheckResult{true, 1000, 0, 7, 3}, now, cfg->replication);
+  h.record(2, CheckResult{true, 1000, 0, 7, 4}, now, cfg->replication);
+  CHECK_FALSE(h.readable(1, now));
+  CHECK(h.snapshot()[1].lagging);
+  CHECK(h.readable(2, now));
+  // Once it replays the primary's timeline it serves again; an unknown timeline is no proof.
+  h.record(1, CheckResult{true, 1000, 0, 7, 4}, now, cfg->replication);
+  CHECK(h.readable(1, now));
+  h.record(1, CheckResult{true, 1000, 0, 7, 0}, now, cfg->replication);
+  CHECK(h.readable(1, now));
+}
