@@ -176,6 +176,12 @@ awaitable<void> Ending::commit_with_hold_cursor() {
 awaitable<bool> Ending::prepare_all(const std::string& gid, std::vector<bool>& prepared) {
   for (std::size_t i = 0; i < parts_.size(); ++i) {
     const auto& p = parts_[i];
+    // A participant on a host its shard's writes moved away from must not prepare there.
+    if (auto moved = c_.worker().demoted_primary(*p->lease); !moved.empty()) {
+      error_ =
+          proto::error(sqlstate::kConnectionFailure, moved + "; the transaction was rolled back");
+      co_return false;
+    }
     const bool ran = co_await c_.run_ours(p, "PREPARE TRANSACTION '" + part_gid(gid, p) + "'");
     prepared[i] = ran && p->lease->replies.tag == "PREPARE TRANSACTION";
     if (prepared[i]) continue;

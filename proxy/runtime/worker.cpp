@@ -57,6 +57,22 @@ pool::Pool& Worker::pool(int target, const config::User& user) {
   return p;
 }
 
+std::string Worker::demoted_primary(const pool::ServerConn& conn) const {
+  const auto& cfg = config();
+  const int shard = conn.target().shard;
+  // (No failover yet: every shard's writes are where pgshard started them.)
+  if (shared_.hosts.moves().load(std::memory_order_acquire) == 0 || shard < 0 ||
+      shard >= static_cast<int>(cfg.shards.size()))
+    return {};
+  const auto w = shared_.hosts.writer(shard);
+  const auto& url = cfg.shards[static_cast<std::size_t>(shard)].host(w.host);
+  if (!w.refusal.empty() || (url.host == conn.target().host && url.port == conn.target().port))
+    return {};
+  return "shard " + cfg.shards[static_cast<std::size_t>(shard)].name + "'s primary moved to " +
+         url.host + ":" + std::to_string(url.port) + "; this transaction's server is on " +
+         conn.target().host + ":" + std::to_string(conn.target().port);
+}
+
 void Worker::follow_writer(pool::Pool& p, int shard) {
   // The shard's writes go to whichever of its hosts the health checks found out of recovery.
   p.follow(shared_.hosts.moves(), [this, shard] {

@@ -61,6 +61,10 @@ class Worker {
   // for a session of another database than the shards' own: config::User::database);
   // pool_size bounds the pool's connections on all workers together.
   // `target` is a shard or one of its replicas (config::Config::host_of).
+  // Why `conn`, a server of a shard's primary, may not go on with its transaction: a failover
+  // moved the shard's writes to another host ("" when it is on the shard's primary). A
+  // transaction there commits where nobody reads any more.
+  std::string demoted_primary(const pool::ServerConn& conn) const;
   pool::Pool& pool(int target, const config::User& user);
   // Removes the user's pools that hold no connection and have no client waiting (a login
   // to a database no shard has).

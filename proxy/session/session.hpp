@@ -349,6 +349,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // true with `rest` the part of the request the socket has not taken yet (write_server
   // writes it, then pending_ is cleared).
   bool forwarded_now(int target, char boundary, std::string_view& rest);
+  // A transaction's server on a host that no longer takes its shard's writes (a failover):
+  // closed, so the request fails as on a lost server (Worker::demoted_primary).
+  void leave_if_demoted(pool::ServerConn& conn);
   // The rest of forward when forwarded_now could not: the client moved to `target` (the
   // earlier replies drained, the transaction spread, a server waited for), then the request
   // sent as forwarded_now does, `rest` left as it leaves it (empty when nothing was sent).

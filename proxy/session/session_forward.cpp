@@ -148,8 +148,22 @@ bool Session::forwarded_now(int target, char boundary, std::string_view& rest) {
   if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
   const auto& link = backends_.active;
   if (!link || !link->lease) return false;  // (forward() answers a lost server)
+  if (link->lease->status != proto::txn_status::kIdle) leave_if_demoted(*link->lease);
   sent_now(link, false, boundary, rest);
   return true;
+}
+
+void Session::leave_if_demoted(pool::ServerConn& conn) {
+  auto why = worker_.demoted_primary(conn);
+  if (why.empty()) return;
+  // The server is lost to the transaction as if its host had died: the request written to it
+  // fails, its relay answers the client (server_lost) with this reason, and COMMIT never
+  // reports success.
+  spdlog::warn("{}: {}", prefix(), why);
+  conn.replies.fatal = std::move(why);
+  conn.replies.fatal_code = std::string(sqlstate::kConnectionFailure);
+  pool::report(conn, pool::ServerFailure::kIoError);
+  conn.close();
 }
 
 void Session::sent_now(const std::shared_ptr<Link>& link, bool joins_transaction, char boundary,

@@ -372,3 +372,44 @@ TEST_CASE("failover: two primaries of one shard refuse its writes (08006) until 
   CHECK(host_column(proxy, own.primary(), "failovers") == "0");
   CHECK_THAT(read_file(proxy.log_path()), Catch::Contains("has more than one primary"));
 }
+
+TEST_CASE("failover: a transaction open on the old primary when the writes move never commits",
+          "[failover]") {
+  // A replica promoted while its primary still runs takes the writes (a higher timeline).
+  // Before, the transaction open on the old primary went on there and its COMMIT answered
+  // COMMIT: an acknowledged commit on a host nobody reads any more.
+  OwnShard own;
+  const int r1 = own.add("replica");
+  {
+    auto d = connect(OwnShard::direct(own.primary()));
+    query(d.get(), "CREATE TABLE fo_moved (id int)");
+  }
+  Proxy proxy(failover_map("[" + OwnShard::quoted_url(own.primary()) + ", " +
+                           OwnShard::quoted_url(r1) + "]"));
+  REQUIRE(wait_until(
+      [&] {
+        return host_column(proxy, own.primary(), "writes") == "yes" &&
+               host_column(proxy, r1, "role") == "replica";
+      },
+      std::chrono::seconds(10)));
+  auto app = connect(proxy.conninfo());
+  query(app.get(), "BEGIN");
+  query(app.get(), "/* pgshard: shard=s0 */ INSERT INTO fo_moved VALUES (1)");
+  own.promote(r1);
+  REQUIRE(wait_until([&] { return host_column(proxy, r1, "writes") == "yes"; },
+                     std::chrono::seconds(10)));
+  std::string message;
+  CHECK(error_code(app.get(), "/* pgshard: shard=s0 */ INSERT INTO fo_moved VALUES (2)",
+                   &message) == "08006");
+  CHECK_THAT(message, Catch::Contains("primary moved"));
+  PGresult* r = PQexec(app.get(), "COMMIT");
+  CHECK(std::string(PQcmdStatus(r)) != "COMMIT");
+  PQclear(r);
+  for (int port : {own.primary(), r1}) {
+    auto d = connect(OwnShard::direct(port));
+    CHECK(scalar(d.get(), "SELECT count(*) FROM fo_moved") == "0");
+  }
+  // The connection goes on, on the new primary.
+  CHECK(scalar(app.get(), "/* pgshard: shard=s0 */ SELECT inet_server_port()") ==
+        std::to_string(r1));
+}
