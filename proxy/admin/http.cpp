@@ -584,14 +584,19 @@ awaitable<HttpServer::Response> HttpServer::answer(const Request& req) {
   co_return res;
 }
 
-// The shards whose primary did not answer the last ping (or not lately), one per line.
+// The shards whose primary did not answer the last ping (or not lately), or whose writes are
+// refused (two primaries), one per line.
 std::string HttpServer::not_ready() {
   std::string down;
   const auto s = samples();
   const auto& cfg = shared_.config();
-  for (std::size_t i = 0; i < s.size(); ++i)
-    if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
+  for (std::size_t i = 0; i < s.size(); ++i) {
+    const auto refusal = shared_.hosts.writer(static_cast<int>(i)).refusal;
+    if (!refusal.empty())
+      down += cfg.shards[i].name + ": " + refusal + "\n";
+    else if (!s[i].answered || Clock::now() - s[i].pinged > std::chrono::seconds(10))
       down += cfg.shards[i].name + (s[i].ping_error.empty() ? "" : ": " + s[i].ping_error) + "\n";
+  }
   if (shared_.shutting_down) down += "shutting down\n";
   return down;
 }

@@ -339,8 +339,14 @@ TEST_CASE("failover: two primaries of one shard refuse its writes (08006) until 
   OwnShard own;
   // A base backup started without standby.signal: the same system and timeline, a primary.
   const int copy = own.add("copy");
-  Proxy proxy(failover_map("[" + OwnShard::quoted_url(own.primary()) + ", " +
-                           OwnShard::quoted_url(copy) + "]"));
+  ProxyOptions o = failover_map("[" + OwnShard::quoted_url(own.primary()) + ", " +
+                                OwnShard::quoted_url(copy) + "]");
+  const int http = free_port();
+  const auto admin = o.extra_top.find("admin: { users: [admin] }");
+  REQUIRE(admin != std::string::npos);
+  o.extra_top.replace(
+      admin, 25, "admin: { users: [admin], http: \"127.0.0.1:" + std::to_string(http) + "\" }");
+  Proxy proxy(o);
   REQUIRE(wait_until(
       [&] {
         return host_column(proxy, own.primary(), "role") == "primary" &&
@@ -357,6 +363,10 @@ TEST_CASE("failover: two primaries of one shard refuse its writes (08006) until 
   CHECK(error_code(app.get(), write_sql, &message) == "08006");
   CHECK_THAT(message, Catch::Contains("127.0.0.1:" + std::to_string(own.primary())) &&
                           Catch::Contains("127.0.0.1:" + std::to_string(copy)));
+  // A shard that refuses its writes is not ready (before: /ready answered 200).
+  const auto ready = http_get(http, "/ready");
+  CHECK(ready.status == 503);
+  CHECK_THAT(ready.body, Catch::Contains("more than one primary"));
   // One of them gone: the other takes the writes again, on the same connection.
   own.kill(copy);
   CHECK(wait_until(
@@ -370,6 +380,8 @@ TEST_CASE("failover: two primaries of one shard refuse its writes (08006) until 
       std::chrono::seconds(10)));
   CHECK(host_column(proxy, own.primary(), "writes") == "yes");
   CHECK(host_column(proxy, own.primary(), "failovers") == "0");
+  CHECK(
+      wait_until([&] { return http_get(http, "/ready").status == 200; }, std::chrono::seconds(15)));
   CHECK_THAT(read_file(proxy.log_path()), Catch::Contains("has more than one primary"));
 }
 
