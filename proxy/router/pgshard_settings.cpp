@@ -380,6 +380,9 @@ std::optional<std::vector<std::pair<int, uint64_t>>> parse_read_token(std::strin
     const auto lsn = parse_lsn(part.substr(colon + 1));
     if (shard < 0 && lsn && !name.empty() && unknown_shard) *unknown_shard = name;
     if (shard < 0 || !lsn) return std::nullopt;
+    // A shard named twice: which position is meant is not the client's to leave open.
+    for (const auto& [seen, at] : parts)
+      if (seen == shard) return std::nullopt;
     parts.emplace_back(shard, *lsn);
   }
   return parts;

@@ -202,7 +202,8 @@ TEST_CASE("replica reads: a token travels to another session as text", "[replica
   CHECK(r.token_text(*cfg) == "s0:0/5DC,s1:1/A");
   CHECK(r.take_token(*cfg, "s0:0/10"));  // older: the newer position stays
   CHECK(r.token_text(*cfg) == "s0:0/5DC,s1:1/A");
-  for (const char* bad : {"s9:0/1", "s0", "s0:5DC", "s0:0/zz", "s0:0/1,", ":0/1"})
+  // (A shard named twice is refused too: before, the later position silently won.)
+  for (const char* bad : {"s9:0/1", "s0", "s0:5DC", "s0:0/zz", "s0:0/1,", ":0/1", "s0:0/1,s0:0/2"})
     CHECK_FALSE(r.take_token(*cfg, bad));
   CHECK(router::parse_lsn("16/B374D848") == ((uint64_t{0x16} << 32) | 0xB374D848));
   CHECK(router::lsn_text((uint64_t{0x16} << 32) | 0xB374D848) == "16/B374D848");
