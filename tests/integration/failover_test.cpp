@@ -404,6 +404,13 @@ TEST_CASE("failover: a transaction open on the old primary when the writes move 
                host_column(proxy, r1, "role") == "replica";
       },
       std::chrono::seconds(10)));
+  {
+    // The table has reached the replica before it is promoted.
+    auto d = connect(OwnShard::direct(r1));
+    REQUIRE(wait_until(
+        [&] { return scalar(d.get(), "SELECT to_regclass('fo_moved') IS NOT NULL") == "t"; },
+        std::chrono::seconds(10)));
+  }
   auto app = connect(proxy.conninfo());
   query(app.get(), "BEGIN");
   query(app.get(), "/* pgshard: shard=s0 */ INSERT INTO fo_moved VALUES (1)");
