@@ -57,6 +57,17 @@ pool::Pool& Worker::pool(int target, const config::User& user) {
   return p;
 }
 
+namespace {
+
+// Where `shard`'s writes go now: the host the health checks found out of recovery.
+pool::PoolHost writer_host(const config::Config& cfg, const HostHealth& hosts, int shard) {
+  const auto w = hosts.writer(shard);
+  const auto& url = cfg.shards[static_cast<std::size_t>(shard)].host(w.host);
+  return pool::PoolHost{url.host, url.port, w.refusal};
+}
+
+}  // namespace
+
 std::string Worker::demoted_primary(const pool::ServerConn& conn) const {
   const auto& cfg = config();
   const int shard = conn.target().shard;
@@ -64,22 +75,17 @@ std::string Worker::demoted_primary(const pool::ServerConn& conn) const {
   if (shared_.hosts.moves().load(std::memory_order_acquire) == 0 || shard < 0 ||
       shard >= static_cast<int>(cfg.shards.size()))
     return {};
-  const auto w = shared_.hosts.writer(shard);
-  const auto& url = cfg.shards[static_cast<std::size_t>(shard)].host(w.host);
-  if (!w.refusal.empty() || (url.host == conn.target().host && url.port == conn.target().port))
-    return {};
+  const auto to = writer_host(cfg, shared_.hosts, shard);
+  const auto& at = conn.target();
+  if (!to.refusal.empty() || (to.host == at.host && to.port == at.port)) return {};
   return "shard " + cfg.shards[static_cast<std::size_t>(shard)].name + "'s primary moved to " +
-         url.host + ":" + std::to_string(url.port) + "; this transaction's server is on " +
-         conn.target().host + ":" + std::to_string(conn.target().port);
+         to.host + ":" + std::to_string(to.port) + "; this transaction's server is on " + at.host +
+         ":" + std::to_string(at.port);
 }
 
 void Worker::follow_writer(pool::Pool& p, int shard) {
-  // The shard's writes go to whichever of its hosts the health checks found out of recovery.
-  p.follow(shared_.hosts.moves(), [this, shard] {
-    const auto w = shared_.hosts.writer(shard);
-    const auto& url = config().shards[static_cast<std::size_t>(shard)].host(w.host);
-    return pool::PoolHost{url.host, url.port, w.refusal};
-  });
+  p.follow(shared_.hosts.moves(),
+           [this, shard] { return writer_host(config(), shared_.hosts, shard); });
 }
 
 int Worker::workers() const {

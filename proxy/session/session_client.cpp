@@ -23,16 +23,10 @@ constexpr std::size_t kFirstReadChunk = 1000;
 
 // Whether [at, at + n), read into an empty buffer, is whole messages: the client then waits
 // for pgshard's answer, whose write finds a client that is gone.
-bool whole_messages(const char* at, std::size_t n) {
-  std::size_t pos = 0;
-  while (n - pos >= 5) {
-    const auto* len = reinterpret_cast<const unsigned char*>(at + pos + 1);
-    const std::size_t size = (std::size_t{len[0]} << 24) | (std::size_t{len[1]} << 16) |
-                             (std::size_t{len[2]} << 8) | std::size_t{len[3]};
-    if (size < 4 || size > n - pos - 1) return false;
-    pos += 1 + size;
-  }
-  return pos == n;
+bool whole_messages(std::string_view bytes) {
+  std::size_t whole = 0;
+  for (const auto m : protocol::Frames(bytes)) whole += m.raw.size();
+  return whole == bytes.size();
 }
 
 }  // namespace
@@ -51,7 +45,7 @@ auto Session::read_first_chunk() {
         // Part of a message may be all a client sent before it reset the connection
         // (drained_read.hpp: a reset is not counted): pgshard would wait for the rest
         // forever, holding the client's transaction.
-        if (got > 0 && drained && !whole_messages(at, static_cast<std::size_t>(got)))
+        if (got > 0 && drained && !whole_messages({at, static_cast<std::size_t>(got)}))
           drained = nothing_pending(fd);
         if (got < 0) {
           const int error = errno;
