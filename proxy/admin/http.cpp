@@ -125,9 +125,11 @@ void pool_metrics(Exposition& e, const std::vector<PoolRow>& pools, const config
   }
   e.family("pgshard_pool_size", "gauge", "connections the shard's pool may open (pool_size)");
   for (const auto& p : pools)
-    e.sample(
-        "pgshard_pool_size", {{"shard", p.shard_name}, {"user", p.user}},
-        p.shard >= 0 ? cfg.shards[static_cast<std::size_t>(p.shard)].pool_size : p.stats.max_size);
+    e.sample("pgshard_pool_size", {{"shard", p.shard_name}, {"user", p.user}},
+             // A replica's pool (target past the shards) has its shard's size.
+             p.shard >= 0
+                 ? cfg.shards[static_cast<std::size_t>(cfg.host_of(p.shard).shard)].pool_size
+                 : p.stats.max_size);
   for (const auto& m : kPoolMetrics) {
     e.family(m.name, m.type, m.help);
     for (const auto& p : pools)
