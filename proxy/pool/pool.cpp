@@ -30,13 +30,14 @@ Pool::~Pool() {
 }
 
 awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slot stop,
-                                                          bool in_transaction) {
+                                                          bool in_transaction,
+                                                          WaitPatience patience) {
   if (!check_moved()) co_return refusal_;
   if (paused_ && !in_transaction) {
     // Until RESUME (which cancels the timer), the deadline or the caller's stop.
-    Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false, false};
+    Waiter w{asio::steady_timer(ex_), nullptr, false, false};
     paused_waiters_.push_back(&w);
-    auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
+    const auto ec = co_await wait(w, stop, patience);
     std::erase(paused_waiters_, &w);
     if (paused_ && ec == asio::error::operation_aborted)
       co_return "the client left while waiting for a connection to shard " + target_.shard_name;
@@ -51,9 +52,9 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   // or the slot of the next one closed, on any worker.
   if (donor >= 0) shared_.ask_to_lend(donor);
 
-  Waiter w{asio::steady_timer(ex_, wait_timeout_), nullptr, false};
+  Waiter w{asio::steady_timer(ex_), nullptr, false};
   waiters_.push_back(&w);
-  auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
+  const auto ec = co_await wait(w, stop, patience);
   if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
     waiters_.erase(it);
   if (w.queued) shared_.unqueue(worker_);
@@ -70,6 +71,17 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   co_return "timed out after " + std::to_string(wait_timeout_.count()) +
       " ms waiting for a connection to shard " + target_.shard_name + " (pool_size " +
       std::to_string(shared_.limit()) + ")";
+}
+
+awaitable<error_code> Pool::wait(Waiter& w, asio::cancellation_slot stop, WaitPatience& patience) {
+  const bool patient = patience.then && patience.after < wait_timeout_;
+  w.timer.expires_at(w.since + (patient ? patience.after : wait_timeout_));
+  auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
+  if (!patient || ec || w.conn || w.slot) co_return ec;
+  std::exchange(patience.then, nullptr)();  // (once: PAUSE's wait may come first)
+  w.timer.expires_at(w.since + wait_timeout_);
+  auto [rest] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
+  co_return rest;
 }
 
 std::optional<Lease> Pool::lend_idle(bool in_transaction) {

@@ -79,6 +79,13 @@ struct PoolHost {
   std::string refusal;
 };
 
+// What a caller of Pool::acquire does if its wait lasts `after`: most waits end sooner, and
+// a caller that watches its client meanwhile need not start for them.
+struct WaitPatience {
+  config::Millis after{0};
+  std::function<void()> then;
+};
+
 class Pool {
  public:
   // Worker `worker`'s pool (its executor `ex`) of the process-wide `shared` one.
@@ -90,13 +97,13 @@ class Pool {
   // A terminal cancellation on `stop` ends a wait for a busy pool at once (its client left).
   // `in_transaction`: for a client already inside a transaction, which PAUSE lets finish
   // (it takes the servers it needs; PAUSE waits for them too), as PgBouncer does.
+  // `patience.then` is called once if the wait lasts `patience.after`.
   awaitable<std::variant<Lease, std::string>> acquire(asio::cancellation_slot stop = {},
-                                                      bool in_transaction = false);
+                                                      bool in_transaction = false,
+                                                      WaitPatience patience = {});
   // acquire's common case, without a coroutine: an idle connection, if one is trusted.
   std::optional<Lease> lend_idle(bool in_transaction = false);
-  // Whether acquire() would lend or open a connection without waiting for one.
   int busy() const { return shared_.busy(); }  // across the workers
-  bool lends_now() const { return !paused_ && (!idle_.empty() || shared_.has_room()); }
   void give_back(std::unique_ptr<ServerConn> conn);
   // From the SharedPool, on this worker's thread: a server (or a slot, when null) for the
   // longest waiter here; and a request to send an idle server to the longest waiter.
@@ -152,6 +159,9 @@ class Pool {
     bool queued = true;  // its place in the SharedPool's queue is not yet taken by a hand-over
     Clock::time_point since = Clock::now();
   };
+  // Waits on w's timer until wait_timeout after the wait began, a hand-over or RESUME
+  // (which cancel it), or the stop; calls patience.then on the way.
+  awaitable<error_code> wait(Waiter& w, asio::cancellation_slot stop, WaitPatience& patience);
   // Opens a connection in a slot reserved in the SharedPool.
   awaitable<std::variant<Lease, std::string>> open();
   // Every lease starts here, so that holders() knows the servers lent out.

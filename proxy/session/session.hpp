@@ -502,6 +502,9 @@ class Session : public std::enable_shared_from_this<Session>,
     bool two_primaries = false;  // refused: the shard has more than one primary (08006)
   };
   awaitable<PoolWaitEnd> wait_in_pool(int shard, bool statement);
+  // How long a wait for a pooled server lasts before the client's socket is watched for its
+  // leaving (a watch costs more than most waits).
+  static constexpr config::Millis kWatchClientAfter{10};
   // attach's end of a wait: the server becomes the active one (true), or the client is told
   // why there is none.
   awaitable<bool> take_server(PoolWaitEnd end, int shard);

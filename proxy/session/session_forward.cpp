@@ -335,23 +335,30 @@ awaitable<Session::PoolWaitEnd> Session::wait_in_pool(int shard, bool statement)
   auto& pool = pool_of(shard);
   // A wait for a busy pool ends when the client leaves: the session may hold servers of
   // other shards in its transaction, which must not stay locked until pool_wait.
-  std::shared_ptr<ClientWatch> watch;
-  asio::cancellation_signal stop;  // outlives the watch: stop_watch below waits for its end
-  if (!pool.lends_now()) {
-    watch = std::make_shared<ClientWatch>(worker_.executor());
-    asio::co_spawn(worker_.executor(),
-                   watch_client(watch, [&stop] { stop.emit(asio::cancellation_type::terminal); }),
-                   asio::detached);
-  }
+  // The watch starts once the wait has lasted kWatchClientAfter: most waits end sooner,
+  // and a client that left is seen that much later.
+  struct {
+    std::shared_ptr<ClientWatch> watch;
+    asio::cancellation_signal stop;  // outlives the watch: stop_watch below waits for its end
+  } w;
+  pool::WaitPatience patience{
+      kWatchClientAfter, [this, &w] {
+        w.watch = std::make_shared<ClientWatch>(worker_.executor());
+        asio::co_spawn(
+            worker_.executor(),
+            watch_client(w.watch, [&w] { w.stop.emit(asio::cancellation_type::terminal); }),
+            asio::detached);
+      }};
   // The wait SHOW CLIENTS reports, the deadlock detector sees, and a CancelRequest or
   // pg_terminate_backend ends (the statement has not started: nothing else would).
-  pool_waiting_ = PoolWaiting{shard, &pool, &stop};
+  pool_waiting_ = PoolWaiting{shard, &pool, &w.stop};
   pool_waiting_->statement = statement;
   // (A transaction that holds a server: BEGIN alone, deferred, holds none and waits.)
-  auto got = co_await pool.acquire(stop.slot(), backends_.in_transaction_besides(-1));
+  auto got = co_await pool.acquire(w.stop.slot(), backends_.in_transaction_besides(-1),
+                                   std::move(patience));
   const auto stopped = pool_waiting_->stopped;
   pool_waiting_.reset();
-  if (watch) co_await stop_watch(*watch);
+  if (w.watch) co_await stop_watch(*w.watch);
   // A server that came at the last moment goes back unused: the statement was stopped.
   if (stopped != PoolWaiting::Stopped::kNo || !deadlock_detail_.empty()) got = std::string();
   const bool refused = std::holds_alternative<std::string>(got) && !pool.refusal().empty();

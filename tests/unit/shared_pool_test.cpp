@@ -4,6 +4,8 @@
 
 #include <catch2/catch.hpp>
 
+#include "proxy/pool/pool.hpp"
+
 using pgshard::pool::SharedPool;
 
 namespace {
@@ -93,4 +95,72 @@ TEST_CASE("RECONNECT starts a new generation for every worker") {
   const auto g = p.generation();
   p.new_generation();
   CHECK(p.generation() != g);
+}
+
+// ---- a worker's Pool waiting for a server (no slot: every acquire queues) ----
+
+namespace {
+using pgshard::Clock;
+using pgshard::pool::Pool;
+using pgshard::pool::WaitPatience;
+namespace asio = boost::asio;
+
+struct Waited {
+  std::string answer;  // the error acquire gave
+  int patience_calls = 0;
+  Clock::duration took{};
+};
+
+// One acquire on a pool that never lends (limit 0), its wait stopped after `stop_after`
+// (0: never) and PAUSEd for `paused_for` first (0: not paused).
+Waited wait_once(std::chrono::milliseconds stop_after, std::chrono::milliseconds paused_for = {}) {
+  asio::io_context io;
+  SharedPool shared(0, 1);
+  pgshard::pool::BackendTarget target;
+  target.shard_name = "s0";
+  Pool pool(io.get_executor(), 0, shared, target, pgshard::config::Millis(60),
+            pgshard::config::Millis(60));
+  pool.pause(paused_for.count() > 0);
+  Waited out;
+  asio::cancellation_signal stop;
+  const auto began = Clock::now();
+  asio::co_spawn(
+      io,
+      [&]() -> pgshard::awaitable<void> {
+        auto got = co_await pool.acquire(
+            stop.slot(), false,
+            WaitPatience{pgshard::config::Millis(10), [&out] { ++out.patience_calls; }});
+        if (auto* e = std::get_if<std::string>(&got)) out.answer = *e;
+        out.took = Clock::now() - began;
+      },
+      asio::detached);
+  asio::steady_timer resume(io, paused_for), stopper(io, stop_after);
+  if (paused_for.count() > 0) resume.async_wait([&](auto) { pool.pause(false); });
+  if (stop_after.count() > 0)
+    stopper.async_wait([&](auto) { stop.emit(asio::cancellation_type::terminal); });
+  io.run();
+  return out;
+}
+}  // namespace
+
+TEST_CASE("a wait for a server calls its patience once, past `after`, and keeps its deadline") {
+  // Before: the client watch started with every wait, costing more than most waits.
+  const auto long_wait = wait_once({});
+  CHECK(long_wait.patience_calls == 1);
+  CHECK(long_wait.answer.find("timed out after 60 ms") != std::string::npos);
+  CHECK(long_wait.took >= std::chrono::milliseconds(60));
+  CHECK(long_wait.took < std::chrono::milliseconds(60 + 10 + 40));  // not re-armed in full
+
+  const auto short_wait = wait_once(std::chrono::milliseconds(3));
+  CHECK(short_wait.patience_calls == 0);
+  CHECK(short_wait.answer.find("the client left") != std::string::npos);
+
+  const auto stopped_later = wait_once(std::chrono::milliseconds(30));
+  CHECK(stopped_later.patience_calls == 1);
+  CHECK(stopped_later.answer.find("the client left") != std::string::npos);
+
+  // PAUSEd for 25 ms, then queued: one call over both waits.
+  const auto paused = wait_once({}, std::chrono::milliseconds(25));
+  CHECK(paused.patience_calls == 1);
+  CHECK(paused.answer.find("timed out after 60 ms waiting") != std::string::npos);
 }
