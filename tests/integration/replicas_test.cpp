@@ -395,6 +395,19 @@ class ForeignCluster {
     run("rm -rf " + dir_);
   }
   int replica() const { return replica_; }
+  int primary() const { return primary_; }
+  // A copy of the primary in recovery with nothing to stream from (after `setup` ran there).
+  int orphan(const std::string& setup) {
+    auto c = connect("host=127.0.0.1 port=" + std::to_string(primary_) +
+                     " user=app password=secret dbname=app");
+    query(c.get(), setup);
+    const int port = free_port();
+    std::string out;
+    REQUIRE(run(script_ + " orphan " + dir_ + " " + std::to_string(primary_) + " " +
+                    std::to_string(port),
+                &out) == 0);
+    return port;
+  }
 
  private:
   const std::string script_ = std::string(PGSHARD_SOURCE_DIR) + "/tests/harness/pgcluster.sh";
@@ -437,9 +450,27 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
   // copies of one initdb, so it has the same system identifier).
   CHECK(check(url(replica) + ", " + url(cluster.port(1)), &out) != 0);
   INFO(out);
-  CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" +
-                 std::to_string(cluster.port(1)) + "/app): not in recovery") != std::string::npos);
+  CHECK(out.find("ERROR shard s0: more than one host is out of recovery: shard s0 "
+                 "(postgres://app@127.0.0.1:" +
+                 std::to_string(cluster.port(0)) +
+                 "/app) and shard s0 replica (postgres://"
+                 "app@127.0.0.1:" +
+                 std::to_string(cluster.port(1)) + "/app)") != std::string::npos);
   CHECK(out.find("1 problem found") != std::string::npos);
+  // After a failover the map may list the primary as a replica and a replica as the
+  // primary: the shard is checked on the host out of recovery (before: "not in recovery").
+  {
+    std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+    for (int i = 0; i < cluster.size(); ++i)
+      yaml += "  - { name: s" + std::to_string(i) +
+              ", primary: " + url(i == 0 ? replica : cluster.port(i)) +
+              (i == 0 ? ", replicas: [" + url(cluster.port(0)) + "]" : "") + " }\n";
+    yaml += "sharded_tables: [{ table: replica_check, column: id }]\n";
+    std::ofstream(dir + "/map.yaml") << yaml;
+    CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+    INFO(out);
+    CHECK(out.find("every replica (1) replicates its shard's primary") != std::string::npos);
+  }
   // A replica of another cluster: in recovery, but with another system identifier.
   ForeignCluster foreign;
   CHECK(check(url(foreign.replica()), &out) != 0);
@@ -448,6 +479,21 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
                  std::to_string(foreign.replica()) +
                  "/app): not a replica of the shard's primary: its system identifier is ") !=
         std::string::npos);
+  // A replica of the shard's cluster that streams from nothing (left behind by a failover):
+  // before, it passed.
+  {
+    ForeignCluster lone;
+    const int orphan = lone.orphan("CREATE TABLE replica_check (id bigint)");
+    std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+    yaml +=
+        "  - { name: s0, primary: " + url(lone.primary()) + ", replicas: [" + url(orphan) + "] }\n";
+    yaml += "sharded_tables: [{ table: replica_check, column: id }]\n";
+    std::ofstream(dir + "/map.yaml") << yaml;
+    CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+    INFO(out);
+    CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" + std::to_string(orphan) +
+                   "/app): in recovery but not streaming from any primary") != std::string::npos);
+  }
   // One nobody answers on.
   const int closed = free_port();
   CHECK(check(url(closed), &out) != 0);
