@@ -320,6 +320,41 @@ TEST_CASE("reads: a replica gone before its check noticed sends its reads elsewh
   cluster.restart_port(replica);
 }
 
+TEST_CASE("reads: a replica lost mid-read fails the read naming the replica", "[replicas]") {
+  // Before: the error named only the shard ("shard s0: terminating connection ..."), as if
+  // its primary had gone (attacker F7).
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  Proxy proxy(reading_replica(replica, "eventual"));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  REQUIRE(PQsendQuery(c.get(), "SELECT count(*) FROM generate_series(1, 400000000)") == 1);
+  auto direct = connect("host=127.0.0.1 port=" + std::to_string(replica) +
+                        " user=app password=secret dbname=app");
+  REQUIRE(wait_until(
+      [&] {
+        return query(direct.get(),
+                     "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                     "'SELECT count(*) FROM generate_series%' AND pid <> pg_backend_pid()")
+                   .at(0)
+                   .at(0) == "1";
+      },
+      std::chrono::seconds(10)));
+  query(direct.get(),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+        "'SELECT count(*) FROM generate_series%' AND pid <> pg_backend_pid()");
+  std::string error;
+  while (PGresult* r = PQgetResult(c.get())) {
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR) error = PQresultErrorMessage(r);
+    PQclear(r);
+  }
+  INFO(error);
+  CHECK(error.find("shard s0 replica 127.0.0.1:" + std::to_string(replica) + ": terminating") !=
+        std::string::npos);
+  // The session goes on (on another server).
+  CHECK(query(c.get(), "SELECT 1").at(0).at(0) == "1");
+}
+
 TEST_CASE("metrics: each host's role, lag, reads, bans, fallbacks and latency; /api/status",
           "[replicas]") {
   // Before: per-host state was only on the console (SHOW HOSTS); /metrics and the dashboard's
