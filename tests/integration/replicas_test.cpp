@@ -1,9 +1,13 @@
 // Replicas per shard, against real streaming replicas (pg_basebackup -R): every host's
 // health check (role, lag in bytes and time, bans) as the console's SHOW HOSTS / SHOW
 // REPLICAS report it.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <random>
+#include <set>
 #include <thread>
 
 #include "harness.hpp"
@@ -577,4 +581,158 @@ TEST_CASE("reads: RELOAD with replica pools open keeps them sized by their shard
   for (int i = 0; i < 4; ++i) clients.push_back(connect(proxy.conninfo()));
   for (auto& k : clients) CHECK(ran_on(k.get(), "SELECT inet_server_port()") == replica);
   CHECK(proxy.running());
+}
+
+namespace {
+
+// Every shard with a replica behind by its own delay, reading from replicas, checked every
+// 100 ms; table ryw_many (id, v) sharded by id.
+ProxyOptions every_shard_replicated(const std::vector<int>& replicas,
+                                    const std::string& consistency) {
+  ProxyOptions o = reading_replica(replicas[0], consistency);
+  o.shard_extra.clear();
+  for (const int port : replicas)
+    o.shard_extra.push_back("replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(port) +
+                            "/app\"]");
+  o.sharded_tables = "  - { table: ryw_many, column: id, type: bigint }\n";
+  return o;
+}
+
+bool all_replicas_up(const Proxy& p, std::size_t n) {
+  const auto rows = replicas(p);
+  if (rows.size() != n) return false;
+  for (const auto& r : rows)
+    if (r.at("state") != "up") return false;
+  return true;
+}
+
+// One statement on `c` without Catch2 (called from several threads): its one value, or
+// "ERROR <sqlstate>".
+std::string one_value(PGconn* c, const std::string& sql) {
+  PGresult* r = PQexec(c, sql.c_str());
+  std::string out;
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+    out = PQgetvalue(r, 0, 0);
+  else if (PQresultStatus(r) == PGRES_FATAL_ERROR)
+    out = std::string("ERROR ") + PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  PQclear(r);
+  return out;
+}
+
+// Each shard's replica holds as many ryw_many rows as its primary (within 10 s).
+bool replicas_caught_up(Cluster& cluster, const std::vector<int>& replicas) {
+  for (std::size_t i = 0; i < replicas.size(); ++i) {
+    auto primary = connect(cluster.direct(static_cast<int>(i)));
+    const auto want = one_value(primary.get(), "SELECT count(*) FROM ryw_many");
+    const bool ok = wait_until(
+        [&] {
+          auto r = connect("host=127.0.0.1 port=" + std::to_string(replicas[i]) +
+                           " user=app password=secret dbname=app");
+          return one_value(r.get(), "SELECT count(*) FROM ryw_many") == want;
+        },
+        std::chrono::seconds(10));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("reads: many clients writing then reading random keys on three replicated shards",
+          "[replicas]") {
+  // Issue 34's test: replicas 150-400 ms behind on every shard, 8 clients each writing a
+  // random key of its own and reading it back at once: never stale under `session`; the
+  // same load under `eventual` reads the past (so the first count could fail).
+  auto& cluster = Cluster::get();
+  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
+                                 cluster.replica(2, 300)};
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
+    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
+  }
+  constexpr int kKeys = 64, kClients = 8, kPairs = 12;
+  auto stale_reads = [&](const std::string& consistency, std::set<std::string>* errors) {
+    Proxy proxy(every_shard_replicated(reps, consistency));
+    REQUIRE(
+        wait_until([&] { return all_replicas_up(proxy, reps.size()); }, std::chrono::seconds(15)));
+    {
+      auto c = connect(proxy.conninfo());
+      query(c.get(), "DELETE FROM ryw_many");
+      for (int k = 1; k <= kKeys; ++k)
+        query(c.get(), "INSERT INTO ryw_many VALUES (" + std::to_string(k) + ", 0)");
+    }
+    REQUIRE(replicas_caught_up(cluster, reps));
+    std::atomic<int> stale{0};
+    std::mutex mu;
+    std::vector<std::thread> clients;
+    for (int t = 0; t < kClients; ++t)
+      clients.emplace_back([&, t] {
+        auto c = connect(proxy.conninfo());
+        std::mt19937 rng(static_cast<unsigned>(t * 7919 + 1));
+        for (int i = 1; i <= kPairs; ++i) {
+          // Keys k with k % kClients == t: no two clients write one row.
+          const int key = t + 1 + kClients * static_cast<int>(rng() % (kKeys / kClients));
+          const std::string v = std::to_string(t * 1000 + i);
+          const auto w = one_value(c.get(), "UPDATE ryw_many SET v = " + v + " WHERE id = " +
+                                                std::to_string(key) + " RETURNING v");
+          const auto r =
+              one_value(c.get(), "SELECT v FROM ryw_many WHERE id = " + std::to_string(key));
+          if (w != v || r.rfind("ERROR", 0) == 0) {
+            std::lock_guard lock(mu);
+            errors->insert(w + " / " + r);
+          }
+          stale += r != v;
+        }
+      });
+    for (auto& th : clients) th.join();
+    return stale.load();
+  };
+  std::set<std::string> errors;
+  CHECK(stale_reads("session", &errors) == 0);
+  CHECK(errors.empty());
+  CHECK(stale_reads("eventual", &errors) > 0);
+  CHECK(errors.empty());
+}
+
+TEST_CASE("reads: a read token carries writes on three shards to another pgshard instance",
+          "[replicas]") {
+  // A web request writes through one pgshard; a worker reads through another with the
+  // request's token: every shard's write is seen, though each replica is behind.
+  auto& cluster = Cluster::get();
+  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
+                                 cluster.replica(2, 300)};
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
+    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
+  }
+  Proxy a(every_shard_replicated(reps, "session")), b(every_shard_replicated(reps, "session"));
+  REQUIRE(
+      wait_until([&] { return all_replicas_up(a, reps.size()) && all_replicas_up(b, reps.size()); },
+                 std::chrono::seconds(15)));
+  auto writer = connect(a.conninfo());
+  constexpr int kKeys = 12;
+  for (int k = 1; k <= kKeys; ++k)
+    query(writer.get(), "INSERT INTO ryw_many VALUES (" + std::to_string(k) + ", 0)");
+  REQUIRE(replicas_caught_up(cluster, reps));
+  int untokened_stale = 0;
+  for (int round = 1; round <= 3; ++round) {
+    // One write per key (every shard), then the token of them all.
+    query(writer.get(), "UPDATE ryw_many SET v = " + std::to_string(round));
+    const std::string token = scalar(writer.get(), "SHOW pgshard.read_token");
+    INFO(token);
+    CHECK(token.find("s0:") != std::string::npos);
+    CHECK(token.find("s1:") != std::string::npos);
+    CHECK(token.find("s2:") != std::string::npos);
+    auto reader = connect(b.conninfo());
+    auto plain = connect(b.conninfo());
+    query(reader.get(), "SET pgshard.read_token = '" + token + "'");
+    for (int k = 1; k <= kKeys; ++k) {
+      const std::string read = "SELECT v FROM ryw_many WHERE id = " + std::to_string(k);
+      CHECK(scalar(reader.get(), read) == std::to_string(round));
+      untokened_stale += scalar(plain.get(), read) != std::to_string(round);
+    }
+  }
+  CHECK(untokened_stale > 0);  // (without the token the replicas are behind)
 }
