@@ -17,6 +17,7 @@ namespace pgshard::pool {
 // socket, as pgshard did before, ended them all).
 class RelayWake {
  public:
+  // (A session's read of its client uses one too, Session::client_read_wake_.)
   RelayWake() = default;
   RelayWake(const RelayWake&) = delete;
   // A link's storage is reused for its session's next server (Session::link_finished): the
@@ -29,14 +30,13 @@ class RelayWake {
     return signal_.slot();
   }
   void read_ended() { reading_ = false; }
-
- private:
-  friend class Backends;
-  // (Outside a read the slot may still hold the last read's handler: never emitted then.)
+  // Ends the pending read, if one is (outside a read the slot may still hold the last
+  // read's handler: never emitted then). A link's relay is woken through Backends::wake.
   void wake() {
     if (reading_) signal_.emit(asio::cancellation_type::terminal);
   }
 
+ private:
   asio::cancellation_signal signal_;
   bool reading_ = false;
 };

@@ -254,6 +254,31 @@ HostState* HostHealth::writer_host(int shard) {
   return nullptr;
 }
 
+namespace {
+
+// A caught-up replica of an idle primary may show as far behind as a WAL page header (the
+// primary's insert position skips it at a page boundary, the replica's replay end does not).
+constexpr int64_t kCaughtUpSlack = 64;
+
+}  // namespace
+
+void HostHealth::note_stuck(HostState& h) {
+  // Behind its primary with the same replay position as at an earlier check: behind by at
+  // least the time since then, whatever the replica reports (one that receives nothing, or
+  // cannot replay, says 0). A replica that replays, however slowly, is not stuck.
+  if (h.lag_bytes <= kCaughtUpSlack) {
+    h.stuck_since = {};
+    return;
+  }
+  if (h.stuck_since == Clock::time_point{} || h.lsn != h.stuck_lsn) {
+    h.stuck_lsn = h.lsn;
+    h.stuck_since = h.checked_at;
+  }
+  const auto stuck =
+      std::chrono::duration_cast<std::chrono::milliseconds>(h.checked_at - h.stuck_since);
+  h.lag_ms = std::max<int64_t>(h.lag_ms, stuck.count());
+}
+
 void HostHealth::update_lag(int shard, const config::Replication& limits) {
   // The shard's primary: the host that takes its writes, once it answered out of recovery.
   const HostState* primary = writer_host(shard);
@@ -264,6 +289,7 @@ void HostHealth::update_lag(int shard, const config::Replication& limits) {
                       ? std::max<int64_t>(
                             0, static_cast<int64_t>(primary->lsn - std::min(primary->lsn, h.lsn)))
                       : -1;
+    note_stuck(h);
     const bool bytes_over =
         limits.max_lag_bytes &&
         (h.lag_bytes < 0 || static_cast<uint64_t>(h.lag_bytes) > limits.max_lag_bytes);

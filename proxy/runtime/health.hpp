@@ -82,6 +82,10 @@ struct HostState {
   int64_t lag_bytes = -1;            // replica: its primary's position minus its own (-1: unknown)
   int64_t lag_ms = -1;               // replica (-1: unknown)
   bool lagging = false;              // past max_replica_lag: no reads until back under it
+  // Replica: since when its replay position has stood still while its primary's was ahead
+  // (a replica streaming from nothing reports no time behind: it has nothing to replay).
+  Clock::time_point stuck_since{};
+  uint64_t stuck_lsn = 0;
   uint64_t system = 0;               // system identifier (a replica of its primary has the same)
   uint32_t timeline = 0;             // 0: unknown
   bool writes = false;               // the shard's writes go here (failover follows the checks)
@@ -155,6 +159,9 @@ class HostHealth {
  private:
   // `shard`'s writer from its hosts' last checks (under mu_); logs and counts a change.
   void decide_writer(int shard);
+  // A replica behind its primary whose replay position stands still: its time behind is at
+  // least how long it has stood (under mu_).
+  static void note_stuck(HostState& h);
   // The host that takes `shard`'s writes (under mu_; null for a shard not configured).
   HostState* writer_host(int shard);
   struct ShardWriter {

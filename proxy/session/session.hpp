@@ -452,6 +452,11 @@ class Session : public std::enable_shared_from_this<Session>,
   const config::Config& config_;
   runtime::ClientStream stream_;
   DrainedSocket client_reads_{stream_.socket()};  // an idle client's next request
+  // Ends that read when a write finds the client gone: a reset that came with the client's
+  // last bytes raises no later edge for the read to see (drained_read.hpp).
+  pool::RelayWake client_read_wake_;
+  // A write to the client failed: it is gone, and its pending read ends.
+  void client_write_failed();
   uint64_t id_;
   std::string peer_;
   mutable std::string prefix_;

@@ -21,12 +21,20 @@ constexpr std::size_t kReadChunk = 16 * 1024;
 // The first read after a client was idle: small enough for the allocator's per-thread cache.
 constexpr std::size_t kFirstReadChunk = 1000;
 
-// Whether [at, at + n), read into an empty buffer, is whole messages: the client then waits
-// for pgshard's answer, whose write finds a client that is gone.
-bool whole_messages(std::string_view bytes) {
+// Whether [at, at + n), read into an empty buffer, is whole messages ending with one that
+// pgshard answers (Query, Sync, a function call, the end of a COPY) or Terminate: the client
+// then waits for pgshard's answer, whose write finds a client that is gone. Not after a
+// Parse or Bind alone (a batch the client goes on with): nothing is written to the client
+// until more comes.
+bool ends_exchange(std::string_view bytes) {
   std::size_t whole = 0;
-  for (const auto m : protocol::Frames(bytes)) whole += m.raw.size();
-  return whole == bytes.size();
+  char last = 0;
+  for (const auto m : protocol::Frames(bytes)) {
+    whole += m.raw.size();
+    last = m.frame.type;
+  }
+  return whole == bytes.size() &&
+         (last == 'Q' || last == 'S' || last == 'F' || last == 'c' || last == 'f' || last == 'X');
 }
 
 }  // namespace
@@ -42,10 +50,10 @@ auto Session::read_first_chunk() {
         std::size_t room;
         char* at = in_.prepare(kFirstReadChunk, &room);
         const ssize_t got = recv_noting_drained(fd, at, room, drained);
-        // Part of a message may be all a client sent before it reset the connection
-        // (drained_read.hpp: a reset is not counted): pgshard would wait for the rest
-        // forever, holding the client's transaction.
-        if (got > 0 && drained && !whole_messages({at, static_cast<std::size_t>(got)}))
+        // Part of a message, or of a batch, may be all a client sent before it reset the
+        // connection (drained_read.hpp: a reset is not counted): pgshard would wait for the
+        // rest forever, holding the client's transaction and its slot.
+        if (got > 0 && drained && !ends_exchange({at, static_cast<std::size_t>(got)}))
           drained = nothing_pending(fd);
         if (got < 0) {
           const int error = errno;
@@ -54,7 +62,12 @@ auto Session::read_first_chunk() {
         }
         return got;
       },
-      use_nothrow_op);
+      use_nothrow_op, client_read_wake_.reading());
+}
+
+void Session::client_write_failed() {
+  client_gone_ = true;
+  client_read_wake_.wake();
 }
 
 bool Session::reads_first_chunk() const {
@@ -64,6 +77,7 @@ bool Session::reads_first_chunk() const {
 awaitable<bool> Session::read_client() {
   if (reads_first_chunk()) {
     auto [ec, n] = co_await read_first_chunk();
+    client_read_wake_.read_ended();
     if (ec) co_return false;
     in_.commit(n);
     co_return true;
@@ -119,7 +133,7 @@ bool Session::wrote_client_now(std::string_view& bytes) {
   if (client_writing_ || client_gone_) return false;
   error_code ec;
   bytes.remove_prefix(stream_.write_now(bytes, ec));
-  if (ec) client_gone_ = true;
+  if (ec) client_write_failed();
   return !ec && bytes.empty();
 }
 
@@ -133,7 +147,7 @@ awaitable<bool> Session::write_client(std::string_view bytes) {
   auto [ec, n] = co_await stream_.write(asio::buffer(bytes.data(), bytes.size()));
   client_writing_ = false;
   client_write_done_.notify_all();
-  if (ec) client_gone_ = true;
+  if (ec) client_write_failed();
   co_return !ec;
 }
 
@@ -200,6 +214,7 @@ awaitable<void> Session::client_loop() {
     bool read = false;
     if (reads_first_chunk()) {  // (read_client's common case, in this coroutine)
       auto [ec, n] = co_await read_first_chunk();
+      client_read_wake_.read_ended();
       in_.commit(n);
       read = !ec;
     } else {

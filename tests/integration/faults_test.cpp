@@ -104,6 +104,11 @@ std::string describe(char kind, const std::string& name = "") {
   p::MessageWriter(out).begin(p::msg::kDescribe).u8(static_cast<uint8_t>(kind)).cstr(name).finish();
   return out;
 }
+std::string flush_msg() {
+  std::string out;
+  p::write_empty(out, p::msg::kFlush);
+  return out;
+}
 std::string sync_msg() {
   std::string out;
   p::write_empty(out, p::msg::kSync);
@@ -766,5 +771,36 @@ TEST_CASE("a client that resets its connection mid-message frees its transaction
     c.reset();
   }
   // Every session saw its client go and rolled back: the row is free.
+  CHECK(wait_until([] { return shard_backends("%", "idle in transaction") == 0; }, 10s));
+}
+
+TEST_CASE("a client that resets its connection after a batch without Sync frees its server",
+          "[faults]") {
+  // Whole messages that pgshard does not answer yet (Parse/Bind/Execute without a Sync, a
+  // Flush) and a reset, both there before pgshard reads them: the session took the socket
+  // for drained (a reset is not counted) and waited for the Sync forever, holding the
+  // transaction and a client slot (attacker F3: 20 of 50 such clients stayed; a flood of
+  // them filled max_client_conn and locked out every login).
+  make_items(10);
+  Proxy proxy(items_map());
+  const std::vector<std::string> batches = {
+      parse("update f_items set v = 'x' where k = 2") + bind() + execute(),
+      parse("update f_items set v = 'x' where k = 2") + bind() + execute() + flush_msg(),
+      parse("select 1"),
+      // (answered: the answer's write finds the client gone and ends its read too)
+      q("select 2")};
+  for (int round = 0; round < 24; ++round) {
+    auto c = std::make_unique<RawClient>(proxy.port());
+    REQUIRE(c->login());
+    c->send(q("begin"));
+    CHECK(c->until_ready() == "C Z");
+    c->send(q("update f_items set v = 'r' where k = 1"));
+    CHECK(c->until_ready() == "C Z");
+    const linger reset{1, 0};
+    ::setsockopt(c->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+    c->send(batches[static_cast<std::size_t>(round) % batches.size()]);
+    c.reset();
+  }
+  // Every session saw its client go and rolled back (each held k = 1 in its transaction).
   CHECK(wait_until([] { return shard_backends("%", "idle in transaction") == 0; }, 10s));
 }

@@ -288,3 +288,36 @@ TEST_CASE("health: a replica on an older timeline than its primary serves no rea
   h.record(1, CheckResult{true, 1000, 0, 7, 0}, now, cfg->replication);
   CHECK(h.readable(1, now));
 }
+
+TEST_CASE("health: a replica whose replay stands still behind its primary is behind in time",
+          "[health]") {
+  // Before: a replica streaming from nothing (its primary's WAL never reaches it) reported
+  // 0 ms behind, however old its data (attacker F5: stale reads for good).
+  auto cfg = two_replicas("max_replica_lag: { time: 2s }\n");
+  HostHealth h;
+  h.configure(*cfg);
+  const auto t0 = Clock::now();
+  auto at = [&](int s) { return t0 + std::chrono::seconds(s); };
+  h.record(0, primary_at(1000), at(0), cfg->replication);
+  h.record(1, replica_at(1000), at(0), cfg->replication);  // caught up
+  h.record(2, replica_at(1000), at(0), cfg->replication);
+  h.record(0, primary_at(5000), at(1), cfg->replication);  // the primary moves on
+  h.record(1, replica_at(1000), at(1), cfg->replication);  // replica 1 does not follow
+  h.record(2, replica_at(3000), at(1), cfg->replication);  // replica 2 replays
+  CHECK(h.readable(1, at(1)));                             // not yet 2 s
+  h.record(1, replica_at(1000), at(4), cfg->replication);
+  h.record(2, replica_at(4000), at(4), cfg->replication);
+  CHECK(h.snapshot()[1].lag_ms >= 3000);
+  CHECK_FALSE(h.readable(1, at(4)));
+  CHECK(h.readable(2, at(4)));  // it replays: not stuck, whatever its lag in bytes
+  CHECK(h.snapshot()[2].lag_ms == 0);
+  // Back in step: no time behind again.
+  h.record(1, replica_at(5000), at(5), cfg->replication);
+  CHECK(h.snapshot()[1].lag_ms == 0);
+  CHECK(h.readable(1, at(5)));
+  // A caught-up replica of an idle primary a page header behind is not stuck.
+  h.record(0, primary_at(5024), at(6), cfg->replication);
+  h.record(2, replica_at(5000), at(6), cfg->replication);
+  h.record(2, replica_at(5000), at(60), cfg->replication);
+  CHECK(h.readable(2, at(60)));
+}
