@@ -170,14 +170,15 @@ struct Analysis {
   std::string cursor;
   bool cursor_hold = false;  // DECLARE ... WITH HOLD: outlives its transaction
   // SQL-level PREPARE, EXECUTE and DEALLOCATE (DISCARD ALL: every name), not the protocol's
-  // Parse/Bind. A PREPARE of a statement on sharded tables is `sql_prepare_held`: the
+  // Parse/Bind. A PREPARE of a statement on sharded tables (with several shards, also on tables
+  // every shard has a copy of) is `sql_prepare_held`: the
   // session keeps it (no server does) and runs an EXECUTE of it as the statement with the
   // arguments put in, routed as such (sql_executed); other PREPAREs go to a server as any
   // statement naming their tables.
   enum class SqlPrepareOp { kNone, kPrepare, kExecute, kDeallocate };
   SqlPrepareOp sql_prepare = SqlPrepareOp::kNone;
   std::string sql_prepared;       // the statement's name (empty: every name)
-  bool sql_prepare_held = false;  // kPrepare of a statement on sharded tables
+  bool sql_prepare_held = false;  // kPrepare of a statement the session keeps
   bool sql_prepare_alone = true;  // the whole text (not one of several, not in EXPLAIN)
   std::string error;              // kError (SQLSTATE 0A000)
   std::string hint;

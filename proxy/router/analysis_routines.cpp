@@ -61,8 +61,10 @@ constexpr const char* kRoutineHint =
 }  // namespace
 
 // PREPARE of a statement naming sharded tables: where it runs depends on the arguments of
-// each EXECUTE, so no server keeps it; the session does (Analysis::sql_prepare_held). Other
-// PREPAREs go where a statement naming their tables goes, and pin the client there.
+// each EXECUTE, so no server keeps it; the session does (Analysis::sql_prepare_held). So is
+// one naming tables every shard has a copy of, when there are several (a write must reach
+// every copy, a read any). Other PREPAREs go where a statement naming their tables goes,
+// and pin the client there.
 Analysis Analyzer::prepared(const Node* stmt) {
   const auto* p = stmt->prepare_stmt;
   bool sharded = false;
@@ -71,11 +73,13 @@ Analysis Analyzer::prepared(const Node* stmt) {
         sharded_index(cfg_, reinterpret_cast<const PgQuery__RangeVar*>(m)) >= 0)
       sharded = true;
   });
-  Analysis a = sharded ? Analysis{} : tables(stmt);
+  const bool held =
+      sharded || (cfg_.shards.size() > 1 && !placed_tables(cfg_, &stmt->base).empty());
+  Analysis a = held ? Analysis{} : tables(stmt);
   a.sql_prepare = Analysis::SqlPrepareOp::kPrepare;
   a.sql_prepared = p->name ? p->name : "";
-  a.sql_prepare_held = sharded;
-  if (sharded) a.reason = "PREPARE of a statement on sharded tables: kept by pgshard";
+  a.sql_prepare_held = held;
+  if (held) a.reason = "PREPARE of a statement on placed tables: kept by pgshard";
   return a;
 }
 

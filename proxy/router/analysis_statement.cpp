@@ -177,7 +177,7 @@ Analysis Analyzer::several(const PgQuery__ParseResult* tree) {
     note_prepared_among_several(st, a);
     if (st && st->node_case == PG_QUERY__NODE__NODE_PREPARE_STMT && prepared(st).sql_prepare_held) {
       a.target = Analysis::Target::kError;
-      a.error = "PREPARE of a statement on sharded tables must be a Query of its own";
+      a.error = "PREPARE of a statement on sharded or reference tables must be a Query of its own";
       a.hint = "send the PREPARE alone, then EXECUTE it";
     }
     a.controls_txn =

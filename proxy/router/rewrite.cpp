@@ -404,7 +404,7 @@ std::optional<std::string> sql_executed(std::string_view prepare_sql, std::strin
       error = protocol::error(
           protocol::sqlstate::kFeatureNotSupported,
           "EXECUTE of prepared statement \"" + std::string(p->name) +
-              "\" (on sharded tables) takes constants as arguments: argument " +
+              "\" (kept by pgshard) takes constants as arguments: argument " +
               std::to_string(i + 1) + " is not one",
           {},
           "compute the value first and pass it as a constant, or use the extended protocol's "

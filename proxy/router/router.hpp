@@ -164,7 +164,7 @@ struct Route {
   std::string cursor;
   bool cursor_hold = false;
   // SQL PREPARE / EXECUTE / DEALLOCATE (Analysis::sql_prepare): the session keeps a PREPARE
-  // of a statement on sharded tables and runs its EXECUTE as the statement itself.
+  // of a statement on placed tables and runs its EXECUTE as the statement itself.
   Analysis::SqlPrepareOp sql_prepare = Analysis::SqlPrepareOp::kNone;
   std::string sql_prepared;
   bool sql_prepare_held = false;

@@ -136,7 +136,7 @@ void note_session_statement(const Node* st, Analysis& a) {
       a.pins = true;
       break;
     case PG_QUERY__NODE__NODE_PREPARE_STMT:
-      // (One of statements on sharded tables lives in the session, not in a server.)
+      // (One the session keeps, Analysis::sql_prepare_held, is in no server.)
       if (!a.sql_prepare_held) a.pins = true;
       break;
     case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:

@@ -1,7 +1,8 @@
-// SQL-level prepared statements on sharded tables (PREPARE name AS ..., EXECUTE name(args),
-// DEALLOCATE): the session keeps their text, answers PREPARE and DEALLOCATE itself and runs
-// each EXECUTE as the statement with its arguments put in, routed like any statement, so
-// the key may be an argument and a read may go to a replica. No server holds them.
+// SQL-level prepared statements on sharded (or, with several shards, reference) tables (PREPARE
+// name AS ..., EXECUTE name(args), DEALLOCATE): the session keeps their text, answers PREPARE and
+// DEALLOCATE itself and runs each EXECUTE as the statement with its arguments put in, routed like
+// any statement, so the key may be an argument and a read may go to a replica. No server holds
+// them.
 #include <spdlog/spdlog.h>
 
 #include "protocol/messages.hpp"
@@ -72,7 +73,7 @@ bool Session::follow_sql_prepared(router::Route& r, bool simple) {
   if (!simple || !r.sql_prepare_alone) {
     refuse(r, proto::error(sqlstate::kFeatureNotSupported,
                            std::string(op_name(r.sql_prepare)) + " of " + name +
-                               " (on sharded tables) must be a simple Query of its own",
+                               " (kept by pgshard) must be a simple Query of its own",
                            {}, "send it alone, not in EXPLAIN or with other statements"));
     return false;
   }

@@ -24,6 +24,7 @@ constexpr const char* kTable =
 ProxyOptions accounts_map() {
   ProxyOptions o;
   o.sharded_tables = "  - { table: sqlprep_accounts, column: id, type: bigint }\n";
+  o.extra_top = "reference_tables: [sqlprep_codes]\n";
   return o;
 }
 
@@ -141,6 +142,20 @@ TEST_CASE("SQL PREPARE/EXECUTE on a sharded table run on the key's shard, as one
   CHECK(error_code(c.get(),
                    "select 1; prepare r3 as select balance from sqlprep_accounts where id = $1") ==
         "0A000");
+  // A reference table: an EXECUTEd write reaches every copy (before: one shard's only).
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(), "drop table if exists sqlprep_codes");
+    query(d.get(), "create table sqlprep_codes (code text primary key)");
+  }
+  query(c.get(), "prepare code as insert into sqlprep_codes values ($1)");
+  query(c.get(), "execute code('FR')");
+  query(c.get(), "execute code('DE')");
+  for (int i = 0; i < Cluster::get().size(); ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    CHECK(scalar(d.get(), "select string_agg(code, ',' order by code) from sqlprep_codes") ==
+          "DE,FR");
+  }
   // Statements on tables outside the map are still the server's (pinned, as before).
   query(c.get(), "prepare one as select 1 + $1::int");
   CHECK(scalar(c.get(), "execute one(41)") == "42");
@@ -196,4 +211,37 @@ TEST_CASE("DO blocks and CALL touching sharded rows are refused unless a hint pi
   CHECK(scalar(d.get(), "select balance from sqlprep_accounts where id = " + k) == "11");
   // A block touching no table of the map runs as before.
   query(c.get(), "do $$ begin perform 1; end $$");
+}
+
+TEST_CASE("EXECUTE of a kept read answers wherever it runs, replicas configured",
+          "[prepared][replicas]") {
+  // Before: PREPARE and EXECUTE could run on different servers (a replica, another shard)
+  // and the statement was missing there, or found rows of the wrong shard.
+  fresh_tables();
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  ProxyOptions o = accounts_map();
+  o.shard_extra = {"replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(replica) +
+                   "/app\"]"};
+  o.extra_top = "health: { interval: 100ms, timeout: 1s, ban_time: 1s }\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  for (int id = 1; id <= 12; ++id)
+    query(c.get(), "insert into sqlprep_accounts values (" + std::to_string(id) + ", " +
+                       std::to_string(id * 10) + ")");
+  query(c.get(), "prepare r as select balance from sqlprep_accounts where id = $1");
+  query(c.get(), "prepare w as update sqlprep_accounts set balance = balance + 1 where id = $1");
+  for (int round = 0; round < 3; ++round)
+    for (int id = 1; id <= 12; ++id) {
+      INFO("id " << id << ", round " << round);
+      CHECK(scalar(c.get(), "execute r(" + std::to_string(id) + ")") ==
+            std::to_string(id * 10 + round));
+      query(c.get(), "execute w(" + std::to_string(id) + ")");
+    }
+  // In a transaction: the primary, seeing the transaction's own write.
+  query(c.get(), "begin");
+  query(c.get(), "execute w(3)");
+  CHECK(scalar(c.get(), "execute r(3)") == "34");
+  query(c.get(), "rollback");
+  CHECK(scalar(c.get(), "execute r(3)") == "33");
 }

@@ -45,11 +45,16 @@ TEST_CASE("SQL PREPARE of a statement on sharded tables is kept by the session",
   CHECK(r.sql_prepare_alone);
   CHECK_FALSE(r.pins);  // no server keeps it
   CHECK_FALSE(r.ddl);   // (before: a schema change on every shard)
+  // So is one on a reference table (a write must reach every copy).
+  r = route_query("prepare c as insert into countries values ($1)", h, *cfg);
+  CHECK(r.sql_prepare == Op::kPrepare);
+  CHECK(r.sql_prepare_held);
   // Other statements are the server's: they go where their tables are, and pin.
-  r = route_query("prepare c as select * from countries", h, *cfg);
+  r = route_query("prepare l as select * from local_t", h, *cfg);  // on s0
   CHECK(r.sql_prepare == Op::kPrepare);
   CHECK_FALSE(r.sql_prepare_held);
   CHECK(r.pins);
+  CHECK(testing::forward_shard(r) == 0);
   r = route_query("prepare one as select $1::int + 1", h, *cfg);
   CHECK_FALSE(r.sql_prepare_held);
   CHECK(r.pins);
