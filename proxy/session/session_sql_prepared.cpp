@@ -5,6 +5,8 @@
 // them.
 #include <spdlog/spdlog.h>
 
+#include <algorithm>
+
 #include "protocol/messages.hpp"
 #include "proxy/session/batch_route.hpp"
 #include "proxy/session/session.hpp"
@@ -56,10 +58,13 @@ void refuse(router::Route& r, proto::ErrorInfo e) {
 bool Session::follow_sql_prepared(router::Route& r, bool simple) {
   if (r.sql_prepare == Op::kNone || router::refusal(r)) return false;
   if (r.sql_prepare == Op::kDeallocate && r.sql_prepared.empty()) {
-    // DEALLOCATE ALL; DISCARD ALL, which PostgreSQL refuses inside a transaction block.
+    // DEALLOCATE ALL; DISCARD ALL, which PostgreSQL refuses inside a transaction block
+    // (neither runs in a failed one).
     const bool discard = std::any_of(r.settings.begin(), r.settings.end(),
                                      [](const auto& s) { return s.reset_all; });
-    if (!discard || transaction_status() == proto::txn_status::kIdle) sql_prepared_.clear();
+    const char status = transaction_status();
+    if (discard ? status == proto::txn_status::kIdle : status != proto::txn_status::kFailed)
+      sql_prepared_.clear();
     return false;
   }
   const auto kept = sql_prepared_.find(r.sql_prepared);
