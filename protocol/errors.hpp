@@ -35,6 +35,7 @@ inline constexpr std::string_view kSerializationFailure = "40001";
 inline constexpr std::string_view kInsufficientPrivilege = "42501";
 inline constexpr std::string_view kSyntaxError = "42601";
 inline constexpr std::string_view kDuplicateCursor = "42P03";
+inline constexpr std::string_view kDuplicatePreparedStatement = "42P05";
 }  // namespace sqlstate
 
 // Field codes of ErrorResponse/NoticeResponse ("Error and Notice Message Fields").

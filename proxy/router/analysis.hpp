@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "config/config.hpp"
+#include "protocol/errors.hpp"
 #include "protocol/messages.hpp"
 #include "proxy/merge/plan.hpp"
 
@@ -168,7 +169,18 @@ struct Analysis {
   CursorOp cursor_op = CursorOp::kNone;
   std::string cursor;
   bool cursor_hold = false;  // DECLARE ... WITH HOLD: outlives its transaction
-  std::string error;         // kError (SQLSTATE 0A000)
+  // SQL-level PREPARE, EXECUTE and DEALLOCATE (DISCARD ALL: every name), not the protocol's
+  // Parse/Bind. A PREPARE of a statement on sharded tables (with several shards, also on tables
+  // every shard has a copy of) is `sql_prepare_held`: the
+  // session keeps it (no server does) and runs an EXECUTE of it as the statement with the
+  // arguments put in, routed as such (sql_executed); other PREPAREs go to a server as any
+  // statement naming their tables.
+  enum class SqlPrepareOp { kNone, kPrepare, kExecute, kDeallocate };
+  SqlPrepareOp sql_prepare = SqlPrepareOp::kNone;
+  std::string sql_prepared;       // the statement's name (empty: every name)
+  bool sql_prepare_held = false;  // kPrepare of a statement the session keeps
+  bool sql_prepare_alone = true;  // the whole text (not one of several, not in EXPLAIN)
+  std::string error;              // kError (SQLSTATE 0A000)
   std::string hint;
   std::string reason;
 };
@@ -208,6 +220,15 @@ std::optional<std::string> with_select_rows(
 // client's Bind still fits a statement rewritten without them.
 std::vector<int32_t> declared_types(std::string_view sql, std::vector<int32_t> declared,
                                     const protocol::Bind& bind);
+
+// EXECUTE name(args) of a PREPARE pgshard keeps (`prepare_sql`, the client's whole PREPARE
+// text): the prepared statement with each $n replaced by its argument, cast to the type the
+// PREPARE declared for it, to be routed as that statement. nullopt with `error` set when it
+// cannot run: the wrong number of arguments (42601, as PostgreSQL says it), an argument that
+// is not a constant expression (a function call or subquery would run once per use of the
+// parameter and on each shard: 0A000).
+std::optional<std::string> sql_executed(std::string_view prepare_sql, std::string_view execute_sql,
+                                        protocol::ErrorInfo& error);
 
 // The parameter numbers ($n) a statement refers to (empty when it does not parse).
 std::set<int> parameters_of(std::string_view sql);

@@ -273,10 +273,12 @@ std::shared_ptr<Analysis> with_literals(const Analysis& shape, const std::vector
 // Whether two analyses route alike: everything routing reads is equal, merge plans
 // included (a plan whose shards run a rewritten statement never is: its text would carry
 // the parameters).
-// Settings, a signalled pid and a prepared transaction's identifier carry their literals:
+// Settings, a signalled pid, a prepared transaction's identifier and SQL PREPARE/EXECUTE
+// (the arguments) carry their literals:
 // such statements are cached by their exact text only.
 bool carries_literals(const Analysis& a) {
-  return !a.settings.empty() || a.pins || a.signal_call || !a.gid.empty();
+  return !a.settings.empty() || a.pins || a.signal_call || !a.gid.empty() ||
+         a.sql_prepare != Analysis::SqlPrepareOp::kNone;
 }
 
 bool routes_alike(const Analysis& a, const Analysis& b) {

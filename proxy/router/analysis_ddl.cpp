@@ -5,6 +5,7 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <charconv>
 
 #include "proxy/router/analysis_internal.hpp"
 #include "proxy/router/ast.hpp"
@@ -228,8 +229,63 @@ Analysis& sharded_schema_change(const config::Config& cfg, const Node* stmt, Ana
   return a;
 }
 
-bool do_block_changes_schema_only(const config::Config& cfg, const PgQuery__DoStmt* d,
-                                  std::string& problem) {
+namespace {
+
+// A JSON string's content from `i` (just past its opening quote) up to its closing quote,
+// unescaped; \uXXXX as UTF-8 (a surrogate pair's halves each on their own: such text is
+// never a table name pgshard knows).
+std::string json_string(std::string_view json, std::size_t i) {
+  std::string q;
+  for (; i < json.size() && json[i] != '"'; ++i) {
+    if (json[i] != '\\') {
+      q += json[i];
+      continue;
+    }
+    if (++i >= json.size()) break;
+    switch (json[i]) {
+      case 'n':
+        q += '\n';
+        break;
+      case 't':
+        q += '\t';
+        break;
+      case 'r':
+        q += '\r';
+        break;
+      case 'b':
+        q += '\b';
+        break;
+      case 'f':
+        q += '\f';
+        break;
+      case 'u': {
+        if (i + 4 >= json.size()) return q;
+        unsigned code = 0;
+        std::from_chars(json.data() + i + 1, json.data() + i + 5, code, 16);
+        i += 4;
+        if (code < 0x80) {
+          q += static_cast<char>(code);
+        } else if (code < 0x800) {
+          q += static_cast<char>(0xC0 | (code >> 6));
+          q += static_cast<char>(0x80 | (code & 0x3F));
+        } else {
+          q += static_cast<char>(0xE0 | (code >> 12));
+          q += static_cast<char>(0x80 | ((code >> 6) & 0x3F));
+          q += static_cast<char>(0x80 | (code & 0x3F));
+        }
+        break;
+      }
+      default:
+        q += json[i];
+    }
+  }
+  return q;
+}
+
+}  // namespace
+
+DoBlock read_do_block(const PgQuery__DoStmt* d) {
+  DoBlock out;
   std::string_view body, language = "plpgsql";
   for (size_t i = 0; i < d->n_args; ++i) {
     const Node* arg = d->args[i];
@@ -239,56 +295,36 @@ bool do_block_changes_schema_only(const config::Config& cfg, const PgQuery__DoSt
     if (name == "as") body = str_of(arg->def_elem->arg);
     if (name == "language") language = str_of(arg->def_elem->arg);
   }
-  if (body.empty() || language != "plpgsql") return false;
+  out.language = language;
+  if (body.empty() || language != "plpgsql") return out;
   std::string tag = "pgshard_do";
   while (body.find("$" + tag + "$") != std::string_view::npos) tag += "_";
   const std::string function = "CREATE FUNCTION pgshard_do() RETURNS void LANGUAGE plpgsql AS $" +
                                tag + "$" + std::string(body) + "$" + tag + "$";
   auto parsed = pg_query_parse_plpgsql(function.c_str());
-  bool schema_only = !parsed.error && parsed.plpgsql_funcs;
-  std::vector<std::string> queries;
-  if (schema_only) {
+  out.read = !parsed.error && parsed.plpgsql_funcs;
+  if (out.read) {
     const std::string_view json = parsed.plpgsql_funcs;
     static constexpr std::string_view kStmt = "\"PLpgSQL_stmt_", kQuery = "\"query\":\"";
-    for (auto at = json.find(kStmt); at != std::string_view::npos && schema_only;
-         at = json.find(kStmt, at + 1)) {
+    for (auto at = json.find(kStmt); at != std::string_view::npos; at = json.find(kStmt, at + 1)) {
       const auto end = json.find('"', at + kStmt.size());
       const auto type = json.substr(at + kStmt.size(), end - at - kStmt.size());
-      if (type != "block" && type != "execsql" && type != "return") schema_only = false;
+      if (type != "block" && type != "execsql" && type != "return") out.plain = false;
+      if (type == "dynexecute" || type == "dynfors") out.dynamic = true;
     }
-    for (auto at = json.find(kQuery); at != std::string_view::npos && schema_only;
-         at = json.find(kQuery, at + 1)) {
-      std::string q;  // the JSON string, unescaped (\uXXXX: not for schema changes)
-      std::size_t i = at + kQuery.size();
-      for (; i < json.size() && json[i] != '"'; ++i) {
-        if (json[i] != '\\') {
-          q += json[i];
-          continue;
-        }
-        if (++i >= json.size()) break;
-        switch (json[i]) {
-          case 'n':
-            q += '\n';
-            break;
-          case 't':
-            q += '\t';
-            break;
-          case 'r':
-            q += '\r';
-            break;
-          case 'u':
-            schema_only = false;
-            break;
-          default:
-            q += json[i];
-        }
-      }
-      queries.push_back(std::move(q));
-    }
+    if (json.find("\"dynquery\"") != std::string_view::npos) out.dynamic = true;
+    for (auto at = json.find(kQuery); at != std::string_view::npos; at = json.find(kQuery, at + 1))
+      out.queries.push_back(json_string(json, at + kQuery.size()));
   }
   pg_query_free_plpgsql_parse_result(parsed);
-  if (!schema_only || queries.empty()) return false;
-  for (const auto& q : queries) {
+  return out;
+}
+
+bool do_block_changes_schema_only(const config::Config& cfg, const PgQuery__DoStmt* d,
+                                  std::string& problem) {
+  const DoBlock block = read_do_block(d);
+  if (!block.read || !block.plain || block.queries.empty()) return false;
+  for (const auto& q : block.queries) {
     const auto tree = parse_tree(q);
     if (!tree || tree->n_stmts == 0) return false;
     for (size_t i = 0; i < tree->n_stmts; ++i) {

@@ -66,6 +66,15 @@ Analysis& sharded_schema_change(const config::Config& cfg, const Node* stmt, Ana
 // an ordinary DO block. `problem`: a foreign key that cannot hold across shards.
 bool do_block_changes_schema_only(const config::Config& cfg, const PgQuery__DoStmt* d,
                                   std::string& problem);
+// A DO block's body, read with libpg_query's PL/pgSQL parser (`read`: plpgsql that parsed).
+struct DoBlock {
+  std::string_view language;
+  bool read = false;
+  bool plain = true;                 // only blocks, SQL statements and RETURN
+  bool dynamic = false;              // EXECUTE of a string, FOR ... EXECUTE, OPEN ... FOR EXECUTE
+  std::vector<std::string> queries;  // its SQL statements' and expressions' texts
+};
+DoBlock read_do_block(const PgQuery__DoStmt* d);
 
 // analysis.cpp: pgshard.unique_id().
 //

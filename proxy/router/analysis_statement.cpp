@@ -83,6 +83,34 @@ Analysis cursor_use(const Node* stmt) {
   return a;
 }
 
+// SQL PREPARE, EXECUTE or DEALLOCATE as one of several statements: the session keeps no
+// statement of such a text (a PREPARE on sharded tables is refused) and refuses an EXECUTE
+// or DEALLOCATE of one it keeps (the first such statement is noted).
+void note_prepared_among_several(const Node* st, Analysis& a) {
+  if (!st) return;
+  a.sql_prepare_alone = false;
+  a.sql_prepare_held = false;
+  if (a.sql_prepare != Analysis::SqlPrepareOp::kNone) return;
+  switch (st->node_case) {
+    case PG_QUERY__NODE__NODE_PREPARE_STMT:
+    case PG_QUERY__NODE__NODE_EXECUTE_STMT:
+    case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+      break;
+    default:
+      return;
+  }
+  if (st->node_case == PG_QUERY__NODE__NODE_PREPARE_STMT) {
+    a.sql_prepare = Analysis::SqlPrepareOp::kPrepare;
+    a.sql_prepared = st->prepare_stmt->name ? st->prepare_stmt->name : "";
+  } else if (st->node_case == PG_QUERY__NODE__NODE_EXECUTE_STMT) {
+    a.sql_prepare = Analysis::SqlPrepareOp::kExecute;
+    a.sql_prepared = st->execute_stmt->name ? st->execute_stmt->name : "";
+  } else {
+    a.sql_prepare = Analysis::SqlPrepareOp::kDeallocate;
+    a.sql_prepared = st->deallocate_stmt->name ? st->deallocate_stmt->name : "";
+  }
+}
+
 // nextval/setval/currval/lastval anywhere in the statement.
 bool calls_sequence_function(const PgQuery__Node* stmt) {
   bool found = false;
@@ -146,6 +174,12 @@ Analysis Analyzer::several(const PgQuery__ParseResult* tree) {
   a.takes_snapshot = false;
   for (size_t i = 0; i < tree->n_stmts; ++i) {
     const Node* st = tree->stmts[i]->stmt;
+    note_prepared_among_several(st, a);
+    if (st && st->node_case == PG_QUERY__NODE__NODE_PREPARE_STMT && prepared(st).sql_prepare_held) {
+      a.target = Analysis::Target::kError;
+      a.error = "PREPARE of a statement on sharded or reference tables must be a Query of its own";
+      a.hint = "send the PREPARE alone, then EXECUTE it";
+    }
     a.controls_txn =
         a.controls_txn || (st && st->node_case == PG_QUERY__NODE__NODE_TRANSACTION_STMT);
     a.takes_snapshot = a.takes_snapshot || (st && takes_snapshot(st->node_case));
@@ -213,6 +247,11 @@ Analysis Analyzer::body(const Node* stmt) {
     case PG_QUERY__NODE__NODE_FETCH_STMT:
     case PG_QUERY__NODE__NODE_CLOSE_PORTAL_STMT:
       return cursor_use(stmt);
+    case PG_QUERY__NODE__NODE_PREPARE_STMT:
+      return prepared(stmt);
+    case PG_QUERY__NODE__NODE_EXECUTE_STMT:
+    case PG_QUERY__NODE__NODE_DEALLOCATE_STMT:
+      return prepared_use(stmt);
     default:
       break;
   }
@@ -230,6 +269,7 @@ Analysis Analyzer::explained(const PgQuery__ExplainStmt* e) {
   }
   Analysis a = one(e->query);
   a.explain_route = route;
+  a.sql_prepare_alone = false;  // EXPLAIN EXECUTE: not the statement itself
   if (!route && a.concat_safe) {
     a.concat_safe = false;
     a.merge_blocker = "EXPLAIN";
@@ -295,6 +335,9 @@ Analysis Analyzer::tables(const Node* stmt) {
       return a;
     }
   }
+  if ((kind == PG_QUERY__NODE__NODE_DO_STMT || kind == PG_QUERY__NODE__NODE_CALL_STMT) &&
+      unplaced_routine(stmt, a))
+    return a;
   if (uses_.empty() && schema_change(kind) && !names_temp_object(stmt))
     return schema_change_everywhere(stmt, rels, a);
   if (uses_.empty()) return without_sharded_tables(stmt, others, a);

@@ -56,6 +56,12 @@ class Analyzer {
   Analysis& without_sharded_tables(const Node* stmt, Others others, Analysis& a);
   Analysis& by_kind(const Node* stmt, Analysis& a);
 
+  // analysis_routines.cpp
+  Analysis prepared(const Node* stmt);
+  Analysis prepared_use(const Node* stmt);
+  bool unplaced_routine(const Node* stmt, Analysis& a) const;
+  std::string routine_problem(const Node* stmt) const;
+
   // analysis_select.cpp
   void note_merge_blockers(const Node* stmt, const std::set<std::string>& ctes, Analysis& a) const;
   Analysis& select(const Node* stmt, Analysis& a);

@@ -317,6 +317,109 @@ std::optional<std::string> with_parameter_values(std::string_view sql,
   return deparse_with(owned.get(), params, exprs);
 }
 
+namespace {
+
+// The SQL text of expression `e` (with `cast`: CAST(e AS cast)), by the deparser: a
+// `SELECT CAST(NULL AS int)` parsed here gets the nodes in its place for the while.
+std::optional<std::string> expression_sql(Node* e, Node* cast) {
+  const auto tree = parse_tree(cast ? "SELECT CAST(NULL AS int)" : "SELECT NULL");
+  if (!tree) return std::nullopt;
+  Node*& value = tree->stmts[0]->stmt->select_stmt->target_list[0]->res_target->val;
+  Node* const own = value;
+  std::optional<std::string> out;
+  if (cast) {
+    auto* tc = own->type_cast;
+    Node* const own_arg = tc->arg;
+    PgQuery__TypeName* const own_type = tc->type_name;
+    tc->arg = e;
+    tc->type_name = cast->type_name;
+    out = deparse(tree.get());
+    tc->arg = own_arg;
+    tc->type_name = own_type;
+  } else {
+    value = e;
+    out = deparse(tree.get());
+    value = own;
+  }
+  constexpr std::string_view kSelect = "SELECT ";
+  if (!out || !out->starts_with(kSelect)) return std::nullopt;
+  out->erase(0, kSelect.size());
+  return out;
+}
+
+// A statement's text with the tree's statement replaced by `stmt` while it is deparsed.
+std::optional<std::string> statement_sql(PgQuery__ParseResult* tree, Node* stmt) {
+  Node* const own = tree->stmts[0]->stmt;
+  tree->stmts[0]->stmt = stmt;
+  auto out = deparse(tree);
+  tree->stmts[0]->stmt = own;
+  return out;
+}
+
+// Whether an EXECUTE argument is a constant expression (literals, casts, operators): a
+// function call or subquery would run once for each place of its parameter.
+bool constant_argument(const Node* arg) {
+  bool constant = true;
+  walk(&arg->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor == &pg_query__func_call__descriptor ||
+        m->descriptor == &pg_query__sub_link__descriptor ||
+        m->descriptor == &pg_query__column_ref__descriptor ||
+        m->descriptor == &pg_query__param_ref__descriptor)
+      constant = false;
+  });
+  return constant;
+}
+
+}  // namespace
+
+std::optional<std::string> sql_executed(std::string_view prepare_sql, std::string_view execute_sql,
+                                        protocol::ErrorInfo& error) {
+  const auto prepare = parse_tree(std::string(prepare_sql));
+  const auto execute = parse_tree(std::string(execute_sql));
+  error = protocol::error(protocol::sqlstate::kInternalError,
+                          "pgshard could not put the EXECUTE's arguments into its statement");
+  if (!prepare || !execute || prepare->n_stmts != 1 || execute->n_stmts != 1 ||
+      prepare->stmts[0]->stmt->node_case != PG_QUERY__NODE__NODE_PREPARE_STMT ||
+      execute->stmts[0]->stmt->node_case != PG_QUERY__NODE__NODE_EXECUTE_STMT)
+    return std::nullopt;
+  const auto* p = prepare->stmts[0]->stmt->prepare_stmt;
+  const auto* e = execute->stmts[0]->stmt->execute_stmt;
+  const auto statement = statement_sql(prepare.get(), p->query);
+  if (!statement) return std::nullopt;
+  // PostgreSQL's count: the types declared, or more when the statement uses $n beyond them.
+  const auto used = parameters_of(*statement);
+  const std::size_t expected = std::max<std::size_t>(
+      p->n_argtypes, used.empty() ? 0 : static_cast<std::size_t>(*used.rbegin()));
+  if (e->n_params != expected) {
+    error = protocol::error(
+        protocol::sqlstate::kSyntaxError,
+        "wrong number of parameters for prepared statement \"" + std::string(p->name) + "\"",
+        "Expected " + std::to_string(expected) + " parameters but got " +
+            std::to_string(e->n_params) + ".");
+    return std::nullopt;
+  }
+  std::vector<std::string> values;
+  for (std::size_t i = 0; i < e->n_params; ++i) {
+    if (!constant_argument(e->params[i])) {
+      error = protocol::error(
+          protocol::sqlstate::kFeatureNotSupported,
+          "EXECUTE of prepared statement \"" + std::string(p->name) +
+              "\" (kept by pgshard) takes constants as arguments: argument " +
+              std::to_string(i + 1) + " is not one",
+          {},
+          "compute the value first and pass it as a constant, or use the extended protocol's "
+          "parameters (your driver's placeholders)");
+      return std::nullopt;
+    }
+    Node* cast = i < p->n_argtypes ? p->argtypes[i] : nullptr;
+    if (cast && cast->node_case != PG_QUERY__NODE__NODE_TYPE_NAME) return std::nullopt;
+    auto text = expression_sql(e->params[i], cast);
+    if (!text) return std::nullopt;
+    values.push_back("(" + *text + ")");
+  }
+  return with_parameter_values(*statement, values);
+}
+
 std::optional<std::string> insert_select_sql(std::string_view sql) {
   const auto owned = parse_tree(std::string(sql));
   auto* tree = owned.get();

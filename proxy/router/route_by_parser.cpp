@@ -526,6 +526,10 @@ void take_session_effects(Route& r, const Analysis& a) {
   r.cursor_op = a.cursor_op;
   if (a.cursor_op != Analysis::CursorOp::kNone) r.cursor = a.cursor;
   r.cursor_hold = a.cursor_hold;
+  r.sql_prepare = a.sql_prepare;
+  if (a.sql_prepare != Analysis::SqlPrepareOp::kNone) r.sql_prepared = a.sql_prepared;
+  r.sql_prepare_held = a.sql_prepare_held;
+  r.sql_prepare_alone = a.sql_prepare_alone;
 }
 
 Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx) {

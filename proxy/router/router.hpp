@@ -163,6 +163,12 @@ struct Route {
   Analysis::CursorOp cursor_op = Analysis::CursorOp::kNone;
   std::string cursor;
   bool cursor_hold = false;
+  // SQL PREPARE / EXECUTE / DEALLOCATE (Analysis::sql_prepare): the session keeps a PREPARE
+  // of a statement on placed tables and runs its EXECUTE as the statement itself.
+  Analysis::SqlPrepareOp sql_prepare = Analysis::SqlPrepareOp::kNone;
+  std::string sql_prepared;
+  bool sql_prepare_held = false;
+  bool sql_prepare_alone = true;
   // The statement names pgshard.unique_id() (the shards need the functions declared).
   bool names_unique_id = false;
   // An Answer that shows pgshard.read_token: the session settles its token first.

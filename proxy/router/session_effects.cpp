@@ -132,9 +132,12 @@ void transaction_modes(const PgQuery__VariableSetStmt* v, bool this_transaction,
 void note_session_statement(const Node* st, Analysis& a) {
   switch (st->node_case) {
     case PG_QUERY__NODE__NODE_LISTEN_STMT:
-    case PG_QUERY__NODE__NODE_PREPARE_STMT:
     case PG_QUERY__NODE__NODE_DO_STMT:
       a.pins = true;
+      break;
+    case PG_QUERY__NODE__NODE_PREPARE_STMT:
+      // (One the session keeps, Analysis::sql_prepare_held, is in no server.)
+      if (!a.sql_prepare_held) a.pins = true;
       break;
     case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
       if (st->declare_cursor_stmt->options & kCursorOptHold) a.pins = true;
@@ -321,6 +324,10 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
     if (st->node_case == PG_QUERY__NODE__NODE_DISCARD_STMT &&
         st->discard_stmt->target == PG_QUERY__DISCARD_MODE__DISCARD_ALL) {
       a.settings.push_back({"", std::nullopt, true});
+      if (a.sql_prepare == Analysis::SqlPrepareOp::kNone) {
+        a.sql_prepare = Analysis::SqlPrepareOp::kDeallocate;  // every prepared statement
+        a.sql_prepared.clear();
+      }
     } else if (st->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT) {
       note_variable_set(st->variable_set_stmt, a);
     } else if (st->node_case == PG_QUERY__NODE__NODE_SELECT_STMT) {

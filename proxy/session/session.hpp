@@ -410,6 +410,10 @@ class Session : public std::enable_shared_from_this<Session>,
   // SQL cursors: a DECLARE placed on one shard is remembered, and FETCH, MOVE and CLOSE of
   // that name go to the same shard (the client's server there).
   void follow_cursors(router::Route& r);
+  // SQL PREPARE of a statement on sharded tables, its EXECUTE and DEALLOCATE
+  // (session_sql_prepared.cpp): kept here, answered here, an EXECUTE put in the request as
+  // its statement (true: route the request again).
+  bool follow_sql_prepared(router::Route& r, bool simple);
   // A REPEATABLE READ/SERIALIZABLE transaction whose shards' snapshots a cross-shard commit
   // lies between fails with 40001 (txn::Snapshots); its next statement or COMMIT says so.
   void check_snapshots();
@@ -479,6 +483,8 @@ class Session : public std::enable_shared_from_this<Session>,
     bool hold = false;  // WITH HOLD: outlives its transaction
   };
   std::map<std::string, Cursor> cursors_;  // SQL cursors by name (follow_cursors)
+  // SQL PREPAREs of statements on sharded tables, by name: the client's PREPARE text.
+  std::map<std::string, std::string> sql_prepared_;
   bool takes_snapshot_ = false;  // the routed request takes a snapshot (Route::takes_snapshot)
   bool ddl_running_ = false;     // DDL was sent: the catalog changes again when it is answered
   bool pinned_ = false;

@@ -220,6 +220,8 @@ router::Route Session::route_batch(bool* simple) {
     r.ddl = false;
   }
   follow_cursors(r);
+  // (A rewritten EXECUTE is its statement now: routed again, once.)
+  if (follow_sql_prepared(r, *simple)) return route_batch(simple);
   return r;
 }
 
