@@ -193,33 +193,44 @@ TEST_CASE("reads: plain reads go to the replica, anything that may write or lock
   CHECK(std::stoi(replicas(proxy).at(0)["reads"]) >= 4);
 }
 
+namespace {
+
+// Ten times: a write of row 1 of `table` (one_row_table) on shard 0, then its read (in a
+// transaction `begin` opens, if any) through a proxy reading the replica `replica`; how
+// many reads did not see the write.
+int stale_reads(int replica, const std::string& table, const std::string& consistency,
+                const std::string& begin) {
+  const std::string write = "/* pgshard: shard=s0 */ UPDATE " + table + " SET v = ";
+  const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM " + table + " WHERE id = 1";
+  Proxy proxy(reading_replica(replica, consistency));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  REQUIRE(wait_until(
+      [&] {
+        auto c = connect(proxy.conninfo());
+        return PQstatus(c.get()) == CONNECTION_OK &&
+               error_code(c.get(), read) == "";  // the table has reached the replica
+      },
+      std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  int stale = 0;
+  for (int i = 1; i <= 10; ++i) {
+    query(c.get(), write + std::to_string(i) + " WHERE id = 1");
+    if (!begin.empty()) query(c.get(), begin);
+    stale += scalar(c.get(), read) != std::to_string(i);
+    if (!begin.empty()) query(c.get(), "COMMIT");
+  }
+  return stale;
+}
+
+}  // namespace
+
 TEST_CASE("reads: read-your-writes on a replica 400 ms behind; eventual reads go back in time",
           "[replicas]") {
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(0, 400);
   one_row_table(cluster, "ryw_probe");
-  const std::string write = "/* pgshard: shard=s0 */ UPDATE ryw_probe SET v = ";
-  const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM ryw_probe WHERE id = 1";
-  auto stale_reads = [&](const std::string& consistency) {
-    Proxy proxy(reading_replica(replica, consistency));
-    REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-    REQUIRE(wait_until(
-        [&] {
-          auto c = connect(proxy.conninfo());
-          return PQstatus(c.get()) == CONNECTION_OK &&
-                 error_code(c.get(), read) == "";  // the table has reached the replica
-        },
-        std::chrono::seconds(10)));
-    auto c = connect(proxy.conninfo());
-    int stale = 0;
-    for (int i = 1; i <= 10; ++i) {
-      query(c.get(), write + std::to_string(i) + " WHERE id = 1");
-      stale += scalar(c.get(), read) != std::to_string(i);
-    }
-    return stale;
-  };
-  CHECK(stale_reads("session") == 0);
-  CHECK(stale_reads("eventual") > 0);  // (so the session case could fail)
+  CHECK(stale_reads(replica, "ryw_probe", "session", "") == 0);
+  CHECK(stale_reads(replica, "ryw_probe", "eventual", "") > 0);  // (so the session case could fail)
 }
 
 TEST_CASE("reads: a read token carries a write to another connection", "[replicas]") {
@@ -635,29 +646,9 @@ TEST_CASE("read-only transactions: read-your-writes, never stale under read_cons
   auto& cluster = Cluster::get();
   const int replica = cluster.replica(0, 400);
   one_row_table(cluster, "ro_ryw_probe");
-  const std::string write = "/* pgshard: shard=s0 */ UPDATE ro_ryw_probe SET v = ";
-  const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM ro_ryw_probe WHERE id = 1";
-  auto stale_reads = [&](const std::string& consistency) {
-    Proxy proxy(reading_replica(replica, consistency));
-    REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-    REQUIRE(wait_until(
-        [&] {
-          auto c = connect(proxy.conninfo());
-          return PQstatus(c.get()) == CONNECTION_OK && error_code(c.get(), read) == "";
-        },
-        std::chrono::seconds(10)));
-    auto c = connect(proxy.conninfo());
-    int stale = 0;
-    for (int i = 1; i <= 10; ++i) {
-      query(c.get(), write + std::to_string(i) + " WHERE id = 1");
-      query(c.get(), "BEGIN READ ONLY");
-      stale += scalar(c.get(), read) != std::to_string(i);
-      query(c.get(), "COMMIT");
-    }
-    return stale;
-  };
-  CHECK(stale_reads("session") == 0);
-  CHECK(stale_reads("eventual") > 0);  // (the transactions did read the replica)
+  CHECK(stale_reads(replica, "ro_ryw_probe", "session", "BEGIN READ ONLY") == 0);
+  // (The transactions did read the replica.)
+  CHECK(stale_reads(replica, "ro_ryw_probe", "eventual", "BEGIN READ ONLY") > 0);
 }
 
 TEST_CASE("read-only transactions: several shards each on a replica, committed without 2PC",
