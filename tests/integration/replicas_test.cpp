@@ -611,7 +611,9 @@ TEST_CASE("read-only transactions: writes answer 25006, locks keep the primary o
   REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
   auto c = connect(proxy.conninfo());
   const std::string read = "/* pgshard: shard=s0 */ SELECT count(*) FROM ro_write_probe";
-  REQUIRE(wait_until([&] { return error_code(c.get(), read).empty(); }, std::chrono::seconds(10)));
+  REQUIRE(wait_until(  // (until the replica has replayed the row)
+      [&] { return error_code(c.get(), read).empty() && scalar(c.get(), read) == "1"; },
+      std::chrono::seconds(10)));
   // A write: PostgreSQL's own 25006 (from the replica, as the primary would answer it).
   query(c.get(), "BEGIN READ ONLY");
   CHECK(query(c.get(), "SELECT inet_server_port(), pg_is_in_recovery()").at(0).at(1) == "t");
