@@ -42,13 +42,22 @@ class Ending {
   // the one that wrote; several that wrote roll back with 0A000.
   awaitable<void> commit_with_hold_cursor();
   awaitable<bool> prepare_all(const std::string& gid, std::vector<bool>& prepared);
+  // COMMIT: the parts on replicas first, then the primaries' by the map's rules.
+  awaitable<void> commit();
+  // A READ ONLY transaction's parts on replicas wrote nothing, and a hot standby refuses
+  // PREPARE TRANSACTION: each commits plainly (making nothing visible) and leaves parts_
+  // for replica_parts_. False when one failed (every part rolled back, error_ set).
+  awaitable<bool> commit_on_replicas();
+  bool on_replica(const Part& p) const {
+    return p->shard >= static_cast<int>(c_.config().shards.size());
+  }
   // The participants go back (or stay, in session pooling).
   void hand_back();
   // The commit side of the visibility gate, for the participants' shards (none when the
   // gate is off).
   awaitable<GateHold> enter_gate();
   const std::string& name(const Part& p) const {
-    return c_.config().shards[static_cast<std::size_t>(p->shard)].name;
+    return c_.config().shards[static_cast<std::size_t>(c_.config().host_of(p->shard).shard)].name;
   }
   static std::string part_gid(const std::string& gid, const Part& p) {
     return gid + "_" + std::to_string(p->shard);
@@ -57,6 +66,8 @@ class Ending {
   executor::Client& c_;
   const bool commit_;
   std::vector<Part> parts_;
+  std::vector<Part> replica_parts_;  // committed by commit_on_replicas
+  bool hold_cursor_ = false;
   std::string tag_;
   std::optional<proto::ErrorInfo> error_;
   std::optional<proto::ErrorInfo> warning_;
@@ -69,7 +80,7 @@ awaitable<Ended> Ending::run() {
   bool aborted = c_.transaction().failed();
   const std::string lost = c_.transaction().lost();
   const std::string lost_code = c_.transaction().lost_code();
-  const bool hold_cursor = c_.transaction().hold_cursor();
+  hold_cursor_ = c_.transaction().hold_cursor();
   c_.transaction().end();
   for (auto& p : parts_)
     if (!p->lease || p->lease->broken || p->lease->status == proto::txn_status::kFailed)
@@ -82,16 +93,46 @@ awaitable<Ended> Ending::run() {
     // COMMIT of an aborted transaction rolls back, as PostgreSQL answers it.
     co_await rollback_all();
     tag_ = "ROLLBACK";
-  } else if (!c_.config().two_phase_commit) {
-    co_await commit_in_turn();
-  } else if (hold_cursor) {
-    co_await commit_with_hold_cursor();
   } else {
-    co_await commit_two_phase();
+    co_await commit();
   }
   hand_back();
   c_.hints().local = {};
   co_return Ended{tag_, error_, warning_};
+}
+
+awaitable<void> Ending::commit() {
+  const bool replicas_committed = co_await commit_on_replicas();
+  if (!replicas_committed || parts_.empty()) co_return;
+  // (One part left on a primary: nothing to make atomic across shards.)
+  if (!c_.config().two_phase_commit || parts_.size() < 2)
+    co_await commit_in_turn();
+  else if (hold_cursor_)
+    co_await commit_with_hold_cursor();
+  else
+    co_await commit_two_phase();
+}
+
+awaitable<bool> Ending::commit_on_replicas() {
+  std::vector<Part> primaries;
+  for (auto& p : parts_) {
+    if (!on_replica(p)) {
+      primaries.push_back(p);
+      continue;
+    }
+    const bool ok = co_await c_.run_ours(p, "COMMIT") && p->lease->replies.tag == "COMMIT";
+    if (!ok) {
+      co_await rollback_all();  // (the parts committed already are idle: left alone)
+      error_ = proto::error(
+          sqlstate::kConnectionFailure,
+          "lost shard " + name(p) + "'s replica while committing; the transaction was rolled back");
+      co_return false;
+    }
+  }
+  for (auto& p : parts_)
+    if (on_replica(p)) replica_parts_.push_back(p);
+  parts_ = std::move(primaries);
+  co_return true;
 }
 
 awaitable<void> Ending::rollback_all() {
@@ -259,6 +300,8 @@ awaitable<GateHold> Ending::enter_gate() {
 }
 
 void Ending::hand_back() {
+  parts_.insert(parts_.end(), replica_parts_.begin(), replica_parts_.end());
+  replica_parts_.clear();
   for (auto& p : parts_) {
     if (p->done) continue;
     if (!p->lease || p->lease->status != proto::txn_status::kIdle) {

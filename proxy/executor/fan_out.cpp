@@ -262,7 +262,7 @@ awaitable<void> FanOut::run() {
     const uint64_t together = gate.held() ? statements.fetch_add(1) : 0;
     const uint64_t from = visibility.first_unfinished();
     for (const auto& leg : legs_)
-      if (!leg.failed)
+      if (!leg.failed && !(leg.link && leg.link->shard != leg.shard))  // (not on a replica)
         c_.transaction().snapshots.sending(leg.shard, from, route_.takes_snapshot, together);
   }
   // Text comparisons use the shards' collation, read once per worker.
@@ -384,15 +384,18 @@ awaitable<bool> FanOut::connect() {
 awaitable<bool> FanOut::join(int shard, Leg& leg) {
   auto& backends = c_.backends();
   std::shared_ptr<pool::Link> link;
-  if (backends.active && backends.active->shard == shard) {
+  // The host of the transaction's part on the shard: where it began, or (a READ ONLY
+  // transaction new to the shard) a replica.
+  const int target = co_await c_.read_target(route_, shard, boundary_);
+  if (backends.active && backends.active->shard == target) {
     link = backends.active;
-  } else if (auto participant = backends.participant(shard)) {
+  } else if (auto participant = backends.participant(target)) {
     link = std::move(participant);
   } else {
     // A new participant, opened the way the client opened the transaction.
     auto saved = backends.active;
     backends.active.reset();
-    const bool attached = co_await c_.attach(shard);  // answers the client on failure
+    const bool attached = co_await c_.attach(target);  // answers the client on failure
     link = backends.active;
     backends.active = saved;
     if (!attached) co_return false;

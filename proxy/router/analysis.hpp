@@ -120,6 +120,9 @@ struct Analysis {
   // SET TRANSACTION's modes as BEGIN takes them ("ISOLATION LEVEL REPEATABLE READ READ
   // ONLY"): shards that join the transaction later must open it the same way.
   std::string transaction_modes;
+  // BEGIN's / START TRANSACTION's own modes in the same words ("READ ONLY"): whether the
+  // transaction may run on replicas (a READ ONLY one not SERIALIZABLE may).
+  std::string begin_modes;
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   int statements = 1;  // statements in the text (a multi-statement simple Query)
@@ -133,6 +136,10 @@ struct Analysis {
   // State that lives in the server session: LISTEN, session advisory locks, temp tables,
   // WITH HOLD cursors, SQL PREPARE. The client then keeps its server.
   bool pins = false;
+  // Takes a lock a replica would hold apart from its primary's: an advisory lock function
+  // (pg_advisory_xact_lock...), LOCK TABLE. In a READ ONLY transaction it keeps the shard's
+  // part of the transaction on the primary.
+  bool locks = false;
   // Functions outside pg_catalog it calls (as written): they may change settings
   // (set_config) where pgshard cannot see, so the session checks them afterwards.
   std::vector<std::string> user_functions;

@@ -88,6 +88,11 @@ std::vector<Node*> unique_id_calls(const PgQuery__ParseResult* tree);
 // Session-level SET / RESET / DISCARD ALL / set_config(..., false), pinning, functions
 // called outside pg_catalog, pg_prepared_statements reads.
 void extract_settings(const PgQuery__ParseResult* tree, Analysis& a);
+// Transaction modes (the DefElems of BEGIN, START TRANSACTION, SET TRANSACTION) as BEGIN's
+// words ("ISOLATION LEVEL SERIALIZABLE READ ONLY") appended to `words_out`; without it, as
+// the default_transaction_* settings they set (SET SESSION CHARACTERISTICS).
+void transaction_mode_words(Node* const* args, size_t n_args, std::string* words_out,
+                            std::vector<SettingChange>* settings_out);
 // SELECT pg_terminate_backend(pid) or pg_cancel_backend(pid) as a whole statement, with the
 // pid a literal or a parameter (maybe cast).
 std::optional<Analysis::SignalCall> signal_call(const PgQuery__ParseResult* tree);

@@ -514,6 +514,8 @@ void copy_unless_both_empty(Vector& to, const Vector& from) {
 void take_session_effects(Route& r, const Analysis& a) {
   copy_unless_both_empty(r.settings, a.settings);
   r.pins = a.pins;
+  r.locks = a.locks;
+  r.begin_modes = a.begin_modes;
   r.prepared_statements_view = a.prepared_statements_view;
   copy_unless_both_empty(r.user_functions, a.user_functions);
   r.signal_call = a.signal_call;

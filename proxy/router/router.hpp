@@ -146,6 +146,8 @@ struct Route {
   bool ddl = false;               // a schema change (on several shards: the Ddl action)
   bool takes_snapshot = false;    // see Analysis::takes_snapshot
   std::string transaction_modes;  // see Analysis::transaction_modes
+  std::string begin_modes;        // see Analysis::begin_modes
+  bool locks = false;             // see Analysis::locks
   // What it does to the session wherever it runs (take_session_effects).
   TxnControl txn = TxnControl::kNone;   // set only when the parser placed the statement
   std::string gid;                      // see Analysis::gid

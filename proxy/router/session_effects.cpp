@@ -94,8 +94,16 @@ std::optional<std::string> const_text(const Node* n) {
 // transaction later; SET SESSION CHARACTERISTICS AS TRANSACTION becomes the session
 // settings it is (default_transaction_isolation, _read_only, _deferrable).
 void transaction_modes(const PgQuery__VariableSetStmt* v, bool this_transaction, Analysis& a) {
-  for (size_t i = 0; i < v->n_args; ++i) {
-    const Node* n = v->args[i];
+  std::string* words = this_transaction ? &a.transaction_modes : nullptr;
+  transaction_mode_words(v->args, v->n_args, words, &a.settings);
+}
+
+}  // namespace
+
+void transaction_mode_words(Node* const* args, size_t n_args, std::string* words_out,
+                            std::vector<SettingChange>* settings_out) {
+  for (size_t i = 0; i < n_args; ++i) {
+    const Node* n = args[i];
     if (!n || n->node_case != PG_QUERY__NODE__NODE_DEF_ELEM || !n->def_elem->defname) continue;
     const std::string option = n->def_elem->defname;
     const auto value = const_text(n->def_elem->arg);
@@ -119,12 +127,14 @@ void transaction_modes(const PgQuery__VariableSetStmt* v, bool this_transaction,
     } else {
       continue;
     }
-    if (this_transaction)
-      a.transaction_modes += (a.transaction_modes.empty() ? "" : " ") + words;
-    else
-      a.settings.push_back({setting, setting_value, false});
+    if (words_out)
+      *words_out += (words_out->empty() ? "" : " ") + words;
+    else if (settings_out)
+      settings_out->push_back({setting, setting_value, false});
   }
 }
+
+namespace {
 
 // What a statement alone keeps in the server session: LISTEN, SQL PREPARE, a DO block (it
 // may change anything, set_config or SET ROLE, where pgshard cannot see), a WITH HOLD
@@ -141,6 +151,9 @@ void note_session_statement(const Node* st, Analysis& a) {
       break;
     case PG_QUERY__NODE__NODE_DECLARE_CURSOR_STMT:
       if (st->declare_cursor_stmt->options & kCursorOptHold) a.pins = true;
+      break;
+    case PG_QUERY__NODE__NODE_LOCK_STMT:
+      a.locks = true;  // LOCK TABLE: on a replica it would exclude nobody on the primary
       break;
     default:
       break;
@@ -172,6 +185,8 @@ int note_objects_and_calls(const Node* st, Analysis& a, bool& volatile_calls) {
       if (name == "pg_advisory_lock" || name == "pg_advisory_lock_shared" ||
           name == "pg_try_advisory_lock" || name == "pg_try_advisory_lock_shared")
         a.pins = true;
+      // Any advisory lock function (a replica's locks exclude nobody on the primary).
+      if (name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_")) a.locks = true;
       if (name == "set_config") ++set_configs;
       if (volatile_builtin(f)) volatile_calls = true;
       if (!builtin_function(f)) {

@@ -101,8 +101,12 @@ bool joined(router::Route& route, bool& routed, router::Route&& r) {
   // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
   const bool begin = router::runs_on_shards(r) && r.txn == router::TxnControl::kBegin;
   if (!routed || (route.txn == router::TxnControl::kBegin && !begin)) {
+    // The statement after such a BEGIN opens a transaction on its server: a replica would
+    // hold the whole transaction, writes too (its modes are not read here: the primary).
+    const bool after_begin = routed;
     route = std::move(r);
     routed = true;
+    if (after_begin) route.read_only = false;
   } else if (begin) {
     return true;
   } else if (!router::runs_on_shards(r) || !same_shards(r, route)) {

@@ -232,15 +232,35 @@ class Session : public std::enable_shared_from_this<Session>,
   // form waits at most read_your_writes.wait.
   std::optional<int> read_target_now(const router::Route& route, int shard, char boundary);
   awaitable<int> read_target(const router::Route& route, int shard, char boundary) override;
+  // Whether a Forward asks read_target where it runs: a read that may go to a replica, and
+  // every statement of a transaction block (its part on the shard may be on one).
+  bool picks_host(const router::Route& route) const {
+    return replicas_ && (route.read_only || txn_.state() != txn::State::kIdle);
+  }
+  // read_target_now's choice among `shard`'s hosts as a read's (nullopt: wait).
+  std::optional<int> chosen_read_host(int shard);
+  // Inside a transaction block: the host its part on `shard` runs on (a transaction never
+  // moves hosts); a shard new to it goes to a replica only in a READ ONLY transaction
+  // (replica_transaction), chosen as a read is; else to its primary.
+  std::optional<int> transaction_target_now(const router::Route& route, int shard);
+  std::optional<int> placed_in_transaction(int shard) const;
+  bool replica_transaction(const router::Route& route) const;
+  // A statement taking a lock in a READ ONLY transaction whose part on one of its shards
+  // runs on a replica: the refusal (0A000); nullopt when it may run.
+  std::optional<protocol::ErrorInfo> lock_on_replica(const router::Route& route) const;
   // Attaches a server of `target` when it is a replica; one that cannot give a server
   // (down before its health check saw it) is banned and the read goes to another host of
   // the shard, the primary last. Returns where the read runs, -1 when the client was
   // answered (a cancelled or terminated wait).
   awaitable<int> reach_read_target(const router::Route& route, int target, char boundary);
   // A routed request that may write: its shards' primaries hold the session's newest writes.
-  // (Not a BEGIN, nor a statement that only changes settings: they write nothing.)
+  // (Not a BEGIN, nor a statement that only changes settings, nor one in a READ ONLY
+  // transaction: they write nothing a replica shows.)
   void note_writes(const router::Route& route) {
     if (!replicas_ || route.read_only || route.txn == router::TxnControl::kBegin ||
+        (txn_.state() != txn::State::kIdle &&
+         txn_.read_only(settings_.value("default_transaction_read_only"),
+                        route.transaction_modes)) ||
         (!route.settings.empty() && !route.write && !route.takes_snapshot))
       return;
     reads_.wrote(router::shards_of(route), config_.shards.size());

@@ -31,10 +31,10 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   // nothing is done when anything else is needed (handle_routed does it all).
   const auto* forward = std::get_if<router::Forward>(&route.action);
   if (!forward || route.names_unique_id || route.txn != router::TxnControl::kNone ||
-      txn_.failed() || route.signal_call || route.controls_txn)
+      txn_.failed() || route.signal_call || route.controls_txn || (replicas_ && route.locks))
     return false;
   int target = forward->shard;
-  if (replicas_ && route.read_only) {
+  if (picks_host(route)) {
     // (A read that must wait for a replica to catch up takes the general path.)
     const auto chosen = read_target_now(route, target, boundary);
     if (!chosen) return false;
@@ -53,7 +53,7 @@ awaitable<void> Session::run_forward(const Request& req, const router::Route& ro
   if (read_chosen_) {
     shard = *read_chosen_;
     read_chosen_.reset();
-  } else if (replicas_ && route.read_only) {
+  } else if (picks_host(route)) {
     shard = co_await read_target(route, shard, req.boundary);
   }
   if (shard >= static_cast<int>(config_.shards.size()) && !backends_.active) {
@@ -179,7 +179,8 @@ void Session::sent_now(const std::shared_ptr<Link>& link, bool joins_transaction
 void Session::prepare_request(Link& link, bool joins_transaction, char boundary) {
   auto& replies = link.lease->replies;
   // Where the transaction's snapshot on this shard is taken (txn::Snapshots).
-  if (txn_.state() != txn::State::kIdle)
+  // (Not on a replica: the visibility gate orders commits on the primaries only.)
+  if (txn_.state() != txn::State::kIdle && link.shard < static_cast<int>(config_.shards.size()))
     txn_.snapshots.sending(link.shard, worker_.shared().visibility.first_unfinished(),
                            takes_snapshot_);
   using Owner = pool::Replies::Owner;

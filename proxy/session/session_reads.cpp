@@ -9,15 +9,22 @@
 namespace pgshard::session {
 
 namespace proto = protocol;
+namespace sqlstate = protocol::sqlstate;
 
 std::optional<int> Session::read_target_now(const router::Route& route, int shard, char boundary) {
+  if (!replicas_) return shard;
+  if (txn_.state() != txn::State::kIdle) return transaction_target_now(route, shard);
   // Only a request that ends here (a Sync or a Query: nothing of it follows on the same
   // server), in transaction pooling, outside any transaction, by a client that keeps no
   // state in its server, may leave the primary.
-  if (!replicas_ || !route.read_only || boundary == proto::msg::kFlush || pinned_ ||
-      user_->pool_mode != config::PoolMode::kTransaction || txn_.state() != txn::State::kIdle ||
-      phase_.batch_open() || backends_.participant_count() > 0)
+  if (!route.read_only || boundary == proto::msg::kFlush || pinned_ ||
+      user_->pool_mode != config::PoolMode::kTransaction || phase_.batch_open() ||
+      backends_.participant_count() > 0)
     return shard;
+  return chosen_read_host(shard);
+}
+
+std::optional<int> Session::chosen_read_host(int shard) {
   ReadRouting::Ask ask;
   ask.shard = shard;
   ask.in_flight = request_in_flight();
@@ -25,6 +32,50 @@ std::optional<int> Session::read_target_now(const router::Route& route, int shar
   if (config_.replication.load_balance == config::LoadBalance::kLeastActive)
     ask.busy = [this](int target) { return pool_of(target).busy(); };
   return reads_.target(config_, *user_, worker_.shared().hosts, ask);
+}
+
+std::optional<int> Session::placed_in_transaction(int shard) const {
+  for (const auto& link : backends_.all())
+    if (link->lease && shard_of_target(link->shard) == shard) return link->shard;
+  return std::nullopt;
+}
+
+bool Session::replica_transaction(const router::Route& route) const {
+  // A READ ONLY transaction that is not SERIALIZABLE runs on a hot standby as on its
+  // primary, by a client in transaction pooling that keeps no state in its server. A
+  // statement taking a lock (advisory, LOCK TABLE) keeps its shard's part on the primary, as
+  // does one on several shards while the visibility gate makes cross-shard commits visible
+  // whole on the primaries only.
+  return !pinned_ && user_->pool_mode == config::PoolMode::kTransaction && !route.locks &&
+         txn_.read_only(settings_.value("default_transaction_read_only"),
+                        route.transaction_modes) &&
+         !txn_.serializable(settings_.value("default_transaction_isolation"),
+                            route.transaction_modes) &&
+         !(config_.atomic_visibility && router::shards_of(route).size() > 1);
+}
+
+std::optional<int> Session::transaction_target_now(const router::Route& route, int shard) {
+  // A transaction never moves hosts: a shard's part stays on the host it began on.
+  if (auto placed = placed_in_transaction(shard)) return *placed;
+  if (!replica_transaction(route)) return shard;
+  return chosen_read_host(shard);
+}
+
+std::optional<protocol::ErrorInfo> Session::lock_on_replica(const router::Route& route) const {
+  if (!replicas_ || !route.locks || txn_.state() == txn::State::kIdle) return std::nullopt;
+  for (const int shard : router::shards_of(route)) {
+    const auto placed = placed_in_transaction(shard);
+    if (!placed || *placed == shard) continue;
+    return proto::error(
+        sqlstate::kFeatureNotSupported,
+        "cannot take a lock in this READ ONLY transaction: its part on shard " +
+            config_.shards[static_cast<std::size_t>(shard)].name +
+            " runs on a replica, whose locks exclude nobody on the primary",
+        {},
+        "take the lock in the transaction's first statement on the shard (its part then runs "
+        "on the primary), or begin the transaction READ WRITE");
+  }
+  return std::nullopt;
 }
 
 awaitable<int> Session::read_target(const router::Route& route, int shard, char boundary) {

@@ -100,6 +100,12 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
         co_await control_transaction(route, req))
       co_return;
   }
+  if (route.locks && replicas_) {
+    if (auto refusal = lock_on_replica(route)) {
+      co_await fail(Failure::kRefused, std::move(*refusal), req.boundary);
+      co_return;
+    }
+  }
   // (The action is read only now: a client's COMMIT PREPARED goes where its identifier is.)
   switch (router::action(route)) {
     case router::Action::kForward:

@@ -42,7 +42,7 @@ awaitable<void> Session::control_locally(const router::Route& route, const Reque
       begin = pending_;
     else
       proto::Query{bound_text(pending_, statements_)}.write(begin);
-    txn_.defer(std::move(begin));
+    txn_.defer(std::move(begin), route.begin_modes);
     proto::CommandComplete{"BEGIN"}.write(answer);
   } else {
     txn_.end();
@@ -165,7 +165,9 @@ std::optional<txn::WaitingTxn> Session::waiting_txn() const {
   t.busy = !fan_out_servers_.empty() || pool_waiting_;
   for (const auto& link : backends_.all()) {
     if (!link->lease) continue;
-    t.servers.emplace_back(link->shard, link->lease->pid());
+    // (A READ ONLY transaction's part on a replica waits for no lock of the primaries.)
+    if (link->shard < static_cast<int>(config_.shards.size()))
+      t.servers.emplace_back(link->shard, link->lease->pid());
     t.busy = t.busy || link->lease->replies.client_owed() > 0;
   }
   if (pool_waiting_) {

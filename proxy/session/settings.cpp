@@ -20,8 +20,11 @@ std::string canonical_parameter(std::string_view name) {
 }
 
 bool synced_reported(std::string_view name) {
+  // (default_transaction_read_only too: before, a client's SET of it stayed on its server,
+  // for the next client there, and was never carried to its own next server.)
   return name == "application_name" || name == "client_encoding" || name == "DateStyle" ||
-         name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings";
+         name == "IntervalStyle" || name == "TimeZone" || name == "standard_conforming_strings" ||
+         name == "default_transaction_read_only";
 }
 
 std::optional<std::string> Settings::from_startup(

@@ -1,5 +1,8 @@
 #include "proxy/txn/transaction.hpp"
 
+#include <cctype>
+#include <initializer_list>
+
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 
@@ -82,8 +85,9 @@ char Transaction::status(char server) const {
   return server;
 }
 
-void Transaction::defer(std::string begin) {
+void Transaction::defer(std::string begin, std::string modes) {
   modes_.clear();
+  begin_modes_ = std::move(modes);
   on(Event::kBegin);
   if (state_ == State::kDeferred) deferred_ = std::move(begin);
 }
@@ -98,7 +102,10 @@ std::string Transaction::take_deferred() {
 }
 
 void Transaction::server_ready(char s) {
-  if (s == status::kIdle) modes_.clear();
+  if (s == status::kIdle) {
+    modes_.clear();
+    begin_modes_.clear();
+  }
   on(s == status::kIdle ? Event::kServerIdle : Event::kServerInBlock);
 }
 
@@ -120,6 +127,7 @@ void Transaction::lose(std::string why, bool told, std::string_view code) {
 void Transaction::end() {
   on(Event::kEnded);
   modes_.clear();
+  begin_modes_.clear();
   hold_cursors_.clear();
   snapshots.clear();
 }
@@ -137,6 +145,46 @@ bool Transaction::one_snapshot(std::string_view default_isolation) const {
   const std::string mine = lower(begin_sql + " " + modes_);
   if (mine.find("isolation") != std::string::npos) return keeps(mine);
   return keeps(lower(default_isolation));
+}
+
+namespace {
+
+// The last of `words` (the router's words for transaction modes: "READ ONLY", "ISOLATION
+// LEVEL SERIALIZABLE"...) found in `modes`, its index in `words`; -1 when none is.
+int last_of(std::string_view modes, std::initializer_list<std::string_view> words) {
+  int found = -1;
+  std::size_t at = 0;
+  int i = 0;
+  for (const auto word : words) {
+    const auto pos = modes.rfind(word);
+    if (pos != std::string_view::npos && (found < 0 || pos >= at)) found = i, at = pos;
+    ++i;
+  }
+  return found;
+}
+
+bool setting_on(std::string_view value) {
+  return value == "on" || value == "true" || value == "yes" || value == "1";
+}
+
+}  // namespace
+
+bool Transaction::read_only(std::string_view default_read_only, std::string_view more) const {
+  const std::string modes = begin_modes_ + " " + modes_ + " " + std::string(more);
+  const int last = last_of(modes, {"READ ONLY", "READ WRITE"});
+  return last < 0 ? setting_on(default_read_only) : last == 0;
+}
+
+bool Transaction::serializable(std::string_view default_isolation, std::string_view more) const {
+  const std::string modes = begin_modes_ + " " + modes_ + " " + std::string(more);
+  if (modes.find("ISOLATION LEVEL ") == std::string::npos) {
+    std::string level(default_isolation);
+    for (auto& c : level) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    return level == "serializable";
+  }
+  return last_of(modes, {"ISOLATION LEVEL SERIALIZABLE", "ISOLATION LEVEL REPEATABLE READ",
+                         "ISOLATION LEVEL READ COMMITTED", "ISOLATION LEVEL READ UNCOMMITTED"}) ==
+         0;
 }
 
 protocol::ErrorInfo Transaction::refusal() {

@@ -52,7 +52,8 @@ class Transaction {
   char status(char server) const;
 
   // BEGIN answered by pgshard; `begin` (a Query message) goes out with the first statement.
-  void defer(std::string begin);
+  // `modes`: its modes as the router words them ("ISOLATION LEVEL SERIALIZABLE READ ONLY").
+  void defer(std::string begin, std::string modes = {});
   const std::string& deferred_begin() const { return deferred_; }
   // The deferred BEGIN, for the shard that runs the first statement (begin_sql remembers
   // it for shards that join later).
@@ -94,6 +95,14 @@ class Transaction {
   // The error for a statement sent while failed: the loss once, then 25P02.
   protocol::ErrorInfo refusal();
 
+  // Whether the transaction is READ ONLY (BEGIN's or SET TRANSACTION's last access mode,
+  // else the session's default_transaction_read_only), and whether it is SERIALIZABLE
+  // (likewise, else default_transaction_isolation). A hot standby runs a READ ONLY one
+  // unless it is SERIALIZABLE ("cannot use serializable mode in a hot standby"). `more`:
+  // modes a SET TRANSACTION about to run adds (its words as add_modes takes them).
+  bool read_only(std::string_view default_read_only, std::string_view more = {}) const;
+  bool serializable(std::string_view default_isolation, std::string_view more = {}) const;
+
   // Whether each shard's part keeps one snapshot (REPEATABLE READ, SERIALIZABLE), given the
   // session's default_transaction_isolation ("" if not set).
   bool one_snapshot(std::string_view default_isolation) const;
@@ -124,7 +133,8 @@ class Transaction {
   uint64_t serial_ = 0;
   std::chrono::steady_clock::time_point began_;
   std::string deferred_;
-  std::string modes_;  // see add_modes
+  std::string modes_;        // see add_modes
+  std::string begin_modes_;  // see defer
   bool savepoints_ = false;
   std::set<std::string> hold_cursors_;
   bool recoverable_ = false;  // failed only by pgshard, on one shard, with savepoints

@@ -212,3 +212,19 @@ TEST_CASE("after a statement on every shard, the servers lent next get the clien
     CHECK(scalar(other.get(), on + "select '2024-01-02'::date") == "2024-01-02");
   }
 }
+
+TEST_CASE("SET default_transaction_read_only follows its client, not the server it ran on",
+          "[session]") {
+  // Before: it is a setting the server reports (ParameterStatus) but pgshard did not keep, so
+  // it stayed on the server for its next client and was lost on the client's next server.
+  Proxy proxy(one_worker(1));  // one server per shard: the clients take turns on it
+  auto a = connect(proxy.conninfo());
+  auto b = connect(proxy.conninfo());
+  const std::string show = "SHOW default_transaction_read_only";
+  query(a.get(), "SET default_transaction_read_only = on");
+  CHECK(scalar(b.get(), show) == "off");
+  CHECK(scalar(a.get(), show) == "on");
+  query(a.get(), "RESET default_transaction_read_only");
+  CHECK(scalar(a.get(), show) == "off");
+  CHECK(scalar(b.get(), show) == "off");
+}

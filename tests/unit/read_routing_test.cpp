@@ -237,3 +237,28 @@ TEST_CASE("replica reads: a read token naming an unknown shard says which", "[re
     CHECK(refused->error.message.find("expected shard:LSN pairs") != std::string::npos);
   }
 }
+
+TEST_CASE("read-only transactions: BEGIN's modes and the statements that take locks",
+          "[replicas]") {
+  auto cfg = map_with("");
+  auto modes = [&](const std::string& sql) { return router::route_query(sql, {}, *cfg); };
+  CHECK(modes("BEGIN").begin_modes.empty());
+  CHECK(modes("BEGIN READ ONLY").begin_modes == "READ ONLY");
+  CHECK(modes("START TRANSACTION READ WRITE").begin_modes == "READ WRITE");
+  CHECK(modes("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY").begin_modes ==
+        "ISOLATION LEVEL REPEATABLE READ READ ONLY");
+  CHECK(modes("SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY").transaction_modes ==
+        "ISOLATION LEVEL SERIALIZABLE READ ONLY");
+  CHECK(modes("SET TRANSACTION READ ONLY").begin_modes.empty());  // (not BEGIN's)
+  for (const char* sql :
+       {"SELECT pg_advisory_xact_lock(1)", "SELECT pg_try_advisory_xact_lock_shared(1, 2)",
+        "SELECT pg_advisory_unlock_all()", "LOCK TABLE accounts IN ACCESS SHARE MODE",
+        "/* pgshard: shard=s0 */ SELECT pg_advisory_xact_lock(1)"}) {
+    INFO(sql);
+    CHECK(modes(sql).locks);
+  }
+  for (const char* sql : {"SELECT 1", "SELECT * FROM accounts WHERE id = 1 FOR UPDATE", "BEGIN"}) {
+    INFO(sql);
+    CHECK_FALSE(modes(sql).locks);
+  }
+}

@@ -125,3 +125,27 @@ TEST_CASE("ROLLBACK TO SAVEPOINT recovers only from pgshard's own error on one s
   t.fail();
   CHECK_FALSE(t.can_roll_back_to_savepoint());
 }
+
+TEST_CASE("a transaction is READ ONLY / SERIALIZABLE by its last mode, else the defaults",
+          "[txn]") {
+  txn::Transaction t;
+  t.defer("BEGIN", "");
+  CHECK_FALSE(t.read_only(""));
+  CHECK(t.read_only("on"));
+  CHECK_FALSE(t.serializable(""));
+  CHECK(t.serializable("SERIALIZABLE"));
+  CHECK(t.read_only("", "READ ONLY"));  // a SET TRANSACTION about to run
+  t.add_modes("READ ONLY");
+  CHECK(t.read_only("off"));
+  t.add_modes("READ WRITE");
+  CHECK_FALSE(t.read_only("on"));
+  t.end();
+  t.defer("BEGIN", "ISOLATION LEVEL REPEATABLE READ READ ONLY");
+  CHECK(t.read_only(""));
+  CHECK_FALSE(t.serializable("serializable"));  // BEGIN's level wins over the default
+  CHECK(t.serializable("", "ISOLATION LEVEL SERIALIZABLE"));
+  t.end();
+  CHECK_FALSE(t.read_only(""));  // (the modes end with the transaction)
+  t.defer("BEGIN", "READ WRITE");
+  CHECK_FALSE(t.read_only("on"));
+}
