@@ -279,3 +279,25 @@ TEST_CASE("failover: a transaction open on the old primary when the writes move 
   CHECK(scalar(app.get(), "/* pgshard: shard=s0 */ SELECT inet_server_port()") ==
         std::to_string(r1));
 }
+
+TEST_CASE("failover: the node id lease is taken on shard 0's primary, not a replica listed first",
+          "[failover]") {
+  // A Patroni map lists the leader anywhere. Before, the lease was taken on the host the map
+  // lists first before the checks had found the primary, and stayed there on the standby
+  // (hot standby grants advisory locks), while instances leasing later on the primary could
+  // take the same node: duplicate pgshard.unique_id() values.
+  OwnShard own;
+  const int r1 = own.add("replica");
+  Proxy proxy(
+      failover_map("[" + host_quoted_url(r1) + ", " + host_quoted_url(own.primary()) + "]"));
+  auto leases_on = [](int port) {
+    auto c = connect(host_direct(port));
+    return scalar(c.get(),
+                  "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = "
+                  "1885827944");
+  };
+  CHECK(wait_until([&] { return leases_on(own.primary()) == "1"; }, std::chrono::seconds(10)));
+  CHECK(leases_on(r1) == "0");
+  CHECK(host_column(proxy, own.primary(), "writes") == "yes");
+  CHECK(host_column(proxy, own.primary(), "failovers") == "0");
+}
