@@ -160,10 +160,16 @@ constexpr const char* kSequencesSql =
     "join pg_namespace n on n.oid = k.relnamespace join pg_sequence q on q.seqrelid = k.oid "
     "order by 1, 2";
 
-// A server's system identifier (a streaming replica has its primary's) and whether it is in
-// recovery.
-constexpr const char* kSystemSql =
-    "select system_identifier::text, pg_is_in_recovery() from pg_control_system()";
+// A host's system identifier (a streaming replica has its primary's), whether it is in
+// recovery, its timeline when out of it (from the WAL file it writes, as the health check
+// reads it), and in recovery its WAL receiver: "<status> <timeline received>", "?" without
+// the privilege to see it (pg_read_all_stats), none when no receiver runs.
+constexpr const char* kHostSql =
+    "select system_identifier::text, pg_is_in_recovery(), case when pg_is_in_recovery() "
+    "then '' else ('x' || substr(pg_walfile_name(pg_current_wal_insert_lsn()), 1, 8))"
+    "::bit(32)::int::text end, case when pg_is_in_recovery() then (select case when status "
+    "is null then '?' else status || ' ' || received_tli end from pg_stat_wal_receiver) "
+    "end from pg_control_system()";
 
 // libpq's last error on `c`, without its trailing newlines.
 std::string message(PGconn* c) {
@@ -200,9 +206,18 @@ class LiveCheck {
   }
 
   void check_shard(const config::Shard& shard) {
-    const std::string at = "shard " + shard.name + " (" + shard.primary.text() + ")";
-    Connection c(PQconnectdb(runtime::maintenance_conninfo(cfg_, shard, "pgshard-check").c_str()),
-                 PQfinish);
+    // A shard with several hosts is checked on the one out of recovery, wherever the map
+    // lists it (a failover moves the primary); the others must replicate it.
+    int primary = 0;
+    if (shard.host_count() > 1) {
+      primary = survey_hosts(shard);
+      if (primary < 0) return;
+    }
+    const auto& url = shard.host(primary);
+    const std::string at = "shard " + shard.name + " (" + url.text() + ")";
+    Connection c(
+        PQconnectdb(runtime::maintenance_conninfo(cfg_, shard, url, "pgshard-check").c_str()),
+        PQfinish);
     if (PQstatus(c.get()) != CONNECTION_OK) {
       problem(at + ": cannot connect: " + message(c.get()));
       return;
@@ -219,39 +234,66 @@ class LiveCheck {
     for (const auto& ref : cfg_.reference_tables)
       if (ask(c.get(), kColumnsSql, ref).empty())
         problem(at + ": reference table " + ref + " does not exist");
-    if (!shard.replicas.empty()) check_replicas(c.get(), at, shard);
   }
 
-  // Each replica answers in recovery with its primary's system identifier: a streaming
-  // replica (or a replica's replica) of it, not a primary or a copy of another cluster.
-  void check_replicas(PGconn* primary, const std::string& at, const config::Shard& shard) {
-    const auto own = ask(primary, kSystemSql, "");
-    if (own.empty()) {
-      problem(at + ": cannot read its system identifier: " + message(primary));
-      return;
-    }
-    for (const auto& url : shard.replicas) {
-      const std::string replica = "shard " + shard.name + " replica (" + url.text() + ")";
+  // Every host of the shard: exactly one out of recovery (the primary, returned; -1 when
+  // none or several), the others in recovery with its system identifier, streaming on its
+  // timeline (a replica left on an old primary's timeline, or not streaming, reads the past).
+  int survey_hosts(const config::Shard& shard) {
+    struct Seen {
+      std::string at, system, recovery, timeline, receiver;
+    };
+    std::vector<std::optional<Seen>> seen;
+    std::vector<int> primaries;
+    for (int i = 0; i < shard.host_count(); ++i) {
+      const auto& url = shard.host(i);
+      Seen h{"shard " + shard.name + (i ? " replica (" : " (") + url.text() + ")", {}, {}, {}, {}};
       Connection c(
           PQconnectdb(runtime::maintenance_conninfo(cfg_, shard, url, "pgshard-check").c_str()),
           PQfinish);
-      if (PQstatus(c.get()) != CONNECTION_OK) {
-        problem(replica + ": cannot connect: " + message(c.get()));
+      const bool connected = PQstatus(c.get()) == CONNECTION_OK;
+      const auto rows = connected ? ask(c.get(), kHostSql, "") : Rows();
+      if (rows.empty()) {
+        problem(h.at + (connected ? ": cannot read its role: " : ": cannot connect: ") +
+                message(c.get()));
+        seen.emplace_back();
         continue;
       }
-      const auto rows = ask(c.get(), kSystemSql, "");
-      if (rows.empty()) {
-        problem(replica + ": cannot read its system identifier: " + message(c.get()));
-      } else if (rows[0][0] != own[0][0]) {
-        problem(replica + ": not a replica of the shard's primary: its system identifier is " +
-                rows[0][0] + ", the primary's " + own[0][0] +
-                " (a server of another cluster; fix its URL in the map)");
-      } else if (rows[0][1] != "t") {
-        problem(replica + ": not in recovery (a primary, not a replica; fix its URL in the map)");
-      } else {
-        ++replicas_;
-      }
+      h.system = rows[0][0];
+      h.recovery = rows[0][1];
+      h.timeline = rows[0][2];
+      h.receiver = rows[0][3];
+      if (h.recovery != "t") primaries.push_back(i);
+      seen.emplace_back(std::move(h));
     }
+    if (primaries.size() != 1) {
+      std::string names;
+      for (const int i : primaries)
+        names += (names.empty() ? "" : " and ") + seen[static_cast<std::size_t>(i)]->at;
+      problem("shard " + shard.name +
+              (primaries.empty() ? ": no host is out of recovery (no primary answers)"
+                                 : ": more than one host is out of recovery: " + names +
+                                       " (pgshard refuses the shard's writes)"));
+      return -1;
+    }
+    const auto& p = *seen[static_cast<std::size_t>(primaries[0])];
+    for (const auto& h : seen) {
+      if (!h || &*h == &p) continue;
+      if (h->system != p.system)
+        problem(h->at + ": not a replica of the shard's primary: its system identifier is " +
+                h->system + ", the primary's " + p.system + " (" + p.at +
+                "; a server of another cluster: fix its URL in the map)");
+      else if (h->receiver.empty())
+        problem(h->at + ": in recovery but not streaming from any primary (the primary is " + p.at +
+                ")");
+      else if (h->receiver != "?" && h->receiver != "streaming " + p.timeline)
+        problem(h->at + ": its WAL receiver is '" + h->receiver + "', not streaming timeline " +
+                p.timeline + " of the primary " + p.at +
+                " (it follows an old primary: reads from it would go back in time)");
+      else
+        ++replicas_;
+    }
+    return primaries[0];
   }
 
   // The table exists, has its key column of the map's type, and the first shard's columns.

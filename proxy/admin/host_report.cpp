@@ -1,6 +1,7 @@
 // Every host's metrics and dashboard rows (see host_report.hpp).
 #include "proxy/admin/host_report.hpp"
 
+#include <algorithm>
 #include <array>
 #include <map>
 #include <optional>
@@ -45,6 +46,14 @@ constexpr HostMetric kHostMetrics[] = {
        if (h.role != HostRole::kReplica || h.lag_ms < 0) return std::nullopt;
        return static_cast<double>(h.lag_ms) / 1000;
      }},
+    {"pgshard_host_timeline", "gauge", "the timeline the host reported at its last check",
+     [](const HostState& h) -> std::optional<double> {
+       if (h.timeline == 0) return std::nullopt;
+       return h.timeline;
+     }},
+    {"pgshard_host_takes_writes", "gauge",
+     "1 on the host the shard's writes go to (failover moves it), 0 on the others",
+     [](const HostState& h) -> std::optional<double> { return h.writes && !h.refused ? 1 : 0; }},
     {"pgshard_host_reads_total", "counter",
      "reads that could go to a replica routed to the host (on a primary: kept there)",
      [](const HostState& h) -> std::optional<double> { return static_cast<double>(h.reads); }},
@@ -92,7 +101,35 @@ std::vector<int> targets_of(const std::vector<HostState>& hosts, const config::C
   return out;
 }
 
+// Per shard, from its hosts' rows (each carries its shard's writer state).
+void shard_write_metrics(Exposition& e, const Snapshot& snap) {
+  std::map<int, std::string> shards;  // shard -> name, in shard order
+  for (const auto& h : snap.hosts) shards.emplace(h.shard, h.shard_name);
+  e.family("pgshard_shard_writes_refused", "gauge",
+           "1 while the shard's writes are refused: two of its hosts say they are primaries");
+  for (const auto& [shard, name] : shards)
+    e.sample("pgshard_shard_writes_refused", {{"shard", name}},
+             shard_writes(snap, shard).refused ? 1 : 0);
+  e.family("pgshard_shard_failovers_total", "counter",
+           "times the shard's writes moved to another of its hosts");
+  for (const auto& [shard, name] : shards)
+    e.sample("pgshard_shard_failovers_total", {{"shard", name}},
+             static_cast<double>(shard_writes(snap, shard).failovers));
+}
+
 }  // namespace
+
+ShardWrites shard_writes(const Snapshot& snap, int shard) {
+  ShardWrites w;
+  for (const auto& h : snap.hosts) {
+    if (h.shard != shard) continue;
+    w.refused = w.refused || h.refused;
+    w.failovers = std::max(w.failovers, h.failovers);
+    if (h.writes) w.writer = address(h);
+  }
+  if (w.refused) w.writer.clear();
+  return w;
+}
 
 void host_metrics(Exposition& e, const Snapshot& snap, const config::Config& cfg) {
   std::vector<std::string> addresses;
@@ -107,6 +144,7 @@ void host_metrics(Exposition& e, const Snapshot& snap, const config::Config& cfg
     for (std::size_t i = 0; i < snap.hosts.size(); ++i)
       if (const auto v = m.value(snap.hosts[i])) e.sample(m.name, labels(i), *v);
   }
+  shard_write_metrics(e, snap);
   // Latency per host: its pool's (every user's) requests, replicas' pools included.
   e.family("pgshard_host_query_duration_seconds", "histogram",
            "time from a client request sent to the host to its ReadyForQuery");

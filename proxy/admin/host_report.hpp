@@ -15,6 +15,16 @@ namespace pgshard::admin {
 // lists the host: primary or replica).
 void host_metrics(Exposition& e, const Snapshot& snap, const config::Config& cfg);
 
+// Where shard `shard`'s writes go as the health checks last decided (hosts are checked only
+// when some shard lists several): the host taking them ("host:port", "" when unknown), or
+// refused (two primaries), and how many times they moved.
+struct ShardWrites {
+  std::string writer;
+  bool refused = false;
+  uint64_t failovers = 0;
+};
+ShardWrites shard_writes(const Snapshot& snap, int shard);
+
 // Shard `shard`'s hosts as a JSON array for /api/status ("[]" without health checks).
 std::string hosts_json(const Snapshot& snap, int shard);
 

@@ -154,9 +154,10 @@ void latency_metrics(Exposition& e, const std::vector<PoolRow>& shards) {
 }
 
 // What the sampler last found on each shard: the families first, then shard by shard.
-void sampled_metrics(Exposition& e, const config::Config& cfg,
+void sampled_metrics(Exposition& e, const Snapshot& snap, const config::Config& cfg,
                      const std::vector<ShardSample>& samples) {
-  e.family("pgshard_shard_up", "gauge", "1 when the shard's primary answered the last ping");
+  e.family("pgshard_shard_up", "gauge",
+           "1 when the shard's primary answered the last ping and its writes are not refused");
   e.family("pgshard_shard_database_bytes", "gauge", "size of the shard's database (sampled)");
   e.family("pgshard_table_rows", "gauge",
            "estimated rows of each sharded table per shard (sampled)");
@@ -165,7 +166,8 @@ void sampled_metrics(Exposition& e, const config::Config& cfg,
     const auto& s = samples[i];
     const auto& name = cfg.shards[i].name;
     if (s.pinged != Clock::time_point{})
-      e.sample("pgshard_shard_up", {{"shard", name}}, s.answered);
+      e.sample("pgshard_shard_up", {{"shard", name}},
+               s.answered && !shard_writes(snap, static_cast<int>(i)).refused);
     if (s.database_bytes >= 0)
       e.sample("pgshard_shard_database_bytes", {{"shard", name}},
                static_cast<double>(s.database_bytes));
@@ -373,7 +375,7 @@ std::string HttpServer::metrics(const Snapshot& snap, const config::Config& cfg,
   process_metrics(e, snap);
   pool_metrics(e, snap.pools(), cfg);
   latency_metrics(e, snap.shards());
-  sampled_metrics(e, cfg, samples);
+  sampled_metrics(e, snap, cfg, samples);
   route_metrics(e, snap.routes());
   cache_metrics(e, snap);
   two_phase_metrics(e, snap);
@@ -398,8 +400,12 @@ std::string HttpServer::status_json(const Snapshot& snap) {
       if (row.shard == static_cast<int>(i)) r = &row;
     const auto& s = samples[i];
     if (i) j += ',';
-    j += "{\"name\":\"" + escaped(sh.name) + "\",\"primary\":\"" + escaped(sh.primary.text()) +
-         "\",\"state\":\"" + shard_state(s) +
+    // (After a failover the host taking writes; none while two hosts say they are primaries.)
+    const auto writer = shared_.hosts.writer(static_cast<int>(i));
+    const bool refused = !writer.refusal.empty();
+    j += "{\"name\":\"" + escaped(sh.name) + "\",\"primary\":\"" +
+         escaped(refused ? "" : sh.host(writer.host).text()) + "\",\"state\":\"" +
+         (refused ? "refusing writes" : shard_state(s)) +
          "\",\"pool_used\":" + std::to_string(r ? r->stats.total - r->stats.idle : 0) +
          ",\"pool_idle\":" + std::to_string(r ? r->stats.idle : 0) +
          ",\"pool_size\":" + std::to_string(sh.pool_size) +

@@ -294,6 +294,11 @@ class Session : public std::enable_shared_from_this<Session>,
   enum class PipelineStep : uint8_t { kNone, kPart, kControl };
   PipelineStep pipeline_step_ = PipelineStep::kNone;
   awaitable<void> run_pipeline_step(PipelineStep step, std::string request, char boundary);
+  // A server of the split pipeline's transaction was lost while another shard ran its part
+  // (its relay could not tell the client then): the loss is the error of the pipeline's
+  // next statement, or of its Sync, so the client is never left without one (written to
+  // `out`).
+  void note_pipeline_loss(std::string& out);
   // After pgshard failed an extended batch: skips to its Sync (answered by pgshard, no
   // server has anything of the batch); true if nothing is left.
   awaitable<bool> skip_failed_batch(char boundary);
@@ -508,6 +513,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // attach's end of a wait: the server becomes the active one (true), or the client is told
   // why there is none.
   awaitable<bool> take_server(PoolWaitEnd end, int shard);
+  // The boundary of the request being handled (take_server fails it as fail() does).
+  char request_boundary_ = protocol::msg::kSync;
   // The client's error for a wait that got no server (fails a transaction block on cancel).
   protocol::ErrorInfo pool_wait_error(const PoolWaitEnd& end);
   // A deadlock victim's servers roll back (requests wait until they have).

@@ -133,6 +133,11 @@ awaitable<bool> Session::run_split_pipeline() {
   pending_.clear();
   // A part after the pipeline failed is skipped, as PostgreSQL skips to the Sync.
   bool skipping = phase_.split_pipeline() && transaction_status() == proto::txn_status::kFailed;
+  // A loss the client is told, sent with the Sync's ReadyForQuery (psycopg 3 that reads the
+  // error alone leaves its pipeline with the ReadyForQuery unread: "cannot exit pipeline
+  // mode while busy").
+  std::string told;
+  if (skipping) note_pipeline_loss(told);
   std::string q;
   if (!phase_.split_pipeline() && transaction_status() == proto::txn_status::kIdle) {
     proto::Query{"BEGIN"}.write(q);
@@ -146,8 +151,12 @@ awaitable<bool> Session::run_split_pipeline() {
     co_await run_pipeline_step(PipelineStep::kPart, u + sync, proto::msg::kSync);
     // After an error PostgreSQL skips the rest of the pipeline up to its Sync.
     skipping = transaction_status() == proto::txn_status::kFailed;
+    if (skipping) note_pipeline_loss(told);
   }
-  if (!synced || client_gone_) co_return true;
+  if (!synced || client_gone_) {
+    if (!told.empty() && !client_gone_) co_await write_client(told);
+    co_return true;
+  }
   if (phase_.split_pipeline()) {
     phase_.pipeline_ended();
     // The Sync ends the implicit transaction: committed, or rolled back after an error. A
@@ -157,7 +166,8 @@ awaitable<bool> Session::run_split_pipeline() {
         q);
     co_await run_pipeline_step(PipelineStep::kControl, std::move(q), proto::msg::kQuery);
   }
-  co_await write_client(proto::ready_for_query(transaction_status()));
+  told += proto::ready_for_query(transaction_status());
+  co_await write_client(told);
   co_return true;
 }
 
@@ -177,6 +187,10 @@ awaitable<void> Session::run_pipeline_step(PipelineStep step, std::string reques
   // (What the relay still brings of it was marked in the server's reply queue.)
   co_await drain();
   pipeline_step_ = PipelineStep::kNone;
+}
+
+void Session::note_pipeline_loss(std::string& out) {
+  if (txn_.loss_unreported()) proto::write_error(out, txn_.refusal());
 }
 
 void Session::end_request(std::string& out, char status) {

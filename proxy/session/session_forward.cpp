@@ -386,10 +386,10 @@ awaitable<bool> Session::take_server(PoolWaitEnd end, int shard) {
   }
   auto e = pool_wait_error(end);
   spdlog::warn("{}: {}", prefix(), e.message);
-  std::string out;
-  proto::write_error(out, e);
-  end_request(out, transaction_status());
-  co_await write_client(out);
+  // As any error: it fails a transaction block (and pgshard's transaction of a split
+  // pipeline, whose later statements are then skipped; before, they ran and committed),
+  // and a batch ending in Flush skips to its Sync.
+  co_await fail(Failure::kNoServer, std::move(e), request_boundary_);
   co_return false;
 }
 

@@ -37,7 +37,8 @@ void Session::server_lost(const std::shared_ptr<Link>& link, std::string& out) {
   auto& conn = *link->lease;
   pool::report(conn, pool::ServerFailure::kIoError);
   settings_.drop_pipelined();  // those requests get no ReadyForQuery from this server
-  const auto& shard = config_.shards[shard_of_target(link->shard)].name;
+  // (A replica's pool names it: "s0 replica host:port".)
+  const auto& shard = conn.target().shard_name;
   const auto& fatal = conn.replies.fatal;
   std::string code = conn.replies.fatal_code.empty()
                          ? std::string(rule(Failure::kServerLost).sqlstate)

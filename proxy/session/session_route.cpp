@@ -48,6 +48,7 @@ void Session::log_forward(const router::Route& route, int target) {
 awaitable<void> Session::handle_request(char boundary) {
   while (aborting_) co_await aborted_.wait();  // a deadlock victim's rollback goes first
   begin_request();
+  request_boundary_ = boundary;
   // The rest of a pipeline over several shards, up to its Sync, joins its transaction.
   if (phase_.split_pipeline() && pipeline_step_ == PipelineStep::kNone &&
       co_await run_split_pipeline())

@@ -71,6 +71,8 @@ class Transaction {
   void lose(std::string why, bool told,
             std::string_view code = protocol::sqlstate::kConnectionFailure);
   const std::string& lost_code() const { return lost_code_; }
+  // Lost, and the client not told yet (refusal() tells it).
+  bool loss_unreported() const { return state_ == State::kFailed && loss_unreported_; }
   // COMMIT/ROLLBACK finished (or BEGIN answered locally ended): back to idle.
   void end();
   // Took a savepoint (a savepoint must stay on one shard).

@@ -566,6 +566,82 @@ def pipeline_suite():
         conn.execute("delete from users where id between 800000 and 800100")
 
 
+def pipeline_lost_server_suite():
+    """A psycopg 3 pipeline over several shards whose earlier statements' servers are
+    terminated while a later statement runs on another shard: the client gets an error (before:
+    none, and it waited forever: "waiting on client, in flight 0"), no row of the pipeline
+    stays, and the connection goes on."""
+    import threading
+    import psycopg
+
+    shards = [int(p) for p in os.environ["PGSHARD_SHARDS"].split(",")]
+
+    def direct(port):
+        return psycopg.connect(f"host={HOST} port={port} user=app password=secret dbname=app",
+                               autocommit=True)
+
+    def terminate_others():
+        # Once the slow statement runs on one shard: every server of the others that holds
+        # part of the pipeline's transaction.
+        for _ in range(200):
+            for port in shards:
+                with direct(port) as d:
+                    slow = d.execute("select 1 from pg_stat_activity where usename = 'app' and "
+                                     "query like '%pg_sleep%' and state = 'active' and "
+                                     "pid <> pg_backend_pid()").fetchall()
+                if not slow:
+                    continue
+                for other in shards:
+                    if other == port:
+                        continue
+                    with direct(other) as d:
+                        d.execute("select pg_terminate_backend(pid) from pg_stat_activity "
+                                  "where usename = 'app' and state like 'idle in transaction%'")
+                return
+            time.sleep(0.02)
+
+    for autocommit in (True, False):
+        ids = [801000 + i for i in range(10)] if autocommit else [801100 + i for i in range(10)]
+        conn = psycopg.connect(DSN, autocommit=autocommit)
+        outcome = []
+
+        def run():
+            try:
+                with conn.pipeline():
+                    cur = conn.cursor()
+                    for i, k in enumerate(ids):
+                        value = "(select pg_sleep(1))::text" if i == 8 else "'pl'"
+                        cur.execute(f"insert into users (id, name) values (%s, {value})", (k,))
+                    # A statement for every shard after the slow one: the loss is its error.
+                    # (Noticed only at the Sync, the loss is the Sync's error, as a failed
+                    # implicit COMMIT is on PostgreSQL, which psycopg 3.1 reads as "cannot exit
+                    # pipeline mode while busy", its connection then stuck in pipeline mode.)
+                    cur.execute("select count(*) from users where name = 'pl'")
+                if not autocommit:
+                    conn.commit()
+                outcome.append("committed")
+            except psycopg.OperationalError as e:
+                outcome.append(e.sqlstate or "closed")
+
+        killer = threading.Thread(target=terminate_others)
+        killer.start()
+        t = threading.Thread(target=run, daemon=True)
+        t.start()
+        t.join(20)
+        killer.join(20)
+        what = f"psycopg3 pipeline, servers lost mid-batch (autocommit={autocommit})"
+        if t.is_alive():
+            check(False, f"{what}: no answer in 20 s")
+            return
+        check(len(outcome) == 1 and outcome[0][:2] in ("08", "57"), f"{what}: {outcome}")
+        if not autocommit:
+            conn.rollback()
+        check(conn.execute("select 1").fetchone() == (1,), f"{what}: the connection goes on")
+        n = conn.execute("select count(*) from users where id = any(%s)", (ids,)).fetchone()[0]
+        check(n == 0, f"{what}: {n} rows of the failed pipeline stayed")
+        conn.close()
+
+
 def insert_select_suite():
     """INSERT ... SELECT: psycopg 3 with server-side parameters in the SELECT, and SQLAlchemy
     Core's insert().from_select(). Rows copied across shards read back by their new keys."""
@@ -787,6 +863,7 @@ def main():
     sqlalchemy_suite()
     insert_select_suite()
     pipeline_suite()
+    pipeline_lost_server_suite()
     orm_serial_suite()
     named_cursor_suite()
     if failures:

@@ -12,6 +12,9 @@
 #                                    a base backup of DIR/<PRIMARY_PORT> started as a primary
 #                                    of its own (no standby.signal): same system identifier
 #                                    and timeline, a split brain for failover tests
+#   pgcluster.sh orphan DIR PRIMARY_PORT PORT
+#                                    a base backup of DIR/<PRIMARY_PORT> started in recovery
+#                                    with no primary to stream from (a replica left behind)
 # Servers run as the postgres user (initdb refuses root), SCRAM auth on loopback,
 # max_prepared_transactions > 0, C.UTF-8 locale so text sorts alike on every shard.
 set -euo pipefail
@@ -63,7 +66,7 @@ SQL
 # A streaming replica of a running server of DIR: a base backup over the replication protocol
 # (the local socket, trusted for replication by initdb), with the standby settings -R writes.
 start_replica() {
-  local dir=$1 primary=$2 port=$3 delay=${4:-0} data=$1/$3 standby=${5--R}
+  local dir=$1 primary=$2 port=$3 delay=${4:-0} data=$1/$3 standby=${5--R} orphan=${6:-}
   if [ ! -f "$data/PG_VERSION" ]; then
     as_pg "$PGBIN/pg_basebackup" -h "$dir" -p "$primary" -U postgres -D "$data" $standby \
       -X stream -c fast >"$dir/basebackup-$port.log" 2>&1 || { cat "$dir/basebackup-$port.log"; exit 1; }
@@ -73,6 +76,7 @@ hot_standby = on
 hot_standby_feedback = on
 recovery_min_apply_delay = '${delay}ms'
 CONF
+    [ -z "$orphan" ] || as_pg touch "$data/standby.signal"
   fi
   if ! as_pg "$PGBIN/pg_ctl" -D "$data" status >/dev/null 2>&1; then
     as_pg "$PGBIN/pg_ctl" -D "$data" -l "$dir/$port.log" -w -t 60 start >/dev/null
@@ -80,7 +84,7 @@ CONF
 }
 
 cmd=${1:-}; dir=${2:-}
-[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart|replica|promote|copy DIR [PORT...]" >&2; exit 2; }
+[ -n "$cmd" ] && [ -n "$dir" ] || { echo "usage: $0 start|stop|kill|restart|replica|promote|copy|orphan DIR [PORT...]" >&2; exit 2; }
 case "$cmd" in
   start)
     shift 2
@@ -105,5 +109,8 @@ case "$cmd" in
   copy)
     [ $# -ge 4 ] || { echo "usage: $0 copy DIR PRIMARY_PORT PORT" >&2; exit 2; }
     start_replica "$dir" "$3" "$4" 0 "" ;;
+  orphan)
+    [ $# -ge 4 ] || { echo "usage: $0 orphan DIR PRIMARY_PORT PORT" >&2; exit 2; }
+    start_replica "$dir" "$3" "$4" 0 "" orphan ;;
   *) echo "unknown command $cmd" >&2; exit 2 ;;
 esac

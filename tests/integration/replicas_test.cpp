@@ -1,9 +1,13 @@
 // Replicas per shard, against real streaming replicas (pg_basebackup -R): every host's
 // health check (role, lag in bytes and time, bans) as the console's SHOW HOSTS / SHOW
 // REPLICAS report it.
+#include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <map>
+#include <mutex>
+#include <random>
+#include <set>
 #include <thread>
 
 #include "harness.hpp"
@@ -320,6 +324,41 @@ TEST_CASE("reads: a replica gone before its check noticed sends its reads elsewh
   cluster.restart_port(replica);
 }
 
+TEST_CASE("reads: a replica lost mid-read fails the read naming the replica", "[replicas]") {
+  // Before: the error named only the shard ("shard s0: terminating connection ..."), as if
+  // its primary had gone (attacker F7).
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  Proxy proxy(reading_replica(replica, "eventual"));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  REQUIRE(PQsendQuery(c.get(), "SELECT count(*) FROM generate_series(1, 400000000)") == 1);
+  auto direct = connect("host=127.0.0.1 port=" + std::to_string(replica) +
+                        " user=app password=secret dbname=app");
+  REQUIRE(wait_until(
+      [&] {
+        return query(direct.get(),
+                     "SELECT count(*) FROM pg_stat_activity WHERE query LIKE "
+                     "'SELECT count(*) FROM generate_series%' AND pid <> pg_backend_pid()")
+                   .at(0)
+                   .at(0) == "1";
+      },
+      std::chrono::seconds(10)));
+  query(direct.get(),
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE query LIKE "
+        "'SELECT count(*) FROM generate_series%' AND pid <> pg_backend_pid()");
+  std::string error;
+  while (PGresult* r = PQgetResult(c.get())) {
+    if (PQresultStatus(r) == PGRES_FATAL_ERROR) error = PQresultErrorMessage(r);
+    PQclear(r);
+  }
+  INFO(error);
+  CHECK(error.find("shard s0 replica 127.0.0.1:" + std::to_string(replica) + ": terminating") !=
+        std::string::npos);
+  // The session goes on (on another server).
+  CHECK(query(c.get(), "SELECT 1").at(0).at(0) == "1");
+}
+
 TEST_CASE("metrics: each host's role, lag, reads, bans, fallbacks and latency; /api/status",
           "[replicas]") {
   // Before: per-host state was only on the console (SHOW HOSTS); /metrics and the dashboard's
@@ -395,6 +434,19 @@ class ForeignCluster {
     run("rm -rf " + dir_);
   }
   int replica() const { return replica_; }
+  int primary() const { return primary_; }
+  // A copy of the primary in recovery with nothing to stream from (after `setup` ran there).
+  int orphan(const std::string& setup) {
+    auto c = connect("host=127.0.0.1 port=" + std::to_string(primary_) +
+                     " user=app password=secret dbname=app");
+    query(c.get(), setup);
+    const int port = free_port();
+    std::string out;
+    REQUIRE(run(script_ + " orphan " + dir_ + " " + std::to_string(primary_) + " " +
+                    std::to_string(port),
+                &out) == 0);
+    return port;
+  }
 
  private:
   const std::string script_ = std::string(PGSHARD_SOURCE_DIR) + "/tests/harness/pgcluster.sh";
@@ -437,9 +489,27 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
   // copies of one initdb, so it has the same system identifier).
   CHECK(check(url(replica) + ", " + url(cluster.port(1)), &out) != 0);
   INFO(out);
-  CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" +
-                 std::to_string(cluster.port(1)) + "/app): not in recovery") != std::string::npos);
+  CHECK(out.find("ERROR shard s0: more than one host is out of recovery: shard s0 "
+                 "(postgres://app@127.0.0.1:" +
+                 std::to_string(cluster.port(0)) +
+                 "/app) and shard s0 replica (postgres://"
+                 "app@127.0.0.1:" +
+                 std::to_string(cluster.port(1)) + "/app)") != std::string::npos);
   CHECK(out.find("1 problem found") != std::string::npos);
+  // After a failover the map may list the primary as a replica and a replica as the
+  // primary: the shard is checked on the host out of recovery (before: "not in recovery").
+  {
+    std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+    for (int i = 0; i < cluster.size(); ++i)
+      yaml += "  - { name: s" + std::to_string(i) +
+              ", primary: " + url(i == 0 ? replica : cluster.port(i)) +
+              (i == 0 ? ", replicas: [" + url(cluster.port(0)) + "]" : "") + " }\n";
+    yaml += "sharded_tables: [{ table: replica_check, column: id }]\n";
+    std::ofstream(dir + "/map.yaml") << yaml;
+    CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) == 0);
+    INFO(out);
+    CHECK(out.find("every replica (1) replicates its shard's primary") != std::string::npos);
+  }
   // A replica of another cluster: in recovery, but with another system identifier.
   ForeignCluster foreign;
   CHECK(check(url(foreign.replica()), &out) != 0);
@@ -448,6 +518,21 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
                  std::to_string(foreign.replica()) +
                  "/app): not a replica of the shard's primary: its system identifier is ") !=
         std::string::npos);
+  // A replica of the shard's cluster that streams from nothing (left behind by a failover):
+  // before, it passed.
+  {
+    ForeignCluster lone;
+    const int orphan = lone.orphan("CREATE TABLE replica_check (id bigint)");
+    std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+    yaml +=
+        "  - { name: s0, primary: " + url(lone.primary()) + ", replicas: [" + url(orphan) + "] }\n";
+    yaml += "sharded_tables: [{ table: replica_check, column: id }]\n";
+    std::ofstream(dir + "/map.yaml") << yaml;
+    CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+    INFO(out);
+    CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" + std::to_string(orphan) +
+                   "/app): in recovery but not streaming from any primary") != std::string::npos);
+  }
   // One nobody answers on.
   const int closed = free_port();
   CHECK(check(url(closed), &out) != 0);
@@ -496,4 +581,158 @@ TEST_CASE("reads: RELOAD with replica pools open keeps them sized by their shard
   for (int i = 0; i < 4; ++i) clients.push_back(connect(proxy.conninfo()));
   for (auto& k : clients) CHECK(ran_on(k.get(), "SELECT inet_server_port()") == replica);
   CHECK(proxy.running());
+}
+
+namespace {
+
+// Every shard with a replica behind by its own delay, reading from replicas, checked every
+// 100 ms; table ryw_many (id, v) sharded by id.
+ProxyOptions every_shard_replicated(const std::vector<int>& replicas,
+                                    const std::string& consistency) {
+  ProxyOptions o = reading_replica(replicas[0], consistency);
+  o.shard_extra.clear();
+  for (const int port : replicas)
+    o.shard_extra.push_back("replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(port) +
+                            "/app\"]");
+  o.sharded_tables = "  - { table: ryw_many, column: id, type: bigint }\n";
+  return o;
+}
+
+bool all_replicas_up(const Proxy& p, std::size_t n) {
+  const auto rows = replicas(p);
+  if (rows.size() != n) return false;
+  for (const auto& r : rows)
+    if (r.at("state") != "up") return false;
+  return true;
+}
+
+// One statement on `c` without Catch2 (called from several threads): its one value, or
+// "ERROR <sqlstate>".
+std::string one_value(PGconn* c, const std::string& sql) {
+  PGresult* r = PQexec(c, sql.c_str());
+  std::string out;
+  if (PQresultStatus(r) == PGRES_TUPLES_OK && PQntuples(r) == 1)
+    out = PQgetvalue(r, 0, 0);
+  else if (PQresultStatus(r) == PGRES_FATAL_ERROR)
+    out = std::string("ERROR ") + PQresultErrorField(r, PG_DIAG_SQLSTATE);
+  PQclear(r);
+  return out;
+}
+
+// Each shard's replica holds as many ryw_many rows as its primary (within 10 s).
+bool replicas_caught_up(Cluster& cluster, const std::vector<int>& replicas) {
+  for (std::size_t i = 0; i < replicas.size(); ++i) {
+    auto primary = connect(cluster.direct(static_cast<int>(i)));
+    const auto want = one_value(primary.get(), "SELECT count(*) FROM ryw_many");
+    const bool ok = wait_until(
+        [&] {
+          auto r = connect("host=127.0.0.1 port=" + std::to_string(replicas[i]) +
+                           " user=app password=secret dbname=app");
+          return one_value(r.get(), "SELECT count(*) FROM ryw_many") == want;
+        },
+        std::chrono::seconds(10));
+    if (!ok) return false;
+  }
+  return true;
+}
+
+}  // namespace
+
+TEST_CASE("reads: many clients writing then reading random keys on three replicated shards",
+          "[replicas]") {
+  // Issue 34's test: replicas 150-400 ms behind on every shard, 8 clients each writing a
+  // random key of its own and reading it back at once: never stale under `session`; the
+  // same load under `eventual` reads the past (so the first count could fail).
+  auto& cluster = Cluster::get();
+  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
+                                 cluster.replica(2, 300)};
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
+    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
+  }
+  constexpr int kKeys = 64, kClients = 8, kPairs = 12;
+  auto stale_reads = [&](const std::string& consistency, std::set<std::string>* errors) {
+    Proxy proxy(every_shard_replicated(reps, consistency));
+    REQUIRE(
+        wait_until([&] { return all_replicas_up(proxy, reps.size()); }, std::chrono::seconds(15)));
+    {
+      auto c = connect(proxy.conninfo());
+      query(c.get(), "DELETE FROM ryw_many");
+      for (int k = 1; k <= kKeys; ++k)
+        query(c.get(), "INSERT INTO ryw_many VALUES (" + std::to_string(k) + ", 0)");
+    }
+    REQUIRE(replicas_caught_up(cluster, reps));
+    std::atomic<int> stale{0};
+    std::mutex mu;
+    std::vector<std::thread> clients;
+    for (int t = 0; t < kClients; ++t)
+      clients.emplace_back([&, t] {
+        auto c = connect(proxy.conninfo());
+        std::mt19937 rng(static_cast<unsigned>(t * 7919 + 1));
+        for (int i = 1; i <= kPairs; ++i) {
+          // Keys k with k % kClients == t: no two clients write one row.
+          const int key = t + 1 + kClients * static_cast<int>(rng() % (kKeys / kClients));
+          const std::string v = std::to_string(t * 1000 + i);
+          const auto w = one_value(c.get(), "UPDATE ryw_many SET v = " + v + " WHERE id = " +
+                                                std::to_string(key) + " RETURNING v");
+          const auto r =
+              one_value(c.get(), "SELECT v FROM ryw_many WHERE id = " + std::to_string(key));
+          if (w != v || r.rfind("ERROR", 0) == 0) {
+            std::lock_guard lock(mu);
+            errors->insert(w + " / " + r);
+          }
+          stale += r != v;
+        }
+      });
+    for (auto& th : clients) th.join();
+    return stale.load();
+  };
+  std::set<std::string> errors;
+  CHECK(stale_reads("session", &errors) == 0);
+  CHECK(errors.empty());
+  CHECK(stale_reads("eventual", &errors) > 0);
+  CHECK(errors.empty());
+}
+
+TEST_CASE("reads: a read token carries writes on three shards to another pgshard instance",
+          "[replicas]") {
+  // A web request writes through one pgshard; a worker reads through another with the
+  // request's token: every shard's write is seen, though each replica is behind.
+  auto& cluster = Cluster::get();
+  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
+                                 cluster.replica(2, 300)};
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
+    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
+  }
+  Proxy a(every_shard_replicated(reps, "session")), b(every_shard_replicated(reps, "session"));
+  REQUIRE(
+      wait_until([&] { return all_replicas_up(a, reps.size()) && all_replicas_up(b, reps.size()); },
+                 std::chrono::seconds(15)));
+  auto writer = connect(a.conninfo());
+  constexpr int kKeys = 12;
+  for (int k = 1; k <= kKeys; ++k)
+    query(writer.get(), "INSERT INTO ryw_many VALUES (" + std::to_string(k) + ", 0)");
+  REQUIRE(replicas_caught_up(cluster, reps));
+  int untokened_stale = 0;
+  for (int round = 1; round <= 3; ++round) {
+    // One write per key (every shard), then the token of them all.
+    query(writer.get(), "UPDATE ryw_many SET v = " + std::to_string(round));
+    const std::string token = scalar(writer.get(), "SHOW pgshard.read_token");
+    INFO(token);
+    CHECK(token.find("s0:") != std::string::npos);
+    CHECK(token.find("s1:") != std::string::npos);
+    CHECK(token.find("s2:") != std::string::npos);
+    auto reader = connect(b.conninfo());
+    auto plain = connect(b.conninfo());
+    query(reader.get(), "SET pgshard.read_token = '" + token + "'");
+    for (int k = 1; k <= kKeys; ++k) {
+      const std::string read = "SELECT v FROM ryw_many WHERE id = " + std::to_string(k);
+      CHECK(scalar(reader.get(), read) == std::to_string(round));
+      untokened_stale += scalar(plain.get(), read) != std::to_string(round);
+    }
+  }
+  CHECK(untokened_stale > 0);  // (without the token the replicas are behind)
 }

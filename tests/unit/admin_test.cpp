@@ -219,10 +219,14 @@ TEST_CASE("metrics: the families in a fixed order, each sample under its own", "
                                              "pgshard_host_in_recovery",
                                              "pgshard_host_lag_bytes",
                                              "pgshard_host_lag_seconds",
+                                             "pgshard_host_timeline",
+                                             "pgshard_host_takes_writes",
                                              "pgshard_host_reads_total",
                                              "pgshard_host_bans_total",
                                              "pgshard_host_read_your_writes_waits_total",
                                              "pgshard_host_primary_fallbacks_total",
+                                             "pgshard_shard_writes_refused",
+                                             "pgshard_shard_failovers_total",
                                              "pgshard_host_query_duration_seconds"};
   std::vector<std::string> declared;
   // The sampled families are declared together, then sampled shard by shard.
@@ -371,6 +375,56 @@ TEST_CASE("metrics: every host of the shards, with role, lag, reads, bans and la
   CHECK(none.find("# TYPE pgshard_host_up gauge\n") != std::string::npos);
   CHECK(none.find("pgshard_host_up{") == std::string::npos);
   CHECK(none.find("pgshard_host_query_duration_seconds_count{") == std::string::npos);
+}
+
+TEST_CASE("metrics: a shard with two primaries is down, its writes refused; timelines", "[admin]") {
+  // Before: pgshard_shard_up said 1 during a split brain; no timeline or writer per host.
+  auto cfg = config::load_string(kReplicaMap, "t.yaml");
+  runtime::HostHealth health;
+  health.configure(*cfg);
+  const auto now = Clock::now();
+  health.record(0, {false, 5000, 0, 7, 3}, now, cfg->replication);
+  health.record(1, {true, 4000, 0, 7, 3}, now, cfg->replication);
+  health.record_failure(2, "connection refused", now, cfg->replication);
+  runtime::Snapshot snap;
+  snap.started = snap.taken = now;
+  snap.hosts = health.snapshot();
+  std::vector<admin::ShardSample> samples(2);
+  for (auto& s : samples) {
+    s.answered = true;
+    s.pinged = now;
+  }
+  auto text = admin::HttpServer::metrics(snap, *cfg, samples);
+  INFO(text);
+  auto has = [&](const std::string& line) { return text.find(line + "\n") != std::string::npos; };
+  const std::string p0 = R"({shard="s0",host="10.0.0.1:5432",role="primary"})";
+  const std::string r1 = R"({shard="s0",host="10.0.0.2:5432",role="replica"})";
+  CHECK(has(R"(pgshard_shard_up{shard="s0"} 1)"));
+  CHECK(has(R"(pgshard_shard_writes_refused{shard="s0"} 0)"));
+  CHECK(has("pgshard_host_timeline" + p0 + " 3"));
+  CHECK(has("pgshard_host_takes_writes" + p0 + " 1"));
+  CHECK(has("pgshard_host_takes_writes" + r1 + " 0"));
+  // The replica is promoted by hand while the old primary still answers: two primaries.
+  health.record(1, {false, 6000, 0, 7, 3}, now, cfg->replication);
+  snap.hosts = health.snapshot();
+  text = admin::HttpServer::metrics(snap, *cfg, samples);
+  CHECK(has(R"(pgshard_shard_up{shard="s0"} 0)"));
+  CHECK(has(R"(pgshard_shard_up{shard="s1"} 1)"));
+  CHECK(has(R"(pgshard_shard_writes_refused{shard="s0"} 1)"));
+  CHECK(has("pgshard_host_takes_writes" + p0 + " 0"));
+  CHECK(has("pgshard_host_takes_writes" + r1 + " 0"));
+  CHECK(admin::shard_writes(snap, 0).refused);
+  CHECK(admin::shard_writes(snap, 0).writer.empty());
+  // The old primary goes back to recovery on a newer timeline: writes move, counted.
+  health.record(0, {true, 6000, 0, 7, 4}, now, cfg->replication);
+  health.record(1, {false, 6100, 0, 7, 4}, now, cfg->replication);
+  snap.hosts = health.snapshot();
+  text = admin::HttpServer::metrics(snap, *cfg, samples);
+  CHECK(has(R"(pgshard_shard_up{shard="s0"} 1)"));
+  CHECK(has("pgshard_host_takes_writes" + r1 + " 1"));
+  CHECK(has("pgshard_host_timeline" + r1 + " 4"));
+  CHECK(has(R"(pgshard_shard_failovers_total{shard="s0"} 1)"));
+  CHECK(admin::shard_writes(snap, 0).writer == "10.0.0.2:5432");
 }
 
 TEST_CASE("status JSON: each shard's hosts with role, state and lag", "[admin]") {
