@@ -2,7 +2,8 @@
 # Installs the Debian 12 packages pgshard needs, when any is missing.
 #   deploy/install-deps.sh          building and running pgshard (what the quickstart needs)
 #   deploy/install-deps.sh --tests  also what ./tests/run.sh uses: test frameworks, real
-#                                   drivers, PgBouncer for the benchmarks, containers, clang
+#                                   drivers, PgBouncer for the benchmarks, containers, clang,
+#                                   Patroni and etcd for the [patroni] failover tier
 set -euo pipefail
 PACKAGES=(build-essential cmake libboost1.81-dev libssl-dev libspdlog-dev libyaml-cpp-dev
   libpg-query-dev libprotobuf-c-dev libpq-dev postgresql-15 postgresql-client-15 procps)
@@ -11,7 +12,10 @@ if [ "${1:-}" = --tests ]; then
     python3-psycopg2 python3-psycopg python3-asyncpg python3-sqlalchemy python3-alembic
     libpostgresql-jdbc-java curl chromium python3-kubernetes
     python3-yaml systemd podman runc debootstrap podman-compose
-    golang-github-containernetworking-plugin-dnsname)
+    golang-github-containernetworking-plugin-dnsname
+    patroni etcd-server python3-etcd)
+  # (python3-etcd: Patroni's etcd client. patroni depends on one of several DCS clients, and
+  # python3-kubernetes, installed above, satisfies that without it.)
 fi
 SUDO=""
 [ "$(id -u)" -eq 0 ] || SUDO=sudo

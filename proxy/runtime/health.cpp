@@ -171,13 +171,19 @@ void HostHealth::decide_writer(int shard) {
         " are out of recovery, none on a higher timeline): its writes are refused until one is "
         "a standby again or stopped";
   }
+  const auto& chosen = seen[static_cast<std::size_t>(choice.host)];
+  const bool was_found = w.found;
+  w.found |= choice.rivals.empty() && chosen.up && chosen.role == HostRole::kPrimary;
   if (choice.host == w.host && refusal == w.refusal) return;
-  if (choice.host != w.host) {
-    spdlog::warn("shard {}: primary moved from {} to {} (timeline {})", w.name,
-                 address(*hosts[static_cast<std::size_t>(w.host)]),
-                 address(*hosts[static_cast<std::size_t>(choice.host)]),
-                 hosts[static_cast<std::size_t>(choice.host)]->timeline);
+  const auto& from = *hosts[static_cast<std::size_t>(w.host)];
+  const auto& to = *hosts[static_cast<std::size_t>(choice.host)];
+  if (choice.host != w.host && was_found) {
+    spdlog::warn("shard {}: primary moved from {} to {} (timeline {})", w.name, address(from),
+                 address(to), to.timeline);
     ++w.failovers;
+  } else if (choice.host != w.host) {
+    spdlog::info("shard {}: primary is {} (timeline {}), not {} listed first", w.name, address(to),
+                 to.timeline, address(from));
   }
   if (refusal != w.refusal) {
     if (refusal.empty())

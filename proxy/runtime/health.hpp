@@ -169,6 +169,10 @@ class HostHealth {
     int host = 0;
     std::string refusal;
     uint64_t failovers = 0;
+    // A check has seen the writer out of recovery. Until then `host` is the map's primary by
+    // assumption, and finding the primary elsewhere (a Patroni leader that is not the host the
+    // map lists first) is no failover.
+    bool found = false;
   };
   std::vector<ShardWriter> writers_;
   std::atomic<uint64_t> moves_{0};

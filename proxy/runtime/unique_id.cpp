@@ -7,6 +7,7 @@
 #include <chrono>
 #include <memory>
 #include <string>
+#include <string_view>
 #include <utility>
 
 #include "proxy/runtime/health.hpp"
@@ -111,6 +112,21 @@ void GlobalIds::run_lease(std::function<std::string()> conninfo) {
       if (!std::exchange(warned, true))
         spdlog::warn("node id lease: cannot reach the postgres database of shard 0: {}",
                      PQerrorMessage(conn.get()));
+      continue;
+    }
+    // Never on a standby (hot standby grants advisory locks too): at start, before the first
+    // checks have found shard 0's primary, the host is the map's first, which under Patroni
+    // may be a replica; a lease there stayed while instances that leased later on the
+    // primary took the same node. (A server never goes back into recovery while connected.)
+    std::unique_ptr<PGresult, void (*)(PGresult*)> recovery(
+        PQexec(conn.get(), "SELECT pg_catalog.pg_is_in_recovery()"), PQclear);
+    if (PQresultStatus(recovery.get()) != PGRES_TUPLES_OK || PQntuples(recovery.get()) != 1 ||
+        std::string_view(PQgetvalue(recovery.get(), 0, 0)) != "f") {
+      if (!std::exchange(warned, true))
+        spdlog::warn(
+            "node id lease: shard 0's {}:{} is a standby (or did not say): waiting for "
+            "its primary",
+            PQhost(conn.get()), PQport(conn.get()));
       continue;
     }
     warned = false;

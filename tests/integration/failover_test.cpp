@@ -3,14 +3,11 @@
 // started as a second primary), s1 and s2 the shared shards. Its primary is stopped at once
 // and a replica promoted by hand (pg_ctl promote) under a cross-shard transfer load with
 // synchronous replication; two primaries of one shard refuse its writes.
-#include <atomic>
 #include <catch2/catch.hpp>
 #include <iostream>
-#include <mutex>
-#include <random>
-#include <set>
 #include <thread>
 
+#include "failover_support.hpp"
 #include "harness.hpp"
 
 using namespace harness;
@@ -50,14 +47,6 @@ class OwnShard {
     std::string out;
     REQUIRE(run(kPgCluster + " promote " + dir_ + " " + std::to_string(port), &out) == 0);
   }
-  static std::string direct(int port) {
-    return "host=127.0.0.1 port=" + std::to_string(port) +
-           " user=app password=secret dbname=app options='-c lock_timeout=60s'";
-  }
-  static std::string url(int port) {
-    return "postgres://app:secret@127.0.0.1:" + std::to_string(port) + "/app";
-  }
-  static std::string quoted_url(int port) { return "\"" + url(port) + "\""; }
   std::string log(int port) const { return read_file(dir_ + "/" + std::to_string(port) + ".log"); }
 
  private:
@@ -71,129 +60,6 @@ std::string sql_literal(const std::string& s) {
   return out + "'";
 }
 
-// A proxy whose s0 is `s0` (a URL, or a "[...]" list of hosts), its hosts checked every 100 ms.
-ProxyOptions failover_map(const std::string& s0, const std::string& s0_extra = "") {
-  ProxyOptions o;
-  o.users =
-      "  - { name: app, password: secret, pool_mode: transaction }\n"
-      "  - { name: admin, password: adminpw }\n";
-  o.shard_urls = {s0};
-  if (!s0_extra.empty()) o.shard_extra = {s0_extra};
-  o.sharded_tables =
-      "  - { table: fo_accounts, column: id, type: bigint }\n"
-      "  - { table: fo_done, column: acct, type: bigint }\n";
-  o.extra_top =
-      "admin: { users: [admin] }\nhealth: { interval: 100ms, timeout: 1s, ban_time: 1s }\n";
-  return o;
-}
-
-// SHOW HOSTS rows of shard s0.
-std::vector<std::map<std::string, std::string>> s0_hosts(const Proxy& p) {
-  auto c = connect(p.conninfo("dbname=pgshard", "admin", "adminpw"));
-  std::vector<std::map<std::string, std::string>> out;
-  for (auto& row : show(c.get(), "SHOW HOSTS"))
-    if (row["shard"] == "s0") out.push_back(std::move(row));
-  return out;
-}
-
-std::string host_column(const Proxy& p, int port, const std::string& column) {
-  for (auto& row : s0_hosts(p))
-    if (row["port"] == std::to_string(port)) return row[column];
-  return "(no row)";
-}
-
-// Runs `sql` on a fresh libpq connection (off the test's thread: no Catch macros); true when
-// it succeeded.
-bool try_statement(const std::string& conninfo, const std::string& sql) {
-  PGconn* c = PQconnectdb(conninfo.c_str());
-  bool ok = false;
-  if (PQstatus(c) == CONNECTION_OK) {
-    PGresult* r = PQexec(c, sql.c_str());
-    ok = PQresultStatus(r) == PGRES_COMMAND_OK || PQresultStatus(r) == PGRES_TUPLES_OK;
-    PQclear(r);
-  }
-  PQfinish(c);
-  return ok;
-}
-
-// The transfer load: clients moving amounts between random accounts (most transfers span two
-// shards: two-phase commit), each transfer also writing its tag into fo_done on the debited
-// account's shard. Tags whose COMMIT answered COMMIT are `acknowledged`.
-struct TransferLoad {
-  static constexpr int kAccounts = 12, kClients = 6;
-  std::string conninfo;
-  std::atomic<bool> stop{false};
-  std::atomic<int> committed{0}, failed{0};
-  std::mutex mu;
-  std::vector<long long> acknowledged;
-  std::vector<std::thread> clients;
-
-  void start() {
-    for (int i = 0; i < kClients; ++i) clients.emplace_back([this, i] { client(i); });
-  }
-  void finish() {
-    stop = true;
-    for (auto& t : clients)
-      if (t.joinable()) t.join();
-  }
-  ~TransferLoad() { finish(); }  // (a case that failed half way)
-  void client(int seed) {
-    std::mt19937 rng(static_cast<unsigned>(seed));
-    PGconn* c = nullptr;
-    for (long long n = 0; !stop; ++n) {
-      if (!c || PQstatus(c) != CONNECTION_OK) {
-        if (c) PQfinish(c);
-        c = PQconnectdb(conninfo.c_str());
-        if (PQstatus(c) != CONNECTION_OK) {
-          std::this_thread::sleep_for(std::chrono::milliseconds(20));
-          continue;
-        }
-      }
-      const int a = static_cast<int>(rng() % kAccounts) + 1;
-      int b = static_cast<int>(rng() % (kAccounts - 1)) + 1;  // any other account
-      if (b >= a) ++b;
-      const int lo = std::min(a, b), hi = std::max(a, b);  // locks in id order: no deadlocks
-      const int delta = lo == a ? -1 : 1;
-      const long long tag = seed * 100000000LL + n;
-      bool ok = true;
-      auto run_sql = [&](const std::string& sql) {
-        if (!ok) return;
-        PGresult* r = PQexec(c, sql.c_str());
-        ok = PQresultStatus(r) == PGRES_COMMAND_OK;
-        if (ok && sql == "commit") ok = std::string(PQcmdStatus(r)) == "COMMIT";
-        PQclear(r);
-      };
-      run_sql("begin");
-      run_sql("update fo_accounts set balance = balance + " + std::to_string(delta) +
-              " where id = " + std::to_string(lo));
-      run_sql("update fo_accounts set balance = balance + " + std::to_string(-delta) +
-              " where id = " + std::to_string(hi));
-      run_sql("insert into fo_done values (" + std::to_string(a) + ", " + std::to_string(tag) +
-              ")");
-      run_sql("commit");
-      if (ok) {
-        ++committed;
-        std::lock_guard lock(mu);
-        acknowledged.push_back(tag);
-      } else {
-        ++failed;
-        PQfinish(c);
-        c = nullptr;
-      }
-    }
-    if (c) PQfinish(c);
-  }
-};
-
-long long sum_over(const std::vector<std::string>& conninfos, const std::string& sql) {
-  long long total = 0;
-  for (const auto& ci : conninfos) {
-    auto c = connect(ci);
-    total += std::stoll(scalar(c.get(), sql));
-  }
-  return total;
-}
-
 }  // namespace
 
 TEST_CASE(
@@ -205,12 +71,12 @@ TEST_CASE(
   const int r1 = own.add("replica"), r2 = own.add("replica");
   // Synchronous replication to r1 (promoted later): a commit the primary acknowledged is on it.
   {
-    auto standby = connect(OwnShard::direct(r1));
+    auto standby = connect(host_direct(r1));
     const std::string upstream = scalar(standby.get(), "SHOW primary_conninfo");
     query(standby.get(),
           "ALTER SYSTEM SET primary_conninfo = " + sql_literal(upstream + " application_name=r1"));
     query(standby.get(), "SELECT pg_reload_conf()");
-    auto p = connect(OwnShard::direct(own.primary()));
+    auto p = connect(host_direct(own.primary()));
     query(p.get(), "ALTER SYSTEM SET synchronous_standby_names = 'FIRST 1 (r1)'");
     query(p.get(), "ALTER SYSTEM SET synchronous_commit = on");
     query(p.get(), "SELECT pg_reload_conf()");
@@ -227,18 +93,14 @@ TEST_CASE(
     query(c.get(), "DROP TABLE IF EXISTS fo_accounts, fo_done, fo_open");
   }
   // (primary + replicas here, `hosts:` in the split-brain case.)
-  ProxyOptions o =
-      failover_map(OwnShard::url(own.primary()), "replicas: [" + OwnShard::quoted_url(r1) + ", " +
-                                                     OwnShard::quoted_url(r2) + "]");
+  ProxyOptions o = failover_map(host_url(own.primary()), "replicas: [" + host_quoted_url(r1) +
+                                                             ", " + host_quoted_url(r2) + "]");
   o.extra_top += "read_from: replicas\n";
   Proxy proxy(o);
   auto app = connect(proxy.conninfo());
-  query(app.get(), "CREATE TABLE fo_accounts (id bigint PRIMARY KEY, balance bigint NOT NULL)");
-  query(app.get(), "CREATE TABLE fo_done (acct bigint NOT NULL, tag bigint NOT NULL)");
+  TransferLoad load;
+  load.create(app.get());
   query(app.get(), "CREATE TABLE fo_open (id int)");  // (unsharded: on s0)
-  for (int id = 1; id <= TransferLoad::kAccounts; ++id)
-    query(app.get(), "INSERT INTO fo_accounts VALUES (" + std::to_string(id) + ", 1000)");
-  const long long start_total = 1000LL * TransferLoad::kAccounts;
   REQUIRE(wait_until(
       [&] {
         return host_column(proxy, r1, "role") == "replica" &&
@@ -247,7 +109,6 @@ TEST_CASE(
       },
       std::chrono::seconds(10)));
 
-  TransferLoad load;
   load.conninfo = proxy.conninfo("connect_timeout=5");
   load.start();
   std::this_thread::sleep_for(std::chrono::seconds(1));
@@ -289,28 +150,14 @@ TEST_CASE(
   CHECK(load.committed > at_failover);
 
   // Nothing left prepared: recovery resolves what the old primary had prepared, on the new one.
-  const std::vector<std::string> now_primaries = {OwnShard::direct(r1), cluster.direct(1),
+  const std::vector<std::string> now_primaries = {host_direct(r1), cluster.direct(1),
                                                   cluster.direct(2)};
-  CHECK(wait_until(
-      [&] {
-        return sum_over(now_primaries,
-                        "SELECT count(*) FROM pg_prepared_xacts WHERE database = 'app'") == 0;
-      },
-      std::chrono::seconds(45)));
-  CHECK(sum_over(now_primaries, "SELECT coalesce(sum(balance), 0) FROM fo_accounts") ==
-        start_total);
+  CHECK(wait_nothing_prepared(now_primaries, std::chrono::seconds(45)));
+  CHECK(load.total(now_primaries) == TransferLoad::start_total());
   // Every COMMIT the clients saw succeed is there.
-  std::set<long long> present;
-  for (const auto& ci : now_primaries) {
-    auto c = connect(ci);
-    for (const auto& row : query(c.get(), "SELECT tag FROM fo_done"))
-      present.insert(std::stoll(row[0]));
-  }
-  std::size_t missing = 0;
-  for (long long tag : load.acknowledged) missing += present.count(tag) == 0;
-  CHECK(missing == 0);
+  CHECK(load.missing(now_primaries) == 0);
   {
-    auto c = connect(OwnShard::direct(r1));
+    auto c = connect(host_direct(r1));
     CHECK(scalar(c.get(), "SELECT count(*) FROM fo_open WHERE id = 1") == "0");
   }
 
@@ -339,8 +186,8 @@ TEST_CASE("failover: two primaries of one shard refuse its writes (08006) until 
   OwnShard own;
   // A base backup started without standby.signal: the same system and timeline, a primary.
   const int copy = own.add("copy");
-  ProxyOptions o = failover_map("[" + OwnShard::quoted_url(own.primary()) + ", " +
-                                OwnShard::quoted_url(copy) + "]");
+  ProxyOptions o =
+      failover_map("[" + host_quoted_url(own.primary()) + ", " + host_quoted_url(copy) + "]");
   const int http = free_port();
   const auto admin = o.extra_top.find("admin: { users: [admin] }");
   REQUIRE(admin != std::string::npos);
@@ -393,11 +240,11 @@ TEST_CASE("failover: a transaction open on the old primary when the writes move 
   OwnShard own;
   const int r1 = own.add("replica");
   {
-    auto d = connect(OwnShard::direct(own.primary()));
+    auto d = connect(host_direct(own.primary()));
     query(d.get(), "CREATE TABLE fo_moved (id int)");
   }
-  Proxy proxy(failover_map("[" + OwnShard::quoted_url(own.primary()) + ", " +
-                           OwnShard::quoted_url(r1) + "]"));
+  Proxy proxy(
+      failover_map("[" + host_quoted_url(own.primary()) + ", " + host_quoted_url(r1) + "]"));
   REQUIRE(wait_until(
       [&] {
         return host_column(proxy, own.primary(), "writes") == "yes" &&
@@ -406,7 +253,7 @@ TEST_CASE("failover: a transaction open on the old primary when the writes move 
       std::chrono::seconds(10)));
   {
     // The table has reached the replica before it is promoted.
-    auto d = connect(OwnShard::direct(r1));
+    auto d = connect(host_direct(r1));
     REQUIRE(wait_until(
         [&] { return scalar(d.get(), "SELECT to_regclass('fo_moved') IS NOT NULL") == "t"; },
         std::chrono::seconds(10)));
@@ -425,10 +272,32 @@ TEST_CASE("failover: a transaction open on the old primary when the writes move 
   CHECK(std::string(PQcmdStatus(r)) != "COMMIT");
   PQclear(r);
   for (int port : {own.primary(), r1}) {
-    auto d = connect(OwnShard::direct(port));
+    auto d = connect(host_direct(port));
     CHECK(scalar(d.get(), "SELECT count(*) FROM fo_moved") == "0");
   }
   // The connection goes on, on the new primary.
   CHECK(scalar(app.get(), "/* pgshard: shard=s0 */ SELECT inet_server_port()") ==
         std::to_string(r1));
+}
+
+TEST_CASE("failover: the node id lease is taken on shard 0's primary, not a replica listed first",
+          "[failover]") {
+  // A Patroni map lists the leader anywhere. Before, the lease was taken on the host the map
+  // lists first before the checks had found the primary, and stayed there on the standby
+  // (hot standby grants advisory locks), while instances leasing later on the primary could
+  // take the same node: duplicate pgshard.unique_id() values.
+  OwnShard own;
+  const int r1 = own.add("replica");
+  Proxy proxy(
+      failover_map("[" + host_quoted_url(r1) + ", " + host_quoted_url(own.primary()) + "]"));
+  auto leases_on = [](int port) {
+    auto c = connect(host_direct(port));
+    return scalar(c.get(),
+                  "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND classid = "
+                  "1885827944");
+  };
+  CHECK(wait_until([&] { return leases_on(own.primary()) == "1"; }, std::chrono::seconds(10)));
+  CHECK(leases_on(r1) == "0");
+  CHECK(host_column(proxy, own.primary(), "writes") == "yes");
+  CHECK(host_column(proxy, own.primary(), "failovers") == "0");
 }

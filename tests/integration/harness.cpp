@@ -40,6 +40,13 @@ std::string pgshard_binary() {
 namespace {
 std::mutex g_mu;
 std::set<Proxy*> g_proxies;
+std::set<CaseServers*> g_case_servers;
+std::vector<std::string> g_kept_logs;  // (title and text) of proxies and servers gone
+
+void keep_log(const std::string& title, const std::string& text) {
+  std::lock_guard lock(g_mu);
+  g_kept_logs.push_back("---- " + title + " ----\n" + text + "\n");
+}
 const std::string kCluster = std::string(PGSHARD_SOURCE_DIR) + "/tests/harness/pgcluster.sh";
 }  // namespace
 
@@ -327,6 +334,7 @@ Proxy::~Proxy() {
   }
   // A sanitizer report in pgshard's own log fails the test that ran it.
   std::string log = read_file(dir_ + "/pgshard.log");
+  keep_log("pgshard log (tail)", tail(log, 40));
   for (const char* marker : {"AddressSanitizer", "LeakSanitizer", "runtime error:"}) {
     INFO(tail(log, 60));
     CHECK(log.find(marker) == std::string::npos);
@@ -364,8 +372,32 @@ std::string Proxy::log_tail(int lines) const {
   return tail(read_file(dir_ + "/pgshard.log"), lines);
 }
 
+CaseServers::CaseServers(std::string title, std::function<std::string()> log,
+                         std::function<void()> stop)
+    : title_(std::move(title)), log_(std::move(log)), stop_(std::move(stop)) {
+  std::lock_guard lock(g_mu);
+  g_case_servers.insert(this);
+}
+
+CaseServers::~CaseServers() {
+  {
+    std::lock_guard lock(g_mu);
+    g_case_servers.erase(this);
+  }
+  keep_log(title_, log_());
+}
+
+void case_starting() {
+  std::lock_guard lock(g_mu);
+  g_kept_logs.clear();
+}
+
 void print_logs_on_failure() {
   std::lock_guard lock(g_mu);
+  for (const auto& text : g_kept_logs) std::cerr << text;
+  g_kept_logs.clear();
+  for (auto* s : g_case_servers)
+    std::cerr << "---- " << s->title() << " ----\n" << s->log() << "\n";
   for (auto* p : g_proxies) std::cerr << "---- pgshard log (tail) ----\n" << p->log_tail() << "\n";
   auto& c = Cluster::get();
   for (int i = 0; i < c.size(); ++i)
@@ -402,6 +434,7 @@ void report_hang_and_stop() {
   }
   std::lock_guard lock(g_mu);
   for (auto* p : g_proxies) ::kill(p->pid(), SIGKILL);
+  for (auto* s : g_case_servers) s->stop();
   run(kCluster + " stop " + c.dir());
 }
 

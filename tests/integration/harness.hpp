@@ -151,8 +151,32 @@ HttpReply http_get(int port, const std::string& path, const std::string& method 
 // `text`; -1 if absent.
 double metric(const std::string& text, const std::string& series);
 
-// Every proxy and cluster started so far, for the failure listener to print logs.
+// Servers a case starts beyond pgshard and the shared shards (a Patroni cluster and its
+// etcd): while registered, `log` is printed when the case fails or hangs, and `stop` ends
+// the processes when a hang ends the test without destructors. Destroyed, its log's last
+// text is kept until the next case starts, since Catch2 reports a case's end after its
+// locals (and so its servers and proxies) are gone.
+class CaseServers {
+ public:
+  CaseServers(std::string title, std::function<std::string()> log, std::function<void()> stop);
+  ~CaseServers();
+  CaseServers(const CaseServers&) = delete;
+  CaseServers& operator=(const CaseServers&) = delete;
+  const std::string& title() const { return title_; }
+  std::string log() const { return log_(); }
+  void stop() const { stop_(); }
+
+ private:
+  std::string title_;
+  std::function<std::string()> log_;
+  std::function<void()> stop_;
+};
+
+// Every proxy, case server and cluster started so far, and the logs kept from those of the
+// case that has ended, for the failure listener to print.
 void print_logs_on_failure();
+// Forgets the logs kept from the previous case (the listener calls it as a case starts).
+void case_starting();
 // For a case that hangs: every running pgshard's threads' stacks (gdb) and the logs, then
 // the pgshard processes and the shards are stopped (the caller exits without destructors).
 void report_hang_and_stop();

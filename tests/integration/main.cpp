@@ -73,6 +73,7 @@ class Watchdog {
 struct LogOnFailure : Catch::TestEventListenerBase {
   using TestEventListenerBase::TestEventListenerBase;
   void testCaseStarting(const Catch::TestCaseInfo& info) override {
+    harness::case_starting();
     Watchdog::get().arm(info.name);
   }
   void testCaseEnded(const Catch::TestCaseStats& stats) override {

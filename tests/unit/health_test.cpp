@@ -235,6 +235,46 @@ TEST_CASE("failover: checks move a shard's writes, count it, and refuse two prim
   CHECK(h.snapshot()[2].failovers == 1);
 }
 
+TEST_CASE(
+    "failover: a primary found on another host than the map's first at start is no failover; "
+    "a move after it is one",
+    "[health][failover]") {
+  // A Patroni cluster: the map lists its servers in some order, the leader is wherever it is.
+  auto cfg = two_replicas();
+  HostHealth h;
+  h.configure(*cfg);
+  const auto now = Clock::now();
+  auto primary_tl = [](uint64_t lsn, uint32_t tl) { return CheckResult{false, lsn, 0, 7, tl}; };
+  auto replica_tl = [](uint64_t lsn, uint32_t tl) { return CheckResult{true, lsn, 0, 7, tl}; };
+  // Still electing when pgshard starts: every host in recovery, nothing found.
+  h.record(0, replica_tl(100, 1), now, cfg->replication);
+  h.record(1, replica_tl(100, 1), now, cfg->replication);
+  h.record(2, replica_tl(100, 1), now, cfg->replication);
+  CHECK(h.writer(0).host == 0);
+  const auto moves = h.moves().load();
+  // r1 leads: the writes go there (the pools follow), and nothing failed over. (Before: a
+  // failover counted, and "primary moved" logged, for every start whose map does not list
+  // the leader first.)
+  h.record(1, primary_tl(120, 1), now, cfg->replication);
+  CHECK(h.writer(0).host == 1);
+  CHECK(h.moves().load() != moves);
+  CHECK(h.snapshot()[1].writes);
+  CHECK(h.snapshot()[1].failovers == 0);
+  // The leader dies and r2 is promoted: that is a failover.
+  h.record_failure(1, "connection refused", now, cfg->replication);
+  h.record(2, primary_tl(200, 2), now, cfg->replication);
+  CHECK(h.writer(0).host == 2);
+  CHECK(h.snapshot()[2].failovers == 1);
+  // Found at once where the map says: no failover either, and none when nothing moves.
+  HostHealth fresh;
+  fresh.configure(*cfg);
+  fresh.record(0, primary_tl(100, 1), now, cfg->replication);
+  fresh.record(1, replica_tl(100, 1), now, cfg->replication);
+  fresh.record(2, replica_tl(100, 1), now, cfg->replication);
+  CHECK(fresh.writer(0).host == 0);
+  CHECK(fresh.snapshot()[0].failovers == 0);
+}
+
 TEST_CASE("health: bans are counted when they begin, lagging when it begins", "[health]") {
   // /metrics' pgshard_host_bans_total: a ban extended by more failures, or a replica that
   // stays lagging over several checks, is one ban.
