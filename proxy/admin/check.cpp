@@ -266,14 +266,35 @@ class LiveCheck {
       if (h.recovery != "t") primaries.push_back(i);
       seen.emplace_back(std::move(h));
     }
+    // As pgshard decides (runtime::choose_writer): of several out of recovery, one on a
+    // higher timeline than every other takes the writes; the others are old primaries.
+    if (primaries.size() > 1) {
+      auto tl = [&](int i) {
+        const auto& t = seen[static_cast<std::size_t>(i)]->timeline;
+        return t.empty() ? 0L : std::stol(t);
+      };
+      std::stable_sort(primaries.begin(), primaries.end(),
+                       [&](int a, int b) { return tl(a) > tl(b); });
+      if (tl(primaries[0]) > tl(primaries[1])) {
+        for (std::size_t k = 1; k < primaries.size(); ++k)
+          problem(seen[static_cast<std::size_t>(primaries[k])]->at +
+                  ": out of recovery on timeline " +
+                  seen[static_cast<std::size_t>(primaries[k])]->timeline + ", older than " +
+                  seen[static_cast<std::size_t>(primaries[0])]->at + "'s " +
+                  seen[static_cast<std::size_t>(primaries[0])]->timeline +
+                  " (an old primary: make it a standby of the new one, or remove it)");
+        primaries.resize(1);
+      }
+    }
     if (primaries.size() != 1) {
       std::string names;
       for (const int i : primaries)
         names += (names.empty() ? "" : " and ") + seen[static_cast<std::size_t>(i)]->at;
       problem("shard " + shard.name +
               (primaries.empty() ? ": no host is out of recovery (no primary answers)"
-                                 : ": more than one host is out of recovery: " + names +
-                                       " (pgshard refuses the shard's writes)"));
+                                 : ": more than one host is out of recovery, none on a higher "
+                                   "timeline: " +
+                                       names + " (pgshard refuses the shard's writes)"));
       return -1;
     }
     const auto& p = *seen[static_cast<std::size_t>(primaries[0])];

@@ -473,6 +473,14 @@ class ForeignCluster {
                 &out) == 0);
     return port;
   }
+  // A replica of the primary (after `setup` ran there) promoted while the primary runs on:
+  // two hosts out of recovery, the promoted one on the next timeline.
+  int promoted(const std::string& setup) {
+    const int port = orphan(setup);  // (a copy in recovery: its timeline is the primary's)
+    std::string out;
+    REQUIRE(run(script_ + " promote " + dir_ + " " + std::to_string(port), &out) == 0);
+    return port;
+  }
 
  private:
   const std::string script_ = std::string(PGSHARD_SOURCE_DIR) + "/tests/harness/pgcluster.sh";
@@ -515,7 +523,8 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
   // copies of one initdb, so it has the same system identifier).
   CHECK(check(url(replica) + ", " + url(cluster.port(1)), &out) != 0);
   INFO(out);
-  CHECK(out.find("ERROR shard s0: more than one host is out of recovery: shard s0 "
+  CHECK(out.find("ERROR shard s0: more than one host is out of recovery, none on a higher "
+                 "timeline: shard s0 "
                  "(postgres://app@127.0.0.1:" +
                  std::to_string(cluster.port(0)) +
                  "/app) and shard s0 replica (postgres://"
@@ -558,6 +567,25 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
     INFO(out);
     CHECK(out.find("ERROR shard s0 replica (postgres://app@127.0.0.1:" + std::to_string(orphan) +
                    "/app): in recovery but not streaming from any primary") != std::string::npos);
+  }
+  // An old primary still up beside the one promoted on the next timeline: pgshard writes to
+  // the newer (as choose_writer), and check says the old one is to be made a standby
+  // (before: "more than one host is out of recovery ... pgshard refuses the shard's writes").
+  {
+    ForeignCluster split;
+    const int promoted = split.promoted("CREATE TABLE replica_check (id bigint)");
+    std::string yaml = "users: [{ name: app, password: secret }]\nshards:\n";
+    yaml += "  - { name: s0, primary: " + url(split.primary()) + ", replicas: [" + url(promoted) +
+            "] }\n";
+    yaml += "sharded_tables: [{ table: replica_check, column: id }]\n";
+    std::ofstream(dir + "/map.yaml") << yaml;
+    CHECK(run(pgshard_binary() + " check --live " + dir + "/map.yaml 2>&1", &out) != 0);
+    INFO(out);
+    CHECK(out.find("ERROR shard s0 (postgres://app@127.0.0.1:" + std::to_string(split.primary()) +
+                   "/app): out of recovery on timeline 1, older than shard s0 replica "
+                   "(postgres://app@127.0.0.1:" +
+                   std::to_string(promoted) + "/app)'s 2") != std::string::npos);
+    CHECK(out.find("refuses the shard's writes") == std::string::npos);
   }
   // One nobody answers on.
   const int closed = free_port();
