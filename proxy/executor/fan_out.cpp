@@ -406,8 +406,10 @@ awaitable<bool> FanOut::join(int shard, Leg& leg) {
       link->prelude.clear();
       co_await c_.write_server(link, prelude);
     }
-    if (!co_await c_.run_ours(link, c_.transaction().joining_begin()) ||
-        link->lease->replies.tag != "BEGIN") {
+    // (The client's own spelling is replayed: START TRANSACTION answers with its own tag.)
+    const bool begun = co_await c_.run_ours(link, c_.transaction().joining_begin());
+    const auto& tag = link->lease->replies.tag;
+    if (!begun || (tag != "BEGIN" && tag != "START TRANSACTION")) {
       c_.transaction().fail();
       fail(proto::error(sqlstate::kConnectionFailure,
                         "could not open the transaction on shard " +

@@ -534,7 +534,8 @@ awaitable<std::string> run_on_shard(Client& c, int shard, const std::string& sql
   }
   const auto max = c.config().listen.max_message_size;
   const std::string lost =
-      "lost the connection to shard " + c.config().shards[static_cast<std::size_t>(shard)].name;
+      "lost the connection to shard " +
+      c.config().shards[static_cast<std::size_t>(c.config().host_of(shard).shard)].name;
   code.clear();
   if (link) {
     if (!co_await backends.borrow(link)) {

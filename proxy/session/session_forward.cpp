@@ -96,14 +96,14 @@ awaitable<void> Session::forward_waiting(int target, char boundary, std::string_
       // An aborted transaction answers 25P02 wherever it lives: keep it where it is.
       target = backends_.active->shard;
     } else if (status == proto::txn_status::kInBlock && txn_.savepoints()) {
-      co_await fail(
-          Failure::kRefused,
-          proto::error(sqlstate::kFeatureNotSupported,
-                       "this transaction has savepoints on shard " +
-                           config_.shards[shard_of_target(backends_.active->shard)].name +
-                           " and the statement needs shard " + config_.shards[target].name,
-                       {}, "keep a transaction with savepoints on one shard"),
-          boundary);
+      co_await fail(Failure::kRefused,
+                    proto::error(sqlstate::kFeatureNotSupported,
+                                 "this transaction has savepoints on shard " +
+                                     config_.shards[shard_of_target(backends_.active->shard)].name +
+                                     " and the statement needs shard " +
+                                     config_.shards[shard_of_target(target)].name,
+                                 {}, "keep a transaction with savepoints on one shard"),
+                    boundary);
       co_return;
     } else if (status == proto::txn_status::kInBlock) {
       // The transaction spreads to another shard: this server waits for the commit.

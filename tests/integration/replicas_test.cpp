@@ -998,3 +998,35 @@ TEST_CASE("reads: a BEGIN pipelined ahead of a read opens its transaction on the
   auto direct = connect(cluster.direct(0));
   query(direct.get(), "DROP TABLE pipelined_begin_probe");
 }
+
+TEST_CASE("reads: a READ ONLY transaction's errors name shards, and START TRANSACTION spreads",
+          "[replicas]") {
+  // Attacker (READ ONLY, savepoints): the 0A000 for a statement on another shard named a
+  // replica's target as a shard, reading past the shard list (garbage in the message).
+  // START TRANSACTION then a statement on several shards: 08006 "could not open the
+  // transaction" (the joining shard answered START TRANSACTION, pgshard expected BEGIN).
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  fan_table(cluster, "st_fan");
+  ProxyOptions o = reading_replica(replica, "eventual");
+  o.sharded_tables = "  - { table: st_fan, column: id, type: bigint }\n";
+  Proxy proxy(o);
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "BEGIN READ ONLY");
+  query(c.get(), "/* pgshard: shard=s1 */ SELECT 1");
+  query(c.get(), "SAVEPOINT a");
+  std::string message;
+  CHECK(error_code(c.get(), "/* pgshard: shard=s0 */ SELECT 1", &message) == "0A000");
+  CHECK(message.find("this transaction has savepoints on shard s1 and the statement needs "
+                     "shard s0") != std::string::npos);
+  query(c.get(), "ROLLBACK");
+  for (const std::string begin : {"START TRANSACTION", "START TRANSACTION READ ONLY",
+                                  "START TRANSACTION ISOLATION LEVEL REPEATABLE READ"}) {
+    INFO(begin);
+    query(c.get(), begin);
+    query(c.get(), "/* pgshard: shard=s1 */ SELECT 1");
+    CHECK(error_code(c.get(), "SELECT count(*) FROM st_fan") == "");
+    query(c.get(), "COMMIT");
+  }
+}
