@@ -78,6 +78,11 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
     co_await control_locally(route, req);
     co_return true;
   }
+  // A BEGIN sent on to the server the session holds (a pinned client): the shards that join
+  // later open the transaction with its modes too (before: a plain BEGIN, read-write and
+  // READ COMMITTED, whatever the client's BEGIN said).
+  if (route.txn == TxnControl::kBegin)
+    txn_.begin_sql = route.begin_modes.empty() ? "BEGIN" : "BEGIN " + route.begin_modes;
   const bool ends_here = ends && req.lone;
   const bool recovers =
       route.txn == TxnControl::kRollbackTo && req.lone && txn_.can_roll_back_to_savepoint();

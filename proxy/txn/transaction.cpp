@@ -105,6 +105,7 @@ void Transaction::server_ready(char s) {
   if (s == status::kIdle) {
     modes_.clear();
     begin_modes_.clear();
+    begin_sql = "BEGIN";  // (the next transaction's is its own)
   }
   on(s == status::kIdle ? Event::kServerIdle : Event::kServerInBlock);
 }
@@ -128,6 +129,7 @@ void Transaction::end() {
   on(Event::kEnded);
   modes_.clear();
   begin_modes_.clear();
+  begin_sql = "BEGIN";
   hold_cursors_.clear();
   snapshots.clear();
 }

@@ -1030,3 +1030,31 @@ TEST_CASE("reads: a READ ONLY transaction's errors name shards, and START TRANSA
     query(c.get(), "COMMIT");
   }
 }
+
+TEST_CASE("txn: a pinned client's BEGIN modes reach the shards that join its transaction",
+          "[replicas]") {
+  // Attacker (READ ONLY): after a session advisory lock pinned the client, BEGIN READ ONLY
+  // went to its server, and a shard joining later opened a plain BEGIN: writes committed
+  // there, and REPEATABLE READ ran as READ COMMITTED.
+  Proxy proxy(reading_replica(Cluster::get().replica(0), "eventual"));
+  auto c = connect(proxy.conninfo());
+  query(c.get(), "SELECT pg_advisory_lock(99)");
+  query(c.get(), "BEGIN READ ONLY");
+  CHECK(scalar(c.get(),
+               "/* pgshard: shard=s1 */ SELECT current_setting('transaction_read_only')") == "on");
+  query(c.get(), "ROLLBACK");
+  query(c.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ");
+  CHECK(
+      scalar(c.get(), "/* pgshard: shard=s2 */ SELECT current_setting('transaction_isolation')") ==
+      "repeatable read");
+  CHECK(scalar(c.get(),
+               "/* pgshard: shard=s2 */ SELECT current_setting('transaction_read_only')") == "off");
+  query(c.get(), "COMMIT");
+  // The next transaction is its own: no mode carried over.
+  query(c.get(), "BEGIN");
+  CHECK(
+      scalar(c.get(), "/* pgshard: shard=s1 */ SELECT current_setting('transaction_isolation')") ==
+      "read committed");
+  query(c.get(), "COMMIT");
+  query(c.get(), "SELECT pg_advisory_unlock(99)");
+}
