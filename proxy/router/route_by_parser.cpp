@@ -5,7 +5,11 @@
 #include <algorithm>
 #include <boost/container/flat_set.hpp>
 #include <boost/container/small_vector.hpp>
+#include <cerrno>
+#include <cmath>
+#include <cstdlib>
 #include <memory>
+#include <optional>
 
 #include "protocol/codec.hpp"
 #include "proxy/router/hashing.hpp"
@@ -305,6 +309,10 @@ struct KeyPlacement {
   std::vector<std::pair<int, std::string>> lookups;
   std::string keys_text;
   int undecodable = 0;  // the parameter number of a key we could not read
+  // An integer key written as a number that is not integral (3.2, 2.5e0): PostgreSQL
+  // compares it as numeric (no row) or, cast to the key's type, rounds it; the text alone
+  // does not say which row it finds.
+  std::string inexact;
   // Each key's text, literal or a Bind parameter's value, in row order (a split INSERT).
   std::vector<std::string> key_texts;
 
@@ -313,6 +321,44 @@ struct KeyPlacement {
   void add_known(const std::string& text);
 };
 
+namespace {
+
+// A number as PostgreSQL reads a numeric constant: [sign] digits [. digits] [e [sign] digits].
+bool is_number(std::string_view t) {
+  std::size_t i = 0;
+  if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+  std::size_t digits = 0;
+  while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i, ++digits;
+  if (i < t.size() && t[i] == '.') {
+    ++i;
+    while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i, ++digits;
+  }
+  if (digits == 0) return false;
+  if (i < t.size() && (t[i] == 'e' || t[i] == 'E')) {
+    ++i;
+    if (i < t.size() && (t[i] == '+' || t[i] == '-')) ++i;
+    std::size_t exp = 0;
+    while (i < t.size() && std::isdigit(static_cast<unsigned char>(t[i]))) ++i, ++exp;
+    if (exp == 0) return false;
+  }
+  return i == t.size();
+}
+
+// The integer a number's text is equal to (42.0, 4.2e1, 420e-1), if it is one that fits
+// in 64 bits; nullopt for anything else.
+std::optional<std::string> integral_number(std::string_view t) {
+  if (!is_number(t) || t.size() > 64) return std::nullopt;
+  const std::string text(t);
+  char* end = nullptr;
+  errno = 0;
+  const long double v = std::strtold(text.c_str(), &end);
+  if (errno != 0 || end != text.c_str() + text.size()) return std::nullopt;
+  if (v != std::floor(v) || v < -9.2e18L || v > 9.2e18L) return std::nullopt;
+  return std::to_string(static_cast<long long>(v));
+}
+
+}  // namespace
+
 void KeyPlacement::add(std::string_view text) {
   auto p = place_key(table, text, n, ctx.directory, table_index);
   if (p.needs_lookup) {
@@ -320,11 +366,14 @@ void KeyPlacement::add(std::string_view text) {
     return;
   }
   if (!p.shard && p.error.empty() && is_integer(table.type)) {
-    // 42.0 compares equal to the integer 42 in PostgreSQL.
-    auto dot = text.find('.');
-    if (dot != std::string_view::npos &&
-        text.find_first_not_of('0', dot + 1) == std::string_view::npos && dot > 0)
-      p = place_key(table, text.substr(0, dot), n, ctx.directory, table_index);
+    // 42.0 and 4.2e1 compare equal to the integer 42 in PostgreSQL.
+    if (const auto v = integral_number(text)) {
+      p = place_key(table, *v, n, ctx.directory, table_index);
+    } else if (is_number(text)) {
+      inexact = std::string(text);
+      row_shard.push_back(-1);
+      return;
+    }
   }
   row_shard.push_back(p.shard.value_or(-1));
   if (p.shard)
@@ -367,6 +416,19 @@ void KeyPlacement::read(const std::vector<KeyValue>& keys) {
 // What the keys settle before their shards count: a key that cannot be read, directory
 // entries to look up, a key no shard takes, or no key to place by. False: the shards decide.
 bool placement_settles(KeyPlacement& p, const Analysis& a, const config::Config& cfg, Route& r) {
+  if (!p.inexact.empty()) {
+    // Never guessed: reads go everywhere (each shard answers PostgreSQL's comparison or
+    // cast for its rows), writes are refused (an INSERT's row could land anywhere).
+    if (r.write) {
+      r = refuse("cannot tell the shard of key " + p.inexact + " of " + p.table.table +
+                     ": it is not an integer, and PostgreSQL compares it as numeric or rounds it "
+                     "when cast",
+                 "write the key as an integer");
+      return true;
+    }
+    every_shard(r, a, cfg);
+    return true;
+  }
   if (p.undecodable) {
     // A key we cannot read is never guessed: reads go everywhere, writes are refused.
     if (r.write) {

@@ -1460,3 +1460,38 @@ TEST_CASE("cursors: a keyed cursor reads its key's shard; a multi-shard one is r
   CHECK(six[0][0] == "61");
   query(c.get(), "commit");
 }
+
+TEST_CASE("an integer key written as a non-integral number is never placed on a guess",
+          "[routing]") {
+  // Attacker: `WHERE id = 3.2::bigint` (PostgreSQL rounds it to 3) went to s0 as "key not
+  // known yet": 0 rows, UPDATE 0, while the row lives elsewhere. 4.2e1 is 42 exactly.
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    query(d.get(), "DROP TABLE IF EXISTS num_keys");
+    query(d.get(), "CREATE TABLE num_keys (id bigint PRIMARY KEY, v int)");
+  }
+  ProxyOptions o;
+  o.sharded_tables = "  - { table: num_keys, column: id, type: bigint }\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  for (int k = 1; k <= 12; ++k)
+    query(c.get(), "INSERT INTO num_keys VALUES (" + std::to_string(k) + ", 0)");
+  for (int k = 1; k <= 12; ++k) {
+    INFO(k);
+    const std::string cast = std::to_string(k) + ".2::bigint";
+    CHECK(scalar(c.get(), "SELECT id FROM num_keys WHERE id = " + cast) == std::to_string(k));
+    CHECK(scalar(c.get(), "SELECT count(*) FROM num_keys WHERE id = CAST(" + std::to_string(k) +
+                              ".4 AS int8)") == "1");
+    CHECK(scalar(c.get(), "SELECT count(*) FROM num_keys WHERE id = " + std::to_string(k) + ".2") ==
+          "0");  // compared as numeric: no row
+    CHECK(scalar(c.get(), "SELECT id FROM num_keys WHERE id = " + std::to_string(k) + "e0") ==
+          std::to_string(k));
+    CHECK(scalar(c.get(), "UPDATE num_keys SET v = 1 WHERE id = " + std::to_string(k) +
+                              "0e-1 RETURNING id") == std::to_string(k));
+  }
+  // A write with such a key is refused rather than sent to a guessed shard.
+  CHECK(error_code(c.get(), "UPDATE num_keys SET v = 2 WHERE id = 3.2::bigint") == "0A000");
+  CHECK(error_code(c.get(), "INSERT INTO num_keys VALUES (20.4, 0)") == "0A000");
+  CHECK(scalar(c.get(), "SELECT count(*) FROM num_keys") == "12");
+}
