@@ -749,6 +749,24 @@ TEST_CASE("clients reading when their shard dies are all answered", "[faults]") 
   CHECK(unanswered == 0);
 }
 
+namespace {
+
+// A client in a transaction that updated row k = 1 of f_items sends `bytes` and resets its
+// connection (SO_LINGER 0) at once.
+void reset_after(const Proxy& proxy, const std::string& bytes) {
+  auto c = std::make_unique<RawClient>(proxy.port());
+  REQUIRE(c->login());
+  c->send(q("begin"));
+  CHECK(c->until_ready() == "C Z");
+  c->send(q("update f_items set v = 'r' where k = 1"));
+  CHECK(c->until_ready() == "C Z");
+  const linger reset{1, 0};
+  ::setsockopt(c->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
+  c->send(bytes);
+}
+
+}  // namespace
+
 TEST_CASE("a client that resets its connection mid-message frees its transaction's server",
           "[faults]") {
   // Half a message, then a reset (SO_LINGER 0), both there before pgshard reads them: the
@@ -756,20 +774,9 @@ TEST_CASE("a client that resets its connection mid-message frees its transaction
   // of the message forever, and its transaction kept the row locked.
   make_items(10);
   Proxy proxy(items_map());
-  for (int round = 0; round < 8; ++round) {
-    auto c = std::make_unique<RawClient>(proxy.port());
-    REQUIRE(c->login());
-    c->send(q("begin"));
-    CHECK(c->until_ready() == "C Z");
-    c->send(q("update f_items set v = 'r' where k = 1"));
-    CHECK(c->until_ready() == "C Z");
-    std::string partial = q("select 1");
-    partial.resize(partial.size() - 3);
-    const linger reset{1, 0};
-    ::setsockopt(c->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
-    c->send(partial);
-    c.reset();
-  }
+  std::string partial = q("select 1");
+  partial.resize(partial.size() - 3);
+  for (int round = 0; round < 8; ++round) reset_after(proxy, partial);
   // Every session saw its client go and rolled back: the row is free.
   CHECK(wait_until([] { return shard_backends("%", "idle in transaction") == 0; }, 10s));
 }
@@ -789,18 +796,8 @@ TEST_CASE("a client that resets its connection after a batch without Sync frees 
       parse("select 1"),
       // (answered: the answer's write finds the client gone and ends its read too)
       q("select 2")};
-  for (int round = 0; round < 24; ++round) {
-    auto c = std::make_unique<RawClient>(proxy.port());
-    REQUIRE(c->login());
-    c->send(q("begin"));
-    CHECK(c->until_ready() == "C Z");
-    c->send(q("update f_items set v = 'r' where k = 1"));
-    CHECK(c->until_ready() == "C Z");
-    const linger reset{1, 0};
-    ::setsockopt(c->fd(), SOL_SOCKET, SO_LINGER, &reset, sizeof reset);
-    c->send(batches[static_cast<std::size_t>(round) % batches.size()]);
-    c.reset();
-  }
+  for (std::size_t round = 0; round < 24; ++round)
+    reset_after(proxy, batches[round % batches.size()]);
   // Every session saw its client go and rolled back (each held k = 1 in its transaction).
   CHECK(wait_until([] { return shard_backends("%", "idle in transaction") == 0; }, 10s));
 }

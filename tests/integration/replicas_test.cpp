@@ -690,6 +690,19 @@ bool replicas_caught_up(Cluster& cluster, const std::vector<int>& replicas) {
   return true;
 }
 
+// Every shard's replica, 400, 150 and 300 ms behind, and table ryw_many (id, v) made
+// afresh on every shard.
+std::vector<int> replicated_ryw_many(Cluster& cluster) {
+  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
+                                 cluster.replica(2, 300)};
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto direct = connect(cluster.direct(i));
+    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
+    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
+  }
+  return reps;
+}
+
 }  // namespace
 
 TEST_CASE("reads: many clients writing then reading random keys on three replicated shards",
@@ -698,13 +711,7 @@ TEST_CASE("reads: many clients writing then reading random keys on three replica
   // random key of its own and reading it back at once: never stale under `session`; the
   // same load under `eventual` reads the past (so the first count could fail).
   auto& cluster = Cluster::get();
-  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
-                                 cluster.replica(2, 300)};
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto direct = connect(cluster.direct(i));
-    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
-    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
-  }
+  const auto reps = replicated_ryw_many(cluster);
   constexpr int kKeys = 64, kClients = 8, kPairs = 12;
   auto stale_reads = [&](const std::string& consistency, std::set<std::string>* errors) {
     Proxy proxy(every_shard_replicated(reps, consistency));
@@ -754,13 +761,7 @@ TEST_CASE("reads: a read token carries writes on three shards to another pgshard
   // A web request writes through one pgshard; a worker reads through another with the
   // request's token: every shard's write is seen, though each replica is behind.
   auto& cluster = Cluster::get();
-  const std::vector<int> reps = {cluster.replica(0, 400), cluster.replica(1, 150),
-                                 cluster.replica(2, 300)};
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto direct = connect(cluster.direct(i));
-    query(direct.get(), "DROP TABLE IF EXISTS ryw_many");
-    query(direct.get(), "CREATE TABLE ryw_many (id bigint PRIMARY KEY, v int)");
-  }
+  const auto reps = replicated_ryw_many(cluster);
   Proxy a(every_shard_replicated(reps, "session")), b(every_shard_replicated(reps, "session"));
   REQUIRE(
       wait_until([&] { return all_replicas_up(a, reps.size()) && all_replicas_up(b, reps.size()); },
