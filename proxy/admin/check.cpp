@@ -269,19 +269,16 @@ class LiveCheck {
     // As pgshard decides (runtime::choose_writer): of several out of recovery, one on a
     // higher timeline than every other takes the writes; the others are old primaries.
     if (primaries.size() > 1) {
-      auto tl = [&](int i) {
-        const auto& t = seen[static_cast<std::size_t>(i)]->timeline;
-        return t.empty() ? 0L : std::stol(t);
-      };
+      auto host = [&](int i) -> const Seen& { return *seen[static_cast<std::size_t>(i)]; };
+      auto tl = [&](int i) { return host(i).timeline.empty() ? 0L : std::stol(host(i).timeline); };
       std::stable_sort(primaries.begin(), primaries.end(),
                        [&](int a, int b) { return tl(a) > tl(b); });
       if (tl(primaries[0]) > tl(primaries[1])) {
+        const Seen& newest = host(primaries[0]);
         for (std::size_t k = 1; k < primaries.size(); ++k)
-          problem(seen[static_cast<std::size_t>(primaries[k])]->at +
-                  ": out of recovery on timeline " +
-                  seen[static_cast<std::size_t>(primaries[k])]->timeline + ", older than " +
-                  seen[static_cast<std::size_t>(primaries[0])]->at + "'s " +
-                  seen[static_cast<std::size_t>(primaries[0])]->timeline +
+          problem(host(primaries[k]).at + ": out of recovery on timeline " +
+                  host(primaries[k]).timeline + ", older than " + newest.at + "'s " +
+                  newest.timeline +
                   " (an old primary: make it a standby of the new one, or remove it)");
         primaries.resize(1);
       }

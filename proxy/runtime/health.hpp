@@ -79,9 +79,9 @@ struct HostState {
   bool up = false;              // its last check answered
   HostRole role = HostRole::kUnknown;
   uint64_t lsn = 0;
-  int64_t lag_bytes = -1;            // replica: its primary's position minus its own (-1: unknown)
-  int64_t lag_ms = -1;               // replica (-1: unknown)
-  bool lagging = false;              // past max_replica_lag: no reads until back under it
+  int64_t lag_bytes = -1;  // replica: its primary's position minus its own (-1: unknown)
+  int64_t lag_ms = -1;     // replica (-1: unknown)
+  bool lagging = false;    // past max_replica_lag: no reads until back under it
   // Replica: since when its replay position has stood still while its primary's was ahead
   // (a replica streaming from nothing reports no time behind: it has nothing to replay).
   Clock::time_point stuck_since{};
