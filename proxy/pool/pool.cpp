@@ -163,7 +163,8 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn) {
     return;
   }
   conn->idle_since = coarse_now();
-  // Clients wait on other workers (the queue says who first): one read, no lock, else.
+  // Clients wait on other workers (the queue says who first, see SharedPool::next_waiter):
+  // one read, no lock, else.
   if (shared_.waiting() > static_cast<int>(waiters_.size()) && hand_over(conn)) return;
   if (!waiters_.empty()) {
     auto* w = waiters_.front();
@@ -183,7 +184,7 @@ void Pool::make_idle(std::unique_ptr<ServerConn> conn) {
 }
 
 bool Pool::hand_over(std::unique_ptr<ServerConn>& conn) {
-  const int to = shared_.next_waiter();
+  const int to = shared_.next_waiter(waiters_.empty() ? -1 : worker_);
   if (to < 0) return false;
   if (to == worker_) {
     serve(std::move(conn));

@@ -50,7 +50,7 @@ void SharedPool::detach(int worker, const Pool* pool) {
   m.pool = nullptr;
   m.ex = {};  // (its worker may stop: nothing is posted to it any more)
   m.idle.store(0, std::memory_order_relaxed);
-  std::erase(queue_, worker);
+  std::erase_if(queue_, [&](const Place& p) { return p.worker == worker; });
   waiting_.store(static_cast<int>(queue_.size()));
 }
 
@@ -78,7 +78,7 @@ bool SharedPool::reserve_or_queue(int worker, int* donor) {
     total_.fetch_add(1, std::memory_order_relaxed);
     return true;
   }
-  queue_.push_back(worker);
+  queue_.push_back({worker, std::chrono::steady_clock::now()});
   // Before reading the idle counts (see set_idle): a worker that makes a server idle after
   // this either is seen here or sees this waiter.
   waiting_.store(static_cast<int>(queue_.size()), std::memory_order_seq_cst);
@@ -98,17 +98,24 @@ bool SharedPool::reserve_or_queue(int worker, int* donor) {
 void SharedPool::unqueue(int worker) {
   std::lock_guard lock(mu_);
   // Its newest place: the worker's other waiters keep their older ones.
-  auto it = std::find(queue_.rbegin(), queue_.rend(), worker);
+  auto it = std::find_if(queue_.rbegin(), queue_.rend(),
+                         [&](const Place& p) { return p.worker == worker; });
   if (it == queue_.rend()) return;  // taken: a hand-over is on its way (it finds no waiter)
   queue_.erase(std::next(it).base());
   waiting_.store(static_cast<int>(queue_.size()));
 }
 
-int SharedPool::next_waiter() {
+int SharedPool::next_waiter(int own) {
   std::lock_guard lock(mu_);
   if (queue_.empty()) return -1;
-  const int worker = queue_.front();
-  queue_.pop_front();
+  auto it = queue_.begin();
+  if (own >= 0 && it->worker != own && std::chrono::steady_clock::now() - it->since < kFairAfter) {
+    // (The oldest place of `own`: its pool serves its own longest waiter.)
+    auto mine = std::find_if(it, queue_.end(), [&](const Place& p) { return p.worker == own; });
+    if (mine != queue_.end()) it = mine;
+  }
+  const int worker = it->worker;
+  queue_.erase(it);
   waiting_.store(static_cast<int>(queue_.size()));
   return worker;
 }
@@ -119,7 +126,7 @@ int SharedPool::release() {
     total_.fetch_sub(1, std::memory_order_relaxed);
     return -1;
   }
-  const int worker = queue_.front();
+  const int worker = queue_.front().worker;
   queue_.pop_front();
   waiting_.store(static_cast<int>(queue_.size()));
   return worker;
@@ -131,7 +138,7 @@ std::vector<int> SharedPool::set_limit(int limit) {
   limit_.store(limit, std::memory_order_relaxed);
   while (!queue_.empty() && total_.load(std::memory_order_relaxed) < limit) {
     total_.fetch_add(1, std::memory_order_relaxed);
-    granted.push_back(queue_.front());
+    granted.push_back(queue_.front().worker);
     queue_.pop_front();
   }
   waiting_.store(static_cast<int>(queue_.size()));

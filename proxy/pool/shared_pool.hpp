@@ -6,11 +6,14 @@
 // server, or queues for one), when a server opens or closes, and when a server comes back
 // while a client waits elsewhere: then the server (its socket released from this worker's
 // reactor, see ServerConn::leave) is posted to the waiting worker, which registers it with
-// its own. Waiters are served in the order they queued, whichever worker they are on.
+// its own. Waiters are served in the order they queued, whichever worker they are on, except
+// that a server given back goes to a waiter of its own worker (no hand-over between threads)
+// while the longest waiter elsewhere has waited less than kFairAfter.
 #pragma once
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <deque>
 #include <map>
 #include <memory>
@@ -74,8 +77,13 @@ class SharedPool {
   // its client left): its place in the queue goes.
   void unqueue(int worker);
   // The worker of the longest waiter, taken off the queue (-1: nobody waits): it gets the
-  // next server or slot, which the caller sends.
-  int next_waiter();
+  // next server or slot, which the caller sends. With `own` (the giver's worker), a waiter
+  // of `own` comes first unless the longest waiter has waited kFairAfter or more.
+  int next_waiter(int own = -1);
+  // How long a waiter on another worker lets a server given back go to a waiter of the
+  // giver's worker: a hand-over between threads costs a post and a re-registration of the
+  // socket with the other reactor, about a quarter of a pooled transaction's CPU.
+  static constexpr std::chrono::microseconds kFairAfter{5000};
   // A server closed or failed to open: the worker whose waiter gets its slot (-1: the
   // slot is free, or the pool is over its limit).
   int release();
@@ -108,9 +116,13 @@ class SharedPool {
   std::atomic<uint64_t> generation_{0};
   std::atomic<bool> params_known_{false};
   std::map<std::string, std::string> params_;  // (written once, under mu_)
-  std::deque<int> queue_;                      // a worker per waiter, longest waiting first
-  std::vector<Member> members_;                // by worker index
-  std::size_t next_donor_ = 0;  // where the search for an idle server starts (round robin)
+  struct Place {
+    int worker;
+    std::chrono::steady_clock::time_point since;
+  };
+  std::deque<Place> queue_;      // a place per waiter, longest waiting first
+  std::vector<Member> members_;  // by worker index
+  std::size_t next_donor_ = 0;   // where the search for an idle server starts (round robin)
 };
 
 // The process's shared pools, one per (shard or other target, user key), created on first

@@ -3,6 +3,8 @@
 #include "proxy/pool/shared_pool.hpp"
 
 #include <catch2/catch.hpp>
+#include <chrono>
+#include <thread>
 
 #include "proxy/pool/pool.hpp"
 
@@ -163,4 +165,24 @@ TEST_CASE("a wait for a server calls its patience once, past `after`, and keeps 
   const auto paused = wait_once({}, std::chrono::milliseconds(25));
   CHECK(paused.patience_calls == 1);
   CHECK(paused.answer.find("timed out after 60 ms waiting") != std::string::npos);
+}
+
+TEST_CASE("a server given back serves its own worker's waiter unless one elsewhere waited long") {
+  SharedPool p(1, 2);
+  REQUIRE(reserve(p, 0));
+  CHECK_FALSE(reserve(p, 1));  // the longest waiter, on the other worker
+  CHECK_FALSE(reserve(p, 0));
+  // Worker 0 gives a server back while the waiter on worker 1 has waited a moment only:
+  // worker 0's own waiter gets it, with no hand-over between threads.
+  CHECK(p.next_waiter(0) == 0);
+  CHECK(p.waiting() == 1);
+  CHECK_FALSE(reserve(p, 0));
+  // Once the waiter elsewhere has waited kFairAfter, it comes first again.
+  std::this_thread::sleep_for(SharedPool::kFairAfter + std::chrono::milliseconds(1));
+  CHECK(p.next_waiter(0) == 1);
+  CHECK(p.next_waiter(0) == 0);
+  // A giver with no waiter of its own serves the longest one.
+  CHECK_FALSE(reserve(p, 1));
+  CHECK(p.next_waiter(0) == 1);
+  CHECK(p.next_waiter(0) == -1);
 }
