@@ -213,11 +213,11 @@ std::optional<std::pair<std::string, std::string>> FanOut::refusal() const {
   }
   if (route_.write && plan_)
     return std::pair{
-        "SELECT ... FOR UPDATE/SHARE with ORDER BY, LIMIT or aggregates across "
-        "shards (" +
+        "a SELECT that locks rows (FOR UPDATE/SHARE) or writes (a WITH holding INSERT, "
+        "UPDATE or DELETE) with ORDER BY, LIMIT or aggregates across shards (" +
             names() + ") is not supported",
-        std::string("lock the rows with a plain SELECT ... FOR UPDATE, or add the "
-                    "shard key")};
+        std::string("lock or write the rows in a statement of their own without ORDER BY, "
+                    "LIMIT or aggregates, then read them; or add the shard key")};
   if (std::holds_alternative<router::CopyIn>(route_.action))
     return std::pair{"COPY FROM STDIN into a table on several shards (" + names() +
                          ") is supported only as a simple Query",

@@ -145,6 +145,14 @@ TEST_CASE("rows inserted through pgshard land only on the shard the hash names",
   // A join that would need rows from two shards is refused, not half-answered.
   CHECK(error_code(c.get(), "select * from users u join orders o on o.id = u.id", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("joining sharded tables"));
+  // A writing WITH read by an aggregate is refused as what it is (a write), not as a lock.
+  CHECK(error_code(c.get(),
+                   "with w as (update users set name = name where id = 1 returning id) "
+                   "select count(*) from users",
+                   &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("writes"));
+  CHECK(error_code(c.get(), "select * from users order by id limit 1 for update", &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("locks rows"));
   // Without a column list the key's place comes from the catalog.
   query(c.get(), "insert into users values (1000, 'x')");
   {
