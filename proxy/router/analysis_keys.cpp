@@ -107,8 +107,11 @@ void Analyzer::collect(const Node* e, UseKeys* keys) {
       str_of(e->a_expr->name[0]) == "=") {
     int l = key_use(strip_casts(e->a_expr->lexpr));
     int r = key_use(strip_casts(e->a_expr->rexpr));
+    // Equal keys meet on one shard only when both tables place a key alike (two hash
+    // tables with different buckets, or a hash and a ring table, do not).
     if (l >= 0 && r >= 0 &&
-        cfg_.sharded_tables[uses_[l].table].type == cfg_.sharded_tables[uses_[r].table].type) {
+        config::same_placement(cfg_.sharded_tables[uses_[l].table],
+                               cfg_.sharded_tables[uses_[r].table])) {
       uses_[find(l)].group = find(r);
       return;
     }
