@@ -169,6 +169,8 @@ TEST_CASE("tables join shard by shard only when their buckets place keys alike",
     INFO(extra);
     CHECK(testing::forward_shard(r) == -1);
     CHECK_THAT(r.reason, Catch::Contains("not joined on their shard keys"));
+    CHECK_THAT(testing::fan_out_of(r).merge_blocker,
+               Catch::Contains("whose keys are placed differently (items and orders"));
   }
 }
 
