@@ -1,13 +1,18 @@
 // Hash buckets (`buckets:`, `bucket_shards:`): placement, config errors, co-location,
 // EXPLAIN (ROUTE), and the reshard planner's diff of two maps.
+#include <unistd.h>
+
 #include <algorithm>
 #include <catch2/catch.hpp>
+#include <cstdio>
 #include <cstdlib>
+#include <fstream>
 #include <sstream>
 
 #include "config/config.hpp"
 #include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
+#include "proxy/admin/reshard_cli.hpp"
 #include "proxy/admin/reshard_plan.hpp"
 #include "proxy/router/hashing.hpp"
 #include "proxy/router/placement.hpp"
@@ -319,4 +324,49 @@ TEST_CASE("the plan of range and list maps names the moving ranges and keys",
 )");
   const auto refused = admin::plan_reshard(*from, *orphan);
   CHECK_THAT(refused[0].refusal, Catch::Contains("would have no shard in the new map"));
+}
+
+TEST_CASE("reshard propose prints a map for one more shard that moves only to it",
+          "[buckets][reshard]") {
+  char dir[] = "/tmp/pgshard-propose-XXXXXX";
+  REQUIRE(mkdtemp(dir));
+  const std::string path = std::string(dir) + "/old.yaml";
+  const std::string head = shards_yaml(3);
+  std::ofstream(path) << head << "sharded_tables:\n"
+                      << "  - { table: orders, column: id, type: bigint, buckets: 1024 }\n"
+                      << "  - { table: legacy, column: id, type: bigint }\n";
+  std::string a0 = "propose", a1 = "--from", a2 = path, a3 = "--add", a4 = "s3=postgres://h:4/app";
+  char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data()};
+  std::ostringstream out, err;
+  REQUIRE(admin::reshard_main(5, argv, out, err) == 0);
+  std::remove(path.c_str());
+  rmdir(dir);
+  // The printed shard entry and table entries make the new map.
+  std::istringstream lines(out.str());
+  std::string shard_entry, tables;
+  for (std::string l; std::getline(lines, l);) {
+    if (l.starts_with("  - { name: s3"))
+      shard_entry = l + "\n";
+    else if (!l.starts_with("#") && !l.empty())
+      tables += l + "\n";
+  }
+  REQUIRE_FALSE(shard_entry.empty());
+  auto from = load(head + "sharded_tables:\n" +
+                   "  - { table: orders, column: id, type: bigint, buckets: 1024 }\n" +
+                   "  - { table: legacy, column: id, type: bigint }\n");
+  auto to = load(head + shard_entry + "sharded_tables:\n" + tables);
+  const auto plan = admin::plan_reshard(*from, *to);
+  REQUIRE(plan.size() == 2);
+  for (const auto& p : plan) {
+    INFO(p.name);
+    REQUIRE(p.refusal.empty());
+    int moving = 0;
+    for (const auto& m : p.moves) {
+      CHECK(m.to == "s3");
+      moving += static_cast<int>(m.remainders.size());
+    }
+    // A quarter of the buckets (legacy: 1026, the multiple of 3 shards from 1024).
+    CHECK(moving == 256);
+    CHECK(p.modulus == (p.name == "orders" ? 1024 : 1026));
+  }
 }
