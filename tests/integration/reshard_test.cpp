@@ -85,6 +85,51 @@ void set_wal_level(Cluster& cluster, const char* level) {
   }
 }
 
+// 3000 rows of rs_orders through pgshard: multi-row INSERTs (split per shard), keyed
+// INSERTs with Bind parameters, COPY; and one row of rs_nopk.
+void write_rows(PGconn* c) {
+  for (int from = 1; from <= 2000; from += 100) {
+    std::string values;
+    for (int k = from; k < from + 100; ++k)
+      values += (values.empty() ? "(" : ", (") + std::to_string(k) + ", 'v')";
+    query(c, "insert into rs_orders values " + values);
+  }
+  for (int k = 2001; k <= 2200; ++k) {
+    const auto key = std::to_string(k);
+    const char* params[] = {key.c_str()};
+    PGresult* r = PQexecParams(c, "insert into rs_orders values ($1, 'p')", 1, nullptr, params,
+                               nullptr, nullptr, 0);
+    REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+    PQclear(r);
+  }
+  query(c, "insert into rs_nopk values (1, 'x')");
+  std::string copy;
+  for (int k = 2201; k <= 3000; ++k) copy += std::to_string(k) + "\tc\n";
+  PGresult* r = PQexec(c, "copy rs_orders from stdin");
+  REQUIRE(PQresultStatus(r) == PGRES_COPY_IN);
+  PQclear(r);
+  REQUIRE(PQputCopyData(c, copy.data(), static_cast<int>(copy.size())) == 1);
+  REQUIRE(PQputCopyEnd(c, nullptr) == 1);
+  r = PQgetResult(c);
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  while ((r = PQgetResult(c))) PQclear(r);
+}
+
+// PostgreSQL's own hash places every row: each shard holds only its buckets' rows.
+void check_placement(Cluster& cluster) {
+  long total = 0;
+  for (int i = 0; i < cluster.size(); ++i) {
+    auto d = connect(cluster.direct(i));
+    const long here = std::stol(scalar(d.get(), "select count(*) from rs_orders"));
+    INFO("shard s" << i);
+    CHECK(here > 0);
+    CHECK(rows_in(d.get(), bucket_array(kHeld[i])) == here);
+    total += here;
+  }
+  CHECK(total == 3000);
+}
+
 }  // namespace
 
 TEST_CASE("bucketed hash: rows land on their bucket's shard and the plan counts what moves",
@@ -103,46 +148,10 @@ TEST_CASE("bucketed hash: rows land on their bucket's shard and the plan counts 
   o.sharded_tables = tables_yaml(kHeld, 3);
   Proxy proxy(o);
   auto c = connect(proxy.conninfo());
-  // Multi-row INSERTs (split per shard), keyed INSERTs with Bind parameters, COPY.
-  for (int from = 1; from <= 2000; from += 100) {
-    std::string values;
-    for (int k = from; k < from + 100; ++k)
-      values += (values.empty() ? "(" : ", (") + std::to_string(k) + ", 'v')";
-    query(c.get(), "insert into rs_orders values " + values);
-  }
-  for (int k = 2001; k <= 2200; ++k) {
-    const auto key = std::to_string(k);
-    const char* params[] = {key.c_str()};
-    PGresult* r = PQexecParams(c.get(), "insert into rs_orders values ($1, 'p')", 1, nullptr,
-                               params, nullptr, nullptr, 0);
-    REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
-    PQclear(r);
-  }
-  query(c.get(), "insert into rs_nopk values (1, 'x')");
-  std::string copy;
-  for (int k = 2201; k <= 3000; ++k) copy += std::to_string(k) + "\tc\n";
-  PGresult* r = PQexec(c.get(), "copy rs_orders from stdin");
-  REQUIRE(PQresultStatus(r) == PGRES_COPY_IN);
-  PQclear(r);
-  REQUIRE(PQputCopyData(c.get(), copy.data(), static_cast<int>(copy.size())) == 1);
-  REQUIRE(PQputCopyEnd(c.get(), nullptr) == 1);
-  r = PQgetResult(c.get());
-  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
-  PQclear(r);
-  while ((r = PQgetResult(c.get()))) PQclear(r);
+  write_rows(c.get());
   CHECK(scalar(c.get(), "select count(*) from rs_orders") == "3000");
 
-  // PostgreSQL's own hash places every row: each shard holds only its buckets' rows.
-  long total = 0;
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto d = connect(cluster.direct(i));
-    const long here = std::stol(scalar(d.get(), "select count(*) from rs_orders"));
-    INFO("shard s" << i);
-    CHECK(here > 0);
-    CHECK(rows_in(d.get(), bucket_array(kHeld[i])) == here);
-    total += here;
-  }
-  CHECK(total == 3000);
+  check_placement(cluster);
   // A keyed read finds its row, and EXPLAIN (ROUTE) names the bucket.
   CHECK(scalar(c.get(), "select note from rs_orders where id = 2100") == "p");
   const auto explained = query(c.get(), "explain (route) select * from rs_orders where id = 42");
