@@ -24,7 +24,7 @@ std::string hex(uint64_t v) {
 }
 
 std::string range_text(const std::optional<int64_t>& lo, const std::optional<int64_t>& hi) {
-  return "[" + (lo ? std::to_string(*lo) : std::string("-inf")) + ", " +
+  return (lo ? "[" + std::to_string(*lo) : std::string("(-inf")) + ", " +
          (hi ? std::to_string(*hi) : std::string("+inf")) + ")";
 }
 
@@ -78,7 +78,7 @@ void print_move(const TablePlan& p, const Move& m, std::ostream& out, bool verbo
       return;
     default:
       for (const auto& k : m.keys) items.push_back("'" + k + "'");
-      if (m.unlisted) items.push_back("every key neither map lists (the default changed)");
+      if (m.unlisted) items.push_back("(every key neither map lists: the default changed)");
       out << "keys " << listed(items, verbose) << "\n";
       return;
   }
