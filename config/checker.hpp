@@ -1,5 +1,6 @@
 // How the shard map's loaders check YAML: every problem collected with its file:line, so a user
-// fixes the file in one pass. Shared by the loaders of config/ (config.cpp, replication.cpp).
+// fixes the file in one pass. Shared by the loaders of config/ (config.cpp, replication.cpp,
+// buckets.cpp).
 #pragma once
 
 #include <yaml-cpp/yaml.h>
@@ -110,6 +111,8 @@ inline std::optional<Millis> duration(Checker& c, const YAML::Node& n, const std
 
 // read_from's values (primary, replicas, prefer_replicas).
 std::optional<ReadFrom> load_read_from(Checker& c, const YAML::Node& n, const std::string& what);
+// A hash table's `buckets` and `bucket_shards` (buckets.cpp); needs the shard list.
+void load_buckets(Checker& c, const YAML::Node& n, ShardedTable& t, const Config& cfg);
 // The map's top-level replica settings (config.hpp, Replication).
 void load_replication(Checker& c, const YAML::Node& root, Replication& r);
 

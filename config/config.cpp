@@ -162,7 +162,7 @@ void load_shard(Checker& c, const YAML::Node& n, Shard& s) {
 void load_sharded_table(Checker& c, const YAML::Node& n, ShardedTable& t) {
   if (!c.mapping(n, "sharded table",
                  {"table", "column", "type", "function", "vnodes", "ranges", "lists", "default",
-                  "directory"}))
+                  "directory", "buckets", "bucket_shards"}))
     return;
   if (!n["table"] || !n["column"]) {
     c.fail(n, "sharded table needs table and column");
@@ -539,6 +539,7 @@ std::shared_ptr<const Config> build(const YAML::Node& root, const std::string& f
         ShardedTable t;
         load_sharded_table(c, n, t);
         load_placement(c, n, t, *cfg);
+        detail::load_buckets(c, n, t, *cfg);
         for (const auto& other : cfg->sharded_tables)
           if (other.table == t.table && other.schema == t.schema)
             c.fail(n, "table " + t.table + " is listed twice in sharded_tables");
@@ -693,6 +694,8 @@ std::vector<std::string> reload_refusals(const Config& a, const Config& b) {
     differs(x.function != y->function, n + "function " + to_string(x.function) + " -> " +
                                            to_string(y->function) + " (reshard)");
     differs(x.vnodes != y->vnodes, n + "vnodes (reshard)");
+    differs(x.buckets != y->buckets || x.bucket_shard != y->bucket_shard,
+            n + "buckets or bucket_shards (rows would move: reshard)");
     bool ranges = x.ranges.size() != y->ranges.size();
     for (std::size_t i = 0; !ranges && i < x.ranges.size(); ++i)
       ranges = x.ranges[i].from != y->ranges[i].from || x.ranges[i].to != y->ranges[i].to ||

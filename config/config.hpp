@@ -96,6 +96,7 @@ struct RangeBound {
   int64_t from = 0;
   int64_t to = 0;
   int shard = 0;
+  bool operator==(const RangeBound&) const = default;
 };
 
 struct ShardedTable {
@@ -104,7 +105,13 @@ struct ShardedTable {
   std::string column;
   KeyType type = KeyType::kInt8;
   ShardFunction function = ShardFunction::kHash;
-  int vnodes = 160;                                // ring: virtual nodes per unit of shard weight
+  int vnodes = 160;  // ring: virtual nodes per unit of shard weight
+  // hash with `buckets: N`: PostgreSQL's partition hash of the key modulo N is the key's
+  // bucket, and bucket_shard[bucket] its shard (from `bucket_shards`, or N/shards contiguous
+  // buckets per shard). 0: no buckets, the hash modulo the shard count is the shard (as
+  // PARTITION BY HASH with one partition per shard).
+  int buckets = 0;
+  std::vector<int> bucket_shard;
   std::vector<std::pair<uint64_t, int>> ring;      // ring: sorted (point, shard)
   std::vector<RangeBound> ranges;                  // range: sorted, no gaps or overlaps
   std::vector<std::pair<std::string, int>> lists;  // list: canonical key text -> shard
@@ -117,6 +124,25 @@ struct ShardedTable {
   // "schema.table", or "table" when any schema.
   std::string qualified_name() const { return schema.empty() ? table : schema + "." + table; }
 };
+
+// Whether every key value lives on the same shard in both tables (same key type, function
+// and placement: buckets and their shards, ring, ranges, lists, directory): only then does a
+// join on their keys run shard by shard.
+bool same_placement(const ShardedTable& a, const ShardedTable& b);
+
+// `buckets` buckets spread over `shards` shards in contiguous blocks: shard i holds
+// [i * buckets / shards, (i + 1) * buckets / shards).
+std::vector<int> even_buckets(int buckets, int shards);
+// `bucket_shard` spread evenly over `shards` shards (more than it uses: new shards last),
+// moving the fewest buckets: every shard ends within one bucket of buckets / shards, and
+// buckets move only from shards above their share to shards below it.
+std::vector<int> rebalance_buckets(const std::vector<int>& bucket_shard, int shards);
+// "0-255,300,512-1023": the buckets `shard` holds in `bucket_shard`.
+std::string bucket_ranges(const std::vector<int>& bucket_shard, int shard);
+// A bucket list as written in `bucket_shards` ("0-255,900") parsed into `out` (bucket
+// numbers below `buckets`, ascending runs); an error message when it is not one.
+std::optional<std::string> parse_bucket_list(std::string_view text, int buckets,
+                                             std::vector<int>& out);
 
 // The ring of virtual nodes for `shards` (consistent hashing).
 std::vector<std::pair<uint64_t, int>> build_ring(const std::vector<Shard>& shards, int vnodes);

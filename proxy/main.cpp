@@ -8,6 +8,7 @@
 
 #include "config/config.hpp"
 #include "proxy/admin/check.hpp"
+#include "proxy/admin/reshard_cli.hpp"
 #include "proxy/server/server.hpp"
 
 namespace {
@@ -86,6 +87,10 @@ void usage(std::ostream& out) {
       << "  pgshard check FILE        validate FILE and exit (non-zero on errors)\n"
       << "  pgshard check --live FILE also connect to every shard and check the map against\n"
       << "                            their catalogs (tables, key columns and types, 2PC)\n"
+      << "  pgshard reshard plan --from OLD.yaml --to NEW.yaml [--live]\n"
+      << "                            what a change of map moves (pgshard reshard for more)\n"
+      << "  pgshard reshard propose --from OLD.yaml --add NAME=URL\n"
+      << "                            buckets for one more shard, moving the fewest\n"
       << "  pgshard --help            this text\n"
       << "  pgshard --version         the version\n";
 }
@@ -102,6 +107,8 @@ int main(int argc, char** argv) {
     std::cout << "pgshard " << PGSHARD_VERSION << "\n";
     return 0;
   }
+  if (argc >= 2 && !std::strcmp(argv[1], "reshard"))
+    return admin::reshard_main(argc - 2, argv + 2, std::cout, std::cerr);
   const bool live = argc == 4 && !std::strcmp(argv[1], "check") && !std::strcmp(argv[2], "--live");
   if ((argc == 3 && !std::strcmp(argv[1], "check")) || live) {
     const char* file = argv[argc - 1];

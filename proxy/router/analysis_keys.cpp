@@ -107,10 +107,16 @@ void Analyzer::collect(const Node* e, UseKeys* keys) {
       str_of(e->a_expr->name[0]) == "=") {
     int l = key_use(strip_casts(e->a_expr->lexpr));
     int r = key_use(strip_casts(e->a_expr->rexpr));
-    if (l >= 0 && r >= 0 &&
-        cfg_.sharded_tables[uses_[l].table].type == cfg_.sharded_tables[uses_[r].table].type) {
-      uses_[find(l)].group = find(r);
-      return;
+    // Equal keys meet on one shard only when both tables place a key alike (two hash
+    // tables with different buckets, or a hash and a ring table, do not).
+    if (l >= 0 && r >= 0) {
+      const auto& x = cfg_.sharded_tables[uses_[l].table];
+      const auto& y = cfg_.sharded_tables[uses_[r].table];
+      if (config::same_placement(x, y)) {
+        uses_[find(l)].group = find(r);
+        return;
+      }
+      unlike_placement_ = x.table + " and " + y.table;
     }
   }
   if (!keys) return;
@@ -212,7 +218,10 @@ Analysis& Analyzer::keyed(const Node* where, Analysis& a) {
       a.concat_safe = false;
       a.merge_candidate = false;
       a.merge_blocker =
-          "joining sharded tables (" + use_names() + ") other than on their shard keys";
+          unlike_placement_.empty()
+              ? "joining sharded tables (" + use_names() + ") other than on their shard keys"
+              : "joining sharded tables whose keys are placed differently (" + unlike_placement_ +
+                    ": another key type, function, buckets, ranges or lists)";
       if (a.write) {
         a.error =
             "statement writes across shards: its sharded tables are not joined on the shard key";

@@ -87,6 +87,9 @@ class Analyzer {
 
   const config::Config& cfg_;
   std::vector<Use> uses_;
+  // Two tables' keys compared that place keys differently (buckets, function...): named
+  // in the refusal, which would otherwise say they were not joined on their keys.
+  std::string unlike_placement_;
   std::vector<const Node*> cte_wheres_;
   std::vector<const Node*> sublink_wheres_;
 };

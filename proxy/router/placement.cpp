@@ -50,6 +50,13 @@ void ColumnCache::put(const std::string& table, int position,
   entries_[table] = {position, generation(), std::move(generated)};
 }
 
+std::optional<int> bucket_of(const config::ShardedTable& t, std::string_view text) {
+  if (t.function != config::ShardFunction::kHash || t.buckets <= 0) return std::nullopt;
+  auto h = partition_hash(t.type, text);
+  if (!h) return std::nullopt;
+  return hash_to_index(*h, t.buckets);
+}
+
 Placement place_key(const config::ShardedTable& t, std::string_view text, int shards,
                     const DirectoryCache* directory, int table_index) {
   Placement p;
@@ -69,7 +76,10 @@ Placement place_key(const config::ShardedTable& t, std::string_view text, int sh
     }
     case config::ShardFunction::kHash: {
       auto h = partition_hash(t.type, text);
-      if (h) p.shard = hash_to_index(*h, shards);
+      if (!h) return p;
+      p.shard = t.buckets > 0
+                    ? t.bucket_shard[static_cast<std::size_t>(hash_to_index(*h, t.buckets))]
+                    : hash_to_index(*h, shards);
       return p;
     }
     case config::ShardFunction::kRing: {

@@ -1,5 +1,5 @@
-// Where a key lives: the table's sharding function (hash, ring, range, list) applied to the
-// text form of one key value.
+// Where a key lives: the table's sharding function (hash and its buckets, ring, range, list)
+// applied to the text form of one key value.
 #pragma once
 
 #include <atomic>
@@ -70,6 +70,10 @@ struct Placement {
   // Set when the key is valid but no shard holds it (range/list without default).
   std::string error;
 };
+
+// The bucket of a key of a table with `buckets:` (its partition hash modulo the bucket
+// count); nullopt for other tables and invalid keys.
+std::optional<int> bucket_of(const config::ShardedTable& t, std::string_view text);
 
 // An invalid key for the type (e.g. 'abc' for bigint) gives neither shard nor error:
 // PostgreSQL reports that itself.

@@ -308,7 +308,8 @@ struct KeyPlacement {
   boost::container::small_vector<int, 8> row_shard;
   std::vector<std::pair<int, std::string>> lookups;
   std::string keys_text;
-  int undecodable = 0;  // the parameter number of a key we could not read
+  std::string buckets_text;  // the keys' buckets (tables with buckets:), for EXPLAIN (ROUTE)
+  int undecodable = 0;       // the parameter number of a key we could not read
   // An integer key written as a number that is not integral (3.2, 2.5e0): PostgreSQL
   // compares it as numeric (no row) or, cast to the key's type, rounds it; the text alone
   // does not say which row it finds.
@@ -388,7 +389,10 @@ void KeyPlacement::add(std::string_view text) {
 void KeyPlacement::add_known(const std::string& text) {
   key_texts.push_back(text);
   add(text);
-  if (ctx.reasons) keys_text += (keys_text.empty() ? "" : ",") + text;
+  if (!ctx.reasons) return;
+  keys_text += (keys_text.empty() ? "" : ",") + text;
+  if (const auto b = bucket_of(table, text))
+    buckets_text += (buckets_text.empty() ? "" : ",") + std::to_string(*b);
 }
 
 void KeyPlacement::read(const std::vector<KeyValue>& keys) {
@@ -520,7 +524,11 @@ void route_by_keys(const Analysis& a, std::string_view sql, const config::Config
   if (placement_settles(p, a, cfg, r) || moves_rows(a, p, cfg, r)) return;
   if (ctx.reasons)
     r.reason += " " + table.column + "=" + p.keys_text + " (" + config::to_string(table.type) +
-                " " + config::to_string(table.function) + ")";
+                " " + config::to_string(table.function) +
+                (p.buckets_text.empty()
+                     ? std::string()
+                     : ", bucket " + p.buckets_text + " of " + std::to_string(table.buckets)) +
+                ")";
   if (p.shards.size() == 1) {
     r.action = Forward{*p.shards.begin()};
     return;

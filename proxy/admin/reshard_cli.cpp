@@ -1,0 +1,149 @@
+// `pgshard reshard plan|propose`: the command line of the resharding planner.
+#include "proxy/admin/reshard_cli.hpp"
+
+#include <cstring>
+#include <optional>
+#include <string>
+
+#include "proxy/admin/reshard_plan.hpp"
+
+namespace pgshard::admin {
+
+namespace {
+
+void usage(std::ostream& err) {
+  err << "Usage:\n"
+      << "  pgshard reshard plan --from OLD.yaml --to NEW.yaml [--live] [--verbose]\n"
+      << "      what moving from the OLD map to the NEW one moves, table by table; --live also\n"
+      << "      counts the rows on the shards and refuses what cannot be moved (exit 1)\n"
+      << "  pgshard reshard propose --from OLD.yaml --add NAME=postgres://...\n"
+      << "      the shard entry and each hash table's buckets for a map with one more shard,\n"
+      << "      moving the fewest buckets (paste them into a copy of OLD.yaml)\n";
+}
+
+struct Args {
+  std::string from, to, add;
+  bool live = false, verbose = false;
+};
+
+std::optional<Args> parse(int argc, char** argv) {
+  Args a;
+  for (int i = 0; i < argc; ++i) {
+    const std::string arg = argv[i];
+    const bool has_value = i + 1 < argc;
+    if (arg == "--live") {
+      a.live = true;
+    } else if (arg == "--verbose") {
+      a.verbose = true;
+    } else if (arg == "--from" && has_value) {
+      a.from = argv[++i];
+    } else if (arg == "--to" && has_value) {
+      a.to = argv[++i];
+    } else if (arg == "--add" && has_value) {
+      a.add = argv[++i];
+    } else {
+      return std::nullopt;
+    }
+  }
+  return a;
+}
+
+int plan(const Args& a, std::ostream& out, std::ostream& err) {
+  if (a.from.empty() || a.to.empty() || !a.add.empty()) {
+    usage(err);
+    return 2;
+  }
+  try {
+    const auto from = config::load_file(a.from);
+    const auto to = config::load_file(a.to);
+    out << "plan: " << a.from << " (" << from->shards.size() << " shards) -> " << a.to << " ("
+        << to->shards.size() << " shards)\n";
+    const auto p = plan_reshard(*from, *to);
+    print_plan(p, out, a.verbose);
+    int refused = 0;
+    for (const auto& t : p) refused += !t.refusal.empty();
+    if (a.live) refused += plan_live(p, *from, *to, out);
+    return refused == 0 ? 0 : 1;
+  } catch (const config::ConfigError& e) {
+    err << e.what() << "\n";
+    return 1;
+  }
+}
+
+std::string yaml_quoted(const std::string& s) {
+  std::string out = "\"";
+  for (char ch : s) {
+    if (ch == '"' || ch == '\\') out += '\\';
+    out += ch;
+  }
+  return out + "\"";
+}
+
+// A hash table's entry with `shards` shards: its buckets (a hash table without them first
+// gets a multiple of the shard count, bucket b on shard b mod shards, so nothing moves for
+// that) spread over one more shard.
+void propose_table(const config::ShardedTable& t, const config::Config& cfg,
+                   const std::string& added, std::ostream& out) {
+  const int shards = static_cast<int>(cfg.shards.size());
+  std::vector<int> owners = t.bucket_shard;
+  if (t.buckets == 0) {
+    const int n = (1024 + shards - 1) / shards * shards;
+    for (int b = 0; b < n; ++b) owners.push_back(b % shards);
+  }
+  const auto next = config::rebalance_buckets(owners, shards + 1);
+  out << "  - table: " << t.qualified_name() << "\n    column: " << t.column
+      << "\n    type: " << config::to_string(t.type)
+      << "\n    function: hash\n    buckets: " << next.size() << "\n    bucket_shards:\n";
+  for (int s = 0; s <= shards; ++s)
+    out << "      - { shard: "
+        << (s < shards ? cfg.shards[static_cast<std::size_t>(s)].name : added) << ", buckets: \""
+        << config::bucket_ranges(next, s) << "\" }\n";
+}
+
+int propose(const Args& a, std::ostream& out, std::ostream& err) {
+  const auto eq = a.add.find('=');
+  if (a.from.empty() || !a.to.empty() || eq == std::string::npos || eq == 0) {
+    usage(err);
+    return 2;
+  }
+  const std::string name = a.add.substr(0, eq), url = a.add.substr(eq + 1);
+  try {
+    const auto from = config::load_file(a.from);
+    if (from->shard_index(name) >= 0) {
+      err << "shard " << name << " is already in " << a.from << "\n";
+      return 1;
+    }
+    out << "# pgshard reshard propose: " << a.from << " plus shard " << name << "\n"
+        << "# add to shards:\n  - { name: " << name << ", primary: " << yaml_quoted(url) << " }\n"
+        << "# replace these entries of sharded_tables:\n";
+    for (const auto& t : from->sharded_tables) {
+      if (t.function == config::ShardFunction::kHash) propose_table(t, *from, name, out);
+    }
+    out << "# ring tables need no change (the new shard takes ~1/N of their keys); range,\n"
+        << "# list and directory tables keep their keys where they are until you move them.\n";
+    return 0;
+  } catch (const config::ConfigError& e) {
+    err << e.what() << "\n";
+    return 1;
+  }
+}
+
+}  // namespace
+
+int reshard_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
+  if (argc < 1) {
+    usage(err);
+    return 2;
+  }
+  const auto args = parse(argc - 1, argv + 1);
+  if (!args) {
+    usage(err);
+    return 2;
+  }
+  if (!std::strcmp(argv[0], "plan")) return plan(*args, out, err);
+  if (!std::strcmp(argv[0], "propose")) return propose(*args, out, err);
+  usage(err);
+  return 2;
+}
+
+}  // namespace pgshard::admin
