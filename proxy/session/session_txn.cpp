@@ -43,7 +43,8 @@ awaitable<void> Session::control_locally(const router::Route& route, const Reque
     else
       proto::Query{bound_text(pending_, statements_)}.write(begin);
     txn_.defer(std::move(begin), route.begin_modes);
-    proto::CommandComplete{"BEGIN"}.write(answer);
+    // (PostgreSQL's tag names the statement: START TRANSACTION is not answered BEGIN.)
+    proto::CommandComplete{route.start_transaction ? "START TRANSACTION" : "BEGIN"}.write(answer);
   } else {
     txn_.end();
     settings_.transaction_ended(route.txn == TxnControl::kCommit);
