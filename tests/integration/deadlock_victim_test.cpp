@@ -220,3 +220,35 @@ TEST_CASE("a deadlock victim cancelled in a statement on several shards rolls ba
   CHECK(total_balance() == 1202);
   CHECK(prepared_left() == 0);
 }
+
+TEST_CASE(
+    "a deadlock victim in session pooling keeps its servers, rolled back, for its next "
+    "statements",
+    "[deadlock]") {
+  // In session pooling the victim's servers are its own: rolled back, they stay with it
+  // (kept idle, not handed to others), and its session goes on on them after ROLLBACK.
+  make_accounts(12, 100);
+  const int a = account_on(0), b = account_on(1);
+  ProxyOptions o = accounts_map();
+  o.pool_mode = "session";
+  Proxy proxy(o);
+  auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
+  query(t1.get(), "begin");
+  query(t1.get(), add_to(a));
+  query(t2.get(), "begin");
+  query(t2.get(), add_to(b));
+  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
+  wait_for_lock_wait_on_s1();
+  const auto formed = steady_clock::now();
+  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  // T2, the younger, is the victim; T1 goes on at once.
+  check_at_once(victim_then_b(t2.get(), t1.get(), formed));
+  CHECK(error_code(t2.get(), "select 1") == "25P02");
+  CHECK(tag_of(t2.get(), "rollback", false) == "ROLLBACK");
+  CHECK(PQtransactionStatus(t2.get()) == PQTRANS_IDLE);
+  query(t1.get(), "commit");
+  CHECK(scalar(t2.get(), "select balance from accounts where id = " + std::to_string(a)) == "101");
+  CHECK(scalar(t2.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(total_balance() == 1202);
+  CHECK(prepared_left() == 0);
+}
