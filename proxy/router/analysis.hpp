@@ -123,6 +123,8 @@ struct Analysis {
   // BEGIN's / START TRANSACTION's own modes in the same words ("READ ONLY"): whether the
   // transaction may run on replicas (a READ ONLY one not SERIALIZABLE may).
   std::string begin_modes;
+  // It is START TRANSACTION, not BEGIN: PostgreSQL's CommandComplete tag says which.
+  bool start_transaction = false;
   // Several shards can answer by plain concatenation of their rows and summed tags; when
   // false, `merge_blocker` names what needs a real merge (ORDER BY, LIMIT, aggregates...).
   int statements = 1;  // statements in the text (a multi-statement simple Query)

@@ -22,6 +22,8 @@ void note_txn_control(const Node* st, Analysis& a) {
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_BEGIN:
     case PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START:
       a.txn = TxnControl::kBegin;
+      a.start_transaction =
+          st->transaction_stmt->kind == PG_QUERY__TRANSACTION_STMT_KIND__TRANS_STMT_START;
       transaction_mode_words(st->transaction_stmt->options, st->transaction_stmt->n_options,
                              &a.begin_modes, nullptr);
       break;

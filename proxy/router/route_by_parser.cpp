@@ -586,6 +586,7 @@ void take_session_effects(Route& r, const Analysis& a) {
   r.pins = a.pins;
   r.locks = a.locks;
   r.begin_modes = a.begin_modes;
+  r.start_transaction = a.start_transaction;
   r.prepared_statements_view = a.prepared_statements_view;
   copy_unless_both_empty(r.user_functions, a.user_functions);
   r.signal_call = a.signal_call;

@@ -143,11 +143,12 @@ struct Route {
   // Only reads a replica answers alike (Analysis::reads_only, and every function outside
   // pg_catalog it calls is in the map's read_safe_functions): it may run on a replica.
   bool read_only = false;
-  bool ddl = false;               // a schema change (on several shards: the Ddl action)
-  bool takes_snapshot = false;    // see Analysis::takes_snapshot
-  std::string transaction_modes;  // see Analysis::transaction_modes
-  std::string begin_modes;        // see Analysis::begin_modes
-  bool locks = false;             // see Analysis::locks
+  bool ddl = false;                // a schema change (on several shards: the Ddl action)
+  bool takes_snapshot = false;     // see Analysis::takes_snapshot
+  std::string transaction_modes;   // see Analysis::transaction_modes
+  std::string begin_modes;         // see Analysis::begin_modes
+  bool start_transaction = false;  // see Analysis::start_transaction
+  bool locks = false;              // see Analysis::locks
   // What it does to the session wherever it runs (take_session_effects).
   TxnControl txn = TxnControl::kNone;   // set only when the parser placed the statement
   std::string gid;                      // see Analysis::gid

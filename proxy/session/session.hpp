@@ -222,6 +222,8 @@ class Session : public std::enable_shared_from_this<Session>,
   // The part of handle_request after routing: lookups and rewrites done first, what the
   // route says of the session taken on, then its action run by its handler.
   awaitable<void> handle_routed(Request& req, router::Route& route);
+  // handle_routed's last step: the route's action run by its handler.
+  awaitable<void> run_action(const Request& req, router::Route& route);
   // The handlers of the actions that run a statement, each in its own file: Forward
   // (session_forward.cpp); FanOut, Ddl and CopyIn (session_fan_out.cpp); SplitPipeline
   // (session_extended.cpp); Answer and Refuse are answer_locally (session_answer.cpp).
@@ -548,9 +550,17 @@ class Session : public std::enable_shared_from_this<Session>,
   char request_boundary_ = protocol::msg::kSync;
   // The client's error for a wait that got no server (fails a transaction block on cancel).
   protocol::ErrorInfo pool_wait_error(const PoolWaitEnd& end);
-  // A deadlock victim's servers roll back (requests wait until they have).
+  // A deadlock victim's servers roll back and go back to the pool (requests wait until they
+  // have); the transaction stays failed until the client ends it.
   bool aborting_ = false;
   awaitable<void> roll_back_victim();
+  // The victim's transaction (its serial) whose servers a statement on several shards still
+  // used when it was cancelled: they roll back once that statement has ended.
+  std::optional<uint64_t> victim_after_statement_;
+  awaitable<void> roll_back_after_statement();
+  // The rolled-back victim's servers leave it: idle ones kept in session pooling, the rest
+  // back to the pool (one still in a transaction is discarded).
+  void hand_back_victim_servers();
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)

@@ -106,6 +106,12 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
       co_return;
     }
   }
+  co_await run_action(req, route);
+  // A deadlock victim's statement on several shards has ended: its servers roll back now.
+  if (victim_after_statement_) co_await roll_back_after_statement();
+}
+
+awaitable<void> Session::run_action(const Request& req, router::Route& route) {
   // (The action is read only now: a client's COMMIT PREPARED goes where its identifier is.)
   switch (router::action(route)) {
     case router::Action::kForward:

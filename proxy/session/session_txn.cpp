@@ -43,7 +43,8 @@ awaitable<void> Session::control_locally(const router::Route& route, const Reque
     else
       proto::Query{bound_text(pending_, statements_)}.write(begin);
     txn_.defer(std::move(begin), route.begin_modes);
-    proto::CommandComplete{"BEGIN"}.write(answer);
+    // (PostgreSQL's tag names the statement: START TRANSACTION is not answered BEGIN.)
+    proto::CommandComplete{route.start_transaction ? "START TRANSACTION" : "BEGIN"}.write(answer);
   } else {
     txn_.end();
     settings_.transaction_ended(route.txn == TxnControl::kCommit);
@@ -196,10 +197,15 @@ void Session::deadlock_victim(const txn::Victim& v) {
   else
     cancel_running([] {});
   // As PostgreSQL aborts a deadlock victim, the whole transaction fails now (the client
-  // must ROLLBACK; COMMIT answers ROLLBACK) and, for a statement on one server, every shard
-  // rolls back at once so the others proceed without waiting for the client.
+  // must ROLLBACK; COMMIT answers ROLLBACK) and every shard rolls back at once, so the others
+  // proceed without waiting for the client: after a statement on one server (or a wait for
+  // one) now, after a statement on several shards once it has ended (handle_routed).
   txn_.fail();
-  if (!relayed || aborting_) return;
+  if (!relayed) {
+    victim_after_statement_ = txn_.serial();
+    return;
+  }
+  if (aborting_) return;
   aborting_ = true;
   asio::co_spawn(
       worker_.executor(),
@@ -212,12 +218,47 @@ awaitable<void> Session::roll_back_victim() {
   while (backends_.active && backends_.active->lease && !backends_.active->done &&
          backends_.active->lease->replies.client_owed() > 0)
     co_await drained_.wait();
-  for (const auto& link : backends_.all())
+  bool lent = false;  // a statement on several shards still uses some of the servers
+  for (const auto& link : backends_.all()) {
+    lent = lent || link->borrowed;
     if (link->lease && !link->done && !link->borrowed && link->lease->replies.empty() &&
         link->lease->status != proto::txn_status::kIdle)
       co_await run_ours(link, "ROLLBACK");
+  }
+  if (lent)
+    victim_after_statement_ = txn_.serial();
+  else
+    hand_back_victim_servers();
   aborting_ = false;
   aborted_.notify_all();
+}
+
+awaitable<void> Session::roll_back_after_statement() {
+  while (aborting_) co_await aborted_.wait();
+  const auto serial = std::exchange(victim_after_statement_, std::nullopt);
+  // (A transaction ended, or another begun, since: nothing of the victim's is left here.)
+  if (!serial || *serial != txn_.serial() || !txn_.failed()) co_return;
+  aborting_ = true;
+  co_await roll_back_victim();
+}
+
+void Session::hand_back_victim_servers() {
+  // The victim holds nothing once it is rolled back, as PostgreSQL's does: its servers go
+  // back now, not at the client's ROLLBACK. Before, a transaction waiting for one of them
+  // (the pool wait of the cycle) waited its whole pool_wait though the cycle was "broken".
+  // The transaction stays failed: every statement but COMMIT and ROLLBACK gets 25P02
+  // without a server, and COMMIT or ROLLBACK ends it with nothing left to roll back. (An
+  // extended batch left open without Sync keeps its server: the client's Sync ends it.)
+  if (!txn_.failed() || phase_.batch_open()) return;
+  for (auto& link : backends_.take_participants()) {
+    if (link->done) continue;
+    const bool idle = link->lease && link->lease->status == proto::txn_status::kIdle &&
+                      link->lease->replies.empty();
+    if (idle && session_pooled())
+      backends_.keep(link);
+    else
+      release(link);  // (discarded unless idle: pool::report by the relay)
+  }
 }
 
 std::optional<std::string> Session::replace_error(std::string_view body) {

@@ -3,7 +3,9 @@
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "harness.hpp"
 #include "protocol/messages.hpp"
@@ -468,4 +470,36 @@ TEST_CASE("a SET under a pgshard.shard hint follows its client, not the server",
   query(a.get(), "/* pgshard: shard=s0 */ SET statement_timeout = '7s'");
   CHECK(scalar(b.get(), "/* pgshard: shard=s0 */ SHOW statement_timeout") == "0");
   CHECK(scalar(a.get(), "SHOW statement_timeout") == "7s");
+}
+
+TEST_CASE("START TRANSACTION is answered START TRANSACTION, as PostgreSQL answers it",
+          "[session]") {
+  // Before, pgshard answered the START TRANSACTION it holds (until the first statement
+  // picks the shard) with the tag BEGIN. Each form's tag is compared with one PostgreSQL's,
+  // over the simple and the extended protocol, and for a pinned client (its server answers).
+  auto tags = [](PGconn* c) {
+    std::vector<std::string> out;
+    for (const std::string begin : {"START TRANSACTION", "start transaction read only",
+                                    "START TRANSACTION ISOLATION LEVEL REPEATABLE READ", "BEGIN"})
+      for (const bool extended : {false, true}) {
+        PGresult* r = extended
+                          ? PQexecParams(c, begin.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0)
+                          : PQexec(c, begin.c_str());
+        out.push_back(begin + (extended ? " (extended): " : ": ") + PQcmdStatus(r) + " " +
+                      std::to_string(PQtransactionStatus(c)));
+        PQclear(r);
+        query(c, "/* pgshard: shard=s1 */ select 1");  // (the transaction reaches a shard)
+        query(c, "rollback");
+      }
+    return out;
+  };
+  auto direct = connect(Cluster::get().direct(1));
+  const auto expected = tags(direct.get());
+  CHECK(expected.front() == "START TRANSACTION: START TRANSACTION 2");
+  Proxy proxy;
+  auto c = connect(proxy.conninfo());
+  CHECK(tags(c.get()) == expected);
+  query(c.get(), "select pg_advisory_lock(7)");  // pinned: its server answers
+  CHECK(tags(c.get()) == expected);
+  query(c.get(), "select pg_advisory_unlock(7)");
 }

@@ -14,82 +14,13 @@
 #include <set>
 #include <thread>
 
+#include "accounts.hpp"
 #include "harness.hpp"
 
 using namespace harness;
+using namespace accounts;
 
 namespace {
-
-ProxyOptions accounts_map() {
-  ProxyOptions o;
-  o.sharded_tables = "  - { table: accounts, column: id, type: bigint }\n";
-  return o;
-}
-
-void make_accounts(int n, int balance) {
-  auto& cluster = Cluster::get();
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto d = connect(cluster.direct(i));
-    query(d.get(), "drop table if exists accounts");
-    query(d.get(), "create table accounts (id bigint primary key, balance bigint not null)");
-  }
-  Proxy p(accounts_map());
-  auto c = connect(p.conninfo());
-  for (int id = 1; id <= n; ++id)
-    query(c.get(), "insert into accounts (id, balance) values (" + std::to_string(id) + ", " +
-                       std::to_string(balance) + ")");
-}
-
-long long total_balance() {
-  auto& cluster = Cluster::get();
-  long long sum = 0;
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto d = connect(cluster.direct(i));
-    sum += std::stoll(scalar(d.get(), "select coalesce(sum(balance), 0) from accounts"));
-  }
-  return sum;
-}
-
-int prepared_left() {
-  auto& cluster = Cluster::get();
-  int n = 0;
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto d = connect(cluster.direct(i));
-    n += std::stoi(scalar(d.get(), "select count(*) from pg_prepared_xacts"));
-  }
-  return n;
-}
-
-// The shard holding account `id`.
-int shard_of(int id) {
-  auto& cluster = Cluster::get();
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto d = connect(cluster.direct(i));
-    if (scalar(d.get(), "select count(*) from accounts where id = " + std::to_string(id)) == "1")
-      return i;
-  }
-  return -1;
-}
-
-// The result of a statement sent with PQsendQuery, waiting up to `limit`: its SQLSTATE
-// ("" for success, "timeout" if none came).
-std::string await_result(PGconn* c, std::chrono::milliseconds limit) {
-  std::string code = "timeout";
-  const auto until = std::chrono::steady_clock::now() + limit;
-  while (std::chrono::steady_clock::now() < until) {
-    PQconsumeInput(c);
-    if (!PQisBusy(c)) {
-      code.clear();
-      while (PGresult* r = PQgetResult(c)) {
-        if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
-        PQclear(r);
-      }
-      return code;
-    }
-    std::this_thread::sleep_for(std::chrono::milliseconds(5));
-  }
-  return code;
-}
 
 // Moves `amount` from account a to b in one transaction; the SQLSTATE of the first
 // statement that failed, "ROLLBACK" when COMMIT answered ROLLBACK, "" when it committed.
@@ -549,9 +480,6 @@ TEST_CASE("a lock cycle across shards: the younger transaction gets 40P01 within
   while (shard_of(b) == shard_of(a)) ++b;
   Proxy proxy(accounts_map());
   auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
-  auto add_to = [](int id) {
-    return "update accounts set balance = balance + 1 where id = " + std::to_string(id);
-  };
   query(t1.get(), "begin");
   query(t1.get(), add_to(a));
   query(t2.get(), "begin");
@@ -600,20 +528,6 @@ TEST_CASE("a lock cycle across shards: the younger transaction gets 40P01 within
   query(t2.get(), "commit");
   CHECK(total_balance() == 1206);
 }
-
-namespace {
-
-// An account on `shard`, from 1 up, other than those in `taken`.
-int account_on(int shard, const std::set<int>& taken = {}) {
-  for (int id = 1;; ++id)
-    if (!taken.contains(id) && shard_of(id) == shard) return id;
-}
-
-std::string add_to(int id) {
-  return "update accounts set balance = balance + 1 where id = " + std::to_string(id);
-}
-
-}  // namespace
 
 TEST_CASE("a hung shard does not stop deadlock detection on the others", "[deadlock]") {
   // T3 spans s0 and s2 and waits on s2, which is frozen (a hung host: it accepts

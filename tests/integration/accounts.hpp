@@ -1,0 +1,33 @@
+// The accounts table the transaction and deadlock cases share: one bigint key sharded by
+// hash, helpers that read each shard directly, and a statement's result awaited.
+#pragma once
+
+#include <libpq-fe.h>
+
+#include <chrono>
+#include <set>
+#include <string>
+
+#include "harness.hpp"
+
+namespace accounts {
+
+// The map: accounts sharded by id (bigint, hash).
+harness::ProxyOptions accounts_map();
+// accounts(id, balance) made anew on every shard, with ids 1..n holding `balance` each.
+void make_accounts(int n, int balance);
+// The sum of every shard's balances, read directly.
+long long total_balance();
+// Prepared transactions left on the shards.
+int prepared_left();
+// The shard holding account `id` (-1: none).
+int shard_of(int id);
+// An account on `shard`, from 1 up, other than those in `taken`.
+int account_on(int shard, const std::set<int>& taken = {});
+// An UPDATE adding 1 to account `id`.
+std::string add_to(int id);
+// The result of a statement sent with PQsendQuery, waiting up to `limit`: its SQLSTATE
+// ("" for success, "timeout" if none came).
+std::string await_result(PGconn* c, std::chrono::milliseconds limit);
+
+}  // namespace accounts
