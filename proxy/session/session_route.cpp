@@ -100,8 +100,8 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
         co_await control_transaction(route, req))
       co_return;
   }
-  if (route.locks && replicas_) {
-    if (auto refusal = lock_on_replica(route)) {
+  if ((route.locks || route.side_effects) && replicas_) {
+    if (auto refusal = unsafe_on_replica(route)) {
       co_await fail(Failure::kRefused, std::move(*refusal), req.boundary);
       co_return;
     }
