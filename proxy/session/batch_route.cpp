@@ -23,7 +23,7 @@ void take_statement_kind(router::Route& into, const router::Route& other) {
 }
 
 router::Route after_extended_messages(router::Route r, const router::Route* bound,
-                                      const router::SessionHints& hints, bool txn_managed) {
+                                      const router::SessionHints& hints, TxnAt txn) {
   // A simple Query pipelined after extended messages without a Sync: PostgreSQL runs them
   // as one unit (one implicit transaction; after an error in the extended part it skips the
   // Query until a Sync), so they must reach one server together, unchanged: never a BEGIN
@@ -43,7 +43,7 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
   if (bound && (!bound_forward || bound_forward->shard != forward->shard))
     return refuse("must go to the shard of the statements before it");
   if (r.txn != router::TxnControl::kNone && r.txn != router::TxnControl::kSetTransaction &&
-      txn_managed)
+      txn == TxnAt::kManaged)
     return refuse("cannot end or start a transaction pgshard manages");
   r.txn = router::TxnControl::kNone;  // it reaches the server as sent
   if (bound) take_statement_kind(r, *bound);
@@ -106,11 +106,12 @@ router::Route route_one_bind(std::string_view batch, Statements& statements,
 
 // Where a batch goes so far, as its Binds are routed one by one.
 struct BatchSoFar {
-  router::Route route;  // where the batch goes (once `routed`)
-  bool routed = false;  // a Bind was routed
-  bool began = false;   // the batch's first statement is a BEGIN
-  // The client's transaction is its server's to run (no transaction pgshard manages, no
-  // server attached): a COMMIT or ROLLBACK after a BEGIN of the batch ends it there.
+  router::Route route;    // where the batch goes (once `routed`)
+  bool routed = false;    // a Bind was routed
+  bool began = false;     // the batch's first statement is a BEGIN
+  bool unplaced = false;  // `route` is a DEALLOCATE ALL's (drops_statements_only)
+  // No transaction of the client's is open: a COMMIT or ROLLBACK after a BEGIN of the batch
+  // ends the batch's own, where its statements run.
   bool ends_where_it_runs = false;
 };
 
@@ -124,6 +125,14 @@ bool ends_batch_transaction(const router::Route& r, const BatchSoFar& b) {
          std::holds_alternative<router::Forward>(b.route.action);
 }
 
+// DEALLOCATE ALL alone, which psycopg 3 sends ahead of its next statements after a ROLLBACK:
+// any server runs it alike (the client's statements are followed by their messages), so it
+// does not place a batch.
+bool drops_statements_only(const router::Route& r) {
+  return r.sql_prepare == router::Analysis::SqlPrepareOp::kDeallocate && r.sql_prepared.empty() &&
+         r.settings.empty() && std::holds_alternative<router::Forward>(r.action);
+}
+
 // The batch's route when one more Bind's route `r` joins it. False when they go to different
 // places.
 bool joined(BatchSoFar& b, router::Route&& r) {
@@ -134,9 +143,18 @@ bool joined(BatchSoFar& b, router::Route&& r) {
     // hold the whole transaction, writes too (its modes are not read here: the primary).
     const bool after_begin = b.routed;
     b.began = b.began || begin;
+    b.unplaced = drops_statements_only(r);
     b.route = std::move(r);
     b.routed = true;
     if (after_begin) b.route.read_only = false;
+  } else if (b.unplaced && router::runs_on_shards(r) &&
+             r.sql_prepare == router::Analysis::SqlPrepareOp::kNone) {
+    b.unplaced = false;
+    // The batch goes where the statement after it goes; the session still forgets the SQL
+    // prepared statements it keeps, as after DEALLOCATE ALL alone.
+    b.route = std::move(r);
+    b.route.sql_prepare = router::Analysis::SqlPrepareOp::kDeallocate;
+    b.route.read_only = false;
   } else if (begin || ends_batch_transaction(r, b)) {
     return true;
   } else if (!router::runs_on_shards(r) || !same_shards(r, b.route)) {
@@ -161,9 +179,9 @@ router::Route split_pipeline(const router::SessionHints& hints) {
 // A batch of several statements, or of none that runs: where all of it goes.
 router::Route route_several(std::string_view batch, Statements& statements,
                             const router::SessionHints& hints, const config::Config& cfg,
-                            router::Context ctx, bool txn_managed, bool* simple) {
+                            router::Context ctx, TxnAt txn, bool* simple) {
   BatchSoFar so_far;
-  so_far.ends_where_it_runs = !txn_managed && !ctx.attached;
+  so_far.ends_where_it_runs = txn == TxnAt::kNone;
   router::Route& route = so_far.route;
   const bool& routed = so_far.routed;
   std::string_view described;  // a statement described without being bound
@@ -182,8 +200,7 @@ router::Route route_several(std::string_view batch, Statements& statements,
           const bool after_extended = m.raw.size() != batch.size();
           auto r = router::route_query(q->sql, routed ? route.hints : hints, cfg, ctx);
           if (!after_extended || std::holds_alternative<router::Refuse>(r.action)) return r;
-          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints,
-                                         txn_managed);
+          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints, txn);
         }
         break;
       case proto::msg::kParse:
@@ -228,7 +245,7 @@ router::Route route_several(std::string_view batch, Statements& statements,
 
 router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
-                          router::Context ctx, bool txn_managed, bool* simple) {
+                          router::Context ctx, TxnAt txn, bool* simple) {
   // Batches of one statement (nearly all) are routed straight into the caller's Route.
   int binds = 0, queries = 0;
   for (const auto m : proto::frames(batch)) {
@@ -242,7 +259,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
       return router::route_query(q->sql, hints, cfg, ctx);
     }
   }
-  return route_several(batch, statements, hints, cfg, ctx, txn_managed, simple);
+  return route_several(batch, statements, hints, cfg, ctx, txn, simple);
 }
 
 bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite& rewrite) {
