@@ -147,7 +147,7 @@ bool joined(BatchSoFar& b, router::Route&& r) {
     b.route = std::move(r);
     b.routed = true;
     if (after_begin) b.route.read_only = false;
-  } else if (b.unplaced && router::runs_on_shards(r) &&
+  } else if (b.unplaced && !begin && router::runs_on_shards(r) &&
              r.sql_prepare == router::Analysis::SqlPrepareOp::kNone) {
     b.unplaced = false;
     // The batch goes where the statement after it goes; the session still forgets the SQL
