@@ -140,7 +140,8 @@ FanOut::FanOut(Client& c, ReplySink& reply, const router::Route& route,
   // READ COMMITTED sees what any new statement would: it runs on fresh servers and the
   // transaction stays open. Anything else inside a transaction waits for two-phase commit.
   auto& txn = c.transaction();
-  const auto& begin = txn.deferred_begin();
+  // (With the modes of a SET TRANSACTION pgshard held since.)
+  const std::string begin = txn.deferred_begin() + txn.modes();
   const bool fresh_read_committed = !c.backends().active && txn.deferred() && !route.write &&
                                     !route.ddl && !router::icontains(begin, "serializable") &&
                                     !router::icontains(begin, "repeatable") &&

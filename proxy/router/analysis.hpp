@@ -70,7 +70,8 @@ enum class TxnControl {
   kSavepoint,
   kRollbackTo,
   kPrepare,
-  kFinishPrepared
+  kFinishPrepared,
+  kSetTransaction,  // SET TRANSACTION <modes> (not SNAPSHOT): held while BEGIN is pgshard's
 };
 
 struct Analysis {
@@ -142,6 +143,13 @@ struct Analysis {
   // (pg_advisory_xact_lock...), LOCK TABLE. In a READ ONLY transaction it keeps the shard's
   // part of the transaction on the primary.
   bool locks = false;
+  // Runs something a hot standby does not do as its primary does, even in a READ ONLY
+  // transaction: a call of a pg_catalog function with a volatile variant (advisory locks,
+  // txid_current, pg_notify, nextval...), a DO block, CALL, LOCK TABLE, NOTIFY, LISTEN or
+  // UNLISTEN. (Functions outside pg_catalog, user_functions, are judged at routing by the
+  // map's read_safe_functions.) In a READ ONLY transaction it keeps the shard's part on the
+  // primary, or is refused on a part already on a replica.
+  bool side_effects = false;
   // Functions outside pg_catalog it calls (as written): they may change settings
   // (set_config) where pgshard cannot see, so the session checks them afterwards.
   std::vector<std::string> user_functions;

@@ -4,6 +4,8 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include <string_view>
+
 #include "proxy/router/analyzer.hpp"
 #include "proxy/router/ast.hpp"
 
@@ -16,6 +18,14 @@ using ast::walk;
 // The transaction control a statement alone is (BEGIN, COMMIT, PREPARE TRANSACTION...);
 // AND CHAIN forms are left as ordinary statements.
 void note_txn_control(const Node* st, Analysis& a) {
+  if (st && st->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT &&
+      st->variable_set_stmt->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI &&
+      st->variable_set_stmt->name &&
+      std::string_view(st->variable_set_stmt->name) == "TRANSACTION" &&
+      st->variable_set_stmt->n_args > 0) {
+    a.txn = TxnControl::kSetTransaction;  // (SET TRANSACTION SNAPSHOT is named otherwise)
+    return;
+  }
   if (!st || st->node_case != PG_QUERY__NODE__NODE_TRANSACTION_STMT || st->transaction_stmt->chain)
     return;
   switch (st->transaction_stmt->kind) {

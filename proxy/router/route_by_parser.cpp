@@ -125,7 +125,7 @@ int reference_read_shard(const config::Config& cfg, const Context& ctx) {
 // what it does to the session.
 void take_statement(Route& r, const Analysis& a, const config::Config& cfg, const Context& ctx) {
   r.write = a.write || a.ddl;
-  r.read_only = may_run_on_replica(a, cfg);
+  take_replica_safety(r, a, cfg);
   r.ddl = a.ddl;
   r.takes_snapshot = a.takes_snapshot;
   r.transaction_modes = a.transaction_modes;
@@ -560,12 +560,26 @@ Route by_parser_placed(const std::shared_ptr<const Analysis>& a, std::string_vie
 
 }  // namespace
 
-bool may_run_on_replica(const Analysis& a, const config::Config& cfg) {
+namespace {
+
+// Whether every function outside pg_catalog the statement calls is in read_safe_functions.
+bool calls_read_safe(const Analysis& a, const config::Config& cfg) {
   const auto& safe = cfg.replication.read_safe_functions;
+  return std::all_of(a.user_functions.begin(), a.user_functions.end(), [&](const auto& f) {
+    return std::find(safe.begin(), safe.end(), f) != safe.end();
+  });
+}
+
+}  // namespace
+
+bool may_run_on_replica(const Analysis& a, const config::Config& cfg) {
   return a.reads_only && !a.write && !a.ddl && !a.pins && a.settings.empty() &&
-         std::all_of(a.user_functions.begin(), a.user_functions.end(), [&](const auto& f) {
-           return std::find(safe.begin(), safe.end(), f) != safe.end();
-         });
+         calls_read_safe(a, cfg);
+}
+
+void take_replica_safety(Route& r, const Analysis& a, const config::Config& cfg) {
+  r.read_only = may_run_on_replica(a, cfg);
+  r.side_effects = a.side_effects || !calls_read_safe(a, cfg);
 }
 
 std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::Config& cfg,

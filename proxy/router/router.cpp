@@ -3,6 +3,7 @@
 // analysis (route_by_parser.cpp) places the rest. EXPLAIN (ROUTE) is answered here.
 #include "proxy/router/router.hpp"
 
+#include <algorithm>
 #include <memory>
 
 #include "protocol/codec.hpp"
@@ -87,7 +88,7 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
         return r;
       }
       detail::take_session_effects(hinted, *analysis);
-      hinted.read_only = detail::may_run_on_replica(*analysis, cfg);
+      detail::take_replica_safety(hinted, *analysis, cfg);
       hinted.names_unique_id = analysis->names_unique_id;
     }
     return hinted;
@@ -127,32 +128,45 @@ std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg
   return place_key(cfg.sharded_tables.front(), key, n).shard;
 }
 
+namespace {
+
+// Whether every statement of the text is pgshard's own SET/RESET/SHOW pgshard.*.
+bool only_ours(const Settings& a) {
+  return a.parsed && a.statements > 0 && static_cast<int>(a.commands.size()) == a.statements &&
+         !a.reset_all;
+}
+
+// pgshard answers its own statements (`a`, only_ours) itself, with the hints as they are
+// after them.
+void answer_ours(const Settings& a, const SessionHints& after, Route& r) {
+  r.reason = "pgshard setting";
+  std::string& answer = r.action.emplace<Answer>().text;
+  for (const auto& c : a.commands) {
+    if (c.action == SetAction::kShow) {
+      r.shows_read_token |= c.name == "read_token";
+      detail::answer_show(c, after, answer);
+    } else {
+      protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(answer);
+    }
+  }
+}
+
+}  // namespace
+
 Route route_query(std::string_view sql, const SessionHints& hints, const config::Config& cfg,
                   const Context& ctx) {
   Settings a = detail::settings_of(sql);
   SessionHints after = hints;
   // One named result, returned once: built in the caller's place (a Route is large).
   const auto err = detail::apply_settings(a, after, cfg);
-  const bool only_ours = !err && a.parsed && a.statements > 0 &&
-                         static_cast<int>(a.commands.size()) == a.statements && !a.reset_all;
-  Route r = err || only_ours ? Route{} : pick_or_explain(a, after, cfg, sql, ctx);
+  const bool ours = !err && only_ours(a);
+  Route r = err || ours ? Route{} : pick_or_explain(a, after, cfg, sql, ctx);
   if (err) {
     r.action = Refuse{*err};
     r.hints = hints;
     return r;
   }
-  if (only_ours) {
-    r.reason = "pgshard setting";
-    std::string& answer = r.action.emplace<Answer>().text;
-    for (const auto& c : a.commands) {
-      if (c.action == SetAction::kShow) {
-        r.shows_read_token |= c.name == "read_token";
-        detail::answer_show(c, after, answer);
-      } else {
-        protocol::CommandComplete{c.action == SetAction::kSet ? "SET" : "RESET"}.write(answer);
-      }
-    }
-  }
+  if (ours) answer_ours(a, after, r);
   r.hints = std::move(after);
   return r;
 }
@@ -187,13 +201,20 @@ Route route_extended(std::string_view sql, const SessionHints& hints, const conf
     memo->cfg = &cfg;
     known.analysis = &memo->analysis;
   }
-  Route r = err ? Route{} : pick_or_explain(a, after, cfg, sql, known);
+  // SHOW pgshard.* is answered as the simple Query's (a server does not know the name:
+  // 42704, as asyncpg's fetchval, which prepares every statement, got). A SET or RESET of
+  // them still goes on to a shard, which keeps it as a placeholder setting.
+  const bool shows = !err && only_ours(a) &&
+                     std::all_of(a.commands.begin(), a.commands.end(),
+                                 [](const auto& c) { return c.action == SetAction::kShow; });
+  Route r = err || shows ? Route{} : pick_or_explain(a, after, cfg, sql, known);
   if (err) {
     r.action = Refuse{*err};
     r.hints = hints;
-  } else {
-    r.hints = std::move(after);
+    return r;
   }
+  if (shows) answer_ours(a, after, r);
+  r.hints = std::move(after);
   return r;
 }
 

@@ -149,6 +149,9 @@ struct Route {
   std::string begin_modes;         // see Analysis::begin_modes
   bool start_transaction = false;  // see Analysis::start_transaction
   bool locks = false;              // see Analysis::locks
+  // Analysis::side_effects, or it calls a function outside pg_catalog that the map's
+  // read_safe_functions does not list.
+  bool side_effects = false;
   // What it does to the session wherever it runs (take_session_effects).
   TxnControl txn = TxnControl::kNone;   // set only when the parser placed the statement
   std::string gid;                      // see Analysis::gid

@@ -60,6 +60,8 @@ std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::
 void take_session_effects(Route& r, const Analysis& a);
 // Whether the analysed statement only reads as a replica would answer it (Route::read_only).
 bool may_run_on_replica(const Analysis& a, const config::Config& cfg);
+// Route::read_only and Route::side_effects from the analysis and the map.
+void take_replica_safety(Route& r, const Analysis& a, const config::Config& cfg);
 // The route the parser's analysis gives (no hint applies).
 Route by_parser(std::string_view sql, const config::Config& cfg, const Context& ctx);
 

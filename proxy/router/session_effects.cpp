@@ -41,6 +41,28 @@ constexpr std::string_view kVolatileFunctions[] = {
 // recovery refuses them).
 constexpr std::string_view kAssignsXid[] = {"pg_current_xact_id", "txid_current"};
 
+// pg_catalog's functions with a volatile variant that neither lock, write nor assign a
+// transaction id: a hot standby runs them in a READ ONLY transaction as its primary does
+// (clocks, random values, sleeps, the server's own recovery state). A call of any other
+// volatile one is a side effect (Analysis::side_effects). Sorted.
+constexpr std::string_view kQuietVolatile[] = {"clock_timestamp",
+                                               "gen_random_uuid",
+                                               "pg_is_in_recovery",
+                                               "pg_is_wal_replay_paused",
+                                               "pg_last_wal_receive_lsn",
+                                               "pg_last_wal_replay_lsn",
+                                               "pg_last_xact_replay_timestamp",
+                                               "pg_sleep",
+                                               "pg_sleep_for",
+                                               "pg_sleep_until",
+                                               "random",
+                                               "timeofday"};
+
+bool quiet_volatile(const PgQuery__FuncCall* f) {
+  const std::string_view name = ast::str_of(f->funcname[f->n_funcname - 1]);
+  return std::binary_search(std::begin(kQuietVolatile), std::end(kQuietVolatile), name);
+}
+
 bool volatile_builtin(const PgQuery__FuncCall* f) {
   if (f->n_funcname == 0 || !builtin_function(f)) return false;
   const std::string_view name = ast::str_of(f->funcname[f->n_funcname - 1]);
@@ -144,6 +166,13 @@ void note_session_statement(const Node* st, Analysis& a) {
     case PG_QUERY__NODE__NODE_LISTEN_STMT:
     case PG_QUERY__NODE__NODE_DO_STMT:
       a.pins = true;
+      a.side_effects = true;
+      break;
+    case PG_QUERY__NODE__NODE_CALL_STMT:
+    case PG_QUERY__NODE__NODE_NOTIFY_STMT:
+    case PG_QUERY__NODE__NODE_UNLISTEN_STMT:
+      // (A hot standby refuses NOTIFY, LISTEN and UNLISTEN; a READ ONLY primary runs them.)
+      a.side_effects = true;
       break;
     case PG_QUERY__NODE__NODE_PREPARE_STMT:
       // (One the session keeps, Analysis::sql_prepare_held, is in no server.)
@@ -154,6 +183,7 @@ void note_session_statement(const Node* st, Analysis& a) {
       break;
     case PG_QUERY__NODE__NODE_LOCK_STMT:
       a.locks = true;  // LOCK TABLE: on a replica it would exclude nobody on the primary
+      a.side_effects = true;
       break;
     default:
       break;
@@ -162,8 +192,9 @@ void note_session_statement(const Node* st, Analysis& a) {
 
 // What the relations and function calls anywhere in a statement do to the session:
 // temporary objects and session advisory locks pin it, pg_prepared_statements is read,
-// functions outside pg_catalog are called. Returns the number of set_config calls.
-int note_objects_and_calls(const Node* st, Analysis& a, bool& volatile_calls) {
+// functions outside pg_catalog are called, volatile ones are noted (`acting_calls`: those
+// that may lock or write). Returns the number of set_config calls.
+int note_objects_and_calls(const Node* st, Analysis& a, bool& volatile_calls, bool& acting_calls) {
   int set_configs = 0;
   ast::walk(&st->base, [&](const ProtobufCMessage* m) {
     if (m->descriptor == &pg_query__range_var__descriptor) {
@@ -188,7 +219,10 @@ int note_objects_and_calls(const Node* st, Analysis& a, bool& volatile_calls) {
       // Any advisory lock function (a replica's locks exclude nobody on the primary).
       if (name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_")) a.locks = true;
       if (name == "set_config") ++set_configs;
-      if (volatile_builtin(f)) volatile_calls = true;
+      if (volatile_builtin(f)) {
+        volatile_calls = true;
+        acting_calls = acting_calls || !quiet_volatile(f);
+      }
       if (!builtin_function(f)) {
         std::string called;
         for (size_t i = 0; i < f->n_funcname; ++i)
@@ -329,9 +363,11 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a) {
     const Node* st = tree->stmts[i]->stmt;
     if (!st) continue;
     note_session_statement(st, a);
-    bool volatile_calls = false;
-    int set_configs = note_objects_and_calls(st, a, volatile_calls);  // set_config anywhere
+    bool volatile_calls = false, acting_calls = false;
+    // (set_config anywhere)
+    int set_configs = note_objects_and_calls(st, a, volatile_calls, acting_calls);
     a.reads_only = a.reads_only && plain_read(st) && !volatile_calls;
+    a.side_effects = a.side_effects || acting_calls;
     // COPY FROM STDIN: no statement may follow it in the request (the server waits for
     // CopyData); a function in its WHERE clause is left unchecked.
     if (st->node_case == PG_QUERY__NODE__NODE_COPY_STMT && st->copy_stmt->is_from)

@@ -14,8 +14,16 @@ namespace sqlstate = protocol::sqlstate;
 
 namespace {
 
+// The batch's route `into` also carries `other`'s statements: it may read from a replica
+// only if both may, and it takes a lock or has side effects if either does.
+void take_statement_kind(router::Route& into, const router::Route& other) {
+  into.read_only = into.read_only && other.read_only;
+  into.locks = into.locks || other.locks;
+  into.side_effects = into.side_effects || other.side_effects;
+}
+
 router::Route after_extended_messages(router::Route r, const router::Route* bound,
-                                      const router::SessionHints& hints, bool txn_managed) {
+                                      const router::SessionHints& hints, TxnAt txn) {
   // A simple Query pipelined after extended messages without a Sync: PostgreSQL runs them
   // as one unit (one implicit transaction; after an error in the extended part it skips the
   // Query until a Sync), so they must reach one server together, unchanged: never a BEGIN
@@ -34,10 +42,11 @@ router::Route after_extended_messages(router::Route r, const router::Route* boun
   const auto* bound_forward = bound ? std::get_if<router::Forward>(&bound->action) : nullptr;
   if (bound && (!bound_forward || bound_forward->shard != forward->shard))
     return refuse("must go to the shard of the statements before it");
-  if (r.txn != router::TxnControl::kNone && txn_managed)
+  if (r.txn != router::TxnControl::kNone && r.txn != router::TxnControl::kSetTransaction &&
+      txn == TxnAt::kManaged)
     return refuse("cannot end or start a transaction pgshard manages");
   r.txn = router::TxnControl::kNone;  // it reaches the server as sent
-  r.read_only = r.read_only && (!bound || bound->read_only);
+  if (bound) take_statement_kind(r, *bound);
   return r;
 }
 
@@ -95,25 +104,64 @@ router::Route route_one_bind(std::string_view batch, Statements& statements,
   return r;
 }
 
-// The batch's route when one more Bind's route `r` joins it (`routed`: `route` holds the
-// route of a Bind before). False when they go to different places.
-bool joined(router::Route& route, bool& routed, router::Route&& r) {
+// Where a batch goes so far, as its Binds are routed one by one.
+struct BatchSoFar {
+  router::Route route;    // where the batch goes (once `routed`)
+  bool routed = false;    // a Bind was routed
+  bool began = false;     // the batch's first statement is a BEGIN
+  bool unplaced = false;  // `route` is a DEALLOCATE ALL's (drops_statements_only)
+  // No transaction of the client's is open: a COMMIT or ROLLBACK after a BEGIN of the batch
+  // ends the batch's own, where its statements run.
+  bool ends_where_it_runs = false;
+};
+
+// Whether `r`, a COMMIT or ROLLBACK, ends a transaction the batch itself began on the one
+// shard its statements go to: it goes there with them (before: it was placed on the first
+// shard, and BEGIN; a keyed statement; ROLLBACK pipelined by psycopg 3 was refused 0A000
+// unless the key was on the first shard).
+bool ends_batch_transaction(const router::Route& r, const BatchSoFar& b) {
+  return b.began && b.ends_where_it_runs && router::runs_on_shards(r) &&
+         (r.txn == router::TxnControl::kCommit || r.txn == router::TxnControl::kRollback) &&
+         std::holds_alternative<router::Forward>(b.route.action);
+}
+
+// DEALLOCATE ALL alone, which psycopg 3 sends ahead of its next statements after a ROLLBACK:
+// any server runs it alike (the client's statements are followed by their messages), so it
+// does not place a batch.
+bool drops_statements_only(const router::Route& r) {
+  return r.sql_prepare == router::Analysis::SqlPrepareOp::kDeallocate && r.sql_prepared.empty() &&
+         r.settings.empty() && std::holds_alternative<router::Forward>(r.action);
+}
+
+// The batch's route when one more Bind's route `r` joins it. False when they go to different
+// places.
+bool joined(BatchSoFar& b, router::Route&& r) {
   // A BEGIN pipelined ahead of the first statement (JDBC) goes where that goes.
   const bool begin = router::runs_on_shards(r) && r.txn == router::TxnControl::kBegin;
-  if (!routed || (route.txn == router::TxnControl::kBegin && !begin)) {
+  if (!b.routed || (b.route.txn == router::TxnControl::kBegin && !begin)) {
     // The statement after such a BEGIN opens a transaction on its server: a replica would
     // hold the whole transaction, writes too (its modes are not read here: the primary).
-    const bool after_begin = routed;
-    route = std::move(r);
-    routed = true;
-    if (after_begin) route.read_only = false;
-  } else if (begin) {
+    const bool after_begin = b.routed;
+    b.began = b.began || begin;
+    b.unplaced = drops_statements_only(r);
+    b.route = std::move(r);
+    b.routed = true;
+    if (after_begin) b.route.read_only = false;
+  } else if (b.unplaced && !begin && router::runs_on_shards(r) &&
+             r.sql_prepare == router::Analysis::SqlPrepareOp::kNone) {
+    b.unplaced = false;
+    // The batch goes where the statement after it goes; the session still forgets the SQL
+    // prepared statements it keeps, as after DEALLOCATE ALL alone.
+    b.route = std::move(r);
+    b.route.sql_prepare = router::Analysis::SqlPrepareOp::kDeallocate;
+    b.route.read_only = false;
+  } else if (begin || ends_batch_transaction(r, b)) {
     return true;
-  } else if (!router::runs_on_shards(r) || !same_shards(r, route)) {
+  } else if (!router::runs_on_shards(r) || !same_shards(r, b.route)) {
     return false;
   } else {
     // The batch may read from a replica only if every statement in it may.
-    route.read_only = route.read_only && r.read_only;
+    take_statement_kind(b.route, r);
   }
   return true;
 }
@@ -131,9 +179,11 @@ router::Route split_pipeline(const router::SessionHints& hints) {
 // A batch of several statements, or of none that runs: where all of it goes.
 router::Route route_several(std::string_view batch, Statements& statements,
                             const router::SessionHints& hints, const config::Config& cfg,
-                            router::Context ctx, bool txn_managed, bool* simple) {
-  router::Route route;
-  bool routed = false;         // a Bind was routed: `route` holds where the batch goes
+                            router::Context ctx, TxnAt txn, bool* simple) {
+  BatchSoFar so_far;
+  so_far.ends_where_it_runs = txn == TxnAt::kNone;
+  router::Route& route = so_far.route;
+  const bool& routed = so_far.routed;
   std::string_view described;  // a statement described without being bound
   std::vector<std::pair<std::string_view, std::string_view>> parsed;  // this batch's Parses
   auto text_of = [&](std::string_view name) -> std::string_view {
@@ -150,8 +200,7 @@ router::Route route_several(std::string_view batch, Statements& statements,
           const bool after_extended = m.raw.size() != batch.size();
           auto r = router::route_query(q->sql, routed ? route.hints : hints, cfg, ctx);
           if (!after_extended || std::holds_alternative<router::Refuse>(r.action)) return r;
-          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints,
-                                         txn_managed);
+          return after_extended_messages(std::move(r), routed ? &route : nullptr, hints, txn);
         }
         break;
       case proto::msg::kParse:
@@ -169,7 +218,7 @@ router::Route route_several(std::string_view batch, Statements& statements,
               router::route_extended(text_of(b->statement), routed ? route.hints : hints, cfg, ctx);
           ctx.bind = nullptr;
           ctx.param_types = nullptr;
-          if (!joined(route, routed, std::move(r))) return split_pipeline(hints);
+          if (!joined(so_far, std::move(r))) return split_pipeline(hints);
         }
         break;
       case proto::msg::kDescribe:
@@ -185,7 +234,7 @@ router::Route route_several(std::string_view batch, Statements& statements,
         break;
     }
   }
-  if (routed) return route;
+  if (routed) return std::move(route);
   // Nothing is executed (Parse/Describe/Close/Sync only): any shard that has the statement's
   // tables describes it alike.
   ctx.describe_only = true;
@@ -196,7 +245,7 @@ router::Route route_several(std::string_view batch, Statements& statements,
 
 router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
-                          router::Context ctx, bool txn_managed, bool* simple) {
+                          router::Context ctx, TxnAt txn, bool* simple) {
   // Batches of one statement (nearly all) are routed straight into the caller's Route.
   int binds = 0, queries = 0;
   for (const auto m : proto::frames(batch)) {
@@ -210,7 +259,7 @@ router::Route route_batch(std::string_view batch, Statements& statements,
       return router::route_query(q->sql, hints, cfg, ctx);
     }
   }
-  return route_several(batch, statements, hints, cfg, ctx, txn_managed, simple);
+  return route_several(batch, statements, hints, cfg, ctx, txn, simple);
 }
 
 bool rewrite_statement(std::string& batch, Statements& statements, const Rewrite& rewrite) {

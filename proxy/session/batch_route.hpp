@@ -18,12 +18,20 @@
 
 namespace pgshard::session {
 
-// `txn_managed`: the client's transaction is pgshard's to run (BEGIN deferred, or open on
-// several shards), so a Query pipelined after extended messages may not start or end one.
-// `simple` is set when the request is a simple Query.
+// Where the client's transaction stands, as routing a request needs it.
+enum class TxnAt : uint8_t {
+  kNone,     // no transaction (a server the session holds is idle)
+  kServer,   // open on the server the session holds, the client's BEGIN sent on to it
+  kManaged,  // pgshard's to run: BEGIN deferred, or open on several shards
+};
+
+// `txn`: where the client's transaction stands. A Query pipelined after extended messages
+// may not start or end one pgshard manages; a COMMIT or ROLLBACK after a BEGIN of the
+// batch goes with its statements only when there is none. `simple` is set when the request
+// is a simple Query.
 router::Route route_batch(std::string_view batch, Statements& statements,
                           const router::SessionHints& hints, const config::Config& cfg,
-                          router::Context ctx, bool txn_managed, bool* simple);
+                          router::Context ctx, TxnAt txn, bool* simple);
 
 // Rewrites the statement a request runs (generated keys or pgshard.unique_id() values put
 // in). A simple Query is rewritten in place. For the statement of the batch's last Bind

@@ -6,13 +6,22 @@
 
 namespace pgshard::session {
 
-void ReadRouting::wrote(std::span<const int> shards, std::size_t shard_count) {
+void ReadRouting::wrote(std::span<const int> shards, std::size_t shard_count, uint64_t request) {
   if (written_.size() < shard_count) written_.resize(shard_count);
   for (const int s : shards)
     if (s >= 0 && static_cast<std::size_t>(s) < written_.size()) {
-      written_[static_cast<std::size_t>(s)].in_flight = true;
-      written_[static_cast<std::size_t>(s)].unresolved = false;
+      auto& w = written_[static_cast<std::size_t>(s)];
+      if (w.request != request || !w.in_flight) w.in_flight_before = w.in_flight;
+      w.request = request;
+      // (An earlier write still unresolved stays so: this one's end, later, settles both.)
+      w.in_flight = true;
     }
+}
+
+void ReadRouting::refused(int shard, uint64_t request) {
+  if (shard < 0 || static_cast<std::size_t>(shard) >= written_.size()) return;
+  auto& w = written_[static_cast<std::size_t>(shard)];
+  if (w.in_flight && w.request == request) w.in_flight = w.in_flight_before;
 }
 
 bool ReadRouting::settle(runtime::HostHealth& hosts, int shard, bool in_flight,

@@ -34,8 +34,12 @@ class ReadRouting {
     return cfg.targets() > static_cast<int>(cfg.shards.size());
   }
 
-  // A request that may write ran (or will run) on `shards`' primaries.
-  void wrote(std::span<const int> shards, std::size_t shard_count);
+  // Request number `request` of the session may write on `shards`' primaries (it runs, or
+  // will run, there).
+  void wrote(std::span<const int> shards, std::size_t shard_count, uint64_t request);
+  // ... but `shard`'s pool refused it a server (two primaries): it wrote nothing there, and
+  // its write gives no token (before: the token showed the position of one of the two).
+  void refused(int shard, uint64_t request);
 
   struct Ask {
     int shard = 0;
@@ -69,7 +73,9 @@ class ReadRouting {
     bool in_flight = false;   // wrote; the request's end not seen yet
     bool unresolved = false;  // finished by `done_by`; no primary check since
     Clock::time_point done_by{};
-    uint64_t token = 0;  // the WAL position a replica must have replayed
+    uint64_t token = 0;             // the WAL position a replica must have replayed
+    uint64_t request = 0;           // the request that set in_flight last
+    bool in_flight_before = false;  // in_flight before that request (refused puts it back)
   };
   // Whether shard `shard`'s pending write is settled into its token (false: wait).
   bool settle(runtime::HostHealth& hosts, int shard, bool in_flight, Clock::time_point now);

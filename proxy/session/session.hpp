@@ -247,25 +247,27 @@ class Session : public std::enable_shared_from_this<Session>,
   std::optional<int> transaction_target_now(const router::Route& route, int shard);
   std::optional<int> placed_in_transaction(int shard) const;
   bool replica_transaction(const router::Route& route) const;
-  // A statement taking a lock in a READ ONLY transaction whose part on one of its shards
-  // runs on a replica: the refusal (0A000); nullopt when it may run.
-  std::optional<protocol::ErrorInfo> lock_on_replica(const router::Route& route) const;
+  // A statement taking a lock, or calling what may lock or write (Route::side_effects;
+  // not a write, which PostgreSQL refuses there itself), in a READ ONLY transaction whose
+  // part on one of its shards runs on a replica: the refusal (0A000); nullopt when it may run.
+  std::optional<protocol::ErrorInfo> unsafe_on_replica(const router::Route& route) const;
   // Attaches a server of `target` when it is a replica; one that cannot give a server
   // (down before its health check saw it) is banned and the read goes to another host of
   // the shard, the primary last. Returns where the read runs, -1 when the client was
   // answered (a cancelled or terminated wait).
   awaitable<int> reach_read_target(const router::Route& route, int target, char boundary);
   // A routed request that may write: its shards' primaries hold the session's newest writes.
-  // (Not a BEGIN, nor a statement that only changes settings, nor one in a READ ONLY
-  // transaction: they write nothing a replica shows.)
+  // (Not a BEGIN or SET TRANSACTION, nor a statement that only changes settings, nor one in
+  // a READ ONLY transaction: they write nothing a replica shows.)
   void note_writes(const router::Route& route) {
     if (!replicas_ || route.read_only || route.txn == router::TxnControl::kBegin ||
+        route.txn == router::TxnControl::kSetTransaction ||
         (txn_.state() != txn::State::kIdle &&
          txn_.read_only(settings_.value("default_transaction_read_only"),
                         route.transaction_modes)) ||
         (!route.settings.empty() && !route.write && !route.takes_snapshot))
       return;
-    reads_.wrote(router::shards_of(route), config_.shards.size());
+    reads_.wrote(router::shards_of(route), config_.shards.size(), requests_);
   }
   // pgshard.read_token: a token the client SET is taken into its own; the hint then shows
   // the session's token (SHOW pgshard.read_token answers it). settle_read_token first waits

@@ -108,9 +108,10 @@ std::optional<std::vector<std::string>> Session::pipeline_groups(bool& synced) {
   for (auto& u : units) {
     bool simple = false;
     const auto r =
-        session::route_batch(u, scratch, hints_, config_, routing_context(), false, &simple);
+        session::route_batch(u, scratch, hints_, config_, routing_context(), TxnAt::kNone, &simple);
     // Transaction control inside (JDBC's BEGIN, a COMMIT) would not mean the same.
-    if (r.txn != router::TxnControl::kNone) return std::nullopt;
+    if (r.txn != router::TxnControl::kNone && r.txn != router::TxnControl::kSetTransaction)
+      return std::nullopt;
     const auto* one = std::get_if<router::Forward>(&r.action);
     if (one && last == one->shard)
       groups.back() += u;

@@ -31,7 +31,8 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   // nothing is done when anything else is needed (handle_routed does it all).
   const auto* forward = std::get_if<router::Forward>(&route.action);
   if (!forward || route.names_unique_id || route.txn != router::TxnControl::kNone ||
-      txn_.failed() || route.signal_call || route.controls_txn || (replicas_ && route.locks))
+      txn_.failed() || route.signal_call || route.controls_txn ||
+      (replicas_ && (route.locks || route.side_effects) && txn_.state() != txn::State::kIdle))
     return false;
   int target = forward->shard;
   if (picks_host(route)) {
@@ -363,6 +364,7 @@ awaitable<Session::PoolWaitEnd> Session::wait_in_pool(int shard, bool statement)
   // A server that came at the last moment goes back unused: the statement was stopped.
   if (stopped != PoolWaiting::Stopped::kNo || !deadlock_detail_.empty()) got = std::string();
   const bool refused = std::holds_alternative<std::string>(got) && !pool.refusal().empty();
+  if (refused && replicas_) reads_.refused(shard, requests_);  // (nothing was written there)
   // (Built in the co_return: GCC 12 destroys a co_await's result in a braced initializer,
   // or a local converted by co_return, twice.)
   co_return PoolWaitEnd{std::move(got), stopped, refused};

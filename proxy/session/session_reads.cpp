@@ -42,11 +42,13 @@ std::optional<int> Session::placed_in_transaction(int shard) const {
 
 bool Session::replica_transaction(const router::Route& route) const {
   // A READ ONLY transaction that is not SERIALIZABLE runs on a hot standby as on its
-  // primary, by a client in transaction pooling that keeps no state in its server. A
-  // statement taking a lock (advisory, LOCK TABLE) keeps its shard's part on the primary, as
-  // does one on several shards while the visibility gate makes cross-shard commits visible
-  // whole on the primaries only.
-  return !pinned_ && user_->pool_mode == config::PoolMode::kTransaction && !route.locks &&
+  // primary, by a client in transaction pooling that keeps no state in its server. A first
+  // statement that a plain read's test does not show to be read-safe in what it runs (a
+  // lock, advisory or LOCK TABLE; a pg_catalog function with a volatile variant; a function
+  // outside read_safe_functions; DO, CALL, NOTIFY...) keeps its shard's part on the primary,
+  // as outside a transaction, and so does one on several shards while the visibility gate
+  // makes cross-shard commits visible whole on the primaries only.
+  return !pinned_ && user_->pool_mode == config::PoolMode::kTransaction && !route.side_effects &&
          txn_.read_only(settings_.value("default_transaction_read_only"),
                         route.transaction_modes) &&
          !txn_.serializable(settings_.value("default_transaction_isolation"),
@@ -61,19 +63,34 @@ std::optional<int> Session::transaction_target_now(const router::Route& route, i
   return chosen_read_host(shard);
 }
 
-std::optional<protocol::ErrorInfo> Session::lock_on_replica(const router::Route& route) const {
-  if (!replicas_ || !route.locks || txn_.state() == txn::State::kIdle) return std::nullopt;
+std::optional<protocol::ErrorInfo> Session::unsafe_on_replica(const router::Route& route) const {
+  // A write is left to the replica: PostgreSQL refuses it there as on a READ ONLY primary
+  // (25006). A lock, or a call that may lock or write where pgshard cannot see (a function
+  // outside read_safe_functions, DO, CALL, txid_current, NOTIFY...), would succeed on the
+  // primary and fails or means something else on a hot standby: refused, never run there.
+  if (!replicas_ || txn_.state() == txn::State::kIdle) return std::nullopt;
+  if (!route.locks && (!route.side_effects || route.write)) return std::nullopt;
   for (const int shard : router::shards_of(route)) {
     const auto placed = placed_in_transaction(shard);
     if (!placed || *placed == shard) continue;
+    const auto& name = config_.shards[static_cast<std::size_t>(shard)].name;
+    if (route.locks)
+      return proto::error(
+          sqlstate::kFeatureNotSupported,
+          "cannot take a lock in this READ ONLY transaction: its part on shard " + name +
+              " runs on a replica, whose locks exclude nobody on the primary",
+          {},
+          "take the lock in the transaction's first statement on the shard (its part then "
+          "runs on the primary), or begin the transaction READ WRITE");
     return proto::error(
         sqlstate::kFeatureNotSupported,
-        "cannot take a lock in this READ ONLY transaction: its part on shard " +
-            config_.shards[static_cast<std::size_t>(shard)].name +
-            " runs on a replica, whose locks exclude nobody on the primary",
+        "cannot run this statement in this READ ONLY transaction: its part on shard " + name +
+            " runs on a replica, and the statement calls a function (or runs DO, CALL, "
+            "NOTIFY...) that may lock or write, which a hot standby does not do as its primary",
         {},
-        "take the lock in the transaction's first statement on the shard (its part then runs "
-        "on the primary), or begin the transaction READ WRITE");
+        "run it as the transaction's first statement on the shard (its part then runs on the "
+        "primary), list a read-only function in read_safe_functions, or begin the "
+        "transaction READ WRITE");
   }
   return std::nullopt;
 }

@@ -100,8 +100,8 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
         co_await control_transaction(route, req))
       co_return;
   }
-  if (route.locks && replicas_) {
-    if (auto refusal = lock_on_replica(route)) {
+  if ((route.locks || route.side_effects) && replicas_) {
+    if (auto refusal = unsafe_on_replica(route)) {
       co_await fail(Failure::kRefused, std::move(*refusal), req.boundary);
       co_return;
     }
@@ -221,8 +221,10 @@ router::Context Session::routing_context() {
 
 router::Route Session::route_batch(bool* simple) {
   const router::Context ctx = routing_context();
-  router::Route r = session::route_batch(pending_, statements_, hints_, config_, ctx,
-                                         txn_.coordinated() || txn_.deferred(), simple);
+  const TxnAt at = txn_.coordinated() || txn_.deferred()              ? TxnAt::kManaged
+                   : transaction_status() != proto::txn_status::kIdle ? TxnAt::kServer
+                                                                      : TxnAt::kNone;
+  router::Route r = session::route_batch(pending_, statements_, hints_, config_, ctx, at, simple);
   if (router::runs_on_shards(r) && r.ddl && !temp_tables_.empty() &&
       std::any_of(r.schema_objects.begin(), r.schema_objects.end(),
                   [&](const std::string& name) { return temp_tables_.contains(name); })) {

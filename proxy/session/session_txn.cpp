@@ -45,6 +45,10 @@ awaitable<void> Session::control_locally(const router::Route& route, const Reque
     txn_.defer(std::move(begin), route.begin_modes);
     // (PostgreSQL's tag names the statement: START TRANSACTION is not answered BEGIN.)
     proto::CommandComplete{route.start_transaction ? "START TRANSACTION" : "BEGIN"}.write(answer);
+  } else if (route.txn == TxnControl::kSetTransaction) {
+    // Its modes (taken by adopt) go with the deferred BEGIN: every shard opens the
+    // transaction with them, and a READ ONLY one picks its hosts as BEGIN READ ONLY's would.
+    proto::CommandComplete{"SET"}.write(answer);
   } else {
     txn_.end();
     settings_.transaction_ended(route.txn == TxnControl::kCommit);
@@ -70,11 +74,12 @@ awaitable<bool> Session::control_transaction(const router::Route& route, const R
   // BEGIN waits for the statement that picks the shard (transaction pooling would
   // otherwise pin the transaction to whatever shard BEGIN happened to reach); COMMIT or
   // ROLLBACK of a transaction no shard has seen is answered here too.
+  // SET TRANSACTION before the first statement is held with the deferred BEGIN.
   const bool local =
       !backends_.active && req.lone &&
       (route.txn == TxnControl::kBegin
            ? txn_.state() == txn::State::kIdle && transaction_status() == proto::txn_status::kIdle
-           : ends && txn_.deferred());
+           : (ends || route.txn == TxnControl::kSetTransaction) && txn_.deferred());
   if (local) {
     co_await control_locally(route, req);
     co_return true;

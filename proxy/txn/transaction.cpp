@@ -98,6 +98,10 @@ std::string Transaction::take_deferred() {
   if (auto d = protocol::decode_frame(begin); d.status == protocol::DecodeStatus::kFrame)
     if (auto q = protocol::Query::parse(d.frame.body)) begin_sql = std::string(q->sql);
   on(Event::kBeginSent);
+  if (!modes_.empty()) {
+    begin.clear();
+    protocol::Query{joining_begin()}.write(begin);
+  }
   return begin;
 }
 

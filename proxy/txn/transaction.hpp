@@ -56,7 +56,8 @@ class Transaction {
   void defer(std::string begin, std::string modes = {});
   const std::string& deferred_begin() const { return deferred_; }
   // The deferred BEGIN, for the shard that runs the first statement (begin_sql remembers
-  // it for shards that join later).
+  // it for shards that join later), with the modes of a SET TRANSACTION pgshard held
+  // meanwhile (add_modes): the transaction opens everywhere as if BEGIN had named them.
   std::string take_deferred();
   // The ReadyForQuery status of the active server after a client request.
   void server_ready(char status);
@@ -112,6 +113,7 @@ class Transaction {
   std::string begin_sql = "BEGIN";  // how the transaction began, for shards that join
   // SET TRANSACTION in the transaction: its modes, which shards that join later take too.
   void add_modes(const std::string& modes) { modes_ += " " + modes; }
+  const std::string& modes() const { return modes_; }
   // What a shard joining the transaction runs: BEGIN as the client's, with its modes.
   std::string joining_begin() const {
     if (modes_.empty()) return begin_sql;

@@ -495,6 +495,48 @@ def psycopg3_pipeline_suite():
         check(all(c.fetchone() is None for c in curs), "psycopg3: pipelined prepared reads")
 
 
+def pipelined_transaction_suite():
+    """BEGIN, a keyed statement and ROLLBACK (or COMMIT) in one psycopg 3 pipeline go to the
+    key's shard (before: 0A000 unless the key was on the first shard); asyncpg's fetchval of
+    SHOW pgshard.* (a prepared statement) is answered as the simple query is (before: 42704)."""
+    import psycopg
+    import asyncpg
+
+    with psycopg.connect(DSN, autocommit=True) as conn:
+        conn.execute("delete from users where id between 1270 and 1281")
+        for k in range(1270, 1282):
+            conn.execute("insert into users (id, name) values (%s, 'before')", (k,))
+        for end, name in (("ROLLBACK", "rolled back"), ("COMMIT", "committed")):
+            for k in range(1270, 1282):
+                try:
+                    with conn.pipeline():
+                        conn.execute("BEGIN")
+                        cur = conn.execute("update users set name = %s where id = %s returning id",
+                                           (name, k))
+                        conn.execute(end)
+                    check(cur.fetchone() == (k,), f"psycopg3: pipelined BEGIN..{end} of user {k}")
+                except psycopg.Error as e:
+                    check(False, f"psycopg3: pipelined BEGIN..{end} of user {k}: {e}")
+        names = conn.execute("select distinct name from users where id between 1270 and 1281"
+                             ).fetchall()
+        check(names == [("committed",)], f"psycopg3: pipelined transactions left {names}")
+        conn.execute("delete from users where id between 1270 and 1281")
+
+    async def show_prepared():
+        c = await asyncpg.connect(host=HOST, port=PORT, user="app", password="secret",
+                                  database="app")
+        try:
+            await c.execute("SET pgshard.sharding_key = '1270'")
+            got = await c.fetchval("SHOW pgshard.sharding_key")
+            check(got == "1270", f"asyncpg: fetchval of SHOW pgshard.sharding_key gave {got!r}")
+        except asyncpg.PostgresError as e:
+            check(False, f"asyncpg: fetchval of SHOW pgshard.sharding_key: {e}")
+        finally:
+            await c.close()
+
+    asyncio.run(show_prepared())
+
+
 def generated_keys_suite():
     """Inserts that leave the serial key to the database through named prepared statements:
     psycopg 3 prepares from the first run here, asyncpg always does. Each row reads back by
@@ -859,6 +901,7 @@ def main():
     signal_suite()
     pinned_session_end_suite()
     psycopg3_pipeline_suite()
+    pipelined_transaction_suite()
     generated_keys_suite()
     sqlalchemy_suite()
     insert_select_suite()

@@ -10,48 +10,11 @@
 #include <set>
 #include <thread>
 
+#include "failover_support.hpp"
 #include "harness.hpp"
+#include "replicas_support.hpp"
 
 using namespace harness;
-
-namespace {
-
-// A proxy whose shard 0 has `replica_port` as its replica, its hosts checked every 100 ms.
-ProxyOptions with_replica(int replica_port, const std::string& replication) {
-  ProxyOptions o;
-  o.users =
-      "  - { name: app, password: secret, pool_mode: transaction }\n"
-      "  - { name: admin, password: adminpw }\n";
-  o.shard_extra = {"replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(replica_port) +
-                   "/app\"]"};
-  o.extra_top =
-      "admin: { users: [admin] }\nhealth: { interval: 100ms, timeout: 1s, ban_time: 1s }\n" +
-      replication;
-  return o;
-}
-
-// SHOW REPLICAS as maps from column name to value, one per row.
-std::vector<std::map<std::string, std::string>> replicas(const Proxy& p) {
-  auto c = connect(p.conninfo("dbname=pgshard", "admin", "adminpw"));
-  PGresult* r = PQexec(c.get(), "SHOW REPLICAS");
-  std::vector<std::map<std::string, std::string>> rows;
-  if (PQresultStatus(r) == PGRES_TUPLES_OK)
-    for (int i = 0; i < PQntuples(r); ++i) {
-      std::map<std::string, std::string> row;
-      for (int j = 0; j < PQnfields(r); ++j)
-        row[PQfname(r, j)] = PQgetisnull(r, i, j) ? "NULL" : PQgetvalue(r, i, j);
-      rows.push_back(std::move(row));
-    }
-  PQclear(r);
-  return rows;
-}
-
-std::string replica_state(const Proxy& p) {
-  auto rows = replicas(p);
-  return rows.size() == 1 ? rows[0]["state"] : "rows: " + std::to_string(rows.size());
-}
-
-}  // namespace
 
 TEST_CASE("hosts: the primary and its replica are checked and shown with their roles",
           "[replicas]") {
@@ -133,35 +96,6 @@ TEST_CASE("hosts: a replica that stops answering is down and banned, and up once
   CHECK(replica_state(proxy) == "up");
 }
 
-namespace {
-
-// The port the statement `sql` (which selects inet_server_port() first) ran on.
-int ran_on(PGconn* c, const std::string& sql) {
-  return std::stoi(query(c, sql).at(0).at(0));
-}
-
-// A proxy reading from shard 0's replica, and users in transaction and session pooling.
-ProxyOptions reading_replica(int replica_port, const std::string& consistency) {
-  ProxyOptions o =
-      with_replica(replica_port, "read_from: replicas\nread_consistency: " + consistency +
-                                     "\nread_your_writes: { wait: 20ms }\n");
-  o.users =
-      "  - { name: app, password: secret, pool_mode: transaction }\n"
-      "  - { name: keeper, password: secret, pool_mode: session }\n"
-      "  - { name: admin, password: adminpw }\n";
-  return o;
-}
-
-// Table `name` (id, v) on shard 0's primary with the row (1, 0), made afresh.
-void one_row_table(Cluster& cluster, const std::string& name) {
-  auto direct = connect(cluster.direct(0));
-  query(direct.get(), "DROP TABLE IF EXISTS " + name);
-  query(direct.get(), "CREATE TABLE " + name + " (id int PRIMARY KEY, v int)");
-  query(direct.get(), "INSERT INTO " + name + " VALUES (1, 0)");
-}
-
-}  // namespace
-
 TEST_CASE("reads: plain reads go to the replica, anything that may write or lock to the primary",
           "[replicas]") {
   auto& cluster = Cluster::get();
@@ -197,37 +131,6 @@ TEST_CASE("reads: plain reads go to the replica, anything that may write or lock
   CHECK(std::stoi(replicas(proxy).at(0)["reads"]) >= 4);
 }
 
-namespace {
-
-// Ten times: a write of row 1 of `table` (one_row_table) on shard 0, then its read (in a
-// transaction `begin` opens, if any) through a proxy reading the replica `replica`; how
-// many reads did not see the write.
-int stale_reads(int replica, const std::string& table, const std::string& consistency,
-                const std::string& begin) {
-  const std::string write = "/* pgshard: shard=s0 */ UPDATE " + table + " SET v = ";
-  const std::string read = "/* pgshard: shard=s0 */ SELECT v FROM " + table + " WHERE id = 1";
-  Proxy proxy(reading_replica(replica, consistency));
-  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-  REQUIRE(wait_until(
-      [&] {
-        auto c = connect(proxy.conninfo());
-        return PQstatus(c.get()) == CONNECTION_OK &&
-               error_code(c.get(), read) == "";  // the table has reached the replica
-      },
-      std::chrono::seconds(10)));
-  auto c = connect(proxy.conninfo());
-  int stale = 0;
-  for (int i = 1; i <= 10; ++i) {
-    query(c.get(), write + std::to_string(i) + " WHERE id = 1");
-    if (!begin.empty()) query(c.get(), begin);
-    stale += scalar(c.get(), read) != std::to_string(i);
-    if (!begin.empty()) query(c.get(), "COMMIT");
-  }
-  return stale;
-}
-
-}  // namespace
-
 TEST_CASE("reads: read-your-writes on a replica 400 ms behind; eventual reads go back in time",
           "[replicas]") {
   auto& cluster = Cluster::get();
@@ -235,6 +138,39 @@ TEST_CASE("reads: read-your-writes on a replica 400 ms behind; eventual reads go
   one_row_table(cluster, "ryw_probe");
   CHECK(stale_reads(replica, "ryw_probe", "session", "") == 0);
   CHECK(stale_reads(replica, "ryw_probe", "eventual", "") > 0);  // (so the session case could fail)
+}
+
+TEST_CASE("reads: SHOW pgshard.read_token prepared (asyncpg's fetchval) answers as a Query",
+          "[replicas]") {
+  // Attacker: the named statement (Parse, Describe, then Bind, Execute) went to a shard,
+  // which answered 42704 (unrecognized configuration parameter).
+  Proxy proxy(reading_replica(Cluster::get().replica(0), "session"));
+  auto c = connect(proxy.conninfo());
+  // (A statement that may write: txid_current assigns a transaction id.)
+  CHECK(scalar(c.get(), "/* pgshard: shard=s0 */ SELECT txid_current() > 0") == "t");
+  const std::string token = scalar(c.get(), "SHOW pgshard.read_token");
+  CHECK(token.rfind("s0:", 0) == 0);
+  PGresult* r = PQprepare(c.get(), "token", "SHOW pgshard.read_token", 0, nullptr);
+  CHECK(PQresultStatus(r) == PGRES_COMMAND_OK);
+  PQclear(r);
+  r = PQdescribePrepared(c.get(), "token");
+  REQUIRE(PQresultStatus(r) == PGRES_COMMAND_OK);
+  CHECK(PQnfields(r) == 1);
+  CHECK(std::string(PQfname(r, 0)) == "pgshard.read_token");
+  PQclear(r);
+  for (int i = 0; i < 2; ++i) {
+    r = PQexecPrepared(c.get(), "token", 0, nullptr, nullptr, nullptr, 0);
+    INFO(PQresultErrorMessage(r));
+    REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+    CHECK(std::string(PQgetvalue(r, 0, 0)) == token);
+    PQclear(r);
+  }
+  // The unnamed statement too, and the other pgshard settings.
+  query(c.get(), "SET pgshard.sharding_key = '5'");
+  r = PQexecParams(c.get(), "SHOW pgshard.sharding_key", 0, nullptr, nullptr, nullptr, nullptr, 0);
+  REQUIRE(PQresultStatus(r) == PGRES_TUPLES_OK);
+  CHECK(std::string(PQgetvalue(r, 0, 0)) == "5");
+  PQclear(r);
 }
 
 TEST_CASE("reads: a read token carries a write to another connection", "[replicas]") {
@@ -273,38 +209,6 @@ TEST_CASE("reads: a read token carries a write to another connection", "[replica
   auto c = connect(proxy.conninfo());
   CHECK(error_code(c.get(), "SET pgshard.read_token = 'nonsense'") == "22023");
 }
-
-namespace {
-
-// Table `name` (id bigint) on every shard, shard i holding ids 1..i+2.
-void fan_table(Cluster& cluster, const std::string& name) {
-  for (int i = 0; i < cluster.size(); ++i) {
-    auto direct = connect(cluster.direct(i));
-    query(direct.get(), "DROP TABLE IF EXISTS " + name);
-    query(direct.get(), "CREATE TABLE " + name + " (id bigint PRIMARY KEY)");
-    query(direct.get(), "INSERT INTO " + name + " SELECT g FROM generate_series(1, " +
-                            std::to_string(i + 2) + ") g");
-  }
-}
-
-// Shards 0 and 1 read from replicas r0 and r1 (eventual), `table` sharded by id; started
-// once both replicas are up.
-ProxyOptions two_replicas(int r0, int r1, const std::string& table, const std::string& extra) {
-  ProxyOptions o = reading_replica(r0, "eventual");
-  o.sharded_tables = "  - { table: " + table + ", column: id, type: bigint }\n";
-  o.shard_extra = {
-      "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r0) + "/app\"]",
-      "replicas: [\"postgres://app:secret@127.0.0.1:" + std::to_string(r1) + "/app\"]"};
-  o.extra_top += extra;
-  return o;
-}
-
-bool both_replicas_up(const Proxy& proxy) {
-  auto rows = replicas(proxy);
-  return rows.size() == 2 && rows[0]["state"] == "up" && rows[1]["state"] == "up";
-}
-
-}  // namespace
 
 TEST_CASE("reads: a multi-shard read uses each shard's replica only without atomic visibility",
           "[replicas]") {
@@ -461,6 +365,16 @@ class ForeignCluster {
   }
   int replica() const { return replica_; }
   int primary() const { return primary_; }
+  // A copy of the primary started as a primary of its own: two hosts out of recovery on
+  // one timeline (a split brain).
+  int copy() {
+    const int port = free_port();
+    std::string out;
+    REQUIRE(
+        run(script_ + " copy " + dir_ + " " + std::to_string(primary_) + " " + std::to_string(port),
+            &out) == 0);
+    return port;
+  }
   // A copy of the primary in recovery with nothing to stream from (after `setup` ran there).
   int orphan(const std::string& setup) {
     auto c = connect("host=127.0.0.1 port=" + std::to_string(primary_) +
@@ -597,6 +511,34 @@ TEST_CASE("pgshard check --live reports replicas that are not replicas of their 
     auto direct = connect(cluster.direct(i));
     query(direct.get(), "DROP TABLE replica_check");
   }
+}
+
+TEST_CASE("reads: a write refused for two primaries gives the session no read token",
+          "[replicas]") {
+  // Attacker: while two hosts of s0 were out of recovery on one timeline, a write refused
+  // with 08006 still gave the session a token for s0 (the WAL position of one of the two).
+  ForeignCluster split;
+  const int copy = split.copy();
+  ProxyOptions o =
+      failover_map("[" + host_quoted_url(split.primary()) + ", " + host_quoted_url(copy) + "]");
+  o.extra_top += "read_from: replicas\n";
+  Proxy proxy(o);
+  REQUIRE(wait_until(
+      [&] {
+        return host_column(proxy, split.primary(), "writes") == "refused" &&
+               host_column(proxy, copy, "writes") == "refused";
+      },
+      std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  const std::string write = "SELECT txid_current() > 0";
+  CHECK(error_code(c.get(), "/* pgshard: shard=s0 */ " + write) == "08006");
+  CHECK(scalar(c.get(), "SHOW pgshard.read_token") == "");
+  // A write on another shard gives a token for that shard only.
+  CHECK(scalar(c.get(), "/* pgshard: shard=s1 */ " + write) == "t");
+  const std::string token = scalar(c.get(), "SHOW pgshard.read_token");
+  INFO(token);
+  CHECK(token.rfind("s1:", 0) == 0);
+  CHECK(token.find("s0:") == std::string::npos);
 }
 
 TEST_CASE(
@@ -790,272 +732,4 @@ TEST_CASE("reads: a read token carries writes on three shards to another pgshard
     }
   }
   CHECK(untokened_stale > 0);  // (without the token the replicas are behind)
-}
-
-namespace {
-
-// Where the statements of one transaction ran: "port:in_recovery" for each of `sqls` run
-// after `begin` (each selects inet_server_port(), pg_is_in_recovery()), then COMMIT, which
-// must answer COMMIT.
-std::vector<std::string> hosts_in_transaction(PGconn* c, const std::string& begin, int statements) {
-  query(c, begin);
-  if (PQtransactionStatus(c) != PQTRANS_INTRANS) return {"not in a transaction"};
-  std::vector<std::string> hosts;
-  for (int i = 0; i < statements; ++i) {
-    auto row = query(c, "SELECT inet_server_port(), pg_is_in_recovery()").at(0);
-    hosts.push_back(row.at(0) + ":" + row.at(1));
-  }
-  PGresult* r = PQexec(c, "COMMIT");
-  CHECK(std::string(PQcmdStatus(r)) == "COMMIT");
-  PQclear(r);
-  return hosts;
-}
-
-int replica_reads(const Proxy& p) {
-  return std::stoi(replicas(p).at(0)["reads"]);
-}
-
-}  // namespace
-
-TEST_CASE("read-only transactions: each spelling runs on the replica; SERIALIZABLE on the primary",
-          "[replicas]") {
-  // Before: every statement of a transaction block went to the primary, READ ONLY or not.
-  auto& cluster = Cluster::get();
-  const int replica = cluster.replica(0);
-  const std::string on_replica = std::to_string(replica) + ":t";
-  const std::string on_primary = std::to_string(cluster.port(0)) + ":f";
-  // (eventual: a COMMIT of a READ WRITE transaction below would send the next reads to the
-  // primary until a check reports its position; read-your-writes has a case of its own.)
-  Proxy proxy(reading_replica(replica, "eventual"));
-  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-  auto c = connect(proxy.conninfo());
-  const std::vector<std::string> both_replica{on_replica, on_replica};
-  const std::vector<std::string> both_primary{on_primary, on_primary};
-  int reads = replica_reads(proxy);
-  for (const std::string begin :
-       {"BEGIN READ ONLY", "START TRANSACTION READ ONLY",
-        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY", "BEGIN TRANSACTION READ ONLY"}) {
-    INFO(begin);
-    CHECK(hosts_in_transaction(c.get(), begin, 2) == both_replica);
-    // The host's counter: one read chosen per transaction (its first statement).
-    CHECK(replica_reads(proxy) == ++reads);
-  }
-  // SET TRANSACTION before the transaction's first statement.
-  query(c.get(), "BEGIN");
-  CHECK(hosts_in_transaction(c.get(), "SET TRANSACTION READ ONLY", 2) == both_replica);
-  query(c.get(), "BEGIN");
-  CHECK(hosts_in_transaction(c.get(), "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
-                             1) == std::vector<std::string>{on_primary});
-  // The session's default for its later transactions, either spelling.
-  query(c.get(), "SET default_transaction_read_only = on");
-  CHECK(hosts_in_transaction(c.get(), "BEGIN", 2) == both_replica);
-  CHECK(hosts_in_transaction(c.get(), "BEGIN READ WRITE", 2) == both_primary);
-  query(c.get(), "RESET default_transaction_read_only");
-  CHECK(hosts_in_transaction(c.get(), "BEGIN", 2) == both_primary);
-  query(c.get(), "SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY");
-  CHECK(hosts_in_transaction(c.get(), "BEGIN", 2) == both_replica);
-  query(c.get(), "SET SESSION CHARACTERISTICS AS TRANSACTION READ WRITE");
-  // SERIALIZABLE: a hot standby refuses it, the primary answers.
-  CHECK(hosts_in_transaction(c.get(), "BEGIN ISOLATION LEVEL SERIALIZABLE READ ONLY", 2) ==
-        both_primary);
-  query(c.get(), "SET default_transaction_isolation = 'serializable'");
-  CHECK(hosts_in_transaction(c.get(), "BEGIN READ ONLY", 1) ==
-        std::vector<std::string>{on_primary});
-  query(c.get(), "RESET default_transaction_isolation");
-  // Session pooling keeps the client's server: the primary.
-  auto keeper = connect(proxy.conninfo("", "keeper"));
-  CHECK(hosts_in_transaction(keeper.get(), "BEGIN READ ONLY", 1) ==
-        std::vector<std::string>{on_primary});
-}
-
-TEST_CASE("read-only transactions: writes answer 25006, locks keep the primary or are refused",
-          "[replicas]") {
-  auto& cluster = Cluster::get();
-  const int replica = cluster.replica(0);
-  const std::string on_replica = std::to_string(replica) + ":t";
-  const std::string on_primary = std::to_string(cluster.port(0)) + ":f";
-  one_row_table(cluster, "ro_write_probe");
-  Proxy proxy(reading_replica(replica, "eventual"));
-  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-  auto c = connect(proxy.conninfo());
-  const std::string read = "/* pgshard: shard=s0 */ SELECT count(*) FROM ro_write_probe";
-  REQUIRE(wait_until(  // (until the replica has replayed the row)
-      [&] { return error_code(c.get(), read).empty() && scalar(c.get(), read) == "1"; },
-      std::chrono::seconds(10)));
-  // A write: PostgreSQL's own 25006 (from the replica, as the primary would answer it).
-  query(c.get(), "BEGIN READ ONLY");
-  CHECK(query(c.get(), "SELECT inet_server_port(), pg_is_in_recovery()").at(0).at(1) == "t");
-  CHECK(error_code(c.get(), "/* pgshard: shard=s0 */ INSERT INTO ro_write_probe VALUES (2, 0)") ==
-        "25006");
-  query(c.get(), "ROLLBACK");
-  query(c.get(), "BEGIN READ ONLY");
-  CHECK(error_code(c.get(), "/* pgshard: shard=s0 */ UPDATE ro_write_probe SET v = 1") == "25006");
-  query(c.get(), "ROLLBACK");
-  CHECK(scalar(c.get(), "/* pgshard: shard=s0 */ SELECT sum(v) FROM ro_write_probe") == "0");
-  // An advisory lock in the transaction's first statement: its part stays on the primary.
-  query(c.get(), "BEGIN READ ONLY");
-  auto row = query(c.get(), "SELECT inet_server_port(), pg_advisory_xact_lock(77)").at(0);
-  CHECK(row.at(0) == std::to_string(cluster.port(0)));
-  CHECK(hosts_in_transaction(c.get(), "SELECT 1", 1) == std::vector<std::string>{on_primary});
-  // ... and later, on a replica: refused (its lock would exclude nobody on the primary).
-  query(c.get(), "BEGIN READ ONLY");
-  CHECK(query(c.get(), "SELECT inet_server_port(), pg_is_in_recovery()").at(0).at(1) == "t");
-  std::string message;
-  CHECK(error_code(c.get(), "SELECT pg_advisory_xact_lock(77)", &message) == "0A000");
-  CHECK(message.find("runs on a replica") != std::string::npos);
-  CHECK(error_code(c.get(), "SELECT 1") == "25P02");  // the transaction failed, as on an ERROR
-  query(c.get(), "ROLLBACK");
-  CHECK(hosts_in_transaction(c.get(), "BEGIN READ ONLY", 1) ==
-        std::vector<std::string>{on_replica});
-  auto direct = connect(cluster.direct(0));
-  query(direct.get(), "DROP TABLE ro_write_probe");
-}
-
-TEST_CASE("read-only transactions: read-your-writes, never stale under read_consistency: session",
-          "[replicas]") {
-  auto& cluster = Cluster::get();
-  const int replica = cluster.replica(0, 400);
-  one_row_table(cluster, "ro_ryw_probe");
-  CHECK(stale_reads(replica, "ro_ryw_probe", "session", "BEGIN READ ONLY") == 0);
-  // (The transactions did read the replica.)
-  CHECK(stale_reads(replica, "ro_ryw_probe", "eventual", "BEGIN READ ONLY") > 0);
-}
-
-TEST_CASE("read-only transactions: several shards each on a replica, committed without 2PC",
-          "[replicas]") {
-  auto& cluster = Cluster::get();
-  const int r0 = cluster.replica(0), r1 = cluster.replica(1);
-  fan_table(cluster, "ro_fan_probe");
-  auto run = [&](const std::string& visibility, std::vector<std::string>& hosts) {
-    Proxy proxy(two_replicas(r0, r1, "ro_fan_probe", visibility));
-    REQUIRE(wait_until([&] { return both_replicas_up(proxy); }, std::chrono::seconds(15)));
-    for (const int i : {0, 1}) {  // (until the replicas have replayed the rows)
-      auto direct = connect("host=127.0.0.1 port=" + std::to_string(i == 0 ? r0 : r1) +
-                            " user=app password=secret dbname=app");
-      const std::string count = "SELECT count(*) FROM ro_fan_probe";
-      REQUIRE(wait_until(
-          [&] {
-            return error_code(direct.get(), count).empty() &&
-                   scalar(direct.get(), count) == std::to_string(i + 2);
-          },
-          std::chrono::seconds(10)));
-    }
-    auto c = connect(proxy.conninfo());
-    hosts.clear();
-    query(c.get(), "BEGIN READ ONLY");
-    const std::string port = "SELECT inet_server_port()";
-    hosts.push_back(scalar(c.get(), "/* pgshard: shard=s0 */ " + port));
-    hosts.push_back(scalar(c.get(), "/* pgshard: shard=s1 */ " + port));
-    hosts.push_back(scalar(c.get(), "/* pgshard: shard=s0 */ " + port));
-    CHECK(scalar(c.get(), "SELECT count(*) FROM ro_fan_probe") == "9");  // both shards
-    CHECK(error_code(c.get(), "COMMIT").empty());
-    // Nothing was left prepared anywhere, and the session goes on.
-    for (int i = 0; i < cluster.size(); ++i) {
-      auto direct = connect(cluster.direct(i));
-      CHECK(scalar(direct.get(), "SELECT count(*) FROM pg_prepared_xacts") == "0");
-    }
-    CHECK(scalar(c.get(), "SELECT count(*) FROM ro_fan_probe") == "9");
-  };
-  std::vector<std::string> hosts;
-  run("atomic_visibility: false\n", hosts);
-  CHECK(hosts ==
-        std::vector<std::string>{std::to_string(r0), std::to_string(r1), std::to_string(r0)});
-  // With the visibility gate a multi-shard statement reads the primaries; single-shard ones
-  // still go to each shard's replica.
-  run("", hosts);
-  CHECK(hosts ==
-        std::vector<std::string>{std::to_string(r0), std::to_string(r1), std::to_string(r0)});
-}
-
-TEST_CASE("reads: a BEGIN pipelined ahead of a read opens its transaction on the primary",
-          "[replicas]") {
-  // Before: the batch (BEGIN, SELECT, Sync: JDBC sends it so) was routed as the read alone
-  // and went to the replica, holding the read-write transaction there: its writes got 25006.
-  auto& cluster = Cluster::get();
-  const int replica = cluster.replica(0);
-  one_row_table(cluster, "pipelined_begin_probe");
-  Proxy proxy(reading_replica(replica, "eventual"));
-  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-  auto c = connect(proxy.conninfo());
-  REQUIRE(PQenterPipelineMode(c.get()) == 1);
-  REQUIRE(PQsendQueryParams(c.get(), "BEGIN", 0, nullptr, nullptr, nullptr, nullptr, 0) == 1);
-  REQUIRE(PQsendQueryParams(c.get(), "SELECT inet_server_port()", 0, nullptr, nullptr, nullptr,
-                            nullptr, 0) == 1);
-  REQUIRE(PQpipelineSync(c.get()) == 1);
-  std::string port;
-  for (int results = 0; results < 3;) {
-    PGresult* r = PQgetResult(c.get());
-    if (!r) continue;  // (between one query's results and the next)
-    if (PQresultStatus(r) == PGRES_TUPLES_OK) port = PQgetvalue(r, 0, 0);
-    if (PQresultStatus(r) == PGRES_FATAL_ERROR) FAIL(PQresultErrorMessage(r));
-    ++results;
-    PQclear(r);
-  }
-  REQUIRE(PQexitPipelineMode(c.get()) == 1);
-  CHECK(port == std::to_string(cluster.port(0)));
-  CHECK(error_code(c.get(), "/* pgshard: shard=s0 */ UPDATE pipelined_begin_probe SET v = 1") ==
-        "");
-  query(c.get(), "COMMIT");
-  auto direct = connect(cluster.direct(0));
-  query(direct.get(), "DROP TABLE pipelined_begin_probe");
-}
-
-TEST_CASE("reads: a READ ONLY transaction's errors name shards, and START TRANSACTION spreads",
-          "[replicas]") {
-  // Attacker (READ ONLY, savepoints): the 0A000 for a statement on another shard named a
-  // replica's target as a shard, reading past the shard list (garbage in the message).
-  // START TRANSACTION then a statement on several shards: 08006 "could not open the
-  // transaction" (the joining shard answered START TRANSACTION, pgshard expected BEGIN).
-  auto& cluster = Cluster::get();
-  const int replica = cluster.replica(0);
-  fan_table(cluster, "st_fan");
-  ProxyOptions o = reading_replica(replica, "eventual");
-  o.sharded_tables = "  - { table: st_fan, column: id, type: bigint }\n";
-  Proxy proxy(o);
-  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
-  auto c = connect(proxy.conninfo());
-  query(c.get(), "BEGIN READ ONLY");
-  query(c.get(), "/* pgshard: shard=s1 */ SELECT 1");
-  query(c.get(), "SAVEPOINT a");
-  std::string message;
-  CHECK(error_code(c.get(), "/* pgshard: shard=s0 */ SELECT 1", &message) == "0A000");
-  CHECK(message.find("this transaction has savepoints on shard s1 and the statement needs "
-                     "shard s0") != std::string::npos);
-  query(c.get(), "ROLLBACK");
-  for (const std::string begin : {"START TRANSACTION", "START TRANSACTION READ ONLY",
-                                  "START TRANSACTION ISOLATION LEVEL REPEATABLE READ"}) {
-    INFO(begin);
-    query(c.get(), begin);
-    query(c.get(), "/* pgshard: shard=s1 */ SELECT 1");
-    CHECK(error_code(c.get(), "SELECT count(*) FROM st_fan") == "");
-    query(c.get(), "COMMIT");
-  }
-}
-
-TEST_CASE("txn: a pinned client's BEGIN modes reach the shards that join its transaction",
-          "[replicas]") {
-  // Attacker (READ ONLY): after a session advisory lock pinned the client, BEGIN READ ONLY
-  // went to its server, and a shard joining later opened a plain BEGIN: writes committed
-  // there, and REPEATABLE READ ran as READ COMMITTED.
-  Proxy proxy(reading_replica(Cluster::get().replica(0), "eventual"));
-  auto c = connect(proxy.conninfo());
-  query(c.get(), "SELECT pg_advisory_lock(99)");
-  query(c.get(), "BEGIN READ ONLY");
-  CHECK(scalar(c.get(),
-               "/* pgshard: shard=s1 */ SELECT current_setting('transaction_read_only')") == "on");
-  query(c.get(), "ROLLBACK");
-  query(c.get(), "BEGIN ISOLATION LEVEL REPEATABLE READ");
-  CHECK(
-      scalar(c.get(), "/* pgshard: shard=s2 */ SELECT current_setting('transaction_isolation')") ==
-      "repeatable read");
-  CHECK(scalar(c.get(),
-               "/* pgshard: shard=s2 */ SELECT current_setting('transaction_read_only')") == "off");
-  query(c.get(), "COMMIT");
-  // The next transaction is its own: no mode carried over.
-  query(c.get(), "BEGIN");
-  CHECK(
-      scalar(c.get(), "/* pgshard: shard=s1 */ SELECT current_setting('transaction_isolation')") ==
-      "read committed");
-  query(c.get(), "COMMIT");
-  query(c.get(), "SELECT pg_advisory_unlock(99)");
 }

@@ -53,7 +53,7 @@ TEST_CASE("a Bind routes the batch by its key and the statement is remembered", 
   bind_key(batch, "s1", "42");
   execute_sync(batch);
   bool simple = false;
-  auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  auto r = session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
   CHECK_FALSE(simple);
   REQUIRE(router::runs_on_shards(r));
   CHECK(testing::forward_shard(r) == shard_of("42"));
@@ -62,12 +62,12 @@ TEST_CASE("a Bind routes the batch by its key and the statement is remembered", 
   std::string again;
   bind_key(again, "s1", "7");
   execute_sync(again);
-  CHECK(testing::forward_shard(session::route_batch(again, statements, {}, *cfg, {}, false,
-                                                    &simple)) == shard_of("7"));
+  CHECK(testing::forward_shard(session::route_batch(
+            again, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple)) == shard_of("7"));
   std::string close;
   proto::Close{'S', "s1"}.write(close);
   proto::write_empty(close, proto::msg::kSync);
-  session::route_batch(close, statements, {}, *cfg, {}, false, &simple);
+  session::route_batch(close, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
   CHECK(statements.text("s1").empty());
 }
 
@@ -82,7 +82,7 @@ TEST_CASE("Binds of one batch that need different shards are refused", "[batch]"
   bind_key(batch, "", b);
   execute_sync(batch);
   bool simple = false;
-  auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  auto r = session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
   // (Refused, unless the session runs the pipeline statement by statement.)
   REQUIRE(std::holds_alternative<router::SplitPipeline>(r.action));
   CHECK(testing::error_of(r).code == "0A000");
@@ -99,9 +99,51 @@ TEST_CASE("a BEGIN pipelined ahead of the first statement goes where it goes", "
   bind_key(batch, "", "42");
   execute_sync(batch);
   bool simple = false;
-  auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  auto r = session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
   REQUIRE(router::runs_on_shards(r));
   CHECK(testing::forward_shard(r) == shard_of("42"));
+}
+
+TEST_CASE("a COMMIT or ROLLBACK after a BEGIN of the batch goes where its statements go",
+          "[batch]") {
+  // Before: placed on the first shard (it names no table), so the batch was refused unless
+  // its key lived there (psycopg 3's pipeline of BEGIN; UPDATE ...; ROLLBACK).
+  auto cfg = map();
+  const auto [near, far] = keys_apart();
+  const std::string key = shard_of(near.c_str()) != 0 ? near : far;
+  REQUIRE(shard_of(key.c_str()) != 0);
+  for (const char* end : {"ROLLBACK", "COMMIT"}) {
+    INFO(end);
+    session::Statements statements;
+    std::string batch;
+    parse(batch, "", "BEGIN");
+    bind_key(batch, "", "unused");
+    proto::Execute{"", 0}.write(batch);
+    if (std::string_view(end) == "ROLLBACK") {
+      // (psycopg 3 puts DEALLOCATE ALL first after a ROLLBACK when it had prepared statements)
+      parse(batch, "", "DEALLOCATE ALL");
+      bind_key(batch, "", "unused");
+      proto::Execute{"", 0}.write(batch);
+    }
+    parse(batch, "", "update users set name = 'x' where id = $1");
+    bind_key(batch, "", key);
+    proto::Execute{"", 0}.write(batch);
+    parse(batch, "", end);
+    bind_key(batch, "", "unused");
+    execute_sync(batch);
+    bool simple = false;
+    auto r = session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
+    REQUIRE(router::runs_on_shards(r));
+    CHECK(testing::forward_shard(r) == shard_of(key.c_str()));
+    CHECK(r.sql_prepare == (std::string_view(end) == "ROLLBACK"
+                                ? router::Analysis::SqlPrepareOp::kDeallocate
+                                : router::Analysis::SqlPrepareOp::kNone));
+    // Inside a transaction of the client's it would end more than the batch began: not so.
+    for (const auto at : {session::TxnAt::kServer, session::TxnAt::kManaged}) {
+      auto inside = session::route_batch(batch, statements, {}, *cfg, {}, at, &simple);
+      CHECK(std::holds_alternative<router::SplitPipeline>(inside.action));
+    }
+  }
 }
 
 TEST_CASE("a Query pipelined after extended messages must join them", "[batch]") {
@@ -115,21 +157,22 @@ TEST_CASE("a Query pipelined after extended messages must join them", "[batch]")
   bool simple = false;
   SECTION("on the same shard it goes as sent") {
     proto::Query{"select * from users where id = " + a}.write(batch);
-    auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+    auto r = session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
     CHECK(simple);
     REQUIRE(router::runs_on_shards(r));
     CHECK(testing::forward_shard(r) == shard_of(a.c_str()));
   }
   SECTION("elsewhere it is refused") {
     proto::Query{"select * from users where id = " + b}.write(batch);
-    auto r = session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+    auto r = session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
     REQUIRE(testing::refused(r));
     CHECK(testing::error_of(r).message.find("shard of the statements before it") !=
           std::string::npos);
   }
   SECTION("it may not end a transaction pgshard runs") {
     proto::Query{"commit"}.write(batch);
-    auto r = session::route_batch(batch, statements, {}, *cfg, {}, true, &simple);
+    auto r =
+        session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kManaged, &simple);
     REQUIRE(testing::refused(r));
     CHECK(testing::error_of(r).code == "0A000");
   }
@@ -164,7 +207,7 @@ TEST_CASE("a rewritten statement is pgshard's own unnamed Parse; the client's st
   CHECK(statements.injected(p->query));
   // Routing it again does not make that text the client's unnamed statement.
   bool simple = false;
-  session::route_batch(batch, statements, {}, *cfg, {}, false, &simple);
+  session::route_batch(batch, statements, {}, *cfg, {}, session::TxnAt::kNone, &simple);
   CHECK(statements.unnamed().empty());
   CHECK(statements.text("ins") == "insert into users (name) values ($1)");
 

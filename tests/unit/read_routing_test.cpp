@@ -165,7 +165,7 @@ TEST_CASE("replica reads: a session's reads never go back before its own writes"
   const int r1 = cfg->replica_target(0, 0), r2 = cfg->replica_target(0, 1);
   CHECK(r.target(*cfg, user, h, {0, false, t0, nullptr}) == r1);  // nothing written yet
   const int s0 = 0;
-  r.wrote(std::span<const int>(&s0, 1), cfg->shards.size());
+  r.wrote(std::span<const int>(&s0, 1), cfg->shards.size(), 1);
   // The write's replies are still coming: the primary answers in order.
   CHECK(r.target(*cfg, user, h, {0, true, t0, nullptr}) == 0);
   // Finished by t1; no check of the primary was sent after it yet: the primary answers, and
@@ -190,8 +190,38 @@ TEST_CASE("replica reads: a session's reads never go back before its own writes"
   // eventual ignores the session's writes.
   auto eventual = map_with("read_from: replicas\nread_consistency: eventual\n");
   ReadRouting e(0);
-  e.wrote(std::span<const int>(&s0, 1), cfg->shards.size());
+  e.wrote(std::span<const int>(&s0, 1), cfg->shards.size(), 1);
   CHECK(e.target(*eventual, eventual->users[0], h, {0, false, t2, nullptr}) == r1);
+}
+
+TEST_CASE("replica reads: a write its shard's pool refused leaves no token", "[replicas]") {
+  // Before: a write refused for two primaries (08006) still gave the session a token, the
+  // position of one of the two.
+  auto cfg = map_with("read_from: replicas\n");
+  HostHealth h;
+  h.configure(*cfg);
+  const auto t0 = Clock::now();
+  all_up(h, *cfg, 1000, 1000, 1000, t0);
+  ReadRouting r(0);
+  const int s0 = 0;
+  r.wrote(std::span<const int>(&s0, 1), cfg->shards.size(), 7);
+  CHECK(r.tokens_pending());
+  r.refused(0, 7);
+  CHECK_FALSE(r.tokens_pending());
+  const auto t1 = t0 + std::chrono::milliseconds(10);
+  h.record(0, at(false, 1500, t1), t1, cfg->replication);
+  CHECK(r.resolve(h, false, t1));
+  CHECK(r.token_text(*cfg).empty());
+  // A write of an earlier request, still unresolved, is kept.
+  r.wrote(std::span<const int>(&s0, 1), cfg->shards.size(), 8);
+  CHECK_FALSE(r.resolve(h, false, t1));  // (finished: no check since)
+  r.wrote(std::span<const int>(&s0, 1), cfg->shards.size(), 9);
+  r.refused(0, 9);
+  r.refused(0, 8);  // (a later request's refusal takes back only its own)
+  const auto t2 = t1 + std::chrono::milliseconds(10);
+  h.record(0, at(false, 1600, t2), t2, cfg->replication);
+  CHECK(r.resolve(h, false, t2));
+  CHECK(r.token_text(*cfg) == "s0:0/640");
 }
 
 TEST_CASE("replica reads: a token travels to another session as text", "[replicas]") {
@@ -260,5 +290,38 @@ TEST_CASE("read-only transactions: BEGIN's modes and the statements that take lo
   for (const char* sql : {"SELECT 1", "SELECT * FROM accounts WHERE id = 1 FOR UPDATE", "BEGIN"}) {
     INFO(sql);
     CHECK_FALSE(modes(sql).locks);
+  }
+  // SET TRANSACTION with modes is transaction control (held while BEGIN is pgshard's);
+  // SET TRANSACTION SNAPSHOT is not.
+  CHECK(modes("SET TRANSACTION READ ONLY").txn == router::TxnControl::kSetTransaction);
+  CHECK(modes("SET TRANSACTION SNAPSHOT '00000003-0000001B-1'").txn == router::TxnControl::kNone);
+  CHECK(modes("SET TRANSACTION READ ONLY; SELECT 1").txn == router::TxnControl::kNone);
+}
+
+TEST_CASE("read-only transactions: what may lock or write where a plain read's test cannot see",
+          "[replicas]") {
+  // Before: only lock-taking statements kept a READ ONLY transaction's part on the primary;
+  // txid_current, user functions, DO, CALL, NOTIFY ran on the replica.
+  auto cfg = map_with("read_safe_functions: [app.price_of]\n");
+  auto route = [&](const std::string& sql) { return router::route_query(sql, {}, *cfg); };
+  for (const char* sql :
+       {"SELECT pg_advisory_xact_lock(1)", "SELECT txid_current()", "SELECT nextval('s')",
+        "SELECT set_config('a.b', 'c', true)", "SELECT pg_notify('c', 'x')",
+        "SELECT other_function()", "SELECT app.other(id) FROM accounts WHERE id = 1",
+        "/* pgshard: shard=s1 */ SELECT other_function()", "DO $$BEGIN NULL; END$$",
+        "/* pgshard: shard=s1 */ DO $$BEGIN NULL; END$$", "/* pgshard: shard=s1 */ CALL app.proc()",
+        "NOTIFY c", "LISTEN c", "UNLISTEN c", "LOCK TABLE accounts",
+        "EXPLAIN ANALYZE SELECT other_function()", "DECLARE c CURSOR FOR SELECT nextval('s')"}) {
+    INFO(sql);
+    CHECK(route(sql).side_effects);
+  }
+  for (const char* sql :
+       {"SELECT 1", "SELECT now(), inet_server_port()", "SELECT app.price_of(id) FROM accounts",
+        "SELECT random(), clock_timestamp(), pg_is_in_recovery()", "SELECT pg_sleep(0)",
+        "SET LOCAL work_mem = '8MB'", "SAVEPOINT a", "SHOW work_mem",
+        "DECLARE c CURSOR FOR SELECT * FROM accounts", "FETCH 10 FROM c",
+        "INSERT INTO accounts VALUES (1)", "SELECT * FROM accounts WHERE id = 1 FOR UPDATE"}) {
+    INFO(sql);
+    CHECK_FALSE(route(sql).side_effects);
   }
 }

@@ -4,6 +4,7 @@
 
 #include <catch2/catch.hpp>
 
+#include "protocol/codec.hpp"
 #include "protocol/messages.hpp"
 
 using namespace pgshard;
@@ -148,4 +149,23 @@ TEST_CASE("a transaction is READ ONLY / SERIALIZABLE by its last mode, else the 
   CHECK_FALSE(t.read_only(""));  // (the modes end with the transaction)
   t.defer("BEGIN", "READ WRITE");
   CHECK_FALSE(t.read_only("on"));
+}
+
+TEST_CASE("a SET TRANSACTION held with the deferred BEGIN opens every shard with its modes",
+          "[txn]") {
+  txn::Transaction t;
+  std::string begin;
+  protocol::Query{"BEGIN;"}.write(begin);
+  t.defer(begin, "");
+  t.add_modes("READ ONLY");
+  CHECK(t.read_only(""));
+  const auto sent = t.take_deferred();
+  const auto frame = protocol::decode_frame(sent);
+  REQUIRE(frame.status == protocol::DecodeStatus::kFrame);
+  CHECK(protocol::Query::parse(frame.frame.body)->sql == "BEGIN READ ONLY");
+  CHECK(t.joining_begin() == "BEGIN READ ONLY");
+  t.end();
+  // Without one, the client's BEGIN goes as it was sent.
+  t.defer(begin, "ISOLATION LEVEL REPEATABLE READ");
+  CHECK(t.take_deferred() == begin);
 }
