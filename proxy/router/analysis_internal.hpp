@@ -93,6 +93,9 @@ void extract_settings(const PgQuery__ParseResult* tree, Analysis& a);
 // the default_transaction_* settings they set (SET SESSION CHARACTERISTICS).
 void transaction_mode_words(Node* const* args, size_t n_args, std::string* words_out,
                             std::vector<SettingChange>* settings_out);
+// SET [LOCAL] transaction_isolation / transaction_read_only / transaction_deferrable = v:
+// true with SET TRANSACTION's words for it in `words`.
+bool transaction_setting_words(const PgQuery__VariableSetStmt* v, std::string& words);
 // SELECT pg_terminate_backend(pid) or pg_cancel_backend(pid) as a whole statement, with the
 // pid a literal or a parameter (maybe cast).
 std::optional<Analysis::SignalCall> signal_call(const PgQuery__ParseResult* tree);

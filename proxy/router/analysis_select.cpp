@@ -107,6 +107,12 @@ void Analyzer::note_merge_blockers(const Node* stmt, const std::set<std::string>
 // keys of its WHERE, its plain CTEs and its subqueries decide the shards.
 Analysis& Analyzer::select(const Node* stmt, Analysis& a) {
   const auto* s = stmt->select_stmt;
+  // (Before anything sends the statement to every shard: a WITH that writes.)
+  for (size_t i = 0; s->with_clause && i < s->with_clause->n_ctes; ++i) {
+    const Node* c = s->with_clause->ctes[i];
+    if (c && c->node_case == PG_QUERY__NODE__NODE_COMMON_TABLE_EXPR)
+      if (auto refused = cte_write(c->common_table_expr->ctequery, a)) return *refused;
+  }
   if (s->larg || s->rarg) {
     a.target = Analysis::Target::kAllShards;
     a.reason = "set operation";
@@ -149,6 +155,26 @@ Analysis& Analyzer::select(const Node* stmt, Analysis& a) {
       sublink_wheres_.push_back(q->select_stmt->where_clause);
   });
   return decomposes(s, keyed(s->where_clause, a));
+}
+
+// A WITH query that writes: an UPDATE or DELETE of a sharded table is restricted by the
+// keys of its own WHERE (cte_wheres_), as a plain CTE's SELECT is; an INSERT into a sharded
+// table is refused (its rows' keys are not read here: every shard would insert them).
+std::optional<std::reference_wrapper<Analysis>> Analyzer::cte_write(const Node* q, Analysis& a) {
+  if (!q) return std::nullopt;
+  if (q->node_case == PG_QUERY__NODE__NODE_UPDATE_STMT) {
+    cte_wheres_.push_back(q->update_stmt->where_clause);
+  } else if (q->node_case == PG_QUERY__NODE__NODE_DELETE_STMT) {
+    cte_wheres_.push_back(q->delete_stmt->where_clause);
+  } else if (q->node_case == PG_QUERY__NODE__NODE_INSERT_STMT &&
+             sharded_index(cfg_, q->insert_stmt->relation) >= 0) {
+    a.target = Analysis::Target::kError;
+    a.error = "INSERT into sharded table \"" + std::string(q->insert_stmt->relation->relname) +
+              "\" inside WITH is not supported";
+    a.hint = "run the INSERT ... RETURNING as a statement of its own";
+    return a;
+  }
+  return std::nullopt;
 }
 
 // Whether a SELECT gives a shard key column's name to something else: a derived table's or

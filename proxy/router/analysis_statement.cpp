@@ -4,6 +4,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include <set>
 #include <string_view>
 
 #include "proxy/router/analyzer.hpp"
@@ -24,6 +25,11 @@ void note_txn_control(const Node* st, Analysis& a) {
       std::string_view(st->variable_set_stmt->name) == "TRANSACTION" &&
       st->variable_set_stmt->n_args > 0) {
     a.txn = TxnControl::kSetTransaction;  // (SET TRANSACTION SNAPSHOT is named otherwise)
+    return;
+  }
+  if (std::string words; st && st->node_case == PG_QUERY__NODE__NODE_VARIABLE_SET_STMT &&
+                         transaction_setting_words(st->variable_set_stmt, words)) {
+    a.txn = TxnControl::kSetTransaction;  // SET transaction_read_only = ..., alike
     return;
   }
   if (!st || st->node_case != PG_QUERY__NODE__NODE_TRANSACTION_STMT || st->transaction_stmt->chain)
@@ -320,8 +326,18 @@ Analysis Analyzer::declared_cursor(const PgQuery__DeclareCursorStmt* d) {
 Analysis Analyzer::tables(const Node* stmt) {
   Analysis a;
   Relations relations;
+  // `FOR UPDATE OF t`: t names a FROM item (a table or an alias) already counted, not a
+  // table read once more.
+  std::set<const ProtobufCMessage*> locked;
   walk(&stmt->base, [&](const ProtobufCMessage* m) {
-    if (m->descriptor == &pg_query__range_var__descriptor)
+    if (m->descriptor != &pg_query__locking_clause__descriptor) return;
+    const auto* lc = reinterpret_cast<const PgQuery__LockingClause*>(m);
+    for (size_t i = 0; i < lc->n_locked_rels; ++i)
+      if (lc->locked_rels[i] && lc->locked_rels[i]->node_case == PG_QUERY__NODE__NODE_RANGE_VAR)
+        locked.insert(&lc->locked_rels[i]->range_var->base);
+  });
+  walk(&stmt->base, [&](const ProtobufCMessage* m) {
+    if (m->descriptor == &pg_query__range_var__descriptor && !locked.contains(m))
       relations.rels.push_back(reinterpret_cast<const PgQuery__RangeVar*>(m));
     else if (m->descriptor == &pg_query__common_table_expr__descriptor)
       relations.ctes.insert(reinterpret_cast<const PgQuery__CommonTableExpr*>(m)->ctename);

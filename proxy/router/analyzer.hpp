@@ -5,6 +5,7 @@
 // (SELECT). Internal to proxy/router.
 #pragma once
 
+#include <functional>
 #include <optional>
 #include <set>
 #include <string>
@@ -67,6 +68,7 @@ class Analyzer {
   Analysis& select(const Node* stmt, Analysis& a);
   Analysis& decomposes(const PgQuery__SelectStmt* s, Analysis& a) const;
   std::optional<std::string> renamed_key(const Node* stmt) const;
+  std::optional<std::reference_wrapper<Analysis>> cte_write(const Node* query, Analysis& a);
 
   // analysis_keys.cpp
   int key_use(const Node* n) const;

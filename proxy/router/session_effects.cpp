@@ -122,38 +122,58 @@ void transaction_modes(const PgQuery__VariableSetStmt* v, bool this_transaction,
 
 }  // namespace
 
+namespace {
+
+// One transaction mode (`option` as SET TRANSACTION's DefElem or the setting names it:
+// transaction_isolation, transaction_read_only, transaction_deferrable): BEGIN's words, and
+// the default_transaction_* setting with its value. False for another option.
+bool mode_words(const std::string& option, const std::string& value, std::string& words,
+                std::string& setting, std::string& setting_value) {
+  const bool on = value == "1" || value == "true" || value == "on" || value == "yes";
+  if (option == "transaction_isolation") {
+    std::string level = value;
+    for (auto& ch : level) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+    words = "ISOLATION LEVEL " + level;
+    setting = "default_transaction_isolation";
+    setting_value = value;
+  } else if (option == "transaction_read_only") {
+    words = on ? "READ ONLY" : "READ WRITE";
+    setting = "default_transaction_read_only";
+    setting_value = on ? "on" : "off";
+  } else if (option == "transaction_deferrable") {
+    words = on ? "DEFERRABLE" : "NOT DEFERRABLE";
+    setting = "default_transaction_deferrable";
+    setting_value = on ? "on" : "off";
+  } else {
+    return false;
+  }
+  return true;
+}
+
+}  // namespace
+
 void transaction_mode_words(Node* const* args, size_t n_args, std::string* words_out,
                             std::vector<SettingChange>* settings_out) {
   for (size_t i = 0; i < n_args; ++i) {
     const Node* n = args[i];
     if (!n || n->node_case != PG_QUERY__NODE__NODE_DEF_ELEM || !n->def_elem->defname) continue;
-    const std::string option = n->def_elem->defname;
     const auto value = const_text(n->def_elem->arg);
-    if (!value) continue;
-    const bool on = *value == "1" || *value == "true" || *value == "on";
     std::string words, setting, setting_value;
-    if (option == "transaction_isolation") {
-      std::string level = *value;
-      for (auto& ch : level) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
-      words = "ISOLATION LEVEL " + level;
-      setting = "default_transaction_isolation";
-      setting_value = *value;
-    } else if (option == "transaction_read_only") {
-      words = on ? "READ ONLY" : "READ WRITE";
-      setting = "default_transaction_read_only";
-      setting_value = on ? "on" : "off";
-    } else if (option == "transaction_deferrable") {
-      words = on ? "DEFERRABLE" : "NOT DEFERRABLE";
-      setting = "default_transaction_deferrable";
-      setting_value = on ? "on" : "off";
-    } else {
+    if (!value || !mode_words(n->def_elem->defname, *value, words, setting, setting_value))
       continue;
-    }
     if (words_out)
       *words_out += (words_out->empty() ? "" : " ") + words;
     else if (settings_out)
       settings_out->push_back({setting, setting_value, false});
   }
+}
+
+bool transaction_setting_words(const PgQuery__VariableSetStmt* v, std::string& words) {
+  if (v->kind != PG_QUERY__VARIABLE_SET_KIND__VAR_SET_VALUE || !v->name || v->n_args != 1)
+    return false;
+  const auto value = const_text(v->args[0]);
+  std::string setting, setting_value;
+  return value && mode_words(v->name, *value, words, setting, setting_value);
 }
 
 namespace {
@@ -299,6 +319,12 @@ void note_variable_set(const PgQuery__VariableSetStmt* v, Analysis& a) {
   if (v->kind == PG_QUERY__VARIABLE_SET_KIND__VAR_SET_MULTI &&
       (name == "TRANSACTION" || name == "SESSION CHARACTERISTICS")) {
     transaction_modes(v, name == "TRANSACTION", a);
+    return;
+  }
+  // SET [LOCAL] transaction_read_only / transaction_isolation / transaction_deferrable:
+  // SET TRANSACTION in a setting's words (they last for the transaction either way).
+  if (std::string words; transaction_setting_words(v, words)) {
+    a.transaction_modes = words;
     return;
   }
   if (v->is_local) {

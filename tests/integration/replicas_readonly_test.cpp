@@ -65,6 +65,15 @@ TEST_CASE("read-only transactions: each spelling runs on the replica; SERIALIZAB
   query(c.get(), "BEGIN");
   CHECK(hosts_in_transaction(c.get(), "SET TRANSACTION ISOLATION LEVEL SERIALIZABLE, READ ONLY",
                              1) == std::vector<std::string>{on_primary});
+  // The same modes in a setting's words (attacker, MEDIUM: they went to the hot standby,
+  // which refuses read-write and SERIALIZABLE transactions).
+  query(c.get(), "BEGIN READ ONLY");
+  CHECK(hosts_in_transaction(c.get(), "SET transaction_read_only = off", 2) == both_primary);
+  query(c.get(), "BEGIN READ ONLY");
+  CHECK(hosts_in_transaction(c.get(), "SET LOCAL transaction_isolation = 'serializable'", 1) ==
+        std::vector<std::string>{on_primary});
+  query(c.get(), "BEGIN");
+  CHECK(hosts_in_transaction(c.get(), "SET transaction_read_only TO on", 2) == both_replica);
   // The session's default for its later transactions, either spelling.
   query(c.get(), "SET default_transaction_read_only = on");
   CHECK(hosts_in_transaction(c.get(), "BEGIN", 2) == both_replica);

@@ -153,6 +153,31 @@ TEST_CASE("rows inserted through pgshard land only on the shard the hash names",
   CHECK_THAT(msg, Catch::Contains("writes"));
   CHECK(error_code(c.get(), "select * from users order by id limit 1 for update", &msg) == "0A000");
   CHECK_THAT(msg, Catch::Contains("locks rows"));
+  // An INSERT inside WITH would have inserted its row on every shard (attacker, CRITICAL).
+  CHECK(error_code(c.get(),
+                   "with x as (insert into users (id, name) values (77778, 'w') returning *) "
+                   "select * from x",
+                   &msg) == "0A000");
+  CHECK_THAT(msg, Catch::Contains("inside WITH"));
+  for (int s = 0; s < 3; ++s) {
+    auto d = connect(Cluster::get().direct(s));
+    CHECK(scalar(d.get(), "select count(*) from users where id = 77778") == "0");
+  }
+  // A keyed UPDATE inside WITH runs on its key's shard only (it ran on every shard).
+  query(c.get(), "insert into users (id, name) values (77779, 'a')");
+  auto updated = query(c.get(),
+                       "with u as (update users set name = 'b' where id = 77779 returning id) "
+                       "select id from u");
+  CHECK(updated.size() == 1);
+  CHECK(query(c.get(),
+              "explain (route) with u as (update users set name = 'b' where id = 77779 "
+              "returning id) select id from u")
+            .size() == 1);
+  // FOR UPDATE OF the keyed table or its alias: one shard, as without OF (it was refused).
+  CHECK(query(c.get(), "select name from users where id = 77779 for update of users").size() == 1);
+  CHECK(query(c.get(), "select u.name from users u where u.id = 77779 for share of u nowait")
+            .size() == 1);
+  query(c.get(), "delete from users where id = 77779");
   // Without a column list the key's place comes from the catalog.
   query(c.get(), "insert into users values (1000, 'x')");
   {

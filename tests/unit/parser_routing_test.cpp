@@ -227,6 +227,44 @@ TEST_CASE("statements without a usable key go to every shard or are refused", "[
   }
 }
 
+TEST_CASE("a WITH that writes a sharded table runs where its own keys say, or is refused",
+          "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  // An INSERT inside WITH would insert its rows on every shard: refused.
+  CHECK(where(route_query("with x as (insert into users (id, name) values (7, 'a') returning *) "
+                          "select * from x",
+                          h, *cfg)) == "error");
+  CHECK(where(route_query("with recursive x as (insert into users values (7, 'a') returning id) "
+                          "select count(*) from x",
+                          h, *cfg)) == "error");
+  // A keyed UPDATE or DELETE inside WITH: its key's shard only.
+  CHECK(where(route_query("with u as (update users set name = 'b' where id = 42 returning *) "
+                          "select * from u",
+                          h, *cfg)) == s(shard_of("42")));
+  CHECK(where(route_query("with d as (delete from users where id = 42 returning id) "
+                          "select id from d",
+                          h, *cfg)) == s(shard_of("42")));
+  // Without a key: every shard, each changing and returning its own rows.
+  CHECK(where(route_query("with d as (delete from users where name = 'x' returning id) "
+                          "select id from d",
+                          h, *cfg)) == "all");
+}
+
+TEST_CASE("FOR UPDATE OF a keyed table, or of its alias, stays on the key's shard",
+          "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  for (const char* sql : {"select * from users where id = 42 for update of users",
+                          "select * from users where id = 42 for share of \"users\" nowait",
+                          "select * from users u where u.id = 42 for update of u",
+                          "select * from users u join orders o on o.user_id = u.id where u.id = 42 "
+                          "for update of u, o"}) {
+    INFO(sql);
+    CHECK(where(route_query(sql, h, *cfg)) == s(shard_of("42")));
+  }
+}
+
 TEST_CASE("multi-row INSERT across shards is split by the deparser", "[router][parser]") {
   auto cfg = map();
   SessionHints h;
