@@ -251,6 +251,13 @@ class Session : public std::enable_shared_from_this<Session>,
   // not a write, which PostgreSQL refuses there itself), in a READ ONLY transaction whose
   // part on one of its shards runs on a replica: the refusal (0A000); nullopt when it may run.
   std::optional<protocol::ErrorInfo> unsafe_on_replica(const router::Route& route) const;
+  // What it leaves in the server session past the transaction (a cursor WITH HOLD, SQL
+  // PREPARE, a temporary object, LISTEN): on a replica the client's later statements, on
+  // the primary, would not find it.
+  static bool keeps_server_state(const router::Route& route);
+  // Locks, may act where pgshard cannot see, or keeps server state: not run on a replica
+  // inside a READ ONLY transaction unless it is the shard part's first statement.
+  static bool replica_sensitive(const router::Route& route);
   // Attaches a server of `target` when it is a replica; one that cannot give a server
   // (down before its health check saw it) is banned and the read goes to another host of
   // the shard, the primary last. Returns where the read runs, -1 when the client was

@@ -32,7 +32,7 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
   const auto* forward = std::get_if<router::Forward>(&route.action);
   if (!forward || route.names_unique_id || route.txn != router::TxnControl::kNone ||
       txn_.failed() || route.signal_call || route.controls_txn ||
-      (replicas_ && (route.locks || route.side_effects) && txn_.state() != txn::State::kIdle))
+      (replicas_ && replica_sensitive(route) && txn_.state() != txn::State::kIdle))
     return false;
   int target = forward->shard;
   if (picks_host(route)) {

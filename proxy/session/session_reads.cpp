@@ -49,11 +49,21 @@ bool Session::replica_transaction(const router::Route& route) const {
   // as outside a transaction, and so does one on several shards while the visibility gate
   // makes cross-shard commits visible whole on the primaries only.
   return !pinned_ && user_->pool_mode == config::PoolMode::kTransaction && !route.side_effects &&
+         !keeps_server_state(route) &&
          txn_.read_only(settings_.value("default_transaction_read_only"),
                         route.transaction_modes) &&
          !txn_.serializable(settings_.value("default_transaction_isolation"),
                             route.transaction_modes) &&
          !(config_.atomic_visibility && router::shards_of(route).size() > 1);
+}
+
+bool Session::keeps_server_state(const router::Route& route) {
+  // (SET ROLE and set_config pin too, but as settings the session replays anywhere.)
+  return route.pins && route.settings.empty();
+}
+
+bool Session::replica_sensitive(const router::Route& route) {
+  return route.locks || route.side_effects || keeps_server_state(route);
 }
 
 std::optional<int> Session::transaction_target_now(const router::Route& route, int shard) {
@@ -69,11 +79,21 @@ std::optional<protocol::ErrorInfo> Session::unsafe_on_replica(const router::Rout
   // outside read_safe_functions, DO, CALL, txid_current, NOTIFY...), would succeed on the
   // primary and fails or means something else on a hot standby: refused, never run there.
   if (!replicas_ || txn_.state() == txn::State::kIdle) return std::nullopt;
-  if (!route.locks && (!route.side_effects || route.write)) return std::nullopt;
+  if (!route.locks && (!route.side_effects || route.write) && !keeps_server_state(route))
+    return std::nullopt;
   for (const int shard : router::shards_of(route)) {
     const auto placed = placed_in_transaction(shard);
     if (!placed || *placed == shard) continue;
     const auto& name = config_.shards[static_cast<std::size_t>(shard)].name;
+    if (keeps_server_state(route))
+      return proto::error(
+          sqlstate::kFeatureNotSupported,
+          "cannot keep a cursor WITH HOLD, a prepared statement, a temporary object or a "
+          "LISTEN past this READ ONLY transaction: its part on shard " +
+              name + " runs on a replica, and the client's later statements run on the primary",
+          {},
+          "run it as the transaction's first statement on the shard (its part then runs on the "
+          "primary), outside the transaction, or begin the transaction READ WRITE");
     if (route.locks)
       return proto::error(
           sqlstate::kFeatureNotSupported,

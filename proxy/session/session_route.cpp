@@ -88,6 +88,13 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
   const bool runs = router::runs_on_shards(route);
   if (route.signal_call && runs && co_await signal_client(route, req)) co_return;
   worker_.routes().count(route);
+  // (Before adopt: a refused statement pins nothing, changes no setting.)
+  if (replicas_ && replica_sensitive(route) && !txn_.failed()) {
+    if (auto refusal = unsafe_on_replica(route)) {
+      co_await fail(Failure::kRefused, std::move(*refusal), req.boundary);
+      co_return;
+    }
+  }
   if (runs) {
     adopt(route, req.boundary);
     if ((route.txn == router::TxnControl::kPrepare ||
@@ -99,12 +106,6 @@ awaitable<void> Session::handle_routed(Request& req, router::Route& route) {
     if ((route.txn != router::TxnControl::kNone || txn_.failed()) &&
         co_await control_transaction(route, req))
       co_return;
-  }
-  if ((route.locks || route.side_effects) && replicas_) {
-    if (auto refusal = unsafe_on_replica(route)) {
-      co_await fail(Failure::kRefused, std::move(*refusal), req.boundary);
-      co_return;
-    }
   }
   co_await run_action(req, route);
   // A deadlock victim's statement on several shards has ended: its servers roll back now.

@@ -133,8 +133,30 @@ TEST_CASE("read-only transactions: writes answer 25006, locks keep the primary o
   CHECK(message.find("runs on a replica") != std::string::npos);
   CHECK(error_code(c.get(), "SELECT 1") == "25P02");  // the transaction failed, as on an ERROR
   query(c.get(), "ROLLBACK");
+  // The refused transaction left nothing behind: the next one's first statement chooses.
+  query(c.get(), "BEGIN READ ONLY");
+  CHECK(query(c.get(), "SELECT inet_server_port(), pg_advisory_xact_lock(78)").at(0).at(0) ==
+        std::to_string(cluster.port(0)));
+  query(c.get(), "ROLLBACK");
   CHECK(hosts_in_transaction(c.get(), "BEGIN READ ONLY", 1) ==
         std::vector<std::string>{on_replica});
+  // What outlives the transaction in the server session (a cursor WITH HOLD, SQL PREPARE):
+  // later on a replica, refused (the client's later statements run on the primary)...
+  const std::string hold =
+      "/* pgshard: shard=s0 */ DECLARE h CURSOR WITH HOLD FOR SELECT v FROM ro_write_probe";
+  query(c.get(), "BEGIN READ ONLY");
+  CHECK(query(c.get(), "SELECT pg_is_in_recovery()").at(0).at(0) == "t");
+  CHECK(error_code(c.get(), hold, &message) == "0A000");
+  CHECK(message.find("runs on a replica") != std::string::npos);
+  query(c.get(), "ROLLBACK");
+  // ... first, on the primary: found after COMMIT (attacker: 34000, it was on the replica).
+  query(c.get(), "BEGIN READ ONLY");
+  query(c.get(), hold);
+  query(c.get(), "PREPARE pp AS SELECT 42");
+  query(c.get(), "COMMIT");
+  CHECK(query(c.get(), "FETCH h").size() == 1);
+  CHECK(scalar(c.get(), "EXECUTE pp") == "42");
+  query(c.get(), "CLOSE h");
   auto direct = connect(cluster.direct(0));
   query(direct.get(), "DROP TABLE ro_write_probe");
 }
