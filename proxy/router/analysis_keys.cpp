@@ -5,6 +5,8 @@
 #include <pg_query/pg_query.pb-c.h>
 
 #include <algorithm>
+#include <set>
+#include <string_view>
 
 #include "proxy/router/analyzer.hpp"
 #include "proxy/router/ast.hpp"
@@ -31,8 +33,29 @@ int Analyzer::key_use(const Node* n) const {
   return found;
 }
 
+namespace {
+
+// A cast that keeps every key apart (equal after it only if equal before, for each key
+// type): the integer types, numeric, text and varchar without a length, uuid. Not a cast to
+// real or double precision, numeric(p, s), varchar(n), char(n), bit(n), name...: keys that
+// differ may compare equal after it (16777217::real = 16777216::real), so a comparison
+// through it does not name one key's shard.
+bool keeps_keys_apart(const PgQuery__TypeCast* c) {
+  const auto* t = c->type_name;
+  if (!t || t->n_names == 0 || t->n_typmods > 0) return false;
+  const Node* last = t->names[t->n_names - 1];
+  if (!last || last->node_case != PG_QUERY__NODE__NODE_STRING || !last->string->sval) return false;
+  static const std::set<std::string_view> kExact{"int2", "int4",    "int8", "numeric",
+                                                 "text", "varchar", "uuid"};
+  return kExact.contains(last->string->sval);
+}
+
+}  // namespace
+
 const Node* strip_casts(const Node* n) {
-  while (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST) n = n->type_cast->arg;
+  // (Stops at a cast that may make different keys equal: that node is no key nor value.)
+  while (n && n->node_case == PG_QUERY__NODE__NODE_TYPE_CAST && keeps_keys_apart(n->type_cast))
+    n = n->type_cast->arg;
   return n;
 }
 

@@ -98,7 +98,8 @@ class Analyzer {
 
 // Key values written in the statement (analysis_keys.cpp).
 //
-// The node under any casts.
+// The node under its casts that keep keys apart (integer types, numeric, text, varchar,
+// uuid without a length); a cast that may make two keys equal is left on.
 const Node* strip_casts(const Node* n);
 // A constant, a parameter ($n) or DEFAULT as a key value; nullopt for anything else.
 std::optional<KeyValue> value_of(const Node* n);

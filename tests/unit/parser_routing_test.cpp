@@ -251,6 +251,39 @@ TEST_CASE("a WITH that writes a sharded table runs where its own keys say, or is
                           h, *cfg)) == "all");
 }
 
+TEST_CASE("a cast that may make two keys equal is no key restriction", "[router][parser]") {
+  auto cfg = map();
+  SessionHints h;
+  const std::string k42 = s(shard_of("42"));
+  // Casts that keep keys apart still name the key's shard.
+  for (const char* sql :
+       {"select * from users where id::bigint = 42",
+        "select * from users where id::numeric = 42::numeric",
+        "select * from users where id::text = '42'", "select * from users where id = '42'::int8",
+        "select * from users where id = $1::bigint"}) {
+    INFO(sql);
+    if (std::string_view(sql).find("$1") == std::string_view::npos)
+      CHECK(where(route_query(sql, h, *cfg)) == k42);
+  }
+  // Lossy ones (attacker: 16777217::real = 16777216::real) read every shard.
+  for (const char* sql : {"select * from users where id::real = 16777217::real",
+                          "select * from users where id = 16777217::real",
+                          "select * from users where id::numeric(3,-5) = 50000000",
+                          "select * from users where id::bit(8) = b'00101010'",
+                          "select * from sessions where token::varchar(3) = 'key'",
+                          "select * from sessions where token::char(3) = 'key'",
+                          "select * from users u join orders o on u.id::real = o.user_id::real "
+                          "where u.id = 42"}) {
+    INFO(sql);
+    CHECK(where(route_query(sql, h, *cfg)) == "all");
+  }
+  // A write through such a cast is not placed on one shard either.
+  CHECK(where(route_query("update users set name = 'x' where id::real = 16777217::real", h,
+                          *cfg)) == "all");
+  CHECK(where(route_query("insert into users (id, name) values (16777217::real, 'x')", h, *cfg)) ==
+        "error");
+}
+
 TEST_CASE("FOR UPDATE OF a keyed table, or of its alias, stays on the key's shard",
           "[router][parser]") {
   auto cfg = map();
