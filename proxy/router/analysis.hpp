@@ -153,6 +153,9 @@ struct Analysis {
   // Functions outside pg_catalog it calls (as written): they may change settings
   // (set_config) where pgshard cannot see, so the session checks them afterwards.
   std::vector<std::string> user_functions;
+  // Calls a function by its unqualified name: a search_path that lists pg_catalog after
+  // another schema may make it a user's function of that name (the session decides).
+  bool unqualified_calls = false;
   // Only reads that a replica answers alike: every statement a SELECT (or VALUES/TABLE)
   // without INTO, locking clause or writing WITH, calling no pg_catalog function with a
   // volatile overload (nextval, pg_advisory_lock, set_config, random...). Functions outside

@@ -580,6 +580,7 @@ bool may_run_on_replica(const Analysis& a, const config::Config& cfg) {
 void take_replica_safety(Route& r, const Analysis& a, const config::Config& cfg) {
   r.read_only = may_run_on_replica(a, cfg);
   r.side_effects = a.side_effects || !calls_read_safe(a, cfg);
+  r.unqualified_calls = a.unqualified_calls;
 }
 
 std::shared_ptr<const Analysis> analysis_of(std::string_view sql, const config::Config& cfg,

@@ -152,6 +152,7 @@ struct Route {
   // Analysis::side_effects, or it calls a function outside pg_catalog that the map's
   // read_safe_functions does not list.
   bool side_effects = false;
+  bool unqualified_calls = false;  // see Analysis::unqualified_calls
   // What it does to the session wherever it runs (take_session_effects).
   TxnControl txn = TxnControl::kNone;   // set only when the parser placed the statement
   std::string gid;                      // see Analysis::gid

@@ -239,6 +239,7 @@ int note_objects_and_calls(const Node* st, Analysis& a, bool& volatile_calls, bo
       // Any advisory lock function (a replica's locks exclude nobody on the primary).
       if (name.starts_with("pg_advisory_") || name.starts_with("pg_try_advisory_")) a.locks = true;
       if (name == "set_config") ++set_configs;
+      if (f->n_funcname == 1) a.unqualified_calls = true;
       if (volatile_builtin(f)) {
         volatile_calls = true;
         acting_calls = acting_calls || !quiet_volatile(f);

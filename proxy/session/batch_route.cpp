@@ -20,6 +20,7 @@ void take_statement_kind(router::Route& into, const router::Route& other) {
   into.read_only = into.read_only && other.read_only;
   into.locks = into.locks || other.locks;
   into.side_effects = into.side_effects || other.side_effects;
+  into.unqualified_calls = into.unqualified_calls || other.unqualified_calls;
 }
 
 router::Route after_extended_messages(router::Route r, const router::Route* bound,

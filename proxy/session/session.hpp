@@ -258,6 +258,9 @@ class Session : public std::enable_shared_from_this<Session>,
   // Locks, may act where pgshard cannot see, or keeps server state: not run on a replica
   // inside a READ ONLY transaction unless it is the shard part's first statement.
   static bool replica_sensitive(const router::Route& route);
+  // The session's search_path names pg_catalog after another schema: a function called by
+  // its plain name may be a user's.
+  bool catalog_shadowed() const;
   // Attaches a server of `target` when it is a replica; one that cannot give a server
   // (down before its health check saw it) is banned and the read goes to another host of
   // the shard, the primary last. Returns where the read runs, -1 when the client was

@@ -220,6 +220,20 @@ router::Context Session::routing_context() {
   return ctx;
 }
 
+bool Session::catalog_shadowed() const {
+  // PostgreSQL searches pg_catalog first unless search_path names it later explicitly.
+  const std::string path(settings_.value("search_path"));
+  std::size_t at = 0;
+  for (bool first = true; at <= path.size(); first = false) {
+    const std::size_t comma = std::min(path.find(',', at), path.size());
+    std::string item = path.substr(at, comma - at);
+    std::erase_if(item, [](char ch) { return ch == ' ' || ch == '"'; });
+    if (item == "pg_catalog") return !first;
+    at = comma + 1;
+  }
+  return false;
+}
+
 router::Route Session::route_batch(bool* simple) {
   const router::Context ctx = routing_context();
   const TxnAt at = txn_.coordinated() || txn_.deferred()              ? TxnAt::kManaged
@@ -233,6 +247,12 @@ router::Route Session::route_batch(bool* simple) {
     // its plain name): the table lives in its server session only.
     r.action = router::Forward{ctx.attached.value_or(router::shards_of(r).front())};
     r.ddl = false;
+  }
+  if (r.unqualified_calls && replicas_ && catalog_shadowed()) {
+    // A function called by its plain name may be the user's (search_path lists a schema
+    // before pg_catalog): not shown read-safe, as a function outside pg_catalog is not.
+    r.read_only = false;
+    r.side_effects = true;
   }
   follow_cursors(r);
   // (A rewritten EXECUTE is its statement now: routed again, once.)

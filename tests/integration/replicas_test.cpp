@@ -733,3 +733,39 @@ TEST_CASE("reads: a read token carries writes on three shards to another pgshard
   }
   CHECK(untokened_stale > 0);  // (without the token the replicas are behind)
 }
+
+TEST_CASE(
+    "reads: a search_path naming pg_catalog after another schema keeps plain-named calls "
+    "on the primary",
+    "[replicas]") {
+  // Attacker (MEDIUM): public.abs shadowing pg_catalog.abs through search_path ran on the
+  // replica as a built-in (a lock taken in such a function excluded nobody on the primary).
+  auto& cluster = Cluster::get();
+  const int replica = cluster.replica(0);
+  const int primary = cluster.port(0);
+  auto direct = connect(cluster.direct(0));
+  query(direct.get(),
+        "CREATE OR REPLACE FUNCTION public.abs(integer) RETURNS integer LANGUAGE sql AS "
+        "'SELECT 7'");
+  auto standby = connect("host=127.0.0.1 port=" + std::to_string(replica) +
+                         " user=app password=secret dbname=app");
+  REQUIRE(wait_until(
+      [&] {
+        return scalar(standby.get(),
+                      "SELECT count(*) FROM pg_proc WHERE proname = 'abs' AND pronamespace = "
+                      "'public'::regnamespace") == "1";
+      },
+      std::chrono::seconds(10)));
+  Proxy proxy(reading_replica(replica, "eventual"));
+  REQUIRE(wait_until([&] { return replica_state(proxy) == "up"; }, std::chrono::seconds(10)));
+  auto c = connect(proxy.conninfo());
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), abs(-1)") == replica);
+  query(c.get(), "SET search_path = public, pg_catalog");
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), abs(-1)") == primary);
+  CHECK(scalar(c.get(), "SELECT abs(-1)") == "7");
+  // Qualified calls, and a path with pg_catalog first, read the replica again.
+  CHECK(ran_on(c.get(), "SELECT pg_catalog.inet_server_port(), pg_catalog.abs(-1)") == replica);
+  query(c.get(), "SET search_path = pg_catalog, public");
+  CHECK(ran_on(c.get(), "SELECT inet_server_port(), abs(-1)") == replica);
+  query(direct.get(), "DROP FUNCTION public.abs(integer)");
+}
