@@ -79,17 +79,32 @@ std::string yaml_quoted(const std::string& s) {
   return out + "\"";
 }
 
-// A hash table's entry with `shards` shards: its buckets (a hash table without them first
-// gets a multiple of the shard count, bucket b on shard b mod shards, so nothing moves for
-// that) spread over one more shard.
+// A hash table's bucket owners with enough buckets to spread over `shards` + 1 shards. A
+// table without buckets first gets a multiple of the shard count, bucket b on shard
+// b mod shards; one with fewer buckets than that many shards gets a multiple of its bucket
+// count (about 1024), bucket b on the shard of old bucket b mod N (a key's hash modulo k*N,
+// modulo N, is its old bucket). Nothing moves for either.
+std::vector<int> enough_buckets(const config::ShardedTable& t, int shards) {
+  if (t.buckets == 0) {
+    std::vector<int> owners;
+    const int n = (1024 + shards - 1) / shards * shards;
+    for (int b = 0; b < n; ++b) owners.push_back(b % shards);
+    return owners;
+  }
+  const int old = static_cast<int>(t.bucket_shard.size());
+  if (old > shards) return t.bucket_shard;
+  const int n = (1024 + old - 1) / old * old;
+  std::vector<int> owners;
+  for (int b = 0; b < n; ++b) owners.push_back(t.bucket_shard[static_cast<std::size_t>(b % old)]);
+  return owners;
+}
+
+// A hash table's entry with `shards` shards: its buckets (enough_buckets) spread over one
+// more shard.
 void propose_table(const config::ShardedTable& t, const config::Config& cfg,
                    const std::string& added, std::ostream& out) {
   const int shards = static_cast<int>(cfg.shards.size());
-  std::vector<int> owners = t.bucket_shard;
-  if (t.buckets == 0) {
-    const int n = (1024 + shards - 1) / shards * shards;
-    for (int b = 0; b < n; ++b) owners.push_back(b % shards);
-  }
+  const std::vector<int> owners = enough_buckets(t, shards);
   const auto next = config::rebalance_buckets(owners, shards + 1);
   out << "  - table: " << t.qualified_name() << "\n    column: " << t.column
       << "\n    type: " << config::to_string(t.type)

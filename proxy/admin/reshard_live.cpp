@@ -238,9 +238,18 @@ std::optional<std::pair<double, double>> LivePlan::count_rows(const TablePlan& p
       where += (where.empty() ? "(" : " or (") + (one.empty() ? "true" : one) + ")";
     }
   } else {
-    const std::string any = col + " = any($1::text[]::" + config::to_string(t.type) + "[])";
-    where = m.unlisted ? col + " is not null and not " + any : any;
+    const auto any = [&](int n) {
+      return col + " = any($" + std::to_string(n) + "::text[]::" + config::to_string(t.type) +
+             "[])";
+    };
+    where = m.unlisted ? col + " is not null and not " + any(1) : any(1);
     params.push_back(text_array(m.unlisted ? m.listed : m.keys));
+    // The default changed and keys it held are now listed for the same new shard: they move
+    // along with the unlisted ones.
+    if (m.unlisted && !m.keys.empty()) {
+      where = "(" + where + " or " + any(2) + ")";
+      params.push_back(text_array(m.keys));
+    }
   }
   const auto r =
       query(c,

@@ -96,7 +96,10 @@ struct Analysis {
   // UNLISTEN, FETCH, SET CONSTRAINTS, CHECKPOINT and transaction control); for several
   // statements, one of them does. False when not known.
   bool takes_snapshot = false;
-  int table = -1;                   // the sharded table whose key type applies
+  int table = -1;  // the sharded table whose key type applies
+  // Every sharded table the statement names (indices into sharded_tables, each once, in
+  // order): a sharding_key hint places its key with their placement.
+  std::vector<int> sharded_tables;
   std::vector<KeyValue> keys;       // kKeys: rows live on the union of these keys' shards
   std::optional<KeyValue> new_key;  // UPDATE ... SET key = value
   // INSERT without a column list into a sharded table (kKeys, `keys` empty): each VALUES

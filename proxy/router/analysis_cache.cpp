@@ -296,8 +296,8 @@ bool routes_alike(const Analysis& a, const Analysis& b) {
          !b.copy_in && a.copy_out_header == b.copy_out_header && a.statements == b.statements &&
          a.concat_safe == b.concat_safe && a.merge_blocker == b.merge_blocker &&
          a.merge_candidate == b.merge_candidate && same_plan(a.merge, b.merge) &&
-         a.key_columns == b.key_columns && !carries_literals(a) && !carries_literals(b) &&
-         a.user_functions == b.user_functions &&
+         a.key_columns == b.key_columns && a.sharded_tables == b.sharded_tables &&
+         !carries_literals(a) && !carries_literals(b) && a.user_functions == b.user_functions &&
          a.prepared_statements_view == b.prepared_statements_view && a.error == b.error &&
          a.hint == b.hint && a.reason == b.reason;
 }

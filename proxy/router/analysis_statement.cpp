@@ -4,6 +4,7 @@
 #include <pg_query.h>
 #include <pg_query/pg_query.pb-c.h>
 
+#include <algorithm>
 #include <set>
 #include <string_view>
 
@@ -178,14 +179,17 @@ Analysis analyze_tree(const PgQuery__ParseResult* tree, const config::Config& cf
 }
 
 Analysis Analyzer::run(const PgQuery__ParseResult* tree) {
+  named_tables_.clear();
   if (tree->n_stmts != 1) {
     // Several statements in one Query: route as one unit only if they agree.
     Analysis a = several(tree);
     a.statements = static_cast<int>(tree->n_stmts);
+    a.sharded_tables = named_tables_;
     return a;
   }
   Analysis a1 = one(tree->stmts[0]->stmt);
   note_txn_control(tree->stmts[0]->stmt, a1);
+  a1.sharded_tables = named_tables_;
   return a1;
 }
 
@@ -411,6 +415,8 @@ Analyzer::Others Analyzer::sort_relations(const Relations& relations) {
     if (t >= 0) {
       std::string name = r->alias ? r->alias->aliasname : r->relname;
       uses_.push_back({t, name, static_cast<int>(uses_.size())});
+      if (std::find(named_tables_.begin(), named_tables_.end(), t) == named_tables_.end())
+        named_tables_.push_back(t);
     } else if (is_reference(cfg_, r)) {
       others.reference = true;
     } else {

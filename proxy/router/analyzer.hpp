@@ -89,6 +89,8 @@ class Analyzer {
 
   const config::Config& cfg_;
   std::vector<Use> uses_;
+  // The sharded tables of every statement analysed by run() (Analysis::sharded_tables).
+  std::vector<int> named_tables_;
   // Two tables' keys compared that place keys differently (buckets, function...): named
   // in the refusal, which would otherwise say they were not joined on their keys.
   std::string unlike_placement_;

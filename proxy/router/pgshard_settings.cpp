@@ -299,7 +299,33 @@ bool places(const Hints& h) {
   return h.shard || h.sharding_key;
 }
 
-Route from_hints(const Hints& h, const char* level, const config::Config& cfg) {
+namespace {
+
+// The sharded table whose placement a sharding_key hint takes (`table`): the first of those
+// the statement names, -1 when it names none. Tables placed differently (another key type,
+// function, buckets, ranges or lists) would put the key on different shards: refused.
+std::optional<protocol::ErrorInfo> hint_table(const Analysis* analysis, const config::Config& cfg,
+                                              int& table) {
+  table = -1;
+  if (!analysis || analysis->sharded_tables.empty()) return std::nullopt;
+  table = analysis->sharded_tables.front();
+  const auto& first = cfg.sharded_tables[static_cast<std::size_t>(table)];
+  for (int other : analysis->sharded_tables) {
+    const auto& t = cfg.sharded_tables[static_cast<std::size_t>(other)];
+    if (config::same_placement(first, t)) continue;
+    return protocol::error(protocol::sqlstate::kFeatureNotSupported,
+                           "a sharding_key hint cannot place a statement on sharded tables "
+                           "placed differently (" +
+                               first.table + " and " + t.table + ")",
+                           {}, "send the statement with a shard hint: /* pgshard: shard=NAME */");
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+Route from_hints(const Hints& h, const char* level, const config::Config& cfg,
+                 const Analysis* analysis) {
   Route r;
   if (h.shard) {
     const int shard = cfg.shard_index(*h.shard);
@@ -313,12 +339,19 @@ Route from_hints(const Hints& h, const char* level, const config::Config& cfg) {
     return r;
   }
   if (h.sharding_key) {
-    auto s = shard_for_key(*h.sharding_key, cfg);
     r.reason = std::string(level) + " sharding_key=" + *h.sharding_key;
+    int table = -1;
+    if (auto refused = hint_table(analysis, cfg, table)) {
+      r.action = Refuse{std::move(*refused)};
+      return r;
+    }
+    auto s = shard_for_key(*h.sharding_key, cfg, table);
     if (!s) {
+      const auto type = table >= 0 ? cfg.sharded_tables[static_cast<std::size_t>(table)].type
+                                   : cfg.default_key_type();
       r.action = Refuse{protocol::error(
-          kInvalidParameterValue, "invalid sharding key \"" + *h.sharding_key + "\" for type " +
-                                      config::to_string(cfg.default_key_type()))};
+          kInvalidParameterValue,
+          "invalid sharding key \"" + *h.sharding_key + "\" for type " + config::to_string(type))};
       return r;
     }
     r.action = Forward{*s};

@@ -59,6 +59,29 @@ Route explain(const Route& inner, const config::Config& cfg, const SessionHints&
   return r;
 }
 
+// The route a placing hint gives. A sharding_key is placed with the placement of the
+// sharded tables the statement names (the first table's when it names none).
+Route by_hint(const Hints& hint, const char* level, const config::Config& cfg, std::string_view sql,
+              const Context& ctx) {
+  std::shared_ptr<const Analysis> analysis;
+  if (cfg.router_parse && hint.sharding_key && !hint.shard) analysis = analysis_of(sql, cfg, ctx);
+  Route hinted = detail::from_hints(hint, level, cfg, analysis.get());
+  // The hint places the statement; COMMIT still ends the transaction on every shard it
+  // used, and a SET is still tracked for the session.
+  if (cfg.router_parse && runs_on_shards(hinted)) {
+    if (!analysis) analysis = analysis_of(sql, cfg, ctx);
+    if (analysis->unique_ids > 0 && !ctx.describe_only) {
+      Route r;  // pgshard.unique_id() calls are put in first, wherever the hint points
+      r.action = UniqueIds{};
+      return r;
+    }
+    detail::take_session_effects(hinted, *analysis);
+    detail::take_replica_safety(hinted, *analysis, cfg);
+    hinted.names_unique_id = analysis->names_unique_id;
+  }
+  return hinted;
+}
+
 Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
            std::string_view sql, const Context& ctx) {
   if (!a.comment_error.empty()) {
@@ -77,21 +100,7 @@ Route pick(const Settings& a, const SessionHints& h, const config::Config& cfg,
     const char* level = hint == &a.comment ? "comment hint"
                         : hint == &h.local ? "SET LOCAL pgshard"
                                            : "SET pgshard";
-    Route hinted = detail::from_hints(*hint, level, cfg);
-    // The hint places the statement; COMMIT still ends the transaction on every shard it
-    // used, and a SET is still tracked for the session.
-    if (cfg.router_parse && runs_on_shards(hinted)) {
-      const auto analysis = analysis_of(sql, cfg, ctx);
-      if (analysis->unique_ids > 0 && !ctx.describe_only) {
-        Route r;  // pgshard.unique_id() calls are put in first, wherever the hint points
-        r.action = UniqueIds{};
-        return r;
-      }
-      detail::take_session_effects(hinted, *analysis);
-      detail::take_replica_safety(hinted, *analysis, cfg);
-      hinted.names_unique_id = analysis->names_unique_id;
-    }
-    return hinted;
+    return by_hint(*hint, level, cfg, sql, ctx);
   }
   if (!cfg.router_parse) {
     Route r;
@@ -118,14 +127,16 @@ Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Co
 
 }  // namespace
 
-std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg) {
+std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg, int table) {
   const int n = static_cast<int>(cfg.shards.size());
   if (cfg.sharded_tables.empty()) {
     auto h = partition_hash(config::KeyType::kInt8, key);
     if (!h) return std::nullopt;
     return hash_to_index(*h, n);
   }
-  return place_key(cfg.sharded_tables.front(), key, n).shard;
+  const auto& t =
+      table >= 0 ? cfg.sharded_tables[static_cast<std::size_t>(table)] : cfg.sharded_tables.front();
+  return place_key(t, key, n).shard;
 }
 
 namespace {

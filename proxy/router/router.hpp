@@ -288,7 +288,8 @@ std::optional<bool> parse_bool(std::string_view value);
 bool partial_results(const SessionHints& hints, const config::Config& cfg,
                      const config::User& user);
 
-// The shard a sharding key maps to with the map's default key type and function.
-std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg);
+// The shard a sharding key maps to with sharded table `table`'s placement (type, function,
+// buckets...); table -1: the first sharded table's (the map's default key type).
+std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg, int table = -1);
 
 }  // namespace pgshard::router

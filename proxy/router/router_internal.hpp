@@ -45,8 +45,11 @@ std::optional<protocol::ErrorInfo> apply_settings(const Settings& a, SessionHint
                                                   const config::Config& cfg);
 // Whether a hint places the statement (shard or sharding_key).
 bool places(const Hints& h);
-// The Route a placing hint (places(h)) gives; `level` names it in the reason.
-Route from_hints(const Hints& h, const char* level, const config::Config& cfg);
+// The Route a placing hint (places(h)) gives; `level` names it in the reason. A sharding_key
+// takes the placement of the sharded tables `analysis` names (refused when they are placed
+// differently); without analysis, or when it names none, the first sharded table's.
+Route from_hints(const Hints& h, const char* level, const config::Config& cfg,
+                 const Analysis* analysis = nullptr);
 // The answer to SHOW pgshard.name, appended to `out`.
 void answer_show(const SetCommand& c, const SessionHints& h, std::string& out);
 

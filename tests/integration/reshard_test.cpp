@@ -130,6 +130,14 @@ void check_placement(Cluster& cluster) {
   CHECK(total == 3000);
 }
 
+// Runs `sql` on each of the first `n` shards, directly.
+void on_shards(int n, const std::string& sql) {
+  for (int i = 0; i < n; ++i) {
+    auto d = connect(Cluster::get().direct(i));
+    query(d.get(), sql);
+  }
+}
+
 }  // namespace
 
 TEST_CASE("bucketed hash: rows land on their bucket's shard and the plan counts what moves",
@@ -218,4 +226,90 @@ TEST_CASE("bucketed hash: rows land on their bucket's shard and the plan counts 
   set_wal_level(cluster, "replica");
   on(2, "drop database rs_target");
   for (int i = 0; i < cluster.size(); ++i) on(i, "drop table rs_orders, rs_nopk");
+}
+
+TEST_CASE(
+    "list table: plan --live counts a key the old default held and the new map lists "
+    "for the new default's shard",
+    "[reshard]") {
+  auto& cluster = Cluster::get();
+  REQUIRE(cluster.size() >= 3);
+  on_shards(3, "drop table if exists rs_regions");
+  on_shards(3, "create table rs_regions (id int primary key, region text)");
+  std::vector<std::string> urls;
+  for (int i = 0; i < 3; ++i)
+    urls.push_back("postgres://app:secret@127.0.0.1:" + std::to_string(cluster.port(i)) + "/app");
+  // Old map: s0 [eu, uk], s1 [us], default s1. s1 holds us, fr and de (by default).
+  {
+    auto s0 = connect(cluster.direct(0));
+    query(s0.get(), "insert into rs_regions values (1, 'eu'), (2, 'uk'), (3, 'uk')");
+    auto s1 = connect(cluster.direct(1));
+    query(s1.get(),
+          "insert into rs_regions values (4, 'us'), (5, 'fr'), (6, 'fr'), (7, 'fr'), (8, 'de')");
+  }
+  auto map = [&](int shards, const std::string& lists, const char* fallback) {
+    std::string y = "users: [{ name: app, password: secret }]\nshards:\n";
+    for (int i = 0; i < shards; ++i)
+      y += "  - { name: s" + std::to_string(i) + ", primary: \"" + urls[i] + "\" }\n";
+    return y + "sharded_tables:\n  - { table: rs_regions, column: region, type: text, " +
+           "function: list, lists: [" + lists + "], default: " + fallback + " }\n";
+  };
+  const auto dir = temp_dir("reshard-list");
+  std::ofstream(dir + "/old.yaml")
+      << map(2, "{ shard: s0, values: [eu, uk] }, { shard: s1, values: [us] }", "s1");
+  // New map: s0 [eu], s2 [uk, fr], s1 [us], default s2: fr and de move s1 -> s2.
+  std::ofstream(dir + "/new.yaml") << map(
+      3,
+      "{ shard: s0, values: [eu] }, { shard: s2, values: [uk, fr] }, { shard: s1, values: [us] }",
+      "s2");
+  std::string out;
+  run(pgshard_binary() + " reshard plan --live --from " + dir + "/old.yaml --to " + dir +
+          "/new.yaml 2>&1",
+      &out);
+  INFO(out);
+  CHECK(planned_rows(out, "s0", "s2") == 2);  // uk
+  CHECK(planned_rows(out, "s1", "s2") == 4);  // fr (3 rows) and de
+  on_shards(3, "drop table rs_regions");
+}
+
+TEST_CASE(
+    "a sharding_key hint finds the row of the table it names, whatever the first "
+    "table's bucket map",
+    "[reshard]") {
+  const int shards = Cluster::get().size();
+  on_shards(shards, "drop table if exists rs_bi, rs_bx");
+  on_shards(shards, "create table rs_bi (id bigint primary key, note text)");
+  on_shards(shards, "create table rs_bx (id bigint primary key, note text)");
+  ProxyOptions o;
+  o.sharded_tables =
+      "  - { table: rs_bi, column: id, type: bigint, buckets: 1024 }\n"
+      "  - { table: rs_bx, column: id, type: bigint, buckets: 16 }\n";
+  Proxy proxy(o);
+  auto c = connect(proxy.conninfo());
+  // Keys whose rs_bx shard differs from the shard rs_bi's map gives them.
+  std::vector<std::string> keys;
+  for (int k = 1; k <= 60; ++k) {
+    query(c.get(), "insert into rs_bx values (" + std::to_string(k) + ", 'x')");
+    const auto bi =
+        query(c.get(), "explain (route) select * from rs_bi where id = " + std::to_string(k));
+    const auto bx =
+        query(c.get(), "explain (route) select * from rs_bx where id = " + std::to_string(k));
+    if (bi.at(0).at(0) != bx.at(0).at(0)) keys.push_back(std::to_string(k));
+  }
+  REQUIRE(keys.size() >= 3);
+  for (const auto& k : keys) {
+    INFO("key " << k);
+    const auto hinted = "/* pgshard: sharding_key=" + k + " */ select count(*) from rs_bx";
+    CHECK(scalar(c.get(), hinted + " where id = " + k) == "1");
+    query(c.get(), "begin");
+    query(c.get(), "set local pgshard.sharding_key = '" + k + "'");
+    CHECK(scalar(c.get(), "select note from rs_bx where id = " + k) == "x");
+    query(c.get(), "commit");
+  }
+  std::string message;
+  CHECK(error_code(c.get(),
+                   "/* pgshard: sharding_key=1 */ select * from rs_bi join rs_bx using (id)",
+                   &message) == "0A000");
+  CHECK(message.find("rs_bi and rs_bx") != std::string::npos);
+  on_shards(shards, "drop table rs_bi, rs_bx");
 }

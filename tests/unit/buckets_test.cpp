@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <fstream>
 #include <sstream>
+#include <utility>
 
 #include "config/config.hpp"
 #include "protocol/codec.hpp"
@@ -326,35 +327,46 @@ TEST_CASE("the plan of range and list maps names the moving ranges and keys",
   CHECK_THAT(refused[0].refusal, Catch::Contains("would have no shard in the new map"));
 }
 
-TEST_CASE("reshard propose prints a map for one more shard that moves only to it",
-          "[buckets][reshard]") {
+namespace {
+
+// `pgshard reshard propose --add s3=...` on a map of 3 shards with `tables` (sharded_tables
+// entries): the old map and the new one made of the printed entries.
+std::pair<std::shared_ptr<const config::Config>, std::shared_ptr<const config::Config>> propose(
+    const std::string& tables) {
   char dir[] = "/tmp/pgshard-propose-XXXXXX";
   REQUIRE(mkdtemp(dir));
   const std::string path = std::string(dir) + "/old.yaml";
   const std::string head = shards_yaml(3);
-  std::ofstream(path) << head << "sharded_tables:\n"
-                      << "  - { table: orders, column: id, type: bigint, buckets: 1024 }\n"
-                      << "  - { table: legacy, column: id, type: bigint }\n";
+  std::ofstream(path) << head << "sharded_tables:\n" << tables;
   std::string a0 = "propose", a1 = "--from", a2 = path, a3 = "--add", a4 = "s3=postgres://h:4/app";
   char* argv[] = {a0.data(), a1.data(), a2.data(), a3.data(), a4.data()};
   std::ostringstream out, err;
-  REQUIRE(admin::reshard_main(5, argv, out, err) == 0);
+  const int rc = admin::reshard_main(5, argv, out, err);
   std::remove(path.c_str());
   rmdir(dir);
+  INFO(err.str());
+  REQUIRE(rc == 0);
   // The printed shard entry and table entries make the new map.
   std::istringstream lines(out.str());
-  std::string shard_entry, tables;
+  std::string shard_entry, printed;
   for (std::string l; std::getline(lines, l);) {
     if (l.starts_with("  - { name: s3"))
       shard_entry = l + "\n";
     else if (!l.starts_with("#") && !l.empty())
-      tables += l + "\n";
+      printed += l + "\n";
   }
   REQUIRE_FALSE(shard_entry.empty());
-  auto from = load(head + "sharded_tables:\n" +
-                   "  - { table: orders, column: id, type: bigint, buckets: 1024 }\n" +
-                   "  - { table: legacy, column: id, type: bigint }\n");
-  auto to = load(head + shard_entry + "sharded_tables:\n" + tables);
+  return {load(head + "sharded_tables:\n" + tables),
+          load(head + shard_entry + "sharded_tables:\n" + printed)};
+}
+
+}  // namespace
+
+TEST_CASE("reshard propose prints a map for one more shard that moves only to it",
+          "[buckets][reshard]") {
+  const auto [from, to] = propose(
+      "  - { table: orders, column: id, type: bigint, buckets: 1024 }\n"
+      "  - { table: legacy, column: id, type: bigint }\n");
   const auto plan = admin::plan_reshard(*from, *to);
   REQUIRE(plan.size() == 2);
   for (const auto& p : plan) {
@@ -369,4 +381,85 @@ TEST_CASE("reshard propose prints a map for one more shard that moves only to it
     CHECK(moving == 256);
     CHECK(p.modulus == (p.name == "orders" ? 1024 : 1026));
   }
+}
+
+TEST_CASE("reshard propose raises a bucket count too small for one more shard",
+          "[buckets][reshard]") {
+  // 3 buckets over 3 shards: the new shard got none ("buckets: \"\""), which check refuses.
+  const auto [from, to] = propose("  - { table: few, column: id, type: bigint, buckets: 3 }\n");
+  const auto& t = to->sharded_tables[0];
+  REQUIRE(t.buckets > 4);
+  CHECK(t.buckets % 3 == 0);  // a multiple of the old count: a bucket splits, never straddles
+  const auto held = std::count(t.bucket_shard.begin(), t.bucket_shard.end(), 3);
+  CHECK(held >= t.buckets / 4);
+  // Keys that stay keep their shard; the rest move to the new shard only.
+  const auto plan = admin::plan_reshard(*from, *to);
+  REQUIRE(plan.size() == 1);
+  REQUIRE(plan[0].refusal.empty());
+  for (const auto& m : plan[0].moves) CHECK(m.to == "s3");
+  for (int k = 0; k < 2000; ++k) {
+    const auto key = std::to_string(k);
+    const int before = *router::place_key(from->sharded_tables[0], key, 3).shard;
+    const int after = *router::place_key(t, key, 4).shard;
+    if (after != 3) CHECK(after == before);
+  }
+}
+
+namespace {
+
+// Tables bi (1024 buckets, first in the map) and bx (16 buckets) over 3 shards, and a key
+// the two place on different shards.
+struct TwoMaps {
+  std::shared_ptr<const config::Config> cfg = load(shards_yaml(3) + R"(sharded_tables:
+  - { table: bi, column: id, type: bigint, buckets: 1024 }
+  - { table: bx, column: id, type: bigint, buckets: 16 }
+)");
+  std::string key;
+  int on_bx = -1;
+  TwoMaps() {
+    for (int k = 0; k < 1000 && key.empty(); ++k) {
+      const auto s = std::to_string(k);
+      const auto bi = *router::place_key(cfg->sharded_tables[0], s, 3).shard;
+      const auto bx = *router::place_key(cfg->sharded_tables[1], s, 3).shard;
+      if (bi != bx) key = s, on_bx = bx;
+    }
+  }
+};
+
+}  // namespace
+
+TEST_CASE("a sharding_key hint places its key with the bucket map of the table it names",
+          "[buckets]") {
+  TwoMaps m;
+  REQUIRE(!m.key.empty());
+  router::SessionHints none;
+  const auto comment = "/* pgshard: sharding_key=" + m.key + " */ select * from bx where id = 1";
+  CHECK(testing::forward_shard(router::route_query(comment, none, *m.cfg)) == m.on_bx);
+  router::SessionHints local;
+  local.local.sharding_key = m.key;
+  CHECK(testing::forward_shard(router::route_query("select * from bx", local, *m.cfg)) == m.on_bx);
+  router::SessionHints session;
+  session.session.sharding_key = m.key;
+  CHECK(testing::forward_shard(router::route_query("update bx set v = 1", session, *m.cfg)) ==
+        m.on_bx);
+  // Naming no sharded table, the key takes the first sharded table's placement.
+  const int on_bi = *router::place_key(m.cfg->sharded_tables[0], m.key, 3).shard;
+  CHECK(testing::forward_shard(router::route_query("select 1", session, *m.cfg)) == on_bi);
+  CHECK(*router::shard_for_key(m.key, *m.cfg, 1) == m.on_bx);
+}
+
+TEST_CASE("a sharding_key hint on tables with different bucket maps is refused, naming them",
+          "[buckets]") {
+  TwoMaps m;
+  router::SessionHints local;
+  local.local.sharding_key = "42";
+  const auto r = router::route_query("select * from bi join bx using (id)", local, *m.cfg);
+  REQUIRE(testing::refused(r));
+  CHECK(testing::error_of(r).code == "0A000");
+  CHECK(testing::error_of(r).message.find("bi and bx") != std::string::npos);
+  // A shard hint still places such a statement.
+  router::SessionHints shard;
+  shard.local.shard = "s2";
+  CHECK(testing::forward_shard(
+            router::route_query("select * from bi join bx using (id)", shard, *m.cfg)) == 2);
 }
