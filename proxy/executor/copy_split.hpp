@@ -64,6 +64,9 @@ class CopyRowSplitter {
   std::optional<std::string> key_of(std::string_view row) const;
 
  private:
+  std::optional<std::string> text_key(std::string_view row) const;
+  std::optional<std::string> csv_key(std::string_view row) const;
+
   template <typename F>
   void emit(std::string_view row, F& on_row) {
     if (spec_.header && !header_seen_) {

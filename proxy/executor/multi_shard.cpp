@@ -264,6 +264,7 @@ class CopyStream {
         table_(table),
         shards_(static_cast<int>(c.config().shards.size())),
         splitter_(spec, key_index),
+        client_encoding_(spec.client_encoding),
         bufs_(static_cast<std::size_t>(shards_)) {}
 
   // Rows go to the shard their key names, in CopyData frames of up to 64 kB per shard. A
@@ -348,6 +349,16 @@ class CopyStream {
       for (auto& b : bufs_) b.append(row);
       return;
     }
+    if (outcome_.error) return;
+    if (key && !router::key_bytes_as_stored(client_encoding_, *key)) {
+      // Its shard is not known from the client's bytes: the whole COPY fails, as a
+      // statement by such a key is refused.
+      const auto message = router::foreign_key_message(client_encoding_);
+      outcome_.error =
+          proto::error(sqlstate::kFeatureNotSupported, message, {}, "use client_encoding UTF8");
+      fail_reason_ = message + '\0';
+      return;
+    }
     int shard = 0;  // NULL or invalid keys: shard 0 reports PostgreSQL's own error
     if (key) shard = router::place_key(*table_, *key, shards_).shard.value_or(0);
     bufs_[static_cast<std::size_t>(shard)].append(row);
@@ -383,6 +394,7 @@ class CopyStream {
   const config::ShardedTable* table_;  // null: every row to every shard
   const int shards_;
   CopyRowSplitter splitter_;
+  const std::string client_encoding_;
   std::vector<std::string> bufs_;  // per shard: rows not yet sent
   CopyOutcome outcome_;
   std::string fail_reason_;

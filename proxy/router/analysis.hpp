@@ -44,6 +44,9 @@ struct CopySplit {
   bool header = false;
   bool binary = false;
   bool replicate = false;
+  // The session's client_encoding when the COPY runs (set by route, not by analysis): keys
+  // whose bytes are not those the shards hash fail the COPY (key_bytes_as_stored).
+  std::string client_encoding;
 };
 
 // A session setting a statement changes: SET name = value (value), RESET name (nullopt),

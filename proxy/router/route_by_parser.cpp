@@ -90,6 +90,11 @@ Route refuse(std::string message, std::string hint = {}) {
   return r;
 }
 
+// A write whose key's bytes are not those the shards hash (key_bytes_as_stored).
+Route foreign_key_refusal(std::string_view client_encoding) {
+  return refuse(foreign_key_message(client_encoding), "use client_encoding UTF8");
+}
+
 // The generated columns (other than the key) an INSERT of `rows` VALUES rows leaves to the
 // database, with how many rows do: left out of the column list (every row), DEFAULT in
 // their place, or (without a column list) rows that stop before the column.
@@ -212,6 +217,7 @@ void route_target(const Analysis& a, const config::Config& cfg, const Context& c
         return;
       }
       r.action = CopyIn{all_shards(cfg), *a.copy_in, a.copy_in->replicate ? -1 : a.table};
+      std::get<CopyIn>(r.action).split.client_encoding = ctx.client_encoding;
       return;
     case Analysis::Target::kKeys:
       return;
@@ -314,6 +320,9 @@ struct KeyPlacement {
   // compares it as numeric (no row) or, cast to the key's type, rounds it; the text alone
   // does not say which row it finds.
   std::string inexact;
+  // A key whose bytes in the client's encoding are not those the shards hash (non-ASCII
+  // text in LATIN1...): its shard is not known.
+  bool foreign_bytes = false;
   // Each key's text, literal or a Bind parameter's value, in row order (a split INSERT).
   std::vector<std::string> key_texts;
 
@@ -361,6 +370,11 @@ std::optional<std::string> integral_number(std::string_view t) {
 }  // namespace
 
 void KeyPlacement::add(std::string_view text) {
+  if (!key_bytes_as_stored(ctx.client_encoding, text)) {
+    foreign_bytes = true;
+    row_shard.push_back(-1);
+    return;
+  }
   auto p = place_key(table, text, n, ctx.directory, table_index);
   if (p.needs_lookup) {
     lookups.emplace_back(table_index, config::canonical_key(table.type, text));
@@ -420,6 +434,16 @@ void KeyPlacement::read(const std::vector<KeyValue>& keys) {
 // What the keys settle before their shards count: a key that cannot be read, directory
 // entries to look up, a key no shard takes, or no key to place by. False: the shards decide.
 bool placement_settles(KeyPlacement& p, const Analysis& a, const config::Config& cfg, Route& r) {
+  if (p.foreign_bytes) {
+    // Never guessed: reads go everywhere, writes are refused (the row would be stored by
+    // its UTF8 bytes on a shard chosen by its client-encoding bytes).
+    if (r.write) {
+      r = foreign_key_refusal(p.ctx.client_encoding);
+      return true;
+    }
+    every_shard(r, a, cfg);
+    return true;
+  }
   if (!p.inexact.empty()) {
     // Never guessed: reads go everywhere (each shard answers PostgreSQL's comparison or
     // cast for its rows), writes are refused (an INSERT's row could land anywhere).
@@ -476,6 +500,10 @@ bool moves_rows(const Analysis& a, const KeyPlacement& p, const config::Config& 
     text = param_text(*p.ctx.bind, a.new_key->param, p.table.type,
                       declared_type(p.ctx, a.new_key->param));
   if (!text) return false;
+  if (!key_bytes_as_stored(p.ctx.client_encoding, *text)) {
+    r = foreign_key_refusal(p.ctx.client_encoding);
+    return true;
+  }
   auto moved = place_key(p.table, *text, p.n).shard;
   if (!moved || (p.shards.size() == 1 && *moved == *p.shards.begin())) return false;
   r = refuse("UPDATE would move rows of \"" + p.table.table + "\" to another shard (" +

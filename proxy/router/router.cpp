@@ -4,6 +4,7 @@
 #include "proxy/router/router.hpp"
 
 #include <algorithm>
+#include <cctype>
 #include <memory>
 
 #include "protocol/codec.hpp"
@@ -126,6 +127,24 @@ Route pick_or_explain(const Settings& a, const SessionHints& h, const config::Co
 }
 
 }  // namespace
+
+bool key_bytes_as_stored(std::string_view client_encoding, std::string_view text) {
+  if (std::all_of(text.begin(), text.end(),
+                  [](char c) { return static_cast<unsigned char>(c) < 0x80; }))
+    return true;
+  // PostgreSQL's spelling rules for encoding names: case and punctuation do not count
+  // ("utf-8", "Unicode" and "UTF8" are one encoding).
+  std::string name;
+  for (char c : client_encoding)
+    if (std::isalnum(static_cast<unsigned char>(c)))
+      name.push_back(static_cast<char>(std::tolower(static_cast<unsigned char>(c))));
+  return name.empty() || name == "utf8" || name == "unicode" || name == "sqlascii";
+}
+
+std::string foreign_key_message(std::string_view client_encoding) {
+  return "a text shard key with non-ASCII characters in client_encoding " +
+         std::string(client_encoding) + " cannot be placed";
+}
 
 std::optional<int> shard_for_key(std::string_view key, const config::Config& cfg, int table) {
   const int n = static_cast<int>(cfg.shards.size());

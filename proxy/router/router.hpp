@@ -239,7 +239,17 @@ struct Context {
   // The cache's analysis of this very statement when the router has it already (a statement
   // with literals is re-analysed from its shape on every look-up: look once).
   const std::shared_ptr<const Analysis>* analysis = nullptr;
+  // The session's client_encoding (empty: UTF8). Key text arrives in it, while the shards
+  // hash what they store (UTF8): see key_bytes_as_stored.
+  std::string_view client_encoding;
 };
+
+// Whether a key's text, as a client with `client_encoding` sends it, has the bytes the
+// shards hash: ASCII text always does, other text only in UTF8 (or SQL_ASCII, which
+// PostgreSQL does not convert). Else its shard cannot be told from the bytes pgshard sees.
+bool key_bytes_as_stored(std::string_view client_encoding, std::string_view text);
+// Why a write by such a key is refused (0A000).
+std::string foreign_key_message(std::string_view client_encoding);
 
 // Routes a simple-protocol Query. A string made only of pgshard SET/RESET/SHOW statements
 // is answered by pgshard; anything else goes to a shard (pgshard.* settings inside a longer

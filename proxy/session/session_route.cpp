@@ -216,6 +216,7 @@ router::Context Session::routing_context() {
   ctx.columns = &worker_.columns();
   ctx.round_robin = &round_robin_;
   ctx.memo = &memo_;
+  ctx.client_encoding = settings_.value("client_encoding");
   if (backends_.active) ctx.attached = shard_of_target(backends_.active->shard);
   return ctx;
 }

@@ -79,3 +79,24 @@ TEST_CASE("rows after the end-of-data marker are ignored, as PostgreSQL ignores 
   REQUIRE(rows.size() == 1);
   CHECK(rows[0].row == "1,a\n");
 }
+
+TEST_CASE("text key fields decode every escape as PostgreSQL's COPY does", "[copy]") {
+  router::CopySplit text;
+  auto key = [&](const std::string& field) {
+    auto rows = split(text, 0, {field + "\tv\n"});
+    REQUIRE(rows.size() == 1);
+    return rows[0].key;
+  };
+  CHECK(key("\\x37\\x37\\x37\\x30\\x30\\x31") == "777001");  // hex, 2 digits
+  CHECK(key("\\x7x") == "\ax");                              // hex, 1 digit
+  CHECK(key("a\\xz") == "axz");                              // \x without a hex digit: x
+  CHECK(key("oct\\101") == "octA");                          // octal, 3 digits
+  CHECK(key("\\61\\0627") == "127");                         // octal, 2 digits, then a 3rd
+  CHECK(key("\\7") == "\a");                                 // octal, 1 digit
+  CHECK(key("\\1011") == "A1");                              // at most 3 octal digits
+  CHECK(key("\\b\\f\\n\\r\\t\\v") == "\b\f\n\r\t\v");
+  CHECK(key("\\\\N") == "\\N");  // the text \N, not NULL
+  CHECK(key("\\q") == "q");      // any other byte stands for itself
+  CHECK_FALSE(key("\\N"));
+  CHECK(key("\\303\\251") == "\xc3\xa9");  // bytes >= 0x80
+}
