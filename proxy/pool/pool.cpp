@@ -21,7 +21,8 @@ Pool::Pool(asio::any_io_executor ex, int worker, SharedPool& shared, BackendTarg
       shared_(shared),
       target_(std::move(target)),
       wait_timeout_(wait_timeout),
-      connect_timeout_(connect_timeout) {
+      connect_timeout_(connect_timeout),
+      deadlines_(std::in_place, ex_) {
   shared_.attach(worker_, this, ex_);
 }
 
@@ -35,7 +36,8 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   if (!check_moved()) co_return refusal_;
   if (paused_ && !in_transaction) {
     // Until RESUME (which cancels the timer), the deadline or the caller's stop.
-    Waiter w{asio::steady_timer(ex_), nullptr, false, false};
+    Waiter w;
+    w.queued = false;
     paused_waiters_.push_back(&w);
     const auto ec = co_await wait(w, stop, patience);
     std::erase(paused_waiters_, &w);
@@ -52,7 +54,7 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   // or the slot of the next one closed, on any worker.
   if (donor >= 0) shared_.ask_to_lend(donor);
 
-  Waiter w{asio::steady_timer(ex_), nullptr, false};
+  Waiter w;
   waiters_.push_back(&w);
   const auto ec = co_await wait(w, stop, patience);
   if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
@@ -75,13 +77,59 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
 
 awaitable<error_code> Pool::wait(Waiter& w, asio::cancellation_slot stop, WaitPatience& patience) {
   const bool patient = patience.then && patience.after < wait_timeout_;
-  w.timer.expires_at(w.since + (patient ? patience.after : wait_timeout_));
-  auto [ec] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
-  if (!patient || ec || w.conn || w.slot) co_return ec;
-  std::exchange(patience.then, nullptr)();  // (once: PAUSE's wait may come first)
-  w.timer.expires_at(w.since + wait_timeout_);
-  auto [rest] = co_await w.timer.async_wait(asio::bind_cancellation_slot(stop, use_nothrow));
-  co_return rest;
+  w.patience = patient ? &patience : nullptr;
+  w.deadline = w.since + (patient ? patience.after : wait_timeout_);
+  w.ec = {};
+  arm(w.deadline);
+  if (stop.is_connected())
+    stop.assign([this, &w](asio::cancellation_type) { end(w, asio::error::operation_aborted); });
+  co_await asio::async_initiate<const asio::deferred_t&, void()>(
+      [&w](Wake wake) { w.wake.emplace(std::move(wake)); }, asio::deferred);
+  if (stop.is_connected()) stop.clear();
+  co_return w.ec;
+}
+
+void Pool::end(Waiter& w, error_code ec) {
+  if (!w.wake) return;
+  w.ec = ec;
+  Wake wake = std::move(*w.wake);
+  w.wake.reset();
+  asio::post(ex_, std::move(wake));
+}
+
+void Pool::arm(Clock::time_point deadline) {
+  if (deadline >= armed_ || !deadlines_) return;  // (its scan will see this one too)
+  armed_ = deadline;
+  deadlines_->expires_at(deadline);
+  deadlines_->async_wait([this](error_code ec) {
+    if (ec) return;  // (re-armed earlier, or the pool is going away)
+    armed_ = Clock::time_point::max();
+    deadlines_passed();
+  });
+}
+
+void Pool::deadlines_passed() {
+  const auto now = Clock::now();
+  auto next = Clock::time_point::max();
+  auto look = [&](Waiter* w) {
+    if (!w->wake) return;
+    if (w->deadline > now) {
+      next = std::min(next, w->deadline);
+      return;
+    }
+    if (auto* patience = std::exchange(w->patience, nullptr)) {
+      // (Once: PAUSE's wait may have called it already.)
+      if (patience->then) std::exchange(patience->then, nullptr)();
+      w->deadline = w->since + wait_timeout_;
+      next = std::min(next, w->deadline);
+      return;
+    }
+    end(*w, {});  // (timed out)
+  };
+  // (Copies: a patience callback may start a coroutine, never one that waits here.)
+  for (auto* w : std::vector<Waiter*>(waiters_.begin(), waiters_.end())) look(w);
+  for (auto* w : std::vector<Waiter*>(paused_waiters_)) look(w);
+  if (next != Clock::time_point::max()) arm(next);
 }
 
 std::optional<Lease> Pool::lend_idle(bool in_transaction) {
@@ -135,6 +183,13 @@ awaitable<std::variant<Lease, std::string>> Pool::open() {
 }
 
 void Pool::close_all() {
+  if (deadlines_) {
+    // (At exit, before the io_context goes: the waiters' resumptions are destroyed with it,
+    // as their own timers' waits were.)
+    for (auto* w : waiters_) end(*w, asio::error::operation_aborted);
+    for (auto* w : paused_waiters_) end(*w, asio::error::operation_aborted);
+    deadlines_.reset();
+  }
   closed_ = true;
   shared_.detach(worker_, this);  // (first: the slots freed below go to other workers)
   for (auto& c : idle_) {
@@ -170,7 +225,7 @@ void Pool::give_back(std::unique_ptr<ServerConn> conn) {
     auto* w = waiters_.front();
     waiters_.pop_front();
     w->conn = std::move(conn);
-    w->timer.cancel();
+    end(*w, asio::error::operation_aborted);
     return;
   }
   make_idle(std::move(conn));
@@ -231,7 +286,7 @@ void Pool::serve(std::unique_ptr<ServerConn> conn) {
     w->conn = std::move(conn);
   else
     w->slot = true;
-  w->timer.cancel();
+  end(*w, asio::error::operation_aborted);
 }
 
 void Pool::lend_away() {
@@ -285,7 +340,7 @@ void Pool::set_limits(int max_size, config::Millis wait_timeout, config::Millis 
 void Pool::pause(bool on) {
   paused_ = on;
   if (!on)
-    for (auto* w : paused_waiters_) w->timer.cancel();
+    for (auto* w : paused_waiters_) end(*w, asio::error::operation_aborted);
 }
 
 void Pool::reconnect() {

@@ -152,16 +152,27 @@ class Pool {
   }
 
  private:
+  // What co_await hands a deferred operation (Asio's own type, as in Baton).
+  using Wake = asio::detail::awaitable_async_op_handler<void(), asio::any_io_executor>;
   struct Waiter {
-    asio::steady_timer timer;
     std::unique_ptr<ServerConn> conn;  // handed over by give_back
     bool slot = false;                 // a slot freed: the waiter may open a connection
     bool queued = true;  // its place in the SharedPool's queue is not yet taken by a hand-over
     Clock::time_point since = Clock::now();
+    Clock::time_point deadline{};      // when the pool's timer ends the wait (or calls patience)
+    WaitPatience* patience = nullptr;  // its `then` is called once, at the first deadline
+    error_code ec;                     // why the wait ended: none (a deadline) or aborted
+    std::optional<Wake> wake;          // the suspended wait
   };
-  // Waits on w's timer until wait_timeout after the wait began, a hand-over or RESUME
-  // (which cancel it), or the stop; calls patience.then on the way.
+  // Waits until wait_timeout after the wait began, a hand-over or RESUME (end(w, aborted)),
+  // or the stop; calls patience.then on the way. No timer of its own: the pool's one timer
+  // watches every waiter's deadline (most waits end long before theirs).
   awaitable<error_code> wait(Waiter& w, asio::cancellation_slot stop, WaitPatience& patience);
+  // Resumes w's wait (posted: never inside the caller) with `ec`, unless it already ended.
+  void end(Waiter& w, error_code ec);
+  // The pool's timer is set for `deadline` if nothing earlier is pending.
+  void arm(Clock::time_point deadline);
+  void deadlines_passed();
   // Opens a connection in a slot reserved in the SharedPool.
   awaitable<std::variant<Lease, std::string>> open();
   // Every lease starts here, so that holders() knows the servers lent out.
@@ -204,8 +215,11 @@ class Pool {
   bool closed_ = false;
   std::deque<std::unique_ptr<ServerConn>> idle_;
   std::deque<Waiter*> waiters_;
-  std::vector<const ServerConn*> lent_;           // servers out on a Lease
-  const std::atomic<uint64_t>* moves_ = nullptr;  // (follow)
+  // The earliest deadline of a waiter (wait()); gone with close_all (before the io_context).
+  std::optional<asio::steady_timer> deadlines_;
+  Clock::time_point armed_ = Clock::time_point::max();  // what deadlines_ is set for
+  std::vector<const ServerConn*> lent_;                 // servers out on a Lease
+  const std::atomic<uint64_t>* moves_ = nullptr;        // (follow)
   uint64_t seen_moves_ = ~uint64_t{0};
   std::function<PoolHost()> where_;
   std::string refusal_;

@@ -303,6 +303,7 @@ class Session : public std::enable_shared_from_this<Session>,
   // server the session has or takes idle now. False when handle_routed must run (nothing
   // done); true with `rest` as forwarded_now leaves it.
   bool forwarded_routed(router::Route& route, char boundary, std::string_view& rest);
+  awaitable<bool> forwarded_after_wait(router::Route& route, char boundary, std::string_view& rest);
   void log_forward(const router::Route& route, int target);
   // A pipeline (extended batch up to Sync) whose statements go to different shards, run as
   // PostgreSQL runs one: statement by statement in one transaction (pgshard's own when the
@@ -584,6 +585,7 @@ class Session : public std::enable_shared_from_this<Session>,
   ReadRouting reads_{id_};
   bool replicas_ = ReadRouting::any_replicas(config_);
   std::optional<int> read_chosen_;  // the fast path's choice for this request's Forward
+  int server_wanted_ = -1;          // the fast path's shard when only a server was missing
   router::StatementMemo memo_;      // the statement routed last (extended protocol)
   std::vector<pool::Pool*> pools_;  // the worker's pool of each shard, once looked up
   runtime::CancelKey key_;

@@ -188,7 +188,10 @@ awaitable<void> Session::client_loop() {
           Request req{boundary};
           RouteBox box([&] { return route_batch(&req.simple); });
           std::string_view rest;
-          if (!forwarded_routed(*box, boundary, rest)) {
+          bool sent = forwarded_routed(*box, boundary, rest);
+          if (!sent && server_wanted_ >= 0)
+            sent = co_await forwarded_after_wait(*box, boundary, rest);
+          if (!sent) {
             co_await handle_routed(req, *box);
           } else if (!rest.empty()) {
             co_await send_rest(rest);

@@ -42,7 +42,14 @@ bool Session::forwarded_routed(router::Route& route, char boundary, std::string_
     target = *chosen;
     read_chosen_ = target;  // the general path goes there too, not asking again
   }
-  if (backends_.active ? backends_.active->shard != target : !attached_now(target)) return false;
+  if (backends_.active) {
+    if (backends_.active->shard != target) return false;
+  } else if (!attached_now(target)) {
+    // Only a server is missing: the caller waits for one and tries again (a read that
+    // picked a host takes the general path, which keeps its choice).
+    if (!read_chosen_) server_wanted_ = target;
+    return false;
+  }
   read_chosen_.reset();
   worker_.routes().count(route);
   adopt(route, boundary);
@@ -374,8 +381,24 @@ awaitable<bool> Session::attach(int shard) {
   if (attached_now(shard)) co_return true;
   Waiting waiting(*this, "a pooled server (attach)");
   auto end = co_await wait_in_pool(shard, false);
+  if (auto* lease = std::get_if<pool::Lease>(&end.got)) {
+    start_relay(std::move(*lease), shard);  // (take_server's common case, no coroutine)
+    co_return true;
+  }
   const bool took = co_await take_server(std::move(end), shard);
   co_return took;
+}
+
+awaitable<bool> Session::forwarded_after_wait(router::Route& route, char boundary,
+                                              std::string_view& rest) {
+  // The fast path found every condition met but no idle server: the same try-step again,
+  // once a server came. A wait that failed has answered the client (take_server).
+  const int shard = std::exchange(server_wanted_, -1);
+  if (!co_await attach(shard)) {
+    pending_.clear();
+    co_return true;
+  }
+  co_return forwarded_routed(route, boundary, rest);
 }
 
 awaitable<bool> Session::take_server(PoolWaitEnd end, int shard) {
