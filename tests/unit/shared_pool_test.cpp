@@ -186,3 +186,46 @@ TEST_CASE("a server given back serves its own worker's waiter unless one elsewhe
   CHECK(p.next_waiter(0) == 1);
   CHECK(p.next_waiter(0) == -1);
 }
+
+TEST_CASE("waiters queued at different times each time out at their own deadline") {
+  // The pool's one timer watches every waiter's deadline (no timer per wait): a later
+  // waiter's deadline is re-armed once the earlier ones pass, a stopped one leaves at once.
+  asio::io_context io;
+  SharedPool shared(0, 1);
+  pgshard::pool::BackendTarget target;
+  target.shard_name = "s0";
+  Pool pool(io.get_executor(), 0, shared, target, pgshard::config::Millis(60),
+            pgshard::config::Millis(60));
+  const auto began = Clock::now();
+  std::vector<Waited> out(4);
+  std::vector<std::unique_ptr<asio::steady_timer>> starts;
+  asio::cancellation_signal stop;
+  for (std::size_t i = 0; i < out.size(); ++i) {
+    starts.push_back(std::make_unique<asio::steady_timer>(io, std::chrono::milliseconds(20 * i)));
+    starts.back()->async_wait([&, i](auto) {
+      asio::co_spawn(
+          io,
+          [&, i]() -> pgshard::awaitable<void> {
+            auto got = co_await pool.acquire(
+                i == 3 ? stop.slot() : asio::cancellation_slot{}, false,
+                WaitPatience{pgshard::config::Millis(10), [&out, i] { ++out[i].patience_calls; }});
+            if (auto* e = std::get_if<std::string>(&got)) out[i].answer = *e;
+            out[i].took = Clock::now() - began;
+          },
+          asio::detached);
+    });
+  }
+  asio::steady_timer stopper(io, std::chrono::milliseconds(65));  // waiter 3 began at 60
+  stopper.async_wait([&](auto) { stop.emit(asio::cancellation_type::terminal); });
+  io.run();
+  for (std::size_t i = 0; i < 3; ++i) {
+    INFO("waiter " << i);
+    CHECK(out[i].answer.find("timed out after 60 ms") != std::string::npos);
+    CHECK(out[i].patience_calls == 1);
+    CHECK(out[i].took >= std::chrono::milliseconds(20 * i + 60));
+    CHECK(out[i].took < std::chrono::milliseconds(20 * i + 60 + 40));
+  }
+  CHECK(out[3].answer.find("the client left") != std::string::npos);
+  CHECK(out[3].patience_calls == 0);
+  CHECK(out[3].took < std::chrono::milliseconds(60 + 40));
+}
