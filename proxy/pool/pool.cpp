@@ -52,9 +52,11 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
   if (shared_.reserve_or_queue(worker_, &donor)) co_return co_await open();
   // Queued: an idle server on another worker comes at once, else the next one given back
   // or the slot of the next one closed, on any worker.
-  if (donor >= 0) shared_.ask_to_lend(donor);
-
   Waiter w;
+  if (donor >= 0 && lent_.empty() && connecting_ == 0)
+    shared_.ask_to_lend(donor);  // (nothing of this worker's will come back)
+  else
+    w.donor = donor;
   waiters_.push_back(&w);
   const auto ec = co_await wait(w, stop, patience);
   if (auto it = std::find(waiters_.begin(), waiters_.end(), &w); it != waiters_.end())
@@ -78,7 +80,7 @@ awaitable<std::variant<Lease, std::string>> Pool::acquire(asio::cancellation_slo
 awaitable<error_code> Pool::wait(Waiter& w, asio::cancellation_slot stop, WaitPatience& patience) {
   const bool patient = patience.then && patience.after < wait_timeout_;
   w.patience = patient ? &patience : nullptr;
-  w.deadline = w.since + (patient ? patience.after : wait_timeout_);
+  w.deadline = next_deadline(w);
   w.ec = {};
   arm(w.deadline);
   if (stop.is_connected())
@@ -108,23 +110,29 @@ void Pool::arm(Clock::time_point deadline) {
   });
 }
 
+Clock::time_point Pool::next_deadline(const Waiter& w) const {
+  if (w.donor >= 0) return w.since + kAskDonorAfter;
+  if (w.patience) return w.since + w.patience->after;
+  return w.since + wait_timeout_;
+}
+
 void Pool::deadlines_passed() {
   const auto now = Clock::now();
   auto next = Clock::time_point::max();
   auto look = [&](Waiter* w) {
-    if (!w->wake) return;
-    if (w->deadline > now) {
-      next = std::min(next, w->deadline);
-      return;
+    while (w->wake && w->deadline <= now) {
+      if (w->donor >= 0) {
+        shared_.ask_to_lend(std::exchange(w->donor, -1));
+      } else if (auto* patience = std::exchange(w->patience, nullptr)) {
+        // (Once: PAUSE's wait may have called it already.)
+        if (patience->then) std::exchange(patience->then, nullptr)();
+      } else {
+        end(*w, {});  // (timed out)
+        return;
+      }
+      w->deadline = next_deadline(*w);
     }
-    if (auto* patience = std::exchange(w->patience, nullptr)) {
-      // (Once: PAUSE's wait may have called it already.)
-      if (patience->then) std::exchange(patience->then, nullptr)();
-      w->deadline = w->since + wait_timeout_;
-      next = std::min(next, w->deadline);
-      return;
-    }
-    end(*w, {});  // (timed out)
+    if (w->wake) next = std::min(next, w->deadline);
   };
   // (Copies: a patience callback may start a coroutine, never one that waits here.)
   for (auto* w : std::vector<Waiter*>(waiters_.begin(), waiters_.end())) look(w);

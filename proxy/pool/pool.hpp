@@ -160,14 +160,21 @@ class Pool {
     bool queued = true;  // its place in the SharedPool's queue is not yet taken by a hand-over
     Clock::time_point since = Clock::now();
     Clock::time_point deadline{};      // when the pool's timer ends the wait (or calls patience)
-    WaitPatience* patience = nullptr;  // its `then` is called once, at the first deadline
-    error_code ec;                     // why the wait ended: none (a deadline) or aborted
-    std::optional<Wake> wake;          // the suspended wait
+    WaitPatience* patience = nullptr;  // its `then` is called once, at its deadline
+    int donor = -1;  // a worker with an idle server, asked at kAskDonorAfter (see acquire)
+    error_code ec;   // why the wait ended: none (a deadline) or aborted
+    std::optional<Wake> wake;  // the suspended wait
   };
   // Waits until wait_timeout after the wait began, a hand-over or RESUME (end(w, aborted)),
   // or the stop; calls patience.then on the way. No timer of its own: the pool's one timer
   // watches every waiter's deadline (most waits end long before theirs).
   awaitable<error_code> wait(Waiter& w, asio::cancellation_slot stop, WaitPatience& patience);
+  // A waiter on a worker whose own servers are all lent out asks a worker holding an idle
+  // one only after this: one of its own usually comes back sooner, and an ask costs a post
+  // to another thread (and the hand-over a re-registration of the socket there).
+  static constexpr std::chrono::microseconds kAskDonorAfter{1000};
+  // The next deadline of w: asking its donor, its patience, its timeout.
+  Clock::time_point next_deadline(const Waiter& w) const;
   // Resumes w's wait (posted: never inside the caller) with `ec`, unless it already ended.
   void end(Waiter& w, error_code ec);
   // The pool's timer is set for `deadline` if nothing earlier is pending.
