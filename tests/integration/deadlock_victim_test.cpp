@@ -72,14 +72,6 @@ std::string tag_of(PGconn* c, const std::string& sql, bool extended) {
   return tag;
 }
 
-// Until a statement waits for a row lock on s1.
-void wait_for_lock_wait_on_s1() {
-  auto s1 = connect(Cluster::get().direct(1));
-  REQUIRE(wait_until(
-      [&] { return scalar(s1.get(), "select count(*) from pg_locks where not granted") != "0"; },
-      std::chrono::seconds(5)));
-}
-
 // How long B waited for what A held: from the moment the cycle closed, and from A's 40P01
 // (the victim's servers back to the pool at once: B's wait ends with it). Detection alone
 // may take a while on a loaded machine (a shard the detector cannot reach in time is asked
@@ -109,19 +101,7 @@ Waited victim_then_b(PGconn* ta, PGconn* tb, steady_clock::time_point formed) {
 // waits for B's lock on `b`; B asks for s0 and waits for A's server. A is the victim: its
 // client gets 40P01, and B must get s0's server at once, while A's client says nothing more.
 Waited break_cycle(PGconn* ta, PGconn* tb, int a, int b, bool extended) {
-  query(tb, "begin");
-  query(tb, add_to(b));
-  query(ta, "begin");
-  query(ta, add_to(a));
-  const std::string wait_on_b = add_to(b);
-  if (extended)
-    REQUIRE(PQsendQueryParams(ta, wait_on_b.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) ==
-            1);
-  else
-    REQUIRE(PQsendQuery(ta, wait_on_b.c_str()) == 1);
-  wait_for_lock_wait_on_s1();
-  const auto formed = steady_clock::now();
-  REQUIRE(PQsendQuery(tb, add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(ta, tb, a, b, [] { wait_for_lock_wait(1); }, {extended, true});
   return victim_then_b(ta, tb, formed);
 }
 
@@ -208,7 +188,7 @@ TEST_CASE("a deadlock victim cancelled in a statement on several shards rolls ba
   const std::string both = "update accounts set balance = balance + 1 where id in (" +
                            std::to_string(b) + ", " + std::to_string(c) + ")";
   REQUIRE(PQsendQuery(ta.get(), both.c_str()) == 1);
-  wait_for_lock_wait_on_s1();
+  wait_for_lock_wait(1);
   const auto formed = steady_clock::now();
   REQUIRE(PQsendQuery(tb.get(), add_to(c).c_str()) == 1);
   check_at_once(victim_then_b(ta.get(), tb.get(), formed));
@@ -233,14 +213,7 @@ TEST_CASE(
   o.pool_mode = "session";
   Proxy proxy(o);
   auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
-  query(t1.get(), "begin");
-  query(t1.get(), add_to(a));
-  query(t2.get(), "begin");
-  query(t2.get(), add_to(b));
-  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
-  wait_for_lock_wait_on_s1();
-  const auto formed = steady_clock::now();
-  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
   // T2, the younger, is the victim; T1 goes on at once.
   check_at_once(victim_then_b(t2.get(), t1.get(), formed));
   CHECK(error_code(t2.get(), "select 1") == "25P02");
