@@ -41,7 +41,9 @@ struct PoolWait {
   int servers = 0;  // the pool's servers in the whole process (open, opening or moving)
 };
 
-// A client transaction holding servers on several shards, as its session reports it.
+// A client transaction holding servers on several shards, or a statement on several shards
+// outside a transaction block (an autocommit UPDATE without the key holds its row locks on
+// every shard until it ends, as a transaction would), as its session reports it.
 struct WaitingTxn {
   int worker = 0;
   uint64_t session = 0;  // the session's id
@@ -51,6 +53,9 @@ struct WaitingTxn {
   bool busy = false;     // a request is running on its servers
   std::vector<std::pair<int, int32_t>> servers;  // (shard, backend pid) of each server
   std::optional<PoolWait> pool_wait;             // waiting for a server of another shard
+  // A statement on several shards outside a transaction block (its servers the pool's, not
+  // a transaction's): as a victim it fails alone and rolls back on every shard.
+  bool statement = false;
 };
 
 struct Victim {
