@@ -199,6 +199,15 @@ std::string describe(const std::vector<Graph::Step>& cycle, const Graph::Step& v
 
 }  // namespace
 
+void keep_unchanged(std::vector<WaitingTxn>& txns, const std::vector<WaitingTxn>& later) {
+  std::erase_if(txns, [&](const WaitingTxn& t) {
+    return std::none_of(later.begin(), later.end(), [&](const WaitingTxn& l) {
+      return l.worker == t.worker && l.session == t.session && l.serial == t.serial &&
+             l.request == t.request && l.servers == t.servers;
+    });
+  });
+}
+
 void merge_pool_waits(std::vector<WaitingTxn>& txns, const std::vector<PoolWait>& seen) {
   for (auto& t : txns) {
     if (!t.pool_wait) continue;
@@ -303,6 +312,9 @@ void DeadlockDetector::check() {
   std::vector<LockWait> waits;
   for (auto& [shard, some] : reader_.read(shards, read_limit()))
     waits.insert(waits.end(), some.begin(), some.end());
+  // The waits were read after the transactions were listed: one that moved on meanwhile may
+  // have handed its servers to another, whose waits would be taken for its own.
+  keep_unchanged(txns, collect_());
   std::vector<std::string> names;
   for (const auto& s : cfg_.shards) names.push_back(s.name);
   for (const auto& v : find_victims(txns, waits, names)) {

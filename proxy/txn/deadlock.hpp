@@ -70,6 +70,11 @@ struct Victim {
 // makes the wait one a server may end without a holder finishing.
 void merge_pool_waits(std::vector<WaitingTxn>& txns, const std::vector<PoolWait>& seen);
 
+// Leaves out of `txns` each transaction not in `later` as it was (the same request, on the
+// same servers): the lock waits read between the two lists are of servers it may have
+// handed on, and would make cycles that are not there.
+void keep_unchanged(std::vector<WaitingTxn>& txns, const std::vector<WaitingTxn>& later);
+
 // The transactions to cancel so that no cycle crossing shards is left: in each cycle of the
 // wait-for graph (nodes: pgshard transactions, and backends pgshard does not know) whose
 // waits lie on two shards or more, or include a pool wait, the youngest pgshard transaction
