@@ -280,6 +280,8 @@ awaitable<void> FanOut::run() {
   }
   co_await read(collation);
   if (in_txn_) c_.transaction().snapshots.replied(visibility.last_begun());
+  // (A deadlock victim's servers, rolled back below, go back to the pool after.)
+  co_await c_.cancels_delivered();
   co_await end_write();
   // In a transaction block, a failure on any shard fails the whole transaction (25P02 until
   // it ends), as one PostgreSQL would — also a read that ran on fresh servers.

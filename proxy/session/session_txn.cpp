@@ -222,7 +222,22 @@ void Session::statement_victim(const txn::Victim& v) {
   if (pool_waiting_)
     pool_waiting_->stop->emit(asio::cancellation_type::terminal);
   else
-    cancel_running([] {});
+    cancel_victim();
+}
+
+void Session::cancel_victim() {
+  ++cancels_on_way_;
+  cancel_running([self = shared_from_this()] {
+    --self->cancels_on_way_;
+    self->cancels_landed_.notify_all();
+  });
+}
+
+awaitable<void> Session::cancels_delivered() {
+  // The cancelled statement may end before its cancel lands (a lock granted as the cycle
+  // was broken elsewhere, or a cycle seen in stale waits); a cancel that lands later hits
+  // whatever the server runs then.
+  while (cancels_on_way_ > 0) co_await cancels_landed_.wait();
 }
 
 void Session::deadlock_victim(const txn::Victim& v) {
@@ -240,7 +255,7 @@ void Session::deadlock_victim(const txn::Victim& v) {
   if (pool_waiting_)
     pool_waiting_->stop->emit(asio::cancellation_type::terminal);  // attach() answers 40P01
   else
-    cancel_running([] {});
+    cancel_victim();
   // As PostgreSQL aborts a deadlock victim, the whole transaction fails now (the client
   // must ROLLBACK; COMMIT answers ROLLBACK) and every shard rolls back at once, so the others
   // proceed without waiting for the client: after a statement on one server (or a wait for
@@ -263,6 +278,7 @@ awaitable<void> Session::roll_back_victim() {
   while (backends_.active && backends_.active->lease && !backends_.active->done &&
          backends_.active->lease->replies.client_owed() > 0)
     co_await drained_.wait();
+  co_await cancels_delivered();
   bool lent = false;  // a statement on several shards still uses some of the servers
   for (const auto& link : backends_.all()) {
     lent = lent || link->borrowed;

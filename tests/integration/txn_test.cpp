@@ -24,7 +24,8 @@ namespace {
 
 // Moves `amount` from account a to b in one transaction; the SQLSTATE of the first
 // statement that failed, "ROLLBACK" when COMMIT answered ROLLBACK, "" when it committed.
-std::string transfer(PGconn* c, int a, int b, int amount) {
+// Its SQLSTATE ("" when it committed); `message`, if given, gets the error's message.
+std::string transfer(PGconn* c, int a, int b, int amount, std::string* message = nullptr) {
   std::string code;
   for (const std::string& sql : {std::string("begin"),
                                  "update accounts set balance = balance - " +
@@ -34,6 +35,7 @@ std::string transfer(PGconn* c, int a, int b, int amount) {
                                  std::string("commit")}) {
     PGresult* r = PQexec(c, sql.c_str());
     if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
+    if (message && !code.empty()) *message = sql + ": " + PQresultErrorMessage(r);
     const bool rolled_back = sql == "commit" && std::string(PQcmdStatus(r)) == "ROLLBACK";
     PQclear(r);
     if (rolled_back && code.empty()) code = "ROLLBACK";
@@ -664,7 +666,8 @@ TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, n
       int a = static_cast<int>(rng() % kAccounts) + 1, b;
       do b = static_cast<int>(rng() % kAccounts) + 1;
       while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
-      const std::string code = transfer(c.get(), a, b, static_cast<int>(rng() % 10) + 1);
+      std::string message;
+      const std::string code = transfer(c.get(), a, b, static_cast<int>(rng() % 10) + 1, &message);
       if (code.empty()) {
         ++committed;
         continue;
@@ -675,7 +678,7 @@ TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, n
       } else {
         ++unexpected;
         std::lock_guard lock(mu);
-        if (first_unexpected.empty()) first_unexpected = code + ": " + PQerrorMessage(c.get());
+        if (first_unexpected.empty()) first_unexpected = code + ": " + message;
       }
     }
   };
