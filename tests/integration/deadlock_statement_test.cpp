@@ -36,14 +36,6 @@ std::string outcome(PGconn* c, steady_clock::time_point formed, milliseconds* to
   return code;
 }
 
-// The console's count of clients waiting for a server of shard `name`.
-int waiting_for(PGconn* console, const std::string& name) {
-  int n = 0;
-  for (auto& row : show(console, "SHOW POOLS"))
-    if (row["database"] == name) n += std::stoi(row["cl_waiting"]);
-  return n;
-}
-
 }  // namespace
 
 TEST_CASE("a lock cycle through an autocommit UPDATE on every shard ends in 40P01", "[deadlock]") {
@@ -111,8 +103,8 @@ TEST_CASE("a cycle of pool waits through an autocommit statement on several shar
   query(t.get(), "begin");
   query(t.get(), add_to(b));
   REQUIRE(PQsendQuery(s.get(), kEveryAccount.c_str()) == 1);
-  REQUIRE(
-      wait_until([&] { return waiting_for(console.get(), "s1") == 1; }, std::chrono::seconds(5)));
+  REQUIRE(wait_until([&] { return clients_waiting(console.get(), "s1") == 1; },
+                     std::chrono::seconds(5)));
   const auto formed = steady_clock::now();
   REQUIRE(PQsendQuery(t.get(), add_to(a).c_str()) == 1);
   milliseconds took{0};
