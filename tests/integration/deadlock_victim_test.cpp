@@ -2,6 +2,8 @@
 // wait is broken for the transaction waiting on the pool, and the victim's client gets
 // 40P01, then 25P02 without a server (simple Query, extended, pipeline) until it ends the
 // transaction, and works normally after.
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <iostream>
@@ -222,6 +224,87 @@ TEST_CASE(
   query(t1.get(), "commit");
   CHECK(scalar(t2.get(), "select balance from accounts where id = " + std::to_string(a)) == "101");
   CHECK(scalar(t2.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(total_balance() == 1202);
+  CHECK(prepared_left() == 0);
+}
+
+namespace {
+
+// Shard i's postmaster stopped (SIGSTOP), its backends running: a CancelRequest sent to it
+// is accepted by the kernel and delivered only once it goes on (SIGCONT when destroyed).
+class PostmasterStopped {
+ public:
+  explicit PostmasterStopped(int i) : pid_(Cluster::get().postmaster_pid(i)) {
+    REQUIRE(::kill(pid_, SIGSTOP) == 0);
+  }
+  ~PostmasterStopped() { go_on(); }
+  PostmasterStopped(const PostmasterStopped&) = delete;
+  PostmasterStopped& operator=(const PostmasterStopped&) = delete;
+  void go_on() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+    pid_ = 0;
+  }
+
+ private:
+  int pid_;
+};
+
+int victims_logged(const Proxy& proxy) {
+  const std::string log = read_file(proxy.log_path());
+  int n = 0;
+  for (auto at = log.find("cancelling the transaction"); at != std::string::npos;
+       at = log.find("cancelling the transaction", at + 1))
+    ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("a deadlock victim's cancel that lands late never cancels the next client's statement",
+          "[deadlock]") {
+  // T2, the victim, waits on s0, whose postmaster is stopped: its cancel cannot be
+  // delivered yet. The cycle then ends otherwise (T1's wait on s1 is cancelled, T1 rolls
+  // back) and T2's UPDATE completes. Before, T2's s0 server was rolled back and handed on at
+  // once, and the cancel, delivered later, cancelled the statement of whoever had it next
+  // (57014 for a client that asked nothing). Now the server is handed on once the cancel has
+  // been delivered, onto a server idle in its transaction, where it does nothing.
+  make_accounts(12, 100);
+  const int a = account_on(0), b = account_on(1);
+  ProxyOptions o = accounts_map();
+  o.pool_sizes = {2};
+  o.extra_top = "timeouts: { pool_wait: 10s }\n";
+  Proxy proxy(o);
+  auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
+  auto c1 = connect(proxy.conninfo()), c2 = connect(proxy.conninfo());
+  for (PGconn* c : {c1.get(), c2.get()}) query(c, "set pgshard.shard = 's0'");
+  // A first cycle, broken as usual: the detector's connections to the shards are open now.
+  lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
+  REQUIRE(await_result(t2.get(), std::chrono::seconds(10)) == "40P01");
+  REQUIRE(await_result(t1.get(), std::chrono::seconds(5)).empty());
+  query(t2.get(), "rollback");
+  query(t1.get(), "commit");
+
+  auto s1 = connect(Cluster::get().direct(1));
+  lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
+  wait_for_lock_wait(0);
+  PostmasterStopped stopped(0);
+  REQUIRE(wait_until([&] { return victims_logged(proxy) == 2; }, std::chrono::seconds(10)));
+  query(s1.get(),
+        "select pg_cancel_backend(pid) from pg_stat_activity where state = 'active' and "
+        "wait_event_type = 'Lock'");
+  CHECK(await_result(t1.get(), std::chrono::seconds(5)) == "57014");
+  query(t1.get(), "rollback");
+  // T2's UPDATE got its lock; its servers roll back. Two statements take s0's two servers.
+  CHECK(await_result(t2.get(), std::chrono::seconds(5)) != "timeout");
+  for (PGconn* c : {c1.get(), c2.get()}) REQUIRE(PQsendQuery(c, "select pg_sleep(1)") == 1);
+  std::this_thread::sleep_for(milliseconds(300));
+  stopped.go_on();  // the cancel is delivered now
+  CHECK(await_result(c1.get(), std::chrono::seconds(8)) == std::string());
+  CHECK(await_result(c2.get(), std::chrono::seconds(8)) == std::string());
+  // Nothing of the victim's committed.
+  PGresult* r = PQexec(t2.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
   CHECK(total_balance() == 1202);
   CHECK(prepared_left() == 0);
 }
