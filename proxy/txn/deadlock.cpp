@@ -176,7 +176,7 @@ int youngest(const Graph& g, const std::vector<WaitingTxn>& txns,
 
 // The victim's DETAIL: the cycle's shards, and where the victim waited.
 std::string describe(const std::vector<Graph::Step>& cycle, const Graph::Step& victim,
-                     const std::vector<std::string>& shard_names) {
+                     bool statement, const std::vector<std::string>& shard_names) {
   auto name = [&](int shard) {
     return shard >= 0 && static_cast<std::size_t>(shard) < shard_names.size()
                ? shard_names[static_cast<std::size_t>(shard)]
@@ -192,8 +192,8 @@ std::string describe(const std::vector<Graph::Step>& cycle, const Graph::Step& v
   for (int s : shards) list += (list.empty() ? "" : ", ") + name(s);
   return std::string(pooled ? "Lock and pool waits of " : "Lock waits of ") +
          std::to_string(cycle.size()) + " transactions form a cycle across shards " + list +
-         "; this transaction waited on shard " + name(victim.wait.shard) +
-         (victim.wait.pool ? " for a pooled server" : "") +
+         (statement ? "; this statement waited on shard " : "; this transaction waited on shard ") +
+         name(victim.wait.shard) + (victim.wait.pool ? " for a pooled server" : "") +
          " and was the youngest, so it was cancelled.";
 }
 
@@ -239,8 +239,8 @@ std::vector<Victim> find_victims(const std::vector<WaitingTxn>& txns,
       continue;
     }
     const auto& step = cycle[static_cast<std::size_t>(at)];
-    victims.push_back({txns[static_cast<std::size_t>(g.txn[static_cast<std::size_t>(step.node)])],
-                       describe(cycle, step, shard_names)});
+    const auto& txn = txns[static_cast<std::size_t>(g.txn[static_cast<std::size_t>(step.node)])];
+    victims.push_back({txn, describe(cycle, step, txn.statement, shard_names)});
     // Its locks and servers go: whoever waited only for it may proceed now.
     g.removed[static_cast<std::size_t>(step.node)] = true;
     g.settle();

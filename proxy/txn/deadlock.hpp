@@ -8,7 +8,9 @@
 // PostgreSQL's to break) and cancels the youngest transaction of each: its client gets
 // 40P01, the others proceed. A shard that does not answer in time leaves its waits out: a
 // cycle among the shards that answered is a cycle all the same. Nothing is read from a shard
-// while no transaction on several shards waits.
+// while no transaction on several shards waits. A statement on several shards outside a
+// transaction block counts as a transaction of its own (its row locks and servers are held
+// until it ends).
 #pragma once
 
 #include <atomic>

@@ -14,6 +14,16 @@ ProxyOptions accounts_map() {
   return o;
 }
 
+ProxyOptions small_pools_with_console(const std::string& pool_wait) {
+  ProxyOptions o = accounts_map();
+  o.pool_sizes = {1, 1};
+  o.users =
+      "  - { name: app, password: secret, pool_mode: transaction }\n"
+      "  - { name: admin, password: adminpw }\n";
+  o.extra_top = "timeouts: { pool_wait: " + pool_wait + " }\nadmin: { users: [admin] }\n";
+  return o;
+}
+
 void make_accounts(int n, int balance) {
   auto& cluster = Cluster::get();
   for (int i = 0; i < cluster.size(); ++i) {

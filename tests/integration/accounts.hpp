@@ -15,6 +15,9 @@ namespace accounts {
 
 // The map: accounts sharded by id (bigint, hash).
 harness::ProxyOptions accounts_map();
+// accounts_map() with one server on s0 and one on s1 (for the whole process), timeouts.pool_wait
+// `pool_wait`, and an admin console user (admin, password adminpw).
+harness::ProxyOptions small_pools_with_console(const std::string& pool_wait);
 // accounts(id, balance) made anew on every shard, with ids 1..n holding `balance` each.
 void make_accounts(int n, int balance);
 // The sum of every shard's balances, read directly.

@@ -26,14 +26,29 @@ long long balance(PGconn* c, int id) {
   return std::stoll(scalar(c, "select balance from accounts where id = " + std::to_string(id)));
 }
 
-// How long `c`'s statement took to end from `formed`, printed with its SQLSTATE.
-std::string outcome(PGconn* c, steady_clock::time_point formed, milliseconds* took,
-                    const char* what) {
-  const std::string code = await_result(c, std::chrono::seconds(6));
-  *took = std::chrono::duration_cast<milliseconds>(steady_clock::now() - formed);
-  std::cout << what << ": " << (code.empty() ? "ok" : code) << " after " << took->count()
-            << " ms\n";
-  return code;
+// S, the younger, is the victim of the cycle that closed at `formed` (`what` names it): its
+// client gets 40P01 (DETAIL containing `detail`) soon after, and it is idle. T, waiting for
+// what S held, goes on at once and commits its rows a and b; S changed nothing on any
+// shard, and its next statement runs as any other.
+void statement_was_victim(PGconn* s, PGconn* t, int a, int b, steady_clock::time_point formed,
+                          const char* what, const char* detail) {
+  const std::string code = await_result(s, std::chrono::seconds(6));
+  const auto took = std::chrono::duration_cast<milliseconds>(steady_clock::now() - formed);
+  std::cout << what << ": " << (code.empty() ? "ok" : code) << " after " << took.count() << " ms\n";
+  CHECK(code == "40P01");
+  CHECK(took < milliseconds(3000));
+  CHECK_THAT(PQerrorMessage(s), Catch::Contains("deadlock detected"));
+  CHECK_THAT(PQerrorMessage(s), Catch::Contains(detail));
+  CHECK_THAT(PQerrorMessage(s), Catch::Contains("this statement waited"));
+  CHECK(PQtransactionStatus(s) == PQTRANS_IDLE);
+  CHECK(await_result(t, std::chrono::seconds(5)).empty());
+  query(t, "commit");
+  CHECK(balance(s, a) == 101);
+  CHECK(balance(s, b) == 101);
+  CHECK(total_balance() == 1202);
+  query(s, kEveryAccount);
+  CHECK(total_balance() == 1214);
+  CHECK(prepared_left() == 0);
 }
 
 }  // namespace
@@ -65,21 +80,8 @@ TEST_CASE("a lock cycle through an autocommit UPDATE on every shard ends in 40P0
       std::chrono::seconds(5)));
   const auto formed = steady_clock::now();
   REQUIRE(PQsendQuery(t.get(), add_to(b).c_str()) == 1);
-  milliseconds took{0};
-  CHECK(outcome(s.get(), formed, &took, "lock cycle through an autocommit UPDATE") == "40P01");
-  CHECK(took < milliseconds(3000));
-  CHECK_THAT(PQerrorMessage(s.get()), Catch::Contains("deadlock detected"));
-  CHECK(PQtransactionStatus(s.get()) == PQTRANS_IDLE);
-  // T goes on at once and commits both rows; S changed nothing on any shard.
-  CHECK(await_result(t.get(), std::chrono::seconds(5)).empty());
-  query(t.get(), "commit");
-  CHECK(balance(s.get(), a) == 101);
-  CHECK(balance(s.get(), b) == 101);
-  CHECK(total_balance() == 1202);
-  // S's next statement runs as any other.
-  query(s.get(), kEveryAccount);
-  CHECK(total_balance() == 1214);
-  CHECK(prepared_left() == 0);
+  statement_was_victim(s.get(), t.get(), a, b, formed, "lock cycle through an autocommit UPDATE",
+                       "across shards");
 }
 
 TEST_CASE("a cycle of pool waits through an autocommit statement on several shards ends in 40P01",
@@ -91,13 +93,7 @@ TEST_CASE("a cycle of pool waits through an autocommit statement on several shar
   // server goes back untouched, and T commits.
   make_accounts(12, 100);
   const int a = account_on(0), b = account_on(1);
-  ProxyOptions o = accounts_map();
-  o.pool_sizes = {1, 1};
-  o.users =
-      "  - { name: app, password: secret, pool_mode: transaction }\n"
-      "  - { name: admin, password: adminpw }\n";
-  o.extra_top = "timeouts: { pool_wait: 8s }\nadmin: { users: [admin] }\n";
-  Proxy proxy(o);
+  Proxy proxy(small_pools_with_console("8s"));
   auto console = connect(proxy.conninfo("dbname=pgshard", "admin", "adminpw"));
   auto t = connect(proxy.conninfo()), s = connect(proxy.conninfo());
   query(t.get(), "begin");
@@ -107,17 +103,6 @@ TEST_CASE("a cycle of pool waits through an autocommit statement on several shar
                      std::chrono::seconds(5)));
   const auto formed = steady_clock::now();
   REQUIRE(PQsendQuery(t.get(), add_to(a).c_str()) == 1);
-  milliseconds took{0};
-  CHECK(outcome(s.get(), formed, &took, "pool waits through an autocommit UPDATE") == "40P01");
-  CHECK(took < milliseconds(3000));
-  CHECK_THAT(PQerrorMessage(s.get()), Catch::Contains("for a pooled server"));
-  CHECK(PQtransactionStatus(s.get()) == PQTRANS_IDLE);
-  CHECK(await_result(t.get(), std::chrono::seconds(3)).empty());
-  query(t.get(), "commit");
-  CHECK(balance(s.get(), a) == 101);
-  CHECK(balance(s.get(), b) == 101);
-  CHECK(total_balance() == 1202);
-  query(s.get(), kEveryAccount);
-  CHECK(total_balance() == 1214);
-  CHECK(prepared_left() == 0);
+  statement_was_victim(s.get(), t.get(), a, b, formed, "pool waits through an autocommit UPDATE",
+                       "for a pooled server");
 }

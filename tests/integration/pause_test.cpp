@@ -12,21 +12,6 @@ using namespace harness;
 using namespace accounts;
 using namespace std::chrono_literals;
 
-namespace {
-
-// s0 and s1 with one server each, a console user, pool_wait long enough to tell apart.
-ProxyOptions paused_accounts() {
-  ProxyOptions o = accounts_map();
-  o.pool_sizes = {1, 1};
-  o.users =
-      "  - { name: app, password: secret, pool_mode: transaction }\n"
-      "  - { name: admin, password: adminpw }\n";
-  o.extra_top = "timeouts: { pool_wait: 6s }\nadmin: { users: [admin] }\n";
-  return o;
-}
-
-}  // namespace
-
 TEST_CASE("PAUSE lets a transaction's statement on several shards join a shard", "[pool]") {
   // T is open on s0 when PAUSE comes (PAUSE waits for it); then T's UPDATE of a row on s0
   // and one on s1 joins s1. The executor sets T's s0 server aside while it waits for s1's,
@@ -34,7 +19,7 @@ TEST_CASE("PAUSE lets a transaction's statement on several shards join a shard",
   // pool_wait (08001 for T, PAUSE returning 6 s late).
   make_accounts(12, 100);
   const int a = account_on(0), b = account_on(1);
-  Proxy proxy(paused_accounts());
+  Proxy proxy(small_pools_with_console("6s"));
   auto adm = connect(proxy.conninfo("dbname=pgshard", "admin", "adminpw"));
   auto t = connect(proxy.conninfo());
   query(t.get(), "begin");
@@ -64,7 +49,7 @@ TEST_CASE("PAUSE lets an autocommit statement on several shards take the servers
   // pool_wait. Now S finishes, and PAUSE returns.
   make_accounts(12, 100);
   const int b = account_on(1);
-  Proxy proxy(paused_accounts());
+  Proxy proxy(small_pools_with_console("6s"));
   auto adm = connect(proxy.conninfo("dbname=pgshard", "admin", "adminpw"));
   auto t = connect(proxy.conninfo()), s = connect(proxy.conninfo());
   query(t.get(), "begin");

@@ -245,3 +245,17 @@ TEST_CASE("a transaction that moved on while the waits were read is left out of 
   REQUIRE(both.size() == 1);
   CHECK(both[0].session == 1);
 }
+
+TEST_CASE("an autocommit statement on several shards is a victim like a transaction",
+          "[deadlock]") {
+  // S (a statement outside a transaction block, the younger) holds rows on s0 and s1 and
+  // waits on s0 for T; T waits on s1 for S. S goes, and its DETAIL names a statement.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 101}, {1, 201}})};
+  txns[1].statement = true;
+  auto v = txn::find_victims(txns, {{0, 101, 100}, {1, 200, 201}}, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);
+  CHECK(v[0].txn.statement);
+  CHECK(v[0].detail.find("this statement waited on shard s0") != std::string::npos);
+}
