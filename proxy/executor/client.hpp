@@ -113,6 +113,14 @@ class Client {
                                        std::string_view bytes) = 0;
   // The servers a multi-shard statement runs on now (a CancelRequest reaches them).
   virtual void running_on(std::vector<pool::ServerConn*> servers) = 0;
+  // The servers of the pool a multi-shard statement has taken so far, from its first until
+  // it ends (cleared with {}): outside a transaction block the deadlock detector sees the
+  // statement as a transaction holding them (its row locks, and servers others wait for).
+  virtual void holding(std::vector<pool::ServerConn*> servers) = 0;
+  // Until the cancels pgshard sent to the client's servers (a deadlock victim's) have
+  // reached them: a server handed on earlier could have the next user's statement
+  // cancelled by one that lands late (57014 for a client that asked nothing).
+  virtual awaitable<void> cancels_delivered() = 0;
 
   // ---- the transaction ----
   virtual txn::Transaction& transaction() = 0;

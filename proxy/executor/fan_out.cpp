@@ -160,6 +160,7 @@ FanOut::~FanOut() {
   // see: pooled servers of its own are closed rather than handed to another client.
   const bool unknown_settings =
       !c_.session_pooled() && !c_.worker().functions_keep_settings(route_.user_functions);
+  c_.holding({});
   for (auto& leg : legs_) {
     if (leg.link) {
       c_.backends().give_back(leg.link);
@@ -279,6 +280,8 @@ awaitable<void> FanOut::run() {
   }
   co_await read(collation);
   if (in_txn_) c_.transaction().snapshots.replied(visibility.last_begun());
+  // (A deadlock victim's servers, rolled back below, go back to the pool after.)
+  co_await c_.cancels_delivered();
   co_await end_write();
   // In a transaction block, a failure on any shard fails the whole transaction (25P02 until
   // it ends), as one PostgreSQL would — also a read that ran on fresh servers.
@@ -376,6 +379,11 @@ awaitable<bool> FanOut::connect() {
     leg.lease = std::move(std::get<pool::Lease>(got));
     leg.conn = &*leg.lease;
     legs_.push_back(std::move(leg));
+    // What it holds while it waits for the next shard's server, and later its row locks:
+    // the deadlock detector sees the statement (a cycle through it is broken as any other).
+    std::vector<pool::ServerConn*> held;
+    for (const auto& l : legs_) held.push_back(l.conn);
+    c_.holding(std::move(held));
   }
   // One participant takes the client's next statements; the others wait for COMMIT.
   if (opens_txn_) c_.backends().promote();

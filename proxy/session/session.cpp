@@ -33,6 +33,7 @@ Session::Session(runtime::Worker& worker, tcp::socket socket, uint64_t id)
       backends_(worker.executor()),
       drained_(worker.executor()),
       aborted_(worker.executor()),
+      cancels_landed_(worker.executor()),
       client_write_done_(worker.executor()),
       server_write_done_(worker.executor()),
       idle_timer_(worker.executor()) {

@@ -158,6 +158,8 @@ class Session : public std::enable_shared_from_this<Session>,
   void running_on(std::vector<pool::ServerConn*> servers) override {
     fan_out_servers_ = std::move(servers);
   }
+  void holding(std::vector<pool::ServerConn*> servers) override;
+  awaitable<void> cancels_delivered() override;
   txn::Transaction& transaction() override { return txn_; }
   void fail_transaction() override;
   // A shard's error for the client: the cancel of a deadlock victim becomes 40P01.
@@ -577,6 +579,18 @@ class Session : public std::enable_shared_from_this<Session>,
   // Servers a multi-shard statement is using right now (for CancelRequest).
   std::vector<pool::ServerConn*>
       fan_out_servers_;  // keeps its servers until it disconnects (see Route::pins)
+  // The pool's servers a multi-shard statement has taken (holding()), and when it took the
+  // first: the age of an autocommit statement the deadlock detector compares.
+  std::vector<pool::ServerConn*> statement_servers_;
+  Clock::time_point statement_began_{};
+  // This session as the deadlock detector sees it: a transaction block on several shards,
+  // or an autocommit statement on several shards (statement_servers_).
+  void add_waits(txn::WaitingTxn& t) const;
+  // The detector's victim is an autocommit statement: it fails alone (40P01), and the
+  // executor rolls it back on every shard.
+  void statement_victim(const txn::Victim& v);
+  // Cancels what the victim's servers run, counting the cancels until they are delivered.
+  void cancel_victim();
   router::SessionHints hints_;
   Statements statements_{worker_.shared().catalog_generation};  // the client's prepared statements
   uint64_t round_robin_ = 0;
@@ -620,6 +634,10 @@ class Session : public std::enable_shared_from_this<Session>,
   bool terminated_told_ = false;      // its FATAL replaced the cancelled statement's error
   Event drained_;
   Event aborted_;
+  // A deadlock victim's cancels sent and not yet delivered (cancel_victim): its servers are
+  // not rolled back or handed on before they are.
+  int cancels_on_way_ = 0;
+  Event cancels_landed_;
   Event client_write_done_;
   Event server_write_done_;
   asio::steady_timer idle_timer_;

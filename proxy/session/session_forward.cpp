@@ -362,9 +362,14 @@ awaitable<Session::PoolWaitEnd> Session::wait_in_pool(int shard, bool statement)
   // pg_terminate_backend ends (the statement has not started: nothing else would).
   pool_waiting_ = PoolWaiting{shard, &pool, &w.stop};
   pool_waiting_->statement = statement;
-  // (A transaction that holds a server: BEGIN alone, deferred, holds none and waits.)
-  auto got = co_await pool.acquire(w.stop.slot(), backends_.in_transaction_besides(-1),
-                                   std::move(patience));
+  // PAUSE holds new work and lets running work take the servers it still needs: a
+  // transaction that holds a server (BEGIN alone, deferred, holds none and waits), also
+  // while a statement of it on several shards joins a shard (its server is set aside then),
+  // and a statement on several shards that holds some of its servers. Held, these would
+  // keep the servers PAUSE waits for until pool_wait.
+  const bool running = backends_.in_transaction_besides(-1) || txn_.state() == txn::State::kOpen ||
+                       txn_.state() == txn::State::kOpenMulti || !statement_servers_.empty();
+  auto got = co_await pool.acquire(w.stop.slot(), running, std::move(patience));
   const auto stopped = pool_waiting_->stopped;
   pool_waiting_.reset();
   if (w.watch) co_await stop_watch(*w.watch);

@@ -167,29 +167,84 @@ void Session::fail_transaction() {
 }
 
 std::optional<txn::WaitingTxn> Session::waiting_txn() const {
-  if (txn_.state() != txn::State::kOpenMulti) return std::nullopt;
+  // An autocommit statement on several shards holds its row locks (and the pool's servers)
+  // on each shard until it ends, as a transaction would: before, the detector saw only
+  // transaction blocks, and a cycle through such a statement lasted until a timeout.
+  const bool block = txn_.state() == txn::State::kOpenMulti;
+  const bool statement = txn_.state() == txn::State::kIdle && !statement_servers_.empty();
+  if (!block && !statement) return std::nullopt;
   txn::WaitingTxn t;
   t.session = id_;
   t.serial = txn_.serial();
-  t.began = txn_.began();
+  t.began = block ? txn_.began() : statement_began_;
   t.request = requests_;
-  t.busy = !fan_out_servers_.empty() || pool_waiting_;
-  for (const auto& link : backends_.all()) {
-    if (!link->lease) continue;
-    // (A READ ONLY transaction's part on a replica waits for no lock of the primaries.)
-    if (link->shard < static_cast<int>(config_.shards.size()))
-      t.servers.emplace_back(link->shard, link->lease->pid());
-    t.busy = t.busy || link->lease->replies.client_owed() > 0;
+  t.statement = statement;
+  t.busy = statement || !fan_out_servers_.empty() || pool_waiting_;
+  add_waits(t);
+  return t;
+}
+
+void Session::add_waits(txn::WaitingTxn& t) const {
+  const auto shards = static_cast<int>(config_.shards.size());
+  // (A READ ONLY transaction's part on a replica waits for no lock of the primaries.)
+  if (t.statement) {
+    for (const auto* conn : statement_servers_)
+      if (conn->target().shard >= 0 && conn->target().shard < shards)
+        t.servers.emplace_back(conn->target().shard, conn->pid());
+  } else {
+    for (const auto& link : backends_.all()) {
+      if (!link->lease) continue;
+      if (link->shard < shards) t.servers.emplace_back(link->shard, link->lease->pid());
+      t.busy = t.busy || link->lease->replies.client_owed() > 0;
+    }
   }
   if (pool_waiting_) {
     auto holders = pool_waiting_->pool->holders();
     t.pool_wait = txn::PoolWait{pool_waiting_->shard, std::move(holders.pids), holders.spare,
                                 &pool_waiting_->pool->shared(), holders.servers};
   }
-  return t;
+}
+
+void Session::holding(std::vector<pool::ServerConn*> servers) {
+  if (statement_servers_.empty() && !servers.empty()) statement_began_ = Clock::now();
+  statement_servers_ = std::move(servers);
+}
+
+void Session::statement_victim(const txn::Victim& v) {
+  // Only the statement the detector saw: a later request has nothing to do with it.
+  if (txn_.state() != txn::State::kIdle || statement_servers_.empty() || requests_ != v.txn.request)
+    return;
+  spdlog::warn("{}: deadlock across shards: this statement is cancelled", prefix());
+  deadlock_detail_ = v.detail;
+  // Waiting for a server: wait_for_server answers 40P01 and the statement ends before it
+  // began anywhere. Running: the shard where it waits answers 57014, which becomes 40P01,
+  // and the executor rolls the statement back on every shard (FanOut::end_write).
+  if (pool_waiting_)
+    pool_waiting_->stop->emit(asio::cancellation_type::terminal);
+  else
+    cancel_victim();
+}
+
+void Session::cancel_victim() {
+  ++cancels_on_way_;
+  cancel_running([self = shared_from_this()] {
+    --self->cancels_on_way_;
+    self->cancels_landed_.notify_all();
+  });
+}
+
+awaitable<void> Session::cancels_delivered() {
+  // The cancelled statement may end before its cancel lands (a lock granted as the cycle
+  // was broken elsewhere, or a cycle seen in stale waits); a cancel that lands later hits
+  // whatever the server runs then.
+  while (cancels_on_way_ > 0) co_await cancels_landed_.wait();
 }
 
 void Session::deadlock_victim(const txn::Victim& v) {
+  if (v.txn.statement) {
+    statement_victim(v);
+    return;
+  }
   // Only the request the detector saw waiting: a later one has nothing to do with it.
   if (txn_.state() != txn::State::kOpenMulti || txn_.serial() != v.txn.serial ||
       requests_ != v.txn.request)
@@ -200,7 +255,7 @@ void Session::deadlock_victim(const txn::Victim& v) {
   if (pool_waiting_)
     pool_waiting_->stop->emit(asio::cancellation_type::terminal);  // attach() answers 40P01
   else
-    cancel_running([] {});
+    cancel_victim();
   // As PostgreSQL aborts a deadlock victim, the whole transaction fails now (the client
   // must ROLLBACK; COMMIT answers ROLLBACK) and every shard rolls back at once, so the others
   // proceed without waiting for the client: after a statement on one server (or a wait for
@@ -223,6 +278,7 @@ awaitable<void> Session::roll_back_victim() {
   while (backends_.active && backends_.active->lease && !backends_.active->done &&
          backends_.active->lease->replies.client_owed() > 0)
     co_await drained_.wait();
+  co_await cancels_delivered();
   bool lent = false;  // a statement on several shards still uses some of the servers
   for (const auto& link : backends_.all()) {
     lent = lent || link->borrowed;

@@ -176,7 +176,7 @@ int youngest(const Graph& g, const std::vector<WaitingTxn>& txns,
 
 // The victim's DETAIL: the cycle's shards, and where the victim waited.
 std::string describe(const std::vector<Graph::Step>& cycle, const Graph::Step& victim,
-                     const std::vector<std::string>& shard_names) {
+                     bool statement, const std::vector<std::string>& shard_names) {
   auto name = [&](int shard) {
     return shard >= 0 && static_cast<std::size_t>(shard) < shard_names.size()
                ? shard_names[static_cast<std::size_t>(shard)]
@@ -192,12 +192,21 @@ std::string describe(const std::vector<Graph::Step>& cycle, const Graph::Step& v
   for (int s : shards) list += (list.empty() ? "" : ", ") + name(s);
   return std::string(pooled ? "Lock and pool waits of " : "Lock waits of ") +
          std::to_string(cycle.size()) + " transactions form a cycle across shards " + list +
-         "; this transaction waited on shard " + name(victim.wait.shard) +
-         (victim.wait.pool ? " for a pooled server" : "") +
+         (statement ? "; this statement waited on shard " : "; this transaction waited on shard ") +
+         name(victim.wait.shard) + (victim.wait.pool ? " for a pooled server" : "") +
          " and was the youngest, so it was cancelled.";
 }
 
 }  // namespace
+
+void keep_unchanged(std::vector<WaitingTxn>& txns, const std::vector<WaitingTxn>& later) {
+  std::erase_if(txns, [&](const WaitingTxn& t) {
+    return std::none_of(later.begin(), later.end(), [&](const WaitingTxn& l) {
+      return l.worker == t.worker && l.session == t.session && l.serial == t.serial &&
+             l.request == t.request && l.servers == t.servers;
+    });
+  });
+}
 
 void merge_pool_waits(std::vector<WaitingTxn>& txns, const std::vector<PoolWait>& seen) {
   for (auto& t : txns) {
@@ -230,8 +239,8 @@ std::vector<Victim> find_victims(const std::vector<WaitingTxn>& txns,
       continue;
     }
     const auto& step = cycle[static_cast<std::size_t>(at)];
-    victims.push_back({txns[static_cast<std::size_t>(g.txn[static_cast<std::size_t>(step.node)])],
-                       describe(cycle, step, shard_names)});
+    const auto& txn = txns[static_cast<std::size_t>(g.txn[static_cast<std::size_t>(step.node)])];
+    victims.push_back({txn, describe(cycle, step, txn.statement, shard_names)});
     // Its locks and servers go: whoever waited only for it may proceed now.
     g.removed[static_cast<std::size_t>(step.node)] = true;
     g.settle();
@@ -303,6 +312,9 @@ void DeadlockDetector::check() {
   std::vector<LockWait> waits;
   for (auto& [shard, some] : reader_.read(shards, read_limit()))
     waits.insert(waits.end(), some.begin(), some.end());
+  // The waits were read after the transactions were listed: one that moved on meanwhile may
+  // have handed its servers to another, whose waits would be taken for its own.
+  keep_unchanged(txns, collect_());
   std::vector<std::string> names;
   for (const auto& s : cfg_.shards) names.push_back(s.name);
   for (const auto& v : find_victims(txns, waits, names)) {

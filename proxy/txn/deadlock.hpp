@@ -8,7 +8,9 @@
 // PostgreSQL's to break) and cancels the youngest transaction of each: its client gets
 // 40P01, the others proceed. A shard that does not answer in time leaves its waits out: a
 // cycle among the shards that answered is a cycle all the same. Nothing is read from a shard
-// while no transaction on several shards waits.
+// while no transaction on several shards waits. A statement on several shards outside a
+// transaction block counts as a transaction of its own (its row locks and servers are held
+// until it ends).
 #pragma once
 
 #include <atomic>
@@ -41,7 +43,9 @@ struct PoolWait {
   int servers = 0;  // the pool's servers in the whole process (open, opening or moving)
 };
 
-// A client transaction holding servers on several shards, as its session reports it.
+// A client transaction holding servers on several shards, or a statement on several shards
+// outside a transaction block (an autocommit UPDATE without the key holds its row locks on
+// every shard until it ends, as a transaction would), as its session reports it.
 struct WaitingTxn {
   int worker = 0;
   uint64_t session = 0;  // the session's id
@@ -51,6 +55,9 @@ struct WaitingTxn {
   bool busy = false;     // a request is running on its servers
   std::vector<std::pair<int, int32_t>> servers;  // (shard, backend pid) of each server
   std::optional<PoolWait> pool_wait;             // waiting for a server of another shard
+  // A statement on several shards outside a transaction block (its servers the pool's, not
+  // a transaction's): as a victim it fails alone and rolls back on every shard.
+  bool statement = false;
 };
 
 struct Victim {
@@ -64,6 +71,11 @@ struct Victim {
 // lent (idle, opening, on its way between workers, or on a worker that did not answer)
 // makes the wait one a server may end without a holder finishing.
 void merge_pool_waits(std::vector<WaitingTxn>& txns, const std::vector<PoolWait>& seen);
+
+// Leaves out of `txns` each transaction not in `later` as it was (the same request, on the
+// same servers): the lock waits read between the two lists are of servers it may have
+// handed on, and would make cycles that are not there.
+void keep_unchanged(std::vector<WaitingTxn>& txns, const std::vector<WaitingTxn>& later);
 
 // The transactions to cancel so that no cycle crossing shards is left: in each cycle of the
 // wait-for graph (nodes: pgshard transactions, and backends pgshard does not know) whose

@@ -1,6 +1,7 @@
 // The accounts table the transaction and deadlock cases share (accounts.hpp).
 #include "accounts.hpp"
 
+#include <catch2/catch.hpp>
 #include <thread>
 
 namespace accounts {
@@ -10,6 +11,16 @@ using namespace harness;
 ProxyOptions accounts_map() {
   ProxyOptions o;
   o.sharded_tables = "  - { table: accounts, column: id, type: bigint }\n";
+  return o;
+}
+
+ProxyOptions small_pools_with_console(const std::string& pool_wait) {
+  ProxyOptions o = accounts_map();
+  o.pool_sizes = {1, 1};
+  o.users =
+      "  - { name: app, password: secret, pool_mode: transaction }\n"
+      "  - { name: admin, password: adminpw }\n";
+  o.extra_top = "timeouts: { pool_wait: " + pool_wait + " }\nadmin: { users: [admin] }\n";
   return o;
 }
 
@@ -82,6 +93,39 @@ std::string await_result(PGconn* c, std::chrono::milliseconds limit) {
     std::this_thread::sleep_for(std::chrono::milliseconds(5));
   }
   return code;
+}
+
+void wait_for_lock_wait(int shard) {
+  auto d = connect(Cluster::get().direct(shard));
+  REQUIRE(wait_until(
+      [&] { return scalar(d.get(), "select count(*) from pg_locks where not granted") != "0"; },
+      std::chrono::seconds(5)));
+}
+
+std::chrono::steady_clock::time_point lock_cycle(PGconn* first, PGconn* second, int a, int b,
+                                                 const std::function<void()>& until_waiting,
+                                                 CycleOptions options) {
+  auto lock = [](PGconn* c, int id) {
+    query(c, "begin");
+    query(c, add_to(id));
+  };
+  if (options.first_younger) {
+    lock(second, b);
+    lock(first, a);
+  } else {
+    lock(first, a);
+    lock(second, b);
+  }
+  const std::string wait_on_b = add_to(b);
+  if (options.extended)
+    REQUIRE(PQsendQueryParams(first, wait_on_b.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) ==
+            1);
+  else
+    REQUIRE(PQsendQuery(first, wait_on_b.c_str()) == 1);
+  until_waiting();
+  const auto formed = std::chrono::steady_clock::now();
+  REQUIRE(PQsendQuery(second, add_to(a).c_str()) == 1);
+  return formed;
 }
 
 }  // namespace accounts

@@ -2,6 +2,8 @@
 // wait is broken for the transaction waiting on the pool, and the victim's client gets
 // 40P01, then 25P02 without a server (simple Query, extended, pipeline) until it ends the
 // transaction, and works normally after.
+#include <signal.h>
+
 #include <catch2/catch.hpp>
 #include <chrono>
 #include <iostream>
@@ -72,14 +74,6 @@ std::string tag_of(PGconn* c, const std::string& sql, bool extended) {
   return tag;
 }
 
-// Until a statement waits for a row lock on s1.
-void wait_for_lock_wait_on_s1() {
-  auto s1 = connect(Cluster::get().direct(1));
-  REQUIRE(wait_until(
-      [&] { return scalar(s1.get(), "select count(*) from pg_locks where not granted") != "0"; },
-      std::chrono::seconds(5)));
-}
-
 // How long B waited for what A held: from the moment the cycle closed, and from A's 40P01
 // (the victim's servers back to the pool at once: B's wait ends with it). Detection alone
 // may take a while on a loaded machine (a shard the detector cannot reach in time is asked
@@ -109,19 +103,7 @@ Waited victim_then_b(PGconn* ta, PGconn* tb, steady_clock::time_point formed) {
 // waits for B's lock on `b`; B asks for s0 and waits for A's server. A is the victim: its
 // client gets 40P01, and B must get s0's server at once, while A's client says nothing more.
 Waited break_cycle(PGconn* ta, PGconn* tb, int a, int b, bool extended) {
-  query(tb, "begin");
-  query(tb, add_to(b));
-  query(ta, "begin");
-  query(ta, add_to(a));
-  const std::string wait_on_b = add_to(b);
-  if (extended)
-    REQUIRE(PQsendQueryParams(ta, wait_on_b.c_str(), 0, nullptr, nullptr, nullptr, nullptr, 0) ==
-            1);
-  else
-    REQUIRE(PQsendQuery(ta, wait_on_b.c_str()) == 1);
-  wait_for_lock_wait_on_s1();
-  const auto formed = steady_clock::now();
-  REQUIRE(PQsendQuery(tb, add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(ta, tb, a, b, [] { wait_for_lock_wait(1); }, {extended, true});
   return victim_then_b(ta, tb, formed);
 }
 
@@ -208,7 +190,7 @@ TEST_CASE("a deadlock victim cancelled in a statement on several shards rolls ba
   const std::string both = "update accounts set balance = balance + 1 where id in (" +
                            std::to_string(b) + ", " + std::to_string(c) + ")";
   REQUIRE(PQsendQuery(ta.get(), both.c_str()) == 1);
-  wait_for_lock_wait_on_s1();
+  wait_for_lock_wait(1);
   const auto formed = steady_clock::now();
   REQUIRE(PQsendQuery(tb.get(), add_to(c).c_str()) == 1);
   check_at_once(victim_then_b(ta.get(), tb.get(), formed));
@@ -233,14 +215,7 @@ TEST_CASE(
   o.pool_mode = "session";
   Proxy proxy(o);
   auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
-  query(t1.get(), "begin");
-  query(t1.get(), add_to(a));
-  query(t2.get(), "begin");
-  query(t2.get(), add_to(b));
-  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
-  wait_for_lock_wait_on_s1();
-  const auto formed = steady_clock::now();
-  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
   // T2, the younger, is the victim; T1 goes on at once.
   check_at_once(victim_then_b(t2.get(), t1.get(), formed));
   CHECK(error_code(t2.get(), "select 1") == "25P02");
@@ -249,6 +224,87 @@ TEST_CASE(
   query(t1.get(), "commit");
   CHECK(scalar(t2.get(), "select balance from accounts where id = " + std::to_string(a)) == "101");
   CHECK(scalar(t2.get(), "select balance from accounts where id = " + std::to_string(b)) == "101");
+  CHECK(total_balance() == 1202);
+  CHECK(prepared_left() == 0);
+}
+
+namespace {
+
+// Shard i's postmaster stopped (SIGSTOP), its backends running: a CancelRequest sent to it
+// is accepted by the kernel and delivered only once it goes on (SIGCONT when destroyed).
+class PostmasterStopped {
+ public:
+  explicit PostmasterStopped(int i) : pid_(Cluster::get().postmaster_pid(i)) {
+    REQUIRE(::kill(pid_, SIGSTOP) == 0);
+  }
+  ~PostmasterStopped() { go_on(); }
+  PostmasterStopped(const PostmasterStopped&) = delete;
+  PostmasterStopped& operator=(const PostmasterStopped&) = delete;
+  void go_on() {
+    if (pid_ > 0) ::kill(pid_, SIGCONT);
+    pid_ = 0;
+  }
+
+ private:
+  int pid_;
+};
+
+int victims_logged(const Proxy& proxy) {
+  const std::string log = read_file(proxy.log_path());
+  int n = 0;
+  for (auto at = log.find("cancelling the transaction"); at != std::string::npos;
+       at = log.find("cancelling the transaction", at + 1))
+    ++n;
+  return n;
+}
+
+}  // namespace
+
+TEST_CASE("a deadlock victim's cancel that lands late never cancels the next client's statement",
+          "[deadlock]") {
+  // T2, the victim, waits on s0, whose postmaster is stopped: its cancel cannot be
+  // delivered yet. The cycle then ends otherwise (T1's wait on s1 is cancelled, T1 rolls
+  // back) and T2's UPDATE completes. Before, T2's s0 server was rolled back and handed on at
+  // once, and the cancel, delivered later, cancelled the statement of whoever had it next
+  // (57014 for a client that asked nothing). Now the server is handed on once the cancel has
+  // been delivered, onto a server idle in its transaction, where it does nothing.
+  make_accounts(12, 100);
+  const int a = account_on(0), b = account_on(1);
+  ProxyOptions o = accounts_map();
+  o.pool_sizes = {2};
+  o.extra_top = "timeouts: { pool_wait: 10s }\n";
+  Proxy proxy(o);
+  auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
+  auto c1 = connect(proxy.conninfo()), c2 = connect(proxy.conninfo());
+  for (PGconn* c : {c1.get(), c2.get()}) query(c, "set pgshard.shard = 's0'");
+  // A first cycle, broken as usual: the detector's connections to the shards are open now.
+  lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
+  REQUIRE(await_result(t2.get(), std::chrono::seconds(10)) == "40P01");
+  REQUIRE(await_result(t1.get(), std::chrono::seconds(5)).empty());
+  query(t2.get(), "rollback");
+  query(t1.get(), "commit");
+
+  auto s1 = connect(Cluster::get().direct(1));
+  lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
+  wait_for_lock_wait(0);
+  PostmasterStopped stopped(0);
+  REQUIRE(wait_until([&] { return victims_logged(proxy) == 2; }, std::chrono::seconds(10)));
+  query(s1.get(),
+        "select pg_cancel_backend(pid) from pg_stat_activity where state = 'active' and "
+        "wait_event_type = 'Lock'");
+  CHECK(await_result(t1.get(), std::chrono::seconds(5)) == "57014");
+  query(t1.get(), "rollback");
+  // T2's UPDATE got its lock; its servers roll back. Two statements take s0's two servers.
+  CHECK(await_result(t2.get(), std::chrono::seconds(5)) != "timeout");
+  for (PGconn* c : {c1.get(), c2.get()}) REQUIRE(PQsendQuery(c, "select pg_sleep(1)") == 1);
+  std::this_thread::sleep_for(milliseconds(300));
+  stopped.go_on();  // the cancel is delivered now
+  CHECK(await_result(c1.get(), std::chrono::seconds(8)) == std::string());
+  CHECK(await_result(c2.get(), std::chrono::seconds(8)) == std::string());
+  // Nothing of the victim's committed.
+  PGresult* r = PQexec(t2.get(), "commit");
+  CHECK(std::string(PQcmdStatus(r)) == "ROLLBACK");
+  PQclear(r);
   CHECK(total_balance() == 1202);
   CHECK(prepared_left() == 0);
 }

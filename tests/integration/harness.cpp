@@ -514,6 +514,13 @@ bool send_cancel(PGconn* c) {
   return sent;
 }
 
+int clients_waiting(PGconn* console, const std::string& shard) {
+  int n = 0;
+  for (auto& row : show(console, "SHOW POOLS"))
+    if (row["database"] == shard) n += std::stoi(row["cl_waiting"]);
+  return n;
+}
+
 std::string error_code(PGconn* c, const std::string& sql, std::string* message) {
   PGresult* r = PQexec(c, sql.c_str());
   std::string code;

@@ -121,6 +121,9 @@ std::string scalar(PGconn* c, const std::string& sql);
 // Runs a statement returning rows (a console SHOW): maps from column name to value, one per
 // row (NULL as ""); fails the test on error.
 std::vector<std::map<std::string, std::string>> show(PGconn* c, const std::string& what);
+// The clients waiting for a server of shard `shard` (SHOW POOLS' cl_waiting, summed), read
+// on the admin console `console`.
+int clients_waiting(PGconn* console, const std::string& shard);
 // Runs one statement expecting an error; returns its SQLSTATE ("" if it succeeded).
 std::string error_code(PGconn* c, const std::string& sql, std::string* message = nullptr);
 // Sends a CancelRequest for `c`'s running statement (libpq's PQcancel); true if sent.

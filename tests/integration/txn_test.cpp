@@ -24,7 +24,8 @@ namespace {
 
 // Moves `amount` from account a to b in one transaction; the SQLSTATE of the first
 // statement that failed, "ROLLBACK" when COMMIT answered ROLLBACK, "" when it committed.
-std::string transfer(PGconn* c, int a, int b, int amount) {
+// Its SQLSTATE ("" when it committed); `message`, if given, gets the error's message.
+std::string transfer(PGconn* c, int a, int b, int amount, std::string* message = nullptr) {
   std::string code;
   for (const std::string& sql : {std::string("begin"),
                                  "update accounts set balance = balance - " +
@@ -34,6 +35,7 @@ std::string transfer(PGconn* c, int a, int b, int amount) {
                                  std::string("commit")}) {
     PGresult* r = PQexec(c, sql.c_str());
     if (const char* s = PQresultErrorField(r, PG_DIAG_SQLSTATE)) code = s;
+    if (message && !code.empty()) *message = sql + ": " + PQresultErrorMessage(r);
     const bool rolled_back = sql == "commit" && std::string(PQcmdStatus(r)) == "ROLLBACK";
     PQclear(r);
     if (rolled_back && code.empty()) code = "ROLLBACK";
@@ -480,19 +482,8 @@ TEST_CASE("a lock cycle across shards: the younger transaction gets 40P01 within
   while (shard_of(b) == shard_of(a)) ++b;
   Proxy proxy(accounts_map());
   auto t1 = connect(proxy.conninfo()), t2 = connect(proxy.conninfo());
-  query(t1.get(), "begin");
-  query(t1.get(), add_to(a));
-  query(t2.get(), "begin");
-  query(t2.get(), add_to(b));
-  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
-  auto b_shard = connect(Cluster::get().direct(shard_of(b)));
-  REQUIRE(wait_until(
-      [&] {
-        return scalar(b_shard.get(), "select count(*) from pg_locks where not granted") != "0";
-      },
-      std::chrono::seconds(5)));
-  const auto formed = std::chrono::steady_clock::now();
-  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  const int b_shard = shard_of(b);
+  const auto formed = lock_cycle(t1.get(), t2.get(), a, b, [&] { wait_for_lock_wait(b_shard); });
   // T2, the younger, is the victim: 40P01 naming the shards, soon after the cycle formed.
   REQUIRE(await_result(t2.get(), std::chrono::seconds(10)) == "40P01");
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
@@ -542,19 +533,9 @@ TEST_CASE("a hung shard does not stop deadlock detection on the others", "[deadl
   query(t3.get(), "begin");
   query(t3.get(), add_to(c));
   query(t3.get(), add_to(d));
-  auto s1 = connect(Cluster::get().direct(1));
   FrozenShard frozen(2);
   REQUIRE(PQsendQuery(t3.get(), add_to(d).c_str()) == 1);
-  query(t1.get(), "begin");
-  query(t1.get(), add_to(a));
-  query(t2.get(), "begin");
-  query(t2.get(), add_to(b));
-  REQUIRE(PQsendQuery(t1.get(), add_to(b).c_str()) == 1);
-  REQUIRE(wait_until(
-      [&] { return scalar(s1.get(), "select count(*) from pg_locks where not granted") != "0"; },
-      std::chrono::seconds(5)));
-  const auto formed = std::chrono::steady_clock::now();
-  REQUIRE(PQsendQuery(t2.get(), add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(t1.get(), t2.get(), a, b, [] { wait_for_lock_wait(1); });
   const std::string code = await_result(t2.get(), std::chrono::seconds(6));
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - formed);
@@ -590,17 +571,7 @@ TEST_CASE(
   o.extra_top = "timeouts: { pool_wait: 8s }\n";
   Proxy proxy(o);
   auto ta = connect(proxy.conninfo()), tb = connect(proxy.conninfo());
-  auto s1 = connect(Cluster::get().direct(1));
-  query(ta.get(), "begin");
-  query(ta.get(), add_to(a));
-  query(tb.get(), "begin");
-  query(tb.get(), add_to(b));
-  REQUIRE(PQsendQuery(ta.get(), add_to(b).c_str()) == 1);
-  REQUIRE(wait_until(
-      [&] { return scalar(s1.get(), "select count(*) from pg_locks where not granted") != "0"; },
-      std::chrono::seconds(5)));
-  const auto formed = std::chrono::steady_clock::now();
-  REQUIRE(PQsendQuery(tb.get(), add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(ta.get(), tb.get(), a, b, [] { wait_for_lock_wait(1); });
   const std::string code = await_result(tb.get(), std::chrono::seconds(6));
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - formed);
@@ -638,15 +609,10 @@ TEST_CASE("a cycle of pool waits across workers ends in 40P01", "[deadlock]") {
   Proxy proxy(o);
   // Accepted in a row: round robin puts them on different workers.
   auto ta = connect(proxy.conninfo()), tb = connect(proxy.conninfo());
-  query(ta.get(), "begin");
-  query(ta.get(), add_to(a));
-  query(tb.get(), "begin");
-  query(tb.get(), add_to(b));
-  REQUIRE(PQsendQuery(ta.get(), add_to(b).c_str()) == 1);
   // (A queues for s1's server before B asks for s0's.)
-  CHECK(await_result(ta.get(), std::chrono::milliseconds(300)) == "timeout");
-  const auto formed = std::chrono::steady_clock::now();
-  REQUIRE(PQsendQuery(tb.get(), add_to(a).c_str()) == 1);
+  const auto formed = lock_cycle(ta.get(), tb.get(), a, b, [&] {
+    CHECK(await_result(ta.get(), std::chrono::milliseconds(300)) == "timeout");
+  });
   const std::string code = await_result(tb.get(), std::chrono::seconds(6));
   const auto took = std::chrono::duration_cast<std::chrono::milliseconds>(
       std::chrono::steady_clock::now() - formed);
@@ -700,7 +666,8 @@ TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, n
       int a = static_cast<int>(rng() % kAccounts) + 1, b;
       do b = static_cast<int>(rng() % kAccounts) + 1;
       while (shard[static_cast<std::size_t>(b)] == shard[static_cast<std::size_t>(a)]);
-      const std::string code = transfer(c.get(), a, b, static_cast<int>(rng() % 10) + 1);
+      std::string message;
+      const std::string code = transfer(c.get(), a, b, static_cast<int>(rng() % 10) + 1, &message);
       if (code.empty()) {
         ++committed;
         continue;
@@ -711,7 +678,7 @@ TEST_CASE("bank without ordered locking: deadlocks across shards end in 40P01, n
       } else {
         ++unexpected;
         std::lock_guard lock(mu);
-        if (first_unexpected.empty()) first_unexpected = code + ": " + PQerrorMessage(c.get());
+        if (first_unexpected.empty()) first_unexpected = code + ": " + message;
       }
     }
   };

@@ -215,3 +215,47 @@ TEST_CASE("pool waits on two workers: the holders of every worker are merged", "
   txn::merge_pool_waits(merged, spare);
   CHECK(txn::find_victims(merged, {}, kShards).empty());
 }
+
+TEST_CASE("a transaction that moved on while the waits were read is left out of the graph",
+          "[deadlock]") {
+  // Listed first: W on (s0 100, s1 200), X on (s0 300, s1 400). Then W commits and its s1
+  // server (200) goes to V, which waits there for X; X waits on s0 for W's old row (100,
+  // now in another transaction). Read together, W and X seem to form a cycle; W is no
+  // longer the transaction listed (a later request): its servers are unknown backends.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 300}, {1, 400}})};
+  const std::vector<LockWait> waits{{0, 300, 100}, {1, 200, 400}};
+  REQUIRE(txn::find_victims(txns, waits, kShards).size() == 1);  // the false cycle
+  auto later = txns;
+  later[0].request += 1;
+  txn::keep_unchanged(txns, later);
+  REQUIRE(txns.size() == 1);
+  CHECK(txns[0].session == 2);
+  CHECK(txn::find_victims(txns, waits, kShards).empty());
+  // Unchanged transactions stay, also when the second list orders them differently.
+  std::vector<WaitingTxn> both{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 300}, {1, 400}})};
+  const std::vector<WaitingTxn> reversed{both[1], both[0]};
+  txn::keep_unchanged(both, reversed);
+  CHECK(both.size() == 2);
+  // A transaction on other servers now (one handed back, another taken) is left out too.
+  auto moved = reversed;
+  moved[0].servers = {{0, 300}, {1, 401}};
+  txn::keep_unchanged(both, moved);
+  REQUIRE(both.size() == 1);
+  CHECK(both[0].session == 1);
+}
+
+TEST_CASE("an autocommit statement on several shards is a victim like a transaction",
+          "[deadlock]") {
+  // S (a statement outside a transaction block, the younger) holds rows on s0 and s1 and
+  // waits on s0 for T; T waits on s1 for S. S goes, and its DETAIL names a statement.
+  std::vector<WaitingTxn> txns{txn_on(1, 10, {{0, 100}, {1, 200}}),
+                               txn_on(2, 20, {{0, 101}, {1, 201}})};
+  txns[1].statement = true;
+  auto v = txn::find_victims(txns, {{0, 101, 100}, {1, 200, 201}}, kShards);
+  REQUIRE(v.size() == 1);
+  CHECK(v[0].txn.session == 2);
+  CHECK(v[0].txn.statement);
+  CHECK(v[0].detail.find("this statement waited on shard s0") != std::string::npos);
+}
