@@ -249,6 +249,23 @@ void load_rows(PGconn* c, std::map<int64_t, int>& shadow) {
   }
 }
 
+// The setup, pgshard on the old map and 3000 rows written through it (`shadow`: key -> v).
+struct MoveCase {
+  explicit MoveCase(const std::string& name)
+      : m(setup_move(name)), proxy(options(m)), c(connect(proxy.conninfo())) {
+    load_rows(c.get(), shadow);
+  }
+  static ProxyOptions options(const MoveSetup& m) {
+    ProxyOptions o;
+    o.sharded_tables = table_yaml(m.old_owners, 3);
+    return o;
+  }
+  MoveSetup m;
+  Proxy proxy;
+  Conn c;
+  std::map<int64_t, int> shadow;
+};
+
 bool caught_up(const MoveSetup& m) {
   int rc = 0;
   const auto out = reshard("status --to " + m.new_map, &rc);
@@ -283,13 +300,8 @@ void check_undone(const MoveSetup& m, const std::map<int64_t, int>& shadow) {
 }  // namespace
 
 TEST_CASE("reshard 3 -> 4 shards under writes: start, status, verify, abort", "[reshard-move]") {
-  auto m = setup_move("reshard-move");
-  ProxyOptions o;
-  o.sharded_tables = table_yaml(m.old_owners, 3);
-  Proxy proxy(o);
-  auto c = connect(proxy.conninfo());
-  std::map<int64_t, int> shadow;
-  load_rows(c.get(), shadow);
+  MoveCase k("reshard-move");
+  auto& [m, proxy, c, shadow] = k;
   Writer writer(proxy.conninfo(), shadow);
   writer.start();
 
@@ -356,13 +368,8 @@ TEST_CASE("reshard 3 -> 4 shards under writes: start, status, verify, abort", "[
 
 TEST_CASE("reshard abort in the middle of the initial copy leaves no slot and the old placement",
           "[reshard-move]") {
-  auto m = setup_move("reshard-abort");
-  ProxyOptions o;
-  o.sharded_tables = table_yaml(m.old_owners, 3);
-  Proxy proxy(o);
-  auto c = connect(proxy.conninfo());
-  std::map<int64_t, int> shadow;
-  load_rows(c.get(), shadow);
+  MoveCase k("reshard-abort");
+  auto& [m, proxy, c, shadow] = k;
   // The copy held up: no table synchronization worker until the target's table is locked.
   auto server = connect(Cluster::get().direct(2));
   query(server.get(), "alter system set max_sync_workers_per_subscription = 0");
