@@ -29,12 +29,6 @@ std::string table_sql(PGconn* c, const config::ShardedTable& t) {
   return t.schema.empty() ? ident(c, t.table) : ident(c, t.schema) + "." + ident(c, t.table);
 }
 
-std::string int_array(const std::vector<int>& v) {
-  std::string out = "{";
-  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
-  return out + "}";
-}
-
 std::string bytes_text(double b) {
   const char* unit[] = {"bytes", "kB", "MB", "GB", "TB"};
   int i = 0;
@@ -178,28 +172,13 @@ class LivePlan {
 std::optional<std::pair<double, double>> LivePlan::count_rows(const TablePlan& p, const Move& m,
                                                               PGconn* c) {
   const auto& t = *p.from;
-  const std::string col = "t." + ident(c, t.column);
-  std::string where;
-  std::vector<std::string> params;
-  if (p.modulus > 0) {
-    // satisfies_hash_partition() needs a hash-partitioned table with the key's type: an empty
-    // temporary one, gone with the connection.
-    const std::string probe = std::string("pgshard_reshard_probe_") + config::to_string(t.type);
-    const auto made = pg_query(c, "create temp table if not exists " + probe + " (k " +
-                                      config::to_string(t.type) + ") partition by hash (k)");
-    if (!made.error.empty()) return std::nullopt;
-    where = "exists (select 1 from unnest($1::int[]) r where satisfies_hash_partition('pg_temp." +
-            probe + "'::regclass, " + std::to_string(p.modulus) + ", r, " + col + "))";
-    params.push_back(int_array(m.remainders));
-  } else {
-    // Range and list moves: the row filter `reshard start` publishes.
-    where = move_filter_sql(p, m);
-  }
+  // The row filter `reshard start` publishes: for hash tables PostgreSQL's partition hash
+  // modulo the plan's modulus, computed once per row (the remainders PostgreSQL's
+  // satisfies_hash_partition() accepts: tests/integration/reshard_move_test.cpp).
+  const std::string where = move_filter_sql(p, m);
   const auto r =
-      pg_query(c,
-               "select count(*)::float8, coalesce(sum(pg_column_size(t.*)), 0)::float8 from " +
-                   table_sql(c, t) + " t where " + where,
-               params);
+      pg_query(c, "select count(*)::float8, coalesce(sum(pg_column_size(t.*)), 0)::float8 from " +
+                      table_sql(c, t) + " t where " + where);
   if (r.rows.empty()) return std::nullopt;
   return std::make_pair(std::stod(r.rows[0][0]), std::stod(r.rows[0][1]));
 }
@@ -239,7 +218,7 @@ void LivePlan::count(const TablePlan& p, const Move& m, PGconn* c, double reltup
     return;
   }
   out_ << head << static_cast<int64_t>(counted->first) << " rows, " << bytes_text(counted->second)
-       << (p.modulus > 0 ? " (counted with satisfies_hash_partition)" : " (counted)") << "\n";
+       << (p.modulus > 0 ? " (counted with PostgreSQL's partition hash)" : " (counted)") << "\n";
 }
 
 }  // namespace

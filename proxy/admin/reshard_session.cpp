@@ -142,7 +142,8 @@ bool undo_moves(ReshardSession& s, const ReshardState& state) {
                                     .c_str());
       if (PQresultStatus(r) == PGRES_COMMAND_OK) {
         rows += std::atoll(PQcmdTuples(r));
-      } else if (std::string(PQresultErrorField(r, PG_DIAG_SQLSTATE) ?: "") != "42P01") {
+      } else if (const char* code = PQresultErrorField(r, PG_DIAG_SQLSTATE);
+                 !code || std::string(code) != "42P01") {  // (no table: nothing copied)
         s.out() << "  ERROR on " << m->to << ": " << PQresultErrorMessage(r);
         ok = false;
       }

@@ -132,14 +132,14 @@ long verify_table(ReshardSession& s, const ReshardMove& m, const MovingTable& t,
     if (round == 0) groups = a->size();
     suspect = differing(*a, *b);
     if (suspect.empty()) {
-      out << "  " << t.plan->name << " " << m.from << " -> " << m.to << ": " << groups
-          << " buckets equal\n";
+      out << "  " << t.plan->name << " " << m.from << " -> " << m.to << ": equal (" << groups
+          << " buckets hold rows)\n";
       return 0;
     }
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
   }
-  out << "  " << t.plan->name << " " << m.from << " -> " << m.to << ": " << suspect.size()
-      << " buckets DIFFER\n";
+  out << "  " << t.plan->name << " " << m.from << " -> " << m.to << ": DIFFERENT in "
+      << suspect.size() << " of the buckets\n";
   const auto n = name_rows(src, dst, *shape, suspect, out);
   return static_cast<long>(n == 0 ? 1 : n);  // (a difference that vanished while listing)
 }
