@@ -428,3 +428,28 @@ TEST_CASE("reshard abort in the middle of the initial copy leaves no slot and th
   CHECK(abort_rc == 0);
   check_undone(m, shadow);
 }
+
+TEST_CASE(
+    "reshard start failing half way drops what it created: no slot, publication or "
+    "subscription left",
+    "[reshard-move]") {
+  MoveCase k("reshard-fail");
+  auto& [m, proxy, c, shadow] = k;
+  // Shard s1 refuses CREATE PUBLICATION: the move s0 -> s3 is created, s1 -> s3 fails.
+  auto s1 = connect(Cluster::get().direct(1));
+  query(s1.get(),
+        "create or replace function rm_refuse() returns event_trigger language plpgsql as "
+        "$$ begin raise exception 'no publications here'; end $$");
+  query(s1.get(),
+        "create event trigger rm_no_pub on ddl_command_start when tag in "
+        "('CREATE PUBLICATION') execute function rm_refuse()");
+  int rc = 0;
+  const auto out = reshard("start --from " + m.old_map + " --to " + m.new_map, &rc);
+  query(s1.get(), "drop event trigger rm_no_pub");
+  INFO(out);
+  CHECK(rc == 1);
+  CHECK(out.find("s0 -> s3: publication, slot and subscription") != std::string::npos);
+  CHECK(out.find("no publications here") != std::string::npos);
+  CHECK(out.find("start: FAILED at s1 -> s3") != std::string::npos);
+  check_undone(m, shadow);
+}
