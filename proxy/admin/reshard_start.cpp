@@ -133,6 +133,18 @@ int check_moves(ReshardSession& s) {
             << "stop updates and deletes on the source)\n    fix: ALTER TABLE " << t.plan->name
             << " REPLICA IDENTITY FULL; (or a primary key that includes " << table.column << ")\n";
       }
+      const auto other =
+          pg_query(src,
+                   "select string_agg(pubname, ', ') from pg_publication_tables where pubname like "
+                   "'pgshard\\_rs\\_%' and format('%I.%I', schemaname, tablename)::regclass = "
+                   "to_regclass($1)",
+                   {table_sql(table)});
+      if (other.ok() && !other.rows.empty() && !other.rows[0][0].empty()) {
+        ++refused;
+        out << "  REFUSED table " << t.plan->name << " on shard " << from
+            << " is being moved by another reshard (publication " << other.rows[0][0]
+            << ")\n    fix: finish or abort it first (pgshard reshard abort --to ITS-NEW.yaml)\n";
+      }
       const auto r = pg_query(dst, "select count(*) from " + table_sql(table) + " where " +
                                        move_filter_sql(*t.plan, *t.move));
       if (r.ok() && !r.rows.empty() && r.rows[0][0] == "0") continue;

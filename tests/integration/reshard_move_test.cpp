@@ -3,12 +3,14 @@
 // rows copied and followed by PostgreSQL's logical replication (row-filtered publications),
 // verified against the sources and a shadow copy kept by the test, then undone by abort with
 // no slot, publication or subscription left.
+#include <algorithm>
 #include <atomic>
 #include <catch2/catch.hpp>
 #include <fstream>
 #include <map>
 #include <mutex>
 #include <random>
+#include <set>
 #include <string>
 #include <thread>
 #include <vector>
@@ -16,6 +18,7 @@
 #include "config/config.hpp"
 #include "harness.hpp"
 #include "proxy/admin/reshard_filter.hpp"
+#include "proxy/admin/reshard_plan.hpp"
 #include "proxy/router/hashing.hpp"
 
 using namespace harness;
@@ -198,6 +201,46 @@ TEST_CASE("reshard row filter: the SQL bucket of a key is PostgreSQL's and pgsha
   }
 }
 
+// The shard of `key` on a ring table (the first point at or after its hash, wrapping).
+int ring_shard(const config::ShardedTable& t, int64_t key) {
+  const auto h = *router::partition_hash(config::KeyType::kInt8, std::to_string(key));
+  auto it = std::lower_bound(t.ring.begin(), t.ring.end(), std::make_pair(h, INT32_MIN));
+  return (it == t.ring.end() ? t.ring.front() : *it).second;
+}
+
+TEST_CASE("reshard row filter: a ring move's arcs select the keys that change shard",
+          "[reshard-move]") {
+  auto yaml = [](int shards) {
+    std::string y = "users: [{ name: app, password: secret }]\nshards:\n";
+    for (int i = 0; i < shards; ++i)
+      y += "  - { name: s" + std::to_string(i) + ", primary: \"postgres://h:1/app\" }\n";
+    return y + "sharded_tables:\n  - { table: r, column: k, type: bigint, function: ring }\n";
+  };
+  const auto a = config::load_string(yaml(3), "a.yaml");
+  const auto b = config::load_string(yaml(4), "b.yaml");
+  const auto plan = admin::plan_reshard(*a, *b);
+  REQUIRE(plan.size() == 1);
+  REQUIRE(plan[0].moves.size() == 3);  // s0, s1, s2 -> s3
+  auto d = connect(Cluster::get().direct(0));
+  const std::string keys = "select (g * 7919 - 20000000)::bigint from generate_series(1, 4000) g";
+  for (const auto& m : plan[0].moves) {
+    INFO(m.from << " -> " << m.to);
+    std::set<int64_t> expected;
+    for (int g = 1; g <= 4000; ++g) {
+      const int64_t k = int64_t{g} * 7919 - 20000000;
+      if ("s" + std::to_string(ring_shard(a->sharded_tables[0], k)) == m.from &&
+          "s" + std::to_string(ring_shard(b->sharded_tables[0], k)) == m.to)
+        expected.insert(k);
+    }
+    std::set<int64_t> selected;
+    for (const auto& row : query(d.get(), "select k from (" + keys + ") v(k) where " +
+                                              admin::move_filter_sql(plan[0], m)))
+      selected.insert(std::stoll(row[0]));
+    CHECK(expected.size() > 100);
+    CHECK(selected == expected);
+  }
+}
+
 namespace {
 
 struct MoveSetup {
@@ -315,6 +358,12 @@ TEST_CASE("reshard 3 -> 4 shards under writes: start, status, verify, abort", "[
   CHECK(reshard("start --from " + m.old_map + " --to " + m.new_map, &rc).find("in progress") !=
         std::string::npos);
   CHECK(rc == 1);
+  // And so is one to another copy of the new map: the tables are already being moved.
+  std::ofstream(m.dir + "/other.yaml") << read_file(m.new_map);
+  out = reshard("start --from " + m.old_map + " --to " + m.dir + "/other.yaml", &rc);
+  CHECK(rc == 1);
+  CHECK(out.find("REFUSED table rm_orders on shard s0 is being moved by another reshard") !=
+        std::string::npos);
 
   REQUIRE(wait_until([&] { return caught_up(m); }, std::chrono::seconds(60)));
   out = reshard("status --to " + m.new_map, &rc);
