@@ -21,16 +21,20 @@ long long number(const std::string& s) {
   return s.empty() ? -1 : std::stoll(s);
 }
 
-// Rows of the move's tables matching their row filters on `c` (-1: cannot count).
-long long moving_rows(ReshardSession& s, PGconn* c, const ReshardMove& m) {
-  long long n = 0;
-  for (const auto& t : s.tables(m.from, m.to)) {
-    const auto r = pg_query(c, "select count(*) from " + table_sql(*t.plan->from) + " where " +
-                                   move_filter_sql(*t.plan, *t.move));
-    if (!r.ok()) return -1;
-    n += number(first(r));
-  }
-  return n;
+// Rows of the table's share of the move on `c` (-1: cannot count).
+long long moving_rows(PGconn* c, const MovingTable& t) {
+  const auto r = pg_query(c, "select count(*) from " + table_sql(*t.plan->from) + " where " +
+                                 move_filter_sql(*t.plan, *t.move));
+  return r.ok() ? number(first(r)) : -1;
+}
+
+// "rows orders 10/12, items 3/3 (target/source)"
+std::string rows_text(ReshardSession& s, PGconn* src, PGconn* dst, const ReshardMove& m) {
+  std::string out;
+  for (const auto& t : s.tables(m.from, m.to))
+    out += (out.empty() ? "rows " : ", ") + t.plan->name + " " +
+           std::to_string(moving_rows(dst, t)) + "/" + std::to_string(moving_rows(src, t));
+  return out + " (target/source)";
 }
 
 // One line for the move; true when it has caught up.
@@ -50,6 +54,12 @@ bool print_move(ReshardSession& s, const ReshardMove& m) {
                "select count(*) from pg_stat_subscription where subname = $1 and relid is null and "
                "pid is not null",
                {m.name});
+  // PostgreSQL 15 counts a subscription's failed applies and table copies.
+  const auto errors =
+      pg_query(dst,
+               "select apply_error_count, sync_error_count from pg_stat_subscription_stats where "
+               "subname = $1",
+               {m.name});
   const auto slot = pg_query(src,
                              "select active, pg_wal_lsn_diff(pg_current_wal_lsn(), "
                              "confirmed_flush_lsn)::bigint from pg_replication_slots where "
@@ -57,15 +67,17 @@ bool print_move(ReshardSession& s, const ReshardMove& m) {
                              {m.name});
   const long long ready = number(first(tables)), total = number(first(tables, 1));
   const long long lag = number(first(slot, 1));
-  const long long copied = moving_rows(s, dst, m), at_source = moving_rows(s, src, m);
-  out << "tables " << ready << "/" << total << " synchronized, rows " << copied << " of "
-      << at_source << " (target/source), "
-      << (first(worker) == "1" ? "streaming" : "NO apply worker (see the target's log)")
+  out << "tables " << ready << "/" << total << " synchronized, " << rows_text(s, src, dst, m)
+      << ", " << (first(worker) == "1" ? "streaming" : "NO apply worker (see the target's log)")
       << ", slot "
       << (first(slot).empty()  ? "MISSING"
           : first(slot) == "t" ? "active"
                                : "idle")
-      << ", lag " << lag << " bytes\n";
+      << ", lag " << lag << " bytes";
+  if (number(first(errors)) > 0 || number(first(errors, 1)) > 0)
+    out << ", ERRORS: " << first(errors) << " applying, " << first(errors, 1)
+        << " copying (the target's log says why)";
+  out << "\n";
   return total > 0 && ready == total && first(worker) == "1" && lag >= 0 && lag < kSmallLag;
 }
 
