@@ -32,12 +32,17 @@ void usage(std::ostream& err) {
       << "      differ (exit 1; 2 when the target did not catch up within MS, default 60000)\n"
       << "  pgshard reshard abort --to NEW.yaml\n"
       << "      drops the subscriptions, slots and publications and the copied rows; the old\n"
-      << "      map stays\n";
+      << "      map stays\n"
+      << "  pgshard reshard cleanup --to NEW.yaml --writes-stopped [--timeout MS]\n"
+      << "      with writes stopped (no cutover yet: stop pgshard first): compares, drops the\n"
+      << "      subscriptions, slots and publications, compares again, deletes the moved rows\n"
+      << "      from the sources; then start pgshard on NEW.yaml\n";
 }
 
 struct Args {
   std::string from, to, add;
   int timeout_ms = 60000;
+  bool writes_stopped = false;
   bool live = false, verbose = false;
 };
 
@@ -54,6 +59,8 @@ std::optional<Args> parse(int argc, char** argv) {
       a.from = argv[++i];
     } else if (arg == "--to" && has_value) {
       a.to = argv[++i];
+    } else if (arg == "--writes-stopped") {
+      a.writes_stopped = true;
     } else if (arg == "--timeout" && has_value) {
       a.timeout_ms = std::atoi(argv[++i]);
     } else if (arg == "--add" && has_value) {
@@ -184,6 +191,8 @@ int reshard_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   if (cmd == "status") return reshard_status(args->to, out, err);
   if (cmd == "verify") return reshard_verify(args->to, args->timeout_ms, out, err);
   if (cmd == "abort") return reshard_abort(args->to, out, err);
+  if (cmd == "cleanup")
+    return reshard_cleanup(args->to, args->writes_stopped, args->timeout_ms, out, err);
   usage(err);
   return 2;
 }

@@ -73,7 +73,21 @@ int reshard_start(const std::string& from_map, const std::string& to_map, std::o
                   std::ostream& err);
 int reshard_status(const std::string& to_map, std::ostream& out, std::ostream& err);
 int reshard_abort(const std::string& to_map, std::ostream& out, std::ostream& err);
+// With writes to the moving keys stopped (`writes_stopped`, the operator's word: there is
+// no cutover yet): waits for the targets, compares, drops the subscriptions, slots and
+// publications, compares again, then deletes the moved rows from the sources in batches.
+int reshard_cleanup(const std::string& to_map, bool writes_stopped, int timeout_ms,
+                    std::ostream& out, std::ostream& err);
 int reshard_verify(const std::string& to_map, int timeout_ms, std::ostream& out, std::ostream& err);
+
+// Compares every move's rows on source and target (as `verify`); the rows that differ, or
+// -1 when they could not be compared. `timeout_ms` < 0: the subscriptions are gone, one
+// round without waiting for the targets.
+long compare_moves(ReshardSession& s, const ReshardState& state, int timeout_ms);
+
+// Drops the subscription of `m` (with its slots) on its target, then any slot of it and its
+// publication left on its source; true when all is gone.
+bool drop_move_replication(ReshardSession& s, const ReshardMove& m);
 
 // The drops of `abort`, also run when `start` fails half way: subscriptions (with their
 // slots), leftover slots, publications, then the copied rows on the targets. True when

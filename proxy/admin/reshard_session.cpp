@@ -81,13 +81,11 @@ bool wait_caught_up(ReshardSession& s, const ReshardMove& m, int timeout_ms) {
   }
 }
 
-namespace {
-
 // The subscription of `m` on its target (its replication slot dropped on the source by
 // DROP SUBSCRIPTION), then what is left on the source: the slot, the table
 // synchronization slots of the subscription (pg_<subscription oid>_sync_<table oid>_<system
 // id>) and the publication.
-bool drop_replication(ReshardSession& s, const ReshardMove& m) {
+bool drop_move_replication(ReshardSession& s, const ReshardMove& m) {
   auto& out = s.out();
   bool ok = true;
   std::string sub_oid;
@@ -118,13 +116,11 @@ bool drop_replication(ReshardSession& s, const ReshardMove& m) {
   return ok;
 }
 
-}  // namespace
-
 bool undo_moves(ReshardSession& s, const ReshardState& state) {
   // Every stream stopped first (the slots hold WAL on the sources), then the rows deleted.
   std::vector<const ReshardMove*> dropped;
   for (const auto& m : state.moves) {
-    const bool ok = drop_replication(s, m);
+    const bool ok = drop_move_replication(s, m);
     if (ok) dropped.push_back(&m);
     s.out() << "  " << m.from << " -> " << m.to << ": " << m.name
             << (ok ? ": subscription, slot and publication dropped\n"

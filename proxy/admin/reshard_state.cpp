@@ -46,7 +46,8 @@ bool fsync_dir(const std::string& path) {
 }
 
 std::optional<ReshardPhase> phase_of(const std::string& word) {
-  for (auto p : {ReshardPhase::kStarting, ReshardPhase::kCopying, ReshardPhase::kAborting})
+  for (auto p : {ReshardPhase::kStarting, ReshardPhase::kCopying, ReshardPhase::kAborting,
+                 ReshardPhase::kCleaning, ReshardPhase::kDeleting})
     if (word == to_string(p)) return p;
   return std::nullopt;
 }
@@ -61,6 +62,10 @@ const char* to_string(ReshardPhase p) {
       return "copying";
     case ReshardPhase::kAborting:
       return "aborting";
+    case ReshardPhase::kCleaning:
+      return "cleaning";
+    case ReshardPhase::kDeleting:
+      return "deleting";
   }
   return "?";
 }

@@ -13,6 +13,8 @@ enum class ReshardPhase {
   kStarting,  // creating publications, slots and subscriptions (some may exist)
   kCopying,   // every subscription created: PostgreSQL copies, then streams the changes
   kAborting,  // dropping them again
+  kCleaning,  // writes stopped and the copies compared: dropping the subscriptions
+  kDeleting,  // deleting the moved rows from the sources: only cleanup may go on
 };
 const char* to_string(ReshardPhase p);
 

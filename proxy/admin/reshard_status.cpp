@@ -122,6 +122,11 @@ int reshard_abort(const std::string& to_map, std::ostream& out, std::ostream& er
   return with_reshard(to_map, out, err, [&](ReshardSession& s, ReshardState& state) {
     const std::string path = reshard_state_path(to_map);
     std::string error;
+    if (state.phase == ReshardPhase::kDeleting) {
+      out << "abort: REFUSED, cleanup has begun deleting the moved rows from the sources: the "
+             "targets hold the only copy of some; finish it with pgshard reshard cleanup\n";
+      return 1;
+    }
     state.phase = ReshardPhase::kAborting;
     if (!save_state(path, state, &error)) {
       err << error << "\n";

@@ -109,6 +109,8 @@ std::size_t name_rows(PGconn* src, PGconn* dst, const Shape& s, const std::set<s
 }
 
 // One table of one move; returns the number of rows that differ (-1: could not compare).
+// `timeout_ms` < 0: nothing streams any more (cleanup after dropping the subscriptions), so
+// one round, without waiting for the target.
 long verify_table(ReshardSession& s, const ReshardMove& m, const MovingTable& t, int timeout_ms) {
   auto& out = s.out();
   PGconn* src = s.source(m.from);
@@ -117,9 +119,10 @@ long verify_table(ReshardSession& s, const ReshardMove& m, const MovingTable& t,
   if (!shape) return -1;
   std::set<std::string> suspect;
   std::size_t groups = 0;
-  for (int round = 0; round < kRounds; ++round) {
+  const bool streaming = timeout_ms >= 0;
+  for (int round = 0; round < (streaming ? kRounds : 1); ++round) {
     const auto a = checksums(src, *shape, suspect);
-    if (!wait_caught_up(s, m, timeout_ms)) {
+    if (streaming && !wait_caught_up(s, m, timeout_ms)) {
       out << "  " << t.plan->name << " " << m.from << " -> " << m.to
           << ": the target did not catch up within " << timeout_ms << " ms\n";
       return -1;
@@ -163,25 +166,32 @@ bool wait_synchronized(ReshardSession& s, const ReshardMove& m, int timeout_ms) 
 
 }  // namespace
 
+long compare_moves(ReshardSession& s, const ReshardState& state, int timeout_ms) {
+  auto& out = s.out();
+  long differences = 0;
+  bool failed = false;
+  for (const auto& m : state.moves) {
+    if (!s.source(m.from) || !s.target(m.to) ||
+        (timeout_ms >= 0 && !wait_synchronized(s, m, timeout_ms))) {
+      out << "  " << m.from << " -> " << m.to << ": the initial copy has not finished within "
+          << timeout_ms << " ms (pgshard reshard status)\n";
+      failed = true;
+      continue;
+    }
+    for (const auto& t : s.tables(m.from, m.to)) {
+      const long n = verify_table(s, m, t, timeout_ms);
+      failed |= n < 0;
+      differences += n > 0 ? n : 0;
+    }
+  }
+  return failed ? -1 : differences;
+}
+
 int reshard_verify(const std::string& to_map, int timeout_ms, std::ostream& out,
                    std::ostream& err) {
   return with_reshard(to_map, out, err, [&](ReshardSession& s, ReshardState& state) {
-    long differences = 0;
-    bool failed = false;
-    for (const auto& m : state.moves) {
-      if (!s.source(m.from) || !s.target(m.to) || !wait_synchronized(s, m, timeout_ms)) {
-        out << "  " << m.from << " -> " << m.to << ": the initial copy has not finished within "
-            << timeout_ms << " ms (pgshard reshard status)\n";
-        failed = true;
-        continue;
-      }
-      for (const auto& t : s.tables(m.from, m.to)) {
-        const long n = verify_table(s, m, t, timeout_ms);
-        failed |= n < 0;
-        differences += n > 0 ? n : 0;
-      }
-    }
-    if (failed) {
+    const long differences = compare_moves(s, state, timeout_ms);
+    if (differences < 0) {
       out << "verify: INCOMPLETE\n";
       return 2;
     }

@@ -515,3 +515,96 @@ TEST_CASE(
   CHECK(out.find("start: FAILED at s1 -> s3") != std::string::npos);
   check_undone(m, shadow);
 }
+
+TEST_CASE(
+    "reshard 3 -> 4 shards with a write stop: start under writes, cleanup, then pgshard on "
+    "the new map finds every row",
+    "[reshard-move]") {
+  MoveCase k("reshard-cleanup");
+  auto& [m, proxy, c, shadow] = k;
+  Writer writer(proxy.conninfo(), shadow);
+  writer.start();
+  int rc = 0;
+  auto out = reshard("start --from " + m.old_map + " --to " + m.new_map, &rc);
+  REQUIRE(rc == 0);
+  REQUIRE(wait_until([&] { return caught_up(m); }, std::chrono::seconds(60)));
+  writer.stop();
+  CHECK(writer.errors() == 0);
+  // Refused unless the operator says the writes stopped (there is no cutover yet).
+  out = reshard("cleanup --to " + m.new_map, &rc);
+  CHECK(rc == 1);
+  CHECK(out.find("--writes-stopped") != std::string::npos);
+  out = reshard("cleanup --writes-stopped --to " + m.new_map, &rc);
+  INFO(out);
+  REQUIRE(rc == 0);
+  CHECK(out.find("cleanup: done") != std::string::npos);
+
+  auto& cluster = Cluster::get();
+  for (int i = 0; i < cluster.size(); ++i) CHECK(leftovers(i) == "");
+  CHECK(!std::ifstream(m.new_map + ".reshard-state").good());
+  // Every row once, on the shard the new map names, with its value.
+  std::map<int64_t, int> all;
+  std::size_t rows = 0;
+  long misplaced = 0;
+  for (int i = 0; i < 4; ++i) {
+    auto d = connect(i < 3 ? cluster.direct(i) : m.target);
+    for (const auto& [key, v] : rows_on(d.get())) {
+      all[key] = v;
+      ++rows;
+      misplaced += m.new_owners[static_cast<std::size_t>(bucket_of(key))] != i;
+    }
+  }
+  CHECK(misplaced == 0);
+  CHECK(rows == shadow.size());
+  CHECK(all == shadow);
+
+  // pgshard on the new map: every row through it, a new key of s3's buckets written to s3.
+  ProxyOptions o;
+  o.sharded_tables = table_yaml(m.new_owners, 4);
+  for (int i = 0; i < 3; ++i) o.shard_urls.push_back(url(cluster.port(i)));
+  o.shard_urls.push_back(url(cluster.port(2), "rm_target"));
+  Proxy after(o);
+  auto n = connect(after.conninfo());
+  CHECK(rows_on(n.get()) == shadow);
+  int64_t key = 700000;
+  while (m.new_owners[static_cast<std::size_t>(bucket_of(key))] != 3) ++key;
+  query(n.get(), "insert into rm_orders values (" + std::to_string(key) + ", 5, 'new')");
+  auto t = connect(m.target);
+  CHECK(scalar(t.get(), "select v from rm_orders where id = " + std::to_string(key)) == "5");
+}
+
+TEST_CASE("reshard cleanup deletes nothing when a source changed after the streams stopped",
+          "[reshard-move]") {
+  MoveCase k("reshard-cleanup-late");
+  auto& [m, proxy, c, shadow] = k;
+  int rc = 0;
+  REQUIRE(reshard("start --from " + m.old_map + " --to " + m.new_map, &rc).find("start: copying") !=
+          std::string::npos);
+  REQUIRE(wait_until([&] { return caught_up(m); }, std::chrono::seconds(60)));
+  // Past the first comparison (phase cleaning), the subscription from s0 stopped: a write to
+  // a moving key of s0 then reaches s0 only, as one that slipped in after the drop would.
+  {
+    std::string state = read_file(m.new_map + ".reshard-state");
+    state.replace(state.find("phase copying"), 13, "phase cleaning");
+    std::ofstream(m.new_map + ".reshard-state") << state;
+  }
+  auto t = connect(m.target);
+  const auto sub =
+      scalar(t.get(), "select subname from pg_subscription where subname like '%s0_s3'");
+  query(t.get(), "alter subscription " + sub + " disable");
+  int64_t late = 800000;
+  while (m.old_owners[static_cast<std::size_t>(bucket_of(late))] != 0 ||
+         m.new_owners[static_cast<std::size_t>(bucket_of(late))] != 3)
+    ++late;
+  query(c.get(), "insert into rm_orders values (" + std::to_string(late) + ", 9, 'late')");
+  shadow[late] = 9;
+  auto out = reshard("cleanup --writes-stopped --to " + m.new_map, &rc);
+  INFO(out);
+  CHECK(rc == 1);
+  CHECK(out.find("STOPPED before deleting anything") != std::string::npos);
+  CHECK(out.find("missing on the target: " + std::to_string(late)) != std::string::npos);
+  // Nothing was deleted from the sources: abort returns to the old map with every row.
+  out = reshard("abort --to " + m.new_map, &rc);
+  CHECK(rc == 0);
+  check_undone(m, shadow);
+}
