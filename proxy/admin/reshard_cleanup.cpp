@@ -85,6 +85,9 @@ int clean(ReshardSession& s, ReshardState& state, int timeout_ms, const std::str
     out << "cleanup: REFUSED in phase " << to_string(state.phase) << " (pgshard reshard abort)\n";
     return 1;
   }
+  for (const auto& m : state.moves)
+    for (const auto& t : s.tables(m.from, m.to))
+      if (!carry_sequences(s, m.from, m.to, *t.plan)) return 1;
   for (const auto& m : state.moves) {
     const long long rows = delete_moved(s, m);
     if (rows < 0) return 1;

@@ -89,6 +89,11 @@ long compare_moves(ReshardSession& s, const ReshardState& state, int timeout_ms)
 // publication left on its source; true when all is gone.
 bool drop_move_replication(ReshardSession& s, const ReshardMove& m);
 
+// The sequences `p`'s table owns on source `from` (serial, identity) set on target `to` to at
+// least the source's value (by start, and again by cleanup).
+bool carry_sequences(ReshardSession& s, const std::string& from, const std::string& to,
+                     const TablePlan& p);
+
 // The drops of `abort`, also run when `start` fails half way: subscriptions (with their
 // slots), leftover slots, publications, then the copied rows on the targets. True when
 // everything is gone.

@@ -158,37 +158,6 @@ int check_moves(ReshardSession& s) {
   return refused;
 }
 
-// The sequences the source's table owns (serial, identity) set on the target past the
-// source's value.
-bool carry_sequences(ReshardSession& s, const std::string& from, const std::string& to,
-                     const TablePlan& p) {
-  PGconn* src = s.source(from);
-  PGconn* dst = s.target(to);
-  const auto seqs = pg_query(
-      src,
-      "select format('%I.%I', q.schemaname, q.sequencename), coalesce(q.last_value, 0)::text "
-      "from pg_depend d join pg_class c on c.oid = d.objid and c.relkind = 'S' join "
-      "pg_namespace n on n.oid = c.relnamespace join pg_sequences q on q.schemaname = "
-      "n.nspname and q.sequencename = c.relname where d.refobjid = to_regclass($1) and "
-      "d.deptype in ('a', 'i')",
-      {table_sql(*p.from)});
-  if (!seqs.ok()) {
-    s.out() << "  ERROR on " << from << ": " << seqs.error << "\n";
-    return false;
-  }
-  for (const auto& row : seqs.rows) {
-    if (row[1] == "0") continue;
-    if (!run_on(dst, to,
-                "select setval($1::regclass, $2::bigint) where $2::bigint > coalesce((select "
-                "last_value from pg_sequences where format('%I.%I', schemaname, sequencename)"
-                "::regclass = $1::regclass), 0)",
-                s.out(), {row[0], row[1]}))
-      return false;
-    s.out() << "  sequence " << row[0] << " on " << to << " set to at least " << row[1] << "\n";
-  }
-  return true;
-}
-
 // The publication and slot on the source, the subscription on the target.
 bool create_move(ReshardSession& s, const ReshardMove& m) {
   PGconn* src = s.source(m.from);
@@ -226,6 +195,37 @@ std::string random_id() {
 }
 
 }  // namespace
+
+// The sequences the source's table owns (serial, identity) set on the target past the
+// source's value.
+bool carry_sequences(ReshardSession& s, const std::string& from, const std::string& to,
+                     const TablePlan& p) {
+  PGconn* src = s.source(from);
+  PGconn* dst = s.target(to);
+  const auto seqs = pg_query(
+      src,
+      "select format('%I.%I', q.schemaname, q.sequencename), coalesce(q.last_value, 0)::text "
+      "from pg_depend d join pg_class c on c.oid = d.objid and c.relkind = 'S' join "
+      "pg_namespace n on n.oid = c.relnamespace join pg_sequences q on q.schemaname = "
+      "n.nspname and q.sequencename = c.relname where d.refobjid = to_regclass($1) and "
+      "d.deptype in ('a', 'i')",
+      {table_sql(*p.from)});
+  if (!seqs.ok()) {
+    s.out() << "  ERROR on " << from << ": " << seqs.error << "\n";
+    return false;
+  }
+  for (const auto& row : seqs.rows) {
+    if (row[1] == "0") continue;
+    if (!run_on(dst, to,
+                "select setval($1::regclass, $2::bigint) where $2::bigint > coalesce((select "
+                "last_value from pg_sequences where format('%I.%I', schemaname, sequencename)"
+                "::regclass = $1::regclass), 0)",
+                s.out(), {row[0], row[1]}))
+      return false;
+    s.out() << "  sequence " << row[0] << " on " << to << " set to at least " << row[1] << "\n";
+  }
+  return true;
+}
 
 int reshard_start(const std::string& from_map, const std::string& to_map, std::ostream& out,
                   std::ostream& err) {

@@ -32,20 +32,27 @@ std::string url(int port, const std::string& db = "app") {
   return "postgres://app:secret@127.0.0.1:" + std::to_string(port) + "/" + db;
 }
 
-std::string table_yaml(const std::vector<int>& owners, int shards) {
+// rm_orders (and with `events`, rm_events: a bigserial column) on 1024 buckets.
+std::string table_yaml(const std::vector<int>& owners, int shards, bool events = false) {
   std::string held;
   for (int s = 0; s < shards; ++s)
     held += std::string(s ? ", " : "") + "{ shard: s" + std::to_string(s) + ", buckets: \"" +
             config::bucket_ranges(owners, s) + "\" }";
-  return "  - { table: rm_orders, column: id, type: bigint, buckets: " + std::to_string(kBuckets) +
-         ", bucket_shards: [" + held + "] }\n";
+  std::string out;
+  for (const char* table : {"rm_orders", "rm_events"})
+    if (events || table == std::string("rm_orders"))
+      out += std::string("  - { table: ") + table +
+             ", column: id, type: bigint, buckets: " + std::to_string(kBuckets) +
+             ", bucket_shards: [" + held + "] }\n";
+  return out;
 }
 
-std::string map_yaml(const std::vector<std::string>& urls, const std::vector<int>& owners) {
+std::string map_yaml(const std::vector<std::string>& urls, const std::vector<int>& owners,
+                     bool events = false) {
   std::string y = "users: [{ name: app, password: secret }]\nshards:\n";
   for (std::size_t i = 0; i < urls.size(); ++i)
     y += "  - { name: s" + std::to_string(i) + ", primary: \"" + urls[i] + "\" }\n";
-  return y + "sharded_tables:\n" + table_yaml(owners, static_cast<int>(urls.size()));
+  return y + "sharded_tables:\n" + table_yaml(owners, static_cast<int>(urls.size()), events);
 }
 
 int bucket_of(int64_t key) {
@@ -246,19 +253,23 @@ namespace {
 struct MoveSetup {
   std::string dir, old_map, new_map;
   std::vector<int> old_owners, new_owners;
-  std::string target;  // conninfo of s3: database rm_target on shard s2's server
+  std::string target;   // conninfo of s3: database rm_target on shard s2's server
+  bool events = false;  // rm_events is in the maps too
 };
 
 // Three shards with rm_orders, a fourth (database rm_target, no table: start copies it), the
 // old map (1024 buckets evenly) and the new one (rebalanced over 4: a quarter moves to s3).
-MoveSetup setup_move(const std::string& name) {
+MoveSetup setup_move(const std::string& name, bool events) {
   auto& cluster = Cluster::get();
   enable_logical(cluster);
   MoveSetup m;
+  m.events = events;
   for (int i = 0; i < cluster.size(); ++i) {
     auto d = connect(cluster.direct(i));
     query(d.get(), "drop table if exists rm_orders");
     query(d.get(), "create table rm_orders (id bigint primary key, v int not null, note text)");
+    query(d.get(), "drop table if exists rm_events");
+    query(d.get(), "create table rm_events (id bigint primary key, n bigserial)");
   }
   {
     auto d = connect(cluster.direct(2));
@@ -274,9 +285,9 @@ MoveSetup setup_move(const std::string& name) {
   for (int i = 0; i < 3; ++i) urls.push_back(url(cluster.port(i)));
   m.old_map = m.dir + "/old.yaml";
   m.new_map = m.dir + "/new.yaml";
-  std::ofstream(m.old_map) << map_yaml(urls, m.old_owners);
+  std::ofstream(m.old_map) << map_yaml(urls, m.old_owners, events);
   urls.push_back(url(cluster.port(2), "rm_target"));
-  std::ofstream(m.new_map) << map_yaml(urls, m.new_owners);
+  std::ofstream(m.new_map) << map_yaml(urls, m.new_owners, events);
   return m;
 }
 
@@ -294,13 +305,13 @@ void load_rows(PGconn* c, std::map<int64_t, int>& shadow) {
 
 // The setup, pgshard on the old map and 3000 rows written through it (`shadow`: key -> v).
 struct MoveCase {
-  explicit MoveCase(const std::string& name)
-      : m(setup_move(name)), proxy(options(m)), c(connect(proxy.conninfo())) {
+  explicit MoveCase(const std::string& name, bool events = false)
+      : m(setup_move(name, events)), proxy(options(m)), c(connect(proxy.conninfo())) {
     load_rows(c.get(), shadow);
   }
   static ProxyOptions options(const MoveSetup& m) {
     ProxyOptions o;
-    o.sharded_tables = table_yaml(m.old_owners, 3);
+    o.sharded_tables = table_yaml(m.old_owners, 3, m.events);
     return o;
   }
   MoveSetup m;
@@ -520,13 +531,33 @@ TEST_CASE(
     "reshard 3 -> 4 shards with a write stop: start under writes, cleanup, then pgshard on "
     "the new map finds every row",
     "[reshard-move]") {
-  MoveCase k("reshard-cleanup");
+  MoveCase k("reshard-cleanup", true);
   auto& [m, proxy, c, shadow] = k;
+  auto& cluster = Cluster::get();
+  // rm_events, a second table of the move: its rows written on their shards directly, each
+  // drawing from that shard's own sequence; s1's sequence well ahead.
+  for (int64_t key = 1; key <= 600; ++key) {
+    auto d = connect(cluster.direct(m.old_owners[static_cast<std::size_t>(bucket_of(key))]));
+    query(d.get(), "insert into rm_events (id) values (" + std::to_string(key) + ")");
+  }
+  {
+    auto s1 = connect(cluster.direct(1));
+    query(s1.get(), "select setval('rm_events_n_seq', 5000)");
+  }
   Writer writer(proxy.conninfo(), shadow);
   writer.start();
   int rc = 0;
   auto out = reshard("start --from " + m.old_map + " --to " + m.new_map, &rc);
+  INFO(out);
   REQUIRE(rc == 0);
+  {
+    // The target's copy of the sequence starts past every source's.
+    auto t = connect(m.target);
+    CHECK(std::stol(scalar(t.get(), "select last_value from rm_events_n_seq")) >= 5000);
+    // And a value drawn after start is carried by cleanup.
+    auto s1 = connect(cluster.direct(1));
+    query(s1.get(), "select setval('rm_events_n_seq', 7000)");
+  }
   REQUIRE(wait_until([&] { return caught_up(m); }, std::chrono::seconds(60)));
   writer.stop();
   CHECK(writer.errors() == 0);
@@ -539,9 +570,24 @@ TEST_CASE(
   REQUIRE(rc == 0);
   CHECK(out.find("cleanup: done") != std::string::npos);
 
-  auto& cluster = Cluster::get();
   for (int i = 0; i < cluster.size(); ++i) CHECK(leftovers(i) == "");
   CHECK(!std::ifstream(m.new_map + ".reshard-state").good());
+  {
+    auto t = connect(m.target);
+    CHECK(std::stol(scalar(t.get(), "select last_value from rm_events_n_seq")) >= 7000);
+    // rm_events moved along: each of its 600 rows once, on its new shard.
+    long events = 0, misplaced_events = 0;
+    for (int i = 0; i < 4; ++i) {
+      auto d = connect(i < 3 ? cluster.direct(i) : m.target);
+      for (const auto& r : query(d.get(), "select id from rm_events")) {
+        ++events;
+        misplaced_events +=
+            m.new_owners[static_cast<std::size_t>(bucket_of(std::stoll(r[0])))] != i;
+      }
+    }
+    CHECK(events == 600);
+    CHECK(misplaced_events == 0);
+  }
   // Every row once, on the shard the new map names, with its value.
   std::map<int64_t, int> all;
   std::size_t rows = 0;
@@ -560,7 +606,7 @@ TEST_CASE(
 
   // pgshard on the new map: every row through it, a new key of s3's buckets written to s3.
   ProxyOptions o;
-  o.sharded_tables = table_yaml(m.new_owners, 4);
+  o.sharded_tables = table_yaml(m.new_owners, 4, true);
   for (int i = 0; i < 3; ++i) o.shard_urls.push_back(url(cluster.port(i)));
   o.shard_urls.push_back(url(cluster.port(2), "rm_target"));
   Proxy after(o);
