@@ -351,6 +351,24 @@ void check_undone(const MoveSetup& m, const std::map<int64_t, int>& shadow) {
   CHECK(!state.good());
 }
 
+// `status` once caught up with no writes: each move's rm_orders rows on the target equal
+// those on the source, and no errors.
+void check_counts_agree(const MoveSetup& m) {
+  int rc = 0;
+  const auto out = reshard("status --to " + m.new_map, &rc);
+  INFO(out);
+  int moves = 0;
+  for (std::size_t at = out.find("rows rm_orders "); at != std::string::npos;
+       at = out.find("rows rm_orders ", at + 1), ++moves) {
+    const auto counts = out.substr(at + 15, out.find(' ', at + 15) - at - 15);
+    const auto slash = counts.find('/');
+    CHECK(std::stol(counts.substr(0, slash)) > 0);
+    CHECK(counts.substr(0, slash) == counts.substr(slash + 1));
+  }
+  CHECK(moves == 3);
+  CHECK(out.find("ERRORS") == std::string::npos);
+}
+
 }  // namespace
 
 TEST_CASE("reshard 3 -> 4 shards under writes: start, status, verify, abort", "[reshard-move]") {
@@ -395,18 +413,7 @@ TEST_CASE("reshard 3 -> 4 shards under writes: start, status, verify, abort", "[
   out = reshard("verify --to " + m.new_map, &rc);
   CHECK(rc == 0);
   // Writes stopped and caught up: each move's rows on the target equal those on the source.
-  out = reshard("status --to " + m.new_map, &rc);
-  INFO(out);
-  int moves = 0;
-  for (std::size_t at = out.find("rows rm_orders "); at != std::string::npos;
-       at = out.find("rows rm_orders ", at + 1), ++moves) {
-    const auto counts = out.substr(at + 15, out.find(' ', at + 15) - at - 15);
-    const auto slash = counts.find('/');
-    CHECK(std::stol(counts.substr(0, slash)) > 0);
-    CHECK(counts.substr(0, slash) == counts.substr(slash + 1));
-  }
-  CHECK(moves == 3);
-  CHECK(out.find("ERRORS") == std::string::npos);
+  check_counts_agree(m);
 
   // The target holds exactly the shadow's rows the new map gives s3, with their values.
   auto t = connect(m.target);
