@@ -6,6 +6,7 @@
 #include <unistd.h>
 
 #include <cstdlib>
+#include <filesystem>
 #include <fstream>
 #include <random>
 
@@ -245,8 +246,9 @@ int reshard_start(const std::string& from_map, const std::string& to_map, std::o
   }
   ReshardSession s(from, to, out);
   ReshardState state;
-  state.from_map = from_map;
-  state.to_map = to_map;
+  // Absolute: status, verify, abort and cleanup may run from another directory.
+  state.from_map = std::filesystem::absolute(from_map).string();
+  state.to_map = std::filesystem::absolute(to_map).string();
   state.id = random_id();
   for (const auto& [a, b] : s.pairs())
     state.moves.push_back({a, b, move_object_name(state.id, a, b)});
