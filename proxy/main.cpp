@@ -91,6 +91,8 @@ void usage(std::ostream& out) {
       << "                            what a change of map moves (pgshard reshard for more)\n"
       << "  pgshard reshard propose --from OLD.yaml --add NAME=URL\n"
       << "                            buckets for one more shard, moving the fewest\n"
+      << "  pgshard reshard start|status|verify|abort|cleanup ...\n"
+      << "                            move the rows by logical replication (pgshard reshard)\n"
       << "  pgshard --help            this text\n"
       << "  pgshard --version         the version\n";
 }

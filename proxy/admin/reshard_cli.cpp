@@ -1,10 +1,12 @@
-// `pgshard reshard plan|propose`: the command line of the resharding planner.
+// `pgshard reshard plan|propose|start|status|verify|abort`: the resharding command line.
 #include "proxy/admin/reshard_cli.hpp"
 
+#include <cstdlib>
 #include <cstring>
 #include <optional>
 #include <string>
 
+#include "proxy/admin/reshard_move.hpp"
 #include "proxy/admin/reshard_plan.hpp"
 
 namespace pgshard::admin {
@@ -18,11 +20,29 @@ void usage(std::ostream& err) {
       << "      counts the rows on the shards and refuses what cannot be moved (exit 1)\n"
       << "  pgshard reshard propose --from OLD.yaml --add NAME=postgres://...\n"
       << "      the shard entry and each hash table's buckets for a map with one more shard,\n"
-      << "      moving the fewest buckets (paste them into a copy of OLD.yaml)\n";
+      << "      moving the fewest buckets (paste them into a copy of OLD.yaml)\n"
+      << "  pgshard reshard start --from OLD.yaml --to NEW.yaml\n"
+      << "      copies the moving rows to their new shards by logical replication (publications\n"
+      << "      with row filters and slots on the sources, subscriptions on the targets), which\n"
+      << "      then follow every change; state in NEW.yaml.reshard-state\n"
+      << "  pgshard reshard status --to NEW.yaml\n"
+      << "      per move: tables synchronized, rows on target and source, replication lag\n"
+      << "  pgshard reshard verify --to NEW.yaml [--timeout MS]\n"
+      << "      compares the moving rows on source and target per bucket, names rows that\n"
+      << "      differ (exit 1; 2 when the target did not catch up within MS, default 60000)\n"
+      << "  pgshard reshard abort --to NEW.yaml\n"
+      << "      drops the subscriptions, slots and publications and the copied rows; the old\n"
+      << "      map stays\n"
+      << "  pgshard reshard cleanup --to NEW.yaml --writes-stopped [--timeout MS]\n"
+      << "      with writes stopped (no cutover yet: stop pgshard first): compares, drops the\n"
+      << "      subscriptions, slots and publications, compares again, deletes the moved rows\n"
+      << "      from the sources; then start pgshard on NEW.yaml\n";
 }
 
 struct Args {
   std::string from, to, add;
+  int timeout_ms = 60000;
+  bool writes_stopped = false;
   bool live = false, verbose = false;
 };
 
@@ -39,6 +59,10 @@ std::optional<Args> parse(int argc, char** argv) {
       a.from = argv[++i];
     } else if (arg == "--to" && has_value) {
       a.to = argv[++i];
+    } else if (arg == "--writes-stopped") {
+      a.writes_stopped = true;
+    } else if (arg == "--timeout" && has_value) {
+      a.timeout_ms = std::atoi(argv[++i]);
     } else if (arg == "--add" && has_value) {
       a.add = argv[++i];
     } else {
@@ -157,6 +181,18 @@ int reshard_main(int argc, char** argv, std::ostream& out, std::ostream& err) {
   }
   if (!std::strcmp(argv[0], "plan")) return plan(*args, out, err);
   if (!std::strcmp(argv[0], "propose")) return propose(*args, out, err);
+  const std::string cmd = argv[0];
+  if (cmd == "start" && !args->from.empty() && !args->to.empty())
+    return reshard_start(args->from, args->to, out, err);
+  if (args->to.empty() || !args->from.empty() || !args->add.empty()) {
+    usage(err);
+    return 2;
+  }
+  if (cmd == "status") return reshard_status(args->to, out, err);
+  if (cmd == "verify") return reshard_verify(args->to, args->timeout_ms, out, err);
+  if (cmd == "abort") return reshard_abort(args->to, out, err);
+  if (cmd == "cleanup")
+    return reshard_cleanup(args->to, args->writes_stopped, args->timeout_ms, out, err);
   usage(err);
   return 2;
 }

@@ -6,6 +6,8 @@
 #include <memory>
 #include <set>
 
+#include "proxy/admin/reshard_filter.hpp"
+#include "proxy/admin/reshard_pg.hpp"
 #include "proxy/admin/reshard_plan.hpp"
 #include "proxy/runtime/maintenance.hpp"
 
@@ -13,36 +15,8 @@ namespace pgshard::admin {
 
 namespace {
 
-using Connection = std::unique_ptr<PGconn, void (*)(PGconn*)>;
-using Rows = std::vector<std::vector<std::string>>;
-
 // Tables with more rows than this (pg_class.reltuples) are estimated, not counted.
 constexpr double kCountLimit = 1e6;
-
-struct Result {
-  Rows rows;
-  std::string error;  // empty: the statement succeeded
-};
-
-Result query(PGconn* c, const std::string& sql, const std::vector<std::string>& params = {}) {
-  std::vector<const char*> values;
-  for (const auto& p : params) values.push_back(p.c_str());
-  PGresult* r = PQexecParams(c, sql.c_str(), static_cast<int>(values.size()), nullptr,
-                             values.data(), nullptr, nullptr, 0);
-  Result out;
-  const auto status = PQresultStatus(r);
-  if (status == PGRES_TUPLES_OK) {
-    for (int i = 0; i < PQntuples(r); ++i) {
-      out.rows.emplace_back();
-      for (int j = 0; j < PQnfields(r); ++j) out.rows.back().emplace_back(PQgetvalue(r, i, j));
-    }
-  } else if (status != PGRES_COMMAND_OK) {
-    out.error = PQresultErrorMessage(r);
-    while (!out.error.empty() && out.error.back() == '\n') out.error.pop_back();
-  }
-  PQclear(r);
-  return out;
-}
 
 std::string ident(PGconn* c, const std::string& name) {
   char* q = PQescapeIdentifier(c, name.c_str(), name.size());
@@ -53,26 +27,6 @@ std::string ident(PGconn* c, const std::string& name) {
 
 std::string table_sql(PGconn* c, const config::ShardedTable& t) {
   return t.schema.empty() ? ident(c, t.table) : ident(c, t.schema) + "." + ident(c, t.table);
-}
-
-std::string int_array(const std::vector<int>& v) {
-  std::string out = "{";
-  for (std::size_t i = 0; i < v.size(); ++i) out += (i ? "," : "") + std::to_string(v[i]);
-  return out + "}";
-}
-
-// A text[] literal of `keys`, each quoted.
-std::string text_array(const std::vector<std::string>& keys) {
-  std::string out = "{";
-  for (std::size_t i = 0; i < keys.size(); ++i) {
-    out += i ? ",\"" : "\"";
-    for (char ch : keys[i]) {
-      if (ch == '"' || ch == '\\') out += '\\';
-      out += ch;
-    }
-    out += '"';
-  }
-  return out + "}";
 }
 
 std::string bytes_text(double b) {
@@ -123,8 +77,9 @@ class LivePlan {
     const auto key = (&cfg == &a_ ? "old:" : "new:") + name;
     if (auto it = conns_.find(key); it != conns_.end()) return it->second.get();
     const auto& shard = cfg.shards[static_cast<std::size_t>(cfg.shard_index(name))];
-    Connection c(PQconnectdb(runtime::maintenance_conninfo(cfg, shard, "pgshard-reshard").c_str()),
-                 PQfinish);
+    PgConnection c(
+        PQconnectdb(runtime::maintenance_conninfo(cfg, shard, "pgshard-reshard").c_str()),
+        PQfinish);
     // (create temp table if not exists ... says NOTICE on each later count: not for people)
     if (c)
       PQsetNoticeProcessor(
@@ -146,12 +101,12 @@ class LivePlan {
     if (dst) check_target(dst, p, m.to);
     if (!src) return;
     const auto& t = *p.from;
-    const auto info = query(src,
-                            "select c.reltuples::float8, pg_table_size(c.oid), "
-                            "(c.relreplident in ('f', 'i') or (c.relreplident = 'd' and "
-                            "exists (select 1 from pg_index i where i.indrelid = c.oid and "
-                            "i.indisprimary))) from pg_class c where c.oid = to_regclass($1)",
-                            {table_sql(src, t)});
+    const auto info = pg_query(src,
+                               "select c.reltuples::float8, pg_table_size(c.oid), "
+                               "(c.relreplident in ('f', 'i') or (c.relreplident = 'd' and "
+                               "exists (select 1 from pg_index i where i.indrelid = c.oid and "
+                               "i.indisprimary))) from pg_class c where c.oid = to_regclass($1)",
+                               {table_sql(src, t)});
     if (!info.error.empty() || info.rows.empty()) {
       refuse("shard " + m.from + " has no table " + p.name + " to move rows from",
              "check the old map against the shards: pgshard check --live OLD.yaml");
@@ -170,7 +125,7 @@ class LivePlan {
   // wal_level logical, a free replication slot and WAL sender on each shard giving rows.
   void check_source_server(PGconn* c, const std::string& name) {
     if (!sources_checked_.insert(name).second) return;
-    const auto r = query(
+    const auto r = pg_query(
         c,
         "select current_setting('wal_level'), current_setting('max_replication_slots')::int - "
         "(select count(*) from pg_replication_slots), current_setting('max_wal_senders')::int - "
@@ -195,7 +150,7 @@ class LivePlan {
 
   void check_target(PGconn* c, const TablePlan& p, const std::string& name) {
     if (!targets_checked_.insert(name + "/" + p.name).second) return;
-    const auto r = query(c, "select to_regclass($1) is not null", {table_sql(c, *p.to)});
+    const auto r = pg_query(c, "select to_regclass($1) is not null", {table_sql(c, *p.to)});
     if (!r.rows.empty() && r.rows[0][0] == "t") return;
     refuse("target shard " + name + " has no table " + p.name,
            "create it there as it is on the other shards (pg_dump --schema-only -t " + p.name +
@@ -209,7 +164,7 @@ class LivePlan {
   const config::Config& b_;
   std::ostream& out_;
   int refusals_ = 0;
-  std::map<std::string, Connection> conns_;
+  std::map<std::string, PgConnection> conns_;
   std::set<std::string> sources_checked_, targets_checked_, identity_checked_;
 };
 
@@ -217,45 +172,13 @@ class LivePlan {
 std::optional<std::pair<double, double>> LivePlan::count_rows(const TablePlan& p, const Move& m,
                                                               PGconn* c) {
   const auto& t = *p.from;
-  const std::string col = "t." + ident(c, t.column);
-  std::string where;
-  std::vector<std::string> params;
-  if (p.modulus > 0) {
-    // satisfies_hash_partition() needs a hash-partitioned table with the key's type: an empty
-    // temporary one, gone with the connection.
-    const std::string probe = std::string("pgshard_reshard_probe_") + config::to_string(t.type);
-    const auto made = query(c, "create temp table if not exists " + probe + " (k " +
-                                   config::to_string(t.type) + ") partition by hash (k)");
-    if (!made.error.empty()) return std::nullopt;
-    where = "exists (select 1 from unnest($1::int[]) r where satisfies_hash_partition('pg_temp." +
-            probe + "'::regclass, " + std::to_string(p.modulus) + ", r, " + col + "))";
-    params.push_back(int_array(m.remainders));
-  } else if (!m.ranges.empty()) {
-    for (const auto& [lo, hi] : m.ranges) {
-      std::string one;
-      if (lo) one += col + " >= " + std::to_string(*lo);
-      if (hi) one += (one.empty() ? "" : " and ") + col + " < " + std::to_string(*hi);
-      where += (where.empty() ? "(" : " or (") + (one.empty() ? "true" : one) + ")";
-    }
-  } else {
-    const auto any = [&](int n) {
-      return col + " = any($" + std::to_string(n) + "::text[]::" + config::to_string(t.type) +
-             "[])";
-    };
-    where = m.unlisted ? col + " is not null and not " + any(1) : any(1);
-    params.push_back(text_array(m.unlisted ? m.listed : m.keys));
-    // The default changed and keys it held are now listed for the same new shard: they move
-    // along with the unlisted ones.
-    if (m.unlisted && !m.keys.empty()) {
-      where = "(" + where + " or " + any(2) + ")";
-      params.push_back(text_array(m.keys));
-    }
-  }
+  // The row filter `reshard start` publishes: for hash tables PostgreSQL's partition hash
+  // modulo the plan's modulus, computed once per row (the remainders PostgreSQL's
+  // satisfies_hash_partition() accepts: tests/integration/reshard_move_test.cpp).
+  const std::string where = move_filter_sql(p, m);
   const auto r =
-      query(c,
-            "select count(*)::float8, coalesce(sum(pg_column_size(t.*)), 0)::float8 from " +
-                table_sql(c, t) + " t where " + where,
-            params);
+      pg_query(c, "select count(*)::float8, coalesce(sum(pg_column_size(t.*)), 0)::float8 from " +
+                      table_sql(c, t) + " t where " + where);
   if (r.rows.empty()) return std::nullopt;
   return std::make_pair(std::stod(r.rows[0][0]), std::stod(r.rows[0][1]));
 }
@@ -278,7 +201,7 @@ void LivePlan::count(const TablePlan& p, const Move& m, PGconn* c, double reltup
       held = static_cast<double>(mine) / units;
     }
     if (reltuples < 0) {  // never analyzed: count the table's rows
-      const auto all = query(c, "select count(*)::float8 from " + table_sql(c, *p.from));
+      const auto all = pg_query(c, "select count(*)::float8 from " + table_sql(c, *p.from));
       reltuples = all.rows.empty() ? 0 : std::stod(all.rows[0][0]);
     }
     const double f = held > 0 ? m.share / held : 0;
@@ -295,7 +218,7 @@ void LivePlan::count(const TablePlan& p, const Move& m, PGconn* c, double reltup
     return;
   }
   out_ << head << static_cast<int64_t>(counted->first) << " rows, " << bytes_text(counted->second)
-       << (p.modulus > 0 ? " (counted with satisfies_hash_partition)" : " (counted)") << "\n";
+       << (p.modulus > 0 ? " (counted with PostgreSQL's partition hash)" : " (counted)") << "\n";
 }
 
 }  // namespace

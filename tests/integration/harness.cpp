@@ -265,7 +265,9 @@ Proxy::Proxy(ProxyOptions o) {
     << (o.users.empty() ? "  - { name: app, password: secret, pool_mode: " + o.pool_mode + " }\n"
                         : o.users);
   y << "shards:\n";
-  for (int i = 0; i < cluster.size(); ++i) {
+  // One shard per cluster server, or more when shard_urls names more (databases of them).
+  const int shards = std::max(cluster.size(), static_cast<int>(o.shard_urls.size()));
+  for (int i = 0; i < shards; ++i) {
     std::string url =
         i < static_cast<int>(o.shard_urls.size())
             ? o.shard_urls[static_cast<std::size_t>(i)]

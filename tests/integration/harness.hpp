@@ -55,7 +55,8 @@ struct ProxyOptions {
   std::string sharded_tables;               // replaces the sharded_tables list when set
   std::string listen_extra;                 // extra keys inside listen: {}
   std::string users;                        // replaces the users list when set
-  std::vector<std::string> shard_urls;      // replaces the shard URLs when set ("[...]": hosts)
+  std::vector<std::string> shard_urls;      // replaces the shard URLs when set ("[...]": hosts;
+                                            // more than the cluster's servers: more shards)
   std::vector<std::string> shard_extra;     // more keys of shard i ("replicas: [...]")
   int port = 0;                             // listen here (0: a free port)
   std::string two_phase_log;                // decision log directory (default: per proxy)

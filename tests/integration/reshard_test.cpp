@@ -219,7 +219,7 @@ TEST_CASE("bucketed hash: rows land on their bucket's shard and the plan counts 
   CHECK(from_s0 > 0);
   CHECK(from_s1 > 0);
   CHECK(planned_rows(out, "s0", "s3") == from_s0);
-  CHECK(out.find("(counted with satisfies_hash_partition)") != std::string::npos);
+  CHECK(out.find("(counted with PostgreSQL's partition hash)") != std::string::npos);
   // rs_orders is listed first: its s1 -> s3 line is the first after its s0 -> s3 line.
   CHECK(planned_rows(out.substr(out.find("rows s0 -> s3")), "s1", "s3") == from_s1);
 
