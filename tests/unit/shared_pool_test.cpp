@@ -113,15 +113,25 @@ struct Waited {
   Clock::duration took{};
 };
 
+// A pool of shard s0 on one worker that never lends (limit 0), waits of 60 ms.
+pgshard::pool::BackendTarget s0_target() {
+  pgshard::pool::BackendTarget target;
+  target.shard_name = "s0";
+  return target;
+}
+struct NeverLending {
+  asio::io_context io;
+  SharedPool shared{0, 1};
+  Pool pool{io.get_executor(),          0, shared, s0_target(), pgshard::config::Millis(60),
+            pgshard::config::Millis(60)};
+};
+
 // One acquire on a pool that never lends (limit 0), its wait stopped after `stop_after`
 // (0: never) and PAUSEd for `paused_for` first (0: not paused).
 Waited wait_once(std::chrono::milliseconds stop_after, std::chrono::milliseconds paused_for = {}) {
-  asio::io_context io;
-  SharedPool shared(0, 1);
-  pgshard::pool::BackendTarget target;
-  target.shard_name = "s0";
-  Pool pool(io.get_executor(), 0, shared, target, pgshard::config::Millis(60),
-            pgshard::config::Millis(60));
+  NeverLending never;
+  auto& io = never.io;
+  auto& pool = never.pool;
   pool.pause(paused_for.count() > 0);
   Waited out;
   asio::cancellation_signal stop;
@@ -190,12 +200,9 @@ TEST_CASE("a server given back serves its own worker's waiter unless one elsewhe
 TEST_CASE("waiters queued at different times each time out at their own deadline") {
   // The pool's one timer watches every waiter's deadline (no timer per wait): a later
   // waiter's deadline is re-armed once the earlier ones pass, a stopped one leaves at once.
-  asio::io_context io;
-  SharedPool shared(0, 1);
-  pgshard::pool::BackendTarget target;
-  target.shard_name = "s0";
-  Pool pool(io.get_executor(), 0, shared, target, pgshard::config::Millis(60),
-            pgshard::config::Millis(60));
+  NeverLending never;
+  auto& io = never.io;
+  auto& pool = never.pool;
   const auto began = Clock::now();
   std::vector<Waited> out(4);
   std::vector<std::unique_ptr<asio::steady_timer>> starts;
